@@ -1,0 +1,1 @@
+"""Video sources: synthetic pattern, MJPEG network cameras, JPEG files."""
