@@ -1,0 +1,1 @@
+"""An Axis VAPIX camera emulator serving the synthetic test pattern over HTTP."""
