@@ -1,0 +1,199 @@
+"""An async NTCP client: the NTCP side of the LabVIEW-plugin protocol.
+
+Usage::
+
+    async with open_ntcp("127.0.0.1", 6000) as ntcp:
+        await ntcp.open_session("demo")
+        reply = await ntcp.propose("t1", {"MDL-00-01": {("x", "displacement"): 0.5}})
+        if reply.ok:
+            await ntcp.execute("t1")
+        reply, measured = await ntcp.get_control_point("t2", "MDL-00-01")
+
+Requests on one client go out one at a time; each waits for its reply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from .protocol import (
+    DEFAULT_MAX_LINE_LENGTH,
+    AxisValue,
+    ControlPointValues,
+    LineBuffer,
+    NtcpError,
+    Reply,
+    Request,
+    encode_line,
+    format_request,
+    parse_control_point_reply,
+    parse_reply,
+)
+
+__all__ = ["NtcpClient", "NtcpConnectionClosed", "Targets", "open_ntcp"]
+
+_RECEIVE_SIZE = 65536
+
+#: Targets of a propose: ``{control_point: {(axis, type): value}}`` or a
+#: sequence of :class:`ControlPointValues`.
+Targets = Mapping[str, Mapping[tuple[str, str], float]]
+
+
+class NtcpConnectionClosed(NtcpError):
+    """The control system closed the connection (or it is otherwise unusable)."""
+
+
+def _groups(targets: Targets | tuple[ControlPointValues, ...]) -> tuple[ControlPointValues, ...]:
+    if isinstance(targets, Mapping):
+        return tuple(
+            ControlPointValues(
+                cp, tuple(AxisValue(axis, kind, float(v)) for (axis, kind), v in values.items())
+            )
+            for cp, values in targets.items()
+        )
+    return tuple(targets)
+
+
+class NtcpClient:
+    """One connection to a control system speaking the LabVIEW-plugin protocol.
+
+    Build it with :func:`open_ntcp`. Methods never raise for a ``NOT OK``
+    reply: a refusal is an answer, returned as ``Reply(ok=False, reason=...)``.
+
+    No method sets its own deadline (``execute`` lasts as long as the actuator
+    moves); wrap calls in ``trio.fail_after`` or ``trio.move_on_after``. A
+    request cancelled after it was sent leaves its reply unread, so the client
+    marks itself broken and every later request raises
+    :class:`NtcpConnectionClosed`; open a new client.
+    """
+
+    def __init__(
+        self, stream: trio.abc.Stream, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+    ) -> None:
+        self._stream = stream
+        self._lines = LineBuffer(max_line_length)
+        self._lock = trio.Lock()
+        self._broken: str | None = None
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        self._broken = self._broken or "the client was closed"
+        await self._stream.aclose()
+
+    async def request(self, line: str) -> str:
+        """Send one request line (terminator optional) and return the reply line.
+
+        The line is sent as given, valid or not, so a caller can see how the
+        peer answers a malformed request. The reply comes back without its
+        terminator.
+
+        Raises:
+            NtcpProtocolError: ``line`` holds a line break or non-ASCII text,
+                or the reply line is over-long or not ASCII.
+            NtcpConnectionClosed: the peer closed the connection, or an
+                earlier request was cancelled before its reply arrived.
+        """
+        if line.endswith("\n"):
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        data = encode_line(line)
+        async with self._lock:
+            if self._broken is not None:
+                raise NtcpConnectionClosed(f"NTCP connection unusable: {self._broken}")
+            self._broken = "a request was cancelled before its reply arrived; reconnect"
+            try:
+                await self._stream.send_all(data)
+                reply = await self._receive_line()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._broken = "the connection broke"
+                raise NtcpConnectionClosed(
+                    f"NTCP connection broke while sending {line[:40]!r}: {exc}"
+                ) from exc
+            self._broken = None
+            return reply
+
+    async def _receive_line(self) -> str:
+        while True:
+            line = self._lines.next_line()
+            if line is not None:
+                return line
+            data = await self._stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                self._broken = "the control system closed the connection"
+                raise NtcpConnectionClosed(
+                    "the control system closed the connection before replying"
+                )
+            self._lines.receive_data(data)
+
+    async def send(self, request: Request) -> Reply:
+        """Send a request value and return the parsed reply.
+
+        Raises:
+            NtcpProtocolError: the request is incomplete or the reply malformed.
+            NtcpConnectionClosed: as for :meth:`request`.
+        """
+        return parse_reply(await self.request(format_request(request)))
+
+    async def open_session(self, name: str) -> Reply:
+        return await self.send(Request("open-session", name=name))
+
+    async def close_session(self, name: str) -> Reply:
+        return await self.send(Request("close-session", name=name))
+
+    async def set_parameter(self, trans_id: str, name: str, value: str | float) -> Reply:
+        text = value if isinstance(value, str) else f"{float(value):.10E}"
+        return await self.send(Request("set-parameter", trans_id=trans_id, name=name, value=text))
+
+    async def get_parameter(self, trans_id: str, name: str) -> Reply:
+        return await self.send(Request("get-parameter", trans_id=trans_id, name=name))
+
+    async def propose(
+        self, trans_id: str, targets: Targets | tuple[ControlPointValues, ...]
+    ) -> Reply:
+        """Propose targets: ``{"MDL-00-01": {("x", "displacement"): 0.5}}``."""
+        groups = _groups(targets)
+        for group in groups:
+            for v in group.values:
+                if not math.isfinite(v.value):
+                    raise ValueError(
+                        f"{group.control_point} {v.axis} {v.type}: {v.value} is not finite"
+                    )
+        return await self.send(Request("propose", trans_id=trans_id, groups=groups))
+
+    async def execute(self, trans_id: str) -> Reply:
+        """Execute a proposed transaction; returns when the control system has moved."""
+        return await self.send(Request("execute", trans_id=trans_id))
+
+    async def cancel(self, trans_id: str) -> Reply:
+        return await self.send(Request("cancel", trans_id=trans_id))
+
+    async def get_control_point(
+        self, trans_id: str, control_point: str
+    ) -> tuple[Reply, ControlPointValues | None]:
+        """The reply and, if it succeeded, the measured values it carries."""
+        reply = await self.send(Request("get-control-point", trans_id=trans_id, name=control_point))
+        if not reply.ok:
+            return reply, None
+        return reply, parse_control_point_reply(reply)[1]
+
+
+@asynccontextmanager
+async def open_ntcp(
+    host: str, port: int, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH
+) -> AsyncIterator[NtcpClient]:
+    """Connect to a control system; the connection closes when the block exits.
+
+    Raises:
+        OSError: the connection could not be made.
+    """
+    stream = await trio.open_tcp_stream(host, port)
+    client = NtcpClient(stream, max_line_length=max_line_length)
+    try:
+        yield client
+    finally:
+        await client.aclose()

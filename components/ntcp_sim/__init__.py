@@ -1,0 +1,18 @@
+"""A control-system simulator speaking the NTCP LabVIEW-plugin protocol.
+
+Run it with ``python -m components.ntcp_sim --port 6000``.
+"""
+
+from .rig import NOISE_CLIP, Limit, Rig, RigConfig, RigError, TransactionState
+from .server import SimConnection, serve_ntcp_sim
+
+__all__ = [
+    "NOISE_CLIP",
+    "Limit",
+    "Rig",
+    "RigConfig",
+    "RigError",
+    "SimConnection",
+    "TransactionState",
+    "serve_ntcp_sim",
+]
