@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 QCIF = (176, 144)
 DEFAULT_QUALITY = 75
@@ -25,13 +25,16 @@ def decode_reduced(jpeg: bytes, size: tuple[int, int] = QCIF) -> Image.Image:
     Raises:
         ValueError: ``jpeg`` is not a complete, readable JPEG.
     """
+    head = bytes(jpeg[:4]).hex() or "(empty)"
     try:
         im = Image.open(io.BytesIO(jpeg), formats=["JPEG"])
+    except UnidentifiedImageError:
+        raise ValueError(f"not a JPEG image: {len(jpeg)} bytes starting {head}") from None
+    try:
         im.draft("RGB", size)
         im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        head = bytes(jpeg[:4]).hex()
-        raise ValueError(f"not a readable JPEG ({len(jpeg)} bytes starting {head}): {exc}") from exc
+        raise ValueError(f"corrupt JPEG ({len(jpeg)} bytes starting {head}): {exc}") from exc
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
