@@ -1,0 +1,52 @@
+"""Turbine: a publish/subscribe data turbine for laboratories.
+
+The public API; everything else is private to the package.
+"""
+
+from ._constants import VERSION as __version__
+from ._errors import (
+    ConnectionFailed,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestFailed,
+    TurbineError,
+)
+from ._sync import BlockingClient, connect
+from .client import (
+    ChannelInfo,
+    Client,
+    Frame,
+    Gap,
+    Source,
+    SourceInfo,
+    Subscription,
+    open_client,
+    parse_address,
+)
+from .names import InvalidName
+from .server import BrokerConfig, serve_turbine
+
+__all__ = [
+    "BlockingClient",
+    "BrokerConfig",
+    "ChannelInfo",
+    "Client",
+    "ConnectionFailed",
+    "Frame",
+    "Gap",
+    "InvalidName",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestFailed",
+    "Source",
+    "SourceInfo",
+    "Subscription",
+    "TurbineError",
+    "__version__",
+    "connect",
+    "open_client",
+    "parse_address",
+    "serve_turbine",
+]

@@ -1,0 +1,61 @@
+"""Every default, named and commented, in one place."""
+
+#: This package's version (also in pyproject.toml).
+VERSION = "0.1.0"
+
+#: Highest wire-protocol version this package speaks (the broker announces it).
+PROTOCOL_VERSION = 1
+#: Protocol versions this package can speak, oldest first.
+SUPPORTED_VERSIONS = (1,)
+
+#: Where clients look for a broker unless told otherwise (CLI: --turbine / TURBINE_ADDRESS).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3333
+DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+ADDRESS_ENVVAR = "TURBINE_ADDRESS"
+
+#: Largest single frame payload the broker accepts (configurable with --max-frame).
+MAX_FRAME_BYTES = 64 * 2**20
+#: Largest msgpack header of one message; anything bigger is a protocol error.
+MAX_HEADER_BYTES = 4 * 2**20
+#: Largest payload section of one message (one frame at the size limit, or a batch).
+MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES + 2**20
+
+#: Broker-wide memory limit for ring buffers (turbine serve --max-memory).
+MAX_MEMORY_BYTES = 2**30
+#: Per-source ring defaults when a client does not say.
+CACHE_FRAMES = 10_000
+CACHE_BYTES = 16 * 2**20
+#: Bookkeeping cost charged per stored frame on top of its payload.
+FRAME_OVERHEAD_BYTES = 64
+
+#: Source types and details of the <type>_<name>_<detail> convention.
+SOURCE_TYPES = ("video", "thumbnail", "daq", "ntcp", "audio")
+SOURCE_DETAILS = ("data_source", "debug_log_source", "command_source", "command_sink")
+
+#: The channel every source carries its metadata on (UTF-8 JSON frames).
+METADATA_CHANNEL = "metadata.txt"
+
+#: Client put batching: a batch is sent once it holds this many bytes or frames ...
+PUT_BATCH_BYTES = 256 * 2**10
+PUT_BATCH_FRAMES = 4096
+#: ... and a put waits (backpressure) once this much is queued but unsent.
+PUT_QUEUE_BYTES = 4 * 2**20
+
+#: Broker delivery: one frames message holds at most this many bytes or frames.
+DELIVERY_BATCH_BYTES = 1 * 2**20
+DELIVERY_BATCH_FRAMES = 8192
+#: Payloads at least this large are sent as their own buffers (vectored send, no copy).
+VECTORED_MIN_BYTES = 32 * 2**10
+#: Outbound replies queued for one connection before its reader stops reading.
+OUTBOUND_QUEUE_BYTES = 16 * 2**20
+#: A write to a client that blocks this long closes that client (it is not reading).
+WRITE_TIMEOUT_S = 30.0
+#: Bytes asked of the socket per read.
+RECEIVE_BYTES = 256 * 2**10
+
+#: Client side: frame batches buffered per subscription before the reader waits.
+SUBSCRIPTION_QUEUE_BATCHES = 64
+
+#: How many closed connections the broker remembers (with reasons) for status.
+CLOSED_HISTORY = 32

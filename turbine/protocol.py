@@ -1,0 +1,347 @@
+"""The wire protocol, sans I/O: framing, message table, handshake state.
+
+Both the broker and the client use :class:`Connection`; it never touches a
+socket.  Feed it bytes with :meth:`Connection.receive_data`, take messages
+with :meth:`Connection.next_event`, and turn outgoing messages into bytes with
+:func:`encode`.  ``docs/protocol.rst`` is the reference for other languages.
+
+Framing: every message is ::
+
+    u32 header_length | u32 payload_length | header | payload
+
+(big-endian lengths).  The header is a msgpack map with a ``"type"`` key; the
+payload is raw bytes that frame-carrying messages slice by the ``sizes``
+they list, so large frames are never re-encoded.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+import msgpack
+
+from ._constants import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+PREFIX = struct.Struct(">II")
+
+
+class Role(enum.Enum):
+    BROKER = "broker"
+    CLIENT = "client"
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`Connection.next_event` when a whole message has not arrived yet.
+NEED_DATA: Any = _NeedData()
+
+
+@attrs.frozen
+class Message:
+    """One decoded message: its type, its header fields and its payload bytes."""
+
+    type: str
+    fields: dict[str, Any]
+    payload: memoryview = attrs.field(factory=lambda: memoryview(b""))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+# --- the message table -------------------------------------------------------
+# For each type: which side may send it, its required fields and their types,
+# and its optional fields.  A peer's message that does not fit is a
+# RemoteProtocolError; one of ours is a LocalProtocolError.
+
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_START = (str, int)
+
+_C, _B = Role.CLIENT, Role.BROKER
+
+MESSAGES: dict[str, tuple[Role, dict[str, Any], dict[str, Any]]] = {
+    # handshake
+    "hello": (_B, {"protocol": int, "software": str}, {"max_frame": int, "time": _NUM}),
+    "client_hello": (_C, {"protocol": int, "name": str}, {}),
+    # requests (client -> broker); every request but put carries an id
+    "open_source": (
+        _C,
+        {"id": int, "source": str},
+        {"channels": dict, "cache_frames": int, "cache_bytes": int, "shared": bool},
+    ),
+    "close_source": (_C, {"id": int, "source": str}, {}),
+    "put": (_C, {"source": str, "channel": str, "ts": list, "sizes": list}, {"content_type": str}),
+    "flush": (_C, {"id": int}, {}),
+    "subscribe": (_C, {"id": int, "sub": int, "pattern": str}, {"start": _START, "monitor": bool}),
+    "unsubscribe": (_C, {"id": int, "sub": int}, {}),
+    "fetch": (
+        _C,
+        {"id": int, "pattern": str},
+        {"newest": int, "oldest": int, "start": _NUM, "duration": _NUM, "after": int},
+    ),
+    "list": (_C, {"id": int, "pattern": str}, {}),
+    "status": (_C, {"id": int}, {}),
+    "delete": (_C, {"id": int, "source": str}, {}),
+    # replies and deliveries (broker -> client)
+    "ok": (_B, {"id": int}, {"result": object}),
+    "error": (_B, {"code": str, "message": str}, {"id": (int, type(None))}),
+    "frames": (_B, {"groups": list}, {"sub": int, "id": int}),
+    "gap": (
+        _B,
+        {"sub": int, "source": str, "channel": str, "missed": int, "next_seq": int},
+        {},
+    ),
+}
+
+#: One group of frames inside ``put`` / ``frames``: consecutive sequence numbers
+#: of one channel from one writer.  Fields, in order:
+GROUP_FIELDS = ("source", "channel", "content_type", "first_seq", "ts", "sizes", "writer")
+
+
+def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> None:
+    spec = MESSAGES.get(kind)
+    if spec is None:
+        raise error(f"unknown message type {kind!r}; known types: {', '.join(sorted(MESSAGES))}")
+    role, required, optional = spec
+    if role is not sender:
+        raise error(f"a {sender.value} may not send {kind!r} messages")
+    for name, types in required.items():
+        if name not in fields:
+            raise error(f"{kind!r} message lacks its {name!r} field")
+        _check_type(kind, name, fields[name], types, error)
+    for name, types in optional.items():
+        if name in fields and types is not object:
+            _check_type(kind, name, fields[name], types, error)
+
+
+def _check_type(kind: str, name: str, value: Any, types: Any, error: type[Exception]) -> None:
+    if isinstance(value, bool) and types in (int, _NUM, _OPT_NUM, _START):
+        raise error(f"{kind!r} field {name!r} must be a number, not a boolean")
+    if not isinstance(value, types):
+        want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+        raise error(f"{kind!r} field {name!r} must be {want}, not {type(value).__name__}")
+
+
+def check_put(fields: dict[str, Any], payload_len: int) -> None:
+    """Check that a put's columns agree with its payload.
+
+    Raises:
+        RemoteProtocolError: the sizes do not add up or the columns differ in length.
+    """
+    ts, sizes = fields["ts"], fields["sizes"]
+    if len(ts) != len(sizes):
+        raise RemoteProtocolError("'put' lists a different number of timestamps and sizes")
+    for t in ts:
+        if t is not None and (isinstance(t, bool) or not isinstance(t, _NUM)):
+            raise RemoteProtocolError("'put' timestamps must be numbers or nil")
+    total = 0
+    for s in sizes:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise RemoteProtocolError("'put' sizes must be non-negative integers")
+        total += s
+    if total != payload_len:
+        raise RemoteProtocolError(
+            f"'put' sizes add up to {total} bytes but the payload holds {payload_len}"
+        )
+
+
+# --- encoding ----------------------------------------------------------------
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> list[Any]:
+    """Encode one message as a list of buffers to write in order.
+
+    The first buffer holds prefix and header; the payload buffers follow
+    unchanged, so a large frame is written from where it already lies.
+    """
+    header = _packb({"type": kind, **fields})
+    size = 0
+    for p in payloads:
+        size += len(p)
+    return [PREFIX.pack(len(header), size) + header, *payloads]
+
+
+def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
+    """Like :func:`encode`, joined into one bytes object."""
+    return b"".join(encode(kind, fields, payloads))
+
+
+def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[Any, ...]]:
+    """Yield ``(source, channel, content_type, seq, ts, data, writer)`` per frame.
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
+    offset = 0
+    end = len(payload)
+    for g in groups:
+        if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
+            raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
+        source, channel, ctype, seq, ts, sizes, writer = g
+        if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
+            raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
+        for t, s in zip(ts, sizes, strict=True):
+            if not isinstance(s, int) or s < 0 or offset + s > end:
+                raise RemoteProtocolError("a frame group's sizes overrun the payload")
+            yield source, channel, ctype, seq, t, payload[offset : offset + s], writer
+            offset += s
+            seq += 1
+
+
+# --- the connection state machine -----------------------------------------------
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Connection:
+    """The protocol state of one side of one connection.
+
+    Args:
+        our_role: :attr:`Role.BROKER` or :attr:`Role.CLIENT`.
+        max_payload: largest payload section accepted from the peer.
+    """
+
+    def __init__(self, our_role: Role, *, max_payload: int = MAX_PAYLOAD_BYTES) -> None:
+        self.our_role = our_role
+        self.their_role = Role.CLIENT if our_role is Role.BROKER else Role.BROKER
+        self.state = State.HANDSHAKE
+        self.max_payload = max_payload
+        self.protocol: int | None = None
+        self.peer_hello: Message | None = None
+        self._buffer = bytearray()
+        self._need = PREFIX.size
+        self._eof = False
+
+    # receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Add bytes read from the peer; ``b""`` means the peer closed."""
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    @property
+    def bytes_wanted(self) -> int:
+        """How many more bytes the message being received needs (at least 1 when waiting)."""
+        return max(self._need - len(self._buffer), 1)
+
+    def next_event(self) -> Message | Any:
+        """Return the next whole message, or :data:`NEED_DATA`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the connection is
+                then unusable) or closed in the middle of a message.
+        """
+        if self.state is State.CLOSED:
+            raise RemoteProtocolError("the connection is closed")
+        buf = self._buffer
+        if len(buf) < PREFIX.size:
+            return self._need_data()
+        header_len, payload_len = PREFIX.unpack_from(buf)
+        if header_len > MAX_HEADER_BYTES or header_len == 0:
+            self._fail(
+                f"message header of {header_len} bytes is not allowed (garbage on the wire?)"
+            )
+        if payload_len > self.max_payload:
+            self._fail(
+                f"message payload of {payload_len} bytes exceeds the limit of {self.max_payload}"
+            )
+        total = PREFIX.size + header_len + payload_len
+        if len(buf) < total:
+            self._need = total
+            return self._need_data()
+        start = PREFIX.size
+        try:
+            header = msgpack.unpackb(
+                buf[start : start + header_len], raw=False, strict_map_key=True, use_list=True
+            )
+        except Exception as exc:  # msgpack raises several unrelated types
+            self._fail(f"message header is not valid msgpack: {exc}")
+        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+            self._fail("message header must be a map with a string 'type'")
+        if payload_len:
+            with memoryview(buf) as view:
+                payload = memoryview(bytes(view[start + header_len : total]))
+        else:
+            payload = memoryview(b"")
+        del buf[:total]
+        self._need = PREFIX.size
+        kind = header.pop("type")
+        try:
+            _check(kind, header, self.their_role, RemoteProtocolError)
+            if kind == "put":
+                check_put(header, payload_len)
+        except RemoteProtocolError:
+            self.state = State.CLOSED
+            raise
+        msg = Message(kind, header, payload)
+        self._advance(msg)
+        return msg
+
+    def _need_data(self) -> Any:
+        if self._eof:
+            self.state = State.CLOSED
+            if self._buffer:
+                raise RemoteProtocolError(
+                    f"the peer closed the connection in the middle of a message "
+                    f"({len(self._buffer)} bytes of it arrived)"
+                )
+        return NEED_DATA
+
+    def _fail(self, why: str) -> Any:
+        self.state = State.CLOSED
+        raise RemoteProtocolError(why)
+
+    def _advance(self, msg: Message) -> None:
+        hello = "hello" if self.their_role is Role.BROKER else "client_hello"
+        if self.state is State.HANDSHAKE:
+            if msg.type != hello:
+                self._fail(f"expected {hello!r} first, got {msg.type!r}")
+            version = msg["protocol"]
+            if self.their_role is Role.CLIENT and version not in SUPPORTED_VERSIONS:
+                self._fail(
+                    f"protocol version {version} is not supported; this broker speaks "
+                    f"{', '.join(map(str, SUPPORTED_VERSIONS))}"
+                )
+            self.protocol = min(version, PROTOCOL_VERSION)
+            self.peer_hello = msg
+            if self.our_role is Role.BROKER:
+                self.state = State.OPEN
+        elif msg.type == hello:
+            self._fail(f"{hello!r} may only be sent once")
+
+    # sending
+
+    def send(self, kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> list[Any]:
+        """Check one of our messages against the table and encode it.
+
+        Raises:
+            LocalProtocolError: the message is not one we may send now.
+        """
+        _check(kind, fields, self.our_role, LocalProtocolError)
+        if self.state is State.CLOSED:
+            raise LocalProtocolError("the connection is closed")
+        if kind in ("hello", "client_hello"):
+            if self.our_role is Role.CLIENT:
+                self.state = State.OPEN
+        elif self.our_role is Role.CLIENT and self.state is State.HANDSHAKE:
+            raise LocalProtocolError("send 'client_hello' before any request")
+        return encode(kind, fields, payloads)
