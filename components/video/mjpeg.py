@@ -515,6 +515,17 @@ async def _read_head(
         buf += data
 
 
+def _connect_reason(exc: OSError) -> str:
+    """The OS's reason ("Connection refused") behind trio's summary error."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        reasons = {
+            getattr(e, "strerror", None) or str(e) for e in cause.exceptions if e is not None
+        }
+        return "; ".join(sorted(reasons))
+    return exc.strerror or str(exc)
+
+
 async def read_mjpeg(
     url: str,
     *,
@@ -533,8 +544,8 @@ async def read_mjpeg(
 
     Raises:
         ValueError: the URL is not ``http://HOST[:PORT]/PATH``.
-        OSError: the connection could not be made.
-        CameraDisconnected: connecting took more than ``connect_timeout``,
+        CameraDisconnected: the connection could not be made (refused,
+            unreachable, name unknown) or took more than ``connect_timeout``,
             nothing arrived for ``idle_timeout`` seconds, or the connection
             broke.
         HttpStatusError: the status is not 200.
@@ -549,6 +560,8 @@ async def read_mjpeg(
         raise CameraDisconnected(
             f"connecting to {url} took more than {connect_timeout:g} s"
         ) from None
+    except OSError as exc:
+        raise CameraDisconnected(f"cannot connect to {url}: {_connect_reason(exc)}") from exc
     async with stream:
         try:
             await stream.send_all(target.request())
