@@ -11,6 +11,7 @@ import math
 from typing import Protocol
 
 from .protocol import (
+    AXES,
     NtcpProtocolError,
     format_number,
     parse_reply,
@@ -36,7 +37,8 @@ def scripted_requests(
 ) -> list[str]:
     """The request lines of the scripted session.
 
-    In order: open-session; set-parameter and get-parameter; a first
+    In order: open-session; set-parameter and get-parameter; a proposal that
+    brings all six degrees of freedom home, its execute and a first
     get-control-point; ``steps`` times propose (x displacement and z rotation)
     / execute / get-control-point; a force-controlled step; a proposal far
     outside the limits (refused) and an execute of it (refused); a proposal
@@ -49,10 +51,18 @@ def scripted_requests(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     cp = control_point
+    zero = format_number(0.0)
+    home = "\t".join(
+        f"{axis}\t{kind}\t{zero}" for kind in ("displacement", "rotation") for axis in AXES
+    )
     lines = [
         f"open-session\t{session}",
         f"set-parameter\tp1\tstep-count\t{steps}",
         "get-parameter\tp2\tstep-count",
+        # Home every degree of freedom first, so the script does not depend on
+        # where an earlier run left the rig.
+        f"propose\th0\t{cp}\t{home}",
+        "execute\th0",
         f"get-control-point\tm0\t{cp}",
     ]
     for step in range(1, steps + 1):
