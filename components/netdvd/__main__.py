@@ -1,0 +1,78 @@
+"""Command line: ``python -m components.netdvd --tray DIR [options]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import trio
+
+from ._constants import DEFAULT_PORT, DVD_R_CAPACITY
+from .drive import Drive, EmulatedDrive, XorrisoDrive
+from .errors import NetDVDError
+from .server import serve_netdvd
+
+
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="NETDVD_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="NETDVD_PORT",
+    help="TCP port (0 picks a free one).",
+)
+@click.option(
+    "--tray",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Tray directory of the emulated drive (drive/, blank/, written/).",
+)
+@click.option(
+    "--capacity",
+    default=DVD_R_CAPACITY,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Bytes per emulated disc (default: single-layer DVD-R).",
+)
+@click.option("--device", default=None, help="Real burner, e.g. /dev/sr0 (replaces the emulation).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Spool for working directories and copies [default: TRAY/spool].",
+)
+def main(
+    host: str, port: int, tray: Path, capacity: int, device: str | None, workdir: Path | None
+) -> None:
+    """Run a NetDVD device: a network-attached DVD burner, one client at a time."""
+    try:
+        drive: Drive = (
+            XorrisoDrive(device) if device else EmulatedDrive.open(tray, capacity=capacity)
+        )
+    except (NetDVDError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    spool = workdir if workdir is not None else tray / "spool"
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_netdvd, drive, spool, host=host, port=port)
+            click.echo(f"netdvd listening on {host}:{bound}")
+
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()
