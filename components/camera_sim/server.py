@@ -133,11 +133,18 @@ class _Sim:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         try:
+            head = None
+            with trio.move_on_after(_REQUEST_TIMEOUT):
+                head = await _receive_head(stream)
+            if head is None:
+                return
+            # The request is read before any answer: closing a socket with
+            # unread input would reset the connection and lose the answer.
             if self.clients.available_tokens == 0:
                 await _send_error(stream, 503, "Service Unavailable", "too many clients\n")
                 return
             async with self.clients:
-                await self._serve(stream)
+                await self._serve(stream, head)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except trio.TooSlowError:
@@ -145,11 +152,7 @@ class _Sim:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        with trio.move_on_after(_REQUEST_TIMEOUT):
-            head = await _receive_head(stream)
-        if head is None:
-            return
+    async def _serve(self, stream: trio.SocketStream, head: bytes) -> None:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):

@@ -1,0 +1,213 @@
+"""The Axis camera emulator, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from contextlib import aclosing
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+from PIL import Image
+
+from components.camera_sim.server import serve_camera_sim
+from components.video.mjpeg import MultipartParser, parse_response_head, read_mjpeg
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start_sim(nursery: trio.Nursery, **kwargs: object) -> str:
+    port = await nursery.start(partial(serve_camera_sim, "127.0.0.1", 0, **kwargs))
+    return f"http://127.0.0.1:{port}"
+
+
+async def raw_get(base: str, target: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    """Send one request by hand; return status, headers and the whole body."""
+    port = int(base.rsplit(":", 1)[1])
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"{method} {target} HTTP/1.1\r\nHost: cam\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some():
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    parsed = parse_response_head(head)
+    return parsed.status, dict(parsed.headers), body
+
+
+async def test_stream_honours_resolution_and_fps(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    base = await start_sim(nursery)
+    url = f"{base}/axis-cgi/mjpg/video.cgi?resolution=320x240&fps=5"
+    times = []
+    with trio.fail_after(30):
+        async with aclosing(read_mjpeg(url, clock=trio.current_time)) as frames:
+            async for frame, captured in frames:
+                assert Image.open(io.BytesIO(frame)).size == (320, 240)
+                times.append(captured)
+                if len(times) == 6:
+                    break
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps == pytest.approx([0.2] * 5, abs=0.01)
+
+
+async def test_stream_is_axis_shaped(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    base = await start_sim(nursery)
+    with trio.fail_after(30):
+        status, headers, body = await raw_get(
+            base, "/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=10&nbrofframes=3"
+        )
+    assert status == 200
+    assert headers["content-type"] == "multipart/x-mixed-replace; boundary=myboundary"
+    assert body.startswith(b"--myboundary\r\n")
+    parser = MultipartParser("myboundary")
+    parts = parser.feed(body)
+    assert parser.done  # the stream ends with the closing boundary after 3 frames
+    assert len(parts) == 3
+    for part in parts:
+        assert part.headers["content-type"] == "image/jpeg"
+        assert int(part.headers["content-length"]) == len(part.body)
+        assert Image.open(io.BytesIO(part.body)).size == (160, 120)
+
+
+async def test_snapshot(nursery: trio.Nursery) -> None:
+    base = await start_sim(nursery)
+    with trio.fail_after(10):
+        status, headers, body = await raw_get(base, "/axis-cgi/jpg/image.cgi?resolution=800x600")
+    assert status == 200
+    assert headers["content-type"] == "image/jpeg"
+    assert int(headers["content-length"]) == len(body)
+    assert Image.open(io.BytesIO(body)).size == (800, 600)
+    with trio.fail_after(10):  # default resolution
+        _, _, body = await raw_get(base, "/axis-cgi/jpg/image.cgi")
+    assert Image.open(io.BytesIO(body)).size == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "message"),
+    [
+        ("/index.html", 404, "no such endpoint: /index.html"),
+        ("/axis-cgi/mjpg/video.cgi?resolution=big", 400, "expected WIDTHxHEIGHT"),
+        ("/axis-cgi/mjpg/video.cgi?resolution=10x10", 400, "must be within 64x48"),
+        ("/axis-cgi/mjpg/video.cgi?fps=0", 400, "fps=0: must be more than 0"),
+        ("/axis-cgi/mjpg/video.cgi?fps=fast", 400, "expected a number"),
+        ("/axis-cgi/jpg/image.cgi?resolution=99999x480", 400, "must be within"),
+        ("/axis-cgi/mjpg/video.cgi?nbrofframes=-1", 400, "expected a whole number"),
+    ],
+)
+async def test_bad_requests(nursery: trio.Nursery, target: str, status: int, message: str) -> None:
+    base = await start_sim(nursery)
+    with trio.fail_after(10):
+        got, headers, body = await raw_get(base, target)
+    assert got == status
+    assert message in body.decode()
+
+
+async def test_only_get(nursery: trio.Nursery) -> None:
+    base = await start_sim(nursery)
+    with trio.fail_after(10):
+        status, _, _ = await raw_get(base, "/axis-cgi/jpg/image.cgi", method="POST")
+    assert status == 405
+
+
+async def test_several_clients_at_once(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    base = await start_sim(nursery)
+    wanted = [((160, 120), 10), ((320, 240), 10), ((160, 120), 25), ((640, 480), 2)]
+    results: dict[int, tuple[set, float]] = {}
+
+    async def client(i: int, size: tuple[int, int], fps: int) -> None:
+        url = f"{base}/axis-cgi/mjpg/video.cgi?resolution={size[0]}x{size[1]}&fps={fps}"
+        sizes = set()
+        start = trio.current_time()
+        async with aclosing(read_mjpeg(url)) as frames:
+            n = 0
+            async for frame, _ in frames:
+                sizes.add(Image.open(io.BytesIO(frame)).size)
+                n += 1
+                if n == 2 * fps + 1:  # two seconds' worth
+                    break
+        results[i] = (sizes, trio.current_time() - start)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as clients:
+            for i, (size, fps) in enumerate(wanted):
+                clients.start_soon(client, i, size, fps)
+    for i, (size, _) in enumerate(wanted):
+        sizes, elapsed = results[i]
+        assert sizes == {size}
+        assert elapsed == pytest.approx(2.0, abs=0.05)
+
+
+async def test_slow_client_does_not_slow_others(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    base = await start_sim(nursery, write_timeout=2.0)
+    port = int(base.rsplit(":", 1)[1])
+    # A client that asks for a big stream and never reads.
+    stalled = trio.socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await stalled.connect(("127.0.0.1", port))
+    await stalled.send(b"GET /axis-cgi/mjpg/video.cgi?resolution=1280x720&fps=30 HTTP/1.1\r\n\r\n")
+    url = f"{base}/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=30"
+    start = trio.current_time()
+    with trio.fail_after(30):
+        async with aclosing(read_mjpeg(url)) as frames:
+            n = 0
+            async for _ in frames:
+                n += 1
+                if n == 91:
+                    break
+    assert trio.current_time() - start == pytest.approx(3.0, abs=0.05)
+    # The stalled client was dropped after write_timeout: reading now gets what
+    # was buffered, then the end of the stream.
+    with trio.fail_after(30):
+        while await stalled.recv(65536):
+            pass
+    stalled.close()
+
+
+async def test_too_many_clients(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    base = await start_sim(nursery, max_clients=1)
+    url = f"{base}/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=10"
+    with trio.fail_after(30):
+        async with aclosing(read_mjpeg(url)) as frames:
+            await frames.__anext__()
+            status, _, body = await raw_get(base, "/axis-cgi/jpg/image.cgi")
+            assert (status, body) == (503, b"too many clients\n")
+        await trio.sleep(1)  # the first client's slot is freed once it is gone
+        status, _, _ = await raw_get(base, "/axis-cgi/jpg/image.cgi")
+        assert status == 200
+
+
+async def test_command_line_prints_address() -> None:
+    with trio.fail_after(20):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "components.camera_sim", "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        try:
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(1)
+                assert chunk, "camera_sim exited early"
+                line += chunk
+            text = line.decode().strip()
+            assert text.startswith("camera_sim listening on 127.0.0.1:")
+            port = int(text.rsplit(":", 1)[1])
+            status, _, body = await raw_get(
+                f"http://127.0.0.1:{port}", "/axis-cgi/jpg/image.cgi?resolution=160x120"
+            )
+            assert status == 200
+            assert Image.open(io.BytesIO(body)).size == (160, 120)
+        finally:
+            process.kill()
+            await process.wait()
+            await process.stdout.aclose()
