@@ -59,3 +59,6 @@ SUBSCRIPTION_QUEUE_BATCHES = 64
 
 #: How many closed connections the broker remembers (with reasons) for status.
 CLOSED_HISTORY = 32
+
+#: Content type of numeric sample blocks: little-endian float64 arrays (taps print numbers).
+FLOAT64_CONTENT_TYPE = "application/x-float64-le"

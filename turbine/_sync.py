@@ -55,9 +55,9 @@ class BlockingClient:
             self._thread.join()
             raise err
 
-    async def _main(self, address: str, name: str, timeout: float) -> None:
+    async def _main(self, address: str, name: str, connect_timeout: float) -> None:
         try:
-            async with open_client(address, name=name, timeout=timeout) as client:
+            async with open_client(address, name=name, connect_timeout=connect_timeout) as client:
                 self._client = client
                 self._token = trio.lowlevel.current_trio_token()
                 self._stop = trio.Event()

@@ -21,8 +21,6 @@ import attrs
 import trio
 
 from ._constants import (
-    CACHE_BYTES,
-    CACHE_FRAMES,
     DEFAULT_PORT,
     MAX_FRAME_BYTES,
     METADATA_CHANNEL,
@@ -411,29 +409,29 @@ class Client:
         name: str,
         channels: Mapping[str, str] | None = None,
         *,
-        cache_frames: int = CACHE_FRAMES,
-        cache_bytes: int = CACHE_BYTES,
-        shared: bool = False,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+        shared: bool | None = None,
     ) -> Source:
         """Create (or take back) source ``name`` with its channels and ring limits.
 
         ``channels`` maps channel names to content types.  A ``shared`` source
         accepts puts from every client.  Reopening a source continues its
-        sequence numbers.
+        sequence numbers; limits left as ``None`` keep the source's current
+        ones (a new source gets the broker's defaults).
 
         Raises:
             RequestFailed: invalid name, held by another client (named in the
                 message), or not enough broker memory left (says how much is).
         """
         channels = dict(channels or {})
+        options = {"cache_frames": cache_frames, "cache_bytes": cache_bytes, "shared": shared}
         await self._request(
             "open_source",
             {
                 "source": name,
                 "channels": channels,
-                "cache_frames": cache_frames,
-                "cache_bytes": cache_bytes,
-                "shared": shared,
+                **{k: v for k, v in options.items() if v is not None},
             },
         )
         return Source(self, name, channels)
@@ -555,14 +553,15 @@ async def connect_stream(address: str) -> trio.SocketStream:
     try:
         return await trio.open_tcp_stream(host, port)
     except OSError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         raise ConnectionFailed(
-            f"no broker at {address} ({exc.strerror or exc}); start one with 'turbine serve'"
+            f"no broker at {address} ({cause.strerror or cause}); start one with 'turbine serve'"
         ) from None
 
 
 @contextlib.asynccontextmanager
 async def open_client(
-    address: str = "127.0.0.1:3333", *, name: str = "client", timeout: float = 10.0
+    address: str = "127.0.0.1:3333", *, name: str = "client", connect_timeout: float = 10.0
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 
@@ -572,7 +571,7 @@ async def open_client(
     stream = await connect_stream(address)
     proto = Connection(Role.CLIENT)
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(connect_timeout):
             while (msg := proto.next_event()) is NEED_DATA:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 proto.receive_data(data)
@@ -584,14 +583,21 @@ async def open_client(
         why = "it did not greet us in time" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise ConnectionFailed(f"{address} does not speak the turbine protocol: {why}") from None
     client = Client(stream, proto, address, msg)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client._reader)
-        nursery.start_soon(client._flusher)
-        try:
-            yield client
-        finally:
-            await client.aclose()
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            nursery.start_soon(client._flusher)
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The background tasks never raise, so a group holds what the caller's
+        # own code raised: give it back unwrapped.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 __all__ = [

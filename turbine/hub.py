@@ -203,11 +203,14 @@ class Hub:
         name: str,
         *,
         channels: dict[str, str] | None = None,
-        cache_frames: int = CACHE_FRAMES,
-        cache_bytes: int = CACHE_BYTES,
-        shared: bool = False,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+        shared: bool | None = None,
     ) -> Source:
         """Create ``name`` held by ``owner``, or take over the offline source of that name.
+
+        Limits and ``shared`` left as ``None`` keep an existing source's values
+        (or take the defaults for a new one).
 
         Raises:
             RequestFailed: bad name or limits, held by someone else, or no memory left.
@@ -218,9 +221,15 @@ class Hub:
                 check_channel_name(ch)
         except ValueError as exc:
             raise RequestFailed(str(exc), "name") from None
+        src = self.sources.get(name)
+        if cache_frames is None:
+            cache_frames = src.cache_frames if src else CACHE_FRAMES
+        if cache_bytes is None:
+            cache_bytes = src.cache_bytes if src else CACHE_BYTES
+        if shared is None:
+            shared = src.shared if src else False
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
-        src = self.sources.get(name)
         if src is not None and src.online:
             if src.holder is owner:
                 raise RequestFailed(f"you already hold source {name!r}", "held")

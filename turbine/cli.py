@@ -1,0 +1,500 @@
+"""The ``turbine`` command: click commands that call the library."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import math
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import click
+import trio
+
+from ._constants import (
+    ADDRESS_ENVVAR,
+    DEFAULT_ADDRESS,
+    MAX_FRAME_BYTES,
+    MAX_MEMORY_BYTES,
+    SOURCE_TYPES,
+    VERSION,
+)
+from ._errors import RequestFailed, TurbineError
+from .client import Client, Frame, Gap, SourceInfo, open_client
+from .hub import fmt_bytes
+from .names import split_path
+from .render import as_json, as_text, iso
+from .server import BrokerConfig, serve_turbine
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """``"1GiB"``, ``"512MB"``, ``"1000"`` -> bytes.
+
+    Raises:
+        click.BadParameter: not a size.
+    """
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise click.BadParameter(
+            f"{text!r} is not a size; use e.g. 1GiB, 512MiB, 64MB or a byte count"
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        return value if isinstance(value, int) else parse_size(value)
+
+
+def run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run ``async_fn`` under trio; errors become one-line messages, Ctrl-C a clean exit."""
+    try:
+        return trio.run(async_fn, *args)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except TurbineError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(
+            group.exceptions[0], TurbineError | click.ClickException
+        ):
+            exc = group.exceptions[0]
+            raise (
+                exc if isinstance(exc, click.ClickException) else click.ClickException(str(exc))
+            ) from None
+        raise
+
+
+def address_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--turbine",
+        "address",
+        envvar=ADDRESS_ENVVAR,
+        default=DEFAULT_ADDRESS,
+        show_default=True,
+        metavar="HOST:PORT",
+        help=f"Broker address (env {ADDRESS_ENVVAR}).",
+    )(fn)
+
+
+def client_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """Turn ``async def fn(tb, **options)`` into a command body connected to the broker."""
+
+    @functools.wraps(fn)
+    def body(address: str, **options: Any) -> Any:
+        async def main() -> Any:
+            async with open_client(address, name=f"turbine-{fn.__name__.strip('_')}") as tb:
+                return await fn(tb, **options)
+
+        return run(main)
+
+    return address_option(body)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, prog_name="turbine")
+def main() -> None:
+    """Turbine: a publish/subscribe data turbine for laboratories."""
+
+
+# --- serve -----------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (IPv6 as ::1)."
+)
+@click.option("--port", default=3333, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--max-memory",
+    default=str(MAX_MEMORY_BYTES),
+    type=Size(),
+    show_default="1GiB",
+    help="Memory all ring buffers may reserve together.",
+)
+@click.option(
+    "--max-frame",
+    default=str(MAX_FRAME_BYTES),
+    type=Size(),
+    show_default="64MiB",
+    help="Largest frame accepted.",
+)
+@click.option(
+    "--lenient-names", is_flag=True, help="Accept source names outside <type>_<name>_<detail>."
+)
+@click.option(
+    "--type",
+    "extra_types",
+    multiple=True,
+    metavar="TYPE",
+    help="Allow another source type (e.g. mcp); repeatable.",
+)
+def serve(
+    host: str,
+    port: int,
+    max_memory: int,
+    max_frame: int,
+    lenient_names: bool,
+    extra_types: tuple[str, ...],
+) -> None:
+    """Run a broker until Ctrl-C or SIGTERM."""
+    config = BrokerConfig(
+        host=host.strip("[]"),
+        port=port,
+        max_memory=max_memory,
+        max_frame=max_frame,
+        lenient_names=lenient_names,
+        types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
+    )
+    run(_serve, config)
+
+
+def fmt_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(config: BrokerConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                addresses = await nursery.start(serve_turbine, config)
+            except OSError as exc:
+                raise click.ClickException(
+                    f"cannot listen on {fmt_address(config.host, config.port)}: {exc.strerror or exc}"
+                ) from None
+            click.echo(f"turbine listening on {fmt_address(*addresses[0])}")
+            sys.stdout.flush()
+            async for _ in signals:
+                click.echo("turbine: shutting down", err=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+# --- reading ---------------------------------------------------------------------
+
+
+def _print_item(item: Frame | Gap, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(as_json(item))
+    elif fmt == "raw":
+        if isinstance(item, Frame):
+            sys.stdout.buffer.write(item.data)
+            sys.stdout.buffer.flush()
+        return
+    else:
+        click.echo(as_text(item))
+    sys.stdout.flush()
+
+
+FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "raw"]),
+    default="text",
+    show_default=True,
+    help="text: a line per frame; json: an object per line; raw: payload bytes.",
+)
+
+
+def _start(value: str) -> str | int:
+    if value in ("now", "newest", "oldest"):
+        return value
+    try:
+        seq = int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: use now, newest, oldest or a sequence number"
+        ) from None
+    if seq < 1:
+        raise click.BadParameter("a sequence number starts at 1")
+    return seq
+
+
+@main.command()
+@click.argument("pattern")
+@click.option(
+    "--from",
+    "start",
+    default="now",
+    show_default=True,
+    metavar="now|newest|oldest|SEQ",
+    help="Where to start on channels that exist already.",
+)
+@click.option(
+    "--monitor", is_flag=True, help="Only the newest frame, skipping what you were too slow for."
+)
+@click.option("--count", type=click.IntRange(min=1), help="Exit 0 after this many frames.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="Give up after S seconds (exit 1 if --count not reached).",
+)
+@FORMAT
+@client_command
+async def tap(
+    tb: Client,
+    pattern: str,
+    start: str,
+    monitor: bool,
+    count: int | None,
+    timeout: float | None,
+    fmt: str,
+) -> None:
+    """Stream frames matching PATTERN (SOURCE/CHANNEL with * wildcards) as they arrive.
+
+    Waits for sources that do not exist yet.
+    """
+    got = 0
+    with trio.move_on_after(timeout if timeout is not None else math.inf):
+        async with tb.subscribe(pattern, start=_start(start), monitor=monitor) as sub:
+            if not sub.channels:
+                click.echo(f"waiting for {pattern} (nothing matches it yet)", err=True)
+            async for item in sub:
+                _print_item(item, fmt)
+                if isinstance(item, Frame):
+                    got += 1
+                    if count is not None and got >= count:
+                        return
+    if timeout is not None and (count is not None or got == 0):
+        want = f"of {count} " if count is not None else ""
+        raise click.ClickException(
+            f"only {got} {want}frames arrived from {pattern} within {timeout:g} s"
+        )
+
+
+def _time(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither seconds since the epoch nor an ISO 8601 time"
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+
+
+@main.command()
+@click.argument("path")
+@click.option("--newest", type=click.IntRange(min=0), help="The newest N frames per channel.")
+@click.option("--oldest", type=click.IntRange(min=0), help="The oldest N frames per channel.")
+@click.option("--start", help="Start of a time range: seconds since the epoch or ISO 8601 (UTC).")
+@click.option(
+    "--duration", type=click.FloatRange(min=0), help="Length of the time range in seconds."
+)
+@click.option("--after", type=click.IntRange(min=0), help="Every frame after this sequence number.")
+@FORMAT
+@client_command
+async def fetch(
+    tb: Client,
+    path: str,
+    newest: int | None,
+    oldest: int | None,
+    start: str | None,
+    duration: float | None,
+    after: int | None,
+    fmt: str,
+) -> None:
+    """Print frames the broker holds now for PATH (wildcards allowed)."""
+    chosen = [
+        o
+        for o, v in (
+            ("--newest", newest),
+            ("--oldest", oldest),
+            ("--start", start),
+            ("--after", after),
+        )
+        if v is not None
+    ]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            "give exactly one of --newest N, --oldest N, --start T [--duration D], --after SEQ"
+        )
+    if duration is not None and start is None:
+        raise click.UsageError("--duration goes with --start")
+    frames = await tb.fetch(
+        path,
+        newest=newest,
+        oldest=oldest,
+        start=_time(start) if start else None,
+        duration=duration,
+        after=after,
+    )
+    for f in frames:
+        _print_item(f, fmt)
+    if not frames:
+        click.echo(f"no frames for {path}", err=True)
+
+
+def _ls_text(infos: list[SourceInfo]) -> None:
+    for s in infos:
+        state = "online" if s.online else "offline"
+        flags = ", shared" if s.shared else ""
+        holder = f" held by {s.holder}" if s.online else ""
+        click.echo(
+            f"{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
+        )
+        for c in s.channels:
+            span = f"{iso(c.first_time)} .. {iso(c.last_time)}" if c.first_time is not None else "-"
+            rate = f"{c.rate:g}/s" if c.rate else "-"
+            seqs = f"#{c.first_seq}-{c.last_seq}" if c.frames else "#-"
+            click.echo(
+                f"  {c.name:<20} {c.content_type:<26} {c.frames:>7} frames {seqs:<14} "
+                f"{fmt_bytes(c.bytes):>10} {rate:>9}  {span}"
+            )
+        if s.metadata is not None:
+            meta = json.dumps(s.metadata, sort_keys=True)
+            click.echo(f"  metadata: {meta if len(meta) <= 200 else meta[:197] + '...'}")
+
+
+@main.command()
+@click.argument("pattern", default="*")
+@click.option("--json", "as_json_", is_flag=True, help="One JSON document with every field.")
+@client_command
+async def ls(tb: Client, pattern: str, as_json_: bool) -> None:
+    """List sources matching PATTERN: channels, types, counts, times, rates, metadata."""
+    infos = await tb.list_sources(pattern)
+    if as_json_:
+        from attrs import asdict
+
+        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+    elif not infos:
+        click.echo(f"no sources match {pattern}", err=True)
+    else:
+        _ls_text(infos)
+
+
+@main.command()
+@click.argument("source")
+@client_command
+async def meta(tb: Client, source: str) -> None:
+    """Print the newest metadata of SOURCE."""
+    infos = [i for i in await tb.list_sources(source) if i.name == source]
+    if not infos:
+        raise click.ClickException(f"no source named {source!r}")
+    if infos[0].metadata is None:
+        raise click.ClickException(f"{source} has published no metadata")
+    click.echo(json.dumps(infos[0].metadata, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.option("--json", "as_json_", is_flag=True, help="Everything, as JSON.")
+@client_command
+async def status(tb: Client, as_json_: bool) -> None:
+    """Broker version, uptime, memory, clients and their traffic."""
+    st = await tb.status()
+    if as_json_:
+        click.echo(json.dumps(st, indent=2))
+        return
+    mem = st["memory"]
+    click.echo(
+        f"turbine {st['version']} (protocol {st['protocol']}), up {st['uptime']:.0f} s, broker time {iso(st['time'])}"
+    )
+    click.echo(
+        f"memory: {fmt_bytes(mem['used'])} used, {fmt_bytes(mem['reserved'])} reserved of {fmt_bytes(mem['limit'])}; "
+        f"{st['sources']} sources"
+    )
+    click.echo(f"clients: {len(st['clients'])}")
+    for c in st["clients"]:
+        subs = ", ".join(
+            f"{s['pattern']} ({s['delivered']} sent, {s['missed']} missed)"
+            for s in c["subscriptions"]
+        )
+        click.echo(
+            f"  {c['name']}: in {fmt_bytes(c['bytes_in'])} / {c['frames_in']} frames, out {fmt_bytes(c['bytes_out'])} / "
+            f"{c['frames_out']} frames, gaps {c['gaps']}, slow {c['slow_events']}"
+        )
+        if c["sources"]:
+            click.echo(f"    holds: {', '.join(c['sources'])}")
+        if subs:
+            click.echo(f"    subscribed: {subs}")
+    for c in st["closed"][-5:]:
+        click.echo(f"  closed {iso(c['time'])} {c['client']}: {c['reason']}")
+
+
+@main.command()
+@click.argument("source")
+@client_command
+async def rm(tb: Client, source: str) -> None:
+    """Delete SOURCE and its frames."""
+    await tb.delete(source)
+    click.echo(f"deleted {source}")
+
+
+# --- writing ---------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path")
+@click.argument("values", nargs=-1)
+@click.option(
+    "--type",
+    "content_type",
+    metavar="MIME",
+    help="Content type of a new channel (default: from its name).",
+)
+@click.option("--file", "file_", type=click.File("rb"), help="Put the whole file as one frame.")
+@client_command
+async def put(
+    tb: Client, path: str, values: tuple[str, ...], content_type: str | None, file_: Any
+) -> None:
+    """Put frames on SOURCE/CHANNEL: one per VALUE, or one per line of standard input."""
+    source, channel = split_path(path)
+    if file_ is not None and values:
+        raise click.UsageError("give VALUEs or --file, not both")
+    try:
+        src = await tb.open_source(source, channels={channel: content_type} if content_type else {})
+        own = True
+    except RequestFailed as exc:
+        if exc.code != "held":
+            raise
+        src, own = None, False  # held by a component: fine if it is shared
+
+    async def put_one(data: bytes) -> None:
+        if src is not None:
+            await src.put(channel, data)
+        else:
+            await tb.put(path, data)
+
+    n = 0
+    if file_ is not None:
+        await put_one(file_.read())
+        n = 1
+    elif values:
+        for v in values:
+            await put_one(v.encode())
+            n += 1
+    else:
+        for line in sys.stdin.buffer:
+            await put_one(line.rstrip(b"\r\n"))
+            n += 1
+    await tb.flush()
+    if own and src is not None:
+        await src.close()
+    click.echo(f"put {n} frame{'s' if n != 1 else ''} on {path}", err=True)
