@@ -261,7 +261,7 @@ async def tap(
     start: str,
     monitor: bool,
     count: int | None,
-    timeout: float | None,
+    wait: float | None,
     fmt: str,
 ) -> None:
     """Stream frames matching PATTERN (SOURCE/CHANNEL with * wildcards) as they arrive.
@@ -269,7 +269,7 @@ async def tap(
     Waits for sources that do not exist yet.
     """
     got = 0
-    with trio.move_on_after(timeout if timeout is not None else math.inf):
+    with trio.move_on_after(wait if wait is not None else math.inf):
         async with tb.subscribe(pattern, start=_start(start), monitor=monitor) as sub:
             if not sub.channels:
                 click.echo(f"waiting for {pattern} (nothing matches it yet)", err=True)
@@ -279,10 +279,10 @@ async def tap(
                     got += 1
                     if count is not None and got >= count:
                         return
-    if timeout is not None and (count is not None or got == 0):
+    if wait is not None and (count is not None or got == 0):
         want = f"of {count} " if count is not None else ""
         raise click.ClickException(
-            f"only {got} {want}frames arrived from {pattern} within {timeout:g} s"
+            f"only {got} {want}frames arrived from {pattern} within {wait:g} s"
         )
 
 
