@@ -30,6 +30,8 @@ def decode_reduced(jpeg: bytes, size: tuple[int, int] = QCIF) -> Image.Image:
         im = Image.open(io.BytesIO(jpeg), formats=["JPEG"])
     except UnidentifiedImageError:
         raise ValueError(f"not a JPEG image: {len(jpeg)} bytes starting {head}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"corrupt JPEG ({len(jpeg)} bytes starting {head}): {exc}") from exc
     try:
         im.draft("RGB", size)
         im.load()
