@@ -59,10 +59,21 @@ def main(
         raise click.UsageError(str(exc)) from None
     try:
         trio.run(_run, Rig(config), host, port)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
-    except KeyboardInterrupt:
-        pass
+    except (OSError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # The nursery wraps what the server raised; unwrap the expected ones.
+        errors = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in errors):
+            return
+        bind = [e for e in errors if isinstance(e, OSError)]
+        if len(bind) == len(errors):
+            raise click.ClickException(f"cannot listen on {host}:{port}: {bind[0]}") from None
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The control-system simulator over real loopback TCP, and its rig model."""
 
+import json
 import math
 import os
 import subprocess
@@ -21,6 +22,7 @@ from components.ntcp.protocol import (
     parse_reply,
 )
 from components.ntcp.session import compare_replies, scripted_session
+from components.ntcp_sim.commands import run_command
 from components.ntcp_sim.rig import NOISE_CLIP, Rig, RigConfig, RigError
 from components.ntcp_sim.server import serve_ntcp_sim
 
@@ -456,6 +458,25 @@ def test_rig_forgets_the_oldest_finished_transactions():
     rig.propose("s", "t3", group)
     with pytest.raises(RigError, match="unknown transaction t0"):
         rig.execute("s", "t0")
+
+
+def test_operator_commands():
+    rig = Rig(clock=lambda: 5.0)
+    assert run_command(rig, "set-limit MDL-00-01 x displacement -2 2.5") == (
+        "OK set-limit MDL-00-01 x displacement -2.0 2.5"
+    )
+    status = json.loads(run_command(rig, "status"))
+    assert status["control_points"][CP]["limits"]["x/displacement"] == [-2.0, 2.5]
+    assert status["time"] == 5.0
+    assert run_command(rig, "set-limit MDL-00-01 x displacement 3 2") == (
+        "NOT OK set-limit: lower limit 3.0 is above upper limit 2.0"
+    )
+    assert run_command(rig, "set-limit MDL-00-01 x").startswith(
+        "NOT OK set-limit takes 5 arguments, got 2; usage: set-limit <controlPoint>"
+    )
+    assert "limits must be numbers" in run_command(rig, "set-limit MDL-00-01 x force a b")
+    assert run_command(rig, "reboot").startswith("NOT OK unknown command 'reboot'; commands are")
+    assert run_command(rig, "").startswith("NOT OK unknown command ''")
 
 
 # ------------------------------------------------------------------ the command line
