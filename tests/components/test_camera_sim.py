@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from PIL import Image
 
 from components.camera_sim.server import serve_camera_sim
+from components.video.files import jpeg_files
 from components.video.mjpeg import MultipartParser, parse_response_head, read_mjpeg
+from components.video.synthetic import (
+    PatternRenderer,
+    SyntheticConfig,
+    format_timestamp,
+    synthetic_frames,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,3 +219,103 @@ async def test_command_line_prints_address() -> None:
             process.kill()
             await process.wait()
             await process.stdout.aclose()
+
+
+# --- the frames behind the sim: the synthetic pattern ------------------------
+# (and the other local video source, JPEG files, which shares its contract:
+# an async iterator of (jpeg, capture_time))
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720), (100, 60), (1366, 768)])
+def test_fast_render_is_the_full_render(size: tuple[int, int]) -> None:
+    renderer = PatternRenderer(*size, period=8)
+    for frame_no in [0, 1, 7, 8, 9, 123_456, 0]:
+        timestamp = 1_700_000_000.0 + frame_no / 30
+        assert renderer.render(frame_no, timestamp) == renderer.render_full(frame_no, timestamp)
+
+
+def test_pattern_changes_with_frame_and_time() -> None:
+    renderer = PatternRenderer(320, 240, period=10)
+    assert renderer.render(1, 5.0) != renderer.render(1, 6.0)
+    assert renderer.render(1, 5.0) != renderer.render(2, 5.0)
+    # The moving element is back after a period; only the counter differs.
+    first, later = renderer.picture(3, 5.0), renderer.picture(13, 5.0)
+    text_rows = (0, 0, 320, 32)
+    assert first.crop((0, 32, 320, 240)).tobytes() == later.crop((0, 32, 320, 240)).tobytes()
+    assert first.crop(text_rows).tobytes() != later.crop(text_rows).tobytes()
+    moved = renderer.picture(5, 5.0)
+    assert first.crop((0, 32, 320, 240)).tobytes() != moved.crop((0, 32, 320, 240)).tobytes()
+
+
+def test_timestamp_text() -> None:
+    assert format_timestamp(1_700_000_000.25) == "2023-11-14 22:13:20.250Z"
+
+
+def test_renderer_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="resolution 10x10 out of range"):
+        PatternRenderer(10, 10)
+    with pytest.raises(ValueError, match="quality 0"):
+        PatternRenderer(640, 480, quality=0)
+
+
+async def test_synthetic_frames_are_paced(autojump_clock: trio.abc.Clock) -> None:
+    times = []
+    with trio.fail_after(10):
+        config = SyntheticConfig(width=160, height=120, fps=20)
+        async with aclosing(synthetic_frames(config)) as frames:
+            async for frame, captured in frames:
+                assert Image.open(io.BytesIO(frame)).size == (160, 120)
+                assert captured > 1_600_000_000  # wall-clock time
+                times.append(trio.current_time())
+                if len(times) == 5:
+                    break
+    assert [b - a for a, b in zip(times, times[1:], strict=False)] == pytest.approx([0.05] * 4)
+
+
+@pytest.fixture
+def thread_safe_clock() -> trio.testing.MockClock:
+    """A mock clock that jumps only after 20 ms of real idleness: the file
+    source reads in worker threads, and a clock that jumps at once would skip
+    ahead while a read is still running."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+def write_jpeg(path: Path, colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(out, "JPEG")
+    path.write_bytes(out.getvalue())
+    return out.getvalue()
+
+
+async def test_files_loop_in_name_order(tmp_path: Path, thread_safe_clock: trio.abc.Clock) -> None:
+    b = write_jpeg(tmp_path / "b.jpg", (0, 255, 0))
+    a = write_jpeg(tmp_path / "a.JPG", (255, 0, 0))
+    c = write_jpeg(tmp_path / "c.jpeg", (0, 0, 255))
+    (tmp_path / "notes.txt").write_text("not a frame")
+    got, times = [], []
+    with trio.fail_after(30):
+        async with aclosing(jpeg_files(tmp_path, fps=2)) as frames:
+            async for frame, _ in frames:
+                got.append(frame)
+                times.append(trio.current_time())
+                if len(got) == 3:
+                    d = write_jpeg(tmp_path / "d.jpg", (9, 9, 9))  # seen on the next pass
+                if len(got) == 8:
+                    break
+    assert got == [a, b, c, a, b, c, d, a]
+    assert [y - x for x, y in zip(times, times[1:], strict=False)] == pytest.approx([0.5] * 7)
+
+
+async def test_files_once_and_errors(tmp_path: Path, thread_safe_clock: trio.abc.Clock) -> None:
+    a = write_jpeg(tmp_path / "a.jpg", (1, 2, 3))
+    with trio.fail_after(30):
+        assert [f async for f, _ in jpeg_files(tmp_path, fps=10, loop=False)] == [a]
+        with pytest.raises(ValueError, match="no JPEG files"):
+            async for _ in jpeg_files(tmp_path / "..", fps=1):
+                pass
+        with pytest.raises(FileNotFoundError):
+            async for _ in jpeg_files(tmp_path / "missing", fps=1):
+                pass
+        with pytest.raises(ValueError, match="fps must be positive"):
+            async for _ in jpeg_files(tmp_path, fps=0):
+                pass
