@@ -46,6 +46,7 @@ class _Peer:
                 if self.decoder.buffered:
                     raise NetDVDProtocolError("connection closed in the middle of a frame")
                 return None
+            self.decoder.receive_data(data)
 
 
 class NetDVDServer:
