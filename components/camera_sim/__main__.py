@@ -16,8 +16,8 @@ class _AnnounceStarted:
     def __init__(self, host: str) -> None:
         self._host = host
 
-    def started(self, port: int) -> None:
-        print(f"camera_sim listening on {self._host}:{port}", flush=True)
+    def started(self, value: int | None = None) -> None:
+        print(f"camera_sim listening on {self._host}:{value}", flush=True)
 
 
 async def _run(host: str, port: int, quality: int) -> None:

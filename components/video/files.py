@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import trio
 
@@ -36,7 +36,7 @@ async def jpeg_files(
     fps: float,
     loop: bool = True,
     clock: Callable[[], float] = time.time,
-) -> AsyncIterator[tuple[bytes, float]]:
+) -> AsyncGenerator[tuple[bytes, float], None]:
     """Yield ``(jpeg, capture_time)`` for each JPEG of ``directory`` in name
     order, ``fps`` times a second, starting over at the end if ``loop``.
 

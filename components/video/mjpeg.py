@@ -21,7 +21,7 @@ import base64
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 
 import attrs
@@ -491,7 +491,8 @@ class _BodyReader:
 async def _receive(stream: trio.abc.ReceiveStream, url: str, idle_timeout: float) -> bytes:
     try:
         with trio.fail_after(idle_timeout):
-            return await stream.receive_some(_RECEIVE_SIZE)
+            data = await stream.receive_some(_RECEIVE_SIZE)
+        return data if isinstance(data, bytes) else bytes(data)
     except trio.TooSlowError:
         raise CameraDisconnected(f"no data from {url} for {idle_timeout:g} s") from None
     except (trio.BrokenResourceError, OSError) as exc:
@@ -533,7 +534,7 @@ async def read_mjpeg(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     clock: Callable[[], float] = time.time,
-) -> AsyncIterator[tuple[bytes, float]]:
+) -> AsyncGenerator[tuple[bytes, float], None]:
     """Connect once to ``url`` and yield ``(jpeg, capture_time)`` per frame.
 
     ``capture_time`` is ``clock()`` when the frame's last byte arrived.  The
@@ -619,7 +620,7 @@ async def mjpeg_frames(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     clock: Callable[[], float] = time.time,
-) -> AsyncIterator[tuple[bytes, float]]:
+) -> AsyncGenerator[tuple[bytes, float], None]:
     """Yield ``(jpeg, capture_time)`` from ``url`` forever, reconnecting.
 
     When the camera drops, refuses or stalls, logs a warning naming the reason

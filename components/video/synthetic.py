@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import attrs
 import trio
@@ -93,7 +93,7 @@ class PatternRenderer:
         self.quality = quality
         self.period = period
         self._font = ImageFont.load_default(size=max(8, min(40, height // 20)))
-        text_h = self._font.getbbox("0Ag")[3] + 4
+        text_h = int(self._font.getbbox("0Ag")[3]) + 4
         # The text strip: whole MCU rows at the top of the picture.
         self._strip_rows = max(1, -(-text_h // _MCU))
         self._strip_h = self._strip_rows * _MCU
@@ -180,7 +180,7 @@ class PatternRenderer:
                 self._splice_ok = False
             else:
                 self._cache[phase] = segments
-        if not self._splice_ok:
+        if not self._splice_ok or segments is None:
             return self.render_full(frame_no, timestamp)
         strip = _split_scan(self._encode(self._draw_strip(frame_no, timestamp)))
         if strip is None or len(strip) - 2 != self._strip_rows:
@@ -260,7 +260,7 @@ class SyntheticConfig:
             raise ValueError(f"fps must be in (0, 1000], got {value}")
 
 
-async def synthetic_frames(config: SyntheticConfig) -> AsyncIterator[tuple[bytes, float]]:
+async def synthetic_frames(config: SyntheticConfig) -> AsyncGenerator[tuple[bytes, float], None]:
     """Yield ``(jpeg, capture_time)`` at ``config.fps``, forever.
 
     ``capture_time`` is the wall-clock time (``time.time()``) at which the
