@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import click
 import trio
 
@@ -25,6 +26,7 @@ from ._constants import (
 )
 from ._errors import RequestFailed, TurbineError
 from .client import Client, Frame, Gap, SourceInfo, open_client
+from .command import NoReply, send_command
 from .hub import fmt_bytes
 from .names import split_path
 from .render import as_json, as_text, iso
@@ -250,6 +252,7 @@ def _start(value: str) -> str | int:
 @click.option("--count", type=click.IntRange(min=1), help="Exit 0 after this many frames.")
 @click.option(
     "--timeout",
+    "wait",
     type=click.FloatRange(min=0),
     help="Give up after S seconds (exit 1 if --count not reached).",
 )
@@ -381,9 +384,7 @@ async def ls(tb: Client, pattern: str, as_json_: bool) -> None:
     """List sources matching PATTERN: channels, types, counts, times, rates, metadata."""
     infos = await tb.list_sources(pattern)
     if as_json_:
-        from attrs import asdict
-
-        click.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        click.echo(json.dumps([attrs.asdict(i) for i in infos], indent=2))
     elif not infos:
         click.echo(f"no sources match {pattern}", err=True)
     else:
@@ -498,3 +499,43 @@ async def put(
     if own and src is not None:
         await src.close()
     click.echo(f"put {n} frame{'s' if n != 1 else ''} on {path}", err=True)
+
+
+# --- components ------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("target")
+@click.argument("verb")
+@click.argument("args", nargs=-1)
+@click.option(
+    "--timeout",
+    "wait",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds to wait for the reply (also the command's deadline).",
+)
+@click.option("--json", "as_json_", is_flag=True, help="Print the whole reply as JSON.")
+@client_command
+async def cmd(
+    tb: Client, target: str, verb: str, args: tuple[str, ...], wait: float, as_json_: bool
+) -> None:
+    """Send VERB [ARGS...] to component TARGET (<type>_<name>) and print its reply.
+
+    Exit 0 when the reply is ok, 1 on an error reply, 2 when no reply came in time.
+    """
+    try:
+        reply = await send_command(tb, target, verb, *args, wait=wait)
+    except NoReply as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(2) from None
+    if as_json_:
+        click.echo(json.dumps(attrs.asdict(reply), indent=2, default=str))
+    elif reply.ok:
+        result = reply.result
+        click.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+    else:
+        click.echo(f"{target} {verb}: {reply.status}: {reply.error}", err=True)
+    if not reply.ok:
+        raise SystemExit(1)

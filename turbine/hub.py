@@ -256,7 +256,6 @@ class Hub:
         src.holder, src.holder_name, src.offline_since = owner, owner_name, None
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
-        self.channel(src, METADATA_CHANNEL, None)
         return src
 
     def release(self, owner: Any, name: str | None = None) -> None:

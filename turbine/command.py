@@ -1,0 +1,146 @@
+"""Commands and replies: what travels on command sinks and command sources.
+
+A command is a UTF-8 JSON frame on ``<type>_<name>_command_sink/command.txt``::
+
+    {"id": "...", "verb": "set-rate", "args": ["500"], "kwargs": {}, "deadline": 1795295531.7}
+
+and its reply a frame on ``<type>_<name>_command_source/command.txt``::
+
+    {"id": "...", "verb": "set-rate", "status": "ok" | "error" | "expired",
+     "result": ..., "error": "...", "sink_seq": 17}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import RequestFailed, TurbineError
+from .client import Client
+
+COMMAND_CHANNEL = "command.txt"
+#: How long a command stays valid when the sender does not say.
+DEFAULT_COMMAND_TIMEOUT_S = 10.0
+
+
+class NoReply(TurbineError):
+    """No reply came before the deadline."""
+
+
+def endpoints(component: str) -> dict[str, str]:
+    """The four source names of component ``<type>_<name>``."""
+    return {
+        "data": f"{component}_data_source",
+        "log": f"{component}_debug_log_source",
+        "sink": f"{component}_command_sink",
+        "replies": f"{component}_command_source",
+    }
+
+
+@attrs.frozen
+class Command:
+    id: str
+    verb: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    deadline: float | None = None
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Command:
+        """Parse a command frame.
+
+        Raises:
+            ValueError: not a JSON object with a string ``verb``.
+        """
+        d = json.loads(data)
+        if not isinstance(d, dict) or not isinstance(d.get("verb"), str):
+            raise ValueError("a command must be a JSON object with a string 'verb'")
+        args = d.get("args", [])
+        kwargs = d.get("kwargs", {})
+        deadline = d.get("deadline")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("a command's 'args' must be a list and its 'kwargs' an object")
+        if deadline is not None and not isinstance(deadline, int | float):
+            raise ValueError("a command's 'deadline' must be seconds since the epoch")
+        return cls(str(d.get("id", "")), d["verb"], tuple(args), kwargs, deadline)
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self)).encode()
+
+
+@attrs.frozen
+class Reply:
+    id: str
+    verb: str
+    status: str  # "ok", "error" or "expired"
+    result: Any = None
+    error: str | None = None
+    sink_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Reply:
+        d = json.loads(data)
+        return cls(
+            str(d.get("id", "")),
+            str(d.get("verb", "")),
+            str(d.get("status", "error")),
+            d.get("result"),
+            d.get("error"),
+            d.get("sink_seq"),
+        )
+
+    def to_json(self) -> bytes:
+        return json.dumps(attrs.asdict(self), default=str).encode()
+
+
+async def send_command(
+    tb: Client,
+    target: str,
+    verb: str,
+    *args: Any,
+    wait: float = DEFAULT_COMMAND_TIMEOUT_S,
+    **kwargs: Any,
+) -> Reply:
+    """Send ``verb`` to component ``target`` (``<type>_<name>``) and wait for its reply.
+
+    The command's deadline is ``wait`` seconds from now: a component that
+    reads it later answers ``expired`` without running it.
+
+    Raises:
+        RequestFailed: the component's command sink does not exist.
+        NoReply: no reply within ``wait`` seconds.
+    """
+    ep = endpoints(target)
+    cmd = Command(uuid.uuid4().hex, verb, args, kwargs, time.time() + wait)
+    with trio.move_on_after(wait) as scope:
+        async with tb.subscribe(f"{ep['replies']}/{COMMAND_CHANNEL}", start="now") as sub:
+            try:
+                await tb.put(f"{ep['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
+            except RequestFailed as exc:
+                if exc.code == "missing":
+                    raise RequestFailed(
+                        f"no component {target!r} has ever run here (no source {ep['sink']})",
+                        "missing",
+                    ) from None
+                raise
+            async for item in sub:
+                data = getattr(item, "data", None)
+                if data is None:
+                    continue
+                try:
+                    reply = Reply.from_json(data)
+                except ValueError:
+                    continue
+                if reply.id == cmd.id:
+                    return reply
+    assert scope.cancelled_caught or True
+    raise NoReply(f"no reply from {target} to {verb!r} within {wait:g} s (is it running?)")

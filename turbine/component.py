@@ -1,0 +1,456 @@
+"""The component pattern, written once.
+
+A component ``<type>_<name>`` has four endpoints on the broker:
+
+* ``<type>_<name>_data_source``: its data channels and ``metadata.txt``;
+* ``<type>_<name>_debug_log_source/log.txt``: its Python log records;
+* ``<type>_<name>_command_sink/command.txt``: a shared source anyone may put commands on;
+* ``<type>_<name>_command_source/command.txt``: its replies.
+
+A component is a subclass with settings, data channels, command handlers
+and a ``run`` method::
+
+    class Counter(Component):
+        type = "daq"
+        channels = {"count": "text/plain"}
+        settings = {"interval": 1.0}
+
+        async def run(self):
+            n = 0
+            while True:
+                await self.data.put("count", str(n).encode())
+                n += 1
+                await trio.sleep(self.config["interval"])
+
+        @command("reset", help="start counting from zero")
+        async def reset(self) -> str: ...
+
+    if __name__ == "__main__":
+        Counter.main()
+
+The framework waits for the broker, reconnects when it comes back (calling
+``run`` again; state on ``self`` persists), publishes metadata, answers
+``status`` and ``help``, refuses unknown or expired commands, and sends the
+log to the debug log source.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import click
+import trio
+
+from ._constants import ADDRESS_ENVVAR, DEFAULT_ADDRESS
+from ._errors import ConnectionFailed, RequestFailed, TurbineError
+from .client import Client, Frame, Source, open_client
+from .command import COMMAND_CHANNEL, Command, Reply, endpoints
+from .names import check_source_name
+
+LOG_CHANNEL = "log.txt"
+#: Log records buffered for the debug log source while the broker is away.
+LOG_QUEUE = 1000
+#: Reconnect backoff: first wait, longest wait (seconds).
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class ConfigError(TurbineError):
+    """A component setting is unknown or has the wrong type."""
+
+
+def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa: A002
+    """Mark a method as the handler of ``verb``.
+
+    Positional command arguments are converted to the parameters' annotated
+    types (``int``, ``float``, ``bool``, ``str``).  The return value is the
+    reply's result; an exception becomes an error reply with its message.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__turbine_command__ = verb  # type: ignore[attr-defined]
+        fn.__turbine_help__ = help or (inspect.getdoc(fn) or "").split("\n")[0]  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def convert(value: Any, like: Any, what: str) -> Any:
+    """Convert ``value`` (often a string from a command line) to the type of ``like``.
+
+    Raises:
+        ConfigError: it cannot be converted; the message names ``what``.
+    """
+    kind = like if isinstance(like, type) else type(like)
+    if like is None or kind is object or isinstance(value, kind) and kind is not bool:
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind in (list, dict):
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, kind):
+                raise ValueError
+            return parsed
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected {kind.__name__}, got {value!r}") from None
+
+
+class BrokerLogHandler(logging.Handler):
+    """Queues log records for the debug log source; never blocks the logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send, self.receive = trio.open_memory_channel[bytes](LOG_QUEUE)
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = logging.Formatter().formatException(record.exc_info)
+        try:
+            self.send.send_nowait(json.dumps(entry).encode())
+        except trio.WouldBlock:
+            self.dropped += 1
+
+
+class Component:
+    """Base class of every component; see the module docstring."""
+
+    #: The ``<type>`` of ``<type>_<name>``.
+    type: ClassVar[str] = ""
+    #: Data channels of the data source and their content types.
+    channels: ClassVar[dict[str, str]] = {}
+    #: Settings and their defaults; a setting's type is its default's type.
+    settings: ClassVar[dict[str, Any]] = {}
+    #: Ring limits of the data source (None: the broker's defaults).
+    cache_frames: ClassVar[int | None] = None
+    cache_bytes: ClassVar[int | None] = None
+
+    def __init__(
+        self, name: str, address: str = DEFAULT_ADDRESS, config: dict[str, Any] | None = None
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.component = f"{self.type}_{name}"
+        self.endpoints = endpoints(self.component)
+        self.config = self.check_config(config or {})
+        self.log = logging.getLogger(self.component)
+        self.started = time.time()
+        self.state = "starting"
+        self.commands_handled = 0
+        self.client: Client | None = None
+        self._data: Source | None = None
+        self._replies: Source | None = None
+        self._log_handler = BrokerLogHandler()
+        self._handlers = self._find_commands()
+
+    # --- what subclasses provide
+
+    async def run(self) -> None:
+        """The component's work; runs while the broker is connected.
+
+        Called again after each reconnect.  The default waits forever.
+        """
+        await trio.sleep_forever()
+
+    def metadata(self) -> dict[str, Any]:
+        """The data source's metadata; extend it in subclasses."""
+        return {
+            "component": self.component,
+            "type": self.type,
+            "name": self.name,
+            "channels": sorted(self.channels),
+            "content_types": dict(self.channels),
+            "status": self.state,
+            "commands": sorted(self._handlers),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """What ``status`` answers; extend it in subclasses."""
+        return {
+            "component": self.component,
+            "state": self.state,
+            "uptime": round(time.time() - self.started, 3),
+            "commands_handled": self.commands_handled,
+            "settings": self.config,
+            "log_records_dropped": self._log_handler.dropped,
+        }
+
+    # --- settings
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``config`` into the defaults, converting types.
+
+        Raises:
+            ConfigError: an unknown key or a value of the wrong type.
+        """
+        unknown = sorted(set(config) - set(cls.settings))
+        if unknown:
+            known = ", ".join(sorted(cls.settings)) or "none"
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)} for {cls.type} components; known: {known}"
+            )
+        merged = dict(cls.settings)
+        for key, value in config.items():
+            merged[key] = convert(value, cls.settings[key], f"setting {key!r}")
+        return merged
+
+    # --- endpoints
+
+    @property
+    def data(self) -> Source:
+        """The data source (valid while connected)."""
+        if self._data is None:
+            raise ConnectionFailed("the component is not connected to the broker")
+        return self._data
+
+    async def publish_metadata(self) -> None:
+        """Publish :meth:`metadata` now (call after changing what it reports)."""
+        if self._data is not None:
+            await self._data.set_metadata(self.metadata())
+
+    # --- commands
+
+    def _find_commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
+        found: dict[str, Callable[..., Awaitable[Any]]] = {}
+        for klass in reversed(type(self).__mro__):
+            for attr in vars(klass).values():
+                verb = getattr(attr, "__turbine_command__", None)
+                if verb:
+                    found[verb] = getattr(self, attr.__name__)
+        return found
+
+    @command("status", help="the component's state, uptime and settings")
+    async def _status(self) -> dict[str, Any]:
+        return self.status()
+
+    @command("help", help="the commands this component answers")
+    async def _help(self) -> dict[str, str]:
+        out = {}
+        for verb, fn in sorted(self._handlers.items()):
+            params = [p for p in inspect.signature(fn).parameters.values()]
+            sig = " ".join(
+                p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in params
+            )
+            out[verb] = f"{verb} {sig}".strip() + f": {fn.__turbine_help__}"  # type: ignore[attr-defined]
+        return out
+
+    async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
+        """Run one command; return ``(status, result, error)``."""
+        if cmd.deadline is not None and time.time() > cmd.deadline:
+            return (
+                "expired",
+                None,
+                f"the command's deadline passed {time.time() - cmd.deadline:.3f} s before it was read",
+            )
+        fn = self._handlers.get(cmd.verb)
+        if fn is None:
+            return (
+                "error",
+                None,
+                f"unknown command {cmd.verb!r}; {self.component} knows: {', '.join(sorted(self._handlers))}",
+            )
+        try:
+            sig = inspect.signature(fn)
+            bound = sig.bind(*cmd.args, **cmd.kwargs)
+        except TypeError as exc:
+            return (
+                "error",
+                None,
+                f"bad arguments for {cmd.verb!r} ({exc}); usage: {(await self._help())[cmd.verb]}",
+            )
+        try:
+            for pname, value in bound.arguments.items():
+                ann = sig.parameters[pname].annotation
+                like = {"int": int, "float": float, "bool": bool, "str": str}.get(
+                    ann if isinstance(ann, str) else getattr(ann, "__name__", ""), None
+                )
+                if like is not None:
+                    bound.arguments[pname] = convert(value, like, f"argument {pname!r}")
+            result = await fn(*bound.args, **bound.kwargs)
+        except (TurbineError, ValueError, KeyError, TypeError) as exc:
+            return "error", None, str(exc) or type(exc).__name__
+        self.commands_handled += 1
+        return "ok", result, None
+
+    async def _command_loop(self, tb: Client) -> None:
+        ep = self.endpoints
+        # Resume after the last command answered (found in our newest reply),
+        # so commands sent while we were away are answered, none twice.
+        start: str | int = "oldest"
+        for frame in await tb.fetch(f"{ep['replies']}/{COMMAND_CHANNEL}", newest=1):
+            try:
+                seq = Reply.from_json(frame.data).sink_seq
+            except ValueError:
+                seq = None
+            if seq:
+                start = seq + 1
+        async with tb.subscribe(f"{ep['sink']}/{COMMAND_CHANNEL}", start=start) as sub:
+            async for item in sub:
+                if not isinstance(item, Frame):
+                    self.log.warning(
+                        "missed %d commands (evicted before they were read)", item.missed
+                    )
+                    continue
+                await self._answer(item)
+
+    async def _answer(self, frame: Frame) -> None:
+        try:
+            cmd = Command.from_json(frame.data)
+        except ValueError as exc:
+            reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
+        else:
+            self.log.info(
+                "command %s %s from %s", cmd.verb, " ".join(map(str, cmd.args)), frame.writer
+            )
+            status, result, error = await self.execute(cmd)
+            if status != "ok":
+                self.log.warning("command %s: %s: %s", cmd.verb, status, error)
+            reply = Reply(cmd.id, cmd.verb, status, result, error, frame.seq)
+        assert self._replies is not None
+        await self._replies.put(COMMAND_CHANNEL, reply.to_json())
+        await self._replies.flush()
+
+    # --- running
+
+    async def _pump_log(self, log_source: Source) -> None:
+        async for entry in self._log_handler.receive:
+            await log_source.put(LOG_CHANNEL, entry)
+            if not self._log_handler.receive.statistics().current_buffer_used:
+                await log_source.flush()
+
+    async def _session(self, tb: Client) -> None:
+        ep = self.endpoints
+        self.client = tb
+        self._data = await tb.open_source(
+            ep["data"],
+            channels=self.channels,
+            cache_frames=self.cache_frames,
+            cache_bytes=self.cache_bytes,
+        )
+        log_source = await tb.open_source(ep["log"], channels={LOG_CHANNEL: "application/json"})
+        await tb.open_source(
+            ep["sink"], channels={COMMAND_CHANNEL: "application/json"}, shared=True
+        )
+        self._replies = await tb.open_source(
+            ep["replies"], channels={COMMAND_CHANNEL: "application/json"}
+        )
+        self.state = "running"
+        await self.publish_metadata()
+        self.log.info("connected to %s", self.address)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_log, log_source)
+            nursery.start_soon(self._command_loop, tb)
+            await self.run()
+            # run() returning means the work is done; keep answering commands.
+            await trio.sleep_forever()
+
+    async def serve(self) -> None:
+        """Connect, run and reconnect forever (until cancelled)."""
+        root = logging.getLogger()
+        root.addHandler(self._log_handler)
+        wait = RECONNECT_FIRST_S
+        try:
+            while True:
+                try:
+                    async with open_client(self.address, name=self.component) as tb:
+                        wait = RECONNECT_FIRST_S
+                        await self._session(tb)
+                except* ConnectionFailed as group:
+                    self.log.warning(
+                        "broker unreachable (%s); retrying in %.1f s", group.exceptions[0], wait
+                    )
+                except* RequestFailed as group:
+                    # e.g. our previous process still holds a source: it goes offline soon.
+                    if any(e.code != "held" for e in group.exceptions):  # type: ignore[attr-defined]
+                        raise
+                    self.log.warning("%s; retrying in %.1f s", group.exceptions[0], wait)
+                self.state = "disconnected"
+                self._data = self._replies = None
+                await trio.sleep(wait)
+                wait = min(wait * 2, RECONNECT_MAX_S)
+        finally:
+            root.removeHandler(self._log_handler)
+
+    @classmethod
+    def cli(cls) -> click.Command:
+        """The command line every component shares."""
+
+        @click.command(name=f"components.{cls.type}", help=cls.__doc__)
+        @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
+        @click.option(
+            "--turbine",
+            "address",
+            envvar=ADDRESS_ENVVAR,
+            default=DEFAULT_ADDRESS,
+            show_default=True,
+            metavar="HOST:PORT",
+            help="Broker address.",
+        )
+        @click.option(
+            "--set",
+            "settings",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a setting; repeatable. Settings: "
+            + ", ".join(f"{k}={v!r}" for k, v in cls.settings.items()),
+        )
+        @click.option(
+            "--log-level",
+            default="INFO",
+            show_default=True,
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+        )
+        def main(name: str, address: str, settings: tuple[str, ...], log_level: str) -> None:
+            config: dict[str, Any] = {}
+            for item in settings:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+                config[key.strip()] = value
+            try:
+                check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
+                component = cls(name, address, config)
+            except TurbineError as exc:
+                raise click.UsageError(str(exc)) from None
+            logging.basicConfig(
+                level=log_level,
+                stream=sys.stderr,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            try:
+                trio.run(component.serve)
+            except KeyboardInterrupt:
+                pass
+
+        return main
+
+    @classmethod
+    def main(cls, argv: list[str] | None = None) -> None:
+        """Run the component from the command line (``python -m components.<kind>``)."""
+        cls.cli().main(args=argv, prog_name=f"python -m components.{cls.type}")
