@@ -3,6 +3,7 @@
 The public API; everything else is private to the package.
 """
 
+from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
 from ._errors import (
     ConnectionFailed,
@@ -24,10 +25,20 @@ from .client import (
     open_client,
     parse_address,
 )
+from .command import Command, NoReply, Reply, send_command
+from .component import Component, ConfigError, command
 from .names import InvalidName
 from .server import BrokerConfig, serve_turbine
 
 __all__ = [
+    "FLOAT64_CONTENT_TYPE",
+    "Command",
+    "Component",
+    "ConfigError",
+    "NoReply",
+    "Reply",
+    "command",
+    "send_command",
     "BlockingClient",
     "BrokerConfig",
     "ChannelInfo",
