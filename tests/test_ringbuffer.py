@@ -1,0 +1,181 @@
+"""The ring buffer of one channel: bounded, oldest first, gaps reported."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from turbine._constants import FRAME_OVERHEAD_BYTES
+from turbine.ringbuffer import Ring
+
+
+def filled(n: int, max_frames: int = 100, writer: str = "w", next_seq: int = 1) -> Ring:
+    ring = Ring(max_frames, next_seq)
+    ring.append_many([float(i) for i in range(n)], [b"%d" % i for i in range(n)], writer, 0)
+    return ring
+
+
+def seqs(run) -> list[int]:
+    return list(range(run.first_seq, run.first_seq + len(run.ts)))
+
+
+def test_a_ring_holds_at_least_one_frame():
+    with pytest.raises(ValueError, match="at least one frame"):
+        Ring(0)
+
+
+def test_sequence_numbers_start_at_one_and_increase():
+    ring = filled(3)
+    assert (ring.first_seq, ring.last_seq, len(ring)) == (1, 3, 3)
+    run = ring.read(1, 10)
+    assert seqs(run) == [1, 2, 3]
+    assert run.data == [b"0", b"1", b"2"]
+    assert run.missed == 0
+
+
+def test_an_empty_ring():
+    ring = Ring(5)
+    assert len(ring) == 0
+    assert ring.last_seq == 0
+    assert ring.newest is None and ring.first_time is None and ring.last_time is None
+    assert ring.read(1, 10).ts == []
+
+
+def test_a_ring_can_continue_an_earlier_numbering():
+    ring = filled(2, next_seq=41)
+    assert seqs(ring.read(1, 10)) == [41, 42]
+    assert ring.read(1, 10).missed == 40
+
+
+def test_over_the_frame_bound_the_oldest_go_first():
+    ring = Ring(3)
+    freed = 0
+    for i in range(5):
+        freed += ring.append_many([float(i)], [b"abcd"], "w", i)
+    assert len(ring) == 3
+    assert (ring.first_seq, ring.last_seq) == (3, 5)
+    assert ring.read(1, 10).ts == [2.0, 3.0, 4.0]
+    assert freed == 2 * (4 + FRAME_OVERHEAD_BYTES)
+    assert ring.bytes == 3 * (4 + FRAME_OVERHEAD_BYTES)
+
+
+def test_one_big_append_over_the_bound_keeps_the_newest():
+    ring = filled(10, max_frames=4)
+    assert seqs(ring.read(1, 10)) == [7, 8, 9, 10]
+    assert ring.newest == b"9"
+
+
+def test_reading_evicted_frames_reports_how_many_were_missed():
+    ring = filled(10, max_frames=4)
+    run = ring.read(2, 10)
+    assert run.missed == 5
+    assert run.first_seq == 7
+    assert seqs(run) == [7, 8, 9, 10]
+
+
+def test_reading_past_the_newest_gives_nothing():
+    ring = filled(3)
+    run = ring.read(4, 10)
+    assert run.ts == [] and run.missed == 0 and run.first_seq == 4
+
+
+def test_read_limits_frames_and_bytes_but_always_returns_one():
+    ring = Ring(10)
+    ring.append_many([1.0, 2.0, 3.0], [b"x" * 100, b"y" * 100, b"z" * 100], "w", 0)
+    assert seqs(ring.read(1, 2)) == [1, 2]
+    assert seqs(ring.read(1, 10, max_bytes=250)) == [1, 2]
+    assert seqs(ring.read(1, 10, max_bytes=10)) == [1]
+
+
+def test_newest_and_oldest():
+    ring = filled(10, max_frames=6)
+    assert seqs(ring.newest_n(2)) == [9, 10]
+    assert seqs(ring.oldest_n(2)) == [5, 6]
+    assert seqs(ring.newest_n(100)) == [5, 6, 7, 8, 9, 10]
+    assert ring.newest_n(0).ts == []
+
+
+def test_time_range_is_half_open():
+    ring = filled(10)  # timestamps 0.0 .. 9.0
+    assert ring.time_range(2.0, 3.0, 100).ts == [2.0, 3.0, 4.0]
+    assert ring.time_range(2.5, 1.0, 100).ts == [3.0]
+    assert ring.time_range(4.0, 0, 100).ts == [4.0]
+    assert ring.time_range(20.0, 5.0, 100).ts == []
+    assert ring.time_range(0.0, float("inf"), 3).ts == [0.0, 1.0, 2.0]
+
+
+def test_time_range_ignores_evicted_frames():
+    ring = filled(10, max_frames=3)
+    run = ring.time_range(0.0, 100.0, 100)
+    assert run.ts == [7.0, 8.0, 9.0]
+    assert run.first_seq == 8
+
+
+def test_each_frame_records_its_writer():
+    ring = Ring(100)
+    ring.append_many([1.0, 2.0], [b"a", b"b"], "alice", 0)
+    ring.append_many([3.0], [b"c"], "bob", 2)
+    ring.append_many([4.0], [b"d"], "bob", 3)
+    ring.append_many([5.0], [b"e"], "alice", 4)
+    assert ring.read(1, 10).writers == [(1, "alice"), (3, "bob"), (5, "alice")]
+    assert ring.read(2, 2).writers == [(2, "alice"), (3, "bob")]
+    assert ring.read(4, 1).writers == [(4, "bob")]
+
+
+def test_oldest_arrival_follows_eviction():
+    ring = Ring(2)
+    ring.append_many([1.0, 2.0], [b"a", b"b"], "w", 10)
+    assert ring.oldest_arrival == 10
+    ring.append_many([3.0], [b"c"], "w", 12)
+    assert ring.oldest_arrival == 11
+    ring.evict(5)
+    assert len(ring) == 0 and ring.oldest_arrival is None and ring.bytes == 0
+
+
+def test_evicted_payloads_are_released_at_once():
+    ring = filled(3, max_frames=10)
+    ring.evict(2)
+    assert ring._data[:2] == [None, None]  # noqa: SLF001 - the memory is what is tested
+
+
+def test_long_runs_compact_and_stay_correct():
+    ring = Ring(50)
+    writers = ["a", "b", "c"]
+    for i in range(5000):
+        ring.append_many([float(i)], [b"%d" % i], writers[(i // 7) % 3], i)
+    assert len(ring._ts) < 5000  # noqa: SLF001 - compaction happened
+    run = ring.read(1, 100)
+    assert run.missed == 4950
+    assert seqs(run) == list(range(4951, 5001))
+    assert run.data == [b"%d" % i for i in range(4950, 5000)]
+    # Writers still line up with the frames they wrote.
+    for seq, writer in run.writers:
+        assert writer == writers[((seq - 1) // 7) % 3]
+    assert ring.time_range(4990.0, 5.0, 100).ts == [4990.0, 4991.0, 4992.0, 4993.0, 4994.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_frames=st.integers(1, 20),
+    batches=st.lists(st.integers(1, 15), max_size=20),
+    start=st.integers(1, 300),
+)
+def test_reads_never_lose_count(max_frames, batches, start):
+    """Whatever was appended, a read from any seq accounts for every frame up to the newest."""
+    ring = Ring(max_frames)
+    n = 0
+    for size in batches:
+        ring.append_many(
+            [float(n + i) for i in range(size)], [b"x" * (n + i) for i in range(size)], "w", n
+        )
+        n += size
+    assert len(ring) == min(n, max_frames)
+    assert ring.bytes == sum(len(b"x" * i) + FRAME_OVERHEAD_BYTES for i in range(n - len(ring), n))
+    run = ring.read(start, 1000)
+    if start > n:
+        assert run.ts == []
+    else:
+        assert start + run.missed == run.first_seq
+        assert run.first_seq + len(run.ts) == n + 1
+        assert run.data == [b"x" * (s - 1) for s in seqs(run)]
