@@ -333,13 +333,14 @@ class Hub:
                 ch = self.channel(src, channel, content_type)
             except ValueError as exc:
                 raise RequestFailed(str(exc), "name") from None
-        for d in data:
-            if len(d) > self.max_frame or len(d) + FRAME_OVERHEAD_BYTES > src.cache_bytes:
-                raise RequestFailed(
-                    f"a frame of {len(d)} bytes for {ch.path} is over the limit of "
-                    f"{min(self.max_frame, src.cache_bytes - FRAME_OVERHEAD_BYTES)} bytes",
-                    "too_large",
-                )
+        biggest = max(map(len, data), default=0)
+        limit = min(self.max_frame, src.cache_bytes - FRAME_OVERHEAD_BYTES)
+        if biggest > limit:
+            raise RequestFailed(
+                f"a frame of {biggest} bytes for {ch.path} is over the limit of {limit} bytes "
+                "(the broker's --max-frame, or the source's cache_bytes)",
+                "too_large",
+            )
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]
@@ -422,44 +423,25 @@ def add_run(groups: list[Group], payloads: list[Any], ch: Channel, run: Run) -> 
     if not run.ts:
         return
     payloads += run.data
+    source, name, ctype = ch.source.name, ch.name, ch.content_type
     writers = run.writers
     if len(writers) == 1:
-        groups.append(
-            [
-                ch.source.name,
-                ch.name,
-                ch.content_type,
-                run.first_seq,
-                run.ts,
-                list(map(len, run.data)),
-                writers[0][1],
-            ]
-        )
+        groups.append([source, name, ctype, run.first_seq, run.ts, run.sizes, writers[0][1]])
         return
     bounds = [w[0] for w in writers[1:]] + [run.first_seq + len(run.ts)]
     for (seq, writer), end in zip(writers, bounds, strict=True):
         a, b = seq - run.first_seq, end - run.first_seq
-        groups.append(
-            [
-                ch.source.name,
-                ch.name,
-                ch.content_type,
-                seq,
-                run.ts[a:b],
-                list(map(len, run.data[a:b])),
-                writer,
-            ]
-        )
+        groups.append([source, name, ctype, seq, run.ts[a:b], run.sizes[a:b], writer])
 
 
 def collect(
     cursors: Iterable[Cursor], max_frames: int, max_bytes: int
-) -> tuple[list[Group], list[Any], list[tuple[Cursor, int]], int]:
+) -> tuple[list[Group], list[Any], list[tuple[Cursor, int]], int, int]:
     """Pull what ``cursors`` have pending, within a budget, advancing them.
 
     Returns the groups, their payloads, ``(cursor, missed)`` for every cursor
-    that fell behind the ring (a gap to report first), and the frame count.
-    Monitor subscriptions skip to the newest frame.
+    that fell behind the ring (a gap to report first), and the frame and byte
+    counts.  Monitor subscriptions skip to the newest frame.
     """
     groups: list[Group] = []
     payloads: list[Any] = []
@@ -481,7 +463,6 @@ def collect(
         add_run(groups, payloads, cur.channel, run)
         n = len(run.ts)
         frames += n
-        for d in run.data:
-            size += len(d)
+        size += sum(run.sizes)
         cur.next_seq = run.first_seq + n
-    return groups, payloads, gaps, frames
+    return groups, payloads, gaps, frames, size

@@ -9,6 +9,7 @@ sequence number ``first_seq + (i - start)``.
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import Any
 
 import attrs
@@ -28,6 +29,7 @@ class Run:
     first_seq: int
     ts: list[float]
     data: list[Any]
+    sizes: list[int]
     writers: list[tuple[int, str]]
     missed: int = 0
 
@@ -48,6 +50,7 @@ class Ring:
         "max_frames",
         "_ts",
         "_data",
+        "_sizes",
         "_arrival",
         "_writers",
         "_start",
@@ -60,10 +63,12 @@ class Ring:
         if max_frames < 1:
             raise ValueError("a ring holds at least one frame")
         self.max_frames = max_frames
+        # Parallel columns; index i holds sequence number first_seq + (i - _start).
         self._ts: list[float] = []
         self._data: list[Any] = []
+        self._sizes: list[int] = []
         self._arrival: list[int] = []
-        self._writers: list[tuple[int, str]] = []
+        self._writers: list[tuple[int, str]] = []  # (first seq, writer) per run of one writer
         self._start = 0
         self.first_seq = next_seq  # sequence number of the oldest frame held
         self.next_seq = next_seq  # sequence number the next append gets
@@ -79,7 +84,7 @@ class Ring:
 
     @property
     def oldest_arrival(self) -> int | None:
-        return self._arrival[self._start] if self.next_seq > self.first_seq else None
+        return self._arrival[self._start] if len(self) else None
 
     @property
     def first_time(self) -> float | None:
@@ -102,13 +107,12 @@ class Ring:
         n = len(ts)
         if not self._writers or self._writers[-1][1] != writer:
             self._writers.append((self.next_seq, writer))
+        sizes = list(map(len, data))
         self._ts += ts
         self._data += data
+        self._sizes += sizes
         self._arrival += range(arrival, arrival + n)
-        size = FRAME_OVERHEAD_BYTES * n
-        for d in data:
-            size += len(d)
-        self.bytes += size
+        self.bytes += FRAME_OVERHEAD_BYTES * n + sum(sizes)
         self.next_seq += n
         over = len(self) - self.max_frames
         return self.evict(over) if over > 0 else 0
@@ -117,11 +121,8 @@ class Ring:
         """Drop the ``count`` oldest frames; return the bytes freed."""
         count = min(count, len(self))
         start = self._start
-        freed = FRAME_OVERHEAD_BYTES * count
-        for d in self._data[start : start + count]:
-            freed += len(d)
-        for i in range(start, start + count):
-            self._data[i] = None  # let the payload go now, not at compaction
+        freed = FRAME_OVERHEAD_BYTES * count + sum(self._sizes[start : start + count])
+        self._data[start : start + count] = itertools.repeat(None, count)  # free payloads now
         self._start = start + count
         self.first_seq += count
         self.bytes -= freed
@@ -134,17 +135,14 @@ class Ring:
 
     def _compact(self) -> None:
         s = self._start
-        del self._ts[:s], self._data[:s], self._arrival[:s]
+        del self._ts[:s], self._data[:s], self._sizes[:s], self._arrival[:s]
         self._start = 0
         keep = bisect.bisect_right(self._writers, self.first_seq, key=lambda w: w[0]) - 1
         if keep > 0:
             del self._writers[:keep]
 
-    def _index(self, seq: int) -> int:
-        return self._start + (seq - self.first_seq)
-
     def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
-        """Frames from ``seq`` on, at most ``max_frames`` (and about ``max_bytes``).
+        """Frames from ``seq`` on, at most ``max_frames`` and ``max_bytes`` (but at least one).
 
         A ``seq`` older than the oldest frame held starts at the oldest and
         reports how many were missed; one past the newest gives an empty run.
@@ -155,18 +153,20 @@ class Ring:
             seq = self.first_seq
         count = min(max_frames, self.next_seq - seq)
         if count <= 0:
-            return Run(max(seq, self.first_seq), [], [], [], missed)
-        i = self._index(seq)
-        data = self._data[i : i + count]
-        if max_bytes is not None:
-            total = 0
-            for k, d in enumerate(data):
-                total += len(d)
-                if total > max_bytes and k > 0:
-                    del data[k:]
-                    count = k
-                    break
-        return Run(seq, self._ts[i : i + count], data, self._writers_for(seq, count), missed)
+            return Run(max(seq, self.first_seq), [], [], [], [], missed)
+        i = self._start + (seq - self.first_seq)
+        sizes = self._sizes[i : i + count]
+        if max_bytes is not None and sum(sizes) > max_bytes:
+            count = max(bisect.bisect_right(list(itertools.accumulate(sizes)), max_bytes), 1)
+            del sizes[count:]
+        return Run(
+            seq,
+            self._ts[i : i + count],
+            self._data[i : i + count],
+            sizes,
+            self._writers_for(seq, count),
+            missed,
+        )
 
     def _writers_for(self, seq: int, count: int) -> list[tuple[int, str]]:
         w = self._writers
@@ -184,10 +184,16 @@ class Ring:
         return self.read(self.first_seq, n)
 
     def time_range(self, start: float, duration: float, max_frames: int) -> Run:
-        """Frames with ``start <= timestamp < start + duration`` (timestamps assumed non-decreasing)."""
+        """Frames with ``start <= timestamp < start + duration`` (timestamps assumed non-decreasing).
+
+        A zero ``duration`` selects the frames stamped exactly ``start``.
+        """
         lo = bisect.bisect_left(self._ts, start, lo=self._start)
-        hi = bisect.bisect_left(self._ts, start + duration, lo=lo)
         if duration == 0:
             hi = bisect.bisect_right(self._ts, start, lo=lo)
+        else:
+            hi = bisect.bisect_left(self._ts, start + duration, lo=lo)
         seq = self.first_seq + (lo - self._start)
-        return self.read(seq, min(hi - lo, max_frames)) if hi > lo else Run(seq, [], [], [])
+        if hi <= lo:
+            return Run(seq, [], [], [], [])
+        return self.read(seq, min(hi - lo, max_frames))

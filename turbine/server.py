@@ -145,7 +145,9 @@ class ClientConnection:
             if budget_frames <= 0 or budget_bytes <= 0:
                 self._dirty = True  # more to send after this batch
                 return
-            groups, payloads, gaps, n = collect(sub.cursors.values(), budget_frames, budget_bytes)
+            groups, payloads, gaps, n, size = collect(
+                sub.cursors.values(), budget_frames, budget_bytes
+            )
             for cur, missed in gaps:
                 sub.missed += missed
                 self.gaps += 1
@@ -161,7 +163,6 @@ class ClientConnection:
                 )
             if groups:
                 buffers += encode("frames", {"sub": sub.id, "groups": groups}, payloads)
-                size = sum(map(len, payloads))
                 budget_frames -= n
                 budget_bytes -= size
                 sub.delivered += n
