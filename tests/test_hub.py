@@ -492,7 +492,7 @@ def subscribe(hub: Hub, pattern: str, start="now", monitor=False, sid=1) -> Subs
 
 def pull(sub: Subscription, max_frames: int = 1000, max_bytes: int = 10**9):
     """What the broker would deliver now: gaps as (path, missed, next_seq), frames as (path, seq)."""
-    groups, payloads, gaps, n = collect(sub.cursors.values(), max_frames, max_bytes)
+    groups, payloads, gaps, n = collect(sub.cursors.values(), max_frames, max_bytes)[:4]
     out = [(c.channel.path, missed, c.channel.ring.first_seq) for c, missed in gaps]
     payload = memoryview(b"".join(payloads))
     got = [(f"{s}/{c}", seq) for s, c, _, seq, _, _, _ in decode_groups(groups, payload)]
