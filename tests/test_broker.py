@@ -1,0 +1,732 @@
+"""The broker over real loopback TCP, as clients see it."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import msgpack
+import pytest
+import trio
+
+from turbine import (
+    BrokerConfig,
+    ConnectionFailed,
+    Frame,
+    Gap,
+    RequestFailed,
+    TurbineError,
+    open_client,
+    serve_turbine,
+)
+from turbine._constants import PROTOCOL_VERSION
+from turbine.client import frames_from
+from turbine.protocol import NEED_DATA, Connection, Message, Role, encode_bytes
+
+SRC = "daq_rig_data_source"
+CAM = "video_cam1_data_source"
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+async def start_broker(nursery: trio.Nursery, **config: object) -> str:
+    """A broker with a non-default configuration on a free loopback port."""
+    ((host, port),) = await nursery.start(
+        serve_turbine, BrokerConfig(host="127.0.0.1", port=0, **config)
+    )
+    return f"{host}:{port}"
+
+
+async def put_all(src, channel: str, payloads, timestamp=None) -> None:
+    for p in payloads:
+        await src.put(channel, p, timestamp)
+    await src.flush()
+
+
+async def wait_offline(tb, name: str) -> None:
+    """Round trips until the broker has noticed that the holder of ``name`` went away."""
+    while True:
+        infos = await tb.list_sources(name)
+        if infos and not infos[0].online:
+            return
+
+
+async def take(sub, n: int) -> list[Frame | Gap]:
+    return [await sub.receive() for _ in range(n)]
+
+
+class RawClient:
+    """A hand-driven connection, for sending what the client library never would."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.proto = Connection(Role.CLIENT)
+
+    @classmethod
+    async def connect(cls, address: str, *, hello: bool = True, name: str = "raw") -> RawClient:
+        host, port = address.rsplit(":", 1)
+        self = cls(await trio.open_tcp_stream(host, int(port)))
+        greeting = await self.receive()
+        assert greeting is not None and greeting.type == "hello"
+        if hello:
+            await self.send("client_hello", {"protocol": PROTOCOL_VERSION, "name": name})
+        return self
+
+    async def send(self, kind: str, fields: dict, payloads=()) -> None:
+        await self.stream.send_all(b"".join(self.proto.send(kind, fields, payloads)))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def receive(self) -> Message | None:
+        """The next message, or ``None`` once the broker closed the connection."""
+        while (msg := self.proto.next_event()) is NEED_DATA:
+            try:
+                data = await self.stream.receive_some(1 << 20)
+            except trio.BrokenResourceError:
+                data = b""
+            self.proto.receive_data(data)
+            if not data:
+                return None if self.proto.next_event() is NEED_DATA else None
+        return msg
+
+    async def until_closed(self) -> list[dict]:
+        """Every message until the broker closes, decoded leniently (whatever our state)."""
+        data = bytearray(self.proto._buffer)  # noqa: SLF001 - what was read but not decoded
+        while chunk := await self.stream.receive_some(1 << 20):
+            data += chunk
+        out = []
+        while len(data) >= 8:
+            header_len, payload_len = struct.unpack_from(">II", data)
+            out.append(msgpack.unpackb(data[8 : 8 + header_len]))
+            del data[: 8 + header_len + payload_len]
+        assert not data, "the broker's messages end whole"
+        return out
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def raw_message(header: object, payload: bytes = b"") -> bytes:
+    head = msgpack.packb(header, use_bin_type=True)
+    return struct.pack(">II", len(head), len(payload)) + head + payload
+
+
+# --- frames: sequence numbers, timestamps, content types ------------------------------------
+
+
+async def test_seq_per_channel_from_one_and_timestamps_given_or_stamped(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as tb:
+            src = await tb.open_source(SRC, channels={"x": "text/plain"})
+            before = time.time()
+            await src.put("x", b"a", 12.5)
+            await src.put("x", b"b")
+            await src.put("y", b"c")
+            await src.flush()
+            after = time.time()
+            got = await tb.fetch(f"{SRC}/*", oldest=10)
+    by_path = {(f.channel, f.seq): f for f in got}
+    assert sorted(by_path) == [("x", 1), ("x", 2), ("y", 1)]
+    assert by_path["x", 1].timestamp == 12.5
+    assert before <= by_path["x", 2].timestamp <= after
+    assert by_path["x", 1].data == b"a" and by_path["x", 1].content_type == "text/plain"
+    assert by_path["x", 1].writer.startswith("alice#")
+
+
+async def test_listing_shows_channels_content_types_and_counts(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as tb:
+            src = await tb.open_source(CAM, channels={"x": "text/csv"})
+            await put_all(src, "image.jpg", [b"\xff\xd8" * 10] * 3, 100.0)
+            await put_all(src, "x", [b"1,2"])
+            await put_all(src, "blob", [b"\0"])
+            (info,) = await tb.list_sources()
+    assert info.name == CAM and info.online and info.holder.startswith("alice#")
+    channels = {c.name: c for c in info.channels}
+    assert channels["x"].content_type == "text/csv"
+    assert channels["image.jpg"].content_type == "image/jpeg"
+    assert channels["blob"].content_type == "application/octet-stream"
+    assert (channels["image.jpg"].frames, channels["image.jpg"].last_seq) == (3, 3)
+    assert channels["image.jpg"].first_time == channels["image.jpg"].last_time == 100.0
+
+
+async def test_seqs_continue_after_reconnect_and_after_delete(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="first") as tb:
+            await put_all(await tb.open_source(SRC), "x", [b"1", b"2"])
+        async with open_client(broker, name="second") as tb:
+            await wait_offline(tb, SRC)
+            await put_all(await tb.open_source(SRC), "x", [b"3"])
+            assert [f.seq for f in await tb.fetch(f"{SRC}/x", oldest=10)] == [1, 2, 3]
+            await tb.delete(SRC)
+            assert await tb.list_sources() == []
+            assert await tb.fetch(f"{SRC}/x", oldest=10) == []
+            await put_all(await tb.open_source(SRC), "x", [b"4"])
+            got = await tb.fetch(f"{SRC}/x", oldest=10)
+    assert [(f.seq, f.data) for f in got] == [(4, b"4")]
+
+
+# --- ring bounds and memory --------------------------------------------------------------
+
+
+async def test_ring_keeps_the_newest_within_frame_and_byte_bounds(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC, cache_frames=5, cache_bytes=100_000)
+            await put_all(src, "few", [b"%d" % i for i in range(12)])
+            few = await tb.fetch(f"{SRC}/few", oldest=100)
+            await put_all(src, "big", [bytes(20_000)] * 10)
+            big = await tb.fetch(f"{SRC}/big", oldest=100)
+            few_after = await tb.fetch(f"{SRC}/few", oldest=100)
+            (info,) = await tb.list_sources()
+    assert [f.seq for f in few] == [8, 9, 10, 11, 12]
+    assert [f.data for f in few] == [b"7", b"8", b"9", b"10", b"11"]
+    assert [f.seq for f in big] == [7, 8, 9, 10]  # the byte bound bit before the frame bound
+    assert [f.seq for f in few_after] == [12]  # oldest went first; each channel keeps its newest
+    assert info.bytes <= info.cache_bytes == 100_000
+
+
+async def test_source_that_cannot_fit_is_refused_saying_how_much_is_left(nursery):
+    address = await start_broker(nursery, max_memory=1_000_000)
+    with trio.fail_after(5):
+        async with open_client(address) as tb:
+            await tb.open_source(SRC, cache_bytes=700_000)
+            with pytest.raises(RequestFailed) as info:
+                await tb.open_source(CAM, cache_bytes=500_000)
+            assert [s.name for s in await tb.list_sources()] == [SRC]
+    assert info.value.code == "memory"
+    assert "only 293.0 KiB of the broker's 976.6 KiB are left" in str(info.value)
+    assert "--max-memory" in str(info.value)
+
+
+async def test_offline_sources_make_room_for_new_ones(nursery):
+    address = await start_broker(nursery, max_memory=1_000_000)
+    with trio.fail_after(5):
+        async with open_client(address, name="old") as tb:
+            src = await tb.open_source(SRC, cache_bytes=700_000)
+            await put_all(src, "x", [b"old"])
+        async with open_client(address, name="new") as tb:
+            await wait_offline(tb, SRC)
+            await tb.open_source(CAM, cache_bytes=500_000)
+            names = [s.name for s in await tb.list_sources()]
+    assert names == [CAM]
+
+
+# --- names -----------------------------------------------------------------------------
+
+
+async def test_names_outside_the_convention_are_refused_with_the_convention(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            with pytest.raises(RequestFailed) as info:
+                await tb.open_source("camera1")
+            assert await tb.list_sources() == []
+            await tb.open_source(SRC)  # the connection carries on
+    assert "invalid source name 'camera1'" in str(info.value)
+    assert "<type>_<name>_<detail>" in str(info.value)
+
+
+async def test_lenient_broker_and_extra_types(nursery):
+    lenient = await start_broker(nursery, lenient_names=True)
+    extra = await start_broker(nursery, types=("video", "mcp"))
+    with trio.fail_after(5):
+        async with open_client(lenient) as tb:
+            await tb.open_source("camera1")
+        async with open_client(extra) as tb:
+            await tb.open_source("mcp_main_command_sink")
+            with pytest.raises(RequestFailed, match="type one of video, mcp"):
+                await tb.open_source("daq_rig_data_source")
+
+
+# --- metadata --------------------------------------------------------------------------
+
+
+async def test_metadata_is_versioned_and_listing_shows_the_newest(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            await src.set_metadata({"units": "V", "rate": 10})
+            await src.set_metadata({"units": "mV", "rate": 10})
+            (info,) = await tb.list_sources()
+            history = await tb.fetch(f"{SRC}/metadata.txt", oldest=10)
+    assert info.metadata == {"units": "mV", "rate": 10}
+    assert [f.seq for f in history] == [1, 2]
+    assert [json.loads(f.data) for f in history] == [
+        {"units": "V", "rate": 10},
+        {"units": "mV", "rate": 10},
+    ]
+    assert history[0].content_type == "application/json"
+
+
+# --- holders and sharing -----------------------------------------------------------------
+
+
+async def test_source_stays_readable_offline_until_deleted(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="producer") as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [b"1", b"2"])
+        async with open_client(broker, name="reader") as tb:
+            await wait_offline(tb, SRC)
+            (info,) = await tb.list_sources()
+            got = await tb.fetch(f"{SRC}/x", newest=10)
+            await tb.delete(SRC)
+            with pytest.raises(RequestFailed, match=f"no source named '{SRC}'"):
+                await tb.delete(SRC)
+    assert not info.online
+    assert [f.data for f in got] == [b"1", b"2"]
+
+
+async def test_one_holder_at_a_time_and_the_error_names_it(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as a, open_client(broker, name="bob") as b:
+            await a.open_source(SRC)
+            with pytest.raises(RequestFailed) as info:
+                await b.open_source(SRC)
+            with pytest.raises(RequestFailed, match="held by alice#"):
+                await b.delete(SRC)
+            with pytest.raises(RequestFailed, match="not shared"):
+                await b.put(f"{SRC}/x", b"sneaky")
+            assert await a.fetch(f"{SRC}/x", newest=1) == []
+    assert info.value.code == "held"
+    assert "held by alice#" in str(info.value)
+    assert "only one client at a time" in str(info.value)
+
+
+async def test_close_source_lets_another_client_take_it(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as a, open_client(broker, name="bob") as b:
+            src = await a.open_source(SRC)
+            await put_all(src, "x", [b"1"])
+            await src.close()
+            taken = await b.open_source(SRC)
+            await put_all(taken, "x", [b"2"])
+            got = await a.fetch(f"{SRC}/x", oldest=10)
+    assert [(f.seq, f.writer.split("#")[0]) for f in got] == [(1, "alice"), (2, "bob")]
+
+
+async def test_shared_source_accepts_puts_from_anyone_recording_each_writer(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as a, open_client(broker, name="bob") as b:
+            src = await a.open_source(SRC, shared=True)
+            await put_all(src, "x", [b"from alice"])
+            await b.put(f"{SRC}/x", b"from bob")
+            await a.put(f"{SRC}/x", b"alice again")
+            got = await b.fetch(f"{SRC}/x", oldest=10)
+    assert [(f.seq, f.data, f.writer.split("#")[0]) for f in got] == [
+        (1, b"from alice", "alice"),
+        (2, b"from bob", "bob"),
+        (3, b"alice again", "alice"),
+    ]
+
+
+async def test_put_to_a_missing_source_is_refused(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            with pytest.raises(RequestFailed, match="no source named") as info:
+                await tb.put(f"{SRC}/x", b"1")
+            await tb.flush()  # the error was reported once; the connection carries on
+    assert info.value.code == "missing"
+
+
+# --- fetch -------------------------------------------------------------------------------
+
+
+async def test_fetch_newest_oldest_time_range_after(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            for i in range(10):
+                await src.put("x", b"%d" % i, 1000.0 + i)
+            await src.put("y", b"y", 1003.0)
+            await src.flush()
+
+            async def seqs(pattern, **sel):
+                return [(f.channel, f.seq) for f in await tb.fetch(pattern, **sel)]
+
+            assert await seqs(f"{SRC}/x", newest=3) == [("x", 8), ("x", 9), ("x", 10)]
+            assert await seqs(f"{SRC}/x", oldest=2) == [("x", 1), ("x", 2)]
+            assert await seqs(f"{SRC}/x", after=8) == [("x", 9), ("x", 10)]
+            assert await seqs(f"{SRC}/*", start=1003.0, duration=2.0) == [
+                ("x", 4),
+                ("x", 5),
+                ("y", 1),
+            ]
+            assert await seqs(SRC, start=1008.5) == [("x", 10)]
+            assert await seqs("nothing_*/*", newest=5) == []
+            with pytest.raises(RequestFailed, match="exactly one of newest, oldest"):
+                await tb.fetch(f"{SRC}/x", newest=1, oldest=1)
+            with pytest.raises(RequestFailed, match="exactly one of"):
+                await tb.fetch(f"{SRC}/x")
+
+
+# --- subscriptions ---------------------------------------------------------------------------
+
+
+async def test_subscribe_starts_now_newest_oldest_or_at_a_seq(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [b"1", b"2", b"3"])
+            async with (
+                tb.subscribe(f"{SRC}/x") as now,
+                tb.subscribe(f"{SRC}/x", start="newest") as newest,
+                tb.subscribe(f"{SRC}/x", start="oldest") as oldest,
+                tb.subscribe(f"{SRC}/x", start=2) as at_two,
+            ):
+                assert now.channels == [f"{SRC}/x"]
+                await put_all(src, "x", [b"4"])
+                assert [f.seq for f in await take(now, 1)] == [4]
+                assert [f.seq for f in await take(newest, 2)] == [3, 4]
+                assert [f.seq for f in await take(oldest, 4)] == [1, 2, 3, 4]
+                assert [f.seq for f in await take(at_two, 3)] == [2, 3, 4]
+
+
+async def test_wildcard_subscription_sees_every_matching_channel(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            async with tb.subscribe("video_*/*.jpg") as sub:
+                cam1 = await tb.open_source(CAM)
+                cam2 = await tb.open_source("video_cam2_data_source")
+                await put_all(cam1, "a.jpg", [b"1"])
+                await put_all(cam1, "notes", [b"not me"])
+                await put_all(await tb.open_source(SRC), "b.jpg", [b"not me either"])
+                await put_all(cam2, "b.jpg", [b"2"])
+                got = await take(sub, 2)
+    assert sorted(f.path for f in got) == [f"{CAM}/a.jpg", "video_cam2_data_source/b.jpg"]
+
+
+async def test_subscription_to_a_source_that_does_not_exist_yet_gets_every_frame(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="reader") as reader:
+            async with reader.subscribe(f"{SRC}/x") as sub:
+                assert sub.channels == []  # nothing matches yet: it waits
+                assert await reader.list_sources(SRC) == []
+                async with open_client(broker, name="producer") as producer:
+                    src = await producer.open_source(SRC)
+                    await put_all(src, "x", [b"1", b"2", b"3"])
+                got = await take(sub, 3)
+    assert [(f.seq, f.data) for f in got] == [(1, b"1"), (2, b"2"), (3, b"3")]
+
+
+async def test_subscription_survives_the_source_going_away_and_coming_back(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as reader, reader.subscribe(SRC) as sub:
+            async with open_client(broker, name="run1") as producer:
+                await put_all(await producer.open_source(SRC), "x", [b"1"])
+            assert [f.seq for f in await take(sub, 1)] == [1]
+            await wait_offline(reader, SRC)
+            async with open_client(broker, name="run2") as producer:
+                await put_all(await producer.open_source(SRC), "x", [b"2"])
+                assert [(f.seq, f.writer.split("#")[0]) for f in await take(sub, 1)] == [
+                    (2, "run2")
+                ]
+                await producer.delete(SRC)
+                await put_all(await producer.open_source(SRC), "x", [b"3"])
+                assert [f.seq for f in await take(sub, 1)] == [3]
+
+
+async def test_subscriber_from_an_evicted_seq_gets_a_gap_then_carries_on(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC, cache_frames=4)
+            await put_all(src, "x", [b"%d" % i for i in range(1, 11)])
+            async with tb.subscribe(f"{SRC}/x", start=1) as sub:
+                gap, *frames = await take(sub, 5)
+    assert gap == Gap(SRC, "x", 6, 7)
+    assert [f.seq for f in frames] == [7, 8, 9, 10]
+
+
+async def test_monitor_gives_only_the_newest(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [b"old"])
+            async with tb.monitor(f"{SRC}/x") as mon:
+                assert [f.data for f in await take(mon, 1)] == [b"old"]
+                await put_all(src, "x", [b"%d" % i for i in range(2, 12)])  # one batch
+                (newest,) = await take(mon, 1)
+                await put_all(src, "x", [b"last"])
+                (last,) = await take(mon, 1)
+    assert (newest.seq, newest.data) == (11, b"11")
+    assert (last.seq, last.data) == (12, b"last")
+
+
+async def test_unsubscribed_pattern_gets_nothing_more(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            async with tb.subscribe(f"{SRC}/x") as sub:
+                await put_all(src, "x", [b"1"])
+                assert [f.seq for f in await take(sub, 1)] == [1]
+            await put_all(src, "x", [b"2"])
+            status = await tb.status()
+    (me,) = [c for c in status["clients"] if c["name"].startswith("client#")]
+    assert me["subscriptions"] == []
+
+
+# --- slow subscribers -------------------------------------------------------------------
+
+
+async def test_a_subscriber_that_never_reads_slows_neither_producer_nor_others(broker):
+    frame = bytes(range(256)) * 256  # 64 KiB
+    count = 400  # 25 MiB: far more than the stuck subscriber's socket buffers hold
+    with trio.fail_after(15):
+        stuck = await RawClient.connect(broker, name="stuck")
+        await stuck.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/x", "start": "now"})
+        async with (
+            open_client(broker, name="producer") as producer,
+            open_client(broker, name="reader") as reader,
+        ):
+            src = await producer.open_source(SRC, cache_frames=count, cache_bytes=64 << 20)
+            got = []
+            async with reader.subscribe(f"{SRC}/x") as sub:
+
+                async def read_all():
+                    while len(got) < count:
+                        got.append(await sub.receive())
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_all)
+                    for i in range(count):
+                        await src.put("x", frame, float(i))
+                    await src.flush()  # completes although "stuck" reads nothing
+            status = await producer.status()
+        await stuck.aclose()
+    assert [f.seq for f in got] == list(range(1, count + 1))
+    assert all(f.data == frame for f in got)
+    (stuck_info,) = [c for c in status["clients"] if c["name"].startswith("stuck#")]
+    assert stuck_info["frames_out"] < count  # it really was behind
+
+
+async def test_a_subscriber_that_falls_behind_is_told_what_it_missed(broker):
+    frame = bytes(64 << 10)
+    count = 400
+    with trio.fail_after(15):
+        slow = await RawClient.connect(broker, name="slow")
+        await slow.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/*", "start": "now"})
+        assert (await slow.receive()).type == "ok"
+        async with open_client(broker, name="producer") as producer:
+            src = await producer.open_source(SRC, cache_bytes=4 << 20)
+            for _ in range(count):
+                await src.put("x", frame)
+            await src.put("y", b"last")
+            await src.flush()
+            # Now read: frames in order, a gap where the ring moved on, then the rest.
+            items: list[Frame | Gap] = []
+            seen = {"x": 0, "y": 0}
+            while seen["x"] < count or seen["y"] < 1:
+                msg = await slow.receive()
+                if msg.type == "gap":
+                    item = Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])
+                    items.append(item)
+                    assert item.next_seq == seen[item.channel] + item.missed + 1
+                    seen[item.channel] = item.next_seq - 1
+                else:
+                    assert msg.type == "frames"
+                    for f in frames_from(msg["groups"], msg.payload):
+                        assert f.seq == seen[f.channel] + 1, "frames arrive in order, no holes"
+                        seen[f.channel] = f.seq
+                        items.append(f)
+            status = await producer.status()
+        await slow.aclose()
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert gaps, "the subscriber fell behind a 4 MiB ring by 25 MiB: it must be told"
+    assert all(g.channel == "x" for g in gaps)
+    frames_got = [i for i in items if isinstance(i, Frame) and i.channel == "x"]
+    assert len(frames_got) + sum(g.missed for g in gaps) == count
+    (slow_info,) = [c for c in status["clients"] if c["name"].startswith("slow#")]
+    assert slow_info["subscriptions"][0]["missed"] == sum(g.missed for g in gaps)
+
+
+async def test_write_timeout_closes_a_client_that_stops_reading(nursery, autojump_clock):
+    address = await start_broker(nursery, write_timeout=30.0)
+    with trio.fail_after(120):
+        stuck = await RawClient.connect(address, name="stuck")
+        await stuck.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/x"})
+        async with open_client(address, name="producer") as producer:
+            src = await producer.open_source(SRC, cache_bytes=64 << 20)
+            for _ in range(300):
+                await src.put("x", bytes(64 << 10))
+            await src.flush()
+            await trio.sleep(31)  # mock time: the broker's write deadline passes
+            while await stuck.stream.receive_some(1 << 20):
+                pass  # what was sent before the broker gave up, then the end
+            status = await producer.status()
+        await stuck.aclose()
+    (closed,) = [c for c in status["closed"] if c["client"].startswith("stuck#")]
+    assert "write blocked for 30 s: the client is not reading" in closed["reason"]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+BAD_INPUT = {
+    "garbage": (b"GET / HTTP/1.1\r\nHost: turbine\r\n\r\n", "garbage on the wire"),
+    "unknown type": (raw_message({"type": "teleport", "id": 9}), "unknown message type"),
+    "wrong field type": (raw_message({"type": "flush", "id": "nine"}), "'id' must be int"),
+    "not a map": (raw_message(["type", "flush"]), "must be a map"),
+    "bad msgpack": (struct.pack(">II", 2, 0) + b"\xc1\xc1", "not valid msgpack"),
+    "broker-only type": (raw_message({"type": "ok", "id": 1}), "a client may not send 'ok'"),
+    "second hello": (
+        raw_message({"type": "client_hello", "protocol": PROTOCOL_VERSION, "name": "again"}),
+        "may only be sent once",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+async def test_bad_bytes_get_an_error_and_close_only_that_connection(broker, case):
+    data, complaint = BAD_INPUT[case]
+    with trio.fail_after(5):
+        async with open_client(broker, name="good") as good:
+            src = await good.open_source(SRC, shared=True)
+            await put_all(src, "x", [b"good 1"])
+            async with good.subscribe(f"{SRC}/x") as sub:
+                bad = await RawClient.connect(broker, name="bad")
+                # Accepted before the garbage: must not be lost.
+                await bad.send(
+                    "put", {"source": SRC, "channel": "x", "ts": [None], "sizes": [5]}, [b"bad 1"]
+                )
+                await bad.send("flush", {"id": 1})
+                assert (await bad.receive())["id"] == 1
+                await bad.send_raw(data)
+                last_words = await bad.until_closed()
+                await bad.aclose()
+                await put_all(src, "x", [b"good 2"])
+                got = await take(sub, 2)
+            held = await good.fetch(f"{SRC}/x", oldest=10)
+            status = await good.status()
+    assert [m["type"] for m in last_words] == ["error"]
+    assert last_words[0]["code"] == "protocol"
+    assert complaint in last_words[0]["message"]
+    assert [f.data for f in got] == [b"bad 1", b"good 2"]
+    assert [f.data for f in held] == [b"good 1", b"bad 1", b"good 2"]
+    (closed,) = [c for c in status["closed"] if c["client"].startswith("bad#")]
+    assert complaint in closed["reason"]
+
+
+async def test_requests_before_the_hello_are_refused(broker):
+    with trio.fail_after(5):
+        async with await RawClient.connect(broker, hello=False) as raw:
+            await raw.send_raw(encode_bytes("list", {"id": 1, "pattern": "*"}))
+            last_words = await raw.until_closed()
+    assert [(m["type"], m["code"]) for m in last_words] == [("error", "protocol")]
+    assert "expected 'client_hello' first, got 'list'" in last_words[0]["message"]
+
+
+async def test_unsupported_protocol_version_is_refused(broker):
+    with trio.fail_after(5):
+        async with await RawClient.connect(broker, hello=False) as raw:
+            await raw.send_raw(encode_bytes("client_hello", {"protocol": 99, "name": "future"}))
+            last_words = await raw.until_closed()
+    assert "protocol version 99 is not supported" in last_words[0]["message"]
+
+
+@pytest.mark.parametrize("how", ["half-close", "vanish"])
+async def test_client_stopping_mid_message(broker, how):
+    message = encode_bytes(
+        "put", {"source": SRC, "channel": "x", "ts": [None], "sizes": [1000]}, [bytes(1000)]
+    )
+    with trio.fail_after(5):
+        async with open_client(broker, name="watcher") as watcher:
+            raw = await RawClient.connect(broker, name="quitter")
+            await raw.send("open_source", {"id": 1, "source": SRC})
+            assert (await raw.receive())["id"] == 1
+            await raw.send_raw(message[: len(message) // 2])
+            if how == "half-close":
+                await raw.stream.send_eof()
+                assert [m["type"] for m in await raw.until_closed()] == ["error"]
+            await raw.aclose()
+            await wait_offline(watcher, SRC)
+            status = await watcher.status()
+            assert await watcher.fetch(f"{SRC}/x", newest=5) == []
+            await watcher.open_source(SRC)  # it was released
+    (closed,) = [c for c in status["closed"] if c["client"].startswith("quitter#")]
+    assert "in the middle of a message" in closed["reason"]
+
+
+async def test_frame_over_the_size_limit(nursery):
+    address = await start_broker(nursery, max_frame=1000)
+    with trio.fail_after(5):
+        async with open_client(address) as tb:
+            src = await tb.open_source(SRC)
+            with pytest.raises(
+                RequestFailed, match="1001 bytes is over the broker's limit of 1000"
+            ):
+                await src.put("x", bytes(1001))
+            await put_all(src, "x", [bytes(1000)])
+            # A client that skips its own check is refused by the broker itself.
+            raw = await RawClient.connect(address, name="raw")
+            await raw.send("open_source", {"id": 1, "source": CAM})
+            await raw.send(
+                "put", {"source": CAM, "channel": "x", "ts": [None], "sizes": [1001]}, [bytes(1001)]
+            )
+            await raw.send("flush", {"id": 2})
+            replies = [await raw.receive() for _ in range(3)]
+            await raw.aclose()
+            assert await tb.fetch(f"{CAM}/x", newest=5) == []
+            assert [f.seq for f in await tb.fetch(f"{SRC}/x", newest=5)] == [1]
+    assert [m.type for m in replies] == ["ok", "error", "ok"]
+    assert replies[1]["code"] == "too_large"
+    assert "a frame of 1001 bytes" in replies[1]["message"]
+
+
+async def test_bad_requests_are_refused_and_the_connection_carries_on(broker):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            with pytest.raises(TurbineError, match="invalid pattern"):
+                await tb.fetch("a b", newest=1)
+            raw = await RawClient.connect(broker)
+            await raw.send("subscribe", {"id": 1, "sub": 1, "pattern": "*", "start": "later"})
+            await raw.send("subscribe", {"id": 2, "sub": 2, "pattern": "a/b/c"})
+            await raw.send("open_source", {"id": 3, "source": SRC, "channels": {"x": 5}})
+            await raw.send("list", {"id": 4, "pattern": "*"})
+            replies = [await raw.receive() for _ in range(4)]
+            await raw.aclose()
+    assert [m.type for m in replies] == ["error", "error", "error", "ok"]
+    assert "start must be one of" in replies[0]["message"]
+    assert "invalid pattern" in replies[1]["message"]
+    assert "channels must map channel names to content types" in replies[2]["message"]
+
+
+async def test_no_broker_is_a_clear_connection_failure():
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    with (
+        trio.fail_after(5),
+        pytest.raises(ConnectionFailed, match=f"no broker at 127.0.0.1:{port}"),
+    ):
+        async with open_client(f"127.0.0.1:{port}"):
+            pass
+
+
+async def test_status_reports_clients_sources_and_traffic(broker):
+    with trio.fail_after(5):
+        async with open_client(broker, name="alice") as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [b"12345"] * 3)
+            async with tb.subscribe(f"{SRC}/x", start="oldest") as sub:
+                await take(sub, 3)
+                status = await tb.status()
+    assert status["sources"] == 1
+    assert status["memory"]["reserved"] >= status["memory"]["used"] > 0
+    (me,) = status["clients"]
+    assert me["name"].startswith("alice#")
+    assert me["sources"] == [SRC]
+    assert me["frames_in"] == 3
+    assert me["frames_out"] == 3
+    assert me["subscriptions"] == [
+        {"pattern": f"{SRC}/x", "monitor": False, "delivered": 3, "missed": 0}
+    ]
