@@ -539,3 +539,8 @@ async def cmd(
         click.echo(f"{target} {verb}: {reply.status}: {reply.error}", err=True)
     if not reply.ok:
         raise SystemExit(1)
+
+
+from .mcp import mcp as _mcp  # noqa: E402
+
+main.add_command(_mcp)
