@@ -231,6 +231,7 @@ async def test_names_outside_the_convention_are_refused_with_the_convention(brok
                 await tb.open_source("camera1")
             assert await tb.list_sources() == []
             await tb.open_source(SRC)  # the connection carries on
+    assert info.value.code == "name"
     assert "invalid source name 'camera1'" in str(info.value)
     assert "<type>_<name>_<detail>" in str(info.value)
 
@@ -265,6 +266,19 @@ async def test_metadata_is_versioned_and_listing_shows_the_newest(broker):
         {"units": "mV", "rate": 10},
     ]
     assert history[0].content_type == "application/json"
+
+
+async def test_metadata_any_json_can_carry_is_listed(broker):
+    """JSON numbers msgpack cannot carry must not break listing, nor the broker."""
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC)
+            await src.set_metadata({"serial": 2**70, "name": "rig"})
+            (info,) = await tb.list_sources()
+        async with open_client(broker) as tb:
+            assert [s.name for s in await tb.list_sources()] == [SRC]
+    assert info.metadata["name"] == "rig"
+    assert info.metadata["serial"] == pytest.approx(2**70)
 
 
 # --- holders and sharing -----------------------------------------------------------------
