@@ -20,6 +20,11 @@ MAX_FRAME_BYTES = 64 * 2**20
 MAX_HEADER_BYTES = 4 * 2**20
 #: Largest payload section of one message (one frame at the size limit, or a batch).
 MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES + 2**20
+#: What a client accepts from its broker: a fetch reply holds every frame asked
+#: for (up to FETCH_MAX_FRAMES per channel), so it may be far larger than a put.
+CLIENT_MAX_HEADER_BYTES = 1 * 2**30
+CLIENT_MAX_PAYLOAD_BYTES = 64 * 2**30
+FETCH_MAX_FRAMES = 1_000_000
 
 #: Broker-wide memory limit for ring buffers (turbine serve --max-memory).
 MAX_MEMORY_BYTES = 2**30
@@ -36,11 +41,10 @@ SOURCE_DETAILS = ("data_source", "debug_log_source", "command_source", "command_
 #: The channel every source carries its metadata on (UTF-8 JSON frames).
 METADATA_CHANNEL = "metadata.txt"
 
-#: Client put batching: a batch is sent once it holds this many bytes or frames ...
+#: Client put batching: a batch is written once it holds this many bytes or
+#: frames; the put that fills it waits for the socket (backpressure).
 PUT_BATCH_BYTES = 256 * 2**10
 PUT_BATCH_FRAMES = 4096
-#: ... and a put waits (backpressure) once this much is queued but unsent.
-PUT_QUEUE_BYTES = 4 * 2**20
 
 #: Broker delivery: one frames message holds at most this many bytes or frames.
 DELIVERY_BATCH_BYTES = 1 * 2**20

@@ -21,6 +21,8 @@ import attrs
 import trio
 
 from ._constants import (
+    CLIENT_MAX_HEADER_BYTES,
+    CLIENT_MAX_PAYLOAD_BYTES,
     DEFAULT_PORT,
     MAX_FRAME_BYTES,
     METADATA_CHANNEL,
@@ -214,7 +216,7 @@ class Source:
     ) -> None:
         """Queue one frame; it is sent in a batch with others.
 
-        Waits only when too much is queued and unsent (backpressure).
+        Waits only when its batch is full and being written (backpressure).
         ``timestamp`` defaults to the broker's clock when the frame arrives.
 
         Raises:
@@ -569,7 +571,9 @@ async def open_client(
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
     """
     stream = await connect_stream(address)
-    proto = Connection(Role.CLIENT)
+    proto = Connection(
+        Role.CLIENT, max_payload=CLIENT_MAX_PAYLOAD_BYTES, max_header=CLIENT_MAX_HEADER_BYTES
+    )
     try:
         with trio.fail_after(connect_timeout):
             while (msg := proto.next_event()) is NEED_DATA:

@@ -14,6 +14,7 @@ from typing import Any
 from ._constants import (
     CACHE_BYTES,
     CACHE_FRAMES,
+    FETCH_MAX_FRAMES,
     FRAME_OVERHEAD_BYTES,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
@@ -42,6 +43,12 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
+
+
+def _json_int(text: str) -> int | float:
+    """JSON integers beyond 64 bits become floats: msgpack cannot carry them."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 class Channel:
@@ -119,7 +126,7 @@ class Source:
         if raw is None:
             return None
         try:
-            return json.loads(bytes(raw))
+            return json.loads(bytes(raw), parse_int=_json_int)
         except ValueError:
             return {"error": "newest metadata frame is not valid JSON"}
 
@@ -341,6 +348,8 @@ class Hub:
                 "(the broker's --max-frame, or the source's cache_bytes)",
                 "too_large",
             )
+        if not ts:
+            return ch
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]
@@ -377,7 +386,7 @@ class Hub:
         start: float | None = None,
         duration: float | None = None,
         after: int | None = None,
-        max_frames: int = 1_000_000,
+        max_frames: int = FETCH_MAX_FRAMES,
     ) -> tuple[list[Group], list[Any]]:
         """Frames the rings hold now, as delivery groups and payloads.
 

@@ -89,6 +89,7 @@ import os
 import pkgutil
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -621,7 +622,8 @@ class Console:
                 f"{fmt_duration(r['uptime']):>10}  {r['last_exit_text']}"
             )
         lines += ["", "-" * 30 + " log " + "-" * 30, *self.tail]
-        self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        columns = shutil.get_terminal_size().columns
+        self.out.write("\x1b[H\x1b[2J" + "\n".join(line[:columns] for line in lines) + "\n")
         self.out.flush()
 
 

@@ -9,7 +9,7 @@ from ._constants import SOURCE_DETAILS, SOURCE_TYPES
 from ._errors import TurbineError
 
 
-class InvalidName(TurbineError):
+class InvalidName(TurbineError, ValueError):
     """A source, channel or pattern name breaks the naming rules."""
 
 

@@ -216,13 +216,21 @@ class Connection:
     Args:
         our_role: :attr:`Role.BROKER` or :attr:`Role.CLIENT`.
         max_payload: largest payload section accepted from the peer.
+        max_header: largest header accepted from the peer.
     """
 
-    def __init__(self, our_role: Role, *, max_payload: int = MAX_PAYLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        our_role: Role,
+        *,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        max_header: int = MAX_HEADER_BYTES,
+    ) -> None:
         self.our_role = our_role
         self.their_role = Role.CLIENT if our_role is Role.BROKER else Role.BROKER
         self.state = State.HANDSHAKE
         self.max_payload = max_payload
+        self.max_header = max_header
         self.protocol: int | None = None
         self.peer_hello: Message | None = None
         self._buffer = bytearray()
@@ -256,7 +264,7 @@ class Connection:
         if len(buf) < PREFIX.size:
             return self._need_data()
         header_len, payload_len = PREFIX.unpack_from(buf)
-        if header_len > MAX_HEADER_BYTES or header_len == 0:
+        if header_len > self.max_header or header_len == 0:
             self._fail(
                 f"message header of {header_len} bytes is not allowed (garbage on the wire?)"
             )

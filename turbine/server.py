@@ -214,8 +214,22 @@ class ClientConnection:
             raise RemoteProtocolError(f"a client may not send {kind!r} here") from None
         try:
             handler(self, msg)
-        except (RequestFailed, InvalidName, ValueError) as exc:
-            self.error(msg.get("id"), exc, "request" if isinstance(exc, ValueError) else "error")
+        except (RequestFailed, ValueError) as exc:
+            code = (
+                "name"
+                if isinstance(exc, InvalidName)
+                else "request"
+                if isinstance(exc, ValueError)
+                else "error"
+            )
+            self.error(msg.get("id"), exc, code)
+        except Exception as exc:
+            # A bug must cost this request, never the broker or other clients.
+            log.exception("internal error handling %r from %s", kind, self.name)
+            self.error(
+                msg.get("id"),
+                RequestFailed(f"internal broker error handling {kind!r}: {exc!r}", "internal"),
+            )
 
     def put(self, msg: Message) -> None:
         f = msg.fields
@@ -399,6 +413,10 @@ class Broker:
             reason = str(group.exceptions[0])
         except* (OSError, trio.BrokenResourceError) as group:
             reason = f"connection lost: {group.exceptions[0]}"
+        except* Exception as group:
+            # A bug must cost this connection, never the broker or other clients.
+            log.error("internal error on %s", conn.name, exc_info=group)
+            reason = f"internal broker error: {group.exceptions[0]!r}"
         finally:
             for sub in conn.subs.values():
                 self.hub.router.remove(sub)
