@@ -234,7 +234,7 @@ def read_csv(path: str | Path, rate: float | None = None) -> Recording:
     The first row names the columns.  When the first column is called
     ``time`` (or ``t``, ``timestamp``, ``seconds``, ``time_s``) it holds each
     row's time in seconds and sets the recorded rate (rows per second, from
-    the first to the last row); otherwise ``rate`` must be given.  Every
+    the first to the last row); otherwise the rate is ``rate``.  Every
     other column is a channel; names are made safe for the turbine (spaces,
     ``/`` and ``*`` become ``_``).
 
@@ -277,14 +277,13 @@ def read_csv(path: str | Path, rate: float | None = None) -> Recording:
     if has_time:
         times = values[0]
         span = times[-1] - times[0]
-        if len(times) < 2 or span <= 0:
-            if rate is None:
-                raise SignalError(
-                    f"{p}: the time column does not give a rate (one row, or times not increasing); "
-                    "set the rate"
-                )
-        elif rate is None:
+        if len(times) >= 2 and span > 0:
             rate = round((len(times) - 1) / span, 6)
+        elif rate is None:
+            raise SignalError(
+                f"{p}: the time column does not give a rate (one row, or times not increasing); "
+                "set the rate"
+            )
         columns = values[1:]
     else:
         columns = values
