@@ -30,7 +30,7 @@ The site file
     embedded = true           # run the broker inside the MCP (false: use `address`)
     host = "127.0.0.1"
     port = 3333               # 0 picks a free port; the MCP prints "turbine listening on HOST:PORT"
-    types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio
+    types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio (mcp: always)
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [[component]]             # a turbine component, one per table
@@ -377,7 +377,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
     for ty in extra:
         if not _KIND.match(ty):
             raise b.error("types", f"expected source types like 'dvd', got {ty!r}")
-    types = SOURCE_TYPES + tuple(dict.fromkeys(t for t in extra if t not in SOURCE_TYPES))
+    # The MCP's own endpoints are of type "mcp": an embedded broker always allows it.
+    types = SOURCE_TYPES + tuple(dict.fromkeys(t for t in ("mcp", *extra) if t not in SOURCE_TYPES))
     host = b.get("host", str, "127.0.0.1", "a host name or address")
     port = b.get("port", int, 3333, "a port number (0 picks a free one)")
     if not 0 <= port <= 65535:
@@ -403,8 +404,6 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         address=address,
     )
     b.done()
-    if "mcp" not in types:
-        raise b.error("types", 'expected a list including "mcp" (the MCP\'s own endpoints)')
     check_address = address or f"{host}:{port}"
 
     programs: list[ProgramSpec] = []

@@ -1,0 +1,187 @@
+"""Site files for the MCP: what loads, and how each mistake is reported before anything starts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from turbine.cli import main
+from turbine.mcp import SiteConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD = """
+[mcp]
+name = "lab"
+
+[broker]
+port = 0
+types = ["mcp", "dvd"]
+
+[[process]]
+name = "sim"
+kind = "daq"
+args = ["--name", "x", "--turbine", "{turbine}"]
+
+[[component]]
+kind = "daq"
+name = "rig1"
+args = ["--log-level", "DEBUG"]
+[component.settings]
+rate = 500
+channels = 2
+loop = false
+channel_settings = { ch1 = { signal = "square" } }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return path
+
+
+def error(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(SiteConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") or message.startswith(f"cannot read {path}")
+    return message[len(str(path)) + 2 :]
+
+
+def test_the_demo_site_loads() -> None:
+    site = load_config(REPO / "configs" / "demo.toml")
+    assert site.mcp.name == "demo"
+    assert site.broker.embedded and (site.broker.host, site.broker.port) == ("127.0.0.1", 3333)
+    assert {"mcp", "dvd", "daq", "video"} <= set(site.broker.types)
+    assert [p.label for p in site.programs] == ["daq_demo"]
+
+
+def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
+    site = load_config(write(tmp_path, GOOD))
+    sim, rig = site.programs
+    assert (sim.label, sim.component) == ("sim", False)
+    assert sim.argv("127.0.0.1:4000") == [
+        sys.executable,
+        "-m",
+        "components.daq",
+        "--name",
+        "x",
+        "--turbine",
+        "127.0.0.1:4000",
+    ]
+    assert rig.label == "daq_rig1" and rig.component
+    assert rig.settings["rate"] == 500.0 and isinstance(rig.settings["rate"], float)
+    assert rig.argv("127.0.0.1:4000") == [
+        sys.executable,
+        "-m",
+        "components.daq",
+        "--name",
+        "rig1",
+        "--turbine",
+        "127.0.0.1:4000",
+        "--set",
+        "rate=500.0",
+        "--set",
+        "channels=2",
+        "--set",
+        "loop=false",
+        "--set",
+        'channel_settings={"ch1": {"signal": "square"}}',
+        "--log-level",
+        "DEBUG",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\n[[component]]\nkind = "daq"\nname = "b"\n'
+            'settings = { rate = "fast" }\n',
+            "component[2].settings.rate: expected float, got 'fast'",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\nsettings = { channels = 2.5 }\n',
+            "component[1].settings.channels: expected int, got 2.5",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\nsettings = { speed = 1 }\n',
+            "component[1].settings.speed: unknown setting; daq components take: amplitude, autostart,",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\nsettings = { rate = 50000.0 }\n',
+            "component[1].settings: rate 50000 Hz is out of range: use 1 to 10000 Hz per channel",
+        ),
+        (
+            '[[component]]\nkind = "spectrometer"\nname = "a"\n',
+            "component[1].kind: unknown component kind 'spectrometer'; expected one of ",
+        ),
+        (
+            '[[component]]\nname = "a"\n',
+            "component[1].kind: missing; expected the name of a package",
+        ),
+        (
+            '[[component]]\nkind = "daq"\n',
+            "component[1].name: missing; expected a name (e.g. rig1)",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "bad name"\n',
+            "component[1].name: expected a name of letters, digits, '_', '.' and '-'",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\nrestart = "yes"\n',
+            "component[1].restart: expected bool, got 'yes'",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\ncolour = "red"\n',
+            "component[1].colour: unknown key; expected one of ",
+        ),
+        (
+            '[[component]]\nkind = "daq"\nname = "a"\n[[component]]\nkind = "daq"\nname = "a"\n',
+            "component[2].name: 'daq_a' is already taken by component[1]",
+        ),
+        (
+            '[[process]]\nname = "p"\nkind = "daq"\ncommand = ["true"]\n',
+            "process[1].command: give kind or command, not both",
+        ),
+        ("[broker]\nembedded = false\n", "broker.address: missing; expected HOST:PORT"),
+        (
+            '[broker]\ntypes = ["Dvd drive"]\n',
+            "broker.types: expected source types like 'dvd', got 'Dvd drive'",
+        ),
+        ("[broker]\nport = 70000\n", "broker.port: expected a port number 0-65535, got 70000"),
+        ('[mcp]\nname = "a b"\n', "mcp.name: expected a name of letters"),
+        ("[mcp]\ngrace = -1\n", "mcp.grace: expected a number of seconds (0 or more), got -1.0"),
+        ("[site]\n", "site.site: unknown key; expected one of "),
+        ("[broker\n", "not valid TOML: "),
+    ],
+)
+def test_mistakes_name_the_file_the_key_and_what_is_expected(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    assert expected in error(tmp_path, text)
+
+
+def test_a_replay_without_its_file_is_caught_before_starting(tmp_path: Path) -> None:
+    text = '[[component]]\nkind = "daq"\nname = "a"\nsettings = { mode = "replay", file = "nope.csv" }\n'
+    assert "component[1].settings: cannot read recording 'nope.csv'" in error(tmp_path, text)
+
+
+def test_a_missing_file() -> None:
+    with pytest.raises(SiteConfigError, match="cannot read /nonexistent/site.toml: No such file"):
+        load_config("/nonexistent/site.toml")
+
+
+def test_the_cli_reports_config_errors_and_starts_nothing(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[[component]]\nkind = "daq"\nname = "a"\nsettings = { rate = "fast" }\n'
+    )
+    result = CliRunner().invoke(main, ["mcp", str(path)])
+    assert result.exit_code == 1
+    assert f"Error: {path}: component[1].settings.rate: expected float, got 'fast'" in result.output
+    assert "listening" not in result.output
