@@ -1,6 +1,13 @@
-"""``python -m components.ntcp_sim``: run the control-system simulator."""
+"""``python -m components.ntcp_sim``: run the control-system simulator.
+
+With ``--name`` it runs as the turbine component ``ntcp_<name>`` (the way the
+master control program starts it: ``--name N --turbine ADDR --set k=v``);
+without, it runs plain: ``--host``, ``--port``, ``--speed``, ...
+"""
 
 from __future__ import annotations
+
+import sys
 
 import click
 import trio
@@ -76,5 +83,14 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _as_component(argv: list[str]) -> bool:
+    return any(arg == "--name" or arg.startswith("--name=") for arg in argv)
+
+
 if __name__ == "__main__":
-    main()
+    if _as_component(sys.argv[1:]):
+        from .component import NtcpSim
+
+        NtcpSim.main()
+    else:
+        main()

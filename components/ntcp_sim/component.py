@@ -1,0 +1,105 @@
+"""The control-system simulator as a turbine component, ``ntcp_<name>``.
+
+It serves the NTCP LabVIEW-plugin protocol on ``host:port`` exactly as the
+plain simulator does, and on the turbine:
+
+* its data source publishes every control point's measured values every
+  ``interval`` seconds, one float64 frame per channel
+  ``<controlPoint>.<axis>.<type>`` (channel names may not hold ``/``);
+* its commands are ``status`` (the rig's state among the component's) and
+  ``set-limit CONTROL_POINT AXIS TYPE LO HI``.
+
+The NTCP listener outlives broker reconnects: the rig does not stop serving
+its clients because the turbine went away.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import trio
+
+from components.ntcp.protocol import AXES, TYPES
+from turbine import FLOAT64_CONTENT_TYPE, Component, ConfigError, command
+
+from .rig import Rig, RigConfig, RigError
+from .server import serve_ntcp_sim
+
+__all__ = ["NtcpSim"]
+
+
+class NtcpSim(Component):
+    """Control-system simulator: a test rig behind the NTCP ASCII protocol, publishing its measurements."""
+
+    type = "ntcp"
+    settings = {
+        "host": "127.0.0.1",
+        "port": 6000,
+        "control_points": ["MDL-00-01"],
+        "seed": 0,
+        "displacement_speed": RigConfig().displacement_speed,
+        "rotation_speed": RigConfig().rotation_speed,
+        "lapse_timeout": RigConfig().lapse_timeout,
+        "interval": 0.1,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.config
+        try:
+            self.rig = Rig(
+                RigConfig(
+                    control_points=tuple(c["control_points"]),
+                    seed=c["seed"],
+                    displacement_speed=c["displacement_speed"],
+                    rotation_speed=c["rotation_speed"],
+                    lapse_timeout=c["lapse_timeout"],
+                )
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"bad simulator settings: {exc}") from None
+        if not c["interval"] > 0:
+            raise ConfigError(f"setting 'interval' must be above 0 s, got {c['interval']!r}")
+        self.channels = {
+            f"{cp}.{axis}.{kind}": FLOAT64_CONTENT_TYPE
+            for cp in self.rig.config.control_points
+            for kind in TYPES
+            for axis in AXES
+        }
+        self.port: int | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve NTCP, then connect to the turbine (and reconnect) until cancelled.
+
+        ``task_status.started(port)`` once the NTCP port listens.
+
+        Raises:
+            OSError: the NTCP address cannot be bound.
+        """
+        async with trio.open_nursery() as nursery:
+            self.port = await nursery.start(
+                serve_ntcp_sim, self.rig, self.config["host"], self.config["port"]
+            )
+            self.log.info("serving NTCP on %s:%d", self.config["host"], self.port)
+            task_status.started(self.port)
+            await super().serve()
+
+    async def run(self) -> None:
+        while True:
+            for name, value in self.rig.measurements().items():
+                await self.data.put(name.replace("/", "."), struct.pack("<d", value))
+            await trio.sleep(self.config["interval"])
+
+    def status(self) -> dict[str, Any]:
+        return super().status() | {"ntcp_port": self.port, "rig": self.rig.status()}
+
+    @command("set-limit", help="change the limits of one control point, axis and type")
+    async def set_limit(
+        self, control_point: str, axis: str, type: str, lo: float, hi: float
+    ) -> str:  # noqa: A002
+        try:
+            self.rig.set_limit(control_point, axis, type, lo, hi)
+        except RigError as exc:
+            raise ValueError(f"set-limit: {exc.reason}") from None
+        return f"{control_point} {axis} {type} limits are now [{lo!r}, {hi!r}]"
