@@ -54,6 +54,9 @@ JOURNAL_CHANNEL = "journal.txt"
 JOURNAL_SCAN = 1000
 #: Reply lines a control-system connection may buffer (it sends one per request).
 LINK_QUEUE = 16
+#: Control-system connections kept (one per NTCP session); beyond this the
+#: least recently used is closed (a serdes that died never sent ntcp-close).
+MAX_LINKS = 64
 
 
 def measurement_channel(control_point: str, axis: str, kind: str) -> str:
@@ -169,9 +172,14 @@ class NtcpTranslator(Component):
                 return format_not_ok(
                     f"control system {host}:{port} unreachable: {exc or 'timeout'}"
                 )
+            if len(self._links) >= MAX_LINKS:
+                oldest = next(iter(self._links))
+                self.log.warning("closing idle control-system connection of session %s", oldest)
+                await self._links.pop(oldest).aclose()
             link = self._links[session] = _Link(stream)
             assert self._nursery is not None
             self._nursery.start_soon(link.read)
+        self._links[session] = self._links.pop(session)  # most recently used last
         if verb == "execute" and self._command is not None:
             entry = {"id": self._command.id, "session": session, "line": line, "time": time.time()}
             await self.data.put(JOURNAL_CHANNEL, json.dumps(entry).encode())

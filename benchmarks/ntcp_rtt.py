@@ -1,0 +1,183 @@
+"""Round-trip time the turbine adds to NTCP: direct vs serdes -> turbine -> translator.
+
+Run by hand: ``python benchmarks/ntcp_rtt.py [--steps 1000] [--processes]``.
+
+The same NTCP client sends the same requests (a cycle of propose, execute and
+get-control-point, one step being one request and its reply) once straight
+to the control-system simulator and once through the serdes plugin, the
+broker and the transport translator. The simulator's actuator is made very
+fast (1e6 units/s), so an execute costs no motion time. Prints p50/p99 per
+path, the time added at p50/p99, and whether the target (under 2 ms added at
+p50) is met.
+
+By default everything runs in one trio thread (the hops are real loopback
+TCP, but they share one CPU). ``--processes`` runs broker, simulator,
+translator and serdes as their own processes, as a deployment would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from components.ntcp import NtcpClient, open_ntcp  # noqa: E402
+from components.ntcp_serdes import NtcpSerdes  # noqa: E402
+from components.ntcp_sim import Rig, RigConfig, serve_ntcp_sim  # noqa: E402
+from components.ntcp_translator import NtcpTranslator  # noqa: E402
+from turbine import BrokerConfig, open_client, serve_turbine  # noqa: E402
+
+CP = "MDL-00-01"
+TARGET_ADDED_P50_MS = 2.0
+WARMUP = 60
+FAST = {"displacement_speed": 1e6, "rotation_speed": 1e6}
+
+
+def requests(steps: int, prefix: str) -> list[str]:
+    """``steps`` request lines: open-session, then propose/execute/get-control-point cycles."""
+    lines = [f"open-session\t{prefix}"]
+    i = 0
+    while len(lines) < steps + 1:
+        x = 0.5 if i % 2 else -0.5
+        lines += [
+            f"propose\t{prefix}{i}\t{CP}\tx\tdisplacement\t{x:.10E}",
+            f"execute\t{prefix}{i}",
+            f"get-control-point\t{prefix}m{i}\t{CP}",
+        ]
+        i += 1
+    return lines[: steps + 1]
+
+
+async def measure(ntcp: NtcpClient, steps: int, prefix: str) -> dict[str, list[float]]:
+    """Seconds per request, by verb (the open-session and warm-up are not counted)."""
+    times: dict[str, list[float]] = {}
+    lines = requests(steps + WARMUP, prefix)
+    assert (await ntcp.request(lines[0])).startswith("OK"), "open-session failed"
+    for n, line in enumerate(lines[1:]):
+        t0 = time.perf_counter()
+        reply = await ntcp.request(line)
+        elapsed = time.perf_counter() - t0
+        if not reply.startswith("OK"):
+            raise SystemExit(f"{line!r} failed: {reply}")
+        if n >= WARMUP:
+            times.setdefault(line.split("\t", 1)[0], []).append(elapsed)
+    await ntcp.request(f"close-session\t{prefix}")
+    return times
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@asynccontextmanager
+async def in_process():
+    """Broker, simulator, translator and serdes as tasks; yields (sim port, serdes port)."""
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(serve_turbine, BrokerConfig(host="127.0.0.1", port=0))
+        broker = "{}:{}".format(*addresses[0])
+        sim_port = await nursery.start(serve_ntcp_sim, Rig(RigConfig(**FAST)), "127.0.0.1", 0)
+        translator = NtcpTranslator("bench", broker, {"control": f"127.0.0.1:{sim_port}"})
+        nursery.start_soon(translator.serve)
+        serdes = NtcpSerdes("benchSerdes", broker, {"translator": "bench", "port": 0})
+        serdes_port = await nursery.start(serdes.serve)
+        await serdes.wait_connected()
+        await wait_for_sink(broker)
+        yield sim_port, serdes_port
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for_sink(broker: str) -> None:
+    async with open_client(broker) as tb:
+        async with tb.subscribe("ntcp_bench_data_source/metadata.txt", start="oldest") as sub:
+            await sub.receive()
+
+
+@asynccontextmanager
+async def as_processes():
+    """Broker, simulator, translator and serdes as processes; yields (sim port, serdes port)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    broker_port, sim_port, serdes_port = free_port(), free_port(), free_port()
+    broker = f"127.0.0.1:{broker_port}"
+    py = sys.executable
+    commands = [
+        [py, "-c", "import sys; from turbine.cli import main; sys.exit(main())", "serve",
+         "--port", str(broker_port)],
+        [py, "-m", "components.ntcp_sim", "--name", "benchSim", "--turbine", broker,
+         "--set", f"port={sim_port}", "--set", "displacement_speed=1e6",
+         "--set", "rotation_speed=1e6", "--log-level", "WARNING"],
+        [py, "-m", "components.ntcp_translator", "--name", "bench", "--turbine", broker,
+         "--set", f"control=127.0.0.1:{sim_port}", "--log-level", "WARNING"],
+        [py, "-m", "components.ntcp_serdes", "--name", "benchSerdes", "--turbine", broker,
+         "--set", "translator=bench", "--set", f"port={serdes_port}", "--log-level", "WARNING"],
+    ]  # fmt: skip
+    processes = []
+    try:
+        for command in commands:
+            processes.append(await trio.lowlevel.open_process(command, cwd=REPO, env=env))
+        with trio.fail_after(20):
+            while True:
+                try:
+                    await wait_for_sink(broker)
+                    async with open_ntcp("127.0.0.1", serdes_port) as ntcp:
+                        await ntcp.request("get-parameter\tprobe\tnone")
+                    async with open_ntcp("127.0.0.1", sim_port):
+                        break
+                except Exception:  # not up yet
+                    await trio.sleep(0.2)
+        yield sim_port, serdes_port
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            await process.wait()
+
+
+async def main(steps: int, processes: bool) -> None:
+    setup = as_processes() if processes else in_process()
+    async with setup as (sim_port, serdes_port):
+        async with open_ntcp("127.0.0.1", sim_port) as ntcp:
+            direct = await measure(ntcp, steps, "d")
+        async with open_ntcp("127.0.0.1", serdes_port) as ntcp:
+            via = await measure(ntcp, steps, "t")
+    mode = "separate processes" if processes else "one process"
+    print(f"NTCP round trip, {steps} steps per path ({mode}, after {WARMUP} warm-up steps)\n")
+    print(f"{'path':<22}{'verb':<20}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    rows = {}
+    for name, times in (("direct", direct), ("serdes+turbine", via)):
+        every = [t for ts in times.values() for t in ts]
+        rows[name] = every
+        for verb, ts in [*sorted(times.items()), ("all", every)]:
+            print(
+                f"{name:<22}{verb:<20}{len(ts):>6}{pct(ts, 50) * 1e3:>10.3f}"
+                f"{pct(ts, 99) * 1e3:>10.3f}{statistics.fmean(ts) * 1e3:>10.3f}"
+            )
+    added50 = (pct(rows["serdes+turbine"], 50) - pct(rows["direct"], 50)) * 1e3
+    added99 = (pct(rows["serdes+turbine"], 99) - pct(rows["direct"], 99)) * 1e3
+    verdict = "met" if added50 < TARGET_ADDED_P50_MS else "NOT met"
+    print(f"\nadded by the turbine path: p50 {added50:.3f} ms, p99 {added99:.3f} ms")
+    print(f"target: under {TARGET_ADDED_P50_MS:g} ms added at p50: {verdict}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=1000, help="requests timed per path")
+    parser.add_argument("--processes", action="store_true", help="run each part as a process")
+    args = parser.parse_args()
+    trio.run(main, args.steps, args.processes)
