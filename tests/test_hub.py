@@ -386,11 +386,6 @@ def test_offline_sources_are_evicted_first_oldest_offline_first(clock):
         hub.open_source(BOB, "bob", "video_huge_data_source", cache_bytes=6_000)
 
 
-@pytest.mark.xfail(
-    reason="Hub._make_room deletes offline sources one by one before it knows whether enough "
-    "memory can be freed; when the request is refused anyway, their frames are lost for nothing",
-    strict=True,
-)
 def test_a_refused_source_evicts_nothing():
     hub = Hub(max_memory=10_000)
     hub.open_source(ALICE, "alice", SRC, cache_bytes=4_000)

@@ -201,11 +201,6 @@ def test_random_input_only_ever_raises_remote_protocol_error(role, chunks, eof):
             return
 
 
-@pytest.mark.xfail(
-    reason="decode_groups adds 1 to a group's first_seq without checking it is an integer, "
-    "so a malformed frames message raises TypeError instead of RemoteProtocolError",
-    strict=True,
-)
 def test_a_frame_group_with_a_non_integer_seq_is_a_protocol_error():
     with pytest.raises(RemoteProtocolError):
         list(decode_groups([["s", "c", "t", "one", [1.0, 2.0], [1, 1], "w"]], memoryview(b"ab")))

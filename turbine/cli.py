@@ -241,10 +241,9 @@ def _start(value: str) -> str | int:
 @click.option(
     "--from",
     "start",
-    default="now",
-    show_default=True,
+    default=None,
     metavar="now|newest|oldest|SEQ",
-    help="Where to start on channels that exist already.",
+    help="Where to start on channels that exist already [default: now; newest with --monitor].",
 )
 @click.option(
     "--monitor", is_flag=True, help="Only the newest frame, skipping what you were too slow for."
@@ -273,7 +272,8 @@ async def tap(
     """
     got = 0
     with trio.move_on_after(wait if wait is not None else math.inf):
-        async with tb.subscribe(pattern, start=_start(start), monitor=monitor) as sub:
+        first = _start(start or ("newest" if monitor else "now"))
+        async with tb.subscribe(pattern, start=first, monitor=monitor) as sub:
             if not sub.channels:
                 click.echo(f"waiting for {pattern} (nothing matches it yet)", err=True)
             async for item in sub:
@@ -461,16 +461,31 @@ async def rm(tb: Client, source: str) -> None:
     help="Content type of a new channel (default: from its name).",
 )
 @click.option("--file", "file_", type=click.File("rb"), help="Put the whole file as one frame.")
+@click.option(
+    "--cache-frames", type=click.IntRange(min=1), help="Ring size in frames of a new source."
+)
+@click.option("--cache-bytes", type=Size(), help="Ring size in bytes of a new source (e.g. 1MiB).")
 @client_command
 async def put(
-    tb: Client, path: str, values: tuple[str, ...], content_type: str | None, file_: Any
+    tb: Client,
+    path: str,
+    values: tuple[str, ...],
+    content_type: str | None,
+    file_: Any,
+    cache_frames: int | None,
+    cache_bytes: int | None,
 ) -> None:
     """Put frames on SOURCE/CHANNEL: one per VALUE, or one per line of standard input."""
     source, channel = split_path(path)
     if file_ is not None and values:
         raise click.UsageError("give VALUEs or --file, not both")
     try:
-        src = await tb.open_source(source, channels={channel: content_type} if content_type else {})
+        src = await tb.open_source(
+            source,
+            channels={channel: content_type} if content_type else {},
+            cache_frames=cache_frames,
+            cache_bytes=cache_bytes,
+        )
         own = True
     except RequestFailed as exc:
         if exc.code != "held":

@@ -513,12 +513,16 @@ class Client:
             del self._subs[sid]
             sub._send.close()
             if self._error is None:
+                # Tell the broker, but do not wait for its answer: the reader
+                # may be cancelled already, and the reply is ignored anyway.
                 with (
                     trio.CancelScope(shield=True),
-                    trio.move_on_after(5),
+                    trio.move_on_after(1),
                     contextlib.suppress(TurbineError),
                 ):
-                    await self._request("unsubscribe", {"sub": sid})
+                    await self._send(
+                        self.proto.send("unsubscribe", {"id": next(self._ids), "sub": sid})
+                    )
 
     def monitor(self, pattern: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         """The newest frame of each matching channel, skipping what the reader was too slow for."""

@@ -63,6 +63,14 @@ RECONNECT_MAX_S = 5.0
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
 class ConfigError(TurbineError):
     """A component setting is unknown or has the wrong type."""
 
@@ -382,14 +390,14 @@ class Component:
                         wait = RECONNECT_FIRST_S
                         await self._session(tb)
                 except* ConnectionFailed as group:
-                    self.log.warning(
-                        "broker unreachable (%s); retrying in %.1f s", group.exceptions[0], wait
-                    )
+                    why = leaves(group)[0]
+                    self.log.warning("broker unreachable (%s); retrying in %.1f s", why, wait)
                 except* RequestFailed as group:
                     # e.g. our previous process still holds a source: it goes offline soon.
-                    if any(e.code != "held" for e in group.exceptions):  # type: ignore[attr-defined]
+                    refused = leaves(group)
+                    if any(e.code != "held" for e in refused):  # type: ignore[attr-defined]
                         raise
-                    self.log.warning("%s; retrying in %.1f s", group.exceptions[0], wait)
+                    self.log.warning("%s; retrying in %.1f s", refused[0], wait)
                 self.state = "disconnected"
                 self._data = self._replies = None
                 await trio.sleep(wait)

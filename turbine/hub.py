@@ -191,15 +191,17 @@ class Hub:
             (s for s in self.sources.values() if not s.online and s is not replacing),
             key=lambda s: s.offline_since or 0,
         )
-        while free() < need and offline:
-            self.delete(offline.pop(0).name)
-        if free() < need:
+        available = free() + sum(s.cache_bytes for s in offline)  # offline sources may go
+        if available < need:
+            # Refuse before evicting anything: a refusal must cost no one's frames.
             raise RequestFailed(
                 f"cannot reserve {fmt_bytes(need)} (cache_bytes) for this source: only "
-                f"{fmt_bytes(max(free(), 0))} of the broker's {fmt_bytes(self.max_memory)} "
+                f"{fmt_bytes(max(available, 0))} of the broker's {fmt_bytes(self.max_memory)} "
                 "are left; ask for less or start the broker with a larger --max-memory",
                 "memory",
             )
+        while free() < need:
+            self.delete(offline.pop(0).name)
 
     # --- sources
 

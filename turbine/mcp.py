@@ -130,6 +130,10 @@ class SiteConfigError(TurbineError):
     """The site file is wrong; the message names the file, the key and what is expected."""
 
 
+class UnknownProgram(TurbineError):
+    """A command named a program the site does not have."""
+
+
 # --- the site file ---------------------------------------------------------------
 
 
@@ -682,13 +686,13 @@ class Supervisor:
         """The program called ``label``.
 
         Raises:
-            KeyError: no such program (the message lists them).
+            UnknownProgram: no such program (the message lists them).
         """
         try:
             return self.programs[label]
         except KeyError:
             known = ", ".join(self.programs) or "none"
-            raise KeyError(f"no program {label!r} in this site; programs: {known}") from None
+            raise UnknownProgram(f"no program {label!r} in this site; programs: {known}") from None
 
     # --- running
 
@@ -810,7 +814,7 @@ class Supervisor:
         """Start a stopped, exited or failed program; return when it runs.
 
         Raises:
-            KeyError: no such program.
+            UnknownProgram: no such program.
             TurbineError: it did not start within 10 s.
         """
         p = self.get(label)
@@ -830,7 +834,7 @@ class Supervisor:
         """Stop a program: SIGTERM to its group, SIGKILL after the grace period.
 
         Raises:
-            KeyError: no such program.
+            UnknownProgram: no such program.
         """
         p = self.get(label)
         p.wanted = False
@@ -1083,6 +1087,7 @@ __all__ = [
     "SiteConfig",
     "SiteConfigError",
     "Supervisor",
+    "UnknownProgram",
     "available_kinds",
     "component_class",
     "load_config",

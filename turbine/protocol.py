@@ -191,6 +191,14 @@ def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[
         if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
             raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
         source, channel, ctype, seq, ts, sizes, writer = g
+        if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
+            raise RemoteProtocolError(
+                "a frame group's source, channel, content type and writer must be strings"
+            )
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise RemoteProtocolError(
+                "a frame group's first sequence number must be a positive integer"
+            )
         if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
             raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
         for t, s in zip(ts, sizes, strict=True):
@@ -324,7 +332,9 @@ class Connection:
             if msg.type != hello:
                 self._fail(f"expected {hello!r} first, got {msg.type!r}")
             version = msg["protocol"]
-            if self.their_role is Role.CLIENT and version not in SUPPORTED_VERSIONS:
+            if version < SUPPORTED_VERSIONS[0] or (
+                self.their_role is Role.CLIENT and version not in SUPPORTED_VERSIONS
+            ):
                 self._fail(
                     f"protocol version {version} is not supported; this broker speaks "
                     f"{', '.join(map(str, SUPPORTED_VERSIONS))}"
