@@ -1,0 +1,233 @@
+"""The MCP with real processes: `turbine mcp SITE.toml` runs a broker and a DAQ.
+
+Each test starts the MCP as its own process on a site file with an embedded
+broker on a free port (port 0: the MCP prints the address it got), and looks
+at what a user would: the broker's sources, the MCP's published state, the
+CLI's output, and which processes exist afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from turbine import Client, Frame, open_client, send_command
+
+pytestmark = pytest.mark.slow
+
+TURBINE = str(Path(sys.executable).parent / "turbine")
+
+SITE = """
+[mcp]
+name = "t"
+grace = 3.0
+restart_first = 0.1
+max_restarts = 2
+stable_after = 30.0
+
+[broker]
+embedded = true
+port = 0
+
+[[component]]
+kind = "daq"
+name = "t"
+settings = {{ channels = 2, rate = 100.0, block_seconds = 0.1 }}
+{extra}
+"""
+
+
+async def wait_gone(pids: list[int], seconds: float) -> None:
+    """Return once none of ``pids`` runs (a zombie waiting for init counts as gone).
+
+    A pidfd becomes readable when its process ends, child of ours or not.
+    """
+    with trio.fail_after(seconds):
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await trio.lowlevel.wait_readable(fd)
+            finally:
+                os.close(fd)
+
+
+class Site:
+    def __init__(self, proc: trio.Process, address: str, log: Path) -> None:
+        self.proc = proc
+        self.address = address
+        self.log = log
+
+    async def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return await trio.run_process(
+            [TURBINE, *args, "--turbine", self.address],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+@contextlib.asynccontextmanager
+async def run_mcp(tmp_path: Path, extra: str = "") -> AsyncIterator[Site]:
+    config = tmp_path / "site.toml"
+    config.write_text(SITE.format(extra=extra))
+    log = tmp_path / "mcp.log"
+    with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
+        proc = await trio.lowlevel.open_process(
+            [TURBINE, "mcp", str(config)], stdout=subprocess.PIPE, stderr=err
+        )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(10):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                assert chunk, f"the MCP exited: {log.read_text()}"
+                line += chunk
+        assert line.startswith(b"turbine listening on "), line
+        yield Site(proc, line.split()[-1].decode(), log)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(10):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def wait_state(
+    tb: Client, pred: Callable[[dict[str, Any]], bool], seconds: float = 10
+) -> dict[str, Any]:
+    """The MCP's published program states, once ``pred`` holds for them."""
+    with trio.fail_after(seconds):
+        async with tb.subscribe("mcp_t_data_source/state.json", start="newest") as sub:
+            async for item in sub:
+                if isinstance(item, Frame):
+                    programs = json.loads(item.data)["programs"]
+                    if pred(programs):
+                        return programs
+    raise AssertionError("the MCP's state stopped")
+
+
+def running(name: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: s[name]["state"] == "running" and s[name]["pid"] is not None
+
+
+async def test_endpoints_tap_set_rate_and_status(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path) as site, open_client(site.address) as tb:
+            await wait_state(tb, running("daq_t"))
+            # Its metadata comes once all four of its endpoints exist.
+            async with tb.subscribe("daq_t_data_source/metadata.txt", start="newest") as sub:
+                await sub.receive()
+            ls = (await site.cli("ls")).stdout.decode()
+            for component in ("mcp_t", "daq_t"):
+                for detail in ("data_source", "debug_log_source", "command_sink", "command_source"):
+                    assert f"{component}_{detail}  [online" in ls
+
+            tap = await site.cli("tap", "daq_*_data_source/*", "--count", "3", "--timeout", "10")
+            lines = tap.stdout.decode().splitlines()
+            assert tap.returncode == 0 and len(lines) == 3
+            for line in lines:
+                numbers = line.split()[3:]
+                assert len(numbers) == 10 and all(float(n) == float(n) for n in numbers)
+
+            done = await site.cli("cmd", "daq_t", "set-rate", "500")
+            assert (done.returncode, done.stdout) == (0, b"rate 500 Hz, blocks of 50 samples\n")
+            async with tb.subscribe("daq_t_data_source/ch0", start="now") as sub:
+                frames = [f async for f in _take(sub, 4)]
+            assert {len(f.data) for f in frames} == {50 * 8}
+            steps = {
+                round(b.timestamp - a.timestamp, 6)
+                for a, b in zip(frames, frames[1:], strict=False)
+            }
+            assert steps == {0.1}
+
+            status = await site.cli("cmd", "mcp_t", "status")
+            result = json.loads(status.stdout)
+            assert result["broker"] == site.address
+            assert result["programs"]["daq_t"]["state"] == "running"
+            assert result["programs"]["daq_t"]["restarts"] == 0
+
+
+async def _take(sub: Any, n: int) -> AsyncIterator[Frame]:
+    got = 0
+    async for item in sub:
+        if isinstance(item, Frame):
+            yield item
+            got += 1
+            if got == n:
+                return
+
+
+async def test_a_killed_component_comes_back_and_sigterm_leaves_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path) as site:
+            async with open_client(site.address) as tb:
+                first = (await wait_state(tb, running("daq_t")))["daq_t"]["pid"]
+                os.kill(first, signal.SIGKILL)
+                state = await wait_state(
+                    tb, lambda s: s["daq_t"]["restarts"] == 1 and running("daq_t")(s)
+                )
+                second = state["daq_t"]["pid"]
+                assert second != first
+                assert state["daq_t"]["last_exit"] == -signal.SIGKILL
+                # And it works again: its frames flow.
+                async with tb.subscribe("daq_t_data_source/ch0", start="now") as sub:
+                    assert len([f async for f in _take(sub, 2)]) == 2
+            site.proc.send_signal(signal.SIGTERM)
+            assert await site.proc.wait() == 0
+            await wait_gone([first, second], 5)
+        log = site.log.read_text()
+        assert "daq_t exited unexpectedly (killed by SIGKILL)" in log
+        assert "restarting it in 0.1 s (restart 1)" in log
+
+
+async def test_a_killed_mcp_takes_its_children_with_it(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path) as site:
+            async with open_client(site.address) as tb:
+                pid = (await wait_state(tb, running("daq_t")))["daq_t"]["pid"]
+            site.proc.kill()  # SIGKILL: the MCP gets no chance to clean up
+            await site.proc.wait()
+            await wait_gone([pid], 5)
+
+
+async def test_a_crash_loop_is_marked_failed_and_commands_stop_and_start(tmp_path: Path) -> None:
+    extra = '[[process]]\nname = "broken"\nkind = "daq"\nargs = ["--no-such-option"]\n'
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path, extra) as site, open_client(site.address) as tb:
+            state = await wait_state(tb, lambda s: s["broken"]["state"] == "failed")
+            assert state["broken"]["restarts"] == 2
+            assert state["broken"]["last_exit"] == 2  # click's usage error
+
+            pid = (await wait_state(tb, running("daq_t")))["daq_t"]["pid"]
+            reply = await send_command(tb, "mcp_t", "stop", "daq_t")
+            assert reply.ok and reply.result == "stopped daq_t (killed by SIGTERM)"
+            await wait_gone([pid], 5)
+            state = await wait_state(tb, lambda s: s["daq_t"]["state"] == "stopped")
+            assert state["daq_t"]["pid"] is None
+
+            reply = await send_command(tb, "mcp_t", "start", "daq_t")
+            assert reply.ok and reply.result.startswith("started daq_t (pid ")
+            await wait_state(tb, running("daq_t"))
+
+            reply = await send_command(tb, "mcp_t", "restart", "nope")
+            assert reply.status == "error"
+            assert reply.error == "no program 'nope' in this site; programs: broken, daq_t"
+        log = site.log.read_text()
+        assert "broken keeps crashing (3 exits in a row" in log
+        assert "marked failed: 'start broken' tries again" in log
