@@ -256,6 +256,35 @@ async def test_simulator_restart_loses_the_session_and_never_replays(broker, par
             await ntcp.aclose()
 
 
+async def test_simulator_gone_during_execute_gives_outcome_unknown(broker, parts):
+    nursery = parts
+    rig = CountingRig(RigConfig(displacement_speed=1.0))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as sims:
+            sim_port = await start_sim(sims, rig)
+            await start_translator(nursery, broker, sim_port)
+            _, port = await start_serdes(nursery, broker)
+            async with open_ntcp("127.0.0.1", port) as ntcp:
+                assert await ntcp.request("open-session\ts") == "OK\t0\ts"
+                assert await ntcp.request(f"propose\tp1\t{CP}\tx\tdisplacement\t1") == "OK\t0\tp1"
+                result: list[str] = []
+
+                async def execute() -> None:
+                    result.append(await ntcp.request("execute\tp1"))
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(execute)
+                    # Everything waits: the simulator is moving the actuator.
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert rig.executes == ["p1"] and rig.moving(CP)
+                    sims.cancel_scope.cancel()
+                assert result == [
+                    "NOT OK\toutcome unknown: the control system closed the connection"
+                    " after execute was sent; it is not sent again"
+                ]
+    assert rig.executes == ["p1"]
+
+
 async def test_stale_request_is_answered_expired_and_never_forwarded(broker, parts):
     nursery = parts
     rig = CountingRig(FAST)
