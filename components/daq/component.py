@@ -69,7 +69,7 @@ class Daq(Component):
     """A data acquisition source: N channels of generated signals or a replayed CSV recording."""
 
     type = "daq"
-    channels: dict[str, str] = {}  # per instance: see __init__
+    channels = {}  # per instance: see __init__
     settings = {
         "mode": "generate",
         "channels": 8,
@@ -135,7 +135,8 @@ class Daq(Component):
                     self.channel_configs[ch] = self.channel_configs[ch].with_setting(key, value)
         except SignalError as exc:
             raise ConfigError(f"{exc}") from None
-        self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)
+        # One channel per signal or recorded column: known only once configured.
+        self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)  # type: ignore[misc]
         self.block_size = block_size_for(self.rate, cfg["block_seconds"])
         self.streaming = bool(cfg["autostart"])
         self.clock: SampleClock | None = None

@@ -13,6 +13,7 @@ import random
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -98,8 +99,9 @@ class ChannelConfig:
                 raise SignalError(f"{key} must be a number, not {value!r}") from None
         else:
             value = str(value)
+        changes: dict[str, Any] = {key: value}
         try:
-            return attrs.evolve(self, **{key: value})
+            return attrs.evolve(self, **changes)
         except (TypeError, ValueError) as exc:
             raise SignalError(str(exc)) from None
 
