@@ -40,9 +40,11 @@ class CountingRig(Rig):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.executes: list[str] = []
+        self.executed = trio.Event()
 
     def execute(self, session: str, trans_id: str, now: float | None = None) -> float:
         self.executes.append(trans_id)
+        self.executed.set()
         return super().execute(session, trans_id, now)
 
 
@@ -205,10 +207,11 @@ async def test_translator_killed_during_execute_never_executes_twice(broker, par
                             result.append(await ntcp.request("execute\tk1"))
 
                         inner.start_soon(execute)
-                        # The translator journals the execute just before it
-                        # sends it: kill it while the actuator moves.
+                        # The translator journals the execute before it sends
+                        # it; kill it once the actuator moves.
                         entry = await journal.receive()
                         assert json.loads(entry.data)["line"] == "execute\tk1"
+                        await rig.executed.wait()
                         process.kill()
                         await process.wait()
                         process = await open_translator_process(broker, sim_port)
