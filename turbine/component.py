@@ -409,7 +409,7 @@ class Component:
     def cli(cls) -> click.Command:
         """The command line every component shares."""
 
-        @click.command(name=f"components.{cls.type}", help=cls.__doc__)
+        @click.command(name=cls.__module__, help=cls.__doc__)
         @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
         @click.option(
             "--turbine",
@@ -461,4 +461,5 @@ class Component:
     @classmethod
     def main(cls, argv: list[str] | None = None) -> None:
         """Run the component from the command line (``python -m components.<kind>``)."""
-        cls.cli().main(args=argv, prog_name=f"python -m components.{cls.type}")
+        package = cls.__module__.removesuffix(".component").removesuffix(".__main__")
+        cls.cli().main(args=argv, prog_name=f"python -m {package}")

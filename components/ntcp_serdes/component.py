@@ -1,0 +1,265 @@
+"""The NTCP serdes plugin: the NTCP end of NTCP over the turbine.
+
+It listens where an NTCP client expects the control system (the LabVIEW-plugin
+ASCII protocol) and turns each request line into the command ``ntcp`` on
+``ntcp_<translator>_command_sink``; the translator's reply, read from
+``ntcp_<translator>_command_source/command.txt``, goes back to the client, in
+order. Neither the client nor the control system changes.
+
+One subscription to the translator's replies serves every request; replies
+are matched by command id. Each client connection is one NTCP session: its
+requests carry a session key, so the translator gives it its own
+control-system connection, and closing the client closes that connection.
+
+A request is never answered by silence. The command carries a deadline
+(``deadline`` seconds): a translator that reads it later answers ``expired``
+and does not forward it, and the client gets ``NOT OK expired ...``. With no
+reply after ``deadline`` while the translator is offline, or after
+``timeout`` in any case, the client gets ``NOT OK`` with the reason; for an
+execute the reason says the outcome is unknown (the translator may have sent
+it before it went away).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import trio
+
+from components.ntcp.protocol import (
+    LineBuffer,
+    NtcpProtocolError,
+    format_not_ok,
+)
+from turbine import Command, Component, Gap, Reply, RequestFailed, TurbineError
+from turbine.command import COMMAND_CHANNEL, endpoints
+
+__all__ = ["NtcpSerdes"]
+
+#: Seconds a reply may take to be accepted by the NTCP client.
+SEND_TIMEOUT = 10.0
+#: Journal entries searched to tell "not forwarded" from "outcome unknown".
+JOURNAL_SCAN = 100
+
+
+def _wire(reply: str) -> bytes:
+    """One reply line for the client: one line, ASCII (anything else becomes '?')."""
+    return " ".join(reply.splitlines()).encode("ascii", "replace") + b"\n"
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: Reply | None = None
+
+
+class NtcpSerdes(Component):
+    """NTCP serdes plugin: serves NTCP clients and carries their requests over the turbine."""
+
+    type = "ntcp"
+    settings = {
+        "translator": "rig",
+        "host": "127.0.0.1",
+        "port": 6001,
+        "deadline": 5.0,
+        "timeout": 60.0,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.target = f"{self.type}_{self.config['translator']}"
+        self.target_endpoints = endpoints(self.target)
+        self.port: int | None = None
+        self.requests = 0
+        self.failures = 0
+        self._waiting: dict[str, _Waiter] = {}
+        self._connected = trio.Event()
+
+    # --- the turbine side
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen for NTCP clients, then connect to the turbine (and reconnect) until cancelled.
+
+        ``task_status.started(port)`` once listening. The listener outlives
+        broker reconnects; while the broker is away, requests get ``NOT OK``.
+
+        Raises:
+            OSError: the NTCP address cannot be bound.
+        """
+        listeners = await trio.open_tcp_listeners(self.config["port"], host=self.config["host"])
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._serve_client, listeners)
+            self.log.info("serving NTCP clients on %s:%d", self.config["host"], self.port)
+            task_status.started(self.port)
+            await super().serve()
+
+    async def run(self) -> None:
+        tb = self.client
+        assert tb is not None
+        path = f"{self.target_endpoints['replies']}/{COMMAND_CHANNEL}"
+        try:
+            async with tb.subscribe(path, start="now") as sub:
+                self._connected.set()
+                async for item in sub:
+                    if isinstance(item, Gap):
+                        self.log.warning("missed %d replies of %s", item.missed, self.target)
+                        continue
+                    try:
+                        reply = Reply.from_json(item.data)
+                    except ValueError:
+                        continue
+                    waiter = self._waiting.get(reply.id)
+                    if waiter is not None:
+                        waiter.reply = reply
+                        waiter.event.set()
+        finally:
+            if self._connected.is_set():
+                self._connected = trio.Event()
+            for waiter in self._waiting.values():
+                waiter.event.set()  # no reply: answered as a lost connection
+
+    async def wait_connected(self) -> None:
+        """Return once requests can go to the turbine (the reply subscription is live)."""
+        while not self._connected.is_set():
+            await self._connected.wait()
+
+    def status(self) -> dict[str, Any]:
+        return super().status() | {
+            "translator": self.target,
+            "ntcp_port": self.port,
+            "requests": self.requests,
+            "failures": self.failures,
+            "waiting": len(self._waiting),
+        }
+
+    # --- one request
+
+    async def relay(self, line: str, session: str = "") -> str:
+        """Carry one request line to the translator and return the reply line.
+
+        Never raises for a failure of the path: it becomes ``NOT OK <reason>``.
+        Returns within ``timeout`` seconds (plus a broker round trip).
+        """
+        self.requests += 1
+        reply, answered = await self._relay(line, session)
+        if not answered:
+            self.failures += 1
+        return reply
+
+    async def _relay(self, line: str, session: str) -> tuple[str, bool]:
+        """The reply line, and whether it came from the control system."""
+        deadline, timeout = self.config["deadline"], self.config["timeout"]
+        is_execute = line.startswith("execute\t")
+        with trio.move_on_after(min(deadline, timeout)):
+            await self._connected.wait()
+        tb = self.client
+        if not self._connected.is_set() or tb is None:
+            return format_not_ok(
+                f"the turbine at {self.address} is unreachable; not forwarded"
+            ), False
+        cmd = Command(
+            uuid.uuid4().hex, "ntcp", (line,), {"session": session}, time.time() + deadline
+        )
+        waiter = self._waiting[cmd.id] = _Waiter()
+        try:
+            try:
+                await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
+            except RequestFailed as exc:
+                if exc.code == "missing":
+                    return format_not_ok(
+                        f"no translator {self.target} has run on this turbine"
+                    ), False
+                return format_not_ok(f"the turbine refused the request: {exc}"), False
+            except TurbineError as exc:
+                return format_not_ok(f"lost the turbine while sending the request: {exc}"), False
+            with trio.move_on_after(min(deadline, timeout)):
+                await waiter.event.wait()
+            if not waiter.event.is_set() and not await self._target_online(tb):
+                return await self._no_reply(
+                    tb, cmd, is_execute, "the translator is not running"
+                ), False
+            with trio.move_on_after(max(0.0, timeout - deadline)):
+                await waiter.event.wait()
+        finally:
+            del self._waiting[cmd.id]
+        reply = waiter.reply
+        if reply is None:
+            why = "lost the turbine" if waiter.event.is_set() else f"no reply within {timeout:g} s"
+            return await self._no_reply(tb, cmd, is_execute, why), False
+        if reply.status == "expired":
+            return format_not_ok(
+                f"expired: {reply.error}; not forwarded to the control system"
+            ), False
+        if reply.status != "ok" or not isinstance(reply.result, str):
+            return format_not_ok(f"{self.target}: {reply.error or reply.result!r}"), False
+        return reply.result, True
+
+    async def _target_online(self, tb: Any) -> bool:
+        try:
+            infos = await tb.list_sources(self.target_endpoints["replies"])
+        except TurbineError:
+            return False
+        return any(info.online for info in infos)
+
+    async def _no_reply(self, tb: Any, cmd: Command, is_execute: bool, why: str) -> str:
+        text = f"{why}: no reply from {self.target}"
+        if is_execute:
+            journal = f"{self.target_endpoints['data']}/journal.txt"
+            try:
+                sent = any(
+                    cmd.id.encode() in f.data for f in await tb.fetch(journal, newest=JOURNAL_SCAN)
+                )
+            except TurbineError:
+                sent = True
+            if sent:
+                return format_not_ok(
+                    f"outcome unknown: {text} after it began forwarding the execute"
+                )
+        if time.time() > (cmd.deadline or 0):
+            return format_not_ok(f"{text}; the request expired and will not be forwarded")
+        return format_not_ok(f"{text}; outcome unknown")
+
+    # --- the NTCP side
+
+    async def _serve_client(self, stream: trio.SocketStream) -> None:
+        session = uuid.uuid4().hex
+        lines = LineBuffer()
+        try:
+            async with stream:
+                while data := await stream.receive_some(65536):
+                    lines.receive_data(data)
+                    while True:
+                        try:
+                            line = lines.next_line()
+                        except NtcpProtocolError as exc:
+                            reply = format_not_ok(exc.reason)
+                        else:
+                            if line is None:
+                                break
+                            reply = await self.relay(line, session)
+                        with trio.fail_after(SEND_TIMEOUT):
+                            await stream.send_all(_wire(reply))
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            pass
+        finally:
+            await self._close_session(session)
+
+    async def _close_session(self, session: str) -> None:
+        """Tell the translator to close the session's control-system connection."""
+        tb = self.client
+        if tb is None or not self._connected.is_set():
+            return
+        cmd = Command(uuid.uuid4().hex, "ntcp-close", (), {"session": session}, time.time() + 60)
+        with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT):
+            try:
+                await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
+            except TurbineError:
+                pass
+
+
+COMPONENT = NtcpSerdes

@@ -1,0 +1,226 @@
+"""The NTCP transport translator: the control-system end of NTCP over the turbine.
+
+It is the component ``ntcp_<name>``. Each NTCP request arrives on its command
+sink as the command ``ntcp`` with ``args [line]`` and ``kwargs {"session": key}``
+(put there by :mod:`components.ntcp_serdes`); the translator sends the line to
+the control system and the reply line becomes the command's result. Each
+session key gets its own control-system connection, because the control
+system ties a session to the connection it was opened on; the command
+``ntcp-close`` with the key closes it.
+
+Every successful ``get-control-point`` reply is also published on the data
+source, one float64 frame per channel ``<controlPoint>.<axis>.<type>``.
+
+Safety, because a physical step cannot be undone:
+
+* An ``execute`` is journalled (``journal.txt`` on the data source, flushed)
+  before it is sent. After a restart the framework reads the commands not yet
+  answered again; one whose journal entry exists is answered ``NOT OK outcome
+  unknown`` and never sent again. The journal is checked before the deadline.
+* A connection that breaks after an ``execute`` was sent, or a reply that
+  does not come within ``reply_timeout``, gives ``NOT OK outcome unknown``;
+  nothing is ever re-sent.
+* A command older than its deadline is answered ``expired`` by the framework
+  and never forwarded.
+* An unreachable control system gives ``NOT OK`` with the reason within
+  ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any
+
+import trio
+
+from components.ntcp.protocol import (
+    AXES,
+    TYPES,
+    LineBuffer,
+    NtcpError,
+    encode_line,
+    format_not_ok,
+    parse_control_point_reply,
+    parse_reply,
+)
+from turbine import FLOAT64_CONTENT_TYPE, Command, Component, command, parse_address
+
+__all__ = ["JOURNAL_CHANNEL", "NtcpTranslator", "measurement_channel"]
+
+JOURNAL_CHANNEL = "journal.txt"
+#: Journal entries read back after a restart (only unanswered commands matter).
+JOURNAL_SCAN = 1000
+#: Reply lines a control-system connection may buffer (it sends one per request).
+LINK_QUEUE = 16
+#: Control-system connections kept (one per NTCP session); beyond this the
+#: least recently used is closed (a serdes that died never sent ntcp-close).
+MAX_LINKS = 64
+
+
+def measurement_channel(control_point: str, axis: str, kind: str) -> str:
+    """The data channel of one measured value, e.g. ``MDL-00-01.x.displacement``."""
+    return f"{control_point}.{axis}.{kind}"
+
+
+class LinkLost(NtcpError):
+    """The control-system connection broke or did not answer in time."""
+
+
+class _Link:
+    """One control-system connection; a reader task notices a close at once."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.closed: str | None = None
+        self._send, self._replies = trio.open_memory_channel[str](LINK_QUEUE)
+
+    async def read(self) -> None:
+        lines = LineBuffer()
+        try:
+            while data := await self.stream.receive_some(65536):
+                lines.receive_data(data)
+                while (line := lines.next_line()) is not None:
+                    self._send.send_nowait(line)
+            self.closed = "the control system closed the connection"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock, NtcpError):
+            self.closed = "the connection to the control system broke"
+        finally:
+            self._send.close()
+            await trio.aclose_forcefully(self.stream)
+
+    async def request(self, data: bytes) -> str:
+        """Send one encoded line; return the reply line.
+
+        Raises:
+            LinkLost: the connection broke (the link is then closed). A caller
+                that cancels this must close the link: the reply is unread.
+        """
+        try:
+            await self.stream.send_all(data)
+            return await self._replies.receive()
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.aclose()
+            raise LinkLost(self.closed or "the connection to the control system broke") from None
+
+    async def aclose(self) -> None:
+        self.closed = self.closed or "closed by the translator"
+        await trio.aclose_forcefully(self.stream)
+
+
+class NtcpTranslator(Component):
+    """NTCP transport translator: forwards NTCP requests from the command sink to a control system."""
+
+    type = "ntcp"
+    settings = {
+        "control": "127.0.0.1:6000",
+        "control_points": ["MDL-00-01"],
+        "connect_timeout": 2.0,
+        "reply_timeout": 50.0,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels = {JOURNAL_CHANNEL: "application/json"} | {
+            measurement_channel(cp, axis, kind): FLOAT64_CONTENT_TYPE
+            for cp in self.config["control_points"]
+            for kind in TYPES
+            for axis in AXES
+        }
+        self.control = parse_address(self.config["control"])
+        self._links: dict[str, _Link] = {}
+        self._journalled: set[str] | None = None
+        self._command: Command | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self) -> None:
+        # Control-system connections outlive broker reconnects: a session on
+        # the rig must not end because the turbine blinked.
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await super().serve()
+
+    async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
+        if cmd.verb == "ntcp" and cmd.args and str(cmd.args[0]).startswith("execute\t"):
+            if self._journalled is None:
+                path = f"{self.endpoints['data']}/{JOURNAL_CHANNEL}"
+                frames = await self.client.fetch(path, newest=JOURNAL_SCAN)  # type: ignore[union-attr]
+                self._journalled = {json.loads(f.data)["id"] for f in frames}
+            if cmd.id in self._journalled:
+                why = "outcome unknown: the translator restarted while forwarding this execute; it is not sent again"
+                return "ok", format_not_ok(why), None
+        self._command = cmd
+        return await super().execute(cmd)
+
+    @command(
+        "ntcp", help="send one NTCP request line to the control system; the result is the reply"
+    )
+    async def ntcp(self, line: str, session: str = "") -> str:
+        verb = line.split("\t", 1)[0]
+        try:
+            data = encode_line(line)
+        except NtcpError as exc:
+            return format_not_ok(str(exc))
+        link = self._links.get(session)
+        if link is None or link.closed:
+            host, port = self.control
+            try:
+                with trio.fail_after(self.config["connect_timeout"]):
+                    stream = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError) as exc:
+                return format_not_ok(
+                    f"control system {host}:{port} unreachable: {exc or 'timeout'}"
+                )
+            if len(self._links) >= MAX_LINKS:
+                oldest = next(iter(self._links))
+                self.log.warning("closing idle control-system connection of session %s", oldest)
+                await self._links.pop(oldest).aclose()
+            link = self._links[session] = _Link(stream)
+            assert self._nursery is not None
+            self._nursery.start_soon(link.read)
+        self._links[session] = self._links.pop(session)  # most recently used last
+        if verb == "execute" and self._command is not None:
+            entry = {"id": self._command.id, "session": session, "line": line, "time": time.time()}
+            await self.data.put(JOURNAL_CHANNEL, json.dumps(entry).encode())
+            await self.data.flush()
+            if self._journalled is not None:
+                self._journalled.add(self._command.id)
+        try:
+            with trio.move_on_after(self.config["reply_timeout"]) as waited:
+                reply = await link.request(data)
+            if waited.cancelled_caught:
+                await link.aclose()
+                raise LinkLost(f"no reply within {self.config['reply_timeout']:g} s")
+        except LinkLost as exc:
+            del self._links[session]
+            if verb == "execute":
+                return format_not_ok(
+                    f"outcome unknown: {exc} after execute was sent; it is not sent again"
+                )
+            return format_not_ok(str(exc))
+        if verb == "get-control-point" and reply.startswith("OK"):
+            try:
+                _, values = parse_control_point_reply(parse_reply(reply))
+            except NtcpError:
+                return reply  # not ours to judge; the client gets it as it came
+            for v in values.values:
+                channel = measurement_channel(values.control_point, v.axis, v.type)
+                await self.data.put(channel, struct.pack("<d", v.value))
+        return reply
+
+    @command("ntcp-close", help="close the control-system connection of an NTCP session key")
+    async def ntcp_close(self, session: str = "") -> str:
+        link = self._links.pop(session, None)
+        if link is not None:
+            await link.aclose()
+        return "closed" if link else "no such session"
+
+    def status(self) -> dict[str, Any]:
+        return super().status() | {
+            "control": "{}:{}".format(*self.control),
+            "connections": len(self._links),
+        }
+
+
+COMPONENT = NtcpTranslator
