@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from functools import partial
 from pathlib import Path
 
 import click
@@ -61,17 +63,26 @@ def main(
         raise click.ClickException(str(exc)) from exc
     spool = workdir if workdir is not None else tray / "spool"
 
+    failures: list[BaseException] = []
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve_netdvd, drive, spool, host=host, port=port)
+            try:
+                bound = await nursery.start(
+                    partial(serve_netdvd, drive, spool, host=host, port=port)
+                )
+            except (OSError, NetDVDError) as exc:
+                failures.append(exc)
+                return
             click.echo(f"netdvd listening on {host}:{bound}")
+            sys.stdout.flush()
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:
         pass
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from exc
+    if failures:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {failures[0]}")
 
 
 if __name__ == "__main__":
