@@ -18,6 +18,7 @@ time; concurrent calls are serialised.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import os
 import time
@@ -31,7 +32,7 @@ import trio
 
 from ._constants import DATA_CHUNK, POLL_INTERVAL, PROTOCOL_VERSION
 from .errors import NetDVDBusyError, NetDVDError, NetDVDProtocolError
-from .protocol import NEED_DATA, Busy, Data, Error, Event, FrameDecoder, Hello, Ok, Request, encode
+from .protocol import Busy, Data, Error, Event, FrameDecoder, Hello, NeedData, Ok, Request, encode
 
 
 @attrs.frozen
@@ -68,7 +69,8 @@ class MediaStatus:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> MediaStatus:
-        return cls(**{f.name: data.get(f.name) for f in attrs.fields(cls)})
+        kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in attrs.fields(cls)}
+        return cls(**kwargs)
 
 
 @attrs.frozen
@@ -86,7 +88,8 @@ class JobProgress:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> JobProgress:
-        return cls(**{f.name: data.get(f.name) for f in attrs.fields(cls)})
+        kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in attrs.fields(cls)}
+        return cls(**kwargs)
 
 
 @attrs.frozen
@@ -142,8 +145,7 @@ class NetDVDClient:
     async def _receive(self) -> Event:
         while True:
             event = self._decoder.next_event()
-            if event is not NEED_DATA:
-                assert not isinstance(event, type(NEED_DATA))
+            if not isinstance(event, NeedData):
                 return event
             try:
                 data = await self._stream.receive_some(DATA_CHUNK)
@@ -372,7 +374,7 @@ class NetDVDClient:
         """Make the disc readable through :meth:`disc_list` and :meth:`read`."""
         return MediaStatus.from_wire((await self.request("mount"))["media"])
 
-    async def disc_list(self) -> list[DiscFile]:
+    async def disc_list(self) -> builtins.list[DiscFile]:
         """Every file and directory on the mounted disc (newest session's tree)."""
         result = await self.request("disc_list")
         return [DiscFile(**entry) for entry in result["entries"]]

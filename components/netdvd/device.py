@@ -282,7 +282,7 @@ class Device:
                     {"path": rel, "kind": "file", "size": st.st_size, "mtime": st.st_mtime}
                 )
                 total += st.st_size
-        entries.sort(key=lambda e: e["path"])
+        entries.sort(key=lambda e: str(e["path"]))
         return {"entries": entries, "bytes": total, "free_bytes": self.free_bytes()}
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:

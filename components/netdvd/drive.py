@@ -109,7 +109,10 @@ class Drive(Protocol):
     runs xorriso or copies data; none changes anything when it raises.
     """
 
-    description: str
+    @property
+    def description(self) -> str:
+        """Which drive this is, for people."""
+        ...
 
     async def media(self) -> Media:
         """Describe the medium in the drive."""
@@ -233,8 +236,6 @@ async def _xorriso(args: list[str], progress: Progress | None = None, **kw: obje
 class _XorrisoBase:
     """Operations shared by both drives: they differ only in the device address."""
 
-    description = "drive"
-
     def _dev(self) -> str:
         raise NotImplementedError
 
@@ -309,7 +310,7 @@ class EmulatedDrive(_XorrisoBase):
     auto_blank: bool = True
 
     @property
-    def description(self) -> str:  # type: ignore[override]
+    def description(self) -> str:
         return f"emulated drive in {self.tray} ({self.capacity} bytes per disc)"
 
     @classmethod
@@ -496,7 +497,7 @@ class XorrisoDrive(_XorrisoBase):
     device: str
 
     @property
-    def description(self) -> str:  # type: ignore[override]
+    def description(self) -> str:
         return f"DVD drive {self.device}"
 
     def _dev(self) -> str:

@@ -27,13 +27,15 @@ from .errors import NetDVDProtocolError
 _LENGTH = struct.Struct(">I")
 
 
-class _NeedData:
+class NeedData:
+    """Type of NEED_DATA."""
+
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
 #: Returned by :meth:`FrameDecoder.next_event` when a whole frame is not yet buffered.
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = NeedData()
 
 
 @attrs.frozen
@@ -161,7 +163,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._max_frame = max_frame
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer."""
         self._buffer += data
 
@@ -170,7 +172,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as events."""
         return len(self._buffer)
 
-    def next_event(self) -> Event | _NeedData:
+    def next_event(self) -> Event | NeedData:
         """Return the next complete event, or NEED_DATA.
 
         Raises:

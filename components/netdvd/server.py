@@ -16,7 +16,7 @@ from ._constants import DATA_CHUNK, DEFAULT_PORT, PROTOCOL_VERSION, SEND_TIMEOUT
 from .device import Device, PutTarget
 from .drive import Drive
 from .errors import NetDVDError, NetDVDProtocolError
-from .protocol import NEED_DATA, Busy, Data, Error, Event, FrameDecoder, Hello, Ok, Request, encode
+from .protocol import Busy, Data, Error, Event, FrameDecoder, Hello, NeedData, Ok, Request, encode
 
 _RECEIVE_BYTES = 64 * 1024
 
@@ -38,8 +38,7 @@ class _Peer:
         """The next event, or None when the client closed the connection."""
         while True:
             event = self.decoder.next_event()
-            if event is not NEED_DATA:
-                assert not isinstance(event, type(NEED_DATA))
+            if not isinstance(event, NeedData):
                 return event
             data = await self.stream.receive_some(_RECEIVE_BYTES)
             if not data:
