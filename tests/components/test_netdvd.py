@@ -160,6 +160,8 @@ async def test_timestamps_follow_the_clients_clock(device: Device) -> None:
             assert got == expected, name
             mtime = record.rock_ridge.dr_entries.tf_record.modification_time
             assert (mtime.years_since_1900, mtime.month, mtime.day_of_month) == expected[:3]
+            ctime = record.rock_ridge.dr_entries.tf_record.attribute_change_time
+            assert (ctime.years_since_1900, ctime.month, ctime.day_of_month) == (101, 2, 3)
     finally:
         iso.close()
 
