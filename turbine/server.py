@@ -9,7 +9,6 @@ own writer, so a slow client only lets its own cursors fall behind.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import time
@@ -89,6 +88,8 @@ class ClientConnection:
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._rotation = 0
+        self._closing = False
+        self.finished = trio.Event()
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = self.gaps = 0
         self.slow_events = 0
 
@@ -125,14 +126,25 @@ class ClientConnection:
                 buffers += self._out.popleft()
             self._out_bytes = 0
             self._drained.set()
-            self._pull(buffers)
-            if not buffers:
-                continue
-            with trio.move_on_after(timeout) as scope:
-                self.bytes_out += await send_buffers(self.sock, buffers)
-            if scope.cancelled_caught:
-                self.slow_events += 1
-                raise ProtocolError(f"write blocked for {timeout:g} s: the client is not reading")
+            if not self._closing:
+                self._pull(buffers)
+            if buffers:
+                with trio.move_on_after(timeout) as scope:
+                    self.bytes_out += await send_buffers(self.sock, buffers)
+                if scope.cancelled_caught:
+                    self.slow_events += 1
+                    raise ProtocolError(
+                        f"write blocked for {timeout:g} s: the client is not reading"
+                    )
+            if self._closing and not self._out:
+                self.finished.set()
+                return
+
+    def last_words(self, buffers: list[Any]) -> None:
+        """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
+        self._closing = True
+        self._out.append(buffers)
+        self.wake()
 
     def _pull(self, buffers: list[Any]) -> None:
         """Add pending subscribed frames to ``buffers``, within one batch budget."""
@@ -397,7 +409,6 @@ class Broker:
         conn = ClientConnection(self, stream, next(self._ids))
         self.connections[conn.id] = conn
         reason = "client closed the connection"
-        last_words: list[Any] = []
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.writer)
@@ -405,9 +416,12 @@ class Broker:
                     await conn.reader()
                 except RemoteProtocolError as exc:
                     reason = f"protocol error: {exc}"
-                    last_words = encode(
-                        "error", {"id": None, "code": "protocol", "message": str(exc)}
+                    # Say why, after whatever is already queued, then hang up.
+                    conn.last_words(
+                        encode("error", {"id": None, "code": "protocol", "message": str(exc)})
                     )
+                    with trio.move_on_after(1):
+                        await conn.finished.wait()
                 nursery.cancel_scope.cancel()
         except* ProtocolError as group:
             reason = str(group.exceptions[0])
@@ -425,9 +439,6 @@ class Broker:
             del self.connections[conn.id]
             self.closed.append(Closed(conn.name, reason, time.time()))
             with trio.CancelScope(shield=True):
-                if last_words:
-                    with trio.move_on_after(1), contextlib.suppress(OSError):
-                        await send_buffers(conn.sock, last_words)
                 await trio.aclose_forcefully(stream)
 
 
