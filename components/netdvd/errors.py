@@ -7,8 +7,10 @@ was wrong and what to do about it.
 
 from __future__ import annotations
 
+from turbine import TurbineError
 
-class NetDVDError(Exception):
+
+class NetDVDError(TurbineError):
     """The device refused a command, or talking to it failed.
 
     ``code`` is one of the error codes of docs/netdvd.rst (e.g. ``"disc_full"``,

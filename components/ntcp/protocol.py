@@ -45,6 +45,8 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 
+from turbine import TurbineError
+
 __all__ = [
     "AXES",
     "DEFAULT_MAX_LINE_LENGTH",
@@ -95,7 +97,7 @@ _OK = "OK"
 _NOT_OK = ("NOT OK", "NOTOK")
 
 
-class NtcpError(Exception):
+class NtcpError(TurbineError):
     """Base class for NTCP errors."""
 
 

@@ -27,6 +27,8 @@ from contextlib import aclosing
 import attrs
 import trio
 
+from turbine import TurbineError
+
 DEFAULT_MAX_PART_SIZE = 8 * 1024 * 1024  # bytes; a 4K JPEG at high quality fits
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # bytes, for HTTP and part headers alike
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
@@ -37,7 +39,7 @@ _RECEIVE_SIZE = 65536
 _MAX_DELIMITER_TAIL = 128  # bytes allowed after the boundary on its line
 
 
-class VideoError(Exception):
+class VideoError(TurbineError):
     """Base class of the errors raised by the video sources."""
 
 
