@@ -1,0 +1,226 @@
+"""Where frames go on the disc, and what the files look like (pure, no I/O but files).
+
+The tree on every disc (docs/archive.rst says the same for its readers)::
+
+    README.txt                                   what is where (this layout)
+    sessions/<NNNN>/manifest.json                per session: every file's SHA-256,
+                                                 channels, sequence ranges, gaps
+    <source>/<channel>/<YYYY-MM-DD>/...          the frames, by UTC date
+
+How a channel's frames are written depends on its kind (:func:`channel_kind`):
+
+* ``jpeg``: one ``HHMMSS.ffffff_s<seq>.jpg`` per frame, the frame's bytes;
+* ``binary``: the same with ``.bin``;
+* ``metadata`` (``metadata.txt``): one ``HHMMSS.ffffff_s<seq>.json`` per frame;
+* ``float64`` (little-endian float64 blocks, e.g. a DAQ): one CSV chunk file
+  per session and day, ``<stem>_session<NNNN>_s<first>-<last>.csv`` with
+  the columns ``seq,timestamp,time_utc,sample,value``;
+* ``text`` (``text/*``, JSON): one JSON-lines chunk file per session and
+  day, ``..._s<first>-<last>.jsonl``, one object per frame.
+
+Chunk names carry the session number and the sequence range, so the
+sessions, which xorriso merges into one tree, never replace each other's
+files; re-burning a session after a crash writes the same names again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from turbine import FLOAT64_CONTENT_TYPE
+
+#: Version tag written into every manifest.
+MANIFEST_FORMAT = "turbine-dvd-archive/1"
+README_NAME = "README.txt"
+SECTOR = 2048
+
+KINDS = ("jpeg", "binary", "metadata", "float64", "text")
+CHUNK_KINDS = ("float64", "text")
+_TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
+
+
+def channel_kind(channel: str, content_type: str) -> str:
+    """How a channel is archived: one of :data:`KINDS`."""
+    ctype = content_type.split(";")[0].strip().lower()
+    name = channel.lower()
+    if name == "metadata.txt":
+        return "metadata"
+    if ctype == "image/jpeg" or name.endswith((".jpg", ".jpeg")):
+        return "jpeg"
+    if ctype == FLOAT64_CONTENT_TYPE:
+        return "float64"
+    if ctype.startswith("text/") or ctype in _TEXT_TYPES or name.endswith((".txt", ".json")):
+        return "text"
+    return "binary"
+
+
+def utc(timestamp: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC)
+
+
+def day_dir(source: str, channel: str, timestamp: float) -> str:
+    """``<source>/<channel>/<YYYY-MM-DD>`` for a frame stamped ``timestamp``."""
+    return f"{source}/{channel}/{utc(timestamp):%Y-%m-%d}"
+
+
+def frame_file(source: str, channel: str, kind: str, seq: int, timestamp: float) -> str:
+    """Disc path of a frame stored as its own file (jpeg, binary, metadata)."""
+    ext = {"jpeg": "jpg", "binary": "bin", "metadata": "json"}[kind]
+    return f"{day_dir(source, channel, timestamp)}/{utc(timestamp):%H%M%S.%f}_s{seq}.{ext}"
+
+
+def chunk_file(
+    source: str, channel: str, kind: str, session: int, first: int, last: int, timestamp: float
+) -> str:
+    """Disc path of a session's chunk file of one channel and day."""
+    stem = channel.rsplit(".", 1)[0] if "." in channel else channel
+    ext = "csv" if kind == "float64" else "jsonl"
+    return (
+        f"{day_dir(source, channel, timestamp)}/{stem}_session{session:04d}_s{first}-{last}.{ext}"
+    )
+
+
+def manifest_path(session: int) -> str:
+    return f"sessions/{session:04d}/manifest.json"
+
+
+def iso_time(timestamp: float) -> str:
+    return utc(timestamp).isoformat().replace("+00:00", "Z")
+
+
+def metadata_document(source: str, seq: int, timestamp: float, data: bytes) -> bytes:
+    """A metadata frame as the JSON file on the disc."""
+    try:
+        body: Any = json.loads(data)
+        key = "metadata"
+    except ValueError:
+        body, key = data.decode("utf-8", "replace"), "text"
+    doc = {"source": source, "seq": seq, "timestamp": timestamp, "time_utc": iso_time(timestamp)}
+    doc[key] = body
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+CSV_HEADER = b"seq,timestamp,time_utc,sample,value\n"
+
+
+def csv_rows(seq: int, timestamp: float, data: bytes) -> bytes:
+    """One float64 block as CSV rows; a block that is not whole float64s is kept as hex."""
+    when = iso_time(timestamp)
+    if len(data) % 8:
+        return f"{seq},{timestamp!r},{when},raw,{data.hex()}\n".encode()
+    values = struct.unpack(f"<{len(data) // 8}d", data)
+    return "".join(
+        f"{seq},{timestamp!r},{when},{i},{v!r}\n"
+        if math.isfinite(v)
+        else f"{seq},{timestamp!r},{when},{i},{v}\n"
+        for i, v in enumerate(values)
+    ).encode()
+
+
+def jsonl_row(seq: int, timestamp: float, data: bytes) -> bytes:
+    """One text frame as a JSON line (``text``, or ``base64`` if not UTF-8)."""
+    row: dict[str, Any] = {"seq": seq, "timestamp": timestamp, "time_utc": iso_time(timestamp)}
+    try:
+        row["text"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        row["base64"] = base64.b64encode(data).decode()
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
+
+def estimate_disc_bytes(kind: str, frames: int, data_bytes: int) -> int:
+    """A generous guess of the disc space ``frames`` frames of a channel take."""
+    if kind in CHUNK_KINDS:
+        # text grows ~4x from float64 to CSV; a few chunk files per session
+        grow = 5 if kind == "float64" else 2
+        return data_bytes * grow + frames * 64 + 4 * SECTOR
+    # one file each: the data rounded up to sectors, plus directory records
+    # (ISO 9660, Rock Ridge and Joliet)
+    return data_bytes + frames * (SECTOR + 512)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root``, sorted."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            yield path
+
+
+def readme_text(component: str, sessions: Iterable[int]) -> str:
+    """The README placed at the root of every disc."""
+    numbers = sorted(sessions)
+    listed = ", ".join(f"{n:04d}" for n in numbers) or "none"
+    return f"""Turbine data archive
+====================
+
+Written by the turbine archiver {component}.  Sessions on this disc: {listed}.
+Every session adds files; the tree you see holds all of them.  Times in file
+and directory names are UTC.
+
+What is where
+-------------
+
+sessions/NNNN/manifest.json
+    One per burn session: the SHA-256 and size of every file the session
+    wrote, each channel's sequence numbers and times, and any gaps (frames
+    the turbine dropped before they could be archived).  Check a file with
+    `sha256sum` against its entry.
+
+SOURCE/CHANNEL/YYYY-MM-DD/
+    The frames of one turbine channel, by UTC day of their timestamps:
+
+    HHMMSS.ffffff_sSEQ.jpg     one JPEG image per frame (cameras, thumbnails)
+    HHMMSS.ffffff_sSEQ.json    one metadata document per frame (metadata.txt)
+    HHMMSS.ffffff_sSEQ.bin     one frame of any other binary data
+    NAME_sessionNNNN_sFIRST-LAST.csv
+        numeric data (float64 blocks): columns seq, timestamp (seconds since
+        1970 UTC, the block's first sample), time_utc, sample (index in the
+        block), value.  The sample rate is in the source's metadata.
+    NAME_sessionNNNN_sFIRST-LAST.jsonl
+        text frames, one JSON object per line: seq, timestamp, time_utc and
+        text (or base64 when the frame is not UTF-8).
+
+SEQ is the turbine's sequence number of the frame within its channel; they
+run without holes unless the manifest lists a gap.
+"""
+
+
+def manifest_document(
+    *,
+    component: str,
+    session: int,
+    created: float,
+    through_segment: int,
+    files: dict[str, dict[str, Any]],
+    channels: dict[str, dict[str, Any]],
+    gaps: list[dict[str, Any]],
+) -> bytes:
+    """The manifest of one session as the bytes written to the disc."""
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "archiver": component,
+        "session": session,
+        "created": created,
+        "created_utc": iso_time(created),
+        "through_segment": through_segment,
+        "files": files,
+        "channels": channels,
+        "gaps": gaps,
+    }
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
