@@ -5,6 +5,7 @@ minute, ``--quick`` about half that)::
 
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --quick --tests small,latency
+    .venv/bin/python benchmarks/throughput.py --tests small --duration 5 --profile /tmp/prof
 
 Every test starts its own broker (``turbine serve`` on a free loopback port)
 and runs the publisher and each subscriber in a process of its own, talking
@@ -12,6 +13,9 @@ to the broker through the public client API, so that the numbers are those a
 component author would see.  Each frame starts with a sequence number and the
 publisher's ``time.monotonic_ns()`` (one clock for every process on Linux), so
 a subscriber measures loss, order and one-way latency itself.
+
+``--profile DIR`` samples every process of a streaming test with py-spy
+(``pip install py-spy``) and prints the hottest functions of each.
 
 The targets and the best peer broker are those of the benchmark issue, measured
 on the same 2-core machine by the shared side-by-side harness.  Numbers on 2
@@ -486,8 +490,9 @@ class Result:
         return not self.error and self.loss == 0 and self.out_of_order == 0 and self.gaps == 0
 
 
-def run_stream_test(test: Test) -> Result:
+def run_stream_test(test: Test, profile_dir: str | None = None) -> Result:
     broker = Broker()
+    profilers: list[Profiler] = []
     try:
         subs = [
             Child(f"subscriber {i + 1}", subscriber_main, broker.address, test)
@@ -500,6 +505,13 @@ def run_stream_test(test: Test) -> Result:
             cpu0, t0 = broker.cpu_s(), time.monotonic()
             pub.send("go")
             assert test.duration is not None
+            if profile_dir is not None:
+                pids = {"broker": broker.process.pid, "publisher": pub.process.pid}
+                pids.update({c.role.replace(" ", ""): c.process.pid for c in subs})
+                profilers = [
+                    Profiler(profile_dir, f"{test.name}-{role}", pid, test.duration)
+                    for role, pid in pids.items()
+                ]
             done = pub.receive(test.duration + SETUP_TIMEOUT_S)
             drain_until = time.monotonic() + DRAIN_TIMEOUT_S
             for s in subs:
@@ -511,6 +523,8 @@ def run_stream_test(test: Test) -> Result:
             broker_cpu = (broker.cpu_s() - cpu0) / (time.monotonic() - t0) * 100
             reports = [s.receive(SETUP_TIMEOUT_S) for s in subs]
     finally:
+        for p in profilers:
+            p.finish()
         broker.stop()
     return summarize(test, done, reports, broker_cpu)
 
@@ -575,11 +589,104 @@ def run_history_test(test: Test) -> Result:
     )
 
 
-def run_test(test: Test) -> Result:
+def run_test(test: Test, profile_dir: str | None = None) -> Result:
     try:
-        return run_history_test(test) if test.count is not None else run_stream_test(test)
+        if test.count is not None:
+            return run_history_test(test)
+        return run_stream_test(test, profile_dir)
     except BenchError as exc:
         return Result(test, error=str(exc))
+
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy sampling one process (by PID) for the publishing phase of a test.
+
+    py-spy counts only samples where the process runs Python code or a
+    syscall that is not a wait, so the percentages below are of CPU time, not
+    of wall time.  Writes ``NAME.txt`` (collapsed stacks, for flame graphs)
+    and ``NAME.summary.txt`` (the hottest functions) into ``directory``.
+    """
+
+    RATE_HZ = 1000
+
+    def __init__(self, directory: str, name: str, pid: int, seconds: float) -> None:
+        self.stacks = os.path.join(directory, f"{name}.txt")
+        self.summary = os.path.join(directory, f"{name}.summary.txt")
+        self.name = name
+        self.process = subprocess.Popen(
+            [
+                _py_spy(),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, round(seconds))),
+                "--rate",
+                str(self.RATE_HZ),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                self.stacks,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def finish(self) -> None:
+        try:
+            self.process.wait(KILL_GRACE_S + 2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if os.path.exists(self.stacks):
+            with open(self.stacks) as f:
+                text = summarize_stacks(f.read(), title=self.name)
+            with open(self.summary, "w") as f:
+                f.write(text)
+            click.echo(text, err=True)
+
+
+def _py_spy() -> str:
+    exe = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or shutil.which("py-spy")
+    if exe is None:
+        raise click.UsageError("--profile needs py-spy: .venv/bin/pip install py-spy")
+    return exe
+
+
+def summarize_stacks(collapsed: str, title: str = "", top: int = 15) -> str:
+    """The functions with the most self and inclusive time in py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_name(f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+    if not total:
+        return f"{title}: no samples\n"
+    lines = [f"{title}: {total} CPU samples at {Profiler.RATE_HZ} Hz"]
+    for label, table in (("self", own), ("inclusive", inclusive)):
+        lines.append(f"  top {label} time (% of CPU samples):")
+        for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            lines.append(f"    {n / total * 100:5.1f}%  {name}")
+    return "\n".join(lines) + "\n"
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py)``."""
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0] or where.rstrip(")")
+    return f"{func} ({os.path.basename(path)})"
 
 
 # --- the table -------------------------------------------------------------------------
@@ -609,7 +716,9 @@ def verdict(r: Result) -> str:
     target = TARGETS[r.test.name]
     if not target.met(r):
         return "MISS"
-    return "pass" if r.clean else "MISS (loss/order)"
+    if r.out_of_order:
+        return "MISS (order)"
+    return "pass" if r.clean else "pass, lossy"
 
 
 def format_table(results: list[Result]) -> str:
@@ -673,6 +782,13 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         if r.error:
             notes.append(f"{r.test.name}: {r.error}")
+        elif r.loss and r.gaps:
+            notes.append(
+                f"{r.test.name}: the subscriber fell more than its ring"
+                f" ({r.test.cache_bytes / 2**30:g} GiB / {r.test.cache_frames:,} frames) behind"
+                f" the publisher; the broker reported the {r.loss:,} evicted frames as"
+                f" {r.gaps} gaps (none lost silently)"
+            )
         elif r.test.name == "history":
             notes.append(
                 f"history: connect {r.connect_ms:.1f} ms, fill at {_num(r.rate)} frames/s,"
@@ -690,9 +806,28 @@ def format_table(results: list[Result]) -> str:
     show_default=True,
     help="Comma-separated tests to run.",
 )
-def main(quick: bool, names: str) -> None:
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.5),
+    help="Seconds each streaming test publishes (default 3, latency 5; 1 and 2 with --quick).",
+)
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False),
+    help="Sample broker, publisher and subscribers with py-spy into this directory.",
+)
+def main(quick: bool, names: str, duration: float | None, profile_dir: str | None) -> None:
     """Measure the broker with publisher, broker and subscribers as separate processes."""
     tests = make_tests(quick)
+    if duration is not None:
+        tests = {
+            k: attrs.evolve(t, duration=duration) if t.duration is not None else t
+            for k, t in tests.items()
+        }
+    if profile_dir is not None:
+        _py_spy()
+        os.makedirs(profile_dir, exist_ok=True)
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in tests]
     if unknown:
@@ -704,7 +839,7 @@ def main(quick: bool, names: str) -> None:
     results = []
     for name in chosen:
         click.echo(f"# {name}: {tests[name].title} ...", err=True)
-        results.append(run_test(tests[name]))
+        results.append(run_test(tests[name], profile_dir))
     click.echo(format_table(results))
 
 
