@@ -347,8 +347,16 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
         for key, value in config.items():
             argv += ["--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
 
+        procs: list[trio.Process] = []
+
         async def spawn() -> trio.Process:
-            return await trio.lowlevel.open_process(argv, cwd=REPO, stdin=subprocess.DEVNULL)
+            proc = await trio.lowlevel.open_process(argv, cwd=REPO, stdin=subprocess.DEVNULL)
+            procs.append(proc)
+            return proc
+
+        async def kill(proc: trio.Process) -> None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
 
         async with open_client(broker) as tb:
             src = await open_src(tb)
@@ -360,23 +368,21 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
                     await trio.sleep(0.04)
                 done.set()
 
-            proc = await spawn()
-            nursery.start_soon(feed)
-            await trio.sleep(0.8)  # running, staging, probably burning
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            proc = await spawn()
-            # the second kill lands while a burn job runs on the device
-            with trio.move_on_after(5):
-                async with tb.subscribe("dvd_test_data_source/progress.json", start="now") as sub:
-                    async for item in sub:
-                        if isinstance(item, Frame) and json.loads(item.data).get("job"):
-                            break
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            await done.wait()
-            proc = await spawn()
             try:
+                proc = await spawn()
+                nursery.start_soon(feed)
+                await trio.sleep(0.8)  # running, staging, probably burning
+                await kill(proc)
+                proc = await spawn()
+                # the second kill lands while a burn job runs on the device
+                with trio.move_on_after(5):
+                    async with tb.subscribe("dvd_test_data_source/progress.json") as sub:
+                        async for item in sub:
+                            if isinstance(item, Frame) and json.loads(item.data).get("job"):
+                                break
+                await kill(proc)
+                await done.wait()
+                await spawn()
                 newest = {f.channel: f.seq for f in await tb.fetch(f"{SOURCE}/*", newest=1)}
                 while True:
                     try:
@@ -393,8 +399,10 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
                 await command(tb, "burn-now")
                 expected = await held(tb)
             finally:
-                proc.send_signal(signal.SIGKILL)
-                await proc.wait()
+                with trio.CancelScope(shield=True):
+                    for proc in procs:
+                        if proc.returncode is None:
+                            await kill(proc)
 
         (disc,) = (tray / "drive").glob("*.iso")
         assert not list((tray / "written").glob("*.iso"))
