@@ -173,6 +173,7 @@ class Component:
         self.client: Client | None = None
         self._data: Source | None = None
         self._replies: Source | None = None
+        self._answered_seq: int | None = None
         self._log_handler = BrokerLogHandler()
         self._handlers = self._find_commands()
 
@@ -343,6 +344,22 @@ class Component:
         assert self._replies is not None
         await self._replies.put(COMMAND_CHANNEL, reply.to_json())
         await self._replies.flush()
+        self._answered_seq = frame.seq
+
+    async def notify(self, message: str, **fields: Any) -> None:
+        """Tell operators something on the command source (and the log), unasked.
+
+        The notice is a reply with verb ``notice``, no id, and ``result``
+        ``{"message": ..., **fields}``; it carries the sink sequence number of
+        the last command answered, so a restart does not answer that one twice.
+        """
+        self.log.warning("%s %s", message, json.dumps(fields, default=str) if fields else "")
+        if self._replies is not None:
+            note = Reply(
+                "", "notice", "ok", {"message": message, **fields}, None, self._answered_seq
+            )
+            await self._replies.put(COMMAND_CHANNEL, note.to_json())
+            await self._replies.flush()
 
     # --- running
 

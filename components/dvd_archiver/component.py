@@ -47,7 +47,6 @@ import trio
 
 from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
 from turbine.client import Frame, parse_address
-from turbine.command import COMMAND_CHANNEL, Reply
 from turbine.component import Component, ConfigError, command
 
 from . import layout
@@ -173,21 +172,11 @@ class DvdArchiver(Component):
         await self._data.put(PROGRESS_CHANNEL, json.dumps(doc, default=str).encode())
         await self._data.flush()
 
-    async def _answer(self, frame: Frame) -> None:
-        # Remember the last command read, so a notice on the command source
-        # carries it and the framework resumes after it on a restart.
-        self._last_sink_seq = frame.seq
-        await super()._answer(frame)
-
     async def _notice(self, message: str, **fields: Any) -> None:
         """Report ``message`` on the log, the command source and progress.json."""
-        self.log.warning("%s %s", message, json.dumps(fields, default=str) if fields else "")
         note = {"time": time.time(), "message": message, **fields}
         self.notices = [*self.notices[-19:], note]
-        if self._replies is not None:
-            reply = Reply("", "notice", "ok", note, None, self._last_sink_seq)
-            await self._replies.put(COMMAND_CHANNEL, reply.to_json())
-            await self._replies.flush()
+        await self.notify(message, **fields)
         await self._publish(event="notice", message=message, **fields)
 
     # --- taking frames in
