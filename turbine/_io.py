@@ -14,6 +14,8 @@ _MAX_IOV = 512
 
 def coalesce(buffers: list[Any]) -> list[Any]:
     """Join runs of small buffers; leave large ones where they lie (no copy)."""
+    if not buffers or max(map(len, buffers)) < VECTORED_MIN_BYTES:
+        return [b"".join(buffers)] if buffers else []
     out: list[Any] = []
     small: list[Any] = []
     for b in buffers:

@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 from collections.abc import AsyncIterator, Mapping
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import attrs
@@ -42,7 +43,7 @@ from ._errors import (
 )
 from ._io import send_buffers
 from .names import check_channel_name, compile_pattern, split_path
-from .protocol import NEED_DATA, Connection, Message, Role, decode_groups, encode
+from .protocol import NEED_DATA, Connection, Message, Role, encode, split_groups
 from .router import check_start
 
 
@@ -131,17 +132,33 @@ def parse_address(address: str) -> tuple[str, int]:
         raise TurbineError(f"bad broker address {address!r}: expected HOST:PORT") from None
 
 
-def _as_bytes(view: memoryview) -> bytes:
-    obj = view.obj
-    return obj if type(obj) is bytes and len(obj) == len(view) else bytes(view)
+def _as_bytes(data: bytes | memoryview) -> bytes:
+    if type(data) is bytes:
+        return data
+    obj = data.obj  # type: ignore[union-attr]
+    return obj if type(obj) is bytes and len(obj) == len(data) else bytes(data)
 
 
 def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
-    """Turn a ``frames`` message's groups into :class:`Frame` objects."""
-    return [
-        Frame(source, channel, seq, ts, _as_bytes(data), ctype, writer)
-        for source, channel, ctype, seq, ts, data, writer in decode_groups(groups, payload)
-    ]
+    """Turn a ``frames`` message's groups into :class:`Frame` objects (no per-frame Python loop)."""
+    frames: list[Frame] = []
+    make = Frame._make
+    for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
+        if type(datas[0]) is not bytes:
+            datas = list(map(_as_bytes, datas))
+        frames += map(
+            make,
+            zip(
+                repeat(source),
+                repeat(channel),
+                range(seq, seq + len(ts)),
+                ts,
+                datas,
+                repeat(ctype),
+                repeat(writer),
+            ),
+        )
+    return frames
 
 
 class _Pending:
@@ -222,7 +239,9 @@ class Source:
         Raises:
             TurbineError: the frame is too large, or the connection failed.
         """
-        await self.client._put(self.name, channel, data, timestamp)
+        client = self.client
+        if client._queue(self.name, channel, data, timestamp):
+            await client._send([])
 
     async def flush(self) -> None:
         """Return once the broker holds every frame put so far.
@@ -317,6 +336,11 @@ class Client:
         return out
 
     async def _put(self, source: str, channel: str, data: Any, timestamp: float | None) -> None:
+        if self._queue(source, channel, data, timestamp):
+            await self._send([])
+
+    def _queue(self, source: str, channel: str, data: Any, timestamp: float | None) -> bool:
+        """Add one frame to its batch; True when the batches are full and must be sent now."""
         if self._error is not None:
             raise self._error
         size = len(data)
@@ -334,9 +358,9 @@ class Client:
         self._batch_bytes += size
         self._batch_frames += 1
         if self._batch_bytes >= PUT_BATCH_BYTES or self._batch_frames >= PUT_BATCH_FRAMES:
-            await self._send([])
-        else:
-            self._wake_flusher.set()
+            return True
+        self._wake_flusher.set()
+        return False
 
     async def _flusher(self) -> None:
         """Send queued puts as soon as the putting task lets others run."""
@@ -353,14 +377,15 @@ class Client:
         proto = self.proto
         try:
             while True:
-                data = await self.sock.recv(max(RECEIVE_BYTES, min(proto.bytes_wanted, 2**24)))
-                proto.receive_data(data)
+                with proto.get_buffer() as view:
+                    n = await self.sock.recv_into(view)
+                proto.buffer_updated(n)
                 while True:
                     msg = proto.next_event()
                     if msg is NEED_DATA:
                         break
                     await self._dispatch(msg)
-                if not data:
+                if not n:
                     raise ConnectionFailed(f"the broker at {self.address} closed the connection")
         except ProtocolError as exc:
             self._fail(ConnectionFailed(f"the connection to {self.address} failed: {exc}"))

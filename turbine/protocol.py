@@ -17,6 +17,7 @@ they list, so large frames are never re-encoded.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,7 +25,14 @@ from typing import Any
 import attrs
 import msgpack
 
-from ._constants import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, SUPPORTED_VERSIONS
+from ._constants import (
+    MAX_HEADER_BYTES,
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    RECEIVE_BYTES,
+    SUPPORTED_VERSIONS,
+    VECTORED_MIN_BYTES,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 
 PREFIX = struct.Struct(">II")
@@ -134,7 +142,7 @@ def _check_type(kind: str, name: str, value: Any, types: Any, error: type[Except
 
 
 def check_put(fields: dict[str, Any], payload_len: int) -> None:
-    """Check that a put's columns agree with its payload.
+    """Check that a put's columns agree with its payload (C-speed checks, no per-frame loop).
 
     Raises:
         RemoteProtocolError: the sizes do not add up or the columns differ in length.
@@ -142,18 +150,36 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
     ts, sizes = fields["ts"], fields["sizes"]
     if len(ts) != len(sizes):
         raise RemoteProtocolError("'put' lists a different number of timestamps and sizes")
-    for t in ts:
-        if t is not None and (isinstance(t, bool) or not isinstance(t, _NUM)):
-            raise RemoteProtocolError("'put' timestamps must be numbers or nil")
-    total = 0
-    for s in sizes:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise RemoteProtocolError("'put' sizes must be non-negative integers")
-        total += s
+    if not set(map(type, ts)) <= _TS_TYPES:
+        raise RemoteProtocolError("'put' timestamps must be numbers or nil")
+    if sizes and (not set(map(type, sizes)) <= _INT or min(sizes) < 0):
+        raise RemoteProtocolError("'put' sizes must be non-negative integers")
+    total = sum(sizes)
     if total != payload_len:
         raise RemoteProtocolError(
             f"'put' sizes add up to {total} bytes but the payload holds {payload_len}"
         )
+
+
+_TS_TYPES = {float, int, type(None)}
+_INT = {int}
+
+
+def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:
+    """Cut a payload into frames by their sizes (already checked to add up).
+
+    Small frames become ``bytes`` (cheap to keep by the million); large ones
+    stay views of the payload, uncopied.
+    """
+    if len(sizes) == 1:
+        return [payload]
+    ends = list(itertools.accumulate(sizes, initial=0))
+    if sizes and max(sizes) >= VECTORED_MIN_BYTES:
+        return [payload[a:b] for a, b in itertools.pairwise(ends)]
+    obj = payload.obj
+    if type(obj) is not bytes or len(obj) != len(payload):
+        obj = bytes(payload)
+    return [obj[a:b] for a, b in itertools.pairwise(ends)]
 
 
 # --- encoding ----------------------------------------------------------------
@@ -168,10 +194,7 @@ def encode(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> l
     unchanged, so a large frame is written from where it already lies.
     """
     header = _packb({"type": kind, **fields})
-    size = 0
-    for p in payloads:
-        size += len(p)
-    return [PREFIX.pack(len(header), size) + header, *payloads]
+    return [PREFIX.pack(len(header), sum(map(len, payloads))) + header, *payloads]
 
 
 def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
@@ -179,12 +202,16 @@ def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()
     return b"".join(encode(kind, fields, payloads))
 
 
-def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[Any, ...]]:
-    """Yield ``(source, channel, content_type, seq, ts, data, writer)`` per frame.
+def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, ...]]:
+    """Check a ``frames`` message's groups and cut its payload to match.
+
+    Returns ``(source, channel, content_type, first_seq, ts, datas, writer)``
+    per group, where ``datas`` are the group's payloads.
 
     Raises:
         RemoteProtocolError: a group is malformed or the sizes overrun the payload.
     """
+    out = []
     offset = 0
     end = len(payload)
     for g in groups:
@@ -201,12 +228,37 @@ def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[
             )
         if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
             raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
-        for t, s in zip(ts, sizes, strict=True):
-            if not isinstance(s, int) or s < 0 or offset + s > end:
-                raise RemoteProtocolError("a frame group's sizes overrun the payload")
-            yield source, channel, ctype, seq, t, payload[offset : offset + s], writer
-            offset += s
-            seq += 1
+        if not sizes:
+            continue
+        if not set(map(type, sizes)) <= _INT or min(sizes) < 0 or offset + sum(sizes) > end:
+            raise RemoteProtocolError("a frame group's sizes overrun the payload")
+        if not set(map(type, ts)) <= _TS_TYPES - {type(None)}:
+            raise RemoteProtocolError("a frame group's timestamps must be numbers")
+        size = sum(sizes)
+        out.append(
+            (
+                source,
+                channel,
+                ctype,
+                seq,
+                ts,
+                split_payload(payload[offset : offset + size], sizes),
+                writer,
+            )
+        )
+        offset += size
+    return out
+
+
+def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[Any, ...]]:
+    """Yield ``(source, channel, content_type, seq, ts, data, writer)`` per frame.
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
+    for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
+        for i, (t, data) in enumerate(zip(ts, datas, strict=True)):
+            yield source, channel, ctype, seq + i, t, data, writer
 
 
 # --- the connection state machine -----------------------------------------------
@@ -241,7 +293,8 @@ class Connection:
         self.max_header = max_header
         self.protocol: int | None = None
         self.peer_hello: Message | None = None
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # received bytes, valid up to _end, spare room after
+        self._end = 0
         self._need = PREFIX.size
         self._eof = False
 
@@ -249,15 +302,44 @@ class Connection:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed."""
-        if data:
-            self._buffer += data
+        n = len(data)
+        if n:
+            with self.get_buffer(n) as view:
+                view[:n] = data
+        self.buffer_updated(n)
+
+    @property
+    def receive_size(self) -> int:
+        """How many bytes to read next: the rest of a large message, else a normal read."""
+        missing = self._need - self._end
+        return missing if missing > RECEIVE_BYTES else RECEIVE_BYTES
+
+    def get_buffer(self, size: int = 0) -> memoryview:
+        """A writable view at the end of the receive buffer, for ``recv_into``.
+
+        It holds at least ``size`` bytes, and while a large message arrives it
+        is exactly the rest of that message, so its payload lands where it is
+        used, uncopied.  Release the view (``with``) before :meth:`next_event`,
+        and report what was written with :meth:`buffer_updated`.
+        """
+        want = max(size, self.receive_size)
+        buf = self._buffer
+        free = len(buf) - self._end
+        if free < want:
+            buf += bytes(want - free)
+        return memoryview(buf)[self._end : self._end + want]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written into the last :meth:`get_buffer` view; 0 means the peer closed."""
+        if nbytes:
+            self._end += nbytes
         else:
             self._eof = True
 
     @property
     def bytes_wanted(self) -> int:
         """How many more bytes the message being received needs (at least 1 when waiting)."""
-        return max(self._need - len(self._buffer), 1)
+        return max(self._need - self._end, 1)
 
     def next_event(self) -> Message | Any:
         """Return the next whole message, or :data:`NEED_DATA`.
@@ -269,7 +351,8 @@ class Connection:
         if self.state is State.CLOSED:
             raise RemoteProtocolError("the connection is closed")
         buf = self._buffer
-        if len(buf) < PREFIX.size:
+        end = self._end
+        if end < PREFIX.size:
             return self._need_data()
         header_len, payload_len = PREFIX.unpack_from(buf)
         if header_len > self.max_header or header_len == 0:
@@ -281,7 +364,7 @@ class Connection:
                 f"message payload of {payload_len} bytes exceeds the limit of {self.max_payload}"
             )
         total = PREFIX.size + header_len + payload_len
-        if len(buf) < total:
+        if end < total:
             self._need = total
             return self._need_data()
         start = PREFIX.size
@@ -293,12 +376,20 @@ class Connection:
             self._fail(f"message header is not valid msgpack: {exc}")
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             self._fail("message header must be a map with a string 'type'")
-        if payload_len:
-            with memoryview(buf) as view:
-                payload = memoryview(bytes(view[start + header_len : total]))
+        if payload_len >= VECTORED_MIN_BYTES and total == end:
+            # The buffer holds this message alone: hand it over instead of copying.
+            del buf[total:]
+            payload = memoryview(buf)[start + header_len :]
+            self._buffer = bytearray()
+            self._end = 0
         else:
-            payload = memoryview(b"")
-        del buf[:total]
+            if payload_len:
+                with memoryview(buf) as view:
+                    payload = memoryview(bytes(view[start + header_len : total]))
+            else:
+                payload = memoryview(b"")
+            del buf[:total]
+            self._end = end - total
         self._need = PREFIX.size
         kind = header.pop("type")
         try:
@@ -315,10 +406,10 @@ class Connection:
     def _need_data(self) -> Any:
         if self._eof:
             self.state = State.CLOSED
-            if self._buffer:
+            if self._end:
                 raise RemoteProtocolError(
                     f"the peer closed the connection in the middle of a message "
-                    f"({len(self._buffer)} bytes of it arrived)"
+                    f"({self._end} bytes of it arrived)"
                 )
         return NEED_DATA
 

@@ -26,7 +26,6 @@ from ._constants import (
     MAX_MEMORY_BYTES,
     OUTBOUND_QUEUE_BYTES,
     PROTOCOL_VERSION,
-    RECEIVE_BYTES,
     SOURCE_TYPES,
     WRITE_TIMEOUT_S,
 )
@@ -37,7 +36,7 @@ from ._errors import ProtocolError, RemoteProtocolError, RequestFailed
 from ._io import send_buffers
 from .hub import Hub, collect
 from .names import InvalidName
-from .protocol import NEED_DATA, Connection, Message, Role, encode
+from .protocol import NEED_DATA, Connection, Message, Role, encode, split_payload
 from .router import Subscription, check_start
 
 log = logging.getLogger("turbine.server")
@@ -199,15 +198,16 @@ class ClientConnection:
         self._out.append(hello)
         self.wake()
         while True:
-            data = await sock.recv(max(RECEIVE_BYTES, min(proto.bytes_wanted, 2**24)))
-            self.bytes_in += len(data)
-            proto.receive_data(data)
+            with proto.get_buffer() as view:
+                n = await sock.recv_into(view)
+            proto.buffer_updated(n)
+            self.bytes_in += n
             while True:
                 msg = proto.next_event()
                 if msg is NEED_DATA:
                     break
                 self.handle(msg)
-            if not data:
+            if not n:
                 return
             if self._out_bytes > OUTBOUND_QUEUE_BYTES:
                 # Replies pile up because this client does not read them: stop
@@ -245,13 +245,8 @@ class ClientConnection:
 
     def put(self, msg: Message) -> None:
         f = msg.fields
-        payload = msg.payload
         sizes = f["sizes"]
-        if len(sizes) == 1:
-            data = [payload]
-        else:
-            ends = list(itertools.accumulate(sizes))
-            data = [payload[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+        data = split_payload(msg.payload, sizes)
         try:
             ch = self.broker.hub.put(
                 self, self.name, f["source"], f["channel"], f["ts"], data, f.get("content_type")
