@@ -216,7 +216,7 @@ async def test_a_crash_loop_is_marked_failed_and_commands_stop_and_start(tmp_pat
 
             pid = (await wait_state(tb, running("daq_t")))["daq_t"]["pid"]
             reply = await send_command(tb, "mcp_t", "stop", "daq_t")
-            assert reply.ok and reply.result == "stopped daq_t (killed by SIGTERM)"
+            assert reply.ok and reply.result == "stopped daq_t (exit code 0)"
             await wait_gone([pid], 5)
             state = await wait_state(tb, lambda s: s["daq_t"]["state"] == "stopped")
             assert state["daq_t"]["pid"] is None

