@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy turbine components
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

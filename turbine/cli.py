@@ -84,9 +84,11 @@ def run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         if len(group.exceptions) == 1 and isinstance(
             group.exceptions[0], TurbineError | click.ClickException
         ):
-            exc = group.exceptions[0]
+            inner = group.exceptions[0]
             raise (
-                exc if isinstance(exc, click.ClickException) else click.ClickException(str(exc))
+                inner
+                if isinstance(inner, click.ClickException)
+                else click.ClickException(str(inner))
             ) from None
         raise
 
@@ -364,7 +366,11 @@ def _ls_text(infos: list[SourceInfo]) -> None:
             f"{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
         )
         for c in s.channels:
-            span = f"{iso(c.first_time)} .. {iso(c.last_time)}" if c.first_time is not None else "-"
+            span = (
+                f"{iso(c.first_time)} .. {iso(c.last_time)}"
+                if c.first_time is not None and c.last_time is not None
+                else "-"
+            )
             rate = f"{c.rate:g}/s" if c.rate else "-"
             seqs = f"#{c.first_seq}-{c.last_seq}" if c.frames else "#-"
             click.echo(

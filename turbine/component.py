@@ -156,7 +156,7 @@ class Component:
     #: may set its own in ``__init__`` when they depend on its settings).
     channels: dict[str, str] = {}
     #: Settings and their defaults; a setting's type is its default's type.
-    settings: ClassVar[dict[str, Any]] = {}
+    settings: dict[str, Any] = {}
     #: Ring limits of the data source (None: the broker's defaults).
     cache_frames: ClassVar[int | None] = None
     cache_bytes: ClassVar[int | None] = None

@@ -256,11 +256,11 @@ class Hub:
             self.sources[name] = src
         else:
             src.shared, src.cache_frames, src.cache_bytes = shared, cache_frames, cache_bytes
-            for ch in src.channels.values():
-                ch.ring.max_frames = cache_frames
-                over = len(ch.ring) - cache_frames
+            for channel in src.channels.values():
+                channel.ring.max_frames = cache_frames
+                over = len(channel.ring) - cache_frames
                 if over > 0:
-                    src.bytes -= ch.ring.evict(over)
+                    src.bytes -= channel.ring.evict(over)
             src.trim()
         src.holder, src.holder_name, src.offline_since = owner, owner_name, None
         for ch_name, ctype in (channels or {}).items():

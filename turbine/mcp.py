@@ -96,7 +96,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
-from typing import Any, ClassVar, TextIO
+from typing import Any, TextIO
 
 import attrs
 import click
@@ -890,7 +890,7 @@ class Mcp(Component):
 
     type = "mcp"
     channels = {"state.json": "application/json"}
-    settings: ClassVar[dict[str, Any]] = {}
+    settings: dict[str, Any] = {}
 
     def __init__(self, name: str, address: str, supervisor: Supervisor) -> None:
         super().__init__(name, address)

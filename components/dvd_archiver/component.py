@@ -40,7 +40,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 import trio
@@ -81,7 +81,7 @@ class DvdArchiver(Component):
 
     type = "dvd"
     channels = {PROGRESS_CHANNEL: "application/json"}
-    settings: ClassVar[dict[str, Any]] = {
+    settings: dict[str, Any] = {
         "netdvd": "127.0.0.1:4444",  # the NetDVD device, HOST:PORT
         "patterns": ["*_data_source/*"],  # what to archive (own sources always excluded)
         "exclude": [],  # source-name prefixes not to archive

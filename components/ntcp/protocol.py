@@ -233,7 +233,7 @@ class LineBuffer:
         self._discarding = False  # inside an over-long line, waiting for its end
         self._too_long_pending = False
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes read from the peer."""
         self._buffer += data
 
@@ -519,8 +519,8 @@ def parse_reply(line: str) -> Reply:
     line = _strip_terminator(line)
     for prefix in _NOT_OK:
         if line == prefix or line.startswith((prefix + "\t", prefix + " ")):
-            rest = line[len(prefix) :].replace("\t", " ").strip()
-            return Reply(ok=False, reason=rest)
+            reason = line[len(prefix) :].replace("\t", " ").strip()
+            return Reply(ok=False, reason=reason)
     head, *fields = line.split("\t")
     if head != _OK:
         raise NtcpProtocolError(f"reply must start with OK or NOT OK, got {line[:60]!r}")

@@ -103,13 +103,17 @@ def _control_point_names(instance: object, attribute: attrs.Attribute, value: tu
             raise ValueError(f"control point name {name!r} must not be a number")
 
 
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
 @attrs.frozen
 class RigConfig:
     """Everything that shapes a simulated rig. Units are whatever the lab uses,
     consistently (e.g. mm, rad, kN, kN*mm)."""
 
     control_points: tuple[str, ...] = attrs.field(
-        default=("MDL-00-01",), converter=tuple, validator=_control_point_names
+        default=("MDL-00-01",), converter=_names, validator=_control_point_names
     )
     #: Force per unit displacement.
     stiffness: float = attrs.field(default=100.0, validator=_positive)
