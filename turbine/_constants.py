@@ -66,3 +66,16 @@ CLOSED_HISTORY = 32
 
 #: Content type of numeric sample blocks: little-endian float64 arrays (taps print numbers).
 FLOAT64_CONTENT_TYPE = "application/x-float64-le"
+
+# --- master control program -------------------------------------------------------
+
+#: How often the MCP publishes its programs' state and redraws its table (seconds).
+STATUS_INTERVAL_S = 1.0
+#: How long a `start` command waits for the process to be running.
+START_WAIT_S = 10.0
+#: After a child exits, how long its output may take to drain.
+DRAIN_S = 1.0
+#: Lines of program output kept under the live table.
+TAIL_LINES = 14
+#: Longest line of program output passed on (the rest is cut).
+MAX_LINE = 2000

@@ -25,7 +25,7 @@ from ._constants import (
     VERSION,
 )
 from ._errors import RequestFailed, TurbineError
-from .client import Client, Frame, Gap, SourceInfo, open_client
+from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
 from .names import split_path
@@ -175,10 +175,6 @@ def serve(
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
     )
     run(_serve, config)
-
-
-def fmt_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve(config: BrokerConfig) -> None:

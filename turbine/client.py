@@ -132,6 +132,11 @@ def parse_address(address: str) -> tuple[str, int]:
         raise TurbineError(f"bad broker address {address!r}: expected HOST:PORT") from None
 
 
+def fmt_address(host: str, port: int) -> str:
+    """``HOST:PORT``, with IPv6 hosts in brackets (the inverse of :func:`parse_address`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _as_bytes(data: bytes | memoryview) -> bytes:
     if type(data) is bytes:
         return data

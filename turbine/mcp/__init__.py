@@ -1,0 +1,107 @@
+"""The master control program: ``turbine mcp SITE.toml`` runs a site.
+
+The MCP starts the broker (or uses one), launches each configured program as
+its own OS process, restarts what exits unexpectedly with exponential
+backoff, marks what keeps crashing as failed, and on Ctrl-C or SIGTERM stops
+every program (SIGTERM, then SIGKILL after a grace period) and then the
+broker.  Children get ``PR_SET_PDEATHSIG = SIGKILL``, so none outlives an MCP
+that is itself killed with SIGKILL; each child leads its own process group,
+which the MCP signals as a whole, so a child's own helpers stop with it.
+
+The MCP is a component too (type ``mcp``): commands ``status``,
+``start NAME``, ``stop NAME``, ``restart NAME``; its data source publishes
+every program's state on ``mcp_<name>_data_source/state.json`` (state, pid,
+restarts, uptime, last exit code) whenever it changes and every second.
+
+The site file
+-------------
+
+::
+
+    [mcp]
+    name = "demo"             # the MCP's own endpoints: mcp_demo_*
+    grace = 5.0               # seconds between SIGTERM and SIGKILL when stopping
+    restart_first = 0.5       # first restart delay; doubles with each crash in a row ...
+    restart_max = 30.0        # ... up to this
+    max_restarts = 5          # crashes in a row before a program is marked failed
+    stable_after = 30.0       # a run at least this long resets the crash count
+
+    [broker]
+    embedded = true           # run the broker inside the MCP (false: use `address`)
+    host = "127.0.0.1"
+    port = 3333               # 0 picks a free port; the MCP prints "turbine listening on HOST:PORT"
+    types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio (mcp: always)
+    # address = "127.0.0.1:3333"   # with embedded = false
+
+    [[component]]             # a turbine component, one per table
+    kind = "daq"              # the package components.daq
+    name = "demo"             # its endpoints: daq_demo_* (the prefix is the class's type)
+    args = []                 # extra command-line arguments, e.g. ["--log-level", "DEBUG"]
+    restart = true            # restart when it exits unexpectedly
+    enabled = true            # start with the site (false: only on `start NAME`)
+    [component.settings]      # checked against the class's `settings` before anything starts
+    rate = 100.0
+
+    [[process]]               # a plain program (a simulator, a device server): no endpoints
+    name = "camera"           # its name in the MCP's state and commands
+    kind = "camera_sim"       # runs `python -m components.camera_sim ARGS` ...
+    args = ["--port", "8081"]
+    # command = ["ffmpeg", "..."]   # ... or any program (instead of kind)
+
+In ``args`` and ``command``, ``{turbine}`` becomes the broker's address.
+Processes start before components.  Config errors (unknown kind, bad name,
+unknown or missing key, wrong type) are reported with the file, the key and
+what is expected, before anything starts; ``[[component]]`` tables are
+counted from 1 in messages: ``site.toml: component[2].settings.rate:
+expected float, got 'fast'``.
+
+Writing a component the MCP can launch
+--------------------------------------
+
+For ``kind = "<kind>"``:
+
+1. ``components/<kind>/`` is a package whose ``__init__.py`` has no side effects;
+2. ``components/<kind>/component.py`` defines the :class:`~turbine.component.Component`
+   subclass and names it ``COMPONENT = TheClass`` (without ``COMPONENT``, the
+   one Component subclass defined in that module is used);
+3. ``components/<kind>/__main__.py`` calls ``TheClass.main()``, so that
+   ``python -m components.<kind> --name NAME --turbine HOST:PORT --set KEY=VALUE ...``
+   runs it: that is the command line the MCP uses;
+4. the class's ``type`` (``daq``, ``video``, ``dvd`` ...) must be one of the
+   broker's types (``[broker] types`` adds to the standard ones).
+
+A ``[[process]]`` with a ``kind`` only needs ``components/<kind>/__main__.py``;
+it gets ``args`` as its command line and ``TURBINE_ADDRESS`` in its environment.
+"""
+
+from .config import (
+    BrokerSettings,
+    McpSettings,
+    ProgramSpec,
+    SiteConfig,
+    SiteConfigError,
+    UnknownProgram,
+    available_kinds,
+    component_class,
+    load_config,
+)
+from .console import Console
+from .site import Mcp, mcp, run_site
+from .supervisor import Supervisor
+
+__all__ = [
+    "BrokerSettings",
+    "Console",
+    "Mcp",
+    "McpSettings",
+    "ProgramSpec",
+    "SiteConfig",
+    "SiteConfigError",
+    "Supervisor",
+    "UnknownProgram",
+    "available_kinds",
+    "component_class",
+    "load_config",
+    "mcp",
+    "run_site",
+]

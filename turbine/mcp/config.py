@@ -1,0 +1,381 @@
+"""The site file: parsed and checked into frozen classes before anything starts."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import os
+import pkgutil
+import re
+import sys
+import tomllib
+from typing import Any
+
+import attrs
+
+from .._constants import MAX_MEMORY_BYTES, SOURCE_TYPES
+from .._errors import TurbineError
+from ..client import parse_address
+from ..component import Component, ConfigError
+from ..names import InvalidName, check_source_name
+from ..server import BrokerConfig
+
+log = logging.getLogger("turbine.mcp")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_KIND = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+class SiteConfigError(TurbineError):
+    """The site file is wrong; the message names the file, the key and what is expected."""
+
+
+class UnknownProgram(TurbineError):
+    """A command named a program the site does not have."""
+
+
+# --- the site file ---------------------------------------------------------------
+
+
+@attrs.frozen
+class McpSettings:
+    name: str = "mcp"
+    grace: float = 5.0
+    restart_first: float = 0.5
+    restart_max: float = 30.0
+    max_restarts: int = 5
+    stable_after: float = 30.0
+
+
+@attrs.frozen
+class BrokerSettings:
+    embedded: bool = True
+    host: str = "127.0.0.1"
+    port: int = 3333
+    types: tuple[str, ...] = SOURCE_TYPES + ("mcp",)
+    max_memory: int = MAX_MEMORY_BYTES
+    address: str = ""
+
+    def config(self) -> BrokerConfig:
+        """The embedded broker's configuration."""
+        return BrokerConfig(
+            host=self.host, port=self.port, types=self.types, max_memory=self.max_memory
+        )
+
+
+@attrs.frozen
+class ProgramSpec:
+    """One program the MCP runs: a turbine component or a plain process."""
+
+    #: Its name in the MCP's state and commands (``daq_demo`` for a component).
+    label: str
+    #: Where it came from, for messages (``component[1]``).
+    where: str
+    #: ``components.<kind>``, or "" for a ``command``.
+    kind: str
+    component: bool
+    name: str = ""
+    settings: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    args: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    restart: bool = True
+    enabled: bool = True
+
+    def argv(self, address: str) -> list[str]:
+        """The command line, with ``{turbine}`` replaced by the broker's address."""
+        args = [a.replace("{turbine}", address) for a in self.args]
+        if self.command:
+            return [a.replace("{turbine}", address) for a in self.command] + args
+        argv = [sys.executable, "-m", f"components.{self.kind}"]
+        if self.component:
+            argv += ["--name", self.name, "--turbine", address]
+            for key, value in self.settings.items():
+                argv += ["--set", f"{key}={_setting_text(value)}"]
+        return argv + args
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+@attrs.frozen
+class SiteConfig:
+    path: str
+    mcp: McpSettings
+    broker: BrokerSettings
+    programs: tuple[ProgramSpec, ...]
+
+
+_TYPES: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def _type_ok(value: Any, like: type) -> bool:
+    if like is bool:
+        return isinstance(value, bool)
+    if like is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if like is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, like)
+
+
+class _Table:
+    """Typed reads from one TOML table, with messages naming file and key."""
+
+    def __init__(self, path: str, where: str, data: Any) -> None:
+        self.path = path
+        self.where = where
+        if not isinstance(data, dict):
+            raise self.error("", f"expected a table, got {data!r}")
+        self.data = data
+        self.seen: set[str] = set()
+
+    def error(self, key: str, message: str) -> SiteConfigError:
+        at = f"{self.where}.{key}" if key else self.where
+        return SiteConfigError(f"{self.path}: {at}: {message}")
+
+    _MISSING: Any = object()
+
+    def get(self, key: str, like: type, default: Any = _MISSING, what: str = "") -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is self._MISSING:
+                raise self.error(
+                    key, f"missing; expected {what or _TYPES.get(like, like.__name__)}"
+                )
+            return default
+        value = self.data[key]
+        if not _type_ok(value, like):
+            raise self.error(
+                key, f"expected {what or _TYPES.get(like, like.__name__)}, got {value!r}"
+            )
+        return float(value) if like is float else value
+
+    def get_strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(key, list, list(default), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def positive(self, key: str, default: float) -> float:
+        value = self.get(key, float, default, "a number of seconds")
+        if not (math.isfinite(value) and value >= 0):
+            raise self.error(key, f"expected a number of seconds (0 or more), got {value!r}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.error(
+                unknown[0], f"unknown key; expected one of {', '.join(sorted(self.seen))}"
+            )
+
+
+def available_kinds() -> list[str]:
+    """The packages under ``components/``."""
+    import components
+
+    return sorted(m.name for m in pkgutil.iter_modules(components.__path__) if m.ispkg)
+
+
+def component_class(kind: str) -> type[Component]:
+    """The component class of ``components.<kind>`` (see the module docstring).
+
+    Raises:
+        LookupError: the package has no component class (it may be a plain program).
+    """
+    module = importlib.import_module(f"components.{kind}.component")
+    found = getattr(module, "COMPONENT", None)
+    if found is None:
+        classes = [
+            c
+            for _, c in inspect.getmembers(module, inspect.isclass)
+            if issubclass(c, Component) and c.__module__ == module.__name__
+        ]
+        if len(classes) == 1:
+            found = classes[0]
+    if not (isinstance(found, type) and issubclass(found, Component)):
+        raise LookupError(f"components.{kind}.component defines no COMPONENT class")
+    return found
+
+
+def _kind(t: _Table, needs_main: bool = True) -> str:
+    kind = t.get("kind", str, what="the name of a package under components/ (e.g. daq)")
+    if not _KIND.match(kind) or importlib.util.find_spec(f"components.{kind}") is None:
+        raise t.error(
+            "kind",
+            f"unknown component kind {kind!r}; expected one of {', '.join(available_kinds())}",
+        )
+    if needs_main and importlib.util.find_spec(f"components.{kind}.__main__") is None:
+        raise t.error("kind", f"components.{kind} cannot be run: it has no __main__.py")
+    return kind
+
+
+def _name(t: _Table, key: str = "name", default: Any = _Table._MISSING) -> str:
+    name = t.get(key, str, default, what="a name (e.g. rig1)")
+    if not _NAME.match(name):
+        raise t.error(
+            key,
+            f"expected a name of letters, digits, '_', '.' and '-' starting with a letter or digit (e.g. rig1), got {name!r}",
+        )
+    return name
+
+
+def _settings(t: _Table, cls: type[Component], name: str, address: str) -> dict[str, Any]:
+    raw = t.get("settings", dict, {}, "a table of settings")
+    where = f"{t.where}.settings"
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in cls.settings:
+            known = ", ".join(sorted(cls.settings)) or "none"
+            raise SiteConfigError(
+                f"{t.path}: {where}.{key}: unknown setting; {cls.type} components take: {known}"
+            )
+        default = cls.settings[key]
+        like = type(default)
+        if default is not None and not _type_ok(value, like):
+            raise SiteConfigError(
+                f"{t.path}: {where}.{key}: expected {_TYPES.get(like, like.__name__)}, got {value!r}"
+            )
+        settings[key] = float(value) if like is float else value
+    try:
+        cls(name, address, dict(settings))  # the class's own checks (no side effects)
+    except (ConfigError, InvalidName) as exc:
+        raise SiteConfigError(f"{t.path}: {where}: {exc}") from None
+    return settings
+
+
+def load_config(path: str | os.PathLike[str]) -> SiteConfig:
+    """Read and check a site file; nothing is started.
+
+    Raises:
+        SiteConfigError: unreadable, not TOML, or a key is wrong (the message
+            names the file, the key and what is expected).
+    """
+    p = str(path)
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SiteConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SiteConfigError(f"{p}: not valid TOML: {exc}") from None
+    top = _Table(p, "site", data)
+    m = _Table(p, "mcp", top.get("mcp", dict, {}, "an [mcp] table"))
+    mcp = McpSettings(
+        name=_name(m, default="mcp"),
+        grace=m.positive("grace", 5.0),
+        restart_first=m.positive("restart_first", 0.5),
+        restart_max=m.positive("restart_max", 30.0),
+        max_restarts=m.get("max_restarts", int, 5, "a count"),
+        stable_after=m.positive("stable_after", 30.0),
+    )
+    m.done()
+    b = _Table(p, "broker", top.get("broker", dict, {}, "a [broker] table"))
+    embedded = b.get("embedded", bool, True)
+    extra = b.get_strings("types")
+    for ty in extra:
+        if not _KIND.match(ty):
+            raise b.error("types", f"expected source types like 'dvd', got {ty!r}")
+    # The MCP's own endpoints are of type "mcp": an embedded broker always allows it.
+    types = SOURCE_TYPES + tuple(dict.fromkeys(t for t in ("mcp", *extra) if t not in SOURCE_TYPES))
+    host = b.get("host", str, "127.0.0.1", "a host name or address")
+    port = b.get("port", int, 3333, "a port number (0 picks a free one)")
+    if not 0 <= port <= 65535:
+        raise b.error("port", f"expected a port number 0-65535, got {port}")
+    address = b.get("address", str, "", "HOST:PORT of the broker to use")
+    if embedded and address:
+        raise b.error(
+            "address", "only with embedded = false; an embedded broker uses host and port"
+        )
+    if not embedded:
+        if not address:
+            raise b.error("address", "missing; expected HOST:PORT of the broker (embedded = false)")
+        try:
+            parse_address(address)
+        except TurbineError as exc:
+            raise b.error("address", str(exc)) from None
+    broker = BrokerSettings(
+        embedded=embedded,
+        host=host,
+        port=port,
+        types=types,
+        max_memory=b.get("max_memory", int, MAX_MEMORY_BYTES, "a number of bytes"),
+        address=address,
+    )
+    b.done()
+    check_address = address or f"{host}:{port}"
+
+    programs: list[ProgramSpec] = []
+    for i, entry in enumerate(top.get("process", list, [], "[[process]] tables"), start=1):
+        t = _Table(p, f"process[{i}]", entry)
+        name = _name(t)
+        cmd = t.get_strings("command")
+        if cmd and "kind" in t.data:
+            raise t.error("command", "give kind or command, not both")
+        kind = "" if cmd else _kind(t)
+        programs.append(
+            ProgramSpec(
+                label=name,
+                where=t.where,
+                kind=kind,
+                component=False,
+                name=name,
+                args=t.get_strings("args"),
+                command=cmd,
+                restart=t.get("restart", bool, True),
+                enabled=t.get("enabled", bool, True),
+            )
+        )
+        t.done()
+    for i, entry in enumerate(top.get("component", list, [], "[[component]] tables"), start=1):
+        t = _Table(p, f"component[{i}]", entry)
+        kind = _kind(t)
+        try:
+            cls = component_class(kind)
+        except (ImportError, LookupError) as exc:
+            raise t.error(
+                "kind",
+                f"components.{kind} is not a turbine component ({exc}); run it as a [[process]]",
+            ) from None
+        name = _name(t)
+        if cls.type not in types:
+            raise t.error(
+                "kind",
+                f"components.{kind} makes {cls.type!r} sources; add {cls.type!r} to [broker] types",
+            )
+        try:
+            check_source_name(f"{cls.type}_{name}_data_source", types=types)
+        except InvalidName as exc:
+            raise t.error("name", str(exc)) from None
+        programs.append(
+            ProgramSpec(
+                label=f"{cls.type}_{name}",
+                where=t.where,
+                kind=kind,
+                component=True,
+                name=name,
+                settings=_settings(t, cls, name, check_address),
+                args=t.get_strings("args"),
+                restart=t.get("restart", bool, True),
+                enabled=t.get("enabled", bool, True),
+            )
+        )
+        t.done()
+    top.done()
+    seen: dict[str, str] = {f"mcp_{mcp.name}": "mcp.name"}
+    for prog in programs:
+        if prog.label in seen:
+            raise SiteConfigError(
+                f"{p}: {prog.where}.name: {prog.label!r} is already taken by {seen[prog.label]}"
+            )
+        seen[prog.label] = prog.where
+    return SiteConfig(p, mcp, broker, tuple(programs))

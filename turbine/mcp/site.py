@@ -1,0 +1,215 @@
+"""Running a site: the broker, the supervisor, and the MCP as a component."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+import trio
+
+from .._constants import STATUS_INTERVAL_S
+from .._errors import TurbineError
+from ..client import fmt_address
+from ..component import Component, command
+from ..server import serve_turbine
+from .config import SiteConfig, SiteConfigError, load_config
+from .console import Console, ConsoleHandler, fmt_duration
+from .supervisor import Supervisor
+
+log = logging.getLogger("turbine.mcp")
+
+# --- the MCP as a component ------------------------------------------------------
+
+
+class Mcp(Component):
+    """The master control program: starts, watches and stops a site's programs."""
+
+    type = "mcp"
+    channels = {"state.json": "application/json"}
+    settings: dict[str, Any] = {}
+
+    def __init__(self, name: str, address: str, supervisor: Supervisor) -> None:
+        super().__init__(name, address)
+        self.supervisor = supervisor
+
+    async def run(self) -> None:
+        while True:
+            state = {"time": time.time(), "programs": self.supervisor.snapshot()}
+            await self.data.put("state.json", json.dumps(state).encode())
+            await self.data.flush()
+            with trio.move_on_after(STATUS_INTERVAL_S):
+                await self.supervisor.changed()
+
+    def metadata(self) -> dict[str, Any]:
+        md = super().metadata()
+        md.update(
+            {
+                "config": self.supervisor.site.path,
+                "broker": self.address,
+                "programs": list(self.supervisor.programs),
+            }
+        )
+        return md
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st.update(
+            {
+                "config": self.supervisor.site.path,
+                "broker": self.address,
+                "programs": self.supervisor.snapshot(),
+            }
+        )
+        return st
+
+    @command("start", help="start a stopped or failed program")
+    async def start(self, name: str) -> str:
+        return await self.supervisor.start(name)
+
+    @command("stop", help="stop a program (it stays stopped)")
+    async def stop(self, name: str) -> str:
+        return await self.supervisor.stop(name)
+
+    @command("restart", help="stop a program and start it again")
+    async def restart(self, name: str) -> str:
+        return await self.supervisor.restart(name)
+
+
+# --- running a site --------------------------------------------------------------
+
+
+async def run_site(
+    site: SiteConfig,
+    console: Console | None = None,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``site`` until SIGINT or SIGTERM, then stop its programs and the broker.
+
+    ``await nursery.start(run_site, site)`` returns the broker's address.  A
+    second signal during the shutdown kills the programs at once.
+
+    Raises:
+        TurbineError: the embedded broker cannot listen on its address.
+    """
+    console = console or Console(False)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            if site.broker.embedded:
+                try:
+                    addresses = await outer.start(serve_turbine, site.broker.config())
+                except OSError as exc:
+                    raise TurbineError(
+                        f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
+                        f"{exc.strerror or exc} (is another broker running? set [broker] port "
+                        f"in {site.path}, or embedded = false to use it)"
+                    ) from None
+                address = fmt_address(*addresses[0])
+                console.out.write(f"turbine listening on {address}\n")
+                console.out.flush()
+            else:
+                address = site.broker.address
+            supervisor = Supervisor(site, address, console)
+            me = Mcp(site.mcp.name, address, supervisor)
+            log.info(
+                "%s running %s: %d programs, broker %s%s",
+                me.component,
+                site.path,
+                len(supervisor.programs),
+                address,
+                " (embedded)" if site.broker.embedded else "",
+            )
+            async with trio.open_nursery() as inner:
+                await inner.start(supervisor.run)
+                inner.start_soon(me.serve)
+                if console.tty:
+                    inner.start_soon(_redraw, console, me, site)
+                task_status.started(address)
+                async for signum in signals:
+                    log.info("%s: stopping the site", signal.Signals(signum).name)
+                    break
+                async with trio.open_nursery() as stopping:
+
+                    async def second_signal() -> None:
+                        async for signum in signals:
+                            log.warning(
+                                "%s again: killing every program now", signal.Signals(signum).name
+                            )
+                            supervisor.kill_all()
+
+                    stopping.start_soon(second_signal)
+                    await supervisor.stop_all()
+                    stopping.cancel_scope.cancel()
+                inner.cancel_scope.cancel()
+                if me.client is not None:
+                    # Fail the MCP's own requests now (e.g. unsubscribing as its tasks
+                    # unwind) rather than have them wait for a reader that is cancelled.
+                    await me.client.aclose()
+            if console.tty:
+                _draw(console, me, site)
+            log.info("every program stopped; stopping the broker")
+            outer.cancel_scope.cancel()
+
+
+def _draw(console: Console, me: Mcp, site: SiteConfig) -> None:
+    where = "embedded" if site.broker.embedded else "external"
+    header = (
+        f"{me.component}  {site.path}  broker {me.address} ({where})  "
+        f"up {fmt_duration(time.time() - me.started)}  -- Ctrl-C stops the site"
+    )
+    console.draw(header, list(me.supervisor.snapshot().values()))
+
+
+async def _redraw(console: Console, me: Mcp, site: SiteConfig) -> None:
+    while True:
+        _draw(console, me, site)
+        with trio.move_on_after(STATUS_INTERVAL_S):
+            await me.supervisor.changed()
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Log lines on stderr instead of the live table, even on a terminal.",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+)
+def mcp(config: str, plain: bool, log_level: str) -> None:
+    """Run the site described by CONFIG (TOML): the broker, components and processes.
+
+    Restarts what crashes; Ctrl-C or SIGTERM stops everything.  On a terminal
+    a live status table is shown; otherwise each event is a log line on stderr.
+    The broker's address is printed first ("turbine listening on HOST:PORT").
+    """
+    try:
+        site = load_config(config)
+    except SiteConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    console = Console(sys.stdout.isatty() and not plain)
+    root = logging.getLogger()
+    root.setLevel(log_level)
+    handler = ConsoleHandler(console)
+    root.addHandler(handler)
+    try:
+        trio.run(run_site, site, console)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except TurbineError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], TurbineError):
+            raise click.ClickException(str(group.exceptions[0])) from None
+        raise
+    finally:
+        root.removeHandler(handler)

@@ -1,0 +1,252 @@
+"""The supervisor: starts, restarts (with backoff) and stops the site's programs."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shlex
+import signal
+import time
+from typing import Any
+
+import trio
+
+from .._constants import (
+    ADDRESS_ENVVAR,
+    DRAIN_S,
+    MAX_LINE,
+    START_WAIT_S,
+)
+from .._errors import TurbineError
+from .config import SiteConfig, UnknownProgram
+from .console import Console
+from .processes import Program, describe_exit, signal_group, spawn, wait_exit
+
+log = logging.getLogger("turbine.mcp")
+
+
+class Supervisor:
+    """Runs programs, restarts them with backoff, stops them on request or at the end."""
+
+    def __init__(self, site: SiteConfig, address: str, console: Console | None = None) -> None:
+        self.site = site
+        self.policy = site.mcp
+        self.address = address
+        self.console = console or Console(False)
+        self.programs = {spec.label: Program(spec) for spec in site.programs}
+        self._changed = trio.Event()
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", ADDRESS_ENVVAR: address}
+
+    # --- observing
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Return at the next state change."""
+        await self._changed.wait()
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        return {label: p.info(now) for label, p in self.programs.items()}
+
+    def get(self, label: str) -> Program:
+        """The program called ``label``.
+
+        Raises:
+            UnknownProgram: no such program (the message lists them).
+        """
+        try:
+            return self.programs[label]
+        except KeyError:
+            known = ", ".join(self.programs) or "none"
+            raise UnknownProgram(f"no program {label!r} in this site; programs: {known}") from None
+
+    # --- running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the enabled programs and keep them running until cancelled.
+
+        Cancelling leaves running children alone: call :meth:`stop_all` first.
+        """
+        async with trio.open_nursery() as nursery:
+            for p in self.programs.values():
+                p.wanted = p.spec.enabled
+                nursery.start_soon(self._keep, p)
+            task_status.started()
+
+    async def _keep(self, p: Program) -> None:
+        policy = self.policy
+        while True:
+            while not p.wanted:
+                await p.wait_poke()
+            ran = await self._run_once(p)
+            if not p.wanted:
+                continue
+            if not p.spec.restart:
+                p.state, p.wanted = "exited", False
+                log.warning(
+                    "%s exited (%s); not restarting it", p.spec.label, describe_exit(p.last_exit)
+                )
+                self.notify()
+                continue
+            if ran >= policy.stable_after:
+                p.crashes = 0
+            p.crashes += 1
+            if p.crashes > policy.max_restarts:
+                p.state, p.wanted = "failed", False
+                log.error(
+                    "%s keeps crashing (%d exits in a row, each within %g s of starting; last: %s); "
+                    "marked failed: 'start %s' tries again",
+                    p.spec.label,
+                    p.crashes,
+                    policy.stable_after,
+                    describe_exit(p.last_exit),
+                    p.spec.label,
+                )
+                self.notify()
+                continue
+            delay = min(policy.restart_first * 2 ** (p.crashes - 1), policy.restart_max)
+            p.state = "backoff"
+            log.warning(
+                "%s exited unexpectedly (%s) after %.1f s; restarting it in %.1f s (restart %d)",
+                p.spec.label,
+                describe_exit(p.last_exit),
+                ran,
+                delay,
+                p.restarts + 1,
+            )
+            self.notify()
+            with trio.move_on_after(delay):
+                await p.wait_poke()  # `stop` or `start` ends the wait early
+            if p.wanted:
+                p.restarts += 1
+
+    async def _run_once(self, p: Program) -> float:
+        """Run ``p`` once; return how long it ran (seconds)."""
+        argv = p.spec.argv(self.address)
+        read_fd, write_fd = os.pipe()
+        try:
+            popen = spawn(argv, write_fd, self._env)
+        except OSError as exc:
+            os.close(read_fd)
+            log.error("cannot start %s (%s): %s", p.spec.label, shlex.join(argv), exc)
+            p.last_exit = 127
+            return 0.0
+        finally:
+            os.close(write_fd)
+        begun = trio.current_time()
+        p.popen, p.pid, p.started, p.state = popen, popen.pid, time.time(), "running"
+        p.exited = trio.Event()
+        log.info("started %s (pid %d): %s", p.spec.label, popen.pid, shlex.join(argv))
+        self.notify()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward, p.spec.label, read_fd)
+                code = await wait_exit(popen)
+                # Its output may still be in the pipe; helpers it left may hold the pipe open.
+                nursery.cancel_scope.deadline = trio.current_time() + DRAIN_S
+        finally:
+            if popen.returncode is None:  # cancelled: do not leave it running
+                signal_group(popen.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await wait_exit(popen)
+        signal_group(popen.pid, signal.SIGKILL)  # whatever it left in its group
+        p.last_exit = code
+        p.pid = p.popen = None
+        p.state = "stopped" if not p.wanted else "exited"
+        if not p.wanted:
+            log.info("%s stopped (%s)", p.spec.label, describe_exit(code))
+        p.exited.set()
+        self.notify()
+        return trio.current_time() - begun
+
+    async def _forward(self, label: str, fd: int) -> None:
+        """Pass a child's output on to the console, line by line."""
+        buf = b""
+        async with trio.lowlevel.FdStream(fd) as stream:
+            while data := await stream.receive_some(65536):
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    self.console.line(f"{label}: {line[:MAX_LINE].decode(errors='replace')}")
+                if len(buf) > MAX_LINE:
+                    self.console.line(f"{label}: {buf[:MAX_LINE].decode(errors='replace')}")
+                    buf = b""
+        if buf:
+            self.console.line(f"{label}: {buf.decode(errors='replace')}")
+
+    # --- commands
+
+    async def start(self, label: str) -> str:
+        """Start a stopped, exited or failed program; return when it runs.
+
+        Raises:
+            UnknownProgram: no such program.
+            TurbineError: it did not start within 10 s.
+        """
+        p = self.get(label)
+        if p.state in ("running", "stopping"):
+            return f"{label} is already {p.state} (pid {p.pid})"
+        p.crashes = 0
+        p.wanted = True
+        p.poke()
+        with trio.move_on_after(START_WAIT_S):
+            while p.pid is None and p.wanted:
+                await self.changed()
+        if p.pid is None:
+            raise TurbineError(f"{label} did not start ({p.state}, {describe_exit(p.last_exit)})")
+        return f"started {label} (pid {p.pid})"
+
+    async def stop(self, label: str, *, kill: bool = False) -> str:
+        """Stop a program: SIGTERM to its group, SIGKILL after the grace period.
+
+        Raises:
+            UnknownProgram: no such program.
+        """
+        p = self.get(label)
+        p.wanted = False
+        p.poke()
+        popen = p.popen
+        if popen is None:
+            if p.state == "backoff":
+                p.state = "stopped"
+                self.notify()
+            return f"{label} is {p.state}"
+        pid = popen.pid
+        p.state = "stopping"
+        self.notify()
+        signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        with trio.move_on_after(self.policy.grace):
+            await p.exited.wait()
+        if not p.exited.is_set():
+            log.warning(
+                "%s (pid %d) did not stop within %g s of SIGTERM; killing it",
+                label,
+                pid,
+                self.policy.grace,
+            )
+            signal_group(pid, signal.SIGKILL)
+            await p.exited.wait()
+        return f"stopped {label} ({describe_exit(p.last_exit)})"
+
+    async def restart(self, label: str) -> str:
+        await self.stop(label)
+        self.get(label).restarts += 1
+        return await self.start(label)
+
+    async def stop_all(self, *, kill: bool = False) -> None:
+        """Stop every program at once (components first, then processes)."""
+        for group in (True, False):
+            async with trio.open_nursery() as nursery:
+                for p in self.programs.values():
+                    if p.spec.component is group:
+                        nursery.start_soon(functools.partial(self.stop, p.spec.label, kill=kill))
+
+    def kill_all(self) -> None:
+        """SIGKILL every running program's group now."""
+        for p in self.programs.values():
+            if p.popen is not None:
+                signal_group(p.popen.pid, signal.SIGKILL)
