@@ -94,7 +94,7 @@ class RawClient:
 
     async def until_closed(self) -> list[dict]:
         """Every message until the broker closes, decoded leniently (whatever our state)."""
-        data = bytearray(self.proto._buffer[: self.proto._end])  # noqa: SLF001 - read, not decoded
+        data = bytearray(self.proto._buffer[self.proto._start : self.proto._end])  # noqa: SLF001
         while chunk := await self.stream.receive_some(1 << 20):
             data += chunk
         out = []

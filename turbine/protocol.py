@@ -293,7 +293,8 @@ class Connection:
         self.max_header = max_header
         self.protocol: int | None = None
         self.peer_hello: Message | None = None
-        self._buffer = bytearray()  # received bytes, valid up to _end, spare room after
+        self._buffer = bytearray()  # received bytes: unread from _start to _end, room after
+        self._start = 0
         self._end = 0
         self._need = PREFIX.size
         self._eof = False
@@ -310,9 +311,10 @@ class Connection:
 
     @property
     def receive_size(self) -> int:
-        """How many bytes to read next: the rest of a large message, else a normal read."""
-        missing = self._need - self._end
-        return missing if missing > RECEIVE_BYTES else RECEIVE_BYTES
+        """How many bytes to read next: the rest of a message with a large
+        payload (so it lands uncopied), else a normal read."""
+        missing = self._need - (self._end - self._start)
+        return missing if missing >= VECTORED_MIN_BYTES else RECEIVE_BYTES
 
     def get_buffer(self, size: int = 0) -> memoryview:
         """A writable view at the end of the receive buffer, for ``recv_into``.
@@ -324,10 +326,23 @@ class Connection:
         """
         want = max(size, self.receive_size)
         buf = self._buffer
-        free = len(buf) - self._end
-        if free < want:
-            buf += bytes(want - free)
-        return memoryview(buf)[self._end : self._end + want]
+        start, end = self._start, self._end
+        large = self._need - (end - start) >= VECTORED_MIN_BYTES
+        if len(buf) - end < want or (start and large):
+            # Put the partial message at the front of a buffer with room for
+            # `want` more: a large payload then fills a buffer of its own,
+            # handed over whole by next_event.
+            held = end - start
+            if len(buf) >= held + want:
+                buf[:held] = buf[start:end]
+            else:
+                new = bytearray(max(held + want, RECEIVE_BYTES))
+                with memoryview(buf) as view:
+                    new[:held] = view[start:end]
+                self._buffer = buf = new
+            self._start, self._end = 0, held
+            end = held
+        return memoryview(buf)[end : end + want]
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written into the last :meth:`get_buffer` view; 0 means the peer closed."""
@@ -339,7 +354,7 @@ class Connection:
     @property
     def bytes_wanted(self) -> int:
         """How many more bytes the message being received needs (at least 1 when waiting)."""
-        return max(self._need - self._end, 1)
+        return max(self._need - (self._end - self._start), 1)
 
     def next_event(self) -> Message | Any:
         """Return the next whole message, or :data:`NEED_DATA`.
@@ -351,10 +366,10 @@ class Connection:
         if self.state is State.CLOSED:
             raise RemoteProtocolError("the connection is closed")
         buf = self._buffer
-        end = self._end
-        if end < PREFIX.size:
+        start, end = self._start, self._end
+        if end - start < PREFIX.size:
             return self._need_data()
-        header_len, payload_len = PREFIX.unpack_from(buf)
+        header_len, payload_len = PREFIX.unpack_from(buf, start)
         if header_len > self.max_header or header_len == 0:
             self._fail(
                 f"message header of {header_len} bytes is not allowed (garbage on the wire?)"
@@ -364,32 +379,37 @@ class Connection:
                 f"message payload of {payload_len} bytes exceeds the limit of {self.max_payload}"
             )
         total = PREFIX.size + header_len + payload_len
-        if end < total:
+        if end - start < total:
             self._need = total
             return self._need_data()
-        start = PREFIX.size
+        h = start + PREFIX.size
+        p = h + header_len
+        stop = start + total
         try:
-            header = msgpack.unpackb(
-                buf[start : start + header_len], raw=False, strict_map_key=True, use_list=True
-            )
+            with memoryview(buf) as view:
+                header = msgpack.unpackb(view[h:p], raw=False, strict_map_key=True, use_list=True)
         except Exception as exc:  # msgpack raises several unrelated types
             self._fail(f"message header is not valid msgpack: {exc}")
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             self._fail("message header must be a map with a string 'type'")
-        if payload_len >= VECTORED_MIN_BYTES and total == end:
-            # The buffer holds this message alone: hand it over instead of copying.
-            del buf[total:]
-            payload = memoryview(buf)[start + header_len :]
+        if payload_len >= VECTORED_MIN_BYTES and stop == end:
+            # The buffer ends with this message: hand it over instead of copying.
+            del buf[stop:]
+            payload = memoryview(buf)[p:stop]
             self._buffer = bytearray()
-            self._end = 0
+            self._start = self._end = 0
         else:
             if payload_len:
                 with memoryview(buf) as view:
-                    payload = memoryview(bytes(view[start + header_len : total]))
+                    payload = memoryview(bytes(view[p:stop]))
             else:
                 payload = memoryview(b"")
-            del buf[:total]
-            self._end = end - total
+            if stop == end:
+                self._start = self._end = 0
+                if len(buf) > 4 * RECEIVE_BYTES:
+                    self._buffer = bytearray()  # do not keep a large message's room
+            else:
+                self._start = stop
         self._need = PREFIX.size
         kind = header.pop("type")
         try:
@@ -406,10 +426,10 @@ class Connection:
     def _need_data(self) -> Any:
         if self._eof:
             self.state = State.CLOSED
-            if self._end:
+            if self._end > self._start:
                 raise RemoteProtocolError(
                     f"the peer closed the connection in the middle of a message "
-                    f"({self._end} bytes of it arrived)"
+                    f"({self._end - self._start} bytes of it arrived)"
                 )
         return NEED_DATA
 
