@@ -34,15 +34,17 @@ class Console:
         if not self.tty:
             return
         width = max([len("NAME")] + [len(r["name"]) for r in rows]) + 2
+        kinds = max([len("KIND")] + [len(r["kind"]) for r in rows]) + 2
         lines = [
             header,
             "",
-            f"{'NAME':<{width}}{'KIND':<14}{'STATE':<10}{'PID':>8}{'RESTARTS':>10}{'UPTIME':>10}  LAST EXIT",
+            f"{'NAME':<{width}}{'KIND':<{kinds}}{'STATE':<10}{'PID':>8}{'RESTARTS':>10}"
+            f"{'UPTIME':>10}  LAST EXIT",
         ]
         for r in rows:
             pid = str(r["pid"]) if r["pid"] else "-"
             lines.append(
-                f"{r['name']:<{width}}{r['kind'][:13]:<14}{r['state']:<10}{pid:>8}{r['restarts']:>10}"
+                f"{r['name']:<{width}}{r['kind']:<{kinds}}{r['state']:<10}{pid:>8}{r['restarts']:>10}"
                 f"{fmt_duration(r['uptime']):>10}  {r['last_exit_text']}"
             )
         lines += ["", "-" * 30 + " log " + "-" * 30, *self.tail]
