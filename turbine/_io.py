@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import trio
@@ -31,6 +32,35 @@ def coalesce(buffers: list[Any]) -> list[Any]:
     return out
 
 
+def write_now(fd: int, buffers: list[Any]) -> list[memoryview]:
+    """Write what the socket takes right now, without waiting; return the rest.
+
+    The socket must be non-blocking (trio's are).
+
+    Raises:
+        OSError: the connection is broken.
+    """
+    bufs = [memoryview(b).cast("B") for b in coalesce(buffers)]
+    try:
+        sent = os.writev(fd, bufs[:_MAX_IOV])
+    except BlockingIOError:
+        return bufs
+    return _drop(bufs, sent)
+
+
+def _drop(bufs: list[memoryview], sent: int) -> list[memoryview]:
+    """``bufs`` without their first ``sent`` bytes."""
+    while sent:
+        head = bufs[0]
+        if sent >= len(head):
+            sent -= len(head)
+            bufs.pop(0)
+        else:
+            bufs[0] = head[sent:]
+            sent = 0
+    return bufs
+
+
 async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
     """Write every buffer in order with vectored sends; return the bytes written.
 
@@ -42,12 +72,5 @@ async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
     while bufs:
         sent = await sock.sendmsg(bufs[:_MAX_IOV])
         total += sent
-        while sent:
-            head = bufs[0]
-            if sent >= len(head):
-                sent -= len(head)
-                bufs.pop(0)
-            else:
-                bufs[0] = head[sent:]
-                sent = 0
+        bufs = _drop(bufs, sent)
     return total

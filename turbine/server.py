@@ -33,7 +33,7 @@ from ._constants import (
     VERSION as __version__,
 )
 from ._errors import ProtocolError, RemoteProtocolError, RequestFailed
-from ._io import send_buffers
+from ._io import send_buffers, write_now
 from .hub import Hub, collect
 from .names import InvalidName
 from .protocol import NEED_DATA, Connection, Message, Role, encode, split_payload
@@ -87,6 +87,8 @@ class ClientConnection:
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._rotation = 0
+        self._idle = False  # the writer waits for work: a reader may write for it
+        self._unsent: list[Any] = []  # what a direct write left for the writer
         self._closing = False
         self.finished = trio.Event()
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = self.gaps = 0
@@ -97,7 +99,37 @@ class ClientConnection:
     def wake(self) -> None:
         """Tell the writer there is something to send (never waits)."""
         self._dirty = True
+        self._idle = False
         self._wakeup.set()
+
+    def wake_soon(self) -> None:
+        """Mark something to send; the reader that calls this writes it before
+        it next waits (:meth:`Broker.write_ready`), saving the writer task a
+        trip through the scheduler on the latency path."""
+        self._dirty = True
+        if self._idle:
+            self.broker.ready.add(self)
+        else:
+            self._wakeup.set()
+
+    def write_now(self) -> None:
+        """Write what is ready without waiting, if the writer is idle; the
+        writer task takes over whatever the socket does not take at once."""
+        if not (self._idle and self._dirty) or self._unsent:
+            self.wake()
+            return
+        self._dirty = False
+        buffers = self._gather()
+        if not buffers:
+            return
+        try:
+            rest = write_now(self.sock.fileno(), buffers)
+        except OSError:
+            rest = buffers  # let the writer meet the error and close this connection
+        self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
+        if rest or self._dirty:
+            self._unsent = rest
+            self.wake()
 
     def queue(
         self, kind: str, fields: dict[str, Any], payloads: list[Any] | tuple[()] = ()
@@ -105,7 +137,7 @@ class ClientConnection:
         bufs = self.proto.send(kind, fields, payloads)
         self._out.append(bufs)
         self._out_bytes += sum(map(len, bufs))
-        self.wake()
+        self.wake_soon()  # queued by a request: its reader writes before it next waits
 
     def reply(self, msg: Message, result: Any = None) -> None:
         self.queue("ok", {"id": msg["id"], "result": result})
@@ -113,20 +145,31 @@ class ClientConnection:
     def error(self, msg_id: int | None, exc: Exception, code: str = "error") -> None:
         self.queue("error", {"id": msg_id, "code": getattr(exc, "code", code), "message": str(exc)})
 
+    def _gather(self) -> list[Any]:
+        """Queued replies, then subscribed frames within one batch budget."""
+        buffers: list[Any] = []
+        while self._out:
+            buffers += self._out.popleft()
+        self._out_bytes = 0
+        self._drained.set()
+        if not self._closing:
+            self._pull(buffers)
+        return buffers
+
     async def writer(self) -> None:
         timeout = self.broker.config.write_timeout
         while True:
-            if not self._dirty:
+            if not self._dirty and not self._unsent:
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                self._idle = True
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle = False
             self._dirty = False
-            buffers: list[Any] = []
-            while self._out:
-                buffers += self._out.popleft()
-            self._out_bytes = 0
-            self._drained.set()
-            if not self._closing:
-                self._pull(buffers)
+            buffers: list[Any] = self._unsent
+            self._unsent = []
+            buffers += self._gather()
             if buffers:
                 with trio.move_on_after(timeout) as scope:
                     self.bytes_out += await send_buffers(self.sock, buffers)
@@ -207,6 +250,7 @@ class ClientConnection:
                 if msg is NEED_DATA:
                     break
                 self.handle(msg)
+            self.broker.write_ready()
             if not n:
                 return
             if self._out_bytes > OUTBOUND_QUEUE_BYTES:
@@ -262,7 +306,7 @@ class ClientConnection:
             return
         self.frames_in += len(sizes)
         for cur in ch.cursors:
-            cur.sub.owner.wake()
+            cur.sub.owner.wake_soon()
 
     def on_client_hello(self, msg: Message) -> None:
         self.name = f"{msg['name']}#{self.id} ({self.peer})"
@@ -380,8 +424,16 @@ class Broker:
         )
         self.started = time.time()
         self.connections: dict[int, ClientConnection] = {}
+        #: Connections with frames to send, written by the reader that filled
+        #: them before it next waits (see ClientConnection.wake_soon).
+        self.ready: set[ClientConnection] = set()
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
+
+    def write_ready(self) -> None:
+        ready, self.ready = self.ready, set()
+        for conn in ready:
+            conn.write_now()
 
     def status(self) -> dict[str, Any]:
         now = time.time()
