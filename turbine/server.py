@@ -108,7 +108,7 @@ class ClientConnection:
         trip through the scheduler on the latency path."""
         self._dirty = True
         if self._idle:
-            self.broker.ready.add(self)
+            self.broker.ready[self] = None
         else:
             self._wakeup.set()
 
@@ -426,12 +426,12 @@ class Broker:
         self.connections: dict[int, ClientConnection] = {}
         #: Connections with frames to send, written by the reader that filled
         #: them before it next waits (see ClientConnection.wake_soon).
-        self.ready: set[ClientConnection] = set()
+        self.ready: dict[ClientConnection, None] = {}  # an ordered set: first filled, first written
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
 
     def write_ready(self) -> None:
-        ready, self.ready = self.ready, set()
+        ready, self.ready = self.ready, {}
         for conn in ready:
             conn.write_now()
 
