@@ -305,6 +305,27 @@ def test_tap_waits_for_a_source_that_does_not_exist_yet(address):
         stop(tap)
 
 
+def test_ctrl_c_ends_a_tap_cleanly(address):
+    src = "daq_cli9_data_source"
+    env = dict(os.environ, TURBINE_ADDRESS=address)
+    ok(address, "put", f"{src}/x.txt", "before")
+    tap = subprocess.Popen(
+        [TURBINE, "tap", f"{src}/x.txt", "--from", "oldest"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert read_line(tap.stdout).endswith(f"{src}/x.txt #1 before\n")
+        tap.send_signal(signal.SIGINT)
+        _, err = tap.communicate(timeout=10)
+        assert tap.returncode == 0
+        assert "Traceback" not in err
+    finally:
+        stop(tap)
+
+
 def test_tap_bad_start_is_a_usage_error(address):
     assert "use now, newest, oldest or a sequence number" in fails(
         address, "tap", "*", "--from", "later", code=2

@@ -72,12 +72,14 @@ class Size(click.ParamType):
         return value if isinstance(value, int) else parse_size(value)
 
 
-def run(async_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Run ``async_fn`` under trio; errors become one-line messages, Ctrl-C a clean exit."""
+def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int = 130) -> Any:
+    """Run ``async_fn`` under trio; errors become one-line messages, Ctrl-C a
+    clean exit with ``interrupt_exit`` (130, "interrupted", unless Ctrl-C is
+    how the command normally ends)."""
     try:
         return trio.run(async_fn, *args)
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        raise SystemExit(interrupt_exit) from None
     except TurbineError as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
@@ -105,8 +107,12 @@ def address_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def client_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def client_command(
+    fn: Callable[..., Awaitable[Any]] | None = None, *, interrupt_exit: int = 130
+) -> Any:
     """Turn ``async def fn(tb, **options)`` into a command body connected to the broker."""
+    if fn is None:
+        return functools.partial(client_command, interrupt_exit=interrupt_exit)
 
     @functools.wraps(fn)
     def body(address: str, **options: Any) -> Any:
@@ -114,7 +120,7 @@ def client_command(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
             async with open_client(address, name=f"turbine-{fn.__name__.strip('_')}") as tb:
                 return await fn(tb, **options)
 
-        return run(main)
+        return run(main, interrupt_exit=interrupt_exit)
 
     return address_option(body)
 
@@ -254,7 +260,7 @@ def _start(value: str) -> str | int:
     help="Give up after S seconds (exit 1 if --count not reached).",
 )
 @FORMAT
-@client_command
+@client_command(interrupt_exit=0)  # Ctrl-C is how a tap without --count ends
 async def tap(
     tb: Client,
     pattern: str,
