@@ -244,8 +244,14 @@ class Video(Component):
                 SyntheticConfig(c["width"], c["height"], c["fps"], c["quality"])
             )
         if c["mode"] == "mjpeg":
-            return mjpeg_frames(self.url, self.log, max_backoff=c["reconnect_max"])
+            return mjpeg_frames(
+                self.url, self.log, max_backoff=c["reconnect_max"], on_state=self._camera_state
+            )
         return jpeg_files(c["dir"], fps=c["fps"])
+
+    def _camera_state(self, state: str) -> None:
+        """What the network camera is doing, for ``status`` (streaming / reconnecting)."""
+        self.source_state = state
 
     async def _pump(self) -> None:
         """Publish frames until the source ends or fails."""
@@ -254,13 +260,12 @@ class Video(Component):
             async for jpeg, captured in frames:
                 if self.measured is None:
                     self.measured = jpeg_size(jpeg)
-                    if self.source_state != "streaming":
-                        self.source_state = "streaming"
-                        self.log.info(
-                            "streaming %s frames at %g fps",
-                            "x".join(map(str, self.measured or ("?", "?"))),
-                            self.config["fps"],
-                        )
+                    self.source_state = "streaming"
+                    self.log.info(
+                        "streaming %s frames at %g fps",
+                        "x".join(map(str, self.measured or ("?", "?"))),
+                        self.config["fps"],
+                    )
                     await self.publish_metadata()
                 await self.data.put(VIDEO_CHANNEL, jpeg, timestamp=captured)
                 self.frames += 1

@@ -622,8 +622,12 @@ async def mjpeg_frames(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     clock: Callable[[], float] = time.time,
+    on_state: Callable[[str], None] = lambda state: None,
 ) -> AsyncGenerator[tuple[bytes, float], None]:
     """Yield ``(jpeg, capture_time)`` from ``url`` forever, reconnecting.
+
+    ``on_state`` hears ``"streaming"`` when frames flow and
+    ``"reconnecting: <reason>"`` when the camera drops.
 
     When the camera drops, refuses or stalls, logs a warning naming the reason
     and the delay, waits, and tries again; the delay doubles from
@@ -662,6 +666,7 @@ async def mjpeg_frames(
                             log.info("camera %s: connected, frames flowing", url)
                         failures = 0
                         delay = initial_backoff
+                        on_state("streaming")
                     yield frame
             reason = "the camera ended the stream"
         except HttpStatusError as exc:
@@ -671,6 +676,7 @@ async def mjpeg_frames(
         except (OSError, VideoError) as exc:
             reason = str(exc) or type(exc).__name__
         failures += 1
+        on_state(f"reconnecting: {reason}")
         log.warning(
             "camera %s: dropped (%s); reconnecting in %.1f s (attempt %d)",
             url,

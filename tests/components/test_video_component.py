@@ -261,6 +261,8 @@ async def test_mjpeg_camera_drops_and_recovers(broker: str, autojump_clock: trio
                 entry = await wait_for_log(tb, "reconnecting in 1.0 s (attempt 2)")
                 assert "Connection refused" in entry["message"]
                 assert entry["level"] == "WARNING"
+                status = await send_command(tb, "video_cam", "status")
+                assert status.result["source"].startswith("reconnecting: ")
 
                 # It comes back on the same port: frames flow again.
                 camera = trio.CancelScope()
@@ -268,6 +270,9 @@ async def test_mjpeg_camera_drops_and_recovers(broker: str, autojump_clock: trio
                 entry = await wait_for_log(tb, "recovered")
                 assert "frames flowing" in entry["message"]
                 await frames(tb, VIDEO, 2, start="now")
+                assert (await send_command(tb, "video_cam", "status")).result[
+                    "source"
+                ] == "streaming"
 
                 # set-resolution is passed to the camera in the URL.
                 reply = await send_command(tb, "video_cam", "set-resolution", "160x120")
