@@ -284,6 +284,7 @@ class Staging:
                     target = out / name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data)
+                    os.utime(target, (ts, ts))  # a file's time on the disc is its frame's
         for path, days in chunks.items():
             ch = channels[path]
             for (_day, kind), rows in days.items():
@@ -300,6 +301,7 @@ class Staging:
                     else:
                         for row in rows:
                             f.write(layout.jsonl_row(*row))
+                os.utime(target, (rows[-1][1], rows[-1][1]))  # its newest frame's time
         files = {
             p.relative_to(out).as_posix(): {
                 "sha256": layout.sha256_file(p),

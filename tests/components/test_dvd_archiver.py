@@ -79,11 +79,15 @@ async def open_src(tb: Client, **kw: Any):  # type: ignore[no-untyped-def]
     )
 
 
+#: When the test's pictures were "taken": long before they are archived.
+CAPTURED = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
 async def publish(src: Any, start: int, count: int) -> None:
     """``count`` frames on each of x, cam.jpg and note.txt."""
     for i in range(start, start + count):
         await src.put("x", struct.pack("<4d", i, i + 0.5, -i, 1e-3 * i))
-        await src.put("cam.jpg", jpeg(i))
+        await src.put("cam.jpg", jpeg(i), timestamp=CAPTURED + i)  # taken in the past
         await src.put("note.txt", f"note {i} \N{DEGREE SIGN}".encode())
     await src.flush()
 
@@ -232,6 +236,12 @@ async def test_burn_now_appends_sessions_that_match_the_turbine(
 
         root = await extract(disc, tmp_path / "disc")
         compare(read_disc(root), expected)
+        # A person browsing the disc sees each picture dated when it was taken.
+        pictures = list((root / SOURCE / "cam.jpg").rglob("*.jpg"))
+        assert pictures
+        for path in pictures:
+            seq = int(re.search(r"_s(\d+)\.jpg$", path.name).group(1))  # type: ignore[union-attr]
+            assert abs(path.stat().st_mtime - expected[("cam.jpg", seq)].timestamp) <= 1
         check_manifests(root)
         assert "SOURCE/CHANNEL/YYYY-MM-DD/" in (root / "README.txt").read_text()
         assert [m["session"] for m in manifests(root)] == [1, 2]
