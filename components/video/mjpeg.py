@@ -18,11 +18,15 @@ Three layers:
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
+import re
+import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
+from typing import Any
 
 import attrs
 import trio
@@ -405,6 +409,71 @@ class ChunkedDecoder:
 # I/O on trio sockets
 
 
+_AUTH_PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))\s*,?')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``WWW-Authenticate: Digest realm="x", nonce="y"`` -> ``("digest", {...})``."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {}
+    for m in _AUTH_PARAM.finditer(rest):
+        value = m.group(2) if m.group(2) is not None else m.group(3)
+        params[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+    return scheme.lower(), params
+
+
+def digest_authorization(
+    challenge: dict[str, str],
+    user: str,
+    password: str,
+    method: str,
+    uri: str,
+    *,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> str:
+    """The ``Authorization`` value answering an HTTP Digest challenge (RFC 7616).
+
+    Supports MD5 and SHA-256, their ``-sess`` variants, and ``qop=auth`` or
+    none (RFC 2069).
+
+    Raises:
+        HttpError: the challenge lacks a nonce or asks for an unknown algorithm.
+    """
+    algorithm = challenge.get("algorithm", "MD5")
+    hashes = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+    base = algorithm.upper().removesuffix("-SESS")
+    if base not in hashes or "nonce" not in challenge:
+        raise HttpError(f"cannot answer a Digest challenge with algorithm {algorithm!r}")
+
+    def h(text: str) -> str:
+        return hashes[base](text.encode()).hexdigest()
+
+    realm, nonce = challenge.get("realm", ""), challenge["nonce"]
+    cnonce = cnonce or secrets.token_hex(8)
+    ha1 = h(f"{user}:{realm}:{password}")
+    if algorithm.upper().endswith("-SESS"):
+        ha1 = h(f"{ha1}:{nonce}:{cnonce}")
+    ha2 = h(f"{method}:{uri}")
+    qops = [q.strip() for q in challenge.get("qop", "").split(",") if q.strip()]
+    fields = [
+        f'username="{user}"',
+        f'realm="{realm}"',
+        f'nonce="{nonce}"',
+        f'uri="{uri}"',
+        f"algorithm={algorithm}",
+    ]
+    if "auth" in qops:
+        response = h(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:auth:{ha2}")
+        fields += ["qop=auth", f"nc={nc:08x}", f'cnonce="{cnonce}"']
+    else:
+        response = h(f"{ha1}:{nonce}:{ha2}")
+    fields.append(f'response="{response}"')
+    if "opaque" in challenge:
+        fields.append(f'opaque="{challenge["opaque"]}"')
+    return "Digest " + ", ".join(fields)
+
+
 @attrs.frozen
 class _Target:
     host: str
@@ -412,6 +481,7 @@ class _Target:
     request_target: str
     host_header: str
     authorization: str | None
+    credentials: tuple[str, str] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> _Target:
@@ -423,12 +493,22 @@ class _Target:
         if parts.query:
             target += "?" + parts.query
         host_header = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
-        auth = None
+        auth = credentials = None
         if parts.username is not None:
             user = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
+            credentials = (user, password)
             auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return cls(parts.hostname, port, target, host_header, auth)
+        return cls(parts.hostname, port, target, host_header, auth, credentials)
+
+    def answer(self, head: Any) -> _Target | None:
+        """This target with credentials answering a 401's Digest challenge, or None."""
+        scheme, params = parse_challenge(head.headers.get("www-authenticate", ""))
+        if self.credentials is None or scheme != "digest":
+            return None
+        user, password = self.credentials
+        auth = digest_authorization(params, user, password, "GET", self.request_target)
+        return attrs.evolve(self, authorization=auth)
 
     def request(self) -> bytes:
         lines = [
@@ -544,6 +624,8 @@ async def read_mjpeg(
     ``image/jpeg`` (a snapshot URL) gives one frame.  Parts whose
     Content-Type is given and is not ``image/jpeg`` are skipped.  Close the
     iterator with ``contextlib.aclosing`` to release the connection promptly.
+    Credentials in the URL (``http://user:password@host/...``) go as Basic;
+    a 401 with a Digest challenge (the Axis default) is answered once.
 
     Raises:
         ValueError: the URL is not ``http://HOST[:PORT]/PATH``.
@@ -555,22 +637,36 @@ async def read_mjpeg(
         HttpError: malformed response, or not an MJPEG or JPEG response.
         MultipartError: malformed stream or a part over ``max_part_size``.
     """
-    target = _Target.from_url(url)
-    try:
-        with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(target.host, target.port)
-    except trio.TooSlowError:
-        raise CameraDisconnected(
-            f"connecting to {url} took more than {connect_timeout:g} s"
-        ) from None
-    except OSError as exc:
-        raise CameraDisconnected(f"cannot connect to {url}: {_connect_reason(exc)}") from exc
-    async with stream:
+    target: _Target | None = _Target.from_url(url)
+    while True:
+        assert target is not None
+        try:
+            with trio.fail_after(connect_timeout):
+                stream = await trio.open_tcp_stream(target.host, target.port)
+        except trio.TooSlowError:
+            raise CameraDisconnected(
+                f"connecting to {url} took more than {connect_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise CameraDisconnected(f"cannot connect to {url}: {_connect_reason(exc)}") from exc
         try:
             await stream.send_all(target.request())
+            head, rest = await _read_head(stream, url, idle_timeout, DEFAULT_MAX_HEADER_SIZE)
         except trio.BrokenResourceError as exc:
+            await stream.aclose()
             raise CameraDisconnected(f"connection to {url} broke: {exc}") from exc
-        head, rest = await _read_head(stream, url, idle_timeout, DEFAULT_MAX_HEADER_SIZE)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        if head.status == 401 and not (target.authorization or "").startswith("Digest"):
+            # Cameras often insist on Digest: answer its challenge once, afresh.
+            answered = target.answer(head)
+            if answered is not None:
+                await stream.aclose()
+                target = answered
+                continue
+        break
+    async with stream:
         if head.status != 200:
             raise HttpStatusError(url, head.status, head.reason)
         chunked = "chunked" in head.headers.get("transfer-encoding", "").lower()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import re
 import shutil
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,9 @@ from components.video.mjpeg import (
     MultipartError,
     MultipartParser,
     Part,
+    digest_authorization,
     mjpeg_frames,
+    parse_challenge,
     parse_response_head,
     read_mjpeg,
 )
@@ -483,3 +487,114 @@ async def test_ffmpeg_own_http_server_chunked(caplog: pytest.LogCaptureFixture) 
     assert len(frames) == 5
     for frame in frames:
         assert Image.open(io.BytesIO(frame)).size == (160, 120)
+
+
+# --- Digest authentication (what Axis cameras ask for by default) ------------
+
+
+def test_digest_answers_match_the_rfc_examples() -> None:
+    # RFC 2617, section 3.5.
+    scheme, challenge = parse_challenge(
+        'Digest realm="testrealm@host.com", qop="auth,auth-int", '
+        'nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41"'
+    )
+    assert scheme == "digest"
+    answer = digest_authorization(
+        challenge, "Mufasa", "Circle Of Life", "GET", "/dir/index.html", cnonce="0a4f113b"
+    )
+    assert 'response="6629fae49393a05397450978507c4ef1"' in answer
+    assert 'opaque="5ccc069c403ebaf9f0171e9517f40e41"' in answer
+    # RFC 7616, section 3.9.1: the same request answered with SHA-256 and MD5.
+    for algorithm, response in [
+        ("SHA-256", "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"),
+        ("MD5", "8ca523f5e9506fed4657c9700eebdbec"),
+    ]:
+        _, challenge = parse_challenge(
+            f'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm={algorithm}, '
+            'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", '
+            'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+        )
+        answer = digest_authorization(
+            challenge,
+            "Mufasa",
+            "Circle of Life",
+            "GET",
+            "/dir/index.html",
+            cnonce="f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        )
+        assert f'response="{response}"' in answer
+
+
+async def serve_digest_camera(
+    nursery: trio.Nursery, password: str, frames: list[bytes]
+) -> tuple[int, list[str]]:
+    """A camera that answers 401 + a Digest challenge until a request proves ``password``."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    schemes: list[str] = []
+    realm, nonce = "AXIS_ACCC8E000000", "Zmfa3wAAAADTNDk5NmQ4YjU5"
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    async def on_connection(stream: trio.SocketStream) -> None:
+        async with stream:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = await stream.receive_some()
+                if not data:
+                    return
+                buf += data
+            lines = buf.split(b"\r\n\r\n")[0].decode().split("\r\n")
+            method, uri, _ = lines[0].split(" ")
+            auth = next(
+                (
+                    ln.split(":", 1)[1].strip()
+                    for ln in lines
+                    if ln.lower().startswith("authorization:")
+                ),
+                "",
+            )
+            schemes.append(auth.split(" ")[0])
+            f = dict(re.findall(r'(\w+)="?([^",]*)"?', auth))
+            expected = md5(
+                f"{md5(f'root:{realm}:{password}')}:{nonce}:{f.get('nc')}:{f.get('cnonce')}:auth:"
+                f"{md5(f'{method}:{uri}')}"
+            )
+            if f.get("response") != expected or f.get("uri") != uri:
+                await stream.send_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
+                    + f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", algorithm=MD5, qop="auth"\r\n\r\n'.encode()
+                )
+                return
+            await stream.send_all(
+                b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=myboundary\r\n\r\n"
+            )
+            for frame in frames:
+                await stream.send_all(
+                    b"--myboundary\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                    % len(frame)
+                    + frame
+                    + b"\r\n"
+                )
+
+    nursery.start_soon(trio.serve_listeners, on_connection, listeners)
+    return listeners[0].socket.getsockname()[1], schemes
+
+
+async def test_a_camera_that_demands_digest_gets_it(nursery: trio.Nursery) -> None:
+    frames = [jpeg(n) for n in range(3)]
+    port, schemes = await serve_digest_camera(nursery, "se cret", frames)
+    url = f"http://root:se%20cret@127.0.0.1:{port}/axis-cgi/mjpg/video.cgi?resolution=64x48&fps=10"
+    with trio.fail_after(10):
+        got = await take(url, 3)
+    assert got == frames
+    assert schemes == ["Basic", "Digest"]  # Basic first, then the challenge answered
+
+
+async def test_a_wrong_password_is_a_401_not_a_loop(nursery: trio.Nursery) -> None:
+    port, schemes = await serve_digest_camera(nursery, "right", [jpeg(0)])
+    url = f"http://root:wrong@127.0.0.1:{port}/axis-cgi/mjpg/video.cgi"
+    with trio.fail_after(10), pytest.raises(HttpStatusError) as caught:
+        await take(url, 1)
+    assert caught.value.status == 401
+    assert schemes == ["Basic", "Digest"]
