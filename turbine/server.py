@@ -115,8 +115,10 @@ class ClientConnection:
     def write_now(self) -> None:
         """Write what is ready without waiting, if the writer is idle; the
         writer task takes over whatever the socket does not take at once."""
-        if not (self._idle and self._dirty) or self._unsent:
-            self.wake()
+        if not self._dirty:
+            return
+        if not self._idle or self._unsent:
+            self.wake()  # the writer is busy, or has a remainder to send first
             return
         self._dirty = False
         buffers = self._gather()
