@@ -31,6 +31,9 @@ MAX_MEMORY_BYTES = 2**30
 #: Per-source ring defaults when a client does not say.
 CACHE_FRAMES = 10_000
 CACHE_BYTES = 16 * 2**20
+#: Rings of a component's debug log source and of its command sink and source.
+LOG_CACHE_FRAMES, LOG_CACHE_BYTES = 10_000, 4 * 2**20
+COMMAND_CACHE_FRAMES, COMMAND_CACHE_BYTES = 1_000, 1 * 2**20
 #: Bookkeeping cost charged per stored frame on top of its payload.
 FRAME_OVERHEAD_BYTES = 64
 

@@ -49,7 +49,14 @@ from typing import Any, ClassVar, TypeVar
 import click
 import trio
 
-from ._constants import ADDRESS_ENVVAR, DEFAULT_ADDRESS
+from ._constants import (
+    ADDRESS_ENVVAR,
+    COMMAND_CACHE_BYTES,
+    COMMAND_CACHE_FRAMES,
+    DEFAULT_ADDRESS,
+    LOG_CACHE_BYTES,
+    LOG_CACHE_FRAMES,
+)
 from ._errors import ConnectionFailed, RequestFailed, TurbineError
 from .client import Client, Frame, Source, open_client
 from .command import COMMAND_CHANNEL, Command, Reply, endpoints
@@ -381,12 +388,26 @@ class Component:
             cache_frames=self.cache_frames,
             cache_bytes=self.cache_bytes,
         )
-        log_source = await tb.open_source(ep["log"], channels={LOG_CHANNEL: "application/json"})
+        # The log and command endpoints carry little: small rings, so that a
+        # site's many components do not reserve the broker's memory for nothing.
+        log_source = await tb.open_source(
+            ep["log"],
+            channels={LOG_CHANNEL: "application/json"},
+            cache_frames=LOG_CACHE_FRAMES,
+            cache_bytes=LOG_CACHE_BYTES,
+        )
         await tb.open_source(
-            ep["sink"], channels={COMMAND_CHANNEL: "application/json"}, shared=True
+            ep["sink"],
+            channels={COMMAND_CHANNEL: "application/json"},
+            shared=True,
+            cache_frames=COMMAND_CACHE_FRAMES,
+            cache_bytes=COMMAND_CACHE_BYTES,
         )
         self._replies = await tb.open_source(
-            ep["replies"], channels={COMMAND_CHANNEL: "application/json"}
+            ep["replies"],
+            channels={COMMAND_CHANNEL: "application/json"},
+            cache_frames=COMMAND_CACHE_FRAMES,
+            cache_bytes=COMMAND_CACHE_BYTES,
         )
         self.state = "running"
         await self.publish_metadata()
