@@ -56,27 +56,12 @@ def info_logging(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
 
 
-async def stop(component: Any, scope: trio.CancelScope) -> None:
-    """Stop a component running under ``scope``.
-
-    The connection is closed before the cancel: cancelled with the
-    connection open, every subscription of the component would wait (5 s,
-    shielded) for an unsubscribe reply that the cancelled reader never reads.
-    """
-    if component.client is not None:
-        await component.client.aclose()
-    scope.cancel()
-
-
 @asynccontextmanager
 async def running(*components: Any) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         for component in components:
             nursery.start_soon(component.serve)
         yield
-        for component in components:
-            if component.client is not None:
-                await component.client.aclose()
         nursery.cancel_scope.cancel()
 
 

@@ -38,19 +38,7 @@ async def running(component: Video) -> AsyncIterator[trio.CancelScope]:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(component.serve)
         yield nursery.cancel_scope
-        await stop(component, nursery.cancel_scope)
-
-
-async def stop(component: Any, scope: trio.CancelScope) -> None:
-    """Stop a component running under ``scope``.
-
-    The connection is closed before the cancel: cancelled with the
-    connection open, every subscription of the component would wait (5 s,
-    shielded) for an unsubscribe reply that the cancelled reader never reads.
-    """
-    if component.client is not None:
-        await component.client.aclose()
-    scope.cancel()
+        nursery.cancel_scope.cancel()
 
 
 async def frames(tb: Any, pattern: str, n: int, start: str = "oldest") -> list[Frame]:

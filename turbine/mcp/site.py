@@ -146,10 +146,6 @@ async def run_site(
                     await supervisor.stop_all()
                     stopping.cancel_scope.cancel()
                 inner.cancel_scope.cancel()
-                if me.client is not None:
-                    # Fail the MCP's own requests now (e.g. unsubscribing as its tasks
-                    # unwind) rather than have them wait for a reader that is cancelled.
-                    await me.client.aclose()
             if console.tty:
                 _draw(console, me, site)
             log.info("every program stopped; stopping the broker")
