@@ -17,14 +17,13 @@ import click
 import trio
 
 from ._constants import (
-    ADDRESS_ENVVAR,
-    DEFAULT_ADDRESS,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
     SOURCE_TYPES,
     VERSION,
 )
 from ._errors import RequestFailed, TurbineError
+from ._options import address_option
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
@@ -93,18 +92,6 @@ def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int
                 else click.ClickException(str(inner))
             ) from None
         raise
-
-
-def address_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--turbine",
-        "address",
-        envvar=ADDRESS_ENVVAR,
-        default=DEFAULT_ADDRESS,
-        show_default=True,
-        metavar="HOST:PORT",
-        help=f"Broker address (env {ADDRESS_ENVVAR}).",
-    )(fn)
 
 
 def client_command(

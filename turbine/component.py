@@ -50,7 +50,6 @@ import click
 import trio
 
 from ._constants import (
-    ADDRESS_ENVVAR,
     COMMAND_CACHE_BYTES,
     COMMAND_CACHE_FRAMES,
     DEFAULT_ADDRESS,
@@ -58,6 +57,7 @@ from ._constants import (
     LOG_CACHE_FRAMES,
 )
 from ._errors import ConnectionFailed, RequestFailed, TurbineError
+from ._options import address_option
 from .client import Client, Frame, Source, open_client
 from .command import COMMAND_CHANNEL, Command, Reply, endpoints
 from .names import check_source_name
@@ -465,15 +465,7 @@ class Component:
 
         @click.command(name=cls.__module__, help=cls.__doc__)
         @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
-        @click.option(
-            "--turbine",
-            "address",
-            envvar=ADDRESS_ENVVAR,
-            default=DEFAULT_ADDRESS,
-            show_default=True,
-            metavar="HOST:PORT",
-            help="Broker address.",
-        )
+        @address_option
         @click.option(
             "--set",
             "settings",
