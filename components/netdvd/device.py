@@ -75,6 +75,15 @@ def check_relative_path(text: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+def _empty_dir(work: Path) -> None:
+    """Remove everything inside ``work`` (blocking: run it in a thread)."""
+    for child in work.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 @attrs.frozen
 class PutTarget:
     """An accepted upload: where its bytes go until they are complete."""
@@ -302,14 +311,13 @@ class Device:
         return {"path": rel}
 
     async def clear(self, args: dict[str, Any]) -> dict[str, Any]:
-        work = self._writable_work()
-        for child in work.iterdir():
-            if child.is_dir():
-                await trio.to_thread.run_sync(shutil.rmtree, child)
-            else:
-                child.unlink()
-        self._dir_mtimes = {}
+        await self._empty(self._writable_work())
         return {}
+
+    async def _empty(self, work: Path) -> None:
+        """Remove everything in the working directory ``work``."""
+        await trio.to_thread.run_sync(_empty_dir, work)
+        self._dir_mtimes = {}
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         media = await self.refresh_media()
@@ -460,12 +468,7 @@ class Device:
                 work, append=mode == "append", stamp=stamp, volume_id=volume_id, progress=progress
             )
             if not keep:
-                for child in work.iterdir():
-                    if child.is_dir():
-                        await trio.to_thread.run_sync(shutil.rmtree, child)
-                    else:
-                        child.unlink()
-                self._dir_mtimes = {}
+                await self._empty(work)
 
         return self._start("burn", run)
 
