@@ -318,8 +318,12 @@ class Hub:
         ts: list[Any],
         data: list[Any],
         content_type: str | None = None,
+        sizes: list[int] | None = None,
     ) -> Channel:
         """Append frames to ``source/channel``; return the channel.
+
+        ``sizes`` are the frames' lengths when the caller has them already
+        (a put message lists them).
 
         Raises:
             RequestFailed: no such source, not the holder of a non-shared
@@ -342,7 +346,9 @@ class Hub:
                 ch = self.channel(src, channel, content_type)
             except ValueError as exc:
                 raise RequestFailed(str(exc), "name") from None
-        biggest = max(map(len, data), default=0)
+        if sizes is None:
+            sizes = list(map(len, data))
+        biggest = max(sizes, default=0)
         limit = min(self.max_frame, src.cache_bytes - FRAME_OVERHEAD_BYTES)
         if biggest > limit:
             raise RequestFailed(
@@ -357,7 +363,7 @@ class Hub:
             ts = [now if t is None else t for t in ts]
         ring = ch.ring
         before = ring.bytes
-        ring.append_many(ts, data, writer_name, src.arrival)
+        ring.append_many(ts, data, writer_name, src.arrival, sizes)
         src.arrival += len(ts)
         src.bytes += ring.bytes - before
         if src.bytes > src.cache_bytes:

@@ -103,15 +103,24 @@ class Ring:
         """The newest payload, or ``None`` when empty."""
         return self._data[-1] if len(self) else None
 
-    def append_many(self, ts: list[float], data: list[Any], writer: str, arrival: int) -> int:
+    def append_many(
+        self,
+        ts: list[float],
+        data: list[Any],
+        writer: str,
+        arrival: int,
+        sizes: list[int] | None = None,
+    ) -> int:
         """Append frames; return the bytes evicted to stay within ``max_frames``.
 
-        ``arrival`` numbers the first of them in the owner's arrival order.
+        ``arrival`` numbers the first of them in the owner's arrival order;
+        ``sizes`` are their lengths, when the caller has them already.
         """
         n = len(ts)
         if not self._writers or self._writers[-1][1] != writer:
             self._writers.append((self.next_seq, writer))
-        sizes = list(map(len, data))
+        if sizes is None:
+            sizes = list(map(len, data))
         self._ts.extend(ts)
         self._data += data
         self._sizes.extend(sizes)

@@ -295,7 +295,14 @@ class ClientConnection:
         data = split_payload(msg.payload, sizes)
         try:
             ch = self.broker.hub.put(
-                self, self.name, f["source"], f["channel"], f["ts"], data, f.get("content_type")
+                self,
+                self.name,
+                f["source"],
+                f["channel"],
+                f["ts"],
+                data,
+                f.get("content_type"),
+                sizes,
             )
         except (RequestFailed, InvalidName) as exc:
             self.error(
