@@ -327,7 +327,7 @@ def test_ctrl_c_ends_a_tap_cleanly(address):
 
 
 def test_tap_bad_start_is_a_usage_error(address):
-    assert "use now, newest, oldest or a sequence number" in fails(
+    assert "one of now, newest, oldest or a sequence number >= 1" in fails(
         address, "tap", "*", "--from", "later", code=2
     )
 

@@ -12,7 +12,10 @@ from ._errors import (
     RemoteProtocolError,
     RequestFailed,
     TurbineError,
+    leaves,
+    unwrap,
 )
+from ._retry import Backoff
 from ._sync import BlockingClient, connect
 from .client import (
     ChannelInfo,
@@ -31,6 +34,7 @@ from .names import InvalidName
 from .server import BrokerConfig, serve_turbine
 
 __all__ = [
+    "Backoff",
     "FLOAT64_CONTENT_TYPE",
     "Command",
     "Component",
@@ -56,6 +60,8 @@ __all__ = [
     "Subscription",
     "TurbineError",
     "__version__",
+    "leaves",
+    "unwrap",
     "connect",
     "open_client",
     "parse_address",

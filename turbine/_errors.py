@@ -27,3 +27,20 @@ class RequestFailed(TurbineError):
     def __init__(self, message: str, code: str = "error") -> None:
         super().__init__(message)
         self.code = code
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` and its nested groups (``[exc]`` if it is no group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one exception a nursery wrapped (in groups of one), else ``exc`` itself.
+
+    For reporting what a task raised as if no nursery stood in between.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -22,13 +22,15 @@ from ._constants import (
     SOURCE_TYPES,
     VERSION,
 )
-from ._errors import RequestFailed, TurbineError
+from ._errors import RequestFailed, TurbineError, unwrap
 from ._options import address_option
+from ._signals import open_stop_nursery
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
 from .names import split_path
 from .render import as_json, as_text, iso
+from .router import check_selection, check_start
 from .server import BrokerConfig, serve_turbine
 
 _UNITS = {
@@ -82,15 +84,11 @@ def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int
     except TurbineError as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and isinstance(
-            group.exceptions[0], TurbineError | click.ClickException
-        ):
-            inner = group.exceptions[0]
-            raise (
-                inner
-                if isinstance(inner, click.ClickException)
-                else click.ClickException(str(inner))
-            ) from None
+        inner = unwrap(group)
+        if isinstance(inner, click.ClickException):
+            raise inner from None
+        if isinstance(inner, TurbineError):
+            raise click.ClickException(str(inner)) from None
         raise
 
 
@@ -171,20 +169,18 @@ def serve(
 
 
 async def _serve(config: BrokerConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            try:
-                addresses = await nursery.start(serve_turbine, config)
-            except OSError as exc:
-                raise click.ClickException(
-                    f"cannot listen on {fmt_address(config.host, config.port)}: {exc.strerror or exc}"
-                ) from None
-            click.echo(f"turbine listening on {fmt_address(*addresses[0])}")
-            sys.stdout.flush()
-            async for _ in signals:
-                click.echo("turbine: shutting down", err=True)
-                nursery.cancel_scope.cancel()
-                break
+    async def stop(signum: signal.Signals) -> None:
+        click.echo("turbine: shutting down", err=True)
+
+    async with open_stop_nursery(stop) as nursery:
+        try:
+            addresses = await nursery.start(serve_turbine, config)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {fmt_address(config.host, config.port)}: {exc.strerror or exc}"
+            ) from None
+        click.echo(f"turbine listening on {fmt_address(*addresses[0])}")
+        sys.stdout.flush()
 
 
 # --- reading ---------------------------------------------------------------------
@@ -214,17 +210,10 @@ FORMAT = click.option(
 
 
 def _start(value: str) -> str | int:
-    if value in ("now", "newest", "oldest"):
-        return value
     try:
-        seq = int(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: use now, newest, oldest or a sequence number"
-        ) from None
-    if seq < 1:
-        raise click.BadParameter("a sequence number starts at 1")
-    return seq
+        return check_start(int(value) if value.lstrip("-").isdigit() else value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.command()
@@ -316,20 +305,12 @@ async def fetch(
     fmt: str,
 ) -> None:
     """Print frames the broker holds now for PATH (wildcards allowed)."""
-    chosen = [
-        o
-        for o, v in (
-            ("--newest", newest),
-            ("--oldest", oldest),
-            ("--start", start),
-            ("--after", after),
-        )
-        if v is not None
-    ]
-    if len(chosen) != 1:
+    try:
+        check_selection(newest=newest, oldest=oldest, start=start, after=after)
+    except ValueError:
         raise click.UsageError(
             "give exactly one of --newest N, --oldest N, --start T [--duration D], --after SEQ"
-        )
+        ) from None
     if duration is not None and start is None:
         raise click.UsageError("--duration goes with --start")
     frames = await tb.fetch(

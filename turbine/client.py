@@ -40,6 +40,7 @@ from ._errors import (
     RemoteProtocolError,
     RequestFailed,
     TurbineError,
+    unwrap,
 )
 from ._io import send_buffers
 from .names import check_channel_name, compile_pattern, split_path
@@ -638,8 +639,9 @@ async def open_client(
     except BaseExceptionGroup as group:
         # The background tasks never raise, so a group holds what the caller's
         # own code raised: give it back unwrapped.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+        inner = unwrap(group)
+        if inner is not group:
+            raise inner from None
         raise
 
 

@@ -56,8 +56,10 @@ from ._constants import (
     LOG_CACHE_BYTES,
     LOG_CACHE_FRAMES,
 )
-from ._errors import ConnectionFailed, RequestFailed, TurbineError
+from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._options import address_option
+from ._retry import Backoff
+from ._signals import open_stop_nursery
 from .client import Client, Frame, Source, open_client
 from .command import COMMAND_CHANNEL, Command, Reply, endpoints
 from .names import check_source_name
@@ -70,14 +72,6 @@ RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    """The exceptions inside ``group`` and its nested groups."""
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out += leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return out
 
 
 class ConfigError(TurbineError):
@@ -423,41 +417,40 @@ class Component:
         """Connect, run and reconnect forever (until cancelled)."""
         root = logging.getLogger()
         root.addHandler(self._log_handler)
-        wait = RECONNECT_FIRST_S
+        backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
         try:
             while True:
                 try:
                     async with open_client(self.address, name=self.component) as tb:
-                        wait = RECONNECT_FIRST_S
+                        backoff.reset()
                         await self._session(tb)
                 except* ConnectionFailed as group:
-                    why = leaves(group)[0]
-                    self.log.warning("broker unreachable (%s); retrying in %.1f s", why, wait)
+                    reason = f"broker unreachable ({leaves(group)[0]})"
                 except* RequestFailed as group:
                     # e.g. our previous process still holds a source: it goes offline soon.
                     refused = leaves(group)
                     if any(e.code != "held" for e in refused):  # type: ignore[attr-defined]
                         raise
-                    self.log.warning("%s; retrying in %.1f s", refused[0], wait)
+                    reason = str(refused[0])
+                wait = backoff.next_delay()
+                self.log.warning("%s; retrying in %.1f s", reason, wait)
                 self.state = "disconnected"
                 self._data = self._replies = None
                 await trio.sleep(wait)
-                wait = min(wait * 2, RECONNECT_MAX_S)
         finally:
             root.removeHandler(self._log_handler)
 
     async def serve_until_stopped(self) -> None:
         """:meth:`serve` until SIGTERM or SIGINT; then say "down" in the metadata and stop."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.serve)
-                async for signum in signals:
-                    self.log.info("stopping (%s)", signal.Signals(signum).name)
-                    self.state = "down"
-                    with trio.move_on_after(1), contextlib.suppress(TurbineError):
-                        await self.publish_metadata()
-                    nursery.cancel_scope.cancel()
-                    break
+
+        async def stop(signum: signal.Signals) -> None:
+            self.log.info("stopping (%s)", signum.name)
+            self.state = "down"
+            with trio.move_on_after(1), contextlib.suppress(TurbineError):
+                await self.publish_metadata()
+
+        async with open_stop_nursery(stop) as nursery:
+            nursery.start_soon(self.serve)
 
     @classmethod
     def cli(cls) -> click.Command:

@@ -24,7 +24,7 @@ from ._constants import (
 from ._errors import RequestFailed
 from .names import check_channel_name, check_source_name, compile_pattern, source_pattern
 from .ringbuffer import Ring, Run
-from .router import Cursor, Router
+from .router import Cursor, Router, check_selection
 
 Group = list[Any]  # [source, channel, content_type, first_seq, ts, sizes, writer]
 
@@ -404,16 +404,10 @@ class Hub:
         Raises:
             RequestFailed: the selection is missing, doubled or negative.
         """
-        chosen = [
-            k
-            for k, v in (("newest", newest), ("oldest", oldest), ("start", start), ("after", after))
-            if v is not None
-        ]
-        if len(chosen) != 1:
-            raise RequestFailed(
-                "fetch takes exactly one of newest, oldest, start (with duration) or after",
-                "request",
-            )
+        try:
+            check_selection(newest=newest, oldest=oldest, start=start, after=after)
+        except ValueError as exc:
+            raise RequestFailed(str(exc), "request") from None
         if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
             raise RequestFailed("fetch counts and durations must not be negative", "request")
         groups: list[Group] = []

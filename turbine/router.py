@@ -84,6 +84,24 @@ def check_start(start: Any) -> str | int:
     return start
 
 
+#: How a fetch selects frames: exactly one of these (``start`` may add ``duration``).
+FETCH_SELECTIONS = ("newest", "oldest", "start", "after")
+
+
+def check_selection(**given: Any) -> str:
+    """The one fetch selection of ``given`` that is not None (see :data:`FETCH_SELECTIONS`).
+
+    Raises:
+        ValueError: none of them, or more than one.
+    """
+    chosen = [k for k in FETCH_SELECTIONS if given.get(k) is not None]
+    if len(chosen) != 1:
+        raise ValueError(
+            "fetch takes exactly one of newest, oldest, start (with duration) or after"
+        )
+    return chosen[0]
+
+
 class Router:
     """Every live subscription, and which channels each one reads."""
 

@@ -12,6 +12,8 @@ import sys
 import click
 import trio
 
+from turbine import leaves
+
 from .rig import Rig, RigConfig
 from .server import serve_ntcp_sim
 
@@ -68,19 +70,13 @@ def main(
         trio.run(_run, Rig(config), host, port)
     except (OSError, KeyboardInterrupt, BaseExceptionGroup) as exc:
         # The nursery wraps what the server raised; unwrap the expected ones.
-        errors = _leaves(exc)
+        errors = leaves(exc)
         if all(isinstance(e, KeyboardInterrupt) for e in errors):
             return
         bind = [e for e in errors if isinstance(e, OSError)]
         if len(bind) == len(errors):
             raise click.ClickException(f"cannot listen on {host}:{port}: {bind[0]}") from None
         raise
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 def _as_component(argv: list[str]) -> bool:

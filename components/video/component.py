@@ -35,6 +35,7 @@ from PIL import Image
 from components.video.files import jpeg_files
 from components.video.mjpeg import HttpStatusError, mjpeg_frames
 from components.video.synthetic import PatternRenderer, SyntheticConfig, synthetic_frames
+from turbine import Backoff
 from turbine.component import Component, ConfigError, command
 
 VIDEO_CHANNEL = "video.jpg"
@@ -272,7 +273,7 @@ class Video(Component):
                 self.last_capture = captured
 
     async def run(self) -> None:
-        wait = RETRY_FIRST_S
+        backoff = Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             with trio.CancelScope() as scope:
                 self._restart_scope = scope
@@ -282,11 +283,11 @@ class Video(Component):
                 except (ValueError, OSError, HttpStatusError) as exc:
                     reason = str(exc) or type(exc).__name__
                 self.source_state = f"failed: {reason}"
+                wait = backoff.next_delay()
                 self.log.error("%s; trying again in %.0f s", reason, wait)
                 await trio.sleep(wait)
-                wait = min(wait * 2, RETRY_MAX_S)
             if scope.cancelled_caught:
-                wait = RETRY_FIRST_S
+                backoff.reset()
                 self.restarts += 1
                 self.source_state = "restarting"
 

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from turbine import TurbineError
+from turbine import Backoff, TurbineError
 
 DEFAULT_MAX_PART_SIZE = 8 * 1024 * 1024  # bytes; a 4K JPEG at high quality fits
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # bytes, for HTTP and part headers alike
@@ -735,7 +735,7 @@ async def mjpeg_frames(
         HttpStatusError: a 4xx answer other than 408 or 429 (a wrong path or
             credentials: retrying would not help).
     """
-    delay = initial_backoff
+    backoff = Backoff(initial_backoff, max_backoff)
     failures = 0
     while True:
         receiving = False
@@ -761,7 +761,7 @@ async def mjpeg_frames(
                         else:
                             log.info("camera %s: connected, frames flowing", url)
                         failures = 0
-                        delay = initial_backoff
+                        backoff.reset()
                         on_state("streaming")
                     yield frame
             reason = "the camera ended the stream"
@@ -772,6 +772,7 @@ async def mjpeg_frames(
         except (OSError, VideoError) as exc:
             reason = str(exc) or type(exc).__name__
         failures += 1
+        delay = backoff.next_delay()
         on_state(f"reconnecting: {reason}")
         log.warning(
             "camera %s: dropped (%s); reconnecting in %.1f s (attempt %d)",
@@ -781,4 +782,3 @@ async def mjpeg_frames(
             failures,
         )
         await trio.sleep(delay)
-        delay = min(delay * 2, max_backoff)

@@ -13,7 +13,8 @@ import click
 import trio
 
 from .._constants import STATUS_INTERVAL_S
-from .._errors import TurbineError
+from .._errors import TurbineError, unwrap
+from .._signals import open_stop_nursery
 from ..client import fmt_address
 from ..component import Component, command
 from ..server import serve_turbine
@@ -98,58 +99,53 @@ async def run_site(
         TurbineError: the embedded broker cannot listen on its address.
     """
     console = console or Console(False)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            if site.broker.embedded:
-                try:
-                    addresses = await outer.start(serve_turbine, site.broker.config())
-                except OSError as exc:
-                    raise TurbineError(
-                        f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
-                        f"{exc.strerror or exc} (is another broker running? set [broker] port "
-                        f"in {site.path}, or embedded = false to use it)"
-                    ) from None
-                address = fmt_address(*addresses[0])
-                console.out.write(f"turbine listening on {address}\n")
-                console.out.flush()
-            else:
-                address = site.broker.address
-            supervisor = Supervisor(site, address, console)
-            me = Mcp(site.mcp.name, address, supervisor)
-            log.info(
-                "%s running %s: %d programs, broker %s%s",
-                me.component,
-                site.path,
-                len(supervisor.programs),
-                address,
-                " (embedded)" if site.broker.embedded else "",
-            )
-            async with trio.open_nursery() as inner:
-                await inner.start(supervisor.run)
-                inner.start_soon(me.serve)
-                if console.tty:
-                    inner.start_soon(_redraw, console, me, site)
-                task_status.started(address)
-                async for signum in signals:
-                    log.info("%s: stopping the site", signal.Signals(signum).name)
-                    break
-                async with trio.open_nursery() as stopping:
+    supervisor: Supervisor | None = None
+    me: Mcp | None = None
 
-                    async def second_signal() -> None:
-                        async for signum in signals:
-                            log.warning(
-                                "%s again: killing every program now", signal.Signals(signum).name
-                            )
-                            supervisor.kill_all()
+    async def stop(signum: signal.Signals) -> None:
+        log.info("%s: stopping the site", signum.name)
+        if supervisor is None or me is None:
+            return
+        await supervisor.stop_all()
+        if console.tty:
+            _draw(console, me, site)
+        log.info("every program stopped; stopping the broker")
 
-                    stopping.start_soon(second_signal)
-                    await supervisor.stop_all()
-                    stopping.cancel_scope.cancel()
-                inner.cancel_scope.cancel()
-            if console.tty:
-                _draw(console, me, site)
-            log.info("every program stopped; stopping the broker")
-            outer.cancel_scope.cancel()
+    def again(signum: signal.Signals) -> None:
+        log.warning("%s again: killing every program now", signum.name)
+        if supervisor is not None:
+            supervisor.kill_all()
+
+    async with open_stop_nursery(stop, again) as nursery:
+        if site.broker.embedded:
+            try:
+                addresses = await nursery.start(serve_turbine, site.broker.config())
+            except OSError as exc:
+                raise TurbineError(
+                    f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
+                    f"{exc.strerror or exc} (is another broker running? set [broker] port "
+                    f"in {site.path}, or embedded = false to use it)"
+                ) from None
+            address = fmt_address(*addresses[0])
+            console.out.write(f"turbine listening on {address}\n")
+            console.out.flush()
+        else:
+            address = site.broker.address
+        supervisor = Supervisor(site, address, console)
+        me = Mcp(site.mcp.name, address, supervisor)
+        log.info(
+            "%s running %s: %d programs, broker %s%s",
+            me.component,
+            site.path,
+            len(supervisor.programs),
+            address,
+            " (embedded)" if site.broker.embedded else "",
+        )
+        await nursery.start(supervisor.run)
+        nursery.start_soon(me.serve)
+        if console.tty:
+            nursery.start_soon(_redraw, console, me, site)
+        task_status.started(address)
 
 
 def _draw(console: Console, me: Mcp, site: SiteConfig) -> None:
@@ -204,8 +200,9 @@ def mcp(config: str, plain: bool, log_level: str) -> None:
     except TurbineError as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], TurbineError):
-            raise click.ClickException(str(group.exceptions[0])) from None
+        inner = unwrap(group)
+        if isinstance(inner, TurbineError):
+            raise click.ClickException(str(inner)) from None
         raise
     finally:
         root.removeHandler(handler)

@@ -19,6 +19,7 @@ from .._constants import (
     START_WAIT_S,
 )
 from .._errors import TurbineError
+from .._retry import capped_delay
 from .config import SiteConfig, UnknownProgram
 from .console import Console
 from .processes import Program, describe_exit, signal_group, spawn, wait_exit
@@ -108,7 +109,7 @@ class Supervisor:
                 )
                 self.notify()
                 continue
-            delay = min(policy.restart_first * 2 ** (p.crashes - 1), policy.restart_max)
+            delay = capped_delay(policy.restart_first, policy.restart_max, p.crashes)
             p.state = "backoff"
             log.warning(
                 "%s exited unexpectedly (%s) after %.1f s; restarting it in %.1f s (restart %d)",

@@ -1,0 +1,42 @@
+"""The small shared helpers: backoff schedule and exception-group unwrapping."""
+
+from __future__ import annotations
+
+import trio
+
+from turbine import Backoff, leaves, unwrap
+from turbine._retry import capped_delay
+
+
+def test_backoff_doubles_up_to_its_cap_and_starts_over_on_reset():
+    backoff = Backoff(0.1, 1.0)
+    assert [backoff.next_delay() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.1
+
+
+def test_capped_delay_never_overflows():
+    assert capped_delay(0.5, 30.0, 1) == 0.5
+    assert capped_delay(0.5, 30.0, 10_000) == 30.0
+
+
+def test_leaves_and_unwrap():
+    inner = ValueError("inner")
+    nested = BaseExceptionGroup("outer", [BaseExceptionGroup("mid", [inner])])
+    assert unwrap(nested) is inner
+    two = BaseExceptionGroup("two", [inner, BaseExceptionGroup("g", [KeyError("k")])])
+    assert unwrap(two) is two
+    assert [type(e) for e in leaves(two)] == [ValueError, KeyError]
+    assert leaves(inner) == [inner]
+
+
+async def test_open_client_style_unwrap_keeps_a_task_error_as_is():
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_raise)
+    except BaseExceptionGroup as group:
+        assert isinstance(unwrap(group), LookupError)
+
+
+async def _raise() -> None:
+    raise LookupError("from a task")
