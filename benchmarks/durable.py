@@ -1,0 +1,258 @@
+"""Durable writes: SQLite (WAL) against an append-only segment log, against the raw disk.
+
+Run by hand from the checkout (prints a table; about 20 s; the machine is shared,
+so run it in short bursts and note ``uptime`` beside the table)::
+
+    .venv/bin/python benchmarks/durable.py
+    .venv/bin/python benchmarks/durable.py --duration 2 --sizes 64,1048576 --dir /var/tmp
+
+Every store is driven the same way, the way a broker drives its archive: a
+producer thread hands over put batches (up to 256 KiB or 4,096 frames, as
+clients batch their puts) as fast as the store takes them (at most 16 MiB
+waiting), and a committer thread takes everything that arrived since its last
+commit, writes it and makes it durable with one sync (group commit).  A frame
+counts once the sync covering it has returned: these are acknowledged rates.
+
+- ``raw disk``: the payloads alone, written sequentially to one file with the
+  same sync cadence: what the disk can do, the ceiling for the others.
+- ``segment log``: the archive's own format (:mod:`turbine.archive._format`):
+  frames records with length and CRC-32 headers, written with ``os.writev``
+  (payloads not copied) and ``os.fdatasync`` per commit.
+- ``sqlite wal``: the standard library's SQLite, ``journal_mode=WAL``,
+  ``synchronous=FULL``, one transaction per commit, a table keyed by sequence
+  number with an index on (channel, time), default auto-checkpoints.
+
+``newest 1,000`` reads back the newest thousand frames once the writes are done
+(from the page cache: this compares the stores' read paths, not the disk).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from turbine._io import coalesce
+from turbine.archive import _format as fmt
+
+BATCH_BYTES = 256 * 2**10
+BATCH_FRAMES = 4096
+MAX_WAITING_BYTES = 16 * 2**20
+
+Batch = tuple[int, list[float], list[bytes]]  # first seq, timestamps, payloads
+
+
+class RawDisk:
+    name = "raw disk"
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(os.path.join(path, "raw.bin"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    def commit(self, batches: list[Batch]) -> None:
+        bufs = [d for _, _, data in batches for d in data]
+        _writev_all(self.fd, bufs)
+        os.fdatasync(self.fd)
+
+    def newest(self, n: int) -> int:
+        return 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class SegmentLog:
+    name = "segment log"
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(os.path.join(path, "1.seg"), os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        os.write(self.fd, fmt.encode_segment_header(1, time.time()))
+        self.offset = fmt.SEGMENT_HEADER.size
+        self.entries: list[tuple[int, int, int, int]] = []  # offset, body length, first seq, count
+
+    def commit(self, batches: list[Batch]) -> None:
+        bufs: list[Any] = []
+        for first, ts, data in batches:
+            sizes = list(map(len, data))
+            rec = fmt.encode_record(fmt.frames_body(1, first, ts, sizes, "bench", data))
+            body_len = sum(map(len, rec)) - fmt.RECORD_HEADER.size
+            self.entries.append((self.offset, body_len, first, len(ts)))
+            self.offset += fmt.RECORD_HEADER.size + body_len
+            bufs += rec
+        _writev_all(self.fd, bufs)
+        os.fdatasync(self.fd)
+
+    def newest(self, n: int) -> int:
+        got = 0
+        for offset, body_len, _first, _count in reversed(self.entries):
+            buf = os.pread(self.fd, fmt.RECORD_HEADER.size + body_len, offset)
+            head = fmt.parse_record_header(buf)
+            assert (
+                head is not None and fmt.crc(memoryview(buf)[fmt.RECORD_HEADER.size :]) == head[1]
+            )
+            rec = fmt.decode_body(memoryview(buf)[fmt.RECORD_HEADER.size :])
+            assert isinstance(rec, fmt.FramesRecord)
+            got += len(rec.data)
+            if got >= n:
+                break
+        return min(got, n)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Sqlite:
+    name = "sqlite wal"
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(os.path.join(path, "frames.db"), check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE frames (seq INTEGER PRIMARY KEY, channel INTEGER, ts REAL, "
+            "writer TEXT, data BLOB)"
+        )
+        self.db.execute("CREATE INDEX frames_time ON frames (channel, ts)")
+
+    def commit(self, batches: list[Batch]) -> None:
+        with self.db:
+            for first, ts, data in batches:
+                self.db.executemany(
+                    "INSERT INTO frames VALUES (?, 1, ?, 'bench', ?)",
+                    zip(range(first, first + len(ts)), ts, data, strict=True),
+                )
+
+    def newest(self, n: int) -> int:
+        rows = self.db.execute("SELECT seq, ts, data FROM frames ORDER BY seq DESC LIMIT ?", (n,))
+        return len(rows.fetchall())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _writev_all(fd: int, bufs: list[Any]) -> None:
+    views = [memoryview(b).cast("B") for b in coalesce(bufs)]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i : i + 512])
+        while n:
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+
+
+def run(store: Any, size: int, duration: float) -> dict[str, float]:
+    per_batch = max(1, min(BATCH_FRAMES, BATCH_BYTES // size))
+    payload = os.urandom(size)
+    waiting: collections.deque[Batch] = collections.deque()
+    lock = threading.Condition()
+    state = {"waiting_bytes": 0, "stop": False}
+    acked = {"frames": 0, "commits": 0, "last": 0.0}
+
+    def produce() -> None:
+        seq = 1
+        while not state["stop"]:
+            batch = (seq, [time.time()] * per_batch, [payload] * per_batch)
+            seq += per_batch
+            with lock:
+                while state["waiting_bytes"] > MAX_WAITING_BYTES and not state["stop"]:
+                    lock.wait(0.1)
+                waiting.append(batch)
+                state["waiting_bytes"] += per_batch * size
+                lock.notify_all()
+
+    def commit() -> None:
+        while True:
+            with lock:
+                while not waiting and not state["stop"]:
+                    lock.wait(0.1)
+                if not waiting:
+                    return
+                batches = list(waiting)
+                waiting.clear()
+                state["waiting_bytes"] = 0
+                lock.notify_all()
+            store.commit(batches)
+            acked["frames"] += sum(len(b[1]) for b in batches)
+            acked["commits"] += 1
+            acked["last"] = time.perf_counter()
+
+    threads = [threading.Thread(target=produce), threading.Thread(target=commit)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(duration)
+    state["stop"] = True  # the producer stops; the committer makes what waits durable, then stops
+    with lock:
+        lock.notify_all()
+    for t in threads:
+        t.join()
+    elapsed = acked["last"] - t0
+    frames, commits = acked["frames"], acked["commits"]
+    t1 = time.perf_counter()
+    got = store.newest(1000)
+    read_ms = (time.perf_counter() - t1) * 1e3
+    return {
+        "frames/s": frames / elapsed,
+        "MB/s": frames * size / elapsed / 1e6,
+        "syncs/s": commits / elapsed,
+        "newest_ms": read_ms if got else float("nan"),
+    }
+
+
+STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLog, "sqlite": Sqlite}
+
+
+@click.command()
+@click.option("--duration", default=2.0, show_default=True, help="Seconds per measurement.")
+@click.option("--sizes", default="64,1048576", show_default=True, help="Frame sizes in bytes.")
+@click.option("--stores", default="raw,segments,sqlite", show_default=True)
+@click.option("--dir", "where", default=None, help="Directory on the disk to measure.")
+@click.option(
+    "--repeat", default=2, show_default=True, help="Rounds (stores interleaved); best kept."
+)
+def main(duration: float, sizes: str, stores: str, where: str | None, repeat: int) -> None:
+    """Print acknowledged write rates of each store under group commit."""
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"load: {load}")
+    print(
+        f"{'store':<12} {'frame':>8} {'frames/s':>12} {'MB/s':>9} {'syncs/s':>8} {'newest 1k ms':>13}"
+    )
+    for size in (int(s) for s in sizes.split(",")):
+        best: dict[str, dict[str, float]] = {}
+        names: dict[str, str] = {}
+        for _ in range(repeat):
+            for key in stores.split(","):
+                path = tempfile.mkdtemp(prefix="durable-", dir=where)
+                store = STORES[key](path)
+                names[key] = store.name
+                try:
+                    r = run(store, size, duration)
+                finally:
+                    store.close()
+                    shutil.rmtree(path)
+                if key not in best or r["MB/s"] > best[key]["MB/s"]:
+                    best[key] = r
+        raw_mb = best["raw"]["MB/s"] if "raw" in best else None
+        for key, r in best.items():
+            share = f" ({r['MB/s'] / raw_mb:.0%} of raw)" if raw_mb and key != "raw" else ""
+            label = f"{size} B" if size < 1024 else f"{size // 1024} KiB"
+            print(
+                f"{names[key]:<12} {label:>8} {r['frames/s']:>12,.0f} {r['MB/s']:>9.1f} "
+                f"{r['syncs/s']:>8.0f} {r['newest_ms']:>13.1f}{share}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""The archive's on-disk format, pure: encode and decode, no I/O.
+
+``docs/storage.rst`` describes every byte written here; keep the two in step
+and raise :data:`FORMAT_VERSION` on any change a reader of the old format
+would misread.
+
+Integers are little-endian.  A segment file is a :data:`SEGMENT_HEADER`
+followed by records; a record is a :data:`RECORD_HEADER` (magic, body length,
+CRC-32 of the body, CRC-32 of the header's first 12 bytes) and its body.  The
+header has its own checksum so that a damaged body does not make its length
+untrustworthy, and the magic lets a scan find the next record after damage.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import struct
+import sys
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+#: Version written in every segment and index header; readers refuse newer ones.
+FORMAT_VERSION = 1
+
+SEGMENT_MAGIC = b"TURBSEG\n"
+INDEX_MAGIC = b"TURBIDX\n"
+RECORD_MAGIC = b"TRec"
+
+#: magic, version, flags, segment number, created (epoch seconds), CRC-32 of the first 28 bytes.
+SEGMENT_HEADER = struct.Struct("<8sHHQdI")
+#: magic, body length, CRC-32 of the body, CRC-32 of the first 12 bytes of this header.
+RECORD_HEADER = struct.Struct("<4sIII")
+
+FRAMES, CHANNEL, HOLE, SOURCE = 1, 2, 3, 4
+KIND_NAMES = {FRAMES: "frames", CHANNEL: "channel", HOLE: "hole", SOURCE: "source"}
+
+#: kind, channel id, first seq, frame count, writer name length.
+_FRAMES = struct.Struct("<B3xIQIH2x")
+#: kind, channel id, next seq, name length, content type length.
+_CHANNEL = struct.Struct("<B3xIQHH4x")
+#: kind, channel id, first seq, count.
+_HOLE = struct.Struct("<B3xIQQ")
+#: kind, JSON length.
+_SOURCE = struct.Struct("<B3xI")
+
+#: magic, version, flags, segment number, segment bytes described, channels, entries.
+INDEX_HEADER = struct.Struct("<8sHHQQII")
+#: channel id, first seq, end seq (one past the last number covered), frames,
+#: payload bytes, first time, last time.
+INDEX_CHANNEL = struct.Struct("<IQQQQdd")
+#: record offset, body length, kind, channel id, count, first seq, first time, last time.
+INDEX_ENTRY = struct.Struct("<QIB3xIQQdd")
+_CRC = struct.Struct("<I")
+
+#: Largest record body; a put of more is split into several records.
+MAX_RECORD_BODY = 2**31
+
+assert sys.byteorder == "little", "the array columns below are written in host order"
+
+
+class FormatError(ValueError):
+    """Bytes on disk are not what the format says (damage, or another program's file)."""
+
+
+def crc(data: Any, value: int = 0) -> int:
+    return zlib.crc32(data, value)
+
+
+# --- segment header
+
+
+def encode_segment_header(number: int, created: float) -> bytes:
+    head = SEGMENT_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, number, created, 0)[:-4]
+    return head + _CRC.pack(crc(head))
+
+
+def decode_segment_header(data: bytes) -> tuple[int, float]:
+    """Return ``(segment number, created)``.
+
+    Raises:
+        FormatError: not a segment header, damaged, or a newer format version.
+    """
+    if len(data) < SEGMENT_HEADER.size:
+        raise FormatError("segment header is truncated")
+    magic, version, _flags, number, created, check = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        raise FormatError("not a Turbine segment file (bad magic)")
+    if check != crc(data[: SEGMENT_HEADER.size - 4]):
+        raise FormatError("segment header checksum mismatch")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"segment format version {version} is newer than this Turbine reads "
+            f"({FORMAT_VERSION}); upgrade Turbine"
+        )
+    return number, created
+
+
+# --- records
+
+
+def record_header(body_len: int, body_crc: int) -> bytes:
+    head = struct.pack("<4sII", RECORD_MAGIC, body_len, body_crc)
+    return head + _CRC.pack(crc(head))
+
+
+def parse_record_header(data: Any, offset: int = 0) -> tuple[int, int] | None:
+    """``(body length, body CRC)`` of the record header at ``offset``, or ``None`` if not one."""
+    if len(data) - offset < RECORD_HEADER.size:
+        return None
+    magic, length, body_crc, check = RECORD_HEADER.unpack_from(data, offset)
+    if magic != RECORD_MAGIC or check != crc(data[offset : offset + 12]):
+        return None
+    return length, body_crc
+
+
+def frames_body(
+    channel: int, first_seq: int, ts: list[float], sizes: list[int], writer: str, data: list[Any]
+) -> list[Any]:
+    """The body of a frames record, as buffers to write in order (payloads are not copied)."""
+    w = writer.encode()[:65535]
+    fixed = _FRAMES.pack(FRAMES, channel, first_seq, len(ts), len(w))
+    return [fixed, array.array("d", ts).tobytes(), array.array("I", sizes).tobytes(), w, *data]
+
+
+def channel_body(channel: int, next_seq: int, name: str, content_type: str) -> bytes:
+    n, c = name.encode(), content_type.encode()
+    return _CHANNEL.pack(CHANNEL, channel, next_seq, len(n), len(c)) + n + c
+
+
+def hole_body(channel: int, first_seq: int, count: int) -> bytes:
+    return _HOLE.pack(HOLE, channel, first_seq, count)
+
+
+def source_body(settings: dict[str, Any]) -> bytes:
+    text = json.dumps(settings, sort_keys=True).encode()
+    return _SOURCE.pack(SOURCE, len(text)) + text
+
+
+def encode_record(body: list[Any]) -> list[Any]:
+    """Header and body buffers of one record; the CRC runs over the body buffers in order."""
+    check = 0
+    length = 0
+    for b in body:
+        check = crc(b, check)
+        length += len(b)
+    return [record_header(length, check), *body]
+
+
+@attrs.frozen
+class FramesRecord:
+    channel: int
+    first_seq: int
+    ts: list[float]
+    sizes: list[int]
+    writer: str
+    data: list[memoryview]
+
+
+@attrs.frozen
+class ChannelRecord:
+    channel: int
+    next_seq: int
+    name: str
+    content_type: str
+
+
+@attrs.frozen
+class HoleRecord:
+    channel: int
+    first_seq: int
+    count: int
+
+
+@attrs.frozen
+class SourceRecord:
+    settings: dict[str, Any]
+
+
+Record = FramesRecord | ChannelRecord | HoleRecord | SourceRecord
+
+
+def _column(code: str, raw: memoryview) -> list[Any]:
+    col = array.array(code)
+    col.frombytes(raw)
+    return col.tolist()
+
+
+def decode_body(body: Any) -> Record:
+    """Decode a record body whose checksum has been verified.
+
+    Raises:
+        FormatError: the body is not a record this version knows.
+    """
+    mv = memoryview(body)
+    if not len(mv):
+        raise FormatError("empty record body")
+    kind = mv[0]
+    try:
+        if kind == FRAMES:
+            _, ch, first, n, wlen = _FRAMES.unpack_from(mv)
+            at = _FRAMES.size
+            ts = _column("d", mv[at : at + 8 * n])
+            at += 8 * n
+            sizes = _column("I", mv[at : at + 4 * n])
+            at += 4 * n
+            writer = bytes(mv[at : at + wlen]).decode(errors="replace")
+            at += wlen
+            data = []
+            for s in sizes:
+                data.append(mv[at : at + s])
+                at += s
+            if at != len(mv) or len(ts) != n or len(sizes) != n:
+                raise FormatError("frames record length does not match its sizes")
+            return FramesRecord(ch, first, ts, sizes, writer, data)
+        if kind == CHANNEL:
+            _, ch, next_seq, nlen, clen = _CHANNEL.unpack_from(mv)
+            at = _CHANNEL.size
+            name = bytes(mv[at : at + nlen]).decode()
+            ctype = bytes(mv[at + nlen : at + nlen + clen]).decode()
+            return ChannelRecord(ch, next_seq, name, ctype)
+        if kind == HOLE:
+            _, ch, first, count = _HOLE.unpack_from(mv)
+            return HoleRecord(ch, first, count)
+        if kind == SOURCE:
+            _, jlen = _SOURCE.unpack_from(mv)
+            return SourceRecord(json.loads(bytes(mv[_SOURCE.size : _SOURCE.size + jlen])))
+    except (struct.error, ValueError) as exc:
+        raise FormatError(f"bad {KIND_NAMES.get(kind, kind)} record: {exc}") from None
+    raise FormatError(f"unknown record kind {kind}")
+
+
+def frames_prefix_len() -> int:
+    """Bytes of a frames body before its timestamp column."""
+    return _FRAMES.size
+
+
+def peek_kind(body_start: bytes) -> tuple[int, int, int, int]:
+    """``(kind, channel, first seq, count)`` from the first 24 bytes of a body (no payloads)."""
+    kind = body_start[0]
+    if kind == FRAMES:
+        _, ch, first, n, _w = _FRAMES.unpack_from(body_start)
+        return kind, ch, first, n
+    if kind == HOLE:
+        _, ch, first, count = _HOLE.unpack_from(body_start)
+        return kind, ch, first, count
+    if kind == CHANNEL:
+        _, ch, next_seq, _n, _c = _CHANNEL.unpack_from(body_start)
+        return kind, ch, next_seq, 0
+    return kind, 0, 0, 0
+
+
+# --- index files
+
+
+@attrs.define
+class ChannelSpan:
+    """What one segment holds of one channel."""
+
+    channel: int
+    first_seq: int
+    end_seq: int  # one past the last sequence number covered (frames or holes)
+    frames: int = 0
+    bytes: int = 0
+    first_time: float = float("inf")
+    last_time: float = float("-inf")
+
+
+@attrs.frozen
+class Entry:
+    """One frames or hole record of a segment, as its index lists it."""
+
+    offset: int
+    body_len: int
+    kind: int
+    channel: int
+    count: int
+    first_seq: int
+    first_time: float
+    last_time: float
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + self.count
+
+
+def encode_index(
+    number: int, covered: int, spans: list[ChannelSpan], entries: list[Entry]
+) -> bytes:
+    head = INDEX_HEADER.pack(
+        INDEX_MAGIC, FORMAT_VERSION, 0, number, covered, len(spans), len(entries)
+    )
+    head += b"".join(
+        INDEX_CHANNEL.pack(
+            s.channel, s.first_seq, s.end_seq, s.frames, s.bytes, s.first_time, s.last_time
+        )
+        for s in spans
+    )
+    body = b"".join(
+        INDEX_ENTRY.pack(
+            e.offset, e.body_len, e.kind, e.channel, e.count, e.first_seq, e.first_time, e.last_time
+        )
+        for e in entries
+    )
+    return head + _CRC.pack(crc(head)) + body + _CRC.pack(crc(body))
+
+
+def decode_index_head(data: bytes) -> tuple[int, int, list[ChannelSpan], int, int]:
+    """``(segment number, covered bytes, spans, entry count, entries offset)`` of an index file.
+
+    Only the head is checked: the entries are read when a read needs them.
+
+    Raises:
+        FormatError: not an index, damaged, or a newer format version.
+    """
+    if len(data) < INDEX_HEADER.size + 4:
+        raise FormatError("index file is truncated")
+    magic, version, _f, number, covered, nch, nent = INDEX_HEADER.unpack_from(data)
+    if magic != INDEX_MAGIC:
+        raise FormatError("not a Turbine index file (bad magic)")
+    if version > FORMAT_VERSION:
+        raise FormatError(f"index format version {version} is newer than this Turbine reads")
+    end = INDEX_HEADER.size + nch * INDEX_CHANNEL.size
+    if len(data) < end + 4 or _CRC.unpack_from(data, end)[0] != crc(data[:end]):
+        raise FormatError("index head checksum mismatch")
+    spans = [
+        ChannelSpan(*INDEX_CHANNEL.unpack_from(data, INDEX_HEADER.size + i * INDEX_CHANNEL.size))
+        for i in range(nch)
+    ]
+    return number, covered, spans, nent, end + 4
+
+
+def decode_index_entries(data: bytes, count: int) -> list[Entry]:
+    """Decode ``count`` entries and their trailing checksum.
+
+    Raises:
+        FormatError: truncated or damaged.
+    """
+    size = count * INDEX_ENTRY.size
+    if len(data) < size + 4 or _CRC.unpack_from(data, size)[0] != crc(data[:size]):
+        raise FormatError("index entries checksum mismatch")
+    return [Entry(*t) for t in INDEX_ENTRY.iter_unpack(data[:size])]
+
+
+def iter_frames(rec: FramesRecord) -> Iterator[tuple[int, float, memoryview]]:
+    for i, (t, d) in enumerate(zip(rec.ts, rec.data, strict=True)):
+        yield rec.first_seq + i, t, d
