@@ -8,10 +8,11 @@ import pytest
 
 from turbine import RequestFailed, TurbineError
 from turbine._constants import CACHE_BYTES, CACHE_FRAMES, FRAME_OVERHEAD_BYTES
-from turbine.hub import Hub, collect, guess_content_type
+from turbine.hub import Hub, guess_content_type
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
+from turbine.peer import Peer
 from turbine.protocol import decode_groups
-from turbine.router import Subscription, check_start
+from turbine.router import Subscription, check_start, collect
 
 SRC = "daq_rig_data_source"
 OTHER = "video_cam1_data_source"
@@ -27,14 +28,7 @@ class Clock:
         return self.now
 
 
-class Owner:
-    """Stands for one client connection."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-ALICE, BOB = Owner("alice"), Owner("bob")
+ALICE, BOB = Peer(1, name="alice"), Peer(2, name="bob")
 
 
 @pytest.fixture
@@ -47,9 +41,9 @@ def hub(clock: Clock) -> Hub:
     return Hub(clock=clock)
 
 
-def put(hub: Hub, owner: Owner, path: str, *payloads: bytes, ts=None):
+def put(hub: Hub, peer: Peer, path: str, *payloads: bytes, ts=None):
     source, channel = path.split("/")
-    return hub.put(owner, owner.name, source, channel, [ts] * len(payloads), list(payloads))
+    return hub.put(peer, source, channel, [ts] * len(payloads), list(payloads))
 
 
 def frames(hub: Hub, pattern: str, **selection):
@@ -81,7 +75,7 @@ def seqs(hub: Hub, pattern: str, **selection) -> list[int]:
     ],
 )
 def test_conventional_names_are_accepted(hub, name):
-    assert hub.open_source(ALICE, "alice", name).name == name
+    assert hub.open_source(ALICE, name).name == name
 
 
 @pytest.mark.parametrize(
@@ -95,7 +89,7 @@ def test_conventional_names_are_accepted(hub, name):
 )
 def test_other_names_are_refused_stating_the_convention(hub, name):
     with pytest.raises(TurbineError) as info:
-        hub.open_source(ALICE, "alice", name)
+        hub.open_source(ALICE, name)
     assert repr(name) in str(info.value)
     assert "<type>_<name>_<detail>" in str(info.value)
     assert "video_baseCamera1_data_source" in str(info.value)  # an example to follow
@@ -104,7 +98,7 @@ def test_other_names_are_refused_stating_the_convention(hub, name):
 
 def test_a_refused_name_is_a_request_failure_with_code_name(hub):
     with pytest.raises(RequestFailed) as info:
-        hub.open_source(ALICE, "alice", "camera1")
+        hub.open_source(ALICE, "camera1")
     assert info.value.code == "name"
 
 
@@ -116,20 +110,20 @@ def test_unusable_names_are_refused_even_when_lenient(name):
 
 def test_lenient_hub_accepts_any_plain_name():
     hub = Hub(lenient_names=True)
-    assert hub.open_source(ALICE, "alice", "camera1").name == "camera1"
+    assert hub.open_source(ALICE, "camera1").name == "camera1"
 
 
 def test_extra_types_are_configurable():
     hub = Hub(types=("video", "mcp"))
-    hub.open_source(ALICE, "alice", "mcp_main_command_sink")
+    hub.open_source(ALICE, "mcp_main_command_sink")
     with pytest.raises(TurbineError, match="type one of video, mcp;"):
-        hub.open_source(ALICE, "alice", "daq_rig_data_source")
+        hub.open_source(ALICE, "daq_rig_data_source")
 
 
 def test_channel_names_are_checked(hub):
     with pytest.raises(TurbineError, match="invalid channel name 'a b'"):
-        hub.open_source(ALICE, "alice", SRC, channels={"a b": "text/plain"})
-    hub.open_source(ALICE, "alice", SRC)
+        hub.open_source(ALICE, SRC, channels={"a b": "text/plain"})
+    hub.open_source(ALICE, SRC)
     with pytest.raises(TurbineError, match="invalid channel name"):
         put(hub, ALICE, f"{SRC}/x y", b"1")
 
@@ -153,7 +147,7 @@ def test_paths_and_patterns():
 
 
 def test_new_source_has_defaults_and_its_channels(hub):
-    hub.open_source(ALICE, "alice", SRC, channels={"x": "text/plain"})
+    hub.open_source(ALICE, SRC, channels={"x": "text/plain"})
     (info,) = hub.list_sources()
     assert info["online"] and info["holder"] == "alice" and not info["shared"]
     assert (info["cache_frames"], info["cache_bytes"]) == (CACHE_FRAMES, CACHE_BYTES)
@@ -166,16 +160,16 @@ def test_content_types_are_guessed_from_channel_names(hub):
     assert guess_content_type("image.jpg") == "image/jpeg"
     assert guess_content_type("log.txt") == "text/plain"
     assert guess_content_type("samples") == "application/octet-stream"
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/frame.jpg", b"\xff\xd8")
-    hub.put(ALICE, "alice", SRC, "notes", [None], [b"hi"], "text/markdown")
+    hub.put(ALICE, SRC, "notes", [None], [b"hi"], "text/markdown")
     types = {c["name"]: c["content_type"] for c in hub.list_sources()[0]["channels"]}
     assert types["frame.jpg"] == "image/jpeg"
     assert types["notes"] == "text/markdown"
 
 
 def test_seq_per_channel_from_one(hub):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/a", b"1", b"2")
     put(hub, ALICE, f"{SRC}/b", b"1")
     put(hub, ALICE, f"{SRC}/a", b"3")
@@ -184,24 +178,26 @@ def test_seq_per_channel_from_one(hub):
 
 
 def test_second_holder_is_refused_naming_the_first(hub):
-    hub.open_source(ALICE, "alice#1 (127.0.0.1:5000)", SRC)
+    alice = Peer(1, "127.0.0.1:5000")
+    alice.named("alice")
+    hub.open_source(alice, SRC)
     with pytest.raises(RequestFailed) as info:
-        hub.open_source(BOB, "bob", SRC)
+        hub.open_source(BOB, SRC)
     assert info.value.code == "held"
     assert "held by alice#1 (127.0.0.1:5000)" in str(info.value)
     with pytest.raises(RequestFailed, match="you already hold source"):
-        hub.open_source(ALICE, "alice", SRC)
+        hub.open_source(alice, SRC)
 
 
 def test_released_source_stays_readable_and_reopening_continues_seqs(hub, clock):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/a", b"1", b"2")
     clock.now = 2000.0
     hub.release(ALICE)
     (info,) = hub.list_sources()
     assert not info["online"]
     assert seqs(hub, f"{SRC}/a", oldest=10) == [1, 2]
-    hub.open_source(BOB, "bob", SRC)
+    hub.open_source(BOB, SRC)
     put(hub, BOB, f"{SRC}/a", b"3")
     assert [(s, w) for _, s, _, _, w in frames(hub, f"{SRC}/a", oldest=10)] == [
         (1, "alice"),
@@ -211,22 +207,22 @@ def test_released_source_stays_readable_and_reopening_continues_seqs(hub, clock)
 
 
 def test_release_of_one_source_leaves_the_others_held(hub):
-    hub.open_source(ALICE, "alice", SRC)
-    hub.open_source(ALICE, "alice", OTHER)
+    hub.open_source(ALICE, SRC)
+    hub.open_source(ALICE, OTHER)
     hub.release(ALICE, SRC)
     online = {s["name"]: s["online"] for s in hub.list_sources()}
     assert online == {SRC: False, OTHER: True}
 
 
 def test_seqs_are_never_reused_after_delete(hub):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/a", b"1", b"2", b"3")
-    set_meta = put(hub, ALICE, f"{SRC}/metadata.txt", b"{}")
-    assert set_meta.ring.last_seq == 1
+    put(hub, ALICE, f"{SRC}/metadata.txt", b"{}")
+    assert seqs(hub, f"{SRC}/metadata.txt", newest=1) == [1]
     hub.delete(SRC, ALICE)
     assert hub.list_sources() == []
     assert frames(hub, f"{SRC}/a", oldest=10) == []
-    hub.open_source(BOB, "bob", SRC)
+    hub.open_source(BOB, SRC)
     put(hub, BOB, f"{SRC}/a", b"4")
     put(hub, BOB, f"{SRC}/metadata.txt", b"{}")
     assert seqs(hub, f"{SRC}/a", oldest=10) == [4]
@@ -237,7 +233,7 @@ def test_delete_rules(hub):
     with pytest.raises(RequestFailed, match="no source named") as info:
         hub.delete(SRC)
     assert info.value.code == "missing"
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     with pytest.raises(RequestFailed, match="held by alice; stop that client first"):
         hub.delete(SRC, BOB)
     hub.release(ALICE)
@@ -245,21 +241,21 @@ def test_delete_rules(hub):
 
 
 def test_reopen_keeps_or_changes_limits(hub):
-    hub.open_source(ALICE, "alice", SRC, cache_frames=10, cache_bytes=100_000, shared=True)
+    hub.open_source(ALICE, SRC, cache_frames=10, cache_bytes=100_000, shared=True)
     put(hub, ALICE, f"{SRC}/a", *[b"x"] * 10)
     hub.release(ALICE)
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     (info,) = hub.list_sources()
     assert (info["cache_frames"], info["cache_bytes"], info["shared"]) == (10, 100_000, True)
     hub.release(ALICE)
-    hub.open_source(ALICE, "alice", SRC, cache_frames=4)
+    hub.open_source(ALICE, SRC, cache_frames=4)
     assert seqs(hub, f"{SRC}/a", oldest=100) == [7, 8, 9, 10]
 
 
 @pytest.mark.parametrize("limits", [{"cache_frames": 0}, {"cache_bytes": 0}])
 def test_limits_must_be_positive(hub, limits):
     with pytest.raises(RequestFailed, match="must be at least 1"):
-        hub.open_source(ALICE, "alice", SRC, **limits)
+        hub.open_source(ALICE, SRC, **limits)
 
 
 # --- writing -------------------------------------------------------------------------
@@ -269,7 +265,7 @@ def test_only_the_holder_puts_to_a_private_source(hub):
     with pytest.raises(RequestFailed, match="no source named .* open it first") as info:
         put(hub, ALICE, f"{SRC}/a", b"1")
     assert info.value.code == "missing"
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     with pytest.raises(RequestFailed, match="is held by alice and not shared") as info:
         put(hub, BOB, f"{SRC}/a", b"1")
     assert info.value.code == "held"
@@ -279,7 +275,7 @@ def test_only_the_holder_puts_to_a_private_source(hub):
 
 
 def test_shared_source_accepts_anyone_and_records_each_writer(hub):
-    hub.open_source(ALICE, "alice", SRC, shared=True)
+    hub.open_source(ALICE, SRC, shared=True)
     put(hub, ALICE, f"{SRC}/a", b"1")
     put(hub, BOB, f"{SRC}/a", b"2", b"3")
     hub.release(ALICE)
@@ -294,8 +290,8 @@ def test_shared_source_accepts_anyone_and_records_each_writer(hub):
 
 
 def test_timestamps_given_or_stamped(hub, clock):
-    hub.open_source(ALICE, "alice", SRC)
-    hub.put(ALICE, "alice", SRC, "a", [5.5, None], [b"1", b"2"])
+    hub.open_source(ALICE, SRC)
+    hub.put(ALICE, SRC, "a", [5.5, None], [b"1", b"2"])
     clock.now = 1234.5
     put(hub, ALICE, f"{SRC}/a", b"3")
     assert [ts for _, _, ts, _, _ in frames(hub, f"{SRC}/a", oldest=10)] == [5.5, 1000.0, 1234.5]
@@ -303,7 +299,7 @@ def test_timestamps_given_or_stamped(hub, clock):
 
 def test_frame_over_the_size_limit_is_refused():
     hub = Hub(max_frame=100)
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/a", b"x" * 100)
     with pytest.raises(
         RequestFailed, match="a frame of 101 bytes .* over the limit of 100"
@@ -314,13 +310,13 @@ def test_frame_over_the_size_limit_is_refused():
 
 
 def test_frame_bigger_than_the_source_ring_is_refused(hub):
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=1000)
+    hub.open_source(ALICE, SRC, cache_bytes=1000)
     with pytest.raises(RequestFailed, match=f"over the limit of {1000 - FRAME_OVERHEAD_BYTES}"):
         put(hub, ALICE, f"{SRC}/a", b"x" * 1000)
 
 
 def test_ring_bounded_by_frames_per_channel(hub):
-    hub.open_source(ALICE, "alice", SRC, cache_frames=3)
+    hub.open_source(ALICE, SRC, cache_frames=3)
     put(hub, ALICE, f"{SRC}/a", *[b"%d" % i for i in range(10)])
     put(hub, ALICE, f"{SRC}/b", b"only")
     assert seqs(hub, f"{SRC}/a", oldest=100) == [8, 9, 10]
@@ -329,7 +325,7 @@ def test_ring_bounded_by_frames_per_channel(hub):
 
 def test_ring_bounded_by_bytes_per_source_oldest_first_across_channels(hub):
     frame = 100 + FRAME_OVERHEAD_BYTES
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=5 * frame)
+    hub.open_source(ALICE, SRC, cache_bytes=5 * frame)
     for _ in range(4):
         put(hub, ALICE, f"{SRC}/a", b"a" * 100)
         put(hub, ALICE, f"{SRC}/b", b"b" * 100)
@@ -343,7 +339,7 @@ def test_ring_bounded_by_bytes_per_source_oldest_first_across_channels(hub):
 
 def test_each_channel_keeps_its_newest_frame_so_metadata_survives(hub):
     frame = 100 + FRAME_OVERHEAD_BYTES
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=3 * frame)
+    hub.open_source(ALICE, SRC, cache_bytes=3 * frame)
     put(hub, ALICE, f"{SRC}/metadata.txt", b'{"k":' + b" " * 93 + b"1}")
     for _ in range(10):
         put(hub, ALICE, f"{SRC}/a", b"a" * 100)
@@ -357,9 +353,9 @@ def test_each_channel_keeps_its_newest_frame_so_metadata_survives(hub):
 
 def test_source_that_does_not_fit_is_refused_saying_what_is_left():
     hub = Hub(max_memory=10_000)
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=8_000)
+    hub.open_source(ALICE, SRC, cache_bytes=8_000)
     with pytest.raises(RequestFailed) as info:
-        hub.open_source(BOB, "bob", OTHER, cache_bytes=4_000)
+        hub.open_source(BOB, OTHER, cache_bytes=4_000)
     assert info.value.code == "memory"
     message = str(info.value)
     assert "only 2.0 KiB of the broker's 9.8 KiB are left" in message
@@ -371,37 +367,37 @@ def test_offline_sources_are_evicted_first_oldest_offline_first(clock):
     hub = Hub(max_memory=10_000, clock=clock)
     names = ["daq_one_data_source", "daq_two_data_source", "daq_three_data_source"]
     for n in names:
-        hub.open_source(ALICE, "alice", n, cache_bytes=3_000)
+        hub.open_source(ALICE, n, cache_bytes=3_000)
     clock.now = 1.0
     hub.release(ALICE, names[1])
     clock.now = 2.0
     hub.release(ALICE, names[0])
-    hub.open_source(BOB, "bob", OTHER, cache_bytes=1_000)  # fits without evicting
+    hub.open_source(BOB, OTHER, cache_bytes=1_000)  # fits without evicting
     assert len(hub.list_sources()) == 4
-    hub.open_source(BOB, "bob", "video_big_data_source", cache_bytes=3_000)
+    hub.open_source(BOB, "video_big_data_source", cache_bytes=3_000)
     assert sorted(s["name"] for s in hub.list_sources()) == sorted(
         [names[0], names[2], OTHER, "video_big_data_source"]
     )
     with pytest.raises(RequestFailed, match="only 2.9 KiB of the broker"):
-        hub.open_source(BOB, "bob", "video_huge_data_source", cache_bytes=6_000)
+        hub.open_source(BOB, "video_huge_data_source", cache_bytes=6_000)
 
 
 def test_a_refused_source_evicts_nothing():
     hub = Hub(max_memory=10_000)
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=4_000)
+    hub.open_source(ALICE, SRC, cache_bytes=4_000)
     put(hub, ALICE, f"{SRC}/x", b"keep me")
     hub.release(ALICE)
-    hub.open_source(ALICE, "alice", OTHER, cache_bytes=5_000)
+    hub.open_source(ALICE, OTHER, cache_bytes=5_000)
     with pytest.raises(RequestFailed, match="cannot reserve"):
-        hub.open_source(BOB, "bob", "video_huge_data_source", cache_bytes=7_000)
+        hub.open_source(BOB, "video_huge_data_source", cache_bytes=7_000)
     assert seqs(hub, f"{SRC}/x", oldest=10) == [1]
 
 
 def test_reopening_a_source_counts_its_own_reservation_as_free():
     hub = Hub(max_memory=10_000)
-    hub.open_source(ALICE, "alice", SRC, cache_bytes=10_000)
+    hub.open_source(ALICE, SRC, cache_bytes=10_000)
     hub.release(ALICE)
-    hub.open_source(BOB, "bob", SRC, cache_bytes=10_000)
+    hub.open_source(BOB, SRC, cache_bytes=10_000)
     assert hub.reserved == 10_000
 
 
@@ -409,7 +405,7 @@ def test_reopening_a_source_counts_its_own_reservation_as_free():
 
 
 def test_listing_shows_the_newest_metadata(hub):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/metadata.txt", json.dumps({"v": 1}).encode())
     put(hub, ALICE, f"{SRC}/metadata.txt", json.dumps({"v": 2}).encode())
     assert hub.list_sources()[0]["metadata"] == {"v": 2}
@@ -419,16 +415,16 @@ def test_listing_shows_the_newest_metadata(hub):
 
 
 def test_listing_by_pattern(hub):
-    hub.open_source(ALICE, "alice", SRC)
-    hub.open_source(ALICE, "alice", OTHER)
+    hub.open_source(ALICE, SRC)
+    hub.open_source(ALICE, OTHER)
     assert [s["name"] for s in hub.list_sources("daq_*")] == [SRC]
     assert [s["name"] for s in hub.list_sources("video_*/whatever")] == [OTHER]
     assert hub.list_sources("nothing_*") == []
 
 
 def test_channel_info_counts_and_rate(hub):
-    hub.open_source(ALICE, "alice", SRC)
-    hub.put(ALICE, "alice", SRC, "a", [10.0, 10.5, 11.0], [b"ab", b"cd", b"ef"])
+    hub.open_source(ALICE, SRC)
+    hub.put(ALICE, SRC, "a", [10.0, 10.5, 11.0], [b"ab", b"cd", b"ef"])
     info = next(c for c in hub.list_sources()[0]["channels"] if c["name"] == "a")
     assert info["frames"] == 3
     assert (info["first_seq"], info["last_seq"]) == (1, 3)
@@ -442,9 +438,9 @@ def test_channel_info_counts_and_rate(hub):
 
 @pytest.fixture
 def stocked(hub) -> Hub:
-    hub.open_source(ALICE, "alice", SRC, cache_frames=8)
-    hub.put(ALICE, "alice", SRC, "a", [float(t) for t in range(10)], [b"%d" % t for t in range(10)])
-    hub.put(ALICE, "alice", SRC, "b", [100.0], [b"b"])
+    hub.open_source(ALICE, SRC, cache_frames=8)
+    hub.put(ALICE, SRC, "a", [float(t) for t in range(10)], [b"%d" % t for t in range(10)])
+    hub.put(ALICE, SRC, "b", [100.0], [b"b"])
     return hub
 
 
@@ -496,7 +492,7 @@ def subscribe(hub: Hub, pattern: str, start="now", monitor=False, sid=1) -> Subs
 def pull(sub: Subscription, max_frames: int = 1000, max_bytes: int = 10**9):
     """What the broker would deliver now: gaps as (path, missed, next_seq), frames as (path, seq)."""
     groups, payloads, gaps, n = collect(sub.cursors.values(), max_frames, max_bytes)[:4]
-    out = [(c.channel.path, missed, c.channel.ring.first_seq) for c, missed in gaps]
+    out = [(c.channel.path, run.missed, run.first_seq) for c, run in gaps]
     payload = memoryview(b"".join(payloads))
     got = [(f"{s}/{c}", seq) for s, c, _, seq, _, _, _ in decode_groups(groups, payload)]
     assert len(got) == n
@@ -519,7 +515,7 @@ def test_subscription_from_an_evicted_seq_reports_a_gap_first(stocked):
 def test_subscription_to_a_source_not_there_yet_gets_every_frame(hub):
     sub = subscribe(hub, "video_*/*.jpg", "now")
     assert sub.cursors == {}
-    hub.open_source(ALICE, "alice", OTHER)
+    hub.open_source(ALICE, OTHER)
     put(hub, ALICE, f"{OTHER}/a.jpg", b"1", b"2")
     put(hub, ALICE, f"{OTHER}/notes", b"x")
     assert pull(sub) == ([], [(f"{OTHER}/a.jpg", 1), (f"{OTHER}/a.jpg", 2)])
@@ -529,17 +525,17 @@ def test_subscription_to_a_source_not_there_yet_gets_every_frame(hub):
 
 def test_subscription_follows_a_source_through_delete_and_re_creation(hub):
     sub = subscribe(hub, SRC)
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     put(hub, ALICE, f"{SRC}/a", b"1")
     assert pull(sub)[1] == [(f"{SRC}/a", 1)]
     hub.delete(SRC, ALICE)
-    hub.open_source(BOB, "bob", SRC)
+    hub.open_source(BOB, SRC)
     put(hub, BOB, f"{SRC}/a", b"2")
     assert pull(sub)[1] == [(f"{SRC}/a", 2)]
 
 
 def test_a_falling_behind_cursor_gets_a_gap_then_carries_on(hub):
-    hub.open_source(ALICE, "alice", SRC, cache_frames=5)
+    hub.open_source(ALICE, SRC, cache_frames=5)
     sub = subscribe(hub, f"{SRC}/a")
     put(hub, ALICE, f"{SRC}/a", b"1", b"2")
     assert [s for _, s in pull(sub)[1]] == [1, 2]
@@ -561,7 +557,7 @@ def test_delivery_budget_splits_and_resumes_without_loss(stocked):
 
 
 def test_monitor_gives_only_the_newest(hub):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     sub = subscribe(hub, f"{SRC}/a", "newest", monitor=True)
     put(hub, ALICE, f"{SRC}/a", b"1", b"2", b"3")
     assert pull(sub) == ([], [(f"{SRC}/a", 3)])
@@ -571,12 +567,12 @@ def test_monitor_gives_only_the_newest(hub):
 
 
 def test_removed_subscription_gets_nothing(hub):
-    hub.open_source(ALICE, "alice", SRC)
+    hub.open_source(ALICE, SRC)
     sub = subscribe(hub, SRC)
     hub.router.remove(sub)
     put(hub, ALICE, f"{SRC}/a", b"1")
     assert sub.cursors == {} and pull(sub) == ([], [])
-    assert all(not ch.cursors for ch in hub.channels("*/*"))
+    assert all(not hub.router.cursors(ch) for ch in hub.channels("*/*"))
 
 
 @pytest.mark.parametrize("start", ["later", 0, -1, True, 1.5])

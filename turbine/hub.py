@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import mimetypes
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import attrs
 
 from ._constants import (
     CACHE_BYTES,
@@ -23,10 +25,20 @@ from ._constants import (
 )
 from ._errors import RequestFailed
 from .names import check_channel_name, check_source_name, compile_pattern, source_pattern
-from .ringbuffer import Ring, Run
-from .router import Cursor, Router, check_selection
-
-Group = list[Any]  # [source, channel, content_type, first_seq, ts, sizes, writer]
+from .peer import Peer
+from .ringbuffer import memory_store
+from .router import Group, Router, Waker, add_run, check_selection
+from .store import (
+    AFTER,
+    NEWEST,
+    OLDEST,
+    TIME,
+    ChannelSpec,
+    ChannelStore,
+    Query,
+    StoreFactory,
+    evict_to_fit,
+)
 
 
 def guess_content_type(channel: str) -> str:
@@ -52,33 +64,38 @@ def _json_int(text: str) -> int | float:
 
 
 class Channel:
-    __slots__ = ("source", "name", "path", "content_type", "ring", "cursors")
+    """One channel of a source: its name, content type and store."""
 
-    def __init__(self, source: Source, name: str, content_type: str, next_seq: int) -> None:
+    __slots__ = ("source", "name", "path", "content_type", "store")
+
+    def __init__(self, source: Source, name: str, content_type: str, store: ChannelStore) -> None:
         self.source = source
         self.name = name
         self.path = f"{source.name}/{name}"
         self.content_type = content_type
-        self.ring = Ring(source.cache_frames, next_seq)
-        self.cursors: list[Cursor] = []
+        self.store = store
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name
 
     def info(self) -> dict[str, Any]:
-        ring = self.ring
-        n = len(ring)
+        store = self.store
+        n = len(store)
         rate = None
         if n >= 2:
-            tail = ring.newest_n(min(n, 100)).ts
+            tail = store.newest_n(min(n, 100)).ts
             span = tail[-1] - tail[0]
             rate = round((len(tail) - 1) / span, 3) if span > 0 else None
         return {
             "name": self.name,
             "content_type": self.content_type,
             "frames": n,
-            "first_seq": ring.first_seq if n else None,
-            "last_seq": ring.last_seq if n else None,
-            "first_time": ring.first_time,
-            "last_time": ring.last_time,
-            "bytes": ring.bytes,
+            "first_seq": store.first_seq if n else None,
+            "last_seq": store.last_seq if n else None,
+            "first_time": store.first_time,
+            "last_time": store.last_time,
+            "bytes": store.bytes,
             "rate": rate,
         }
 
@@ -94,8 +111,8 @@ class Source:
         self.cache_frames = cache_frames
         self.cache_bytes = cache_bytes
         self.channels: dict[str, Channel] = {}
-        self.holder: Any = None  # the connection holding the source, None when offline
-        self.holder_name = ""
+        self.holder: Peer | None = None  # who holds the source, None when offline
+        self.holder_name = ""  # the last holder's name (kept when it goes offline)
         self.created = now
         self.offline_since: float | None = None
         self.bytes = 0
@@ -106,23 +123,13 @@ class Source:
         return self.holder is not None
 
     def trim(self) -> None:
-        """Evict the oldest frames until the source fits ``cache_bytes``.
-
-        Each channel keeps its newest frame, so the newest metadata survives.
-        """
-        while self.bytes > self.cache_bytes:
-            oldest = None
-            for ch in self.channels.values():
-                a = ch.ring.oldest_arrival
-                if len(ch.ring) > 1 and a is not None and (oldest is None or a < oldest[0]):
-                    oldest = (a, ch)
-            if oldest is None:
-                return
-            self.bytes -= oldest[1].ring.evict_oldest()
+        """Evict the oldest frames until the source fits ``cache_bytes`` (:func:`evict_to_fit`)."""
+        stores = (ch.store for ch in self.channels.values())
+        self.bytes -= evict_to_fit(stores, self.bytes, self.cache_bytes)
 
     def metadata(self) -> Any:
         ch = self.channels.get(METADATA_CHANNEL)
-        raw = ch.ring.newest if ch else None
+        raw = ch.store.newest if ch else None
         if raw is None:
             return None
         try:
@@ -153,6 +160,7 @@ class Hub:
         lenient_names: accept source names outside the naming convention.
         types: source types the convention allows.
         clock: seconds since the epoch (injected for tests).
+        store: makes each channel's store (memory rings by default).
     """
 
     def __init__(
@@ -163,12 +171,14 @@ class Hub:
         lenient_names: bool = False,
         types: tuple[str, ...] = SOURCE_TYPES,
         clock: Callable[[], float] = time.time,
+        store: StoreFactory = memory_store,
     ) -> None:
         self.max_memory = max_memory
         self.max_frame = max_frame
         self.lenient_names = lenient_names
         self.types = types
         self.clock = clock
+        self.store = store
         self.sources: dict[str, Source] = {}
         self.router = Router()
         self._next_seq: dict[str, int] = {}  # path -> next seq of deleted channels: never reused
@@ -207,8 +217,7 @@ class Hub:
 
     def open_source(
         self,
-        owner: Any,
-        owner_name: str,
+        peer: Peer,
         name: str,
         *,
         channels: dict[str, str] | None = None,
@@ -216,7 +225,7 @@ class Hub:
         cache_bytes: int | None = None,
         shared: bool | None = None,
     ) -> Source:
-        """Create ``name`` held by ``owner``, or take over the offline source of that name.
+        """Create ``name`` held by ``peer``, or take over the offline source of that name.
 
         Limits and ``shared`` left as ``None`` keep an existing source's values
         (or take the defaults for a new one).
@@ -240,7 +249,7 @@ class Hub:
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
         if src is not None and src.online:
-            if src.holder is owner:
+            if src.holder is peer:
                 raise RequestFailed(f"you already hold source {name!r}", "held")
             raise RequestFailed(
                 f"source {name!r} is held by {src.holder_name}; only one client at a time "
@@ -257,25 +266,22 @@ class Hub:
         else:
             src.shared, src.cache_frames, src.cache_bytes = shared, cache_frames, cache_bytes
             for channel in src.channels.values():
-                channel.ring.max_frames = cache_frames
-                over = len(channel.ring) - cache_frames
-                if over > 0:
-                    src.bytes -= channel.ring.evict(over)
+                src.bytes -= channel.store.resize(cache_frames)
             src.trim()
-        src.holder, src.holder_name, src.offline_since = owner, owner_name, None
+        src.holder, src.holder_name, src.offline_since = peer, peer.name, None
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
         return src
 
-    def release(self, owner: Any, name: str | None = None) -> None:
-        """Mark ``owner``'s sources (or just ``name``) offline; they stay readable."""
+    def release(self, peer: Peer, name: str | None = None) -> None:
+        """Mark ``peer``'s sources (or just ``name``) offline; they stay readable."""
         now = self.clock()
         for src in self.sources.values():
-            if src.holder is owner and (name is None or src.name == name):
+            if src.holder is peer and (name is None or src.name == name):
                 src.holder, src.offline_since = None, now
 
-    def delete(self, name: str, owner: Any = None) -> None:
-        """Delete a source and its frames.
+    def delete(self, name: str, peer: Peer | None = None) -> None:
+        """Delete a source and its frames (``peer`` None: the broker itself).
 
         Raises:
             RequestFailed: no such source, or it is held by another client.
@@ -283,12 +289,13 @@ class Hub:
         src = self.sources.get(name)
         if src is None:
             raise RequestFailed(f"no source named {name!r}", "missing")
-        if src.online and src.holder is not owner and owner is not None:
+        if src.online and src.holder is not peer and peer is not None:
             raise RequestFailed(
                 f"source {name!r} is held by {src.holder_name}; stop that client first", "held"
             )
         for ch in src.channels.values():
-            self._next_seq[ch.path] = ch.ring.next_seq
+            self._next_seq[ch.path] = ch.store.next_seq
+            ch.store.drop()
             self.router.channel_removed(ch)
         del self.sources[name]
 
@@ -298,12 +305,11 @@ class Hub:
         if ch is None:
             check_channel_name(name)
             path = f"{src.name}/{name}"
-            ch = Channel(
-                src, name, content_type or guess_content_type(name), self._next_seq.pop(path, 1)
-            )
+            spec = ChannelSpec(src.name, name, src.cache_frames, self._next_seq.pop(path, 1))
+            ch = Channel(src, name, content_type or guess_content_type(name), self.store(spec))
             src.channels[name] = ch
             self.router.channel_created(ch)
-        elif content_type and content_type != ch.content_type and not len(ch.ring):
+        elif content_type and content_type != ch.content_type and not len(ch.store):
             ch.content_type = content_type
         return ch
 
@@ -311,16 +317,15 @@ class Hub:
 
     def put(
         self,
-        writer: Any,
-        writer_name: str,
+        writer: Peer,
         source: str,
         channel: str,
         ts: list[Any],
         data: list[Any],
         content_type: str | None = None,
         sizes: list[int] | None = None,
-    ) -> Channel:
-        """Append frames to ``source/channel``; return the channel.
+    ) -> Sequence[Waker]:
+        """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
         ``sizes`` are the frames' lengths when the caller has them already
         (a put message lists them).
@@ -357,18 +362,18 @@ class Hub:
                 "too_large",
             )
         if not ts:
-            return ch
+            return ()
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]
-        ring = ch.ring
-        before = ring.bytes
-        ring.append_many(ts, data, writer_name, src.arrival, sizes)
+        store = ch.store
+        before = store.bytes
+        store.append_many(ts, data, writer.name, src.arrival, sizes)
         src.arrival += len(ts)
-        src.bytes += ring.bytes - before
+        src.bytes += store.bytes - before
         if src.bytes > src.cache_bytes:
             src.trim()
-        return ch
+        return self.router.wakers(ch)
 
     # --- reading
 
@@ -395,85 +400,52 @@ class Hub:
         duration: float | None = None,
         after: int | None = None,
         max_frames: int = FETCH_MAX_FRAMES,
-    ) -> tuple[list[Group], list[Any]]:
-        """Frames the rings hold now, as delivery groups and payloads.
+    ) -> tuple[list[Group], list[Any]] | PendingFetch:
+        """Frames the stores hold now, as delivery groups and payloads.
 
         Exactly one of ``newest``, ``oldest``, ``start`` (with ``duration``) or
-        ``after`` selects the frames.
+        ``after`` selects the frames.  When a store cannot answer from memory
+        (:meth:`~turbine.store.ChannelStore.read_now` gives ``None``), the
+        answer is a :class:`PendingFetch` for the broker's store task to run.
 
         Raises:
             RequestFailed: the selection is missing, doubled or negative.
         """
         try:
-            check_selection(newest=newest, oldest=oldest, start=start, after=after)
+            kind = check_selection(newest=newest, oldest=oldest, start=start, after=after)
         except ValueError as exc:
             raise RequestFailed(str(exc), "request") from None
         if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
             raise RequestFailed("fetch counts and durations must not be negative", "request")
+        value = {NEWEST: newest, OLDEST: oldest, TIME: start, AFTER: after}[kind]
+        assert value is not None
+        span = duration if duration is not None else float("inf")
+        query = Query(kind, value, span, max_frames)
+        channels = self.channels(pattern)
         groups: list[Group] = []
         payloads: list[Any] = []
-        for ch in self.channels(pattern):
-            ring = ch.ring
-            if newest is not None:
-                run = ring.newest_n(newest)
-            elif oldest is not None:
-                run = ring.oldest_n(oldest)
-            elif start is not None:
-                run = ring.time_range(
-                    start, duration if duration is not None else float("inf"), max_frames
-                )
-            else:
-                assert after is not None
-                run = ring.read(max(after + 1, ring.first_seq), max_frames)
+        for ch in channels:
+            run = ch.store.read_now(query)
+            if run is None:
+                return PendingFetch(channels, query)
             add_run(groups, payloads, ch, run)
         return groups, payloads
 
 
-def add_run(groups: list[Group], payloads: list[Any], ch: Channel, run: Run) -> None:
-    """Append ``run`` of ``ch`` to a delivery as one group per writer."""
-    if not run.ts:
-        return
-    payloads += run.data
-    source, name, ctype = ch.source.name, ch.name, ch.content_type
-    writers = run.writers
-    if len(writers) == 1:
-        groups.append([source, name, ctype, run.first_seq, run.ts, run.sizes, writers[0][1]])
-        return
-    bounds = [w[0] for w in writers[1:]] + [run.first_seq + len(run.ts)]
-    for (seq, writer), end in zip(writers, bounds, strict=True):
-        a, b = seq - run.first_seq, end - run.first_seq
-        groups.append([source, name, ctype, seq, run.ts[a:b], run.sizes[a:b], writer])
+@attrs.frozen
+class PendingFetch:
+    """A fetch that needs slower storage than memory: run it in a store task.
 
-
-def collect(
-    cursors: Iterable[Cursor], max_frames: int, max_bytes: int
-) -> tuple[list[Group], list[Any], list[tuple[Cursor, int]], int, int]:
-    """Pull what ``cursors`` have pending, within a budget, advancing them.
-
-    Returns the groups, their payloads, ``(cursor, missed)`` for every cursor
-    that fell behind the ring (a gap to report first), and the frame and byte
-    counts.  Monitor subscriptions skip to the newest frame.
+    Reads every channel again when run (frames put meanwhile are included).
+    Cancellation abandons it.
     """
-    groups: list[Group] = []
-    payloads: list[Any] = []
-    gaps: list[tuple[Cursor, int]] = []
-    frames = 0
-    size = 0
-    for cur in cursors:
-        if frames >= max_frames or size >= max_bytes:
-            break
-        ring = cur.channel.ring
-        if cur.next_seq >= ring.next_seq:
-            continue
-        if cur.sub.monitor:
-            run = ring.newest_n(1)
-        else:
-            run = ring.read(cur.next_seq, max_frames - frames, max_bytes - size)
-            if run.missed:
-                gaps.append((cur, run.missed))
-        add_run(groups, payloads, cur.channel, run)
-        n = len(run.ts)
-        frames += n
-        size += sum(run.sizes)
-        cur.next_seq = run.first_seq + n
-    return groups, payloads, gaps, frames, size
+
+    channels: list[Channel]
+    query: Query
+
+    async def run(self) -> tuple[list[Group], list[Any]]:
+        groups: list[Group] = []
+        payloads: list[Any] = []
+        for ch in self.channels:
+            add_run(groups, payloads, ch, await ch.store.read_later(self.query))
+        return groups, payloads

@@ -1,9 +1,13 @@
 """The ring buffer of one channel: pure, synchronous, no I/O.
 
-Frames are kept as parallel columns (timestamps, payloads, arrival order), so
-that reading a run of frames is a few list slices rather than a loop.  Sequence
-numbers inside one ring are contiguous: the frame at column index ``i`` has
-sequence number ``first_seq + (i - start)``.
+The memory implementation of :class:`turbine.store.ChannelStore`.  Frames are
+kept as parallel columns (timestamps, payloads, arrival order), so that
+reading a run of frames is a few list slices rather than a loop.  Sequence
+numbers are contiguous until a frame is stored with an explicit number past
+``next_seq`` (a mirror's hole): until then the frame at column index ``i`` has
+sequence number ``first_seq + (i - start)``; from then on a column of numbers
+(``_seqs``) says which frame has which, and ``_breaks`` lists the numbers that
+follow a hole.
 """
 
 from __future__ import annotations
@@ -13,33 +17,18 @@ import bisect
 import itertools
 from typing import Any
 
-import attrs
-
 from ._constants import FRAME_OVERHEAD_BYTES
+from .store import ChannelSpec, ChannelStore, Query, Run, StoreFactory, answer, empty_run
 
-
-@attrs.frozen
-class Run:
-    """Frames ``first_seq .. first_seq + len(ts) - 1`` of one channel, as columns.
-
-    ``writers`` lists ``(first_seq, writer)`` for each run of frames by one writer.
-    ``missed`` counts frames before ``first_seq`` that the reader asked for but
-    that were already evicted.
-    """
-
-    first_seq: int
-    ts: list[float]
-    data: list[Any]
-    sizes: list[int]
-    writers: list[tuple[int, str]]
-    missed: int = 0
+__all__ = ["Ring", "Run", "memory_store"]
 
 
 class Ring:
     """Frames of one channel, oldest first, bounded by a frame count.
 
     Byte bounds are kept by the owner (a source's rings share one byte budget):
-    it calls :meth:`evict_oldest` on whichever ring holds the oldest frame.
+    it calls :meth:`evict` on whichever ring holds the oldest frame
+    (:func:`turbine.store.evict_to_fit`).
 
     Args:
         max_frames: frames kept at most; appending more evicts the oldest.
@@ -54,6 +43,8 @@ class Ring:
         "_sizes",
         "_arrival",
         "_writers",
+        "_seqs",
+        "_breaks",
         "_start",
         "first_seq",
         "next_seq",
@@ -64,7 +55,8 @@ class Ring:
         if max_frames < 1:
             raise ValueError("a ring holds at least one frame")
         self.max_frames = max_frames
-        # Parallel columns; index i holds sequence number first_seq + (i - _start).
+        # Parallel columns; index i holds sequence number first_seq + (i - _start)
+        # while the numbering has no hole.
         # Numbers live in arrays: a third of the memory of lists of objects,
         # and nothing for the garbage collector to walk (a ring of millions of
         # frames in lists made every full collection pause the broker ~70 ms).
@@ -73,18 +65,20 @@ class Ring:
         self._sizes = array.array("q")
         self._arrival = array.array("q")
         self._writers: list[tuple[int, str]] = []  # (first seq, writer) per run of one writer
+        self._seqs: array.array[int] | None = None  # every frame's number, once there is a hole
+        self._breaks: list[int] = []  # numbers that follow a hole, oldest first
         self._start = 0
         self.first_seq = next_seq  # sequence number of the oldest frame held
         self.next_seq = next_seq  # sequence number the next append gets
         self.bytes = 0  # payload + bookkeeping bytes held
 
     def __len__(self) -> int:
-        return self.next_seq - self.first_seq
+        return len(self._ts) - self._start
 
     @property
     def last_seq(self) -> int:
         """Sequence number of the newest frame (``first_seq - 1`` when empty)."""
-        return self.next_seq - 1
+        return self.next_seq - 1 if len(self) else self.first_seq - 1
 
     @property
     def oldest_arrival(self) -> int | None:
@@ -110,17 +104,28 @@ class Ring:
         writer: str,
         arrival: int,
         sizes: list[int] | None = None,
+        seq: int | None = None,
     ) -> int:
         """Append frames; return the bytes evicted to stay within ``max_frames``.
 
         ``arrival`` numbers the first of them in the owner's arrival order;
-        ``sizes`` are their lengths, when the caller has them already.
+        ``sizes`` are their lengths, when the caller has them already; ``seq``
+        numbers the first of them, leaving a hole after ``next_seq``.
+
+        Raises:
+            ValueError: ``seq`` is below ``next_seq``.
         """
         n = len(ts)
+        if seq is not None and seq != self.next_seq:
+            self._hole(seq)
         if not self._writers or self._writers[-1][1] != writer:
             self._writers.append((self.next_seq, writer))
         if sizes is None:
             sizes = list(map(len, data))
+        if self._seqs is not None:
+            self._seqs.extend(range(self.next_seq, self.next_seq + n))
+        if not len(self):
+            self.first_seq = self.next_seq
         self._ts.extend(ts)
         self._data += data
         self._sizes.extend(sizes)
@@ -130,6 +135,17 @@ class Ring:
         over = len(self) - self.max_frames
         return self.evict(over) if over > 0 else 0
 
+    def _hole(self, seq: int) -> None:
+        if seq < self.next_seq:
+            raise ValueError(
+                f"sequence number {seq} is below the next one, {self.next_seq}: numbers never go back"
+            )
+        if self._seqs is None:
+            self._seqs = array.array("q", bytes(8 * self._start))
+            self._seqs.extend(range(self.first_seq, self.first_seq + len(self)))
+        self._breaks.append(seq)
+        self.next_seq = seq
+
     def evict(self, count: int = 1) -> int:
         """Drop the ``count`` oldest frames; return the bytes freed."""
         count = min(count, len(self))
@@ -137,7 +153,11 @@ class Ring:
         freed = FRAME_OVERHEAD_BYTES * count + sum(self._sizes[start : start + count])
         self._data[start : start + count] = itertools.repeat(None, count)  # free payloads now
         self._start = start + count
-        self.first_seq += count
+        if self._seqs is None:
+            self.first_seq += count
+        else:
+            held = self._start < len(self._seqs)
+            self.first_seq = self._seqs[self._start] if held else self.next_seq
         self.bytes -= freed
         if self._start > 1024 and self._start * 2 > len(self._ts):
             self._compact()
@@ -146,28 +166,54 @@ class Ring:
     def evict_oldest(self) -> int:
         return self.evict(1)
 
+    def resize(self, max_frames: int) -> int:
+        """Keep at most ``max_frames`` from now on; return the bytes evicted."""
+        self.max_frames = max_frames
+        over = len(self) - max_frames
+        return self.evict(over) if over > 0 else 0
+
     def _compact(self) -> None:
         s = self._start
         del self._ts[:s], self._data[:s], self._sizes[:s], self._arrival[:s]
+        if self._seqs is not None:
+            del self._seqs[:s]
+            self._breaks = [b for b in self._breaks if b > self.first_seq]
         self._start = 0
         keep = bisect.bisect_right(self._writers, self.first_seq, key=lambda w: w[0]) - 1
         if keep > 0:
             del self._writers[:keep]
 
+    def _index(self, seq: int) -> int:
+        """Column index of the first frame numbered ``seq`` or later."""
+        if self._seqs is None:
+            return self._start + max(seq - self.first_seq, 0)
+        return bisect.bisect_left(self._seqs, seq, lo=self._start)
+
     def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
         """Frames from ``seq`` on, at most ``max_frames`` and ``max_bytes`` (but at least one).
 
-        A ``seq`` older than the oldest frame held starts at the oldest and
-        reports how many were missed; one past the newest gives an empty run.
+        A ``seq`` older than the oldest frame held (or in a hole) starts at the
+        next frame held and reports how many were missed; the run stops before
+        a hole; one past the newest gives an empty run.
         """
-        missed = 0
-        if seq < self.first_seq:
-            missed = self.first_seq - seq
-            seq = self.first_seq
-        count = min(max_frames, self.next_seq - seq)
-        if count <= 0:
-            return Run(max(seq, self.first_seq), [], [], [], [], missed)
-        i = self._start + (seq - self.first_seq)
+        if self._seqs is None:
+            missed = 0
+            if seq < self.first_seq:
+                missed = self.first_seq - seq
+                seq = self.first_seq
+            count = min(max_frames, self.next_seq - seq)
+            if count <= 0:
+                return empty_run(max(seq, self.first_seq), missed)
+            i = self._start + (seq - self.first_seq)
+        else:
+            i = self._index(seq)
+            if i >= len(self._seqs):
+                return empty_run(max(seq, self.first_seq))
+            held = self._seqs[i]
+            missed, seq = held - seq if held > seq else 0, held
+            b = bisect.bisect_right(self._breaks, seq)
+            end = self._index(self._breaks[b]) if b < len(self._breaks) else len(self._seqs)
+            count = min(max_frames, end - i)
         sizes = self._sizes[i : i + count]
         if max_bytes is not None and sum(sizes) > max_bytes:
             count = max(bisect.bisect_right(list(itertools.accumulate(sizes)), max_bytes), 1)
@@ -177,24 +223,55 @@ class Ring:
             self._ts[i : i + count].tolist(),
             self._data[i : i + count],
             sizes.tolist(),
-            self._writers_for(seq, count),
+            self._writers_for(seq, seq + count),
             missed,
         )
 
-    def _writers_for(self, seq: int, count: int) -> list[tuple[int, str]]:
+    def _span(self, i: int, count: int) -> Run:
+        """The ``count`` frames from column ``i`` on, across holes."""
+        count = max(min(count, len(self._ts) - i), 0)
+        seqs = self._seqs
+        if seqs is None:
+            seq = self.first_seq + (i - self._start)
+            if not count:
+                return empty_run(seq)
+            return Run(
+                seq,
+                self._ts[i : i + count].tolist(),
+                self._data[i : i + count],
+                self._sizes[i : i + count].tolist(),
+                self._writers_for(seq, seq + count),
+            )
+        if not count:
+            return empty_run(seqs[i] if i < len(seqs) else self.next_seq)
+        numbers = seqs[i : i + count]
+        first, end = numbers[0], numbers[-1] + 1
+        return Run(
+            first,
+            self._ts[i : i + count].tolist(),
+            self._data[i : i + count],
+            self._sizes[i : i + count].tolist(),
+            self._writers_for(first, end),
+            seqs=numbers if end - first != count else None,
+        )
+
+    def _writers_for(self, seq: int, end: int) -> list[tuple[int, str]]:
         w = self._writers
         lo = bisect.bisect_right(w, seq, key=lambda x: x[0]) - 1
-        hi = bisect.bisect_left(w, seq + count, key=lambda x: x[0])
+        hi = bisect.bisect_left(w, end, key=lambda x: x[0])
         runs = w[max(lo, 0) : hi]
         if runs and runs[0][0] < seq:
             runs[0] = (seq, runs[0][1])
         return runs
 
+    def from_seq(self, seq: int, max_frames: int) -> Run:
+        return self._span(self._index(seq), max_frames)
+
     def newest_n(self, n: int) -> Run:
-        return self.read(max(self.next_seq - n, self.first_seq), n)
+        return self._span(max(len(self._ts) - n, self._start), n)
 
     def oldest_n(self, n: int) -> Run:
-        return self.read(self.first_seq, n)
+        return self._span(self._start, n)
 
     def time_range(self, start: float, duration: float, max_frames: int) -> Run:
         """Frames with ``start <= timestamp < start + duration`` (timestamps assumed non-decreasing).
@@ -206,7 +283,33 @@ class Ring:
             hi = bisect.bisect_right(self._ts, start, lo=lo)
         else:
             hi = bisect.bisect_left(self._ts, start + duration, lo=lo)
-        seq = self.first_seq + (lo - self._start)
-        if hi <= lo:
-            return Run(seq, [], [], [], [])
-        return self.read(seq, min(hi - lo, max_frames))
+        return self._span(lo, min(hi - lo, max_frames))
+
+    # --- the rest of the ChannelStore protocol: memory holds everything
+
+    def read_now(self, query: Query) -> Run:
+        return answer(self, query)
+
+    async def read_later(self, query: Query) -> Run:
+        return answer(self, query)
+
+    async def flushed(self) -> None:
+        return None
+
+    def drop(self) -> int:
+        freed = self.bytes
+        self.evict(len(self))
+        return freed
+
+
+class MemoryStores:
+    """The factory of memory-only stores: a ring per channel, nothing on disk."""
+
+    durable = False
+
+    def __call__(self, spec: ChannelSpec) -> ChannelStore:
+        return Ring(spec.max_frames, spec.next_seq)
+
+
+#: The default store factory: every channel in memory only.
+memory_store: StoreFactory = MemoryStores()

@@ -1,22 +1,54 @@
-"""The interest table: which subscriptions want which channels.
+"""The interest table and delivery: which subscriptions want which channels, and what they get.
 
 Pure and synchronous.  A subscription holds one :class:`Cursor` per channel it
 matches; the cursor is the next sequence number that subscriber wants, so the
-channel's ring is the only buffer between producer and subscriber, and a slow
-subscriber only lets its own cursors fall behind.
+channel's store is the only buffer between producer and subscriber, and a slow
+subscriber only lets its own cursors fall behind.  The router owns the
+cursors: after a put the hub asks it whom to wake (:meth:`Router.wakers`),
+and each connection's writer pulls its frames with :func:`collect`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import attrs
 
 from .names import compile_pattern
+from .store import ChannelStore, Run
 
-if TYPE_CHECKING:
-    from .hub import Channel
+#: One delivery group: [source, channel, content_type, first_seq, ts, sizes, writer].
+Group = list[Any]
+
+
+class Waker(Protocol):
+    """Whom a put wakes: the connection that delivers a subscription's frames."""
+
+    def wake_soon(self) -> None:
+        """Mark frames to send; never waits."""
+        ...
+
+
+class Channel(Protocol):
+    """What the router reads of a channel (the hub's :class:`~turbine.hub.Channel`)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source_name(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def store(self) -> ChannelStore: ...
+
 
 #: Where a new subscription starts on channels that already exist.
 STARTS = ("now", "newest", "oldest")
@@ -34,19 +66,19 @@ class Cursor:
 
     @property
     def pending(self) -> bool:
-        return self.next_seq < self.channel.ring.next_seq
+        return self.next_seq < self.channel.store.next_seq
 
 
 @attrs.define(eq=False)
 class Subscription:
     """A pattern one client wants frames for.
 
-    ``owner`` is opaque here (the broker's connection); ``monitor`` delivers
-    only the newest frame of each channel.
+    ``owner`` is woken when a channel it reads gets frames (the broker's
+    connection); ``monitor`` delivers only the newest frame of each channel.
     """
 
     id: int
-    owner: Any
+    owner: Waker | None
     pattern: str
     start: str | int = "now"
     monitor: bool = False
@@ -64,15 +96,15 @@ class Subscription:
         A channel created after the subscription starts at its first frame,
         whatever ``start`` says: nothing a new source sends is lost.
         """
-        ring = channel.ring
+        store = channel.store
         if not existed:
-            return ring.first_seq
+            return store.first_seq
         if self.start == "now":
-            return ring.next_seq
+            return store.next_seq
         if self.start == "newest":
-            return max(ring.last_seq, ring.first_seq)
+            return max(store.last_seq, store.first_seq)
         if self.start == "oldest":
-            return ring.first_seq
+            return store.first_seq
         return int(self.start)
 
 
@@ -103,12 +135,14 @@ def check_selection(**given: Any) -> str:
 
 
 class Router:
-    """Every live subscription, and which channels each one reads."""
+    """Every live subscription, and the cursors of each channel."""
 
     def __init__(self) -> None:
         self.subscriptions: list[Subscription] = []
+        self._cursors: dict[Channel, list[Cursor]] = {}
+        self._wakers: dict[Channel, tuple[Waker, ...]] = {}  # whom a put to a channel wakes
 
-    def add(self, sub: Subscription, channels: list[Channel]) -> None:
+    def add(self, sub: Subscription, channels: Iterable[Channel]) -> None:
         """Register ``sub`` and attach it to the matching channels that exist now."""
         self.subscriptions.append(sub)
         for ch in channels:
@@ -118,22 +152,91 @@ class Router:
     def remove(self, sub: Subscription) -> None:
         self.subscriptions.remove(sub)
         for ch, cur in sub.cursors.items():
-            ch.cursors.remove(cur)
+            self._cursors[ch].remove(cur)
+            self._update(ch)
         sub.cursors.clear()
 
     def channel_created(self, ch: Channel) -> None:
         """Attach every matching subscription to a channel that did not exist before."""
+        self._cursors[ch] = []
         for sub in self.subscriptions:
             if sub.regex.match(ch.path):
                 self._attach(sub, ch, sub.start_seq(ch, existed=False))
 
     def channel_removed(self, ch: Channel) -> None:
-        for cur in ch.cursors:
+        for cur in self._cursors.pop(ch, ()):
             del cur.sub.cursors[ch]
-        ch.cursors.clear()
+        self._wakers.pop(ch, None)
 
-    @staticmethod
-    def _attach(sub: Subscription, ch: Channel, seq: int) -> None:
+    def cursors(self, ch: Channel) -> list[Cursor]:
+        """The cursors reading ``ch``."""
+        return self._cursors.get(ch, [])
+
+    def wakers(self, ch: Channel) -> tuple[Waker, ...]:
+        """Whom frames put to ``ch`` concern: every subscriber reading it, once each."""
+        return self._wakers.get(ch, ())
+
+    def _attach(self, sub: Subscription, ch: Channel, seq: int) -> None:
         cur = Cursor(sub, ch, seq)
         sub.cursors[ch] = cur
-        ch.cursors.append(cur)
+        self._cursors.setdefault(ch, []).append(cur)
+        self._update(ch)
+
+    def _update(self, ch: Channel) -> None:
+        owners = {c.sub.owner: None for c in self._cursors[ch] if c.sub.owner is not None}
+        self._wakers[ch] = tuple(owners)
+
+
+def add_run(groups: list[Group], payloads: list[Any], ch: Channel, run: Run) -> None:
+    """Append ``run`` of ``ch`` to a delivery as one group per writer (and per hole)."""
+    if not run.ts:
+        return
+    if run.seqs is not None:
+        for piece in run.pieces():
+            add_run(groups, payloads, ch, piece)
+        return
+    payloads += run.data
+    source, name, ctype = ch.source_name, ch.name, ch.content_type
+    writers = run.writers
+    if len(writers) == 1:
+        groups.append([source, name, ctype, run.first_seq, run.ts, run.sizes, writers[0][1]])
+        return
+    bounds = [w[0] for w in writers[1:]] + [run.first_seq + len(run.ts)]
+    for (seq, writer), end in zip(writers, bounds, strict=True):
+        a, b = seq - run.first_seq, end - run.first_seq
+        groups.append([source, name, ctype, seq, run.ts[a:b], run.sizes[a:b], writer])
+
+
+def collect(
+    cursors: Iterable[Cursor], max_frames: int, max_bytes: int
+) -> tuple[list[Group], list[Any], list[tuple[Cursor, Run]], int, int]:
+    """Pull what ``cursors`` have pending, within a budget, advancing them.
+
+    Returns the groups, their payloads, ``(cursor, run)`` for every cursor
+    whose read skipped numbers (``run.missed`` of them, evicted or a hole:
+    a gap to report first; ``run.first_seq`` is where it goes on), and the
+    frame and byte counts.  Monitor subscriptions skip to the newest frame.
+    """
+    groups: list[Group] = []
+    payloads: list[Any] = []
+    gaps: list[tuple[Cursor, Run]] = []
+    frames = 0
+    size = 0
+    for cur in cursors:
+        if frames >= max_frames or size >= max_bytes:
+            break
+        store = cur.channel.store
+        if cur.next_seq >= store.next_seq:
+            continue
+        if cur.sub.monitor:
+            run = store.newest_n(1)
+        else:
+            run = store.read(cur.next_seq, max_frames - frames, max_bytes - size)
+            if run.missed:
+                gaps.append((cur, run))
+        add_run(groups, payloads, cur.channel, run)
+        n = len(run.ts)
+        frames += n
+        size += sum(run.sizes)
+        cur.next_seq = run.first_seq + n
+    return groups, payloads, gaps, frames, size

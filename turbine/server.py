@@ -34,10 +34,13 @@ from ._constants import (
 )
 from ._errors import ProtocolError, RemoteProtocolError, RequestFailed
 from ._io import send_buffers, write_now
-from .hub import Hub, collect
+from .hub import Hub, PendingFetch
 from .names import InvalidName
+from .peer import Peer
 from .protocol import NEED_DATA, Connection, Message, Role, encode, split_payload
-from .router import Subscription, check_start
+from .ringbuffer import memory_store
+from .router import Subscription, check_start, collect
+from .store import StoreFactory
 
 log = logging.getLogger("turbine.server")
 
@@ -53,6 +56,8 @@ class BrokerConfig:
     lenient_names: bool = False
     types: tuple[str, ...] = SOURCE_TYPES
     write_timeout: float = WRITE_TIMEOUT_S
+    #: Makes each channel's store (see turbine/store.py); memory rings by default.
+    store: StoreFactory = memory_store
 
 
 @attrs.frozen
@@ -74,10 +79,10 @@ class ClientConnection:
         self.id = cid
         try:
             host, port = stream.socket.getpeername()[:2]
-            self.peer = f"{host}:{port}"
+            address = f"{host}:{port}"
         except OSError:
-            self.peer = "?"
-        self.name = f"client#{cid} ({self.peer})"
+            address = "?"
+        self.peer = Peer(cid, address)
         self.proto = Connection(Role.BROKER, max_payload=broker.config.max_frame + 2**20)
         self.subs: dict[int, Subscription] = {}
         self.connected = time.time()
@@ -204,17 +209,17 @@ class ClientConnection:
             groups, payloads, gaps, n, size = collect(
                 sub.cursors.values(), budget_frames, budget_bytes
             )
-            for cur, missed in gaps:
-                sub.missed += missed
+            for cur, run in gaps:
+                sub.missed += run.missed
                 self.gaps += 1
                 buffers += self.proto.send(
                     "gap",
                     {
                         "sub": sub.id,
-                        "source": cur.channel.source.name,
+                        "source": cur.channel.source_name,
                         "channel": cur.channel.name,
-                        "missed": missed,
-                        "next_seq": cur.channel.ring.first_seq,
+                        "missed": run.missed,
+                        "next_seq": run.first_seq,
                     },
                 )
             if groups:
@@ -283,7 +288,7 @@ class ClientConnection:
             self.error(msg.get("id"), exc, code)
         except Exception as exc:
             # A bug must cost this request, never the broker or other clients.
-            log.exception("internal error handling %r from %s", kind, self.name)
+            log.exception("internal error handling %r from %s", kind, self.peer.name)
             self.error(
                 msg.get("id"),
                 RequestFailed(f"internal broker error handling {kind!r}: {exc!r}", "internal"),
@@ -294,9 +299,8 @@ class ClientConnection:
         sizes = f["sizes"]
         data = split_payload(msg.payload, sizes)
         try:
-            ch = self.broker.hub.put(
-                self,
-                self.name,
+            wakers = self.broker.hub.put(
+                self.peer,
                 f["source"],
                 f["channel"],
                 f["ts"],
@@ -314,11 +318,11 @@ class ClientConnection:
             )
             return
         self.frames_in += len(sizes)
-        for cur in ch.cursors:
-            cur.sub.owner.wake_soon()
+        for conn in wakers:
+            conn.wake_soon()
 
     def on_client_hello(self, msg: Message) -> None:
-        self.name = f"{msg['name']}#{self.id} ({self.peer})"
+        self.peer.named(msg["name"])
 
     def on_open_source(self, msg: Message) -> None:
         f = msg.fields
@@ -326,17 +330,17 @@ class ClientConnection:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in channels.items()):
             raise RequestFailed("channels must map channel names to content types", "request")
         kwargs = {k: f[k] for k in ("cache_frames", "cache_bytes", "shared") if k in f}
-        src = self.broker.hub.open_source(self, self.name, f["source"], channels=channels, **kwargs)
+        src = self.broker.hub.open_source(self.peer, f["source"], channels=channels, **kwargs)
         self.reply(
             msg,
             {
                 "source": src.name,
-                "channels": {n: ch.ring.next_seq for n, ch in src.channels.items()},
+                "channels": {n: ch.store.next_seq for n, ch in src.channels.items()},
             },
         )
 
     def on_close_source(self, msg: Message) -> None:
-        self.broker.hub.release(self, msg["source"])
+        self.broker.hub.release(self.peer, msg["source"])
         self.reply(msg)
 
     def on_flush(self, msg: Message) -> None:
@@ -369,7 +373,10 @@ class ClientConnection:
     def on_fetch(self, msg: Message) -> None:
         f = msg.fields
         sel = {k: f[k] for k in ("newest", "oldest", "start", "duration", "after") if k in f}
-        groups, payloads = self.broker.hub.fetch(f["pattern"], **sel)
+        result = self.broker.hub.fetch(f["pattern"], **sel)
+        if isinstance(result, PendingFetch):
+            raise RequestFailed("this broker's stores answer from memory only", "internal")
+        groups, payloads = result
         self.queue("frames", {"id": msg["id"], "groups": groups}, payloads)
 
     def on_list(self, msg: Message) -> None:
@@ -379,7 +386,7 @@ class ClientConnection:
         self.reply(msg, self.broker.status())
 
     def on_delete(self, msg: Message) -> None:
-        self.broker.hub.delete(msg["source"], owner=self)
+        self.broker.hub.delete(msg["source"], self.peer)
         self.reply(msg)
 
     _handlers: dict[str, Callable[[ClientConnection, Message], None]] = {
@@ -398,10 +405,12 @@ class ClientConnection:
     def info(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "name": self.name,
-            "peer": self.peer,
+            "name": self.peer.name,
+            "peer": self.peer.address,
             "connected": self.connected,
-            "sources": sorted(s.name for s in self.broker.hub.sources.values() if s.holder is self),
+            "sources": sorted(
+                s.name for s in self.broker.hub.sources.values() if s.holder is self.peer
+            ),
             "subscriptions": [
                 {
                     "pattern": s.pattern,
@@ -430,6 +439,7 @@ class Broker:
             max_frame=config.max_frame,
             lenient_names=config.lenient_names,
             types=config.types,
+            store=config.store,
         )
         self.started = time.time()
         self.connections: dict[int, ClientConnection] = {}
@@ -485,15 +495,15 @@ class Broker:
             reason = f"connection lost: {group.exceptions[0]}"
         except* Exception as group:
             # A bug must cost this connection, never the broker or other clients.
-            log.error("internal error on %s", conn.name, exc_info=group)
+            log.error("internal error on %s", conn.peer.name, exc_info=group)
             reason = f"internal broker error: {group.exceptions[0]!r}"
         finally:
             for sub in conn.subs.values():
                 self.hub.router.remove(sub)
             conn.subs.clear()
-            self.hub.release(conn)
+            self.hub.release(conn.peer)
             del self.connections[conn.id]
-            self.closed.append(Closed(conn.name, reason, time.time()))
+            self.closed.append(Closed(conn.peer.name, reason, time.time()))
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 

@@ -1,0 +1,30 @@
+"""Who is on the other end of a connection, as the hub sees it."""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define(eq=False)
+class Peer:
+    """One client connection's identity, passed wherever the hub needs to know who asks.
+
+    Compared by identity: two connections from one client program are two
+    peers.  ``name`` is what frames record as their writer and what messages
+    and ``status`` show (``alice#3 (127.0.0.1:50000)``); the broker sets it
+    again when the client says its name (:meth:`named`).  Later: the
+    authenticated principal and its permissions, and the origin broker of
+    mirrored data.
+    """
+
+    id: int
+    address: str = "?"
+    name: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            self.named("client")
+
+    def named(self, client: str) -> None:
+        """Take the name the client gave itself."""
+        self.name = f"{client}#{self.id} ({self.address})"

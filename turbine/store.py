@@ -1,0 +1,283 @@
+"""The channel-store seam: what the hub needs from whatever keeps a channel's frames.
+
+A broker keeps each channel's frames in a :class:`ChannelStore`, made by the
+:class:`StoreFactory` it is configured with (``BrokerConfig.store``).  Today's
+store is the memory ring (:class:`turbine.ringbuffer.Ring`, made by
+:data:`turbine.ringbuffer.memory_store`); a disk archive with the ring as its hot cache slots in
+behind the same interface without touching the hub's logic.
+
+The contract, in short:
+
+* **Numbering.** Every frame has a sequence number.  ``append_many`` numbers
+  frames from ``next_seq`` on, or from an explicit ``seq`` (a mirror storing
+  the origin's numbers); numbers skipped that way are a *hole*, kept as such.
+  Numbers are never reused, not even after eviction or deletion of a source
+  (the hub carries ``next_seq`` over to a re-created channel).
+* **Memory.** ``bytes`` is what the store holds *in memory*, payload plus
+  :data:`~turbine._constants.FRAME_OVERHEAD_BYTES` per frame; the source's
+  ``cache_bytes`` bounds it through :func:`evict_to_fit`, which calls ``evict``.
+  ``max_frames`` bounds the frames held in memory per channel.
+* **Synchronous reads answer from memory only.**  ``read``, ``from_seq``,
+  ``newest_n``, ``oldest_n`` and ``time_range`` never block and never touch a
+  disk.  A store with more than memory (a disk archive) answers
+  :meth:`ChannelStore.read_now` with ``None`` when a query needs the slow part;
+  the broker then hands the query to its store task, which awaits
+  :meth:`ChannelStore.read_later`, and the connection's replies still go out
+  in the order the requests came (see ``turbine/outbound.py``).
+* **Gaps are reported, never hidden.**  :class:`Run` ``.missed`` counts the
+  numbers a read asked for that are not there (evicted, or a hole) before the
+  run's first frame.  ``read`` (a subscriber's cursor) stops before a hole, so
+  the next read reports it; the fetch reads may span holes, and then list the
+  numbers of their frames in ``Run.seqs``.
+
+Everything here is pure and synchronous except ``read_later`` and ``flushed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ._constants import FETCH_MAX_FRAMES
+
+
+@attrs.frozen
+class Run:
+    """Frames of one channel, oldest first, as columns.
+
+    ``first_seq`` numbers the first frame.  Without ``seqs`` the numbers are
+    contiguous (frame ``i`` is ``first_seq + i``); a run that spans holes
+    lists every frame's number in ``seqs``.  ``writers`` lists
+    ``(first_seq, writer)`` for each run of frames by one writer.  ``missed``
+    counts numbers before ``first_seq`` that the reader asked for but that
+    the store does not hold (evicted, or a hole in the numbering).
+    """
+
+    first_seq: int
+    ts: list[float]
+    data: list[Any]
+    sizes: list[int]
+    writers: list[tuple[int, str]]
+    missed: int = 0
+    seqs: Sequence[int] | None = None
+
+    @property
+    def next_seq(self) -> int:
+        """The number after this run's last frame (``first_seq`` when empty)."""
+        if self.seqs is not None and self.ts:
+            return self.seqs[-1] + 1
+        return self.first_seq + len(self.ts)
+
+    def pieces(self) -> Iterable[Run]:
+        """This run as contiguous runs (itself when it spans no hole)."""
+        seqs = self.seqs
+        if seqs is None:
+            yield self
+            return
+        a = 0
+        for b in range(1, len(seqs) + 1):
+            if b == len(seqs) or seqs[b] != seqs[b - 1] + 1:
+                first, end = seqs[a], seqs[b - 1] + 1
+                writers = [w for w in self.writers if first <= w[0] < end]
+                if not writers or writers[0][0] != first:
+                    before = [w for w in self.writers if w[0] < first]
+                    writers.insert(0, (first, before[-1][1] if before else ""))
+                yield Run(first, self.ts[a:b], self.data[a:b], self.sizes[a:b], writers)
+                a = b
+
+
+def empty_run(seq: int, missed: int = 0) -> Run:
+    return Run(seq, [], [], [], [], missed)
+
+
+#: Query kinds: what a fetch selects on one channel (the names of its selection fields).
+NEWEST, OLDEST, AFTER, TIME = "newest", "oldest", "after", "start"
+
+
+@attrs.frozen
+class Query:
+    """One fetch selection on one channel.
+
+    ``kind`` is :data:`NEWEST` or :data:`OLDEST` (``value`` frames),
+    :data:`AFTER` (frames after sequence number ``value``) or :data:`TIME`
+    (frames stamped ``value <= t < value + duration``; a zero duration selects
+    frames stamped exactly ``value``).  ``max_frames`` caps ``AFTER`` and
+    ``TIME``.
+    """
+
+    kind: str
+    value: float
+    duration: float = float("inf")
+    max_frames: int = FETCH_MAX_FRAMES
+
+
+@attrs.frozen
+class ChannelSpec:
+    """What a factory needs to make (or reopen) the store of one channel."""
+
+    source: str
+    channel: str
+    max_frames: int  # frames the store keeps in memory at most
+    next_seq: int  # the number the first frame gets (continues a deleted channel)
+
+
+class ChannelStore(Protocol):
+    """The frames of one channel; see the module docstring for the contract.
+
+    Attributes:
+        max_frames: frames kept in memory at most (set through :meth:`resize`).
+        first_seq: number of the oldest frame held (``next_seq`` when empty).
+        next_seq: number the next frame appended without ``seq`` gets.
+        bytes: memory held, payload plus per-frame overhead.
+    """
+
+    max_frames: int
+    first_seq: int
+    next_seq: int
+    bytes: int
+
+    def __len__(self) -> int:
+        """Frames held in memory (holes are not frames)."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """Number of the newest frame (``first_seq - 1`` when empty)."""
+        ...
+
+    @property
+    def oldest_arrival(self) -> int | None:
+        """The owner's arrival number of the oldest frame held (see :func:`evict_to_fit`)."""
+        ...
+
+    @property
+    def first_time(self) -> float | None: ...
+
+    @property
+    def last_time(self) -> float | None: ...
+
+    @property
+    def newest(self) -> Any:
+        """The newest payload, or ``None`` when empty."""
+        ...
+
+    def append_many(
+        self,
+        ts: list[float],
+        data: list[Any],
+        writer: str,
+        arrival: int,
+        sizes: list[int] | None = None,
+        seq: int | None = None,
+    ) -> int:
+        """Append a batch of frames; return the memory bytes evicted to stay in ``max_frames``.
+
+        ``arrival`` numbers the first frame in the owner's arrival order (for
+        eviction across channels); ``sizes`` are the payload lengths when the
+        caller has them.  ``seq`` numbers the first frame explicitly; numbers
+        between ``next_seq`` and ``seq`` become a hole.  Never blocks: a store
+        that writes to disk queues the write for its own task.
+
+        Raises:
+            ValueError: ``seq`` is below ``next_seq`` (numbers never go back).
+        """
+        ...
+
+    def evict(self, count: int = 1) -> int:
+        """Drop the ``count`` oldest frames from memory; return the bytes freed."""
+        ...
+
+    def resize(self, max_frames: int) -> int:
+        """Keep at most ``max_frames`` in memory from now on; return the bytes evicted."""
+        ...
+
+    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
+        """A subscriber's read: frames from ``seq`` on, contiguous, from memory.
+
+        At most ``max_frames`` and ``max_bytes`` (but at least one frame).  A
+        ``seq`` that is not held starts at the next frame held and reports the
+        numbers skipped as ``missed``; the run stops before a hole.  One past
+        the newest gives an empty run.
+        """
+        ...
+
+    def from_seq(self, seq: int, max_frames: int) -> Run:
+        """Up to ``max_frames`` frames numbered ``seq`` or later, across holes, from memory."""
+        ...
+
+    def newest_n(self, n: int) -> Run: ...
+
+    def oldest_n(self, n: int) -> Run: ...
+
+    def time_range(self, start: float, duration: float, max_frames: int) -> Run:
+        """Frames with ``start <= timestamp < start + duration`` (non-decreasing timestamps)."""
+        ...
+
+    def read_now(self, query: Query) -> Run | None:
+        """Answer ``query`` from memory at once, or ``None`` if it needs :meth:`read_later`."""
+        ...
+
+    async def read_later(self, query: Query) -> Run:
+        """Answer ``query`` in full (memory and slower storage); may block on a disk.
+
+        Runs in the broker's store task, never in a request handler.
+        Cancellation abandons the read.
+        """
+        ...
+
+    async def flushed(self) -> None:
+        """Return once every frame appended before the call is as durable as the store makes it."""
+        ...
+
+    def drop(self) -> int:
+        """Forget every frame for good (its source is deleted); return the bytes freed."""
+        ...
+
+
+class StoreFactory(Protocol):
+    """Makes the store of each channel; a broker is configured with one.
+
+    ``durable`` says whether ``flushed`` may wait (a memory store's never
+    does, so the broker answers ``flush`` at once).
+    """
+
+    durable: bool
+
+    def __call__(self, spec: ChannelSpec) -> ChannelStore: ...
+
+
+def answer(store: ChannelStore, query: Query) -> Run:
+    """``query`` answered by the synchronous reads of ``store`` (from memory)."""
+    kind = query.kind
+    if kind == NEWEST:
+        return store.newest_n(int(query.value))
+    if kind == OLDEST:
+        return store.oldest_n(int(query.value))
+    if kind == AFTER:
+        return store.from_seq(int(query.value) + 1, query.max_frames)
+    if kind == TIME:
+        return store.time_range(query.value, query.duration, query.max_frames)
+    raise ValueError(f"unknown query kind {kind!r}")
+
+
+def evict_to_fit(stores: Iterable[ChannelStore], held: int, budget: int) -> int:
+    """Evict the oldest frames across ``stores`` until ``held`` bytes fit ``budget``.
+
+    "Oldest" is by arrival across the stores (a source's channels share one
+    budget).  Each store keeps its newest frame, so a source's newest
+    metadata survives.  Returns the bytes freed.
+    """
+    candidates = list(stores)
+    freed = 0
+    while held - freed > budget:
+        oldest: tuple[int, ChannelStore] | None = None
+        for store in candidates:
+            a = store.oldest_arrival
+            if len(store) > 1 and a is not None and (oldest is None or a < oldest[0]):
+                oldest = (a, store)
+        if oldest is None:
+            break
+        freed += oldest[1].evict(1)
+    return freed
