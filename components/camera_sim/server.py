@@ -1,14 +1,19 @@
-"""An emulator of an Axis network camera (VAPIX) on trio.
+"""An emulator of an Axis network camera (VAPIX) on trio, speaking HTTP through h11.
 
 Endpoints:
 
 * ``GET /axis-cgi/mjpg/video.cgi?resolution=WxH&fps=N[&nbrofframes=K]``:
-  ``multipart/x-mixed-replace; boundary=myboundary`` over HTTP/1.0, each part
-  with Content-Type and Content-Length, as Axis cameras send it.  The stream
-  ends after K frames if ``nbrofframes`` is given and not 0.
-* ``GET /axis-cgi/jpg/image.cgi?resolution=WxH``: one JPEG.
+  ``multipart/x-mixed-replace; boundary=myboundary``, each part with
+  Content-Type and Content-Length, as Axis cameras send it.  An HTTP/1.0
+  client gets the stream as Axis cameras send it, unframed until the close;
+  an HTTP/1.1 client gets it chunked (h11's framing).  The stream ends after
+  K frames if ``nbrofframes`` is given and not 0.
+* ``GET /axis-cgi/jpg/image.cgi?resolution=WxH``: one JPEG, with
+  Content-Length.
 
-Other paths get 404, bad parameters 400 with the reason, other methods 405.
+HEAD is answered with the head alone.  Other paths get 404, bad parameters
+400 with the reason, other methods 405, a malformed request 400 and a request
+head over 8 KiB 431.  Every answer closes the connection.
 
 Every client is served by its own task with its own pacing: a client that
 reads slowly gets fewer frames (the newest frame, never a backlog) and is
@@ -22,8 +27,10 @@ from __future__ import annotations
 import logging
 import time
 import urllib.parse
+from http import HTTPStatus
 
 import attrs
+import h11
 import trio
 
 from components.video.synthetic import DEFAULT_QUALITY, PatternRenderer
@@ -42,7 +49,10 @@ MAX_SIDE = 4096
 DEFAULT_MAX_CLIENTS = 64
 DEFAULT_WRITE_TIMEOUT = 10.0  # seconds a client may take to accept one frame
 _REQUEST_TIMEOUT = 10.0  # seconds to receive the request head
-_MAX_REQUEST_HEAD = 8192
+_MAX_REQUEST_HEAD = 8192  # bytes of an incomplete request head (h11 may take one read more)
+_REQUEST_READ = 4096  # bytes per read of the request
+_LINGER_TIME = 1.0  # seconds to drain a refused request before closing
+_LINGER_BYTES = 1 << 20
 
 
 class BadRequest(ValueError):
@@ -132,19 +142,20 @@ class _Sim:
         return src
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        http = _Responder(stream, self.write_timeout)
         try:
-            head = None
+            request = None
             with trio.move_on_after(_REQUEST_TIMEOUT):
-                head = await _receive_head(stream)
-            if head is None:
+                request = await http.receive_request()
+            if request is None:
                 return
             # The request is read before any answer: closing a socket with
             # unread input would reset the connection and lose the answer.
             if self.clients.available_tokens == 0:
-                await _send_error(stream, 503, "Service Unavailable", "too many clients\n")
+                await http.respond_text(503, "too many clients\n")
                 return
             async with self.clients:
-                await self._serve(stream, head)
+                await self._serve(http, request)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except trio.TooSlowError:
@@ -152,51 +163,36 @@ class _Sim:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, stream: trio.SocketStream, head: bytes) -> None:
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await _send_error(stream, 400, "Bad Request", "malformed request line\n")
+    async def _serve(self, http: _Responder, request: h11.Request) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            await http.respond_text(405, "only GET is supported\n")
             return
-        method, target, _ = parts
-        if method not in ("GET", "HEAD"):
-            await _send_error(stream, 405, "Method Not Allowed", "only GET is supported\n")
-            return
+        target = request.target.decode("ascii")
         url = urllib.parse.urlsplit(target)
         if url.path not in (VIDEO_PATH, IMAGE_PATH):
-            await _send_error(stream, 404, "Not Found", f"no such endpoint: {url.path}\n")
+            await http.respond_text(404, f"no such endpoint: {url.path}\n")
             return
         try:
             params = parse_stream_params(url.query)
         except BadRequest as exc:
-            await _send_error(stream, 400, "Bad Request", f"{exc}\n")
+            await http.respond_text(400, f"{exc}\n")
             return
         source = self.source(params)
         if url.path == IMAGE_PATH:
-            jpeg = source.current()
-            head_out = (
-                "HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\n"
-                f"Content-Length: {len(jpeg)}\r\nConnection: close\r\n\r\n"
-            ).encode("ascii")
-            with trio.fail_after(self.write_timeout):
-                await stream.send_all(head_out if method == "HEAD" else head_out + jpeg)
+            await http.respond(200, [("Content-Type", "image/jpeg")], source.current())
             return
-        log.info("client %s: streaming %s", _peer(stream), target)
-        with trio.fail_after(self.write_timeout):
-            await stream.send_all(
-                (
-                    "HTTP/1.0 200 OK\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n"
-                    "Connection: close\r\n"
-                    f"Content-Type: multipart/x-mixed-replace; boundary={BOUNDARY}\r\n\r\n"
-                ).encode("ascii")
-            )
-        if method == "HEAD":
-            return
-        await self._stream(stream, source, params)
+        log.info("client %s: streaming %s", http.peer(), target)
+        headers = [
+            ("Cache-Control", "no-cache"),
+            ("Pragma", "no-cache"),
+            ("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}"),
+        ]
+        await http.respond(200, headers, None)
+        if request.method == b"GET":
+            await self._stream(http, source, params)
+        await http.end()
 
-    async def _stream(
-        self, stream: trio.SocketStream, source: _FrameSource, params: StreamParams
-    ) -> None:
+    async def _stream(self, http: _Responder, source: _FrameSource, params: StreamParams) -> None:
         interval = 1.0 / params.fps
         deadline = trio.current_time()
         sent = 0
@@ -206,47 +202,99 @@ class _Sim:
             part_head = (
                 f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
             ).encode("ascii")
-            with trio.fail_after(self.write_timeout):
-                await stream.send_all(part_head + jpeg + b"\r\n")
+            await http.send_body(part_head + jpeg + b"\r\n")
             sent += 1
             # A client slower than the frame rate gets the newest frame next,
             # not a backlog.
             deadline = max(deadline + interval, trio.current_time())
-        with trio.fail_after(self.write_timeout):
-            await stream.send_all(f"--{BOUNDARY}--\r\n".encode("ascii"))
+        await http.send_body(f"--{BOUNDARY}--\r\n".encode("ascii"))
 
 
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+class _Responder:
+    """One client's connection, on h11: reads its request, sends one answer.
 
+    Every answer closes the connection.  A body sent piece by piece (after
+    ``respond(..., body=None)``) is framed by h11: chunked for an HTTP/1.1
+    client, until the close for an HTTP/1.0 one, as Axis cameras send it.
+    Answers to HEAD carry no body.  Each send must finish within
+    ``write_timeout`` seconds.
 
-async def _receive_head(stream: trio.SocketStream) -> bytes | None:
-    buf = bytearray()
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        if len(buf) > _MAX_REQUEST_HEAD:
-            await _send_error(stream, 431, "Request Header Fields Too Large", "head too long\n")
-            return None
-        data = await stream.receive_some(4096)
-        if not data:
-            return None
-        buf += data
-    return bytes(buf).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    Raises (from the send methods):
+        trio.TooSlowError: the client did not take the bytes in time.
+        trio.BrokenResourceError: the client went away.
+    """
 
+    def __init__(self, stream: trio.SocketStream, write_timeout: float) -> None:
+        self._stream = stream
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST_HEAD)
+        self._write_timeout = write_timeout
+        self._head_only = False
 
-async def _send_error(stream: trio.SocketStream, status: int, reason: str, text: str) -> None:
-    body = text.encode("utf-8")
-    with trio.fail_after(DEFAULT_WRITE_TIMEOUT):
-        await stream.send_all(
-            (
-                f"HTTP/1.0 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            ).encode("ascii")
-            + body
-        )
+    def peer(self) -> str:
+        try:
+            host, port = self._stream.socket.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
+
+    async def receive_request(self) -> h11.Request | None:
+        """The request head, or None if the client closed first or sent a
+        malformed or too long head (then it was answered 400 or 431)."""
+        while True:
+            try:
+                event = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self.respond_text(exc.error_status_hint, f"bad request: {exc}\n")
+                return None
+            if isinstance(event, h11.Request):
+                self._head_only = event.method == b"HEAD"
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # the client closed the connection
+            data = await self._stream.receive_some(_REQUEST_READ)
+            if not data:
+                return None
+            self._conn.receive_data(data)
+
+    async def respond(
+        self, status: int, headers: list[tuple[str, str]], body: bytes | None
+    ) -> None:
+        """Send the response head and, unless ``body`` is None, the whole body."""
+        headers = [*headers, ("Connection", "close")]
+        if body is not None:
+            headers.append(("Content-Length", str(len(body))))
+        reason = HTTPStatus(status).phrase
+        data = self._conn.send(h11.Response(status_code=status, reason=reason, headers=headers))
+        if body is not None:
+            if not self._head_only:
+                data += self._conn.send(h11.Data(data=body))
+            data += self._conn.send(h11.EndOfMessage())
+        await self._send(data)
+
+    async def respond_text(self, status: int, text: str) -> None:
+        """Answer with a plain-text body (an error), then drop what the
+        client still sends (at most ``_LINGER_BYTES`` for ``_LINGER_TIME``
+        seconds): closing a socket with unread input would reset the
+        connection and lose the answer."""
+        headers = [("Content-Type", "text/plain; charset=utf-8")]
+        await self.respond(status, headers, text.encode("utf-8"))
+        with trio.move_on_after(_LINGER_TIME):
+            await self._stream.send_eof()
+            dropped = 0
+            while dropped < _LINGER_BYTES and (data := await self._stream.receive_some(65536)):
+                dropped += len(data)
+
+    async def send_body(self, data: bytes) -> None:
+        """Send a piece of the body begun by ``respond(..., None)``."""
+        await self._send(self._conn.send(h11.Data(data=data)))
+
+    async def end(self) -> None:
+        """End the body begun by ``respond(..., None)``."""
+        await self._send(self._conn.send(h11.EndOfMessage()))
+
+    async def _send(self, data: bytes) -> None:
+        with trio.fail_after(self._write_timeout):
+            await self._stream.send_all(data)
 
 
 async def serve_camera_sim(

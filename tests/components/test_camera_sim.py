@@ -17,7 +17,9 @@ from PIL import Image
 
 from components.camera_sim.server import serve_camera_sim
 from components.video.files import jpeg_files
-from components.video.mjpeg import MultipartParser, parse_response_head, read_mjpeg
+from components.video.httpclient import END_OF_BODY, GetExchange, ResponseHead
+from components.video.mjpeg import read_mjpeg
+from components.video.multipart import MultipartParser
 from components.video.synthetic import (
     PatternRenderer,
     SyntheticConfig,
@@ -33,18 +35,25 @@ async def start_sim(nursery: trio.Nursery, **kwargs: object) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def raw_get(base: str, target: str, method: str = "GET") -> tuple[int, dict, bytes]:
-    """Send one request by hand; return status, headers and the whole body."""
+async def raw_get(
+    base: str, target: str, method: str = "GET", version: str = "1.1"
+) -> tuple[int, dict, bytes]:
+    """Send one request by hand; return status, headers and the whole body as
+    sent (chunked framing included) once the server closes."""
     port = int(base.rsplit(":", 1)[1])
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        await stream.send_all(f"{method} {target} HTTP/1.1\r\nHost: cam\r\n\r\n".encode())
+        await stream.send_all(f"{method} {target} HTTP/{version}\r\nHost: cam\r\n\r\n".encode())
         data = b""
         while chunk := await stream.receive_some():
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    parsed = parse_response_head(head)
-    return parsed.status, dict(parsed.headers), body
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), headers, body
 
 
 async def test_stream_honours_resolution_and_fps(
@@ -64,14 +73,8 @@ async def test_stream_honours_resolution_and_fps(
     assert gaps == pytest.approx([0.2] * 5, abs=0.01)
 
 
-async def test_stream_is_axis_shaped(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
-    base = await start_sim(nursery)
-    with trio.fail_after(30):
-        status, headers, body = await raw_get(
-            base, "/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=10&nbrofframes=3"
-        )
-    assert status == 200
-    assert headers["content-type"] == "multipart/x-mixed-replace; boundary=myboundary"
+def axis_parts(body: bytes, size: tuple[int, int]) -> None:
+    """``body`` is the stream of 3 frames Axis cameras send."""
     assert body.startswith(b"--myboundary\r\n")
     parser = MultipartParser("myboundary")
     parts = parser.feed(body)
@@ -80,7 +83,65 @@ async def test_stream_is_axis_shaped(nursery: trio.Nursery, autojump_clock: trio
     for part in parts:
         assert part.headers["content-type"] == "image/jpeg"
         assert int(part.headers["content-length"]) == len(part.body)
-        assert Image.open(io.BytesIO(part.body)).size == (160, 120)
+        assert Image.open(io.BytesIO(part.body)).size == size
+
+
+async def test_stream_is_axis_shaped(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
+    base = await start_sim(nursery)
+    target = "/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=10&nbrofframes=3"
+    with trio.fail_after(30):
+        status, headers, body = await raw_get(base, target, version="1.0")
+    assert status == 200
+    assert headers["content-type"] == "multipart/x-mixed-replace; boundary=myboundary"
+    assert "content-length" not in headers and "transfer-encoding" not in headers
+    axis_parts(body, (160, 120))  # unframed: the body runs until the close
+
+
+async def test_stream_to_http11_client_is_chunked(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    base = await start_sim(nursery)
+    target = "/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=10&nbrofframes=3"
+    with trio.fail_after(30):
+        status, headers, raw = await raw_get(base, target)
+    assert (status, headers["transfer-encoding"]) == (200, "chunked")
+    exchange = GetExchange(target, [("Host", "cam")])
+    exchange.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + raw)
+    body = b""
+    while (event := exchange.next_event()) is not END_OF_BODY:
+        assert isinstance(event, bytes | bytearray | ResponseHead)
+        body += event if not isinstance(event, ResponseHead) else b""
+    axis_parts(body, (160, 120))
+
+
+async def test_head_requests_get_the_head_alone(nursery: trio.Nursery) -> None:
+    base = await start_sim(nursery)
+    with trio.fail_after(10):
+        status, headers, body = await raw_get(base, "/axis-cgi/jpg/image.cgi", method="HEAD")
+        assert (status, headers["content-type"], body) == (200, "image/jpeg", b"")
+        assert int(headers["content-length"]) > 1000  # what a GET would get
+        status, headers, body = await raw_get(base, "/axis-cgi/mjpg/video.cgi", method="HEAD")
+        assert (status, body) == (200, b"")
+        assert headers["content-type"].startswith("multipart/x-mixed-replace")
+
+
+async def test_malformed_and_oversized_requests(nursery: trio.Nursery) -> None:
+    base = await start_sim(nursery)
+    port = int(base.rsplit(":", 1)[1])
+    for request, status in [
+        (b"GET /axis-cgi/jpg/image.cgi\r\n\r\n", 400),  # no HTTP version
+        (b"GET /axis-cgi/jpg/image.cgi HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: cam\r\nX-Pad: " + b"x" * 20_000 + b"\r\n\r\n", 431),
+    ]:
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(request)
+                data = b""
+                while chunk := await stream.receive_some():
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 %d " % status)
+        assert b"bad request: " in data
 
 
 async def test_snapshot(nursery: trio.Nursery) -> None:
@@ -162,7 +223,9 @@ async def test_slow_client_does_not_slow_others(
     stalled = trio.socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await stalled.connect(("127.0.0.1", port))
-    await stalled.send(b"GET /axis-cgi/mjpg/video.cgi?resolution=1280x720&fps=30 HTTP/1.1\r\n\r\n")
+    await stalled.send(
+        b"GET /axis-cgi/mjpg/video.cgi?resolution=1280x720&fps=30 HTTP/1.1\r\nHost: cam\r\n\r\n"
+    )
     url = f"{base}/axis-cgi/mjpg/video.cgi?resolution=160x120&fps=30"
     start = trio.current_time()
     with trio.fail_after(30):

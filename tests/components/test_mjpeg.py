@@ -19,20 +19,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from components.camera_sim.server import serve_camera_sim
+from components.video.digest import digest_authorization, parse_challenge
+from components.video.httpclient import END_OF_BODY, NEED_DATA, GetExchange, ResponseHead
 from components.video.mjpeg import (
     CameraDisconnected,
-    ChunkedDecoder,
     HttpError,
     HttpStatusError,
     MultipartError,
-    MultipartParser,
-    Part,
-    digest_authorization,
     mjpeg_frames,
-    parse_challenge,
-    parse_response_head,
     read_mjpeg,
 )
+from components.video.multipart import MultipartParser, Part
 from components.video.synthetic import PatternRenderer
 
 # Bodies with the bytes that trip naive parsers: CRLFs, dashes, the boundary
@@ -168,39 +165,105 @@ def test_bad_part_headers() -> None:
         MultipartParser("--")
 
 
-# --- HTTP pieces -------------------------------------------------------------
+# --- HTTP pieces (sans-I/O, on h11) ------------------------------------------
+
+
+def exchange_events(
+    response: bytes, cuts: list[int] = (), *, eof: bool = True, **kwargs: object
+) -> tuple[list[ResponseHead], bytes, bool]:
+    """Feed ``response`` to a GetExchange in pieces; return its heads, the
+    body, and whether the body ended."""
+    exchange = GetExchange("/cam", [("Host", "cam")], **kwargs)
+    assert exchange.request_bytes.startswith(b"GET /cam HTTP/1.1\r\n")
+    heads: list[ResponseHead] = []
+    body = b""
+    pieces = []
+    previous = 0
+    for cut in sorted({c % (len(response) + 1) for c in cuts}) + [len(response)]:
+        if cut > previous:  # b"" would mean end of file
+            pieces.append(response[previous:cut])
+        previous = cut
+    if eof:
+        pieces.append(b"")
+    for piece in pieces:
+        exchange.receive_data(piece)
+        while (event := exchange.next_event()) not in (NEED_DATA, END_OF_BODY):
+            if isinstance(event, ResponseHead):
+                heads.append(event)
+            else:
+                body += event
+        if event is END_OF_BODY:
+            break
+    return heads, body, event is END_OF_BODY
 
 
 @settings(max_examples=100, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=20))
+@given(cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=20))
 def test_chunked_decoding_under_any_chunking(cuts: list[int]) -> None:
     data = b"4\r\nWiki\r\n6;name=value\r\npedia \r\nD\r\nin\r\n\r\nchunks.\r\n0\r\nX-Trailer: 1\r\n\r\n"
-    decoder = ChunkedDecoder()
-    out = b""
-    previous = 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
-        out += decoder.feed(data[previous:cut])
-        previous = cut
-    assert out == b"Wikipedia in\r\n\r\nchunks."
-    assert decoder.done
+    response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + data
+    heads, body, ended = exchange_events(response, cuts, eof=False)
+    assert [h.status for h in heads] == [200]
+    assert body == b"Wikipedia in\r\n\r\nchunks."
+    assert ended  # at the last chunk, without waiting for the connection to close
 
 
 def test_chunked_errors() -> None:
-    with pytest.raises(HttpError, match="bad chunk size"):
-        ChunkedDecoder().feed(b"zz\r\n")
-    with pytest.raises(HttpError, match="missing CRLF after chunk data"):
-        ChunkedDecoder().feed(b"2\r\nabcdef")
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with pytest.raises(HttpError, match="malformed HTTP response from the server: illegal chunk"):
+        exchange_events(head + b"zz\r\n")
+    with pytest.raises(HttpError, match="malformed chunk footer"):
+        exchange_events(head + b"2\r\nabcdef")
+    with pytest.raises(CameraDisconnected, match="closed the connection in the middle of the body"):
+        exchange_events(head + b"10\r\nabc")
 
 
 def test_response_head() -> None:
-    head = parse_response_head(
-        b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=x\r\nX-A: 1\r\nX-A: 2"
+    heads, body, ended = exchange_events(
+        b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=x\r\n"
+        b"X-A: 1\r\nX-A: 2\r\nX-Folded: one\r\n two\r\n\r\nbody until close",
+        name="http://cam/",
     )
+    (head,) = heads
     assert (head.http_version, head.status, head.reason) == ("HTTP/1.0", 200, "OK")
     assert head.headers["content-type"] == "multipart/x-mixed-replace; boundary=x"
+    assert head.media_type == "multipart/x-mixed-replace"
     assert head.headers["x-a"] == "1, 2"
-    with pytest.raises(HttpError, match="not an HTTP/1.x status line"):
-        parse_response_head(b"SSH-2.0-OpenSSH_9.2")
+    assert head.headers["x-folded"] == "one two"  # obsolete line folding
+    assert (body, ended) == (b"body until close", True)
+    with pytest.raises(HttpError, match="malformed HTTP response from http://cam/"):
+        exchange_events(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", name="http://cam/")
+
+
+def test_response_tolerances() -> None:
+    # LF-only line endings, an interim 100 response, a reason-less status line.
+    heads, body, ended = exchange_events(
+        b"HTTP/1.1 100 Continue\n\nHTTP/1.1 200\nContent-Length: 3\n\nabcIGNORED", eof=False
+    )
+    assert [(h.status, h.reason) for h in heads] == [(200, "")]
+    assert (body, ended) == (b"abc", True)
+    # Two challenges in two headers stay apart.
+    heads, _, _ = exchange_events(
+        b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="a"\r\n'
+        b'WWW-Authenticate: Digest realm="a", nonce="n"\r\nContent-Length: 0\r\n\r\n'
+    )
+    assert heads[0].challenges == ('Basic realm="a"', 'Digest realm="a", nonce="n"')
+
+
+def test_response_limits_and_early_close() -> None:
+    with pytest.raises(HttpError, match="longer than 1024 bytes"):
+        exchange_events(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: 0123456789\r\n" * 100, eof=False,
+                        max_header_size=1024)  # fmt: skip
+    with pytest.raises(
+        CameraDisconnected, match="the server closed the connection before a response"
+    ):
+        exchange_events(b"")
+    with pytest.raises(CameraDisconnected, match="before a complete response"):
+        exchange_events(b"HTTP/1.1 200 OK\r\nContent-")
+    with pytest.raises(CameraDisconnected, match="in the middle of the body"):
+        exchange_events(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    with pytest.raises(ValueError, match="cannot ask the server for"):
+        GetExchange("/a path with spaces", [("Host", "cam")])
 
 
 # --- over real loopback TCP ---------------------------------------------------
