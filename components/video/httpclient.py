@@ -27,6 +27,7 @@ import trio
 
 from components.video.digest import basic_authorization, digest_authorization, parse_challenge
 from components.video.errors import CameraDisconnected, HttpError
+from turbine import leaves
 
 DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # bytes of an incomplete head or chunk line
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds
@@ -235,10 +236,7 @@ def _connect_reason(exc: OSError) -> str:
     """The OS's reason ("Connection refused") behind trio's summary error."""
     cause = exc.__cause__
     if isinstance(cause, BaseExceptionGroup):
-        reasons = {
-            getattr(e, "strerror", None) or str(e) for e in cause.exceptions if e is not None
-        }
-        return "; ".join(sorted(reasons))
+        return "; ".join(sorted({getattr(e, "strerror", None) or str(e) for e in leaves(cause)}))
     return exc.strerror or str(exc)
 
 
