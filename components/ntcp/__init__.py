@@ -3,6 +3,7 @@
 from .client import NtcpClient, NtcpConnectionClosed, open_ntcp
 from .protocol import (
     AXES,
+    CONTROL_POINT_KEYWORD,
     TYPES,
     VERBS,
     AxisValue,
@@ -22,11 +23,15 @@ from .protocol import (
     parse_control_point_reply,
     parse_reply,
     parse_request,
+    refuse,
+    reply_count,
+    verb_of,
 )
 from .session import compare_replies, scripted_requests, scripted_session
 
 __all__ = [
     "AXES",
+    "CONTROL_POINT_KEYWORD",
     "TYPES",
     "VERBS",
     "AxisValue",
@@ -50,6 +55,9 @@ __all__ = [
     "parse_control_point_reply",
     "parse_reply",
     "parse_request",
+    "refuse",
+    "reply_count",
     "scripted_requests",
     "scripted_session",
+    "verb_of",
 ]

@@ -32,6 +32,7 @@ from .protocol import (
     format_request,
     parse_control_point_reply,
     parse_reply,
+    reply_count,
 )
 
 __all__ = ["NtcpClient", "NtcpConnectionClosed", "Targets", "open_ntcp"]
@@ -85,11 +86,13 @@ class NtcpClient:
         await self._stream.aclose()
 
     async def request(self, line: str) -> str:
-        """Send one request line (terminator optional) and return the reply line.
+        """Send one request line (terminator optional) and return the reply.
 
         The line is sent as given, valid or not, so a caller can see how the
         peer answers a malformed request. The reply comes back without its
-        terminator.
+        terminator; a get-control-point naming several control points gets
+        one line per point (:func:`~components.ntcp.protocol.reply_count`),
+        returned joined by ``\\n``.
 
         Raises:
             NtcpProtocolError: ``line`` holds a line break or non-ASCII text,
@@ -108,7 +111,7 @@ class NtcpClient:
             self._broken = "a request was cancelled before its reply arrived; reconnect"
             try:
                 await self._stream.send_all(data)
-                reply = await self._receive_line()
+                reply = "\n".join([await self._receive_line() for _ in range(reply_count(line))])
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._broken = "the connection broke"
                 raise NtcpConnectionClosed(
@@ -176,7 +179,9 @@ class NtcpClient:
         self, trans_id: str, control_point: str
     ) -> tuple[Reply, ControlPointValues | None]:
         """The reply and, if it succeeded, the measured values it carries."""
-        reply = await self.send(Request("get-control-point", trans_id=trans_id, name=control_point))
+        reply = await self.send(
+            Request("get-control-point", trans_id=trans_id, points=(control_point,))
+        )
         if not reply.ok:
             return reply, None
         return reply, parse_control_point_reply(reply)[1]

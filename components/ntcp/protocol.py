@@ -2,7 +2,14 @@
 
 One persistent TCP connection carries lines of tab-separated ASCII fields,
 each ending in ``\\n`` (``\\r\\n`` is accepted). The NTCP side sends requests;
-the control system answers each one with exactly one reply, in order.
+the control system answers each one in order: with one reply line, except a
+``get-control-point`` naming several control points, which gets one line per
+control point (:func:`reply_count`).
+
+The dialect accepted is the one deployed clients speak (see ``docs/ntcp.rst``):
+a space instead of the tab after the verb, fields holding spaces (transaction
+ids and session names built from the clock), trailing tabs, and the keyword
+``control-point`` before a propose's second and later control points.
 
 Requests (fields after the verb)::
 
@@ -11,10 +18,10 @@ Requests (fields after the verb)::
     set-parameter      <transId> <name> <value>
     get-parameter      <transId> <name>
     propose            <transId> <controlPoint> <axis> <type> <value> [<axis> <type> <value> ...]
-                                 [<controlPoint> <axis> <type> <value> ...]
+                                 [[control-point] <controlPoint> <axis> <type> <value> ...]
     execute            <transId>
     cancel             <transId>
-    get-control-point  <transId> <controlPoint>
+    get-control-point  <transId> <controlPoint> [<controlPoint> ...]
 
 Replies::
 
@@ -26,7 +33,7 @@ Success fields written by this project's control-system side:
 =================  ===========================================================
 open/close-session ``<name>``
 get-parameter      ``<transId> <name> <value>``
-get-control-point  ``<transId> <controlPoint> (<axis> <type> <value>)...``
+get-control-point  ``<transId> <controlPoint> (<axis> <type> <value>)...``, one line per point
 everything else    ``<transId>``
 =================  ===========================================================
 
@@ -49,6 +56,7 @@ from turbine import TurbineError
 
 __all__ = [
     "AXES",
+    "CONTROL_POINT_KEYWORD",
     "DEFAULT_MAX_LINE_LENGTH",
     "TYPES",
     "VERBS",
@@ -69,6 +77,9 @@ __all__ = [
     "parse_control_point_reply",
     "parse_reply",
     "parse_request",
+    "refuse",
+    "reply_count",
+    "verb_of",
 ]
 
 #: Axes of a control point, in the order replies list them.
@@ -92,6 +103,9 @@ VERBS: tuple[str, ...] = (
 #: longest legitimate line is a propose covering many control points; 64 KiB
 #: holds over a thousand axis/type/value triplets.
 DEFAULT_MAX_LINE_LENGTH = 64 * 1024
+
+#: The keyword that may introduce a propose's second and later control points.
+CONTROL_POINT_KEYWORD = "control-point"
 
 _OK = "OK"
 _NOT_OK = ("NOT OK", "NOTOK")
@@ -149,10 +163,11 @@ class ControlPointValues:
 class Request:
     """One parsed request line.
 
-    ``name`` is the session name (open/close-session), the parameter name
-    (set/get-parameter) or the control point (get-control-point); ``value`` is
-    the parameter value of set-parameter; ``groups`` holds propose's targets.
-    Fields a verb does not use are ``None`` or empty.
+    ``name`` is the session name (open/close-session) or the parameter name
+    (set/get-parameter); ``value`` is the parameter value of set-parameter;
+    ``groups`` holds propose's targets; ``points`` the control points of
+    get-control-point, in order (a name may repeat). Fields a verb does not
+    use are ``None`` or empty.
     """
 
     verb: str
@@ -160,6 +175,7 @@ class Request:
     name: str | None = None
     value: str | None = None
     groups: tuple[ControlPointValues, ...] = ()
+    points: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -299,7 +315,6 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "get-parameter": ("transId", "name"),
     "execute": ("transId",),
     "cancel": ("transId",),
-    "get-control-point": ("transId", "controlPoint"),
 }
 
 
@@ -312,10 +327,12 @@ def _strip_terminator(line: str) -> str:
 
 
 def _check_name(text: str, what: str) -> None:
-    if not text:
+    # Spaces inside a field are allowed: deployed clients build transaction
+    # ids and session names with them ("trans200812201054 4.328[  2.]").
+    if not text.strip():
         raise NtcpProtocolError(f"{what} is empty")
-    if text != text.strip() or any(c.isspace() for c in text):
-        raise NtcpProtocolError(f"{what} {text!r} must not contain spaces or line breaks")
+    if any(c.isspace() and c != " " for c in text):
+        raise NtcpProtocolError(f"{what} {text!r} must not contain tabs or line breaks")
 
 
 def _looks_like_number(text: str) -> bool:
@@ -367,6 +384,21 @@ def _parse_groups(trans_id: str, fields: Sequence[str]) -> tuple[ControlPointVal
             values.append(AxisValue(field, kind, value))
             i += 3
         else:
+            if field == CONTROL_POINT_KEYWORD:
+                # "control-point <name>": how some clients introduce the
+                # second and later control points of one proposal.
+                if i + 1 >= len(fields):
+                    raise NtcpProtocolError(
+                        f"propose {trans_id}: {CONTROL_POINT_KEYWORD} at field {position}"
+                        " needs a control point name after it"
+                    )
+                i += 1
+                field, position = fields[i], position + 1
+                if field in AXES or field == CONTROL_POINT_KEYWORD:
+                    raise NtcpProtocolError(
+                        f"propose {trans_id}: field {position} is {field!r} where the name"
+                        f" after {CONTROL_POINT_KEYWORD} was expected"
+                    )
             _check_name(field, f"propose {trans_id}: control point at field {position}")
             if _looks_like_number(field):
                 raise NtcpProtocolError(
@@ -402,6 +434,46 @@ def _parse_groups(trans_id: str, fields: Sequence[str]) -> tuple[ControlPointVal
     return tuple(groups)
 
 
+def _split(line: str) -> tuple[str, list[str]]:
+    """The verb and the fields of a request line (terminator already gone).
+
+    Fields are separated by tabs; the verb may be followed by spaces instead
+    (``open-session dummySession``). Trailing empty fields (a trailing tab)
+    are dropped.
+
+    Raises:
+        NtcpProtocolError: the line is empty or its verb is unknown.
+    """
+    if not line.strip():
+        raise NtcpProtocolError(f"empty request; expected one of {', '.join(VERBS)}")
+    if "\n" in line or "\r" in line:
+        raise NtcpProtocolError("request holds a line break inside it")
+    head, *fields = line.split("\t")
+    if head not in VERBS:
+        verb, _, first = head.partition(" ")
+        if verb not in VERBS:
+            raise NtcpProtocolError(
+                f"unknown request {head[:40]!r}; expected one of {', '.join(VERBS)}"
+            )
+        head, first = verb, first.lstrip(" ")
+        fields.insert(0, first)
+    while fields and not fields[-1]:
+        fields.pop()
+    return head, fields
+
+
+def verb_of(line: str) -> str | None:
+    """The verb of a request line, or ``None`` if it has none this protocol knows.
+
+    Cheaper than :func:`parse_request` and never raises: what a relay needs to
+    tell an ``execute`` (in any of its accepted spellings) from the rest.
+    """
+    try:
+        return _split(_strip_terminator(line))[0]
+    except NtcpProtocolError:
+        return None
+
+
 def parse_request(line: str) -> Request:
     """Parse one request line (a trailing ``\\n`` or ``\\r\\n`` is allowed).
 
@@ -409,17 +481,7 @@ def parse_request(line: str) -> Request:
         NtcpProtocolError: the line is not a well-formed request; ``reason``
             names the field at fault and what was expected.
     """
-    line = _strip_terminator(line)
-    if not line.strip():
-        raise NtcpProtocolError(f"empty request; expected one of {', '.join(VERBS)}")
-    if "\n" in line or "\r" in line:
-        raise NtcpProtocolError("request holds a line break inside it")
-    verb, *fields = line.split("\t")
-    if verb not in VERBS:
-        hint = " (fields are separated by tabs)" if " " in verb else ""
-        raise NtcpProtocolError(
-            f"unknown request {verb[:40]!r}{hint}; expected one of {', '.join(VERBS)}"
-        )
+    verb, fields = _split(_strip_terminator(line))
     if verb == "propose":
         if not fields:
             raise NtcpProtocolError(
@@ -428,6 +490,16 @@ def parse_request(line: str) -> Request:
         trans_id = fields[0]
         _check_name(trans_id, "propose: transId (field 2)")
         return Request(verb, trans_id=trans_id, groups=_parse_groups(trans_id, fields[1:]))
+    if verb == "get-control-point":
+        if len(fields) < 2:
+            raise NtcpProtocolError(
+                "get-control-point takes <transId> <controlPoint> [<controlPoint>...],"
+                f" got {len(fields)} field{'' if len(fields) == 1 else 's'}"
+            )
+        for index, text in enumerate(fields, start=2):
+            what = "transId" if index == 2 else "controlPoint"
+            _check_name(text, f"{verb}: {what} (field {index})")
+        return Request(verb, trans_id=fields[0], points=tuple(fields[1:]))
     names = _FIELDS[verb]
     if len(fields) != len(names):
         raise NtcpProtocolError(
@@ -440,8 +512,31 @@ def parse_request(line: str) -> Request:
             _check_name(text, f"{verb}: {what} (field {index})")
     if verb in ("open-session", "close-session"):
         return Request(verb, name=values["name"])
-    name = values.get("name", values.get("controlPoint"))
-    return Request(verb, trans_id=values["transId"], name=name, value=values.get("value"))
+    return Request(
+        verb, trans_id=values["transId"], name=values.get("name"), value=values.get("value")
+    )
+
+
+def reply_count(line: str) -> int:
+    """How many reply lines the control system sends for request ``line``.
+
+    One per control point for a well-formed ``get-control-point``; one for
+    anything else, malformed requests included (they get one ``NOT OK``).
+    """
+    try:
+        request = parse_request(line)
+    except NtcpProtocolError:
+        return 1
+    return max(1, len(request.points))
+
+
+def refuse(line: str, reason: str) -> list[str]:
+    """The reply lines that refuse request ``line``: one ``NOT OK`` per line it expects.
+
+    A client that named three control points reads three lines; answering a
+    failure with one would leave it waiting for the other two.
+    """
+    return [format_not_ok(reason)] * reply_count(line)
 
 
 def _triplet_fields(values: Iterable[AxisValue]) -> list[str]:
@@ -471,8 +566,12 @@ def format_request(request: Request) -> str:
             fields += _triplet_fields(group.values)
     elif verb == "set-parameter":
         fields = [request.trans_id, request.name, request.value]
-    elif verb in ("get-parameter", "get-control-point"):
+    elif verb == "get-parameter":
         fields = [request.trans_id, request.name]
+    elif verb == "get-control-point":
+        if not request.points:
+            raise NtcpProtocolError("get-control-point needs at least one control point")
+        fields = [request.trans_id, *request.points]
     else:
         fields = [request.trans_id]
     if any(f is None for f in fields):

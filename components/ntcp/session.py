@@ -15,6 +15,7 @@ from .protocol import (
     NtcpProtocolError,
     format_number,
     parse_reply,
+    verb_of,
 )
 
 __all__ = ["LineClient", "compare_replies", "scripted_requests", "scripted_session"]
@@ -143,8 +144,9 @@ def compare_replies(
 ) -> list[str]:
     """Compare two transcripts field for field; return the differences (empty if alike).
 
-    Requests and replies must match exactly, except the measured values in
-    successful get-control-point replies: forces and moments may differ by
+    Requests and replies must match exactly, line for line (a get-control-point
+    naming several control points has one reply line each), except the
+    measured values in successful get-control-point replies: forces and moments may differ by
     ``noise_tol`` (measurement noise; the simulator's noise is clipped at 4
     standard deviations, so 8 sigma is a safe bound), displacements and
     rotations by ``position_tol``.
@@ -153,28 +155,43 @@ def compare_replies(
     if len(a) != len(b):
         diffs.append(f"transcripts differ in length: {len(a)} != {len(b)}")
     for index, ((req_a, rep_a), (req_b, rep_b)) in enumerate(zip(a, b, strict=False), start=1):
-        where = f"step {index} ({req_a.split(chr(9), 1)[0]})"
+        verb = verb_of(req_a)
+        where = f"step {index} ({verb or req_a[:20]!r})"
         if req_a != req_b:
             diffs.append(f"{where}: requests differ: {req_a!r} != {req_b!r}")
             continue
         if rep_a == rep_b:
             continue
-        try:
-            ra, rb = parse_reply(rep_a), parse_reply(rep_b)
-        except NtcpProtocolError as exc:
-            diffs.append(f"{where}: replies differ ({exc.reason}): {rep_a!r} != {rep_b!r}")
+        lines_a, lines_b = rep_a.split("\n"), rep_b.split("\n")
+        if len(lines_a) != len(lines_b):
+            diffs.append(f"{where}: {len(lines_a)} reply lines != {len(lines_b)}")
             continue
-        measured = (
-            req_a.startswith("get-control-point\t")
-            and ra.ok
-            and rb.ok
-            and ra.code == rb.code
-            and len(ra.fields) == len(rb.fields)
-            and len(ra.fields) >= 2
-            and (len(ra.fields) - 2) % 3 == 0
-        )
-        if measured:
-            diffs += _compare_measurements(where, ra.fields, rb.fields, noise_tol, position_tol)
-        elif ra != rb:
-            diffs.append(f"{where}: replies differ: {rep_a!r} != {rep_b!r}")
+        for line, (la, lb) in enumerate(zip(lines_a, lines_b, strict=True), start=1):
+            at = where if len(lines_a) == 1 else f"{where} line {line}"
+            diffs += _compare_line(at, verb, la, lb, noise_tol, position_tol)
     return diffs
+
+
+def _compare_line(
+    where: str, verb: str | None, rep_a: str, rep_b: str, noise_tol: float, position_tol: float
+) -> list[str]:
+    if rep_a == rep_b:
+        return []
+    try:
+        ra, rb = parse_reply(rep_a), parse_reply(rep_b)
+    except NtcpProtocolError as exc:
+        return [f"{where}: replies differ ({exc.reason}): {rep_a!r} != {rep_b!r}"]
+    measured = (
+        verb == "get-control-point"
+        and ra.ok
+        and rb.ok
+        and ra.code == rb.code
+        and len(ra.fields) == len(rb.fields)
+        and len(ra.fields) >= 2
+        and (len(ra.fields) - 2) % 3 == 0
+    )
+    if measured:
+        return _compare_measurements(where, ra.fields, rb.fields, noise_tol, position_tol)
+    if ra != rb:
+        return [f"{where}: replies differ: {rep_a!r} != {rep_b!r}"]
+    return []

@@ -32,6 +32,9 @@ from components.ntcp.protocol import (
     LineBuffer,
     NtcpProtocolError,
     format_not_ok,
+    refuse,
+    reply_count,
+    verb_of,
 )
 from turbine import Command, Component, Gap, Reply, RequestFailed, TurbineError
 from turbine.command import COMMAND_CHANNEL, endpoints
@@ -45,8 +48,14 @@ JOURNAL_SCAN = 100
 
 
 def _wire(reply: str) -> bytes:
-    """One reply line for the client: one line, ASCII (anything else becomes '?')."""
-    return " ".join(reply.splitlines()).encode("ascii", "replace") + b"\n"
+    """The reply lines for the client (``reply`` holds them separated by ``\\n``), ASCII.
+
+    Anything not ASCII becomes '?'; a stray carriage return inside a line
+    becomes a space.
+    """
+    return b"".join(
+        " ".join(line.splitlines()).encode("ascii", "replace") + b"\n" for line in reply.split("\n")
+    )
 
 
 class _Waiter:
@@ -146,22 +155,30 @@ class NtcpSerdes(Component):
         Returns within ``timeout`` seconds (plus a broker round trip).
         """
         self.requests += 1
-        reply, answered = await self._relay(line, session)
+        expected = reply_count(line)
+        result, answered = await self._relay(line, session)
+        if answered and result.count("\n") + 1 != expected:
+            result, answered = (
+                (
+                    f"{self.target} answered {result.count(chr(10)) + 1} lines where"
+                    f" {expected} were due"
+                ),
+                False,
+            )
         if not answered:
             self.failures += 1
-        return reply
+            return "\n".join(refuse(line, result))
+        return result
 
     async def _relay(self, line: str, session: str) -> tuple[str, bool]:
-        """The reply line, and whether it came from the control system."""
+        """The reply lines if they came from the control system, else why not: (text, came)."""
         deadline, timeout = self.config["deadline"], self.config["timeout"]
-        is_execute = line.startswith("execute\t")
+        is_execute = verb_of(line) == "execute"
         with trio.move_on_after(min(deadline, timeout)):
             await self._connected.wait()
         tb = self.client
         if not self._connected.is_set() or tb is None:
-            return format_not_ok(
-                f"the turbine at {self.address} is unreachable; not forwarded"
-            ), False
+            return f"the turbine at {self.address} is unreachable; not forwarded", False
         cmd = Command(
             uuid.uuid4().hex, "ntcp", (line,), {"session": session}, time.time() + deadline
         )
@@ -171,12 +188,10 @@ class NtcpSerdes(Component):
                 await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
             except RequestFailed as exc:
                 if exc.code == "missing":
-                    return format_not_ok(
-                        f"no translator {self.target} has run on this turbine"
-                    ), False
-                return format_not_ok(f"the turbine refused the request: {exc}"), False
+                    return f"no translator {self.target} has run on this turbine", False
+                return f"the turbine refused the request: {exc}", False
             except TurbineError as exc:
-                return format_not_ok(f"lost the turbine while sending the request: {exc}"), False
+                return f"lost the turbine while sending the request: {exc}", False
             with trio.move_on_after(min(deadline, timeout)):
                 await waiter.event.wait()
             if not waiter.event.is_set() and not await self._target_online(tb):
@@ -192,11 +207,9 @@ class NtcpSerdes(Component):
             why = "lost the turbine" if waiter.event.is_set() else f"no reply within {timeout:g} s"
             return await self._no_reply(tb, cmd, is_execute, why), False
         if reply.status == "expired":
-            return format_not_ok(
-                f"expired: {reply.error}; not forwarded to the control system"
-            ), False
+            return f"expired: {reply.error}; not forwarded to the control system", False
         if reply.status != "ok" or not isinstance(reply.result, str):
-            return format_not_ok(f"{self.target}: {reply.error or reply.result!r}"), False
+            return f"{self.target}: {reply.error or reply.result!r}", False
         return reply.result, True
 
     async def _target_online(self, tb: Any) -> bool:
@@ -217,12 +230,10 @@ class NtcpSerdes(Component):
             except TurbineError:
                 sent = True
             if sent:
-                return format_not_ok(
-                    f"outcome unknown: {text} after it began forwarding the execute"
-                )
+                return f"outcome unknown: {text} after it began forwarding the execute"
         if time.time() > (cmd.deadline or 0):
-            return format_not_ok(f"{text}; the request expired and will not be forwarded")
-        return format_not_ok(f"{text}; outcome unknown")
+            return f"{text}; the request expired and will not be forwarded"
+        return f"{text}; outcome unknown"
 
     # --- the NTCP side
 

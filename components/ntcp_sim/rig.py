@@ -13,7 +13,9 @@ The model:
   displacement (rotation) through the stiffness, and both limits apply.
 * Transactions per session: propose, then execute or cancel. Executing an
   unknown, rejected, cancelled, lapsed or already executed transaction is
-  refused; a proposal not executed within ``lapse_timeout`` lapses.
+  refused; a proposal not executed within ``lapse_timeout`` lapses. A new
+  proposal may reuse the transId of a finished transaction: it is a new
+  transaction, and only an execute sent after it moves the actuator again.
 * An actuator moving every degree of freedom at a finite speed; execute
   finishes when the slowest one arrives.
 * Measurements: displacement and rotation are the actuator position; force
@@ -33,6 +35,7 @@ import trio
 
 from components.ntcp.protocol import (
     AXES,
+    CONTROL_POINT_KEYWORD,
     TYPES,
     AxisValue,
     ControlPointValues,
@@ -93,8 +96,11 @@ def _control_point_names(instance: object, attribute: attrs.Attribute, value: tu
     for name in value:
         if not name or any(c.isspace() for c in name) or not name.isascii():
             raise ValueError(f"control point name {name!r} must be ASCII without spaces")
-        if name in AXES or name in TYPES:
-            raise ValueError(f"control point name {name!r} clashes with an axis or type name")
+        if name in AXES or name in TYPES or name == CONTROL_POINT_KEYWORD:
+            raise ValueError(
+                f"control point name {name!r} clashes with an axis, a type or the keyword"
+                f" {CONTROL_POINT_KEYWORD}"
+            )
         try:
             float(name)
         except ValueError:
@@ -354,11 +360,18 @@ class Rig:
         now = self._now(now)
         transactions = self._session(session)
         if trans_id in transactions:
+            # A transId names a transaction only until it ends: clients build
+            # ids from the clock to the second, so a new proposal may reuse the
+            # id of one already executed. It is a new transaction; the old one
+            # is forgotten (an execute of it was answered once already).
             old = transactions[trans_id]
             self._refresh_one(old, now)
-            raise RigError(
-                f"transaction {trans_id} already exists (state {old.state}); use a new transId"
-            )
+            if old.state in (TransactionState.PROPOSED, TransactionState.EXECUTING):
+                raise RigError(
+                    f"transaction {trans_id} is still {old.state}; execute or cancel it"
+                    " before proposing again under its transId"
+                )
+            del transactions[trans_id]
         try:
             targets = self._check_proposal(groups)
         except RigError as exc:

@@ -21,6 +21,7 @@ from components.ntcp.protocol import (
     format_not_ok,
     format_ok,
     parse_request,
+    refuse,
 )
 
 from .rig import Rig, RigError
@@ -45,22 +46,23 @@ class SimConnection:
         self.rig = rig
         self.session: str | None = None
 
-    def handle(self, line: str, now: float) -> tuple[str, float]:
+    def handle(self, line: str, now: float) -> tuple[list[str], float]:
         """Answer one request line.
 
-        Returns ``(reply line, due)``: the reply must not be sent before
-        ``due`` (later than ``now`` only for an execute that moves the
-        actuator). Malformed requests and refusals become ``NOT OK`` replies;
-        nothing here raises for a peer's mistake.
+        Returns ``(reply lines, due)``: one line, or one per control point of
+        a get-control-point (:func:`~components.ntcp.protocol.reply_count`);
+        they must not be sent before ``due`` (later than ``now`` only for an
+        execute that moves the actuator). Malformed requests and refusals
+        become ``NOT OK`` replies; nothing here raises for a peer's mistake.
         """
         try:
             request = parse_request(line)
         except NtcpProtocolError as exc:
-            return format_not_ok(exc.reason), now
+            return [format_not_ok(exc.reason)], now
         try:
             return self._dispatch(request, now)
         except RigError as exc:
-            return format_not_ok(exc.reason), now
+            return refuse(line, exc.reason), now
 
     def close(self) -> None:
         """Close this connection's session, if one is open."""
@@ -78,7 +80,7 @@ class SimConnection:
             )
         return self.session
 
-    def _dispatch(self, request: Request, now: float) -> tuple[str, float]:
+    def _dispatch(self, request: Request, now: float) -> tuple[list[str], float]:
         rig = self.rig
         verb = request.verb
         if verb == "open-session":
@@ -90,15 +92,18 @@ class SimConnection:
                 )
             rig.open_session(request.name)
             self.session = request.name
-            return format_ok(request.name), now
+            return [format_ok(request.name)], now
         if verb == "close-session":
-            if self.session != request.name:
-                current = "none" if self.session is None else repr(self.session)
+            # A connection holds at most one session, and deployed clients
+            # close it under another name than they opened it with
+            # ("open-session dummySession" ... "close-session dummy"): close
+            # whatever this connection has open.
+            if self.session is None:
                 raise RigError(
-                    f"session {request.name!r} is not open on this connection (open: {current})"
+                    f"close-session {request.name}: no session is open on this connection"
                 )
             self.close()
-            return format_ok(request.name or ""), now
+            return [format_ok(request.name or "")], now
 
         session = self._require_session(verb)
         trans_id = request.trans_id
@@ -106,23 +111,31 @@ class SimConnection:
         if verb == "set-parameter":
             assert request.name is not None and request.value is not None
             rig.set_parameter(request.name, request.value)
-            return format_ok(trans_id), now
+            return [format_ok(trans_id)], now
         if verb == "get-parameter":
             assert request.name is not None
-            return format_ok(trans_id, request.name, rig.get_parameter(request.name)), now
+            return [format_ok(trans_id, request.name, rig.get_parameter(request.name))], now
         if verb == "propose":
             rig.propose(session, trans_id, request.groups, now)
-            return format_ok(trans_id), now
+            return [format_ok(trans_id)], now
         if verb == "execute":
             due = rig.execute(session, trans_id, now)
-            return format_ok(trans_id), due
+            return [format_ok(trans_id)], due
         if verb == "cancel":
             rig.cancel(session, trans_id, now)
-            return format_ok(trans_id), now
+            return [format_ok(trans_id)], now
         if verb == "get-control-point":
-            assert request.name is not None
-            values = rig.read_control_point(request.name, now)
-            return format_control_point_reply(trans_id, values), now
+            # One line per control point, in order, each with its own values
+            # (or its own refusal: an unknown name spoils only its line).
+            lines = []
+            for point in request.points:
+                try:
+                    values = rig.read_control_point(point, now)
+                except RigError as exc:
+                    lines.append(format_not_ok(exc.reason))
+                else:
+                    lines.append(format_control_point_reply(trans_id, values))
+            return lines, now
         raise AssertionError(f"parse_request returned unknown verb {verb!r}")
 
 
@@ -166,12 +179,12 @@ async def _serve_connection(rig: Rig, max_line_length: int, stream: trio.abc.Str
                         continue
                     if line is None:
                         break
-                    reply, due = connection.handle(line, now)
+                    replies, due = connection.handle(line, now)
                     if due > now:
                         if not await _send(stream, out):
                             return
                         await trio.sleep_until(due)
-                    out.append(reply)
+                    out += replies
                 if not await _send(stream, out):
                     return
     finally:

@@ -44,6 +44,9 @@ from components.ntcp.protocol import (
     format_not_ok,
     parse_control_point_reply,
     parse_reply,
+    refuse,
+    reply_count,
+    verb_of,
 )
 from turbine import FLOAT64_CONTENT_TYPE, Command, Component, command, parse_address
 
@@ -90,8 +93,8 @@ class _Link:
             self._send.close()
             await trio.aclose_forcefully(self.stream)
 
-    async def request(self, data: bytes) -> str:
-        """Send one encoded line; return the reply line.
+    async def request(self, data: bytes, count: int = 1) -> str:
+        """Send one encoded line; return its ``count`` reply lines, joined by ``\\n``.
 
         Raises:
             LinkLost: the connection broke (the link is then closed). A caller
@@ -99,7 +102,7 @@ class _Link:
         """
         try:
             await self.stream.send_all(data)
-            return await self._replies.receive()
+            return "\n".join([await self._replies.receive() for _ in range(count)])
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             await self.aclose()
             raise LinkLost(self.closed or "the connection to the control system broke") from None
@@ -142,7 +145,7 @@ class NtcpTranslator(Component):
             await super().serve()
 
     async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
-        if cmd.verb == "ntcp" and cmd.args and str(cmd.args[0]).startswith("execute\t"):
+        if cmd.verb == "ntcp" and cmd.args and verb_of(str(cmd.args[0])) == "execute":
             if self._journalled is None:
                 path = f"{self.endpoints['data']}/{JOURNAL_CHANNEL}"
                 frames = await self.client.fetch(path, newest=JOURNAL_SCAN)  # type: ignore[union-attr]
@@ -157,7 +160,7 @@ class NtcpTranslator(Component):
         "ntcp", help="send one NTCP request line to the control system; the result is the reply"
     )
     async def ntcp(self, line: str, session: str = "") -> str:
-        verb = line.split("\t", 1)[0]
+        verb = verb_of(line)
         try:
             data = encode_line(line)
         except NtcpError as exc:
@@ -169,8 +172,8 @@ class NtcpTranslator(Component):
                 with trio.fail_after(self.config["connect_timeout"]):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
-                return format_not_ok(
-                    f"control system {host}:{port} unreachable: {exc or 'timeout'}"
+                return "\n".join(
+                    refuse(line, f"control system {host}:{port} unreachable: {exc or 'timeout'}")
                 )
             if len(self._links) >= MAX_LINKS:
                 oldest = next(iter(self._links))
@@ -188,7 +191,7 @@ class NtcpTranslator(Component):
                 self._journalled.add(self._command.id)
         try:
             with trio.move_on_after(self.config["reply_timeout"]) as waited:
-                reply = await link.request(data)
+                reply = await link.request(data, reply_count(line))
             if waited.cancelled_caught:
                 await link.aclose()
                 raise LinkLost(f"no reply within {self.config['reply_timeout']:g} s")
@@ -198,16 +201,21 @@ class NtcpTranslator(Component):
                 return format_not_ok(
                     f"outcome unknown: {exc} after execute was sent; it is not sent again"
                 )
-            return format_not_ok(str(exc))
-        if verb == "get-control-point" and reply.startswith("OK"):
+            return "\n".join(refuse(line, str(exc)))
+        if verb == "get-control-point":
+            await self._publish(reply.split("\n"))
+        return reply
+
+    async def _publish(self, replies: list[str]) -> None:
+        """Publish the measured values of get-control-point replies (one per control point)."""
+        for reply in replies:
             try:
                 _, values = parse_control_point_reply(parse_reply(reply))
             except NtcpError:
-                return reply  # not ours to judge; the client gets it as it came
+                continue  # a refusal, or not ours to judge: the client gets it as it came
             for v in values.values:
                 channel = measurement_channel(values.control_point, v.axis, v.type)
                 await self.data.put(channel, struct.pack("<d", v.value))
-        return reply
 
     @command("ntcp-close", help="close the control-system connection of an NTCP session key")
     async def ntcp_close(self, session: str = "") -> str:

@@ -23,6 +23,9 @@ from components.ntcp.protocol import (
     parse_control_point_reply,
     parse_reply,
     parse_request,
+    refuse,
+    reply_count,
+    verb_of,
 )
 from components.ntcp.session import compare_replies, scripted_requests
 
@@ -51,8 +54,56 @@ def test_sessions_and_parameters_parse():
     assert parse_request("execute\tt3") == Request("execute", trans_id="t3")
     assert parse_request("cancel\tt3") == Request("cancel", trans_id="t3")
     assert parse_request("get-control-point\tt4\tMDL-00-01") == Request(
-        "get-control-point", trans_id="t4", name="MDL-00-01"
+        "get-control-point", trans_id="t4", points=("MDL-00-01",)
     )
+
+
+def test_the_dialect_of_deployed_clients_parses():
+    # A space instead of the tab after the verb, then tabs.
+    assert parse_request("open-session dummySession\r\n") == Request(
+        "open-session", name="dummySession"
+    )
+    assert parse_request("set-parameter dummySetParam\tnstep\t0") == Request(
+        "set-parameter", trans_id="dummySetParam", name="nstep", value="0"
+    )
+    # Spaces inside fields are kept: transaction ids and session names hold them.
+    assert parse_request("execute\ttrans20091 4.328[1 0 4]") == Request(
+        "execute", trans_id="trans20091 4.328[1 0 4]"
+    )
+    assert parse_request("open-session\tPerl Test Script") == Request(
+        "open-session", name="Perl Test Script"
+    )
+    # A trailing tab is dropped.
+    assert parse_request("execute\tt1\t") == Request("execute", trans_id="t1")
+    # Several control points, sub-device suffixes, repeats allowed, in order.
+    assert parse_request("get-control-point\tdummy\tMDL-00-01:LBCB1\tMDL-00-01:LBCB2") == (
+        Request(
+            "get-control-point", trans_id="dummy", points=("MDL-00-01:LBCB1", "MDL-00-01:LBCB2")
+        )
+    )
+    # The keyword control-point before the second and later control points, or not.
+    with_keyword = parse_request(
+        "propose\tT\tMDL-00-01\tx\tdisplacement\t1.0E+00\tcontrol-point\tCPNode02\ty\tforce\t2"
+    )
+    without = parse_request(
+        "propose\tT\tMDL-00-01\tx\tdisplacement\t1.0E+00\tCPNode02\ty\tforce\t2"
+    )
+    assert with_keyword == without
+    assert [g.control_point for g in without.groups] == ["MDL-00-01", "CPNode02"]
+    # Lower-case exponents, as MATLAB's %.10e writes them.
+    assert parse_request("propose\tT\tA\tx\tdisplacement\t1.2500000000e-01").groups[0].values == (
+        AxisValue("x", "displacement", 0.125),
+    )
+
+
+def test_verb_reply_count_and_refusal():
+    assert verb_of("execute trans 1") == "execute"
+    assert verb_of("execute\tt1\r\n") == "execute"
+    assert verb_of("executes\tt1") is None and verb_of("") is None
+    assert reply_count("get-control-point\tdummy\tA\tB\tA") == 3
+    assert reply_count("get-control-point\tdummy") == 1  # malformed: one NOT OK
+    assert reply_count("execute\tt1") == 1
+    assert refuse("get-control-point\td\tA\tB", "lost\tit") == ["NOT OK\tlost it"] * 2
 
 
 def test_propose_with_several_control_points_splits_into_groups():
@@ -78,12 +129,17 @@ def test_propose_with_several_control_points_splits_into_groups():
         ("", "empty request"),
         ("\r\n", "empty request"),
         ("frobnicate\tt1", "unknown request 'frobnicate'"),
-        ("execute t1", "fields are separated by tabs"),
+        ("executes\tt1", "unknown request 'executes'"),
+        ("frob t1\tt2", "unknown request 'frob t1'"),
+        ("get-control-point\tt1", "get-control-point takes <transId> <controlPoint>"),
+        ("propose\tt1\tA\tx\tforce\t1\tcontrol-point", "needs a control point name after it"),
+        ("propose\tt1\tA\tx\tforce\t1\tcontrol-point\tx", "where the name after control-point"),
         ("execute", "execute takes 1 field (<transId>), got 0"),
         ("execute\tt1\textra", "execute takes 1 field (<transId>), got 2"),
         ("get-parameter\tt1", "get-parameter takes 2 fields (<transId> <name>), got 1"),
-        ("execute\t", "transId (field 2) is empty"),
-        ("open-session\tmy session", "must not contain spaces"),
+        ("execute\t", "execute takes 1 field (<transId>), got 0"),
+        ("open-session\t  ", "name (field 2) is empty"),
+        ("execute\tt\x0b1", "must not contain tabs or line breaks"),
         ("propose", "propose needs <transId>"),
         ("propose\tt1", "expected <controlPoint> <axis> <type> <value>..., got nothing"),
         ("propose\tt1\tx\tdisplacement\t1", "axis 'x' but no control point precedes it"),
@@ -125,7 +181,9 @@ def test_format_request_round_trips():
             ),
         ),
         Request("execute", trans_id="t3"),
-        Request("get-control-point", trans_id="t4", name="MDL-00-01"),
+        Request("get-control-point", trans_id="t4", points=("MDL-00-01",)),
+        Request("get-control-point", trans_id="dummy", points=("A:LBCB1", "A:LBCB2", "A:LBCB1")),
+        Request("execute", trans_id="trans2009 4.328[  2.]"),
     ]
     for request in requests:
         assert parse_request(format_request(request)) == request

@@ -122,8 +122,9 @@ async def test_proposal_outside_limits_is_rejected_with_the_reason(start_sim, au
             )
             assert "x is given both displacement and force" in reply.reason
             reply = await ntcp.propose("t1", {CP: {("x", "displacement"): 0.0}})
-            assert (
-                reply.reason == "transaction t1 already exists (state proposed); use a new transId"
+            assert reply.reason == (
+                "transaction t1 is still proposed; execute or cancel it before proposing"
+                " again under its transId"
             )
             # The rejected ones cannot be executed; the accepted one can.
             assert "rejected at propose" in (await ntcp.execute("t2")).reason
@@ -156,6 +157,99 @@ async def test_cancel_and_execute_rules(start_sim, autojump_clock):
             # The cancelled proposal never moved the rig.
             _, values = await ntcp.get_control_point("m", CP)
             assert values.as_dict()[("x", "displacement")] == 1.0
+
+
+class CountingRig(Rig):
+    """A real rig that also remembers every execute that reached it."""
+
+    def __init__(self, config: RigConfig) -> None:
+        super().__init__(config)
+        self.executes: list[str] = []
+
+    def execute(self, session: str, trans_id: str, now: float | None = None) -> float:
+        self.executes.append(trans_id)
+        return super().execute(session, trans_id, now)
+
+
+async def test_same_id_new_proposal_is_a_new_transaction_but_a_resent_execute_is_refused(
+    nursery, autojump_clock
+):
+    rig = CountingRig(RigConfig())
+    port = await nursery.start(serve_ntcp_sim, rig, "127.0.0.1", 0)
+    with trio.fail_after(10):
+        async with open_ntcp("127.0.0.1", port) as ntcp:
+            await ntcp.open_session("s")
+            # A clock-built id, reused within the same second.
+            tid = "OPFTransaction20261101093000"
+            assert await ntcp.request(f"propose\t{tid}\t{CP}\tx\tdisplacement\t0.5") == (
+                f"OK\t0\t{tid}"
+            )
+            assert await ntcp.request(f"execute\t{tid}") == f"OK\t0\t{tid}"
+            # The same execute again (a retry): refused, the rig never sees it twice.
+            assert await ntcp.request(f"execute\t{tid}") == (
+                f"NOT OK\tcannot execute transaction {tid}: it was already executed"
+            )
+            # A new proposal under the used id: a new transaction, executed once.
+            assert await ntcp.request(f"propose\t{tid}\t{CP}\tx\tdisplacement\t-0.5") == (
+                f"OK\t0\t{tid}"
+            )
+            assert await ntcp.request(f"execute\t{tid}") == f"OK\t0\t{tid}"
+            assert await ntcp.request(f"execute\t{tid}") == (
+                f"NOT OK\tcannot execute transaction {tid}: it was already executed"
+            )
+            # While one is open, its id cannot be proposed again.
+            assert (await ntcp.propose("open", {CP: {("y", "displacement"): 0.1}})).ok
+            assert (
+                "is still proposed"
+                in (await ntcp.propose("open", {CP: {("y", "displacement"): 0}})).reason
+            )
+            _, values = await ntcp.get_control_point("dummy", CP)
+        await trio.testing.wait_all_tasks_blocked()
+    assert rig.executes == [tid, tid, tid, tid]  # four asked, two refused by state
+    assert values.as_dict()[("x", "displacement")] == -0.5
+    assert rig.status()["sessions"] == {}
+
+
+async def test_sub_device_points_several_per_request_each_with_its_own_values(
+    start_sim, autojump_clock
+):
+    points = ("MDL-00-01:LBCB1", "MDL-00-01:LBCB2", "MDL-00-01:ExternalSensors")
+    _, port = await start_sim(control_points=points)
+    with trio.fail_after(10):
+        async with open_ntcp("127.0.0.1", port) as ntcp:
+            assert await ntcp.request("open-session dummySession") == "OK\t0\tdummySession"
+            line = (
+                "propose\tT1\tMDL-00-01:LBCB1\tx\tdisplacement\t1.0"
+                "\tcontrol-point\tMDL-00-01:LBCB2\tx\tdisplacement\t-1.0"
+            )
+            assert await ntcp.request(line) == "OK\t0\tT1"
+            assert await ntcp.request("execute T1") == "OK\t0\tT1"
+            reply = await ntcp.request(
+                "get-control-point\tdummy\tMDL-00-01:LBCB2\tNOPE\tMDL-00-01:LBCB1"
+            )
+            second, unknown, first = reply.split("\n")
+            assert unknown.startswith("NOT OK\tunknown control point 'NOPE'")
+            assert measured(first)[("x", "displacement")] == 1.0
+            assert measured(second)[("x", "displacement")] == -1.0
+            assert second.startswith("OK\t0\tdummy\tMDL-00-01:LBCB2\tx\tdisplacement\t")
+            each = [await ntcp.request(f"get-control-point\tdummy\t{p}") for p in points]
+            assert [parse_reply(r).fields[1] for r in each] == list(points)
+            assert measured(each[2])[("x", "displacement")] == 0.0
+            # Closed under another name than it was opened with, as clients do.
+            assert await ntcp.request("close-session\tdummy") == "OK\t0\tdummy"
+            assert await ntcp.request("close-session\tdummy") == (
+                "NOT OK\tclose-session dummy: no session is open on this connection"
+            )
+            # Without a session, each named point gets its refusal.
+            refused = await ntcp.request("get-control-point\tdummy\tMDL-00-01:LBCB1\tX")
+            assert (
+                refused.split("\n")
+                == [
+                    "NOT OK\tget-control-point: no session is open on this connection;"
+                    " send open-session first"
+                ]
+                * 2
+            )
 
 
 async def test_proposal_lapses_after_the_timeout(start_sim, autojump_clock):
@@ -294,7 +388,8 @@ async def test_malformed_lines_get_not_ok_and_the_connection_keeps_working(
             assert await ntcp.request("open-session\ts") == "OK\t0\ts"
             cases = {
                 "hello": "unknown request 'hello'",
-                "execute t1": "fields are separated by tabs",
+                "execute\t": "execute takes 1 field (<transId>), got 0",
+                "execute\t \t": "transId (field 2) is empty",
                 "execute": "execute takes 1 field (<transId>), got 0",
                 "propose\tt1\tMDL-00-01\tx\tdisplacement\tfar": "'far' is not a number",
                 "propose\tt1\tMDL-00-01\tq\tdisplacement\t1": "has no <axis> <type> <value>",
@@ -303,7 +398,7 @@ async def test_malformed_lines_get_not_ok_and_the_connection_keeps_working(
                 "get-control-point\tm\tNOPE": "unknown control point 'NOPE'",
                 "get-parameter\tp\tnever-set": "unknown parameter 'never-set'",
                 "open-session\tagain": "session 's' is already open on this connection",
-                "close-session\tother": "session 'other' is not open on this connection",
+                "get-control-point\tm": "get-control-point takes <transId> <controlPoint>",
             }
             for line, reason in cases.items():
                 reply = parse_reply(await ntcp.request(line))
@@ -433,6 +528,8 @@ def test_rig_config_validates():
         RigConfig(control_points=("MDL 1",))
     with pytest.raises(ValueError, match="clashes with an axis"):
         RigConfig(control_points=("x",))
+    with pytest.raises(ValueError, match="the keyword control-point"):
+        RigConfig(control_points=("control-point",))
     with pytest.raises(ValueError, match="displacement_speed must be a positive"):
         RigConfig(displacement_speed=0)
 
