@@ -1,0 +1,49 @@
+"""Broker addresses: ``HOST:PORT`` parsing, printing, and opening a stream to one."""
+
+from __future__ import annotations
+
+import trio
+
+from ._constants import DEFAULT_PORT
+from ._errors import ConnectionFailed, TurbineError
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:3333``); a bare host gets the default port.
+
+    Raises:
+        TurbineError: the port is not a number.
+    """
+    address = address.strip()
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":")
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:
+        host, port = address, ""
+    try:
+        return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise TurbineError(f"bad broker address {address!r}: expected HOST:PORT") from None
+
+
+def fmt_address(host: str, port: int) -> str:
+    """``HOST:PORT``, with IPv6 hosts in brackets (the inverse of :func:`parse_address`)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def connect_stream(address: str) -> trio.SocketStream:
+    """A TCP stream to the broker at ``address``.
+
+    Raises:
+        ConnectionFailed: nothing listens there (says how to start a broker).
+    """
+    host, port = parse_address(address)
+    try:
+        return await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise ConnectionFailed(
+            f"no broker at {address} ({cause.strerror or cause}); start one with 'turbine serve'"
+        ) from None

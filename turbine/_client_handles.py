@@ -1,0 +1,151 @@
+"""What the client gives its caller to write to a source and to read a subscription.
+
+Each holds a narrow handle on the connection, not the client: a
+:class:`Source` the two calls it needs to put frames and the one to send a
+request (:class:`PutSink`, :class:`Requester`); a :class:`Subscription` the
+receiving end of its :class:`Feed`, which the client's read loop fills.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from ._client_records import Frame, Gap
+from ._constants import METADATA_CHANNEL, SUBSCRIPTION_QUEUE_BATCHES
+from ._errors import ConnectionFailed, TurbineError
+from .protocol import Message
+
+
+class PutSink(Protocol):
+    """Where a source's frames go: queued without waiting, written in batches."""
+
+    def queue(self, source: str, channel: str, data: Any, timestamp: float | None) -> bool:
+        """Queue one frame; True when the batches are full and must be sent now."""
+
+    async def send(self, buffers: Sequence[Any] = ()) -> None:
+        """Write what is queued."""
+
+
+class Requester(Protocol):
+    async def call(self, kind: str, fields: dict[str, Any]) -> Message:
+        """Send a request and return its reply."""
+
+
+class Source:
+    """A source this client holds (or a shared one it writes to)."""
+
+    def __init__(
+        self, name: str, channels: Mapping[str, str], puts: PutSink, requests: Requester
+    ) -> None:
+        self.name = name
+        self.channels = dict(channels)
+        self._queue = puts.queue
+        self._send = puts.send
+        self._call = requests.call
+
+    async def put(
+        self, channel: str, data: bytes | bytearray | memoryview, timestamp: float | None = None
+    ) -> None:
+        """Queue one frame; it is sent in a batch with others.
+
+        Waits only when its batch is full and being written (backpressure).
+        ``timestamp`` defaults to the broker's clock when the frame arrives.
+
+        Raises:
+            TurbineError: the frame is too large, or the connection failed.
+        """
+        if self._queue(self.name, channel, data, timestamp):
+            await self._send()
+
+    async def flush(self) -> None:
+        """Return once the broker holds every frame put so far.
+
+        Raises:
+            RequestFailed: the broker refused an earlier put (says which and why).
+        """
+        await self._call("flush", {})
+
+    async def set_metadata(
+        self, metadata: Mapping[str, Any], timestamp: float | None = None
+    ) -> None:
+        """Publish ``metadata`` as a new JSON frame on ``metadata.txt`` and flush."""
+        await self.put(METADATA_CHANNEL, json.dumps(metadata, sort_keys=True).encode(), timestamp)
+        await self.flush()
+
+    async def close(self) -> None:
+        """Flush and let go of the source; it stays readable, shown offline."""
+        await self._call("close_source", {"source": self.name})
+
+
+class Feed:
+    """The client's end of one subscription: the read loop delivers batches into it.
+
+    Bounded (``SUBSCRIPTION_QUEUE_BATCHES``): when the reader falls behind,
+    :meth:`send` waits, and so the read loop stops reading the socket.
+    """
+
+    def __init__(self) -> None:
+        send, self.receive = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
+        self.send_nowait = send.send_nowait
+        self.send = send.send
+        self._close = send.close
+        #: Why the feed ended, when the connection failed; None after a normal end.
+        self.error: TurbineError | None = None
+
+    def close(self, error: TurbineError | None = None) -> None:
+        """End the feed; the reader sees the frames already delivered, then ``error`` (if any)."""
+        if error is not None and self.error is None:
+            self.error = error
+        self._close()
+
+
+class Subscription:
+    """Frames (and gaps) for a pattern; iterate with ``async for``.
+
+    Backpressure: the client buffers a bounded number of batches per
+    subscription; when a reader does not keep up, the connection stops
+    reading, the broker's cursor falls behind, and evicted frames arrive as
+    :class:`Gap` items.  The producer is never slowed.
+    """
+
+    def __init__(self, sid: int, pattern: str, start: str | int, monitor: bool, feed: Feed) -> None:
+        self.id = sid
+        self.pattern = pattern
+        self.start = start
+        self.monitor = monitor
+        self.channels: list[str] = []
+        self._feed = feed
+        self._batch: list[Any] = []
+        self._i = 0
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Frame | Gap:
+        i = self._i
+        if i < len(self._batch):
+            self._i = i + 1
+            return self._batch[i]
+        try:
+            self._batch = await self._feed.receive.receive()
+        except trio.EndOfChannel:
+            if self._feed.error is not None:
+                raise self._feed.error from None
+            raise StopAsyncIteration from None
+        self._i = 1
+        return self._batch[0]
+
+    async def receive(self) -> Frame | Gap:
+        """The next frame or gap.
+
+        Raises:
+            ConnectionFailed: the connection to the broker was lost.
+        """
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise ConnectionFailed("the subscription was closed") from None

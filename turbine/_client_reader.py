@@ -1,0 +1,96 @@
+"""The client's read loop: bytes from the socket, messages to whoever waits for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from ._client_handles import Feed
+from ._client_records import Gap, frames_from
+from ._client_requests import Requests
+from ._errors import (
+    ConnectionFailed,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestFailed,
+    TurbineError,
+)
+from .protocol import NEED_DATA, Connection, Message
+
+
+class Reader:
+    """Reads the broker's messages and routes each: replies to :class:`Requests`,
+    frames and gaps to the subscription's :class:`Feed` in :attr:`feeds`, and an
+    error that answers no request (a refused put) to the next request.
+
+    Args:
+        sock: the connected socket.
+        proto: the connection's protocol state.
+        address: the broker's address, for error messages.
+        requests: the requests waiting for replies.
+        on_lost: called with the error when the connection ends or breaks.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        proto: Connection,
+        address: str,
+        requests: Requests,
+        on_lost: Callable[[TurbineError], None],
+    ) -> None:
+        self._sock = sock
+        self._proto = proto
+        self._address = address
+        self._requests = requests
+        self._on_lost = on_lost
+        #: The subscriptions to deliver to, by subscription id.
+        self.feeds: dict[int, Feed] = {}
+
+    async def run(self) -> None:
+        """Read until the connection ends; then call ``on_lost`` (never raises)."""
+        proto = self._proto
+        try:
+            while True:
+                with proto.get_buffer() as view:
+                    n = await self._sock.recv_into(view)
+                proto.buffer_updated(n)
+                while True:
+                    msg = proto.next_event()
+                    if msg is NEED_DATA:
+                        break
+                    await self._dispatch(msg)
+                if not n:
+                    raise ConnectionFailed(f"the broker at {self._address} closed the connection")
+        except ProtocolError as exc:
+            self._on_lost(ConnectionFailed(f"the connection to {self._address} failed: {exc}"))
+        except TurbineError as exc:
+            self._on_lost(exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._on_lost(ConnectionFailed(f"lost the connection to {self._address}: {exc}"))
+
+    async def _dispatch(self, msg: Message) -> None:
+        kind = msg.type
+        if kind == "frames" and "sub" in msg.fields:
+            feed = self.feeds.get(msg["sub"])
+            if feed is not None:
+                batch = frames_from(msg["groups"], msg.payload)
+                try:
+                    feed.send_nowait(batch)
+                except trio.WouldBlock:
+                    await feed.send(batch)  # a slow reader: stop reading the socket
+        elif kind == "gap":
+            feed = self.feeds.get(msg["sub"])
+            if feed is not None:
+                await feed.send(
+                    [Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])]
+                )
+        elif kind in ("ok", "error", "frames") and msg.get("id") is not None:
+            self._requests.resolve(msg["id"], msg)
+        elif kind == "error":
+            if msg["code"] == "protocol":
+                raise RemoteProtocolError(f"the broker reported: {msg['message']}")
+            self._requests.defer(RequestFailed(msg["message"], msg["code"]))
+        else:
+            raise RemoteProtocolError(f"unexpected {kind!r} message from the broker")

@@ -1,0 +1,110 @@
+"""What the client hands its caller: frames, gaps, and what ``list_sources`` reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from itertools import repeat
+from typing import Any, NamedTuple
+
+import attrs
+
+from .protocol import split_groups
+
+
+class Frame(NamedTuple):
+    """One frame as a reader sees it.
+
+    A named tuple rather than an attrs class: readers build one per frame on
+    the hot path, and a tuple is the cheapest immutable record Python has.
+    """
+
+    source: str
+    channel: str
+    seq: int
+    timestamp: float
+    data: bytes
+    content_type: str
+    writer: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.source}/{self.channel}"
+
+
+class Gap(NamedTuple):
+    """Frames a subscriber did not get because the ring evicted them first."""
+
+    source: str
+    channel: str
+    missed: int
+    next_seq: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.source}/{self.channel}"
+
+
+@attrs.frozen
+class ChannelInfo:
+    name: str
+    content_type: str
+    frames: int
+    first_seq: int | None
+    last_seq: int | None
+    first_time: float | None
+    last_time: float | None
+    bytes: int
+    rate: float | None
+
+
+@attrs.frozen
+class SourceInfo:
+    """A source as ``list_sources`` reports it."""
+
+    name: str
+    online: bool
+    holder: str
+    shared: bool
+    cache_frames: int
+    cache_bytes: int
+    bytes: int
+    channels: tuple[ChannelInfo, ...]
+    metadata: Any
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SourceInfo:
+        return cls(**{**d, "channels": tuple(ChannelInfo(**c) for c in d["channels"])})
+
+
+def _as_bytes(data: bytes | memoryview) -> bytes:
+    if type(data) is bytes:
+        return data
+    obj = data.obj  # type: ignore[union-attr]
+    return obj if type(obj) is bytes and len(obj) == len(data) else bytes(data)
+
+
+_new_tuple = tuple.__new__
+
+
+def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
+    """Turn a ``frames`` message's groups into :class:`Frame` objects (no per-frame Python loop)."""
+    frames: list[Frame] = []
+    # tuple.__new__ straight from zip's exact 7-tuples: Frame._make is a
+    # Python-level call per frame (385 -> 87 ns a frame).
+    for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
+        if type(datas[0]) is not bytes:
+            datas = list(map(_as_bytes, datas))
+        frames += map(
+            _new_tuple,
+            repeat(Frame),
+            zip(
+                repeat(source),
+                repeat(channel),
+                range(seq, seq + len(ts)),
+                ts,
+                datas,
+                repeat(ctype),
+                repeat(writer),
+            ),
+        )
+    return frames

@@ -1,0 +1,86 @@
+"""Request correlation: each request carries an id, and the reply with that id wakes its caller."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import trio
+
+from ._client_outbox import Outbox
+from ._errors import ConnectionFailed, RequestFailed
+from .protocol import Connection, Message
+
+
+class _Pending:
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.message: Message | None = None
+
+
+class Requests:
+    """The requests of one connection that wait for their replies.
+
+    The broker refuses a put (which has no id) with an ``error`` that names
+    no request; such refusals are kept (:meth:`defer`) and raised by the next
+    request that completes, so ``flush`` reports them.
+
+    Args:
+        proto: the connection's protocol state, which checks and encodes requests.
+        outbox: where requests are written (after the puts queued before them).
+    """
+
+    def __init__(self, proto: Connection, outbox: Outbox) -> None:
+        self._proto = proto
+        self._outbox = outbox
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._deferred: list[RequestFailed] = []
+
+    def next_id(self) -> int:
+        """A fresh id, unique on this connection (requests and subscriptions share them)."""
+        return next(self._ids)
+
+    async def call(self, kind: str, fields: dict[str, Any]) -> Message:
+        """Send request ``kind`` and wait for its reply (an ``ok`` or ``frames`` message).
+
+        Raises:
+            RequestFailed: the broker refused it, or refused an earlier put.
+            ConnectionFailed: the connection failed before the reply came.
+        """
+        if self._outbox.error is not None:
+            raise self._outbox.error
+        rid = next(self._ids)
+        pending = self._pending[rid] = _Pending()
+        try:
+            await self._outbox.send(self._proto.send(kind, {"id": rid, **fields}))
+            await pending.event.wait()
+        finally:
+            del self._pending[rid]
+        msg = pending.message
+        if msg is None:
+            raise self._outbox.error or ConnectionFailed("the connection to the broker was closed")
+        if msg.type == "error":
+            raise RequestFailed(msg["message"], msg["code"])
+        if self._deferred:
+            errors, self._deferred = self._deferred, []
+            raise errors[0]
+        return msg
+
+    def resolve(self, rid: int, msg: Message) -> None:
+        """Hand ``msg``, the reply to request ``rid``, to its caller (none waits: ignored)."""
+        pending = self._pending.get(rid)
+        if pending is not None:
+            pending.message = msg
+            pending.event.set()
+
+    def defer(self, error: RequestFailed) -> None:
+        """Keep a put's refusal for the next request to raise."""
+        self._deferred.append(error)
+
+    def fail(self) -> None:
+        """Wake every waiting caller: the connection failed (the outbox holds why)."""
+        for pending in self._pending.values():
+            pending.event.set()
