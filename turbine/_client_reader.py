@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -79,13 +81,12 @@ class Reader:
                 try:
                     feed.send_nowait(batch)
                 except trio.WouldBlock:
-                    await feed.send(batch)  # a slow reader: stop reading the socket
+                    await self._deliver_late(feed, batch)
         elif kind == "gap":
             feed = self.feeds.get(msg["sub"])
             if feed is not None:
-                await feed.send(
-                    [Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])]
-                )
+                gap = Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])
+                await self._deliver_late(feed, [gap])
         elif kind in ("ok", "error", "frames") and msg.get("id") is not None:
             self._requests.resolve(msg["id"], msg)
         elif kind == "error":
@@ -94,3 +95,13 @@ class Reader:
             self._requests.defer(RequestFailed(msg["message"], msg["code"]))
         else:
             raise RemoteProtocolError(f"unexpected {kind!r} message from the broker")
+
+    @staticmethod
+    async def _deliver_late(feed: Feed, batch: list[Any]) -> None:
+        """Wait until ``feed`` takes ``batch``: a slow reader stops this loop reading the socket.
+
+        The subscription may end while we wait (its reader left without
+        reading on); the batch is then dropped, and the connection goes on.
+        """
+        with contextlib.suppress(trio.ClosedResourceError):
+            await feed.send(batch)

@@ -1,0 +1,88 @@
+"""The client's parts: its write side, its handles, and leaving a subscription mid-stream."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from turbine import ConnectionFailed, RequestFailed, TurbineError, open_client
+from turbine._client_outbox import Outbox
+from turbine._constants import PROTOCOL_VERSION
+from turbine.protocol import NEED_DATA, Connection, Role
+
+SRC = "daq_rig_data_source"
+
+
+async def test_leaving_a_subscription_whose_queue_is_full_keeps_the_connection(broker):
+    """The read loop may be waiting to deliver to a subscription that nobody reads;
+    leaving that subscription ends the wait, and the client goes on working."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub") as pub, open_client(broker, name="sub") as tb:
+            src = await pub.open_source(SRC, channels={"x": "text/plain"})
+            async with tb.subscribe(f"{SRC}/x", start="oldest") as sub:
+                # Many small flushes: the broker sends a batch per flush, more
+                # batches than the subscription queues, so the read loop blocks.
+                for i in range(200):
+                    await src.put("x", b"%d" % i)
+                    await src.flush()
+                assert (await sub.receive()).data == b"0"
+                await trio.testing.wait_all_tasks_blocked()
+            status = await tb.status()
+            assert status["clients"]
+
+
+async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
+    """A request written after puts follows them, so a flush covers every frame put before it."""
+    ours, theirs = trio.socket.socketpair()
+    lost: list[TurbineError] = []
+    outbox = Outbox(ours, "test", max_frame=100, on_lost=lost.append)
+    client, broker = Connection(Role.CLIENT), Connection(Role.BROKER)
+    hello = client.send("client_hello", {"protocol": PROTOCOL_VERSION, "name": "t"})
+    broker.receive_data(b"".join(hello))
+    assert broker.next_event().type == "client_hello"
+    with trio.fail_after(5):
+        assert not outbox.queue(SRC, "x", b"a", 1.0)
+        assert not outbox.queue(SRC, "y", b"bb", None)
+        assert not outbox.queue(SRC, "x", b"ccc", 2.0)
+        assert outbox.has_puts
+        await outbox.send(client.send("flush", {"id": 7}))
+        assert not outbox.has_puts
+        got = []
+        while len(got) < 3:
+            if (msg := broker.next_event()) is NEED_DATA:
+                broker.receive_data(await theirs.recv(65536))
+            else:
+                got.append(msg)
+    assert [(m.type, m.get("channel"), m.get("ts"), bytes(m.payload)) for m in got] == [
+        ("put", "x", [1.0, 2.0], b"accc"),
+        ("put", "y", [None], b"bb"),
+        ("flush", None, None, b""),
+    ]
+    with pytest.raises(RequestFailed, match="101 bytes is over the broker's limit of 100") as info:
+        outbox.queue(SRC, "x", b"x" * 101, None)
+    assert info.value.code == "too_large"
+    assert not lost
+    outbox.fail(ConnectionFailed("gone"))
+    with pytest.raises(ConnectionFailed, match="gone"):
+        outbox.queue(SRC, "x", b"a", None)
+    with pytest.raises(ConnectionFailed, match="gone"):
+        await outbox.send()
+    ours.close()
+    theirs.close()
+
+
+async def test_a_failed_write_fails_the_connection_once():
+    """A write to a closed peer raises ConnectionFailed and reports it (on_lost) for the client."""
+    ours, theirs = trio.socket.socketpair()
+    lost: list[TurbineError] = []
+    outbox = Outbox(ours, "127.0.0.1:1", max_frame=100, on_lost=lost.append)
+    theirs.close()
+    outbox.queue(SRC, "x", b"a", None)
+    with (
+        trio.fail_after(5),
+        pytest.raises(ConnectionFailed, match="lost the connection to 127.0.0.1:1"),
+    ):
+        await outbox.send()
+    assert len(lost) == 1
+    ours.close()
