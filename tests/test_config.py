@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from components.daq.component import Daq
 from turbine.cli import main
 from turbine.mcp import SiteConfigError, load_config
 
@@ -56,7 +59,8 @@ def error(tmp_path: Path, text: str) -> str:
 def test_the_demo_site_loads() -> None:
     site = load_config(REPO / "configs" / "demo.toml")
     assert site.mcp.name == "demo"
-    assert site.broker.embedded and (site.broker.host, site.broker.port) == ("127.0.0.1", 3333)
+    assert site.embedded and site.broker is not None
+    assert (site.broker.host, site.broker.port) == ("127.0.0.1", 3333)
     assert {"mcp", "dvd", "daq", "video"} <= set(site.broker.types)
     labels = [p.label for p in site.programs]
     assert "daq_demo" in labels
@@ -80,7 +84,15 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
     ]
     assert rig.label == "daq_rig1" and rig.component
     assert rig.settings["rate"] == 500.0 and isinstance(rig.settings["rate"], float)
-    assert rig.argv("127.0.0.1:4000") == [
+    assert rig.settings == {
+        "rate": 500.0,
+        "channels": 2,
+        "loop": False,
+        "channel_settings": {"ch1": {"signal": "square"}},
+    }
+    # Settings never travel on the command line (every user's `ps` shows it):
+    # the MCP writes them to a pipe the child inherits as --settings-fd.
+    assert rig.argv("127.0.0.1:4000", settings_fd=7) == [
         sys.executable,
         "-m",
         "components.daq",
@@ -88,14 +100,8 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
         "rig1",
         "--turbine",
         "127.0.0.1:4000",
-        "--set",
-        "rate=500.0",
-        "--set",
-        "channels=2",
-        "--set",
-        "loop=false",
-        "--set",
-        'channel_settings={"ch1": {"signal": "square"}}',
+        "--settings-fd",
+        "7",
         "--log-level",
         "DEBUG",
     ]
@@ -189,3 +195,26 @@ def test_the_cli_reports_config_errors_and_starts_nothing(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert f"Error: {path}: component[1].settings.rate: expected float, got 'fast'" in result.output
     assert "listening" not in result.output
+
+
+def test_a_site_is_checked_without_constructing_its_components(tmp_path: Path) -> None:
+    # The DAQ reads its recording when it starts; checking the site only asks
+    # whether the file is there (this one is no CSV at all).
+    junk = tmp_path / "junk.csv"
+    junk.write_bytes(b"\xff\xfe not a recording")
+    text = f'[[component]]\nkind = "daq"\nname = "a"\nsettings = {{ mode = "replay", file = "{junk}" }}\n'
+    (rig,) = load_config(write(tmp_path, text)).programs
+    assert rig.settings == {"mode": "replay", "file": str(junk)}
+
+
+def test_a_component_reads_its_settings_from_the_inherited_fd() -> None:
+    read, write = os.pipe()
+    os.write(write, json.dumps({"channels": 2, "rate": 50000.0}).encode())
+    os.close(write)
+    result = CliRunner().invoke(Daq.cli(), ["--name", "x", "--settings-fd", str(read)])
+    assert result.exit_code == 2
+    assert "rate 50000 Hz is out of range" in result.output
+    with pytest.raises(OSError):
+        os.fstat(read)  # read to its end and closed: the component's children never see it
+    result = CliRunner().invoke(Daq.cli(), ["--name", "x", "--settings-fd", "999"])
+    assert result.exit_code == 2 and "cannot read settings from fd 999" in result.output

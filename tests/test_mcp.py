@@ -129,7 +129,14 @@ def running(name: str) -> Callable[[dict[str, Any]], bool]:
 async def test_endpoints_tap_set_rate_and_status(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with run_mcp(tmp_path) as site, open_client(site.address) as tb:
-            await wait_state(tb, running("daq_t"))
+            programs = await wait_state(tb, running("daq_t"))
+            # Its settings came through a pipe, not on its command line (which `ps` shows).
+            proc = trio.Path(f"/proc/{programs['daq_t']['pid']}/cmdline")
+            cmdline = (await proc.read_bytes()).split(b"\0")
+            assert b"--settings-fd" in cmdline and not any(b"rate" in arg for arg in cmdline)
+            daq_status = json.loads((await site.cli("cmd", "daq_t", "status")).stdout)
+            assert daq_status["settings"]["channels"] == 2
+            assert daq_status["settings"]["block_seconds"] == 0.1
             # Its metadata comes once all four of its endpoints exist.
             async with tb.subscribe("daq_t_data_source/metadata.txt", start="newest") as sub:
                 await sub.receive()

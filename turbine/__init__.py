@@ -29,9 +29,10 @@ from .client import (
     parse_address,
 )
 from .command import Command, NoReply, Reply, send_command
-from .component import Component, ConfigError, command
+from .component import Component, command
 from .names import InvalidName
 from .server import BrokerConfig, serve_turbine
+from .settings import ConfigError
 
 __all__ = [
     "Backoff",

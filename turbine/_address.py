@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from ._constants import DEFAULT_PORT
+from ._constants import DEFAULT_HOST, DEFAULT_PORT
 from ._errors import ConnectionFailed, TurbineError
 
 
@@ -23,7 +23,7 @@ def parse_address(address: str) -> tuple[str, int]:
     else:
         host, port = address, ""
     try:
-        return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
+        return host or DEFAULT_HOST, int(port) if port else DEFAULT_PORT
     except ValueError:
         raise TurbineError(f"bad broker address {address!r}: expected HOST:PORT") from None
 

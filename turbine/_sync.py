@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from ._constants import DEFAULT_ADDRESS
 from ._errors import ConnectionFailed
 from .client import Client, Frame, Gap, Source, SourceInfo, open_client
 
@@ -142,7 +143,7 @@ class BlockingClient:
 
 
 def connect(
-    address: str = "127.0.0.1:3333", *, name: str = "script", timeout: float = 10.0
+    address: str = DEFAULT_ADDRESS, *, name: str = "script", timeout: float = 10.0
 ) -> BlockingClient:
     """Connect with blocking calls (for scripts that do not use trio).
 

@@ -17,6 +17,8 @@ import click
 import trio
 
 from ._constants import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
     SOURCE_TYPES,
@@ -121,9 +123,9 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (IPv6 as ::1)."
+    "--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on (IPv6 as ::1)."
 )
-@click.option("--port", default=3333, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--max-memory",
     default=str(MAX_MEMORY_BYTES),

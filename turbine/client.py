@@ -32,6 +32,7 @@ from ._client_requests import Requests
 from ._constants import (
     CLIENT_MAX_HEADER_BYTES,
     CLIENT_MAX_PAYLOAD_BYTES,
+    DEFAULT_ADDRESS,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
@@ -228,7 +229,7 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def open_client(
-    address: str = "127.0.0.1:3333", *, name: str = "client", connect_timeout: float = 10.0
+    address: str = DEFAULT_ADDRESS, *, name: str = "client", connect_timeout: float = 10.0
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 

@@ -13,14 +13,14 @@ and a ``run`` method::
     class Counter(Component):
         type = "daq"
         channels = {"count": "text/plain"}
-        settings = {"interval": 1.0}
+        Settings = CounterSettings   # @attrs.frozen, see turbine.settings
 
         async def run(self):
             n = 0
             while True:
                 await self.data.put("count", str(n).encode())
                 n += 1
-                await trio.sleep(self.config["interval"])
+                await trio.sleep(self.config.interval)
 
         @command("reset", help="start counting from zero")
         async def reset(self) -> str: ...
@@ -36,6 +36,7 @@ log to the debug log source.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import inspect
 import json
@@ -43,9 +44,10 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+import attrs
 import click
 import trio
 
@@ -63,6 +65,15 @@ from ._signals import open_stop_nursery
 from .client import Client, Frame, Source, open_client
 from .command import COMMAND_CHANNEL, Command, Reply, endpoints
 from .names import check_source_name
+from .settings import (
+    ConfigError,
+    NoSettings,
+    convert,
+    describe,
+    make_settings,
+    read_settings_fd,
+    settings_dict,
+)
 
 LOG_CHANNEL = "log.txt"
 #: Log records buffered for the debug log source while the broker is away.
@@ -72,10 +83,6 @@ RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-class ConfigError(TurbineError):
-    """A component setting is unknown or has the wrong type."""
 
 
 def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa: A002
@@ -92,37 +99,6 @@ def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa:
         return fn
 
     return mark
-
-
-def convert(value: Any, like: Any, what: str) -> Any:
-    """Convert ``value`` (often a string from a command line) to the type of ``like``.
-
-    Raises:
-        ConfigError: it cannot be converted; the message names ``what``.
-    """
-    kind = like if isinstance(like, type) else type(like)
-    if like is None or kind is object or isinstance(value, kind) and kind is not bool:
-        return value
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind in (list, dict):
-            parsed = json.loads(value) if isinstance(value, str) else value
-            if not isinstance(parsed, kind):
-                raise ValueError
-            return parsed
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: expected {kind.__name__}, got {value!r}") from None
 
 
 class BrokerLogHandler(logging.Handler):
@@ -156,20 +132,23 @@ class Component:
     #: Data channels of the data source and their content types (an instance
     #: may set its own in ``__init__`` when they depend on its settings).
     channels: dict[str, str] = {}
-    #: Settings and their defaults; a setting's type is its default's type.
-    settings: dict[str, Any] = {}
+    #: The settings class: frozen attrs, with defaults and validators (see turbine.settings).
+    Settings: ClassVar[builtins.type[Any]] = NoSettings
     #: Ring limits of the data source (None: the broker's defaults).
     cache_frames: ClassVar[int | None] = None
     cache_bytes: ClassVar[int | None] = None
 
     def __init__(
-        self, name: str, address: str = DEFAULT_ADDRESS, config: dict[str, Any] | None = None
+        self, name: str, address: str = DEFAULT_ADDRESS, config: Mapping[str, Any] | Any = None
     ) -> None:
         self.name = name
         self.address = address
         self.component = f"{self.type}_{name}"
         self.endpoints = endpoints(self.component)
-        self.config = self.check_config(config or {})
+        #: The settings, an instance of ``Settings`` (a mapping given is checked into one).
+        self.config: Any = (
+            config if isinstance(config, self.Settings) else self.make_settings(config or {})
+        )
         self.log = logging.getLogger(self.component)
         self.started = time.time()
         self.state = "starting"
@@ -209,29 +188,31 @@ class Component:
             "state": self.state,
             "uptime": round(time.time() - self.started, 3),
             "commands_handled": self.commands_handled,
-            "settings": self.config,
+            "settings": settings_dict(self.config),
             "log_records_dropped": self._log_handler.dropped,
         }
 
     # --- settings
 
     @classmethod
-    def check_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``config`` into the defaults, converting types.
+    def make_settings(cls, given: Mapping[str, Any], *, strict: bool = False) -> Any:
+        """``Settings`` built from ``given`` (text is converted unless ``strict``).
 
         Raises:
-            ConfigError: an unknown key or a value of the wrong type.
+            ConfigError: an unknown key, a wrong type or a value out of range.
         """
-        unknown = sorted(set(config) - set(cls.settings))
-        if unknown:
-            known = ", ".join(sorted(cls.settings)) or "none"
-            raise ConfigError(
-                f"unknown setting(s) {', '.join(unknown)} for {cls.type} components; known: {known}"
-            )
-        merged = dict(cls.settings)
-        for key, value in config.items():
-            merged[key] = convert(value, cls.settings[key], f"setting {key!r}")
-        return merged
+        return make_settings(cls.Settings, given, strict=strict, owner=f"{cls.type} components")
+
+    def change_settings(self, **changes: Any) -> None:
+        """Replace some settings at run time (a command's job), checked as at start.
+
+        Raises:
+            ConfigError: a value its validators refuse.
+        """
+        try:
+            self.config = attrs.evolve(self.config, **changes)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc)) from None
 
     # --- endpoints
 
@@ -464,8 +445,14 @@ class Component:
             "settings",
             multiple=True,
             metavar="KEY=VALUE",
-            help="Override a setting; repeatable. Settings: "
-            + ", ".join(f"{k}={v!r}" for k, v in cls.settings.items()),
+            help="Override a setting; repeatable. Settings: " + describe(cls.Settings),
+        )
+        @click.option(
+            "--settings-fd",
+            type=int,
+            metavar="FD",
+            help="Read the settings as a JSON object from this inherited file descriptor "
+            "(how the MCP passes them: never on the command line); --set overrides them.",
         )
         @click.option(
             "--log-level",
@@ -473,16 +460,22 @@ class Component:
             show_default=True,
             type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
         )
-        def main(name: str, address: str, settings: tuple[str, ...], log_level: str) -> None:
-            config: dict[str, Any] = {}
-            for item in settings:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-                config[key.strip()] = value
+        def main(
+            name: str,
+            address: str,
+            settings: tuple[str, ...],
+            settings_fd: int | None,
+            log_level: str,
+        ) -> None:
             try:
+                given = read_settings_fd(settings_fd) if settings_fd is not None else {}
+                for item in settings:
+                    key, sep, value = item.partition("=")
+                    if not sep:
+                        raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+                    given[key.strip()] = value
                 check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
-                component = cls(name, address, config)
+                component = cls(name, address, given)
             except TurbineError as exc:
                 raise click.UsageError(str(exc)) from None
             logging.basicConfig(

@@ -20,6 +20,8 @@ import trio
 
 from ._constants import (
     CLOSED_HISTORY,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     DELIVERY_BATCH_BYTES,
     DELIVERY_BATCH_FRAMES,
     MAX_FRAME_BYTES,
@@ -49,8 +51,8 @@ log = logging.getLogger("turbine.server")
 class BrokerConfig:
     """How a broker runs; every field has the documented default."""
 
-    host: str = "127.0.0.1"
-    port: int = 3333
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     max_memory: int = MAX_MEMORY_BYTES
     max_frame: int = MAX_FRAME_BYTES
     lenient_names: bool = False

@@ -33,10 +33,12 @@ Run with ``python -m components.daq --name rig --set rate=500``.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
 
+import attrs
 import trio
 
 from components.daq.signals import (
@@ -52,7 +54,8 @@ from components.daq.signals import (
     read_csv,
 )
 from turbine import FLOAT64_CONTENT_TYPE
-from turbine.component import Component, ConfigError, command
+from turbine.component import Component, command
+from turbine.settings import ConfigError, check
 
 MODES = ("generate", "replay")
 MAX_CHANNELS = 256
@@ -65,71 +68,101 @@ CATCH_UP_S = 1.0
 SIGNAL_KEYS = ("signal", "frequency", "amplitude", "offset")
 
 
+@attrs.frozen
+class DaqSettings:
+    """The DAQ's settings (see the module docstring)."""
+
+    mode: str = attrs.field(
+        default="generate", validator=check(lambda v: v in MODES, f"one of {', '.join(MODES)}")
+    )
+    channels: int = attrs.field(
+        default=8, validator=check(lambda v: 1 <= v <= MAX_CHANNELS, f"1 to {MAX_CHANNELS}")
+    )
+    rate: float = attrs.field(default=100.0, validator=lambda _i, _a, v: check_rate(v))
+    block_seconds: float = attrs.field(
+        default=0.1,
+        validator=check(
+            lambda v: 0 < v <= MAX_BLOCK_SECONDS, f"more than 0 and at most {MAX_BLOCK_SECONDS:g}"
+        ),
+    )
+    signal: str = "sine"
+    frequency: float = 1.0
+    amplitude: float = 1.0
+    offset: float = 0.0
+    units: str = "V"
+    channel_settings: dict[str, Any] = attrs.field(factory=dict)
+    file: str = ""
+    loop: bool = True
+    seed: int = 0
+    autostart: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode == "replay":
+            if not self.file:
+                raise ValueError("setting 'file': replay mode needs the CSV file to replay")
+            try:
+                os.stat(self.file)  # read when the component starts, not here
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read recording {self.file!r}: {exc.strerror or exc}"
+                ) from None
+        base = self.base_channel()
+        names = None if self.mode == "replay" else self.generated_names()
+        for ch, overrides in self.channel_settings.items():
+            if names is not None and ch not in names:
+                raise ValueError(
+                    f"setting 'channel_settings': no channel {ch!r}; channels: {', '.join(names)}"
+                )
+            if not isinstance(overrides, dict):
+                raise ValueError(
+                    f"setting 'channel_settings': {ch!r} must map keys to values, got {overrides!r}"
+                )
+            for key, value in overrides.items():
+                base.with_setting(key, value)
+
+    def base_channel(self) -> ChannelConfig:
+        """What every channel produces unless ``channel_settings`` says otherwise.
+
+        Raises:
+            SignalError: a signal setting is wrong.
+        """
+        return ChannelConfig(
+            signal=self.signal,
+            frequency=self.frequency,
+            amplitude=self.amplitude,
+            offset=self.offset,
+            units=self.units,
+        )
+
+    def generated_names(self) -> list[str]:
+        return [f"ch{i}" for i in range(self.channels)]
+
+
 class Daq(Component):
     """A data acquisition source: N channels of generated signals or a replayed CSV recording."""
 
     type = "daq"
     channels = {}  # per instance: see __init__
-    settings = {
-        "mode": "generate",
-        "channels": 8,
-        "rate": 100.0,
-        "block_seconds": 0.1,
-        "signal": "sine",
-        "frequency": 1.0,
-        "amplitude": 1.0,
-        "offset": 0.0,
-        "units": "V",
-        "channel_settings": {},
-        "file": "",
-        "loop": True,
-        "seed": 0,
-        "autostart": True,
-    }
+    Settings = DaqSettings
 
-    def __init__(self, name: str, address: str = "127.0.0.1:3333", config: Any = None) -> None:
-        super().__init__(name, address, config)
-        cfg = self.config
-        if cfg["mode"] not in MODES:
-            raise ConfigError(
-                f"setting 'mode': expected one of {', '.join(MODES)}, got {cfg['mode']!r}"
-            )
-        if not 0 < cfg["block_seconds"] <= MAX_BLOCK_SECONDS:
-            raise ConfigError(
-                f"setting 'block_seconds': expected more than 0 and at most {MAX_BLOCK_SECONDS:g}, "
-                f"got {cfg['block_seconds']!r}"
-            )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg: DaqSettings = self.config
         self.recording: Recording | None = None
         try:
-            if cfg["mode"] == "replay":
-                if not cfg["file"]:
-                    raise ConfigError("setting 'file': replay mode needs the CSV file to replay")
-                self.recording = read_csv(cfg["file"], rate=cfg["rate"])
+            if cfg.mode == "replay":
+                self.recording = read_csv(cfg.file, rate=cfg.rate)
                 names = list(self.recording.channels)
                 self.rate = self.recording.rate
             else:
-                if not 1 <= cfg["channels"] <= MAX_CHANNELS:
-                    raise ConfigError(
-                        f"setting 'channels': expected 1 to {MAX_CHANNELS}, got {cfg['channels']!r}"
-                    )
-                names = [f"ch{i}" for i in range(cfg["channels"])]
-                self.rate = check_rate(cfg["rate"])
-            base = ChannelConfig(
-                signal=cfg["signal"],
-                frequency=cfg["frequency"],
-                amplitude=cfg["amplitude"],
-                offset=cfg["offset"],
-                units=cfg["units"],
-            )
+                names = cfg.generated_names()
+                self.rate = cfg.rate
+            base = cfg.base_channel()
             self.channel_configs: dict[str, ChannelConfig] = {n: base for n in names}
-            for ch, overrides in cfg["channel_settings"].items():
+            for ch, overrides in cfg.channel_settings.items():
                 if ch not in self.channel_configs:
                     raise ConfigError(
                         f"setting 'channel_settings': no channel {ch!r}; channels: {', '.join(names)}"
-                    )
-                if not isinstance(overrides, dict):
-                    raise ConfigError(
-                        f"setting 'channel_settings': {ch!r} must map keys to values, got {overrides!r}"
                     )
                 for key, value in overrides.items():
                     self.channel_configs[ch] = self.channel_configs[ch].with_setting(key, value)
@@ -137,15 +170,15 @@ class Daq(Component):
             raise ConfigError(f"{exc}") from None
         # One channel per signal or recorded column: known only once configured.
         self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)
-        self.block_size = block_size_for(self.rate, cfg["block_seconds"])
-        self.streaming = bool(cfg["autostart"])
+        self.block_size = block_size_for(self.rate, cfg.block_seconds)
+        self.streaming = cfg.autostart
         self.clock: SampleClock | None = None
         self.next_block = 0
         self.blocks_sent = 0
         self.blocks_skipped = 0
         self.position = 0  # replay: index of the next recorded sample
         self.loops = 0
-        self._rngs = {n: random.Random(cfg["seed"] * 100_003 + i) for i, n in enumerate(names)}
+        self._rngs = {n: random.Random(cfg.seed * 100_003 + i) for i, n in enumerate(names)}
         self._poke: trio.Event | None = None
 
     # --- streaming
@@ -208,9 +241,9 @@ class Daq(Component):
             return
         rec = self.recording
         total = rec.samples
-        start = self.position % total if self.config["loop"] else self.position
+        start = self.position % total if self.config.loop else self.position
         stop = start + n
-        if not self.config["loop"] and stop >= total:
+        if not self.config.loop and stop >= total:
             stop = total
         idx = [i % total for i in range(start, stop)]
         for col, (name, cfg) in enumerate(self.channel_configs.items()):
@@ -219,7 +252,7 @@ class Daq(Component):
             samples = [column[i] * g + c for i in idx]
             await data.put(name, encode_block(samples), timestamp=ts)
         self.position += len(idx)
-        if self.config["loop"]:
+        if self.config.loop:
             if start + n >= total:
                 self.loops += 1
         elif self.position >= total:
@@ -239,7 +272,7 @@ class Daq(Component):
         names = list(self.channel_configs)
         md.update(
             {
-                "mode": self.config["mode"],
+                "mode": self.config.mode,
                 "channel_list": names,
                 "units": {n: c.units for n, c in self.channel_configs.items()},
                 "descriptions": {n: self._describe(n) for n in names},
@@ -269,7 +302,7 @@ class Daq(Component):
                 "file": self.recording.path,
                 "samples": self.recording.samples,
                 "recorded_rate": self.recording.rate,
-                "loop": self.config["loop"],
+                "loop": self.config.loop,
             }
         return md
 
@@ -290,7 +323,7 @@ class Daq(Component):
                 else "running"
                 if self.streaming
                 else "stopped",
-                "mode": self.config["mode"],
+                "mode": self.config.mode,
                 "channels": len(self.channel_configs),
                 "rate": self.rate,
                 "block_size": self.block_size,
@@ -310,7 +343,7 @@ class Daq(Component):
         if not self.streaming:
             self.streaming = True
             self.clock = None
-            if self.recording is not None and not self.config["loop"]:
+            if self.recording is not None and not self.config.loop:
                 self.position = 0
             self._wake()
             await self.publish_metadata()
@@ -330,7 +363,7 @@ class Daq(Component):
         except SignalError as exc:
             raise ValueError(str(exc)) from None
         self.rate = rate
-        self.block_size = block_size_for(rate, self.config["block_seconds"])
+        self.block_size = block_size_for(rate, self.config.block_seconds)
         if self.clock is not None:
             # The next block starts where the current schedule puts it, at the new rate.
             self.clock = self.clock.retimed(self.next_block, rate, self.block_size)

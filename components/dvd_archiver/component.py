@@ -47,7 +47,8 @@ import trio
 
 from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
 from turbine.client import Frame, parse_address
-from turbine.component import Component, ConfigError, command
+from turbine.component import Component, command
+from turbine.settings import address, as_tuple, check
 
 from . import layout
 from .staging import Buffer, ChannelBuffer, Position, Segment, Staging
@@ -76,47 +77,62 @@ class Request:
     error: str | None = None
 
 
+_POSITIVE_BYTES = check(lambda v: v > 0, "a positive number of bytes")
+_POSITIVE_S = check(lambda v: v > 0, "a positive number of seconds")
+
+
+@attrs.frozen
+class DvdArchiverSettings:
+    """What to archive and when to burn (docs/archive.rst lists each)."""
+
+    #: The NetDVD device, HOST:PORT.
+    netdvd: str = attrs.field(default="127.0.0.1:4444", validator=address)
+    #: What to archive (own sources always excluded).
+    patterns: tuple[str, ...] = attrs.field(
+        default=("*_data_source/*",),
+        converter=as_tuple,
+        validator=check(
+            lambda v: bool(v) and all(isinstance(p, str) for p in v),
+            "a list of SOURCE/CHANNEL patterns",
+        ),
+    )
+    #: Source-name prefixes not to archive.
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
+    #: Staging directory (default var/dvd_archiver/<name>/staging).
+    staging: str = ""
+    #: state.json lives here (default var/dvd_archiver/<name>).
+    state_dir: str = ""
+    #: Burn when this many bytes are staged ...
+    burn_size: int = attrs.field(default=256 * 2**20, validator=_POSITIVE_BYTES)
+    #: ... or this many seconds after the last burn.
+    burn_interval: float = attrs.field(default=3600.0, validator=_POSITIVE_S)
+    #: Commit received frames to staging this often ...
+    segment_seconds: float = attrs.field(default=1.0, validator=_POSITIVE_S)
+    #: ... or when this many bytes are buffered.
+    segment_bytes: int = attrs.field(default=4 * 2**20, validator=_POSITIVE_BYTES)
+    #: Discs per full disc: 2 = one copy by copy + burn-copy.
+    copies: int = attrs.field(default=1, validator=check(lambda v: 1 <= v <= 100, "1 to 100"))
+    #: How long burn-now/eject/copy wait before answering.
+    command_wait: float = attrs.field(default=8.0, validator=_POSITIVE_S)
+    #: After a failed automatic burn, wait this long.
+    retry: float = attrs.field(default=30.0, validator=_POSITIVE_S)
+
+
 class DvdArchiver(Component):
     """Archives turbine channels onto DVDs through a NetDVD device (burn, verify, roll over)."""
 
     type = "dvd"
     channels = {PROGRESS_CHANNEL: "application/json"}
-    settings: dict[str, Any] = {
-        "netdvd": "127.0.0.1:4444",  # the NetDVD device, HOST:PORT
-        "patterns": ["*_data_source/*"],  # what to archive (own sources always excluded)
-        "exclude": [],  # source-name prefixes not to archive
-        "staging": "",  # staging directory (default var/dvd_archiver/<name>/staging)
-        "state_dir": "",  # state.json lives here (default var/dvd_archiver/<name>)
-        "burn_size": 256 * 2**20,  # burn when this many bytes are staged
-        "burn_interval": 3600.0,  # ... or this many seconds after the last burn
-        "segment_seconds": 1.0,  # commit received frames to staging this often
-        "segment_bytes": 4 * 2**20,  # ... or when this many bytes are buffered
-        "copies": 1,  # discs per full disc: 2 = one copy by copy + burn-copy
-        "command_wait": 8.0,  # how long burn-now/eject/copy wait before answering
-        "retry": 30.0,  # after a failed automatic burn, wait this long
-    }
+    Settings = DvdArchiverSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg = self.config
-        if not 1 <= cfg["copies"] <= 100:
-            raise ConfigError(f"setting 'copies': expected 1 to 100, got {cfg['copies']}")
-        for key in ("burn_size", "segment_bytes"):
-            if cfg[key] <= 0:
-                raise ConfigError(f"setting {key!r}: expected a positive number of bytes")
-        for key in ("burn_interval", "segment_seconds", "command_wait", "retry"):
-            if cfg[key] <= 0:
-                raise ConfigError(f"setting {key!r}: expected a positive number of seconds")
-        if not cfg["patterns"] or not all(isinstance(p, str) for p in cfg["patterns"]):
-            raise ConfigError("setting 'patterns': expected a list of SOURCE/CHANNEL patterns")
-        try:
-            self.device = parse_address(cfg["netdvd"])
-        except Exception as exc:
-            raise ConfigError(f"setting 'netdvd': {exc}") from None
+        cfg: DvdArchiverSettings = self.config
+        self.device = parse_address(cfg.netdvd)
         base = Path("var") / "dvd_archiver" / self.name
-        self.state_dir = Path(cfg["state_dir"] or base)
-        self.staging_dir = Path(cfg["staging"] or self.state_dir / "staging")
-        self.exclude = (f"{self.component}_", *cfg["exclude"])
+        self.state_dir = Path(cfg.state_dir or base)
+        self.staging_dir = Path(cfg.staging or self.state_dir / "staging")
+        self.exclude = (f"{self.component}_", *cfg.exclude)
         self.staging: Staging | None = None
         self.positions: dict[str, Position] = {}
         self.buffer = Buffer()
@@ -216,7 +232,7 @@ class DvdArchiver(Component):
 
     async def _take_in(self, pattern: str) -> None:
         assert self.client is not None
-        limit = self.config["segment_bytes"]
+        limit = self.config.segment_bytes
         async with self.client.subscribe(pattern, start="oldest") as sub:
             async for item in sub:
                 if not isinstance(item, Frame):
@@ -238,7 +254,7 @@ class DvdArchiver(Component):
             segment = await trio.to_thread.run_sync(self.staging.commit, buf)
         if (
             segment is not None
-            and self.staging.staged_bytes >= self.config["burn_size"]
+            and self.staging.staged_bytes >= self.config.burn_size
             and trio.current_time() >= self._retry_at
         ):
             self._submit(Request("burn", "size"))
@@ -246,7 +262,7 @@ class DvdArchiver(Component):
 
     async def _committer(self) -> None:
         while True:
-            with trio.move_on_after(self.config["segment_seconds"]):
+            with trio.move_on_after(self.config.segment_seconds):
                 await self._full.wait()
             await self.commit()
 
@@ -267,7 +283,7 @@ class DvdArchiver(Component):
             self._last_burn = trio.current_time()
         self.activity = "idle"
         async with trio.open_nursery() as nursery:
-            for pattern in self.config["patterns"]:
+            for pattern in self.config.patterns:
                 nursery.start_soon(self._take_in, pattern)
             nursery.start_soon(self._committer)
             nursery.start_soon(self._drive_worker)
@@ -286,7 +302,7 @@ class DvdArchiver(Component):
             self._submit(Request("burn", "restart"))
         while True:
             assert self._last_burn is not None
-            left = self._last_burn + self.config["burn_interval"] - trio.current_time()
+            left = self._last_burn + self.config.burn_interval - trio.current_time()
             request = None
             with trio.move_on_after(max(left, 0.0)):
                 request = await self._recv.receive()
@@ -317,7 +333,7 @@ class DvdArchiver(Component):
         except NetDVDError as exc:
             request.error = f"{request.kind} failed ({exc.code}): {exc}"
             self.last_error = request.error
-            self._retry_at = trio.current_time() + self.config["retry"]
+            self._retry_at = trio.current_time() + self.config.retry
             self.log.error("%s", request.error)
             await self._publish(event="error", message=request.error)
         finally:
@@ -540,7 +556,7 @@ class DvdArchiver(Component):
     ) -> dict[str, Any]:
         """Copy the disc in the drive onto ``copies - 1`` blanks, eject it, record it."""
         assert self.staging is not None
-        copies = self.config["copies"] if copies is None else copies
+        copies = self.config.copies if copies is None else copies
         media = await self._media(dvd)
         if not media.present:
             raise NetDVDError("no disc in the drive", "no_disc")
@@ -577,7 +593,7 @@ class DvdArchiver(Component):
 
     async def _ask(self, request: Request) -> Any:
         self._submit(request)
-        with trio.move_on_after(self.config["command_wait"]):
+        with trio.move_on_after(self.config.command_wait):
             await request.done.wait()
         if not request.done.is_set():
             return {

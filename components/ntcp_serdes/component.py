@@ -26,6 +26,7 @@ import time
 import uuid
 from typing import Any
 
+import attrs
 import trio
 
 from components.ntcp.protocol import (
@@ -66,21 +67,26 @@ class _Waiter:
         self.reply: Reply | None = None
 
 
+@attrs.frozen
+class NtcpSerdesSettings:
+    """The translator to use, where to serve NTCP clients, how long requests may take."""
+
+    translator: str = "rig"
+    host: str = "127.0.0.1"
+    port: int = 6001
+    deadline: float = 5.0
+    timeout: float = 60.0
+
+
 class NtcpSerdes(Component):
     """NTCP serdes plugin: serves NTCP clients and carries their requests over the turbine."""
 
     type = "ntcp"
-    settings = {
-        "translator": "rig",
-        "host": "127.0.0.1",
-        "port": 6001,
-        "deadline": 5.0,
-        "timeout": 60.0,
-    }
+    Settings = NtcpSerdesSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.target = f"{self.type}_{self.config['translator']}"
+        self.target = f"{self.type}_{self.config.translator}"
         self.target_endpoints = endpoints(self.target)
         self.port: int | None = None
         self.requests = 0
@@ -99,11 +105,11 @@ class NtcpSerdes(Component):
         Raises:
             OSError: the NTCP address cannot be bound.
         """
-        listeners = await trio.open_tcp_listeners(self.config["port"], host=self.config["host"])
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.serve_listeners, self._serve_client, listeners)
-            self.log.info("serving NTCP clients on %s:%d", self.config["host"], self.port)
+            self.log.info("serving NTCP clients on %s:%d", self.config.host, self.port)
             task_status.started(self.port)
             await super().serve()
 
@@ -172,7 +178,7 @@ class NtcpSerdes(Component):
 
     async def _relay(self, line: str, session: str) -> tuple[str, bool]:
         """The reply lines if they came from the control system, else why not: (text, came)."""
-        deadline, timeout = self.config["deadline"], self.config["timeout"]
+        deadline, timeout = self.config.deadline, self.config.timeout
         is_execute = verb_of(line) == "execute"
         with trio.move_on_after(min(deadline, timeout)):
             await self._connected.wait()

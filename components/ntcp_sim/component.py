@@ -18,10 +18,12 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import attrs
 import trio
 
 from components.ntcp.protocol import AXES, TYPES
-from turbine import FLOAT64_CONTENT_TYPE, Component, ConfigError, command
+from turbine import FLOAT64_CONTENT_TYPE, Component, command
+from turbine.settings import as_tuple, check
 
 from .rig import Rig, RigConfig, RigError
 from .server import serve_ntcp_sim
@@ -29,38 +31,44 @@ from .server import serve_ntcp_sim
 __all__ = ["NtcpSim"]
 
 
+@attrs.frozen
+class NtcpSimSettings:
+    """Where the simulator serves NTCP, the rig it simulates, how often it publishes."""
+
+    host: str = "127.0.0.1"
+    port: int = 6000
+    control_points: tuple[str, ...] = attrs.field(default=("MDL-00-01",), converter=as_tuple)
+    seed: int = 0
+    displacement_speed: float = RigConfig().displacement_speed
+    rotation_speed: float = RigConfig().rotation_speed
+    lapse_timeout: float = RigConfig().lapse_timeout
+    interval: float = attrs.field(default=0.1, validator=check(lambda v: v > 0, "above 0 s"))
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            self.rig_config()
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"bad simulator settings: {exc}") from None
+
+    def rig_config(self) -> RigConfig:
+        return RigConfig(
+            control_points=self.control_points,
+            seed=self.seed,
+            displacement_speed=self.displacement_speed,
+            rotation_speed=self.rotation_speed,
+            lapse_timeout=self.lapse_timeout,
+        )
+
+
 class NtcpSim(Component):
     """Control-system simulator: a test rig behind the NTCP ASCII protocol, publishing its measurements."""
 
     type = "ntcp"
-    settings = {
-        "host": "127.0.0.1",
-        "port": 6000,
-        "control_points": ["MDL-00-01"],
-        "seed": 0,
-        "displacement_speed": RigConfig().displacement_speed,
-        "rotation_speed": RigConfig().rotation_speed,
-        "lapse_timeout": RigConfig().lapse_timeout,
-        "interval": 0.1,
-    }
+    Settings = NtcpSimSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        c = self.config
-        try:
-            self.rig = Rig(
-                RigConfig(
-                    control_points=tuple(c["control_points"]),
-                    seed=c["seed"],
-                    displacement_speed=c["displacement_speed"],
-                    rotation_speed=c["rotation_speed"],
-                    lapse_timeout=c["lapse_timeout"],
-                )
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"bad simulator settings: {exc}") from None
-        if not c["interval"] > 0:
-            raise ConfigError(f"setting 'interval' must be above 0 s, got {c['interval']!r}")
+        self.rig = Rig(self.config.rig_config())
         self.channels = {
             f"{cp}.{axis}.{kind}": FLOAT64_CONTENT_TYPE
             for cp in self.rig.config.control_points
@@ -79,9 +87,9 @@ class NtcpSim(Component):
         """
         async with trio.open_nursery() as nursery:
             self.port = await nursery.start(
-                serve_ntcp_sim, self.rig, self.config["host"], self.config["port"]
+                serve_ntcp_sim, self.rig, self.config.host, self.config.port
             )
-            self.log.info("serving NTCP on %s:%d", self.config["host"], self.port)
+            self.log.info("serving NTCP on %s:%d", self.config.host, self.port)
             task_status.started(self.port)
             await super().serve()
 
@@ -89,7 +97,7 @@ class NtcpSim(Component):
         while True:
             for name, value in self.rig.measurements().items():
                 await self.data.put(name.replace("/", "."), struct.pack("<d", value))
-            await trio.sleep(self.config["interval"])
+            await trio.sleep(self.config.interval)
 
     def status(self) -> dict[str, Any]:
         return super().status() | {"ntcp_port": self.port, "rig": self.rig.status()}

@@ -33,6 +33,7 @@ import struct
 import time
 from typing import Any
 
+import attrs
 import trio
 
 from components.ntcp.protocol import (
@@ -49,6 +50,7 @@ from components.ntcp.protocol import (
     verb_of,
 )
 from turbine import FLOAT64_CONTENT_TYPE, Command, Component, command, parse_address
+from turbine.settings import address, as_tuple
 
 __all__ = ["JOURNAL_CHANNEL", "NtcpTranslator", "measurement_channel"]
 
@@ -112,26 +114,31 @@ class _Link:
         await trio.aclose_forcefully(self.stream)
 
 
+@attrs.frozen
+class NtcpTranslatorSettings:
+    """The control system to forward to, its control points, how long to wait for it."""
+
+    control: str = attrs.field(default="127.0.0.1:6000", validator=address)
+    control_points: tuple[str, ...] = attrs.field(default=("MDL-00-01",), converter=as_tuple)
+    connect_timeout: float = 2.0
+    reply_timeout: float = 50.0
+
+
 class NtcpTranslator(Component):
     """NTCP transport translator: forwards NTCP requests from the command sink to a control system."""
 
     type = "ntcp"
-    settings = {
-        "control": "127.0.0.1:6000",
-        "control_points": ["MDL-00-01"],
-        "connect_timeout": 2.0,
-        "reply_timeout": 50.0,
-    }
+    Settings = NtcpTranslatorSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channels = {JOURNAL_CHANNEL: "application/json"} | {
             measurement_channel(cp, axis, kind): FLOAT64_CONTENT_TYPE
-            for cp in self.config["control_points"]
+            for cp in self.config.control_points
             for kind in TYPES
             for axis in AXES
         }
-        self.control = parse_address(self.config["control"])
+        self.control = parse_address(self.config.control)
         self._links: dict[str, _Link] = {}
         self._journalled: set[str] | None = None
         self._command: Command | None = None
@@ -169,7 +176,7 @@ class NtcpTranslator(Component):
         if link is None or link.closed:
             host, port = self.control
             try:
-                with trio.fail_after(self.config["connect_timeout"]):
+                with trio.fail_after(self.config.connect_timeout):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
                 return "\n".join(
@@ -190,11 +197,11 @@ class NtcpTranslator(Component):
             if self._journalled is not None:
                 self._journalled.add(self._command.id)
         try:
-            with trio.move_on_after(self.config["reply_timeout"]) as waited:
+            with trio.move_on_after(self.config.reply_timeout) as waited:
                 reply = await link.request(data, reply_count(line))
             if waited.cancelled_caught:
                 await link.aclose()
-                raise LinkLost(f"no reply within {self.config['reply_timeout']:g} s")
+                raise LinkLost(f"no reply within {self.config.reply_timeout:g} s")
         except LinkLost as exc:
             del self._links[session]
             if verb == "execute":

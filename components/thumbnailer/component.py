@@ -40,7 +40,8 @@ import trio
 
 from components.thumbnailer.thumbnail import DEFAULT_QUALITY, QCIF, make_thumbnail
 from turbine.client import Client, Frame, Source
-from turbine.component import Component, ConfigError, command
+from turbine.component import Component, command
+from turbine.settings import check
 
 VIDEO_PATTERN = "video_*_data_source/video.jpg"
 METADATA_PATTERN = "video_*_data_source/metadata.txt"
@@ -156,6 +157,24 @@ class Feed:
         }
 
 
+_SIDE = check(lambda v: 1 <= v <= MAX_SIDE, f"1 to {MAX_SIDE} pixels")
+
+
+@attrs.frozen
+class ThumbnailerSettings:
+    """rate: thumbnails per second per camera; width, height, quality: the
+    defaults for cameras whose metadata does not say; workers: threads
+    decoding at the same time."""
+
+    rate: float = attrs.field(default=1.0, validator=check(lambda v: 0 < v <= 100, "(0, 100]"))
+    width: int = attrs.field(default=QCIF[0], validator=_SIDE)
+    height: int = attrs.field(default=QCIF[1], validator=_SIDE)
+    quality: int = attrs.field(
+        default=DEFAULT_QUALITY, validator=check(lambda v: 1 <= v <= 95, "1..95")
+    )
+    workers: int = attrs.field(default=4, validator=check(lambda v: v >= 1, "at least 1"))
+
+
 class Thumbnailer(Component):
     """Publishes thumbnail_<cam>_data_source/thumbnail.jpg for every video_<cam> camera.
 
@@ -166,30 +185,16 @@ class Thumbnailer(Component):
 
     type = "thumbnail"
     channels: dict[str, str] = {}
-    settings: dict[str, Any] = {
-        "rate": 1.0,
-        "width": QCIF[0],
-        "height": QCIF[1],
-        "quality": DEFAULT_QUALITY,
-        "workers": 4,
-    }
+    Settings = ThumbnailerSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        c = self.config
-        if not 0 < c["rate"] <= 100:
-            raise ConfigError(f"setting 'rate' is {c['rate']:g}; use more than 0, at most 100")
-        if not (1 <= c["width"] <= MAX_SIDE and 1 <= c["height"] <= MAX_SIDE):
-            raise ConfigError(f"settings 'width' and 'height' must be within 1..{MAX_SIDE}")
-        if not 1 <= c["quality"] <= 95:
-            raise ConfigError(f"setting 'quality' is {c['quality']}; use 1..95")
-        if c["workers"] < 1:
-            raise ConfigError("setting 'workers' must be at least 1")
-        self.default_params = ThumbnailParams(True, (c["width"], c["height"]), c["quality"])
+        c: ThumbnailerSettings = self.config
+        self.default_params = ThumbnailParams(True, (c.width, c.height), c.quality)
         self.feeds: dict[str, Feed] = {}
         self._metadata: dict[str, Any] = {}
         self._ignored: set[str] = set()
-        self._limiter = trio.CapacityLimiter(c["workers"])
+        self._limiter = trio.CapacityLimiter(c.workers)
         self._nursery: trio.Nursery | None = None
 
     # --- what the turbine sees
@@ -198,9 +203,9 @@ class Thumbnailer(Component):
         return {
             **super().metadata(),
             "pattern": VIDEO_PATTERN,
-            "rate": self.config["rate"],
-            "default_size": [self.config["width"], self.config["height"]],
-            "default_quality": self.config["quality"],
+            "rate": self.config.rate,
+            "default_size": [self.config.width, self.config.height],
+            "default_quality": self.config.quality,
             "cameras": {
                 f.camera: f"thumbnail_{f.camera}_data_source/{THUMBNAIL_CHANNEL}"
                 for f in self.feeds.values()
@@ -306,7 +311,7 @@ class Thumbnailer(Component):
                 "size": list(p.size),
                 "resolution": f"{p.size[0]}x{p.size[1]}",
                 "quality": p.quality,
-                "rate": self.config["rate"],
+                "rate": self.config.rate,
             }
         )
 
@@ -314,7 +319,7 @@ class Thumbnailer(Component):
         """Thumbnail ``feed``'s newest frame once per period, forever."""
         feed.thumbnails = await self._open_thumbnails(feed)
         while True:
-            interval = 1.0 / self.config["rate"]
+            interval = 1.0 / self.config.rate
             if feed.params_changed.is_set():
                 feed.params_changed = trio.Event()
                 await self._publish_feed_metadata(feed, feed.thumbnails)
@@ -356,7 +361,7 @@ class Thumbnailer(Component):
     async def set_rate(self, rate: float) -> str:
         if not 0 < rate <= 100:
             raise ValueError(f"rate {rate:g} out of range: use more than 0, at most 100")
-        self.config["rate"] = rate
+        self.change_settings(rate=rate)
         self.log.info("thumbnail rate set to %g per second per camera", rate)
         await self.publish_metadata()
         return f"{rate:g} thumbnails per second per camera (from the next period on)"

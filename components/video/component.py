@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
+import attrs
 import trio
 from PIL import Image
 
@@ -36,7 +37,8 @@ from components.video.files import jpeg_files
 from components.video.mjpeg import HttpStatusError, mjpeg_frames
 from components.video.synthetic import PatternRenderer, SyntheticConfig, synthetic_frames
 from turbine import Backoff
-from turbine.component import Component, ConfigError, command
+from turbine.component import Component, command
+from turbine.settings import as_tuple, check
 
 VIDEO_CHANNEL = "video.jpg"
 MODES = ("synthetic", "mjpeg", "files")
@@ -101,6 +103,52 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int] | None:
         return None
 
 
+_QUALITY = check(lambda v: 1 <= v <= 95, "1..95")
+
+
+@attrs.frozen
+class VideoSettings:
+    """mode=synthetic, mjpeg (with url) or files (with dir); the rest as named."""
+
+    mode: str = "synthetic"
+    url: str = ""
+    dir: str = ""
+    width: int = 640
+    height: int = 480
+    fps: float = 10.0
+    quality: int = attrs.field(default=80, validator=_QUALITY)
+    thumbnail: bool = True
+    thumbnail_size: str = "176x144"
+    thumbnail_quality: int = attrs.field(default=75, validator=_QUALITY)
+    control_point: str = ""
+    focal_lengths: tuple[float, ...] = attrs.field(default=(), converter=as_tuple)
+    reconnect_max: float = 30.0
+
+    def __attrs_post_init__(self) -> None:
+        """The settings that depend on each other.
+
+        Raises:
+            ValueError: says which setting is wrong and what would be right.
+        """
+        mode = self.mode
+        if mode not in MODES:
+            raise ValueError(f"setting 'mode' is {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "mjpeg":
+            if not self.url:
+                raise ValueError("mode=mjpeg needs url=http://HOST[:PORT]/axis-cgi/mjpg/video.cgi")
+            camera_url(self.url, 1, 1, 1)
+        if mode == "files" and not self.dir:
+            raise ValueError("mode=files needs dir=DIRECTORY holding *.jpg files")
+        if not 0 < self.fps <= MAX_FPS[mode]:
+            raise ValueError(f"setting 'fps' is {self.fps:g}; use (0, {MAX_FPS[mode]:g}]")
+        if self.width < 1 or self.height < 1:
+            raise ValueError("settings 'width' and 'height' must be positive")
+        try:
+            parse_resolution(self.thumbnail_size)
+        except ValueError as exc:
+            raise ValueError(f"setting 'thumbnail_size': {exc}") from None
+
+
 class Video(Component):
     """A camera on the turbine: publishes video_<name>_data_source/video.jpg.
 
@@ -111,25 +159,10 @@ class Video(Component):
 
     type = "video"
     channels = {VIDEO_CHANNEL: "image/jpeg"}
-    settings: dict[str, Any] = {
-        "mode": "synthetic",
-        "url": "",
-        "dir": "",
-        "width": 640,
-        "height": 480,
-        "fps": 10.0,
-        "quality": 80,
-        "thumbnail": True,
-        "thumbnail_size": "176x144",
-        "thumbnail_quality": 75,
-        "control_point": "",
-        "focal_lengths": [],
-        "reconnect_max": 30.0,
-    }
+    Settings = VideoSettings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.check_settings(self.config)
         self.frames = 0
         self.last_capture: float | None = None
         self.source_state = "starting"
@@ -137,57 +170,23 @@ class Video(Component):
         self.measured: tuple[int, int] | None = None
         self._restart_scope: trio.CancelScope | None = None
 
-    @classmethod
-    def check_settings(cls, config: dict[str, Any]) -> None:
-        """Check the settings that depend on each other.
-
-        Raises:
-            ConfigError: says which setting is wrong and what would be right.
-        """
-        mode = config["mode"]
-        if mode not in MODES:
-            raise ConfigError(f"setting 'mode' is {mode!r}; use one of {', '.join(MODES)}")
-        if mode == "mjpeg":
-            if not config["url"]:
-                raise ConfigError("mode=mjpeg needs url=http://HOST[:PORT]/axis-cgi/mjpg/video.cgi")
-            try:
-                camera_url(config["url"], 1, 1, 1)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if mode == "files" and not config["dir"]:
-            raise ConfigError("mode=files needs dir=DIRECTORY holding *.jpg files")
-        if not 0 < config["fps"] <= MAX_FPS[mode]:
-            raise ConfigError(f"setting 'fps' is {config['fps']:g}; use (0, {MAX_FPS[mode]:g}]")
-        if config["width"] < 1 or config["height"] < 1:
-            raise ConfigError("settings 'width' and 'height' must be positive")
-        if not 1 <= config["quality"] <= 95:
-            raise ConfigError(f"setting 'quality' is {config['quality']}; use 1..95")
-        if not 1 <= config["thumbnail_quality"] <= 95:
-            raise ConfigError(
-                f"setting 'thumbnail_quality' is {config['thumbnail_quality']}; use 1..95"
-            )
-        try:
-            parse_resolution(config["thumbnail_size"])
-        except ValueError as exc:
-            raise ConfigError(f"setting 'thumbnail_size': {exc}") from None
-
     # --- what the turbine sees
 
     @property
     def url(self) -> str:
         """The URL asked of the camera (mode=mjpeg), with resolution and fps."""
         c = self.config
-        return camera_url(c["url"], c["width"], c["height"], c["fps"])
+        return camera_url(c.url, c.width, c.height, c.fps)
 
     def resolution(self) -> tuple[int, int]:
-        if self.config["mode"] == "files" or self.measured is not None:
+        if self.config.mode == "files" or self.measured is not None:
             return self.measured or (0, 0)
-        return self.config["width"], self.config["height"]
+        return self.config.width, self.config.height
 
     def metadata(self) -> dict[str, Any]:
         c = self.config
         w, h = self.resolution()
-        mode = c["mode"]
+        mode = c.mode
         here = f"{w}x{h}" if w else None
         if mode == "files":
             resolutions = [here] if here else []
@@ -196,7 +195,7 @@ class Video(Component):
                 set(STANDARD_RESOLUTIONS) | ({here} if here else set()),
                 key=parse_resolution,
             )
-        source = {"synthetic": "test pattern", "mjpeg": c["url"], "files": c["dir"]}[mode]
+        source = {"synthetic": "test pattern", "mjpeg": c.url, "files": c.dir}[mode]
         return {
             **super().metadata(),
             "mode": mode,
@@ -207,15 +206,15 @@ class Video(Component):
             "supported_resolutions": resolutions,
             "color_depth": 24,
             "supported_color_depths": [24],
-            "frame_rate": c["fps"],
-            "supported_frame_rates": sorted(set(STANDARD_FRAME_RATES) | {c["fps"]}),
-            "focal_lengths": list(c["focal_lengths"]),
-            "control_point": c["control_point"] or None,
-            "jpeg_quality": c["quality"] if mode == "synthetic" else None,
+            "frame_rate": c.fps,
+            "supported_frame_rates": sorted(set(STANDARD_FRAME_RATES) | {c.fps}),
+            "focal_lengths": list(c.focal_lengths),
+            "control_point": c.control_point or None,
+            "jpeg_quality": c.quality if mode == "synthetic" else None,
             "thumbnail": {
-                "enabled": c["thumbnail"],
-                "size": list(parse_resolution(c["thumbnail_size"])),
-                "quality": c["thumbnail_quality"],
+                "enabled": c.thumbnail,
+                "size": list(parse_resolution(c.thumbnail_size)),
+                "quality": c.thumbnail_quality,
             },
         }
 
@@ -224,7 +223,7 @@ class Video(Component):
         return {
             **super().status(),
             "source": self.source_state,
-            "url": self.url if self.config["mode"] == "mjpeg" else None,
+            "url": self.url if self.config.mode == "mjpeg" else None,
             "resolution": f"{w}x{h}" if w else None,
             "frames": self.frames,
             "last_capture": self.last_capture,
@@ -240,15 +239,13 @@ class Video(Component):
             ValueError: a setting the frame source refuses (resolution ...).
         """
         c = self.config
-        if c["mode"] == "synthetic":
-            return synthetic_frames(
-                SyntheticConfig(c["width"], c["height"], c["fps"], c["quality"])
-            )
-        if c["mode"] == "mjpeg":
+        if c.mode == "synthetic":
+            return synthetic_frames(SyntheticConfig(c.width, c.height, c.fps, c.quality))
+        if c.mode == "mjpeg":
             return mjpeg_frames(
-                self.url, self.log, max_backoff=c["reconnect_max"], on_state=self._camera_state
+                self.url, self.log, max_backoff=c.reconnect_max, on_state=self._camera_state
             )
-        return jpeg_files(c["dir"], fps=c["fps"])
+        return jpeg_files(c.dir, fps=c.fps)
 
     def _camera_state(self, state: str) -> None:
         """What the network camera is doing, for ``status`` (streaming / reconnecting)."""
@@ -265,7 +262,7 @@ class Video(Component):
                     self.log.info(
                         "streaming %s frames at %g fps",
                         "x".join(map(str, self.measured or ("?", "?"))),
-                        self.config["fps"],
+                        self.config.fps,
                     )
                     await self.publish_metadata()
                 await self.data.put(VIDEO_CHANNEL, jpeg, timestamp=captured)
@@ -299,12 +296,12 @@ class Video(Component):
 
     @command("set-fps", help="change the frame rate (frames per second)")
     async def set_fps(self, fps: float) -> dict[str, Any]:
-        mode = self.config["mode"]
+        mode = self.config.mode
         if not 0 < fps <= MAX_FPS[mode]:
             raise ValueError(
                 f"fps {fps:g} out of range: use more than 0, at most {MAX_FPS[mode]:g}"
             )
-        self.config["fps"] = fps
+        self.change_settings(fps=fps)
         self.log.info("frame rate set to %g fps", fps)
         self._restart()
         await self.publish_metadata()
@@ -312,13 +309,13 @@ class Video(Component):
 
     @command("set-resolution", help="change the resolution, WIDTHxHEIGHT (synthetic and mjpeg)")
     async def set_resolution(self, resolution: str) -> dict[str, Any]:
-        mode = self.config["mode"]
+        mode = self.config.mode
         if mode == "files":
             raise ValueError("mode=files plays the files at their own resolution")
         width, height = parse_resolution(resolution)
         if mode == "synthetic":
             PatternRenderer(width, height, period=1)  # raises ValueError if out of range
-        self.config["width"], self.config["height"] = width, height
+        self.change_settings(width=width, height=height)
         self.measured = None
         self.log.info("resolution set to %dx%d", width, height)
         self._restart()

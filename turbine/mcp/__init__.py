@@ -66,7 +66,8 @@ For ``kind = "<kind>"``:
    one Component subclass defined in that module is used);
 3. ``components/<kind>/__main__.py`` calls ``TheClass.main()``, so that
    ``python -m components.<kind> --name NAME --turbine HOST:PORT --set KEY=VALUE ...``
-   runs it: that is the command line the MCP uses;
+   runs it (the MCP passes the settings on an inherited pipe, ``--settings-fd``,
+   never on the command line);
 4. the class's ``type`` (``daq``, ``video``, ``dvd`` ...) must be one of the
    broker's types (``[broker] types`` adds to the standard ones).
 
@@ -75,7 +76,6 @@ it gets ``args`` as its command line and ``TURBINE_ADDRESS`` in its environment.
 """
 
 from .config import (
-    BrokerSettings,
     McpSettings,
     ProgramSpec,
     SiteConfig,
@@ -90,7 +90,6 @@ from .site import Mcp, mcp, run_site
 from .supervisor import Supervisor
 
 __all__ = [
-    "BrokerSettings",
     "Console",
     "Mcp",
     "McpSettings",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import logging
 import math
 import os
@@ -17,12 +16,13 @@ from typing import Any
 
 import attrs
 
-from .._constants import MAX_MEMORY_BYTES, SOURCE_TYPES
+from .._constants import DEFAULT_HOST, DEFAULT_PORT, MAX_MEMORY_BYTES, SOURCE_TYPES
 from .._errors import TurbineError
 from ..client import parse_address
-from ..component import Component, ConfigError
+from ..component import Component
 from ..names import InvalidName, check_source_name
 from ..server import BrokerConfig
+from ..settings import ConfigError, settings_dict, type_name, type_ok
 
 log = logging.getLogger("turbine.mcp")
 
@@ -52,22 +52,6 @@ class McpSettings:
 
 
 @attrs.frozen
-class BrokerSettings:
-    embedded: bool = True
-    host: str = "127.0.0.1"
-    port: int = 3333
-    types: tuple[str, ...] = SOURCE_TYPES + ("mcp",)
-    max_memory: int = MAX_MEMORY_BYTES
-    address: str = ""
-
-    def config(self) -> BrokerConfig:
-        """The embedded broker's configuration."""
-        return BrokerConfig(
-            host=self.host, port=self.port, types=self.types, max_memory=self.max_memory
-        )
-
-
-@attrs.frozen
 class ProgramSpec:
     """One program the MCP runs: a turbine component or a plain process."""
 
@@ -85,46 +69,36 @@ class ProgramSpec:
     restart: bool = True
     enabled: bool = True
 
-    def argv(self, address: str) -> list[str]:
-        """The command line, with ``{turbine}`` replaced by the broker's address."""
+    def argv(self, address: str, settings_fd: int | None = None) -> list[str]:
+        """The command line, with ``{turbine}`` replaced by the broker's address.
+
+        A component reads its settings from ``settings_fd`` (the MCP writes
+        :attr:`settings` there as JSON); they are never on the command line.
+        """
         args = [a.replace("{turbine}", address) for a in self.args]
         if self.command:
             return [a.replace("{turbine}", address) for a in self.command] + args
         argv = [sys.executable, "-m", f"components.{self.kind}"]
         if self.component:
             argv += ["--name", self.name, "--turbine", address]
-            for key, value in self.settings.items():
-                argv += ["--set", f"{key}={_setting_text(value)}"]
+            if settings_fd is not None:
+                argv += ["--settings-fd", str(settings_fd)]
         return argv + args
-
-
-def _setting_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
 
 
 @attrs.frozen
 class SiteConfig:
     path: str
     mcp: McpSettings
-    broker: BrokerSettings
+    #: The embedded broker's configuration, or None: the site uses the broker at ``address``.
+    broker: BrokerConfig | None
+    address: str
     programs: tuple[ProgramSpec, ...]
 
-
-_TYPES: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
-
-
-def _type_ok(value: Any, like: type) -> bool:
-    if like is bool:
-        return isinstance(value, bool)
-    if like is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if like is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, like)
+    @property
+    def embedded(self) -> bool:
+        """Whether the MCP runs the site's broker itself."""
+        return self.broker is not None
 
 
 class _Table:
@@ -148,15 +122,11 @@ class _Table:
         self.seen.add(key)
         if key not in self.data:
             if default is self._MISSING:
-                raise self.error(
-                    key, f"missing; expected {what or _TYPES.get(like, like.__name__)}"
-                )
+                raise self.error(key, f"missing; expected {what or type_name(like)}")
             return default
         value = self.data[key]
-        if not _type_ok(value, like):
-            raise self.error(
-                key, f"expected {what or _TYPES.get(like, like.__name__)}, got {value!r}"
-            )
+        if not type_ok(value, like):
+            raise self.error(key, f"expected {what or type_name(like)}, got {value!r}")
         return float(value) if like is float else value
 
     def get_strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -229,28 +199,17 @@ def _name(t: _Table, key: str = "name", default: Any = _Table._MISSING) -> str:
     return name
 
 
-def _settings(t: _Table, cls: type[Component], name: str, address: str) -> dict[str, Any]:
+def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
+    """The ``settings`` table, checked by the component's settings class (nothing is constructed)."""
     raw = t.get("settings", dict, {}, "a table of settings")
     where = f"{t.where}.settings"
-    settings: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in cls.settings:
-            known = ", ".join(sorted(cls.settings)) or "none"
-            raise SiteConfigError(
-                f"{t.path}: {where}.{key}: unknown setting; {cls.type} components take: {known}"
-            )
-        default = cls.settings[key]
-        like = type(default)
-        if default is not None and not _type_ok(value, like):
-            raise SiteConfigError(
-                f"{t.path}: {where}.{key}: expected {_TYPES.get(like, like.__name__)}, got {value!r}"
-            )
-        settings[key] = float(value) if like is float else value
     try:
-        cls(name, address, dict(settings))  # the class's own checks (no side effects)
-    except (ConfigError, InvalidName) as exc:
-        raise SiteConfigError(f"{t.path}: {where}: {exc}") from None
-    return settings
+        settings = cls.make_settings(raw, strict=True)
+    except ConfigError as exc:
+        at = f"{where}.{exc.key}: {exc.problem}" if exc.key else f"{where}: {exc}"
+        raise SiteConfigError(f"{t.path}: {at}") from None
+    given = settings_dict(settings)
+    return {key: given[key] for key in raw}
 
 
 def load_config(path: str | os.PathLike[str]) -> SiteConfig:
@@ -270,13 +229,14 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         raise SiteConfigError(f"{p}: not valid TOML: {exc}") from None
     top = _Table(p, "site", data)
     m = _Table(p, "mcp", top.get("mcp", dict, {}, "an [mcp] table"))
+    d = McpSettings()
     mcp = McpSettings(
-        name=_name(m, default="mcp"),
-        grace=m.positive("grace", 5.0),
-        restart_first=m.positive("restart_first", 0.5),
-        restart_max=m.positive("restart_max", 30.0),
-        max_restarts=m.get("max_restarts", int, 5, "a count"),
-        stable_after=m.positive("stable_after", 30.0),
+        name=_name(m, default=d.name),
+        grace=m.positive("grace", d.grace),
+        restart_first=m.positive("restart_first", d.restart_first),
+        restart_max=m.positive("restart_max", d.restart_max),
+        max_restarts=m.get("max_restarts", int, d.max_restarts, "a count"),
+        stable_after=m.positive("stable_after", d.stable_after),
     )
     m.done()
     b = _Table(p, "broker", top.get("broker", dict, {}, "a [broker] table"))
@@ -287,8 +247,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             raise b.error("types", f"expected source types like 'dvd', got {ty!r}")
     # The MCP's own endpoints are of type "mcp": an embedded broker always allows it.
     types = SOURCE_TYPES + tuple(dict.fromkeys(t for t in ("mcp", *extra) if t not in SOURCE_TYPES))
-    host = b.get("host", str, "127.0.0.1", "a host name or address")
-    port = b.get("port", int, 3333, "a port number (0 picks a free one)")
+    host = b.get("host", str, DEFAULT_HOST, "a host name or address")
+    port = b.get("port", int, DEFAULT_PORT, "a port number (0 picks a free one)")
     if not 0 <= port <= 65535:
         raise b.error("port", f"expected a port number 0-65535, got {port}")
     address = b.get("address", str, "", "HOST:PORT of the broker to use")
@@ -303,16 +263,11 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             parse_address(address)
         except TurbineError as exc:
             raise b.error("address", str(exc)) from None
-    broker = BrokerSettings(
-        embedded=embedded,
-        host=host,
-        port=port,
-        types=types,
-        max_memory=b.get("max_memory", int, MAX_MEMORY_BYTES, "a number of bytes"),
-        address=address,
+    max_memory = b.get("max_memory", int, MAX_MEMORY_BYTES, "a number of bytes")
+    broker = (
+        BrokerConfig(host=host, port=port, types=types, max_memory=max_memory) if embedded else None
     )
     b.done()
-    check_address = address or f"{host}:{port}"
 
     programs: list[ProgramSpec] = []
     for i, entry in enumerate(top.get("process", list, [], "[[process]] tables"), start=1):
@@ -363,7 +318,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 kind=kind,
                 component=True,
                 name=name,
-                settings=_settings(t, cls, name, check_address),
+                settings=_settings(t, cls),
                 args=t.get_strings("args"),
                 restart=t.get("restart", bool, True),
                 enabled=t.get("enabled", bool, True),
@@ -378,4 +333,4 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 f"{p}: {prog.where}.name: {prog.label!r} is already taken by {seen[prog.label]}"
             )
         seen[prog.label] = prog.where
-    return SiteConfig(p, mcp, broker, tuple(programs))
+    return SiteConfig(p, mcp, broker, address, tuple(programs))

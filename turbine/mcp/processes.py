@@ -38,7 +38,9 @@ def _child_setup(parent: int) -> Callable[[], None]:
     return setup
 
 
-def spawn(argv: list[str], output: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], output: int, env: dict[str, str], pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` as a child that leads its own process group and dies with us.
 
     Synchronous on purpose: ``PR_SET_PDEATHSIG`` fires when the *thread*
@@ -58,6 +60,7 @@ def spawn(argv: list[str], output: int, env: dict[str, str]) -> subprocess.Popen
         process_group=0,
         preexec_fn=_child_setup(os.getpid()),
         close_fds=True,
+        pass_fds=pass_fds,
     )
 
 

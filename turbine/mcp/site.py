@@ -32,7 +32,6 @@ class Mcp(Component):
 
     type = "mcp"
     channels = {"state.json": "application/json"}
-    settings: dict[str, Any] = {}
 
     def __init__(self, name: str, address: str, supervisor: Supervisor) -> None:
         super().__init__(name, address)
@@ -117,9 +116,9 @@ async def run_site(
             supervisor.kill_all()
 
     async with open_stop_nursery(stop, again) as nursery:
-        if site.broker.embedded:
+        if site.broker is not None:
             try:
-                addresses = await nursery.start(serve_turbine, site.broker.config())
+                addresses = await nursery.start(serve_turbine, site.broker)
             except OSError as exc:
                 raise TurbineError(
                     f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
@@ -130,7 +129,7 @@ async def run_site(
             console.out.write(f"turbine listening on {address}\n")
             console.out.flush()
         else:
-            address = site.broker.address
+            address = site.address
         supervisor = Supervisor(site, address, console)
         me = Mcp(site.mcp.name, address, supervisor)
         log.info(
@@ -139,7 +138,7 @@ async def run_site(
             site.path,
             len(supervisor.programs),
             address,
-            " (embedded)" if site.broker.embedded else "",
+            " (embedded)" if site.embedded else "",
         )
         await nursery.start(supervisor.run)
         nursery.start_soon(me.serve)
@@ -149,7 +148,7 @@ async def run_site(
 
 
 def _draw(console: Console, me: Mcp, site: SiteConfig) -> None:
-    where = "embedded" if site.broker.embedded else "external"
+    where = "embedded" if site.embedded else "external"
     header = (
         f"{me.component}  {site.path}  broker {me.address} ({where})  "
         f"up {fmt_duration(time.time() - me.started)}  -- Ctrl-C stops the site"

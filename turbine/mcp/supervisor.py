@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import shlex
@@ -127,17 +129,25 @@ class Supervisor:
 
     async def _run_once(self, p: Program) -> float:
         """Run ``p`` once; return how long it ran (seconds)."""
-        argv = p.spec.argv(self.address)
+        # Settings travel through a pipe only the child inherits: not on its
+        # command line (every user's `ps` shows that), not in its environment
+        # (its own children would inherit it), and never on disk.
+        settings_fd, settings_w = os.pipe() if p.spec.settings else (None, None)
+        argv = p.spec.argv(self.address, settings_fd)
         read_fd, write_fd = os.pipe()
         try:
-            popen = spawn(argv, write_fd, self._env)
+            popen = spawn(argv, write_fd, self._env, () if settings_fd is None else (settings_fd,))
         except OSError as exc:
             os.close(read_fd)
+            if settings_w is not None:
+                os.close(settings_w)
             log.error("cannot start %s (%s): %s", p.spec.label, shlex.join(argv), exc)
             p.last_exit = 127
             return 0.0
         finally:
             os.close(write_fd)
+            if settings_fd is not None:
+                os.close(settings_fd)
         begun = trio.current_time()
         p.popen, p.pid, p.started, p.state = popen, popen.pid, time.time(), "running"
         p.exited = trio.Event()
@@ -146,6 +156,8 @@ class Supervisor:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._forward, p.spec.label, read_fd)
+                if settings_w is not None:
+                    nursery.start_soon(_send_settings, settings_w, p.spec.settings)
                 code = await wait_exit(popen)
                 # Its output may still be in the pipe; helpers it left may hold the pipe open.
                 nursery.cancel_scope.deadline = trio.current_time() + DRAIN_S
@@ -251,3 +263,10 @@ class Supervisor:
         for p in self.programs.values():
             if p.popen is not None:
                 signal_group(p.popen.pid, signal.SIGKILL)
+
+
+async def _send_settings(fd: int, settings: dict[str, Any]) -> None:
+    """Write ``settings`` as JSON to the child's settings pipe and close it (EOF ends them)."""
+    async with trio.lowlevel.FdStream(fd) as stream:
+        with contextlib.suppress(trio.BrokenResourceError):  # it exited before reading
+            await stream.send_all(json.dumps(settings).encode())
