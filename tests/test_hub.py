@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from turbine import RequestFailed, TurbineError
-from turbine._constants import CACHE_BYTES, CACHE_FRAMES, FRAME_OVERHEAD_BYTES
+from turbine._constants import CACHE_BYTES, CACHE_FRAMES, FRAME_OVERHEAD_BYTES, MAX_PATTERN_CHARS
 from turbine.hub import Hub, guess_content_type
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
 from turbine.peer import Peer
@@ -141,6 +144,40 @@ def test_paths_and_patterns():
     for bad in ("", "a b", "a/b/c"):
         with pytest.raises(InvalidName):
             compile_pattern(bad)
+
+
+def regex_oracle(pattern: str) -> re.Pattern[str]:
+    """What a pattern means, written the slow way (only for short test inputs)."""
+    if "/" not in pattern:
+        pattern += "/*"
+    return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text("ab*", min_size=1, max_size=8),
+    st.text("ab*", max_size=6),
+    st.text("ab/", max_size=10),
+)
+def test_patterns_match_what_the_wildcard_rule_says(source, channel, path):
+    pattern = f"{source}/{channel}" if channel else source
+    assert compile_pattern(pattern).match(path) == bool(regex_oracle(pattern).match(path))
+
+
+def test_pathological_patterns_match_in_linear_time():
+    # A backtracking regex takes exponential time on these (the broker froze for
+    # minutes); the piece-by-piece matcher does one pass over the path.
+    name = "daq_" + "a" * 240 + "_data_source"
+    for pattern in ("*" * 1000 + "/nomatch", "*a" * 400 + "Q", "*" * 12 + "Q"):
+        assert not compile_pattern(pattern).match(f"{name}/x")
+    assert not compile_pattern("*a" * 400 + "*").match_source(name)  # fewer a's than asked
+    assert compile_pattern("*a" * 200 + "*").match_source(name)
+
+
+def test_patterns_have_a_length_limit():
+    compile_pattern("*" * MAX_PATTERN_CHARS)
+    with pytest.raises(InvalidName, match=f"more than the limit of {MAX_PATTERN_CHARS}"):
+        compile_pattern("*" * (MAX_PATTERN_CHARS + 1))
 
 
 # --- sources, holders, sequence numbers --------------------------------------------------

@@ -37,6 +37,11 @@ COMMAND_CACHE_FRAMES, COMMAND_CACHE_BYTES = 1_000, 1 * 2**20
 #: Bookkeeping cost charged per stored frame on top of its payload.
 FRAME_OVERHEAD_BYTES = 64
 
+# --- limits on what one message may carry (docs/protocol.rst, "Limits", lists them all) ---
+
+#: Longest wildcard pattern (subscribe, fetch, list), in characters.
+MAX_PATTERN_CHARS = 1024
+
 #: Source types and details of the <type>_<name>_<detail> convention.
 SOURCE_TYPES = ("video", "thumbnail", "daq", "ntcp", "audio")
 SOURCE_DETAILS = ("data_source", "debug_log_source", "command_source", "command_sink")

@@ -378,17 +378,17 @@ class Hub:
     # --- reading
 
     def channels(self, pattern: str) -> list[Channel]:
-        regex = compile_pattern(pattern)
+        matcher = compile_pattern(pattern)
         return [
             ch
             for src in self.sources.values()
             for ch in src.channels.values()
-            if regex.match(ch.path)
+            if matcher.match(ch.path)
         ]
 
     def list_sources(self, pattern: str = "*") -> list[dict[str, Any]]:
-        regex = source_pattern(pattern)
-        return [s.info() for s in self.sources.values() if regex.match(s.name + "/")]
+        matcher = source_pattern(pattern)
+        return [s.info() for s in self.sources.values() if matcher.match_source(s.name)]
 
     def fetch(
         self,

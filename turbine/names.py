@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
-from ._constants import SOURCE_DETAILS, SOURCE_TYPES
+from ._constants import MAX_PATTERN_CHARS, SOURCE_DETAILS, SOURCE_TYPES
 from ._errors import TurbineError
 
 
@@ -64,22 +64,97 @@ def split_path(path: str) -> tuple[str, str]:
     return source, channel
 
 
+class Pattern:
+    """A compiled ``*`` wildcard pattern over ``SOURCE/CHANNEL`` paths.
+
+    Matching takes time linear in the path's length whatever the pattern:
+    runs of ``*`` are merged and the literal pieces between them are found in
+    order, leftmost first (which is exact when ``*`` is the only wildcard).
+    No regular expression is built from the pattern.
+    """
+
+    __slots__ = ("text", "_source", "_channel")
+
+    def __init__(self, text: str, source: tuple[str, ...], channel: tuple[str, ...]) -> None:
+        self.text = text
+        self._source = source
+        self._channel = channel
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r})"
+
+    def match(self, path: str) -> bool:
+        """Whether ``path`` (``SOURCE/CHANNEL``, one ``/``) matches."""
+        source, sep, channel = path.partition("/")
+        return (
+            bool(sep)
+            and "/" not in channel
+            and _match(self._source, source)
+            and _match(self._channel, channel)
+        )
+
+    def match_source(self, name: str) -> bool:
+        """Whether the source ``name`` matches the pattern's source part."""
+        return _match(self._source, name)
+
+
+def _pieces(part: str) -> tuple[str, ...]:
+    """The literal pieces of one ``*`` pattern part, around its (merged) wildcards."""
+    return tuple(part.split("*"))
+
+
+def _match(pieces: tuple[str, ...], text: str) -> bool:
+    """Whether ``text`` matches the part whose literal pieces these are.
+
+    One piece: no wildcard, equality.  Otherwise the text starts with the
+    first piece, ends with the last, and holds the middle ones in order in
+    between; taking each at its leftmost place leaves the most room for the
+    rest, so one pass decides.
+    """
+    if len(pieces) == 1:
+        return text == pieces[0]
+    head, *middle, tail = pieces
+    if len(text) < len(head) + len(tail) or not text.startswith(head) or not text.endswith(tail):
+        return False
+    pos, stop = len(head), len(text) - len(tail)
+    for piece in middle:
+        if piece:
+            found = text.find(piece, pos, stop)
+            if found < 0:
+                return False
+            pos = found + len(piece)
+    return True
+
+
 @functools.lru_cache(maxsize=1024)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
+def compile_pattern(pattern: str) -> Pattern:
     """Compile a ``*`` wildcard pattern over ``SOURCE/CHANNEL`` paths.
 
     ``*`` matches any run of characters other than ``/``.  A pattern without
     ``/`` names sources and matches every channel of them.
+
+    Raises:
+        InvalidName: the pattern is empty, too long, holds whitespace or more than one ``/``.
     """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise InvalidName(
+            f"invalid pattern {pattern[:40]!r}...: it has {len(pattern)} characters, "
+            f"more than the limit of {MAX_PATTERN_CHARS}"
+        )
     if not pattern or any(c.isspace() for c in pattern):
         raise InvalidName(f"invalid pattern {pattern!r}: it must be non-empty, without whitespace")
-    if "/" not in pattern:
-        pattern += "/*"
-    if pattern.count("/") != 1:
+    source, sep, channel = pattern.partition("/")
+    if not sep:
+        channel = "*"
+    if "/" in channel:
         raise InvalidName(f"invalid pattern {pattern!r}: use SOURCE/CHANNEL with '*' wildcards")
-    return re.compile("[^/]*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
+    return Pattern(pattern, _pieces(_STARS.sub("*", source)), _pieces(_STARS.sub("*", channel)))
 
 
-def source_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile a ``*`` wildcard pattern over source names (the part before any ``/``)."""
+_STARS = re.compile(r"\*+")  # a fixed expression, linear: merges runs of '*'
+
+
+def source_pattern(pattern: str) -> Pattern:
+    """Compile a ``*`` wildcard pattern over source names (the part before any ``/``);
+    match names with :meth:`Pattern.match_source`."""
     return compile_pattern(pattern.partition("/")[0] + "/*")

@@ -10,13 +10,12 @@ and each connection's writer pulls its frames with :func:`collect`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import attrs
 
-from .names import compile_pattern
+from .names import Pattern, compile_pattern
 from .store import ChannelStore, Run
 
 #: One delivery group: [source, channel, content_type, first_seq, ts, sizes, writer].
@@ -82,13 +81,13 @@ class Subscription:
     pattern: str
     start: str | int = "now"
     monitor: bool = False
-    regex: re.Pattern[str] = attrs.field(init=False)
+    matcher: Pattern = attrs.field(init=False)
     cursors: dict[Channel, Cursor] = attrs.field(init=False, factory=dict)
     delivered: int = 0
     missed: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.regex = compile_pattern(self.pattern)
+        self.matcher = compile_pattern(self.pattern)
 
     def start_seq(self, channel: Channel, existed: bool) -> int:
         """Where this subscription starts on ``channel``.
@@ -146,7 +145,7 @@ class Router:
         """Register ``sub`` and attach it to the matching channels that exist now."""
         self.subscriptions.append(sub)
         for ch in channels:
-            if sub.regex.match(ch.path):
+            if sub.matcher.match(ch.path):
                 self._attach(sub, ch, sub.start_seq(ch, existed=True))
 
     def remove(self, sub: Subscription) -> None:
@@ -160,7 +159,7 @@ class Router:
         """Attach every matching subscription to a channel that did not exist before."""
         self._cursors[ch] = []
         for sub in self.subscriptions:
-            if sub.regex.match(ch.path):
+            if sub.matcher.match(ch.path):
                 self._attach(sub, ch, sub.start_seq(ch, existed=False))
 
     def channel_removed(self, ch: Channel) -> None:
