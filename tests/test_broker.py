@@ -23,6 +23,8 @@ from turbine import (
 from turbine._constants import PROTOCOL_VERSION
 from turbine.client import frames_from
 from turbine.protocol import NEED_DATA, Connection, Message, Role, encode_bytes
+from turbine.ringbuffer import Ring
+from turbine.store import OLDEST, ChannelSpec, ChannelStore, Query, Run
 
 SRC = "daq_rig_data_source"
 CAM = "video_cam1_data_source"
@@ -579,6 +581,7 @@ async def test_write_timeout_closes_a_client_that_stops_reading(nursery, autojum
         await stuck.aclose()
     (closed,) = [c for c in status["closed"] if c["client"].startswith("stuck#")]
     assert "write blocked for 30 s: the client is not reading" in closed["reason"]
+    assert closed["code"] == "write_timeout"  # a slow consumer, not a protocol error
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -627,6 +630,7 @@ async def test_bad_bytes_get_an_error_and_close_only_that_connection(broker, cas
     assert [f.data for f in held] == [b"good 1", b"bad 1", b"good 2"]
     (closed,) = [c for c in status["closed"] if c["client"].startswith("bad#")]
     assert complaint in closed["reason"]
+    assert closed["code"] == "protocol_error"
 
 
 async def test_requests_before_the_hello_are_refused(broker):
@@ -667,6 +671,7 @@ async def test_client_stopping_mid_message(broker, how):
             await watcher.open_source(SRC)  # it was released
     (closed,) = [c for c in status["closed"] if c["client"].startswith("quitter#")]
     assert "in the middle of a message" in closed["reason"]
+    assert closed["code"] == "protocol_error"
 
 
 async def test_frame_over_the_size_limit(nursery):
@@ -744,3 +749,105 @@ async def test_status_reports_clients_sources_and_traffic(broker):
     assert me["subscriptions"] == [
         {"pattern": f"{SRC}/x", "monitor": False, "delivered": 3, "missed": 0}
     ]
+
+
+# --- stores slower than memory, and the broker's clock ----------------------------------------
+
+
+class SlowStores:
+    """A store factory whose "oldest" reads need the slow part (as from a disk).
+
+    Each such read takes ``delay`` seconds (mock time) in the store task;
+    every other read is answered from memory at once.
+    """
+
+    durable = False
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.reads = 0
+
+    def __call__(self, spec: ChannelSpec) -> ChannelStore:
+        factory = self
+
+        class SlowRing(Ring):
+            __slots__ = ()
+
+            def read_now(self, query: Query) -> Run | None:
+                return None if query.kind == OLDEST else super().read_now(query)
+
+            async def read_later(self, query: Query) -> Run:
+                await trio.sleep(factory.delay)
+                factory.reads += 1
+                if query.value == 666:
+                    raise OSError("the disk is on fire")
+                return super().read_now(query)
+
+        return SlowRing(spec.max_frames, spec.next_seq)
+
+
+async def test_a_slow_read_keeps_the_order_of_replies_and_stalls_no_one_else(
+    nursery, autojump_clock
+):
+    stores = SlowStores(delay=10.0)
+    address = await start_broker(nursery, store=stores)
+    with trio.fail_after(60):
+        async with open_client(address, name="producer") as producer:
+            src = await producer.open_source(SRC, shared=True)
+            await put_all(src, "x", [b"1", b"2", b"3"])
+            raw = await RawClient.connect(address, name="reader")
+            start = trio.current_time()
+            await raw.send("fetch", {"id": 1, "pattern": f"{SRC}/x", "oldest": 2})  # slow
+            await raw.send("fetch", {"id": 2, "pattern": f"{SRC}/x", "newest": 1})  # memory
+            await raw.send("list", {"id": 3, "pattern": "*"})
+            await raw.send("subscribe", {"id": 4, "sub": 7, "pattern": f"{SRC}/x", "start": 3})
+            await raw.send("fetch", {"id": 5, "pattern": f"{SRC}/x", "oldest": 666})  # fails
+            await raw.send("flush", {"id": 6})
+            # Another client is not held up by this connection's slow read.
+            await producer.list_sources()
+            assert trio.current_time() - start < stores.delay
+            await put_all(src, "x", [b"4"])
+            got = [await raw.receive() for _ in range(7)]
+            elapsed = trio.current_time() - start
+            await raw.aclose()
+    assert [(m.type, m.get("id"), m.get("sub")) for m in got] == [
+        ("frames", 1, None),
+        ("frames", 2, None),
+        ("ok", 3, None),
+        ("ok", 4, None),
+        ("error", 5, None),
+        ("ok", 6, None),
+        ("frames", None, 7),  # a subscription's frames only after its reply
+    ]
+    assert [g[3] for g in got[0]["groups"]] == [1]
+    assert [len(g[4]) for g in got[0]["groups"]] == [2]
+    assert got[1]["groups"][0][3] == 3
+    assert got[4]["code"] == "internal" and "the disk is on fire" in got[4]["message"]
+    assert [g[3] for g in got[6]["groups"]] == [3]  # 3, then 4, from where it asked
+    assert sum(len(g[4]) for g in got[6]["groups"]) == 2
+    assert stores.reads == 2
+    assert 2 * stores.delay <= elapsed < 3 * stores.delay  # one after the other, in order
+
+
+async def test_the_broker_clock_is_injected(nursery, autojump_clock):
+    def clock() -> float:
+        return 1_000_000.0 + trio.current_time()
+
+    address = await start_broker(nursery, clock=clock)
+    with trio.fail_after(600):
+        async with open_client(address, name="tester") as tb:
+            src = await tb.open_source(SRC)
+            await trio.sleep(100)
+            await put_all(src, "x", [b"stamped by the broker"])
+            (frame,) = await tb.fetch(f"{SRC}/x", newest=1)
+            raw = await RawClient.connect(address, name="leaver")
+            await raw.aclose()
+            await trio.sleep(50)
+            status = await tb.status()
+    now = clock()
+    assert frame.timestamp == pytest.approx(now - 50, abs=1)
+    assert status["time"] == pytest.approx(now, abs=1)
+    assert status["uptime"] == pytest.approx(150, abs=1)
+    (closed,) = [c for c in status["closed"] if c["client"].startswith("leaver#")]
+    assert closed["time"] == pytest.approx(now - 50, abs=1)
+    assert closed["code"] == "client_closed"

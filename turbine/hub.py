@@ -411,16 +411,7 @@ class Hub:
         Raises:
             RequestFailed: the selection is missing, doubled or negative.
         """
-        try:
-            kind = check_selection(newest=newest, oldest=oldest, start=start, after=after)
-        except ValueError as exc:
-            raise RequestFailed(str(exc), "request") from None
-        if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
-            raise RequestFailed("fetch counts and durations must not be negative", "request")
-        value = {NEWEST: newest, OLDEST: oldest, TIME: start, AFTER: after}[kind]
-        assert value is not None
-        span = duration if duration is not None else float("inf")
-        query = Query(kind, value, span, max_frames)
+        query = fetch_query(newest, oldest, start, duration, after, max_frames)
         channels = self.channels(pattern)
         groups: list[Group] = []
         payloads: list[Any] = []
@@ -430,6 +421,31 @@ class Hub:
                 return PendingFetch(channels, query)
             add_run(groups, payloads, ch, run)
         return groups, payloads
+
+
+def fetch_query(
+    newest: int | None,
+    oldest: int | None,
+    start: float | None,
+    duration: float | None,
+    after: int | None,
+    max_frames: int,
+) -> Query:
+    """The store query of a fetch selection.
+
+    Raises:
+        RequestFailed: the selection is missing, doubled or negative.
+    """
+    try:
+        kind = check_selection(newest=newest, oldest=oldest, start=start, after=after)
+    except ValueError as exc:
+        raise RequestFailed(str(exc), "request") from None
+    if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
+        raise RequestFailed("fetch counts and durations must not be negative", "request")
+    value = {NEWEST: newest, OLDEST: oldest, TIME: start, AFTER: after}[kind]
+    assert value is not None
+    span = duration if duration is not None else float("inf")
+    return Query(kind, value, span, max_frames)
 
 
 @attrs.frozen

@@ -34,15 +34,18 @@ from ._constants import (
 from ._constants import (
     VERSION as __version__,
 )
-from ._errors import ProtocolError, RemoteProtocolError, RequestFailed
+from ._errors import RemoteProtocolError
 from ._io import send_buffers, write_now
-from .hub import Hub, PendingFetch
-from .names import InvalidName
+from .closed import Closed, CloseReason, WriteTimeout
+from .hub import Hub
+from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
-from .protocol import NEED_DATA, Connection, Message, Role, encode, split_payload
+from .protocol import NEED_DATA, Connection, Role, encode
+from .requests import Requests
 from .ringbuffer import memory_store
-from .router import Subscription, check_start, collect
+from .router import Subscription, collect
 from .store import StoreFactory
+from .storetask import StoreReads
 
 log = logging.getLogger("turbine.server")
 
@@ -60,19 +63,20 @@ class BrokerConfig:
     write_timeout: float = WRITE_TIMEOUT_S
     #: Makes each channel's store (see turbine/store.py); memory rings by default.
     store: StoreFactory = memory_store
+    #: Seconds since the epoch: frame stamps, status, closes (injected for tests).
+    clock: Callable[[], float] = time.time
 
 
-@attrs.frozen
-class Closed:
-    """Why a connection ended, kept in a small ring for ``status``."""
+class ClientConnection(Requests):
+    """The broker's side of one client connection.
 
-    client: str
-    reason: str
-    time: float
+    The reader task applies requests in order and queues replies; the writer
+    task sends them and pulls subscribed frames; a store task (started on
+    first need) answers the reads memory cannot.  Who sends what and when is
+    the :class:`~turbine.outbound.OutboundQueue`'s decision.
+    """
 
-
-class ClientConnection:
-    """The broker's side of one client connection."""
+    broker: Broker
 
     def __init__(self, broker: Broker, stream: trio.SocketStream, cid: int) -> None:
         self.broker = broker
@@ -87,127 +91,102 @@ class ClientConnection:
         self.peer = Peer(cid, address)
         self.proto = Connection(Role.BROKER, max_payload=broker.config.max_frame + 2**20)
         self.subs: dict[int, Subscription] = {}
-        self.connected = time.time()
-        self._out: collections.deque[list[Any]] = collections.deque()
-        self._out_bytes = 0
-        self._dirty = False
-        self._wakeup = trio.Event()
-        self._drained = trio.Event()
+        self.connected = broker.clock()
+        self.out = OutboundQueue()
+        self._wakeup = trio.Event()  # set to wake the writer task
+        self._drained = trio.Event()  # set when the writer took the queued replies
         self._rotation = 0
-        self._idle = False  # the writer waits for work: a reader may write for it
-        self._unsent: list[Any] = []  # what a direct write left for the writer
-        self._closing = False
         self.finished = trio.Event()
+        self.reads = StoreReads(self)
         self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = self.gaps = 0
         self.slow_events = 0
 
-    # --- outbound
+    # --- outbound: glue between the OutboundQueue and the socket
 
-    def wake(self) -> None:
-        """Tell the writer there is something to send (never waits)."""
-        self._dirty = True
-        self._idle = False
-        self._wakeup.set()
-
-    def wake_soon(self) -> None:
-        """Mark something to send; the reader that calls this writes it before
-        it next waits (:meth:`Broker.write_ready`), saving the writer task a
-        trip through the scheduler on the latency path."""
-        self._dirty = True
-        if self._idle:
-            self.broker.ready[self] = None
-        else:
+    def apply(self, wake: Wake) -> None:
+        if wake is Wake.SOON:
+            self.broker.ready[self] = None  # written by the reader before it next waits
+        elif wake is Wake.NOW:
             self._wakeup.set()
 
+    def wake_soon(self) -> None:
+        """Frames may be pending for this connection (never waits).
+
+        When the writer sleeps, the reader that calls this writes them before
+        it next waits (:meth:`Broker.write_ready`), saving the writer task a
+        trip through the scheduler on the latency path.
+        """
+        if self.out.frames_pending() is Wake.SOON:
+            self.broker.ready[self] = None
+
     def write_now(self) -> None:
-        """Write what is ready without waiting, if the writer is idle; the
+        """Write what is ready without waiting, if the writer sleeps; the
         writer task takes over whatever the socket does not take at once."""
-        if not self._dirty:
+        out = self.out
+        buffers = out.take(self._pull, direct=True)
+        if buffers is None:
+            if out.state is State.WRITING:
+                self._wakeup.set()  # a remainder is there: the writer sends it first
             return
-        if not self._idle or self._unsent:
-            self.wake()  # the writer is busy, or has a remainder to send first
-            return
-        self._dirty = False
-        buffers = self._gather()
-        if not buffers:
-            return
-        try:
-            rest = write_now(self.sock.fileno(), buffers)
-        except OSError:
-            rest = buffers  # let the writer meet the error and close this connection
-        self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
-        if rest or self._dirty:
-            self._unsent = rest
-            self.wake()
+        self._drained.set()
+        rest: list[Any] = []
+        if buffers:
+            try:
+                rest = write_now(self.sock.fileno(), buffers)
+            except OSError:
+                rest = buffers  # let the writer meet the error and close this connection
+            self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
+        self.apply(out.left(rest))
 
     def queue(
         self, kind: str, fields: dict[str, Any], payloads: list[Any] | tuple[()] = ()
     ) -> None:
-        bufs = self.proto.send(kind, fields, payloads)
-        self._out.append(bufs)
-        self._out_bytes += sum(map(len, bufs))
-        self.wake_soon()  # queued by a request: its reader writes before it next waits
+        self.apply(self.out.reply(self.proto.send(kind, fields, payloads)))
 
-    def reply(self, msg: Message, result: Any = None) -> None:
-        self.queue("ok", {"id": msg["id"], "result": result})
-
-    def error(self, msg_id: int | None, exc: Exception, code: str = "error") -> None:
-        self.queue("error", {"id": msg_id, "code": getattr(exc, "code", code), "message": str(exc)})
-
-    def _gather(self) -> list[Any]:
-        """Queued replies, then subscribed frames within one batch budget."""
-        buffers: list[Any] = []
-        while self._out:
-            buffers += self._out.popleft()
-        self._out_bytes = 0
-        self._drained.set()
-        if not self._closing:
-            self._pull(buffers)
-        return buffers
+    def last_words(self, buffers: list[Any]) -> None:
+        """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
+        self.apply(self.out.last_words(buffers))
 
     async def writer(self) -> None:
+        """Send until the last words are out.
+
+        Raises:
+            WriteTimeout: a write took longer than ``write_timeout``.
+        """
         timeout = self.broker.config.write_timeout
+        out = self.out
         while True:
-            if not self._dirty and not self._unsent:
+            if out.sleep():
                 self._wakeup = trio.Event()
-                self._idle = True
-                try:
-                    await self._wakeup.wait()
-                finally:
-                    self._idle = False
-            self._dirty = False
-            buffers: list[Any] = self._unsent
-            self._unsent = []
-            buffers += self._gather()
+                await self._wakeup.wait()
+            buffers = out.take(self._pull)
+            self._drained.set()
             if buffers:
                 with trio.move_on_after(timeout) as scope:
                     self.bytes_out += await send_buffers(self.sock, buffers)
                 if scope.cancelled_caught:
                     self.slow_events += 1
-                    raise ProtocolError(
+                    raise WriteTimeout(
                         f"write blocked for {timeout:g} s: the client is not reading"
                     )
-            if self._closing and not self._out:
+            if out.state is State.CLOSED:
                 self.finished.set()
                 return
 
-    def last_words(self, buffers: list[Any]) -> None:
-        """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
-        self._closing = True
-        self._out.append(buffers)
-        self.wake()
+    def _pull(self, buffers: list[Any]) -> bool:
+        """Add pending subscribed frames to ``buffers``, within one batch budget.
 
-    def _pull(self, buffers: list[Any]) -> None:
-        """Add pending subscribed frames to ``buffers``, within one batch budget."""
+        Returns True if more frames are pending after this batch.
+        """
         budget_frames, budget_bytes = DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES
         subs = list(self.subs.values())
         if not subs:
-            return
+            return False
+        more = False
         self._rotation = (self._rotation + 1) % len(subs)
         for sub in subs[self._rotation :] + subs[: self._rotation]:
             if budget_frames <= 0 or budget_bytes <= 0:
-                self._dirty = True  # more to send after this batch
-                return
+                return True  # more to send after this batch
             groups, payloads, gaps, n, size = collect(
                 sub.cursors.values(), budget_frames, budget_bytes
             )
@@ -231,7 +210,8 @@ class ClientConnection:
                 sub.delivered += n
                 self.frames_out += n
                 if any(c.pending for c in sub.cursors.values()):
-                    self._dirty = True
+                    more = True
+        return more
 
     # --- inbound
 
@@ -244,11 +224,10 @@ class ClientConnection:
                 "protocol": PROTOCOL_VERSION,
                 "software": f"turbine {__version__}",
                 "max_frame": self.broker.config.max_frame,
-                "time": time.time(),
+                "time": self.broker.clock(),
             },
         )
-        self._out.append(hello)
-        self.wake()
+        self.apply(self.out.reply(hello))
         while True:
             with proto.get_buffer() as view:
                 n = await sock.recv_into(view)
@@ -262,147 +241,12 @@ class ClientConnection:
             self.broker.write_ready()
             if not n:
                 return
-            if self._out_bytes > OUTBOUND_QUEUE_BYTES:
+            if self.out.bytes > OUTBOUND_QUEUE_BYTES:
                 # Replies pile up because this client does not read them: stop
                 # reading its requests until they drain.  Costs only this client.
                 self._drained = trio.Event()
                 await self._drained.wait()
-
-    def handle(self, msg: Message) -> None:
-        kind = msg.type
-        if kind == "put":
-            self.put(msg)
-            return
-        try:
-            handler = self._handlers[kind]
-        except KeyError:
-            raise RemoteProtocolError(f"a client may not send {kind!r} here") from None
-        try:
-            handler(self, msg)
-        except (RequestFailed, ValueError) as exc:
-            code = (
-                "name"
-                if isinstance(exc, InvalidName)
-                else "request"
-                if isinstance(exc, ValueError)
-                else "error"
-            )
-            self.error(msg.get("id"), exc, code)
-        except Exception as exc:
-            # A bug must cost this request, never the broker or other clients.
-            log.exception("internal error handling %r from %s", kind, self.peer.name)
-            self.error(
-                msg.get("id"),
-                RequestFailed(f"internal broker error handling {kind!r}: {exc!r}", "internal"),
-            )
-
-    def put(self, msg: Message) -> None:
-        f = msg.fields
-        sizes = f["sizes"]
-        data = split_payload(msg.payload, sizes)
-        try:
-            wakers = self.broker.hub.put(
-                self.peer,
-                f["source"],
-                f["channel"],
-                f["ts"],
-                data,
-                f.get("content_type"),
-                sizes,
-            )
-        except (RequestFailed, InvalidName) as exc:
-            self.error(
-                None,
-                RequestFailed(
-                    f"put to {f['source']}/{f['channel']} refused: {exc}",
-                    getattr(exc, "code", "error"),
-                ),
-            )
-            return
-        self.frames_in += len(sizes)
-        for conn in wakers:
-            conn.wake_soon()
-
-    def on_client_hello(self, msg: Message) -> None:
-        self.peer.named(msg["name"])
-
-    def on_open_source(self, msg: Message) -> None:
-        f = msg.fields
-        channels = f.get("channels") or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in channels.items()):
-            raise RequestFailed("channels must map channel names to content types", "request")
-        kwargs = {k: f[k] for k in ("cache_frames", "cache_bytes", "shared") if k in f}
-        src = self.broker.hub.open_source(self.peer, f["source"], channels=channels, **kwargs)
-        self.reply(
-            msg,
-            {
-                "source": src.name,
-                "channels": {n: ch.store.next_seq for n, ch in src.channels.items()},
-            },
-        )
-
-    def on_close_source(self, msg: Message) -> None:
-        self.broker.hub.release(self.peer, msg["source"])
-        self.reply(msg)
-
-    def on_flush(self, msg: Message) -> None:
-        self.reply(msg)
-
-    def on_subscribe(self, msg: Message) -> None:
-        sid = msg["sub"]
-        if sid in self.subs:
-            raise RequestFailed(
-                f"subscription id {sid} is already in use on this connection", "request"
-            )
-        sub = Subscription(
-            sid,
-            self,
-            msg["pattern"],
-            check_start(msg.get("start", "now")),
-            bool(msg.get("monitor", False)),
-        )
-        hub = self.broker.hub
-        hub.router.add(sub, hub.channels("*/*"))
-        self.subs[sid] = sub
-        self.reply(msg, {"channels": sorted(ch.path for ch in sub.cursors)})
-
-    def on_unsubscribe(self, msg: Message) -> None:
-        sub = self.subs.pop(msg["sub"], None)
-        if sub is not None:
-            self.broker.hub.router.remove(sub)
-        self.reply(msg)
-
-    def on_fetch(self, msg: Message) -> None:
-        f = msg.fields
-        sel = {k: f[k] for k in ("newest", "oldest", "start", "duration", "after") if k in f}
-        result = self.broker.hub.fetch(f["pattern"], **sel)
-        if isinstance(result, PendingFetch):
-            raise RequestFailed("this broker's stores answer from memory only", "internal")
-        groups, payloads = result
-        self.queue("frames", {"id": msg["id"], "groups": groups}, payloads)
-
-    def on_list(self, msg: Message) -> None:
-        self.reply(msg, self.broker.hub.list_sources(msg["pattern"]))
-
-    def on_status(self, msg: Message) -> None:
-        self.reply(msg, self.broker.status())
-
-    def on_delete(self, msg: Message) -> None:
-        self.broker.hub.delete(msg["source"], self.peer)
-        self.reply(msg)
-
-    _handlers: dict[str, Callable[[ClientConnection, Message], None]] = {
-        "client_hello": on_client_hello,
-        "open_source": on_open_source,
-        "close_source": on_close_source,
-        "flush": on_flush,
-        "subscribe": on_subscribe,
-        "unsubscribe": on_unsubscribe,
-        "fetch": on_fetch,
-        "list": on_list,
-        "status": on_status,
-        "delete": on_delete,
-    }
+            await self.reads.wait_room()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -436,14 +280,16 @@ class Broker:
 
     def __init__(self, config: BrokerConfig = BrokerConfig()) -> None:
         self.config = config
+        self.clock = config.clock
         self.hub = Hub(
+            clock=config.clock,
             max_memory=config.max_memory,
             max_frame=config.max_frame,
             lenient_names=config.lenient_names,
             types=config.types,
             store=config.store,
         )
-        self.started = time.time()
+        self.started = self.clock()
         self.connections: dict[int, ClientConnection] = {}
         #: Connections with frames to send, written by the reader that filled
         #: them before it next waits (see ClientConnection.wake_soon).
@@ -457,7 +303,7 @@ class Broker:
             conn.write_now()
 
     def status(self) -> dict[str, Any]:
-        now = time.time()
+        now = self.clock()
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -470,20 +316,21 @@ class Broker:
             },
             "sources": len(self.hub.sources),
             "clients": [c.info() for c in self.connections.values()],
-            "closed": [attrs.asdict(c) for c in self.closed],
+            "closed": [c.info() for c in self.closed],
         }
 
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = ClientConnection(self, stream, next(self._ids))
         self.connections[conn.id] = conn
-        reason = "client closed the connection"
+        code, reason = CloseReason.CLIENT_CLOSED, "client closed the connection"
         try:
             async with trio.open_nursery() as nursery:
+                conn.reads.nursery = nursery
                 nursery.start_soon(conn.writer)
                 try:
                     await conn.reader()
                 except RemoteProtocolError as exc:
-                    reason = f"protocol error: {exc}"
+                    code, reason = CloseReason.PROTOCOL_ERROR, f"protocol error: {exc}"
                     # Say why, after whatever is already queued, then hang up.
                     conn.last_words(
                         encode("error", {"id": None, "code": "protocol", "message": str(exc)})
@@ -491,21 +338,27 @@ class Broker:
                     with trio.move_on_after(1):
                         await conn.finished.wait()
                 nursery.cancel_scope.cancel()
-        except* ProtocolError as group:
-            reason = str(group.exceptions[0])
+        except* WriteTimeout as group:
+            code, reason = CloseReason.WRITE_TIMEOUT, str(group.exceptions[0])
         except* (OSError, trio.BrokenResourceError) as group:
-            reason = f"connection lost: {group.exceptions[0]}"
+            code, reason = CloseReason.CONNECTION_LOST, f"connection lost: {group.exceptions[0]}"
+        except* trio.Cancelled:
+            code, reason = CloseReason.BROKER_STOPPED, "the broker stopped"
+            raise
         except* Exception as group:
             # A bug must cost this connection, never the broker or other clients.
             log.error("internal error on %s", conn.peer.name, exc_info=group)
-            reason = f"internal broker error: {group.exceptions[0]!r}"
+            code, reason = (
+                CloseReason.INTERNAL_ERROR,
+                f"internal broker error: {group.exceptions[0]!r}",
+            )
         finally:
             for sub in conn.subs.values():
                 self.hub.router.remove(sub)
             conn.subs.clear()
             self.hub.release(conn.peer)
             del self.connections[conn.id]
-            self.closed.append(Closed(conn.peer.name, reason, time.time()))
+            self.closed.append(Closed(conn.peer.name, code, reason, self.clock()))
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 

@@ -1,0 +1,104 @@
+"""The store task of one broker connection: the reads that memory cannot answer.
+
+A request handler never waits on a disk.  When a fetch needs slower storage
+than memory (:class:`~turbine.hub.PendingFetch`), or a ``flush`` must wait
+for durable stores, the handler reserves the reply's place in the
+connection's :class:`~turbine.outbound.OutboundQueue` and hands the work to
+this task, which does it one job at a time, oldest first, and fills each
+place.  Replies therefore leave in the order the
+requests came, whichever of them needed the disk.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from ._errors import RequestFailed
+from .outbound import Slot
+
+if TYPE_CHECKING:
+    from .outbound import OutboundQueue, Wake
+    from .protocol import Connection
+
+log = logging.getLogger("turbine.server")
+
+#: Deferred jobs one connection may have waiting; beyond, its requests wait to be read.
+MAX_PENDING_READS = 64
+
+#: A deferred job: computes one reply as (message type, fields, payloads).
+Job = Callable[[], Awaitable[tuple[str, dict[str, Any], list[Any]]]]
+
+
+class Replies(Protocol):
+    """The narrow handle a store task needs of its connection."""
+
+    out: OutboundQueue
+    proto: Connection
+
+    def apply(self, wake: Wake) -> None: ...
+
+
+class StoreReads:
+    """Deferred reads of one connection, answered in order by one task.
+
+    ``nursery`` (the connection's) must be set before the first :meth:`defer`;
+    the task starts on first need and ends with the connection.
+    """
+
+    def __init__(self, conn: Replies) -> None:
+        self._conn = conn
+        self.nursery: trio.Nursery | None = None
+        self._jobs: collections.deque[tuple[Job, int | None, Slot]] = collections.deque()
+        self._wakeup = trio.Event()
+        self._room = trio.Event()
+        self._running = False
+
+    def defer(self, job: Job, msg_id: int | None = None) -> None:
+        """Hold the reply's place now; run ``job`` in its turn (never waits).
+
+        A job that raises :class:`RequestFailed` (or a bug) is answered with an
+        error for ``msg_id``; the connection carries on.
+        """
+        slot = self._conn.out.reserve()
+        self._jobs.append((job, msg_id, slot))
+        if not self._running:
+            assert self.nursery is not None, "the connection sets its nursery first"
+            self._running = True
+            self.nursery.start_soon(self._run)
+        self._wakeup.set()
+
+    async def wait_room(self) -> None:
+        """Wait while too many reads are waiting (backpressure on this client only)."""
+        while len(self._jobs) > MAX_PENDING_READS:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    async def _run(self) -> None:
+        conn = self._conn
+        while True:
+            while self._jobs:
+                job, msg_id, slot = self._jobs[0]
+                buffers = await self._answer(job, msg_id)
+                self._jobs.popleft()
+                self._room.set()
+                conn.apply(conn.out.fill(slot, buffers))
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    async def _answer(self, job: Job, msg_id: int | None) -> list[Any]:
+        proto = self._conn.proto
+        try:
+            kind, fields, payloads = await job()
+        except RequestFailed as exc:
+            return proto.send("error", {"id": msg_id, "code": exc.code, "message": str(exc)})
+        except Exception as exc:
+            # A store's bug must cost this request, never the connection.
+            log.exception("internal error in a deferred request")
+            message = f"internal broker error reading from a store: {exc!r}"
+            return proto.send("error", {"id": msg_id, "code": "internal", "message": message})
+        return proto.send(kind, fields, payloads)
