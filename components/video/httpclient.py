@@ -82,8 +82,34 @@ class ResponseHead:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+class _Phase(enum.Enum):
+    HEAD = "waiting for the response head"
+    BODY = "body framed by h11 (Content-Length or chunked)"
+    DRAIN = "body runs until the close; h11 may still hold some of it"
+    PASS = "body runs until the close; bytes pass straight through"
+    ENDED = "body complete"
+
+
+def _runs_until_close(head: ResponseHead) -> bool:
+    """Whether the body of this answer to a GET ends only with the connection
+    (RFC 9112, section 6.3, rule 8): h11 has checked the framing headers."""
+    headers = head.headers
+    return (
+        head.status >= 200
+        and head.status not in (204, 304)
+        and "transfer-encoding" not in headers
+        and "content-length" not in headers
+    )
+
+
 class GetExchange:
     """One GET request and its response, sans-I/O.
+
+    A body that runs until the close (what Axis cameras send) carries no
+    framing for h11 to undo, so once h11 has returned what it buffered with
+    the head, the bytes pass straight through: h11's state machine costs
+    about 10 us per received piece, about as much as parsing the multipart
+    stream itself (``benchmarks/mjpeg_read.py``).
 
     Args:
         target: the request target, ``/path?query``.
@@ -112,10 +138,10 @@ class GetExchange:
         except h11.LocalProtocolError as exc:
             raise ValueError(f"cannot ask {name} for {target!r}: {exc}") from None
         self.request_bytes: bytes = self._conn.send(request) + self._conn.send(h11.EndOfMessage())
+        self._phase = _Phase.HEAD
+        self._passed: list[bytes] = []  # received in the PASS phase, not yet returned
         self._eof = False
         self._received_any = False
-        self._head_seen = False
-        self._ended = False
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the server; ``b""`` when it closed the connection."""
@@ -124,7 +150,10 @@ class GetExchange:
                 return
             self._eof = True
         self._received_any = self._received_any or bool(data)
-        self._conn.receive_data(data)
+        if self._phase is _Phase.PASS:
+            self._passed.append(data)
+        else:
+            self._conn.receive_data(data)
 
     def next_event(self) -> ResponseHead | bytes | Signal:
         """The response head, then pieces of the body, then ``END_OF_BODY``
@@ -137,7 +166,16 @@ class GetExchange:
             CameraDisconnected: the server closed the connection before the
                 response was complete.
         """
-        if self._ended:
+        phase = self._phase
+        if phase is _Phase.PASS:
+            if not self._passed:
+                return NEED_DATA
+            data = self._passed.pop(0)
+            if data:
+                return data
+            self._phase = _Phase.ENDED
+            return END_OF_BODY
+        if phase is _Phase.ENDED:
             return END_OF_BODY
         while True:
             try:
@@ -147,12 +185,15 @@ class GetExchange:
             if isinstance(event, h11.Data):
                 return event.data
             if event is h11.NEED_DATA:
+                if phase is _Phase.DRAIN:  # h11 holds nothing more: pass bytes through
+                    self._phase = _Phase.PASS
                 return NEED_DATA
             if isinstance(event, h11.Response):
-                self._head_seen = True
-                return ResponseHead.from_h11(event)
+                head = ResponseHead.from_h11(event)
+                self._phase = _Phase.DRAIN if _runs_until_close(head) else _Phase.BODY
+                return head
             if isinstance(event, h11.EndOfMessage):
-                self._ended = True
+                self._phase = _Phase.ENDED
                 return END_OF_BODY
             if not isinstance(event, h11.InformationalResponse):  # 100 Continue: skip it
                 raise HttpError(f"unexpected {type(event).__name__} from {self._name}")
@@ -164,7 +205,7 @@ class GetExchange:
                 f"{self._max_header} bytes"
             )
         if self._eof:
-            if self._head_seen:
+            if self._phase is not _Phase.HEAD:
                 where = "in the middle of the body"
             elif self._received_any:
                 where = "before a complete response"

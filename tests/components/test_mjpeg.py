@@ -132,6 +132,17 @@ def test_any_chunking_gives_the_same_parts(cuts: list[int], with_lengths: bool) 
     assert [p.body for p in parts] == BODIES
 
 
+def test_parts_do_not_share_a_buffer_the_caller_reuses() -> None:
+    parser = MultipartParser("b")
+    buffer = bytearray(b"--b\r\nContent-Length: 6\r\n\r\nab")
+    assert parser.feed(buffer) == []
+    buffer[:] = b"cdef\r\n--b"  # the caller reads its next piece into the same buffer
+    (part,) = parser.feed(buffer)
+    buffer[:] = b"XXXXXXXXXX"
+    assert part.body == b"abcdef"
+    assert type(part.body) is bytes
+
+
 def test_counted_part_over_max_size_is_refused_at_once() -> None:
     parser = MultipartParser("b", max_part_size=1000)
     with pytest.raises(MultipartError, match="1001 bytes exceeds max_part_size=1000"):
@@ -206,6 +217,16 @@ def test_chunked_decoding_under_any_chunking(cuts: list[int]) -> None:
     assert [h.status for h in heads] == [200]
     assert body == b"Wikipedia in\r\n\r\nchunks."
     assert ended  # at the last chunk, without waiting for the connection to close
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=20))
+def test_body_until_close_under_any_chunking(cuts: list[int]) -> None:
+    data = b"--b\r\nContent-Length: 3\r\n\r\nabc\r\n" * 5
+    response = b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;boundary=b\r\n\r\n"
+    heads, body, ended = exchange_events(response + data, cuts)
+    assert [h.status for h in heads] == [200]
+    assert (body, ended) == (data, True)  # all of it, ended by the close
 
 
 def test_chunked_errors() -> None:
