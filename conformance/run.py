@@ -233,7 +233,12 @@ def check_frames(header: dict[str, Any], payload: bytes) -> None:
 def frame(ctx: Context, step: dict[str, Any]) -> bytes:
     """The bytes a ``send`` step puts on the wire."""
     header = msgpack.packb(ctx.build(step["send"]), use_bin_type=True)
-    payload = bytes.fromhex(step.get("payload_hex", "")) + bytes(step.get("payload_zeros", 0))
+    text = "".join(ctx.build(part) for part in step.get("payload_text", []))
+    payload = (
+        bytes.fromhex(step.get("payload_hex", ""))
+        + text.encode()
+        + bytes(step.get("payload_zeros", 0))
+    )
     hlen = step.get("header_length", len(header))
     plen = step.get("payload_length", len(payload))
     return PREFIX.pack(hlen, plen) + header + payload

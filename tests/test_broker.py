@@ -385,6 +385,30 @@ async def test_fetch_newest_oldest_time_range_after(broker):
                 await tb.fetch(f"{SRC}/x")
 
 
+async def test_a_fetch_larger_than_one_message_arrives_whole_in_parts(broker):
+    """500 000 frames need a 5 MB header: the broker sends parts, each under the limits."""
+    n = 500_000
+    with trio.fail_after(30):
+        async with open_client(broker) as tb:
+            raw = await RawClient.connect(broker)
+            put = {"source": SRC, "channel": "x", "ts": list(range(n)), "sizes": [1] * n}
+            opening = {"id": 1, "source": SRC, "cache_frames": n, "cache_bytes": 64 * 2**20}
+            await raw.send("open_source", opening)
+            await raw.send("put", put, [(bytes(range(256)) * (n // 256 + 1))[:n]])
+            await raw.send("fetch", {"id": 2, "pattern": f"{SRC}/x", "newest": n})
+            assert (await raw.receive()).type == "ok"
+            parts = []
+            while not parts or parts[-1].get("more"):
+                parts.append(await raw.receive())
+            await raw.aclose()
+            frames = await tb.fetch(f"{SRC}/x", newest=n)
+    assert len(parts) > 1
+    assert all(p.type == "frames" and p["id"] == 2 for p in parts)
+    assert [f.seq for f in frames] == list(range(1, n + 1))
+    assert [f.timestamp for f in frames[:3]] == [0.0, 1.0, 2.0]
+    assert frames[-1].data == bytes([(n - 1) % 256])
+
+
 # --- subscriptions ---------------------------------------------------------------------------
 
 

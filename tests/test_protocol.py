@@ -18,6 +18,7 @@ from turbine.protocol import (
     Role,
     decode_groups,
     encode_bytes,
+    split_frames,
 )
 
 HELLO = ("hello", {"protocol": PROTOCOL_VERSION, "software": "turbine test"})
@@ -371,3 +372,70 @@ def test_nothing_can_be_sent_on_a_closed_connection():
         conn.next_event()
     with pytest.raises(LocalProtocolError, match="closed"):
         conn.send("ok", {"id": 1})
+
+
+# --- splitting large deliveries ----------------------------------------------------
+
+
+def _group(seq: int, n: int, size: int = 0, writer: str = "w#1") -> list:
+    return [
+        "daq_a_data_source",
+        "x",
+        "application/octet-stream",
+        seq,
+        [1.0] * n,
+        [size] * n,
+        writer,
+    ]
+
+
+def _flat(parts):
+    """(seq, size, payload) of every frame of every part, in order."""
+    out = []
+    for groups, payloads in parts:
+        frames = [(g[3] + k, g[5][k]) for g in groups for k in range(len(g[5]))]
+        assert len(frames) == len(payloads)
+        out += [(seq, size, p) for (seq, size), p in zip(frames, payloads, strict=True)]
+    return out
+
+
+def test_a_delivery_that_fits_is_one_part_unchanged():
+    groups, payloads = [_group(1, 3, 2)], [b"aa", b"bb", b"cc"]
+    assert split_frames(groups, payloads, 10, 100) == [(groups, payloads)]
+
+
+def test_parts_keep_every_frame_in_order_within_frame_and_byte_budgets():
+    groups = [_group(1, 5, 10, "w#1"), _group(6, 7, 10, "w#2")]
+    payloads = [bytes([i]) * 10 for i in range(12)]
+    parts = split_frames(groups, payloads, 4, 25)
+    assert [sum(len(g[5]) for g in gs) for gs, _ in parts] == [2, 2, 2, 2, 2, 2]
+    assert all(sum(map(len, p)) <= 25 for _, p in parts)
+    assert _flat(parts) == [(i + 1, 10, payloads[i]) for i in range(12)]
+    # A group split across parts keeps its writer, and seqs run on.
+    assert [(g[3], g[6]) for gs, _ in parts for g in gs][2:4] == [(5, "w#1"), (6, "w#2")]
+
+
+def test_a_frame_larger_than_the_byte_budget_travels_alone():
+    groups, payloads = [_group(1, 3, 50)], [b"a" * 50, b"b" * 50, b"c" * 50]
+    parts = split_frames(groups, payloads, 100, 10)
+    assert [len(p) for _, p in parts] == [1, 1, 1]
+    assert _flat(parts) == [(1, 50, b"a" * 50), (2, 50, b"b" * 50), (3, 50, b"c" * 50)]
+
+
+def test_every_part_header_fits_the_limit():
+    """500 000 frames (a 5 MB header in one message) become parts under 4 MiB each."""
+    n = 500_000
+    groups, payloads = [_group(1, n)], [b""] * n
+    parts = split_frames(groups, payloads, n, 2**20)
+    assert len(parts) > 1
+    for part_groups, _ in parts:
+        header = msgpack.packb({"type": "frames", "id": 1, "groups": part_groups, "more": True})
+        assert len(header) <= MAX_HEADER_BYTES
+    assert sum(len(g[5]) for gs, _ in parts for g in gs) == n
+    # Groups with long strings (many writers) count too.
+    writer = "x" * 60_000
+    groups = [_group(i + 1, 1, 0, writer + str(i % 2)) for i in range(200)]
+    parts = split_frames(groups, [b""] * 200, 8192, 2**20)
+    assert len(parts) > 1
+    for part_groups, _ in parts:
+        assert len(msgpack.packb({"groups": part_groups})) <= MAX_HEADER_BYTES

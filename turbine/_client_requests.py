@@ -13,11 +13,12 @@ from .protocol import Connection, Message
 
 
 class _Pending:
-    __slots__ = ("event", "message")
+    __slots__ = ("event", "message", "parts")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.message: Message | None = None
+        self.parts: list[Message] = []  # a reply's parts before its last (``more: true``)
 
 
 class Requests:
@@ -50,6 +51,15 @@ class Requests:
             RequestFailed: the broker refused it, or refused an earlier put.
             ConnectionFailed: the connection failed before the reply came.
         """
+        return (await self.call_parts(kind, fields))[-1]
+
+    async def call_parts(self, kind: str, fields: dict[str, Any]) -> list[Message]:
+        """Like :meth:`call`, returning every part of the reply (a fetch may come in several).
+
+        Raises:
+            RequestFailed: the broker refused it, or refused an earlier put.
+            ConnectionFailed: the connection failed before the reply came.
+        """
         if self._outbox.error is not None:
             raise self._outbox.error
         rid = next(self._ids)
@@ -67,12 +77,17 @@ class Requests:
         if self._deferred:
             errors, self._deferred = self._deferred, []
             raise errors[0]
-        return msg
+        return [*pending.parts, msg]
 
     def resolve(self, rid: int, msg: Message) -> None:
-        """Hand ``msg``, the reply to request ``rid``, to its caller (none waits: ignored)."""
+        """Hand ``msg``, the reply (or a part of it) to request ``rid``, to its caller.
+
+        A reply nobody waits for is ignored.
+        """
         pending = self._pending.get(rid)
-        if pending is not None:
+        if pending is not None and msg.get("more"):
+            pending.parts.append(msg)  # the rest of the reply follows
+        elif pending is not None:
             pending.message = msg
             pending.event.set()
 

@@ -18,12 +18,12 @@ ADDRESS_ENVVAR = "TURBINE_ADDRESS"
 MAX_FRAME_BYTES = 64 * 2**20
 #: Largest msgpack header of one message; anything bigger is a protocol error.
 MAX_HEADER_BYTES = 4 * 2**20
+#: How much a message's payload may exceed the largest frame (a batch of small
+#: frames).  Both directions: the broker accepts at most max_frame plus this,
+#: and sends no more (a fetch reply comes in parts, see DELIVERY_BATCH_*).
+PAYLOAD_SLACK_BYTES = 2**20
 #: Largest payload section of one message (one frame at the size limit, or a batch).
-MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES + 2**20
-#: What a client accepts from its broker: a fetch reply holds every frame asked
-#: for (up to FETCH_MAX_FRAMES per channel), so it may be far larger than a put.
-CLIENT_MAX_HEADER_BYTES = 1 * 2**30
-CLIENT_MAX_PAYLOAD_BYTES = 64 * 2**30
+MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES + PAYLOAD_SLACK_BYTES
 FETCH_MAX_FRAMES = 1_000_000
 
 #: Broker-wide memory limit for ring buffers (turbine serve --max-memory).
@@ -54,7 +54,8 @@ METADATA_CHANNEL = "metadata.txt"
 PUT_BATCH_BYTES = 256 * 2**10
 PUT_BATCH_FRAMES = 4096
 
-#: Broker delivery: one frames message holds at most this many bytes or frames.
+#: Broker delivery and fetch replies: one frames message holds at most this many
+#: bytes (or one larger frame) or frames.
 DELIVERY_BATCH_BYTES = 1 * 2**20
 DELIVERY_BATCH_FRAMES = 8192
 #: Payloads at least this large are sent as their own buffers (vectored send, no copy).

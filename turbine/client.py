@@ -30,10 +30,9 @@ from ._client_reader import Reader
 from ._client_records import ChannelInfo, Frame, Gap, SourceInfo, frames_from
 from ._client_requests import Requests
 from ._constants import (
-    CLIENT_MAX_HEADER_BYTES,
-    CLIENT_MAX_PAYLOAD_BYTES,
     DEFAULT_ADDRESS,
     MAX_FRAME_BYTES,
+    PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
 )
@@ -156,8 +155,10 @@ class Client:
         if "duration" in fields and math.isinf(fields["duration"]):
             del fields["duration"]
         compile_pattern(pattern)
-        msg = await self._requests.call("fetch", {"pattern": pattern, **fields})
-        return frames_from(msg["groups"], msg.payload)
+        frames: list[Frame] = []
+        for part in await self._requests.call_parts("fetch", {"pattern": pattern, **fields}):
+            frames += frames_from(part["groups"], part.payload)
+        return frames
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -237,9 +238,7 @@ async def open_client(
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
     """
     stream = await connect_stream(address)
-    proto = Connection(
-        Role.CLIENT, max_payload=CLIENT_MAX_PAYLOAD_BYTES, max_header=CLIENT_MAX_HEADER_BYTES
-    )
+    proto = Connection(Role.CLIENT)
     try:
         with trio.fail_after(connect_timeout):
             while (msg := proto.next_event()) is NEED_DATA:
@@ -252,6 +251,9 @@ async def open_client(
         await trio.aclose_forcefully(stream)
         why = "it did not greet us in time" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise ConnectionFailed(f"{address} does not speak the turbine protocol: {why}") from None
+    # The broker announced how large a frame may be; no message it sends is
+    # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
+    proto.max_payload = msg.get("max_frame", MAX_FRAME_BYTES) + PAYLOAD_SLACK_BYTES
     client = Client(stream, proto, address, msg)
     try:
         async with trio.open_nursery() as nursery:

@@ -26,6 +26,8 @@ import attrs
 import msgpack
 
 from ._constants import (
+    DELIVERY_BATCH_BYTES,
+    DELIVERY_BATCH_FRAMES,
     MAX_HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
@@ -104,7 +106,7 @@ MESSAGES: dict[str, tuple[Role, dict[str, Any], dict[str, Any]]] = {
     # replies and deliveries (broker -> client)
     "ok": (_B, {"id": int}, {"result": object}),
     "error": (_B, {"code": str, "message": str}, {"id": (int, type(None))}),
-    "frames": (_B, {"groups": list}, {"sub": int, "id": int}),
+    "frames": (_B, {"groups": list}, {"sub": int, "id": int, "more": bool}),
     "gap": (
         _B,
         {"sub": int, "source": str, "channel": str, "missed": int, "next_seq": int},
@@ -195,6 +197,90 @@ def encode(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> l
     """
     header = _packb({"type": kind, **fields})
     return [PREFIX.pack(len(header), sum(map(len, payloads))) + header, *payloads]
+
+
+# Bounds on what one group and one frame add to a frames header, for splitting
+# without packing twice: a group's array, seq and column heads, and a frame's
+# float64 timestamp and uint64 size.  Strings count 4 bytes per character (UTF-8).
+_GROUP_HEADER_BYTES = 64
+_FRAME_HEADER_BYTES = 18
+_FIELDS_HEADER_BYTES = 1024  # type, id or sub, more: what the groups leave room for
+
+
+def split_frames(
+    groups: list[list[Any]],
+    payloads: list[Any],
+    max_frames: int,
+    max_bytes: int,
+    max_header: int = MAX_HEADER_BYTES,
+) -> list[tuple[list[list[Any]], list[Any]]]:
+    """Cut one delivery's groups and payloads into parts that each fit one message.
+
+    A part holds at most ``max_frames`` frames, ``max_bytes`` of payload
+    (or one larger frame alone) and a header under ``max_header`` bytes.
+    Groups are split between frames, so sequence numbers run on from part
+    to part; empty groups are dropped.  One part when everything fits.
+    """
+    frames = sum(len(g[5]) for g in groups)
+    if frames <= max_frames and sum(map(len, payloads)) <= max_bytes:
+        head = sum(_group_cost(g) for g in groups) + frames * _FRAME_HEADER_BYTES
+        if head <= max_header - _FIELDS_HEADER_BYTES:
+            return [(groups, payloads)]
+    parts: list[tuple[list[list[Any]], list[Any]]] = []
+    part: list[list[Any]] = []
+    part_payloads: list[Any] = []
+    n = size = head = 0
+    i = 0  # index into payloads of the group's first frame
+    room = max_header - _FIELDS_HEADER_BYTES
+    for source, channel, ctype, seq, ts, sizes, writer in groups:
+        fixed = _group_cost((source, channel, ctype, writer))
+        k = 0
+        while k < len(sizes):
+            take = min(len(sizes) - k, max_frames - n, (room - head - fixed) // _FRAME_HEADER_BYTES)
+            if take > 0 and size + sum(sizes[k : k + take]) > max_bytes:
+                ends = itertools.accumulate(sizes[k : k + take], initial=size)
+                take = sum(1 for end in ends if end <= max_bytes) - 1
+            if take <= 0 and not n:
+                take = 1  # a part takes at least one frame, however large
+            if take <= 0:
+                parts.append((part, part_payloads))
+                part, part_payloads, n, size, head = [], [], 0, 0, 0
+                continue
+            part.append(
+                [source, channel, ctype, seq + k, ts[k : k + take], sizes[k : k + take], writer]
+            )
+            part_payloads += payloads[i + k : i + k + take]
+            n += take
+            size += sum(sizes[k : k + take])
+            head += fixed + take * _FRAME_HEADER_BYTES
+            k += take
+        i += len(sizes)
+    if part:
+        parts.append((part, part_payloads))
+    return parts
+
+
+def fetch_reply(
+    msg_id: int, groups: list[list[Any]], payloads: list[Any]
+) -> list[tuple[dict[str, Any], list[Any]]]:
+    """The ``frames`` messages answering fetch ``msg_id``, as (fields, payloads) each.
+
+    One message when the frames fit, else parts of at most
+    ``DELIVERY_BATCH_FRAMES`` frames and ``DELIVERY_BATCH_BYTES`` (a larger
+    frame alone); every part but the last carries ``more: true``.
+    """
+    parts = split_frames(groups, payloads, DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES)
+    parts = parts or [([], [])]
+    last = len(parts) - 1
+    return [
+        ({"id": msg_id, "groups": part, **({"more": True} if i < last else {})}, part_payloads)
+        for i, (part, part_payloads) in enumerate(parts)
+    ]
+
+
+def _group_cost(group: Sequence[Any]) -> int:
+    """What a group adds to a header besides its frames' columns (a bound)."""
+    return _GROUP_HEADER_BYTES + 4 * sum(len(x) for x in group if isinstance(x, str))
 
 
 def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:

@@ -16,7 +16,7 @@ from ._errors import RemoteProtocolError, RequestFailed
 from .hub import Hub, PendingFetch
 from .names import InvalidName
 from .peer import Peer
-from .protocol import Message, split_payload
+from .protocol import Message, fetch_reply, split_payload
 from .router import Subscription, check_start
 from .storetask import StoreReads
 
@@ -178,12 +178,13 @@ class Requests:
 
             async def fetched() -> tuple[str, dict[str, Any], list[Any]]:
                 groups, payloads = await pending.run()
-                return "frames", {"id": msg["id"], "groups": groups}, payloads
+                return "frames", {"id": msg["id"], "groups": groups}, payloads  # split on sending
 
             self.reads.defer(fetched, msg["id"])  # from slower storage, in its turn
             return
         groups, payloads = result
-        self.queue("frames", {"id": msg["id"], "groups": groups}, payloads)
+        for fields, part_payloads in fetch_reply(msg["id"], groups, payloads):
+            self.queue("frames", fields, part_payloads)
 
     def on_list(self, msg: Message) -> None:
         self.reply(msg, self.broker.hub.list_sources(msg["pattern"]))

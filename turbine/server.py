@@ -25,8 +25,10 @@ from ._constants import (
     DELIVERY_BATCH_BYTES,
     DELIVERY_BATCH_FRAMES,
     MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
     MAX_MEMORY_BYTES,
     OUTBOUND_QUEUE_BYTES,
+    PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
     SOURCE_TYPES,
     WRITE_TIMEOUT_S,
@@ -34,13 +36,13 @@ from ._constants import (
 from ._constants import (
     VERSION as __version__,
 )
-from ._errors import RemoteProtocolError
+from ._errors import RemoteProtocolError, RequestFailed
 from ._io import send_buffers, write_now
 from .closed import Closed, CloseReason, WriteTimeout
 from .hub import Hub
 from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
-from .protocol import NEED_DATA, Connection, Role, encode
+from .protocol import NEED_DATA, PREFIX, Connection, Role, encode, split_frames
 from .requests import Requests
 from .ringbuffer import memory_store
 from .router import Subscription, collect
@@ -89,7 +91,9 @@ class ClientConnection(Requests):
         except OSError:
             address = "?"
         self.peer = Peer(cid, address)
-        self.proto = Connection(Role.BROKER, max_payload=broker.config.max_frame + 2**20)
+        self.proto = Connection(
+            Role.BROKER, max_payload=broker.config.max_frame + PAYLOAD_SLACK_BYTES
+        )
         self.subs: dict[int, Subscription] = {}
         self.connected = broker.clock()
         self.out = OutboundQueue()
@@ -141,7 +145,21 @@ class ClientConnection(Requests):
     def queue(
         self, kind: str, fields: dict[str, Any], payloads: list[Any] | tuple[()] = ()
     ) -> None:
-        self.apply(self.out.reply(self.proto.send(kind, fields, payloads)))
+        """Queue one reply.
+
+        Raises:
+            RequestFailed: it would need a header over the limit of one message
+                (a ``list`` or ``status`` result too large); nothing is queued.
+        """
+        buffers = self.proto.send(kind, fields, payloads)
+        header = len(buffers[0]) - PREFIX.size
+        if header > MAX_HEADER_BYTES:
+            raise RequestFailed(
+                f"the reply would need a header of {header} bytes, over the limit of "
+                f"{MAX_HEADER_BYTES} for one message; ask for less (a narrower pattern)",
+                "too_large",
+            )
+        self.apply(self.out.reply(buffers))
 
     def last_words(self, buffers: list[Any]) -> None:
         """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
@@ -204,7 +222,8 @@ class ClientConnection(Requests):
                     },
                 )
             if groups:
-                buffers += encode("frames", {"sub": sub.id, "groups": groups}, payloads)
+                for part, part_payloads in split_frames(groups, payloads, n, size):
+                    buffers += encode("frames", {"sub": sub.id, "groups": part}, part_payloads)
                 budget_frames -= n
                 budget_bytes -= size
                 sub.delivered += n

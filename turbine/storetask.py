@@ -20,6 +20,7 @@ import trio
 
 from ._errors import RequestFailed
 from .outbound import Slot
+from .protocol import fetch_reply
 
 if TYPE_CHECKING:
     from .outbound import OutboundQueue, Wake
@@ -101,4 +102,7 @@ class StoreReads:
             log.exception("internal error in a deferred request")
             message = f"internal broker error reading from a store: {exc!r}"
             return proto.send("error", {"id": msg_id, "code": "internal", "message": message})
+        if kind == "frames":  # a fetch reply, in parts if it is large
+            parts = fetch_reply(fields["id"], fields["groups"], payloads)
+            return [buf for part, data in parts for buf in proto.send(kind, part, data)]
         return proto.send(kind, fields, payloads)
