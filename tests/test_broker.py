@@ -11,34 +11,25 @@ import pytest
 import trio
 
 from turbine import (
-    BrokerConfig,
     ConnectionFailed,
     Frame,
     Gap,
     RequestFailed,
     TurbineError,
     open_client,
-    serve_turbine,
 )
 from turbine._constants import PROTOCOL_VERSION
 from turbine.client import frames_from
 from turbine.protocol import NEED_DATA, Connection, Message, Role, encode_bytes
 from turbine.ringbuffer import Ring
 from turbine.store import OLDEST, ChannelSpec, ChannelStore, Query, Run
+from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
 CAM = "video_cam1_data_source"
 
 
 # --- helpers -----------------------------------------------------------------------
-
-
-async def start_broker(nursery: trio.Nursery, **config: object) -> str:
-    """A broker with a non-default configuration on a free loopback port."""
-    ((host, port),) = await nursery.start(
-        serve_turbine, BrokerConfig(host="127.0.0.1", port=0, **config)
-    )
-    return f"{host}:{port}"
 
 
 async def put_all(src, channel: str, payloads, timestamp=None) -> None:

@@ -13,13 +13,13 @@ and its reply a frame on ``<type>_<name>_command_source/command.txt``::
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
 import attrs
 import trio
 
+from ._clock import wall_time
 from ._errors import RequestFailed, TurbineError
 from .client import Client
 
@@ -120,7 +120,7 @@ async def send_command(
         NoReply: no reply within ``wait`` seconds.
     """
     ep = endpoints(target)
-    cmd = Command(uuid.uuid4().hex, verb, args, kwargs, time.time() + wait)
+    cmd = Command(uuid.uuid4().hex, verb, args, kwargs, wall_time() + wait)
     with trio.move_on_after(wait):
         async with tb.subscribe(f"{ep['replies']}/{COMMAND_CHANNEL}", start="now") as sub:
             try:

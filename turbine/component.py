@@ -42,8 +42,6 @@ import inspect
 import json
 import logging
 import signal
-import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -51,6 +49,9 @@ import attrs
 import click
 import trio
 
+from ._clock import wall_time
+from ._component_cli import component_cli
+from ._component_log import LOG_CHANNEL, BrokerLogHandler
 from ._constants import (
     COMMAND_CACHE_BYTES,
     COMMAND_CACHE_FRAMES,
@@ -59,28 +60,24 @@ from ._constants import (
     LOG_CACHE_FRAMES,
 )
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
-from ._options import address_option
 from ._retry import Backoff
 from ._signals import open_stop_nursery
 from .client import Client, Frame, Source, open_client
 from .command import COMMAND_CHANNEL, Command, Reply, endpoints
-from .names import check_source_name
 from .settings import (
     ConfigError,
     NoSettings,
     convert,
-    describe,
     make_settings,
-    read_settings_fd,
     settings_dict,
 )
 
-LOG_CHANNEL = "log.txt"
-#: Log records buffered for the debug log source while the broker is away.
-LOG_QUEUE = 1000
 #: Reconnect backoff: first wait, longest wait (seconds).
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
+#: Refusals a component waits out: its previous process still holds its
+#: sources (they go offline soon), or the broker has no memory left for now.
+WAIT_FOR = ("held", "memory")
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -99,29 +96,6 @@ def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa:
         return fn
 
     return mark
-
-
-class BrokerLogHandler(logging.Handler):
-    """Queues log records for the debug log source; never blocks the logger."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.send, self.receive = trio.open_memory_channel[bytes](LOG_QUEUE)
-        self.dropped = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        entry = {
-            "time": record.created,
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = logging.Formatter().formatException(record.exc_info)
-        try:
-            self.send.send_nowait(json.dumps(entry).encode())
-        except trio.WouldBlock:
-            self.dropped += 1
 
 
 class Component:
@@ -150,8 +124,11 @@ class Component:
             config if isinstance(config, self.Settings) else self.make_settings(config or {})
         )
         self.log = logging.getLogger(self.component)
-        self.started = time.time()
+        self.started = wall_time()
         self.state = "starting"
+        #: Why the component is not running yet (None once it is).
+        self.waiting_for: str | None = None
+        self._waiting_kind: str | None = None
         self.commands_handled = 0
         self.client: Client | None = None
         self._data: Source | None = None
@@ -186,7 +163,8 @@ class Component:
         return {
             "component": self.component,
             "state": self.state,
-            "uptime": round(time.time() - self.started, 3),
+            "uptime": round(wall_time() - self.started, 3),
+            "waiting_for": self.waiting_for,
             "commands_handled": self.commands_handled,
             "settings": settings_dict(self.config),
             "log_records_dropped": self._log_handler.dropped,
@@ -256,11 +234,12 @@ class Component:
 
     async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
         """Run one command; return ``(status, result, error)``."""
-        if cmd.deadline is not None and time.time() > cmd.deadline:
+        now = wall_time()
+        if cmd.deadline is not None and now > cmd.deadline:
             return (
                 "expired",
                 None,
-                f"the command's deadline passed {time.time() - cmd.deadline:.3f} s before it was read",
+                f"the command's deadline passed {now - cmd.deadline:.3f} s before it was read",
             )
         fn = self._handlers.get(cmd.verb)
         if fn is None:
@@ -354,17 +333,13 @@ class Component:
             if not self._log_handler.receive.statistics().current_buffer_used:
                 await log_source.flush()
 
-    async def _session(self, tb: Client) -> None:
+    async def _open_small(self, tb: Client) -> Source:
+        """Open the log and command endpoints; return the log source.
+
+        They carry little: small rings, so that a site's many components do
+        not reserve the broker's memory for nothing.
+        """
         ep = self.endpoints
-        self.client = tb
-        self._data = await tb.open_source(
-            ep["data"],
-            channels=self.channels,
-            cache_frames=self.cache_frames,
-            cache_bytes=self.cache_bytes,
-        )
-        # The log and command endpoints carry little: small rings, so that a
-        # site's many components do not reserve the broker's memory for nothing.
         log_source = await tb.open_source(
             ep["log"],
             channels={LOG_CHANNEL: "application/json"},
@@ -384,40 +359,105 @@ class Component:
             cache_frames=COMMAND_CACHE_FRAMES,
             cache_bytes=COMMAND_CACHE_BYTES,
         )
-        self.state = "running"
-        await self.publish_metadata()
-        self.log.info("connected to %s", self.address)
+        return log_source
+
+    async def _open_data(self, tb: Client, backoff: Backoff) -> Source:
+        """Open the data source, waiting (connected, answering commands) while the broker refuses it."""
+        while True:
+            try:
+                return await tb.open_source(
+                    self.endpoints["data"],
+                    channels=self.channels,
+                    cache_frames=self.cache_frames,
+                    cache_bytes=self.cache_bytes,
+                )
+            except RequestFailed as exc:
+                if exc.code not in WAIT_FOR:
+                    raise
+                await self._wait_to_retry(exc.code, str(exc), backoff)
+
+    async def _session(self, tb: Client, backoff: Backoff, ready: Callable[[], None]) -> None:
+        self.client = tb
+        log_source = await self._open_small(tb)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_log, log_source)
             nursery.start_soon(self._command_loop, tb)
+            self._data = await self._open_data(tb, backoff)
+            # Only a session that opened everything ends the backoff: a broker
+            # that accepts the connection but refuses the source is still away.
+            backoff.reset()
+            self.waiting_for = None
+            self._waiting_kind = None
+            self.state = "running"
+            await self.publish_metadata()
+            self.log.info("connected to %s", self.address)
+            ready()
             await self.run()
             # run() returning means the work is done; keep answering commands.
             await trio.sleep_forever()
 
-    async def serve(self) -> None:
-        """Connect, run and reconnect forever (until cancelled)."""
+    async def _wait_to_retry(self, kind: str, reason: str, backoff: Backoff) -> None:
+        """Wait before trying again; log ``reason`` once per change of ``kind``, keep it in status."""
+        wait = backoff.next_delay()
+        self.state = "waiting"
+        self.waiting_for = reason
+        if kind != self._waiting_kind:
+            self.log.warning(
+                "%s; trying again in %.1f s (backing off up to %g s)", reason, wait, backoff.most
+            )
+            self._waiting_kind = kind
+        else:
+            self.log.debug("%s; trying again in %.1f s", reason, wait)
+        await trio.sleep(wait)
+
+    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
+        """Start work that outlives broker connections (a listener, a device link) in ``nursery``.
+
+        Called once by :meth:`serve`, before it first connects; ``nursery``
+        lives as long as :meth:`serve`.  Return once that work is ready (e.g.
+        with ``await nursery.start(...)``).  The default starts nothing.
+        """
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, run and reconnect forever (until cancelled).
+
+        ``await nursery.start(component.serve)`` returns once the component is
+        ready: its endpoints open, its metadata published, its commands
+        answered.  While the broker is unreachable, or refuses the component's
+        sources (held by another client, or no memory left), it waits with
+        capped backoff; the reason is logged once per change and shown in
+        ``status`` as ``waiting_for``.
+
+        Raises:
+            RequestFailed: the broker refused a source for a reason waiting
+                cannot cure (a bad name or limits).
+        """
         root = logging.getLogger()
         root.addHandler(self._log_handler)
         backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
+        self.started = wall_time()
+
+        def ready() -> None:
+            nonlocal task_status
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+
         try:
-            while True:
-                try:
-                    async with open_client(self.address, name=self.component) as tb:
-                        backoff.reset()
-                        await self._session(tb)
-                except* ConnectionFailed as group:
-                    reason = f"broker unreachable ({leaves(group)[0]})"
-                except* RequestFailed as group:
-                    # e.g. our previous process still holds a source: it goes offline soon.
-                    refused = leaves(group)
-                    if any(e.code != "held" for e in refused):  # type: ignore[attr-defined]
-                        raise
-                    reason = str(refused[0])
-                wait = backoff.next_delay()
-                self.log.warning("%s; retrying in %.1f s", reason, wait)
-                self.state = "disconnected"
-                self._data = self._replies = None
-                await trio.sleep(wait)
+            async with trio.open_nursery() as lasting:
+                await self.start_lasting_work(lasting)
+                while True:
+                    try:
+                        async with open_client(self.address, name=self.component) as tb:
+                            await self._session(tb, backoff, ready)
+                    except* ConnectionFailed as group:
+                        kind, reason = "unreachable", f"broker unreachable ({leaves(group)[0]})"
+                    except* RequestFailed as group:
+                        refused = leaves(group)
+                        if any(e.code not in WAIT_FOR for e in refused):  # type: ignore[attr-defined]
+                            raise
+                        kind, reason = refused[0].code, str(refused[0])  # type: ignore[attr-defined]
+                    self._data = self._replies = None
+                    await self._wait_to_retry(kind, reason, backoff)
         finally:
             root.removeHandler(self._log_handler)
 
@@ -435,57 +475,8 @@ class Component:
 
     @classmethod
     def cli(cls) -> click.Command:
-        """The command line every component shares."""
-
-        @click.command(name=cls.__module__, help=cls.__doc__)
-        @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
-        @address_option
-        @click.option(
-            "--set",
-            "settings",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override a setting; repeatable. Settings: " + describe(cls.Settings),
-        )
-        @click.option(
-            "--settings-fd",
-            type=int,
-            metavar="FD",
-            help="Read the settings as a JSON object from this inherited file descriptor "
-            "(how the MCP passes them: never on the command line); --set overrides them.",
-        )
-        @click.option(
-            "--log-level",
-            default="INFO",
-            show_default=True,
-            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-        )
-        def main(
-            name: str,
-            address: str,
-            settings: tuple[str, ...],
-            settings_fd: int | None,
-            log_level: str,
-        ) -> None:
-            try:
-                given = read_settings_fd(settings_fd) if settings_fd is not None else {}
-                for item in settings:
-                    key, sep, value = item.partition("=")
-                    if not sep:
-                        raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
-                    given[key.strip()] = value
-                check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
-                component = cls(name, address, given)
-            except TurbineError as exc:
-                raise click.UsageError(str(exc)) from None
-            logging.basicConfig(
-                level=log_level,
-                stream=sys.stderr,
-                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            )
-            trio.run(component.serve_until_stopped)
-
-        return main
+        """The command line every component shares (``--name``, ``--turbine``, ``--set`` ...)."""
+        return component_cli(cls)
 
     @classmethod
     def main(cls, argv: list[str] | None = None) -> None:

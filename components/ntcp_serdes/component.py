@@ -96,22 +96,17 @@ class NtcpSerdes(Component):
 
     # --- the turbine side
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen for NTCP clients, then connect to the turbine (and reconnect) until cancelled.
-
-        ``task_status.started(port)`` once listening. The listener outlives
-        broker reconnects; while the broker is away, requests get ``NOT OK``.
+    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
+        """Listen for NTCP clients (``self.port``); the listener outlives broker
+        reconnects, and while the broker is away requests get ``NOT OK``.
 
         Raises:
             OSError: the NTCP address cannot be bound.
         """
         listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, self._serve_client, listeners)
-            self.log.info("serving NTCP clients on %s:%d", self.config.host, self.port)
-            task_status.started(self.port)
-            await super().serve()
+        nursery.start_soon(trio.serve_listeners, self._serve_client, listeners)
+        self.log.info("serving NTCP clients on %s:%d", self.config.host, self.port)
 
     async def run(self) -> None:
         tb = self.client

@@ -77,21 +77,16 @@ class NtcpSim(Component):
         }
         self.port: int | None = None
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve NTCP, then connect to the turbine (and reconnect) until cancelled.
-
-        ``task_status.started(port)`` once the NTCP port listens.
+    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
+        """Serve NTCP (``self.port``), whether or not the broker is there.
 
         Raises:
             OSError: the NTCP address cannot be bound.
         """
-        async with trio.open_nursery() as nursery:
-            self.port = await nursery.start(
-                serve_ntcp_sim, self.rig, self.config.host, self.config.port
-            )
-            self.log.info("serving NTCP on %s:%d", self.config.host, self.port)
-            task_status.started(self.port)
-            await super().serve()
+        self.port = await nursery.start(
+            serve_ntcp_sim, self.rig, self.config.host, self.config.port
+        )
+        self.log.info("serving NTCP on %s:%d", self.config.host, self.port)
 
     async def run(self) -> None:
         while True:

@@ -144,12 +144,10 @@ class NtcpTranslator(Component):
         self._command: Command | None = None
         self._nursery: trio.Nursery | None = None
 
-    async def serve(self) -> None:
+    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
         # Control-system connections outlive broker reconnects: a session on
         # the rig must not end because the turbine blinked.
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await super().serve()
+        self._nursery = nursery
 
     async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
         if cmd.verb == "ntcp" and cmd.args and verb_of(str(cmd.args[0])) == "execute":

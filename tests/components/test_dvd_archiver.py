@@ -29,10 +29,10 @@ from PIL import Image
 from components.dvd_archiver import layout
 from components.dvd_archiver.component import DISC_FULL, DvdArchiver
 from components.netdvd import EmulatedDrive, serve_netdvd
-from tests.conftest import start_broker
 from turbine import FLOAT64_CONTENT_TYPE
 from turbine.client import Client, Frame, open_client
 from turbine.command import NoReply, Reply, send_command
+from turbine.testing import start_broker
 
 pytestmark = pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
 

@@ -23,8 +23,8 @@ from components.ntcp_serdes import NtcpSerdes
 from components.ntcp_sim import Rig, RigConfig, serve_ntcp_sim
 from components.ntcp_sim.component import NtcpSim
 from components.ntcp_translator import JOURNAL_CHANNEL, NtcpTranslator
-from tests.conftest import start_broker
-from turbine import Command, Frame, Reply, open_client, send_command
+from turbine import Command, Reply, open_client, send_command
+from turbine.testing import start_broker, wait_for_component
 
 REPO = Path(__file__).resolve().parents[2]
 CP = "MDL-00-01"
@@ -66,15 +66,6 @@ async def broker(parts):
         nursery.cancel_scope.cancel()
 
 
-async def wait_for_component(broker: str, component: str) -> None:
-    """Return once ``component`` has opened its endpoints (it publishes metadata last)."""
-    async with open_client(broker) as tb:
-        async with tb.subscribe(f"{component}_data_source/metadata.txt", start="oldest") as sub:
-            async for item in sub:
-                if isinstance(item, Frame):
-                    return
-
-
 async def start_translator(
     nursery: trio.Nursery, broker: str, sim_port: int, **settings: object
 ) -> NtcpTranslator:
@@ -88,9 +79,10 @@ async def start_serdes(
     nursery: trio.Nursery, broker: str, **settings: object
 ) -> tuple[NtcpSerdes, int]:
     serdes = NtcpSerdes("rigSerdes", broker, {"translator": "rig", "port": 0, **settings})
-    port = await nursery.start(serdes.serve)
+    await nursery.start(serdes.serve)
     await serdes.wait_connected()
-    return serdes, port
+    assert serdes.port is not None
+    return serdes, serdes.port
 
 
 async def start_sim(nursery: trio.Nursery, rig: Rig, port: int = 0) -> int:
@@ -369,7 +361,8 @@ async def test_simulator_component_publishes_measurements_and_answers_commands(b
     nursery = parts
     sim = NtcpSim("rigSim", broker, {"port": 0, "interval": 0.01, "displacement_speed": 1e3})
     with trio.fail_after(10):
-        ntcp_port = await nursery.start(sim.serve)
+        await nursery.start(sim.serve)
+        ntcp_port = sim.port
         await wait_for_component(broker, "ntcp_rigSim")
         async with open_client(broker) as tb:
             async with tb.subscribe(f"ntcp_rigSim_data_source/{CP}.x.force", start="oldest") as sub:

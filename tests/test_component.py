@@ -1,0 +1,189 @@
+"""The component framework: readiness, waiting out a refusing broker, lasting work, testing aids.
+
+Every test runs under ``autojump_clock``, with the turbine's wall clock
+following trio's (``turbine.testing.follow_trio_clock``): no real sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import attrs
+import pytest
+import trio
+
+from turbine import Component, command, open_client, send_command
+from turbine.testing import (
+    fake_data,
+    follow_trio_clock,
+    open_broker,
+    serving,
+    start_broker,
+    wait_for_component,
+)
+
+MiB = 2**20
+
+
+@attrs.frozen
+class TickerSettings:
+    interval: float = 1.0
+
+
+class Ticker(Component):
+    """Puts a tick per interval; its data source asks for 8 MiB."""
+
+    type = "daq"
+    channels = {"tick": "text/plain"}
+    Settings = TickerSettings
+    cache_bytes = 8 * MiB
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.ticks = 0
+        self.lasting_started = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.data.put("tick", str(self.ticks).encode())
+            self.ticks += 1
+            await trio.sleep(self.config.interval)
+
+    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
+        self.lasting_started += 1
+
+    @command("ticks", help="how many ticks so far")
+    async def ticks_so_far(self) -> int:
+        return self.ticks
+
+
+def retry_delays(caplog: pytest.LogCaptureFixture, logger: str) -> list[float]:
+    return [
+        float(m.group(1))
+        for r in caplog.records
+        if r.name == logger and (m := re.search(r"trying again in ([0-9.]+) s", r.getMessage()))
+    ]
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == logger and r.levelno >= logging.WARNING
+    ]
+
+
+async def test_serve_returns_from_nursery_start_once_ready_and_commands_work(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    follow_trio_clock()
+    with trio.fail_after(30):
+        async with open_broker() as address:
+            ticker = Ticker("t1", address, {"interval": 0.5})
+            await nursery.start(ticker.serve)
+            assert ticker.state == "running"
+            async with open_client(address) as tb:
+                meta = await wait_for_component(tb, "daq_t1")
+                assert meta["status"] == "running" and meta["channels"] == ["tick"]
+                await trio.sleep(2.0)  # virtual: four more ticks
+                reply = await send_command(tb, "daq_t1", "ticks")
+                assert reply.ok and reply.result >= 4
+                status = (await send_command(tb, "daq_t1", "status")).result
+                assert status["uptime"] >= 2.0 and status["waiting_for"] is None
+            nursery.cancel_scope.cancel()
+    assert ticker.lasting_started == 1
+
+
+async def test_a_full_broker_makes_a_component_wait_not_crash(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="daq_t2")
+    follow_trio_clock()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            # 16 MiB: the component's log and command endpoints (6 MiB) fit,
+            # its 8 MiB data source does not while another client holds 5 MiB.
+            address = await start_broker(nursery, max_memory=16 * MiB)
+            async with open_client(address, name="hog") as hog:
+                big = await hog.open_source("daq_hog_data_source", cache_bytes=5 * MiB)
+                ticker = Ticker("t2", address)
+                started = trio.Event()
+
+                async def serve() -> None:
+                    await nursery.start(ticker.serve)
+                    started.set()
+
+                async with open_client(address) as tb:
+                    # Operators see why on its debug log source ...
+                    log = "daq_t2_debug_log_source/log.txt"
+                    async with tb.subscribe(log, start="oldest") as sub:
+                        nursery.start_soon(serve)
+                        async for item in sub:
+                            if b"cannot reserve" in getattr(item, "data", b""):
+                                break
+                    # ... and it is connected and answers commands while it waits.
+                    reply = await send_command(tb, "daq_t2", "status", wait=30)
+                    assert reply.result["state"] == "waiting"
+                    assert "cannot reserve 8.0 MiB" in reply.result["waiting_for"]
+                    await trio.sleep(30)
+                    assert not started.is_set()
+                    await big.close()
+                    await hog.delete("daq_hog_data_source")
+                    with trio.fail_after(10):
+                        await started.wait()
+                    status = (await send_command(tb, "daq_t2", "status")).result
+                    assert status["state"] == "running" and status["waiting_for"] is None
+            nursery.cancel_scope.cancel()
+    # The reason was logged once, however many times it was tried; waits grew to the cap.
+    memory = [w for w in warnings_of(caplog, "daq_t2") if "cannot reserve" in w]
+    assert len(memory) == 1
+    delays = retry_delays(caplog, "daq_t2")
+    assert delays == sorted(delays) and delays[-1] == 5.0 and len(delays) <= 12
+
+
+async def test_a_held_endpoint_is_waited_for_with_capped_backoff(
+    caplog: pytest.LogCaptureFixture, autojump_clock: trio.abc.Clock
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="daq_t3")
+    follow_trio_clock()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            address = await start_broker(nursery)
+            async with open_client(address, name="squatter") as squatter:
+                # Someone holds the first endpoint the component opens: every
+                # attempt connects fine and is then refused.
+                held = await squatter.open_source("daq_t3_debug_log_source")
+                ticker = Ticker("t3", address)
+                nursery.start_soon(ticker.serve)
+                await trio.sleep(15)
+                assert ticker.state == "waiting"
+                assert "held by squatter" in (ticker.status()["waiting_for"] or "")
+                attempts = len(retry_delays(caplog, "daq_t3"))  # one per refused attempt
+                await held.close()
+            with trio.fail_after(10):
+                async with open_client(address) as tb:
+                    await wait_for_component(tb, "daq_t3")
+            nursery.cancel_scope.cancel()
+    # 15 s at 0.1, 0.2, 0.4 ... 5 s: a handful of attempts, not 150.
+    assert attempts <= 8
+    delays = retry_delays(caplog, "daq_t3")
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8] and max(delays) == 5.0
+    assert len([w for w in warnings_of(caplog, "daq_t3") if "held by squatter" in w]) == 1
+
+
+async def test_serving_and_fake_data(autojump_clock: trio.abc.Clock) -> None:
+    follow_trio_clock()
+    ticker = Ticker("t4", config={"interval": 0.25})
+    source = fake_data(ticker)
+    with trio.move_on_after(1.0):  # virtual time: 0, 0.25, 0.5, 0.75 s
+        await ticker.run()
+    assert [p.data for p in source.frames("tick")] == [b"0", b"1", b"2", b"3"]
+    await ticker.publish_metadata()
+    assert source.metadata is not None and source.metadata["component"] == "daq_t4"
+    with pytest.raises(ValueError, match="no channel 'tock'"):
+        await source.put("tock", b"")
+
+    with trio.fail_after(10):
+        async with open_broker() as address, serving(Ticker("t5", address)) as t5:
+            assert t5.state == "running"
+            async with open_client(address) as tb:
+                assert (await send_command(tb, "daq_t5", "ticks")).ok

@@ -1,0 +1,72 @@
+"""The command line every component shares: ``python -m components.<kind> --name NAME ...``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+import click
+import trio
+
+from ._errors import TurbineError
+from ._options import address_option
+from .names import check_source_name
+from .settings import describe, read_settings_fd
+
+if TYPE_CHECKING:
+    from .component import Component
+
+
+def component_cli(cls: type[Component]) -> click.Command:
+    """The click command that checks the settings of ``cls`` and runs one until SIGTERM or Ctrl-C."""
+
+    @click.command(name=cls.__module__, help=cls.__doc__)
+    @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
+    @address_option
+    @click.option(
+        "--set",
+        "settings",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a setting; repeatable. Settings: " + describe(cls.Settings),
+    )
+    @click.option(
+        "--settings-fd",
+        type=int,
+        metavar="FD",
+        help="Read the settings as a JSON object from this inherited file descriptor "
+        "(how the MCP passes them: never on the command line); --set overrides them.",
+    )
+    @click.option(
+        "--log-level",
+        default="INFO",
+        show_default=True,
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    )
+    def main(
+        name: str,
+        address: str,
+        settings: tuple[str, ...],
+        settings_fd: int | None,
+        log_level: str,
+    ) -> None:
+        try:
+            given = read_settings_fd(settings_fd) if settings_fd is not None else {}
+            for item in settings:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+                given[key.strip()] = value
+            check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
+            component = cls(name, address, given)
+        except TurbineError as exc:
+            raise click.UsageError(str(exc)) from None
+        logging.basicConfig(
+            level=log_level,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        trio.run(component.serve_until_stopped)
+
+    return main

@@ -1,0 +1,36 @@
+"""A component's Python log, queued for its debug log source."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+#: The channel of ``<type>_<name>_debug_log_source``.
+LOG_CHANNEL = "log.txt"
+#: Log records buffered for the debug log source while the broker is away.
+LOG_QUEUE = 1000
+
+
+class BrokerLogHandler(logging.Handler):
+    """Queues log records for the debug log source; never blocks the logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send, self.receive = trio.open_memory_channel[bytes](LOG_QUEUE)
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        entry = {
+            "time": record.created,
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = logging.Formatter().formatException(record.exc_info)
+        try:
+            self.send.send_nowait(json.dumps(entry).encode())
+        except trio.WouldBlock:
+            self.dropped += 1
