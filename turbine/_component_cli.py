@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import Any
 
 import click
 import trio
@@ -14,12 +14,10 @@ from ._options import address_option
 from .names import check_source_name
 from .settings import describe, read_settings_fd
 
-if TYPE_CHECKING:
-    from .component import Component
 
-
-def component_cli(cls: type[Component]) -> click.Command:
-    """The click command that checks the settings of ``cls`` and runs one until SIGTERM or Ctrl-C."""
+def component_cli(cls: type[Any]) -> click.Command:
+    """The click command that checks the settings of ``cls`` (a Component) and runs one
+    until SIGTERM or Ctrl-C."""
 
     @click.command(name=cls.__module__, help=cls.__doc__)
     @click.option("--name", required=True, help=f"The <name> of {cls.type}_<name>.")
