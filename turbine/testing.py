@@ -59,7 +59,10 @@ async def start_broker(nursery: trio.Nursery, **config: Any) -> str:
     """Start a broker in ``nursery`` on 127.0.0.1, port 0; return its ``HOST:PORT``.
 
     ``config`` are :class:`~turbine.BrokerConfig` fields (``max_memory``, ``types`` ...).
+    Its clock is the turbine's wall clock, so arrival times follow
+    :func:`follow_trio_clock` too.
     """
+    config.setdefault("clock", wall_time)
     addresses = await nursery.start(serve_turbine, BrokerConfig(host="127.0.0.1", port=0, **config))
     host, port = addresses[0]
     return f"{host}:{port}"
