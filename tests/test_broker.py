@@ -20,7 +20,8 @@ from turbine import (
 )
 from turbine._constants import PROTOCOL_VERSION
 from turbine.client import frames_from
-from turbine.protocol import NEED_DATA, Connection, Message, Role, encode_bytes
+from turbine.messages import SPECS, Message
+from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes
 from turbine.ringbuffer import Ring
 from turbine.store import OLDEST, ChannelSpec, ChannelStore, Query, Run
 from turbine.testing import start_broker
@@ -68,7 +69,8 @@ class RawClient:
         return self
 
     async def send(self, kind: str, fields: dict, payloads=()) -> None:
-        await self.stream.send_all(b"".join(self.proto.send(kind, fields, payloads)))
+        msg = SPECS[kind].cls(**fields)
+        await self.stream.send_all(b"".join(self.proto.send(msg, payloads)))
 
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -389,12 +391,12 @@ async def test_a_fetch_larger_than_one_message_arrives_whole_in_parts(broker):
             await raw.send("fetch", {"id": 2, "pattern": f"{SRC}/x", "newest": n})
             assert (await raw.receive()).type == "ok"
             parts = []
-            while not parts or parts[-1].get("more"):
+            while not parts or parts[-1].more:
                 parts.append(await raw.receive())
             await raw.aclose()
             frames = await tb.fetch(f"{SRC}/x", newest=n)
     assert len(parts) > 1
-    assert all(p.type == "frames" and p["id"] == 2 for p in parts)
+    assert all(p.type == "frames" and p.id == 2 for p in parts)
     assert [f.seq for f in frames] == list(range(1, n + 1))
     assert [f.timestamp for f in frames[:3]] == [0.0, 1.0, 2.0]
     assert frames[-1].data == bytes([(n - 1) % 256])
@@ -558,13 +560,13 @@ async def test_a_subscriber_that_falls_behind_is_told_what_it_missed(broker):
             while seen["x"] < count or seen["y"] < 1:
                 msg = await slow.receive()
                 if msg.type == "gap":
-                    item = Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])
+                    item = Gap(msg.source, msg.channel, msg.missed, msg.next_seq)
                     items.append(item)
                     assert item.next_seq == seen[item.channel] + item.missed + 1
                     seen[item.channel] = item.next_seq - 1
                 else:
                     assert msg.type == "frames"
-                    for f in frames_from(msg["groups"], msg.payload):
+                    for f in frames_from(msg.groups, msg.payload):
                         assert f.seq == seen[f.channel] + 1, "frames arrive in order, no holes"
                         seen[f.channel] = f.seq
                         items.append(f)
@@ -630,7 +632,7 @@ async def test_bad_bytes_get_an_error_and_close_only_that_connection(broker, cas
                     "put", {"source": SRC, "channel": "x", "ts": [None], "sizes": [5]}, [b"bad 1"]
                 )
                 await bad.send("flush", {"id": 1})
-                assert (await bad.receive())["id"] == 1
+                assert (await bad.receive()).id == 1
                 await bad.send_raw(data)
                 last_words = await bad.until_closed()
                 await bad.aclose()
@@ -674,7 +676,7 @@ async def test_client_stopping_mid_message(broker, how):
         async with open_client(broker, name="watcher") as watcher:
             raw = await RawClient.connect(broker, name="quitter")
             await raw.send("open_source", {"id": 1, "source": SRC})
-            assert (await raw.receive())["id"] == 1
+            assert (await raw.receive()).id == 1
             await raw.send_raw(message[: len(message) // 2])
             if how == "half-close":
                 await raw.stream.send_eof()
@@ -711,8 +713,8 @@ async def test_frame_over_the_size_limit(nursery):
             assert await tb.fetch(f"{CAM}/x", newest=5) == []
             assert [f.seq for f in await tb.fetch(f"{SRC}/x", newest=5)] == [1]
     assert [m.type for m in replies] == ["ok", "error", "ok"]
-    assert replies[1]["code"] == "too_large"
-    assert "a frame of 1001 bytes" in replies[1]["message"]
+    assert replies[1].code == "too_large"
+    assert "a frame of 1001 bytes" in replies[1].message
 
 
 async def test_bad_requests_are_refused_and_the_connection_carries_on(broker):
@@ -728,9 +730,9 @@ async def test_bad_requests_are_refused_and_the_connection_carries_on(broker):
             replies = [await raw.receive() for _ in range(4)]
             await raw.aclose()
     assert [m.type for m in replies] == ["error", "error", "error", "ok"]
-    assert "start must be one of" in replies[0]["message"]
-    assert "invalid pattern" in replies[1]["message"]
-    assert "channels must map channel names to content types" in replies[2]["message"]
+    assert "start must be one of" in replies[0].message
+    assert "invalid pattern" in replies[1].message
+    assert "channels must map channel names to content types" in replies[2].message
 
 
 async def test_no_broker_is_a_clear_connection_failure():
@@ -825,7 +827,7 @@ async def test_a_slow_read_keeps_the_order_of_replies_and_stalls_no_one_else(
             got = [await raw.receive() for _ in range(7)]
             elapsed = trio.current_time() - start
             await raw.aclose()
-    assert [(m.type, m.get("id"), m.get("sub")) for m in got] == [
+    assert [(m.type, m.id, getattr(m, "sub", None)) for m in got] == [
         ("frames", 1, None),
         ("frames", 2, None),
         ("ok", 3, None),
@@ -834,12 +836,12 @@ async def test_a_slow_read_keeps_the_order_of_replies_and_stalls_no_one_else(
         ("ok", 6, None),
         ("frames", None, 7),  # a subscription's frames only after its reply
     ]
-    assert [g[3] for g in got[0]["groups"]] == [1]
-    assert [len(g[4]) for g in got[0]["groups"]] == [2]
-    assert got[1]["groups"][0][3] == 3
-    assert got[4]["code"] == "internal" and "the disk is on fire" in got[4]["message"]
-    assert [g[3] for g in got[6]["groups"]] == [3]  # 3, then 4, from where it asked
-    assert sum(len(g[4]) for g in got[6]["groups"]) == 2
+    assert [g[3] for g in got[0].groups] == [1]
+    assert [len(g[4]) for g in got[0].groups] == [2]
+    assert got[1].groups[0][3] == 3
+    assert got[4].code == "internal" and "the disk is on fire" in got[4].message
+    assert [g[3] for g in got[6].groups] == [3]  # 3, then 4, from where it asked
+    assert sum(len(g[4]) for g in got[6].groups) == 2
     assert stores.reads == 2
     assert 2 * stores.delay <= elapsed < 3 * stores.delay  # one after the other, in order
 

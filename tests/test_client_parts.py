@@ -9,6 +9,7 @@ import trio.testing
 from turbine import ConnectionFailed, RequestFailed, TurbineError, open_client
 from turbine._client_outbox import Outbox
 from turbine._constants import PROTOCOL_VERSION
+from turbine.messages import ClientHello, Flush, Put
 from turbine.protocol import NEED_DATA, Connection, Role
 
 SRC = "daq_rig_data_source"
@@ -38,7 +39,7 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
     lost: list[TurbineError] = []
     outbox = Outbox(ours, "test", max_frame=100, on_lost=lost.append)
     client, broker = Connection(Role.CLIENT), Connection(Role.BROKER)
-    hello = client.send("client_hello", {"protocol": PROTOCOL_VERSION, "name": "t"})
+    hello = client.send(ClientHello(protocol=PROTOCOL_VERSION, name="t"))
     broker.receive_data(b"".join(hello))
     assert broker.next_event().type == "client_hello"
     with trio.fail_after(5):
@@ -46,7 +47,7 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
         assert not outbox.queue(SRC, "y", b"bb", None)
         assert not outbox.queue(SRC, "x", b"ccc", 2.0)
         assert outbox.has_puts
-        await outbox.send(client.send("flush", {"id": 7}))
+        await outbox.send(client.send(Flush(id=7)))
         assert not outbox.has_puts
         got = []
         while len(got) < 3:
@@ -54,11 +55,11 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
                 broker.receive_data(await theirs.recv(65536))
             else:
                 got.append(msg)
-    assert [(m.type, m.get("channel"), m.get("ts"), bytes(m.payload)) for m in got] == [
-        ("put", "x", [1.0, 2.0], b"accc"),
-        ("put", "y", [None], b"bb"),
-        ("flush", None, None, b""),
+    assert got[:2] == [
+        Put(source=SRC, channel="x", ts=[1.0, 2.0], sizes=[1, 3], payload=memoryview(b"accc")),
+        Put(source=SRC, channel="y", ts=[None], sizes=[2], payload=memoryview(b"bb")),
     ]
+    assert got[2] == Flush(id=7)
     with pytest.raises(RequestFailed, match="101 bytes is over the broker's limit of 100") as info:
         outbox.queue(SRC, "x", b"x" * 101, None)
     assert info.value.code == "too_large"

@@ -11,18 +11,35 @@ from hypothesis import strategies as st
 
 from turbine import LocalProtocolError, RemoteProtocolError
 from turbine._constants import MAX_HEADER_BYTES, PROTOCOL_VERSION
+from turbine.messages import (
+    ClientHello,
+    Error,
+    Fetch,
+    Flush,
+    Frames,
+    GapReport,
+    Hello,
+    ListSources,
+    Message,
+    Ok,
+    OpenSource,
+    Put,
+    Subscribe,
+    header_fields,
+)
 from turbine.protocol import (
     NEED_DATA,
     Connection,
-    Message,
     Role,
     decode_groups,
     encode_bytes,
+    encode_message,
     split_frames,
 )
 
 HELLO = ("hello", {"protocol": PROTOCOL_VERSION, "software": "turbine test"})
 CLIENT_HELLO = ("client_hello", {"protocol": PROTOCOL_VERSION, "name": "tester"})
+CLIENT_HELLO_MSG = ClientHello(protocol=PROTOCOL_VERSION, name="tester")
 
 
 def drain(conn: Connection) -> list[Message]:
@@ -73,7 +90,7 @@ def client_stream_bytes() -> bytes:
 
 
 def as_tuples(msgs: list[Message]) -> list[tuple[str, dict, bytes]]:
-    return [(m.type, m.fields, bytes(m.payload)) for m in msgs]
+    return [(m.type, header_fields(m), bytes(getattr(m, "payload", b""))) for m in msgs]
 
 
 def expected_stream() -> list[tuple[str, dict, bytes]]:
@@ -104,11 +121,14 @@ def test_broker_messages_round_trip_to_the_client():
     conn = Connection(Role.CLIENT)
     conn.receive_data(b"".join(encode_bytes(k, f, p) for k, f, p in stream))
     msgs = [conn.next_event()]
-    conn.send(*CLIENT_HELLO)  # the client answers the broker's hello before anything else
+    conn.send(CLIENT_HELLO_MSG)  # the client answers the broker's hello before anything else
     msgs += drain(conn)
-    assert [m.type for m in msgs] == ["hello", "ok", "error", "frames", "gap"]
-    assert msgs[1]["result"] == {"channels": {"x": 1}}
-    frames = list(decode_groups(msgs[3]["groups"], msgs[3].payload))
+    assert [type(m) for m in msgs] == [Hello, Ok, Error, Frames, GapReport]
+    assert msgs[1] == Ok(id=1, result={"channels": {"x": 1}})
+    assert msgs[2] == Error(id=None, code="held", message="no")
+    assert msgs[4] == GapReport(sub=3, source="src", channel="ch", missed=4, next_seq=9)
+    assert (msgs[3].sub, msgs[3].id) == (3, None)
+    frames = list(decode_groups(msgs[3].groups, msgs[3].payload))
     assert [(seq, ts, bytes(data), writer) for _, _, _, seq, ts, data, writer in frames] == [
         (5, 1.0, b"ab", "alice#1"),
         (6, 2.0, b"cde", "alice#1"),
@@ -197,7 +217,7 @@ def test_random_input_only_ever_raises_remote_protocol_error(role, chunks, eof):
         try:
             while (msg := conn.next_event()) is not NEED_DATA:
                 if msg.type == "frames":
-                    list(decode_groups(msg["groups"], msg.payload))
+                    list(decode_groups(msg.groups, msg.payload))
         except RemoteProtocolError:
             return
 
@@ -340,29 +360,34 @@ def test_unsupported_protocol_version_is_refused_naming_the_supported_ones():
 def test_handshake_records_the_peer_and_the_version():
     conn = broker_side()
     assert conn.protocol == PROTOCOL_VERSION
-    assert conn.peer_hello is not None and conn.peer_hello["name"] == "tester"
+    assert conn.peer_hello == CLIENT_HELLO_MSG
 
 
 def test_client_may_not_send_requests_before_its_hello():
     conn = Connection(Role.CLIENT)
     with pytest.raises(LocalProtocolError, match="send 'client_hello' before any request"):
-        conn.send("flush", {"id": 1})
-    conn.send(*CLIENT_HELLO)
-    assert b"".join(conn.send("flush", {"id": 1}))  # now allowed
+        conn.send(Flush(id=1))
+    conn.send(CLIENT_HELLO_MSG)
+    assert b"".join(conn.send(Flush(id=1))) == encode_bytes("flush", {"id": 1})  # now allowed
 
 
 def test_local_mistakes_are_local_protocol_errors():
     client = Connection(Role.CLIENT)
     with pytest.raises(LocalProtocolError, match="a client may not send 'hello'"):
-        client.send(*HELLO)
-    client.send(*CLIENT_HELLO)
-    with pytest.raises(LocalProtocolError, match="lacks its 'pattern' field"):
-        client.send("list", {"id": 1})
-    with pytest.raises(LocalProtocolError, match="unknown message type"):
-        client.send("teleport", {})
+        client.send(Hello(**HELLO[1]))
+    client.send(CLIENT_HELLO_MSG)
+    with pytest.raises(LocalProtocolError, match="'list' field 'pattern' must be str, not int"):
+        client.send(ListSources(id=1, pattern=3))  # type: ignore[arg-type]
+    with pytest.raises(LocalProtocolError, match="'open_source' field 'cache_frames' must be a"):
+        client.send(OpenSource(id=1, source="s", cache_frames=True))
     broker = Connection(Role.BROKER)
     with pytest.raises(LocalProtocolError, match="a broker may not send 'put'"):
-        broker.send("put", {"source": "s", "channel": "c", "ts": [], "sizes": []})
+        broker.send(Put(source="s", channel="c", ts=[], sizes=[]))
+
+
+def test_a_message_lacking_a_field_cannot_be_built():
+    with pytest.raises(TypeError, match="pattern"):
+        ListSources(id=1)  # type: ignore[call-arg]
 
 
 def test_nothing_can_be_sent_on_a_closed_connection():
@@ -371,7 +396,111 @@ def test_nothing_can_be_sent_on_a_closed_connection():
     with pytest.raises(RemoteProtocolError):
         conn.next_event()
     with pytest.raises(LocalProtocolError, match="closed"):
-        conn.send("ok", {"id": 1})
+        conn.send(Ok(id=1))
+
+
+# --- the message classes on the wire ---------------------------------------------------
+
+# The worked examples of docs/protocol.rst ("bytes on the wire"), as the
+# message classes encode them: the wire format is the documented one, byte for byte.
+_F64 = struct.Struct("<d")
+DOC_EXAMPLES = [
+    (
+        Hello(protocol=1, software="turbine 0.1.0", max_frame=67108864, time=1700000000.0),
+        [],
+        "0000004a0000000085a474797065a568656c6c6fa870726f746f636f6c01a8736f667477617265ad"
+        "74757262696e6520302e312e30a96d61785f6672616d65ce04000000a474696d65cb41d954fc40000000",
+    ),
+    (
+        ClientHello(protocol=1, name="matlab"),
+        [],
+        "000000290000000083a474797065ac636c69656e745f68656c6c6fa870726f746f636f6c01a46e616d65"
+        "a66d61746c6162",
+    ),
+    (
+        OpenSource(id=1, source="daq_rig1_data_source", channels={"x": "application/x-float64-le"}),
+        [],
+        "000000570000000084a474797065ab6f70656e5f736f75726365a2696401a6736f75726365b4646171"
+        "5f726967315f646174615f736f75726365a86368616e6e656c7381a178b86170706c69636174696f6e"
+        "2f782d666c6f617436342d6c65",
+    ),
+    (
+        Put(source="daq_rig1_data_source", channel="x", ts=[None, 1700000000.25], sizes=[8, 8]),
+        [_F64.pack(1.5), _F64.pack(-2.0)],
+        "000000470000001085a474797065a3707574a6736f75726365b46461715f726967315f646174615f73"
+        "6f75726365a76368616e6e656ca178a2747392c0cb41d954fc40100000a573697a65739208080000000000"
+        "00f83f00000000000000c0",
+    ),
+    (Flush(id=2), [], "000000100000000082a474797065a5666c757368a2696402"),
+    (Ok(id=2), [], "000000150000000083a474797065a26f6ba2696402a6726573756c74c0"),
+    (
+        Frames(
+            sub=3,
+            groups=[
+                [
+                    "daq_rig1_data_source",
+                    "x",
+                    "application/x-float64-le",
+                    1,
+                    [1700000000.125, 1700000000.25],
+                    [8, 8],
+                    "matlab#1 (127.0.0.1:50412)",
+                ]
+            ],
+        ),
+        [_F64.pack(1.5), _F64.pack(-2.0)],
+        "0000007d0000001083a474797065a66672616d6573a373756203a667726f7570739197b46461715f7269"
+        "67315f646174615f736f75726365a178b86170706c69636174696f6e2f782d666c6f617436342d6c6501"
+        "92cb41d954fc40080000cb41d954fc4010000092080" + "8ba6d61746c616223312028313237"
+        "2e302e302e313a353034313229000000000000f83f00000000000000c0",
+    ),
+]
+
+
+def opened(role: Role) -> Connection:
+    """A connection past the handshake both ways."""
+    conn = Connection(role)
+    if role is Role.CLIENT:
+        conn.receive_data(encode_bytes(*HELLO))
+        assert isinstance(conn.next_event(), Hello)
+        conn.send(CLIENT_HELLO_MSG)
+    else:
+        conn.receive_data(encode_bytes(*CLIENT_HELLO))
+        assert conn.next_event() == CLIENT_HELLO_MSG
+    return conn
+
+
+@pytest.mark.parametrize(("msg", "payloads", "wire"), DOC_EXAMPLES, ids=lambda x: type(x).__name__)
+def test_message_classes_encode_the_documented_bytes(msg, payloads, wire):
+    assert b"".join(encode_message(msg, payloads)).hex() == wire
+    ours, theirs = (
+        (Role.BROKER, Role.CLIENT) if msg.sender == "broker" else (Role.CLIENT, Role.BROKER)
+    )
+    handshake = isinstance(msg, (Hello, ClientHello))
+    sender = Connection(ours) if handshake else opened(ours)
+    assert b"".join(sender.send(msg, payloads)).hex() == wire  # the checked path: the same
+    receiver = Connection(theirs) if handshake else opened(theirs)
+    receiver.receive_data(bytes.fromhex(wire))
+    (got,) = drain(receiver)
+    assert type(got) is type(msg) and header_fields(got) == header_fields(msg)
+    assert bytes(getattr(got, "payload", b"")) == b"".join(payloads)
+
+
+def test_nil_in_an_optional_field_is_as_good_as_absent():
+    conn = broker_side()
+    conn.receive_data(raw({"type": "subscribe", "id": 1, "sub": 2, "pattern": "*", "start": None}))
+    conn.receive_data(raw({"type": "fetch", "id": 2, "pattern": "*", "newest": None, "after": 3}))
+    assert drain(conn) == [
+        Subscribe(id=1, sub=2, pattern="*"),
+        Fetch(id=2, pattern="*", after=3),
+    ]
+
+
+def test_fields_a_message_does_not_have_are_ignored():
+    """A newer peer may add fields; this side reads what it knows."""
+    conn = broker_side()
+    conn.receive_data(raw({"type": "flush", "id": 1, "priority": "high"}))
+    assert drain(conn) == [Flush(id=1)]
 
 
 # --- splitting large deliveries ----------------------------------------------------

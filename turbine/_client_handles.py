@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from ._client_records import Frame, Gap
 from ._constants import METADATA_CHANNEL, SUBSCRIPTION_QUEUE_BATCHES
 from ._errors import ConnectionFailed, TurbineError
-from .protocol import Message
+from .messages import CloseSource, Flush, Message, Ok, Request
+
+R = TypeVar("R", bound=Message)
 
 
 class PutSink(Protocol):
@@ -31,7 +33,7 @@ class PutSink(Protocol):
 
 
 class Requester(Protocol):
-    async def call(self, kind: str, fields: dict[str, Any]) -> Message:
+    async def call(self, kind: type[Request], reply: type[R], **fields: Any) -> R:
         """Send a request and return its reply."""
 
 
@@ -67,7 +69,7 @@ class Source:
         Raises:
             RequestFailed: the broker refused an earlier put (says which and why).
         """
-        await self._call("flush", {})
+        await self._call(Flush, Ok)
 
     async def set_metadata(
         self, metadata: Mapping[str, Any], timestamp: float | None = None
@@ -78,7 +80,7 @@ class Source:
 
     async def close(self) -> None:
         """Flush and let go of the source; it stays readable, shown offline."""
-        await self._call("close_source", {"source": self.name})
+        await self._call(CloseSource, Ok, source=self.name)
 
 
 class Feed:

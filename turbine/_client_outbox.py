@@ -11,8 +11,9 @@ import trio
 from ._constants import PUT_BATCH_BYTES, PUT_BATCH_FRAMES
 from ._errors import ConnectionFailed, RequestFailed, TurbineError
 from ._io import send_buffers
+from .messages import Put
 from .names import check_channel_name
-from .protocol import encode
+from .protocol import encode_message
 
 
 class Outbox:
@@ -111,11 +112,8 @@ class Outbox:
     def _take_batches(self) -> list[Any]:
         out: list[Any] = []
         for (source, channel), (ts, data) in self._batches.items():
-            out += encode(
-                "put",
-                {"source": source, "channel": channel, "ts": ts, "sizes": list(map(len, data))},
-                data,
-            )
+            put = Put(source=source, channel=channel, ts=ts, sizes=list(map(len, data)))
+            out += encode_message(put, data)
         self._batches.clear()
         self._bytes = self._frames = 0
         return out

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import trio
 
@@ -18,7 +18,8 @@ from ._errors import (
     RequestFailed,
     TurbineError,
 )
-from .protocol import NEED_DATA, Connection, Message
+from .messages import Error, Frames, GapReport, Message, Ok
+from .protocol import NEED_DATA, Connection
 
 
 class Reader:
@@ -53,6 +54,7 @@ class Reader:
     async def run(self) -> None:
         """Read until the connection ends; then call ``on_lost`` (never raises)."""
         proto = self._proto
+        handlers = self._handlers
         try:
             while True:
                 with proto.get_buffer() as view:
@@ -62,7 +64,12 @@ class Reader:
                     msg = proto.next_event()
                     if msg is NEED_DATA:
                         break
-                    await self._dispatch(msg)
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        raise RemoteProtocolError(
+                            f"unexpected {msg.type!r} message from the broker"
+                        )
+                    await handler(self, msg)
                 if not n:
                     raise ConnectionFailed(f"the broker at {self._address} closed the connection")
         except ProtocolError as exc:
@@ -72,29 +79,44 @@ class Reader:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._on_lost(ConnectionFailed(f"lost the connection to {self._address}: {exc}"))
 
-    async def _dispatch(self, msg: Message) -> None:
-        kind = msg.type
-        if kind == "frames" and "sub" in msg.fields:
-            feed = self.feeds.get(msg["sub"])
+    async def _on_frames(self, msg: Frames) -> None:
+        if msg.sub is not None:
+            feed = self.feeds.get(msg.sub)
             if feed is not None:
-                batch = frames_from(msg["groups"], msg.payload)
+                batch = frames_from(msg.groups, msg.payload)
                 try:
                     feed.send_nowait(batch)
                 except trio.WouldBlock:
                     await self._deliver_late(feed, batch)
-        elif kind == "gap":
-            feed = self.feeds.get(msg["sub"])
-            if feed is not None:
-                gap = Gap(msg["source"], msg["channel"], msg["missed"], msg["next_seq"])
-                await self._deliver_late(feed, [gap])
-        elif kind in ("ok", "error", "frames") and msg.get("id") is not None:
-            self._requests.resolve(msg["id"], msg)
-        elif kind == "error":
-            if msg["code"] == "protocol":
-                raise RemoteProtocolError(f"the broker reported: {msg['message']}")
-            self._requests.defer(RequestFailed(msg["message"], msg["code"]))
+        elif msg.id is not None:
+            self._requests.resolve(msg.id, msg)
         else:
-            raise RemoteProtocolError(f"unexpected {kind!r} message from the broker")
+            raise RemoteProtocolError(
+                "the broker sent frames for neither a subscription nor a fetch"
+            )
+
+    async def _on_gap(self, msg: GapReport) -> None:
+        feed = self.feeds.get(msg.sub)
+        if feed is not None:
+            await self._deliver_late(feed, [Gap(msg.source, msg.channel, msg.missed, msg.next_seq)])
+
+    async def _on_ok(self, msg: Ok) -> None:
+        self._requests.resolve(msg.id, msg)
+
+    async def _on_error(self, msg: Error) -> None:
+        if msg.id is not None:
+            self._requests.resolve(msg.id, msg)
+        elif msg.code == "protocol":
+            raise RemoteProtocolError(f"the broker reported: {msg.message}")
+        else:
+            self._requests.defer(RequestFailed(msg.message, msg.code))
+
+    _handlers: ClassVar[dict[type[Message], Callable[[Reader, Any], Awaitable[None]]]] = {
+        Frames: _on_frames,
+        GapReport: _on_gap,
+        Ok: _on_ok,
+        Error: _on_error,
+    }
 
     @staticmethod
     async def _deliver_late(feed: Feed, batch: list[Any]) -> None:

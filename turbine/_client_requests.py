@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ._client_outbox import Outbox
-from ._errors import ConnectionFailed, RequestFailed
-from .protocol import Connection, Message
+from ._errors import ConnectionFailed, RemoteProtocolError, RequestFailed
+from .messages import Error, Frames, Message, Request
+from .protocol import Connection
+
+R = TypeVar("R", bound=Message)
 
 
 class _Pending:
@@ -44,40 +47,49 @@ class Requests:
         """A fresh id, unique on this connection (requests and subscriptions share them)."""
         return next(self._ids)
 
-    async def call(self, kind: str, fields: dict[str, Any]) -> Message:
-        """Send request ``kind`` and wait for its reply (an ``ok`` or ``frames`` message).
+    async def call(self, kind: type[Request], reply: type[R], **fields: Any) -> R:
+        """Send request ``kind(id=..., **fields)`` and wait for its reply, a ``reply`` message.
 
         Raises:
             RequestFailed: the broker refused it, or refused an earlier put.
             ConnectionFailed: the connection failed before the reply came.
+            RemoteProtocolError: the broker answered with another kind of message.
         """
-        return (await self.call_parts(kind, fields))[-1]
+        return (await self.call_parts(kind, reply, **fields))[-1]
 
-    async def call_parts(self, kind: str, fields: dict[str, Any]) -> list[Message]:
+    async def call_parts(self, kind: type[Request], reply: type[R], **fields: Any) -> list[R]:
         """Like :meth:`call`, returning every part of the reply (a fetch may come in several).
 
         Raises:
             RequestFailed: the broker refused it, or refused an earlier put.
             ConnectionFailed: the connection failed before the reply came.
+            RemoteProtocolError: the broker answered with another kind of message.
         """
         if self._outbox.error is not None:
             raise self._outbox.error
         rid = next(self._ids)
+        request = kind(id=rid, **fields)
         pending = self._pending[rid] = _Pending()
         try:
-            await self._outbox.send(self._proto.send(kind, {"id": rid, **fields}))
+            await self._outbox.send(self._proto.send(request))
             await pending.event.wait()
         finally:
             del self._pending[rid]
         msg = pending.message
         if msg is None:
             raise self._outbox.error or ConnectionFailed("the connection to the broker was closed")
-        if msg.type == "error":
-            raise RequestFailed(msg["message"], msg["code"])
+        if type(msg) is Error:
+            raise RequestFailed(msg.message, msg.code)
         if self._deferred:
             errors, self._deferred = self._deferred, []
             raise errors[0]
-        return [*pending.parts, msg]
+        parts = [*pending.parts, msg]
+        for part in parts:
+            if type(part) is not reply:
+                raise RemoteProtocolError(
+                    f"the broker answered {request.type!r} with {part.type!r}, not {reply.type!r}"
+                )
+        return parts  # type: ignore[return-value]
 
     def resolve(self, rid: int, msg: Message) -> None:
         """Hand ``msg``, the reply (or a part of it) to request ``rid``, to its caller.
@@ -85,7 +97,7 @@ class Requests:
         A reply nobody waits for is ignored.
         """
         pending = self._pending.get(rid)
-        if pending is not None and msg.get("more"):
+        if pending is not None and type(msg) is Frames and msg.more:
             pending.parts.append(msg)  # the rest of the reply follows
         elif pending is not None:
             pending.message = msg

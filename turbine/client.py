@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import trio
 
+from . import messages as m
 from ._address import connect_stream, fmt_address, parse_address
 from ._client_handles import Feed, Source, Subscription
 from ._client_outbox import Outbox
@@ -39,7 +40,7 @@ from ._constants import (
 from ._errors import ConnectionFailed, LocalProtocolError, ProtocolError, TurbineError, unwrap
 from ._io import send_buffers
 from .names import compile_pattern, split_path
-from .protocol import NEED_DATA, Connection, Message, Role
+from .protocol import NEED_DATA, Connection, Role
 from .router import check_start
 
 
@@ -47,11 +48,11 @@ class Client:
     """A connection to a broker.  Create with :func:`open_client`."""
 
     def __init__(
-        self, stream: trio.SocketStream, proto: Connection, address: str, hello: Message
+        self, stream: trio.SocketStream, proto: Connection, address: str, hello: m.Hello
     ) -> None:
         self.address = address
-        self.broker_software: str = hello["software"]
-        self.max_frame: int = hello.get("max_frame", MAX_FRAME_BYTES)
+        self.broker_software: str = hello.software
+        self.max_frame: int = MAX_FRAME_BYTES if hello.max_frame is None else hello.max_frame
         self._stream = stream
         self._proto = proto
         self._outbox = Outbox(stream.socket, address, self.max_frame, self._fail)
@@ -95,14 +96,14 @@ class Client:
                 message), or not enough broker memory left (says how much is).
         """
         channels = dict(channels or {})
-        options = {"cache_frames": cache_frames, "cache_bytes": cache_bytes, "shared": shared}
         await self._requests.call(
-            "open_source",
-            {
-                "source": name,
-                "channels": channels,
-                **{k: v for k, v in options.items() if v is not None},
-            },
+            m.OpenSource,
+            m.Ok,
+            source=name,
+            channels=channels,
+            cache_frames=cache_frames,
+            cache_bytes=cache_bytes,
+            shared=shared,
         )
         return Source(name, channels, self._outbox, self._requests)
 
@@ -123,7 +124,7 @@ class Client:
 
     async def flush(self) -> None:
         """Return once the broker holds every frame this client put so far."""
-        await self._requests.call("flush", {})
+        await self._requests.call(m.Flush, m.Ok)
 
     async def fetch(
         self,
@@ -144,20 +145,22 @@ class Client:
         Raises:
             RequestFailed: no selection, or more than one.
         """
-        sel = {
-            "newest": newest,
-            "oldest": oldest,
-            "start": start,
-            "duration": duration,
-            "after": after,
-        }
-        fields = {k: v for k, v in sel.items() if v is not None}
-        if "duration" in fields and math.isinf(fields["duration"]):
-            del fields["duration"]
+        if duration is not None and math.isinf(duration):
+            duration = None
         compile_pattern(pattern)
+        parts = await self._requests.call_parts(
+            m.Fetch,
+            m.Frames,
+            pattern=pattern,
+            newest=newest,
+            oldest=oldest,
+            start=start,
+            duration=duration,
+            after=after,
+        )
         frames: list[Frame] = []
-        for part in await self._requests.call_parts("fetch", {"pattern": pattern, **fields}):
-            frames += frames_from(part["groups"], part.payload)
+        for part in parts:
+            frames += frames_from(part.groups, part.payload)
         return frames
 
     @contextlib.asynccontextmanager
@@ -176,9 +179,9 @@ class Client:
         sub = Subscription(sid, pattern, start, monitor, feed)
         try:
             msg = await self._requests.call(
-                "subscribe", {"sub": sid, "pattern": pattern, "start": start, "monitor": monitor}
+                m.Subscribe, m.Ok, sub=sid, pattern=pattern, start=start, monitor=monitor
             )
-            sub.channels = msg["result"]["channels"]
+            sub.channels = msg.result["channels"]
             yield sub
         finally:
             del self._reader.feeds[sid]
@@ -191,11 +194,8 @@ class Client:
                     trio.move_on_after(1),
                     contextlib.suppress(TurbineError),
                 ):
-                    await self._outbox.send(
-                        self._proto.send(
-                            "unsubscribe", {"id": self._requests.next_id(), "sub": sid}
-                        )
-                    )
+                    bye = m.Unsubscribe(id=self._requests.next_id(), sub=sid)
+                    await self._outbox.send(self._proto.send(bye))
 
     def monitor(self, pattern: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         """The newest frame of each matching channel, skipping what the reader was too slow for."""
@@ -203,12 +203,12 @@ class Client:
 
     async def list_sources(self, pattern: str = "*") -> list[SourceInfo]:
         """Sources whose names match ``pattern``, with channels and newest metadata."""
-        msg = await self._requests.call("list", {"pattern": pattern})
-        return [SourceInfo.from_dict(d) for d in msg["result"]]
+        msg = await self._requests.call(m.ListSources, m.Ok, pattern=pattern)
+        return [SourceInfo.from_dict(d) for d in msg.result]
 
     async def status(self) -> dict[str, Any]:
         """The broker's status: version, uptime, memory, clients, recent closes."""
-        return (await self._requests.call("status", {}))["result"]
+        return (await self._requests.call(m.Status, m.Ok)).result
 
     async def delete(self, source: str) -> None:
         """Delete a source and its frames.
@@ -216,7 +216,7 @@ class Client:
         Raises:
             RequestFailed: no such source, or another client holds it.
         """
-        await self._requests.call("delete", {"source": source})
+        await self._requests.call(m.Delete, m.Ok, source=source)
 
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection."""
@@ -245,16 +245,16 @@ async def open_client(
                 data = await stream.receive_some(RECEIVE_BYTES)
                 proto.receive_data(data)
         await send_buffers(
-            stream.socket, proto.send("client_hello", {"protocol": PROTOCOL_VERSION, "name": name})
+            stream.socket, proto.send(m.ClientHello(protocol=PROTOCOL_VERSION, name=name))
         )
     except (trio.TooSlowError, ProtocolError, OSError, trio.BrokenResourceError) as exc:
         await trio.aclose_forcefully(stream)
         why = "it did not greet us in time" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise ConnectionFailed(f"{address} does not speak the turbine protocol: {why}") from None
+    client = Client(stream, proto, address, cast(m.Hello, msg))  # only a hello can come first
     # The broker announced how large a frame may be; no message it sends is
     # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
-    proto.max_payload = msg.get("max_frame", MAX_FRAME_BYTES) + PAYLOAD_SLACK_BYTES
-    client = Client(stream, proto, address, msg)
+    proto.max_payload = client.max_frame + PAYLOAD_SLACK_BYTES
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._run)

@@ -3,7 +3,9 @@
 Both the broker and the client use :class:`Connection`; it never touches a
 socket.  Feed it bytes with :meth:`Connection.receive_data`, take messages
 with :meth:`Connection.next_event`, and turn outgoing messages into bytes with
-:func:`encode`.  ``docs/protocol.rst`` is the reference for other languages.
+:meth:`Connection.send`.  Messages are the frozen classes of
+:mod:`turbine.messages`, which are also the table a peer's message is checked
+against.  ``docs/protocol.rst`` is the reference for other languages.
 
 Framing: every message is ::
 
@@ -20,9 +22,8 @@ import enum
 import itertools
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-import attrs
 import msgpack
 
 from ._constants import (
@@ -36,6 +37,7 @@ from ._constants import (
     VECTORED_MIN_BYTES,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
+from .messages import SPECS, ClientHello, Frames, Hello, Message, Spec, build, header_fields
 
 PREFIX = struct.Struct(">II")
 
@@ -54,93 +56,43 @@ class _NeedData:
 NEED_DATA: Any = _NeedData()
 
 
-@attrs.frozen
-class Message:
-    """One decoded message: its type, its header fields and its payload bytes."""
-
-    type: str
-    fields: dict[str, Any]
-    payload: memoryview = attrs.field(factory=lambda: memoryview(b""))
-
-    def __getitem__(self, key: str) -> Any:
-        return self.fields[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.fields.get(key, default)
-
-
-# --- the message table -------------------------------------------------------
-# For each type: which side may send it, its required fields and their types,
-# and its optional fields.  A peer's message that does not fit is a
+# --- checking ------------------------------------------------------------------------
+# A peer's message that does not fit its class (turbine.messages) is a
 # RemoteProtocolError; one of ours is a LocalProtocolError.
-
-_NUM = (int, float)
-_OPT_NUM = (int, float, type(None))
-_START = (str, int)
-
-_C, _B = Role.CLIENT, Role.BROKER
-
-MESSAGES: dict[str, tuple[Role, dict[str, Any], dict[str, Any]]] = {
-    # handshake
-    "hello": (_B, {"protocol": int, "software": str}, {"max_frame": int, "time": _NUM}),
-    "client_hello": (_C, {"protocol": int, "name": str}, {}),
-    # requests (client -> broker); every request but put carries an id
-    "open_source": (
-        _C,
-        {"id": int, "source": str},
-        {"channels": dict, "cache_frames": int, "cache_bytes": int, "shared": bool},
-    ),
-    "close_source": (_C, {"id": int, "source": str}, {}),
-    "put": (_C, {"source": str, "channel": str, "ts": list, "sizes": list}, {"content_type": str}),
-    "flush": (_C, {"id": int}, {}),
-    "subscribe": (_C, {"id": int, "sub": int, "pattern": str}, {"start": _START, "monitor": bool}),
-    "unsubscribe": (_C, {"id": int, "sub": int}, {}),
-    "fetch": (
-        _C,
-        {"id": int, "pattern": str},
-        {"newest": int, "oldest": int, "start": _NUM, "duration": _NUM, "after": int},
-    ),
-    "list": (_C, {"id": int, "pattern": str}, {}),
-    "status": (_C, {"id": int}, {}),
-    "delete": (_C, {"id": int, "source": str}, {}),
-    # replies and deliveries (broker -> client)
-    "ok": (_B, {"id": int}, {"result": object}),
-    "error": (_B, {"code": str, "message": str}, {"id": (int, type(None))}),
-    "frames": (_B, {"groups": list}, {"sub": int, "id": int, "more": bool}),
-    "gap": (
-        _B,
-        {"sub": int, "source": str, "channel": str, "missed": int, "next_seq": int},
-        {},
-    ),
-}
 
 #: One group of frames inside ``put`` / ``frames``: consecutive sequence numbers
 #: of one channel from one writer.  Fields, in order:
 GROUP_FIELDS = ("source", "channel", "content_type", "first_seq", "ts", "sizes", "writer")
 
 
-def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> None:
-    spec = MESSAGES.get(kind)
+def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> Spec:
+    """Check a message's header fields against its class; return its spec (for building it)."""
+    spec = SPECS.get(kind)
     if spec is None:
-        raise error(f"unknown message type {kind!r}; known types: {', '.join(sorted(MESSAGES))}")
-    role, required, optional = spec
-    if role is not sender:
+        raise error(f"unknown message type {kind!r}; known types: {', '.join(sorted(SPECS))}")
+    if spec.sender != sender.value:
         raise error(f"a {sender.value} may not send {kind!r} messages")
-    for name, types in required.items():
+    for name, types in spec.required.items():
         if name not in fields:
             raise error(f"{kind!r} message lacks its {name!r} field")
         _check_type(kind, name, fields[name], types, error)
-    for name, types in optional.items():
-        if name in fields and types is not object:
-            _check_type(kind, name, fields[name], types, error)
+    for name, types in spec.optional.items():
+        value = fields.get(name)
+        if value is not None and types is not object:  # nil is as good as absent
+            _check_type(kind, name, value, types, error)
+    return spec
 
 
 def _check_type(kind: str, name: str, value: Any, types: Any, error: type[Exception]) -> None:
-    if isinstance(value, bool) and types in (int, _NUM, _OPT_NUM, _START):
+    if isinstance(value, bool) and types is not bool and int in _as_tuple(types):
         raise error(f"{kind!r} field {name!r} must be a number, not a boolean")
     if not isinstance(value, types):
         want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise error(f"{kind!r} field {name!r} must be {want}, not {type(value).__name__}")
+
+
+def _as_tuple(types: Any) -> tuple[Any, ...]:
+    return types if isinstance(types, tuple) else (types,)
 
 
 def check_put(fields: dict[str, Any], payload_len: int) -> None:
@@ -262,8 +214,8 @@ def split_frames(
 
 def fetch_reply(
     msg_id: int, groups: list[list[Any]], payloads: list[Any]
-) -> list[tuple[dict[str, Any], list[Any]]]:
-    """The ``frames`` messages answering fetch ``msg_id``, as (fields, payloads) each.
+) -> list[tuple[Frames, list[Any]]]:
+    """The ``frames`` messages answering fetch ``msg_id``, each with its payloads.
 
     One message when the frames fit, else parts of at most
     ``DELIVERY_BATCH_FRAMES`` frames and ``DELIVERY_BATCH_BYTES`` (a larger
@@ -273,7 +225,7 @@ def fetch_reply(
     parts = parts or [([], [])]
     last = len(parts) - 1
     return [
-        ({"id": msg_id, "groups": part, **({"more": True} if i < last else {})}, part_payloads)
+        (Frames(id=msg_id, groups=part, more=True if i < last else None), part_payloads)
         for i, (part, part_payloads) in enumerate(parts)
     ]
 
@@ -281,6 +233,11 @@ def fetch_reply(
 def _group_cost(group: Sequence[Any]) -> int:
     """What a group adds to a header besides its frames' columns (a bound)."""
     return _GROUP_HEADER_BYTES + 4 * sum(len(x) for x in group if isinstance(x, str))
+
+
+def encode_message(msg: Message, payloads: Sequence[Any] = ()) -> list[Any]:
+    """Encode one of our messages, unchecked (for the hot paths that build them right)."""
+    return encode(msg.type, header_fields(msg), payloads)
 
 
 def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
@@ -378,7 +335,7 @@ class Connection:
         self.max_payload = max_payload
         self.max_header = max_header
         self.protocol: int | None = None
-        self.peer_hello: Message | None = None
+        self.peer_hello: Hello | ClientHello | None = None
         self._buffer = bytearray()  # received bytes: unread from _start to _end, room after
         self._start = 0
         self._end = 0
@@ -499,13 +456,13 @@ class Connection:
         self._need = PREFIX.size
         kind = header.pop("type")
         try:
-            _check(kind, header, self.their_role, RemoteProtocolError)
+            spec = _check(kind, header, self.their_role, RemoteProtocolError)
             if kind == "put":
                 check_put(header, payload_len)
         except RemoteProtocolError:
             self.state = State.CLOSED
             raise
-        msg = Message(kind, header, payload)
+        msg = build(spec, header, payload)
         self._advance(msg)
         return msg
 
@@ -519,16 +476,17 @@ class Connection:
                 )
         return NEED_DATA
 
-    def _fail(self, why: str) -> Any:
+    def _fail(self, why: str) -> NoReturn:
         self.state = State.CLOSED
         raise RemoteProtocolError(why)
 
     def _advance(self, msg: Message) -> None:
-        hello = "hello" if self.their_role is Role.BROKER else "client_hello"
+        hello_cls = Hello if self.their_role is Role.BROKER else ClientHello
+        hello = hello_cls.type
         if self.state is State.HANDSHAKE:
-            if msg.type != hello:
+            if not isinstance(msg, hello_cls):
                 self._fail(f"expected {hello!r} first, got {msg.type!r}")
-            version = msg["protocol"]
+            version = msg.protocol
             if version < SUPPORTED_VERSIONS[0] or (
                 self.their_role is Role.CLIENT and version not in SUPPORTED_VERSIONS
             ):
@@ -540,21 +498,26 @@ class Connection:
             self.peer_hello = msg
             if self.our_role is Role.BROKER:
                 self.state = State.OPEN
-        elif msg.type == hello:
+        elif isinstance(msg, hello_cls):
             self._fail(f"{hello!r} may only be sent once")
 
     # sending
 
-    def send(self, kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> list[Any]:
-        """Check one of our messages against the table and encode it.
+    def send(self, msg: Message, payloads: Sequence[Any] = ()) -> list[Any]:
+        """Check one of our messages against its class and encode it, with its payload buffers.
+
+        Returns the buffers to write in order (see :func:`encode`).
 
         Raises:
-            LocalProtocolError: the message is not one we may send now.
+            LocalProtocolError: the message is not one we may send now, or a
+                field's value is not of its type.
         """
+        kind = msg.type
+        fields = header_fields(msg)
         _check(kind, fields, self.our_role, LocalProtocolError)
         if self.state is State.CLOSED:
             raise LocalProtocolError("the connection is closed")
-        if kind in ("hello", "client_hello"):
+        if isinstance(msg, (Hello, ClientHello)):
             if self.our_role is Role.CLIENT:
                 self.state = State.OPEN
         elif self.our_role is Role.CLIENT and self.state is State.HANDSHAKE:

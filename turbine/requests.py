@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from . import messages as m
 from ._errors import RemoteProtocolError, RequestFailed
 from .hub import Hub, PendingFetch
 from .names import InvalidName
 from .peer import Peer
-from .protocol import Message, fetch_reply, split_payload
+from .protocol import fetch_reply, split_payload
 from .router import Subscription, check_start
 from .storetask import StoreReads
 
@@ -40,29 +41,26 @@ class Requests:
     reads: StoreReads
     frames_in: int
 
-    def queue(
-        self, kind: str, fields: dict[str, Any], payloads: list[Any] | tuple[()] = ()
-    ) -> None:
+    def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         raise NotImplementedError
 
-    def reply(self, msg: Message, result: Any = None) -> None:
-        self.queue("ok", {"id": msg["id"], "result": result})
+    def reply(self, msg: m.Request, result: Any = None) -> None:
+        self.queue(m.Ok(id=msg.id, result=result))
 
     def error(self, msg_id: int | None, exc: Exception, code: str = "error") -> None:
-        self.queue("error", {"id": msg_id, "code": getattr(exc, "code", code), "message": str(exc)})
+        self.queue(m.Error(id=msg_id, code=getattr(exc, "code", code), message=str(exc)))
 
     def wake_soon(self) -> None:
         raise NotImplementedError
 
-    def handle(self, msg: Message) -> None:
-        kind = msg.type
-        if kind == "put":
+    def handle(self, msg: m.Message) -> None:
+        if type(msg) is m.Put:
             self.put(msg)
             return
         try:
-            handler = self._handlers[kind]
+            handler = self._handlers[type(msg)]
         except KeyError:
-            raise RemoteProtocolError(f"a client may not send {kind!r} here") from None
+            raise RemoteProtocolError(f"a client may not send {msg.type!r} here") from None
         try:
             handler(self, msg)
         except (RequestFailed, ValueError) as exc:
@@ -73,34 +71,27 @@ class Requests:
                 if isinstance(exc, ValueError)
                 else "error"
             )
-            self.error(msg.get("id"), exc, code)
+            self.error(getattr(msg, "id", None), exc, code)
         except Exception as exc:
             # A bug must cost this request, never the broker or other clients.
-            log.exception("internal error handling %r from %s", kind, self.peer.name)
+            log.exception("internal error handling %r from %s", msg.type, self.peer.name)
             self.error(
-                msg.get("id"),
-                RequestFailed(f"internal broker error handling {kind!r}: {exc!r}", "internal"),
+                getattr(msg, "id", None),
+                RequestFailed(f"internal broker error handling {msg.type!r}: {exc!r}", "internal"),
             )
 
-    def put(self, msg: Message) -> None:
-        f = msg.fields
-        sizes = f["sizes"]
+    def put(self, msg: m.Put) -> None:
+        sizes = msg.sizes
         data = split_payload(msg.payload, sizes)
         try:
             wakers = self.broker.hub.put(
-                self.peer,
-                f["source"],
-                f["channel"],
-                f["ts"],
-                data,
-                f.get("content_type"),
-                sizes,
+                self.peer, msg.source, msg.channel, msg.ts, data, msg.content_type, sizes
             )
         except (RequestFailed, InvalidName) as exc:
             self.error(
                 None,
                 RequestFailed(
-                    f"put to {f['source']}/{f['channel']} refused: {exc}",
+                    f"put to {msg.source}/{msg.channel} refused: {exc}",
                     getattr(exc, "code", "error"),
                 ),
             )
@@ -109,16 +100,21 @@ class Requests:
         for conn in wakers:
             conn.wake_soon()
 
-    def on_client_hello(self, msg: Message) -> None:
-        self.peer.named(msg["name"])
+    def on_client_hello(self, msg: m.ClientHello) -> None:
+        self.peer.named(msg.name)
 
-    def on_open_source(self, msg: Message) -> None:
-        f = msg.fields
-        channels = f.get("channels") or {}
+    def on_open_source(self, msg: m.OpenSource) -> None:
+        channels = msg.channels or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in channels.items()):
             raise RequestFailed("channels must map channel names to content types", "request")
-        kwargs = {k: f[k] for k in ("cache_frames", "cache_bytes", "shared") if k in f}
-        src = self.broker.hub.open_source(self.peer, f["source"], channels=channels, **kwargs)
+        src = self.broker.hub.open_source(
+            self.peer,
+            msg.source,
+            channels=channels,
+            cache_frames=msg.cache_frames,
+            cache_bytes=msg.cache_bytes,
+            shared=msg.shared,
+        )
         self.reply(
             msg,
             {
@@ -127,26 +123,26 @@ class Requests:
             },
         )
 
-    def on_close_source(self, msg: Message) -> None:
-        self.broker.hub.release(self.peer, msg["source"])
+    def on_close_source(self, msg: m.CloseSource) -> None:
+        self.broker.hub.release(self.peer, msg.source)
         self.reply(msg)
 
-    def on_flush(self, msg: Message) -> None:
+    def on_flush(self, msg: m.Flush) -> None:
         hub = self.broker.hub
         if not hub.store.durable:
             self.reply(msg)  # memory stores: everything put before is there now
             return
         stores = [ch.store for src in hub.sources.values() for ch in src.channels.values()]
 
-        async def flushed() -> tuple[str, dict[str, Any], list[Any]]:
+        async def flushed() -> tuple[m.Message, list[Any]]:
             for store in stores:
                 await store.flushed()
-            return "ok", {"id": msg["id"], "result": None}, []
+            return m.Ok(id=msg.id), []
 
         self.reads.defer(flushed)  # in its turn, after earlier deferred reads
 
-    def on_subscribe(self, msg: Message) -> None:
-        sid = msg["sub"]
+    def on_subscribe(self, msg: m.Subscribe) -> None:
+        sid = msg.sub
         if sid in self.subs:
             raise RequestFailed(
                 f"subscription id {sid} is already in use on this connection", "request"
@@ -154,57 +150,62 @@ class Requests:
         sub = Subscription(
             sid,
             self,
-            msg["pattern"],
-            check_start(msg.get("start", "now")),
-            bool(msg.get("monitor", False)),
+            msg.pattern,
+            check_start("now" if msg.start is None else msg.start),
+            bool(msg.monitor),
         )
         hub = self.broker.hub
         hub.router.add(sub, hub.channels("*/*"))
         self.subs[sid] = sub
         self.reply(msg, {"channels": sorted(ch.path for ch in sub.cursors)})
 
-    def on_unsubscribe(self, msg: Message) -> None:
-        sub = self.subs.pop(msg["sub"], None)
+    def on_unsubscribe(self, msg: m.Unsubscribe) -> None:
+        sub = self.subs.pop(msg.sub, None)
         if sub is not None:
             self.broker.hub.router.remove(sub)
         self.reply(msg)
 
-    def on_fetch(self, msg: Message) -> None:
-        f = msg.fields
-        sel = {k: f[k] for k in ("newest", "oldest", "start", "duration", "after") if k in f}
-        result = self.broker.hub.fetch(f["pattern"], **sel)
+    def on_fetch(self, msg: m.Fetch) -> None:
+        result = self.broker.hub.fetch(
+            msg.pattern,
+            newest=msg.newest,
+            oldest=msg.oldest,
+            start=msg.start,
+            duration=msg.duration,
+            after=msg.after,
+        )
         if isinstance(result, PendingFetch):
             pending = result
 
-            async def fetched() -> tuple[str, dict[str, Any], list[Any]]:
+            async def fetched() -> tuple[m.Message, list[Any]]:
                 groups, payloads = await pending.run()
-                return "frames", {"id": msg["id"], "groups": groups}, payloads  # split on sending
+                return m.Frames(id=msg.id, groups=groups), payloads  # split on sending
 
-            self.reads.defer(fetched, msg["id"])  # from slower storage, in its turn
+            self.reads.defer(fetched, msg.id)  # from slower storage, in its turn
             return
         groups, payloads = result
-        for fields, part_payloads in fetch_reply(msg["id"], groups, payloads):
-            self.queue("frames", fields, part_payloads)
+        for part, part_payloads in fetch_reply(msg.id, groups, payloads):
+            self.queue(part, part_payloads)
 
-    def on_list(self, msg: Message) -> None:
-        self.reply(msg, self.broker.hub.list_sources(msg["pattern"]))
+    def on_list(self, msg: m.ListSources) -> None:
+        self.reply(msg, self.broker.hub.list_sources(msg.pattern))
 
-    def on_status(self, msg: Message) -> None:
+    def on_status(self, msg: m.Status) -> None:
         self.reply(msg, self.broker.status())
 
-    def on_delete(self, msg: Message) -> None:
-        self.broker.hub.delete(msg["source"], self.peer)
+    def on_delete(self, msg: m.Delete) -> None:
+        self.broker.hub.delete(msg.source, self.peer)
         self.reply(msg)
 
-    _handlers: dict[str, Callable[[Requests, Message], None]] = {
-        "client_hello": on_client_hello,
-        "open_source": on_open_source,
-        "close_source": on_close_source,
-        "flush": on_flush,
-        "subscribe": on_subscribe,
-        "unsubscribe": on_unsubscribe,
-        "fetch": on_fetch,
-        "list": on_list,
-        "status": on_status,
-        "delete": on_delete,
+    _handlers: dict[type[m.Message], Callable[[Requests, Any], None]] = {
+        m.ClientHello: on_client_hello,
+        m.OpenSource: on_open_source,
+        m.CloseSource: on_close_source,
+        m.Flush: on_flush,
+        m.Subscribe: on_subscribe,
+        m.Unsubscribe: on_unsubscribe,
+        m.Fetch: on_fetch,
+        m.ListSources: on_list,
+        m.Status: on_status,
+        m.Delete: on_delete,
     }

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import trio
 
+from . import messages as m
 from ._constants import (
     CLOSED_HISTORY,
     DEFAULT_HOST,
@@ -42,7 +43,7 @@ from .closed import Closed, CloseReason, WriteTimeout
 from .hub import Hub
 from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
-from .protocol import NEED_DATA, PREFIX, Connection, Role, encode, split_frames
+from .protocol import NEED_DATA, PREFIX, Connection, Role, encode_message, split_frames
 from .requests import Requests
 from .ringbuffer import memory_store
 from .router import Subscription, collect
@@ -142,16 +143,14 @@ class ClientConnection(Requests):
             self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
         self.apply(out.left(rest))
 
-    def queue(
-        self, kind: str, fields: dict[str, Any], payloads: list[Any] | tuple[()] = ()
-    ) -> None:
+    def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         """Queue one reply.
 
         Raises:
             RequestFailed: it would need a header over the limit of one message
                 (a ``list`` or ``status`` result too large); nothing is queued.
         """
-        buffers = self.proto.send(kind, fields, payloads)
+        buffers = self.proto.send(msg, payloads)
         header = len(buffers[0]) - PREFIX.size
         if header > MAX_HEADER_BYTES:
             raise RequestFailed(
@@ -212,18 +211,17 @@ class ClientConnection(Requests):
                 sub.missed += run.missed
                 self.gaps += 1
                 buffers += self.proto.send(
-                    "gap",
-                    {
-                        "sub": sub.id,
-                        "source": cur.channel.source_name,
-                        "channel": cur.channel.name,
-                        "missed": run.missed,
-                        "next_seq": run.first_seq,
-                    },
+                    m.GapReport(
+                        sub=sub.id,
+                        source=cur.channel.source_name,
+                        channel=cur.channel.name,
+                        missed=run.missed,
+                        next_seq=run.first_seq,
+                    )
                 )
             if groups:
                 for part, part_payloads in split_frames(groups, payloads, n, size):
-                    buffers += encode("frames", {"sub": sub.id, "groups": part}, part_payloads)
+                    buffers += encode_message(m.Frames(sub=sub.id, groups=part), part_payloads)
                 budget_frames -= n
                 budget_bytes -= size
                 sub.delivered += n
@@ -237,14 +235,13 @@ class ClientConnection(Requests):
     async def reader(self) -> None:
         proto = self.proto
         sock = self.sock
-        hello = encode(
-            "hello",
-            {
-                "protocol": PROTOCOL_VERSION,
-                "software": f"turbine {__version__}",
-                "max_frame": self.broker.config.max_frame,
-                "time": self.broker.clock(),
-            },
+        hello = encode_message(
+            m.Hello(
+                protocol=PROTOCOL_VERSION,
+                software=f"turbine {__version__}",
+                max_frame=self.broker.config.max_frame,
+                time=self.broker.clock(),
+            )
         )
         self.apply(self.out.reply(hello))
         while True:
@@ -352,7 +349,7 @@ class Broker:
                     code, reason = CloseReason.PROTOCOL_ERROR, f"protocol error: {exc}"
                     # Say why, after whatever is already queued, then hang up.
                     conn.last_words(
-                        encode("error", {"id": None, "code": "protocol", "message": str(exc)})
+                        encode_message(m.Error(id=None, code="protocol", message=str(exc)))
                     )
                     with trio.move_on_after(1):
                         await conn.finished.wait()

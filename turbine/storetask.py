@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ._errors import RequestFailed
+from .messages import Error, Frames, Message
 from .outbound import Slot
 from .protocol import fetch_reply
 
@@ -31,8 +32,8 @@ log = logging.getLogger("turbine.server")
 #: Deferred jobs one connection may have waiting; beyond, its requests wait to be read.
 MAX_PENDING_READS = 64
 
-#: A deferred job: computes one reply as (message type, fields, payloads).
-Job = Callable[[], Awaitable[tuple[str, dict[str, Any], list[Any]]]]
+#: A deferred job: computes one reply and its payloads.
+Job = Callable[[], Awaitable[tuple[Message, list[Any]]]]
 
 
 class Replies(Protocol):
@@ -94,15 +95,15 @@ class StoreReads:
     async def _answer(self, job: Job, msg_id: int | None) -> list[Any]:
         proto = self._conn.proto
         try:
-            kind, fields, payloads = await job()
+            msg, payloads = await job()
         except RequestFailed as exc:
-            return proto.send("error", {"id": msg_id, "code": exc.code, "message": str(exc)})
+            return proto.send(Error(id=msg_id, code=exc.code, message=str(exc)))
         except Exception as exc:
             # A store's bug must cost this request, never the connection.
             log.exception("internal error in a deferred request")
             message = f"internal broker error reading from a store: {exc!r}"
-            return proto.send("error", {"id": msg_id, "code": "internal", "message": message})
-        if kind == "frames":  # a fetch reply, in parts if it is large
-            parts = fetch_reply(fields["id"], fields["groups"], payloads)
-            return [buf for part, data in parts for buf in proto.send(kind, part, data)]
-        return proto.send(kind, fields, payloads)
+            return proto.send(Error(id=msg_id, code="internal", message=message))
+        if type(msg) is Frames and msg.id is not None:  # a fetch reply, in parts if it is large
+            parts = fetch_reply(msg.id, msg.groups, payloads)
+            return [buf for part, data in parts for buf in proto.send(part, data)]
+        return proto.send(msg, payloads)

@@ -1,0 +1,288 @@
+"""The protocol's messages, one frozen class each (``docs/protocol.rst`` describes them).
+
+A class's fields are the message's header fields, in the order they are
+written on the wire.  Their annotations are also what the sans-I/O layer
+(:mod:`turbine.protocol`) checks a peer's message against: a field with no
+default is required, a field that defaults to ``None`` is optional and left
+out of the header when ``None`` (unless marked :data:`WRITE_NIL`), a ``float``
+field takes any number, and a ``list``/``dict`` field takes any list/map.  A
+message carries its payload (``put``, ``frames``) as a view of the bytes
+received; to send one, hand the payload buffers to ``Connection.send`` beside it.
+
+Frames stay columnar: a ``put`` or ``frames`` message is one object however
+many frames it carries, and no object is built per frame here.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, ClassVar
+
+import attrs
+
+#: Field metadata: write the field even when it is ``None`` (as nil).
+WRITE_NIL = {"write_nil": True}
+#: Field metadata: not a header field (the payload a message arrived with).
+_NOT_IN_HEADER = {"header": False}
+
+
+def _no_payload() -> memoryview:
+    return memoryview(b"")
+
+
+@attrs.frozen(kw_only=True)
+class Message:
+    """What every message has: its wire ``type`` and the side that may send it."""
+
+    #: The message's name on the wire (the header's ``type``).
+    type: ClassVar[str]
+    #: ``"broker"`` or ``"client"``: who may send this message.
+    sender: ClassVar[str]
+    #: Header fields in wire order, each with whether it is written when ``None``.
+    wire_fields: ClassVar[tuple[tuple[str, bool], ...]]
+
+
+@attrs.frozen(kw_only=True)
+class Request(Message):
+    """A client's request; the broker answers with the same ``id``."""
+
+    id: int
+
+
+# --- handshake -----------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Hello(Message):
+    protocol: int
+    software: str
+    max_frame: int | None = None
+    time: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ClientHello(Message):
+    protocol: int
+    name: str
+
+
+# --- requests (client -> broker) ---------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class OpenSource(Request):
+    source: str
+    channels: dict[str, str] | None = None
+    cache_frames: int | None = None
+    cache_bytes: int | None = None
+    shared: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class CloseSource(Request):
+    source: str
+
+
+@attrs.frozen(kw_only=True)
+class Put(Message):
+    """Frames for one channel, as columns; the payload holds their bytes back to back."""
+
+    source: str
+    channel: str
+    ts: list[float | None]
+    sizes: list[int]
+    content_type: str | None = None
+    payload: memoryview = attrs.field(factory=_no_payload, metadata=_NOT_IN_HEADER)
+
+
+@attrs.frozen(kw_only=True)
+class Flush(Request):
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class Subscribe(Request):
+    sub: int
+    pattern: str
+    start: str | int | None = None
+    monitor: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Unsubscribe(Request):
+    sub: int
+
+
+@attrs.frozen(kw_only=True)
+class Fetch(Request):
+    pattern: str
+    newest: int | None = None
+    oldest: int | None = None
+    start: float | None = None
+    duration: float | None = None
+    after: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ListSources(Request):
+    pattern: str
+
+
+@attrs.frozen(kw_only=True)
+class Status(Request):
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class Delete(Request):
+    source: str
+
+
+# --- replies and deliveries (broker -> client) -----------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Ok(Message):
+    id: int
+    result: Any = attrs.field(default=None, metadata=WRITE_NIL)
+
+
+@attrs.frozen(kw_only=True)
+class Error(Message):
+    """A refusal: of request ``id``, or (``id`` nil) of a put or of the connection."""
+
+    id: int | None = attrs.field(default=None, metadata=WRITE_NIL)
+    code: str
+    message: str
+
+
+@attrs.frozen(kw_only=True)
+class Frames(Message):
+    """Frame groups for subscription ``sub`` or in answer to fetch ``id`` (see ``GROUP_FIELDS``)."""
+
+    sub: int | None = None
+    id: int | None = None
+    groups: list[Any]
+    #: True on every part of a fetch reply but its last.
+    more: bool | None = None
+    payload: memoryview = attrs.field(factory=_no_payload, metadata=_NOT_IN_HEADER)
+
+
+@attrs.frozen(kw_only=True)
+class GapReport(Message):
+    """Frames of one channel that subscription ``sub`` missed (evicted before delivery)."""
+
+    sub: int
+    source: str
+    channel: str
+    missed: int
+    next_seq: int
+
+
+# --- the table the protocol layer checks against ------------------------------------
+
+_BROKER = "broker"
+_CLIENT = "client"
+
+#: Each message class by its wire name, with the side that may send it.
+_SENDERS: dict[type[Message], tuple[str, str]] = {
+    Hello: ("hello", _BROKER),
+    ClientHello: ("client_hello", _CLIENT),
+    OpenSource: ("open_source", _CLIENT),
+    CloseSource: ("close_source", _CLIENT),
+    Put: ("put", _CLIENT),
+    Flush: ("flush", _CLIENT),
+    Subscribe: ("subscribe", _CLIENT),
+    Unsubscribe: ("unsubscribe", _CLIENT),
+    Fetch: ("fetch", _CLIENT),
+    ListSources: ("list", _CLIENT),
+    Status: ("status", _CLIENT),
+    Delete: ("delete", _CLIENT),
+    Ok: ("ok", _BROKER),
+    Error: ("error", _BROKER),
+    Frames: ("frames", _BROKER),
+    GapReport: ("gap", _BROKER),
+}
+
+
+@attrs.frozen
+class Spec:
+    """What the protocol layer checks of one message type."""
+
+    cls: type[Message]
+    sender: str
+    #: Fields that must be present, with the types their values may have.
+    required: dict[str, Any]
+    #: Fields that may be absent, with the types their values may have (nil counts as absent).
+    optional: dict[str, Any]
+    #: Every header field's name (what :func:`build` takes from a header).
+    names: frozenset[str]
+    #: Whether the message carries a payload.
+    has_payload: bool
+
+
+_NUM = (int, float)
+
+
+def _check_types(annotation: Any) -> tuple[Any, bool]:
+    """The runtime types an annotation allows, and whether it allows ``None``."""
+    if annotation is Any:
+        return object, True
+    origin = typing.get_origin(annotation)
+    if origin is types.UnionType or origin is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nil = len(args) < len(typing.get_args(annotation))
+        allowed: list[Any] = []
+        for arg in args:
+            t, _ = _check_types(arg)
+            allowed += t if isinstance(t, tuple) else [t]
+        return (allowed[0] if len(allowed) == 1 else tuple(allowed)), nil
+    if origin is not None:
+        return origin, False  # list[...] / dict[...]: the container is what is checked
+    return (_NUM if annotation is float else annotation), False
+
+
+def _spec(cls: type[Message], kind: str, sender: str) -> Spec:
+    attrs.resolve_types(cls)
+    required: dict[str, Any] = {}
+    optional: dict[str, Any] = {}
+    wire: list[tuple[str, bool]] = []
+    has_payload = False
+    for f in attrs.fields(cls):
+        if not f.metadata.get("header", True):
+            has_payload = True
+            continue
+        allowed, nil = _check_types(f.type)
+        if f.default is attrs.NOTHING and not nil:
+            required[f.name] = allowed
+        else:
+            optional[f.name] = allowed  # nil is as good as absent
+        wire.append((f.name, bool(f.metadata.get("write_nil"))))
+    cls.type = kind
+    cls.sender = sender
+    cls.wire_fields = tuple(wire)
+    return Spec(cls, sender, required, optional, frozenset(n for n, _ in wire), has_payload)
+
+
+#: The message table, by wire name.
+SPECS: dict[str, Spec] = {kind: _spec(cls, kind, who) for cls, (kind, who) in _SENDERS.items()}
+
+
+def header_fields(msg: Message) -> dict[str, Any]:
+    """``msg``'s header fields in wire order (``None`` left out unless written as nil)."""
+    out: dict[str, Any] = {}
+    for name, write_nil in msg.wire_fields:
+        value = getattr(msg, name)
+        if value is not None or write_nil:
+            out[name] = value
+    return out
+
+
+def build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
+    """The message a checked header describes (fields it does not know are ignored)."""
+    if not header.keys() <= spec.names:  # a newer peer's extra fields: drop them
+        header = {name: value for name, value in header.items() if name in spec.names}
+    if spec.has_payload:
+        return spec.cls(**header, payload=payload)  # type: ignore[call-arg]
+    return spec.cls(**header)
