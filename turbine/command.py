@@ -21,7 +21,8 @@ import trio
 
 from ._clock import wall_time
 from ._errors import RequestFailed, TurbineError
-from .client import Client
+from .client import Client, Frame, Gap
+from .correlate import Correlator
 
 COMMAND_CHANNEL = "command.txt"
 #: How long a command stays valid when the sender does not say.
@@ -88,7 +89,14 @@ class Reply:
 
     @classmethod
     def from_json(cls, data: bytes) -> Reply:
+        """Parse a reply frame.
+
+        Raises:
+            ValueError: not a JSON object.
+        """
         d = json.loads(data)
+        if not isinstance(d, dict):
+            raise ValueError("a reply must be a JSON object")
         return cls(
             str(d.get("id", "")),
             str(d.get("verb", "")),
@@ -121,25 +129,35 @@ async def send_command(
     """
     ep = endpoints(target)
     cmd = Command(uuid.uuid4().hex, verb, args, kwargs, wall_time() + wait)
+    replies: Correlator[str, Reply] = Correlator()
     with trio.move_on_after(wait):
         async with tb.subscribe(f"{ep['replies']}/{COMMAND_CHANNEL}", start="now") as sub:
-            try:
-                await tb.put(f"{ep['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
-            except RequestFailed as exc:
-                if exc.code == "missing":
-                    raise RequestFailed(
-                        f"no component {target!r} has ever run here (no source {ep['sink']})",
-                        "missing",
-                    ) from None
-                raise
-            async for item in sub:
-                data = getattr(item, "data", None)
-                if data is None:
-                    continue
+            with replies.expect(cmd.id) as pending:
                 try:
-                    reply = Reply.from_json(data)
-                except ValueError:
-                    continue
-                if reply.id == cmd.id:
-                    return reply
+                    await tb.put(f"{ep['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
+                except RequestFailed as exc:
+                    if exc.code == "missing":
+                        raise RequestFailed(
+                            f"no component {target!r} has ever run here (no source {ep['sink']})",
+                            "missing",
+                        ) from None
+                    raise
+                async for item in sub:
+                    reply = reply_from(item)
+                    if reply is not None and replies.deliver(reply.id, reply):
+                        return pending.result()
     raise NoReply(f"no reply from {target} to {verb!r} within {wait:g} s (is it running?)")
+
+
+def reply_from(item: Frame | Gap) -> Reply | None:
+    """The reply carried by an item read from a command source.
+
+    ``None`` for a gap, or a frame that is not a reply (what a command source
+    holds is written by its component; a broken frame must not stop a reader).
+    """
+    if not isinstance(item, Frame):
+        return None
+    try:
+        return Reply.from_json(item.data)
+    except ValueError:
+        return None

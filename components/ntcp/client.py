@@ -14,11 +14,14 @@ Requests on one client go out one at a time; each waits for its reply.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 import trio
+
+from turbine.correlate import Correlator, ReplyLost
 
 from .protocol import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -62,13 +65,20 @@ def _groups(targets: Targets | tuple[ControlPointValues, ...]) -> tuple[ControlP
 class NtcpClient:
     """One connection to a control system speaking the LabVIEW-plugin protocol.
 
-    Build it with :func:`open_ntcp`. Methods never raise for a ``NOT OK``
-    reply: a refusal is an answer, returned as ``Reply(ok=False, reason=...)``.
+    Build it with :func:`open_ntcp`, or around a connected stream and run
+    :meth:`read_replies` in a nursery of your own. Methods never raise for a
+    ``NOT OK`` reply: a refusal is an answer, returned as
+    ``Reply(ok=False, reason=...)``.
+
+    A reader task hands each reply line to the oldest request waiting for
+    one (the protocol pairs replies with requests by order alone), so a
+    connection the control system closes is noticed at once, not at the
+    next request. Requests go out one at a time.
 
     No method sets its own deadline (``execute`` lasts as long as the actuator
     moves); wrap calls in ``trio.fail_after`` or ``trio.move_on_after``. A
     request cancelled after it was sent leaves its reply unread, so the client
-    marks itself broken and every later request raises
+    closes itself and every later request raises
     :class:`NtcpConnectionClosed`; open a new client.
     """
 
@@ -76,14 +86,45 @@ class NtcpClient:
         self, stream: trio.abc.Stream, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     ) -> None:
         self._stream = stream
-        self._lines = LineBuffer(max_line_length)
+        self._max_line_length = max_line_length
+        self._replies: Correlator[int, str] = Correlator()
+        self._keys = itertools.count()
         self._lock = trio.Lock()
-        self._broken: str | None = None
+
+    @property
+    def closed(self) -> str | None:
+        """Why the connection is unusable, or ``None`` while it works."""
+        return self._replies.closed
 
     async def aclose(self) -> None:
         """Close the connection."""
-        self._broken = self._broken or "the client was closed"
-        await self._stream.aclose()
+        self._replies.close("the client was closed")
+        await trio.aclose_forcefully(self._stream)
+
+    async def read_replies(self) -> None:
+        """Read reply lines until the connection ends, handing each to its request.
+
+        Returns when the control system closes the connection, the connection
+        breaks, or the control system sends a line no request waits for (it
+        would shift every later pairing); the client is then closed and
+        waiting requests raise :class:`NtcpConnectionClosed` saying why.
+        """
+        lines = LineBuffer(self._max_line_length)
+        why = "the control system closed the connection"
+        try:
+            while data := await self._stream.receive_some(_RECEIVE_SIZE):
+                lines.receive_data(data)
+                while (line := lines.next_line()) is not None:
+                    if not self._replies.deliver_next(line):
+                        why = f"the control system sent a line no request waited for: {line[:40]!r}"
+                        return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            why = self.closed or "the connection to the control system broke"
+        except NtcpError as exc:
+            why = f"the control system sent a bad line: {exc}"
+        finally:
+            self._replies.close(why)
+            await trio.aclose_forcefully(self._stream)
 
     async def request(self, line: str) -> str:
         """Send one request line (terminator optional) and return the reply.
@@ -95,10 +136,9 @@ class NtcpClient:
         returned joined by ``\\n``.
 
         Raises:
-            NtcpProtocolError: ``line`` holds a line break or non-ASCII text,
-                or the reply line is over-long or not ASCII.
-            NtcpConnectionClosed: the peer closed the connection, or an
-                earlier request was cancelled before its reply arrived.
+            NtcpProtocolError: ``line`` holds a line break or non-ASCII text.
+            NtcpConnectionClosed: the connection ended before the reply came,
+                or an earlier request was cancelled before its reply arrived.
         """
         if line.endswith("\n"):
             line = line[:-1]
@@ -106,32 +146,31 @@ class NtcpClient:
             line = line[:-1]
         data = encode_line(line)
         async with self._lock:
-            if self._broken is not None:
-                raise NtcpConnectionClosed(f"NTCP connection unusable: {self._broken}")
-            self._broken = "a request was cancelled before its reply arrived; reconnect"
+            answered = False
             try:
-                await self._stream.send_all(data)
-                reply = "\n".join([await self._receive_line() for _ in range(reply_count(line))])
+                with ExitStack() as waiting:
+                    pending = [
+                        waiting.enter_context(self._replies.expect(next(self._keys)))
+                        for _ in range(reply_count(line))
+                    ]
+                    await self._stream.send_all(data)
+                    reply = "\n".join([await p.wait() for p in pending])
+                    answered = True
+                    return reply
+            except ReplyLost as exc:
+                raise NtcpConnectionClosed(
+                    f"NTCP connection unusable: {exc.reason} (sending {line[:40]!r})"
+                ) from None
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._broken = "the connection broke"
+                self._replies.close("the connection broke")
                 raise NtcpConnectionClosed(
                     f"NTCP connection broke while sending {line[:40]!r}: {exc}"
                 ) from exc
-            self._broken = None
-            return reply
-
-    async def _receive_line(self) -> str:
-        while True:
-            line = self._lines.next_line()
-            if line is not None:
-                return line
-            data = await self._stream.receive_some(_RECEIVE_SIZE)
-            if not data:
-                self._broken = "the control system closed the connection"
-                raise NtcpConnectionClosed(
-                    "the control system closed the connection before replying"
-                )
-            self._lines.receive_data(data)
+            finally:
+                if not answered:
+                    self._replies.close(
+                        "a request was cancelled before its reply arrived; reconnect"
+                    )
 
     async def send(self, request: Request) -> Reply:
         """Send a request value and return the parsed reply.
@@ -198,7 +237,9 @@ async def open_ntcp(
     """
     stream = await trio.open_tcp_stream(host, port)
     client = NtcpClient(stream, max_line_length=max_line_length)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.read_replies)
+        try:
+            yield client
+        finally:
+            await client.aclose()

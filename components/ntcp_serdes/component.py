@@ -38,7 +38,8 @@ from components.ntcp.protocol import (
     verb_of,
 )
 from turbine import Command, Component, Gap, Reply, RequestFailed, TurbineError
-from turbine.command import COMMAND_CHANNEL, endpoints
+from turbine.command import COMMAND_CHANNEL, endpoints, reply_from
+from turbine.correlate import Correlator, ReplyLost
 
 __all__ = ["NtcpSerdes"]
 
@@ -59,12 +60,13 @@ def _wire(reply: str) -> bytes:
     )
 
 
-class _Waiter:
-    __slots__ = ("event", "reply")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.reply: Reply | None = None
+def _answer(reply: Reply, target: str) -> tuple[str, bool]:
+    """What a translator's reply means for the client: (text, came from the control system)."""
+    if reply.status == "expired":
+        return f"expired: {reply.error}; not forwarded to the control system", False
+    if reply.status != "ok" or not isinstance(reply.result, str):
+        return f"{target}: {reply.error or reply.result!r}", False
+    return reply.result, True
 
 
 @attrs.frozen
@@ -91,7 +93,7 @@ class NtcpSerdes(Component):
         self.port: int | None = None
         self.requests = 0
         self.failures = 0
-        self._waiting: dict[str, _Waiter] = {}
+        self._answers: Correlator[str, Reply] = Correlator()
         self._connected = trio.Event()
 
     # --- the turbine side
@@ -118,20 +120,12 @@ class NtcpSerdes(Component):
                 async for item in sub:
                     if isinstance(item, Gap):
                         self.log.warning("missed %d replies of %s", item.missed, self.target)
-                        continue
-                    try:
-                        reply = Reply.from_json(item.data)
-                    except ValueError:
-                        continue
-                    waiter = self._waiting.get(reply.id)
-                    if waiter is not None:
-                        waiter.reply = reply
-                        waiter.event.set()
+                    elif (reply := reply_from(item)) is not None:
+                        self._answers.deliver(reply.id, reply)
         finally:
             if self._connected.is_set():
                 self._connected = trio.Event()
-            for waiter in self._waiting.values():
-                waiter.event.set()  # no reply: answered as a lost connection
+            self._answers.fail("lost the turbine")  # no reply: answered as a lost connection
 
     async def wait_connected(self) -> None:
         """Return once requests can go to the turbine (the reply subscription is live)."""
@@ -144,7 +138,7 @@ class NtcpSerdes(Component):
             "ntcp_port": self.port,
             "requests": self.requests,
             "failures": self.failures,
-            "waiting": len(self._waiting),
+            "waiting": len(self._answers),
         }
 
     # --- one request
@@ -183,8 +177,7 @@ class NtcpSerdes(Component):
         cmd = Command(
             uuid.uuid4().hex, "ntcp", (line,), {"session": session}, time.time() + deadline
         )
-        waiter = self._waiting[cmd.id] = _Waiter()
-        try:
+        with self._answers.expect(cmd.id) as pending:
             try:
                 await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
             except RequestFailed as exc:
@@ -193,25 +186,18 @@ class NtcpSerdes(Component):
                 return f"the turbine refused the request: {exc}", False
             except TurbineError as exc:
                 return f"lost the turbine while sending the request: {exc}", False
-            with trio.move_on_after(min(deadline, timeout)):
-                await waiter.event.wait()
-            if not waiter.event.is_set() and not await self._target_online(tb):
-                return await self._no_reply(
-                    tb, cmd, is_execute, "the translator is not running"
-                ), False
-            with trio.move_on_after(max(0.0, timeout - deadline)):
-                await waiter.event.wait()
-        finally:
-            del self._waiting[cmd.id]
-        reply = waiter.reply
-        if reply is None:
-            why = "lost the turbine" if waiter.event.is_set() else f"no reply within {timeout:g} s"
-            return await self._no_reply(tb, cmd, is_execute, why), False
-        if reply.status == "expired":
-            return f"expired: {reply.error}; not forwarded to the control system", False
-        if reply.status != "ok" or not isinstance(reply.result, str):
-            return f"{self.target}: {reply.error or reply.result!r}", False
-        return reply.result, True
+            try:
+                with trio.move_on_after(min(deadline, timeout)):
+                    return _answer(await pending.wait(), self.target)
+                if not await self._target_online(tb):
+                    return await self._no_reply(
+                        tb, cmd, is_execute, "the translator is not running"
+                    ), False
+                with trio.move_on_after(max(0.0, timeout - deadline)):
+                    return _answer(await pending.wait(), self.target)
+            except ReplyLost as exc:
+                return await self._no_reply(tb, cmd, is_execute, exc.reason), False
+        return await self._no_reply(tb, cmd, is_execute, f"no reply within {timeout:g} s"), False
 
     async def _target_online(self, tb: Any) -> bool:
         try:

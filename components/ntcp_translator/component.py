@@ -3,7 +3,9 @@
 It is the component ``ntcp_<name>``. Each NTCP request arrives on its command
 sink as the command ``ntcp`` with ``args [line]`` and ``kwargs {"session": key}``
 (put there by :mod:`components.ntcp_serdes`); the translator sends the line to
-the control system and the reply line becomes the command's result. Each
+the control system and the reply line (lines, joined by ``\\n``, for a
+get-control-point naming several control points) becomes the command's
+result. Each
 session key gets its own control-system connection, because the control
 system ties a session to the connection it was opened on; the command
 ``ntcp-close`` with the key closes it.
@@ -36,17 +38,16 @@ from typing import Any
 import attrs
 import trio
 
+from components.ntcp.client import NtcpClient, NtcpConnectionClosed
 from components.ntcp.protocol import (
     AXES,
     TYPES,
-    LineBuffer,
     NtcpError,
     encode_line,
     format_not_ok,
     parse_control_point_reply,
     parse_reply,
     refuse,
-    reply_count,
     verb_of,
 )
 from turbine import FLOAT64_CONTENT_TYPE, Command, Component, command, parse_address
@@ -57,8 +58,6 @@ __all__ = ["JOURNAL_CHANNEL", "NtcpTranslator", "measurement_channel"]
 JOURNAL_CHANNEL = "journal.txt"
 #: Journal entries read back after a restart (only unanswered commands matter).
 JOURNAL_SCAN = 1000
-#: Reply lines a control-system connection may buffer (it sends one per request).
-LINK_QUEUE = 16
 #: Control-system connections kept (one per NTCP session); beyond this the
 #: least recently used is closed (a serdes that died never sent ntcp-close).
 MAX_LINKS = 64
@@ -67,51 +66,6 @@ MAX_LINKS = 64
 def measurement_channel(control_point: str, axis: str, kind: str) -> str:
     """The data channel of one measured value, e.g. ``MDL-00-01.x.displacement``."""
     return f"{control_point}.{axis}.{kind}"
-
-
-class LinkLost(NtcpError):
-    """The control-system connection broke or did not answer in time."""
-
-
-class _Link:
-    """One control-system connection; a reader task notices a close at once."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.closed: str | None = None
-        self._send, self._replies = trio.open_memory_channel[str](LINK_QUEUE)
-
-    async def read(self) -> None:
-        lines = LineBuffer()
-        try:
-            while data := await self.stream.receive_some(65536):
-                lines.receive_data(data)
-                while (line := lines.next_line()) is not None:
-                    self._send.send_nowait(line)
-            self.closed = "the control system closed the connection"
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock, NtcpError):
-            self.closed = "the connection to the control system broke"
-        finally:
-            self._send.close()
-            await trio.aclose_forcefully(self.stream)
-
-    async def request(self, data: bytes, count: int = 1) -> str:
-        """Send one encoded line; return its ``count`` reply lines, joined by ``\\n``.
-
-        Raises:
-            LinkLost: the connection broke (the link is then closed). A caller
-                that cancels this must close the link: the reply is unread.
-        """
-        try:
-            await self.stream.send_all(data)
-            return "\n".join([await self._replies.receive() for _ in range(count)])
-        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.aclose()
-            raise LinkLost(self.closed or "the connection to the control system broke") from None
-
-    async def aclose(self) -> None:
-        self.closed = self.closed or "closed by the translator"
-        await trio.aclose_forcefully(self.stream)
 
 
 @attrs.frozen
@@ -139,7 +93,7 @@ class NtcpTranslator(Component):
             for axis in AXES
         }
         self.control = parse_address(self.config.control)
-        self._links: dict[str, _Link] = {}
+        self._links: dict[str, NtcpClient] = {}
         self._journalled: set[str] | None = None
         self._command: Command | None = None
         self._nursery: trio.Nursery | None = None
@@ -165,51 +119,57 @@ class NtcpTranslator(Component):
         "ntcp", help="send one NTCP request line to the control system; the result is the reply"
     )
     async def ntcp(self, line: str, session: str = "") -> str:
-        verb = verb_of(line)
+        is_execute = verb_of(line) == "execute"
         try:
-            data = encode_line(line)
+            encode_line(line)
         except NtcpError as exc:
             return format_not_ok(str(exc))
-        link = self._links.get(session)
+        link = await self._link(session)
+        if isinstance(link, str):
+            return "\n".join(refuse(line, link))
+        if is_execute and self._command is not None:
+            entry = {"id": self._command.id, "session": session, "line": line, "time": time.time()}
+            await self.data.put(JOURNAL_CHANNEL, json.dumps(entry).encode())
+            await self.data.flush()
+            if self._journalled is not None:
+                self._journalled.add(self._command.id)
+        why = f"no reply within {self.config.reply_timeout:g} s"
+        with trio.move_on_after(self.config.reply_timeout):
+            try:
+                reply = await link.request(line)
+            except NtcpConnectionClosed:
+                why = link.closed or "the connection to the control system broke"
+            else:
+                if verb_of(line) == "get-control-point":
+                    await self._publish(reply.split("\n"))
+                return reply
+        # Lost (or timed out, which closed it): a later request reconnects.
+        await link.aclose()
+        if is_execute:
+            return format_not_ok(
+                f"outcome unknown: {why} after execute was sent; it is not sent again"
+            )
+        return "\n".join(refuse(line, why))
+
+    async def _link(self, session: str) -> NtcpClient | str:
+        """The session's control-system connection (opened if needed), or why there is none."""
+        link = self._links.pop(session, None)
         if link is None or link.closed:
             host, port = self.control
             try:
                 with trio.fail_after(self.config.connect_timeout):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
-                return "\n".join(
-                    refuse(line, f"control system {host}:{port} unreachable: {exc or 'timeout'}")
-                )
+                return f"control system {host}:{port} unreachable: {exc or 'timeout'}"
             if len(self._links) >= MAX_LINKS:
                 oldest = next(iter(self._links))
                 self.log.warning("closing idle control-system connection of session %s", oldest)
                 await self._links.pop(oldest).aclose()
-            link = self._links[session] = _Link(stream)
+            link = NtcpClient(stream)
             assert self._nursery is not None
-            self._nursery.start_soon(link.read)
-        self._links[session] = self._links.pop(session)  # most recently used last
-        if verb == "execute" and self._command is not None:
-            entry = {"id": self._command.id, "session": session, "line": line, "time": time.time()}
-            await self.data.put(JOURNAL_CHANNEL, json.dumps(entry).encode())
-            await self.data.flush()
-            if self._journalled is not None:
-                self._journalled.add(self._command.id)
-        try:
-            with trio.move_on_after(self.config.reply_timeout) as waited:
-                reply = await link.request(data, reply_count(line))
-            if waited.cancelled_caught:
-                await link.aclose()
-                raise LinkLost(f"no reply within {self.config.reply_timeout:g} s")
-        except LinkLost as exc:
-            del self._links[session]
-            if verb == "execute":
-                return format_not_ok(
-                    f"outcome unknown: {exc} after execute was sent; it is not sent again"
-                )
-            return "\n".join(refuse(line, str(exc)))
-        if verb == "get-control-point":
-            await self._publish(reply.split("\n"))
-        return reply
+            self._nursery.start_soon(link.read_replies)
+        self._links[session] = link  # most recently used last
+        return link
 
     async def _publish(self, replies: list[str]) -> None:
         """Publish the measured values of get-control-point replies (one per control point)."""
