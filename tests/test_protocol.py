@@ -257,7 +257,10 @@ def test_malformed_frame_groups_are_protocol_errors(groups):
         (raw({"type": "teleport", "id": 1}), "unknown message type 'teleport'"),
         (raw({"type": "flush"}), "lacks its 'id' field"),
         (raw({"type": "flush", "id": "one"}), "'id' must be int, not str"),
-        (raw({"type": "flush", "id": True}), "must be a number, not a boolean"),
+        (
+            raw({"type": "flush", "id": True}),
+            "'flush' field 'id' must be an integer, not a boolean",
+        ),
         (raw({"type": "ok", "id": 1}), "a client may not send 'ok'"),
         (raw({"type": "list", "id": 1, "pattern": 3}), "'pattern' must be str"),
         (
@@ -348,13 +351,41 @@ def test_client_requires_hello_first():
         conn.next_event()
 
 
-def test_unsupported_protocol_version_is_refused_naming_the_supported_ones():
+def test_a_version_below_the_oldest_is_refused_naming_the_supported_ones():
     conn = Connection(Role.BROKER)
-    conn.receive_data(encode_bytes("client_hello", {"protocol": 99, "name": "future"}))
+    conn.receive_data(encode_bytes("client_hello", {"protocol": 0, "name": "ancient"}))
     with pytest.raises(RemoteProtocolError) as info:
         conn.next_event()
-    assert "protocol version 99 is not supported" in str(info.value)
+    assert "protocol version 0 is not supported" in str(info.value)
     assert f"speaks {PROTOCOL_VERSION}" in str(info.value)
+
+
+@pytest.mark.parametrize("role", [Role.BROKER, Role.CLIENT])
+def test_a_newer_peer_is_answered_in_our_version(role):
+    """Both sides speak the lower of the two versions; a higher proposal is no error."""
+    conn = Connection(role)
+    kind = "client_hello" if role is Role.BROKER else "hello"
+    fields = {"protocol": PROTOCOL_VERSION + 1, "name": "n", "software": "s"}
+    conn.receive_data(raw({"type": kind, **fields}))
+    assert conn.next_event().type == kind
+    assert conn.protocol == PROTOCOL_VERSION
+
+
+def test_a_boolean_for_a_number_is_told_what_it_should_be():
+    conn = broker_side()
+    conn.receive_data(raw({"type": "fetch", "id": 1, "pattern": "*", "start": True}))
+    with pytest.raises(RemoteProtocolError, match="'fetch' field 'start' must be a number, not"):
+        conn.next_event()
+
+
+@pytest.mark.parametrize(
+    "value", [msgpack.ExtType(5, b"x"), [1, {"a": msgpack.ExtType(1, b"")}], msgpack.Timestamp(1)]
+)
+def test_an_extension_type_anywhere_is_a_protocol_error(value):
+    conn = broker_side()
+    conn.receive_data(raw({"type": "flush", "id": 1, "future_field": value}))
+    with pytest.raises(RemoteProtocolError, match="extension type"):
+        conn.next_event()
 
 
 def test_handshake_records_the_peer_and_the_version():

@@ -73,7 +73,9 @@ class ClientHello(Message):
 @attrs.frozen(kw_only=True)
 class OpenSource(Request):
     source: str
-    channels: dict[str, str] | None = None
+    #: Channel names to content types.  Any value passes the protocol layer:
+    #: the broker refuses a bad one as a request error (docs/protocol.rst).
+    channels: Any = None
     cache_frames: int | None = None
     cache_bytes: int | None = None
     shared: bool | None = None

@@ -80,12 +80,31 @@ def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exceptio
         value = fields.get(name)
         if value is not None and types is not object:  # nil is as good as absent
             _check_type(kind, name, value, types, error)
+    if not fields.keys() <= spec.names:
+        # Unknown keys are ignored, but, like every header value, hold no
+        # extension type (the decoder refuses all but the timestamp type).
+        for name in fields.keys() - spec.names:
+            if _holds_timestamp(fields[name]):
+                raise error(f"{kind!r} field {name!r} holds a msgpack extension type")
     return spec
+
+
+def _holds_timestamp(value: Any) -> bool:
+    if isinstance(value, msgpack.Timestamp):
+        return True
+    if isinstance(value, list):
+        return any(map(_holds_timestamp, value))
+    if isinstance(value, dict):
+        return any(map(_holds_timestamp, value.values()))
+    return False
 
 
 def _check_type(kind: str, name: str, value: Any, types: Any, error: type[Exception]) -> None:
     if isinstance(value, bool) and types is not bool and int in _as_tuple(types):
-        raise error(f"{kind!r} field {name!r} must be a number, not a boolean")
+        want = "a number" if float in _as_tuple(types) else "an integer"
+        raise error(f"{kind!r} field {name!r} must be {want}, not a boolean")
+    if isinstance(value, msgpack.Timestamp):
+        raise error(f"{kind!r} field {name!r} holds a msgpack extension type")
     if not isinstance(value, types):
         want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise error(f"{kind!r} field {name!r} must be {want}, not {type(value).__name__}")
@@ -304,6 +323,16 @@ def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[
             yield source, channel, ctype, seq + i, t, data, writer
 
 
+class _ExtensionType(Exception):
+    pass
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise _ExtensionType(
+        f"message header holds a msgpack extension type ({code}); none are allowed"
+    )
+
+
 # --- the connection state machine -----------------------------------------------
 
 
@@ -430,7 +459,11 @@ class Connection:
         stop = start + total
         try:
             with memoryview(buf) as view:
-                header = msgpack.unpackb(view[h:p], raw=False, strict_map_key=True, use_list=True)
+                header = msgpack.unpackb(
+                    view[h:p], raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext
+                )
+        except _ExtensionType as exc:
+            self._fail(str(exc))
         except Exception as exc:  # msgpack raises several unrelated types
             self._fail(f"message header is not valid msgpack: {exc}")
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
@@ -487,9 +520,9 @@ class Connection:
             if not isinstance(msg, hello_cls):
                 self._fail(f"expected {hello!r} first, got {msg.type!r}")
             version = msg.protocol
-            if version < SUPPORTED_VERSIONS[0] or (
-                self.their_role is Role.CLIENT and version not in SUPPORTED_VERSIONS
-            ):
+            # A newer peer proposing a higher version gets ours: each side
+            # speaks the lower of the two (docs/protocol.rst, version negotiation).
+            if version < SUPPORTED_VERSIONS[0]:
                 self._fail(
                     f"protocol version {version} is not supported; this broker speaks "
                     f"{', '.join(map(str, SUPPORTED_VERSIONS))}"

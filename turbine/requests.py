@@ -104,9 +104,12 @@ class Requests:
         self.peer.named(msg.name)
 
     def on_open_source(self, msg: m.OpenSource) -> None:
-        channels = msg.channels or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in channels.items()):
-            raise RequestFailed("channels must map channel names to content types", "request")
+        channels = {} if msg.channels is None else msg.channels
+        if not isinstance(channels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in channels.items()
+        ):
+            why = f"channels must map channel names to content types (strings), not {channels!r}"
+            raise RequestFailed(why[:300], "request")
         src = self.broker.hub.open_source(
             self.peer,
             msg.source,
