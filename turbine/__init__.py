@@ -3,6 +3,7 @@
 The public API; everything else is private to the package.
 """
 
+from ._clock import wall_time
 from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
 from ._errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "__version__",
     "leaves",
     "unwrap",
+    "wall_time",
     "connect",
     "open_client",
     "parse_address",

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any
 
 import attrs
@@ -53,7 +52,7 @@ from components.daq.signals import (
     generate,
     read_csv,
 )
-from turbine import FLOAT64_CONTENT_TYPE
+from turbine import FLOAT64_CONTENT_TYPE, wall_time
 from turbine.component import Component, command
 from turbine.settings import ConfigError, check
 
@@ -200,7 +199,7 @@ class Daq(Component):
                 continue
             if self.clock is None:
                 self.clock = SampleClock(
-                    time.time(), trio.current_time(), self.rate, self.block_size
+                    wall_time(), trio.current_time(), self.rate, self.block_size
                 )
                 self.next_block = 0
                 self.log.info(

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,6 +45,7 @@ import attrs
 import trio
 
 from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
+from turbine import wall_time
 from turbine.client import Frame, parse_address
 from turbine.component import Component, command
 from turbine.settings import address, as_tuple, check
@@ -184,13 +184,13 @@ class DvdArchiver(Component):
         """Put the archiver's activity (and ``event``) on progress.json."""
         if self._data is None:
             return
-        doc = {"time": time.time(), "activity": self.activity, "job": self.job, **event}
+        doc = {"time": wall_time(), "activity": self.activity, "job": self.job, **event}
         await self._data.put(PROGRESS_CHANNEL, json.dumps(doc, default=str).encode())
         await self._data.flush()
 
     async def _notice(self, message: str, **fields: Any) -> None:
         """Report ``message`` on the log, the command source and progress.json."""
-        note = {"time": time.time(), "message": message, **fields}
+        note = {"time": wall_time(), "message": message, **fields}
         self.notices = [*self.notices[-19:], note]
         await self.notify(message, **fields)
         await self._publish(event="notice", message=message, **fields)
@@ -216,7 +216,7 @@ class DvdArchiver(Component):
             gap = {"kind": "before_first_seen", "first_missed": 1, "last_missed": seq - 1}
             gap["missed"] = seq - 1
         if gap is not None:
-            gap.update(channel=path, next_seq=seq, next_time=ts, detected=time.time())
+            gap.update(channel=path, next_seq=seq, next_time=ts, detected=wall_time())
             self.buffer.gaps.append(gap)
             self.gaps_recorded += 1
             if gap["kind"] != "before_first_seen":
@@ -575,7 +575,7 @@ class DvdArchiver(Component):
             "sessions": self.staging.sessions_on(media.name),
             "copies": copies if not media.blank else 0,
             "full": full,
-            "time": time.time(),
+            "time": wall_time(),
         }
         self.staging.state["discs"].append(record)
         del self.staging.state["discs"][:-100]

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 import attrs
 import trio
 
 from components.thumbnailer.thumbnail import DEFAULT_QUALITY, QCIF, make_thumbnail
+from turbine import wall_time
 from turbine.client import Client, Frame, Source
 from turbine.component import Component, command
 from turbine.settings import check
@@ -347,7 +347,7 @@ class Thumbnailer(Component):
             else:
                 await feed.thumbnails.put(THUMBNAIL_CHANNEL, thumb, timestamp=frame.timestamp)
                 await feed.thumbnails.flush()
-                now = time.time()
+                now = wall_time()
                 feed.published += 1
                 feed.last_published = now
                 feed.ages.append(now - frame.timestamp)

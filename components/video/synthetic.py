@@ -28,6 +28,8 @@ import attrs
 import trio
 from PIL import Image, ImageDraw, ImageFont
 
+from turbine import wall_time
+
 # 4:2:0 chroma subsampling: a JPEG MCU is 16x16 pixels.
 _MCU = 16
 _MIN_WIDTH = 64
@@ -263,7 +265,7 @@ class SyntheticConfig:
 async def synthetic_frames(config: SyntheticConfig) -> AsyncGenerator[tuple[bytes, float], None]:
     """Yield ``(jpeg, capture_time)`` at ``config.fps``, forever.
 
-    ``capture_time`` is the wall-clock time (``time.time()``) at which the
+    ``capture_time`` is the wall-clock time (``turbine.wall_time()``) at which the
     frame was rendered.  Pacing follows a fixed schedule on trio's clock; a
     consumer that falls behind makes the generator skip frame numbers rather
     than queue frames, so the counter in the picture shows the gap.
@@ -274,7 +276,7 @@ async def synthetic_frames(config: SyntheticConfig) -> AsyncGenerator[tuple[byte
     frame_no = 0
     while True:
         await trio.sleep_until(start + frame_no * interval)
-        captured = time.time()
+        captured = wall_time()
         yield renderer.render(frame_no, captured), captured
         behind = int((trio.current_time() - start) / interval)
         frame_no = max(frame_no + 1, behind)

@@ -1,9 +1,11 @@
 """The thumbnailer on an in-process broker, and once end to end with real processes.
 
 The thumbnailer decodes in worker threads; a mock clock that jumps while a
-thread works would jump straight to a test's deadline, so these tests run on
-the real clock with a high thumbnail rate, and wait for what they expect
-under ``trio.fail_after``.
+thread works jumps to the nearest deadline, which is a test's own unless
+something else is timed.  Tests with a camera component running (its frame
+timer is the nearest deadline) run under ``autojump_clock`` with the wall
+clock following it; the others run on the real clock with a high thumbnail
+rate, and wait for what they expect under ``trio.fail_after``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from components.thumbnailer.component import (
     percentile,
 )
 from components.video.component import Video
-from turbine import ConfigError, Frame, Source, open_client, send_command
+from turbine import ConfigError, Frame, Source, open_client, send_command, wall_time
+from turbine.testing import follow_trio_clock
 
 THUMBS = "thumbnail_*_data_source/thumbnail.jpg"
 LOG = "thumbnail_thumbnailer_debug_log_source/log.txt"
@@ -149,7 +152,10 @@ def test_names_and_params() -> None:
 # --- on the turbine ---------------------------------------------------------------
 
 
-async def test_cameras_now_and_later_get_qcif_thumbnails(broker: str) -> None:
+async def test_cameras_now_and_later_get_qcif_thumbnails(
+    broker: str, autojump_clock: trio.abc.Clock
+) -> None:
+    follow_trio_clock()  # capture times, "restarted" and ages all in virtual time
     early = Video("early", broker, {"width": 320, "height": 240, "fps": 25})
     thumbnailer = Thumbnailer("thumbnailer", broker, FAST)
     with trio.fail_after(30):
@@ -163,7 +169,7 @@ async def test_cameras_now_and_later_get_qcif_thumbnails(broker: str) -> None:
                 meta = await metadata(tb, "thumbnail_late_data_source")
                 own = await metadata(tb, "thumbnail_thumbnailer_data_source")
             # The late camera restarts: its thumbnails resume.
-            restarted = time.time()
+            restarted = wall_time()
             late = Video("late", broker, {"width": 640, "height": 360, "fps": 25})
             async with running(late):
                 again = await thumbnails_of(tb, {"late"}, 1, after=restarted)
