@@ -612,7 +612,8 @@ def test_digest_answers_match_the_rfc_examples() -> None:
 async def serve_digest_camera(
     nursery: trio.Nursery, password: str, frames: list[bytes]
 ) -> tuple[int, list[str]]:
-    """A camera that answers 401 + a Digest challenge until a request proves ``password``."""
+    """A camera that answers 401 + Basic and Digest challenges until a request
+    proves ``password`` with Digest."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     schemes: list[str] = []
     realm, nonce = "AXIS_ACCC8E000000", "Zmfa3wAAAADTNDk5NmQ4YjU5"
@@ -647,6 +648,8 @@ async def serve_digest_camera(
             if f.get("response") != expected or f.get("uri") != uri:
                 await stream.send_all(
                     b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n"
+                    # Axis in "basic and digest" mode offers both, each in its own header.
+                    + f'WWW-Authenticate: Basic realm="{realm}"\r\n'.encode()
                     + f'WWW-Authenticate: Digest realm="{realm}", nonce="{nonce}", algorithm=MD5, qop="auth"\r\n\r\n'.encode()
                 )
                 return
