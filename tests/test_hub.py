@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from turbine import RequestFailed, TurbineError
 from turbine._constants import CACHE_BYTES, CACHE_FRAMES, FRAME_OVERHEAD_BYTES, MAX_PATTERN_CHARS
+from turbine.groups import decode_groups
 from turbine.hub import Hub, guess_content_type
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
 from turbine.peer import Peer
-from turbine.protocol import decode_groups
 from turbine.router import Subscription, check_start, collect
 
 SRC = "daq_rig_data_source"

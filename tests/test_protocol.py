@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from turbine import LocalProtocolError, RemoteProtocolError
 from turbine._constants import MAX_HEADER_BYTES, PROTOCOL_VERSION
+from turbine.groups import decode_groups, split_frames
 from turbine.messages import (
     ClientHello,
     Error,
@@ -27,15 +28,7 @@ from turbine.messages import (
     Subscribe,
     header_fields,
 )
-from turbine.protocol import (
-    NEED_DATA,
-    Connection,
-    Role,
-    decode_groups,
-    encode_bytes,
-    encode_message,
-    split_frames,
-)
+from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes, encode_message
 
 HELLO = ("hello", {"protocol": PROTOCOL_VERSION, "software": "turbine test"})
 CLIENT_HELLO = ("client_hello", {"protocol": PROTOCOL_VERSION, "name": "tester"})

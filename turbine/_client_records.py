@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .protocol import split_groups
+from .groups import split_groups
 
 
 class Frame(NamedTuple):

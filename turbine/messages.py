@@ -161,7 +161,7 @@ class Error(Message):
 
 @attrs.frozen(kw_only=True)
 class Frames(Message):
-    """Frame groups for subscription ``sub`` or in answer to fetch ``id`` (see ``GROUP_FIELDS``)."""
+    """Frame groups for subscription ``sub`` or in answer to fetch ``id`` (``turbine.groups.GROUP_FIELDS``)."""
 
     sub: int | None = None
     id: int | None = None

@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from . import messages as m
 from ._errors import RemoteProtocolError, RequestFailed
+from .groups import fetch_reply, split_payload
 from .hub import Hub, PendingFetch
 from .names import InvalidName
 from .peer import Peer
-from .protocol import fetch_reply, split_payload
 from .router import Subscription, check_start
 from .storetask import StoreReads
 

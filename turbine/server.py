@@ -40,10 +40,11 @@ from ._constants import (
 from ._errors import RemoteProtocolError, RequestFailed
 from ._io import send_buffers, write_now
 from .closed import Closed, CloseReason, WriteTimeout
+from .groups import split_frames
 from .hub import Hub
 from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
-from .protocol import NEED_DATA, PREFIX, Connection, Role, encode_message, split_frames
+from .protocol import NEED_DATA, PREFIX, Connection, Role, encode_message
 from .requests import Requests
 from .ringbuffer import memory_store
 from .router import Subscription, collect

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from ._errors import RequestFailed
+from .groups import fetch_reply
 from .messages import Error, Frames, Message
 from .outbound import Slot
-from .protocol import fetch_reply
 
 if TYPE_CHECKING:
     from .outbound import OutboundQueue, Wake

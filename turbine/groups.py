@@ -1,0 +1,211 @@
+"""Frame groups: the columnar body of ``put`` and ``frames`` messages, sans I/O.
+
+A ``put`` lists its frames' timestamps and sizes as columns and carries their
+bytes back to back in the payload; a ``frames`` message carries groups of
+consecutive frames of one channel the same way.  These functions check the
+columns against the payload and cut it (no per-frame Python loop where C will
+do), and split a large delivery into messages that each fit the limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ._constants import (
+    DELIVERY_BATCH_BYTES,
+    DELIVERY_BATCH_FRAMES,
+    MAX_HEADER_BYTES,
+    VECTORED_MIN_BYTES,
+)
+from ._errors import RemoteProtocolError
+from .messages import Frames
+
+#: One group of frames inside ``put`` / ``frames``: consecutive sequence numbers
+#: of one channel from one writer.  Fields, in order:
+GROUP_FIELDS = ("source", "channel", "content_type", "first_seq", "ts", "sizes", "writer")
+
+
+def check_put(fields: dict[str, Any], payload_len: int) -> None:
+    """Check that a put's columns agree with its payload (C-speed checks, no per-frame loop).
+
+    Raises:
+        RemoteProtocolError: the sizes do not add up or the columns differ in length.
+    """
+    ts, sizes = fields["ts"], fields["sizes"]
+    if len(ts) != len(sizes):
+        raise RemoteProtocolError("'put' lists a different number of timestamps and sizes")
+    if not set(map(type, ts)) <= _TS_TYPES:
+        raise RemoteProtocolError("'put' timestamps must be numbers or nil")
+    if sizes and (not set(map(type, sizes)) <= _INT or min(sizes) < 0):
+        raise RemoteProtocolError("'put' sizes must be non-negative integers")
+    total = sum(sizes)
+    if total != payload_len:
+        raise RemoteProtocolError(
+            f"'put' sizes add up to {total} bytes but the payload holds {payload_len}"
+        )
+
+
+_TS_TYPES = {float, int, type(None)}
+_INT = {int}
+
+
+def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:
+    """Cut a payload into frames by their sizes (already checked to add up).
+
+    Small frames become ``bytes`` (cheap to keep by the million); large ones
+    stay views of the payload, uncopied.
+    """
+    if len(sizes) == 1:
+        return [payload]
+    ends = list(itertools.accumulate(sizes, initial=0))
+    if sizes and max(sizes) >= VECTORED_MIN_BYTES:
+        return [payload[a:b] for a, b in itertools.pairwise(ends)]
+    obj = payload.obj
+    if type(obj) is not bytes or len(obj) != len(payload):
+        obj = bytes(payload)
+    return [obj[a:b] for a, b in itertools.pairwise(ends)]
+
+
+# Bounds on what one group and one frame add to a frames header, for splitting
+# without packing twice: a group's array, seq and column heads, and a frame's
+# float64 timestamp and uint64 size.  Strings count 4 bytes per character (UTF-8).
+_GROUP_HEADER_BYTES = 64
+_FRAME_HEADER_BYTES = 18
+_FIELDS_HEADER_BYTES = 1024  # type, id or sub, more: what the groups leave room for
+
+
+def split_frames(
+    groups: list[list[Any]],
+    payloads: list[Any],
+    max_frames: int,
+    max_bytes: int,
+    max_header: int = MAX_HEADER_BYTES,
+) -> list[tuple[list[list[Any]], list[Any]]]:
+    """Cut one delivery's groups and payloads into parts that each fit one message.
+
+    A part holds at most ``max_frames`` frames, ``max_bytes`` of payload
+    (or one larger frame alone) and a header under ``max_header`` bytes.
+    Groups are split between frames, so sequence numbers run on from part
+    to part; empty groups are dropped.  One part when everything fits.
+    """
+    frames = sum(len(g[5]) for g in groups)
+    if frames <= max_frames and sum(map(len, payloads)) <= max_bytes:
+        head = sum(_group_cost(g) for g in groups) + frames * _FRAME_HEADER_BYTES
+        if head <= max_header - _FIELDS_HEADER_BYTES:
+            return [(groups, payloads)]
+    parts: list[tuple[list[list[Any]], list[Any]]] = []
+    part: list[list[Any]] = []
+    part_payloads: list[Any] = []
+    n = size = head = 0
+    i = 0  # index into payloads of the group's first frame
+    room = max_header - _FIELDS_HEADER_BYTES
+    for source, channel, ctype, seq, ts, sizes, writer in groups:
+        fixed = _group_cost((source, channel, ctype, writer))
+        k = 0
+        while k < len(sizes):
+            take = min(len(sizes) - k, max_frames - n, (room - head - fixed) // _FRAME_HEADER_BYTES)
+            if take > 0 and size + sum(sizes[k : k + take]) > max_bytes:
+                ends = itertools.accumulate(sizes[k : k + take], initial=size)
+                take = sum(1 for end in ends if end <= max_bytes) - 1
+            if take <= 0 and not n:
+                take = 1  # a part takes at least one frame, however large
+            if take <= 0:
+                parts.append((part, part_payloads))
+                part, part_payloads, n, size, head = [], [], 0, 0, 0
+                continue
+            part.append(
+                [source, channel, ctype, seq + k, ts[k : k + take], sizes[k : k + take], writer]
+            )
+            part_payloads += payloads[i + k : i + k + take]
+            n += take
+            size += sum(sizes[k : k + take])
+            head += fixed + take * _FRAME_HEADER_BYTES
+            k += take
+        i += len(sizes)
+    if part:
+        parts.append((part, part_payloads))
+    return parts
+
+
+def fetch_reply(
+    msg_id: int, groups: list[list[Any]], payloads: list[Any]
+) -> list[tuple[Frames, list[Any]]]:
+    """The ``frames`` messages answering fetch ``msg_id``, each with its payloads.
+
+    One message when the frames fit, else parts of at most
+    ``DELIVERY_BATCH_FRAMES`` frames and ``DELIVERY_BATCH_BYTES`` (a larger
+    frame alone); every part but the last carries ``more: true``.
+    """
+    parts = split_frames(groups, payloads, DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES)
+    parts = parts or [([], [])]
+    last = len(parts) - 1
+    return [
+        (Frames(id=msg_id, groups=part, more=True if i < last else None), part_payloads)
+        for i, (part, part_payloads) in enumerate(parts)
+    ]
+
+
+def _group_cost(group: Sequence[Any]) -> int:
+    """What a group adds to a header besides its frames' columns (a bound)."""
+    return _GROUP_HEADER_BYTES + 4 * sum(len(x) for x in group if isinstance(x, str))
+
+
+def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, ...]]:
+    """Check a ``frames`` message's groups and cut its payload to match.
+
+    Returns ``(source, channel, content_type, first_seq, ts, datas, writer)``
+    per group, where ``datas`` are the group's payloads.
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
+    out = []
+    offset = 0
+    end = len(payload)
+    for g in groups:
+        if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
+            raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
+        source, channel, ctype, seq, ts, sizes, writer = g
+        if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
+            raise RemoteProtocolError(
+                "a frame group's source, channel, content type and writer must be strings"
+            )
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise RemoteProtocolError(
+                "a frame group's first sequence number must be a positive integer"
+            )
+        if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
+            raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
+        if not sizes:
+            continue
+        if not set(map(type, sizes)) <= _INT or min(sizes) < 0 or offset + sum(sizes) > end:
+            raise RemoteProtocolError("a frame group's sizes overrun the payload")
+        if not set(map(type, ts)) <= _TS_TYPES - {type(None)}:
+            raise RemoteProtocolError("a frame group's timestamps must be numbers")
+        size = sum(sizes)
+        out.append(
+            (
+                source,
+                channel,
+                ctype,
+                seq,
+                ts,
+                split_payload(payload[offset : offset + size], sizes),
+                writer,
+            )
+        )
+        offset += size
+    return out
+
+
+def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[Any, ...]]:
+    """Yield ``(source, channel, content_type, seq, ts, data, writer)`` per frame.
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
+    for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
+        for i, (t, data) in enumerate(zip(ts, datas, strict=True)):
+            yield source, channel, ctype, seq + i, t, data, writer
