@@ -64,6 +64,12 @@ VECTORED_MIN_BYTES = 32 * 2**10
 OUTBOUND_QUEUE_BYTES = 16 * 2**20
 #: A write to a client that blocks this long closes that client (it is not reading).
 WRITE_TIMEOUT_S = 30.0
+#: After a protocol error: how long the broker tries to send its last words
+#: (replies queued before them first), then how long it reads and drops what
+#: the client still sends, so that closing does not reset the connection and
+#: destroy those words in the client's receive buffer.
+LAST_WORDS_S = 1.0
+CLOSE_DRAIN_S = 1.0
 #: Bytes asked of the socket per read.
 RECEIVE_BYTES = 256 * 2**10
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,17 +21,20 @@ import trio
 
 from . import messages as m
 from ._constants import (
+    CLOSE_DRAIN_S,
     CLOSED_HISTORY,
     DEFAULT_HOST,
     DEFAULT_PORT,
     DELIVERY_BATCH_BYTES,
     DELIVERY_BATCH_FRAMES,
+    LAST_WORDS_S,
     MAX_FRAME_BYTES,
     MAX_HEADER_BYTES,
     MAX_MEMORY_BYTES,
     OUTBOUND_QUEUE_BYTES,
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
+    RECEIVE_BYTES,
     SOURCE_TYPES,
     WRITE_TIMEOUT_S,
 )
@@ -160,6 +164,20 @@ class ClientConnection(Requests):
                 "too_large",
             )
         self.apply(self.out.reply(buffers))
+
+    async def drain(self, seconds: float) -> None:
+        """After the last words: end our direction (the client reads them, then
+        the end of the stream), and read and drop what the client still sends
+        until it closes or ``seconds`` pass.  Closing a socket with unread
+        input resets the connection, which can destroy the last words before
+        the client reads them (a client still writing a refused payload)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            with trio.move_on_after(seconds):
+                while await self.sock.recv(RECEIVE_BYTES):
+                    pass
+        except OSError:
+            pass  # the client is gone: nothing left to protect
 
     def last_words(self, buffers: list[Any]) -> None:
         """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
@@ -340,6 +358,7 @@ class Broker:
         conn = ClientConnection(self, stream, next(self._ids))
         self.connections[conn.id] = conn
         code, reason = CloseReason.CLIENT_CLOSED, "client closed the connection"
+        drain = False  # the last words went out: let them arrive before closing
         try:
             async with trio.open_nursery() as nursery:
                 conn.reads.nursery = nursery
@@ -352,8 +371,9 @@ class Broker:
                     conn.last_words(
                         encode_message(m.Error(id=None, code="protocol", message=str(exc)))
                     )
-                    with trio.move_on_after(1):
+                    with trio.move_on_after(LAST_WORDS_S):
                         await conn.finished.wait()
+                    drain = conn.finished.is_set()
                 nursery.cancel_scope.cancel()
         except* WriteTimeout as group:
             code, reason = CloseReason.WRITE_TIMEOUT, str(group.exceptions[0])
@@ -377,6 +397,8 @@ class Broker:
             del self.connections[conn.id]
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock()))
             with trio.CancelScope(shield=True):
+                if drain:  # after the record and the release: the client may look at both
+                    await conn.drain(CLOSE_DRAIN_S)
                 await trio.aclose_forcefully(stream)
 
 
