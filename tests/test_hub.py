@@ -259,11 +259,14 @@ def test_seqs_are_never_reused_after_delete(hub):
     hub.delete(SRC, ALICE)
     assert hub.list_sources() == []
     assert frames(hub, f"{SRC}/a", oldest=10) == []
-    hub.open_source(BOB, SRC)
+    src = hub.open_source(BOB, SRC, channels={"b": "text/plain"})
+    # A producer learns where its numbers continue, on channels not yet re-created too.
+    assert hub.next_seqs(src) == {"b": 1, "a": 4, "metadata.txt": 2}
     put(hub, BOB, f"{SRC}/a", b"4")
     put(hub, BOB, f"{SRC}/metadata.txt", b"{}")
     assert seqs(hub, f"{SRC}/a", oldest=10) == [4]
     assert seqs(hub, f"{SRC}/metadata.txt", oldest=10) == [2]
+    assert hub.next_seqs(src) == {"b": 1, "a": 5, "metadata.txt": 3}
 
 
 def test_delete_rules(hub):

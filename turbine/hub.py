@@ -299,6 +299,16 @@ class Hub:
             self.router.channel_removed(ch)
         del self.sources[name]
 
+    def next_seqs(self, src: Source) -> dict[str, int]:
+        """The number the next frame gets on each channel ``src`` has, and on each
+        it had before it was deleted (a put re-creates those where they stopped)."""
+        seqs = {name: ch.store.next_seq for name, ch in src.channels.items()}
+        prefix = f"{src.name}/"
+        for path, seq in self._next_seq.items():
+            if path.startswith(prefix):
+                seqs.setdefault(path[len(prefix) :], seq)
+        return seqs
+
     def channel(self, src: Source, name: str, content_type: str | None) -> Channel:
         """The channel ``name`` of ``src``, created (and announced to subscribers) if new."""
         ch = src.channels.get(name)

@@ -122,7 +122,7 @@ class Requests:
             msg,
             {
                 "source": src.name,
-                "channels": {n: ch.store.next_seq for n, ch in src.channels.items()},
+                "channels": self.broker.hub.next_seqs(src),
             },
         )
 
