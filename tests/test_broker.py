@@ -23,7 +23,7 @@ from turbine.client import frames_from
 from turbine.messages import SPECS, Message
 from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes
 from turbine.ringbuffer import Ring
-from turbine.store import OLDEST, ChannelSpec, ChannelStore, Query, Run
+from turbine.store import OLDEST, READ, ChannelSpec, ChannelStore, Query, Run
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -780,12 +780,15 @@ class SlowStores:
 
     durable = False
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, cold_below: int = 0) -> None:
         self.delay = delay
+        self.cold_below = cold_below  # channel x: a subscriber's reads of older numbers are slow
         self.reads = 0
+        self.broken = False
 
     def __call__(self, spec: ChannelSpec) -> ChannelStore:
         factory = self
+        cold_below = self.cold_below if spec.channel == "x" else 0
 
         class SlowRing(Ring):
             __slots__ = ()
@@ -793,11 +796,20 @@ class SlowStores:
             def read_now(self, query: Query) -> Run | None:
                 return None if query.kind == OLDEST else super().read_now(query)
 
+            def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run | None:
+                if seq < cold_below:
+                    return None
+                return super().read(seq, max_frames, max_bytes)
+
             async def read_later(self, query: Query) -> Run:
                 await trio.sleep(factory.delay)
                 factory.reads += 1
-                if query.value == 666:
+                if query.value == 666 or factory.broken:
                     raise OSError("the disk is on fire")
+                if query.kind == READ:  # "from disk": only what memory does not hold
+                    start = int(query.value)
+                    count = min(query.max_frames, cold_below - start)
+                    return super().read(start, count, query.max_bytes)
                 return super().read_now(query)
 
         return SlowRing(spec.max_frames, spec.next_seq)
@@ -844,6 +856,50 @@ async def test_a_slow_read_keeps_the_order_of_replies_and_stalls_no_one_else(
     assert sum(len(g[4]) for g in got[6].groups) == 2
     assert stores.reads == 2
     assert 2 * stores.delay <= elapsed < 3 * stores.delay  # one after the other, in order
+
+
+async def test_a_subscriber_replays_from_slow_storage_then_goes_on_live(nursery, autojump_clock):
+    stores = SlowStores(delay=5.0, cold_below=4)
+    address = await start_broker(nursery, store=stores)
+    with trio.fail_after(60):
+        async with open_client(address, name="producer") as producer:
+            src = await producer.open_source(SRC)
+            await put_all(src, "x", [b"%d" % i for i in range(1, 7)])  # 1-3 "on disk"
+            await put_all(src, "y", [b"y1"])
+            async with open_client(address, name="replayer") as tb:
+                async with tb.subscribe(f"{SRC}/*", start="oldest") as sub:
+                    first = await sub.receive()  # y is all in memory: not held up
+                    assert trio.current_time() < stores.delay
+                    await put_all(src, "x", [b"7"])
+                    got = await take(sub, 7)
+    assert (first.channel, first.data) == ("y", b"y1")
+    assert [(f.channel, f.seq, f.data) for f in got] == [
+        ("x", n, b"%d" % n) for n in range(1, 8)
+    ]  # from the slow part, then memory, then live: in order, no gap, no duplicate
+    assert stores.reads == 1
+
+
+async def test_a_failed_slow_read_is_reported_and_stalls_only_that_channel(nursery, autojump_clock):
+    stores = SlowStores(delay=5.0, cold_below=4)
+    stores.broken = True
+    address = await start_broker(nursery, store=stores)
+    with trio.fail_after(60):
+        async with open_client(address, name="producer") as producer:
+            src = await producer.open_source(SRC)
+            await put_all(src, "x", [b"1", b"2", b"3", b"4"])
+            raw = await RawClient.connect(address, name="replayer")
+            await raw.send("subscribe", {"id": 1, "sub": 7, "pattern": f"{SRC}/*", "start": 1})
+            assert (await raw.receive()).type == "ok"
+            error = await raw.receive()
+            await put_all(src, "y", [b"y1"])
+            frames = await raw.receive()
+            await raw.send("list", {"id": 2, "pattern": "*"})
+            listed = await raw.receive()
+            await raw.aclose()
+    assert (error.type, error.id, error.code) == ("error", None, "internal")
+    assert "the disk is on fire" in error.message
+    assert [(g[1], g[3]) for g in frames.groups] == [("y", 1)]
+    assert (listed.type, listed.id) == ("ok", 2)
 
 
 async def test_the_broker_clock_is_injected(nursery, autojump_clock):

@@ -115,9 +115,9 @@ def test_subscriber_is_told_of_a_mirror_hole_as_a_gap():
     ch.store.append_many([1.0, 2.0], [b"1", b"2"], "origin", 0, seq=1)
     ch.store.append_many([9.0], [b"9"], "origin", 2, seq=9)
     cursors = list(sub.cursors.values())
-    groups, _, gaps, n, _ = collect(cursors, 100, 10**6)
+    groups, _, gaps, n, _, _ = collect(cursors, 100, 10**6)
     assert (n, gaps) == (2, [])
-    groups, _, gaps, n, _ = collect(cursors, 100, 10**6)
+    groups, _, gaps, n, _, _ = collect(cursors, 100, 10**6)
     ((cur, run),) = gaps
     assert (n, run.missed, run.first_seq, groups[0][3]) == (1, 6, 9, 9)
 

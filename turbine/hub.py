@@ -122,6 +122,27 @@ class Source:
     def online(self) -> bool:
         return self.holder is not None
 
+    def check_writer(self, writer: Peer) -> None:
+        """Raises RequestFailed unless ``writer`` may put to this source."""
+        if self.holder is not writer and not self.shared:
+            who = f"held by {self.holder_name}" if self.online else "offline"
+            raise RequestFailed(
+                f"source {self.name!r} is {who} and not shared; only its holder may put to it",
+                "held",
+            )
+
+    def append(
+        self, ch: Channel, ts: list[float], data: list[Any], writer: str, sizes: list[int]
+    ) -> None:
+        """Store frames in ``ch``, keeping the source within ``cache_bytes``."""
+        store = ch.store
+        before = store.bytes
+        store.append_many(ts, data, writer, self.arrival, sizes)
+        self.arrival += len(ts)
+        self.bytes += store.bytes - before
+        if self.bytes > self.cache_bytes:
+            self.trim()
+
     def trim(self) -> None:
         """Evict the oldest frames until the source fits ``cache_bytes`` (:func:`evict_to_fit`)."""
         stores = (ch.store for ch in self.channels.values())
@@ -350,11 +371,7 @@ class Hub:
                 f"no source named {source!r}; open it first (or start the component that owns it)",
                 "missing",
             )
-        if src.holder is not writer and not src.shared:
-            who = f"held by {src.holder_name}" if src.online else "offline"
-            raise RequestFailed(
-                f"source {source!r} is {who} and not shared; only its holder may put to it", "held"
-            )
+        src.check_writer(writer)
         ch = src.channels.get(channel)
         if ch is None:
             try:
@@ -376,13 +393,7 @@ class Hub:
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]
-        store = ch.store
-        before = store.bytes
-        store.append_many(ts, data, writer.name, src.arrival, sizes)
-        src.arrival += len(ts)
-        src.bytes += store.bytes - before
-        if src.bytes > src.cache_bytes:
-            src.trim()
+        src.append(ch, ts, data, writer.name, sizes)
         return self.router.wakers(ch)
 
     # --- reading
@@ -422,15 +433,7 @@ class Hub:
             RequestFailed: the selection is missing, doubled or negative.
         """
         query = fetch_query(newest, oldest, start, duration, after, max_frames)
-        channels = self.channels(pattern)
-        groups: list[Group] = []
-        payloads: list[Any] = []
-        for ch in channels:
-            run = ch.store.read_now(query)
-            if run is None:
-                return PendingFetch(channels, query)
-            add_run(groups, payloads, ch, run)
-        return groups, payloads
+        return PendingFetch(self.channels(pattern), query).now()
 
 
 def fetch_query(
@@ -460,14 +463,26 @@ def fetch_query(
 
 @attrs.frozen
 class PendingFetch:
-    """A fetch that needs slower storage than memory: run it in a store task.
+    """A fetch of ``query`` from ``channels``; :meth:`run` it in a store task
+    when :meth:`now` (memory) cannot answer.
 
-    Reads every channel again when run (frames put meanwhile are included).
+    :meth:`run` reads every channel again (frames put meanwhile are included).
     Cancellation abandons it.
     """
 
     channels: list[Channel]
     query: Query
+
+    def now(self) -> tuple[list[Group], list[Any]] | PendingFetch:
+        """The answer from memory, or this fetch itself when a store needs its task."""
+        groups: list[Group] = []
+        payloads: list[Any] = []
+        for ch in self.channels:
+            run = ch.store.read_now(self.query)
+            if run is None:
+                return self
+            add_run(groups, payloads, ch, run)
+        return groups, payloads
 
     async def run(self) -> tuple[list[Group], list[Any]]:
         groups: list[Group] = []

@@ -64,7 +64,7 @@ class Ring:
         self._data: list[Any] = []
         self._sizes = array.array("q")
         self._arrival = array.array("q")
-        self._writers: list[tuple[int, str]] = []  # (first seq, writer) per run of one writer
+        self._writers = Writers()
         self._seqs: array.array[int] | None = None  # every frame's number, once there is a hole
         self._breaks: list[int] = []  # numbers that follow a hole, oldest first
         self._start = 0
@@ -118,8 +118,7 @@ class Ring:
         n = len(ts)
         if seq is not None and seq != self.next_seq:
             self._hole(seq)
-        if not self._writers or self._writers[-1][1] != writer:
-            self._writers.append((self.next_seq, writer))
+        self._writers.wrote(self.next_seq, writer)
         if sizes is None:
             sizes = list(map(len, data))
         if self._seqs is not None:
@@ -176,9 +175,7 @@ class Ring:
             del self._seqs[:s]
             self._breaks = [b for b in self._breaks if b > self.first_seq]
         self._start = 0
-        keep = bisect.bisect_right(self._writers, self.first_seq, key=lambda w: w[0]) - 1
-        if keep > 0:
-            del self._writers[:keep]
+        self._writers.forget_before(self.first_seq)
 
     def _index(self, seq: int) -> int:
         """Column index of the first frame numbered ``seq`` or later."""
@@ -215,7 +212,7 @@ class Ring:
             self._ts[i : i + count].tolist(),
             self._data[i : i + count],
             sizes.tolist(),
-            self._writers_for(seq, seq + count),
+            self._writers.between(seq, seq + count),
             missed,
         )
 
@@ -232,7 +229,7 @@ class Ring:
                 self._ts[i : i + count].tolist(),
                 self._data[i : i + count],
                 self._sizes[i : i + count].tolist(),
-                self._writers_for(seq, seq + count),
+                self._writers.between(seq, seq + count),
             )
         if not count:
             return empty_run(seqs[i] if i < len(seqs) else self.next_seq)
@@ -243,18 +240,9 @@ class Ring:
             self._ts[i : i + count].tolist(),
             self._data[i : i + count],
             self._sizes[i : i + count].tolist(),
-            self._writers_for(first, end),
+            self._writers.between(first, end),
             seqs=numbers if end - first != count else None,
         )
-
-    def _writers_for(self, seq: int, end: int) -> list[tuple[int, str]]:
-        w = self._writers
-        lo = bisect.bisect_right(w, seq, key=lambda x: x[0]) - 1
-        hi = bisect.bisect_left(w, end, key=lambda x: x[0])
-        runs = w[max(lo, 0) : hi]
-        if runs and runs[0][0] < seq:
-            runs[0] = (seq, runs[0][1])
-        return runs
 
     def from_seq(self, seq: int, max_frames: int) -> Run:
         return self._span(self._index(seq), max_frames)
@@ -292,6 +280,35 @@ class Ring:
         freed = self.bytes
         self.evict(len(self))
         return freed
+
+
+class Writers:
+    """Who wrote which frames of a ring: ``(first seq, writer)`` per run of one writer."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, str]] = []
+
+    def wrote(self, seq: int, writer: str) -> None:
+        """Frames from ``seq`` on are by ``writer``."""
+        if not self.runs or self.runs[-1][1] != writer:
+            self.runs.append((seq, writer))
+
+    def forget_before(self, seq: int) -> None:
+        keep = bisect.bisect_right(self.runs, seq, key=lambda w: w[0]) - 1
+        if keep > 0:
+            del self.runs[:keep]
+
+    def between(self, seq: int, end: int) -> list[tuple[int, str]]:
+        """The runs of frames ``seq <= n < end``, the first one starting at ``seq``."""
+        w = self.runs
+        lo = bisect.bisect_right(w, seq, key=lambda x: x[0]) - 1
+        hi = bisect.bisect_left(w, end, key=lambda x: x[0])
+        runs = w[max(lo, 0) : hi]
+        if runs and runs[0][0] < seq:
+            runs[0] = (seq, runs[0][1])
+        return runs
 
 
 class MemoryStores:

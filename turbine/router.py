@@ -54,14 +54,22 @@ STARTS = ("now", "newest", "oldest")
 
 
 class Cursor:
-    """One subscription's read position on one channel."""
+    """One subscription's read position on one channel.
 
-    __slots__ = ("sub", "channel", "next_seq")
+    A read that needs slower storage than memory (the store's ``read`` gave
+    ``None``) is made by the broker's store task: meanwhile ``loading`` is
+    set and the cursor is skipped; its answer waits in ``prefetched`` for the
+    next :func:`collect`.
+    """
+
+    __slots__ = ("sub", "channel", "next_seq", "loading", "prefetched")
 
     def __init__(self, sub: Subscription, channel: Channel, next_seq: int) -> None:
         self.sub = sub
         self.channel = channel
         self.next_seq = next_seq
+        self.loading = False
+        self.prefetched: Run | None = None
 
     @property
     def pending(self) -> bool:
@@ -208,29 +216,41 @@ def add_run(groups: list[Group], payloads: list[Any], ch: Channel, run: Run) -> 
 
 def collect(
     cursors: Iterable[Cursor], max_frames: int, max_bytes: int
-) -> tuple[list[Group], list[Any], list[tuple[Cursor, Run]], int, int]:
+) -> tuple[list[Group], list[Any], list[tuple[Cursor, Run]], int, int, list[Cursor]]:
     """Pull what ``cursors`` have pending, within a budget, advancing them.
 
     Returns the groups, their payloads, ``(cursor, run)`` for every cursor
     whose read skipped numbers (``run.missed`` of them, evicted or a hole:
-    a gap to report first; ``run.first_seq`` is where it goes on), and the
-    frame and byte counts.  Monitor subscriptions skip to the newest frame.
+    a gap to report first; ``run.first_seq`` is where it goes on), the
+    frame and byte counts, and the cursors whose next frames are not in
+    memory (for the store task to prefetch).  Monitor subscriptions skip to
+    the newest frame.
     """
     groups: list[Group] = []
     payloads: list[Any] = []
     gaps: list[tuple[Cursor, Run]] = []
+    cold: list[Cursor] = []
     frames = 0
     size = 0
     for cur in cursors:
         if frames >= max_frames or size >= max_bytes:
             break
         store = cur.channel.store
-        if cur.next_seq >= store.next_seq:
+        if cur.next_seq >= store.next_seq or cur.loading:
             continue
         if cur.sub.monitor:
             run = store.newest_n(1)
         else:
-            run = store.read(cur.next_seq, max_frames - frames, max_bytes - size)
+            got = cur.prefetched
+            if got is not None and got.first_seq - got.missed == cur.next_seq:
+                cur.prefetched = None
+                run = got
+            else:
+                got = store.read(cur.next_seq, max_frames - frames, max_bytes - size)
+                if got is None:
+                    cold.append(cur)
+                    continue
+                run = got
             if run.missed:
                 gaps.append((cur, run))
         add_run(groups, payloads, cur.channel, run)
@@ -238,4 +258,4 @@ def collect(
         frames += n
         size += sum(run.sizes)
         cur.next_seq = run.first_seq + n
-    return groups, payloads, gaps, frames, size
+    return groups, payloads, gaps, frames, size, cold

@@ -119,6 +119,11 @@ class ClientConnection(Requests):
         elif wake is Wake.NOW:
             self._wakeup.set()
 
+    def frames_ready(self) -> None:
+        """Frames are pending, and no reader will write them: wake the writer."""
+        self.apply(self.out.frames_pending())
+        self.broker.write_ready()
+
     def wake_soon(self) -> None:
         """Frames may be pending for this connection (never waits).
 
@@ -223,9 +228,11 @@ class ClientConnection(Requests):
         for sub in subs[self._rotation :] + subs[: self._rotation]:
             if budget_frames <= 0 or budget_bytes <= 0:
                 return True  # more to send after this batch
-            groups, payloads, gaps, n, size = collect(
+            groups, payloads, gaps, n, size, cold = collect(
                 sub.cursors.values(), budget_frames, budget_bytes
             )
+            for cur in cold:
+                self.reads.prefetch(cur, budget_frames, budget_bytes)
             for cur, run in gaps:
                 sub.missed += run.missed
                 self.gaps += 1

@@ -92,8 +92,9 @@ def empty_run(seq: int, missed: int = 0) -> Run:
     return Run(seq, [], [], [], [], missed)
 
 
-#: Query kinds: what a fetch selects on one channel (the names of its selection fields).
-NEWEST, OLDEST, AFTER, TIME = "newest", "oldest", "after", "start"
+#: Query kinds: what a fetch selects on one channel (the names of its selection fields),
+#: and what a subscriber's cursor reads.
+NEWEST, OLDEST, AFTER, TIME, READ = "newest", "oldest", "after", "start", "read"
 
 
 @attrs.frozen
@@ -103,14 +104,17 @@ class Query:
     ``kind`` is :data:`NEWEST` or :data:`OLDEST` (``value`` frames),
     :data:`AFTER` (frames after sequence number ``value``) or :data:`TIME`
     (frames stamped ``value <= t < value + duration``; a zero duration selects
-    frames stamped exactly ``value``).  ``max_frames`` caps ``AFTER`` and
-    ``TIME``.
+    frames stamped exactly ``value``), or :data:`READ`: a subscriber's read
+    from sequence number ``value`` (:meth:`ChannelStore.read`, which stops
+    before a hole and counts what it skipped).  ``max_frames`` caps ``AFTER``,
+    ``TIME`` and ``READ``; ``max_bytes`` caps ``READ`` (at least one frame).
     """
 
     kind: str
     value: float
     duration: float = float("inf")
     max_frames: int = FETCH_MAX_FRAMES
+    max_bytes: int | None = None
 
 
 @attrs.frozen
@@ -128,7 +132,7 @@ class ChannelStore(Protocol):
 
     Attributes:
         max_frames: frames kept in memory at most (set through :meth:`resize`).
-        first_seq: number of the oldest frame held (``next_seq`` when empty).
+        first_seq: number of the oldest frame held, in memory or not (``next_seq`` when empty).
         next_seq: number the next frame appended without ``seq`` gets.
         bytes: memory held, payload plus per-frame overhead.
     """
@@ -193,13 +197,16 @@ class ChannelStore(Protocol):
         """Keep at most ``max_frames`` in memory from now on; return the bytes evicted."""
         ...
 
-    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
+    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run | None:
         """A subscriber's read: frames from ``seq`` on, contiguous, from memory.
 
         At most ``max_frames`` and ``max_bytes`` (but at least one frame).  A
         ``seq`` that is not held starts at the next frame held and reports the
         numbers skipped as ``missed``; the run stops before a hole.  One past
-        the newest gives an empty run.
+        the newest gives an empty run.  ``None``: those frames are held, but
+        not in memory; the broker's store task then reads them with
+        ``read_later(Query(READ, seq, max_frames=..., max_bytes=...))`` and
+        delivers that run next.
         """
         ...
 
@@ -259,6 +266,11 @@ def answer(store: ChannelStore, query: Query) -> Run:
         return store.from_seq(int(query.value) + 1, query.max_frames)
     if kind == TIME:
         return store.time_range(query.value, query.duration, query.max_frames)
+    if kind == READ:
+        run = store.read(int(query.value), query.max_frames, query.max_bytes)
+        if run is None:
+            raise ValueError("a memory read cannot answer a read of frames not in memory")
+        return run
     raise ValueError(f"unknown query kind {kind!r}")
 
 

@@ -5,8 +5,10 @@ than memory (:class:`~turbine.hub.PendingFetch`), or a ``flush`` must wait
 for durable stores, the handler reserves the reply's place in the
 connection's :class:`~turbine.outbound.OutboundQueue` and hands the work to
 this task, which does it one job at a time, oldest first, and fills each
-place.  Replies therefore leave in the order the
-requests came, whichever of them needed the disk.
+place.  Replies therefore leave in the order the requests came, whichever of
+them needed the disk.  A subscriber's cursor whose next frames are not in
+memory is prefetched here too (:meth:`StoreReads.prefetch`), then delivered
+by the writer in cursor order.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ import trio
 from ._errors import RequestFailed
 from .groups import fetch_reply
 from .messages import Error, Frames, Message
-from .outbound import Slot
+from .outbound import Slot, Wake
+from .store import READ, Query
 
 if TYPE_CHECKING:
-    from .outbound import OutboundQueue, Wake
+    from .outbound import OutboundQueue
     from .protocol import Connection
+    from .router import Cursor
 
 log = logging.getLogger("turbine.server")
 
 #: Deferred jobs one connection may have waiting; beyond, its requests wait to be read.
 MAX_PENDING_READS = 64
 
-#: A deferred job: computes one reply and its payloads.
-Job = Callable[[], Awaitable[tuple[Message, list[Any]]]]
+#: A deferred job: computes one reply and its payloads, or None (nothing to send).
+Job = Callable[[], Awaitable[tuple[Message, list[Any]] | None]]
 
 
 class Replies(Protocol):
@@ -43,6 +47,8 @@ class Replies(Protocol):
     proto: Connection
 
     def apply(self, wake: Wake) -> None: ...
+
+    def frames_ready(self) -> None: ...
 
 
 class StoreReads:
@@ -55,7 +61,7 @@ class StoreReads:
     def __init__(self, conn: Replies) -> None:
         self._conn = conn
         self.nursery: trio.Nursery | None = None
-        self._jobs: collections.deque[tuple[Job, int | None, Slot]] = collections.deque()
+        self._jobs: collections.deque[tuple[Job, int | None, Slot | None]] = collections.deque()
         self._wakeup = trio.Event()
         self._room = trio.Event()
         self._running = False
@@ -66,7 +72,24 @@ class StoreReads:
         A job that raises :class:`RequestFailed` (or a bug) is answered with an
         error for ``msg_id``; the connection carries on.
         """
-        slot = self._conn.out.reserve()
+        self._start(job, msg_id, self._conn.out.reserve())
+
+    def prefetch(self, cursor: Cursor, max_frames: int, max_bytes: int) -> None:
+        """Read ``cursor``'s next frames from slower storage, then deliver them (never waits)."""
+        cursor.loading = True
+        query = Query(READ, cursor.next_seq, max_frames=max_frames, max_bytes=max_bytes)
+        store = cursor.channel.store
+
+        async def fetch() -> None:
+            # On an error the cursor stays "loading": its channel stalls for this
+            # subscriber (told why), rather than retrying in a loop.
+            cursor.prefetched = await store.read_later(query)
+            cursor.loading = False
+            self._conn.frames_ready()
+
+        self._start(fetch, None, None)
+
+    def _start(self, job: Job, msg_id: int | None, slot: Slot | None) -> None:
         self._jobs.append((job, msg_id, slot))
         if not self._running:
             assert self.nursery is not None, "the connection sets its nursery first"
@@ -88,14 +111,18 @@ class StoreReads:
                 buffers = await self._answer(job, msg_id)
                 self._jobs.popleft()
                 self._room.set()
-                conn.apply(conn.out.fill(slot, buffers))
+                if slot is not None:
+                    conn.apply(conn.out.fill(slot, buffers or []))
+                elif buffers:  # an error, said at once; no reader will write it
+                    wake = conn.out.reply(buffers)
+                    conn.apply(Wake.NOW if wake is Wake.SOON else wake)
             self._wakeup = trio.Event()
             await self._wakeup.wait()
 
-    async def _answer(self, job: Job, msg_id: int | None) -> list[Any]:
+    async def _answer(self, job: Job, msg_id: int | None) -> list[Any] | None:
         proto = self._conn.proto
         try:
-            msg, payloads = await job()
+            reply = await job()
         except RequestFailed as exc:
             return proto.send(Error(id=msg_id, code=exc.code, message=str(exc)))
         except Exception as exc:
@@ -103,6 +130,9 @@ class StoreReads:
             log.exception("internal error in a deferred request")
             message = f"internal broker error reading from a store: {exc!r}"
             return proto.send(Error(id=msg_id, code="internal", message=message))
+        if reply is None:
+            return None
+        msg, payloads = reply
         if type(msg) is Frames and msg.id is not None:  # a fetch reply, in parts if it is large
             parts = fetch_reply(msg.id, msg.groups, payloads)
             return [buf for part, data in parts for buf in proto.send(part, data)]
