@@ -134,12 +134,13 @@ async def test_endpoints_tap_set_rate_and_status(tmp_path: Path) -> None:
             proc = trio.Path(f"/proc/{programs['daq_t']['pid']}/cmdline")
             cmdline = (await proc.read_bytes()).split(b"\0")
             assert b"--settings-fd" in cmdline and not any(b"rate" in arg for arg in cmdline)
+            # Its metadata comes once all four of its endpoints exist ("running" is
+            # the process, not yet its command sink).
+            async with tb.subscribe("daq_t_data_source/metadata.txt", start="newest") as sub:
+                await sub.receive()
             daq_status = json.loads((await site.cli("cmd", "daq_t", "status")).stdout)
             assert daq_status["settings"]["channels"] == 2
             assert daq_status["settings"]["block_seconds"] == 0.1
-            # Its metadata comes once all four of its endpoints exist.
-            async with tb.subscribe("daq_t_data_source/metadata.txt", start="newest") as sub:
-                await sub.receive()
             ls = (await site.cli("ls")).stdout.decode()
             for component in ("mcp_t", "daq_t"):
                 for detail in ("data_source", "debug_log_source", "command_sink", "command_source"):
