@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turbine import RequestFailed, TurbineError
-from turbine._constants import CACHE_BYTES, CACHE_FRAMES, FRAME_OVERHEAD_BYTES, MAX_PATTERN_CHARS
+from turbine._constants import (
+    CACHE_BYTES,
+    CACHE_FRAMES,
+    FRAME_OVERHEAD_BYTES,
+    MAX_CHANNELS_PER_SOURCE,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_PATTERN_CHARS,
+)
 from turbine.groups import decode_groups
 from turbine.hub import Hub, guess_content_type
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
@@ -450,8 +458,42 @@ def test_listing_shows_the_newest_metadata(hub):
     put(hub, ALICE, f"{SRC}/metadata.txt", json.dumps({"v": 2}).encode())
     assert hub.list_sources()[0]["metadata"] == {"v": 2}
     assert seqs(hub, f"{SRC}/metadata.txt", oldest=10) == [1, 2]
-    put(hub, ALICE, f"{SRC}/metadata.txt", b"{not json")
-    assert hub.list_sources()[0]["metadata"] == {"error": "newest metadata frame is not valid JSON"}
+    with pytest.raises(RequestFailed, match="must be UTF-8 JSON") as refused:
+        put(hub, ALICE, f"{SRC}/metadata.txt", b"{not json")
+    assert refused.value.code == "metadata"
+    assert hub.list_sources()[0]["metadata"] == {"v": 2}
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "nest arrays and objects at most"),
+        (b"[" * 100_000 + b"]" * 100_000, "over the limit"),
+        (b"[" * (MAX_METADATA_DEPTH + 1) + b"]" * (MAX_METADATA_DEPTH + 1), "at most"),
+        (b'{"a":' * 600 + b"1" + b"}" * 600, "at most"),
+        (json.dumps({"k": "x" * MAX_METADATA_BYTES}).encode(), "over the limit"),
+    ],
+)
+def test_a_bad_metadata_frame_is_refused_and_listing_keeps_working(hub, frame, why):
+    hub.open_source(ALICE, SRC)
+    hub.open_source(BOB, OTHER)
+    put(hub, BOB, f"{OTHER}/metadata.txt", b'{"ok": 1}')
+    with pytest.raises(RequestFailed, match=why):
+        put(hub, ALICE, f"{SRC}/metadata.txt", b"{}", frame)  # the whole put is refused
+    assert seqs(hub, f"{SRC}/metadata.txt", oldest=10) == []
+    assert [s["metadata"] for s in hub.list_sources()] == [None, {"ok": 1}]
+    nested = b"[" * MAX_METADATA_DEPTH + b"]" * MAX_METADATA_DEPTH
+    put(hub, ALICE, f"{SRC}/metadata.txt", nested)  # as deep as allowed
+    assert hub.list_sources(SRC)[0]["metadata"] is not None
+
+
+def test_a_source_has_at_most_so_many_channels(hub):
+    hub.open_source(ALICE, SRC)
+    for i in range(MAX_CHANNELS_PER_SOURCE):
+        put(hub, ALICE, f"{SRC}/c{i}", b"1")
+    with pytest.raises(RequestFailed, match="the most a source may have") as refused:
+        put(hub, ALICE, f"{SRC}/one_more", b"1")
+    assert refused.value.code == "limits"
 
 
 def test_listing_by_pattern(hub):

@@ -41,6 +41,25 @@ FRAME_OVERHEAD_BYTES = 64
 
 #: Longest wildcard pattern (subscribe, fetch, list), in characters.
 MAX_PATTERN_CHARS = 1024
+#: Longest source or channel name, in characters.
+MAX_NAME_CHARS = 255
+#: Longest name a client gives itself in client_hello.  The broker's name for the
+#: connection adds "#N (HOST:PORT)": frames' writer fields stay within MAX_WRITER_CHARS.
+MAX_CLIENT_NAME_CHARS = 128
+MAX_WRITER_CHARS = MAX_CLIENT_NAME_CHARS + 64
+#: Longest content type (RFC 6838: 127 for the type, 127 for the subtype, and '/').
+MAX_CONTENT_TYPE_CHARS = 255
+#: Longest message type, error code or ``start`` word.
+MAX_TOKEN_CHARS = 64
+#: Longest ``software`` string of the broker's hello.
+MAX_SOFTWARE_CHARS = 255
+#: Longest error message (the broker cuts longer ones, marking the cut).
+MAX_ERROR_MESSAGE_CHARS = 4096
+#: Most channels one source may have (open_source's map and channels made by put).
+MAX_CHANNELS_PER_SOURCE = 1024
+#: Largest metadata frame (the metadata channel's JSON) and its deepest nesting.
+MAX_METADATA_BYTES = 64 * 2**10
+MAX_METADATA_DEPTH = 32
 
 #: Source types and details of the <type>_<name>_<detail> convention.
 SOURCE_TYPES = ("video", "thumbnail", "daq", "ntcp", "audio")

@@ -16,7 +16,10 @@ from typing import Any
 from ._constants import (
     DELIVERY_BATCH_BYTES,
     DELIVERY_BATCH_FRAMES,
+    MAX_CONTENT_TYPE_CHARS,
     MAX_HEADER_BYTES,
+    MAX_NAME_CHARS,
+    MAX_WRITER_CHARS,
     VECTORED_MIN_BYTES,
 )
 from ._errors import RemoteProtocolError
@@ -171,6 +174,15 @@ def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
         if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
             raise RemoteProtocolError(
                 "a frame group's source, channel, content type and writer must be strings"
+            )
+        if (
+            len(source) > MAX_NAME_CHARS
+            or len(channel) > MAX_NAME_CHARS
+            or len(ctype) > MAX_CONTENT_TYPE_CHARS
+            or len(writer) > MAX_WRITER_CHARS
+        ):
+            raise RemoteProtocolError(
+                "a frame group's source, channel, content type or writer is over its length limit"
             )
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise RemoteProtocolError(

@@ -18,8 +18,11 @@ from ._constants import (
     CACHE_FRAMES,
     FETCH_MAX_FRAMES,
     FRAME_OVERHEAD_BYTES,
+    MAX_CHANNELS_PER_SOURCE,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
     METADATA_CHANNEL,
     SOURCE_TYPES,
 )
@@ -61,6 +64,47 @@ def _json_int(text: str) -> int | float:
     """JSON integers beyond 64 bits become floats: msgpack cannot carry them."""
     value = int(text)
     return value if -(2**63) <= value < 2**64 else float(value)
+
+
+def parse_metadata(raw: Any) -> Any:
+    """Decode one metadata frame: JSON of at most MAX_METADATA_BYTES, nested at
+    most MAX_METADATA_DEPTH deep (deeper would break list replies for everyone).
+
+    Raises:
+        ValueError: it is too large, not JSON, or nested too deeply (the message says which).
+    """
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"a metadata frame of {len(raw)} bytes is over the limit of {MAX_METADATA_BYTES}"
+        )
+    try:
+        value = json.loads(bytes(raw), parse_int=_json_int)
+    except RecursionError:
+        value = _TOO_DEEP
+    except ValueError as exc:
+        raise ValueError(f"a metadata frame must be UTF-8 JSON: {exc}") from None
+    if value is _TOO_DEEP or _depth(value) > MAX_METADATA_DEPTH:
+        raise ValueError(
+            f"a metadata frame may nest arrays and objects at most {MAX_METADATA_DEPTH} deep"
+        )
+    return value
+
+
+_TOO_DEEP = object()
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_METADATA_DEPTH:  # no need to look deeper than the limit
+                stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 class Channel:
@@ -117,6 +161,7 @@ class Source:
         self.offline_since: float | None = None
         self.bytes = 0
         self.arrival = 0  # numbers frames across channels, to evict the oldest first
+        self._metadata: tuple[Any, Any] | None = None  # (newest metadata frame, decoded)
 
     @property
     def online(self) -> bool:
@@ -149,14 +194,17 @@ class Source:
         self.bytes -= evict_to_fit(stores, self.bytes, self.cache_bytes)
 
     def metadata(self) -> Any:
+        """The newest metadata frame, decoded (checked when it was put, so this cannot fail)."""
         ch = self.channels.get(METADATA_CHANNEL)
         raw = ch.store.newest if ch else None
         if raw is None:
             return None
-        try:
-            return json.loads(bytes(raw), parse_int=_json_int)
-        except ValueError:
-            return {"error": "newest metadata frame is not valid JSON"}
+        if self._metadata is None or self._metadata[0] is not raw:
+            try:
+                self._metadata = raw, parse_metadata(raw)
+            except ValueError as exc:  # a store written before the check existed
+                self._metadata = raw, {"error": f"newest metadata frame: {exc}"}
+        return self._metadata[1]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -335,6 +383,12 @@ class Hub:
         ch = src.channels.get(name)
         if ch is None:
             check_channel_name(name)
+            if len(src.channels) >= MAX_CHANNELS_PER_SOURCE:
+                raise RequestFailed(
+                    f"source {src.name!r} has {len(src.channels)} channels, the most a source "
+                    f"may have; channel {name!r} was not created",
+                    "limits",
+                )
             path = f"{src.name}/{name}"
             spec = ChannelSpec(src.name, name, src.cache_frames, self._next_seq.pop(path, 1))
             ch = Channel(src, name, content_type or guess_content_type(name), self.store(spec))
@@ -390,6 +444,12 @@ class Hub:
             )
         if not ts:
             return ()
+        if channel == METADATA_CHANNEL:
+            try:
+                for frame in data:
+                    parse_metadata(frame)
+            except ValueError as exc:
+                raise RequestFailed(str(exc), "metadata") from None
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]

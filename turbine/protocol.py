@@ -26,8 +26,16 @@ from typing import Any, NoReturn
 import msgpack
 
 from ._constants import (
+    MAX_CHANNELS_PER_SOURCE,
+    MAX_CLIENT_NAME_CHARS,
+    MAX_CONTENT_TYPE_CHARS,
+    MAX_ERROR_MESSAGE_CHARS,
     MAX_HEADER_BYTES,
+    MAX_NAME_CHARS,
+    MAX_PATTERN_CHARS,
     MAX_PAYLOAD_BYTES,
+    MAX_SOFTWARE_CHARS,
+    MAX_TOKEN_CHARS,
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
     SUPPORTED_VERSIONS,
@@ -59,11 +67,38 @@ NEED_DATA: Any = _NeedData()
 # RemoteProtocolError; one of ours is a LocalProtocolError.
 
 
+#: The longest each string field may be, in characters (docs/protocol.rst, "Limits").
+#: Every str field of every message has one; a longer string breaks the protocol.
+STRING_LIMITS: dict[str, int] = {
+    "software": MAX_SOFTWARE_CHARS,
+    "name": MAX_CLIENT_NAME_CHARS,
+    "source": MAX_NAME_CHARS,
+    "channel": MAX_NAME_CHARS,
+    "content_type": MAX_CONTENT_TYPE_CHARS,
+    "pattern": MAX_PATTERN_CHARS,
+    "start": MAX_TOKEN_CHARS,
+    "code": MAX_TOKEN_CHARS,
+    "message": MAX_ERROR_MESSAGE_CHARS,
+}
+assert {
+    name
+    for spec in SPECS.values()
+    for name, types in (*spec.required.items(), *spec.optional.items())
+    if types is str or (isinstance(types, tuple) and str in types)
+} <= set(STRING_LIMITS), "every str field has a length limit"
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to about ``limit`` characters: for echoing a peer's value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> Spec:
     """Check a message's header fields against its class; return its spec (for building it)."""
     spec = SPECS.get(kind)
     if spec is None:
-        raise error(f"unknown message type {kind!r}; known types: {', '.join(sorted(SPECS))}")
+        raise error(f"unknown message type {short(kind)}; known types: {', '.join(sorted(SPECS))}")
     if spec.sender != sender.value:
         raise error(f"a {sender.value} may not send {kind!r} messages")
     for name, types in spec.required.items():
@@ -80,7 +115,32 @@ def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exceptio
         for name in fields.keys() - spec.names:
             if _holds_timestamp(fields[name]):
                 raise error(f"{kind!r} field {name!r} holds a msgpack extension type")
+    for name, limit in STRING_LIMITS.items():
+        value = fields.get(name)
+        if type(value) is str and len(value) > limit:
+            raise error(
+                f"{kind!r} field {name!r} has {len(value)} characters; the limit is {limit}"
+            )
+    channels = fields.get("channels")
+    if kind == "open_source" and isinstance(channels, dict):
+        _check_channels(channels, error)
     return spec
+
+
+def _check_channels(channels: dict[Any, Any], error: type[Exception]) -> None:
+    """``open_source``'s channel map: names to content types, within the limits."""
+    if len(channels) > MAX_CHANNELS_PER_SOURCE:
+        raise error(
+            f"'open_source' lists {len(channels)} channels; the limit is {MAX_CHANNELS_PER_SOURCE}"
+        )
+    for name, ctype in channels.items():  # entries of other types are the broker's to refuse
+        if (isinstance(name, str) and len(name) > MAX_NAME_CHARS) or (
+            isinstance(ctype, str) and len(ctype) > MAX_CONTENT_TYPE_CHARS
+        ):
+            raise error(
+                f"'open_source' channel {short(name)} or its content type is too long "
+                f"(limits: {MAX_NAME_CHARS} and {MAX_CONTENT_TYPE_CHARS} characters)"
+            )
 
 
 def _holds_timestamp(value: Any) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import messages as m
+from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
 from .groups import fetch_reply, split_payload
 from .hub import Hub, PendingFetch
@@ -48,7 +49,10 @@ class Requests:
         self.queue(m.Ok(id=msg.id, result=result))
 
     def error(self, msg_id: int | None, exc: Exception, code: str = "error") -> None:
-        self.queue(m.Error(id=msg_id, code=getattr(exc, "code", code), message=str(exc)))
+        message = str(exc)
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[: MAX_ERROR_MESSAGE_CHARS - 20] + " ... (message cut)"
+        self.queue(m.Error(id=msg_id, code=getattr(exc, "code", code), message=message))
 
     def wake_soon(self) -> None:
         raise NotImplementedError

@@ -1,0 +1,112 @@
+"""Every limit of the protocol, as a client over loopback meets it: one message
+must never stall, bloat or break the broker for everyone."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from test_broker import RawClient, put_all, raw_message
+
+from turbine import RequestFailed, open_client
+from turbine._constants import (
+    MAX_CLIENT_NAME_CHARS,
+    MAX_CONTENT_TYPE_CHARS,
+    MAX_METADATA_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_PATTERN_CHARS,
+    PROTOCOL_VERSION,
+)
+
+SRC = "daq_rig_data_source"
+BAD = "daq_x_data_source"
+
+HELLO = {"type": "client_hello", "protocol": PROTOCOL_VERSION}
+
+TOO_LONG = {
+    "client name": (
+        raw_message({**HELLO, "name": "n" * (4 * 2**20 - 100)}),  # the header fits its limit
+        f"'client_hello' field 'name' has 4194204 characters; the limit is {MAX_CLIENT_NAME_CHARS}",
+    ),
+    "source name": (
+        raw_message({"type": "open_source", "id": 1, "source": "s" * (MAX_NAME_CHARS + 1)}),
+        f"'source' has {MAX_NAME_CHARS + 1} characters; the limit is {MAX_NAME_CHARS}",
+    ),
+    "channel name": (
+        raw_message({"type": "put", "source": SRC, "channel": "c" * 10_000, "ts": [], "sizes": []}),
+        f"'channel' has 10000 characters; the limit is {MAX_NAME_CHARS}",
+    ),
+    "content type": (
+        raw_message(
+            {
+                "type": "put",
+                "source": SRC,
+                "channel": "x",
+                "ts": [],
+                "sizes": [],
+                "content_type": "t" * (MAX_CONTENT_TYPE_CHARS + 1),
+            }
+        ),
+        f"'content_type' has {MAX_CONTENT_TYPE_CHARS + 1} characters",
+    ),
+    "channel map": (
+        raw_message({"type": "open_source", "id": 1, "source": BAD, "channels": {"x": "t" * 300}}),
+        "or its content type is too long",
+    ),
+    "pattern": (
+        raw_message({"type": "list", "id": 1, "pattern": "*" * 3 * 2**20}),
+        f"'pattern' has {3 * 2**20} characters; the limit is {MAX_PATTERN_CHARS}",
+    ),
+    "start": (
+        raw_message({"type": "subscribe", "id": 1, "sub": 1, "pattern": "*", "start": "x" * 999}),
+        "'start' has 999 characters",
+    ),
+    "message type": (raw_message({"type": "t" * 2**20}), "(1048578 characters); known types"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOO_LONG))
+async def test_every_string_has_a_length_limit_checked_on_arrival(broker, case):
+    data, complaint = TOO_LONG[case]
+    with trio.fail_after(10):
+        async with open_client(broker, name="good") as good:
+            src = await good.open_source(SRC)
+            async with good.subscribe(f"{SRC}/x") as sub:
+                bad = await RawClient.connect(broker, hello=case != "client name", name="bad")
+                async with bad:
+                    await bad.send_raw(data)
+                    (error,) = await bad.until_closed()
+                assert error["code"] == "protocol"
+                assert complaint in error["message"]
+                assert len(error["message"]) < 500  # the long value is not echoed back
+                await put_all(src, "x", [b"still here"])
+                assert (await sub.receive()).data == b"still here"
+            status = await good.status()
+    assert max(len(c["name"]) for c in status["clients"]) < 200
+    assert all(len(c["client"]) < 200 for c in status["closed"])
+
+
+async def test_a_client_name_at_the_limit_is_what_frames_carry(broker):
+    name = "n" * MAX_CLIENT_NAME_CHARS
+    with trio.fail_after(5):
+        async with open_client(broker, name=name) as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [b"1"])
+            (frame,) = await tb.fetch(f"{SRC}/x", newest=1)
+    assert frame.writer.startswith(name + "#")
+
+
+async def test_one_deep_metadata_frame_breaks_no_listing(broker):
+    with trio.fail_after(10):
+        async with open_client(broker, name="good") as good, open_client(broker, name="bad") as b:
+            await good.open_source(SRC)
+            src = await b.open_source(BAD)
+            await src.put("metadata.txt", b"[" * 100_000 + b"]" * 100_000)
+            await src.put("metadata.txt", b"[" * 1000 + b"]" * 1000)
+            with pytest.raises(RequestFailed, match="metadata frame") as refused:
+                await src.flush()
+            assert refused.value.code == "metadata"
+            deep = b"[" * MAX_METADATA_DEPTH + b"]" * MAX_METADATA_DEPTH
+            await put_all(src, "metadata.txt", [deep])
+            await src.close()
+            names = [s.name for s in await good.list_sources()]  # RecursionError for all, before
+    assert names == [SRC, BAD]
