@@ -233,24 +233,36 @@ def decode_body(body: Any) -> Record:
     raise FormatError(f"unknown record kind {kind}")
 
 
-def frames_prefix_len() -> int:
-    """Bytes of a frames body before its timestamp column."""
-    return _FRAMES.size
+@attrs.frozen
+class FramesSummary:
+    channel: int
+    first_seq: int
+    count: int
+    first_time: float
+    last_time: float
 
 
-def peek_kind(body_start: bytes) -> tuple[int, int, int, int]:
-    """``(kind, channel, first seq, count)`` from the first 24 bytes of a body (no payloads)."""
-    kind = body_start[0]
-    if kind == FRAMES:
-        _, ch, first, n, _w = _FRAMES.unpack_from(body_start)
-        return kind, ch, first, n
-    if kind == HOLE:
-        _, ch, first, count = _HOLE.unpack_from(body_start)
-        return kind, ch, first, count
-    if kind == CHANNEL:
-        _, ch, next_seq, _n, _c = _CHANNEL.unpack_from(body_start)
-        return kind, ch, next_seq, 0
-    return kind, 0, 0, 0
+def summarize_body(body: Any) -> FramesSummary | ChannelRecord | HoleRecord | SourceRecord:
+    """Like :func:`decode_body`, but a frames record is summarized without slicing payloads.
+
+    Raises:
+        FormatError: the body is not a record this version knows.
+    """
+    mv = memoryview(body)
+    if not len(mv) or mv[0] != FRAMES:
+        rec = decode_body(mv)
+        assert not isinstance(rec, FramesRecord)
+        return rec
+    try:
+        _, ch, first, n, wlen = _FRAMES.unpack_from(mv)
+        at = _FRAMES.size
+        ts = _column("d", mv[at : at + 8 * n])
+        sizes = _column("I", mv[at + 8 * n : at + 12 * n])
+    except (struct.error, ValueError) as exc:
+        raise FormatError(f"bad frames record: {exc}") from None
+    if not n or len(ts) != n or at + 12 * n + wlen + sum(sizes) != len(mv):
+        raise FormatError("frames record length does not match its sizes")
+    return FramesSummary(ch, first, n, ts[0], ts[-1])
 
 
 # --- index files

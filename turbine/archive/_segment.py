@@ -1,0 +1,428 @@
+"""One segment file of a source's log, and its index: blocking file I/O, no trio.
+
+Everything here runs in a worker thread (or in tests, directly).  A segment
+is appended to until it is sealed; sealing writes its index file, so that
+recovery reads the index and never the segment's payloads.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+
+from . import _format as fmt
+
+#: Bytes read at a time when a segment is scanned (records longer are read whole).
+SCAN_CHUNK = 8 * 2**20
+
+
+def segment_name(number: int) -> str:
+    return f"{number:016d}.seg"
+
+
+def index_name(number: int) -> str:
+    return f"{number:016d}.idx"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class Damage:
+    """Bytes of a segment that failed their checksum (or were missing), for status and gaps."""
+
+    segment: int
+    offset: int
+    length: int
+    reason: str
+
+
+@attrs.define
+class Scan:
+    """What a scan of a segment found, in file order."""
+
+    entries: list[fmt.Entry] = attrs.Factory(list)
+    channels: dict[int, fmt.ChannelRecord] = attrs.Factory(dict)
+    settings: dict[str, Any] | None = None
+    end: int = fmt.SEGMENT_HEADER.size  # offset after the last good record
+    damage: list[Damage] = attrs.Factory(list)
+    torn: int = 0  # bytes after the last good record that hold no good record
+
+
+def _read_exact(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _records(fd: int, start: int, size: int) -> Iterator[tuple[int, int, memoryview | None]]:
+    """``(offset, body length, body or None if damaged)`` for each record from ``start``.
+
+    A record that fails its checksum yields ``None``; the scan then looks for
+    the next record header whose own and body checksums hold.  The bytes from
+    the last good record to the end that hold none end the iteration.
+    """
+    buf = b""
+    base = start  # file offset of buf[0]
+    at = start
+    while at + fmt.RECORD_HEADER.size <= size:
+        if at + fmt.RECORD_HEADER.size > base + len(buf):
+            base, buf = at, _read_exact(fd, min(SCAN_CHUNK, size - at), at)
+        head = fmt.parse_record_header(buf, at - base)
+        body = None
+        length = 0
+        if head is not None:
+            length, check = head
+            end = at + fmt.RECORD_HEADER.size + length
+            if end <= size:
+                if end > base + len(buf):
+                    if length >= SCAN_CHUNK:
+                        body = memoryview(_read_exact(fd, length, at + fmt.RECORD_HEADER.size))
+                    else:
+                        base, buf = (
+                            at,
+                            _read_exact(fd, min(max(SCAN_CHUNK, end - at), size - at), at),
+                        )
+                if body is None:
+                    lo = at - base + fmt.RECORD_HEADER.size
+                    body = memoryview(buf)[lo : lo + length]
+                if len(body) != length or fmt.crc(body) != check:
+                    body = None
+        if body is not None:
+            yield at, length, body
+            at += fmt.RECORD_HEADER.size + length
+            continue
+        found = _resync(fd, at + 1, size)
+        if found is None:
+            return
+        yield at, found - at - fmt.RECORD_HEADER.size, None
+        at = found
+        buf, base = b"", at
+
+
+def _resync(fd: int, start: int, size: int) -> int | None:
+    """Offset of the next intact record at or after ``start``, or ``None``."""
+    at = start
+    while at < size:
+        chunk = _read_exact(fd, min(SCAN_CHUNK + fmt.RECORD_HEADER.size, size - at), at)
+        i = chunk.find(fmt.RECORD_MAGIC)
+        while i >= 0:
+            head = fmt.parse_record_header(chunk, i)
+            if head is not None:
+                length, check = head
+                body_at = at + i + fmt.RECORD_HEADER.size
+                if body_at + length <= size:
+                    body = _read_exact(fd, length, body_at)
+                    if fmt.crc(body) == check:
+                        return at + i
+            i = chunk.find(fmt.RECORD_MAGIC, i + 1)
+        at += SCAN_CHUNK
+    return None
+
+
+def scan(fd: int, number: int, size: int) -> Scan:
+    """Read every record of a segment, verifying checksums; note damage and a torn tail."""
+    out = Scan()
+    for offset, length, body in _records(fd, fmt.SEGMENT_HEADER.size, size):
+        if body is None:
+            out.damage.append(Damage(number, offset, length + fmt.RECORD_HEADER.size, "checksum"))
+            continue
+        try:
+            rec = fmt.summarize_body(body)
+        except fmt.FormatError as exc:
+            out.damage.append(Damage(number, offset, length + fmt.RECORD_HEADER.size, str(exc)))
+            continue
+        out.end = offset + fmt.RECORD_HEADER.size + length
+        if isinstance(rec, fmt.FramesSummary):
+            out.entries.append(
+                fmt.Entry(
+                    offset,
+                    length,
+                    fmt.FRAMES,
+                    rec.channel,
+                    rec.count,
+                    rec.first_seq,
+                    rec.first_time,
+                    rec.last_time,
+                )
+            )
+        elif isinstance(rec, fmt.HoleRecord):
+            out.entries.append(
+                fmt.Entry(offset, length, fmt.HOLE, rec.channel, rec.count, rec.first_seq, 0.0, 0.0)
+            )
+        elif isinstance(rec, fmt.ChannelRecord):
+            out.channels[rec.channel] = rec
+        else:
+            out.settings = rec.settings
+    out.torn = size - out.end
+    if out.damage and out.damage[-1].offset >= out.end:
+        out.damage.pop()  # damage after the last good record is the torn tail itself
+    return out
+
+
+def spans_of(entries: list[fmt.Entry]) -> dict[int, fmt.ChannelSpan]:
+    spans: dict[int, fmt.ChannelSpan] = {}
+    for e in entries:
+        _extend_span(spans, e)
+    return spans
+
+
+class Segment:
+    """One segment file: the open one is appended to; sealed ones have an index file.
+
+    ``bytes`` counts the file's bytes (what retention limits); ``spans`` say
+    what it holds of each channel, ``entries`` (loaded lazily once sealed)
+    where each record lies.
+    """
+
+    def __init__(self, directory: str, number: int, fd: int, size: int) -> None:
+        self.directory = directory
+        self.number = number
+        self.fd = fd
+        self.size = size
+        self.sealed = False
+        self.spans: dict[int, fmt.ChannelSpan] = {}
+        self._entries: list[fmt.Entry] | None = []
+        self._by_channel: dict[int, list[fmt.Entry]] = {}
+        self._index_at = 0
+        self._index_count = 0
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, segment_name(self.number))
+
+    @property
+    def index_path(self) -> str:
+        return os.path.join(self.directory, index_name(self.number))
+
+    @property
+    def last_time(self) -> float:
+        return max((s.last_time for s in self.spans.values() if s.frames), default=float("-inf"))
+
+    @classmethod
+    def create(
+        cls,
+        directory: str,
+        number: int,
+        created: float,
+        first: list[tuple[list[Any], fmt.Entry | None]],
+    ) -> Segment:
+        """Create a segment file starting with the records ``first`` (the source's
+        settings and channel table), synced with its directory entry.
+
+        Raises:
+            OSError: the file could not be created or written (nothing is left behind).
+        """
+        path = os.path.join(directory, segment_name(number))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        seg = cls(directory, number, fd, 0)
+        try:
+            _pwritev_all(fd, [fmt.encode_segment_header(number, created)], 0)
+            seg.size = fmt.SEGMENT_HEADER.size
+            seg.append(first)
+            os.fdatasync(fd)
+            fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return seg
+
+    # --- writing
+
+    def append(self, records: list[tuple[list[Any], fmt.Entry | None]]) -> None:
+        """Write records at the end; each comes with its index entry (offset filled in here).
+
+        A failed write (disk full, I/O error) leaves the segment as it was:
+        any partial bytes are cut off again before the error propagates.
+
+        Raises:
+            OSError: the write failed.
+        """
+        bufs: list[Any] = []
+        at = self.size
+        placed: list[fmt.Entry] = []
+        for buffers, entry in records:
+            length = sum(map(len, buffers))
+            if entry is not None:
+                placed.append(
+                    attrs.evolve(entry, offset=at, body_len=length - fmt.RECORD_HEADER.size)
+                )
+            bufs += buffers
+            at += length
+        try:
+            _pwritev_all(self.fd, bufs, self.size)
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass  # the next append writes over them; recovery drops them as a torn tail
+            raise
+        self.size = at
+        assert self._entries is not None, "sealed segments are not appended to"
+        for e in placed:
+            self._entries.append(e)
+            self._by_channel.setdefault(e.channel, []).append(e)
+            _extend_span(self.spans, e)
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def seal(self) -> None:
+        """Sync, write the index file (synced, then renamed into place); no more appends."""
+        os.fdatasync(self.fd)
+        entries = self.entries()
+        data = fmt.encode_index(self.number, self.size, list(self.spans.values()), entries)
+        tmp = self.index_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.index_path)
+        fsync_dir(self.directory)
+        self.sealed = True
+
+    def load(self, entries: list[fmt.Entry]) -> None:
+        """Take the entries a scan found (an unsealed segment, or one whose index is lost)."""
+        self._entries = entries
+        self._by_channel = {}
+        for e in entries:
+            self._by_channel.setdefault(e.channel, []).append(e)
+        self.spans = spans_of(entries)
+
+    # --- reading
+
+    def entries(self, channel: int | None = None) -> list[fmt.Entry]:
+        """Index entries (of one channel), in file order; read from the index file once."""
+        if self._entries is None:
+            with open(self.index_path, "rb") as f:
+                f.seek(self._index_at)
+                raw = f.read()
+            self._entries = fmt.decode_index_entries(raw, self._index_count)
+            for e in self._entries:
+                self._by_channel.setdefault(e.channel, []).append(e)
+        if channel is None:
+            return self._entries
+        return self._by_channel.get(channel, [])
+
+    def entry_at_seq(self, channel: int, seq: int) -> int:
+        """Position in ``entries(channel)`` of the first entry ending after ``seq``."""
+        return bisect.bisect_left(self.entries(channel), seq, key=lambda e: e.end_seq - 1)
+
+    def entry_at_time(self, channel: int, t: float) -> int:
+        """Position of the first frames entry whose newest frame is at or after ``t``."""
+        es = self.entries(channel)
+        return bisect.bisect_left(
+            es, t, key=lambda e: e.last_time if e.kind == fmt.FRAMES else float("-inf")
+        )
+
+    def read_record(self, entry: fmt.Entry) -> fmt.Record | None:
+        """The record ``entry`` points at, or ``None`` if its bytes fail their checksums."""
+        length = fmt.RECORD_HEADER.size + entry.body_len
+        try:
+            raw = _read_exact(self.fd, length, entry.offset)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            return None
+        head = fmt.parse_record_header(raw)
+        if head is None or len(raw) != length or head[0] != entry.body_len:
+            return None
+        body = memoryview(raw)[fmt.RECORD_HEADER.size :]
+        if fmt.crc(body) != head[1]:
+            return None
+        try:
+            return fmt.decode_body(body)
+        except fmt.FormatError:
+            return None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def remove(self) -> None:
+        self.close()
+        for p in (self.path, self.index_path):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    @classmethod
+    def open_sealed(cls, directory: str, number: int) -> tuple[Segment, Scan | None]:
+        """Open a sealed segment from its index (no payload read).
+
+        Without a readable index, the segment is scanned, and the index written
+        anew; the scan (with any damage it found) is returned then.
+        """
+        path = os.path.join(directory, segment_name(number))
+        fd = os.open(path, os.O_RDWR)
+        size = os.fstat(fd).st_size
+        seg = cls(directory, number, fd, size)
+        try:
+            with open(seg.index_path, "rb") as f:
+                head = f.read(fmt.INDEX_HEADER.size)
+                n_ch = int.from_bytes(head[28:32], "little") if len(head) >= 32 else 0
+                head += f.read(n_ch * fmt.INDEX_CHANNEL.size + 4)
+            got_number, covered, spans, count, at = fmt.decode_index_head(head)
+            if got_number != number:
+                raise fmt.FormatError("index names another segment")
+        except (OSError, fmt.FormatError):
+            found = scan(fd, number, size)
+            seg.load(found.entries)
+            seg.size = found.end
+            seg.seal()
+            return seg, found
+        seg.spans = {s.channel: s for s in spans}
+        seg._entries = None
+        seg._index_at, seg._index_count = at, count
+        seg.size = covered
+        seg.sealed = True
+        return seg, None
+
+
+def _extend_span(spans: dict[int, fmt.ChannelSpan], e: fmt.Entry) -> None:
+    s = spans.get(e.channel)
+    if s is None:
+        s = spans[e.channel] = fmt.ChannelSpan(e.channel, e.first_seq, e.end_seq)
+    s.end_seq = max(s.end_seq, e.end_seq)
+    s.first_seq = min(s.first_seq, e.first_seq)
+    if e.kind == fmt.FRAMES:
+        s.frames += e.count
+        s.bytes += e.body_len
+        s.first_time = min(s.first_time, e.first_time)
+        s.last_time = max(s.last_time, e.last_time)
+
+
+def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> None:
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i : i + 512], offset)
+        if n == 0:
+            raise OSError(errno.ENOSPC, "no progress writing the archive")
+        offset += n
+        while n:
+            if n >= len(views[i]):
+                n -= len(views[i])
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
