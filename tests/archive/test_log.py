@@ -15,13 +15,21 @@ MiB = 2**20
 def frames(runs) -> list[tuple[int, float, bytes]]:
     out = []
     for r in runs:
-        out += [(r.first_seq + i, t, bytes(d)) for i, (t, d) in enumerate(zip(r.ts, r.data, strict=True))]
+        out += [
+            (r.first_seq + i, t, bytes(d))
+            for i, (t, d) in enumerate(zip(r.ts, r.data, strict=True))
+        ]
     return out
 
 
-def put(log: SourceLog, channel: str, first: int, n: int, size: int = 8, t0: float = 0.0, writer="w"):
+def put(
+    log: SourceLog, channel: str, first: int, n: int, size: int = 8, t0: float = 0.0, writer="w"
+):
     data = [(b"%08d" % (first + i)) * (size // 8) for i in range(n)]
-    log.write([Put(channel, first, [t0 + i for i in range(n)], [len(d) for d in data], data, writer)], now=0)
+    log.write(
+        [Put(channel, first, [t0 + i for i in range(n)], [len(d) for d in data], data, writer)],
+        now=0,
+    )
 
 
 def payload(seq: int, size: int = 8) -> bytes:
@@ -30,7 +38,9 @@ def payload(seq: int, size: int = 8) -> bytes:
 
 @pytest.fixture
 def log(tmp_path) -> SourceLog:
-    log = SourceLog.create(str(tmp_path / "src"), {"archive_bytes": 8 * MiB, "shared": False}, now=0)
+    log = SourceLog.create(
+        str(tmp_path / "src"), {"archive_bytes": 8 * MiB, "shared": False}, now=0
+    )
     log.write([Declare("x.bin", "application/octet-stream", 1)], now=0)
     yield log
     log.close()
@@ -42,7 +52,13 @@ def reopen(log: SourceLog) -> SourceLog:
 
 
 def test_frames_settings_and_channels_come_back_after_reopening(log):
-    log.write([Declare("metadata.txt", "application/json", 1), Settings({"archive_bytes": 8 * MiB, "shared": True})], now=0)
+    log.write(
+        [
+            Declare("metadata.txt", "application/json", 1),
+            Settings({"archive_bytes": 8 * MiB, "shared": True}),
+        ],
+        now=0,
+    )
     put(log, "x.bin", 1, 5)
     log.write([Put("metadata.txt", 1, [1.0], [2], [b"{}"], "w")], now=0)
     log.sync()
@@ -112,7 +128,11 @@ def test_a_time_range_read_seeks_through_the_index(log):
     assert got[0][0] == 101 and got[0][2] == payload(101, 8192)
     assert frames(log.time_range("x.bin", 5000.0, 6000.0, 10)) == []
     log = reopen(log)  # sealed segments answer from their index files
-    assert [s for s, _, _ in frames(log.time_range("x.bin", 1900.0, 1905.0, 3))] == [1901, 1902, 1903]
+    assert [s for s, _, _ in frames(log.time_range("x.bin", 1900.0, 1905.0, 3))] == [
+        1901,
+        1902,
+        1903,
+    ]
     log.close()
 
 

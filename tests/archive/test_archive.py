@@ -1,0 +1,161 @@
+"""The archive of a data directory under trio: group commit, flush, sync policies, lock, disk full."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+import trio
+
+from turbine.archive import (
+    ArchiveConfig,
+    ArchiveError,
+    ArchiveLocked,
+    Declare,
+    Put,
+    Settings,
+    SyncPolicy,
+    open_archive,
+)
+
+SRC = "daq_rig_data_source"
+
+
+def put(first: int, n: int, size: int = 100) -> Put:
+    data = [bytes([i % 251]) * size for i in range(first, first + n)]
+    return Put("x", first, [float(i) for i in range(first, first + n)], [size] * n, data, "me")
+
+
+def seqs(runs) -> list[int]:
+    return [r.first_seq + i for r in runs for i in range(len(r.ts))]
+
+
+async def test_flushed_frames_are_on_disk_after_reopening(tmp_path):
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            archive.create_source(SRC, {"archive_bytes": 2**24})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            for i in range(100):
+                archive.append(SRC, put(1 + 10 * i, 10))
+            await archive.flush()
+            assert archive.commits <= 3  # one sync covered many puts
+            assert seqs(await archive.read(SRC, "x", 995, 100)) == list(range(995, 1001))
+        async with open_archive(tmp_path) as archive:
+            log = archive.logs[SRC]
+            assert (
+                log.channels["x"].next_seq == 1001
+                and log.channels["x"].content_type == "text/plain"
+            )
+            runs = await archive.read(SRC, "x", 1, 2000)
+            assert seqs(runs) == list(range(1, 1001))
+            assert bytes(runs[0].data[250]) == bytes([251 % 251]) * 100
+            got = await archive.time_range(SRC, "x", 500.0, 510.0, 100)
+            assert seqs(got) == list(range(500, 510))
+
+
+async def test_a_second_holder_of_the_data_dir_is_refused_and_named(tmp_path):
+    with trio.fail_after(10):
+        async with open_archive(tmp_path):
+            with pytest.raises(ArchiveLocked) as info:
+                async with open_archive(tmp_path):
+                    pass  # pragma: no cover
+            message = str(info.value)
+            assert f"process {os.getpid()} on {socket.gethostname()}" in message
+            assert "another --data-dir" in message
+        async with open_archive(tmp_path):  # released on exit
+            pass
+
+
+async def test_interval_policy_acknowledges_writes_and_syncs_later(tmp_path, mock_clock):
+    config = ArchiveConfig(sync=SyncPolicy.INTERVAL, sync_interval=5.0)
+    with trio.fail_after(60):
+        async with open_archive(tmp_path, config, clock=trio.current_time) as archive:
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 3))
+            await archive.flush()
+            assert archive.statistics()["last_sync"] is None
+            assert seqs(await archive.read(SRC, "x", 1, 10)) == [1, 2, 3]  # written to the OS
+            mock_clock.jump(6)
+            while archive.statistics()["last_sync"] is None:
+                await archive.changed()
+
+
+def test_a_bad_policy_is_refused():
+    with pytest.raises(ValueError, match="'sometimes' is not a valid SyncPolicy"):
+        ArchiveConfig(sync="sometimes")
+
+
+async def test_settings_and_deletion(tmp_path):
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            archive.create_source(SRC, {"shared": False})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 50, size=1000))
+            archive.append(SRC, Settings({"shared": True, "archive_bytes": 2**30}))
+            await archive.flush()
+            assert archive.logs[SRC].settings["shared"] is True
+        async with open_archive(tmp_path) as archive:
+            assert archive.logs[SRC].settings == {"shared": True, "archive_bytes": 2**30}
+            freed = await archive.delete(SRC)
+            assert freed > 50_000 and SRC not in archive
+        async with open_archive(tmp_path) as archive:
+            assert archive.logs == {}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root only; skipped where mounting is not permitted)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mount is not permitted here: {done.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path) -> None:
+    """Take what is left of the disk."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+
+async def test_disk_full_refuses_then_resumes_when_space_returns(small_disk):
+    filler = small_disk / "filler"
+    with trio.fail_after(120):
+        async with open_archive(small_disk / "data", clock=trio.current_time) as archive:
+            archive.create_source(SRC, {"archive_bytes": 2**30})
+            archive.append(SRC, Declare("x", "application/octet-stream", 1))
+            archive.append(SRC, put(1, 10, size=10_000))
+            await archive.flush()
+            fill(filler)
+            archive.append(SRC, put(11, 40, size=10_000))
+            with pytest.raises(ArchiveError, match="the disk is full"):
+                await archive.flush()
+            with pytest.raises(ArchiveError, match="puts are refused"):
+                archive.check_writable(SRC)
+            assert seqs(await archive.read(SRC, "x", 1, 100)) == list(range(1, 11))  # reads go on
+            os.unlink(filler)
+            await archive.flush()  # tries again at once: what waited is written
+            archive.check_writable(SRC)
+        async with open_archive(small_disk / "data") as archive:
+            runs = await archive.read(SRC, "x", 1, 100)
+            assert seqs(runs) == list(range(1, 51))  # every frame, once
+            assert all(
+                bytes(d) == bytes([s % 251]) * 10_000
+                for s, d in zip(seqs(runs), runs[0].data, strict=True)
+            )
