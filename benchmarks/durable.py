@@ -22,6 +22,12 @@ counts once the sync covering it has returned: these are acknowledged rates.
   ``synchronous=FULL``, one transaction per commit, a table keyed by sequence
   number with an index on (channel, time), default auto-checkpoints.
 
+``--recovery GIB`` instead builds a data directory of that many GiB with the
+archive itself (three sources of 256 KiB frames, one of 64 B frames, as the
+broker would write them), drops its files from the page cache
+(``posix_fadvise``, this process's files only), and times opening it: the
+lock, every sealed segment's index and a checked scan of each open segment.
+
 ``newest 1,000`` reads back the newest thousand frames once the writes are done
 (from the page cache: this compares the stores' read paths, not the disk).
 """
@@ -211,6 +217,52 @@ def run(store: Any, size: int, duration: float) -> dict[str, float]:
     }
 
 
+def build_data_dir(root: str, gib: float) -> int:
+    """Write about ``gib`` GiB of sources into ``root`` with the archive; return bytes written."""
+    from turbine.archive import Declare, Put, SourceLog
+
+    total = 0
+    plan = [(f"video_cam{i}_data_source", 256 * 2**10, gib * 0.3) for i in range(3)]
+    plan.append(("daq_rig_data_source", 64, gib * 0.1))
+    for name, size, share in plan:
+        log = SourceLog.create(
+            os.path.join(root, "sources", name), {"archive_bytes": 2**40}, time.time()
+        )
+        log.write([Declare("x", "application/octet-stream", 1)], time.time())
+        per = max(1, 4 * 2**20 // size)
+        payload = os.urandom(size)
+        seq, written, t = 1, 0, 1.7e9
+        while written < share * 2**30:
+            log.write(
+                [Put("x", seq, [t + i for i in range(per)], [size] * per, [payload] * per, "b")], t
+            )
+            seq, written, t = seq + per, written + per * size, t + per
+        log.sync()
+        total += log.bytes
+        log.close()
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+    return total
+
+
+def time_recovery(root: str) -> tuple[float, int]:
+    import trio
+
+    from turbine.archive import open_archive
+
+    async def open_it() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        async with open_archive(root) as archive:
+            took = time.perf_counter() - t0
+            return took, len(archive.logs)
+
+    return trio.run(open_it)
+
+
 STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLog, "sqlite": Sqlite}
 
 
@@ -222,10 +274,27 @@ STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLo
 @click.option(
     "--repeat", default=2, show_default=True, help="Rounds (stores interleaved); best kept."
 )
-def main(duration: float, sizes: str, stores: str, where: str | None, repeat: int) -> None:
+@click.option("--recovery", type=float, default=None, help="Time recovery of a data dir of GIB.")
+def main(
+    duration: float, sizes: str, stores: str, where: str | None, repeat: int, recovery: float | None
+) -> None:
     """Print acknowledged write rates of each store under group commit."""
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"load: {load}")
+    if recovery is not None:
+        root = tempfile.mkdtemp(prefix="durable-recovery-", dir=where)
+        try:
+            t0 = time.perf_counter()
+            held = build_data_dir(root, recovery)
+            print(f"built {held / 2**30:.2f} GiB in {time.perf_counter() - t0:.1f} s")
+            cold, n = time_recovery(root)
+            warm, _ = time_recovery(root)
+            print(
+                f"recovery of {held / 2**30:.2f} GiB, {n} sources: {cold:.2f} s cold, {warm:.2f} s warm"
+            )
+        finally:
+            shutil.rmtree(root)
+        return
     print(
         f"{'store':<12} {'frame':>8} {'frames/s':>12} {'MB/s':>9} {'syncs/s':>8} {'newest 1k ms':>13}"
     )
