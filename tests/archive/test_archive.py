@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 
 import pytest
 import trio
@@ -20,6 +18,8 @@ from turbine.archive import (
     SyncPolicy,
     open_archive,
 )
+
+from .conftest import fill
 
 SRC = "daq_rig_data_source"
 
@@ -104,34 +104,6 @@ async def test_settings_and_deletion(tmp_path):
             assert freed > 50_000 and SRC not in archive
         async with open_archive(tmp_path) as archive:
             assert archive.logs == {}
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (root only; skipped where mounting is not permitted)."""
-    where = tmp_path / "disk"
-    where.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"mount is not permitted here: {done.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path) -> None:
-    """Take what is left of the disk."""
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
 
 
 async def test_disk_full_refuses_then_resumes_when_space_returns(small_disk):

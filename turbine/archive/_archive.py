@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..ringbuffer import Run
+from ..store import Run
 from . import _format as fmt
 from ._datadir import ArchiveError, locked, source_dir_name, source_dirs
 from ._log import Op, Put, SourceLog, WriteFailed
@@ -110,6 +110,8 @@ class Archive:
         self._progress = trio.Event()
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
+        self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
+        self._deletions_asked = self._deletions_done = 0
 
     # --- what is there
 
@@ -176,14 +178,28 @@ class Archive:
             ArchiveError: a source's writes are failing (its ops stay queued and
                 are written when the disk allows; flush again then).
         """
-        chosen = self._queues.values() if names is None else [self._queues[n] for n in names]
+        await self._wait(names, synced=self.config.sync is SyncPolicy.ALWAYS)
+
+    async def written(self, names: Iterable[str] | None = None) -> None:
+        """Return once every op appended before the call is written (readable; maybe not synced).
+
+        Raises:
+            ArchiveError: as :meth:`flush`.
+        """
+        await self._wait(names, synced=False)
+
+    async def _wait(self, names: Iterable[str] | None, synced: bool) -> None:
+        if names is None:
+            chosen = list(self._queues.values())
+        else:
+            chosen = [self._queues[n] for n in names if n in self._queues]
         targets = [(q, q.appended) for q in chosen if q.appended]
-        synced = self.config.sync is SyncPolicy.ALWAYS
         tried = self.commits + 1  # an error counts once a commit after this call has tried again
+        deletions = self._deletions_asked
         self._wake.set()
         while True:
             waiting = [(q, t) for q, t in targets if (q.durable if synced else q.written) < t]
-            if not waiting:
+            if not waiting and self._deletions_done >= deletions:
                 return
             if self.commits >= tried:
                 for q, _ in waiting:
@@ -212,8 +228,14 @@ class Archive:
 
     async def _commit_once(self) -> None:
         async with self._io:  # ops are taken and put back under the lock: order is kept
+            doomed, self._doomed = self._doomed, []
+            for q in doomed:  # before any write: a source of that name may be new
+                await trio.to_thread.run_sync(_remove, q)
+                self._deletions_done += 1
             work = [(q, q.ops, q.sizes) for q in self._queues.values() if q.ops]
             if not work:
+                if doomed:
+                    self._progressed()
                 return
             for q, _, _ in work:
                 q.ops, q.sizes = [], []
@@ -295,6 +317,14 @@ class Archive:
         if log is None or channel not in log.channels:
             return []
         return await trio.to_thread.run_sync(log.time_range, channel, start, end, max_frames)
+
+    def delete_soon(self, name: str) -> None:
+        """Forget ``name`` now (queued writes too); its files go with the next commit."""
+        q = self._queues.pop(name, None)
+        if q is not None:
+            self._doomed.append(q)
+            self._deletions_asked += 1
+            self._wake.set()
 
     async def delete(self, name: str) -> int:
         """Delete ``name``'s archive (queued writes too); return the bytes freed."""

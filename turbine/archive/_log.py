@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from .._constants import METADATA_CHANNEL
-from ..ringbuffer import Run
+from ..store import Run
 from . import _format as fmt
 from ._segment import Damage, Scan, Segment, scan
 

@@ -1,0 +1,133 @@
+"""The tiered store under a real hub: memory as hot cache, every frame archived, reads across both."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from turbine import RequestFailed
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
+from turbine.hub import Hub, PendingFetch
+from turbine.peer import Peer
+from turbine.store import ChannelSpec, Query
+
+from .conftest import fill
+
+SRC = "daq_rig_data_source"
+ME = Peer(1, name="me")
+
+
+def hub_with(factory: TieredStores) -> Hub:
+    hub = Hub(store=factory, clock=lambda: 1000.0)
+    hub.open_source(ME, SRC, channels={"x.bin": "application/octet-stream"}, cache_frames=10)
+    return hub
+
+
+def put(hub: Hub, first: int, n: int) -> None:
+    data = [b"frame %d" % s for s in range(first, first + n)]
+    hub.put(ME, SRC, "x.bin", [float(s) for s in range(first, first + n)], data)
+
+
+def numbers(run) -> list[int]:
+    return list(run.seqs) if run.seqs is not None else list(range(run.first_seq, run.next_seq))
+
+
+async def fetch(hub: Hub, **selection) -> list[tuple[int, bytes]]:
+    result = hub.fetch(SRC, **selection)
+    if isinstance(result, PendingFetch):
+        groups, payloads = await result.run()
+    else:
+        groups, payloads = result
+    out = []
+    for g in groups:
+        out += [(g[3] + i, None) for i in range(len(g[4]))]
+    return [(s, bytes(p)) for (s, _), p in zip(out, payloads, strict=True)]
+
+
+async def test_reads_span_memory_and_disk_without_a_seam(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 25)  # the ring keeps the newest 10
+            store = hub.sources[SRC].channels["x.bin"].store
+            assert len(store) == 10 and store.first_seq == 16
+            assert store.read_now(Query("newest", 5)) is not None  # memory answers at once
+            assert store.read_now(Query("oldest", 5)) is None  # needs the disk
+            got = await fetch(hub, oldest=20)
+            assert got == [(s, b"frame %d" % s) for s in range(1, 21)]
+            got = await fetch(hub, after=3)
+            assert [s for s, _ in got] == list(range(4, 26))  # disk, then memory: no gap, no repeat
+            got = await fetch(hub, start=2.0, duration=3.0)
+            assert [s for s, _ in got] == [2, 3, 4]
+            got = await fetch(hub, newest=12)
+            assert [s for s, _ in got] == list(range(14, 26))
+
+
+async def test_a_restarted_broker_continues_the_numbers_and_types(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 7)
+            await hub.sources[SRC].channels["x.bin"].store.flushed()
+        async with open_archive(tmp_path) as archive:
+            factory = TieredStores(archive)
+            (source,) = factory.recovered()
+            assert source.name == SRC
+            assert source.channels["x.bin"].next_seq == 8
+            assert source.channels["x.bin"].content_type == "application/octet-stream"
+            hub = hub_with(factory)
+            put(hub, 8, 1)
+            assert hub.sources[SRC].channels["x.bin"].store.last_seq == 8
+            got = await fetch(hub, oldest=100)
+            assert [s for s, _ in got] == list(range(1, 9))
+
+
+async def test_an_explicit_number_is_a_hole_on_disk_too(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            factory = TieredStores(archive)
+            store = factory(ChannelSpec(SRC, "m", 2, 1))
+            store.append_many([1.0, 2.0], [b"a", b"b"], "w", 0)
+            store.append_many([3.0], [b"c"], "w", 2, seq=10)
+            store.append_many([4.0, 5.0], [b"d", b"e"], "w", 3)  # the ring keeps 2
+            run = await store.read_later(Query("oldest", 10))
+            assert numbers(run) == [1, 2, 10, 11, 12]
+            assert [bytes(d) for d in run.data] == [b"a", b"b", b"c", b"d", b"e"]
+            with pytest.raises(ValueError, match="below the next number"):
+                store.append_many([6.0], [b"f"], "w", 5, seq=3)
+
+
+async def test_deleting_a_source_deletes_its_archive(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 5)
+            await archive.flush()
+            assert SRC in archive.logs
+            hub.delete(SRC)
+            await archive.flush()
+            assert not (tmp_path / "sources" / SRC).exists()
+
+
+async def test_puts_are_refused_with_the_reason_while_the_disk_is_full(small_disk):
+    with trio.fail_after(30):
+        async with open_archive(small_disk / "data") as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 2)
+            await archive.flush()
+            fill(small_disk / "filler")
+            hub.put(ME, SRC, "x.bin", [3.0], [b"x" * 100_000])  # queued: puts never wait
+            with pytest.raises(RequestFailed, match="the disk is full"):
+                await hub.sources[SRC].channels["x.bin"].store.flushed()
+            with pytest.raises(RequestFailed, match="the disk is full") as info:
+                put(hub, 4, 1)
+            assert info.value.code == "disk"
+            assert [s for s, _ in await fetch(hub, newest=5)] == [1, 2, 3]  # reads go on
+            (small_disk / "filler").unlink()
+            await hub.sources[SRC].channels["x.bin"].store.flushed()
+            put(hub, 4, 1)
+            await archive.flush()
+        async with open_archive(small_disk / "data") as archive:
+            hub = hub_with(TieredStores(archive))
+            assert [s for s, _ in await fetch(hub, oldest=10)] == [1, 2, 3, 4]

@@ -1,0 +1,313 @@
+"""The tiered channel store: the memory ring as hot cache, the archive under it.
+
+:class:`TieredStores` is a :class:`turbine.store.StoreFactory`; a broker
+configured with it keeps every frame in memory (bounded, as before) and on
+disk (bounded by the source's archive retention).  Synchronous reads answer
+from the ring; a query that needs older frames gets ``None`` from
+:meth:`TieredStore.read_now` and is answered by :meth:`TieredStore.read_later`
+in the broker's store task, from the archive and the ring together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .._errors import RequestFailed
+from ..hub import guess_content_type
+from ..ringbuffer import Ring
+from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, Query, Run, answer
+from ._archive import Archive
+from ._datadir import ArchiveError
+from ._log import Declare, Hole, Put
+
+#: Archive retention of a source unless its creator says (``--archive-bytes``).
+ARCHIVE_BYTES = 1 * 2**30
+
+
+@attrs.frozen
+class RecoveredChannel:
+    content_type: str
+    next_seq: int
+
+
+@attrs.frozen
+class RecoveredSource:
+    """What the archive knows of a source after a restart, for the hub to bring it back."""
+
+    name: str
+    settings: dict[str, Any]
+    channels: dict[str, RecoveredChannel]
+
+
+class TieredStores:
+    """Makes a :class:`TieredStore` per channel, all in one :class:`Archive`.
+
+    Args:
+        archive: the data directory's archive (from :func:`open_archive`).
+        archive_bytes: retention of a source the factory creates the archive of.
+    """
+
+    durable = True
+
+    def __init__(self, archive: Archive, archive_bytes: int = ARCHIVE_BYTES) -> None:
+        self.archive = archive
+        self.archive_bytes = archive_bytes
+        self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
+
+    def recovered(self) -> list[RecoveredSource]:
+        """Every source the archive holds, with its channels' content types and numbering."""
+        return [
+            RecoveredSource(
+                name,
+                dict(log.settings),
+                {
+                    c.name: RecoveredChannel(c.content_type, c.next_seq)
+                    for c in log.channels.values()
+                },
+            )
+            for name, log in self.archive.logs.items()
+        ]
+
+    def __call__(self, spec: ChannelSpec) -> TieredStore:
+        archive = self.archive
+        if spec.source not in archive:
+            archive.create_source(spec.source, {"archive_bytes": self.archive_bytes})
+        key = (spec.source, spec.channel)
+        next_seq = spec.next_seq
+        log = archive.logs.get(spec.source)
+        known = log.channels.get(spec.channel) if log is not None else None
+        if known is not None:
+            next_seq = max(next_seq, known.next_seq)  # a restarted broker continues the numbers
+        if key in self._declared:
+            next_seq = max(next_seq, self._declared[key])
+        if known is None or key not in self._declared:
+            ctype = known.content_type if known else guess_content_type(spec.channel)
+            archive.append(spec.source, Declare(spec.channel, ctype, next_seq))
+            self._declared[key] = next_seq
+        return TieredStore(Ring(spec.max_frames, next_seq), archive, spec.source, spec.channel)
+
+
+class TieredStore:
+    """One channel: a :class:`~turbine.ringbuffer.Ring` in memory, every frame also archived.
+
+    The memory attributes (``bytes``, ``first_seq``, ``max_frames``) are the
+    ring's; :attr:`archived_first_seq` is the oldest number on disk.
+    """
+
+    def __init__(self, ring: Ring, archive: Archive, source: str, channel: str) -> None:
+        self.ring = ring
+        self.archive = archive
+        self.source = source
+        self.channel = channel
+        self._first_put: int | None = None  # number of the first frame this store queued
+
+    # --- memory, as the ring has it
+
+    @property
+    def max_frames(self) -> int:
+        return self.ring.max_frames
+
+    @property
+    def first_seq(self) -> int:
+        return self.ring.first_seq
+
+    @property
+    def next_seq(self) -> int:
+        return self.ring.next_seq
+
+    @property
+    def bytes(self) -> int:
+        return self.ring.bytes
+
+    def __len__(self) -> int:
+        return len(self.ring)
+
+    @property
+    def last_seq(self) -> int:
+        return self.ring.last_seq
+
+    @property
+    def oldest_arrival(self) -> int | None:
+        return self.ring.oldest_arrival
+
+    @property
+    def first_time(self) -> float | None:
+        return self.ring.first_time
+
+    @property
+    def last_time(self) -> float | None:
+        return self.ring.last_time
+
+    @property
+    def newest(self) -> Any:
+        return self.ring.newest
+
+    @property
+    def archived_first_seq(self) -> int:
+        """The oldest number the archive holds or will once its queue is written
+        (the ring's first when the archive holds nothing older)."""
+        first = self.ring.first_seq
+        if self._first_put is not None:
+            first = min(first, self._first_put)
+        log = self.archive.logs.get(self.source)
+        if log is not None and self.channel in log.channels:
+            first = min(first, log.first_seq(self.channel))
+        return first
+
+    # --- writing
+
+    def append_many(
+        self,
+        ts: list[float],
+        data: list[Any],
+        writer: str,
+        arrival: int,
+        sizes: list[int] | None = None,
+        seq: int | None = None,
+    ) -> int:
+        """Append to the ring and queue the frames for the archive (never waits for the disk).
+
+        Raises:
+            RequestFailed: the archive of this source cannot take writes (code
+                ``disk``); nothing is stored then.
+            ValueError: ``seq`` is below ``next_seq``.
+        """
+        try:
+            self.archive.check_writable(self.source)
+        except ArchiveError as exc:
+            raise RequestFailed(str(exc), "disk") from None
+        ring = self.ring
+        first = ring.next_seq if seq is None else seq
+        if first < ring.next_seq:
+            raise ValueError(f"frame number {first} is below the next number {ring.next_seq}")
+        if sizes is None:
+            sizes = list(map(len, data))
+        if first > ring.next_seq:
+            self.archive.append(
+                self.source, Hole(self.channel, ring.next_seq, first - ring.next_seq)
+            )
+        if self._first_put is None:
+            self._first_put = first
+        freed = ring.append_many(ts, data, writer, arrival, sizes, seq)
+        self.archive.append(self.source, Put(self.channel, first, list(ts), sizes, data, writer))
+        return freed
+
+    def evict(self, count: int = 1) -> int:
+        return self.ring.evict(count)
+
+    def resize(self, max_frames: int) -> int:
+        return self.ring.resize(max_frames)
+
+    # --- synchronous reads: memory
+
+    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
+        return self.ring.read(seq, max_frames, max_bytes)
+
+    def from_seq(self, seq: int, max_frames: int) -> Run:
+        return self.ring.from_seq(seq, max_frames)
+
+    def newest_n(self, n: int) -> Run:
+        return self.ring.newest_n(n)
+
+    def oldest_n(self, n: int) -> Run:
+        return self.ring.oldest_n(n)
+
+    def time_range(self, start: float, duration: float, max_frames: int) -> Run:
+        return self.ring.time_range(start, duration, max_frames)
+
+    def read_now(self, query: Query) -> Run | None:
+        """The ring's answer when the query needs nothing older than the ring holds, else ``None``."""
+        ring = self.ring
+        if self.archived_first_seq >= ring.first_seq:
+            return answer(ring, query)  # the disk holds nothing the ring does not
+        kind = query.kind
+        if kind == NEWEST and query.value <= len(ring):
+            return answer(ring, query)
+        if kind == AFTER and query.value + 1 >= ring.first_seq:
+            return answer(ring, query)
+        if kind == TIME and ring.first_time is not None and query.value >= ring.first_time:
+            return answer(ring, query)
+        return None
+
+    async def read_later(self, query: Query) -> Run:
+        """Answer ``query`` from the archive, then the ring for what the archive has not yet written.
+
+        Waits until what was queued for the disk is written (not synced), so no
+        frame falls between the two.
+        """
+        archive, ring = self.archive, self.ring
+        await archive.written([self.source])
+        kind = query.kind
+        if kind == TIME:
+            end = query.value + query.duration
+            runs = await archive.time_range(
+                self.source, self.channel, query.value, end, query.max_frames
+            )
+            tail = ring.time_range(query.value, query.duration, query.max_frames)
+            return _join(runs, tail, query.max_frames)
+        if kind == NEWEST:
+            n = int(query.value)
+            start, limit = max(ring.next_seq - n, self.archived_first_seq), n
+        elif kind == OLDEST:
+            start, limit = self.archived_first_seq, int(query.value)
+        elif kind == AFTER:
+            start, limit = int(query.value) + 1, query.max_frames
+        else:
+            raise ValueError(f"unknown query kind {kind!r}")
+        runs = await archive.read(self.source, self.channel, start, limit)
+        done = sum(len(r.ts) for r in runs)
+        after = runs[-1].next_seq if runs and runs[-1].ts else start
+        return _join(runs, ring.from_seq(after, max(limit - done, 0)), limit)
+
+    async def flushed(self) -> None:
+        """Return once every frame appended before is in the archive under its sync policy.
+
+        Raises:
+            RequestFailed: the archive cannot write (code ``disk``).
+        """
+        try:
+            await self.archive.flush([self.source])
+        except ArchiveError as exc:
+            raise RequestFailed(str(exc), "disk") from None
+
+    def drop(self) -> int:
+        """Forget the frames: the ring's now, the source's archive by the next commit."""
+        self.archive.delete_soon(self.source)
+        return self.ring.drop()
+
+
+def _join(runs: list[Run], tail: Run, limit: int) -> Run:
+    """One run of the archive's runs and then the ring's frames numbered after them."""
+    seqs: list[int] = []
+    ts: list[float] = []
+    data: list[Any] = []
+    sizes: list[int] = []
+    writers: list[tuple[int, str]] = []
+    for run in [*runs, tail]:
+        for piece in run.pieces():
+            for i, t in enumerate(piece.ts):
+                seq = piece.first_seq + i
+                if len(seqs) >= limit or (seqs and seq <= seqs[-1]):
+                    continue
+                seqs.append(seq)
+                ts.append(t)
+                data.append(piece.data[i])
+                sizes.append(piece.sizes[i])
+                w = _writer_at(piece.writers, seq)
+                if not writers or writers[-1][1] != w:
+                    writers.append((seq, w))
+    if not seqs:
+        return Run(tail.next_seq, [], [], [], [])
+    contiguous = seqs[-1] - seqs[0] + 1 == len(seqs)
+    return Run(seqs[0], ts, data, sizes, writers, seqs=None if contiguous else seqs)
+
+
+def _writer_at(writers: list[tuple[int, str]], seq: int) -> str:
+    name = writers[0][1] if writers else ""
+    for first, w in writers:
+        if first > seq:
+            break
+        name = w
+    return name
