@@ -47,8 +47,8 @@ from typing import Any
 
 import click
 
-from turbine._io import coalesce
 from turbine.archive import _format as fmt
+from turbine.archive._segment import write_all
 
 BATCH_BYTES = 256 * 2**10
 BATCH_FRAMES = 4096
@@ -61,11 +61,13 @@ class RawDisk:
     name = "raw disk"
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(os.path.join(path, "raw.bin"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self.fd = os.open(os.path.join(path, "raw.bin"), os.O_WRONLY | os.O_CREAT)
+        self.offset = 0
 
     def commit(self, batches: list[Batch]) -> None:
         bufs = [d for _, _, data in batches for d in data]
-        _writev_all(self.fd, bufs)
+        write_all(self.fd, bufs, self.offset)
+        self.offset += sum(map(len, bufs))
         os.fdatasync(self.fd)
 
     def newest(self, n: int) -> int:
@@ -79,13 +81,14 @@ class SegmentLog:
     name = "segment log"
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(os.path.join(path, "1.seg"), os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        self.fd = os.open(os.path.join(path, "1.seg"), os.O_RDWR | os.O_CREAT)
         os.write(self.fd, fmt.encode_segment_header(1, time.time()))
         self.offset = fmt.SEGMENT_HEADER.size
         self.entries: list[tuple[int, int, int, int]] = []  # offset, body length, first seq, count
 
     def commit(self, batches: list[Batch]) -> None:
         bufs: list[Any] = []
+        start = self.offset
         for first, ts, data in batches:
             sizes = list(map(len, data))
             rec = fmt.encode_record(fmt.frames_body(1, first, ts, sizes, "bench", data))
@@ -93,7 +96,7 @@ class SegmentLog:
             self.entries.append((self.offset, body_len, first, len(ts)))
             self.offset += fmt.RECORD_HEADER.size + body_len
             bufs += rec
-        _writev_all(self.fd, bufs)
+        write_all(self.fd, bufs, start)
         os.fdatasync(self.fd)
 
     def newest(self, n: int) -> int:
@@ -142,20 +145,6 @@ class Sqlite:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _writev_all(fd: int, bufs: list[Any]) -> None:
-    views = [memoryview(b).cast("B") for b in coalesce(bufs)]
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i : i + 512])
-        while n:
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
 
 
 def run(store: Any, size: int, duration: float) -> dict[str, float]:

@@ -225,3 +225,23 @@ def test_a_newer_format_is_refused(log):
         f.write(head)
     with pytest.raises(fmt.FormatError, match="upgrade Turbine"):
         SourceLog.open(log.directory)
+
+
+def test_a_segment_whose_creation_was_cut_short_is_removed_and_the_previous_reopened(log):
+    for i in range(12):
+        put(log, "x.bin", 1 + 128 * i, 128, size=8192)
+    log.active.seal()  # the roll sealed it, then died creating the next one
+    last = log.active.number
+    log.close()
+    unborn = os.path.join(log.directory, f"{last + 1:016d}.seg")
+    with open(unborn, "wb") as f:
+        f.write(fmt.encode_segment_header(last + 1, 0.0)[:20])  # killed while creating it
+    log = SourceLog.open(log.directory)
+    assert not os.path.exists(unborn) and log.active.number == last
+    assert not os.path.exists(log.active.index_path)  # open again: its index would go stale
+    put(log, "x.bin", 1 + 128 * 12, 1)
+    log.sync()
+    log = reopen(log)
+    assert log.channels["x.bin"].next_seq == 2 + 128 * 12
+    assert len(frames(log.read("x.bin", 1, 10_000))) == 1 + 128 * 12
+    log.close()

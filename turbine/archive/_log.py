@@ -9,6 +9,7 @@ reports numbers it cannot serve (evicted, an explicit hole, damaged bytes) as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -18,7 +19,7 @@ import attrs
 from .._constants import METADATA_CHANNEL
 from ..store import Run
 from . import _format as fmt
-from ._segment import Damage, Scan, Segment, scan
+from ._segment import Damage, Scan, Segment, index_name, scan, segment_name
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
 #: damage to one record costs at most this much, and time-range reads start this close.
@@ -64,6 +65,30 @@ class Settings:
 
 
 Op = Put | Declare | Hole | Settings
+
+
+def _unborn(directory: str, number: int) -> bool:
+    """Whether segment ``number`` was being created when the process died (then it is removed).
+
+    Creating a segment syncs its header and first records before any write
+    goes to it, so one without an intact header and first record holds nothing
+    acknowledged.
+    """
+    path = os.path.join(directory, segment_name(number))
+    with open(path, "rb") as f:
+        head = f.read(fmt.SEGMENT_HEADER.size + fmt.RECORD_HEADER.size)
+    try:
+        fmt.decode_segment_header(head)
+    except fmt.FormatError:
+        if len(head) == fmt.SEGMENT_HEADER.size + fmt.RECORD_HEADER.size and head.startswith(
+            fmt.SEGMENT_MAGIC
+        ):
+            return False  # a damaged header on a segment with records: not ours to remove
+    else:
+        if fmt.parse_record_header(head, fmt.SEGMENT_HEADER.size) is not None:
+            return False
+    os.unlink(path)
+    return True
 
 
 class WriteFailed(Exception):
@@ -135,6 +160,10 @@ class SourceLog:
         numbers = sorted(int(n[:-4]) for n in os.listdir(directory) if n.endswith(".seg"))
         if not numbers:
             raise FileNotFoundError(f"no archive segments in {directory}")
+        if len(numbers) > 1 and _unborn(directory, numbers[-1]):
+            numbers.pop()  # the previous segment is the open one again: its index goes
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, index_name(numbers[-1])))
         segments: list[Segment] = []
         damage: list[Damage] = []
         for number in numbers[:-1]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .._io import coalesce
 from . import _format as fmt
 
 #: Bytes read at a time when a segment is scanned (records longer are read whole).
@@ -231,7 +232,7 @@ class Segment:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         seg = cls(directory, number, fd, 0)
         try:
-            _pwritev_all(fd, [fmt.encode_segment_header(number, created)], 0)
+            write_all(fd, [fmt.encode_segment_header(number, created)], 0)
             seg.size = fmt.SEGMENT_HEADER.size
             seg.append(first)
             os.fdatasync(fd)
@@ -265,7 +266,7 @@ class Segment:
             bufs += buffers
             at += length
         try:
-            _pwritev_all(self.fd, bufs, self.size)
+            write_all(self.fd, bufs, self.size)
         except OSError:
             try:
                 os.ftruncate(self.fd, self.size)
@@ -411,8 +412,13 @@ def _extend_span(spans: dict[int, fmt.ChannelSpan], e: fmt.Entry) -> None:
         s.last_time = max(s.last_time, e.last_time)
 
 
-def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> None:
-    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+def write_all(fd: int, bufs: list[Any], offset: int) -> None:
+    """Write ``bufs`` at ``offset`` with vectored writes (small buffers joined, large ones not copied).
+
+    Raises:
+        OSError: a write failed; some of the bytes may be written.
+    """
+    views = [memoryview(b).cast("B") for b in coalesce(bufs)]
     i = 0
     while i < len(views):
         n = os.pwritev(fd, views[i : i + 512], offset)
