@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from turbine.archive import Declare, Hole, Put, Settings, SourceLog
 from turbine.archive import _format as fmt
-from turbine.archive._log import Declare, Hole, Put, Settings, SourceLog
 
 MiB = 2**20
 

@@ -7,7 +7,8 @@ keeps through a killed process and a power cut.
 from ._archive import Archive, ArchiveConfig, SyncPolicy, open_archive
 from ._datadir import ArchiveError, ArchiveLocked
 from ._format import FORMAT_VERSION, FormatError
-from ._log import Declare, Hole, Put, Settings, SourceLog
+from ._log import SourceLog
+from ._ops import Declare, Hole, Put, Settings
 
 __all__ = [
     "FORMAT_VERSION",

@@ -23,7 +23,8 @@ import trio
 from ..store import Run
 from . import _format as fmt
 from ._datadir import ArchiveError, locked, source_dir_name, source_dirs
-from ._log import Op, Put, SourceLog, WriteFailed
+from ._log import SourceLog
+from ._ops import Op, Put, WriteFailed
 
 #: A source whose writes failed is retried this often (disk full: until space returns).
 RETRY_S = 1.0

@@ -19,6 +19,7 @@ import attrs
 from .._constants import METADATA_CHANNEL
 from ..store import Run
 from . import _format as fmt
+from ._ops import Declare, Hole, Op, Put, WriteFailed
 from ._segment import Damage, Scan, Segment, index_name, scan, segment_name
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
@@ -33,38 +34,6 @@ MIN_SEGMENT_BYTES = 1 * 2**20
 def segment_bytes_for(archive_bytes: int) -> int:
     """Segments an eighth of the retention, within 1-64 MiB: eviction frees ~1/8 at a time."""
     return max(MIN_SEGMENT_BYTES, min(SEGMENT_BYTES, archive_bytes // 8))
-
-
-@attrs.frozen
-class Put:
-    channel: str
-    first_seq: int
-    ts: list[float]
-    sizes: list[int]
-    data: list[Any]
-    writer: str
-
-
-@attrs.frozen
-class Declare:
-    channel: str
-    content_type: str
-    next_seq: int
-
-
-@attrs.frozen
-class Hole:
-    channel: str
-    first_seq: int
-    count: int
-
-
-@attrs.frozen
-class Settings:
-    settings: dict[str, Any]
-
-
-Op = Put | Declare | Hole | Settings
 
 
 def _unborn(directory: str, number: int) -> bool:
@@ -89,15 +58,6 @@ def _unborn(directory: str, number: int) -> bool:
             return False
     os.unlink(path)
     return True
-
-
-class WriteFailed(Exception):
-    """Writing the archive failed after ``written`` ops; ``error`` says why."""
-
-    def __init__(self, written: int, error: OSError) -> None:
-        super().__init__(f"{error.strerror or error} after {written} ops")
-        self.written = written
-        self.error = error
 
 
 @attrs.define

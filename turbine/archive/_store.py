@@ -20,7 +20,7 @@ from ..ringbuffer import Ring
 from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, Query, Run, answer
 from ._archive import Archive
 from ._datadir import ArchiveError
-from ._log import Declare, Hole, Put
+from ._ops import Declare, Hole, Put
 
 #: Archive retention of a source unless its creator says (``--archive-bytes``).
 ARCHIVE_BYTES = 1 * 2**30
@@ -279,7 +279,8 @@ class TieredStore:
 
 
 def _join(runs: list[Run], tail: Run, limit: int) -> Run:
-    """One run of the archive's runs and then the ring's frames numbered after them."""
+    """One run of the archive's runs and then the ring's frames numbered after them
+    (whole runs sliced, not frame by frame)."""
     seqs: list[int] = []
     ts: list[float] = []
     data: list[Any] = []
@@ -287,27 +288,29 @@ def _join(runs: list[Run], tail: Run, limit: int) -> Run:
     writers: list[tuple[int, str]] = []
     for run in [*runs, tail]:
         for piece in run.pieces():
-            for i, t in enumerate(piece.ts):
-                seq = piece.first_seq + i
-                if len(seqs) >= limit or (seqs and seq <= seqs[-1]):
-                    continue
-                seqs.append(seq)
-                ts.append(t)
-                data.append(piece.data[i])
-                sizes.append(piece.sizes[i])
-                w = _writer_at(piece.writers, seq)
-                if not writers or writers[-1][1] != w:
-                    writers.append((seq, w))
+            room = limit - len(ts)
+            skip = max(0, seqs[-1] + 1 - piece.first_seq) if seqs else 0
+            if room <= 0:
+                break
+            if skip >= len(piece.ts):
+                continue
+            end = min(len(piece.ts), skip + room)
+            first = piece.first_seq + skip
+            seqs += range(first, piece.first_seq + end)
+            ts += piece.ts[skip:end]
+            data += piece.data[skip:end]
+            sizes += piece.sizes[skip:end]
+            for w_seq, name in _writers_from(piece.writers, first, piece.first_seq + end):
+                if not writers or writers[-1][1] != name:
+                    writers.append((w_seq, name))
     if not seqs:
         return Run(tail.next_seq, [], [], [], [])
     contiguous = seqs[-1] - seqs[0] + 1 == len(seqs)
     return Run(seqs[0], ts, data, sizes, writers, seqs=None if contiguous else seqs)
 
 
-def _writer_at(writers: list[tuple[int, str]], seq: int) -> str:
-    name = writers[0][1] if writers else ""
-    for first, w in writers:
-        if first > seq:
-            break
-        name = w
-    return name
+def _writers_from(writers: list[tuple[int, str]], first: int, end: int) -> list[tuple[int, str]]:
+    """``writers`` of the numbers ``first .. end - 1``, the first starting at ``first``."""
+    before = [w for w in writers if w[0] <= first]
+    out = [(first, before[-1][1] if before else (writers[0][1] if writers else ""))]
+    return out + [w for w in writers if first < w[0] < end]

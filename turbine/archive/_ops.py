@@ -1,0 +1,48 @@
+"""What the archive is asked to write: the ops of a source's queue, and a failed write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Put:
+    channel: str
+    first_seq: int
+    ts: list[float]
+    sizes: list[int]
+    data: list[Any]
+    writer: str
+
+
+@attrs.frozen
+class Declare:
+    channel: str
+    content_type: str
+    next_seq: int
+
+
+@attrs.frozen
+class Hole:
+    channel: str
+    first_seq: int
+    count: int
+
+
+@attrs.frozen
+class Settings:
+    settings: dict[str, Any]
+
+
+Op = Put | Declare | Hole | Settings
+
+
+class WriteFailed(Exception):
+    """Writing the archive failed after ``written`` ops; ``error`` says why."""
+
+    def __init__(self, written: int, error: OSError) -> None:
+        super().__init__(f"{error.strerror or error} after {written} ops")
+        self.written = written
+        self.error = error
