@@ -28,6 +28,9 @@ broker would write them), drops its files from the page cache
 (``posix_fadvise``, this process's files only), and times opening it: the
 lock, every sealed segment's index and a checked scan of each open segment.
 
+``--day`` writes a day of 256 B frames at 10 Hz (864,000 frames) and times
+fetching its first and its last minute through the index, cold and warm.
+
 ``newest 1,000`` reads back the newest thousand frames once the writes are done
 (from the page cache: this compares the stores' read paths, not the disk).
 """
@@ -229,13 +232,44 @@ def build_data_dir(root: str, gib: float) -> int:
         log.sync()
         total += log.bytes
         log.close()
+    _uncache(root)
+    return total
+
+
+def time_day(root: str) -> list[tuple[str, float]]:
+    """A day of 256 B frames at 10 Hz in one source; time fetching its first and last minute."""
+    from turbine.archive import Declare, Put, SourceLog
+
+    log = SourceLog.create(os.path.join(root, "day"), {"archive_bytes": 2**40}, 0.0)
+    log.write([Declare("x", "application/octet-stream", 1)], 0.0)
+    payload = os.urandom(256)
+    per, t0 = 36_000, 1.7e9  # an hour per put
+    for hour in range(24):
+        ts = [t0 + 3600 * hour + i / 10 for i in range(per)]
+        log.write([Put("x", 1 + per * hour, ts, [256] * per, [payload] * per, "b")], ts[0])
+    log.sync()
+    log.close()
+    _uncache(root)
+    log = SourceLog.open(os.path.join(root, "day"))
+    out = []
+    for label, start in (("first minute", t0), ("last minute", t0 + 86400 - 60)):
+        for when in ("cold", "warm"):
+            t = time.perf_counter()
+            runs = log.time_range("x", start, start + 60, 10_000)
+            took = time.perf_counter() - t
+            assert sum(len(r.ts) for r in runs) == 600
+            out.append((f"{label} ({when})", took))
+    log.close()
+    return out
+
+
+def _uncache(root: str) -> None:
     for dirpath, _, files in os.walk(root):
         for f in files:
             fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
-    return total
 
 
 def time_recovery(root: str) -> tuple[float, int]:
@@ -264,12 +298,27 @@ STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLo
     "--repeat", default=2, show_default=True, help="Rounds (stores interleaved); best kept."
 )
 @click.option("--recovery", type=float, default=None, help="Time recovery of a data dir of GIB.")
+@click.option("--day", is_flag=True, help="Time the first and last minute of a 24 h archive.")
 def main(
-    duration: float, sizes: str, stores: str, where: str | None, repeat: int, recovery: float | None
+    duration: float,
+    sizes: str,
+    stores: str,
+    where: str | None,
+    repeat: int,
+    recovery: float | None,
+    day: bool,
 ) -> None:
     """Print acknowledged write rates of each store under group commit."""
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"load: {load}")
+    if day:
+        root = tempfile.mkdtemp(prefix="durable-day-", dir=where)
+        try:
+            for label, took in time_day(root):
+                print(f"time range, 600 frames, {label:<22} {took * 1e3:8.2f} ms")
+        finally:
+            shutil.rmtree(root)
+        return
     if recovery is not None:
         root = tempfile.mkdtemp(prefix="durable-recovery-", dir=where)
         try:

@@ -8,6 +8,7 @@ import pytest
 
 from turbine.archive import Declare, Hole, Put, Settings, SourceLog
 from turbine.archive import _format as fmt
+from turbine.archive._segment import Segment
 
 MiB = 2**20
 
@@ -244,4 +245,20 @@ def test_a_segment_whose_creation_was_cut_short_is_removed_and_the_previous_reop
     log = reopen(log)
     assert log.channels["x.bin"].next_seq == 2 + 128 * 12
     assert len(frames(log.read("x.bin", 1, 10_000))) == 1 + 128 * 12
+    log.close()
+
+
+def test_the_first_minute_of_a_day_costs_the_same_reads_as_the_last(log, monkeypatch):
+    for i in range(24):  # a day at one frame a second, an hour per put
+        put(log, "x.bin", 1 + 3600 * i, 3600, size=64, t0=3600.0 * i)
+    log = reopen(log)
+    assert len(log.segments) > 4
+    reads: list[int] = []
+    real = Segment.read_record
+    monkeypatch.setattr(Segment, "read_record", lambda seg, e: reads.append(1) or real(seg, e))
+    first = frames(log.time_range("x.bin", 0.0, 60.0, 10_000))
+    n_first, reads[:] = len(reads), []
+    last = frames(log.time_range("x.bin", 86340.0, 86400.0, 10_000))
+    assert len(first) == len(last) == 60
+    assert n_first == len(reads) <= 3
     log.close()

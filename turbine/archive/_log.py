@@ -332,18 +332,17 @@ class SourceLog:
     # --- reading
 
     def first_seq(self, channel: str) -> int:
+        """The oldest number held of ``channel``; takes no lock (the event loop calls it)."""
         st = self._channel(channel)
-        with self._lock:
-            for seg in self.segments:
-                span = seg.spans.get(st.id)
-                if span is not None:
-                    return span.first_seq
+        for seg in list(self.segments):  # a snapshot: a roll or an eviction may run meanwhile
+            span = seg.spans.get(st.id)
+            if span is not None:
+                return span.first_seq
         return st.next_seq
 
     def channel_info(self, channel: str) -> dict[str, Any]:
         st = self._channel(channel)
-        with self._lock:
-            spans = [s.spans[st.id] for s in self.segments if st.id in s.spans]
+        spans = [s.spans[st.id] for s in list(self.segments) if st.id in s.spans]
         frames = [s for s in spans if s.frames]
         return {
             "name": st.name,
