@@ -1,0 +1,52 @@
+"""A real broker (loopback TCP) whose channels are tiered stores: history from disk, numbers kept."""
+
+from __future__ import annotations
+
+import trio
+
+from turbine import open_client
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
+from turbine.testing import start_broker
+
+SRC = "daq_rig_data_source"
+
+
+async def serve_with_archive(root, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async with open_archive(root) as archive, trio.open_nursery() as nursery:
+        address = await start_broker(nursery, store=TieredStores(archive))
+        task_status.started(address)
+
+
+async def test_history_beyond_the_ring_comes_from_disk_and_survives_a_restart(tmp_path):
+    payloads = [b"frame %d" % i for i in range(1, 41)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def first_broker(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                with scope:
+                    await serve_with_archive(tmp_path, task_status=task_status)
+
+            address = await nursery.start(first_broker)
+            async with open_client(address, name="daq") as client:
+                src = await client.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                for p in payloads:
+                    await src.put("x", p, float(len(p)))
+                await src.flush()  # on disk now
+                got = await client.fetch(f"{SRC}/x", oldest=40)  # 30 of them only on disk
+                assert [f.seq for f in got] == list(range(1, 41))
+                assert [f.data for f in got] == payloads
+                assert len(await client.fetch(f"{SRC}/x", newest=3)) == 3
+            scope.cancel()  # the broker stops; the archive closes with it
+
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_with_archive, tmp_path)
+            async with open_client(address, name="daq") as client:
+                src = await client.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                await src.put("x", b"after the restart")
+                await src.flush()
+                got = await client.fetch(f"{SRC}/x", oldest=100)
+                assert [f.seq for f in got] == list(range(1, 42))  # the numbers continue
+                assert got[0].data == b"frame 1" and got[-1].data == b"after the restart"
+            nursery.cancel_scope.cancel()
