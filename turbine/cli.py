@@ -27,6 +27,8 @@ from ._constants import (
 from ._errors import RequestFailed, TurbineError, unwrap
 from ._options import address_option
 from ._signals import open_stop_nursery
+from .archive import ArchiveConfig, ArchiveError, SyncPolicy, open_archive
+from .archive._store import ARCHIVE_BYTES, TieredStores
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
@@ -150,6 +152,26 @@ def main() -> None:
     metavar="TYPE",
     help="Allow another source type (e.g. mcp); repeatable.",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep every source's frames on disk here too (docs/storage.rst); memory only without.",
+)
+@click.option(
+    "--sync",
+    type=click.Choice([p.value for p in SyncPolicy]),
+    default=SyncPolicy.ALWAYS.value,
+    show_default=True,
+    help="When a flush is acknowledged: on stable storage, written and synced each second, or left to the OS.",
+)
+@click.option(
+    "--archive-bytes",
+    default=str(ARCHIVE_BYTES),
+    type=Size(),
+    show_default="1GiB",
+    help="Disk kept per source (the oldest goes first), with --data-dir.",
+)
 def serve(
     host: str,
     port: int,
@@ -157,6 +179,9 @@ def serve(
     max_frame: int,
     lenient_names: bool,
     extra_types: tuple[str, ...],
+    data_dir: str | None,
+    sync: str,
+    archive_bytes: int,
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     config = BrokerConfig(
@@ -167,10 +192,24 @@ def serve(
         lenient_names=lenient_names,
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
     )
-    run(_serve, config)
+    run(_serve, config, data_dir, ArchiveConfig(sync=sync), archive_bytes)
 
 
-async def _serve(config: BrokerConfig) -> None:
+async def _serve(
+    config: BrokerConfig, data_dir: str | None, archive: ArchiveConfig, archive_bytes: int
+) -> None:
+    if data_dir is None:
+        await _serve_broker(config)
+        return
+    try:
+        opened = open_archive(data_dir, archive)
+        async with opened as store:
+            await _serve_broker(attrs.evolve(config, store=TieredStores(store, archive_bytes)))
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _serve_broker(config: BrokerConfig) -> None:
     async def stop(signum: signal.Signals) -> None:
         click.echo("turbine: shutting down", err=True)
 

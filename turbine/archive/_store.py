@@ -17,7 +17,7 @@ import attrs
 from .._errors import RequestFailed
 from ..hub import guess_content_type
 from ..ringbuffer import Ring
-from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, Query, Run, answer
+from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, ChannelStore, Query, Run, answer
 from ._archive import Archive
 from ._datadir import ArchiveError
 from ._ops import Declare, Hole, Put
@@ -70,7 +70,7 @@ class TieredStores:
             for name, log in self.archive.logs.items()
         ]
 
-    def __call__(self, spec: ChannelSpec) -> TieredStore:
+    def __call__(self, spec: ChannelSpec) -> ChannelStore:
         archive = self.archive
         if spec.source not in archive:
             archive.create_source(spec.source, {"archive_bytes": self.archive_bytes})
@@ -109,17 +109,33 @@ class TieredStore:
     def max_frames(self) -> int:
         return self.ring.max_frames
 
+    @max_frames.setter
+    def max_frames(self, value: int) -> None:
+        self.ring.max_frames = value
+
     @property
     def first_seq(self) -> int:
         return self.ring.first_seq
+
+    @first_seq.setter
+    def first_seq(self, value: int) -> None:
+        self.ring.first_seq = value
 
     @property
     def next_seq(self) -> int:
         return self.ring.next_seq
 
+    @next_seq.setter
+    def next_seq(self, value: int) -> None:
+        self.ring.next_seq = value
+
     @property
     def bytes(self) -> int:
         return self.ring.bytes
+
+    @bytes.setter
+    def bytes(self, value: int) -> None:
+        self.ring.bytes = value
 
     def __len__(self) -> int:
         return len(self.ring)
