@@ -33,6 +33,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -419,14 +420,30 @@ class Child:
         self.conn.close()
 
 
+#: ``--data-dir``: each broker gets a fresh directory under it (removed when it stops).
+DATA_DIR: str | None = None
+
+
 class Broker:
     """``turbine serve`` on a free loopback port, in its own process."""
 
     def __init__(self) -> None:
         exe = shutil.which("turbine", path=os.path.dirname(sys.executable))
         command = [exe] if exe else [sys.executable, "-c", "from turbine.cli import main; main()"]
+        self.data_dir = tempfile.mkdtemp(prefix="throughput-", dir=DATA_DIR) if DATA_DIR else None
+        disk = ["--data-dir", self.data_dir] if self.data_dir else []
         self.process = subprocess.Popen(
-            [*command, "serve", "--host", HOST, "--port", "0", "--max-memory", BROKER_MEMORY],
+            [
+                *command,
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                "0",
+                "--max-memory",
+                BROKER_MEMORY,
+                *disk,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -451,6 +468,8 @@ class Broker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -817,8 +836,17 @@ def format_table(results: list[Result]) -> str:
     type=click.Path(file_okay=False),
     help="Sample broker, publisher and subscribers with py-spy into this directory.",
 )
-def main(quick: bool, names: str, duration: float | None, profile_dir: str | None) -> None:
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Run each broker with a fresh --data-dir under this directory (the disk archive on).",
+)
+def main(
+    quick: bool, names: str, duration: float | None, profile_dir: str | None, data_dir: str | None
+) -> None:
     """Measure the broker with publisher, broker and subscribers as separate processes."""
+    global DATA_DIR
+    DATA_DIR = data_dir
     tests = make_tests(quick)
     if duration is not None:
         tests = {

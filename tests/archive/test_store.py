@@ -108,6 +108,11 @@ async def test_deleting_a_source_deletes_its_archive(tmp_path):
             hub.delete(SRC)
             await archive.flush()
             assert not (tmp_path / "sources" / SRC).exists()
+            hub.open_source(ME, SRC, channels={"x.bin": "application/octet-stream"})
+            put(hub, 6, 2)  # the hub continues the numbers of a deleted channel
+            await archive.flush()
+            assert archive.statistics()["errors"] == {}
+            assert [s for s, _ in await fetch(hub, oldest=10)] == [6, 7]
 
 
 async def test_puts_are_refused_with_the_reason_while_the_disk_is_full(small_disk):

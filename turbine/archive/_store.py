@@ -86,7 +86,13 @@ class TieredStores:
             ctype = known.content_type if known else guess_content_type(spec.channel)
             archive.append(spec.source, Declare(spec.channel, ctype, next_seq))
             self._declared[key] = next_seq
-        return TieredStore(Ring(spec.max_frames, next_seq), archive, spec.source, spec.channel)
+        return TieredStore(Ring(spec.max_frames, next_seq), self, spec.source, spec.channel)
+
+    def forget(self, source: str) -> None:
+        """Delete ``source``'s archive (with the next commit); a new one of that name starts afresh."""
+        self.archive.delete_soon(source)
+        for key in [k for k in self._declared if k[0] == source]:
+            del self._declared[key]
 
 
 class TieredStore:
@@ -96,9 +102,10 @@ class TieredStore:
     ring's; :attr:`archived_first_seq` is the oldest number on disk.
     """
 
-    def __init__(self, ring: Ring, archive: Archive, source: str, channel: str) -> None:
+    def __init__(self, ring: Ring, factory: TieredStores, source: str, channel: str) -> None:
         self.ring = ring
-        self.archive = archive
+        self.factory = factory
+        self.archive = factory.archive
         self.source = source
         self.channel = channel
         self._first_put: int | None = None  # number of the first frame this store queued
@@ -290,7 +297,7 @@ class TieredStore:
 
     def drop(self) -> int:
         """Forget the frames: the ring's now, the source's archive by the next commit."""
-        self.archive.delete_soon(self.source)
+        self.factory.forget(self.source)
         return self.ring.drop()
 
 
