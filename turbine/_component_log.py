@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import trio
 
@@ -34,3 +35,10 @@ class BrokerLogHandler(logging.Handler):
             self.send.send_nowait(json.dumps(entry).encode())
         except trio.WouldBlock:
             self.dropped += 1
+
+    async def pump(self, log_source: Any) -> None:
+        """Put queued records on ``log_source`` (a Source), flushing whenever the queue is empty."""
+        async for entry in self.receive:
+            await log_source.put(LOG_CHANNEL, entry)
+            if not self.receive.statistics().current_buffer_used:
+                await log_source.flush()

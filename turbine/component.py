@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import inspect
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import attrs
 import click
@@ -51,13 +50,18 @@ import trio
 
 from ._clock import wall_time
 from ._component_cli import component_cli
-from ._component_log import LOG_CHANNEL, BrokerLogHandler
+from ._component_log import BrokerLogHandler
+from ._component_parts import (
+    Patience,
+    call_handler,
+    command,
+    find_commands,
+    open_small_endpoints,
+    resume_point,
+    usage,
+)
 from ._constants import (
-    COMMAND_CACHE_BYTES,
-    COMMAND_CACHE_FRAMES,
     DEFAULT_ADDRESS,
-    LOG_CACHE_BYTES,
-    LOG_CACHE_FRAMES,
 )
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._retry import Backoff
@@ -67,7 +71,6 @@ from .command import COMMAND_CHANNEL, Command, Reply, endpoints
 from .settings import (
     ConfigError,
     NoSettings,
-    convert,
     make_settings,
     settings_dict,
 )
@@ -78,24 +81,6 @@ RECONNECT_MAX_S = 5.0
 #: Refusals a component waits out: its previous process still holds its
 #: sources (they go offline soon), or the broker has no memory left for now.
 WAIT_FOR = ("held", "memory")
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa: A002
-    """Mark a method as the handler of ``verb``.
-
-    Positional command arguments are converted to the parameters' annotated
-    types (``int``, ``float``, ``bool``, ``str``).  The return value is the
-    reply's result; an exception becomes an error reply with its message.
-    """
-
-    def mark(fn: F) -> F:
-        fn.__turbine_command__ = verb  # type: ignore[attr-defined]
-        fn.__turbine_help__ = help or (inspect.getdoc(fn) or "").split("\n")[0]  # type: ignore[attr-defined]
-        return fn
-
-    return mark
 
 
 class Component:
@@ -126,16 +111,14 @@ class Component:
         self.log = logging.getLogger(self.component)
         self.started = wall_time()
         self.state = "starting"
-        #: Why the component is not running yet (None once it is).
-        self.waiting_for: str | None = None
-        self._waiting_kind: str | None = None
+        self._patience = Patience(self.log, Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S))
         self.commands_handled = 0
         self.client: Client | None = None
         self._data: Source | None = None
         self._replies: Source | None = None
         self._answered_seq: int | None = None
         self._log_handler = BrokerLogHandler()
-        self._handlers = self._find_commands()
+        self._handlers = find_commands(self)
 
     # --- what subclasses provide
 
@@ -164,7 +147,7 @@ class Component:
             "component": self.component,
             "state": self.state,
             "uptime": round(wall_time() - self.started, 3),
-            "waiting_for": self.waiting_for,
+            "waiting_for": self._patience.reason,
             "commands_handled": self.commands_handled,
             "settings": settings_dict(self.config),
             "log_records_dropped": self._log_handler.dropped,
@@ -208,29 +191,13 @@ class Component:
 
     # --- commands
 
-    def _find_commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
-        found: dict[str, Callable[..., Awaitable[Any]]] = {}
-        for klass in reversed(type(self).__mro__):
-            for attr in vars(klass).values():
-                verb = getattr(attr, "__turbine_command__", None)
-                if verb:
-                    found[verb] = getattr(self, attr.__name__)
-        return found
-
     @command("status", help="the component's state, uptime and settings")
     async def _status(self) -> dict[str, Any]:
         return self.status()
 
     @command("help", help="the commands this component answers")
     async def _help(self) -> dict[str, str]:
-        out = {}
-        for verb, fn in sorted(self._handlers.items()):
-            params = [p for p in inspect.signature(fn).parameters.values()]
-            sig = " ".join(
-                p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in params
-            )
-            out[verb] = f"{verb} {sig}".strip() + f": {fn.__turbine_help__}"  # type: ignore[attr-defined]
-        return out
+        return {verb: usage(verb, fn) for verb, fn in sorted(self._handlers.items())}
 
     async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
         """Run one command; return ``(status, result, error)``."""
@@ -248,41 +215,14 @@ class Component:
                 None,
                 f"unknown command {cmd.verb!r}; {self.component} knows: {', '.join(sorted(self._handlers))}",
             )
-        try:
-            sig = inspect.signature(fn)
-            bound = sig.bind(*cmd.args, **cmd.kwargs)
-        except TypeError as exc:
-            return (
-                "error",
-                None,
-                f"bad arguments for {cmd.verb!r} ({exc}); usage: {(await self._help())[cmd.verb]}",
-            )
-        try:
-            for pname, value in bound.arguments.items():
-                ann = sig.parameters[pname].annotation
-                like = {"int": int, "float": float, "bool": bool, "str": str}.get(
-                    ann if isinstance(ann, str) else getattr(ann, "__name__", ""), None
-                )
-                if like is not None:
-                    bound.arguments[pname] = convert(value, like, f"argument {pname!r}")
-            result = await fn(*bound.args, **bound.kwargs)
-        except (TurbineError, ValueError, KeyError, TypeError) as exc:
-            return "error", None, str(exc) or type(exc).__name__
-        self.commands_handled += 1
-        return "ok", result, None
+        status, result, error = await call_handler(cmd, fn)
+        if status == "ok":
+            self.commands_handled += 1
+        return status, result, error
 
     async def _command_loop(self, tb: Client) -> None:
         ep = self.endpoints
-        # Resume after the last command answered (found in our newest reply),
-        # so commands sent while we were away are answered, none twice.
-        start: str | int = "oldest"
-        for frame in await tb.fetch(f"{ep['replies']}/{COMMAND_CHANNEL}", newest=1):
-            try:
-                seq = Reply.from_json(frame.data).sink_seq
-            except ValueError:
-                seq = None
-            if seq:
-                start = seq + 1
+        start = await resume_point(tb, ep["replies"])
         async with tb.subscribe(f"{ep['sink']}/{COMMAND_CHANNEL}", start=start) as sub:
             async for item in sub:
                 if not isinstance(item, Frame):
@@ -327,67 +267,29 @@ class Component:
 
     # --- running
 
-    async def _pump_log(self, log_source: Source) -> None:
-        async for entry in self._log_handler.receive:
-            await log_source.put(LOG_CHANNEL, entry)
-            if not self._log_handler.receive.statistics().current_buffer_used:
-                await log_source.flush()
-
-    async def _open_small(self, tb: Client) -> Source:
-        """Open the log and command endpoints; return the log source.
-
-        They carry little: small rings, so that a site's many components do
-        not reserve the broker's memory for nothing.
-        """
-        ep = self.endpoints
-        log_source = await tb.open_source(
-            ep["log"],
-            channels={LOG_CHANNEL: "application/json"},
-            cache_frames=LOG_CACHE_FRAMES,
-            cache_bytes=LOG_CACHE_BYTES,
-        )
-        await tb.open_source(
-            ep["sink"],
-            channels={COMMAND_CHANNEL: "application/json"},
-            shared=True,
-            cache_frames=COMMAND_CACHE_FRAMES,
-            cache_bytes=COMMAND_CACHE_BYTES,
-        )
-        self._replies = await tb.open_source(
-            ep["replies"],
-            channels={COMMAND_CHANNEL: "application/json"},
-            cache_frames=COMMAND_CACHE_FRAMES,
-            cache_bytes=COMMAND_CACHE_BYTES,
-        )
-        return log_source
-
-    async def _open_data(self, tb: Client, backoff: Backoff) -> Source:
-        """Open the data source, waiting (connected, answering commands) while the broker refuses it."""
-        while True:
-            try:
-                return await tb.open_source(
-                    self.endpoints["data"],
-                    channels=self.channels,
-                    cache_frames=self.cache_frames,
-                    cache_bytes=self.cache_bytes,
-                )
-            except RequestFailed as exc:
-                if exc.code not in WAIT_FOR:
-                    raise
-                await self._wait_to_retry(exc.code, str(exc), backoff)
-
-    async def _session(self, tb: Client, backoff: Backoff, ready: Callable[[], None]) -> None:
+    async def _session(self, tb: Client, patience: Patience, ready: Callable[[], None]) -> None:
         self.client = tb
-        log_source = await self._open_small(tb)
+        log_source, self._replies = await open_small_endpoints(tb, self.endpoints)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_log, log_source)
+            nursery.start_soon(self._log_handler.pump, log_source)
             nursery.start_soon(self._command_loop, tb)
-            self._data = await self._open_data(tb, backoff)
+            while True:  # connected and answering commands while the data source is refused
+                try:
+                    self._data = await tb.open_source(
+                        self.endpoints["data"],
+                        channels=self.channels,
+                        cache_frames=self.cache_frames,
+                        cache_bytes=self.cache_bytes,
+                    )
+                    break
+                except RequestFailed as exc:
+                    if exc.code not in WAIT_FOR:
+                        raise
+                    self.state = "waiting"
+                    await patience.wait(exc.code, str(exc))
             # Only a session that opened everything ends the backoff: a broker
             # that accepts the connection but refuses the source is still away.
-            backoff.reset()
-            self.waiting_for = None
-            self._waiting_kind = None
+            patience.ended()
             self.state = "running"
             await self.publish_metadata()
             self.log.info("connected to %s", self.address)
@@ -395,20 +297,6 @@ class Component:
             await self.run()
             # run() returning means the work is done; keep answering commands.
             await trio.sleep_forever()
-
-    async def _wait_to_retry(self, kind: str, reason: str, backoff: Backoff) -> None:
-        """Wait before trying again; log ``reason`` once per change of ``kind``, keep it in status."""
-        wait = backoff.next_delay()
-        self.state = "waiting"
-        self.waiting_for = reason
-        if kind != self._waiting_kind:
-            self.log.warning(
-                "%s; trying again in %.1f s (backing off up to %g s)", reason, wait, backoff.most
-            )
-            self._waiting_kind = kind
-        else:
-            self.log.debug("%s; trying again in %.1f s", reason, wait)
-        await trio.sleep(wait)
 
     async def start_lasting_work(self, nursery: trio.Nursery) -> None:
         """Start work that outlives broker connections (a listener, a device link) in ``nursery``.
@@ -434,7 +322,6 @@ class Component:
         """
         root = logging.getLogger()
         root.addHandler(self._log_handler)
-        backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
         self.started = wall_time()
 
         def ready() -> None:
@@ -448,7 +335,7 @@ class Component:
                 while True:
                     try:
                         async with open_client(self.address, name=self.component) as tb:
-                            await self._session(tb, backoff, ready)
+                            await self._session(tb, self._patience, ready)
                     except* ConnectionFailed as group:
                         kind, reason = "unreachable", f"broker unreachable ({leaves(group)[0]})"
                     except* RequestFailed as group:
@@ -457,7 +344,8 @@ class Component:
                             raise
                         kind, reason = refused[0].code, str(refused[0])  # type: ignore[attr-defined]
                     self._data = self._replies = None
-                    await self._wait_to_retry(kind, reason, backoff)
+                    self.state = "waiting"
+                    await self._patience.wait(kind, reason)
         finally:
             root.removeHandler(self._log_handler)
 
@@ -483,3 +371,6 @@ class Component:
         """Run the component from the command line (``python -m components.<kind>``)."""
         package = cls.__module__.removesuffix(".component").removesuffix(".__main__")
         cls.cli().main(args=argv, prog_name=f"python -m {package}")
+
+
+__all__ = ["Component", "ConfigError", "command"]

@@ -1,0 +1,173 @@
+"""Pieces of the component pattern that need no component: command handlers
+(marking, finding, calling with converted arguments) and the small endpoints."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._component_log import LOG_CHANNEL
+from ._constants import COMMAND_CACHE_BYTES, COMMAND_CACHE_FRAMES, LOG_CACHE_BYTES, LOG_CACHE_FRAMES
+from ._errors import TurbineError
+from ._retry import Backoff
+from .client import Client, Source
+from .command import COMMAND_CHANNEL, Command, Reply
+from .settings import convert
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+Handler = Callable[..., Awaitable[Any]]
+
+#: Annotations a command argument is converted to (by name: annotations may be strings).
+_ARGUMENT_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def command(verb: str, *, help: str | None = None) -> Callable[[F], F]:  # noqa: A002
+    """Mark a method as the handler of ``verb``.
+
+    Positional command arguments are converted to the parameters' annotated
+    types (``int``, ``float``, ``bool``, ``str``).  The return value is the
+    reply's result; an exception becomes an error reply with its message.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__turbine_command__ = verb  # type: ignore[attr-defined]
+        fn.__turbine_help__ = help or (inspect.getdoc(fn) or "").split("\n")[0]  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+def find_commands(obj: object) -> dict[str, Handler]:
+    """The bound handlers of ``obj`` by verb (a subclass's handler replaces its base's)."""
+    found: dict[str, Handler] = {}
+    for klass in reversed(type(obj).__mro__):
+        for attr in vars(klass).values():
+            verb = getattr(attr, "__turbine_command__", None)
+            if verb:
+                found[verb] = getattr(obj, attr.__name__)
+    return found
+
+
+def usage(verb: str, fn: Handler) -> str:
+    """``verb ARG [OPTIONAL]: help`` for ``help`` replies and argument errors."""
+    params = inspect.signature(fn).parameters.values()
+    sig = " ".join(
+        p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in params
+    )
+    return f"{verb} {sig}".strip() + f": {fn.__turbine_help__}"  # type: ignore[attr-defined]
+
+
+async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]:
+    """Call ``fn`` with the command's arguments, converted; return ``(status, result, error)``.
+
+    A wrong number of arguments, an argument that does not convert, or a
+    ``TurbineError``, ``ValueError``, ``KeyError`` or ``TypeError`` from the
+    handler is an ``error``; anything else propagates (a bug).
+    """
+    try:
+        sig = inspect.signature(fn)
+        bound = sig.bind(*cmd.args, **cmd.kwargs)
+    except TypeError as exc:
+        return (
+            "error",
+            None,
+            f"bad arguments for {cmd.verb!r} ({exc}); usage: {usage(cmd.verb, fn)}",
+        )
+    try:
+        for pname, value in bound.arguments.items():
+            ann = sig.parameters[pname].annotation
+            like = _ARGUMENT_TYPES.get(
+                ann if isinstance(ann, str) else getattr(ann, "__name__", "")
+            )
+            if like is not None:
+                bound.arguments[pname] = convert(value, like, f"argument {pname!r}")
+        result = await fn(*bound.args, **bound.kwargs)
+    except (TurbineError, ValueError, KeyError, TypeError) as exc:
+        return "error", None, str(exc) or type(exc).__name__
+    return "ok", result, None
+
+
+async def resume_point(tb: Client, replies: str) -> str | int:
+    """Where the command loop starts reading the sink: after the last command answered.
+
+    Found in the newest reply on ``replies``, so that commands sent while the
+    component was away are answered, none twice.
+    """
+    for frame in await tb.fetch(f"{replies}/{COMMAND_CHANNEL}", newest=1):
+        try:
+            seq = Reply.from_json(frame.data).sink_seq
+        except ValueError:
+            seq = None
+        if seq:
+            return seq + 1
+    return "oldest"
+
+
+async def open_small_endpoints(tb: Client, endpoints: Mapping[str, str]) -> tuple[Source, Source]:
+    """Open a component's log source, command sink and command source; return (log, replies).
+
+    They carry little: small rings, so that a site's many components do not
+    reserve the broker's memory for nothing.
+
+    Raises:
+        RequestFailed: the broker refused one (held by another client, no memory).
+    """
+    log_source = await tb.open_source(
+        endpoints["log"],
+        channels={LOG_CHANNEL: "application/json"},
+        cache_frames=LOG_CACHE_FRAMES,
+        cache_bytes=LOG_CACHE_BYTES,
+    )
+    await tb.open_source(
+        endpoints["sink"],
+        channels={COMMAND_CHANNEL: "application/json"},
+        shared=True,
+        cache_frames=COMMAND_CACHE_FRAMES,
+        cache_bytes=COMMAND_CACHE_BYTES,
+    )
+    replies = await tb.open_source(
+        endpoints["replies"],
+        channels={COMMAND_CHANNEL: "application/json"},
+        cache_frames=COMMAND_CACHE_FRAMES,
+        cache_bytes=COMMAND_CACHE_BYTES,
+    )
+    return log_source, replies
+
+
+@attrs.define
+class Patience:
+    """Waiting out a broker that is away or refuses: capped backoff, told once per reason.
+
+    ``reason`` (None while all is well) is what ``status`` shows as ``waiting_for``.
+    """
+
+    log: logging.Logger
+    backoff: Backoff
+    reason: str | None = None
+    kind: str | None = None
+
+    async def wait(self, kind: str, reason: str) -> None:
+        """Sleep before the next try; log ``reason`` as a warning when ``kind`` changed."""
+        wait = self.backoff.next_delay()
+        self.reason = reason
+        if kind != self.kind:
+            self.log.warning(
+                "%s; trying again in %.1f s (backing off up to %g s)",
+                reason,
+                wait,
+                self.backoff.most,
+            )
+            self.kind = kind
+        else:
+            self.log.debug("%s; trying again in %.1f s", reason, wait)
+        await trio.sleep(wait)
+
+    def ended(self) -> None:
+        """Everything opened: the next trouble starts the backoff over, and is told."""
+        self.backoff.reset()
+        self.reason = self.kind = None
