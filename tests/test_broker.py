@@ -402,6 +402,20 @@ async def test_a_fetch_larger_than_one_message_arrives_whole_in_parts(broker):
     assert frames[-1].data == bytes([(n - 1) % 256])
 
 
+async def test_a_list_too_large_for_one_message_is_refused_not_sent(broker):
+    """Each source's metadata fits; 80 of them together would need a header over 4 MiB."""
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            for i in range(80):
+                src = await tb.open_source(f"daq_m{i}_data_source", cache_bytes=200_000)
+                await src.set_metadata({"notes": "n" * 60_000})
+            with pytest.raises(RequestFailed, match="over the limit of 4194304") as info:
+                await tb.list_sources("*")
+            assert info.value.code == "too_large"
+            assert len(await tb.list_sources("daq_m1*")) == 11  # a narrower pattern fits
+            await tb.flush()  # the connection carries on
+
+
 # --- subscriptions ---------------------------------------------------------------------------
 
 

@@ -156,5 +156,11 @@ _STARS = re.compile(r"\*+")  # a fixed expression, linear: merges runs of '*'
 
 def source_pattern(pattern: str) -> Pattern:
     """Compile a ``*`` wildcard pattern over source names (the part before any ``/``);
-    match names with :meth:`Pattern.match_source`."""
+    match names with :meth:`Pattern.match_source`.
+
+    Raises:
+        InvalidName: as :func:`compile_pattern`: ``list`` takes the patterns
+            ``fetch`` and ``subscribe`` take, no others.
+    """
+    compile_pattern(pattern)
     return compile_pattern(pattern.partition("/")[0] + "/*")
