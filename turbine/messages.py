@@ -283,8 +283,14 @@ def header_fields(msg: Message) -> dict[str, Any]:
 
 def build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
     """The message a checked header describes (fields it does not know are ignored)."""
-    if not header.keys() <= spec.names:  # a newer peer's extra fields: drop them
-        header = {name: value for name, value in header.items() if name in spec.names}
+    try:
+        return _build(spec, header, payload)
+    except TypeError:  # a newer peer's extra fields (checked headers lack none): drop them
+        known = {name: value for name, value in header.items() if name in spec.names}
+        return _build(spec, known, payload)
+
+
+def _build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
     if spec.has_payload:
         return spec.cls(**header, payload=payload)  # type: ignore[call-arg]
     return spec.cls(**header)
