@@ -524,7 +524,11 @@ def test_fields_a_message_does_not_have_are_ignored():
     """A newer peer may add fields; this side reads what it knows."""
     conn = broker_side()
     conn.receive_data(raw({"type": "flush", "id": 1, "priority": "high"}))
-    assert drain(conn) == [Flush(id=1)]
+    put = {"type": "put", "source": "s", "channel": "c", "ts": [None], "sizes": [2]}
+    conn.receive_data(raw({**put, "payload": "not this"}, b"ab"))  # a name the class uses itself
+    flush, got = drain(conn)
+    assert flush == Flush(id=1)
+    assert (got.source, got.sizes, bytes(got.payload)) == ("s", [2], b"ab")
 
 
 # --- splitting large deliveries ----------------------------------------------------
