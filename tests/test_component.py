@@ -13,7 +13,7 @@ import attrs
 import pytest
 import trio
 
-from turbine import Component, command, open_client, send_command
+from turbine import Component, NoReply, command, open_client, send_command
 from turbine.testing import (
     fake_data,
     follow_trio_clock,
@@ -187,3 +187,23 @@ async def test_serving_and_fake_data(autojump_clock: trio.abc.Clock) -> None:
             assert t5.state == "running"
             async with open_client(address) as tb:
                 assert (await send_command(tb, "daq_t5", "ticks")).ok
+
+
+async def test_a_command_waits_for_a_component_that_has_not_started(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    follow_trio_clock()
+    with trio.fail_after(30):
+        async with open_broker() as address, open_client(address) as tb:
+            late = Ticker("late", address)
+
+            async def start_later() -> None:
+                await trio.sleep(3)
+                await nursery.start(late.serve)
+
+            nursery.start_soon(start_later)
+            reply = await send_command(tb, "daq_late", "ticks", wait=10)
+            assert reply.ok and late.state == "running"
+            with pytest.raises(NoReply, match="no component 'daq_never' has run here within 2 s"):
+                await send_command(tb, "daq_never", "status", wait=2)
+            nursery.cancel_scope.cancel()

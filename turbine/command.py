@@ -21,12 +21,15 @@ import trio
 
 from ._clock import wall_time
 from ._errors import RequestFailed, TurbineError
+from ._retry import Backoff
 from .client import Client, Frame, Gap
 from .correlate import Correlator
 
 COMMAND_CHANNEL = "command.txt"
 #: How long a command stays valid when the sender does not say.
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
+#: How often a command for a component that has not started yet looks for its sink.
+SINK_POLL_FIRST_S, SINK_POLL_MAX_S = 0.05, 1.0
 
 
 class NoReply(TurbineError):
@@ -121,11 +124,12 @@ async def send_command(
     """Send ``verb`` to component ``target`` (``<type>_<name>``) and wait for its reply.
 
     The command's deadline is ``wait`` seconds from now: a component that
-    reads it later answers ``expired`` without running it.
+    reads it later answers ``expired`` without running it.  A component that
+    has not started yet (no command sink) is waited for within ``wait``:
+    start-up order does not matter.
 
     Raises:
-        RequestFailed: the component's command sink does not exist.
-        NoReply: no reply within ``wait`` seconds.
+        NoReply: no reply within ``wait`` seconds (or the component never came).
     """
     ep = endpoints(target)
     cmd = Command(uuid.uuid4().hex, verb, args, kwargs, wall_time() + wait)
@@ -133,20 +137,29 @@ async def send_command(
     with trio.move_on_after(wait):
         async with tb.subscribe(f"{ep['replies']}/{COMMAND_CHANNEL}", start="now") as sub:
             with replies.expect(cmd.id) as pending:
-                try:
-                    await tb.put(f"{ep['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
-                except RequestFailed as exc:
-                    if exc.code == "missing":
-                        raise RequestFailed(
-                            f"no component {target!r} has ever run here (no source {ep['sink']})",
-                            "missing",
-                        ) from None
-                    raise
+                await _put_when_there(tb, f"{ep['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
                 async for item in sub:
                     reply = reply_from(item)
                     if reply is not None and replies.deliver(reply.id, reply):
                         return pending.result()
+    if not await tb.list_sources(ep["sink"]):
+        raise NoReply(
+            f"no component {target!r} has run here within {wait:g} s (no source {ep['sink']})"
+        )
     raise NoReply(f"no reply from {target} to {verb!r} within {wait:g} s (is it running?)")
+
+
+async def _put_when_there(tb: Client, path: str, data: bytes) -> None:
+    """Put ``data`` on ``path``, waiting (capped backoff) while its source does not exist yet."""
+    backoff = Backoff(SINK_POLL_FIRST_S, SINK_POLL_MAX_S)
+    while True:
+        try:
+            await tb.put(path, data)
+            return
+        except RequestFailed as exc:
+            if exc.code != "missing":
+                raise
+        await trio.sleep(backoff.next_delay())
 
 
 def reply_from(item: Frame | Gap) -> Reply | None:
