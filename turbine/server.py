@@ -41,7 +41,7 @@ from ._constants import (
 from ._constants import (
     VERSION as __version__,
 )
-from ._errors import RemoteProtocolError, RequestFailed
+from ._errors import RemoteProtocolError, RequestFailed, leaves
 from ._io import send_buffers, write_now
 from .closed import Closed, CloseReason, WriteTimeout
 from .groups import split_frames
@@ -383,9 +383,9 @@ class Broker:
                     drain = conn.finished.is_set()
                 nursery.cancel_scope.cancel()
         except* WriteTimeout as group:
-            code, reason = CloseReason.WRITE_TIMEOUT, str(group.exceptions[0])
+            code, reason = CloseReason.WRITE_TIMEOUT, str(leaves(group)[0])
         except* (OSError, trio.BrokenResourceError) as group:
-            code, reason = CloseReason.CONNECTION_LOST, f"connection lost: {group.exceptions[0]}"
+            code, reason = CloseReason.CONNECTION_LOST, f"connection lost: {leaves(group)[0]}"
         except* trio.Cancelled:
             code, reason = CloseReason.BROKER_STOPPED, "the broker stopped"
             raise
@@ -394,7 +394,7 @@ class Broker:
             log.error("internal error on %s", conn.peer.name, exc_info=group)
             code, reason = (
                 CloseReason.INTERNAL_ERROR,
-                f"internal broker error: {group.exceptions[0]!r}",
+                f"internal broker error: {leaves(group)[0]!r}",
             )
         finally:
             for sub in conn.subs.values():
