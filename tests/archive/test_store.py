@@ -98,21 +98,25 @@ async def test_an_explicit_number_is_a_hole_on_disk_too(tmp_path):
                 store.append_many([6.0], [b"f"], "w", 5, seq=3)
 
 
-async def test_deleting_a_source_deletes_its_archive(tmp_path):
+async def test_the_hub_dropping_a_source_keeps_its_archive_until_it_is_deleted(tmp_path):
     with trio.fail_after(20):
         async with open_archive(tmp_path) as archive:
-            hub = hub_with(TieredStores(archive))
+            factory = TieredStores(archive)
+            hub = hub_with(factory)
             put(hub, 1, 5)
-            await archive.flush()
-            assert SRC in archive.logs
-            hub.delete(SRC)
-            await archive.flush()
-            assert not (tmp_path / "sources" / SRC).exists()
+            hub.delete(SRC)  # as when memory is made for another source
             hub.open_source(ME, SRC, channels={"x.bin": "application/octet-stream"})
-            put(hub, 6, 2)  # the hub continues the numbers of a deleted channel
+            put(hub, 6, 2)  # the numbers continue
+            assert [s for s, _ in await fetch(hub, oldest=10)] == list(range(1, 8))
+            await archive.flush()
+            freed = await factory.delete(SRC)  # turbine rm
+            assert freed > 0 and not (tmp_path / "sources" / SRC).exists()
+            hub.delete(SRC)
+            hub.open_source(ME, SRC, channels={"x.bin": "application/octet-stream"})
+            put(hub, 8, 1)
             await archive.flush()
             assert archive.statistics()["errors"] == {}
-            assert [s for s, _ in await fetch(hub, oldest=10)] == [6, 7]
+            assert [s for s, _ in await fetch(hub, oldest=10)] == [8]
 
 
 async def test_puts_are_refused_with_the_reason_while_the_disk_is_full(small_disk):

@@ -55,6 +55,8 @@ class TieredStores:
         self.archive = archive
         self.archive_bytes = archive_bytes
         self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
+        #: (source, channel) -> the first number queued for the archive since it opened.
+        self.first_queued: dict[tuple[str, str], int] = {}
 
     def recovered(self) -> list[RecoveredSource]:
         """Every source the archive holds, with its channels' content types and numbering."""
@@ -88,11 +90,15 @@ class TieredStores:
             self._declared[key] = next_seq
         return TieredStore(Ring(spec.max_frames, next_seq), self, spec.source, spec.channel)
 
-    def forget(self, source: str) -> None:
-        """Delete ``source``'s archive (with the next commit); a new one of that name starts afresh."""
-        self.archive.delete_soon(source)
-        for key in [k for k in self._declared if k[0] == source]:
-            del self._declared[key]
+    async def delete(self, source: str) -> int:
+        """Delete ``source``'s archive for good (``turbine rm``); return the bytes freed.
+
+        A new source of that name starts an archive afresh.
+        """
+        for table in (self._declared, self.first_queued):
+            for key in [k for k in table if k[0] == source]:
+                del table[key]
+        return await self.archive.delete(source)
 
 
 class TieredStore:
@@ -108,7 +114,6 @@ class TieredStore:
         self.archive = factory.archive
         self.source = source
         self.channel = channel
-        self._first_put: int | None = None  # number of the first frame this store queued
 
     # --- memory, as the ring has it
 
@@ -172,8 +177,9 @@ class TieredStore:
         """The oldest number the archive holds or will once its queue is written
         (the ring's first when the archive holds nothing older)."""
         first = self.ring.first_seq
-        if self._first_put is not None:
-            first = min(first, self._first_put)
+        queued = self.factory.first_queued.get((self.source, self.channel))
+        if queued is not None:
+            first = min(first, queued)
         log = self.archive.logs.get(self.source)
         if log is not None and self.channel in log.channels:
             first = min(first, log.first_seq(self.channel))
@@ -211,8 +217,7 @@ class TieredStore:
             self.archive.append(
                 self.source, Hole(self.channel, ring.next_seq, first - ring.next_seq)
             )
-        if self._first_put is None:
-            self._first_put = first
+        self.factory.first_queued.setdefault((self.source, self.channel), first)
         freed = ring.append_many(ts, data, writer, arrival, sizes, seq)
         self.archive.append(self.source, Put(self.channel, first, list(ts), sizes, data, writer))
         return freed
@@ -296,8 +301,13 @@ class TieredStore:
             raise RequestFailed(str(exc), "disk") from None
 
     def drop(self) -> int:
-        """Forget the frames: the ring's now, the source's archive by the next commit."""
-        self.factory.forget(self.source)
+        """Forget the frames in memory; the archive keeps them.
+
+        The hub drops a source's stores both for ``turbine rm`` and to make
+        room in memory for another source (an offline source goes): a disk
+        history must not vanish for the second reason, so deleting the
+        archive is :meth:`TieredStores.delete`'s, called for ``rm`` only.
+        """
         return self.ring.drop()
 
 
