@@ -81,6 +81,8 @@ class Context:
             if "$text" in v:
                 text, n = v["$text"]
                 return self.text(text) * n
+            if "$concat" in v:
+                return "".join(self.build(part) for part in v["$concat"])
             return {self.text(k): self.build(x) for k, x in v.items()}
         return v
 
