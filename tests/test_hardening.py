@@ -3,10 +3,16 @@ never stall, bloat or break the broker for everyone."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
+from pathlib import Path
 
+import msgpack
 import pytest
 from test_cli import TURBINE, Serve, ok, stop, tb
+
+from turbine._constants import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +43,36 @@ def test_a_pathological_pattern_does_not_stall_the_broker(server):
         assert done.returncode == 0, done.stderr
     finally:
         stop(tap)
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def raw_connection(address: str, name: str = "raw") -> socket.socket:
+    """A blocking socket past the handshake (the broker's hello read and dropped)."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = msgpack.packb({"type": "client_hello", "protocol": PROTOCOL_VERSION, "name": name})
+    sock.sendall(struct.pack(">II", len(head), 0) + head)
+    return sock
+
+
+def test_declared_lengths_take_no_memory_until_the_bytes_arrive(server):
+    ok(server.address, "status")
+    before = rss(server.proc.pid)
+    # The finding: twelve of these took the broker from 29 to 810 MiB.
+    socks = [raw_connection(server.address) for _ in range(12)]
+    try:
+        for sock in socks:
+            sock.sendall(struct.pack(">II", 20, 68157440) + b"\x85")
+        ok(server.address, "status")  # every one of them has been read by now
+        grown = rss(server.proc.pid) - before
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grown < 32 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"

@@ -3,9 +3,11 @@ must never stall, bloat or break the broker for everyone."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 import trio
-from test_broker import RawClient, put_all, raw_message
+from test_broker import RawClient, put_all, raw_message, start_broker
 
 from turbine import RequestFailed, open_client
 from turbine._constants import (
@@ -110,3 +112,52 @@ async def test_one_deep_metadata_frame_breaks_no_listing(broker):
             await src.close()
             names = [s.name for s in await good.list_sources()]  # RecursionError for all, before
     assert names == [SRC, BAD]
+
+
+# --- half-sent messages -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hello", [True, False])
+async def test_a_half_sent_message_closes_its_connection_after_the_deadline(
+    nursery, autojump_clock, hello
+):
+    address = await start_broker(nursery, message_timeout=30.0)
+    with trio.fail_after(120):
+        async with open_client(address, name="good") as good:
+            src = await good.open_source(SRC)
+            bad = await RawClient.connect(address, hello=hello, name="bad")
+            async with bad:
+                if hello:
+                    # The finding: 8 bytes declaring 65 MiB and one header byte, then silence.
+                    await bad.send_raw(struct.pack(">II", 20, 68157440) + b"\x85")
+                await trio.sleep(29)
+                await put_all(src, "x", [b"meanwhile"])  # everyone else carries on
+                await trio.sleep(2)  # mock time: the deadline passes
+                (error,) = await bad.until_closed()
+            status = await good.status()
+    assert error["code"] == "protocol"
+    want = "a message stayed incomplete for 30 s" if hello else "no client_hello within 30 s"
+    assert want in error["message"]
+    (closed,) = [c for c in status["closed"] if want in c["reason"]]
+
+
+async def test_a_message_that_arrives_in_pieces_within_the_deadline_is_taken(
+    nursery, autojump_clock
+):
+    address = await start_broker(nursery, message_timeout=30.0)
+    with trio.fail_after(300):
+        async with open_client(address, name="good") as good:
+            await good.open_source(SRC, shared=True)
+            async with await RawClient.connect(address, name="slow") as slow:
+                message = raw_message(
+                    {"type": "put", "source": SRC, "channel": "x", "ts": [None], "sizes": [6]},
+                    b"abcdef",
+                )
+                for byte in message:  # one byte at a time, 29 s for the whole message
+                    await slow.send_raw(bytes([byte]))
+                    await trio.sleep(29 / len(message))
+                await slow.send("flush", {"id": 1})
+                reply = await slow.receive()
+            frames = await good.fetch(f"{SRC}/x", newest=1)
+    assert reply is not None and reply.type == "ok"
+    assert [f.data for f in frames] == [b"abcdef"]

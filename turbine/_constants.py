@@ -57,6 +57,12 @@ MAX_SOFTWARE_CHARS = 255
 MAX_ERROR_MESSAGE_CHARS = 4096
 #: Most channels one source may have (open_source's map and channels made by put).
 MAX_CHANNELS_PER_SOURCE = 1024
+#: What the receive buffers of all connections may hold together beyond one
+#: normal read each (partial large messages); a reader waits when it is used up.
+MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES
+#: A message that stays partly received this long closes its connection (seconds);
+#: so does a connection that sends no client_hello within it.
+MESSAGE_TIMEOUT_S = 30.0
 #: Largest metadata frame (the metadata channel's JSON) and its deepest nesting.
 MAX_METADATA_BYTES = 64 * 2**10
 MAX_METADATA_DEPTH = 32
@@ -89,8 +95,11 @@ WRITE_TIMEOUT_S = 30.0
 #: destroy those words in the client's receive buffer.
 LAST_WORDS_S = 1.0
 CLOSE_DRAIN_S = 1.0
-#: Bytes asked of the socket per read.
+#: Bytes asked of the socket per read: a connection's first reads ask for
+#: FIRST_RECEIVE_BYTES, doubling up to RECEIVE_BYTES while reads fill what is asked
+#: (an idle connection holds a small buffer).
 RECEIVE_BYTES = 256 * 2**10
+FIRST_RECEIVE_BYTES = 16 * 2**10
 
 #: Client side: frame batches buffered per subscription before the reader waits.
 SUBSCRIPTION_QUEUE_BATCHES = 64

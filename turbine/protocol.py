@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import msgpack
 
 from ._constants import (
+    FIRST_RECEIVE_BYTES,
     MAX_CHANNELS_PER_SOURCE,
     MAX_CLIENT_NAME_CHARS,
     MAX_CONTENT_TYPE_CHARS,
@@ -212,6 +213,30 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+class ReceiveBudget:
+    """Bytes the receive buffers of all connections may hold beyond one normal
+    read each: partial large messages cannot, together, take more than ``limit``.
+
+    ``on_give`` is called when bytes come back (the broker wakes readers
+    waiting for room).
+    """
+
+    def __init__(self, limit: int, on_give: Callable[[], None] = lambda: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._on_give = on_give
+
+    def take(self, n: int) -> int:
+        """Take up to ``n`` bytes; return how many were granted (0 when none are left)."""
+        granted = max(min(n, self.limit - self.held), 0)
+        self.held += granted
+        return granted
+
+    def give(self, n: int) -> None:
+        self.held -= n
+        self._on_give()
+
+
 class Connection:
     """The protocol state of one side of one connection.
 
@@ -219,6 +244,8 @@ class Connection:
         our_role: :attr:`Role.BROKER` or :attr:`Role.CLIENT`.
         max_payload: largest payload section accepted from the peer.
         max_header: largest header accepted from the peer.
+        budget: shared by the connections of one broker, bounds what their
+            receive buffers hold together (None: no bound).
     """
 
     def __init__(
@@ -227,6 +254,7 @@ class Connection:
         *,
         max_payload: int = MAX_PAYLOAD_BYTES,
         max_header: int = MAX_HEADER_BYTES,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.our_role = our_role
         self.their_role = Role.CLIENT if our_role is Role.BROKER else Role.BROKER
@@ -240,6 +268,11 @@ class Connection:
         self._end = 0
         self._need = PREFIX.size
         self._eof = False
+        #: Shared by all connections: how much their buffers may grow beyond one normal read.
+        self.budget = budget
+        self._charged = 0  # bytes of the budget this connection's buffer holds
+        self._read_size = FIRST_RECEIVE_BYTES  # grows to RECEIVE_BYTES as reads fill it
+        self._offered = 0
 
     # receiving
 
@@ -254,42 +287,74 @@ class Connection:
     @property
     def receive_size(self) -> int:
         """How many bytes to read next: the rest of a message with a large
-        payload (so it lands uncopied), else a normal read."""
-        missing = self._need - (self._end - self._start)
-        return missing if missing >= VECTORED_MIN_BYTES else RECEIVE_BYTES
+        payload (at most as much again as has arrived), else a normal read."""
+        held = self._end - self._start
+        missing = self._need - held
+        if missing >= VECTORED_MIN_BYTES:
+            return min(missing, max(held, RECEIVE_BYTES))
+        return self._read_size
+
+    @property
+    def receiving(self) -> bool:
+        """Part of a message has arrived, and not the rest of it yet."""
+        return self._end > self._start
 
     def get_buffer(self, size: int = 0) -> memoryview:
         """A writable view at the end of the receive buffer, for ``recv_into``.
 
-        It holds at least ``size`` bytes, and while a large message arrives it
-        is exactly the rest of that message, so its payload lands where it is
-        used, uncopied.  Release the view (``with``) before :meth:`next_event`,
-        and report what was written with :meth:`buffer_updated`.
+        It holds at least ``size`` bytes.  While a large message arrives the
+        buffer grows with what has arrived (at most doubling per step), never
+        with what the peer declares, and holds that message alone, so its
+        payload is handed over by :meth:`next_event` uncopied.  Growth beyond
+        one normal read is taken from the ``budget`` shared by all
+        connections; when it has nothing left the view is empty (wait for
+        room, then ask again; a ``size`` is always granted).  Release the view
+        (``with``) before :meth:`next_event`, and report what was written with
+        :meth:`buffer_updated`.
         """
         want = max(size, self.receive_size)
         buf = self._buffer
         start, end = self._start, self._end
-        large = self._need - (end - start) >= VECTORED_MIN_BYTES
-        if len(buf) - end < want or (start and large):
-            # Put the partial message at the front of a buffer with room for
-            # `want` more: a large payload then fills a buffer of its own,
-            # handed over whole by next_event.
-            held = end - start
-            if len(buf) >= held + want:
-                buf[:held] = buf[start:end]
-            else:
-                new = bytearray(max(held + want, RECEIVE_BYTES))
-                with memoryview(buf) as view:
-                    new[:held] = view[start:end]
-                self._buffer = buf = new
-            self._start, self._end = 0, held
-            end = held
-        return memoryview(buf)[end : end + want]
+        held = end - start
+        large = self._need - held >= VECTORED_MIN_BYTES
+        if start and (large or len(buf) - end < want):
+            # Put the partial message at the front: a large payload then ends
+            # up in a buffer of its own, handed over whole by next_event.
+            buf[:held] = buf[start:end]
+            self._start, self._end = start, end = 0, held
+        if len(buf) - end < want:
+            target = end + want
+            if self.budget is not None:
+                extra = max(target - RECEIVE_BYTES, 0) - self._charged
+                if extra > 0:
+                    self._charged += self.budget.take(extra)
+                if not size:
+                    target = min(target, RECEIVE_BYTES + self._charged)
+            if target > len(buf):
+                buf.extend(bytes(target - len(buf)))  # in place where realloc can
+        self._offered = min(want, len(buf) - end)
+        return memoryview(buf)[end : end + self._offered]
+
+    def _dropped_buffer(self) -> None:
+        """The receive buffer was handed over or replaced: give back what it held of the budget."""
+        if self.budget is not None and self._charged:
+            keep = max(len(self._buffer) - RECEIVE_BYTES, 0)
+            if keep < self._charged:
+                self.budget.give(self._charged - keep)
+                self._charged = keep
+
+    def close_budget(self) -> None:
+        """Give back all of the shared budget this connection holds (it is done receiving)."""
+        self._buffer = bytearray()
+        self._start = self._end = 0
+        self._dropped_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were written into the last :meth:`get_buffer` view; 0 means the peer closed."""
         if nbytes:
             self._end += nbytes
+            if nbytes == self._offered and self._read_size < RECEIVE_BYTES:
+                self._read_size *= 2  # reads fill what is offered: offer more
         else:
             self._eof = True
 
@@ -344,6 +409,7 @@ class Connection:
             payload = memoryview(buf)[p:stop]
             self._buffer = bytearray()
             self._start = self._end = 0
+            self._dropped_buffer()
         else:
             if payload_len:
                 with memoryview(buf) as view:
@@ -354,6 +420,7 @@ class Connection:
                 self._start = self._end = 0
                 if len(buf) > 4 * RECEIVE_BYTES:
                     self._buffer = bytearray()  # do not keep a large message's room
+                    self._dropped_buffer()
             else:
                 self._start = stop
         self._need = PREFIX.size

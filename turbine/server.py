@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from ._constants import (
     MAX_FRAME_BYTES,
     MAX_HEADER_BYTES,
     MAX_MEMORY_BYTES,
+    MAX_RECEIVE_MEMORY_BYTES,
+    MESSAGE_TIMEOUT_S,
     OUTBOUND_QUEUE_BYTES,
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
@@ -48,7 +51,8 @@ from .groups import split_frames
 from .hub import Hub
 from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
-from .protocol import NEED_DATA, PREFIX, Connection, Role, encode_message
+from .protocol import NEED_DATA, PREFIX, Connection, ReceiveBudget, Role, encode_message
+from .protocol import State as ProtoState
 from .requests import Requests
 from .ringbuffer import memory_store
 from .router import Subscription, collect
@@ -69,6 +73,10 @@ class BrokerConfig:
     lenient_names: bool = False
     types: tuple[str, ...] = SOURCE_TYPES
     write_timeout: float = WRITE_TIMEOUT_S
+    #: A message partly received this long (or no client_hello) closes the connection.
+    message_timeout: float = MESSAGE_TIMEOUT_S
+    #: What all connections' partial large messages may hold together.
+    receive_memory: int = MAX_RECEIVE_MEMORY_BYTES
     #: Makes each channel's store (see turbine/store.py); memory rings by default.
     store: StoreFactory = memory_store
     #: Seconds since the epoch: frame stamps, status, closes (injected for tests).
@@ -98,7 +106,9 @@ class ClientConnection(Requests):
             address = "?"
         self.peer = Peer(cid, address)
         self.proto = Connection(
-            Role.BROKER, max_payload=broker.config.max_frame + PAYLOAD_SLACK_BYTES
+            Role.BROKER,
+            max_payload=broker.config.max_frame + PAYLOAD_SLACK_BYTES,
+            budget=broker.receive_budget,
         )
         self.subs: dict[int, Subscription] = {}
         self.connected = broker.clock()
@@ -260,7 +270,6 @@ class ClientConnection(Requests):
 
     async def reader(self) -> None:
         proto = self.proto
-        sock = self.sock
         hello = encode_message(
             m.Hello(
                 protocol=PROTOCOL_VERSION,
@@ -270,16 +279,25 @@ class ClientConnection(Requests):
             )
         )
         self.apply(self.out.reply(hello))
+        timeout = self.broker.config.message_timeout
+        deadline = trio.current_time() + timeout  # for the client_hello
         while True:
-            with proto.get_buffer() as view:
-                n = await sock.recv_into(view)
-            proto.buffer_updated(n)
-            self.bytes_in += n
+            with trio.move_on_at(deadline):
+                n = await self._receive()
+                break
+            raise RemoteProtocolError(
+                f"no client_hello within {timeout:g} s"
+                if proto.state is ProtoState.HANDSHAKE and not proto.receiving
+                else f"a message stayed incomplete for {timeout:g} s"
+            )
+        while True:
+            handled = 0
             while True:
                 msg = proto.next_event()
                 if msg is NEED_DATA:
                     break
                 self.handle(msg)
+                handled += 1
             self.broker.write_ready()
             if not n:
                 return
@@ -288,7 +306,35 @@ class ClientConnection(Requests):
                 # reading its requests until they drain.  Costs only this client.
                 self._drained = trio.Event()
                 await self._drained.wait()
+                handled = 1  # the time waited here is not the sender's
             await self.reads.wait_room()
+            # A message must arrive whole within `timeout` of its first bytes
+            # (a half-sent message holds memory; it costs its sender the connection).
+            if not proto.receiving:
+                deadline = math.inf
+            elif handled or deadline == math.inf:
+                deadline = trio.current_time() + timeout
+            with trio.move_on_at(deadline):
+                n = await self._receive()
+                continue
+            raise RemoteProtocolError(f"a message stayed incomplete for {timeout:g} s")
+
+    async def _receive(self) -> int:
+        """One read from the socket into the protocol's buffer (0: the client closed).
+
+        Waits while the broker's receive budget has no room for this
+        connection's large message.
+        """
+        proto = self.proto
+        while True:
+            with proto.get_buffer() as view:
+                if len(view):
+                    n = await self.sock.recv_into(view)
+                    break
+            await self.broker.receive_room()
+        proto.buffer_updated(n)
+        self.bytes_in += n
+        return n
 
     def info(self) -> dict[str, Any]:
         return {
@@ -338,6 +384,14 @@ class Broker:
         self.ready: dict[ClientConnection, None] = {}  # an ordered set: first filled, first written
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
+        self._room = trio.Event()  # set when receive budget comes back
+        self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
+
+    async def receive_room(self) -> None:
+        """Wait until some connection gives back receive budget (called right
+        after the budget had none: nothing can have come back in between)."""
+        self._room = trio.Event()
+        await self._room.wait()
 
     def write_ready(self) -> None:
         ready, self.ready = self.ready, {}
@@ -401,6 +455,7 @@ class Broker:
                 self.hub.router.remove(sub)
             conn.subs.clear()
             self.hub.release(conn.peer)
+            conn.proto.close_budget()
             del self.connections[conn.id]
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock()))
             with trio.CancelScope(shield=True):

@@ -1,0 +1,112 @@
+"""The receive buffer, sans I/O: it grows with what arrives, never with what a
+peer declares; partial messages of all connections share one bound; a large
+payload is still handed over in the buffer it was received into."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+from turbine._constants import FIRST_RECEIVE_BYTES, PROTOCOL_VERSION, RECEIVE_BYTES
+from turbine.protocol import NEED_DATA, Connection, ReceiveBudget, Role, encode_bytes
+
+HELLO = encode_bytes("client_hello", {"protocol": PROTOCOL_VERSION, "name": "t"})
+
+
+def broker_side(budget: ReceiveBudget | None = None) -> Connection:
+    conn = Connection(Role.BROKER, budget=budget)
+    conn.receive_data(HELLO)
+    assert conn.next_event().type == "client_hello"
+    return conn
+
+
+def big_put(size: int) -> bytes:
+    head = msgpack.packb(
+        {"type": "put", "source": "s", "channel": "c", "ts": [None], "sizes": [size]}
+    )
+    return struct.pack(">II", len(head), size) + head + bytes(range(256)) * (size // 256)
+
+
+def feed(conn: Connection, data: bytes) -> int:
+    """Write ``data`` through get_buffer as recv_into would; return the largest view offered."""
+    largest = 0
+    while data:
+        with conn.get_buffer() as view:
+            n = min(len(view), len(data))
+            largest = max(largest, len(view))
+            if not n:
+                break
+            view[:n] = data[:n]
+        conn.buffer_updated(n)
+        data = data[n:]
+    return largest
+
+
+def test_a_declared_length_reserves_nothing_before_the_bytes_arrive():
+    conn = broker_side()
+    # The finding: a prefix declaring a 65 MiB payload and one header byte took 65 MiB.
+    conn.receive_data(struct.pack(">II", 20, 68157440) + b"\x85")
+    assert conn.next_event() is NEED_DATA
+    with conn.get_buffer() as view:
+        assert len(view) <= RECEIVE_BYTES
+
+
+def test_the_buffer_grows_at_most_twice_what_has_arrived():
+    conn = broker_side()
+    msg = big_put(8 * 2**20)
+    arrived = 0
+    while arrived < len(msg):
+        with conn.get_buffer() as view:
+            assert len(view) <= max(arrived, RECEIVE_BYTES)
+            n = min(len(view), len(msg) - arrived)
+            view[:n] = msg[arrived : arrived + n]
+        conn.buffer_updated(n)
+        arrived += n
+    put = conn.next_event()
+    assert put.type == "put" and bytes(put.payload) == msg[-8 * 2**20 :]
+
+
+def test_a_large_payload_is_handed_over_in_the_buffer_it_arrived_in():
+    conn = broker_side()
+    feed(conn, big_put(4 * 2**20))
+    put = conn.next_event()
+    # The payload is a view of the receive buffer itself (no copy), and the
+    # connection starts a fresh one.
+    assert isinstance(put.payload.obj, bytearray)
+    assert len(put.payload.obj) == len(big_put(4 * 2**20))
+
+
+def test_an_idle_connection_holds_a_small_buffer_and_busy_ones_read_more():
+    conn = broker_side()
+    with conn.get_buffer() as view:
+        assert len(view) == FIRST_RECEIVE_BYTES
+    small = encode_bytes("status", {"id": 1})
+    largest = feed(conn, small * (RECEIVE_BYTES // len(small) * 4))
+    assert largest == RECEIVE_BYTES  # reads that fill what is offered get more offered
+    assert sum(1 for _ in iter(conn.next_event, NEED_DATA)) > 1000
+
+
+def test_partial_messages_of_all_connections_share_one_bound():
+    budget = ReceiveBudget(4 * 2**20)
+    first, second = broker_side(budget), broker_side(budget)
+    msg = big_put(16 * 2**20)
+    feed(first, msg)
+    assert first.next_event() is NEED_DATA  # it got as far as the budget lets it
+    assert budget.held == budget.limit
+    feed(second, msg[: 2 * RECEIVE_BYTES])
+    with second.get_buffer() as view:
+        assert len(view) == 0  # nothing left: this reader waits for room
+    first.close_budget()  # the first connection closes
+    assert budget.held <= RECEIVE_BYTES
+    feed(second, msg[2 * RECEIVE_BYTES : 4 * 2**20])
+    assert budget.held > RECEIVE_BYTES
+
+
+def test_a_received_message_gives_its_budget_back():
+    budget = ReceiveBudget(64 * 2**20)
+    conn = broker_side(budget)
+    feed(conn, big_put(8 * 2**20))
+    assert budget.held > 0
+    assert conn.next_event().type == "put"
+    assert budget.held == 0
