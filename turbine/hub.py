@@ -425,7 +425,8 @@ class Hub:
                 f"no source named {source!r}; open it first (or start the component that owns it)",
                 "missing",
             )
-        src.check_writer(writer)
+        if src.holder is not writer and not src.shared:
+            src.check_writer(writer)  # raises
         ch = src.channels.get(channel)
         if ch is None:
             try:

@@ -118,12 +118,14 @@ class Ring:
         n = len(ts)
         if seq is not None and seq != self.next_seq:
             self._hole(seq)
-        self._writers.wrote(self.next_seq, writer)
+        runs = self._writers.runs  # a new run when the writer changes
+        if not runs or runs[-1][1] != writer:
+            runs.append((self.next_seq, writer))
         if sizes is None:
             sizes = list(map(len, data))
         if self._seqs is not None:
             self._seqs.extend(range(self.next_seq, self.next_seq + n))
-        if not len(self):
+        if self._start == len(self._ts):  # empty: the oldest is the first appended now
             self.first_seq = self.next_seq
         self._ts.extend(ts)
         self._data += data
@@ -289,11 +291,6 @@ class Writers:
 
     def __init__(self) -> None:
         self.runs: list[tuple[int, str]] = []
-
-    def wrote(self, seq: int, writer: str) -> None:
-        """Frames from ``seq`` on are by ``writer``."""
-        if not self.runs or self.runs[-1][1] != writer:
-            self.runs.append((seq, writer))
 
     def forget_before(self, seq: int) -> None:
         keep = bisect.bisect_right(self.runs, seq, key=lambda w: w[0]) - 1
