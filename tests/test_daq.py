@@ -158,7 +158,7 @@ def clock() -> trio.testing.MockClock:
 
 async def start_daq(nursery: trio.Nursery, address: str, **config: object) -> Daq:
     daq = Daq("t", address, {k: str(v) for k, v in config.items()})
-    nursery.start_soon(daq.serve)
+    await nursery.start(daq.serve)
     return daq
 
 

@@ -70,8 +70,7 @@ async def start_translator(
     nursery: trio.Nursery, broker: str, sim_port: int, **settings: object
 ) -> NtcpTranslator:
     translator = NtcpTranslator("rig", broker, {"control": f"127.0.0.1:{sim_port}", **settings})
-    nursery.start_soon(translator.serve)
-    await wait_for_component(broker, "ntcp_rig")
+    await nursery.start(translator.serve)  # returns once its endpoints are open
     return translator
 
 

@@ -63,7 +63,7 @@ def info_logging(caplog: pytest.LogCaptureFixture) -> None:
 async def running(*components: Any) -> AsyncIterator[None]:
     async with trio.open_nursery() as nursery:
         for component in components:
-            nursery.start_soon(component.serve)
+            await nursery.start(component.serve)
         yield
         nursery.cancel_scope.cancel()
 

@@ -36,7 +36,7 @@ def size_of(jpeg: bytes) -> tuple[int, int]:
 async def running(component: Video) -> AsyncIterator[trio.CancelScope]:
     """Run ``component`` as a task; stop it on exit."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(component.serve)
+        await nursery.start(component.serve)
         yield nursery.cancel_scope
         nursery.cancel_scope.cancel()
 
