@@ -27,7 +27,7 @@ from ._constants import (
 from ._errors import RequestFailed, TurbineError, unwrap
 from ._options import address_option
 from ._signals import open_stop_nursery
-from .archive import ArchiveConfig, ArchiveError, SyncPolicy, open_archive
+from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy, open_archive
 from .archive._store import ARCHIVE_BYTES, TieredStores
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
@@ -172,6 +172,13 @@ def main() -> None:
     show_default="1GiB",
     help="Disk kept per source (the oldest goes first), with --data-dir.",
 )
+@click.option(
+    "--archive-age",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With --data-dir: also drop what is older than this (whole segments, by their newest frame).",
+)
 def serve(
     host: str,
     port: int,
@@ -182,6 +189,7 @@ def serve(
     data_dir: str | None,
     sync: str,
     archive_bytes: int,
+    archive_age: float | None,
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     config = BrokerConfig(
@@ -192,11 +200,15 @@ def serve(
         lenient_names=lenient_names,
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
     )
-    run(_serve, config, data_dir, ArchiveConfig(sync=sync), archive_bytes)
+    stores = functools.partial(TieredStores, archive_bytes=archive_bytes, archive_age=archive_age)
+    run(_serve, config, data_dir, ArchiveConfig(sync=sync), stores)
 
 
 async def _serve(
-    config: BrokerConfig, data_dir: str | None, archive: ArchiveConfig, archive_bytes: int
+    config: BrokerConfig,
+    data_dir: str | None,
+    archive: ArchiveConfig,
+    stores: Callable[[Archive], TieredStores],
 ) -> None:
     if data_dir is None:
         await _serve_broker(config)
@@ -204,7 +216,7 @@ async def _serve(
     try:
         opened = open_archive(data_dir, archive)
         async with opened as store:
-            await _serve_broker(attrs.evolve(config, store=TieredStores(store, archive_bytes)))
+            await _serve_broker(attrs.evolve(config, store=stores(store)))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
 

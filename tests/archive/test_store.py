@@ -140,3 +140,12 @@ async def test_puts_are_refused_with_the_reason_while_the_disk_is_full(small_dis
         async with open_archive(small_disk / "data") as archive:
             hub = hub_with(TieredStores(archive))
             assert [s for s, _ in await fetch(hub, oldest=10)] == [1, 2, 3, 4]
+
+
+async def test_the_factory_gives_new_sources_its_retention(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive, archive_bytes=2**25, archive_age=3600.0))
+            put(hub, 1, 1)
+            await archive.flush()
+            assert archive.logs[SRC].settings == {"archive_bytes": 2**25, "archive_age": 3600.0}

@@ -47,13 +47,17 @@ class TieredStores:
     Args:
         archive: the data directory's archive (from :func:`open_archive`).
         archive_bytes: retention of a source the factory creates the archive of.
+        archive_age: and its age limit in seconds (by a segment's newest frame), if any.
     """
 
     durable = True
 
-    def __init__(self, archive: Archive, archive_bytes: int = ARCHIVE_BYTES) -> None:
+    def __init__(
+        self, archive: Archive, archive_bytes: int = ARCHIVE_BYTES, archive_age: float | None = None
+    ) -> None:
         self.archive = archive
         self.archive_bytes = archive_bytes
+        self.archive_age = archive_age
         self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
         #: (source, channel) -> the first number queued for the archive since it opened.
         self.first_queued: dict[tuple[str, str], int] = {}
@@ -75,7 +79,10 @@ class TieredStores:
     def __call__(self, spec: ChannelSpec) -> ChannelStore:
         archive = self.archive
         if spec.source not in archive:
-            archive.create_source(spec.source, {"archive_bytes": self.archive_bytes})
+            settings: dict[str, Any] = {"archive_bytes": self.archive_bytes}
+            if self.archive_age is not None:
+                settings["archive_age"] = self.archive_age
+            archive.create_source(spec.source, settings)
         key = (spec.source, spec.channel)
         next_seq = spec.next_seq
         log = archive.logs.get(spec.source)
