@@ -241,9 +241,15 @@ class Archive:
             for q, _, _ in work:
                 q.ops, q.sizes = [], []
             sync = self.config.sync is SyncPolicy.ALWAYS
-            done = await trio.to_thread.run_sync(
-                self._write, [(q, ops) for q, ops, _ in work], sync, self.clock()
-            )
+            now = self.clock()
+            done: list[tuple[int, str | None]] = [(0, None)] * len(work)
+
+            async def write(i: int, q: _Queue, ops: list[Op]) -> None:
+                done[i] = await trio.to_thread.run_sync(_write, q, ops, sync, now)
+
+            async with trio.open_nursery() as nursery:  # sources in parallel: their syncs overlap
+                for i, (q, ops, _) in enumerate(work):
+                    nursery.start_soon(write, i, q, ops)
             self.commits += 1
             for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
                 q.written += written
@@ -254,32 +260,6 @@ class Archive:
                 if written < len(ops):  # back to the head of the queue, for the retry
                     q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
         self._progressed()
-
-    def _write(
-        self, work: list[tuple[_Queue, list[Op]]], sync: bool, now: float
-    ) -> list[tuple[int, str | None]]:
-        """In a worker thread: write each source's ops, sync them, apply retention."""
-        out: list[tuple[int, str | None]] = []
-        for q, ops in work:
-            try:
-                if q.log is None:
-                    q.log = SourceLog.create(q.directory, q.settings, now)
-                q.log.write(ops, now)
-                if sync:
-                    q.log.sync()
-                s = q.log.settings
-                q.log.evict(s.get("archive_bytes"), s.get("archive_age"), now)
-            except WriteFailed as exc:
-                out.append((exc.written, _why(q.name, exc.error)))
-                continue
-            except OSError as exc:  # creating the log, or the sync
-                out.append((len(ops) if q.log is not None else 0, _why(q.name, exc)))
-                continue
-            except (ValueError, KeyError) as exc:  # ops this archive cannot take: dropped, said
-                out.append((len(ops), f"the archive of {q.name} refused a write: {exc}"))
-                continue
-            out.append((len(ops), None))
-        return out
 
     async def _sync_loop(self) -> None:
         """Under ``SyncPolicy.INTERVAL``: sync whatever was written, every interval."""
@@ -354,6 +334,28 @@ class Archive:
         for q in self._queues.values():
             if q.log is not None:
                 q.log.close()
+
+
+def _write(q: _Queue, ops: list[Op], sync: bool, now: float) -> tuple[int, str | None]:
+    """In a worker thread: write one source's ops, sync them, apply its retention.
+
+    Returns how many ops were written, and why not all, if not.
+    """
+    try:
+        if q.log is None:
+            q.log = SourceLog.create(q.directory, q.settings, now)
+        q.log.write(ops, now)
+        if sync:
+            q.log.sync()
+        s = q.log.settings
+        q.log.evict(s.get("archive_bytes"), s.get("archive_age"), now)
+    except WriteFailed as exc:
+        return exc.written, _why(q.name, exc.error)
+    except OSError as exc:  # creating the log, or the sync
+        return (len(ops) if q.log is not None else 0), _why(q.name, exc)
+    except (ValueError, KeyError) as exc:  # ops this archive cannot take: dropped, said
+        return len(ops), f"the archive of {q.name} refused a write: {exc}"
+    return len(ops), None
 
 
 def _sync_all(logs: list[Any]) -> list[OSError | None]:
