@@ -262,3 +262,25 @@ def test_the_first_minute_of_a_day_costs_the_same_reads_as_the_last(log, monkeyp
     assert len(first) == len(last) == 60
     assert n_first == len(reads) <= 3
     log.close()
+
+
+def test_the_checker_lists_what_is_there_and_finds_damage(log):
+    from click.testing import CliRunner
+
+    from turbine.archive.__main__ import main
+
+    for i in range(12):
+        put(log, "x.bin", 1 + 128 * i, 128, size=8192, t0=1.7e9)
+    log.sync()
+    root = os.path.dirname(os.path.dirname(log.directory))
+    os.makedirs(os.path.join(root, "sources"), exist_ok=True)
+    os.rename(log.directory, os.path.join(root, "sources", "daq_x_data_source"))
+    log.directory = os.path.join(root, "sources", "daq_x_data_source")
+    result = CliRunner().invoke(main, [root])
+    assert result.exit_code == 0, result.output
+    assert "x.bin (application/octet-stream): 1536 frames, numbers 1..1536" in result.output
+    sealed = log.segments[1]
+    flip(os.path.join(log.directory, os.path.basename(sealed.path)), 200)
+    result = CliRunner().invoke(main, [root])
+    assert result.exit_code == 1 and "fail their checksums" in result.output
+    assert "1408 frames" in result.output  # the damaged record's 128 are not counted
