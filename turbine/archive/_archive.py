@@ -111,6 +111,7 @@ class Archive:
         self._progress = trio.Event()
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
+        self.bytes_written = 0  # payload bytes written so far (a status shows the rate)
         self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
         self._deletions_asked = self._deletions_done = 0
 
@@ -128,6 +129,7 @@ class Archive:
         return {
             "bytes": sum(log.bytes for log in self.logs.values()),
             "commits": self.commits,
+            "bytes_written": self.bytes_written,  # payload bytes since the archive opened
             "backlog": sum(q.backlog for q in self._queues.values()),
             "last_sync": max((q.last_sync or 0 for q in self._queues.values()), default=0) or None,
             "errors": {n: q.error for n, q in self._queues.items() if q.error},
@@ -253,6 +255,7 @@ class Archive:
             self.commits += 1
             for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
                 q.written += written
+                self.bytes_written += sum(sizes[:written])
                 if sync and error is None:
                     q.durable = q.written
                     q.last_sync = self.clock()
