@@ -167,7 +167,7 @@ class Archive:
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""
         q = self._queues[name]
         q.ops.append(op)
-        q.sizes.append(sum(op.sizes) if isinstance(op, Put) else 64)
+        q.sizes.append(sum(op.sizes) if isinstance(op, Put) else 0)  # payload bytes
         q.appended += 1
         self._wake.set()
 
