@@ -3,6 +3,7 @@ never stall, bloat or break the broker for everyone."""
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import subprocess
@@ -76,3 +77,20 @@ def test_declared_lengths_take_no_memory_until_the_bytes_arrive(server):
         for sock in socks:
             sock.close()
     assert grown < 32 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_sequence_numbers_after_a_restart_are_what_the_docs_say(tmp_path, durable):
+    # docs/protocol.rst, "sequence number": memory only, a restart starts every
+    # channel at 1 again; with --data-dir the channels continue.
+    args = ["--data-dir", str(tmp_path / "data")] if durable else []
+    seqs = []
+    for run in ("1", "2"):
+        server = Serve(*args)
+        try:
+            ok(server.address, "put", f"{SRC}/x", run)
+            out = ok(server.address, "fetch", f"{SRC}/x", "--newest", "1", "--format", "json")
+            seqs.append(json.loads(out)["seq"])
+        finally:
+            server.stop()
+    assert seqs == ([1, 2] if durable else [1, 1])

@@ -161,3 +161,40 @@ async def test_a_message_that_arrives_in_pieces_within_the_deadline_is_taken(
             frames = await good.fetch(f"{SRC}/x", newest=1)
     assert reply is not None and reply.type == "ok"
     assert [f.data for f in frames] == [b"abcdef"]
+
+
+# --- slow consumers ---------------------------------------------------------------------------
+
+
+async def test_slow_consumers_are_counted_where_an_operator_sees_them(nursery, autojump_clock):
+    address = await start_broker(nursery, write_timeout=30.0)
+    with trio.fail_after(300):
+        async with open_client(address, name="producer") as producer:
+            src = await producer.open_source(SRC, cache_bytes=64 << 20)
+            async with await RawClient.connect(address, name="lagging") as lagging:
+                await lagging.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/x"})
+                assert (await lagging.receive()).type == "ok"
+                for _ in range(300):  # far more than the socket buffers hold
+                    await src.put("x", bytes(64 << 10))
+                await src.flush()
+                await trio.sleep(5)  # mock time: the broker's write stays blocked 5 s
+                got = 0
+                while got < 300 * (64 << 10):  # then it reads everything
+                    msg = await lagging.receive()
+                    assert msg is not None and msg.type == "frames"
+                    got += len(msg.payload)
+                while_connected = await producer.status()
+                stuck = await RawClient.connect(address, name="stuck")
+                await stuck.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/x"})
+                for _ in range(300):
+                    await src.put("x", bytes(64 << 10))
+                await src.flush()
+                await trio.sleep(31)  # mock time: the write deadline passes
+                await stuck.aclose()
+                after = await producer.status()
+    (lag,) = [c for c in while_connected["clients"] if c["name"].startswith("lagging#")]
+    assert lag["slow_events"] >= 1  # always 0 before: counted only just before the close
+    assert while_connected["slow_events"] == lag["slow_events"]
+    (closed,) = [c for c in after["closed"] if c["client"].startswith("stuck#")]
+    assert closed["code"] == "write_timeout" and closed["slow_events"] >= 1
+    assert after["slow_events"] >= lag["slow_events"] + closed["slow_events"]

@@ -89,6 +89,8 @@ VECTORED_MIN_BYTES = 32 * 2**10
 OUTBOUND_QUEUE_BYTES = 16 * 2**20
 #: A write to a client that blocks this long closes that client (it is not reading).
 WRITE_TIMEOUT_S = 30.0
+#: A write to a client that blocks this long counts as a slow event (status shows them).
+SLOW_WRITE_S = 1.0
 #: After a protocol error: how long the broker tries to send its last words
 #: (replies queued before them first), then how long it reads and drops what
 #: the client still sends, so that closing does not reset the connection and

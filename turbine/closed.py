@@ -33,6 +33,7 @@ class Closed:
     code: CloseReason
     reason: str  # the details, for a person
     time: float
+    slow_events: int = 0  # writes that blocked SLOW_WRITE_S or more (a slow consumer)
 
     def info(self) -> dict[str, object]:
         return {
@@ -40,4 +41,5 @@ class Closed:
             "code": self.code.value,
             "reason": self.reason,
             "time": self.time,
+            "slow_events": self.slow_events,
         }

@@ -38,6 +38,7 @@ from ._constants import (
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
+    SLOW_WRITE_S,
     SOURCE_TYPES,
     WRITE_TIMEOUT_S,
 )
@@ -213,10 +214,15 @@ class ClientConnection(Requests):
             buffers = out.take(self._pull)
             self._drained.set()
             if buffers:
+                began = trio.current_time()
                 with trio.move_on_after(timeout) as scope:
                     self.bytes_out += await send_buffers(self.sock, buffers)
-                if scope.cancelled_caught:
+                if scope.cancelled_caught or trio.current_time() - began >= SLOW_WRITE_S:
+                    # A slow consumer: counted while it is connected, in the
+                    # broker's totals and, once closed, in its closed record.
                     self.slow_events += 1
+                    self.broker.slow_events += 1
+                if scope.cancelled_caught:
                     raise WriteTimeout(
                         f"write blocked for {timeout:g} s: the client is not reading"
                     )
@@ -384,6 +390,7 @@ class Broker:
         self.ready: dict[ClientConnection, None] = {}  # an ordered set: first filled, first written
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
+        self.slow_events = 0  # of every connection, closed ones too
         self._room = trio.Event()  # set when receive budget comes back
         self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
 
@@ -412,6 +419,7 @@ class Broker:
             },
             "sources": len(self.hub.sources),
             "clients": [c.info() for c in self.connections.values()],
+            "slow_events": self.slow_events,
             "closed": [c.info() for c in self.closed],
         }
 
@@ -457,7 +465,7 @@ class Broker:
             self.hub.release(conn.peer)
             conn.proto.close_budget()
             del self.connections[conn.id]
-            self.closed.append(Closed(conn.peer.name, code, reason, self.clock()))
+            self.closed.append(Closed(conn.peer.name, code, reason, self.clock(), conn.slow_events))
             with trio.CancelScope(shield=True):
                 if drain:  # after the record and the release: the client may look at both
                     await conn.drain(CLOSE_DRAIN_S)
