@@ -3,7 +3,7 @@
 
 Usage::
 
-    python conformance/run.py HOST:PORT [TRANSCRIPT.json ...] [-v]
+    python conformance/run.py HOST:PORT [TRANSCRIPT.json ...] [-v] [--codec COMMAND]
 
 Without transcript files it plays every ``conformance/transcripts/*.json``.
 It needs only the Python standard library and ``msgpack``; it speaks the
@@ -19,8 +19,10 @@ import argparse
 import json
 import re
 import secrets
+import shlex
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,13 +50,96 @@ class Closed(Exception):
 # --- values ---------------------------------------------------------------------
 
 
+class Codec:
+    """Headers to and from MessagePack, with the msgpack package."""
+
+    def pack(self, value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
+
+    def unpack(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+    def close(self) -> None:
+        pass
+
+
+class ExternalCodec(Codec):
+    """Headers packed and unpacked by another program: a client's own MessagePack code.
+
+    It reads one JSON request per line on stdin and answers one JSON line on
+    stdout: ``{"pack": VALUE}`` -> ``{"hex": "..."}``, ``{"unpack": "HEX"}`` ->
+    ``{"value": VALUE}``, or ``{"error": "..."}``; VALUE is tagged JSON (see
+    README: ``$float``, ``$bin``, ``$ext``).
+    """
+
+    def __init__(self, command: str) -> None:
+        self.proc = subprocess.Popen(
+            shlex.split(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise Failure("the codec program ended")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise Failure(f"the codec refused: {answer['error']}")
+        return answer
+
+    def pack(self, value: Any) -> bytes:
+        return bytes.fromhex(self._ask({"pack": tag(value)})["hex"])
+
+    def unpack(self, data: bytes) -> Any:
+        return untag(self._ask({"unpack": data.hex()})["value"])
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=TIMEOUT)
+
+
+def tag(value: Any) -> Any:
+    """A wire value as tagged JSON (floats, bin and extension types marked)."""
+    if isinstance(value, float):
+        return {"$float": value}
+    if isinstance(value, bytes):
+        return {"$bin": value.hex()}
+    if isinstance(value, msgpack.ExtType):
+        return {"$ext": [value.code, value.data.hex()]}
+    if isinstance(value, list):
+        return [tag(x) for x in value]
+    if isinstance(value, dict):
+        return {k: tag(x) for k, x in value.items()}
+    return value
+
+
+def untag(value: Any) -> Any:
+    """The wire value tagged JSON stands for (the inverse of :func:`tag`)."""
+    if isinstance(value, list):
+        return [untag(x) for x in value]
+    if isinstance(value, dict):
+        if value.keys() == {"$float"}:
+            return float(value["$float"])
+        if value.keys() == {"$bin"}:
+            return bytes.fromhex(value["$bin"])
+        if value.keys() == {"$ext"}:
+            code, data = value["$ext"]
+            return ("ext", code, bytes.fromhex(data))
+        return {k: untag(x) for k, x in value.items()}
+    return value
+
+
 class Context:
     """What one transcript run knows: its unique token, captured values, max_frame."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec) -> None:
         self.run = secrets.token_hex(4)
         self.vars: dict[str, Any] = {}
         self.max_frame: int | None = None
+        self.codec = codec
 
     def text(self, s: str) -> str:
         return s.replace("{run}", self.run)
@@ -204,7 +289,9 @@ class Peer:
         payload = bytes(self.buf[PREFIX.size + hlen : PREFIX.size + hlen + plen])
         del self.buf[: PREFIX.size + hlen + plen]
         try:
-            header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+            header = self.ctx.codec.unpack(raw)
+        except Failure:
+            raise
         except Exception as exc:
             raise Failure(f"the broker sent a header that is not msgpack: {exc}") from None
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
@@ -237,7 +324,7 @@ def frame(ctx: Context, step: dict[str, Any]) -> bytes:
     if "header_hex" in step:  # exact bytes, for what a packer cannot be made to write
         header = bytes.fromhex(step["header_hex"])
     else:
-        header = msgpack.packb(ctx.build(step["send"]), use_bin_type=True)
+        header = ctx.codec.pack(ctx.build(step["send"]))
     text = "".join(ctx.build(part) for part in step.get("payload_text", []))
     payload = (
         bytes.fromhex(step.get("payload_hex", ""))
@@ -252,10 +339,10 @@ def frame(ctx: Context, step: dict[str, Any]) -> bytes:
 # --- playing a transcript -------------------------------------------------------
 
 
-def play(address: tuple[str, int], path: Path, verbose: bool) -> int:
+def play(address: tuple[str, int], path: Path, verbose: bool, codec: Codec) -> int:
     """Play one transcript; return its step count.  Raises Failure."""
     doc = json.loads(path.read_text())
-    ctx = Context()
+    ctx = Context(codec)
     peers: dict[str, Peer] = {}
     try:
         for i, step in enumerate(doc["steps"], 1):
@@ -372,7 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("address", help="the broker's HOST:PORT")
     parser.add_argument("transcripts", nargs="*", type=Path, help="default: all of them")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every step")
+    parser.add_argument(
+        "--codec",
+        metavar="COMMAND",
+        help="pack and unpack headers with this program (your client's MessagePack code; "
+        "see conformance/README.rst) instead of the msgpack package",
+    )
     args = parser.parse_args(argv)
+    codec = ExternalCodec(args.codec) if args.codec else Codec()
     host, _, port = args.address.rpartition(":")
     address = (host.strip("[]"), int(port))
     paths = args.transcripts or sorted((HERE / "transcripts").glob("*.json"))
@@ -381,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         t0 = time.monotonic()
         try:
-            n = play(address, path, args.verbose)
+            n = play(address, path, args.verbose, codec)
         except (Failure, OSError, ValueError, KeyError) as exc:
             failed += 1
             print(f"FAIL {path.stem}: {exc}")
@@ -389,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         steps += n
         print(f"ok   {path.stem} ({n} steps, {time.monotonic() - t0:.2f} s)")
     took = time.monotonic() - began
+    codec.close()
     print(f"{len(paths) - failed} of {len(paths)} transcripts passed, {steps} steps, {took:.2f} s")
     return 1 if failed else 0
 

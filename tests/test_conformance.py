@@ -16,7 +16,8 @@ from tests.test_cli import Serve
 
 pytestmark = pytest.mark.slow
 
-RUNNER = Path(__file__).resolve().parent.parent / "conformance" / "run.py"
+CONFORMANCE = Path(__file__).resolve().parent.parent / "conformance"
+RUNNER = CONFORMANCE / "run.py"
 
 
 def test_conformance_suite_passes_against_the_broker() -> None:
@@ -54,3 +55,42 @@ def test_the_runner_reports_a_broker_that_breaks_a_transcript(tmp_path: Path) ->
         serve.stop()
     assert done.returncode == 1
     assert "FAIL bad: step 3: id: want 2, got 1" in done.stdout
+
+
+def test_a_client_codec_plays_the_suite_and_its_mistakes_fail_it(tmp_path: Path) -> None:
+    """``--codec`` packs and unpacks through another program, as a client author's code would."""
+    sloppy = tmp_path / "sloppy.py"
+    # Like a JavaScript packer: a whole float64 goes out as an integer.
+    sloppy.write_text(
+        (CONFORMANCE / "codec.py")
+        .read_text()
+        .replace(
+            'return float(value["$float"])',
+            'f = float(value["$float"])\n            return int(f) if f.is_integer() else f',
+        )
+    )
+    serve = Serve()
+    try:
+        runs = [
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(RUNNER),
+                    serve.address,
+                    "--codec",
+                    f"{sys.executable} {codec}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            for codec in (CONFORMANCE / "codec.py", sloppy)
+        ]
+    finally:
+        serve.stop()
+    good, bad = runs
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert bad.returncode == 1
+    assert "FAIL protocol_errors: step" in bad.stdout
+    # The step that sends {"$float": 1} for an id got ok where the broker must refuse it.
+    assert "type: want 'error', got 'ok'" in bad.stdout
