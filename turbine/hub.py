@@ -110,18 +110,15 @@ def _depth(value: Any) -> int:
 class Channel:
     """One channel of a source: its name, content type and store."""
 
-    __slots__ = ("source", "name", "path", "content_type", "store")
+    __slots__ = ("source", "source_name", "name", "path", "content_type", "store")
 
     def __init__(self, source: Source, name: str, content_type: str, store: ChannelStore) -> None:
         self.source = source
+        self.source_name = source.name
         self.name = name
         self.path = f"{source.name}/{name}"
         self.content_type = content_type
         self.store = store
-
-    @property
-    def source_name(self) -> str:
-        return self.source.name
 
     def info(self) -> dict[str, Any]:
         store = self.store

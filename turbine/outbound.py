@@ -199,7 +199,7 @@ class OutboundQueue:
     def left(self, rest: list[Any]) -> Wake:
         """After a direct write: ``rest`` is what the socket did not take."""
         self._rest = rest
-        if self.pending:
+        if rest or ((self._more or self._replies) and self.pending):
             if self.state is not State.CLOSED:
                 self.state = State.WRITING
             return Wake.NOW

@@ -162,7 +162,8 @@ class ClientConnection(Requests):
             except OSError:
                 rest = buffers  # let the writer meet the error and close this connection
             self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
-        self.apply(out.left(rest))
+        if out.left(rest) is Wake.NOW:
+            self._wakeup.set()
 
     def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         """Queue one reply.
@@ -313,7 +314,8 @@ class ClientConnection(Requests):
                 self._drained = trio.Event()
                 await self._drained.wait()
                 handled = 1  # the time waited here is not the sender's
-            await self.reads.wait_room()
+            if self.reads.crowded:
+                await self.reads.wait_room()
             # A message must arrive whole within `timeout` of its first bytes
             # (a half-sent message holds memory; it costs its sender the connection).
             if not proto.receiving:

@@ -97,6 +97,11 @@ class StoreReads:
             self.nursery.start_soon(self._run)
         self._wakeup.set()
 
+    @property
+    def crowded(self) -> bool:
+        """More reads wait than one connection may have: see :meth:`wait_room`."""
+        return len(self._jobs) > MAX_PENDING_READS
+
     async def wait_room(self) -> None:
         """Wait while too many reads are waiting (backpressure on this client only)."""
         while len(self._jobs) > MAX_PENDING_READS:
