@@ -596,3 +596,57 @@ def test_every_part_header_fits_the_limit():
     assert len(parts) > 1
     for part_groups, _ in parts:
         assert len(msgpack.packb({"groups": part_groups})) <= MAX_HEADER_BYTES
+
+
+# --- hostile structure ---------------------------------------------------------------
+
+long_text = st.integers(0, 3).map(lambda k: "x" * (10**k * 300))
+
+
+@st.composite
+def nested(draw):
+    """msgpack bytes of arrays and maps nested up to 2000 deep (msgpack's own limit is ~1000)."""
+    depth = draw(st.integers(1, 2000))
+    opener = draw(st.sampled_from([b"\x91", b"\x81\xa1k"]))
+    return opener * depth + b"\xc0"
+
+
+@st.composite
+def hostile_messages(draw):
+    """Messages of real types with fields of the wrong type, too long, or nested too deep."""
+    kind = draw(
+        st.sampled_from(["client_hello", "open_source", "put", "subscribe", "fetch", "list"])
+    )
+    fields = {"type": kind, "id": 1, "sub": 1, "protocol": PROTOCOL_VERSION, "name": "n"}
+    fields |= {"source": "daq_a_data_source", "channel": "x", "pattern": "*", "ts": [], "sizes": []}
+    for key in draw(
+        st.lists(
+            st.sampled_from(["name", "source", "channel", "pattern", "content_type", "start"]),
+            max_size=3,
+        )
+    ):
+        fields[key] = draw(long_text | header_values)
+    head = msgpack.packb(fields, use_bin_type=True)
+    if draw(st.booleans()):  # one more field, nested deep, appended to the map
+        key = msgpack.packb("deep")
+        head = bytes([head[0] + 1]) + head[1:] + key + draw(nested())
+    return struct.pack(">II", len(head), 0) + head
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(hostile_messages(), min_size=1, max_size=4))
+def test_hostile_messages_only_ever_raise_remote_protocol_error(chunks):
+    conn = broker_side()
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        try:
+            drain(conn)
+        except RemoteProtocolError:
+            return  # the connection is closed: a clear error, nothing else
+
+
+def test_a_header_nested_as_deep_as_msgpack_allows_is_no_recursion_error():
+    head = b"\x83\xa4type\xa5flush\xa2id\x01\xa1x" + b"\x91" * 900 + b"\xc0"
+    conn = broker_side()
+    conn.receive_data(struct.pack(">II", len(head), 0) + head)
+    assert conn.next_event().type == "flush"  # unknown keys are ignored, however deep

@@ -145,12 +145,17 @@ def _check_channels(channels: dict[Any, Any], error: type[Exception]) -> None:
 
 
 def _holds_timestamp(value: Any) -> bool:
-    if isinstance(value, msgpack.Timestamp):
-        return True
-    if isinstance(value, list):
-        return any(map(_holds_timestamp, value))
-    if isinstance(value, dict):
-        return any(map(_holds_timestamp, value.values()))
+    """Whether ``value`` holds a msgpack timestamp anywhere (without recursion:
+    a peer may nest as deep as msgpack allows)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, msgpack.Timestamp):
+            return True
+        if isinstance(item, list):
+            stack += item
+        elif isinstance(item, dict):
+            stack += item.values()
     return False
 
 
