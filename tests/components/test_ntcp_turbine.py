@@ -35,7 +35,7 @@ DATA = "ntcp_rig_data_source"
 
 
 class CountingRig(Rig):
-    """A real rig that also remembers every execute it was asked for."""
+    """A real rig that also remembers every execute that moved it."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -43,9 +43,10 @@ class CountingRig(Rig):
         self.executed = trio.Event()
 
     def execute(self, session: str, trans_id: str, now: float | None = None) -> float:
+        done_at = super().execute(session, trans_id, now)  # a refusal raises
         self.executes.append(trans_id)
         self.executed.set()
-        return super().execute(session, trans_id, now)
+        return done_at
 
 
 @pytest.fixture
@@ -214,9 +215,19 @@ async def test_translator_killed_during_execute_never_executes_twice(broker, par
                 assert await ntcp.request("open-session\tagain") == "OK\t0\tagain"
                 reply = parse_reply(await ntcp.request(f"get-control-point\tm\t{CP}"))
                 assert 0.0 < float(reply.fields[reply.fields.index("x") + 2]) <= 0.8
-                assert await ntcp.request(f"propose\tk2\t{CP}\ty\tdisplacement\t0") == "OK\t0\tk2"
-                assert await ntcp.request("execute\tk2") == "OK\t0\tk2"
-            assert rig.executes == ["k1", "k2"]
+                # The client proposes anew under the same id (clients build ids
+                # from the clock): a new transaction, which does reach the rig;
+                # a re-sent execute of it does not.
+                assert await ntcp.request(f"propose k1\t{CP}\tx\tdisplacement\t-0.1") == (
+                    "OK\t0\tk1"
+                )
+                assert await ntcp.request("execute\tk1") == "OK\t0\tk1"
+                assert await ntcp.request("execute k1") == (
+                    "NOT OK\tcannot execute transaction k1: it was already executed"
+                )
+                reply = parse_reply(await ntcp.request(f"get-control-point\tdummy\t{CP}"))
+                assert float(reply.fields[reply.fields.index("x") + 2]) == -0.1
+            assert rig.executes == ["k1", "k1"]
         finally:
             process.kill()
             await process.wait()
