@@ -57,6 +57,22 @@ async def test_flushed_frames_are_on_disk_after_reopening(tmp_path):
             assert seqs(got) == list(range(500, 510))
 
 
+async def test_a_source_whose_creation_was_cut_short_is_forgotten(tmp_path):
+    (tmp_path / "sources" / SRC).mkdir(parents=True)  # killed right after the mkdir
+    other = tmp_path / "sources" / "daq_other_data_source"
+    other.mkdir()
+    (other / f"{1:016d}.seg").write_bytes(b"TURBSEG\n\x01")  # killed writing segment 1
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            assert archive.logs == {} and archive.broken == {}
+            assert not other.exists()
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 2))
+            await archive.flush()
+            assert seqs(await archive.read(SRC, "x", 1, 10)) == [1, 2]
+
+
 async def test_a_second_holder_of_the_data_dir_is_refused_and_named(tmp_path):
     with trio.fail_after(10):
         async with open_archive(tmp_path):

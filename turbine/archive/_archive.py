@@ -324,6 +324,9 @@ class Archive:
         for name, directory in source_dirs(self.root):
             try:
                 log = SourceLog.open(directory)
+            except FileNotFoundError:
+                shutil.rmtree(directory)  # its creation was cut short: it never held a frame
+                continue
             except (OSError, fmt.FormatError) as exc:
                 self.broken[name] = f"{directory}: {exc}"
                 continue

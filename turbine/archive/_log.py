@@ -20,7 +20,7 @@ from .._constants import METADATA_CHANNEL
 from ..store import Run
 from . import _format as fmt
 from ._ops import Declare, Hole, Op, Put, WriteFailed
-from ._segment import Damage, Scan, Segment, index_name, scan, segment_name
+from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segment_name
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
 #: damage to one record costs at most this much, and time-range reads start this close.
@@ -40,21 +40,12 @@ def _unborn(directory: str, number: int) -> bool:
     """Whether segment ``number`` was being created when the process died (then it is removed).
 
     Creating a segment syncs its header and first records before any write
-    goes to it, so one without an intact header and first record holds nothing
-    acknowledged.
+    goes to it, so one without a single intact record holds nothing
+    acknowledged; one with any intact record is kept, whatever else is damaged.
     """
     path = os.path.join(directory, segment_name(number))
     with open(path, "rb") as f:
-        head = f.read(fmt.SEGMENT_HEADER.size + fmt.RECORD_HEADER.size)
-    try:
-        fmt.decode_segment_header(head)
-    except fmt.FormatError:
-        if len(head) == fmt.SEGMENT_HEADER.size + fmt.RECORD_HEADER.size and head.startswith(
-            fmt.SEGMENT_MAGIC
-        ):
-            return False  # a damaged header on a segment with records: not ours to remove
-    else:
-        if fmt.parse_record_header(head, fmt.SEGMENT_HEADER.size) is not None:
+        if has_record(f.fileno(), os.fstat(f.fileno()).st_size):
             return False
     os.unlink(path)
     return True
@@ -103,7 +94,9 @@ class SourceLog:
         Raises:
             OSError: the directory or the first segment could not be written.
         """
-        os.makedirs(directory, exist_ok=False)
+        os.makedirs(directory, exist_ok=True)  # left empty by a creation cut short, perhaps
+        if any(n.endswith(".seg") for n in os.listdir(directory)):
+            raise FileExistsError(f"an archive exists in {directory} already")
         log = cls(directory, [], dict(settings))
         log.segments.append(Segment.create(directory, 1, now, log._preamble()))
         return log
@@ -120,8 +113,10 @@ class SourceLog:
         numbers = sorted(int(n[:-4]) for n in os.listdir(directory) if n.endswith(".seg"))
         if not numbers:
             raise FileNotFoundError(f"no archive segments in {directory}")
-        if len(numbers) > 1 and _unborn(directory, numbers[-1]):
+        if _unborn(directory, numbers[-1]):
             numbers.pop()  # the previous segment is the open one again: its index goes
+            if not numbers:
+                raise FileNotFoundError(f"no archive segments in {directory}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, index_name(numbers[-1])))
         segments: list[Segment] = []

@@ -135,6 +135,11 @@ def _resync(fd: int, start: int, size: int) -> int | None:
     return None
 
 
+def has_record(fd: int, size: int) -> bool:
+    """Whether the segment holds at least one intact record (reads up to the first)."""
+    return any(body is not None for _, _, body in _records(fd, fmt.SEGMENT_HEADER.size, size))
+
+
 def scan(fd: int, number: int, size: int) -> Scan:
     """Read every record of a segment, verifying checksums; note damage and a torn tail."""
     out = Scan()
