@@ -43,6 +43,7 @@ async def test_flushed_frames_are_on_disk_after_reopening(tmp_path):
             await archive.flush()
             assert archive.commits <= 3  # one sync covered many puts
             assert archive.statistics()["bytes_written"] == 100 * 10 * 100
+            assert archive.statistics()["backlog"] == 0
             assert seqs(await archive.read(SRC, "x", 995, 100)) == list(range(995, 1001))
         async with open_archive(tmp_path) as archive:
             log = archive.logs[SRC]

@@ -112,6 +112,7 @@ class Archive:
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
         self.bytes_written = 0  # payload bytes written so far (a status shows the rate)
+        self.backlog = 0  # payload bytes appended and not yet written, all sources
         self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
         self._deletions_asked = self._deletions_done = 0
 
@@ -130,7 +131,7 @@ class Archive:
             "bytes": sum(log.bytes for log in self.logs.values()),
             "commits": self.commits,
             "bytes_written": self.bytes_written,  # payload bytes since the archive opened
-            "backlog": sum(q.backlog for q in self._queues.values()),
+            "backlog": self.backlog,
             "last_sync": max((q.last_sync or 0 for q in self._queues.values()), default=0) or None,
             "errors": {n: q.error for n, q in self._queues.items() if q.error},
             "damage": {
@@ -156,7 +157,7 @@ class Archive:
         q = self._queues[name]
         if q.error:
             raise ArchiveError(q.error)
-        backlog = sum(q.backlog for q in self._queues.values())
+        backlog = self.backlog
         if backlog > self.config.max_backlog:
             raise ArchiveError(
                 f"the archive is {backlog // 2**20} MiB behind the puts (the disk is slower "
@@ -167,7 +168,9 @@ class Archive:
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""
         q = self._queues[name]
         q.ops.append(op)
-        q.sizes.append(sum(op.sizes) if isinstance(op, Put) else 0)  # payload bytes
+        size = sum(op.sizes) if isinstance(op, Put) else 0  # payload bytes
+        q.sizes.append(size)
+        self.backlog += size
         q.appended += 1
         self._wake.set()
 
@@ -255,13 +258,18 @@ class Archive:
             self.commits += 1
             for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
                 q.written += written
-                self.bytes_written += sum(sizes[:written])
+                done_bytes = sum(sizes[:written])
+                self.bytes_written += done_bytes
+                self.backlog -= done_bytes
                 if sync and error is None:
                     q.durable = q.written
                     q.last_sync = self.clock()
                 q.error = error
-                if written < len(ops):  # back to the head of the queue, for the retry
-                    q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
+                if written < len(ops):
+                    if self._queues.get(q.name) is not q:  # deleted meanwhile: nothing to retry
+                        self.backlog -= sum(sizes[written:])
+                    else:  # back to the head of the queue, for the retry
+                        q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
         self._progressed()
 
     async def _sync_loop(self) -> None:
@@ -306,6 +314,7 @@ class Archive:
         """Forget ``name`` now (queued writes too); its files go with the next commit."""
         q = self._queues.pop(name, None)
         if q is not None:
+            self.backlog -= q.backlog
             self._doomed.append(q)
             self._deletions_asked += 1
             self._wake.set()
@@ -315,6 +324,7 @@ class Archive:
         q = self._queues.pop(name, None)
         if q is None:
             return 0
+        self.backlog -= q.backlog
         async with self._io:
             return await trio.to_thread.run_sync(_remove, q)
 
