@@ -142,6 +142,7 @@ async def test_disk_full_refuses_then_resumes_when_space_returns(small_disk):
             os.unlink(filler)
             await archive.flush()  # tries again at once: what waited is written
             archive.check_writable(SRC)
+            assert archive.statistics()["backlog"] == 0
         async with open_archive(small_disk / "data") as archive:
             runs = await archive.read(SRC, "x", 1, 100)
             assert seqs(runs) == list(range(1, 51))  # every frame, once
