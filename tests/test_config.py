@@ -128,6 +128,10 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
             "component[1].settings: rate 50000 Hz is out of range: use 1 to 10000 Hz per channel",
         ),
         (
+            '[[component]]\nkind = "daq"\nname = "tone_1"\n',
+            "component[1].name: invalid component name 'tone_1': names are <type>_<name>_<detail>",
+        ),
+        (
             '[[component]]\nkind = "spectrometer"\nname = "a"\n',
             "component[1].kind: unknown component kind 'spectrometer'; expected one of ",
         ),
@@ -218,3 +222,15 @@ def test_a_component_reads_its_settings_from_the_inherited_fd() -> None:
         os.fstat(read)  # read to its end and closed: the component's children never see it
     result = CliRunner().invoke(Daq.cli(), ["--name", "x", "--settings-fd", "999"])
     assert result.exit_code == 2 and "cannot read settings from fd 999" in result.output
+
+
+def test_the_component_command_line_refuses_an_underscore_in_the_name() -> None:
+    result = CliRunner().invoke(Daq.cli(), ["--name", "tone_1"])
+    assert result.exit_code == 2 and "may not hold '_'" in result.output
+
+
+def test_an_unknown_component_kind_lists_component_kinds_only(tmp_path: Path) -> None:
+    message = error(tmp_path, '[[component]]\nkind = "spectrometer"\nname = "a"\n')
+    known = message.split("expected one of ")[1].split(", ")
+    assert "daq" in known and "video" in known
+    assert "camera_sim" not in known and "netdvd" not in known  # processes, not components

@@ -11,7 +11,7 @@ import trio
 
 from ._errors import TurbineError
 from ._options import address_option
-from .names import check_source_name
+from .names import check_component_name, check_source_name
 from .settings import describe, read_settings_fd
 
 
@@ -56,6 +56,7 @@ def component_cli(cls: type[Any]) -> click.Command:
                 if not sep:
                     raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
                 given[key.strip()] = value
+            check_component_name(name)
             check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
             component = cls(name, address, given)
         except TurbineError as exc:

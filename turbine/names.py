@@ -45,6 +45,19 @@ def check_source_name(
         raise InvalidName(f"invalid source name {name!r}: {convention(types)}")
 
 
+def check_component_name(name: str) -> None:
+    """Raise :class:`InvalidName` unless ``name`` can be the ``<name>`` of ``<type>_<name>``.
+
+    It may not hold ``_``: in ``daq_tone_1_data_source`` nobody could tell
+    where the name ends and the detail begins.
+    """
+    if not name or "_" in name or _FORBIDDEN.search(name):
+        raise InvalidName(
+            f"invalid component name {name!r}: names are <type>_<name>_<detail>, so a <name> "
+            "may not hold '_', whitespace, '/' or '*' (e.g. tone1 or tone-1, not tone_1)"
+        )
+
+
 def check_channel_name(name: str) -> None:
     if not name or _FORBIDDEN.search(name) or len(name) > 255:
         raise InvalidName(

@@ -20,7 +20,7 @@ from .._constants import DEFAULT_HOST, DEFAULT_PORT, MAX_MEMORY_BYTES, SOURCE_TY
 from .._errors import TurbineError
 from ..client import parse_address
 from ..component import Component
-from ..names import InvalidName, check_source_name
+from ..names import InvalidName, check_component_name, check_source_name
 from ..server import BrokerConfig
 from ..settings import ConfigError, settings_dict, type_name, type_ok
 
@@ -149,11 +149,14 @@ class _Table:
             )
 
 
-def available_kinds() -> list[str]:
-    """The packages under ``components/``."""
+def available_kinds(components_only: bool = False) -> list[str]:
+    """The packages under ``components/`` (with ``components_only``: those with a ``component.py``)."""
     import components
 
-    return sorted(m.name for m in pkgutil.iter_modules(components.__path__) if m.ispkg)
+    kinds = sorted(m.name for m in pkgutil.iter_modules(components.__path__) if m.ispkg)
+    if components_only:
+        kinds = [k for k in kinds if importlib.util.find_spec(f"components.{k}.component")]
+    return kinds
 
 
 def component_class(kind: str) -> type[Component]:
@@ -177,14 +180,12 @@ def component_class(kind: str) -> type[Component]:
     return found
 
 
-def _kind(t: _Table, needs_main: bool = True) -> str:
+def _kind(t: _Table, component: bool) -> str:
     kind = t.get("kind", str, what="the name of a package under components/ (e.g. daq)")
     if not _KIND.match(kind) or importlib.util.find_spec(f"components.{kind}") is None:
-        raise t.error(
-            "kind",
-            f"unknown component kind {kind!r}; expected one of {', '.join(available_kinds())}",
-        )
-    if needs_main and importlib.util.find_spec(f"components.{kind}.__main__") is None:
+        known = ", ".join(available_kinds(components_only=component))
+        raise t.error("kind", f"unknown component kind {kind!r}; expected one of {known}")
+    if importlib.util.find_spec(f"components.{kind}.__main__") is None:
         raise t.error("kind", f"components.{kind} cannot be run: it has no __main__.py")
     return kind
 
@@ -276,7 +277,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         cmd = t.get_strings("command")
         if cmd and "kind" in t.data:
             raise t.error("command", "give kind or command, not both")
-        kind = "" if cmd else _kind(t)
+        kind = "" if cmd else _kind(t, component=False)
         programs.append(
             ProgramSpec(
                 label=name,
@@ -293,7 +294,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         t.done()
     for i, entry in enumerate(top.get("component", list, [], "[[component]] tables"), start=1):
         t = _Table(p, f"component[{i}]", entry)
-        kind = _kind(t)
+        kind = _kind(t, component=True)
         try:
             cls = component_class(kind)
         except (ImportError, LookupError) as exc:
@@ -308,6 +309,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 f"components.{kind} makes {cls.type!r} sources; add {cls.type!r} to [broker] types",
             )
         try:
+            check_component_name(name)
             check_source_name(f"{cls.type}_{name}_data_source", types=types)
         except InvalidName as exc:
             raise t.error("name", str(exc)) from None
