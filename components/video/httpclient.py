@@ -281,6 +281,22 @@ def _connect_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+async def _next_event(
+    stream: trio.SocketStream, exchange: GetExchange, url: str, idle_timeout: float
+) -> ResponseHead | bytes | Signal:
+    """``exchange``'s next event, receiving from ``stream`` as it needs."""
+    while (event := exchange.next_event()) is NEED_DATA:
+        try:
+            with trio.fail_after(idle_timeout):
+                data = await stream.receive_some(_RECEIVE_SIZE)
+        except trio.TooSlowError:
+            raise CameraDisconnected(f"no data from {url} for {idle_timeout:g} s") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise CameraDisconnected(f"connection to {url} broke: {exc}") from exc
+        exchange.receive_data(data)
+    return event
+
+
 class HttpResponse:
     """A response being received: its ``head``, and its body piece by piece.
 
@@ -288,31 +304,18 @@ class HttpResponse:
     """
 
     def __init__(
-        self, stream: trio.SocketStream, exchange: GetExchange, url: str, idle_timeout: float
+        self,
+        stream: trio.SocketStream,
+        exchange: GetExchange,
+        head: ResponseHead,
+        url: str,
+        idle_timeout: float,
     ) -> None:
         self._stream = stream
         self._exchange = exchange
+        self.head = head
         self._url = url
         self._idle = idle_timeout
-        self.head = ResponseHead("HTTP/1.1", 0, "", {})
-
-    async def _next_event(self) -> ResponseHead | bytes | Signal:
-        while (event := self._exchange.next_event()) is NEED_DATA:
-            try:
-                with trio.fail_after(self._idle):
-                    data = await self._stream.receive_some(_RECEIVE_SIZE)
-            except trio.TooSlowError:
-                raise CameraDisconnected(f"no data from {self._url} for {self._idle:g} s") from None
-            except (trio.BrokenResourceError, OSError) as exc:
-                raise CameraDisconnected(f"connection to {self._url} broke: {exc}") from exc
-            self._exchange.receive_data(data)
-        return event
-
-    async def _receive_head(self) -> ResponseHead:
-        event = await self._next_event()
-        assert isinstance(event, ResponseHead), event  # h11 gives the head first
-        self.head = event
-        return event
 
     async def receive_some(self) -> bytes:
         """The next piece of the body; ``b""`` at its end.
@@ -322,7 +325,7 @@ class HttpResponse:
                 or the connection broke or closed before the end of the body.
             HttpError: the body's framing is malformed.
         """
-        event = await self._next_event()
+        event = await _next_event(self._stream, self._exchange, self._url, self._idle)
         if event is END_OF_BODY:
             return b""
         assert isinstance(event, bytes | bytearray), event
@@ -378,19 +381,19 @@ async def open_get(
             ) from None
         except OSError as exc:
             raise CameraDisconnected(f"cannot connect to {url}: {_connect_reason(exc)}") from exc
-        response = HttpResponse(stream, exchange, url, idle_timeout)
         try:
             await stream.send_all(exchange.request_bytes)
-            head = await response._receive_head()
+            head = await _next_event(stream, exchange, url, idle_timeout)
         except trio.BrokenResourceError as exc:
             await stream.aclose()
             raise CameraDisconnected(f"connection to {url} broke: {exc}") from exc
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
+        assert isinstance(head, ResponseHead), head  # h11 gives the head first
         answered = target.answer(head) if head.status == 401 else None
         if answered is None:
-            return response
+            return HttpResponse(stream, exchange, head, url, idle_timeout)
         # Cameras often insist on Digest: answer its challenge once, afresh.
         await stream.aclose()
         target = answered

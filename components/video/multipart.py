@@ -16,7 +16,7 @@ import attrs
 from components.video.errors import MultipartError
 
 DEFAULT_MAX_PART_SIZE = 8 * 1024 * 1024  # bytes; a 4K JPEG at high quality fits
-DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # bytes, for HTTP and part headers alike
+DEFAULT_MAX_HEADER_SIZE = 16 * 1024  # bytes of one part's headers, or of junk between parts
 _MAX_DELIMITER_TAIL = 128  # bytes allowed after the boundary on its line
 
 
