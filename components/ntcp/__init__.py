@@ -1,5 +1,7 @@
-"""NTCP over the ASCII (LabVIEW plugin) protocol: the protocol, a client and a scripted session."""
+"""NTCP over the ASCII (LabVIEW plugin) protocol: the protocol, a client, a scripted session,
+and the turbine channels its measurements go to."""
 
+from .channels import measurement_channel, measurement_channels, measurement_frames
 from .client import NtcpClient, NtcpConnectionClosed, open_ntcp
 from .protocol import (
     AXES,
@@ -20,6 +22,7 @@ from .protocol import (
     format_number,
     format_ok,
     format_request,
+    measured,
     parse_control_point_reply,
     parse_reply,
     parse_request,
@@ -51,6 +54,10 @@ __all__ = [
     "format_number",
     "format_ok",
     "format_request",
+    "measured",
+    "measurement_channel",
+    "measurement_channels",
+    "measurement_frames",
     "open_ntcp",
     "parse_control_point_reply",
     "parse_reply",

@@ -74,6 +74,7 @@ __all__ = [
     "format_number",
     "format_ok",
     "format_request",
+    "measured",
     "parse_control_point_reply",
     "parse_reply",
     "parse_request",
@@ -631,6 +632,18 @@ def parse_reply(line: str) -> Reply:
     except ValueError:
         raise NtcpProtocolError(f"OK reply status code {code_text!r} is not an integer") from None
     return Reply(ok=True, code=code, fields=tuple(rest))
+
+
+def measured(line: str) -> ControlPointValues | None:
+    """The measured values a get-control-point reply line carries.
+
+    ``None`` for a refusal, or a line that is not a well-formed success reply
+    (a relay passes such lines on as they came; it is not theirs to judge).
+    """
+    try:
+        return parse_control_point_reply(parse_reply(line))[1]
+    except NtcpProtocolError:
+        return None
 
 
 def parse_control_point_reply(reply: Reply) -> tuple[str, ControlPointValues]:

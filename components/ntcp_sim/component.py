@@ -15,14 +15,13 @@ its clients because the turbine went away.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import attrs
 import trio
 
-from components.ntcp.protocol import AXES, TYPES
-from turbine import FLOAT64_CONTENT_TYPE, Component, command
+from components.ntcp.channels import measurement_channels, measurement_frames
+from turbine import Component, command
 from turbine.settings import as_tuple, check
 
 from .rig import Rig, RigConfig, RigError
@@ -69,12 +68,7 @@ class NtcpSim(Component):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rig = Rig(self.config.rig_config())
-        self.channels = {
-            f"{cp}.{axis}.{kind}": FLOAT64_CONTENT_TYPE
-            for cp in self.rig.config.control_points
-            for kind in TYPES
-            for axis in AXES
-        }
+        self.channels = measurement_channels(self.rig.config.control_points)
         self.port: int | None = None
 
     async def start_lasting_work(self, nursery: trio.Nursery) -> None:
@@ -90,8 +84,9 @@ class NtcpSim(Component):
 
     async def run(self) -> None:
         while True:
-            for name, value in self.rig.measurements().items():
-                await self.data.put(name.replace("/", "."), struct.pack("<d", value))
+            for cp in self.rig.config.control_points:
+                for channel, data in measurement_frames(self.rig.read_control_point(cp)):
+                    await self.data.put(channel, data)
             await trio.sleep(self.config.interval)
 
     def status(self) -> dict[str, Any]:

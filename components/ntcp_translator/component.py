@@ -31,26 +31,23 @@ Safety, because a physical step cannot be undone:
 from __future__ import annotations
 
 import json
-import struct
 import time
 from typing import Any
 
 import attrs
 import trio
 
+from components.ntcp.channels import measurement_channel, measurement_channels, measurement_frames
 from components.ntcp.client import NtcpClient, NtcpConnectionClosed
 from components.ntcp.protocol import (
-    AXES,
-    TYPES,
     NtcpError,
     encode_line,
     format_not_ok,
-    parse_control_point_reply,
-    parse_reply,
+    measured,
     refuse,
     verb_of,
 )
-from turbine import FLOAT64_CONTENT_TYPE, Command, Component, command, parse_address
+from turbine import Command, Component, command, parse_address
 from turbine.settings import address, as_tuple
 
 __all__ = ["JOURNAL_CHANNEL", "NtcpTranslator", "measurement_channel"]
@@ -61,11 +58,6 @@ JOURNAL_SCAN = 1000
 #: Control-system connections kept (one per NTCP session); beyond this the
 #: least recently used is closed (a serdes that died never sent ntcp-close).
 MAX_LINKS = 64
-
-
-def measurement_channel(control_point: str, axis: str, kind: str) -> str:
-    """The data channel of one measured value, e.g. ``MDL-00-01.x.displacement``."""
-    return f"{control_point}.{axis}.{kind}"
 
 
 @attrs.frozen
@@ -86,12 +78,9 @@ class NtcpTranslator(Component):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.channels = {JOURNAL_CHANNEL: "application/json"} | {
-            measurement_channel(cp, axis, kind): FLOAT64_CONTENT_TYPE
-            for cp in self.config.control_points
-            for kind in TYPES
-            for axis in AXES
-        }
+        self.channels = {JOURNAL_CHANNEL: "application/json"} | measurement_channels(
+            self.config.control_points
+        )
         self.control = parse_address(self.config.control)
         self._links: dict[str, NtcpClient] = {}
         self._journalled: set[str] | None = None
@@ -173,14 +162,9 @@ class NtcpTranslator(Component):
 
     async def _publish(self, replies: list[str]) -> None:
         """Publish the measured values of get-control-point replies (one per control point)."""
-        for reply in replies:
-            try:
-                _, values = parse_control_point_reply(parse_reply(reply))
-            except NtcpError:
-                continue  # a refusal, or not ours to judge: the client gets it as it came
-            for v in values.values:
-                channel = measurement_channel(values.control_point, v.axis, v.type)
-                await self.data.put(channel, struct.pack("<d", v.value))
+        for values in filter(None, map(measured, replies)):
+            for channel, data in measurement_frames(values):
+                await self.data.put(channel, data)
 
     @command("ntcp-close", help="close the control-system connection of an NTCP session key")
     async def ntcp_close(self, session: str = "") -> str:

@@ -395,3 +395,21 @@ def test_line_buffer_never_holds_more_than_its_cap(chunks, cap):
                 break
             assert len(line) <= cap
         assert buffer.buffered <= cap + 1
+
+
+def test_measured_values_and_their_channels():
+    from components.ntcp import measured, measurement_channels, measurement_frames
+
+    line = "OK\t0\tdummy\tMDL-00-01:LBCB1\tx\tdisplacement\t1.5E+00\tz\tmoment\t-2.0E+00"
+    values = measured(line)
+    assert values == ControlPointValues(
+        "MDL-00-01:LBCB1", (AxisValue("x", "displacement", 1.5), AxisValue("z", "moment", -2.0))
+    )
+    assert measurement_frames(values) == [
+        ("MDL-00-01:LBCB1.x.displacement", b"\x00\x00\x00\x00\x00\x00\xf8?"),
+        ("MDL-00-01:LBCB1.z.moment", b"\x00\x00\x00\x00\x00\x00\x00\xc0"),
+    ]
+    assert measured("NOT OK\tunknown control point 'NOPE'") is None
+    assert measured("OK\t0\tdummy\tA\tx\tdisplacement") is None  # cut short
+    channels = measurement_channels(["A", "B"])
+    assert len(channels) == 24 and channels["B.y.rotation"] == "application/x-float64-le"
