@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from turbine import RequestFailed
 from turbine._constants import FRAME_OVERHEAD_BYTES
 from turbine.hub import Hub
 from turbine.peer import Peer
@@ -104,6 +105,23 @@ def test_eviction_and_compaction_keep_the_numbers_right():
     assert (numbers(run), run.missed) == ([5995], 5994)
     ring.evict(3)
     assert (len(ring), ring.first_seq, ring.next_seq) == (0, 6000, 6000)
+
+
+def test_a_mirror_puts_with_the_origins_numbers_and_a_reader_sees_the_hole():
+    hub = Hub()
+    hub.open_source(ALICE, SRC)
+    hub.put(ALICE, SRC, "a", [1.0, 2.0], [b"1", b"2"], seq=5)
+    hub.put(ALICE, SRC, "a", [3.0], [b"3"], seq=9)
+    groups, payloads = hub.fetch(f"{SRC}/a", oldest=10)
+    assert [(g[3], len(g[4])) for g in groups] == [(5, 2), (9, 1)]
+    assert payloads == [b"1", b"2", b"3"]
+    with pytest.raises(
+        RequestFailed,
+        match="sequence number 9 is below the next one, 10",
+    ):
+        hub.put(ALICE, SRC, "a", [4.0], [b"4"], seq=9)
+    hub.put(ALICE, SRC, "a", [4.0], [b"4"])  # without seq: the next number
+    assert hub.fetch(f"{SRC}/a", newest=1)[0][0][3] == 10
 
 
 def test_subscriber_is_told_of_a_mirror_hole_as_a_gap():

@@ -5,8 +5,6 @@ The server (``server.py``) moves bytes and calls in here; nothing here awaits.
 
 from __future__ import annotations
 
-import json
-import mimetypes
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,13 +15,9 @@ from ._constants import (
     CACHE_BYTES,
     CACHE_FRAMES,
     FETCH_MAX_FRAMES,
-    FRAME_OVERHEAD_BYTES,
     MAX_CHANNELS_PER_SOURCE,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
-    MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH,
-    METADATA_CHANNEL,
     SOURCE_TYPES,
 )
 from ._errors import RequestFailed
@@ -31,25 +25,16 @@ from .names import check_channel_name, check_source_name, compile_pattern, sourc
 from .peer import Peer
 from .ringbuffer import memory_store
 from .router import Group, Router, Waker, add_run, check_selection
+from .sources import Channel, Source, guess_content_type
 from .store import (
     AFTER,
     NEWEST,
     OLDEST,
     TIME,
     ChannelSpec,
-    ChannelStore,
     Query,
     StoreFactory,
-    evict_to_fit,
 )
-
-
-def guess_content_type(channel: str) -> str:
-    """The content type a channel gets when its creator does not say."""
-    if channel == METADATA_CHANNEL:
-        return "application/json"
-    guessed, _ = mimetypes.guess_type(channel, strict=False)
-    return guessed or "application/octet-stream"
 
 
 def fmt_bytes(n: float) -> str:
@@ -58,163 +43,6 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError
-
-
-def _json_int(text: str) -> int | float:
-    """JSON integers beyond 64 bits become floats: msgpack cannot carry them."""
-    value = int(text)
-    return value if -(2**63) <= value < 2**64 else float(value)
-
-
-def parse_metadata(raw: Any) -> Any:
-    """Decode one metadata frame: JSON of at most MAX_METADATA_BYTES, nested at
-    most MAX_METADATA_DEPTH deep (deeper would break list replies for everyone).
-
-    Raises:
-        ValueError: it is too large, not JSON, or nested too deeply (the message says which).
-    """
-    if len(raw) > MAX_METADATA_BYTES:
-        raise ValueError(
-            f"a metadata frame of {len(raw)} bytes is over the limit of {MAX_METADATA_BYTES}"
-        )
-    try:
-        value = json.loads(bytes(raw), parse_int=_json_int)
-    except RecursionError:
-        value = _TOO_DEEP
-    except ValueError as exc:
-        raise ValueError(f"a metadata frame must be UTF-8 JSON: {exc}") from None
-    if value is _TOO_DEEP or _depth(value) > MAX_METADATA_DEPTH:
-        raise ValueError(
-            f"a metadata frame may nest arrays and objects at most {MAX_METADATA_DEPTH} deep"
-        )
-    return value
-
-
-_TOO_DEEP = object()
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and dicts nest in ``value`` (a scalar is 0), without recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            if level <= MAX_METADATA_DEPTH:  # no need to look deeper than the limit
-                stack.extend((child, level + 1) for child in children)
-    return deepest
-
-
-class Channel:
-    """One channel of a source: its name, content type and store."""
-
-    __slots__ = ("source", "source_name", "name", "path", "content_type", "store")
-
-    def __init__(self, source: Source, name: str, content_type: str, store: ChannelStore) -> None:
-        self.source = source
-        self.source_name = source.name
-        self.name = name
-        self.path = f"{source.name}/{name}"
-        self.content_type = content_type
-        self.store = store
-
-    def info(self) -> dict[str, Any]:
-        store = self.store
-        n = len(store)
-        rate = None
-        if n >= 2:
-            tail = store.newest_n(min(n, 100)).ts
-            span = tail[-1] - tail[0]
-            rate = round((len(tail) - 1) / span, 3) if span > 0 else None
-        return {
-            "name": self.name,
-            "content_type": self.content_type,
-            "frames": n,
-            "first_seq": store.first_seq if n else None,
-            "last_seq": store.last_seq if n else None,
-            "first_time": store.first_time,
-            "last_time": store.last_time,
-            "bytes": store.bytes,
-            "rate": rate,
-        }
-
-
-class Source:
-    """A named producer and the rings of its channels."""
-
-    def __init__(
-        self, name: str, *, shared: bool, cache_frames: int, cache_bytes: int, now: float
-    ) -> None:
-        self.name = name
-        self.shared = shared
-        self.cache_frames = cache_frames
-        self.cache_bytes = cache_bytes
-        self.channels: dict[str, Channel] = {}
-        self.holder: Peer | None = None  # who holds the source, None when offline
-        self.holder_name = ""  # the last holder's name (kept when it goes offline)
-        self.created = now
-        self.offline_since: float | None = None
-        self.bytes = 0
-        self.arrival = 0  # numbers frames across channels, to evict the oldest first
-        self._metadata: tuple[Any, Any] | None = None  # (newest metadata frame, decoded)
-
-    @property
-    def online(self) -> bool:
-        return self.holder is not None
-
-    def check_writer(self, writer: Peer) -> None:
-        """Raises RequestFailed unless ``writer`` may put to this source."""
-        if self.holder is not writer and not self.shared:
-            who = f"held by {self.holder_name}" if self.online else "offline"
-            raise RequestFailed(
-                f"source {self.name!r} is {who} and not shared; only its holder may put to it",
-                "held",
-            )
-
-    def append(
-        self, ch: Channel, ts: list[float], data: list[Any], writer: str, sizes: list[int]
-    ) -> None:
-        """Store frames in ``ch``, keeping the source within ``cache_bytes``."""
-        store = ch.store
-        before = store.bytes
-        store.append_many(ts, data, writer, self.arrival, sizes)
-        self.arrival += len(ts)
-        self.bytes += store.bytes - before
-        if self.bytes > self.cache_bytes:
-            self.trim()
-
-    def trim(self) -> None:
-        """Evict the oldest frames until the source fits ``cache_bytes`` (:func:`evict_to_fit`)."""
-        stores = (ch.store for ch in self.channels.values())
-        self.bytes -= evict_to_fit(stores, self.bytes, self.cache_bytes)
-
-    def metadata(self) -> Any:
-        """The newest metadata frame, decoded (checked when it was put, so this cannot fail)."""
-        ch = self.channels.get(METADATA_CHANNEL)
-        raw = ch.store.newest if ch else None
-        if raw is None:
-            return None
-        if self._metadata is None or self._metadata[0] is not raw:
-            try:
-                self._metadata = raw, parse_metadata(raw)
-            except ValueError as exc:  # a store written before the check existed
-                self._metadata = raw, {"error": f"newest metadata frame: {exc}"}
-        return self._metadata[1]
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "online": self.online,
-            "holder": self.holder_name,
-            "shared": self.shared,
-            "cache_frames": self.cache_frames,
-            "cache_bytes": self.cache_bytes,
-            "bytes": self.bytes,
-            "channels": [ch.info() for ch in self.channels.values()],
-            "metadata": self.metadata(),
-        }
 
 
 class Hub:
@@ -315,13 +143,7 @@ class Hub:
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
         if src is not None and src.online:
-            if src.holder is peer:
-                raise RequestFailed(f"you already hold source {name!r}", "held")
-            raise RequestFailed(
-                f"source {name!r} is held by {src.holder_name}; only one client at a time "
-                "may hold a source (stop that client, or use another name)",
-                "held",
-            )
+            src.refuse_holder(peer)
         self._make_room(cache_bytes, src)
         now = self.clock()
         if src is None:
@@ -406,15 +228,19 @@ class Hub:
         data: list[Any],
         content_type: str | None = None,
         sizes: list[int] | None = None,
+        seq: int | None = None,
     ) -> Sequence[Waker]:
         """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
         ``sizes`` are the frames' lengths when the caller has them already
-        (a put message lists them).
+        (a put message lists them).  ``seq`` numbers the first frame (a mirror
+        keeping its origin's numbers); numbers it skips become a hole that
+        subscribers are told of as a gap.
 
         Raises:
             RequestFailed: no such source, not the holder of a non-shared
-                source, a bad channel name, or a frame over the size limit.
+                source, a bad channel name, a frame over the size limit, or
+                a ``seq`` below the channel's next number.
         """
         src = self.sources.get(source)
         if src is None:
@@ -432,26 +258,13 @@ class Hub:
                 raise RequestFailed(str(exc), "name") from None
         if sizes is None:
             sizes = list(map(len, data))
-        biggest = max(sizes, default=0)
-        limit = min(self.max_frame, src.cache_bytes - FRAME_OVERHEAD_BYTES)
-        if biggest > limit:
-            raise RequestFailed(
-                f"a frame of {biggest} bytes for {ch.path} is over the limit of {limit} bytes "
-                "(the broker's --max-frame, or the source's cache_bytes)",
-                "too_large",
-            )
+        src.check_frames(ch, data, sizes, self.max_frame)
         if not ts:
             return ()
-        if channel == METADATA_CHANNEL:
-            try:
-                for frame in data:
-                    parse_metadata(frame)
-            except ValueError as exc:
-                raise RequestFailed(str(exc), "metadata") from None
         if None in ts:
             now = self.clock()
             ts = [now if t is None else t for t in ts]
-        src.append(ch, ts, data, writer.name, sizes)
+        src.append(ch, ts, data, writer.name, sizes, seq)
         return self.router.wakers(ch)
 
     # --- reading

@@ -26,8 +26,6 @@ from ._constants import (
     CLOSED_HISTORY,
     DEFAULT_HOST,
     DEFAULT_PORT,
-    DELIVERY_BATCH_BYTES,
-    DELIVERY_BATCH_FRAMES,
     LAST_WORDS_S,
     MAX_FRAME_BYTES,
     MAX_HEADER_BYTES,
@@ -48,7 +46,7 @@ from ._constants import (
 from ._errors import RemoteProtocolError, RequestFailed, leaves
 from ._io import send_buffers, write_now
 from .closed import Closed, CloseReason, WriteTimeout
-from .groups import split_frames
+from .delivery import Delivery
 from .hub import Hub
 from .outbound import OutboundQueue, State, Wake
 from .peer import Peer
@@ -56,7 +54,7 @@ from .protocol import NEED_DATA, PREFIX, Connection, ReceiveBudget, Role, encode
 from .protocol import State as ProtoState
 from .requests import Requests
 from .ringbuffer import memory_store
-from .router import Subscription, collect
+from .router import Subscription
 from .store import StoreFactory
 from .storetask import StoreReads
 
@@ -116,10 +114,10 @@ class ClientConnection(Requests):
         self.out = OutboundQueue()
         self._wakeup = trio.Event()  # set to wake the writer task
         self._drained = trio.Event()  # set when the writer took the queued replies
-        self._rotation = 0
         self.finished = trio.Event()
         self.reads = StoreReads(self)
-        self.bytes_in = self.bytes_out = self.frames_in = self.frames_out = self.gaps = 0
+        self.delivery = Delivery(self.proto, self.subs, self.reads.prefetch)
+        self.bytes_in = self.bytes_out = self.frames_in = 0
         self.slow_events = 0
 
     # --- outbound: glue between the OutboundQueue and the socket
@@ -149,7 +147,7 @@ class ClientConnection(Requests):
         """Write what is ready without waiting, if the writer sleeps; the
         writer task takes over whatever the socket does not take at once."""
         out = self.out
-        buffers = out.take(self._pull, direct=True)
+        buffers = out.take(self.delivery.pull, direct=True)
         if buffers is None:
             if out.state is State.WRITING:
                 self._wakeup.set()  # a remainder is there: the writer sends it first
@@ -212,7 +210,7 @@ class ClientConnection(Requests):
             if out.sleep():
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            buffers = out.take(self._pull)
+            buffers = out.take(self.delivery.pull)
             self._drained.set()
             if buffers:
                 began = trio.current_time()
@@ -230,48 +228,6 @@ class ClientConnection(Requests):
             if out.state is State.CLOSED:
                 self.finished.set()
                 return
-
-    def _pull(self, buffers: list[Any]) -> bool:
-        """Add pending subscribed frames to ``buffers``, within one batch budget.
-
-        Returns True if more frames are pending after this batch.
-        """
-        budget_frames, budget_bytes = DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES
-        subs = list(self.subs.values())
-        if not subs:
-            return False
-        more = False
-        self._rotation = (self._rotation + 1) % len(subs)
-        for sub in subs[self._rotation :] + subs[: self._rotation]:
-            if budget_frames <= 0 or budget_bytes <= 0:
-                return True  # more to send after this batch
-            groups, payloads, gaps, n, size, cold = collect(
-                sub.cursors.values(), budget_frames, budget_bytes
-            )
-            for cur in cold:
-                self.reads.prefetch(cur, budget_frames, budget_bytes)
-            for cur, run in gaps:
-                sub.missed += run.missed
-                self.gaps += 1
-                buffers += self.proto.send(
-                    m.GapReport(
-                        sub=sub.id,
-                        source=cur.channel.source_name,
-                        channel=cur.channel.name,
-                        missed=run.missed,
-                        next_seq=run.first_seq,
-                    )
-                )
-            if groups:
-                for part, part_payloads in split_frames(groups, payloads, n, size):
-                    buffers += encode_message(m.Frames(sub=sub.id, groups=part), part_payloads)
-                budget_frames -= n
-                budget_bytes -= size
-                sub.delivered += n
-                self.frames_out += n
-                if any(c.pending for c in sub.cursors.values()):
-                    more = True
-        return more
 
     # --- inbound
 
@@ -365,8 +321,8 @@ class ClientConnection(Requests):
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "frames_in": self.frames_in,
-            "frames_out": self.frames_out,
-            "gaps": self.gaps,
+            "frames_out": self.delivery.frames,
+            "gaps": self.delivery.gaps,
             "slow_events": self.slow_events,
         }
 
