@@ -55,6 +55,9 @@ class EclabviewMeasured:
     one it proposed under), the control point (must be ``MDL-00-01``), then
     axis/type/value triplets; each of the control point's signals (an axis and
     a type) must be answered exactly once, and every axis must be x, y or z.
+    The line, its ``\\n`` and a NUL must fit the 512-byte buffer it reads into
+    (``TCP_Socket::recvMsgUnknownSize`` reads what is available, until a read
+    ends in ``\\n``).
     """
 
     trans_id: str
@@ -62,6 +65,8 @@ class EclabviewMeasured:
     signals: tuple[tuple[str, str], ...]
 
     def __call__(self, reply: str) -> str | None:
+        if len(reply) + 2 > 512:
+            return f"{len(reply) + 1} bytes overflow its 512-byte receive buffer"
         tokens = reply.split("\t")
         if tokens[0] != "OK":
             return f"failed to acquire: {reply!r}"
