@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 
 import attrs
 import pytest
 import trio
+from click.testing import CliRunner
 
+from components.ntcp_sim.component import NtcpSim
 from turbine import Component, NoReply, command, open_client, send_command
 from turbine.testing import (
     fake_data,
@@ -207,3 +210,16 @@ async def test_a_command_waits_for_a_component_that_has_not_started(
             with pytest.raises(NoReply, match="no component 'daq_never' has run here within 2 s"):
                 await send_command(tb, "daq_never", "status", wait=2)
             nursery.cancel_scope.cancel()
+
+
+def test_a_component_that_cannot_start_says_why_without_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(
+            NtcpSim.cli(), ["--name", "busy", "--set", f"port={port}", "--turbine", "127.0.0.1:1"]
+        )
+    assert result.exit_code == 1, result.output
+    assert "ntcp_busy:" in result.output and "address already in use" in result.output.lower()
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import trio
 
-from ._errors import TurbineError
+from ._errors import TurbineError, unwrap
 from ._options import address_option
 from .names import check_component_name, check_source_name
 from .settings import describe, read_settings_fd
@@ -66,6 +66,14 @@ def component_cli(cls: type[Any]) -> click.Command:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        trio.run(component.serve_until_stopped)
+        try:
+            trio.run(component.serve_until_stopped)
+        except (OSError, TurbineError, BaseExceptionGroup) as exc:
+            # What stops a component from running (its listener's port is
+            # taken, the broker refuses its name) is a message, not a traceback.
+            inner = unwrap(exc)
+            if isinstance(inner, OSError | TurbineError):
+                raise click.ClickException(f"{component.component}: {inner}") from None
+            raise
 
     return main
