@@ -31,6 +31,12 @@ lock, every sealed segment's index and a checked scan of each open segment.
 ``--day`` writes a day of 256 B frames at 10 Hz (864,000 frames) and times
 fetching its first and its last minute through the index, cold and warm.
 
+``--broker MIB`` measures ``turbine serve --data-dir`` with the default sync
+policy through the client: 1 KB frames acknowledged per second (1,000 puts
+per flush), 100 KB and 1 MB frames in MB/s (16 per flush), the newest 1,000
+frames of a channel whose ring holds 100 (from disk), and a replay of MIB
+1 MiB frames from the oldest with ``fetch(after=...)``.
+
 ``newest 1,000`` reads back the newest thousand frames once the writes are done
 (from the page cache: this compares the stores' read paths, not the disk).
 """
@@ -42,6 +48,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -272,6 +279,94 @@ def _uncache(root: str) -> None:
             os.close(fd)
 
 
+def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, str]]:
+    """Rows of issue 11's table for ``turbine serve --data-dir`` (policy "always")."""
+    import statistics
+
+    import trio
+
+    import turbine
+
+    exe = os.path.join(os.path.dirname(sys.executable), "turbine")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "serve",
+            "--port",
+            "0",
+            "--max-memory",
+            "2GiB",
+            "--data-dir",
+            root,
+            "--archive-bytes",
+            "64GiB",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().split()[-1]
+    rows: list[tuple[str, str]] = []
+
+    async def put_rate(client: Any, name: str, size: int, per_flush: int) -> float:
+        src = await client.open_source(name, {"x": "application/octet-stream"}, cache_frames=100)
+        payload = os.urandom(size)
+        frames = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < duration:
+            for _ in range(per_flush):
+                await src.put("x", payload)
+            await src.flush()  # acknowledged: on stable storage
+            frames += per_flush
+        return frames / (time.perf_counter() - t0)
+
+    async def measure() -> None:
+        async with turbine.open_client(address, name="durable-bench") as client:
+            rate = await put_rate(client, "daq_k_data_source", 1024, 1000)
+            rows.append(("1 KB frames acknowledged", f"{rate:,.0f} frames/s"))
+            for size, label in ((100 * 1024, "100 KB"), (2**20, "1 MB")):
+                rate = await put_rate(client, f"video_s{size}_data_source", size, 16)
+                rows.append((f"{label} frames acknowledged", f"{rate * size / 1e6:,.1f} MB/s"))
+            path = "daq_k_data_source/x"  # its ring holds 100: the newest 1,000 come from disk
+            took = []
+            for _ in range(5):
+                t = time.perf_counter()
+                got = await client.fetch(path, newest=1000)
+                took.append(time.perf_counter() - t)
+                assert len(got) == 1000
+            rows.append(("newest 1,000 (from disk)", f"{statistics.median(took) * 1e3:.1f} ms"))
+            src = await client.open_source(
+                "video_replay_data_source", {"x": "application/octet-stream"}, cache_frames=10
+            )
+            payload = os.urandom(2**20)
+            for i in range(replay_mb):
+                await src.put("x", payload)
+                if i % 64 == 63:
+                    await src.flush()
+            await src.flush()
+            t, after, total = time.perf_counter(), 0, 0
+            while total < replay_mb:
+                got = await client.fetch("video_replay_data_source/x", after=after)
+                if not got:
+                    break
+                total += len(got)
+                after = got[-1].seq
+            took_s = time.perf_counter() - t
+            rows.append(
+                (
+                    f"replay of {replay_mb} MiB from oldest",
+                    f"{total * 2**20 / took_s / 1e6:,.0f} MB/s",
+                )
+            )
+
+    try:
+        trio.run(measure)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return rows
+
+
 def time_recovery(root: str) -> tuple[float, int]:
     import trio
 
@@ -299,6 +394,14 @@ STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLo
 )
 @click.option("--recovery", type=float, default=None, help="Time recovery of a data dir of GIB.")
 @click.option("--day", is_flag=True, help="Time the first and last minute of a 24 h archive.")
+@click.option(
+    "--broker",
+    "replay_mb",
+    type=int,
+    default=None,
+    metavar="MIB",
+    help="Measure turbine serve --data-dir (issue 11's rows), replaying MIB from disk.",
+)
 def main(
     duration: float,
     sizes: str,
@@ -307,10 +410,19 @@ def main(
     repeat: int,
     recovery: float | None,
     day: bool,
+    replay_mb: int | None,
 ) -> None:
     """Print acknowledged write rates of each store under group commit."""
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"load: {load}")
+    if replay_mb is not None:
+        root = tempfile.mkdtemp(prefix="durable-broker-", dir=where)
+        try:
+            for label, value in broker_rows(root, duration, replay_mb):
+                print(f"{label:<32} {value:>16}")
+        finally:
+            shutil.rmtree(root)
+        return
     if day:
         root = tempfile.mkdtemp(prefix="durable-day-", dir=where)
         try:
