@@ -32,8 +32,9 @@ lock, every sealed segment's index and a checked scan of each open segment.
 fetching its first and its last minute through the index, cold and warm.
 
 ``--broker MIB`` measures ``turbine serve --data-dir`` with the default sync
-policy through the client: 1 KB frames acknowledged per second (1,000 puts
-per flush), 100 KB and 1 MB frames in MB/s (16 per flush), the newest 1,000
+policy through the client: 1 KB frames acknowledged per second, 100 KB and
+1 MB frames in MB/s (one task puts without pause while another flushes in a
+loop; the time runs until the last frame is acknowledged), the newest 1,000
 frames of a channel whose ring holds 100 (from disk), and a replay of MIB
 1 MiB frames from the oldest with ``fetch(after=...)``.
 
@@ -308,24 +309,47 @@ def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, s
     address = proc.stdout.readline().split()[-1]
     rows: list[tuple[str, str]] = []
 
-    async def put_rate(client: Any, name: str, size: int, per_flush: int) -> float:
+    async def put_rate(client: Any, name: str, size: int) -> float:
+        """Frames acknowledged per second: one task puts, another flushes in a loop (a
+        flush acknowledges every frame put before it began); at most 64 MiB unacknowledged."""
         src = await client.open_source(name, {"x": "application/octet-stream"}, cache_frames=100)
         payload = os.urandom(size)
-        frames = 0
+        put = acked = 0
+        window = max(1, 64 * 2**20 // size)
+        progress = trio.Event()
         t0 = time.perf_counter()
-        while time.perf_counter() - t0 < duration:
-            for _ in range(per_flush):
+        end = t0 + duration
+
+        async def producer() -> None:
+            nonlocal put
+            while time.perf_counter() < end:
+                while put - acked >= window:
+                    await progress.wait()
                 await src.put("x", payload)
-            await src.flush()  # acknowledged: on stable storage
-            frames += per_flush
-        return frames / (time.perf_counter() - t0)
+                put += 1
+
+        async def flusher() -> None:
+            nonlocal acked, progress
+            while time.perf_counter() < end:
+                before = put
+                await src.flush()  # on stable storage
+                acked = before
+                progress.set()
+                progress = trio.Event()
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            nursery.start_soon(flusher)
+        await src.flush()
+        return put / (time.perf_counter() - t0)
 
     async def measure() -> None:
         async with turbine.open_client(address, name="durable-bench") as client:
-            rate = await put_rate(client, "daq_k_data_source", 1024, 1000)
+            rate = await put_rate(client, "daq_k_data_source", 1024)
             rows.append(("1 KB frames acknowledged", f"{rate:,.0f} frames/s"))
             for size, label in ((100 * 1024, "100 KB"), (2**20, "1 MB")):
-                rate = await put_rate(client, f"video_s{size}_data_source", size, 16)
+                rate = await put_rate(client, f"video_s{size}_data_source", size)
                 rows.append((f"{label} frames acknowledged", f"{rate * size / 1e6:,.1f} MB/s"))
             path = "daq_k_data_source/x"  # its ring holds 100: the newest 1,000 come from disk
             took = []
