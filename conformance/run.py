@@ -269,7 +269,10 @@ class Peer:
                 raise Failure(f"nothing from the broker within {TIMEOUT:g} s") from None
             if not chunk:
                 if self.buf:
-                    raise Failure(f"the broker closed in the middle of a message ({self.buf!r})")
+                    raise Failure(
+                        f"the broker closed in the middle of a message "
+                        f"({len(self.buf)} bytes of it arrived)"
+                    )
                 raise Closed
             self.buf += chunk
 
@@ -408,6 +411,8 @@ def run_step(
         raise Failure(f"want the broker to close the connection, got {header!r}")
     elif "close" in step:
         peers.pop(step["close"]).sock.close()
+    elif "half_close" in step:
+        peers[step["half_close"]].sock.shutdown(socket.SHUT_WR)
     else:
         raise Failure(f"unknown step {step!r}")
 

@@ -386,12 +386,19 @@ class Broker:
         self.connections[conn.id] = conn
         code, reason = CloseReason.CLIENT_CLOSED, "client closed the connection"
         drain = False  # the last words went out: let them arrive before closing
+        ended = False  # the client ended its stream between messages
         try:
             async with trio.open_nursery() as nursery:
                 conn.reads.nursery = nursery
                 nursery.start_soon(conn.writer)
                 try:
                     await conn.reader()
+                    # The client ended its stream: answer what it sent before (a
+                    # client may half-close and read on), then hang up.
+                    ended = True
+                    conn.last_words([])
+                    with trio.move_on_after(LAST_WORDS_S):
+                        await conn.finished.wait()
                 except RemoteProtocolError as exc:
                     code, reason = CloseReason.PROTOCOL_ERROR, f"protocol error: {exc}"
                     # Say why, after whatever is already queued, then hang up.
@@ -405,7 +412,8 @@ class Broker:
         except* WriteTimeout as group:
             code, reason = CloseReason.WRITE_TIMEOUT, str(leaves(group)[0])
         except* (OSError, trio.BrokenResourceError) as group:
-            code, reason = CloseReason.CONNECTION_LOST, f"connection lost: {leaves(group)[0]}"
+            if not ended:  # else the client closed with replies still on their way: its choice
+                code, reason = CloseReason.CONNECTION_LOST, f"connection lost: {leaves(group)[0]}"
         except* trio.Cancelled:
             code, reason = CloseReason.BROKER_STOPPED, "the broker stopped"
             raise
