@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from components.ntcp.protocol import (
     AXES,
     TYPES,
+    VERBS,
     AxisValue,
     ControlPointValues,
     LineBuffer,
@@ -413,3 +414,31 @@ def test_measured_values_and_their_channels():
     assert measured("OK\t0\tdummy\tA\tx\tdisplacement") is None  # cut short
     channels = measurement_channels(["A", "B"])
     assert len(channels) == 24 and channels["B.y.rotation"] == "application/x-float64-le"
+
+
+_TEXT_FIELD = st.text(
+    alphabet=st.characters(codec="ascii", exclude_characters="\t\r\n\x0b\x0c\x1c\x1d\x1e\x1f\x85"),
+    min_size=1,
+    max_size=12,
+).filter(lambda f: f.strip() and not f.startswith(" "))
+
+
+@fuzz
+@given(
+    st.sampled_from(VERBS),
+    st.lists(
+        _TEXT_FIELD
+        | st.sampled_from(["t 1", "MDL-00-01:LBCB1", "control-point", "1.5", *AXES, *TYPES]),
+        max_size=8,
+    ),
+)
+def test_a_space_after_the_verb_means_what_the_tab_means(verb, fields):
+    rest = "\t".join(fields)
+    try:
+        expected = parse_request(f"{verb}\t{rest}")
+    except NtcpProtocolError:
+        with pytest.raises(NtcpProtocolError):
+            parse_request(f"{verb} {rest}")
+    else:
+        assert parse_request(f"{verb} {rest}") == expected
+        assert parse_request(f"{verb}  {rest}\t\r\n") == expected
