@@ -150,3 +150,19 @@ async def test_disk_full_refuses_then_resumes_when_space_returns(small_disk):
                 bytes(d) == bytes([s % 251]) * 10_000
                 for s, d in zip(seqs(runs), runs[0].data, strict=True)
             )
+
+
+async def test_a_source_too_far_ahead_of_the_disk_is_refused_alone(tmp_path):
+    with trio.fail_after(10):
+        async with open_archive(tmp_path, ArchiveConfig(max_backlog=1000)) as archive:
+            for name in (SRC, "daq_other_data_source"):
+                archive.create_source(name, {})
+                archive.append(name, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 20))  # 2,000 bytes, not yet written: no checkpoint yet
+            with pytest.raises(
+                ArchiveError, match=f"the archive of {SRC} is 0 MiB behind its puts"
+            ):
+                archive.check_writable(SRC)
+            archive.check_writable("daq_other_data_source")  # the others go on
+            await archive.flush()
+            archive.check_writable(SRC)

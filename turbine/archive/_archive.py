@@ -53,8 +53,9 @@ class ArchiveConfig:
     Args:
         sync: when a flush is acknowledged.
         sync_interval: seconds between syncs under ``SyncPolicy.INTERVAL``.
-        max_backlog: bytes of puts waiting for the disk, all sources together,
-            beyond which :meth:`Archive.check_writable` refuses more.
+        max_backlog: bytes of one source's puts waiting for the disk beyond which
+            :meth:`Archive.check_writable` refuses more of its puts (all sources
+            together: four times as much).
     """
 
     sync: SyncPolicy = attrs.field(default=SyncPolicy.ALWAYS, converter=SyncPolicy)
@@ -77,10 +78,7 @@ class _Queue:
     durable: int = 0  # of those, synced
     error: str | None = None
     last_sync: float | None = None
-
-    @property
-    def backlog(self) -> int:
-        return sum(self.sizes)
+    pending: int = 0  # payload bytes appended and not yet written (queued or being written)
 
 
 def _why(name: str, exc: OSError) -> str:
@@ -112,7 +110,6 @@ class Archive:
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
         self.bytes_written = 0  # payload bytes written so far (a status shows the rate)
-        self.backlog = 0  # payload bytes appended and not yet written, all sources
         self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
         self._deletions_asked = self._deletions_done = 0
 
@@ -157,12 +154,22 @@ class Archive:
         q = self._queues[name]
         if q.error:
             raise ArchiveError(q.error)
-        backlog = self.backlog
-        if backlog > self.config.max_backlog:
+        limit = self.config.max_backlog
+        if q.pending > limit:
             raise ArchiveError(
-                f"the archive is {backlog // 2**20} MiB behind the puts (the disk is slower "
-                "than they come); puts are refused until it catches up"
+                f"the archive of {name} is {q.pending // 2**20} MiB behind its puts (the disk "
+                "is slower than they come); its puts are refused until it catches up"
             )
+        if self.backlog > 4 * limit:
+            raise ArchiveError(
+                f"the archive is {self.backlog // 2**20} MiB behind the puts (the disk is "
+                "slower than they come); puts are refused until it catches up"
+            )
+
+    @property
+    def backlog(self) -> int:
+        """Payload bytes appended and not yet written, all sources."""
+        return sum(q.pending for q in self._queues.values())
 
     def append(self, name: str, op: Op) -> None:
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""
@@ -170,7 +177,7 @@ class Archive:
         q.ops.append(op)
         size = sum(op.sizes) if isinstance(op, Put) else 0  # payload bytes
         q.sizes.append(size)
-        self.backlog += size
+        q.pending += size
         q.appended += 1
         self._wake.set()
 
@@ -260,15 +267,13 @@ class Archive:
                 q.written += written
                 done_bytes = sum(sizes[:written])
                 self.bytes_written += done_bytes
-                self.backlog -= done_bytes
+                q.pending -= done_bytes
                 if sync and error is None:
                     q.durable = q.written
                     q.last_sync = self.clock()
                 q.error = error
                 if written < len(ops):
-                    if self._queues.get(q.name) is not q:  # deleted meanwhile: nothing to retry
-                        self.backlog -= sum(sizes[written:])
-                    else:  # back to the head of the queue, for the retry
+                    if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
                         q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
         self._progressed()
 
@@ -314,7 +319,6 @@ class Archive:
         """Forget ``name`` now (queued writes too); its files go with the next commit."""
         q = self._queues.pop(name, None)
         if q is not None:
-            self.backlog -= q.backlog
             self._doomed.append(q)
             self._deletions_asked += 1
             self._wake.set()
@@ -324,7 +328,6 @@ class Archive:
         q = self._queues.pop(name, None)
         if q is None:
             return 0
-        self.backlog -= q.backlog
         async with self._io:
             return await trio.to_thread.run_sync(_remove, q)
 
