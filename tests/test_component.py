@@ -6,6 +6,7 @@ following trio's (``turbine.testing.follow_trio_clock``): no real sleeps.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -16,7 +17,7 @@ import trio
 from click.testing import CliRunner
 
 from components.ntcp_sim.component import NtcpSim
-from turbine import Component, NoReply, command, open_client, send_command
+from turbine import Component, NoReply, command, open_client, send_command, unwrap
 from turbine.testing import (
     fake_data,
     follow_trio_clock,
@@ -223,3 +224,35 @@ def test_a_component_that_cannot_start_says_why_without_a_traceback() -> None:
     assert result.exit_code == 1, result.output
     assert "ntcp_busy:" in result.output and "address already in use" in result.output.lower()
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+class Fragile(Component):
+    """Its work fails once it has started."""
+
+    type = "audio"
+    channels = {"pcm": "audio/L16"}
+
+    async def run(self) -> None:
+        await trio.sleep(1)
+        raise FileNotFoundError("tone.wav vanished")
+
+
+async def test_a_failing_run_is_seen_on_the_turbine(autojump_clock: trio.abc.Clock) -> None:
+    follow_trio_clock()
+    with trio.fail_after(30):
+        async with open_broker() as address, open_client(address) as tb:
+            fragile = Fragile("mic", address)
+            with pytest.raises(BaseExceptionGroup) as failed:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(fragile.serve)
+            assert isinstance(unwrap(failed.value), FileNotFoundError)
+            (meta,) = await tb.fetch("audio_mic_data_source/metadata.txt", newest=1)
+            assert json.loads(meta.data)["status"] == "failed"
+            assert json.loads(meta.data)["error"] == "FileNotFoundError: tone.wav vanished"
+            logs = [
+                json.loads(f.data)
+                for f in await tb.fetch("audio_mic_debug_log_source/*", oldest=100)
+            ]
+            (last,) = [e for e in logs if e["level"] == "ERROR"]
+            assert "run() failed" in last["message"]
+            assert "FileNotFoundError: tone.wav vanished" in last["exception"]

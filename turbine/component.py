@@ -81,6 +81,8 @@ RECONNECT_MAX_S = 5.0
 #: Refusals a component waits out: its previous process still holds its
 #: sources (they go offline soon), or the broker has no memory left for now.
 WAIT_FOR = ("held", "memory")
+#: How long a component that failed may take to get its last log records and metadata out.
+LAST_WORDS_S = 2.0
 
 
 class Component:
@@ -113,6 +115,8 @@ class Component:
         self.state = "starting"
         self._patience = Patience(self.log, Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S))
         self.commands_handled = 0
+        #: Why ``run`` failed (the metadata's ``error``; None while it has not).
+        self.error: str | None = None
         self.client: Client | None = None
         self._data: Source | None = None
         self._replies: Source | None = None
@@ -139,6 +143,7 @@ class Component:
             "content_types": dict(self.channels),
             "status": self.state,
             "commands": sorted(self._handlers),
+            **({"error": self.error} if self.error else {}),
         }
 
     def status(self) -> dict[str, Any]:
@@ -294,9 +299,25 @@ class Component:
             await self.publish_metadata()
             self.log.info("connected to %s", self.address)
             ready()
-            await self.run()
+            try:
+                await self.run()
+            except Exception as exc:
+                await self._last_words(exc)
+                raise
             # run() returning means the work is done; keep answering commands.
             await trio.sleep_forever()
+
+    async def _last_words(self, exc: Exception) -> None:
+        """``run`` failed: say so on the debug log source and in the metadata before stopping.
+
+        The process then exits with the traceback, and the MCP restarts it.
+        """
+        self.state = "failed"
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.log.error("run() failed, stopping: %s", self.error, exc_info=exc)
+        with trio.move_on_after(LAST_WORDS_S), contextlib.suppress(TurbineError):
+            await self._log_handler.wait_sent()
+            await self.publish_metadata()
 
     async def start_lasting_work(self, nursery: trio.Nursery) -> None:
         """Start work that outlives broker connections (a listener, a device link) in ``nursery``.
