@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import trio
 
+from tests.test_broker import RawClient
 from turbine import open_client
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
@@ -50,3 +51,28 @@ async def test_history_beyond_the_ring_comes_from_disk_and_survives_a_restart(tm
                 assert [f.seq for f in got] == list(range(1, 42))  # the numbers continue
                 assert got[0].data == b"frame 1" and got[-1].data == b"after the restart"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_large_fetch_from_disk_comes_in_parts_under_the_limits(tmp_path):
+    """The store task's replies are split like memory's: parts of at most 8192 frames."""
+    n = 20_000
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_with_archive, tmp_path)
+            async with open_client(address, name="daq") as client:
+                src = await client.open_source(SRC, cache_frames=10)
+                for i in range(n):
+                    await src.put("x", b"%d" % i, float(i))
+                await src.flush()
+                raw = await RawClient.connect(address)
+                await raw.send("fetch", {"id": 1, "pattern": f"{SRC}/x", "oldest": n})
+                parts = []
+                while not parts or parts[-1].more:
+                    parts.append(await raw.receive())
+                await raw.aclose()
+                got = await client.fetch(f"{SRC}/x", oldest=n)
+            nursery.cancel_scope.cancel()
+    assert [p.type for p in parts] == ["frames"] * 3
+    assert [sum(len(g[5]) for g in p.groups) for p in parts] == [8192, 8192, n - 2 * 8192]
+    assert [f.seq for f in got] == list(range(1, n + 1))
+    assert got[-1].data == b"%d" % (n - 1)
