@@ -284,3 +284,26 @@ def test_the_checker_lists_what_is_there_and_finds_damage(log):
     result = CliRunner().invoke(main, [root])
     assert result.exit_code == 1 and "fail their checksums" in result.output
     assert "1408 frames" in result.output  # the damaged record's 128 are not counted
+
+
+def test_a_large_archive_keeps_few_files_open(log):
+    from turbine.archive._log import OPEN_SEALED
+
+    for i in range(40):
+        put(log, "x.bin", 1 + 128 * i, 128, size=8192)
+    log = reopen(log)
+
+    def open_segments() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
+            except FileNotFoundError:
+                pass  # the directory listing's own
+        return n
+
+    assert len(log.segments) > OPEN_SEALED + 4 and open_segments() == 1  # the open one
+    assert len(frames(log.read("x.bin", 1, 10_000))) == 128 * 40
+    assert open_segments() <= OPEN_SEALED + 1
+    log.close()
+    assert open_segments() == 0

@@ -9,6 +9,7 @@ reports numbers it cannot serve (evicted, an explicit hole, damaged bytes) as
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
@@ -27,6 +28,8 @@ from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segme
 RECORD_BYTES = 1 * 2**20
 #: Segment size unless the retention asks for smaller ones.
 SEGMENT_BYTES = 64 * 2**20
+#: Sealed segments of one source kept open for reads (the least recently read are closed).
+OPEN_SEALED = 8
 #: Smallest segment, whatever the retention.
 MIN_SEGMENT_BYTES = 1 * 2**20
 
@@ -71,6 +74,7 @@ class SourceLog:
         self.damage: list[Damage] = []
         self.torn_bytes = 0  # bytes of torn tail dropped at recovery
         self._lock = threading.RLock()
+        self._open: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._newest_meta: Put | None = None
 
     @property
@@ -128,6 +132,7 @@ class SourceLog:
             actual = os.fstat(seg.fd).st_size
             if actual < seg.size:
                 damage.append(Damage(number, actual, seg.size - actual, "truncated"))
+            seg.close()  # opened again when read: a large archive would hold too many files
             segments.append(seg)
         last = numbers[-1]
         fd = os.open(os.path.join(directory, f"{last:016d}.seg"), os.O_RDWR)
@@ -266,6 +271,7 @@ class SourceLog:
             if not self.active.sealed:
                 self.active.seal()
             seg = Segment.create(self.directory, self.active.number + 1, now, self._preamble())
+            self.active.close()  # opened again when read
             self.segments.append(seg)
 
     def sync(self) -> None:
@@ -376,52 +382,49 @@ class SourceLog:
             span = seg.spans[st.id]
             if span.end_seq <= seq:
                 continue
-            with self._lock:
-                if seg not in self.segments:
+            with self._lock:  # taken per record (_read_record): a long read never stalls writes
+                if seg.removed:
                     continue  # evicted meanwhile: its numbers count as missed below
-                entries = seg.entries(st.id)
-                pos = seg.entry_at_seq(st.id, seq)
-                for entry in entries[pos:]:
-                    if frames >= max_frames or (
-                        max_bytes is not None and size >= max_bytes and frames
-                    ):
-                        return runs
-                    if (
-                        until_time is not None
-                        and entry.kind == fmt.FRAMES
-                        and entry.first_time >= until_time
-                    ):
-                        return runs
-                    if entry.end_seq <= seq:
-                        continue
-                    if entry.first_seq > seq:
-                        missed += entry.first_seq - seq
-                        seq = entry.first_seq
-                    rec = seg.read_record(entry) if entry.kind == fmt.FRAMES else None
-                    if not isinstance(rec, fmt.FramesRecord):
-                        if entry.kind == fmt.FRAMES:
-                            self._note_damage(seg, entry)
-                        missed += entry.end_seq - seq
-                        seq = entry.end_seq
-                        continue
-                    a = seq - rec.first_seq
-                    b = min(len(rec.ts), a + max_frames - frames)
-                    if until_time is not None:
-                        while b > a and rec.ts[b - 1] >= until_time:
-                            b -= 1
-                    if max_bytes is not None:
-                        k, room = a, max_bytes - size
-                        while k < b and (rec.sizes[k] <= room or (k == a and not frames)):
-                            room -= rec.sizes[k]
-                            k += 1
-                        b = k
-                    if b <= a:
-                        return runs
-                    _add(runs, missed, seq, rec, a, b)
-                    missed = 0
-                    frames += b - a
-                    size += sum(rec.sizes[a:b])
-                    seq = rec.first_seq + b
+                todo = seg.entries(st.id)[seg.entry_at_seq(st.id, seq) :]
+            for entry in todo:
+                if frames >= max_frames or (max_bytes is not None and size >= max_bytes and frames):
+                    return runs
+                if (
+                    until_time is not None
+                    and entry.kind == fmt.FRAMES
+                    and entry.first_time >= until_time
+                ):
+                    return runs
+                if entry.end_seq <= seq:
+                    continue
+                if entry.first_seq > seq:
+                    missed += entry.first_seq - seq
+                    seq = entry.first_seq
+                rec = self._read_record(seg, entry) if entry.kind == fmt.FRAMES else None
+                if not isinstance(rec, fmt.FramesRecord):
+                    if entry.kind == fmt.FRAMES and not seg.removed:
+                        self._note_damage(seg, entry)
+                    missed += entry.end_seq - seq
+                    seq = entry.end_seq
+                    continue
+                a = seq - rec.first_seq
+                b = min(len(rec.ts), a + max_frames - frames)
+                if until_time is not None:
+                    while b > a and rec.ts[b - 1] >= until_time:
+                        b -= 1
+                if max_bytes is not None:
+                    k, room = a, max_bytes - size
+                    while k < b and (rec.sizes[k] <= room or (k == a and not frames)):
+                        room -= rec.sizes[k]
+                        k += 1
+                    b = k
+                if b <= a:
+                    return runs
+                _add(runs, missed, seq, rec, a, b)
+                missed = 0
+                frames += b - a
+                size += sum(rec.sizes[a:b])
+                seq = rec.first_seq + b
         if missed:
             runs.append(Run(seq, [], [], [], [], missed))
         return runs
@@ -431,23 +434,40 @@ class SourceLog:
         st = self._channel(channel)
         with self._lock:
             segments = [s for s in self.segments if st.id in s.spans and s.spans[st.id].frames]
-            for seg in segments:
-                if seg.spans[st.id].last_time < start:
+        for seg in segments:
+            if seg.spans[st.id].last_time < start:
+                continue
+            with self._lock:
+                if seg.removed:
                     continue
-                entries = seg.entries(st.id)
-                for entry in entries[seg.entry_at_time(st.id, start) :]:
-                    if entry.kind != fmt.FRAMES or entry.last_time < start:
-                        continue
-                    rec = seg.read_record(entry)
-                    if not isinstance(rec, fmt.FramesRecord):
+                todo = seg.entries(st.id)[seg.entry_at_time(st.id, start) :]
+            for entry in todo:
+                if entry.kind != fmt.FRAMES or entry.last_time < start:
+                    continue
+                rec = self._read_record(seg, entry)
+                if not isinstance(rec, fmt.FramesRecord):
+                    if not seg.removed:
                         self._note_damage(seg, entry)
-                        continue
-                    first = next(i for i, t in enumerate(rec.ts) if t >= start)
-                    runs = self.read(channel, rec.first_seq + first, max_frames, until_time=end)
-                    if runs:
-                        runs[0] = attrs.evolve(runs[0], missed=0)
-                    return runs
+                    continue
+                first = next(i for i, t in enumerate(rec.ts) if t >= start)
+                runs = self.read(channel, rec.first_seq + first, max_frames, until_time=end)
+                if runs:
+                    runs[0] = attrs.evolve(runs[0], missed=0)
+                return runs
         return []
+
+    def _read_record(self, seg: Segment, entry: fmt.Entry) -> fmt.Record | None:
+        """Read one record, keeping at most :data:`OPEN_SEALED` sealed segments open."""
+        with self._lock:
+            if seg.removed:
+                return None
+            if seg is not self.active:
+                self._open.pop(seg.number, None)
+                self._open[seg.number] = seg
+                while len(self._open) > OPEN_SEALED:
+                    _, old = self._open.popitem(last=False)
+                    old.close()
+            return seg.read_record(entry)
 
     def _note_damage(self, seg: Segment, entry: fmt.Entry) -> None:
         d = Damage(seg.number, entry.offset, entry.body_len + fmt.RECORD_HEADER.size, "checksum")

@@ -201,6 +201,7 @@ class Segment:
         self.fd = fd
         self.size = size
         self.sealed = False
+        self.removed = False  # deleted by retention (a read in progress stops)
         self.spans: dict[int, fmt.ChannelSpan] = {}
         self._entries: list[fmt.Entry] | None = []
         self._by_channel: dict[int, list[fmt.Entry]] = {}
@@ -342,7 +343,11 @@ class Segment:
         """The record ``entry`` points at, or ``None`` if its bytes fail their checksums."""
         length = fmt.RECORD_HEADER.size + entry.body_len
         try:
+            if self.fd < 0:
+                self.fd = os.open(self.path, os.O_RDONLY)
             raw = _read_exact(self.fd, length, entry.offset)
+        except FileNotFoundError:
+            return None  # removed behind the broker's back: the same as damaged
         except OSError as exc:
             if exc.errno != errno.EIO:
                 raise
@@ -364,6 +369,7 @@ class Segment:
             self.fd = -1
 
     def remove(self) -> None:
+        self.removed = True
         self.close()
         for p in (self.path, self.index_path):
             try:
