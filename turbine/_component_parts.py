@@ -15,7 +15,7 @@ from ._component_log import LOG_CHANNEL
 from ._constants import COMMAND_CACHE_BYTES, COMMAND_CACHE_FRAMES, LOG_CACHE_BYTES, LOG_CACHE_FRAMES
 from ._errors import TurbineError
 from ._retry import Backoff
-from .client import Client, Source
+from .client import Client, Frame, Source
 from .command import COMMAND_CHANNEL, Command, Reply
 from .settings import convert
 
@@ -171,3 +171,53 @@ class Patience:
         """Everything opened: the next trouble starts the backoff over, and is told."""
         self.backoff.reset()
         self.reason = self.kind = None
+
+
+@attrs.define
+class CommandDesk:
+    """A component's command endpoints at work: reads its sink, answers on its source, in order."""
+
+    log: logging.Logger
+    execute: Callable[[Command], Awaitable[tuple[str, Any, str | None]]]
+    #: The command source (None while disconnected).
+    replies: Source | None = None
+    #: Sink sequence number of the last command answered.
+    answered_seq: int | None = None
+
+    async def serve(self, tb: Client, endpoints: Mapping[str, str]) -> None:
+        """Answer every command on the sink from where the last answer left off, forever."""
+        start = await resume_point(tb, endpoints["replies"])
+        async with tb.subscribe(f"{endpoints['sink']}/{COMMAND_CHANNEL}", start=start) as sub:
+            async for item in sub:
+                if not isinstance(item, Frame):
+                    self.log.warning(
+                        "missed %d commands (evicted before they were read)", item.missed
+                    )
+                    continue
+                await self.answer(item)
+
+    async def answer(self, frame: Frame) -> None:
+        try:
+            cmd = Command.from_json(frame.data)
+        except ValueError as exc:
+            reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
+        else:
+            self.log.info(
+                "command %s %s from %s", cmd.verb, " ".join(map(str, cmd.args)), frame.writer
+            )
+            status, result, error = await self.execute(cmd)
+            if status != "ok":
+                self.log.warning("command %s: %s: %s", cmd.verb, status, error)
+            reply = Reply(cmd.id, cmd.verb, status, result, error, frame.seq)
+        await self._send(reply)
+        self.answered_seq = frame.seq
+
+    async def notify(self, result: dict[str, Any]) -> None:
+        """A notice (verb ``notice``, no id) carrying the last answered sequence number."""
+        if self.replies is not None:
+            await self._send(Reply("", "notice", "ok", result, None, self.answered_seq))
+
+    async def _send(self, reply: Reply) -> None:
+        assert self.replies is not None, "answering while disconnected"
+        await self.replies.put(COMMAND_CHANNEL, reply.to_json())
+        await self.replies.flush()

@@ -52,12 +52,12 @@ from ._clock import wall_time
 from ._component_cli import component_cli
 from ._component_log import BrokerLogHandler
 from ._component_parts import (
+    CommandDesk,
     Patience,
     call_handler,
     command,
     find_commands,
     open_small_endpoints,
-    resume_point,
     usage,
 )
 from ._constants import (
@@ -66,8 +66,8 @@ from ._constants import (
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._retry import Backoff
 from ._signals import open_stop_nursery
-from .client import Client, Frame, Source, open_client
-from .command import COMMAND_CHANNEL, Command, Reply, endpoints
+from .client import Client, Source, open_client
+from .command import Command, endpoints
 from .settings import (
     ConfigError,
     NoSettings,
@@ -119,8 +119,7 @@ class Component:
         self.error: str | None = None
         self.client: Client | None = None
         self._data: Source | None = None
-        self._replies: Source | None = None
-        self._answered_seq: int | None = None
+        self._desk = CommandDesk(self.log, self.execute)
         self._log_handler = BrokerLogHandler()
         self._handlers = find_commands(self)
 
@@ -225,36 +224,6 @@ class Component:
             self.commands_handled += 1
         return status, result, error
 
-    async def _command_loop(self, tb: Client) -> None:
-        ep = self.endpoints
-        start = await resume_point(tb, ep["replies"])
-        async with tb.subscribe(f"{ep['sink']}/{COMMAND_CHANNEL}", start=start) as sub:
-            async for item in sub:
-                if not isinstance(item, Frame):
-                    self.log.warning(
-                        "missed %d commands (evicted before they were read)", item.missed
-                    )
-                    continue
-                await self._answer(item)
-
-    async def _answer(self, frame: Frame) -> None:
-        try:
-            cmd = Command.from_json(frame.data)
-        except ValueError as exc:
-            reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
-        else:
-            self.log.info(
-                "command %s %s from %s", cmd.verb, " ".join(map(str, cmd.args)), frame.writer
-            )
-            status, result, error = await self.execute(cmd)
-            if status != "ok":
-                self.log.warning("command %s: %s: %s", cmd.verb, status, error)
-            reply = Reply(cmd.id, cmd.verb, status, result, error, frame.seq)
-        assert self._replies is not None
-        await self._replies.put(COMMAND_CHANNEL, reply.to_json())
-        await self._replies.flush()
-        self._answered_seq = frame.seq
-
     async def notify(self, message: str, **fields: Any) -> None:
         """Tell operators something on the command source (and the log), unasked.
 
@@ -263,21 +232,16 @@ class Component:
         the last command answered, so a restart does not answer that one twice.
         """
         self.log.warning("%s %s", message, json.dumps(fields, default=str) if fields else "")
-        if self._replies is not None:
-            note = Reply(
-                "", "notice", "ok", {"message": message, **fields}, None, self._answered_seq
-            )
-            await self._replies.put(COMMAND_CHANNEL, note.to_json())
-            await self._replies.flush()
+        await self._desk.notify({"message": message, **fields})
 
     # --- running
 
     async def _session(self, tb: Client, patience: Patience, ready: Callable[[], None]) -> None:
         self.client = tb
-        log_source, self._replies = await open_small_endpoints(tb, self.endpoints)
+        log_source, self._desk.replies = await open_small_endpoints(tb, self.endpoints)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._log_handler.pump, log_source)
-            nursery.start_soon(self._command_loop, tb)
+            nursery.start_soon(self._desk.serve, tb, self.endpoints)
             while True:  # connected and answering commands while the data source is refused
                 try:
                     self._data = await tb.open_source(
@@ -364,7 +328,7 @@ class Component:
                         if any(e.code not in WAIT_FOR for e in refused):  # type: ignore[attr-defined]
                             raise
                         kind, reason = refused[0].code, str(refused[0])  # type: ignore[attr-defined]
-                    self._data = self._replies = None
+                    self._data = self._desk.replies = None
                     self.state = "waiting"
                     await self._patience.wait(kind, reason)
         finally:
