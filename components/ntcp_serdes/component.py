@@ -152,14 +152,10 @@ class NtcpSerdes(Component):
         self.requests += 1
         expected = reply_count(line)
         result, answered = await self._relay(line, session)
-        if answered and result.count("\n") + 1 != expected:
-            result, answered = (
-                (
-                    f"{self.target} answered {result.count(chr(10)) + 1} lines where"
-                    f" {expected} were due"
-                ),
-                False,
-            )
+        got = result.count("\n") + 1
+        if answered and got != expected:
+            result = f"{self.target} answered {got} line{'s' * (got > 1)} where {expected} were due"
+            answered = False
         if not answered:
             self.failures += 1
             return "\n".join(refuse(line, result))

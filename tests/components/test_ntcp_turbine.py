@@ -23,7 +23,7 @@ from components.ntcp_serdes import NtcpSerdes
 from components.ntcp_sim import Rig, RigConfig, serve_ntcp_sim
 from components.ntcp_sim.component import NtcpSim
 from components.ntcp_translator import JOURNAL_CHANNEL, NtcpTranslator
-from turbine import Command, Reply, open_client, send_command
+from turbine import Command, Component, Reply, command, open_client, send_command
 from turbine.testing import start_broker, wait_for_component
 
 REPO = Path(__file__).resolve().parents[2]
@@ -362,7 +362,36 @@ async def test_no_translator_ever_is_reported_at_once(broker, parts):
         _, port = await start_serdes(nursery, broker)
         async with open_ntcp("127.0.0.1", port) as ntcp:
             answer = await ntcp.request("open-session\tnobody")
+            # A client that names three control points waits for three lines.
+            several = await ntcp.request("get-control-point\tdummy\tA:LBCB1\tA:LBCB2\tA:LBCB1")
+            after = await ntcp.request("open-session nobody")
     assert answer == "NOT OK\tno translator ntcp_rig has run on this turbine"
+    assert several.split("\n") == [answer] * 3
+    assert after == answer
+
+
+class OneLineTranslator(Component):
+    """A translator that answers every request with one line, whatever it asked for."""
+
+    type = "ntcp"
+
+    @command("ntcp")
+    async def ntcp(self, line: str, session: str = "") -> str:
+        return "OK\t0\tdummy\tA:LBCB1\tx\tdisplacement\t0.0000000000E+00"
+
+
+async def test_a_reply_with_fewer_lines_than_the_client_waits_for_is_refused(broker, parts):
+    nursery = parts
+    with trio.fail_after(10):
+        nursery.start_soon(OneLineTranslator("rig", broker).serve)
+        await wait_for_component(broker, "ntcp_rig")
+        serdes, port = await start_serdes(nursery, broker)
+        async with open_ntcp("127.0.0.1", port) as ntcp:
+            one = await ntcp.request("get-control-point\tdummy\tA:LBCB1")
+            two = await ntcp.request("get-control-point\tdummy\tA:LBCB1\tA:LBCB2")
+    assert one.startswith("OK\t0\tdummy\tA:LBCB1")
+    assert two.split("\n") == ["NOT OK\tntcp_rig answered 1 line where 2 were due"] * 2
+    assert serdes.status()["failures"] == 1
 
 
 # ------------------------------------------------------------------ the simulator component
