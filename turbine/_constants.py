@@ -60,6 +60,11 @@ MAX_CHANNELS_PER_SOURCE = 1024
 #: What the receive buffers of all connections may hold together beyond one
 #: normal read each (partial large messages); a reader waits when it is used up.
 MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES
+#: Allocations at least this large get their own memory mapping, returned to the
+#: system whole when freed (turbine serve pins glibc's threshold: turbine/_memory.py).
+MMAP_THRESHOLD_BYTES = 128 * 2**10
+#: After connections close, free memory goes back to the system at most this often.
+TRIM_INTERVAL_S = 1.0
 #: A message that stays partly received this long closes its connection (seconds);
 #: so does a connection that sends no client_hello within it.
 MESSAGE_TIMEOUT_S = 30.0
@@ -97,6 +102,9 @@ SLOW_WRITE_S = 1.0
 #: destroy those words in the client's receive buffer.
 LAST_WORDS_S = 1.0
 CLOSE_DRAIN_S = 1.0
+#: How long one connection's reader may handle a burst of requests before it
+#: lets every other task run (seconds of CPU, not a deadline).
+TURN_S = 0.002
 #: Bytes asked of the socket per read: a connection's first reads ask for
 #: FIRST_RECEIVE_BYTES, doubling up to RECEIVE_BYTES while reads fill what is asked
 #: (an idle connection holds a small buffer).

@@ -25,6 +25,7 @@ from ._constants import (
     VERSION,
 )
 from ._errors import RequestFailed, TurbineError, unwrap
+from ._memory import pin_mmap_threshold
 from ._options import address_option
 from ._signals import open_stop_nursery
 from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy, open_archive
@@ -210,6 +211,7 @@ async def _serve(
     archive: ArchiveConfig,
     stores: Callable[[Archive], TieredStores],
 ) -> None:
+    pin_mmap_threshold()  # this process is the broker: large buffers go back whole
     if data_dir is None:
         await _serve_broker(config)
         return

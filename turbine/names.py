@@ -139,7 +139,7 @@ def _match(pieces: tuple[str, ...], text: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=64)  # compiling is cheap; the cache holds patterns up to 1 KiB
 def compile_pattern(pattern: str) -> Pattern:
     """Compile a ``*`` wildcard pattern over ``SOURCE/CHANNEL`` paths.
 

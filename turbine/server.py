@@ -38,6 +38,8 @@ from ._constants import (
     RECEIVE_BYTES,
     SLOW_WRITE_S,
     SOURCE_TYPES,
+    TRIM_INTERVAL_S,
+    TURN_S,
     WRITE_TIMEOUT_S,
 )
 from ._constants import (
@@ -45,6 +47,7 @@ from ._constants import (
 )
 from ._errors import RemoteProtocolError, RequestFailed, leaves
 from ._io import send_buffers, write_now
+from ._memory import trim
 from .closed import Closed, CloseReason, WriteTimeout
 from .delivery import Delivery
 from .hub import Hub
@@ -255,12 +258,19 @@ class ClientConnection(Requests):
             )
         while True:
             handled = 0
+            turn = time.perf_counter()
             while True:
                 msg = proto.next_event()
                 if msg is NEED_DATA:
                     break
                 self.handle(msg)
                 handled += 1
+                if time.perf_counter() - turn > TURN_S:
+                    # A burst of requests in one read must not hold the loop
+                    # from every other client: let them have a turn.
+                    self.broker.write_ready()
+                    await trio.lowlevel.checkpoint()
+                    turn = time.perf_counter()
             self.broker.write_ready()
             if not n:
                 return
@@ -349,6 +359,7 @@ class Broker:
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
         self.slow_events = 0  # of every connection, closed ones too
+        self._closed_some = trio.Event()
         self._room = trio.Event()  # set when receive budget comes back
         self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
 
@@ -357,6 +368,20 @@ class Broker:
         after the budget had none: nothing can have come back in between)."""
         self._room = trio.Event()
         await self._room.wait()
+
+    def _trim_soon(self) -> None:
+        """A connection closed: its memory goes back to the system (:meth:`trimmer`)."""
+        self._closed_some.set()
+
+    async def trimmer(self) -> None:
+        """Give freed memory back to the system after connections close, at
+        most once per TRIM_INTERVAL_S (a burst of hostile connections must not
+        leave the broker at its peak RSS)."""
+        while True:
+            await self._closed_some.wait()
+            self._closed_some = trio.Event()
+            trim()
+            await trio.sleep(TRIM_INTERVAL_S)
 
     def write_ready(self) -> None:
         ready, self.ready = self.ready, {}
@@ -431,6 +456,7 @@ class Broker:
             self.hub.release(conn.peer)
             conn.proto.close_budget()
             del self.connections[conn.id]
+            self._trim_soon()
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock(), conn.slow_events))
             with trio.CancelScope(shield=True):
                 if drain:  # after the record and the release: the client may look at both
@@ -457,4 +483,5 @@ async def serve_turbine(
     addresses = [tuple(ln.socket.getsockname()[:2]) for ln in listeners]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, broker.handle, listeners)
+        nursery.start_soon(broker.trimmer)
         task_status.started(addresses)

@@ -1,0 +1,56 @@
+"""Giving memory back to the operating system (glibc's allocator, where present).
+
+The broker's receive buffers and large headers come and go with hostile or
+bursty clients.  glibc raises its mmap threshold after such a buffer is freed,
+so later ones land on the heap, and freed heap pages stay resident: a broker
+that took a burst kept its peak RSS for good.  :func:`pin_mmap_threshold`
+keeps large allocations in their own mappings (returned whole on free) and
+:func:`trim` hands free heap pages back.  Both do nothing without glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+from ._constants import MMAP_THRESHOLD_BYTES
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 (present only in glibc)
+        libc.mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
+
+
+def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> None:
+    """Allocations of ``threshold`` bytes or more get their own mapping, for good.
+
+    Also moves every object alive now (modules, code: the program) out of the
+    cycle collector's sight, so the full collections of :func:`trim` only look
+    at what connections made.  Call once, when the broker process starts.
+    """
+    gc.freeze()
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
+
+
+def trim() -> None:
+    """Free what closed connections left (their errors' tracebacks are reference
+    cycles, freed only by the cycle collector), then return free heap pages to
+    the operating system.  A few ms for a large heap."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
