@@ -305,5 +305,10 @@ def test_a_large_archive_keeps_few_files_open(log):
     assert len(log.segments) > OPEN_SEALED + 4 and open_segments() == 1  # the open one
     assert len(frames(log.read("x.bin", 1, 10_000))) == 128 * 40
     assert open_segments() <= OPEN_SEALED + 1
+    assert sum(s._entries is not None for s in log.segments) <= OPEN_SEALED + 1
+    assert len(frames(log.read("x.bin", 1, 10_000))) == 128 * 40  # and back when read again
+    os.unlink(log.segments[0].index_path)  # an index lost while the broker runs
+    log.segments[0].unload()
+    assert len(frames(log.read("x.bin", 1, 10_000))) == 128 * 40
     log.close()
     assert open_segments() == 0

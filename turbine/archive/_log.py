@@ -28,7 +28,8 @@ from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segme
 RECORD_BYTES = 1 * 2**20
 #: Segment size unless the retention asks for smaller ones.
 SEGMENT_BYTES = 64 * 2**20
-#: Sealed segments of one source kept open for reads (the least recently read are closed).
+#: Sealed segments of one source kept open, entries loaded, for reads (the least recently
+#: read are closed and their entries dropped).
 OPEN_SEALED = 8
 #: Smallest segment, whatever the retention.
 MIN_SEGMENT_BYTES = 1 * 2**20
@@ -271,7 +272,7 @@ class SourceLog:
             if not self.active.sealed:
                 self.active.seal()
             seg = Segment.create(self.directory, self.active.number + 1, now, self._preamble())
-            self.active.close()  # opened again when read
+            self.active.unload()  # its file and entries come back when read
             self.segments.append(seg)
 
     def sync(self) -> None:
@@ -466,7 +467,7 @@ class SourceLog:
                 self._open[seg.number] = seg
                 while len(self._open) > OPEN_SEALED:
                     _, old = self._open.popitem(last=False)
-                    old.close()
+                    old.unload()  # its file and its entries: memory and files stay bounded
             return seg.read_record(entry)
 
     def _note_damage(self, seg: Segment, entry: fmt.Entry) -> None:

@@ -304,6 +304,14 @@ class Segment:
         os.replace(tmp, self.index_path)
         fsync_dir(self.directory)
         self.sealed = True
+        self._index_at = fmt.INDEX_HEADER.size + len(self.spans) * fmt.INDEX_CHANNEL.size + 4
+        self._index_count = len(entries)
+
+    def unload(self) -> None:
+        """Forget a sealed segment's entries and close its file (both come back when read)."""
+        self.close()
+        if self.sealed:
+            self._entries, self._by_channel = None, {}
 
     def load(self, entries: list[fmt.Entry]) -> None:
         """Take the entries a scan found (an unsealed segment, or one whose index is lost)."""
@@ -318,11 +326,16 @@ class Segment:
     def entries(self, channel: int | None = None) -> list[fmt.Entry]:
         """Index entries (of one channel), in file order; read from the index file once."""
         if self._entries is None:
-            with open(self.index_path, "rb") as f:
-                f.seek(self._index_at)
-                raw = f.read()
-            self._entries = fmt.decode_index_entries(raw, self._index_count)
-            for e in self._entries:
+            try:
+                with open(self.index_path, "rb") as f:
+                    f.seek(self._index_at)
+                    raw = f.read()
+                entries = fmt.decode_index_entries(raw, self._index_count)
+            except (OSError, fmt.FormatError):  # the index went bad since recovery: read it all
+                with open(self.path, "rb") as f:
+                    entries = scan(f.fileno(), self.number, self.size).entries
+            self._entries = entries
+            for e in entries:
                 self._by_channel.setdefault(e.channel, []).append(e)
         if channel is None:
             return self._entries
