@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import socket
+from pathlib import Path
 
 import attrs
 import pytest
@@ -17,7 +18,15 @@ import trio
 from click.testing import CliRunner
 
 from components.ntcp_sim.component import NtcpSim
-from turbine import Component, NoReply, command, open_client, send_command, unwrap
+from turbine import (
+    Component,
+    ConfigError,
+    NoReply,
+    command,
+    open_client,
+    send_command,
+    unwrap,
+)
 from turbine.testing import (
     fake_data,
     follow_trio_clock,
@@ -256,3 +265,19 @@ async def test_a_failing_run_is_seen_on_the_turbine(autojump_clock: trio.abc.Clo
             (last,) = [e for e in logs if e["level"] == "ERROR"]
             assert "run() failed" in last["message"]
             assert "FileNotFoundError: tone.wav vanished" in last["exception"]
+
+
+async def test_state_is_kept_across_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TURBINE_STATE_DIR", str(tmp_path))
+    first = Ticker("keeper")
+    assert first.kept.directory == tmp_path / "daq_keeper"
+    assert first.kept.load() == {}
+    await first.kept.save({"frequency": 880.0, "note": "A5"})
+    again = Ticker("keeper")  # the next process
+    assert again.kept.load() == {"frequency": 880.0, "note": "A5"}
+    assert [p.name for p in (tmp_path / "daq_keeper").iterdir()] == ["state.json"]  # no temp left
+    again.kept.path.write_text("[1, 2")
+    with pytest.raises(ConfigError, match="cannot read .*state.json"):
+        again.kept.load()

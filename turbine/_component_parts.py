@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -17,7 +20,7 @@ from ._errors import TurbineError
 from ._retry import Backoff
 from .client import Client, Frame, Source
 from .command import COMMAND_CHANNEL, Command, Reply
-from .settings import convert
+from .settings import ConfigError, convert
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 Handler = Callable[..., Awaitable[Any]]
@@ -221,3 +224,55 @@ class CommandDesk:
         assert self.replies is not None, "answering while disconnected"
         await self.replies.put(COMMAND_CHANNEL, reply.to_json())
         await self.replies.flush()
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Replace ``path`` with ``value`` as JSON: all of it or, after a crash, the old file (blocking)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(value, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+@attrs.define
+class KeptState:
+    """A component's state kept across restarts, as one JSON object in ``directory/state.json``.
+
+    ``directory`` is the component's own (``$TURBINE_STATE_DIR/<type>_<name>``,
+    default ``var/<type>_<name>``, relative to the working directory: under
+    the MCP, the MCP's); keep other files of its own there too.
+    """
+
+    directory: Path
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "state.json"
+
+    def load(self) -> dict[str, Any]:
+        """What :meth:`save` kept last (``{}`` the first time); small, so reading it may block.
+
+        Raises:
+            ConfigError: the file is there but not a JSON object.
+        """
+        try:
+            state = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {self.path}: {exc}") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{self.path}: expected a JSON object, got {type(state).__name__}")
+        return state
+
+    async def save(self, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` (JSON values) for the next start: written whole or not at all, fsynced."""
+        await trio.to_thread.run_sync(write_json_atomically, self.path, dict(state))

@@ -13,6 +13,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3333
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 ADDRESS_ENVVAR = "TURBINE_ADDRESS"
+#: Where components keep what must survive a restart: <dir>/<type>_<name>/ (env TURBINE_STATE_DIR).
+STATE_DIR = "var"
+STATE_DIR_ENVVAR = "TURBINE_STATE_DIR"
 
 #: Largest single frame payload the broker accepts (configurable with --max-frame).
 MAX_FRAME_BYTES = 64 * 2**20

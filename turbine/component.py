@@ -40,8 +40,10 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
@@ -53,6 +55,7 @@ from ._component_cli import component_cli
 from ._component_log import BrokerLogHandler
 from ._component_parts import (
     CommandDesk,
+    KeptState,
     Patience,
     call_handler,
     command,
@@ -60,9 +63,7 @@ from ._component_parts import (
     open_small_endpoints,
     usage,
 )
-from ._constants import (
-    DEFAULT_ADDRESS,
-)
+from ._constants import DEFAULT_ADDRESS, STATE_DIR, STATE_DIR_ENVVAR
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._retry import Backoff
 from ._signals import open_stop_nursery
@@ -120,6 +121,9 @@ class Component:
         self.client: Client | None = None
         self._data: Source | None = None
         self._desk = CommandDesk(self.log, self.execute)
+        #: What must survive a restart: ``self.kept.load()``, ``await self.kept.save(state)``,
+        #: in ``$TURBINE_STATE_DIR/<type>_<name>`` (default ``var/<type>_<name>``).
+        self.kept = KeptState(Path(os.environ.get(STATE_DIR_ENVVAR) or STATE_DIR) / self.component)
         self._log_handler = BrokerLogHandler()
         self._handlers = find_commands(self)
 
