@@ -192,19 +192,25 @@ class Ring:
         next frame held and reports how many were missed; the run stops before
         a hole; one past the newest gives an empty run.
         """
-        if self._seqs is None:
-            i = self._start + max(seq - self.first_seq, 0)
-            held, end = self.first_seq + (i - self._start), len(self._ts)
+        missed = 0
+        if self._seqs is None:  # contiguous numbers: arithmetic (the common, hot case)
+            if seq < self.first_seq:
+                missed = self.first_seq - seq
+                seq = self.first_seq
+            count = min(max_frames, self.next_seq - seq)
+            if count <= 0:
+                return empty_run(max(seq, self.first_seq), missed)
+            i = self._start + (seq - self.first_seq)
         else:
             i = bisect.bisect_left(self._seqs, seq, lo=self._start)
             held = self._seqs[i] if i < len(self._seqs) else self.next_seq
             b = bisect.bisect_right(self._breaks, held)
             end = self._index(self._breaks[b]) if b < len(self._breaks) else len(self._seqs)
-        missed = held - seq if held > seq else 0
-        count = min(max_frames, end - i)
-        if count <= 0:
-            return empty_run(max(seq, held), missed)
-        seq = held
+            missed = held - seq if held > seq else 0
+            count = min(max_frames, end - i)
+            if count <= 0:
+                return empty_run(max(seq, held), missed)
+            seq = held
         sizes = self._sizes[i : i + count]
         if max_bytes is not None and sum(sizes) > max_bytes:
             count = max(bisect.bisect_right(list(itertools.accumulate(sizes)), max_bytes), 1)

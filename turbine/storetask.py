@@ -65,6 +65,9 @@ class StoreReads:
         self._wakeup = trio.Event()
         self._room = trio.Event()
         self._running = False
+        #: More jobs wait than one connection may have (see :meth:`wait_room`); an
+        #: attribute, not a property: the reader looks at it after every receive.
+        self.crowded = False
 
     def defer(self, job: Job, msg_id: int | None = None) -> None:
         """Hold the reply's place now; run ``job`` in its turn (never waits).
@@ -91,16 +94,12 @@ class StoreReads:
 
     def _start(self, job: Job, msg_id: int | None, slot: Slot | None) -> None:
         self._jobs.append((job, msg_id, slot))
+        self.crowded = len(self._jobs) > MAX_PENDING_READS
         if not self._running:
             assert self.nursery is not None, "the connection sets its nursery first"
             self._running = True
             self.nursery.start_soon(self._run)
         self._wakeup.set()
-
-    @property
-    def crowded(self) -> bool:
-        """More reads wait than one connection may have: see :meth:`wait_room`."""
-        return len(self._jobs) > MAX_PENDING_READS
 
     async def wait_room(self) -> None:
         """Wait while too many reads are waiting (backpressure on this client only)."""
@@ -115,6 +114,7 @@ class StoreReads:
                 job, msg_id, slot = self._jobs[0]
                 buffers = await self._answer(job, msg_id)
                 self._jobs.popleft()
+                self.crowded = len(self._jobs) > MAX_PENDING_READS
                 self._room.set()
                 if slot is not None:
                     conn.apply(conn.out.fill(slot, buffers or []))
