@@ -24,6 +24,17 @@ def expected(seq: int) -> bytes:
     return (seq.to_bytes(8, "little") * (size // 8 + 1))[:size]
 
 
+def check_history(frames: list[tuple[int, bytes]], acked: int) -> int:
+    """Assert that ``(seq, data)`` pairs are frames 1..n, each once, byte for byte, with
+    n at least ``acked``; return n."""
+    seqs = [s for s, _ in frames]
+    assert seqs == list(range(1, len(seqs) + 1)), "each frame once, in order, no gap"
+    assert len(seqs) >= acked, f"acknowledged {acked}, found {len(seqs)}"
+    for s, data in frames:
+        assert data == expected(s), f"frame {s} differs"
+    return len(seqs)
+
+
 async def main(root: str, seed: int) -> None:
     rng = random.Random(seed)
     async with open_archive(root) as archive:
