@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -37,7 +38,7 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
     """A request written after puts follows them, so a flush covers every frame put before it."""
     ours, theirs = trio.socket.socketpair()
     lost: list[TurbineError] = []
-    outbox = Outbox(ours, "test", max_frame=100, on_lost=lost.append)
+    outbox = Outbox(ours, "test", max_frame=100, on_lost=lost.append, producer="p1")
     client, broker = Connection(Role.CLIENT), Connection(Role.BROKER)
     hello = client.send(ClientHello(protocol=PROTOCOL_VERSION, name="t"))
     broker.receive_data(b"".join(hello))
@@ -55,9 +56,12 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
                 broker.receive_data(await theirs.recv(65536))
             else:
                 got.append(msg)
+    # Each put carries the producer and its number, counted per source.
+    x = Put(source=SRC, channel="x", ts=[1.0, 2.0], sizes=[1, 3], payload=memoryview(b"accc"))
+    y = Put(source=SRC, channel="y", ts=[None], sizes=[2], payload=memoryview(b"bb"))
     assert got[:2] == [
-        Put(source=SRC, channel="x", ts=[1.0, 2.0], sizes=[1, 3], payload=memoryview(b"accc")),
-        Put(source=SRC, channel="y", ts=[None], sizes=[2], payload=memoryview(b"bb")),
+        attrs.evolve(x, producer="p1", pseq=1),
+        attrs.evolve(y, producer="p1", pseq=2),
     ]
     assert got[2] == Flush(id=7)
     with pytest.raises(RequestFailed, match="101 bytes is over the broker's limit of 100") as info:

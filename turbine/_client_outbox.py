@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +35,9 @@ class Outbox:
         address: the broker's address, for error messages.
         max_frame: the broker's largest frame, as its ``hello`` announced.
         on_lost: called with the error when a write fails.
+        producer: this producer's id, sent with every ``put`` with the put's
+            number (``pseq``, counted per source from 1) so that the broker
+            stores a replayed put once; a random one by default.
     """
 
     def __init__(
@@ -42,12 +46,16 @@ class Outbox:
         address: str,
         max_frame: int,
         on_lost: Callable[[TurbineError], None],
+        producer: str | None = None,
     ) -> None:
         self.error: TurbineError | None = None
         self._sock = sock
         self._address = address
         self._max_frame = max_frame
         self._on_lost = on_lost
+        self.producer = producer or secrets.token_hex(8)
+        #: Each source's number of the last put taken for writing.
+        self.pseqs: dict[str, int] = {}
         self._batches: dict[tuple[str, str], tuple[list[Any], list[Any]]] = {}
         self._bytes = 0
         self._frames = 0
@@ -111,8 +119,18 @@ class Outbox:
 
     def _take_batches(self) -> list[Any]:
         out: list[Any] = []
+        pseqs = self.pseqs
+        producer = self.producer
         for (source, channel), (ts, data) in self._batches.items():
-            put = Put(source=source, channel=channel, ts=ts, sizes=list(map(len, data)))
+            pseq = pseqs[source] = pseqs.get(source, 0) + 1
+            put = Put(
+                source=source,
+                channel=channel,
+                ts=ts,
+                sizes=list(map(len, data)),
+                producer=producer,
+                pseq=pseq,
+            )
             out += encode_message(put, data)
         self._batches.clear()
         self._bytes = self._frames = 0

@@ -60,6 +60,9 @@ MAX_SOFTWARE_CHARS = 255
 MAX_ERROR_MESSAGE_CHARS = 4096
 #: Most channels one source may have (open_source's map and channels made by put).
 MAX_CHANNELS_PER_SOURCE = 1024
+#: Producers whose newest put number a source remembers (de-duplication); the one
+#: that put least recently is forgotten first.
+MAX_PRODUCERS_PER_SOURCE = 256
 #: What the receive buffers of all connections may hold together beyond one
 #: normal read each (partial large messages); a reader waits when it is used up.
 MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES

@@ -229,13 +229,18 @@ class Hub:
         content_type: str | None = None,
         sizes: list[int] | None = None,
         seq: int | None = None,
+        producer: str | None = None,
+        pseq: int | None = None,
     ) -> Sequence[Waker]:
         """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
         ``sizes`` are the frames' lengths when the caller has them already
         (a put message lists them).  ``seq`` numbers the first frame (a mirror
         keeping its origin's numbers); numbers it skips become a hole that
-        subscribers are told of as a gap.
+        subscribers are told of as a gap.  ``producer`` and its put number
+        ``pseq`` de-duplicate: a put whose number that producer had stored
+        already for this source is dropped, as if stored (a replay after a
+        lost connection).
 
         Raises:
             RequestFailed: no such source, not the holder of a non-shared
@@ -250,6 +255,11 @@ class Hub:
             )
         if src.holder is not writer and not src.shared:
             src.check_writer(writer)  # raises
+        if producer is not None:
+            if pseq is None:
+                raise RequestFailed("a put with a producer needs its pseq", "request")
+            if src.stored_before(producer, pseq):
+                return ()
         ch = src.channels.get(channel)
         if ch is None:
             try:
@@ -259,13 +269,14 @@ class Hub:
         if sizes is None:
             sizes = list(map(len, data))
         src.check_frames(ch, data, sizes, self.max_frame)
-        if not ts:
-            return ()
-        if None in ts:
-            now = self.clock()
-            ts = [now if t is None else t for t in ts]
-        src.append(ch, ts, data, writer.name, sizes, seq)
-        return self.router.wakers(ch)
+        if ts:
+            if None in ts:
+                now = self.clock()
+                ts = [now if t is None else t for t in ts]
+            src.append(ch, ts, data, writer.name, sizes, seq)
+        if producer is not None:
+            src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
+        return self.router.wakers(ch) if ts else ()
 
     # --- reading
 

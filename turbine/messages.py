@@ -95,6 +95,10 @@ class Put(Message):
     ts: list[float | None]
     sizes: list[int]
     content_type: str | None = None
+    #: The producer that sent it (any string the producer keeps across reconnects).
+    producer: str | None = None
+    #: The producer's number for this put, counted per source from 1 (de-duplication).
+    pseq: int | None = None
     payload: memoryview = attrs.field(factory=_no_payload, metadata=_NOT_IN_HEADER)
 
 

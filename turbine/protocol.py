@@ -76,6 +76,7 @@ STRING_LIMITS: dict[str, int] = {
     "source": MAX_NAME_CHARS,
     "channel": MAX_NAME_CHARS,
     "content_type": MAX_CONTENT_TYPE_CHARS,
+    "producer": MAX_TOKEN_CHARS,
     "pattern": MAX_PATTERN_CHARS,
     "start": MAX_TOKEN_CHARS,
     "code": MAX_TOKEN_CHARS,

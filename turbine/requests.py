@@ -89,7 +89,15 @@ class Requests:
         data = split_payload(msg.payload, sizes)
         try:
             wakers = self.broker.hub.put(
-                self.peer, msg.source, msg.channel, msg.ts, data, msg.content_type, sizes
+                self.peer,
+                msg.source,
+                msg.channel,
+                msg.ts,
+                data,
+                msg.content_type,
+                sizes,
+                producer=msg.producer,
+                pseq=msg.pseq,
             )
         except (RequestFailed, InvalidName) as exc:
             self.error(

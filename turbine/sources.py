@@ -13,6 +13,7 @@ from ._constants import (
     FRAME_OVERHEAD_BYTES,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
+    MAX_PRODUCERS_PER_SOURCE,
     METADATA_CHANNEL,
 )
 from ._errors import RequestFailed
@@ -127,6 +128,9 @@ class Source:
         self.bytes = 0
         self.arrival = 0  # numbers frames across channels, to evict the oldest first
         self._metadata: tuple[Any, Any] | None = None  # (newest metadata frame, decoded)
+        #: Each producer's newest stored put number (``pseq``), least recent first.
+        self.producers: dict[str, int] = {}
+        self.replays_dropped = 0  # puts not stored again: their producer number was stored
 
     @property
     def online(self) -> bool:
@@ -188,6 +192,22 @@ class Source:
         self.bytes += store.bytes - before
         if self.bytes > self.cache_bytes:
             self.trim()
+
+    def stored_before(self, producer: str, pseq: int) -> bool:
+        """Whether ``producer``'s put number ``pseq`` was stored already (a replay)."""
+        last = self.producers.get(producer)
+        if last is not None and pseq <= last:
+            self.replays_dropped += 1
+            return True
+        return False
+
+    def stored(self, producer: str, pseq: int) -> None:
+        """Remember ``producer``'s newest stored put number (forgetting the least recent producer)."""
+        producers = self.producers
+        producers.pop(producer, None)
+        producers[producer] = pseq
+        if len(producers) > MAX_PRODUCERS_PER_SOURCE:
+            del producers[next(iter(producers))]
 
     def trim(self) -> None:
         """Evict the oldest frames until the source fits ``cache_bytes`` (:func:`evict_to_fit`)."""
