@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import attrs
+import pytest
 import trio
 
-from turbine import Backoff, leaves, unwrap
+from turbine import Backoff, ConfigError, leaves, unwrap
 from turbine._retry import capped_delay
+from turbine.settings import as_tuple, check, describe, make_settings
 
 
 def test_backoff_doubles_up_to_its_cap_and_starts_over_on_reset():
@@ -40,3 +43,26 @@ async def test_open_client_style_unwrap_keeps_a_task_error_as_is():
 
 async def _raise() -> None:
     raise LookupError("from a task")
+
+
+@attrs.frozen
+class _Probe:
+    url: str
+    rate: float = attrs.field(default=1.0, validator=check(lambda v: v > 0, "more than 0"))
+    names: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
+
+
+def test_settings_are_checked_by_their_class() -> None:
+    assert describe(_Probe) == "url, rate=1.0, names=[]"
+    with pytest.raises(ConfigError, match="setting 'url': required"):
+        make_settings(_Probe, {})
+    probe = make_settings(_Probe, {"url": "x", "rate": "2.5", "names": '["a", "b"]'})
+    assert (probe.rate, probe.names) == (2.5, ("a", "b"))
+    with pytest.raises(ConfigError, match="setting 'rate': expected float, got '2.5'"):
+        make_settings(_Probe, {"url": "x", "rate": "2.5"}, strict=True)  # TOML gives numbers
+    with pytest.raises(ConfigError, match="setting 'rate': expected more than 0, got 0"):
+        make_settings(_Probe, {"url": "x", "rate": 0}, strict=True)
+    with pytest.raises(
+        ConfigError, match="setting 'speed': unknown setting; known settings: names, rate, url"
+    ):
+        make_settings(_Probe, {"url": "x", "speed": 1})

@@ -135,7 +135,7 @@ def _converted(value: Any, like: Any, kind: type) -> Any:
 
 
 def make_settings(
-    cls: type[S], given: Mapping[str, Any], *, strict: bool = False, owner: str = "it"
+    cls: type[S], given: Mapping[str, Any], *, strict: bool = False, owner: str | None = None
 ) -> S:
     """Build ``cls`` from ``given`` (defaults for the rest).
 
@@ -151,7 +151,12 @@ def make_settings(
     unknown = sorted(set(given) - set(kinds))
     if unknown:
         known = ", ".join(sorted(kinds)) or "none"
-        raise ConfigError(f"unknown setting; {owner} take: {known}", unknown[0])
+        takes = f"{owner} take" if owner else "known settings"
+        raise ConfigError(f"unknown setting; {takes}: {known}", unknown[0])
+    fields: Any = attrs.fields(cls)  # type: ignore[arg-type]
+    missing = [f.name for f in fields if f.default is attrs.NOTHING and f.name not in given]
+    if missing:
+        raise ConfigError("required: it has no default", missing[0])
     values = {}
     for key, value in given.items():
         if strict:
@@ -173,8 +178,17 @@ def settings_dict(settings: Any) -> dict[str, Any]:
 
 
 def describe(cls: type) -> str:
-    """``key=default, ...`` for help texts."""
-    return ", ".join(f"{key}={value!r}" for key, value in settings_dict(cls()).items())
+    """``key=default, ...`` for help texts (``key`` alone for a setting without a default)."""
+
+    def default(field: attrs.Attribute[Any]) -> str:
+        value: Any = field.default
+        if value is attrs.NOTHING:
+            return field.name
+        if isinstance(value, attrs.Factory):  # type: ignore[arg-type]
+            value = value.factory()
+        return f"{field.name}={list(value) if isinstance(value, tuple) else value!r}"
+
+    return ", ".join(default(f) for f in attrs.fields(cls))
 
 
 def read_settings_fd(fd: int) -> dict[str, Any]:
