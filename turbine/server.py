@@ -286,7 +286,9 @@ class ClientConnection(Requests):
             # (a half-sent message holds memory; it costs its sender the connection).
             if not proto.receiving:
                 deadline = math.inf
-            elif handled or deadline == math.inf:
+                n = await self._receive()  # no message begun: no deadline (and no cancel
+                continue  # scope to set up: this is every receive of a busy connection)
+            if handled or deadline == math.inf:
                 deadline = trio.current_time() + timeout
             with trio.move_on_at(deadline):
                 n = await self._receive()
