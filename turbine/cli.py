@@ -167,6 +167,14 @@ def main() -> None:
     help="When a flush is acknowledged: on stable storage, written and synced each second, or left to the OS.",
 )
 @click.option(
+    "--sync-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --sync interval: how often what was written is synced.",
+)
+@click.option(
     "--archive-bytes",
     default=str(ARCHIVE_BYTES),
     type=Size(),
@@ -189,6 +197,7 @@ def serve(
     extra_types: tuple[str, ...],
     data_dir: str | None,
     sync: str,
+    sync_interval: float,
     archive_bytes: int,
     archive_age: float | None,
 ) -> None:
@@ -202,7 +211,7 @@ def serve(
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
     )
     stores = functools.partial(TieredStores, archive_bytes=archive_bytes, archive_age=archive_age)
-    run(_serve, config, data_dir, ArchiveConfig(sync=sync), stores)
+    run(_serve, config, data_dir, ArchiveConfig(sync=sync, sync_interval=sync_interval), stores)
 
 
 async def _serve(
