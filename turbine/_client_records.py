@@ -70,10 +70,22 @@ class SourceInfo:
     bytes: int
     channels: tuple[ChannelInfo, ...]
     metadata: Any
+    #: Where a mirrored source's frames come from (``broker``, ``source``, ``via``); None if not one.
+    mirror: Any = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SourceInfo:
-        return cls(**{**d, "channels": tuple(ChannelInfo(**c) for c in d["channels"])})
+        """The record of a list entry (fields a newer broker adds are left out)."""
+        known = {k: v for k, v in d.items() if k in _SOURCE_FIELDS}
+        return cls(**{**known, "channels": tuple(_channel(c) for c in d["channels"])})
+
+
+def _channel(d: Mapping[str, Any]) -> ChannelInfo:
+    return ChannelInfo(**{k: v for k, v in d.items() if k in _CHANNEL_FIELDS})
+
+
+_SOURCE_FIELDS = frozenset(f.name for f in attrs.fields(SourceInfo))
+_CHANNEL_FIELDS = frozenset(f.name for f in attrs.fields(ChannelInfo))
 
 
 def _as_bytes(data: bytes | memoryview) -> bytes:

@@ -34,6 +34,7 @@ from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
 from .names import split_path
+from .origin import Origin, load_identity
 from .render import as_json, as_text, iso
 from .router import check_selection, check_start
 from .server import BrokerConfig, serve_turbine
@@ -227,7 +228,11 @@ async def _serve(
     try:
         opened = open_archive(data_dir, archive)
         async with opened as store:
-            await _serve_broker(attrs.evolve(config, store=stores(store)))
+            try:
+                identity = load_identity(data_dir)  # under the data dir's lock
+            except (OSError, ValueError) as exc:
+                raise click.ClickException(f"broker identity: {exc}") from None
+            await _serve_broker(attrs.evolve(config, store=stores(store), identity=identity))
     except ArchiveError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -399,6 +404,8 @@ def _ls_text(infos: list[SourceInfo]) -> None:
         click.echo(
             f"{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
         )
+        if s.mirror is not None:
+            click.echo(f"  mirror of {Origin.from_wire(s.mirror).describe()}")
         for c in s.channels:
             span = (
                 f"{iso(c.first_time)} .. {iso(c.last_time)}"
@@ -455,7 +462,7 @@ async def status(tb: Client, as_json_: bool) -> None:
         return
     mem = st["memory"]
     click.echo(
-        f"turbine {st['version']} (protocol {st['protocol']}), up {st['uptime']:.0f} s, broker time {iso(st['time'])}"
+        f"turbine {st['version']} (protocol {st['protocol']}), up {st['uptime']:.0f} s, broker time {iso(st['time'])}, identity {st.get('identity', '-')}"
     )
     click.echo(
         f"memory: {fmt_bytes(mem['used'])} used, {fmt_bytes(mem['reserved'])} reserved of {fmt_bytes(mem['limit'])}; "

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import trio
@@ -40,7 +40,8 @@ from ._constants import (
 from ._errors import ConnectionFailed, LocalProtocolError, ProtocolError, TurbineError, unwrap
 from ._io import send_buffers
 from .names import compile_pattern, split_path
-from .protocol import NEED_DATA, Connection, Role
+from .origin import Origin
+from .protocol import NEED_DATA, Connection, Role, encode_message
 from .router import check_start
 
 
@@ -89,7 +90,8 @@ class Client:
         ``channels`` maps channel names to content types.  A ``shared`` source
         accepts puts from every client.  Reopening a source continues its
         sequence numbers; limits left as ``None`` keep the source's current
-        ones (a new source gets the broker's defaults).
+        ones (a new source gets the broker's defaults).  A mirrored source is
+        opened with :meth:`open_mirror` instead.
 
         Raises:
             RequestFailed: invalid name, held by another client (named in the
@@ -106,6 +108,63 @@ class Client:
             shared=shared,
         )
         return Source(name, channels, self._outbox, self._requests)
+
+    async def open_mirror(
+        self,
+        name: str,
+        channels: Mapping[str, str],
+        mirror: Origin,
+        *,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> dict[str, int]:
+        """Open mirrored source ``name`` (a copy of ``mirror``'s frames, written
+        with :meth:`put_copy`); return the next number of each channel it has.
+
+        Raises:
+            RequestFailed: as :meth:`open_source`; code ``mirror`` when the
+                source exists and is not a mirror of that origin, ``loop``
+                when the frames came from this broker.
+        """
+        reply = await self._requests.call(
+            m.OpenSource,
+            m.Ok,
+            source=name,
+            channels=dict(channels),
+            cache_frames=cache_frames,
+            cache_bytes=cache_bytes,
+            mirror=mirror.to_wire(),
+        )
+        return dict(reply.result["channels"])
+
+    async def put_copy(
+        self,
+        source: str,
+        channel: str,
+        ts: list[float | None],
+        data: Sequence[Any],
+        seqs: list[int],
+        writers: list[Any],
+        content_type: str | None = None,
+    ) -> None:
+        """Put frames to a mirrored source under the origin's numbers and writers.
+
+        Written at once, after the puts queued before; a refusal is raised by
+        the next request (as for every put).
+
+        Raises:
+            TurbineError: the connection failed.
+        """
+        put = m.Put(
+            source=source,
+            channel=channel,
+            ts=ts,
+            sizes=list(map(len, data)),
+            content_type=content_type,
+            seqs=seqs,
+            writers=writers,
+        )
+        await self._outbox.send(encode_message(put, list(data)))
 
     async def put(
         self, path: str, data: bytes | bytearray | memoryview, *, timestamp: float | None = None

@@ -22,6 +22,7 @@ from ._constants import (
 )
 from ._errors import RequestFailed
 from .names import check_channel_name, check_source_name, compile_pattern, source_pattern
+from .origin import Origin, new_identity
 from .peer import Peer
 from .ringbuffer import memory_store
 from .router import Group, Router, Waker, add_run, check_selection
@@ -55,6 +56,7 @@ class Hub:
         types: source types the convention allows.
         clock: seconds since the epoch (injected for tests).
         store: makes each channel's store (memory rings by default).
+        identity: this broker's identity (``turbine/origin.py``); a fresh one by default.
     """
 
     def __init__(
@@ -66,7 +68,9 @@ class Hub:
         types: tuple[str, ...] = SOURCE_TYPES,
         clock: Callable[[], float] = time.time,
         store: StoreFactory = memory_store,
+        identity: str | None = None,
     ) -> None:
+        self.identity = identity or new_identity()
         self.max_memory = max_memory
         self.max_frame = max_frame
         self.lenient_names = lenient_names
@@ -118,14 +122,21 @@ class Hub:
         cache_frames: int | None = None,
         cache_bytes: int | None = None,
         shared: bool | None = None,
+        mirror: Origin | None = None,
     ) -> Source:
         """Create ``name`` held by ``peer``, or take over the offline source of that name.
 
         Limits and ``shared`` left as ``None`` keep an existing source's values
-        (or take the defaults for a new one).
+        (or take the defaults for a new one).  ``mirror`` makes (or takes over)
+        a mirrored source: a copy of ``mirror``'s frames under their own
+        numbers, never shared; only a mirror may hold it.
 
         Raises:
-            RequestFailed: bad name or limits, held by someone else, or no memory left.
+            RequestFailed: bad name or limits, held by someone else, no memory
+                left, or a mirror that does not fit (code ``mirror``: the
+                source is a mirror and this is not, or the other way round,
+                or of another origin; code ``loop``: its frames came from
+                this broker).
         """
         try:
             check_source_name(name, types=self.types, lenient=self.lenient_names)
@@ -144,12 +155,14 @@ class Hub:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
         if src is not None and src.online:
             src.refuse_holder(peer)
+        self._check_mirror(name, src, mirror, shared)
         self._make_room(cache_bytes, src)
         now = self.clock()
         if src is None:
             src = Source(
                 name, shared=shared, cache_frames=cache_frames, cache_bytes=cache_bytes, now=now
             )
+            src.origin = mirror
             self.sources[name] = src
         else:
             src.shared, src.cache_frames, src.cache_bytes = shared, cache_frames, cache_bytes
@@ -160,6 +173,34 @@ class Hub:
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
         return src
+
+    def _check_mirror(
+        self, name: str, src: Source | None, mirror: Origin | None, shared: bool
+    ) -> None:
+        """Raises RequestFailed unless ``mirror`` may open ``name`` (see :meth:`open_source`)."""
+        if mirror is not None and self.identity in mirror.brokers:
+            raise RequestFailed(
+                f"source {name!r} would mirror {mirror.describe()}, and those frames came "
+                f"from this broker ({self.identity}): a mirror never copies a source back",
+                "loop",
+            )
+        if mirror is not None and shared:
+            raise RequestFailed(f"mirrored source {name!r} cannot be shared", "mirror")
+        have = src.origin if src is not None else None
+        if src is None or have == mirror:
+            return
+        if have is None:
+            why = f"source {name!r} is not a mirror; a mirror cannot take it over"
+        elif mirror is None:
+            why = (
+                f"source {name!r} is a mirror of {have.describe()}; only a mirror may hold it "
+                "(delete it first to use the name for a source of your own)"
+            )
+        elif (have.broker, have.source) == (mirror.broker, mirror.source):
+            return  # the same frames, on another path: its numbers continue
+        else:
+            why = f"source {name!r} is a mirror of {have.describe()}, not of {mirror.describe()}"
+        raise RequestFailed(why, "mirror")
 
     def release(self, peer: Peer, name: str | None = None) -> None:
         """Mark ``peer``'s sources (or just ``name``) offline; they stay readable."""
@@ -231,21 +272,31 @@ class Hub:
         seq: int | None = None,
         producer: str | None = None,
         pseq: int | None = None,
+        seqs: list[int] | None = None,
+        writers: list[Any] | None = None,
     ) -> Sequence[Waker]:
         """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
         ``sizes`` are the frames' lengths when the caller has them already
-        (a put message lists them).  ``seq`` numbers the first frame (a mirror
-        keeping its origin's numbers); numbers it skips become a hole that
-        subscribers are told of as a gap.  ``producer`` and its put number
-        ``pseq`` de-duplicate: a put whose number that producer had stored
-        already for this source is dropped, as if stored (a replay after a
-        lost connection).
+        (a put message lists them).  ``seq`` numbers the first frame; numbers
+        it skips become a hole that subscribers are told of as a gap.
+        ``producer`` and its put number ``pseq`` de-duplicate: a put whose
+        number that producer had stored already for this source is dropped,
+        as if stored (a replay after a lost connection).
+
+        ``seqs`` numbers every frame (a mirror's put: the origin's numbers,
+        increasing; numbers it skips are holes; frames numbered below the
+        channel's next number are held already and skipped, so a mirror that
+        resends after a reconnect stores nothing twice).  ``writers`` lists
+        ``[first_seq, writer]`` for each run of frames by one writer (the
+        origin's writers; the putting client's name without it).  Only a
+        mirrored source takes ``seqs``, and it takes no put without them.
 
         Raises:
             RequestFailed: no such source, not the holder of a non-shared
-                source, a bad channel name, a frame over the size limit, or
-                a ``seq`` below the channel's next number.
+                source, a bad channel name, a frame over the size limit, a
+                ``seq`` below the channel's next number, or ``seqs`` /
+                ``writers`` that are bad or do not fit the source.
         """
         src = self.sources.get(source)
         if src is None:
@@ -273,10 +324,34 @@ class Hub:
             if None in ts:
                 now = self.clock()
                 ts = [now if t is None else t for t in ts]
-            src.append(ch, ts, data, writer.name, sizes, seq)
+            if seqs is not None or src.origin is not None:
+                self._put_copy(src, ch, ts, data, sizes, seqs, writers, writer.name)
+            else:
+                src.append(ch, ts, data, writer.name, sizes, seq)
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
         return self.router.wakers(ch) if ts else ()
+
+    def _put_copy(
+        self,
+        src: Source,
+        ch: Channel,
+        ts: list[float],
+        data: list[Any],
+        sizes: list[int],
+        seqs: list[int] | None,
+        writers: list[Any] | None,
+        default_writer: str,
+    ) -> None:
+        """A mirror's put: each contiguous run of one writer stored under its own numbers."""
+        if src.origin is None:
+            raise RequestFailed(
+                f"source {src.name!r} is not a mirror; only a mirrored source takes seqs",
+                "mirror",
+            )
+        pieces = copy_pieces(ch.path, len(ts), seqs, writers, default_writer, ch.store.next_seq)
+        for a, b, first, name in pieces:
+            src.append(ch, ts[a:b], data[a:b], name, sizes[a:b], first)
 
     # --- reading
 
@@ -316,6 +391,70 @@ class Hub:
         """
         query = fetch_query(newest, oldest, start, duration, after, max_frames)
         return PendingFetch(self.channels(pattern), query).now()
+
+
+def copy_pieces(
+    path: str,
+    count: int,
+    seqs: list[int] | None,
+    writers: list[Any] | None,
+    default_writer: str,
+    next_seq: int,
+) -> list[tuple[int, int, int, str]]:
+    """The runs of a mirror's put: ``(start, end, first_seq, writer)`` per run of
+    contiguous numbers by one writer, leaving out frames numbered below ``next_seq``.
+
+    Raises:
+        RequestFailed: ``seqs`` missing, not one increasing integer per frame,
+            or ``writers`` not increasing ``[seq, name]`` pairs from the first frame.
+    """
+    if seqs is None:
+        raise RequestFailed(
+            f"{path} is a mirrored source: a put must carry the origin's seqs", "mirror"
+        )
+    if len(seqs) != count or not all(type(s) is int and s >= 1 for s in seqs):
+        raise RequestFailed(
+            f"put to {path}: seqs must be one integer >= 1 per frame ({count})", "request"
+        )
+    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+        raise RequestFailed(f"put to {path}: seqs must increase", "request")
+    marks: list[tuple[int, str]] = []
+    for w in writers or ():
+        if not (
+            isinstance(w, list)
+            and len(w) == 2
+            and type(w[0]) is int
+            and isinstance(w[1], str)
+            and (not marks or w[0] > marks[-1][0])
+        ):
+            raise RequestFailed(
+                f"put to {path}: writers must be increasing [seq, name] pairs, not {w!r}"[:300],
+                "request",
+            )
+        marks.append((w[0], w[1]))
+    if marks and marks[0][0] > seqs[0]:
+        raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
+    pieces: list[tuple[int, int, int, str]] = []
+    m = 0
+    name = marks[0][1] if marks else default_writer
+    start = None
+    for i, s in enumerate(seqs):
+        while m < len(marks) and marks[m][0] <= s:
+            new, m = marks[m][1], m + 1
+            if new != name and start is not None:
+                pieces.append((start, i, seqs[start], name))
+                start = None
+            name = new
+        if s < next_seq:
+            continue  # held already (a resend)
+        if start is not None and s != seqs[i - 1] + 1:
+            pieces.append((start, i, seqs[start], name))
+            start = None
+        if start is None:
+            start = i
+    if start is not None:
+        pieces.append((start, len(seqs), seqs[start], name))
+    return pieces
 
 
 def fetch_query(

@@ -79,6 +79,8 @@ class OpenSource(Request):
     cache_frames: int | None = None
     cache_bytes: int | None = None
     shared: bool | None = None
+    #: A mirrored source's origin: ``{"broker", "source", "via"}`` (``turbine/origin.py``).
+    mirror: Any = None
 
 
 @attrs.frozen(kw_only=True)
@@ -99,6 +101,10 @@ class Put(Message):
     producer: str | None = None
     #: The producer's number for this put, counted per source from 1 (de-duplication).
     pseq: int | None = None
+    #: A mirror's put: each frame's number on the origin (increasing; skipped numbers are holes).
+    seqs: list[int] | None = None
+    #: A mirror's put: ``[first_seq, writer]`` for each run of frames by one writer.
+    writers: list[Any] | None = None
     payload: memoryview = attrs.field(factory=_no_payload, metadata=_NOT_IN_HEADER)
 
 

@@ -18,6 +18,7 @@ from ._errors import RemoteProtocolError, RequestFailed
 from .groups import fetch_reply, split_payload
 from .hub import Hub, PendingFetch
 from .names import InvalidName
+from .origin import Origin
 from .peer import Peer
 from .router import Subscription, check_start
 from .storetask import StoreReads
@@ -98,6 +99,8 @@ class Requests:
                 sizes,
                 producer=msg.producer,
                 pseq=msg.pseq,
+                seqs=msg.seqs,
+                writers=msg.writers,
             )
         except (RequestFailed, InvalidName) as exc:
             self.error(
@@ -129,6 +132,7 @@ class Requests:
             cache_frames=msg.cache_frames,
             cache_bytes=msg.cache_bytes,
             shared=msg.shared,
+            mirror=None if msg.mirror is None else Origin.from_wire(msg.mirror),
         )
         self.reply(
             msg,

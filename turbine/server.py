@@ -83,6 +83,8 @@ class BrokerConfig:
     store: StoreFactory = memory_store
     #: Seconds since the epoch: frame stamps, status, closes (injected for tests).
     clock: Callable[[], float] = time.time
+    #: This broker's identity (``turbine/origin.py``): a fresh one per process when None.
+    identity: str | None = None
 
 
 class ClientConnection(Requests):
@@ -352,6 +354,7 @@ class Broker:
             lenient_names=config.lenient_names,
             types=config.types,
             store=config.store,
+            identity=config.identity,
         )
         self.started = self.clock()
         self.connections: dict[int, ClientConnection] = {}
@@ -395,6 +398,7 @@ class Broker:
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
+            "identity": self.hub.identity,
             "uptime": now - self.started,
             "time": now,
             "memory": {

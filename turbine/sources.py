@@ -17,6 +17,7 @@ from ._constants import (
     METADATA_CHANNEL,
 )
 from ._errors import RequestFailed
+from .origin import Origin
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 
@@ -125,6 +126,7 @@ class Source:
         self.holder_name = ""  # the last holder's name (kept when it goes offline)
         self.created = now
         self.offline_since: float | None = None
+        self.origin: Origin | None = None  # where a mirrored source's frames come from
         self.bytes = 0
         self.arrival = 0  # numbers frames across channels, to evict the oldest first
         self._metadata: tuple[Any, Any] | None = None  # (newest metadata frame, decoded)
@@ -238,4 +240,5 @@ class Source:
             "bytes": self.bytes,
             "channels": [ch.info() for ch in self.channels.values()],
             "metadata": self.metadata(),
+            "mirror": self.origin.to_wire() if self.origin else None,
         }

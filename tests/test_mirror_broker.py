@@ -1,0 +1,96 @@
+"""Mirrored sources through a real broker: the client's calls, identities, ``turbine ls``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from tests.test_cli import Serve, ok, tb
+from turbine import RequestFailed, open_client
+from turbine.origin import IDENTITY_FILE, Origin, load_identity
+
+SRC = "daq_rig_data_source"
+ORIGIN = Origin("a0a0a0a0a0a0a0a0", "daq_far_data_source")
+
+
+async def test_a_mirror_writes_the_origins_numbers_and_readers_see_the_same_gaps(broker):
+    with trio.fail_after(10):
+        async with open_client(broker, name="mirror") as tb_, open_client(broker) as viewer:
+            nexts = await tb_.open_mirror(SRC, {"x": "text/plain"}, ORIGIN)
+            assert nexts == {"x": 1}
+            async with viewer.subscribe(f"{SRC}/x", start="oldest") as sub:
+                await tb_.put_copy(SRC, "x", [1.0, 2.0], [b"a", b"b"], [1, 2], [[1, "daq#1"]])
+                await tb_.put_copy(SRC, "x", [5.0], [b"e"], [5], [[5, "daq#2"]])
+                await tb_.flush()
+                got = [await sub.receive() for _ in range(4)]
+            assert [(f.seq, f.data, f.writer) for f in got[:2]] == [
+                (1, b"a", "daq#1"),
+                (2, b"b", "daq#1"),
+            ]
+            assert (got[2].missed, got[2].next_seq) == (2, 5)
+            assert (got[3].seq, got[3].timestamp, got[3].writer) == (5, 5.0, "daq#2")
+            (info,) = await viewer.list_sources(SRC)
+            assert info.mirror == ORIGIN.to_wire()
+            with pytest.raises(RequestFailed, match="must carry the origin's seqs"):
+                await tb_.put(f"{SRC}/x", b"plain")
+
+
+async def test_a_broker_refuses_to_hold_a_copy_of_its_own_frames(broker):
+    with trio.fail_after(10):
+        async with open_client(broker) as tb_:
+            me = (await tb_.status())["identity"]
+            with pytest.raises(RequestFailed, match="came from this broker") as info:
+                await tb_.open_mirror(SRC, {}, Origin("elsewhere", SRC, (me,)))
+            assert info.value.code == "loop"
+
+
+def test_an_identity_is_kept_in_the_data_dir(tmp_path):
+    first = load_identity(tmp_path)
+    assert (tmp_path / IDENTITY_FILE).read_text().strip() == first
+    assert load_identity(tmp_path) == first
+    (tmp_path / IDENTITY_FILE).write_text("two words\n")
+    with pytest.raises(ValueError, match="does not hold a broker identity"):
+        load_identity(tmp_path)
+
+
+@pytest.mark.slow
+def test_serve_keeps_its_identity_across_restarts_only_with_a_data_dir(tmp_path):
+    def identity(*args: str) -> str:
+        server = Serve(*args)
+        try:
+            return json.loads(ok(server.address, "status", "--json"))["identity"]
+        finally:
+            server.stop()
+
+    data = str(tmp_path / "data")
+    kept = identity("--data-dir", data)
+    assert identity("--data-dir", data) == kept
+    assert identity() != identity()
+    server = Serve("--data-dir", data)
+    try:
+        assert f"identity {kept}" in ok(server.address, "status")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_ls_says_where_a_mirrored_source_comes_from():
+    server = Serve()
+    try:
+
+        async def mirror() -> None:
+            async with open_client(server.address, name="mirror") as c:
+                await c.open_mirror(SRC, {"x": "text/plain"}, ORIGIN.passed("b1b1"))
+                await c.put_copy(SRC, "x", [1.0], [b"a"], [7], [[7, "daq#1"]])
+                await c.flush()
+                done = await trio.to_thread.run_sync(tb, server.address, "ls")
+                assert done.returncode == 0, done.stderr
+                out = done.stdout.decode()
+                assert "  mirror of daq_far_data_source on broker a0a0a0a0a0a0a0a0 via b1b1" in out
+                assert "#7-7" in out
+
+        trio.run(mirror)
+    finally:
+        server.stop()
