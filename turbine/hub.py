@@ -22,7 +22,7 @@ from ._constants import (
 )
 from ._errors import RequestFailed
 from .names import check_channel_name, check_source_name, compile_pattern, source_pattern
-from .origin import Origin, new_identity
+from .origin import Origin, copy_pieces, new_identity
 from .peer import Peer
 from .ringbuffer import memory_store
 from .router import Group, Router, Waker, add_run, check_selection
@@ -391,70 +391,6 @@ class Hub:
         """
         query = fetch_query(newest, oldest, start, duration, after, max_frames)
         return PendingFetch(self.channels(pattern), query).now()
-
-
-def copy_pieces(
-    path: str,
-    count: int,
-    seqs: list[int] | None,
-    writers: list[Any] | None,
-    default_writer: str,
-    next_seq: int,
-) -> list[tuple[int, int, int, str]]:
-    """The runs of a mirror's put: ``(start, end, first_seq, writer)`` per run of
-    contiguous numbers by one writer, leaving out frames numbered below ``next_seq``.
-
-    Raises:
-        RequestFailed: ``seqs`` missing, not one increasing integer per frame,
-            or ``writers`` not increasing ``[seq, name]`` pairs from the first frame.
-    """
-    if seqs is None:
-        raise RequestFailed(
-            f"{path} is a mirrored source: a put must carry the origin's seqs", "mirror"
-        )
-    if len(seqs) != count or not all(type(s) is int and s >= 1 for s in seqs):
-        raise RequestFailed(
-            f"put to {path}: seqs must be one integer >= 1 per frame ({count})", "request"
-        )
-    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
-        raise RequestFailed(f"put to {path}: seqs must increase", "request")
-    marks: list[tuple[int, str]] = []
-    for w in writers or ():
-        if not (
-            isinstance(w, list)
-            and len(w) == 2
-            and type(w[0]) is int
-            and isinstance(w[1], str)
-            and (not marks or w[0] > marks[-1][0])
-        ):
-            raise RequestFailed(
-                f"put to {path}: writers must be increasing [seq, name] pairs, not {w!r}"[:300],
-                "request",
-            )
-        marks.append((w[0], w[1]))
-    if marks and marks[0][0] > seqs[0]:
-        raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
-    pieces: list[tuple[int, int, int, str]] = []
-    m = 0
-    name = marks[0][1] if marks else default_writer
-    start = None
-    for i, s in enumerate(seqs):
-        while m < len(marks) and marks[m][0] <= s:
-            new, m = marks[m][1], m + 1
-            if new != name and start is not None:
-                pieces.append((start, i, seqs[start], name))
-                start = None
-            name = new
-        if s < next_seq:
-            continue  # held already (a resend)
-        if start is not None and s != seqs[i - 1] + 1:
-            pieces.append((start, i, seqs[start], name))
-            start = None
-        if start is None:
-            start = i
-    if start is not None:
-        pieces.append((start, len(seqs), seqs[start], name))
-    return pieces
 
 
 def fetch_query(

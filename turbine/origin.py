@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from ._errors import RequestFailed
+
 #: The file in a data directory that keeps the broker's identity.
 IDENTITY_FILE = "broker-id"
 
@@ -110,3 +112,67 @@ class Origin:
     def describe(self) -> str:
         hops = "".join(f" via {b}" for b in self.via)
         return f"{self.source} on broker {self.broker}{hops}"
+
+
+def copy_pieces(
+    path: str,
+    count: int,
+    seqs: list[int] | None,
+    writers: list[Any] | None,
+    default_writer: str,
+    next_seq: int,
+) -> list[tuple[int, int, int, str]]:
+    """The runs of a mirror's put: ``(start, end, first_seq, writer)`` per run of
+    contiguous numbers by one writer, leaving out frames numbered below ``next_seq``.
+
+    Raises:
+        RequestFailed: ``seqs`` missing, not one increasing integer per frame,
+            or ``writers`` not increasing ``[seq, name]`` pairs from the first frame.
+    """
+    if seqs is None:
+        raise RequestFailed(
+            f"{path} is a mirrored source: a put must carry the origin's seqs", "mirror"
+        )
+    if len(seqs) != count or not all(type(s) is int and s >= 1 for s in seqs):
+        raise RequestFailed(
+            f"put to {path}: seqs must be one integer >= 1 per frame ({count})", "request"
+        )
+    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+        raise RequestFailed(f"put to {path}: seqs must increase", "request")
+    marks: list[tuple[int, str]] = []
+    for w in writers or ():
+        if not (
+            isinstance(w, list)
+            and len(w) == 2
+            and type(w[0]) is int
+            and isinstance(w[1], str)
+            and (not marks or w[0] > marks[-1][0])
+        ):
+            raise RequestFailed(
+                f"put to {path}: writers must be increasing [seq, name] pairs, not {w!r}"[:300],
+                "request",
+            )
+        marks.append((w[0], w[1]))
+    if marks and marks[0][0] > seqs[0]:
+        raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
+    pieces: list[tuple[int, int, int, str]] = []
+    m = 0
+    name = marks[0][1] if marks else default_writer
+    start = None
+    for i, s in enumerate(seqs):
+        while m < len(marks) and marks[m][0] <= s:
+            new, m = marks[m][1], m + 1
+            if new != name and start is not None:
+                pieces.append((start, i, seqs[start], name))
+                start = None
+            name = new
+        if s < next_seq:
+            continue  # held already (a resend)
+        if start is not None and s != seqs[i - 1] + 1:
+            pieces.append((start, i, seqs[start], name))
+            start = None
+        if start is None:
+            start = i
+    if start is not None:
+        pieces.append((start, len(seqs), seqs[start], name))
+    return pieces
