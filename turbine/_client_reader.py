@@ -106,6 +106,10 @@ class Reader:
     async def _on_error(self, msg: Error) -> None:
         if msg.id is not None:
             self._requests.resolve(msg.id, msg)
+        elif msg.sub is not None:  # the broker ended a subscription (a revoked right)
+            feed = self.feeds.get(msg.sub)
+            if feed is not None:
+                feed.close(RequestFailed(msg.message, msg.code))
         elif msg.code == "protocol":
             raise RemoteProtocolError(f"the broker reported: {msg.message}")
         else:

@@ -72,6 +72,9 @@ class SourceInfo:
     metadata: Any
     #: Where a mirrored source's frames come from (``broker``, ``source``, ``via``); None if not one.
     mirror: Any = None
+    #: What the caller may do with it (``r``/``w``/``c``, ``-`` where not),
+    #: from a broker that checks tokens; None from one that does not.
+    access: str | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SourceInfo:

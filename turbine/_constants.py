@@ -16,6 +16,18 @@ ADDRESS_ENVVAR = "TURBINE_ADDRESS"
 #: Where components keep what must survive a restart: <dir>/<type>_<name>/ (env TURBINE_STATE_DIR).
 STATE_DIR = "var"
 STATE_DIR_ENVVAR = "TURBINE_STATE_DIR"
+#: A client's token (docs/protocol.rst, Authentication); never on a command line if it can be helped.
+TOKEN_ENVVAR = "TURBINE_TOKEN"
+#: A file holding a client's token (else ~/.config/turbine/token is read if it exists).
+TOKEN_FILE_ENVVAR = "TURBINE_TOKEN_FILE"
+#: A host's first failed login delays its next attempt this long; each failure doubles it ...
+AUTH_FAILURE_DELAY_S = 0.1
+#: ... up to this.
+AUTH_FAILURE_DELAY_MAX_S = 10.0
+#: Hosts whose failures the broker remembers (the least recent are forgotten first).
+AUTH_FAILURE_HOSTS = 4096
+#: Longest token a client_hello may carry (turbine auth token makes 43 characters).
+MAX_AUTH_TOKEN_CHARS = 256
 
 #: Largest single frame payload the broker accepts (configurable with --max-frame).
 MAX_FRAME_BYTES = 64 * 2**20

@@ -22,6 +22,7 @@ from ._constants import (
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
     SOURCE_TYPES,
+    TOKEN_ENVVAR,
     VERSION,
 )
 from ._errors import RequestFailed, TurbineError, unwrap
@@ -30,6 +31,7 @@ from ._options import address_option
 from ._signals import open_stop_nursery
 from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy, open_archive
 from .archive._store import ARCHIVE_BYTES, TieredStores
+from .auth import AuthError, AuthTable, new_token, token_hash
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
@@ -106,14 +108,26 @@ def client_command(
         return functools.partial(client_command, interrupt_exit=interrupt_exit)
 
     @functools.wraps(fn)
-    def body(address: str, **options: Any) -> Any:
+    def body(address: str, token: str | None, **options: Any) -> Any:
         async def main() -> Any:
-            async with open_client(address, name=f"turbine-{fn.__name__.strip('_')}") as tb:
+            name = f"turbine-{fn.__name__.strip('_')}"
+            async with open_client(address, name=name, token=token) as tb:
                 return await fn(tb, **options)
 
         return run(main, interrupt_exit=interrupt_exit)
 
-    return address_option(body)
+    return address_option(TOKEN_OPTION(body))
+
+
+TOKEN_OPTION = click.option(
+    "--token",
+    envvar=TOKEN_ENVVAR,
+    default=None,
+    metavar="TOKEN",
+    show_envvar=False,
+    help=f"Log in with this token (env {TOKEN_ENVVAR}; else ~/.config/turbine/token). "
+    "Prefer the environment or the file: a command line is visible in ps.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,6 +203,19 @@ def main() -> None:
     metavar="SECONDS",
     help="With --data-dir: also drop what is older than this (whole segments, by their newest frame).",
 )
+@click.option(
+    "--auth",
+    "auth_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Users, token hashes and rights (TOML; docs/protocol.rst, Authentication). "
+    "Without it every client may do everything.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Without --auth, listen on a non-loopback --host anyway.",
+)
 def serve(
     host: str,
     port: int,
@@ -201,8 +228,14 @@ def serve(
     sync_interval: float,
     archive_bytes: int,
     archive_age: float | None,
+    auth_file: str | None,
+    insecure: bool,
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
+    try:
+        auth = AuthTable.load(auth_file) if auth_file else None
+    except AuthError as exc:
+        raise click.ClickException(str(exc)) from None
     config = BrokerConfig(
         host=host.strip("[]"),
         port=port,
@@ -210,6 +243,8 @@ def serve(
         max_frame=max_frame,
         lenient_names=lenient_names,
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
+        auth=auth,
+        insecure=insecure,
     )
     stores = functools.partial(TieredStores, archive_bytes=archive_bytes, archive_age=archive_age)
     run(_serve, config, data_dir, ArchiveConfig(sync=sync, sync_interval=sync_interval), stores)
@@ -401,8 +436,9 @@ def _ls_text(infos: list[SourceInfo]) -> None:
         state = "online" if s.online else "offline"
         flags = ", shared" if s.shared else ""
         holder = f" held by {s.holder}" if s.online else ""
+        access = f"{s.access}  " if s.access is not None else ""
         click.echo(
-            f"{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
+            f"{access}{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
         )
         if s.mirror is not None:
             click.echo(f"  mirror of {Origin.from_wire(s.mirror).describe()}")
@@ -470,12 +506,13 @@ async def status(tb: Client, as_json_: bool) -> None:
     )
     click.echo(f"clients: {len(st['clients'])}")
     for c in st["clients"]:
+        user = f" (user {c['user']})" if c.get("user") else ""
         subs = ", ".join(
             f"{s['pattern']} ({s['delivered']} sent, {s['missed']} missed)"
             for s in c["subscriptions"]
         )
         click.echo(
-            f"  {c['name']}: in {fmt_bytes(c['bytes_in'])} / {c['frames_in']} frames, out {fmt_bytes(c['bytes_out'])} / "
+            f"  {c['name']}{user}: in {fmt_bytes(c['bytes_in'])} / {c['frames_in']} frames, out {fmt_bytes(c['bytes_out'])} / "
             f"{c['frames_out']} frames, gaps {c['gaps']}, slow {c['slow_events']}"
         )
         if c["sources"]:
@@ -606,3 +643,78 @@ async def cmd(
 from .mcp import mcp as _mcp  # noqa: E402
 
 main.add_command(_mcp)
+
+
+# --- auth ------------------------------------------------------------------------
+
+
+@main.group()
+def auth() -> None:
+    """Users and tokens for turbine serve --auth."""
+
+
+@auth.command()
+@click.argument("user", default="operator")
+def token(user: str) -> None:
+    """Print a fresh random token for USER, and the auth file lines that admit it.
+
+    The token goes to the user (TURBINE_TOKEN or ~/.config/turbine/token);
+    the auth file keeps only its SHA-256.
+    """
+    secret = new_token()
+    click.echo(f"token (give it to {user}; it is not stored anywhere): {secret}")
+    click.echo("auth file lines:")
+    click.echo(f"[users.{user}]")
+    click.echo(f'token_sha256 = "{token_hash(secret)}"')
+    click.echo('read = ["*"]')
+    click.echo("write = []")
+    click.echo("command = []")
+
+
+# --- acl -------------------------------------------------------------------------
+
+
+def _print_rights(users: dict[str, Any]) -> None:
+    for name, rights in users.items():
+        admin = "  (admin)" if rights.get("admin") else ""
+        click.echo(f"{name}{admin}")
+        for right in ("read", "write", "command"):
+            click.echo(f"  {right:<8} {' '.join(rights.get(right) or ['-'])}")
+
+
+@main.group()
+def acl() -> None:
+    """Show or change who may do what (a broker started with --auth)."""
+
+
+@acl.command("show")
+@click.argument("user", required=False)
+@click.option("--json", "as_json_", is_flag=True, help="As JSON.")
+@client_command
+async def acl_show(tb: Client, user: str | None, as_json_: bool) -> None:
+    """Every user's protections (an admin), or USER's, or your own."""
+    users = await tb.acl("show", user)
+    if as_json_:
+        click.echo(json.dumps(users, indent=2))
+    else:
+        _print_rights(users)
+
+
+def _acl_change(action: str) -> Any:
+    @acl.command(
+        action,
+        help=f"{action.capitalize()} USER's RIGHT on source PATTERN (admin only): at once, "
+        "live subscriptions included, and in the auth file.",
+    )
+    @click.argument("user")
+    @click.argument("right", type=click.Choice(["read", "write", "command", "admin"]))
+    @click.argument("pattern")
+    @client_command
+    async def change(tb: Client, user: str, right: str, pattern: str) -> None:
+        _print_rights(await tb.acl(action, user, right, pattern))
+
+    return change
+
+
+acl_grant = _acl_change("grant")
+acl_revoke = _acl_change("revoke")

@@ -39,6 +39,7 @@ from ._constants import (
 )
 from ._errors import ConnectionFailed, LocalProtocolError, ProtocolError, TurbineError, unwrap
 from ._io import send_buffers
+from .auth import LoginRefused, find_token
 from .names import compile_pattern, split_path
 from .origin import Origin
 from .protocol import NEED_DATA, Connection, Role, encode_message
@@ -54,6 +55,9 @@ class Client:
         self.address = address
         self.broker_software: str = hello.software
         self.max_frame: int = MAX_FRAME_BYTES if hello.max_frame is None else hello.max_frame
+        #: The user this client logged in as, and its rights (None: a broker without auth).
+        self.user: str | None = None
+        self.rights: dict[str, Any] | None = None
         self._stream = stream
         self._proto = proto
         self._outbox = Outbox(stream.socket, address, self.max_frame, self._fail)
@@ -277,6 +281,26 @@ class Client:
         """
         await self._requests.call(m.Delete, m.Ok, source=source)
 
+    async def acl(
+        self,
+        action: str = "show",
+        user: str | None = None,
+        right: str | None = None,
+        pattern: str | None = None,
+    ) -> dict[str, Any]:
+        """Show the protections (``action`` "show": every user's for an admin,
+        else the caller's own) or change one ("grant"/"revoke" ``right`` on
+        ``pattern`` for ``user``; admin only, at once, live subscriptions
+        included).  Returns ``{user: rights}`` as they are now.
+
+        Raises:
+            RequestFailed: not an admin, no such user or right, or a broker without auth.
+        """
+        msg = await self._requests.call(
+            m.Acl, m.Ok, action=action, user=user, right=right, pattern=pattern
+        )
+        return cast(dict[str, Any], msg.result)
+
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection."""
         with trio.CancelScope(shield=True):
@@ -289,28 +313,62 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def open_client(
-    address: str = DEFAULT_ADDRESS, *, name: str = "client", connect_timeout: float = 10.0
+    address: str = DEFAULT_ADDRESS,
+    *,
+    name: str = "client",
+    connect_timeout: float = 10.0,
+    token: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 
+    ``token`` logs in to a broker that checks tokens; without one the
+    client uses :func:`turbine.auth.find_token` (``TURBINE_TOKEN``, the file
+    ``TURBINE_TOKEN_FILE`` names, or ``~/.config/turbine/token``).  A token
+    is sent only to a broker whose hello asks for one.
+
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
+        LoginRefused: the broker refused the token (or its absence).
+        AuthError: a token file that is named but cannot be read.
     """
     stream = await connect_stream(address)
     proto = Connection(Role.CLIENT)
+    login: Any = None
     try:
         with trio.fail_after(connect_timeout):
             while (msg := proto.next_event()) is NEED_DATA:
-                data = await stream.receive_some(RECEIVE_BYTES)
-                proto.receive_data(data)
-        await send_buffers(
-            stream.socket, proto.send(m.ClientHello(protocol=PROTOCOL_VERSION, name=name))
-        )
+                proto.receive_data(await stream.receive_some(RECEIVE_BYTES))
+            hello = cast(m.Hello, msg)  # only a hello can come first
+            if hello.auth and token is None:
+                token = find_token()
+            await send_buffers(
+                stream.socket,
+                proto.send(
+                    m.ClientHello(
+                        protocol=PROTOCOL_VERSION, name=name, token=token if hello.auth else None
+                    )
+                ),
+            )
+            if hello.auth:  # the broker answers the client_hello: ok (id 0) or a refusal
+                while (login := proto.next_event()) is NEED_DATA:
+                    data = await stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        raise ConnectionFailed(f"{address} closed the connection at login")
+                    proto.receive_data(data)
     except (trio.TooSlowError, ProtocolError, OSError, trio.BrokenResourceError) as exc:
         await trio.aclose_forcefully(stream)
         why = "it did not greet us in time" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise ConnectionFailed(f"{address} does not speak the turbine protocol: {why}") from None
-    client = Client(stream, proto, address, cast(m.Hello, msg))  # only a hello can come first
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    if isinstance(login, m.Error):
+        await trio.aclose_forcefully(stream)
+        raise LoginRefused(f"{address} refused the login: {login.message}")
+    client = Client(stream, proto, address, hello)
+    if isinstance(login, m.Ok) and isinstance(login.result, dict):
+        client.user = login.result.get("user")
+        client.rights = login.result.get("rights")
     # The broker announced how large a frame may be; no message it sends is
     # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
     proto.max_payload = client.max_frame + PAYLOAD_SLACK_BYTES

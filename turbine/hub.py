@@ -25,7 +25,7 @@ from .names import check_channel_name, check_source_name, compile_pattern, sourc
 from .origin import Origin, copy_pieces, new_identity
 from .peer import Peer
 from .ringbuffer import memory_store
-from .router import Group, Router, Waker, add_run, check_selection
+from .router import Group, Readable, Router, Waker, add_run, check_selection
 from .sources import Channel, Source, guess_content_type
 from .store import (
     AFTER,
@@ -300,10 +300,7 @@ class Hub:
         """
         src = self.sources.get(source)
         if src is None:
-            raise RequestFailed(
-                f"no source named {source!r}; open it first (or start the component that owns it)",
-                "missing",
-            )
+            raise no_source(source)
         if src.holder is not writer and not src.shared:
             src.check_writer(writer)  # raises
         if producer is not None:
@@ -355,18 +352,27 @@ class Hub:
 
     # --- reading
 
-    def channels(self, pattern: str) -> list[Channel]:
+    def channels(self, pattern: str, readable: Readable | None = None) -> list[Channel]:
+        """Channels matching ``pattern`` (of sources ``readable`` allows, if given)."""
         matcher = compile_pattern(pattern)
         return [
             ch
             for src in self.sources.values()
+            if readable is None or readable(src.name)
             for ch in src.channels.values()
             if matcher.match(ch.path)
         ]
 
-    def list_sources(self, pattern: str = "*") -> list[dict[str, Any]]:
+    def list_sources(
+        self, pattern: str = "*", readable: Readable | None = None
+    ) -> list[dict[str, Any]]:
+        """Sources matching ``pattern`` (that ``readable`` allows, if given), as ``list`` shows them."""
         matcher = source_pattern(pattern)
-        return [s.info() for s in self.sources.values() if matcher.match_source(s.name)]
+        return [
+            s.info()
+            for s in self.sources.values()
+            if matcher.match_source(s.name) and (readable is None or readable(s.name))
+        ]
 
     def fetch(
         self,
@@ -378,6 +384,7 @@ class Hub:
         duration: float | None = None,
         after: int | None = None,
         max_frames: int = FETCH_MAX_FRAMES,
+        readable: Readable | None = None,
     ) -> tuple[list[Group], list[Any]] | PendingFetch:
         """Frames the stores hold now, as delivery groups and payloads.
 
@@ -385,12 +392,21 @@ class Hub:
         ``after`` selects the frames.  When a store cannot answer from memory
         (:meth:`~turbine.store.ChannelStore.read_now` gives ``None``), the
         answer is a :class:`PendingFetch` for the broker's store task to run.
+        Sources ``readable`` refuses are left out, as if they did not exist.
 
         Raises:
             RequestFailed: the selection is missing, doubled or negative.
         """
         query = fetch_query(newest, oldest, start, duration, after, max_frames)
-        return PendingFetch(self.channels(pattern), query).now()
+        return PendingFetch(self.channels(pattern, readable), query).now()
+
+
+def no_source(name: str) -> RequestFailed:
+    """The refusal of a put to a source that does not exist (or that the writer may not see)."""
+    return RequestFailed(
+        f"no source named {name!r}; open it first (or start the component that owns it)",
+        "missing",
+    )
 
 
 def fetch_query(

@@ -59,12 +59,16 @@ class Hello(Message):
     software: str
     max_frame: int | None = None
     time: float | None = None
+    #: True: the broker checks tokens; it answers the client_hello with ok (id 0) or error.
+    auth: bool | None = None
 
 
 @attrs.frozen(kw_only=True)
 class ClientHello(Message):
     protocol: int
     name: str
+    #: The client's secret, for a broker whose hello said ``auth``.
+    token: str | None = attrs.field(default=None, repr=False)
 
 
 # --- requests (client -> broker) ---------------------------------------------------
@@ -151,6 +155,16 @@ class Delete(Request):
     source: str
 
 
+@attrs.frozen(kw_only=True)
+class Acl(Request):
+    """Show (``action`` "show", ``user`` optional) or change ("grant"/"revoke") protections."""
+
+    action: str
+    user: str | None = None
+    right: str | None = None
+    pattern: str | None = None
+
+
 # --- replies and deliveries (broker -> client) -----------------------------------------
 
 
@@ -162,11 +176,13 @@ class Ok(Message):
 
 @attrs.frozen(kw_only=True)
 class Error(Message):
-    """A refusal: of request ``id``, or (``id`` nil) of a put or of the connection."""
+    """A refusal: of request ``id``, or (``id`` nil) of a put or of the connection,
+    or the end of subscription ``sub`` (a revoked read right)."""
 
     id: int | None = attrs.field(default=None, metadata=WRITE_NIL)
     code: str
     message: str
+    sub: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +227,7 @@ _SENDERS: dict[type[Message], tuple[str, str]] = {
     ListSources: ("list", _CLIENT),
     Status: ("status", _CLIENT),
     Delete: ("delete", _CLIENT),
+    Acl: ("acl", _CLIENT),
     Ok: ("ok", _BROKER),
     Error: ("error", _BROKER),
     Frames: ("frames", _BROKER),

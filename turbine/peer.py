@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
+
+if TYPE_CHECKING:
+    from .auth import Access
 
 
 @attrs.define(eq=False)
@@ -12,14 +17,16 @@ class Peer:
     Compared by identity: two connections from one client program are two
     peers.  ``name`` is what frames record as their writer and what messages
     and ``status`` show (``alice#3 (127.0.0.1:50000)``); the broker sets it
-    again when the client says its name (:meth:`named`).  Later: the
-    authenticated principal and its permissions, and the origin broker of
-    mirrored data.
+    again when the client says its name (:meth:`named`).  ``access`` is the
+    user the client logged in as, with its rights (None: a broker without
+    ``--auth``, where everyone may do everything).  Later: the origin broker
+    of mirrored data.
     """
 
     id: int
     address: str = "?"
     name: str = ""
+    access: Access | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

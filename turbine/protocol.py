@@ -27,6 +27,7 @@ import msgpack
 
 from ._constants import (
     FIRST_RECEIVE_BYTES,
+    MAX_AUTH_TOKEN_CHARS,
     MAX_CHANNELS_PER_SOURCE,
     MAX_CLIENT_NAME_CHARS,
     MAX_CONTENT_TYPE_CHARS,
@@ -81,6 +82,10 @@ STRING_LIMITS: dict[str, int] = {
     "start": MAX_TOKEN_CHARS,
     "code": MAX_TOKEN_CHARS,
     "message": MAX_ERROR_MESSAGE_CHARS,
+    "token": MAX_AUTH_TOKEN_CHARS,
+    "action": MAX_TOKEN_CHARS,
+    "user": MAX_CLIENT_NAME_CHARS,
+    "right": MAX_TOKEN_CHARS,
 }
 assert {
     name

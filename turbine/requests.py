@@ -15,8 +15,9 @@ from typing import Any, Protocol
 from . import messages as m
 from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
+from .auth import COMMAND, WRITE, Access, AuthError, AuthTable, is_command_sink
 from .groups import fetch_reply, split_payload
-from .hub import Hub, PendingFetch
+from .hub import Hub, PendingFetch, no_source
 from .names import InvalidName
 from .origin import Origin
 from .peer import Peer
@@ -31,7 +32,11 @@ class BrokerView(Protocol):
 
     hub: Hub
 
-    def status(self) -> dict[str, Any]: ...
+    auth: AuthTable | None
+
+    def status(self, viewer: Access | None = None) -> dict[str, Any]: ...
+
+    def set_auth(self, table: AuthTable) -> None: ...
 
 
 class Requests:
@@ -87,6 +92,10 @@ class Requests:
 
     def put(self, msg: m.Put) -> None:
         sizes = msg.sizes
+        access = self.peer.access
+        if access is not None and not access.may_put(msg.source):
+            self.error(None, self.put_refused(access, msg.source, msg.channel))
+            return
         data = split_payload(msg.payload, sizes)
         try:
             wakers = self.broker.hub.put(
@@ -115,10 +124,31 @@ class Requests:
         for conn in wakers:
             conn.wake_soon()
 
+    def put_refused(self, access: Access, source: str, channel: str) -> RequestFailed:
+        """Why ``access`` may not put to ``source``: a source it may not read
+        gets the answer a missing one gets (existence does not leak)."""
+        if not access.may_read(source) or source not in self.broker.hub.sources:
+            why = no_source(source)
+        else:
+            right = COMMAND if is_command_sink(source) else WRITE
+            why = RequestFailed(f"user {access.user!r} has no {right} right on it", "access")
+        return RequestFailed(f"put to {source}/{channel} refused: {why}", why.code)
+
+    def readable(self) -> Callable[[str], bool] | None:
+        """What this connection may read (None: everything)."""
+        access = self.peer.access
+        return None if access is None else access.may_read
+
     def on_client_hello(self, msg: m.ClientHello) -> None:
         self.peer.named(msg.name)
 
     def on_open_source(self, msg: m.OpenSource) -> None:
+        access = self.peer.access
+        if access is not None and not access.may(WRITE, msg.source):
+            raise RequestFailed(
+                f"user {access.user!r} may not open {msg.source!r}: that takes the write right",
+                "access",
+            )
         channels = {} if msg.channels is None else msg.channels
         if not isinstance(channels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in channels.items()
@@ -172,6 +202,7 @@ class Requests:
             msg.pattern,
             check_start("now" if msg.start is None else msg.start),
             bool(msg.monitor),
+            self.readable(),
         )
         hub = self.broker.hub
         hub.router.add(sub, hub.channels("*/*"))
@@ -192,6 +223,7 @@ class Requests:
             start=msg.start,
             duration=msg.duration,
             after=msg.after,
+            readable=self.readable(),
         )
         if isinstance(result, PendingFetch):
             pending = result
@@ -207,14 +239,61 @@ class Requests:
             self.queue(part, part_payloads)
 
     def on_list(self, msg: m.ListSources) -> None:
-        self.reply(msg, self.broker.hub.list_sources(msg.pattern))
+        access = self.peer.access
+        sources = self.broker.hub.list_sources(msg.pattern, self.readable())
+        if access is not None:
+            for info in sources:
+                info["access"] = access.codes(info["name"])
+        self.reply(msg, sources)
 
     def on_status(self, msg: m.Status) -> None:
-        self.reply(msg, self.broker.status())
+        self.reply(msg, self.broker.status(self.peer.access))
 
     def on_delete(self, msg: m.Delete) -> None:
+        access = self.peer.access
+        if access is not None and not access.admin:
+            raise RequestFailed(
+                f"user {access.user!r} may not delete sources: that takes admin", "access"
+            )
         self.broker.hub.delete(msg.source, self.peer)
         self.reply(msg)
+
+    def on_acl(self, msg: m.Acl) -> None:
+        broker, access = self.broker, self.peer.access
+        table = broker.auth
+        if table is None or access is None:
+            raise RequestFailed(
+                "this broker runs without --auth: there are no protections to show or change",
+                "request",
+            )
+        if msg.action == "show":
+            if not access.admin and msg.user not in (None, access.user):
+                raise RequestFailed(
+                    f"user {access.user!r} may see only its own protections", "access"
+                )
+            names = [msg.user or access.user] if msg.user or not access.admin else table.users
+            try:
+                self.reply(msg, {u: table.users[u].rights.to_dict() for u in names})
+            except KeyError:
+                raise RequestFailed(f"no user named {msg.user!r}", "missing") from None
+            return
+        if msg.action not in ("grant", "revoke"):
+            raise RequestFailed(
+                f"acl action must be show, grant or revoke, not {msg.action!r}", "request"
+            )
+        if not access.admin:
+            raise RequestFailed(
+                f"user {access.user!r} may not change protections: that takes admin", "access"
+            )
+        if msg.user is None or msg.right is None or msg.pattern is None:
+            raise RequestFailed(f"acl {msg.action} takes user, right and pattern", "request")
+        try:
+            new = table.changed(msg.user, msg.right, msg.pattern, grant=msg.action == "grant")
+            new.save()
+        except AuthError as exc:
+            raise RequestFailed(str(exc), "request") from None
+        broker.set_auth(new)
+        self.reply(msg, {msg.user: new.users[msg.user].rights.to_dict()})
 
     _handlers: dict[type[m.Message], Callable[[Requests, Any], None]] = {
         m.ClientHello: on_client_hello,
@@ -227,4 +306,5 @@ class Requests:
         m.ListSources: on_list,
         m.Status: on_status,
         m.Delete: on_delete,
+        m.Acl: on_acl,
     }

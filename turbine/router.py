@@ -10,13 +10,16 @@ and each connection's writer pulls its frames with :func:`collect`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
 
 from .names import Pattern, compile_pattern
 from .store import ChannelStore, Run
+
+#: Whether a reader may read the source of this name (a user's read right).
+Readable = Callable[[str], bool]
 
 #: One delivery group: [source, channel, content_type, first_seq, ts, sizes, writer].
 Group = list[Any]
@@ -81,7 +84,9 @@ class Subscription:
     """A pattern one client wants frames for.
 
     ``owner`` is woken when a channel it reads gets frames (the broker's
-    connection); ``monitor`` delivers only the newest frame of each channel.
+    connection); ``monitor`` delivers only the newest frame of each channel;
+    ``readable`` (if given) decides, when a channel would be attached,
+    whether its source may be read (a user's rights: never asked per frame).
     """
 
     id: int
@@ -89,6 +94,7 @@ class Subscription:
     pattern: str
     start: str | int = "now"
     monitor: bool = False
+    readable: Readable | None = None
     matcher: Pattern = attrs.field(init=False)
     cursors: dict[Channel, Cursor] = attrs.field(init=False, factory=dict)
     delivered: int = 0
@@ -96,6 +102,12 @@ class Subscription:
 
     def __attrs_post_init__(self) -> None:
         self.matcher = compile_pattern(self.pattern)
+
+    def wants(self, ch: Channel) -> bool:
+        """Whether this subscription attaches to ``ch``: it matches, and may read it."""
+        return self.matcher.match(ch.path) and (
+            self.readable is None or self.readable(ch.source_name)
+        )
 
     def start_seq(self, channel: Channel, existed: bool) -> int:
         """Where this subscription starts on ``channel``.
@@ -153,7 +165,14 @@ class Router:
         """Register ``sub`` and attach it to the matching channels that exist now."""
         self.subscriptions.append(sub)
         for ch in channels:
-            if sub.matcher.match(ch.path):
+            if sub.wants(ch):
+                self._attach(sub, ch, sub.start_seq(ch, existed=True))
+
+    def attach_more(self, sub: Subscription, channels: Iterable[Channel]) -> None:
+        """Attach ``sub`` to the channels it wants now and did not before (a granted
+        read right); they start as the subscription's ``start`` says."""
+        for ch in channels:
+            if ch not in sub.cursors and sub.wants(ch):
                 self._attach(sub, ch, sub.start_seq(ch, existed=True))
 
     def remove(self, sub: Subscription) -> None:
@@ -167,7 +186,7 @@ class Router:
         """Attach every matching subscription to a channel that did not exist before."""
         self._cursors[ch] = []
         for sub in self.subscriptions:
-            if sub.matcher.match(ch.path):
+            if sub.wants(ch):
                 self._attach(sub, ch, sub.start_seq(ch, existed=False))
 
     def channel_removed(self, ch: Channel) -> None:

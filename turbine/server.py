@@ -45,9 +45,10 @@ from ._constants import (
 from ._constants import (
     VERSION as __version__,
 )
-from ._errors import RemoteProtocolError, RequestFailed, leaves
+from ._errors import RemoteProtocolError, RequestFailed, TurbineError, leaves
 from ._io import send_buffers, write_now
 from ._memory import trim
+from .auth import Access, AuthTable, FailureDelays, LoginRefused, is_loopback
 from .closed import Closed, CloseReason, WriteTimeout
 from .delivery import Delivery
 from .hub import Hub
@@ -85,6 +86,14 @@ class BrokerConfig:
     clock: Callable[[], float] = time.time
     #: This broker's identity (``turbine/origin.py``): a fresh one per process when None.
     identity: str | None = None
+    #: Users and rights (turbine/auth.py); None: no tokens, everyone may do everything.
+    auth: AuthTable | None = None
+    #: Listen on a non-loopback address without ``auth`` anyway.
+    insecure: bool = False
+
+
+class InsecureListen(TurbineError):
+    """A broker without auth was asked to listen where other machines reach it."""
 
 
 class ClientConnection(Requests):
@@ -244,20 +253,15 @@ class ClientConnection(Requests):
                 software=f"turbine {__version__}",
                 max_frame=self.broker.config.max_frame,
                 time=self.broker.clock(),
+                auth=True if self.broker.auth is not None else None,
             )
         )
         self.apply(self.out.reply(hello))
         timeout = self.broker.config.message_timeout
         deadline = trio.current_time() + timeout  # for the client_hello
-        while True:
-            with trio.move_on_at(deadline):
-                n = await self._receive()
-                break
-            raise RemoteProtocolError(
-                f"no client_hello within {timeout:g} s"
-                if proto.state is ProtoState.HANDSHAKE and not proto.receiving
-                else f"a message stayed incomplete for {timeout:g} s"
-            )
+        n = await self._first_receive(deadline)
+        if self.broker.auth is not None:
+            n = await self._login(deadline, n)
         while True:
             handled = 0
             turn = time.perf_counter()
@@ -297,6 +301,48 @@ class ClientConnection(Requests):
                 continue
             raise RemoteProtocolError(f"a message stayed incomplete for {timeout:g} s")
 
+    async def _first_receive(self, deadline: float) -> int:
+        with trio.move_on_at(deadline):
+            return await self._receive()
+        timeout = self.broker.config.message_timeout
+        raise RemoteProtocolError(
+            f"no client_hello within {timeout:g} s"
+            if self.proto.state is ProtoState.HANDSHAKE and not self.proto.receiving
+            else f"a message stayed incomplete for {timeout:g} s"
+        )
+
+    async def _login(self, deadline: float, n: int) -> int:
+        """Take the client_hello and check its token; answer ok (id 0) with the
+        user and rights, or raise.  A host's attempts after failures wait
+        their turn (:class:`~turbine.auth.FailureDelays`).
+
+        Raises:
+            LoginRefused: no token, or not one of the auth file's.
+        """
+        while (msg := self.proto.next_event()) is NEED_DATA:
+            if not n:
+                return 0
+            n = await self._first_receive(deadline)
+        assert isinstance(msg, m.ClientHello)  # the protocol layer lets nothing else come first
+        self.peer.named(msg.name)
+        broker = self.broker
+        assert broker.auth is not None
+        host = self.peer.address.rpartition(":")[0]
+        await trio.sleep_until(broker.failures.wait_until(host))
+        user = broker.auth.login(msg.token)
+        if user is None:
+            broker.failures.failed(host, trio.current_time())
+            if not msg.token:
+                raise LoginRefused(
+                    "this broker requires a token: give --token, set TURBINE_TOKEN, "
+                    "or put it in ~/.config/turbine/token"
+                )
+            raise LoginRefused("the token was refused: it is not one of the broker's users'")
+        broker.failures.succeeded(host)
+        self.peer.access = Access(user.name, user.rights)
+        self.queue(m.Ok(id=0, result={"user": user.name, "rights": user.rights.to_dict()}))
+        return n
+
     async def _receive(self) -> int:
         """One read from the socket into the protocol's buffer (0: the client closed).
 
@@ -318,6 +364,7 @@ class ClientConnection(Requests):
         return {
             "id": self.id,
             "name": self.peer.name,
+            "user": None if self.peer.access is None else self.peer.access.user,
             "peer": self.peer.address,
             "connected": self.connected,
             "sources": sorted(
@@ -367,6 +414,8 @@ class Broker:
         self._closed_some = trio.Event()
         self._room = trio.Event()  # set when receive budget comes back
         self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
+        self.auth = config.auth
+        self.failures = FailureDelays()
 
     async def receive_room(self) -> None:
         """Wait until some connection gives back receive budget (called right
@@ -388,13 +437,52 @@ class Broker:
             trim()
             await trio.sleep(TRIM_INTERVAL_S)
 
+    def set_auth(self, table: AuthTable) -> None:
+        """Take changed protections at once: every connection of a changed user
+        gets its new rights; a subscription that reads a source its user may no
+        longer read ends with an ``access`` error saying so, one that may now
+        read more is attached to it."""
+        self.auth = table
+        everything = self.hub.channels("*/*")
+        for conn in list(self.connections.values()):
+            access = conn.peer.access
+            user = None if access is None else table.users.get(access.user)
+            if access is None or user is None or user.rights == access.rights:
+                continue
+            access.update(user.rights)
+            for sid, sub in list(conn.subs.items()):
+                lost = sorted(
+                    {ch.source_name for ch in sub.cursors if not access.may_read(ch.source_name)}
+                )
+                if not lost:
+                    self.hub.router.attach_more(sub, everything)
+                    continue
+                self.hub.router.remove(sub)
+                del conn.subs[sid]
+                conn.queue(
+                    m.Error(
+                        sub=sid,
+                        code="access",
+                        message=f"subscription {sid} ({sub.pattern}) ended: user {access.user!r} "
+                        f"may no longer read {', '.join(lost)} (turbine acl revoke)",
+                    )
+                )
+            conn.wake_soon()
+        self.write_ready()
+
     def write_ready(self) -> None:
         ready, self.ready = self.ready, {}
         for conn in ready:
             conn.write_now()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer: Access | None = None) -> dict[str, Any]:
+        """The broker's state; a ``viewer`` who is no admin sees only its own connections."""
         now = self.clock()
+        clients = [
+            c
+            for c in self.connections.values()
+            if viewer is None or viewer.admin or c.peer.access is viewer
+        ]
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -407,9 +495,9 @@ class Broker:
                 "limit": self.hub.max_memory,
             },
             "sources": len(self.hub.sources),
-            "clients": [c.info() for c in self.connections.values()],
+            "clients": [c.info() for c in clients],
             "slow_events": self.slow_events,
-            "closed": [c.info() for c in self.closed],
+            "closed": [c.info() for c in self.closed] if viewer is None or viewer.admin else [],
         }
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -430,12 +518,21 @@ class Broker:
                     conn.last_words([])
                     with trio.move_on_after(LAST_WORDS_S):
                         await conn.finished.wait()
-                except RemoteProtocolError as exc:
-                    code, reason = CloseReason.PROTOCOL_ERROR, f"protocol error: {exc}"
+                except (RemoteProtocolError, LoginRefused) as exc:
+                    if isinstance(exc, LoginRefused):
+                        code, reason, wire = (
+                            CloseReason.AUTH_REFUSED,
+                            f"login refused: {exc}",
+                            "auth",
+                        )
+                    else:
+                        code, reason, wire = (
+                            CloseReason.PROTOCOL_ERROR,
+                            f"protocol error: {exc}",
+                            "protocol",
+                        )
                     # Say why, after whatever is already queued, then hang up.
-                    conn.last_words(
-                        encode_message(m.Error(id=None, code="protocol", message=str(exc)))
-                    )
+                    conn.last_words(encode_message(m.Error(id=None, code=wire, message=str(exc))))
                     with trio.move_on_after(LAST_WORDS_S):
                         await conn.finished.wait()
                     drain = conn.finished.is_set()
@@ -482,7 +579,14 @@ async def serve_turbine(
 
     Raises:
         OSError: the address cannot be bound (in use, not local).
+        InsecureListen: a non-loopback address without ``auth`` or ``insecure``.
     """
+    if config.auth is None and not config.insecure and not is_loopback(config.host):
+        raise InsecureListen(
+            f"refusing to listen on {config.host} without --auth: any program that reaches "
+            "it could read every source and command every instrument; give --auth FILE "
+            "(turbine auth token makes a user), or --insecure on a network you trust"
+        )
     broker = Broker(config)
     host = config.host.strip("[]")
     listeners = await trio.open_tcp_listeners(config.port, host=host)
