@@ -138,7 +138,7 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
         ),
         (
             '[[component]]\nname = "a"\n',
-            "component[1].kind: missing; expected the name of a package",
+            "component[1].kind: missing; expected a component kind",
         ),
         (
             '[[component]]\nkind = "daq"\n',

@@ -640,6 +640,39 @@ async def cmd(
         raise SystemExit(1)
 
 
+# --- components ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json_", is_flag=True, help="One JSON document with every field.")
+def components(as_json_: bool) -> None:
+    """List the component kinds installed and where each comes from.
+
+    A kind is registered in the ``turbine.components`` entry-point group by the
+    distribution that provides it; TYPE is its sources' type, or ``process``
+    for a program with no component class (a ``[[process]]`` kind).
+    """
+    from . import kinds
+
+    rows = []
+    for kind in kinds.available():
+        try:
+            ty = kind.component_class().type
+        except LookupError:
+            ty = "process"
+        except Exception as exc:  # a broken third-party package: say so, list the rest
+            ty = f"? ({type(exc).__name__}: {exc})"
+        rows.append({"kind": kind.name, "type": ty, "module": kind.module, "from": kind.origin})
+    if as_json_:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    heads = ("kind", "type", "module", "from")
+    widths = {h: max([len(h)] + [len(r[h]) for r in rows]) + 2 for h in heads[:-1]}
+    click.echo("".join(f"{h.upper():<{widths[h]}}" for h in heads[:-1]) + "FROM")
+    for r in rows:
+        click.echo("".join(f"{r[h]:<{widths[h]}}" for h in heads[:-1]) + r["from"])
+
+
 from .mcp import mcp as _mcp  # noqa: E402
 
 main.add_command(_mcp)

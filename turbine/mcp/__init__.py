@@ -34,7 +34,7 @@ The site file
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [[component]]             # a turbine component, one per table
-    kind = "daq"              # the package components.daq
+    kind = "daq"              # a registered kind (turbine.kinds): here components.daq
     name = "demo"             # its endpoints: daq_demo_* (the prefix is the class's type)
     args = []                 # extra command-line arguments, e.g. ["--log-level", "DEBUG"]
     restart = true            # restart when it exits unexpectedly
@@ -58,7 +58,10 @@ expected float, got 'fast'``.
 Writing a component the MCP can launch
 --------------------------------------
 
-For ``kind = "<kind>"``:
+``kind = "<kind>"`` names an entry point of the ``turbine.components`` group
+(see :mod:`turbine.kinds`; ``turbine components`` lists them), whose value is
+a package; unregistered, ``components.<kind>``.  Below, that package is
+``components.<kind>``:
 
 1. ``components/<kind>/`` is a package whose ``__init__.py`` has no side effects;
 2. ``components/<kind>/component.py`` defines the :class:`~turbine.component.Component`

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import logging
 import math
 import os
-import pkgutil
 import re
 import sys
 import tomllib
@@ -16,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from .. import kinds
 from .._constants import DEFAULT_HOST, DEFAULT_PORT, MAX_MEMORY_BYTES, SOURCE_TYPES
 from .._errors import TurbineError
 from ..client import parse_address
@@ -59,9 +56,11 @@ class ProgramSpec:
     label: str
     #: Where it came from, for messages (``component[1]``).
     where: str
-    #: ``components.<kind>``, or "" for a ``command``.
+    #: The kind (``daq``), or "" for a ``command``.
     kind: str
     component: bool
+    #: The package ``python -m`` runs (``components.daq``); "" for a ``command``.
+    module: str = ""
     name: str = ""
     settings: dict[str, Any] = attrs.field(factory=dict, hash=False)
     args: tuple[str, ...] = ()
@@ -78,7 +77,7 @@ class ProgramSpec:
         args = [a.replace("{turbine}", address) for a in self.args]
         if self.command:
             return [a.replace("{turbine}", address) for a in self.command] + args
-        argv = [sys.executable, "-m", f"components.{self.kind}"]
+        argv = [sys.executable, "-m", self.module or f"components.{self.kind}"]
         if self.component:
             argv += ["--name", self.name, "--turbine", address]
             if settings_fd is not None:
@@ -150,43 +149,30 @@ class _Table:
 
 
 def available_kinds(components_only: bool = False) -> list[str]:
-    """The packages under ``components/`` (with ``components_only``: those with a ``component.py``)."""
-    import components
-
-    kinds = sorted(m.name for m in pkgutil.iter_modules(components.__path__) if m.ispkg)
-    if components_only:
-        kinds = [k for k in kinds if importlib.util.find_spec(f"components.{k}.component")]
-    return kinds
+    """The kinds that can run (with ``components_only``: those with a component class)."""
+    return [k.name for k in kinds.available(components_only)]
 
 
 def component_class(kind: str) -> type[Component]:
-    """The component class of ``components.<kind>`` (see the module docstring).
+    """The component class of the kind ``kind`` (see :mod:`turbine.kinds`).
 
     Raises:
-        LookupError: the package has no component class (it may be a plain program).
+        LookupError: no such kind, or it has no component class (it may be a plain program).
     """
-    module = importlib.import_module(f"components.{kind}.component")
-    found = getattr(module, "COMPONENT", None)
+    found = kinds.find(kind)
     if found is None:
-        classes = [
-            c
-            for _, c in inspect.getmembers(module, inspect.isclass)
-            if issubclass(c, Component) and c.__module__ == module.__name__
-        ]
-        if len(classes) == 1:
-            found = classes[0]
-    if not (isinstance(found, type) and issubclass(found, Component)):
-        raise LookupError(f"components.{kind}.component defines no COMPONENT class")
-    return found
+        raise LookupError(f"unknown component kind {kind!r}")
+    return found.component_class()
 
 
-def _kind(t: _Table, component: bool) -> str:
-    kind = t.get("kind", str, what="the name of a package under components/ (e.g. daq)")
-    if not _KIND.match(kind) or importlib.util.find_spec(f"components.{kind}") is None:
+def _kind(t: _Table, component: bool) -> kinds.Kind:
+    name = t.get("kind", str, what="a component kind (e.g. daq; `turbine components` lists them)")
+    kind = kinds.find(name)
+    if kind is None:
         known = ", ".join(available_kinds(components_only=component))
-        raise t.error("kind", f"unknown component kind {kind!r}; expected one of {known}")
-    if importlib.util.find_spec(f"components.{kind}.__main__") is None:
-        raise t.error("kind", f"components.{kind} cannot be run: it has no __main__.py")
+        raise t.error("kind", f"unknown component kind {name!r}; expected one of {known}")
+    if not kind.runnable():
+        raise t.error("kind", f"{kind.module} cannot be run: it has no __main__.py")
     return kind
 
 
@@ -277,12 +263,13 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         cmd = t.get_strings("command")
         if cmd and "kind" in t.data:
             raise t.error("command", "give kind or command, not both")
-        kind = "" if cmd else _kind(t, component=False)
+        kind = None if cmd else _kind(t, component=False)
         programs.append(
             ProgramSpec(
                 label=name,
                 where=t.where,
-                kind=kind,
+                kind=kind.name if kind else "",
+                module=kind.module if kind else "",
                 component=False,
                 name=name,
                 args=t.get_strings("args"),
@@ -296,17 +283,17 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         t = _Table(p, f"component[{i}]", entry)
         kind = _kind(t, component=True)
         try:
-            cls = component_class(kind)
+            cls = kind.component_class()
         except (ImportError, LookupError) as exc:
             raise t.error(
                 "kind",
-                f"components.{kind} is not a turbine component ({exc}); run it as a [[process]]",
+                f"{kind.module} is not a turbine component ({exc}); run it as a [[process]]",
             ) from None
         name = _name(t)
         if cls.type not in types:
             raise t.error(
                 "kind",
-                f"components.{kind} makes {cls.type!r} sources; add {cls.type!r} to [broker] types",
+                f"{kind.module} makes {cls.type!r} sources; add {cls.type!r} to [broker] types",
             )
         try:
             check_component_name(name)
@@ -317,7 +304,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             ProgramSpec(
                 label=f"{cls.type}_{name}",
                 where=t.where,
-                kind=kind,
+                kind=kind.name,
+                module=kind.module,
                 component=True,
                 name=name,
                 settings=_settings(t, cls),
