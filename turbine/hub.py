@@ -250,7 +250,8 @@ class Hub:
                     "limits",
                 )
             path = f"{src.name}/{name}"
-            spec = ChannelSpec(src.name, name, src.cache_frames, self._next_seq.pop(path, 1))
+            next_seq = self._next_seq.pop(path, 1)
+            spec = ChannelSpec(src.name, name, src.cache_frames, next_seq, content_type)
             ch = Channel(src, name, content_type or guess_content_type(name), self.store(spec))
             src.channels[name] = ch
             self.router.channel_created(ch)

@@ -125,6 +125,7 @@ class ChannelSpec:
     channel: str
     max_frames: int  # frames the store keeps in memory at most
     next_seq: int  # the number the first frame gets (continues a deleted channel)
+    content_type: str | None = None  # the type its creator gave it (None: guessed from the name)
 
 
 class ChannelStore(Protocol):

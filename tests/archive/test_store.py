@@ -83,6 +83,22 @@ async def test_a_restarted_broker_continues_the_numbers_and_types(tmp_path):
             assert [s for s, _ in got] == list(range(1, 9))
 
 
+async def test_an_explicit_content_type_survives_restarts(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            hub.put(ME, SRC, "frames.dat", [1.0], [b"\x00" * 4], content_type="image/x-gray8")
+            await archive.flush()
+        for _ in range(2):  # a put that names no type keeps the archived one
+            async with open_archive(tmp_path) as archive:
+                factory = TieredStores(archive)
+                (source,) = factory.recovered()
+                assert source.channels["frames.dat"].content_type == "image/x-gray8"
+                hub = hub_with(factory)
+                hub.put(ME, SRC, "frames.dat", [2.0], [b"\x01" * 4])
+                await archive.flush()
+
+
 async def test_an_explicit_number_is_a_hole_on_disk_too(tmp_path):
     with trio.fail_after(20):
         async with open_archive(tmp_path) as archive:

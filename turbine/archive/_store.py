@@ -91,8 +91,9 @@ class TieredStores:
             next_seq = max(next_seq, known.next_seq)  # a restarted broker continues the numbers
         if key in self._declared:
             next_seq = max(next_seq, self._declared[key])
-        if known is None or key not in self._declared:
-            ctype = known.content_type if known else guess_content_type(spec.channel)
+        ctype = spec.content_type or (known.content_type if known else None)
+        if known is None or key not in self._declared or known.content_type != ctype:
+            ctype = ctype or guess_content_type(spec.channel)
             archive.append(spec.source, Declare(spec.channel, ctype, next_seq))
             self._declared[key] = next_seq
         return TieredStore(Ring(spec.max_frames, next_seq), self, spec.source, spec.channel)
