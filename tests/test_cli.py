@@ -170,7 +170,18 @@ def test_put_from_stdin_and_a_file_with_a_content_type(address, tmp_path):
             address, "fetch", f"{src}/lines", "--oldest", "9", "--format", "json"
         ).splitlines()
     ]
-    assert [row["data_b64"] for row in lines] == ["YQ==", "Yg==", "Yw=="]
+    # Lines typed or piped in are text unless --type says otherwise (a tap shows them as such).
+    assert [(row["text"], row["content_type"]) for row in lines] == [
+        ("a", "text/plain"),
+        ("b", "text/plain"),
+        ("c", "text/plain"),
+    ]
+    ok(address, "put", f"{src}/words", "x", "y")
+    assert ok(address, "fetch", f"{src}/words", "--newest", "1").rstrip().endswith("#2 y")
+    ok(address, "put", f"{src}/octets", "--type", "application/octet-stream", "z")
+    assert "[1 bytes application/octet-stream]" in ok(
+        address, "fetch", f"{src}/octets", "--newest", "1"
+    )
     (blob,) = [
         json.loads(x)
         for x in ok(
@@ -193,7 +204,7 @@ def test_seqs_continue_across_puts_and_after_rm(address):
     assert tb(address, "ls", src).stderr.decode().strip() == f"no sources match {src}"
     ok(address, "put", f"{src}/x", "3")
     rows = ok(address, "fetch", f"{src}/x", "--oldest", "10", "--format", "json").splitlines()
-    assert [(json.loads(r)["seq"], json.loads(r)["data_b64"]) for r in rows] == [(3, "Mw==")]
+    assert [(json.loads(r)["seq"], json.loads(r)["text"]) for r in rows] == [(3, "3")]
 
 
 def test_fetch_a_time_range(address):

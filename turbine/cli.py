@@ -40,6 +40,7 @@ from .origin import Origin, load_identity
 from .render import as_json, as_text, iso
 from .router import check_selection, check_start
 from .server import BrokerConfig, serve_turbine
+from .sources import OCTET_STREAM, guess_content_type
 
 _UNITS = {
     "": 1,
@@ -542,7 +543,7 @@ async def rm(tb: Client, source: str) -> None:
     "--type",
     "content_type",
     metavar="MIME",
-    help="Content type of a new channel (default: from its name).",
+    help="Content type of a new channel (default: from its name; text/plain for VALUEs or lines).",
 )
 @click.option("--file", "file_", type=click.File("rb"), help="Put the whole file as one frame.")
 @click.option(
@@ -563,6 +564,8 @@ async def put(
     source, channel = split_path(path)
     if file_ is not None and values:
         raise click.UsageError("give VALUEs or --file, not both")
+    if content_type is None and file_ is None and guess_content_type(channel) == OCTET_STREAM:
+        content_type = "text/plain"  # words typed or piped in are text, not bytes to base64
     try:
         src = await tb.open_source(
             source,
@@ -671,6 +674,25 @@ def components(as_json_: bool) -> None:
     click.echo("".join(f"{h.upper():<{widths[h]}}" for h in heads[:-1]) + "FROM")
     for r in rows:
         click.echo("".join(f"{r[h]:<{widths[h]}}" for h in heads[:-1]) + r["from"])
+
+
+# --- the web viewer ---------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve HTTP on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@address_option
+def web(address: str, host: str, port: int) -> None:
+    """Serve the web viewer and HTTP API (docs/http.rst) for the broker at --turbine."""
+    from .web.serve import serve_web  # the web stack loads only for this command
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_web, address, host, port)
+            click.echo(f"turbine web on {url}/ (broker {address})")
+
+    run(main)
 
 
 from .mcp import mcp as _mcp  # noqa: E402

@@ -21,13 +21,16 @@ from .origin import Origin
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 
+#: What a channel's bytes are when nothing says otherwise.
+OCTET_STREAM = "application/octet-stream"
+
 
 def guess_content_type(channel: str) -> str:
     """The content type a channel gets when its creator does not say."""
     if channel == METADATA_CHANNEL:
         return "application/json"
     guessed, _ = mimetypes.guess_type(channel, strict=False)
-    return guessed or "application/octet-stream"
+    return guessed or OCTET_STREAM
 
 
 def _json_int(text: str) -> int | float:

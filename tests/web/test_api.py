@@ -1,0 +1,173 @@
+"""The viewer's HTTP API over real HTTP on loopback, against a real in-process broker."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import trio
+
+from tests.web.helpers import EventStream, http
+from turbine import open_client
+from turbine._constants import FLOAT64_CONTENT_TYPE
+from turbine.web.decimate import minmax
+
+
+def f64(*values: float) -> bytes:
+    return struct.pack(f"<{len(values)}d", *values)
+
+
+async def test_sources_lists_what_the_broker_holds(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "daq_rig_data_source", channels={"ch0": FLOAT64_CONTENT_TYPE}
+            )
+            await src.put("ch0", f64(1, 2, 3))
+            await src.flush()
+            r = await http(f"{web}/api/sources")
+            assert r.status == 200
+            [info] = r.json()
+            assert info["name"] == "daq_rig_data_source" and info["online"] is True
+            assert [c["name"] for c in info["channels"]] == ["ch0"]
+            assert info["channels"][0]["content_type"] == FLOAT64_CONTENT_TYPE
+            assert (await http(f"{web}/api/sources?pattern=video_*")).json() == []
+
+
+async def test_numeric_channel_reads_newest_after_and_time_range(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "daq_rig_data_source", channels={"ch0": FLOAT64_CONTENT_TYPE}
+            )
+            for k in range(10):  # 10 blocks of 4 samples, 1 s apart
+                await src.put("ch0", f64(*(10 * k + i for i in range(4))), timestamp=1000.0 + k)
+            await src.flush()
+            base = f"{web}/api/channel/daq_rig_data_source/ch0"
+            r = (await http(f"{base}?newest=2")).json()
+            assert r["frames"] == 2 and r["samples"] == 8 and not r["decimated"]
+            assert r["v"] == [80, 81, 82, 83, 90, 91, 92, 93]
+            assert r["t"][:2] == [1008.0, 1008.25]  # samples spread to the next block
+            r = (await http(f"{base}?after={r['first_seq']}")).json()
+            assert r["v"] == [90, 91, 92, 93]
+            r = (await http(f"{base}?start=1002&duration=2.5")).json()
+            assert r["v"][0] == 20 and r["v"][-1] == 43 and r["frames"] == 3
+            r = (await http(f"{base}?newest=10&max_points=4")).json()
+            assert r["samples"] == 40 and r["decimated"] and len(r["v"]) == 4
+            assert min(r["v"]) == 0 and max(r["v"]) == 93  # the envelope survives
+
+
+def test_minmax_keeps_each_columns_extremes_in_time_order() -> None:
+    times = [float(i) for i in range(100)]
+    values = [0.0] * 100
+    values[13], values[71] = 5.0, -7.0
+    t, v = minmax(times, values, 10)
+    assert len(v) <= 10 and 5.0 in v and -7.0 in v
+    assert t == sorted(t)
+    assert minmax([1.0, 2.0], [3.0, 4.0], 10) == ([1.0, 2.0], [3.0, 4.0])
+
+
+async def test_frame_bytes_come_with_their_content_type(broker: str, web: str) -> None:
+    jpeg = b"\xff\xd8fake-jpeg\xff\xd9"
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "video_cam_data_source", channels={"frame.jpg": "image/jpeg"}
+            )
+            await src.put("frame.jpg", b"older")
+            await src.put("frame.jpg", jpeg)
+            await src.flush()
+            r = await http(f"{web}/api/frame/video_cam_data_source/frame.jpg")
+            assert r.status == 200 and r.body == jpeg
+            assert r.headers["content-type"] == "image/jpeg"
+            seq = int(r.headers["x-turbine-seq"])
+            r = await http(f"{web}/api/frame/video_cam_data_source/frame.jpg?seq={seq - 1}")
+            assert r.body == b"older"
+            r = await http(f"{web}/api/frame/video_cam_data_source/frame.jpg?seq={seq + 5}")
+            assert r.status == 404 and "not yet put" in r.json()["error"]
+
+
+async def test_errors_are_json_that_say_what_was_wrong(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        r = await http(f"{web}/api/channel/nosuch_data_source/x")
+        assert r.status == 404 and "nosuch_data_source" in r.json()["error"]
+        async with open_client(broker) as tb:
+            await tb.open_source("daq_rig_data_source", channels={"ch0": FLOAT64_CONTENT_TYPE})
+            base = f"{web}/api/channel/daq_rig_data_source/ch0"
+            r = await http(f"{base}?newest=many")
+            assert r.status == 400 and r.json() == {
+                "error": "newest must be a whole number, got 'many'"
+            }
+            r = await http(f"{base}?newest=1&after=3")
+            assert r.status == 400 and "not newest and after" in r.json()["error"]
+            r = await http(f"{base}?max_points=1")
+            assert r.status == 400 and "max_points" in r.json()["error"]
+            r = await http(f"{web}/api/stream")
+            assert r.status == 400 and "path=" in r.json()["error"]
+            r = await http(f"{web}/api/command/daq_rig", raw=b"{not json")
+            assert r.status == 400 and "JSON" in r.json()["error"]
+            r = await http(f"{web}/api/command/daq_rig", body={"verb": "status", "timeout": 0.2})
+            assert r.status == 504 and "daq_rig" in r.json()["error"]
+            r = await http(f"{web}/api/nothing-here")
+            assert r.status == 404 and r.json()["error"]
+            # The broker and the viewer keep working.
+            assert (await http(f"{web}/api/sources")).status == 200
+
+
+async def test_openapi_and_page_are_served(web: str) -> None:
+    with trio.fail_after(20):
+        doc = (await http(f"{web}/api/openapi.json")).json()
+        assert doc["openapi"].startswith("3.")
+        assert "/api/channel/{source}/{channel}" in doc["paths"]
+        page = await http(f"{web}/")
+        assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+
+
+async def test_stream_sends_live_frames_and_a_slow_tab_loses_only_its_own(
+    broker: str, web: str
+) -> None:
+    with trio.fail_after(30):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "daq_rig_data_source",
+                channels={"ch0": FLOAT64_CONTENT_TYPE, "log.txt": "text/plain"},
+                cache_frames=10000,
+            )
+            await src.put("ch0", f64(0.5))
+            await src.flush()
+            fast = await EventStream.open(web, "path=daq_rig_data_source/*")
+            stalled = await EventStream.open(web, "path=daq_rig_data_source/ch0", 4096)
+            assert await fast.event() == ("ready", {"patterns": ["daq_rig_data_source/*"]})
+            name, ev = await fast.event()  # newest frame first
+            assert name == "frame" and ev["values"] == [0.5]
+            await src.put("log.txt", b"hello")
+            await src.flush()
+            name, ev = await fast.event()
+            assert name == "frame" and ev["text"] == "hello" and ev["channel"] == "log.txt"
+            # The stalled tab reads nothing while 3,000 frames go by.
+            # The other tab reads each batch of 100 before the next is put.
+            got: list[float] = []
+            for batch in range(30):
+                for i in range(100):
+                    await src.put("ch0", f64(float(batch * 100 + i), *[0.0] * 63))
+                await src.flush()
+                while len(got) < (batch + 1) * 100:
+                    name, ev = await fast.event()
+                    assert name == "frame", (name, ev)
+                    got.append(ev["values"][0])
+            assert got == [float(i) for i in range(3000)]  # the reading tab lost nothing
+            # The stalled tab, read at last: its queue kept the first ones, then it is told.
+            events = [await stalled.event() for _ in range(2 + 256)]
+            names = [e[0] for e in events]
+            assert "dropped" in names
+            lost = events[names.index("dropped")][1]
+            assert lost["dropped"] > 0
+            await fast.stream.aclose()
+            await stalled.stream.aclose()
+
+
+def test_import_turbine_loads_no_web_stack() -> None:
+    code = "import sys, turbine, turbine.cli; print(sorted({'starlette', 'hypercorn', 'turbine.web.api'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -1,0 +1,42 @@
+"""``turbine web`` as its own process, a client of a real ``turbine serve``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.test_cli import TURBINE, Serve, read_line, stop
+
+pytestmark = pytest.mark.slow
+
+
+def test_turbine_web_serves_the_api_for_the_broker_it_is_given() -> None:
+    broker = Serve()
+    try:
+        web = subprocess.Popen(
+            [TURBINE, "web", "--turbine", broker.address, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = read_line(web.stdout)
+            assert line.startswith("turbine web on http://127.0.0.1:"), line
+            url = line.split()[3]
+            subprocess.run(
+                [TURBINE, "put", "--turbine", broker.address, "daq_w_data_source/log", "hi"],
+                check=True,
+                capture_output=True,
+                timeout=20,
+            )
+            with urllib.request.urlopen(f"{url}api/sources", timeout=10) as r:
+                [info] = json.load(r)
+            assert info["name"] == "daq_w_data_source"
+            assert info["channels"][0]["content_type"] == "text/plain"
+        finally:
+            stop(web)
+    finally:
+        broker.stop()

@@ -1,0 +1,209 @@
+"""The viewer's HTTP API and page, as one Starlette application over one broker connection.
+
+Routes (documented in ``docs/http.rst``; ``/api/openapi.json`` describes them):
+
+``GET /api/sources``, ``GET /api/channel/{source}/{channel}``,
+``GET /api/frame/{source}/{channel}``, ``GET /api/stream``,
+``POST /api/command/{target}``, and the page under ``/``.
+
+Every error is JSON, ``{"error": "<what was wrong>"}``, with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from typing import Any
+
+import attrs
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .._errors import RequestFailed, TurbineError
+from ..client import Client, Frame
+from ..command import NoReply, send_command
+from ..names import compile_pattern
+from ..render import as_dict, is_numeric
+from .decimate import minmax, samples
+from .live import LiveResponse, RecentFrames
+
+#: Points a channel read returns at most when the caller gives no ``max_points``.
+DEFAULT_MAX_POINTS = 2000
+#: Frames a channel read returns when it gives no selection (the newest N).
+DEFAULT_NEWEST = 100
+#: Seconds a posted command waits for its reply unless the body says ``timeout``.
+DEFAULT_COMMAND_WAIT_S = 10.0
+
+_STATIC = resources.files(__package__) / "static"
+
+
+class BadRequest(HTTPException):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+def _number(request: Request, name: str, kind: type[int] | type[float]) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise BadRequest(f"{name} must be {what}, got {raw!r}") from None
+    if not math.isfinite(value) or (kind is int and value < 0):
+        raise BadRequest(f"{name} must be a finite number of 0 or more, got {raw!r}")
+    return value
+
+
+def _pattern(text: str) -> str:
+    try:
+        compile_pattern(text)
+    except TurbineError as exc:
+        raise BadRequest(str(exc)) from None
+    return text
+
+
+class Viewer:
+    """The handlers, holding the broker connection they share."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.recent = RecentFrames()
+
+    async def sources(self, request: Request) -> Response:
+        pattern = _pattern(request.query_params.get("pattern", "*"))
+        infos = await self.client.list_sources(pattern)
+        return JSONResponse([attrs.asdict(i) for i in infos])
+
+    async def channel(self, request: Request) -> Response:
+        source, channel = request.path_params["source"], request.path_params["channel"]
+        path = f"{source}/{channel}"
+        choice = {
+            "newest": _number(request, "newest", int),
+            "start": _number(request, "start", float),
+            "after": _number(request, "after", int),
+        }
+        given = [k for k, v in choice.items() if v is not None]
+        if len(given) > 1:
+            raise BadRequest(f"give one of newest, start or after, not {' and '.join(given)}")
+        duration = _number(request, "duration", float)
+        if duration is not None and choice["start"] is None:
+            raise BadRequest("duration needs start")
+        if not given:
+            choice["newest"] = DEFAULT_NEWEST
+        max_points = _number(request, "max_points", int) or DEFAULT_MAX_POINTS
+        if max_points < 2:
+            raise BadRequest(f"max_points must be at least 2, got {max_points}")
+        frames = await self._fetch_one_channel(path, duration=duration, **choice)
+        body: dict[str, Any] = {"source": source, "channel": channel, "frames": len(frames)}
+        if frames:
+            body["content_type"] = frames[0].content_type
+            body["first_seq"], body["last_seq"] = frames[0].seq, frames[-1].seq
+        if frames and is_numeric(frames[0].content_type):
+            times, values = samples(frames)
+            body["samples"] = len(values)
+            body["t"], body["v"] = minmax(times, values, max_points)
+            body["decimated"] = len(body["v"]) < len(values)
+        else:
+            body["items"] = [as_dict(f) for f in frames]
+        return JSONResponse(body)
+
+    async def _fetch_one_channel(self, path: str, **selection: Any) -> list[Frame]:
+        if not await self.client.list_sources(path.split("/", 1)[0]):
+            raise HTTPException(404, f"no source {path.split('/', 1)[0]!r}")
+        return await self.client.fetch(path, **selection)
+
+    async def frame(self, request: Request) -> Response:
+        source, channel = request.path_params["source"], request.path_params["channel"]
+        path = f"{source}/{channel}"
+        seq = _number(request, "seq", int)
+        found: Frame | None = None
+        if seq is None:
+            newest = await self._fetch_one_channel(path, newest=1)
+            found = newest[-1] if newest else None
+        elif (found := self.recent.get(path, seq)) is None and seq > 0:
+            after = await self._fetch_one_channel(path, after=seq - 1)
+            found = after[0] if after and after[0].seq == seq else None
+        if found is None:
+            which = "no frames" if seq is None else f"no frame #{seq} (evicted or not yet put)"
+            raise HTTPException(404, f"{path} has {which}")
+        return Response(
+            found.data,
+            media_type=found.content_type,
+            headers={
+                "x-turbine-seq": str(found.seq),
+                "x-turbine-timestamp": repr(found.timestamp),
+                "cache-control": "no-cache" if seq is None else "max-age=3600",
+            },
+        )
+
+    async def stream(self, request: Request) -> Response:
+        patterns = [_pattern(p) for p in request.query_params.getlist("path")]
+        if not patterns:
+            raise BadRequest("give at least one path=SOURCE/CHANNEL (wildcards allowed)")
+        return LiveResponse(self.client, patterns, self.recent)
+
+    async def command(self, request: Request) -> Response:
+        target = request.path_params["target"]
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise BadRequest(f"the body must be JSON: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("verb"), str):
+            raise BadRequest('the body must be a JSON object with a string "verb"')
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise BadRequest('"args" must be a list and "kwargs" an object')
+        wait = body.get("timeout", DEFAULT_COMMAND_WAIT_S)
+        if not isinstance(wait, int | float) or not 0 < wait <= 300:
+            raise BadRequest(f'"timeout" must be seconds between 0 and 300, got {wait!r}')
+        try:
+            reply = await send_command(
+                self.client, target, body["verb"], *args, wait=float(wait), **kwargs
+            )
+        except NoReply as exc:
+            raise HTTPException(504, str(exc)) from None
+        return JSONResponse(json.loads(reply.to_json()))
+
+    async def openapi(self, request: Request) -> Response:
+        return Response((_STATIC / "openapi.json").read_bytes(), media_type="application/json")
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(str(_STATIC / "index.html"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def _turbine_error(request: Request, exc: Exception) -> Response:
+    status = 404 if isinstance(exc, RequestFailed) and exc.code == "missing" else 400
+    if not isinstance(exc, RequestFailed):
+        status = 502  # the broker connection itself failed
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+def create_app(client: Client) -> Starlette:
+    """The viewer's application over ``client``, a connection to the broker it shows."""
+    v = Viewer(client)
+    routes = [
+        Route("/", v.index),
+        Route("/api/openapi.json", v.openapi),
+        Route("/api/sources", v.sources),
+        Route("/api/channel/{source}/{channel}", v.channel),
+        Route("/api/frame/{source}/{channel}", v.frame),
+        Route("/api/stream", v.stream),
+        Route("/api/command/{target}", v.command, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, TurbineError: _turbine_error},
+    )
