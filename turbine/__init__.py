@@ -7,6 +7,7 @@ from ._clock import wall_time
 from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
 from ._errors import (
+    BrokerUnavailable,
     ConnectionFailed,
     LocalProtocolError,
     ProtocolError,
@@ -49,6 +50,7 @@ __all__ = [
     "BrokerConfig",
     "ChannelInfo",
     "Client",
+    "BrokerUnavailable",
     "ConnectionFailed",
     "Frame",
     "Gap",

@@ -28,7 +28,7 @@ class PutSink(Protocol):
     def queue(self, source: str, channel: str, data: Any, timestamp: float | None) -> bool:
         """Queue one frame; True when the batches are full and must be sent now."""
 
-    async def send(self, buffers: Sequence[Any] = ()) -> None:
+    async def send(self, buffers: Sequence[Any] = ()) -> object:
         """Write what is queued."""
 
 
@@ -90,7 +90,10 @@ class Feed:
     :meth:`send` waits, and so the read loop stops reading the socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, positions: dict[str, int] | None = None) -> None:
+        #: Per channel path, the first sequence number not yet received (a
+        #: reconnecting client's subscriptions keep it, to resume there).
+        self.positions = positions
         send, self.receive = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
         self.send_nowait = send.send_nowait
         self.send = send.send
@@ -121,6 +124,7 @@ class Subscription:
         self.monitor = monitor
         self.channels: list[str] = []
         self._feed = feed
+        self.positions = feed.positions
         self._batch: list[Any] = []
         self._i = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -15,6 +15,9 @@ from ._io import send_buffers
 from .messages import Put
 from .names import check_channel_name
 from .protocol import encode_message
+
+if TYPE_CHECKING:
+    from ._client_spool import Spool
 
 
 class Outbox:
@@ -30,6 +33,12 @@ class Outbox:
     After :meth:`fail` the outbox refuses everything with the connection's
     error, kept in :attr:`error` (the first one wins).
 
+    With a :class:`~turbine._client_spool.Spool` (a reconnecting client) the
+    outbox outlives its connections: every put message written is kept in the
+    spool until acknowledged; a lost connection does not fail it, puts go on
+    being queued (:meth:`detach`); a new connection (:meth:`attach`) writes
+    only requests until :meth:`replay` has written the spool again.
+
     Args:
         sock: the connected socket.
         address: the broker's address, for error messages.
@@ -42,17 +51,20 @@ class Outbox:
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: trio.socket.SocketType | None,
         address: str,
         max_frame: int,
         on_lost: Callable[[TurbineError], None],
         producer: str | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.error: TurbineError | None = None
         self._sock = sock
         self._address = address
         self._max_frame = max_frame
         self._on_lost = on_lost
+        self.spool = spool
+        self._holding = False  # attached, the spool not yet written again
         self.producer = producer or secrets.token_hex(8)
         #: Each source's number of the last put taken for writing.
         self.pseqs: dict[str, int] = {}
@@ -97,8 +109,11 @@ class Outbox:
         self._wake_flusher.set()
         return False
 
-    async def send(self, buffers: Sequence[Any] = ()) -> None:
+    async def send(self, buffers: Sequence[Any] = ()) -> int:
         """Write the queued puts, then ``buffers``, as one vectored write.
+
+        Returns the spool number below which every put was written before
+        ``buffers`` (what a ``flush`` among them acknowledges).
 
         Raises:
             ConnectionFailed: the write failed; the connection is then failed
@@ -108,14 +123,30 @@ class Outbox:
             if self.error is not None:
                 raise self.error
             out = self._take_batches()
+            if self.spool is not None:
+                if self._sock is None:
+                    if buffers:
+                        raise ConnectionFailed(f"not connected to {self._address}")
+                    return self.spool.written  # the puts wait in the spool
+                if self._holding:
+                    out = []  # the spool is written again first (replay)
+                else:
+                    out = self.spool.unwritten()
+            mark = self.written_mark
             out += buffers
             if out:
-                try:
-                    await send_buffers(self._sock, out)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    error = ConnectionFailed(f"lost the connection to {self._address}: {exc}")
-                    self._on_lost(error)
-                    raise error from None
+                await self._write(out, raise_error=bool(buffers) or self.spool is None)
+            return mark
+
+    async def _write(self, out: list[Any], raise_error: bool) -> None:
+        assert self._sock is not None
+        try:
+            await send_buffers(self._sock, out)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            error = ConnectionFailed(f"lost the connection to {self._address}: {exc}")
+            self._on_lost(error)
+            if raise_error:
+                raise error from None
 
     def _take_batches(self) -> list[Any]:
         out: list[Any] = []
@@ -131,7 +162,10 @@ class Outbox:
                 producer=producer,
                 pseq=pseq,
             )
-            out += encode_message(put, data)
+            encoded = encode_message(put, data)
+            if self.spool is not None:
+                self.spool.add(encoded, sum(put.sizes), len(data))
+            out += encoded
         self._batches.clear()
         self._bytes = self._frames = 0
         return out
@@ -144,6 +178,33 @@ class Outbox:
             if self._batches:
                 with contextlib.suppress(TurbineError):
                     await self.send()
+
+    def detach(self) -> None:
+        """The connection is gone (a reconnecting client): keep queueing, write nothing."""
+        self._sock = None
+
+    def attach(self, sock: trio.socket.SocketType, max_frame: int) -> None:
+        """A new connection: requests go out at once, puts after :meth:`replay`."""
+        self._sock = sock
+        self._max_frame = max_frame
+        self._holding = True
+        if self.spool is not None:
+            self.spool.rewind()
+
+    async def replay(self) -> None:
+        """Write every spooled put again, in order; then puts flow as before."""
+        async with self._lock:
+            self._take_batches()
+            self._holding = False
+            if self._sock is not None and self.spool is not None:
+                out = self.spool.unwritten()
+                if out:
+                    await self._write(out, raise_error=True)
+
+    @property
+    def written_mark(self) -> int:
+        """The spool number below which everything was written on this connection."""
+        return self.spool.written if self.spool is not None else 0
 
     def fail(self, error: TurbineError) -> None:
         """Refuse every later put and write with ``error`` (or the first error given)."""

@@ -83,6 +83,10 @@ class Reader:
         if msg.sub is not None:
             feed = self.feeds.get(msg.sub)
             if feed is not None:
+                positions = feed.positions
+                if positions is not None:
+                    for group in msg.groups:
+                        positions[f"{group[0]}/{group[1]}"] = group[3] + len(group[4])
                 batch = frames_from(msg.groups, msg.payload)
                 try:
                     feed.send_nowait(batch)
@@ -98,6 +102,8 @@ class Reader:
     async def _on_gap(self, msg: GapReport) -> None:
         feed = self.feeds.get(msg.sub)
         if feed is not None:
+            if feed.positions is not None:
+                feed.positions[f"{msg.source}/{msg.channel}"] = msg.next_seq
             await self._deliver_late(feed, [Gap(msg.source, msg.channel, msg.missed, msg.next_seq)])
 
     async def _on_ok(self, msg: Ok) -> None:

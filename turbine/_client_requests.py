@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import trio
@@ -34,12 +35,14 @@ class Requests:
     Args:
         proto: the connection's protocol state, which checks and encodes requests.
         outbox: where requests are written (after the puts queued before them).
+        ids: where ids come from (a reconnecting client keeps its ids across
+            connections: subscription ids stay unique).
     """
 
-    def __init__(self, proto: Connection, outbox: Outbox) -> None:
+    def __init__(self, proto: Connection, outbox: Outbox, ids: Iterator[int] | None = None) -> None:
         self._proto = proto
         self._outbox = outbox
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1) if ids is None else ids
         self._pending: dict[int, _Pending] = {}
         self._deferred: list[RequestFailed] = []
 
@@ -57,6 +60,13 @@ class Requests:
         """
         return (await self.call_parts(kind, reply, **fields))[-1]
 
+    async def call_marked(
+        self, kind: type[Request], reply: type[R], **fields: Any
+    ) -> tuple[R, int]:
+        """Like :meth:`call`; also the spool number below which every put was written before it."""
+        parts, mark = await self._call(kind, reply, fields)
+        return parts[-1], mark
+
     async def call_parts(self, kind: type[Request], reply: type[R], **fields: Any) -> list[R]:
         """Like :meth:`call`, returning every part of the reply (a fetch may come in several).
 
@@ -65,13 +75,18 @@ class Requests:
             ConnectionFailed: the connection failed before the reply came.
             RemoteProtocolError: the broker answered with another kind of message.
         """
+        return (await self._call(kind, reply, fields))[0]
+
+    async def _call(
+        self, kind: type[Request], reply: type[R], fields: dict[str, Any]
+    ) -> tuple[list[R], int]:
         if self._outbox.error is not None:
             raise self._outbox.error
         rid = next(self._ids)
         request = kind(id=rid, **fields)
         pending = self._pending[rid] = _Pending()
         try:
-            await self._outbox.send(self._proto.send(request))
+            mark = await self._outbox.send(self._proto.send(request))
             await pending.event.wait()
         finally:
             del self._pending[rid]
@@ -89,7 +104,7 @@ class Requests:
                 raise RemoteProtocolError(
                     f"the broker answered {request.type!r} with {part.type!r}, not {reply.type!r}"
                 )
-        return parts  # type: ignore[return-value]
+        return parts, mark  # type: ignore[return-value]
 
     def resolve(self, rid: int, msg: Message) -> None:
         """Hand ``msg``, the reply (or a part of it) to request ``rid``, to its caller.

@@ -75,6 +75,8 @@ MAX_CHANNELS_PER_SOURCE = 1024
 #: Producers whose newest put number a source remembers (de-duplication); the one
 #: that put least recently is forgotten first.
 MAX_PRODUCERS_PER_SOURCE = 256
+#: What a reconnecting client keeps of unacknowledged puts (frame bytes), by default.
+SPOOL_BYTES = 64 * 2**20
 #: What the receive buffers of all connections may hold together beyond one
 #: normal read each (partial large messages); a reader waits when it is used up.
 MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES

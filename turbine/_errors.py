@@ -9,6 +9,10 @@ class ConnectionFailed(TurbineError):
     """No broker answered at the address, or the connection was lost."""
 
 
+class BrokerUnavailable(ConnectionFailed):
+    """The broker stayed away longer than the caller would wait (frames may still be spooled)."""
+
+
 class ProtocolError(TurbineError):
     """A message broke the wire protocol."""
 

@@ -41,8 +41,11 @@ class BlockingSource:
 class BlockingClient:
     """The client API as blocking calls.  Use as a context manager, or call :meth:`close`."""
 
-    def __init__(self, address: str, name: str = "script", timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, name: str = "script", timeout: float = 10.0, reconnect: bool = False
+    ) -> None:
         self.address = address
+        self._reconnect = reconnect
         self._ready: queue.Queue[BaseException | None] = queue.Queue()
         self._client: Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -58,7 +61,9 @@ class BlockingClient:
 
     async def _main(self, address: str, name: str, connect_timeout: float) -> None:
         try:
-            async with open_client(address, name=name, connect_timeout=connect_timeout) as client:
+            async with open_client(
+                address, name=name, connect_timeout=connect_timeout, reconnect=self._reconnect
+            ) as client:
                 self._client = client
                 self._token = trio.lowlevel.current_trio_token()
                 self._stop = trio.Event()
@@ -143,11 +148,18 @@ class BlockingClient:
 
 
 def connect(
-    address: str = DEFAULT_ADDRESS, *, name: str = "script", timeout: float = 10.0
+    address: str = DEFAULT_ADDRESS,
+    *,
+    name: str = "script",
+    timeout: float = 10.0,
+    reconnect: bool = False,
 ) -> BlockingClient:
     """Connect with blocking calls (for scripts that do not use trio).
+
+    ``reconnect=True`` rides through a lost connection as
+    :func:`~turbine.open_client` does.
 
     Raises:
         ConnectionFailed: no broker at the address.
     """
-    return BlockingClient(address, name, timeout)
+    return BlockingClient(address, name, timeout, reconnect)

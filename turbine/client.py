@@ -12,14 +12,21 @@ each: the write side with its put batching (``_client_outbox``), request
 correlation (``_client_requests``), the read loop (``_client_reader``), and the
 handles a caller gets (``_client_handles``: :class:`Source`,
 :class:`Subscription`), which see only the narrow interfaces they need.
+
+``open_client(address, reconnect=True)`` rides through a lost connection: it
+reconnects with capped backoff, opens the sources it held again, resumes
+every subscription where it stopped, and keeps puts in a spool
+(``_client_spool``) until the broker acknowledged them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import trio
 
@@ -30,53 +37,227 @@ from ._client_outbox import Outbox
 from ._client_reader import Reader
 from ._client_records import ChannelInfo, Frame, Gap, SourceInfo, frames_from
 from ._client_requests import Requests
+from ._client_spool import Spool
 from ._constants import (
     DEFAULT_ADDRESS,
     MAX_FRAME_BYTES,
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
+    SPOOL_BYTES,
 )
-from ._errors import ConnectionFailed, LocalProtocolError, ProtocolError, TurbineError, unwrap
+from ._errors import (
+    BrokerUnavailable,
+    ConnectionFailed,
+    LocalProtocolError,
+    ProtocolError,
+    RequestFailed,
+    TurbineError,
+    unwrap,
+)
 from ._io import send_buffers
+from ._retry import Backoff
 from .auth import LoginRefused, find_token
 from .names import compile_pattern, split_path
 from .origin import Origin
 from .protocol import NEED_DATA, Connection, Role, encode_message
 from .router import check_start
 
+log = logging.getLogger("turbine.client")
+R = TypeVar("R", bound=m.Message)
+
+#: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds.
+RECONNECT_FIRST_S = 0.05
+RECONNECT_MAX_S = 2.0
+
 
 class Client:
     """A connection to a broker.  Create with :func:`open_client`."""
 
     def __init__(
-        self, stream: trio.SocketStream, proto: Connection, address: str, hello: m.Hello
+        self,
+        address: str,
+        name: str,
+        connect_timeout: float,
+        *,
+        token: str | None = None,
+        reconnect: bool = False,
+        spool_bytes: int = SPOOL_BYTES,
     ) -> None:
         self.address = address
-        self.broker_software: str = hello.software
-        self.max_frame: int = MAX_FRAME_BYTES if hello.max_frame is None else hello.max_frame
+        self.reconnect = reconnect
+        self._name = name
+        self._connect_timeout = connect_timeout
+        self._token = token
         #: The user this client logged in as, and its rights (None: a broker without auth).
         self.user: str | None = None
         self.rights: dict[str, Any] | None = None
+        self._ids = itertools.count(1)
+        self._feeds: dict[int, Feed] = {}
+        #: The puts not yet acknowledged (``reconnect=True`` only).
+        self.spool = Spool(spool_bytes) if reconnect else None
+        self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
+        self._held: dict[str, dict[str, Any]] = {}  # open_source fields by source, to reopen
+        self._subs: dict[int, Subscription] = {}
+        self._up = trio.Event()  # set while connected
+        self._down = trio.Event()  # set when the connection was lost (reconnect=True)
+        self._closed = False
+        #: How often the connection was lost and made again.
+        self.reconnects = 0
+
+    def _attach(
+        self, stream: trio.SocketStream, proto: Connection, hello: m.Hello, login: Any
+    ) -> Reader:
+        """Use a new connection (the first, or after a loss); returns its read loop."""
+        if isinstance(login, m.Ok) and isinstance(login.result, dict):
+            self.user = login.result.get("user")
+            self.rights = login.result.get("rights")
+        self.broker_software: str = hello.software
+        self.max_frame: int = MAX_FRAME_BYTES if hello.max_frame is None else hello.max_frame
+        # The broker announced how large a frame may be; no message it sends is
+        # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
+        proto.max_payload = self.max_frame + PAYLOAD_SLACK_BYTES
         self._stream = stream
         self._proto = proto
-        self._outbox = Outbox(stream.socket, address, self.max_frame, self._fail)
-        self._requests = Requests(proto, self._outbox)
-        self._reader = Reader(stream.socket, proto, address, self._requests, self._fail)
+        requests = self._requests = Requests(proto, self._outbox, self._ids)
+        self._outbox.attach(stream.socket, self.max_frame)
+        reader = self._reader = Reader(
+            stream.socket, proto, self.address, requests, lambda e: self._lost(requests, e)
+        )
+        reader.feeds = self._feeds
+        self._down = trio.Event()
+        return reader
+
+    def _outbox_lost(self, error: TurbineError) -> None:
+        self._lost(self._requests, error)
+
+    def _lost(self, requests: Requests, error: TurbineError) -> None:
+        """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride through)."""
+        if requests is not self._requests:
+            return  # an earlier connection
+        if not self.reconnect or self._closed:
+            self._fail(error)
+            return
+        if self._down.is_set():
+            return
+        log.warning("%s; reconnecting", error)
+        self._outbox.detach()
+        self._up = trio.Event()
+        self._down.set()
+        requests.fail()  # callers waiting for replies try again once reconnected
 
     def _fail(self, error: TurbineError) -> None:
         """The connection is unusable: refuse new work and wake everything waiting on it."""
         self._outbox.fail(error)
         error = self._outbox.error or error
         self._requests.fail()
-        for feed in self._reader.feeds.values():
+        self._up.set()  # waiters see the error
+        for feed in self._feeds.values():
             feed.close(error)
 
-    async def _run(self) -> None:
-        """The client's background work: the read loop and the put flusher."""
+    async def _run(self, reader: Reader) -> None:
+        """The client's background work: the read loop and the put flusher (and reconnecting)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._reader.run)
+            nursery.start_soon(reader.run)
             nursery.start_soon(self._outbox.run_flusher)
+            if self.reconnect:
+                nursery.start_soon(self._keep_connected, nursery)
+                nursery.start_soon(self._acknowledge)
+
+    async def _keep_connected(self, nursery: trio.Nursery) -> None:
+        """Whenever the connection is lost: connect again, with capped backoff, and resume."""
+        backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
+        while True:
+            await self._down.wait()
+            await trio.aclose_forcefully(self._stream)
+            while True:
+                try:
+                    stream, proto, hello, login = await _handshake(
+                        self.address, self._name, self._connect_timeout, self._token
+                    )
+                    reader = self._attach(stream, proto, hello, login)
+                    nursery.start_soon(reader.run)
+                    await self._resume()
+                except TurbineError as exc:  # away still, or refused (logged): try again
+                    if isinstance(exc, ConnectionFailed):
+                        log.debug("reconnecting to %s: %s", self.address, exc)
+                    else:
+                        log.warning("reconnecting to %s: %s", self.address, exc)
+                    self._lost(self._requests, exc)
+                    await trio.sleep(backoff.next_delay())
+                    continue
+                break
+            backoff.reset()
+            self.reconnects += 1
+            log.warning("reconnected to %s", self.address)
+            self._up.set()
+
+    async def _resume(self) -> None:
+        """On a new connection: hold the sources again, subscribe again, replay the spool."""
+        requests = self._requests
+        for fields in list(self._held.values()):
+            try:
+                await requests.call(m.OpenSource, m.Ok, **fields)
+            except RequestFailed as exc:
+                log.warning("could not take source %s back: %s", fields["source"], exc)
+        for sub in list(self._subs.values()):
+            await requests.call(m.Subscribe, m.Ok, **self._subscribe_fields(sub))
+        await self._outbox.replay()
+
+    @staticmethod
+    def _subscribe_fields(sub: Subscription) -> dict[str, Any]:
+        """What resumes ``sub``: the newest for a monitor, else the first frame not yet received."""
+        if sub.monitor:
+            return {"sub": sub.id, "pattern": sub.pattern, "start": "newest", "monitor": True}
+        positions = sub.positions
+        return {"sub": sub.id, "pattern": sub.pattern, "start": "oldest", "resume": positions}
+
+    async def _acknowledge(self) -> None:
+        """Flush whenever puts wait for their acknowledgement, so the spool does not grow."""
+        assert self.spool is not None
+        while True:
+            await self.spool.wait_for_unacknowledged()
+            with contextlib.suppress(TurbineError):
+                await self.flush()
+
+    async def call(self, kind: type[m.Request], reply: type[R], **fields: Any) -> R:
+        """Send a request and return its reply; reconnecting, wait for the broker and retry.
+
+        (The :class:`Requester` a reconnecting client's sources use.)
+        """
+        if kind is m.Flush:
+            await self.flush()
+            return m.Ok(id=0)  # type: ignore[return-value]
+        if kind is m.CloseSource:
+            self._held.pop(fields["source"], None)
+        return (await self._call_parts(kind, reply, fields))[-1]
+
+    async def _call_parts(
+        self, kind: type[m.Request], reply: type[R], fields: dict[str, Any]
+    ) -> list[R]:
+        while True:
+            if self.reconnect:
+                await self._up.wait()
+            requests = self._requests
+            try:
+                return await requests.call_parts(kind, reply, **fields)
+            except (ConnectionFailed, LocalProtocolError) as exc:
+                if not self._try_again(exc, requests):
+                    raise
+
+    def _try_again(self, exc: TurbineError, requests: Requests) -> bool:
+        """Whether a request that failed with ``exc`` on ``requests``' connection is tried again.
+
+        Only reconnecting, and only for a lost link (the protocol state of a
+        connection that just ended refuses to send: a LocalProtocolError).
+        """
+        if not self.reconnect or self._closed:
+            return False
+        return (
+            isinstance(exc, ConnectionFailed)
+            or requests is not self._requests
+            or not self._up.is_set()
+        )
 
     # --- the public API
 
@@ -102,16 +283,18 @@ class Client:
                 message), or not enough broker memory left (says how much is).
         """
         channels = dict(channels or {})
-        await self._requests.call(
-            m.OpenSource,
-            m.Ok,
-            source=name,
-            channels=channels,
-            cache_frames=cache_frames,
-            cache_bytes=cache_bytes,
-            shared=shared,
-        )
-        return Source(name, channels, self._outbox, self._requests)
+        fields = {
+            "source": name,
+            "channels": channels,
+            "cache_frames": cache_frames,
+            "cache_bytes": cache_bytes,
+            "shared": shared,
+        }
+        await self._call_parts(m.OpenSource, m.Ok, fields)
+        if not self.reconnect:
+            return Source(name, channels, self._outbox, self._requests)
+        self._held[name] = fields
+        return Source(name, channels, self._outbox, self)
 
     async def open_mirror(
         self,
@@ -185,9 +368,39 @@ class Client:
             await self._outbox.send()
         await self.flush()
 
-    async def flush(self) -> None:
-        """Return once the broker holds every frame this client put so far."""
-        await self._requests.call(m.Flush, m.Ok)
+    # The issue's API is flush(timeout=...): the timeout raises BrokerUnavailable, not TooSlowError.
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once the broker holds every frame this client put so far.
+
+        Reconnecting, during an outage it waits for the broker to come back
+        and acknowledge them, at most ``timeout`` seconds (None: no limit).
+
+        Raises:
+            BrokerUnavailable: ``timeout`` passed first; the frames stay spooled.
+            RequestFailed: the broker refused an earlier put (says which and why).
+        """
+        if self.spool is None:
+            await self._requests.call(m.Flush, m.Ok)
+            return
+        spool = self.spool
+        await self._outbox.send()  # the frames queued so far go to the spool
+        target = spool.end
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while spool.base < target:
+                await self._up.wait()
+                requests = self._requests
+                try:
+                    _, mark = await requests.call_marked(m.Flush, m.Ok)
+                except (ConnectionFailed, LocalProtocolError) as exc:
+                    if not self._try_again(exc, requests):
+                        raise
+                    continue
+                spool.acknowledged(mark)
+            return
+        raise BrokerUnavailable(
+            f"the broker at {self.address} did not acknowledge within {timeout} s; "
+            f"{spool.frames} frames ({spool.bytes} bytes) are still spooled"
+        )
 
     async def fetch(
         self,
@@ -211,16 +424,15 @@ class Client:
         if duration is not None and math.isinf(duration):
             duration = None
         compile_pattern(pattern)
-        parts = await self._requests.call_parts(
-            m.Fetch,
-            m.Frames,
-            pattern=pattern,
-            newest=newest,
-            oldest=oldest,
-            start=start,
-            duration=duration,
-            after=after,
-        )
+        fields = {
+            "pattern": pattern,
+            "newest": newest,
+            "oldest": oldest,
+            "start": start,
+            "duration": duration,
+            "after": after,
+        }
+        parts = await self._call_parts(m.Fetch, m.Frames, fields)
         frames: list[Frame] = []
         for part in parts:
             frames += frames_from(part.groups, part.payload)
@@ -237,17 +449,22 @@ class Client:
         """
         compile_pattern(pattern)
         check_start(start)
-        sid = self._requests.next_id()
-        feed = self._reader.feeds[sid] = Feed()
+        sid = next(self._ids)
+        feed = self._feeds[sid] = Feed(positions={} if self.reconnect else None)
         sub = Subscription(sid, pattern, start, monitor, feed)
         try:
-            msg = await self._requests.call(
-                m.Subscribe, m.Ok, sub=sid, pattern=pattern, start=start, monitor=monitor
-            )
+            fields = {"sub": sid, "pattern": pattern, "start": start, "monitor": monitor}
+            msg = (await self._call_parts(m.Subscribe, m.Ok, fields))[-1]
             sub.channels = msg.result["channels"]
+            if feed.positions is not None:
+                # Where each channel started; frames received move it on.
+                for path, seq in (msg.result.get("next") or {}).items():
+                    feed.positions.setdefault(path, seq)
+                self._subs[sid] = sub
             yield sub
         finally:
-            del self._reader.feeds[sid]
+            del self._feeds[sid]
+            self._subs.pop(sid, None)
             feed.close()
             if self._outbox.error is None:
                 # Tell the broker, but do not wait for its answer: the reader
@@ -266,12 +483,12 @@ class Client:
 
     async def list_sources(self, pattern: str = "*") -> list[SourceInfo]:
         """Sources whose names match ``pattern``, with channels and newest metadata."""
-        msg = await self._requests.call(m.ListSources, m.Ok, pattern=pattern)
+        msg = (await self._call_parts(m.ListSources, m.Ok, {"pattern": pattern}))[-1]
         return [SourceInfo.from_dict(d) for d in msg.result]
 
     async def status(self) -> dict[str, Any]:
         """The broker's status: version, uptime, memory, clients, recent closes."""
-        return (await self._requests.call(m.Status, m.Ok)).result
+        return (await self._call_parts(m.Status, m.Ok, {}))[-1].result
 
     async def delete(self, source: str) -> None:
         """Delete a source and its frames.
@@ -279,7 +496,8 @@ class Client:
         Raises:
             RequestFailed: no such source, or another client holds it.
         """
-        await self._requests.call(m.Delete, m.Ok, source=source)
+        self._held.pop(source, None)
+        await self._call_parts(m.Delete, m.Ok, {"source": source})
 
     async def acl(
         self,
@@ -304,6 +522,7 @@ class Client:
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection."""
         with trio.CancelScope(shield=True):
+            self._closed = True
             if self._outbox.has_puts and self._outbox.error is None:
                 with trio.move_on_after(5), contextlib.suppress(TurbineError):
                     await self._outbox.send()
@@ -311,25 +530,15 @@ class Client:
             await trio.aclose_forcefully(self._stream)
 
 
-@contextlib.asynccontextmanager
-async def open_client(
-    address: str = DEFAULT_ADDRESS,
-    *,
-    name: str = "client",
-    connect_timeout: float = 10.0,
-    token: str | None = None,
-) -> AsyncIterator[Client]:
-    """Connect to the broker at ``HOST:PORT`` and hold the connection open.
-
-    ``token`` logs in to a broker that checks tokens; without one the
-    client uses :func:`turbine.auth.find_token` (``TURBINE_TOKEN``, the file
-    ``TURBINE_TOKEN_FILE`` names, or ``~/.config/turbine/token``).  A token
-    is sent only to a broker whose hello asks for one.
+async def _handshake(
+    address: str, name: str, connect_timeout: float, token: str | None
+) -> tuple[trio.SocketStream, Connection, m.Hello, Any]:
+    """Connect, greet and log in: the stream, its protocol state, the broker's
+    hello and its answer to the login (None from a broker without auth).
 
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
         LoginRefused: the broker refused the token (or its absence).
-        AuthError: a token file that is named but cannot be read.
     """
     stream = await connect_stream(address)
     proto = Connection(Role.CLIENT)
@@ -365,16 +574,51 @@ async def open_client(
     if isinstance(login, m.Error):
         await trio.aclose_forcefully(stream)
         raise LoginRefused(f"{address} refused the login: {login.message}")
-    client = Client(stream, proto, address, hello)
-    if isinstance(login, m.Ok) and isinstance(login.result, dict):
-        client.user = login.result.get("user")
-        client.rights = login.result.get("rights")
-    # The broker announced how large a frame may be; no message it sends is
-    # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
-    proto.max_payload = client.max_frame + PAYLOAD_SLACK_BYTES
+    return stream, proto, hello, login
+
+
+@contextlib.asynccontextmanager
+async def open_client(
+    address: str = DEFAULT_ADDRESS,
+    *,
+    name: str = "client",
+    connect_timeout: float = 10.0,
+    token: str | None = None,
+    reconnect: bool = False,
+    spool_bytes: int = SPOOL_BYTES,
+) -> AsyncIterator[Client]:
+    """Connect to the broker at ``HOST:PORT`` and hold the connection open.
+
+    ``token`` logs in to a broker that checks tokens; without one the
+    client uses :func:`turbine.auth.find_token` (``TURBINE_TOKEN``, the file
+    ``TURBINE_TOKEN_FILE`` names, or ``~/.config/turbine/token``).  A token
+    is sent only to a broker whose hello asks for one.
+
+    Without ``reconnect`` a lost connection fails every later call with
+    :class:`ConnectionFailed`.  With ``reconnect=True`` the client connects
+    again (capped backoff), takes back the sources it held, resumes each
+    subscription from the first frame it had not received (a :class:`Gap`
+    where the broker no longer holds it; a monitor with the newest frame),
+    and keeps every put in a spool of at most ``spool_bytes`` until the
+    broker acknowledged it, replaying it after a reconnect (the broker stores
+    a put once).  A full spool drops its oldest puts.
+
+    Raises:
+        ConnectionFailed: nothing listens there, or it is not a turbine broker
+            (also with ``reconnect=True``: the first connection must succeed).
+        LoginRefused: the broker refused the token (or its absence).
+        AuthError: a token file that is named but cannot be read.
+    """
+    stream, proto, hello, login = await _handshake(address, name, connect_timeout, token)
+    client = Client(
+        address, name, connect_timeout, token=token, reconnect=reconnect, spool_bytes=spool_bytes
+    )
+    reader = client._attach(stream, proto, hello, login)
+    await client._outbox.replay()  # nothing to replay yet: puts flow
+    client._up.set()
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client._run)
+            nursery.start_soon(client._run, reader)
             try:
                 yield client
             finally:

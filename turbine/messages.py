@@ -123,6 +123,8 @@ class Subscribe(Request):
     pattern: str
     start: str | int | None = None
     monitor: bool | None = None
+    #: Channel paths to the sequence number to start at (a resumed subscription).
+    resume: dict[str, int] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -196,6 +196,12 @@ class Requests:
             raise RequestFailed(
                 f"subscription id {sid} is already in use on this connection", "request"
             )
+        resume = msg.resume
+        if resume is not None and not all(
+            isinstance(k, str) and type(v) is int and v >= 1 for k, v in resume.items()
+        ):
+            why = f"resume must map channel paths to sequence numbers >= 1, not {resume!r}"
+            raise RequestFailed(why[:300], "request")
         sub = Subscription(
             sid,
             self,
@@ -203,11 +209,19 @@ class Requests:
             check_start("now" if msg.start is None else msg.start),
             bool(msg.monitor),
             self.readable(),
+            resume,
         )
         hub = self.broker.hub
         hub.router.add(sub, hub.channels("*/*"))
         self.subs[sid] = sub
-        self.reply(msg, {"channels": sorted(ch.path for ch in sub.cursors)})
+        cursors = sorted(sub.cursors.items(), key=lambda item: item[0].path)
+        self.reply(
+            msg,
+            {
+                "channels": [ch.path for ch, _ in cursors],
+                "next": {ch.path: cursor.next_seq for ch, cursor in cursors},
+            },
+        )
 
     def on_unsubscribe(self, msg: m.Unsubscribe) -> None:
         sub = self.subs.pop(msg.sub, None)

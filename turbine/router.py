@@ -95,6 +95,8 @@ class Subscription:
     start: str | int = "now"
     monitor: bool = False
     readable: Readable | None = None
+    #: Channel paths to where this subscription starts on them (resuming).
+    resume: dict[str, int] | None = None
     matcher: Pattern = attrs.field(init=False)
     cursors: dict[Channel, Cursor] = attrs.field(init=False, factory=dict)
     delivered: int = 0
@@ -116,6 +118,8 @@ class Subscription:
         whatever ``start`` says: nothing a new source sends is lost.
         """
         store = channel.store
+        if self.resume is not None and (seq := self.resume.get(channel.path)) is not None:
+            return seq
         if not existed:
             return store.first_seq
         if self.start == "now":

@@ -1,0 +1,210 @@
+"""open_client(reconnect=True): a broker that goes away and comes back loses no frame.
+
+Real brokers on loopback, stopped and started again on the same port (with the
+same data dir where numbers must continue); the tests wait on events, never
+on sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+
+import turbine.client
+from turbine import BrokerUnavailable, ConnectionFailed, Gap, open_client
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
+from turbine.server import BrokerConfig, serve_turbine
+
+SRC = "daq_rig_data_source"
+PATH = f"{SRC}/x"
+
+
+class Broker:
+    """A broker that can be stopped and started again on the same port."""
+
+    def __init__(self, nursery: trio.Nursery, data_dir=None, **config) -> None:
+        self.nursery = nursery
+        self.data_dir = data_dir
+        self.config = config
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def _serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        stopped = self._stopped = trio.Event()
+        with contextlib.ExitStack() as done:
+            done.callback(stopped.set)
+            await self._serve_in_scope(task_status)
+
+    async def _serve_in_scope(self, task_status) -> None:
+        with self._scope:  # type: ignore[union-attr]
+            async with contextlib.AsyncExitStack() as stack:
+                config = dict(self.config)
+                if self.data_dir is not None:
+                    archive = await stack.enter_async_context(open_archive(self.data_dir))
+                    config["store"] = TieredStores(archive)
+                broker = BrokerConfig(host="127.0.0.1", port=self.port, **config)
+                async with trio.open_nursery() as nursery:
+                    addresses = await nursery.start(serve_turbine, broker)
+                    task_status.started(addresses[0][1])
+
+    async def start(self) -> str:
+        self._scope = trio.CancelScope()
+        self.port = await self.nursery.start(self._serve)
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        """Stop the broker; return once it has (its port and data dir free)."""
+        assert self._scope is not None
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+async def test_puts_during_an_outage_are_stored_once_in_order_with_their_timestamps(tmp_path):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"}, cache_frames=5)
+                for i in range(1, 11):
+                    await src.put("x", b"%d" % i, 1000.0 + i)
+                await src.flush()
+                await broker.stop()
+                await daq._down.wait()  # the client noticed
+                for i in range(11, 21):
+                    await src.put("x", b"%d" % i, 1000.0 + i)
+                with pytest.raises(BrokerUnavailable, match="10 frames .* still spooled"):
+                    await daq.flush(timeout=0.05)
+                assert daq.spool is not None and daq.spool.frames == 10
+                await broker.start()  # same port, same data dir
+                await daq.flush(timeout=20)
+                assert daq.spool.frames == 0 and daq.reconnects == 1
+                await src.put("x", b"21", 1021.0)
+                await src.flush()
+                got = await daq.fetch(PATH, oldest=100)
+            await broker.stop()
+    assert [f.data for f in got] == [b"%d" % i for i in range(1, 22)]
+    assert [f.seq for f in got] == list(range(1, 22))  # each once, numbers continuing
+    assert [f.timestamp for f in got] == [1000.0 + i for i in range(1, 22)]
+
+
+async def test_a_replay_of_puts_the_broker_had_stored_is_not_stored_twice(monkeypatch):
+    """The link drops (the broker stays up) after puts were stored and before their
+    acknowledgement: the client replays them, the broker drops the copies."""
+
+    async def no_acknowledgements(self) -> None:  # this test says when to flush
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(turbine.client.Client, "_acknowledge", no_acknowledgements)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery)
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                for i in range(5):
+                    await src.put("x", b"%d" % i)
+                await daq._outbox.send()  # written, not acknowledged
+                async with open_client(address) as other:
+                    while len(await other.fetch(PATH, oldest=100)) < 5:
+                        pass  # stored by the broker
+                assert daq.spool is not None and daq.spool.frames == 5
+                daq._stream.socket.shutdown(2)  # the link drops
+                await daq.flush(timeout=10)
+                assert daq.reconnects == 1 and daq.spool.frames == 0
+                got = await daq.fetch(PATH, oldest=100)
+            await broker.stop()
+    assert [f.data for f in got] == [b"%d" % i for i in range(5)]
+
+
+async def test_a_subscription_resumes_at_the_first_frame_it_had_not_received(tmp_path):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with (
+                open_client(address, name="daq", reconnect=True) as daq,
+                open_client(address, name="reader", reconnect=True) as reader,
+            ):
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                await src.put("x", b"1")
+                await src.flush()
+                async with reader.subscribe(PATH, start="oldest") as sub:
+                    assert (await sub.receive()).data == b"1"
+                    for i in range(2, 6):
+                        await src.put("x", b"%d" % i)
+                    await src.flush()
+                    got = [await sub.receive() for _ in range(2)]  # 2 and 3; 4, 5 queued or not
+                    await broker.stop()
+                    await reader._down.wait()
+                    await daq._down.wait()
+                    for i in range(6, 11):
+                        await src.put("x", b"%d" % i)
+                    await broker.start()
+                    await daq.flush(timeout=20)
+                    while len(got) < 9:
+                        got.append(await sub.receive())
+            await broker.stop()
+    assert [(f.seq, f.data) for f in got] == [(i, b"%d" % i) for i in range(2, 11)]
+
+
+async def test_a_resumed_subscription_gets_a_gap_for_what_the_broker_no_longer_holds(
+    monkeypatch,
+):
+    held = trio.Event()
+    allowed = trio.Event()
+    handshake = turbine.client._handshake
+
+    async def held_back(*args):
+        held.set()
+        await allowed.wait()
+        return await handshake(*args)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery)
+            address = await broker.start()
+            async with (
+                open_client(address, name="daq") as daq,
+                open_client(address, name="reader", reconnect=True) as reader,
+            ):
+                src = await daq.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                async with (
+                    reader.subscribe(PATH, start="oldest") as sub,
+                    reader.monitor(PATH) as mon,
+                ):
+                    await src.put("x", b"1")
+                    await src.flush()
+                    assert (await sub.receive()).seq == 1
+                    assert (await mon.receive()).seq == 1
+                    monkeypatch.setattr(turbine.client, "_handshake", held_back)
+                    reader._stream.socket.shutdown(2)  # the link drops
+                    await held.wait()
+                    for i in range(2, 51):
+                        await src.put("x", b"%d" % i)
+                    await src.flush()  # the ring holds 41..50 now
+                    allowed.set()
+                    gap = await sub.receive()
+                    rest = [await sub.receive() for _ in range(10)]
+                    newest = await mon.receive()
+            await broker.stop()
+    assert gap == Gap(SRC, "x", 39, 41)  # 2..40: explicit, with the count
+    assert [f.seq for f in rest] == list(range(41, 51))
+    assert newest.seq == 50  # a monitor resumes with the newest
+
+
+async def test_without_reconnect_a_lost_connection_raises():
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery)
+            address = await broker.start()
+            async with open_client(address, name="script") as tb:
+                src = await tb.open_source(SRC, {"x": "text/plain"})
+                await broker.stop()
+                with pytest.raises(ConnectionFailed):
+                    for i in range(10_000):
+                        await src.put("x", b"%d" % i)
+                        await src.flush()
