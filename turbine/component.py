@@ -159,7 +159,15 @@ class Component:
             "commands_handled": self.commands_handled,
             "settings": settings_dict(self.config),
             "log_records_dropped": self._log_handler.dropped,
+            "spool": self._spool_status(),
         }
+
+    def _spool_status(self) -> dict[str, int] | None:
+        """What the client's spool holds (puts not yet acknowledged), and reconnects."""
+        client = self.client
+        if client is None or client.spool is None:
+            return None
+        return {**client.spool.statistics(), "reconnects": client.reconnects}
 
     # --- settings
 
@@ -323,7 +331,11 @@ class Component:
                 await self.start_lasting_work(lasting)
                 while True:
                     try:
-                        async with open_client(self.address, name=self.component) as tb:
+                        # reconnect: a broker that goes away loses none of the
+                        # component's frames (spooled) nor its subscriptions.
+                        async with open_client(
+                            self.address, name=self.component, reconnect=True
+                        ) as tb:
                             await self._session(tb, self._patience, ready)
                     except* ConnectionFailed as group:
                         kind, reason = "unreachable", f"broker unreachable ({leaves(group)[0]})"

@@ -60,9 +60,6 @@ MODES = ("generate", "replay")
 MAX_CHANNELS = 256
 #: Longest block (seconds); a block is also the longest a rate change waits.
 MAX_BLOCK_SECONDS = 10.0
-#: When streaming falls this far behind its schedule (e.g. the broker was
-#: away), the blocks in between are skipped rather than sent in a burst.
-CATCH_UP_S = 1.0
 #: Channel keys that only make sense for generated signals.
 SIGNAL_KEYS = ("signal", "frequency", "amplitude", "offset")
 
@@ -174,7 +171,6 @@ class Daq(Component):
         self.clock: SampleClock | None = None
         self.next_block = 0
         self.blocks_sent = 0
-        self.blocks_skipped = 0
         self.position = 0  # replay: index of the next recorded sample
         self.loops = 0
         self._rngs = {n: random.Random(cfg.seed * 100_003 + i) for i, n in enumerate(names)}
@@ -214,16 +210,9 @@ class Daq(Component):
             if now < due:
                 await self._wait(due)
                 continue  # re-read: a command may have changed the clock or stopped us
-            if now - due > CATCH_UP_S:
-                skip = int((now - due) / clock.period)
-                self.blocks_skipped += skip
-                self.next_block = k + skip
-                if self.recording is not None:
-                    self.position += skip * clock.block_size
-                self.log.warning(
-                    "fell %.1f s behind the sample clock; skipped %d blocks", now - due, skip
-                )
-                continue
+            # Behind the schedule, every block is still sent, with its
+            # sample-clock timestamp: a real instrument's samples exist whether
+            # or not the broker does (while it is away they wait in the spool).
             await self._send_block(clock, k)
             self.next_block = k + 1
             self.blocks_sent += 1
@@ -327,7 +316,6 @@ class Daq(Component):
                 "rate": self.rate,
                 "block_size": self.block_size,
                 "blocks_sent": self.blocks_sent,
-                "blocks_skipped": self.blocks_skipped,
             }
         )
         if self.recording is not None:
