@@ -303,3 +303,35 @@ async def test_replay_without_loop_stops_at_the_end(
                 await collect(tb, "daq_t_data_source/a", 3, frames)
     assert [decode_block(fr.data) for fr in frames] == [[1.0, 2.0], [3.0]]
     assert not daq.streaming
+
+
+async def test_blocks_made_while_the_broker_is_away_reach_it_when_it_is_back(
+    nursery: trio.Nursery, clock: trio.testing.MockClock
+) -> None:
+    """The DAQ's puts wait in its client's spool through a broker restart; no block
+    is skipped and every one keeps its sample-clock timestamp."""
+    from tests.test_reconnect import Broker
+
+    with trio.fail_after(120):
+        broker = Broker(nursery)
+        address = await broker.start()
+        daq = await start_daq(nursery, address, channels=1, rate=100, block_seconds=0.1)
+        async with open_client(address) as tb:
+            before = await collect(tb, "daq_t_data_source/ch0", 5)
+        await broker.stop()
+        assert daq.client is not None and daq.client.spool is not None
+        await daq.client._down.wait()
+        await trio.sleep(3)  # virtual: a 3 s outage, 30 blocks
+        assert daq.client.spool.frames >= 30
+        await broker.start()
+        await daq.client.flush(timeout=60)
+        async with open_client(address) as tb:
+            frames = await tb.fetch("daq_t_data_source/ch0", oldest=10_000)
+        assert daq.status()["spool"]["reconnects"] == 1
+    assert daq.clock is not None
+    t0 = daq.clock.t0
+    ks = [round((f.timestamp - t0) / 0.1) for f in frames]
+    assert len(ks) >= 30
+    assert ks == list(range(ks[0], ks[0] + len(ks)))  # none skipped, none twice
+    assert ks[0] <= round((before[-1].timestamp - t0) / 0.1) + 1 + 5
+    assert [f.timestamp for f in frames] == [t0 + k * 10 / 100 for k in ks]
