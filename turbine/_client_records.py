@@ -55,6 +55,8 @@ class ChannelInfo:
     last_time: float | None
     bytes: int
     rate: float | None
+    #: The number the channel's next frame gets (None from a broker that does not say).
+    next_seq: int | None = None
 
 
 @attrs.frozen

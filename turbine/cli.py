@@ -451,6 +451,8 @@ def _ls_text(infos: list[SourceInfo]) -> None:
             )
             rate = f"{c.rate:g}/s" if c.rate else "-"
             seqs = f"#{c.first_seq}-{c.last_seq}" if c.frames else "#-"
+            if not c.frames and c.next_seq is not None and c.next_seq > 1:
+                seqs = f"next #{c.next_seq}"  # none in memory (say, back from the archive)
             click.echo(
                 f"  {c.name:<20} {c.content_type:<26} {c.frames:>7} frames {seqs:<14} "
                 f"{fmt_bytes(c.bytes):>10} {rate:>9}  {span}"

@@ -80,6 +80,8 @@ class Hub:
         self.sources: dict[str, Source] = {}
         self.router = Router()
         self._next_seq: dict[str, int] = {}  # path -> next seq of deleted channels: never reused
+        for old in getattr(store, "recovered", list)():  # a disk archive's sources from before
+            self.restore_source(old.name, old.settings, old.content_types())
 
     # --- memory
 
@@ -173,6 +175,25 @@ class Hub:
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
         return src
+
+    def restore_source(self, name: str, settings: dict[str, Any], channels: dict[str, str]) -> None:
+        """Bring back, offline, a source the store held before the broker restarted;
+        its channels continue their numbers (the store knows them)."""
+        frames = settings.get("cache_frames", CACHE_FRAMES)
+        size = settings.get("cache_bytes", CACHE_BYTES)
+        self._make_room(size, None)
+        now = self.clock()
+        src = Source(
+            name,
+            shared=settings.get("shared", False),
+            cache_frames=frames,
+            cache_bytes=size,
+            now=now,
+        )
+        src.offline_since = now
+        self.sources[name] = src
+        for ch_name, ctype in channels.items():
+            src.bytes += self.channel(src, ch_name, ctype).store.bytes
 
     def _check_mirror(
         self, name: str, src: Source | None, mirror: Origin | None, shared: bool

@@ -107,6 +107,7 @@ class Channel:
             "frames": n,
             "first_seq": store.first_seq if n else None,
             "last_seq": store.last_seq if n else None,
+            "next_seq": store.next_seq,
             "first_time": store.first_time,
             "last_time": store.last_time,
             "bytes": store.bytes,

@@ -99,6 +99,31 @@ async def test_an_explicit_content_type_survives_restarts(tmp_path):
                 await archive.flush()
 
 
+async def test_a_hub_on_an_archive_brings_its_sources_back_offline(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 4)
+            hub.put(ME, SRC, "metadata.txt", [5.0], [b'{"rate": 10}'])
+            await archive.flush()
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive), clock=lambda: 2000.0)
+            (info,) = hub.list_sources()
+            assert (info["name"], info["online"]) == (SRC, False)
+            assert info["metadata"] == {"rate": 10}  # the newest metadata frame, in memory
+            assert {c["name"]: c["next_seq"] for c in info["channels"]} == {
+                "x.bin": 5,
+                "metadata.txt": 2,
+            }
+            assert (
+                info["bytes"] == hub.used == hub.sources[SRC].channels["metadata.txt"].store.bytes
+            )
+            hub.open_source(ME, SRC, channels={"x.bin": "application/octet-stream"})
+            put(hub, 5, 1)
+            got = await fetch(hub, oldest=10)  # x.bin, then metadata.txt
+            assert [s for s, _ in got] == [1, 2, 3, 4, 5, 1]
+
+
 async def test_an_explicit_number_is_a_hole_on_disk_too(tmp_path):
     with trio.fail_after(20):
         async with open_archive(tmp_path) as archive:

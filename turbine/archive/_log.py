@@ -333,6 +333,10 @@ class SourceLog:
 
     # --- reading
 
+    @property
+    def newest_metadata(self) -> Put | None:
+        return self._newest_meta
+
     def first_seq(self, channel: str) -> int:
         """The oldest number held of ``channel``; takes no lock (the event loop calls it)."""
         st = self._channel(channel)

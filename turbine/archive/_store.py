@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .._constants import METADATA_CHANNEL
 from .._errors import RequestFailed
 from ..hub import guess_content_type
 from ..ringbuffer import Ring
@@ -39,6 +40,9 @@ class RecoveredSource:
     name: str
     settings: dict[str, Any]
     channels: dict[str, RecoveredChannel]
+
+    def content_types(self) -> dict[str, str]:
+        return {name: c.content_type for name, c in self.channels.items()}
 
 
 class TieredStores:
@@ -96,7 +100,13 @@ class TieredStores:
             ctype = ctype or guess_content_type(spec.channel)
             archive.append(spec.source, Declare(spec.channel, ctype, next_seq))
             self._declared[key] = next_seq
-        return TieredStore(Ring(spec.max_frames, next_seq), self, spec.source, spec.channel)
+        ring = Ring(spec.max_frames, next_seq)
+        meta = log.newest_metadata if log is not None and spec.channel == METADATA_CHANNEL else None
+        if meta is not None and meta.first_seq + len(meta.ts) == next_seq:
+            # a source back from the archive shows its metadata at once, as before the restart
+            ring = Ring(spec.max_frames, meta.first_seq)
+            ring.append_many(meta.ts, meta.data, meta.writer, 0, meta.sizes)
+        return TieredStore(ring, self, spec.source, spec.channel)
 
     async def delete(self, source: str) -> int:
         """Delete ``source``'s archive for good (``turbine rm``); return the bytes freed.
