@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 
 import pytest
 import trio
 
-from tests.test_cli import Serve, ok, tb
+from tests.test_cli import TURBINE, Serve, ok, read_line, stop, tb
 from turbine import RequestFailed, open_client
 from turbine.origin import IDENTITY_FILE, Origin, load_identity
 
@@ -94,3 +96,40 @@ def test_ls_says_where_a_mirrored_source_comes_from():
         trio.run(mirror)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_turbine_mirror_copies_between_two_serve_processes_and_stops_on_sigterm():
+    a, b = Serve(), Serve()
+    proc = subprocess.Popen(
+        [TURBINE, "mirror", "--from", a.address, "--to", b.address, "daq_*", "--poll", "0.05"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "mirror: copying daq_* from" in read_line(proc.stderr)
+        ok(a.address, "put", f"{SRC}/log.txt", "first", "second")
+        ok(a.address, "put", "video_cam_data_source/log.txt", "not matched")
+        assert "mirror: copying daq_rig_data_source to" in read_line(proc.stderr)
+        done = tb(b.address, "tap", f"{SRC}/log.txt", "--from", "oldest", "--count", "2")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.decode().splitlines()
+        assert [line.split(" ", 1)[1] for line in lines] == [
+            f"{SRC}/log.txt #1 first",
+            f"{SRC}/log.txt #2 second",
+        ]
+        listing = ok(b.address, "ls")
+        assert "video_cam" not in listing
+        assert f"mirror of {SRC} on broker" in listing
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        stop(proc)
+        a.stop()
+        b.stop()
+
+
+def test_turbine_mirror_refuses_a_bad_pattern():
+    done = tb(None, "mirror", "--from", "x:1", "--to", "y:2", "bad pattern")
+    assert done.returncode == 2
+    assert "invalid pattern 'bad pattern'" in done.stderr.decode()

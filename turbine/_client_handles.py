@@ -145,6 +145,26 @@ class Subscription:
         self._i = 1
         return self._batch[0]
 
+    async def receive_batch(self) -> list[Frame | Gap]:
+        """The frames and gaps that arrived together (at least one), in order.
+
+        Raises:
+            ConnectionFailed: the connection to the broker was lost, or the
+                subscription was closed.
+        """
+        i = self._i
+        if i < len(self._batch):
+            self._i = len(self._batch)
+            return self._batch[i:]
+        try:
+            batch = await self._feed.receive.receive()
+        except trio.EndOfChannel:
+            if self._feed.error is not None:
+                raise self._feed.error from None
+            raise ConnectionFailed("the subscription was closed") from None
+        self._batch, self._i = batch, len(batch)
+        return batch
+
     async def receive(self) -> Frame | Gap:
         """The next frame or gap.
 

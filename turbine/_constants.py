@@ -152,3 +152,11 @@ DRAIN_S = 1.0
 TAIL_LINES = 14
 #: Longest line of program output passed on (the rest is cut).
 MAX_LINE = 2000
+
+# --- mirrors ----------------------------------------------------------------------
+
+#: How often a mirror lists its origin for new sources and channels (seconds): the most a
+#: new source's first frames wait before they are copied (they stay in the origin's ring).
+MIRROR_POLL_S = 1.0
+#: After a mirror lost either broker, how long it waits before it connects again (seconds).
+MIRROR_RETRY_S = 1.0

@@ -697,9 +697,11 @@ def web(address: str, host: str, port: int) -> None:
     run(main)
 
 
+from ._mirror_cli import mirror as _mirror  # noqa: E402
 from .mcp import mcp as _mcp  # noqa: E402
 
 main.add_command(_mcp)
+main.add_command(_mirror)
 
 
 # --- auth ------------------------------------------------------------------------

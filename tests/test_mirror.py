@@ -1,0 +1,192 @@
+"""``run_mirror``: three in-process brokers on loopback, copies checked as readers of B see them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from turbine import BrokerConfig, open_client, serve_turbine
+from turbine.client import Client
+from turbine.mirror import MirrorConfig, MirrorStats, run_mirror
+from turbine.testing import start_broker
+
+SRC = "daq_rig_data_source"
+POLL = 0.02  # the mirror lists its origin this often
+
+
+class Reports:
+    """What a mirror reports; tests wait for a line instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, regex: str) -> str:
+        while True:
+            for line in self.lines:
+                if re.search(regex, line):
+                    return line
+            await self._changed.wait()
+
+
+async def start_mirror(nursery, origin, target, *patterns, prefix="", reports=None, stats=None):
+    config = MirrorConfig(origin, target, patterns or ("*",), prefix, poll=POLL, retry=POLL)
+    reports = reports if reports is not None else Reports()
+    scope = trio.CancelScope()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        with scope:
+            await run_mirror(config, stats=stats, report=reports, task_status=task_status)
+
+    await nursery.start(run)
+    return scope, reports
+
+
+async def frames_on(tb: Client, pattern: str, count: int, start="oldest"):
+    """The first ``count`` frames and gaps a subscriber of ``pattern`` gets."""
+    async with tb.subscribe(pattern, start=start) as sub:
+        return [await sub.receive() for _ in range(count)]
+
+
+async def everything(tb: Client, path: str):
+    groups = await tb.fetch(path, oldest=1000)
+    return [(f.seq, f.timestamp, f.data, f.writer) for f in groups]
+
+
+@pytest.fixture
+async def brokers(nursery) -> AsyncIterator[list[str]]:
+    yield [await start_broker(nursery, identity=name) for name in ("aaaa", "bbbb", "cccc")]
+
+
+async def test_a_copy_has_the_origins_numbers_gaps_types_writers_and_limits(nursery, brokers):
+    a, b, _ = brokers
+    with trio.fail_after(20):
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            src = await pa.open_source(SRC, {"x": "text/plain"}, cache_frames=3)
+            for i in range(1, 6):
+                await src.put("x", b"%d" % i, timestamp=100.0 + i)
+            await src.set_metadata({"rate": 10})
+            await pa.flush()
+            await start_mirror(nursery, a, b, "daq_*")
+            got = await frames_on(rb, f"{SRC}/x", 4)
+            assert (got[0].missed, got[0].next_seq) == (2, 3)  # evicted on A before copying
+            assert [(f.seq, f.timestamp, f.data, f.content_type) for f in got[1:]] == [
+                (3, 103.0, b"3", "text/plain"),
+                (4, 104.0, b"4", "text/plain"),
+                (5, 105.0, b"5", "text/plain"),
+            ]
+            assert all(f.writer.startswith("daq#") for f in got[1:])
+            await src.put("x", b"6", timestamp=106.0)
+            await pa.flush()
+            (six,) = await frames_on(rb, f"{SRC}/x", 1, start=6)
+            assert (six.seq, six.data) == (6, b"6")
+            assert await everything(rb, f"{SRC}/x") == await everything(pa, f"{SRC}/x")
+            (info,) = await rb.list_sources(SRC)
+            assert info.mirror == {"broker": "aaaa", "source": SRC, "via": []}
+            assert (info.cache_frames, info.metadata, info.online) == (3, {"rate": 10}, True)
+
+
+async def test_sources_and_channels_that_appear_later_are_copied_too(nursery, brokers):
+    a, b, _ = brokers
+    with trio.fail_after(20):
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            await start_mirror(nursery, a, b, "daq_*", prefix="lab1")
+            src = await pa.open_source(SRC)
+            await src.put("x", b"x1")
+            other = await pa.open_source("video_cam_data_source")
+            await other.put("frame.jpg", b"j")
+            await pa.flush()
+            (x1,) = await frames_on(rb, "daq_lab1rig_data_source/x", 1)
+            await src.put("y", b"y1")
+            await pa.flush()
+            (y1,) = await frames_on(rb, "daq_lab1rig_data_source/y", 1)
+            assert (x1.data, y1.data, y1.seq) == (b"x1", b"y1", 1)
+            assert [s.name for s in await rb.list_sources()] == ["daq_lab1rig_data_source"]
+
+
+async def test_a_restarted_mirror_continues_where_the_copy_stops(nursery, brokers):
+    a, b, _ = brokers
+    with trio.fail_after(20):
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            src = await pa.open_source(SRC)
+            for i in range(1, 4):
+                await src.put("x", b"%d" % i)
+            await pa.flush()
+            stats = MirrorStats()
+            scope, _ = await start_mirror(nursery, a, b, stats=stats)
+            await frames_on(rb, f"{SRC}/x", 3)
+            scope.cancel()
+            for i in range(4, 7):
+                await src.put("x", b"%d" % i)
+            await pa.flush()
+            await start_mirror(nursery, a, b, stats=stats)
+            await frames_on(rb, f"{SRC}/x", 1, start=6)
+            assert [s for s, *_ in await everything(rb, f"{SRC}/x")] == [1, 2, 3, 4, 5, 6]
+            assert stats.frames == 6  # none sent twice
+
+
+async def test_a_restarted_target_gets_again_what_the_origin_holds(nursery, brokers):
+    a = brokers[0]
+    with trio.fail_after(20):
+        async with open_client(a, name="daq") as pa:
+            src = await pa.open_source(SRC)
+            await src.put("x", b"1")
+            await pa.flush()
+            async with trio.open_nursery() as first:
+                (host, port), *_ = await first.start(
+                    serve_turbine, BrokerConfig(host="127.0.0.1", port=0, identity="dddd")
+                )
+                b = f"{host}:{port}"
+                _, reports = await start_mirror(nursery, a, b)
+                async with open_client(b) as rb:
+                    await frames_on(rb, f"{SRC}/x", 1)
+                first.cancel_scope.cancel()  # B stops (memory only: its copy is gone)
+            await reports.wait_for("connecting again")
+            await src.put("x", b"2")
+            await pa.flush()
+        config = BrokerConfig(host="127.0.0.1", port=port, identity="dddd")
+        await nursery.start(serve_turbine, config)
+        async with open_client(b) as rb:
+            got = await frames_on(rb, f"{SRC}/x", 2)
+            assert [(f.seq, f.data) for f in got] == [(1, b"1"), (2, b"2")]
+
+
+async def test_a_ring_of_mirrors_never_copies_a_source_back(nursery, brokers):
+    a, b, c = brokers
+    with trio.fail_after(20):
+        async with open_client(a, name="pa") as pa, open_client(b, name="pb") as pb:
+            await (await pa.open_source("daq_a_data_source")).put("x", b"from a")
+            await (await pb.open_source("daq_b_data_source")).put("x", b"from b")
+            await pa.flush()
+            await pb.flush()
+            reports = {}
+            for origin, target in ((a, b), (b, c), (c, a)):
+                _, reports[origin] = await start_mirror(nursery, origin, target)
+            # each source goes around until the broker before its origin
+            await reports[c].wait_for("not copying daq_a_data_source: its frames came from")
+            await reports[a].wait_for("not copying daq_b_data_source: its frames came from")
+            for address in (a, b, c):
+                async with open_client(address) as tb_:
+                    names = {s.name: s.mirror for s in await tb_.list_sources()}
+                    assert set(names) == {"daq_a_data_source", "daq_b_data_source"}
+            async with open_client(c) as rc:
+                (fa,) = await frames_on(rc, "daq_a_data_source/x", 1)
+                (info,) = await rc.list_sources("daq_a_data_source")
+                assert info.mirror == {
+                    "broker": "aaaa",
+                    "source": "daq_a_data_source",
+                    "via": ["bbbb"],
+                }
+            assert fa.data == b"from a"
+            assert [s.mirror for s in await pa.list_sources("daq_a_data_source")] == [None]
+            assert await everything(pa, "daq_a_data_source/x") == [
+                (1, fa.timestamp, b"from a", fa.writer)
+            ]

@@ -1,0 +1,71 @@
+"""``turbine mirror``: the command line of :func:`turbine.mirror.run_mirror`."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+import trio
+
+from ._constants import MIRROR_POLL_S
+from ._signals import open_stop_nursery
+from .mirror import MirrorConfig, run_mirror
+from .names import source_pattern
+
+
+def _pattern(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        try:
+            source_pattern(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return values
+
+
+@click.command()
+@click.option(
+    "--from", "origin", required=True, metavar="HOST:PORT", help="The broker to copy from."
+)
+@click.option("--to", "target", required=True, metavar="HOST:PORT", help="The broker to copy to.")
+@click.argument("patterns", nargs=-1, required=True, callback=_pattern)
+@click.option(
+    "--prefix",
+    default="",
+    help="Put this after the type in each copy's name (daq_rig_data_source -> daq_PREFIXrig_data_source).",
+)
+@click.option(
+    "--poll",
+    type=click.FloatRange(min=0, min_open=True),
+    default=MIRROR_POLL_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often to look for new sources and channels.",
+)
+def mirror(origin: str, target: str, patterns: tuple[str, ...], prefix: str, poll: float) -> None:
+    """Copy sources matching PATTERNS from one broker to another, now and as they grow.
+
+    Frame N on the origin is frame N on the target, with its timestamp, writer
+    and content type; frames the origin evicted before they were copied are
+    the same gap on the target.  Runs until Ctrl-C or SIGTERM, connecting
+    again whenever either broker goes away, and resumes where the target's
+    copy stops.
+    """
+    config = MirrorConfig(origin, target, patterns, prefix, poll=poll)
+
+    def report(line: str) -> None:
+        click.echo(line, err=True)
+
+    async def main() -> None:
+        async def stop(signum: object) -> None:
+            report("mirror: stopping")
+
+        async with open_stop_nursery(stop) as nursery:
+            await nursery.start(functools.partial(run_mirror, config, report=report))
+            report(f"mirror: copying {' '.join(patterns)} from {origin} to {target}")
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,210 @@
+"""Mirrors: copy sources of one broker to another, faithfully, and keep copying.
+
+:func:`run_mirror` connects to the origin broker (``A``) and the target
+(``B``).  Every source of ``A`` whose name matches one of the patterns, now
+or later, becomes a mirrored source on ``B`` (``docs/protocol.rst``, "Mirrored
+sources"): same channels, content types, limits, timestamps, writers and
+sequence numbers; numbers ``A`` evicted before they were copied are the same
+gap on ``B``.  Each channel is read from ``B``'s next number on, so after a
+restart of ``A`` (with its data dir), of ``B`` or of the mirror the copy
+continues where ``B`` stops: nothing lost that ``A`` still holds, nothing
+twice.  A source whose frames have been on ``B`` already (its origin or one
+of the brokers it passed through) is not copied: no loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._client_records import Frame, SourceInfo
+from ._constants import MIRROR_POLL_S, MIRROR_RETRY_S
+from ._errors import ConnectionFailed, RequestFailed, TurbineError
+from .client import Client, open_client
+from .names import source_pattern
+from .origin import Origin
+
+log = logging.getLogger("turbine.mirror")
+
+
+@attrs.frozen
+class MirrorConfig:
+    """What one mirror copies, from where to where.
+
+    ``prefix`` goes into each copy's name after its type (``daq_rig_data_source``
+    with prefix ``lab1`` is ``daq_lab1rig_data_source`` on the target), so
+    copies keep the naming convention; a name without a type gets it in front.
+    """
+
+    origin: str  # HOST:PORT of A
+    target: str  # HOST:PORT of B
+    patterns: tuple[str, ...] = ("*",)
+    prefix: str = ""
+    poll: float = MIRROR_POLL_S
+    retry: float = MIRROR_RETRY_S
+    name: str = "turbine-mirror"
+
+    def target_name(self, source: str) -> str:
+        if not self.prefix:
+            return source
+        kind, sep, rest = source.partition("_")
+        return f"{kind}_{self.prefix}{rest}" if sep else f"{self.prefix}{source}"
+
+
+@attrs.define
+class MirrorStats:
+    """What a mirror has done since it started (all sessions)."""
+
+    sessions: int = 0
+    sources: int = 0  # copies opened on the target
+    frames: int = 0  # frames sent to the target
+    skipped: dict[str, str] = attrs.field(factory=dict)  # source -> why it is not copied
+
+
+async def run_mirror(
+    config: MirrorConfig,
+    *,
+    stats: MirrorStats | None = None,
+    report: Callable[[str], None] = log.info,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mirror until cancelled; a lost broker is connected again every ``config.retry`` s.
+
+    ``task_status.started()`` is called once the first session copies.
+
+    Never returns.  A source the target refuses to hold (held by another
+    client, not a mirror of that origin, no memory, ...) is reported through
+    ``report`` and tried again at the next poll; any other failure ends the
+    session, which starts again after ``config.retry`` seconds.
+    """
+    stats = stats if stats is not None else MirrorStats()
+    status: list[trio.TaskStatus[None]] = [task_status]  # emptied once started
+
+    def copying() -> None:
+        if status:
+            status.pop().started()
+
+    while True:
+        try:
+            async with (
+                open_client(config.origin, name=config.name) as a,
+                open_client(config.target, name=config.name) as b,
+            ):
+                stats.sessions += 1
+                await _Session(config, a, b, stats, report).run(copying)
+        except (ConnectionFailed, OSError) as exc:
+            report(f"mirror: {exc}; connecting again in {config.retry:g} s")
+        except TurbineError as exc:  # a refusal the session could not place
+            report(f"mirror: {exc}; starting again in {config.retry:g} s")
+        await trio.sleep(config.retry)
+
+
+class _Session:
+    """One pair of connections: copies every matching source until one breaks."""
+
+    def __init__(
+        self,
+        config: MirrorConfig,
+        a: Client,
+        b: Client,
+        stats: MirrorStats,
+        report: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.a, self.b = a, b
+        self.stats = stats
+        self.report = report
+        self.matchers = [source_pattern(p) for p in config.patterns]
+        self.copying: dict[str, set[str]] = {}  # source on A -> channels being copied
+        self.a_id = self.b_id = ""
+
+    async def run(self, copying: Callable[[], None]) -> None:
+        self.a_id = (await self.a.status())["identity"]
+        self.b_id = (await self.b.status())["identity"]
+        async with trio.open_nursery() as nursery:
+            await self.discover(nursery)
+            copying()
+            while True:
+                await trio.sleep(self.config.poll)
+                await self.discover(nursery)
+                await self.b.flush()  # a refused put is raised here
+
+    async def discover(self, nursery: trio.Nursery) -> None:
+        """Start copying every matching source and channel of A not copied yet."""
+        for info in await self.a.list_sources("*"):
+            if not any(m.match_source(info.name) for m in self.matchers):
+                continue
+            channels = self.copying.get(info.name)
+            if channels is None:
+                nexts = await self.open_copy(info)
+                if nexts is None:
+                    continue
+                channels = self.copying[info.name] = set()
+            else:
+                nexts = {}
+            for ch in info.channels:
+                if ch.name not in channels:
+                    channels.add(ch.name)
+                    start = nexts.get(ch.name, 1)
+                    nursery.start_soon(self.copy_channel, info.name, ch.name, start)
+
+    async def open_copy(self, info: SourceInfo) -> dict[str, int] | None:
+        """Open the copy of ``info`` on B; its channels' next numbers, or None if not copied."""
+        if info.mirror is not None:
+            origin = Origin.from_wire(info.mirror).passed(self.a_id)
+        else:
+            origin = Origin(self.a_id, info.name)
+        target = self.config.target_name(info.name)
+        if self.b_id in origin.brokers:
+            self.skip(info.name, f"its frames came from the target broker ({self.b_id})")
+            return None
+        try:
+            nexts = await self.b.open_mirror(
+                target,
+                {ch.name: ch.content_type for ch in info.channels},
+                origin,
+                cache_frames=info.cache_frames,
+                cache_bytes=info.cache_bytes,
+            )
+        except RequestFailed as exc:
+            if exc.code in ("held", "mirror", "loop", "name", "memory", "limits"):
+                self.skip(info.name, str(exc))
+                return None
+            raise
+        self.stats.sources += 1
+        self.report(f"mirror: copying {info.name} to {target} ({origin.describe()})")
+        return nexts
+
+    def skip(self, source: str, why: str) -> None:
+        if self.stats.skipped.get(source) != why:
+            self.report(f"mirror: not copying {source}: {why}")
+        self.stats.skipped[source] = why
+
+    async def copy_channel(self, source: str, channel: str, start: int) -> None:
+        """Copy ``source/channel`` from number ``start`` on, as the frames arrive."""
+        target = self.config.target_name(source)
+        put: Callable[..., Awaitable[None]] = self.b.put_copy
+        async with self.a.subscribe(f"{source}/{channel}", start=start) as sub:
+            while True:
+                items = await sub.receive_batch()
+                frames = [f for f in items if type(f) is Frame]
+                if not frames:
+                    continue  # gaps: the next frame's number leaves the hole
+                writers: list[Any] = []
+                for f in frames:
+                    if not writers or writers[-1][1] != f.writer:
+                        writers.append([f.seq, f.writer])
+                await put(
+                    target,
+                    channel,
+                    [f.timestamp for f in frames],
+                    [f.data for f in frames],
+                    [f.seq for f in frames],
+                    writers,
+                    frames[0].content_type,
+                )
+                self.stats.frames += len(frames)
