@@ -158,7 +158,7 @@ async def test_seqs_continue_after_reconnect_and_after_delete(broker):
     with trio.fail_after(5):
         async with open_client(broker, name="first") as tb:
             await put_all(await tb.open_source(SRC), "x", [b"1", b"2"])
-        async with open_client(broker, name="second") as tb:
+        async with open_client(broker, name="first") as tb:  # the producer, restarted
             await wait_offline(tb, SRC)
             await put_all(await tb.open_source(SRC), "x", [b"3"])
             assert [f.seq for f in await tb.fetch(f"{SRC}/x", oldest=10)] == [1, 2, 3]
@@ -207,11 +207,11 @@ async def test_offline_sources_make_room_for_new_ones(nursery):
     address = await start_broker(nursery, max_memory=1_000_000)
     with trio.fail_after(5):
         async with open_client(address, name="old") as tb:
-            src = await tb.open_source(SRC, cache_bytes=700_000)
+            src = await tb.open_source(SRC, cache_bytes=900_000)
             await put_all(src, "x", [b"old"])
         async with open_client(address, name="new") as tb:
             await wait_offline(tb, SRC)
-            await tb.open_source(CAM, cache_bytes=500_000)
+            await tb.open_source(CAM, cache_bytes=200_000)  # within its share (a quarter)
             names = [s.name for s in await tb.list_sources()]
     assert names == [CAM]
 
@@ -288,6 +288,9 @@ async def test_source_stays_readable_offline_until_deleted(broker):
             await wait_offline(tb, SRC)
             (info,) = await tb.list_sources()
             got = await tb.fetch(f"{SRC}/x", newest=10)
+            with pytest.raises(RequestFailed, match="belongs to producer; only that client"):
+                await tb.delete(SRC)  # a reader may not delete the producer's history
+        async with open_client(broker, name="producer") as tb:
             await tb.delete(SRC)
             with pytest.raises(RequestFailed, match=f"no source named '{SRC}'"):
                 await tb.delete(SRC)
@@ -472,10 +475,10 @@ async def test_subscription_survives_the_source_going_away_and_coming_back(broke
                 await put_all(await producer.open_source(SRC), "x", [b"1"])
             assert [f.seq for f in await take(sub, 1)] == [1]
             await wait_offline(reader, SRC)
-            async with open_client(broker, name="run2") as producer:
+            async with open_client(broker, name="run1") as producer:  # restarted
                 await put_all(await producer.open_source(SRC), "x", [b"2"])
                 assert [(f.seq, f.writer.split("#")[0]) for f in await take(sub, 1)] == [
-                    (2, "run2")
+                    (2, "run1")
                 ]
                 await producer.delete(SRC)
                 await put_all(await producer.open_source(SRC), "x", [b"3"])

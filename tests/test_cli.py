@@ -357,7 +357,7 @@ def test_status(address):
     assert st["version"] == turbine.__version__
     assert {"used", "reserved", "limit"} <= set(st["memory"])
     names = [c["name"].split("#")[0] for c in st["clients"]]
-    assert sorted(names) == ["holder", "turbine-status"]
+    assert sorted(names) == ["holder", "turbine"]
 
 
 def test_rm_refusals(address):
@@ -405,7 +405,7 @@ def test_put_to_a_held_source(address):
         ok(address, "put", f"{shared}/x", "welcome")
         (frame,) = client.fetch(f"{shared}/x", newest=1)
         (info,) = client.list_sources(shared)
-    assert frame.data == b"welcome" and frame.writer.startswith("turbine-put#")
+    assert frame.data == b"welcome" and frame.writer.startswith("turbine#")
     assert info.online  # the component still holds it
 
 
@@ -458,7 +458,7 @@ def test_serve_options(tmp_path):
         assert "over the broker's limit of 1000 bytes" in err
         # camera1 went offline after its put, so it made room for camera2.
         assert [s["name"] for s in json.loads(ok(address, "ls", "--json"))] == ["camera2"]
-        with turbine.connect(address) as client:
+        with turbine.connect(address, name="turbine") as client:  # camera2's owner
             client.open_source("camera3")  # held: not evictable
             err = one_line_error(fails(address, "put", "camera4/x", "1"))
         assert "only 4.0 MiB of the broker's 20.0 MiB are left" in err

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import trio
-from test_broker import RawClient, put_all, raw_message, start_broker
+from test_broker import RawClient, put_all, raw_message, start_broker, wait_offline
 
 from turbine import RequestFailed, open_client
 from turbine._constants import (
@@ -198,3 +198,49 @@ async def test_slow_consumers_are_counted_where_an_operator_sees_them(nursery, a
     (closed,) = [c for c in after["closed"] if c["client"].startswith("stuck#")]
     assert closed["code"] == "write_timeout" and closed["slow_events"] >= 1
     assert after["slow_events"] >= lag["slow_events"] + closed["slow_events"]
+
+
+# --- offline sources and their owners ---------------------------------------------------------
+
+
+async def test_an_offline_source_cannot_be_cut_or_deleted_by_another_client(broker):
+    with trio.fail_after(10):
+        async with open_client(broker, name="owner") as owner:
+            await put_all(
+                await owner.open_source(SRC, cache_frames=100), "x", [b"%d" % i for i in range(50)]
+            )
+        async with open_client(broker, name="stranger") as stranger:
+            await wait_offline(stranger, SRC)
+            with pytest.raises(RequestFailed, match="only that client may delete it") as rm:
+                await stranger.delete(SRC)
+            assert rm.value.code == "owner"
+            taken = await stranger.open_source(SRC, cache_frames=1)  # taking over: allowed,
+            (info,) = await stranger.list_sources(SRC)  # but its history is not cut
+            assert info.cache_frames == 100
+            assert len(await stranger.fetch(f"{SRC}/x", oldest=100)) == 50
+            async with open_client(broker, name="owner") as back:
+                mine = await back.open_source(SRC)  # the owner takes it back
+                await put_all(mine, "x", [b"owner again"])
+                await taken.put("x", b"stranger")
+                with pytest.raises(RequestFailed, match="held by owner#"):
+                    await taken.flush()
+                frames = await back.fetch(f"{SRC}/x", oldest=100)
+                await back.delete(SRC)  # its owner may
+    assert len(frames) == 51 and frames[-1].data == b"owner again"
+
+
+async def test_one_request_cannot_evict_everyone_elses_history(nursery):
+    address = await start_broker(nursery, max_memory=8 << 20)
+    with trio.fail_after(10):
+        async with open_client(address, name="a") as a:
+            await put_all(await a.open_source(SRC, cache_bytes=2 << 20), "x", [b"a"])
+        async with open_client(address, name="b") as b:
+            await put_all(await b.open_source(BAD, cache_bytes=2 << 20), "x", [b"b"])
+        async with open_client(address, name="greedy") as greedy:
+            await wait_offline(greedy, SRC)
+            await wait_offline(greedy, BAD)
+            with pytest.raises(RequestFailed, match="other clients' offline sources are kept"):
+                await greedy.open_source("daq_all_data_source", cache_bytes=8 << 20)
+            await greedy.open_source("daq_share_data_source", cache_bytes=2 << 20)  # its share
+            names = sorted(s.name for s in await greedy.list_sources())
+    assert names == sorted([SRC, BAD, "daq_share_data_source"])

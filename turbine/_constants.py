@@ -28,6 +28,8 @@ AUTH_FAILURE_DELAY_MAX_S = 10.0
 AUTH_FAILURE_HOSTS = 4096
 #: Longest token a client_hello may carry (turbine auth token makes 43 characters).
 MAX_AUTH_TOKEN_CHARS = 256
+#: The client name every command line command connects with (it owns what they create).
+CLI_CLIENT_NAME = "turbine"
 
 #: Largest single frame payload the broker accepts (configurable with --max-frame).
 MAX_FRAME_BYTES = 64 * 2**20
@@ -49,6 +51,10 @@ CACHE_BYTES = 16 * 2**20
 #: Rings of a component's debug log source and of its command sink and source.
 LOG_CACHE_FRAMES, LOG_CACHE_BYTES = 10_000, 4 * 2**20
 COMMAND_CACHE_FRAMES, COMMAND_CACHE_BYTES = 1_000, 1 * 2**20
+#: Share of --max-memory a client (by name) may reserve and still have other
+#: clients' offline sources evicted to make room; beyond it only free memory and its
+#: own offline sources serve it.
+EVICTION_SHARE = 0.25
 #: Bookkeeping cost charged per stored frame on top of its payload.
 FRAME_OVERHEAD_BYTES = 64
 

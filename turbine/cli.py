@@ -17,6 +17,7 @@ import click
 import trio
 
 from ._constants import (
+    CLI_CLIENT_NAME,
     DEFAULT_HOST,
     DEFAULT_PORT,
     MAX_FRAME_BYTES,
@@ -111,7 +112,8 @@ def client_command(
     @functools.wraps(fn)
     def body(address: str, token: str | None, **options: Any) -> Any:
         async def main() -> Any:
-            name = f"turbine-{fn.__name__.strip('_')}"
+            # One client name for the command line: it owns the sources it creates.
+            name = options.pop("client_name", None) or CLI_CLIENT_NAME
             async with open_client(address, name=name, token=token) as tb:
                 return await fn(tb, **options)
 
@@ -528,6 +530,13 @@ async def status(tb: Client, as_json_: bool) -> None:
 
 @main.command()
 @click.argument("source")
+@click.option(
+    "--as",
+    "client_name",
+    metavar="NAME",
+    default=None,
+    help="Delete as the client NAME: a source's owner (the client that created it) may delete it.",
+)
 @client_command
 async def rm(tb: Client, source: str) -> None:
     """Delete SOURCE and its frames."""

@@ -14,6 +14,7 @@ import attrs
 from ._constants import (
     CACHE_BYTES,
     CACHE_FRAMES,
+    EVICTION_SHARE,
     FETCH_MAX_FRAMES,
     MAX_CHANNELS_PER_SOURCE,
     MAX_FRAME_BYTES,
@@ -93,21 +94,37 @@ class Hub:
     def used(self) -> int:
         return sum(s.bytes for s in self.sources.values())
 
-    def _make_room(self, need: int, replacing: Source | None) -> None:
+    def _make_room(self, need: int, replacing: Source | None, owner: str) -> None:
         def free() -> int:
             return self.max_memory - self.reserved + (replacing.cache_bytes if replacing else 0)
 
+        # Other clients' offline history goes only for a client within its share
+        # of the memory (its sources' reservations, this one included).
+        mine = need + sum(
+            s.cache_bytes for s in self.sources.values() if s.owner == owner and s is not replacing
+        )
+        share = int(self.max_memory * EVICTION_SHARE)
         offline = sorted(
-            (s for s in self.sources.values() if not s.online and s is not replacing),
+            (
+                s
+                for s in self.sources.values()
+                if not s.online and s is not replacing and (s.owner == owner or mine <= share)
+            ),
             key=lambda s: s.offline_since or 0,
         )
         available = free() + sum(s.cache_bytes for s in offline)  # offline sources may go
         if available < need:
             # Refuse before evicting anything: a refusal must cost no one's frames.
+            kept = (
+                f"; other clients' offline sources are kept, as {owner} would then reserve "
+                f"{fmt_bytes(mine)}, over its share of {fmt_bytes(share)}"
+                if mine > share
+                else ""
+            )
             raise RequestFailed(
                 f"cannot reserve {fmt_bytes(need)} (cache_bytes) for this source: only "
                 f"{fmt_bytes(max(available, 0))} of the broker's {fmt_bytes(self.max_memory)} "
-                "are left; ask for less or start the broker with a larger --max-memory",
+                f"are left{kept}; ask for less or start the broker with a larger --max-memory",
                 "memory",
             )
         while free() < need:
@@ -155,10 +172,15 @@ class Hub:
             shared = src.shared if src else False
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
-        if src is not None and src.online:
+        if src is not None and src.online and not _reclaims(src, peer):
             src.refuse_holder(peer)
         self._check_mirror(name, src, mirror, shared)
-        self._make_room(cache_bytes, src)
+        if src is not None and _not_owner(src, peer):
+            # Only its owner may shrink (and so discard) a source's history:
+            # another client taking it over gets at least what it has.
+            cache_frames = max(cache_frames, src.cache_frames)
+            cache_bytes = max(cache_bytes, src.cache_bytes)
+        self._make_room(cache_bytes, src, peer.client)
         now = self.clock()
         if src is None:
             src = Source(
@@ -172,6 +194,7 @@ class Hub:
                 src.bytes -= channel.store.resize(cache_frames)
             src.trim()
         src.holder, src.holder_name, src.offline_since = peer, peer.name, None
+        src.owner = src.owner or peer.client
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
         return src
@@ -242,6 +265,12 @@ class Hub:
         if src.online and src.holder is not peer and peer is not None:
             raise RequestFailed(
                 f"source {name!r} is held by {src.holder_name}; stop that client first", "held"
+            )
+        if peer is not None and _not_owner(src, peer):
+            raise RequestFailed(
+                f"source {name!r} belongs to {src.owner}; only that client may delete it "
+                f"(turbine rm --as {src.owner})",
+                "owner",
             )
         for ch in src.channels.values():
             self._next_seq[ch.path] = ch.store.next_seq
@@ -428,6 +457,23 @@ def no_source(name: str) -> RequestFailed:
     return RequestFailed(
         f"no source named {name!r}; open it first (or start the component that owns it)",
         "missing",
+    )
+
+
+def _not_owner(src: Source, peer: Peer) -> bool:
+    """``peer`` is neither the source's owner (the client name that created it)
+    nor an administrator (with access control on, rights decide the rest)."""
+    admin = peer.access is not None and peer.access.admin
+    return bool(src.owner) and peer.client != src.owner and not admin
+
+
+def _reclaims(src: Source, peer: Peer) -> bool:
+    """The owner opens its source while a client of another name holds it: it takes it back."""
+    holder = src.holder
+    return (
+        bool(src.owner)
+        and peer.client == src.owner
+        and (holder is None or holder.client != src.owner)
     )
 
 

@@ -27,6 +27,7 @@ class Peer:
     address: str = "?"
     name: str = ""
     access: Access | None = None
+    client: str = "client"
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
@@ -34,4 +35,5 @@ class Peer:
 
     def named(self, client: str) -> None:
         """Take the name the client gave itself."""
+        self.client = client  # the owner of the sources it creates (until access control)
         self.name = f"{client}#{self.id} ({self.address})"

@@ -128,6 +128,9 @@ class Source:
         self.channels: dict[str, Channel] = {}
         self.holder: Peer | None = None  # who holds the source, None when offline
         self.holder_name = ""  # the last holder's name (kept when it goes offline)
+        #: The client name that created it ("" when unknown, e.g. read back from disk:
+        #: the next to open it becomes its owner).  Only the owner may shrink or delete it.
+        self.owner = ""
         self.created = now
         self.offline_since: float | None = None
         self.origin: Origin | None = None  # where a mirrored source's frames come from
