@@ -11,12 +11,15 @@ Every error is JSON, ``{"error": "<what was wrong>"}``, with a 4xx/5xx status.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import attrs
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +34,7 @@ from ..names import compile_pattern
 from ..render import as_dict, is_numeric
 from .decimate import minmax, samples
 from .live import LiveResponse, RecentFrames
+from .metrics import metrics_text
 
 #: Points a channel read returns at most when the caller gives no ``max_points``.
 DEFAULT_MAX_POINTS = 2000
@@ -40,6 +44,14 @@ DEFAULT_NEWEST = 100
 DEFAULT_COMMAND_WAIT_S = 10.0
 
 _STATIC = resources.files(__package__) / "static"
+
+
+def _plotly_js() -> Path:
+    """plotly.js as the installed ``plotly`` package ships it (found without importing plotly)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise HTTPException(500, "the plotly package is not installed: pip install plotly")
+    return Path(list(spec.submodule_search_locations)[0]) / "package_data" / "plotly.min.js"
 
 
 class BadRequest(HTTPException):
@@ -174,6 +186,12 @@ class Viewer:
     async def openapi(self, request: Request) -> Response:
         return Response((_STATIC / "openapi.json").read_bytes(), media_type="application/json")
 
+    async def metrics(self, request: Request) -> Response:
+        return Response(await metrics_text(self.client), media_type=CONTENT_TYPE_LATEST)
+
+    async def plotly(self, request: Request) -> Response:
+        return FileResponse(str(_plotly_js()), media_type="text/javascript")
+
     async def index(self, request: Request) -> Response:
         return FileResponse(str(_STATIC / "index.html"))
 
@@ -196,6 +214,8 @@ def create_app(client: Client) -> Starlette:
     routes = [
         Route("/", v.index),
         Route("/api/openapi.json", v.openapi),
+        Route("/metrics", v.metrics),
+        Route("/vendor/plotly.min.js", v.plotly),
         Route("/api/sources", v.sources),
         Route("/api/channel/{source}/{channel}", v.channel),
         Route("/api/frame/{source}/{channel}", v.frame),

@@ -1,0 +1,125 @@
+"""``/metrics``: the broker's status and sources in the Prometheus text format.
+
+Each scrape asks the broker for ``status`` and ``list`` and writes what they
+say with ``prometheus_client`` (a collector per scrape, so nothing is cached
+between scrapes and a vanished source disappears from the next one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..client import Client, SourceInfo
+
+#: Per-client counters of the broker's status: (status key, metric name, help).
+_CLIENT_COUNTERS = (
+    ("frames_in", "turbine_client_frames_in", "Frames the client put."),
+    ("frames_out", "turbine_client_frames_out", "Frames the broker sent the client."),
+    ("bytes_in", "turbine_client_bytes_in", "Bytes the broker read from the client."),
+    ("bytes_out", "turbine_client_bytes_out", "Bytes the broker wrote to the client."),
+    ("gaps", "turbine_client_gaps", "Gaps reported to the client (frames it was too slow for)."),
+    ("slow_events", "turbine_client_slow_events", "Times the client was a slow consumer."),
+)
+
+
+class _Snapshot(Collector):
+    def __init__(self, status: Mapping[str, Any], sources: Sequence[SourceInfo]) -> None:
+        self.status = status
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.status
+        yield GaugeMetricFamily("turbine_up", "1: the viewer reached the broker.", value=1)
+        yield GaugeMetricFamily(
+            "turbine_uptime_seconds", "Seconds since the broker started.", value=st["uptime"]
+        )
+        memory = GaugeMetricFamily(
+            "turbine_memory_bytes",
+            "Broker ring memory by kind (used, reserved, limit).",
+            labels=["kind"],
+        )
+        for kind in ("used", "reserved", "limit"):
+            if kind in st.get("memory", {}):
+                memory.add_metric([kind], st["memory"][kind])
+        yield memory
+        clients = st.get("clients", [])
+        yield GaugeMetricFamily("turbine_clients", "Clients connected.", value=len(clients))
+        subs = GaugeMetricFamily(
+            "turbine_subscriptions", "Subscriptions open, per client.", labels=["client"]
+        )
+        for c in clients:
+            subs.add_metric([c["name"]], len(c.get("subscriptions", [])))
+        yield subs
+        for key, name, doc in _CLIENT_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["client"])
+            for c in clients:
+                if key in c:
+                    family.add_metric([c["name"]], c[key])
+            yield family
+        yield CounterMetricFamily(
+            "turbine_slow_events",
+            "Slow-consumer events since the broker started.",
+            value=st.get("slow_events", 0),
+        )
+        yield GaugeMetricFamily(
+            "turbine_sources", "Sources the broker holds.", value=len(self.sources)
+        )
+        yield from self._sources()
+        archive = st.get("archive")
+        if isinstance(archive, Mapping):
+            for key, value in archive.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    yield GaugeMetricFamily(
+                        f"turbine_archive_{key}", f"The broker's archive: {key}.", value=value
+                    )
+
+    def _sources(self) -> Iterator[Metric]:
+        online = GaugeMetricFamily(
+            "turbine_source_online", "1 while a client holds the source.", labels=["source"]
+        )
+        held = GaugeMetricFamily(
+            "turbine_source_bytes", "Bytes the source's ring holds.", labels=["source"]
+        )
+        put = CounterMetricFamily(
+            "turbine_channel_frames",
+            "Frames put on the channel since it was made (its newest sequence number).",
+            labels=["source", "channel"],
+        )
+        frames = GaugeMetricFamily(
+            "turbine_channel_frames_held",
+            "Frames the channel's ring holds.",
+            labels=["source", "channel"],
+        )
+        nbytes = GaugeMetricFamily(
+            "turbine_channel_bytes_held",
+            "Bytes the channel's ring holds.",
+            labels=["source", "channel"],
+        )
+        rate = GaugeMetricFamily(
+            "turbine_channel_rate_hz", "Frames per second lately.", labels=["source", "channel"]
+        )
+        for s in self.sources:
+            online.add_metric([s.name], int(s.online))
+            held.add_metric([s.name], s.bytes)
+            for c in s.channels:
+                labels = [s.name, c.name]
+                put.add_metric(labels, c.last_seq or 0)
+                frames.add_metric(labels, c.frames)
+                nbytes.add_metric(labels, c.bytes)
+                if c.rate is not None:
+                    rate.add_metric(labels, c.rate)
+        yield from (online, held, put, frames, nbytes, rate)
+
+
+async def metrics_text(client: Client) -> bytes:
+    """The Prometheus exposition of the broker ``client`` is connected to, now."""
+    status = await client.status()
+    sources = await client.list_sources()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(status, sources))
+    return generate_latest(registry)
