@@ -208,3 +208,36 @@ async def test_without_reconnect_a_lost_connection_raises():
                     for i in range(10_000):
                         await src.put("x", b"%d" % i)
                         await src.flush()
+
+
+async def test_a_full_spool_drops_the_oldest_frames_and_readers_get_one_gap(tmp_path):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with (
+                open_client(address, name="daq", reconnect=True, spool_bytes=100) as daq,
+                open_client(address, name="reader", reconnect=True) as reader,
+            ):
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                await src.put("x", b"%010d" % 0)
+                await src.flush()  # number 1
+                async with reader.subscribe(PATH, start="oldest") as sub:
+                    assert (await sub.receive()).seq == 1
+                    await broker.stop()
+                    await daq._down.wait()
+                    await reader._down.wait()
+                    for i in range(1, 31):
+                        await src.put("x", b"%010d" % i, 1000.0 + i)
+                        await daq._outbox.send()  # one put message each, into the spool
+                    assert daq.spool is not None
+                    assert (daq.spool.frames, daq.spool.dropped_frames) == (10, 20)
+                    await broker.start()
+                    await daq.flush(timeout=20)
+                    gap = await sub.receive()
+                    rest = [await sub.receive() for _ in range(10)]
+                    got = await daq.fetch(PATH, oldest=100)
+            await broker.stop()
+    assert gap == Gap(SRC, "x", 20, 22)  # frames 1..20 (numbers 2..21), explicit
+    assert [(f.seq, f.data) for f in rest] == [(i + 1, b"%010d" % i) for i in range(21, 31)]
+    assert [f.seq for f in got] == [1, *range(22, 32)]

@@ -152,6 +152,7 @@ class Outbox:
         out: list[Any] = []
         pseqs = self.pseqs
         producer = self.producer
+        spool = self.spool
         for (source, channel), (ts, data) in self._batches.items():
             pseq = pseqs[source] = pseqs.get(source, 0) + 1
             put = Put(
@@ -162,10 +163,10 @@ class Outbox:
                 producer=producer,
                 pseq=pseq,
             )
-            encoded = encode_message(put, data)
-            if self.spool is not None:
-                self.spool.add(encoded, sum(put.sizes), len(data))
-            out += encoded
+            if spool is not None:
+                spool.add(put, data, sum(put.sizes))  # written from there (Spool.unwritten)
+            else:
+                out += encode_message(put, data)
         self._batches.clear()
         self._bytes = self._frames = 0
         return out

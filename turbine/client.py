@@ -601,7 +601,8 @@ async def open_client(
     where the broker no longer holds it; a monitor with the newest frame),
     and keeps every put in a spool of at most ``spool_bytes`` until the
     broker acknowledged it, replaying it after a reconnect (the broker stores
-    a put once).  A full spool drops its oldest puts.
+    a put once).  A full spool drops its oldest puts; frames dropped before
+    they were ever sent reach readers as one gap per channel.
 
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker

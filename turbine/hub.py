@@ -325,6 +325,7 @@ class Hub:
         pseq: int | None = None,
         seqs: list[int] | None = None,
         writers: list[Any] | None = None,
+        skipped: int | None = None,
     ) -> Sequence[Waker]:
         """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
@@ -333,7 +334,8 @@ class Hub:
         it skips become a hole that subscribers are told of as a gap.
         ``producer`` and its put number ``pseq`` de-duplicate: a put whose
         number that producer had stored already for this source is dropped,
-        as if stored (a replay after a lost connection).
+        as if stored (a replay after a lost connection).  ``skipped`` frames
+        the producer dropped before these leave that many numbers unused.
 
         ``seqs`` numbers every frame (a mirror's put: the origin's numbers,
         increasing; numbers it skips are holes; frames numbered below the
@@ -375,6 +377,8 @@ class Hub:
             if seqs is not None or src.origin is not None:
                 self._put_copy(src, ch, ts, data, sizes, seqs, writers, writer.name)
             else:
+                if skipped and seq is None:
+                    seq = ch.store.next_seq + skipped
                 src.append(ch, ts, data, writer.name, sizes, seq)
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above

@@ -105,6 +105,9 @@ class Put(Message):
     producer: str | None = None
     #: The producer's number for this put, counted per source from 1 (de-duplication).
     pseq: int | None = None
+    #: Frames of this channel the producer dropped just before this put (its
+    #: spool was full): the broker leaves that many numbers unused, a gap.
+    skipped: int | None = None
     #: A mirror's put: each frame's number on the origin (increasing; skipped numbers are holes).
     seqs: list[int] | None = None
     #: A mirror's put: ``[first_seq, writer]`` for each run of frames by one writer.

@@ -108,6 +108,7 @@ class Requests:
                 sizes,
                 producer=msg.producer,
                 pseq=msg.pseq,
+                skipped=msg.skipped,
                 seqs=msg.seqs,
                 writers=msg.writers,
             )
