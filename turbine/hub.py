@@ -204,7 +204,7 @@ class Hub:
         its channels continue their numbers (the store knows them)."""
         frames = settings.get("cache_frames", CACHE_FRAMES)
         size = settings.get("cache_bytes", CACHE_BYTES)
-        self._make_room(size, None)
+        self._make_room(size, None, "")  # a restored source has no owner until reopened
         now = self.clock()
         src = Source(
             name,
