@@ -94,7 +94,7 @@ class Hub:
     def used(self) -> int:
         return sum(s.bytes for s in self.sources.values())
 
-    def _make_room(self, need: int, replacing: Source | None, owner: str) -> None:
+    def _make_room(self, need: int, replacing: Source | None, owner: str = "") -> None:
         def free() -> int:
             return self.max_memory - self.reserved + (replacing.cache_bytes if replacing else 0)
 
