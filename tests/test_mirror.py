@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from turbine import BrokerConfig, open_client, serve_turbine
+from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
 from turbine.client import Client
 from turbine.mirror import MirrorConfig, MirrorStats, run_mirror
 from turbine.testing import start_broker
@@ -190,3 +192,40 @@ async def test_a_ring_of_mirrors_never_copies_a_source_back(nursery, brokers):
             assert await everything(pa, "daq_a_data_source/x") == [
                 (1, fa.timestamp, b"from a", fa.writer)
             ]
+
+
+async def test_a_target_with_a_data_dir_keeps_its_copies_through_a_restart(nursery, tmp_path):
+    a = await start_broker(nursery, identity="aaaa")
+    with trio.fail_after(30):
+        async with open_client(a, name="daq") as pa:
+            src = await pa.open_source(SRC)
+            await src.put("x", b"1")
+            await pa.flush()
+            stats = MirrorStats()
+            for frame in (b"2", b"3"):
+                async with (
+                    open_archive(tmp_path) as archive,
+                    trio.open_nursery() as b_nursery,
+                ):
+                    b = await start_broker(b_nursery, store=TieredStores(archive), identity="bbbb")
+                    scope, _ = await start_mirror(b_nursery, a, b, stats=stats)
+                    async with open_client(b) as rb:
+                        await frames_on(rb, f"{SRC}/x", 1, start=int(frame) - 1)
+                        await rb.flush()  # the copy is on disk
+                        (info,) = await rb.list_sources(SRC)
+                        assert info.mirror == {"broker": "aaaa", "source": SRC, "via": []}
+                    b_nursery.cancel_scope.cancel()
+                await src.put("x", frame)  # while B is down
+                await pa.flush()
+            async with open_archive(tmp_path) as archive, trio.open_nursery() as b_nursery:
+                b = await start_broker(b_nursery, store=TieredStores(archive), identity="bbbb")
+                async with open_client(b) as rb:
+                    (info,) = await rb.list_sources(SRC)
+                    assert info.mirror is not None and not info.online
+                    with pytest.raises(RequestFailed, match="only a mirror may hold it"):
+                        await rb.open_source(SRC)
+                    await start_mirror(b_nursery, a, b, stats=stats)
+                    await frames_on(rb, f"{SRC}/x", 1, start=3)
+                    assert [s for s, *_ in await everything(rb, f"{SRC}/x")] == [1, 2, 3]
+                b_nursery.cancel_scope.cancel()
+            assert stats.frames == 3  # each frame copied once, over three runs of B

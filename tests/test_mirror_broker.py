@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 import trio
 
 from tests.test_cli import TURBINE, Serve, ok, read_line, stop, tb
 from turbine import RequestFailed, open_client
+from turbine.mcp.config import load_config
 from turbine.origin import IDENTITY_FILE, Origin, load_identity
 
 SRC = "daq_rig_data_source"
@@ -99,10 +101,15 @@ def test_ls_says_where_a_mirrored_source_comes_from():
 
 
 @pytest.mark.slow
-def test_turbine_mirror_copies_between_two_serve_processes_and_stops_on_sigterm():
+@pytest.mark.parametrize(
+    "command",
+    [[TURBINE, "mirror"], [sys.executable, "-m", "components.mirror"]],
+    ids=["turbine mirror", "mcp program kind mirror"],
+)
+def test_a_mirror_copies_between_two_serve_processes_and_stops_on_sigterm(command):
     a, b = Serve(), Serve()
     proc = subprocess.Popen(
-        [TURBINE, "mirror", "--from", a.address, "--to", b.address, "daq_*", "--poll", "0.05"],
+        [*command, "--from", a.address, "--to", b.address, "daq_*", "--poll", "0.05"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -133,3 +140,21 @@ def test_turbine_mirror_refuses_a_bad_pattern():
     done = tb(None, "mirror", "--from", "x:1", "--to", "y:2", "bad pattern")
     assert done.returncode == 2
     assert "invalid pattern 'bad pattern'" in done.stderr.decode()
+
+
+def test_a_site_may_run_a_mirror_as_a_process(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text(
+        '[mcp]\nname = "lab"\n[[process]]\nname = "to_central"\nkind = "mirror"\n'
+        'args = ["--from", "{turbine}", "--to", "central:3333", "daq_*"]\n'
+    )
+    (spec,) = load_config(site).programs
+    assert spec.argv("127.0.0.1:3333")[1:] == [
+        "-m",
+        "components.mirror",
+        "--from",
+        "127.0.0.1:3333",
+        "--to",
+        "central:3333",
+        "daq_*",
+    ]

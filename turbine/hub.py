@@ -214,6 +214,8 @@ class Hub:
             now=now,
         )
         src.offline_since = now
+        if settings.get("mirror"):  # a mirrored source stays one (only a mirror may take it over)
+            src.origin = Origin.from_wire(settings["mirror"])
         self.sources[name] = src
         for ch_name, ctype in channels.items():
             src.bytes += self.channel(src, ch_name, ctype).store.bytes
@@ -301,7 +303,8 @@ class Hub:
                 )
             path = f"{src.name}/{name}"
             next_seq = self._next_seq.pop(path, 1)
-            spec = ChannelSpec(src.name, name, src.cache_frames, next_seq, content_type)
+            origin = src.origin.to_wire() if src.origin else None
+            spec = ChannelSpec(src.name, name, src.cache_frames, next_seq, content_type, origin)
             ch = Channel(src, name, content_type or guess_content_type(name), self.store(spec))
             src.channels[name] = ch
             self.router.channel_created(ch)

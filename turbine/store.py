@@ -126,6 +126,8 @@ class ChannelSpec:
     max_frames: int  # frames the store keeps in memory at most
     next_seq: int  # the number the first frame gets (continues a deleted channel)
     content_type: str | None = None  # the type its creator gave it (None: guessed from the name)
+    #: A mirrored source's origin (``turbine.origin.Origin.to_wire``), for a store to keep.
+    origin: dict[str, Any] | None = None
 
 
 class ChannelStore(Protocol):

@@ -86,6 +86,8 @@ class TieredStores:
             settings: dict[str, Any] = {"archive_bytes": self.archive_bytes}
             if self.archive_age is not None:
                 settings["archive_age"] = self.archive_age
+            if spec.origin is not None:
+                settings["mirror"] = spec.origin
             archive.create_source(spec.source, settings)
         key = (spec.source, spec.channel)
         next_seq = spec.next_seq
