@@ -63,6 +63,7 @@ def test_the_demo_site_loads() -> None:
     assert site.embedded and site.broker is not None
     assert (site.broker.host, site.broker.port) == ("127.0.0.1", 3333)
     assert {"mcp", "dvd", "daq", "video"} <= set(site.broker.types)
+    assert site.data_dir == os.path.abspath("var/turbine")  # frames and numbers survive restarts
     labels = [p.label for p in site.programs]
     assert "daq_demo" in labels
     assert {"camera", "video_cam1", "video_axis", "thumbnail_thumbnailer", "ntcp_rig"} <= set(
@@ -168,6 +169,10 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
         (
             '[broker]\ntypes = ["Dvd drive"]\n',
             "broker.types: expected source types like 'dvd', got 'Dvd drive'",
+        ),
+        (
+            '[broker]\nembedded = false\naddress = "h:1"\ndata_dir = "d"\n',
+            "broker.data_dir: only with embedded = true",
         ),
         ("[broker]\nport = 70000\n", "broker.port: expected a port number 0-65535, got 70000"),
         ('[mcp]\nname = "a b"\n', "mcp.name: expected a name of letters"),

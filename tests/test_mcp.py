@@ -38,7 +38,7 @@ stable_after = 30.0
 [broker]
 embedded = true
 port = 0
-
+{broker}
 [[component]]
 kind = "daq"
 name = "t"
@@ -80,9 +80,9 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def run_mcp(tmp_path: Path, extra: str = "") -> AsyncIterator[Site]:
+async def run_mcp(tmp_path: Path, extra: str = "", broker: str = "") -> AsyncIterator[Site]:
     config = tmp_path / "site.toml"
-    config.write_text(SITE.format(extra=extra))
+    config.write_text(SITE.format(extra=extra, broker=broker))
     log = tmp_path / "mcp.log"
     with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
         proc = await trio.lowlevel.open_process(
@@ -202,6 +202,28 @@ async def test_a_killed_component_comes_back_and_sigterm_leaves_nothing(tmp_path
         log = site.log.read_text()
         assert "daq_t exited unexpectedly (killed by SIGKILL)" in log
         assert "restarting it in 0.1 s (restart 1)" in log
+
+
+async def test_a_site_restarted_on_its_data_dir_continues_the_daq_numbers(tmp_path: Path) -> None:
+    broker = f"data_dir = {json.dumps(str(tmp_path / 'var' / 'turbine'))}"
+    path = "daq_t_data_source/ch0"
+    with trio.fail_after(60):
+        async with run_mcp(tmp_path, broker=broker) as site:
+            async with open_client(site.address) as tb:
+                await wait_state(tb, running("daq_t"))
+                async with tb.subscribe(path, start="now") as sub:
+                    before = [f async for f in _take(sub, 3)]
+            site.proc.send_signal(signal.SIGTERM)
+            assert await site.proc.wait() == 0
+        async with run_mcp(tmp_path, broker=broker) as site, open_client(site.address) as tb:
+            await wait_state(tb, running("daq_t"))
+            async with tb.subscribe(path, start="now") as sub:
+                (after,) = [f async for f in _take(sub, 1)]
+            assert after.seq > before[-1].seq  # the numbers continue
+            held = await tb.fetch(path, oldest=10**6)  # the first run's frames from disk
+            assert [f.seq for f in held] == list(range(1, len(held) + 1))
+            old = {f.seq: f.data for f in held}
+            assert [old[f.seq] for f in before] == [f.data for f in before]
 
 
 async def test_a_killed_mcp_takes_its_children_with_it(tmp_path: Path) -> None:

@@ -30,14 +30,15 @@ from ._errors import RequestFailed, TurbineError, unwrap
 from ._memory import pin_mmap_threshold
 from ._options import address_option
 from ._signals import open_stop_nursery
-from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy, open_archive
+from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy
+from .archive._serve import serve_archived
 from .archive._store import ARCHIVE_BYTES, TieredStores
 from .auth import AuthError, AuthTable, new_token, token_hash
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
 from .hub import fmt_bytes
 from .names import split_path
-from .origin import Origin, load_identity
+from .origin import Origin
 from .render import as_json, as_text, iso
 from .router import check_selection, check_start
 from .server import BrokerConfig, serve_turbine
@@ -260,32 +261,22 @@ async def _serve(
     stores: Callable[[Archive], TieredStores],
 ) -> None:
     pin_mmap_threshold()  # this process is the broker: large buffers go back whole
-    if data_dir is None:
-        await _serve_broker(config)
-        return
-    try:
-        opened = open_archive(data_dir, archive)
-        async with opened as store:
-            try:
-                identity = load_identity(data_dir)  # under the data dir's lock
-            except (OSError, ValueError) as exc:
-                raise click.ClickException(f"broker identity: {exc}") from None
-            await _serve_broker(attrs.evolve(config, store=stores(store), identity=identity))
-    except ArchiveError as exc:
-        raise click.ClickException(str(exc)) from None
 
-
-async def _serve_broker(config: BrokerConfig) -> None:
     async def stop(signum: signal.Signals) -> None:
         click.echo("turbine: shutting down", err=True)
 
+    serve = serve_turbine
+    if data_dir is not None:
+        serve = functools.partial(serve_archived, data_dir=data_dir, archive=archive, stores=stores)
     async with open_stop_nursery(stop) as nursery:
         try:
-            addresses = await nursery.start(serve_turbine, config)
+            addresses = await nursery.start(serve, config)
         except OSError as exc:
             raise click.ClickException(
                 f"cannot listen on {fmt_address(config.host, config.port)}: {exc.strerror or exc}"
             ) from None
+        except ArchiveError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"turbine listening on {fmt_address(*addresses[0])}")
         sys.stdout.flush()
 

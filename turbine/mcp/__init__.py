@@ -31,6 +31,8 @@ The site file
     host = "127.0.0.1"
     port = 3333               # 0 picks a free port; the MCP prints "turbine listening on HOST:PORT"
     types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio (mcp: always)
+    data_dir = "var/turbine"  # archive every frame there (relative: to the working directory);
+                              # sources and numbers survive a restart. Without it: memory only
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [[component]]             # a turbine component, one per table

@@ -93,6 +93,8 @@ class SiteConfig:
     broker: BrokerConfig | None
     address: str
     programs: tuple[ProgramSpec, ...]
+    #: Where the embedded broker archives every frame (absolute), or None: memory only.
+    data_dir: str | None = None
 
     @property
     def embedded(self) -> bool:
@@ -251,6 +253,9 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         except TurbineError as exc:
             raise b.error("address", str(exc)) from None
     max_memory = b.get("max_memory", int, MAX_MEMORY_BYTES, "a number of bytes")
+    data_dir = b.get("data_dir", str, "", "a directory (relative: to the working directory)")
+    if data_dir and not embedded:
+        raise b.error("data_dir", "only with embedded = true; the broker at address has its own")
     broker = (
         BrokerConfig(host=host, port=port, types=types, max_memory=max_memory) if embedded else None
     )
@@ -323,4 +328,5 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 f"{p}: {prog.where}.name: {prog.label!r} is already taken by {seen[prog.label]}"
             )
         seen[prog.label] = prog.where
-    return SiteConfig(p, mcp, broker, address, tuple(programs))
+    data_dir = os.path.abspath(data_dir) if data_dir else None
+    return SiteConfig(p, mcp, broker, address, tuple(programs), data_dir)

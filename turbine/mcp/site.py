@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -15,6 +16,8 @@ import trio
 from .._constants import STATUS_INTERVAL_S
 from .._errors import TurbineError, unwrap
 from .._signals import open_stop_nursery
+from ..archive import ArchiveError
+from ..archive._serve import serve_archived
 from ..client import fmt_address
 from ..component import Component, command
 from ..server import serve_turbine
@@ -118,7 +121,12 @@ async def run_site(
     async with open_stop_nursery(stop, again) as nursery:
         if site.broker is not None:
             try:
-                addresses = await nursery.start(serve_turbine, site.broker)
+                serve = serve_turbine
+                if site.data_dir is not None:
+                    serve = functools.partial(serve_archived, data_dir=site.data_dir)
+                addresses = await nursery.start(serve, site.broker)
+            except ArchiveError as exc:
+                raise TurbineError(f"[broker] data_dir in {site.path}: {exc}") from None
             except OSError as exc:
                 raise TurbineError(
                     f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
