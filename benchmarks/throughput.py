@@ -422,6 +422,34 @@ class Child:
 
 #: ``--data-dir``: each broker gets a fresh directory under it (removed when it stops).
 DATA_DIR: str | None = None
+#: ``--auth`` / ``--tls``: more ``turbine serve`` arguments (the clients' token and CA
+#: are in the environment every process inherits).
+SERVE_ARGS: list[str] = []
+
+
+def secure(auth: bool, tls: bool) -> None:
+    """Make an auth file (one user who may do everything) and/or a lab CA and
+    broker certificate in a temporary directory, and set the clients' environment."""
+    from turbine.auth import new_token, token_hash
+    from turbine.tls import make_lab_certs
+
+    where = tempfile.mkdtemp(prefix="throughput-secure-")
+    if auth:
+        token = new_token()
+        path = os.path.join(where, "auth.toml")
+        with open(path, "w") as f:
+            f.write(
+                f'[users.bench]\ntoken_sha256 = "{token_hash(token)}"\nadmin = true\n'
+                'read = ["*"]\nwrite = ["*"]\ncommand = ["*"]\n'
+            )
+        SERVE_ARGS.extend(["--auth", path])
+        os.environ["TURBINE_TOKEN"] = token
+    if tls:
+        certs = make_lab_certs(where)
+        SERVE_ARGS.extend(
+            ["--tls-cert", str(certs["server"]), "--tls-key", str(certs["server-key"])]
+        )
+        os.environ["TURBINE_TLS_CA"] = str(certs["ca"])
 
 
 class Broker:
@@ -443,6 +471,7 @@ class Broker:
                 "--max-memory",
                 BROKER_MEMORY,
                 *disk,
+                *SERVE_ARGS,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -841,12 +870,21 @@ def format_table(results: list[Result]) -> str:
     type=click.Path(file_okay=False),
     help="Run each broker with a fresh --data-dir under this directory (the disk archive on).",
 )
+@click.option("--auth", is_flag=True, help="Run the broker with --auth (clients log in).")
+@click.option("--tls", is_flag=True, help="Run the broker with TLS (a lab certificate).")
 def main(
-    quick: bool, names: str, duration: float | None, profile_dir: str | None, data_dir: str | None
+    quick: bool,
+    names: str,
+    duration: float | None,
+    profile_dir: str | None,
+    data_dir: str | None,
+    auth: bool,
+    tls: bool,
 ) -> None:
     """Measure the broker with publisher, broker and subscribers as separate processes."""
     global DATA_DIR
     DATA_DIR = data_dir
+    secure(auth, tls)
     tests = make_tests(quick)
     if duration is not None:
         tests = {

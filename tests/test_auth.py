@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from turbine import RequestFailed
+from turbine.audit import AUDIT_SOURCE
 from turbine.auth import AuthError, AuthTable, FailureDelays, LoginRefused, is_loopback, token_hash
 from turbine.client import open_client
 from turbine.server import BrokerConfig, InsecureListen, serve_turbine
@@ -390,3 +391,43 @@ async def test_acl_on_a_broker_without_auth_says_so(broker: str) -> None:
         async with open_client(broker) as tb:
             with pytest.raises(RequestFailed, match="without --auth"):
                 await tb.acl("show")
+
+
+# --- the audit trail ------------------------------------------------------------
+
+
+async def test_commands_acl_changes_refusals_and_failed_logins_are_audited(
+    filed: tuple[str, Any], nursery: trio.Nursery
+) -> None:
+    address, _ = filed
+    with trio.fail_after(20):
+        done = await _seed(address, nursery)
+        with pytest.raises(LoginRefused):
+            async with open_client(address, token="not-a-token-at-all"):
+                pass
+        async with open_client(address, name="rig-operator", token=TOKENS["commander"]) as tb:
+            await tb.put(f"{C}/command.txt", b'{"verb": "start"}')
+        async with open_client(address, token=TOKENS["reader"]) as tb:
+            with pytest.raises(RequestFailed):
+                await tb.open_source("daq_a_data_source")
+        async with open_client(address, token=TOKENS["admin"]) as admin:
+            await admin.acl("grant", "nobody", "read", "daq_x*")
+            frames = await admin.fetch(f"{AUDIT_SOURCE}/log.txt", oldest=100)
+        entries = [json.loads(f.data) for f in frames]
+        seeded = entries.pop(0)  # the seed's own frame into the command sink
+        assert (seeded["event"], seeded["user"], seeded["source"]) == ("command", "admin", C)
+        assert [e["event"] for e in entries] == ["login_failed", "command", "refused", "acl"]
+        failed, command, refused, acl = entries
+        assert failed["user"] is None and failed["from"].startswith("127.0.0.1:")
+        assert command["user"] == "commander" and command["client"].startswith("rig-operator#")
+        assert command["source"] == C and command["command"] == '{"verb": "start"}'
+        assert refused["user"] == "reader" and "open_source refused" in refused["message"]
+        assert (acl["user"], acl["target"], acl["right"], acl["pattern"]) == (
+            "admin",
+            "nobody",
+            "read",
+            "daq_x*",
+        )
+        assert all(isinstance(e["time"], float) for e in entries)
+        assert "not-a-token-at-all" not in json.dumps(entries)
+        done.set()

@@ -26,6 +26,11 @@ AUTH_FAILURE_DELAY_S = 0.1
 AUTH_FAILURE_DELAY_MAX_S = 10.0
 #: Hosts whose failures the broker remembers (the least recent are forgotten first).
 AUTH_FAILURE_HOSTS = 4096
+#: A client speaks TLS and trusts this CA certificate (CLI: --tls-ca).
+TLS_CA_ENVVAR = "TURBINE_TLS_CA"
+#: A TLS broker waits this long for a connection's first byte before telling
+#: a plain client (which waits for hello) to use TLS.
+TLS_SNIFF_S = 1.0
 #: Longest token a client_hello may carry (turbine auth token makes 43 characters).
 MAX_AUTH_TOKEN_CHARS = 256
 #: The client name every command line command connects with (it owns what they create).

@@ -23,6 +23,7 @@ from ._constants import (
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
     SOURCE_TYPES,
+    TLS_CA_ENVVAR,
     TOKEN_ENVVAR,
     VERSION,
 )
@@ -43,6 +44,7 @@ from .render import as_json, as_text, iso
 from .router import check_selection, check_start
 from .server import BrokerConfig, serve_turbine
 from .sources import OCTET_STREAM, guess_content_type
+from .tls import TLSError, make_lab_certs, server_context
 
 _UNITS = {
     "": 1,
@@ -111,16 +113,25 @@ def client_command(
         return functools.partial(client_command, interrupt_exit=interrupt_exit)
 
     @functools.wraps(fn)
-    def body(address: str, token: str | None, **options: Any) -> Any:
+    def body(address: str, token: str | None, tls_ca: str | None, **options: Any) -> Any:
         async def main() -> Any:
             # One client name for the command line: it owns the sources it creates.
             name = options.pop("client_name", None) or CLI_CLIENT_NAME
-            async with open_client(address, name=name, token=token) as tb:
+            async with open_client(address, name=name, token=token, tls_ca=tls_ca) as tb:
                 return await fn(tb, **options)
 
         return run(main, interrupt_exit=interrupt_exit)
 
-    return address_option(TOKEN_OPTION(body))
+    return address_option(TOKEN_OPTION(TLS_CA_OPTION(body)))
+
+
+TLS_CA_OPTION = click.option(
+    "--tls-ca",
+    envvar=TLS_CA_ENVVAR,
+    default=None,
+    type=click.Path(dir_okay=False),
+    help=f"Speak TLS, trusting the broker's certificate if this CA signed it (env {TLS_CA_ENVVAR}).",
+)
 
 
 TOKEN_OPTION = click.option(
@@ -216,6 +227,13 @@ def main() -> None:
     "Without it every client may do everything.",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Speak TLS with this certificate (PEM; turbine auth cert makes a lab one).",
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="Its key (PEM).")
+@click.option(
     "--insecure",
     is_flag=True,
     help="Without --auth, listen on a non-loopback --host anyway.",
@@ -233,12 +251,17 @@ def serve(
     archive_bytes: int,
     archive_age: float | None,
     auth_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
     insecure: bool,
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     try:
         auth = AuthTable.load(auth_file) if auth_file else None
-    except AuthError as exc:
+        tls = server_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    except (AuthError, TLSError) as exc:
         raise click.ClickException(str(exc)) from None
     config = BrokerConfig(
         host=host.strip("[]"),
@@ -249,6 +272,7 @@ def serve(
         types=SOURCE_TYPES + tuple(t for t in extra_types if t not in SOURCE_TYPES),
         auth=auth,
         insecure=insecure,
+        tls=tls,
     )
     stores = functools.partial(TieredStores, archive_bytes=archive_bytes, archive_age=archive_age)
     run(_serve, config, data_dir, ArchiveConfig(sync=sync, sync_interval=sync_interval), stores)
@@ -728,6 +752,29 @@ def token(user: str) -> None:
     click.echo('read = ["*"]')
     click.echo("write = []")
     click.echo("command = []")
+
+
+@auth.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="NAME",
+    help="A name or address clients reach the broker by (repeatable); localhost, 127.0.0.1 and ::1 always.",
+)
+@click.option("--days", default=825, show_default=True, type=click.IntRange(min=1))
+def cert(directory: str, hosts: tuple[str, ...], days: int) -> None:
+    """Make a lab CA and a broker certificate in DIRECTORY.
+
+    Start the broker with --tls-cert DIRECTORY/server.pem --tls-key
+    DIRECTORY/server-key.pem; give clients DIRECTORY/ca.pem (--tls-ca or
+    TURBINE_TLS_CA).  Keep ca-key.pem away from the network.
+    """
+    names = tuple(dict.fromkeys((*hosts, "localhost", "127.0.0.1", "::1")))
+    paths = make_lab_certs(directory, names, days=days)
+    for name, path in paths.items():
+        click.echo(f"{name + ':':<12} {path}")
 
 
 # --- acl -------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -62,6 +63,7 @@ from .names import compile_pattern, split_path
 from .origin import Origin
 from .protocol import NEED_DATA, Connection, Role, encode_message
 from .router import check_start
+from .tls import client_context, connect_tls, default_ca
 
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
@@ -83,12 +85,14 @@ class Client:
         token: str | None = None,
         reconnect: bool = False,
         spool_bytes: int = SPOOL_BYTES,
+        tls_ca: Any = None,
     ) -> None:
         self.address = address
         self.reconnect = reconnect
         self._name = name
         self._connect_timeout = connect_timeout
         self._token = token
+        self._tls_ca = tls_ca
         #: The user this client logged in as, and its rights (None: a broker without auth).
         self.user: str | None = None
         self.rights: dict[str, Any] | None = None
@@ -106,9 +110,11 @@ class Client:
         self.reconnects = 0
 
     def _attach(
-        self, stream: trio.SocketStream, proto: Connection, hello: m.Hello, login: Any
+        self, stream: trio.SocketStream, proto: Connection, hello: m.Hello, login: Any, sock: Any
     ) -> Reader:
-        """Use a new connection (the first, or after a loss); returns its read loop."""
+        """Use a new connection (the first, or after a loss); returns its read loop.
+
+        ``sock`` is the stream's socket, or its :class:`~turbine.tls.TLSSocket`."""
         if isinstance(login, m.Ok) and isinstance(login.result, dict):
             self.user = login.result.get("user")
             self.rights = login.result.get("rights")
@@ -120,9 +126,9 @@ class Client:
         self._stream = stream
         self._proto = proto
         requests = self._requests = Requests(proto, self._outbox, self._ids)
-        self._outbox.attach(stream.socket, self.max_frame)
+        self._outbox.attach(sock, self.max_frame)
         reader = self._reader = Reader(
-            stream.socket, proto, self.address, requests, lambda e: self._lost(requests, e)
+            sock, proto, self.address, requests, lambda e: self._lost(requests, e)
         )
         reader.feeds = self._feeds
         self._down = trio.Event()
@@ -172,10 +178,10 @@ class Client:
             await trio.aclose_forcefully(self._stream)
             while True:
                 try:
-                    stream, proto, hello, login = await _handshake(
-                        self.address, self._name, self._connect_timeout, self._token
+                    stream, proto, hello, login, sock = await _handshake(
+                        self.address, self._name, self._connect_timeout, self._token, self._tls_ca
                     )
-                    reader = self._attach(stream, proto, hello, login)
+                    reader = self._attach(stream, proto, hello, login, sock)
                     nursery.start_soon(reader.run)
                     await self._resume()
                 except TurbineError as exc:  # away still, or refused (logged): try again
@@ -531,27 +537,46 @@ class Client:
 
 
 async def _handshake(
-    address: str, name: str, connect_timeout: float, token: str | None
-) -> tuple[trio.SocketStream, Connection, m.Hello, Any]:
+    address: str,
+    name: str,
+    connect_timeout: float,
+    token: str | None,
+    tls_ca: str | os.PathLike[str] | None,
+) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]:
     """Connect, greet and log in: the stream, its protocol state, the broker's
-    hello and its answer to the login (None from a broker without auth).
+    hello, its answer to the login (None from a broker without auth) and the
+    socket to use (a :class:`~turbine.tls.TLSSocket` under TLS).
+
+    ``tls_ca`` (or ``TURBINE_TLS_CA``) names the CA certificate the broker's
+    must be signed by; the client then speaks TLS and verifies the broker's
+    certificate and name.
 
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
         LoginRefused: the broker refused the token (or its absence).
     """
+    ca = tls_ca if tls_ca is not None else default_ca()
+    ctx = None if ca is None else client_context(ca)
     stream = await connect_stream(address)
     proto = Connection(Role.CLIENT)
     login: Any = None
+    sock: Any = stream.socket
     try:
         with trio.fail_after(connect_timeout):
+            if ctx is not None:
+                sock = await connect_tls(stream, ctx, parse_address(address)[0], address)
             while (msg := proto.next_event()) is NEED_DATA:
-                proto.receive_data(await stream.receive_some(RECEIVE_BYTES))
-            hello = cast(m.Hello, msg)  # only a hello can come first
+                data = await sock.recv(RECEIVE_BYTES)
+                if not data:
+                    raise ConnectionFailed(f"{address} closed the connection before its hello")
+                proto.receive_data(data)
+            if isinstance(msg, m.Error):
+                raise ConnectionFailed(f"{address} refused the connection: {msg.message}")
+            hello = cast(m.Hello, msg)  # only a hello (or that refusal) can come first
             if hello.auth and token is None:
                 token = find_token()
             await send_buffers(
-                stream.socket,
+                sock,
                 proto.send(
                     m.ClientHello(
                         protocol=PROTOCOL_VERSION, name=name, token=token if hello.auth else None
@@ -560,7 +585,7 @@ async def _handshake(
             )
             if hello.auth:  # the broker answers the client_hello: ok (id 0) or a refusal
                 while (login := proto.next_event()) is NEED_DATA:
-                    data = await stream.receive_some(RECEIVE_BYTES)
+                    data = await sock.recv(RECEIVE_BYTES)
                     if not data:
                         raise ConnectionFailed(f"{address} closed the connection at login")
                     proto.receive_data(data)
@@ -574,7 +599,7 @@ async def _handshake(
     if isinstance(login, m.Error):
         await trio.aclose_forcefully(stream)
         raise LoginRefused(f"{address} refused the login: {login.message}")
-    return stream, proto, hello, login
+    return stream, proto, hello, login, sock
 
 
 @contextlib.asynccontextmanager
@@ -586,6 +611,7 @@ async def open_client(
     token: str | None = None,
     reconnect: bool = False,
     spool_bytes: int = SPOOL_BYTES,
+    tls_ca: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 
@@ -604,17 +630,29 @@ async def open_client(
     a put once).  A full spool drops its oldest puts; frames dropped before
     they were ever sent reach readers as one gap per channel.
 
+    ``tls_ca`` (or ``TURBINE_TLS_CA``) names the CA certificate the broker's
+    must be signed by; the client then speaks TLS and verifies the broker's
+    certificate and name.
+
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker
             (also with ``reconnect=True``: the first connection must succeed).
         LoginRefused: the broker refused the token (or its absence).
         AuthError: a token file that is named but cannot be read.
     """
-    stream, proto, hello, login = await _handshake(address, name, connect_timeout, token)
-    client = Client(
-        address, name, connect_timeout, token=token, reconnect=reconnect, spool_bytes=spool_bytes
+    stream, proto, hello, login, sock = await _handshake(
+        address, name, connect_timeout, token, tls_ca
     )
-    reader = client._attach(stream, proto, hello, login)
+    client = Client(
+        address,
+        name,
+        connect_timeout,
+        token=token,
+        reconnect=reconnect,
+        spool_bytes=spool_bytes,
+        tls_ca=tls_ca,
+    )
+    reader = client._attach(stream, proto, hello, login, sock)
     await client._outbox.replay()  # nothing to replay yet: puts flow
     client._up.set()
     try:

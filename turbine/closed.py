@@ -13,6 +13,7 @@ class CloseReason(enum.Enum):
     CLIENT_CLOSED = "client_closed"  # the client hung up
     PROTOCOL_ERROR = "protocol_error"  # the client broke the protocol; told why, then cut
     AUTH_REFUSED = "auth_refused"  # a missing or wrong token; told why, then cut
+    TLS_REFUSED = "tls_refused"  # plain bytes at a TLS port (told to use TLS) or a failed handshake
     WRITE_TIMEOUT = "write_timeout"  # the client stopped reading: a write missed its deadline
     CONNECTION_LOST = "connection_lost"  # the network failed (reset, broken pipe)
     BROKER_STOPPED = "broker_stopped"  # the broker shut down

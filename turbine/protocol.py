@@ -45,7 +45,7 @@ from ._constants import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from .groups import check_put
-from .messages import SPECS, ClientHello, Hello, Message, Spec, build, header_fields
+from .messages import SPECS, ClientHello, Error, Hello, Message, Spec, build, header_fields
 
 PREFIX = struct.Struct(">II")
 
@@ -465,6 +465,9 @@ class Connection:
         hello_cls = Hello if self.their_role is Role.BROKER else ClientHello
         hello = hello_cls.type
         if self.state is State.HANDSHAKE:
+            if self.our_role is Role.CLIENT and isinstance(msg, Error) and msg.id is None:
+                self.state = State.CLOSED  # refused before any hello (a TLS broker, say): say why
+                return
             if not isinstance(msg, hello_cls):
                 self._fail(f"expected {hello!r} first, got {msg.type!r}")
             version = msg.protocol

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from . import messages as m
 from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
+from .audit import Audit, command_excerpt
 from .auth import COMMAND, WRITE, Access, AuthError, AuthTable, is_command_sink
 from .groups import fetch_reply, split_payload
 from .hub import Hub, PendingFetch, no_source
@@ -33,6 +34,7 @@ class BrokerView(Protocol):
     hub: Hub
 
     auth: AuthTable | None
+    audit: Audit | None
 
     def status(self, viewer: Access | None = None) -> dict[str, Any]: ...
 
@@ -73,14 +75,14 @@ class Requests:
             raise RemoteProtocolError(f"a client may not send {msg.type!r} here") from None
         try:
             handler(self, msg)
-        except (RequestFailed, ValueError) as exc:
-            code = (
-                "name"
-                if isinstance(exc, InvalidName)
-                else "request"
-                if isinstance(exc, ValueError)
-                else "error"
-            )
+        except RequestFailed as exc:
+            if exc.code == "access" and self.broker.audit is not None:
+                self.broker.audit.record(
+                    "refused", self.peer, f"{msg.type} refused: {exc}", request=msg.type
+                )
+            self.error(getattr(msg, "id", None), exc)
+        except ValueError as exc:
+            code = "name" if isinstance(exc, InvalidName) else "request"
             self.error(getattr(msg, "id", None), exc, code)
         except Exception as exc:
             # A bug must cost this request, never the broker or other clients.
@@ -94,7 +96,10 @@ class Requests:
         sizes = msg.sizes
         access = self.peer.access
         if access is not None and not access.may_put(msg.source):
-            self.error(None, self.put_refused(access, msg.source, msg.channel))
+            refusal = self.put_refused(access, msg.source, msg.channel)
+            if self.broker.audit is not None:
+                self.broker.audit.record("refused", self.peer, str(refusal), request="put")
+            self.error(None, refusal)
             return
         data = split_payload(msg.payload, sizes)
         try:
@@ -124,6 +129,15 @@ class Requests:
         self.frames_in += len(sizes)
         for conn in wakers:
             conn.wake_soon()
+        if access is not None and is_command_sink(msg.source) and self.broker.audit is not None:
+            for frame in data:
+                self.broker.audit.record(
+                    "command",
+                    self.peer,
+                    f"{access.user} put a command into {msg.source}",
+                    source=msg.source,
+                    command=command_excerpt(frame),
+                )
 
     def put_refused(self, access: Access, source: str, channel: str) -> RequestFailed:
         """Why ``access`` may not put to ``source``: a source it may not read
@@ -308,6 +322,16 @@ class Requests:
         except AuthError as exc:
             raise RequestFailed(str(exc), "request") from None
         broker.set_auth(new)
+        if broker.audit is not None:
+            broker.audit.record(
+                "acl",
+                self.peer,
+                f"{access.user} {msg.action}ed {msg.user} {msg.right} on {msg.pattern}",
+                action=msg.action,
+                target=msg.user,
+                right=msg.right,
+                pattern=msg.pattern,
+            )
         self.reply(msg, {msg.user: new.users[msg.user].rights.to_dict()})
 
     _handlers: dict[type[m.Message], Callable[[Requests, Any], None]] = {

@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ from ._constants import (
     RECEIVE_BYTES,
     SLOW_WRITE_S,
     SOURCE_TYPES,
+    TLS_SNIFF_S,
     TRIM_INTERVAL_S,
     TURN_S,
     WRITE_TIMEOUT_S,
@@ -48,6 +50,7 @@ from ._constants import (
 from ._errors import RemoteProtocolError, RequestFailed, TurbineError, leaves
 from ._io import send_buffers, write_now
 from ._memory import trim
+from .audit import Audit
 from .auth import Access, AuthTable, FailureDelays, LoginRefused, is_loopback
 from .closed import Closed, CloseReason, WriteTimeout
 from .delivery import Delivery
@@ -61,6 +64,7 @@ from .ringbuffer import memory_store
 from .router import Subscription
 from .store import StoreFactory
 from .storetask import StoreReads
+from .tls import TLSError, TLSSocket, accept_tls, sniff_tls
 
 log = logging.getLogger("turbine.server")
 
@@ -90,6 +94,8 @@ class BrokerConfig:
     auth: AuthTable | None = None
     #: Listen on a non-loopback address without ``auth`` anyway.
     insecure: bool = False
+    #: Speak TLS with this context (turbine/tls.py server_context); None: plain TCP.
+    tls: ssl.SSLContext | None = None
 
 
 class InsecureListen(TurbineError):
@@ -107,10 +113,14 @@ class ClientConnection(Requests):
 
     broker: Broker
 
-    def __init__(self, broker: Broker, stream: trio.SocketStream, cid: int) -> None:
+    def __init__(
+        self, broker: Broker, stream: trio.SocketStream, cid: int, tls: TLSSocket | None = None
+    ) -> None:
         self.broker = broker
         self.stream = stream
-        self.sock = stream.socket
+        self.sock: Any = stream.socket if tls is None else tls
+        #: Whether the reader may write to the socket itself (not through TLS).
+        self.direct = tls is None
         self.id = cid
         try:
             host, port = stream.socket.getpeername()[:2]
@@ -137,6 +147,8 @@ class ClientConnection(Requests):
     # --- outbound: glue between the OutboundQueue and the socket
 
     def apply(self, wake: Wake) -> None:
+        if wake is Wake.SOON and not self.direct:
+            wake = Wake.NOW  # TLS: only the writer task writes (one sender per SSLStream)
         if wake is Wake.SOON:
             self.broker.ready[self] = None  # written by the reader before it next waits
         elif wake is Wake.NOW:
@@ -155,7 +167,10 @@ class ClientConnection(Requests):
         trip through the scheduler on the latency path.
         """
         if self.out.frames_pending() is Wake.SOON:
-            self.broker.ready[self] = None
+            if self.direct:
+                self.broker.ready[self] = None
+            else:
+                self._wakeup.set()
 
     def write_now(self) -> None:
         """Write what is ready without waiting, if the writer sleeps; the
@@ -332,6 +347,11 @@ class ClientConnection(Requests):
         user = broker.auth.login(msg.token)
         if user is None:
             broker.failures.failed(host, trio.current_time())
+            if broker.audit is not None:
+                why = "no token" if not msg.token else "a token the broker does not know"
+                broker.audit.record(
+                    "login_failed", self.peer, f"login refused from {self.peer.address}: {why}"
+                )
             if not msg.token:
                 raise LoginRefused(
                     "this broker requires a token: give --token, set TURBINE_TOKEN, "
@@ -399,10 +419,16 @@ class Broker:
             max_memory=config.max_memory,
             max_frame=config.max_frame,
             lenient_names=config.lenient_names,
-            types=config.types,
+            # the audit trail's source is of type turbine (turbine/audit.py)
+            types=config.types + ("turbine",) if config.auth is not None else config.types,
             store=config.store,
             identity=config.identity,
         )
+        #: With auth: who did what, on the broker's own log source.
+        self.audit: Audit | None = None
+        if config.auth is not None:
+            self.audit = Audit(self.hub, config.clock)
+            self.audit.open()
         self.started = self.clock()
         self.connections: dict[int, ClientConnection] = {}
         #: Connections with frames to send, written by the reader that filled
@@ -500,8 +526,40 @@ class Broker:
             "closed": [c.info() for c in self.closed] if viewer is None or viewer.admin else [],
         }
 
+    async def _tls(self, stream: trio.SocketStream) -> TLSSocket:
+        """The TLS side of a new connection; a plain client is told to use TLS.
+
+        Raises:
+            TLSError: plain bytes (or none) at first, or the handshake failed.
+        """
+        assert self.config.tls is not None
+        if not await sniff_tls(stream, TLS_SNIFF_S):
+            why = (
+                "this broker speaks TLS only: connect with TLS, trusting the broker's "
+                "CA certificate (--tls-ca FILE or TURBINE_TLS_CA)"
+            )
+            with trio.move_on_after(LAST_WORDS_S):
+                await send_buffers(
+                    stream.socket, encode_message(m.Error(id=None, code="tls", message=why))
+                )
+            raise TLSError("a plain connection at the TLS port (told to use TLS)")
+        return await accept_tls(stream, self.config.tls, self.config.message_timeout)
+
     async def handle(self, stream: trio.SocketStream) -> None:
-        conn = ClientConnection(self, stream, next(self._ids))
+        tls = None
+        if self.config.tls is not None:
+            try:
+                tls = await self._tls(stream)
+            except (TLSError, OSError, trio.BrokenResourceError) as exc:
+                try:
+                    host, port = stream.socket.getpeername()[:2]
+                    who = f"client ({host}:{port})"
+                except OSError:
+                    who = "client (?)"
+                self.closed.append(Closed(who, CloseReason.TLS_REFUSED, str(exc), self.clock()))
+                await trio.aclose_forcefully(stream)
+                return
+        conn = ClientConnection(self, stream, next(self._ids), tls)
         self.connections[conn.id] = conn
         code, reason = CloseReason.CLIENT_CLOSED, "client closed the connection"
         drain = False  # the last words went out: let them arrive before closing
