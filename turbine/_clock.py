@@ -27,3 +27,12 @@ def wall_time() -> float:
 def set_wall_clock(clock: Callable[[], float]) -> None:
     """Make ``clock`` the wall clock for the rest of the current trio run."""
     _WALL_CLOCK.set(clock)
+
+
+def clock_offset(t1: float, t2: float, t3: float, t4: float) -> tuple[float, float]:
+    """NTP's on-wire estimate from one exchange: a message sent at ``t1`` on
+    clock A, received at ``t2`` on clock B, answered at ``t3`` on B, received
+    at ``t4`` on A.  Returns (B's offset from A, round trip less B's time):
+    the offset is exact when both legs take equally long, and off by at most
+    half the round trip otherwise."""
+    return ((t2 - t1) + (t3 - t4)) / 2, (t4 - t1) - (t3 - t2)

@@ -31,6 +31,8 @@ TLS_CA_ENVVAR = "TURBINE_TLS_CA"
 #: A TLS broker waits this long for a connection's first byte before telling
 #: a plain client (which waits for hello) to use TLS.
 TLS_SNIFF_S = 1.0
+#: status and turbine time flag a client clock further than this from the broker's.
+CLOCK_FLAG_S = 0.050
 #: Longest token a client_hello may carry (turbine auth token makes 43 characters).
 MAX_AUTH_TOKEN_CHARS = 256
 #: The client name every command line command connects with (it owns what they create).

@@ -18,6 +18,7 @@ import trio
 
 from ._constants import (
     CLI_CLIENT_NAME,
+    CLOCK_FLAG_S,
     DEFAULT_HOST,
     DEFAULT_PORT,
     MAX_FRAME_BYTES,
@@ -527,6 +528,14 @@ async def status(tb: Client, as_json_: bool) -> None:
     click.echo(f"clients: {len(st['clients'])}")
     for c in st["clients"]:
         user = f" (user {c['user']})" if c.get("user") else ""
+        offset = c.get("clock_offset")
+        if offset is not None:
+            flag = (
+                f"  OVER {CLOCK_FLAG_S * 1000:g} ms: check that machine's time sync"
+                if abs(offset) > CLOCK_FLAG_S
+                else ""
+            )
+            user += f" clock {offset * 1000:+.1f} ms{flag}"
         subs = ", ".join(
             f"{s['pattern']} ({s['delivered']} sent, {s['missed']} missed)"
             for s in c["subscriptions"]
@@ -824,3 +833,25 @@ def _acl_change(action: str) -> Any:
 
 acl_grant = _acl_change("grant")
 acl_revoke = _acl_change("revoke")
+
+
+# --- time ------------------------------------------------------------------------
+
+
+@main.command("time")
+@click.option("--exchanges", default=8, show_default=True, type=click.IntRange(1, 1000))
+@client_command
+async def time_(tb: Client, exchanges: int) -> None:
+    """The broker's clock, ours, the offset and the round trip (NTP's method)."""
+    r = await tb.time(exchanges)
+    click.echo(f"broker time: {iso(r.broker_time)}")
+    click.echo(f"local time:  {iso(r.local_time)}")
+    click.echo(
+        f"offset:      {r.offset * 1000:+.3f} ms (broker minus local; +- {r.round_trip * 500:.3f} ms)"
+    )
+    click.echo(f"round trip:  {r.round_trip * 1000:.3f} ms (best of {r.exchanges})")
+    if abs(r.offset) > CLOCK_FLAG_S:
+        click.echo(
+            f"the clocks differ by more than {CLOCK_FLAG_S * 1000:g} ms: check time sync (NTP)",
+            err=True,
+        )

@@ -29,6 +29,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
+import attrs
 import trio
 
 from . import messages as m
@@ -39,6 +40,7 @@ from ._client_reader import Reader
 from ._client_records import ChannelInfo, Frame, Gap, SourceInfo, frames_from
 from ._client_requests import Requests
 from ._client_spool import Spool
+from ._clock import clock_offset, wall_time
 from ._constants import (
     DEFAULT_ADDRESS,
     MAX_FRAME_BYTES,
@@ -71,6 +73,19 @@ R = TypeVar("R", bound=m.Message)
 #: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds.
 RECONNECT_FIRST_S = 0.05
 RECONNECT_MAX_S = 2.0
+
+
+@attrs.frozen
+class ClockReading:
+    """The broker's clock against this machine's (:meth:`Client.time`)."""
+
+    #: The broker's clock in the best exchange, and ours when its answer arrived.
+    broker_time: float
+    local_time: float
+    #: The broker's clock minus ours, seconds; within +- round_trip / 2.
+    offset: float
+    round_trip: float
+    exchanges: int
 
 
 class Client:
@@ -525,6 +540,22 @@ class Client:
         )
         return cast(dict[str, Any], msg.result)
 
+    async def time(self, exchanges: int = 8) -> ClockReading:
+        """The broker's clock against ours, by NTP's method over ``exchanges``
+        round trips: the exchange with the shortest round trip gives the offset
+        (it is off by at most half that round trip)."""
+        best: ClockReading | None = None
+        for _ in range(exchanges):
+            sent = wall_time()
+            msg = await self._requests.call(m.Time, m.Ok)
+            back = wall_time()
+            broker = float(msg.result["time"])
+            offset, rtt = clock_offset(sent, broker, broker, back)
+            if best is None or rtt < best.round_trip:
+                best = ClockReading(broker, back, offset, rtt, exchanges)
+        assert best is not None
+        return best
+
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection."""
         with trio.CancelScope(shield=True):
@@ -573,13 +604,18 @@ async def _handshake(
             if isinstance(msg, m.Error):
                 raise ConnectionFailed(f"{address} refused the connection: {msg.message}")
             hello = cast(m.Hello, msg)  # only a hello (or that refusal) can come first
+            received = wall_time()
             if hello.auth and token is None:
                 token = find_token()
             await send_buffers(
                 sock,
                 proto.send(
                     m.ClientHello(
-                        protocol=PROTOCOL_VERSION, name=name, token=token if hello.auth else None
+                        protocol=PROTOCOL_VERSION,
+                        name=name,
+                        token=token if hello.auth else None,
+                        hello_received=received if hello.time is not None else None,
+                        time=wall_time() if hello.time is not None else None,
                     )
                 ),
             )

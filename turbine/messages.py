@@ -69,6 +69,10 @@ class ClientHello(Message):
     name: str
     #: The client's secret, for a broker whose hello said ``auth``.
     token: str | None = attrs.field(default=None, repr=False)
+    #: The client's clock when the hello arrived, and when it sent this
+    #: (with hello's ``time``: the broker's estimate of the client's clock offset).
+    hello_received: float | None = None
+    time: float | None = None
 
 
 # --- requests (client -> broker) ---------------------------------------------------
@@ -161,6 +165,11 @@ class Delete(Request):
 
 
 @attrs.frozen(kw_only=True)
+class Time(Request):
+    """The broker's clock (``turbine time``)."""
+
+
+@attrs.frozen(kw_only=True)
 class Acl(Request):
     """Show (``action`` "show", ``user`` optional) or change ("grant"/"revoke") protections."""
 
@@ -233,6 +242,7 @@ _SENDERS: dict[type[Message], tuple[str, str]] = {
     Status: ("status", _CLIENT),
     Delete: ("delete", _CLIENT),
     Acl: ("acl", _CLIENT),
+    Time: ("time", _CLIENT),
     Ok: ("ok", _BROKER),
     Error: ("error", _BROKER),
     Frames: ("frames", _BROKER),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import messages as m
+from ._clock import clock_offset
 from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
 from .audit import Audit, command_excerpt
@@ -38,6 +39,8 @@ class BrokerView(Protocol):
 
     def status(self, viewer: Access | None = None) -> dict[str, Any]: ...
 
+    def clock(self) -> float: ...
+
     def set_auth(self, table: AuthTable) -> None: ...
 
 
@@ -46,6 +49,10 @@ class Requests:
 
     broker: BrokerView
     peer: Peer
+    #: The broker's clock when it sent hello; the client's clock offset and round trip at connect.
+    hello_time: float = 0.0
+    clock_offset: float | None = None
+    clock_rtt: float | None = None
     subs: dict[int, Subscription]
     reads: StoreReads
     frames_in: int
@@ -156,6 +163,16 @@ class Requests:
 
     def on_client_hello(self, msg: m.ClientHello) -> None:
         self.peer.named(msg.name)
+        if msg.hello_received is not None and msg.time is not None:
+            # NTP's on-wire method over hello and client_hello: offset of the
+            # client's clock from the broker's, and the round trip it rode on.
+            arrived = self.broker.clock()
+            self.clock_offset, self.clock_rtt = clock_offset(
+                self.hello_time, msg.hello_received, msg.time, arrived
+            )
+
+    def on_time(self, msg: m.Time) -> None:
+        self.reply(msg, {"time": self.broker.clock()})
 
     def on_open_source(self, msg: m.OpenSource) -> None:
         access = self.peer.access
@@ -346,4 +363,5 @@ class Requests:
         m.Status: on_status,
         m.Delete: on_delete,
         m.Acl: on_acl,
+        m.Time: on_time,
     }

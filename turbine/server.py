@@ -262,12 +262,13 @@ class ClientConnection(Requests):
 
     async def reader(self) -> None:
         proto = self.proto
+        self.hello_time = self.broker.clock()
         hello = encode_message(
             m.Hello(
                 protocol=PROTOCOL_VERSION,
                 software=f"turbine {__version__}",
                 max_frame=self.broker.config.max_frame,
-                time=self.broker.clock(),
+                time=self.hello_time,
                 auth=True if self.broker.auth is not None else None,
             )
         )
@@ -339,7 +340,7 @@ class ClientConnection(Requests):
                 return 0
             n = await self._first_receive(deadline)
         assert isinstance(msg, m.ClientHello)  # the protocol layer lets nothing else come first
-        self.peer.named(msg.name)
+        self.on_client_hello(msg)
         broker = self.broker
         assert broker.auth is not None
         host = self.peer.address.rpartition(":")[0]
@@ -387,6 +388,8 @@ class ClientConnection(Requests):
             "user": None if self.peer.access is None else self.peer.access.user,
             "peer": self.peer.address,
             "connected": self.connected,
+            "clock_offset": self.clock_offset,
+            "clock_rtt": self.clock_rtt,
             "sources": sorted(
                 s.name for s in self.broker.hub.sources.values() if s.holder is self.peer
             ),
