@@ -13,7 +13,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# The demo's archiver burns discs with xorriso: install it as .ci/run does, or
+# say exactly what to install before anything starts.
 demo: $(STAMP)
+	@command -v xorriso >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq xorriso; \
+	    else echo "make demo needs xorriso for the DVD archiver: sudo apt-get install xorriso" >&2; exit 1; fi; }
+	@echo "demo: web viewer at http://127.0.0.1:8080/ (broker 127.0.0.1:3333)"
 	$(BIN)/turbine mcp configs/demo.toml
 
 test: $(STAMP)
