@@ -101,35 +101,55 @@ def short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+#: Per message type, what :func:`_check` walks: ``(name, types, exact)`` for required and
+#: optional fields (``exact``: the value types that pass without a closer look, so most
+#: fields cost one set lookup), and the string limits of the type's own fields.
+_Plan = tuple[Spec, tuple[tuple[str, Any, frozenset[type]], ...], tuple[Any, ...], tuple[Any, ...]]
+
+
+def _plan(spec: Spec) -> _Plan:
+    def fields(table: dict[str, Any]) -> tuple[tuple[str, Any, frozenset[type]], ...]:
+        exact: dict[Any, frozenset[type]] = {object: frozenset()}  # Any: no extension type
+        return tuple((n, t, exact.get(t, frozenset(_as_tuple(t)))) for n, t in table.items())
+
+    optional = tuple(f for f in fields(spec.optional) if f[1] is not object)
+    limits = tuple((n, limit) for n, limit in STRING_LIMITS.items() if n in spec.names)
+    return spec, fields(spec.required), optional, limits
+
+
 def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> Spec:
     """Check a message's header fields against its class; return its spec (for building it)."""
-    spec = SPECS.get(kind)
-    if spec is None:
+    plan = _PLANS.get(kind)
+    if plan is None:
         raise error(f"unknown message type {short(kind)}; known types: {', '.join(sorted(SPECS))}")
+    spec, required, optional, limits = plan
     if spec.sender != sender.value:
         raise error(f"a {sender.value} may not send {kind!r} messages")
-    for name, types in spec.required.items():
+    for name, types, exact in required:
         if name not in fields:
             raise error(f"{kind!r} message lacks its {name!r} field")
-        _check_type(kind, name, fields[name], types, error)
-    for name, types in spec.optional.items():
+        value = fields[name]
+        if type(value) not in exact:
+            _check_type(kind, name, value, types, error)
+    for name, types, exact in optional:
         value = fields.get(name)
-        if value is not None and types is not object:  # nil is as good as absent
+        if value is not None and type(value) not in exact:  # nil is as good as absent
             _check_type(kind, name, value, types, error)
     if not fields.keys() <= spec.names:
         # Unknown keys are ignored, but, like every header value, hold no
-        # extension type (the decoder refuses all but the timestamp type).
+        # extension type (the decoder refuses all but the timestamp type),
+        # and keep the length limits of their names.
         for name in fields.keys() - spec.names:
             if _holds_timestamp(fields[name]):
                 raise error(f"{kind!r} field {name!r} holds a msgpack extension type")
-    for name, limit in STRING_LIMITS.items():
+        limits = tuple(STRING_LIMITS.items())
+    for name, limit in limits:
         value = fields.get(name)
         if type(value) is str and len(value) > limit:
             raise error(
                 f"{kind!r} field {name!r} has {len(value)} characters; the limit is {limit}"
             )
-    channels = fields.get("channels")
-    if kind == "open_source" and isinstance(channels, dict):
+    if kind == "open_source" and isinstance(channels := fields.get("channels"), dict):
         _check_channels(channels, error)
     return spec
 
@@ -178,6 +198,9 @@ def _check_type(kind: str, name: str, value: Any, types: Any, error: type[Except
 
 def _as_tuple(types: Any) -> tuple[Any, ...]:
     return types if isinstance(types, tuple) else (types,)
+
+
+_PLANS: dict[str, _Plan] = {kind: _plan(spec) for kind, spec in SPECS.items()}
 
 
 # --- encoding ----------------------------------------------------------------
