@@ -10,7 +10,7 @@ do), and split a large delivery into messages that each fit the limits.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ._constants import (
@@ -93,11 +93,17 @@ def split_frames(
     Groups are split between frames, so sequence numbers run on from part
     to part; empty groups are dropped.  One part when everything fits.
     """
-    frames = sum(len(g[5]) for g in groups)
-    if frames <= max_frames and sum(map(len, payloads)) <= max_bytes:
-        head = sum(_group_cost(g) for g in groups) + frames * _FRAME_HEADER_BYTES
-        if head <= max_header - _FIELDS_HEADER_BYTES:
-            return [(groups, payloads)]
+    frames = head = 0
+    for g in groups:
+        frames += len(g[5])
+        head += _group_cost(g[0], g[1], g[2], g[6])
+    head += frames * _FRAME_HEADER_BYTES
+    if (
+        frames <= max_frames
+        and head <= max_header - _FIELDS_HEADER_BYTES
+        and sum(map(len, payloads)) <= max_bytes
+    ):
+        return [(groups, payloads)]
     parts: list[tuple[list[list[Any]], list[Any]]] = []
     part: list[list[Any]] = []
     part_payloads: list[Any] = []
@@ -105,7 +111,7 @@ def split_frames(
     i = 0  # index into payloads of the group's first frame
     room = max_header - _FIELDS_HEADER_BYTES
     for source, channel, ctype, seq, ts, sizes, writer in groups:
-        fixed = _group_cost((source, channel, ctype, writer))
+        fixed = _group_cost(source, channel, ctype, writer)
         k = 0
         while k < len(sizes):
             take = min(len(sizes) - k, max_frames - n, (room - head - fixed) // _FRAME_HEADER_BYTES)
@@ -150,9 +156,13 @@ def fetch_reply(
     ]
 
 
-def _group_cost(group: Sequence[Any]) -> int:
-    """What a group adds to a header besides its frames' columns (a bound)."""
-    return _GROUP_HEADER_BYTES + 4 * sum(len(x) for x in group if isinstance(x, str))
+def _group_cost(source: Any, channel: Any, ctype: Any, writer: Any) -> int:
+    """What a group adds to a header besides its frames' columns (a bound): its strings."""
+    chars = 0
+    for x in (source, channel, ctype, writer):
+        if isinstance(x, str):
+            chars += len(x)
+    return _GROUP_HEADER_BYTES + 4 * chars
 
 
 def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, ...]]:

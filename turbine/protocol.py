@@ -104,17 +104,18 @@ def short(value: Any, limit: int = 40) -> str:
 #: Per message type, what :func:`_check` walks: ``(name, types, exact)`` for required and
 #: optional fields (``exact``: the value types that pass without a closer look, so most
 #: fields cost one set lookup), and the string limits of the type's own fields.
-_Plan = tuple[Spec, tuple[tuple[str, Any, frozenset[type]], ...], tuple[Any, ...], tuple[Any, ...]]
+_Fields = tuple[tuple[str, Any, frozenset[type]], ...]
+_Plan = tuple[Spec, Role, _Fields, _Fields, tuple[tuple[str, int], ...]]
 
 
 def _plan(spec: Spec) -> _Plan:
-    def fields(table: dict[str, Any]) -> tuple[tuple[str, Any, frozenset[type]], ...]:
+    def fields(table: dict[str, Any]) -> _Fields:
         exact: dict[Any, frozenset[type]] = {object: frozenset()}  # Any: no extension type
         return tuple((n, t, exact.get(t, frozenset(_as_tuple(t)))) for n, t in table.items())
 
     optional = tuple(f for f in fields(spec.optional) if f[1] is not object)
     limits = tuple((n, limit) for n, limit in STRING_LIMITS.items() if n in spec.names)
-    return spec, fields(spec.required), optional, limits
+    return spec, Role(spec.sender), fields(spec.required), optional, limits
 
 
 def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> Spec:
@@ -122,8 +123,8 @@ def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exceptio
     plan = _PLANS.get(kind)
     if plan is None:
         raise error(f"unknown message type {short(kind)}; known types: {', '.join(sorted(SPECS))}")
-    spec, required, optional, limits = plan
-    if spec.sender != sender.value:
+    spec, role, required, optional, limits = plan
+    if role is not sender:
         raise error(f"a {sender.value} may not send {kind!r} messages")
     for name, types, exact in required:
         if name not in fields:
