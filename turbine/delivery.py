@@ -75,6 +75,8 @@ class Delivery:
                 budget_bytes -= size
                 sub.delivered += n
                 self.frames += n
-                if any(c.pending for c in sub.cursors.values()):
-                    more = True
+                for c in sub.cursors.values():
+                    if c.pending:
+                        more = True
+                        break
         return more

@@ -376,7 +376,10 @@ class Hub:
         if ts:
             if None in ts:
                 now = self.clock()
-                ts = [now if t is None else t for t in ts]
+                if ts.count(None) == len(ts):  # the usual put: the broker stamps every frame
+                    ts = [now] * len(ts)
+                else:
+                    ts = [now if t is None else t for t in ts]
             if seqs is not None or src.origin is not None:
                 self._put_copy(src, ch, ts, data, sizes, seqs, writers, writer.name)
             else:

@@ -306,6 +306,8 @@ class Writers:
     def between(self, seq: int, end: int) -> list[tuple[int, str]]:
         """The runs of frames ``seq <= n < end``, the first one starting at ``seq``."""
         w = self.runs
+        if w and w[-1][0] <= seq < end:  # one writer since seq (the usual read): no search
+            return [(seq, w[-1][1])]
         lo = bisect.bisect_right(w, seq, key=lambda x: x[0]) - 1
         hi = bisect.bisect_left(w, end, key=lambda x: x[0])
         runs = w[max(lo, 0) : hi]
