@@ -564,8 +564,8 @@ async def status(tb: Client, as_json_: bool) -> None:
 @client_command
 async def rm(tb: Client, source: str) -> None:
     """Delete SOURCE and its frames."""
-    await tb.delete(source)
-    click.echo(f"deleted {source}")
+    freed = await tb.delete(source)
+    click.echo(f"deleted {source} (freed {fmt_bytes(freed)})")
 
 
 # --- writing ---------------------------------------------------------------------

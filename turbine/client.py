@@ -511,14 +511,16 @@ class Client:
         """The broker's status: version, uptime, memory, clients, recent closes."""
         return (await self._call_parts(m.Status, m.Ok, {}))[-1].result
 
-    async def delete(self, source: str) -> None:
-        """Delete a source and its frames.
+    async def delete(self, source: str) -> int:
+        """Delete a source and its frames (its disk archive too); return the bytes freed.
 
         Raises:
             RequestFailed: no such source, or another client holds it.
         """
         self._held.pop(source, None)
-        await self._call_parts(m.Delete, m.Ok, {"source": source})
+        result = (await self._call_parts(m.Delete, m.Ok, {"source": source}))[-1].result
+        # a broker older than the freed count answers nil
+        return int(result["freed"]) if isinstance(result, dict) else 0
 
     async def acl(
         self,

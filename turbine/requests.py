@@ -301,8 +301,19 @@ class Requests:
             raise RequestFailed(
                 f"user {access.user!r} may not delete sources: that takes admin", "access"
             )
-        self.broker.hub.delete(msg.source, self.peer)
-        self.reply(msg)
+        hub = self.broker.hub
+        src = hub.sources.get(msg.source)
+        in_memory = sum(ch.store.bytes for ch in src.channels.values()) if src else 0
+        hub.delete(msg.source, self.peer)
+        if not hub.store.durable:
+            self.reply(msg, {"freed": in_memory})
+            return
+
+        async def deleted() -> tuple[m.Message, list[Any]]:
+            on_disk = await hub.store.delete(msg.source)
+            return m.Ok(id=msg.id, result={"freed": in_memory + on_disk}), []
+
+        self.reads.defer(deleted)  # in its turn, after earlier deferred reads
 
     def on_acl(self, msg: m.Acl) -> None:
         broker, access = self.broker, self.peer.access

@@ -257,6 +257,12 @@ class StoreFactory(Protocol):
 
     def __call__(self, spec: ChannelSpec) -> ChannelStore: ...
 
+    async def delete(self, source: str) -> int:
+        """Delete what ``source`` keeps beyond its stores' memory (its disk
+        archive) for good; return the bytes freed.  Called for ``delete``
+        only, after the hub dropped the source's stores."""
+        ...
+
 
 def answer(store: ChannelStore, query: Query) -> Run:
     """``query`` answered by the synchronous reads of ``store`` (from memory)."""

@@ -64,3 +64,31 @@ async def test_archived_sources_come_back_offline_and_continue_their_numbers(tmp
                     assert [f.seq for f in got] == list(range(1, 9 + round_))
                     assert [f.data for f in got] == [b"%8d" % s for s in range(1, 9 + round_)]
                 await stop(proc)
+
+
+@pytest.mark.slow
+async def test_rm_deletes_the_archive_so_the_source_stays_gone_after_a_restart(tmp_path):
+    root = str(tmp_path / "data")
+    with trio.fail_after(60):
+        async with serving(root) as (proc, address):
+            async with open_client(address, name="turbine") as client:
+                src = await client.open_source(SRC, TYPES, cache_frames=2)
+                for s in range(1, 50):
+                    await src.put("x", b"%1000d" % s, float(s))
+                await src.flush()
+                await src.close()
+            done = await trio.run_process(
+                [TURBINE, "rm", SRC, "--turbine", address], capture_stdout=True
+            )
+            said = done.stdout.decode()
+            assert said.startswith(f"deleted {SRC} (freed ") and "KiB" in said, said
+            await stop(proc)
+        async with serving(root) as (proc, address):
+            assert await turbine_ls(address) == []
+            async with open_client(address, name="daq") as client:
+                src = await client.open_source(SRC, TYPES)
+                await src.put("x", b"new", 0.0)
+                await src.flush()
+                got = await client.fetch(f"{SRC}/x", oldest=100)
+                assert [f.data for f in got] == [b"new"]  # none of the deleted frames is back
+            await stop(proc)
