@@ -24,6 +24,7 @@ from ._errors import RequestFailed
 from .groups import fetch_reply
 from .messages import Error, Frames, Message
 from .outbound import Slot, Wake
+from .protocol import State
 from .store import READ, Query
 
 if TYPE_CHECKING:
@@ -129,14 +130,14 @@ class StoreReads:
         try:
             reply = await job()
         except RequestFailed as exc:
-            return proto.send(Error(id=msg_id, code=exc.code, message=str(exc)))
+            reply = Error(id=msg_id, code=exc.code, message=str(exc)), []
         except Exception as exc:
             # A store's bug must cost this request, never the connection.
             log.exception("internal error in a deferred request")
             message = f"internal broker error reading from a store: {exc!r}"
-            return proto.send(Error(id=msg_id, code="internal", message=message))
-        if reply is None:
-            return None
+            reply = Error(id=msg_id, code="internal", message=message), []
+        if reply is None or proto.state is State.CLOSED:
+            return None  # nothing to say, or no one left to say it to (the peer went away)
         msg, payloads = reply
         if type(msg) is Frames and msg.id is not None:  # a fetch reply, in parts if it is large
             parts = fetch_reply(msg.id, msg.groups, payloads)
