@@ -4,23 +4,27 @@ The test writes the package in a temporary directory, installs it into a
 fresh venv layered on this one (offline: ``--no-deps --no-build-isolation``),
 and runs a site with it as a ``[[component]]``: its settings are checked before
 anything starts, ``turbine components`` names where it comes from, and it
-publishes and answers commands like a component of this repository.
+publishes and answers commands like a component of this repository.  The
+second test does the same with the package ``turbine new component`` writes,
+and runs that package's own generated test in the venv it is installed in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import sysconfig
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from turbine import Frame, open_client, send_command
+from turbine import Client, Frame, open_client, send_command
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +93,10 @@ name = "lab"
 port = 0
 
 [[component]]
-kind = "blink"
+kind = "{kind}"
 name = "b1"
 [component.settings]
-period = {period}
+{key} = {value}
 """
 
 
@@ -125,12 +129,8 @@ def _turbine(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _install(tmp_path: Path) -> Path:
-    """Write the package, install it into a fresh venv; the venv's python."""
-    src = tmp_path / "src"
-    for rel, text in FILES.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(textwrap.dedent(text).lstrip())
+def _install(tmp_path: Path, src: Path) -> Path:
+    """Install the package in ``src`` into a fresh venv; the venv's python."""
     python = _venv(tmp_path)
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q"]
@@ -142,28 +142,10 @@ def _install(tmp_path: Path) -> Path:
     return python
 
 
-async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Path) -> None:
-    python = _install(tmp_path)
-    listed = _turbine(python, "components")
-    assert listed.returncode == 0, listed.stderr
-    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
-    assert rows["blink"][1:] == ["daq", "lab_instruments.blink", "lab-instruments", "1.2"]
-    assert rows["daq"][1:3] == ["daq", "components.daq"]
-    # The kind is not installed in the venv running this test.
-    assert "blink" not in _turbine(Path(sys.executable), "components").stdout
-
-    bad = tmp_path / "bad.toml"
-    bad.write_text(SITE.format(period=-1.0))
-    refused = _turbine(python, "mcp", str(bad))
-    assert refused.returncode != 0
-    assert "bad.toml: component[1].settings: setting 'period': expected seconds > 0, got -1.0" in (
-        refused.stderr
-    )
-    assert "turbine listening" not in refused.stdout  # refused before anything started
-
-    site = tmp_path / "site.toml"
-    site.write_text(SITE.format(period=0.05))
-    log = tmp_path / "mcp.log"
+@contextlib.asynccontextmanager
+async def _running_site(python: Path, site: Path) -> AsyncIterator[str]:
+    """``turbine mcp site`` run by ``python``; yields its broker's address, stops it on exit."""
+    log = site.with_suffix(".log")
     with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
         proc = await trio.lowlevel.open_process(
             [str(python), "-c", "from turbine.cli import main; main()", "mcp", str(site)],
@@ -178,21 +160,7 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
                 chunk = await proc.stdout.receive_some(1)
                 assert chunk, f"the MCP exited: {log.read_text()}"
                 line += chunk
-        address = line.split()[-1].decode()
-        with trio.fail_after(30):
-            async with open_client(address) as tb:
-                async with tb.subscribe("daq_b1_data_source/n", start="oldest") as sub:
-                    async for item in sub:
-                        if isinstance(item, Frame):
-                            assert item.data == b"0"
-                            break
-                reply = await send_command(tb, "daq_b1", "blink", "hello")
-                assert reply.ok and reply.result == "HELLO"
-                status = await send_command(tb, "daq_b1", "status")
-                assert status.ok and status.result["settings"] == {"period": 0.05}
-                mcp = await send_command(tb, "mcp_lab", "status")
-                assert mcp.ok
-                assert json.dumps(mcp.result).count("daq_b1") >= 1
+        yield line.split()[-1].decode()
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -201,3 +169,98 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def _first_frame(tb: Client, path: str) -> Frame:
+    async with tb.subscribe(path, start="oldest") as sub:
+        async for item in sub:
+            if isinstance(item, Frame):
+                return item
+    raise AssertionError("unreachable: a subscription ends only with its connection")
+
+
+async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for rel, text in FILES.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(textwrap.dedent(text).lstrip())
+    python = _install(tmp_path, src)
+    listed = _turbine(python, "components")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["blink"][1:] == ["daq", "lab_instruments.blink", "lab-instruments", "1.2"]
+    assert rows["daq"][1:3] == ["daq", "components.daq"]
+    # The kind is not installed in the venv running this test.
+    assert "blink" not in _turbine(Path(sys.executable), "components").stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SITE.format(kind="blink", key="period", value=-1.0))
+    refused = _turbine(python, "mcp", str(bad))
+    assert refused.returncode != 0
+    assert "bad.toml: component[1].settings: setting 'period': expected seconds > 0, got -1.0" in (
+        refused.stderr
+    )
+    assert "turbine listening" not in refused.stdout  # refused before anything started
+
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.format(kind="blink", key="period", value=0.05))
+    async with _running_site(python, site) as address:
+        with trio.fail_after(30):
+            async with open_client(address) as tb:
+                assert (await _first_frame(tb, "daq_b1_data_source/n")).data == b"0"
+                reply = await send_command(tb, "daq_b1", "blink", "hello")
+                assert reply.ok and reply.result == "HELLO"
+                status = await send_command(tb, "daq_b1", "status")
+                assert status.ok and status.result["settings"] == {"period": 0.05}
+                mcp = await send_command(tb, "mcp_lab", "status")
+                assert mcp.ok
+                assert json.dumps(mcp.result).count("daq_b1") >= 1
+
+
+async def test_a_new_component_passes_its_own_test_and_runs_under_the_mcp(tmp_path: Path) -> None:
+    """``turbine new component``, installed as a lab would: its test passes, the MCP runs it."""
+    made = _turbine(Path(sys.executable), "new", "component", "spectro", "--dir", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    root = tmp_path / "spectro"
+    assert f"wrote {root / 'spectro' / 'component.py'}" in made.stdout
+    python = _install(tmp_path, root)
+    listed = _turbine(python, "components").stdout.splitlines()
+    assert ["spectro", "daq", "spectro", "spectro", "0.1.0"] in [line.split() for line in listed]
+
+    # Its own test, as generated, run by the venv it is installed in.
+    with trio.fail_after(120):
+        ran = await trio.run_process(
+            [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=root,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    out = (ran.stdout + ran.stderr).decode()
+    assert ran.returncode == 0, out
+    assert "2 passed" in out
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SITE.format(kind="spectro", key="interval", value=0))
+    refused = _turbine(python, "mcp", str(bad))
+    assert "component[1].settings: setting 'interval': expected seconds > 0, got 0" in (
+        refused.stderr
+    )
+
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.format(kind="spectro", key="interval", value=0.05))
+    async with _running_site(python, site) as address:
+        with trio.fail_after(30):
+            async with open_client(address) as tb:
+                assert (await _first_frame(tb, "daq_b1_data_source/count")).data == b"0"
+                reply = await send_command(tb, "daq_b1", "set-step", 7)
+                assert reply.ok and reply.result == "step 7"
+                status = await send_command(tb, "daq_b1", "status")
+                assert status.result["settings"] == {"interval": 0.05, "step": 7}
+
+    again = _turbine(Path(sys.executable), "new", "component", "spectro", "--dir", str(tmp_path))
+    assert again.returncode == 2 and "exists already" in again.stderr
+    taken = _turbine(Path(sys.executable), "new", "component", "daq", "--dir", str(tmp_path))
+    assert taken.returncode == 2 and "kind 'daq' is installed already" in taken.stderr
+    bad_kind = _turbine(Path(sys.executable), "new", "component", "Spec-1")
+    assert bad_kind.returncode == 2 and "lowercase letters, digits and '_'" in bad_kind.stderr

@@ -711,6 +711,42 @@ def components(as_json_: bool) -> None:
         click.echo("".join(f"{r[h]:<{widths[h]}}" for h in heads[:-1]) + r["from"])
 
 
+@main.group()
+def new() -> None:
+    """Write the skeleton of something new (a component package)."""
+
+
+@new.command("component")
+@click.argument("kind")
+@click.option(
+    "--dir",
+    "where",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The directory the package directory KIND/ goes in.",
+)
+@click.option("--type", "type_", default="daq", show_default=True, help="The type of its sources.")
+def new_component(kind: str, where: str, type_: str) -> None:
+    """Write KIND/: a package with a component, its settings class, a __main__, a test
+    using turbine.testing and its turbine.components entry point.
+
+    The test passes as written; once installed, the kind runs under turbine mcp.
+    """
+    from pathlib import Path
+
+    from .scaffold import new_component as write
+
+    try:
+        files = write(kind, Path(where), type_)
+    except (ValueError, FileExistsError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for path in files:
+        click.echo(f"wrote {path}")
+    root = Path(where) / kind
+    click.echo(f"next: pip install -e '{root}[test]' && (cd {root} && python -m pytest)")
+
+
 # --- the web viewer ---------------------------------------------------------------
 
 

@@ -83,6 +83,11 @@ class Kind:
         return found
 
 
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a kind: lowercase letters, digits and ``_``, starting with a letter."""
+    return _KIND.match(name) is not None
+
+
 def _find(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
