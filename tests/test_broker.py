@@ -9,6 +9,7 @@ import time
 import msgpack
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from turbine import (
     ConnectionFailed,
@@ -941,3 +942,57 @@ async def test_the_broker_clock_is_injected(nursery, autojump_clock):
     (closed,) = [c for c in status["closed"] if c["client"].startswith("leaver#")]
     assert closed["time"] == pytest.approx(now - 50, abs=1)
     assert closed["code"] == "client_closed"
+
+
+class GatedDisk:
+    """A durable store factory whose ``flushed`` waits until its source's gate opens."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        self.gates: dict[str, trio.Event] = {}
+        self.waited: list[str] = []
+
+    def __call__(self, spec: ChannelSpec) -> ChannelStore:
+        disk = self
+
+        class GatedRing(Ring):
+            __slots__ = ()
+
+            async def flushed(self) -> None:
+                disk.waited.append(spec.source)
+                gate = disk.gates.get(spec.source)
+                if gate is not None:
+                    await gate.wait()
+
+        return GatedRing(spec.max_frames, spec.next_seq)
+
+
+async def test_flush_waits_only_for_what_its_writer_put(nursery, autojump_clock):
+    disk = GatedDisk()
+    slow, fast = "daq_slow_data_source", "daq_fast_data_source"
+    disk.gates[slow] = trio.Event()
+    address = await start_broker(nursery, store=disk)
+    with trio.fail_after(60):
+        async with (
+            open_client(address, name="stuck") as stuck,
+            open_client(address, name="writer") as writer,
+        ):
+            await (await stuck.open_source(slow)).put("x", b"1")
+            stuck_flushed = trio.Event()
+
+            async def flush_stuck() -> None:
+                await stuck.flush()
+                stuck_flushed.set()
+
+            nursery.start_soon(flush_stuck)
+            await wait_all_tasks_blocked()  # its flush waits for the slow disk now
+            src = await writer.open_source(fast)
+            await put_all(src, "x", [b"2"])  # put_all flushes: it returns while slow's disk waits
+            await writer.flush()
+            assert not stuck_flushed.is_set()
+            waited_for_writer = [name for name in disk.waited if name == fast]
+            disk.gates[slow].set()
+            await stuck_flushed.wait()
+    assert waited_for_writer == [fast, fast]  # put_all's flush, then the writer's own
+    assert disk.waited.count(slow) == 1  # only the stuck client's flush went to its store

@@ -56,6 +56,8 @@ class Requests:
     subs: dict[int, Subscription]
     reads: StoreReads
     frames_in: int
+    #: Sources this connection put to: what its ``flush`` waits for.
+    written: set[str]
 
     def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         raise NotImplementedError
@@ -133,6 +135,7 @@ class Requests:
                 ),
             )
             return
+        self.written.add(msg.source)  # a replay dropped as stored counts too: flush covers it
         self.frames_in += len(sizes)
         for conn in wakers:
             conn.wake_soon()
@@ -213,7 +216,10 @@ class Requests:
         if not hub.store.durable:
             self.reply(msg)  # memory stores: everything put before is there now
             return
-        stores = [ch.store for src in hub.sources.values() for ch in src.channels.values()]
+        # Only what this connection wrote: another writer's slow or failing disk
+        # must not hold up (or fail) this one's acknowledgement.
+        sources = [hub.sources.get(name) for name in self.written]
+        stores = [ch.store for src in sources if src is not None for ch in src.channels.values()]
 
         async def flushed() -> tuple[m.Message, list[Any]]:
             for store in stores:

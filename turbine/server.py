@@ -142,6 +142,7 @@ class ClientConnection(Requests):
         self.reads = StoreReads(self)
         self.delivery = Delivery(self.proto, self.subs, self.reads.prefetch)
         self.bytes_in = self.bytes_out = self.frames_in = 0
+        self.written: set[str] = set()
         self.slow_events = 0
 
     # --- outbound: glue between the OutboundQueue and the socket
