@@ -22,6 +22,29 @@ def is_numeric(content_type: str) -> bool:
     return content_type == FLOAT64_CONTENT_TYPE
 
 
+def pcm_content_type(rate: int, channels: int) -> str:
+    """The content type of 16-bit PCM blocks: RFC 2586 L16, signed, big-endian (network order)."""
+    return f"audio/L16;rate={rate};channels={channels}"
+
+
+def pcm_format(content_type: str) -> tuple[int, int] | None:
+    """``(rate, channels)`` of an ``audio/L16;rate=R[;channels=C]`` channel, else None.
+
+    RFC 2586: ``rate`` is required, ``channels`` defaults to 1; a type
+    without a usable rate is not PCM a reader can play.
+    """
+    kind, *params = (part.strip() for part in content_type.split(";"))
+    if kind.lower() != "audio/l16":
+        return None
+    values = dict(p.split("=", 1) for p in params if "=" in p)
+    values = {k.strip().lower(): v.strip() for k, v in values.items()}
+    try:
+        rate, channels = int(values["rate"]), int(values.get("channels", "1"))
+    except (KeyError, ValueError):
+        return None
+    return (rate, channels) if rate > 0 and channels > 0 else None
+
+
 def iso(ts: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with microseconds."""
     return (

@@ -28,15 +28,11 @@ import attrs
 import trio
 
 from turbine import Component, command, wall_time
+from turbine.render import pcm_content_type
 from turbine.settings import check
 
 CHANNEL = "audio.pcm"
 BITS = 16
-
-
-def content_type(rate: int, channels: int) -> str:
-    """The content type of the blocks (RFC 2586 L16: signed 16-bit, big-endian)."""
-    return f"audio/L16;rate={rate};channels={channels}"
 
 
 @attrs.frozen
@@ -140,7 +136,7 @@ class Audio(Component):
             self.rate, self.audio_channels = wav_format(c.file)
         else:
             self.rate, self.audio_channels = c.rate, c.channels
-        self.channels = {CHANNEL: content_type(self.rate, self.audio_channels)}
+        self.channels = {CHANNEL: pcm_content_type(self.rate, self.audio_channels)}
         self.frequency: float = self.kept.load().get("frequency", c.frequency)
         self.playing = c.autostart
         self._wake = trio.Event()

@@ -16,7 +16,11 @@ How a channel's frames are written depends on its kind (:func:`channel_kind`):
   per session and day, ``<stem>_session<NNNN>_s<first>-<last>.csv`` with
   the columns ``seq,timestamp,time_utc,sample,value``;
 * ``text`` (``text/*``, JSON): one JSON-lines chunk file per session and
-  day, ``..._s<first>-<last>.jsonl``, one object per frame.
+  day, ``..._s<first>-<last>.jsonl``, one object per frame;
+* ``audio`` (16-bit PCM, ``audio/L16;rate=R;channels=C``): a WAV file a PC
+  plays for each continuous run of blocks in a session and day,
+  ``HHMMSS.ffffff_session<NNNN>_s<first>-<last>.wav`` named by its first
+  sample's time (:func:`audio_runs` says where a run ends).
 
 Chunk names carry the session number and the sequence range, so the
 sessions, which xorriso merges into one tree, never replace each other's
@@ -25,24 +29,32 @@ files; re-burning a session after a crash writes the same names again.
 
 from __future__ import annotations
 
+import array
 import datetime as dt
 import hashlib
 import json
 import math
 import struct
+import sys
+import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from turbine import FLOAT64_CONTENT_TYPE
+from turbine.render import pcm_format
 
 #: Version tag written into every manifest.
 MANIFEST_FORMAT = "turbine-dvd-archive/1"
 README_NAME = "README.txt"
 SECTOR = 2048
 
-KINDS = ("jpeg", "binary", "metadata", "float64", "text")
-CHUNK_KINDS = ("float64", "text")
+KINDS = ("jpeg", "binary", "metadata", "float64", "text", "audio")
+CHUNK_KINDS = ("float64", "text", "audio")
+#: Blocks of audio further apart (or overlapping) by more than this start a new
+#: WAV file: a stop and start, or frames the turbine dropped.  Blocks stamped with
+#: their sample clock join exactly; this leaves room for blocks stamped on arrival.
+AUDIO_JOIN_S = 0.02
 _TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
 
 
@@ -56,6 +68,8 @@ def channel_kind(channel: str, content_type: str) -> str:
         return "jpeg"
     if ctype == FLOAT64_CONTENT_TYPE:
         return "float64"
+    if pcm_format(content_type) is not None:
+        return "audio"
     if ctype.startswith("text/") or ctype in _TEXT_TYPES or name.endswith((".txt", ".json")):
         return "text"
     return "binary"
@@ -85,6 +99,54 @@ def chunk_file(
     return (
         f"{day_dir(source, channel, timestamp)}/{stem}_session{session:04d}_s{first}-{last}.{ext}"
     )
+
+
+def wav_file(
+    source: str, channel: str, session: int, first: int, last: int, timestamp: float
+) -> str:
+    """Disc path of one continuous run of audio blocks, named by its first sample's time."""
+    when = f"{utc(timestamp):%H%M%S.%f}"
+    return f"{day_dir(source, channel, timestamp)}/{when}_session{session:04d}_s{first}-{last}.wav"
+
+
+def audio_runs(
+    rows: list[tuple[int, float, bytes]], rate: int, channels: int
+) -> list[list[tuple[int, float, bytes]]]:
+    """``rows`` (seq, timestamp, block) cut where the audio is not continuous.
+
+    A run ends before a block whose sequence number does not follow, or
+    whose timestamp is more than :data:`AUDIO_JOIN_S` away from where the
+    previous block's samples end.
+    """
+    runs: list[list[tuple[int, float, bytes]]] = []
+    end = math.nan
+    last_seq = -1
+    width = 2 * channels
+    for row in rows:
+        seq, ts, data = row
+        if runs and seq == last_seq + 1 and abs(ts - end) <= AUDIO_JOIN_S:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+        end, last_seq = ts + len(data) // width / rate, seq
+    return runs
+
+
+def write_wav(path: Path, blocks: Iterable[bytes], rate: int, channels: int) -> None:
+    """A 16-bit PCM WAV file of L16 ``blocks`` (big-endian; WAV is little-endian).
+
+    A block's trailing bytes that make no whole sample frame are left out.
+    """
+    width = 2 * channels
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        for block in blocks:
+            samples = array.array("h", block[: len(block) // width * width])
+            if sys.byteorder == "little":
+                samples.byteswap()
+            w.writeframesraw(samples.tobytes())
 
 
 def manifest_path(session: int) -> str:
@@ -139,8 +201,9 @@ def jsonl_row(seq: int, timestamp: float, data: bytes) -> bytes:
 def estimate_disc_bytes(kind: str, frames: int, data_bytes: int) -> int:
     """A generous guess of the disc space ``frames`` frames of a channel take."""
     if kind in CHUNK_KINDS:
-        # text grows ~4x from float64 to CSV; a few chunk files per session
-        grow = 5 if kind == "float64" else 2
+        # text grows ~4x from float64 to CSV; a few chunk files per session;
+        # WAV is the PCM as it was plus a header per run
+        grow = {"float64": 5, "text": 2, "audio": 1}[kind]
         return data_bytes * grow + frames * 64 + 4 * SECTOR
     # one file each: the data rounded up to sectors, plus directory records
     # (ISO 9660, Rock Ridge and Joliet)
@@ -195,6 +258,10 @@ SOURCE/CHANNEL/YYYY-MM-DD/
     NAME_sessionNNNN_sFIRST-LAST.jsonl
         text frames, one JSON object per line: seq, timestamp, time_utc and
         text (or base64 when the frame is not UTF-8).
+    HHMMSS.ffffff_sessionNNNN_sFIRST-LAST.wav
+        audio (16-bit PCM): a WAV file any PC plays, one per continuous
+        recording; its first sample was taken at HHMMSS.ffffff (UTC), and
+        the manifest gives each channel's first and last block times.
 
 SEQ is the turbine's sequence number of the frame within its channel; they
 run without holes unless the manifest lists a gap.

@@ -34,6 +34,8 @@ from typing import Any
 import attrs
 import msgpack
 
+from turbine.render import pcm_format
+
 from . import layout
 
 STATE_VERSION = 1
@@ -288,6 +290,9 @@ class Staging:
         for path, days in chunks.items():
             ch = channels[path]
             for (_day, kind), rows in days.items():
+                if kind == "audio":
+                    self._write_wavs(out, ch, session, rows)
+                    continue
                 name = layout.chunk_file(
                     ch["source"], ch["channel"], kind, session, rows[0][0], rows[-1][0], rows[0][1]
                 )
@@ -325,6 +330,19 @@ class Staging:
             layout.readme_text(component, [*all_sessions, session])
         )
         return out, manifest, json.loads(manifest)
+
+    @staticmethod
+    def _write_wavs(out: Path, ch: dict[str, Any], session: int, rows: list[Any]) -> None:
+        """One WAV file per continuous run of a channel's audio blocks in ``rows``."""
+        fmt = pcm_format(ch["content_type"])
+        assert fmt is not None  # the channel's kind is "audio" because it parsed
+        rate, channels = fmt
+        for run in layout.audio_runs(rows, rate, channels):
+            (first, start, _), (last, end, _) = run[0], run[-1]
+            target = out / layout.wav_file(ch["source"], ch["channel"], session, first, last, start)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            layout.write_wav(target, (data for _, _, data in run), rate, channels)
+            os.utime(target, (end, end))  # its newest block's time, as other chunk files
 
     def archived(self, session: int, manifest: dict[str, Any], disc: str | None) -> None:
         """Record session ``session`` as verified on disc, then delete its staged data."""
