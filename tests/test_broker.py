@@ -23,7 +23,7 @@ from turbine._constants import PROTOCOL_VERSION
 from turbine.client import frames_from
 from turbine.messages import SPECS, Message
 from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes
-from turbine.ringbuffer import Ring
+from turbine.ringbuffer import MemoryStores, Ring
 from turbine.store import OLDEST, READ, ChannelSpec, ChannelStore, Query, Run
 from turbine.testing import start_broker
 
@@ -789,7 +789,7 @@ async def test_status_reports_clients_sources_and_traffic(broker):
 # --- stores slower than memory, and the broker's clock ----------------------------------------
 
 
-class SlowStores:
+class SlowStores(MemoryStores):
     """A store factory whose "oldest" reads need the slow part (as from a disk).
 
     Each such read takes ``delay`` seconds (mock time) in the store task;
@@ -944,7 +944,7 @@ async def test_the_broker_clock_is_injected(nursery, autojump_clock):
     assert closed["code"] == "client_closed"
 
 
-class GatedDisk:
+class GatedDisk(MemoryStores):
     """A durable store factory whose ``flushed`` waits until its source's gate opens."""
 
     durable = True

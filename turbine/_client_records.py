@@ -72,6 +72,10 @@ class SourceInfo:
     bytes: int
     channels: tuple[ChannelInfo, ...]
     metadata: Any
+    #: Disk kept for it by a broker with a data dir (0: memory only; None from a broker
+    #: that does not say), and the age beyond which its disk history goes.
+    archive_bytes: int | None = None
+    archive_age: float | None = None
     #: Where a mirrored source's frames come from (``broker``, ``source``, ``via``); None if not one.
     mirror: Any = None
     #: What the caller may do with it (``r``/``w``/``c``, ``-`` where not),

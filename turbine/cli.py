@@ -210,7 +210,15 @@ def main() -> None:
     default=str(ARCHIVE_BYTES),
     type=Size(),
     show_default="1GiB",
-    help="Disk kept per source (the oldest goes first), with --data-dir.",
+    help="With --data-dir: disk kept per source that does not ask for its own "
+    "(open_source archive_bytes; the oldest goes first).",
+)
+@click.option(
+    "--max-disk",
+    type=Size(),
+    default=None,
+    help="With --data-dir: disk all sources' archives may reserve together (their "
+    "archive_bytes); a source that does not fit is refused.  No budget without it.",
 )
 @click.option(
     "--archive-age",
@@ -251,6 +259,7 @@ def serve(
     sync_interval: float,
     archive_bytes: int,
     archive_age: float | None,
+    max_disk: int | None,
     auth_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
@@ -275,7 +284,9 @@ def serve(
         insecure=insecure,
         tls=tls,
     )
-    stores = functools.partial(TieredStores, archive_bytes=archive_bytes, archive_age=archive_age)
+    stores = functools.partial(
+        TieredStores, archive_bytes=archive_bytes, archive_age=archive_age, max_disk=max_disk
+    )
     run(_serve, config, data_dir, ArchiveConfig(sync=sync, sync_interval=sync_interval), stores)
 
 

@@ -290,18 +290,25 @@ class Client:
         cache_frames: int | None = None,
         cache_bytes: int | None = None,
         shared: bool | None = None,
+        archive_bytes: int | None = None,
+        archive_age: float | None = None,
     ) -> Source:
         """Create (or take back) source ``name`` with its channels and ring limits.
 
         ``channels`` maps channel names to content types.  A ``shared`` source
         accepts puts from every client.  Reopening a source continues its
         sequence numbers; limits left as ``None`` keep the source's current
-        ones (a new source gets the broker's defaults).  A mirrored source is
+        ones (a new source gets the broker's defaults).  On a broker with a
+        data dir, ``archive_bytes`` is the disk kept for the source (the
+        oldest goes first; 0: memory only) and ``archive_age`` the age in
+        seconds beyond which its disk history goes; a memory-only broker
+        ignores both.  A mirrored source is
         opened with :meth:`open_mirror` instead.
 
         Raises:
             RequestFailed: invalid name, held by another client (named in the
-                message), or not enough broker memory left (says how much is).
+                message), or not enough broker memory or disk left (code
+                ``memory`` / ``disk``; says how much is).
         """
         channels = dict(channels or {})
         fields = {
@@ -310,6 +317,8 @@ class Client:
             "cache_frames": cache_frames,
             "cache_bytes": cache_bytes,
             "shared": shared,
+            "archive_bytes": archive_bytes,
+            "archive_age": archive_age,
         }
         await self._call_parts(m.OpenSource, m.Ok, fields)
         if not self.reconnect:

@@ -80,8 +80,8 @@ from .settings import (
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
 #: Refusals a component waits out: its previous process still holds its
-#: sources (they go offline soon), or the broker has no memory left for now.
-WAIT_FOR = ("held", "memory")
+#: sources (they go offline soon), or the broker has no memory (or disk budget) left for now.
+WAIT_FOR = ("held", "memory", "disk")
 #: How long a component that failed may take to get its last log records and metadata out.
 LAST_WORDS_S = 2.0
 
@@ -99,6 +99,8 @@ class Component:
     #: Ring limits of the data source (None: the broker's defaults).
     cache_frames: ClassVar[int | None] = None
     cache_bytes: ClassVar[int | None] = None
+    #: Disk kept for it by a broker with a data dir (0: memory only; None: the broker's default).
+    archive_bytes: ClassVar[int | None] = None
 
     def __init__(
         self, name: str, address: str = DEFAULT_ADDRESS, config: Mapping[str, Any] | Any = None
@@ -261,6 +263,7 @@ class Component:
                         channels=self.channels,
                         cache_frames=self.cache_frames,
                         cache_bytes=self.cache_bytes,
+                        archive_bytes=self.archive_bytes,
                     )
                     break
                 except RequestFailed as exc:

@@ -5,6 +5,7 @@ The server (``server.py``) moves bytes and calls in here; nothing here awaits.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from .store import (
     Query,
     StoreFactory,
 )
+
+log = logging.getLogger("turbine.hub")
 
 
 def fmt_bytes(n: float) -> str:
@@ -142,17 +145,21 @@ class Hub:
         cache_bytes: int | None = None,
         shared: bool | None = None,
         mirror: Origin | None = None,
+        archive_bytes: int | None = None,
+        archive_age: float | None = None,
     ) -> Source:
         """Create ``name`` held by ``peer``, or take over the offline source of that name.
 
         Limits and ``shared`` left as ``None`` keep an existing source's values
-        (or take the defaults for a new one).  ``mirror`` makes (or takes over)
+        (or take the defaults for a new one).  ``archive_bytes`` (0: memory
+        only) and ``archive_age`` are its disk retention, which the store
+        factory checks and keeps (:meth:`~turbine.store.StoreFactory.archive_settings`).  ``mirror`` makes (or takes over)
         a mirrored source: a copy of ``mirror``'s frames under their own
         numbers, never shared; only a mirror may hold it.
 
         Raises:
             RequestFailed: bad name or limits, held by someone else, no memory
-                left, or a mirror that does not fit (code ``mirror``: the
+                or disk left (code ``memory`` / ``disk``), or a mirror that does not fit (code ``mirror``: the
                 source is a mirror and this is not, or the other way round,
                 or of another origin; code ``loop``: its frames came from
                 this broker).
@@ -180,6 +187,7 @@ class Hub:
             # another client taking it over gets at least what it has.
             cache_frames = max(cache_frames, src.cache_frames)
             cache_bytes = max(cache_bytes, src.cache_bytes)
+        archive_bytes, archive_age = self.store.archive_settings(name, archive_bytes, archive_age)
         self._make_room(cache_bytes, src, peer.client)
         now = self.clock()
         if src is None:
@@ -195,16 +203,34 @@ class Hub:
             src.trim()
         src.holder, src.holder_name, src.offline_since = peer, peer.name, None
         src.owner = src.owner or peer.client
+        src.archive_bytes, src.archive_age = archive_bytes, archive_age
+        self.store.keep_settings(name, src.settings())
         for ch_name, ctype in (channels or {}).items():
             self.channel(src, ch_name, ctype)
         return src
 
     def restore_source(self, name: str, settings: dict[str, Any], channels: dict[str, str]) -> None:
-        """Bring back, offline, a source the store held before the broker restarted;
-        its channels continue their numbers (the store knows them)."""
+        """Bring back, offline, a source the store held before the broker restarted,
+        with its settings (:meth:`Source.settings`); its channels continue their
+        numbers (the store knows them).
+
+        A source that does not fit the memory left gets what is left (its disk
+        history stays whole; its owner reopening it asks for its size again),
+        and a warning says so: a broker never fails to start for that.
+        """
         frames = settings.get("cache_frames", CACHE_FRAMES)
         size = settings.get("cache_bytes", CACHE_BYTES)
-        self._make_room(size, None, "")  # a restored source has no owner until reopened
+        left = max(self.max_memory - self.reserved, 1)  # (no restored source evicts another)
+        if size > left:
+            log.warning(
+                "source %s restored with cache_bytes %s instead of %s: only that much of "
+                "--max-memory %s is left; its frames on disk are all there",
+                name,
+                fmt_bytes(left),
+                fmt_bytes(size),
+                fmt_bytes(self.max_memory),
+            )
+            size = left
         now = self.clock()
         src = Source(
             name,
@@ -214,6 +240,8 @@ class Hub:
             now=now,
         )
         src.offline_since = now
+        src.archive_bytes = settings.get("archive_bytes", 0)
+        src.archive_age = settings.get("archive_age")
         if settings.get("mirror"):  # a mirrored source stays one (only a mirror may take it over)
             src.origin = Origin.from_wire(settings["mirror"])
         self.sources[name] = src

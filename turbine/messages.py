@@ -89,6 +89,9 @@ class OpenSource(Request):
     shared: bool | None = None
     #: A mirrored source's origin: ``{"broker", "source", "via"}`` (``turbine/origin.py``).
     mirror: Any = None
+    #: Disk kept for the source by a broker with a data dir (0: memory only), and its age limit.
+    archive_bytes: int | None = None
+    archive_age: float | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -198,6 +198,8 @@ class Requests:
             cache_bytes=msg.cache_bytes,
             shared=msg.shared,
             mirror=None if msg.mirror is None else Origin.from_wire(msg.mirror),
+            archive_bytes=msg.archive_bytes,
+            archive_age=msg.archive_age,
         )
         self.reply(
             msg,

@@ -324,6 +324,14 @@ class MemoryStores:
     def __call__(self, spec: ChannelSpec) -> ChannelStore:
         return Ring(spec.max_frames, spec.next_seq)
 
+    def archive_settings(
+        self, source: str, archive_bytes: int | None, archive_age: float | None
+    ) -> tuple[int, float | None]:
+        return 0, None  # no disk: every source is memory-only, whatever it asks
+
+    def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
+        pass
+
     async def delete(self, source: str) -> int:
         return 0  # nothing of a source outlives its rings
 

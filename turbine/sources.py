@@ -134,6 +134,8 @@ class Source:
         self.created = now
         self.offline_since: float | None = None
         self.origin: Origin | None = None  # where a mirrored source's frames come from
+        self.archive_bytes = 0  # disk kept (0: memory only; the store factory decides)
+        self.archive_age: float | None = None  # and how old it may get, in seconds
         self.bytes = 0
         self.arrival = 0  # numbers frames across channels, to evict the oldest first
         self._metadata: tuple[Any, Any] | None = None  # (newest metadata frame, decoded)
@@ -236,6 +238,21 @@ class Source:
                 self._metadata = raw, {"error": f"newest metadata frame: {exc}"}
         return self._metadata[1]
 
+    def settings(self) -> dict[str, Any]:
+        """What the store factory keeps of this source (``StoreFactory.keep_settings``):
+        a source back from a disk archive gets them again (``Hub.restore_source``)."""
+        settings: dict[str, Any] = {
+            "cache_frames": self.cache_frames,
+            "cache_bytes": self.cache_bytes,
+            "shared": self.shared,
+            "archive_bytes": self.archive_bytes,
+        }
+        if self.archive_age is not None:
+            settings["archive_age"] = self.archive_age
+        if self.origin is not None:
+            settings["mirror"] = self.origin.to_wire()
+        return settings
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -244,6 +261,8 @@ class Source:
             "shared": self.shared,
             "cache_frames": self.cache_frames,
             "cache_bytes": self.cache_bytes,
+            "archive_bytes": self.archive_bytes,
+            "archive_age": self.archive_age,
             "bytes": self.bytes,
             "channels": [ch.info() for ch in self.channels.values()],
             "metadata": self.metadata(),

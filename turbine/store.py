@@ -257,6 +257,27 @@ class StoreFactory(Protocol):
 
     def __call__(self, spec: ChannelSpec) -> ChannelStore: ...
 
+    def archive_settings(
+        self, source: str, archive_bytes: int | None, archive_age: float | None
+    ) -> tuple[int, float | None]:
+        """The disk retention ``source`` gets when it is opened asking for these
+        (``None``: keep the source's, or take the broker's default): its
+        ``archive_bytes`` (0: memory only) and ``archive_age`` (seconds, or
+        ``None``).  A pure check: nothing changes until :meth:`keep_settings`.
+
+        Raises:
+            RequestFailed: the archive does not fit the broker's disk budget
+                (code ``disk``, saying how much is left), or the retention is
+                bad or would turn an archived source memory-only or back
+                (code ``limits``).
+        """
+        ...
+
+    def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
+        """Remember ``source``'s settings (:meth:`turbine.sources.Source.settings`);
+        a durable factory archives them, so a restart brings them back."""
+        ...
+
     async def delete(self, source: str) -> int:
         """Delete what ``source`` keeps beyond its stores' memory (its disk
         archive) for good; return the bytes freed.  Called for ``delete``

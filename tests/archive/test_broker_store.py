@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from tests.test_broker import RawClient
-from turbine import open_client
+from turbine import RequestFailed, open_client
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.testing import start_broker
@@ -76,3 +77,31 @@ async def test_a_large_fetch_from_disk_comes_in_parts_under_the_limits(tmp_path)
     assert [sum(len(g[5]) for g in p.groups) for p in parts] == [8192, 8192, n - 2 * 8192]
     assert [f.seq for f in got] == list(range(1, n + 1))
     assert got[-1].data == b"%d" % (n - 1)
+
+
+async def test_a_client_sets_its_sources_disk_and_is_told_when_it_does_not_fit(tmp_path):
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive, trio.open_nursery() as nursery:
+            factory = TieredStores(archive, max_disk=2**21)
+            address = await start_broker(nursery, store=factory)
+            async with open_client(address, name="daq") as client:
+                await client.open_source(SRC, {"x": "text/plain"}, archive_bytes=2**20)
+                with pytest.raises(
+                    RequestFailed, match=r"only 1\.0 MiB of the broker's 2\.0 MiB"
+                ) as info:
+                    await client.open_source("daq_big_data_source", archive_bytes=2**21)
+                assert info.value.code == "disk"
+                mem = await client.open_source(
+                    "daq_mem_data_source", {"x": "text/plain"}, archive_bytes=0
+                )
+                await mem.put("x", b"memory only")
+                await mem.flush()
+                (a, m) = await client.list_sources("daq_*")
+                assert (a.name, a.archive_bytes, m.name, m.archive_bytes) == (
+                    SRC,
+                    2**20,
+                    "daq_mem_data_source",
+                    0,
+                )
+            assert not (tmp_path / "sources" / "daq_mem_data_source").exists()
+            nursery.cancel_scope.cancel()

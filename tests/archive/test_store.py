@@ -7,7 +7,7 @@ import trio
 
 from turbine import RequestFailed
 from turbine.archive import open_archive
-from turbine.archive._store import TieredStores
+from turbine.archive._store import ARCHIVE_BYTES, TieredStores
 from turbine.hub import Hub, PendingFetch
 from turbine.peer import Peer
 from turbine.store import ChannelSpec, Query
@@ -189,4 +189,132 @@ async def test_the_factory_gives_new_sources_its_retention(tmp_path):
             hub = hub_with(TieredStores(archive, archive_bytes=2**25, archive_age=3600.0))
             put(hub, 1, 1)
             await archive.flush()
-            assert archive.logs[SRC].settings == {"archive_bytes": 2**25, "archive_age": 3600.0}
+            settings = archive.logs[SRC].settings
+            assert (settings["archive_bytes"], settings["archive_age"]) == (2**25, 3600.0)
+
+
+async def test_a_restart_brings_back_a_sources_settings(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            hub.open_source(ME, "daq_other_data_source", cache_frames=7, cache_bytes=2**20)
+            hub.release(ME, "daq_other_data_source")
+            hub.release(ME)
+            # reopened with other settings: the newest are the ones kept
+            hub.open_source(
+                ME, SRC, cache_frames=20, cache_bytes=2**21, shared=True, archive_bytes=2**23
+            )
+            put(hub, 1, 3)
+            await archive.flush()
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive))
+            got = {
+                i["name"]: (i["cache_frames"], i["cache_bytes"], i["shared"], i["archive_bytes"])
+                for i in hub.list_sources()
+            }
+            assert got == {
+                SRC: (20, 2**21, True, 2**23),
+                "daq_other_data_source": (7, 2**20, False, ARCHIVE_BYTES),
+            }
+            assert hub.sources[SRC].channels["x.bin"].store.max_frames == 20
+
+
+async def test_archive_bytes_zero_keeps_a_source_memory_only(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            factory = TieredStores(archive)
+            hub = Hub(store=factory)
+            hub.open_source(ME, SRC, channels={"x.bin": "a/b"}, cache_frames=10, archive_bytes=0)
+            put(hub, 1, 25)
+            await archive.flush()
+            assert [s for s, _ in await fetch(hub, oldest=100)] == list(range(16, 26))
+            assert hub.list_sources()[0]["archive_bytes"] == 0
+            assert not (tmp_path / "sources" / SRC).exists()
+            hub.release(ME)
+            with pytest.raises(RequestFailed, match="is memory-only; it cannot change") as info:
+                hub.open_source(ME, SRC, archive_bytes=2**20)
+            assert info.value.code == "limits"
+            hub.open_source(ME, SRC)  # reopened as it was: still memory-only
+            put(hub, 26, 1)
+            await archive.flush()
+            assert not (tmp_path / "sources" / SRC).exists()
+        async with open_archive(tmp_path) as archive:
+            assert Hub(store=TieredStores(archive)).list_sources() == []
+
+
+async def test_an_archived_source_cannot_turn_memory_only(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            hub.release(ME)
+            with pytest.raises(RequestFailed, match="has an archive; it cannot change"):
+                hub.open_source(ME, SRC, archive_bytes=0)
+            with pytest.raises(RequestFailed, match="must not be negative") as info:
+                hub.open_source(ME, SRC, archive_bytes=-1)
+            assert info.value.code == "limits"
+
+
+async def test_max_disk_refuses_an_archive_that_does_not_fit_and_says_what_is_left(tmp_path):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            factory = TieredStores(archive, archive_bytes=2**21, max_disk=3 * 2**20)
+            hub = Hub(store=factory)
+            hub.open_source(ME, SRC)  # the broker's default: 2 MiB of the 3
+            with pytest.raises(RequestFailed) as info:
+                hub.open_source(ME, "daq_b_data_source")
+            assert info.value.code == "disk"
+            assert str(info.value).startswith(
+                "cannot reserve 2.0 MiB (archive_bytes) of disk for source "
+                "'daq_b_data_source': only 1.0 MiB of the broker's 3.0 MiB (--max-disk) are left"
+            )
+            assert "daq_b_data_source" not in hub.sources  # refused: nothing was made
+            hub.open_source(ME, "daq_b_data_source", archive_bytes=2**20)  # what is left fits
+            hub.open_source(ME, "daq_c_data_source", archive_bytes=0)  # memory-only takes none
+            hub.release(ME)
+            hub.open_source(ME, SRC)  # reopening takes no more than it has
+            hub.release(ME)
+            with pytest.raises(RequestFailed, match="only 2.0 MiB of the broker's"):
+                hub.open_source(ME, SRC, archive_bytes=2**22)
+            hub.delete(SRC)
+            await factory.delete(SRC)  # turbine rm gives its reservation back
+            hub.open_source(ME, "daq_d_data_source", archive_bytes=2**21)
+
+
+async def test_the_oldest_archive_data_goes_first_by_bytes(tmp_path):
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive))
+            hub.open_source(ME, SRC, cache_frames=4, archive_bytes=2 * 2**20)
+            frame = 64 * 1024
+            for i in range(80):  # 5 MiB, a put at a time
+                hub.put(ME, SRC, "x.bin", [float(i)], [bytes([i]) * frame])
+                await archive.written()
+            await archive.flush()
+            on_disk = archive.logs[SRC].bytes
+            assert on_disk <= 2 * 2**20 + 2**20  # the retention and at most one open segment
+            got = await fetch(hub, oldest=100)
+            seqs = [s for s, _ in got]
+            assert seqs == list(range(seqs[0], 81)) and seqs[0] > 1  # the newest, without a gap
+            assert all(p == bytes([s - 1]) * frame for s, p in got)
+            assert len(seqs) * frame >= 2**20  # and at least a segment's worth of them
+
+
+async def test_restored_sources_that_do_not_fit_memory_come_back_smaller(tmp_path, caplog):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive))
+            for name in (SRC, "daq_b_data_source"):
+                hub.open_source(ME, name, cache_bytes=600_000)
+                hub.put(ME, name, "x.bin", [1.0, 2.0], [b"a" * 1000, b"b" * 1000])
+            await archive.flush()
+        async with open_archive(tmp_path) as archive:
+            with caplog.at_level("WARNING", logger="turbine.hub"):
+                hub = Hub(store=TieredStores(archive), max_memory=2**20)  # not both
+            sizes = sorted(s.cache_bytes for s in hub.sources.values())
+            assert sizes == [2**20 - 600_000, 600_000] and hub.reserved <= hub.max_memory
+            assert "restored with cache_bytes 438.1 KiB instead of 585.9 KiB" in caplog.text
+            for name in hub.sources:  # every frame still there, from disk
+                result = hub.fetch(name, oldest=10)
+                assert isinstance(result, PendingFetch)
+                _, payloads = await result.run()
+                assert [bytes(p) for p in payloads] == [b"a" * 1000, b"b" * 1000]

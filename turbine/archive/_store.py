@@ -16,12 +16,12 @@ import attrs
 
 from .._constants import METADATA_CHANNEL
 from .._errors import RequestFailed
-from ..hub import guess_content_type
+from ..hub import fmt_bytes, guess_content_type
 from ..ringbuffer import Ring
 from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, ChannelStore, Query, Run, answer
 from ._archive import Archive
 from ._datadir import ArchiveError
-from ._ops import Declare, Hole, Put
+from ._ops import Declare, Hole, Put, Settings
 
 #: Archive retention of a source unless its creator says (``--archive-bytes``).
 ARCHIVE_BYTES = 1 * 2**30
@@ -48,20 +48,35 @@ class RecoveredSource:
 class TieredStores:
     """Makes a :class:`TieredStore` per channel, all in one :class:`Archive`.
 
+    A source opened with ``archive_bytes=0`` is memory-only: its channels get
+    plain rings and nothing of it reaches the disk.
+
     Args:
         archive: the data directory's archive (from :func:`open_archive`).
-        archive_bytes: retention of a source the factory creates the archive of.
+        archive_bytes: retention of a source that does not ask for its own (``--archive-bytes``).
         archive_age: and its age limit in seconds (by a segment's newest frame), if any.
+        max_disk: bytes the archives of all sources may reserve together
+            (``--max-disk``; ``None``: no budget beyond the disk itself).
     """
 
     durable = True
 
     def __init__(
-        self, archive: Archive, archive_bytes: int = ARCHIVE_BYTES, archive_age: float | None = None
+        self,
+        archive: Archive,
+        archive_bytes: int = ARCHIVE_BYTES,
+        archive_age: float | None = None,
+        max_disk: int | None = None,
     ) -> None:
         self.archive = archive
         self.archive_bytes = archive_bytes
         self.archive_age = archive_age
+        self.max_disk = max_disk
+        #: source -> its settings as last kept (archived sources, and memory-only ones).
+        self.settings: dict[str, dict[str, Any]] = {
+            name: {"archive_bytes": archive_bytes, **log.settings}
+            for name, log in archive.logs.items()
+        }
         self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
         #: (source, channel) -> the first number queued for the archive since it opened.
         self.first_queued: dict[tuple[str, str], int] = {}
@@ -80,15 +95,74 @@ class TieredStores:
             for name, log in self.archive.logs.items()
         ]
 
+    @property
+    def reserved(self) -> int:
+        """Disk the sources' archives may take together (their ``archive_bytes``)."""
+        return sum(s.get("archive_bytes", 0) for s in self.settings.values())
+
+    def archive_settings(
+        self, source: str, archive_bytes: int | None, archive_age: float | None
+    ) -> tuple[int, float | None]:
+        """See :meth:`turbine.store.StoreFactory.archive_settings`.
+
+        Raises:
+            RequestFailed: as there (code ``disk``: over ``max_disk``).
+        """
+        known = self.settings.get(source)
+        if archive_bytes is None:
+            archive_bytes = known.get("archive_bytes", 0) if known else self.archive_bytes
+        if archive_age is None:
+            archive_age = known.get("archive_age") if known else self.archive_age
+        if archive_bytes < 0 or (archive_age is not None and archive_age <= 0):
+            raise RequestFailed(
+                "archive_bytes must not be negative (0: memory only) and archive_age "
+                f"must be positive, not {archive_bytes} and {archive_age}",
+                "limits",
+            )
+        if known is not None and bool(known.get("archive_bytes")) != bool(archive_bytes):
+            now = "has an archive" if known.get("archive_bytes") else "is memory-only"
+            raise RequestFailed(
+                f"source {source!r} {now}; it cannot change that while it exists "
+                "(delete it first: turbine rm)",
+                "limits",
+            )
+        mine = known.get("archive_bytes", 0) if known else 0
+        budget = self.max_disk
+        left = 0 if budget is None else budget - self.reserved + mine
+        if budget is not None and archive_bytes > left:
+            raise RequestFailed(
+                f"cannot reserve {fmt_bytes(archive_bytes)} (archive_bytes) of disk for "
+                f"source {source!r}: only {fmt_bytes(max(left, 0))} of the broker's "
+                f"{fmt_bytes(budget)} (--max-disk) are left; ask for less, delete "
+                "an archived source (turbine rm) or start the broker with a larger --max-disk",
+                "disk",
+            )
+        return archive_bytes, archive_age
+
+    def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
+        """Archive ``source``'s settings when they change (a memory-only source's: remember them)."""
+        if self.settings.get(source) == settings:
+            return
+        self.settings[source] = dict(settings)
+        if not settings.get("archive_bytes"):
+            return
+        if source not in self.archive:
+            self.archive.create_source(source, settings)
+        self.archive.append(source, Settings(dict(settings)))  # on disk now, channels or not
+
     def __call__(self, spec: ChannelSpec) -> ChannelStore:
         archive = self.archive
-        if spec.source not in archive:
+        kept = self.settings.get(spec.source)
+        if kept is not None and not kept.get("archive_bytes"):
+            return Ring(spec.max_frames, spec.next_seq)  # a memory-only source
+        if spec.source not in archive:  # a channel of a source no one opened (a hub's tests)
             settings: dict[str, Any] = {"archive_bytes": self.archive_bytes}
             if self.archive_age is not None:
                 settings["archive_age"] = self.archive_age
             if spec.origin is not None:
                 settings["mirror"] = spec.origin
             archive.create_source(spec.source, settings)
+            self.settings.setdefault(spec.source, settings)
         key = (spec.source, spec.channel)
         next_seq = spec.next_seq
         log = archive.logs.get(spec.source)
@@ -118,6 +192,7 @@ class TieredStores:
         for table in (self._declared, self.first_queued):
             for key in [k for k in table if k[0] == source]:
                 del table[key]
+        self.settings.pop(source, None)
         return await self.archive.delete(source)
 
 
