@@ -69,6 +69,7 @@ def test_the_demo_site_loads() -> None:
     assert {"camera", "video_cam1", "video_axis", "thumbnail_thumbnailer", "ntcp_rig"} <= set(
         labels
     )
+    assert {"audio_tone", "video_door"} <= set(labels)  # the seed's audio and still camera
 
 
 def test_a_site_becomes_command_lines(tmp_path: Path) -> None:

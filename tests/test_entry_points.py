@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from turbine import Client, Frame, open_client, send_command
+from turbine import open_client, send_command
+from turbine.testing import next_frames
 
 pytestmark = pytest.mark.slow
 
@@ -171,14 +172,6 @@ async def _running_site(python: Path, site: Path) -> AsyncIterator[str]:
                 await proc.wait()
 
 
-async def _first_frame(tb: Client, path: str) -> Frame:
-    async with tb.subscribe(path, start="oldest") as sub:
-        async for item in sub:
-            if isinstance(item, Frame):
-                return item
-    raise AssertionError("unreachable: a subscription ends only with its connection")
-
-
 async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Path) -> None:
     src = tmp_path / "src"
     for rel, text in FILES.items():
@@ -207,7 +200,8 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
     async with _running_site(python, site) as address:
         with trio.fail_after(30):
             async with open_client(address) as tb:
-                assert (await _first_frame(tb, "daq_b1_data_source/n")).data == b"0"
+                (first,) = await next_frames(tb, "daq_b1_data_source/n", start="oldest")
+                assert first.data == b"0"
                 reply = await send_command(tb, "daq_b1", "blink", "hello")
                 assert reply.ok and reply.result == "HELLO"
                 status = await send_command(tb, "daq_b1", "status")
@@ -252,7 +246,8 @@ async def test_a_new_component_passes_its_own_test_and_runs_under_the_mcp(tmp_pa
     async with _running_site(python, site) as address:
         with trio.fail_after(30):
             async with open_client(address) as tb:
-                assert (await _first_frame(tb, "daq_b1_data_source/count")).data == b"0"
+                (first,) = await next_frames(tb, "daq_b1_data_source/count", start="oldest")
+                assert first.data == b"0"
                 reply = await send_command(tb, "daq_b1", "set-step", 7)
                 assert reply.ok and reply.result == "step 7"
                 status = await send_command(tb, "daq_b1", "status")

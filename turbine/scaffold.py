@@ -145,8 +145,8 @@ TEST = '''
 """{cls} on a real broker in the test's process, under trio's virtual clock."""
 
 import trio
-from turbine import Frame, open_client, send_command
-from turbine.testing import fake_data, follow_trio_clock, open_broker, serving
+from turbine import open_client, send_command
+from turbine.testing import fake_data, follow_trio_clock, next_frames, open_broker, serving
 
 from {kind}.component import {cls}
 
@@ -158,9 +158,7 @@ async def test_counts_in_steps_on_the_turbine(autojump_clock):
             async with open_client(address) as tb:
                 reply = await send_command(tb, "{type}_t1", "set-step", 5)
                 assert reply.ok and reply.result == "step 5"
-                async with tb.subscribe("{type}_t1_data_source/count", start="now") as sub:
-                    frames = [await sub.receive() for _ in range(2)]
-                assert all(isinstance(f, Frame) for f in frames)
+                frames = await next_frames(tb, "{type}_t1_data_source/count", 2)
                 assert int(frames[1].data) - int(frames[0].data) == 5
                 assert round(frames[1].timestamp - frames[0].timestamp, 6) == 1.0  # interval
                 status = (await send_command(tb, "{type}_t1", "status")).result

@@ -18,6 +18,7 @@ loopback, port 0::
   endpoints open, metadata published, commands answered);
 * :func:`wait_for_component`: wait for a component started elsewhere (a
   process, or ``nursery.start_soon(component.serve)``);
+* :func:`next_frames`: the next frames of a channel or pattern, gaps skipped;
 * :func:`follow_trio_clock`: the wall clock the turbine reads follows trio's
   clock, so that under ``autojump_clock`` uptimes, command deadlines and
   timestamps move with virtual time and tests need no real sleeps;
@@ -48,6 +49,7 @@ __all__ = [
     "Put",
     "fake_data",
     "follow_trio_clock",
+    "next_frames",
     "open_broker",
     "serving",
     "start_broker",
@@ -104,6 +106,23 @@ async def wait_for_component(tb: Client | str, component: str) -> dict[str, Any]
         async for item in sub:
             if isinstance(item, Frame):
                 return dict(json.loads(item.data))
+    raise AssertionError("unreachable: a subscription ends only with its connection")
+
+
+async def next_frames(tb: Client, path: str, n: int = 1, start: str | int = "now") -> list[Frame]:
+    """The next ``n`` frames of ``path`` (a channel or a pattern), from ``start``; gaps skipped.
+
+    ``start`` is as for :meth:`~turbine.Client.subscribe` (``"now"``: frames put
+    from here on; ``"oldest"``: what the broker holds first).  No timeout of its
+    own: wrap it in ``trio.fail_after``.
+    """
+    got: list[Frame] = []
+    async with tb.subscribe(path, start=start) as sub:
+        async for item in sub:
+            if isinstance(item, Frame):
+                got.append(item)
+                if len(got) == n:
+                    return got
     raise AssertionError("unreachable: a subscription ends only with its connection")
 
 

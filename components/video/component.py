@@ -75,9 +75,10 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def camera_url(url: str, width: int, height: int, fps: float) -> str:
+def camera_url(url: str, width: int, height: int, fps: float | None) -> str:
     """``url`` with the VAPIX ``resolution`` and ``fps`` query parameters set
-    (replacing any the URL had), other parameters kept.
+    (replacing any the URL had; no ``fps`` when it is None, as for a
+    snapshot), other parameters kept.
 
     Raises:
         ValueError: the URL is not ``http://HOST[:PORT]/PATH``.
@@ -90,7 +91,9 @@ def camera_url(url: str, width: int, height: int, fps: float) -> str:
         for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         if k not in ("resolution", "fps")
     ]
-    query += [("resolution", f"{width}x{height}"), ("fps", f"{fps:g}")]
+    query.append(("resolution", f"{width}x{height}"))
+    if fps is not None:
+        query.append(("fps", f"{fps:g}"))
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
