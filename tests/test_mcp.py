@@ -9,6 +9,7 @@ CLI's output, and which processes exist afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -21,7 +22,8 @@ from typing import Any
 import pytest
 import trio
 
-from turbine import Client, Frame, open_client, send_command
+from turbine import Client, Frame, RequestFailed, open_client, send_command
+from turbine.auth import LoginRefused
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +82,15 @@ class Site:
 
 
 @contextlib.asynccontextmanager
-async def run_mcp(tmp_path: Path, extra: str = "", broker: str = "") -> AsyncIterator[Site]:
+async def run_mcp(
+    tmp_path: Path, extra: str = "", broker: str = "", env: dict[str, str] | None = None
+) -> AsyncIterator[Site]:
     config = tmp_path / "site.toml"
     config.write_text(SITE.format(extra=extra, broker=broker))
     log = tmp_path / "mcp.log"
     with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
         proc = await trio.lowlevel.open_process(
-            [TURBINE, "mcp", str(config)], stdout=subprocess.PIPE, stderr=err
+            [TURBINE, "mcp", str(config)], stdout=subprocess.PIPE, stderr=err, env=env
         )
     try:
         assert proc.stdout is not None
@@ -261,3 +265,52 @@ async def test_a_crash_loop_is_marked_failed_and_commands_stop_and_start(tmp_pat
         log = site.log.read_text()
         assert "broken keeps crashing (3 exits in a row" in log
         assert "marked failed: 'start broken' tries again" in log
+
+
+async def test_a_site_with_auth_gives_each_component_its_own_user_and_the_cli_the_operators(
+    tmp_path: Path,
+) -> None:
+    auth_dir = tmp_path / "auth"
+    extra = f"\n[auth]\ndir = {json.dumps(str(auth_dir))}\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURBINE_TOKEN")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path, extra=extra, env=env) as site:
+            operator = (tmp_path / "config" / "turbine" / "token").read_text().strip()
+            daq_token = (auth_dir / "tokens" / "daq_t").read_text().strip()
+            async with open_client(site.address, token=operator) as tb:
+                programs = await wait_state(tb, running("daq_t"))
+                async with tb.subscribe("daq_t_data_source/metadata.txt", start="newest") as sub:
+                    await sub.receive()
+                clients = (await tb.status())["clients"]
+                users = {c["name"].split("#")[0]: c["user"] for c in clients}
+                assert (users["daq_t"], users["mcp_t"]) == ("daq_t", "mcp_t")
+            # The CLI finds the operator's token by itself.
+            cli = functools.partial(
+                trio.run_process, capture_stdout=True, capture_stderr=True, env=env
+            )
+            done = await cli(
+                [TURBINE, "cmd", "daq_t", "set-rate", "500", "--turbine", site.address]
+            )
+            assert done.stdout == b"rate 500 Hz, blocks of 50 samples\n", done.stderr
+            # The component got the path of its token, never the token itself.
+            pid = programs["daq_t"]["pid"]
+            cmdline = await trio.Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = (await trio.Path(f"/proc/{pid}/environ").read_bytes()).split(b"\0")
+            assert daq_token.encode() not in cmdline + b"".join(environ)
+            assert f"TURBINE_TOKEN_FILE={auth_dir / 'tokens' / 'daq_t'}".encode() in environ
+            # The DAQ's user may do what the DAQ does, and nothing else.
+            async with open_client(site.address, token=daq_token) as daq:
+                names = {s.name for s in await daq.list_sources()}
+                assert names == {
+                    f"daq_t_{e}"
+                    for e in ("data_source", "debug_log_source", "command_sink", "command_source")
+                }
+                with pytest.raises(RequestFailed, match="no command right"):
+                    await daq.put("daq_t_command_sink/command.txt", b"{}")
+            with pytest.raises(LoginRefused):
+                async with open_client(site.address, token="not-a-token"):
+                    pass
+        log = site.log.read_text()
+        assert f"the operator's token is in {tmp_path / 'config' / 'turbine' / 'token'}" in log
+        assert operator not in log and daq_token not in log

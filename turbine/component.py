@@ -101,6 +101,11 @@ class Component:
     cache_bytes: ClassVar[int | None] = None
     #: Disk kept for it by a broker with a data dir (0: memory only; None: the broker's default).
     archive_bytes: ClassVar[int | None] = None
+    #: Whether a site's operator may command it (the MCP's default rights,
+    #: turbine/mcp/users.py); False: only who :meth:`rights` of another says.
+    operator_commands: ClassVar[bool] = True
+    #: The token it logs in with; None: the one :func:`~turbine.auth.find_token` finds.
+    token: str | None = None
 
     def __init__(
         self, name: str, address: str = DEFAULT_ADDRESS, config: Mapping[str, Any] | Any = None
@@ -181,6 +186,18 @@ class Component:
             ConfigError: an unknown key, a wrong type or a value out of range.
         """
         return make_settings(cls.Settings, given, strict=strict, owner=f"{cls.type} components")
+
+    @classmethod
+    def rights(cls, name: str, settings: Any) -> dict[str, tuple[str, ...]]:
+        """The source patterns component ``name`` with ``settings`` needs, per
+        right (``read``, ``write``, ``command``): the MCP's default rights for
+        its user when the site has auth on.
+
+        By default it reads and writes its own four endpoints and commands
+        nothing; a subclass adds what its settings say it reads or commands.
+        """
+        own = tuple(endpoints(f"{cls.type}_{name}").values())
+        return {"read": own, "write": own, "command": ()}
 
     def change_settings(self, **changes: Any) -> None:
         """Replace some settings at run time (a command's job), checked as at start.
@@ -337,7 +354,7 @@ class Component:
                         # reconnect: a broker that goes away loses none of the
                         # component's frames (spooled) nor its subscriptions.
                         async with open_client(
-                            self.address, name=self.component, reconnect=True
+                            self.address, name=self.component, reconnect=True, token=self.token
                         ) as tb:
                             await self._session(tb, self._patience, ready)
                     except* ConnectionFailed as group:

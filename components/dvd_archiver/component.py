@@ -125,6 +125,13 @@ class DvdArchiver(Component):
     channels = {PROGRESS_CHANNEL: "application/json"}
     Settings = DvdArchiverSettings
 
+    @classmethod
+    def rights(cls, name: str, settings: Any) -> dict[str, tuple[str, ...]]:
+        """Reads the sources of its ``patterns``."""
+        own = super().rights(name, settings)
+        sources = (p.partition("/")[0] for p in settings.patterns)
+        return own | {"read": (*own["read"], *dict.fromkeys(sources))}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cfg: DvdArchiverSettings = self.config

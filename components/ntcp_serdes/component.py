@@ -86,6 +86,17 @@ class NtcpSerdes(Component):
     type = "ntcp"
     Settings = NtcpSerdesSettings
 
+    @classmethod
+    def rights(cls, name: str, settings: Any) -> dict[str, tuple[str, ...]]:
+        """Commands its translator; reads the translator's replies and journal."""
+        own = super().rights(name, settings)
+        target = endpoints(f"{cls.type}_{settings.translator}")
+        return {
+            "read": (*own["read"], target["replies"], target["data"]),
+            "write": own["write"],
+            "command": (target["sink"],),
+        }
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.target = f"{self.type}_{self.config.translator}"

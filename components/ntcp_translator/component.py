@@ -75,6 +75,8 @@ class NtcpTranslator(Component):
 
     type = "ntcp"
     Settings = NtcpTranslatorSettings
+    #: Its command sink moves the rig: only the serdes plugin configured for it commands it.
+    operator_commands = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -187,6 +187,16 @@ class Thumbnailer(Component):
     channels: dict[str, str] = {}
     Settings = ThumbnailerSettings
 
+    @classmethod
+    def rights(cls, name: str, settings: Any) -> dict[str, tuple[str, ...]]:
+        """Reads every camera's data source, writes every camera's thumbnail source."""
+        own = super().rights(name, settings)
+        camera = VIDEO_PATTERN.partition("/")[0]
+        return own | {
+            "read": (*own["read"], camera),
+            "write": (*own["write"], "thumbnail_*_data_source"),
+        }
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         c: ThumbnailerSettings = self.config

@@ -35,12 +35,20 @@ The site file
                               # sources and numbers survive a restart. Without it: memory only
     # address = "127.0.0.1:3333"   # with embedded = false
 
+    [auth]                    # tokens on (an embedded broker only); without this table: none
+    dir = "var/auth"          # auth.toml (hashes and rights) and tokens/USER, made at the first start
+    operator = "operator"     # an admin whose token is left where the turbine commands find it
+
     [[component]]             # a turbine component, one per table
     kind = "daq"              # a registered kind (turbine.kinds): here components.daq
     name = "demo"             # its endpoints: daq_demo_* (the prefix is the class's type)
     args = []                 # extra command-line arguments, e.g. ["--log-level", "DEBUG"]
     restart = true            # restart when it exits unexpectedly
     enabled = true            # start with the site (false: only on `start NAME`)
+    user = "daq_demo"         # with [auth]: its user (default: its <type>_<name>) ...
+    read = []                 # ... with the rights its kind needs plus these source patterns
+    write = []
+    command = []
     [component.settings]      # checked against the class's `settings` before anything starts
     rate = 100.0
 
@@ -49,6 +57,17 @@ The site file
     kind = "camera_sim"       # runs `python -m components.camera_sim ARGS` ...
     args = ["--port", "8081"]
     # command = ["ffmpeg", "..."]   # ... or any program (instead of kind)
+    # user = "web"            # with [auth]: its user, with exactly these rights
+    # read = ["*"]            # (and write, command); without a user it gets no token
+
+With ``[auth]`` every component logs in as its own user, by default with
+the rights its class's :meth:`~turbine.component.Component.rights` gives it
+(its own four endpoints, plus what its settings say it reads or commands);
+each program finds the path of its own token in ``TURBINE_TOKEN_FILE``
+(never the token on its command line or in its environment).  The operator
+may read and write everything and command every component whose class
+allows it: an NTCP translator's command sink takes commands from its serdes
+plugin only.  See :mod:`turbine.mcp.users`.
 
 In ``args`` and ``command``, ``{turbine}`` becomes the broker's address.
 Processes start before components.  Config errors (unknown kind, bad name,

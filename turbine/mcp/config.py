@@ -15,11 +15,13 @@ import attrs
 from .. import kinds
 from .._constants import DEFAULT_HOST, DEFAULT_PORT, MAX_MEMORY_BYTES, SOURCE_TYPES
 from .._errors import TurbineError
+from ..auth import RIGHTS
 from ..client import parse_address
 from ..component import Component
-from ..names import InvalidName, check_component_name, check_source_name
+from ..names import InvalidName, check_component_name, check_source_name, source_pattern
 from ..server import BrokerConfig
 from ..settings import ConfigError, settings_dict, type_name, type_ok
+from .users import SiteAuth
 
 log = logging.getLogger("turbine.mcp")
 
@@ -67,6 +69,12 @@ class ProgramSpec:
     command: tuple[str, ...] = ()
     restart: bool = True
     enabled: bool = True
+    #: Its user on a site with ``[auth]`` ("": a process that gets no token).
+    user: str = ""
+    #: Its user's source patterns per right (``read``, ``write``, ``command``).
+    rights: dict[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
+    #: Whether the site's operator may command it (its class's ``operator_commands``).
+    operator_commands: bool = False
 
     def argv(self, address: str, settings_fd: int | None = None) -> list[str]:
         """The command line, with ``{turbine}`` replaced by the broker's address.
@@ -95,6 +103,8 @@ class SiteConfig:
     programs: tuple[ProgramSpec, ...]
     #: Where the embedded broker archives every frame (absolute), or None: memory only.
     data_dir: str | None = None
+    #: Users and tokens (``[auth]``), or None: the broker checks no tokens.
+    auth: SiteAuth | None = None
 
     @property
     def embedded(self) -> bool:
@@ -201,6 +211,22 @@ def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
     return {key: given[key] for key in raw}
 
 
+def _rights(
+    t: _Table, given: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, tuple[str, ...]]:
+    """``given`` (a component's defaults) plus the table's ``read``, ``write``, ``command`` lists."""
+    rights = {right: (given or {}).get(right, ()) for right in RIGHTS}
+    for right in RIGHTS:
+        extra = t.get_strings(right)
+        try:
+            for pattern in extra:
+                source_pattern(pattern)
+        except InvalidName as exc:
+            raise t.error(right, str(exc)) from None
+        rights[right] = tuple(dict.fromkeys((*rights[right], *extra)))
+    return rights
+
+
 def load_config(path: str | os.PathLike[str]) -> SiteConfig:
     """Read and check a site file; nothing is started.
 
@@ -281,8 +307,12 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 command=cmd,
                 restart=t.get("restart", bool, True),
                 enabled=t.get("enabled", bool, True),
+                user=_name(t, "user") if "user" in t.data else "",
+                rights=_rights(t),
             )
         )
+        if any(programs[-1].rights.values()) and not programs[-1].user:
+            raise t.error("user", "missing; rights (read, write, command) are given to a user")
         t.done()
     for i, entry in enumerate(top.get("component", list, [], "[[component]] tables"), start=1):
         t = _Table(p, f"component[{i}]", entry)
@@ -305,6 +335,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             check_source_name(f"{cls.type}_{name}_data_source", types=types)
         except InvalidName as exc:
             raise t.error("name", str(exc)) from None
+        settings = _settings(t, cls)
         programs.append(
             ProgramSpec(
                 label=f"{cls.type}_{name}",
@@ -313,13 +344,26 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 module=kind.module,
                 component=True,
                 name=name,
-                settings=_settings(t, cls),
+                settings=settings,
                 args=t.get_strings("args"),
                 restart=t.get("restart", bool, True),
                 enabled=t.get("enabled", bool, True),
+                user=_name(t, "user", f"{cls.type}_{name}"),
+                rights=_rights(t, cls.rights(name, cls.make_settings(settings, strict=True))),
+                operator_commands=cls.operator_commands,
             )
         )
         t.done()
+    auth = None
+    if "auth" in top.data:
+        a = _Table(p, "auth", top.get("auth", dict, {}, "an [auth] table"))
+        if not embedded:
+            raise a.error(
+                "", "only with [broker] embedded = true: the MCP gives the broker its users"
+            )
+        auth_dir = a.get("dir", str, "var/auth", "a directory (relative: to the working directory)")
+        auth = SiteAuth(os.path.abspath(auth_dir), _name(a, "operator", "operator"))
+        a.done()
     top.done()
     seen: dict[str, str] = {f"mcp_{mcp.name}": "mcp.name"}
     for prog in programs:
@@ -329,4 +373,4 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             )
         seen[prog.label] = prog.where
     data_dir = os.path.abspath(data_dir) if data_dir else None
-    return SiteConfig(p, mcp, broker, address, tuple(programs), data_dir)
+    return SiteConfig(p, mcp, broker, address, tuple(programs), data_dir, auth)

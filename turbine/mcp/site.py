@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Any
 
+import attrs
 import click
 import trio
 
-from .._constants import STATUS_INTERVAL_S
+from .._constants import STATUS_INTERVAL_S, TOKEN_ENVVAR
 from .._errors import TurbineError, unwrap
 from .._signals import open_stop_nursery
 from ..archive import ArchiveError
@@ -24,6 +25,7 @@ from ..server import serve_turbine
 from .config import SiteConfig, SiteConfigError, load_config
 from .console import Console, ConsoleHandler, fmt_duration
 from .supervisor import Supervisor
+from .users import prepare_users
 
 log = logging.getLogger("turbine.mcp")
 
@@ -118,13 +120,17 @@ async def run_site(
         if supervisor is not None:
             supervisor.kill_all()
 
+    users = prepare_users(site) if site.auth is not None else None
     async with open_stop_nursery(stop, again) as nursery:
         if site.broker is not None:
+            broker = site.broker
+            if users is not None:
+                broker = attrs.evolve(broker, auth=users.table)
             try:
                 serve = serve_turbine
                 if site.data_dir is not None:
                     serve = functools.partial(serve_archived, data_dir=site.data_dir)
-                addresses = await nursery.start(serve, site.broker)
+                addresses = await nursery.start(serve, broker)
             except ArchiveError as exc:
                 raise TurbineError(f"[broker] data_dir in {site.path}: {exc}") from None
             except OSError as exc:
@@ -140,6 +146,16 @@ async def run_site(
             address = site.address
         supervisor = Supervisor(site, address, console)
         me = Mcp(site.mcp.name, address, supervisor)
+        if users is not None:
+            me.token = users.mcp_token
+            log.info(
+                "auth on: %d users in %s; the operator's token is %s",
+                len(users.table.users),
+                users.table.path,
+                f"in {users.operator_file}, where the turbine commands find it"
+                if users.operator_file
+                else f"the one in {TOKEN_ENVVAR}",
+            )
         log.info(
             "%s running %s: %d programs, broker %s%s",
             me.component,

@@ -25,6 +25,7 @@ from .._retry import capped_delay
 from .config import SiteConfig, UnknownProgram
 from .console import Console
 from .processes import Program, describe_exit, signal_group, spawn, wait_exit
+from .users import program_env
 
 log = logging.getLogger("turbine.mcp")
 
@@ -136,7 +137,8 @@ class Supervisor:
         argv = p.spec.argv(self.address, settings_fd)
         read_fd, write_fd = os.pipe()
         try:
-            popen = spawn(argv, write_fd, self._env, () if settings_fd is None else (settings_fd,))
+            env = program_env(self.site, p.spec, self._env)
+            popen = spawn(argv, write_fd, env, () if settings_fd is None else (settings_fd,))
         except OSError as exc:
             os.close(read_fd)
             if settings_w is not None:
