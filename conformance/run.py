@@ -374,6 +374,8 @@ def run_step(
             match(ctx, HELLO, header, "hello")
             ctx.max_frame = header["max_frame"]
             hello = {"type": "client_hello", "protocol": 1, "name": step.get("name", "conform")}
+            if "token" in step:
+                hello["token"] = step["token"]
             peer.send(frame(ctx, {"send": hello}))
         return
     peer = peers[conn]

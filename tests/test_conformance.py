@@ -36,6 +36,24 @@ def test_conformance_suite_passes_against_the_broker() -> None:
     assert "transcripts passed" in done.stdout.splitlines()[-1]
 
 
+def test_the_auth_transcripts_pass_against_a_broker_with_their_auth_file(tmp_path: Path) -> None:
+    auth = tmp_path / "auth.toml"  # a copy: the broker may rewrite its auth file
+    auth.write_bytes((CONFORMANCE / "auth.toml").read_bytes())
+    serve = Serve("--auth", str(auth))
+    try:
+        done = subprocess.run(
+            [sys.executable, str(RUNNER), serve.address]
+            + sorted(str(p) for p in (CONFORMANCE / "transcripts" / "auth").glob("*.json")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        serve.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("2 of 2 transcripts passed")
+
+
 def test_the_runner_reports_a_broker_that_breaks_a_transcript(tmp_path: Path) -> None:
     """A transcript the broker cannot satisfy fails, naming the step and the difference."""
     bad = tmp_path / "bad.json"
