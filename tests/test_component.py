@@ -27,6 +27,8 @@ from turbine import (
     send_command,
     unwrap,
 )
+from turbine._component_parts import find_commands, usage
+from turbine.cli import reply_text
 from turbine.testing import (
     fake_data,
     follow_trio_clock,
@@ -281,3 +283,28 @@ async def test_state_is_kept_across_restarts(
     again.kept.path.write_text("[1, 2")
     with pytest.raises(ConfigError, match="cannot read .*state.json"):
         again.kept.load()
+
+
+def test_help_names_each_verb_and_argument_once() -> None:
+    class Helped(Component):
+        type = "daq"
+
+        @command("set-step", help="count in steps of STEP")
+        async def set_step(self, step: int) -> None: ...
+
+        @command("copy", help="copy N: copy the disc onto N blanks")
+        async def copy(self, n: int) -> None: ...
+
+        @command("seek", help="POSITION [SPEED]: go to POSITION")
+        async def seek(self, position: float, speed: float = 1.0) -> None: ...
+
+    table = {v: usage(v, fn) for v, fn in find_commands(Helped("h1")).items()}
+    assert table["set-step"] == "set-step STEP: count in steps of STEP"
+    assert table["copy"] == "copy N: copy the disc onto N blanks"
+    assert table["seek"] == "seek POSITION [SPEED]: go to POSITION"
+    # turbine cmd X help: one usage line per command, the verb once.
+    printed = reply_text("help", table).splitlines()
+    assert printed[0] == "copy N: copy the disc onto N blanks"
+    assert printed[-1] == "status: the component's state, uptime and settings"
+    assert "set-step STEP: count in steps of STEP" in printed
+    assert reply_text("status", {"a": "b"}) == '{\n  "a": "b"\n}'

@@ -57,12 +57,22 @@ def find_commands(obj: object) -> dict[str, Handler]:
 
 
 def usage(verb: str, fn: Handler) -> str:
-    """``verb ARG [OPTIONAL]: help`` for ``help`` replies and argument errors."""
+    """``verb ARG [OPTIONAL]: help`` for ``help`` replies and argument errors.
+
+    A help text that starts with the usage itself (``"set-step STEP: ..."`` or
+    ``"STEP: ..."``) is not repeated after it.
+    """
     params = inspect.signature(fn).parameters.values()
     sig = " ".join(
         p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in params
     )
-    return f"{verb} {sig}".strip() + f": {fn.__turbine_help__}"  # type: ignore[attr-defined]
+    head = f"{verb} {sig}".strip()
+    text: str = fn.__turbine_help__  # type: ignore[attr-defined]
+    for already in (head, sig):
+        if already and (text == already or text.startswith(f"{already}:")):
+            text = text[len(already) :].lstrip(": ")
+            break
+    return f"{head}: {text}" if text else head
 
 
 async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]:

@@ -652,6 +652,23 @@ async def put(
 # --- components ------------------------------------------------------------------
 
 
+def reply_text(verb: str, result: Any) -> str:
+    """An ok reply's result as ``turbine cmd`` prints it.
+
+    Text as it is; ``help``'s table of usage lines one per line (each names
+    its verb); anything else as indented JSON.
+    """
+    if isinstance(result, str):
+        return result
+    if (
+        verb == "help"
+        and isinstance(result, dict)
+        and all(isinstance(v, str) for v in result.values())
+    ):
+        return "\n".join(result[k] for k in sorted(result))
+    return json.dumps(result, indent=2, default=str)
+
+
 @main.command()
 @click.argument("target")
 @click.argument("verb")
@@ -681,8 +698,7 @@ async def cmd(
     if as_json_:
         click.echo(json.dumps(attrs.asdict(reply), indent=2, default=str))
     elif reply.ok:
-        result = reply.result
-        click.echo(result if isinstance(result, str) else json.dumps(result, indent=2, default=str))
+        click.echo(reply_text(verb, reply.result))
     else:
         click.echo(f"{target} {verb}: {reply.status}: {reply.error}", err=True)
     if not reply.ok:
