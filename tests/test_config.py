@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
@@ -190,7 +191,9 @@ def test_mistakes_name_the_file_the_key_and_what_is_expected(
 
 def test_a_replay_without_its_file_is_caught_before_starting(tmp_path: Path) -> None:
     text = '[[component]]\nkind = "daq"\nname = "a"\nsettings = { mode = "replay", file = "nope.csv" }\n'
-    assert "component[1].settings: cannot read recording 'nope.csv'" in error(tmp_path, text)
+    # The site file's directory: where the site means the recording to be.
+    missing = tmp_path / "nope.csv"
+    assert f"component[1].settings: cannot read recording '{missing}'" in error(tmp_path, text)
 
 
 def test_a_missing_file() -> None:
@@ -245,3 +248,49 @@ def test_an_unknown_component_kind_lists_component_kinds_only(tmp_path: Path) ->
     known = done.stderr.split("expected one of ")[1].strip().split(", ")
     assert "daq" in known and "video" in known
     assert "camera_sim" not in known and "netdvd" not in known  # processes, not components
+
+
+def test_relative_paths_in_settings_are_relative_to_the_site_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site_dir = tmp_path / "lab" / "site"
+    (site_dir / "sounds").mkdir(parents=True)
+    with wave.open(str(site_dir / "sounds" / "a.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 80)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the MCP started from another directory
+    text = """
+[broker]
+port = 0
+types = ["mcp", "dvd"]
+
+[[component]]
+kind = "audio"
+name = "mic"
+[component.settings]
+source = "wav"
+file = "{file}"
+
+[[component]]
+kind = "dvd_archiver"
+name = "a"
+[component.settings]
+state_dir = "{state}"
+netdvd = "127.0.0.1:4444"
+"""
+    site = site_dir / "site.toml"
+    site.write_text(text.format(file="sounds/a.wav", state="/srv/dvd"))
+    mic, archiver = load_config(site).programs
+    assert mic.settings == {"source": "wav", "file": str(site_dir / "sounds" / "a.wav")}
+    assert archiver.settings["state_dir"] == "/srv/dvd"  # absolute: as it is
+    assert archiver.settings["netdvd"] == "127.0.0.1:4444"  # not a path: untouched
+
+    site.write_text(text.format(file="../sounds/a.wav", state="var/dvd"))
+    with pytest.raises(SiteConfigError) as info:
+        load_config(site)
+    missing = tmp_path / "lab" / "sounds" / "a.wav"
+    assert f"setting 'file': no such file: '{missing}'" in str(info.value)

@@ -17,6 +17,7 @@ Types a setting may have: ``bool``, ``int``, ``float``, ``str``,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_origin
 
@@ -67,6 +68,35 @@ def address(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 def as_tuple(value: Any) -> tuple[Any, ...]:
     """attrs converter of a list setting (TOML and JSON give lists) to a tuple."""
     return tuple(value) if isinstance(value, list | tuple) else value
+
+
+#: attrs metadata key of a setting that is a file or directory (see :func:`path_setting`).
+_PATH = "turbine_path"
+
+
+def path_setting(default: str = "", **field: Any) -> Any:
+    """A setting that names a file or directory: ``file: str = path_setting()``.
+
+    A relative path given in a site file is relative to that file's
+    directory: the MCP makes it absolute (:func:`resolve_paths`) before it
+    checks the settings, so validators see the file the site means.  Given
+    on the command line (``--set file=x.wav``), or as the default, it is
+    relative to the working directory, as any path on a command line.
+    ``field`` goes to ``attrs.field`` (``validator=...``).
+    """
+    metadata = {**field.pop("metadata", {}), _PATH: True}
+    return attrs.field(default=default, metadata=metadata, **field)
+
+
+def resolve_paths(cls: type, given: Mapping[str, Any], base: str) -> dict[str, Any]:
+    """``given`` with each relative, non-empty :func:`path_setting` of ``cls`` joined to ``base``."""
+    paths = {f.name for f in attrs.fields(cls) if f.metadata.get(_PATH)}
+    return {
+        key: os.path.normpath(os.path.join(base, value))
+        if key in paths and isinstance(value, str) and value and not os.path.isabs(value)
+        else value
+        for key, value in given.items()
+    }
 
 
 def setting_kinds(cls: type) -> dict[str, type]:

@@ -29,7 +29,7 @@ import trio
 
 from turbine import Component, command, wall_time
 from turbine.render import pcm_content_type
-from turbine.settings import check
+from turbine.settings import check, path_setting
 
 CHANNEL = "audio.pcm"
 BITS = 16
@@ -51,8 +51,8 @@ class AudioSettings:
     block_seconds: float = attrs.field(
         default=0.1, validator=check(lambda v: 0.001 <= v <= 10, "0.001-10 seconds")
     )
-    #: The WAV file (source = "wav"); relative to the working directory.
-    file: str = ""
+    #: The WAV file (source = "wav"); in a site file, relative to the site file.
+    file: str = path_setting()
     loop: bool = True
     #: Start playing at once (false: wait for ``start``).
     autostart: bool = True

@@ -54,7 +54,7 @@ from components.daq.signals import (
 )
 from turbine import FLOAT64_CONTENT_TYPE, wall_time
 from turbine.component import Component, command
-from turbine.settings import ConfigError, check
+from turbine.settings import ConfigError, check, path_setting
 
 MODES = ("generate", "replay")
 MAX_CHANNELS = 256
@@ -87,7 +87,7 @@ class DaqSettings:
     offset: float = 0.0
     units: str = "V"
     channel_settings: dict[str, Any] = attrs.field(factory=dict)
-    file: str = ""
+    file: str = path_setting()
     loop: bool = True
     seed: int = 0
     autostart: bool = True

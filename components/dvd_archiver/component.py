@@ -48,7 +48,7 @@ from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdv
 from turbine import wall_time
 from turbine.client import Frame, parse_address
 from turbine.component import Component, command
-from turbine.settings import address, as_tuple, check
+from turbine.settings import address, as_tuple, check, path_setting
 
 from . import layout
 from .staging import Buffer, ChannelBuffer, Position, Segment, Staging
@@ -99,9 +99,9 @@ class DvdArchiverSettings:
     #: Source-name prefixes not to archive.
     exclude: tuple[str, ...] = attrs.field(default=(), converter=as_tuple)
     #: Staging directory (default var/dvd_archiver/<name>/staging).
-    staging: str = ""
+    staging: str = path_setting()
     #: state.json lives here (default var/dvd_archiver/<name>).
-    state_dir: str = ""
+    state_dir: str = path_setting()
     #: Burn when this many bytes are staged ...
     burn_size: int = attrs.field(default=256 * 2**20, validator=_POSITIVE_BYTES)
     #: ... or this many seconds after the last burn.

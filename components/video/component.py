@@ -38,7 +38,7 @@ from components.video.mjpeg import HttpStatusError, mjpeg_frames
 from components.video.synthetic import PatternRenderer, SyntheticConfig, synthetic_frames
 from turbine import Backoff
 from turbine.component import Component, command
-from turbine.settings import as_tuple, check
+from turbine.settings import as_tuple, check, path_setting
 
 VIDEO_CHANNEL = "video.jpg"
 MODES = ("synthetic", "mjpeg", "files")
@@ -115,7 +115,7 @@ class VideoSettings:
 
     mode: str = "synthetic"
     url: str = ""
-    dir: str = ""
+    dir: str = path_setting()
     width: int = 640
     height: int = 480
     fps: float = 10.0

@@ -51,6 +51,7 @@ The site file
     command = []
     [component.settings]      # checked against the class's `settings` before anything starts
     rate = 100.0
+    # file = "recordings/a.csv"   # a path setting: relative to this file's directory
 
     [[process]]               # a plain program (a simulator, a device server): no endpoints
     name = "camera"           # its name in the MCP's state and commands

@@ -20,7 +20,7 @@ from ..client import parse_address
 from ..component import Component
 from ..names import InvalidName, check_component_name, check_source_name, source_pattern
 from ..server import BrokerConfig
-from ..settings import ConfigError, settings_dict, type_name, type_ok
+from ..settings import ConfigError, resolve_paths, settings_dict, type_name, type_ok
 from .users import SiteAuth
 
 log = logging.getLogger("turbine.mcp")
@@ -202,6 +202,8 @@ def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
     """The ``settings`` table, checked by the component's settings class (nothing is constructed)."""
     raw = t.get("settings", dict, {}, "a table of settings")
     where = f"{t.where}.settings"
+    # A relative file or directory in a site file is relative to the site file.
+    raw = resolve_paths(cls.Settings, raw, os.path.dirname(os.path.abspath(t.path)))
     try:
         settings = cls.make_settings(raw, strict=True)
     except ConfigError as exc:
