@@ -57,6 +57,9 @@ class ChannelInfo:
     rate: float | None
     #: The number the channel's next frame gets (None from a broker that does not say).
     next_seq: int | None = None
+    #: What the broker's disk archive holds of it (``frames``, ``bytes``, ``first_seq``,
+    #: ``last_seq``, ``first_time``, ``last_time``); None for a channel kept in memory only.
+    disk: Any = None
 
 
 @attrs.frozen

@@ -461,14 +461,29 @@ async def fetch(
         click.echo(f"no frames for {path}", err=True)
 
 
+def _disk_text(disk: dict[str, Any]) -> str:
+    """A channel's disk figures, in the columns of its memory line."""
+    first, last = disk["first_time"], disk["last_time"]
+    span = f"{iso(first)} .. {iso(last)}" if first is not None and last is not None else "-"
+    seqs = f"#{disk['first_seq']}-{disk['last_seq']}" if disk["frames"] else "#-"
+    return f"{disk['frames']:>7} frames {seqs:<14} {fmt_bytes(disk['bytes']):>10} {'':>9}  {span}"
+
+
 def _ls_text(infos: list[SourceInfo]) -> None:
     for s in infos:
         state = "online" if s.online else "offline"
         flags = ", shared" if s.shared else ""
         holder = f" held by {s.holder}" if s.online else ""
         access = f"{s.access}  " if s.access is not None else ""
+        archive = (
+            f"; disk {fmt_bytes(sum(c.disk['bytes'] for c in s.channels if c.disk))} "
+            f"of {fmt_bytes(s.archive_bytes)}"
+            if s.archive_bytes
+            else ""
+        )
         click.echo(
-            f"{access}{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of {fmt_bytes(s.cache_bytes)}"
+            f"{access}{s.name}  [{state}{flags}]{holder}  {fmt_bytes(s.bytes)} of "
+            f"{fmt_bytes(s.cache_bytes)}{archive}"
         )
         if s.mirror is not None:
             click.echo(f"  mirror of {Origin.from_wire(s.mirror).describe()}")
@@ -486,6 +501,8 @@ def _ls_text(infos: list[SourceInfo]) -> None:
                 f"  {c.name:<20} {c.content_type:<26} {c.frames:>7} frames {seqs:<14} "
                 f"{fmt_bytes(c.bytes):>10} {rate:>9}  {span}"
             )
+            if c.disk is not None:
+                click.echo(f"  {'':<20} {'on disk':>26} {_disk_text(c.disk)}")
         if s.metadata is not None:
             meta = json.dumps(s.metadata, sort_keys=True)
             click.echo(f"  metadata: {meta if len(meta) <= 200 else meta[:197] + '...'}")
@@ -519,11 +536,33 @@ async def meta(tb: Client, source: str) -> None:
     click.echo(json.dumps(infos[0].metadata, indent=2, sort_keys=True))
 
 
+def _disk_status(disk: dict[str, Any]) -> None:
+    """The status lines of a broker's data dir: use, budget, writes, syncs, trouble."""
+    limit = f" of --max-disk {fmt_bytes(disk['limit'])}" if disk.get("limit") else ""
+    synced = iso(disk["last_sync"]) if disk.get("last_sync") else "never"
+    click.echo(
+        f"disk: {fmt_bytes(disk['bytes'])} used, {fmt_bytes(disk['reserved'])} reserved{limit} "
+        f"in {disk['path']}; writing {fmt_bytes(disk['write_rate'])}/s, "
+        f"{fmt_bytes(disk['backlog'])} waiting, last sync {synced}"
+    )
+    for why in disk["errors"].values():
+        click.echo(f"  write error: {why}")
+    for source, found in disk["damage"].items():
+        for d in found:
+            end = d["offset"] + d["length"]
+            click.echo(
+                f"  damage in {source}: segment {d['segment']}, bytes {d['offset']}-{end}: "
+                f"{d['reason']} (its frames are reported to readers as missing)"
+            )
+    for source, why in disk["broken"].items():
+        click.echo(f"  archive of {source} unreadable: {why}")
+
+
 @main.command()
 @click.option("--json", "as_json_", is_flag=True, help="Everything, as JSON.")
 @client_command
 async def status(tb: Client, as_json_: bool) -> None:
-    """Broker version, uptime, memory, clients and their traffic."""
+    """Broker version, uptime, memory, disk (with a data dir), clients and their traffic."""
     st = await tb.status()
     if as_json_:
         click.echo(json.dumps(st, indent=2))
@@ -536,6 +575,8 @@ async def status(tb: Client, as_json_: bool) -> None:
         f"memory: {fmt_bytes(mem['used'])} used, {fmt_bytes(mem['reserved'])} reserved of {fmt_bytes(mem['limit'])}; "
         f"{st['sources']} sources"
     )
+    if st.get("disk"):
+        _disk_status(st["disk"])
     click.echo(f"clients: {len(st['clients'])}")
     for c in st["clients"]:
         user = f" (user {c['user']})" if c.get("user") else ""

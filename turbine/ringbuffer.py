@@ -289,6 +289,9 @@ class Ring:
         self.evict(len(self))
         return freed
 
+    def disk(self) -> None:
+        return None  # memory only
+
 
 class Writers:
     """Who wrote which frames of a ring: ``(first seq, writer)`` per run of one writer."""
@@ -331,6 +334,9 @@ class MemoryStores:
 
     def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
         pass
+
+    def statistics(self) -> None:
+        return None
 
     async def delete(self, source: str) -> int:
         return 0  # nothing of a source outlives its rings

@@ -524,6 +524,7 @@ class Broker:
                 "reserved": self.hub.reserved,
                 "limit": self.hub.max_memory,
             },
+            "disk": self.hub.store.statistics(),  # None without a data dir
             "sources": len(self.hub.sources),
             "clients": [c.info() for c in clients],
             "slow_events": self.slow_events,

@@ -112,6 +112,7 @@ class Channel:
             "last_time": store.last_time,
             "bytes": store.bytes,
             "rate": rate,
+            "disk": store.disk(),
         }
 
 

@@ -245,6 +245,12 @@ class ChannelStore(Protocol):
         """Forget every frame for good (its source is deleted); return the bytes freed."""
         ...
 
+    def disk(self) -> dict[str, Any] | None:
+        """What the store keeps beyond memory (``frames``, ``bytes``, ``first_seq``,
+        ``last_seq``, ``first_time``, ``last_time``, as written so far), or ``None`` for a
+        memory-only store.  Never blocks."""
+        ...
+
 
 class StoreFactory(Protocol):
     """Makes the store of each channel; a broker is configured with one.
@@ -276,6 +282,10 @@ class StoreFactory(Protocol):
     def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
         """Remember ``source``'s settings (:meth:`turbine.sources.Source.settings`);
         a durable factory archives them, so a restart brings them back."""
+        ...
+
+    def statistics(self) -> dict[str, Any] | None:
+        """The disk under the stores, for the broker's status (``None``: memory only)."""
         ...
 
     async def delete(self, source: str) -> int:

@@ -56,6 +56,33 @@ async def test_archived_sources_come_back_offline_and_continue_their_numbers(tmp
                     [TURBINE, "ls", "--turbine", address], capture_stdout=True
                 )
                 assert f"next #{8 + round_}" in listing.stdout.decode()
+                assert info["cache_frames"] == 3  # its settings came back
+                assert channels["x"]["frames"] == 0  # memory holds none of x, the disk all
+                disk = channels["x"]["disk"]
+                assert (disk["frames"], disk["first_seq"], disk["last_seq"]) == (
+                    7 + round_,
+                    1,
+                    7 + round_,
+                )
+                assert disk["bytes"] >= 8 * (7 + round_)
+                assert (disk["first_time"], disk["last_time"]) == (
+                    0.0 if round_ else 1.0,
+                    7.0,
+                )  # min, max
+                on_disk = [
+                    line for line in listing.stdout.decode().splitlines() if "on disk" in line
+                ]
+                assert len(on_disk) == 3 and f"#1-{7 + round_}" in on_disk[0]
+                status = await trio.run_process(
+                    [TURBINE, "status", "--json", "--turbine", address], capture_stdout=True
+                )
+                st = json.loads(status.stdout)["disk"]
+                assert st["bytes"] > 0 and st["damage"] == {} and st["errors"] == {}
+                assert st["path"] == root and st["reserved"] == 2**30  # --archive-bytes default
+                status = await trio.run_process(
+                    [TURBINE, "status", "--turbine", address], capture_stdout=True
+                )
+                assert f"reserved in {root}; writing" in status.stdout.decode()
                 async with open_client(address, name="daq") as client:
                     src = await client.open_source(SRC, TYPES)
                     await src.put("x", b"%8d" % (8 + round_), 0.0)

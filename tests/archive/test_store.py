@@ -318,3 +318,45 @@ async def test_restored_sources_that_do_not_fit_memory_come_back_smaller(tmp_pat
                 assert isinstance(result, PendingFetch)
                 _, payloads = await result.run()
                 assert [bytes(p) for p in payloads] == [b"a" * 1000, b"b" * 1000]
+
+
+async def test_channel_info_says_what_memory_and_disk_hold(tmp_path):
+    clock = [1000.0]
+    with trio.fail_after(20):
+        async with open_archive(tmp_path, clock=lambda: clock[0]) as archive:
+            factory = TieredStores(archive, max_disk=2**31)
+            hub = hub_with(factory)
+            put(hub, 1, 25)  # the ring keeps 10
+            assert hub.list_sources()[0]["channels"][0]["disk"]["frames"] == 0  # not written yet
+            clock[0] = 1002.0
+            await archive.flush()
+            (info,) = hub.list_sources()
+            (x,) = info["channels"]
+            assert (x["frames"], x["first_seq"], x["last_seq"]) == (10, 16, 25)
+            assert x["disk"] == {
+                "frames": 25,
+                "bytes": x["disk"]["bytes"],
+                "first_seq": 1,
+                "last_seq": 25,
+                "first_time": 1.0,
+                "last_time": 25.0,
+            }
+            payload = sum(len(b"frame %d" % s) for s in range(1, 26))
+            assert x["disk"]["bytes"] >= payload
+            st = factory.statistics()
+            assert (st["reserved"], st["limit"], st["path"]) == (
+                ARCHIVE_BYTES,
+                2**31,
+                str(tmp_path),
+            )
+            assert st["write_rate"] == payload / 2.0  # payload bytes over the 2 s since opening
+            assert st["last_sync"] == 1002.0 and st["damage"] == st["errors"] == {}
+            clock[0] = 1100.0  # nothing written for longer than the window
+            assert factory.statistics()["write_rate"] == 0.0
+
+
+async def test_a_memory_broker_has_no_disk_figures():
+    hub = Hub()
+    hub.open_source(ME, SRC, channels={"x.bin": "a/b"})
+    assert hub.list_sources()[0]["channels"][0]["disk"] is None
+    assert hub.store.statistics() is None

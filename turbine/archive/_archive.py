@@ -8,6 +8,7 @@ one per frame).  :meth:`Archive.flush` is the only call that waits for the disk.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import errno
@@ -28,6 +29,8 @@ from ._ops import Op, Put, WriteFailed
 
 #: A source whose writes failed is retried this often (disk full: until space returns).
 RETRY_S = 1.0
+#: The write rate in the statistics is over about this many seconds.
+RATE_WINDOW_S = 10.0
 
 
 class SyncPolicy(enum.Enum):
@@ -110,6 +113,8 @@ class Archive:
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
         self.bytes_written = 0  # payload bytes written so far (a status shows the rate)
+        #: (time, bytes_written) at each commit of the last RATE_WINDOW_S, for the rate.
+        self._written_at: collections.deque[tuple[float, int]] = collections.deque([(clock(), 0)])
         self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
         self._deletions_asked = self._deletions_done = 0
 
@@ -124,10 +129,15 @@ class Archive:
         return name in self._queues
 
     def statistics(self) -> dict[str, Any]:
+        """Bytes on disk, commits, payload bytes written and their rate (bytes per
+        second, over about the last :data:`RATE_WINDOW_S`), the backlog, the last
+        sync, and each source's write error, damage found, and unreadable archive."""
         return {
+            "path": self.root,
             "bytes": sum(log.bytes for log in self.logs.values()),
             "commits": self.commits,
             "bytes_written": self.bytes_written,  # payload bytes since the archive opened
+            "write_rate": self._write_rate(),
             "backlog": self.backlog,
             "last_sync": max((q.last_sync or 0 for q in self._queues.values()), default=0) or None,
             "errors": {n: q.error for n, q in self._queues.items() if q.error},
@@ -165,6 +175,14 @@ class Archive:
                 f"the archive is {self.backlog // 2**20} MiB behind the puts (the disk is "
                 "slower than they come); puts are refused until it catches up"
             )
+
+    def _write_rate(self) -> float:
+        now = self.clock()
+        samples = self._written_at
+        while len(samples) > 1 and samples[1][0] <= now - RATE_WINDOW_S:
+            samples.popleft()
+        since, before = samples[0]
+        return (self.bytes_written - before) / (now - since) if now > since else 0.0
 
     @property
     def backlog(self) -> int:
@@ -275,6 +293,8 @@ class Archive:
                 if written < len(ops):
                     if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
                         q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
+            self._written_at.append((self.clock(), self.bytes_written))
+            self._write_rate()  # (drops samples older than the window)
         self._progressed()
 
     async def _sync_loop(self) -> None:

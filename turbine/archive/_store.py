@@ -184,6 +184,14 @@ class TieredStores:
             ring.append_many(meta.ts, meta.data, meta.writer, 0, meta.sizes)
         return TieredStore(ring, self, spec.source, spec.channel)
 
+    def statistics(self) -> dict[str, Any]:
+        """The archive's figures (:meth:`Archive.statistics`) and the disk budget."""
+        return {
+            **self.archive.statistics(),
+            "reserved": self.reserved,
+            "limit": self.max_disk,
+        }
+
     async def delete(self, source: str) -> int:
         """Delete ``source``'s archive for good (``turbine rm``); return the bytes freed.
 
@@ -394,6 +402,18 @@ class TieredStore:
             await self.archive.flush([self.source])
         except ArchiveError as exc:
             raise RequestFailed(str(exc), "disk") from None
+
+    def disk(self) -> dict[str, Any] | None:
+        """What the archive holds of this channel, written so far (``turbine ls``)."""
+        log = self.archive.logs.get(self.source)
+        info = log.channel_info(self.channel) if log and self.channel in log.channels else None
+        if info is None or not info["frames"]:
+            return {"frames": 0, "bytes": 0, "first_seq": None, "last_seq": None,
+                    "first_time": None, "last_time": None}  # fmt: skip
+        return {
+            **{k: info[k] for k in ("frames", "bytes", "first_seq", "first_time", "last_time")},
+            "last_seq": info["next_seq"] - 1,
+        }
 
     def drop(self) -> int:
         """Forget the frames in memory; the archive keeps them.
