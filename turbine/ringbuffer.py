@@ -76,6 +76,10 @@ class Ring:
         return len(self._ts) - self._start
 
     @property
+    def oldest_seq(self) -> int:
+        return self.first_seq  # memory is all there is
+
+    @property
     def last_seq(self) -> int:
         """Sequence number of the newest frame (``first_seq - 1`` when empty)."""
         return self.next_seq - 1 if len(self) else self.first_seq - 1

@@ -127,7 +127,7 @@ class Subscription:
         if self.start == "newest":
             return max(store.last_seq, store.first_seq)
         if self.start == "oldest":
-            return store.first_seq
+            return store.oldest_seq  # a durable store's oldest is on disk
         return int(self.start)
 
 

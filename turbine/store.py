@@ -135,7 +135,7 @@ class ChannelStore(Protocol):
 
     Attributes:
         max_frames: frames kept in memory at most (set through :meth:`resize`).
-        first_seq: number of the oldest frame held, in memory or not (``next_seq`` when empty).
+        first_seq: number of the oldest frame in memory (``next_seq`` when memory holds none).
         next_seq: number the next frame appended without ``seq`` gets.
         bytes: memory held, payload plus per-frame overhead.
     """
@@ -152,6 +152,12 @@ class ChannelStore(Protocol):
     @property
     def last_seq(self) -> int:
         """Number of the newest frame (``first_seq - 1`` when empty)."""
+        ...
+
+    @property
+    def oldest_seq(self) -> int:
+        """Number of the oldest frame held anywhere, memory or slower storage
+        (``first_seq`` for a memory store): where a subscription from ``oldest`` starts."""
         ...
 
     @property

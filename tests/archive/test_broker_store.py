@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.test_broker import RawClient
+from tests.test_broker import RawClient, take
 from turbine import RequestFailed, open_client
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
@@ -104,4 +104,28 @@ async def test_a_client_sets_its_sources_disk_and_is_told_when_it_does_not_fit(t
                     0,
                 )
             assert not (tmp_path / "sources" / "daq_mem_data_source").exists()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_from_oldest_replays_the_disk_then_goes_on_live(tmp_path):
+    payloads = [b"frame %d" % i for i in range(1, 301)]
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive, trio.open_nursery() as nursery:
+            address = await start_broker(nursery, store=TieredStores(archive))
+            async with open_client(address, name="daq") as producer:
+                src = await producer.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                for p in payloads:  # 290 of them on disk only
+                    await src.put("x", p, 1.0)
+                await src.flush()
+                async with (
+                    open_client(address, name="reader") as reader,
+                    reader.subscribe(f"{SRC}/x", start="oldest") as oldest,
+                    reader.subscribe(f"{SRC}/x", start=150) as at_150,
+                ):
+                    await src.put("x", b"live", 2.0)
+                    got = await take(oldest, 301)
+                    assert [f.seq for f in got] == list(range(1, 302))  # no gap, no repeat
+                    assert [f.data for f in got] == [*payloads, b"live"]
+                    got = await take(at_150, 152)
+                    assert [f.seq for f in got] == list(range(150, 302))
             nursery.cancel_scope.cancel()

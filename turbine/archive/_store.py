@@ -18,7 +18,18 @@ from .._constants import METADATA_CHANNEL
 from .._errors import RequestFailed
 from ..hub import fmt_bytes, guess_content_type
 from ..ringbuffer import Ring
-from ..store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, ChannelStore, Query, Run, answer
+from ..store import (
+    AFTER,
+    NEWEST,
+    OLDEST,
+    READ,
+    TIME,
+    ChannelSpec,
+    ChannelStore,
+    Query,
+    Run,
+    answer,
+)
 from ._archive import Archive
 from ._datadir import ArchiveError
 from ._ops import Declare, Hole, Put, Settings
@@ -208,7 +219,7 @@ class TieredStore:
     """One channel: a :class:`~turbine.ringbuffer.Ring` in memory, every frame also archived.
 
     The memory attributes (``bytes``, ``first_seq``, ``max_frames``) are the
-    ring's; :attr:`archived_first_seq` is the oldest number on disk.
+    ring.s; :attr:`oldest_seq` is the oldest number held, on disk or in memory.
     """
 
     def __init__(self, ring: Ring, factory: TieredStores, source: str, channel: str) -> None:
@@ -276,7 +287,7 @@ class TieredStore:
         return self.ring.newest
 
     @property
-    def archived_first_seq(self) -> int:
+    def oldest_seq(self) -> int:
         """The oldest number the archive holds or will once its queue is written
         (the ring's first when the archive holds nothing older)."""
         first = self.ring.first_seq
@@ -333,8 +344,13 @@ class TieredStore:
 
     # --- synchronous reads: memory
 
-    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
-        return self.ring.read(seq, max_frames, max_bytes)
+    def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run | None:
+        """The ring's read, or ``None`` when ``seq`` is older than the ring and the
+        archive holds older frames (the store task then calls :meth:`read_later`)."""
+        ring = self.ring
+        if seq < ring.first_seq and self.oldest_seq < ring.first_seq:
+            return None
+        return ring.read(seq, max_frames, max_bytes)
 
     def from_seq(self, seq: int, max_frames: int) -> Run:
         return self.ring.from_seq(seq, max_frames)
@@ -351,7 +367,7 @@ class TieredStore:
     def read_now(self, query: Query) -> Run | None:
         """The ring's answer when the query needs nothing older than the ring holds, else ``None``."""
         ring = self.ring
-        if self.archived_first_seq >= ring.first_seq:
+        if self.oldest_seq >= ring.first_seq:
             return answer(ring, query)  # the disk holds nothing the ring does not
         kind = query.kind
         if kind == NEWEST and query.value <= len(ring):
@@ -371,6 +387,14 @@ class TieredStore:
         archive, ring = self.archive, self.ring
         await archive.written([self.source])
         kind = query.kind
+        if kind == READ:  # a subscriber's: contiguous, from the disk until it reaches the ring
+            seq = int(query.value)
+            runs = await archive.read(
+                self.source, self.channel, seq, query.max_frames, query.max_bytes
+            )
+            if runs and runs[0].ts:
+                return runs[0]
+            return ring.read(seq, query.max_frames, query.max_bytes)  # the disk has none from seq
         if kind == TIME:
             end = query.value + query.duration
             runs = await archive.time_range(
@@ -380,9 +404,9 @@ class TieredStore:
             return _join(runs, tail, query.max_frames)
         if kind == NEWEST:
             n = int(query.value)
-            start, limit = max(ring.next_seq - n, self.archived_first_seq), n
+            start, limit = max(ring.next_seq - n, self.oldest_seq), n
         elif kind == OLDEST:
-            start, limit = self.archived_first_seq, int(query.value)
+            start, limit = self.oldest_seq, int(query.value)
         elif kind == AFTER:
             start, limit = int(query.value) + 1, query.max_frames
         else:
