@@ -461,6 +461,63 @@ async def fetch(
         click.echo(f"no frames for {path}", err=True)
 
 
+def _duration(value: str) -> float:
+    """Seconds, or a number with a unit: ``90``, ``90s``, ``10m``, ``2h``, ``1d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], None)
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a duration (e.g. 90, 90s, 10m, 2h, 1d)"
+        ) from None
+    if not seconds > 0 or math.isinf(seconds):
+        raise click.BadParameter(f"a duration must be positive and finite, not {value!r}")
+    return seconds
+
+
+@main.command()
+@click.argument("pattern")
+@click.option("--start", required=True, help="Start: seconds since the epoch or ISO 8601 (UTC).")
+@click.option("--duration", required=True, help="Length: seconds, or with s, m, h or d.")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="A new (or empty) directory for the files and manifest.json.",
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["csv", "jsonl", "raw"]),
+    default="csv",
+    show_default=True,
+    help="csv: numbers as CSV, text as JSON lines; jsonl: numbers as JSON lines too; "
+    "raw: every frame its own file, as it was.",
+)
+@client_command
+async def export(tb: Client, pattern: str, start: str, duration: str, to: str, form: str) -> None:
+    """Write a time range of PATTERN's frames to files (the DVD archiver's layout),
+    with a manifest of SHA-256s (docs/storage.rst, Exporting)."""
+    from .export import ExportError, export
+
+    try:
+        manifest = await export(tb, pattern, _time(start), _duration(duration), to, form)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    frames = sum(c["frames"] for c in manifest["channels"].values())
+    size = sum(f["size"] for f in manifest["files"].values())
+    if not frames:
+        raise click.ClickException(f"no frames of {pattern} in that time range (nothing written)")
+    gaps = f", {len(manifest['gaps'])} gaps (see the manifest)" if manifest["gaps"] else ""
+    click.echo(
+        f"exported {frames} frames of {len(manifest['channels'])} channels to {to}: "
+        f"{len(manifest['files'])} files, {fmt_bytes(size)}{gaps}"
+    )
+
+
 def _disk_text(disk: dict[str, Any]) -> str:
     """A channel's disk figures, in the columns of its memory line."""
     first, last = disk["first_time"], disk["last_time"]

@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import struct
 import sys
 import wave
@@ -291,3 +292,103 @@ def manifest_document(
         "gaps": gaps,
     }
     return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+#: How a tree's frames are written (``turbine export --format``): ``csv``, the layout
+#: above; ``jsonl``, float64 blocks as JSON lines too; ``raw``, every frame its own
+#: file, its bytes as they were (``.jpg`` for JPEGs, ``.bin`` for the rest).
+FORMATS = ("csv", "jsonl", "raw")
+
+
+def values_row(seq: int, timestamp: float, data: bytes) -> bytes:
+    """One float64 block as a JSON line of its values (non-finite ones as strings)."""
+    if len(data) % 8:
+        return jsonl_row(seq, timestamp, data)
+    values = [v if math.isfinite(v) else str(v) for v in struct.unpack(f"<{len(data) // 8}d", data)]
+    row = {"seq": seq, "timestamp": timestamp, "time_utc": iso_time(timestamp), "values": values}
+    return (json.dumps(row) + "\n").encode()
+
+
+class TreeWriter:
+    """Writes frames into the tree above under ``out``: the one writer of the layout,
+    for a disc session (``staging.py``) and for ``turbine export``.
+
+    Frames kept as their own files are written as they are added; chunk kinds
+    (CSV, JSON lines, WAV) are gathered per channel and day and written by
+    :meth:`finish`, which returns every file's SHA-256 and size.
+    """
+
+    def __init__(self, out: Path, session: int, form: str = "csv") -> None:
+        if form not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {form!r}")
+        self.out = out
+        self.session = session
+        self.form = form
+        #: (source, channel, content type, kind, day) -> rows (seq, timestamp, data)
+        self._chunks: dict[tuple[str, str, str, str, str], list[tuple[int, float, bytes]]] = {}
+
+    def kind(self, channel: str, content_type: str) -> str:
+        """How this writer stores a channel (``raw``: every frame its own file)."""
+        kind = channel_kind(channel, content_type)
+        if self.form == "raw":
+            return "jpeg" if kind == "jpeg" else "binary"
+        return kind
+
+    def add(
+        self, source: str, channel: str, content_type: str, rows: Iterable[tuple[int, float, bytes]]
+    ) -> None:
+        """Frames of one channel, in order."""
+        kind = self.kind(channel, content_type)
+        for seq, ts, data in rows:
+            if kind in CHUNK_KINDS:
+                key = (source, channel, content_type, kind, f"{utc(ts):%Y-%m-%d}")
+                self._chunks.setdefault(key, []).append((seq, ts, data))
+                continue
+            if kind == "metadata":
+                data = metadata_document(source, seq, ts, data)
+            target = self.out / frame_file(source, channel, kind, seq, ts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            os.utime(target, (ts, ts))  # a file's time is its frame's
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Write the chunk files; return ``{path: {"sha256", "size"}}`` of every file."""
+        for (source, channel, ctype, kind, _day), rows in self._chunks.items():
+            if kind == "audio":
+                self._write_wavs(source, channel, ctype, rows)
+                continue
+            first, last = rows[0][0], rows[-1][0]
+            name = chunk_file(source, channel, kind, self.session, first, last, rows[0][1])
+            if kind == "float64" and self.form == "jsonl":
+                name = name[: -len(".csv")] + ".jsonl"
+            target = self.out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as f:
+                if kind == "float64" and self.form == "csv":
+                    f.write(CSV_HEADER)
+                    for row in rows:
+                        f.write(csv_rows(*row))
+                else:
+                    encode = values_row if kind == "float64" else jsonl_row
+                    for row in rows:
+                        f.write(encode(*row))
+            os.utime(target, (rows[-1][1], rows[-1][1]))  # its newest frame's time
+        self._chunks.clear()
+        return {
+            p.relative_to(self.out).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+            for p in walk_files(self.out)
+        }
+
+    def _write_wavs(
+        self, source: str, channel: str, content_type: str, rows: list[tuple[int, float, bytes]]
+    ) -> None:
+        """One WAV file per continuous run of a channel's audio blocks in ``rows``."""
+        fmt = pcm_format(content_type)
+        assert fmt is not None  # the channel's kind is "audio" because it parsed
+        rate, channels = fmt
+        for run in audio_runs(rows, rate, channels):
+            (first, start, _), (last, end, _) = run[0], run[-1]
+            target = self.out / wav_file(source, channel, self.session, first, last, start)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_wav(target, (data for _, _, data in run), rate, channels)
+            os.utime(target, (end, end))  # its newest block's time, as other chunk files

@@ -34,8 +34,6 @@ from typing import Any
 import attrs
 import msgpack
 
-from turbine.render import pcm_format
-
 from . import layout
 
 STATE_VERSION = 1
@@ -255,18 +253,17 @@ class Staging:
         out.mkdir()
         channels: dict[str, dict[str, Any]] = {}
         gaps: list[dict[str, Any]] = []
-        chunks: dict[str, dict[tuple[str, str], list[Any]]] = {}
+        writer = layout.TreeWriter(out, session)
         for seg in segments:
             gaps += seg.index["gaps"]
             for rec in seg.index["channels"]:
-                path, kind = rec["path"], rec["kind"]
                 ch = channels.setdefault(
-                    path,
+                    rec["path"],
                     {
                         "source": rec["source"],
                         "channel": rec["channel"],
                         "content_type": rec["content_type"],
-                        "kind": kind,
+                        "kind": rec["kind"],
                         "frames": 0,
                         "first_seq": rec["first_seq"],
                         "first_time": rec["first_time"],
@@ -274,46 +271,8 @@ class Staging:
                 )
                 ch["frames"] += rec["frames"]
                 ch["last_seq"], ch["last_time"] = rec["last_seq"], rec["last_time"]
-                for seq, ts, data in seg.frames(rec):
-                    if kind in layout.CHUNK_KINDS:
-                        day = f"{layout.utc(ts):%Y-%m-%d}"
-                        rows = chunks.setdefault(path, {}).setdefault((day, kind), [])
-                        rows.append((seq, ts, data))
-                        continue
-                    name = layout.frame_file(rec["source"], rec["channel"], kind, seq, ts)
-                    if kind == "metadata":
-                        data = layout.metadata_document(rec["source"], seq, ts, data)
-                    target = out / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data)
-                    os.utime(target, (ts, ts))  # a file's time on the disc is its frame's
-        for path, days in chunks.items():
-            ch = channels[path]
-            for (_day, kind), rows in days.items():
-                if kind == "audio":
-                    self._write_wavs(out, ch, session, rows)
-                    continue
-                name = layout.chunk_file(
-                    ch["source"], ch["channel"], kind, session, rows[0][0], rows[-1][0], rows[0][1]
-                )
-                target = out / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(target, "wb") as f:
-                    if kind == "float64":
-                        f.write(layout.CSV_HEADER)
-                        for row in rows:
-                            f.write(layout.csv_rows(*row))
-                    else:
-                        for row in rows:
-                            f.write(layout.jsonl_row(*row))
-                os.utime(target, (rows[-1][1], rows[-1][1]))  # its newest frame's time
-        files = {
-            p.relative_to(out).as_posix(): {
-                "sha256": layout.sha256_file(p),
-                "size": p.stat().st_size,
-            }
-            for p in layout.walk_files(out)
-        }
+                writer.add(rec["source"], rec["channel"], rec["content_type"], seg.frames(rec))
+        files = writer.finish()
         manifest = layout.manifest_document(
             component=component,
             session=session,
@@ -330,19 +289,6 @@ class Staging:
             layout.readme_text(component, [*all_sessions, session])
         )
         return out, manifest, json.loads(manifest)
-
-    @staticmethod
-    def _write_wavs(out: Path, ch: dict[str, Any], session: int, rows: list[Any]) -> None:
-        """One WAV file per continuous run of a channel's audio blocks in ``rows``."""
-        fmt = pcm_format(ch["content_type"])
-        assert fmt is not None  # the channel's kind is "audio" because it parsed
-        rate, channels = fmt
-        for run in layout.audio_runs(rows, rate, channels):
-            (first, start, _), (last, end, _) = run[0], run[-1]
-            target = out / layout.wav_file(ch["source"], ch["channel"], session, first, last, start)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            layout.write_wav(target, (data for _, _, data in run), rate, channels)
-            os.utime(target, (end, end))  # its newest block's time, as other chunk files
 
     def archived(self, session: int, manifest: dict[str, Any], disc: str | None) -> None:
         """Record session ``session`` as verified on disc, then delete its staged data."""
