@@ -37,6 +37,14 @@ def component_cli(cls: type[Any]) -> click.Command:
         "(how the MCP passes them: never on the command line); --set overrides them.",
     )
     @click.option(
+        "--clock",
+        type=click.Choice(["local", "broker"]),
+        default="local",
+        show_default=True,
+        help="Stamp frames on this machine's clock or on the broker's (measured at each "
+        "connection; for machines without NTP).",
+    )
+    @click.option(
         "--log-level",
         default="INFO",
         show_default=True,
@@ -47,6 +55,7 @@ def component_cli(cls: type[Any]) -> click.Command:
         address: str,
         settings: tuple[str, ...],
         settings_fd: int | None,
+        clock: str,
         log_level: str,
     ) -> None:
         try:
@@ -59,6 +68,7 @@ def component_cli(cls: type[Any]) -> click.Command:
             check_component_name(name)
             check_source_name(f"{cls.type}_{name}_data_source", types=(cls.type,))
             component = cls(name, address, given)
+            component.clock_source = clock
         except TurbineError as exc:
             raise click.UsageError(str(exc)) from None
         logging.basicConfig(

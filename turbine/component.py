@@ -106,6 +106,9 @@ class Component:
     operator_commands: ClassVar[bool] = True
     #: The token it logs in with; None: the one :func:`~turbine.auth.find_token` finds.
     token: str | None = None
+    #: Whose clock :meth:`now` reads: ``local`` (this machine's) or ``broker``
+    #: (the broker's, measured at each connection: for machines without NTP).
+    clock_source: str = "local"
 
     def __init__(
         self, name: str, address: str = DEFAULT_ADDRESS, config: Mapping[str, Any] | Any = None
@@ -120,6 +123,9 @@ class Component:
         )
         self.log = logging.getLogger(self.component)
         self.started = wall_time()
+        #: The broker's clock minus ours, seconds, measured at the last
+        #: connection when ``clock_source`` is ``broker`` (else 0).
+        self.clock_offset = 0.0
         self.state = "starting"
         self._patience = Patience(self.log, Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S))
         self.commands_handled = 0
@@ -156,12 +162,19 @@ class Component:
             **({"error": self.error} if self.error else {}),
         }
 
+    def now(self) -> float:
+        """Seconds since the epoch on the clock this component stamps its frames
+        with: the local clock, or with ``clock_source = "broker"`` the broker's
+        (the local clock plus the offset measured when it last connected)."""
+        return wall_time() + self.clock_offset
+
     def status(self) -> dict[str, Any]:
         """What ``status`` answers; extend it in subclasses."""
         return {
             "component": self.component,
             "state": self.state,
             "uptime": round(wall_time() - self.started, 3),
+            "clock": {"source": self.clock_source, "offset": self.clock_offset},
             "waiting_for": self._patience.reason,
             "commands_handled": self.commands_handled,
             "settings": settings_dict(self.config),
@@ -269,6 +282,14 @@ class Component:
 
     async def _session(self, tb: Client, patience: Patience, ready: Callable[[], None]) -> None:
         self.client = tb
+        if self.clock_source == "broker":
+            reading = await tb.time()
+            self.clock_offset = reading.offset
+            self.log.info(
+                "stamping frames on the broker's clock: %+.1f ms from ours (within %.1f ms)",
+                reading.offset * 1e3,
+                reading.round_trip * 500,
+            )
         log_source, self._desk.replies = await open_small_endpoints(tb, self.endpoints)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._log_handler.pump, log_source)

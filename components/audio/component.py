@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from turbine import Component, command, wall_time
+from turbine import Component, command
 from turbine.render import pcm_content_type
 from turbine.settings import check, path_setting
 
@@ -161,7 +161,7 @@ class Audio(Component):
         """One stretch of playing, from ``start`` (or a reconnect) to ``stop``."""
         c = self.config
         n = self.block_frames
-        t0 = wall_time()
+        t0 = self.now()
         clock0 = trio.current_time()
         sent = 0
         reader = WavReader(c.file) if c.source == "wav" else None

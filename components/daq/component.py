@@ -52,7 +52,7 @@ from components.daq.signals import (
     generate,
     read_csv,
 )
-from turbine import FLOAT64_CONTENT_TYPE, wall_time
+from turbine import FLOAT64_CONTENT_TYPE
 from turbine.component import Component, command
 from turbine.settings import ConfigError, check, path_setting
 
@@ -195,7 +195,7 @@ class Daq(Component):
                 continue
             if self.clock is None:
                 self.clock = SampleClock(
-                    wall_time(), trio.current_time(), self.rate, self.block_size
+                    self.now(), trio.current_time(), self.rate, self.block_size
                 )
                 self.next_block = 0
                 self.log.info(

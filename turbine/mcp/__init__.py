@@ -45,6 +45,7 @@ The site file
     args = []                 # extra command-line arguments, e.g. ["--log-level", "DEBUG"]
     restart = true            # restart when it exits unexpectedly
     enabled = true            # start with the site (false: only on `start NAME`)
+    clock = "local"           # "broker": stamp frames on the broker's clock (no NTP here)
     user = "daq_demo"         # with [auth]: its user (default: its <type>_<name>) ...
     read = []                 # ... with the rights its kind needs plus these source patterns
     write = []

@@ -75,6 +75,8 @@ class ProgramSpec:
     rights: dict[str, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
     #: Whether the site's operator may command it (its class's ``operator_commands``).
     operator_commands: bool = False
+    #: ``broker``: the component stamps frames on the broker's clock (``--clock broker``).
+    clock: str = "local"
 
     def argv(self, address: str, settings_fd: int | None = None) -> list[str]:
         """The command line, with ``{turbine}`` replaced by the broker's address.
@@ -88,6 +90,8 @@ class ProgramSpec:
         argv = [sys.executable, "-m", self.module or f"components.{self.kind}"]
         if self.component:
             argv += ["--name", self.name, "--turbine", address]
+            if self.clock != "local":
+                argv += ["--clock", self.clock]
             if settings_fd is not None:
                 argv += ["--settings-fd", str(settings_fd)]
         return argv + args
@@ -229,6 +233,13 @@ def _rights(
     return rights
 
 
+def _clock(t: _Table) -> str:
+    clock = t.get("clock", str, "local", '"local" or "broker"')
+    if clock not in ("local", "broker"):
+        raise t.error("clock", f'expected "local" or "broker", got {clock!r}')
+    return str(clock)
+
+
 def load_config(path: str | os.PathLike[str]) -> SiteConfig:
     """Read and check a site file; nothing is started.
 
@@ -353,6 +364,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 user=_name(t, "user", f"{cls.type}_{name}"),
                 rights=_rights(t, cls.rights(name, cls.make_settings(settings, strict=True))),
                 operator_commands=cls.operator_commands,
+                clock=_clock(t),
             )
         )
         t.done()
