@@ -11,6 +11,7 @@ import trio
 from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
+from turbine.auth import AuthTable, token_hash
 from turbine.client import Client
 from turbine.mirror import MirrorConfig, MirrorStats, run_mirror
 from turbine.testing import start_broker
@@ -39,8 +40,12 @@ class Reports:
             await self._changed.wait()
 
 
-async def start_mirror(nursery, origin, target, *patterns, prefix="", reports=None, stats=None):
-    config = MirrorConfig(origin, target, patterns or ("*",), prefix, poll=POLL, retry=POLL)
+async def start_mirror(
+    nursery, origin, target, *patterns, prefix="", reports=None, stats=None, **config_
+):
+    config = MirrorConfig(
+        origin, target, patterns or ("*",), prefix, poll=POLL, retry=POLL, **config_
+    )
     reports = reports if reports is not None else Reports()
     scope = trio.CancelScope()
 
@@ -229,3 +234,84 @@ async def test_a_target_with_a_data_dir_keeps_its_copies_through_a_restart(nurse
                     assert [s for s, *_ in await everything(rb, f"{SRC}/x")] == [1, 2, 3]
                 b_nursery.cancel_scope.cancel()
             assert stats.frames == 3  # each frame copied once, over three runs of B
+
+
+MIRROR_TOKENS = {u: f"token-of-{u}-0123456789abcdef" for u in ("admin", "from_a", "to_b")}
+
+
+def auth_table(**rights: str) -> AuthTable:
+    """An auth file with ``admin`` (every right) and the given users' rights."""
+    rights = {"admin": 'admin = true\nread = ["*"]\nwrite = ["*"]\ncommand = ["*"]', **rights}
+    return AuthTable.from_toml(
+        "\n".join(
+            f'[users.{u}]\ntoken_sha256 = "{token_hash(MIRROR_TOKENS[u])}"\n{r}\n'
+            for u, r in rights.items()
+        )
+    )
+
+
+async def test_with_access_control_the_mirror_reads_a_and_writes_b_as_its_own_users(nursery):
+    a = await start_broker(nursery, identity="aaaa", auth=auth_table(from_a='read = ["daq_*"]'))
+    b_users = auth_table(to_b='write = ["daq_*"]', from_a='read = ["*"]')
+    b = await start_broker(nursery, identity="bbbb", auth=b_users)
+    admin, reader = MIRROR_TOKENS["admin"], MIRROR_TOKENS["from_a"]
+    with trio.fail_after(20):
+        async with open_client(a, name="daq", token=admin) as pa, open_client(b, token=admin) as rb:
+            src = await pa.open_source(SRC)
+            await src.put("x", b"1")
+            secret = await pa.open_source("video_cam_data_source")
+            await secret.put("frame.jpg", b"j")
+            await pa.flush()
+            # B's user for reading only: the mirror says why it copies nothing
+            wrong, reports = await start_mirror(
+                nursery, a, b, origin_token=reader, target_token=reader
+            )
+            await reports.wait_for(f"not copying {SRC}: user 'from_a' .* takes the write right")
+            wrong.cancel()
+            assert "token-of" not in repr(MirrorConfig(a, b, origin_token=reader))
+            await start_mirror(
+                nursery,
+                a,
+                b,
+                origin_token=MIRROR_TOKENS["from_a"],
+                target_token=MIRROR_TOKENS["to_b"],
+            )
+            (one,) = await frames_on(rb, f"{SRC}/x", 1)
+            await src.put("x", b"2")
+            await pa.flush()
+            (two,) = await frames_on(rb, f"{SRC}/x", 1, start=2)
+            assert (one.data, two.data) == (b"1", b"2")
+            # A lists only what the mirror's user may read there
+            assert [s.name for s in await rb.list_sources("*_data_source")] == [SRC]
+
+
+async def test_a_memory_only_origin_restarted_is_a_new_broker_and_its_copy_is_left_alone(nursery):
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as first:
+            (host, port), *_ = await first.start(serve_turbine, BrokerConfig("127.0.0.1", 0))
+            a = f"{host}:{port}"
+            async with open_client(a, name="daq") as pa:
+                await (await pa.open_source(SRC)).put("x", b"before")
+                first_id = (await pa.status())["identity"]
+            _, reports = await start_mirror(nursery, a, b)
+            async with open_client(b) as rb:
+                await frames_on(rb, f"{SRC}/x", 1)
+            first.cancel_scope.cancel()
+        await nursery.start(serve_turbine, BrokerConfig("127.0.0.1", port))
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            assert (await pa.status())["identity"] != first_id
+            src = await pa.open_source(SRC)
+            await src.put("x", b"after")  # number 1 again, on another broker
+            await pa.flush()
+            await reports.wait_for(
+                f"not copying {SRC}: .*not of.*without a data dir is a new broker"
+            )
+            # B keeps the first broker's frames under their numbers, untouched
+            assert [(s, d) for s, _, d, _ in await everything(rb, f"{SRC}/x")] == [(1, b"before")]
+            (info,) = await rb.list_sources(SRC)
+            assert info.mirror["broker"] == first_id
+            # the new broker's frames go under another name
+            await start_mirror(nursery, a, b, prefix="new")
+            (after,) = await frames_on(rb, "daq_newrig_data_source/x", 1)
+            assert (after.seq, after.data) == (1, b"after")

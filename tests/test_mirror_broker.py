@@ -142,6 +142,19 @@ def test_turbine_mirror_refuses_a_bad_pattern():
     assert "invalid pattern 'bad pattern'" in done.stderr.decode()
 
 
+def test_turbine_mirror_refuses_a_token_file_it_cannot_read(tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    missing = tmp_path / "missing"
+    for option, path, says in (
+        ("--from-token-file", missing, f"token file {missing}, which does not exist"),
+        ("--to-token-file", empty, f"token file {empty} is empty"),
+    ):
+        done = tb(None, "mirror", "--from", "x:1", "--to", "y:2", option, str(path), "daq_*")
+        assert done.returncode == 2
+        assert says in done.stderr.decode()
+
+
 def test_a_site_may_run_a_mirror_as_a_process(tmp_path):
     site = tmp_path / "site.toml"
     site.write_text(

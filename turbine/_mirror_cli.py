@@ -9,6 +9,7 @@ import trio
 
 from ._constants import MIRROR_POLL_S
 from ._signals import open_stop_nursery
+from .auth import AuthError, read_token_file
 from .mirror import MirrorConfig, run_mirror
 from .names import source_pattern
 
@@ -22,6 +23,18 @@ def _pattern(
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
     return values
+
+
+def _token(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = read_token_file(path)
+    except AuthError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if not token:
+        raise click.BadParameter(f"token file {path} is empty")
+    return token
 
 
 @click.command()
@@ -43,16 +56,47 @@ def _pattern(
     metavar="SECONDS",
     help="How often to look for new sources and channels.",
 )
-def mirror(origin: str, target: str, patterns: tuple[str, ...], prefix: str, poll: float) -> None:
+@click.option(
+    "--from-token-file",
+    "origin_token",
+    callback=_token,
+    metavar="PATH",
+    help="Log in to the origin with the token in this file (its user needs read there).",
+)
+@click.option(
+    "--to-token-file",
+    "target_token",
+    callback=_token,
+    metavar="PATH",
+    help="Log in to the target with the token in this file (its user needs write there).",
+)
+def mirror(
+    origin: str,
+    target: str,
+    patterns: tuple[str, ...],
+    prefix: str,
+    poll: float,
+    origin_token: str | None,
+    target_token: str | None,
+) -> None:
     """Copy sources matching PATTERNS from one broker to another, now and as they grow.
 
     Frame N on the origin is frame N on the target, with its timestamp, writer
     and content type; frames the origin evicted before they were copied are
     the same gap on the target.  Runs until Ctrl-C or SIGTERM, connecting
     again whenever either broker goes away, and resumes where the target's
-    copy stops.
+    copy stops.  Without a token file for a side it logs in there with the
+    token any client finds (TURBINE_TOKEN, TURBINE_TOKEN_FILE, ~/.config/turbine/token).
     """
-    config = MirrorConfig(origin, target, patterns, prefix, poll=poll)
+    config = MirrorConfig(
+        origin,
+        target,
+        patterns,
+        prefix,
+        poll=poll,
+        origin_token=origin_token,
+        target_token=target_token,
+    )
 
     def report(line: str) -> None:
         click.echo(line, err=True)

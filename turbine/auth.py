@@ -369,13 +369,23 @@ def find_token() -> str | None:
     if token:
         return token.strip()
     named = os.environ.get(TOKEN_FILE_ENVVAR)
-    path = Path(named) if named else default_token_file()
+    if named:
+        return read_token_file(named, f"{TOKEN_FILE_ENVVAR} names") or None
+    path = default_token_file()
+    return read_token_file(path) if path.exists() else None
+
+
+def read_token_file(path: str | os.PathLike[str], named_by: str = "token file") -> str:
+    """The token in the file at ``path``, without surrounding white space ("" if empty).
+
+    Raises:
+        AuthError: the file does not exist or cannot be read; the message
+            starts with ``named_by`` (who named the file).
+    """
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        return Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        if named:
-            raise AuthError(f"{TOKEN_FILE_ENVVAR} names {path}, which does not exist") from None
-        return None
+        raise AuthError(f"{named_by} {path}, which does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise AuthError(f"cannot read token file {path}: {exc}") from None
 

@@ -23,7 +23,7 @@ import trio
 
 from ._client_records import Frame, SourceInfo
 from ._constants import MIRROR_POLL_S, MIRROR_RETRY_S
-from ._errors import ConnectionFailed, RequestFailed, TurbineError
+from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from .client import Client, open_client
 from .names import source_pattern
 from .origin import Origin
@@ -47,6 +47,10 @@ class MirrorConfig:
     poll: float = MIRROR_POLL_S
     retry: float = MIRROR_RETRY_S
     name: str = "turbine-mirror"
+    #: Log in to A / B with these (None: the token a client finds, see
+    #: :func:`turbine.auth.find_token`); its user needs read on A, write on B.
+    origin_token: str | None = attrs.field(default=None, repr=False)
+    target_token: str | None = attrs.field(default=None, repr=False)
 
     def target_name(self, source: str) -> str:
         if not self.prefix:
@@ -91,15 +95,16 @@ async def run_mirror(
     while True:
         try:
             async with (
-                open_client(config.origin, name=config.name) as a,
-                open_client(config.target, name=config.name) as b,
+                open_client(config.origin, name=config.name, token=config.origin_token) as a,
+                open_client(config.target, name=config.name, token=config.target_token) as b,
             ):
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
-        except (ConnectionFailed, OSError) as exc:
-            report(f"mirror: {exc}; connecting again in {config.retry:g} s")
-        except TurbineError as exc:  # a refusal the session could not place
-            report(f"mirror: {exc}; starting again in {config.retry:g} s")
+        # several copying tasks see the same lost connection: report it once
+        except* (ConnectionFailed, OSError) as group:
+            report(f"mirror: {leaves(group)[0]}; connecting again in {config.retry:g} s")
+        except* TurbineError as group:  # a refusal the session could not place
+            report(f"mirror: {leaves(group)[0]}; starting again in {config.retry:g} s")
         await trio.sleep(config.retry)
 
 
@@ -171,13 +176,27 @@ class _Session:
                 cache_bytes=info.cache_bytes,
             )
         except RequestFailed as exc:
-            if exc.code in ("held", "mirror", "loop", "name", "memory", "limits"):
-                self.skip(info.name, str(exc))
+            if exc.code in ("held", "mirror", "loop", "name", "memory", "limits", "access"):
+                self.skip(info.name, str(exc) + await self.hint(target, origin))
                 return None
             raise
         self.stats.sources += 1
         self.report(f"mirror: copying {info.name} to {target} ({origin.describe()})")
         return nexts
+
+    async def hint(self, target: str, origin: Origin) -> str:
+        """What to do when B holds ``target`` as a copy of the same source from another broker."""
+        held = [s.mirror for s in await self.b.list_sources(target) if s.name == target]
+        if not held or held[0] is None:
+            return ""
+        have = Origin.from_wire(held[0])
+        if have.source != origin.source or have.broker == origin.broker:
+            return ""
+        return (
+            f" (broker {origin.broker} is not the broker {have.broker} the copy came from: a"
+            " restarted origin without a data dir is a new broker with new numbers; the copy"
+            " keeps the old frames, and the new ones need another --prefix)"
+        )
 
     def skip(self, source: str, why: str) -> None:
         if self.stats.skipped.get(source) != why:
