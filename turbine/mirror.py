@@ -15,7 +15,7 @@ of the brokers it passed through) is not copied: no loops.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -53,10 +53,7 @@ class MirrorConfig:
     target_token: str | None = attrs.field(default=None, repr=False)
 
     def target_name(self, source: str) -> str:
-        if not self.prefix:
-            return source
-        kind, sep, rest = source.partition("_")
-        return f"{kind}_{self.prefix}{rest}" if sep else f"{self.prefix}{source}"
+        return prefixed(source, self.prefix)
 
 
 @attrs.define
@@ -67,6 +64,79 @@ class MirrorStats:
     sources: int = 0  # copies opened on the target
     frames: int = 0  # frames sent to the target
     skipped: dict[str, str] = attrs.field(factory=dict)  # source -> why it is not copied
+
+
+def prefixed(source: str, prefix: str) -> str:
+    """``source`` with ``prefix`` after its type (``daq_rig_data_source`` -> ``daq_PREFIXrig_data_source``)."""
+    if not prefix:
+        return source
+    kind, sep, rest = source.partition("_")
+    return f"{kind}_{prefix}{rest}" if sep else f"{prefix}{source}"
+
+
+def copy_puts(
+    frames: Sequence[Any],
+) -> Iterator[tuple[str, list[float], list[Any], list[int], list[Any]]]:
+    """The arguments of :meth:`Client.put_copy` for ``frames`` (one channel's, in
+    order, each with ``timestamp``, ``data``, ``seq``, ``writer``, ``content_type``):
+    ``(content_type, timestamps, data, seqs, writers)``, one put per run of one content type."""
+    i = 0
+    while i < len(frames):
+        ctype = frames[i].content_type
+        j = i + 1
+        while j < len(frames) and frames[j].content_type == ctype:
+            j += 1
+        run = frames[i:j]
+        writers: list[Any] = []
+        for f in run:
+            if not writers or writers[-1][1] != f.writer:
+                writers.append([f.seq, f.writer])
+        yield (
+            ctype,
+            [f.timestamp for f in run],
+            [f.data for f in run],
+            [f.seq for f in run],
+            writers,
+        )
+        i = j
+
+
+def origin_of(info: SourceInfo, broker: str) -> Origin:
+    """Where the frames of ``info`` (a source on ``broker``) come from, as its copies record it."""
+    if info.mirror is not None:
+        return Origin.from_wire(info.mirror).passed(broker)
+    return Origin(broker, info.name)
+
+
+class ChannelWatch:
+    """Which channels of the sources matching ``patterns`` are not followed yet.
+
+    Pure: the caller lists the broker, asks :meth:`new`, and calls
+    :meth:`follow` for what it started copying; a source it could not start
+    stays new.
+    """
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.matchers = [source_pattern(p) for p in patterns]
+        self.following: dict[str, set[str]] = {}  # source -> channels followed
+
+    def new(self, infos: list[SourceInfo]) -> list[tuple[SourceInfo, list[str]]]:
+        """Each matching source with its channels not followed yet (all of a new source's)."""
+        found = []
+        for info in infos:
+            if not any(m.match_source(info.name) for m in self.matchers):
+                continue
+            have = self.following.get(info.name)
+            channels = [ch.name for ch in info.channels if have is None or ch.name not in have]
+            if have is None or channels:
+                found.append((info, channels))
+        return found
+
+    def is_followed(self, source: str) -> bool:
+        return source in self.following
+
+    def follow(self, source: str, channels: list[str]) -> None:
+        self.following.setdefault(source, set()).update(channels)
 
 
 async def run_mirror(
@@ -123,8 +193,7 @@ class _Session:
         self.a, self.b = a, b
         self.stats = stats
         self.report = report
-        self.matchers = [source_pattern(p) for p in config.patterns]
-        self.copying: dict[str, set[str]] = {}  # source on A -> channels being copied
+        self.watch = ChannelWatch(config.patterns)
         self.a_id = self.b_id = ""
 
     async def run(self, copying: Callable[[], None]) -> None:
@@ -140,29 +209,20 @@ class _Session:
 
     async def discover(self, nursery: trio.Nursery) -> None:
         """Start copying every matching source and channel of A not copied yet."""
-        for info in await self.a.list_sources("*"):
-            if not any(m.match_source(info.name) for m in self.matchers):
-                continue
-            channels = self.copying.get(info.name)
-            if channels is None:
-                nexts = await self.open_copy(info)
-                if nexts is None:
+        for info, channels in self.watch.new(await self.a.list_sources("*")):
+            nexts: dict[str, int] = {}
+            if not self.watch.is_followed(info.name):
+                opened = await self.open_copy(info)
+                if opened is None:
                     continue
-                channels = self.copying[info.name] = set()
-            else:
-                nexts = {}
-            for ch in info.channels:
-                if ch.name not in channels:
-                    channels.add(ch.name)
-                    start = nexts.get(ch.name, 1)
-                    nursery.start_soon(self.copy_channel, info.name, ch.name, start)
+                nexts = opened
+            self.watch.follow(info.name, channels)
+            for ch in channels:
+                nursery.start_soon(self.copy_channel, info.name, ch, nexts.get(ch, 1))
 
     async def open_copy(self, info: SourceInfo) -> dict[str, int] | None:
         """Open the copy of ``info`` on B; its channels' next numbers, or None if not copied."""
-        if info.mirror is not None:
-            origin = Origin.from_wire(info.mirror).passed(self.a_id)
-        else:
-            origin = Origin(self.a_id, info.name)
+        origin = origin_of(info, self.a_id)
         target = self.config.target_name(info.name)
         if self.b_id in origin.brokers:
             self.skip(info.name, f"its frames came from the target broker ({self.b_id})")
@@ -213,17 +273,6 @@ class _Session:
                 frames = [f for f in items if type(f) is Frame]
                 if not frames:
                     continue  # gaps: the next frame's number leaves the hole
-                writers: list[Any] = []
-                for f in frames:
-                    if not writers or writers[-1][1] != f.writer:
-                        writers.append([f.seq, f.writer])
-                await put(
-                    target,
-                    channel,
-                    [f.timestamp for f in frames],
-                    [f.data for f in frames],
-                    [f.seq for f in frames],
-                    writers,
-                    frames[0].content_type,
-                )
+                for ctype, stamps, data, seqs, writers in copy_puts(frames):
+                    await put(target, channel, stamps, data, seqs, writers, ctype)
                 self.stats.frames += len(frames)
