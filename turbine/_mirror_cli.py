@@ -8,33 +8,9 @@ import click
 import trio
 
 from ._constants import MIRROR_POLL_S
+from ._options import patterns_callback, token_file_callback
 from ._signals import open_stop_nursery
-from .auth import AuthError, read_token_file
 from .mirror import MirrorConfig, run_mirror
-from .names import source_pattern
-
-
-def _pattern(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> tuple[str, ...]:
-    for value in values:
-        try:
-            source_pattern(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return values
-
-
-def _token(ctx: click.Context, param: click.Parameter, path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        token = read_token_file(path)
-    except AuthError as exc:
-        raise click.BadParameter(str(exc)) from None
-    if not token:
-        raise click.BadParameter(f"token file {path} is empty")
-    return token
 
 
 @click.command()
@@ -42,7 +18,7 @@ def _token(ctx: click.Context, param: click.Parameter, path: str | None) -> str 
     "--from", "origin", required=True, metavar="HOST:PORT", help="The broker to copy from."
 )
 @click.option("--to", "target", required=True, metavar="HOST:PORT", help="The broker to copy to.")
-@click.argument("patterns", nargs=-1, required=True, callback=_pattern)
+@click.argument("patterns", nargs=-1, required=True, callback=patterns_callback)
 @click.option(
     "--prefix",
     default="",
@@ -59,14 +35,14 @@ def _token(ctx: click.Context, param: click.Parameter, path: str | None) -> str 
 @click.option(
     "--from-token-file",
     "origin_token",
-    callback=_token,
+    callback=token_file_callback,
     metavar="PATH",
     help="Log in to the origin with the token in this file (its user needs read there).",
 )
 @click.option(
     "--to-token-file",
     "target_token",
-    callback=_token,
+    callback=token_file_callback,
     metavar="PATH",
     help="Log in to the target with the token in this file (its user needs write there).",
 )

