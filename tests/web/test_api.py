@@ -171,3 +171,79 @@ def test_import_turbine_loads_no_web_stack() -> None:
     code = "import sys, turbine, turbine.cli; print(sorted({'starlette', 'hypercorn', 'turbine.web.api'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+async def test_replay_plays_the_archive_from_a_time_in_order_then_ends(
+    broker: str, web: str
+) -> None:
+    with trio.fail_after(30):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "daq_rig_data_source",
+                channels={"ch0": FLOAT64_CONTENT_TYPE, "note.txt": "text/plain"},
+            )
+            for k in range(10):  # 10 s of data, one block a second, a note every 3 s
+                await src.put("ch0", f64(float(k)), timestamp=1000.0 + k)
+                if k % 3 == 0:
+                    await src.put("note.txt", f"at {k}".encode(), timestamp=1000.0 + k)
+            await src.flush()
+            r = (await http(f"{web}/api/range?path=daq_rig_data_source/*")).json()
+            assert r == {"start": 1000.0, "end": 1009.0}
+            assert (await http(f"{web}/api/range?path=video_*/*")).json() == {
+                "start": None,
+                "end": None,
+            }
+            tab = await EventStream.open(web, "path=daq_rig_data_source/*&from=1003.5&speed=100")
+            name, ready = await tab.event()
+            assert name == "ready" and ready["from"] == 1003.5 and ready["speed"] == 100
+            frames: list[tuple[float, str]] = []
+            clock: list[float] = []
+            while True:
+                name, ev = await tab.event()
+                if name == "end":
+                    break
+                if name == "clock":
+                    clock.append(ev["t"])
+                else:
+                    assert name == "frame", (name, ev)
+                    frames.append((ev["timestamp"], ev.get("text") or repr(ev["values"])))
+            await tab.stream.aclose()
+    assert ev == {"t": 1009.0}
+    # Every frame from 1003.5 on, once, in time order; nothing from before.
+    assert frames == [
+        (1004.0, "[4.0]"),
+        (1005.0, "[5.0]"),
+        (1006.0, "[6.0]"),
+        (1006.0, "at 6"),
+        (1007.0, "[7.0]"),
+        (1008.0, "[8.0]"),
+        (1009.0, "[9.0]"),
+        (1009.0, "at 9"),
+    ]
+    assert clock == sorted(clock) and clock[0] >= 1003.5 and clock[-1] == 1009.0
+
+
+async def test_a_frame_at_a_time_is_the_newest_stamped_at_or_before_it(
+    broker: str, web: str
+) -> None:
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "video_cam_data_source", channels={"frame.jpg": "image/jpeg"}
+            )
+            for k, data in enumerate([b"first", b"second", b"third"]):
+                await src.put("frame.jpg", data, timestamp=2000.0 + 10 * k)
+            await src.flush()
+            base = f"{web}/api/frame/video_cam_data_source/frame.jpg"
+            assert (await http(f"{base}?at=2015")).body == b"second"
+            assert (await http(f"{base}?at=2010")).body == b"second"
+            r = await http(f"{base}?at=2100")
+            assert r.body == b"third" and r.headers["x-turbine-timestamp"] == "2020.0"
+            r = await http(f"{base}?at=1999")
+            assert r.status == 404 and "at or before" in r.json()["error"]
+            r = await http(f"{base}?at=2015&seq=1")
+            assert r.status == 400 and "not both" in r.json()["error"]
+            r = await http(f"{web}/api/stream?path=video_*/*&speed=2")
+            assert r.status == 400 and "speed needs from" in r.json()["error"]
+            r = await http(f"{web}/api/stream?path=video_*/*&from=2000&speed=1000")
+            assert r.status == 400 and "between 0.1 and 100" in r.json()["error"]

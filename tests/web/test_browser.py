@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from PIL import Image
 
 from components.daq.component import Daq
 from turbine import open_client
+from turbine._constants import FLOAT64_CONTENT_TYPE
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -78,3 +82,85 @@ async def test_the_page_lists_sources_and_plots_live_daq_data(
     assert first != second, f"the DAQ plot did not move (screenshots in {tmp_path})"
     r, g, b = Image.open(io.BytesIO(shot)).convert("RGB").getpixel((80, 60))
     assert r > 150 and g < 90 and b < 90, "the thumbnail panel does not show the red thumbnail"
+
+
+def _jpeg(rgb: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (160, 120), rgb).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _red(shot: bytes) -> bool:
+    r, g, b = Image.open(io.BytesIO(shot)).convert("RGB").getpixel((80, 60))
+    return bool(r > 150 and g < 90 and b < 90)
+
+
+def _pause_scrub_play(url: str, out: Path, older: float) -> dict[str, object]:
+    """Pause, scrub to ``older``, then replay at 100x until the page is live again."""
+    seen: dict[str, object] = {}
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            stamp = page.locator(".panel.image .stamp").first
+            page.wait_for_selector('.panel.image .stamp[data-seq="3"]', timeout=20000)
+            seen["live_t"] = float(stamp.get_attribute("data-t") or 0)
+            page.click("#pause")
+            page.wait_for_selector('body[data-mode="paused"]', timeout=5000)
+            page.wait_for_selector("#slider[data-ready]", timeout=10000)
+            page.locator("#slider").evaluate(
+                "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(older)
+            )
+            page.wait_for_selector('.panel.image .stamp[data-seq="1"]', timeout=10000)
+            page.wait_for_function(
+                "() => { const i = document.querySelector('.panel.image img');"
+                " return i.complete && i.naturalWidth > 0; }",
+                timeout=10000,
+            )
+            seen["scrub_t"] = float(stamp.get_attribute("data-t") or 0)
+            seen["cursor"] = page.locator("#cursor").inner_text()
+            seen["scrub_shot"] = page.locator(".panel.image img").first.screenshot(
+                path=str(out / "scrubbed.png")
+            )
+            page.select_option("#speed", "100")
+            page.click("#play")
+            page.wait_for_selector('body[data-mode="replay"]', timeout=5000)
+            page.wait_for_selector('.panel.image .stamp[data-seq="3"]', timeout=15000)
+            page.wait_for_selector('body[data-mode="live"]', timeout=15000)
+            page.screenshot(path=str(out / "replayed.png"), full_page=True)
+            assert not errors, errors
+            return seen
+        finally:
+            browser.close()
+
+
+async def test_pause_then_scrub_shows_an_older_frame_and_replay_returns_to_live(
+    broker: str, web: str, tmp_path: Path
+) -> None:
+    now = time.time()
+    with trio.fail_after(90):
+        async with open_client(broker) as tb:
+            daq = await tb.open_source(
+                "daq_rig_data_source", channels={"ch0": FLOAT64_CONTENT_TYPE}
+            )
+            await daq.put("ch0", struct.pack("<d", 1.0))
+            cam = await tb.open_source(
+                "thumbnail_cam_data_source", channels={"thumbnail.jpg": "image/jpeg"}
+            )
+            for rgb, age in (((200, 40, 40), 20), ((40, 200, 40), 10), ((40, 40, 200), 0)):
+                await cam.put("thumbnail.jpg", _jpeg(rgb), timestamp=now - age)
+            await cam.flush()
+            await daq.flush()
+            seen = await trio.to_thread.run_sync(_pause_scrub_play, web + "/", tmp_path, now - 15)
+    assert seen["scrub_t"] == pytest.approx(now - 20)  # the frame at or before the cursor
+    assert seen["scrub_t"] < seen["live_t"]  # type: ignore[operator]
+    assert (
+        seen["cursor"]
+        == datetime.fromtimestamp(now - 15, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    )
+    assert _red(seen["scrub_shot"]), (
+        f"the scrubbed panel does not show the older red frame ({tmp_path})"
+    )  # type: ignore[arg-type]

@@ -33,13 +33,17 @@ from ..command import NoReply, send_command
 from ..names import compile_pattern
 from ..render import as_dict, is_numeric
 from .decimate import minmax, samples
-from .live import LiveResponse, RecentFrames
+from .live import LiveResponse, RecentFrames, ReplayResponse
 from .metrics import metrics_text
 
 #: Points a channel read returns at most when the caller gives no ``max_points``.
 DEFAULT_MAX_POINTS = 2000
 #: Frames a channel read returns when it gives no selection (the newest N).
 DEFAULT_NEWEST = 100
+#: Seconds before ``at`` that ``/api/frame?at=`` looks back, widening until it finds a frame.
+FRAME_AT_LOOKBACK_S = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0)
+#: The replay speeds a stream accepts (times real time).
+MIN_SPEED, MAX_SPEED = 0.1, 100.0
 #: Seconds a posted command waits for its reply unless the body says ``timeout``.
 DEFAULT_COMMAND_WAIT_S = 10.0
 
@@ -71,6 +75,13 @@ def _number(request: Request, name: str, kind: type[int] | type[float]) -> Any:
     if not math.isfinite(value) or (kind is int and value < 0):
         raise BadRequest(f"{name} must be a finite number of 0 or more, got {raw!r}")
     return value
+
+
+def _paths(request: Request) -> list[str]:
+    patterns = [_pattern(p) for p in request.query_params.getlist("path")]
+    if not patterns:
+        raise BadRequest("give at least one path=SOURCE/CHANNEL (wildcards allowed)")
+    return patterns
 
 
 def _pattern(text: str) -> str:
@@ -134,9 +145,15 @@ class Viewer:
     async def frame(self, request: Request) -> Response:
         source, channel = request.path_params["source"], request.path_params["channel"]
         path = f"{source}/{channel}"
-        seq = _number(request, "seq", int)
+        seq, at = _number(request, "seq", int), _number(request, "at", float)
+        if seq is not None and at is not None:
+            raise BadRequest("give seq or at, not both")
         found: Frame | None = None
-        if seq is None:
+        if at is not None:
+            found = await self._frame_at(path, at)
+            if found is None:
+                raise HTTPException(404, f"{path} has no frame at or before {at!r}")
+        elif seq is None:
             newest = await self._fetch_one_channel(path, newest=1)
             found = newest[-1] if newest else None
         elif (found := self.recent.get(path, seq)) is None and seq > 0:
@@ -151,15 +168,42 @@ class Viewer:
             headers={
                 "x-turbine-seq": str(found.seq),
                 "x-turbine-timestamp": repr(found.timestamp),
-                "cache-control": "no-cache" if seq is None else "max-age=3600",
+                "cache-control": "max-age=3600" if seq is not None else "no-cache",
             },
         )
 
+    async def _frame_at(self, path: str, at: float) -> Frame | None:
+        """The newest frame stamped at or before ``at``: a time range widened until one is found."""
+        exact = await self._fetch_one_channel(path, start=at, duration=0)
+        if exact:
+            return exact[-1]
+        for back in FRAME_AT_LOOKBACK_S:
+            if frames := await self.client.fetch(path, start=at - back, duration=back):
+                return frames[-1]
+        return None
+
     async def stream(self, request: Request) -> Response:
-        patterns = [_pattern(p) for p in request.query_params.getlist("path")]
-        if not patterns:
-            raise BadRequest("give at least one path=SOURCE/CHANNEL (wildcards allowed)")
-        return LiveResponse(self.client, patterns, self.recent)
+        patterns = _paths(request)
+        start, speed = _number(request, "from", float), _number(request, "speed", float)
+        if start is None:
+            if speed is not None:
+                raise BadRequest("speed needs from (the archive time to play from)")
+            return LiveResponse(self.client, patterns, self.recent)
+        speed = 1.0 if speed is None else speed
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise BadRequest(
+                f"speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}, got {speed:g}"
+            )
+        return ReplayResponse(self.client, patterns, self.recent, start, speed)
+
+    async def time_range(self, request: Request) -> Response:
+        """The stored time span of the channels on the given paths: oldest and newest frame."""
+        first: list[float] = []
+        last: list[float] = []
+        for pattern in _paths(request):
+            first += [f.timestamp for f in await self.client.fetch(pattern, oldest=1)]
+            last += [f.timestamp for f in await self.client.fetch(pattern, newest=1)]
+        return JSONResponse({"start": min(first, default=None), "end": max(last, default=None)})
 
     async def command(self, request: Request) -> Response:
         target = request.path_params["target"]
@@ -220,6 +264,7 @@ def create_app(client: Client) -> Starlette:
         Route("/api/channel/{source}/{channel}", v.channel),
         Route("/api/frame/{source}/{channel}", v.frame),
         Route("/api/stream", v.stream),
+        Route("/api/range", v.time_range),
         Route("/api/command/{target}", v.command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]

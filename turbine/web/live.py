@@ -1,21 +1,24 @@
-"""The live stream: one Server-Sent Events response per tab, for all its panels.
+"""The live stream and the replay: one Server-Sent Events response per tab, for all its panels.
 
-Every tab gets its own bounded queue.  The viewer's one broker connection
+Every tab gets its own bounded queue.  Live (:class:`LiveResponse`), the  The viewer's one broker connection
 reads each subscription as fast as frames come (``send_nowait``); when a
 tab's queue is full the frame is dropped for that tab only and counted, and
 the tab is told how many it lost (a ``dropped`` event) before its next frame.
 So a slow or stalled tab never holds up the broker connection or the other
-tabs.
+tabs.  A replay (:class:`ReplayResponse`) reads the archive by time windows
+at the tab's own pace instead.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 import trio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -27,6 +30,10 @@ from ..render import is_numeric, is_text, numbers
 STREAM_QUEUE_EVENTS = 256
 #: Seconds between keep-alive comments on an idle stream (finds closed tabs).
 KEEPALIVE_S = 15.0
+#: Real seconds between a replay's batches of due frames (and its ``clock`` events).
+REPLAY_TICK_S = 0.1
+#: Real seconds of archive a replay reads ahead in one fetch per pattern.
+REPLAY_READ_AHEAD_S = 1.0
 #: Binary frames (images) kept for ``/api/frame/...?seq=`` after a stream announced them.
 RECENT_FRAMES = 64
 
@@ -89,30 +96,23 @@ def _text(data: bytes) -> str | None:
         return None
 
 
-class LiveResponse(Response):
-    """An ``text/event-stream`` of every frame on ``patterns``, newest first per channel."""
+class _EventStream(Response):
+    """A ``text/event-stream`` response fed by :meth:`_produce` through a bounded queue.
 
-    def __init__(
-        self,
-        client: Client,
-        patterns: Sequence[str],
-        recent: RecentFrames,
-        queue_events: int = STREAM_QUEUE_EVENTS,
-    ) -> None:
+    The producer tasks run until the tab disconnects; :meth:`_write` sends
+    the queue to the tab, with a keep-alive comment when it is idle.
+    """
+
+    def __init__(self, queue_events: int) -> None:
         super().__init__(media_type="text/event-stream")
-        self._client = client
-        self._patterns = list(patterns)
-        self._recent = recent
         self._send_event, self._events = trio.open_memory_channel[str](queue_events)
         self.dropped = 0
 
-    async def _pump(self, pattern: str) -> None:
-        async with self._client.subscribe(pattern, start="newest") as sub:
-            async for item in sub:
-                try:
-                    self._send_event.send_nowait(event_for(item, self._recent))
-                except trio.WouldBlock:
-                    self.dropped += 1
+    def _ready(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _produce(self, nursery: trio.Nursery) -> None:
+        raise NotImplementedError
 
     async def _until_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -132,14 +132,13 @@ class LiveResponse(Response):
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._until_disconnect, receive, nursery.cancel_scope)
-            for pattern in self._patterns:
-                nursery.start_soon(self._pump, pattern)
+            await self._produce(nursery)
             await self._write(send)
             nursery.cancel_scope.cancel()
 
     async def _write(self, send: Send) -> None:
         reported = 0
-        ready = json.dumps({"patterns": self._patterns})
+        ready = json.dumps(self._ready())
         await send(
             {
                 "type": "http.response.body",
@@ -161,3 +160,112 @@ class LiveResponse(Response):
                 )
             except OSError:
                 return
+
+
+class LiveResponse(_EventStream):
+    """Every frame on ``patterns`` as it comes, newest first per channel.
+
+    Frames are queued with ``send_nowait``: a tab that cannot keep up loses
+    frames (counted, reported in a ``dropped`` event), never the broker
+    connection or the other tabs.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        patterns: Sequence[str],
+        recent: RecentFrames,
+        queue_events: int = STREAM_QUEUE_EVENTS,
+    ) -> None:
+        super().__init__(queue_events)
+        self._client = client
+        self._patterns = list(patterns)
+        self._recent = recent
+
+    def _ready(self) -> dict[str, Any]:
+        return {"patterns": self._patterns}
+
+    async def _produce(self, nursery: trio.Nursery) -> None:
+        for pattern in self._patterns:
+            nursery.start_soon(self._pump, pattern)
+
+    async def _pump(self, pattern: str) -> None:
+        async with self._client.subscribe(pattern, start="newest") as sub:
+            async for item in sub:
+                try:
+                    self._send_event.send_nowait(event_for(item, self._recent))
+                except trio.WouldBlock:
+                    self.dropped += 1
+
+
+@attrs.frozen
+class PlaybackClock:
+    """Archive time against the real clock: ``start`` plays at ``speed`` from real time ``t0``."""
+
+    start: float
+    speed: float
+    t0: float
+
+    def at(self, now: float) -> float:
+        """The archive time shown at real time ``now``."""
+        return self.start + (now - self.t0) * self.speed
+
+
+class ReplayResponse(_EventStream):
+    """The frames on ``patterns`` from archive time ``start``, paced at ``speed`` times real time.
+
+    The broker is read ahead in windows of :data:`REPLAY_READ_AHEAD_S` real
+    seconds (``fetch`` by time range, which reads the disk archive too).
+    Every :data:`REPLAY_TICK_S` the tab gets the frames now due and a
+    ``clock`` event with the archive time; the replay waits for a slow tab
+    (nothing is dropped) and ends with an ``end`` event when it reaches the
+    newest frame the broker held when it began, so the page can go live.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        patterns: Sequence[str],
+        recent: RecentFrames,
+        start: float,
+        speed: float,
+        queue_events: int = STREAM_QUEUE_EVENTS,
+    ) -> None:
+        super().__init__(queue_events)
+        self._client = client
+        self._patterns = list(patterns)
+        self._recent = recent
+        self._start = start
+        self._speed = speed
+
+    def _ready(self) -> dict[str, Any]:
+        return {"patterns": self._patterns, "from": self._start, "speed": self._speed}
+
+    async def _produce(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._replay)
+
+    async def _replay(self) -> None:
+        end = max(
+            [f.timestamp for p in self._patterns for f in await self._client.fetch(p, newest=1)],
+            default=self._start,
+        )
+        clock = PlaybackClock(self._start, self._speed, trio.current_time())
+        due: list[Frame] = []
+        read_to = self._start
+        while True:
+            shown = min(clock.at(trio.current_time()), end)
+            if read_to <= min(shown + REPLAY_READ_AHEAD_S * self._speed, end):
+                span = max(REPLAY_READ_AHEAD_S * self._speed, REPLAY_TICK_S)
+                for pattern in self._patterns:
+                    due += await self._client.fetch(pattern, start=read_to, duration=span)
+                due.sort(key=lambda f: f.timestamp)
+                read_to += span
+            n = bisect.bisect_right(due, shown, key=lambda f: f.timestamp)
+            for frame in due[:n]:
+                await self._send_event.send(event_for(frame, self._recent))
+            del due[:n]
+            await self._send_event.send(f"event: clock\ndata: {json.dumps({'t': shown})}\n\n")
+            if shown >= end:
+                await self._send_event.send(f"event: end\ndata: {json.dumps({'t': end})}\n\n")
+                await trio.sleep_forever()
+            await trio.sleep(REPLAY_TICK_S)

@@ -2,7 +2,9 @@
 // No build step: plain JS, plots by plotly.js served from the installed plotly package.
 "use strict";
 
-const state = { panels: [], source: null, window: 10, defaulted: false };
+// mode: "live" (the stream), "paused" (the cursor stays where it is put) or "replay" (the
+// archive played from the cursor at a speed). Every panel shows the time of the one cursor.
+const state = { panels: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
 const NUMERIC = "application/x-float64-le";
 
 function el(tag, attrs = {}, ...children) {
@@ -22,6 +24,81 @@ async function getJSON(url) {
   return body;
 }
 
+function query(paths) { return paths.map((p) => "path=" + encodeURIComponent(p)).join("&"); }
+function allPaths() { return [...new Set(state.panels.flatMap((p) => p.paths))]; }
+function channelUrl(kind, source, channel) {
+  return `/api/${kind}/${encodeURIComponent(source)}/${encodeURIComponent(channel)}`;
+}
+function iso(t) { return new Date(t * 1000).toISOString(); }
+
+// --- time: live, pause, replay; one cursor ---------------------------------------
+
+function setMode(mode) { state.mode = mode; document.body.dataset.mode = mode; }
+
+function showCursor() {
+  const out = document.getElementById("cursor"), slider = document.getElementById("slider");
+  if (state.cursor == null) { out.textContent = "live"; out.dataset.t = ""; slider.value = slider.max; return; }
+  out.textContent = iso(state.cursor);
+  out.dataset.t = String(state.cursor);
+  slider.value = String(state.cursor);
+}
+
+async function refreshRange() {
+  const paths = allPaths();
+  if (!paths.length) return;
+  try {
+    const r = await getJSON("/api/range?" + query(paths));
+    if (r.start == null) return;
+    const slider = document.getElementById("slider");
+    slider.min = String(r.start);
+    slider.max = String(Math.max(r.end, state.cursor ?? 0));
+    slider.dataset.ready = "1";
+    showCursor();
+  } catch (err) { console.warn(err); }
+}
+
+function goLive() {
+  setMode("live");
+  state.cursor = null;
+  showCursor();
+  for (const p of state.panels) reload(p);
+  connect();
+}
+
+function pause() {
+  if (state.mode === "live") state.cursor = Date.now() / 1000;
+  setMode("paused");
+  connect();
+  showCursor();
+  refreshRange();
+}
+
+function play() {
+  if (state.cursor == null) state.cursor = Date.now() / 1000 - state.window;
+  setMode("replay");
+  showCursor();
+  for (const p of state.panels) reload(p);
+  connect();
+}
+
+function scrub(t) {
+  if (state.mode !== "paused") pause();
+  state.cursor = t;
+  showCursor();
+  for (const p of state.panels) reload(p);
+}
+
+// What a panel shows at the cursor (or now, live): read from the archive.
+function reload(panel) {
+  const end = state.cursor ?? Date.now() / 1000;
+  if (panel.kind === "plot") loadHistory(panel, end);
+  else if (panel.kind === "image") {
+    const [source, channel] = panel.paths[0].split(/\/(.*)/);
+    const url = channelUrl("frame", source, channel);
+    requestImage(panel, state.cursor == null ? url : `${url}?at=${state.cursor}`);
+  } else if (panel.kind === "log") loadLog(panel, end);
+}
+
 // --- source browser -------------------------------------------------------------
 
 async function refreshSources() {
@@ -36,6 +113,7 @@ async function refreshSources() {
   const tbody = document.querySelector("#sources tbody");
   tbody.replaceChildren(...sources.map(sourceRow));
   if (!state.defaulted) openDefaultPanels(sources);
+  refreshRange();
 }
 
 function sourceRow(s) {
@@ -97,9 +175,14 @@ function addPlot(source, channels) {
   box.append(div);
   const series = Object.fromEntries(channels.map((c) => [c, { t: [], v: [], last: null }]));
   const panel = { kind: "plot", box, div, source, series, paths: channels.map((c) => `${source}/${c}`), dirty: true };
-  state.panels.push(panel);
   Plotly.newPlot(div, traces(panel), layout(), { responsive: true, displaylogo: false });
-  loadHistory(panel);
+  attach(panel);
+}
+
+// A new panel joins the tab's stream and shows the cursor's time.
+function attach(panel) {
+  state.panels.push(panel);
+  reload(panel);
   connect();
 }
 
@@ -110,16 +193,22 @@ function traces(panel) {
 }
 
 function layout() {
+  // Live: autoscale both axes. Paused or replaying: the time scale ends at the cursor.
+  const x = state.cursor == null ? { type: "date", autorange: true }
+    : { type: "date", range: [new Date((state.cursor - state.window) * 1000), new Date(state.cursor * 1000)] };
   return { margin: { l: 50, r: 10, t: 10, b: 30 }, hovermode: "x unified",
-           xaxis: { type: "date" }, yaxis: { autorange: true }, legend: { orientation: "h" } };
+           xaxis: x, yaxis: { autorange: true }, legend: { orientation: "h" } };
 }
 
-async function loadHistory(panel) {
-  const start = Date.now() / 1000 - state.window;
+async function loadHistory(panel, end) {
+  const token = panel.token = (panel.token ?? 0) + 1;
   for (const [name, s] of Object.entries(panel.series)) {
     try {
-      const r = await getJSON(`/api/channel/${panel.source}/${name}?start=${start}&max_points=2000`);
-      if (r.t && s.t.length === 0) { s.t = r.t; s.v = r.v; panel.dirty = true; }
+      const r = await getJSON(`${channelUrl("channel", panel.source, name)}` +
+        `?start=${end - state.window}&duration=${state.window}&max_points=2000`);
+      if (token !== panel.token) return;  // a newer cursor asked since
+      s.t = r.t ?? []; s.v = r.v ?? []; s.last = null;
+      panel.dirty = true;
     } catch (err) { console.warn(err); }
   }
 }
@@ -129,20 +218,30 @@ function addImage(source, channel) {
   const img = el("img", { alt: `${source}/${channel}` });
   const stamp = el("div", { class: "stamp" });
   box.append(img, stamp);
-  img.src = `/api/frame/${source}/${channel}`;
-  const panel = { kind: "image", box, img, stamp, paths: [`${source}/${channel}`], loading: false, next: null };
-  img.addEventListener("load", () => { panel.loading = false; if (panel.next) showImage(panel, panel.next); });
-  img.addEventListener("error", () => { panel.loading = false; });
-  state.panels.push(panel);
-  connect();
+  attach({ kind: "image", box, img, stamp, paths: [`${source}/${channel}`], loading: false, next: null });
 }
 
-function showImage(panel, ev) {
-  if (panel.loading) { panel.next = ev; return; }  // one image in flight per panel: a slow link skips frames
-  panel.next = null;
+// One image in flight per panel: a slow link skips frames; the newest request wins.
+async function requestImage(panel, url) {
+  if (panel.loading) { panel.next = url; return; }
   panel.loading = true;
-  panel.img.src = ev.url;
-  panel.stamp.textContent = `#${ev.seq} ${new Date(ev.timestamp * 1000).toISOString()}`;
+  try {
+    const r = await fetch(url);
+    if (r.ok) {
+      const blob = await r.blob();
+      const seq = r.headers.get("x-turbine-seq"), t = Number(r.headers.get("x-turbine-timestamp"));
+      await new Promise((done) => {
+        const old = panel.img.src;
+        panel.img.onload = panel.img.onerror = done;
+        panel.img.src = URL.createObjectURL(blob);
+        if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+      });
+      panel.stamp.textContent = `#${seq} ${iso(t)}`;
+      Object.assign(panel.stamp.dataset, { seq, t: String(t) });
+    }
+  } catch (err) { console.warn(err); }
+  panel.loading = false;
+  if (panel.next) { const next = panel.next; panel.next = null; requestImage(panel, next); }
 }
 
 function addLog(source, channel) {
@@ -150,22 +249,34 @@ function addLog(source, channel) {
   const filter = el("input", { placeholder: "filter (e.g. ERROR)" });
   const log = el("div", { class: "log" });
   box.append(filter, log);
-  const panel = { kind: "log", box, log, filter, paths: [`${source}/${channel}`] };
+  const panel = { kind: "log", box, log, filter, source, channel, paths: [`${source}/${channel}`] };
   filter.addEventListener("input", () => {
     for (const line of log.children) line.hidden = !line.textContent.includes(filter.value);
   });
-  state.panels.push(panel);
-  connect();
+  attach(panel);
+}
+
+async function loadLog(panel, end) {
+  try {
+    const r = await getJSON(`${channelUrl("channel", panel.source, panel.channel)}` +
+      `?start=${end - state.window}&duration=${state.window}`);
+    panel.log.replaceChildren();
+    for (const item of r.items ?? []) appendLog(panel, item);
+  } catch (err) { console.warn(err); }
 }
 
 // --- the tab's one live stream ----------------------------------------------------
 
 function connect() {
   if (state.source) state.source.close();
-  const paths = [...new Set(state.panels.flatMap((p) => p.paths))];
-  if (paths.length === 0) return;
-  const es = new EventSource("/api/stream?" + paths.map((p) => "path=" + encodeURIComponent(p)).join("&"));
+  state.source = null;
+  const paths = allPaths();
+  if (paths.length === 0 || state.mode === "paused") return;
+  const replay = state.mode === "replay" ? `&from=${state.cursor}&speed=${document.getElementById("speed").value}` : "";
+  const es = new EventSource("/api/stream?" + query(paths) + replay);
   es.addEventListener("frame", (e) => onFrame(JSON.parse(e.data)));
+  es.addEventListener("clock", (e) => { state.cursor = JSON.parse(e.data).t; showCursor(); markPlots(); });
+  es.addEventListener("end", () => goLive());
   es.addEventListener("dropped", (e) => console.warn("frames dropped for this tab", JSON.parse(e.data)));
   state.source = es;
 }
@@ -175,7 +286,7 @@ function onFrame(ev) {
   for (const p of state.panels) {
     if (!p.paths.includes(path)) continue;
     if (p.kind === "plot" && ev.values) appendSamples(p, p.series[ev.channel], ev);
-    else if (p.kind === "image" && ev.url) showImage(p, ev);
+    else if (p.kind === "image" && ev.url) requestImage(p, ev.url);
     else if (p.kind === "log") appendLog(p, ev);
   }
 }
@@ -203,6 +314,8 @@ function appendLog(panel, ev) {
   panel.log.scrollTop = panel.log.scrollHeight;
 }
 
+function markPlots() { for (const p of state.panels) if (p.kind === "plot") p.dirty = true; }
+
 function redraw() {
   for (const p of state.panels) {
     if (p.kind === "plot" && p.dirty) { p.dirty = false; Plotly.react(p.div, traces(p), layout()); }
@@ -211,8 +324,13 @@ function redraw() {
 
 document.getElementById("timescale").addEventListener("change", (e) => {
   state.window = Number(e.target.value);
-  for (const p of state.panels) if (p.kind === "plot") loadHistory(p);
+  for (const p of state.panels) reload(p);
 });
+document.getElementById("go-live").addEventListener("click", goLive);
+document.getElementById("pause").addEventListener("click", pause);
+document.getElementById("play").addEventListener("click", play);
+document.getElementById("slider").addEventListener("input", (e) => scrub(Number(e.target.value)));
+document.getElementById("speed").addEventListener("change", () => { if (state.mode === "replay") connect(); });
 refreshSources();
 setInterval(refreshSources, 3000);
 setInterval(redraw, 250);
