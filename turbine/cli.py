@@ -879,13 +879,21 @@ def new_component(kind: str, where: str, type_: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve HTTP on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @address_option
-def web(address: str, host: str, port: int) -> None:
-    """Serve the web viewer and HTTP API (docs/http.rst) for the broker at --turbine."""
+@TOKEN_OPTION
+@TLS_CA_OPTION
+def web(address: str, host: str, port: int, token: str | None, tls_ca: str | None) -> None:
+    """Serve the web viewer and HTTP API (docs/http.rst) for the broker at --turbine.
+
+    With a broker that checks tokens, the viewer logs in with --token (or
+    TURBINE_TOKEN, or the token file) and its page may do what that user may.
+    """
     from .web.serve import serve_web  # the web stack loads only for this command
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(serve_web, address, host, port)
+            url = await nursery.start(
+                functools.partial(serve_web, address, host, port, token=token, tls_ca=tls_ca)
+            )
             click.echo(f"turbine web on {url}/ (broker {address})")
 
     run(main)

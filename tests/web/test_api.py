@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import subprocess
 import sys
@@ -11,7 +12,10 @@ import trio
 from tests.web.helpers import EventStream, http
 from turbine import open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE
+from turbine.auth import AuthTable, token_hash
+from turbine.testing import start_broker
 from turbine.web.decimate import minmax
+from turbine.web.serve import serve_web
 
 
 def f64(*values: float) -> bytes:
@@ -247,3 +251,34 @@ async def test_a_frame_at_a_time_is_the_newest_stamped_at_or_before_it(
             assert r.status == 400 and "speed needs from" in r.json()["error"]
             r = await http(f"{web}/api/stream?path=video_*/*&from=2000&speed=1000")
             assert r.status == 400 and "between 0.1 and 100" in r.json()["error"]
+
+
+async def test_with_auth_the_viewer_does_what_its_user_may_and_says_so(
+    nursery: trio.Nursery,
+) -> None:
+    tokens = {"admin": "admin-token-0123456789", "viewer": "viewer-token-0123456789"}
+    rights = {
+        "admin": 'admin = true\nread = ["*"]\nwrite = ["*"]\ncommand = ["*"]',
+        "viewer": 'read = ["daq_*"]\ncommand = ["daq_ok_*"]',
+    }
+    table = AuthTable.from_toml(
+        "\n".join(
+            f'[users.{u}]\ntoken_sha256 = "{token_hash(t)}"\n{rights[u]}\n'
+            for u, t in tokens.items()
+        )
+    )
+    broker = await start_broker(nursery, auth=table)
+    with trio.fail_after(20):
+        async with open_client(broker, token=tokens["admin"]) as tb:
+            for name in ("daq_ok_command_sink", "daq_no_command_sink", "video_hidden_data_source"):
+                await tb.open_source(name, shared=True)
+            web = await nursery.start(
+                functools.partial(serve_web, broker, "127.0.0.1", 0, token=tokens["viewer"])
+            )
+            who = (await http(f"{web}/api/whoami")).json()
+            assert who["auth"] is True and who["user"] == "viewer"
+            assert who["rights"]["command"] == ["daq_ok_*"] and who["rights"]["admin"] is False
+            listed = {s["name"]: s["may"] for s in (await http(f"{web}/api/sources")).json()}
+            assert listed == {"daq_ok_command_sink": "r-c", "daq_no_command_sink": "r--"}
+            r = await http(f"{web}/api/command/daq_no", body={"verb": "status", "timeout": 2})
+            assert r.status == 403 and "daq_no_command_sink" in r.json()["error"]

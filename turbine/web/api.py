@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._errors import RequestFailed, TurbineError
+from ..auth import RIGHTS, Access, Rights
 from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
@@ -102,7 +103,30 @@ class Viewer:
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
         infos = await self.client.list_sources(pattern)
-        return JSONResponse([attrs.asdict(i) for i in infos])
+        rights = self._rights()
+        listed = [attrs.asdict(i) for i in infos]
+        if rights is not None:  # what the viewer's user may do with each: r, w, c or -
+            for info in listed:
+                info["may"] = Access(self.client.user or "", rights).codes(info["name"])
+        return JSONResponse(listed)
+
+    def _rights(self) -> Rights | None:
+        """The rights the broker gave the viewer's user at login (None: the broker has no auth)."""
+        got = self.client.rights
+        if got is None:
+            return None
+        patterns = {r: tuple(got.get(r) or ()) for r in RIGHTS}
+        return Rights(**patterns, admin=bool(got.get("admin")))
+
+    async def whoami(self, request: Request) -> Response:
+        rights = self._rights()
+        return JSONResponse(
+            {
+                "auth": rights is not None,
+                "user": self.client.user,
+                "rights": None if rights is None else rights.to_dict(),
+            }
+        )
 
     async def channel(self, request: Request) -> Response:
         source, channel = request.path_params["source"], request.path_params["channel"]
@@ -246,8 +270,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _turbine_error(request: Request, exc: Exception) -> Response:
-    status = 404 if isinstance(exc, RequestFailed) and exc.code == "missing" else 400
-    if not isinstance(exc, RequestFailed):
+    if isinstance(exc, RequestFailed):
+        status = {"missing": 404, "access": 403}.get(exc.code or "", 400)
+    else:
         status = 502  # the broker connection itself failed
     return JSONResponse({"error": str(exc)}, status_code=status)
 
@@ -261,6 +286,7 @@ def create_app(client: Client) -> Starlette:
         Route("/metrics", v.metrics),
         Route("/vendor/plotly.min.js", v.plotly),
         Route("/api/sources", v.sources),
+        Route("/api/whoami", v.whoami),
         Route("/api/channel/{source}/{channel}", v.channel),
         Route("/api/frame/{source}/{channel}", v.frame),
         Route("/api/stream", v.stream),

@@ -19,17 +19,28 @@ async def serve_web(
     host: str = DEFAULT_WEB_HOST,
     port: int = DEFAULT_WEB_PORT,
     *,
+    token: str | None = None,
+    tls_ca: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Connect to the broker at ``turbine`` and serve the viewer on ``host:port``; never returns.
 
     ``task_status.started`` gets the viewer's URL (``http://HOST:PORT``, the
-    real port when ``port`` is 0).
+    real port when ``port`` is 0).  ``token`` logs the viewer in to a broker
+    with access control (else :func:`turbine.auth.find_token`): every page and
+    API call can do what that user may, no more; ``tls_ca`` speaks TLS to it.
+
+    A lost broker connection is made again (capped backoff); API calls made
+    meanwhile wait for it.
 
     Raises:
-        ConnectionFailed: no broker at ``turbine``, or the connection to it was lost.
+        ConnectionFailed: no broker at ``turbine`` when it starts.
     """
-    async with open_client(turbine, name="web") as client:
+    # reconnect: a broker restart costs the page a moment, not the viewer process;
+    # open tabs' streams resume where they were (a gap for what the broker lost).
+    async with open_client(
+        turbine, name="web", token=token, tls_ca=tls_ca, reconnect=True
+    ) as client:
         config = Config()
         config.bind = [f"{host}:{port}"]
         config.accesslog = None

@@ -4,7 +4,7 @@
 
 // mode: "live" (the stream), "paused" (the cursor stays where it is put) or "replay" (the
 // archive played from the cursor at a speed). Every panel shows the time of the one cursor.
-const state = { panels: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
+const state = { panels: [], sources: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
 const NUMERIC = "application/x-float64-le";
 
 function el(tag, attrs = {}, ...children) {
@@ -110,8 +110,11 @@ async function refreshSources() {
     document.getElementById("broker-status").textContent = `error: ${err.message}`;
     return;
   }
+  state.sources = sources;
   const tbody = document.querySelector("#sources tbody");
   tbody.replaceChildren(...sources.map(sourceRow));
+  refreshTargets();
+  refreshSite();
   if (!state.defaulted) openDefaultPanels(sources);
   refreshRange();
 }
@@ -129,7 +132,8 @@ function sourceRow(s) {
     el("details", {}, el("summary", {}, "metadata"), el("pre", {}, JSON.stringify(s.metadata, null, 1)));
   return el("tr", { "data-source": s.name },
     el("td", {}, type), el("td", { class: "name" }, s.name),
-    el("td", { class: s.online ? "online" : "offline" }, s.online ? "online" : "offline"),
+    el("td", { class: s.online ? "online" : "offline" }, s.online ? "online" : "offline",
+      s.may == null ? "" : el("small", { class: "may", title: "what the viewer's user may do: read, write, command" }, ` ${s.may}`)),
     channels, el("td", {}, md));
 }
 
@@ -265,6 +269,97 @@ async function loadLog(panel, end) {
   } catch (err) { console.warn(err); }
 }
 
+// --- the site: MCP programs and a command console ----------------------------------
+// Controls, not data: they follow the present whatever the time cursor shows.
+
+async function command(target, verb, args = []) {
+  const r = await fetch(`/api/command/${encodeURIComponent(target)}`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ verb, args }),
+  });
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+function mayCommand(target) {
+  const s = state.sources.find((x) => x.name === `${target}_command_sink`);
+  return !s || s.may == null || s.may.includes("c");
+}
+
+async function refreshSite() {
+  const tbody = document.querySelector("#programs tbody");
+  const rows = [];
+  for (const s of state.sources.filter((x) => /^mcp_.*_data_source$/.test(x.name))) {
+    const mcpName = s.name.replace(/_data_source$/, "");
+    let st;
+    try {
+      const r = await getJSON(`${channelUrl("channel", s.name, "state.json")}?newest=1`);
+      if (!r.items?.length) continue;
+      st = JSON.parse(r.items[0].text);
+    } catch (err) { console.warn(err); continue; }
+    const allowed = mayCommand(mcpName);
+    for (const p of Object.values(st.programs)) {
+      const buttons = el("td");
+      for (const verb of ["start", "stop", "restart"]) {
+        const b = el("button", { type: "button", class: verb, onclick: () => siteVerb(mcpName, verb, p.name) }, verb);
+        if (!allowed) { b.disabled = true; b.title = "the viewer's user may not command this MCP"; }
+        buttons.append(b);
+      }
+      rows.push(el("tr", { "data-program": p.name, "data-state": p.state, "data-restarts": String(p.restarts) },
+        el("td", {}, mcpName), el("td", { class: "name" }, p.name), el("td", {}, p.kind ?? ""),
+        el("td", { class: `state ${p.state}` }, p.state), el("td", {}, p.pid == null ? "" : String(p.pid)),
+        el("td", { class: "restarts" }, String(p.restarts)),
+        el("td", {}, p.uptime == null ? "" : duration(p.uptime)), buttons));
+    }
+  }
+  tbody.replaceChildren(...rows);
+}
+
+function duration(s) {
+  if (s < 60) return `${s.toFixed(0)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+async function siteVerb(mcpName, verb, program) {
+  const out = document.getElementById("site-reply");
+  out.textContent = `${verb} ${program}…`;
+  try {
+    const reply = await command(mcpName, verb, [program]);
+    out.textContent = reply.status === "ok" ? String(reply.result) : `${reply.status}: ${reply.error}`;
+  } catch (err) { out.textContent = `error: ${err.message}`; }
+  refreshSite();
+}
+
+function refreshTargets() {
+  const select = document.getElementById("console-target");
+  const targets = state.sources.filter((s) => s.name.endsWith("_command_sink"))
+    .map((s) => s.name.replace(/_command_sink$/, ""));
+  const have = [...select.options].map((o) => o.value);
+  if (have.join() === targets.join()) return;
+  const chosen = select.value;
+  select.replaceChildren(...targets.map((t) => el("option", { value: t }, t)));
+  if (targets.includes(chosen)) select.value = chosen;
+}
+
+async function sendConsole(e) {
+  e.preventDefault();
+  const target = document.getElementById("console-target").value;
+  const [verb, ...args] = document.getElementById("console-line").value.trim().split(/\s+/);
+  const out = document.getElementById("console-reply");
+  if (!target || !verb) return;
+  out.textContent = `${target} ${verb}…`;
+  out.dataset.state = "waiting";
+  try {
+    const reply = await command(target, verb, args);
+    out.textContent = reply.status === "ok" ? JSON.stringify(reply.result, null, 1) : `${reply.status}: ${reply.error}`;
+    out.dataset.state = reply.status;
+  } catch (err) {
+    out.textContent = `error: ${err.message}`;
+    out.dataset.state = "error";
+  }
+}
+
 // --- the tab's one live stream ----------------------------------------------------
 
 function connect() {
@@ -294,7 +389,8 @@ function onFrame(ev) {
 function appendSamples(panel, s, ev) {
   // Samples of a block are spread up to the next block: use the spacing of the last two blocks.
   const n = ev.values.length;
-  const dt = s.last ? (ev.timestamp - s.last.timestamp) / s.last.n : 0.001;
+  const m = s.t.length;  // after history: its own spacing
+  const dt = s.last ? (ev.timestamp - s.last.timestamp) / s.last.n : m > 1 ? s.t[m - 1] - s.t[m - 2] : 0.001;
   s.last = { timestamp: ev.timestamp, n };
   if (s.t.length && ev.timestamp <= s.t[s.t.length - 1]) return;  // already read as history
   for (let i = 0; i < n; i++) { s.t.push(ev.timestamp + i * dt); s.v.push(ev.values[i]); }
@@ -331,6 +427,12 @@ document.getElementById("pause").addEventListener("click", pause);
 document.getElementById("play").addEventListener("click", play);
 document.getElementById("slider").addEventListener("input", (e) => scrub(Number(e.target.value)));
 document.getElementById("speed").addEventListener("change", () => { if (state.mode === "replay") connect(); });
+document.getElementById("console").addEventListener("submit", sendConsole);
+getJSON("/api/whoami").then((w) => {
+  document.getElementById("whoami").textContent = !w.auth ? "the broker has no access control" :
+    `viewer's user: ${w.user}${w.rights.admin ? " (admin)" : ""}; read ${w.rights.read.join(" ") || "-"};` +
+    ` write ${w.rights.write.join(" ") || "-"}; command ${w.rights.command.join(" ") || "-"}`;
+}, (err) => console.warn(err));
 refreshSources();
 setInterval(refreshSources, 3000);
 setInterval(redraw, 250);
