@@ -15,6 +15,7 @@ from turbine._constants import FLOAT64_CONTENT_TYPE
 from turbine.auth import AuthTable, token_hash
 from turbine.testing import start_broker
 from turbine.web.decimate import minmax
+from turbine.web.levels import SILENCE_DBFS, pcm_level
 from turbine.web.serve import serve_web
 
 
@@ -282,3 +283,14 @@ async def test_with_auth_the_viewer_does_what_its_user_may_and_says_so(
             assert listed == {"daq_ok_command_sink": "r-c", "daq_no_command_sink": "r--"}
             r = await http(f"{web}/api/command/daq_no", body={"verb": "status", "timeout": 2})
             assert r.status == 403 and "daq_no_command_sink" in r.json()["error"]
+
+
+def test_pcm_levels_are_peak_and_rms_per_channel_in_dbfs() -> None:
+    stereo = struct.pack(">6h", 16384, 0, -16384, 0, 16384, 0)  # left half scale, right silent
+    level = pcm_level(stereo, "audio/L16;rate=8000;channels=2")
+    assert level == {"peak_dbfs": [-6.02, SILENCE_DBFS], "rms_dbfs": [-6.02, SILENCE_DBFS]}
+    assert pcm_level(struct.pack(">h", -32768), "audio/L16;rate=8000") == {
+        "peak_dbfs": [0.0],
+        "rms_dbfs": [0.0],
+    }
+    assert pcm_level(b"\x00\x01", "image/jpeg") is None

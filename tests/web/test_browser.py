@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import struct
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
@@ -17,6 +21,7 @@ from components.daq.component import Daq
 from tests.test_mcp import run_mcp, running, wait_state
 from turbine import open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE
+from turbine.render import pcm_content_type
 from turbine.web.serve import serve_web
 
 CHROMIUM = "/usr/bin/chromium"
@@ -49,10 +54,10 @@ def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
             first = plot.screenshot(path=str(out / "plot-1.png"))
             page.wait_for_timeout(1500)
             second = plot.screenshot(path=str(out / "plot-2.png"))
-            image = page.locator(".panel.image img").first
+            image = page.locator(".panel.wall .tile img").first
             image.wait_for(timeout=20000)
             page.wait_for_function(
-                "() => { const i = document.querySelector('.panel.image img');"
+                "() => { const i = document.querySelector('.panel.wall .tile img');"
                 " return i && i.complete && i.naturalWidth > 0; }",
                 timeout=20000,
             )
@@ -107,8 +112,8 @@ def _pause_scrub_play(url: str, out: Path, older: float) -> dict[str, object]:
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)
-            stamp = page.locator(".panel.image .stamp").first
-            page.wait_for_selector('.panel.image .stamp[data-seq="3"]', timeout=20000)
+            stamp = page.locator(".panel.wall .tile .stamp").first
+            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=20000)
             seen["live_t"] = float(stamp.get_attribute("data-t") or 0)
             page.click("#pause")
             page.wait_for_selector('body[data-mode="paused"]', timeout=5000)
@@ -116,21 +121,21 @@ def _pause_scrub_play(url: str, out: Path, older: float) -> dict[str, object]:
             page.locator("#slider").evaluate(
                 "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(older)
             )
-            page.wait_for_selector('.panel.image .stamp[data-seq="1"]', timeout=10000)
+            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="1"]', timeout=10000)
             page.wait_for_function(
-                "() => { const i = document.querySelector('.panel.image img');"
+                "() => { const i = document.querySelector('.panel.wall .tile img');"
                 " return i.complete && i.naturalWidth > 0; }",
                 timeout=10000,
             )
             seen["scrub_t"] = float(stamp.get_attribute("data-t") or 0)
             seen["cursor"] = page.locator("#cursor").inner_text()
-            seen["scrub_shot"] = page.locator(".panel.image img").first.screenshot(
+            seen["scrub_shot"] = page.locator(".panel.wall .tile img").first.screenshot(
                 path=str(out / "scrubbed.png")
             )
             page.select_option("#speed", "100")
             page.click("#play")
             page.wait_for_selector('body[data-mode="replay"]', timeout=5000)
-            page.wait_for_selector('.panel.image .stamp[data-seq="3"]', timeout=15000)
+            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=15000)
             page.wait_for_selector('body[data-mode="live"]', timeout=15000)
             page.screenshot(path=str(out / "replayed.png"), full_page=True)
             assert not errors, errors
@@ -221,3 +226,112 @@ async def test_the_restart_button_restarts_a_program_and_the_console_answers(
     assert "started sleeper" in seen["site_reply"]
     assert '"programs"' in seen["status"] and '"sleeper"' in seen["status"]
     assert "restart" in seen["help"] and "status" in seen["help"]
+
+
+LAYOUT = {
+    "w": 60,
+    "p": [
+        {"k": "wall"},
+        {"k": "values"},
+        {"k": "log", "s": "daq_rig_debug_log_source", "c": "log.txt"},
+        {"k": "meta", "s": "daq_rig_data_source"},
+        {"k": "audio", "s": "audio_tone_data_source", "c": "audio.pcm"},
+    ],
+}
+
+
+def _panels(url: str, out: Path, add_camera: Callable[[], None]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    tile = '.panel.wall .tile[data-path="thumbnail_{}_data_source/thumbnail.jpg"] .stamp[data-seq]'
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "#layout=" + quote(json.dumps(LAYOUT)))
+            page.wait_for_selector(tile.format("a"), timeout=20000)
+            trio.from_thread.run_sync(add_camera)  # a camera that comes later gets its tile
+            page.wait_for_selector(tile.format("b"), timeout=20000)
+            value = '.panel.values tr[data-path="daq_rig_data_source/ch0"] td.value[data-value]'
+            seen["value"] = page.locator(value).get_attribute("data-value", timeout=20000)
+            lines = page.locator(".panel.logpanel .log div:not([hidden])")
+            lines.nth(1).wait_for(timeout=20000)
+            seen["log_all"] = lines.all_inner_texts()
+            page.select_option(".panel.logpanel select.level", "ERROR")
+            seen["log_error"] = lines.all_inner_texts()
+            meta = page.locator(".panel.meta pre")
+            page.wait_for_function("() => document.querySelector('.panel.meta pre').textContent")
+            seen["meta"] = json.loads(meta.inner_text())
+            meter = page.locator(".panel.audio .meter").first
+            seen["peak"] = float(meter.get_attribute("data-peak", timeout=20000) or "nan")
+            seen["layout"] = json.loads(
+                page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
+            )
+            page.select_option("#timescale", "10")
+            seen["scale"] = json.loads(
+                page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
+            )["w"]
+            page.screenshot(path=str(out / "panels.png"), full_page=True)
+            page.reload()  # the link shows the same view
+            page.wait_for_selector(tile.format("b"), timeout=20000)
+            seen["kinds"] = page.evaluate(
+                "() => [...document.querySelectorAll('.panel')].map((p) => p.className)"
+            )
+            assert not errors, errors
+            return seen
+        finally:
+            browser.close()
+
+
+async def test_wall_values_log_levels_metadata_audio_meter_and_the_layout_in_the_url(
+    broker: str, web: str, tmp_path: Path
+) -> None:
+    record = {"time": time.time(), "logger": "daq.rig"}
+    with trio.fail_after(90):
+        async with open_client(broker) as tb:
+            daq = await tb.open_source(
+                "daq_rig_data_source", channels={"ch0": FLOAT64_CONTENT_TYPE}
+            )
+            await daq.put("ch0", struct.pack("<3d", 1.0, 2.0, 42.5))
+            await daq.put("metadata.txt", json.dumps({"rig": "north", "gain": 2}).encode())
+            log = await tb.open_source(
+                "daq_rig_debug_log_source", channels={"log.txt": "application/json"}
+            )
+            for level, message in (("INFO", "all fine"), ("ERROR", "pump failed")):
+                await log.put(
+                    "log.txt", json.dumps({**record, "level": level, "message": message}).encode()
+                )
+            tone = await tb.open_source(
+                "audio_tone_data_source", channels={"audio.pcm": pcm_content_type(16000, 1)}
+            )
+            await tone.put("audio.pcm", struct.pack(">8h", *[16384, -16384] * 4))  # half scale
+            cams = {}
+            for name in ("a", "b"):
+                cams[name] = await tb.open_source(
+                    f"thumbnail_{name}_data_source", channels={"thumbnail.jpg": "image/jpeg"}
+                )
+            await cams["a"].put("thumbnail.jpg", _jpeg((200, 40, 40)))
+            for src in (daq, log, tone, cams["a"]):
+                await src.flush()
+            later = trio.Event()
+
+            async def camera_b() -> None:
+                await later.wait()
+                await cams["b"].put("thumbnail.jpg", _jpeg((40, 200, 40)))
+                await cams["b"].flush()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(camera_b)
+                seen = await trio.to_thread.run_sync(_panels, web + "/", tmp_path, later.set)
+    assert float(seen["value"]) == 42.5  # the newest sample of the newest block
+    assert [t.split(" ", 1)[1] for t in seen["log_all"]] == [
+        "INFO daq.rig: all fine",
+        "ERROR daq.rig: pump failed",
+    ]
+    assert [t.split(" ", 1)[1] for t in seen["log_error"]] == ["ERROR daq.rig: pump failed"]
+    assert seen["meta"] == {"rig": "north", "gain": 2}
+    assert seen["peak"] == pytest.approx(-6.02, abs=0.01)  # half of full scale
+    assert seen["layout"] == LAYOUT
+    assert seen["scale"] == 10
+    assert [k.split()[1] for k in seen["kinds"]] == ["wall", "values", "logpanel", "meta", "audio"]

@@ -32,8 +32,9 @@ from ..auth import RIGHTS, Access, Rights
 from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
-from ..render import as_dict, is_numeric
+from ..render import as_dict, is_numeric, pcm_format
 from .decimate import minmax, samples
+from .levels import pcm_level
 from .live import LiveResponse, RecentFrames, ReplayResponse
 from .metrics import metrics_text
 
@@ -157,6 +158,10 @@ class Viewer:
             body["samples"] = len(values)
             body["t"], body["v"] = minmax(times, values, max_points)
             body["decimated"] = len(body["v"]) < len(values)
+        elif frames and pcm_format(frames[0].content_type):
+            body["items"] = [
+                {**as_dict(f), "level": pcm_level(f.data, f.content_type)} for f in frames
+            ]
         else:
             body["items"] = [as_dict(f) for f in frames]
         return JSONResponse(body)

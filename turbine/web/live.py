@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..client import Client, Frame, Gap
 from ..render import is_numeric, is_text, numbers
+from .levels import pcm_level
 
 #: Events a tab may have waiting before it starts losing frames.
 STREAM_QUEUE_EVENTS = 256
@@ -61,7 +62,8 @@ class RecentFrames:
 
 
 def event_for(item: Frame | Gap, recent: RecentFrames) -> str:
-    """One SSE event: numbers as ``values``, text as ``text``, anything else as a ``url``."""
+    """One SSE event: numbers as ``values``, PCM audio as its ``level``, text as ``text``,
+    anything else as a ``url``."""
     if isinstance(item, Gap):
         body: dict[str, Any] = {
             "source": item.source,
@@ -81,6 +83,8 @@ def event_for(item: Frame | Gap, recent: RecentFrames) -> str:
     }
     if is_numeric(ct):
         body["values"] = numbers(item.data)
+    elif (level := pcm_level(item.data, ct)) is not None:
+        body["level"] = level  # a meter needs the level, not the samples
     elif is_text(ct) and (text := _text(item.data)) is not None:
         body["text"] = text
     else:

@@ -6,6 +6,11 @@
 // archive played from the cursor at a speed). Every panel shows the time of the one cursor.
 const state = { panels: [], sources: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
 const NUMERIC = "application/x-float64-le";
+const LOG_LINES = 1000;  // lines a log panel keeps
+const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
+// The camera wall and the values table follow every source of their kind, present and future.
+const WALL_PATHS = ["thumbnail_*_data_source/*"];
+const VALUE_PATHS = ["daq_*_data_source/*", "ntcp_*_data_source/*"];
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -88,16 +93,31 @@ function scrub(t) {
   for (const p of state.panels) reload(p);
 }
 
+// One frame of a path at the cursor (the newest, live).
+function frameUrl(path) {
+  const [source, channel] = path.split(/\/(.*)/);
+  const url = channelUrl("frame", source, channel);
+  return state.cursor == null ? url : `${url}?at=${state.cursor}`;
+}
+
 // What a panel shows at the cursor (or now, live): read from the archive.
 function reload(panel) {
   const end = state.cursor ?? Date.now() / 1000;
   if (panel.kind === "plot") loadHistory(panel, end);
-  else if (panel.kind === "image") {
-    const [source, channel] = panel.paths[0].split(/\/(.*)/);
-    const url = channelUrl("frame", source, channel);
-    requestImage(panel, state.cursor == null ? url : `${url}?at=${state.cursor}`);
-  } else if (panel.kind === "log") loadLog(panel, end);
+  else if (panel.kind === "image") requestImage(panel, frameUrl(panel.paths[0]));
+  else if (panel.kind === "wall") for (const [path, tile] of panel.tiles) requestImage(tile, frameUrl(path));
+  else if (panel.kind === "values") for (const path of panel.rows.keys()) loadValue(panel, path);
+  else if (panel.kind === "log") loadLog(panel, end);
+  else if (panel.kind === "audio") loadLevel(panel, end);
+  else if (panel.kind === "meta") loadMeta(panel);
 }
+
+// A path matches a wildcard pattern: * is any run of characters but "/".
+function globMatch(pattern, path) {
+  const re = pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, "[^/]*");
+  return new RegExp(`^${re}$`).test(path);
+}
+function wants(panel, path) { return panel.paths.some((p) => p === path || globMatch(p, path)); }
 
 // --- source browser -------------------------------------------------------------
 
@@ -116,6 +136,7 @@ async function refreshSources() {
   refreshTargets();
   refreshSite();
   if (!state.defaulted) openDefaultPanels(sources);
+  for (const p of state.panels) if (p.kind === "wall" || p.kind === "values") addRows(p, sources);
   refreshRange();
 }
 
@@ -131,24 +152,48 @@ function sourceRow(s) {
   const md = s.metadata == null ? "" :
     el("details", {}, el("summary", {}, "metadata"), el("pre", {}, JSON.stringify(s.metadata, null, 1)));
   return el("tr", { "data-source": s.name },
-    el("td", {}, type), el("td", { class: "name" }, s.name),
+    el("td", {}, type), el("td", { class: "name", title: "show its metadata", onclick: () => addMeta(s.name) }, s.name),
     el("td", { class: s.online ? "online" : "offline" }, s.online ? "online" : "offline",
       s.may == null ? "" : el("small", { class: "may", title: "what the viewer's user may do: read, write, command" }, ` ${s.may}`)),
     channels, el("td", {}, md));
 }
 
+// Without a layout in the URL: a plot of the first DAQ, the camera wall, the values, an audio meter.
 function openDefaultPanels(sources) {
-  const daq = sources.find((s) => s.name.startsWith("daq_") && s.channels.some((c) => c.content_type === NUMERIC));
-  if (!daq) return;  // try again at the next refresh
+  if (!sources.length) return;  // try again at the next refresh
   state.defaulted = true;
-  {
-    const chans = daq.channels.filter((c) => c.content_type === NUMERIC).slice(0, 4).map((c) => c.name);
-    addPlot(daq.name, chans);
+  const daq = sources.find((s) => s.name.startsWith("daq_") && s.channels.some((c) => c.content_type === NUMERIC));
+  if (daq) addPlot(daq.name, daq.channels.filter((c) => c.content_type === NUMERIC).slice(0, 4).map((c) => c.name));
+  if (sources.some((s) => s.name.startsWith("thumbnail_"))) addWall();
+  if (sources.some((s) => VALUE_PATHS.some((p) => s.channels.some((c) => globMatch(p, `${s.name}/${c.name}`))))) addValues();
+  const audio = sources.find((s) => s.channels.some((c) => c.content_type.startsWith("audio/L16")));
+  if (audio) addAudio(audio.name, audio.channels.find((c) => c.content_type.startsWith("audio/L16")).name);
+}
+
+// --- the layout in the URL: #layout={"w": time scale, "p": [panel specs]} ------------
+
+function saveLayout() {
+  const layout = { w: state.window, p: state.panels.map((p) => p.spec) };
+  history.replaceState(null, "", "#layout=" + encodeURIComponent(JSON.stringify(layout)));
+}
+
+function restoreLayout() {
+  const m = location.hash.match(/^#layout=(.*)$/);
+  if (!m) return false;
+  let layout;
+  try { layout = JSON.parse(decodeURIComponent(m[1])); } catch (err) { console.warn("bad layout in the URL", err); return false; }
+  if (layout.w) { state.window = Number(layout.w); document.getElementById("timescale").value = String(layout.w); }
+  for (const p of layout.p ?? []) {
+    if (p.k === "plot") addPlot(p.s, p.c);
+    else if (p.k === "image") addImage(p.s, p.c);
+    else if (p.k === "log") addLog(p.s, p.c);
+    else if (p.k === "audio") addAudio(p.s, p.c);
+    else if (p.k === "meta") addMeta(p.s);
+    else if (p.k === "wall") addWall();
+    else if (p.k === "values") addValues();
   }
-  for (const s of sources.filter((s) => s.name.startsWith("thumbnail_") || s.name.startsWith("video_")).slice(0, 2)) {
-    const img = s.channels.find((c) => c.content_type.startsWith("image/"));
-    if (img) addPanel(s.name, img.name, img.content_type);
-  }
+  state.defaulted = true;
+  return true;
 }
 
 // --- panels ---------------------------------------------------------------------
@@ -156,6 +201,7 @@ function openDefaultPanels(sources) {
 function addPanel(source, channel, contentType) {
   if (contentType === NUMERIC) return addPlot(source, [channel]);
   if (contentType.startsWith("image/")) return addImage(source, channel);
+  if (contentType.startsWith("audio/L16")) return addAudio(source, channel);
   return addLog(source, channel);
 }
 
@@ -170,6 +216,7 @@ function panelBox(title, kind) {
 function removePanel(box) {
   state.panels = state.panels.filter((p) => p.box !== box);
   box.remove();
+  saveLayout();
   connect();
 }
 
@@ -178,7 +225,8 @@ function addPlot(source, channels) {
   const div = el("div", { class: "plot" });
   box.append(div);
   const series = Object.fromEntries(channels.map((c) => [c, { t: [], v: [], last: null }]));
-  const panel = { kind: "plot", box, div, source, series, paths: channels.map((c) => `${source}/${c}`), dirty: true };
+  const panel = { kind: "plot", spec: { k: "plot", s: source, c: channels }, box, div, source, series,
+                  paths: channels.map((c) => `${source}/${c}`), dirty: true };
   Plotly.newPlot(div, traces(panel), layout(), { responsive: true, displaylogo: false });
   attach(panel);
 }
@@ -186,6 +234,7 @@ function addPlot(source, channels) {
 // A new panel joins the tab's stream and shows the cursor's time.
 function attach(panel) {
   state.panels.push(panel);
+  saveLayout();
   reload(panel);
   connect();
 }
@@ -211,7 +260,12 @@ async function loadHistory(panel, end) {
       const r = await getJSON(`${channelUrl("channel", panel.source, name)}` +
         `?start=${end - state.window}&duration=${state.window}&max_points=2000`);
       if (token !== panel.token) return;  // a newer cursor asked since
-      s.t = r.t ?? []; s.v = r.v ?? []; s.last = null;
+      // Keep what the stream brought while the history was read (it ends before that).
+      const t = r.t ?? [], v = r.v ?? [];
+      const from = t.length ? t[t.length - 1] : -Infinity;
+      let i = state.mode === "live" ? s.t.findIndex((x) => x > from) : -1;
+      if (i < 0) { i = s.t.length; s.last = null; }
+      s.t = t.concat(s.t.slice(i)); s.v = v.concat(s.v.slice(i));
       panel.dirty = true;
     } catch (err) { console.warn(err); }
   }
@@ -222,7 +276,137 @@ function addImage(source, channel) {
   const img = el("img", { alt: `${source}/${channel}` });
   const stamp = el("div", { class: "stamp" });
   box.append(img, stamp);
-  attach({ kind: "image", box, img, stamp, paths: [`${source}/${channel}`], loading: false, next: null });
+  attach({ kind: "image", spec: { k: "image", s: source, c: channel }, box, img, stamp,
+           paths: [`${source}/${channel}`], loading: false, next: null });
+}
+
+// Every camera's thumbnail, present and future: a tile per thumbnail channel.
+function addWall() {
+  const box = panelBox("cameras", "wall");
+  const grid = el("div", { class: "tiles" });
+  box.append(grid);
+  const panel = { kind: "wall", spec: { k: "wall" }, box, grid, tiles: new Map(), paths: WALL_PATHS };
+  addRows(panel, state.sources);
+  attach(panel);
+}
+
+function tileFor(panel, path) {
+  let tile = panel.tiles.get(path);
+  if (!tile) {
+    const img = el("img", { alt: path }), stamp = el("div", { class: "stamp" });
+    const box = el("figure", { class: "tile", "data-path": path }, img, el("figcaption", {}, path.split("/")[0]), stamp);
+    tile = { img, stamp, box, loading: false, next: null };
+    panel.tiles.set(path, tile);
+    panel.grid.append(box);
+    requestImage(tile, frameUrl(path));
+  }
+  return tile;
+}
+
+// The wall's tiles and the values table's rows, for sources listed (frames add the rest).
+function addRows(panel, sources) {
+  for (const s of sources) for (const c of s.channels) {
+    const path = `${s.name}/${c.name}`;
+    if (!wants(panel, path)) continue;
+    if (panel.kind === "wall" && c.content_type.startsWith("image/")) tileFor(panel, path);
+    if (panel.kind === "values" && isValue(c.name, c.content_type)) rowFor(panel, path);
+  }
+}
+
+// The newest value of every DAQ and NTCP channel (at the cursor, paused).
+function addValues() {
+  const box = panelBox("newest values", "values");
+  const tbody = el("tbody");
+  box.append(el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "channel"), el("th", {}, "value"), el("th", {}, "time"))), tbody));
+  const panel = { kind: "values", spec: { k: "values" }, box, tbody, rows: new Map(), paths: VALUE_PATHS };
+  addRows(panel, state.sources);
+  attach(panel);
+}
+
+// Numbers and text (NTCP control points), not a source's metadata.
+function isValue(channel, contentType) {
+  return channel !== "metadata.txt" && (contentType === NUMERIC || contentType.startsWith("text/"));
+}
+
+function rowFor(panel, path) {
+  let row = panel.rows.get(path);
+  if (!row) {
+    row = { value: el("td", { class: "value" }), time: el("td", { class: "time" }) };
+    const rows = [...panel.rows.keys(), path].sort();
+    panel.rows.set(path, row);
+    const tr = el("tr", { "data-path": path }, el("td", {}, path), row.value, row.time);
+    panel.tbody.insertBefore(tr, panel.tbody.children[rows.indexOf(path)] ?? null);
+    loadValue(panel, path);
+  }
+  return row;
+}
+
+function showValue(row, value, t) {
+  row.value.textContent = typeof value === "number" ? String(Number(value.toPrecision(6))) : String(value).slice(0, 80);
+  row.value.dataset.value = String(value);
+  row.time.textContent = iso(t);
+}
+
+async function loadValue(panel, path) {
+  try {
+    const r = await fetch(frameUrl(path));
+    if (!r.ok) return;
+    const t = Number(r.headers.get("x-turbine-timestamp"));
+    if ((r.headers.get("content-type") ?? "").startsWith(NUMERIC)) {
+      const view = new DataView(await r.arrayBuffer());
+      if (view.byteLength >= 8) showValue(rowFor(panel, path), view.getFloat64(view.byteLength - 8, true), t);
+    } else showValue(rowFor(panel, path), await r.text(), t);
+  } catch (err) { console.warn(err); }
+}
+
+// An audio level meter: peak and RMS per audio channel, in dBFS (the viewer measures each block).
+function addAudio(source, channel) {
+  const box = panelBox(`${source}/${channel}`, "audio");
+  const meters = el("div", { class: "meters" });
+  box.append(meters);
+  attach({ kind: "audio", spec: { k: "audio", s: source, c: channel }, box, meters, source, channel,
+           paths: [`${source}/${channel}`] });
+}
+
+function showLevel(panel, level) {
+  panel.meters.replaceChildren(...level.peak_dbfs.map((peak, i) => {
+    const rms = level.rms_dbfs[i];
+    const width = (db) => `${Math.max(0, Math.min(100, (db + 60) / 60 * 100)).toFixed(1)}%`;
+    return el("div", { class: "meter", "data-peak": String(peak), "data-rms": String(rms) },
+      el("div", { class: "bar" }, el("div", { class: "rms", style: `width: ${width(rms)}` }),
+        el("div", { class: "peak", style: `left: ${width(peak)}` })),
+      el("span", {}, `ch${i + 1} peak ${peak.toFixed(1)} dBFS, rms ${rms.toFixed(1)} dBFS`));
+  }));
+}
+
+async function loadLevel(panel, end) {
+  const url = channelUrl("channel", panel.source, panel.channel);
+  try {
+    const r = await getJSON(state.cursor == null ? `${url}?newest=1` : `${url}?start=${end - 1}&duration=1`);
+    const last = (r.items ?? []).at(-1);
+    if (last?.level) showLevel(panel, last.level);
+  } catch (err) { console.warn(err); }
+}
+
+// A source's metadata (its metadata.txt at the cursor).
+function addMeta(source) {
+  if (state.panels.some((p) => p.kind === "meta" && p.source === source)) return;
+  const box = panelBox(`${source}: metadata`, "meta");
+  const pre = el("pre");
+  box.append(pre);
+  attach({ kind: "meta", spec: { k: "meta", s: source }, box, pre, source, paths: [`${source}/metadata.txt`] });
+}
+
+function showMeta(panel, text) {
+  try { panel.pre.textContent = JSON.stringify(JSON.parse(text), null, 1); } catch { panel.pre.textContent = text; }
+}
+
+async function loadMeta(panel) {
+  try {
+    const r = await fetch(frameUrl(`${panel.source}/metadata.txt`));
+    panel.pre.textContent = "";
+    if (r.ok) showMeta(panel, await r.text());
+  } catch (err) { console.warn(err); }
 }
 
 // One image in flight per panel: a slow link skips frames; the newest request wins.
@@ -248,23 +432,34 @@ async function requestImage(panel, url) {
   if (panel.next) { const next = panel.next; panel.next = null; requestImage(panel, next); }
 }
 
+// A log: component logs (JSON records with a level) or any text channel; filter by level and text.
 function addLog(source, channel) {
   const box = panelBox(`${source}/${channel}`, "logpanel");
-  const filter = el("input", { placeholder: "filter (e.g. ERROR)" });
+  const level = el("select", { class: "level", "aria-label": "lowest level" },
+    ...LEVELS.map((l) => el("option", { value: l }, `${l} and above`)));
+  const filter = el("input", { placeholder: "filter text" });
   const log = el("div", { class: "log" });
-  box.append(filter, log);
-  const panel = { kind: "log", box, log, filter, source, channel, paths: [`${source}/${channel}`] };
-  filter.addEventListener("input", () => {
-    for (const line of log.children) line.hidden = !line.textContent.includes(filter.value);
-  });
+  box.append(level, filter, log);
+  const panel = { kind: "log", spec: { k: "log", s: source, c: channel }, box, log, filter, level, source, channel,
+                  paths: [`${source}/${channel}`] };
+  const refilter = () => { for (const line of log.children) line.hidden = !shown(panel, line); };
+  filter.addEventListener("input", refilter);
+  level.addEventListener("change", refilter);
   attach(panel);
+}
+
+function shown(panel, line) {
+  const rank = LEVELS.indexOf(line.dataset.level);
+  return (rank < 0 || rank >= LEVELS.indexOf(panel.level.value)) && line.textContent.includes(panel.filter.value);
 }
 
 async function loadLog(panel, end) {
   try {
-    const r = await getJSON(`${channelUrl("channel", panel.source, panel.channel)}` +
-      `?start=${end - state.window}&duration=${state.window}`);
+    // Live: the newest lines, however old; at a cursor: the time scale's lines up to it.
+    const which = state.cursor == null ? `newest=${LOG_LINES}` : `start=${end - state.window}&duration=${state.window}`;
+    const r = await getJSON(`${channelUrl("channel", panel.source, panel.channel)}?${which}`);
     panel.log.replaceChildren();
+    panel.lastSeq = 0;
     for (const item of r.items ?? []) appendLog(panel, item);
   } catch (err) { console.warn(err); }
 }
@@ -379,9 +574,14 @@ function connect() {
 function onFrame(ev) {
   const path = `${ev.source}/${ev.channel}`;
   for (const p of state.panels) {
-    if (!p.paths.includes(path)) continue;
+    if (!wants(p, path)) continue;
     if (p.kind === "plot" && ev.values) appendSamples(p, p.series[ev.channel], ev);
     else if (p.kind === "image" && ev.url) requestImage(p, ev.url);
+    else if (p.kind === "wall" && ev.url && ev.content_type.startsWith("image/")) requestImage(tileFor(p, path), ev.url);
+    else if (p.kind === "values" && isValue(ev.channel, ev.content_type) && (ev.values?.length || ev.text != null)) {
+      showValue(rowFor(p, path), ev.values ? ev.values.at(-1) : ev.text, ev.timestamp);
+    } else if (p.kind === "audio" && ev.level) showLevel(p, ev.level);
+    else if (p.kind === "meta" && ev.text != null) showMeta(p, ev.text);
     else if (p.kind === "log") appendLog(p, ev);
   }
 }
@@ -402,11 +602,20 @@ function appendSamples(panel, s, ev) {
 }
 
 function appendLog(panel, ev) {
-  const text = ev.text ?? `[${ev.bytes} bytes ${ev.content_type}]`;
-  const line = el("div", {}, `${new Date(ev.timestamp * 1000).toISOString()} ${text}`);
-  line.hidden = !line.textContent.includes(panel.filter.value);
+  if (ev.seq <= panel.lastSeq) return;  // read with the history already
+  panel.lastSeq = ev.seq;
+  let text = ev.text ?? `[${ev.bytes} bytes ${ev.content_type}]`, level = "";
+  try {  // a component's log record: {time, level, logger, message}
+    const r = JSON.parse(text);
+    if (r && typeof r.level === "string" && "message" in r) {
+      level = r.level;
+      text = `${r.level} ${r.logger ?? ""}: ${r.message}${r.exception ? "\n" + r.exception : ""}`;
+    }
+  } catch { /* plain text */ }
+  const line = el("div", { "data-level": level }, `${iso(ev.timestamp)} ${text}`);
+  line.hidden = !shown(panel, line);
   panel.log.append(line);
-  while (panel.log.children.length > 1000) panel.log.firstChild.remove();
+  while (panel.log.children.length > LOG_LINES) panel.log.firstChild.remove();
   panel.log.scrollTop = panel.log.scrollHeight;
 }
 
@@ -420,6 +629,7 @@ function redraw() {
 
 document.getElementById("timescale").addEventListener("change", (e) => {
   state.window = Number(e.target.value);
+  saveLayout();
   for (const p of state.panels) reload(p);
 });
 document.getElementById("go-live").addEventListener("click", goLive);
@@ -433,6 +643,7 @@ getJSON("/api/whoami").then((w) => {
     `viewer's user: ${w.user}${w.rights.admin ? " (admin)" : ""}; read ${w.rights.read.join(" ") || "-"};` +
     ` write ${w.rights.write.join(" ") || "-"}; command ${w.rights.command.join(" ") || "-"}`;
 }, (err) => console.warn(err));
+restoreLayout();
 refreshSources();
 setInterval(refreshSources, 3000);
 setInterval(redraw, 250);
