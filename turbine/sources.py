@@ -143,6 +143,9 @@ class Source:
         #: Each producer's newest stored put number (``pseq``), least recent first.
         self.producers: dict[str, int] = {}
         self.replays_dropped = 0  # puts not stored again: their producer number was stored
+        # Frames and payload bytes stored since this broker started (metrics: per-source rates).
+        self.frames_in = 0
+        self.bytes_in = 0
 
     @property
     def online(self) -> bool:
@@ -201,6 +204,8 @@ class Source:
         except ValueError as exc:  # a seq below the next number
             raise RequestFailed(f"{ch.path}: {exc}", "request") from None
         self.arrival += len(ts)
+        self.frames_in += len(ts)
+        self.bytes_in += sum(sizes)
         self.bytes += store.bytes - before
         if self.bytes > self.cache_bytes:
             self.trim()
@@ -265,6 +270,8 @@ class Source:
             "archive_bytes": self.archive_bytes,
             "archive_age": self.archive_age,
             "bytes": self.bytes,
+            "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in,
             "channels": [ch.info() for ch in self.channels.values()],
             "metadata": self.metadata(),
             "mirror": self.origin.to_wire() if self.origin else None,

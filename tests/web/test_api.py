@@ -279,7 +279,7 @@ async def test_with_auth_the_viewer_does_what_its_user_may_and_says_so(
             who = (await http(f"{web}/api/whoami")).json()
             assert who["auth"] is True and who["user"] == "viewer"
             assert who["rights"]["command"] == ["daq_ok_*"] and who["rights"]["admin"] is False
-            listed = {s["name"]: s["may"] for s in (await http(f"{web}/api/sources")).json()}
+            listed = {s["name"]: s["access"] for s in (await http(f"{web}/api/sources")).json()}
             assert listed == {"daq_ok_command_sink": "r-c", "daq_no_command_sink": "r--"}
             r = await http(f"{web}/api/command/daq_no", body={"verb": "status", "timeout": 2})
             assert r.status == 403 and "daq_no_command_sink" in r.json()["error"]

@@ -40,6 +40,8 @@ async def test_metrics_say_what_the_broker_holds(broker: str, web: str) -> None:
     lines = text.splitlines()
     assert 'turbine_channel_frames_total{channel="ch0",source="daq_m_data_source"} 5.0' in lines
     assert 'turbine_source_online{source="daq_m_data_source"} 1.0' in lines
+    assert 'turbine_source_frames_in_total{source="daq_m_data_source"} 5.0' in lines
+    assert 'turbine_source_bytes_in_total{source="daq_m_data_source"} 5.0' in lines
     assert any(line.startswith('turbine_memory_bytes{kind="reserved"}') for line in lines)
     assert "turbine_clients 2.0" in lines  # the viewer and this client
     assert any(

@@ -35,3 +35,11 @@ async def test_the_mcp_runs_the_viewer_for_its_broker(tmp_path: Path) -> None:
                     await trio.sleep(0.1)
             assert r.status == 200
             assert "mcp_t_data_source" in [s["name"] for s in r.json()]
+            lines = (await http(f"http://127.0.0.1:{port}/metrics")).body.decode().splitlines()
+    # The MCP's programs, as its state.json says, in the metrics of the viewer it runs.
+    assert 'turbine_mcp_program_state{mcp="mcp_t",program="web",state="running"} 1.0' in lines
+    assert 'turbine_mcp_program_restarts_total{mcp="mcp_t",program="web"} 0.0' in lines
+    assert any(
+        line.startswith('turbine_mcp_program_uptime_seconds{mcp="mcp_t",program="daq_t"}')
+        for line in lines
+    )

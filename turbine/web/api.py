@@ -28,7 +28,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._errors import RequestFailed, TurbineError
-from ..auth import RIGHTS, Access, Rights
 from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
@@ -104,29 +103,13 @@ class Viewer:
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
         infos = await self.client.list_sources(pattern)
-        rights = self._rights()
-        listed = [attrs.asdict(i) for i in infos]
-        if rights is not None:  # what the viewer's user may do with each: r, w, c or -
-            for info in listed:
-                info["may"] = Access(self.client.user or "", rights).codes(info["name"])
-        return JSONResponse(listed)
-
-    def _rights(self) -> Rights | None:
-        """The rights the broker gave the viewer's user at login (None: the broker has no auth)."""
-        got = self.client.rights
-        if got is None:
-            return None
-        patterns = {r: tuple(got.get(r) or ()) for r in RIGHTS}
-        return Rights(**patterns, admin=bool(got.get("admin")))
+        return JSONResponse([attrs.asdict(i) for i in infos])
 
     async def whoami(self, request: Request) -> Response:
-        rights = self._rights()
+        """The viewer's user and the rights the broker gave it at login (none without auth)."""
+        rights = self.client.rights
         return JSONResponse(
-            {
-                "auth": rights is not None,
-                "user": self.client.user,
-                "rights": None if rights is None else rights.to_dict(),
-            }
+            {"auth": rights is not None, "user": self.client.user, "rights": rights}
         )
 
     async def channel(self, request: Request) -> Response:

@@ -1,12 +1,13 @@
 """``/metrics``: the broker's status and sources in the Prometheus text format.
 
-Each scrape asks the broker for ``status`` and ``list`` and writes what they
-say with ``prometheus_client`` (a collector per scrape, so nothing is cached
+Each scrape asks the broker for ``status`` and ``list`` (and every MCP's
+newest ``state.json``) and writes what they say with ``prometheus_client`` (a collector per scrape, so nothing is cached
 between scrapes and a vanished source disappears from the next one).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..client import Client, SourceInfo
+
+#: Where an MCP publishes its programs' states: ``mcp_<name>_data_source/state.json``.
+MCP_STATE_SUFFIX, MCP_STATE_CHANNEL = "_data_source", "state.json"
 
 #: Per-client counters of the broker's status: (status key, metric name, help).
 _CLIENT_COUNTERS = (
@@ -28,9 +32,15 @@ _CLIENT_COUNTERS = (
 
 
 class _Snapshot(Collector):
-    def __init__(self, status: Mapping[str, Any], sources: Sequence[SourceInfo]) -> None:
+    def __init__(
+        self,
+        status: Mapping[str, Any],
+        sources: Sequence[SourceInfo],
+        sites: Mapping[str, Mapping[str, Any]],
+    ) -> None:
         self.status = status
         self.sources = sources
+        self.sites = sites
 
     def collect(self) -> Iterator[Metric]:
         st = self.status
@@ -70,6 +80,7 @@ class _Snapshot(Collector):
             "turbine_sources", "Sources the broker holds.", value=len(self.sources)
         )
         yield from self._sources()
+        yield from self._programs()
         archive = st.get("archive")
         if isinstance(archive, Mapping):
             for key, value in archive.items():
@@ -103,9 +114,22 @@ class _Snapshot(Collector):
         rate = GaugeMetricFamily(
             "turbine_channel_rate_hz", "Frames per second lately.", labels=["source", "channel"]
         )
+        frames_in = CounterMetricFamily(
+            "turbine_source_frames_in",
+            "Frames stored in the source since the broker started.",
+            labels=["source"],
+        )
+        bytes_in = CounterMetricFamily(
+            "turbine_source_bytes_in",
+            "Payload bytes stored in the source since the broker started.",
+            labels=["source"],
+        )
         for s in self.sources:
             online.add_metric([s.name], int(s.online))
             held.add_metric([s.name], s.bytes)
+            if s.frames_in is not None and s.bytes_in is not None:
+                frames_in.add_metric([s.name], s.frames_in)
+                bytes_in.add_metric([s.name], s.bytes_in)
             for c in s.channels:
                 labels = [s.name, c.name]
                 put.add_metric(labels, c.last_seq or 0)
@@ -113,13 +137,46 @@ class _Snapshot(Collector):
                 nbytes.add_metric(labels, c.bytes)
                 if c.rate is not None:
                     rate.add_metric(labels, c.rate)
-        yield from (online, held, put, frames, nbytes, rate)
+        yield from (online, held, put, frames, nbytes, rate, frames_in, bytes_in)
+
+    def _programs(self) -> Iterator[Metric]:
+        labels = ["mcp", "program"]
+        state = GaugeMetricFamily(
+            "turbine_mcp_program_state",
+            "1 for the program's state now (running, stopped, backoff, failed ...).",
+            labels=[*labels, "state"],
+        )
+        restarts = CounterMetricFamily(
+            "turbine_mcp_program_restarts", "Times the MCP restarted the program.", labels=labels
+        )
+        uptime = GaugeMetricFamily(
+            "turbine_mcp_program_uptime_seconds", "Seconds the program has run.", labels=labels
+        )
+        for mcp, site in self.sites.items():
+            for name, p in site["programs"].items():
+                if not isinstance(p, dict):
+                    continue
+                state.add_metric([mcp, name, str(p.get("state"))], 1)
+                restarts.add_metric([mcp, name], p.get("restarts") or 0)
+                if p.get("uptime") is not None:
+                    uptime.add_metric([mcp, name], p["uptime"])
+        yield from (state, restarts, uptime)
 
 
 async def metrics_text(client: Client) -> bytes:
     """The Prometheus exposition of the broker ``client`` is connected to, now."""
     status = await client.status()
     sources = await client.list_sources()
+    sites: dict[str, Mapping[str, Any]] = {}
+    for s in sources:  # each MCP publishes its programs' states (turbine/mcp/site.py)
+        if s.name.startswith("mcp_") and s.name.endswith(MCP_STATE_SUFFIX):
+            newest = await client.fetch(f"{s.name}/{MCP_STATE_CHANNEL}", newest=1)
+            try:
+                site = json.loads(newest[-1].data)
+            except (IndexError, ValueError):
+                continue  # none yet, or not JSON: nothing to say about it
+            if isinstance(site, dict) and isinstance(site.get("programs"), dict):
+                sites[s.name.removesuffix(MCP_STATE_SUFFIX)] = site
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(status, sources))
+    registry.register(_Snapshot(status, sources, sites))
     return generate_latest(registry)

@@ -154,7 +154,7 @@ function sourceRow(s) {
   return el("tr", { "data-source": s.name },
     el("td", {}, type), el("td", { class: "name", title: "show its metadata", onclick: () => addMeta(s.name) }, s.name),
     el("td", { class: s.online ? "online" : "offline" }, s.online ? "online" : "offline",
-      s.may == null ? "" : el("small", { class: "may", title: "what the viewer's user may do: read, write, command" }, ` ${s.may}`)),
+      s.access == null ? "" : el("small", { class: "access", title: "what the viewer's user may do: read, write, command" }, ` ${s.access}`)),
     channels, el("td", {}, md));
 }
 
@@ -478,7 +478,7 @@ async function command(target, verb, args = []) {
 
 function mayCommand(target) {
   const s = state.sources.find((x) => x.name === `${target}_command_sink`);
-  return !s || s.may == null || s.may.includes("c");
+  return !s || s.access == null || s.access.includes("c");
 }
 
 async function refreshSite() {
