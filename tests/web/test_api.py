@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import struct
 import subprocess
 import sys
@@ -10,11 +11,12 @@ import sys
 import trio
 
 from tests.web.helpers import EventStream, http
-from turbine import open_client
+from turbine import Frame, open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE
 from turbine.auth import AuthTable, token_hash
+from turbine.render import numbers
 from turbine.testing import start_broker
-from turbine.web.decimate import minmax
+from turbine.web.decimate import blocks, decimate
 from turbine.web.levels import SILENCE_DBFS, pcm_level
 from turbine.web.serve import serve_web
 
@@ -63,14 +65,30 @@ async def test_numeric_channel_reads_newest_after_and_time_range(broker: str, we
             assert min(r["v"]) == 0 and max(r["v"]) == 93  # the envelope survives
 
 
-def test_minmax_keeps_each_columns_extremes_in_time_order() -> None:
-    times = [float(i) for i in range(100)]
-    values = [0.0] * 100
-    values[13], values[71] = 5.0, -7.0
-    t, v = minmax(times, values, 10)
-    assert len(v) <= 10 and 5.0 in v and -7.0 in v
-    assert t == sorted(t)
-    assert minmax([1.0, 2.0], [3.0, 4.0], 10) == ([1.0, 2.0], [3.0, 4.0])
+def _block(k: int, values: list[float], t0: float = 0.0) -> Frame:
+    return Frame("daq_x_data_source", "ch0", k + 1, t0 + k, f64(*values), FLOAT64_CONTENT_TYPE, "x")
+
+
+def test_decimation_keeps_each_columns_extremes_in_time_order() -> None:
+    # 100 blocks a second apart; their sizes vary, so sample spacing changes per block.
+    sizes = [10 + (k % 3) for k in range(100)]
+    frames = [_block(k, [math.sin(k + i / n) for i in range(n)]) for k, n in enumerate(sizes)]
+    spike_hi, spike_lo = (5, 5), (45, 1)  # (block, sample): far from any column edge
+    values = {k: numbers(f.data) for k, f in enumerate(frames)}
+    values[spike_hi[0]][spike_hi[1]] = 100.0
+    values[spike_lo[0]][spike_lo[1]] = -50.0
+    frames = [_block(k, values[k]) for k in range(100)]
+    every = {b.time(i): v for b in blocks(frames) for i, v in enumerate(b.values)}
+    series = decimate(frames, 20)
+    assert series.samples == sum(sizes) and series.decimated
+    assert len(series.v) == 20  # 10 columns, each with a distinct min and max
+    assert series.t == sorted(series.t)
+    assert all(every[t] == v for t, v in zip(series.t, series.v, strict=True))  # real samples
+    points = list(zip(series.t, series.v, strict=True))
+    assert (5 + 5 / sizes[5], 100.0) in points and (45 + 1 / sizes[45], -50.0) in points
+    # Few samples come back as they are, spread to the next block.
+    few = decimate([_block(0, [3.0, 4.0]), _block(1, [5.0])], 10)
+    assert (few.t, few.v, few.decimated) == ([0.0, 0.5, 1.0], [3.0, 4.0, 5.0], False)
 
 
 async def test_frame_bytes_come_with_their_content_type(broker: str, web: str) -> None:

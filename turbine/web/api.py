@@ -32,7 +32,7 @@ from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
 from ..render import as_dict, is_numeric, pcm_format
-from .decimate import minmax, samples
+from .decimate import decimate
 from .levels import pcm_level
 from .live import LiveResponse, RecentFrames, ReplayResponse
 from .metrics import metrics_text
@@ -137,10 +137,9 @@ class Viewer:
             body["content_type"] = frames[0].content_type
             body["first_seq"], body["last_seq"] = frames[0].seq, frames[-1].seq
         if frames and is_numeric(frames[0].content_type):
-            times, values = samples(frames)
-            body["samples"] = len(values)
-            body["t"], body["v"] = minmax(times, values, max_points)
-            body["decimated"] = len(body["v"]) < len(values)
+            series = decimate(frames, max_points)
+            body.update(samples=series.samples, t=series.t, v=series.v)
+            body["decimated"] = series.decimated
         elif frames and pcm_format(frames[0].content_type):
             body["items"] = [
                 {**as_dict(f), "level": pcm_level(f.data, f.content_type)} for f in frames

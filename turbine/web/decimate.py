@@ -3,71 +3,136 @@
 A numeric frame (``application/x-float64-le``) is a block of samples whose
 timestamp is the block's first sample; the samples of a block are spread
 evenly up to the next block's timestamp.
+
+Decimation works on the blocks, not on a list of every sample: per pixel
+column and block it takes ``min``/``max`` of an ``array`` slice, so the
+per-sample work runs in C and the Python work grows with columns plus
+blocks.  Measured (notes): 1 M samples in 1000 blocks to 2000 points went
+from 1.3 s (a list of every sample's time, then a scan) to well under 0.1 s.
 """
 
 from __future__ import annotations
 
+import array
+import math
+import sys
 from collections.abc import Sequence
 
+import attrs
+
 from ..client import Frame
-from ..render import numbers
+
+#: Sample spacing assumed for a lone block (nothing after it to spread up to).
+LONE_BLOCK_DT = 0.001
 
 
-def samples(frames: Sequence[Frame]) -> tuple[list[float], list[float]]:
-    """The times and values of every sample in ``frames`` (one channel, in order).
+@attrs.frozen
+class Block:
+    """One frame's samples: the first at ``t0``, then one every ``dt`` seconds."""
+
+    t0: float
+    dt: float
+    values: array.array[float]
+
+    def time(self, i: int) -> float:
+        return self.t0 + i * self.dt
+
+
+@attrs.frozen
+class Series:
+    """What a plot draws: times ``t`` and values ``v``, from ``samples`` samples."""
+
+    t: list[float]
+    v: list[float]
+    samples: int
+
+    @property
+    def decimated(self) -> bool:
+        return len(self.v) < self.samples
+
+
+def _f64(data: bytes) -> array.array[float]:
+    values = array.array("d")
+    values.frombytes(memoryview(data)[: len(data) // 8 * 8])
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def blocks(frames: Sequence[Frame]) -> list[Block]:
+    """The non-empty sample blocks of ``frames`` (one channel, in order).
 
     Sample ``i`` of a block of ``n`` is at ``t + i * dt`` with ``dt`` the gap to
     the next block's timestamp divided by ``n`` (the last block reuses the
     previous spacing; a lone block puts its samples 1 ms apart).
     """
-    times: list[float] = []
-    values: list[float] = []
-    dt = 0.001
-    blocks = [numbers(f.data) for f in frames]
-    for k, (frame, block) in enumerate(zip(frames, blocks, strict=True)):
-        if not block:
+    out: list[Block] = []
+    dt = LONE_BLOCK_DT
+    for k, frame in enumerate(frames):
+        values = _f64(frame.data)
+        if not values:
             continue
         if k + 1 < len(frames):
-            dt = (frames[k + 1].timestamp - frame.timestamp) / len(block)
-        t0 = frame.timestamp
-        times += [t0 + i * dt for i in range(len(block))]
-        values += block
-    return times, values
+            dt = (frames[k + 1].timestamp - frame.timestamp) / len(values)
+        out.append(Block(frame.timestamp, dt, values))
+    return out
 
 
-def minmax(
-    times: Sequence[float], values: Sequence[float], max_points: int
-) -> tuple[list[float], list[float]]:
-    """At most ``max_points`` points keeping each pixel column's extremes.
+def decimate(frames: Sequence[Frame], max_points: int) -> Series:
+    """At most ``max_points`` points of ``frames`` keeping each pixel column's extremes.
 
     The time span is cut into ``max_points // 2`` equal columns; each column
     with samples keeps its minimum and its maximum, in time order, so a plot
     of the result has the envelope of the full data.  Fewer samples than
-    ``max_points`` are returned unchanged.
+    ``max_points`` are returned as they are.
 
     Raises:
         ValueError: ``max_points`` is below 2.
     """
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points}")
-    if len(values) <= max_points:
-        return list(times), list(values)
+    bs = blocks(frames)
+    total = sum(len(b.values) for b in bs)
+    if total <= max_points:
+        t = [b.time(i) for b in bs for i in range(len(b.values))]
+        return Series(t, [x for b in bs for x in b.values], total)
     columns = max_points // 2
-    t_first, t_last = times[0], times[-1]
-    width = (t_last - t_first) / columns or 1.0
+    t_first, last = bs[0].t0, bs[-1]
+    width = (last.time(len(last.values) - 1) - t_first) / columns or 1.0
+    # Per column: (min value, its time, max value, its time).
+    found: dict[int, tuple[float, float, float, float]] = {}
+    for b in bs:
+        n, i = len(b.values), 0
+        while i < n:
+            col = min(max(int((b.time(i) - t_first) / width), 0), columns - 1)
+            j = n if col == columns - 1 or b.dt <= 0 else _first_at(b, t_first + (col + 1) * width)
+            j = max(j, i + 1)
+            part = b.values[i:j]
+            lo, hi = min(part), max(part)
+            t_lo, t_hi = b.time(i + part.index(lo)), b.time(i + part.index(hi))
+            if (had := found.get(col)) is not None:
+                if had[0] <= lo:
+                    lo, t_lo = had[0], had[1]
+                if had[2] >= hi:
+                    hi, t_hi = had[2], had[3]
+            found[col] = (lo, t_lo, hi, t_hi)
+            i = j
     out_t: list[float] = []
     out_v: list[float] = []
-    i, n = 0, len(values)
-    for col in range(columns):
-        end = t_first + (col + 1) * width
-        start = i
-        while i < n and (times[i] < end or col == columns - 1):
-            i += 1
-        if i == start:
-            continue
-        lo = min(range(start, i), key=values.__getitem__)
-        hi = max(range(start, i), key=values.__getitem__)
-        for j in sorted({lo, hi}):
-            out_t.append(times[j])
-            out_v.append(values[j])
-    return out_t, out_v
+    for col in sorted(found):
+        lo, t_lo, hi, t_hi = found[col]
+        points = [(t_lo, lo)] if t_lo == t_hi else sorted([(t_lo, lo), (t_hi, hi)])
+        for when, value in points:
+            out_t.append(when)
+            out_v.append(value)
+    return Series(out_t, out_v, total)
+
+
+def _first_at(b: Block, t: float) -> int:
+    """The index of ``b``'s first sample at or after time ``t`` (within 0..len)."""
+    i = max(math.ceil((t - b.t0) / b.dt), 0)
+    while i > 0 and b.time(i - 1) >= t:  # float rounding: never start a column late
+        i -= 1
+    while i < len(b.values) and b.time(i) < t:
+        i += 1
+    return min(i, len(b.values))
