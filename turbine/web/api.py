@@ -205,7 +205,7 @@ class Viewer:
             raise BadRequest(
                 f"speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}, got {speed:g}"
             )
-        return ReplayResponse(self.client, patterns, self.recent, start, speed)
+        return ReplayResponse(self.client, patterns, start, speed)
 
     async def time_range(self, request: Request) -> Response:
         """The stored time span of the channels on the given paths: oldest and newest frame."""

@@ -34,13 +34,15 @@ KEEPALIVE_S = 15.0
 #: Real seconds between a replay's batches of due frames (and its ``clock`` events).
 REPLAY_TICK_S = 0.1
 #: Real seconds of archive a replay reads ahead in one fetch per pattern.
-REPLAY_READ_AHEAD_S = 1.0
+REPLAY_READ_AHEAD_S = 0.25
 #: Binary frames (images) kept for ``/api/frame/...?seq=`` after a stream announced them.
 RECENT_FRAMES = 64
 
 
-def frame_url(source: str, channel: str, seq: int | None = None) -> str:
+def frame_url(source: str, channel: str, seq: int | None = None, at: float | None = None) -> str:
     url = f"/api/frame/{quote(source)}/{quote(channel)}"
+    if at is not None:
+        return f"{url}?at={at!r}"
     return url if seq is None else f"{url}?seq={seq}"
 
 
@@ -61,9 +63,9 @@ class RecentFrames:
         return self._frames.get((path, seq))
 
 
-def event_for(item: Frame | Gap, recent: RecentFrames) -> str:
+def event_for(item: Frame | Gap, recent: RecentFrames | None) -> str:
     """One SSE event: numbers as ``values``, PCM audio as its ``level``, text as ``text``,
-    anything else as a ``url``."""
+    anything else as a ``url``: by ``seq`` kept in ``recent``, or by time without it."""
     if isinstance(item, Gap):
         body: dict[str, Any] = {
             "source": item.source,
@@ -87,9 +89,11 @@ def event_for(item: Frame | Gap, recent: RecentFrames) -> str:
         body["level"] = level  # a meter needs the level, not the samples
     elif is_text(ct) and (text := _text(item.data)) is not None:
         body["text"] = text
-    else:
+    elif recent is not None:
         recent.add(item)
         body["url"] = frame_url(item.source, item.channel, item.seq)
+    else:  # a replay's frame, found again by its time (a time-range read, not a scan)
+        body["url"] = frame_url(item.source, item.channel, at=item.timestamp)
     return f"event: frame\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
@@ -219,7 +223,7 @@ class ReplayResponse(_EventStream):
     """The frames on ``patterns`` from archive time ``start``, paced at ``speed`` times real time.
 
     The broker is read ahead in windows of :data:`REPLAY_READ_AHEAD_S` real
-    seconds (``fetch`` by time range, which reads the disk archive too).
+    seconds (times the speed) (``fetch`` by time range, which reads the disk archive too).
     Every :data:`REPLAY_TICK_S` the tab gets the frames now due and a
     ``clock`` event with the archive time; the replay waits for a slow tab
     (nothing is dropped) and ends with an ``end`` event when it reaches the
@@ -230,7 +234,6 @@ class ReplayResponse(_EventStream):
         self,
         client: Client,
         patterns: Sequence[str],
-        recent: RecentFrames,
         start: float,
         speed: float,
         queue_events: int = STREAM_QUEUE_EVENTS,
@@ -238,7 +241,6 @@ class ReplayResponse(_EventStream):
         super().__init__(queue_events)
         self._client = client
         self._patterns = list(patterns)
-        self._recent = recent
         self._start = start
         self._speed = speed
 
@@ -266,7 +268,7 @@ class ReplayResponse(_EventStream):
                 read_to += span
             n = bisect.bisect_right(due, shown, key=lambda f: f.timestamp)
             for frame in due[:n]:
-                await self._send_event.send(event_for(frame, self._recent))
+                await self._send_event.send(event_for(frame, None))
             del due[:n]
             await self._send_event.send(f"event: clock\ndata: {json.dumps({'t': shown})}\n\n")
             if shown >= end:
