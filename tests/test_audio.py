@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import array
+import json
 import math
+import shutil
 import sys
 import wave
 from pathlib import Path
@@ -73,8 +75,8 @@ async def test_a_wav_file_plays_big_endian_and_ends(tmp_path: Path) -> None:
 
 
 def test_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="'tone' or 'wav'"):
-        Audio.make_settings({"source": "alsa"}, strict=True)
+    with pytest.raises(ConfigError, match="expected 'tone', 'wav' or 'alsa', got 'mic'"):
+        Audio.make_settings({"source": "mic"}, strict=True)
     with pytest.raises(ValueError, match="no such file"):
         AudioSettings(source="wav", file=str(tmp_path / "missing.wav"))
     bad = tmp_path / "bad.wav"
@@ -108,3 +110,83 @@ async def test_commands_on_the_turbine_and_a_kept_frequency() -> None:
             async with serving(Audio("tone", address, config)):
                 status = (await send_command(tb, "audio_tone", "status")).result
                 assert status["frequency"] == 500.0
+
+
+ALSA_DEVICE = """
+pcm.turbinetest {{
+    type file
+    slave.pcm "null"
+    file "/dev/null"
+    infile "{infile}"
+    format "raw"
+}}
+"""
+
+needs_arecord = pytest.mark.skipif(
+    shutil.which("arecord") is None,
+    reason="ALSA capture needs arecord (Debian: apt-get install alsa-utils; .ci/run installs it)",
+)
+
+
+def test_alsa_without_arecord_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ConfigError, match="captures with arecord, which this machine lacks"):
+        Audio.make_settings({"source": "alsa"}, strict=True)
+
+
+@needs_arecord
+async def test_alsa_capture_through_alsa_lib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real capture through alsa-lib and arecord, from ALSA's file plugin (no sound card needed):
+    the device reads its samples from a file, so the test knows every one it should get."""
+    played = array.array("h", [int(9000 * math.sin(i / 7)) for i in range(8000)])
+    (tmp_path / "in.raw").write_bytes(played.tobytes())  # S16_LE on this machine
+    assert sys.byteorder == "little"
+    (tmp_path / ".asoundrc").write_text(ALSA_DEVICE.format(infile=tmp_path / "in.raw"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # alsa-lib reads ~/.asoundrc
+    config = {"source": "alsa", "device": "turbinetest", "rate": 8000, "block_seconds": 0.1}
+    with trio.fail_after(20):
+        async with open_broker() as address:
+            audio = Audio("mic", address, config)
+            async with serving(audio), open_client(address) as tb:
+                got: list[Frame] = []
+                async with tb.subscribe("audio_mic_data_source/audio.pcm", start="oldest") as sub:
+                    async for item in sub:
+                        if isinstance(item, Frame):
+                            got.append(item)
+                            if len(got) == 5:
+                                break
+                assert await send_command(tb, "audio_mic", "stop")
+                status = (await send_command(tb, "audio_mic", "status")).result
+                (meta,) = await tb.fetch("audio_mic_data_source/metadata.txt", newest=1)
+    assert got[0].content_type == "audio/L16;rate=8000;channels=1"
+    assert [len(f.data) for f in got] == [1600] * 5
+    assert [s for f in got for s in samples(f.data)] == list(played[:4000])
+    # Sample-clock timestamps: 800 samples (0.1 s) apart exactly, the first one block early.
+    assert [round(b.timestamp - a.timestamp, 6) for a, b in zip(got, got[1:], strict=False)] == [
+        0.1
+    ] * 4
+    assert status["capture"] == "stopped" and status["blocks_sent"] >= 5
+    assert '"source": "ALSA device turbinetest"' in meta.data.decode()
+
+
+@needs_arecord
+async def test_an_alsa_device_that_fails_is_logged_and_retried() -> None:
+    config = {"source": "alsa", "device": "nosuchdevice", "rate": 8000}
+    with trio.fail_after(20):
+        async with open_broker() as address:
+            async with serving(Audio("mic", address, config)), open_client(address) as tb:
+                log = "audio_mic_debug_log_source/log.txt"
+                async with tb.subscribe(log, start="oldest") as sub:
+                    async for item in sub:
+                        if isinstance(item, Frame) and b"trying again" in item.data:
+                            break
+                status = (await send_command(tb, "audio_mic", "status")).result
+    message = json.loads(item.data)
+    assert message["level"] == "ERROR"
+    assert "arecord -D nosuchdevice ended: ALSA lib" in message["message"]
+    assert "Unknown PCM nosuchdevice" in message["message"]
+    assert status["capture"].startswith("failed: arecord -D nosuchdevice ended")

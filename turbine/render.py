@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import datetime as dt
 import json
@@ -43,6 +44,13 @@ def pcm_format(content_type: str) -> tuple[int, int] | None:
     except (KeyError, ValueError):
         return None
     return (rate, channels) if rate > 0 and channels > 0 else None
+
+
+def pcm_swap(data: bytes | bytearray) -> bytes:
+    """16-bit samples from little- to big-endian or back (WAV and ALSA's S16_LE vs L16)."""
+    samples = array.array("h", data[: len(data) // 2 * 2])
+    samples.byteswap()
+    return samples.tobytes()
 
 
 def iso(ts: float) -> str:

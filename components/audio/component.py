@@ -9,7 +9,11 @@ clock at ``start``, so there is neither drift nor jitter in the timestamps.
 Sources: ``tone`` (a sine of ``frequency`` Hz, changed with ``set-frequency``
 and kept across restarts) and ``wav`` (a 16-bit PCM WAV ``file``, read with the
 standard ``wave`` module on a worker thread; the file's rate and channels win
-over the settings, ``loop`` plays it again at its end).
+over the settings, ``loop`` plays it again at its end) and ``alsa`` (an ALSA
+capture ``device``, read with ``arecord`` from alsa-utils at ``rate`` and
+``channels``; a device that fails is logged and retried with backoff, and
+``status`` says ``capture``; without arecord on the machine the setting is
+refused before anything starts).
 
 Commands: ``start``, ``stop`` (no blocks while stopped; the next start begins a
 new sample clock), ``set-frequency HZ`` (tone), ``status``.
@@ -20,6 +24,8 @@ from __future__ import annotations
 import array
 import math
 import os
+import shutil
+import subprocess
 import sys
 import wave
 from typing import Any
@@ -27,18 +33,24 @@ from typing import Any
 import attrs
 import trio
 
-from turbine import Component, command
-from turbine.render import pcm_content_type
+from turbine import Backoff, Component, TurbineError, command
+from turbine.render import pcm_content_type, pcm_swap
 from turbine.settings import check, path_setting
 
 CHANNEL = "audio.pcm"
 BITS = 16
+SOURCES = ("tone", "wav", "alsa")
+#: ALSA's own capture program (alsa-utils): no Python binding needed, and its
+#: errors name the device.
+ARECORD = "arecord"
+#: After a capture fails (no such device, device busy): first and longest wait.
+CAPTURE_RETRY_S = (1.0, 30.0)
 
 
 @attrs.frozen
 class AudioSettings:
     source: str = attrs.field(
-        default="tone", validator=check(lambda v: v in ("tone", "wav"), "'tone' or 'wav'")
+        default="tone", validator=check(lambda v: v in SOURCES, "'tone', 'wav' or 'alsa'")
     )
     frequency: float = attrs.field(
         default=440.0, validator=check(lambda v: 0 < v < 1e6, "a frequency in Hz > 0")
@@ -56,13 +68,24 @@ class AudioSettings:
     loop: bool = True
     #: Start playing at once (false: wait for ``start``).
     autostart: bool = True
+    #: The ALSA capture device (source = "alsa"), as ``arecord -L`` names it.
+    device: str = "default"
 
     def __attrs_post_init__(self) -> None:
+        if self.source == "alsa" and shutil.which(ARECORD) is None:
+            raise ValueError(
+                f"setting 'source': 'alsa' captures with {ARECORD}, which this machine lacks"
+                " (Debian: apt-get install alsa-utils)"
+            )
         if self.source == "wav":
             if not self.file:
                 raise ValueError("setting 'file': missing; expected a WAV file (source = 'wav')")
             if not os.path.isfile(self.file):
                 raise ValueError(f"setting 'file': no such file: {self.file!r}")
+
+
+class CaptureFailed(TurbineError):
+    """ALSA capture could not start, or stopped by itself."""
 
 
 def tone_block(
@@ -114,10 +137,7 @@ class WavReader:
                 self.wav.rewind()
                 continue
             out += chunk
-        samples = array.array("h", out)
-        if sys.byteorder == "little":  # WAV is little-endian, L16 big-endian
-            samples.byteswap()
-        return samples.tobytes()
+        return pcm_swap(out)  # WAV is little-endian, L16 big-endian
 
     def close(self) -> None:
         self.wav.close()
@@ -144,6 +164,8 @@ class Audio(Component):
         self._stretch = 0
         self.blocks_sent = 0
         self.samples_sent = 0
+        self.capture_state = "not started"
+        self._capture_scope: trio.CancelScope | None = None
 
     @property
     def block_frames(self) -> int:
@@ -155,7 +177,10 @@ class Audio(Component):
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            await self._play(self._stretch)
+            if self.config.source == "alsa":
+                await self._capture(self._stretch)
+            else:
+                await self._play(self._stretch)
 
     async def _play(self, stretch: int) -> None:
         """One stretch of playing, from ``start`` (or a reconnect) to ``stop``."""
@@ -189,6 +214,74 @@ class Audio(Component):
             if reader is not None:
                 reader.close()
 
+    async def _capture(self, stretch: int) -> None:
+        """One stretch of capturing from the ALSA device, until ``stop``; retried while it fails."""
+        backoff = Backoff(*CAPTURE_RETRY_S)
+        while self.playing and self._stretch == stretch:
+            with trio.CancelScope() as self._capture_scope:
+                try:
+                    await self._capture_once(backoff)
+                except CaptureFailed as exc:
+                    self.capture_state = f"failed: {exc}"
+                    wait = backoff.next_delay()
+                    self.log.error("%s; trying again in %g s", exc, wait)
+                    await trio.sleep(wait)
+            self._capture_scope = None
+
+    async def _capture_once(self, backoff: Backoff) -> None:
+        """Blocks from ``arecord`` until it ends.
+
+        The first block's first sample was taken one block before the block
+        was complete; from there on each block's time is on the sample clock.
+
+        Raises:
+            CaptureFailed: arecord could not start or ended (its message).
+        """
+        c = self.config
+        n = self.block_frames
+        block = n * 2 * self.audio_channels
+        argv = [ARECORD, "-q", "-D", c.device, "-t", "raw", "-f", "S16_LE"]
+        argv += ["-r", str(self.rate), "-c", str(self.audio_channels)]
+        try:
+            proc = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as exc:
+            raise CaptureFailed(f"cannot run {ARECORD}: {exc}") from None
+        assert proc.stdout is not None and proc.stderr is not None
+        t0: float | None = None
+        sent = 0
+        pending = bytearray()
+        try:
+            while True:
+                chunk = await proc.stdout.receive_some(block - len(pending))
+                if not chunk:
+                    break
+                pending += chunk
+                if len(pending) < block:
+                    continue
+                if t0 is None:
+                    t0 = self.now() - n / self.rate
+                    self.capture_state = "capturing"
+                    self.log.info("capturing from ALSA device %s", c.device)
+                    backoff.reset()
+                await self.data.put(CHANNEL, pcm_swap(pending), timestamp=t0 + sent / self.rate)
+                await self.data.flush()
+                pending.clear()
+                sent += n
+                self.samples_sent += n
+                self.blocks_sent += 1
+            with trio.move_on_after(1):
+                said = (await proc.stderr.receive_some(4096)).decode(errors="replace")
+            raise CaptureFailed(
+                f"{ARECORD} -D {c.device} ended: {' '.join(said.split()) or 'no message'}"
+            )
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+
     def metadata(self) -> dict[str, Any]:
         c = self.config
         return {
@@ -197,7 +290,11 @@ class Audio(Component):
             "audio_channels": self.audio_channels,
             "bits": BITS,
             "byte_order": "big-endian",
-            "source": f"WAV file {c.file}" if c.source == "wav" else f"tone {self.frequency:g} Hz",
+            "source": {
+                "wav": f"WAV file {c.file}",
+                "alsa": f"ALSA device {c.device}",
+                "tone": f"tone {self.frequency:g} Hz",
+            }[c.source],
             "playing": self.playing,
             "timestamp": "sample-clock time of each block's first sample",
         }
@@ -211,6 +308,7 @@ class Audio(Component):
                 "frequency": self.frequency,
                 "sample_rate": self.rate,
                 "audio_channels": self.audio_channels,
+                "capture": self.capture_state if self.config.source == "alsa" else None,
                 "blocks_sent": self.blocks_sent,
                 "samples_sent": self.samples_sent,
             }
@@ -230,6 +328,9 @@ class Audio(Component):
     async def stop(self) -> str:
         if self.playing:
             self.playing = False
+            if self._capture_scope is not None:
+                self._capture_scope.cancel()
+                self.capture_state = "stopped"
             await self.publish_metadata()
         return "stopped"
 

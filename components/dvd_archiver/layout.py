@@ -29,21 +29,19 @@ files; re-burning a session after a crash writes the same names again.
 
 from __future__ import annotations
 
-import array
 import datetime as dt
 import hashlib
 import json
 import math
 import os
 import struct
-import sys
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from turbine import FLOAT64_CONTENT_TYPE
-from turbine.render import pcm_format
+from turbine.render import pcm_format, pcm_swap
 
 #: Version tag written into every manifest.
 MANIFEST_FORMAT = "turbine-dvd-archive/1"
@@ -144,10 +142,7 @@ def write_wav(path: Path, blocks: Iterable[bytes], rate: int, channels: int) -> 
         w.setsampwidth(2)
         w.setframerate(rate)
         for block in blocks:
-            samples = array.array("h", block[: len(block) // width * width])
-            if sys.byteorder == "little":
-                samples.byteswap()
-            w.writeframesraw(samples.tobytes())
+            w.writeframesraw(pcm_swap(block[: len(block) // width * width]))
 
 
 def manifest_path(session: int) -> str:
