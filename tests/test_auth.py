@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from turbine import RequestFailed
 from turbine.audit import AUDIT_SOURCE
@@ -123,6 +124,39 @@ def test_repeated_failures_from_one_host_wait_longer_in_bounded_memory() -> None
     assert len(delays) == 3
     delays.succeeded("10.0.1.9")
     assert delays.wait_until("10.0.1.9") == 0
+
+
+async def test_guesses_through_the_broker_are_slowed_down_and_a_login_forgets_them(
+    secured: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def answer_after(token: str) -> float:
+        began = trio.current_time()
+        try:
+            async with open_client(secured, token=token):
+                pass
+        except LoginRefused:
+            pass
+        return trio.current_time() - began
+
+    with trio.fail_after(60):
+        guesses = [await answer_after(f"guess-{i}") for i in range(4)]
+        login = await answer_after(TOKENS["reader"])
+        after = await answer_after("guess-after-login")
+        # Guesses in parallel wait their turn: no more answers per second than one at a time.
+        took: list[float] = []
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(lambda i=i: _append(took, answer_after(f"parallel-{i}")))
+    # Virtual time: the answers wait 0, 0.1, 0.2, 0.4 s (doubling), the right token 0.8 s,
+    # and after that success a wrong token waits nothing again.
+    assert guesses == pytest.approx([0, 0.1, 0.2, 0.4], abs=0.02)
+    assert login == pytest.approx(0.8, abs=0.02)
+    assert after == pytest.approx(0, abs=0.02)
+    assert sorted(took) == pytest.approx([0.1, 0.3, 0.7], abs=0.02)
+
+
+async def _append(into: list[float], wait: Any) -> None:
+    into.append(await wait)
 
 
 def test_auth_file_errors_say_what_is_wrong() -> None:

@@ -345,7 +345,10 @@ class ClientConnection(Requests):
         broker = self.broker
         assert broker.auth is not None
         host = self.peer.address.rpartition(":")[0]
-        await trio.sleep_until(broker.failures.wait_until(host))
+        # Until no attempt decided meanwhile pushed the host's turn further:
+        # parallel guesses are decided one per turn, not all at one wake-up.
+        while (turn := broker.failures.wait_until(host)) > trio.current_time():  # noqa: ASYNC110 (a deadline others move, not a poll: one pass per attempt decided meanwhile)
+            await trio.sleep_until(turn)
         user = broker.auth.login(msg.token)
         if user is None:
             broker.failures.failed(host, trio.current_time())
