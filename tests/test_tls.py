@@ -115,3 +115,31 @@ async def test_a_refused_login_over_tls_costs_only_that_connection(
         async with open_client(address, tls_ca=lab["ca"], token="t" * 20) as tb:
             codes = [c["code"] for c in (await tb.status())["closed"]]
     assert codes == ["auth_refused", "auth_refused"]
+
+
+async def test_a_reconnecting_client_comes_back_over_tls_with_its_token(
+    lab: dict[str, Path], tmp_path: Path
+) -> None:
+    from tests.test_reconnect import Broker
+
+    table = AuthTable.from_toml(
+        f'[users.u]\ntoken_sha256 = "{token_hash("t" * 20)}"\nread = ["*"]\nwrite = ["*"]'
+    )
+    tls = server_context(lab["server"], lab["server-key"])
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path, tls=tls, auth=table)
+            address = await broker.start()
+            async with open_client(address, tls_ca=lab["ca"], token="t" * 20, reconnect=True) as tb:
+                src = await tb.open_source("daq_tls_data_source", {"x": "text/plain"})
+                await src.put("x", b"before")
+                await src.flush()
+                await broker.stop()
+                await tb._down.wait()
+                await src.put("x", b"during")  # spooled while the broker is away
+                await broker.start()
+                await tb.flush(timeout=20)  # sent once it logged in again, over TLS
+                frames = await tb.fetch("daq_tls_data_source/x", oldest=10)
+                assert tb.user == "u"
+            await broker.stop()
+    assert [f.data for f in frames] == [b"before", b"during"]
