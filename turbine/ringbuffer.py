@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import bisect
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
@@ -341,6 +342,12 @@ class MemoryStores:
 
     def statistics(self) -> None:
         return None
+
+    def behind(self, sources: Iterable[str]) -> bool:
+        return False  # memory keeps up with every put
+
+    async def caught_up(self, sources: Iterable[str]) -> None:
+        pass
 
     async def delete(self, source: str) -> int:
         return 0  # nothing of a source outlives its rings

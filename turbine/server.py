@@ -275,6 +275,7 @@ class ClientConnection(Requests):
         )
         self.apply(self.out.reply(hello))
         timeout = self.broker.config.message_timeout
+        store = self.broker.hub.store
         deadline = trio.current_time() + timeout  # for the client_hello
         n = await self._first_receive(deadline)
         if self.broker.auth is not None:
@@ -305,6 +306,11 @@ class ClientConnection(Requests):
                 handled = 1  # the time waited here is not the sender's
             if self.reads.crowded:
                 await self.reads.wait_room()
+            if self.written and store.behind(self.written):
+                # The disk is far behind this client's puts: stop reading them until
+                # it catches up (the producer slows to the disk's pace, not refused).
+                await store.caught_up(self.written)
+                handled = 1
             # A message must arrive whole within `timeout` of its first bytes
             # (a half-sent message holds memory; it costs its sender the connection).
             if not proto.receiving:

@@ -290,6 +290,16 @@ class StoreFactory(Protocol):
         a durable factory archives them, so a restart brings them back."""
         ...
 
+    def behind(self, sources: Iterable[str]) -> bool:
+        """Whether the slower storage of one of ``sources`` is so far behind their
+        puts that the broker should stop reading from the connections that put to
+        them (until :meth:`caught_up`).  Never blocks; a memory store never is."""
+        ...
+
+    async def caught_up(self, sources: Iterable[str]) -> None:
+        """Return once ``sources``' slower storage has caught up enough to read on."""
+        ...
+
     def statistics(self) -> dict[str, Any] | None:
         """The disk under the stores, for the broker's status (``None``: memory only)."""
         ...

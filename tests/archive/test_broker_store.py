@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from tests.test_broker import RawClient, take
 from turbine import RequestFailed, open_client
-from turbine.archive import open_archive
+from turbine.archive import ArchiveConfig, open_archive
 from turbine.archive._store import TieredStores
 from turbine.testing import start_broker
 
@@ -128,4 +129,36 @@ async def test_a_subscriber_from_oldest_replays_the_disk_then_goes_on_live(tmp_p
                     assert [f.data for f in got] == [*payloads, b"live"]
                     got = await take(at_150, 152)
                     assert [f.seq for f in got] == list(range(150, 302))
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_producer_faster_than_the_disk_is_slowed_down_not_refused(tmp_path):
+    frame = b"x" * 65536
+    n = 64  # 4 MiB: four times what the archive lets wait before it refuses puts
+    with trio.fail_after(60):
+        config = ArchiveConfig(max_backlog=2**20)
+        async with open_archive(tmp_path, config) as archive, trio.open_nursery() as nursery:
+            address = await start_broker(nursery, store=TieredStores(archive))
+            async with open_client(address, name="daq") as producer:
+                src = await producer.open_source(SRC, {"x": "application/octet-stream"})
+                await src.put("x", b"first")
+                await src.flush()
+                async with trio.open_nursery() as puts:
+
+                    async def put_all() -> None:
+                        for _ in range(n):
+                            await src.put("x", frame)
+
+                    async with archive._io:  # the disk stalls: nothing is written meanwhile
+                        puts.start_soon(put_all)
+                        await trio.testing.wait_all_tasks_blocked(0.05)
+                        # The broker read until a quarter of max_backlog waited (and one
+                        # receive more), then stopped reading; the rest waits in the
+                        # socket buffers and the client's outbox, the producer blocked.
+                        assert 2**18 < archive.backlog <= 2**19 + len(frame)
+                        assert archive.statistics()["errors"] == {}
+                await src.flush()  # the disk is back: everything is written, nothing refused
+                got = await producer.fetch(f"{SRC}/x", oldest=n + 1)
+                assert [f.seq for f in got] == list(range(1, n + 2))
+                assert all(f.data == frame for f in got[1:])
             nursery.cancel_scope.cancel()

@@ -58,7 +58,10 @@ class ArchiveConfig:
         sync_interval: seconds between syncs under ``SyncPolicy.INTERVAL``.
         max_backlog: bytes of one source's puts waiting for the disk beyond which
             :meth:`Archive.check_writable` refuses more of its puts (all sources
-            together: four times as much).
+            together: four times as much).  Long before that, at a quarter of it,
+            the broker stops reading the connections that put to the source until
+            the disk has caught up to an eighth (:meth:`Archive.behind`): a producer
+            faster than the disk is slowed to its pace, not refused.
     """
 
     sync: SyncPolicy = attrs.field(default=SyncPolicy.ALWAYS, converter=SyncPolicy)
@@ -183,6 +186,29 @@ class Archive:
             samples.popleft()
         since, before = samples[0]
         return (self.bytes_written - before) / (now - since) if now > since else 0.0
+
+    def behind(self, names: Iterable[str]) -> bool:
+        """Whether one of the sources ``names`` has more than a quarter of
+        ``max_backlog`` waiting for the disk (and its writes are not failing:
+        then its puts are refused with the reason instead)."""
+        soft = self.config.max_backlog // 4
+        queues = self._queues
+        for name in names:
+            q = queues.get(name)
+            if q is not None and q.pending > soft and q.error is None:
+                return True
+        return False
+
+    async def caught_up(self, names: Iterable[str]) -> None:
+        """Return once none of the sources ``names`` has more than an eighth of
+        ``max_backlog`` waiting (or its writes fail).  Cancellation: safe."""
+        low = self.config.max_backlog // 8
+        chosen = list(names)
+        while True:
+            queues = [self._queues.get(n) for n in chosen]
+            if not any(q is not None and q.pending > low and q.error is None for q in queues):
+                return
+            await self._progress.wait()
 
     @property
     def backlog(self) -> int:

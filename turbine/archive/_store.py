@@ -10,6 +10,7 @@ in the broker's store task, from the archive and the ring together.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -194,6 +195,13 @@ class TieredStores:
             ring = Ring(spec.max_frames, meta.first_seq)
             ring.append_many(meta.ts, meta.data, meta.writer, 0, meta.sizes)
         return TieredStore(ring, self, spec.source, spec.channel)
+
+    def behind(self, sources: Iterable[str]) -> bool:
+        """See :meth:`turbine.store.StoreFactory.behind` (:meth:`Archive.behind`)."""
+        return self.archive.behind(sources)
+
+    async def caught_up(self, sources: Iterable[str]) -> None:
+        await self.archive.caught_up(sources)
 
     def statistics(self) -> dict[str, Any]:
         """The archive's figures (:meth:`Archive.statistics`) and the disk budget."""
