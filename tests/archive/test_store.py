@@ -6,13 +6,16 @@ import pytest
 import trio
 
 from turbine import RequestFailed
+from turbine.archive import _format as fmt
 from turbine.archive import open_archive
 from turbine.archive._store import ARCHIVE_BYTES, TieredStores
+from turbine.cli import _disk_status
 from turbine.hub import Hub, PendingFetch
 from turbine.peer import Peer
 from turbine.store import ChannelSpec, Query
 
 from .conftest import fill
+from .test_log import flip
 
 SRC = "daq_rig_data_source"
 ME = Peer(1, name="me")
@@ -360,3 +363,25 @@ async def test_a_memory_broker_has_no_disk_figures():
     hub.open_source(ME, SRC, channels={"x.bin": "a/b"})
     assert hub.list_sources()[0]["channels"][0]["disk"] is None
     assert hub.store.statistics() is None
+
+
+async def test_status_names_damage_found_in_the_archive(tmp_path, capsys):
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = hub_with(TieredStores(archive))
+            put(hub, 1, 3)
+            await archive.flush()
+            mid = archive.logs[SRC].active.size
+            for first in (4, 7):
+                put(hub, first, 3)
+                await archive.flush()
+            path = archive.logs[SRC].active.path
+        flip(path, mid + fmt.RECORD_HEADER.size + 30)
+        async with open_archive(tmp_path) as archive:
+            factory = TieredStores(archive)
+            hub = Hub(store=factory)
+            assert [s for s, _ in await fetch(hub, oldest=10)] == [1, 2, 3, 7, 8, 9]
+            _disk_status(factory.statistics())
+    out = capsys.readouterr().out
+    assert f"damage in {SRC}: segment 1, bytes {mid}-" in out
+    assert "(its frames are reported to readers as missing)" in out
