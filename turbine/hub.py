@@ -187,6 +187,12 @@ class Hub:
             # another client taking it over gets at least what it has.
             cache_frames = max(cache_frames, src.cache_frames)
             cache_bytes = max(cache_bytes, src.cache_bytes)
+            if archive_bytes is not None:
+                archive_bytes = max(archive_bytes, src.archive_bytes)
+            if archive_age is not None and src.archive_age is not None:
+                archive_age = max(archive_age, src.archive_age)
+            elif archive_age is not None:
+                archive_age = None  # none: no age limit, the most history
         archive_bytes, archive_age = self.store.archive_settings(name, archive_bytes, archive_age)
         self._make_room(cache_bytes, src, peer.client)
         now = self.clock()

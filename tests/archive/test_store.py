@@ -385,3 +385,17 @@ async def test_status_names_damage_found_in_the_archive(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"damage in {SRC}: segment 1, bytes {mid}-" in out
     assert "(its frames are reported to readers as missing)" in out
+
+
+async def test_only_the_owner_may_shrink_a_sources_archive(tmp_path):
+    other = Peer(2, name="other#2", client="other")
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive))
+            hub.open_source(ME, SRC, archive_bytes=2**22, archive_age=3600.0)
+            hub.release(ME)
+            src = hub.open_source(other, SRC, archive_bytes=2**20, archive_age=60.0)
+            assert (src.archive_bytes, src.archive_age) == (2**22, 3600.0)  # kept
+            hub.release(other)
+            src = hub.open_source(ME, SRC, archive_bytes=2**20, archive_age=60.0)
+            assert (src.archive_bytes, src.archive_age) == (2**20, 60.0)  # its owner may
