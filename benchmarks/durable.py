@@ -28,6 +28,10 @@ broker would write them), drops its files from the page cache
 (``posix_fadvise``, this process's files only), and times opening it: the
 lock, every sealed segment's index and a checked scan of each open segment.
 
+Then it drops the files from the page cache again and times ``turbine serve
+--data-dir`` from its start to a client's ``list`` answered (the whole server:
+interpreter start and imports included).
+
 ``--day`` writes a day of 256 B frames at 10 Hz (864,000 frames) and times
 fetching its first and its last minute through the index, cold and warm.
 
@@ -706,6 +710,28 @@ def time_recovery(root: str) -> tuple[float, int]:
     return trio.run(open_it)
 
 
+def time_serve(root: str) -> tuple[float, int]:
+    """Seconds from starting ``turbine serve --data-dir root`` to a client's ``list``
+    answered (interpreter start, imports and recovery included), and the sources listed."""
+    import trio
+
+    import turbine
+
+    t0 = time.perf_counter()
+    proc, address = _turbine_serve(root)
+
+    async def listed() -> int:
+        async with turbine.open_client(address, name="durable-bench") as client:
+            return len(await client.list_sources())
+
+    try:
+        n = trio.run(listed)
+        return time.perf_counter() - t0, n
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLog, "sqlite": Sqlite}
 
 
@@ -786,6 +812,12 @@ def main(
             warm, _ = time_recovery(root)
             print(
                 f"recovery of {held / 2**30:.2f} GiB, {n} sources: {cold:.2f} s cold, {warm:.2f} s warm"
+            )
+            _uncache(root)
+            serving, listed = time_serve(root)
+            print(
+                f"turbine serve --data-dir of {held / 2**30:.2f} GiB, cold: listing its {listed} "
+                f"sources {serving:.2f} s after the start"
             )
         finally:
             shutil.rmtree(root)
