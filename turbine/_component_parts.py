@@ -15,7 +15,14 @@ import attrs
 import trio
 
 from ._component_log import LOG_CHANNEL
-from ._constants import COMMAND_CACHE_BYTES, COMMAND_CACHE_FRAMES, LOG_CACHE_BYTES, LOG_CACHE_FRAMES
+from ._constants import (
+    COMMAND_ARCHIVE_BYTES,
+    COMMAND_CACHE_BYTES,
+    COMMAND_CACHE_FRAMES,
+    LOG_ARCHIVE_BYTES,
+    LOG_CACHE_BYTES,
+    LOG_CACHE_FRAMES,
+)
 from ._errors import TurbineError
 from ._retry import Backoff
 from .client import Client, Frame, Source
@@ -124,8 +131,8 @@ async def resume_point(tb: Client, replies: str) -> str | int:
 async def open_small_endpoints(tb: Client, endpoints: Mapping[str, str]) -> tuple[Source, Source]:
     """Open a component's log source, command sink and command source; return (log, replies).
 
-    They carry little: small rings, so that a site's many components do not
-    reserve the broker's memory for nothing.
+    They carry little: small rings and archives, so that a site's many
+    components do not reserve the broker's memory or disk for nothing.
 
     Raises:
         RequestFailed: the broker refused one (held by another client, no memory).
@@ -135,6 +142,7 @@ async def open_small_endpoints(tb: Client, endpoints: Mapping[str, str]) -> tupl
         channels={LOG_CHANNEL: "application/json"},
         cache_frames=LOG_CACHE_FRAMES,
         cache_bytes=LOG_CACHE_BYTES,
+        archive_bytes=LOG_ARCHIVE_BYTES,
     )
     await tb.open_source(
         endpoints["sink"],
@@ -142,12 +150,14 @@ async def open_small_endpoints(tb: Client, endpoints: Mapping[str, str]) -> tupl
         shared=True,
         cache_frames=COMMAND_CACHE_FRAMES,
         cache_bytes=COMMAND_CACHE_BYTES,
+        archive_bytes=COMMAND_ARCHIVE_BYTES,
     )
     replies = await tb.open_source(
         endpoints["replies"],
         channels={COMMAND_CHANNEL: "application/json"},
         cache_frames=COMMAND_CACHE_FRAMES,
         cache_bytes=COMMAND_CACHE_BYTES,
+        archive_bytes=COMMAND_ARCHIVE_BYTES,
     )
     return log_source, replies
 

@@ -8,6 +8,8 @@ import trio.testing
 
 from tests.test_broker import RawClient, take
 from turbine import RequestFailed, open_client
+from turbine._component_parts import open_small_endpoints
+from turbine._constants import COMMAND_ARCHIVE_BYTES, LOG_ARCHIVE_BYTES
 from turbine.archive import ArchiveConfig, open_archive
 from turbine.archive._store import TieredStores
 from turbine.testing import start_broker
@@ -161,4 +163,25 @@ async def test_a_producer_faster_than_the_disk_is_slowed_down_not_refused(tmp_pa
                 got = await producer.fetch(f"{SRC}/x", oldest=n + 1)
                 assert [f.seq for f in got] == list(range(1, n + 2))
                 assert all(f.data == frame for f in got[1:])
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_components_log_and_command_sources_reserve_little_disk(tmp_path):
+    endpoints = {
+        "log": "daq_x_debug_log_source",
+        "sink": "daq_x_command_sink",
+        "replies": "daq_x_command_source",
+    }
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive, trio.open_nursery() as nursery:
+            budget = LOG_ARCHIVE_BYTES + 2 * COMMAND_ARCHIVE_BYTES  # not 3 x --archive-bytes
+            address = await start_broker(nursery, store=TieredStores(archive, max_disk=budget))
+            async with open_client(address, name="daq_x") as tb:
+                await open_small_endpoints(tb, endpoints)
+                got = {s.name: s.archive_bytes for s in await tb.list_sources("daq_x_*")}
+            assert got == {
+                "daq_x_debug_log_source": LOG_ARCHIVE_BYTES,
+                "daq_x_command_sink": COMMAND_ARCHIVE_BYTES,
+                "daq_x_command_source": COMMAND_ARCHIVE_BYTES,
+            }
             nursery.cancel_scope.cancel()
