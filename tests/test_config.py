@@ -177,6 +177,14 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
             "broker.data_dir: only with embedded = true",
         ),
         ("[broker]\nport = 70000\n", "broker.port: expected a port number 0-65535, got 70000"),
+        (
+            "[broker]\nmax_disk = 1000000\n",
+            "broker.max_disk: only with data_dir: without one the broker keeps nothing on disk",
+        ),
+        (
+            '[broker]\ndata_dir = "d"\narchive_bytes = -1\n',
+            "broker.archive_bytes: expected a number of bytes (0 or more), got -1",
+        ),
         ('[mcp]\nname = "a b"\n', "mcp.name: expected a name of letters"),
         ("[mcp]\ngrace = -1\n", "mcp.grace: expected a number of seconds (0 or more), got -1.0"),
         ("[site]\n", "site.site: unknown key; expected one of "),
@@ -187,6 +195,16 @@ def test_mistakes_name_the_file_the_key_and_what_is_expected(
     tmp_path: Path, text: str, expected: str
 ) -> None:
     assert expected in error(tmp_path, text)
+
+
+def test_a_site_sets_its_embedded_brokers_disk_budget(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[broker]\ndata_dir = "d"\narchive_bytes = 1048576\nmax_disk = 8388608\n')
+    site = load_config(path)
+    assert (site.archive_bytes, site.max_disk) == (2**20, 2**23)
+    path.write_text('[broker]\ndata_dir = "d"\n')
+    site = load_config(path)
+    assert (site.archive_bytes, site.max_disk) == (2**30, None)  # turbine serve's defaults
 
 
 def test_a_replay_without_its_file_is_caught_before_starting(tmp_path: Path) -> None:

@@ -58,7 +58,9 @@ CACHE_BYTES = 16 * 2**20
 #: Rings of a component's debug log source and of its command sink and source.
 LOG_CACHE_FRAMES, LOG_CACHE_BYTES = 10_000, 4 * 2**20
 COMMAND_CACHE_FRAMES, COMMAND_CACHE_BYTES = 1_000, 1 * 2**20
-#: And their disk archives on a broker with a data dir (not the broker's --archive-bytes:
+#: Disk archive kept per source that does not ask for its own (--archive-bytes).
+ARCHIVE_BYTES = 1 * 2**30
+#: And of a component's debug log source and command sink and source (not the broker's --archive-bytes:
 #: a site's many components must not reserve a --max-disk budget for their logs).
 LOG_ARCHIVE_BYTES, COMMAND_ARCHIVE_BYTES = 64 * 2**20, 8 * 2**20
 #: Share of --max-memory a client (by name) may reserve and still have other

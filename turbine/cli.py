@@ -17,6 +17,7 @@ import click
 import trio
 
 from ._constants import (
+    ARCHIVE_BYTES,
     CLI_CLIENT_NAME,
     CLOCK_FLAG_S,
     DEFAULT_HOST,
@@ -34,7 +35,7 @@ from ._options import address_option
 from ._signals import open_stop_nursery
 from .archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy
 from .archive._serve import serve_archived
-from .archive._store import ARCHIVE_BYTES, TieredStores
+from .archive._store import TieredStores
 from .auth import AuthError, AuthTable, new_token, token_hash
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command

@@ -6,9 +6,10 @@ import pytest
 import trio
 
 from turbine import RequestFailed
+from turbine._constants import ARCHIVE_BYTES
 from turbine.archive import _format as fmt
 from turbine.archive import open_archive
-from turbine.archive._store import ARCHIVE_BYTES, TieredStores
+from turbine.archive._store import TieredStores
 from turbine.cli import _disk_status
 from turbine.hub import Hub, PendingFetch
 from turbine.peer import Peer

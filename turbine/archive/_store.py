@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .._constants import METADATA_CHANNEL
+from .._constants import ARCHIVE_BYTES, METADATA_CHANNEL
 from .._errors import RequestFailed
 from ..hub import fmt_bytes, guess_content_type
 from ..ringbuffer import Ring
@@ -34,9 +34,6 @@ from ..store import (
 from ._archive import Archive
 from ._datadir import ArchiveError
 from ._ops import Declare, Hole, Put, Settings
-
-#: Archive retention of a source unless its creator says (``--archive-bytes``).
-ARCHIVE_BYTES = 1 * 2**30
 
 
 @attrs.frozen

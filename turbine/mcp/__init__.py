@@ -33,6 +33,8 @@ The site file
     types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio (mcp: always)
     data_dir = "var/turbine"  # archive every frame there (relative: to the working directory);
                               # sources and numbers survive a restart. Without it: memory only
+    archive_bytes = 1073741824  # with data_dir: disk kept per source that does not ask (bytes)
+    max_disk = 0              # with data_dir: budget of all sources' archives (0: none)
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [auth]                    # tokens on (an embedded broker only); without this table: none

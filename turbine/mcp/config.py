@@ -13,7 +13,13 @@ from typing import Any
 import attrs
 
 from .. import kinds
-from .._constants import DEFAULT_HOST, DEFAULT_PORT, MAX_MEMORY_BYTES, SOURCE_TYPES
+from .._constants import (
+    ARCHIVE_BYTES,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MAX_MEMORY_BYTES,
+    SOURCE_TYPES,
+)
 from .._errors import TurbineError
 from ..auth import RIGHTS
 from ..client import parse_address
@@ -109,6 +115,10 @@ class SiteConfig:
     data_dir: str | None = None
     #: Users and tokens (``[auth]``), or None: the broker checks no tokens.
     auth: SiteAuth | None = None
+    #: With ``data_dir``: the disk kept per source that does not ask, and the disk budget
+    #: of all sources' archives (None: none), as ``turbine serve`` ``--archive-bytes``/``--max-disk``.
+    archive_bytes: int = ARCHIVE_BYTES
+    max_disk: int | None = None
 
     @property
     def embedded(self) -> bool:
@@ -295,6 +305,13 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
     data_dir = b.get("data_dir", str, "", "a directory (relative: to the working directory)")
     if data_dir and not embedded:
         raise b.error("data_dir", "only with embedded = true; the broker at address has its own")
+    archive_bytes = b.get("archive_bytes", int, ARCHIVE_BYTES, "a number of bytes")
+    max_disk = b.get("max_disk", int, 0, "a number of bytes")
+    for key, value in (("archive_bytes", archive_bytes), ("max_disk", max_disk)):
+        if key in b.data and not data_dir:
+            raise b.error(key, "only with data_dir: without one the broker keeps nothing on disk")
+        if value < 0:
+            raise b.error(key, f"expected a number of bytes (0 or more), got {value}")
     broker = (
         BrokerConfig(host=host, port=port, types=types, max_memory=max_memory) if embedded else None
     )
@@ -387,4 +404,6 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             )
         seen[prog.label] = prog.where
     data_dir = os.path.abspath(data_dir) if data_dir else None
-    return SiteConfig(p, mcp, broker, address, tuple(programs), data_dir, auth)
+    return SiteConfig(
+        p, mcp, broker, address, tuple(programs), data_dir, auth, archive_bytes, max_disk or None
+    )

@@ -19,6 +19,7 @@ from .._errors import TurbineError, unwrap
 from .._signals import open_stop_nursery
 from ..archive import ArchiveError
 from ..archive._serve import serve_archived
+from ..archive._store import TieredStores
 from ..client import fmt_address
 from ..component import Component, command
 from ..server import serve_turbine
@@ -129,7 +130,10 @@ async def run_site(
             try:
                 serve = serve_turbine
                 if site.data_dir is not None:
-                    serve = functools.partial(serve_archived, data_dir=site.data_dir)
+                    stores = functools.partial(
+                        TieredStores, archive_bytes=site.archive_bytes, max_disk=site.max_disk
+                    )
+                    serve = functools.partial(serve_archived, data_dir=site.data_dir, stores=stores)
                 addresses = await nursery.start(serve, broker)
             except ArchiveError as exc:
                 raise TurbineError(f"[broker] data_dir in {site.path}: {exc}") from None
