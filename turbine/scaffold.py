@@ -88,7 +88,7 @@ from typing import Any
 
 import attrs
 import trio
-from turbine import Component, command, wall_time
+from turbine import Component, command
 from turbine.settings import check
 
 
@@ -113,8 +113,9 @@ class {cls}(Component):
 
     async def run(self) -> None:
         while True:
-            # Stamp the frame with the time it describes (an instrument: its capture time).
-            await self.data.put("count", str(self.count).encode(), timestamp=wall_time())
+            # Stamp the frame with the time it describes (an instrument: its capture time);
+            # self.now() is the wall clock, or the broker's with clock = "broker".
+            await self.data.put("count", str(self.count).encode(), timestamp=self.now())
             await self.data.flush()
             self.count += self.config.step
             await trio.sleep(self.config.interval)

@@ -3,7 +3,8 @@
 One component per camera.  It asks the camera for one JPEG
 (``?resolution=WxH``) every ``interval`` seconds, and on the ``snap``
 command, and publishes each as a frame of ``video_<name>_data_source/video.jpg``
-stamped with the time the camera answered (the picture was taken between the
+stamped with the time the camera answered (``self.now()``: the wall clock,
+or the broker's with ``clock = "broker"``; the picture was taken between the
 request and then; ``status`` shows that round trip as ``last_round_trip``).
 
 Why the ``video`` type and not a type of its own: the source types are a
@@ -40,7 +41,6 @@ from components.video.component import (
 )
 from components.video.errors import HttpError, HttpStatusError, VideoError
 from components.video.httpclient import open_get
-from turbine import wall_time
 from turbine.component import Component, command
 from turbine.settings import check
 
@@ -153,7 +153,7 @@ class Still(Component):
             VideoError: the camera did not give a JPEG (the message says why).
         """
         async with self._one_at_a_time:
-            asked = wall_time()
+            asked = self.now()
             try:
                 with trio.fail_after(self.config.timeout):
                     jpeg = await take_snapshot(self.url)
@@ -165,7 +165,7 @@ class Still(Component):
             except VideoError as exc:
                 self.camera = f"failed: {exc}"
                 raise
-            captured = wall_time()
+            captured = self.now()
             self.camera = "ok"
             size = jpeg_size(jpeg)
             if size != self.measured:
