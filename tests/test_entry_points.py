@@ -41,6 +41,7 @@ FILES = {
 
         [project.entry-points."turbine.components"]
         blink = "lab_instruments.blink"
+        video = "lab_instruments.blink"
 
         [tool.setuptools.packages.find]
         include = ["lab_instruments*"]
@@ -183,8 +184,19 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
     assert rows["blink"][1:] == ["daq", "lab_instruments.blink", "lab-instruments", "1.2"]
     assert rows["daq"][1:3] == ["daq", "components.daq"]
+    # Two distributions giving one kind name: one is used, and the listing says so.
+    used = rows["video"][2]
+    lost = "lab_instruments.blink" if used == "components.video" else "components.video"
+    assert (
+        "warning: kind 'video' of " in listed.stderr and f"({lost}) is hidden by" in listed.stderr
+    )
+    assert f"({used}): rename one of them or uninstall one" in listed.stderr
     # The kind is not installed in the venv running this test.
-    assert "blink" not in _turbine(Path(sys.executable), "components").stdout
+    ours = _turbine(Path(sys.executable), "components")
+    assert "blink" not in ours.stdout
+    assert (
+        "warning" not in ours.stderr
+    )  # one distribution found twice (egg-info, install): no clash
 
     bad = tmp_path / "bad.toml"
     bad.write_text(SITE.format(kind="blink", key="period", value=-1.0))

@@ -827,6 +827,12 @@ def components(as_json_: bool) -> None:
         except Exception as exc:  # a broken third-party package: say so, list the rest
             ty = f"? ({type(exc).__name__}: {exc})"
         rows.append({"kind": kind.name, "type": ty, "module": kind.module, "from": kind.origin})
+    for lost, used in kinds.hidden():
+        click.echo(
+            f"warning: kind {lost.name!r} of {lost.origin} ({lost.module}) is hidden by"
+            f" {used.origin} ({used.module}): rename one of them or uninstall one",
+            err=True,
+        )
     if as_json_:
         click.echo(json.dumps(rows, indent=2))
         return

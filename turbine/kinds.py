@@ -95,20 +95,42 @@ def _find(module: str) -> bool:
         return False
 
 
+def _registered() -> list[Kind]:
+    """Every registration in :data:`GROUP`, in the order Python finds them."""
+    out = []
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        if not _KIND.match(ep.name):
+            continue
+        dist = ep.dist
+        out.append(
+            Kind(
+                name=ep.name,
+                module=ep.module,
+                distribution=dist.name if dist is not None else "",
+                version=dist.version if dist is not None else "",
+            )
+        )
+    return out
+
+
 def installed() -> dict[str, Kind]:
     """Every kind registered in :data:`GROUP`, by name (the first registration of a name wins)."""
     kinds: dict[str, Kind] = {}
-    for ep in importlib.metadata.entry_points(group=GROUP):
-        if ep.name in kinds or not _KIND.match(ep.name):
-            continue
-        dist = ep.dist
-        kinds[ep.name] = Kind(
-            name=ep.name,
-            module=ep.module,
-            distribution=dist.name if dist is not None else "",
-            version=dist.version if dist is not None else "",
-        )
+    for kind in _registered():
+        kinds.setdefault(kind.name, kind)
     return kinds
+
+
+def hidden() -> list[tuple[Kind, Kind]]:
+    """Registrations that lose to an earlier one of the same name: ``(hidden, used)`` pairs.
+
+    Two distributions giving one kind name is a mistake only a person can
+    settle (rename one, or uninstall one); ``turbine components`` says so.
+    """
+    used = installed()
+    # The same distribution found twice (a checkout's egg-info beside its install) is no clash.
+    lost = dict.fromkeys(k for k in _registered() if k != used[k.name])
+    return [(k, used[k.name]) for k in lost]
 
 
 def find(name: str) -> Kind | None:
