@@ -29,7 +29,7 @@ dir = "{dir}"
 name = "web"
 kind = "web"
 user = "viewer"
-read = ["*"]
+rights = {{ read = ["*"] }}
 
 [[process]]
 name = "camera"
@@ -57,7 +57,7 @@ settings = {{ translator = "rig", port = 6001 }}
 [[component]]
 kind = "dvd_archiver"
 name = "arch"
-command = ["daq_extra_command_sink"]
+rights = {{ command = ["daq_extra_command_sink"] }}
 settings = {{ netdvd = "127.0.0.1:4444", patterns = ["daq_*_data_source/*", "*_data_source/metadata.txt"] }}
 """
 
@@ -188,8 +188,12 @@ def test_each_program_gets_the_path_of_its_own_token_and_no_other(
             ("embedded = true", "embedded = false\naddress = '127.0.0.1:1'"),
             "auth: only with [broker] embedded = true",
         ),
-        (('name = "camera"\n', 'name = "camera"\nread = ["*"]\n'), "process[2].user: missing"),
-        (('read = ["*"]', 'read = ["a b"]'), "process[1].read: invalid pattern 'a b'"),
+        (
+            ('name = "camera"\n', 'name = "camera"\nrights = {{ read = ["*"] }}\n'),
+            "process[2].user: missing",
+        ),
+        (('read = ["*"]', 'read = ["a b"]'), "process[1].rights.read: invalid pattern 'a b'"),
+        (('read = ["*"]', 'reed = ["*"]'), "process[1].rights.reed: unknown key"),
         (('user = "viewer"', 'user = "../x"'), "process[1].user: expected a name"),
     ],
 )
@@ -201,10 +205,19 @@ def test_auth_mistakes_in_the_site_file_are_reported(
         load_config(site(tmp_path, text))
 
 
+def test_a_process_s_command_line_is_not_a_right(tmp_path: Path) -> None:
+    text = SITE.replace(
+        'name = "camera"\nkind = "camera_sim"', 'name = "camera"\ncommand = ["true"]\nuser = "sim"'
+    )
+    rights = site_rights(load_config(site(tmp_path, text)))
+    assert rights["sim"].command == () and rights["sim"].read == ()
+
+
 def test_the_demo_site_has_auth_on() -> None:
     demo = load_config(REPO / "configs" / "demo.toml")
     assert demo.auth is not None
     rights = site_rights(demo)
     assert rights["web"].allows("read", "daq_demo_data_source")
+    assert rights["web"].allows("command", "mcp_demo_command_sink")  # the viewer's site panel
     holders = [u for u, r in rights.items() if r.allows("command", "ntcp_rig_command_sink")]
     assert holders == ["ntcp_rigSerdes"]

@@ -48,10 +48,8 @@ The site file
     restart = true            # restart when it exits unexpectedly
     enabled = true            # start with the site (false: only on `start NAME`)
     clock = "local"           # "broker": stamp frames on the broker's clock (no NTP here)
-    user = "daq_demo"         # with [auth]: its user (default: its <type>_<name>) ...
-    read = []                 # ... with the rights its kind needs plus these source patterns
-    write = []
-    command = []
+    user = "daq_demo"         # with [auth]: its user (default: its <type>_<name>), with the rights
+    rights = { read = [], write = [], command = [] }  # its kind needs plus these source patterns
     [component.settings]      # checked against the class's `settings` before anything starts
     rate = 100.0
     # file = "recordings/a.csv"   # a path setting: relative to this file's directory
@@ -62,7 +60,7 @@ The site file
     args = ["--port", "8081"]
     # command = ["ffmpeg", "..."]   # ... or any program (instead of kind)
     # user = "web"            # with [auth]: its user, with exactly these rights
-    # read = ["*"]            # (and write, command); without a user it gets no token
+    # rights = { read = ["*"] }   # (and write, command); without a user it gets no token
 
 With ``[auth]`` every component logs in as its own user, by default with
 the rights its class's :meth:`~turbine.component.Component.rights` gives it

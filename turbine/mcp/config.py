@@ -230,16 +230,19 @@ def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
 def _rights(
     t: _Table, given: dict[str, tuple[str, ...]] | None = None
 ) -> dict[str, tuple[str, ...]]:
-    """``given`` (a component's defaults) plus the table's ``read``, ``write``, ``command`` lists."""
+    """``given`` (a component's defaults) plus the ``read``, ``write`` and
+    ``command`` lists of the table's ``rights`` table (source patterns)."""
+    r = _Table(t.path, f"{t.where}.rights", t.get("rights", dict, {}, "a table of rights"))
     rights = {right: (given or {}).get(right, ()) for right in RIGHTS}
     for right in RIGHTS:
-        extra = t.get_strings(right)
+        extra = r.get_strings(right)
         try:
             for pattern in extra:
                 source_pattern(pattern)
         except InvalidName as exc:
-            raise t.error(right, str(exc)) from None
+            raise r.error(right, str(exc)) from None
         rights[right] = tuple(dict.fromkeys((*rights[right], *extra)))
+    r.done()
     return rights
 
 
@@ -342,7 +345,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             )
         )
         if any(programs[-1].rights.values()) and not programs[-1].user:
-            raise t.error("user", "missing; rights (read, write, command) are given to a user")
+            raise t.error("user", "missing; rights are given to a user")
         t.done()
     for i, entry in enumerate(top.get("component", list, [], "[[component]] tables"), start=1):
         t = _Table(p, f"component[{i}]", entry)

@@ -3,9 +3,9 @@
 Every component logs in as its own user (``user`` in its table, by default
 its ``<type>_<name>``) with the rights its class asks for
 (:meth:`~turbine.component.Component.rights`: its own four endpoints, plus
-what its settings say it reads or commands) and the table's extra ``read``,
-``write`` and ``command`` patterns.  A ``[[process]]`` with a ``user`` gets
-only the table's patterns.  The MCP logs in as ``mcp_<name>``.  The
+what its settings say it reads or commands) and the source patterns of its
+table's ``rights = {read = [...], write = [...], command = [...]}``.  A
+``[[process]]`` with a ``user`` gets only its ``rights``.  The MCP logs in as ``mcp_<name>``.  The
 operator (``[auth] operator``) is an admin who may read and write
 everything and command every component whose class allows it (not, for
 instance, an NTCP translator: only its serdes plugin moves the rig).
