@@ -11,7 +11,7 @@ import sys
 import trio
 
 from tests.web.helpers import EventStream, http
-from turbine import Frame, open_client
+from turbine import Client, Frame, open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE
 from turbine.auth import AuthTable, token_hash
 from turbine.render import numbers
@@ -312,3 +312,32 @@ def test_pcm_levels_are_peak_and_rms_per_channel_in_dbfs() -> None:
         "rms_dbfs": [0.0],
     }
     assert pcm_level(b"\x00\x01", "image/jpeg") is None
+
+
+async def _viewer_subscriptions(tb: Client) -> int:
+    clients = (await tb.status())["clients"]
+    return sum(len(c["subscriptions"]) for c in clients if c["name"].startswith("web#"))
+
+
+async def test_tabs_on_the_same_paths_share_one_broker_subscription(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        async with open_client(broker) as tb:
+            src = await tb.open_source("daq_rig_data_source", channels={"log.txt": "text/plain"})
+            await src.put("log.txt", b"first")
+            await src.flush()
+            tabs = [await EventStream.open(web, "path=daq_rig_data_source/*") for _ in range(3)]
+            for tab in tabs:  # each is sent the newest frame first, the later ones by a fetch
+                assert (await tab.event())[0] == "ready"
+                assert (await tab.event())[1]["text"] == "first"
+            assert await _viewer_subscriptions(tb) == 1
+            await src.put("log.txt", b"second")
+            await src.flush()
+            for tab in tabs:
+                assert (await tab.event())[1]["text"] == "second"
+            for tab in tabs:
+                await tab.stream.aclose()
+            for _ in range(1000):  # the last tab gone, so is the subscription (soon)
+                if not await _viewer_subscriptions(tb):
+                    break
+                await trio.sleep(0.01)  # noqa: ASYNC110 (a broker state, no event to wait on)
+            assert await _viewer_subscriptions(tb) == 0

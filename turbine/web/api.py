@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,7 +35,7 @@ from ..names import compile_pattern
 from ..render import as_dict, is_numeric, pcm_format
 from .decimate import decimate
 from .levels import pcm_level
-from .live import LiveResponse, RecentFrames, ReplayResponse
+from .live import Feeds, LiveResponse, RecentFrames, ReplayResponse
 from .metrics import metrics_text
 
 #: Points a channel read returns at most when the caller gives no ``max_points``.
@@ -96,9 +97,10 @@ def _pattern(text: str) -> str:
 class Viewer:
     """The handlers, holding the broker connection they share."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, nursery: trio.Nursery) -> None:
         self.client = client
         self.recent = RecentFrames()
+        self.feeds = Feeds(client, self.recent, nursery)
 
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
@@ -199,7 +201,7 @@ class Viewer:
         if start is None:
             if speed is not None:
                 raise BadRequest("speed needs from (the archive time to play from)")
-            return LiveResponse(self.client, patterns, self.recent)
+            return LiveResponse(self.feeds, patterns)
         speed = 1.0 if speed is None else speed
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise BadRequest(
@@ -264,9 +266,12 @@ async def _turbine_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
-def create_app(client: Client) -> Starlette:
-    """The viewer's application over ``client``, a connection to the broker it shows."""
-    v = Viewer(client)
+def create_app(client: Client, nursery: trio.Nursery) -> Starlette:
+    """The viewer's application over ``client``, a connection to the broker it shows.
+
+    The live streams' shared subscriptions run in ``nursery``.
+    """
+    v = Viewer(client, nursery)
     routes = [
         Route("/", v.index),
         Route("/api/openapi.json", v.openapi),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -23,12 +24,17 @@ import trio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._errors import TurbineError
 from ..client import Client, Frame, Gap
 from ..render import is_numeric, is_text, numbers
 from .levels import pcm_level
 
+log = logging.getLogger("turbine.web")
+
 #: Events a tab may have waiting before it starts losing frames.
 STREAM_QUEUE_EVENTS = 256
+#: Characters of waiting events a stream writes at most in one body message.
+WRITE_BATCH_CHARS = 64 * 1024
 #: Seconds between keep-alive comments on an idle stream (finds closed tabs).
 KEEPALIVE_S = 15.0
 #: Real seconds between a replay's batches of due frames (and its ``clock`` events).
@@ -158,6 +164,15 @@ class _EventStream(Response):
             event = ": keepalive\n\n"
             with trio.move_on_after(KEEPALIVE_S):
                 event = await self._events.receive()
+            # Whatever else is waiting goes in the same write: one chunk, one send.
+            parts, size = [event], len(event)
+            while size < WRITE_BATCH_CHARS:
+                try:
+                    parts.append(more := self._events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+                size += len(more)
+            event = "".join(parts)
             if self.dropped != reported:
                 lost = json.dumps({"dropped": self.dropped - reported, "total": self.dropped})
                 event = f"event: dropped\ndata: {lost}\n\n{event}"
@@ -173,37 +188,94 @@ class _EventStream(Response):
 class LiveResponse(_EventStream):
     """Every frame on ``patterns`` as it comes, newest first per channel.
 
-    Frames are queued with ``send_nowait``: a tab that cannot keep up loses
-    frames (counted, reported in a ``dropped`` event), never the broker
-    connection or the other tabs.
+    The frames come from ``feeds``, shared with every other tab on the same
+    pattern, and are queued with ``send_nowait``: a tab that cannot keep up
+    loses frames (counted, reported in a ``dropped`` event), never the
+    broker connection or the other tabs.
     """
 
     def __init__(
-        self,
-        client: Client,
-        patterns: Sequence[str],
-        recent: RecentFrames,
-        queue_events: int = STREAM_QUEUE_EVENTS,
+        self, feeds: Feeds, patterns: Sequence[str], queue_events: int = STREAM_QUEUE_EVENTS
     ) -> None:
         super().__init__(queue_events)
-        self._client = client
+        self._feeds = feeds
         self._patterns = list(patterns)
-        self._recent = recent
 
     def _ready(self) -> dict[str, Any]:
         return {"patterns": self._patterns}
 
+    def offer(self, event: str) -> None:
+        """Queue ``event`` for this tab, or count it lost if the tab is that far behind."""
+        try:
+            self._send_event.send_nowait(event)
+        except trio.WouldBlock:
+            self.dropped += 1
+
     async def _produce(self, nursery: trio.Nursery) -> None:
         for pattern in self._patterns:
-            nursery.start_soon(self._pump, pattern)
+            await self._feeds.join(pattern, self)
 
-    async def _pump(self, pattern: str) -> None:
-        async with self._client.subscribe(pattern, start="newest") as sub:
-            async for item in sub:
-                try:
-                    self._send_event.send_nowait(event_for(item, self._recent))
-                except trio.WouldBlock:
-                    self.dropped += 1
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for pattern in self._patterns:
+                self._feeds.leave(pattern, self)
+
+
+class _Feed:
+    def __init__(self) -> None:
+        self.tabs: set[LiveResponse] = set()
+        self.scope = trio.CancelScope()
+
+
+class Feeds:
+    """One broker subscription per pattern, shared by every tab streaming it.
+
+    Four tabs on the same panels cost the broker one subscription, not four,
+    and each frame is made into an event once.  The first tab on a pattern
+    starts its subscription (newest frame of each channel first); a later one
+    is sent the newest frames by a fetch as it joins.  The subscription ends
+    with its last tab.  Its tasks run in ``nursery`` (the viewer's).
+    """
+
+    def __init__(self, client: Client, recent: RecentFrames, nursery: trio.Nursery) -> None:
+        self._client = client
+        self._recent = recent
+        self._nursery = nursery
+        self._feeds: dict[str, _Feed] = {}
+
+    async def join(self, pattern: str, tab: LiveResponse) -> None:
+        feed = self._feeds.get(pattern)
+        if feed is None:
+            feed = self._feeds[pattern] = _Feed()
+            self._nursery.start_soon(self._run, pattern, feed)
+        else:
+            for frame in await self._client.fetch(pattern, newest=1):
+                tab.offer(event_for(frame, self._recent))
+        feed.tabs.add(tab)
+
+    def leave(self, pattern: str, tab: LiveResponse) -> None:
+        feed = self._feeds.get(pattern)
+        if feed is None:
+            return
+        feed.tabs.discard(tab)
+        if not feed.tabs:
+            feed.scope.cancel()
+            del self._feeds[pattern]
+
+    async def _run(self, pattern: str, feed: _Feed) -> None:
+        with feed.scope:
+            try:
+                async with self._client.subscribe(pattern, start="newest") as sub:
+                    async for item in sub:
+                        event = event_for(item, self._recent)
+                        for tab in feed.tabs:
+                            tab.offer(event)
+            except TurbineError as exc:  # e.g. the user's read right was revoked
+                log.warning("live stream of %s ended: %s", pattern, exc)
+            if self._feeds.get(pattern) is feed:
+                del self._feeds[pattern]
 
 
 @attrs.frozen

@@ -46,5 +46,5 @@ async def serve_web(
         config.accesslog = None
         config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve, create_app(client), config)
+            urls = await nursery.start(serve, create_app(client, nursery), config)
             task_status.started(urls[0])
