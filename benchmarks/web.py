@@ -1,0 +1,308 @@
+"""The web viewer's speed: frame age at the tabs, the viewer's CPU, the broker's
+throughput with and without tabs, and the time to read a long channel decimated.
+
+Run by hand from the checkout (prints markdown tables; about a minute)::
+
+    .venv/bin/python benchmarks/web.py
+    .venv/bin/python benchmarks/web.py --duration 5 --tabs 2 --hours 0.25
+
+A broker (``turbine serve``) and the viewer (``turbine web``) run as processes
+of their own.  This process runs the load (16 synthetic cameras putting
+thumbnail JPEGs at 10 fps and one DAQ with 64 channels at 1 kHz in 0.1 s
+blocks); a process of its own runs the tabs: each tab is one Server-Sent
+Events stream for every DAQ channel and every camera, as the page opens
+it, read from a raw socket; a
+frame's age is the time it reaches the tab minus its broker timestamp (one
+clock on one machine).  The tabs do not load the images the stream announces
+(a browser would, one in flight per tile).  A flood producer in another process
+puts 1 KiB frames as fast as the broker takes them; its rate is the broker's
+throughput, measured once without tabs and once with them.
+
+Last, one channel gets ``--hours`` of 1 kHz samples (1000-sample blocks, the
+broker's clock set by explicit timestamps) and the viewer is asked for the
+whole span with ``max_points=2000``, as a plot of that span does.  On 2
+shared cores, numbers vary a lot from run to run: say the load with them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import click
+import trio
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+from throughput import Broker  # noqa: E402  (a sibling script, not a package)
+
+import turbine  # noqa: E402
+
+CAMERAS, CAMERA_FPS = 16, 10.0
+DAQ_CHANNELS, DAQ_RATE, DAQ_BLOCK_S = 64, 1000.0, 0.1
+FLOOD_FRAME = 1024
+F64 = "application/x-float64-le"
+
+
+class Viewer:
+    """``turbine web`` on a free loopback port, in its own process."""
+
+    def __init__(self, broker: str) -> None:
+        exe = shutil.which("turbine", path=os.path.dirname(sys.executable)) or "turbine"
+        self.process = subprocess.Popen(
+            [exe, "web", "--turbine", broker, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("turbine web on "):
+            self.stop()
+            raise SystemExit(f"the viewer did not start (said {line.strip()!r})")
+        self.url = line.split()[3].rstrip("/")
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _jpeg(k: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (160, 120), (k * 15 % 256, 80, 160)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+async def _cameras(tb: turbine.Client) -> None:
+    sources = []
+    for k in range(CAMERAS):
+        src = await tb.open_source(
+            f"thumbnail_cam{k:02d}_data_source", channels={"thumbnail.jpg": "image/jpeg"}
+        )
+        sources.append((src, _jpeg(k)))
+    period = 1 / CAMERA_FPS
+    deadline = trio.current_time()
+    while True:
+        for src, jpeg in sources:
+            await src.put("thumbnail.jpg", jpeg)
+        deadline += period
+        await trio.sleep_until(deadline)
+
+
+async def _daq(tb: turbine.Client) -> None:
+    names = [f"ch{i}" for i in range(DAQ_CHANNELS)]
+    src = await tb.open_source(
+        "daq_bench_data_source", channels=dict.fromkeys(names, F64), cache_bytes=64 << 20
+    )
+    n = int(DAQ_RATE * DAQ_BLOCK_S)
+    deadline, k = trio.current_time(), 0
+    while True:
+        block = struct.pack(f"<{n}d", *(math.sin((k * n + i) / 100) for i in range(n)))
+        for name in names:
+            await src.put(name, block)
+        k += 1
+        deadline += DAQ_BLOCK_S
+        await trio.sleep_until(deadline)
+
+
+async def _tab(url: str, ages: list[float], lost: list[int], stop: trio.Event) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    query = "path=daq_bench_data_source/*&path=thumbnail_*_data_source/*"
+    await stream.send_all(f"GET /api/stream?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    buffer = b""
+    async with stream:
+        while not stop.is_set():
+            data = await stream.receive_some(1 << 16)
+            if not data:
+                return
+            buffer += data
+            *events, buffer = buffer.split(b"\n\n")
+            now = time.time()
+            for event in events:
+                if b"event: frame" not in event and b"event: dropped" not in event:
+                    continue
+                line = event[event.index(b"data: ") + 6 :].split(b"\r\n", 1)[0]
+                body = json.loads(line.split(b"\n", 1)[0])
+                if "dropped" in body:
+                    lost.append(body["dropped"])
+                else:
+                    ages.append(now - body["timestamp"])
+
+
+def _flood(address: str, seconds: float, out: multiprocessing.connection.Connection) -> None:
+    async def main() -> None:
+        async with turbine.open_client(address, name="flood") as tb:
+            src = await tb.open_source(
+                "daq_flood_data_source", channels={"x": "application/octet-stream"}
+            )
+            payload = b"x" * FLOOD_FRAME
+            end = time.monotonic() + seconds
+            n = 0
+            while time.monotonic() < end:
+                for _ in range(100):
+                    await src.put("x", payload)
+                n += 100
+            await src.flush()
+            out.send(n / seconds)
+
+    trio.run(main)
+
+
+def _flood_rate(address: str, seconds: float) -> float:
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter, not a fork of trio's
+    ends = spawn.Pipe(duplex=False)
+    p = spawn.Process(target=_flood, args=(address, seconds, ends[1]))
+    p.start()
+    rate = ends[0].recv()
+    p.join()
+    return float(rate)
+
+
+def _tabs(url: str, tabs: int, seconds: float, out: multiprocessing.connection.Connection) -> None:
+    """``tabs`` streams for ``seconds`` (after a second to connect); sends their ages and losses."""
+
+    async def main() -> None:
+        ages: list[float] = []
+        lost: list[int] = []
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for _ in range(tabs):
+                nursery.start_soon(_tab, url, ages, lost, stop)
+            await trio.sleep(1.0)  # connected, the first (newest) frames read
+            ages.clear()
+            lost.clear()
+            out.send("measuring")
+            await trio.sleep(seconds)
+            stop.set()
+            nursery.cancel_scope.cancel()
+        out.send((ages, lost))
+
+    trio.run(main)
+
+
+def _pct(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 100 else float("nan")
+
+
+async def _phase(address: str, viewer: Viewer, tabs: int, seconds: float) -> dict[str, float]:
+    """The flood's rate and the viewer's CPU with ``tabs`` tabs open, each in a process of its own."""
+    spawn = multiprocessing.get_context("spawn")
+    ends = spawn.Pipe(duplex=False)
+    readers = spawn.Process(target=_tabs, args=(viewer.url, tabs, seconds, ends[1]))
+    if tabs:
+        readers.start()
+        await trio.to_thread.run_sync(ends[0].recv)  # "measuring"
+    cpu0 = viewer.cpu_s()
+    rate = await trio.to_thread.run_sync(_flood_rate, address, seconds)
+    cpu = (viewer.cpu_s() - cpu0) / seconds
+    ages: list[float] = []
+    lost: list[int] = []
+    if tabs:
+        ages, lost = await trio.to_thread.run_sync(ends[0].recv)
+        readers.join()
+    return {
+        "rate": rate,
+        "cpu": cpu,
+        "events": len(ages) / seconds,
+        "dropped": sum(lost) / seconds,
+        "p50": _pct(ages, 50),
+        "p99": _pct(ages, 99),
+    }
+
+
+async def _draw(address: str, viewer: Viewer, hours: float) -> tuple[int, float, float, int]:
+    blocks, n = int(hours * 3600), 1000
+    async with turbine.open_client(address, name="day") as tb:
+        src = await tb.open_source(
+            "daq_day_data_source",
+            channels={"ch0": F64},
+            cache_bytes=blocks * (n * 8 + 64) + (1 << 20),
+        )
+        t0 = time.time() - blocks
+        for k in range(blocks):
+            block = struct.pack(f"<{n}d", *(math.sin((k * n + i) / 5000) for i in range(n)))
+            await src.put("ch0", block, timestamp=t0 + k)
+        await src.flush()
+        url = f"{viewer.url}/api/channel/daq_day_data_source/ch0?start={t0}&duration={blocks}&max_points=2000"
+        took = []
+        for _ in range(3):
+            start = time.perf_counter()
+            body = await trio.to_thread.run_sync(
+                lambda: urllib.request.urlopen(url, timeout=300).read()
+            )
+            took.append(time.perf_counter() - start)
+        answer = json.loads(body)
+    return answer["samples"], min(took), statistics.median(took), len(answer["v"])
+
+
+@click.command()
+@click.option("--duration", default=10.0, show_default=True, help="Seconds per phase.")
+@click.option("--tabs", default=4, show_default=True)
+@click.option("--hours", default=1.0, show_default=True, help="Hours of 1 kHz data to draw.")
+def main(duration: float, tabs: int, hours: float) -> None:
+    """Measure the viewer under load and print markdown tables."""
+    broker = Broker()
+    viewer = Viewer(broker.address)
+    load = os.getloadavg()
+
+    async def run() -> tuple[dict[str, float], dict[str, float], tuple[int, float, float, int]]:
+        async with turbine.open_client(broker.address, name="load") as tb, trio.open_nursery() as n:
+            n.start_soon(_cameras, tb)
+            n.start_soon(_daq, tb)
+            await trio.sleep(1.0)
+            without = await _phase(broker.address, viewer, 0, duration)
+            with_tabs = await _phase(broker.address, viewer, tabs, duration)
+            n.cancel_scope.cancel()
+        return without, with_tabs, await _draw(broker.address, viewer, hours)
+
+    try:
+        without, with_tabs, draw = trio.run(run)
+    finally:
+        viewer.stop()
+        broker.stop()
+    drop = 100 * (1 - with_tabs["rate"] / without["rate"])
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"\n{CAMERAS} cameras at {CAMERA_FPS:g} fps, {DAQ_CHANNELS} DAQ channels at {DAQ_RATE:g} Hz, {duration:g} s per phase\n"
+    )
+    offered = tabs * (DAQ_CHANNELS / DAQ_BLOCK_S + CAMERAS * CAMERA_FPS)
+    print(
+        "| tabs | flood frames/s (1 KiB) | viewer CPU | events/s at the tabs"
+        f" (offered {offered:.0f}) | dropped/s | frame age p50 | p99 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, r in (("0", without), (str(tabs), with_tabs)):
+        if label == "0":
+            rest = "- | - | - | -"
+        else:
+            rest = (
+                f"{r['events']:.0f} | {r['dropped']:.0f} | {r['p50'] * 1000:.0f} ms"
+                f" | {r['p99'] * 1000:.0f} ms"
+            )
+        print(f"| {label} | {r['rate']:.0f} | {r['cpu'] * 100:.0f} % | {rest} |")
+    print(f"\nbroker throughput with {tabs} tabs: {drop:+.1f} % lower than without (target < 5 %)")
+    samples, best, median, points = draw
+    print("\n| samples | points | read + decimate, best of 3 | median |\n|---|---|---|---|")
+    print(f"| {samples:,} ({hours:g} h at 1 kHz) | {points} | {best:.2f} s | {median:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()
