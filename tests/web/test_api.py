@@ -12,7 +12,7 @@ import trio
 
 from tests.web.helpers import EventStream, http
 from turbine import Client, Frame, open_client
-from turbine._constants import FLOAT64_CONTENT_TYPE
+from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
 from turbine.auth import AuthTable, token_hash
 from turbine.render import numbers
 from turbine.testing import start_broker
@@ -341,3 +341,36 @@ async def test_tabs_on_the_same_paths_share_one_broker_subscription(broker: str,
                     break
                 await trio.sleep(0.01)  # noqa: ASYNC110 (a broker state, no event to wait on)
             assert await _viewer_subscriptions(tb) == 0
+
+
+async def test_markers_live_on_a_shared_source_every_viewer_reads_and_writes(
+    nursery: trio.Nursery,
+) -> None:
+    broker = await start_broker(nursery, types=(*SOURCE_TYPES, "web"))
+    one = await nursery.start(serve_web, broker, "127.0.0.1", 0)
+    two = await nursery.start(serve_web, broker, "127.0.0.1", 0)
+    with trio.fail_after(20):
+        assert (await http(f"{one}/api/markers")).json() == []
+        r = await http(f"{one}/api/markers", body={"label": " pump on ", "time": 1000.5})
+        assert r.status == 201 and r.json()["label"] == "pump on"
+        r = await http(f"{two}/api/markers", body={"label": "valve shut", "time": 990.0})
+        assert r.status == 201  # the other viewer holds the source: this one puts to it
+        for web in (one, two):
+            got = (await http(f"{web}/api/markers")).json()
+            assert [(m["time"], m["label"]) for m in got] == [
+                (990.0, "valve shut"),
+                (1000.5, "pump on"),
+            ]
+        r = await http(f"{one}/api/markers", body={"label": ""})
+        assert r.status == 400 and "label" in r.json()["error"]
+        r = await http(f"{one}/api/markers", body={"label": "x", "time": "noon"})
+        assert r.status == 400 and "time" in r.json()["error"]
+        async with open_client(broker) as tb:
+            [info] = await tb.list_sources("web_markers_data_source")
+            assert info.shared and info.channels[0].frames == 2
+
+
+async def test_markers_need_the_web_type_and_say_so(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        r = await http(f"{web}/api/markers", body={"label": "pump on"})
+        assert r.status == 400 and "--type web" in r.json()["error"]

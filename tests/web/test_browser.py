@@ -20,8 +20,9 @@ from PIL import Image
 from components.daq.component import Daq
 from tests.test_mcp import run_mcp, running, wait_state
 from turbine import open_client
-from turbine._constants import FLOAT64_CONTENT_TYPE
+from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
 from turbine.render import pcm_content_type
+from turbine.testing import start_broker
 from turbine.web.serve import serve_web
 
 CHROMIUM = "/usr/bin/chromium"
@@ -335,3 +336,49 @@ async def test_wall_values_log_levels_metadata_audio_meter_and_the_layout_in_the
     assert seen["layout"] == LAYOUT
     assert seen["scale"] == 10
     assert [k.split()[1] for k in seen["kinds"]] == ["wall", "values", "logpanel", "meta", "audio"]
+
+
+def _mark(url: str, out: Path) -> list[str]:
+    """Drop a marker in one tab; return the plot labels a second tab shows."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            first, second = (
+                browser.new_page(viewport={"width": 1400, "height": 900}) for _ in "ab"
+            )
+            errors: list[str] = []
+            for page in (first, second):
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(url)
+                page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
+            first.fill("#marker-label", "pump on")
+            first.click("#mark")
+            label = ".panel.timeseries .annotation-text"
+            first.wait_for_selector(f"{label} >> text=pump on", timeout=10000)
+            second.wait_for_selector(f"{label} >> text=pump on", timeout=10000)  # its next refresh
+            second.screenshot(path=str(out / "marker.png"), full_page=True)
+            assert not errors, errors
+            texts: list[str] = second.locator(label).evaluate_all(
+                "els => els.map(e => e.textContent)"
+            )
+            return texts
+        finally:
+            browser.close()
+
+
+async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    broker = await start_broker(nursery, types=(*SOURCE_TYPES, "web"))
+    web = await nursery.start(serve_web, broker, "127.0.0.1", 0)
+    with trio.fail_after(90):
+        async with open_client(broker) as tb, trio.open_nursery() as inner:
+            daq = Daq("web", broker, {"channels": "1", "rate": "100", "block_seconds": "0.1"})
+            await inner.start(daq.serve)
+            labels = await trio.to_thread.run_sync(_mark, web + "/", tmp_path)
+            markers = await tb.fetch("web_markers_data_source/markers.json", newest=10)
+            inner.cancel_scope.cancel()
+    assert labels == ["pump on"]
+    assert [json.loads(f.data)["label"] for f in markers] == [
+        "pump on"
+    ]  # on the broker, archived like any

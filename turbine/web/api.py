@@ -28,8 +28,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .._clock import wall_time
 from .._errors import RequestFailed, TurbineError
-from ..client import Client, Frame
+from ..client import Client, Frame, Source
 from ..command import NoReply, send_command
 from ..names import compile_pattern
 from ..render import as_dict, is_numeric, pcm_format
@@ -46,6 +47,10 @@ DEFAULT_NEWEST = 100
 FRAME_AT_LOOKBACK_S = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0)
 #: The replay speeds a stream accepts (times real time).
 MIN_SPEED, MAX_SPEED = 0.1, 100.0
+#: Where every viewer keeps the event markers: a shared source (type ``web``), archived like any.
+MARKERS_SOURCE, MARKERS_CHANNEL = "web_markers_data_source", "markers.json"
+#: Markers ``GET /api/markers`` reads at most (the newest), and a label's longest.
+MARKERS_READ, MARKER_LABEL_CHARS = 1000, 200
 #: Seconds a posted command waits for its reply unless the body says ``timeout``.
 DEFAULT_COMMAND_WAIT_S = 10.0
 
@@ -101,6 +106,7 @@ class Viewer:
         self.client = client
         self.recent = RecentFrames()
         self.feeds = Feeds(client, self.recent, nursery)
+        self.markers_source: Source | None = None
 
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
@@ -240,6 +246,57 @@ class Viewer:
             raise HTTPException(504, str(exc)) from None
         return JSONResponse(json.loads(reply.to_json()))
 
+    async def markers(self, request: Request) -> Response:
+        """Every marker (the newest :data:`MARKERS_READ`), in time order; POST drops one."""
+        if request.method == "POST":
+            return await self._drop_marker(request)
+        frames = await self.client.fetch(f"{MARKERS_SOURCE}/{MARKERS_CHANNEL}", newest=MARKERS_READ)
+        found = []
+        for f in frames:
+            try:
+                m = json.loads(f.data)
+            except ValueError:
+                continue  # a shared source: anyone may have put anything there
+            if isinstance(m, dict) and isinstance(m.get("time"), int | float):
+                found.append(
+                    {"time": m["time"], "label": str(m.get("label", "")), "by": m.get("by")}
+                )
+        return JSONResponse(sorted(found, key=lambda m: m["time"]))
+
+    async def _drop_marker(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise BadRequest(f"the body must be JSON: {exc}") from None
+        label = body.get("label") if isinstance(body, dict) else None
+        if not isinstance(label, str) or not 0 < len(label.strip()) <= MARKER_LABEL_CHARS:
+            raise BadRequest(f'give a "label": text of 1 to {MARKER_LABEL_CHARS} characters')
+        when = body.get("time", wall_time())
+        if not isinstance(when, int | float) or not math.isfinite(when):
+            raise BadRequest(f'"time" must be seconds since the epoch, got {when!r}')
+        marker = {"time": float(when), "label": label.strip(), "by": self.client.user or "web"}
+        data = json.dumps(marker).encode()
+        path = f"{MARKERS_SOURCE}/{MARKERS_CHANNEL}"
+        try:  # another viewer may hold the shared source: put to it as anyone may
+            await self.client.put(path, data)
+        except RequestFailed as exc:
+            if exc.code != "missing":
+                raise
+            try:
+                self.markers_source = await self.client.open_source(
+                    MARKERS_SOURCE, channels={MARKERS_CHANNEL: "application/json"}, shared=True
+                )
+            except RequestFailed as refused:
+                if refused.code != "name":
+                    raise
+                raise BadRequest(
+                    f"markers live on {MARKERS_SOURCE}, and this broker has no source type "
+                    "'web': start it with --type web (a site file: [broker] types = [..., \"web\"])"
+                ) from None
+            await self.markers_source.put(MARKERS_CHANNEL, data)
+        await self.client.flush()
+        return JSONResponse(marker, status_code=201)
+
     async def openapi(self, request: Request) -> Response:
         return Response((_STATIC / "openapi.json").read_bytes(), media_type="application/json")
 
@@ -283,6 +340,7 @@ def create_app(client: Client, nursery: trio.Nursery) -> Starlette:
         Route("/api/frame/{source}/{channel}", v.frame),
         Route("/api/stream", v.stream),
         Route("/api/range", v.time_range),
+        Route("/api/markers", v.markers, methods=["GET", "POST"]),
         Route("/api/command/{target}", v.command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]

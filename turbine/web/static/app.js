@@ -4,7 +4,7 @@
 
 // mode: "live" (the stream), "paused" (the cursor stays where it is put) or "replay" (the
 // archive played from the cursor at a speed). Every panel shows the time of the one cursor.
-const state = { panels: [], sources: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
+const state = { panels: [], sources: [], markers: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
 const NUMERIC = "application/x-float64-le";
 const LOG_LINES = 1000;  // lines a log panel keeps
 const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
@@ -135,6 +135,7 @@ async function refreshSources() {
   tbody.replaceChildren(...sources.map(sourceRow));
   refreshTargets();
   refreshSite();
+  refreshMarkers();
   if (!state.defaulted) openDefaultPanels(sources);
   for (const p of state.panels) if (p.kind === "wall" || p.kind === "values") addRows(p, sources);
   refreshRange();
@@ -247,10 +248,41 @@ function traces(panel) {
 
 function layout() {
   // Live: autoscale both axes. Paused or replaying: the time scale ends at the cursor.
+  const end = state.cursor ?? Date.now() / 1000;
   const x = state.cursor == null ? { type: "date", autorange: true }
-    : { type: "date", range: [new Date((state.cursor - state.window) * 1000), new Date(state.cursor * 1000)] };
-  return { margin: { l: 50, r: 10, t: 10, b: 30 }, hovermode: "x unified",
-           xaxis: x, yaxis: { autorange: true }, legend: { orientation: "h" } };
+    : { type: "date", range: [new Date((end - state.window) * 1000), new Date(end * 1000)] };
+  // Every viewer's markers within the time scale: a dashed line and its label.
+  const shown = state.markers.filter((m) => m.time >= end - state.window && m.time <= end);
+  const at = (m) => new Date(m.time * 1000);
+  return { margin: { l: 50, r: 10, t: 16, b: 30 }, hovermode: "x unified",
+           xaxis: x, yaxis: { autorange: true }, legend: { orientation: "h" },
+           shapes: shown.map((m) => ({ type: "line", xref: "x", yref: "paper", x0: at(m), x1: at(m), y0: 0, y1: 1,
+                                       line: { color: "#e76f51", width: 1, dash: "dash" } })),
+           annotations: shown.map((m) => ({ x: at(m), xref: "x", y: 1, yref: "paper", yanchor: "bottom",
+                                            text: m.label, showarrow: false, font: { size: 10, color: "#e76f51" } })) };
+}
+
+// --- event markers: on a shared source, so every viewer's plots show them ------------
+
+async function refreshMarkers() {
+  try {
+    const markers = await getJSON("/api/markers");
+    if (JSON.stringify(markers) !== JSON.stringify(state.markers)) { state.markers = markers; markPlots(); }
+  } catch (err) { console.warn(err); }
+}
+
+async function dropMarker() {
+  const input = document.getElementById("marker-label");
+  const label = input.value.trim();
+  if (!label) { input.focus(); return; }
+  try {
+    const r = await fetch("/api/markers", { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ label, time: state.cursor ?? Date.now() / 1000 }) });
+    const body = await r.json();
+    if (!r.ok) throw new Error(body.error || r.statusText);
+    input.value = "";
+  } catch (err) { document.getElementById("broker-status").textContent = `marker: ${err.message}`; }
+  refreshMarkers();
 }
 
 async function loadHistory(panel, end) {
@@ -638,6 +670,7 @@ document.getElementById("play").addEventListener("click", play);
 document.getElementById("slider").addEventListener("input", (e) => scrub(Number(e.target.value)));
 document.getElementById("speed").addEventListener("change", () => { if (state.mode === "replay") connect(); });
 document.getElementById("console").addEventListener("submit", sendConsole);
+document.getElementById("mark").addEventListener("click", dropMarker);
 getJSON("/api/whoami").then((w) => {
   document.getElementById("whoami").textContent = !w.auth ? "the broker has no access control" :
     `viewer's user: ${w.user}${w.rights.admin ? " (admin)" : ""}; read ${w.rights.read.join(" ") || "-"};` +
