@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import shutil
+import signal
+import socket
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -18,9 +23,11 @@ import trio
 from PIL import Image
 
 from components.daq.component import Daq
-from tests.test_mcp import run_mcp, running, wait_state
+from tests.test_mcp import TURBINE, run_mcp, running, wait_state
+from tests.web.helpers import http
 from turbine import open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
+from turbine.mcp import load_config
 from turbine.render import pcm_content_type
 from turbine.testing import start_broker
 from turbine.web.serve import serve_web
@@ -382,3 +389,115 @@ async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
     assert [json.loads(f.data)["label"] for f in markers] == [
         "pump on"
     ]  # on the broker, archived like any
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _demo_site(tmp_path: Path) -> tuple[Path, str]:
+    """configs/demo.toml on free ports (the broker on 0), run from ``tmp_path``; and the viewer's URL."""
+    text = (Path(__file__).parents[2] / "configs" / "demo.toml").read_text()
+    text = re.sub(r"^port = 3333\b", "port = 0", text, flags=re.M)
+    fixed = ("8080", "8081", "6000", "6001", "4444")
+    ports = dict(zip(fixed, map(str, _free_ports(len(fixed))), strict=True))
+    text = re.sub(r"\b(8080|8081|6000|6001|4444)\b", lambda m: ports[m.group(1)], text)
+    site = tmp_path / "demo.toml"
+    site.write_text(text)
+    return site, f"http://127.0.0.1:{ports['8080']}"
+
+
+def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            for name in components:  # every demo component in the source browser
+                page.wait_for_selector(
+                    f'#sources tr[data-source="{name}_data_source"]', timeout=60000
+                )
+            plot = page.locator(".panel.timeseries .plot").first
+            plot.locator("path.js-line").first.wait_for(timeout=30000)
+            first = plot.screenshot(path=str(out / "demo-plot-1.png"))
+            tile = page.locator(".panel.wall .tile .stamp[data-seq]").first
+            tile.wait_for(timeout=60000)
+            seq = int(tile.get_attribute("data-seq") or 0)
+            page.wait_for_function(  # a thumbnail updates
+                "s => Number(document.querySelector('.panel.wall .tile .stamp').dataset.seq) > s",
+                arg=seq,
+                timeout=30000,
+            )
+            seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
+            live_t = float(tile.get_attribute("data-t") or 0)
+            page.click("#pause")  # then scrub 5 s back: an older frame, an older timestamp
+            page.wait_for_selector("#slider[data-ready]", timeout=10000)
+            page.locator("#slider").evaluate(
+                "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(live_t - 5)
+            )
+            page.wait_for_function(
+                "t => Number(document.querySelector('.panel.wall .tile .stamp').dataset.t) < t",
+                arg=live_t - 4,
+                timeout=20000,
+            )
+            seen["scrubbed_back_s"] = live_t - float(tile.get_attribute("data-t") or 0)
+            page.click("#go-live")
+            row = '#programs tr[data-program="daq_demo"]'
+            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="0"]', timeout=30000)
+            page.click(f"{row} button.restart")
+            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="1"]', timeout=30000)
+            page.select_option("#console-target", "daq_demo")
+            page.fill("#console-line", "status")
+            page.click("#console button")
+            page.wait_for_selector('#console-reply[data-state="ok"]', timeout=20000)
+            seen["status"] = page.locator("#console-reply").inner_text()
+            page.screenshot(path=str(out / "demo.png"), full_page=True)
+            assert not errors, errors
+            return seen
+        finally:
+            browser.close()
+
+
+async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
+    """configs/demo.toml as `make demo` runs it (auth on), on free ports: what the issue lists."""
+    site, url = _demo_site(tmp_path)
+    components = [p.label for p in load_config(site).programs if p.component]
+    env = {**os.environ, "HOME": str(tmp_path)}  # the operator's token file lands here
+    with (tmp_path / "mcp.log").open("wb") as err:  # noqa: ASYNC230 (a local file)
+        proc = await trio.lowlevel.open_process(
+            [TURBINE, "mcp", str(site)], stdout=subprocess.PIPE, stderr=err, env=env, cwd=tmp_path
+        )
+    try:
+        with trio.fail_after(240):
+            assert proc.stdout is not None
+            line = b""
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                assert chunk, (tmp_path / "mcp.log").read_text()
+                line += chunk
+            while True:  # the broker listens; wait until the MCP's viewer process does too
+                try:
+                    await http(f"{url}/api/sources")
+                    break
+                except OSError:
+                    await trio.sleep(0.2)
+            seen = await trio.to_thread.run_sync(_demo, url, tmp_path, components)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(30):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert seen["plot_moved"], f"the DAQ plot did not move ({tmp_path})"
+    assert seen["scrubbed_back_s"] >= 4
+    assert '"component": "daq_demo"' in seen["status"] and '"state": "running"' in seen["status"]
