@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.test_reconnect import Broker
 from tests.web.helpers import http
 from turbine import open_client
+from turbine.web.serve import serve_web
 
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -64,6 +66,32 @@ async def test_promtool_accepts_the_metrics(broker: str, web: str) -> None:
             check=False,
         )
     assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+@needs_promtool
+async def test_a_broker_with_a_data_dir_has_its_disk_in_the_metrics(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            web = await nursery.start(serve_web, address, "127.0.0.1", 0)
+            async with open_client(address) as tb:
+                await _some_traffic(tb)
+                body = (await http(f"{web}/metrics")).body
+            done = await trio.run_process(
+                [PROMTOOL, "check", "metrics"], stdin=body, capture_stdout=True, check=False
+            )
+            nursery.cancel_scope.cancel()
+    assert done.returncode == 0, done.stdout.decode()
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in body.decode().splitlines()
+        if line.startswith("turbine_disk_")
+    }
+    assert values["turbine_disk_bytes"] > 0 and values["turbine_disk_commits_total"] >= 1
+    assert values["turbine_disk_written_bytes_total"] >= 5  # the five frames put
+    assert 0 <= values["turbine_disk_last_sync_age_seconds"] < 30
+    assert values["turbine_disk_errors_sources"] == 0
 
 
 def _free_port() -> int:

@@ -81,13 +81,9 @@ class _Snapshot(Collector):
         )
         yield from self._sources()
         yield from self._programs()
-        archive = st.get("archive")
-        if isinstance(archive, Mapping):
-            for key, value in archive.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    yield GaugeMetricFamily(
-                        f"turbine_archive_{key}", f"The broker's archive: {key}.", value=value
-                    )
+        disk = st.get("disk")
+        if isinstance(disk, Mapping):  # a broker with a data dir
+            yield from _disk(disk, st.get("time"))
 
     def _sources(self) -> Iterator[Metric]:
         online = GaugeMetricFamily(
@@ -161,6 +157,38 @@ class _Snapshot(Collector):
                 if p.get("uptime") is not None:
                     uptime.add_metric([mcp, name], p["uptime"])
         yield from (state, restarts, uptime)
+
+
+#: The disk archive's figures in the broker's status: (key, metric name, kind, help).
+_DISK = (
+    ("bytes", "turbine_disk_bytes", GaugeMetricFamily, "Bytes the archive holds on disk."),
+    ("reserved", "turbine_disk_reserved_bytes", GaugeMetricFamily, "Disk reserved by sources."),
+    ("limit", "turbine_disk_limit_bytes", GaugeMetricFamily, "The broker's disk budget."),
+    ("commits", "turbine_disk_commits", CounterMetricFamily, "Archive commits (synced batches)."),
+    ("bytes_written", "turbine_disk_written_bytes", CounterMetricFamily, "Payload bytes written."),
+    ("write_rate", "turbine_disk_write_rate_bytes", GaugeMetricFamily, "Bytes per second lately."),
+    ("backlog", "turbine_disk_backlog", GaugeMetricFamily, "Frames waiting to be written."),
+)
+
+
+def _disk(disk: Mapping[str, Any], now: float | None) -> Iterator[Metric]:
+    for key, name, kind, doc in _DISK:
+        value = disk.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield kind(name, doc, value=value)
+    if isinstance(disk.get("last_sync"), int | float) and isinstance(now, int | float):
+        yield GaugeMetricFamily(
+            "turbine_disk_last_sync_age_seconds",
+            "Seconds since the archive last synced to disk.",
+            value=max(now - disk["last_sync"], 0.0),
+        )
+    for key, doc in (
+        ("errors", "Sources whose archive writes fail."),
+        ("damage", "Sources with damage found in their archive."),
+        ("broken", "Sources whose archive cannot be read."),
+    ):
+        if isinstance(disk.get(key), Mapping):
+            yield GaugeMetricFamily(f"turbine_disk_{key}_sources", doc, value=len(disk[key]))
 
 
 async def metrics_text(client: Client) -> bytes:
