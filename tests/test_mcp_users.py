@@ -195,6 +195,11 @@ def test_each_program_gets_the_path_of_its_own_token_and_no_other(
         (('read = ["*"]', 'read = ["a b"]'), "process[1].rights.read: invalid pattern 'a b'"),
         (('read = ["*"]', 'reed = ["*"]'), "process[1].rights.reed: unknown key"),
         (('user = "viewer"', 'user = "../x"'), "process[1].user: expected a name"),
+        (
+            ('user = "viewer"', 'user = "operator"'),
+            "process[1].user: 'operator' is the site's operator",
+        ),
+        (('user = "viewer"', 'user = "mcp_lab"'), "process[1].user: 'mcp_lab' is the site's MCP"),
     ],
 )
 def test_auth_mistakes_in_the_site_file_are_reported(

@@ -406,6 +406,13 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 f"{p}: {prog.where}.name: {prog.label!r} is already taken by {seen[prog.label]}"
             )
         seen[prog.label] = prog.where
+    if auth is not None:
+        for prog in programs:
+            if prog.user in (auth.operator, f"mcp_{mcp.name}"):
+                raise SiteConfigError(
+                    f"{p}: {prog.where}.user: {prog.user!r} is the site's "
+                    f"{'operator' if prog.user == auth.operator else 'MCP'}; give it a user of its own"
+                )
     data_dir = os.path.abspath(data_dir) if data_dir else None
     return SiteConfig(
         p, mcp, broker, address, tuple(programs), data_dir, auth, archive_bytes, max_disk or None
