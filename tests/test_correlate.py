@@ -13,6 +13,7 @@ def test_a_reply_reaches_the_request_with_its_key_and_no_other():
     replies: Correlator[str, str] = Correlator()
     with replies.expect("a") as a, replies.expect("b") as b:
         assert len(replies) == 2
+        assert "a" in replies and "zzz" not in replies
         with pytest.raises(trio.WouldBlock):
             a.result()
         assert replies.deliver("b", "for b")
@@ -22,6 +23,7 @@ def test_a_reply_reaches_the_request_with_its_key_and_no_other():
         assert not replies.deliver("zzz", "stray")  # nobody asked
         assert replies.deliver("a", "for a")
         assert a.result() == "for a"
+        assert "a" not in replies
     assert len(replies) == 0
 
 

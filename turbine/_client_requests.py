@@ -1,4 +1,5 @@
-"""Request correlation: each request carries an id, and the reply with that id wakes its caller."""
+"""Request correlation: each request carries an id, and the reply with that id wakes its caller
+(through :class:`turbine.correlate.Correlator`, the one reply-correlation helper)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,13 @@ import itertools
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-import trio
-
 from ._client_outbox import Outbox
 from ._errors import ConnectionFailed, RemoteProtocolError, RequestFailed
+from .correlate import Correlator, ReplyLost
 from .messages import Error, Frames, Message, Request
 from .protocol import Connection
 
 R = TypeVar("R", bound=Message)
-
-
-class _Pending:
-    __slots__ = ("event", "message", "parts")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.message: Message | None = None
-        self.parts: list[Message] = []  # a reply's parts before its last (``more: true``)
 
 
 class Requests:
@@ -43,7 +34,8 @@ class Requests:
         self._proto = proto
         self._outbox = outbox
         self._ids = itertools.count(1) if ids is None else ids
-        self._pending: dict[int, _Pending] = {}
+        self._replies: Correlator[int, list[Message]] = Correlator()  # every part of a reply
+        self._parts: dict[int, list[Message]] = {}  # parts before the last (``more: true``)
         self._deferred: list[RequestFailed] = []
 
     def next_id(self) -> int:
@@ -84,21 +76,20 @@ class Requests:
             raise self._outbox.error
         rid = next(self._ids)
         request = kind(id=rid, **fields)
-        pending = self._pending[rid] = _Pending()
         try:
-            mark = await self._outbox.send(self._proto.send(request))
-            await pending.event.wait()
+            with self._replies.expect(rid) as pending:
+                mark = await self._outbox.send(self._proto.send(request))
+                *parts, msg = await pending.wait()
+        except ReplyLost as lost:
+            raise self._outbox.error or ConnectionFailed(lost.reason) from None
         finally:
-            del self._pending[rid]
-        msg = pending.message
-        if msg is None:
-            raise self._outbox.error or ConnectionFailed("the connection to the broker was closed")
+            self._parts.pop(rid, None)
         if type(msg) is Error:
             raise RequestFailed(msg.message, msg.code)
         if self._deferred:
             errors, self._deferred = self._deferred, []
             raise errors[0]
-        parts = [*pending.parts, msg]
+        parts.append(msg)
         for part in parts:
             if type(part) is not reply:
                 raise RemoteProtocolError(
@@ -111,12 +102,11 @@ class Requests:
 
         A reply nobody waits for is ignored.
         """
-        pending = self._pending.get(rid)
-        if pending is not None and type(msg) is Frames and msg.more:
-            pending.parts.append(msg)  # the rest of the reply follows
-        elif pending is not None:
-            pending.message = msg
-            pending.event.set()
+        if type(msg) is Frames and msg.more:
+            if rid in self._replies:
+                self._parts.setdefault(rid, []).append(msg)  # the rest of the reply follows
+        else:
+            self._replies.deliver(rid, [*self._parts.pop(rid, ()), msg])
 
     def defer(self, error: RequestFailed) -> None:
         """Keep a put's refusal for the next request to raise."""
@@ -124,5 +114,5 @@ class Requests:
 
     def fail(self) -> None:
         """Wake every waiting caller: the connection failed (the outbox holds why)."""
-        for pending in self._pending.values():
-            pending.event.set()
+        self._replies.fail("the connection to the broker was closed")
+        self._parts.clear()

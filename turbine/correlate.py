@@ -123,6 +123,10 @@ class Correlator(Generic[K, T]):
         """How many requests are waiting."""
         return len(self._waiting)
 
+    def __contains__(self, key: object) -> bool:
+        """Whether a request with ``key`` waits for its reply."""
+        return key in self._waiting
+
     @property
     def closed(self) -> str | None:
         """Why :meth:`close` was called, or ``None`` while open."""
