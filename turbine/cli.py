@@ -39,7 +39,7 @@ from .archive._store import TieredStores
 from .auth import AuthError, AuthTable, new_token, token_hash
 from .client import Client, Frame, Gap, SourceInfo, fmt_address, open_client
 from .command import NoReply, send_command
-from .hub import fmt_bytes
+from .memory import fmt_bytes
 from .names import split_path
 from .origin import Origin
 from .render import as_json, as_text, iso

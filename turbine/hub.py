@@ -10,12 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import attrs
-
 from ._constants import (
     CACHE_BYTES,
     CACHE_FRAMES,
-    EVICTION_SHARE,
     FETCH_MAX_FRAMES,
     MAX_CHANNELS_PER_SOURCE,
     MAX_FRAME_BYTES,
@@ -23,31 +20,17 @@ from ._constants import (
     SOURCE_TYPES,
 )
 from ._errors import RequestFailed
+from .fetch import PendingFetch, fetch_query
+from .memory import fmt_bytes, make_room, reserved
 from .names import check_channel_name, check_source_name, compile_pattern, source_pattern
-from .origin import Origin, copy_pieces, new_identity
+from .origin import Origin, check_mirror, new_identity
 from .peer import Peer
 from .ringbuffer import memory_store
-from .router import Group, Readable, Router, Waker, add_run, check_selection
+from .router import Group, Readable, Router, Waker
 from .sources import Channel, Source, guess_content_type
-from .store import (
-    AFTER,
-    NEWEST,
-    OLDEST,
-    TIME,
-    ChannelSpec,
-    Query,
-    StoreFactory,
-)
+from .store import ChannelSpec, StoreFactory
 
 log = logging.getLogger("turbine.hub")
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 class Hub:
@@ -91,47 +74,21 @@ class Hub:
 
     @property
     def reserved(self) -> int:
-        return sum(s.cache_bytes for s in self.sources.values())
+        return reserved(self.sources.values())
 
     @property
     def used(self) -> int:
         return sum(s.bytes for s in self.sources.values())
 
     def _make_room(self, need: int, replacing: Source | None, owner: str = "") -> None:
-        def free() -> int:
-            return self.max_memory - self.reserved + (replacing.cache_bytes if replacing else 0)
+        """Delete what :func:`~turbine.memory.make_room` says must go for ``need`` bytes.
 
-        # Other clients' offline history goes only for a client within its share
-        # of the memory (its sources' reservations, this one included).
-        mine = need + sum(
-            s.cache_bytes for s in self.sources.values() if s.owner == owner and s is not replacing
-        )
-        share = int(self.max_memory * EVICTION_SHARE)
-        offline = sorted(
-            (
-                s
-                for s in self.sources.values()
-                if not s.online and s is not replacing and (s.owner == owner or mine <= share)
-            ),
-            key=lambda s: s.offline_since or 0,
-        )
-        available = free() + sum(s.cache_bytes for s in offline)  # offline sources may go
-        if available < need:
-            # Refuse before evicting anything: a refusal must cost no one's frames.
-            kept = (
-                f"; other clients' offline sources are kept, as {owner} would then reserve "
-                f"{fmt_bytes(mine)}, over its share of {fmt_bytes(share)}"
-                if mine > share
-                else ""
-            )
-            raise RequestFailed(
-                f"cannot reserve {fmt_bytes(need)} (cache_bytes) for this source: only "
-                f"{fmt_bytes(max(available, 0))} of the broker's {fmt_bytes(self.max_memory)} "
-                f"are left{kept}; ask for less or start the broker with a larger --max-memory",
-                "memory",
-            )
-        while free() < need:
-            self.delete(offline.pop(0).name)
+        Raises:
+            RequestFailed: they cannot fit (code ``memory``); nothing was deleted.
+        """
+        sources = self.sources.values()
+        for src in make_room(sources, self.max_memory, need, replacing, owner):
+            self.delete(src.name)
 
     # --- sources
 
@@ -179,20 +136,15 @@ class Hub:
             shared = src.shared if src else False
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
-        if src is not None and src.online and not _reclaims(src, peer):
-            src.refuse_holder(peer)
-        self._check_mirror(name, src, mirror, shared)
-        if src is not None and _not_owner(src, peer):
-            # Only its owner may shrink (and so discard) a source's history:
-            # another client taking it over gets at least what it has.
-            cache_frames = max(cache_frames, src.cache_frames)
-            cache_bytes = max(cache_bytes, src.cache_bytes)
-            if archive_bytes is not None:
-                archive_bytes = max(archive_bytes, src.archive_bytes)
-            if archive_age is not None and src.archive_age is not None:
-                archive_age = max(archive_age, src.archive_age)
-            elif archive_age is not None:
-                archive_age = None  # none: no age limit, the most history
+        if src is not None:
+            src.check_opener(peer)
+        check_mirror(
+            self.identity, name, mirror, shared, src is not None, src.origin if src else None
+        )
+        if src is not None:
+            cache_frames, cache_bytes, archive_bytes, archive_age = src.limits_for(
+                peer, cache_frames, cache_bytes, archive_bytes, archive_age
+            )
         archive_bytes, archive_age = self.store.archive_settings(name, archive_bytes, archive_age)
         self._make_room(cache_bytes, src, peer.client)
         now = self.clock()
@@ -203,10 +155,7 @@ class Hub:
             src.origin = mirror
             self.sources[name] = src
         else:
-            src.shared, src.cache_frames, src.cache_bytes = shared, cache_frames, cache_bytes
-            for channel in src.channels.values():
-                src.bytes -= channel.store.resize(cache_frames)
-            src.trim()
+            src.reconfigure(shared, cache_frames, cache_bytes)
         src.holder, src.holder_name, src.offline_since = peer, peer.name, None
         src.owner = src.owner or peer.client
         src.archive_bytes, src.archive_age = archive_bytes, archive_age
@@ -224,7 +173,6 @@ class Hub:
         history stays whole; its owner reopening it asks for its size again),
         and a warning says so: a broker never fails to start for that.
         """
-        frames = settings.get("cache_frames", CACHE_FRAMES)
         size = settings.get("cache_bytes", CACHE_BYTES)
         left = max(self.max_memory - self.reserved, 1)  # (no restored source evicts another)
         if size > left:
@@ -237,50 +185,10 @@ class Hub:
                 fmt_bytes(self.max_memory),
             )
             size = left
-        now = self.clock()
-        src = Source(
-            name,
-            shared=settings.get("shared", False),
-            cache_frames=frames,
-            cache_bytes=size,
-            now=now,
-        )
-        src.offline_since = now
-        src.archive_bytes = settings.get("archive_bytes", 0)
-        src.archive_age = settings.get("archive_age")
-        if settings.get("mirror"):  # a mirrored source stays one (only a mirror may take it over)
-            src.origin = Origin.from_wire(settings["mirror"])
+        src = Source.from_settings(name, settings, self.clock(), cache_bytes=size)
         self.sources[name] = src
         for ch_name, ctype in channels.items():
             src.bytes += self.channel(src, ch_name, ctype).store.bytes
-
-    def _check_mirror(
-        self, name: str, src: Source | None, mirror: Origin | None, shared: bool
-    ) -> None:
-        """Raises RequestFailed unless ``mirror`` may open ``name`` (see :meth:`open_source`)."""
-        if mirror is not None and self.identity in mirror.brokers:
-            raise RequestFailed(
-                f"source {name!r} would mirror {mirror.describe()}, and those frames came "
-                f"from this broker ({self.identity}): a mirror never copies a source back",
-                "loop",
-            )
-        if mirror is not None and shared:
-            raise RequestFailed(f"mirrored source {name!r} cannot be shared", "mirror")
-        have = src.origin if src is not None else None
-        if src is None or have == mirror:
-            return
-        if have is None:
-            why = f"source {name!r} is not a mirror; a mirror cannot take it over"
-        elif mirror is None:
-            why = (
-                f"source {name!r} is a mirror of {have.describe()}; only a mirror may hold it "
-                "(delete it first to use the name for a source of your own)"
-            )
-        elif (have.broker, have.source) == (mirror.broker, mirror.source):
-            return  # the same frames, on another path: its numbers continue
-        else:
-            why = f"source {name!r} is a mirror of {have.describe()}, not of {mirror.describe()}"
-        raise RequestFailed(why, "mirror")
 
     def release(self, peer: Peer, name: str | None = None) -> None:
         """Mark ``peer``'s sources (or just ``name``) offline; they stay readable."""
@@ -298,16 +206,8 @@ class Hub:
         src = self.sources.get(name)
         if src is None:
             raise RequestFailed(f"no source named {name!r}", "missing")
-        if src.online and src.holder is not peer and peer is not None:
-            raise RequestFailed(
-                f"source {name!r} is held by {src.holder_name}; stop that client first", "held"
-            )
-        if peer is not None and _not_owner(src, peer):
-            raise RequestFailed(
-                f"source {name!r} belongs to {src.owner}; only that client may delete it "
-                f"(turbine rm --as {src.owner})",
-                "owner",
-            )
+        if peer is not None:
+            src.check_deleter(peer)
         for ch in src.channels.values():
             self._next_seq[ch.path] = ch.store.next_seq
             ch.store.drop()
@@ -415,7 +315,7 @@ class Hub:
                 else:
                     ts = [now if t is None else t for t in ts]
             if seqs is not None or src.origin is not None:
-                self._put_copy(src, ch, ts, data, sizes, seqs, writers, writer.name)
+                src.append_copy(ch, ts, data, sizes, seqs, writers, writer.name)
             else:
                 if skipped and seq is None:
                     seq = ch.store.next_seq + skipped
@@ -423,27 +323,6 @@ class Hub:
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
         return self.router.wakers(ch) if ts else ()
-
-    def _put_copy(
-        self,
-        src: Source,
-        ch: Channel,
-        ts: list[float],
-        data: list[Any],
-        sizes: list[int],
-        seqs: list[int] | None,
-        writers: list[Any] | None,
-        default_writer: str,
-    ) -> None:
-        """A mirror's put: each contiguous run of one writer stored under its own numbers."""
-        if src.origin is None:
-            raise RequestFailed(
-                f"source {src.name!r} is not a mirror; only a mirrored source takes seqs",
-                "mirror",
-            )
-        pieces = copy_pieces(ch.path, len(ts), seqs, writers, default_writer, ch.store.next_seq)
-        for a, b, first, name in pieces:
-            src.append(ch, ts[a:b], data[a:b], name, sizes[a:b], first)
 
     # --- reading
 
@@ -502,76 +381,3 @@ def no_source(name: str) -> RequestFailed:
         f"no source named {name!r}; open it first (or start the component that owns it)",
         "missing",
     )
-
-
-def _not_owner(src: Source, peer: Peer) -> bool:
-    """``peer`` is neither the source's owner (the client name that created it)
-    nor an administrator (with access control on, rights decide the rest)."""
-    admin = peer.access is not None and peer.access.admin
-    return bool(src.owner) and peer.client != src.owner and not admin
-
-
-def _reclaims(src: Source, peer: Peer) -> bool:
-    """The owner opens its source while a client of another name holds it: it takes it back."""
-    holder = src.holder
-    return (
-        bool(src.owner)
-        and peer.client == src.owner
-        and (holder is None or holder.client != src.owner)
-    )
-
-
-def fetch_query(
-    newest: int | None,
-    oldest: int | None,
-    start: float | None,
-    duration: float | None,
-    after: int | None,
-    max_frames: int,
-) -> Query:
-    """The store query of a fetch selection.
-
-    Raises:
-        RequestFailed: the selection is missing, doubled or negative.
-    """
-    try:
-        kind = check_selection(newest=newest, oldest=oldest, start=start, after=after)
-    except ValueError as exc:
-        raise RequestFailed(str(exc), "request") from None
-    if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
-        raise RequestFailed("fetch counts and durations must not be negative", "request")
-    value = {NEWEST: newest, OLDEST: oldest, TIME: start, AFTER: after}[kind]
-    assert value is not None
-    span = duration if duration is not None else float("inf")
-    return Query(kind, value, span, max_frames)
-
-
-@attrs.frozen
-class PendingFetch:
-    """A fetch of ``query`` from ``channels``; :meth:`run` it in a store task
-    when :meth:`now` (memory) cannot answer.
-
-    :meth:`run` reads every channel again (frames put meanwhile are included).
-    Cancellation abandons it.
-    """
-
-    channels: list[Channel]
-    query: Query
-
-    def now(self) -> tuple[list[Group], list[Any]] | PendingFetch:
-        """The answer from memory, or this fetch itself when a store needs its task."""
-        groups: list[Group] = []
-        payloads: list[Any] = []
-        for ch in self.channels:
-            run = ch.store.read_now(self.query)
-            if run is None:
-                return self
-            add_run(groups, payloads, ch, run)
-        return groups, payloads
-
-    async def run(self) -> tuple[list[Group], list[Any]]:
-        groups: list[Group] = []
-        payloads: list[Any] = []
-        for ch in self.channels:
-            add_run(groups, payloads, ch, await ch.store.read_later(self.query))
-        return groups, payloads

@@ -176,3 +176,44 @@ def copy_pieces(
     if start is not None:
         pieces.append((start, len(seqs), seqs[start], name))
     return pieces
+
+
+def check_mirror(
+    identity: str,
+    name: str,
+    mirror: Origin | None,
+    shared: bool,
+    exists: bool,
+    have: Origin | None,
+) -> None:
+    """Refuse an open of source ``name`` on broker ``identity`` that does not fit
+    its mirroring: ``mirror`` is the opener's origin (None: not a mirror),
+    ``exists`` whether the source is there, ``have`` its origin then.
+
+    Raises:
+        RequestFailed: code ``loop``: ``mirror``'s frames came from this broker;
+            code ``mirror``: a shared mirror, or a mirror taking over a source
+            that is not one (or the other way round, or of another origin).
+    """
+    if mirror is not None and identity in mirror.brokers:
+        raise RequestFailed(
+            f"source {name!r} would mirror {mirror.describe()}, and those frames came "
+            f"from this broker ({identity}): a mirror never copies a source back",
+            "loop",
+        )
+    if mirror is not None and shared:
+        raise RequestFailed(f"mirrored source {name!r} cannot be shared", "mirror")
+    if not exists or have == mirror:
+        return
+    if have is None:
+        why = f"source {name!r} is not a mirror; a mirror cannot take it over"
+    elif mirror is None:
+        why = (
+            f"source {name!r} is a mirror of {have.describe()}; only a mirror may hold it "
+            "(delete it first to use the name for a source of your own)"
+        )
+    elif (have.broker, have.source) == (mirror.broker, mirror.source):
+        return  # the same frames, on another path: its numbers continue
+    else:
+        why = f"source {name!r} is a mirror of {have.describe()}, not of {mirror.describe()}"
+    raise RequestFailed(why, "mirror")

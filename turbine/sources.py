@@ -10,6 +10,7 @@ import mimetypes
 from typing import Any
 
 from ._constants import (
+    CACHE_FRAMES,
     FRAME_OVERHEAD_BYTES,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -17,7 +18,7 @@ from ._constants import (
     METADATA_CHANNEL,
 )
 from ._errors import RequestFailed
-from .origin import Origin
+from .origin import Origin, copy_pieces
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 
@@ -151,6 +152,94 @@ class Source:
     def online(self) -> bool:
         return self.holder is not None
 
+    @classmethod
+    def from_settings(
+        cls, name: str, settings: dict[str, Any], now: float, *, cache_bytes: int
+    ) -> Source:
+        """The source :meth:`settings` describe, offline since ``now`` (one back from
+        a disk archive), given ``cache_bytes`` of memory (what the broker has left)."""
+        src = cls(
+            name,
+            shared=settings.get("shared", False),
+            cache_frames=settings.get("cache_frames", CACHE_FRAMES),
+            cache_bytes=cache_bytes,
+            now=now,
+        )
+        src.offline_since = now
+        src.archive_bytes = settings.get("archive_bytes", 0)
+        src.archive_age = settings.get("archive_age")
+        if settings.get("mirror"):  # a mirrored source stays one (only a mirror may take it over)
+            src.origin = Origin.from_wire(settings["mirror"])
+        return src
+
+    # --- who may do what: holders and owners
+
+    def _not_owner(self, peer: Peer) -> bool:
+        """``peer`` is neither the owner (the client name that created it) nor an
+        administrator (with access control on, rights decide the rest)."""
+        admin = peer.access is not None and peer.access.admin
+        return bool(self.owner) and peer.client != self.owner and not admin
+
+    def check_opener(self, peer: Peer) -> None:
+        """Raises RequestFailed unless ``peer`` may take this source over: it is
+        offline, or its owner opens it while a client of another name holds it."""
+        holder = self.holder
+        reclaims = (
+            bool(self.owner)
+            and peer.client == self.owner
+            and (holder is None or holder.client != self.owner)
+        )
+        if self.online and not reclaims:
+            self.refuse_holder(peer)
+
+    def limits_for(
+        self,
+        peer: Peer,
+        cache_frames: int,
+        cache_bytes: int,
+        archive_bytes: int | None,
+        archive_age: float | None,
+    ) -> tuple[int, int, int | None, float | None]:
+        """The limits ``peer`` gets asking for these: only the owner may shrink (and
+        so discard) a source's history; another client gets at least what it has
+        (``archive_bytes`` / ``archive_age`` None: as the store decides)."""
+        if not self._not_owner(peer):
+            return cache_frames, cache_bytes, archive_bytes, archive_age
+        if archive_bytes is not None:
+            archive_bytes = max(archive_bytes, self.archive_bytes)
+        if archive_age is not None and self.archive_age is not None:
+            archive_age = max(archive_age, self.archive_age)
+        elif archive_age is not None:
+            archive_age = None  # none: no age limit, the most history
+        return (
+            max(cache_frames, self.cache_frames),
+            max(cache_bytes, self.cache_bytes),
+            archive_bytes,
+            archive_age,
+        )
+
+    def check_deleter(self, peer: Peer) -> None:
+        """Raises RequestFailed unless ``peer`` may delete this source (code ``held``:
+        another client holds it; ``owner``: it belongs to another client)."""
+        if self.online and self.holder is not peer:
+            raise RequestFailed(
+                f"source {self.name!r} is held by {self.holder_name}; stop that client first",
+                "held",
+            )
+        if self._not_owner(peer):
+            raise RequestFailed(
+                f"source {self.name!r} belongs to {self.owner}; only that client may delete it "
+                f"(turbine rm --as {self.owner})",
+                "owner",
+            )
+
+    def reconfigure(self, shared: bool, cache_frames: int, cache_bytes: int) -> None:
+        """Take new limits (a take-over): rings resized, the oldest frames evicted to fit."""
+        self.shared, self.cache_frames, self.cache_bytes = shared, cache_frames, cache_bytes
+        for channel in self.channels.values():
+            self.bytes -= channel.store.resize(cache_frames)
+        self.trim()
+
     def check_writer(self, writer: Peer) -> None:
         """Raises RequestFailed unless ``writer`` may put to this source."""
         if self.holder is not writer and not self.shared:
@@ -209,6 +298,32 @@ class Source:
         self.bytes += store.bytes - before
         if self.bytes > self.cache_bytes:
             self.trim()
+
+    def append_copy(
+        self,
+        ch: Channel,
+        ts: list[float],
+        data: list[Any],
+        sizes: list[int],
+        seqs: list[int] | None,
+        writers: list[Any] | None,
+        default_writer: str,
+    ) -> None:
+        """A mirror's put: each contiguous run of one writer stored under its own numbers
+        (:func:`~turbine.origin.copy_pieces`).
+
+        Raises:
+            RequestFailed: this source is not a mirror, or ``seqs`` / ``writers``
+                are bad or do not fit the channel.
+        """
+        if self.origin is None:
+            raise RequestFailed(
+                f"source {self.name!r} is not a mirror; only a mirrored source takes seqs",
+                "mirror",
+            )
+        pieces = copy_pieces(ch.path, len(ts), seqs, writers, default_writer, ch.store.next_seq)
+        for a, b, first, name in pieces:
+            self.append(ch, ts[a:b], data[a:b], name, sizes[a:b], first)
 
     def stored_before(self, producer: str, pseq: int) -> bool:
         """Whether ``producer``'s put number ``pseq`` was stored already (a replay)."""

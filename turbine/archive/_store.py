@@ -17,8 +17,9 @@ import attrs
 
 from .._constants import ARCHIVE_BYTES, METADATA_CHANNEL
 from .._errors import RequestFailed
-from ..hub import fmt_bytes, guess_content_type
+from ..memory import fmt_bytes
 from ..ringbuffer import Ring
+from ..sources import guess_content_type
 from ..store import (
     AFTER,
     NEWEST,

@@ -1,0 +1,70 @@
+"""A fetch: the selection a request names, as a store query, and its answer from
+the stores (from memory at once, or in the connection's store task).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ._errors import RequestFailed
+from .router import Group, add_run, check_selection
+from .sources import Channel
+from .store import AFTER, NEWEST, OLDEST, TIME, Query
+
+
+def fetch_query(
+    newest: int | None,
+    oldest: int | None,
+    start: float | None,
+    duration: float | None,
+    after: int | None,
+    max_frames: int,
+) -> Query:
+    """The store query of a fetch selection.
+
+    Raises:
+        RequestFailed: the selection is missing, doubled or negative.
+    """
+    try:
+        kind = check_selection(newest=newest, oldest=oldest, start=start, after=after)
+    except ValueError as exc:
+        raise RequestFailed(str(exc), "request") from None
+    if any(v is not None and v < 0 for v in (newest, oldest, duration, after)):
+        raise RequestFailed("fetch counts and durations must not be negative", "request")
+    value = {NEWEST: newest, OLDEST: oldest, TIME: start, AFTER: after}[kind]
+    assert value is not None
+    span = duration if duration is not None else float("inf")
+    return Query(kind, value, span, max_frames)
+
+
+@attrs.frozen
+class PendingFetch:
+    """A fetch of ``query`` from ``channels``; :meth:`run` it in a store task
+    when :meth:`now` (memory) cannot answer.
+
+    :meth:`run` reads every channel again (frames put meanwhile are included).
+    Cancellation abandons it.
+    """
+
+    channels: list[Channel]
+    query: Query
+
+    def now(self) -> tuple[list[Group], list[Any]] | PendingFetch:
+        """The answer from memory, or this fetch itself when a store needs its task."""
+        groups: list[Group] = []
+        payloads: list[Any] = []
+        for ch in self.channels:
+            run = ch.store.read_now(self.query)
+            if run is None:
+                return self
+            add_run(groups, payloads, ch, run)
+        return groups, payloads
+
+    async def run(self) -> tuple[list[Group], list[Any]]:
+        groups: list[Group] = []
+        payloads: list[Any] = []
+        for ch in self.channels:
+            add_run(groups, payloads, ch, await ch.store.read_later(self.query))
+        return groups, payloads
