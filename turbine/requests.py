@@ -18,8 +18,9 @@ from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
 from .audit import Audit, command_excerpt
 from .auth import COMMAND, WRITE, Access, AuthError, AuthTable, is_command_sink
+from .fetch import PendingFetch
 from .groups import fetch_reply, split_payload
-from .hub import Hub, PendingFetch, no_source
+from .hub import Hub, no_source
 from .names import InvalidName
 from .origin import Origin
 from .peer import Peer

@@ -1,7 +1,7 @@
 """The store task of one broker connection: the reads that memory cannot answer.
 
 A request handler never waits on a disk.  When a fetch needs slower storage
-than memory (:class:`~turbine.hub.PendingFetch`), or a ``flush`` must wait
+than memory (:class:`~turbine.fetch.PendingFetch`), or a ``flush`` must wait
 for durable stores, the handler reserves the reply's place in the
 connection's :class:`~turbine.outbound.OutboundQueue` and hands the work to
 this task, which does it one job at a time, oldest first, and fills each

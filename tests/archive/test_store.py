@@ -11,7 +11,8 @@ from turbine.archive import _format as fmt
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.cli import _disk_status
-from turbine.hub import Hub, PendingFetch
+from turbine.fetch import PendingFetch
+from turbine.hub import Hub
 from turbine.peer import Peer
 from turbine.store import ChannelSpec, Query
 
