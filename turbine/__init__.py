@@ -3,6 +3,7 @@
 The public API; everything else is private to the package.
 """
 
+from ._blocking import open_file, run_blocking
 from ._clock import wall_time
 from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
@@ -66,6 +67,8 @@ __all__ = [
     "__version__",
     "leaves",
     "unwrap",
+    "open_file",
+    "run_blocking",
     "wall_time",
     "connect",
     "open_client",

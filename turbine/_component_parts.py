@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._blocking import run_blocking
 from ._component_log import LOG_CHANNEL
 from ._constants import (
     COMMAND_ARCHIVE_BYTES,
@@ -295,4 +296,4 @@ class KeptState:
 
     async def save(self, state: Mapping[str, Any]) -> None:
         """Keep ``state`` (JSON values) for the next start: written whole or not at all, fsynced."""
-        await trio.to_thread.run_sync(write_json_atomically, self.path, dict(state))
+        await run_blocking(write_json_atomically, self.path, dict(state))

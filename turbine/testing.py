@@ -22,6 +22,9 @@ loopback, port 0::
 * :func:`follow_trio_clock`: the wall clock the turbine reads follows trio's
   clock, so that under ``autojump_clock`` uptimes, command deadlines and
   timestamps move with virtual time and tests need no real sleeps;
+* :func:`run_blocking_inline`: blocking work (:func:`turbine.run_blocking`)
+  runs in the calling task, not a worker thread, so that a thread at work
+  does not let ``autojump_clock`` jump to the next deadline;
 * :class:`FakeSource`: records what a component puts, for testing ``run``
   without a broker (:func:`fake_data` installs one).
 """
@@ -36,6 +39,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._blocking import set_blocking_inline
 from ._clock import set_wall_clock, wall_time
 from ._constants import METADATA_CHANNEL
 from .client import Client, Frame, open_client
@@ -49,6 +53,7 @@ __all__ = [
     "Put",
     "fake_data",
     "follow_trio_clock",
+    "run_blocking_inline",
     "next_frames",
     "open_broker",
     "serving",
@@ -136,6 +141,18 @@ def follow_trio_clock(epoch: float | None = None) -> None:
     """
     base = (wall_time() - trio.current_time()) if epoch is None else epoch
     set_wall_clock(lambda: base + trio.current_time())
+
+
+def run_blocking_inline() -> None:
+    """From now on in this trio run, :func:`turbine.run_blocking` calls its function
+    in the calling task instead of a worker thread.
+
+    Under ``autojump_clock`` a task waiting for a thread counts as blocked, so
+    the virtual clock jumps to the next deadline while the thread works (a
+    timeout fires, a retry comes early).  Use it in tests whose blocking work
+    is small (a few files); the event loop waits while it runs.
+    """
+    set_blocking_inline()
 
 
 @attrs.frozen

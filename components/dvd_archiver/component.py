@@ -45,7 +45,7 @@ import attrs
 import trio
 
 from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
-from turbine import wall_time
+from turbine import run_blocking, wall_time
 from turbine.client import Frame, parse_address
 from turbine.component import Component, command
 from turbine.settings import address, as_tuple, check, path_setting
@@ -258,7 +258,7 @@ class DvdArchiver(Component):
         async with self._lock:
             buf, self.buffer = self.buffer, Buffer()
             self._full = trio.Event()
-            segment = await trio.to_thread.run_sync(self.staging.commit, buf)
+            segment = await run_blocking(self.staging.commit, buf)
         if (
             segment is not None
             and self.staging.staged_bytes >= self.config.burn_size
@@ -277,7 +277,7 @@ class DvdArchiver(Component):
 
     async def run(self) -> None:
         if self.staging is None:
-            self.staging = await trio.to_thread.run_sync(Staging, self.staging_dir, self.state_dir)
+            self.staging = await run_blocking(Staging, self.staging_dir, self.state_dir)
             self.positions = self.staging.positions()
             self.log.info(
                 "staging in %s: %d segments (%d bytes) waiting; next session %d",
@@ -428,14 +428,14 @@ class DvdArchiver(Component):
             session = self.staging.state["next_session"]
             earlier = self.staging.sessions_on(media.name)
             self.activity = f"building session {session}"
-            local, manifest_bytes, manifest = await trio.to_thread.run_sync(
+            local, manifest_bytes, manifest = await run_blocking(
                 self.staging.build_session, segments[:n], session, self.component, earlier
             )
             try:
                 await self._write_session(dvd, session, local, mode, manifest, media)
             except NetDVDError as exc:
                 self.staging.state["pending"] = None
-                await trio.to_thread.run_sync(self.staging.save_state)
+                await run_blocking(self.staging.save_state)
                 if exc.code != "disc_full":
                     raise
                 self.log.info("session %d with %d segments does not fit: %s", session, n, exc)
@@ -443,7 +443,7 @@ class DvdArchiver(Component):
                 continue
             await self._verify(dvd, session, manifest_bytes, manifest)
             async with self._lock:
-                await trio.to_thread.run_sync(self.staging.archived, session, manifest, media.name)
+                await run_blocking(self.staging.archived, session, manifest, media.name)
             result = {
                 "session": session,
                 "disc": media.name,
@@ -476,7 +476,7 @@ class DvdArchiver(Component):
             "disc": media.name,
             "through_segment": manifest["through_segment"],
         }
-        await trio.to_thread.run_sync(self.staging.save_state)
+        await run_blocking(self.staging.save_state)
         self.activity = f"burning session {session} ({mode})"
         volume = f"{self.component.upper()[:26]}_{session:04d}"
         await dvd.start_burn(mode, volume_id=volume)  # type: ignore[arg-type]
@@ -550,13 +550,11 @@ class DvdArchiver(Component):
             else:
                 self.log.info("session %d from before the restart is on disc and verified", session)
                 async with self._lock:
-                    await trio.to_thread.run_sync(
-                        self.staging.archived, session, manifest, media.name
-                    )
+                    await run_blocking(self.staging.archived, session, manifest, media.name)
                 return
         self.log.info("session %d from before the restart is not on disc; burning again", session)
         self.staging.state["pending"] = None
-        await trio.to_thread.run_sync(self.staging.save_state)
+        await run_blocking(self.staging.save_state)
 
     async def _finish_disc(
         self, dvd: NetDVDClient, *, full: bool, copies: int | None
@@ -586,7 +584,7 @@ class DvdArchiver(Component):
         }
         self.staging.state["discs"].append(record)
         del self.staging.state["discs"][:-100]
-        await trio.to_thread.run_sync(self.staging.save_state)
+        await run_blocking(self.staging.save_state)
         now = await self._media(dvd)
         if full:
             await self._notice(DISC_FULL, disc=media.name, copies=record["copies"], next=now.name)

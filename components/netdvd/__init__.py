@@ -16,6 +16,7 @@ from .client import (
 )
 from .drive import Drive, EmulatedDrive, Media, Progress, XorrisoDrive
 from .errors import NetDVDBusyError, NetDVDError, NetDVDProtocolError
+from .folder import FolderDrive
 from .server import serve_netdvd
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "DiscFile",
     "Drive",
     "EmulatedDrive",
+    "FolderDrive",
     "JobProgress",
     "Media",
     "MediaStatus",

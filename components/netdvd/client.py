@@ -30,6 +30,8 @@ from typing import Any, Literal
 import attrs
 import trio
 
+from turbine import open_file
+
 from ._constants import DATA_CHUNK, POLL_INTERVAL, PROTOCOL_VERSION
 from .errors import NetDVDBusyError, NetDVDError, NetDVDProtocolError
 from .protocol import Busy, Data, Error, Event, FrameDecoder, Hello, NeedData, Ok, Request, encode
@@ -216,7 +218,7 @@ class NetDVDClient:
         async with self._lock:
             await self._put_start(path, stat.st_size, stat.st_mtime if mtime is None else mtime)
             sent = 0
-            async with await trio.open_file(local, "rb") as source:
+            async with await open_file(local, "rb") as source:
                 while sent < stat.st_size:
                     chunk = await source.read(min(DATA_CHUNK, stat.st_size - sent))
                     if not chunk:
@@ -391,7 +393,7 @@ class NetDVDClient:
 
     async def read_to(self, path: str, local: Path) -> int:
         """Copy file ``path`` of the mounted disc to the local file ``local``; return its size."""
-        async with await trio.open_file(local, "wb") as sink:
+        async with await open_file(local, "wb") as sink:
             return await self._read(path, sink.write)
 
     async def _read(self, path: str, on_chunk: Callable[[bytes], Awaitable[object]]) -> int:

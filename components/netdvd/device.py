@@ -20,6 +20,8 @@ from typing import Any
 import attrs
 import trio
 
+from turbine import run_blocking
+
 from ._constants import MAX_PATH_BYTES, PROTOCOL_VERSION
 from .drive import Drive, Media, Progress
 from .errors import NetDVDError
@@ -214,7 +216,7 @@ class Device:
         self.clock_offset = client_time - time.time()
         for old in (self.spool / "work").iterdir():
             if old != self._job_workdir:
-                await trio.to_thread.run_sync(shutil.rmtree, old)
+                await run_blocking(shutil.rmtree, old)
         self.workdir = self.spool / "work" / f"{os.getpid()}-{next(self._counter)}"
         self.workdir.mkdir()
         self._dir_mtimes = {}
@@ -298,7 +300,7 @@ class Device:
         work = self._writable_work()
         rel, path = self._resolve(work, _arg(args, "path", str))
         if path.is_dir():
-            await trio.to_thread.run_sync(shutil.rmtree, path)
+            await run_blocking(shutil.rmtree, path)
             self._dir_mtimes = {
                 k: v
                 for k, v in self._dir_mtimes.items()
@@ -316,7 +318,7 @@ class Device:
 
     async def _empty(self, work: Path) -> None:
         """Remove everything in the working directory ``work``."""
-        await trio.to_thread.run_sync(_empty_dir, work)
+        await run_blocking(_empty_dir, work)
         self._dir_mtimes = {}
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from typing import Any
 
 import trio
 
+from turbine import open_file
+
 from ._constants import DATA_CHUNK, DEFAULT_PORT, PROTOCOL_VERSION, SEND_TIMEOUT
 from .device import Device, PutTarget
 from .drive import Drive
@@ -123,7 +125,7 @@ class NetDVDServer:
         remaining = target.size
         failure: NetDVDError | None = None
         try:
-            sink = await trio.open_file(target.partial, "wb")
+            sink = await open_file(target.partial, "wb")
         except OSError as exc:
             sink = None
             failure = NetDVDError(f"cannot write {target.rel!r}: {exc.strerror}", "write_failed")
@@ -171,7 +173,7 @@ class NetDVDServer:
             await peer.send(Error(exc.code, exc.message))
             return
         try:
-            async with await trio.open_file(path, "rb") as source:
+            async with await open_file(path, "rb") as source:
                 await peer.send(Ok({"size": size}))
                 sent = 0
                 while sent < size:
