@@ -6,8 +6,7 @@ reading a run of frames is a few list slices rather than a loop.  Sequence
 numbers are contiguous until a frame is stored with an explicit number past
 ``next_seq`` (a mirror's hole): until then the frame at column index ``i`` has
 sequence number ``first_seq + (i - start)``; from then on a column of numbers
-(``_seqs``) says which frame has which, and ``_breaks`` lists the numbers that
-follow a hole.
+(:class:`Numbers`) says which frame has which, and where the holes are.
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ class Ring:
         "_sizes",
         "_arrival",
         "_writers",
-        "_seqs",
-        "_breaks",
+        "_numbers",
         "_start",
         "first_seq",
         "next_seq",
@@ -66,8 +64,7 @@ class Ring:
         self._sizes = array.array("q")
         self._arrival = array.array("q")
         self._writers = Writers()
-        self._seqs: array.array[int] | None = None  # every frame's number, once there is a hole
-        self._breaks: list[int] = []  # numbers that follow a hole, oldest first
+        self._numbers: Numbers | None = None  # every frame's number, once there is a hole
         self._start = 0
         self.first_seq = next_seq  # sequence number of the oldest frame held
         self.next_seq = next_seq  # sequence number the next append gets
@@ -128,8 +125,8 @@ class Ring:
             runs.append((self.next_seq, writer))
         if sizes is None:
             sizes = list(map(len, data))
-        if self._seqs is not None:
-            self._seqs.extend(range(self.next_seq, self.next_seq + n))
+        if self._numbers is not None:
+            self._numbers.seqs.extend(range(self.next_seq, self.next_seq + n))
         if self._start == len(self._ts):  # empty: the oldest is the first appended now
             self.first_seq = self.next_seq
         self._ts.extend(ts)
@@ -146,10 +143,9 @@ class Ring:
             raise ValueError(
                 f"sequence number {seq} is below the next one, {self.next_seq}: numbers never go back"
             )
-        if self._seqs is None:
-            self._seqs = array.array("q", bytes(8 * self._start))
-            self._seqs.extend(range(self.first_seq, self.first_seq + len(self)))
-        self._breaks.append(seq)
+        if self._numbers is None:
+            self._numbers = Numbers(self._start, self.first_seq, len(self))
+        self._numbers.breaks.append(seq)
         self.next_seq = seq
 
     def evict(self, count: int = 1) -> int:
@@ -159,11 +155,10 @@ class Ring:
         freed = FRAME_OVERHEAD_BYTES * count + sum(self._sizes[start : start + count])
         self._data[start : start + count] = itertools.repeat(None, count)  # free payloads now
         self._start = start + count
-        if self._seqs is None:
+        if self._numbers is None:
             self.first_seq += count
         else:
-            held = self._start < len(self._seqs)
-            self.first_seq = self._seqs[self._start] if held else self.next_seq
+            self.first_seq = self._numbers.at(self._start, self.next_seq)
         self.bytes -= freed
         if self._start > 1024 and self._start * 2 > len(self._ts):
             self._compact()
@@ -178,17 +173,16 @@ class Ring:
     def _compact(self) -> None:
         s = self._start
         del self._ts[:s], self._data[:s], self._sizes[:s], self._arrival[:s]
-        if self._seqs is not None:
-            del self._seqs[:s]
-            self._breaks = [b for b in self._breaks if b > self.first_seq]
+        if self._numbers is not None:
+            self._numbers.compact(s, self.first_seq)
         self._start = 0
         self._writers.forget_before(self.first_seq)
 
     def _index(self, seq: int) -> int:
         """Column index of the first frame numbered ``seq`` or later."""
-        if self._seqs is None:
+        if self._numbers is None:
             return self._start + max(seq - self.first_seq, 0)
-        return bisect.bisect_left(self._seqs, seq, lo=self._start)
+        return self._numbers.index(seq, self._start)
 
     def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
         """Frames from ``seq`` on, at most ``max_frames`` and ``max_bytes`` (but at least one).
@@ -198,7 +192,7 @@ class Ring:
         a hole; one past the newest gives an empty run.
         """
         missed = 0
-        if self._seqs is None:  # contiguous numbers: arithmetic (the common, hot case)
+        if self._numbers is None:  # contiguous numbers: arithmetic (the common, hot case)
             if seq < self.first_seq:
                 missed = self.first_seq - seq
                 seq = self.first_seq
@@ -207,10 +201,7 @@ class Ring:
                 return empty_run(max(seq, self.first_seq), missed)
             i = self._start + (seq - self.first_seq)
         else:
-            i = bisect.bisect_left(self._seqs, seq, lo=self._start)
-            held = self._seqs[i] if i < len(self._seqs) else self.next_seq
-            b = bisect.bisect_right(self._breaks, held)
-            end = self._index(self._breaks[b]) if b < len(self._breaks) else len(self._seqs)
+            i, held, end = self._numbers.piece(seq, self._start, self.next_seq)
             missed = held - seq if held > seq else 0
             count = min(max_frames, end - i)
             if count <= 0:
@@ -232,8 +223,8 @@ class Ring:
     def _span(self, i: int, count: int) -> Run:
         """The ``count`` frames from column ``i`` on, across holes."""
         count = max(min(count, len(self._ts) - i), 0)
-        seqs = self._seqs
-        if seqs is None:
+        numbers = self._numbers
+        if numbers is None:
             seq = self.first_seq + (i - self._start)
             if not count:
                 return empty_run(seq)
@@ -245,16 +236,16 @@ class Ring:
                 self._writers.between(seq, seq + count),
             )
         if not count:
-            return empty_run(seqs[i] if i < len(seqs) else self.next_seq)
-        numbers = seqs[i : i + count]
-        first, end = numbers[0], numbers[-1] + 1
+            return empty_run(numbers.at(i, self.next_seq))
+        seqs = numbers.seqs[i : i + count]
+        first, end = seqs[0], seqs[-1] + 1
         return Run(
             first,
             self._ts[i : i + count].tolist(),
             self._data[i : i + count],
             self._sizes[i : i + count].tolist(),
             self._writers.between(first, end),
-            seqs=numbers if end - first != count else None,
+            seqs=seqs if end - first != count else None,
         )
 
     def from_seq(self, seq: int, max_frames: int) -> Run:
@@ -296,6 +287,43 @@ class Ring:
 
     def disk(self) -> None:
         return None  # memory only
+
+
+class Numbers:
+    """Every frame's sequence number, column by column, and where holes are: what a
+    ring keeps once its numbering has a hole (a mirror of an origin that lost
+    frames).  Contiguous rings keep none: their numbers are arithmetic.
+    """
+
+    __slots__ = ("breaks", "seqs")
+
+    def __init__(self, start: int, first_seq: int, count: int) -> None:
+        self.seqs = array.array("q", bytes(8 * start))  # evicted columns: never read
+        self.seqs.extend(range(first_seq, first_seq + count))
+        self.breaks: list[int] = []  # numbers that follow a hole, oldest first
+
+    def at(self, i: int, default: int) -> int:
+        """The number in column ``i``, or ``default`` past the last one."""
+        return self.seqs[i] if i < len(self.seqs) else default
+
+    def index(self, seq: int, lo: int) -> int:
+        """Column of the first frame numbered ``seq`` or later (from column ``lo``)."""
+        return bisect.bisect_left(self.seqs, seq, lo=lo)
+
+    def piece(self, seq: int, lo: int, next_seq: int) -> tuple[int, int, int]:
+        """Where a read from ``seq`` goes: (the column of the first frame held from
+        ``seq`` on, its number (``next_seq`` if none), the column where its
+        contiguous piece ends, before the next hole)."""
+        i = self.index(seq, lo)
+        held = self.at(i, next_seq)
+        b = bisect.bisect_right(self.breaks, held)
+        end = self.index(self.breaks[b], lo) if b < len(self.breaks) else len(self.seqs)
+        return i, held, end
+
+    def compact(self, start: int, first_seq: int) -> None:
+        """Forget the ``start`` evicted columns (the oldest frame left is ``first_seq``)."""
+        del self.seqs[:start]
+        self.breaks = [b for b in self.breaks if b > first_seq]
 
 
 class Writers:
