@@ -37,12 +37,10 @@ log to the debug log source.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import logging
 import os
-import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,14 +58,13 @@ from ._component_parts import (
     call_handler,
     command,
     find_commands,
-    open_small_endpoints,
     usage,
 )
+from ._component_serve import Sessions
 from ._constants import DEFAULT_ADDRESS, STATE_DIR, STATE_DIR_ENVVAR
-from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
+from ._errors import ConnectionFailed
 from ._retry import Backoff
-from ._signals import open_stop_nursery
-from .client import Client, Source, open_client
+from .client import Client, Source
 from .command import Command, endpoints
 from .settings import (
     ConfigError,
@@ -79,14 +76,9 @@ from .settings import (
 #: Reconnect backoff: first wait, longest wait (seconds).
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 5.0
-#: Refusals a component waits out: its previous process still holds its
-#: sources (they go offline soon), or the broker has no memory (or disk budget) left for now.
-WAIT_FOR = ("held", "memory", "disk")
-#: How long a component that failed may take to get its last log records and metadata out.
-LAST_WORDS_S = 2.0
 
 
-class Component:
+class Component(Sessions):
     """Base class of every component; see the module docstring."""
 
     #: The ``<type>`` of ``<type>_<name>``.
@@ -279,129 +271,6 @@ class Component:
         await self._desk.notify({"message": message, **fields})
 
     # --- running
-
-    async def _session(self, tb: Client, patience: Patience, ready: Callable[[], None]) -> None:
-        self.client = tb
-        if self.clock_source == "broker":
-            reading = await tb.time()
-            self.clock_offset = reading.offset
-            self.log.info(
-                "stamping frames on the broker's clock: %+.1f ms from ours (within %.1f ms)",
-                reading.offset * 1e3,
-                reading.round_trip * 500,
-            )
-        log_source, self._desk.replies = await open_small_endpoints(tb, self.endpoints)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._log_handler.pump, log_source)
-            nursery.start_soon(self._desk.serve, tb, self.endpoints)
-            while True:  # connected and answering commands while the data source is refused
-                try:
-                    self._data = await tb.open_source(
-                        self.endpoints["data"],
-                        channels=self.channels,
-                        cache_frames=self.cache_frames,
-                        cache_bytes=self.cache_bytes,
-                        archive_bytes=self.archive_bytes,
-                    )
-                    break
-                except RequestFailed as exc:
-                    if exc.code not in WAIT_FOR:
-                        raise
-                    self.state = "waiting"
-                    await patience.wait(exc.code, str(exc))
-            # Only a session that opened everything ends the backoff: a broker
-            # that accepts the connection but refuses the source is still away.
-            patience.ended()
-            self.state = "running"
-            await self.publish_metadata()
-            self.log.info("connected to %s", self.address)
-            ready()
-            try:
-                await self.run()
-            except Exception as exc:
-                await self._last_words(exc)
-                raise
-            # run() returning means the work is done; keep answering commands.
-            await trio.sleep_forever()
-
-    async def _last_words(self, exc: Exception) -> None:
-        """``run`` failed: say so on the debug log source and in the metadata before stopping.
-
-        The process then exits with the traceback, and the MCP restarts it.
-        """
-        self.state = "failed"
-        self.error = f"{type(exc).__name__}: {exc}"
-        self.log.error("run() failed, stopping: %s", self.error, exc_info=exc)
-        with trio.move_on_after(LAST_WORDS_S), contextlib.suppress(TurbineError):
-            await self._log_handler.wait_sent()
-            await self.publish_metadata()
-
-    async def start_lasting_work(self, nursery: trio.Nursery) -> None:
-        """Start work that outlives broker connections (a listener, a device link) in ``nursery``.
-
-        Called once by :meth:`serve`, before it first connects; ``nursery``
-        lives as long as :meth:`serve`.  Return once that work is ready (e.g.
-        with ``await nursery.start(...)``).  The default starts nothing.
-        """
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, run and reconnect forever (until cancelled).
-
-        ``await nursery.start(component.serve)`` returns once the component is
-        ready: its endpoints open, its metadata published, its commands
-        answered.  While the broker is unreachable, or refuses the component's
-        sources (held by another client, or no memory left), it waits with
-        capped backoff; the reason is logged once per change and shown in
-        ``status`` as ``waiting_for``.
-
-        Raises:
-            RequestFailed: the broker refused a source for a reason waiting
-                cannot cure (a bad name or limits).
-        """
-        root = logging.getLogger()
-        root.addHandler(self._log_handler)
-        self.started = wall_time()
-
-        def ready() -> None:
-            nonlocal task_status
-            task_status.started()
-            task_status = trio.TASK_STATUS_IGNORED
-
-        try:
-            async with trio.open_nursery() as lasting:
-                await self.start_lasting_work(lasting)
-                while True:
-                    try:
-                        # reconnect: a broker that goes away loses none of the
-                        # component's frames (spooled) nor its subscriptions.
-                        async with open_client(
-                            self.address, name=self.component, reconnect=True, token=self.token
-                        ) as tb:
-                            await self._session(tb, self._patience, ready)
-                    except* ConnectionFailed as group:
-                        kind, reason = "unreachable", f"broker unreachable ({leaves(group)[0]})"
-                    except* RequestFailed as group:
-                        refused = leaves(group)
-                        if any(e.code not in WAIT_FOR for e in refused):  # type: ignore[attr-defined]
-                            raise
-                        kind, reason = refused[0].code, str(refused[0])  # type: ignore[attr-defined]
-                    self._data = self._desk.replies = None
-                    self.state = "waiting"
-                    await self._patience.wait(kind, reason)
-        finally:
-            root.removeHandler(self._log_handler)
-
-    async def serve_until_stopped(self) -> None:
-        """:meth:`serve` until SIGTERM or SIGINT; then say "down" in the metadata and stop."""
-
-        async def stop(signum: signal.Signals) -> None:
-            self.log.info("stopping (%s)", signum.name)
-            self.state = "down"
-            with trio.move_on_after(1), contextlib.suppress(TurbineError):
-                await self.publish_metadata()
-
-        async with open_stop_nursery(stop) as nursery:
-            nursery.start_soon(self.serve)
 
     @classmethod
     def cli(cls) -> click.Command:
