@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from turbine import Backoff, ConfigError, leaves, unwrap
+from turbine._files import write_atomically
 from turbine._retry import capped_delay
 from turbine.settings import as_tuple, check, describe, make_settings
 
@@ -66,3 +67,12 @@ def test_settings_are_checked_by_their_class() -> None:
         ConfigError, match="setting 'speed': unknown setting; known settings: names, rate, url"
     ):
         make_settings(_Probe, {"url": "x", "speed": 1})
+
+
+def test_write_atomically_replaces_the_file_whole_and_leaves_nothing_beside_it(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_bytes(b"old")
+    write_atomically(path, b"new contents", mode=0o600)
+    assert path.read_bytes() == b"new contents"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

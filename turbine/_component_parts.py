@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from ._constants import (
     LOG_CACHE_FRAMES,
 )
 from ._errors import TurbineError
+from ._files import write_atomically
 from ._retry import Backoff
 from .client import Client, Frame, Source
 from .command import COMMAND_CHANNEL, Command, Reply
@@ -250,17 +250,7 @@ class CommandDesk:
 def write_json_atomically(path: Path, value: Any) -> None:
     """Replace ``path`` with ``value`` as JSON: all of it or, after a crash, the old file (blocking)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(value, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+    write_atomically(path, json.dumps(value, sort_keys=True).encode())
 
 
 @attrs.define

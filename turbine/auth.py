@@ -38,6 +38,7 @@ from ._constants import (
     TOKEN_FILE_ENVVAR,
 )
 from ._errors import TurbineError
+from ._files import write_atomically
 from .names import InvalidName, Pattern, source_pattern
 
 READ, WRITE, COMMAND = "read", "write", "command"
@@ -394,28 +395,6 @@ def write_token_file(path: Path, token: str) -> None:
     """Write ``token`` to ``path``, readable by its owner only (mode 0600), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, token.encode() + b"\n", mode=0o600)
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data``: a synced temporary file beside it renamed
-    over it, then the directory synced, so a crash leaves the old or the new file.
-
-    Raises:
-        OSError: it cannot be written.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def is_loopback(host: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from ._errors import RequestFailed
+from ._files import write_atomically
 
 #: The file in a data directory that keeps the broker's identity.
 IDENTITY_FILE = "broker-id"
@@ -41,17 +42,7 @@ def load_identity(data_dir: str | os.PathLike[str]) -> str:
         text = path.read_text("ascii").strip()
     except FileNotFoundError:
         text = new_identity()
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(text + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(path, f"{text}\n".encode("ascii"))
         return text
     if not text or len(text) > 64 or not text.isprintable() or " " in text:
         raise ValueError(

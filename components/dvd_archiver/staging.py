@@ -34,28 +34,11 @@ from typing import Any
 import attrs
 import msgpack
 
+from turbine._files import fsync_dir, write_atomically
+
 from . import layout
 
 STATE_VERSION = 1
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` so that a crash leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @attrs.frozen
@@ -161,7 +144,7 @@ class Staging:
         return state
 
     def save_state(self) -> None:
-        write_atomic(self.state_path, json.dumps(self.state, indent=1, sort_keys=True).encode())
+        write_atomically(self.state_path, json.dumps(self.state, indent=1, sort_keys=True).encode())
 
     # --- recovery
 

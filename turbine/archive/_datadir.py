@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from urllib.parse import quote, unquote
 
 from .._errors import TurbineError
+from .._files import write_atomically
 from . import _format as fmt
 
 LOCK_FILE = "turbine.lock"
@@ -95,13 +96,7 @@ def _check_version(root: str) -> None:
         with open(path) as f:
             version = json.load(f)["format"]
     except FileNotFoundError:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"format": fmt.FORMAT_VERSION}, f)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps({"format": fmt.FORMAT_VERSION}).encode() + b"\n")
         return
     except (ValueError, KeyError, TypeError) as exc:
         raise ArchiveError(f"{path} is not a Turbine archive version file: {exc}") from None

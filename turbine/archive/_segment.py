@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .._files import fsync_dir
 from .._io import coalesce
 from . import _format as fmt
 
@@ -28,14 +29,6 @@ def segment_name(number: int) -> str:
 
 def index_name(number: int) -> str:
     return f"{number:016d}.idx"
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @attrs.frozen
