@@ -270,6 +270,20 @@ class _XorrisoBase:
         )
 
 
+def disc_media(toc: Toc, used: int, capacity: int, name: str | None) -> Media:
+    """A disc in the drive as ``status`` shows it: its ``toc``, ``used`` of ``capacity`` bytes."""
+    return Media(
+        present=True,
+        blank=toc.blank,
+        appendable=toc.appendable,
+        sessions=toc.sessions,
+        used_bytes=used,
+        free_bytes=max(0, capacity - used),
+        capacity_bytes=capacity,
+        name=name,
+    )
+
+
 def _check_kind(toc: Toc, *, append: bool) -> None:
     if append and toc.blank:
         raise NetDVDError(
@@ -383,17 +397,7 @@ class EmulatedDrive(_XorrisoBase):
                 capacity_bytes=self.capacity,
                 name=disc.name,
             )
-        toc = await self._toc()
-        return Media(
-            present=True,
-            blank=toc.blank,
-            appendable=toc.appendable,
-            sessions=toc.sessions,
-            used_bytes=used,
-            free_bytes=max(0, self.capacity - used),
-            capacity_bytes=self.capacity,
-            name=disc.name,
-        )
+        return disc_media(await self._toc(), used, self.capacity, disc.name)
 
     async def burn(
         self, source: Path, *, append: bool, stamp: int, volume_id: str, progress: Progress
@@ -509,16 +513,7 @@ class XorrisoDrive(_XorrisoBase):
             return Media(present=False)
         used = toc.readable_sectors * SECTOR
         free = (toc.writable_sectors or 0) * SECTOR if toc.appendable else 0
-        return Media(
-            present=True,
-            blank=toc.blank,
-            appendable=toc.appendable,
-            sessions=toc.sessions,
-            used_bytes=used,
-            free_bytes=free,
-            capacity_bytes=used + free,
-            name=None,
-        )
+        return disc_media(toc, used, used + free, None)
 
     async def _present_toc(self) -> Toc:
         toc = await self._toc()

@@ -29,7 +29,7 @@ import attrs
 from turbine import run_blocking
 
 from ._constants import DVD_R_CAPACITY
-from .drive import SECTOR, Media, Progress, _check_kind, _full_error, _sectors
+from .drive import SECTOR, Media, Progress, _check_kind, _full_error, _sectors, disc_media
 from .errors import NetDVDError
 from .xorriso import DiscEntry, Toc
 
@@ -164,17 +164,7 @@ class FolderDrive:
         if disc is None:
             return Media(present=False, capacity_bytes=self.capacity)
         toc = self._toc(disc)
-        used = (toc.readable_sectors or 0) * SECTOR
-        return Media(
-            present=True,
-            blank=toc.blank,
-            appendable=toc.appendable,
-            sessions=toc.sessions,
-            used_bytes=used,
-            free_bytes=max(0, self.capacity - used),
-            capacity_bytes=self.capacity,
-            name=disc.name,
-        )
+        return disc_media(toc, toc.readable_sectors * SECTOR, self.capacity, disc.name)
 
     def _burn(
         self, source: Path, *, append: bool, stamp: int, volume_id: str, progress: Progress
