@@ -206,6 +206,12 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
         refused.stderr
     )
     assert "turbine listening" not in refused.stdout  # refused before anything started
+    # A site naming the clashing kind is told which package runs it.
+    clash = tmp_path / "clash.toml"
+    clash.write_text(SITE.format(kind="video", key="nosuch", value=1))
+    told = _turbine(python, "mcp", str(clash)).stderr
+    assert f"component[1].kind 'video' runs {used} (" in told
+    assert f"{lost} (" in told and "registers the same name and is not used" in told
 
     site = tmp_path / "site.toml"
     site.write_text(SITE.format(kind="blink", key="period", value=0.05))

@@ -199,6 +199,18 @@ def _kind(t: _Table, component: bool) -> kinds.Kind:
         raise t.error("kind", f"unknown component kind {name!r}; expected one of {known}")
     if not kind.runnable():
         raise t.error("kind", f"{kind.module} cannot be run: it has no __main__.py")
+    for lost, used in kinds.hidden():
+        if lost.name == name:
+            log.warning(
+                "%s: %s.kind %r runs %s (%s); %s (%s) registers the same name and is not used",
+                t.path,
+                t.where,
+                name,
+                used.module,
+                used.origin,
+                lost.module,
+                lost.origin,
+            )
     return kind
 
 
