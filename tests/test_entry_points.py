@@ -194,9 +194,12 @@ async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Pat
     # The kind is not installed in the venv running this test.
     ours = _turbine(Path(sys.executable), "components")
     assert "blink" not in ours.stdout
-    assert (
-        "warning" not in ours.stderr
-    )  # one distribution found twice (egg-info, install): no clash
+    as_json = json.loads(_turbine(python, "components", "--json").stdout)
+    (blink,) = [row for row in as_json if row["kind"] == "blink"]
+    assert blink["path"].startswith(str(tmp_path / "venv" / "lib"))  # installed there
+    assert blink["path"].endswith("site-packages/lab_instruments/blink")
+    # One distribution found twice (its egg-info beside its install) is no clash.
+    assert "warning" not in ours.stderr
 
     bad = tmp_path / "bad.toml"
     bad.write_text(SITE.format(kind="blink", key="period", value=-1.0))

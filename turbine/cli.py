@@ -826,7 +826,8 @@ def components(as_json_: bool) -> None:
             ty = "process"
         except Exception as exc:  # a broken third-party package: say so, list the rest
             ty = f"? ({type(exc).__name__}: {exc})"
-        rows.append({"kind": kind.name, "type": ty, "module": kind.module, "from": kind.origin})
+        row = {"kind": kind.name, "type": ty, "module": kind.module, "from": kind.origin}
+        rows.append({**row, "path": kind.location()} if as_json_ else row)
     for lost, used in kinds.hidden():
         click.echo(
             f"warning: kind {lost.name!r} of {lost.origin} ({lost.module}) is hidden by"

@@ -55,6 +55,15 @@ class Kind:
             return f"{self.distribution} {self.version}".strip()
         return "components/ (not registered)"
 
+    def location(self) -> str:
+        """The package's directory on this machine ("" if it cannot be found)."""
+        try:
+            spec = importlib.util.find_spec(self.module)
+        except (ImportError, ValueError):
+            return ""
+        locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+        return locations[0] if locations else ""
+
     def runnable(self) -> bool:
         """Whether ``python -m MODULE`` can run it (the package has a ``__main__``)."""
         return _find(f"{self.module}.__main__")
