@@ -1,0 +1,311 @@
+"""Mirror and JetStream bridge benchmark: throughput against a direct put, and lag.
+
+Run by hand from the checkout (a short run, about a minute; prints markdown tables)::
+
+    .venv/bin/python benchmarks/mirror.py
+    .venv/bin/python benchmarks/mirror.py --tests mirror,lag --frames 20000
+
+Brokers are ``turbine serve`` processes on free loopback ports, the mirror a
+``turbine mirror`` process, the bridges ``python -m components.jetstream_bridge``
+processes, the NATS cluster three ``nats-server`` processes (replicas 3).  The
+benchmark process puts and reads through the public client API.
+
+* ``mirror``: the direct put rate into A (frames put and flushed per second),
+  then the mirror's rate: A holds the frames, the mirror starts, and the
+  clock runs until B holds the last one.
+* ``lag``: 1,000 frames/s put into A with their send time; a subscriber of B
+  measures each frame's arrival minus its send time (one clock, one machine).
+* ``bridge``: nats-py publishing the same frames straight to the stream
+  (pipelined, every acknowledgement awaited), against the export (A holds the
+  frames; until the stream has them) and the import (until B has them).
+
+On 2 shared cores the numbers vary by 20-30 % from run to run; the load
+average is printed with each table.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+import trio
+
+from turbine import open_client
+
+HERE = Path(__file__).resolve().parent.parent
+TURBINE = str(Path(sys.executable).parent / "turbine")
+SRC = "daq_bench_data_source"
+STAMP = struct.Struct("<d")
+
+
+@contextmanager
+def process(*argv: str) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def broker() -> Iterator[str]:
+    with process(TURBINE, "serve", "--port", "0", "--max-memory", "3GiB") as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        yield line.split()[-1]
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
+
+
+async def put_frames(address: str, count: int, size: int) -> float:
+    """Put ``count`` frames of ``size`` bytes; the rate (frames/s) until flushed."""
+    payload = b"\0" * size
+    async with open_client(address, name="daq") as tb:
+        src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=count * size + 2**20)
+        start = time.perf_counter()
+        for _ in range(count):
+            await src.put("x", payload)
+        await tb.flush()
+        return count / (time.perf_counter() - start)
+
+
+async def wait_for_seq(address: str, seq: int) -> None:
+    """Return once the source on ``address`` holds frame ``seq`` of channel x."""
+    async with open_client(address) as tb:
+        while True:
+            sources = await tb.list_sources(SRC)
+            if sources and sources[0].channels:
+                break
+            await trio.sleep(0.01)
+        async with tb.subscribe(f"{SRC}/x", start=seq) as sub:
+            while True:
+                for item in await sub.receive_batch():
+                    if getattr(item, "seq", 0) >= seq:
+                        return
+
+
+def mirror_process(a: str, b: str):
+    return process(TURBINE, "mirror", "--from", a, "--to", b, "--poll", "0.05", "daq_*")
+
+
+async def mirrored_rate(a: str, b: str, count: int, size: int) -> float:
+    """With the mirror copying: frames/s from the first put into A until B holds the last."""
+    payload = b"\0" * size
+    async with open_client(a, name="daq") as tb:
+        src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=count * size + 2**20)
+        await src.put("x", payload)
+        await tb.flush()
+        await wait_for_seq(b, 1)  # the copy is open and followed
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            nursery.start_soon(wait_for_seq, b, count + 1)
+            for _ in range(count):
+                await src.put("x", payload)
+            await tb.flush()
+        return count / (time.perf_counter() - start)
+
+
+def bench_mirror(frames: int) -> None:
+    print(f"\n### Mirror throughput ({load()})\n")
+    print("| frame | frames | direct put into A | put into A, mirrored to B | mirrored / direct |")
+    print("|---|---|---|---|---|")
+    for size, count in ((64, frames), (100_000, max(200, frames // 100))):
+        with broker() as a:
+            direct = trio.run(put_frames, a, count, size)
+        with broker() as a, broker() as b, mirror_process(a, b):
+            rate = trio.run(mirrored_rate, a, b, count, size)
+        print(
+            f"| {size:,} B | {count:,} | {direct:,.0f} /s ({direct * size / 1e6:,.1f} MB/s) "
+            f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} |"
+        )
+
+
+async def lag_run(a: str, b: str, rate: int, seconds: float) -> list[float]:
+    count = int(rate * seconds)
+    lags: list[float] = []
+    async with open_client(a, name="daq") as pa, open_client(b) as rb:
+        src = await pa.open_source(SRC, cache_frames=count + 10)
+        await src.put("x", STAMP.pack(time.time()))
+        await pa.flush()
+        await wait_for_seq(b, 1)  # the mirror copies; from here on each frame is timed
+
+        async def read() -> None:
+            async with rb.subscribe(f"{SRC}/x", start=2) as sub:
+                while len(lags) < count:
+                    for item in await sub.receive_batch():
+                        if getattr(item, "seq", 0) >= 2:
+                            lags.append(time.time() - STAMP.unpack(bytes(item.data)[:8])[0])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            start = trio.current_time()
+            for i in range(count):
+                await trio.sleep_until(start + i / rate)
+                await src.put("x", STAMP.pack(time.time()))
+    return lags
+
+
+def bench_lag(rate: int, seconds: float) -> None:
+    with broker() as a, broker() as b, mirror_process(a, b):
+        lags = trio.run(lag_run, a, b, rate, seconds)
+    q = statistics.quantiles(lags, n=100)
+    print(f"\n### Mirror lag at {rate:,} frames/s, {len(lags):,} frames ({load()})\n")
+    print("| p50 | p99 | max |")
+    print("|---|---|---|")
+    print(f"| {q[49] * 1e3:.1f} ms | {q[98] * 1e3:.1f} ms | {max(lags) * 1e3:.1f} ms |")
+
+
+async def nats_direct(urls: list[str], count: int, size: int) -> float:
+    import asyncio
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    nc = await nats.connect(servers=urls)
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name="DIRECT", subjects=["direct.>"], num_replicas=3))
+    payload = b"\0" * size
+    start = time.perf_counter()
+    futures = []
+    for i in range(count):
+        futures.append(
+            await js.publish_async(
+                "direct.x", payload, headers={"Nats-Msg-Id": str(i), "Turbine-Seq": str(i)}
+            )
+        )
+        if len(futures) >= 1000:
+            await asyncio.gather(*futures)
+            futures = []
+    await asyncio.gather(*futures)
+    rate = count / (time.perf_counter() - start)
+    await js.delete_stream("DIRECT")
+    await nc.close()
+    return rate
+
+
+async def stream_messages(urls: list[str]) -> int:
+    import nats
+
+    nc = await nats.connect(servers=urls)
+    try:
+        return (await nc.jetstream().stream_info("TURBINE")).state.messages
+    except Exception:
+        return 0
+    finally:
+        await nc.close()
+
+
+async def bridged_rates(
+    a: str, b: str, urls: list[str], count: int, size: int
+) -> tuple[float, float]:
+    """With both bridges carrying: frames/s from the first put into A until the
+    stream holds the last, and until B holds it."""
+    payload = b"\0" * size
+    async with open_client(a, name="daq") as tb:
+        src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=count * size + 2**20)
+        await src.put("x", payload)
+        await tb.flush()
+        await wait_for_seq(b, 1)  # both bridges are up and follow the channel
+        done: dict[str, float] = {}
+
+        async def into_b() -> None:
+            await wait_for_seq(b, count + 1)
+            done["b"] = time.perf_counter()
+
+        async def into_stream() -> None:
+            while True:  # the cluster announces nothing: ask it
+                if await trio.to_thread.run_sync(_stream_messages, urls) > count:
+                    done["stream"] = time.perf_counter()
+                    return
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as nursery:
+            start = time.perf_counter()
+            nursery.start_soon(into_b)
+            nursery.start_soon(into_stream)
+            for _ in range(count):
+                await src.put("x", payload)
+            await tb.flush()
+    return count / (done["stream"] - start), count / (done["b"] - start)
+
+
+def _stream_messages(urls: list[str]) -> int:
+    import asyncio
+
+    return asyncio.run(stream_messages(urls))
+
+
+def bench_bridge(frames: int) -> None:
+    import asyncio
+
+    from components.jetstream_bridge.testing import NatsCluster
+
+    print(f"\n### JetStream bridge, 3 nodes, replicas 3 ({load()})\n")
+    print(
+        "| frame | frames | nats-py publish | A -> export -> stream | A -> stream -> import -> B |"
+    )
+    print("|---|---|---|---|---|")
+    bridge = [sys.executable, "-m", "components.jetstream_bridge"]
+    for size, count in ((64, frames), (100_000, max(200, frames // 100))):
+        with tempfile.TemporaryDirectory() as tmp:
+            cluster = NatsCluster(Path(tmp))
+            cluster.start()
+            try:
+                time.sleep(3)  # the cluster elects its meta leader
+                urls = ",".join(cluster.urls)
+                direct = asyncio.run(nats_direct(cluster.urls, count, size))
+                common = ["--nats", urls, "--poll", "0.1", "daq_*"]
+                with (
+                    broker() as a,
+                    broker() as b,
+                    process(*bridge, "export", "--turbine", a, *common),
+                    process(*bridge, "import", "--turbine", b, *common),
+                ):
+                    export, imported = trio.run(bridged_rates, a, b, cluster.urls, count, size)
+            finally:
+                cluster.stop()
+        print(
+            f"| {size:,} B | {count:,} | {direct:,.0f} /s | {export:,.0f} /s ({export / direct:.0%}) "
+            f"| {imported:,.0f} /s ({imported / direct:.0%}) |"
+        )
+
+
+@click.command()
+@click.option("--tests", default="mirror,lag,bridge", show_default=True)
+@click.option(
+    "--frames", default=50_000, show_default=True, help="64 B frames per run (100 KB: /100)."
+)
+@click.option("--rate", default=1000, show_default=True, help="Frames/s for the lag test.")
+@click.option("--seconds", default=5.0, show_default=True, help="Length of the lag test.")
+def main(tests: str, frames: int, rate: int, seconds: float) -> None:
+    os.chdir(HERE)
+    sys.path.insert(0, str(HERE))
+    chosen = tests.split(",")
+    if "mirror" in chosen:
+        bench_mirror(frames)
+    if "lag" in chosen:
+        bench_lag(rate, seconds)
+    if "bridge" in chosen:
+        bench_bridge(frames // 5)
+
+
+if __name__ == "__main__":
+    main()
