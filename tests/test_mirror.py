@@ -12,8 +12,8 @@ from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.auth import AuthTable, token_hash
-from turbine.client import Client
-from turbine.mirror import MirrorConfig, MirrorStats, run_mirror
+from turbine.client import Client, Frame
+from turbine.mirror import MirrorConfig, MirrorStats, copy_puts, run_mirror
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -315,3 +315,20 @@ async def test_a_memory_only_origin_restarted_is_a_new_broker_and_its_copy_is_le
             await start_mirror(nursery, a, b, prefix="new")
             (after,) = await frames_on(rb, "daq_newrig_data_source/x", 1)
             assert (after.seq, after.data) == (1, b"after")
+
+
+def test_a_batch_becomes_one_put_per_content_type_with_its_writer_runs():
+    def f(seq, ctype, writer):
+        return Frame(SRC, "x", seq, float(seq), b"%d" % seq, ctype, writer)
+
+    batch = [f(1, "a", "w1"), f(2, "a", "w2"), f(3, "a", "w2"), f(5, "b", "w2"), f(6, "a", "w1")]
+    assert list(copy_puts(batch)) == [
+        ("a", [1.0, 2.0, 3.0], [b"1", b"2", b"3"], [1, 2, 3], [[1, "w1"], [2, "w2"]]),
+        ("b", [5.0], [b"5"], [5], [[5, "w2"]]),
+        ("a", [6.0], [b"6"], [6], [[6, "w1"]]),
+    ]
+    same = [f(i, "a", "w1") for i in range(1, 4)]
+    assert list(copy_puts(same)) == [
+        ("a", [1.0, 2.0, 3.0], [b"1", b"2", b"3"], [1, 2, 3], [[1, "w1"]])
+    ]
+    assert list(copy_puts([])) == []

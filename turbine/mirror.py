@@ -15,6 +15,7 @@ of the brokers it passed through) is not copied: no loops.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -79,26 +80,39 @@ def copy_puts(
 ) -> Iterator[tuple[str, list[float | None], list[Any], list[int], list[Any]]]:
     """The arguments of :meth:`Client.put_copy` for ``frames`` (one channel's, in
     order, each with ``timestamp``, ``data``, ``seq``, ``writer``, ``content_type``):
-    ``(content_type, timestamps, data, seqs, writers)``, one put per run of one content type."""
-    i = 0
-    while i < len(frames):
-        ctype = frames[i].content_type
-        j = i + 1
-        while j < len(frames) and frames[j].content_type == ctype:
-            j += 1
-        run = frames[i:j]
-        writers: list[Any] = []
-        for f in run:
-            if not writers or writers[-1][1] != f.writer:
-                writers.append([f.seq, f.writer])
-        yield (
-            ctype,
-            [f.timestamp for f in run],
-            [f.data for f in run],
-            [f.seq for f in run],
-            writers,
-        )
-        i = j
+    ``(content_type, timestamps, data, seqs, writers)``, one put per run of one content type.
+
+    Columns by ``map(attrgetter)``, and runs found by ``list.count`` when there
+    is one (the usual case): no Python-level step per frame.
+    """
+    if not frames:
+        return
+    ctypes, stamps, datas, seqs, writers = (
+        list(map(operator.attrgetter(name), frames))
+        for name in ("content_type", "timestamp", "data", "seq", "writer")
+    )
+    start = 0
+    for end in _run_ends(ctypes):
+        run_seqs = seqs[start:end]
+        runs = [[run_seqs[s - start], writers[s]] for s in _run_starts(writers, start, end)]
+        yield ctypes[start], stamps[start:end], datas[start:end], run_seqs, runs
+        start = end
+
+
+def _run_ends(values: list[Any]) -> list[int]:
+    """Where each run of equal ``values`` ends."""
+    n = len(values)
+    if values.count(values[0]) == n:
+        return [n]
+    return [i for i in range(1, n) if values[i] != values[i - 1]] + [n]
+
+
+def _run_starts(values: list[Any], start: int, end: int) -> list[int]:
+    """Where each run of equal ``values[start:end]`` starts (indices into ``values``)."""
+    part = values[start:end]
+    if part.count(part[0]) == len(part):
+        return [start]
+    return [start] + [start + i for i in range(1, len(part)) if part[i] != part[i - 1]]
 
 
 def origin_of(info: SourceInfo, broker: str) -> Origin:
