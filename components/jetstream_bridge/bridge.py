@@ -230,11 +230,12 @@ class _Export(_Session):
                 for i in range(0, len(frames), self.config.batch):
                     msgs = []
                     for f in frames[i : i + self.config.batch]:
-                        if len(f.data) > self.nc.max_payload:  # a gap for the importers
+                        hdrs = headers(origin, f, prev)
+                        if len(f.data) + _header_bytes(hdrs) > self.nc.max_payload:
                             why = f"larger than the servers' max_payload ({self.nc.max_payload} B)"
                             self.skip(f"{source}/{channel} #{f.seq}", why)
-                            continue
-                        msgs.append((headers(origin, f, prev), bytes(f.data)))
+                            continue  # not in the chain: importers see a gap at once
+                        msgs.append((hdrs, bytes(f.data)))
                         prev = f.seq
                     await aio(self._publish)(subj, msgs)
                     self.stats.frames += len(msgs)
@@ -419,6 +420,11 @@ class _Import(_Session):
         for ctype, stamps, data, seqs, writers in copy_puts(frames):
             await self.tb.put_copy(target, channel, stamps, data, seqs, writers, ctype)
             self.stats.frames += len(seqs)
+
+
+def _header_bytes(hdrs: dict[str, str]) -> int:
+    """What ``hdrs`` add to a message's size on the wire (``NATS/1.0``, ``K: V`` lines, blank line)."""
+    return 12 + sum(len(k) + len(v) + 4 for k, v in hdrs.items())
 
 
 def _quietly(fn: Callable[[], Any]) -> Callable[[], Any]:

