@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from components.jetstream_bridge.testing import NatsCluster, nats_server_path
-from turbine import open_client
+from turbine import BrokerConfig, open_client, serve_turbine
 from turbine.client import Client, Frame
 from turbine.testing import start_broker
 
@@ -196,3 +196,40 @@ async def test_a_frame_larger_than_the_servers_take_is_a_reported_gap(nursery, t
         assert "gave up" not in reported
     finally:
         small.stop()
+
+
+async def test_a_restarted_importing_broker_gets_again_what_the_stream_holds(
+    nursery, cluster, tmp_path
+):
+    a = await start_broker(nursery, identity="aaaa")
+    with trio.fail_after(90):
+        async with open_client(a, name="daq") as pa:
+            src = await pa.open_source(SRC)
+            await put_frames(src, 1, 300)
+            await pa.flush()
+            export = Bridge(tmp_path / "export.log", "export", a, cluster)
+            try:
+                async with trio.open_nursery() as first:
+                    (host, port), *_ = await first.start(
+                        serve_turbine, BrokerConfig("127.0.0.1", 0, identity="bbbb")
+                    )
+                    b = f"{host}:{port}"
+                    imports = Bridge(tmp_path / "import.log", "import", b, cluster)
+                    async with open_client(b) as rb:
+                        assert await copies_on(rb, "x", 300) == expected("x", 300)
+                    first.cancel_scope.cancel()  # B stops; memory only, its copy is gone
+                await put_frames(src, 301, 500)
+                await pa.flush()
+                async with trio.open_nursery() as second:
+                    await second.start(
+                        serve_turbine, BrokerConfig("127.0.0.1", port, identity="bbbb")
+                    )
+                    async with open_client(b) as rb:
+                        for ch in CHANNELS:  # from the stream's first frame again
+                            assert await copies_on(rb, ch, 500) == expected(ch, 500)
+                    second.cancel_scope.cancel()
+            finally:
+                reported = export.stop() + imports.stop()
+        # the second B asked again from 1, and the stream had it all
+        assert reported.count(f"importing turbine.{SRC}.x into {SRC}/x from 1") >= 2
+        assert "gave up" not in reported
