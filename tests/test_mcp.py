@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 import trio
 
 from turbine import Client, Frame, RequestFailed, open_client, send_command
+from turbine.archive._datadir import locked
 from turbine.auth import LoginRefused
 
 pytestmark = pytest.mark.slow
@@ -261,7 +263,9 @@ async def test_a_crash_loop_is_marked_failed_and_commands_stop_and_start(tmp_pat
 
             reply = await send_command(tb, "mcp_t", "restart", "nope")
             assert reply.status == "error"
-            assert reply.error == "no program 'nope' in this site; programs: broken, daq_t"
+            assert reply.error == (
+                "no program 'nope' in this site; programs: broker, broken, daq_t"
+            )
         log = site.log.read_text()
         assert "broken keeps crashing (3 exits in a row" in log
         assert "marked failed: 'start broken' tries again" in log
@@ -314,3 +318,79 @@ async def test_a_site_with_auth_gives_each_component_its_own_user_and_the_cli_th
         log = site.log.read_text()
         assert f"the operator's token is in {tmp_path / 'config' / 'turbine' / 'token'}" in log
         assert operator not in log and daq_token not in log
+
+
+async def test_a_killed_broker_is_restarted_on_its_port_and_data_dir_and_the_site_rides_through(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "var" / "turbine"
+    broker = f"data_dir = {json.dumps(str(data_dir))}"
+    path = "daq_t_data_source/ch0"
+    with trio.fail_after(60):
+        async with (
+            run_mcp(tmp_path, broker=broker) as site,
+            open_client(site.address, reconnect=True) as tb,
+        ):
+            state = await wait_state(tb, lambda s: running("broker")(s) and running("daq_t")(s))
+            first = state["broker"]
+            assert first["kind"] == "broker" and first["address"] == site.address
+            assert first["data_dir"] == str(data_dir) and first["disk_bytes"] > 0
+            # The broker is a child of the MCP, not the MCP itself.
+            assert first["pid"] != site.proc.pid
+            async with tb.subscribe(path, start="oldest") as sub:
+                before = [f async for f in _take(sub, 3)]
+                os.kill(first["pid"], signal.SIGKILL)
+                after = [f async for f in _take(sub, 15)]
+            state = await wait_state(
+                tb, lambda s: s["broker"]["restarts"] == 1 and running("broker")(s)
+            )
+            assert state["broker"]["pid"] != first["pid"]
+            assert state["broker"]["last_exit"] == -signal.SIGKILL
+            assert state["daq_t"]["restarts"] == 0  # the DAQ rode through the outage
+            # The subscription resumed where it was: every block once, on the
+            # sample clock, across the outage.
+            seen = before + after
+            assert [f.seq for f in seen] == list(range(1, len(seen) + 1))
+            steps = {round(b.timestamp - a.timestamp, 6) for a, b in itertools.pairwise(seen)}
+            assert steps == {0.1}
+            status = json.loads((await site.cli("cmd", "mcp_t", "status")).stdout)
+            assert status["programs"]["broker"]["restarts"] == 1
+        log = site.log.read_text()
+        assert "broker exited unexpectedly (killed by SIGKILL)" in log
+        assert "restarting it in 0.1 s (restart 1)" in log
+
+
+async def _mcp_fails(tmp_path: Path, broker: str) -> tuple[int, str]:
+    config = tmp_path / "site.toml"
+    config.write_text(SITE.format(extra="", broker=broker))
+    done = await trio.run_process(
+        [TURBINE, "mcp", str(config)], capture_stdout=True, capture_stderr=True, check=False
+    )
+    return done.returncode, done.stderr.decode()
+
+
+async def test_a_broker_that_cannot_start_stops_the_site_with_its_reason(tmp_path: Path) -> None:
+    with trio.fail_after(30), trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        site = SITE.replace("port = 0", f"port = {port}")
+        (tmp_path / "site.toml").write_text(site.format(extra="", broker=""))
+        done = await trio.run_process(
+            [TURBINE, "mcp", str(tmp_path / "site.toml")],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        err = done.stderr.decode()
+        assert done.returncode == 1, err
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err
+        assert "the broker did not start (exit code 1)" in err
+        assert "restarting" not in err and "started daq_t" not in err
+
+        data_dir = tmp_path / "held"
+        with locked(str(data_dir)):
+            code, err = await _mcp_fails(tmp_path, f"data_dir = {json.dumps(str(data_dir))}")
+        assert code == 1, err
+        assert f"is in use by process {os.getpid()} on" in err
+        assert "the broker did not start (exit code 1)" in err

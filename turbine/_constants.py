@@ -162,6 +162,10 @@ FLOAT64_CONTENT_TYPE = "application/x-float64-le"
 
 #: How often the MCP publishes its programs' state and redraws its table (seconds).
 STATUS_INTERVAL_S = 1.0
+#: The MCP restarts a broker that exited after this, doubling per crash in a row up
+#: to the most: every client waits for it, and the issue's figure is "within 2 s".
+BROKER_RESTART_FIRST_S = 0.1
+BROKER_RESTART_MAX_S = 1.0
 #: How long a `start` command waits for the process to be running.
 START_WAIT_S = 10.0
 #: After a child exits, how long its output may take to drain.

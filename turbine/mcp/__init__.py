@@ -27,7 +27,7 @@ The site file
     stable_after = 30.0       # a run at least this long resets the crash count
 
     [broker]
-    embedded = true           # run the broker inside the MCP (false: use `address`)
+    embedded = true           # the MCP runs the broker as its child (false: use `address`)
     host = "127.0.0.1"
     port = 3333               # 0 picks a free port; the MCP prints "turbine listening on HOST:PORT"
     types = ["mcp", "dvd"]    # source types besides video, thumbnail, daq, ntcp, audio (mcp: always)
@@ -70,6 +70,16 @@ each program finds the path of its own token in ``TURBINE_TOKEN_FILE``
 may read and write everything and command every component whose class
 allows it: an NTCP translator's command sink takes commands from its serdes
 plugin only.  See :mod:`turbine.mcp.users`.
+
+The embedded broker is a program too, called ``broker`` (``turbine serve``
+with the ``[broker]`` settings, as a child process): it starts first, and the
+others once it listens; killed, it is started again on the same port and data
+dir after 0.1 s (doubling per crash in a row, at most 1 s), and the components
+ride through the outage (they reconnect, replay what they spooled and resume
+their subscriptions).  Its row in ``status`` adds ``address``, ``data_dir`` and
+``disk_bytes``.  A broker that exits before it listens (port taken, data dir
+locked) stops the site: the MCP exits with status 1 and the broker's reason;
+so does one that crashes more than ``max_restarts`` times in a row.
 
 In ``args`` and ``command``, ``{turbine}`` becomes the broker's address.
 Processes start before components.  Config errors (unknown kind, bad name,

@@ -35,6 +35,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _KIND = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
+#: The embedded broker's name among the site's programs.
+BROKER = "broker"
+
+
 class SiteConfigError(TurbineError):
     """The site file is wrong; the message names the file, the key and what is expected."""
 
@@ -124,6 +128,32 @@ class SiteConfig:
     def embedded(self) -> bool:
         """Whether the MCP runs the site's broker itself."""
         return self.broker is not None
+
+    def broker_program(self, port: int | None = None) -> ProgramSpec:
+        """The embedded broker as a program the MCP supervises: ``turbine serve`` with
+        this site's host, types, memory and data dir, on ``port`` (default: the site's).
+
+        Raises:
+            ValueError: the site has no embedded broker.
+        """
+        b = self.broker
+        if b is None:
+            raise ValueError(f"{self.path} uses the broker at {self.address}")
+        command = [sys.executable, "-m", "turbine", "serve", "--host", b.host]
+        command += ["--port", str(b.port if port is None else port)]
+        command += ["--max-memory", str(b.max_memory)]
+        for ty in b.types:
+            if ty not in SOURCE_TYPES:
+                command += ["--type", ty]
+        if self.data_dir is not None:
+            command += ["--data-dir", self.data_dir, "--archive-bytes", str(self.archive_bytes)]
+            if self.max_disk is not None:
+                command += ["--max-disk", str(self.max_disk)]
+        if self.auth is not None:  # (the MCP writes the site's users there before it starts)
+            command += ["--auth", str(self.auth.auth_file)]
+        return ProgramSpec(
+            label=BROKER, where="broker", kind="broker", component=False, command=tuple(command)
+        )
 
 
 class _Table:
@@ -412,6 +442,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         a.done()
     top.done()
     seen: dict[str, str] = {f"mcp_{mcp.name}": "mcp.name"}
+    if embedded:
+        seen[BROKER] = "the embedded broker"
     for prog in programs:
         if prog.label in seen:
             raise SiteConfigError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -10,22 +9,16 @@ import sys
 import time
 from typing import Any
 
-import attrs
 import click
 import trio
 
 from .._constants import STATUS_INTERVAL_S, TOKEN_ENVVAR
 from .._errors import TurbineError, unwrap
 from .._signals import open_stop_nursery
-from ..archive import ArchiveError
-from ..archive._serve import serve_archived
-from ..archive._store import TieredStores
-from ..client import fmt_address
 from ..component import Component, command
-from ..server import serve_turbine
 from .config import SiteConfig, SiteConfigError, load_config
 from .console import Console, ConsoleHandler, fmt_duration
-from .supervisor import Supervisor
+from .supervisor import BrokerFailed, Supervisor
 from .users import prepare_users
 
 log = logging.getLogger("turbine.mcp")
@@ -101,7 +94,9 @@ async def run_site(
     second signal during the shutdown kills the programs at once.
 
     Raises:
-        TurbineError: the embedded broker cannot listen on its address.
+        TurbineError: the embedded broker (a child process the supervisor keeps
+            running) cannot start: its address or data dir is taken, or it
+            keeps crashing.
     """
     console = console or Console(False)
     supervisor: Supervisor | None = None
@@ -114,7 +109,7 @@ async def run_site(
         await supervisor.stop_all()
         if console.tty:
             _draw(console, me, site)
-        log.info("every program stopped; stopping the broker")
+        log.info("every program and the broker stopped")
 
     def again(signum: signal.Signals) -> None:
         log.warning("%s again: killing every program now", signum.name)
@@ -123,32 +118,17 @@ async def run_site(
 
     users = prepare_users(site) if site.auth is not None else None
     async with open_stop_nursery(stop, again) as nursery:
-        if site.broker is not None:
-            broker = site.broker
-            if users is not None:
-                broker = attrs.evolve(broker, auth=users.table)
-            try:
-                serve = serve_turbine
-                if site.data_dir is not None:
-                    stores = functools.partial(
-                        TieredStores, archive_bytes=site.archive_bytes, max_disk=site.max_disk
-                    )
-                    serve = functools.partial(serve_archived, data_dir=site.data_dir, stores=stores)
-                addresses = await nursery.start(serve, broker)
-            except ArchiveError as exc:
-                raise TurbineError(f"[broker] data_dir in {site.path}: {exc}") from None
-            except OSError as exc:
-                raise TurbineError(
-                    f"cannot listen on {fmt_address(site.broker.host, site.broker.port)}: "
-                    f"{exc.strerror or exc} (is another broker running? set [broker] port "
-                    f"in {site.path}, or embedded = false to use it)"
-                ) from None
-            address = fmt_address(*addresses[0])
+        supervisor = Supervisor(site, console)
+        try:
+            address = await nursery.start(supervisor.run)
+        except BrokerFailed as exc:
+            raise TurbineError(
+                f"{exc} (the [broker] of {site.path}: is another broker running on its port "
+                f"or data_dir? set port or data_dir, or embedded = false to use it)"
+            ) from None
+        if site.embedded:
             console.out.write(f"turbine listening on {address}\n")
             console.out.flush()
-        else:
-            address = site.address
-        supervisor = Supervisor(site, address, console)
         me = Mcp(site.mcp.name, address, supervisor)
         if users is not None:
             me.token = users.mcp_token
@@ -168,7 +148,6 @@ async def run_site(
             address,
             " (embedded)" if site.embedded else "",
         )
-        await nursery.start(supervisor.run)
         nursery.start_soon(me.serve)
         if console.tty:
             nursery.start_soon(_redraw, console, me, site)

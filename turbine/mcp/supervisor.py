@@ -16,31 +16,60 @@ import trio
 
 from .._constants import (
     ADDRESS_ENVVAR,
+    BROKER_RESTART_FIRST_S,
+    BROKER_RESTART_MAX_S,
     DRAIN_S,
     MAX_LINE,
     START_WAIT_S,
 )
 from .._errors import TurbineError
 from .._retry import capped_delay
-from .config import SiteConfig, UnknownProgram
+from .config import BROKER, SiteConfig, UnknownProgram
 from .console import Console
 from .processes import Program, describe_exit, signal_group, spawn, wait_exit
 from .users import program_env
 
 log = logging.getLogger("turbine.mcp")
 
+_LISTENING = "turbine listening on "
+
+
+class BrokerFailed(TurbineError):
+    """The site's broker could not start or keeps crashing: the MCP stops the site."""
+
 
 class Supervisor:
-    """Runs programs, restarts them with backoff, stops them on request or at the end."""
+    """Runs programs, restarts them with backoff, stops them on request or at the end.
 
-    def __init__(self, site: SiteConfig, address: str, console: Console | None = None) -> None:
+    With an embedded broker (``site.broker``) the broker is the first program:
+    ``turbine serve`` as a child like the others, started before them and
+    stopped after them.  Killed, it is started again on the same port and
+    data dir after :data:`BROKER_RESTART_FIRST_S`; the clients reconnect by
+    themselves.  A run that exits before it listens, or too many crashes in a
+    row, raise :class:`BrokerFailed` from :meth:`run`.
+    """
+
+    def __init__(self, site: SiteConfig, console: Console | None = None) -> None:
         self.site = site
         self.policy = site.mcp
-        self.address = address
         self.console = console or Console(False)
-        self.programs = {spec.label: Program(spec) for spec in site.programs}
+        self.broker = Program(site.broker_program()) if site.embedded else None
+        self.programs = {BROKER: self.broker} if self.broker is not None else {}
+        self.programs.update({spec.label: Program(spec) for spec in site.programs})
         self._changed = trio.Event()
-        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", ADDRESS_ENVVAR: address}
+        #: Set when the broker first listens (its address is known).
+        self._broker_up = trio.Event()
+        #: Whether its current run listens, and its last line (why it cannot start).
+        self._broker_listens = False
+        self._broker_said = ""
+        self.address = ""
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.broker is None:
+            self._listening(site.address)
+
+    def _listening(self, address: str) -> None:
+        self.address = address
+        self._env[ADDRESS_ENVVAR] = address
 
     # --- observing
 
@@ -54,7 +83,15 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         now = time.time()
-        return {label: p.info(now) for label, p in self.programs.items()}
+        states = {label: p.info(now) for label, p in self.programs.items()}
+        if self.broker is not None:
+            data_dir = self.site.data_dir
+            states[BROKER].update(
+                address=self.address,
+                data_dir=data_dir,
+                disk_bytes=None if data_dir is None else disk_use(data_dir),
+            )
+        return states
 
     def get(self, label: str) -> Program:
         """The program called ``label``.
@@ -70,16 +107,27 @@ class Supervisor:
 
     # --- running
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the enabled programs and keep them running until cancelled.
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the broker (embedded), then the enabled programs, and keep them
+        running until cancelled; ``await nursery.start(supervisor.run)`` returns
+        the broker's address once it listens.
 
         Cancelling leaves running children alone: call :meth:`stop_all` first.
+
+        Raises:
+            BrokerFailed: the broker exited before it listened (the message has
+                its reason: port taken, data dir locked ...), or kept crashing.
         """
         async with trio.open_nursery() as nursery:
+            if self.broker is not None:
+                self.broker.wanted = True
+                nursery.start_soon(self._keep, self.broker)
+                await self._broker_up.wait()
             for p in self.programs.values():
-                p.wanted = p.spec.enabled
-                nursery.start_soon(self._keep, p)
-            task_status.started()
+                if p is not self.broker:
+                    p.wanted = p.spec.enabled
+                    nursery.start_soon(self._keep, p)
+            task_status.started(self.address)
 
     async def _keep(self, p: Program) -> None:
         policy = self.policy
@@ -89,6 +137,9 @@ class Supervisor:
             ran = await self._run_once(p)
             if not p.wanted:
                 continue
+            if p is self.broker and not self._broker_listens:
+                said = f": {self._broker_said}" if self._broker_said else ""
+                raise BrokerFailed(f"the broker did not start ({describe_exit(p.last_exit)}){said}")
             if not p.spec.restart:
                 p.state, p.wanted = "exited", False
                 log.warning(
@@ -99,6 +150,11 @@ class Supervisor:
             if ran >= policy.stable_after:
                 p.crashes = 0
             p.crashes += 1
+            if p.crashes > policy.max_restarts and p is self.broker:
+                raise BrokerFailed(
+                    f"the broker keeps crashing ({p.crashes} exits in a row, each within "
+                    f"{policy.stable_after:g} s of starting; last: {describe_exit(p.last_exit)})"
+                )
             if p.crashes > policy.max_restarts:
                 p.state, p.wanted = "failed", False
                 log.error(
@@ -112,7 +168,10 @@ class Supervisor:
                 )
                 self.notify()
                 continue
-            delay = capped_delay(policy.restart_first, policy.restart_max, p.crashes)
+            if p is self.broker:  # every client waits for it: no backoff to speak of
+                delay = capped_delay(BROKER_RESTART_FIRST_S, BROKER_RESTART_MAX_S, p.crashes)
+            else:
+                delay = capped_delay(policy.restart_first, policy.restart_max, p.crashes)
             p.state = "backoff"
             log.warning(
                 "%s exited unexpectedly (%s) after %.1f s; restarting it in %.1f s (restart %d)",
@@ -134,6 +193,8 @@ class Supervisor:
         # command line (every user's `ps` shows that), not in its environment
         # (its own children would inherit it), and never on disk.
         settings_fd, settings_w = os.pipe() if p.spec.settings else (None, None)
+        if p is self.broker:
+            self._broker_listens, self._broker_said = False, ""
         argv = p.spec.argv(self.address, settings_fd)
         read_fd, write_fd = os.pipe()
         try:
@@ -157,7 +218,7 @@ class Supervisor:
         self.notify()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._forward, p.spec.label, read_fd)
+                nursery.start_soon(self._forward, p, read_fd)
                 if settings_w is not None:
                     nursery.start_soon(_send_settings, settings_w, p.spec.settings)
                 code = await wait_exit(popen)
@@ -178,7 +239,7 @@ class Supervisor:
         self.notify()
         return trio.current_time() - begun
 
-    async def _forward(self, label: str, fd: int) -> None:
+    async def _forward(self, p: Program, fd: int) -> None:
         """Pass a child's output on to the console, line by line."""
         buf = b""
         async with trio.lowlevel.FdStream(fd) as stream:
@@ -186,12 +247,25 @@ class Supervisor:
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    self.console.line(f"{label}: {line[:MAX_LINE].decode(errors='replace')}")
+                    self._line(p, line[:MAX_LINE].decode(errors="replace"))
                 if len(buf) > MAX_LINE:
-                    self.console.line(f"{label}: {buf[:MAX_LINE].decode(errors='replace')}")
+                    self._line(p, buf[:MAX_LINE].decode(errors="replace"))
                     buf = b""
         if buf:
-            self.console.line(f"{label}: {buf.decode(errors='replace')}")
+            self._line(p, buf.decode(errors="replace"))
+
+    def _line(self, p: Program, text: str) -> None:
+        self.console.line(f"{p.spec.label}: {text}")
+        if p is not self.broker or not text.strip():
+            return
+        self._broker_said = text.strip()
+        if text.startswith(_LISTENING) and not self._broker_listens:
+            self._broker_listens = True
+            if not self._broker_up.is_set():  # its first start: later ones keep its port
+                address = text[len(_LISTENING) :].strip()
+                self._listening(address)
+                p.spec = self.site.broker_program(int(address.rsplit(":", 1)[1]))
+                self._broker_up.set()
 
     # --- commands
 
@@ -253,12 +327,14 @@ class Supervisor:
         return await self.start(label)
 
     async def stop_all(self, *, kill: bool = False) -> None:
-        """Stop every program at once (components first, then processes)."""
+        """Stop every program at once (components first, then processes, then the broker)."""
         for group in (True, False):
             async with trio.open_nursery() as nursery:
                 for p in self.programs.values():
-                    if p.spec.component is group:
+                    if p.spec.component is group and p is not self.broker:
                         nursery.start_soon(functools.partial(self.stop, p.spec.label, kill=kill))
+        if self.broker is not None:
+            await self.stop(BROKER, kill=kill)
 
     def kill_all(self) -> None:
         """SIGKILL every running program's group now."""
@@ -272,3 +348,13 @@ async def _send_settings(fd: int, settings: dict[str, Any]) -> None:
     async with trio.lowlevel.FdStream(fd) as stream:
         with contextlib.suppress(trio.BrokenResourceError):  # it exited before reading
             await stream.send_all(json.dumps(settings).encode())
+
+
+def disk_use(root: str) -> int:
+    """Bytes the files under ``root`` take on disk (0 where it does not exist)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed while we walk
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
