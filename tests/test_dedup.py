@@ -7,6 +7,8 @@ import trio
 
 from turbine import RequestFailed, open_client
 from turbine._constants import MAX_PRODUCERS_PER_SOURCE, PROTOCOL_VERSION
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
 from turbine.hub import Hub
 from turbine.messages import ClientHello, Flush, Ok, OpenSource, Put
 from turbine.peer import Peer
@@ -120,3 +122,31 @@ async def test_a_replay_through_a_new_connection_is_stored_once(broker):
         await stream.aclose()
         async with open_client(broker) as tb:
             assert [f.data for f in await tb.fetch(f"{SRC}/x", oldest=10)] == [b"1", b"2"]
+
+
+async def test_a_broker_restarted_on_its_data_dir_still_drops_replays(tmp_path):
+    """The producer table is archived behind the frames: a put on disk whose
+    acknowledgement the crash lost is not stored again when it is replayed to the
+    restarted broker, even after the segments it was written in are gone."""
+    big = b"x" * 300_000
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive, archive_bytes=2 * 2**20))
+            hub.open_source(ALICE, SRC, channels={"x": "application/octet-stream"})
+            put(hub, ALICE, b"a", "p", 1)
+            put(hub, ALICE, b"b", "q", 7)
+            for i in range(1, 21):  # another producer's puts: segments roll and the first go
+                put(hub, ALICE, big, "r", i)
+            await hub.sources[SRC].channels["x"].store.flushed()
+        async with open_archive(tmp_path) as archive:
+            assert archive.logs[SRC].segments[0].number > 1  # "a" and "b" are gone from disk
+            hub = Hub(store=TieredStores(archive, archive_bytes=2 * 2**20))
+            again = Peer(3, name="alice")
+            hub.open_source(again, SRC)
+            put(hub, again, b"a", "p", 1)  # replays of puts stored before the restart
+            put(hub, again, b"b", "q", 7)
+            put(hub, again, big, "r", 20)
+            put(hub, again, b"c", "p", 2)  # and a new one
+            assert hub.sources[SRC].replays_dropped == 3
+            store = hub.sources[SRC].channels["x"].store
+            assert store.last_seq == 23 and bytes(store.newest) == b"c"

@@ -68,7 +68,9 @@ class Hub:
         self.router = Router()
         self._next_seq: dict[str, int] = {}  # path -> next seq of deleted channels: never reused
         for old in getattr(store, "recovered", list)():  # a disk archive's sources from before
-            self.restore_source(old.name, old.settings, old.content_types())
+            self.restore_source(old.name, old.settings, old.content_types(), old.producers)
+        #: A durable store's ``producer_stored(source, producer, pseq)``, or None.
+        self._producer_stored = getattr(store, "producer_stored", None)
 
     # --- memory
 
@@ -164,10 +166,17 @@ class Hub:
             self.channel(src, ch_name, ctype)
         return src
 
-    def restore_source(self, name: str, settings: dict[str, Any], channels: dict[str, str]) -> None:
+    def restore_source(
+        self,
+        name: str,
+        settings: dict[str, Any],
+        channels: dict[str, str],
+        producers: dict[str, int] | None = None,
+    ) -> None:
         """Bring back, offline, a source the store held before the broker restarted,
         with its settings (:meth:`Source.settings`); its channels continue their
-        numbers (the store knows them).
+        numbers (the store knows them), and ``producers`` (each one's newest stored
+        put number) keep a put replayed to the restarted broker from being stored twice.
 
         A source that does not fit the memory left gets what is left (its disk
         history stays whole; its owner reopening it asks for its size again),
@@ -186,6 +195,7 @@ class Hub:
             )
             size = left
         src = Source.from_settings(name, settings, self.clock(), cache_bytes=size)
+        src.producers = dict(producers or {})
         self.sources[name] = src
         for ch_name, ctype in channels.items():
             src.bytes += self.channel(src, ch_name, ctype).store.bytes
@@ -322,6 +332,8 @@ class Hub:
                 src.append(ch, ts, data, writer.name, sizes, seq)
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
+            if self._producer_stored is not None:
+                self._producer_stored(source, producer, pseq)
         return self.router.wakers(ch) if ts else ()
 
     # --- reading

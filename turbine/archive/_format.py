@@ -35,8 +35,14 @@ SEGMENT_HEADER = struct.Struct("<8sHHQdI")
 #: magic, body length, CRC-32 of the body, CRC-32 of the first 12 bytes of this header.
 RECORD_HEADER = struct.Struct("<4sIII")
 
-FRAMES, CHANNEL, HOLE, SOURCE = 1, 2, 3, 4
-KIND_NAMES = {FRAMES: "frames", CHANNEL: "channel", HOLE: "hole", SOURCE: "source"}
+FRAMES, CHANNEL, HOLE, SOURCE, PRODUCERS = 1, 2, 3, 4, 5
+KIND_NAMES = {
+    FRAMES: "frames",
+    CHANNEL: "channel",
+    HOLE: "hole",
+    SOURCE: "source",
+    PRODUCERS: "producers",
+}
 
 #: kind, channel id, first seq, frame count, writer name length.
 _FRAMES = struct.Struct("<B3xIQIH2x")
@@ -44,7 +50,7 @@ _FRAMES = struct.Struct("<B3xIQIH2x")
 _CHANNEL = struct.Struct("<B3xIQHH4x")
 #: kind, channel id, first seq, count.
 _HOLE = struct.Struct("<B3xIQQ")
-#: kind, JSON length.
+#: kind, JSON length (a source record and a producers record).
 _SOURCE = struct.Struct("<B3xI")
 
 #: magic, version, flags, segment number, segment bytes described, channels, entries.
@@ -140,6 +146,11 @@ def source_body(settings: dict[str, Any]) -> bytes:
     return _SOURCE.pack(SOURCE, len(text)) + text
 
 
+def producers_body(table: dict[str, int]) -> bytes:
+    text = json.dumps(table).encode()
+    return _SOURCE.pack(PRODUCERS, len(text)) + text
+
+
 def encode_record(body: list[Any]) -> list[Any]:
     """Header and body buffers of one record; the CRC runs over the body buffers in order."""
     check = 0
@@ -180,7 +191,14 @@ class SourceRecord:
     settings: dict[str, Any]
 
 
-Record = FramesRecord | ChannelRecord | HoleRecord | SourceRecord
+@attrs.frozen
+class ProducersRecord:
+    """Producers' newest stored put numbers (``pseq``), each updating the ones before."""
+
+    table: dict[str, int]
+
+
+Record = FramesRecord | ChannelRecord | HoleRecord | SourceRecord | ProducersRecord
 
 
 def _column(code: str, raw: memoryview) -> list[Any]:
@@ -228,6 +246,12 @@ def decode_body(body: Any) -> Record:
         if kind == SOURCE:
             _, jlen = _SOURCE.unpack_from(mv)
             return SourceRecord(json.loads(bytes(mv[_SOURCE.size : _SOURCE.size + jlen])))
+        if kind == PRODUCERS:
+            _, jlen = _SOURCE.unpack_from(mv)
+            table = json.loads(bytes(mv[_SOURCE.size : _SOURCE.size + jlen]))
+            if not isinstance(table, dict) or not all(type(v) is int for v in table.values()):
+                raise ValueError("not an object of put numbers")
+            return ProducersRecord(table)
     except (struct.error, ValueError) as exc:
         raise FormatError(f"bad {KIND_NAMES.get(kind, kind)} record: {exc}") from None
     raise FormatError(f"unknown record kind {kind}")
@@ -242,7 +266,9 @@ class FramesSummary:
     last_time: float
 
 
-def summarize_body(body: Any) -> FramesSummary | ChannelRecord | HoleRecord | SourceRecord:
+def summarize_body(
+    body: Any,
+) -> FramesSummary | ChannelRecord | HoleRecord | SourceRecord | ProducersRecord:
     """Like :func:`decode_body`, but a frames record is summarized without slicing payloads.
 
     Raises:

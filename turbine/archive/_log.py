@@ -17,10 +17,10 @@ from typing import Any
 
 import attrs
 
-from .._constants import METADATA_CHANNEL
+from .._constants import MAX_PRODUCERS_PER_SOURCE, METADATA_CHANNEL
 from ..store import Run
 from . import _format as fmt
-from ._ops import Declare, Hole, Op, Put, WriteFailed
+from ._ops import Declare, Hole, Op, Producer, Put, Settings, WriteFailed
 from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segment_name
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
@@ -77,6 +77,9 @@ class SourceLog:
         self._lock = threading.RLock()
         self._open: collections.OrderedDict[int, Segment] = collections.OrderedDict()
         self._newest_meta: Put | None = None
+        #: Each producer's newest stored put number, least recent first (the hub's
+        #: table, kept so that de-duplication survives a restart).
+        self.producers: dict[str, int] = {}
 
     @property
     def bytes(self) -> int:
@@ -154,6 +157,7 @@ class SourceLog:
         log = cls(directory, segments, found.settings or {})
         log.damage = damage + found.damage
         log.torn_bytes = found.torn
+        log.producers = found.producers
         log._recover_channels(found)
         return log
 
@@ -190,6 +194,8 @@ class SourceLog:
             out.append((fmt.encode_record([body]), None))
         if self._newest_meta is not None:
             out += self._frames_records(self._newest_meta)
+        if self.producers:
+            out.append((fmt.encode_record([fmt.producers_body(self.producers)]), None))
         return out
 
     # --- writing
@@ -247,21 +253,30 @@ class SourceLog:
             st.next_seq = max(st.next_seq, op.next_seq)
             body = fmt.channel_body(st.id, st.next_seq, st.name, st.content_type)
             return [(fmt.encode_record([body]), None)]
+        if isinstance(op, Producer):
+            producers = self.producers
+            producers.pop(op.producer, None)
+            producers[op.producer] = op.pseq
+            if len(producers) > MAX_PRODUCERS_PER_SOURCE:
+                del producers[next(iter(producers))]
+            body = fmt.producers_body({op.producer: op.pseq})
+            return [(fmt.encode_record([body]), None)]
         if isinstance(op, Hole):
             st = self._channel(op.channel)
             entry = fmt.Entry(0, 0, fmt.HOLE, st.id, op.count, op.first_seq, 0.0, 0.0)
             st.next_seq = max(st.next_seq, op.first_seq + op.count)
             return [(fmt.encode_record([fmt.hole_body(st.id, op.first_seq, op.count)]), entry)]
+        assert isinstance(op, Settings)
         self.settings = dict(op.settings)
         return [(fmt.encode_record([fmt.source_body(self.settings)]), None)]
 
     def _state(self) -> tuple[Any, ...]:
         """What :meth:`_records` changes, to put back when a write fails."""
         kept = {n: (c.content_type, c.next_seq) for n, c in self.channels.items()}
-        return kept, dict(self._by_id), self.settings, self._newest_meta
+        return kept, dict(self._by_id), self.settings, self._newest_meta, dict(self.producers)
 
     def _restore(self, saved: tuple[Any, ...]) -> None:
-        kept, by_id, self.settings, self._newest_meta = saved
+        kept, by_id, self.settings, self._newest_meta, self.producers = saved
         self._by_id = by_id
         self.channels = {c.name: c for c in by_id.values()}
         for name, (ctype, next_seq) in kept.items():

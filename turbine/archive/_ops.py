@@ -18,6 +18,14 @@ class Put:
 
 
 @attrs.frozen
+class Producer:
+    """``producer``'s put number ``pseq`` is stored (queued after that put's frames)."""
+
+    producer: str
+    pseq: int
+
+
+@attrs.frozen
 class Declare:
     channel: str
     content_type: str
@@ -36,7 +44,7 @@ class Settings:
     settings: dict[str, Any]
 
 
-Op = Put | Declare | Hole | Settings
+Op = Put | Declare | Hole | Settings | Producer
 
 
 class WriteFailed(Exception):

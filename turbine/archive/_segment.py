@@ -48,6 +48,8 @@ class Scan:
     entries: list[fmt.Entry] = attrs.Factory(list)
     channels: dict[int, fmt.ChannelRecord] = attrs.Factory(dict)
     settings: dict[str, Any] | None = None
+    #: Producers' newest stored put numbers (the preamble's table, then each update).
+    producers: dict[str, int] = attrs.Factory(dict)
     end: int = fmt.SEGMENT_HEADER.size  # offset after the last good record
     damage: list[Damage] = attrs.Factory(list)
     torn: int = 0  # bytes after the last good record that hold no good record
@@ -165,6 +167,10 @@ def scan(fd: int, number: int, size: int) -> Scan:
             )
         elif isinstance(rec, fmt.ChannelRecord):
             out.channels[rec.channel] = rec
+        elif isinstance(rec, fmt.ProducersRecord):
+            for producer, pseq in rec.table.items():
+                out.producers.pop(producer, None)  # most recent last, as the hub keeps them
+                out.producers[producer] = pseq
         else:
             out.settings = rec.settings
     out.torn = size - out.end

@@ -34,7 +34,7 @@ from ..store import (
 )
 from ._archive import Archive
 from ._datadir import ArchiveError
-from ._ops import Declare, Hole, Put, Settings
+from ._ops import Declare, Hole, Producer, Put, Settings
 
 
 @attrs.frozen
@@ -50,6 +50,8 @@ class RecoveredSource:
     name: str
     settings: dict[str, Any]
     channels: dict[str, RecoveredChannel]
+    #: Each producer's newest stored put number (de-duplication goes on across the restart).
+    producers: dict[str, int] = attrs.Factory(dict)
 
     def content_types(self) -> dict[str, str]:
         return {name: c.content_type for name, c in self.channels.items()}
@@ -101,6 +103,7 @@ class TieredStores:
                     c.name: RecoveredChannel(c.content_type, c.next_seq)
                     for c in log.channels.values()
                 },
+                dict(log.producers),
             )
             for name, log in self.archive.logs.items()
         ]
@@ -208,6 +211,12 @@ class TieredStores:
             "reserved": self.reserved,
             "limit": self.max_disk,
         }
+
+    def producer_stored(self, source: str, producer: str, pseq: int) -> None:
+        """Archive that ``producer``'s put ``pseq`` of ``source`` is stored: queued
+        after that put's frames, so the table on disk never runs ahead of them."""
+        if source in self.archive:  # (not a memory-only source)
+            self.archive.append(source, Producer(producer, pseq))
 
     async def delete(self, source: str) -> int:
         """Delete ``source``'s archive for good (``turbine rm``); return the bytes freed.
