@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 
-from turbine import Client, Frame, RequestFailed, open_client, send_command
+from turbine import Client, Frame, Gap, RequestFailed, open_client, send_command
 from turbine.archive._datadir import locked
 from turbine.auth import LoginRefused
 
@@ -36,7 +37,7 @@ SITE = """
 name = "t"
 grace = 3.0
 restart_first = 0.1
-max_restarts = 2
+max_restarts = {max_restarts}
 stable_after = 30.0
 
 [broker]
@@ -46,7 +47,7 @@ port = 0
 [[component]]
 kind = "daq"
 name = "t"
-settings = {{ channels = 2, rate = 100.0, block_seconds = 0.1 }}
+settings = {{ channels = 2, rate = {rate}, block_seconds = 0.1 }}
 {extra}
 """
 
@@ -85,10 +86,15 @@ class Site:
 
 @contextlib.asynccontextmanager
 async def run_mcp(
-    tmp_path: Path, extra: str = "", broker: str = "", env: dict[str, str] | None = None
+    tmp_path: Path,
+    extra: str = "",
+    broker: str = "",
+    env: dict[str, str] | None = None,
+    rate: float = 100.0,
+    max_restarts: int = 2,
 ) -> AsyncIterator[Site]:
     config = tmp_path / "site.toml"
-    config.write_text(SITE.format(extra=extra, broker=broker))
+    config.write_text(SITE.format(extra=extra, broker=broker, rate=rate, max_restarts=max_restarts))
     log = tmp_path / "mcp.log"
     with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
         proc = await trio.lowlevel.open_process(
@@ -362,7 +368,7 @@ async def test_a_killed_broker_is_restarted_on_its_port_and_data_dir_and_the_sit
 
 async def _mcp_fails(tmp_path: Path, broker: str) -> tuple[int, str]:
     config = tmp_path / "site.toml"
-    config.write_text(SITE.format(extra="", broker=broker))
+    config.write_text(SITE.format(extra="", broker=broker, rate=100.0, max_restarts=2))
     done = await trio.run_process(
         [TURBINE, "mcp", str(config)], capture_stdout=True, capture_stderr=True, check=False
     )
@@ -375,7 +381,9 @@ async def test_a_broker_that_cannot_start_stops_the_site_with_its_reason(tmp_pat
         taken.listen()
         port = taken.getsockname()[1]
         site = SITE.replace("port = 0", f"port = {port}")
-        (tmp_path / "site.toml").write_text(site.format(extra="", broker=""))
+        (tmp_path / "site.toml").write_text(
+            site.format(extra="", broker="", rate=100.0, max_restarts=2)
+        )
         done = await trio.run_process(
             [TURBINE, "mcp", str(tmp_path / "site.toml")],
             capture_stdout=True,
@@ -394,3 +402,82 @@ async def test_a_broker_that_cannot_start_stops_the_site_with_its_reason(tmp_pat
         assert code == 1, err
         assert f"is in use by process {os.getpid()} on" in err
         assert "the broker did not start (exit code 1)" in err
+
+
+async def test_a_broker_killed_three_times_mid_stream_loses_and_repeats_nothing(
+    tmp_path: Path,
+) -> None:
+    """The issue's end-to-end case: a 1 kHz DAQ, a subscriber and the broker
+    under the MCP with a data dir; three times, at a random moment, the broker
+    hangs (SIGSTOP) for 1-2 s and is then killed with -9.  Afterwards every
+    block from the first to the last is in the archive once, on a contiguous
+    sample clock, and the subscriber saw each of them once, in order."""
+    data_dir = tmp_path / "var" / "turbine"
+    broker = f"data_dir = {json.dumps(str(data_dir))}"
+    rng = random.Random(12)
+    paths = ["daq_t_data_source/ch0", "daq_t_data_source/ch1"]
+    path_of = {"ch0": paths[0], "ch1": paths[1]}
+    seen: dict[str, list[Frame]] = {p: [] for p in paths}
+    gaps: list[Gap] = []
+    outages: list[float] = []
+    killed: list[int] = []
+    last: dict[str, int] = {}
+    caught_up = trio.Event()
+    with trio.fail_after(90):
+        async with (
+            run_mcp(tmp_path, broker=broker, rate=1000.0, max_restarts=5) as site,
+            open_client(site.address, reconnect=True) as tb,
+        ):
+            await wait_state(tb, running("daq_t"))
+            flowing = trio.Event()
+
+            async def subscriber(task_status: trio.TaskStatus[None]) -> None:
+                async with tb.subscribe("daq_t_data_source/ch*", start="oldest") as sub:
+                    task_status.started()
+                    async for item in sub:
+                        if isinstance(item, Gap):
+                            gaps.append(item)
+                            continue
+                        seen[path_of[item.channel]].append(item)
+                        flowing.set()
+                        if last and all(seen[p] and seen[p][-1].seq >= last[p] for p in paths):
+                            caught_up.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(subscriber)
+                for _ in range(3):
+                    await flowing.wait()
+                    # Real time on purpose: the broker is away while the DAQ runs on.
+                    await trio.sleep(rng.uniform(0.2, 1.0))
+                    state = await wait_state(
+                        tb, lambda s: running("broker")(s) and s["broker"]["pid"] not in killed
+                    )
+                    pid = state["broker"]["pid"]
+                    killed.append(pid)
+                    outages.append(round(rng.uniform(1.0, 2.0), 2))
+                    os.kill(pid, signal.SIGSTOP)  # hung: the clients cannot tell yet
+                    await trio.sleep(outages[-1])
+                    os.kill(pid, signal.SIGKILL)
+                    flowing = trio.Event()
+                await flowing.wait()
+                reply = await send_command(tb, "mcp_t", "stop", "daq_t")  # flushes its last puts
+                assert reply.ok, reply
+                state = await wait_state(tb, lambda s: s["daq_t"]["state"] == "stopped")
+                assert state["broker"]["restarts"] == 3 and state["daq_t"]["restarts"] == 0
+                archived = {p: await tb.fetch(p, oldest=10**6) for p in paths}
+                last.update({p: archived[p][-1].seq for p in paths})
+                if all(seen[p][-1].seq >= last[p] for p in paths):
+                    caught_up.set()
+                with trio.fail_after(10):
+                    await caught_up.wait()
+                nursery.cancel_scope.cancel()
+    assert not gaps, (gaps, outages)
+    for p in paths:
+        frames = archived[p]
+        assert len(frames) > 50
+        assert [f.seq for f in frames] == list(range(1, len(frames) + 1)), outages
+        steps = {round(b.timestamp - a.timestamp, 6) for a, b in itertools.pairwise(frames)}
+        assert steps == {0.1}, (p, outages)  # the sample clock, contiguous: no block twice
+        assert [(f.seq, f.timestamp, f.data) for f in seen[p]] == [
+            (f.seq, f.timestamp, f.data) for f in frames
+        ], outages
