@@ -13,9 +13,12 @@ import pytest
 import trio
 
 import turbine.client
-from turbine import BrokerUnavailable, ConnectionFailed, Gap, open_client
+from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
+from turbine._constants import RECLAIM_GRACE_S
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
+from turbine.hub import Hub
+from turbine.peer import Peer
 from turbine.server import BrokerConfig, serve_turbine
 
 SRC = "daq_rig_data_source"
@@ -158,10 +161,10 @@ async def test_a_resumed_subscription_gets_a_gap_for_what_the_broker_no_longer_h
     allowed = trio.Event()
     handshake = turbine.client._handshake
 
-    async def held_back(*args):
+    async def held_back(*args, **kwargs):
         held.set()
         await allowed.wait()
-        return await handshake(*args)
+        return await handshake(*args, **kwargs)
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -194,6 +197,77 @@ async def test_a_resumed_subscription_gets_a_gap_for_what_the_broker_no_longer_h
     assert gap == Gap(SRC, "x", 39, 41)  # 2..40: explicit, with the count
     assert [f.seq for f in rest] == list(range(41, 51))
     assert newest.seq == 50  # a monitor resumes with the newest
+
+
+async def test_a_holder_reconnecting_gets_its_source_back_and_a_stranger_meanwhile_is_refused(
+    tmp_path, monkeypatch
+):
+    held = trio.Event()
+    allowed = trio.Event()
+    handshake = turbine.client._handshake
+
+    async def held_back(*args, **kwargs):
+        if kwargs.get("reconnect"):  # the holder's reconnect, not the stranger's connect
+            held.set()
+            await allowed.wait()
+        return await handshake(*args, **kwargs)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                await src.put("x", b"1")
+                await src.flush()
+                monkeypatch.setattr(turbine.client, "_handshake", held_back)
+                await broker.stop()
+                await held.wait()  # the holder is reconnecting, held back
+                await src.put("x", b"2")  # spooled
+                await broker.start()  # the same data dir: the source comes back offline
+                async with open_client(address, name="stranger") as stranger:
+                    with pytest.raises(RequestFailed, match="held by daq.*reconnecting") as exc:
+                        await stranger.open_source(SRC)
+                    assert exc.value.code == "held"
+                    allowed.set()
+                    await daq.flush()  # its source back, its spooled put stored
+                    (info,) = await stranger.list_sources(SRC)
+                    assert info.online and info.holder.startswith("daq#")
+                    frames = await stranger.fetch(PATH, oldest=10)
+                    assert [f.data for f in frames] == [b"1", b"2"]
+                # Closed on purpose, its sources are free at once.
+                async with open_client(address, name="stranger") as stranger:
+                    await daq.aclose()
+                    await stranger.open_source(SRC)
+            await broker.stop()
+
+
+def test_a_source_waits_for_a_reconnecting_holder_only_and_only_for_a_while():
+    now = [1000.0]
+    hub = Hub(clock=lambda: now[0])
+
+    def peer(n: int, client: str) -> Peer:
+        p = Peer(n)
+        p.named(client)
+        return p
+
+    holder = peer(1, "daq")
+    holder.reconnects = True
+    script = peer(2, "script")  # a client that does not reconnect
+    stranger = peer(3, "stranger")
+    hub.open_source(holder, SRC)
+    hub.open_source(script, "daq_other_data_source")
+    hub.release(holder)  # both connections ended
+    hub.release(script)
+    hub.open_source(stranger, "daq_other_data_source")  # not kept: its holder does not come back
+    with pytest.raises(RequestFailed, match="reconnecting"):
+        hub.open_source(stranger, SRC)
+    now[0] += RECLAIM_GRACE_S
+    hub.open_source(stranger, SRC)  # it did not come back in time
+    again = peer(4, "daq")
+    with pytest.raises(RequestFailed, match="held by stranger"):
+        hub.open_source(again, "daq_other_data_source")  # (not its owner: no reclaim)
+    hub.open_source(again, SRC)  # but its owner takes its source back
 
 
 async def test_without_reconnect_a_lost_connection_raises():

@@ -52,6 +52,11 @@ class Requests:
         """
         return (await self.call_parts(kind, reply, **fields))[-1]
 
+    async def send(self, kind: type[Request], **fields: Any) -> None:
+        """Send request ``kind(id=..., **fields)`` and wait for no reply (it is ignored):
+        for the end of a connection, when its read loop may be gone already."""
+        await self._outbox.send(self._proto.send(kind(id=next(self._ids), **fields)))
+
     async def call_marked(
         self, kind: type[Request], reply: type[R], **fields: Any
     ) -> tuple[R, int]:

@@ -93,6 +93,11 @@ MAX_CHANNELS_PER_SOURCE = 1024
 #: Producers whose newest put number a source remembers (de-duplication); the one
 #: that put least recently is forgotten first.
 MAX_PRODUCERS_PER_SOURCE = 256
+#: A source whose holder lost its connection (or that came back from disk at a
+#: restart) stays reserved for that client this long: it reconnects with backoff
+#: capped at 2 s, and another client taking the source over meanwhile would make
+#: its replayed puts fail.
+RECLAIM_GRACE_S = 10.0
 #: What a reconnecting client keeps of unacknowledged puts (frame bytes), by default.
 SPOOL_BYTES = 64 * 2**20
 #: What the receive buffers of all connections may hold together beyond one

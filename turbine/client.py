@@ -116,7 +116,8 @@ class Client:
         #: The puts not yet acknowledged (``reconnect=True`` only).
         self.spool = Spool(spool_bytes) if reconnect else None
         self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
-        self._held: dict[str, dict[str, Any]] = {}  # open_source fields by source, to reopen
+        #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
+        self._held: dict[str, dict[str, Any]] = {}
         self._subs: dict[int, Subscription] = {}
         self._up = trio.Event()  # set while connected
         self._down = trio.Event()  # set when the connection was lost (reconnect=True)
@@ -194,7 +195,12 @@ class Client:
             while True:
                 try:
                     stream, proto, hello, login, sock = await _handshake(
-                        self.address, self._name, self._connect_timeout, self._token, self._tls_ca
+                        self.address,
+                        self._name,
+                        self._connect_timeout,
+                        self._token,
+                        self._tls_ca,
+                        reconnect=True,
                     )
                     reader = self._attach(stream, proto, hello, login, sock)
                     nursery.start_soon(reader.run)
@@ -568,12 +574,22 @@ class Client:
         return best
 
     async def aclose(self) -> None:
-        """Write what was put and not yet sent (for up to 5 s), then close the connection."""
+        """Write what was put and not yet sent (for up to 5 s), then close the connection.
+
+        A reconnecting client closes its sources first: the broker keeps the
+        sources of one whose connection just ends for its reconnect a while,
+        and these are free for another client at once.
+        """
         with trio.CancelScope(shield=True):
             self._closed = True
-            if self._outbox.has_puts and self._outbox.error is None:
-                with trio.move_on_after(5), contextlib.suppress(TurbineError):
-                    await self._outbox.send()
+            with trio.move_on_after(5):
+                if self._outbox.has_puts and self._outbox.error is None:
+                    with contextlib.suppress(TurbineError):
+                        await self._outbox.send()
+                if not self._down.is_set():
+                    with contextlib.suppress(TurbineError):
+                        for source in list(self._held):
+                            await self._requests.send(m.CloseSource, source=source)
             self._fail(ConnectionFailed("the client was closed"))
             await trio.aclose_forcefully(self._stream)
 
@@ -584,6 +600,8 @@ async def _handshake(
     connect_timeout: float,
     token: str | None,
     tls_ca: str | os.PathLike[str] | None,
+    *,
+    reconnect: bool = False,
 ) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]:
     """Connect, greet and log in: the stream, its protocol state, the broker's
     hello, its answer to the login (None from a broker without auth) and the
@@ -625,6 +643,7 @@ async def _handshake(
                         protocol=PROTOCOL_VERSION,
                         name=name,
                         token=token if hello.auth else None,
+                        reconnect=reconnect or None,
                         hello_received=received if hello.time is not None else None,
                         time=wall_time() if hello.time is not None else None,
                     )
@@ -688,7 +707,7 @@ async def open_client(
         AuthError: a token file that is named but cannot be read.
     """
     stream, proto, hello, login, sock = await _handshake(
-        address, name, connect_timeout, token, tls_ca
+        address, name, connect_timeout, token, tls_ca, reconnect=reconnect
     )
     client = Client(
         address,

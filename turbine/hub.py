@@ -17,6 +17,7 @@ from ._constants import (
     MAX_CHANNELS_PER_SOURCE,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
+    RECLAIM_GRACE_S,
     SOURCE_TYPES,
 )
 from ._errors import RequestFailed
@@ -143,6 +144,8 @@ class Hub:
         check_mirror(
             self.identity, name, mirror, shared, src is not None, src.origin if src else None
         )
+        if src is not None and not src.online:
+            self._check_reserved(src, peer)
         if src is not None:
             cache_frames, cache_bytes, archive_bytes, archive_age = src.limits_for(
                 peer, cache_frames, cache_bytes, archive_bytes, archive_age
@@ -159,6 +162,7 @@ class Hub:
         else:
             src.reconfigure(shared, cache_frames, cache_bytes)
         src.holder, src.holder_name, src.offline_since = peer, peer.name, None
+        src.reserved_until = None
         src.owner = src.owner or peer.client
         src.archive_bytes, src.archive_age = archive_bytes, archive_age
         self.store.keep_settings(name, src.settings())
@@ -194,18 +198,46 @@ class Hub:
                 fmt_bytes(self.max_memory),
             )
             size = left
-        src = Source.from_settings(name, settings, self.clock(), cache_bytes=size)
+        now = self.clock()
+        src = Source.from_settings(name, settings, now, cache_bytes=size)
+        src.owner = src.reserved_for = settings.get("owner", "")
+        if settings.get("reconnects"):  # held by a reconnecting client: it is on its way back
+            src.reserved_until = now + RECLAIM_GRACE_S
         src.producers = dict(producers or {})
         self.sources[name] = src
         for ch_name, ctype in channels.items():
             src.bytes += self.channel(src, ch_name, ctype).store.bytes
 
     def release(self, peer: Peer, name: str | None = None) -> None:
-        """Mark ``peer``'s sources (or just ``name``) offline; they stay readable."""
+        """Mark ``peer``'s sources (or just ``name``) offline; they stay readable.
+
+        Without ``name`` (its connection ended), the sources of a peer that
+        reconnects stay reserved for a client of its name for
+        :data:`RECLAIM_GRACE_S`.
+        """
         now = self.clock()
         for src in self.sources.values():
             if src.holder is peer and (name is None or src.name == name):
                 src.holder, src.offline_since = None, now
+                src.reserved_for = peer.client
+                kept = name is None and peer.reconnects
+                src.reserved_until = now + RECLAIM_GRACE_S if kept else None
+
+    def _check_reserved(self, src: Source, peer: Peer) -> None:
+        """Raises RequestFailed (``held``): the offline ``src`` is kept for the
+        client that held it (reconnecting), and ``peer`` is another."""
+        if src.reserved_until is None or peer.client in (src.reserved_for, src.owner):
+            return
+        now = self.clock()
+        if now >= src.reserved_until or not src.reserved_for:
+            return
+        raise RequestFailed(
+            f"source {src.name!r} is held by {src.holder_name or src.reserved_for}, which is "
+            f"reconnecting (offline for {now - (src.offline_since or now):.1f} s); only one "
+            f"client at a time may hold a source (stop that client, or use another name; after "
+            f"{RECLAIM_GRACE_S:g} s offline another client may take it over)",
+            "held",
+        )
 
     def delete(self, name: str, peer: Peer | None = None) -> None:
         """Delete a source and its frames (``peer`` None: the broker itself).

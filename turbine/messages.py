@@ -73,6 +73,9 @@ class ClientHello(Message):
     #: (with hello's ``time``: the broker's estimate of the client's clock offset).
     hello_received: float | None = None
     time: float | None = None
+    #: The client reconnects when its connection is lost: the broker keeps its
+    #: sources for it a while (``RECLAIM_GRACE_S``).
+    reconnect: bool | None = None
 
 
 # --- requests (client -> broker) ---------------------------------------------------

@@ -28,6 +28,8 @@ class Peer:
     name: str = ""
     access: Access | None = None
     client: str = "client"
+    #: Its client_hello said ``reconnect``: its sources wait for it when it is gone.
+    reconnects: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

@@ -167,6 +167,7 @@ class Requests:
 
     def on_client_hello(self, msg: m.ClientHello) -> None:
         self.peer.named(msg.name)
+        self.peer.reconnects = bool(msg.reconnect)
         if msg.hello_received is not None and msg.time is not None:
             # NTP's on-wire method over hello and client_hello: offset of the
             # client's clock from the broker's, and the round trip it rode on.

@@ -135,6 +135,10 @@ class Source:
         self.owner = ""
         self.created = now
         self.offline_since: float | None = None
+        #: Until when (clock) an offline source is kept for the client ``reserved_for``
+        #: (the holder that lost its connection, or the owner after a restart).
+        self.reserved_until: float | None = None
+        self.reserved_for = ""
         self.origin: Origin | None = None  # where a mirrored source's frames come from
         self.archive_bytes = 0  # disk kept (0: memory only; the store factory decides)
         self.archive_age: float | None = None  # and how old it may get, in seconds
@@ -368,6 +372,10 @@ class Source:
             "shared": self.shared,
             "archive_bytes": self.archive_bytes,
         }
+        if self.owner:
+            settings["owner"] = self.owner
+        if self.holder is not None and self.holder.reconnects:
+            settings["reconnects"] = True  # kept for its holder after a restart
         if self.archive_age is not None:
             settings["archive_age"] = self.archive_age
         if self.origin is not None:
