@@ -8,6 +8,7 @@ on sleeps.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import trio
@@ -92,6 +93,37 @@ async def test_puts_during_an_outage_are_stored_once_in_order_with_their_timesta
     assert [f.data for f in got] == [b"%d" % i for i in range(1, 22)]
     assert [f.seq for f in got] == list(range(1, 22))  # each once, numbers continuing
     assert [f.timestamp for f in got] == [1000.0 + i for i in range(1, 22)]
+
+
+async def test_an_outage_longer_than_memory_spools_to_a_file_and_replays_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(turbine.client, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
+    spool_dir = tmp_path / "state"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path / "data")
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                await src.put("x", b"1", 1001.0)
+                await src.flush()
+                await broker.stop()
+                await daq._down.wait()
+                for i in range(2, 12):
+                    await src.put("x", b"%d" % i, 1000.0 + i)
+                    await trio.lowlevel.checkpoint()  # the flusher makes each a put message
+                with pytest.raises(BrokerUnavailable):
+                    await daq.flush(timeout=0.05)
+                (path,) = spool_dir.iterdir()
+                assert path.name == f"daq-{os.getpid()}.spool" and path.stat().st_size > 0
+                assert daq.spool is not None and daq.spool.file_bytes >= 8
+                await broker.start()
+                await daq.flush(timeout=20)
+                assert path.stat().st_size == 0  # acknowledged: nothing left on file
+                got = await daq.fetch(PATH, oldest=100)
+            assert not path.exists()  # closed: removed
+            await broker.stop()
+    assert [f.data for f in got] == [b"%d" % i for i in range(1, 12)]
+    assert [f.timestamp for f in got] == [1000.0 + i for i in range(1, 12)]
 
 
 async def test_a_replay_of_puts_the_broker_had_stored_is_not_stored_twice(monkeypatch):

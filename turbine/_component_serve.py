@@ -16,7 +16,7 @@ import trio
 
 from ._clock import wall_time
 from ._component_log import BrokerLogHandler
-from ._component_parts import CommandDesk, Patience, open_small_endpoints
+from ._component_parts import CommandDesk, KeptState, Patience, open_small_endpoints
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._signals import open_stop_nursery
 from .client import Client, Source, open_client
@@ -50,6 +50,7 @@ class Sessions:
     _desk: CommandDesk
     _log_handler: BrokerLogHandler
     _patience: Patience
+    kept: KeptState
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -152,7 +153,11 @@ class Sessions:
                         # reconnect: a broker that goes away loses none of the
                         # component's frames (spooled) nor its subscriptions.
                         async with open_client(
-                            self.address, name=self.component, reconnect=True, token=self.token
+                            self.address,
+                            name=self.component,
+                            reconnect=True,
+                            token=self.token,
+                            spool_dir=self.kept.directory,
                         ) as tb:
                             await self._session(tb, self._patience, ready)
                     except* ConnectionFailed as group:

@@ -100,6 +100,9 @@ MAX_PRODUCERS_PER_SOURCE = 256
 RECLAIM_GRACE_S = 10.0
 #: What a reconnecting client keeps of unacknowledged puts (frame bytes), by default.
 SPOOL_BYTES = 64 * 2**20
+#: ... of which it keeps this much in memory when it has a spool directory (the
+#: rest goes to a file there: a component's state dir).
+SPOOL_MEMORY_BYTES = 8 * 2**20
 #: What the receive buffers of all connections may hold together beyond one
 #: normal read each (partial large messages); a reader waits when it is used up.
 MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES

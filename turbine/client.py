@@ -48,6 +48,7 @@ from ._constants import (
     PROTOCOL_VERSION,
     RECEIVE_BYTES,
     SPOOL_BYTES,
+    SPOOL_MEMORY_BYTES,
 )
 from ._errors import (
     BrokerUnavailable,
@@ -100,6 +101,7 @@ class Client:
         token: str | None = None,
         reconnect: bool = False,
         spool_bytes: int = SPOOL_BYTES,
+        spool_dir: str | os.PathLike[str] | None = None,
         tls_ca: Any = None,
     ) -> None:
         self.address = address
@@ -114,7 +116,11 @@ class Client:
         self._ids = itertools.count(1)
         self._feeds: dict[int, Feed] = {}
         #: The puts not yet acknowledged (``reconnect=True`` only).
-        self.spool = Spool(spool_bytes) if reconnect else None
+        self.spool = None
+        if reconnect:
+            directory = None if spool_dir is None else os.fspath(spool_dir)
+            spool_name = f"{name}-{os.getpid()}.spool"
+            self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, spool_name)
         self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
         #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
         self._held: dict[str, dict[str, Any]] = {}
@@ -592,6 +598,8 @@ class Client:
                             await self._requests.send(m.CloseSource, source=source)
             self._fail(ConnectionFailed("the client was closed"))
             await trio.aclose_forcefully(self._stream)
+            if self.spool is not None:
+                self.spool.close()
 
 
 async def _handshake(
@@ -677,6 +685,7 @@ async def open_client(
     token: str | None = None,
     reconnect: bool = False,
     spool_bytes: int = SPOOL_BYTES,
+    spool_dir: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
@@ -694,7 +703,11 @@ async def open_client(
     and keeps every put in a spool of at most ``spool_bytes`` until the
     broker acknowledged it, replaying it after a reconnect (the broker stores
     a put once).  A full spool drops its oldest puts; frames dropped before
-    they were ever sent reach readers as one gap per channel.
+    they were ever sent reach readers as one gap per channel.  With
+    ``spool_dir``, past ``SPOOL_MEMORY_BYTES`` (8 MiB) of frames the spool
+    goes on in a file there (``NAME-PID.spool``, each put synced to disk),
+    still bounded by ``spool_bytes``; the file is removed when the client
+    closes.
 
     ``tls_ca`` (or ``TURBINE_TLS_CA``) names the CA certificate the broker's
     must be signed by; the client then speaks TLS and verifies the broker's
@@ -716,6 +729,7 @@ async def open_client(
         token=token,
         reconnect=reconnect,
         spool_bytes=spool_bytes,
+        spool_dir=spool_dir,
         tls_ca=tls_ca,
     )
     reader = client._attach(stream, proto, hello, login, sock)
