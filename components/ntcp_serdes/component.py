@@ -22,6 +22,7 @@ it before it went away).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -45,6 +46,9 @@ __all__ = ["NtcpSerdes"]
 
 #: Seconds a reply may take to be accepted by the NTCP client.
 SEND_TIMEOUT = 10.0
+#: How long a question to the broker about a request without reply may take: while
+#: the broker is away (restarting) the answer to the NTCP client must not wait for it.
+PROBE_TIMEOUT = 1.0
 #: Journal entries searched to tell "not forwarded" from "outcome unknown".
 JOURNAL_SCAN = 100
 
@@ -186,7 +190,15 @@ class NtcpSerdes(Component):
         )
         with self._answers.expect(cmd.id) as pending:
             try:
-                await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())
+                # put waits for the broker's acknowledgement: while it is away the
+                # command is spooled (delivered, expired, when it is back): say so.
+                with trio.move_on_after(min(timeout, max(deadline, PROBE_TIMEOUT))) as sending:
+                    await tb.put(
+                        f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json()
+                    )
+                if sending.cancelled_caught:
+                    why = f"the turbine at {self.address} is away"
+                    return await self._no_reply(tb, cmd, is_execute, why), False
             except RequestFailed as exc:
                 if exc.code == "missing":
                     return f"no translator {self.target} has run on this turbine", False
@@ -196,7 +208,11 @@ class NtcpSerdes(Component):
             try:
                 with trio.move_on_after(min(deadline, timeout)):
                     return _answer(await pending.wait(), self.target)
-                if not await self._target_online(tb):
+                online = await self._target_online(tb)
+                if online is None:
+                    why = f"the turbine at {self.address} is away"
+                    return await self._no_reply(tb, cmd, is_execute, why), False
+                if not online:
                     return await self._no_reply(
                         tb, cmd, is_execute, "the translator is not running"
                     ), False
@@ -206,23 +222,25 @@ class NtcpSerdes(Component):
                 return await self._no_reply(tb, cmd, is_execute, exc.reason), False
         return await self._no_reply(tb, cmd, is_execute, f"no reply within {timeout:g} s"), False
 
-    async def _target_online(self, tb: Any) -> bool:
+    async def _target_online(self, tb: Any) -> bool | None:
+        """Whether the translator is online; None: the broker did not say in time."""
         try:
-            infos = await tb.list_sources(self.target_endpoints["replies"])
+            with trio.move_on_after(PROBE_TIMEOUT):
+                infos = await tb.list_sources(self.target_endpoints["replies"])
+                return any(info.online for info in infos)
         except TurbineError:
             return False
-        return any(info.online for info in infos)
+        return None
 
     async def _no_reply(self, tb: Any, cmd: Command, is_execute: bool, why: str) -> str:
         text = f"{why}: no reply from {self.target}"
         if is_execute:
             journal = f"{self.target_endpoints['data']}/journal.txt"
-            try:
+            sent = True  # unless the journal says otherwise in time
+            with contextlib.suppress(TurbineError), trio.move_on_after(PROBE_TIMEOUT):
                 sent = any(
                     cmd.id.encode() in f.data for f in await tb.fetch(journal, newest=JOURNAL_SCAN)
                 )
-            except TurbineError:
-                sent = True
             if sent:
                 return f"outcome unknown: {text} after it began forwarding the execute"
         if time.time() > (cmd.deadline or 0):

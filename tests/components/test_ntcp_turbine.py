@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -460,3 +461,65 @@ async def test_simulator_module_runs_as_a_component_with_name(broker):
         finally:
             process.kill()
             await process.wait()
+
+
+async def _serve_broker(data_dir: Path, port: int = 0) -> tuple[trio.Process, int]:
+    """A real broker process on ``data_dir``; its process and port."""
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "turbine",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(1)
+        assert chunk, "the broker exited"
+        line += chunk
+    return proc, int(line.rsplit(b":", 1)[1])
+
+
+@pytest.mark.slow
+async def test_a_request_while_the_broker_restarts_is_answered_and_the_session_goes_on(
+    parts, tmp_path
+):
+    nursery = parts
+    rig = CountingRig(FAST)
+    sim_port = await start_sim(nursery, rig)
+    proc, port = await _serve_broker(tmp_path / "data")
+    broker = f"127.0.0.1:{port}"
+    try:
+        with trio.fail_after(40):
+            await start_translator(nursery, broker, sim_port)
+            _, ntcp_port = await start_serdes(nursery, broker, deadline=0.5, timeout=10.0)
+            async with open_ntcp("127.0.0.1", ntcp_port) as ntcp:
+                assert await ntcp.request("open-session\ts") == "OK\t0\ts"
+                assert await ntcp.request(f"propose\tp1\t{CP}\tx\tdisplacement\t1") == "OK\t0\tp1"
+                proc.kill()  # the broker crashes; the request below is in flight meanwhile
+                await proc.wait()
+                start = trio.current_time()
+                answer = await ntcp.request("execute\tp1")
+                assert trio.current_time() - start < 5  # bounded: deadline and a probe or two
+                assert answer.startswith(
+                    f"NOT OK\toutcome unknown: the turbine at {broker} is away"
+                )
+                proc, _ = await _serve_broker(tmp_path / "data", port)
+                # The session goes on once the broker is back; the execute spooled while
+                # it was away reaches the translator expired, and is not forwarded.
+                reply = parse_reply(await ntcp.request(f"get-control-point\tm\t{CP}"))
+                while not reply.ok:  # (answered NOT OK until the path is whole again)
+                    reply = parse_reply(await ntcp.request(f"get-control-point\tm\t{CP}"))
+                assert rig.executes == []
+                assert await ntcp.request("execute\tp1") == "OK\t0\tp1"
+                assert rig.executes == ["p1"]  # once
+    finally:
+        proc.kill()
+        await proc.wait()
