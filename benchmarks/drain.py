@@ -142,9 +142,10 @@ async def main() -> None:
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f}")
     print(
-        "| case | outage | frames | spooled MB (on file) | restart -> drained | replay | frames/s | MB/s |"
+        "| case | outage | frames | spooled MB (on file) | restart -> drained "
+        "| broker start | reconnect wait | replay + ack | frames/s | MB/s |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         for case in args.cases.split(","):
             for seconds in map(float, args.outages.split(",")):
