@@ -108,7 +108,18 @@ SPOOL_MEMORY_BYTES = 8 * 2**20
 MAX_RECEIVE_MEMORY_BYTES = 4 * MAX_PAYLOAD_BYTES
 #: Allocations at least this large get their own memory mapping, returned to the
 #: system whole when freed (turbine serve pins glibc's threshold: turbine/_memory.py).
-MMAP_THRESHOLD_BYTES = 128 * 2**10
+#: Smaller ones, large frames' receive buffers among them, come from the heap,
+#: where a freed buffer is reused by the next.  Under the old 128 KiB pin a
+#: large frame got a fresh mapping whenever the heap's top had no room: two
+#: page faults per 4 KiB (the zero-fill read, then the copy) and an munmap at
+#: eviction, 42 % of the broker's CPU time at 1 MB frames (perf, 490 faults per
+#: MB).  The trimmer returns free heap pages after closes and source deletes.
+#: Larger buffers (frames over 2 MiB, a hostile client's huge message) keep
+#: their own mapping: growing one on the heap copies it at every doubling
+#: (realloc cannot remap there), which held the event loop: with a 32 MiB
+#: threshold the hostile-client test's status latency went from 52-69 ms to
+#: 109-191 ms.
+MMAP_THRESHOLD_BYTES = 2 * 2**20
 #: After connections close, free memory goes back to the system at most this often.
 TRIM_INTERVAL_S = 1.0
 #: A message that stays partly received this long closes its connection (seconds);

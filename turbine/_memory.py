@@ -1,11 +1,14 @@
 """Giving memory back to the operating system (glibc's allocator, where present).
 
 The broker's receive buffers and large headers come and go with hostile or
-bursty clients.  glibc raises its mmap threshold after such a buffer is freed,
-so later ones land on the heap, and freed heap pages stay resident: a broker
-that took a burst kept its peak RSS for good.  :func:`pin_mmap_threshold`
-keeps large allocations in their own mappings (returned whole on free) and
-:func:`trim` hands free heap pages back.  Both do nothing without glibc.
+bursty clients, and frames live in the rings until evicted.  Frame-sized
+buffers come from the heap, where the next frame reuses a freed one's pages
+(a mapping per frame costs page faults on every frame); freed heap pages stay
+resident until :func:`trim` hands them back, which the broker does after
+connections close and sources are deleted.  :func:`pin_mmap_threshold` keeps
+glibc from moving its threshold, so what is above it (a hostile client's huge
+message) always gets its own mapping, returned whole on free.  Both do nothing
+without glibc.
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ class BrokerView(Protocol):
 
     def set_auth(self, table: AuthTable) -> None: ...
 
+    def trim_soon(self) -> None: ...
+
 
 class Requests:
     """Request handlers of one connection (mixed into the connection)."""
@@ -315,6 +317,7 @@ class Requests:
         src = hub.sources.get(msg.source)
         in_memory = sum(ch.store.bytes for ch in src.channels.values()) if src else 0
         hub.delete(msg.source, self.peer)
+        self.broker.trim_soon()
         if not hub.store.durable:
             self.reply(msg, {"freed": in_memory})
             return

@@ -462,13 +462,14 @@ class Broker:
         self._room = trio.Event()
         await self._room.wait()
 
-    def _trim_soon(self) -> None:
-        """A connection closed: its memory goes back to the system (:meth:`trimmer`)."""
+    def trim_soon(self) -> None:
+        """A connection closed or a source was deleted: the memory they held goes
+        back to the system (:meth:`trimmer`)."""
         self._closed_some.set()
 
     async def trimmer(self) -> None:
-        """Give freed memory back to the system after connections close, at
-        most once per TRIM_INTERVAL_S (a burst of hostile connections must not
+        """Give freed memory back to the system after connections close or
+        sources are deleted, at most once per TRIM_INTERVAL_S (a burst of hostile connections must not
         leave the broker at its peak RSS)."""
         while True:
             await self._closed_some.wait()
@@ -631,7 +632,7 @@ class Broker:
             self.hub.release(conn.peer)
             conn.proto.close_budget()
             del self.connections[conn.id]
-            self._trim_soon()
+            self.trim_soon()
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock(), conn.slow_events))
             with trio.CancelScope(shield=True):
                 if drain:  # after the record and the release: the client may look at both
