@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import turbine
@@ -73,3 +75,21 @@ def test_turbine_modules_import_no_cycle():
     assert "router" in edges["hub"]  # the walk sees relative imports
     cycle = find_cycle(edges)
     assert cycle is None, f"import cycle in turbine/: {' -> '.join(cycle or [])}"
+
+
+def test_a_client_imports_neither_the_broker_nor_the_component_framework():
+    # `import turbine` is most of a short script's start-up (the history
+    # benchmark's "connect"): the names a client does not use load on first use.
+    script = (
+        "import sys, turbine; turbine.open_client; turbine.Frame; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    loaded = set(done.stdout.split())
+    assert "turbine.client" in loaded, done.stderr
+    heavy = {"turbine.server", "turbine.hub", "turbine.component", "turbine.auth", "tomllib"}
+    assert not loaded & heavy
+    assert turbine.Component.__module__ == "turbine.component"  # and they still load
+    assert {"serve_turbine", "connect", "ConfigError"} <= set(dir(turbine))

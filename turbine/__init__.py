@@ -3,8 +3,9 @@
 The public API; everything else is private to the package.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._blocking import open_file, run_blocking
-from ._clock import wall_time
 from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
 from ._errors import (
@@ -18,8 +19,6 @@ from ._errors import (
     leaves,
     unwrap,
 )
-from ._retry import Backoff
-from ._sync import BlockingClient, connect
 from .client import (
     ChannelInfo,
     Client,
@@ -32,10 +31,50 @@ from .client import (
     parse_address,
 )
 from .command import Command, NoReply, Reply, send_command
-from .component import Component, command
 from .names import InvalidName
-from .server import BrokerConfig, serve_turbine
-from .settings import ConfigError
+
+# `turbine.command` is the component framework's decorator (loaded on first
+# use, see _LAZY), not the module of that name, which the import above bound.
+del globals()["command"]
+
+if TYPE_CHECKING:
+    from ._clock import wall_time
+    from ._retry import Backoff
+    from ._sync import BlockingClient, connect
+    from .component import Component, command
+    from .server import BrokerConfig, serve_turbine
+    from .settings import ConfigError
+
+#: Names imported on first use, by the module that defines them: a client
+#: (``import turbine``, then ``open_client``) does not load the broker, the
+#: component framework or their dependencies (``python -X importtime``).
+_LAZY = {
+    "wall_time": "._clock",
+    "Backoff": "._retry",
+    "BlockingClient": "._sync",
+    "connect": "._sync",
+    "Component": ".component",
+    "command": ".component",
+    "BrokerConfig": ".server",
+    "serve_turbine": ".server",
+    "ConfigError": ".settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'turbine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Backoff",

@@ -27,7 +27,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 import trio
@@ -61,12 +61,15 @@ from ._errors import (
 )
 from ._io import send_buffers
 from ._retry import Backoff
-from .auth import LoginRefused, find_token
 from .names import compile_pattern, split_path
-from .origin import Origin
 from .protocol import NEED_DATA, Connection, Role, encode_message
-from .router import check_start
 from .tls import client_context, connect_tls, default_ca
+
+if TYPE_CHECKING:
+    from .origin import Origin
+
+# Loaded when first needed, not at `import turbine` (a client's start-up time):
+# .auth (a broker that asks for a token), .router (check_start).
 
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
@@ -489,6 +492,8 @@ class Client:
         ``start`` is ``"now"``, ``"newest"``, ``"oldest"`` or a sequence
         number; channels that appear later are read from their first frame.
         """
+        from .router import check_start
+
         compile_pattern(pattern)
         check_start(start)
         sid = next(self._ids)
@@ -643,6 +648,8 @@ async def _handshake(
             hello = cast(m.Hello, msg)  # only a hello (or that refusal) can come first
             received = wall_time()
             if hello.auth and token is None:
+                from .auth import find_token
+
                 token = find_token()
             await send_buffers(
                 sock,
@@ -671,6 +678,8 @@ async def _handshake(
         await trio.aclose_forcefully(stream)
         raise
     if isinstance(login, m.Error):
+        from .auth import LoginRefused
+
         await trio.aclose_forcefully(stream)
         raise LoginRefused(f"{address} refused the login: {login.message}")
     return stream, proto, hello, login, sock

@@ -14,7 +14,6 @@ nothing within :data:`~turbine._constants.TLS_SNIFF_S`) gets a plain
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import socket
 import ssl
@@ -175,6 +174,8 @@ def make_lab_certs(
 
     Returns the four paths by those names without ``.pem``.
     """
+    import ipaddress  # here, not at import: every client imports this module
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
