@@ -4,6 +4,7 @@ never stall, bloat or break the broker for everyone."""
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import struct
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from test_cli import TURBINE, Serve, ok, stop, tb
+from test_cli import TURBINE, Serve, ok, read_line, stop, tb
 
 import turbine
 from turbine._constants import PROTOCOL_VERSION
@@ -119,3 +120,69 @@ def test_deleting_a_source_gives_its_memory_back(server):
             assert time.monotonic() < deadline, f"RSS still {left / 2**20:.0f} MiB over"
             client.status()
     assert held > 80 * 2**20, f"96 MiB of frames held only {held / 2**20:.0f} MiB"
+
+
+def first_message(address: str) -> dict:
+    """Connect and read the broker's first message (its hello, or a refusal); the socket
+    stays open, returned as the dict's ``sock``."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    data = b""
+    while len(data) < 8 or len(data) < 8 + sum(struct.unpack(">II", data[:8])):
+        chunk = sock.recv(65536)
+        assert chunk, "the broker closed without a word"
+        data += chunk
+    (header_len,) = struct.unpack(">I", data[:4])
+    msg = msgpack.unpackb(data[8 : 8 + header_len])
+    msg["sock"] = sock
+    return msg
+
+
+def test_out_of_descriptors_a_client_is_refused_at_once_and_told_why():
+    # The soft limit is raised to the hard one at start; at the hard limit a
+    # new client gets an error instead of waiting for a hello that never comes.
+    def limit_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 64))
+
+    proc = subprocess.Popen(
+        [TURBINE, "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit_descriptors,
+    )
+    held: list[socket.socket] = []
+    try:
+        address = read_line(proc.stdout).split()[-1]
+        refusals = []
+        for _ in range(80):
+            msg = first_message(address)
+            held.append(msg["sock"])
+            if msg["type"] != "hello":
+                refusals.append(msg)
+                if len(refusals) == 3:
+                    break
+        assert len(refusals) == 3, "never out of descriptors at a hard limit of 64"
+        assert len(held) > 40, "the soft limit of 40 was not raised"
+        for msg in refusals:
+            assert (msg["type"], msg["id"], msg["code"]) == ("error", None, "capacity")
+            assert "out of file descriptors" in msg["message"]
+            assert msg["sock"].recv(1) == b""  # and closed
+        for sock in held[:10]:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while (msg := first_message(address))["type"] != "hello":  # until the closes are seen
+            msg["sock"].close()
+            assert time.monotonic() < deadline, "still refusing after connections closed"
+        msg["sock"].close()
+        with turbine.connect(address, name="status") as client:
+            status = client.status()
+        assert status["files"]["limit"] == 64
+        assert status["files"]["refused"] >= 3
+        assert "capacity_refused" in {c["code"] for c in status["closed"]}
+    finally:
+        for sock in held:
+            sock.close()
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    assert err.count("out of file descriptors") == 1, err  # once, not per refusal

@@ -159,6 +159,11 @@ SLOW_WRITE_S = 1.0
 #: destroy those words in the client's receive buffer.
 LAST_WORDS_S = 1.0
 CLOSE_DRAIN_S = 1.0
+#: Out of file descriptors with none in reserve to refuse a client with: how
+#: long the broker waits before it accepts again (as trio's own loop does).
+ACCEPT_RETRY_S = 0.1
+#: Out of file descriptors: the broker logs it once, then again only after this long.
+FULL_LOG_INTERVAL_S = 60.0
 #: How long one connection's reader may handle a burst of requests before it
 #: lets every other task run (seconds of CPU, not a deadline).
 TURN_S = 0.002

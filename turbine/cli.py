@@ -29,6 +29,7 @@ from ._constants import (
     TOKEN_ENVVAR,
     VERSION,
 )
+from ._descriptors import raise_limit as raise_descriptor_limit
 from ._errors import RequestFailed, TurbineError, unwrap
 from ._memory import pin_mmap_threshold
 from ._options import address_option
@@ -298,6 +299,7 @@ async def _serve(
     stores: Callable[[Archive], TieredStores],
 ) -> None:
     pin_mmap_threshold()  # this process is the broker: large buffers go back whole
+    raise_descriptor_limit()  # one per connection: as many as the hard limit allows
 
     async def stop(signum: signal.Signals) -> None:
         click.echo("turbine: shutting down", err=True)

@@ -14,6 +14,7 @@ class CloseReason(enum.Enum):
     PROTOCOL_ERROR = "protocol_error"  # the client broke the protocol; told why, then cut
     AUTH_REFUSED = "auth_refused"  # a missing or wrong token; told why, then cut
     TLS_REFUSED = "tls_refused"  # plain bytes at a TLS port (told to use TLS) or a failed handshake
+    CAPACITY_REFUSED = "capacity_refused"  # no file descriptor left for it; told why, then cut
     WRITE_TIMEOUT = "write_timeout"  # the client stopped reading: a write missed its deadline
     CONNECTION_LOST = "connection_lost"  # the network failed (reset, broken pipe)
     BROKER_STOPPED = "broker_stopped"  # the broker shut down

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import trio
 
+from . import _descriptors
 from . import messages as m
 from ._constants import (
     CLOSE_DRAIN_S,
@@ -96,6 +97,13 @@ class BrokerConfig:
     insecure: bool = False
     #: Speak TLS with this context (turbine/tls.py server_context); None: plain TCP.
     tls: ssl.SSLContext | None = None
+
+
+#: What a client refused for want of file descriptors is told (code ``capacity``).
+FULL_MESSAGE = (
+    "the broker is out of file descriptors (its limit is in turbine status, files); "
+    "try again when some connections have closed"
+)
 
 
 class InsecureListen(TurbineError):
@@ -455,6 +463,14 @@ class Broker:
         self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
         self.auth = config.auth
         self.failures = FailureDelays()
+        self.acceptor = _descriptors.Acceptor(
+            b"".join(encode_message(m.Error(id=None, code="capacity", message=FULL_MESSAGE))),
+            lambda address: self.closed.append(
+                Closed(
+                    f"client ({address})", CloseReason.CAPACITY_REFUSED, FULL_MESSAGE, self.clock()
+                )
+            ),
+        )
 
     async def receive_room(self) -> None:
         """Wait until some connection gives back receive budget (called right
@@ -536,6 +552,7 @@ class Broker:
             },
             "disk": self.hub.store.statistics(),  # None without a data dir
             "sources": len(self.hub.sources),
+            "files": {"limit": _descriptors.limit(), "refused": self.acceptor.refused},
             "clients": [c.info() for c in clients],
             "slow_events": self.slow_events,
             "closed": [c.info() for c in self.closed] if viewer is None or viewer.admin else [],
@@ -665,6 +682,7 @@ async def serve_turbine(
     listeners = await trio.open_tcp_listeners(config.port, host=host)
     addresses = [tuple(ln.socket.getsockname()[:2]) for ln in listeners]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, broker.handle, listeners)
+        for listener in listeners:
+            nursery.start_soon(broker.acceptor.serve, listener, broker.handle, nursery)
         nursery.start_soon(broker.trimmer)
         task_status.started(addresses)
