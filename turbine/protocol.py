@@ -133,9 +133,10 @@ def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exceptio
         if type(value) not in exact:
             _check_type(kind, name, value, types, error)
     for name, types, exact in optional:
-        value = fields.get(name)
-        if value is not None and type(value) not in exact:  # nil is as good as absent
-            _check_type(kind, name, value, types, error)
+        if name in fields:
+            value = fields[name]
+            if value is not None and type(value) not in exact:  # nil is as good as absent
+                _check_type(kind, name, value, types, error)
     if not fields.keys() <= spec.names:
         # Unknown keys are ignored, but, like every header value, hold no
         # extension type (the decoder refuses all but the timestamp type),
@@ -145,8 +146,7 @@ def _check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exceptio
                 raise error(f"{kind!r} field {name!r} holds a msgpack extension type")
         limits = tuple(STRING_LIMITS.items())
     for name, limit in limits:
-        value = fields.get(name)
-        if type(value) is str and len(value) > limit:
+        if name in fields and type(value := fields[name]) is str and len(value) > limit:
             raise error(
                 f"{kind!r} field {name!r} has {len(value)} characters; the limit is {limit}"
             )
