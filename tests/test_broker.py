@@ -512,6 +512,55 @@ async def test_monitor_gives_only_the_newest(broker):
     assert (last.seq, last.data) == (12, b"last")
 
 
+async def test_a_rate_limited_monitor_gets_the_newest_frame_once_an_interval(
+    nursery, autojump_clock
+):
+    address = await start_broker(nursery)
+    got: dict[str, list[tuple[float, int]]] = {"x": [], "y": []}
+    with trio.fail_after(60):
+        async with open_client(address, name="pub") as pub, open_client(address) as viewer:
+            src = await pub.open_source(SRC)
+            async with viewer.monitor(f"{SRC}/*", max_rate=2) as mon:
+
+                async def watch() -> None:
+                    async for item in mon:
+                        got[item.channel].append((trio.current_time(), item.seq))
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(watch)
+                    start = trio.current_time()
+                    for i in range(300):  # 100 frames a second on each channel, for 3 s
+                        await trio.sleep_until(start + i / 100)
+                        await src.put("x", b"%d" % i)
+                        await src.put("y", b"%d" % i)
+                    await trio.sleep(1)  # mock time: the last interval ends
+                    inner.cancel_scope.cancel()
+                status = await viewer.status()
+    for seen in got.values():
+        times, seqs = [t for t, _ in seen], [s for _, s in seen]
+        assert 6 <= len(seen) <= 8, seen  # 2 a second, not 100
+        assert all(b - a >= 0.5 - 1e-9 for a, b in zip(times, times[1:], strict=False)), seen
+        for t, seq in seen:  # each the newest when it was sent
+            assert abs(seq - (t - start) * 100) <= 2, seen
+        assert seqs[-1] == 300  # the last one put, once its interval was over
+    (me,) = [c for c in status["clients"] if c["name"].startswith("client#")]
+    assert me["subscriptions"][0]["missed"] == 0  # skipped by choice: no gaps
+
+
+@pytest.mark.parametrize(
+    ("monitor", "max_rate"), [(False, 2.0), (True, 0.0), (True, -1.0), (True, float("inf"))]
+)
+async def test_max_rate_takes_a_rate_above_0_and_a_monitor(broker, monitor, max_rate):
+    with trio.fail_after(5):
+        async with open_client(broker) as tb:
+            with pytest.raises(RequestFailed, match="max_rate must be") as err:
+                async with tb.subscribe(f"{SRC}/x", monitor=monitor, max_rate=max_rate):
+                    pass
+            assert err.value.code == "request"
+            async with tb.monitor(f"{SRC}/x", max_rate=1):  # the connection carries on
+                pass
+
+
 async def test_unsubscribed_pattern_gets_nothing_more(broker):
     with trio.fail_after(5):
         async with open_client(broker) as tb:

@@ -117,11 +117,20 @@ class Subscription:
     :class:`Gap` items.  The producer is never slowed.
     """
 
-    def __init__(self, sid: int, pattern: str, start: str | int, monitor: bool, feed: Feed) -> None:
+    def __init__(
+        self,
+        sid: int,
+        pattern: str,
+        start: str | int,
+        monitor: bool,
+        feed: Feed,
+        max_rate: float | None = None,
+    ) -> None:
         self.id = sid
         self.pattern = pattern
         self.start = start
         self.monitor = monitor
+        self.max_rate = max_rate
         self.channels: list[str] = []
         self._feed = feed
         self.positions = feed.positions

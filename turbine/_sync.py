@@ -111,11 +111,16 @@ class BlockingClient:
 
     @contextlib.contextmanager
     def subscribe(
-        self, pattern: str, *, start: str | int = "now", monitor: bool = False
+        self,
+        pattern: str,
+        *,
+        start: str | int = "now",
+        monitor: bool = False,
+        max_rate: float | None = None,
     ) -> Iterator[Iterator[Frame | Gap]]:
         """Like the async ``subscribe``; yields a plain iterator (blocks per item)."""
         assert self._client is not None
-        cm = self._client.subscribe(pattern, start=start, monitor=monitor)
+        cm = self._client.subscribe(pattern, start=start, monitor=monitor, max_rate=max_rate)
         sub = self._call(cm.__aenter__)
 
         def items() -> Iterator[Frame | Gap]:
@@ -131,8 +136,10 @@ class BlockingClient:
             with contextlib.suppress(ConnectionFailed):
                 self._call(cm.__aexit__, None, None, None)
 
-    def monitor(self, pattern: str) -> contextlib.AbstractContextManager[Iterator[Frame | Gap]]:
-        return self.subscribe(pattern, start="newest", monitor=True)
+    def monitor(
+        self, pattern: str, *, max_rate: float | None = None
+    ) -> contextlib.AbstractContextManager[Iterator[Frame | Gap]]:
+        return self.subscribe(pattern, start="newest", monitor=True, max_rate=max_rate)
 
     def close(self) -> None:
         if self._stop is not None and self._thread.is_alive():

@@ -244,7 +244,13 @@ class Client:
     def _subscribe_fields(sub: Subscription) -> dict[str, Any]:
         """What resumes ``sub``: the newest for a monitor, else the first frame not yet received."""
         if sub.monitor:
-            return {"sub": sub.id, "pattern": sub.pattern, "start": "newest", "monitor": True}
+            return {
+                "sub": sub.id,
+                "pattern": sub.pattern,
+                "start": "newest",
+                "monitor": True,
+                "max_rate": sub.max_rate,
+            }
         positions = sub.positions
         return {"sub": sub.id, "pattern": sub.pattern, "start": "oldest", "resume": positions}
 
@@ -485,12 +491,23 @@ class Client:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, pattern: str, *, start: str | int = "now", monitor: bool = False
+        self,
+        pattern: str,
+        *,
+        start: str | int = "now",
+        monitor: bool = False,
+        max_rate: float | None = None,
     ) -> AsyncIterator[Subscription]:
         """Every frame of every channel matching ``pattern``, in order per channel.
 
         ``start`` is ``"now"``, ``"newest"``, ``"oldest"`` or a sequence
         number; channels that appear later are read from their first frame.
+        ``monitor``: only the newest frame of each channel, skipping what the
+        reader was too slow for; ``max_rate`` (with ``monitor``): at most that
+        many frames per second per channel, each the newest when sent.
+
+        Raises:
+            RequestFailed: ``max_rate`` not above 0, or without ``monitor``.
         """
         from .router import check_start
 
@@ -498,9 +515,15 @@ class Client:
         check_start(start)
         sid = next(self._ids)
         feed = self._feeds[sid] = Feed(positions={} if self.reconnect else None)
-        sub = Subscription(sid, pattern, start, monitor, feed)
+        sub = Subscription(sid, pattern, start, monitor, feed, max_rate)
         try:
-            fields = {"sub": sid, "pattern": pattern, "start": start, "monitor": monitor}
+            fields = {
+                "sub": sid,
+                "pattern": pattern,
+                "start": start,
+                "monitor": monitor,
+                "max_rate": max_rate,
+            }
             msg = (await self._call_parts(m.Subscribe, m.Ok, fields))[-1]
             sub.channels = msg.result["channels"]
             if feed.positions is not None:
@@ -524,9 +547,14 @@ class Client:
                     bye = m.Unsubscribe(id=self._requests.next_id(), sub=sid)
                     await self._outbox.send(self._proto.send(bye))
 
-    def monitor(self, pattern: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        """The newest frame of each matching channel, skipping what the reader was too slow for."""
-        return self.subscribe(pattern, start="newest", monitor=True)
+    def monitor(
+        self, pattern: str, *, max_rate: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """The newest frame of each matching channel, skipping what the reader was too
+        slow for; with ``max_rate``, at most that many per second per channel (the
+        broker sends the newest when the interval is over, so nothing else crosses
+        the network: a thumbnailer's or a viewer's way to watch a camera)."""
+        return self.subscribe(pattern, start="newest", monitor=True, max_rate=max_rate)
 
     async def list_sources(self, pattern: str = "*") -> list[SourceInfo]:
         """Sources whose names match ``pattern``, with channels and newest metadata."""

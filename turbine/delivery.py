@@ -7,7 +7,8 @@ The writer of a connection (or the reader writing for it) pulls a batch with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import messages as m
@@ -25,17 +26,30 @@ class Delivery:
 
     Subscriptions take turns being first, so one busy subscription cannot
     starve the others.  ``frames`` and ``gaps`` count what was sent.
+
+    A rate-limited monitor's channel that has a newer frame before its
+    interval is over waits: :attr:`wake_at` is the earliest time one may go
+    (``clock``'s time; ``inf``: none waits), and ``on_wake_at`` is told each
+    time it moves earlier, so that whoever pulls can pull again then.
     """
 
     def __init__(
-        self, proto: Connection, subs: dict[int, Subscription], prefetch: Prefetch
+        self,
+        proto: Connection,
+        subs: dict[int, Subscription],
+        prefetch: Prefetch,
+        clock: Callable[[], float],
+        on_wake_at: Callable[[float], None],
     ) -> None:
         self._proto = proto
         self._subs = subs
         self._prefetch = prefetch
+        self._clock = clock
+        self._on_wake_at = on_wake_at
         self._rotation = 0
         self.frames = 0  # frames sent
         self.gaps = 0  # gap messages sent
+        self.wake_at = math.inf
 
     def pull(self, buffers: list[Any]) -> bool:
         """Add pending subscribed frames (and gaps before them) to ``buffers``.
@@ -47,13 +61,16 @@ class Delivery:
         if not subs:
             return False
         more = False
+        if self.wake_at != math.inf and self.wake_at <= self._clock():
+            self.wake_at = math.inf  # due now: the cursors below say when next
         self._rotation = (self._rotation + 1) % len(subs)
         for sub in subs[self._rotation :] + subs[: self._rotation]:
             if budget_frames <= 0 or budget_bytes <= 0:
                 return True  # more to send after this batch
-            groups, payloads, gaps, n, size, cold = collect(
-                sub.cursors.values(), budget_frames, budget_bytes
-            )
+            cursors: Iterable[Cursor] = sub.cursors.values()
+            if sub.interval:
+                cursors = self._due(sub)
+            groups, payloads, gaps, n, size, cold = collect(cursors, budget_frames, budget_bytes)
             for cur in cold:
                 self._prefetch(cur, budget_frames, budget_bytes)
             for cur, run in gaps:
@@ -75,8 +92,24 @@ class Delivery:
                 budget_bytes -= size
                 sub.delivered += n
                 self.frames += n
-                for c in sub.cursors.values():
+                for c in cursors:
                     if c.pending:
                         more = True
                         break
         return more
+
+    def _due(self, sub: Subscription) -> list[Cursor]:
+        """The cursors of a rate-limited monitor that may send their newest frame now;
+        each that has to wait moves :attr:`wake_at`."""
+        now = self._clock()
+        due = []
+        for cur in sub.cursors.values():
+            if cur.loading or not cur.pending:
+                continue
+            if cur.due <= now:
+                cur.due = now + sub.interval
+                due.append(cur)
+            elif cur.due < self.wake_at:
+                self.wake_at = cur.due
+                self._on_wake_at(cur.due)
+        return due

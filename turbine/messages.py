@@ -136,6 +136,8 @@ class Subscribe(Request):
     pattern: str
     start: str | int | None = None
     monitor: bool | None = None
+    #: A monitor's most frames per second per channel (the newest, at most one per 1/max_rate s).
+    max_rate: float | None = None
     #: Channel paths to the sequence number to start at (a resumed subscription).
     resume: dict[str, int] | None = None
 

@@ -9,6 +9,7 @@ connection's store task (``turbine/storetask.py``) with its reply's place kept.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -246,6 +247,13 @@ class Requests:
         ):
             why = f"resume must map channel paths to sequence numbers >= 1, not {resume!r}"
             raise RequestFailed(why[:300], "request")
+        max_rate = msg.max_rate
+        if max_rate is not None and not (msg.monitor and 0 < max_rate < math.inf):
+            raise RequestFailed(
+                f"max_rate must be a number of frames per second above 0, with monitor "
+                f"(not {max_rate!r}{'' if msg.monitor else ' without monitor'})",
+                "request",
+            )
         sub = Subscription(
             sid,
             self,
@@ -254,6 +262,7 @@ class Requests:
             bool(msg.monitor),
             self.readable(),
             resume,
+            0.0 if max_rate is None else 1.0 / max_rate,
         )
         hub = self.broker.hub
         hub.router.add(sub, hub.channels("*/*"))

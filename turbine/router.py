@@ -65,7 +65,7 @@ class Cursor:
     next :func:`collect`.
     """
 
-    __slots__ = ("sub", "channel", "next_seq", "loading", "prefetched")
+    __slots__ = ("sub", "channel", "next_seq", "loading", "prefetched", "due")
 
     def __init__(self, sub: Subscription, channel: Channel, next_seq: int) -> None:
         self.sub = sub
@@ -73,6 +73,7 @@ class Cursor:
         self.next_seq = next_seq
         self.loading = False
         self.prefetched: Run | None = None
+        self.due = 0.0  # a rate-limited monitor sends nothing before this (trio) time
 
     @property
     def pending(self) -> bool:
@@ -84,7 +85,8 @@ class Subscription:
     """A pattern one client wants frames for.
 
     ``owner`` is woken when a channel it reads gets frames (the broker's
-    connection); ``monitor`` delivers only the newest frame of each channel;
+    connection); ``monitor`` delivers only the newest frame of each channel,
+    at most one per ``interval`` seconds per channel when that is not 0;
     ``readable`` (if given) decides, when a channel would be attached,
     whether its source may be read (a user's rights: never asked per frame).
     """
@@ -97,6 +99,8 @@ class Subscription:
     readable: Readable | None = None
     #: Channel paths to where this subscription starts on them (resuming).
     resume: dict[str, int] | None = None
+    #: A monitor's least time between two frames of one channel (seconds; 0: none).
+    interval: float = 0.0
     matcher: Pattern = attrs.field(init=False)
     cursors: dict[Channel, Cursor] = attrs.field(init=False, factory=dict)
     delivered: int = 0

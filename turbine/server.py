@@ -148,7 +148,10 @@ class ClientConnection(Requests):
         self._drained = trio.Event()  # set when the writer took the queued replies
         self.finished = trio.Event()
         self.reads = StoreReads(self)
-        self.delivery = Delivery(self.proto, self.subs, self.reads.prefetch)
+        self._sleep: trio.CancelScope | None = None  # the writer's, while it sleeps until a time
+        self.delivery = Delivery(
+            self.proto, self.subs, self.reads.prefetch, trio.current_time, self._wake_writer_at
+        )
         self.bytes_in = self.bytes_out = self.frames_in = 0
         self.written: set[str] = set()
         self.slow_events = 0
@@ -162,6 +165,13 @@ class ClientConnection(Requests):
             self.broker.ready[self] = None  # written by the reader before it next waits
         elif wake is Wake.NOW:
             self._wakeup.set()
+
+    def _wake_writer_at(self, when: float) -> None:
+        """A rate-limited monitor's frame may go at ``when``: the writer pulls then at the latest."""
+        if self._sleep is None:
+            self._wakeup.set()  # it sleeps without a deadline (or is awake): it sleeps again with one
+        elif when < self._sleep.deadline:
+            self._sleep.deadline = when
 
     def frames_ready(self) -> None:
         """Frames are pending, and no reader will write them: wake the writer."""
@@ -247,7 +257,12 @@ class ClientConnection(Requests):
         while True:
             if out.sleep():
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                if self.delivery.wake_at == math.inf:
+                    await self._wakeup.wait()
+                else:  # a rate-limited monitor's frame waits for its time
+                    with trio.CancelScope(deadline=self.delivery.wake_at) as self._sleep:
+                        await self._wakeup.wait()
+                    self._sleep = None
             buffers = out.take(self.delivery.pull)
             self._drained.set()
             if buffers:
