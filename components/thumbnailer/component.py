@@ -5,7 +5,9 @@ own endpoints are ``thumbnail_thumbnailer_*``) serves every camera:
 
 * it finds the cameras with one wildcard subscription in monitor mode,
   ``video_*_data_source/video.jpg``, so a camera that starts later, or
-  restarts, is picked up with no configuration;
+  restarts, is picked up with no configuration; the broker sends it each
+  camera's newest frame at most ``rate`` times a second (``max_rate``), so
+  the frames it would not use never cross the network;
 * for camera ``video_<cam>_data_source`` it publishes
   ``thumbnail_<cam>_data_source/thumbnail.jpg``: a JPEG of exactly the
   thumbnail size (QCIF, 176x144, unless the camera's metadata asks for
@@ -17,8 +19,10 @@ own endpoints are ``thumbnail_thumbnailer_*``) serves every camera:
 
 It never falls behind.  The subscription's reader only drops each frame
 into its camera's one-frame slot (the newest replaces the older one).  Each
-camera has its own task that, once per period, takes whatever is newest in
-its slot and has it decoded (reduced-size JPEG decoding) and encoded in a
+camera has its own task that takes whatever is newest in its slot (the
+broker sends one frame per camera and period, the newest then; a task that
+waited for its own period on top would add up to one frame's delivery to
+each thumbnail's age) and has it decoded (reduced-size JPEG decoding) and encoded in a
 worker thread.  A slow or huge camera therefore holds up only its own task
 and one worker thread; the other cameras keep their rate.  A corrupt or
 non-JPEG frame is logged and skipped.
@@ -206,6 +210,7 @@ class Thumbnailer(Component):
         self._ignored: set[str] = set()
         self._limiter = trio.CapacityLimiter(c.workers)
         self._nursery: trio.Nursery | None = None
+        self._monitor: trio.CancelScope | None = None  # the camera subscription's, at one rate
 
     # --- what the turbine sees
 
@@ -236,15 +241,24 @@ class Thumbnailer(Component):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._watch_metadata)
-            async with self.client_or_fail().monitor(VIDEO_PATTERN) as sub:
-                async for item in sub:
-                    if isinstance(item, Frame):
-                        feed = self.feeds.get(item.source)
-                        if feed is None:
-                            feed = self._new_feed(item.source)
-                            if feed is None:
-                                continue
-                        feed.offer(item)
+            while True:
+                # The broker sends each camera's newest frame at most `rate`
+                # times a second, so no other frame crosses the network; a
+                # new rate (set-rate) cancels the scope: subscribe again.
+                with trio.CancelScope() as scope:
+                    self._monitor = scope
+                    client = self.client_or_fail()
+                    async with client.monitor(VIDEO_PATTERN, max_rate=self.config.rate) as sub:
+                        async for item in sub:
+                            if isinstance(item, Frame):
+                                feed = self.feeds.get(item.source)
+                                if feed is None:
+                                    feed = self._new_feed(item.source)
+                                    if feed is None:
+                                        continue
+                                feed.offer(item)
+                if not scope.cancelled_caught:
+                    break
 
     def client_or_fail(self) -> Client:
         assert self.client is not None, "run() is only called while connected"
@@ -326,10 +340,10 @@ class Thumbnailer(Component):
         )
 
     async def _serve_feed(self, feed: Feed) -> None:
-        """Thumbnail ``feed``'s newest frame once per period, forever."""
+        """Thumbnail ``feed``'s newest frame as the broker sends them (at most ``rate``
+        a second), forever."""
         feed.thumbnails = await self._open_thumbnails(feed)
         while True:
-            interval = 1.0 / self.config.rate
             if feed.params_changed.is_set():
                 feed.params_changed = trio.Event()
                 await self._publish_feed_metadata(feed, feed.thumbnails)
@@ -344,7 +358,6 @@ class Thumbnailer(Component):
                 await feed.params_changed.wait()
                 continue
             frame = await feed.take()
-            began = trio.current_time()
             params = feed.params
             try:
                 thumb = await trio.to_thread.run_sync(
@@ -363,7 +376,6 @@ class Thumbnailer(Component):
                 feed.ages.append(now - frame.timestamp)
                 if len(feed.ages) > AGE_HISTORY:
                     del feed.ages[: len(feed.ages) - AGE_HISTORY]
-            await trio.sleep_until(began + interval)
 
     # --- commands
 
@@ -372,6 +384,8 @@ class Thumbnailer(Component):
         if not 0 < rate <= 100:
             raise ValueError(f"rate {rate:g} out of range: use more than 0, at most 100")
         self.change_settings(rate=rate)
+        if self._monitor is not None:
+            self._monitor.cancel()  # the cameras' frames come at the new rate
         self.log.info("thumbnail rate set to %g per second per camera", rate)
         await self.publish_metadata()
         return f"{rate:g} thumbnails per second per camera (from the next period on)"

@@ -28,6 +28,7 @@ from PIL import Image
 
 from components.thumbnailer.component import (
     COMPONENT,
+    VIDEO_PATTERN,
     Thumbnailer,
     ThumbnailParams,
     camera_of,
@@ -283,6 +284,38 @@ async def test_rate_limits_each_camera(broker: str) -> None:
     stamps = [f.timestamp for f in got["fast"]]
     assert all(b - a > 0.08 for a, b in zip(stamps, stamps[1:], strict=False))
     assert reply.status == "error" and "out of range" in reply.error
+
+
+async def test_the_broker_sends_only_the_frames_the_rate_uses(broker: str) -> None:
+    thumbnailer = Thumbnailer("thumbnailer", broker, {"rate": 8})
+    with trio.fail_after(30):
+        async with open_client(broker) as tb, running(thumbnailer), trio.open_nursery() as n:
+            source = await raw_camera(tb, "fast")
+            began = trio.current_time()
+            await n.start(feed_frames, source, solid_jpeg((320, 240)), 0.005)
+            await thumbnails_of(tb, {"fast"}, 5)
+            status = await tb.status()
+            elapsed = trio.current_time() - began
+            reply = await send_command(tb, "thumbnail_thumbnailer", "set-rate", "20")
+            after = await tb.status()
+            n.cancel_scope.cancel()
+
+    def monitors(status: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            s
+            for c in status["clients"]
+            for s in c["subscriptions"]
+            if s["pattern"] == VIDEO_PATTERN and s["monitor"]
+        ]
+
+    (camera,) = [c for c in status["clients"] if "video_fast_data_source" in c["sources"]]
+    (watch,) = monitors(status)
+    # The camera puts up to 200 frames a second; the thumbnailer is sent at most
+    # 8 a second (and the first at once), not all of them.
+    assert watch["delivered"] <= elapsed * 8 + 2, (watch, elapsed)
+    assert camera["frames_in"] >= 4 * watch["delivered"], (camera, watch)
+    assert reply.status == "ok"
+    assert len(monitors(after)) == 1  # subscribed again at the new rate, not twice
 
 
 # --- end to end, with processes ------------------------------------------------------
