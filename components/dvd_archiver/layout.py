@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from turbine import FLOAT64_CONTENT_TYPE
-from turbine.render import pcm_format, pcm_swap
+from turbine.render import is_text, pcm_format, pcm_swap
 
 #: Version tag written into every manifest.
 MANIFEST_FORMAT = "turbine-dvd-archive/1"
@@ -54,7 +54,6 @@ CHUNK_KINDS = ("float64", "text", "audio")
 #: WAV file: a stop and start, or frames the turbine dropped.  Blocks stamped with
 #: their sample clock join exactly; this leaves room for blocks stamped on arrival.
 AUDIO_JOIN_S = 0.02
-_TEXT_TYPES = ("application/json", "application/x-ndjson", "application/xml")
 
 
 def channel_kind(channel: str, content_type: str) -> str:
@@ -69,7 +68,7 @@ def channel_kind(channel: str, content_type: str) -> str:
         return "float64"
     if pcm_format(content_type) is not None:
         return "audio"
-    if ctype.startswith("text/") or ctype in _TEXT_TYPES or name.endswith((".txt", ".json")):
+    if is_text(ctype) or name.endswith((".txt", ".json")):
         return "text"
     return "binary"
 
