@@ -16,7 +16,7 @@ import trio
 from components.audio.component import Audio, AudioSettings
 from turbine import Frame, open_client, send_command
 from turbine.settings import ConfigError
-from turbine.testing import fake_data, open_broker, serving
+from turbine.testing import fake_data, next_frames, open_broker, serving
 
 
 def samples(data: bytes) -> list[int]:
@@ -152,13 +152,7 @@ async def test_alsa_capture_through_alsa_lib(
         async with open_broker() as address:
             audio = Audio("mic", address, config)
             async with serving(audio), open_client(address) as tb:
-                got: list[Frame] = []
-                async with tb.subscribe("audio_mic_data_source/audio.pcm", start="oldest") as sub:
-                    async for item in sub:
-                        if isinstance(item, Frame):
-                            got.append(item)
-                            if len(got) == 5:
-                                break
+                got = await next_frames(tb, "audio_mic_data_source/audio.pcm", 5, start="oldest")
                 assert await send_command(tb, "audio_mic", "stop")
                 status = (await send_command(tb, "audio_mic", "status")).result
                 (meta,) = await tb.fetch("audio_mic_data_source/metadata.txt", newest=1)

@@ -13,7 +13,7 @@ from turbine import Frame
 from turbine._clock import wall_time
 from turbine.client import open_client
 from turbine.mcp import SiteConfigError, load_config
-from turbine.testing import follow_trio_clock, start_broker
+from turbine.testing import follow_trio_clock, next_frames, start_broker
 
 AHEAD = 1000.0  # the broker's clock runs this far ahead of the component's machine
 
@@ -24,11 +24,9 @@ def clock() -> trio.testing.MockClock:
 
 
 async def first_block(address: str) -> Frame:
-    async with open_client(address) as tb, tb.subscribe("daq_t_data_source/ch0") as sub:
-        async for item in sub:
-            if isinstance(item, Frame):
-                return item
-    raise AssertionError("subscription ended")
+    async with open_client(address) as tb:
+        (frame,) = await next_frames(tb, "daq_t_data_source/ch0")
+    return frame
 
 
 @pytest.mark.parametrize(("source", "offset"), [("broker", AHEAD), ("local", 0.0)])

@@ -20,6 +20,7 @@ from PIL import Image
 from components.camera_sim.server import serve_camera_sim
 from components.video.component import COMPONENT, Video, camera_url, parse_resolution
 from turbine import ConfigError, Frame, open_client, send_command
+from turbine.testing import next_frames
 
 VIDEO = "video_cam_data_source/video.jpg"
 META = "video_cam_data_source/metadata.txt"
@@ -39,17 +40,6 @@ async def running(component: Video) -> AsyncIterator[trio.CancelScope]:
         await nursery.start(component.serve)
         yield nursery.cancel_scope
         nursery.cancel_scope.cancel()
-
-
-async def frames(tb: Any, pattern: str, n: int, start: str = "oldest") -> list[Frame]:
-    got: list[Frame] = []
-    async with tb.subscribe(pattern, start=start) as sub:
-        async for item in sub:
-            if isinstance(item, Frame):
-                got.append(item)
-                if len(got) == n:
-                    return got
-    raise AssertionError("subscription ended")
 
 
 async def newest_metadata(tb: Any) -> dict[str, Any]:
@@ -121,7 +111,7 @@ async def test_synthetic_frames_metadata_and_timestamps(broker: str) -> None:
     with trio.fail_after(20):
         async with open_client(broker) as tb, running(cam):
             before = time.time()
-            got = await frames(tb, VIDEO, 5)
+            got = await next_frames(tb, VIDEO, 5, start="oldest")
             after = time.time()
             meta = await newest_metadata(tb)
     assert [size_of(f.data) for f in got] == [(320, 240)] * 5
@@ -146,18 +136,18 @@ async def test_set_fps_and_resolution(broker: str, autojump_clock: trio.abc.Cloc
     cam = Video("cam", broker, {"width": 160, "height": 120, "fps": 5})
     with trio.fail_after(60):
         async with open_client(broker) as tb, running(cam):
-            await frames(tb, VIDEO, 1)
+            await next_frames(tb, VIDEO, 1, start="oldest")
             reply = await send_command(tb, "video_cam", "set-resolution", "320x176")
             assert reply.ok, reply.error
             assert reply.result["resolution"] == "320x176"
             # Frames after the change have the new size.
-            got = await frames(tb, VIDEO, 3, start="now")
+            got = await next_frames(tb, VIDEO, 3)
             assert {size_of(f.data) for f in got} == {(320, 176)}
             assert (await newest_metadata(tb))["resolution"] == "320x176"
 
             reply = await send_command(tb, "video_cam", "set-fps", "20")
             assert reply.ok, reply.error
-            got = await frames(tb, VIDEO, 21, start="now")
+            got = await next_frames(tb, VIDEO, 21)
             # 20 intervals of 50 ms, on the component's (mock) clock.
             assert got[-1].timestamp - got[0].timestamp < 3
             assert (await newest_metadata(tb))["frame_rate"] == 20
@@ -197,7 +187,7 @@ async def test_files_are_looped(broker: str, tmp_path: Path) -> None:
     cam = Video("cam", broker, {"mode": "files", "dir": str(tmp_path), "fps": 50})
     with trio.fail_after(20):
         async with open_client(broker) as tb, running(cam):
-            got = await frames(tb, VIDEO, 5)
+            got = await next_frames(tb, VIDEO, 5, start="oldest")
             meta = await newest_metadata(tb)
             bad = await send_command(tb, "video_cam", "set-resolution", "640x480")
     assert [f.data for f in got] == [a, b, a, b, a]
@@ -216,7 +206,7 @@ async def test_files_directory_missing_is_logged_and_retried(broker: str, tmp_pa
             assert "trying again" in entry["message"]
             folder.mkdir()
             frame = write_jpeg(folder / "x.jpg", (64, 64), (0, 255, 0))
-            got = await frames(tb, VIDEO, 1)
+            got = await next_frames(tb, VIDEO, 1, start="oldest")
     assert got[0].data == frame
 
 
@@ -237,7 +227,7 @@ async def test_mjpeg_camera_drops_and_recovers(broker: str, autojump_clock: trio
         )
         with trio.fail_after(120):
             async with open_client(broker) as tb, running(cam):
-                got = await frames(tb, VIDEO, 3)
+                got = await next_frames(tb, VIDEO, 3, start="oldest")
                 assert {size_of(f.data) for f in got} == {(320, 240)}
                 meta = await newest_metadata(tb)
                 assert meta["source"] == url
@@ -257,7 +247,7 @@ async def test_mjpeg_camera_drops_and_recovers(broker: str, autojump_clock: trio
                 await outer.start(camera_sim, port)
                 entry = await wait_for_log(tb, "recovered")
                 assert "frames flowing" in entry["message"]
-                await frames(tb, VIDEO, 2, start="now")
+                await next_frames(tb, VIDEO, 2)
                 assert (await send_command(tb, "video_cam", "status")).result[
                     "source"
                 ] == "streaming"
@@ -266,7 +256,7 @@ async def test_mjpeg_camera_drops_and_recovers(broker: str, autojump_clock: trio
                 reply = await send_command(tb, "video_cam", "set-resolution", "160x120")
                 assert reply.ok, reply.error
                 assert "resolution=160x120&fps=10" in reply.result["url"]
-                got = await frames(tb, VIDEO, 2, start="now")
+                got = await next_frames(tb, VIDEO, 2)
                 assert {size_of(f.data) for f in got} == {(160, 120)}
             camera.cancel()
 
