@@ -452,6 +452,14 @@ def secure(auth: bool, tls: bool) -> None:
         os.environ["TURBINE_TLS_CA"] = str(certs["ca"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Broker:
     """``turbine serve`` on a free loopback port, in its own process."""
 
@@ -486,9 +494,7 @@ class Broker:
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the broker used so far, from /proc."""
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()

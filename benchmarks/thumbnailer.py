@@ -41,20 +41,13 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from throughput import cpu_seconds  # noqa: E402  (a sibling script, not a package)
+
 from components.thumbnailer.component import percentile  # noqa: E402
 from components.video.synthetic import PatternRenderer  # noqa: E402
 from turbine import Frame, open_client, send_command  # noqa: E402
 
 THUMBS = "thumbnail_*_data_source/thumbnail.jpg"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # After the command name: state is field 3, utime 14 and stime 15 (1-based).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 # --- the publisher (its own process) ------------------------------------------------

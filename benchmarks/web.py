@@ -44,7 +44,7 @@ import trio
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
-from throughput import Broker  # noqa: E402  (a sibling script, not a package)
+from throughput import Broker, cpu_seconds  # noqa: E402  (a sibling script, not a package)
 
 import turbine  # noqa: E402
 
@@ -73,9 +73,7 @@ class Viewer:
         self.url = line.split()[3].rstrip("/")
 
     def cpu_s(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
