@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 
 import click
-import trio
 
 from ._constants import MIRROR_POLL_S
 from ._options import patterns_callback, token_file_callback
-from ._signals import open_stop_nursery
+from ._signals import run_until_stopped
 from .mirror import MirrorConfig, run_mirror
 
 
@@ -74,18 +73,8 @@ def mirror(
         target_token=target_token,
     )
 
-    def report(line: str) -> None:
-        click.echo(line, err=True)
-
-    async def main() -> None:
-        async def stop(signum: object) -> None:
-            report("mirror: stopping")
-
-        async with open_stop_nursery(stop) as nursery:
-            await nursery.start(functools.partial(run_mirror, config, report=report))
-            report(f"mirror: copying {' '.join(patterns)} from {origin} to {target}")
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_until_stopped(
+        "mirror",
+        functools.partial(run_mirror, config),
+        f"mirror: copying {' '.join(patterns)} from {origin} to {target}",
+    )

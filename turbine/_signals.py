@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import click
 import trio
 
 #: The signals that stop a broker, a component or a site.
@@ -43,3 +46,29 @@ async def open_stop_nursery(
 
             nursery.start_soon(watch)
             yield nursery
+
+
+def run_until_stopped(name: str, serve: Callable[..., Awaitable[Any]], started: str) -> None:
+    """Run the service ``serve`` from a command line until SIGINT or SIGTERM.
+
+    ``serve(report=..., task_status=...)`` is started in a stop nursery; its
+    report lines, ``started`` once it has started and ``"<name>: stopping"`` on
+    the first signal go to stderr.  Ctrl-C before the signals are caught exits
+    with status 130, without a traceback.
+    """
+
+    def report(line: str) -> None:
+        click.echo(line, err=True)
+
+    async def main() -> None:
+        async def stop(signum: object) -> None:
+            report(f"{name}: stopping")
+
+        async with open_stop_nursery(stop) as nursery:
+            await nursery.start(functools.partial(serve, report=report))
+            report(started)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

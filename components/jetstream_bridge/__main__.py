@@ -6,10 +6,9 @@ import functools
 from typing import Any
 
 import click
-import trio
 
 from turbine._options import address_option, patterns_callback, token_file_callback
-from turbine._signals import open_stop_nursery
+from turbine._signals import run_until_stopped
 
 
 def _options(fn: Any) -> Any:
@@ -102,21 +101,11 @@ def _run(
     config = BridgeConfig(turbine, servers, stream, tuple(patterns), token=token, **more)
     run = run_export if kind == "export" else run_import
 
-    def report(line: str) -> None:
-        click.echo(line, err=True)
-
-    async def body() -> None:
-        async def stop(signum: object) -> None:
-            report("bridge: stopping")
-
-        async with open_stop_nursery(stop) as nursery:
-            await nursery.start(functools.partial(run, config, report=report))
-            report(f"bridge: {kind} of {' '.join(patterns)} between {turbine} and {stream}")
-
-    try:
-        trio.run(body)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    run_until_stopped(
+        "bridge",
+        functools.partial(run, config),
+        f"bridge: {kind} of {' '.join(patterns)} between {turbine} and {stream}",
+    )
 
 
 if __name__ == "__main__":
