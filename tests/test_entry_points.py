@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.test_mcp import open_mcp_process
 from turbine import open_client, send_command
 from turbine.testing import next_frames
 
@@ -147,30 +147,9 @@ def _install(tmp_path: Path, src: Path) -> Path:
 @contextlib.asynccontextmanager
 async def _running_site(python: Path, site: Path) -> AsyncIterator[str]:
     """``turbine mcp site`` run by ``python``; yields its broker's address, stops it on exit."""
-    log = site.with_suffix(".log")
-    with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
-        proc = await trio.lowlevel.open_process(
-            [str(python), "-c", "from turbine.cli import main; main()", "mcp", str(site)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        assert proc.stdout is not None
-        line = b""
-        with trio.fail_after(20):
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, f"the MCP exited: {log.read_text()}"
-                line += chunk
-        yield line.split()[-1].decode()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    argv = [str(python), "-c", "from turbine.cli import main; main()", "mcp", str(site)]
+    async with open_mcp_process(argv, site.with_suffix(".log"), started_within=20) as (_, address):
+        yield address
 
 
 async def test_a_package_installed_from_outside_runs_under_the_mcp(tmp_path: Path) -> None:

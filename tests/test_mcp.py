@@ -17,7 +17,7 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,46 @@ class Site:
 
 
 @contextlib.asynccontextmanager
+async def open_mcp_process(
+    argv: list[str],
+    log: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    started_within: float = 10,
+    stopped_within: float = 10,
+) -> AsyncIterator[tuple[trio.Process, str]]:
+    """``argv`` (a ``turbine mcp SITE`` command line) as a process, its stderr in ``log``.
+
+    Yields the process and its broker's address once it has printed
+    ``turbine listening on ADDRESS``; on exit SIGTERM, then SIGKILL if it has
+    not stopped within ``stopped_within`` seconds.
+    """
+    with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
+        proc = await trio.lowlevel.open_process(
+            argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd
+        )
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(started_within):
+            while not line.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some(1)
+                assert chunk, f"the MCP exited: {log.read_text()}"  # noqa: ASYNC240
+                line += chunk
+        assert line.startswith(b"turbine listening on "), line
+        yield proc, line.split()[-1].decode()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(stopped_within):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
 async def run_mcp(
     tmp_path: Path,
     extra: str = "",
@@ -96,28 +136,8 @@ async def run_mcp(
     config = tmp_path / "site.toml"
     config.write_text(SITE.format(extra=extra, broker=broker, rate=rate, max_restarts=max_restarts))
     log = tmp_path / "mcp.log"
-    with log.open("wb") as err:  # noqa: ASYNC230 (creating a local file does not block)
-        proc = await trio.lowlevel.open_process(
-            [TURBINE, "mcp", str(config)], stdout=subprocess.PIPE, stderr=err, env=env
-        )
-    try:
-        assert proc.stdout is not None
-        line = b""
-        with trio.fail_after(10):
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, f"the MCP exited: {log.read_text()}"
-                line += chunk
-        assert line.startswith(b"turbine listening on "), line
-        yield Site(proc, line.split()[-1].decode(), log)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+    async with open_mcp_process([TURBINE, "mcp", str(config)], log, env=env) as (proc, address):
+        yield Site(proc, address, log)
 
 
 async def wait_state(

@@ -7,10 +7,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -23,7 +21,7 @@ import trio
 from PIL import Image
 
 from components.daq.component import Daq
-from tests.test_mcp import TURBINE, run_mcp, running, wait_state
+from tests.test_mcp import TURBINE, open_mcp_process, run_mcp, running, wait_state
 from tests.web.helpers import http
 from turbine import open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
@@ -472,18 +470,12 @@ async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
     site, url = _demo_site(tmp_path)
     components = [p.label for p in load_config(site).programs if p.component]
     env = {**os.environ, "HOME": str(tmp_path)}  # the operator's token file lands here
-    with (tmp_path / "mcp.log").open("wb") as err:  # noqa: ASYNC230 (a local file)
-        proc = await trio.lowlevel.open_process(
-            [TURBINE, "mcp", str(site)], stdout=subprocess.PIPE, stderr=err, env=env, cwd=tmp_path
-        )
-    try:
+    argv = [TURBINE, "mcp", str(site)]
+    log = tmp_path / "mcp.log"
+    async with open_mcp_process(
+        argv, log, env=env, cwd=tmp_path, started_within=240, stopped_within=30
+    ):
         with trio.fail_after(240):
-            assert proc.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, (tmp_path / "mcp.log").read_text()
-                line += chunk
             while True:  # the broker listens; wait until the MCP's viewer process does too
                 try:
                     await http(f"{url}/api/sources")
@@ -491,13 +483,6 @@ async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
                 except OSError:
                     await trio.sleep(0.2)
             seen = await trio.to_thread.run_sync(_demo, url, tmp_path, components)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(30):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert seen["plot_moved"], f"the DAQ plot did not move ({tmp_path})"
     assert seen["scrubbed_back_s"] >= 4
     assert '"component": "daq_demo"' in seen["status"] and '"state": "running"' in seen["status"]
