@@ -66,7 +66,8 @@ def numbers(data: bytes) -> list[float]:
     return list(struct.unpack(f"<{len(data) // 8}d", data[: len(data) // 8 * 8]))
 
 
-def _text(data: bytes) -> str | None:
+def utf8_text(data: bytes) -> str | None:
+    """``data`` decoded as UTF-8, or None where it is not."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -79,7 +80,7 @@ def as_text(item: Frame | Gap) -> str:
         return f"-- gap: {item.path} missed {item.missed} frames; next seq {item.next_seq}"
     head = f"{iso(item.timestamp)} {item.path} #{item.seq}"
     ct = item.content_type
-    if is_text(ct) and (text := _text(item.data)) is not None:
+    if is_text(ct) and (text := utf8_text(item.data)) is not None:
         body = text.rstrip("\n").replace("\n", "\\n")
     elif is_numeric(ct):
         body = " ".join(f"{v:.6g}" for v in numbers(item.data))
@@ -105,7 +106,7 @@ def as_dict(item: Frame | Gap) -> dict[str, Any]:
         "timestamp": item.timestamp,
         "content_type": item.content_type,
     }
-    if is_text(item.content_type) and (text := _text(item.data)) is not None:
+    if is_text(item.content_type) and (text := utf8_text(item.data)) is not None:
         d["text"] = text
     else:
         if is_numeric(item.content_type):

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from .._errors import TurbineError
 from ..client import Client, Frame, Gap
-from ..render import is_numeric, is_text, numbers
+from ..render import is_numeric, is_text, numbers, utf8_text
 from .levels import pcm_level
 
 log = logging.getLogger("turbine.web")
@@ -93,7 +93,7 @@ def event_for(item: Frame | Gap, recent: RecentFrames | None) -> str:
         body["values"] = numbers(item.data)
     elif (level := pcm_level(item.data, ct)) is not None:
         body["level"] = level  # a meter needs the level, not the samples
-    elif is_text(ct) and (text := _text(item.data)) is not None:
+    elif is_text(ct) and (text := utf8_text(item.data)) is not None:
         body["text"] = text
     elif recent is not None:
         recent.add(item)
@@ -101,13 +101,6 @@ def event_for(item: Frame | Gap, recent: RecentFrames | None) -> str:
     else:  # a replay's frame, found again by its time (a time-range read, not a scan)
         body["url"] = frame_url(item.source, item.channel, at=item.timestamp)
     return f"event: frame\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
-
-
-def _text(data: bytes) -> str | None:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class _EventStream(Response):
