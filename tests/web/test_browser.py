@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import shutil
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,36 +44,43 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
-def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
-    """Open the page; return the source names listed and two plot screenshots plus an image one."""
+@contextlib.contextmanager
+def _chromium() -> Iterator[Any]:
+    """Headless Chromium (``CHROMIUM``) under playwright, closed on exit."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            page.wait_for_selector('#sources tr[data-source="daq_web_data_source"]', timeout=20000)
-            names = page.locator("#sources td.name").all_inner_texts()
-            plot = page.locator(".panel.timeseries .plot").first
-            plot.locator("path.js-line").first.wait_for(timeout=20000)
-            page.wait_for_timeout(1000)
-            first = plot.screenshot(path=str(out / "plot-1.png"))
-            page.wait_for_timeout(1500)
-            second = plot.screenshot(path=str(out / "plot-2.png"))
-            image = page.locator(".panel.wall .tile img").first
-            image.wait_for(timeout=20000)
-            page.wait_for_function(
-                "() => { const i = document.querySelector('.panel.wall .tile img');"
-                " return i && i.complete && i.naturalWidth > 0; }",
-                timeout=20000,
-            )
-            shot = image.screenshot(path=str(out / "image.png"))
-            page.screenshot(path=str(out / "page.png"), full_page=True)
-            assert not errors, errors
-            return names, first, second, shot
+            yield browser
         finally:
             browser.close()
+
+
+def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
+    """Open the page; return the source names listed and two plot screenshots plus an image one."""
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_selector('#sources tr[data-source="daq_web_data_source"]', timeout=20000)
+        names = page.locator("#sources td.name").all_inner_texts()
+        plot = page.locator(".panel.timeseries .plot").first
+        plot.locator("path.js-line").first.wait_for(timeout=20000)
+        page.wait_for_timeout(1000)
+        first = plot.screenshot(path=str(out / "plot-1.png"))
+        page.wait_for_timeout(1500)
+        second = plot.screenshot(path=str(out / "plot-2.png"))
+        image = page.locator(".panel.wall .tile img").first
+        image.wait_for(timeout=20000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.panel.wall .tile img');"
+            " return i && i.complete && i.naturalWidth > 0; }",
+            timeout=20000,
+        )
+        shot = image.screenshot(path=str(out / "image.png"))
+        page.screenshot(path=str(out / "page.png"), full_page=True)
+        assert not errors, errors
+        return names, first, second, shot
 
 
 async def test_the_page_lists_sources_and_plots_live_daq_data(
@@ -111,43 +119,39 @@ def _red(shot: bytes) -> bool:
 def _pause_scrub_play(url: str, out: Path, older: float) -> dict[str, object]:
     """Pause, scrub to ``older``, then replay at 100x until the page is live again."""
     seen: dict[str, object] = {}
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            stamp = page.locator(".panel.wall .tile .stamp").first
-            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=20000)
-            seen["live_t"] = float(stamp.get_attribute("data-t") or 0)
-            page.click("#pause")
-            page.wait_for_selector('body[data-mode="paused"]', timeout=5000)
-            page.wait_for_selector("#slider[data-ready]", timeout=10000)
-            page.locator("#slider").evaluate(
-                "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(older)
-            )
-            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="1"]', timeout=10000)
-            page.wait_for_function(
-                "() => { const i = document.querySelector('.panel.wall .tile img');"
-                " return i.complete && i.naturalWidth > 0; }",
-                timeout=10000,
-            )
-            seen["scrub_t"] = float(stamp.get_attribute("data-t") or 0)
-            seen["cursor"] = page.locator("#cursor").inner_text()
-            seen["scrub_shot"] = page.locator(".panel.wall .tile img").first.screenshot(
-                path=str(out / "scrubbed.png")
-            )
-            page.select_option("#speed", "100")
-            page.click("#play")
-            page.wait_for_selector('body[data-mode="replay"]', timeout=5000)
-            page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=15000)
-            page.wait_for_selector('body[data-mode="live"]', timeout=15000)
-            page.screenshot(path=str(out / "replayed.png"), full_page=True)
-            assert not errors, errors
-            return seen
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        stamp = page.locator(".panel.wall .tile .stamp").first
+        page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=20000)
+        seen["live_t"] = float(stamp.get_attribute("data-t") or 0)
+        page.click("#pause")
+        page.wait_for_selector('body[data-mode="paused"]', timeout=5000)
+        page.wait_for_selector("#slider[data-ready]", timeout=10000)
+        page.locator("#slider").evaluate(
+            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(older)
+        )
+        page.wait_for_selector('.panel.wall .tile .stamp[data-seq="1"]', timeout=10000)
+        page.wait_for_function(
+            "() => { const i = document.querySelector('.panel.wall .tile img');"
+            " return i.complete && i.naturalWidth > 0; }",
+            timeout=10000,
+        )
+        seen["scrub_t"] = float(stamp.get_attribute("data-t") or 0)
+        seen["cursor"] = page.locator("#cursor").inner_text()
+        seen["scrub_shot"] = page.locator(".panel.wall .tile img").first.screenshot(
+            path=str(out / "scrubbed.png")
+        )
+        page.select_option("#speed", "100")
+        page.click("#play")
+        page.wait_for_selector('body[data-mode="replay"]', timeout=5000)
+        page.wait_for_selector('.panel.wall .tile .stamp[data-seq="3"]', timeout=15000)
+        page.wait_for_selector('body[data-mode="live"]', timeout=15000)
+        page.screenshot(path=str(out / "replayed.png"), full_page=True)
+        assert not errors, errors
+        return seen
 
 
 async def test_pause_then_scrub_shows_an_older_frame_and_replay_returns_to_live(
@@ -184,33 +188,29 @@ SLEEPER = '[[process]]\nname = "sleeper"\nkind = "camera_sim"\nargs = ["--port",
 
 def _restart_and_ask(url: str, out: Path) -> dict[str, str]:
     seen: dict[str, str] = {}
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url)
-            row = '#programs tr[data-program="sleeper"]'
-            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="0"]', timeout=20000)
-            seen["pid_before"] = page.locator(f"{row} td").nth(4).inner_text()
-            page.click(f"{row} button.restart")
-            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="1"]', timeout=20000)
-            seen["pid_after"] = page.locator(f"{row} td").nth(4).inner_text()
-            seen["site_reply"] = page.locator("#site-reply").inner_text()
-            page.wait_for_selector('#console-target option[value="mcp_t"]', state="attached")
-            page.select_option("#console-target", "mcp_t")
-            for verb in ("status", "help"):
-                page.fill("#console-line", verb)
-                page.locator("#console-reply").evaluate("e => { e.dataset.state = ''; }")
-                page.click("#console button")
-                page.wait_for_selector('#console-reply[data-state="ok"]', timeout=15000)
-                seen[verb] = page.locator("#console-reply").inner_text()
-            page.screenshot(path=str(out / "site.png"), full_page=True)
-            assert not errors, errors
-            return seen
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        row = '#programs tr[data-program="sleeper"]'
+        page.wait_for_selector(f'{row}[data-state="running"][data-restarts="0"]', timeout=20000)
+        seen["pid_before"] = page.locator(f"{row} td").nth(4).inner_text()
+        page.click(f"{row} button.restart")
+        page.wait_for_selector(f'{row}[data-state="running"][data-restarts="1"]', timeout=20000)
+        seen["pid_after"] = page.locator(f"{row} td").nth(4).inner_text()
+        seen["site_reply"] = page.locator("#site-reply").inner_text()
+        page.wait_for_selector('#console-target option[value="mcp_t"]', state="attached")
+        page.select_option("#console-target", "mcp_t")
+        for verb in ("status", "help"):
+            page.fill("#console-line", verb)
+            page.locator("#console-reply").evaluate("e => { e.dataset.state = ''; }")
+            page.click("#console button")
+            page.wait_for_selector('#console-reply[data-state="ok"]', timeout=15000)
+            seen[verb] = page.locator("#console-reply").inner_text()
+        page.screenshot(path=str(out / "site.png"), full_page=True)
+        assert not errors, errors
+        return seen
 
 
 async def test_the_restart_button_restarts_a_program_and_the_console_answers(
@@ -249,45 +249,41 @@ LAYOUT = {
 def _panels(url: str, out: Path, add_camera: Callable[[], None]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     tile = '.panel.wall .tile[data-path="thumbnail_{}_data_source/thumbnail.jpg"] .stamp[data-seq]'
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "#layout=" + quote(json.dumps(LAYOUT)))
-            page.wait_for_selector(tile.format("a"), timeout=20000)
-            trio.from_thread.run_sync(add_camera)  # a camera that comes later gets its tile
-            page.wait_for_selector(tile.format("b"), timeout=20000)
-            value = '.panel.values tr[data-path="daq_rig_data_source/ch0"] td.value[data-value]'
-            seen["value"] = page.locator(value).get_attribute("data-value", timeout=20000)
-            lines = page.locator(".panel.logpanel .log div:not([hidden])")
-            lines.nth(1).wait_for(timeout=20000)
-            seen["log_all"] = lines.all_inner_texts()
-            page.select_option(".panel.logpanel select.level", "ERROR")
-            seen["log_error"] = lines.all_inner_texts()
-            meta = page.locator(".panel.meta pre")
-            page.wait_for_function("() => document.querySelector('.panel.meta pre').textContent")
-            seen["meta"] = json.loads(meta.inner_text())
-            meter = page.locator(".panel.audio .meter").first
-            seen["peak"] = float(meter.get_attribute("data-peak", timeout=20000) or "nan")
-            seen["layout"] = json.loads(
-                page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
-            )
-            page.select_option("#timescale", "10")
-            seen["scale"] = json.loads(
-                page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
-            )["w"]
-            page.screenshot(path=str(out / "panels.png"), full_page=True)
-            page.reload()  # the link shows the same view
-            page.wait_for_selector(tile.format("b"), timeout=20000)
-            seen["kinds"] = page.evaluate(
-                "() => [...document.querySelectorAll('.panel')].map((p) => p.className)"
-            )
-            assert not errors, errors
-            return seen
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "#layout=" + quote(json.dumps(LAYOUT)))
+        page.wait_for_selector(tile.format("a"), timeout=20000)
+        trio.from_thread.run_sync(add_camera)  # a camera that comes later gets its tile
+        page.wait_for_selector(tile.format("b"), timeout=20000)
+        value = '.panel.values tr[data-path="daq_rig_data_source/ch0"] td.value[data-value]'
+        seen["value"] = page.locator(value).get_attribute("data-value", timeout=20000)
+        lines = page.locator(".panel.logpanel .log div:not([hidden])")
+        lines.nth(1).wait_for(timeout=20000)
+        seen["log_all"] = lines.all_inner_texts()
+        page.select_option(".panel.logpanel select.level", "ERROR")
+        seen["log_error"] = lines.all_inner_texts()
+        meta = page.locator(".panel.meta pre")
+        page.wait_for_function("() => document.querySelector('.panel.meta pre').textContent")
+        seen["meta"] = json.loads(meta.inner_text())
+        meter = page.locator(".panel.audio .meter").first
+        seen["peak"] = float(meter.get_attribute("data-peak", timeout=20000) or "nan")
+        seen["layout"] = json.loads(
+            page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
+        )
+        page.select_option("#timescale", "10")
+        seen["scale"] = json.loads(
+            page.evaluate("() => decodeURIComponent(location.hash.slice('#layout='.length))")
+        )["w"]
+        page.screenshot(path=str(out / "panels.png"), full_page=True)
+        page.reload()  # the link shows the same view
+        page.wait_for_selector(tile.format("b"), timeout=20000)
+        seen["kinds"] = page.evaluate(
+            "() => [...document.querySelectorAll('.panel')].map((p) => p.className)"
+        )
+        assert not errors, errors
+        return seen
 
 
 async def test_wall_values_log_levels_metadata_audio_meter_and_the_layout_in_the_url(
@@ -345,30 +341,22 @@ async def test_wall_values_log_levels_metadata_audio_meter_and_the_layout_in_the
 
 def _mark(url: str, out: Path) -> list[str]:
     """Drop a marker in one tab; return the plot labels a second tab shows."""
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            first, second = (
-                browser.new_page(viewport={"width": 1400, "height": 900}) for _ in "ab"
-            )
-            errors: list[str] = []
-            for page in (first, second):
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(url)
-                page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
-            first.fill("#marker-label", "pump on")
-            first.click("#mark")
-            label = ".panel.timeseries .annotation-text"
-            first.wait_for_selector(f"{label} >> text=pump on", timeout=10000)
-            second.wait_for_selector(f"{label} >> text=pump on", timeout=10000)  # its next refresh
-            second.screenshot(path=str(out / "marker.png"), full_page=True)
-            assert not errors, errors
-            texts: list[str] = second.locator(label).evaluate_all(
-                "els => els.map(e => e.textContent)"
-            )
-            return texts
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        first, second = (browser.new_page(viewport={"width": 1400, "height": 900}) for _ in "ab")
+        errors: list[str] = []
+        for page in (first, second):
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
+        first.fill("#marker-label", "pump on")
+        first.click("#mark")
+        label = ".panel.timeseries .annotation-text"
+        first.wait_for_selector(f"{label} >> text=pump on", timeout=10000)
+        second.wait_for_selector(f"{label} >> text=pump on", timeout=10000)  # its next refresh
+        second.screenshot(path=str(out / "marker.png"), full_page=True)
+        assert not errors, errors
+        texts: list[str] = second.locator(label).evaluate_all("els => els.map(e => e.textContent)")
+        return texts
 
 
 async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
@@ -413,56 +401,50 @@ def _demo_site(tmp_path: Path) -> tuple[Path, str]:
 
 def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            for name in components:  # every demo component in the source browser
-                page.wait_for_selector(
-                    f'#sources tr[data-source="{name}_data_source"]', timeout=60000
-                )
-            plot = page.locator(".panel.timeseries .plot").first
-            plot.locator("path.js-line").first.wait_for(timeout=30000)
-            first = plot.screenshot(path=str(out / "demo-plot-1.png"))
-            tile = page.locator(".panel.wall .tile .stamp[data-seq]").first
-            tile.wait_for(timeout=60000)
-            seq = int(tile.get_attribute("data-seq") or 0)
-            page.wait_for_function(  # a thumbnail updates
-                "s => Number(document.querySelector('.panel.wall .tile .stamp').dataset.seq) > s",
-                arg=seq,
-                timeout=30000,
-            )
-            seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
-            live_t = float(tile.get_attribute("data-t") or 0)
-            page.click("#pause")  # then scrub 5 s back: an older frame, an older timestamp
-            page.wait_for_selector("#slider[data-ready]", timeout=10000)
-            page.locator("#slider").evaluate(
-                "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(live_t - 5)
-            )
-            page.wait_for_function(
-                "t => Number(document.querySelector('.panel.wall .tile .stamp').dataset.t) < t",
-                arg=live_t - 4,
-                timeout=20000,
-            )
-            seen["scrubbed_back_s"] = live_t - float(tile.get_attribute("data-t") or 0)
-            page.click("#go-live")
-            row = '#programs tr[data-program="daq_demo"]'
-            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="0"]', timeout=30000)
-            page.click(f"{row} button.restart")
-            page.wait_for_selector(f'{row}[data-state="running"][data-restarts="1"]', timeout=30000)
-            page.select_option("#console-target", "daq_demo")
-            page.fill("#console-line", "status")
-            page.click("#console button")
-            page.wait_for_selector('#console-reply[data-state="ok"]', timeout=20000)
-            seen["status"] = page.locator("#console-reply").inner_text()
-            page.screenshot(path=str(out / "demo.png"), full_page=True)
-            assert not errors, errors
-            return seen
-        finally:
-            browser.close()
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        for name in components:  # every demo component in the source browser
+            page.wait_for_selector(f'#sources tr[data-source="{name}_data_source"]', timeout=60000)
+        plot = page.locator(".panel.timeseries .plot").first
+        plot.locator("path.js-line").first.wait_for(timeout=30000)
+        first = plot.screenshot(path=str(out / "demo-plot-1.png"))
+        tile = page.locator(".panel.wall .tile .stamp[data-seq]").first
+        tile.wait_for(timeout=60000)
+        seq = int(tile.get_attribute("data-seq") or 0)
+        page.wait_for_function(  # a thumbnail updates
+            "s => Number(document.querySelector('.panel.wall .tile .stamp').dataset.seq) > s",
+            arg=seq,
+            timeout=30000,
+        )
+        seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
+        live_t = float(tile.get_attribute("data-t") or 0)
+        page.click("#pause")  # then scrub 5 s back: an older frame, an older timestamp
+        page.wait_for_selector("#slider[data-ready]", timeout=10000)
+        page.locator("#slider").evaluate(
+            "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(live_t - 5)
+        )
+        page.wait_for_function(
+            "t => Number(document.querySelector('.panel.wall .tile .stamp').dataset.t) < t",
+            arg=live_t - 4,
+            timeout=20000,
+        )
+        seen["scrubbed_back_s"] = live_t - float(tile.get_attribute("data-t") or 0)
+        page.click("#go-live")
+        row = '#programs tr[data-program="daq_demo"]'
+        page.wait_for_selector(f'{row}[data-state="running"][data-restarts="0"]', timeout=30000)
+        page.click(f"{row} button.restart")
+        page.wait_for_selector(f'{row}[data-state="running"][data-restarts="1"]', timeout=30000)
+        page.select_option("#console-target", "daq_demo")
+        page.fill("#console-line", "status")
+        page.click("#console button")
+        page.wait_for_selector('#console-reply[data-state="ok"]', timeout=20000)
+        seen["status"] = page.locator("#console-reply").inner_text()
+        page.screenshot(path=str(out / "demo.png"), full_page=True)
+        assert not errors, errors
+        return seen
 
 
 async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
