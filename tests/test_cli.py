@@ -326,6 +326,9 @@ def test_ctrl_c_ends_a_tap_cleanly(address):
         stderr=subprocess.PIPE,
         env=env,
         text=True,
+        # Ctrl-C as a terminal delivers it: a test run started in the background
+        # (nohup, "&" in a script) ignores SIGINT, and the tap would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert read_line(tap.stdout).endswith(f"{src}/x.txt #1 before\n")
