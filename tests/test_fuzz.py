@@ -1,7 +1,8 @@
 """Fuzz campaign: a real ``turbine serve`` under malformed and hostile clients
 while a legitimate publisher and subscriber run.
 
-Asserted throughout and after: the broker answers ``status`` within 100 ms,
+Asserted throughout and after: the broker answers ``status`` within 50 ms
+typically and within 2 s always (see STATUS_WITHIN_S),
 the subscriber gets every frame in order (no gap), the broker's RSS comes back
 to within 20 % of where it started, and its log holds no traceback.
 
@@ -41,7 +42,17 @@ SRC = "daq_legit_data_source"
 RING_FRAMES = 20_000  # filled before the start is measured: the ring's memory is steady
 ATTACKERS = 4
 STATUS_EVERY_S = 0.02
-STATUS_WITHIN_S = 0.1
+#: Every status answer within this: a hang detector.  On a loaded 2-core machine
+#: a process can wait for a CPU for a few hundred ms (0.1-0.35 s seen at load
+#: 8-13), so a tighter bound failed without a bug; a broker that a hostile client
+#: stalls (a pattern matched in super-linear time, a huge frame handled whole on
+#: the event loop, a write with no deadline) holds status for seconds or until
+#: that client leaves.
+STATUS_WITHIN_S = 2.0
+#: The typical status answer within this: 1.3 ms measured at load 7-9, so only
+#: a broker the attack keeps slow reaches it (a slice of CPU lost now and then
+#: moves single probes, not the median).
+STATUS_MEDIAN_WITHIN_S = 0.05
 
 
 #: The status probe: asks every STATUS_EVERY_S for as long as told; prints "time latency" lines.
@@ -285,6 +296,7 @@ def test_a_real_broker_survives_hostile_clients_while_others_carry_on(tmp_path):
     if report := os.environ.get("TURBINE_FUZZ_REPORT"):
         Path(report).write_text(json.dumps(figures, indent=2))
     assert "Traceback" not in text, text[-3000:]
+    assert figures["status_median_s"] < STATUS_MEDIAN_WITHIN_S, figures
     assert figures["status_max_s"] < STATUS_WITHIN_S, figures
     assert figures["rss_after"] <= 1.2 * figures["rss_before"], figures
 
