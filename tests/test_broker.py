@@ -648,7 +648,11 @@ async def test_a_subscriber_that_falls_behind_is_told_what_it_missed(broker):
     assert slow_info["subscriptions"][0]["missed"] == sum(g.missed for g in gaps)
 
 
-async def test_write_timeout_closes_a_client_that_stops_reading(nursery, autojump_clock):
+async def test_write_timeout_closes_a_client_that_stops_reading(nursery, mock_clock):
+    # Time moves only when told: under autojump a loopback segment still in the
+    # kernel (ksoftirqd on a loaded machine) lets the clock jump 30 s while the
+    # producer's put is half sent, and the broker closes the producer instead
+    # ("a message stayed incomplete for 30 s").
     address = await start_broker(nursery, write_timeout=30.0)
     with trio.fail_after(120):
         stuck = await RawClient.connect(address, name="stuck")
@@ -657,13 +661,20 @@ async def test_write_timeout_closes_a_client_that_stops_reading(nursery, autojum
             src = await producer.open_source(SRC, cache_bytes=64 << 20)
             for _ in range(300):
                 await src.put("x", bytes(64 << 10))
-            await src.flush()
-            await trio.sleep(31)  # mock time: the broker's write deadline passes
+            await src.flush()  # acknowledged: nothing of the producer's is in flight
+            for _ in range(40):  # "stuck" reads nothing: its write deadline passes
+                closed = [c for c in (await producer.status())["closed"] if "stuck#" in c["client"]]
+                if closed:
+                    break
+                await wait_all_tasks_blocked()
+                mock_clock.jump(1)
+            mock_clock.autojump_threshold = 0  # from here on, a hang ends in fail_after
             while await stuck.stream.receive_some(1 << 20):
                 pass  # what was sent before the broker gave up, then the end
-            status = await producer.status()
         await stuck.aclose()
-    (closed,) = [c for c in status["closed"] if c["client"].startswith("stuck#")]
+    assert trio.current_time() >= 30  # not closed before its write deadline
+    assert closed, "the client that stops reading was not closed within 40 s (mock time)"
+    (closed,) = closed
     assert "write blocked for 30 s: the client is not reading" in closed["reason"]
     assert closed["code"] == "write_timeout"  # a slow consumer, not a protocol error
 
