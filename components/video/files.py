@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 
 import trio
+
+from turbine import run_blocking
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
@@ -55,11 +58,11 @@ async def jpeg_files(
     interval = 1.0 / fps
     deadline = trio.current_time()
     while True:
-        paths = await trio.to_thread.run_sync(list_jpegs, directory)
+        paths = await run_blocking(list_jpegs, directory)
         for path in paths:
             await trio.sleep_until(deadline)
             try:
-                data = await trio.Path(path).read_bytes()
+                data = await run_blocking(Path(path).read_bytes)
             except FileNotFoundError:
                 continue
             yield data, clock()

@@ -26,6 +26,7 @@ from components.video.synthetic import (
     format_timestamp,
     synthetic_frames,
 )
+from turbine.testing import run_blocking_inline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -335,14 +336,6 @@ async def test_synthetic_frames_are_paced(autojump_clock: trio.abc.Clock) -> Non
     assert [b - a for a, b in zip(times, times[1:], strict=False)] == pytest.approx([0.05] * 4)
 
 
-@pytest.fixture
-def thread_safe_clock() -> trio.testing.MockClock:
-    """A mock clock that jumps only after 20 ms of real idleness: the file
-    source reads in worker threads, and a clock that jumps at once would skip
-    ahead while a read is still running."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
-
-
 def write_jpeg(path: Path, colour: tuple[int, int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (64, 48), colour).save(out, "JPEG")
@@ -350,7 +343,8 @@ def write_jpeg(path: Path, colour: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-async def test_files_loop_in_name_order(tmp_path: Path, thread_safe_clock: trio.abc.Clock) -> None:
+async def test_files_loop_in_name_order(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    run_blocking_inline()  # a file read in a worker thread would let the clock jump meanwhile
     b = write_jpeg(tmp_path / "b.jpg", (0, 255, 0))
     a = write_jpeg(tmp_path / "a.JPG", (255, 0, 0))
     c = write_jpeg(tmp_path / "c.jpeg", (0, 0, 255))
@@ -369,7 +363,8 @@ async def test_files_loop_in_name_order(tmp_path: Path, thread_safe_clock: trio.
     assert [y - x for x, y in zip(times, times[1:], strict=False)] == pytest.approx([0.5] * 7)
 
 
-async def test_files_once_and_errors(tmp_path: Path, thread_safe_clock: trio.abc.Clock) -> None:
+async def test_files_once_and_errors(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    run_blocking_inline()  # a file read in a worker thread would let the clock jump meanwhile
     a = write_jpeg(tmp_path / "a.jpg", (1, 2, 3))
     with trio.fail_after(30):
         assert [f async for f, _ in jpeg_files(tmp_path, fps=10, loop=False)] == [a]
