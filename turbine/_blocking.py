@@ -19,8 +19,11 @@ T = TypeVar("T")
 _INLINE: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("turbine_blocking_inline")
 
 
-async def run_blocking(fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` in a worker thread (inline, after a checkpoint, if the run chose so).
+async def run_blocking(
+    fn: Callable[..., T], *args: object, limiter: trio.CapacityLimiter | None = None
+) -> T:
+    """``fn(*args)`` in a worker thread (inline, after a checkpoint, if the run chose so);
+    ``limiter`` caps how many such threads run at once (trio's default one if None).
 
     Cancellation: like :func:`trio.to_thread.run_sync`, the call is not
     abandoned; a cancel takes effect once it returns.
@@ -28,7 +31,7 @@ async def run_blocking(fn: Callable[..., T], *args: object) -> T:
     if _INLINE.get(False):
         await trio.lowlevel.checkpoint()
         return fn(*args)
-    return await trio.to_thread.run_sync(fn, *args)
+    return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
 
 def set_blocking_inline() -> None:

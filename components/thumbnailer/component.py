@@ -42,7 +42,7 @@ import attrs
 import trio
 
 from components.thumbnailer.thumbnail import DEFAULT_QUALITY, QCIF, make_thumbnail
-from turbine import wall_time
+from turbine import run_blocking, wall_time
 from turbine.client import Client, Frame, Source
 from turbine.component import Component, command
 from turbine.settings import check
@@ -360,7 +360,7 @@ class Thumbnailer(Component):
             frame = await feed.take()
             params = feed.params
             try:
-                thumb = await trio.to_thread.run_sync(
+                thumb = await run_blocking(
                     make_thumbnail, frame.data, params.size, params.quality, limiter=self._limiter
                 )
             except ValueError as exc:

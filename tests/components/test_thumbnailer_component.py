@@ -1,11 +1,12 @@
 """The thumbnailer on an in-process broker, and once end to end with real processes.
 
-The thumbnailer decodes in worker threads; a mock clock that jumps while a
-thread works jumps to the nearest deadline, which is a test's own unless
-something else is timed.  Tests with a camera component running (its frame
-timer is the nearest deadline) run under ``autojump_clock`` with the wall
-clock following it; the others run on the real clock with a high thumbnail
-rate, and wait for what they expect under ``trio.fail_after``.
+The thumbnailer decodes in worker threads (``turbine.run_blocking``); a mock
+clock jumps while a thread works, and on a loaded machine a camera's frame
+timer then runs virtual time far ahead of the thumbnails.  The test with a
+camera component running decodes inline (``run_blocking_inline``) under
+``autojump_clock`` with the wall clock following it; the others run on the
+real clock with a high thumbnail rate, and wait for what they expect under
+``trio.fail_after``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from components.thumbnailer.component import (
 )
 from components.video.component import Video
 from turbine import ConfigError, Frame, Source, open_client, send_command, wall_time
-from turbine.testing import follow_trio_clock
+from turbine.testing import follow_trio_clock, run_blocking_inline
 
 THUMBS = "thumbnail_*_data_source/thumbnail.jpg"
 LOG = "thumbnail_thumbnailer_debug_log_source/log.txt"
@@ -157,6 +158,7 @@ async def test_cameras_now_and_later_get_qcif_thumbnails(
     broker: str, autojump_clock: trio.abc.Clock
 ) -> None:
     follow_trio_clock()  # capture times, "restarted" and ages all in virtual time
+    run_blocking_inline()  # no clock jump while a thumbnail is made
     early = Video("early", broker, {"width": 320, "height": 240, "fps": 25})
     thumbnailer = Thumbnailer("thumbnailer", broker, FAST)
     with trio.fail_after(30):
