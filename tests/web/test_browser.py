@@ -414,9 +414,9 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
         tile = page.locator(".panel.wall .tile .stamp[data-seq]").first
         tile.wait_for(timeout=60000)
         seq = int(tile.get_attribute("data-seq") or 0)
-        page.wait_for_function(  # a thumbnail updates
+        page.wait_for_function(  # a thumbnail updates, until the wall has 6 s of history
             "s => Number(document.querySelector('.panel.wall .tile .stamp').dataset.seq) > s",
-            arg=seq,
+            arg=seq + 6,
             timeout=30000,
         )
         seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
