@@ -1,7 +1,7 @@
 """``turbine export``: a time range of the broker's frames as files a person or MATLAB reads.
 
 The files are laid out as on the DVD archiver's discs, by the same writer
-(``components/dvd_archiver/layout.py``, :class:`TreeWriter`): numeric
+(:mod:`turbine.layout`, :class:`TreeWriter`): numeric
 (float64) blocks as CSV with a timestamp on every sample's row, JPEGs as
 ``.jpg`` files named by time, text as JSON lines, metadata as JSON files,
 16-bit PCM as WAV; plus ``manifest.json`` with every file's SHA-256, what
@@ -22,6 +22,7 @@ import trio
 from ._constants import FETCH_MAX_FRAMES
 from ._errors import TurbineError
 from .client import Client, Frame
+from .layout import TreeWriter, iso_time
 
 #: Version tag of an export's manifest.
 EXPORT_FORMAT = "turbine-export/1"
@@ -47,8 +48,6 @@ async def export(
         ValueError: an unknown ``form``.
         RequestFailed: a bad pattern, or the broker refused the fetch.
     """
-    from components.dvd_archiver.layout import TreeWriter, iso_time
-
     out = Path(to)
     writer = TreeWriter(out, 1, form)
     await trio.to_thread.run_sync(_prepare, out)

@@ -4,7 +4,7 @@
 channels, metadata included, but never its own sources), stages the frames
 on local disk (see :mod:`components.dvd_archiver.staging`) and burns them as
 an appended session, laid out for a person with a PC (see
-:mod:`components.dvd_archiver.layout` and docs/archive.rst):
+:mod:`turbine.layout` and docs/archive.rst):
 
 * when ``burn_size`` bytes are staged, when ``burn_interval`` seconds have
   passed since the last burn, or on ``burn-now``;
@@ -45,12 +45,11 @@ import attrs
 import trio
 
 from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
-from turbine import run_blocking, wall_time
+from turbine import layout, run_blocking, wall_time
 from turbine.client import Frame, parse_address
 from turbine.component import Component, command
 from turbine.settings import address, as_tuple, check, path_setting
 
-from . import layout
 from .staging import Buffer, ChannelBuffer, Position, Segment, Staging
 
 PROGRESS_CHANNEL = "progress.json"

@@ -34,9 +34,8 @@ from typing import Any
 import attrs
 import msgpack
 
+from turbine import layout
 from turbine._files import fsync_dir, write_atomically
-
-from . import layout
 
 STATE_VERSION = 1
 

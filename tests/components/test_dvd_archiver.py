@@ -30,10 +30,9 @@ import pytest
 import trio
 from PIL import Image
 
-from components.dvd_archiver import layout
 from components.dvd_archiver.component import DISC_FULL, DvdArchiver
 from components.netdvd import EmulatedDrive, FolderDrive, serve_netdvd
-from turbine import FLOAT64_CONTENT_TYPE
+from turbine import FLOAT64_CONTENT_TYPE, layout
 from turbine.client import Client, Frame, open_client
 from turbine.command import NoReply, Reply, send_command
 from turbine.testing import follow_trio_clock, run_blocking_inline, start_broker

@@ -14,8 +14,8 @@ import wave
 from pathlib import Path
 
 from components.audio.component import tone_block
-from components.dvd_archiver import layout
 from components.dvd_archiver.staging import Buffer, ChannelBuffer, Staging
+from turbine import layout
 from turbine.render import pcm_content_type, pcm_format
 
 SOURCE = "audio_tone_data_source"

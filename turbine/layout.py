@@ -1,4 +1,5 @@
-"""Where frames go on the disc, and what the files look like (pure, no I/O but files).
+"""Where frames go on a DVD archiver's disc or in a ``turbine export``, and what the
+files look like (pure, no I/O but files).
 
 The tree on every disc (docs/archive.rst says the same for its readers)::
 
@@ -40,8 +41,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from turbine import FLOAT64_CONTENT_TYPE
-from turbine.render import is_text, pcm_format, pcm_swap
+from ._constants import FLOAT64_CONTENT_TYPE
+from .render import is_text, pcm_format, pcm_swap
 
 #: Version tag written into every manifest.
 MANIFEST_FORMAT = "turbine-dvd-archive/1"
