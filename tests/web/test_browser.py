@@ -411,13 +411,14 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
         plot = page.locator(".panel.timeseries .plot").first
         plot.locator("path.js-line").first.wait_for(timeout=30000)
         first = plot.screenshot(path=str(out / "demo-plot-1.png"))
-        tile = page.locator(".panel.wall .tile .stamp[data-seq]").first
+        cam1 = '.panel.wall .tile[data-path^="thumbnail_cam1_"] .stamp'  # a 10 fps camera
+        tile = page.locator(cam1 + "[data-seq]")  # (the door camera snaps only every 5 s)
         tile.wait_for(timeout=60000)
         seq = int(tile.get_attribute("data-seq") or 0)
-        page.wait_for_function(  # a thumbnail updates, until the wall has 6 s of history
-            "s => Number(document.querySelector('.panel.wall .tile .stamp').dataset.seq) > s",
+        page.wait_for_function(  # its thumbnail updates, until the wall has 6 s of history
+            f"s => Number(document.querySelector('{cam1}').dataset.seq) > s",
             arg=seq + 6,
-            timeout=30000,
+            timeout=45000,
         )
         seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
         live_t = float(tile.get_attribute("data-t") or 0)
@@ -427,7 +428,7 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
             "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", str(live_t - 5)
         )
         page.wait_for_function(
-            "t => Number(document.querySelector('.panel.wall .tile .stamp').dataset.t) < t",
+            f"t => Number(document.querySelector('{cam1}').dataset.t) < t",
             arg=live_t - 4,
             timeout=20000,
         )

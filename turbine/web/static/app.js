@@ -329,7 +329,8 @@ function tileFor(panel, path) {
     const box = el("figure", { class: "tile", "data-path": path }, img, el("figcaption", {}, path.split("/")[0]), stamp);
     tile = { img, stamp, box, loading: false, next: null };
     panel.tiles.set(path, tile);
-    panel.grid.append(box);
+    const after = [...panel.grid.children].find(b => b.dataset.path > path);  // sorted by name
+    panel.grid.insertBefore(box, after || null);
     requestImage(tile, frameUrl(path));
   }
   return tile;
