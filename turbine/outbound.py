@@ -5,7 +5,7 @@ and queues replies; the writer sends.  Frames are not queued: they are pulled
 from the channel stores when there is room, so a slow client only lets its
 own cursors fall behind.  :class:`OutboundQueue` decides who sends what and
 when; it does no I/O and never waits, so it is tested with plain sync tests.
-The broker's glue (``turbine/server.py``) does what :class:`Wake` tells it.
+The broker's glue (``turbine/sender.py``) does what :class:`Wake` tells it.
 
 The latency trick: when a request (or another connection's put) gives an
 *idle* writer something to send, the queue answers :attr:`Wake.SOON`: the

@@ -12,7 +12,6 @@ import collections
 import itertools
 import logging
 import math
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -30,15 +29,12 @@ from ._constants import (
     DEFAULT_PORT,
     LAST_WORDS_S,
     MAX_FRAME_BYTES,
-    MAX_HEADER_BYTES,
     MAX_MEMORY_BYTES,
     MAX_RECEIVE_MEMORY_BYTES,
     MESSAGE_TIMEOUT_S,
     OUTBOUND_QUEUE_BYTES,
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
-    RECEIVE_BYTES,
-    SLOW_WRITE_S,
     SOURCE_TYPES,
     TLS_SNIFF_S,
     TRIM_INTERVAL_S,
@@ -48,21 +44,22 @@ from ._constants import (
 from ._constants import (
     VERSION as __version__,
 )
-from ._errors import RemoteProtocolError, RequestFailed, TurbineError, leaves
-from ._io import send_buffers, write_now
+from ._errors import RemoteProtocolError, TurbineError, leaves
+from ._io import send_buffers
 from ._memory import trim
 from .audit import Audit
 from .auth import Access, AuthTable, FailureDelays, LoginRefused, is_loopback
 from .closed import Closed, CloseReason, WriteTimeout
 from .delivery import Delivery
 from .hub import Hub
-from .outbound import OutboundQueue, State, Wake
+from .outbound import OutboundQueue
 from .peer import Peer
-from .protocol import NEED_DATA, PREFIX, Connection, ReceiveBudget, Role, encode_message
+from .protocol import NEED_DATA, Connection, ReceiveBudget, Role, encode_message
 from .protocol import State as ProtoState
 from .requests import Requests
 from .ringbuffer import memory_store
 from .router import Subscription
+from .sender import Sender
 from .store import StoreFactory
 from .storetask import StoreReads
 from .tls import TLSError, TLSSocket, accept_tls, sniff_tls
@@ -110,13 +107,15 @@ class InsecureListen(TurbineError):
     """A broker without auth was asked to listen where other machines reach it."""
 
 
-class ClientConnection(Requests):
+class ClientConnection(Sender, Requests):
     """The broker's side of one client connection.
 
     The reader task applies requests in order and queues replies; the writer
     task sends them and pulls subscribed frames; a store task (started on
     first need) answers the reads memory cannot.  Who sends what and when is
-    the :class:`~turbine.outbound.OutboundQueue`'s decision.
+    the :class:`~turbine.outbound.OutboundQueue`'s decision; the glue that
+    does it is the :class:`~turbine.sender.Sender` half, the request handlers
+    the :class:`~turbine.requests.Requests` half.
     """
 
     broker: Broker
@@ -155,132 +154,6 @@ class ClientConnection(Requests):
         self.bytes_in = self.bytes_out = self.frames_in = 0
         self.written: set[str] = set()
         self.slow_events = 0
-
-    # --- outbound: glue between the OutboundQueue and the socket
-
-    def apply(self, wake: Wake) -> None:
-        if wake is Wake.SOON and not self.direct:
-            wake = Wake.NOW  # TLS: only the writer task writes (one sender per SSLStream)
-        if wake is Wake.SOON:
-            self.broker.ready[self] = None  # written by the reader before it next waits
-        elif wake is Wake.NOW:
-            self._wakeup.set()
-
-    def _wake_writer_at(self, when: float) -> None:
-        """A rate-limited monitor's frame may go at ``when``: the writer pulls then at the latest."""
-        if self._sleep is None:
-            self._wakeup.set()  # it sleeps without a deadline (or is awake): it sleeps again with one
-        elif when < self._sleep.deadline:
-            self._sleep.deadline = when
-
-    def frames_ready(self) -> None:
-        """Frames are pending, and no reader will write them: wake the writer."""
-        self.apply(self.out.frames_pending())
-        self.broker.write_ready()
-
-    def wake_soon(self) -> None:
-        """Frames may be pending for this connection (never waits).
-
-        When the writer sleeps, the reader that calls this writes them before
-        it next waits (:meth:`Broker.write_ready`), saving the writer task a
-        trip through the scheduler on the latency path.
-        """
-        if self.out.frames_pending() is Wake.SOON:
-            if self.direct:
-                self.broker.ready[self] = None
-            else:
-                self._wakeup.set()
-
-    def write_now(self) -> None:
-        """Write what is ready without waiting, if the writer sleeps; the
-        writer task takes over whatever the socket does not take at once."""
-        out = self.out
-        buffers = out.take(self.delivery.pull, direct=True)
-        if buffers is None:
-            if out.state is State.WRITING:
-                self._wakeup.set()  # a remainder is there: the writer sends it first
-            return
-        self._drained.set()
-        rest: list[Any] = []
-        if buffers:
-            try:
-                rest = write_now(self.sock.fileno(), buffers)
-            except OSError:
-                rest = buffers  # let the writer meet the error and close this connection
-            self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
-        if out.left(rest) is Wake.NOW:
-            self._wakeup.set()
-
-    def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
-        """Queue one reply.
-
-        Raises:
-            RequestFailed: it would need a header over the limit of one message
-                (a ``list`` or ``status`` result too large); nothing is queued.
-        """
-        buffers = self.proto.send(msg, payloads)
-        header = len(buffers[0]) - PREFIX.size
-        if header > MAX_HEADER_BYTES:
-            raise RequestFailed(
-                f"the reply would need a header of {header} bytes, over the limit of "
-                f"{MAX_HEADER_BYTES} for one message; ask for less (a narrower pattern)",
-                "too_large",
-            )
-        self.apply(self.out.reply(buffers))
-
-    async def drain(self, seconds: float) -> None:
-        """After the last words: end our direction (the client reads them, then
-        the end of the stream), and read and drop what the client still sends
-        until it closes or ``seconds`` pass.  Closing a socket with unread
-        input resets the connection, which can destroy the last words before
-        the client reads them (a client still writing a refused payload)."""
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-            with trio.move_on_after(seconds):
-                while await self.sock.recv(RECEIVE_BYTES):
-                    pass
-        except OSError:
-            pass  # the client is gone: nothing left to protect
-
-    def last_words(self, buffers: list[Any]) -> None:
-        """Send ``buffers`` after what is queued, then stop writing (sets :attr:`finished`)."""
-        self.apply(self.out.last_words(buffers))
-
-    async def writer(self) -> None:
-        """Send until the last words are out.
-
-        Raises:
-            WriteTimeout: a write took longer than ``write_timeout``.
-        """
-        timeout = self.broker.config.write_timeout
-        out = self.out
-        while True:
-            if out.sleep():
-                self._wakeup = trio.Event()
-                if self.delivery.wake_at == math.inf:
-                    await self._wakeup.wait()
-                else:  # a rate-limited monitor's frame waits for its time
-                    with trio.CancelScope(deadline=self.delivery.wake_at) as self._sleep:
-                        await self._wakeup.wait()
-                    self._sleep = None
-            buffers = out.take(self.delivery.pull)
-            self._drained.set()
-            if buffers:
-                began = trio.current_time()
-                with trio.move_on_after(timeout) as scope:
-                    self.bytes_out += await send_buffers(self.sock, buffers)
-                if scope.cancelled_caught or trio.current_time() - began >= SLOW_WRITE_S:
-                    # A slow consumer: counted while it is connected, in the
-                    # broker's totals and, once closed, in its closed record.
-                    self.slow_events += 1
-                    self.broker.slow_events += 1
-                if scope.cancelled_caught:
-                    raise WriteTimeout(
-                        f"write blocked for {timeout:g} s: the client is not reading"
-                    )
-            if out.state is State.CLOSED:
-                self.finished.set()
-                return
 
     # --- inbound
 
@@ -469,7 +342,7 @@ class Broker:
         self.connections: dict[int, ClientConnection] = {}
         #: Connections with frames to send, written by the reader that filled
         #: them before it next waits (see ClientConnection.wake_soon).
-        self.ready: dict[ClientConnection, None] = {}  # an ordered set: first filled, first written
+        self.ready: dict[Sender, None] = {}  # an ordered set: first filled, first written
         self.closed: collections.deque[Closed] = collections.deque(maxlen=CLOSED_HISTORY)
         self._ids = itertools.count(1)
         self.slow_events = 0  # of every connection, closed ones too
