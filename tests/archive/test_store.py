@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import trio
 
@@ -283,6 +285,49 @@ async def test_max_disk_refuses_an_archive_that_does_not_fit_and_says_what_is_le
             hub.delete(SRC)
             await factory.delete(SRC)  # turbine rm gives its reservation back
             hub.open_source(ME, "daq_d_data_source", archive_bytes=2**21)
+
+
+async def test_max_disk_beyond_the_free_space_is_said_and_the_disk_itself_refuses(tmp_path, caplog):
+    huge = 2**60  # more than any file system here has free
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            with caplog.at_level("WARNING", logger="turbine.archive"):
+                factory = TieredStores(archive, archive_bytes=2**20, max_disk=huge)
+            assert f"--max-disk 1073741824.0 GiB is more than the file system of {tmp_path}" in (
+                caplog.text
+            )
+            hub = Hub(store=factory)
+            hub.open_source(ME, SRC)  # 1 MiB: the disk has that
+            with pytest.raises(RequestFailed) as info:
+                hub.open_source(ME, "daq_b_data_source", archive_bytes=huge // 2)
+            assert info.value.code == "disk"
+            assert str(info.value).startswith(
+                "cannot reserve 536870912.0 GiB (archive_bytes) of disk for source "
+                f"'daq_b_data_source': the file system of {tmp_path} has room for only "
+            )
+            assert "though --max-disk 1073741824.0 GiB would allow it" in str(info.value)
+            assert "daq_b_data_source" not in hub.sources
+            assert factory.statistics()["free"] > 0
+
+
+async def test_the_room_on_disk_counts_what_other_sources_reserved_and_have_not_written(
+    tmp_path, monkeypatch
+):
+    free = 10 * 2**20
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage._replace(free=free))
+    with trio.fail_after(20):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive, max_disk=100 * 2**20))
+            hub.open_source(ME, SRC, archive_bytes=4 * 2**20)
+            put(hub, 1, 10)
+            await archive.flush()
+            held = archive.held()[SRC]
+            assert 0 < held < 2**20
+            with pytest.raises(RequestFailed, match=r"has room for only 6\.0 MiB more") as info:
+                hub.open_source(ME, "daq_b_data_source", archive_bytes=8 * 2**20)
+            assert info.value.code == "disk"  # 10 MiB free, 4 MiB of it promised to SRC
+            hub.open_source(ME, "daq_b_data_source", archive_bytes=5 * 2**20)
 
 
 async def test_the_oldest_archive_data_goes_first_by_bytes(tmp_path):

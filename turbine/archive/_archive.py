@@ -131,13 +131,22 @@ class Archive:
     def __contains__(self, name: str) -> bool:
         return name in self._queues
 
+    def held(self) -> dict[str, int]:
+        """Bytes on disk of each source's archive."""
+        return {n: log.bytes for n, log in self.logs.items()}
+
+    @property
+    def bytes(self) -> int:
+        """Bytes on disk, all sources."""
+        return sum(self.held().values())
+
     def statistics(self) -> dict[str, Any]:
         """Bytes on disk, commits, payload bytes written and their rate (bytes per
         second, over about the last :data:`RATE_WINDOW_S`), the backlog, the last
         sync, and each source's write error, damage found, and unreadable archive."""
         return {
             "path": self.root,
-            "bytes": sum(log.bytes for log in self.logs.values()),
+            "bytes": self.bytes,
             "commits": self.commits,
             "bytes_written": self.bytes_written,  # payload bytes since the archive opened
             "write_rate": self._write_rate(),

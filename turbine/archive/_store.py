@@ -10,6 +10,8 @@ in the broker's store task, from the archive and the ring together.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +37,8 @@ from ..store import (
 from ._archive import Archive
 from ._datadir import ArchiveError
 from ._ops import Declare, Hole, Producer, Put, Settings
+
+log = logging.getLogger("turbine.archive")
 
 
 @attrs.frozen
@@ -92,6 +96,13 @@ class TieredStores:
         self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
         #: (source, channel) -> the first number queued for the archive since it opened.
         self.first_queued: dict[tuple[str, str], int] = {}
+        free = shutil.disk_usage(archive.root).free
+        if max_disk is not None and max_disk > free + archive.bytes:
+            log.warning(
+                "--max-disk %s is more than the file system of %s can hold (%s free, %s "
+                "archived already): sources are refused beyond what the disk has room for",
+                fmt_bytes(max_disk), archive.root, fmt_bytes(free), fmt_bytes(archive.bytes),
+            )  # fmt: skip
 
     def recovered(self) -> list[RecoveredSource]:
         """Every source the archive holds, with its channels' content types and numbering."""
@@ -112,6 +123,17 @@ class TieredStores:
     def reserved(self) -> int:
         """Disk the sources' archives may take together (their ``archive_bytes``)."""
         return sum(s.get("archive_bytes", 0) for s in self.settings.values())
+
+    def disk_room(self, source: str) -> int:
+        """Bytes the file system can give archives beyond what the sources other than
+        ``source`` have reserved and not yet written: the space free, plus what the
+        archives hold already (``source``'s own, and the others' up to their reservation)."""
+        held = self.archive.held()
+        room = shutil.disk_usage(self.archive.root).free + held.get(source, 0)
+        for name, settings in self.settings.items():
+            if name != source:
+                room -= max(0, settings.get("archive_bytes", 0) - held.get(name, 0))
+        return room
 
     def archive_settings(
         self, source: str, archive_bytes: int | None, archive_age: float | None
@@ -150,6 +172,18 @@ class TieredStores:
                 "an archived source (turbine rm) or start the broker with a larger --max-disk",
                 "disk",
             )
+        if budget is not None and archive_bytes > mine:
+            room = self.disk_room(source)  # the budget may be more than the disk has
+            if archive_bytes > room:
+                raise RequestFailed(
+                    f"cannot reserve {fmt_bytes(archive_bytes)} (archive_bytes) of disk for "
+                    f"source {source!r}: the file system of {self.archive.root} has room for "
+                    f"only {fmt_bytes(max(room, 0))} more (free space, less what the other "
+                    "sources have reserved and not yet written), though --max-disk "
+                    f"{fmt_bytes(budget)} would allow it; ask for less, delete an archived "
+                    "source (turbine rm) or free space on that disk",
+                    "disk",
+                )
         return archive_bytes, archive_age
 
     def keep_settings(self, source: str, settings: dict[str, Any]) -> None:
@@ -205,11 +239,13 @@ class TieredStores:
         await self.archive.caught_up(sources)
 
     def statistics(self) -> dict[str, Any]:
-        """The archive's figures (:meth:`Archive.statistics`) and the disk budget."""
+        """The archive's figures (:meth:`Archive.statistics`), the disk budget and the
+        file system's free space."""
         return {
             **self.archive.statistics(),
             "reserved": self.reserved,
             "limit": self.max_disk,
+            "free": shutil.disk_usage(self.archive.root).free,
         }
 
     def producer_stored(self, source: str, producer: str, pseq: int) -> None:
