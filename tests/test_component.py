@@ -28,7 +28,7 @@ from turbine import (
     unwrap,
 )
 from turbine._component_parts import find_commands, usage
-from turbine.cli import reply_text
+from turbine.cli.components import reply_text
 from turbine.testing import (
     fake_data,
     follow_trio_clock,

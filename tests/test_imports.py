@@ -12,31 +12,53 @@ import turbine
 PACKAGE = Path(turbine.__file__).parent
 
 
-def imports_of(path: Path) -> set[str]:
-    """Modules of turbine/ that ``path`` imports anywhere (type-checking and local imports too)."""
-    found: set[str] = set()
+def module_name(path: Path) -> str:
+    """``turbine/cli/serve.py`` -> ``cli.serve``; a package is its ``__init__``: ``cli``."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Modules of turbine/ that ``path`` imports anywhere (type-checking and local imports
+    too), each with the packages above it (importing ``archive._store`` runs ``archive``)
+    but for the packages ``path`` itself is in: those are running already."""
+    me = module_name(path)
+    here = me.split(".") if me else []
+    if path.name != "__init__.py":
+        here = here[:-1]  # the package a module's relative imports start from
+    named: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(a.name for a in node.names)
-            elif node.level == 0 and (node.module or "").startswith("turbine."):
-                found.add(node.module.split(".")[1])
+            if node.level == 0:
+                if not (node.module or "").startswith("turbine."):
+                    continue
+                base = ".".join(node.module.split(".")[1:])  # type: ignore[union-attr]
+            else:
+                up = here[: len(here) - (node.level - 1)]
+                base = ".".join([*up, *filter(None, (node.module or "").split("."))])
+            subs = {f"{base}.{a.name}".lstrip(".") for a in node.names} & modules
+            named |= subs if len(subs) == len(node.names) else subs | {base}
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("turbine."))
-    return found
+            named.update(
+                a.name.split(".", 1)[1] for a in node.names if a.name.startswith("turbine.")
+            )
+    running = {".".join(here[:i]) for i in range(1, len(here) + 1)}
+    found = set(named)
+    for name in named:
+        parts = name.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return (found - (running - named)) & modules
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in PACKAGE.glob("*.py")} | {
-        p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()
-    }
-    return {
-        p.stem: imports_of(p) & modules - {p.stem}
-        for p in PACKAGE.glob("*.py")
-        if p.stem != "__init__"
-    }
+    """Every module of turbine/ (subpackages' too) and the ones it imports.
+
+    ``turbine/__init__.py`` re-exports names on first use and is left out; a
+    ``__main__`` is a program's entry that nothing imports, so it closes no cycle.
+    """
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py") if p != PACKAGE / "__init__.py"}
+    modules = set(paths)
+    return {name: imports_of(path, modules) - {name} for name, path in paths.items()}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -73,6 +95,8 @@ def test_turbine_modules_import_no_cycle():
     edges = graph()
     assert {"hub", "router", "store", "ringbuffer"} <= edges.keys()
     assert "router" in edges["hub"]  # the walk sees relative imports
+    assert {"client", "cli._common"} <= edges["cli.data"]  # and those of subpackages
+    assert "archive" in edges["cli.serve"]  # importing archive._serve runs archive/__init__
     cycle = find_cycle(edges)
     assert cycle is None, f"import cycle in turbine/: {' -> '.join(cycle or [])}"
 

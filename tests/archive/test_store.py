@@ -12,7 +12,7 @@ from turbine._constants import ARCHIVE_BYTES
 from turbine.archive import _format as fmt
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
-from turbine.cli import _disk_status
+from turbine.cli.info import _disk_status
 from turbine.fetch import PendingFetch
 from turbine.hub import Hub
 from turbine.peer import Peer

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -27,7 +28,6 @@ from ..component import Component
 from ..names import InvalidName, check_component_name, check_source_name, source_pattern
 from ..server import BrokerConfig
 from ..settings import ConfigError, resolve_paths, settings_dict, type_name, type_ok
-from .users import SiteAuth
 
 log = logging.getLogger("turbine.mcp")
 
@@ -105,6 +105,22 @@ class ProgramSpec:
             if settings_fd is not None:
                 argv += ["--settings-fd", str(settings_fd)]
         return argv + args
+
+
+@attrs.frozen
+class SiteAuth:
+    """The ``[auth]`` table: where users and tokens are kept, and the operator's name."""
+
+    #: Absolute directory of ``auth.toml`` and ``tokens/``.
+    dir: str
+    operator: str = "operator"
+
+    @property
+    def auth_file(self) -> Path:
+        return Path(self.dir) / "auth.toml"
+
+    def token_file(self, user: str) -> Path:
+        return Path(self.dir) / "tokens" / user
 
 
 @attrs.frozen

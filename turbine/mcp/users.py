@@ -47,22 +47,6 @@ if TYPE_CHECKING:
 
 
 @attrs.frozen
-class SiteAuth:
-    """The ``[auth]`` table: where users and tokens are kept, and the operator's name."""
-
-    #: Absolute directory of ``auth.toml`` and ``tokens/``.
-    dir: str
-    operator: str = "operator"
-
-    @property
-    def auth_file(self) -> Path:
-        return Path(self.dir) / "auth.toml"
-
-    def token_file(self, user: str) -> Path:
-        return Path(self.dir) / "tokens" / user
-
-
-@attrs.frozen
 class SiteUsers:
     """What :func:`prepare_users` made: the broker's table and where the tokens are."""
 
