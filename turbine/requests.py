@@ -1,6 +1,6 @@
 """What the broker does for each request of one connection: the reader's side.
 
-:class:`Requests` is the request half of :class:`turbine.server.ClientConnection`:
+:class:`Requests` is the request half of :class:`turbine.connection.ClientConnection`:
 each handler applies one request to the hub and queues its reply.  Handlers
 never wait: a read that needs slower storage than memory is handed to the
 connection's store task (``turbine/storetask.py``) with its reply's place kept.

@@ -1,7 +1,7 @@
 """The sending half of a broker connection: glue between its
 :class:`~turbine.outbound.OutboundQueue` and the socket.
 
-:class:`Sender` is mixed into :class:`turbine.server.ClientConnection`, as the
+:class:`Sender` is mixed into :class:`turbine.connection.ClientConnection`, as the
 request half (:class:`~turbine.requests.Requests`) is: the queue decides who
 sends what and when (it does no I/O); this does what its :class:`Wake` says,
 writes from the reader when the writer task sleeps (the latency trick the
