@@ -18,11 +18,6 @@ from turbine.testing import follow_trio_clock, next_frames, start_broker
 AHEAD = 1000.0  # the broker's clock runs this far ahead of the component's machine
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.005)
-
-
 async def first_block(address: str) -> Frame:
     async with open_client(address) as tb:
         (frame,) = await next_frames(tb, "daq_t_data_source/ch0")
@@ -31,7 +26,7 @@ async def first_block(address: str) -> Frame:
 
 @pytest.mark.parametrize(("source", "offset"), [("broker", AHEAD), ("local", 0.0)])
 async def test_the_daq_s_sample_clock_starts_from_the_clock_it_is_told(
-    nursery: trio.Nursery, clock: trio.testing.MockClock, source: str, offset: float
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, source: str, offset: float
 ) -> None:
     follow_trio_clock()
     address = await start_broker(nursery, clock=lambda: wall_time() + AHEAD)

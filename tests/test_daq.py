@@ -1,9 +1,11 @@
 """The DAQ component: signals, the sample clock, CSV replay, and its commands over a real broker.
 
-The component tests run on a mock clock that jumps ahead once the process has
-been idle for a few milliseconds (so loopback I/O finishes before time moves):
-blocks are due on trio's clock, and their timestamps must follow the sample
-clock exactly, whatever the scheduling.
+The component tests run under ``autojump_clock``: blocks are due on trio's
+clock, and their timestamps must follow the sample clock exactly, whatever the
+scheduling.  The broker runs in the test's own trio run and the DAQ starts no
+thread or process, so virtual time moves only when every task waits for another
+(a message on loopback is readable once its sender's write returns), never
+while work is pending.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from components.daq.signals import (
     read_csv,
 )
 from turbine import FLOAT64_CONTENT_TYPE, ConfigError, Frame, open_client, send_command
+from turbine.testing import next_frames
 
 # --- signals ---------------------------------------------------------------------
 
@@ -150,12 +153,6 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
 # --- the component over a real broker ---------------------------------------------
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Virtual time that jumps ahead once everything has been idle for 5 ms of real time."""
-    return trio.testing.MockClock(autojump_threshold=0.005)
-
-
 async def start_daq(nursery: trio.Nursery, address: str, **config: object) -> Daq:
     daq = Daq("t", address, {k: str(v) for k, v in config.items()})
     await nursery.start(daq.serve)
@@ -174,7 +171,7 @@ async def collect(tb: object, path: str, n: int, out: list[Frame] | None = None)
 
 
 async def test_blocks_follow_the_sample_clock(
-    broker: str, nursery: trio.Nursery, clock: trio.testing.MockClock
+    broker: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(60):
         daq = await start_daq(nursery, broker, channels=3, rate=100, block_seconds=0.1)
@@ -202,7 +199,7 @@ async def test_blocks_follow_the_sample_clock(
 
 
 async def test_set_rate_changes_the_block_size_and_keeps_timestamps_continuous(
-    broker: str, nursery: trio.Nursery, clock: trio.testing.MockClock
+    broker: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(60):
         daq = await start_daq(nursery, broker, channels=1, rate=100, block_seconds=0.1)
@@ -229,7 +226,7 @@ async def test_set_rate_changes_the_block_size_and_keeps_timestamps_continuous(
 
 
 async def test_stop_start_set_and_refusals(
-    broker: str, nursery: trio.Nursery, clock: trio.testing.MockClock
+    broker: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(60):
         daq = await start_daq(nursery, broker, channels=2, rate=10, block_seconds=0.1)
@@ -268,7 +265,7 @@ async def test_stop_start_set_and_refusals(
 
 
 async def test_replay_streams_the_recording_at_its_rate(
-    broker: str, nursery: trio.Nursery, clock: trio.testing.MockClock, tmp_path: Path
+    broker: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     f = tmp_path / "rec.csv"
     rows = ["time,force,disp"] + [f"{i / 20},{i},{-i}" for i in range(8)]
@@ -289,7 +286,7 @@ async def test_replay_streams_the_recording_at_its_rate(
 
 
 async def test_replay_without_loop_stops_at_the_end(
-    broker: str, nursery: trio.Nursery, clock: trio.testing.MockClock, tmp_path: Path
+    broker: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
 ) -> None:
     f = tmp_path / "rec.csv"
     f.write_text("a\n1\n2\n3\n")
@@ -298,15 +295,22 @@ async def test_replay_without_loop_stops_at_the_end(
             nursery, broker, mode="replay", file=f, rate=10, block_seconds=0.2, loop="false"
         )
         async with open_client(broker) as tb:
-            frames: list[Frame] = []
-            with trio.move_on_after(5):
-                await collect(tb, "daq_t_data_source/a", 3, frames)
+            # From the broker's first frame, wherever the stream was when we joined.
+            frames = await next_frames(tb, "daq_t_data_source/a", 2, start="oldest")
+            async with tb.subscribe("daq_t_data_source/metadata.txt", start="oldest") as sub:
+                async for item in sub:
+                    if isinstance(item, Frame) and b'"stopped"' in item.data:
+                        break
+            await trio.sleep(5)  # virtual: nothing more comes
+            held = await tb.fetch("daq_t_data_source/a", oldest=10)
     assert [decode_block(fr.data) for fr in frames] == [[1.0, 2.0], [3.0]]
+    assert [fr.data for fr in held] == [fr.data for fr in frames]
+    assert json.loads(item.data)["system_status"] == "stopped"
     assert not daq.streaming
 
 
 async def test_blocks_made_while_the_broker_is_away_reach_it_when_it_is_back(
-    nursery: trio.Nursery, clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     """The DAQ's puts wait in its client's spool through a broker restart; no block
     is skipped and every one keeps its sample-clock timestamp."""
