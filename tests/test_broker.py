@@ -19,7 +19,7 @@ from turbine import (
     TurbineError,
     open_client,
 )
-from turbine._constants import PROTOCOL_VERSION
+from turbine._constants import DELIVERY_BATCH_BYTES, DELIVERY_BATCH_FRAMES, PROTOCOL_VERSION
 from turbine.client import frames_from
 from turbine.messages import SPECS, Message
 from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes
@@ -383,15 +383,26 @@ async def test_fetch_newest_oldest_time_range_after(broker):
 
 
 async def test_a_fetch_larger_than_one_message_arrives_whole_in_parts(broker):
-    """500 000 frames need a 5 MB header: the broker sends parts, each under the limits."""
-    n = 500_000
+    """One frames message holds at most DELIVERY_BATCH_FRAMES frames and DELIVERY_BATCH_BYTES
+    of payload: a fetch of more comes in parts, each within both, and arrives whole.
+
+    (That every part's header also fits MAX_HEADER_BYTES, 500 000 frames in one
+    fetch, is tested on ``split_frames`` itself in test_protocol.py.)"""
+    small, large = 2 * DELIVERY_BATCH_FRAMES + 100, 20  # cut by count, then by bytes
+    datas = [bytes([i % 256]) for i in range(small)] + [bytes([i]) * 100_000 for i in range(large)]
+    n = len(datas)
     with trio.fail_after(30):
         async with open_client(broker) as tb:
             raw = await RawClient.connect(broker)
-            put = {"source": SRC, "channel": "x", "ts": list(range(n)), "sizes": [1] * n}
+            put = {
+                "source": SRC,
+                "channel": "x",
+                "ts": list(range(n)),
+                "sizes": list(map(len, datas)),
+            }
             opening = {"id": 1, "source": SRC, "cache_frames": n, "cache_bytes": 64 * 2**20}
             await raw.send("open_source", opening)
-            await raw.send("put", put, [(bytes(range(256)) * (n // 256 + 1))[:n]])
+            await raw.send("put", put, [b"".join(datas)])
             await raw.send("fetch", {"id": 2, "pattern": f"{SRC}/x", "newest": n})
             assert (await raw.receive()).type == "ok"
             parts = []
@@ -399,11 +410,14 @@ async def test_a_fetch_larger_than_one_message_arrives_whole_in_parts(broker):
                 parts.append(await raw.receive())
             await raw.aclose()
             frames = await tb.fetch(f"{SRC}/x", newest=n)
-    assert len(parts) > 1
     assert all(p.type == "frames" and p.id == 2 for p in parts)
+    counts = [sum(len(g[5]) for g in p.groups) for p in parts]
+    assert counts[:2] == [DELIVERY_BATCH_FRAMES] * 2 and sum(counts) == n
+    assert max(len(p.payload) for p in parts) <= DELIVERY_BATCH_BYTES
+    assert len(parts) >= 2 + large * 100_000 // DELIVERY_BATCH_BYTES
     assert [f.seq for f in frames] == list(range(1, n + 1))
-    assert [f.timestamp for f in frames[:3]] == [0.0, 1.0, 2.0]
-    assert frames[-1].data == bytes([(n - 1) % 256])
+    assert [f.timestamp for f in frames] == list(map(float, range(n)))
+    assert [f.data for f in frames] == datas
 
 
 async def test_a_list_too_large_for_one_message_is_refused_not_sent(broker):
