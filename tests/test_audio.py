@@ -16,7 +16,14 @@ import trio
 from components.audio.component import Audio, AudioSettings
 from turbine import Frame, open_client, send_command
 from turbine.settings import ConfigError
-from turbine.testing import fake_data, next_frames, open_broker, serving
+from turbine.testing import (
+    fake_data,
+    follow_trio_clock,
+    next_frames,
+    open_broker,
+    run_blocking_inline,
+    serving,
+)
 
 
 def samples(data: bytes) -> list[int]:
@@ -49,9 +56,8 @@ async def test_a_tone_plays_in_blocks_on_its_sample_clock(autojump_clock: object
     assert audio.channels == {"audio.pcm": "audio/L16;rate=8000;channels=1"}
 
 
-async def test_a_wav_file_plays_big_endian_and_ends(tmp_path: Path) -> None:
-    # The real clock: file reads run on a worker thread, and while one runs
-    # autojump_clock would jump to the test's deadline.  The clip lasts 0.15 s.
+async def test_a_wav_file_plays_big_endian_and_ends(tmp_path: Path, autojump_clock: object) -> None:
+    run_blocking_inline()  # file reads in this task: a worker thread at work looks idle
     path = tmp_path / "clip.wav"
     values = list(range(-300, 300))  # 600 frames, stereo below
     with wave.open(str(path), "wb") as w:
@@ -64,7 +70,7 @@ async def test_a_wav_file_plays_big_endian_and_ends(tmp_path: Path) -> None:
     )
     assert audio.channels == {"audio.pcm": "audio/L16;rate=4000;channels=2"}
     source = fake_data(audio)
-    with trio.move_on_after(1.0):
+    with trio.move_on_after(1.0):  # virtual: the clip lasts 0.15 s
         await audio.run()
     frames = source.frames("audio.pcm")
     got = [s for f in frames for s in samples(f.data)]
@@ -85,9 +91,9 @@ def test_settings_are_checked_before_anything_runs(tmp_path: Path) -> None:
         Audio("x", config={"source": "wav", "file": str(bad)})
 
 
-async def test_commands_on_the_turbine_and_a_kept_frequency() -> None:
-    # The real clock: self.kept.save writes and fsyncs on a worker thread, and
-    # while it runs autojump_clock would jump to the command's deadline.
+async def test_commands_on_the_turbine_and_a_kept_frequency(autojump_clock: object) -> None:
+    follow_trio_clock()  # command deadlines in virtual time
+    run_blocking_inline()  # self.kept.save writes and fsyncs in this task
     config = {"rate": 8000, "block_seconds": 0.1, "autostart": False}
     with trio.fail_after(30):
         async with open_broker() as address, open_client(address) as tb:

@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from turbine import Backoff, Component, TurbineError, command
+from turbine import Backoff, Component, TurbineError, command, run_blocking
 from turbine.render import pcm_content_type, pcm_swap
 from turbine.settings import check, path_setting
 
@@ -193,7 +193,7 @@ class Audio(Component):
         try:
             while self.playing and self._stretch == stretch:
                 if reader is not None:
-                    data = await trio.to_thread.run_sync(reader.read, n, c.loop)
+                    data = await run_blocking(reader.read, n, c.loop)
                     if not data:
                         self.log.info("end of %s", c.file)
                         self.playing = False
