@@ -3,7 +3,6 @@ never stall, bloat or break the broker for everyone."""
 
 from __future__ import annotations
 
-import json
 import resource
 import socket
 import struct
@@ -91,9 +90,12 @@ def test_sequence_numbers_after_a_restart_are_what_the_docs_say(tmp_path, durabl
     for run in ("1", "2"):
         server = Serve(*args)
         try:
-            ok(server.address, "put", f"{SRC}/x", run)
-            out = ok(server.address, "fetch", f"{SRC}/x", "--newest", "1", "--format", "json")
-            seqs.append(json.loads(out)["seq"])
+            with turbine.connect(server.address, name="seq") as client:
+                src = client.open_source(SRC, channels={"x": "text/plain"})
+                src.put("x", run.encode())
+                src.flush()  # acknowledged: kept across the kill below, with --data-dir
+                (frame,) = client.fetch(f"{SRC}/x", newest=1)
+            seqs.append(frame.seq)
         finally:
             server.stop()
     assert seqs == ([1, 2] if durable else [1, 1])
