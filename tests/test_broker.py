@@ -48,6 +48,24 @@ async def wait_offline(tb, name: str) -> None:
             return
 
 
+async def closed_by_jumps(clock, tb, name: str, seconds: int = 40) -> list[dict]:
+    """Move ``clock`` (a ``mock_clock``, no autojump) on 1 s at a time, each time once
+    every task waits, until the broker's status lists connection ``name`` as closed;
+    return those records (none if that takes more than ``seconds``).
+
+    For tests that stream megabytes up to a write deadline: under autojump a
+    loopback segment still in the kernel (ksoftirqd on a loaded machine) leaves
+    every task waiting, and the clock would jump to a deadline while bytes flow.
+    """
+    for _ in range(seconds):
+        closed = [c for c in (await tb.status())["closed"] if c["client"].startswith(f"{name}#")]
+        if closed:
+            return closed
+        await wait_all_tasks_blocked()
+        clock.jump(1)
+    return []
+
+
 async def take(sub, n: int) -> list[Frame | Gap]:
     return [await sub.receive() for _ in range(n)]
 
@@ -676,12 +694,8 @@ async def test_write_timeout_closes_a_client_that_stops_reading(nursery, mock_cl
             for _ in range(300):
                 await src.put("x", bytes(64 << 10))
             await src.flush()  # acknowledged: nothing of the producer's is in flight
-            for _ in range(40):  # "stuck" reads nothing: its write deadline passes
-                closed = [c for c in (await producer.status())["closed"] if "stuck#" in c["client"]]
-                if closed:
-                    break
-                await wait_all_tasks_blocked()
-                mock_clock.jump(1)
+            # "stuck" reads nothing: its write deadline passes.
+            closed = await closed_by_jumps(mock_clock, producer, "stuck")
             mock_clock.autojump_threshold = 0  # from here on, a hang ends in fail_after
             while await stuck.stream.receive_some(1 << 20):
                 pass  # what was sent before the broker gave up, then the end

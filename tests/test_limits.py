@@ -7,7 +7,15 @@ import struct
 
 import pytest
 import trio
-from test_broker import RawClient, put_all, raw_message, start_broker, wait_offline
+from test_broker import (
+    RawClient,
+    closed_by_jumps,
+    put_all,
+    raw_message,
+    start_broker,
+    wait_offline,
+)
+from trio.testing import wait_all_tasks_blocked
 
 from turbine import RequestFailed, open_client
 from turbine._constants import (
@@ -166,7 +174,9 @@ async def test_a_message_that_arrives_in_pieces_within_the_deadline_is_taken(
 # --- slow consumers ---------------------------------------------------------------------------
 
 
-async def test_slow_consumers_are_counted_where_an_operator_sees_them(nursery, autojump_clock):
+async def test_slow_consumers_are_counted_where_an_operator_sees_them(nursery, mock_clock):
+    # Time moves only when told (closed_by_jumps says why): 19 MiB cross
+    # loopback twice here, up to a 30 s write deadline.
     address = await start_broker(nursery, write_timeout=30.0)
     with trio.fail_after(300):
         async with open_client(address, name="producer") as producer:
@@ -177,21 +187,25 @@ async def test_slow_consumers_are_counted_where_an_operator_sees_them(nursery, a
                 for _ in range(300):  # far more than the socket buffers hold
                     await src.put("x", bytes(64 << 10))
                 await src.flush()
-                await trio.sleep(5)  # mock time: the broker's write stays blocked 5 s
+                await wait_all_tasks_blocked()
+                mock_clock.jump(5)  # the broker's write stays blocked 5 s
                 got = 0
                 while got < 300 * (64 << 10):  # then it reads everything
                     msg = await lagging.receive()
                     assert msg is not None and msg.type == "frames"
                     got += len(msg.payload)
                 while_connected = await producer.status()
+                began = trio.current_time()
                 stuck = await RawClient.connect(address, name="stuck")
                 await stuck.send("subscribe", {"id": 1, "sub": 1, "pattern": f"{SRC}/x"})
                 for _ in range(300):
                     await src.put("x", bytes(64 << 10))
                 await src.flush()
-                await trio.sleep(31)  # mock time: the write deadline passes
+                assert await closed_by_jumps(mock_clock, producer, "stuck")  # write deadline
+                mock_clock.autojump_threshold = 0  # from here on, a hang ends in fail_after
                 await stuck.aclose()
                 after = await producer.status()
+    assert trio.current_time() - began >= 30  # not closed before its write deadline
     (lag,) = [c for c in while_connected["clients"] if c["name"].startswith("lagging#")]
     assert lag["slow_events"] >= 1  # always 0 before: counted only just before the close
     assert while_connected["slow_events"] == lag["slow_events"]
