@@ -53,6 +53,8 @@ STATUS_WITHIN_S = 2.0
 #: a broker the attack keeps slow reaches it (a slice of CPU lost now and then
 #: moves single probes, not the median).
 STATUS_MEDIAN_WITHIN_S = 0.05
+#: The broker's RSS after the attack, against before it.
+RSS_BACK_WITHIN = 1.2
 
 
 #: The status probe: asks every STATUS_EVERY_S for as long as told; prints "time latency" lines.
@@ -298,7 +300,7 @@ def test_a_real_broker_survives_hostile_clients_while_others_carry_on(tmp_path):
     assert "Traceback" not in text, text[-3000:]
     assert figures["status_median_s"] < STATUS_MEDIAN_WITHIN_S, figures
     assert figures["status_max_s"] < STATUS_WITHIN_S, figures
-    assert figures["rss_after"] <= 1.2 * figures["rss_before"], figures
+    assert figures["rss_after"] <= RSS_BACK_WITHIN * figures["rss_before"], figures
 
 
 async def visit(address: str, i: int) -> None:
@@ -390,8 +392,13 @@ async def run_campaign(address: str, pid: int) -> dict[str, object]:
                         await trio.sleep(0.1)
                 for _ in range(20):  # a few more rounds at rest
                     await operator.status()
-                await trio.sleep(1.5)  # the broker gives freed memory back once a second
-                rss_after = rss(pid)
+                # The broker gives freed memory back at most a second after the
+                # last close: wait for that state, not a time (a broker starved
+                # of CPU may take longer).  Memory that leaked never comes back:
+                # 20 s is a hang bound, which no slow machine needs.
+                with trio.move_on_after(20):
+                    while (rss_after := rss(pid)) > RSS_BACK_WITHIN * rss_before:  # noqa: ASYNC110
+                        await trio.sleep(0.1)
                 if os.environ.get("FUZZ_DEBUG"):
                     print(maps(pid))
                     st = await operator.status()
