@@ -65,10 +65,19 @@ def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
         page.wait_for_selector('#sources tr[data-source="daq_web_data_source"]', timeout=20000)
         names = page.locator("#sources td.name").all_inner_texts()
         plot = page.locator(".panel.timeseries .plot").first
-        plot.locator("path.js-line").first.wait_for(timeout=20000)
+        line = plot.locator("path.js-line").first
+        line.wait_for(timeout=20000)
         page.wait_for_timeout(1000)
+        drawn = line.get_attribute("d")
         first = plot.screenshot(path=str(out / "plot-1.png"))
-        page.wait_for_timeout(1500)
+        # Until the line is drawn anew (new samples), not for a fixed 1.5 s: a
+        # loaded machine may redraw later; 20 s is a hang bound.
+        page.wait_for_function(
+            "(d) => { const p = document.querySelector('.panel.timeseries .plot path.js-line');"
+            " return p && p.getAttribute('d') !== d; }",
+            arg=drawn,
+            timeout=20000,
+        )
         second = plot.screenshot(path=str(out / "plot-2.png"))
         image = page.locator(".panel.wall .tile img").first
         image.wait_for(timeout=20000)
