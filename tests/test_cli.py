@@ -16,6 +16,7 @@ import msgpack
 import pytest
 
 import turbine
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -108,12 +109,6 @@ def one_line_error(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("Error: ")
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- writing and reading ------------------------------------------------------------------

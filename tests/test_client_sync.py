@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import faulthandler
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 import trio
 
 import turbine
+from tests.ports import free_port
 from turbine import BrokerConfig, ConnectionFailed, Frame, Gap, RequestFailed, serve_turbine
 
 SRC = "daq_rig_data_source"
@@ -166,9 +166,7 @@ def test_closed_source_goes_offline_and_another_script_takes_it(address):
 
 
 def test_no_broker_is_a_connection_failure():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(ConnectionFailed, match=f"no broker at 127.0.0.1:{port}"):
         turbine.connect(f"127.0.0.1:{port}")
 

@@ -7,7 +7,6 @@ import io
 import logging
 import re
 import shutil
-import socket
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
@@ -31,6 +30,7 @@ from components.video.mjpeg import (
 )
 from components.video.multipart import MultipartParser, Part
 from components.video.synthetic import PatternRenderer
+from tests.ports import free_port
 
 # Bodies with the bytes that trip naive parsers: CRLFs, dashes, the boundary
 # inside a line, a line that starts with the boundary and goes on.
@@ -485,9 +485,7 @@ async def test_reconnects_with_backoff_and_logs(
 async def test_backoff_is_capped(
     autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as s:  # a port with nobody listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port with nobody listening
     url = f"http://127.0.0.1:{port}/axis-cgi/mjpg/video.cgi"
     log = logging.getLogger("test.camera")
     with caplog.at_level(logging.INFO, logger="test.camera"):
@@ -546,9 +544,7 @@ async def test_ffmpeg_mpjpeg_file_served_over_http10(nursery: trio.Nursery) -> N
 
 @needs_ffmpeg
 async def test_ffmpeg_own_http_server_chunked(caplog: pytest.LogCaptureFixture) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/cam"
     command = [
         ffmpeg, "-hide_banner", "-loglevel", "quiet", *FFMPEG_SOURCE, "-f", "mpjpeg",

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import trio
 from PIL import Image
 
 from components.daq.component import Daq
+from tests.ports import free_ports
 from tests.test_mcp import TURBINE, open_mcp_process, run_mcp, running, wait_state
 from tests.web.helpers import http
 from turbine import open_client
@@ -386,22 +386,12 @@ async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
     ]  # on the broker, archived like any
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _demo_site(tmp_path: Path) -> tuple[Path, str]:
     """configs/demo.toml on free ports (the broker on 0), run from ``tmp_path``; and the viewer's URL."""
     text = (Path(__file__).parents[2] / "configs" / "demo.toml").read_text()
     text = re.sub(r"^port = 3333\b", "port = 0", text, flags=re.M)
     fixed = ("8080", "8081", "6000", "6001", "4444")
-    ports = dict(zip(fixed, map(str, _free_ports(len(fixed))), strict=True))
+    ports = dict(zip(fixed, map(str, free_ports(len(fixed))), strict=True))
     text = re.sub(r"\b(8080|8081|6000|6001|4444)\b", lambda m: ports[m.group(1)], text)
     site = tmp_path / "demo.toml"
     site.write_text(text)

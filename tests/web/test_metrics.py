@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import socket
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.ports import free_port
 from tests.test_reconnect import Broker
 from tests.web.helpers import http
 from turbine import open_client
@@ -94,12 +94,6 @@ async def test_a_broker_with_a_data_dir_has_its_disk_in_the_metrics(tmp_path: Pa
     assert values["turbine_disk_errors_sources"] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing: apt-get install prometheus")
 async def test_a_real_prometheus_scrapes_the_viewer(broker: str, web: str, tmp_path: Path) -> None:
@@ -108,7 +102,7 @@ async def test_a_real_prometheus_scrapes_the_viewer(broker: str, web: str, tmp_p
         "global: {scrape_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: turbine\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(PROMETHEUS),
         f"--config.file={tmp_path / 'prometheus.yml'}",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.ports import free_port
 from tests.test_mcp import run_mcp, running, wait_state
 from tests.web.helpers import http
 from turbine import open_client
@@ -15,14 +15,8 @@ from turbine import open_client
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_the_mcp_runs_the_viewer_for_its_broker(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     extra = f'[[process]]\nname = "web"\nkind = "web"\nargs = ["--port", "{port}"]\n'
     with trio.fail_after(60):
         async with run_mcp(tmp_path, extra) as site, open_client(site.address) as tb:
