@@ -40,7 +40,7 @@ import time
 
 import trio
 
-import turbine.client
+import turbine._client_link
 from turbine import open_client
 
 SRC = {"daq": "daq_bench_data_source", "camera": "video_bench_data_source"}
@@ -78,7 +78,7 @@ def stop_broker(proc: subprocess.Popen[bytes]) -> None:
 
 
 _connected: list[float] = []
-_handshake = turbine.client._handshake
+_handshake = turbine._client_link.handshake
 
 
 async def _timed_handshake(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -88,7 +88,7 @@ async def _timed_handshake(*args, **kwargs):  # type: ignore[no-untyped-def]
     return result
 
 
-turbine.client._handshake = _timed_handshake
+turbine._client_link.handshake = _timed_handshake
 
 
 async def one(case: str, seconds: float, root: str) -> dict[str, float]:

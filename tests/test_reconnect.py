@@ -13,6 +13,7 @@ import os
 import pytest
 import trio
 
+import turbine._client_link
 import turbine.client
 from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
 from turbine._constants import RECLAIM_GRACE_S
@@ -96,7 +97,7 @@ async def test_puts_during_an_outage_are_stored_once_in_order_with_their_timesta
 
 
 async def test_an_outage_longer_than_memory_spools_to_a_file_and_replays_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(turbine.client, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
+    monkeypatch.setattr(turbine._client_link, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
     spool_dir = tmp_path / "state"
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -191,7 +192,7 @@ async def test_a_resumed_subscription_gets_a_gap_for_what_the_broker_no_longer_h
 ):
     held = trio.Event()
     allowed = trio.Event()
-    handshake = turbine.client._handshake
+    handshake = turbine._client_link.handshake
 
     async def held_back(*args, **kwargs):
         held.set()
@@ -215,7 +216,7 @@ async def test_a_resumed_subscription_gets_a_gap_for_what_the_broker_no_longer_h
                     await src.flush()
                     assert (await sub.receive()).seq == 1
                     assert (await mon.receive()).seq == 1
-                    monkeypatch.setattr(turbine.client, "_handshake", held_back)
+                    monkeypatch.setattr(turbine._client_link, "handshake", held_back)
                     reader._stream.socket.shutdown(2)  # the link drops
                     await held.wait()
                     for i in range(2, 51):
@@ -236,7 +237,7 @@ async def test_a_holder_reconnecting_gets_its_source_back_and_a_stranger_meanwhi
 ):
     held = trio.Event()
     allowed = trio.Event()
-    handshake = turbine.client._handshake
+    handshake = turbine._client_link.handshake
 
     async def held_back(*args, **kwargs):
         if kwargs.get("reconnect"):  # the holder's reconnect, not the stranger's connect
@@ -252,7 +253,7 @@ async def test_a_holder_reconnecting_gets_its_source_back_and_a_stranger_meanwhi
                 src = await daq.open_source(SRC, {"x": "text/plain"})
                 await src.put("x", b"1")
                 await src.flush()
-                monkeypatch.setattr(turbine.client, "_handshake", held_back)
+                monkeypatch.setattr(turbine._client_link, "handshake", held_back)
                 await broker.stop()
                 await held.wait()  # the holder is reconnecting, held back
                 await src.put("x", b"2")  # spooled

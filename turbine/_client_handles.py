@@ -137,6 +137,24 @@ class Subscription:
         self._batch: list[Any] = []
         self._i = 0
 
+    def resume_fields(self) -> dict[str, Any]:
+        """What resumes it on a new connection: the newest for a monitor, else the
+        first frame not yet received (the subscribe request's fields)."""
+        if self.monitor:
+            return {
+                "sub": self.id,
+                "pattern": self.pattern,
+                "start": "newest",
+                "monitor": True,
+                "max_rate": self.max_rate,
+            }
+        return {
+            "sub": self.id,
+            "pattern": self.pattern,
+            "start": "oldest",
+            "resume": self.positions,
+        }
+
     def __aiter__(self) -> Subscription:
         return self
 

@@ -1,0 +1,391 @@
+"""The connection under a :class:`~turbine.client.Client`, and its life.
+
+Connecting (:func:`handshake`: greeting, TLS, login), giving each new
+connection its read loop and request correlation, noticing its loss; with
+``reconnect=True`` connecting again with capped backoff, taking back the
+sources held and the subscriptions, and replaying the spool until the broker
+acknowledged it.  Requests made through :meth:`Link.call` are tried again
+across a reconnect.  :class:`~turbine.client.Client` adds the public API on
+top (as :class:`~turbine.requests.Requests` is mixed into the broker's
+connection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+from typing import Any, TypeVar, cast
+
+import trio
+
+from . import messages as m
+from ._address import connect_stream, parse_address
+from ._client_handles import Feed, Subscription
+from ._client_outbox import Outbox
+from ._client_reader import Reader
+from ._client_requests import Requests
+from ._client_spool import Spool
+from ._clock import wall_time
+from ._constants import (
+    MAX_FRAME_BYTES,
+    PAYLOAD_SLACK_BYTES,
+    PROTOCOL_VERSION,
+    RECEIVE_BYTES,
+    SPOOL_BYTES,
+    SPOOL_MEMORY_BYTES,
+)
+from ._errors import (
+    BrokerUnavailable,
+    ConnectionFailed,
+    LocalProtocolError,
+    ProtocolError,
+    RequestFailed,
+    TurbineError,
+)
+from ._io import send_buffers
+from ._retry import Backoff
+from .protocol import NEED_DATA, Connection, Role
+from .tls import client_context, connect_tls, default_ca
+
+# Loaded when first needed, not at `import turbine` (a client's start-up time):
+# .auth (a broker that asks for a token).
+
+log = logging.getLogger("turbine.client")
+R = TypeVar("R", bound=m.Message)
+
+#: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds.
+RECONNECT_FIRST_S = 0.05
+RECONNECT_MAX_S = 2.0
+
+
+class Link:
+    """The connection of a :class:`~turbine.client.Client` and its life across losses."""
+
+    def __init__(
+        self,
+        address: str,
+        name: str,
+        connect_timeout: float,
+        *,
+        token: str | None = None,
+        reconnect: bool = False,
+        spool_bytes: int = SPOOL_BYTES,
+        spool_dir: str | os.PathLike[str] | None = None,
+        tls_ca: Any = None,
+    ) -> None:
+        self.address = address
+        self.reconnect = reconnect
+        self._name = name
+        self._connect_timeout = connect_timeout
+        self._token = token
+        self._tls_ca = tls_ca
+        #: The user this client logged in as, and its rights (None: a broker without auth).
+        self.user: str | None = None
+        self.rights: dict[str, Any] | None = None
+        self._ids = itertools.count(1)
+        self._feeds: dict[int, Feed] = {}
+        #: The puts not yet acknowledged (``reconnect=True`` only).
+        self.spool = None
+        if reconnect:
+            directory = None if spool_dir is None else os.fspath(spool_dir)
+            spool_name = f"{name}-{os.getpid()}.spool"
+            self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, spool_name)
+        self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
+        #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
+        self._held: dict[str, dict[str, Any]] = {}
+        self._subs: dict[int, Subscription] = {}
+        self._up = trio.Event()  # set while connected
+        self._down = trio.Event()  # set when the connection was lost (reconnect=True)
+        self._closed = False
+        #: How often the connection was lost and made again.
+        self.reconnects = 0
+
+    def _attach(
+        self, stream: trio.SocketStream, proto: Connection, hello: m.Hello, login: Any, sock: Any
+    ) -> Reader:
+        """Use a new connection (the first, or after a loss); returns its read loop.
+
+        ``sock`` is the stream's socket, or its :class:`~turbine.tls.TLSSocket`."""
+        if isinstance(login, m.Ok) and isinstance(login.result, dict):
+            self.user = login.result.get("user")
+            self.rights = login.result.get("rights")
+        self.broker_software: str = hello.software
+        self.max_frame: int = MAX_FRAME_BYTES if hello.max_frame is None else hello.max_frame
+        # The broker announced how large a frame may be; no message it sends is
+        # larger than that plus the slack of a batch (docs/protocol.rst, Framing).
+        proto.max_payload = self.max_frame + PAYLOAD_SLACK_BYTES
+        self._stream = stream
+        self._proto = proto
+        requests = self._requests = Requests(proto, self._outbox, self._ids)
+        self._outbox.attach(sock, self.max_frame)
+        reader = self._reader = Reader(
+            sock, proto, self.address, requests, lambda e: self._lost(requests, e)
+        )
+        reader.feeds = self._feeds
+        self._down = trio.Event()
+        return reader
+
+    def _outbox_lost(self, error: TurbineError) -> None:
+        self._lost(self._requests, error)
+
+    def _lost(self, requests: Requests, error: TurbineError) -> None:
+        """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride through)."""
+        if requests is not self._requests:
+            return  # an earlier connection
+        if not self.reconnect or self._closed:
+            self._fail(error)
+            return
+        if self._down.is_set():
+            return
+        log.warning("%s; reconnecting", error)
+        self._outbox.detach()
+        self._up = trio.Event()
+        self._down.set()
+        requests.fail()  # callers waiting for replies try again once reconnected
+
+    def _fail(self, error: TurbineError) -> None:
+        """The connection is unusable: refuse new work and wake everything waiting on it."""
+        self._outbox.fail(error)
+        error = self._outbox.error or error
+        self._requests.fail()
+        self._up.set()  # waiters see the error
+        for feed in self._feeds.values():
+            feed.close(error)
+
+    async def _run(self, reader: Reader) -> None:
+        """The client's background work: the read loop and the put flusher (and reconnecting)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            nursery.start_soon(self._outbox.run_flusher)
+            if self.reconnect:
+                nursery.start_soon(self._keep_connected, nursery)
+                nursery.start_soon(self._acknowledge)
+
+    async def _keep_connected(self, nursery: trio.Nursery) -> None:
+        """Whenever the connection is lost: connect again, with capped backoff, and resume."""
+        backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
+        while True:
+            await self._down.wait()
+            await trio.aclose_forcefully(self._stream)
+            while True:
+                try:
+                    stream, proto, hello, login, sock = await handshake(
+                        self.address,
+                        self._name,
+                        self._connect_timeout,
+                        self._token,
+                        self._tls_ca,
+                        reconnect=True,
+                    )
+                    reader = self._attach(stream, proto, hello, login, sock)
+                    nursery.start_soon(reader.run)
+                    await self._resume()
+                except TurbineError as exc:  # away still, or refused (logged): try again
+                    if isinstance(exc, ConnectionFailed):
+                        log.debug("reconnecting to %s: %s", self.address, exc)
+                    else:
+                        log.warning("reconnecting to %s: %s", self.address, exc)
+                    self._lost(self._requests, exc)
+                    await trio.sleep(backoff.next_delay())
+                    continue
+                break
+            backoff.reset()
+            self.reconnects += 1
+            log.warning("reconnected to %s", self.address)
+            self._up.set()
+
+    async def _resume(self) -> None:
+        """On a new connection: hold the sources again, subscribe again, replay the spool."""
+        requests = self._requests
+        for fields in list(self._held.values()):
+            try:
+                await requests.call(m.OpenSource, m.Ok, **fields)
+            except RequestFailed as exc:
+                log.warning("could not take source %s back: %s", fields["source"], exc)
+        for sub in list(self._subs.values()):
+            await requests.call(m.Subscribe, m.Ok, **sub.resume_fields())
+        await self._outbox.replay()
+
+    async def _acknowledge(self) -> None:
+        """Flush whenever puts wait for their acknowledgement, so the spool does not grow."""
+        assert self.spool is not None
+        while True:
+            await self.spool.wait_for_unacknowledged()
+            with contextlib.suppress(TurbineError):
+                await self.flush()
+
+    async def call(self, kind: type[m.Request], reply: type[R], **fields: Any) -> R:
+        """Send a request and return its reply; reconnecting, wait for the broker and retry.
+
+        (The :class:`Requester` a reconnecting client's sources use.)
+        """
+        if kind is m.Flush:
+            await self.flush()
+            return m.Ok(id=0)  # type: ignore[return-value]
+        if kind is m.CloseSource:
+            self._held.pop(fields["source"], None)
+        return (await self._call_parts(kind, reply, fields))[-1]
+
+    async def _call_parts(
+        self, kind: type[m.Request], reply: type[R], fields: dict[str, Any]
+    ) -> list[R]:
+        while True:
+            if self.reconnect:
+                await self._up.wait()
+            requests = self._requests
+            try:
+                return await requests.call_parts(kind, reply, **fields)
+            except (ConnectionFailed, LocalProtocolError) as exc:
+                if not self._try_again(exc, requests):
+                    raise
+
+    def _try_again(self, exc: TurbineError, requests: Requests) -> bool:
+        """Whether a request that failed with ``exc`` on ``requests``' connection is tried again.
+
+        Only reconnecting, and only for a lost link (the protocol state of a
+        connection that just ended refuses to send: a LocalProtocolError).
+        """
+        if not self.reconnect or self._closed:
+            return False
+        return (
+            isinstance(exc, ConnectionFailed)
+            or requests is not self._requests
+            or not self._up.is_set()
+        )
+
+    # The issue's API is flush(timeout=...): the timeout raises BrokerUnavailable, not TooSlowError.
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once the broker holds every frame this client put so far.
+
+        Reconnecting, during an outage it waits for the broker to come back
+        and acknowledge them, at most ``timeout`` seconds (None: no limit).
+
+        Raises:
+            BrokerUnavailable: ``timeout`` passed first; the frames stay spooled.
+            RequestFailed: the broker refused an earlier put (says which and why).
+        """
+        if self.spool is None:
+            await self._requests.call(m.Flush, m.Ok)
+            return
+        spool = self.spool
+        await self._outbox.send()  # the frames queued so far go to the spool
+        target = spool.end
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while spool.base < target:
+                await self._up.wait()
+                requests = self._requests
+                try:
+                    _, mark = await requests.call_marked(m.Flush, m.Ok)
+                except (ConnectionFailed, LocalProtocolError) as exc:
+                    if not self._try_again(exc, requests):
+                        raise
+                    continue
+                spool.acknowledged(mark)
+            return
+        raise BrokerUnavailable(
+            f"the broker at {self.address} did not acknowledge within {timeout} s; "
+            f"{spool.frames} frames ({spool.bytes} bytes) are still spooled"
+        )
+
+    async def aclose(self) -> None:
+        """Write what was put and not yet sent (for up to 5 s), then close the connection.
+
+        A reconnecting client closes its sources first: the broker keeps the
+        sources of one whose connection just ends for its reconnect a while,
+        and these are free for another client at once.
+        """
+        with trio.CancelScope(shield=True):
+            self._closed = True
+            with trio.move_on_after(5):
+                if self._outbox.has_puts and self._outbox.error is None:
+                    with contextlib.suppress(TurbineError):
+                        await self._outbox.send()
+                if not self._down.is_set():
+                    with contextlib.suppress(TurbineError):
+                        for source in list(self._held):
+                            await self._requests.send(m.CloseSource, source=source)
+            self._fail(ConnectionFailed("the client was closed"))
+            await trio.aclose_forcefully(self._stream)
+            if self.spool is not None:
+                self.spool.close()
+
+
+async def handshake(
+    address: str,
+    name: str,
+    connect_timeout: float,
+    token: str | None,
+    tls_ca: str | os.PathLike[str] | None,
+    *,
+    reconnect: bool = False,
+) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]:
+    """Connect, greet and log in: the stream, its protocol state, the broker's
+    hello, its answer to the login (None from a broker without auth) and the
+    socket to use (a :class:`~turbine.tls.TLSSocket` under TLS).
+
+    ``tls_ca`` (or ``TURBINE_TLS_CA``) names the CA certificate the broker's
+    must be signed by; the client then speaks TLS and verifies the broker's
+    certificate and name.
+
+    Raises:
+        ConnectionFailed: nothing listens there, or it is not a turbine broker.
+        LoginRefused: the broker refused the token (or its absence).
+    """
+    ca = tls_ca if tls_ca is not None else default_ca()
+    ctx = None if ca is None else client_context(ca)
+    stream = await connect_stream(address)
+    proto = Connection(Role.CLIENT)
+    login: Any = None
+    sock: Any = stream.socket
+    try:
+        with trio.fail_after(connect_timeout):
+            if ctx is not None:
+                sock = await connect_tls(stream, ctx, parse_address(address)[0], address)
+            while (msg := proto.next_event()) is NEED_DATA:
+                data = await sock.recv(RECEIVE_BYTES)
+                if not data:
+                    raise ConnectionFailed(f"{address} closed the connection before its hello")
+                proto.receive_data(data)
+            if isinstance(msg, m.Error):
+                raise ConnectionFailed(f"{address} refused the connection: {msg.message}")
+            hello = cast(m.Hello, msg)  # only a hello (or that refusal) can come first
+            received = wall_time()
+            if hello.auth and token is None:
+                from .auth import find_token
+
+                token = find_token()
+            await send_buffers(
+                sock,
+                proto.send(
+                    m.ClientHello(
+                        protocol=PROTOCOL_VERSION,
+                        name=name,
+                        token=token if hello.auth else None,
+                        reconnect=reconnect or None,
+                        hello_received=received if hello.time is not None else None,
+                        time=wall_time() if hello.time is not None else None,
+                    )
+                ),
+            )
+            if hello.auth:  # the broker answers the client_hello: ok (id 0) or a refusal
+                while (login := proto.next_event()) is NEED_DATA:
+                    data = await sock.recv(RECEIVE_BYTES)
+                    if not data:
+                        raise ConnectionFailed(f"{address} closed the connection at login")
+                    proto.receive_data(data)
+    except (trio.TooSlowError, ProtocolError, OSError, trio.BrokenResourceError) as exc:
+        await trio.aclose_forcefully(stream)
+        why = "it did not greet us in time" if isinstance(exc, trio.TooSlowError) else str(exc)
+        raise ConnectionFailed(f"{address} does not speak the turbine protocol: {why}") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    if isinstance(login, m.Error):
+        from .auth import LoginRefused
+
+        await trio.aclose_forcefully(stream)
+        raise LoginRefused(f"{address} refused the login: {login.message}")
+    return stream, proto, hello, login, sock
