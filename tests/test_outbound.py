@@ -119,3 +119,33 @@ def test_a_slot_filled_behind_another_wakes_no_one():
     assert q.sleep() is True
     assert q.fill(first, [b"ok1"]) is Wake.NOW
     assert q.take(Frames()) == [b"ok1", b"ok2"]
+
+
+def test_a_slot_filled_in_parts_sends_each_part_and_holds_what_follows_until_the_last():
+    q = sleeping()
+    slot = q.reserve()
+    q.reply([b"ok2"])
+    frames = Frames()
+    frames.batches = [b"f1"]
+    q.frames_pending()
+    assert q.fill(slot, [b"part1"], done=False) is Wake.NOW  # at the head: it goes at once
+    assert q.sleep() is False
+    assert q.take(frames) == [b"part1"]  # not ok2, not the frames: the reply is not over
+    assert q.bytes == 3
+    assert q.sleep() is True  # the writer waits for the next part
+    assert q.fill(slot, [b"part2a", b"part2b"], done=False) is Wake.NOW
+    assert q.fill(slot, [b"part3"]) is Wake.NONE  # the writer is awake already
+    assert q.take(frames) == [b"part2a", b"part2b", b"part3", b"ok2", b"f1"]
+    assert q.sleep() is True
+
+
+def test_a_part_filled_while_the_reader_writes_directly_wakes_the_writer():
+    q = sleeping()
+    q.reply([b"ok1"])
+    slot = q.reserve()
+    q.fill(slot, [b"part1"], done=False)  # behind ok1: no one to wake
+    assert q.take(Frames(), direct=True) == [b"ok1", b"part1"]
+    assert q.left([]) is Wake.NONE  # the rest of the reply is not there yet
+    assert q.state is State.WAITING
+    assert q.fill(slot, [b"part2"]) is Wake.NOW
+    assert q.take(Frames()) == [b"part2"]

@@ -145,6 +145,11 @@ PUT_BATCH_FRAMES = 4096
 #: bytes (or one larger frame) or frames.
 DELIVERY_BATCH_BYTES = 1 * 2**20
 DELIVERY_BATCH_FRAMES = 8192
+#: A fetch answered from a disk is read and sent in parts of about this much payload,
+#: each read while the one before is written: a connection holds a few parts in memory,
+#: however large the reply (measured: 8 MiB keeps the reads' thread hops and the
+#: writer's rounds well under 1 % of a replay's time).
+FETCH_PART_BYTES = 8 * 2**20
 #: Payloads at least this large are sent as their own buffers (vectored send, no copy).
 VECTORED_MIN_BYTES = 32 * 2**10
 #: Outbound replies queued for one connection before its reader stops reading.

@@ -142,8 +142,7 @@ class ClientConnection(Sender, Requests):
             if self.out.bytes > OUTBOUND_QUEUE_BYTES:
                 # Replies pile up because this client does not read them: stop
                 # reading its requests until they drain.  Costs only this client.
-                self._drained = trio.Event()
-                await self._drained.wait()
+                await self.taken()
                 handled = 1  # the time waited here is not the sender's
             if self.reads.crowded:
                 await self.reads.wait_room()

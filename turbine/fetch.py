@@ -4,6 +4,8 @@ the stores (from memory at once, or in the connection's store task).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import attrs
@@ -68,3 +70,22 @@ class PendingFetch:
         for ch in self.channels:
             add_run(groups, payloads, ch, await ch.store.read_later(self.query))
         return groups, payloads
+
+    async def parts(
+        self, max_bytes: int
+    ) -> AsyncGenerator[tuple[list[Group], list[Any], bool], None]:
+        """The answer in parts of about ``max_bytes`` of payload, each read only when
+        the one before was taken (:meth:`~turbine.store.ChannelStore.read_parts`):
+        ``(groups, payloads, last)``, the last part maybe empty."""
+        groups: list[Group] = []
+        payloads: list[Any] = []
+        size = 0
+        for ch in self.channels:
+            async with contextlib.aclosing(ch.store.read_parts(self.query, max_bytes)) as runs:
+                async for run in runs:
+                    add_run(groups, payloads, ch, run)
+                    size += sum(run.sizes)
+                    if size >= max_bytes:
+                        yield groups, payloads, False
+                        groups, payloads, size = [], [], 0
+        yield groups, payloads, True

@@ -139,17 +139,20 @@ def split_frames(
 
 
 def fetch_reply(
-    msg_id: int, groups: list[list[Any]], payloads: list[Any]
+    msg_id: int, groups: list[list[Any]], payloads: list[Any], more: bool = False
 ) -> list[tuple[Frames, list[Any]]]:
     """The ``frames`` messages answering fetch ``msg_id``, each with its payloads.
 
     One message when the frames fit, else parts of at most
     ``DELIVERY_BATCH_FRAMES`` frames and ``DELIVERY_BATCH_BYTES`` (a larger
-    frame alone); every part but the last carries ``more: true``.
+    frame alone); every part but the last carries ``more: true`` (every part,
+    with ``more``: a reply sent in pieces, more pieces following).
     """
     parts = split_frames(groups, payloads, DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES)
+    if more and not parts:
+        return []
     parts = parts or [([], [])]
-    last = len(parts) - 1
+    last = len(parts) if more else len(parts) - 1
     return [
         (Frames(id=msg_id, groups=part, more=True if i < last else None), part_payloads)
         for i, (part, part_payloads) in enumerate(parts)

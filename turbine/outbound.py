@@ -27,6 +27,9 @@ Replies keep their order.  A reply that needs a store task (a read from
 disk) holds its place with a :class:`Slot`; nothing queued after an unfilled
 slot is sent, and no subscribed frames either (they may belong to a
 subscription whose reply waits behind the slot), until the slot is filled.
+A long reply (a fetch from disk) fills its slot in parts: each part is sent
+as it comes, and the slot holds the rest of the queue back until its last
+part (``fill(..., done=True)``).
 """
 
 from __future__ import annotations
@@ -53,12 +56,17 @@ class State(enum.Enum):
 
 
 class Slot:
-    """The place of a reply that a store task is still computing."""
+    """The place of a reply that a store task is still computing.
 
-    __slots__ = ("buffers",)
+    ``buffers`` are what was filled in and not yet taken; ``done`` once the
+    last part is in.
+    """
+
+    __slots__ = ("buffers", "done")
 
     def __init__(self) -> None:
-        self.buffers: list[Any] | None = None
+        self.buffers: list[Any] = []
+        self.done = False
 
 
 #: Pulls subscribed frames into the list it is given; returns True if more are pending.
@@ -99,9 +107,12 @@ class OutboundQueue:
         self._replies.append(slot)
         return slot
 
-    def fill(self, slot: Slot, buffers: list[Any]) -> Wake:
-        """Give a reserved reply its bytes; what waited behind it may go."""
-        slot.buffers = buffers
+    def fill(self, slot: Slot, buffers: list[Any], *, done: bool = True) -> Wake:
+        """Give a reserved reply its bytes, or (``done=False``) the next part of
+        them: a part goes as soon as the slot is at the head; what waited behind
+        the slot may go after its last part."""
+        slot.buffers += buffers
+        slot.done = done
         self.bytes += sum(map(len, buffers))
         if self._replies and self._replies[0] is slot:
             return self._wake()
@@ -177,12 +188,15 @@ class OutboundQueue:
         while replies:
             head = replies[0]
             if isinstance(head, Slot):
-                if head.buffers is None:  # the rest waits for the store task
+                buffers += head.buffers
+                head.buffers = []
+                if not head.done:  # the rest waits for the store task
                     self.bytes = sum(sum(map(len, r)) for r in replies if isinstance(r, list))
                     if direct:
                         self.state = State.WAITING  # fill() wakes the writer
                     return buffers
-                head = head.buffers
+                replies.popleft()
+                continue
             replies.popleft()
             buffers += head
         self.bytes = 0
@@ -207,4 +221,5 @@ class OutboundQueue:
 
 
 def _unfilled(item: list[Any] | Slot) -> bool:
-    return isinstance(item, Slot) and item.buffers is None
+    """A slot with nothing to send yet (no part waiting, and not the end)."""
+    return isinstance(item, Slot) and not item.buffers and not item.done

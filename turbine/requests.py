@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
 
 from . import messages as m
 from ._clock import clock_offset
-from ._constants import MAX_ERROR_MESSAGE_CHARS
+from ._constants import FETCH_PART_BYTES, MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
 from .audit import Audit, command_excerpt
 from .auth import COMMAND, WRITE, Access, AuthError, AuthTable, is_command_sink
@@ -295,11 +295,11 @@ class Requests:
         if isinstance(result, PendingFetch):
             pending = result
 
-            async def fetched() -> tuple[m.Message, list[Any]]:
-                groups, payloads = await pending.run()
-                return m.Frames(id=msg.id, groups=groups), payloads  # split on sending
+            async def fetched() -> AsyncGenerator[Sequence[tuple[m.Message, list[Any]]], None]:
+                async for groups, payloads, last in pending.parts(FETCH_PART_BYTES):
+                    yield fetch_reply(msg.id, groups, payloads, more=not last)
 
-            self.reads.defer(fetched, msg.id)  # from slower storage, in its turn
+            self.reads.stream(fetched, msg.id)  # from slower storage, in its turn, in parts
             return
         groups, payloads = result
         for part, part_payloads in fetch_reply(msg.id, groups, payloads):

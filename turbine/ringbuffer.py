@@ -14,7 +14,7 @@ from __future__ import annotations
 import array
 import bisect
 import itertools
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
@@ -276,6 +276,9 @@ class Ring:
 
     async def read_later(self, query: Query) -> Run:
         return answer(self, query)
+
+    async def read_parts(self, query: Query, max_bytes: int | None) -> AsyncGenerator[Run, None]:
+        yield await self.read_later(query)  # in memory already: one part
 
     async def flushed(self) -> None:
         return None

@@ -118,6 +118,13 @@ class Sender:
         if out.left(rest) is Wake.NOW:
             self._wakeup.set()
 
+    async def taken(self) -> None:
+        """Return once the writer has next taken the queued replies (the reader, and a
+        store task streaming a reply, wait for room so; cancellation: safe)."""
+        if self._drained.is_set():
+            self._drained = trio.Event()
+        await self._drained.wait()
+
     def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         """Queue one reply.
 

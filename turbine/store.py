@@ -35,7 +35,7 @@ Everything here is pure and synchronous except ``read_later`` and ``flushed``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -233,6 +233,13 @@ class ChannelStore(Protocol):
 
     def read_now(self, query: Query) -> Run | None:
         """Answer ``query`` from memory at once, or ``None`` if it needs :meth:`read_later`."""
+        ...
+
+    def read_parts(self, query: Query, max_bytes: int | None) -> AsyncGenerator[Run, None]:
+        """:meth:`read_later`'s answer to a fetch query as consecutive runs of about
+        ``max_bytes`` of payload each (at least one frame), each read only when
+        asked (a large answer from a disk never held whole); a memory store
+        answers in one run."""
         ...
 
     async def read_later(self, query: Query) -> Run:

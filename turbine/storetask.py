@@ -9,13 +9,19 @@ place.  Replies therefore leave in the order the requests came, whichever of
 them needed the disk.  A subscriber's cursor whose next frames are not in
 memory is prefetched here too (:meth:`StoreReads.prefetch`), then delivered
 by the writer in cursor order.
+
+A reply that may be large (a fetch from disk) is a *stream*
+(:meth:`StoreReads.stream`): its parts are read one at a time, each sent as
+it comes, and the next read only once the writer has taken the one before,
+so the connection holds a few parts in memory whatever the reply's size.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -39,6 +45,17 @@ MAX_PENDING_READS = 64
 
 #: A deferred job: computes one reply and its payloads, or None (nothing to send).
 Job = Callable[[], Awaitable[tuple[Message, list[Any]] | None]]
+#: A deferred reply in parts: yields the messages (and payloads) of each part in turn.
+Parts = Callable[[], AsyncGenerator[Sequence[tuple[Message, list[Any]]], None]]
+
+
+class _Streamed:
+    """A job that answers in parts (:meth:`StoreReads.stream`)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
 
 
 class Replies(Protocol):
@@ -51,6 +68,9 @@ class Replies(Protocol):
 
     def frames_ready(self) -> None: ...
 
+    async def taken(self) -> None:
+        """Return once the writer has next taken what is queued."""
+
 
 class StoreReads:
     """Deferred reads of one connection, answered in order by one task.
@@ -62,7 +82,9 @@ class StoreReads:
     def __init__(self, conn: Replies) -> None:
         self._conn = conn
         self.nursery: trio.Nursery | None = None
-        self._jobs: collections.deque[tuple[Job, int | None, Slot | None]] = collections.deque()
+        self._jobs: collections.deque[tuple[Job | _Streamed, int | None, Slot | None]] = (
+            collections.deque()
+        )
         self._wakeup = trio.Event()
         self._room = trio.Event()
         self._running = False
@@ -77,6 +99,17 @@ class StoreReads:
         error for ``msg_id``; the connection carries on.
         """
         self._start(job, msg_id, self._conn.out.reserve())
+
+    def stream(self, parts: Parts, msg_id: int) -> None:
+        """Like :meth:`defer`, for a reply in parts (never waits).
+
+        ``parts`` is read one part at a time, each sent as it comes; the next
+        is read only once the writer has taken the one before (memory holds
+        about two parts however large the reply, and a client that does not
+        read holds up only itself).  A :class:`RequestFailed` midway ends the
+        reply with an error for ``msg_id`` after the parts already sent.
+        """
+        self._start(_Streamed(parts), msg_id, self._conn.out.reserve())
 
     def prefetch(self, cursor: Cursor, max_frames: int, max_bytes: int) -> None:
         """Read ``cursor``'s next frames from slower storage, then deliver them (never waits)."""
@@ -93,7 +126,7 @@ class StoreReads:
 
         self._start(fetch, None, None)
 
-    def _start(self, job: Job, msg_id: int | None, slot: Slot | None) -> None:
+    def _start(self, job: Job | _Streamed, msg_id: int | None, slot: Slot | None) -> None:
         self._jobs.append((job, msg_id, slot))
         self.crowded = len(self._jobs) > MAX_PENDING_READS
         if not self._running:
@@ -113,7 +146,12 @@ class StoreReads:
         while True:
             while self._jobs:
                 job, msg_id, slot = self._jobs[0]
-                buffers = await self._answer(job, msg_id)
+                buffers: list[Any] | None
+                if isinstance(job, _Streamed):
+                    assert slot is not None and msg_id is not None
+                    buffers = await self._stream(job.parts, msg_id, slot)
+                else:
+                    buffers = await self._answer(job, msg_id)
                 self._jobs.popleft()
                 self.crowded = len(self._jobs) > MAX_PENDING_READS
                 self._room.set()
@@ -124,6 +162,29 @@ class StoreReads:
                     conn.apply(Wake.NOW if wake is Wake.SOON else wake)
             self._wakeup = trio.Event()
             await self._wakeup.wait()
+
+    async def _stream(self, parts: Parts, msg_id: int, slot: Slot) -> list[Any]:
+        """Send ``parts`` into ``slot`` as they come; return the last buffers (an error, or none)."""
+        conn = self._conn
+        proto = conn.proto
+        try:
+            async with contextlib.aclosing(parts()) as each:
+                async for messages in each:
+                    while slot.buffers:  # the part before is not taken yet: no more in memory
+                        await conn.taken()
+                    if proto.state is State.CLOSED:
+                        return []  # no one left to send it to (the peer went away)
+                    buffers = [b for msg, data in messages for b in proto.send(msg, data)]
+                    conn.apply(conn.out.fill(slot, buffers, done=False))
+        except RequestFailed as exc:
+            error = Error(id=msg_id, code=exc.code, message=str(exc))
+        except Exception as exc:
+            log.exception("internal error in a deferred request")
+            message = f"internal broker error reading from a store: {exc!r}"
+            error = Error(id=msg_id, code="internal", message=message)
+        else:
+            return []
+        return [] if proto.state is State.CLOSED else proto.send(error, [])
 
     async def _answer(self, job: Job, msg_id: int | None) -> list[Any] | None:
         proto = self._conn.proto

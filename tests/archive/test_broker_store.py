@@ -82,6 +82,33 @@ async def test_a_large_fetch_from_disk_comes_in_parts_under_the_limits(tmp_path)
     assert got[-1].data == b"%d" % (n - 1)
 
 
+async def test_a_fetch_of_many_parts_from_disk_is_whole_and_in_order(tmp_path):
+    """Read and sent in parts of FETCH_PART_BYTES: every selection, across the ring too."""
+    n, size = 90, 256 * 1024  # 22.5 MiB: three parts
+    payloads = [bytes([i]) * size for i in range(n)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_with_archive, tmp_path)
+            async with open_client(address, name="daq") as client:
+                src = await client.open_source(SRC, cache_frames=4)
+                for i, p in enumerate(payloads[:80]):
+                    await src.put("x", p, float(i))
+                await src.flush()
+                for i in range(80, n):  # in the ring, perhaps not yet on disk
+                    await src.put("x", payloads[i], float(i))
+                path = f"{SRC}/x"
+                for got, first, end in [
+                    (await client.fetch(path, oldest=n), 0, n),
+                    (await client.fetch(path, after=5), 5, n),
+                    (await client.fetch(path, newest=70), n - 70, n),
+                    (await client.fetch(path, oldest=33), 0, 33),
+                    (await client.fetch(path, start=10.0, duration=75.0), 10, 85),
+                ]:
+                    assert [f.seq for f in got] == list(range(first + 1, end + 1))
+                    assert all(f.data == payloads[f.seq - 1] for f in got)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_client_sets_its_sources_disk_and_is_told_when_it_does_not_fit(tmp_path):
     with trio.fail_after(30):
         async with open_archive(tmp_path) as archive, trio.open_nursery() as nursery:

@@ -354,21 +354,38 @@ class Archive:
     # --- reading (in worker threads)
 
     async def read(
-        self, name: str, channel: str, seq: int, max_frames: int, max_bytes: int | None = None
+        self,
+        name: str,
+        channel: str,
+        seq: int,
+        max_frames: int,
+        max_bytes: int | None = None,
+        until_time: float | None = None,
     ) -> list[Run]:
         """Frames of ``name/channel`` written so far, from ``seq`` (see :meth:`SourceLog.read`)."""
         log = self.logs.get(name)
         if log is None or channel not in log.channels:
             return []
-        return await trio.to_thread.run_sync(log.read, channel, seq, max_frames, max_bytes)
+        return await trio.to_thread.run_sync(
+            log.read, channel, seq, max_frames, max_bytes, until_time
+        )
 
     async def time_range(
-        self, name: str, channel: str, start: float, end: float, max_frames: int
+        self,
+        name: str,
+        channel: str,
+        start: float,
+        end: float,
+        max_frames: int,
+        max_bytes: int | None = None,
     ) -> list[Run]:
+        """Frames stamped ``start <= t < end`` (see :meth:`SourceLog.time_range`)."""
         log = self.logs.get(name)
         if log is None or channel not in log.channels:
             return []
-        return await trio.to_thread.run_sync(log.time_range, channel, start, end, max_frames)
+        return await trio.to_thread.run_sync(
+            log.time_range, channel, start, end, max_frames, max_bytes
+        )
 
     def delete_soon(self, name: str) -> None:
         """Forget ``name`` now (queued writes too); its files go with the next commit."""

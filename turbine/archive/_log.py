@@ -449,8 +449,11 @@ class SourceLog:
             runs.append(Run(seq, [], [], [], [], missed))
         return runs
 
-    def time_range(self, channel: str, start: float, end: float, max_frames: int) -> list[Run]:
-        """Frames with ``start <= time < end``, found through the index (no scan from the oldest)."""
+    def time_range(
+        self, channel: str, start: float, end: float, max_frames: int, max_bytes: int | None = None
+    ) -> list[Run]:
+        """Frames with ``start <= time < end``, found through the index (no scan from
+        the oldest); at most ``max_frames`` frames and ``max_bytes`` bytes (as :meth:`read`)."""
         st = self._channel(channel)
         with self._lock:
             segments = [s for s in self.segments if st.id in s.spans and s.spans[st.id].frames]
@@ -470,7 +473,7 @@ class SourceLog:
                         self._note_damage(seg, entry)
                     continue
                 first = next(i for i, t in enumerate(rec.ts) if t >= start)
-                runs = self.read(channel, rec.first_seq + first, max_frames, until_time=end)
+                runs = self.read(channel, rec.first_seq + first, max_frames, max_bytes, end)
                 if runs:
                     runs[0] = attrs.evolve(runs[0], missed=0)
                 return runs

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable
+import sys
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import attrs
@@ -435,37 +436,58 @@ class TieredStore:
         Waits until what was queued for the disk is written (not synced), so no
         frame falls between the two.
         """
-        archive, ring = self.archive, self.ring
-        await archive.written([self.source])
-        kind = query.kind
-        if kind == READ:  # a subscriber's: contiguous, from the disk until it reaches the ring
+        if (
+            query.kind == READ
+        ):  # a subscriber's: contiguous, from the disk until it reaches the ring
             seq = int(query.value)
-            runs = await archive.read(
+            await self.archive.written([self.source])
+            runs = await self.archive.read(
                 self.source, self.channel, seq, query.max_frames, query.max_bytes
             )
             if runs and runs[0].ts:
                 return runs[0]
-            return ring.read(seq, query.max_frames, query.max_bytes)  # the disk has none from seq
+            return self.ring.read(seq, query.max_frames, query.max_bytes)  # none on disk from seq
+        return _join([run async for run in self.read_parts(query, None)], sys.maxsize)
+
+    async def read_parts(self, query: Query, max_bytes: int | None) -> AsyncGenerator[Run, None]:
+        """:meth:`read_later`'s answer to a fetch query in runs of about ``max_bytes``
+        of payload each (at least one frame), the next read from the archive only
+        when asked: a reply of any size holds one run in memory.
+
+        Frames put meanwhile are included as far as the query's count allows;
+        numbers evicted meanwhile are left out (the numbers say so).
+        """
+        archive, ring, name, channel = self.archive, self.ring, self.source, self.channel
+        kind = query.kind
+        await archive.written([name])
+        until = None
         if kind == TIME:
-            end = query.value + query.duration
-            runs = await archive.time_range(
-                self.source, self.channel, query.value, end, query.max_frames
-            )
-            tail = ring.time_range(query.value, query.duration, query.max_frames)
-            return _join(runs, tail, query.max_frames)
-        if kind == NEWEST:
-            n = int(query.value)
-            start, limit = max(ring.next_seq - n, self.oldest_seq), n
-        elif kind == OLDEST:
-            start, limit = self.oldest_seq, int(query.value)
-        elif kind == AFTER:
-            start, limit = int(query.value) + 1, query.max_frames
+            until, limit = query.value + query.duration, query.max_frames
+            runs = await archive.time_range(name, channel, query.value, until, limit, max_bytes)
         else:
-            raise ValueError(f"unknown query kind {kind!r}")
-        runs = await archive.read(self.source, self.channel, start, limit)
-        done = sum(len(r.ts) for r in runs)
-        after = runs[-1].next_seq if runs and runs[-1].ts else start
-        return _join(runs, ring.from_seq(after, max(limit - done, 0)), limit)
+            if kind == NEWEST:
+                limit = int(query.value)
+                start = max(ring.next_seq - limit, self.oldest_seq)
+            elif kind == OLDEST:
+                start, limit = self.oldest_seq, int(query.value)
+            elif kind == AFTER:
+                start, limit = int(query.value) + 1, query.max_frames
+            else:
+                raise ValueError(f"unknown query kind {kind!r}")
+            runs = await archive.read(name, channel, start, limit, max_bytes)
+        done, after = 0, None
+        while any(r.ts for r in runs):
+            run = _join(runs, limit - done)
+            yield run
+            done, after = done + len(run.ts), run.next_seq
+            if done >= limit:
+                return
+            runs = await archive.read(name, channel, after, limit - done, max_bytes, until)
+        if kind == TIME:  # what the archive has not written yet, from the ring
+            tail = ring.time_range(query.value, query.duration, limit - done + len(ring))
+        else:
+            tail = ring.from_seq(start if after is None else after, limit - done)
+        yield _join([tail], limit - done, after)
 
     async def flushed(self) -> None:
         """Return once every frame appended before is in the archive under its sync policy.
@@ -501,20 +523,21 @@ class TieredStore:
         return self.ring.drop()
 
 
-def _join(runs: list[Run], tail: Run, limit: int) -> Run:
-    """One run of the archive's runs and then the ring's frames numbered after them
-    (whole runs sliced, not frame by frame)."""
+def _join(runs: list[Run], limit: int, after: int | None = None) -> Run:
+    """One run of at most ``limit`` frames of ``runs``, each frame numbered after
+    the one before (and from ``after`` on, if given), whole runs sliced."""
     seqs: list[int] = []
     ts: list[float] = []
     data: list[Any] = []
     sizes: list[int] = []
     writers: list[tuple[int, str]] = []
-    for run in [*runs, tail]:
+    for run in runs:
         for piece in run.pieces():
             room = limit - len(ts)
-            skip = max(0, seqs[-1] + 1 - piece.first_seq) if seqs else 0
             if room <= 0:
                 break
+            floor = seqs[-1] + 1 if seqs else after
+            skip = max(0, floor - piece.first_seq) if floor is not None else 0
             if skip >= len(piece.ts):
                 continue
             end = min(len(piece.ts), skip + room)
@@ -527,7 +550,7 @@ def _join(runs: list[Run], tail: Run, limit: int) -> Run:
                 if not writers or writers[-1][1] != name:
                     writers.append((w_seq, name))
     if not seqs:
-        return Run(tail.next_seq, [], [], [], [])
+        return Run(runs[-1].next_seq if runs else (after or 0), [], [], [], [])
     contiguous = seqs[-1] - seqs[0] + 1 == len(seqs)
     return Run(seqs[0], ts, data, sizes, writers, seqs=None if contiguous else seqs)
 
