@@ -20,10 +20,11 @@ from turbine._constants import (
     MAX_PATTERN_CHARS,
 )
 from turbine.groups import decode_groups
-from turbine.hub import Hub, guess_content_type
+from turbine.hub import Hub
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
 from turbine.peer import Peer
 from turbine.router import Subscription, check_start, collect
+from turbine.sources import guess_content_type
 
 SRC = "daq_rig_data_source"
 OTHER = "video_cam1_data_source"
