@@ -15,6 +15,7 @@ many frames it carries, and no object is built per frame here.
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from typing import Any, ClassVar
@@ -256,6 +257,13 @@ _SENDERS: dict[type[Message], tuple[str, str]] = {
     Frames: ("frames", _BROKER),
     GapReport: ("gap", _BROKER),
 }
+
+
+class Role(enum.Enum):
+    """Which side of a connection: who may send a message."""
+
+    BROKER = "broker"
+    CLIENT = "client"
 
 
 @attrs.frozen
