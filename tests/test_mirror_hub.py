@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from turbine import RequestFailed
 from turbine.groups import decode_groups
 from turbine.hub import Hub
-from turbine.origin import Origin
+from turbine.origin import Origin, copy_pieces
 from turbine.peer import Peer
 from turbine.router import Subscription, collect
 
@@ -149,3 +153,34 @@ def test_a_mirrored_source_cannot_be_shared(hub):
 
 def test_each_hub_has_an_identity_of_its_own():
     assert Hub().identity != Hub().identity
+
+
+def _pieces_by_frame(seqs, marks, default_writer, next_seq):
+    """What copy_pieces promises, one frame at a time: runs of frames numbered one
+    after another by one writer, leaving out those below ``next_seq``."""
+    pieces: list[list] = []
+    for i, s in enumerate(seqs):
+        if s < next_seq:
+            continue
+        writer = next((w for m, w in reversed(marks) if m <= s), default_writer)
+        last = pieces[-1] if pieces else None
+        if last and last[1] == i and seqs[i - 1] == s - 1 and last[3] == writer:
+            last[1] = i + 1
+        else:
+            pieces.append([i, i + 1, s, writer])
+    return [tuple(p) for p in pieces]
+
+
+@given(
+    first=st.integers(1, 40),
+    gaps=st.lists(st.sampled_from([1, 1, 1, 2, 5]), max_size=30),
+    names=st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=6),
+    mark_steps=st.lists(st.integers(1, 8), max_size=5),
+    next_seq=st.integers(1, 80),
+)
+def test_copy_pieces_cuts_runs_by_number_and_writer(first, gaps, names, mark_steps, next_seq):
+    seqs = list(itertools.accumulate(gaps, initial=first))
+    marks = list(zip(itertools.accumulate(mark_steps, initial=first - 1), names, strict=False))
+    writers = [list(m) for m in marks]
+    got = copy_pieces("s/x", len(seqs), seqs, writers, "d", next_seq)
+    assert got == _pieces_by_frame(seqs, marks, "d", next_seq)

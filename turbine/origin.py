@@ -124,11 +124,25 @@ def copy_pieces(
         raise RequestFailed(
             f"{path} is a mirrored source: a put must carry the origin's seqs", "mirror"
         )
-    if len(seqs) != count or not all(type(s) is int and s >= 1 for s in seqs):
+    if len(seqs) != count:
         raise RequestFailed(
             f"put to {path}: seqs must be one integer >= 1 per frame ({count})", "request"
         )
-    if any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
+    # The usual put numbers its frames one after another: checked by one list
+    # comparison in C, and cut by the writers alone (copy_pieces was half of a
+    # mirror target's CPU with a Python step per frame).
+    first = seqs[0] if seqs else 0
+    contiguous = (
+        type(first) is int
+        and first >= 1
+        and set(map(type, seqs)) == _INT
+        and seqs == list(range(first, first + count))
+    )
+    if not contiguous and not all(type(s) is int and s >= 1 for s in seqs):
+        raise RequestFailed(
+            f"put to {path}: seqs must be one integer >= 1 per frame ({count})", "request"
+        )
+    if not contiguous and any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
         raise RequestFailed(f"put to {path}: seqs must increase", "request")
     marks: list[tuple[int, str]] = []
     for w in writers or ():
@@ -146,6 +160,8 @@ def copy_pieces(
         marks.append((w[0], w[1]))
     if marks and marks[0][0] > seqs[0]:
         raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
+    if contiguous:
+        return _contiguous_pieces(first, count, marks, default_writer, next_seq)
     pieces: list[tuple[int, int, int, str]] = []
     m = 0
     name = marks[0][1] if marks else default_writer
@@ -166,6 +182,35 @@ def copy_pieces(
             start = i
     if start is not None:
         pieces.append((start, len(seqs), seqs[start], name))
+    return pieces
+
+
+_INT = {int}
+
+
+def _contiguous_pieces(
+    first: int, count: int, marks: list[tuple[int, str]], default_writer: str, next_seq: int
+) -> list[tuple[int, int, int, str]]:
+    """:func:`copy_pieces` for frames numbered ``first``, ``first + 1``, ...: one
+    step per writer mark, none per frame."""
+    lo, hi = max(first, next_seq), first + count
+    if lo >= hi:
+        return []
+    name = default_writer
+    for seq, writer in marks:
+        if seq > lo:
+            break
+        name = writer
+    pieces: list[tuple[int, int, int, str]] = []
+    start = lo
+    for seq, writer in marks:
+        if seq <= lo or writer == name:
+            continue
+        if seq >= hi:
+            break
+        pieces.append((start - first, seq - first, start, name))
+        start, name = seq, writer
+    pieces.append((start - first, hi - first, start, name))
     return pieces
 
 
