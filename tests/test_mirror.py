@@ -12,8 +12,8 @@ from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.auth import AuthTable, token_hash
-from turbine.client import Client, Frame
-from turbine.mirror import MirrorConfig, MirrorStats, copy_puts, run_mirror
+from turbine.client import Client, Frame, FrameGroup, Gap
+from turbine.mirror import MirrorConfig, MirrorStats, copy_puts, group_puts, run_mirror
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -332,3 +332,21 @@ def test_a_batch_becomes_one_put_per_content_type_with_its_writer_runs():
         ("a", [1.0, 2.0, 3.0], [b"1", b"2", b"3"], [1, 2, 3], [[1, "w1"]])
     ]
     assert list(copy_puts([])) == []
+
+
+def test_groups_become_one_put_per_content_type_with_their_payloads_uncut():
+    def g(seq, n, ctype, writer):
+        data = memoryview(b"".join(b"%d" % s for s in range(seq, seq + n)))
+        return FrameGroup(SRC, "x", ctype, seq, [float(seq)] * n, [1] * n, data, writer)
+
+    one, two, three = g(1, 2, "a", "w1"), g(3, 1, "a", "w2"), g(6, 1, "a", "w2")
+    other = g(7, 2, "b", "w2")
+    puts = group_puts([one, two, Gap(SRC, "x", 2, 6), three, other, g(9, 1, "a", "w1")])
+    assert [(p.content_type, p.seqs, p.sizes, p.writers) for p in puts] == [
+        ("a", [1, 2, 3, 6], [1, 1, 1, 1], [[1, "w1"], [3, "w2"]]),
+        ("b", [7, 8], [1, 1], [[7, "w2"]]),
+        ("a", [9], [1], [[9, "w1"]]),
+    ]
+    assert puts[0].pieces == [one.payload, two.payload, three.payload]  # not copied
+    assert puts[0].timestamps == [1.0, 1.0, 3.0, 6.0]
+    assert group_puts([Gap(SRC, "x", 1, 2)]) == []

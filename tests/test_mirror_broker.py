@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from tests.test_cli import TURBINE, Serve, ok, read_line, stop, tb
-from turbine import RequestFailed, open_client
+from turbine import FrameGroup, RequestFailed, open_client
 from turbine.mcp.config import load_config
+from turbine.mirror import group_puts
 from turbine.origin import IDENTITY_FILE, Origin, load_identity
 
 SRC = "daq_rig_data_source"
@@ -39,6 +40,45 @@ async def test_a_mirror_writes_the_origins_numbers_and_readers_see_the_same_gaps
             assert info.mirror == ORIGIN.to_wire()
             with pytest.raises(RequestFailed, match="must carry the origin's seqs"):
                 await tb_.put(f"{SRC}/x", b"plain")
+
+
+async def test_groups_carry_a_subscriptions_frames_as_columns_that_put_copy_takes_whole(broker):
+    path = "daq_a_data_source/x"
+    with trio.fail_after(10):
+        async with (
+            open_client(broker, name="daq") as one,
+            open_client(broker, name="daq") as two,
+            open_client(broker, name="mirror") as tb_,
+        ):
+            src = await one.open_source(path.split("/")[0], {"x": "text/plain"}, shared=True)
+            async with tb_.subscribe(path, start=1, groups=True) as sub:
+                for i in range(3):
+                    await src.put("x", b"f%d" % i, timestamp=float(i))
+                await one.flush()
+                await two.put(path, b"other", timestamp=9.0)  # another writer
+                got = []
+                while sum(len(g.sizes) for g in got) < 4:
+                    got += await sub.receive_batch()
+            assert all(isinstance(g, FrameGroup) and g.path == path for g in got)
+            assert [s for g in got for s in g.seqs] == [1, 2, 3, 4]
+            assert [n for g in got for n in g.sizes] == [2, 2, 2, 5]
+            assert b"".join(g.payload for g in got) == b"f0f1f2other"
+            assert got[0].content_type == "text/plain" and got[0].writer != got[-1].writer
+
+            await tb_.open_mirror(SRC, {"x": "text/plain"}, ORIGIN)
+            (put,) = group_puts(got)  # one content type: one put
+            assert put.seqs == [1, 2, 3, 4] and put.timestamps == [0.0, 1.0, 2.0, 9.0]
+            assert [w for _, w in put.writers] == [got[0].writer, got[-1].writer]
+            await tb_.put_copy(
+                SRC, "x", put.timestamps, put.pieces, put.seqs, put.writers, sizes=put.sizes
+            )
+            frames = await tb_.fetch(f"{SRC}/x", oldest=10)
+            assert [(f.seq, f.data, f.timestamp, f.writer) for f in frames] == [
+                (1, b"f0", 0.0, got[0].writer),
+                (2, b"f1", 1.0, got[0].writer),
+                (3, b"f2", 2.0, got[0].writer),
+                (4, b"other", 9.0, got[-1].writer),
+            ]
 
 
 async def test_a_broker_refuses_to_hold_a_copy_of_its_own_frames(broker):

@@ -9,12 +9,12 @@ receiving end of its :class:`Feed`, which the client's read loop fills.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ._client_records import Frame, Gap
+from ._client_records import Frame, FrameGroup, Gap, frames_from
 from ._constants import METADATA_CHANNEL, SUBSCRIPTION_QUEUE_BATCHES
 from ._errors import ConnectionFailed, TurbineError
 from .messages import CloseSource, Flush, Message, Ok, Request
@@ -90,10 +90,16 @@ class Feed:
     :meth:`send` waits, and so the read loop stops reading the socket.
     """
 
-    def __init__(self, positions: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        positions: dict[str, int] | None = None,
+        unpack: Callable[[list[Any], memoryview], list[Any]] = frames_from,
+    ) -> None:
         #: Per channel path, the first sequence number not yet received (a
         #: reconnecting client's subscriptions keep it, to resume there).
         self.positions = positions
+        #: What a ``frames`` message's groups and payload become for the reader.
+        self.unpack = unpack
         send, self.receive = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
         self.send_nowait = send.send_nowait
         self.send = send.send
@@ -172,7 +178,7 @@ class Subscription:
         self._i = 1
         return self._batch[0]
 
-    async def receive_batch(self) -> list[Frame | Gap]:
+    async def receive_batch(self) -> list[Frame | FrameGroup | Gap]:
         """The frames and gaps that arrived together (at least one), in order.
 
         Raises:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import trio
 
 from ._client_handles import Feed
-from ._client_records import Gap, frames_from
+from ._client_records import Gap
 from ._client_requests import Requests
 from ._errors import (
     ConnectionFailed,
@@ -87,7 +87,7 @@ class Reader:
                 if positions is not None:
                     for group in msg.groups:
                         positions[f"{group[0]}/{group[1]}"] = group[3] + len(group[4])
-                batch = frames_from(msg.groups, msg.payload)
+                batch = feed.unpack(msg.groups, msg.payload)
                 try:
                     feed.send_nowait(batch)
                 except trio.WouldBlock:

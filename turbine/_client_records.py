@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .groups import split_groups
+from .groups import check_groups, split_groups
 
 
 class Frame(NamedTuple):
@@ -29,6 +29,32 @@ class Frame(NamedTuple):
     @property
     def path(self) -> str:
         return f"{self.source}/{self.channel}"
+
+
+class FrameGroup(NamedTuple):
+    """Frames of one channel by one writer, numbered one after another, as columns:
+    what a subscription with ``groups=True`` delivers instead of one
+    :class:`Frame` each (a mirror's way to carry batches without a Python
+    object per frame).
+    """
+
+    source: str
+    channel: str
+    content_type: str
+    first_seq: int
+    timestamps: list[float]
+    sizes: list[int]
+    #: The frames' bytes back to back (``sizes`` cuts them).
+    payload: memoryview
+    writer: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.source}/{self.channel}"
+
+    @property
+    def seqs(self) -> range:
+        return range(self.first_seq, self.first_seq + len(self.sizes))
 
 
 class Gap(NamedTuple):
@@ -136,3 +162,8 @@ def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
             ),
         )
     return frames
+
+
+def groups_from(groups: list[Any], payload: memoryview) -> list[FrameGroup]:
+    """A ``frames`` message's groups as :class:`FrameGroup` records, checked, the payload uncut."""
+    return list(map(_new_tuple, repeat(FrameGroup), check_groups(groups, payload)))

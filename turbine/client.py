@@ -37,7 +37,15 @@ from . import messages as m
 from ._address import fmt_address, parse_address
 from ._client_handles import Feed, Source, Subscription
 from ._client_link import Link, handshake
-from ._client_records import ChannelInfo, Frame, Gap, SourceInfo, frames_from
+from ._client_records import (
+    ChannelInfo,
+    Frame,
+    FrameGroup,
+    Gap,
+    SourceInfo,
+    frames_from,
+    groups_from,
+)
 from ._clock import clock_offset, wall_time
 from ._constants import DEFAULT_ADDRESS, SPOOL_BYTES
 from ._errors import LocalProtocolError, TurbineError, unwrap
@@ -148,9 +156,13 @@ class Client(Link):
         seqs: list[int],
         writers: list[Any],
         content_type: str | None = None,
+        *,
+        sizes: list[int] | None = None,
     ) -> None:
         """Put frames to a mirrored source under the origin's numbers and writers.
 
+        ``data`` holds one piece per frame, or, with ``sizes``, the frames'
+        bytes back to back in any pieces (a :class:`FrameGroup`'s payload).
         Written at once, after the puts queued before; a refusal is raised by
         the next request (as for every put).
 
@@ -161,7 +173,7 @@ class Client(Link):
             source=source,
             channel=channel,
             ts=ts,
-            sizes=list(map(len, data)),
+            sizes=list(map(len, data)) if sizes is None else sizes,
             content_type=content_type,
             seqs=seqs,
             writers=writers,
@@ -227,6 +239,7 @@ class Client(Link):
         start: str | int = "now",
         monitor: bool = False,
         max_rate: float | None = None,
+        groups: bool = False,
     ) -> AsyncIterator[Subscription]:
         """Every frame of every channel matching ``pattern``, in order per channel.
 
@@ -235,6 +248,8 @@ class Client(Link):
         ``monitor``: only the newest frame of each channel, skipping what the
         reader was too slow for; ``max_rate`` (with ``monitor``): at most that
         many frames per second per channel, each the newest when sent.
+        ``groups``: deliver :class:`FrameGroup` columns (frames of one channel
+        and writer numbered one after another) instead of a :class:`Frame` each.
 
         Raises:
             RequestFailed: ``max_rate`` not above 0, or without ``monitor``.
@@ -244,7 +259,9 @@ class Client(Link):
         compile_pattern(pattern)
         check_start(start)
         sid = next(self._ids)
-        feed = self._feeds[sid] = Feed(positions={} if self.reconnect else None)
+        feed = self._feeds[sid] = Feed(
+            positions={} if self.reconnect else None, unpack=groups_from if groups else frames_from
+        )
         sub = Subscription(sid, pattern, start, monitor, feed, max_rate)
         try:
             fields = {
@@ -423,6 +440,7 @@ __all__ = [
     "ChannelInfo",
     "Client",
     "Frame",
+    "FrameGroup",
     "Gap",
     "LocalProtocolError",
     "Source",

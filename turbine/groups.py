@@ -177,6 +177,22 @@ def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
     Raises:
         RemoteProtocolError: a group is malformed or the sizes overrun the payload.
     """
+    return [
+        (source, channel, ctype, seq, ts, split_payload(view, sizes), writer)
+        for source, channel, ctype, seq, ts, sizes, view, writer in check_groups(groups, payload)
+    ]
+
+
+def check_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, ...]]:
+    """Check a ``frames`` message's groups against its payload, uncut.
+
+    Returns ``(source, channel, content_type, first_seq, ts, sizes, view,
+    writer)`` per non-empty group, where ``view`` is the part of the payload
+    holding the group's frames back to back.
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
     out = []
     offset = 0
     end = len(payload)
@@ -211,15 +227,7 @@ def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
             raise RemoteProtocolError("a frame group's timestamps must be numbers")
         size = sum(sizes)
         out.append(
-            (
-                source,
-                channel,
-                ctype,
-                seq,
-                ts,
-                split_payload(payload[offset : offset + size], sizes),
-                writer,
-            )
+            (source, channel, ctype, seq, ts, sizes, payload[offset : offset + size], writer)
         )
         offset += size
     return out

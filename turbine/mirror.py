@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._client_records import Frame, SourceInfo
+from ._client_records import FrameGroup, SourceInfo
 from ._constants import MIRROR_POLL_S, MIRROR_RETRY_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from .client import Client, open_client
@@ -97,6 +97,40 @@ def copy_puts(
         runs = [[run_seqs[s - start], writers[s]] for s in _run_starts(writers, start, end)]
         yield ctypes[start], stamps[start:end], datas[start:end], run_seqs, runs
         start = end
+
+
+@attrs.define
+class GroupPut:
+    """The arguments of one :meth:`Client.put_copy` gathered from :class:`FrameGroup` records."""
+
+    content_type: str
+    timestamps: list[float | None] = attrs.field(factory=list)
+    pieces: list[Any] = attrs.field(factory=list)
+    sizes: list[int] = attrs.field(factory=list)
+    seqs: list[int] = attrs.field(factory=list)
+    writers: list[Any] = attrs.field(factory=list)
+
+
+def group_puts(items: Sequence[Any]) -> list[GroupPut]:
+    """One put per run of one content type over the :class:`FrameGroup` records in
+    ``items`` (one channel's, in order; gaps are skipped: the next group's number
+    leaves the hole).  A step per group, none per frame: the payloads go on uncut.
+    """
+    puts: list[GroupPut] = []
+    put: GroupPut | None = None
+    for g in items:
+        if type(g) is not FrameGroup:
+            continue
+        if put is None or put.content_type != g.content_type:
+            put = GroupPut(g.content_type)
+            puts.append(put)
+        put.timestamps += g.timestamps
+        put.pieces.append(g.payload)
+        put.sizes += g.sizes
+        put.seqs += g.seqs
+        if not put.writers or put.writers[-1][1] != g.writer:
+            put.writers.append([g.first_seq, g.writer])
+    return puts
 
 
 def _run_ends(values: list[Any]) -> list[int]:
@@ -281,12 +315,17 @@ class _Session:
         """Copy ``source/channel`` from number ``start`` on, as the frames arrive."""
         target = self.config.target_name(source)
         put: Callable[..., Awaitable[None]] = self.b.put_copy
-        async with self.a.subscribe(f"{source}/{channel}", start=start) as sub:
+        async with self.a.subscribe(f"{source}/{channel}", start=start, groups=True) as sub:
             while True:
-                items = await sub.receive_batch()
-                frames = [f for f in items if type(f) is Frame]
-                if not frames:
-                    continue  # gaps: the next frame's number leaves the hole
-                for ctype, stamps, data, seqs, writers in copy_puts(frames):
-                    await put(target, channel, stamps, data, seqs, writers, ctype)
-                self.stats.frames += len(frames)
+                for p in group_puts(await sub.receive_batch()):
+                    await put(
+                        target,
+                        channel,
+                        p.timestamps,
+                        p.pieces,
+                        p.seqs,
+                        p.writers,
+                        p.content_type,
+                        sizes=p.sizes,
+                    )
+                    self.stats.frames += len(p.sizes)
