@@ -8,18 +8,22 @@ process, and the test process runs other asyncio code after this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from components.jetstream_bridge.testing import NatsCluster, nats_server_path
-from turbine import BrokerConfig, open_client, serve_turbine
+from turbine import BrokerConfig, Source, open_client, serve_turbine
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
 from turbine.client import Client, Frame
 from turbine.testing import start_broker
 
@@ -233,3 +237,43 @@ async def test_a_restarted_importing_broker_gets_again_what_the_stream_holds(
         # the second B asked again from 1, and the stream had it all
         assert reported.count(f"importing turbine.{SRC}.x into {SRC}/x from 1") >= 2
         assert "gave up" not in reported
+
+
+async def test_a_restarted_exporting_broker_with_a_data_dir_loses_and_repeats_nothing(
+    nursery, cluster, tmp_path
+):
+    b = await start_broker(nursery, identity="bbbb")
+    bridges: list[Bridge] = []
+
+    @contextlib.asynccontextmanager
+    async def broker_a(port: int) -> AsyncIterator[tuple[str, Source]]:
+        """A with its data dir (its frames and numbers kept across restarts), and its source."""
+        async with open_archive(tmp_path / "a") as archive, trio.open_nursery() as run:
+            config = BrokerConfig("127.0.0.1", port, store=TieredStores(archive), identity="aaaa")
+            (host, port), *_ = await run.start(serve_turbine, config)
+            async with open_client(f"{host}:{port}", name="daq") as pa:
+                yield f"{host}:{port}", await pa.open_source(SRC, cache_frames=3 * PER_CHANNEL)
+            run.cancel_scope.cancel()
+
+    with trio.fail_after(120):
+        try:
+            async with open_client(b) as rb:
+                async with broker_a(0) as (a, src):
+                    await put_frames(src, 1, 2000)
+                    await src.flush()
+                    bridges += [Bridge(tmp_path / f"{k}.log", k, addr, cluster)
+                                for k, addr in (("export", a), ("import", b))]  # fmt: skip
+                    await copies_on(rb, "x", 100)  # A stops while the export is under way
+                async with broker_a(int(a.rsplit(":", 1)[1])) as (a, src):
+                    await put_frames(src, 2001, 2500)  # its numbers go on
+                    await src.flush()
+                    for ch in CHANNELS:
+                        assert await copies_on(rb, ch, 2500) == expected(ch, 2500)
+            assert (await stream_state(cluster))[0] == 2 * 2500  # none stored twice
+        finally:
+            reported = "".join(bridge.stop() for bridge in bridges)
+    # the export lost A, connected again and went on after the stream's newest frame
+    starts = re.findall(rf"exporting {SRC}/x to turbine\.{SRC}\.x from (\w+)", reported)
+    assert starts[0] == "oldest" and len(starts) == 2 and int(starts[1]) > 100, starts
+    assert "connecting again" in reported
+    assert "gave up" not in reported
