@@ -260,7 +260,7 @@ class _Export(_Session):
             except nats.errors.Error as exc:
                 log.debug("publish: %r", exc)
             if futures:
-                await asyncio.wait(futures, timeout=self.config.ack_timeout)
+                await _acknowledged(futures, self.config.ack_timeout)
             first = next(
                 (i for i, f in enumerate(futures) if not f.done() or f.exception()), len(futures)
             )
@@ -422,9 +422,23 @@ class _Import(_Session):
             self.stats.frames += len(seqs)
 
 
+async def _acknowledged(futures: list[asyncio.Future[Any]], within: float) -> None:
+    """Wait until every future is done, at most ``within`` s.
+
+    Acknowledgements come back in publishing order: waiting for the last one
+    first puts one done-callback on the loop instead of one per frame (each
+    is a step of trio-asyncio's loop); the rest are then done, or waited for.
+    """
+    deadline = asyncio.get_running_loop().time() + within
+    await asyncio.wait(futures[-1:], timeout=within)
+    left = [f for f in futures if not f.done()]
+    if left:
+        await asyncio.wait(left, timeout=max(deadline - asyncio.get_running_loop().time(), 0))
+
+
 def _header_bytes(hdrs: dict[str, str]) -> int:
     """What ``hdrs`` add to a message's size on the wire (``NATS/1.0``, ``K: V`` lines, blank line)."""
-    return 12 + sum(len(k) + len(v) + 4 for k, v in hdrs.items())
+    return 12 + 4 * len(hdrs) + sum(map(len, hdrs)) + sum(map(len, hdrs.values()))
 
 
 def _quietly(fn: Callable[[], Any]) -> Callable[[], Any]:
