@@ -35,7 +35,7 @@ import nats.errors
 import nats.js.errors
 import trio
 import trio_asyncio
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from turbine import ConnectionFailed, RequestFailed, TurbineError
 from turbine._errors import leaves
@@ -66,7 +66,7 @@ class BridgeConfig:
     poll: float = 1.0  # look for new sources / subjects this often
     retry: float = 1.0  # wait this long before connecting or publishing again
     ack_timeout: float = 5.0  # a publish not acknowledged by then is sent again
-    batch: int = 1000  # frames per pipelined publish / per fetch
+    batch: int = 1000  # frames per pipelined publish / most an import holds unput
     #: Import: frames held waiting for a predecessor before giving up on it,
     #: and how long the stream must stay quiet before that.
     hold_frames: int = 10_000
@@ -350,50 +350,52 @@ class _Import(_Session):
         chain = Chain(next_seq - 1, self.config.hold_frames)
         start = await aio(self._find_start)(subj, next_seq)
         self.report(f"bridge: importing {subj} into {target}/{channel} from {next_seq}")
+        inbox = _Inbox(self.config.batch)
+        sub = await aio(self._follow)(subj, start, inbox)
         quiet_since = trio.current_time()
-        while True:
-            psub = await aio(self._consumer)(subj, start)
-            try:
-                while True:
-                    try:
-                        msgs = await aio(psub.fetch)(self.config.batch, timeout=1.0)
-                    except nats.errors.TimeoutError:
-                        if chain.held and trio.current_time() - quiet_since >= self.config.hold_s:
-                            self.report(f"bridge: {subj}: gave up waiting for a frame")
-                            await self._put(target, channel, chain.release())
-                            self.stats.given_up += 1
-                        continue
-                    quiet_since = trio.current_time()
-                    ready = []
-                    for m in msgs:
-                        e = Exported.from_message(
-                            m.subject, m.headers, m.data, m.metadata.sequence.stream
-                        )
-                        start = e.stream_seq + 1
-                        if (e.origin.broker, e.origin.source) != (origin.broker, origin.source):
-                            continue  # another broker's source of that name
-                        given_up = chain.given_up
-                        ready.extend(chain.add(e))
-                        self.stats.given_up += chain.given_up - given_up
-                    await self._put(target, channel, ready)
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.debug("fetch from %s: %r; a new consumer from %d", subj, exc, start)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await aio(_quietly(psub.unsubscribe))()
+        try:
+            while True:
+                msgs = await aio(inbox.take)(1.0)
+                if not msgs:
+                    if chain.held and trio.current_time() - quiet_since >= self.config.hold_s:
+                        self.report(f"bridge: {subj}: gave up waiting for a frame")
+                        await self._put(target, channel, chain.release())
+                        self.stats.given_up += 1
+                    continue
+                quiet_since = trio.current_time()
+                ready = []
+                for m in msgs:
+                    e = Exported.from_message(m.subject, m.headers, m.data)
+                    if (e.origin.broker, e.origin.source) != (origin.broker, origin.source):
+                        continue  # another broker's source of that name
+                    given_up = chain.given_up
+                    ready.extend(chain.add(e))
+                    self.stats.given_up += chain.given_up - given_up
+                await self._put(target, channel, ready)
+        finally:
+            with trio.CancelScope(shield=True):
+                await aio(_quietly(sub.unsubscribe))()
 
-    async def _consumer(self, subj: str, start: int) -> Any:
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=30.0,
-        )
+    async def _follow(self, subj: str, start: int, inbox: _Inbox) -> Any:
+        """An ordered consumer of ``subj`` from stream position ``start`` delivering into ``inbox``.
+
+        Ordered: nats-py makes a new consumer after the last message it
+        delivered whenever one is missed or the heartbeats stop (its node
+        failed), so each message comes once and in stream order.  Messages
+        go to a callback, not through ``fetch`` (which makes an asyncio task
+        per message: eight steps of trio-asyncio's loop per frame).
+        """
         while True:
             try:
-                return await self.js.pull_subscribe(subj, stream=self.config.stream, config=config)
+                return await self.js.subscribe(
+                    subj,
+                    stream=self.config.stream,
+                    cb=inbox.put,
+                    ordered_consumer=True,
+                    idle_heartbeat=1.0,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    config=ConsumerConfig(opt_start_seq=start, inactive_threshold=30.0),
+                )
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.debug("consumer on %s: %r", subj, exc)
                 await asyncio.sleep(self.config.retry)
@@ -434,6 +436,40 @@ async def _acknowledged(futures: list[asyncio.Future[Any]], within: float) -> No
     left = [f for f in futures if not f.done()]
     if left:
         await asyncio.wait(left, timeout=max(deadline - asyncio.get_running_loop().time(), 0))
+
+
+class _Inbox:
+    """Messages a consumer's callback delivered, taken by the batch (asyncio side).
+
+    Bounded: with ``limit`` messages waiting the callback waits, so nats-py
+    stops answering the consumer's flow control and the server stops sending.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.msgs: list[Any] = []
+        self.ready = asyncio.Event()  # messages are waiting
+        self.room = asyncio.Event()  # fewer than limit are
+        self.room.set()
+
+    async def put(self, msg: Any) -> None:
+        while len(self.msgs) >= self.limit:
+            self.room.clear()
+            await self.room.wait()
+        self.msgs.append(msg)
+        self.ready.set()
+
+    async def take(self, within: float) -> list[Any]:
+        """What has arrived (waiting at most ``within`` s for something); maybe nothing."""
+        if not self.msgs:
+            try:
+                await asyncio.wait_for(self.ready.wait(), within)
+            except TimeoutError:
+                return []
+        msgs, self.msgs = self.msgs, []
+        self.ready.clear()
+        self.room.set()
+        return msgs
 
 
 def _header_bytes(hdrs: dict[str, str]) -> int:
