@@ -110,10 +110,13 @@ class SourceInfo:
     #: What the caller may do with it (``r``/``w``/``c``, ``-`` where not),
     #: from a broker that checks tokens; None from one that does not.
     access: str | None = None
-    #: Frames and payload bytes stored in it since the broker started (None from a broker
+    #: Frames and payload bytes stored in it since the broker started, and sent from it
+    #: (to subscribers and in fetch answers, every copy counted) (None from a broker
     #: that does not say).
     frames_in: int | None = None
     bytes_in: int | None = None
+    frames_out: int | None = None
+    bytes_out: int | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SourceInfo:

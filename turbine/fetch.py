@@ -13,7 +13,7 @@ import attrs
 from ._errors import RequestFailed
 from .router import Group, add_run, check_selection
 from .sources import Channel
-from .store import AFTER, NEWEST, OLDEST, TIME, Query
+from .store import AFTER, NEWEST, OLDEST, TIME, Query, Run
 
 
 def fetch_query(
@@ -55,21 +55,16 @@ class PendingFetch:
 
     def now(self) -> tuple[list[Group], list[Any]] | PendingFetch:
         """The answer from memory, or this fetch itself when a store needs its task."""
-        groups: list[Group] = []
-        payloads: list[Any] = []
+        runs = []
         for ch in self.channels:
             run = ch.store.read_now(self.query)
             if run is None:
                 return self
-            add_run(groups, payloads, ch, run)
-        return groups, payloads
+            runs.append((ch, run))
+        return _answer(runs)
 
     async def run(self) -> tuple[list[Group], list[Any]]:
-        groups: list[Group] = []
-        payloads: list[Any] = []
-        for ch in self.channels:
-            add_run(groups, payloads, ch, await ch.store.read_later(self.query))
-        return groups, payloads
+        return _answer([(ch, await ch.store.read_later(self.query)) for ch in self.channels])
 
     async def parts(
         self, max_bytes: int
@@ -84,8 +79,22 @@ class PendingFetch:
             async with contextlib.aclosing(ch.store.read_parts(self.query, max_bytes)) as runs:
                 async for run in runs:
                     add_run(groups, payloads, ch, run)
-                    size += sum(run.sizes)
+                    nbytes = sum(run.sizes)
+                    size += nbytes
+                    ch.source.frames_out += len(run.ts)
+                    ch.source.bytes_out += nbytes
                     if size >= max_bytes:
                         yield groups, payloads, False
                         groups, payloads, size = [], [], 0
         yield groups, payloads, True
+
+
+def _answer(runs: list[tuple[Channel, Run]]) -> tuple[list[Group], list[Any]]:
+    """The groups and payloads of a fetch's answer, counted as sent from each source."""
+    groups: list[Group] = []
+    payloads: list[Any] = []
+    for ch, run in runs:
+        add_run(groups, payloads, ch, run)
+        ch.source.frames_out += len(run.ts)
+        ch.source.bytes_out += sum(run.sizes)
+    return groups, payloads

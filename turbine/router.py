@@ -33,8 +33,18 @@ class Waker(Protocol):
         ...
 
 
+class Counted(Protocol):
+    """What the router counts on a channel's source: frames and payload bytes sent from it."""
+
+    frames_out: int
+    bytes_out: int
+
+
 class Channel(Protocol):
     """What the router reads of a channel (the hub's :class:`~turbine.hub.Channel`)."""
+
+    @property
+    def source(self) -> Counted: ...
 
     @property
     def path(self) -> str: ...
@@ -281,8 +291,10 @@ def collect(
             if run.missed:
                 gaps.append((cur, run))
         add_run(groups, payloads, cur.channel, run)
-        n = len(run.ts)
+        n, nbytes = len(run.ts), sum(run.sizes)
         frames += n
-        size += sum(run.sizes)
+        size += nbytes
+        cur.channel.source.frames_out += n
+        cur.channel.source.bytes_out += nbytes
         cur.next_seq = run.first_seq + n
     return groups, payloads, gaps, frames, size, cold

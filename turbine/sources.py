@@ -148,9 +148,12 @@ class Source:
         #: Each producer's newest stored put number (``pseq``), least recent first.
         self.producers: dict[str, int] = {}
         self.replays_dropped = 0  # puts not stored again: their producer number was stored
-        # Frames and payload bytes stored since this broker started (metrics: per-source rates).
+        # Frames and payload bytes stored since this broker started (metrics: per-source rates),
+        # and sent from it (to subscribers and as fetch answers; each copy counts).
         self.frames_in = 0
         self.bytes_in = 0
+        self.frames_out = 0
+        self.bytes_out = 0
 
     @property
     def online(self) -> bool:
@@ -395,6 +398,8 @@ class Source:
             "bytes": self.bytes,
             "frames_in": self.frames_in,
             "bytes_in": self.bytes_in,
+            "frames_out": self.frames_out,
+            "bytes_out": self.bytes_out,
             "channels": [ch.info() for ch in self.channels.values()],
             "metadata": self.metadata(),
             "mirror": self.origin.to_wire() if self.origin else None,

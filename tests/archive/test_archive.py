@@ -100,6 +100,23 @@ async def test_interval_policy_acknowledges_writes_and_syncs_later(tmp_path, moc
             mock_clock.jump(6)
             while archive.statistics()["last_sync"] is None:
                 await archive.changed()
+            st = archive.statistics()  # how long it took: real seconds, whatever the clock
+            assert st["syncs"] == 1 and st["sync_seconds"] == st["last_sync_seconds"] > 0
+
+
+async def test_every_group_commit_of_the_always_policy_counts_its_sync(tmp_path):
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:  # (SyncPolicy.ALWAYS)
+            assert archive.statistics()["last_sync_seconds"] is None
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 3))
+            await archive.flush()
+            archive.append(SRC, put(4, 2))
+            await archive.flush()
+            st = archive.statistics()
+    assert st["syncs"] == st["commits"] == 2
+    assert 0 < st["last_sync_seconds"] <= st["sync_seconds"] < 10
 
 
 def test_a_bad_policy_is_refused():

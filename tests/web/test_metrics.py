@@ -52,6 +52,18 @@ async def test_metrics_say_what_the_broker_holds(broker: str, web: str) -> None:
     )
 
 
+async def test_metrics_count_what_each_source_sent(broker: str, web: str) -> None:
+    with trio.fail_after(20):
+        async with open_client(broker) as tb, tb.subscribe("daq_m_data_source/*") as sub:
+            await _some_traffic(tb)  # five frames of one byte, to the subscriber
+            for _ in range(5):
+                await sub.__anext__()
+            await tb.fetch("daq_m_data_source/ch0", newest=2)  # and two in a fetch answer
+            lines = (await http(f"{web}/metrics")).body.decode().splitlines()
+    assert 'turbine_source_frames_out_total{source="daq_m_data_source"} 7.0' in lines
+    assert 'turbine_source_bytes_out_total{source="daq_m_data_source"} 7.0' in lines
+
+
 @needs_promtool
 async def test_promtool_accepts_the_metrics(broker: str, web: str) -> None:
     with trio.fail_after(30):
@@ -91,6 +103,12 @@ async def test_a_broker_with_a_data_dir_has_its_disk_in_the_metrics(tmp_path: Pa
     assert values["turbine_disk_bytes"] > 0 and values["turbine_disk_commits_total"] >= 1
     assert values["turbine_disk_written_bytes_total"] >= 5  # the five frames put
     assert 0 <= values["turbine_disk_last_sync_age_seconds"] < 30
+    assert values["turbine_disk_syncs_total"] >= 1  # every commit syncs (the default policy)
+    assert 0 < values["turbine_disk_last_sync_duration_seconds"] < 30
+    assert (
+        values["turbine_disk_sync_seconds_total"]
+        >= values["turbine_disk_last_sync_duration_seconds"]
+    )
     assert values["turbine_disk_errors_sources"] == 0
 
 

@@ -84,6 +84,7 @@ class _Queue:
     durable: int = 0  # of those, synced
     error: str | None = None
     last_sync: float | None = None
+    sync_took: float = 0.0  # seconds its newest sync took (set by the worker thread)
     pending: int = 0  # payload bytes appended and not yet written (queued or being written)
 
 
@@ -116,6 +117,9 @@ class Archive:
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
         self.bytes_written = 0  # payload bytes written so far (a status shows the rate)
+        # Syncs so far, the seconds they took together, and the newest one's (real seconds).
+        self.syncs, self.sync_seconds = 0, 0.0
+        self.last_sync_seconds: float | None = None
         #: (time, bytes_written) at each commit of the last RATE_WINDOW_S, for the rate.
         self._written_at: collections.deque[tuple[float, int]] = collections.deque([(clock(), 0)])
         self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
@@ -143,7 +147,7 @@ class Archive:
     def statistics(self) -> dict[str, Any]:
         """Bytes on disk, commits, payload bytes written and their rate (bytes per
         second, over about the last :data:`RATE_WINDOW_S`), the backlog, the last
-        sync, and each source's write error, damage found, and unreadable archive."""
+        sync and how long syncs take, and each source's write error, damage found, and unreadable archive."""
         return {
             "path": self.root,
             "bytes": self.bytes,
@@ -152,6 +156,9 @@ class Archive:
             "write_rate": self._write_rate(),
             "backlog": self.backlog,
             "last_sync": max((q.last_sync or 0 for q in self._queues.values()), default=0) or None,
+            "syncs": self.syncs,
+            "sync_seconds": self.sync_seconds,
+            "last_sync_seconds": self.last_sync_seconds,
             "errors": {n: q.error for n, q in self._queues.items() if q.error},
             "damage": {
                 n: [attrs.asdict(d) for d in log.damage]
@@ -316,6 +323,13 @@ class Archive:
                 for i, (q, ops, _) in enumerate(work):
                     nursery.start_soon(write, i, q, ops)
             self.commits += 1
+            took = [
+                q.sync_took
+                for (q, _, _), (_, error) in zip(work, done, strict=True)
+                if error is None
+            ]
+            if sync and took:  # the sources synced in parallel: the commit waited for the slowest
+                self._synced(max(took))
             for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
                 q.written += written
                 done_bytes = sum(sizes[:written])
@@ -342,7 +356,9 @@ class Archive:
             if not dirty:
                 continue
             async with self._io:
+                began = time.monotonic()
                 errors = await trio.to_thread.run_sync(_sync_all, [q.log for q, _ in dirty])
+                self._synced(time.monotonic() - began)
             now = self.clock()
             for (q, written), error in zip(dirty, errors, strict=True):
                 if error is None:
@@ -350,6 +366,11 @@ class Archive:
                 else:
                     q.error = _why(q.name, error)
             self._progressed()
+
+    def _synced(self, seconds: float) -> None:
+        self.syncs += 1
+        self.sync_seconds += seconds
+        self.last_sync_seconds = seconds
 
     # --- reading (in worker threads)
 
@@ -437,7 +458,9 @@ def _write(q: _Queue, ops: list[Op], sync: bool, now: float) -> tuple[int, str |
             q.log = SourceLog.create(q.directory, q.settings, now)
         q.log.write(ops, now)
         if sync:
+            began = time.monotonic()
             q.log.sync()
+            q.sync_took = time.monotonic() - began
         s = q.log.settings
         q.log.evict(s.get("archive_bytes"), s.get("archive_age"), now)
     except WriteFailed as exc:

@@ -97,6 +97,8 @@ def _disk_status(disk: dict[str, Any]) -> None:
     """The status lines of a broker's data dir: use, budget, writes, syncs, trouble."""
     limit = f" of --max-disk {fmt_bytes(disk['limit'])}" if disk.get("limit") else ""
     synced = iso(disk["last_sync"]) if disk.get("last_sync") else "never"
+    if disk.get("last_sync_seconds") is not None:
+        synced += f" (took {disk['last_sync_seconds'] * 1000:.1f} ms)"
     click.echo(
         f"disk: {fmt_bytes(disk['bytes'])} used, {fmt_bytes(disk['reserved'])} reserved{limit} "
         f"in {disk['path']}; writing {fmt_bytes(disk['write_rate'])}/s, "

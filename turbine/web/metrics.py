@@ -120,12 +120,27 @@ class _Snapshot(Collector):
             "Payload bytes stored in the source since the broker started.",
             labels=["source"],
         )
+        frames_out = CounterMetricFamily(
+            "turbine_source_frames_out",
+            "Frames of the source sent (to subscribers, in fetch answers) since the broker started.",
+            labels=["source"],
+        )
+        bytes_out = CounterMetricFamily(
+            "turbine_source_bytes_out",
+            "Payload bytes of the source sent since the broker started.",
+            labels=["source"],
+        )
         for s in self.sources:
             online.add_metric([s.name], int(s.online))
             held.add_metric([s.name], s.bytes)
-            if s.frames_in is not None and s.bytes_in is not None:
-                frames_in.add_metric([s.name], s.frames_in)
-                bytes_in.add_metric([s.name], s.bytes_in)
+            for family, value in (
+                (frames_in, s.frames_in),
+                (bytes_in, s.bytes_in),
+                (frames_out, s.frames_out),
+                (bytes_out, s.bytes_out),
+            ):
+                if value is not None:  # (a broker that does not count it)
+                    family.add_metric([s.name], value)
             for c in s.channels:
                 labels = [s.name, c.name]
                 put.add_metric(labels, c.last_seq or 0)
@@ -133,7 +148,18 @@ class _Snapshot(Collector):
                 nbytes.add_metric(labels, c.bytes)
                 if c.rate is not None:
                     rate.add_metric(labels, c.rate)
-        yield from (online, held, put, frames, nbytes, rate, frames_in, bytes_in)
+        yield from (
+            online,
+            held,
+            put,
+            frames,
+            nbytes,
+            rate,
+            frames_in,
+            bytes_in,
+            frames_out,
+            bytes_out,
+        )
 
     def _programs(self) -> Iterator[Metric]:
         labels = ["mcp", "program"]
@@ -168,6 +194,14 @@ _DISK = (
     ("bytes_written", "turbine_disk_written_bytes", CounterMetricFamily, "Payload bytes written."),
     ("write_rate", "turbine_disk_write_rate_bytes", GaugeMetricFamily, "Bytes per second lately."),
     ("backlog", "turbine_disk_backlog", GaugeMetricFamily, "Frames waiting to be written."),
+    ("syncs", "turbine_disk_syncs", CounterMetricFamily, "Syncs of the archive to stable storage."),
+    ("sync_seconds", "turbine_disk_sync_seconds", CounterMetricFamily, "Seconds syncs took."),
+    (
+        "last_sync_seconds",
+        "turbine_disk_last_sync_duration_seconds",
+        GaugeMetricFamily,
+        "Seconds the newest sync took.",
+    ),
 )
 
 
