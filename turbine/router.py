@@ -133,6 +133,12 @@ class Subscription:
         """
         store = channel.store
         if self.resume is not None and (seq := self.resume.get(channel.path)) is not None:
+            if seq > store.next_seq and store.disk() is None:
+                # Past a memory-only channel's next number: its numbers began again (a
+                # broker without a data dir restarted), so every frame held is new to this
+                # subscriber.  (Past an archived channel's, the broker lost a tail it had
+                # not synced; the producer puts it again under the same numbers: wait.)
+                return store.first_seq
             return seq
         if not existed:
             return store.first_seq

@@ -258,17 +258,32 @@ class Feeds:
             del self._feeds[pattern]
 
     async def _run(self, pattern: str, feed: _Feed) -> None:
+        last: dict[str, int] = {}  # each channel's newest number sent
         with feed.scope:
             try:
                 async with self._client.subscribe(pattern, start="newest") as sub:
                     async for item in sub:
-                        event = event_for(item, self._recent)
-                        for tab in feed.tabs:
-                            tab.offer(event)
+                        if isinstance(item, Frame):
+                            if item.seq <= last.get(item.path, 0):
+                                self._offer(feed, renumbered_event(item))
+                            last[item.path] = item.seq
+                        self._offer(feed, event_for(item, self._recent))
             except TurbineError as exc:  # e.g. the user's read right was revoked
                 log.warning("live stream of %s ended: %s", pattern, exc)
             if self._feeds.get(pattern) is feed:
                 del self._feeds[pattern]
+
+    @staticmethod
+    def _offer(feed: _Feed, event: str) -> None:
+        for tab in feed.tabs:
+            tab.offer(event)
+
+
+def renumbered_event(frame: Frame) -> str:
+    """The event telling a tab that ``frame``'s channel numbers from 1 again (its broker
+    restarted without a data dir), before that frame: what it showed by number is old."""
+    body = {"source": frame.source, "channel": frame.channel}
+    return f"event: renumbered\ndata: {json.dumps(body)}\n\n"
 
 
 @attrs.frozen
