@@ -348,24 +348,29 @@ async def test_wall_values_log_levels_metadata_audio_meter_and_the_layout_in_the
     assert [k.split()[1] for k in seen["kinds"]] == ["wall", "values", "logpanel", "meta", "audio"]
 
 
-def _mark(url: str, out: Path) -> list[str]:
-    """Drop a marker in one tab; return the plot labels a second tab shows."""
+def _mark(url: str, out: Path) -> tuple[list[str], int]:
+    """Drop a marker in one tab; return the plot labels a second tab shows, and how many
+    times that tab asked for the markers while waiting for it (0: it was pushed)."""
     with _chromium() as browser:
         first, second = (browser.new_page(viewport={"width": 1400, "height": 900}) for _ in "ab")
         errors: list[str] = []
+        asked: list[str] = []
+        second.on("request", lambda r: asked.append(r.url) if "/api/markers" in r.url else None)
         for page in (first, second):
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url)
             page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
+        second.wait_for_function("() => state.source && state.source.readyState === 1")
+        before = len(asked)
         first.fill("#marker-label", "pump on")
         first.click("#mark")
         label = ".panel.timeseries .annotation-text"
         first.wait_for_selector(f"{label} >> text=pump on", timeout=10000)
-        second.wait_for_selector(f"{label} >> text=pump on", timeout=10000)  # its next refresh
+        second.wait_for_selector(f"{label} >> text=pump on", timeout=10000)  # on its stream
         second.screenshot(path=str(out / "marker.png"), full_page=True)
         assert not errors, errors
         texts: list[str] = second.locator(label).evaluate_all("els => els.map(e => e.textContent)")
-        return texts
+        return texts, len(asked) - before
 
 
 async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
@@ -377,10 +382,11 @@ async def test_a_marker_dropped_in_one_tab_shows_on_every_tabs_plot(
         async with open_client(broker) as tb, trio.open_nursery() as inner:
             daq = Daq("web", broker, {"channels": "1", "rate": "100", "block_seconds": "0.1"})
             await inner.start(daq.serve)
-            labels = await trio.to_thread.run_sync(_mark, web + "/", tmp_path)
+            labels, asked = await trio.to_thread.run_sync(_mark, web + "/", tmp_path)
             markers = await tb.fetch("web_markers_data_source/markers.json", newest=10)
             inner.cancel_scope.cancel()
     assert labels == ["pump on"]
+    assert asked == 0  # the other tab did not poll for it: the marker came on its stream
     assert [json.loads(f.data)["label"] for f in markers] == [
         "pump on"
     ]  # on the broker, archived like any
@@ -442,6 +448,14 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
         page.click("#console button")
         page.wait_for_selector('#console-reply[data-state="ok"]', timeout=20000)
         seen["status"] = page.locator("#console-reply").inner_text()
+        # The demo's 50-odd sources and its programs fit the left column: nothing sticks out sideways.
+        seen["overflow"] = page.evaluate(
+            """() => Object.fromEntries(["left", "browser", "sources", "site"].map((id) => {
+                 const e = document.getElementById(id);
+                 return [id, e.scrollWidth - e.clientWidth];
+               }).concat([["page", document.documentElement.scrollWidth - window.innerWidth],
+                          ["rows", document.querySelectorAll("#sources tbody tr").length]]))"""
+        )
         page.screenshot(path=str(out / "demo.png"), full_page=True)
         assert not errors, errors
         return seen
@@ -465,6 +479,9 @@ async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
                 except OSError:
                     await trio.sleep(0.2)
             seen = await trio.to_thread.run_sync(_demo, url, tmp_path, components)
+    overflow = seen["overflow"]
+    assert overflow["rows"] >= len(components), overflow
+    assert all(overflow[k] <= 0 for k in ("left", "browser", "sources", "site", "page")), overflow
     assert seen["plot_moved"], f"the DAQ plot did not move ({tmp_path})"
     assert seen["scrubbed_back_s"] >= 4
     assert '"component": "daq_demo"' in seen["status"] and '"state": "running"' in seen["status"]

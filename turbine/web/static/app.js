@@ -11,6 +11,8 @@ const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 // The camera wall and the values table follow every source of their kind, present and future.
 const WALL_PATHS = ["thumbnail_*_data_source/*"];
 const VALUE_PATHS = ["daq_*_data_source/*", "ntcp_*_data_source/*"];
+// Every viewer's event markers: frames of one shared source, pushed on the tab's stream.
+const MARKERS_PATH = "web_markers_data_source/markers.json";
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -135,7 +137,6 @@ async function refreshSources() {
   tbody.replaceChildren(...sources.map(sourceRow));
   refreshTargets();
   refreshSite();
-  refreshMarkers();
   if (!state.defaulted) openDefaultPanels(sources);
   for (const p of state.panels) if (p.kind === "wall" || p.kind === "values") addRows(p, sources);
   refreshRange();
@@ -264,6 +265,7 @@ function layout() {
 
 // --- event markers: on a shared source, so every viewer's plots show them ------------
 
+// All markers (on connecting); the live stream then pushes each new one (addMarker).
 async function refreshMarkers() {
   try {
     const markers = await getJSON("/api/markers");
@@ -278,11 +280,11 @@ async function dropMarker() {
   try {
     const r = await fetch("/api/markers", { method: "POST", headers: { "content-type": "application/json" },
       body: JSON.stringify({ label, time: state.cursor ?? Date.now() / 1000 }) });
-    const body = await r.json();
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    const text = await r.text();
+    if (!r.ok) throw new Error(JSON.parse(text).error || r.statusText);
     input.value = "";
+    addMarker(text);  // (paused, this tab has no stream to bring it)
   } catch (err) { document.getElementById("broker-status").textContent = `marker: ${err.message}`; }
-  refreshMarkers();
 }
 
 async function loadHistory(panel, end) {
@@ -594,10 +596,13 @@ function connect() {
   if (state.source) state.source.close();
   state.source = null;
   const paths = allPaths();
-  if (paths.length === 0 || state.mode === "paused") return;
-  const replay = state.mode === "replay" ? `&from=${state.cursor}&speed=${document.getElementById("speed").value}` : "";
-  const es = new EventSource("/api/stream?" + query(paths) + replay);
+  if (paths.length === 0 || state.mode === "paused") { refreshMarkers(); return; }
+  const live = state.mode === "live";
+  const replay = live ? "" : `&from=${state.cursor}&speed=${document.getElementById("speed").value}`;
+  const es = new EventSource("/api/stream?" + query(live ? [...paths, MARKERS_PATH] : paths) + replay);
+  es.addEventListener("open", refreshMarkers);  // (and again whenever the stream was down)
   es.addEventListener("frame", (e) => onFrame(JSON.parse(e.data)));
+  es.addEventListener("renumbered", (e) => onRenumbered(JSON.parse(e.data)));
   es.addEventListener("clock", (e) => { state.cursor = JSON.parse(e.data).t; showCursor(); markPlots(); });
   es.addEventListener("end", () => goLive());
   es.addEventListener("dropped", (e) => console.warn("frames dropped for this tab", JSON.parse(e.data)));
@@ -606,6 +611,7 @@ function connect() {
 
 function onFrame(ev) {
   const path = `${ev.source}/${ev.channel}`;
+  if (path === MARKERS_PATH) addMarker(ev.text);
   for (const p of state.panels) {
     if (!wants(p, path)) continue;
     if (p.kind === "plot" && ev.values) appendSamples(p, p.series[ev.channel], ev);
@@ -617,6 +623,25 @@ function onFrame(ev) {
     else if (p.kind === "meta" && ev.text != null) showMeta(p, ev.text);
     else if (p.kind === "log") appendLog(p, ev);
   }
+}
+
+// A marker (JSON text: time, label, by) pushed on the stream or just dropped, unless shown already.
+function addMarker(text) {
+  let m;
+  try { m = JSON.parse(text); } catch { return; }  // a shared source: anyone may put anything
+  if (!m || typeof m.time !== "number") return;
+  const marker = { time: m.time, label: String(m.label ?? ""), by: m.by ?? null };
+  const same = (o) => o.time === marker.time && o.label === marker.label && o.by === marker.by;
+  if (state.markers.some(same)) return;
+  state.markers = [...state.markers, marker].sort((a, b) => a.time - b.time);
+  markPlots();
+}
+
+// The channel numbers from 1 again (its broker restarted without a data dir): a log panel
+// shows lines numbered above its last, so it starts counting again.
+function onRenumbered(ev) {
+  const path = `${ev.source}/${ev.channel}`;
+  for (const p of state.panels) if (p.kind === "log" && wants(p, path)) p.lastSeq = 0;
 }
 
 function appendSamples(panel, s, ev) {
