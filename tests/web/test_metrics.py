@@ -144,11 +144,12 @@ async def test_a_real_prometheus_scrapes_the_viewer(broker: str, web: str, tmp_p
             while True:  # until Prometheus is up and has scraped once (it scrapes every 1 s)
                 try:
                     r = await http(url)
-                    result = json.loads(r.body)["data"]["result"]
-                    if result:
+                except OSError:  # not listening yet
+                    r = None
+                # While it starts it answers 503 "Service Unavailable" in plain text.
+                if r is not None and r.status == 200:
+                    if result := json.loads(r.body)["data"]["result"]:
                         break
-                except OSError:
-                    pass
                 await trio.sleep(0.2)
             proc.terminate()
     assert result[0]["metric"]["channel"] == "ch0"
