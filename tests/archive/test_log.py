@@ -287,7 +287,7 @@ def test_the_checker_lists_what_is_there_and_finds_damage(log):
 
 
 def test_a_large_archive_keeps_few_files_open(log):
-    from turbine.archive._log import OPEN_SEALED
+    from turbine.archive._reads import OPEN_SEALED
 
     for i in range(40):
         put(log, "x.bin", 1 + 128 * i, 128, size=8192)
