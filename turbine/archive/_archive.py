@@ -1,17 +1,16 @@
 """The archive of a data directory, for the event loop: queued writes, group commit, flush.
 
 Appending never blocks: ops wait in a per-source queue, and one store task
-writes everything that arrived since its last commit in a worker thread,
-then syncs it (group commit: one ``fdatasync`` per source per commit, never
-one per frame).  :meth:`Archive.flush` is the only call that waits for the disk.
+(:class:`~turbine.archive._commit.GroupCommit`, mixed in) writes everything
+that arrived since its last commit in a worker thread, then syncs it (group
+commit: one ``fdatasync`` per source per commit, never one per frame).
+:meth:`Archive.flush` is the only call that waits for the disk.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import enum
-import errno
 import os
 import shutil
 import time
@@ -23,94 +22,20 @@ import trio
 
 from ..store import Run
 from . import _format as fmt
+from ._commit import ArchiveConfig, GroupCommit, SourceQueue, SyncPolicy, remove_files, sync_all
 from ._datadir import ArchiveError, locked, source_dir_name, source_dirs
 from ._log import SourceLog
-from ._ops import Op, Put, WriteFailed
-
-#: A source whose writes failed is retried this often (disk full: until space returns).
-RETRY_S = 1.0
-#: The write rate in the statistics is over about this many seconds.
-RATE_WINDOW_S = 10.0
+from ._ops import Op, Put
 
 
-class SyncPolicy(enum.Enum):
-    """When :meth:`Archive.flush` returns (``docs/storage.rst`` says what each loses)."""
-
-    #: On stable storage (``fdatasync`` returned) before the acknowledgement; group commit.
-    ALWAYS = "always"
-    #: Written to the OS before the acknowledgement; synced every ``sync_interval`` seconds.
-    INTERVAL = "interval"
-    #: Written to the OS before the acknowledgement; the OS writes it back when it likes.
-    OS = "os"
-
-
-def _positive(_inst: Any, attr: Any, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attr.name} must be positive, not {value}")
-
-
-@attrs.frozen
-class ArchiveConfig:
-    """How the archive writes.
-
-    Args:
-        sync: when a flush is acknowledged.
-        sync_interval: seconds between syncs under ``SyncPolicy.INTERVAL``.
-        max_backlog: bytes of one source's puts waiting for the disk beyond which
-            :meth:`Archive.check_writable` refuses more of its puts (all sources
-            together: four times as much).  Long before that, at a quarter of it,
-            the broker stops reading the connections that put to the source until
-            the disk has caught up to an eighth (:meth:`Archive.behind`): a producer
-            faster than the disk is slowed to its pace, not refused.
-    """
-
-    sync: SyncPolicy = attrs.field(default=SyncPolicy.ALWAYS, converter=SyncPolicy)
-    sync_interval: float = attrs.field(default=1.0, validator=_positive)
-    max_backlog: int = attrs.field(default=256 * 2**20, validator=_positive)
-
-
-@attrs.define
-class _Queue:
-    """One source's writes waiting for the disk, and how far they got."""
-
-    name: str
-    directory: str
-    log: SourceLog | None = None
-    settings: dict[str, Any] = attrs.Factory(dict)  # for creating the log
-    ops: list[Op] = attrs.Factory(list)
-    sizes: list[int] = attrs.Factory(list)  # bytes of each op in ops
-    appended: int = 0  # ops ever queued
-    written: int = 0  # of those, written to the OS
-    durable: int = 0  # of those, synced
-    error: str | None = None
-    last_sync: float | None = None
-    sync_took: float = 0.0  # seconds its newest sync took (set by the worker thread)
-    pending: int = 0  # payload bytes appended and not yet written (queued or being written)
-
-
-def _why(name: str, exc: OSError) -> str:
-    what = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exhausted",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EIO: "an I/O error",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
-    where = f" ({exc.filename})" if exc.filename else ""
-    return (
-        f"cannot write the archive of {name}: {what}{where}; its puts are refused until "
-        f"writing succeeds again (retried every {RETRY_S:g} s)"
-    )
-
-
-class Archive:
+class Archive(GroupCommit):
     """Every source's archive under one data directory.  Use :func:`open_archive`."""
 
     def __init__(self, root: str, config: ArchiveConfig, clock: Callable[[], float]) -> None:
         self.root = root
         self.config = config
         self.clock = clock
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, SourceQueue] = {}
         self.broken: dict[str, str] = {}  # source -> why its archive could not be opened
         self._wake = trio.Event()
         self._progress = trio.Event()
@@ -122,7 +47,7 @@ class Archive:
         self.last_sync_seconds: float | None = None
         #: (time, bytes_written) at each commit of the last RATE_WINDOW_S, for the rate.
         self._written_at: collections.deque[tuple[float, int]] = collections.deque([(clock(), 0)])
-        self._doomed: list[_Queue] = []  # sources deleted, their files not yet removed
+        self._doomed: list[SourceQueue] = []  # sources deleted, their files not yet removed
         self._deletions_asked = self._deletions_done = 0
 
     # --- what is there
@@ -147,7 +72,8 @@ class Archive:
     def statistics(self) -> dict[str, Any]:
         """Bytes on disk, commits, payload bytes written and their rate (bytes per
         second, over about the last :data:`RATE_WINDOW_S`), the backlog, the last
-        sync and how long syncs take, and each source's write error, damage found, and unreadable archive."""
+        sync and how long syncs take, and each source's write error, damage found, and
+        unreadable archive."""
         return {
             "path": self.root,
             "bytes": self.bytes,
@@ -174,7 +100,7 @@ class Archive:
         """Archive ``name`` from now on (its directory is created by the next commit)."""
         if name not in self._queues:
             directory = os.path.join(self.root, "sources", source_dir_name(name))
-            self._queues[name] = _Queue(name, directory, settings=dict(settings))
+            self._queues[name] = SourceQueue(name, directory, settings=dict(settings))
 
     def check_writable(self, name: str) -> None:
         """Raises:
@@ -194,14 +120,6 @@ class Archive:
                 f"the archive is {self.backlog // 2**20} MiB behind the puts (the disk is "
                 "slower than they come); puts are refused until it catches up"
             )
-
-    def _write_rate(self) -> float:
-        now = self.clock()
-        samples = self._written_at
-        while len(samples) > 1 and samples[1][0] <= now - RATE_WINDOW_S:
-            samples.popleft()
-        since, before = samples[0]
-        return (self.bytes_written - before) / (now - since) if now > since else 0.0
 
     def behind(self, names: Iterable[str]) -> bool:
         """Whether one of the sources ``names`` has more than a quarter of
@@ -284,94 +202,6 @@ class Archive:
         """Return at the end of the next commit or sync (for status watchers and tests)."""
         await self._progress.wait()
 
-    def _progressed(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()
-
-    # --- the store task
-
-    async def _commit_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            failing = any(q.error for q in self._queues.values())
-            with trio.move_on_after(RETRY_S if failing else float("inf")):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            await self._commit_once()
-
-    async def _commit_once(self) -> None:
-        async with self._io:  # ops are taken and put back under the lock: order is kept
-            doomed, self._doomed = self._doomed, []
-            for q in doomed:  # before any write: a source of that name may be new
-                await trio.to_thread.run_sync(_remove, q)
-                self._deletions_done += 1
-            work = [(q, q.ops, q.sizes) for q in self._queues.values() if q.ops]
-            if not work:
-                if doomed:
-                    self._progressed()
-                return
-            for q, _, _ in work:
-                q.ops, q.sizes = [], []
-            sync = self.config.sync is SyncPolicy.ALWAYS
-            now = self.clock()
-            done: list[tuple[int, str | None]] = [(0, None)] * len(work)
-
-            async def write(i: int, q: _Queue, ops: list[Op]) -> None:
-                done[i] = await trio.to_thread.run_sync(_write, q, ops, sync, now)
-
-            async with trio.open_nursery() as nursery:  # sources in parallel: their syncs overlap
-                for i, (q, ops, _) in enumerate(work):
-                    nursery.start_soon(write, i, q, ops)
-            self.commits += 1
-            took = [
-                q.sync_took
-                for (q, _, _), (_, error) in zip(work, done, strict=True)
-                if error is None
-            ]
-            if sync and took:  # the sources synced in parallel: the commit waited for the slowest
-                self._synced(max(took))
-            for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
-                q.written += written
-                done_bytes = sum(sizes[:written])
-                self.bytes_written += done_bytes
-                q.pending -= done_bytes
-                if sync and error is None:
-                    q.durable = q.written
-                    q.last_sync = self.clock()
-                q.error = error
-                if written < len(ops):
-                    if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
-                        q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
-            self._written_at.append((self.clock(), self.bytes_written))
-            self._write_rate()  # (drops samples older than the window)
-        self._progressed()
-
-    async def _sync_loop(self) -> None:
-        """Under ``SyncPolicy.INTERVAL``: sync whatever was written, every interval."""
-        while True:
-            await trio.sleep(self.config.sync_interval)
-            dirty = [
-                (q, q.written) for q in self._queues.values() if q.log and q.durable < q.written
-            ]
-            if not dirty:
-                continue
-            async with self._io:
-                began = time.monotonic()
-                errors = await trio.to_thread.run_sync(_sync_all, [q.log for q, _ in dirty])
-                self._synced(time.monotonic() - began)
-            now = self.clock()
-            for (q, written), error in zip(dirty, errors, strict=True):
-                if error is None:
-                    q.durable, q.last_sync = written, now
-                else:
-                    q.error = _why(q.name, error)
-            self._progressed()
-
-    def _synced(self, seconds: float) -> None:
-        self.syncs += 1
-        self.sync_seconds += seconds
-        self.last_sync_seconds = seconds
-
     # --- reading (in worker threads)
 
     async def read(
@@ -422,7 +252,7 @@ class Archive:
         if q is None:
             return 0
         async with self._io:
-            return await trio.to_thread.run_sync(_remove, q)
+            return await trio.to_thread.run_sync(remove_files, q)
 
     # --- opening and closing
 
@@ -436,7 +266,7 @@ class Archive:
             except (OSError, fmt.FormatError) as exc:
                 self.broken[name] = f"{directory}: {exc}"
                 continue
-            self._queues[name] = _Queue(name, directory, log=log, settings=dict(log.settings))
+            self._queues[name] = SourceQueue(name, directory, log=log, settings=dict(log.settings))
         top = os.path.join(self.root, "sources")
         for entry in os.listdir(top):
             if entry.endswith(".deleting"):
@@ -448,56 +278,10 @@ class Archive:
                 q.log.close()
 
 
-def _write(q: _Queue, ops: list[Op], sync: bool, now: float) -> tuple[int, str | None]:
-    """In a worker thread: write one source's ops, sync them, apply its retention.
-
-    Returns how many ops were written, and why not all, if not.
-    """
-    try:
-        if q.log is None:
-            q.log = SourceLog.create(q.directory, q.settings, now)
-        q.log.write(ops, now)
-        if sync:
-            began = time.monotonic()
-            q.log.sync()
-            q.sync_took = time.monotonic() - began
-        s = q.log.settings
-        q.log.evict(s.get("archive_bytes"), s.get("archive_age"), now)
-    except WriteFailed as exc:
-        return exc.written, _why(q.name, exc.error)
-    except OSError as exc:  # creating the log, or the sync
-        return (len(ops) if q.log is not None else 0), _why(q.name, exc)
-    except (ValueError, KeyError) as exc:  # ops this archive cannot take: dropped, said
-        return len(ops), f"the archive of {q.name} refused a write: {exc}"
-    return len(ops), None
-
-
-def _sync_all(logs: list[Any]) -> list[OSError | None]:
-    out: list[OSError | None] = []
-    for log in logs:
-        try:
-            log.sync()
-            out.append(None)
-        except OSError as exc:
-            out.append(exc)
-    return out
-
-
-def _remove(q: _Queue) -> int:
-    freed = q.log.bytes if q.log is not None else 0
-    if q.log is not None:
-        q.log.close()
-    if os.path.exists(q.directory):
-        doomed = q.directory + ".deleting"
-        os.replace(q.directory, doomed)
-        shutil.rmtree(doomed)
-    return freed
-
-
 @contextlib.asynccontextmanager
 async def open_archive(
     root: str | os.PathLike[str],
-    config: ArchiveConfig = ArchiveConfig(),
+    config: ArchiveConfig | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Archive]:
     """Lock and recover the data directory ``root``; run its store task while in use.
@@ -509,6 +293,7 @@ async def open_archive(
         ArchiveError: ``root`` cannot be used (unwritable, newer format).
     """
     root = os.fspath(root)
+    config = config or ArchiveConfig()
     with locked(root):
         archive = Archive(root, config, clock)
         await trio.to_thread.run_sync(archive._recover)
@@ -523,7 +308,7 @@ async def open_archive(
                     with trio.CancelScope(shield=True):
                         await archive._commit_once()
                         logs = [q.log for q in archive._queues.values() if q.log]
-                        await trio.to_thread.run_sync(_sync_all, logs)
+                        await trio.to_thread.run_sync(sync_all, logs)
                     nursery.cancel_scope.cancel()
         finally:
             archive._close()
