@@ -32,6 +32,11 @@ Then it drops the files from the page cache again and times ``turbine serve
 --data-dir`` from its start to a client's ``list`` answered (the whole server:
 interpreter start and imports included).
 
+``--export FRAMES`` archives FRAMES small text frames of one channel and exports
+them all with ``turbine export``'s library through a broker on that data dir
+(more than 1,000,000, a fetch's limit per channel, makes it fetch on in pages);
+it checks every frame came out once, in order, with no gap, and times it.
+
 ``--day`` writes a day of 256 B frames at 10 Hz (864,000 frames) and times
 fetching its first and its last minute through the index, cold and warm.
 
@@ -732,6 +737,59 @@ def time_serve(root: str) -> tuple[float, int]:
         proc.wait(30)
 
 
+def time_export(root: str, frames: int) -> dict[str, float]:
+    """Archive ``frames`` small text frames of one channel (without the network), then
+    ``turbine export`` them all through a broker on that data dir: past
+    FETCH_MAX_FRAMES, the export fetches on after each full page.  Checks that every
+    frame is exported once, in order, with no gap; returns the seconds of each step."""
+    import json
+
+    import trio
+
+    from turbine import open_client
+    from turbine.archive import open_archive
+    from turbine.archive._store import TieredStores
+    from turbine.export import export
+    from turbine.hub import Hub
+    from turbine.peer import Peer
+    from turbine.testing import start_broker
+
+    name, t0 = "daq_export_data_source", 1_795_000_000.0
+    data, out = os.path.join(root, "data"), os.path.join(root, "out")
+
+    async def build() -> None:
+        me = Peer(1, name="daq")
+        async with open_archive(data) as archive:
+            hub = Hub(store=TieredStores(archive))
+            hub.open_source(me, name, channels={"log": "text/plain"}, cache_frames=1000)
+            for a in range(0, frames, 100_000):
+                seqs = range(a, min(a + 100_000, frames))
+                hub.put(me, name, "log", [t0 + s * 1e-3 for s in seqs], [b"%d" % s for s in seqs])
+                await archive.written()
+
+    async def run_export() -> dict[str, Any]:
+        async with open_archive(data) as archive, trio.open_nursery() as nursery:
+            address = await start_broker(nursery, store=TieredStores(archive))
+            async with open_client(address, name="export") as tb:
+                manifest = await export(tb, f"{name}/log", t0, frames * 1e-3 + 1, out, "csv")
+            nursery.cancel_scope.cancel()
+        return manifest
+
+    took = time.perf_counter()
+    trio.run(build)
+    built = time.perf_counter()
+    manifest = trio.run(run_export)
+    done = time.perf_counter()
+    log = manifest["channels"][f"{name}/log"]
+    assert (log["frames"], log["first_seq"], log["last_seq"]) == (frames, 1, frames), log
+    assert manifest["gaps"] == [], manifest["gaps"][:3]
+    (text,) = manifest["files"]
+    with open(os.path.join(out, text)) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == frames and json.loads(lines[-1])["seq"] == frames
+    return {"build": built - took, "export": done - built}
+
+
 STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLog, "sqlite": Sqlite}
 
 
@@ -745,6 +803,14 @@ STORES: dict[str, Callable[[str], Any]] = {"raw": RawDisk, "segments": SegmentLo
 )
 @click.option("--recovery", type=float, default=None, help="Time recovery of a data dir of GIB.")
 @click.option("--day", is_flag=True, help="Time the first and last minute of a 24 h archive.")
+@click.option(
+    "--export",
+    "export_frames",
+    type=int,
+    default=None,
+    metavar="FRAMES",
+    help="Export FRAMES frames of one channel (past 1,000,000: pages); check and time it.",
+)
 @click.option(
     "--broker",
     "replay_mb",
@@ -775,6 +841,7 @@ def main(
     repeat: int,
     recovery: float | None,
     day: bool,
+    export_frames: int | None,
     replay_mb: int | None,
     compare_mb: int | None,
     nats_server: str,
@@ -784,6 +851,18 @@ def main(
     print(f"load: {load}")
     if compare_mb is not None:
         compare(where, duration, compare_mb, nats_server)
+        return
+    if export_frames is not None:
+        root = tempfile.mkdtemp(prefix="durable-export-", dir=where)
+        try:
+            took = time_export(root, export_frames)
+        finally:
+            shutil.rmtree(root)
+        rate = export_frames / took["export"]
+        print(
+            f"exported {export_frames:,} frames, every one once, no gap: archive built in "
+            f"{took['build']:.1f} s, export {took['export']:.1f} s ({rate:,.0f} frames/s)"
+        )
         return
     if replay_mb is not None:
         root = tempfile.mkdtemp(prefix="durable-broker-", dir=where)
