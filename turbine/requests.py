@@ -1,7 +1,9 @@
 """What the broker does for each request of one connection: the reader's side.
 
 :class:`Requests` is the request half of :class:`turbine.connection.ClientConnection`:
-each handler applies one request to the hub and queues its reply.  Handlers
+each handler applies one request to the hub and queues its reply; the reading
+requests (subscribe, unsubscribe, fetch, list) are :class:`turbine.reads.Reads`,
+puts :class:`turbine.puts.Puts`, both mixed into it.  Handlers
 never wait: a read that needs slower storage than memory is handed to the
 connection's store task (``turbine/storetask.py``) with its reply's place kept.
 """
@@ -9,32 +11,25 @@ connection's store task (``turbine/storetask.py``) with its reply's place kept.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import messages as m
 from ._clock import clock_offset
-from ._constants import FETCH_PART_BYTES, MAX_ERROR_MESSAGE_CHARS
+from ._constants import MAX_ERROR_MESSAGE_CHARS
 from ._errors import RemoteProtocolError, RequestFailed
-from .audit import Audit, command_excerpt
-from .auth import COMMAND, WRITE, Access, AuthError, AuthTable, is_command_sink
-from .fetch import PendingFetch
-from .groups import fetch_reply, split_payload
-from .hub import Hub, no_source
+from .audit import Audit
+from .auth import WRITE, Access, AuthError, AuthTable
 from .names import InvalidName
 from .origin import Origin
-from .peer import Peer
-from .router import Subscription, check_start
-from .storetask import StoreReads
+from .puts import Puts, PutView
+from .reads import HubView, Reads
 
 log = logging.getLogger("turbine.server")
 
 
-class BrokerView(Protocol):
+class BrokerView(HubView, PutView, Protocol):
     """What request handlers need of the broker."""
-
-    hub: Hub
 
     auth: AuthTable | None
     audit: Audit | None
@@ -48,20 +43,15 @@ class BrokerView(Protocol):
     def trim_soon(self) -> None: ...
 
 
-class Requests:
-    """Request handlers of one connection (mixed into the connection)."""
+class Requests(Reads, Puts):
+    """Request handlers of one connection (mixed into the connection); the
+    reading ones are :class:`~turbine.reads.Reads`'s, puts :class:`~turbine.puts.Puts`'s."""
 
     broker: BrokerView
-    peer: Peer
     #: The broker's clock when it sent hello; the client's clock offset and round trip at connect.
     hello_time: float = 0.0
     clock_offset: float | None = None
     clock_rtt: float | None = None
-    subs: dict[int, Subscription]
-    reads: StoreReads
-    frames_in: int
-    #: Sources this connection put to: what its ``flush`` waits for.
-    written: set[str]
 
     def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         raise NotImplementedError
@@ -74,9 +64,6 @@ class Requests:
         if len(message) > MAX_ERROR_MESSAGE_CHARS:
             message = message[: MAX_ERROR_MESSAGE_CHARS - 20] + " ... (message cut)"
         self.queue(m.Error(id=msg_id, code=getattr(exc, "code", code), message=message))
-
-    def wake_soon(self) -> None:
-        raise NotImplementedError
 
     def handle(self, msg: m.Message) -> None:
         if type(msg) is m.Put:
@@ -104,69 +91,6 @@ class Requests:
                 getattr(msg, "id", None),
                 RequestFailed(f"internal broker error handling {msg.type!r}: {exc!r}", "internal"),
             )
-
-    def put(self, msg: m.Put) -> None:
-        sizes = msg.sizes
-        access = self.peer.access
-        if access is not None and not access.may_put(msg.source):
-            refusal = self.put_refused(access, msg.source, msg.channel)
-            if self.broker.audit is not None:
-                self.broker.audit.record("refused", self.peer, str(refusal), request="put")
-            self.error(None, refusal)
-            return
-        data = split_payload(msg.payload, sizes)
-        try:
-            wakers = self.broker.hub.put(
-                self.peer,
-                msg.source,
-                msg.channel,
-                msg.ts,
-                data,
-                msg.content_type,
-                sizes,
-                producer=msg.producer,
-                pseq=msg.pseq,
-                skipped=msg.skipped,
-                seqs=msg.seqs,
-                writers=msg.writers,
-            )
-        except (RequestFailed, InvalidName) as exc:
-            self.error(
-                None,
-                RequestFailed(
-                    f"put to {msg.source}/{msg.channel} refused: {exc}",
-                    getattr(exc, "code", "error"),
-                ),
-            )
-            return
-        self.written.add(msg.source)  # a replay dropped as stored counts too: flush covers it
-        self.frames_in += len(sizes)
-        for conn in wakers:
-            conn.wake_soon()
-        if access is not None and is_command_sink(msg.source) and self.broker.audit is not None:
-            for frame in data:
-                self.broker.audit.record(
-                    "command",
-                    self.peer,
-                    f"{access.user} put a command into {msg.source}",
-                    source=msg.source,
-                    command=command_excerpt(frame),
-                )
-
-    def put_refused(self, access: Access, source: str, channel: str) -> RequestFailed:
-        """Why ``access`` may not put to ``source``: a source it may not read
-        gets the answer a missing one gets (existence does not leak)."""
-        if not access.may_read(source) or source not in self.broker.hub.sources:
-            why = no_source(source)
-        else:
-            right = COMMAND if is_command_sink(source) else WRITE
-            why = RequestFailed(f"user {access.user!r} has no {right} right on it", "access")
-        return RequestFailed(f"put to {source}/{channel} refused: {why}", why.code)
-
-    def readable(self) -> Callable[[str], bool] | None:
-        """What this connection may read (None: everything)."""
-        access = self.peer.access
-        return None if access is None else access.may_read
 
     def on_client_hello(self, msg: m.ClientHello) -> None:
         self.peer.named(msg.name)
@@ -234,84 +158,6 @@ class Requests:
             return m.Ok(id=msg.id), []
 
         self.reads.defer(flushed)  # in its turn, after earlier deferred reads
-
-    def on_subscribe(self, msg: m.Subscribe) -> None:
-        sid = msg.sub
-        if sid in self.subs:
-            raise RequestFailed(
-                f"subscription id {sid} is already in use on this connection", "request"
-            )
-        resume = msg.resume
-        if resume is not None and not all(
-            isinstance(k, str) and type(v) is int and v >= 1 for k, v in resume.items()
-        ):
-            why = f"resume must map channel paths to sequence numbers >= 1, not {resume!r}"
-            raise RequestFailed(why[:300], "request")
-        max_rate = msg.max_rate
-        if max_rate is not None and not (msg.monitor and 0 < max_rate < math.inf):
-            raise RequestFailed(
-                f"max_rate must be a number of frames per second above 0, with monitor "
-                f"(not {max_rate!r}{'' if msg.monitor else ' without monitor'})",
-                "request",
-            )
-        sub = Subscription(
-            sid,
-            self,
-            msg.pattern,
-            check_start("now" if msg.start is None else msg.start),
-            bool(msg.monitor),
-            self.readable(),
-            resume,
-            0.0 if max_rate is None else 1.0 / max_rate,
-        )
-        hub = self.broker.hub
-        hub.router.add(sub, hub.channels("*/*"))
-        self.subs[sid] = sub
-        cursors = sorted(sub.cursors.items(), key=lambda item: item[0].path)
-        self.reply(
-            msg,
-            {
-                "channels": [ch.path for ch, _ in cursors],
-                "next": {ch.path: cursor.next_seq for ch, cursor in cursors},
-            },
-        )
-
-    def on_unsubscribe(self, msg: m.Unsubscribe) -> None:
-        sub = self.subs.pop(msg.sub, None)
-        if sub is not None:
-            self.broker.hub.router.remove(sub)
-        self.reply(msg)
-
-    def on_fetch(self, msg: m.Fetch) -> None:
-        result = self.broker.hub.fetch(
-            msg.pattern,
-            newest=msg.newest,
-            oldest=msg.oldest,
-            start=msg.start,
-            duration=msg.duration,
-            after=msg.after,
-            readable=self.readable(),
-        )
-        if isinstance(result, PendingFetch):
-            pending = result
-
-            async def fetched() -> AsyncGenerator[Sequence[tuple[m.Message, list[Any]]], None]:
-                async for groups, payloads, last in pending.parts(FETCH_PART_BYTES):
-                    yield fetch_reply(msg.id, groups, payloads, more=not last)
-
-            self.reads.stream(fetched, msg.id)  # from slower storage, in its turn, in parts
-            return
-        groups, payloads = result
-        for part, part_payloads in fetch_reply(msg.id, groups, payloads):
-            self.queue(part, part_payloads)
-
-    def on_list(self, msg: m.ListSources) -> None:
-        access = self.peer.access
-        sources = self.broker.hub.list_sources(msg.pattern, self.readable())
-        if access is not None:
-            for info in sources:
-                info["access"] = access.codes(info["name"])
-        self.reply(msg, sources)
 
     def on_status(self, msg: m.Status) -> None:
         self.reply(msg, self.broker.status(self.peer.access))
@@ -389,10 +235,10 @@ class Requests:
         m.OpenSource: on_open_source,
         m.CloseSource: on_close_source,
         m.Flush: on_flush,
-        m.Subscribe: on_subscribe,
-        m.Unsubscribe: on_unsubscribe,
-        m.Fetch: on_fetch,
-        m.ListSources: on_list,
+        m.Subscribe: Reads.on_subscribe,
+        m.Unsubscribe: Reads.on_unsubscribe,
+        m.Fetch: Reads.on_fetch,
+        m.ListSources: Reads.on_list,
         m.Status: on_status,
         m.Delete: on_delete,
         m.Acl: on_acl,
