@@ -430,6 +430,7 @@ async def test_status_names_damage_found_in_the_archive(tmp_path, capsys):
             assert [s for s, _ in await fetch(hub, oldest=10)] == [1, 2, 3, 7, 8, 9]
             _disk_status(factory.statistics())
     out = capsys.readouterr().out
+    assert out.startswith("disk: ") and f" in {tmp_path} (" in out and " free); writing " in out
     assert f"damage in {SRC}: segment 1, bytes {mid}-" in out
     assert "(its frames are reported to readers as missing)" in out
 

@@ -99,9 +99,10 @@ def _disk_status(disk: dict[str, Any]) -> None:
     synced = iso(disk["last_sync"]) if disk.get("last_sync") else "never"
     if disk.get("last_sync_seconds") is not None:
         synced += f" (took {disk['last_sync_seconds'] * 1000:.1f} ms)"
+    free = f" ({fmt_bytes(disk['free'])} free)" if disk.get("free") is not None else ""
     click.echo(
         f"disk: {fmt_bytes(disk['bytes'])} used, {fmt_bytes(disk['reserved'])} reserved{limit} "
-        f"in {disk['path']}; writing {fmt_bytes(disk['write_rate'])}/s, "
+        f"in {disk['path']}{free}; writing {fmt_bytes(disk['write_rate'])}/s, "
         f"{fmt_bytes(disk['backlog'])} waiting, last sync {synced}"
     )
     for why in disk["errors"].values():
