@@ -23,7 +23,79 @@ from .store import ChannelSpec, ChannelStore, Query, Run, StoreFactory, answer, 
 __all__ = ["Ring", "Run", "memory_store"]
 
 
-class Ring:
+class Selections:
+    """A ring's history selections (``fetch``): from a number, the newest or
+    oldest N, a time range.  Mixed into :class:`Ring`, which keeps the columns;
+    the live path (append, evict, :meth:`Ring.read`) stays there."""
+
+    __slots__ = ()
+
+    _ts: array.array[float]
+    _data: list[Any]
+    _sizes: array.array[int]
+    _writers: Writers
+    _numbers: Numbers | None
+    _start: int
+    first_seq: int
+    next_seq: int
+
+    def _index(self, seq: int) -> int:
+        """Column index of the first frame numbered ``seq`` or later."""
+        if self._numbers is None:
+            return self._start + max(seq - self.first_seq, 0)
+        return self._numbers.index(seq, self._start)
+
+    def _span(self, i: int, count: int) -> Run:
+        """The ``count`` frames from column ``i`` on, across holes."""
+        count = max(min(count, len(self._ts) - i), 0)
+        numbers = self._numbers
+        if numbers is None:
+            seq = self.first_seq + (i - self._start)
+            if not count:
+                return empty_run(seq)
+            return Run(
+                seq,
+                self._ts[i : i + count].tolist(),
+                self._data[i : i + count],
+                self._sizes[i : i + count].tolist(),
+                self._writers.between(seq, seq + count),
+            )
+        if not count:
+            return empty_run(numbers.at(i, self.next_seq))
+        seqs = numbers.seqs[i : i + count]
+        first, end = seqs[0], seqs[-1] + 1
+        return Run(
+            first,
+            self._ts[i : i + count].tolist(),
+            self._data[i : i + count],
+            self._sizes[i : i + count].tolist(),
+            self._writers.between(first, end),
+            seqs=seqs if end - first != count else None,
+        )
+
+    def from_seq(self, seq: int, max_frames: int) -> Run:
+        return self._span(self._index(seq), max_frames)
+
+    def newest_n(self, n: int) -> Run:
+        return self._span(max(len(self._ts) - n, self._start), n)
+
+    def oldest_n(self, n: int) -> Run:
+        return self._span(self._start, n)
+
+    def time_range(self, start: float, duration: float, max_frames: int) -> Run:
+        """Frames with ``start <= timestamp < start + duration`` (timestamps assumed non-decreasing).
+
+        A zero ``duration`` selects the frames stamped exactly ``start``.
+        """
+        lo = bisect.bisect_left(self._ts, start, lo=self._start)
+        if duration == 0:
+            hi = bisect.bisect_right(self._ts, start, lo=lo)
+        else:
+            hi = bisect.bisect_left(self._ts, start + duration, lo=lo)
+        return self._span(lo, min(hi - lo, max_frames))
+
+
+class Ring(Selections):
     """Frames of one channel, oldest first, bounded by a frame count.
 
     Byte bounds are kept by the owner (a source's rings share one byte budget):
@@ -178,12 +250,6 @@ class Ring:
         self._start = 0
         self._writers.forget_before(self.first_seq)
 
-    def _index(self, seq: int) -> int:
-        """Column index of the first frame numbered ``seq`` or later."""
-        if self._numbers is None:
-            return self._start + max(seq - self.first_seq, 0)
-        return self._numbers.index(seq, self._start)
-
     def read(self, seq: int, max_frames: int, max_bytes: int | None = None) -> Run:
         """Frames from ``seq`` on, at most ``max_frames`` and ``max_bytes`` (but at least one).
 
@@ -219,55 +285,6 @@ class Ring:
             self._writers.between(seq, seq + count),
             missed,
         )
-
-    def _span(self, i: int, count: int) -> Run:
-        """The ``count`` frames from column ``i`` on, across holes."""
-        count = max(min(count, len(self._ts) - i), 0)
-        numbers = self._numbers
-        if numbers is None:
-            seq = self.first_seq + (i - self._start)
-            if not count:
-                return empty_run(seq)
-            return Run(
-                seq,
-                self._ts[i : i + count].tolist(),
-                self._data[i : i + count],
-                self._sizes[i : i + count].tolist(),
-                self._writers.between(seq, seq + count),
-            )
-        if not count:
-            return empty_run(numbers.at(i, self.next_seq))
-        seqs = numbers.seqs[i : i + count]
-        first, end = seqs[0], seqs[-1] + 1
-        return Run(
-            first,
-            self._ts[i : i + count].tolist(),
-            self._data[i : i + count],
-            self._sizes[i : i + count].tolist(),
-            self._writers.between(first, end),
-            seqs=seqs if end - first != count else None,
-        )
-
-    def from_seq(self, seq: int, max_frames: int) -> Run:
-        return self._span(self._index(seq), max_frames)
-
-    def newest_n(self, n: int) -> Run:
-        return self._span(max(len(self._ts) - n, self._start), n)
-
-    def oldest_n(self, n: int) -> Run:
-        return self._span(self._start, n)
-
-    def time_range(self, start: float, duration: float, max_frames: int) -> Run:
-        """Frames with ``start <= timestamp < start + duration`` (timestamps assumed non-decreasing).
-
-        A zero ``duration`` selects the frames stamped exactly ``start``.
-        """
-        lo = bisect.bisect_left(self._ts, start, lo=self._start)
-        if duration == 0:
-            hi = bisect.bisect_right(self._ts, start, lo=lo)
-        else:
-            hi = bisect.bisect_left(self._ts, start + duration, lo=lo)
-        return self._span(lo, min(hi - lo, max_frames))
 
     # --- the rest of the ChannelStore protocol: memory holds everything
 
