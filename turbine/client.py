@@ -303,6 +303,26 @@ class Client(Link):
         the network: a thumbnailer's or a viewer's way to watch a camera)."""
         return self.subscribe(pattern, start="newest", monitor=True, max_rate=max_rate)
 
+    async def summarize(
+        self, pattern: str, *, start: float, duration: float, columns: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Block summaries of the numeric channels matching ``pattern`` in
+        ``start <= t < start + duration``, merged into at most ``columns`` time columns.
+
+        One dict per channel: ``source``, ``channel``, ``since`` (the oldest time
+        summarized: the broker summarizes frames as they are put, so not those it
+        restored from its data dir; None when it has none), ``blocks`` (summaries in
+        the range) and ``columns``, each ``[t0, t1, samples, min, max, first, last]``
+        (``t0``/``t1``: the first and last frame's timestamps), oldest first.  What
+        a plot of a long range reads instead of every sample (docs/protocol.rst).
+
+        Raises:
+            RequestFailed: ``duration`` not above 0, or ``columns`` out of range.
+        """
+        fields = {"pattern": pattern, "start": start, "duration": duration, "columns": columns}
+        msg = (await self._call_parts(m.Summarize, m.Ok, fields))[-1]
+        return cast(list[dict[str, Any]], msg.result)
+
     async def list_sources(self, pattern: str = "*") -> list[SourceInfo]:
         """Sources whose names match ``pattern``, with channels and newest metadata."""
         msg = (await self._call_parts(m.ListSources, m.Ok, {"pattern": pattern}))[-1]

@@ -7,6 +7,7 @@ reserve, is the hub's :class:`~turbine.lifecycle.SourceLifecycle` half.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from ._constants import (
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
     SOURCE_TYPES,
+    SUMMARY_MAX_COLUMNS,
 )
 from ._errors import RequestFailed
 from .fetch import PendingFetch, fetch_query
@@ -197,6 +199,38 @@ class Hub(SourceLifecycle):
         """
         query = fetch_query(newest, oldest, start, duration, after, max_frames)
         return PendingFetch(self.channels(pattern, readable), query).now()
+
+    def summarize(
+        self,
+        pattern: str,
+        start: float,
+        duration: float,
+        columns: int,
+        readable: Readable | None = None,
+    ) -> list[dict[str, Any]]:
+        """The block summaries of the numeric channels matching ``pattern`` in
+        ``start <= t < start + duration``, merged into at most ``columns`` columns
+        (:meth:`~turbine.summary.Summaries.columns`), one entry per channel.
+
+        Raises:
+            RequestFailed: the range or the column count is not one a plot can use.
+        """
+        if not (math.isfinite(start) and math.isfinite(duration) and duration > 0):
+            raise RequestFailed(
+                f"summarize needs a finite start and a duration above 0, got {start!r}, {duration!r}",
+                "request",
+            )
+        if not 1 <= columns <= SUMMARY_MAX_COLUMNS:
+            raise RequestFailed(
+                f"columns must be between 1 and {SUMMARY_MAX_COLUMNS}, got {columns}", "request"
+            )
+        out = []
+        for ch in self.channels(pattern, readable):
+            if ch.summaries is not None:
+                ch.summaries.drop_before(ch.store.oldest_seq)
+                found = ch.summaries.columns(start, duration, columns)
+                out.append({"source": ch.source_name, "channel": ch.name, **found})
+        return out
 
 
 def no_source(name: str) -> RequestFailed:

@@ -21,6 +21,7 @@ from .peer import Peer
 from .router import Router
 from .sources import Channel, Source, guess_content_type
 from .store import ChannelSpec, StoreFactory
+from .summary import summaries_for
 
 log = logging.getLogger("turbine.hub")
 
@@ -251,4 +252,5 @@ class SourceLifecycle:
             self.router.channel_created(ch)
         elif content_type and content_type != ch.content_type and not len(ch.store):
             ch.content_type = content_type
+            ch.summaries = summaries_for(content_type)
         return ch

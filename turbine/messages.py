@@ -159,6 +159,14 @@ class Fetch(Request):
 
 
 @attrs.frozen(kw_only=True)
+class Summarize(Request):
+    pattern: str
+    start: float
+    duration: float
+    columns: int
+
+
+@attrs.frozen(kw_only=True)
 class ListSources(Request):
     pattern: str
 
@@ -247,6 +255,7 @@ _SENDERS: dict[type[Message], tuple[str, str]] = {
     Subscribe: ("subscribe", _CLIENT),
     Unsubscribe: ("unsubscribe", _CLIENT),
     Fetch: ("fetch", _CLIENT),
+    Summarize: ("summarize", _CLIENT),
     ListSources: ("list", _CLIENT),
     Status: ("status", _CLIENT),
     Delete: ("delete", _CLIENT),

@@ -124,6 +124,12 @@ class Reads:
         for part, part_payloads in fetch_reply(msg.id, groups, payloads):
             self.queue(part, part_payloads)
 
+    def on_summarize(self, msg: m.Summarize) -> None:
+        hub = self.broker.hub
+        self.reply(
+            msg, hub.summarize(msg.pattern, msg.start, msg.duration, msg.columns, self.readable())
+        )
+
     def on_list(self, msg: m.ListSources) -> None:
         access = self.peer.access
         sources = self.broker.hub.list_sources(msg.pattern, self.readable())

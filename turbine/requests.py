@@ -238,6 +238,7 @@ class Requests(Reads, Puts):
         m.Subscribe: Reads.on_subscribe,
         m.Unsubscribe: Reads.on_unsubscribe,
         m.Fetch: Reads.on_fetch,
+        m.Summarize: Reads.on_summarize,
         m.ListSources: Reads.on_list,
         m.Status: on_status,
         m.Delete: on_delete,

@@ -22,6 +22,7 @@ from .holding import Holding
 from .origin import Origin, copy_pieces
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
+from .summary import TRIM_EVERY, summaries_for
 
 #: What a channel's bytes are when nothing says otherwise.
 OCTET_STREAM = "application/octet-stream"
@@ -85,7 +86,7 @@ def _depth(value: Any) -> int:
 class Channel:
     """One channel of a source: its name, content type and store."""
 
-    __slots__ = ("source", "source_name", "name", "path", "content_type", "store")
+    __slots__ = ("source", "source_name", "name", "path", "content_type", "store", "summaries")
 
     def __init__(self, source: Source, name: str, content_type: str, store: ChannelStore) -> None:
         self.source = source
@@ -94,6 +95,8 @@ class Channel:
         self.path = f"{source.name}/{name}"
         self.content_type = content_type
         self.store = store
+        #: Block summaries of a numeric channel's samples, made at put (None for other types).
+        self.summaries = summaries_for(content_type)
 
     def info(self) -> dict[str, Any]:
         store = self.store
@@ -216,10 +219,15 @@ class Source(Holding):
         """Store frames in ``ch`` (from number ``seq``), keeping the source within ``cache_bytes``."""
         store = ch.store
         before = store.bytes
+        first = store.next_seq if seq is None else seq
         try:
             store.append_many(ts, data, writer, self.arrival, sizes, seq)
         except ValueError as exc:  # a seq below the next number
             raise RequestFailed(f"{ch.path}: {exc}", "request") from None
+        if (summaries := ch.summaries) is not None:
+            summaries.add(first, ts, data)
+            if len(summaries) % TRIM_EVERY == 0:  # now and then: what was evicted
+                summaries.drop_before(store.oldest_seq)
         self.arrival += len(ts)
         self.frames_in += len(ts)
         self.bytes_in += sum(sizes)

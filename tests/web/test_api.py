@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 
+import pytest
 import trio
 
 from tests.web.helpers import EventStream, http
@@ -374,3 +375,26 @@ async def test_markers_need_the_web_type_and_say_so(broker: str, web: str) -> No
     with trio.fail_after(20):
         r = await http(f"{web}/api/markers", body={"label": "pump on"})
         assert r.status == 400 and "--type web" in r.json()["error"]
+
+
+async def test_a_long_range_is_drawn_from_the_brokers_block_summaries(
+    broker: str, web: str
+) -> None:
+    day, blocks, n = 86400.0, 1200, 1000  # 1.2 M samples over a day: one block every 72 s
+    with trio.fail_after(60):
+        async with open_client(broker) as tb:
+            src = await tb.open_source("daq_rig_data_source", {"ch0": FLOAT64_CONTENT_TYPE})
+            values = [[math.sin(k / 50 + i / n) for i in range(n)] for k in range(blocks)]
+            values[300][123], values[900][7] = -5.0, 5.0  # one low and one high spike
+            for k, v in enumerate(values):
+                await src.put("ch0", f64(*v), timestamp=1e6 + k * day / blocks)
+            await src.flush()
+            url = f"{web}/api/channel/daq_rig_data_source/ch0?start=1e6&duration={day}"
+            r = (await http(url + "&max_points=400")).json()
+            raw = (await http(url + "&max_points=400&duration=3600")).json()
+    assert r["summarized"] and r["samples"] == blocks * n and r["blocks"] == blocks
+    assert 0 < len(r["v"]) <= 400 and r["t"] == sorted(r["t"])
+    assert (min(r["v"]), max(r["v"])) == (-5.0, 5.0)
+    assert r["t"][r["v"].index(-5.0)] == pytest.approx(1e6 + 300 * 72, abs=day / 200)
+    assert r["t"][r["v"].index(5.0)] == pytest.approx(1e6 + 900 * 72, abs=day / 200)
+    assert "summarized" not in raw and raw["samples"] == 50 * n  # an hour: 50 blocks, read whole

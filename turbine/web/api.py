@@ -29,18 +29,22 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._clock import wall_time
+from .._constants import FLOAT64_CONTENT_TYPE
 from .._errors import RequestFailed, TurbineError
 from ..client import Client, Frame, Source
 from ..command import NoReply, send_command
 from ..names import compile_pattern
 from ..render import as_dict, is_numeric, pcm_format
-from .decimate import decimate
+from .decimate import decimate, from_summaries
 from .levels import pcm_level
 from .live import Feeds, LiveResponse, RecentFrames, ReplayResponse
 from .metrics import metrics_text
 
 #: Points a channel read returns at most when the caller gives no ``max_points``.
 DEFAULT_MAX_POINTS = 2000
+#: Samples in a time range from which a plot reads the broker's block summaries instead
+#: of every sample (1 M samples took 0.33 s to read and decimate; a day at 1 kHz, 86 M).
+SUMMARIZED_FROM_SAMPLES = 1_000_000
 #: Frames a channel read returns when it gives no selection (the newest N).
 DEFAULT_NEWEST = 100
 #: Seconds before ``at`` that ``/api/frame?at=`` looks back, widening until it finds a frame.
@@ -139,6 +143,11 @@ class Viewer:
         max_points = _number(request, "max_points", int) or DEFAULT_MAX_POINTS
         if max_points < 2:
             raise BadRequest(f"max_points must be at least 2, got {max_points}")
+        start = choice["start"]
+        if start is not None and duration:
+            summed = await self._summarized(source, channel, start, duration, max_points)
+            if summed is not None:
+                return JSONResponse(summed)
         frames = await self._fetch_one_channel(path, duration=duration, **choice)
         body: dict[str, Any] = {"source": source, "channel": channel, "frames": len(frames)}
         if frames:
@@ -155,6 +164,50 @@ class Viewer:
         else:
             body["items"] = [as_dict(f) for f in frames]
         return JSONResponse(body)
+
+    async def _summarized(
+        self, source: str, channel: str, start: float, duration: float, max_points: int
+    ) -> dict[str, Any] | None:
+        """A long range of a numeric channel from the broker's block summaries (min,
+        max, first, last per block, kept at put): per column its minimum and maximum,
+        without reading the samples.  None where every sample is read instead: fewer
+        than :data:`SUMMARIZED_FROM_SAMPLES`, not a numeric channel, or frames in the
+        range older than the summaries (restored from the broker's data dir)."""
+        found = await self.client.summarize(
+            f"{source}/{channel}", start=start, duration=duration, columns=max_points // 2
+        )
+        mine = [s for s in found if s["source"] == source and s["channel"] == channel]
+        if not mine or mine[0]["since"] is None:
+            return None
+        summary = mine[0]
+        samples = int(sum(c[2] for c in summary["columns"]))
+        if samples < SUMMARIZED_FROM_SAMPLES:
+            return None
+        if summary["since"] > start and await self._stored_before(
+            source, channel, summary["since"]
+        ):
+            return None
+        series = from_summaries(summary["columns"], samples)
+        return {
+            "source": source,
+            "channel": channel,
+            "content_type": FLOAT64_CONTENT_TYPE,
+            "summarized": True,
+            "blocks": summary["blocks"],
+            "samples": series.samples,
+            "t": series.t,
+            "v": series.v,
+            "decimated": series.decimated,
+        }
+
+    async def _stored_before(self, source: str, channel: str, t: float) -> bool:
+        """Whether the broker holds frames of the channel stamped before ``t`` (memory or disk)."""
+        for info in await self.client.list_sources(source):
+            for c in info.channels if info.name == source else ():
+                oldest = [c.first_time, (c.disk or {}).get("first_time")]
+                if c.name == channel and min((x for x in oldest if x is not None), default=t) < t:
+                    return True
+        return False
 
     async def _fetch_one_channel(self, path: str, **selection: Any) -> list[Frame]:
         if not await self.client.list_sources(path.split("/", 1)[0]):

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import array
 import math
-import sys
 from collections.abc import Sequence
 
 import attrs
 
 from ..client import Frame
+from ..summary import float64s
 
 #: Sample spacing assumed for a lone block (nothing after it to spread up to).
 LONE_BLOCK_DT = 0.001
@@ -51,14 +51,6 @@ class Series:
         return len(self.v) < self.samples
 
 
-def _f64(data: bytes) -> array.array[float]:
-    values = array.array("d")
-    values.frombytes(memoryview(data)[: len(data) // 8 * 8])
-    if sys.byteorder == "big":
-        values.byteswap()
-    return values
-
-
 def blocks(frames: Sequence[Frame]) -> list[Block]:
     """The non-empty sample blocks of ``frames`` (one channel, in order).
 
@@ -69,7 +61,7 @@ def blocks(frames: Sequence[Frame]) -> list[Block]:
     out: list[Block] = []
     dt = LONE_BLOCK_DT
     for k, frame in enumerate(frames):
-        values = _f64(frame.data)
+        values = float64s(frame.data)
         if not values:
             continue
         if k + 1 < len(frames):
@@ -136,3 +128,16 @@ def _first_at(b: Block, t: float) -> int:
     while i < len(b.values) and b.time(i) < t:
         i += 1
     return min(i, len(b.values))
+
+
+def from_summaries(columns: Sequence[Sequence[float]], samples: int) -> Series:
+    """The points of block summaries merged into columns (``[t0, t1, n, min, max, first,
+    last]`` each, from the broker's ``summarize``): per column its minimum and maximum,
+    the one nearer the column's first value first, at the column's first and last time."""
+    t: list[float] = []
+    v: list[float] = []
+    for t0, t1, _, lo, hi, first, _last in columns:
+        a, b = (lo, hi) if abs(first - lo) <= abs(first - hi) else (hi, lo)
+        t += (t0, t1)
+        v += (a, b)
+    return Series(t, v, samples)
