@@ -7,6 +7,9 @@
 const state = { panels: [], sources: [], markers: [], source: null, window: 10, defaulted: false, mode: "live", cursor: null };
 const NUMERIC = "application/x-float64-le";
 const LOG_LINES = 1000;  // lines a log panel keeps
+// Plots of a longer time scale than this (seconds) do not add every live sample (a day at
+// 1 kHz would be 86 M points): live, they read their decimated history again every 1/500 of it.
+const LIVE_SAMPLES_MAX_S = 60;
 const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 // The camera wall and the values table follow every source of their kind, present and future.
 const WALL_PATHS = ["thumbnail_*_data_source/*"];
@@ -289,6 +292,7 @@ async function dropMarker() {
 
 async function loadHistory(panel, end) {
   const token = panel.token = (panel.token ?? 0) + 1;
+  panel.loadedAt = Date.now() / 1000;
   for (const [name, s] of Object.entries(panel.series)) {
     try {
       const r = await getJSON(`${channelUrl("channel", panel.source, name)}` +
@@ -614,7 +618,7 @@ function onFrame(ev) {
   if (path === MARKERS_PATH) addMarker(ev.text);
   for (const p of state.panels) {
     if (!wants(p, path)) continue;
-    if (p.kind === "plot" && ev.values) appendSamples(p, p.series[ev.channel], ev);
+    if (p.kind === "plot" && ev.values) { if (state.window <= LIVE_SAMPLES_MAX_S) appendSamples(p, p.series[ev.channel], ev); }
     else if (p.kind === "image" && ev.url) requestImage(p, ev.url);
     else if (p.kind === "wall" && ev.url && ev.content_type.startsWith("image/")) requestImage(tileFor(p, path), ev.url);
     else if (p.kind === "values" && isValue(ev.channel, ev.content_type) && (ev.values?.length || ev.text != null)) {
@@ -706,3 +710,10 @@ restoreLayout();
 refreshSources();
 setInterval(refreshSources, 3000);
 setInterval(redraw, 250);
+setInterval(() => {  // live plots of a long time scale: their history again, now and then
+  if (state.mode !== "live" || state.window <= LIVE_SAMPLES_MAX_S) return;
+  const now = Date.now() / 1000;
+  for (const p of state.panels) {
+    if (p.kind === "plot" && now - (p.loadedAt ?? 0) >= state.window / 500) loadHistory(p, now);
+  }
+}, 1000);
