@@ -485,3 +485,57 @@ async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
     assert seen["plot_moved"], f"the DAQ plot did not move ({tmp_path})"
     assert seen["scrubbed_back_s"] >= 4
     assert '"component": "daq_demo"' in seen["status"] and '"state": "running"' in seen["status"]
+
+
+def _day(url: str, out: Path) -> dict[str, Any]:
+    """A plot of one channel at the 1-day time scale; what it drew and the reads it made."""
+    layout = {"w": 86400, "p": [{"k": "plot", "s": "daq_day_data_source", "c": ["ch0"]}]}
+    reads: list[dict[str, Any]] = []
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "response",
+            lambda r: reads.append(r.json()) if "/api/channel/daq_day" in r.url else None,
+        )
+        page.goto(url + "#layout=" + quote(json.dumps(layout)))
+        page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
+        page.wait_for_function(
+            "() => document.querySelector('.panel.timeseries .plot').data[0].y.length > 0"
+        )
+        drawn = page.evaluate(
+            """() => { const d = document.querySelector('.panel.timeseries .plot').data[0];
+                       return {points: d.y.length, low: Math.min(...d.y), high: Math.max(...d.y)}; }"""
+        )
+        took = page.evaluate(
+            """() => performance.getEntriesByType('resource')
+                 .filter((e) => e.name.includes('/api/channel/daq_day'))
+                 .map((e) => e.responseEnd - e.startTime)"""
+        )
+        page.screenshot(path=str(out / "day.png"))
+        assert not errors, errors
+        return {"drawn": drawn, "reads": reads, "took_ms": took}
+
+
+async def test_a_day_of_a_1_khz_channel_is_drawn_from_the_block_summaries(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    broker = await start_broker(nursery)
+    web = await nursery.start(serve_web, broker, "127.0.0.1", 0)
+    blocks, n = 1200, 1000  # 1.2 M samples spread over the last day: one block every 72 s
+    made = [struct.pack(f"<{n}d", *(((k + i) % 100) / 100 for i in range(n))) for k in range(4)]
+    with trio.fail_after(90):
+        async with open_client(broker) as tb:
+            src = await tb.open_source("daq_day_data_source", {"ch0": FLOAT64_CONTENT_TYPE})
+            now = time.time()
+            for k in range(blocks):
+                block = made[k % 4] if k != 600 else struct.pack(f"<{n}d", *([0.5] * 999 + [7.0]))
+                await src.put("ch0", block, timestamp=now - 86400 + 10 + k * 72)
+            await src.flush()
+            seen = await trio.to_thread.run_sync(_day, web + "/", tmp_path)
+    read = seen["reads"][0]  # (the first: the history the plot opened with)
+    assert read["summarized"] and read["samples"] == blocks * n and read["blocks"] == blocks
+    drawn = seen["drawn"]
+    assert 0 < drawn["points"] <= 2000 and (drawn["low"], drawn["high"]) == (0.0, 7.0)
+    print(f"a day's read took {seen['took_ms']} ms in the page")  # (timed in benchmarks/web.py)
