@@ -77,6 +77,7 @@ def test_the_hub_summarizes_numeric_channels_at_put_within_a_time_range() -> Non
     assert [c[:5] for c in x["columns"]] == [
         [10.0 + 2 * i, 11.0 + 2 * i, 2000, -(11.0 + 2 * i), 11.0 + 2 * i] for i in range(5)
     ]
+    assert hub.summarize(f"{SRC}/*", 10.0, 10.0, 5, readable=lambda source: False) == []
     with pytest.raises(RequestFailed, match="a duration above 0"):
         hub.summarize(SRC + "/x", 0.0, 0.0, 5)
     with pytest.raises(RequestFailed, match="columns must be between 1 and"):
