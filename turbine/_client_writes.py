@@ -1,0 +1,148 @@
+"""What a :class:`~turbine.client.Client` writes: the sources it opens and its puts.
+
+:class:`Writes` is the writing half of the client's public API, on top of
+its :class:`~turbine._client_link.Link` (requests tried again across a
+reconnect, the outbox that batches puts, the spool): ``open_source`` (a
+:class:`~turbine.client.Source` handle to put through), ``put`` on a shared
+source by path, and the mirror's ``open_mirror`` and ``put_copy`` (frames
+under the origin's numbers and writers).  :class:`~turbine.client.Client`
+adds the reading and broker calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import messages as m
+from ._client_handles import Source
+from ._client_link import Link
+from .names import split_path
+from .protocol import encode_message
+
+if TYPE_CHECKING:
+    from .origin import Origin
+
+
+class Writes(Link):
+    """The writing calls of a client (its public API's first half)."""
+
+    async def open_source(
+        self,
+        name: str,
+        channels: Mapping[str, str] | None = None,
+        *,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+        shared: bool | None = None,
+        archive_bytes: int | None = None,
+        archive_age: float | None = None,
+    ) -> Source:
+        """Create (or take back) source ``name`` with its channels and ring limits.
+
+        ``channels`` maps channel names to content types.  A ``shared`` source
+        accepts puts from every client.  Reopening a source continues its
+        sequence numbers; limits left as ``None`` keep the source's current
+        ones (a new source gets the broker's defaults).  On a broker with a
+        data dir, ``archive_bytes`` is the disk kept for the source (the
+        oldest goes first; 0: memory only) and ``archive_age`` the age in
+        seconds beyond which its disk history goes; a memory-only broker
+        ignores both.  A mirrored source is
+        opened with :meth:`open_mirror` instead.
+
+        Raises:
+            RequestFailed: invalid name, held by another client (named in the
+                message), or not enough broker memory or disk left (code
+                ``memory`` / ``disk``; says how much is).
+        """
+        channels = dict(channels or {})
+        fields = {
+            "source": name,
+            "channels": channels,
+            "cache_frames": cache_frames,
+            "cache_bytes": cache_bytes,
+            "shared": shared,
+            "archive_bytes": archive_bytes,
+            "archive_age": archive_age,
+        }
+        await self._call_parts(m.OpenSource, m.Ok, fields)
+        if not self.reconnect:
+            return Source(name, channels, self._outbox, self._requests)
+        self._held[name] = fields
+        return Source(name, channels, self._outbox, self)
+
+    async def open_mirror(
+        self,
+        name: str,
+        channels: Mapping[str, str],
+        mirror: Origin,
+        *,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> dict[str, int]:
+        """Open mirrored source ``name`` (a copy of ``mirror``'s frames, written
+        with :meth:`put_copy`); return the next number of each channel it has.
+
+        Raises:
+            RequestFailed: as :meth:`open_source`; code ``mirror`` when the
+                source exists and is not a mirror of that origin, ``loop``
+                when the frames came from this broker.
+        """
+        reply = await self._requests.call(
+            m.OpenSource,
+            m.Ok,
+            source=name,
+            channels=dict(channels),
+            cache_frames=cache_frames,
+            cache_bytes=cache_bytes,
+            mirror=mirror.to_wire(),
+        )
+        return dict(reply.result["channels"])
+
+    async def put_copy(
+        self,
+        source: str,
+        channel: str,
+        ts: list[float | None],
+        data: Sequence[Any],
+        seqs: list[int],
+        writers: list[Any],
+        content_type: str | None = None,
+        *,
+        sizes: list[int] | None = None,
+    ) -> None:
+        """Put frames to a mirrored source under the origin's numbers and writers.
+
+        ``data`` holds one piece per frame, or, with ``sizes``, the frames'
+        bytes back to back in any pieces (a :class:`FrameGroup`'s payload).
+        Written at once, after the puts queued before; a refusal is raised by
+        the next request (as for every put).
+
+        Raises:
+            TurbineError: the connection failed.
+        """
+        put = m.Put(
+            source=source,
+            channel=channel,
+            ts=ts,
+            sizes=list(map(len, data)) if sizes is None else sizes,
+            content_type=content_type,
+            seqs=seqs,
+            writers=writers,
+        )
+        await self._outbox.send(encode_message(put, list(data)))
+
+    async def put(
+        self, path: str, data: bytes | bytearray | memoryview, *, timestamp: float | None = None
+    ) -> None:
+        """Put one frame on ``SOURCE/CHANNEL`` (a shared source, or one this client holds).
+
+        Returns once the broker holds it.
+
+        Raises:
+            RequestFailed: no such source, or it is not shared.
+        """
+        source, channel = split_path(path)
+        if self._outbox.queue(source, channel, data, timestamp):
+            await self._outbox.send()
+        await self.flush()
