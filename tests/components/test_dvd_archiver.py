@@ -363,6 +363,7 @@ async def run_until(arch: DvdArchiver, scope: trio.CancelScope) -> None:
         await arch.serve()
 
 
+@pytest.mark.slow
 @needs_xorriso
 async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
     nursery: trio.Nursery, tmp_path: Path
