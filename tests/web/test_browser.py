@@ -68,10 +68,11 @@ def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
         line = plot.locator("path.js-line").first
         line.wait_for(timeout=20000)
         page.wait_for_timeout(1000)
-        drawn = line.get_attribute("d")
         first = plot.screenshot(path=str(out / "plot-1.png"))
         # Until the line is drawn anew (new samples), not for a fixed 1.5 s: a
-        # loaded machine may redraw later; 20 s is a hang bound.
+        # loaded machine may redraw later; 20 s is a hang bound.  Read after the
+        # screenshot: a redraw during it must not count as the next one.
+        drawn = line.get_attribute("d")
         page.wait_for_function(
             "(d) => { const p = document.querySelector('.panel.timeseries .plot path.js-line');"
             " return p && p.getAttribute('d') !== d; }",
