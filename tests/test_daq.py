@@ -4,8 +4,9 @@ The component tests run under ``autojump_clock``: blocks are due on trio's
 clock, and their timestamps must follow the sample clock exactly, whatever the
 scheduling.  The broker runs in the test's own trio run and the DAQ starts no
 thread or process, so virtual time moves only when every task waits for another
-(a message on loopback is readable once its sender's write returns), never
-while work is pending.
+(a block of a few hundred bytes on loopback is readable once its sender's write
+returns; megabytes in flight are another matter, see test_broker's
+``closed_by_jumps``), never while work is pending.
 """
 
 from __future__ import annotations
