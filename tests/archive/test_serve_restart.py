@@ -82,7 +82,8 @@ async def test_archived_sources_come_back_offline_and_continue_their_numbers(tmp
                 status = await trio.run_process(
                     [TURBINE, "status", "--turbine", address], capture_stdout=True
                 )
-                assert f"reserved in {root}; writing" in status.stdout.decode()
+                assert f"reserved in {root} (" in status.stdout.decode()
+                assert " free); writing" in status.stdout.decode()
                 async with open_client(address, name="daq") as client:
                     src = await client.open_source(SRC, TYPES)
                     await src.put("x", b"%8d" % (8 + round_), 0.0)
