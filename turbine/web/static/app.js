@@ -8,8 +8,9 @@ const state = { panels: [], sources: [], markers: [], source: null, window: 10, 
 const NUMERIC = "application/x-float64-le";
 const LOG_LINES = 1000;  // lines a log panel keeps
 // Plots of a longer time scale than this (seconds) do not add every live sample (a day at
-// 1 kHz would be 86 M points): live, they read their decimated history again every 1/500 of it.
-const LIVE_SAMPLES_MAX_S = 60;
+// 1 kHz would be 86 M points) but each block's minimum and maximum, and read their decimated
+// history again every 1/100 of the scale (at most every REREAD_MIN_S).
+const LIVE_SAMPLES_MAX_S = 60, REREAD_MIN_S = 5;
 const LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 // The camera wall and the values table follow every source of their kind, present and future.
 const WALL_PATHS = ["thumbnail_*_data_source/*"];
@@ -618,7 +619,7 @@ function onFrame(ev) {
   if (path === MARKERS_PATH) addMarker(ev.text);
   for (const p of state.panels) {
     if (!wants(p, path)) continue;
-    if (p.kind === "plot" && ev.values) { if (state.window <= LIVE_SAMPLES_MAX_S) appendSamples(p, p.series[ev.channel], ev); }
+    if (p.kind === "plot" && ev.values) appendSamples(p, p.series[ev.channel], ev);
     else if (p.kind === "image" && ev.url) requestImage(p, ev.url);
     else if (p.kind === "wall" && ev.url && ev.content_type.startsWith("image/")) requestImage(tileFor(p, path), ev.url);
     else if (p.kind === "values" && isValue(ev.channel, ev.content_type) && (ev.values?.length || ev.text != null)) {
@@ -649,13 +650,20 @@ function onRenumbered(ev) {
 }
 
 function appendSamples(panel, s, ev) {
-  // Samples of a block are spread up to the next block: use the spacing of the last two blocks.
+  // Samples of a block are spread up to the next block: use the spacing of the last two blocks
+  // (the first block after the history: 1 ms, as the server spreads a lone block; the history's
+  // own spacing is that of decimated points, and would put the block far ahead of now).
   const n = ev.values.length;
-  const m = s.t.length;  // after history: its own spacing
-  const dt = s.last ? (ev.timestamp - s.last.timestamp) / s.last.n : m > 1 ? s.t[m - 1] - s.t[m - 2] : 0.001;
+  const dt = s.last ? (ev.timestamp - s.last.timestamp) / s.last.n : 0.001;
   s.last = { timestamp: ev.timestamp, n };
   if (s.t.length && ev.timestamp <= s.t[s.t.length - 1]) return;  // already read as history
-  for (let i = 0; i < n; i++) { s.t.push(ev.timestamp + i * dt); s.v.push(ev.values[i]); }
+  if (state.window > LIVE_SAMPLES_MAX_S && n > 2) {  // a long time scale: the block's extremes
+    let lo = 0, hi = 0;
+    for (let i = 1; i < n; i++) { if (ev.values[i] < ev.values[lo]) lo = i; if (ev.values[i] > ev.values[hi]) hi = i; }
+    for (const i of lo < hi ? [lo, hi] : [hi, lo]) { s.t.push(ev.timestamp + i * dt); s.v.push(ev.values[i]); }
+  } else {
+    for (let i = 0; i < n; i++) { s.t.push(ev.timestamp + i * dt); s.v.push(ev.values[i]); }
+  }
   const cutoff = ev.timestamp - state.window;
   let k = 0;
   while (k < s.t.length && s.t[k] < cutoff) k++;
@@ -712,8 +720,8 @@ setInterval(refreshSources, 3000);
 setInterval(redraw, 250);
 setInterval(() => {  // live plots of a long time scale: their history again, now and then
   if (state.mode !== "live" || state.window <= LIVE_SAMPLES_MAX_S) return;
-  const now = Date.now() / 1000;
+  const now = Date.now() / 1000, every = Math.max(state.window / 100, REREAD_MIN_S);
   for (const p of state.panels) {
-    if (p.kind === "plot" && now - (p.loadedAt ?? 0) >= state.window / 500) loadHistory(p, now);
+    if (p.kind === "plot" && now - (p.loadedAt ?? 0) >= every) loadHistory(p, now);
   }
 }, 1000);
