@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -20,12 +19,12 @@ from .._constants import (
     BROKER_RESTART_MAX_S,
     DRAIN_S,
     MAX_LINE,
-    START_WAIT_S,
 )
 from .._errors import TurbineError
 from .._retry import capped_delay
 from .config import BROKER, SiteConfig, UnknownProgram
 from .console import Console
+from .control import Control
 from .processes import Program, describe_exit, signal_group, spawn, wait_exit
 from .users import program_env
 
@@ -38,7 +37,7 @@ class BrokerFailed(TurbineError):
     """The site's broker could not start or keeps crashing: the MCP stops the site."""
 
 
-class Supervisor:
+class Supervisor(Control):
     """Runs programs, restarts them with backoff, stops them on request or at the end.
 
     With an embedded broker (``site.broker``) the broker is the first program:
@@ -47,6 +46,10 @@ class Supervisor:
     data dir after :data:`BROKER_RESTART_FIRST_S`; the clients reconnect by
     themselves.  A run that exits before it listens, or too many crashes in a
     row, raise :class:`BrokerFailed` from :meth:`run`.
+
+    The commands (start, stop, restart, stop or kill all) are its
+    :class:`~turbine.mcp.control.Control` half; this keeps each program's
+    run and its restart policy.
     """
 
     def __init__(self, site: SiteConfig, console: Console | None = None) -> None:
@@ -266,81 +269,6 @@ class Supervisor:
                 self._listening(address)
                 p.spec = self.site.broker_program(int(address.rsplit(":", 1)[1]))
                 self._broker_up.set()
-
-    # --- commands
-
-    async def start(self, label: str) -> str:
-        """Start a stopped, exited or failed program; return when it runs.
-
-        Raises:
-            UnknownProgram: no such program.
-            TurbineError: it did not start within 10 s.
-        """
-        p = self.get(label)
-        if p.state in ("running", "stopping"):
-            return f"{label} is already {p.state} (pid {p.pid})"
-        p.crashes = 0
-        p.wanted = True
-        p.poke()
-        with trio.move_on_after(START_WAIT_S):
-            while p.pid is None and p.wanted:
-                await self.changed()
-        if p.pid is None:
-            raise TurbineError(f"{label} did not start ({p.state}, {describe_exit(p.last_exit)})")
-        return f"started {label} (pid {p.pid})"
-
-    async def stop(self, label: str, *, kill: bool = False) -> str:
-        """Stop a program: SIGTERM to its group, SIGKILL after the grace period.
-
-        Raises:
-            UnknownProgram: no such program.
-        """
-        p = self.get(label)
-        p.wanted = False
-        p.poke()
-        popen = p.popen
-        if popen is None:
-            if p.state == "backoff":
-                p.state = "stopped"
-                self.notify()
-            return f"{label} is {p.state}"
-        pid = popen.pid
-        p.state = "stopping"
-        self.notify()
-        signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        with trio.move_on_after(self.policy.grace):
-            await p.exited.wait()
-        if not p.exited.is_set():
-            log.warning(
-                "%s (pid %d) did not stop within %g s of SIGTERM; killing it",
-                label,
-                pid,
-                self.policy.grace,
-            )
-            signal_group(pid, signal.SIGKILL)
-            await p.exited.wait()
-        return f"stopped {label} ({describe_exit(p.last_exit)})"
-
-    async def restart(self, label: str) -> str:
-        await self.stop(label)
-        self.get(label).restarts += 1
-        return await self.start(label)
-
-    async def stop_all(self, *, kill: bool = False) -> None:
-        """Stop every program at once (components first, then processes, then the broker)."""
-        for group in (True, False):
-            async with trio.open_nursery() as nursery:
-                for p in self.programs.values():
-                    if p.spec.component is group and p is not self.broker:
-                        nursery.start_soon(functools.partial(self.stop, p.spec.label, kill=kill))
-        if self.broker is not None:
-            await self.stop(BROKER, kill=kill)
-
-    def kill_all(self) -> None:
-        """SIGKILL every running program's group now."""
-        for p in self.programs.values():
-            if p.popen is not None:
-                signal_group(p.popen.pid, signal.SIGKILL)
 
 
 async def _send_settings(fd: int, settings: dict[str, Any]) -> None:
