@@ -1,0 +1,218 @@
+"""Connections at scale: idle connections and subscribers held, the broker's memory per
+connection, and the small-frame rate beside them.
+
+One broker (``turbine serve`` on a free loopback port, its descriptor limit
+raised to the hard limit as at every start).  This process opens ``--idle``
+connections that greet the broker and then say nothing, then ``--subscribers``
+clients with one subscription each (to a source nobody writes: held, not fed).
+After each step it runs a 64 B 1 -> 1 rate test (a publisher and a
+subscriber, each a process of its own, on a source of their own) and then
+reads the broker's resident memory (``VmRSS``).  Prints a table::
+
+    .venv/bin/python benchmarks/connections.py
+    .venv/bin/python benchmarks/connections.py --idle 1000 --subscribers 100 --frames 100000
+
+Needs a descriptor limit above the connections held, for this process and the
+broker (``ulimit -Hn``): it says so and stops otherwise.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import click
+import trio
+
+sys.path.insert(0, os.path.dirname(__file__))
+from throughput import Broker  # noqa: E402  (a sibling script, not a package)
+
+import turbine  # noqa: E402
+from turbine._client_link import handshake  # noqa: E402  (a bare greeting: an idle connection)
+
+#: Connections opened at once (the listen backlog and the loop's fairness, not a limit).
+CONNECT_AT_ONCE = 200
+#: Descriptors this process needs beyond the connections it holds.
+SPARE_DESCRIPTORS = 200
+RATE_SOURCE = "daq_rate_data_source"
+HELD_PATTERN = "daq_held_data_source/x"
+FRAME = bytes(64)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB, from ``/proc/<pid>/status``."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _rate_subscriber(address: str, frames: int, ready: Any, out: Any) -> None:
+    async def main() -> None:
+        async with turbine.open_client(address, name="rate-sub") as client:
+            async with client.subscribe(f"{RATE_SOURCE}/x", start="now") as sub:
+                ready.set()
+                got = missed = 0
+                first = 0.0
+                with trio.fail_after(120):
+                    while got + missed < frames:
+                        for item in await sub.receive_batch():
+                            if isinstance(item, turbine.Gap):
+                                missed += item.missed
+                            else:
+                                got += 1
+                        if not first:
+                            first = time.perf_counter()
+                rate = (got - 1) / (time.perf_counter() - first) if got > 1 else 0.0
+                out.put((rate, missed))
+
+    trio.run(main)
+
+
+def _rate_publisher(address: str, frames: int) -> None:
+    async def main() -> None:
+        async with turbine.open_client(address, name="rate-pub") as client:
+            src = await client.open_source(
+                RATE_SOURCE,
+                channels={"x": "application/octet-stream"},
+                cache_frames=frames,  # room for every frame: a lag is not a loss
+                cache_bytes=frames * 128,
+            )
+            put = src.put
+            for _ in range(frames):
+                await put("x", FRAME)
+            await src.flush()
+
+    trio.run(main)
+
+
+def rate(address: str, frames: int) -> tuple[float, int]:
+    """64 B frames a second from one publisher to one subscriber (first to last receive),
+    and how many the subscriber missed (evicted before it read them)."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Event(), ctx.Queue()
+    sub = ctx.Process(target=_rate_subscriber, args=(address, frames, ready, out))
+    sub.start()
+    if not ready.wait(60):
+        sub.terminate()
+        raise click.ClickException("the rate subscriber did not subscribe within 60 s")
+    pub = ctx.Process(target=_rate_publisher, args=(address, frames))
+    pub.start()
+    pub.join(180)
+    if pub.exitcode != 0:
+        sub.terminate()
+        raise click.ClickException(f"the rate publisher failed (exit code {pub.exitcode})")
+    result, missed = out.get(timeout=180)
+    sub.join(10)
+    return float(result), int(missed)
+
+
+async def hold_idle(address: str, count: int, held: list[Any]) -> None:
+    """Open ``count`` connections that greet the broker and then stay silent."""
+
+    async def one(i: int) -> None:
+        stream, *_ = await handshake(address, f"idle{i}", 60.0, None, None)
+        held.append(stream)
+
+    for start in range(0, count, CONNECT_AT_ONCE):
+        async with trio.open_nursery() as nursery:
+            for i in range(start, min(start + CONNECT_AT_ONCE, count)):
+                nursery.start_soon(one, i)
+
+
+async def hold_subscribers(
+    nursery: trio.Nursery, address: str, count: int, stop: trio.Event
+) -> None:
+    """Start ``count`` clients with one subscription each; return once all are subscribed."""
+    subscribed = trio.Semaphore(0)
+
+    async def one(i: int) -> None:
+        async with turbine.open_client(address, name=f"sub{i}", connect_timeout=60) as client:
+            async with client.subscribe(HELD_PATTERN, start="now"):
+                subscribed.release()
+                await stop.wait()
+
+    for start in range(0, count, CONNECT_AT_ONCE):
+        for i in range(start, min(start + CONNECT_AT_ONCE, count)):
+            nursery.start_soon(one, i)
+        for _ in range(start, min(start + CONNECT_AT_ONCE, count)):
+            await subscribed.acquire()
+
+
+@click.command()
+@click.option("--idle", "idle", default=10_000, show_default=True, help="Idle connections.")
+@click.option("--subscribers", default=1_000, show_default=True, help="Subscribers held.")
+@click.option("--frames", default=300_000, show_default=True, help="Frames per rate test.")
+def main(idle: int, subscribers: int, frames: int) -> None:
+    """Hold idle connections and subscribers; print the broker's memory and the 64 B rate."""
+    need = idle + subscribers + SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < need:
+        raise click.ClickException(
+            f"this needs {need} descriptors and the hard limit is {hard}: "
+            "raise it (ulimit -Hn) or hold fewer (--idle, --subscribers)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    broker = Broker()
+    rows: list[tuple[str, int, float, float, tuple[float, int], float]] = []
+
+    def row(label: str, held: int, took: float) -> None:
+        # The rate test first: its ring is full from the first row on, so
+        # the memory added between rows is the connections'.
+        cpu = broker.cpu_s()
+        measured = rate(broker.address, frames)
+        per_frame = (broker.cpu_s() - cpu) / frames * 1e6
+        rows.append((label, held, rss_mib(broker.process.pid), took, measured, per_frame))
+
+    async def run() -> None:
+        row("broker alone", 0, 0.0)
+        streams: list[Any] = []
+        t0 = time.perf_counter()
+        await hold_idle(broker.address, idle, streams)
+        row(f"+ {idle:,} idle connections", idle, time.perf_counter() - t0)
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            t0 = time.perf_counter()
+            await hold_subscribers(nursery, broker.address, subscribers, stop)
+            took = time.perf_counter() - t0
+            async with turbine.open_client(broker.address, name="status") as client:
+                files = (await client.status()).get("files", {})
+            await trio.to_thread.run_sync(
+                row, f"+ {subscribers:,} subscribers", idle + subscribers, took
+            )
+            stop.set()
+        for s in streams:
+            await s.aclose()
+        click.echo(f"broker descriptor limit (status.files): {files}")
+
+    try:
+        trio.run(run)
+    finally:
+        broker.stop()
+    load = os.getloadavg()
+    click.echo(
+        f"# load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, {os.cpu_count()} CPUs, "
+        f"{frames:,} frames per rate test"
+    )
+    click.echo(
+        "| state | connections | broker RSS MiB | KiB per added connection | connect s "
+        "| 64 B 1->1 frames/s | missed | broker CPU us per frame in it |"
+    )
+    click.echo("|---|---|---|---|---|---|---|---|")
+    prev_held, prev_mib = 0, rows[0][2]
+    for label, held, mib, took, (r, missed), cpu in rows:
+        per = f"{(mib - prev_mib) * 1024 / (held - prev_held):.1f}" if held > prev_held else "-"
+        click.echo(
+            f"| {label} | {held:,} | {mib:.1f} | {per} | {took:.1f} | {r:,.0f} | {missed:,} "
+            f"| {cpu:.2f} |"
+        )
+        prev_held, prev_mib = held, mib
+
+
+if __name__ == "__main__":
+    main()
