@@ -40,7 +40,6 @@ CONNECT_AT_ONCE = 200
 SPARE_DESCRIPTORS = 200
 RATE_SOURCE = "daq_rate_data_source"
 HELD_PATTERN = "daq_held_data_source/x"
-FRAME = bytes(64)
 
 
 def rss_mib(pid: int) -> float:
@@ -56,10 +55,10 @@ def _rate_subscriber(address: str, frames: int, ready: Any, out: Any) -> None:
     async def main() -> None:
         async with turbine.open_client(address, name="rate-sub") as client:
             async with client.subscribe(f"{RATE_SOURCE}/x", start="now") as sub:
-                ready.set()
+                ready.release()
                 got = missed = 0
                 first = 0.0
-                with trio.fail_after(120):
+                with trio.fail_after(300):
                     while got + missed < frames:
                         for item in await sub.receive_batch():
                             if isinstance(item, turbine.Gap):
@@ -74,42 +73,59 @@ def _rate_subscriber(address: str, frames: int, ready: Any, out: Any) -> None:
     trio.run(main)
 
 
-def _rate_publisher(address: str, frames: int) -> None:
+def _rate_publisher(address: str, frames: int, size: int, cache_bytes: int | None) -> None:
     async def main() -> None:
         async with turbine.open_client(address, name="rate-pub") as client:
             src = await client.open_source(
                 RATE_SOURCE,
                 channels={"x": "application/octet-stream"},
-                cache_frames=frames,  # room for every frame: a lag is not a loss
-                cache_bytes=frames * 128,
+                # Room for every frame unless told otherwise: a lag is not a loss.
+                cache_frames=frames,
+                cache_bytes=cache_bytes or frames * max(2 * size, 128),
             )
             put = src.put
+            frame = bytes(size)
             for _ in range(frames):
-                await put("x", FRAME)
+                await put("x", frame)
             await src.flush()
 
     trio.run(main)
 
 
-def rate(address: str, frames: int) -> tuple[float, int]:
-    """64 B frames a second from one publisher to one subscriber (first to last receive),
-    and how many the subscriber missed (evicted before it read them)."""
+def rate(
+    address: str,
+    frames: int,
+    size: int = 64,
+    subscribers: int = 1,
+    cache_bytes: int | None = None,
+) -> tuple[float, int]:
+    """Frames of ``size`` bytes a second from one publisher to each of ``subscribers``
+    (first to last receive, the slowest subscriber's), and the most any subscriber
+    missed (evicted before it read them)."""
     ctx = multiprocessing.get_context("spawn")
-    ready, out = ctx.Event(), ctx.Queue()
-    sub = ctx.Process(target=_rate_subscriber, args=(address, frames, ready, out))
-    sub.start()
-    if not ready.wait(60):
-        sub.terminate()
-        raise click.ClickException("the rate subscriber did not subscribe within 60 s")
-    pub = ctx.Process(target=_rate_publisher, args=(address, frames))
+    ready, out = ctx.Semaphore(0), ctx.Queue()
+    subs = [
+        ctx.Process(target=_rate_subscriber, args=(address, frames, ready, out))
+        for _ in range(subscribers)
+    ]
+    for sub in subs:
+        sub.start()
+    for _ in subs:
+        if not ready.acquire(timeout=60):
+            for sub in subs:
+                sub.terminate()
+            raise click.ClickException("a rate subscriber did not subscribe within 60 s")
+    pub = ctx.Process(target=_rate_publisher, args=(address, frames, size, cache_bytes))
     pub.start()
-    pub.join(180)
+    pub.join(300)
     if pub.exitcode != 0:
-        sub.terminate()
+        for sub in subs:
+            sub.terminate()
         raise click.ClickException(f"the rate publisher failed (exit code {pub.exitcode})")
-    result, missed = out.get(timeout=180)
-    sub.join(10)
-    return float(result), int(missed)
+    results = [out.get(timeout=300) for _ in subs]
+    for sub in subs:
+        sub.join(10)
+    return min(float(r) for r, _ in results), max(int(m) for _, m in results)
 
 
 async def hold_idle(address: str, count: int, held: list[Any]) -> None:
