@@ -104,7 +104,19 @@ class Reader:
         if feed is not None:
             if feed.positions is not None:
                 feed.positions[f"{msg.source}/{msg.channel}"] = msg.next_seq
-            await self._deliver_late(feed, [Gap(msg.source, msg.channel, msg.missed, msg.next_seq)])
+            await self._deliver_late(
+                feed,
+                [
+                    Gap(
+                        msg.source,
+                        msg.channel,
+                        msg.missed,
+                        msg.next_seq,
+                        msg.first_time,
+                        msg.last_time,
+                    )
+                ],
+            )
 
     async def _on_ok(self, msg: Ok) -> None:
         self._requests.resolve(msg.id, msg)

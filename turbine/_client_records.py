@@ -58,12 +58,17 @@ class FrameGroup(NamedTuple):
 
 
 class Gap(NamedTuple):
-    """Frames a subscriber did not get because the ring evicted them first."""
+    """Frames a subscriber did not get: the broker evicted them before it read them,
+    or their producer's full spool dropped them while the broker was away."""
 
     source: str
     channel: str
     missed: int
     next_seq: int
+    #: The first and last timestamp of the missed frames, where the broker
+    #: knows them (frames their producer's full spool dropped), else None.
+    first_time: float | None = None
+    last_time: float | None = None
 
     @property
     def path(self) -> str:

@@ -98,6 +98,8 @@ MAX_PRODUCERS_PER_SOURCE = 256
 #: capped at 2 s, and another client taking the source over meanwhile would make
 #: its replayed puts fail.
 RECLAIM_GRACE_S = 10.0
+#: How many spans of frames their producers dropped a channel remembers (for its gaps).
+DROP_SPANS_PER_CHANNEL = 16
 #: What a reconnecting client keeps of unacknowledged puts (frame bytes), by default.
 SPOOL_BYTES = 64 * 2**20
 #: ... of which it keeps this much in memory when it has a spool directory (the

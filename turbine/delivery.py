@@ -17,6 +17,8 @@ from .groups import split_frames
 from .protocol import Connection, encode_message
 from .router import Cursor, Subscription, collect
 
+_NO_SPAN: tuple[None, None] = (None, None)  # a gap whose time span the broker does not know
+
 #: Starts reading a cursor's next frames from slower storage (the store task's prefetch).
 Prefetch = Callable[[Cursor, int, int], None]
 
@@ -76,6 +78,8 @@ class Delivery:
             for cur, run in gaps:
                 sub.missed += run.missed
                 self.gaps += 1
+                spans = cur.channel.drop_spans
+                span = spans.get(run.first_seq, _NO_SPAN) if spans else _NO_SPAN
                 buffers += self._proto.send(
                     m.GapReport(
                         sub=sub.id,
@@ -83,6 +87,8 @@ class Delivery:
                         channel=cur.channel.name,
                         missed=run.missed,
                         next_seq=run.first_seq,
+                        first_time=span[0],
+                        last_time=span[1],
                     )
                 )
             if groups:

@@ -87,6 +87,7 @@ class Hub(SourceLifecycle):
         seqs: list[int] | None = None,
         writers: list[Any] | None = None,
         skipped: int | None = None,
+        skipped_span: tuple[float, float | None] | None = None,
     ) -> Sequence[Waker]:
         """Append frames to ``source/channel``; return whom to wake (its subscribers).
 
@@ -96,7 +97,9 @@ class Hub(SourceLifecycle):
         ``producer`` and its put number ``pseq`` de-duplicate: a put whose
         number that producer had stored already for this source is dropped,
         as if stored (a replay after a lost connection).  ``skipped`` frames
-        the producer dropped before these leave that many numbers unused.
+        the producer dropped before these leave that many numbers unused;
+        ``skipped_span`` is their first and last timestamp, told to the
+        subscribers with the gap.
 
         ``seqs`` numbers every frame (a mirror's put: the origin's numbers,
         increasing; numbers it skips are holes; frames numbered below the
@@ -143,6 +146,8 @@ class Hub(SourceLifecycle):
             else:
                 if skipped and seq is None:
                     seq = ch.store.next_seq + skipped
+                    if skipped_span is not None:
+                        ch.dropped(seq, skipped_span)
                 src.append(ch, ts, data, writer.name, sizes, seq)
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above

@@ -119,6 +119,9 @@ class Put(Message):
     #: Frames of this channel the producer dropped just before this put (its
     #: spool was full): the broker leaves that many numbers unused, a gap.
     skipped: int | None = None
+    #: The time span of those ``skipped`` frames: the first and last timestamp.
+    skipped_first_time: float | None = None
+    skipped_last_time: float | None = None
     #: A mirror's put: each frame's number on the origin (increasing; skipped numbers are holes).
     seqs: list[int] | None = None
     #: A mirror's put: ``[first_seq, writer]`` for each run of frames by one writer.
@@ -237,6 +240,10 @@ class GapReport(Message):
     channel: str
     missed: int
     next_seq: int
+    #: The time span of the missed frames, where the broker knows it (frames
+    #: their producer dropped and told of with the put after them).
+    first_time: float | None = None
+    last_time: float | None = None
 
 
 # --- the table the protocol layer checks against ------------------------------------

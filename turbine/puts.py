@@ -63,6 +63,9 @@ class Puts:
                 producer=msg.producer,
                 pseq=msg.pseq,
                 skipped=msg.skipped,
+                skipped_span=(msg.skipped_first_time, msg.skipped_last_time)
+                if msg.skipped and msg.skipped_first_time is not None
+                else None,
                 seqs=msg.seqs,
                 writers=msg.writers,
             )

@@ -59,6 +59,9 @@ class Channel(Protocol):
     def content_type(self) -> str: ...
 
     @property
+    def drop_spans(self) -> dict[int, tuple[float, float | None]]: ...
+
+    @property
     def store(self) -> ChannelStore: ...
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ._constants import (
     CACHE_FRAMES,
+    DROP_SPANS_PER_CHANNEL,
     FRAME_OVERHEAD_BYTES,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -86,7 +87,16 @@ def _depth(value: Any) -> int:
 class Channel:
     """One channel of a source: its name, content type and store."""
 
-    __slots__ = ("source", "source_name", "name", "path", "content_type", "store", "summaries")
+    __slots__ = (
+        "source",
+        "source_name",
+        "name",
+        "path",
+        "content_type",
+        "store",
+        "summaries",
+        "drop_spans",
+    )
 
     def __init__(self, source: Source, name: str, content_type: str, store: ChannelStore) -> None:
         self.source = source
@@ -97,6 +107,17 @@ class Channel:
         self.store = store
         #: Block summaries of a numeric channel's samples, made at put (None for other types).
         self.summaries = summaries_for(content_type)
+        #: The time span of frames their producer dropped (its spool was full), by the
+        #: number of the frame after them: the gap a reader gets there says it.
+        self.drop_spans: dict[int, tuple[float, float | None]] = {}
+
+    def dropped(self, next_seq: int, span: tuple[float, float | None]) -> None:
+        """The producer dropped frames just before number ``next_seq``, from ``span``'s
+        first to its last timestamp (the newest :data:`DROP_SPANS_PER_CHANNEL` are kept)."""
+        spans = self.drop_spans
+        spans[next_seq] = span
+        if len(spans) > DROP_SPANS_PER_CHANNEL:
+            del spans[next(iter(spans))]
 
     def info(self) -> dict[str, Any]:
         store = self.store
