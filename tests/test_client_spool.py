@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import os
+import threading
 
-from turbine._client_spool import Spool
+import trio
+
+from turbine._client_spool import Spool, SpoolFile
 from turbine.messages import Put
 
 SRC = "daq_rig_data_source"
 
 
-def put(spool: Spool, channel: str, payload: bytes, pseq: int) -> None:
-    message = Put(
-        source=SRC, channel=channel, ts=[float(pseq)], sizes=[len(payload)], producer="p", pseq=pseq
+def message(channel: str, payload: bytes, pseq: int, producer: str = "p") -> Put:
+    return Put(
+        source=SRC,
+        channel=channel,
+        ts=[float(pseq)],
+        sizes=[len(payload)],
+        producer=producer,
+        pseq=pseq,
     )
-    spool.add(message, [payload], len(payload))
+
+
+async def put(spool: Spool, channel: str, payload: bytes, pseq: int) -> None:
+    await spool.add(message(channel, payload, pseq), [payload], len(payload))
 
 
 def written(spool: Spool) -> bytes:
@@ -25,41 +36,122 @@ def frame(i: int) -> bytes:
     return b"frame %02d " % i + b"x" * 51  # 60 bytes
 
 
-def test_past_its_memory_the_spool_goes_on_in_a_synced_file_read_back_in_order(tmp_path):
-    spool = Spool(10_000, str(tmp_path), memory=100, name="daq.spool")
+RECORD = 16 + 41  # a record's fixed header and this test's put header (msgpack)
+
+
+async def test_past_its_memory_the_spool_goes_on_in_a_synced_file_read_back_in_order(tmp_path):
+    spool = Spool(10_000, str(tmp_path), memory=100, name="daq")
     for i in range(1, 6):
-        put(spool, "x", frame(i), i)
+        await put(spool, "x", frame(i), i)
     stats = spool.statistics()
     assert (stats["spooled_frames"], stats["spooled_bytes"]) == (5, 300)
     assert stats["spooled_file_bytes"] == 240  # the first in memory, four on file
-    path = tmp_path / "daq.spool"
-    assert os.path.getsize(path) == 4 * (12 + 60)  # a record each: header and frames
+    path = tmp_path / f"daq-{os.getpid()}.spool"
+    assert path.stat().st_size == 4 * (RECORD + 60)  # a record each: headers and frames
     out = written(spool)
     at = [out.index(frame(i)) for i in range(1, 6)]
     assert at == sorted(at)  # every frame, in the order put
     spool.acknowledged(3)
-    assert os.path.getsize(path) > 0  # entries 4 and 5 are still on file
+    assert path.stat().st_size > 0  # entries 4 and 5 are still on file
     spool.acknowledged(spool.end)
-    assert os.path.getsize(path) == 0 and spool.statistics()["spooled_bytes"] == 0
-    put(spool, "x", frame(6), 6)  # in memory again
+    assert path.stat().st_size == 0 and spool.statistics()["spooled_bytes"] == 0
+    await put(spool, "x", frame(6), 6)  # in memory again
     spool.close()
     assert not path.exists()
 
 
-def test_a_damaged_or_cut_record_is_never_read_back_and_readers_get_a_gap(tmp_path):
-    spool = Spool(10_000, str(tmp_path), memory=60, name="daq.spool")
+async def test_the_spool_file_is_written_and_synced_off_the_event_loop(tmp_path, monkeypatch):
+    loop_thread = threading.get_ident()
+    synced_in: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced_in.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool = Spool(10_000, str(tmp_path), memory=0, name="daq")
+    with trio.CancelScope() as scope:
+        scope.cancel()  # a cancel does not lose a put taken: the write finishes, then it counts
+        for i in range(1, 4):
+            await put(spool, "x", frame(i), i)
+    assert len(synced_in) == 3 and loop_thread not in synced_in
+    assert spool.statistics()["spooled_file_bytes"] == 180
+    out = written(spool)
+    assert all(frame(i) in out for i in range(1, 4))
+    spool.close()
+
+
+async def test_a_damaged_or_cut_record_is_never_read_back_and_readers_get_a_gap(tmp_path):
+    spool = Spool(10_000, str(tmp_path), memory=60, name="daq")
     for i in range(1, 5):
-        put(spool, "x", frame(i), i)  # 1 in memory; 2, 3, 4 on file
-    path = tmp_path / "daq.spool"
+        await put(spool, "x", frame(i), i)  # 1 in memory; 2, 3, 4 on file
+    path = tmp_path / f"daq-{os.getpid()}.spool"
+    size = RECORD + 60
     raw = bytearray(path.read_bytes())
-    raw[72 + 12 + 5] ^= 0xFF  # a bit flipped in frame 3's record
-    path.write_bytes(bytes(raw[: 2 * 72 + 30]))  # and frame 4's record cut short
-    put(spool, "x", frame(5), 5)  # appended behind the cut
+    raw[size + RECORD + 5] ^= 0xFF  # a bit flipped in frame 3's record
+    path.write_bytes(bytes(raw[: 2 * size + 30]))  # and frame 4's record cut short
+    await put(spool, "x", frame(5), 5)  # appended behind the cut
     out = written(spool)
     assert frame(1) in out and frame(2) in out and frame(5) in out
     assert frame(3) not in out and frame(4) not in out
     assert spool.statistics()["dropped_frames"] == 2
     # The next put of the channel tells the broker to leave their two numbers
-    # unused: readers get a gap of 2 there.
-    assert spool._entries[-1][0].skipped == 2
+    # unused, and when they were: readers get a gap of 2 there, with its span.
+    last = spool._entries[-1].put
+    assert (last.skipped, last.skipped_first_time, last.skipped_last_time) == (2, 3.0, 4.0)
     spool.close()
+
+
+async def test_a_full_spool_tells_the_next_put_how_many_frames_it_dropped_and_when(tmp_path):
+    spool = Spool(120, name="daq")
+    for i in range(1, 6):
+        await put(spool, "x", frame(i), i)  # each pushes the oldest out past two
+    assert spool.statistics()["dropped_frames"] == 3
+    written(spool)
+    first = spool._entries[0].put  # frame 4: told of 1, 2 and 3, put at 1.0 .. 3.0
+    assert (first.skipped, first.skipped_first_time, first.skipped_last_time) == (3, 1.0, 3.0)
+    assert spool._entries[1].put.skipped is None
+
+
+async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tmp_path):
+    left = SpoolFile.create(str(tmp_path), "daq-1.spool")  # pid 1: not this process
+    for i in range(1, 4):
+        left.append(message("x", frame(i), i, producer="old"), [frame(i)])
+    left.append(
+        Put(source="other", channel="y", ts=[9.0], sizes=[3], producer="old", pseq=1), [b"abc"]
+    )
+    left.close(remove=False)  # the process died: its lock is gone, the file stays
+    cut = tmp_path / "daq-1.spool"
+    cut.write_bytes(cut.read_bytes() + b"TSp2 cut short by the crash")
+    held = SpoolFile.create(str(tmp_path), "daq-2.spool")  # a running client's: not taken
+    held.append(message("x", b"not mine", 1, producer="running"), [b"not mine"])
+
+    spool = Spool(10_000, str(tmp_path), memory=0, name="daq")
+    assert await trio.to_thread.run_sync(spool.recover) == 4
+    await put(spool, "x", frame(9), 1)  # this run's own first put (its source is open)
+    spool.adopt(SRC)  # what the crashed run had spooled for it goes behind, in order
+    out = written(spool)
+    assert [out.index(frame(i)) for i in (9, 1, 2, 3)] == sorted(
+        out.index(frame(i)) for i in (9, 1, 2, 3)
+    )
+    assert b"abc" not in out and b"not mine" not in out  # "other" is not open; the held one stays
+    puts = [e.put for e in spool._entries]
+    assert [(p.producer, p.pseq, p.ts) for p in puts[1:]] == [
+        ("old", i, [float(i)]) for i in (1, 2, 3)
+    ]
+    assert spool.statistics()["recovered_frames"] == 3
+    spool.acknowledged(spool.end)
+    spool.close()
+    assert (tmp_path / "daq-1.spool").exists()  # it still holds "other"'s put, for a later run
+    assert (tmp_path / "daq-2.spool").exists()
+    held.close()
+
+    again = Spool(10_000, str(tmp_path), memory=0, name="daq")
+    assert await trio.to_thread.run_sync(again.recover) == 4  # the same, read again
+    again.adopt(SRC)
+    again.adopt("other")
+    written(again)
+    again.acknowledged(again.end)
+    assert not (tmp_path / "daq-1.spool").exists()  # all of it acknowledged: removed
+    again.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 
 import pytest
 import trio
@@ -16,10 +18,12 @@ import trio
 import turbine._client_link
 import turbine.client
 from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
+from turbine._client_spool import SpoolFile
 from turbine._constants import RECLAIM_GRACE_S
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.hub import Hub
+from turbine.messages import Put
 from turbine.peer import Peer
 from turbine.server import BrokerConfig, serve_turbine
 
@@ -345,6 +349,122 @@ async def test_a_full_spool_drops_the_oldest_frames_and_readers_get_one_gap(tmp_
                     rest = [await sub.receive() for _ in range(10)]
                     got = await daq.fetch(PATH, oldest=100)
             await broker.stop()
-    assert gap == Gap(SRC, "x", 20, 22)  # frames 1..20 (numbers 2..21), explicit
+    assert gap == Gap(SRC, "x", 20, 22, 1001.0, 1020.0)  # frames 1..20 (numbers 2..21), explicit
     assert [(f.seq, f.data) for f in rest] == [(i + 1, b"%010d" % i) for i in range(21, 31)]
     assert [f.seq for f in got] == [1, *range(22, 32)]
+
+
+#: A producer that spools to its state dir while the broker is away and is then killed -9.
+CRASHING_PRODUCER = """
+import sys
+
+import trio
+
+import turbine.client
+from turbine import open_client
+
+turbine.client.SPOOL_MEMORY_BYTES = 0  # every spooled put goes to the file
+
+
+async def main(address, spool_dir, source):
+    async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
+        src = await daq.open_source(source, {"x": "text/plain"})
+        for i in range(1, 6):
+            await src.put("x", b"%d" % i, 1000.0 + i)
+        await daq.flush()
+        print("stored", flush=True)
+        await daq._down.wait()
+        for i in range(6, 16):
+            await src.put("x", b"%d" % i, 1000.0 + i)
+            await daq._outbox.send()  # a put message each, synced to the spool file
+        print("spooled", flush=True)
+        await trio.sleep_forever()
+
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+async def read_line(proc: trio.Process) -> bytes:
+    assert proc.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(1)
+        assert chunk, "the producer exited early"
+        line += chunk
+    return line.strip()
+
+
+@pytest.mark.slow
+async def test_what_a_killed_producer_spooled_is_replayed_by_its_next_run(tmp_path):
+    spool_dir = tmp_path / "state"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path / "data")
+            address = await broker.start()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC],
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert await read_line(proc) == b"stored"
+                await broker.stop()
+                assert await read_line(proc) == b"spooled"
+            finally:
+                proc.kill()  # -9: no close, the spool file stays behind
+                await proc.wait()
+                assert proc.stdout is not None
+                await proc.stdout.aclose()
+            (left,) = spool_dir.iterdir()
+            assert left.name == f"daq-{proc.pid}.spool" and left.stat().st_size > 0
+            await broker.start()
+            async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
+                await daq.open_source(SRC, {"x": "text/plain"})
+                await daq.flush(timeout=20)
+                assert daq.spool is not None
+                assert daq.spool.statistics()["recovered_frames"] == 10
+                got = await daq.fetch(PATH, oldest=100)
+                assert not left.exists()  # replayed and acknowledged: removed
+            await broker.stop()
+    assert [f.data for f in got] == [b"%d" % i for i in range(1, 16)]
+    assert [f.seq for f in got] == list(range(1, 16))
+    assert [f.timestamp for f in got] == [1000.0 + i for i in range(1, 16)]
+
+
+async def test_a_left_spool_file_of_puts_the_broker_had_stored_stores_each_once(tmp_path):
+    """A crash after the broker stored puts and before their acknowledgement: the next
+    run replays them with the crashed run's producer and numbers; the broker drops
+    those it holds."""
+    spool_dir = tmp_path / "state"
+    frames = [b"%d" % i for i in range(1, 6)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path / "data")
+            address = await broker.start()
+            async with open_client(address, name="daq") as crashed:
+                crashed._outbox.producer = "crashed-run"
+                src = await crashed.open_source(SRC, {"x": "text/plain"})
+                for i in range(3):  # stored: put numbers 1, 2, 3
+                    await src.put("x", frames[i], 1001.0 + i)
+                    await src.flush()
+            left = SpoolFile.create(str(spool_dir), "daq-1.spool")
+            for i in range(5):  # it had spooled all five, unacknowledged
+                put = Put(
+                    source=SRC,
+                    channel="x",
+                    ts=[1001.0 + i],
+                    sizes=[len(frames[i])],
+                    producer="crashed-run",
+                    pseq=i + 1,
+                )
+                left.append(put, [frames[i]])
+            left.close(remove=False)
+            async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
+                await daq.open_source(SRC, {"x": "text/plain"})
+                await daq.flush(timeout=20)
+                got = await daq.fetch(PATH, oldest=100)
+            await broker.stop()
+    assert [(f.seq, f.data, f.timestamp) for f in got] == [
+        (i + 1, frames[i], 1001.0 + i) for i in range(5)
+    ]
+    assert not (spool_dir / "daq-1.spool").exists()

@@ -91,8 +91,7 @@ class Link:
         self.spool = None
         if reconnect:
             directory = None if spool_dir is None else os.fspath(spool_dir)
-            spool_name = f"{name}-{os.getpid()}.spool"
-            self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, spool_name)
+            self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, name)
         self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
         #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
         self._held: dict[str, dict[str, Any]] = {}

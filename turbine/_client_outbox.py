@@ -122,7 +122,7 @@ class Outbox:
         async with self._lock:
             if self.error is not None:
                 raise self.error
-            out = self._take_batches()
+            out = await self._take_batches()
             if self.spool is not None:
                 if self._sock is None:
                     if buffers:
@@ -148,12 +148,16 @@ class Outbox:
             if raise_error:
                 raise error from None
 
-    def _take_batches(self) -> list[Any]:
+    async def _take_batches(self) -> list[Any]:
+        """The queued batches as put messages (to write), or, reconnecting, into the
+        spool (which may write them to its file: puts queued meanwhile wait for the next)."""
         out: list[Any] = []
         pseqs = self.pseqs
         producer = self.producer
         spool = self.spool
-        for (source, channel), (ts, data) in self._batches.items():
+        batches, self._batches = self._batches, {}
+        self._bytes = self._frames = 0
+        for (source, channel), (ts, data) in batches.items():
             pseq = pseqs[source] = pseqs.get(source, 0) + 1
             put = Put(
                 source=source,
@@ -164,11 +168,9 @@ class Outbox:
                 pseq=pseq,
             )
             if spool is not None:
-                spool.add(put, data, sum(put.sizes))  # written from there (Spool.unwritten)
+                await spool.add(put, data, sum(put.sizes))  # written from there (Spool.unwritten)
             else:
                 out += encode_message(put, data)
-        self._batches.clear()
-        self._bytes = self._frames = 0
         return out
 
     async def run_flusher(self) -> None:
@@ -195,7 +197,7 @@ class Outbox:
     async def replay(self) -> None:
         """Write every spooled put again, in order; then puts flow as before."""
         async with self._lock:
-            self._take_batches()
+            await self._take_batches()
             self._holding = False
             if self._sock is not None and self.spool is not None:
                 out = self.spool.unwritten()

@@ -3,57 +3,111 @@
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
+import msgpack
 import trio
 
+from ._blocking import run_blocking
+from ._clock import wall_time
 from .messages import Put
 from .protocol import encode_message
 
 log = logging.getLogger("turbine.client")
 
-#: A spooled entry's frames on file: magic, payload length, CRC-32 of the payload.
-_RECORD = struct.Struct("<4sII")
-_MAGIC = b"TSpl"
-_NOWHERE = (0, 0)  # an entry whose frames are in memory
-_DAMAGED = (0, -1)  # an entry whose record on file was found damaged (its frames are lost)
+#: A spooled put on file: magic, header length, frames length, CRC-32 of header and frames.
+_RECORD = struct.Struct("<4sIII")
+_MAGIC = b"TSp2"
+_SUFFIX = ".spool"
+#: The put fields a record's header keeps, in order.
+_HEADER_FIELDS = (
+    "source",
+    "channel",
+    "ts",
+    "sizes",
+    "producer",
+    "pseq",
+    "skipped",
+    "skipped_first_time",
+    "skipped_last_time",
+)
 
 
 class SpoolFile:
-    """The frame payloads of spooled puts that did not fit in memory, in one file.
+    """Spooled puts that did not fit in memory, in one file, each with its header.
 
-    Each entry is one record (magic, length, CRC-32, the payloads back to
-    back), appended and ``fsync``ed before :meth:`append` returns.  A record
-    whose checksum does not hold (the file damaged, or cut short) is never
-    read back as whole: :meth:`read` returns ``None`` for it.  The file is
+    Each put is one record (magic, lengths, CRC-32, the put's header fields
+    as msgpack, then its frames back to back), appended and ``fsync``ed
+    before :meth:`append` returns, so that another run of the same client
+    can replay what a crashed one left (:meth:`records`).  A record whose
+    checksum does not hold (the file damaged, or cut short) is never read
+    back as whole: :meth:`read` returns ``None`` for it.  The file is
     emptied once no entry refers to it, and removed when the spool closes.
+    The file is locked (``flock``) while open: a file nobody holds was left
+    by a process that ended without closing its client.
 
-    Reads and writes block (the disk is local; each is one put message);
-    ``fsync`` makes an outage's frames survive a power cut of this machine.
+    Every call blocks (the spool calls them through
+    :func:`~turbine.run_blocking`, off the event loop).
 
     Raises (constructor): OSError: the directory or file cannot be made.
     """
 
-    def __init__(self, directory: str, name: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, name)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.size = 0
+    def __init__(self, path: str, fd: int, size: int, recovered: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self.size = size
         self.entries = 0  # entries that refer to the file
+        #: Left by an earlier run: removed (not emptied) once no entry refers to it.
+        self.recovered = recovered
 
-    def append(self, data: list[Any]) -> tuple[int, int]:
-        """Write the payloads ``data`` as one record; return its offset and length.
+    @classmethod
+    def create(cls, directory: str, name: str) -> SpoolFile:
+        """A new, empty spool file ``name`` in ``directory`` (made if missing), locked.
+
+        Raises:
+            OSError: it cannot be made or locked.
+        """
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        return cls(path, fd, 0, recovered=False)
+
+    @classmethod
+    def claim(cls, path: str) -> SpoolFile | None:
+        """The spool file at ``path`` if no running client holds it (it was left), else None."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None  # its client is running
+        return cls(path, fd, os.fstat(fd).st_size, recovered=True)
+
+    def append(self, put: Put, data: list[Any]) -> tuple[int, int]:
+        """Write ``put`` with its frames ``data`` as one synced record; return its offset and length.
 
         Raises:
             OSError: the write or the sync failed (nothing is counted then).
         """
+        header = msgpack.packb([getattr(put, f) for f in _HEADER_FIELDS])
         body = b"".join(data)
-        record = _RECORD.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+        check = zlib.crc32(body, zlib.crc32(header))
+        record = _RECORD.pack(_MAGIC, len(header), len(body), check) + header + body
         offset = self.size
         written = os.pwrite(self._fd, record, offset)
         if written != len(record):
@@ -64,29 +118,126 @@ class SpoolFile:
         return offset, len(record)
 
     def read(self, offset: int, length: int) -> bytes | None:
-        """The payloads of the record at ``offset``, or None: it is not whole or damaged."""
+        """The frames of the record at ``offset``, or None: it is not whole or damaged."""
+        parts = self._read(offset, length)
+        return None if parts is None else parts[1]
+
+    def _read(self, offset: int, length: int | None = None) -> tuple[bytes, bytes] | None:
+        """Header and frames of the record at ``offset`` (``length`` bytes, if known),
+        or None: it is not whole or damaged."""
         try:
+            if length is None:
+                head = os.pread(self._fd, _RECORD.size, offset)
+                if len(head) < _RECORD.size:
+                    return None
+                _, hlen, blen, _ = _RECORD.unpack(head)
+                length = _RECORD.size + hlen + blen
             record = os.pread(self._fd, length, offset)
         except OSError:
             return None
         if len(record) != length or length < _RECORD.size:
             return None
-        magic, size, check = _RECORD.unpack_from(record)
-        body = record[_RECORD.size :]
-        if magic != _MAGIC or size != len(body) or zlib.crc32(body) != check:
+        magic, hlen, blen, check = _RECORD.unpack_from(record)
+        header, body = record[_RECORD.size : _RECORD.size + hlen], record[_RECORD.size + hlen :]
+        if magic != _MAGIC or len(body) != blen or zlib.crc32(body, zlib.crc32(header)) != check:
             return None
-        return body
+        return header, body
+
+    def records(self) -> Iterator[tuple[Put, int, int]]:
+        """Each whole record from the start, as ``(put, offset, length)``, up to the first
+        that is not (a crash cut the last one short; it is logged, with what follows).
+        Reads one record at a time."""
+        at = 0
+        while at < self.size:
+            parts = self._read(at)
+            put = None if parts is None else _put(parts[0])
+            if parts is None or put is None:
+                log.error(
+                    "%s: %d bytes from offset %d are not a whole spooled put; they are lost",
+                    self.path,
+                    self.size - at,
+                    at,
+                )
+                return
+            length = _RECORD.size + len(parts[0]) + len(parts[1])
+            yield put, at, length
+            at += length
 
     def release(self) -> None:
-        """One entry no longer refers to the file; empty it when none does."""
+        """One entry no longer refers to the file; empty it (a left one: remove it) when none does."""
         self.entries -= 1
         if self.entries == 0:
-            os.ftruncate(self._fd, 0)
-            self.size = 0
+            if self.recovered:
+                self.close()
+            else:
+                os.ftruncate(self._fd, 0)
+                self.size = 0
 
-    def close(self) -> None:
+    def close(self, remove: bool = True) -> None:
+        """Close the file; remove it unless ``remove`` is false."""
+        if self._fd < 0:
+            return
+        if remove:
+            os.unlink(self.path)
         os.close(self._fd)
-        os.unlink(self.path)
+        self._fd = -1
+
+
+def _put(header: bytes) -> Put | None:
+    """The put a record's header describes (None: not one; the checksum held, so a bug)."""
+    try:
+        fields = msgpack.unpackb(header)
+        if not isinstance(fields, list) or len(fields) != len(_HEADER_FIELDS):
+            return None
+        return Put(**dict(zip(_HEADER_FIELDS, fields, strict=True)))
+    except (ValueError, TypeError):
+        return None
+
+
+def left_spool_files(directory: str, name: str) -> list[str]:
+    """Paths of spool files of client ``name`` in ``directory`` (``NAME-PID.spool``), oldest first."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    prefix = f"{name}-"
+    found = [
+        os.path.join(directory, n)
+        for n in names
+        if n.startswith(prefix) and n.endswith(_SUFFIX) and n[len(prefix) : -len(_SUFFIX)].isdigit()
+    ]
+    return sorted(found, key=lambda p: os.stat(p).st_mtime)
+
+
+@attrs.define(slots=True)
+class _Entry:
+    """One spooled put: in memory (``data``) or on ``file`` at ``offset``."""
+
+    put: Put
+    data: list[Any] | None
+    nbytes: int
+    added: float  # when it was spooled (the time span of frames without their own timestamp)
+    file: SpoolFile | None = None
+    offset: int = 0
+    length: int = 0
+    damaged: bool = False  # its record on file did not read back whole: its frames are lost
+    recovered: bool = False  # left by an earlier run (which may have had it stored)
+
+
+@attrs.define
+class _Skip:
+    """Frames of one channel dropped before they were ever sent, and their time span."""
+
+    frames: int = 0
+    first_time: float | None = None
+    last_time: float | None = None
+
+    def add(self, frames: int, first: float | None, last: float | None) -> None:
+        self.frames += frames
+        if first is not None:
+            self.first_time = first if self.first_time is None else min(self.first_time, first)
+        if last is not None:
+            self.last_time = last if self.last_time is None else max(self.last_time, last)
 
 
 class Spool:
@@ -103,34 +254,43 @@ class Spool:
     Bounded by ``limit`` bytes of frame data: past it the oldest entries are
     dropped (:attr:`dropped_frames`).  Frames dropped before they were ever
     written reach readers as a gap: the next put of their channel carries
-    their count (``skipped``), and the broker leaves that many numbers
-    unused.  With ``directory``, at most ``memory`` bytes of frame data stay
-    in memory: the frames of the entries past it go to a :class:`SpoolFile`
-    there (named ``name``) and are read back when written again.  A spool
-    file that cannot be written costs its frames: they count as dropped.
+    their count (``skipped``) and time span, and the broker leaves that many
+    numbers unused.  With ``directory``, at most ``memory`` bytes of frame
+    data stay in memory: the entries past it go to a :class:`SpoolFile` there
+    (named ``name``, written and synced in a worker thread) and are read back
+    when written again.  A spool file that cannot be written keeps its frames
+    in memory (logged).
+
+    Spool files a crashed run of the same client left in ``directory``
+    (:meth:`recover`) are replayed, each put with its original producer,
+    number and timestamps, once this client opens the put's source again
+    (:meth:`adopt`): the broker stores each once.
     """
 
     def __init__(
-        self, limit: int, directory: str | None = None, memory: int = 0, name: str = "spool"
+        self, limit: int, directory: str | None = None, memory: int = 0, name: str = "client"
     ) -> None:
         self.limit = limit
         self.directory = directory
         self.memory_limit = memory if directory is not None else limit
         self._name = name
+        #: This client's spool file (made on first use): ``NAME-PID.spool``.
+        self.file_name = f"{name}-{os.getpid()}{_SUFFIX}"
         self._file: SpoolFile | None = None
         self.memory_bytes = 0  # frame bytes held in memory
-        self.file_bytes = 0  # frame bytes held in the spool file
-        #: put, frames (None: on file), frame bytes, (offset, length) on file.
-        self._entries: collections.deque[tuple[Put, list[Any] | None, int, tuple[int, int]]] = (
-            collections.deque()
-        )
+        self.file_bytes = 0  # frame bytes held in spool files
+        self._entries: collections.deque[_Entry] = collections.deque()
+        #: Puts of left spool files by source, waiting for the source to be opened.
+        self._left: dict[str, list[_Entry]] = {}
+        self._left_files: list[SpoolFile] = []
         self.base = 0
         self.written = 0
         self._sent = 0  # entries below this were written on some connection
-        self._skips: dict[tuple[str, str], int] = {}  # frames dropped unsent, per channel
+        self._skips: dict[tuple[str, str], _Skip] = {}  # frames dropped unsent, per channel
         self.bytes = 0
         self.frames = 0
         self.dropped_frames = 0
+        self.recovered_frames = 0
         self._changed = trio.Event()
 
     @property
@@ -138,56 +298,79 @@ class Spool:
         """The number the next entry gets."""
         return self.base + len(self._entries)
 
-    def add(self, put: Put, data: list[Any], nbytes: int) -> None:
-        """Keep one put message (its frames ``data``, ``nbytes`` of them)."""
-        where = _NOWHERE
-        kept: list[Any] | None = data
+    async def add(self, put: Put, data: list[Any], nbytes: int) -> None:
+        """Keep one put message (its frames ``data``, ``nbytes`` of them).
+
+        Past the memory limit the put goes to the spool file, written and
+        synced in a worker thread; that cannot be cancelled (a cancel takes
+        effect after), so a put taken is always kept.
+        """
+        entry = _Entry(put, data, nbytes, wall_time())
         if self.memory_bytes + nbytes > self.memory_limit and self.directory is not None:
-            try:
-                if self._file is None:
-                    self._file = SpoolFile(self.directory, self._name)
-                where, kept = self._file.append(data), None
-            except OSError as exc:
-                log.error(
-                    "cannot spool to %s: %s; keeping these frames in memory", self.directory, exc
-                )
-        self._entries.append((put, kept, nbytes, where))
-        self._count(nbytes, len(put.sizes), kept is None)
+            with trio.CancelScope(shield=True):
+                try:
+                    await run_blocking(self._to_file, entry)
+                except OSError as exc:
+                    log.error(
+                        "cannot spool to %s: %s; keeping these frames in memory",
+                        self.directory,
+                        exc,
+                    )
+        self._keep(entry)
+
+    def _to_file(self, entry: _Entry) -> None:
+        """Write ``entry`` to the spool file (made on first use); blocks."""
+        assert self.directory is not None
+        if self._file is None:
+            self._file = SpoolFile.create(self.directory, self.file_name)
+        entry.offset, entry.length = self._file.append(entry.put, entry.data or [])
+        entry.file, entry.data = self._file, None
+
+    def _keep(self, entry: _Entry) -> None:
+        self._entries.append(entry)
+        self._count(entry, 1)
         while self.bytes > self.limit and len(self._entries) > 1:
             self._drop_oldest()
         self._changed.set()
 
-    def _count(self, nbytes: int, frames: int, on_file: bool) -> None:
+    def _count(self, entry: _Entry, sign: int) -> None:
+        nbytes = sign * entry.nbytes
         self.bytes += nbytes
-        self.frames += frames
-        if on_file:
+        self.frames += sign * len(entry.put.sizes)
+        if entry.file is not None:
             self.file_bytes += nbytes
         else:
             self.memory_bytes += nbytes
 
-    def _forget(self) -> tuple[Put, int]:
-        """Take the oldest entry out; return its put and frame count."""
-        put, data, nbytes, _ = self._entries.popleft()
+    def _forget(self) -> _Entry:
+        """Take the oldest entry out."""
+        entry = self._entries.popleft()
         self.base += 1
-        self._count(-nbytes, -len(put.sizes), data is None)
-        if data is None:
-            assert self._file is not None
-            self._file.release()
-        return put, len(put.sizes)
+        self._count(entry, -1)
+        if entry.file is not None:
+            entry.file.release()
+        return entry
 
     def _drop_oldest(self) -> None:
         unsent = self.base >= self._sent  # never written: the broker cannot have it
-        put, frames = self._forget()
-        if unsent:
-            self._skip(put, frames)
+        entry = self._forget()
+        if unsent and not entry.recovered and not entry.damaged:
+            self._skip(entry)
         if not self.dropped_frames:
             log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
         self.written = max(self.written, self.base)
-        self.dropped_frames += frames
+        if not entry.damaged:
+            self.dropped_frames += len(entry.put.sizes)
 
-    def _skip(self, put: Put, frames: int) -> None:
-        key = (put.source, put.channel)
-        self._skips[key] = self._skips.get(key, 0) + frames + (put.skipped or 0)
+    def _skip(self, entry: _Entry) -> None:
+        """Readers are to be told of ``entry``'s frames (and those it told of) as a gap."""
+        put = entry.put
+        skip = self._skips.setdefault((put.source, put.channel), _Skip())
+        stamped = [t for t in put.ts if t is not None]
+        first, last = (min(stamped), max(stamped)) if stamped else (entry.added, entry.added)
+        skip.add(len(put.sizes), first, last)
+        if put.skipped:
+            skip.add(put.skipped, put.skipped_first_time, put.skipped_last_time)
 
     def rewind(self) -> None:
         """A new connection: nothing kept has been written on it yet."""
@@ -199,31 +382,40 @@ class Spool:
         entries = self._entries
         skips = self._skips
         for i in range(self.written - self.base, len(entries)):
-            put, data, nbytes, where = entries[i]
-            if where is _DAMAGED:
+            entry = entries[i]
+            if entry.damaged:
                 continue
+            data = entry.data
             if data is None:
-                data = self._read_back(put, where)
+                data = self._read_back(entry)
                 if data is None:  # damaged on disk: its frames are lost, and readers told
-                    self._skip(put, len(put.sizes))
-                    self.dropped_frames += len(put.sizes)
-                    entries[i] = (put, None, nbytes, _DAMAGED)
+                    if not entry.recovered:
+                        self._skip(entry)
+                    self.dropped_frames += len(entry.put.sizes)
+                    entry.damaged = True
                     continue
-            if skips and (skipped := skips.pop((put.source, put.channel), 0)):
-                put = attrs.evolve(put, skipped=(put.skipped or 0) + skipped)
-                entries[i] = (put, entries[i][1], nbytes, where)
-            out += encode_message(put, data)
+            if skips and (skip := skips.pop((entry.put.source, entry.put.channel), None)):
+                put = entry.put
+                skip.add(put.skipped or 0, put.skipped_first_time, put.skipped_last_time)
+                entry.put = attrs.evolve(
+                    put,
+                    skipped=skip.frames,
+                    skipped_first_time=skip.first_time,
+                    skipped_last_time=skip.last_time,
+                )
+            out += encode_message(entry.put, data)
         self.written = self._sent = self.end
         return out
 
-    def _read_back(self, put: Put, where: tuple[int, int]) -> list[Any] | None:
-        """An entry's frames from the spool file, or None (logged): the record is damaged."""
-        assert self._file is not None
-        body = self._file.read(*where)
+    def _read_back(self, entry: _Entry) -> list[Any] | None:
+        """An entry's frames from its spool file, or None (logged): the record is damaged."""
+        assert entry.file is not None
+        put = entry.put
+        body = entry.file.read(entry.offset, entry.length)
         if body is None or len(body) != sum(put.sizes):
             log.error(
                 "%s: a spooled record of %d frames for %s/%s is damaged; those frames are lost",
-                self._file.path,
+                entry.file.path,
                 len(put.sizes),
                 put.source,
                 put.channel,
@@ -241,11 +433,67 @@ class Spool:
         while self.base < mark and self._entries:
             self._forget()
 
+    def recover(self) -> int:
+        """Take the spool files an earlier run of this client left in the directory
+        (none of them locked: their process is gone); return how many puts they hold.
+
+        Their puts wait for :meth:`adopt`.  Blocks (file reads): call it
+        through :func:`~turbine.run_blocking`.
+        """
+        if self.directory is None:
+            return 0
+        found = 0
+        for path in left_spool_files(self.directory, self._name):
+            file = SpoolFile.claim(path)
+            if file is not None and os.path.basename(path) == self.file_name:
+                file.path = self._moved_aside(path)  # left by a process with our pid
+            if file is None:
+                continue
+            puts = 0
+            for put, offset, length in file.records():
+                entry = _Entry(put, None, sum(put.sizes), wall_time(), file, offset, length)
+                entry.recovered = True
+                self._left.setdefault(put.source, []).append(entry)
+                file.entries += 1
+                puts += 1
+            if puts == 0:
+                file.close()
+                continue
+            self._left_files.append(file)
+            found += puts
+            log.warning(
+                "%s: %d puts left by an earlier run; they are sent again when their sources are opened",
+                path,
+                puts,
+            )
+        return found
+
+    def _moved_aside(self, path: str) -> str:
+        """Rename the left spool file at ``path`` (it has this client's file name) to a
+        name of the same pattern that is free; return that."""
+        stem = path[: -len(_SUFFIX)]
+        n = 0
+        while os.path.exists(new := f"{stem}{n}{_SUFFIX}"):
+            n += 1
+        os.replace(path, new)
+        return new
+
+    def adopt(self, source: str) -> None:
+        """Source ``source`` is held again: spool what left spool files hold for it,
+        behind what is spooled already and before any later put."""
+        for entry in self._left.pop(source, ()):
+            self.recovered_frames += len(entry.put.sizes)
+            self._keep(entry)
+
     def close(self) -> None:
-        """Remove the spool file (what it held is given up)."""
+        """Remove the spool file (what it held is given up); keep left files whose
+        sources this run never opened, for the next."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        for file in self._left_files:
+            file.close(remove=not any(e.file is file for left in self._left.values() for e in left))
+        self._left_files.clear()
 
     async def wait_for_unacknowledged(self) -> None:
         """Return once the spool holds an entry (at once if it does)."""
@@ -261,4 +509,5 @@ class Spool:
             "spooled_file_bytes": self.file_bytes,
             "spool_limit_bytes": self.limit,
             "dropped_frames": self.dropped_frames,
+            "recovered_frames": self.recovered_frames,
         }

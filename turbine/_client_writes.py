@@ -69,6 +69,8 @@ class Writes(Link):
         if not self.reconnect:
             return Source(name, channels, self._outbox, self._requests)
         self._held[name] = fields
+        assert self.spool is not None
+        self.spool.adopt(name)  # what a crashed run left spooled for it goes first
         return Source(name, channels, self._outbox, self)
 
     async def open_mirror(

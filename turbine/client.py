@@ -37,6 +37,7 @@ import trio
 
 from . import messages as m
 from ._address import fmt_address, parse_address
+from ._blocking import run_blocking
 from ._client_handles import Feed, Source, Subscription
 from ._client_link import handshake
 from ._client_records import (
@@ -286,11 +287,16 @@ async def open_client(
     and keeps every put in a spool of at most ``spool_bytes`` until the
     broker acknowledged it, replaying it after a reconnect (the broker stores
     a put once).  A full spool drops its oldest puts; frames dropped before
-    they were ever sent reach readers as one gap per channel.  With
-    ``spool_dir``, past ``SPOOL_MEMORY_BYTES`` (8 MiB) of frames the spool
-    goes on in a file there (``NAME-PID.spool``, each put synced to disk),
-    still bounded by ``spool_bytes``; the file is removed when the client
-    closes.
+    they were ever sent reach readers as one gap per channel, with the
+    count and time span of what was dropped.  With ``spool_dir``, past
+    ``SPOOL_MEMORY_BYTES`` (8 MiB) of frames the spool goes on in a file
+    there (``NAME-PID.spool``, each put synced to disk in a worker thread
+    before it counts as spooled), still bounded by ``spool_bytes``; the file
+    is removed when the client closes.  Spool files that an earlier client
+    of the same ``name`` left there (its process ended without closing it)
+    are replayed: each put, with its original producer, number and
+    timestamps, once this client opens its source again, before the puts
+    this client makes there (the broker stores each once).
 
     ``tls_ca`` (or ``TURBINE_TLS_CA``) names the CA certificate the broker's
     must be signed by; the client then speaks TLS and verifies the broker's
@@ -315,6 +321,8 @@ async def open_client(
         spool_dir=spool_dir,
         tls_ca=tls_ca,
     )
+    if client.spool is not None:
+        await run_blocking(client.spool.recover)
     reader = client._attach(stream, proto, hello, login, sock)
     await client._outbox.replay()  # nothing to replay yet: puts flow
     client._up.set()
