@@ -201,3 +201,53 @@ def test_a_broker_going_away_ends_subscriptions_with_an_error():
                 next(items)
         with pytest.raises(ConnectionFailed):
             tb.list_sources()
+
+
+def test_a_reconnecting_script_spools_to_its_spool_dir_while_the_broker_is_away(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(turbine.client, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
+    spool_dir = tmp_path / "spool"
+
+    def serve(port: int, ready: queue.Queue, control: dict) -> None:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                addresses = await nursery.start(
+                    serve_turbine, BrokerConfig(host="127.0.0.1", port=port)
+                )
+                control["stop"] = nursery.cancel_scope.cancel
+                control["token"] = trio.lowlevel.current_trio_token()
+                ready.put(addresses[0][1])
+
+        trio.run(main)
+
+    def start(port: int = 0) -> tuple[threading.Thread, dict, int]:
+        ready: queue.Queue[int] = queue.Queue()
+        control: dict[str, object] = {}
+        thread = threading.Thread(target=serve, args=(port, ready, control), daemon=True)
+        thread.start()
+        return thread, control, ready.get(timeout=10)
+
+    def stop(thread: threading.Thread, control: dict) -> None:
+        trio.from_thread.run_sync(control["stop"], trio_token=control["token"])
+        thread.join(10)
+
+    thread, control, port = start()
+    address = f"127.0.0.1:{port}"
+    with turbine.connect(address, name="script", reconnect=True, spool_dir=spool_dir) as tb:
+        src = tb.open_source(SRC, {"x": "text/plain"})
+        src.put("x", b"1", 1001.0)
+        tb.flush()
+        stop(thread, control)
+        for i in range(2, 7):
+            src.put("x", b"%d" % i, 1000.0 + i)
+        with pytest.raises(turbine.BrokerUnavailable, match="still spooled"):
+            tb.flush(timeout=0.05)
+        (path,) = spool_dir.iterdir()
+        assert path.stat().st_size > 0  # past its memory the spool went on in the file
+        thread, control, _ = start(port)  # a new broker on the same port (memory only)
+        tb.flush(timeout=20)
+        got = tb.fetch(f"{SRC}/x", oldest=100)
+    stop(thread, control)
+    assert [(f.data, f.timestamp) for f in got] == [(b"%d" % i, 1000.0 + i) for i in range(2, 7)]
+    assert not path.exists()

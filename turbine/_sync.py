@@ -7,6 +7,7 @@ with its own trio loop and offers the same methods as blocking calls.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -14,7 +15,7 @@ from typing import Any
 
 import trio
 
-from ._constants import DEFAULT_ADDRESS
+from ._constants import DEFAULT_ADDRESS, SPOOL_BYTES
 from ._errors import ConnectionFailed
 from .client import Client, Frame, Gap, Source, SourceInfo, open_client
 
@@ -42,10 +43,18 @@ class BlockingClient:
     """The client API as blocking calls.  Use as a context manager, or call :meth:`close`."""
 
     def __init__(
-        self, address: str, name: str = "script", timeout: float = 10.0, reconnect: bool = False
+        self,
+        address: str,
+        name: str = "script",
+        timeout: float = 10.0,
+        reconnect: bool = False,
+        spool_bytes: int = SPOOL_BYTES,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.address = address
         self._reconnect = reconnect
+        self._spool_bytes = spool_bytes
+        self._spool_dir = spool_dir
         self._ready: queue.Queue[BaseException | None] = queue.Queue()
         self._client: Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -62,7 +71,12 @@ class BlockingClient:
     async def _main(self, address: str, name: str, connect_timeout: float) -> None:
         try:
             async with open_client(
-                address, name=name, connect_timeout=connect_timeout, reconnect=self._reconnect
+                address,
+                name=name,
+                connect_timeout=connect_timeout,
+                reconnect=self._reconnect,
+                spool_bytes=self._spool_bytes,
+                spool_dir=self._spool_dir,
             ) as client:
                 self._client = client
                 self._token = trio.lowlevel.current_trio_token()
@@ -92,6 +106,16 @@ class BlockingClient:
     def put(self, path: str, data: bytes, *, timestamp: float | None = None) -> None:
         assert self._client is not None
         self._call(self._client.put, path, data, timestamp=timestamp)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Like the async ``flush``: blocks until the broker holds every frame put so far
+        (reconnecting, at most ``timeout`` seconds during an outage).
+
+        Raises:
+            BrokerUnavailable: ``timeout`` passed first; the frames stay spooled.
+        """
+        assert self._client is not None
+        self._call(self._client.flush, timeout)
 
     def fetch(self, pattern: str, **selection: Any) -> list[Frame]:
         assert self._client is not None
@@ -160,13 +184,19 @@ def connect(
     name: str = "script",
     timeout: float = 10.0,
     reconnect: bool = False,
+    spool_bytes: int = SPOOL_BYTES,
+    spool_dir: str | os.PathLike[str] | None = None,
 ) -> BlockingClient:
     """Connect with blocking calls (for scripts that do not use trio).
 
     ``reconnect=True`` rides through a lost connection as
-    :func:`~turbine.open_client` does.
+    :func:`~turbine.open_client` does, with the same spool: at most
+    ``spool_bytes`` of unacknowledged puts, past 8 MiB of them in a synced
+    file in ``spool_dir`` (a script has no state dir of its own, so without
+    one, as with ``open_client``, the spool stays in memory), and what an
+    earlier run of the same ``name`` left there replayed.
 
     Raises:
         ConnectionFailed: no broker at the address.
     """
-    return BlockingClient(address, name, timeout, reconnect)
+    return BlockingClient(address, name, timeout, reconnect, spool_bytes, spool_dir)
