@@ -7,6 +7,7 @@ import trio
 
 from turbine import RequestFailed, open_client
 from turbine._constants import MAX_PRODUCERS_PER_SOURCE, PROTOCOL_VERSION
+from turbine.archive import _format as fmt
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.hub import Hub
@@ -150,3 +151,31 @@ async def test_a_broker_restarted_on_its_data_dir_still_drops_replays(tmp_path):
             assert hub.sources[SRC].replays_dropped == 3
             store = hub.sources[SRC].channels["x"].store
             assert store.last_seq == 23 and bytes(store.newest) == b"c"
+
+
+async def test_a_crash_that_lost_a_puts_producer_record_drops_its_frames_too(tmp_path):
+    """A write cut between a put's frames and its producer record (a torn write, a
+    crash): recovery keeps neither, so the replay of that never acknowledged put is
+    stored once, not twice."""
+    with trio.fail_after(30):
+        async with open_archive(tmp_path) as archive:
+            hub = Hub(store=TieredStores(archive))
+            hub.open_source(ALICE, SRC, channels={"x": "application/octet-stream"})
+            put(hub, ALICE, b"a", "p", 1)
+            put(hub, ALICE, b"b", "p", 2)
+            await hub.sources[SRC].channels["x"].store.flushed()
+            path = archive.logs[SRC].active.path
+        producers_record = fmt.RECORD_HEADER.size + len(fmt.producers_body({"p": 2}))
+        with open(path, "r+b") as f:  # noqa: ASYNC230 (the broker is closed: nothing else runs)
+            f.truncate(f.seek(0, 2) - producers_record)
+        async with open_archive(tmp_path) as archive:
+            assert archive.logs[SRC].torn_bytes > producers_record  # put 2's frames went too
+            hub = Hub(store=TieredStores(archive))
+            again = Peer(3, name="alice")
+            hub.open_source(again, SRC)
+            assert hub.sources[SRC].producers == {"p": 1}
+            put(hub, again, b"a", "p", 1)  # the replay: put 1 was stored, put 2 was not
+            put(hub, again, b"b", "p", 2)
+            assert hub.sources[SRC].replays_dropped == 1
+            store = hub.sources[SRC].channels["x"].store
+            assert store.last_seq == 2 and bytes(store.newest) == b"b"  # number 2, once

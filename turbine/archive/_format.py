@@ -44,8 +44,12 @@ KIND_NAMES = {
     PRODUCERS: "producers",
 }
 
-#: kind, channel id, first seq, frame count, writer name length.
-_FRAMES = struct.Struct("<B3xIQIH2x")
+#: kind, channel id, first seq, frame count, writer name length, flags.
+_FRAMES = struct.Struct("<B3xIQIHBx")
+#: Frames flag: the put's producers record follows in the same write; the frames
+#: count only with it (a tail that lost it is cut at recovery: the producer,
+#: never acknowledged, sends the put again).  Older readers ignore the byte.
+PRODUCED = 1
 #: kind, channel id, next seq, name length, content type length.
 _CHANNEL = struct.Struct("<B3xIQHH4x")
 #: kind, channel id, first seq, count.
@@ -124,11 +128,17 @@ def parse_record_header(data: Any, offset: int = 0) -> tuple[int, int] | None:
 
 
 def frames_body(
-    channel: int, first_seq: int, ts: list[float], sizes: list[int], writer: str, data: list[Any]
+    channel: int,
+    first_seq: int,
+    ts: list[float],
+    sizes: list[int],
+    writer: str,
+    data: list[Any],
+    flags: int = 0,
 ) -> list[Any]:
     """The body of a frames record, as buffers to write in order (payloads are not copied)."""
     w = writer.encode()[:65535]
-    fixed = _FRAMES.pack(FRAMES, channel, first_seq, len(ts), len(w))
+    fixed = _FRAMES.pack(FRAMES, channel, first_seq, len(ts), len(w), flags)
     return [fixed, array.array("d", ts).tobytes(), array.array("I", sizes).tobytes(), w, *data]
 
 
@@ -219,7 +229,7 @@ def decode_body(body: Any) -> Record:
     kind = mv[0]
     try:
         if kind == FRAMES:
-            _, ch, first, n, wlen = _FRAMES.unpack_from(mv)
+            _, ch, first, n, wlen, _ = _FRAMES.unpack_from(mv)
             at = _FRAMES.size
             ts = _column("d", mv[at : at + 8 * n])
             at += 8 * n
@@ -264,6 +274,7 @@ class FramesSummary:
     count: int
     first_time: float
     last_time: float
+    produced: bool = False  # its producers record is to follow (PRODUCED)
 
 
 def summarize_body(
@@ -280,7 +291,7 @@ def summarize_body(
         assert not isinstance(rec, FramesRecord)
         return rec
     try:
-        _, ch, first, n, wlen = _FRAMES.unpack_from(mv)
+        _, ch, first, n, wlen, flags = _FRAMES.unpack_from(mv)
         at = _FRAMES.size
         ts = _column("d", mv[at : at + 8 * n])
         sizes = _column("I", mv[at + 8 * n : at + 12 * n])
@@ -288,7 +299,7 @@ def summarize_body(
         raise FormatError(f"bad frames record: {exc}") from None
     if not n or len(ts) != n or at + 12 * n + wlen + sum(sizes) != len(mv):
         raise FormatError("frames record length does not match its sizes")
-    return FramesSummary(ch, first, n, ts[0], ts[-1])
+    return FramesSummary(ch, first, n, ts[0], ts[-1], bool(flags & PRODUCED))
 
 
 # --- index files

@@ -20,7 +20,7 @@ from typing import Any
 
 from .._constants import METADATA_CHANNEL
 from . import _format as fmt
-from ._ops import Op, Put, WriteFailed
+from ._ops import Op, Producer, Put, WriteFailed
 from ._reads import LogReads
 from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segment_name
 from ._table import ChannelState
@@ -194,8 +194,13 @@ class SourceLog(LogReads):
                 records: list[tuple[list[Any], fmt.Entry | None]] = []
                 pending = 0
                 end = done
-                while end < len(ops) and self.active.size + pending < self.segment_bytes:
-                    new = self._records(ops[end])
+                # A put and its producer record go in one group: never a roll between them.
+                while end < len(ops) and (
+                    self.active.size + pending < self.segment_bytes
+                    or isinstance(ops[end], Producer)
+                ):
+                    produced = end + 1 < len(ops) and isinstance(ops[end + 1], Producer)
+                    new = self._records(ops[end], produced)
                     records += new
                     pending += sum(len(b) for bufs, _ in new for b in bufs)
                     end += 1

@@ -138,6 +138,7 @@ def has_record(fd: int, size: int) -> bool:
 def scan(fd: int, number: int, size: int) -> Scan:
     """Read every record of a segment, verifying checksums; note damage and a torn tail."""
     out = Scan()
+    unconfirmed: tuple[int, int] | None = None  # (offset, entries) of PRODUCED frames so far
     for offset, length, body in _records(fd, fmt.SEGMENT_HEADER.size, size):
         if body is None:
             out.damage.append(Damage(number, offset, length + fmt.RECORD_HEADER.size, "checksum"))
@@ -149,6 +150,8 @@ def scan(fd: int, number: int, size: int) -> Scan:
             continue
         out.end = offset + fmt.RECORD_HEADER.size + length
         if isinstance(rec, fmt.FramesSummary):
+            if rec.produced and unconfirmed is None:
+                unconfirmed = (offset, len(out.entries))
             out.entries.append(
                 fmt.Entry(
                     offset,
@@ -168,11 +171,18 @@ def scan(fd: int, number: int, size: int) -> Scan:
         elif isinstance(rec, fmt.ChannelRecord):
             out.channels[rec.channel] = rec
         elif isinstance(rec, fmt.ProducersRecord):
+            unconfirmed = None
             for producer, pseq in rec.table.items():
                 out.producers.pop(producer, None)  # most recent last, as the hub keeps them
                 out.producers[producer] = pseq
         else:
             out.settings = rec.settings
+    if unconfirmed is not None:
+        # The write that ends here lost the producer record of its last put: without
+        # it a replay of that put would be stored twice, so its frames go too (never
+        # acknowledged: the producer still has them).
+        out.end, count = unconfirmed
+        del out.entries[count:]
     out.torn = size - out.end
     if out.damage and out.damage[-1].offset >= out.end:
         out.damage.pop()  # damage after the last good record is the torn tail itself

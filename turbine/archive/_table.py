@@ -53,8 +53,9 @@ class LogTable:
             out.append((fmt.encode_record([fmt.producers_body(self.producers)]), None))
         return out
 
-    def _records(self, op: Op) -> list[tuple[list[Any], fmt.Entry | None]]:
-        """The records of one op; updates the channel table (see :meth:`_state`)."""
+    def _records(self, op: Op, produced: bool = False) -> list[tuple[list[Any], fmt.Entry | None]]:
+        """The records of one op (a put ``produced``: its producer op comes next);
+        updates the channel table (see :meth:`_state`)."""
         if isinstance(op, Put):
             st = self._channel(op.channel)
             if op.first_seq < st.next_seq:
@@ -65,7 +66,7 @@ class LogTable:
             st.next_seq = op.first_seq + len(op.ts)
             if op.channel == METADATA_CHANNEL:
                 self._newest_meta = op
-            return self._frames_records(op)
+            return self._frames_records(op, fmt.PRODUCED if produced else 0)
         if isinstance(op, Declare):
             st = self.channels.get(op.channel) or self._declare(op)
             st.content_type = op.content_type
@@ -113,7 +114,7 @@ class LogTable:
             raise KeyError(f"channel {name!r} was not declared to the archive")
         return st
 
-    def _frames_records(self, op: Put) -> list[tuple[list[Any], fmt.Entry | None]]:
+    def _frames_records(self, op: Put, flags: int = 0) -> list[tuple[list[Any], fmt.Entry | None]]:
         st = self._channel(op.channel)
         out: list[tuple[list[Any], fmt.Entry | None]] = []
         i, n = 0, len(op.ts)
@@ -124,7 +125,7 @@ class LogTable:
                 j += 1
             seq = op.first_seq + i
             ts = op.ts[i:j]
-            body = fmt.frames_body(st.id, seq, ts, op.sizes[i:j], op.writer, op.data[i:j])
+            body = fmt.frames_body(st.id, seq, ts, op.sizes[i:j], op.writer, op.data[i:j], flags)
             out.append(
                 (
                     fmt.encode_record(body),
