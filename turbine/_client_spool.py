@@ -76,9 +76,10 @@ class SpoolFile:
         """
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (held: another client's, kept)
+            os.ftruncate(fd, 0)
         except OSError:
             os.close(fd)
             raise
@@ -206,7 +207,14 @@ def left_spool_files(directory: str, name: str) -> list[str]:
         for n in names
         if n.startswith(prefix) and n.endswith(_SUFFIX) and n[len(prefix) : -len(_SUFFIX)].isdigit()
     ]
-    return sorted(found, key=lambda p: os.stat(p).st_mtime)
+    return sorted(found, key=_modified)
+
+
+def _modified(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:  # gone meanwhile (claimed and removed by another run)
+        return 0.0
 
 
 @attrs.define(slots=True)
@@ -433,6 +441,11 @@ class Spool:
         while self.base < mark and self._entries:
             self._forget()
 
+    def left_files(self) -> list[str]:
+        """Spool files of this client's name in the directory (its own, or left by
+        an earlier run: :meth:`recover` takes those); one directory listing."""
+        return [] if self.directory is None else left_spool_files(self.directory, self._name)
+
     def recover(self) -> int:
         """Take the spool files an earlier run of this client left in the directory
         (none of them locked: their process is gone); return how many puts they hold.
@@ -440,10 +453,8 @@ class Spool:
         Their puts wait for :meth:`adopt`.  Blocks (file reads): call it
         through :func:`~turbine.run_blocking`.
         """
-        if self.directory is None:
-            return 0
         found = 0
-        for path in left_spool_files(self.directory, self._name):
+        for path in self.left_files():
             file = SpoolFile.claim(path)
             if file is not None and os.path.basename(path) == self.file_name:
                 file.path = self._moved_aside(path)  # left by a process with our pid

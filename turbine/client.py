@@ -321,7 +321,7 @@ async def open_client(
         spool_dir=spool_dir,
         tls_ca=tls_ca,
     )
-    if client.spool is not None:
+    if client.spool is not None and client.spool.left_files():
         await run_blocking(client.spool.recover)
     reader = client._attach(stream, proto, hello, login, sock)
     await client._outbox.replay()  # nothing to replay yet: puts flow
