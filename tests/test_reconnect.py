@@ -468,3 +468,35 @@ async def test_a_left_spool_file_of_puts_the_broker_had_stored_stores_each_once(
         (i + 1, frames[i], 1001.0 + i) for i in range(5)
     ]
     assert not (spool_dir / "daq-1.spool").exists()
+
+
+async def test_after_a_site_restart_a_reader_from_oldest_gets_what_only_the_disk_holds(tmp_path):
+    """The demo's restart: the MCP stops its components at once, the DVD archiver is
+    gone before the DAQ's last blocks are put, then the broker stops; after the
+    restart the archiver subscribes from oldest and must get those blocks from the
+    disk before the live ones (the ring of the restarted broker never held them);
+    it once started at the ring and recorded a gap of 4 there."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with open_client(address, name="daq") as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                for i in range(1, 21):  # the archiver had taken 1..16 when it stopped
+                    await src.put("x", b"%d" % i, 1000.0 + i)
+                await src.flush()
+            await broker.stop()
+            address = await broker.start()  # the same data dir: the source comes back
+            async with (
+                open_client(address, name="daq") as daq,
+                open_client(address, name="archiver") as archiver,
+            ):
+                src = await daq.open_source(SRC, {"x": "text/plain"}, cache_frames=10)
+                for i in range(21, 25):
+                    await src.put("x", b"%d" % i, 1000.0 + i)
+                await src.flush()
+                async with archiver.subscribe(PATH, start="oldest") as sub:
+                    got = [await sub.receive() for _ in range(24)]
+            await broker.stop()
+    assert not [g for g in got if isinstance(g, Gap)]
+    assert [(f.seq, f.data) for f in got] == [(i, b"%d" % i) for i in range(1, 25)]
