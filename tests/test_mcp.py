@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.ports import free_port
 from turbine import Client, Frame, Gap, RequestFailed, TurbineError, open_client, send_command
 from turbine.archive._datadir import locked
 from turbine.auth import LoginRefused
@@ -473,11 +474,8 @@ async def test_a_broker_killed_three_times_mid_stream_loses_and_repeats_nothing(
     data_dir = tmp_path / "var" / "turbine"
     broker = f'data_dir = {json.dumps(str(data_dir))}\ntypes = ["dvd"]'
     tray = tmp_path / "tray"
-    with trio.socket.socket() as probe:  # a free port for the NetDVD device
-        await probe.bind(("127.0.0.1", 0))
-        dvd_port = probe.getsockname()[1]
     archiver = ARCHIVER.format(
-        port=dvd_port,
+        port=free_port(),  # the NetDVD device's: the archiver is told it
         tray=json.dumps(str(tray)),
         state=json.dumps(str(tmp_path / "archiver")),
     )
