@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import turbine
+import turbine._client_link
 from tests.ports import free_port
 from turbine import BrokerConfig, ConnectionFailed, Frame, Gap, RequestFailed, serve_turbine
 
@@ -206,7 +207,7 @@ def test_a_broker_going_away_ends_subscriptions_with_an_error():
 def test_a_reconnecting_script_spools_to_its_spool_dir_while_the_broker_is_away(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(turbine.client, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
+    monkeypatch.setattr(turbine._client_link, "SPOOL_MEMORY_BYTES", 4)  # one frame in memory
     spool_dir = tmp_path / "spool"
 
     def serve(port: int, ready: queue.Queue, control: dict) -> None:

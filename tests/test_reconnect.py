@@ -360,10 +360,10 @@ import sys
 
 import trio
 
-import turbine.client
+import turbine._client_link
 from turbine import open_client
 
-turbine.client.SPOOL_MEMORY_BYTES = 0  # every spooled put goes to the file
+turbine._client_link.SPOOL_MEMORY_BYTES = 0  # every spooled put goes to the file
 
 
 async def main(address, spool_dir, source):
