@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import attrs
 import trio
@@ -45,6 +45,15 @@ class WorkEntry:
     kind: str  # "file" or "dir"
     size: int
     mtime: float
+
+
+_Record = TypeVar("_Record", bound=attrs.AttrsInstance)
+
+
+def _by_field(cls: type[_Record], data: dict[str, Any]) -> _Record:
+    """The record ``cls`` from the device's answer, field by field (one it leaves out is None)."""
+    kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in attrs.fields(cls)}
+    return cls(**kwargs)
 
 
 @attrs.frozen
@@ -71,8 +80,7 @@ class MediaStatus:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> MediaStatus:
-        kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in attrs.fields(cls)}
-        return cls(**kwargs)
+        return _by_field(cls, data)
 
 
 @attrs.frozen
@@ -90,8 +98,7 @@ class JobProgress:
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> JobProgress:
-        kwargs: dict[str, Any] = {f.name: data.get(f.name) for f in attrs.fields(cls)}
-        return cls(**kwargs)
+        return _by_field(cls, data)
 
 
 @attrs.frozen
