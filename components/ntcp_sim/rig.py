@@ -26,22 +26,23 @@ The model:
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterable
 
-import attrs
 import trio
 
 from components.ntcp.protocol import (
     AXES,
-    CONTROL_POINT_KEYWORD,
     TYPES,
     AxisValue,
     ControlPointValues,
-    NtcpError,
-    format_number,
 )
+
+from .actuator import POSITION_TYPES, Actuator
+from .config import RigConfig
+from .errors import RigError
+from .limits import Limit, Limits
+from .sessions import Sessions, Transaction, TransactionState
 
 __all__ = [
     "NOISE_CLIP",
@@ -54,130 +55,6 @@ __all__ = [
 
 #: Noise never exceeds this many standard deviations.
 NOISE_CLIP = 4.0
-
-#: Commanded quantities and the measured quantity each one drives.
-_POSITION_OF = {"force": "displacement", "moment": "rotation"}
-_POSITION_TYPES = ("displacement", "rotation")
-
-
-class RigError(NtcpError):
-    """The rig refused a request; ``reason`` says why, fit for a ``NOT OK`` reply."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class TransactionState:
-    PROPOSED = "proposed"
-    EXECUTING = "executing"
-    EXECUTED = "executed"
-    CANCELLED = "cancelled"
-    LAPSED = "lapsed"
-    REJECTED = "rejected"
-    ALL = (PROPOSED, EXECUTING, EXECUTED, CANCELLED, LAPSED, REJECTED)
-
-
-def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive finite number, got {value!r}")
-
-
-def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _control_point_names(instance: object, attribute: attrs.Attribute, value: tuple) -> None:
-    if not value:
-        raise ValueError("a rig needs at least one control point")
-    if len(set(value)) != len(value):
-        raise ValueError(f"control point names must be unique, got {value!r}")
-    for name in value:
-        if not name or any(c.isspace() for c in name) or not name.isascii():
-            raise ValueError(f"control point name {name!r} must be ASCII without spaces")
-        if name in AXES or name in TYPES or name == CONTROL_POINT_KEYWORD:
-            raise ValueError(
-                f"control point name {name!r} clashes with an axis, a type or the keyword"
-                f" {CONTROL_POINT_KEYWORD}"
-            )
-        try:
-            float(name)
-        except ValueError:
-            pass
-        else:
-            raise ValueError(f"control point name {name!r} must not be a number")
-
-
-def _names(names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(names)
-
-
-@attrs.frozen
-class RigConfig:
-    """Everything that shapes a simulated rig. Units are whatever the lab uses,
-    consistently (e.g. mm, rad, kN, kN*mm)."""
-
-    control_points: tuple[str, ...] = attrs.field(
-        default=("MDL-00-01",), converter=_names, validator=_control_point_names
-    )
-    #: Force per unit displacement.
-    stiffness: float = attrs.field(default=100.0, validator=_positive)
-    #: Moment per unit rotation.
-    rotational_stiffness: float = attrs.field(default=50.0, validator=_positive)
-    #: Standard deviation of the force noise.
-    force_noise: float = attrs.field(default=0.5, validator=_non_negative)
-    #: Standard deviation of the moment noise.
-    moment_noise: float = attrs.field(default=0.25, validator=_non_negative)
-    #: Actuator speed, displacement units per second.
-    displacement_speed: float = attrs.field(default=10.0, validator=_positive)
-    #: Actuator speed, rotation units per second.
-    rotation_speed: float = attrs.field(default=1.0, validator=_positive)
-    #: Seconds a proposal may wait for execute before it lapses.
-    lapse_timeout: float = attrs.field(default=60.0, validator=_positive)
-    #: Default limits, symmetric about zero, per type.
-    displacement_limit: float = attrs.field(default=10.0, validator=_positive)
-    rotation_limit: float = attrs.field(default=0.5, validator=_positive)
-    force_limit: float = attrs.field(default=1000.0, validator=_positive)
-    moment_limit: float = attrs.field(default=100.0, validator=_positive)
-    #: Seed of the noise generator.
-    seed: int = 0
-    #: Transactions remembered per session; the oldest finished ones are
-    #: forgotten first (then execute of them answers "unknown transaction").
-    max_transactions: int = attrs.field(default=10_000, validator=_positive)
-    #: Parameters held by set-parameter.
-    max_parameters: int = attrs.field(default=1_000, validator=_positive)
-
-
-@attrs.frozen
-class Limit:
-    lo: float
-    hi: float
-
-    def __contains__(self, value: float) -> bool:
-        return self.lo <= value <= self.hi
-
-
-@attrs.define
-class _Transaction:
-    state: str
-    proposed_at: float
-    # {control point: {(axis, position type): target}}
-    targets: dict[str, dict[tuple[str, str], float]]
-    reason: str = ""
-    done_at: float = 0.0
-
-
-@attrs.define
-class _Motion:
-    start: dict[tuple[str, str], float]
-    target: dict[tuple[str, str], float]
-    started_at: float
-    done_at: float
-
-
-def _dofs() -> list[tuple[str, str]]:
-    return [(axis, kind) for kind in _POSITION_TYPES for axis in AXES]
 
 
 class Rig:
@@ -193,24 +70,9 @@ class Rig:
         self.config = config or RigConfig()
         self._clock = clock
         self._random = random.Random(self.config.seed)
-        self._position: dict[str, dict[tuple[str, str], float]] = {}
-        self._motion: dict[str, _Motion | None] = {}
-        self._limits: dict[str, dict[tuple[str, str], Limit]] = {}
-        default = {
-            "displacement": self.config.displacement_limit,
-            "rotation": self.config.rotation_limit,
-            "force": self.config.force_limit,
-            "moment": self.config.moment_limit,
-        }
-        for cp in self.config.control_points:
-            self._position[cp] = dict.fromkeys(_dofs(), 0.0)
-            self._motion[cp] = None
-            self._limits[cp] = {
-                (axis, kind): Limit(-default[kind], default[kind])
-                for kind in TYPES
-                for axis in AXES
-            }
-        self._sessions: dict[str, dict[str, _Transaction]] = {}
+        self._actuator = Actuator(self.config)
+        self._limits = Limits(self.config)
+        self._sessions = Sessions(self.config)
         self._parameters: dict[str, str] = {}
 
     # ------------------------------------------------------------ helpers
@@ -218,81 +80,12 @@ class Rig:
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
-    def _check_control_point(self, control_point: str) -> None:
-        if control_point not in self._position:
-            raise RigError(
-                f"unknown control point {control_point!r}; this rig has"
-                f" {', '.join(self.config.control_points)}"
-            )
-
-    def _session(self, session: str) -> dict[str, _Transaction]:
-        try:
-            return self._sessions[session]
-        except KeyError:
-            raise RigError(f"session {session!r} is not open; send open-session first") from None
-
-    def _speed(self, kind: str) -> float:
-        if kind == "displacement":
-            return self.config.displacement_speed
-        return self.config.rotation_speed
-
-    def _settle(self, control_point: str, now: float) -> None:
-        motion = self._motion[control_point]
-        if motion is not None and now >= motion.done_at:
-            self._position[control_point] = dict(motion.target)
-            self._motion[control_point] = None
-
-    def _current(self, control_point: str, now: float) -> dict[tuple[str, str], float]:
-        """Actuator position of every degree of freedom at ``now``."""
-        self._settle(control_point, now)
-        motion = self._motion[control_point]
-        if motion is None:
-            return dict(self._position[control_point])
-        elapsed = max(0.0, now - motion.started_at)
-        out = {}
-        for dof, target in motion.target.items():
-            start = motion.start[dof]
-            travel = self._speed(dof[1]) * elapsed
-            distance = target - start
-            out[dof] = (
-                target if travel >= abs(distance) else start + math.copysign(travel, distance)
-            )
-        return out
-
     def _noise(self, sigma: float) -> float:
         if sigma == 0:
             return 0.0
         value = self._random.gauss(0.0, sigma)
         bound = NOISE_CLIP * sigma
         return min(bound, max(-bound, value))
-
-    def _refresh(self, transactions: dict[str, _Transaction], now: float) -> None:
-        for trans in transactions.values():
-            self._refresh_one(trans, now)
-
-    def _refresh_one(self, trans: _Transaction, now: float) -> None:
-        if (
-            trans.state == TransactionState.PROPOSED
-            and now - trans.proposed_at > self.config.lapse_timeout
-        ):
-            trans.state = TransactionState.LAPSED
-        elif trans.state == TransactionState.EXECUTING and now >= trans.done_at:
-            trans.state = TransactionState.EXECUTED
-
-    def _remember(
-        self, transactions: dict[str, _Transaction], trans_id: str, trans: _Transaction
-    ) -> None:
-        if len(transactions) >= self.config.max_transactions:
-            for old_id, old in transactions.items():
-                if old.state not in (TransactionState.PROPOSED, TransactionState.EXECUTING):
-                    del transactions[old_id]
-                    break
-            else:
-                raise RigError(
-                    f"{len(transactions)} transactions are open in this session;"
-                    " execute or cancel some before proposing more"
-                )
-        transactions[trans_id] = trans
 
     # ------------------------------------------------------------ sessions
 
@@ -302,9 +95,7 @@ class Rig:
         Raises:
             RigError: a session of that name is already open.
         """
-        if name in self._sessions:
-            raise RigError(f"session {name!r} is already open; close it or pick another name")
-        self._sessions[name] = {}
+        self._sessions.open(name)
 
     def close_session(self, name: str) -> None:
         """Close a session and forget its transactions (moves under way finish).
@@ -312,8 +103,7 @@ class Rig:
         Raises:
             RigError: no session of that name is open.
         """
-        self._session(name)
-        del self._sessions[name]
+        self._sessions.close(name)
 
     # ------------------------------------------------------------ parameters
 
@@ -358,14 +148,14 @@ class Rig:
                 is given both a position and a force (moment).
         """
         now = self._now(now)
-        transactions = self._session(session)
+        transactions = self._sessions.transactions(session)
         if trans_id in transactions:
             # A transId names a transaction only until it ends: clients build
             # ids from the clock to the second, so a new proposal may reuse the
             # id of one already executed. It is a new transaction; the old one
             # is forgotten (an execute of it was answered once already).
             old = transactions[trans_id]
-            self._refresh_one(old, now)
+            self._sessions.refresh(old, now)
             if old.state in (TransactionState.PROPOSED, TransactionState.EXECUTING):
                 raise RigError(
                     f"transaction {trans_id} is still {old.state}; execute or cancel it"
@@ -373,91 +163,17 @@ class Rig:
                 )
             del transactions[trans_id]
         try:
-            targets = self._check_proposal(groups)
+            targets = self._limits.targets(groups)
         except RigError as exc:
-            self._remember(
+            self._sessions.remember(
                 transactions,
                 trans_id,
-                _Transaction(TransactionState.REJECTED, now, {}, reason=exc.reason),
+                Transaction(TransactionState.REJECTED, now, {}, reason=exc.reason),
             )
             raise RigError(f"propose {trans_id} rejected: {exc.reason}") from None
-        self._remember(
-            transactions, trans_id, _Transaction(TransactionState.PROPOSED, now, targets)
+        self._sessions.remember(
+            transactions, trans_id, Transaction(TransactionState.PROPOSED, now, targets)
         )
-
-    def _check_proposal(
-        self, groups: Iterable[ControlPointValues]
-    ) -> dict[str, dict[tuple[str, str], float]]:
-        targets: dict[str, dict[tuple[str, str], float]] = {}
-        for group in groups:
-            cp = group.control_point
-            self._check_control_point(cp)
-            if cp in targets:
-                raise RigError(f"control point {cp} appears twice")
-            limits = self._limits[cp]
-            wanted: dict[tuple[str, str], float] = {}
-            given: dict[tuple[str, str], str] = {}
-            for v in group.values:
-                limit = limits[(v.axis, v.type)]
-                if v.value not in limit:
-                    raise RigError(
-                        f"{cp} {v.axis} {v.type} {format_number(v.value)}"
-                        f" is outside the limits [{format_number(limit.lo)},"
-                        f" {format_number(limit.hi)}]"
-                    )
-                kind = _POSITION_OF.get(v.type, v.type)
-                if kind != v.type:
-                    k = (
-                        self.config.stiffness
-                        if kind == "displacement"
-                        else self.config.rotational_stiffness
-                    )
-                    position = v.value / k
-                    limit = limits[(v.axis, kind)]
-                    if position not in limit:
-                        raise RigError(
-                            f"{cp} {v.axis} {v.type} {format_number(v.value)}"
-                            f" needs {kind} {format_number(position)}, outside the limits"
-                            f" [{format_number(limit.lo)}, {format_number(limit.hi)}]"
-                        )
-                else:
-                    position = v.value
-                dof = (v.axis, kind)
-                if dof in wanted:
-                    raise RigError(
-                        f"{cp} {v.axis} is given both {given[dof]} and"
-                        f" {v.type}; propose one of them"
-                    )
-                wanted[dof] = position
-                given[dof] = v.type
-            targets[cp] = wanted
-        if not targets:
-            raise RigError("no control points given")
-        return targets
-
-    def _get(self, session: str, trans_id: str, now: float) -> _Transaction:
-        transactions = self._session(session)
-        try:
-            trans = transactions[trans_id]
-        except KeyError:
-            raise RigError(f"unknown transaction {trans_id}; propose it first") from None
-        self._refresh_one(trans, now)
-        return trans
-
-    def _refuse(self, verb: str, trans_id: str, trans: _Transaction) -> RigError:
-        state = trans.state
-        if state == TransactionState.REJECTED:
-            why = f"was rejected at propose ({trans.reason})"
-        elif state == TransactionState.LAPSED:
-            why = (
-                f"lapsed: it was not executed within"
-                f" {self.config.lapse_timeout:g} s of its proposal"
-            )
-        elif state == TransactionState.EXECUTING:
-            why = "is already executing"
-        else:
-            why = f"was already {state}"
-        return RigError(f"cannot {verb} transaction {trans_id}: it {why}")
 
     def execute(self, session: str, trans_id: str, now: float | None = None) -> float:
         """Start moving the actuator to a proposal's targets.
@@ -471,22 +187,15 @@ class Rig:
                 rejected, lapsed, cancelled, executing or executed.
         """
         now = self._now(now)
-        trans = self._get(session, trans_id, now)
+        trans = self._sessions.get(session, trans_id, now)
         if trans.state != TransactionState.PROPOSED:
-            raise self._refuse("execute", trans_id, trans)
+            raise self._sessions.refuse("execute", trans_id, trans)
         done_at = now
         for cp, wanted in trans.targets.items():
-            start = self._current(cp, now)
-            target = dict(start)
-            target.update(wanted)
-            duration = max(abs(target[dof] - start[dof]) / self._speed(dof[1]) for dof in target)
-            finish = now + duration
-            self._position[cp] = start
-            self._motion[cp] = _Motion(start, target, now, finish)
-            done_at = max(done_at, finish)
+            done_at = max(done_at, self._actuator.move(cp, wanted, now))
         trans.state = TransactionState.EXECUTING
         trans.done_at = done_at
-        self._refresh_one(trans, now)
+        self._sessions.refresh(trans, now)
         return done_at
 
     def cancel(self, session: str, trans_id: str, now: float | None = None) -> None:
@@ -497,9 +206,9 @@ class Rig:
                 or no longer merely proposed.
         """
         now = self._now(now)
-        trans = self._get(session, trans_id, now)
+        trans = self._sessions.get(session, trans_id, now)
         if trans.state != TransactionState.PROPOSED:
-            raise self._refuse("cancel", trans_id, trans)
+            raise self._sessions.refuse("cancel", trans_id, trans)
         trans.state = TransactionState.CANCELLED
 
     # ------------------------------------------------------------ measurements
@@ -515,11 +224,11 @@ class Rig:
             RigError: the control point is unknown.
         """
         now = self._now(now)
-        self._check_control_point(control_point)
-        position = self._current(control_point, now)
+        self._limits.check_control_point(control_point)
+        position = self._actuator.position(control_point, now)
         c = self.config
         values = [
-            AxisValue(axis, kind, position[(axis, kind)]) for kind, axis in _order(_POSITION_TYPES)
+            AxisValue(axis, kind, position[(axis, kind)]) for kind, axis in _order(POSITION_TYPES)
         ]
         values += [
             AxisValue(
@@ -561,17 +270,7 @@ class Rig:
             RigError: unknown control point, axis or type, or ``lo > hi``, or a
                 bound that is not a finite number.
         """
-        self._check_control_point(control_point)
-        if axis not in AXES:
-            raise RigError(f"unknown axis {axis!r}; expected one of {', '.join(AXES)}")
-        if type not in TYPES:
-            raise RigError(f"unknown type {type!r}; expected one of {', '.join(TYPES)}")
-        lo, hi = float(lo), float(hi)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise RigError(f"limits must be finite numbers, got [{lo}, {hi}]")
-        if lo > hi:
-            raise RigError(f"lower limit {lo} is above upper limit {hi}")
-        self._limits[control_point][(axis, type)] = Limit(lo, hi)
+        self._limits.set(control_point, axis, type, lo, hi)
 
     def limits(self, control_point: str) -> dict[tuple[str, str], Limit]:
         """The limits of a control point, ``{(axis, type): Limit}``.
@@ -579,41 +278,32 @@ class Rig:
         Raises:
             RigError: the control point is unknown.
         """
-        self._check_control_point(control_point)
-        return dict(self._limits[control_point])
+        return self._limits.of(control_point)
 
     def moving(self, control_point: str, now: float | None = None) -> bool:
         """Whether the actuator of a control point is still moving."""
         now = self._now(now)
-        self._check_control_point(control_point)
-        self._settle(control_point, now)
-        return self._motion[control_point] is not None
+        self._limits.check_control_point(control_point)
+        return self._actuator.moving(control_point, now)
 
     def status(self, now: float | None = None) -> dict:
         """A plain-data summary (JSON- and msgpack-ready) of the rig's state."""
         now = self._now(now)
         control_points = {}
         for cp in self.config.control_points:
-            position = self._current(cp, now)
+            position = self._actuator.position(cp, now)
+            limits = self._limits.of(cp)
             control_points[cp] = {
-                "moving": self._motion[cp] is not None,
-                "position": {f"{a}/{k}": position[(a, k)] for k, a in _order(_POSITION_TYPES)},
+                "moving": self._actuator.moving(cp, now),
+                "position": {f"{a}/{k}": position[(a, k)] for k, a in _order(POSITION_TYPES)},
                 "limits": {
-                    f"{a}/{k}": [self._limits[cp][(a, k)].lo, self._limits[cp][(a, k)].hi]
-                    for k, a in _order(TYPES)
+                    f"{a}/{k}": [limits[(a, k)].lo, limits[(a, k)].hi] for k, a in _order(TYPES)
                 },
             }
-        sessions = {}
-        for name, transactions in self._sessions.items():
-            self._refresh(transactions, now)
-            counts = dict.fromkeys(TransactionState.ALL, 0)
-            for trans in transactions.values():
-                counts[trans.state] += 1
-            sessions[name] = counts
         return {
             "time": now,
             "control_points": control_points,
-            "sessions": sessions,
+            "sessions": self._sessions.counts(now),
             "parameters": len(self._parameters),
         }
 

@@ -253,7 +253,7 @@ async def test_simulator_restart_loses_the_session_and_never_replays(broker, par
             reply = parse_reply(await ntcp.request("execute\tp1"))
             assert not reply.ok
             assert first.executes == [] and second.status()["control_points"][CP]["moving"] is False
-            assert second._position[CP][("x", "displacement")] == 0.0
+            assert second.status()["control_points"][CP]["position"]["x/displacement"] == 0.0
             # Requests now reach the restarted simulator; the client opens a new session.
             assert await ntcp.request("open-session\ts") == "OK\t0\ts"
             assert await ntcp.request(f"propose\tp2\t{CP}\tx\tdisplacement\t1") == "OK\t0\tp2"
