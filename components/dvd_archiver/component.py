@@ -34,32 +34,27 @@ Run with ``python -m components.dvd_archiver --name archiver --set netdvd=127.0.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from components.netdvd import MediaStatus, NetDVDClient, NetDVDError, open_netdvd
-from turbine import layout, run_blocking, wall_time
+from components.netdvd import NetDVDError
+from turbine import run_blocking, wall_time
 from turbine.client import Frame, parse_address
 from turbine.component import Component, command
 from turbine.settings import address, as_tuple, check, path_setting
 
+from .burner import DISC_FULL, Burner
 from .staging import Buffer, ChannelBuffer, Position, Segment, Staging
 
+__all__ = ["COMPONENT", "DISC_FULL", "DvdArchiver", "DvdArchiverSettings", "Request"]
+
 PROGRESS_CHANNEL = "progress.json"
-DISC_FULL = "disc full, insert a blank"
 #: Queued drive requests (burn, eject, copy); more are refused as busy.
 REQUEST_QUEUE = 16
-#: How often a running job's progress is polled and published (seconds).
-POLL_S = 0.25
-#: Disc space kept free of estimates: ISO volume descriptors, directories, padding.
-SESSION_OVERHEAD = {"new": 640 * 1024, "append": 192 * 1024}
 #: The in-memory buffer is committed at once when it holds this many segments' worth.
 BUFFER_SEGMENTS = 4
 
@@ -142,9 +137,7 @@ class DvdArchiver(Component):
         self.staging: Staging | None = None
         self.positions: dict[str, Position] = {}
         self.buffer = Buffer()
-        self.activity = "starting"
-        self.job: dict[str, Any] | None = None
-        self.media: dict[str, Any] | None = None
+        self.burner: Burner | None = None
         self.last_error: str | None = None
         self.last_result: Any = None
         self.notices: list[dict[str, Any]] = []
@@ -162,11 +155,12 @@ class DvdArchiver(Component):
     def status(self) -> dict[str, Any]:
         out = super().status()
         st = self.staging
+        burner = self.burner
         archived = st.state["channels"] if st else {}
         out["archiver"] = {
-            "activity": self.activity,
-            "job": self.job,
-            "media": self.media,
+            "activity": burner.activity if burner else "starting",
+            "job": burner.job if burner else None,
+            "media": burner.media if burner else None,
             "staged_bytes": st.staged_bytes if st else 0,
             "staged_segments": len(st.segments) if st else 0,
             "buffered_bytes": self.buffer.bytes,
@@ -188,9 +182,10 @@ class DvdArchiver(Component):
 
     async def _publish(self, **event: Any) -> None:
         """Put the archiver's activity (and ``event``) on progress.json."""
-        if self._data is None:
+        if self._data is None or self.burner is None:
             return
-        doc = {"time": wall_time(), "activity": self.activity, "job": self.job, **event}
+        burner = self.burner
+        doc = {"time": wall_time(), "activity": burner.activity, "job": burner.job, **event}
         await self._data.put(PROGRESS_CHANNEL, json.dumps(doc, default=str).encode())
         await self._data.flush()
 
@@ -285,9 +280,20 @@ class DvdArchiver(Component):
                 self.staging.staged_bytes,
                 self.staging.state["next_session"],
             )
+            self.burner = Burner(
+                self.staging,
+                address=self.device,
+                component=self.component,
+                copies=self.config.copies,
+                lock=self._lock,
+                log=self.log,
+                publish=self._publish,
+                notice=self._notice,
+            )
         if self._last_burn is None:
             self._last_burn = trio.current_time()
-        self.activity = "idle"
+        assert self.burner is not None
+        self.burner.idle()
         async with trio.open_nursery() as nursery:
             for pattern in self.config.patterns:
                 nursery.start_soon(self._take_in, pattern)
@@ -322,18 +328,16 @@ class DvdArchiver(Component):
             await self._handle(request)
 
     async def _handle(self, request: Request) -> None:
+        assert self.burner is not None
         try:
             if request.kind == "burn":
-                request.result = await self.burn(request.reason)
+                await self.commit()
+                request.result = await self.burner.burn(request.reason)
                 self._last_burn = trio.current_time()
             elif request.kind == "eject":
-                async with self._device() as dvd:
-                    request.result = await self._finish_disc(dvd, full=False, copies=None)
+                request.result = await self.burner.eject(copies=None)
             elif request.kind == "copy":
-                async with self._device() as dvd:
-                    request.result = await self._finish_disc(
-                        dvd, full=False, copies=request.count + 1
-                    )
+                request.result = await self.burner.eject(copies=request.count + 1)
             self.last_result = request.result
             self.last_error = None
         except NetDVDError as exc:
@@ -343,255 +347,8 @@ class DvdArchiver(Component):
             self.log.error("%s", request.error)
             await self._publish(event="error", message=request.error)
         finally:
-            self.job = None
-            self.activity = "idle"
+            self.burner.idle()
             request.done.set()
-
-    @asynccontextmanager
-    async def _device(self) -> AsyncIterator[NetDVDClient]:
-        host, port = self.device
-        self.activity = "connecting to the NetDVD device"
-        async with open_netdvd(host, port) as dvd:
-            status = await dvd.status()
-            if status.job is not None:
-                self.activity = "waiting for the device's running job"
-                await dvd.wait()
-            if status.mounted:
-                await dvd.unmount()
-            yield dvd
-
-    async def _media(self, dvd: NetDVDClient) -> MediaStatus:
-        media = (await dvd.status()).media
-        self.media = attrs.asdict(media)
-        return media
-
-    # --- burning
-
-    async def burn(self, reason: str) -> dict[str, Any]:
-        """Burn everything staged now, as one or more sessions; verify each.
-
-        Raises:
-            NetDVDError: the device is busy, unreachable, has no disc, or refused.
-        """
-        assert self.staging is not None
-        await self.commit()
-        if not self.staging.segments and not self.staging.state["pending"]:
-            return {"sessions": [], "message": "nothing staged"}
-        target = self.staging.segments[-1].number if self.staging.segments else 0
-        done: list[dict[str, Any]] = []
-        async with self._device() as dvd:
-            if self.staging.state["pending"]:
-                await self._resolve_pending(dvd)
-            while True:
-                segments = [s for s in self.staging.segments if s.number <= target]
-                if not segments:
-                    break
-                media = await self._media(dvd)
-                if not media.present:
-                    raise NetDVDError("no disc in the drive: insert a blank", "no_disc")
-                burned = await self._burn_fitting(dvd, segments, media)
-                if burned is None:
-                    if media.blank:
-                        raise NetDVDError(
-                            f"segment {segments[0].number} does not fit on an empty disc "
-                            f"({media.free_bytes} bytes); lower segment_bytes",
-                            "disc_full",
-                        )
-                    await self._finish_disc(dvd, full=True, copies=None)
-                    continue
-                done.append(burned)
-                if burned["segments"] < len(segments):
-                    await self._finish_disc(dvd, full=True, copies=None)
-        self.log.info("burned %d session(s) (%s)", len(done), reason)
-        return {"sessions": done}
-
-    def _fits(self, segments: list[Segment], media: MediaStatus) -> int:
-        """How many of ``segments`` (in order) the disc's free space takes, by estimate."""
-        room = media.free_bytes - SESSION_OVERHEAD["new" if media.blank else "append"]
-        n = 0
-        for seg in segments:
-            room -= seg.estimate
-            if room < 0:
-                break
-            n += 1
-        return n
-
-    async def _burn_fitting(
-        self, dvd: NetDVDClient, segments: list[Segment], media: MediaStatus
-    ) -> dict[str, Any] | None:
-        """Burn the longest prefix of ``segments`` that fits; None if none does."""
-        assert self.staging is not None
-        n = min(self._fits(segments, media), len(segments))
-        mode = "new" if media.blank else "append"
-        while n > 0:
-            session = self.staging.state["next_session"]
-            earlier = self.staging.sessions_on(media.name)
-            self.activity = f"building session {session}"
-            local, manifest_bytes, manifest = await run_blocking(
-                self.staging.build_session, segments[:n], session, self.component, earlier
-            )
-            try:
-                await self._write_session(dvd, session, local, mode, manifest, media)
-            except NetDVDError as exc:
-                self.staging.state["pending"] = None
-                await run_blocking(self.staging.save_state)
-                if exc.code != "disc_full":
-                    raise
-                self.log.info("session %d with %d segments does not fit: %s", session, n, exc)
-                n //= 2
-                continue
-            await self._verify(dvd, session, manifest_bytes, manifest)
-            async with self._lock:
-                await run_blocking(self.staging.archived, session, manifest, media.name)
-            result = {
-                "session": session,
-                "disc": media.name,
-                "mode": mode,
-                "segments": n,
-                "files": len(manifest["files"]),
-                "frames": sum(c["frames"] for c in manifest["channels"].values()),
-                "gaps": len(manifest["gaps"]),
-            }
-            await self._publish(event="archived", **result)
-            return result
-        return None
-
-    async def _write_session(
-        self,
-        dvd: NetDVDClient,
-        session: int,
-        local: Path,
-        mode: str,
-        manifest: dict[str, Any],
-        media: MediaStatus,
-    ) -> None:
-        assert self.staging is not None
-        self.activity = f"uploading session {session}"
-        await dvd.clear()
-        for file in layout.walk_files(local):
-            await dvd.put_file(file, file.relative_to(local).as_posix())
-        self.staging.state["pending"] = {
-            "session": session,
-            "disc": media.name,
-            "through_segment": manifest["through_segment"],
-        }
-        await run_blocking(self.staging.save_state)
-        self.activity = f"burning session {session} ({mode})"
-        volume = f"{self.component.upper()[:26]}_{session:04d}"
-        await dvd.start_burn(mode, volume_id=volume)  # type: ignore[arg-type]
-        await self._follow(dvd, f"session {session}")
-
-    async def _follow(self, dvd: NetDVDClient, what: str) -> dict[str, Any]:
-        while (status := await dvd.status()).job is not None:
-            self.job = {"what": what, **attrs.asdict(status.job)}
-            await self._publish(event="progress")
-            await trio.sleep(POLL_S)
-        outcome = await dvd.wait()
-        self.job = None
-        return outcome
-
-    async def _verify(
-        self,
-        dvd: NetDVDClient,
-        session: int,
-        manifest_bytes: bytes | None,
-        manifest: dict[str, Any],
-    ) -> None:
-        """Read the session back and check every file against the manifest.
-
-        Raises:
-            NetDVDError: a file is missing or differs (code ``verify_failed``).
-        """
-        self.activity = f"verifying session {session}"
-        await dvd.mount()
-        try:
-            on_disc = await dvd.read(layout.manifest_path(session))
-            if manifest_bytes is not None and on_disc != manifest_bytes:
-                raise NetDVDError(
-                    f"session {session}: the manifest on the disc differs", "verify_failed"
-                )
-            files = manifest["files"]
-            for i, (path, entry) in enumerate(sorted(files.items())):
-                self.job = {"what": f"verifying session {session}", "done": i, "total": len(files)}
-                data = await dvd.read(path)
-                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                    raise NetDVDError(
-                        f"session {session}: {path} on the disc does not match its SHA-256",
-                        "verify_failed",
-                    )
-        finally:
-            self.job = None
-            await dvd.unmount()
-
-    async def _resolve_pending(self, dvd: NetDVDClient) -> None:
-        """After a restart during a burn: was the session written?  Keep it if verified."""
-        assert self.staging is not None
-        pending = self.staging.state["pending"]
-        session = pending["session"]
-        media = await self._media(dvd)
-        manifest: dict[str, Any] | None = None
-        if media.present and not media.blank and media.name == pending["disc"]:
-            await dvd.mount()
-            try:
-                manifest = json.loads(await dvd.read(layout.manifest_path(session)))
-            except NetDVDError as exc:
-                if exc.code != "not_found":
-                    raise
-            finally:
-                await dvd.unmount()
-        if manifest is not None and manifest.get("through_segment") == pending["through_segment"]:
-            try:
-                await self._verify(dvd, session, None, manifest)
-            except NetDVDError as exc:
-                self.log.warning(
-                    "session %d from before the restart: %s; burning again", session, exc
-                )
-            else:
-                self.log.info("session %d from before the restart is on disc and verified", session)
-                async with self._lock:
-                    await run_blocking(self.staging.archived, session, manifest, media.name)
-                return
-        self.log.info("session %d from before the restart is not on disc; burning again", session)
-        self.staging.state["pending"] = None
-        await run_blocking(self.staging.save_state)
-
-    async def _finish_disc(
-        self, dvd: NetDVDClient, *, full: bool, copies: int | None
-    ) -> dict[str, Any]:
-        """Copy the disc in the drive onto ``copies - 1`` blanks, eject it, record it."""
-        assert self.staging is not None
-        copies = self.config.copies if copies is None else copies
-        media = await self._media(dvd)
-        if not media.present:
-            raise NetDVDError("no disc in the drive", "no_disc")
-        if copies > 1 and not media.blank:
-            self.activity = f"copying {media.name}"
-            await dvd.request("copy")
-            await self._follow(dvd, f"copy of {media.name}")
-            await dvd.eject()
-            self.activity = f"burning {copies - 1} copies of {media.name}"
-            await dvd.request("burn_copy", count=copies - 1)
-            await self._follow(dvd, f"copies of {media.name}")
-        else:
-            await dvd.eject()
-        record = {
-            "disc": media.name,
-            "sessions": self.staging.sessions_on(media.name),
-            "copies": copies if not media.blank else 0,
-            "full": full,
-            "time": wall_time(),
-        }
-        self.staging.state["discs"].append(record)
-        del self.staging.state["discs"][:-100]
-        await run_blocking(self.staging.save_state)
-        now = await self._media(dvd)
-        if full:
-            await self._notice(DISC_FULL, disc=media.name, copies=record["copies"], next=now.name)
-        else:
-            self.log.info("ejected %s; now in the drive: %s", media.name, now.name)
-        if not now.present:
-            await self._notice("no disc in the drive: insert a blank")
-        return {**record, "next": now.name}
 
     # --- commands
 
@@ -602,7 +359,7 @@ class DvdArchiver(Component):
         if not request.done.is_set():
             return {
                 "message": f"{request.kind} is running; follow it with status",
-                "activity": self.activity,
+                "activity": self.burner.activity if self.burner else "starting",
             }
         if request.error:
             raise ValueError(request.error)
