@@ -14,10 +14,12 @@ from .client import (
     WorkEntry,
     open_netdvd,
 )
-from .drive import Drive, EmulatedDrive, Media, Progress, XorrisoDrive
+from .drive import Drive, Media, Progress
+from .emulated import EmulatedDrive
 from .errors import NetDVDBusyError, NetDVDError, NetDVDProtocolError
 from .folder import FolderDrive
 from .server import serve_netdvd
+from .xorriso_drive import XorrisoDrive
 
 __all__ = [
     "DEFAULT_PORT",

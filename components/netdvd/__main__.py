@@ -10,9 +10,11 @@ import click
 import trio
 
 from ._constants import DEFAULT_PORT, DVD_R_CAPACITY
-from .drive import Drive, EmulatedDrive, XorrisoDrive
+from .drive import Drive
+from .emulated import EmulatedDrive
 from .errors import NetDVDError
 from .server import serve_netdvd
+from .xorriso_drive import XorrisoDrive
 
 
 @click.command()

@@ -28,8 +28,8 @@ import attrs
 
 from turbine import run_blocking
 
-from ._constants import DVD_R_CAPACITY
-from .drive import SECTOR, Media, Progress, _check_kind, _full_error, _sectors, disc_media
+from ._constants import DVD_R_CAPACITY, SECTOR
+from .drive import Media, Progress, check_kind, disc_media, full_error, sectors
 from .errors import NetDVDError
 from .xorriso import DiscEntry, Toc
 
@@ -44,7 +44,7 @@ _DISC_NAME = re.compile(r"^disc-(\d+)$")
 
 def _tree_bytes(root: Path) -> int:
     """Bytes the files under ``root`` take on a disc (whole sectors each)."""
-    return sum(_sectors(p.stat().st_size) * SECTOR for p in root.rglob("*") if p.is_file())
+    return sum(sectors(p.stat().st_size) * SECTOR for p in root.rglob("*") if p.is_file())
 
 
 def _copy_tree(source: Path, dest: Path) -> None:
@@ -171,12 +171,12 @@ class FolderDrive:
     ) -> None:
         disc = self._disc()
         toc = self._toc(disc)
-        _check_kind(toc, append=append)
+        check_kind(toc, append=append)
         overhead = APPEND_SESSION_BYTES if append else NEW_SESSION_BYTES
         size = -(-(_tree_bytes(source) + overhead) // _ALIGN) * _ALIGN
         used = sum(self.sessions(disc))
         if used + size > self.capacity:
-            raise _full_error(size, self.capacity - used)
+            raise full_error(size, self.capacity - used)
         progress.total_bytes = size
         progress.phase = "writing"
         _copy_tree(source, disc / "tree")  # files keep their mtimes, as on the ISO
@@ -232,7 +232,7 @@ class FolderDrive:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             sizes = json.loads(tar.extractfile("sessions.json").read())  # type: ignore[union-attr]
             if sum(sizes) > self.capacity:
-                raise _full_error(sum(sizes), self.capacity)
+                raise full_error(sum(sizes), self.capacity)
             progress.total_bytes = len(data)
             progress.phase = "writing"
             shutil.rmtree(disc / "tree")
