@@ -3,7 +3,9 @@
 This module knows nothing about sockets; server.py moves the bytes and calls
 :class:`Device` for each command.  Every command either succeeds or raises
 :class:`NetDVDError` with a code and a message for the client; a command that
-fails changes neither the working directory nor the disc.
+fails changes neither the working directory nor the disc.  The working
+directory's own operations are :class:`~components.netdvd.workdir.WorkDir`'s;
+the device decides when it may be written (never while it is being burned).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,79 +24,16 @@ import trio
 
 from turbine import run_blocking
 
-from ._constants import MAX_PATH_BYTES, PROTOCOL_VERSION
+from ._args import arg, bad_request, check_relative_path
+from ._constants import PROTOCOL_VERSION
 from .drive import Drive, Media, Progress
 from .errors import NetDVDError
+from .workdir import PutTarget, WorkDir
+
+__all__ = ["DATA_OPS", "Device", "PutTarget", "check_relative_path"]
 
 _JOB_STATES = {"burn": "burning", "copy": "copying", "burn_copy": "burning_copy"}
 _COPY_NAME = "copy.iso"
-
-
-def _bad(message: str) -> NetDVDError:
-    return NetDVDError(message, "bad_request")
-
-
-def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    if name not in args:
-        if default is ...:
-            raise _bad(f"missing argument {name!r}")
-        return default
-    value = args[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
-        names = " or ".join(k.__name__ for k in _tuple(kind))
-        raise _bad(f"argument {name!r} must be {names}, not {type(value).__name__}")
-    return value
-
-
-def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def check_relative_path(text: str) -> PurePosixPath:
-    """Validate a client's path inside the working directory or on the disc.
-
-    Paths are '/'-separated and relative (a leading '/' is ignored); '..',
-    empty names, control characters and backslashes are refused so that a
-    path means the same thing on every reader of the disc.
-
-    Raises:
-        NetDVDError: code ``bad_path``.
-    """
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise NetDVDError(f"path is longer than {MAX_PATH_BYTES} bytes", "bad_path")
-    if any(ord(c) < 32 or ord(c) == 127 or c == "\\" for c in text):
-        raise NetDVDError(
-            f"path {text!r} holds a control character or a backslash; use plain names", "bad_path"
-        )
-    parts = [p for p in text.strip("/").split("/")]
-    if parts == [""] or any(p in ("", ".", "..") for p in parts):
-        raise NetDVDError(
-            f"path {text!r} must name something below the root, without '.', '..' or '//'",
-            "bad_path",
-        )
-    if any(len(p.encode()) > 255 for p in parts):
-        raise NetDVDError(f"a name in {text!r} is longer than 255 bytes", "bad_path")
-    return PurePosixPath(*parts)
-
-
-def _empty_dir(work: Path) -> None:
-    """Remove everything inside ``work`` (blocking: run it in a thread)."""
-    for child in work.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-@attrs.frozen
-class PutTarget:
-    """An accepted upload: where its bytes go until they are complete."""
-
-    partial: Path
-    final: Path
-    rel: str
-    size: int
-    mtime: float
 
 
 @attrs.define(eq=False)
@@ -114,12 +53,11 @@ class Device:
     spool: Path
     job_nursery: trio.Nursery
     clock_offset: float = 0.0
-    workdir: Path | None = None
+    _workdir: WorkDir | None = None
     job: Progress | None = None
     last_job: dict[str, Any] | None = None
     mounted: bool = False
     media: Media = Media(present=False)
-    _dir_mtimes: dict[str, float] = attrs.field(factory=dict)
     _job_done: trio.Event = attrs.field(factory=trio.Event)
     _job_workdir: Path | None = None
     _counter: itertools.count[int] = attrs.field(factory=itertools.count)
@@ -145,14 +83,19 @@ class Device:
         """Now, by the clock of the client that sent ``init``."""
         return time.time() + self.clock_offset
 
-    def _work(self) -> Path:
-        if self.workdir is None:
-            raise NetDVDError("send 'init' first", "not_initialized")
-        return self.workdir
+    @property
+    def workdir(self) -> Path | None:
+        """The working directory of the client that sent ``init``; ``None`` before."""
+        return None if self._workdir is None else self._workdir.path
 
-    def _writable_work(self) -> Path:
+    def _work(self) -> WorkDir:
+        if self._workdir is None:
+            raise NetDVDError("send 'init' first", "not_initialized")
+        return self._workdir
+
+    def _writable_work(self) -> WorkDir:
         work = self._work()
-        if self._job_workdir == work:
+        if self._job_workdir == work.path:
             raise NetDVDError(
                 "the working directory is being burned; wait for the burn to end", "busy"
             )
@@ -165,10 +108,6 @@ class Device:
                 "or wait for it with 'wait'",
                 "busy",
             )
-
-    def _resolve(self, work: Path, text: str) -> tuple[str, Path]:
-        rel = check_relative_path(text)
-        return str(rel), work.joinpath(*rel.parts)
 
     def free_bytes(self) -> int:
         """Bytes free on the spool's partition."""
@@ -203,8 +142,8 @@ class Device:
         return await handler(self, args)
 
     async def init(self, args: dict[str, Any]) -> dict[str, Any]:
-        version = _arg(args, "version", int)
-        client_time = _arg(args, "time", (int, float))
+        version = arg(args, "version", int)
+        client_time = arg(args, "time", (int, float))
         if not 0 <= version <= PROTOCOL_VERSION:
             raise NetDVDError(
                 f"protocol version {version} is not spoken here; "
@@ -212,14 +151,14 @@ class Device:
                 "bad_version",
             )
         if not math.isfinite(client_time) or client_time < 0:
-            raise _bad("argument 'time' must be seconds since 1970-01-01 UTC")
+            raise bad_request("argument 'time' must be seconds since 1970-01-01 UTC")
         self.clock_offset = client_time - time.time()
         for old in (self.spool / "work").iterdir():
             if old != self._job_workdir:
                 await run_blocking(shutil.rmtree, old)
-        self.workdir = self.spool / "work" / f"{os.getpid()}-{next(self._counter)}"
-        self.workdir.mkdir()
-        self._dir_mtimes = {}
+        path = self.spool / "work" / f"{os.getpid()}-{next(self._counter)}"
+        path.mkdir()
+        self._workdir = WorkDir(path, self.client_now, self._counter, self.free_bytes)
         self.mounted = False
         await self.refresh_media()
         return {"version": version, "free_bytes": self.free_bytes()}
@@ -230,96 +169,24 @@ class Device:
         Raises:
             NetDVDError: bad path, no space, the path is a directory, or busy.
         """
-        work = self._writable_work()
-        rel, final = self._resolve(work, _arg(args, "path", str))
-        size = _arg(args, "size", int)
-        mtime = _arg(args, "mtime", (int, float), None)
-        if size < 0:
-            raise _bad("argument 'size' must not be negative")
-        if final.is_dir():
-            raise NetDVDError(f"{rel!r} is a directory in the working directory", "is_dir")
-        for parent in PurePosixPath(rel).parents:
-            if str(parent) != "." and work.joinpath(parent).is_file():
-                raise NetDVDError(f"{str(parent)!r} is a file, not a directory", "not_dir")
-        free = self.free_bytes()
-        if size > free:
-            raise NetDVDError(
-                f"no space for {rel!r}: it has {size} bytes, the working directory's "
-                f"partition has {free} bytes free",
-                "no_space",
-            )
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{final.name}.{next(self._counter)}.part")
-        return PutTarget(partial, final, rel, size, self.client_now() if mtime is None else mtime)
+        return self._writable_work().begin_put(args)
 
     def finish_put(self, target: PutTarget) -> dict[str, Any]:
         """Move a complete upload into place with its timestamp."""
-        os.utime(target.partial, (target.mtime, target.mtime))
-        os.replace(target.partial, target.final)
-        return {"path": target.rel, "size": target.size}
+        return WorkDir.finish_put(target)
 
     async def mkdir(self, args: dict[str, Any]) -> dict[str, Any]:
-        work = self._writable_work()
-        rel, path = self._resolve(work, _arg(args, "path", str))
-        mtime = _arg(args, "mtime", (int, float), None)
-        if path.is_file():
-            raise NetDVDError(f"{rel!r} is a file in the working directory", "not_dir")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise NetDVDError(
-                f"cannot make directory {rel!r}: a file is in the way", "not_dir"
-            ) from exc
-        self._dir_mtimes[rel] = self.client_now() if mtime is None else mtime
-        return {"path": rel}
+        return await self._writable_work().mkdir(args)
 
     async def list(self, args: dict[str, Any]) -> dict[str, Any]:
-        work = self._work()
-        entries = []
-        total = 0
-        for root, dirs, files in os.walk(work):
-            dirs.sort()
-            base = Path(root)
-            for name in dirs:
-                rel = (base / name).relative_to(work).as_posix()
-                mtime = self._dir_mtimes.get(rel, (base / name).stat().st_mtime)
-                entries.append({"path": rel, "kind": "dir", "size": 0, "mtime": mtime})
-            for name in sorted(files):
-                if name.endswith(".part") and name.startswith("."):
-                    continue
-                st = (base / name).stat()
-                rel = (base / name).relative_to(work).as_posix()
-                entries.append(
-                    {"path": rel, "kind": "file", "size": st.st_size, "mtime": st.st_mtime}
-                )
-                total += st.st_size
-        entries.sort(key=lambda e: str(e["path"]))
-        return {"entries": entries, "bytes": total, "free_bytes": self.free_bytes()}
+        return await self._work().list(args)
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        work = self._writable_work()
-        rel, path = self._resolve(work, _arg(args, "path", str))
-        if path.is_dir():
-            await run_blocking(shutil.rmtree, path)
-            self._dir_mtimes = {
-                k: v
-                for k, v in self._dir_mtimes.items()
-                if k != rel and not k.startswith(rel + "/")
-            }
-        elif path.exists():
-            path.unlink()
-        else:
-            raise NetDVDError(f"{rel!r} is not in the working directory", "not_found")
-        return {"path": rel}
+        return await self._writable_work().delete(args)
 
     async def clear(self, args: dict[str, Any]) -> dict[str, Any]:
-        await self._empty(self._writable_work())
+        await self._writable_work().empty()
         return {}
-
-    async def _empty(self, work: Path) -> None:
-        """Remove everything in the working directory ``work``."""
-        await run_blocking(_empty_dir, work)
-        self._dir_mtimes = {}
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         media = await self.refresh_media()
@@ -371,7 +238,7 @@ class Device:
     async def prepare_read(self, args: dict[str, Any]) -> tuple[Path, int]:
         """Extract a disc file to the staging area for a ``read``; return it and its size."""
         self._mounted()
-        rel = str(check_relative_path(_arg(args, "path", str)))
+        rel = str(check_relative_path(arg(args, "path", str)))
         entries = {e.path: e for e in await self.drive.list_files()}
         entry = entries.get(rel)
         if entry is None:
@@ -443,26 +310,25 @@ class Device:
         return media
 
     async def burn(self, args: dict[str, Any]) -> dict[str, Any]:
-        mode = _arg(args, "mode", str)
+        mode = arg(args, "mode", str)
         if mode not in ("new", "append"):
-            raise _bad(f"argument 'mode' must be 'new' or 'append', not {mode!r}")
-        keep = _arg(args, "keep", bool, False)
+            raise bad_request(f"argument 'mode' must be 'new' or 'append', not {mode!r}")
+        keep = arg(args, "keep", bool, False)
         self._idle()
         if self.mounted:
             raise NetDVDError("the disc is mounted; unmount it before burning", "mounted")
-        work = self._work()
+        workdir = self._work()
+        work = workdir.path
         await self._require_disc()
         if not any(work.iterdir()):
             raise NetDVDError("the working directory is empty; upload files first", "empty_workdir")
         stamp = int(self.client_now())
-        volume_id = _arg(args, "volume_id", str, None) or time.strftime(
+        volume_id = arg(args, "volume_id", str, None) or time.strftime(
             "NETDVD_%Y%m%d_%H%M%S", time.gmtime(stamp)
         )
         if not 0 < len(volume_id) <= 32:
-            raise _bad("argument 'volume_id' must have 1 to 32 characters")
-        for rel, mtime in self._dir_mtimes.items():
-            if work.joinpath(rel).is_dir():
-                os.utime(work.joinpath(rel), (mtime, mtime))
+            raise bad_request("argument 'volume_id' must have 1 to 32 characters")
+        workdir.date_directories()
         self._job_workdir = work
 
         async def run(progress: Progress) -> None:
@@ -470,7 +336,7 @@ class Device:
                 work, append=mode == "append", stamp=stamp, volume_id=volume_id, progress=progress
             )
             if not keep:
-                await self._empty(work)
+                await workdir.empty()
 
         return self._start("burn", run)
 
@@ -496,9 +362,9 @@ class Device:
         return self._start("copy", run)
 
     async def burn_copy(self, args: dict[str, Any]) -> dict[str, Any]:
-        count = _arg(args, "count", int, 1)
+        count = arg(args, "count", int, 1)
         if not 1 <= count <= 100:
-            raise _bad("argument 'count' must be 1 to 100")
+            raise bad_request("argument 'count' must be 1 to 100")
         self._idle()
         if self.mounted:
             raise NetDVDError("the disc is mounted; unmount and eject it first", "mounted")
