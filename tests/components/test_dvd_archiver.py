@@ -132,8 +132,9 @@ async def wait_staged(arch: DvdArchiver, tb: Client) -> None:
         await trio.sleep(0.02)
 
 
-async def command(tb: Client, verb: str, *args: Any) -> Any:
-    reply = await send_command(tb, "dvd_test", verb, *args, wait=15)
+async def command(tb: Client, verb: str, *args: Any, wait: float = 15) -> Any:
+    """``wait`` must outlast the archiver's ``command_wait`` (it answers "running" after it)."""
+    reply = await send_command(tb, "dvd_test", verb, *args, wait=wait)
     assert reply.ok, reply.error
     return reply.result
 
@@ -372,11 +373,16 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
     frames flow and sessions burn (the second time while a burn runs)."""
     # A hang detector on real time: three archiver processes start and xorriso
     # burns; 15 s alone at load 12, over 20 s in a full run.  A lost frame or a
-    # stuck burn fails an assertion or never ends, so 90 s costs nothing.
-    with trio.fail_after(90):
+    # stuck burn fails an assertion or never ends, so 180 s costs nothing.
+    with trio.fail_after(180):
         broker = await start_broker(nursery, types=TYPES)
         port, tray = await start_device(nursery, tmp_path, 16 * MiB)
-        config = settings(tmp_path, port, burn_size=24 * 1024, segment_seconds=0.1)
+        # The last burn-now is answered when its burn ends: under load that can
+        # take longer than 15 s, and a "burn is running" answer would leave the
+        # disc unfinished when the test reads it.
+        config = settings(
+            tmp_path, port, burn_size=24 * 1024, segment_seconds=0.1, command_wait=120.0
+        )
         argv = [sys.executable, "-m", "components.dvd_archiver", "--name", "test"]
         argv += ["--turbine", broker, "--log-level", "WARNING"]
         for key, value in config.items():
@@ -431,7 +437,7 @@ async def test_killed_and_restarted_the_archiver_loses_and_duplicates_nothing(
                     ):
                         break
                     await trio.sleep(0.05)
-                await command(tb, "burn-now")
+                await command(tb, "burn-now", wait=130)
                 expected = await held(tb)
             finally:
                 with trio.CancelScope(shield=True):
