@@ -2,12 +2,16 @@
 and its owner (the client name that created it).
 
 :class:`Holding` is the half of :class:`turbine.sources.Source` that answers
-who may open (take over), write to, shrink or delete it; each check raises
+who may open (take over, also while it is kept for a reconnecting holder),
+write to, shrink or delete it; each check raises
 :class:`~turbine.RequestFailed` saying who holds or owns it and what to do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ._constants import RECLAIM_GRACE_S
 from ._errors import RequestFailed
 from .peer import Peer
 
@@ -28,6 +32,10 @@ class Holding:
     cache_bytes: int
     archive_bytes: int
     archive_age: float | None
+    offline_since: float | None
+    #: Until when (clock) an offline source is kept for the client ``reserved_for``.
+    reserved_until: float | None
+    reserved_for: str
 
     @property
     def online(self) -> bool:
@@ -50,6 +58,22 @@ class Holding:
         )
         if self.online and not reclaims:
             self.refuse_holder(peer)
+
+    def check_reserved(self, peer: Peer, clock: Callable[[], float]) -> None:
+        """Raises RequestFailed (``held``): this offline source is kept for the
+        client that held it (reconnecting), and ``peer`` is another."""
+        if self.reserved_until is None or peer.client in (self.reserved_for, self.owner):
+            return
+        now = clock()
+        if now >= self.reserved_until or not self.reserved_for:
+            return
+        raise RequestFailed(
+            f"source {self.name!r} is held by {self.holder_name or self.reserved_for}, which is "
+            f"reconnecting (offline for {now - (self.offline_since or now):.1f} s); only one "
+            f"client at a time may hold a source (stop that client, or use another name; after "
+            f"{RECLAIM_GRACE_S:g} s offline another client may take it over)",
+            "held",
+        )
 
     def limits_for(
         self,

@@ -111,7 +111,7 @@ class SourceLifecycle:
             self.identity, name, mirror, shared, src is not None, src.origin if src else None
         )
         if src is not None and not src.online:
-            self._check_reserved(src, peer)
+            src.check_reserved(peer, self.clock)
         if src is not None:
             cache_frames, cache_bytes, archive_bytes, archive_age = src.limits_for(
                 peer, cache_frames, cache_bytes, archive_bytes, archive_age
@@ -188,22 +188,6 @@ class SourceLifecycle:
                 src.reserved_for = peer.client
                 kept = name is None and peer.reconnects
                 src.reserved_until = now + RECLAIM_GRACE_S if kept else None
-
-    def _check_reserved(self, src: Source, peer: Peer) -> None:
-        """Raises RequestFailed (``held``): the offline ``src`` is kept for the
-        client that held it (reconnecting), and ``peer`` is another."""
-        if src.reserved_until is None or peer.client in (src.reserved_for, src.owner):
-            return
-        now = self.clock()
-        if now >= src.reserved_until or not src.reserved_for:
-            return
-        raise RequestFailed(
-            f"source {src.name!r} is held by {src.holder_name or src.reserved_for}, which is "
-            f"reconnecting (offline for {now - (src.offline_since or now):.1f} s); only one "
-            f"client at a time may hold a source (stop that client, or use another name; after "
-            f"{RECLAIM_GRACE_S:g} s offline another client may take it over)",
-            "held",
-        )
 
     def delete(self, name: str, peer: Peer | None = None) -> None:
         """Delete a source and its frames (``peer`` None: the broker itself).
