@@ -374,6 +374,35 @@ async def test_put_to_a_missing_source_is_refused(broker):
     assert info.value.code == "missing"
 
 
+async def test_tasks_putting_at_once_each_learn_of_their_own_refused_put(broker):
+    """A refused put has no reply of its own: each of several tasks of one
+    client that put at once is told of its own refusal, and only of its own."""
+    results: dict[str, str] = {}
+    with trio.fail_after(HANG_S):
+        async with open_client(broker) as tb:
+            await tb.open_source("daq_open_data_source", shared=True)
+
+            async def put(name: str) -> None:
+                try:
+                    await tb.put(f"daq_{name}_data_source/x", b"x")
+                    results[name] = "stored"
+                except RequestFailed as exc:
+                    results[name] = f"refused: {exc.code}"
+
+            async with trio.open_nursery() as n:
+                for name in ("missing1", "open", "missing2", "missing3"):
+                    n.start_soon(put, name)
+            await tb.flush()  # nothing left over for a later request to raise
+            held = await tb.fetch("daq_open_data_source/x", newest=5)
+    assert results == {
+        "missing1": "refused: missing",
+        "open": "stored",
+        "missing2": "refused: missing",
+        "missing3": "refused: missing",
+    }
+    assert [f.data for f in held] == [b"x"]
+
+
 # --- fetch -------------------------------------------------------------------------------
 
 

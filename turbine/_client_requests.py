@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -15,13 +16,29 @@ from .protocol import Connection
 
 R = TypeVar("R", bound=Message)
 
+#: How many put refusals a connection remembers for the puts that wait on them.
+REFUSALS_KEPT = 1024
+
+
+def refused_path(error: RequestFailed) -> str | None:
+    """The ``SOURCE/CHANNEL`` a put refusal names: its message starts
+    ``put to PATH refused:`` (docs/protocol.rst); None for any other error."""
+    text = str(error)
+    if not text.startswith("put to "):
+        return None
+    path, sep, _ = text[len("put to ") :].partition(" refused:")
+    return path if sep else None
+
 
 class Requests:
     """The requests of one connection that wait for their replies.
 
     The broker refuses a put (which has no id) with an ``error`` that names
     no request; such refusals are kept (:meth:`defer`) and raised by the next
-    request that completes, so ``flush`` reports them.
+    request that completes, so ``flush`` reports them.  They are also
+    remembered by the path they name, so that each of several tasks putting
+    at once learns of its own put's refusal (:meth:`take_refusal`), not only
+    the one whose ``flush`` came back first.
 
     Args:
         proto: the connection's protocol state, which checks and encodes requests.
@@ -37,6 +54,8 @@ class Requests:
         self._replies: Correlator[int, list[Message]] = Correlator()  # every part of a reply
         self._parts: dict[int, list[Message]] = {}  # parts before the last (``more: true``)
         self._deferred: list[RequestFailed] = []
+        self.refusals = 0  # put refusals received on this connection so far
+        self._refused: deque[tuple[int, str, RequestFailed]] = deque(maxlen=REFUSALS_KEPT)
 
     def next_id(self) -> int:
         """A fresh id, unique on this connection (requests and subscriptions share them)."""
@@ -116,6 +135,21 @@ class Requests:
     def defer(self, error: RequestFailed) -> None:
         """Keep a put's refusal for the next request to raise."""
         self._deferred.append(error)
+        self.refusals += 1
+        path = refused_path(error)
+        if path is not None:
+            self._refused.append((self.refusals, path, error))
+
+    def take_refusal(self, path: str, since: int) -> RequestFailed | None:
+        """The refusal of a put to ``path`` that came after the first ``since``
+        refusals, if any; it is not raised again by a later request."""
+        for number, refused, error in self._refused:
+            if number > since and refused == path:
+                self._refused.remove((number, refused, error))
+                if error in self._deferred:
+                    self._deferred.remove(error)
+                return error
+        return None
 
     def fail(self) -> None:
         """Wake every waiting caller: the connection failed (the outbox holds why)."""

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from . import messages as m
 from ._client_handles import Source
 from ._client_link import Link
+from ._client_requests import refused_path
+from ._errors import RequestFailed
 from .names import split_path
 from .protocol import encode_message
 
@@ -142,9 +144,22 @@ class Writes(Link):
         Returns once the broker holds it.
 
         Raises:
-            RequestFailed: no such source, or it is not shared.
+            RequestFailed: no such source, or it is not shared (this put's own
+                refusal, also when other tasks of this client put at once).
         """
         source, channel = split_path(path)
+        requests, since = self._requests, self._requests.refusals
         if self._outbox.queue(source, channel, data, timestamp):
             await self._outbox.send()
-        await self.flush()
+        try:
+            await self.flush()
+        except RequestFailed as exc:
+            # Another task's put may have been refused first: that task is told
+            # (below, in its own call); this one raises only its own refusal.
+            if refused_path(exc) is None:
+                raise
+        if requests is not self._requests:  # reconnected: its puts went again
+            requests, since = self._requests, 0
+        refusal = requests.take_refusal(f"{source}/{channel}", since)
+        if refusal is not None:
+            raise refusal
