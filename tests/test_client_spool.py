@@ -114,6 +114,31 @@ async def test_a_full_spool_tells_the_next_put_how_many_frames_it_dropped_and_wh
     assert spool._entries[1].put.skipped is None
 
 
+async def test_a_full_spool_keeps_puts_a_lost_connection_left_unanswered_and_drops_unsent_ones(
+    tmp_path,
+):
+    """Puts written before the connection was lost may or may not be stored:
+    they stay for the replay; the full spool drops the newer, never-sent ones,
+    and only those are told of as a gap."""
+    spool = Spool(180, name="daq")  # three frames
+    await put(spool, "x", frame(1), 1)
+    await put(spool, "x", frame(2), 2)
+    assert frame(1) in written(spool)  # written, unanswered: the connection is lost
+    spool.rewind()
+    for i in range(3, 7):
+        await put(spool, "x", frame(i), i)
+    assert spool.statistics()["dropped_frames"] == 3
+    assert (spool.frames, spool.bytes) == (3, 180)
+    replay = written(spool)
+    assert [replay.find(frame(i)) >= 0 for i in range(1, 7)] == [True] * 2 + [False] * 3 + [True]
+    assert replay.find(frame(1)) < replay.find(frame(2)) < replay.find(frame(6))
+    kept = [e.put for e in spool._entries if not e.dropped]
+    assert [(p.pseq, p.skipped) for p in kept] == [(1, None), (2, None), (6, 3)]
+    assert (kept[2].skipped_first_time, kept[2].skipped_last_time) == (3.0, 5.0)
+    spool.acknowledged(spool.end)
+    assert (spool.frames, spool.bytes, len(spool._entries)) == (0, 0, 0)
+
+
 async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tmp_path):
     left = SpoolFile.create(str(tmp_path), "daq-1.spool")  # pid 1: not this process
     for i in range(1, 4):

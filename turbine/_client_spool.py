@@ -230,6 +230,7 @@ class _Entry:
     length: int = 0
     damaged: bool = False  # its record on file did not read back whole: its frames are lost
     recovered: bool = False  # left by an earlier run (which may have had it stored)
+    dropped: bool = False  # dropped while newer ones stay: kept as a placeholder, not counted
 
 
 @attrs.define
@@ -239,6 +240,8 @@ class _Skip:
     frames: int = 0
     first_time: float | None = None
     last_time: float | None = None
+    #: The number of the newest entry dropped: only a put after it may carry the gap.
+    after: int = -1
 
     def add(self, frames: int, first: float | None, last: float | None) -> None:
         self.frames += frames
@@ -259,8 +262,11 @@ class Spool:
     the number of the oldest kept, ``written`` of the first not yet written
     on the current connection.
 
-    Bounded by ``limit`` bytes of frame data: past it the oldest entries are
-    dropped (:attr:`dropped_frames`).  Frames dropped before they were ever
+    Bounded by ``limit`` bytes of frame data: past it the oldest entries never
+    written are dropped (:attr:`dropped_frames`); those written on a
+    connection that was lost before the broker acknowledged them are kept
+    (the broker may or may not have stored them: their replay tells), unless
+    nothing else is left to drop.  Frames dropped before they were ever
     written reach readers as a gap: the next put of their channel carries
     their count (``skipped``) and time span, and the broker leaves that many
     numbers unused.  With ``directory``, at most ``memory`` bytes of frame
@@ -338,10 +344,39 @@ class Spool:
         self._entries.append(entry)
         self._count(entry, 1)
         while self.bytes > self.limit and len(self._entries) > 1:
-            self._drop_oldest()
+            if not self._drop_oldest_unsent():
+                self._drop_oldest()
         self._changed.set()
 
+    def _drop_oldest_unsent(self) -> bool:
+        """Drop the oldest entry never written (not the newest); False: there is none.
+
+        It stays in place, marked, so entry numbers hold; it is never written.
+        """
+        entries = self._entries
+        for i in range(max(self._sent - self.base, 0), len(entries) - 1):
+            entry = entries[i]
+            if entry.dropped or entry.damaged:
+                continue
+            self._count(entry, -1)
+            if entry.file is not None:
+                entry.file.release()
+            entry.file = entry.data = None
+            entry.dropped = entry.damaged = True
+            if not entry.recovered:
+                self._skip(entry, self.base + i)
+            if not self.dropped_frames:
+                log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
+            self.dropped_frames += len(entry.put.sizes)
+            while entries and entries[0].dropped:  # nothing before it to hold its number for
+                self._forget()
+            self.written = max(self.written, self.base)
+            return True
+        return False
+
     def _count(self, entry: _Entry, sign: int) -> None:
+        if entry.dropped:
+            return
         nbytes = sign * entry.nbytes
         self.bytes += nbytes
         self.frames += sign * len(entry.put.sizes)
@@ -363,17 +398,19 @@ class Spool:
         unsent = self.base >= self._sent  # never written: the broker cannot have it
         entry = self._forget()
         if unsent and not entry.recovered and not entry.damaged:
-            self._skip(entry)
+            self._skip(entry, self.base - 1)
         if not self.dropped_frames:
             log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
         self.written = max(self.written, self.base)
         if not entry.damaged:
             self.dropped_frames += len(entry.put.sizes)
 
-    def _skip(self, entry: _Entry) -> None:
-        """Readers are to be told of ``entry``'s frames (and those it told of) as a gap."""
+    def _skip(self, entry: _Entry, number: int) -> None:
+        """Readers are to be told of ``entry``'s frames (and those it told of) as
+        a gap, by a put after entry ``number`` (``entry``'s)."""
         put = entry.put
         skip = self._skips.setdefault((put.source, put.channel), _Skip())
+        skip.after = max(skip.after, number)
         stamped = [t for t in put.ts if t is not None]
         first, last = (min(stamped), max(stamped)) if stamped else (entry.added, entry.added)
         skip.add(len(put.sizes), first, last)
@@ -398,11 +435,13 @@ class Spool:
                 data = self._read_back(entry)
                 if data is None:  # damaged on disk: its frames are lost, and readers told
                     if not entry.recovered:
-                        self._skip(entry)
+                        self._skip(entry, self.base + i)
                     self.dropped_frames += len(entry.put.sizes)
                     entry.damaged = True
                     continue
-            if skips and (skip := skips.pop((entry.put.source, entry.put.channel), None)):
+            key = (entry.put.source, entry.put.channel)
+            if skips and (skip := skips.get(key)) and skip.after < self.base + i:
+                del skips[key]
                 put = entry.put
                 skip.add(put.skipped or 0, put.skipped_first_time, put.skipped_last_time)
                 entry.put = attrs.evolve(
