@@ -563,3 +563,101 @@ async def test_a_broker_killed_three_times_mid_stream_loses_and_repeats_nothing(
         assert [(f.seq, f.timestamp, f.data) for f in seen[p]] == [
             (f.seq, f.timestamp, f.data) for f in frames
         ], outages
+
+
+#: How long the broker stays away in the spool overflow test (the spool holds 0.4 s).
+OUTAGE_S = 1.5
+
+
+async def test_a_broker_away_longer_than_the_daq_spool_gives_one_gap_per_channel(
+    tmp_path: Path,
+) -> None:
+    """The issue's spool-overflow case with real processes: the DAQ (1 kHz,
+    0.1 s blocks of 800 bytes) spools at most 6400 bytes (8 blocks: 0.4 s of
+    its two channels; room for a status reply too); the broker is killed with
+    -9 and restarted by the MCP from its data dir, but only after 1.5 s (the
+    MCP is stopped meanwhile).  A reader sees, per channel, every block but the
+    dropped ones once and in order, and exactly one Gap, spanning the dropped
+    blocks' times; the gaps of all its channels add up to the frames the DAQ's
+    status says its spool dropped."""
+    data_dir = tmp_path / "var" / "turbine"
+    broker = f"data_dir = {json.dumps(str(data_dir))}"
+    env = {
+        **os.environ,
+        "TURBINE_SPOOL_BYTES": "6400",
+        "TURBINE_STATE_DIR": str(tmp_path / "state"),
+    }
+    paths = ["daq_t_data_source/ch0", "daq_t_data_source/ch1"]
+    seen: dict[str, list[Frame | Gap]] = {p: [] for p in paths}
+    changed = trio.Event()
+    with trio.fail_after(60):
+        async with (
+            run_mcp(tmp_path, broker=broker, env=env, rate=1000.0) as site,
+            open_client(site.address, reconnect=True) as tb,
+        ):
+
+            async def until(pred: Callable[[], bool]) -> None:
+                nonlocal changed
+                while not pred():
+                    await changed.wait()
+                    changed = trio.Event()
+
+            async def subscriber(task_status: trio.TaskStatus[None]) -> None:
+                async with tb.subscribe("daq_t_*", start="oldest") as sub:
+                    task_status.started()
+                    async for item in sub:
+                        seen.setdefault(item.path, []).append(item)
+                        changed.set()
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(subscriber)
+                state = await wait_state(tb, lambda s: running("broker")(s) and running("daq_t")(s))
+                await until(lambda: all(len(seen[p]) >= 5 for p in paths))
+                # The broker killed while the MCP cannot restart it (stopped): away
+                # for at least OUTAGE_S, well past what the spool holds.
+                site.proc.send_signal(signal.SIGSTOP)
+                try:
+                    os.kill(state["broker"]["pid"], signal.SIGKILL)
+                    await trio.sleep(OUTAGE_S)  # real processes: real time
+                finally:
+                    site.proc.send_signal(signal.SIGCONT)
+                await until(lambda: all(any(isinstance(i, Gap) for i in seen[p]) for p in paths))
+                status = await send_command(tb, "daq_t", "status", wait=5)
+                assert status.ok, status
+                spool = status.result["spool"]
+                assert spool["spool_limit_bytes"] == 6400 and spool["reconnects"] == 1, spool
+                reply = await send_command(tb, "mcp_t", "stop", "daq_t")  # flushes its last puts
+                assert reply.ok, reply
+                await wait_state(tb, lambda s: s["daq_t"]["state"] == "stopped")
+                archived = {p: await tb.fetch(p, oldest=10**6) for p in paths}
+                await until(
+                    lambda: all(
+                        isinstance(seen[p][-1], Frame) and seen[p][-1].seq == archived[p][-1].seq
+                        for p in paths
+                    )
+                )
+                nursery.cancel_scope.cancel()
+    for p in paths:
+        (gap,) = [i for i in seen[p] if isinstance(i, Gap)]
+        at = seen[p].index(gap)
+        before, after = seen[p][at - 1], seen[p][at + 1]
+        assert isinstance(before, Frame) and isinstance(after, Frame)
+        assert gap.missed >= 5 and after.seq == gap.next_seq == before.seq + gap.missed + 1
+        # The dropped blocks' sample-clock times, and the hole between the frames around it.
+        assert gap.first_time == pytest.approx(before.timestamp + 0.1)
+        assert gap.last_time == pytest.approx(after.timestamp - 0.1)
+        assert after.timestamp == pytest.approx(before.timestamp + 0.1 * (gap.missed + 1))
+        frames = [i for i in seen[p] if isinstance(i, Frame)]
+        steps = [round(b.timestamp - a.timestamp, 6) for a, b in itertools.pairwise(frames)]
+        assert steps.count(0.1) == len(steps) - 1, steps  # every other block once, in order
+        assert [(f.seq, f.timestamp, f.data) for f in frames] == [
+            (f.seq, f.timestamp, f.data) for f in archived[p]
+        ]
+    # The spool's count covers every channel of the DAQ (a log line it dropped
+    # too is a gap of the log channel): together they are what it dropped.
+    gaps = {p: [g for g in items if isinstance(g, Gap)] for p, items in seen.items()}
+    assert all(len(g) <= 1 for g in gaps.values()), gaps
+    assert sum(g.missed for found in gaps.values() for g in found) == spool["dropped_frames"], (
+        spool,
+        gaps,
+    )

@@ -51,6 +51,7 @@ class Sessions:
     _log_handler: BrokerLogHandler
     _patience: Patience
     kept: KeptState
+    spool_bytes: int
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -157,6 +158,7 @@ class Sessions:
                             name=self.component,
                             reconnect=True,
                             token=self.token,
+                            spool_bytes=self.spool_bytes,
                             spool_dir=self.kept.directory,
                         ) as tb:
                             await self._session(tb, self._patience, ready)

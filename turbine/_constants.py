@@ -102,6 +102,8 @@ RECLAIM_GRACE_S = 10.0
 DROP_SPANS_PER_CHANNEL = 16
 #: What a reconnecting client keeps of unacknowledged puts (frame bytes), by default.
 SPOOL_BYTES = 64 * 2**20
+#: A component's spool limit (frame bytes) instead of SPOOL_BYTES, from the environment.
+SPOOL_BYTES_ENVVAR = "TURBINE_SPOOL_BYTES"
 #: ... of which it keeps this much in memory when it has a spool directory (the
 #: rest goes to a file there: a component's state dir).
 SPOOL_MEMORY_BYTES = 8 * 2**20

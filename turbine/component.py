@@ -61,7 +61,13 @@ from ._component_parts import (
     usage,
 )
 from ._component_serve import Sessions
-from ._constants import DEFAULT_ADDRESS, STATE_DIR, STATE_DIR_ENVVAR
+from ._constants import (
+    DEFAULT_ADDRESS,
+    SPOOL_BYTES,
+    SPOOL_BYTES_ENVVAR,
+    STATE_DIR,
+    STATE_DIR_ENVVAR,
+)
 from ._errors import ConnectionFailed
 from ._retry import Backoff
 from .client import Client, Source
@@ -129,6 +135,9 @@ class Component(Sessions):
         #: What must survive a restart: ``self.kept.load()``, ``await self.kept.save(state)``,
         #: in ``$TURBINE_STATE_DIR/<type>_<name>`` (default ``var/<type>_<name>``).
         self.kept = KeptState(Path(os.environ.get(STATE_DIR_ENVVAR) or STATE_DIR) / self.component)
+        #: What its client spools at most while the broker is away (frame bytes;
+        #: ``$TURBINE_SPOOL_BYTES``, default 64 MiB).
+        self.spool_bytes = spool_limit(os.environ.get(SPOOL_BYTES_ENVVAR))
         self._log_handler = BrokerLogHandler()
         self._handlers = find_commands(self)
 
@@ -285,3 +294,22 @@ class Component(Sessions):
 
 
 __all__ = ["Component", "ConfigError", "command"]
+
+
+def spool_limit(given: str | None) -> int:
+    """A component's spool limit from ``$TURBINE_SPOOL_BYTES`` (None or empty: the default).
+
+    Raises:
+        ConfigError: ``given`` is not a whole number of bytes above 0.
+    """
+    if not given:
+        return SPOOL_BYTES
+    try:
+        limit = int(given)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise ConfigError(
+            f"{SPOOL_BYTES_ENVVAR}: expected a number of bytes above 0, got {given!r}"
+        )
+    return limit
