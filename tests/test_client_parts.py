@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import attrs
 import pytest
 import trio
@@ -75,6 +77,40 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
         await outbox.send()
     ours.close()
     theirs.close()
+
+
+class _FirstPass(trio.abc.Instrument):
+    """What the peer socket held when the run loop first went round (its first I/O wait)."""
+
+    def __init__(self, peer: socket.socket) -> None:
+        self.peer = peer
+        self.held: bytes | None = None
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.held is None:
+            try:
+                self.held = self.peer.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                self.held = b""
+
+
+async def test_an_uncontended_send_writes_before_other_tasks_run():
+    """A request (a flush) goes on the wire before the run loop goes round once: no
+    scheduler pass between a caller and its write (the latency path)."""
+    ours, theirs = socket.socketpair()
+    lost: list[TurbineError] = []
+    with ours, theirs, trio.fail_after(5):
+        outbox = Outbox(
+            trio.socket.from_stdlib_socket(ours), "t", max_frame=100, on_lost=lost.append
+        )
+        first = _FirstPass(theirs)
+        trio.lowlevel.add_instrument(first)
+        try:
+            await outbox.send([b"request"])
+        finally:
+            trio.lowlevel.remove_instrument(first)
+    assert first.held == b"request"
+    assert not lost
 
 
 async def test_a_failed_write_fails_the_connection_once():

@@ -119,7 +119,17 @@ class Outbox:
             ConnectionFailed: the write failed; the connection is then failed
                 as a whole (``on_lost``).
         """
-        async with self._lock:
+        lock = self._lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # No pass through the scheduler before an uncontended write (the
+            # latency path of every request and flush); the write lets others
+            # run after it, as every send does.  A cancelled caller still stops
+            # here, before any queued put is taken.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lock.acquire_nowait()
+        try:
             if self.error is not None:
                 raise self.error
             out = await self._take_batches()
@@ -137,6 +147,8 @@ class Outbox:
             if out:
                 await self._write(out, raise_error=bool(buffers) or self.spool is None)
             return mark
+        finally:
+            lock.release()
 
     async def _write(self, out: list[Any], raise_error: bool) -> None:
         assert self._sock is not None
