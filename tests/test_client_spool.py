@@ -7,7 +7,8 @@ import threading
 
 import trio
 
-from turbine._client_spool import Spool, SpoolFile
+from turbine._client_spool import Spool
+from turbine._spool_file import SpoolFile
 from turbine.messages import Put
 
 SRC = "daq_rig_data_source"

@@ -18,8 +18,8 @@ import trio
 import turbine._client_link
 import turbine.client
 from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
-from turbine._client_spool import SpoolFile
 from turbine._constants import RECLAIM_GRACE_S
+from turbine._spool_file import SpoolFile
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.hub import Hub
