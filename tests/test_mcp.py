@@ -29,6 +29,7 @@ from tests.ports import free_port
 from turbine import Client, Frame, Gap, RequestFailed, TurbineError, open_client, send_command
 from turbine.archive._datadir import locked
 from turbine.auth import LoginRefused
+from turbine.testing import printed_line
 
 pytestmark = pytest.mark.slow
 
@@ -107,13 +108,11 @@ async def open_mcp_process(
             argv, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd
         )
     try:
-        assert proc.stdout is not None
-        line = b""
         with trio.fail_after(started_within):
-            while not line.endswith(b"\n"):
-                chunk = await proc.stdout.receive_some(1)
-                assert chunk, f"the MCP exited: {log.read_text()}"  # noqa: ASYNC240
-                line += chunk
+            try:
+                line = await printed_line(proc, "the MCP")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {log.read_text()}") from None  # noqa: ASYNC240
         assert line.startswith(b"turbine listening on "), line
         yield proc, line.split()[-1].decode()
     finally:

@@ -26,6 +26,7 @@ from turbine.hub import Hub
 from turbine.messages import Put
 from turbine.peer import Peer
 from turbine.server import BrokerConfig, serve_turbine
+from turbine.testing import printed_line
 
 SRC = "daq_rig_data_source"
 PATH = f"{SRC}/x"
@@ -386,13 +387,7 @@ trio.run(main, *sys.argv[1:])
 
 
 async def read_line(proc: trio.Process) -> bytes:
-    assert proc.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await proc.stdout.receive_some(1)
-        assert chunk, "the producer exited early"
-        line += chunk
-    return line.strip()
+    return (await printed_line(proc, "the producer")).strip()
 
 
 @pytest.mark.slow

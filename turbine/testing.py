@@ -56,6 +56,7 @@ __all__ = [
     "run_blocking_inline",
     "next_frames",
     "open_broker",
+    "printed_line",
     "serving",
     "start_broker",
     "wait_for_component",
@@ -129,6 +130,22 @@ async def next_frames(tb: Client, path: str, n: int = 1, start: str | int = "now
                 if len(got) == n:
                     return got
     raise AssertionError("unreachable: a subscription ends only with its connection")
+
+
+async def printed_line(proc: trio.Process, who: str = "the process") -> bytes:
+    """The next line ``proc`` prints on its standard output (``stdout=PIPE``),
+    without the newline: the line a server prints once it listens, say.
+
+    Raises:
+        AssertionError: ``proc`` closed its output first ("``who`` exited").
+    """
+    assert proc.stdout is not None, "start the process with stdout=subprocess.PIPE"
+    line = b""
+    while not line.endswith(b"\n"):  # a byte at a time: what follows stays unread
+        chunk = await proc.stdout.receive_some(1)
+        assert chunk, f"{who} exited before printing a line"
+        line += chunk
+    return line.rstrip(b"\r\n")
 
 
 def follow_trio_clock(epoch: float | None = None) -> None:

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from turbine import TurbineError, open_client
+from turbine.testing import printed_line
 
 from .writer_process import check_history, expected
 
@@ -43,12 +44,7 @@ async def start_serve(root: str) -> tuple[trio.Process, str]:
         [TURBINE, "serve", "--port", "0", "--data-dir", root],
         stdout=subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await proc.stdout.receive_some(1)
-        assert chunk, "turbine serve exited before listening"
-        line += chunk
+    line = await printed_line(proc, "turbine serve")
     assert line.startswith(b"turbine listening on "), line
     return proc, line.split()[-1].decode()
 

@@ -26,7 +26,7 @@ from components.video.synthetic import (
     format_timestamp,
     synthetic_frames,
 )
-from turbine.testing import run_blocking_inline
+from turbine.testing import printed_line, run_blocking_inline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -266,12 +266,7 @@ async def test_command_line_prints_address() -> None:
             cwd=ROOT,
         )
         try:
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                assert chunk, "camera_sim exited early"
-                line += chunk
-            text = line.decode().strip()
+            text = (await printed_line(process, "camera_sim")).decode().strip()
             assert text.startswith("camera_sim listening on 127.0.0.1:")
             port = int(text.rsplit(":", 1)[1])
             status, _, body = await raw_get(

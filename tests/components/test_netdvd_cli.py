@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from components.netdvd import open_netdvd
+from turbine.testing import printed_line
 
 pytestmark = pytest.mark.skipif(shutil.which("xorriso") is None, reason="needs xorriso")
 
@@ -25,12 +26,7 @@ async def test_cli_serves_and_prints_its_address(tmp_path: Path) -> None:
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
-            assert process.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(1)
-                assert chunk, "the device exited before announcing its address"
-                line += chunk
+            line = await printed_line(process, "the device")
             words = line.decode().split()
             assert words[:3] == ["netdvd", "listening", "on"]
             host, port = words[3].rsplit(":", 1)

@@ -25,7 +25,7 @@ from components.ntcp_sim import Rig, RigConfig, serve_ntcp_sim
 from components.ntcp_sim.component import NtcpSim
 from components.ntcp_translator import JOURNAL_CHANNEL, NtcpTranslator
 from turbine import Command, Component, Reply, command, open_client, send_command
-from turbine.testing import start_broker, wait_for_component
+from turbine.testing import printed_line, start_broker, wait_for_component
 
 REPO = Path(__file__).resolve().parents[2]
 CP = "MDL-00-01"
@@ -478,12 +478,7 @@ async def _serve_broker(data_dir: Path, port: int = 0) -> tuple[trio.Process, in
         ],
         stdout=subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = await proc.stdout.receive_some(1)
-        assert chunk, "the broker exited"
-        line += chunk
+    line = await printed_line(proc, "the broker")
     return proc, int(line.rsplit(b":", 1)[1])
 
 

@@ -37,7 +37,7 @@ from components.thumbnailer.component import (
 )
 from components.video.component import Video
 from turbine import ConfigError, Frame, Source, open_client, send_command, wall_time
-from turbine.testing import follow_trio_clock, run_blocking_inline
+from turbine.testing import follow_trio_clock, printed_line, run_blocking_inline
 
 THUMBS = "thumbnail_*_data_source/thumbnail.jpg"
 LOG = "thumbnail_thumbnailer_debug_log_source/log.txt"
@@ -340,10 +340,7 @@ async def test_tap_shows_three_qcif_jpegs_end_to_end(tmp_path: Path) -> None:
             serve = await start(
                 str(bin_dir / "turbine"), "serve", "--port", "0", stdout=subprocess.PIPE
             )
-            assert serve.stdout is not None
-            line = b""
-            while not line.endswith(b"\n"):
-                line += await serve.stdout.receive_some(1)
+            line = await printed_line(serve, "turbine serve")
             address = line.decode().split()[-1]
             assert line.startswith(b"turbine listening on"), line
             component = [sys.executable, "-m"]
