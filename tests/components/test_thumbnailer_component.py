@@ -2,11 +2,12 @@
 
 The thumbnailer decodes in worker threads (``turbine.run_blocking``); a mock
 clock jumps while a thread works, and on a loaded machine a camera's frame
-timer then runs virtual time far ahead of the thumbnails.  The test with a
-camera component running decodes inline (``run_blocking_inline``) under
-``autojump_clock`` with the wall clock following it; the others run on the
-real clock with a high thumbnail rate, and wait for what they expect under
-``trio.fail_after``.
+timer then runs virtual time far ahead of the thumbnails.  The tests that
+count or time frames (a camera component, the rate tests) decode inline
+(``run_blocking_inline``) under ``autojump_clock`` with the wall clock
+following it, so their counts do not depend on how fast the machine is; the
+others run on the real clock with a high thumbnail rate, and wait for what
+they expect under ``trio.fail_after``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -88,6 +88,19 @@ async def thumbnails_of(
     raise AssertionError("subscription ended")
 
 
+async def shortest_gap_once_below(tb: Any, camera: str, limit: float) -> float:
+    """Wait for two consecutive new thumbnails of ``camera`` made from frames
+    captured less than ``limit`` seconds apart; return that gap."""
+    previous = None
+    async with tb.subscribe(f"thumbnail_{camera}_data_source/thumbnail.jpg", start="now") as sub:
+        async for item in sub:
+            if isinstance(item, Frame):
+                if previous is not None and item.timestamp - previous < limit:
+                    return item.timestamp - previous
+                previous = item.timestamp
+    raise AssertionError("subscription ended")
+
+
 async def log_entry(tb: Any, text: str) -> dict[str, Any]:
     async with tb.subscribe(LOG, start="oldest") as sub:
         async for item in sub:
@@ -106,10 +119,11 @@ async def metadata(tb: Any, source: str) -> dict[str, Any]:
 async def feed_frames(
     source: Source, jpeg: bytes, interval: float = 0.02, *, task_status: Any
 ) -> None:
-    """Put ``jpeg`` on ``source``'s video.jpg every ``interval`` seconds."""
+    """Put ``jpeg`` on ``source``'s video.jpg every ``interval`` seconds, stamped
+    with the turbine's wall clock (virtual time after ``follow_trio_clock``)."""
     task_status.started()
     while True:
-        await source.put("video.jpg", jpeg, timestamp=time.time())
+        await source.put("video.jpg", jpeg, timestamp=wall_time())
         await source.flush()
         await trio.sleep(interval)
 
@@ -272,7 +286,9 @@ async def test_corrupt_frames_are_logged_and_skipped(broker: str) -> None:
     assert status.result["state"] == "running"
 
 
-async def test_rate_limits_each_camera(broker: str) -> None:
+async def test_rate_limits_each_camera(broker: str, autojump_clock: trio.abc.Clock) -> None:
+    follow_trio_clock()  # frame stamps in the virtual time the broker paces by
+    run_blocking_inline()
     thumbnailer = Thumbnailer("thumbnailer", broker, {"rate": 8})
     with trio.fail_after(30):
         async with open_client(broker) as tb, running(thumbnailer), trio.open_nursery() as n:
@@ -288,7 +304,13 @@ async def test_rate_limits_each_camera(broker: str) -> None:
     assert reply.status == "error" and "out of range" in reply.error
 
 
-async def test_the_broker_sends_only_the_frames_the_rate_uses(broker: str) -> None:
+async def test_the_broker_sends_only_the_frames_the_rate_uses(
+    broker: str, autojump_clock: trio.abc.Clock
+) -> None:
+    # In virtual time the camera puts exactly 200 frames a second however
+    # loaded the machine is, and the broker paces by the same clock.
+    follow_trio_clock()
+    run_blocking_inline()
     thumbnailer = Thumbnailer("thumbnailer", broker, {"rate": 8})
     with trio.fail_after(30):
         async with open_client(broker) as tb, running(thumbnailer), trio.open_nursery() as n:
@@ -299,6 +321,9 @@ async def test_the_broker_sends_only_the_frames_the_rate_uses(broker: str) -> No
             status = await tb.status()
             elapsed = trio.current_time() - began
             reply = await send_command(tb, "thumbnail_thumbnailer", "set-rate", "20")
+            # The reply comes before the thumbnailer has subscribed again: wait
+            # until thumbnails come faster than 8 a second, then look.
+            gap = await shortest_gap_once_below(tb, "fast", 0.1)
             after = await tb.status()
             n.cancel_scope.cancel()
 
@@ -317,6 +342,7 @@ async def test_the_broker_sends_only_the_frames_the_rate_uses(broker: str) -> No
     assert watch["delivered"] <= elapsed * 8 + 2, (watch, elapsed)
     assert camera["frames_in"] >= 4 * watch["delivered"], (camera, watch)
     assert reply.status == "ok"
+    assert gap >= 0.045, gap  # at most 20 a second (a frame comes every 5 ms)
     assert len(monitors(after)) == 1  # subscribed again at the new rate, not twice
 
 
