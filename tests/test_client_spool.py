@@ -154,7 +154,7 @@ async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tm
     held.append(message("x", b"not mine", 1, producer="running"), [b"not mine"])
 
     spool = Spool(10_000, str(tmp_path), memory=0, name="daq")
-    assert await trio.to_thread.run_sync(spool.recover) == 4
+    assert await trio.to_thread.run_sync(spool.left.recover) == 4
     await put(spool, "x", frame(9), 1)  # this run's own first put (its source is open)
     spool.adopt(SRC)  # what the crashed run had spooled for it goes behind, in order
     out = written(spool)
@@ -174,7 +174,7 @@ async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tm
     held.close()
 
     again = Spool(10_000, str(tmp_path), memory=0, name="daq")
-    assert await trio.to_thread.run_sync(again.recover) == 4  # the same, read again
+    assert await trio.to_thread.run_sync(again.left.recover) == 4  # the same, read again
     again.adopt(SRC)
     again.adopt("other")
     written(again)

@@ -53,6 +53,114 @@ class _Skip:
             self.last_time = last if self.last_time is None else max(self.last_time, last)
 
 
+class Skips:
+    """Frames dropped before they were ever written, per channel, until a later
+    put of their channel carries them to the broker as a gap (``skipped``)."""
+
+    def __init__(self) -> None:
+        #: Per (source, channel); empty when no put has a gap to carry.
+        self.pending: dict[tuple[str, str], _Skip] = {}
+
+    def add(self, entry: _Entry, number: int) -> None:
+        """Readers are to be told of ``entry``'s frames (and those it told of) as
+        a gap, by a put after entry ``number`` (``entry``'s)."""
+        put = entry.put
+        skip = self.pending.setdefault((put.source, put.channel), _Skip())
+        skip.after = max(skip.after, number)
+        stamped = [t for t in put.ts if t is not None]
+        first, last = (min(stamped), max(stamped)) if stamped else (entry.added, entry.added)
+        skip.add(len(put.sizes), first, last)
+        if put.skipped:
+            skip.add(put.skipped, put.skipped_first_time, put.skipped_last_time)
+
+    def carried(self, put: Put, number: int) -> Put:
+        """``put`` (entry ``number``), carrying the gap its channel has to tell, if any."""
+        key = (put.source, put.channel)
+        skip = self.pending.get(key)
+        if skip is None or skip.after >= number:
+            return put
+        del self.pending[key]
+        skip.add(put.skipped or 0, put.skipped_first_time, put.skipped_last_time)
+        return attrs.evolve(
+            put,
+            skipped=skip.frames,
+            skipped_first_time=skip.first_time,
+            skipped_last_time=skip.last_time,
+        )
+
+
+class LeftSpools:
+    """The spool files an earlier, crashed run of a client left in its spool
+    directory: their puts by source, until this run opens the source again."""
+
+    def __init__(self, directory: str | None, name: str, file_name: str) -> None:
+        self.directory = directory
+        self._name = name
+        self._file_name = file_name  # this run's own spool file
+        self._puts: dict[str, list[_Entry]] = {}
+        self._files: list[SpoolFile] = []
+
+    def paths(self) -> list[str]:
+        """Spool files of this client's name in the directory (its own, or left by
+        an earlier run: :meth:`recover` takes those); one directory listing."""
+        return [] if self.directory is None else left_spool_files(self.directory, self._name)
+
+    def recover(self) -> int:
+        """Take the spool files an earlier run of this client left in the directory
+        (none of them locked: their process is gone); return how many puts they hold.
+
+        Their puts wait for :meth:`take`.  Blocks (file reads): call it
+        through :func:`~turbine.run_blocking`.
+        """
+        found = 0
+        for path in self.paths():
+            file = SpoolFile.claim(path)
+            if file is not None and os.path.basename(path) == self._file_name:
+                file.path = _moved_aside(path)  # left by a process with our pid
+            if file is None:
+                continue
+            puts = 0
+            for put, offset, length in file.records():
+                entry = _Entry(put, None, sum(put.sizes), wall_time(), file, offset, length)
+                entry.recovered = True
+                self._puts.setdefault(put.source, []).append(entry)
+                file.entries += 1
+                puts += 1
+            if puts == 0:
+                file.close()
+                continue
+            self._files.append(file)
+            found += puts
+            log.warning(
+                "%s: %d puts left by an earlier run; they are sent again when their sources are opened",
+                path,
+                puts,
+            )
+        return found
+
+    def take(self, source: str) -> list[_Entry]:
+        """The left puts of ``source``, oldest first (now the caller's)."""
+        return self._puts.pop(source, [])
+
+    def close(self) -> None:
+        """Keep the files holding puts of sources this run never opened, for the next;
+        remove the others."""
+        for file in self._files:
+            file.close(remove=not any(e.file is file for left in self._puts.values() for e in left))
+        self._files.clear()
+
+
+def _moved_aside(path: str) -> str:
+    """Rename the left spool file at ``path`` (it has this client's file name) to a
+    name of the same pattern that is free; return that."""
+    stem = path[: -len(SPOOL_SUFFIX)]
+    n = 0
+    while os.path.exists(new := f"{stem}{n}{SPOOL_SUFFIX}"):
+        n += 1
+    os.replace(path, new)
+    return new
+
+
 class Spool:
     """``put`` messages, oldest first, kept until a ``flush`` covering them is answered.
 
@@ -78,9 +186,9 @@ class Spool:
     in memory (logged).
 
     Spool files a crashed run of the same client left in ``directory``
-    (:meth:`recover`) are replayed, each put with its original producer,
-    number and timestamps, once this client opens the put's source again
-    (:meth:`adopt`): the broker stores each once.
+    (:attr:`left`, :meth:`LeftSpools.recover`) are replayed, each put with
+    its original producer, number and timestamps, once this client opens the
+    put's source again (:meth:`adopt`): the broker stores each once.
     """
 
     def __init__(
@@ -89,20 +197,18 @@ class Spool:
         self.limit = limit
         self.directory = directory
         self.memory_limit = memory if directory is not None else limit
-        self._name = name
         #: This client's spool file (made on first use): ``NAME-PID.spool``.
         self.file_name = f"{name}-{os.getpid()}{SPOOL_SUFFIX}"
         self._file: SpoolFile | None = None
+        #: What spool files of an earlier run left, waiting for :meth:`adopt`.
+        self.left = LeftSpools(directory, name, self.file_name)
         self.memory_bytes = 0  # frame bytes held in memory
         self.file_bytes = 0  # frame bytes held in spool files
         self._entries: collections.deque[_Entry] = collections.deque()
-        #: Puts of left spool files by source, waiting for the source to be opened.
-        self._left: dict[str, list[_Entry]] = {}
-        self._left_files: list[SpoolFile] = []
         self.base = 0
         self.written = 0
         self._sent = 0  # entries below this were written on some connection
-        self._skips: dict[tuple[str, str], _Skip] = {}  # frames dropped unsent, per channel
+        self._skips = Skips()  # frames dropped unsent
         self.bytes = 0
         self.frames = 0
         self.dropped_frames = 0
@@ -166,7 +272,7 @@ class Spool:
             entry.file = entry.data = None
             entry.dropped = entry.damaged = True
             if not entry.recovered:
-                self._skip(entry, self.base + i)
+                self._skips.add(entry, self.base + i)
             if not self.dropped_frames:
                 log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
             self.dropped_frames += len(entry.put.sizes)
@@ -200,24 +306,12 @@ class Spool:
         unsent = self.base >= self._sent  # never written: the broker cannot have it
         entry = self._forget()
         if unsent and not entry.recovered and not entry.damaged:
-            self._skip(entry, self.base - 1)
+            self._skips.add(entry, self.base - 1)
         if not self.dropped_frames:
             log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
         self.written = max(self.written, self.base)
         if not entry.damaged:
             self.dropped_frames += len(entry.put.sizes)
-
-    def _skip(self, entry: _Entry, number: int) -> None:
-        """Readers are to be told of ``entry``'s frames (and those it told of) as
-        a gap, by a put after entry ``number`` (``entry``'s)."""
-        put = entry.put
-        skip = self._skips.setdefault((put.source, put.channel), _Skip())
-        skip.after = max(skip.after, number)
-        stamped = [t for t in put.ts if t is not None]
-        first, last = (min(stamped), max(stamped)) if stamped else (entry.added, entry.added)
-        skip.add(len(put.sizes), first, last)
-        if put.skipped:
-            skip.add(put.skipped, put.skipped_first_time, put.skipped_last_time)
 
     def rewind(self) -> None:
         """A new connection: nothing kept has been written on it yet."""
@@ -227,113 +321,36 @@ class Spool:
         """The buffers of every entry not yet written on this connection (now counted as written)."""
         out: list[Any] = []
         entries = self._entries
-        skips = self._skips
+        skips = self._skips.pending
         for i in range(self.written - self.base, len(entries)):
             entry = entries[i]
             if entry.damaged:
                 continue
             data = entry.data
             if data is None:
-                data = self._read_back(entry)
+                assert entry.file is not None
+                data = entry.file.read_frames(entry.put, entry.offset, entry.length)
                 if data is None:  # damaged on disk: its frames are lost, and readers told
                     if not entry.recovered:
-                        self._skip(entry, self.base + i)
+                        self._skips.add(entry, self.base + i)
                     self.dropped_frames += len(entry.put.sizes)
                     entry.damaged = True
                     continue
-            key = (entry.put.source, entry.put.channel)
-            if skips and (skip := skips.get(key)) and skip.after < self.base + i:
-                del skips[key]
-                put = entry.put
-                skip.add(put.skipped or 0, put.skipped_first_time, put.skipped_last_time)
-                entry.put = attrs.evolve(
-                    put,
-                    skipped=skip.frames,
-                    skipped_first_time=skip.first_time,
-                    skipped_last_time=skip.last_time,
-                )
+            if skips:
+                entry.put = self._skips.carried(entry.put, self.base + i)
             out += encode_message(entry.put, data)
         self.written = self._sent = self.end
         return out
-
-    def _read_back(self, entry: _Entry) -> list[Any] | None:
-        """An entry's frames from its spool file, or None (logged): the record is damaged."""
-        assert entry.file is not None
-        put = entry.put
-        body = entry.file.read(entry.offset, entry.length)
-        if body is None or len(body) != sum(put.sizes):
-            log.error(
-                "%s: a spooled record of %d frames for %s/%s is damaged; those frames are lost",
-                entry.file.path,
-                len(put.sizes),
-                put.source,
-                put.channel,
-            )
-            return None
-        view = memoryview(body)
-        frames, at = [], 0
-        for size in put.sizes:
-            frames.append(view[at : at + size])
-            at += size
-        return frames
 
     def acknowledged(self, mark: int) -> None:
         """The broker holds every entry numbered below ``mark``: forget them."""
         while self.base < mark and self._entries:
             self._forget()
 
-    def left_files(self) -> list[str]:
-        """Spool files of this client's name in the directory (its own, or left by
-        an earlier run: :meth:`recover` takes those); one directory listing."""
-        return [] if self.directory is None else left_spool_files(self.directory, self._name)
-
-    def recover(self) -> int:
-        """Take the spool files an earlier run of this client left in the directory
-        (none of them locked: their process is gone); return how many puts they hold.
-
-        Their puts wait for :meth:`adopt`.  Blocks (file reads): call it
-        through :func:`~turbine.run_blocking`.
-        """
-        found = 0
-        for path in self.left_files():
-            file = SpoolFile.claim(path)
-            if file is not None and os.path.basename(path) == self.file_name:
-                file.path = self._moved_aside(path)  # left by a process with our pid
-            if file is None:
-                continue
-            puts = 0
-            for put, offset, length in file.records():
-                entry = _Entry(put, None, sum(put.sizes), wall_time(), file, offset, length)
-                entry.recovered = True
-                self._left.setdefault(put.source, []).append(entry)
-                file.entries += 1
-                puts += 1
-            if puts == 0:
-                file.close()
-                continue
-            self._left_files.append(file)
-            found += puts
-            log.warning(
-                "%s: %d puts left by an earlier run; they are sent again when their sources are opened",
-                path,
-                puts,
-            )
-        return found
-
-    def _moved_aside(self, path: str) -> str:
-        """Rename the left spool file at ``path`` (it has this client's file name) to a
-        name of the same pattern that is free; return that."""
-        stem = path[: -len(SPOOL_SUFFIX)]
-        n = 0
-        while os.path.exists(new := f"{stem}{n}{SPOOL_SUFFIX}"):
-            n += 1
-        os.replace(path, new)
-        return new
-
     def adopt(self, source: str) -> None:
         """Source ``source`` is held again: spool what left spool files hold for it,
         behind what is spooled already and before any later put."""
-        for entry in self._left.pop(source, ()):
+        for entry in self.left.take(source):
             self.recovered_frames += len(entry.put.sizes)
             self._keep(entry)
 
@@ -343,9 +360,7 @@ class Spool:
         if self._file is not None:
             self._file.close()
             self._file = None
-        for file in self._left_files:
-            file.close(remove=not any(e.file is file for left in self._left.values() for e in left))
-        self._left_files.clear()
+        self.left.close()
 
     async def wait_for_unacknowledged(self) -> None:
         """Return once the spool holds an entry (at once if it does)."""

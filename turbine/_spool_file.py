@@ -45,7 +45,7 @@ class SpoolFile:
     before :meth:`append` returns, so that another run of the same client
     can replay what a crashed one left (:meth:`records`).  A record whose
     checksum does not hold (the file damaged, or cut short) is never read
-    back as whole: :meth:`read` returns ``None`` for it.  The file is
+    back as whole: :meth:`read_frames` returns ``None`` for it.  The file is
     emptied once no entry refers to it, and removed when the spool closes.
     The file is locked (``flock``) while open: a file nobody holds was left
     by a process that ended without closing its client.
@@ -115,10 +115,26 @@ class SpoolFile:
         self.entries += 1
         return offset, len(record)
 
-    def read(self, offset: int, length: int) -> bytes | None:
-        """The frames of the record at ``offset``, or None: it is not whole or damaged."""
+    def read_frames(self, put: Put, offset: int, length: int) -> list[Any] | None:
+        """The frames of ``put``, whose record is at ``offset`` (``length`` bytes),
+        or None (logged): the record is not whole or damaged."""
         parts = self._read(offset, length)
-        return None if parts is None else parts[1]
+        body = None if parts is None else parts[1]
+        if body is None or len(body) != sum(put.sizes):
+            log.error(
+                "%s: a spooled record of %d frames for %s/%s is damaged; those frames are lost",
+                self.path,
+                len(put.sizes),
+                put.source,
+                put.channel,
+            )
+            return None
+        view = memoryview(body)
+        frames, at = [], 0
+        for size in put.sizes:
+            frames.append(view[at : at + size])
+            at += size
+        return frames
 
     def _read(self, offset: int, length: int | None = None) -> tuple[bytes, bytes] | None:
         """Header and frames of the record at ``offset`` (``length`` bytes, if known),

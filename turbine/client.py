@@ -321,8 +321,8 @@ async def open_client(
         spool_dir=spool_dir,
         tls_ca=tls_ca,
     )
-    if client.spool is not None and client.spool.left_files():
-        await run_blocking(client.spool.recover)
+    if client.spool is not None and client.spool.left.paths():
+        await run_blocking(client.spool.left.recover)
     reader = client._attach(stream, proto, hello, login, sock)
     await client._outbox.replay()  # nothing to replay yet: puts flow
     client._up.set()
