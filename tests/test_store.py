@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from turbine import RequestFailed
 from turbine._constants import FRAME_OVERHEAD_BYTES
@@ -150,6 +152,43 @@ def test_evict_to_fit_takes_the_oldest_arrival_and_keeps_each_newest():
     assert freed == 2 * frame
     assert numbers(a.oldest_n(10)) == [3] and numbers(b.oldest_n(10)) == [1]
     assert evict_to_fit([a, b], 2 * frame, 0) == 0  # each keeps its newest frame
+
+
+def evict_frame_by_frame(rings: list[Ring], held: int, budget: int) -> int:
+    """The eviction rule one frame at a time: what :func:`evict_to_fit` must match."""
+    freed = 0
+    while held - freed > budget:
+        eligible = [r for r in rings if len(r) > 1]
+        if not eligible:
+            break
+        freed += min(eligible, key=lambda r: r.oldest_arrival).evict(1)
+    return freed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    puts=st.lists(
+        st.tuples(st.integers(0, 2), st.lists(st.integers(0, 300), min_size=1, max_size=20)),
+        min_size=1,
+        max_size=12,
+    ),
+    keep=st.floats(0, 1),
+)
+def test_evict_to_fit_frees_what_evicting_frame_by_frame_frees(puts, keep):
+    def filled() -> list[Ring]:
+        rings, arrival = [Ring(10**6) for _ in range(3)], 0
+        for i, sizes in puts:
+            data = [b"x" * n for n in sizes]
+            rings[i].append_many([0.0] * len(data), data, "w", arrival)
+            arrival += len(data)
+        return rings
+
+    fast, slow = filled(), filled()
+    held = sum(r.bytes for r in fast)
+    budget = int(held * keep)
+    assert evict_to_fit(fast, held, budget) == evict_frame_by_frame(slow, held, budget)
+    assert [r.first_seq for r in fast] == [r.first_seq for r in slow]
+    assert [r.bytes for r in fast] == [r.bytes for r in slow]
 
 
 @pytest.mark.parametrize(

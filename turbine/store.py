@@ -36,6 +36,7 @@ Everything here is pure and synchronous except ``read_later`` and ``flushed``.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable, Sequence
+from operator import itemgetter
 from typing import Any, Protocol
 
 import attrs
@@ -202,6 +203,12 @@ class ChannelStore(Protocol):
         """Drop the ``count`` oldest frames from memory; return the bytes freed."""
         ...
 
+    def evict_oldest(self, needed: int, before: int | None = None) -> int:
+        """Drop from memory as few of the oldest frames as free ``needed`` bytes,
+        of those whose arrival number is below ``before`` (None: any), never
+        the newest; return the bytes freed."""
+        ...
+
     def resize(self, max_frames: int) -> int:
         """Keep at most ``max_frames`` in memory from now on; return the bytes evicted."""
         ...
@@ -343,16 +350,20 @@ def evict_to_fit(stores: Iterable[ChannelStore], held: int, budget: int) -> int:
     "Oldest" is by arrival across the stores (a source's channels share one
     budget).  Each store keeps its newest frame, so a source's newest
     metadata survives.  Returns the bytes freed.
+
+    A step per run of one store's frames older than every other store's
+    oldest (one step for a source of one channel), not per frame.
     """
     candidates = list(stores)
     freed = 0
     while held - freed > budget:
-        oldest: tuple[int, ChannelStore] | None = None
-        for store in candidates:
-            a = store.oldest_arrival
-            if len(store) > 1 and a is not None and (oldest is None or a < oldest[0]):
-                oldest = (a, store)
-        if oldest is None:
+        oldest = [(a, s) for s in candidates if len(s) > 1 and (a := s.oldest_arrival) is not None]
+        if not oldest:
             break
-        freed += oldest[1].evict(1)
+        oldest.sort(key=itemgetter(0))
+        before = oldest[1][0] if len(oldest) > 1 else None
+        step = oldest[0][1].evict_oldest(held - freed - budget, before)
+        if not step:
+            break
+        freed += step
     return freed

@@ -153,6 +153,9 @@ class TieredStore:
     def evict(self, count: int = 1) -> int:
         return self.ring.evict(count)
 
+    def evict_oldest(self, needed: int, before: int | None = None) -> int:
+        return self.ring.evict_oldest(needed, before)
+
     def resize(self, max_frames: int) -> int:
         return self.ring.resize(max_frames)
 
