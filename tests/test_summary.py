@@ -10,6 +10,7 @@ import pytest
 from turbine import RequestFailed
 from turbine._constants import FLOAT64_CONTENT_TYPE
 from turbine.hub import Hub
+from turbine.origin import Origin
 from turbine.peer import Peer
 from turbine.summary import Summaries
 
@@ -91,3 +92,14 @@ def test_a_memory_only_channel_forgets_the_blocks_of_frames_it_evicted() -> None
         hub.put(ME, SRC, "x", [float(k)], [f64([1.0] * 1000)])
     [x] = hub.summarize(SRC + "/x", 0.0, 100.0, 100)
     assert x["since"] == 15.0 and x["blocks"] == 5  # what the ring still holds
+
+
+def test_a_mirrored_source_summarizes_the_copies_it_stores() -> None:
+    hub = Hub(clock=lambda: 1000.0, identity="b1b1b1b1")
+    hub.open_source(ME, SRC, channels={"x": FLOAT64_CONTENT_TYPE}, mirror=Origin("a0a0a0a0", SRC))
+    seqs = [7, 8, 9, 12, 13]  # the origin's numbers, with a hole
+    data = [f64([float(s)] * 999 + [-float(s)]) for s in seqs]
+    hub.put(ME, SRC, "x", [float(s) for s in seqs], data, seqs=seqs, writers=[[7, "daq#1"]])
+    [x] = hub.summarize(SRC + "/x", 0.0, 100.0, 100)
+    assert x["since"] == 7.0 and x["blocks"] == 5
+    assert [c[3:5] for c in x["columns"]] == [[-float(s), float(s)] for s in seqs]

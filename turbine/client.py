@@ -190,8 +190,8 @@ class Client(Writes):
         ``start <= t < start + duration``, merged into at most ``columns`` time columns.
 
         One dict per channel: ``source``, ``channel``, ``since`` (the oldest time
-        summarized: the broker summarizes frames as they are put, so not those it
-        restored from its data dir; None when it has none), ``blocks`` (summaries in
+        summarized: the broker summarizes frames as they are put and archives the
+        summaries with them; None when it has none), ``blocks`` (summaries in
         the range) and ``columns``, each ``[t0, t1, samples, min, max, first, last]``
         (``t0``/``t1``: the first and last frame's timestamps), oldest first.  What
         a plot of a long range reads instead of every sample (docs/protocol.rst).

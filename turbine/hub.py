@@ -66,7 +66,9 @@ class Hub(SourceLifecycle):
         self.router = Router()
         self._next_seq: dict[str, int] = {}  # path -> next seq of deleted channels: never reused
         for old in getattr(store, "recovered", list)():  # a disk archive's sources from before
-            self.restore_source(old.name, old.settings, old.content_types(), old.producers)
+            self.restore_source(
+                old.name, old.settings, old.content_types(), old.producers, old.summaries
+            )
         #: A durable store's ``producer_stored(source, producer, pseq)``, or None.
         self._producer_stored = getattr(store, "producer_stored", None)
 

@@ -21,7 +21,7 @@ from .peer import Peer
 from .router import Router
 from .sources import Channel, Source, guess_content_type
 from .store import ChannelSpec, StoreFactory
-from .summary import summaries_for
+from .summary import Summaries
 
 log = logging.getLogger("turbine.hub")
 
@@ -142,11 +142,13 @@ class SourceLifecycle:
         settings: dict[str, Any],
         channels: dict[str, str],
         producers: dict[str, int] | None = None,
+        summaries: dict[str, Summaries] | None = None,
     ) -> None:
         """Bring back, offline, a source the store held before the broker restarted,
         with its settings (:meth:`Source.settings`); its channels continue their
         numbers (the store knows them), and ``producers`` (each one's newest stored
-        put number) keep a put replayed to the restarted broker from being stored twice.
+        put number) keep a put replayed to the restarted broker from being stored twice;
+        its numeric channels get back their block ``summaries``.
 
         A source that does not fit the memory left gets what is left (its disk
         history stays whole; its owner reopening it asks for its size again),
@@ -172,7 +174,11 @@ class SourceLifecycle:
         src.producers = dict(producers or {})
         self.sources[name] = src
         for ch_name, ctype in channels.items():
-            src.bytes += self.channel(src, ch_name, ctype).store.bytes
+            ch = self.channel(src, ch_name, ctype)
+            src.bytes += ch.store.bytes
+            kept = (summaries or {}).get(ch_name)
+            if kept is not None and ch.summaries is not None:
+                ch.summaries.take(kept)
 
     def release(self, peer: Peer, name: str | None = None) -> None:
         """Mark ``peer``'s sources (or just ``name``) offline; they stay readable.
@@ -235,6 +241,5 @@ class SourceLifecycle:
             src.channels[name] = ch
             self.router.channel_created(ch)
         elif content_type and content_type != ch.content_type and not len(ch.store):
-            ch.content_type = content_type
-            ch.summaries = summaries_for(content_type)
+            ch.set_type(content_type)
         return ch

@@ -103,13 +103,18 @@ class Channel:
         self.source_name = source.name
         self.name = name
         self.path = f"{source.name}/{name}"
-        self.content_type = content_type
         self.store = store
-        #: Block summaries of a numeric channel's samples, made at put (None for other types).
-        self.summaries = summaries_for(content_type)
+        self.set_type(content_type)
         #: The time span of frames their producer dropped (its spool was full), by the
         #: number of the frame after them: the gap a reader gets there says it.
         self.drop_spans: dict[int, tuple[float, float | None]] = {}
+
+    def set_type(self, content_type: str) -> None:
+        """Take ``content_type``, with new block summaries if it is numeric."""
+        self.content_type = content_type
+        #: Block summaries of a numeric channel's samples, made at put (None for other
+        #: types); an archived channel's store keeps each complete one.
+        self.summaries = summaries_for(content_type, getattr(self.store, "keep_summary", None))
 
     def dropped(self, next_seq: int, span: tuple[float, float | None]) -> None:
         """The producer dropped frames just before number ``next_seq``, from ``span``'s

@@ -6,16 +6,18 @@ keeps, for every channel of ``application/x-float64-le`` frames, one summary
 per block of at least :data:`~turbine._constants.SUMMARY_BLOCK_SAMPLES`
 samples: its time span, sample count, minimum, maximum, first and last value.
 They are made as frames are put (a ``min`` and a ``max`` over an array, in C)
-and cost 64 bytes per block: 0.8 % of the samples at 1000 per block.
+and cost 72 bytes per block: 0.9 % of the samples at 1000 per block.
 
 :meth:`Summaries.columns` answers a ``summarize`` request: the blocks of a
 time range merged into at most ``columns`` equal columns, by slices of the
 columns below (C loops again), so the work grows with columns, not samples.
 
-Summaries cover the frames put since the channel was made in this broker
-process: a broker restarted from its data dir has none for the frames it
-restored (``since`` says where they begin), and a block whose frames are all
-evicted is dropped.
+A channel archived in a data dir hands each block, once complete, to its
+store (``sink``), which keeps it beside the archive's segments
+(``turbine/archive/``, docs/storage.rst): a broker restarted from its data dir
+gets its summaries back with its frames.  A memory-only channel's summaries
+cover what was put since the broker started (``since`` says where they begin).
+A block whose frames are all evicted is dropped.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from __future__ import annotations
 import array
 import bisect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ._constants import FLOAT64_CONTENT_TYPE, SUMMARY_BLOCK_SAMPLES
 
 #: Blocks between two checks of a channel's oldest frame at put (blocks of evicted frames go).
 TRIM_EVERY = 1024
+
+#: One block: first frame number, one past its last frame's, first and last frame
+#: time, samples, minimum, maximum, first and last value (what the archive keeps).
+Block = tuple[int, int, float, float, int, float, float, float, float]
 
 
 def float64s(data: Any) -> array.array[float]:
@@ -41,25 +47,47 @@ def float64s(data: Any) -> array.array[float]:
     return values
 
 
-def summaries_for(content_type: str) -> Summaries | None:
-    """New summaries for a channel of ``content_type``: only float64 samples have them."""
-    return Summaries() if content_type == FLOAT64_CONTENT_TYPE else None
+def summaries_for(
+    content_type: str, sink: Callable[[Block], None] | None = None
+) -> Summaries | None:
+    """New summaries for a channel of ``content_type`` (only float64 samples have
+    them), handing each complete block to ``sink``."""
+    return Summaries(sink=sink) if content_type == FLOAT64_CONTENT_TYPE else None
 
 
 class Summaries:
     """One numeric channel's block summaries, oldest first, as columns.
 
     Block ``i`` starts at frame number ``seq[i]`` stamped ``t0[i]``; its last
-    frame is stamped ``t1[i]``; it holds ``n[i]`` samples whose minimum,
-    maximum, first and last are ``lo[i]``, ``hi[i]``, ``first[i]``, ``last[i]``.
-    The newest block takes frames until it has ``block_samples``.
+    frame, numbered ``end[i] - 1``, is stamped ``t1[i]``; it holds ``n[i]``
+    samples whose minimum, maximum, first and last are ``lo[i]``, ``hi[i]``,
+    ``first[i]``, ``last[i]``.  The newest block takes frames until it has
+    ``block_samples``; the frame after that begins the next, and the block is
+    then complete: ``sink`` gets it (on the caller's thread, at put).
     """
 
-    __slots__ = ("block_samples", "seq", "t0", "t1", "n", "lo", "hi", "first", "last")
+    __slots__ = (
+        "block_samples",
+        "sink",
+        "seq",
+        "end",
+        "t0",
+        "t1",
+        "n",
+        "lo",
+        "hi",
+        "first",
+        "last",
+    )
 
-    def __init__(self, block_samples: int = SUMMARY_BLOCK_SAMPLES) -> None:
+    def __init__(
+        self,
+        block_samples: int = SUMMARY_BLOCK_SAMPLES,
+        sink: Callable[[Block], None] | None = None,
+    ) -> None:
         self.block_samples = block_samples
-        self.seq = array.array("q")
+        self.sink = sink
+        self.seq, self.end = array.array("q"), array.array("q")
         self.t0, self.t1, self.n = array.array("d"), array.array("d"), array.array("d")
         self.lo, self.hi = array.array("d"), array.array("d")
         self.first, self.last = array.array("d"), array.array("d")
@@ -75,13 +103,17 @@ class Summaries:
                 continue
             lo, hi = min(values), max(values)
             if self.seq and self.n[-1] < self.block_samples:
+                self.end[-1] = seq + k + 1
                 self.t1[-1] = t
                 self.n[-1] += len(values)
                 self.lo[-1] = min(self.lo[-1], lo)
                 self.hi[-1] = max(self.hi[-1], hi)
                 self.last[-1] = values[-1]
                 continue
+            if self.seq and self.sink is not None:
+                self.sink(self.block(-1))
             self.seq.append(seq + k)
+            self.end.append(seq + k + 1)
             for column, value in (
                 (self.t0, t),
                 (self.t1, t),
@@ -93,6 +125,32 @@ class Summaries:
             ):
                 column.append(value)
 
+    def block(self, i: int) -> Block:
+        """Block ``i`` (negative: from the newest)."""
+        return (
+            self.seq[i],
+            self.end[i],
+            self.t0[i],
+            self.t1[i],
+            int(self.n[i]),
+            self.lo[i],
+            self.hi[i],
+            self.first[i],
+            self.last[i],
+        )
+
+    def extend(self, blocks: Iterable[Block]) -> None:
+        """Append ``blocks`` (newer than those held, oldest first; ``sink`` is not told)."""
+        columns = self._columns()
+        for block in blocks:
+            for column, value in zip(columns, block, strict=True):
+                column.append(value)
+
+    def take(self, other: Summaries) -> None:
+        """Append every block of ``other`` (newer than those held; ``sink`` is not told)."""
+        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
+            mine.extend(theirs)
+
     def drop_before(self, seq: int) -> None:
         """Forget the blocks whose frames are all numbered below ``seq`` (evicted everywhere)."""
         i = bisect.bisect_right(self.seq, seq) - 1  # the block holding frame ``seq``
@@ -100,8 +158,19 @@ class Summaries:
             for column in self._columns():
                 del column[:i]
 
+    def drop_from(self, seq: int) -> None:
+        """Forget the newest blocks that reach frame ``seq`` or later (frames lost)."""
+        i = len(self.end)
+        while i and self.end[i - 1] > seq:
+            i -= 1
+        for column in self._columns():
+            del column[i:]
+
     def _columns(self) -> tuple[array.array[Any], ...]:
-        return (self.seq, self.t0, self.t1, self.n, self.lo, self.hi, self.first, self.last)
+        # In the order of a Block.
+        return (
+            self.seq, self.end, self.t0, self.t1, self.n, self.lo, self.hi, self.first, self.last
+        )  # fmt: skip
 
     def columns(self, start: float, duration: float, columns: int) -> dict[str, Any]:
         """The blocks starting in ``start <= t < start + duration``, merged into at most

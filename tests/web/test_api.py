@@ -14,6 +14,8 @@ import trio
 from tests.web.helpers import EventStream, http
 from turbine import Client, Frame, open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
 from turbine.auth import AuthTable, token_hash
 from turbine.render import numbers
 from turbine.testing import start_broker
@@ -398,3 +400,37 @@ async def test_a_long_range_is_drawn_from_the_brokers_block_summaries(
     assert r["t"][r["v"].index(-5.0)] == pytest.approx(1e6 + 300 * 72, abs=day / 200)
     assert r["t"][r["v"].index(5.0)] == pytest.approx(1e6 + 900 * 72, abs=day / 200)
     assert "summarized" not in raw and raw["samples"] == 50 * n  # an hour: 50 blocks, read whole
+
+
+async def test_a_broker_restarted_from_its_data_dir_still_draws_a_day_from_summaries(
+    tmp_path,
+) -> None:
+    day, blocks, n = 86400.0, 1200, 1000  # 1.2 M samples over a day, as above
+    values = [[math.cos(k / 40 + i / n) for i in range(n)] for k in range(blocks)]
+    values[200][5], values[1000][900] = -7.0, 7.0
+    url = "/api/channel/daq_rig_data_source/ch0?start=1e6&duration=86400&max_points=400"
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with open_archive(tmp_path) as archive, trio.open_nursery() as nursery:
+            address = await start_broker(nursery, store=TieredStores(archive))
+            web = await nursery.start(serve_web, address, "127.0.0.1", 0)
+            task_status.started((address, web))
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            address, web = await nursery.start(serve)
+            async with open_client(address) as tb:
+                src = await tb.open_source("daq_rig_data_source", {"ch0": FLOAT64_CONTENT_TYPE})
+                for k, v in enumerate(values):
+                    await src.put("ch0", f64(*v), timestamp=1e6 + k * day / blocks)
+                await src.flush()
+            before = (await http(web + url)).json()
+            nursery.cancel_scope.cancel()  # the broker stops; the archive closes with it
+        async with trio.open_nursery() as nursery:
+            _, web = await nursery.start(serve)
+            after = (await http(web + url)).json()
+            nursery.cancel_scope.cancel()
+    assert before["summarized"] and before["blocks"] == blocks
+    assert after["summarized"] and after["blocks"] == blocks and after["samples"] == blocks * n
+    assert (min(after["v"]), max(after["v"])) == (-7.0, 7.0)
+    assert (after["t"], after["v"]) == (before["t"], before["v"])

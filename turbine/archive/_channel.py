@@ -17,7 +17,7 @@ from ..ringbuffer import Ring
 from ..store import AFTER, NEWEST, OLDEST, READ, TIME, Query, Run, answer
 from ._archive import Archive
 from ._datadir import ArchiveError
-from ._ops import Hole, Put
+from ._ops import Hole, Put, Summary
 
 
 class TieredStore:
@@ -149,6 +149,10 @@ class TieredStore:
         freed = ring.append_many(ts, data, writer, arrival, sizes, seq)
         self.archive.append(self.source, Put(self.channel, first, list(ts), sizes, data, writer))
         return freed
+
+    def keep_summary(self, block: tuple[Any, ...]) -> None:
+        """Queue a complete block summary of this channel for the archive (after its frames)."""
+        self.archive.append(self.source, Summary(self.channel, block))
 
     def evict(self, count: int = 1) -> int:
         return self.ring.evict(count)

@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 
 SEGMENT_MAGIC = b"TURBSEG\n"
 INDEX_MAGIC = b"TURBIDX\n"
+SUMMARY_MAGIC = b"TURBSUM\n"
 RECORD_MAGIC = b"TRec"
 
 #: magic, version, flags, segment number, created (epoch seconds), CRC-32 of the first 28 bytes.
@@ -392,6 +393,54 @@ def decode_index_entries(data: bytes, count: int) -> list[Entry]:
     if len(data) < size + 4 or _CRC.unpack_from(data, size)[0] != crc(data[:size]):
         raise FormatError("index entries checksum mismatch")
     return [Entry(*t) for t in INDEX_ENTRY.iter_unpack(data[:size])]
+
+
+# --- summary files: the block summaries of a segment's float64 channels
+
+
+#: magic, version, flags, segment number, CRC-32 of the first 20 bytes.
+SUMMARY_HEADER = struct.Struct("<8sHHQI")
+#: channel id, first seq, end seq (one past the block's last frame), first time, last
+#: time, samples, minimum, maximum, first value, last value, CRC-32 of the first 76 bytes.
+SUMMARY_BLOCK = struct.Struct("<IqqddqddddI")
+
+
+def encode_summary_header(number: int) -> bytes:
+    head = SUMMARY_HEADER.pack(SUMMARY_MAGIC, FORMAT_VERSION, 0, number, 0)[:-4]
+    return head + _CRC.pack(crc(head))
+
+
+def encode_summary_block(channel: int, block: tuple[Any, ...]) -> bytes:
+    raw = SUMMARY_BLOCK.pack(channel, *block, 0)[:-4]
+    return raw + _CRC.pack(crc(raw))
+
+
+def decode_summaries(data: bytes, number: int) -> tuple[list[tuple[int, tuple[Any, ...]]], int]:
+    """The ``(channel id, block)`` pairs of segment ``number``'s summary file, in file
+    order, and the length of its intact part: reading stops at the first block that
+    fails its checksum (a torn tail: the blocks after it are made again from the frames).
+
+    Raises:
+        FormatError: not the summary file of segment ``number``, or of a newer version.
+    """
+    if len(data) < SUMMARY_HEADER.size:
+        raise FormatError("summary file is truncated")
+    magic, version, _flags, got, check = SUMMARY_HEADER.unpack_from(data)
+    if magic != SUMMARY_MAGIC or check != crc(data[: SUMMARY_HEADER.size - 4]):
+        raise FormatError("not a Turbine summary file (bad magic or checksum)")
+    if version > FORMAT_VERSION:
+        raise FormatError(f"summary format version {version} is newer than this Turbine reads")
+    if got != number:
+        raise FormatError(f"the summary file names segment {got}, not {number}")
+    out: list[tuple[int, tuple[Any, ...]]] = []
+    at, size = SUMMARY_HEADER.size, SUMMARY_BLOCK.size
+    while at + size <= len(data):
+        *fields, check = SUMMARY_BLOCK.unpack_from(data, at)
+        if check != crc(data[at : at + size - 4]):
+            break
+        out.append((fields[0], tuple(fields[1:])))
+        at += size
+    return out, at
 
 
 def iter_frames(rec: FramesRecord) -> Iterator[tuple[int, float, memoryview]]:

@@ -18,11 +18,22 @@ import os
 import threading
 from typing import Any
 
-from .._constants import METADATA_CHANNEL
+from .._constants import FLOAT64_CONTENT_TYPE, METADATA_CHANNEL
+from ..summary import Summaries
 from . import _format as fmt
-from ._ops import Op, Producer, Put, WriteFailed
+from ._ops import Op, Producer, Put, Summary, WriteFailed
 from ._reads import LogReads
-from ._segment import Damage, Scan, Segment, has_record, index_name, scan, segment_name
+from ._segment import (
+    Damage,
+    Scan,
+    Segment,
+    has_record,
+    index_name,
+    scan,
+    segment_name,
+    summary_name,
+)
+from ._summaries import LogSummaries
 from ._table import ChannelState
 
 #: Segment size unless the retention asks for smaller ones.
@@ -48,6 +59,8 @@ def _unborn(directory: str, number: int) -> bool:
         if has_record(f.fileno(), os.fstat(f.fileno()).st_size):
             return False
     os.unlink(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, summary_name(number)))
     return True
 
 
@@ -68,6 +81,9 @@ class SourceLog(LogReads):
         #: Each producer's newest stored put number, least recent first (the hub's
         #: table, kept so that de-duplication survives a restart).
         self.producers: dict[str, int] = {}
+        self.sums = LogSummaries()
+        #: The float64 channels' block summaries found at recovery (see :meth:`take_summaries`).
+        self._recovered: dict[str, Summaries] = {}
 
     @property
     def bytes(self) -> int:
@@ -147,7 +163,13 @@ class SourceLog(LogReads):
         log.torn_bytes = found.torn
         log.producers = found.producers
         log._recover_channels(found)
+        log._recovered = log.sums.recover(log.segments, log.channels.values(), log.read)
         return log
+
+    def take_summaries(self) -> dict[str, Summaries]:
+        """The block summaries of each float64 channel recovered (once: the hub keeps them)."""
+        found, self._recovered = self._recovered, {}
+        return found
 
     def _recover_channels(self, found: Scan) -> None:
         for rec in found.channels.values():
@@ -194,17 +216,29 @@ class SourceLog(LogReads):
                 records: list[tuple[list[Any], fmt.Entry | None]] = []
                 pending = 0
                 end = done
-                # A put and its producer record go in one group: never a roll between them.
+                # A put and its producer record go in one group: never a roll between
+                # them (a put's block summary, queued between them, writes no record).
                 while end < len(ops) and (
                     self.active.size + pending < self.segment_bytes
-                    or isinstance(ops[end], Producer)
+                    or isinstance(ops[end], (Producer, Summary))
                 ):
-                    produced = end + 1 < len(ops) and isinstance(ops[end + 1], Producer)
+                    after = end + 1
+                    while after < len(ops) and isinstance(ops[after], Summary):
+                        after += 1
+                    produced = after < len(ops) and isinstance(ops[after], Producer)
                     new = self._records(ops[end], produced)
                     records += new
                     pending += sum(len(b) for bufs, _ in new for b in bufs)
                     end += 1
                 self.active.append(records)
+                self.sums.write(
+                    self.active,
+                    [
+                        (self._channel(op.channel).id, op.block)
+                        for op in ops[done:end]
+                        if isinstance(op, Summary)
+                    ],
+                )
             except OSError as exc:
                 self._restore(saved)
                 raise WriteFailed(done, exc) from exc
@@ -216,6 +250,10 @@ class SourceLog(LogReads):
     def _roll(self, now: float) -> None:
         with self._lock:
             if not self.active.sealed:
+                floats = {
+                    c.id for c in self.channels.values() if c.content_type == FLOAT64_CONTENT_TYPE
+                }
+                self.sums.seal(self.active, floats)
                 self.active.seal()
             seg = Segment.create(self.directory, self.active.number + 1, now, self._preamble())
             self.active.unload()  # its file and entries come back when read
@@ -246,5 +284,6 @@ class SourceLog(LogReads):
 
     def close(self) -> None:
         with self._lock:
+            self.sums.close()
             for seg in self.segments:
                 seg.close()

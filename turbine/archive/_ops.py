@@ -44,7 +44,16 @@ class Settings:
     settings: dict[str, Any]
 
 
-Op = Put | Declare | Hole | Settings | Producer
+@attrs.frozen
+class Summary:
+    """A complete block summary of a float64 channel (:data:`turbine.summary.Block`),
+    queued after the frames it covers; kept in the segment's summary file."""
+
+    channel: str
+    block: tuple[Any, ...]
+
+
+Op = Put | Declare | Hole | Settings | Producer | Summary
 
 
 class WriteFailed(Exception):

@@ -31,6 +31,10 @@ def index_name(number: int) -> str:
     return f"{number:016d}.idx"
 
 
+def summary_name(number: int) -> str:
+    return f"{number:016d}.sum"
+
+
 @attrs.frozen
 class Damage:
     """Bytes of a segment that failed their checksum (or were missing), for status and gaps."""
@@ -226,6 +230,11 @@ class Segment:
         return os.path.join(self.directory, index_name(self.number))
 
     @property
+    def summary_path(self) -> str:
+        """Its float64 channels' block summaries (written by the log, see ``_summaries.py``)."""
+        return os.path.join(self.directory, summary_name(self.number))
+
+    @property
     def last_time(self) -> float:
         return max((s.last_time for s in self.spans.values() if s.frames), default=float("-inf"))
 
@@ -393,7 +402,7 @@ class Segment:
     def remove(self) -> None:
         self.removed = True
         self.close()
-        for p in (self.path, self.index_path):
+        for p in (self.path, self.index_path, self.summary_path):
             try:
                 os.unlink(p)
             except FileNotFoundError:

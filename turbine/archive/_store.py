@@ -22,6 +22,7 @@ from ..memory import fmt_bytes
 from ..ringbuffer import Ring
 from ..sources import guess_content_type
 from ..store import ChannelSpec, ChannelStore
+from ..summary import Summaries
 from ._archive import Archive
 from ._channel import TieredStore
 from ._ops import Declare, Producer, Settings
@@ -44,6 +45,8 @@ class RecoveredSource:
     channels: dict[str, RecoveredChannel]
     #: Each producer's newest stored put number (de-duplication goes on across the restart).
     producers: dict[str, int] = attrs.Factory(dict)
+    #: The block summaries of its float64 channels, by channel.
+    summaries: dict[str, Summaries] = attrs.Factory(dict)
 
     def content_types(self) -> dict[str, str]:
         return {name: c.content_type for name, c in self.channels.items()}
@@ -103,6 +106,7 @@ class TieredStores:
                     for c in log.channels.values()
                 },
                 dict(log.producers),
+                log.take_summaries(),
             )
             for name, log in self.archive.logs.items()
         ]

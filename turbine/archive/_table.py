@@ -15,7 +15,7 @@ import attrs
 
 from .._constants import MAX_PRODUCERS_PER_SOURCE, METADATA_CHANNEL
 from . import _format as fmt
-from ._ops import Declare, Hole, Op, Producer, Put, Settings
+from ._ops import Declare, Hole, Op, Producer, Put, Settings, Summary
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
 #: damage to one record costs at most this much, and time-range reads start this close.
@@ -86,6 +86,8 @@ class LogTable:
             entry = fmt.Entry(0, 0, fmt.HOLE, st.id, op.count, op.first_seq, 0.0, 0.0)
             st.next_seq = max(st.next_seq, op.first_seq + op.count)
             return [(fmt.encode_record([fmt.hole_body(st.id, op.first_seq, op.count)]), entry)]
+        if isinstance(op, Summary):
+            return []  # kept in the segment's summary file (the log writes it)
         assert isinstance(op, Settings)
         self.settings = dict(op.settings)
         return [(fmt.encode_record([fmt.source_body(self.settings)]), None)]

@@ -172,7 +172,7 @@ class Viewer:
         max, first, last per block, kept at put): per column its minimum and maximum,
         without reading the samples.  None where every sample is read instead: fewer
         than :data:`SUMMARIZED_FROM_SAMPLES`, not a numeric channel, or frames in the
-        range older than the summaries (restored from the broker's data dir)."""
+        range older than the summaries (an archive from before summary files)."""
         found = await self.client.summarize(
             f"{source}/{channel}", start=start, duration=duration, columns=max_points // 2
         )
