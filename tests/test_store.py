@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 
 from turbine import RequestFailed
 from turbine._constants import FRAME_OVERHEAD_BYTES
+from turbine._selections import check_start
 from turbine.hub import Hub
 from turbine.peer import Peer
 from turbine.ringbuffer import Ring, memory_store
-from turbine.router import Subscription, add_run, check_start, collect
+from turbine.router import Subscription, add_run, collect
 from turbine.store import AFTER, NEWEST, OLDEST, TIME, ChannelSpec, Query, evict_to_fit
 
 SRC = "daq_rig_data_source"

@@ -17,7 +17,7 @@ import itertools
 import logging
 import math
 import os
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 
@@ -27,7 +27,6 @@ from ._client_handles import Feed, Subscription
 from ._client_outbox import Outbox
 from ._client_reader import Reader
 from ._client_requests import Requests
-from ._client_spool import Spool
 from ._clock import wall_time
 from ._constants import (
     MAX_FRAME_BYTES,
@@ -36,6 +35,7 @@ from ._constants import (
     RECEIVE_BYTES,
     SPOOL_BYTES,
     SPOOL_MEMORY_BYTES,
+    TLS_CA_ENVVAR,
 )
 from ._errors import (
     BrokerUnavailable,
@@ -46,12 +46,14 @@ from ._errors import (
     TurbineError,
 )
 from ._io import send_buffers
-from ._retry import Backoff
 from .protocol import NEED_DATA, Connection, Role
-from .tls import client_context, connect_tls, default_ca
+
+if TYPE_CHECKING:
+    from ._client_spool import Spool
 
 # Loaded when first needed, not at `import turbine` (a client's start-up time):
-# .auth (a broker that asks for a token).
+# .auth (a broker that asks for a token), .tls (a client that speaks TLS),
+# ._client_spool and ._retry (a client that reconnects).
 
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
@@ -88,8 +90,10 @@ class Link:
         self._ids = itertools.count(1)
         self._feeds: dict[int, Feed] = {}
         #: The puts not yet acknowledged (``reconnect=True`` only).
-        self.spool = None
+        self.spool: Spool | None = None
         if reconnect:
+            from ._client_spool import Spool  # a client that does not reconnect has no spool
+
             directory = None if spool_dir is None else os.fspath(spool_dir)
             self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, name)
         self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
@@ -165,6 +169,8 @@ class Link:
 
     async def _keep_connected(self, nursery: trio.Nursery) -> None:
         """Whenever the connection is lost: connect again, with capped backoff, and resume."""
+        from ._retry import Backoff
+
         backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
         while True:
             await self._down.wait()
@@ -333,8 +339,12 @@ async def handshake(
         ConnectionFailed: nothing listens there, or it is not a turbine broker.
         LoginRefused: the broker refused the token (or its absence).
     """
-    ca = tls_ca if tls_ca is not None else default_ca()
-    ctx = None if ca is None else client_context(ca)
+    ca = tls_ca if tls_ca is not None else os.environ.get(TLS_CA_ENVVAR) or None
+    ctx = None
+    if ca is not None:  # ssl contexts and TLS streams load only for a client that speaks TLS
+        from .tls import client_context, connect_tls
+
+        ctx = client_context(ca)
     stream = await connect_stream(address)
     proto = Connection(Role.CLIENT)
     login: Any = None

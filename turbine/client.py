@@ -53,10 +53,8 @@ from ._client_writes import Writes
 from ._clock import clock_offset, wall_time
 from ._constants import DEFAULT_ADDRESS, SPOOL_BYTES
 from ._errors import LocalProtocolError, TurbineError, unwrap
+from ._selections import check_start
 from .names import compile_pattern
-
-# Loaded when first needed, not at `import turbine` (a client's start-up time):
-# .router (check_start).
 
 
 @attrs.frozen
@@ -134,8 +132,6 @@ class Client(Writes):
         Raises:
             RequestFailed: ``max_rate`` not above 0, or without ``monitor``.
         """
-        from .router import check_start
-
         compile_pattern(pattern)
         check_start(start)
         sid = next(self._ids)

@@ -13,7 +13,7 @@ and its reply a frame on ``<type>_<name>_command_source/command.txt``::
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from typing import Any
 
 import attrs
@@ -132,7 +132,7 @@ async def send_command(
         NoReply: no reply within ``wait`` seconds (or the component never came).
     """
     ep = endpoints(target)
-    cmd = Command(uuid.uuid4().hex, verb, args, kwargs, wall_time() + wait)
+    cmd = Command(secrets.token_hex(16), verb, args, kwargs, wall_time() + wait)
     replies: Correlator[str, Reply] = Correlator()
     with trio.move_on_after(wait):
         async with tb.subscribe(f"{ep['replies']}/{COMMAND_CHANNEL}", start="now") as sub:

@@ -11,7 +11,8 @@ from typing import Any
 import attrs
 
 from ._errors import RequestFailed
-from .router import Group, add_run, check_selection
+from ._selections import check_selection
+from .router import Group, add_run
 from .sources import Channel
 from .store import AFTER, NEWEST, OLDEST, TIME, Query, Run
 

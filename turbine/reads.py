@@ -17,11 +17,12 @@ from typing import Any, Protocol
 from . import messages as m
 from ._constants import FETCH_PART_BYTES
 from ._errors import RequestFailed
+from ._selections import check_start
 from .fetch import PendingFetch
 from .groups import fetch_reply
 from .hub import Hub
 from .peer import Peer
-from .router import Subscription, check_start
+from .router import Subscription
 from .storetask import StoreReads
 
 

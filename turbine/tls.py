@@ -22,7 +22,6 @@ from typing import Any
 
 import trio
 
-from ._constants import TLS_CA_ENVVAR
 from ._errors import ConnectionFailed, TurbineError
 
 #: The first byte of every TLS connection (a handshake record).
@@ -63,11 +62,6 @@ def client_context(ca: str | os.PathLike[str] | None) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise TLSError(f"cannot use CA certificate {ca}: {exc}") from None
     return ctx
-
-
-def default_ca() -> str | None:
-    """The CA file ``TURBINE_TLS_CA`` names, if set (a client then speaks TLS)."""
-    return os.environ.get(TLS_CA_ENVVAR) or None
 
 
 class TLSSocket:

@@ -11,11 +11,11 @@ import click
 import trio
 
 from .._errors import RequestFailed
+from .._selections import check_selection, check_start
 from ..client import Client, Frame, Gap
 from ..memory import fmt_bytes
 from ..names import split_path
 from ..render import as_json, as_text
-from ..router import check_selection, check_start
 from ..sources import OCTET_STREAM, guess_content_type
 from ._common import Size, client_command
 
