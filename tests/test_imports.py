@@ -168,3 +168,32 @@ async def test_a_client_that_connects_puts_subscribes_and_fetches_loads_nothing_
     loaded = set(done.stdout.decode().split())
     assert "turbine.client" in loaded, done.stderr.decode()
     assert not sorted(loaded & NOT_FOR_A_PLAIN_CLIENT)
+
+
+def test_a_cli_command_loads_only_its_own_module() -> None:
+    # Every `turbine` process pays for what `turbine.cli` imports: the broker,
+    # the MCP (and importlib.metadata, for the installed component kinds) and
+    # the archive load only for the commands that run them.
+    script = (
+        "import sys; from turbine.cli import main; "
+        "main(['fetch', '--help'], standalone_mode=False); "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    loaded = set(done.stdout.split())
+    assert "turbine.cli.data" in loaded, done.stderr
+    broker_and_site = {
+        "turbine.server",
+        "turbine.hub",
+        "turbine.router",
+        "turbine.component",
+        "turbine.mcp",
+        "turbine.kinds",
+        "turbine.archive",
+        "turbine.cli.serve",
+        "turbine.cli.components",
+        "importlib.metadata",
+    }
+    assert not sorted(loaded & broker_and_site)
