@@ -6,8 +6,11 @@ raised to the hard limit as at every start).  This process opens ``--idle``
 connections that greet the broker and then say nothing, then ``--subscribers``
 clients with one subscription each (to a source nobody writes: held, not fed).
 After each step it runs a 64 B 1 -> 1 rate test (a publisher and a
-subscriber, each a process of its own, on a source of their own) and then
-reads the broker's resident memory (``VmRSS``).  Prints a table::
+subscriber, each a process of its own, on a source of their own), reads the
+broker's resident memory (``VmRSS``), then opens and closes ``CLOSES``
+connections one at a time, each after the broker's trim for the one before
+(``TRIM_INTERVAL_S``): the broker's CPU per close is what a close costs it
+with that many connections held.  Prints a table::
 
     .venv/bin/python benchmarks/connections.py
     .venv/bin/python benchmarks/connections.py --idle 1000 --subscribers 100 --frames 100000
@@ -21,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import resource
+import socket
 import sys
 import time
 from typing import Any
@@ -32,7 +36,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from throughput import Broker  # noqa: E402  (a sibling script, not a package)
 
 import turbine  # noqa: E402
+from turbine import messages as m  # noqa: E402
+from turbine._address import parse_address  # noqa: E402
 from turbine._client_link import handshake  # noqa: E402  (a bare greeting: an idle connection)
+from turbine._constants import PROTOCOL_VERSION, TRIM_INTERVAL_S  # noqa: E402
+from turbine.protocol import NEED_DATA, Connection, Role  # noqa: E402
 
 #: Connections opened at once (the listen backlog and the loop's fairness, not a limit).
 CONNECT_AT_ONCE = 200
@@ -40,6 +48,8 @@ CONNECT_AT_ONCE = 200
 SPARE_DESCRIPTORS = 200
 RATE_SOURCE = "daq_rate_data_source"
 HELD_PATTERN = "daq_held_data_source/x"
+#: Connections opened and closed one by one after each step, for the broker's CPU per close.
+CLOSES = 5
 
 
 def rss_mib(pid: int) -> float:
@@ -49,6 +59,23 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def close_cost(address: str, broker: Broker) -> float:
+    """The broker's CPU seconds per connection close: ``CLOSES`` times, greet it (as
+    :func:`handshake` does, with a plain socket: this may run inside a trio run) and
+    close, then wait past its trim."""
+    host, port = parse_address(address)
+    cpu = broker.cpu_s()
+    for _ in range(CLOSES):
+        with socket.create_connection((host, port), timeout=60) as sock:
+            proto = Connection(Role.CLIENT)
+            while proto.next_event() is NEED_DATA:
+                proto.receive_data(sock.recv(65536))
+            hello = m.ClientHello(protocol=PROTOCOL_VERSION, name="closer")
+            sock.sendall(b"".join(proto.send(hello)))
+        time.sleep(TRIM_INTERVAL_S + 0.3)
+    return (broker.cpu_s() - cpu) / CLOSES
 
 
 def _rate_subscriber(address: str, frames: int, ready: Any, out: Any) -> None:
@@ -175,7 +202,7 @@ def main(idle: int, subscribers: int, frames: int) -> None:
         )
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     broker = Broker()
-    rows: list[tuple[str, int, float, float, tuple[float, int], float]] = []
+    rows: list[tuple[str, int, float, float, tuple[float, int], float, float]] = []
 
     def row(label: str, held: int, took: float) -> None:
         # The rate test first: its ring is full from the first row on, so
@@ -183,7 +210,10 @@ def main(idle: int, subscribers: int, frames: int) -> None:
         cpu = broker.cpu_s()
         measured = rate(broker.address, frames)
         per_frame = (broker.cpu_s() - cpu) / frames * 1e6
-        rows.append((label, held, rss_mib(broker.process.pid), took, measured, per_frame))
+        mib = rss_mib(broker.process.pid)
+        rows.append(
+            (label, held, mib, took, measured, per_frame, close_cost(broker.address, broker))
+        )
 
     async def run() -> None:
         row("broker alone", 0, 0.0)
@@ -217,15 +247,16 @@ def main(idle: int, subscribers: int, frames: int) -> None:
     )
     click.echo(
         "| state | connections | broker RSS MiB | KiB per added connection | connect s "
-        "| 64 B 1->1 frames/s | missed | broker CPU us per frame in it |"
+        "| 64 B 1->1 frames/s | missed | broker CPU us per frame in it "
+        "| broker CPU ms per close |"
     )
-    click.echo("|---|---|---|---|---|---|---|---|")
+    click.echo("|---|---|---|---|---|---|---|---|---|")
     prev_held, prev_mib = 0, rows[0][2]
-    for label, held, mib, took, (r, missed), cpu in rows:
+    for label, held, mib, took, (r, missed), cpu, close in rows:
         per = f"{(mib - prev_mib) * 1024 / (held - prev_held):.1f}" if held > prev_held else "-"
         click.echo(
             f"| {label} | {held:,} | {mib:.1f} | {per} | {took:.1f} | {r:,.0f} | {missed:,} "
-            f"| {cpu:.2f} |"
+            f"| {cpu:.2f} | {close * 1e3:.0f} |"
         )
         prev_held, prev_mib = held, mib
 
