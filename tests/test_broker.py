@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -1118,3 +1120,39 @@ async def test_flush_waits_only_for_what_its_writer_put(nursery, autojump_clock)
             await stuck_flushed.wait()
     assert waited_for_writer == [fast, fast]  # put_all's flush, then the writer's own
     assert disk.waited.count(slow) == 1  # only the stuck client's flush went to its store
+
+
+async def test_a_close_among_many_connections_collects_only_the_young_garbage(
+    nursery, autojump_clock, monkeypatch
+):
+    # A full collection walks every connection held: only once the closes
+    # since the last one reach FULL_COLLECT_SHARE (1/4) of the connections
+    # left, or after a delete; the other trims collect the young generations.
+    import turbine.server
+
+    trims: list[bool] = []
+    trimmed_one = trio.Event()
+
+    def trim(*, full: bool = True) -> None:
+        trims.append(full)
+        trimmed_one.set()
+
+    monkeypatch.setattr(turbine.server, "trim", trim)
+    address = await start_broker(nursery)
+
+    async def trimmed(close: Any) -> None:
+        nonlocal trimmed_one
+        trimmed_one = trio.Event()
+        await close()
+        with trio.fail_after(10):
+            await trimmed_one.wait()
+        await trio.sleep(2)  # past TRIM_INTERVAL_S: the next trim is not held back
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(open_client(address)) for _ in range(8)]
+        await clients[-1].open_source("daq_gone_data_source", channels={"x": "text/plain"})
+        await trimmed(clients.pop().aclose)  # 1 closed, 7 left: young
+        await trimmed(clients.pop().aclose)  # 2 closed, 6 left: full
+        await trimmed(clients.pop().aclose)  # 1 closed since, 5 left: young
+        await trimmed(lambda: clients[1].delete("daq_gone_data_source"))  # a delete: full
+    assert trims[:4] == [False, True, False, True]

@@ -50,10 +50,12 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> None:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
-def trim() -> None:
+def trim(*, full: bool = True) -> None:
     """Free what closed connections left (their errors' tracebacks are reference
     cycles, freed only by the cycle collector), then return free heap pages to
-    the operating system.  A few ms for a large heap."""
-    gc.collect()
+    the operating system.  ``full=False`` collects only the young generations:
+    what lived through earlier collections waits for a full one, which walks
+    every tracked object (the cost grows with the heap, not with the garbage)."""
+    gc.collect() if full else gc.collect(1)
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -27,6 +27,7 @@ from ._constants import (
     CLOSED_HISTORY,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    FULL_COLLECT_SHARE,
     LAST_WORDS_S,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
@@ -128,6 +129,9 @@ class Broker:
         self._ids = itertools.count(1)
         self.slow_events = 0  # of every connection, closed ones too
         self._closed_some = trio.Event()
+        #: Closes and deletes since the trimmer's last full collection.
+        self._closed_since_full = 0
+        self._deleted_since_full = False
         self._room = trio.Event()  # set when receive budget comes back
         self.receive_budget = ReceiveBudget(config.receive_memory, lambda: self._room.set())
         self.auth = config.auth
@@ -147,19 +151,28 @@ class Broker:
         self._room = trio.Event()
         await self._room.wait()
 
-    def trim_soon(self) -> None:
-        """A connection closed or a source was deleted: the memory they held goes
-        back to the system (:meth:`trimmer`)."""
+    def trim_soon(self, *, closed: bool = False) -> None:
+        """A connection ``closed`` or a source was deleted: the memory they held
+        goes back to the system (:meth:`trimmer`)."""
+        if closed:
+            self._closed_since_full += 1
+        else:
+            self._deleted_since_full = True
         self._closed_some.set()
 
     async def trimmer(self) -> None:
         """Give freed memory back to the system after connections close or
         sources are deleted, at most once per TRIM_INTERVAL_S (a burst of hostile connections must not
-        leave the broker at its peak RSS)."""
+        leave the broker at its peak RSS); a full collection only as often as
+        FULL_COLLECT_SHARE says, so a close costs the same however many are held."""
         while True:
             await self._closed_some.wait()
             self._closed_some = trio.Event()
-            trim()
+            share = FULL_COLLECT_SHARE * len(self.connections)
+            full = self._deleted_since_full or self._closed_since_full >= share
+            if full:
+                self._closed_since_full, self._deleted_since_full = 0, False
+            trim(full=full)
             await trio.sleep(TRIM_INTERVAL_S)
 
     def set_auth(self, table: AuthTable) -> None:
@@ -318,7 +331,7 @@ class Broker:
             self.hub.release(conn.peer)
             conn.proto.close_budget()
             del self.connections[conn.id]
-            self.trim_soon()
+            self.trim_soon(closed=True)
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock(), conn.slow_events))
             with trio.CancelScope(shield=True):
                 if drain:  # after the record and the release: the client may look at both
