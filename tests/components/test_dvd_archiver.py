@@ -132,8 +132,9 @@ async def wait_staged(arch: DvdArchiver, tb: Client) -> None:
         await trio.sleep(0.02)
 
 
-async def command(tb: Client, verb: str, *args: Any, wait: float = 15) -> Any:
-    """``wait`` must outlast the archiver's ``command_wait`` (it answers "running" after it)."""
+async def command(tb: Client, verb: str, *args: Any, wait: float = 20) -> Any:
+    """``wait`` must outlast the archiver's ``command_wait`` (it answers "running"
+    after it): 20 s against the 15 s of :func:`settings`."""
     reply = await send_command(tb, "dvd_test", verb, *args, wait=wait)
     assert reply.ok, reply.error
     return reply.result
