@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import urllib.request
 
@@ -38,5 +39,26 @@ def test_turbine_web_serves_the_api_for_the_broker_it_is_given() -> None:
             assert info["channels"][0]["content_type"] == "text/plain"
         finally:
             stop(web)
+    finally:
+        broker.stop()
+
+
+def test_turbine_web_on_a_port_in_use_says_so_without_a_traceback() -> None:
+    broker = Serve()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = subprocess.run(
+                [TURBINE, "web", "--turbine", broker.address, "--port", str(port)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        assert done.returncode == 1
+        assert done.stderr.strip() == (
+            f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
     finally:
         broker.stop()

@@ -6,6 +6,8 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from .._address import fmt_address
+from .._errors import TurbineError, unwrap
 from ..client import open_client
 from .api import create_app
 
@@ -35,6 +37,7 @@ async def serve_web(
 
     Raises:
         ConnectionFailed: no broker at ``turbine`` when it starts.
+        TurbineError: ``host:port`` cannot be listened on (in use, not this machine's).
     """
     # reconnect: a broker restart costs the page a moment, not the viewer process;
     # open tabs' streams resume where they were (a gap for what the broker lost).
@@ -46,5 +49,13 @@ async def serve_web(
         config.accesslog = None
         config.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
-            urls = await nursery.start(serve, create_app(client, nursery), config)
+            try:
+                urls = await nursery.start(serve, create_app(client, nursery), config)
+            except BaseExceptionGroup as group:  # Hypercorn binds inside its own nurseries
+                exc = unwrap(group)
+                if not isinstance(exc, OSError):
+                    raise
+                raise TurbineError(
+                    f"cannot listen on {fmt_address(host, port)}: {exc.strerror or exc}"
+                ) from None
             task_status.started(urls[0])
