@@ -44,19 +44,24 @@ async def export(
     between two frames of a channel are listed as gaps.
 
     Raises:
-        ExportError: ``to`` exists and is not an empty directory.
+        ExportError: ``to`` exists and is not an empty directory, or no frame is in
+            the range (then nothing is written and a ``to`` made for it is removed).
         ValueError: an unknown ``form``.
         RequestFailed: a bad pattern, or the broker refused the fetch.
     """
     out = Path(to)
     writer = TreeWriter(out, 1, form)
-    await trio.to_thread.run_sync(_prepare, out)
+    made = await trio.to_thread.run_sync(_prepare, out)
     end = start + duration
     channels: dict[str, dict[str, Any]] = {}
     gaps: list[dict[str, Any]] = []
     pages: dict[str, list[Frame]] = {}
     for f in await tb.fetch(pattern, start=start, duration=duration):
         pages.setdefault(f.path, []).append(f)
+    if not pages:
+        if made:
+            await trio.to_thread.run_sync(out.rmdir)
+        raise ExportError(f"no frames of {pattern} in that time range (nothing written)")
     for path, page in pages.items():
         while page:
             ch = channels.get(path)
@@ -101,8 +106,14 @@ async def export(
     return manifest
 
 
-def _prepare(out: Path) -> None:
-    """Raises ExportError unless ``out`` is new or an empty directory (made if new)."""
+def _prepare(out: Path) -> bool:
+    """Make ``out`` if it is new (True) or check it is an empty directory (False).
+
+    Raises:
+        ExportError: ``out`` exists and is not an empty directory.
+    """
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty directory: export into a new one")
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return made

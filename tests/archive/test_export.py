@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 
 import trio
 from click.testing import CliRunner
@@ -91,3 +92,31 @@ async def test_export_as_raw_keeps_every_frame_as_it_was(tmp_path):
     names = sorted(manifest["files"])
     assert [n.rsplit("_", 1)[1] for n in names] == ["s1.bin", "s2.bin", "s3.bin"]
     assert [(to / n).read_bytes() for n in names] == [block(0), block(1), block(2)]
+
+
+async def test_an_empty_range_writes_nothing_and_a_start_can_be_a_time_ago(tmp_path):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await start_broker(nursery)
+            await fill(address)
+            async with open_client(address, name="now") as tb:
+                src = await tb.open_source("daq_now_data_source", {"x": "text/plain"})
+                await src.put("x", b"a minute ago", time.time() - 60)
+                await src.flush()
+            to = tmp_path / "run1"
+
+            async def export(*args: str):
+                return await trio.to_thread.run_sync(
+                    lambda: CliRunner().invoke(
+                        main, ["export", *args, "--to", str(to), "--turbine", address]
+                    )
+                )
+
+            empty = await export(f"{DAQ}/x", "--start", str(T0 - 100), "--duration", "10")
+            assert empty.exit_code == 1
+            assert "no frames of daq_exp_data_source/x in that time range" in empty.output
+            assert not to.exists()  # so the same --to takes the next try
+            recent = await export("daq_now_data_source/x", "--start", "-2m", "--duration", "10m")
+            assert recent.exit_code == 0, recent.output
+            assert recent.output.startswith("exported 1 frames of 1 channels to ")
+            nursery.cancel_scope.cancel()

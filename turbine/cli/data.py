@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
+import time
 from typing import Any
 
 import click
@@ -106,6 +107,9 @@ async def tap(
 
 
 def _time(value: str) -> float:
+    """Seconds since the epoch, ISO 8601 (UTC unless it says), or ``-DURATION``: that long ago."""
+    if value.startswith("-"):
+        return time.time() - _duration(value[1:])
     try:
         return float(value)
     except ValueError:
@@ -114,7 +118,8 @@ def _time(value: str) -> float:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is neither seconds since the epoch nor an ISO 8601 time"
+            f"{value!r} is neither seconds since the epoch nor an ISO 8601 time "
+            "(nor -DURATION ago, e.g. -10m)"
         ) from None
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
@@ -123,7 +128,10 @@ def _time(value: str) -> float:
 @click.argument("path")
 @click.option("--newest", type=click.IntRange(min=0), help="The newest N frames per channel.")
 @click.option("--oldest", type=click.IntRange(min=0), help="The oldest N frames per channel.")
-@click.option("--start", help="Start of a time range: seconds since the epoch or ISO 8601 (UTC).")
+@click.option(
+    "--start",
+    help="Start of a time range: seconds since the epoch, ISO 8601 (UTC), or -10m (ago).",
+)
 @click.option(
     "--duration", type=click.FloatRange(min=0), help="Length of the time range in seconds."
 )
@@ -181,7 +189,11 @@ def _duration(value: str) -> float:
 
 @click.command()
 @click.argument("pattern")
-@click.option("--start", required=True, help="Start: seconds since the epoch or ISO 8601 (UTC).")
+@click.option(
+    "--start",
+    required=True,
+    help="Start: seconds since the epoch, ISO 8601 (UTC), or -10m, -2h (that long ago).",
+)
 @click.option("--duration", required=True, help="Length: seconds, or with s, m, h or d.")
 @click.option(
     "--to",
@@ -211,8 +223,6 @@ async def export(tb: Client, pattern: str, start: str, duration: str, to: str, f
         raise click.ClickException(str(exc)) from None
     frames = sum(c["frames"] for c in manifest["channels"].values())
     size = sum(f["size"] for f in manifest["files"].values())
-    if not frames:
-        raise click.ClickException(f"no frames of {pattern} in that time range (nothing written)")
     gaps = f", {len(manifest['gaps'])} gaps (see the manifest)" if manifest["gaps"] else ""
     click.echo(
         f"exported {frames} frames of {len(manifest['channels'])} channels to {to}: "
