@@ -237,9 +237,17 @@ def test_fetch_usage_errors_and_nothing_found(address):
     assert "--duration goes with --start" in err
     err = fails(address, "fetch", f"{SRC}/x", "--start", "yesterday", code=2)
     assert "neither seconds since the epoch nor an ISO 8601 time" in err
-    done = tb(address, "fetch", "daq_nothing_data_source/x", "--newest", "1")
+    err = fails(address, "fetch", "daq_nothing_data_source/x", "--newest", "1")
+    assert one_line_error(err) == (
+        "Error: no source matches daq_nothing_data_source ('turbine ls' lists the sources there are)"
+    )
+    src = "daq_cli13_data_source"
+    ok(address, "put", f"{src}/x", "1")
+    err = fails(address, "fetch", f"{src}/y", "--newest", "1")
+    assert one_line_error(err) == f"Error: {src} has no channel y; its channels: x"
+    done = tb(address, "fetch", f"{src}/x", "--start", "1", "--duration", "1")
     assert done.returncode == 0 and done.stdout == b""
-    assert done.stderr.decode().strip() == "no frames for daq_nothing_data_source/x"
+    assert done.stderr.decode().strip() == f"no frames for {src}/x"
 
 
 def test_meta(address):

@@ -15,7 +15,7 @@ from .._errors import RequestFailed
 from .._selections import check_selection, check_start
 from ..client import Client, Frame, Gap
 from ..memory import fmt_bytes
-from ..names import split_path
+from ..names import compile_pattern, split_path
 from ..render import as_json, as_text
 from ..sources import OCTET_STREAM, guess_content_type
 from ._common import Size, client_command
@@ -168,7 +168,25 @@ async def fetch(
     for f in frames:
         _print_item(f, fmt)
     if not frames:
+        missing = await _missing(tb, path)
+        if missing:
+            raise click.ClickException(missing)
         click.echo(f"no frames for {path}", err=True)
+
+
+async def _missing(tb: Client, path: str) -> str | None:
+    """What the pattern ``path`` names that is not there, or None: it matches channels."""
+    source, _, channel = path.partition("/")
+    infos = await tb.list_sources(path)
+    if not infos:
+        return f"no source matches {source} ('turbine ls' lists the sources there are)"
+    pattern = compile_pattern(path)
+    if any(pattern.match(f"{i.name}/{c.name}") for i in infos for c in i.channels):
+        return None
+    if len(infos) == 1:
+        names = ", ".join(c.name for c in infos[0].channels) or "none"
+        return f"{infos[0].name} has no channel {channel}; its channels: {names}"
+    return f"no channel {channel} in the {len(infos)} sources matching {source}"
 
 
 def _duration(value: str) -> float:
