@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from click.testing import CliRunner
 
 from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.auth import AuthTable, token_hash
+from turbine.cli import main
 from turbine.client import Client, Frame, FrameGroup, Gap
 from turbine.mirror import MirrorConfig, MirrorStats, copy_puts, group_puts, run_mirror
 from turbine.testing import start_broker
@@ -350,3 +352,11 @@ def test_groups_become_one_put_per_content_type_with_their_payloads_uncut():
     assert puts[0].pieces == [one.payload, two.payload, three.payload]  # not copied
     assert puts[0].timestamps == [1.0, 1.0, 3.0, 6.0]
     assert group_puts([Gap(SRC, "x", 1, 2)]) == []
+
+
+def test_a_prefix_that_cannot_go_into_a_name_is_refused_before_anything_starts():
+    result = CliRunner().invoke(
+        main, ["mirror", "--from", "127.0.0.1:1", "--to", "127.0.0.1:2", "daq_*", "--prefix", "a b"]
+    )
+    assert result.exit_code == 2
+    assert "Invalid value for '--prefix': 'a b' goes into the copies' source names" in result.output

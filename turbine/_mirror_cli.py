@@ -10,6 +10,20 @@ from ._constants import MIRROR_POLL_S
 from ._options import patterns_callback, token_file_callback
 from ._signals import run_until_stopped
 from .mirror import MirrorConfig, run_mirror
+from .names import InvalidName, check_source_name
+
+
+def _prefix_callback(ctx: click.Context, param: click.Parameter, prefix: str) -> str:
+    """A click callback: a prefix that can go into source names, else a usage error."""
+    try:
+        if prefix:
+            check_source_name(prefix, lenient=True)
+    except InvalidName:
+        raise click.BadParameter(
+            f"{prefix!r} goes into the copies' source names: "
+            "give one without whitespace, '/' or '*'"
+        ) from None
+    return prefix
 
 
 @click.command()
@@ -21,6 +35,7 @@ from .mirror import MirrorConfig, run_mirror
 @click.option(
     "--prefix",
     default="",
+    callback=_prefix_callback,
     help="Put this after the type in each copy's name (daq_rig_data_source -> daq_PREFIXrig_data_source).",
 )
 @click.option(
