@@ -392,6 +392,16 @@ def test_no_broker_is_one_line_and_exit_1():
         assert "start one with 'turbine serve'" in err
 
 
+def test_a_bad_address_says_what_is_wrong_with_it():
+    for address, why in (
+        ("127.0.0.1:99999", "a port is 1 to 65535"),
+        ("127.0.0.1:0", "a port is 1 to 65535"),
+        ("127.0.0.1:port", "expected HOST:PORT"),
+    ):
+        err = one_line_error(fails(None, "ls", "--turbine", address))
+        assert err == f"Error: bad broker address {address!r}: {why}"
+
+
 def test_invalid_names(address):
     err = one_line_error(fails(address, "put", "camera1/x", "1"))
     assert "invalid source name 'camera1'" in err and "<type>_<name>_<detail>" in err

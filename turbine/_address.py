@@ -12,7 +12,7 @@ def parse_address(address: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (IPv6 as ``[::1]:3333``); a bare host gets the default port.
 
     Raises:
-        TurbineError: the port is not a number.
+        TurbineError: the port is not a number from 1 to 65535.
     """
     address = address.strip()
     if address.startswith("["):
@@ -23,9 +23,12 @@ def parse_address(address: str) -> tuple[str, int]:
     else:
         host, port = address, ""
     try:
-        return host or DEFAULT_HOST, int(port) if port else DEFAULT_PORT
+        number = int(port) if port else DEFAULT_PORT
     except ValueError:
         raise TurbineError(f"bad broker address {address!r}: expected HOST:PORT") from None
+    if not 1 <= number <= 65535:
+        raise TurbineError(f"bad broker address {address!r}: a port is 1 to 65535")
+    return host or DEFAULT_HOST, number
 
 
 def fmt_address(host: str, port: int) -> str:
