@@ -541,3 +541,60 @@ async def test_a_day_of_a_1_khz_channel_is_drawn_from_the_block_summaries(
     drawn = seen["drawn"]  # (and maybe the newest block's extremes again, from the stream)
     assert 0 < drawn["points"] <= 2002 and (drawn["low"], drawn["high"]) == (0.0, 7.0)
     print(f"a day's read took {seen['took_ms']} ms in the page")  # (timed in benchmarks/web.py)
+
+
+SEAM = "daq_seam_data_source"
+
+
+def _seam(url: str, out: Path, put_while_down: Callable[[], None]) -> list[float]:
+    """Open a plot, put frames while the tab's stream is down, open the stream again;
+    return the values the plot then draws, in time order."""
+    layout = {"w": 60, "p": [{"k": "plot", "s": SEAM, "c": ["ch0"]}]}
+    drawn = "() => document.querySelector('.panel.timeseries .plot').data?.[0]?.y?.length ?? 0"
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "#layout=" + quote(json.dumps(layout)))
+        page.wait_for_function(f"() => ({drawn})() === 25", timeout=20000)
+        page.wait_for_function("() => state.source && state.source.readyState === 1")
+        page.evaluate("() => state.source.close()")  # as when a panel opens, or the link drops
+        put_while_down()
+        page.evaluate("() => connect()")
+        with contextlib.suppress(sync_api.TimeoutError):  # the assertion says what is missing
+            page.wait_for_function(f"() => ({drawn})() === 35", timeout=15000)
+        page.screenshot(path=str(out / "seam.png"), full_page=True)
+        assert not errors, errors
+        return [
+            float(v)
+            for v in page.evaluate(
+                "() => { const d = document.querySelector('.panel.timeseries .plot').data[0];"
+                " return d.x.map((x, i) => [+x, d.y[i]]).sort((a, b) => a[0] - b[0]).map((p) => p[1]); }"
+            )
+        ]
+
+
+async def test_frames_put_while_the_stream_was_down_fill_the_plot(
+    broker: str, web: str, tmp_path: Path
+) -> None:
+    t0 = time.time() - 20
+
+    def block(i: int) -> bytes:
+        return struct.pack("<5d", *(10 * i + k for k in range(5)))
+
+    with trio.fail_after(90):
+        async with open_client(broker) as tb:
+            daq = await tb.open_source(SEAM, channels={"ch0": FLOAT64_CONTENT_TYPE})
+            for i in range(5):
+                await daq.put("ch0", block(i), t0 + 0.5 * i)
+            await daq.flush()
+
+            async def two_more() -> None:
+                for i in (5, 6):
+                    await daq.put("ch0", block(i), t0 + 0.5 * i)
+                await daq.flush()
+
+            values = await trio.to_thread.run_sync(
+                _seam, web + "/", tmp_path, lambda: trio.from_thread.run(two_more)
+            )
+    assert values == [10 * i + k for i in range(7) for k in range(5)], f"see {tmp_path}"

@@ -606,6 +606,14 @@ function connect() {
   const replay = live ? "" : `&from=${state.cursor}&speed=${document.getElementById("speed").value}`;
   const es = new EventSource("/api/stream?" + query(live ? [...paths, MARKERS_PATH] : paths) + replay);
   es.addEventListener("open", refreshMarkers);  // (and again whenever the stream was down)
+  // A new stream starts at each channel's newest frame: what came while none ran (a panel
+  // opened, the link down) is read as history, so plots have no hole and no stretched block.
+  if (live) es.addEventListener("ready", () => {
+    for (const p of state.panels) if (p.kind === "plot") {
+      for (const s of Object.values(p.series)) s.last = null;
+      loadHistory(p, Date.now() / 1000);
+    }
+  });
   es.addEventListener("frame", (e) => onFrame(JSON.parse(e.data)));
   es.addEventListener("renumbered", (e) => onRenumbered(JSON.parse(e.data)));
   es.addEventListener("clock", (e) => { state.cursor = JSON.parse(e.data).t; showCursor(); markPlots(); });
