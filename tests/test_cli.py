@@ -237,6 +237,8 @@ def test_fetch_usage_errors_and_nothing_found(address):
     assert "--duration goes with --start" in err
     err = fails(address, "fetch", f"{SRC}/x", "--start", "yesterday", code=2)
     assert "neither seconds since the epoch nor an ISO 8601 time" in err
+    err = fails(address, "fetch", f"{SRC}/x", "--start", "-10x", code=2)
+    assert "Invalid value: '-10x' is not a time ago (e.g. -90s, -10m, -2h, -1d)" in err
     err = fails(address, "fetch", "daq_nothing_data_source/x", "--newest", "1")
     assert one_line_error(err) == (
         "Error: no source matches daq_nothing_data_source ('turbine ls' lists the sources there are)"

@@ -109,7 +109,12 @@ async def tap(
 def _time(value: str) -> float:
     """Seconds since the epoch, ISO 8601 (UTC unless it says), or ``-DURATION``: that long ago."""
     if value.startswith("-"):
-        return time.time() - _duration(value[1:])
+        try:
+            return time.time() - _duration(value[1:])
+        except click.BadParameter:
+            raise click.BadParameter(
+                f"{value!r} is not a time ago (e.g. -90s, -10m, -2h, -1d)"
+            ) from None
     try:
         return float(value)
     except ValueError:
