@@ -237,6 +237,19 @@ async def test_a_killed_component_comes_back_and_sigterm_leaves_nothing(tmp_path
         assert "restarting it in 0.1 s (restart 1)" in log
 
 
+async def test_a_stopped_site_warns_of_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with run_mcp(tmp_path) as site:
+            async with open_client(site.address) as tb:
+                await wait_state(tb, running("daq_t"))
+            site.proc.send_signal(signal.SIGTERM)
+            assert await site.proc.wait() == 0
+    log = site.log.read_text()
+    assert "every program and the broker stopped" in log
+    # The MCP leaves the broker before stopping it: no "closed the connection; reconnecting".
+    assert " WARNING " not in log, log
+
+
 async def test_a_site_restarted_on_its_data_dir_continues_the_daq_numbers(tmp_path: Path) -> None:
     broker = f"data_dir = {json.dumps(str(tmp_path / 'var' / 'turbine'))}"
     path = "daq_t_data_source/ch0"

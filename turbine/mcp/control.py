@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -95,13 +96,18 @@ class Control:
         self.get(label).restarts += 1
         return await self.start(label)
 
-    async def stop_all(self, *, kill: bool = False) -> None:
-        """Stop every program at once (components first, then processes, then the broker)."""
+    async def stop_all(
+        self, *, kill: bool = False, before_broker: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Stop every program at once (components first, then processes, then the broker;
+        ``before_broker`` is awaited just before the broker is stopped)."""
         for group in (True, False):
             async with trio.open_nursery() as nursery:
                 for p in self.programs.values():
                     if p.spec.component is group and p is not self.broker:
                         nursery.start_soon(functools.partial(self.stop, p.spec.label, kill=kill))
+        if before_broker is not None:
+            await before_broker()
         if self.broker is not None:
             await self.stop(BROKER, kill=kill)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import signal
@@ -101,12 +103,28 @@ async def run_site(
     console = console or Console(False)
     supervisor: Supervisor | None = None
     me: Mcp | None = None
+    me_scope, me_gone = trio.CancelScope(), trio.Event()
+
+    async def serve_me(me: Mcp) -> None:
+        try:
+            with me_scope:
+                await me.serve()
+        finally:
+            me_gone.set()
+
+    async def leave(me: Mcp) -> None:
+        """Say "down" and close the MCP's own connection before its broker stops."""
+        me.state = "down"
+        with trio.move_on_after(1), contextlib.suppress(TurbineError):
+            await me.publish_metadata()
+        me_scope.cancel()
+        await me_gone.wait()
 
     async def stop(signum: signal.Signals) -> None:
         log.info("%s: stopping the site", signum.name)
         if supervisor is None or me is None:
             return
-        await supervisor.stop_all()
+        await supervisor.stop_all(before_broker=functools.partial(leave, me))
         if console.tty:
             _draw(console, me, site)
         log.info("every program and the broker stopped")
@@ -148,7 +166,7 @@ async def run_site(
             address,
             " (embedded)" if site.embedded else "",
         )
-        nursery.start_soon(me.serve)
+        nursery.start_soon(serve_me, me)
         if console.tty:
             nursery.start_soon(_redraw, console, me, site)
         task_status.started(address)
