@@ -44,7 +44,16 @@ from turbine.mirror import ChannelWatch, copy_puts, origin_of, prefixed
 from turbine.names import source_pattern
 from turbine.origin import Origin
 
-from .wire import SEQ, SUBJECT_ROOT, BridgeError, Chain, Exported, headers, split_subject, subject
+from .wire import (
+    SUBJECT_ROOT,
+    BridgeError,
+    Chain,
+    Exported,
+    exported_seq,
+    headers,
+    split_subject,
+    subject,
+)
 
 log = logging.getLogger("turbine.jetstream_bridge")
 
@@ -411,7 +420,7 @@ class _Import(_Session):
             except nats.js.errors.NotFoundError:
                 hi = mid
                 continue
-            if int((msg.headers or {}).get(SEQ, 0)) >= want:
+            if exported_seq(msg.headers) >= want:
                 hi = mid
             else:
                 lo = (msg.seq or mid) + 1

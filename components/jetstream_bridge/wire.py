@@ -2,27 +2,35 @@
 
 Pure: no I/O, no event loop.  A frame of channel ``C`` of source ``S`` is
 published to the subject ``turbine.S.C`` with its data as the payload and
-these headers:
+three headers:
 
-=========================  ==================================================
-``Nats-Msg-Id``            ``BROKER:S/C#N``: JetStream drops a second copy
-                           within the stream's duplicate window
-``Turbine-Seq``            its number ``N`` on the origin
-``Turbine-Prev``           the number of the frame exported before it on this
-                           channel (0 for the first): numbers between are a
-                           gap on the origin, and an importer that has not
-                           put ``Turbine-Prev`` yet holds the frame back
-``Turbine-Timestamp``      its timestamp (``repr`` of the float)
-``Turbine-Content-Type``   its content type
-``Turbine-Writer``         the client that put it on the origin
-``Turbine-Origin``         the broker its frames were first put to, the
-                           source there, and the brokers they passed through
-                           (``BROKER S [VIA,...]``, as ``Origin``)
-=========================  ==================================================
+=================  ==========================================================
+``Nats-Msg-Id``    ``BROKER:S/C#N``: JetStream drops a second copy within
+                   the stream's duplicate window
+``Turbine``        ``N PREV TIMESTAMP BROKER SOURCE VIA WRITER``, separated
+                   by single spaces: its number ``N`` on the origin; the
+                   number of the frame exported before it on this channel
+                   (0 for the first: numbers between are a gap on the
+                   origin, and an importer that has not put ``PREV`` yet
+                   holds the frame back); its timestamp (``repr`` of the
+                   float); the broker its frames were first put to and the
+                   source there; the brokers they passed through
+                   (``VIA,...``, ``-`` for none); the client that put it
+                   on the origin (the rest of the line: it may hold spaces)
+``Content-Type``   its content type
+=================  ==========================================================
+
+Three headers rather than one per field: nats-py parses each header line
+of each message it receives in Python (a step per character of the name),
+which made the seven headers of the first format the largest cost of an
+import.  Messages in that format (``Turbine-Seq``, ``Turbine-Prev``,
+``Turbine-Timestamp``, ``Turbine-Content-Type``, ``Turbine-Writer``,
+``Turbine-Origin``) are still read, so a stream written before keeps working.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import attrs
@@ -34,12 +42,17 @@ from turbine.origin import Origin
 SUBJECT_ROOT = "turbine"
 
 MSG_ID = "Nats-Msg-Id"
-SEQ = "Turbine-Seq"
-PREV = "Turbine-Prev"
-TIMESTAMP = "Turbine-Timestamp"
-CONTENT_TYPE = "Turbine-Content-Type"
-WRITER = "Turbine-Writer"
-ORIGIN = "Turbine-Origin"
+FRAME = "Turbine"
+CONTENT_TYPE = "Content-Type"
+NO_VIA = "-"
+
+#: The first format's headers (read, no longer written).
+V1_SEQ = "Turbine-Seq"
+V1_PREV = "Turbine-Prev"
+V1_TIMESTAMP = "Turbine-Timestamp"
+V1_CONTENT_TYPE = "Turbine-Content-Type"
+V1_WRITER = "Turbine-Writer"
+V1_ORIGIN = "Turbine-Origin"
 
 
 class BridgeError(TurbineError):
@@ -75,21 +88,55 @@ def split_subject(subj: str) -> tuple[str, str]:
     return source, channel
 
 
-def origin_header(origin: Origin) -> str:
-    return " ".join([origin.broker, origin.source, ",".join(origin.via)]).rstrip()
-
-
 def headers(origin: Origin, frame: Frame, prev: int) -> dict[str, str]:
     """The headers of ``frame`` (of the source ``origin`` describes) exported after ``prev``."""
+    via = ",".join(origin.via) or NO_VIA
     return {
         MSG_ID: f"{origin.broker}:{frame.source}/{frame.channel}#{frame.seq}",
-        SEQ: str(frame.seq),
-        PREV: str(prev),
-        TIMESTAMP: repr(frame.timestamp),
+        FRAME: f"{frame.seq} {prev} {frame.timestamp!r} {origin.broker} {origin.source} {via} {frame.writer}",
         CONTENT_TYPE: frame.content_type,
-        WRITER: frame.writer,
-        ORIGIN: origin_header(origin),
     }
+
+
+def exported_seq(hdrs: Mapping[str, str] | None) -> int:
+    """The origin's number of the frame with headers ``hdrs`` (0 if they do not say)."""
+    h = hdrs or {}
+    line = h.get(FRAME)
+    if line is not None:
+        number = line.partition(" ")[0]
+        return int(number) if number.isdigit() else 0
+    number = h.get(V1_SEQ, "0")
+    return int(number) if number.isdigit() else 0
+
+
+def _fields(h: Mapping[str, str]) -> tuple[int, int, float, str, str, Origin]:
+    """``(seq, prev, timestamp, content_type, writer, origin)`` from either format's headers.
+
+    Raises:
+        KeyError, ValueError: a header is missing or malformed.
+    """
+    line = h.get(FRAME)
+    if line is not None:
+        seq, prev, stamp, broker, source, via, *writer = line.split(" ", 6)
+        origin = _origin(broker, source, via)
+        return int(seq), int(prev), float(stamp), h[CONTENT_TYPE], "".join(writer), origin
+    broker, source, *hops = h[V1_ORIGIN].split(" ")
+    origin = Origin(broker, source, tuple(hops[0].split(",")) if hops else ())
+    return (
+        int(h[V1_SEQ]),
+        int(h[V1_PREV]),
+        float(h[V1_TIMESTAMP]),
+        h[V1_CONTENT_TYPE],
+        h[V1_WRITER],
+        origin,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _origin(broker: str, source: str, via: str) -> Origin:
+    """The :class:`Origin` of a ``Turbine`` header's fields, made once per channel rather
+    than per message (an attrs instance costs more than parsing the line)."""
+    return Origin(broker, source, () if via == NO_VIA else tuple(via.split(",")))
 
 
 @attrs.frozen
@@ -118,17 +165,12 @@ class Exported:
         """Raises:
         BridgeError: a header is missing or malformed."""
         source, channel = split_subject(subj)
-        h = hdrs or {}
         try:
-            broker, origin_source, *via = h[ORIGIN].split(" ")
-            seq, prev = int(h[SEQ]), int(h[PREV])
-            timestamp = float(h[TIMESTAMP])
-            content_type, writer = h[CONTENT_TYPE], h[WRITER]
+            seq, prev, timestamp, content_type, writer, origin = _fields(hdrs or {})
         except (KeyError, ValueError) as exc:
             raise BridgeError(f"message on {subj} is not an exported frame ({exc!r})") from None
         if seq <= prev or prev < 0:
-            raise BridgeError(f"message on {subj} has Turbine-Seq {seq} after {prev}")
-        origin = Origin(broker, origin_source, tuple(via[0].split(",")) if via else ())
+            raise BridgeError(f"message on {subj} has number {seq} after {prev}")
         return cls(
             source, channel, seq, prev, timestamp, content_type, writer, origin, data, stream_seq
         )

@@ -11,6 +11,7 @@ from components.jetstream_bridge.wire import (
     BridgeError,
     Chain,
     Exported,
+    exported_seq,
     headers,
     split_subject,
     subject,
@@ -23,7 +24,8 @@ ORIGIN = Origin("aaaa", "daq_rig_data_source", ("bbbb", "cccc"))
 
 
 def frame(seq: int, data: bytes = b"d") -> Frame:
-    return Frame("daq_rig_data_source", "log.txt", seq, 100.0 + seq / 3, data, "text/plain", "w#1")
+    writer = "w#1 (127.0.0.1:5000)"
+    return Frame("daq_rig_data_source", "log.txt", seq, 100.0 + seq / 3, data, "text/plain", writer)
 
 
 def exported(seq: int, prev: int) -> Exported:
@@ -37,6 +39,9 @@ def test_a_frame_comes_back_from_its_subject_and_headers_as_it_was():
     assert subj == "turbine.daq_rig_data_source.log.txt"
     hdrs = headers(ORIGIN, f, 5)
     assert hdrs["Nats-Msg-Id"] == "aaaa:daq_rig_data_source/log.txt#7"
+    assert hdrs["Turbine"] == f"7 5 {f.timestamp!r} aaaa daq_rig_data_source bbbb,cccc {f.writer}"
+    assert hdrs["Content-Type"] == "text/plain"
+    assert len(hdrs) == 3  # nats-py parses each header of each message in Python
     e = Exported.from_message(subj, hdrs, b"payload", stream_seq=42)
     assert (e.source, e.channel, e.seq, e.prev, e.timestamp) == (
         f.source,
@@ -47,13 +52,38 @@ def test_a_frame_comes_back_from_its_subject_and_headers_as_it_was():
     )
     assert (e.content_type, e.writer, e.origin, e.data, e.stream_seq) == (
         "text/plain",
-        "w#1",
+        "w#1 (127.0.0.1:5000)",
         ORIGIN,
         b"payload",
         42,
     )
     plain = Exported.from_message(subj, headers(Origin("aaaa", f.source), f, 0), b"")
     assert plain.origin == Origin("aaaa", f.source)
+    assert exported_seq(hdrs) == 7
+
+
+def test_a_message_of_the_first_format_is_still_read():
+    subj = subject("daq_rig_data_source", "log.txt")
+    first_format = {
+        "Nats-Msg-Id": "aaaa:daq_rig_data_source/log.txt#7",
+        "Turbine-Seq": "7",
+        "Turbine-Prev": "5",
+        "Turbine-Timestamp": "102.5",
+        "Turbine-Content-Type": "text/plain",
+        "Turbine-Writer": "w#1 (127.0.0.1:5000)",
+        "Turbine-Origin": "aaaa daq_rig_data_source bbbb,cccc",
+    }
+    e = Exported.from_message(subj, first_format, b"payload")
+    assert (e.seq, e.prev, e.timestamp, e.content_type, e.writer, e.origin) == (
+        7,
+        5,
+        102.5,
+        "text/plain",
+        "w#1 (127.0.0.1:5000)",
+        ORIGIN,
+    )
+    assert exported_seq(first_format) == 7
+    assert exported_seq({}) == 0
 
 
 @pytest.mark.parametrize(
@@ -74,8 +104,12 @@ def test_a_message_that_is_not_an_exported_frame_is_refused():
     subj = subject("daq_rig_data_source", "x")
     with pytest.raises(BridgeError, match="not an exported frame"):
         Exported.from_message(subj, {"Turbine-Seq": "1"}, b"")
+    with pytest.raises(BridgeError, match="not an exported frame"):
+        Exported.from_message(subj, {"Turbine": "1 0 2.5 aaaa", "Content-Type": "x"}, b"")
+    with pytest.raises(BridgeError, match="not an exported frame"):  # no content type
+        Exported.from_message(subj, {"Turbine": "1 0 2.5 aaaa daq_rig_data_source - w"}, b"")
     bad = headers(ORIGIN, frame(3), 3)
-    with pytest.raises(BridgeError, match="Turbine-Seq 3 after 3"):
+    with pytest.raises(BridgeError, match="number 3 after 3"):
         Exported.from_message(subj, bad, b"")
     with pytest.raises(BridgeError, match="is not turbine.SOURCE.CHANNEL"):
         split_subject("other.daq_rig_data_source")
