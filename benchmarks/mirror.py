@@ -12,7 +12,9 @@ benchmark process puts and reads through the public client API.
 
 * ``mirror``: the direct put rate into A (frames put and flushed per second),
   then the rate with the mirror copying: from the first put into A until B
-  holds the last frame (B is asked every 5 ms).
+  holds the last frame (B is asked every 5 ms).  With each, the CPU seconds
+  every process spent meanwhile: on shared cores the wall rates swing with
+  the load, the CPU a frame costs much less.
 * ``lag``: 1,000 frames/s put into A with their send time; a subscriber of B
   measures each frame's arrival minus its send time (one clock, one machine).
 * ``bridge``: nats-py publishing the same frames straight to the stream
@@ -26,6 +28,7 @@ average is printed with each table.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import statistics
 import struct
@@ -33,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +44,9 @@ import click
 import trio
 
 from turbine import open_client
+
+sys.path.insert(0, os.path.dirname(__file__))
+from throughput import cpu_seconds  # noqa: E402  (a sibling script, not a package)
 
 HERE = Path(__file__).resolve().parent.parent
 TURBINE = str(Path(sys.executable).parent / "turbine")
@@ -64,10 +70,23 @@ def process(*argv: str) -> Iterator[subprocess.Popen[str]]:
 
 @contextmanager
 def broker() -> Iterator[str]:
+    with broker_process() as (address, _):
+        yield address
+
+
+@contextmanager
+def broker_process() -> Iterator[tuple[str, int]]:
+    """A broker: its address and process id."""
     with process(TURBINE, "serve", "--port", "0", "--max-memory", "3GiB") as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        yield line.split()[-1]
+        yield line.split()[-1], proc.pid
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (the producer and the measuring client) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def load() -> str:
@@ -105,8 +124,13 @@ def mirror_process(a: str, b: str):
     return process(TURBINE, "mirror", "--from", a, "--to", b, "--poll", "0.05", "daq_*")
 
 
-async def mirrored_rate(a: str, b: str, count: int, size: int) -> float:
-    """With the mirror copying: frames/s from the first put into A until B holds the last."""
+async def mirrored_rate(
+    a: str, b: str, count: int, size: int, on_start: Callable[[], None] = lambda: None
+) -> float:
+    """With the mirror copying: frames/s from the first put into A until B holds the last.
+
+    ``on_start`` is called as the clock starts (the mirror copies by then).
+    """
     payload = b"\0" * size
     async with open_client(a, name="daq") as tb:
         src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=count * size + 2**20)
@@ -114,6 +138,7 @@ async def mirrored_rate(a: str, b: str, count: int, size: int) -> float:
         await tb.flush()
         await wait_for_seq(b, 1)  # the copy is open and followed
         async with trio.open_nursery() as nursery:
+            on_start()
             start = time.perf_counter()
             nursery.start_soon(wait_for_seq, b, count + 1)
             for _ in range(count):
@@ -122,19 +147,56 @@ async def mirrored_rate(a: str, b: str, count: int, size: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+def direct_run(count: int, size: int) -> tuple[float, list[float]]:
+    """A direct put: its rate, and the CPU seconds of A and of the producer meanwhile."""
+    with broker_process() as (a, a_pid):
+        before = [cpu_seconds(a_pid), own_cpu()]
+        rate = trio.run(put_frames, a, count, size)
+        return rate, [cpu_seconds(a_pid) - before[0], own_cpu() - before[1]]
+
+
+def mirrored_run(count: int, size: int) -> tuple[float, list[float]]:
+    """A mirrored put: its rate, and the CPU seconds of A, B, the mirror and the
+    producer (with the waiter) from the first timed put on."""
+    with (
+        broker_process() as (a, a_pid),
+        broker_process() as (b, b_pid),
+        mirror_process(a, b) as mirror,
+    ):
+        pids = (a_pid, b_pid, mirror.pid)
+
+        def now() -> list[float]:
+            return [*map(cpu_seconds, pids), own_cpu()]
+
+        start: list[float] = []
+        rate = trio.run(mirrored_rate, a, b, count, size, lambda: start.extend(now()))
+        return rate, [end - begin for end, begin in zip(now(), start, strict=True)]
+
+
 def bench_mirror(frames: int) -> None:
     print(f"\n### Mirror throughput ({load()})\n")
     print("| frame | frames | direct put into A | put into A, mirrored to B | mirrored / direct |")
     print("|---|---|---|---|---|")
+    cpu_rows = []
     for size, count in ((64, frames), (100_000, max(200, frames // 100))):
-        with broker() as a:
-            direct = trio.run(put_frames, a, count, size)
-        with broker() as a, broker() as b, mirror_process(a, b):
-            rate = trio.run(mirrored_rate, a, b, count, size)
+        direct, direct_cpu = direct_run(count, size)
+        rate, mirrored_cpu = mirrored_run(count, size)
         print(
             f"| {size:,} B | {count:,} | {direct:,.0f} /s ({direct * size / 1e6:,.1f} MB/s) "
             f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} |"
         )
+        cpu_rows.append((size, direct_cpu, mirrored_cpu))
+    print("\nCPU seconds per process (10 ms ticks; the producer's includes the waiter)\n")
+    print(
+        "| frame | direct: A | direct: producer | mirrored: A | B | mirror | producer "
+        "| all, mirrored / direct |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size, direct_cpu, mirrored_cpu in cpu_rows:
+        total = sum(direct_cpu)
+        ratio = f"{sum(mirrored_cpu) / total:.1f}x" if total else "-"
+        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *mirrored_cpu])
+        print(f"| {size:,} B | {cells} | {ratio} |")
 
 
 async def lag_run(a: str, b: str, rate: int, seconds: float) -> list[float]:
