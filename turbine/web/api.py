@@ -4,7 +4,8 @@ Routes (documented in ``docs/http.rst``; ``/api/openapi.json`` describes them):
 
 ``GET /api/sources``, ``GET /api/channel/{source}/{channel}``,
 ``GET /api/frame/{source}/{channel}``, ``GET /api/stream``,
-``POST /api/command/{target}``, and the page under ``/``.
+``POST /api/command/{target}``, ``GET``/``POST /api/markers`` (:mod:`.markers`),
+and the page under ``/``.
 
 Every error is JSON, ``{"error": "<what was wrong>"}``, with a 4xx/5xx status.
 """
@@ -28,16 +29,17 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .._clock import wall_time
 from .._constants import FLOAT64_CONTENT_TYPE
 from .._errors import RequestFailed, TurbineError
-from ..client import Client, Frame, Source
+from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
 from ..render import as_dict, is_numeric, pcm_format
+from ._http import BadRequest, json_body
 from .decimate import decimate, from_summaries
 from .levels import pcm_level
 from .live import Feeds, LiveResponse, RecentFrames, ReplayResponse
+from .markers import Markers
 from .metrics import metrics_text
 
 #: Points a channel read returns at most when the caller gives no ``max_points``.
@@ -51,10 +53,6 @@ DEFAULT_NEWEST = 100
 FRAME_AT_LOOKBACK_S = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0)
 #: The replay speeds a stream accepts (times real time).
 MIN_SPEED, MAX_SPEED = 0.1, 100.0
-#: Where every viewer keeps the event markers: a shared source (type ``web``), archived like any.
-MARKERS_SOURCE, MARKERS_CHANNEL = "web_markers_data_source", "markers.json"
-#: Markers ``GET /api/markers`` reads at most (the newest), and a label's longest.
-MARKERS_READ, MARKER_LABEL_CHARS = 1000, 200
 #: Seconds a posted command waits for its reply unless the body says ``timeout``.
 DEFAULT_COMMAND_WAIT_S = 10.0
 
@@ -67,11 +65,6 @@ def _plotly_js() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise HTTPException(500, "the plotly package is not installed: pip install plotly")
     return Path(list(spec.submodule_search_locations)[0]) / "package_data" / "plotly.min.js"
-
-
-class BadRequest(HTTPException):
-    def __init__(self, message: str) -> None:
-        super().__init__(400, message)
 
 
 def _number(request: Request, name: str, kind: type[int] | type[float]) -> Any:
@@ -110,7 +103,6 @@ class Viewer:
         self.client = client
         self.recent = RecentFrames()
         self.feeds = Feeds(client, self.recent, nursery)
-        self.markers_source: Source | None = None
 
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
@@ -279,10 +271,7 @@ class Viewer:
 
     async def command(self, request: Request) -> Response:
         target = request.path_params["target"]
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise BadRequest(f"the body must be JSON: {exc}") from None
+        body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("verb"), str):
             raise BadRequest('the body must be a JSON object with a string "verb"')
         args, kwargs = body.get("args", []), body.get("kwargs", {})
@@ -298,57 +287,6 @@ class Viewer:
         except NoReply as exc:
             raise HTTPException(504, str(exc)) from None
         return JSONResponse(json.loads(reply.to_json()))
-
-    async def markers(self, request: Request) -> Response:
-        """Every marker (the newest :data:`MARKERS_READ`), in time order; POST drops one."""
-        if request.method == "POST":
-            return await self._drop_marker(request)
-        frames = await self.client.fetch(f"{MARKERS_SOURCE}/{MARKERS_CHANNEL}", newest=MARKERS_READ)
-        found = []
-        for f in frames:
-            try:
-                m = json.loads(f.data)
-            except ValueError:
-                continue  # a shared source: anyone may have put anything there
-            if isinstance(m, dict) and isinstance(m.get("time"), int | float):
-                found.append(
-                    {"time": m["time"], "label": str(m.get("label", "")), "by": m.get("by")}
-                )
-        return JSONResponse(sorted(found, key=lambda m: m["time"]))
-
-    async def _drop_marker(self, request: Request) -> Response:
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise BadRequest(f"the body must be JSON: {exc}") from None
-        label = body.get("label") if isinstance(body, dict) else None
-        if not isinstance(label, str) or not 0 < len(label.strip()) <= MARKER_LABEL_CHARS:
-            raise BadRequest(f'give a "label": text of 1 to {MARKER_LABEL_CHARS} characters')
-        when = body.get("time", wall_time())
-        if not isinstance(when, int | float) or not math.isfinite(when):
-            raise BadRequest(f'"time" must be seconds since the epoch, got {when!r}')
-        marker = {"time": float(when), "label": label.strip(), "by": self.client.user or "web"}
-        data = json.dumps(marker).encode()
-        path = f"{MARKERS_SOURCE}/{MARKERS_CHANNEL}"
-        try:  # another viewer may hold the shared source: put to it as anyone may
-            await self.client.put(path, data)
-        except RequestFailed as exc:
-            if exc.code != "missing":
-                raise
-            try:
-                self.markers_source = await self.client.open_source(
-                    MARKERS_SOURCE, channels={MARKERS_CHANNEL: "application/json"}, shared=True
-                )
-            except RequestFailed as refused:
-                if refused.code != "name":
-                    raise
-                raise BadRequest(
-                    f"markers live on {MARKERS_SOURCE}, and this broker has no source type "
-                    "'web': start it with --type web (a site file: [broker] types = [..., \"web\"])"
-                ) from None
-            await self.markers_source.put(MARKERS_CHANNEL, data)
-        await self.client.flush()
-        return JSONResponse(marker, status_code=201)
 
     async def openapi(self, request: Request) -> Response:
         return Response((_STATIC / "openapi.json").read_bytes(), media_type="application/json")
@@ -381,7 +319,7 @@ def create_app(client: Client, nursery: trio.Nursery) -> Starlette:
 
     The live streams' shared subscriptions run in ``nursery``.
     """
-    v = Viewer(client, nursery)
+    v, markers = Viewer(client, nursery), Markers(client)
     routes = [
         Route("/", v.index),
         Route("/api/openapi.json", v.openapi),
@@ -393,7 +331,7 @@ def create_app(client: Client, nursery: trio.Nursery) -> Starlette:
         Route("/api/frame/{source}/{channel}", v.frame),
         Route("/api/stream", v.stream),
         Route("/api/range", v.time_range),
-        Route("/api/markers", v.markers, methods=["GET", "POST"]),
+        Route("/api/markers", markers.handle, methods=["GET", "POST"]),
         Route("/api/command/{target}", v.command, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
     ]
