@@ -19,6 +19,7 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 import trio
 
 from . import messages as m
@@ -80,10 +81,7 @@ class Link:
     ) -> None:
         self.address = address
         self.reconnect = reconnect
-        self._name = name
-        self._connect_timeout = connect_timeout
-        self._token = token
-        self._tls_ca = tls_ca
+        self._dialer = Dialer(address, name, connect_timeout, token, tls_ca)
         #: The user this client logged in as, and its rights (None: a broker without auth).
         self.user: str | None = None
         self.rights: dict[str, Any] | None = None
@@ -177,14 +175,7 @@ class Link:
             await trio.aclose_forcefully(self._stream)
             while True:
                 try:
-                    stream, proto, hello, login, sock = await handshake(
-                        self.address,
-                        self._name,
-                        self._connect_timeout,
-                        self._token,
-                        self._tls_ca,
-                        reconnect=True,
-                    )
+                    stream, proto, hello, login, sock = await self._dialer.dial(reconnect=True)
                     reader = self._attach(stream, proto, hello, login, sock)
                     nursery.start_soon(reader.run)
                     await self._resume()
@@ -316,6 +307,31 @@ class Link:
             await trio.aclose_forcefully(self._stream)
             if self.spool is not None:
                 self.spool.close()
+
+
+@attrs.frozen
+class Dialer:
+    """Where and as whom a client connects: what each of its connections'
+    :func:`handshake` is given."""
+
+    address: str
+    name: str
+    connect_timeout: float
+    token: str | None
+    tls_ca: str | os.PathLike[str] | None
+
+    async def dial(
+        self, *, reconnect: bool = False
+    ) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]:
+        """:func:`handshake` with these settings."""
+        return await handshake(
+            self.address,
+            self.name,
+            self.connect_timeout,
+            self.token,
+            self.tls_ca,
+            reconnect=reconnect,
+        )
 
 
 async def handshake(

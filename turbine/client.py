@@ -39,7 +39,6 @@ from . import messages as m
 from ._address import fmt_address, parse_address
 from ._blocking import run_blocking
 from ._client_handles import Feed, Source, Subscription
-from ._client_link import handshake
 from ._client_records import (
     ChannelInfo,
     Frame,
@@ -304,9 +303,6 @@ async def open_client(
         LoginRefused: the broker refused the token (or its absence).
         AuthError: a token file that is named but cannot be read.
     """
-    stream, proto, hello, login, sock = await handshake(
-        address, name, connect_timeout, token, tls_ca, reconnect=reconnect
-    )
     client = Client(
         address,
         name,
@@ -317,6 +313,7 @@ async def open_client(
         spool_dir=spool_dir,
         tls_ca=tls_ca,
     )
+    stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect)
     if client.spool is not None and client.spool.left.paths():
         await run_blocking(client.spool.left.recover)
     reader = client._attach(stream, proto, hello, login, sock)
