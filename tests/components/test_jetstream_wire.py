@@ -62,6 +62,13 @@ def test_a_frame_comes_back_from_its_subject_and_headers_as_it_was():
     assert exported_seq(hdrs) == 7
 
 
+def test_a_frame_without_a_writer_survives_the_servers_stripping_its_header():
+    f = frame(4)._replace(writer="")
+    hdrs = {k: v.strip() for k, v in headers(Origin("aaaa", f.source), f, 3).items()}
+    e = Exported.from_message(subject(f.source, f.channel), hdrs, b"d")
+    assert (e.seq, e.prev, e.writer, e.origin) == (4, 3, "", Origin("aaaa", f.source))
+
+
 def test_a_message_of_the_first_format_is_still_read():
     subj = subject("daq_rig_data_source", "log.txt")
     first_format = {
