@@ -486,17 +486,23 @@ def test_serve_options(tmp_path):
         server.stop()
 
 
-def test_serve_on_a_port_in_use_is_one_line_and_exit_1():
+@pytest.mark.parametrize("data_dir", [False, True], ids=["memory", "data-dir"])
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(data_dir: bool, tmp_path: Path):
+    archive = ["--data-dir", str(tmp_path / "data")] if data_dir else []
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
         done = subprocess.run(
-            [TURBINE, "serve", "--port", str(port)], capture_output=True, timeout=20, text=True
+            [TURBINE, "serve", "--port", str(port), *archive],
+            capture_output=True,
+            timeout=20,
+            text=True,
         )
     assert done.returncode == 1
-    assert done.stderr.strip().startswith(f"Error: cannot listen on 127.0.0.1:{port}")
-    assert "Traceback" not in done.stderr
+    assert (
+        done.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_bad_sizes_are_usage_errors():

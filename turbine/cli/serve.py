@@ -19,6 +19,7 @@ from .._constants import (
     SOURCE_TYPES,
 )
 from .._descriptors import raise_limit as raise_descriptor_limit
+from .._errors import unwrap
 from .._memory import pin_mmap_threshold
 from .._options import address_option
 from .._signals import open_stop_nursery
@@ -184,7 +185,10 @@ async def _serve(
         serve = functools.partial(serve_archived, data_dir=data_dir, archive=archive, stores=stores)
     async with open_stop_nursery(stop) as nursery:
         try:
-            addresses = await nursery.start(serve, config)
+            try:
+                addresses = await nursery.start(serve, config)
+            except BaseExceptionGroup as group:  # a data dir's archive has a nursery of its own
+                raise unwrap(group) from None
         except OSError as exc:
             raise click.ClickException(
                 f"cannot listen on {fmt_address(config.host, config.port)}: {exc.strerror or exc}"
