@@ -22,8 +22,13 @@ demo: $(STAMP)
 	@echo "demo: web viewer at http://127.0.0.1:8080/ (broker 127.0.0.1:3333)"
 	$(BIN)/turbine mcp configs/demo.toml
 
+# The suite starts some 350 turbine and component processes.  Where
+# PYTHONDONTWRITEBYTECODE is set, none of them writes the bytecode of turbine/
+# and components/, so each compiles what it imports again (0.05-0.08 s of CPU
+# a process): compile both once, into their __pycache__ (git ignores it).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m compileall -q turbine components
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
