@@ -25,8 +25,9 @@ Cases (the issue's figures):
   (8 frames of 800 bytes every 0.1 s: 64 KB/s);
 - ``camera``: 30 fps 720p JPEG frames of 120 KB (3.6 MB/s).
 
-The spool is 1 GiB here (``spool_bytes``; 64 MiB by default, which a 60 s
-camera outage overflows: its oldest frames would be dropped, with a gap).
+The spool is 2 GiB here (``spool_bytes``; 64 MiB by default, which a 60 s
+camera outage overflows: its oldest frames would be dropped, with a gap); a
+300 s camera outage is 1.08 GB.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ async def one(case: str, seconds: float, root: str) -> dict[str, float]:
             f"127.0.0.1:{port}",
             name="bench",
             reconnect=True,
-            spool_bytes=2**30,
+            spool_bytes=2**31,
             spool_dir=spool_dir,
         ) as tb:
             src = await tb.open_source(SRC[case])
