@@ -618,6 +618,21 @@ def test_subscription_follows_a_source_through_delete_and_re_creation(hub):
     assert pull(sub)[1] == [(f"{SRC}/a", 2)]
 
 
+def test_a_subscriber_behind_a_deleted_source_is_told_what_went_with_it(hub):
+    hub.open_source(ALICE, SRC, cache_frames=10)
+    sub = subscribe(hub, SRC)
+    put(hub, ALICE, f"{SRC}/a", b"1", b"2", b"3")
+    assert [s for _, s in pull(sub, max_frames=1)[1]] == [1]  # 2 and 3 not read yet
+    hub.delete(SRC, ALICE)
+    hub.open_source(BOB, SRC)
+    put(hub, BOB, f"{SRC}/a", b"4")
+    assert pull(sub) == ([(f"{SRC}/a", 2, 4)], [(f"{SRC}/a", 4)])  # not a silent skip
+    hub.delete(SRC, BOB)  # read to the end this time: no place kept
+    hub.open_source(BOB, SRC)
+    put(hub, BOB, f"{SRC}/a", b"5")
+    assert pull(sub) == ([], [(f"{SRC}/a", 5)])
+
+
 def test_a_falling_behind_cursor_gets_a_gap_then_carries_on(hub):
     hub.open_source(ALICE, SRC, cache_frames=5)
     sub = subscribe(hub, f"{SRC}/a")

@@ -15,8 +15,10 @@ import sys
 import pytest
 import trio
 
+import turbine._client_handles
 import turbine._client_link
 import turbine.client
+from tests.test_broker import CAM, wait_offline
 from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
 from turbine._constants import RECLAIM_GRACE_S
 from turbine._spool_file import SpoolFile
@@ -495,3 +497,40 @@ async def test_after_a_site_restart_a_reader_from_oldest_gets_what_only_the_disk
             await broker.stop()
     assert not [g for g in got if isinstance(g, Gap)]
     assert [(f.seq, f.data) for f in got] == [(i, b"%d" % i) for i in range(1, 25)]
+
+
+async def test_a_reader_behind_a_source_dropped_from_memory_and_reopened_misses_nothing(
+    tmp_path, monkeypatch
+):
+    """An offline source makes room for another (its ring is dropped, its disk
+    history stays); its producer comes back and puts on.  A subscriber that had
+    not read yet gets every frame once, in order: the old ones from the disk."""
+    monkeypatch.setattr(turbine._client_handles, "SUBSCRIPTION_QUEUE_BATCHES", 1)
+    frame = bytes(64 << 10)
+    count = 400  # 25 MiB: far more than the reader's socket buffers hold
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path, max_memory=4_000_000)
+            address = await broker.start()
+            async with open_client(address, name="reader") as reader:
+                async with reader.subscribe(PATH) as sub:
+                    async with open_client(address, name="daq") as daq:
+                        src = await daq.open_source(SRC, {"x": "x/y"}, cache_bytes=3_500_000)
+                        for i in range(count):
+                            await src.put("x", frame, 1000.0 + i)
+                        await src.flush()
+                    async with open_client(address, name="cam") as cam:
+                        await wait_offline(cam, SRC)
+                        await cam.open_source(CAM, cache_bytes=1_000_000)  # SRC makes room
+                    async with open_client(address, name="daq") as daq:
+                        src = await daq.open_source(SRC, {"x": "x/y"}, cache_bytes=1_000_000)
+                        for i in range(count, count + 5):
+                            await src.put("x", frame, 1000.0 + i)
+                        await src.flush()
+                    got = [await sub.receive()]
+                    while isinstance(got[-1], Gap) or got[-1].seq < count + 5:
+                        got.append(await sub.receive())
+            await broker.stop()
+    assert not [g for g in got if isinstance(g, Gap)]
+    assert [f.seq for f in got] == list(range(1, count + 6))
+    assert [f.timestamp for f in got] == [1000.0 + i for i in range(count + 5)]

@@ -106,7 +106,8 @@ class Subscription:
     start: str | int = "now"
     monitor: bool = False
     readable: Readable | None = None
-    #: Channel paths to where this subscription starts on them (resuming).
+    #: Channel paths to where this subscription starts on them: resuming, or a
+    #: channel it was behind on when that was removed (see :meth:`Router.channel_removed`).
     resume: dict[str, int] | None = None
     #: A monitor's least time between two frames of one channel (seconds; 0: none).
     interval: float = 0.0
@@ -187,8 +188,21 @@ class Router:
                 self._attach(sub, ch, sub.start_seq(ch, existed=False))
 
     def channel_removed(self, ch: Channel) -> None:
+        """Detach every cursor from ``ch`` (its source deleted, or dropped from memory).
+
+        A subscription that had not read all of it keeps its place: if the
+        channel comes back (numbers continue), it reads on from there, from the
+        disk where the broker has one, or is told with a gap what is gone.
+        """
         for cur in self._cursors.pop(ch, ()):
-            del cur.sub.cursors[ch]
+            sub = cur.sub
+            del sub.cursors[ch]
+            if cur.next_seq < ch.store.next_seq:
+                if sub.resume is None:
+                    sub.resume = {}
+                sub.resume[ch.path] = cur.next_seq
+            elif sub.resume is not None:
+                sub.resume.pop(ch.path, None)  # read to the end: a place from before is stale
         self._wakers.pop(ch, None)
 
     def cursors(self, ch: Channel) -> list[Cursor]:
