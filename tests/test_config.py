@@ -185,6 +185,14 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
             '[broker]\ndata_dir = "d"\narchive_bytes = -1\n',
             "broker.archive_bytes: expected a number of bytes (0 or more), got -1",
         ),
+        (
+            "[broker]\nrestart_first = 2.0\nrestart_max = 1.0\n",
+            "broker.restart_max: expected at least restart_first (2 s)",
+        ),
+        (
+            '[broker]\nembedded = false\naddress = "h:1"\nrestart_first = 1.0\n',
+            "broker.restart_first: only with embedded = true; the MCP restarts only its own broker",
+        ),
         ('[mcp]\nname = "a b"\n', "mcp.name: expected a name of letters"),
         ("[mcp]\ngrace = -1\n", "mcp.grace: expected a number of seconds (0 or more), got -1.0"),
         ("[site]\n", "site.site: unknown key; expected one of "),
@@ -205,6 +213,17 @@ def test_a_site_sets_its_embedded_brokers_disk_budget(tmp_path: Path) -> None:
     path.write_text('[broker]\ndata_dir = "d"\n')
     site = load_config(path)
     assert (site.archive_bytes, site.max_disk) == (2**30, None)  # turbine serve's defaults
+
+
+def test_a_site_sets_its_embedded_brokers_restart_delay(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[broker]\n")
+    site = load_config(path)
+    assert (site.broker_restart_first, site.broker_restart_max) == (0.1, 1.0)  # not [mcp]'s
+    path.write_text("[mcp]\nrestart_first = 3.0\n[broker]\nrestart_first = 1.5\n")
+    site = load_config(path)
+    assert (site.broker_restart_first, site.broker_restart_max) == (1.5, 1.5)
+    assert site.mcp.restart_first == 3.0
 
 
 def test_a_replay_without_its_file_is_caught_before_starting(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ The site file
                               # sources and numbers survive a restart. Without it: memory only
     archive_bytes = 1073741824  # with data_dir: disk kept per source that does not ask (bytes)
     max_disk = 0              # with data_dir: budget of all sources' archives (0: none)
+    restart_first = 0.1       # the broker's first restart delay; doubles with each crash ...
+    restart_max = 1.0         # ... up to this (every client waits for it: keep both short)
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [auth]                    # tokens on (an embedded broker only); without this table: none
@@ -74,7 +76,8 @@ plugin only.  See :mod:`turbine.mcp.users`.
 The embedded broker is a program too, called ``broker`` (``turbine serve``
 with the ``[broker]`` settings, as a child process): it starts first, and the
 others once it listens; killed, it is started again on the same port and data
-dir after 0.1 s (doubling per crash in a row, at most 1 s), and the components
+dir after ``[broker] restart_first`` (0.1 s; doubling per crash in a row, at
+most ``restart_max``, 1 s: the ``[mcp]`` delays are the other programs'), and the components
 ride through the outage (they reconnect, replay what they spooled and resume
 their subscriptions).  Its row in ``status`` adds ``address``, ``data_dir`` and
 ``disk_bytes``.  A broker that exits before it listens (port taken, data dir

@@ -16,6 +16,8 @@ import attrs
 from .. import kinds
 from .._constants import (
     ARCHIVE_BYTES,
+    BROKER_RESTART_FIRST_S,
+    BROKER_RESTART_MAX_S,
     DEFAULT_HOST,
     DEFAULT_PORT,
     MAX_MEMORY_BYTES,
@@ -139,6 +141,10 @@ class SiteConfig:
     #: of all sources' archives (None: none), as ``turbine serve`` ``--archive-bytes``/``--max-disk``.
     archive_bytes: int = ARCHIVE_BYTES
     max_disk: int | None = None
+    #: The embedded broker's restart delay after it exited: the first, doubling per
+    #: crash in a row up to the most (``[broker] restart_first`` / ``restart_max``).
+    broker_restart_first: float = BROKER_RESTART_FIRST_S
+    broker_restart_max: float = BROKER_RESTART_MAX_S
 
     @property
     def embedded(self) -> bool:
@@ -373,6 +379,13 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             raise b.error(key, "only with data_dir: without one the broker keeps nothing on disk")
         if value < 0:
             raise b.error(key, f"expected a number of bytes (0 or more), got {value}")
+    restart_first = b.positive("restart_first", BROKER_RESTART_FIRST_S)
+    restart_max = b.positive("restart_max", max(BROKER_RESTART_MAX_S, restart_first))
+    for key in ("restart_first", "restart_max"):
+        if key in b.data and not embedded:
+            raise b.error(key, "only with embedded = true; the MCP restarts only its own broker")
+    if restart_max < restart_first:
+        raise b.error("restart_max", f"expected at least restart_first ({restart_first:g} s)")
     broker = (
         BrokerConfig(host=host, port=port, types=types, max_memory=max_memory) if embedded else None
     )
@@ -475,5 +488,15 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 )
     data_dir = os.path.abspath(data_dir) if data_dir else None
     return SiteConfig(
-        p, mcp, broker, address, tuple(programs), data_dir, auth, archive_bytes, max_disk or None
+        p,
+        mcp,
+        broker,
+        address,
+        tuple(programs),
+        data_dir,
+        auth,
+        archive_bytes,
+        max_disk or None,
+        restart_first,
+        restart_max,
     )

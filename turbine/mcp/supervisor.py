@@ -13,13 +13,7 @@ from typing import Any
 
 import trio
 
-from .._constants import (
-    ADDRESS_ENVVAR,
-    BROKER_RESTART_FIRST_S,
-    BROKER_RESTART_MAX_S,
-    DRAIN_S,
-    MAX_LINE,
-)
+from .._constants import ADDRESS_ENVVAR, DRAIN_S, MAX_LINE
 from .._errors import TurbineError
 from .._retry import capped_delay
 from .config import BROKER, SiteConfig, UnknownProgram
@@ -43,7 +37,8 @@ class Supervisor(Control):
     With an embedded broker (``site.broker``) the broker is the first program:
     ``turbine serve`` as a child like the others, started before them and
     stopped after them.  Killed, it is started again on the same port and
-    data dir after :data:`BROKER_RESTART_FIRST_S`; the clients reconnect by
+    data dir after the site's ``[broker] restart_first`` (default
+    :data:`~turbine._constants.BROKER_RESTART_FIRST_S`); the clients reconnect by
     themselves.  A run that exits before it listens, or too many crashes in a
     row, raise :class:`BrokerFailed` from :meth:`run`.
 
@@ -172,7 +167,8 @@ class Supervisor(Control):
                 self.notify()
                 continue
             if p is self.broker:  # every client waits for it: no backoff to speak of
-                delay = capped_delay(BROKER_RESTART_FIRST_S, BROKER_RESTART_MAX_S, p.crashes)
+                site = self.site
+                delay = capped_delay(site.broker_restart_first, site.broker_restart_max, p.crashes)
             else:
                 delay = capped_delay(policy.restart_first, policy.restart_max, p.crashes)
             p.state = "backoff"
