@@ -11,7 +11,7 @@ from turbine.archive import _format as fmt
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.hub import Hub
-from turbine.messages import ClientHello, Flush, Ok, OpenSource, Put
+from turbine.messages import ClientHello, CloseSource, Flush, Ok, OpenSource, Put
 from turbine.peer import Peer
 from turbine.protocol import NEED_DATA, Connection, Role
 
@@ -179,3 +179,22 @@ async def test_a_crash_that_lost_a_puts_producer_record_drops_its_frames_too(tmp
             assert hub.sources[SRC].replays_dropped == 1
             store = hub.sources[SRC].channels["x"].store
             assert store.last_seq == 2 and bytes(store.newest) == b"b"  # number 2, once
+
+
+async def test_open_source_tells_the_last_put_number_stored_of_the_producers_asked(broker):
+    with trio.fail_after(10):
+        async with open_client(broker, name="daq") as tb:
+            tb._outbox.producer = "p"
+            src = await tb.open_source(SRC)
+            for _ in range(3):  # put numbers 1, 2, 3
+                await src.put("x", b"a")
+                await src.flush()
+            await tb._requests.call(CloseSource, Ok, source=SRC)
+            ok = await tb._requests.call(OpenSource, Ok, source=SRC, producers=["p", "q"])
+            assert ok.result["producers"] == {"p": 3}  # q never put to it
+            with pytest.raises(RequestFailed, match="producers must be a list") as info:
+                await tb._requests.call(OpenSource, Ok, source=SRC, producers="p")
+            assert info.value.code == "request"
+            many = ["p"] * (MAX_PRODUCERS_PER_SOURCE + 1)
+            with pytest.raises(RequestFailed, match="at most 256 producer ids"):
+                await tb._requests.call(OpenSource, Ok, source=SRC, producers=many)

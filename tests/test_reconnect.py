@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -534,3 +535,72 @@ async def test_a_reader_behind_a_source_dropped_from_memory_and_reopened_misses_
     assert not [g for g in got if isinstance(g, Gap)]
     assert [f.seq for f in got] == list(range(1, count + 6))
     assert [f.timestamp for f in got] == [1000.0 + i for i in range(count + 5)]
+
+
+@contextlib.asynccontextmanager
+async def broker_process(data_dir, port: int = 0):
+    """A real broker process on ``data_dir``; yields it and its port; killed at the end."""
+    argv = [sys.executable, "-m", "turbine", "serve", "--port", str(port), "--data-dir"]
+    proc = await trio.lowlevel.open_process([*argv, str(data_dir)], stdout=subprocess.PIPE)
+    try:
+        line = await printed_line(proc, "the broker")
+        yield proc, int(line.rsplit(b":", 1)[1])
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        assert proc.stdout is not None
+        await proc.stdout.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then", ["killed", "resumed"])
+async def test_puts_a_hung_broker_took_are_a_gap_only_where_it_lost_them(tmp_path, then):
+    """A hung broker (stopped, its connection open) takes every put into the socket,
+    so a full spool drops puts it has written and that are not acknowledged.  If
+    that broker is then killed, they are lost: readers get one gap of exactly
+    their frames.  If it carries on, it stored them: no gap, nothing counted."""
+    frame = bytes(500)
+    with trio.fail_after(60):
+        async with broker_process(tmp_path) as (proc, port):
+            address = f"127.0.0.1:{port}"
+            async with open_client(
+                address, name="daq", reconnect=True, spool_bytes=10 * 500
+            ) as daq:
+                src = await daq.open_source(SRC, {"x": "x/y"})
+                for i in range(1, 6):
+                    await src.put("x", frame, 1000.0 + i)
+                await src.flush()
+                proc.send_signal(signal.SIGSTOP)
+                for i in range(6, 101):
+                    await src.put("x", frame, 1000.0 + i)
+                    await daq._outbox.send()  # one put message each, into the socket
+                assert daq.spool is not None
+                assert daq.spool.statistics()["in_doubt_frames"] == 85  # 6..90; 91..100 kept
+                if then == "killed":
+                    proc.kill()
+                    await proc.wait()
+                    restarted = broker_process(tmp_path, port)
+                else:
+                    proc.send_signal(signal.SIGCONT)
+                    restarted = contextlib.nullcontext((proc, port))
+                async with restarted:
+                    await daq.flush(timeout=30)
+                    stats = daq.spool.statistics()
+                    async with open_client(address, name="reader") as reader:
+                        async with reader.subscribe(PATH, start="oldest") as sub:
+                            got = [await sub.receive()]
+                            while isinstance(got[-1], Gap) or got[-1].timestamp < 1100.0:
+                                got.append(await sub.receive())
+    frames = [f for f in got if not isinstance(f, Gap)]
+    gaps = [g for g in got if isinstance(g, Gap)]
+    assert stats["in_doubt_frames"] == 0
+    if then == "killed":
+        assert gaps == [Gap(SRC, "x", 85, 91, 1006.0, 1090.0)]
+        assert [f.seq for f in frames] == [*range(1, 6), *range(91, 101)]
+        assert stats["dropped_frames"] == 85
+    else:
+        assert gaps == []
+        assert [f.seq for f in frames] == list(range(1, 101))
+        assert stats["dropped_frames"] == 0
+    assert [f.timestamp for f in frames] == [1000.0 + f.seq for f in frames]

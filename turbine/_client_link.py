@@ -196,11 +196,17 @@ class Link:
     async def _resume(self) -> None:
         """On a new connection: hold the sources again, subscribe again, replay the spool."""
         requests = self._requests
+        assert self.spool is not None
         for fields in list(self._held.values()):
             try:
-                await requests.call(m.OpenSource, m.Ok, **fields)
+                ok = await requests.call(
+                    m.OpenSource, m.Ok, **fields, producers=[self._outbox.producer]
+                )
             except RequestFailed as exc:
                 log.warning("could not take source %s back: %s", fields["source"], exc)
+                continue
+            result = ok.result if isinstance(ok.result, dict) else {}
+            self.spool.settle(fields["source"], result.get("producers"))
         for sub in list(self._subs.values()):
             await requests.call(m.Subscribe, m.Ok, **sub.resume_fields())
         await self._outbox.replay()

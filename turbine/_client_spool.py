@@ -89,6 +89,55 @@ class Skips:
         )
 
 
+def stored(put: Put, last: dict[str, int] | None) -> bool | None:
+    """Whether the broker stored ``put``, by ``last``: each producer's last put number
+    the source holds (``open_source``'s ``producers``); None: it did not say."""
+    if last is None:
+        return None
+    pseq = last.get(put.producer) if put.producer is not None else None
+    return pseq is not None and put.pseq is not None and put.pseq <= pseq
+
+
+class InDoubt:
+    """Puts written on a connection and dropped (the spool full) before the broker
+    acknowledged them: a broker that hangs with its connection open takes every
+    put into the socket.  Stored if a flush answered on that connection covers
+    them; otherwise the broker says, when their source is reopened, which it holds."""
+
+    def __init__(self) -> None:
+        #: (the connection they were written on, their entry number, the entry), oldest first.
+        self._puts: collections.deque[tuple[int, int, _Entry]] = collections.deque()
+        self.connection = 0  # counts the client's connections
+
+    @property
+    def frames(self) -> int:
+        return sum(len(e.put.sizes) for _, _, e in self._puts)
+
+    def add(self, entry: _Entry, number: int) -> None:
+        entry.data = entry.file = None  # only its header is needed
+        self._puts.append((self.connection, number, entry))
+
+    def acknowledged(self, mark: int) -> None:
+        """A flush answered on this connection covers every number below ``mark``."""
+        if self._puts:
+            now = self.connection
+            self._puts = collections.deque(d for d in self._puts if d[0] != now or d[1] >= mark)
+
+    def lost(self, source: str, last: dict[str, int] | None) -> list[tuple[int, _Entry]]:
+        """Settle the puts of reopened ``source`` by :func:`stored`; return those not
+        stored (all of them when ``last`` is None: the broker did not say), by number."""
+        kept: collections.deque[tuple[int, int, _Entry]] = collections.deque()
+        out = []
+        for doubt in self._puts:
+            _, number, entry = doubt
+            if entry.put.source != source:
+                kept.append(doubt)
+            elif not stored(entry.put, last):
+                out.append((number, entry))
+        self._puts = kept
+        return out
+
+
 class LeftSpools:
     """The spool files an earlier, crashed run of a client left in its spool
     directory: their puts by source, until this run opens the source again."""
@@ -179,7 +228,9 @@ class Spool:
     nothing else is left to drop.  Frames dropped before they were ever
     written reach readers as a gap: the next put of their channel carries
     their count (``skipped``) and time span, and the broker leaves that many
-    numbers unused.  With ``directory``, at most ``memory`` bytes of frame
+    numbers unused.  Written ones dropped unacknowledged are :class:`InDoubt`
+    until the broker's answer (:meth:`settle`): only those it lacks count,
+    and make a gap.  With ``directory``, at most ``memory`` bytes of frame
     data stay in memory: the entries past it go to a :class:`SpoolFile` there
     (named ``name``, written and synced in a worker thread) and are read back
     when written again.  A spool file that cannot be written keeps its frames
@@ -209,6 +260,7 @@ class Spool:
         self.written = 0
         self._sent = 0  # entries below this were written on some connection
         self._skips = Skips()  # frames dropped unsent
+        self._in_doubt = InDoubt()  # frames dropped written and unacknowledged
         self.bytes = 0
         self.frames = 0
         self.dropped_frames = 0
@@ -305,17 +357,33 @@ class Spool:
     def _drop_oldest(self) -> None:
         unsent = self.base >= self._sent  # never written: the broker cannot have it
         entry = self._forget()
-        if unsent and not entry.recovered and not entry.damaged:
-            self._skips.add(entry, self.base - 1)
         if not self.dropped_frames:
             log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
         self.written = max(self.written, self.base)
-        if not entry.damaged:
+        if entry.damaged:
+            return
+        if not unsent and not entry.recovered and entry.put.pseq is not None:
+            self._in_doubt.add(entry, self.base - 1)
+            return
+        if unsent and not entry.recovered:
+            self._skips.add(entry, self.base - 1)
+        self.dropped_frames += len(entry.put.sizes)
+
+    def settle(self, source: str, last: dict[str, int] | None) -> None:
+        """The broker's answer for reopened ``source`` (see :func:`stored`): the
+        in-doubt puts of it that it lacks count as dropped and reach readers as a
+        gap on their channel's next put (no gap when it did not say).  Call it
+        before the entries kept are written again."""
+        for number, entry in self._in_doubt.lost(source, last):
+            if last is not None:
+                self._skips.add(entry, number)
             self.dropped_frames += len(entry.put.sizes)
 
     def rewind(self) -> None:
-        """A new connection: nothing kept has been written on it yet."""
+        """A new connection: nothing kept has been written on it yet (and what is in
+        doubt waits for :meth:`settle`)."""
         self.written = self.base
+        self._in_doubt.connection += 1
 
     def unwritten(self) -> list[Any]:
         """The buffers of every entry not yet written on this connection (now counted as written)."""
@@ -343,9 +411,11 @@ class Spool:
         return out
 
     def acknowledged(self, mark: int) -> None:
-        """The broker holds every entry numbered below ``mark``: forget them."""
+        """The broker holds every entry numbered below ``mark`` (a flush answered on
+        this connection): forget them; in-doubt ones below it were stored too."""
         while self.base < mark and self._entries:
             self._forget()
+        self._in_doubt.acknowledged(mark)
 
     def adopt(self, source: str) -> None:
         """Source ``source`` is held again: spool what left spool files hold for it,
@@ -376,5 +446,6 @@ class Spool:
             "spooled_file_bytes": self.file_bytes,
             "spool_limit_bytes": self.limit,
             "dropped_frames": self.dropped_frames,
+            "in_doubt_frames": self._in_doubt.frames,
             "recovered_frames": self.recovered_frames,
         }

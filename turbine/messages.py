@@ -96,6 +96,10 @@ class OpenSource(Request):
     #: Disk kept for the source by a broker with a data dir (0: memory only), and its age limit.
     archive_bytes: int | None = None
     archive_age: float | None = None
+    #: Producer ids whose last stored put number the reply tells (``producers``), so
+    #: a reconnecting producer learns which of the puts it dropped unanswered arrived.
+    #: Any value passes the protocol layer, as for ``channels``.
+    producers: Any = None
 
 
 @attrs.frozen(kw_only=True)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from . import messages as m
 from ._clock import clock_offset
-from ._constants import MAX_ERROR_MESSAGE_CHARS
+from ._constants import MAX_ERROR_MESSAGE_CHARS, MAX_PRODUCERS_PER_SOURCE
 from ._errors import RemoteProtocolError, RequestFailed
 from .audit import Audit
 from .auth import WRITE, Access, AuthError, AuthTable
@@ -119,6 +119,17 @@ class Requests(Reads, Puts):
         ):
             why = f"channels must map channel names to content types (strings), not {channels!r}"
             raise RequestFailed(why[:300], "request")
+        producers = msg.producers
+        if producers is not None and not (
+            isinstance(producers, list)
+            and len(producers) <= MAX_PRODUCERS_PER_SOURCE
+            and all(isinstance(p, str) for p in producers)
+        ):
+            why = (
+                f"producers must be a list of at most {MAX_PRODUCERS_PER_SOURCE} "
+                f"producer ids (strings), not {producers!r}"
+            )
+            raise RequestFailed(why[:300], "request")
         src = self.broker.hub.open_source(
             self.peer,
             msg.source,
@@ -130,13 +141,11 @@ class Requests(Reads, Puts):
             archive_bytes=msg.archive_bytes,
             archive_age=msg.archive_age,
         )
-        self.reply(
-            msg,
-            {
-                "source": src.name,
-                "channels": self.broker.hub.next_seqs(src),
-            },
-        )
+        result = {"source": src.name, "channels": self.broker.hub.next_seqs(src)}
+        if producers is not None:
+            known = src.producers
+            result["producers"] = {p: known[p] for p in producers if p in known}
+        self.reply(msg, result)
 
     def on_close_source(self, msg: m.CloseSource) -> None:
         self.broker.hub.release(self.peer, msg.source)
