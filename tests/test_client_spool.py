@@ -181,3 +181,42 @@ async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tm
     again.acknowledged(again.end)
     assert not (tmp_path / "daq-1.spool").exists()  # all of it acknowledged: removed
     again.close()
+
+
+async def test_puts_kept_in_memory_while_the_broker_is_away_are_noted_on_file(tmp_path):
+    spool = Spool(10_000, str(tmp_path), memory=1000, name="daq")
+    path = tmp_path / f"daq-{os.getpid()}.spool"
+    await put(spool, "x", frame(1), 1)  # connected: memory only, nothing on file
+    assert not path.exists()
+    for i in (2, 3):
+        await spool.add(message("x", frame(i), i), [frame(i)], 60, away=True)
+    assert spool.statistics()["spooled_file_bytes"] == 0  # the frames stay in memory
+    assert path.stat().st_size == 2 * RECORD  # a header each, no frames
+    left = SpoolFile.claim(str(path))
+    assert left is None  # held while this client runs
+    out = written(spool)
+    assert all(frame(i) in out for i in (1, 2, 3))  # replayed from memory
+    spool.acknowledged(spool.end)
+    assert path.stat().st_size == 0  # notes of acknowledged puts go too
+    spool.close()
+
+
+async def test_a_crashed_runs_noted_puts_the_broker_lacks_become_a_gap_on_the_next_put(tmp_path):
+    crashed = SpoolFile.create(str(tmp_path), "daq-1.spool")
+    for i in (1, 2, 3):  # held in memory by the crashed run: notes only
+        crashed.note(message("x", frame(i), i, producer="old"))
+    crashed.append(message("x", frame(4), 4, producer="old"), [frame(4)])
+    crashed.close(remove=False)
+    spool = Spool(10_000, str(tmp_path), memory=1000, name="daq")
+    assert spool.left.recover() == 4
+    assert spool.left.producers(SRC) == ["old"]
+    spool.adopt(SRC, {"old": 1})  # the broker had stored put 1: 2 and 3 were lost
+    assert spool.statistics()["dropped_frames"] == 1 * 2
+    out = written(spool)
+    assert frame(4) in out and frame(2) not in out
+    (replayed,) = [e.put for e in spool._entries]
+    assert (replayed.pseq, replayed.skipped) == (4, 2)
+    assert (replayed.skipped_first_time, replayed.skipped_last_time) == (2.0, 3.0)
+    spool.acknowledged(spool.end)
+    assert not (tmp_path / "daq-1.spool").exists()  # all it held is settled
+    spool.close()

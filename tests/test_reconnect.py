@@ -367,10 +367,10 @@ import trio
 import turbine._client_link
 from turbine import open_client
 
-turbine._client_link.SPOOL_MEMORY_BYTES = 0  # every spooled put goes to the file
 
 
-async def main(address, spool_dir, source):
+async def main(address, spool_dir, source, memory):
+    turbine._client_link.SPOOL_MEMORY_BYTES = int(memory)  # bytes of frames; the rest: the file
     async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
         src = await daq.open_source(source, {"x": "text/plain"})
         for i in range(1, 6):
@@ -401,7 +401,7 @@ async def test_what_a_killed_producer_spooled_is_replayed_by_its_next_run(tmp_pa
             broker = Broker(nursery, tmp_path / "data")
             address = await broker.start()
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC],
+                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC, "0"],
                 stdout=subprocess.PIPE,
             )
             try:
@@ -427,6 +427,47 @@ async def test_what_a_killed_producer_spooled_is_replayed_by_its_next_run(tmp_pa
     assert [f.data for f in got] == [b"%d" % i for i in range(1, 16)]
     assert [f.seq for f in got] == list(range(1, 16))
     assert [f.timestamp for f in got] == [1000.0 + i for i in range(1, 16)]
+
+
+@pytest.mark.slow
+async def test_what_a_killed_producer_held_in_memory_is_a_gap_for_its_next_runs_readers(tmp_path):
+    """Puts 6..9 of the outage fit the spool's memory (noted on file), 10..15 went to
+    the file; the producer is killed -9.  Its next run replays 10..15 and readers
+    get one gap of exactly 6..9, with their time span, instead of silence."""
+    spool_dir = tmp_path / "state"
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path / "data")
+            address = await broker.start()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC, "4"],
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert await read_line(proc) == b"stored"
+                await broker.stop()
+                assert await read_line(proc) == b"spooled"
+            finally:
+                proc.kill()
+                await proc.wait()
+                assert proc.stdout is not None
+                await proc.stdout.aclose()
+            await broker.start()
+            async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
+                await daq.open_source(SRC, {"x": "text/plain"})
+                await daq.flush(timeout=20)
+                assert daq.spool is not None
+                stats = daq.spool.statistics()
+                async with daq.subscribe(PATH, start="oldest") as sub:
+                    got = [await sub.receive() for _ in range(12)]
+            await broker.stop()
+    assert (stats["recovered_frames"], stats["dropped_frames"]) == (6, 4)
+    assert got[5] == Gap(SRC, "x", 4, 10, 1006.0, 1009.0)
+    frames = got[:5] + got[6:]
+    assert [(f.seq, f.data) for f in frames] == [
+        (i, b"%d" % i) for i in [*range(1, 6), *range(10, 16)]
+    ]
+    assert [f.timestamp for f in frames] == [1000.0 + f.seq for f in frames]
 
 
 async def test_a_left_spool_file_of_puts_the_broker_had_stored_stores_each_once(tmp_path):

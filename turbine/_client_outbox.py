@@ -180,7 +180,8 @@ class Outbox:
                 pseq=pseq,
             )
             if spool is not None:
-                await spool.add(put, data, sum(put.sizes))  # written from there (Spool.unwritten)
+                # written from there (Spool.unwritten); noted on file while the broker is away
+                await spool.add(put, data, sum(put.sizes), away=self._sock is None)
             else:
                 out += encode_message(put, data)
         return out

@@ -33,6 +33,18 @@ class _Entry:
     damaged: bool = False  # its record on file did not read back whole: its frames are lost
     recovered: bool = False  # left by an earlier run (which may have had it stored)
     dropped: bool = False  # dropped while newer ones stay: kept as a placeholder, not counted
+    #: The spool file with a note of this entry (in memory, spooled during an outage).
+    noted: SpoolFile | None = None
+    #: Left by an earlier run as a note only: its frames died with that run's memory.
+    note: bool = False
+
+    def release(self) -> None:
+        """Its record and note on file are no longer needed."""
+        if self.file is not None:
+            self.file.release()
+        if self.noted is not None:
+            self.noted.release()
+            self.noted = None
 
 
 @attrs.define
@@ -140,7 +152,8 @@ class InDoubt:
 
 class LeftSpools:
     """The spool files an earlier, crashed run of a client left in its spool
-    directory: their puts by source, until this run opens the source again."""
+    directory: their puts by source, until this run opens the source again.
+    Puts that run held in memory are there as notes (their headers only)."""
 
     def __init__(self, directory: str | None, name: str, file_name: str) -> None:
         self.directory = directory
@@ -169,9 +182,9 @@ class LeftSpools:
             if file is None:
                 continue
             puts = 0
-            for put, offset, length in file.records():
+            for put, offset, length, note in file.records():
                 entry = _Entry(put, None, sum(put.sizes), wall_time(), file, offset, length)
-                entry.recovered = True
+                entry.recovered, entry.note = True, note
                 self._puts.setdefault(put.source, []).append(entry)
                 file.entries += 1
                 puts += 1
@@ -187,9 +200,29 @@ class LeftSpools:
             )
         return found
 
-    def take(self, source: str) -> list[_Entry]:
-        """The left puts of ``source``, oldest first (now the caller's)."""
-        return self._puts.pop(source, [])
+    def producers(self, source: str) -> list[str]:
+        """The producers of the left puts of ``source`` (to ask the broker about)."""
+        puts = self._puts.get(source, ())
+        return list(dict.fromkeys(e.put.producer for e in puts if e.put.producer))
+
+    def take(self, source: str, last: dict[str, int] | None) -> list[_Entry]:
+        """The left puts of ``source``, oldest first (now the caller's): those to
+        send again and (``note`` set) those lost with the crashed run's memory, the
+        noted ones the broker lacks by ``last`` (:func:`stored`; all when None)."""
+        out = []
+        for entry in self._puts.pop(source, []):
+            if entry.note:
+                entry.release()
+                if stored(entry.put, last):
+                    continue
+            out.append(entry)
+        if lost := sum(len(e.put.sizes) for e in out if e.note):
+            log.warning(
+                "%d frames of %s that an earlier run held in memory never reached the broker",
+                lost,
+                source,
+            )
+        return out
 
     def close(self) -> None:
         """Keep the files holding puts of sources this run never opened, for the next;
@@ -239,7 +272,8 @@ class Spool:
     Spool files a crashed run of the same client left in ``directory``
     (:attr:`left`, :meth:`LeftSpools.recover`) are replayed, each put with
     its original producer, number and timestamps, once this client opens the
-    put's source again (:meth:`adopt`): the broker stores each once.
+    put's source again (:meth:`adopt`): the broker stores each once; what
+    it kept in memory during an outage is noted there, for the gap.
     """
 
     def __init__(
@@ -272,18 +306,20 @@ class Spool:
         """The number the next entry gets."""
         return self.base + len(self._entries)
 
-    async def add(self, put: Put, data: list[Any], nbytes: int) -> None:
+    async def add(self, put: Put, data: list[Any], nbytes: int, away: bool = False) -> None:
         """Keep one put message (its frames ``data``, ``nbytes`` of them).
 
         Past the memory limit the put goes to the spool file, written and
         synced in a worker thread; that cannot be cancelled (a cancel takes
-        effect after), so a put taken is always kept.
+        effect after), so a put taken is always kept.  Kept in memory while
+        the broker is ``away``, it is noted in the spool file (not synced).
         """
         entry = _Entry(put, data, nbytes, wall_time())
-        if self.memory_bytes + nbytes > self.memory_limit and self.directory is not None:
+        to_file = self.memory_bytes + nbytes > self.memory_limit
+        if self.directory is not None and (to_file or away):
             with trio.CancelScope(shield=True):
                 try:
-                    await run_blocking(self._to_file, entry)
+                    await run_blocking(self._to_file, entry, to_file)
                 except OSError as exc:
                     log.error(
                         "cannot spool to %s: %s; keeping these frames in memory",
@@ -292,11 +328,16 @@ class Spool:
                     )
         self._keep(entry)
 
-    def _to_file(self, entry: _Entry) -> None:
-        """Write ``entry`` to the spool file (made on first use); blocks."""
+    def _to_file(self, entry: _Entry, frames: bool) -> None:
+        """Write ``entry`` to the spool file (made on first use), or (not ``frames``)
+        a note of it only; blocks."""
         assert self.directory is not None
         if self._file is None:
             self._file = SpoolFile.create(self.directory, self.file_name)
+        if not frames:
+            self._file.note(entry.put)
+            entry.noted = self._file
+            return
         entry.offset, entry.length = self._file.append(entry.put, entry.data or [])
         entry.file, entry.data = self._file, None
 
@@ -319,8 +360,7 @@ class Spool:
             if entry.dropped or entry.damaged:
                 continue
             self._count(entry, -1)
-            if entry.file is not None:
-                entry.file.release()
+            entry.release()
             entry.file = entry.data = None
             entry.dropped = entry.damaged = True
             if not entry.recovered:
@@ -350,8 +390,7 @@ class Spool:
         entry = self._entries.popleft()
         self.base += 1
         self._count(entry, -1)
-        if entry.file is not None:
-            entry.file.release()
+        entry.release()
         return entry
 
     def _drop_oldest(self) -> None:
@@ -417,12 +456,18 @@ class Spool:
             self._forget()
         self._in_doubt.acknowledged(mark)
 
-    def adopt(self, source: str) -> None:
+    def adopt(self, source: str, last: dict[str, int] | None = None) -> None:
         """Source ``source`` is held again: spool what left spool files hold for it,
-        behind what is spooled already and before any later put."""
-        for entry in self.left.take(source):
-            self.recovered_frames += len(entry.put.sizes)
-            self._keep(entry)
+        behind what is spooled already and before any later put; the noted puts
+        lost (:meth:`LeftSpools.take`) count, and make a gap if ``last`` says."""
+        for entry in self.left.take(source, last):
+            if not entry.note:
+                self.recovered_frames += len(entry.put.sizes)
+                self._keep(entry)
+                continue
+            if last is not None:
+                self._skips.add(entry, self.end - 1)
+            self.dropped_frames += len(entry.put.sizes)
 
     def close(self) -> None:
         """Remove the spool file (what it held is given up); keep left files whose

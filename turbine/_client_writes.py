@@ -67,12 +67,16 @@ class Writes(Link):
             "archive_bytes": archive_bytes,
             "archive_age": archive_age,
         }
-        await self._call_parts(m.OpenSource, m.Ok, fields)
+        left = self.spool.left.producers(name) if self.spool is not None else []
+        asked = {**fields, "producers": left} if left else fields  # what they had stored
+        ok = (await self._call_parts(m.OpenSource, m.Ok, asked))[-1]
         if not self.reconnect:
             return Source(name, channels, self._outbox, self._requests)
         self._held[name] = fields
         assert self.spool is not None
-        self.spool.adopt(name)  # what a crashed run left spooled for it goes first
+        result = ok.result if isinstance(ok.result, dict) else {}
+        # What a crashed run left spooled for it goes first; what it lost, a gap.
+        self.spool.adopt(name, result.get("producers") if left else None)
         return Source(name, channels, self._outbox, self)
 
     async def open_mirror(

@@ -1,6 +1,8 @@
 """A reconnecting client's spool file: the puts that did not fit in memory,
 each a record with its put's header, checksummed, so a later run of the same
-client can replay what a killed one left (:func:`left_spool_files`)."""
+client can replay what a killed one left (:func:`left_spool_files`); and a
+note of each put spooled in memory during an outage, so that a later run can
+tell readers what a killed one lost."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ log = logging.getLogger("turbine.client")
 #: A spooled put on file: magic, header length, frames length, CRC-32 of header and frames.
 _RECORD = struct.Struct("<4sIII")
 _MAGIC = b"TSp2"
+#: A note: the header of a put spooled in memory (its frames are not on file).
+_NOTE_MAGIC = b"TSpN"
 #: The end of a spool file's name (``NAME-PID.spool``).
 SPOOL_SUFFIX = ".spool"
 #: The put fields a record's header keeps, in order.
@@ -106,20 +110,35 @@ class SpoolFile:
         body = b"".join(data)
         check = zlib.crc32(body, zlib.crc32(header))
         record = _RECORD.pack(_MAGIC, len(header), len(body), check) + header + body
+        offset = self._write(record)
+        os.fsync(self._fd)
+        return offset, len(record)
+
+    def note(self, put: Put) -> None:
+        """Write ``put``'s header alone (its frames stay in memory), not synced: a
+        killed process's writes survive it (the machine's crash may not).
+
+        Raises:
+            OSError: the write failed (nothing is counted then).
+        """
+        header = msgpack.packb([getattr(put, f) for f in _HEADER_FIELDS])
+        self._write(_RECORD.pack(_NOTE_MAGIC, len(header), 0, zlib.crc32(header)) + header)
+
+    def _write(self, record: bytes) -> int:
+        """Append ``record``; return its offset (one more entry refers to the file)."""
         offset = self.size
         written = os.pwrite(self._fd, record, offset)
         if written != len(record):
             raise OSError(f"short write to {self.path} ({written} of {len(record)} bytes)")
-        os.fsync(self._fd)
         self.size += len(record)
         self.entries += 1
-        return offset, len(record)
+        return offset
 
     def read_frames(self, put: Put, offset: int, length: int) -> list[Any] | None:
         """The frames of ``put``, whose record is at ``offset`` (``length`` bytes),
         or None (logged): the record is not whole or damaged."""
         parts = self._read(offset, length)
-        body = None if parts is None else parts[1]
+        body = None if parts is None or parts[2] else parts[1]
         if body is None or len(body) != sum(put.sizes):
             log.error(
                 "%s: a spooled record of %d frames for %s/%s is damaged; those frames are lost",
@@ -136,9 +155,9 @@ class SpoolFile:
             at += size
         return frames
 
-    def _read(self, offset: int, length: int | None = None) -> tuple[bytes, bytes] | None:
+    def _read(self, offset: int, length: int | None = None) -> tuple[bytes, bytes, bool] | None:
         """Header and frames of the record at ``offset`` (``length`` bytes, if known),
-        or None: it is not whole or damaged."""
+        and whether it is a note (no frames); or None: it is not whole or damaged."""
         try:
             if length is None:
                 head = os.pread(self._fd, _RECORD.size, offset)
@@ -153,13 +172,16 @@ class SpoolFile:
             return None
         magic, hlen, blen, check = _RECORD.unpack_from(record)
         header, body = record[_RECORD.size : _RECORD.size + hlen], record[_RECORD.size + hlen :]
-        if magic != _MAGIC or len(body) != blen or zlib.crc32(body, zlib.crc32(header)) != check:
+        if magic not in (_MAGIC, _NOTE_MAGIC) or len(body) != blen:
             return None
-        return header, body
+        if zlib.crc32(body, zlib.crc32(header)) != check:
+            return None
+        return header, body, magic == _NOTE_MAGIC
 
-    def records(self) -> Iterator[tuple[Put, int, int]]:
-        """Each whole record from the start, as ``(put, offset, length)``, up to the first
-        that is not (a crash cut the last one short; it is logged, with what follows).
+    def records(self) -> Iterator[tuple[Put, int, int, bool]]:
+        """Each whole record from the start, as ``(put, offset, length, note)`` (``note``:
+        only the put's header is there, see :meth:`note`), up to the first that is
+        not whole (a crash cut the last one short; it is logged, with what follows).
         Reads one record at a time."""
         at = 0
         while at < self.size:
@@ -174,7 +196,7 @@ class SpoolFile:
                 )
                 return
             length = _RECORD.size + len(parts[0]) + len(parts[1])
-            yield put, at, length
+            yield put, at, length, parts[2]
             at += length
 
     def release(self) -> None:
