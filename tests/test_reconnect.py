@@ -353,9 +353,15 @@ async def test_a_full_spool_drops_the_oldest_frames_and_readers_get_one_gap(tmp_
                     rest = [await sub.receive() for _ in range(10)]
                     got = await daq.fetch(PATH, oldest=100)
             await broker.stop()
+            address = await broker.start()  # the gap and its span come back from the disk
+            async with open_client(address, name="later") as later:
+                async with later.subscribe(PATH, start="oldest") as sub:
+                    again = [await sub.receive() for _ in range(12)]
+            await broker.stop()
     assert gap == Gap(SRC, "x", 20, 22, 1001.0, 1020.0)  # frames 1..20 (numbers 2..21), explicit
     assert [(f.seq, f.data) for f in rest] == [(i + 1, b"%010d" % i) for i in range(21, 31)]
     assert [f.seq for f in got] == [1, *range(22, 32)]
+    assert again[1] == gap and [f.seq for f in again[:1] + again[2:]] == [1, *range(22, 32)]
 
 
 #: A producer that spools to its state dir while the broker is away and is then killed -9.
@@ -366,7 +372,6 @@ import trio
 
 import turbine._client_link
 from turbine import open_client
-
 
 
 async def main(address, spool_dir, source, memory):

@@ -155,6 +155,8 @@ class Hub(SourceLifecycle):
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
             if self._producer_stored is not None:
                 self._producer_stored(source, producer, pseq)
+        if skipped_span is not None and skipped:  # (behind the producer op: one write group)
+            self.store.keep_settings(source, src.settings())  # the span outlives a restart
         return self.router.wakers(ch) if ts else ()
 
     # --- reading

@@ -179,6 +179,7 @@ class SourceLifecycle:
             kept = (summaries or {}).get(ch_name)
             if kept is not None and ch.summaries is not None:
                 ch.summaries.take(kept)
+        src.restore_drop_spans(settings)
 
     def release(self, peer: Peer, name: str | None = None) -> None:
         """Mark ``peer``'s sources (or just ``name``) offline; they stay readable.

@@ -338,7 +338,17 @@ class Source(Holding):
             settings["archive_age"] = self.archive_age
         if self.origin is not None:
             settings["mirror"] = self.origin.to_wire()
+        spans = {n: [[k, *v] for k, v in c.drop_spans.items()] for n, c in self.channels.items()}
+        if any(spans.values()):  # what the gaps of dropped frames say (Channel.dropped)
+            settings["drop_spans"] = {n: v for n, v in spans.items() if v}
         return settings
+
+    def restore_drop_spans(self, settings: dict[str, Any]) -> None:
+        """Give its channels back the gap spans :meth:`settings` kept (a restored source)."""
+        for name, spans in (settings.get("drop_spans") or {}).items():
+            if (ch := self.channels.get(name)) is not None:
+                for next_seq, first, last in spans:
+                    ch.dropped(next_seq, (first, last))
 
     def info(self) -> dict[str, Any]:
         return {
