@@ -398,6 +398,23 @@ async def read_line(proc: trio.Process) -> bytes:
     return (await printed_line(proc, "the producer")).strip()
 
 
+async def run_and_kill_producer(broker: Broker, address: str, spool_dir, memory: int) -> int:
+    """Run CRASHING_PRODUCER (``memory`` bytes of its spool in memory): it stores 1..5,
+    ``broker`` stops, it spools 6..15 and is killed -9; return its pid."""
+    argv = [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC, str(memory)]
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+    try:
+        assert await read_line(proc) == b"stored"
+        await broker.stop()
+        assert await read_line(proc) == b"spooled"
+    finally:
+        proc.kill()  # -9: no close, the spool file stays behind
+        await proc.wait()
+        assert proc.stdout is not None
+        await proc.stdout.aclose()
+    return proc.pid
+
+
 @pytest.mark.slow
 async def test_what_a_killed_producer_spooled_is_replayed_by_its_next_run(tmp_path):
     spool_dir = tmp_path / "state"
@@ -405,21 +422,9 @@ async def test_what_a_killed_producer_spooled_is_replayed_by_its_next_run(tmp_pa
         async with trio.open_nursery() as nursery:
             broker = Broker(nursery, tmp_path / "data")
             address = await broker.start()
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC, "0"],
-                stdout=subprocess.PIPE,
-            )
-            try:
-                assert await read_line(proc) == b"stored"
-                await broker.stop()
-                assert await read_line(proc) == b"spooled"
-            finally:
-                proc.kill()  # -9: no close, the spool file stays behind
-                await proc.wait()
-                assert proc.stdout is not None
-                await proc.stdout.aclose()
+            pid = await run_and_kill_producer(broker, address, spool_dir, memory=0)
             (left,) = spool_dir.iterdir()
-            assert left.name == f"daq-{proc.pid}.spool" and left.stat().st_size > 0
+            assert left.name == f"daq-{pid}.spool" and left.stat().st_size > 0
             await broker.start()
             async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
                 await daq.open_source(SRC, {"x": "text/plain"})
@@ -444,19 +449,7 @@ async def test_what_a_killed_producer_held_in_memory_is_a_gap_for_its_next_runs_
         async with trio.open_nursery() as nursery:
             broker = Broker(nursery, tmp_path / "data")
             address = await broker.start()
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", CRASHING_PRODUCER, address, str(spool_dir), SRC, "4"],
-                stdout=subprocess.PIPE,
-            )
-            try:
-                assert await read_line(proc) == b"stored"
-                await broker.stop()
-                assert await read_line(proc) == b"spooled"
-            finally:
-                proc.kill()
-                await proc.wait()
-                assert proc.stdout is not None
-                await proc.stdout.aclose()
+            await run_and_kill_producer(broker, address, spool_dir, memory=4)
             await broker.start()
             async with open_client(address, name="daq", reconnect=True, spool_dir=spool_dir) as daq:
                 await daq.open_source(SRC, {"x": "text/plain"})
