@@ -409,18 +409,15 @@ class Spool:
         self.dropped_frames += len(entry.put.sizes)
 
     def settle(self, source: str, last: dict[str, int] | None) -> None:
-        """The broker's answer for reopened ``source`` (see :func:`stored`): the
-        in-doubt puts of it that it lacks count as dropped and reach readers as a
-        gap on their channel's next put (no gap when it did not say).  Call it
-        before the entries kept are written again."""
+        """The broker's answer for reopened ``source`` (:func:`stored`), before the
+        replay: the in-doubt puts it lacks count, and make a gap if ``last`` says."""
         for number, entry in self._in_doubt.lost(source, last):
             if last is not None:
                 self._skips.add(entry, number)
             self.dropped_frames += len(entry.put.sizes)
 
     def rewind(self) -> None:
-        """A new connection: nothing kept has been written on it yet (and what is in
-        doubt waits for :meth:`settle`)."""
+        """A new connection: nothing kept is written on it yet; in doubt waits to settle."""
         self.written = self.base
         self._in_doubt.connection += 1
 

@@ -141,10 +141,9 @@ class SiteConfig:
     #: of all sources' archives (None: none), as ``turbine serve`` ``--archive-bytes``/``--max-disk``.
     archive_bytes: int = ARCHIVE_BYTES
     max_disk: int | None = None
-    #: The embedded broker's restart delay after it exited: the first, doubling per
-    #: crash in a row up to the most (``[broker] restart_first`` / ``restart_max``).
-    broker_restart_first: float = BROKER_RESTART_FIRST_S
-    broker_restart_max: float = BROKER_RESTART_MAX_S
+    #: The embedded broker's restart delays after it exited: the first, doubling per crash
+    #: in a row up to the most (``[broker] restart_first`` / ``restart_max``).
+    broker_restart: tuple[float, float] = (BROKER_RESTART_FIRST_S, BROKER_RESTART_MAX_S)
 
     @property
     def embedded(self) -> bool:
@@ -487,16 +486,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                     f"{'operator' if prog.user == auth.operator else 'MCP'}; give it a user of its own"
                 )
     data_dir = os.path.abspath(data_dir) if data_dir else None
+    restart, run = (restart_first, restart_max), tuple(programs)
     return SiteConfig(
-        p,
-        mcp,
-        broker,
-        address,
-        tuple(programs),
-        data_dir,
-        auth,
-        archive_bytes,
-        max_disk or None,
-        restart_first,
-        restart_max,
+        p, mcp, broker, address, run, data_dir, auth, archive_bytes, max_disk or None, restart
     )

@@ -167,8 +167,7 @@ class Supervisor(Control):
                 self.notify()
                 continue
             if p is self.broker:  # every client waits for it: no backoff to speak of
-                site = self.site
-                delay = capped_delay(site.broker_restart_first, site.broker_restart_max, p.crashes)
+                delay = capped_delay(*self.site.broker_restart, p.crashes)
             else:
                 delay = capped_delay(policy.restart_first, policy.restart_max, p.crashes)
             p.state = "backoff"
