@@ -9,7 +9,7 @@ receiving end of its :class:`Feed`, which the client's read loop fills.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -88,30 +88,62 @@ class Feed:
 
     Bounded (``SUBSCRIPTION_QUEUE_BATCHES``): when the reader falls behind,
     :meth:`send` waits, and so the read loop stops reading the socket.
+
+    Args:
+        positions: see :attr:`positions`.
+        unpack: what a ``frames`` message's groups and payload become.
+        wait: how to wait for the next batch when none is there (the
+            client's :meth:`~turbine._client_reader.Reader.receive_for`, which
+            reads the socket in the waiting task); None: the channel alone.
     """
 
     def __init__(
         self,
         positions: dict[str, int] | None = None,
         unpack: Callable[[list[Any], memoryview], list[Any]] = frames_from,
+        wait: Callable[[Feed], Awaitable[list[Any]]] | None = None,
     ) -> None:
         #: Per channel path, the first sequence number not yet received (a
         #: reconnecting client's subscriptions keep it, to resume there).
         self.positions = positions
         #: What a ``frames`` message's groups and payload become for the reader.
         self.unpack = unpack
-        send, self.receive = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
+        send, self.channel = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
         self.send_nowait = send.send_nowait
         self.send = send.send
         self._close = send.close
+        self._wait = wait
         #: Why the feed ended, when the connection failed; None after a normal end.
         self.error: TurbineError | None = None
+        self.ended = False
+        #: The scope of the wait for bytes of a reader reading the socket for
+        #: this feed (:meth:`close` cancels it).
+        self.wake: trio.CancelScope | None = None
+
+    async def next_batch(self) -> list[Any]:
+        """The next batch delivered (a checkpoint).
+
+        Raises:
+            trio.EndOfChannel: the feed ended and every batch was taken.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            batch = self.channel.receive_nowait()
+        except trio.WouldBlock:
+            if self._wait is None:
+                return await self.channel.receive()
+            return await self._wait(self)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
 
     def close(self, error: TurbineError | None = None) -> None:
         """End the feed; the reader sees the frames already delivered, then ``error`` (if any)."""
         if error is not None and self.error is None:
             self.error = error
+        self.ended = True
         self._close()
+        if self.wake is not None:
+            self.wake.cancel()
 
 
 class Subscription:
@@ -170,7 +202,7 @@ class Subscription:
             self._i = i + 1
             return self._batch[i]
         try:
-            self._batch = await self._feed.receive.receive()
+            self._batch = await self._feed.next_batch()
         except trio.EndOfChannel:
             if self._feed.error is not None:
                 raise self._feed.error from None
@@ -190,7 +222,7 @@ class Subscription:
             self._i = len(self._batch)
             return self._batch[i:]
         try:
-            batch = await self._feed.receive.receive()
+            batch = await self._feed.next_batch()
         except trio.EndOfChannel:
             if self._feed.error is not None:
                 raise self._feed.error from None

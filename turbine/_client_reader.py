@@ -1,9 +1,19 @@
-"""The client's read loop: bytes from the socket, messages to whoever waits for them."""
+"""The client's read loop: bytes from the socket, messages to whoever waits for them.
+
+A subscription's reader that waits for its next batch reads the socket
+itself while the loop has nothing in hand (:meth:`Reader.receive_for`): the
+frame then reaches it in the scheduler pass its bytes arrive in, instead of
+the loop's task reading it and waking the reader one pass later (the
+latency of every subscription).  At most one task reads at a time; who does
+is the reader's :class:`Turn`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import enum
+import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import trio
@@ -21,6 +31,22 @@ from ._errors import (
 from .messages import Error, Frames, GapReport, Message, Ok
 from .protocol import NEED_DATA, Connection
 
+#: A delivery that waits: the feed was full (its reader is behind).
+Full = tuple[Feed, list[Any]]
+
+#: What ends a connection when reading it (the read loop turns each into a ConnectionFailed).
+LOST = (ProtocolError, TurbineError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class Turn(enum.Enum):
+    """Who reads the socket."""
+
+    LOOP = "loop"  # the read loop's task: reading, or routing what it read
+    WAITING = "waiting"  # the read loop, waiting for bytes: a subscription's reader may take over
+    LENT = "lent"  # a subscription's reader that waits for its batch
+    FREE = "free"  # given back: the read loop takes it when it next runs
+    ENDED = "ended"  # the read loop is gone (the connection ended)
+
 
 class Reader:
     """Reads the broker's messages and routes each: replies to :class:`Requests`,
@@ -33,11 +59,13 @@ class Reader:
         address: the broker's address, for error messages.
         requests: the requests waiting for replies.
         on_lost: called with the error when the connection ends or breaks.
+
+    Only a plain socket (not TLS) may be read by a subscription's reader itself.
     """
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        sock: Any,
         proto: Connection,
         address: str,
         requests: Requests,
@@ -48,38 +76,166 @@ class Reader:
         self._address = address
         self._requests = requests
         self._on_lost = on_lost
+        self._direct = isinstance(sock, trio.socket.SocketType)
         #: The subscriptions to deliver to, by subscription id.
         self.feeds: dict[int, Feed] = {}
+        self._turn = Turn.LOOP
+        self._waiting: trio.CancelScope | None = None  # the loop's wait for bytes (WAITING)
+        self._back = trio.Event()  # set when a lent socket is given back
+        self._full: Full | None = None  # a delivery a subscription's reader left to the loop
+        self._failure: BaseException | None = None  # what it met reading, for the loop to raise
 
     async def run(self) -> None:
         """Read until the connection ends; then call ``on_lost`` (never raises)."""
-        proto = self._proto
-        handlers = self._handlers
         try:
             while True:
-                with proto.get_buffer() as view:
-                    n = await self._sock.recv_into(view)
-                proto.buffer_updated(n)
-                while True:
-                    msg = proto.next_event()
-                    if msg is NEED_DATA:
-                        break
-                    handler = handlers.get(type(msg))
-                    if handler is None:
-                        raise RemoteProtocolError(
-                            f"unexpected {msg.type!r} message from the broker"
-                        )
-                    await handler(self, msg)
+                while self._turn is Turn.LENT:
+                    await self._back.wait()
+                if self._turn is Turn.ENDED:
+                    return  # a subscription's reader met the end and reported it
+                self._turn = Turn.LOOP
+                if self._full is not None:
+                    full, self._full = self._full, None
+                    await deliver_late(*full)
+                    await self._route()
+                if self._failure is not None:
+                    raise self._failure
+                n = await self._receive()
+                if n is None:
+                    continue  # lent meanwhile
+                await self._route()
                 if not n:
-                    raise ConnectionFailed(f"the broker at {self._address} closed the connection")
-        except ProtocolError as exc:
-            self._on_lost(ConnectionFailed(f"the connection to {self._address} failed: {exc}"))
-        except TurbineError as exc:
-            self._on_lost(exc)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._on_lost(ConnectionFailed(f"lost the connection to {self._address}: {exc}"))
+                    raise self._closed()
+        except LOST as exc:
+            self._end(exc)
+        finally:
+            self._turn = Turn.ENDED
 
-    async def _on_frames(self, msg: Frames) -> None:
+    def _end(self, exc: BaseException) -> None:
+        if isinstance(exc, ProtocolError):
+            error: TurbineError = ConnectionFailed(
+                f"the connection to {self._address} failed: {exc}"
+            )
+        elif isinstance(exc, TurbineError):
+            error = exc
+        else:
+            error = ConnectionFailed(f"lost the connection to {self._address}: {exc}")
+        self._on_lost(error)
+
+    def _closed(self) -> ConnectionFailed:
+        return ConnectionFailed(f"the broker at {self._address} closed the connection")
+
+    async def _receive(self) -> int | None:
+        """One read into the protocol's buffer (0: the broker closed); None when a
+        subscription's reader took the socket over while the loop waited."""
+        if not self._direct:
+            with self._proto.get_buffer() as view:
+                n: int = await self._sock.recv_into(view)
+            self._proto.buffer_updated(n)
+            return n
+        n_now = self._read_now()
+        if n_now is not None:
+            await trio.lowlevel.checkpoint()  # data at once: let others run (as a socket read does)
+            return n_now
+        self._turn = Turn.WAITING
+        with trio.CancelScope() as self._waiting:
+            await trio.lowlevel.wait_readable(self._sock)
+        self._waiting = None
+        if self._turn is not Turn.WAITING:
+            return None
+        self._turn = Turn.LOOP
+        return self._read_now()
+
+    def _read_now(self) -> int | None:
+        """Read what the socket holds without waiting (None: nothing yet)."""
+        with self._proto.get_buffer() as view:
+            try:
+                n = os.readv(self._sock.fileno(), [view])
+            except BlockingIOError:
+                return None
+        self._proto.buffer_updated(n)
+        return n
+
+    async def _route(self) -> None:
+        """Route every complete message received, waiting where a feed is full."""
+        while (full := self._dispatch()) is not None:
+            await deliver_late(*full)
+
+    def _dispatch(self) -> Full | None:
+        """Route complete messages until none is left; stop at a delivery to a
+        full feed and return it (the caller waits for it, then goes on)."""
+        proto = self._proto
+        handlers = self._handlers
+        while (msg := proto.next_event()) is not NEED_DATA:
+            handler = handlers.get(type(msg))
+            if handler is None:
+                raise RemoteProtocolError(f"unexpected {msg.type!r} message from the broker")
+            full = handler(self, msg)
+            if full is not None:
+                return full
+        return None
+
+    async def receive_for(self, feed: Feed) -> list[Any]:
+        """The next batch for ``feed`` (whose channel is empty), read from the socket
+        by the calling task when the read loop waits for bytes or is given it back.
+
+        Anything else read meanwhile is routed as the loop routes it; a delivery
+        to another subscription that would wait (its feed full), or a lost
+        connection, is left to the loop.  Cancellation: safe (nothing is lost;
+        the socket goes back to the loop).
+
+        Raises:
+            trio.EndOfChannel: the feed ended and every batch was taken.
+        """
+        turn = self._turn
+        if turn is Turn.WAITING:
+            assert self._waiting is not None
+            self._waiting.cancel()  # the loop's wait ends at once: it waits for the socket's return
+        elif turn is not Turn.FREE:
+            return await feed.channel.receive()
+        self._turn = Turn.LENT
+        self._back = back = trio.Event()
+        try:
+            waited = False
+            while True:
+                n = self._read_now()
+                if n is None:
+                    with trio.CancelScope() as feed.wake:  # Feed.close wakes us
+                        await trio.lowlevel.wait_readable(self._sock)
+                    feed.wake = None
+                    if feed.ended:
+                        break
+                    waited = True
+                    continue
+                self._full = self._dispatch()
+                if not n:
+                    self._failure = self._closed()
+                if self._full is not None or self._failure is not None:
+                    break
+                try:
+                    batch = feed.channel.receive_nowait()
+                except trio.WouldBlock:
+                    continue
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return batch
+        except LOST as exc:
+            self._failure = exc
+        finally:
+            feed.wake = None
+            if self._failure is not None and (self._full is None or self._turn is Turn.ENDED):
+                # Report the loss now, as the loop would in the step it met it: a
+                # request made meanwhile must find the connection lost (and, with
+                # reconnect, wait for the next one), not its protocol state closed.
+                failure, self._failure = self._failure, None
+                self._turn = Turn.ENDED
+                self._end(failure)
+            elif self._turn is Turn.LENT:
+                self._turn = Turn.FREE
+            back.set()
+        return await feed.channel.receive()
+
+    def _on_frames(self, msg: Frames) -> Full | None:
         if msg.sub is not None:
             feed = self.feeds.get(msg.sub)
             if feed is not None:
@@ -91,37 +247,39 @@ class Reader:
                 try:
                     feed.send_nowait(batch)
                 except trio.WouldBlock:
-                    await self._deliver_late(feed, batch)
+                    return feed, batch
+                except trio.ClosedResourceError:
+                    pass  # its reader left without reading on: dropped
         elif msg.id is not None:
             self._requests.resolve(msg.id, msg)
         else:
             raise RemoteProtocolError(
                 "the broker sent frames for neither a subscription nor a fetch"
             )
+        return None
 
-    async def _on_gap(self, msg: GapReport) -> None:
+    def _on_gap(self, msg: GapReport) -> Full | None:
         feed = self.feeds.get(msg.sub)
         if feed is not None:
             if feed.positions is not None:
                 feed.positions[f"{msg.source}/{msg.channel}"] = msg.next_seq
-            await self._deliver_late(
-                feed,
-                [
-                    Gap(
-                        msg.source,
-                        msg.channel,
-                        msg.missed,
-                        msg.next_seq,
-                        msg.first_time,
-                        msg.last_time,
-                    )
-                ],
-            )
+            batch: list[Any] = [
+                Gap(
+                    msg.source, msg.channel, msg.missed, msg.next_seq, msg.first_time, msg.last_time
+                )
+            ]
+            try:
+                feed.send_nowait(batch)
+            except trio.WouldBlock:
+                return feed, batch
+            except trio.ClosedResourceError:
+                pass
+        return None
 
-    async def _on_ok(self, msg: Ok) -> None:
+    def _on_ok(self, msg: Ok) -> None:
         self._requests.resolve(msg.id, msg)
 
-    async def _on_error(self, msg: Error) -> None:
+    def _on_error(self, msg: Error) -> None:
         if msg.id is not None:
             self._requests.resolve(msg.id, msg)
         elif msg.sub is not None:  # the broker ended a subscription (a revoked right)
@@ -133,19 +291,19 @@ class Reader:
         else:
             self._requests.defer(RequestFailed(msg.message, msg.code))
 
-    _handlers: ClassVar[dict[type[Message], Callable[[Reader, Any], Awaitable[None]]]] = {
+    _handlers: ClassVar[dict[type[Message], Callable[[Reader, Any], Full | None]]] = {
         Frames: _on_frames,
         GapReport: _on_gap,
         Ok: _on_ok,
         Error: _on_error,
     }
 
-    @staticmethod
-    async def _deliver_late(feed: Feed, batch: list[Any]) -> None:
-        """Wait until ``feed`` takes ``batch``: a slow reader stops this loop reading the socket.
 
-        The subscription may end while we wait (its reader left without
-        reading on); the batch is then dropped, and the connection goes on.
-        """
-        with contextlib.suppress(trio.ClosedResourceError):
-            await feed.send(batch)
+async def deliver_late(feed: Feed, batch: list[Any]) -> None:
+    """Wait until ``feed`` takes ``batch``: a slow reader stops the read loop reading the socket.
+
+    The subscription may end while we wait (its reader left without
+    reading on); the batch is then dropped, and the connection goes on.
+    """
+    with contextlib.suppress(trio.ClosedResourceError):
+        await feed.send(batch)

@@ -135,7 +135,9 @@ class Client(Writes):
         check_start(start)
         sid = next(self._ids)
         feed = self._feeds[sid] = Feed(
-            positions={} if self.reconnect else None, unpack=groups_from if groups else frames_from
+            positions={} if self.reconnect else None,
+            unpack=groups_from if groups else frames_from,
+            wait=lambda feed: self._reader.receive_for(feed),  # reads the socket itself
         )
         sub = Subscription(sid, pattern, start, monitor, feed, max_rate)
         try:

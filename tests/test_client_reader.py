@@ -1,0 +1,236 @@
+"""The client's read path: a subscription's reader that waits reads the socket itself.
+
+Each test has one client with subscriptions (and requests) on it, and checks
+what its readers see: every frame, in order, once, whoever read the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+
+from turbine import Client, ConnectionFailed, open_client
+from turbine.protocol import State
+from turbine.testing import start_broker
+
+SRC = "daq_rig_data_source"
+
+
+class _Steps(trio.abc.Instrument):
+    """The tasks that ran, in order, and where the client's socket first held bytes."""
+
+    def __init__(self, sock: socket.socket, reader: object) -> None:
+        self.sock = sock
+        self.reader = reader  # the client's Reader: its loop's steps are logged as "read loop"
+        self.log: list[str] = []
+
+    def after_io_wait(self, timeout: float) -> None:
+        if "readable" not in self.log:
+            try:
+                if self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    self.log.append("readable")
+            except BlockingIOError:
+                pass
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        frame = task.coro.cr_frame
+        reader = frame is not None and frame.f_locals.get("self") is self.reader
+        self.log.append("read loop" if reader else task.name)
+
+
+def _client_socket(client: Client) -> socket.socket:
+    return socket.socket(fileno=client._stream.socket.fileno())
+
+
+async def _publish(broker: str, channel: str, items: list[bytes], flush_each: bool = True) -> None:
+    async with open_client(broker, name="pub") as pub:
+        src = await pub.open_source(SRC, channels={"a": "text/plain", "b": "text/plain"})
+        for item in items:
+            await src.put(channel, item)
+            if flush_each:
+                await src.flush()
+        await src.flush()
+
+
+async def test_a_waiting_reader_gets_its_frame_in_the_pass_its_bytes_arrive(broker):
+    """No hand-over from the read loop's task: the task waiting on the subscription
+    reads the socket and has its frame before the read loop's task runs again."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb:
+            async with tb.subscribe(f"{SRC}/a", start="oldest") as sub:
+                async with trio.open_nursery() as nursery:
+                    got: list[bytes] = []
+                    done = trio.Event()
+
+                    async def receive_one() -> None:
+                        got.append((await sub.receive()).data)
+                        done.set()
+
+                    nursery.start_soon(receive_one, name="consumer")
+                    await trio.testing.wait_all_tasks_blocked()
+                    sock = _client_socket(tb)
+                    steps = _Steps(sock, tb._reader)
+                    trio.lowlevel.add_instrument(steps)
+                    try:
+                        await _publish(broker, "a", [b"one"])
+                        await done.wait()
+                    finally:
+                        trio.lowlevel.remove_instrument(steps)
+                        sock.detach()
+    assert got == [b"one"]
+    after = steps.log[steps.log.index("readable") :]
+    ours = [name for name in after if name in ("consumer", "read loop")]
+    assert ours[0] == "consumer", ours[:3]
+
+
+async def test_frames_for_another_subscription_keep_their_order_when_its_queue_fills(broker):
+    """The waiting reader of one subscription reads a flood meant for another,
+    more batches than that one queues: the rest wait for the read loop, which
+    delivers them as they are taken; then the first one's frame comes.
+    Nothing is lost or reordered."""
+    with trio.fail_after(20):
+        async with (
+            open_client(broker, name="sub") as tb,
+            tb.subscribe(f"{SRC}/a", start="oldest") as a,
+            tb.subscribe(f"{SRC}/b", start="oldest") as b,
+        ):
+            got_a: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+
+                async def wait_a() -> None:
+                    got_a.append((await a.receive()).data)
+
+                async def read_b() -> None:
+                    seen.extend([(await b.receive()).data for _ in range(200)])
+
+                seen: list[bytes] = []
+                nursery.start_soon(wait_a)
+                await trio.testing.wait_all_tasks_blocked()
+                # Many small flushes: a batch each, more than a subscription queues.
+                await _publish(broker, "b", [b"%d" % i for i in range(200)])
+                await trio.testing.wait_all_tasks_blocked()
+                assert not seen
+                nursery.start_soon(read_b)
+                await _publish(broker, "a", [b"for a"])
+            assert got_a == [b"for a"]
+            assert seen == [b"%d" % i for i in range(200)]
+
+
+async def test_requests_get_their_replies_while_a_reader_waits(broker):
+    """A request's reply is read by the subscription's waiting reader; the caller gets it."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
+            async with trio.open_nursery() as nursery:
+                got: list[bytes] = []
+
+                async def wait() -> None:
+                    got.append((await sub.receive()).data)
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                for _ in range(3):
+                    assert (await tb.status())["clients"]
+                await _publish(broker, "a", [b"x", b"y"], flush_each=False)
+                assert len(await tb.fetch(f"{SRC}/a", newest=5)) == 2
+            assert got == [b"x"]
+            assert (await sub.receive()).data == b"y"
+
+
+async def test_a_cancelled_reader_loses_nothing(broker):
+    """A reader cancelled while it reads for its subscription gives the socket
+    back: what comes next reaches the subscription in order, and the client works on."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
+            for round_ in range(3):
+                with trio.CancelScope() as scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(sub.receive)
+                        await trio.testing.wait_all_tasks_blocked()
+                        scope.cancel()
+                items = [b"%d-%d" % (round_, i) for i in range(3)]
+                await _publish(broker, "a", items)
+                assert [(await sub.receive()).data for _ in items] == items
+            assert (await tb.status())["clients"]
+
+
+async def test_closing_the_client_wakes_a_waiting_reader(broker):
+    """A reader waiting on the socket is told when the client closes, not left waiting."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
+            async with trio.open_nursery() as nursery:
+                errors: list[BaseException] = []
+
+                async def wait() -> None:
+                    with pytest.raises(ConnectionFailed) as info:
+                        await sub.receive()
+                    errors.append(info.value)
+
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                await tb.aclose()
+    assert "closed" in str(errors[0])
+
+
+class _EveryStep(trio.abc.Instrument):
+    """Calls ``check`` after every step of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task, check: Callable[[], None]) -> None:
+        self.task = task
+        self.check = check
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.check()
+
+
+@pytest.mark.parametrize("reconnect", [False, True])
+async def test_a_reader_that_meets_the_end_reports_the_loss_at_once(nursery, reconnect):
+    """When the waiting reader is the one that reads the end of the connection, the
+    client knows the connection is lost before any other task runs: a request made
+    right then fails with ConnectionFailed (or, reconnecting, waits for the next
+    connection), never with the closed protocol's LocalProtocolError."""
+    stop = trio.CancelScope()
+
+    async def run_broker(task_status: trio.TaskStatus[str]) -> None:
+        with stop:
+            async with trio.open_nursery() as inner:
+                task_status.started(await start_broker(inner))
+
+    address = await nursery.start(run_broker)
+    broken: list[str] = []
+    with trio.fail_after(10):
+        async with open_client(address, reconnect=reconnect) as tb:
+            async with tb.subscribe(f"{SRC}/a") as sub, trio.open_nursery() as inner:
+                started = trio.Event()
+
+                async def wait() -> None:
+                    with contextlib.suppress(ConnectionFailed):
+                        started.set()
+                        with trio.move_on_after(0.5 if reconnect else 10):
+                            await sub.receive()
+
+                inner.start_soon(wait)
+                await started.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                (waiter,) = [t for t in inner.child_tasks]
+
+                def lost_known() -> None:
+                    if tb._proto.state is State.CLOSED:
+                        known = tb._down.is_set() if reconnect else tb._outbox.error is not None
+                        if not known:
+                            broken.append("the protocol closed, the loss not yet known")
+
+                steps = _EveryStep(waiter, lost_known)
+                trio.lowlevel.add_instrument(steps)
+                try:
+                    stop.cancel()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await trio.testing.wait_all_tasks_blocked()
+                    trio.lowlevel.remove_instrument(steps)
+    assert not broken
