@@ -598,3 +598,40 @@ async def test_frames_put_while_the_stream_was_down_fill_the_plot(
                 _seam, web + "/", tmp_path, lambda: trio.from_thread.run(two_more)
             )
     assert values == [10 * i + k for i in range(7) for k in range(5)], f"see {tmp_path}"
+
+
+def _values(url: str, out: Path) -> tuple[dict[str, str], list[str]]:
+    """The newest values panel's rows (path: value) and every 4xx/5xx the page got."""
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        failed: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on(
+            "response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None
+        )
+        page.goto(url + "#layout=" + quote(json.dumps({"w": 10, "p": [{"k": "values"}]})))
+        page.wait_for_selector(".panel.values td.value[data-value]", timeout=20000)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(out / "values.png"), full_page=True)
+        assert not errors, errors
+        rows = page.locator(".panel.values tbody tr").evaluate_all(
+            "trs => trs.map(tr => [tr.dataset.path, tr.querySelector('td.value').textContent])"
+        )
+        return dict(rows), failed
+
+
+async def test_a_channel_without_frames_gets_an_empty_value_row_and_no_failed_read(
+    broker: str, web: str, tmp_path: Path
+) -> None:
+    with trio.fail_after(60):
+        async with open_client(broker) as tb:
+            rig = await tb.open_source(
+                "ntcp_rig_data_source",
+                channels={"a.x.force": FLOAT64_CONTENT_TYPE, "a.y.force": FLOAT64_CONTENT_TYPE},
+            )
+            await rig.put("a.x.force", struct.pack("<d", 2.5))
+            await rig.flush()
+            rows, failed = await trio.to_thread.run_sync(_values, web + "/", tmp_path)
+    assert rows == {"ntcp_rig_data_source/a.x.force": "2.5", "ntcp_rig_data_source/a.y.force": ""}
+    assert failed == []

@@ -349,7 +349,7 @@ function addRows(panel, sources) {
     const path = `${s.name}/${c.name}`;
     if (!wants(panel, path)) continue;
     if (panel.kind === "wall" && c.content_type.startsWith("image/")) tileFor(panel, path);
-    if (panel.kind === "values" && isValue(c.name, c.content_type)) rowFor(panel, path);
+    if (panel.kind === "values" && isValue(c.name, c.content_type)) rowFor(panel, path, c.frames > 0);
   }
 }
 
@@ -368,7 +368,8 @@ function isValue(channel, contentType) {
   return channel !== "metadata.txt" && (contentType === NUMERIC || contentType.startsWith("text/"));
 }
 
-function rowFor(panel, path) {
+// A channel without frames gets its row empty (no read of a frame there is not).
+function rowFor(panel, path, load = true) {
   let row = panel.rows.get(path);
   if (!row) {
     row = { value: el("td", { class: "value" }), time: el("td", { class: "time" }) };
@@ -376,7 +377,7 @@ function rowFor(panel, path) {
     panel.rows.set(path, row);
     const tr = el("tr", { "data-path": path }, el("td", {}, path), row.value, row.time);
     panel.tbody.insertBefore(tr, panel.tbody.children[rows.indexOf(path)] ?? null);
-    loadValue(panel, path);
+    if (load) loadValue(panel, path);
   }
   return row;
 }
