@@ -502,8 +502,8 @@ def _day(url: str, out: Path) -> dict[str, Any]:
         )
         page.goto(url + "#layout=" + quote(json.dumps(layout)))
         page.locator(".panel.timeseries .plot path.js-line").first.wait_for(timeout=20000)
-        page.wait_for_function(
-            "() => document.querySelector('.panel.timeseries .plot').data[0].y.length > 0"
+        page.wait_for_function(  # the history: more than a live block's two extremes
+            "() => document.querySelector('.panel.timeseries .plot').data[0].y.length > 2"
         )
         drawn = page.evaluate(
             """() => { const d = document.querySelector('.panel.timeseries .plot').data[0];
@@ -524,7 +524,9 @@ async def test_a_day_of_a_1_khz_channel_is_drawn_from_the_block_summaries(
 ) -> None:
     broker = await start_broker(nursery)
     web = await nursery.start(serve_web, broker, "127.0.0.1", 0)
-    blocks, n = 1200, 1000  # 1.2 M samples spread over the last day: one block every 72 s
+    # 1.2 M samples spread over the last day, one block every 72 s: the oldest 60 s inside
+    # the day, which is the slack the page has to read it (the newest is 12 s old).
+    blocks, n = 1200, 1000
     made = [struct.pack(f"<{n}d", *(((k + i) % 100) / 100 for i in range(n))) for k in range(4)]
     with trio.fail_after(90):
         async with open_client(broker) as tb:
@@ -532,7 +534,7 @@ async def test_a_day_of_a_1_khz_channel_is_drawn_from_the_block_summaries(
             now = time.time()
             for k in range(blocks):
                 block = made[k % 4] if k != 600 else struct.pack(f"<{n}d", *([0.5] * 999 + [7.0]))
-                await src.put("ch0", block, timestamp=now - 86400 + 10 + k * 72)
+                await src.put("ch0", block, timestamp=now - 86400 + 60 + k * 72)
             await src.flush()
             seen = await trio.to_thread.run_sync(_day, web + "/", tmp_path)
     read = seen["reads"][0]  # (the first: the history the plot opened with)

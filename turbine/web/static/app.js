@@ -241,7 +241,7 @@ function addPlot(source, channels) {
 function attach(panel) {
   state.panels.push(panel);
   saveLayout();
-  reload(panel);
+  if (panel.kind !== "plot" || state.mode !== "live") reload(panel);  // (live plots: on "ready")
   connect();
 }
 
