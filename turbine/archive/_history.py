@@ -8,30 +8,25 @@ import sys
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import attrs
+
 from ..ringbuffer import Ring
 from ..store import AFTER, NEWEST, OLDEST, READ, TIME, Query, Run
 from ._archive import Archive
 
 
+@attrs.define(eq=False)
 class ChannelHistory:
     """One channel's frames in the archive, with the ring above it (a
     :class:`~turbine.archive._channel.TieredStore`'s, which hands it both)."""
 
-    def __init__(
-        self,
-        ring: Ring,
-        archive: Archive,
-        first_queued: dict[tuple[str, str], int],
-        source: str,
-        channel: str,
-    ) -> None:
-        self.ring = ring
-        self.archive = archive
-        #: (source, channel) -> the first number queued for the archive since it opened
-        #: (the factory's table, shared by its stores, which write it).
-        self.first_queued = first_queued
-        self.source = source
-        self.channel = channel
+    ring: Ring
+    archive: Archive
+    #: (source, channel) -> the first number queued for the archive since it opened
+    #: (the factory's table, shared by its stores, which write it).
+    first_queued: dict[tuple[str, str], int]
+    source: str
+    channel: str
 
     @property
     def oldest_seq(self) -> int:
