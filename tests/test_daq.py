@@ -149,6 +149,12 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         Daq("x", config={"channels": "2", "channel_settings": '{"ch9": {"gain": 2}}'})
     with pytest.raises(ConfigError, match="expected one of generate, replay"):
         Daq("x", config={"mode": "record"})
+    recording = tmp_path / "rec.csv"
+    recording.write_text("time,a,b\n0,1,2\n0.01,3,4\n")
+    with pytest.raises(ConfigError, match="no channel 'zz'; channels: a, b"):
+        Daq(
+            "x", config={"mode": "replay", "file": str(recording), "channel_settings": '{"zz": {}}'}
+        )
 
 
 # --- the component over a real broker ---------------------------------------------

@@ -102,19 +102,9 @@ class DaqSettings:
                 raise ValueError(
                     f"cannot read recording {self.file!r}: {exc.strerror or exc}"
                 ) from None
-        base = self.base_channel()
-        names = None if self.mode == "replay" else self.generated_names()
-        for ch, overrides in self.channel_settings.items():
-            if names is not None and ch not in names:
-                raise ValueError(
-                    f"setting 'channel_settings': no channel {ch!r}; channels: {', '.join(names)}"
-                )
-            if not isinstance(overrides, dict):
-                raise ValueError(
-                    f"setting 'channel_settings': {ch!r} must map keys to values, got {overrides!r}"
-                )
-            for key, value in overrides.items():
-                base.with_setting(key, value)
+        # A recording's channels are known once it is read: its names are not checked here.
+        replay = self.mode == "replay"
+        self.channel_configs(list(self.channel_settings) if replay else self.generated_names())
 
     def base_channel(self) -> ChannelConfig:
         """What every channel produces unless ``channel_settings`` says otherwise.
@@ -132,6 +122,28 @@ class DaqSettings:
 
     def generated_names(self) -> list[str]:
         return [f"ch{i}" for i in range(self.channels)]
+
+    def channel_configs(self, names: list[str]) -> dict[str, ChannelConfig]:
+        """Channels ``names``, each the base channel with its ``channel_settings``.
+
+        Raises:
+            ValueError: ``channel_settings`` names a channel not in ``names``, or
+                gives one something other than keys and values.
+            SignalError: a setting is wrong.
+        """
+        configs = dict.fromkeys(names, self.base_channel())
+        for ch, overrides in self.channel_settings.items():
+            if ch not in configs:
+                raise ValueError(
+                    f"setting 'channel_settings': no channel {ch!r}; channels: {', '.join(names)}"
+                )
+            if not isinstance(overrides, dict):
+                raise ValueError(
+                    f"setting 'channel_settings': {ch!r} must map keys to values, got {overrides!r}"
+                )
+            for key, value in overrides.items():
+                configs[ch] = configs[ch].with_setting(key, value)
+        return configs
 
 
 class Daq(Component):
@@ -153,16 +165,8 @@ class Daq(Component):
             else:
                 names = cfg.generated_names()
                 self.rate = cfg.rate
-            base = cfg.base_channel()
-            self.channel_configs: dict[str, ChannelConfig] = {n: base for n in names}
-            for ch, overrides in cfg.channel_settings.items():
-                if ch not in self.channel_configs:
-                    raise ConfigError(
-                        f"setting 'channel_settings': no channel {ch!r}; channels: {', '.join(names)}"
-                    )
-                for key, value in overrides.items():
-                    self.channel_configs[ch] = self.channel_configs[ch].with_setting(key, value)
-        except SignalError as exc:
+            self.channel_configs = cfg.channel_configs(names)
+        except ValueError as exc:  # a SignalError, or channel_settings naming no recorded column
             raise ConfigError(f"{exc}") from None
         # One channel per signal or recorded column: known only once configured.
         self.channels = dict.fromkeys(names, FLOAT64_CONTENT_TYPE)
