@@ -19,13 +19,13 @@ from turbine._constants import (
     MAX_METADATA_DEPTH,
     MAX_PATTERN_CHARS,
 )
+from turbine._format import guess_content_type
 from turbine._selections import check_start
 from turbine.groups import decode_groups
 from turbine.hub import Hub
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
 from turbine.peer import Peer
 from turbine.router import Subscription, collect
-from turbine.sources import guess_content_type
 
 SRC = "daq_rig_data_source"
 OTHER = "video_cam1_data_source"

@@ -14,12 +14,13 @@ from typing import Any
 
 from ._constants import CACHE_BYTES, CACHE_FRAMES, MAX_CHANNELS_PER_SOURCE, RECLAIM_GRACE_S
 from ._errors import RequestFailed
-from .memory import fmt_bytes, make_room, reserved
+from ._format import fmt_bytes, guess_content_type
+from .memory import make_room, reserved
 from .names import check_channel_name, check_source_name
 from .origin import Origin, check_mirror
 from .peer import Peer
 from .router import Router
-from .sources import Channel, Source, guess_content_type
+from .sources import Channel, Source
 from .store import ChannelSpec, StoreFactory
 from .summary import Summaries
 

@@ -10,15 +10,8 @@ from collections.abc import Collection
 
 from ._constants import EVICTION_SHARE
 from ._errors import RequestFailed
+from ._format import fmt_bytes
 from .sources import Source
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def reserved(sources: Collection[Source]) -> int:

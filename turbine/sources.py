@@ -6,7 +6,6 @@ Pure and synchronous, like the hub (``hub.py``) that owns them.
 from __future__ import annotations
 
 import json
-import mimetypes
 from typing import Any
 
 from ._constants import (
@@ -25,18 +24,8 @@ from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 from .summary import TRIM_EVERY, summaries_for
 
+
 #: What a channel's bytes are when nothing says otherwise.
-OCTET_STREAM = "application/octet-stream"
-
-
-def guess_content_type(channel: str) -> str:
-    """The content type a channel gets when its creator does not say."""
-    if channel == METADATA_CHANNEL:
-        return "application/json"
-    guessed, _ = mimetypes.guess_type(channel, strict=False)
-    return guessed or OCTET_STREAM
-
-
 def _json_int(text: str) -> int | float:
     """JSON integers beyond 64 bits become floats: msgpack cannot carry them."""
     value = int(text)

@@ -18,9 +18,8 @@ import attrs
 
 from .._constants import ARCHIVE_BYTES, METADATA_CHANNEL
 from .._errors import RequestFailed
-from ..memory import fmt_bytes
+from .._format import fmt_bytes, guess_content_type
 from ..ringbuffer import Ring
-from ..sources import guess_content_type
 from ..store import ChannelSpec, ChannelStore
 from ..summary import Summaries
 from ._archive import Archive

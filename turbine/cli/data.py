@@ -12,12 +12,11 @@ import click
 import trio
 
 from .._errors import RequestFailed
+from .._format import OCTET_STREAM, fmt_bytes, guess_content_type
 from .._selections import check_selection, check_start
 from ..client import Client, Frame, Gap
-from ..memory import fmt_bytes
 from ..names import compile_pattern, split_path
 from ..render import as_json, as_text
-from ..sources import OCTET_STREAM, guess_content_type
 from ._common import Size, client_command
 
 # --- reading ---------------------------------------------------------------------

@@ -11,8 +11,8 @@ import click
 from .._constants import (
     CLOCK_FLAG_S,
 )
+from .._format import fmt_bytes
 from ..client import Client, SourceInfo
-from ..memory import fmt_bytes
 from ..origin import Origin
 from ..render import iso
 from ._common import client_command
