@@ -62,8 +62,13 @@ def iso(ts: float) -> str:
     )
 
 
+def whole_samples(data: bytes) -> bytes:
+    """The whole float64 samples of ``data`` (a trailing partial sample is left out)."""
+    return data[: len(data) // 8 * 8]
+
+
 def numbers(data: bytes) -> list[float]:
-    return list(struct.unpack(f"<{len(data) // 8}d", data[: len(data) // 8 * 8]))
+    return list(struct.unpack(f"<{len(data) // 8}d", whole_samples(data)))
 
 
 def utf8_text(data: bytes) -> str | None:

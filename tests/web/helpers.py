@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import urllib.error
 import urllib.request
 from typing import Any
@@ -37,6 +39,12 @@ async def http(url: str, *, body: Any = None, raw: bytes | None = None) -> Reply
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     method = "GET" if data is None else "POST"
     return await trio.to_thread.run_sync(_request, url, data, method)
+
+
+def samples_of(event: dict[str, Any]) -> list[float]:
+    """A numeric frame event's samples (sent as float64 bytes in base64)."""
+    raw = base64.b64decode(event["values_b64"])
+    return list(struct.unpack(f"<{len(raw) // 8}d", raw))
 
 
 class EventStream:

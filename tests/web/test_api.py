@@ -11,7 +11,7 @@ import sys
 import pytest
 import trio
 
-from tests.web.helpers import EventStream, http
+from tests.web.helpers import EventStream, http, samples_of
 from turbine import Client, Frame, open_client
 from turbine._constants import FLOAT64_CONTENT_TYPE, SOURCE_TYPES
 from turbine.archive import open_archive
@@ -166,7 +166,7 @@ async def test_stream_sends_live_frames_and_a_slow_tab_loses_only_its_own(
             stalled = await EventStream.open(web, "path=daq_rig_data_source/ch0", 4096)
             assert await fast.event() == ("ready", {"patterns": ["daq_rig_data_source/*"]})
             name, ev = await fast.event()  # newest frame first
-            assert name == "frame" and ev["values"] == [0.5]
+            assert name == "frame" and samples_of(ev) == [0.5]
             await src.put("log.txt", b"hello")
             await src.flush()
             name, ev = await fast.event()
@@ -181,7 +181,7 @@ async def test_stream_sends_live_frames_and_a_slow_tab_loses_only_its_own(
                 while len(got) < (batch + 1) * 100:
                     name, ev = await fast.event()
                     assert name == "frame", (name, ev)
-                    got.append(ev["values"][0])
+                    got.append(samples_of(ev)[0])
             assert got == [float(i) for i in range(3000)]  # the reading tab lost nothing
             # The stalled tab, read at last: its queue kept the first ones, then it is told.
             events = [await stalled.event() for _ in range(2 + 256)]
@@ -232,7 +232,7 @@ async def test_replay_plays_the_archive_from_a_time_in_order_then_ends(
                     clock.append(ev["t"])
                 else:
                     assert name == "frame", (name, ev)
-                    frames.append((ev["timestamp"], ev.get("text") or repr(ev["values"])))
+                    frames.append((ev["timestamp"], ev.get("text") or repr(samples_of(ev))))
             await tab.stream.aclose()
     assert ev == {"t": 1009.0}
     # Every frame from 1003.5 on, once, in time order; nothing from before.

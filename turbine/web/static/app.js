@@ -623,8 +623,15 @@ function connect() {
   state.source = es;
 }
 
+// A numeric frame's samples come as their little-endian float64 bytes in base64.
+function samples(b64) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Float64Array(bytes.buffer, 0, bytes.length >> 3);
+}
+
 function onFrame(ev) {
   const path = `${ev.source}/${ev.channel}`;
+  if (ev.values_b64 != null) ev.values = samples(ev.values_b64);
   if (path === MARKERS_PATH) addMarker(ev.text);
   for (const p of state.panels) {
     if (!wants(p, path)) continue;
