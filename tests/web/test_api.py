@@ -193,6 +193,45 @@ async def test_stream_sends_live_frames_and_a_slow_tab_loses_only_its_own(
             await stalled.stream.aclose()
 
 
+async def test_a_watched_pattern_streams_each_channels_newest_frame_not_every_one(
+    broker: str, web: str
+) -> None:
+    with trio.fail_after(30):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(
+                "thumbnail_cam1_data_source", channels={"thumbnail.jpg": "image/jpeg"}
+            )
+            await src.put("thumbnail.jpg", b"jpeg 1")
+            await src.flush()
+            q = "watch=thumbnail_*_data_source/*&path=thumbnail_cam1_data_source/*"
+            both = await EventStream.open(web, q)
+            wall = await EventStream.open(web, "watch=thumbnail_*_data_source/*")
+            assert await wall.event() == (
+                "ready",
+                {"patterns": [], "watched": ["thumbnail_*_data_source/*"]},
+            )
+            name, ev = await wall.event()  # the newest frame first, as a path's
+            assert name == "frame" and ev["seq"] == 1 and ev["url"].endswith("?seq=1")
+            for k in range(2, 101):  # 99 more, far faster than 2 a second
+                await src.put("thumbnail.jpg", b"jpeg %d" % k)
+            await src.flush()
+            seen = []
+            while not seen or seen[-1] != 100:  # the newest comes, whatever came between
+                name, ev = await wall.event()
+                assert name == "frame", (name, ev)
+                seen.append(ev["seq"])
+            assert len(seen) < 50 and seen == sorted(seen)
+            await both.event()  # ready
+            every: list[int] = []
+            while every.count(100) < 2:  # the last frame from the path and from the watch
+                every.append((await both.event())[1]["seq"])
+            assert set(range(1, 101)) <= set(every)  # the path's feed: every frame
+            await wall.stream.aclose()
+            await both.stream.aclose()
+        r = await http(f"{web}/api/stream")
+        assert r.status == 400 and "path=SOURCE/CHANNEL" in r.json()["error"]
+
+
 def test_import_turbine_loads_no_web_stack() -> None:
     code = "import sys, turbine, turbine.cli; print(sorted({'starlette', 'hypercorn', 'turbine.web.api'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

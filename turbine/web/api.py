@@ -81,9 +81,9 @@ def _number(request: Request, name: str, kind: type[int] | type[float]) -> Any:
     return value
 
 
-def _paths(request: Request) -> list[str]:
+def _paths(request: Request, required: bool = True) -> list[str]:
     patterns = [_pattern(p) for p in request.query_params.getlist("path")]
-    if not patterns:
+    if not patterns and required:
         raise BadRequest("give at least one path=SOURCE/CHANNEL (wildcards allowed)")
     return patterns
 
@@ -247,12 +247,14 @@ class Viewer:
         return None
 
     async def stream(self, request: Request) -> Response:
-        patterns = _paths(request)
+        watched = [_pattern(p) for p in request.query_params.getlist("watch")]
+        patterns = _paths(request) if not watched else _paths(request, required=False)
         start, speed = _number(request, "from", float), _number(request, "speed", float)
         if start is None:
             if speed is not None:
                 raise BadRequest("speed needs from (the archive time to play from)")
-            return LiveResponse(self.feeds, patterns)
+            return LiveResponse(self.feeds, patterns, watched)
+        patterns += [p for p in watched if p not in patterns]  # a replay plays every frame
         speed = 1.0 if speed is None else speed
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise BadRequest(

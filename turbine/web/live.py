@@ -44,6 +44,10 @@ REPLAY_TICK_S = 0.1
 REPLAY_READ_AHEAD_S = 0.25
 #: Binary frames (images) kept for ``/api/frame/...?seq=`` after a stream announced them.
 RECENT_FRAMES = 64
+#: Frames per second per channel at most on a stream's ``watch`` patterns: the newest of
+#: each channel, as the broker's monitor sends them (a camera wall shows each camera's
+#: newest thumbnail, not every one; a tab loads each image it is told about).
+WATCH_MAX_RATE = 2.0
 
 
 def frame_url(source: str, channel: str, seq: int | None = None, at: float | None = None) -> str:
@@ -185,7 +189,8 @@ class _EventStream(Response):
 
 
 class LiveResponse(_EventStream):
-    """Every frame on ``patterns`` as it comes, newest first per channel.
+    """Every frame on ``patterns`` as it comes, newest first per channel, and on
+    ``watched`` the newest at most :data:`WATCH_MAX_RATE` times a second per channel.
 
     The frames come from ``feeds``, shared with every other tab on the same
     pattern, and are queued with ``send_nowait``: a tab that cannot keep up
@@ -194,14 +199,25 @@ class LiveResponse(_EventStream):
     """
 
     def __init__(
-        self, feeds: Feeds, patterns: Sequence[str], queue_events: int = STREAM_QUEUE_EVENTS
+        self,
+        feeds: Feeds,
+        patterns: Sequence[str],
+        watched: Sequence[str] = (),
+        queue_events: int = STREAM_QUEUE_EVENTS,
     ) -> None:
         super().__init__(queue_events)
         self._feeds = feeds
         self._patterns = list(patterns)
+        self._watched = list(watched)
 
     def _ready(self) -> dict[str, Any]:
-        return {"patterns": self._patterns}
+        ready: dict[str, Any] = {"patterns": self._patterns}
+        if self._watched:
+            ready["watched"] = self._watched
+        return ready
+
+    def _keys(self) -> list[tuple[str, bool]]:
+        return [(p, False) for p in self._patterns] + [(p, True) for p in self._watched]
 
     def offer(self, event: str) -> None:
         """Queue ``event`` for this tab, or count it lost if the tab is that far behind."""
@@ -211,15 +227,15 @@ class LiveResponse(_EventStream):
             self.dropped += 1
 
     async def _produce(self, nursery: trio.Nursery) -> None:
-        for pattern in self._patterns:
-            await self._feeds.join(pattern, self)
+        for key in self._keys():
+            await self._feeds.join(key, self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            for pattern in self._patterns:
-                self._feeds.leave(pattern, self)
+            for key in self._keys():
+                self._feeds.leave(key, self)
 
 
 class _Feed:
@@ -232,42 +248,50 @@ class Feeds:
     """One broker subscription per pattern, shared by every tab streaming it.
 
     Four tabs on the same panels cost the broker one subscription, not four,
-    and each frame is made into an event once.  The first tab on a pattern
-    starts its subscription (newest frame of each channel first); a later one
-    is sent the newest frames by a fetch as it joins.  The subscription ends
-    with its last tab.  Its tasks run in ``nursery`` (the viewer's).
+    and each frame is made into an event once.  A feed is keyed by its pattern
+    and whether it is watched: every frame, or a monitor of the newest at
+    most :data:`WATCH_MAX_RATE` a second per channel.  The first tab on a
+    feed starts its subscription (newest frame of each channel first); a
+    later one is sent the newest frames by a fetch as it joins.  The
+    subscription ends with its last tab.  Its tasks run in ``nursery`` (the viewer's).
     """
 
     def __init__(self, client: Client, recent: RecentFrames, nursery: trio.Nursery) -> None:
         self._client = client
         self._recent = recent
         self._nursery = nursery
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[tuple[str, bool], _Feed] = {}
 
-    async def join(self, pattern: str, tab: LiveResponse) -> None:
-        feed = self._feeds.get(pattern)
+    async def join(self, key: tuple[str, bool], tab: LiveResponse) -> None:
+        """Add ``tab`` to the feed of ``key`` (pattern, watched), started if new."""
+        feed = self._feeds.get(key)
         if feed is None:
-            feed = self._feeds[pattern] = _Feed()
-            self._nursery.start_soon(self._run, pattern, feed)
+            feed = self._feeds[key] = _Feed()
+            self._nursery.start_soon(self._run, key, feed)
         else:
-            for frame in await self._client.fetch(pattern, newest=1):
+            for frame in await self._client.fetch(key[0], newest=1):
                 tab.offer(event_for(frame, self._recent))
         feed.tabs.add(tab)
 
-    def leave(self, pattern: str, tab: LiveResponse) -> None:
-        feed = self._feeds.get(pattern)
+    def leave(self, key: tuple[str, bool], tab: LiveResponse) -> None:
+        feed = self._feeds.get(key)
         if feed is None:
             return
         feed.tabs.discard(tab)
         if not feed.tabs:
             feed.scope.cancel()
-            del self._feeds[pattern]
+            del self._feeds[key]
 
-    async def _run(self, pattern: str, feed: _Feed) -> None:
+    async def _run(self, key: tuple[str, bool], feed: _Feed) -> None:
+        pattern, watched = key
         last: dict[str, int] = {}  # each channel's newest number sent
         with feed.scope:
             try:
-                async with self._client.subscribe(pattern, start="newest") as sub:
+                if watched:
+                    subscription = self._client.monitor(pattern, max_rate=WATCH_MAX_RATE)
+                else:
+                    subscription = self._client.subscribe(pattern, start="newest")
+                async with subscription as sub:
                     async for item in sub:
                         if isinstance(item, Frame):
                             if item.seq <= last.get(item.path, 0):
@@ -276,8 +300,8 @@ class Feeds:
                         self._offer(feed, event_for(item, self._recent))
             except TurbineError as exc:  # e.g. the user's read right was revoked
                 log.warning("live stream of %s ended: %s", pattern, exc)
-            if self._feeds.get(pattern) is feed:
-                del self._feeds[pattern]
+            if self._feeds.get(key) is feed:
+                del self._feeds[key]
 
     @staticmethod
     def _offer(feed: _Feed, event: str) -> None:

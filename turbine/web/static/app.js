@@ -35,7 +35,10 @@ async function getJSON(url) {
   return body;
 }
 
-function query(paths) { return paths.map((p) => "path=" + encodeURIComponent(p)).join("&"); }
+function query(paths, watched = []) {
+  return [...paths.map((p) => "path=" + encodeURIComponent(p)),
+    ...watched.map((p) => "watch=" + encodeURIComponent(p))].join("&");
+}
 function allPaths() { return [...new Set(state.panels.flatMap((p) => p.paths))]; }
 function channelUrl(kind, source, channel) {
   return `/api/${kind}/${encodeURIComponent(source)}/${encodeURIComponent(channel)}`;
@@ -605,7 +608,12 @@ function connect() {
   if (paths.length === 0 || state.mode === "paused") { refreshMarkers(); return; }
   const live = state.mode === "live";
   const replay = live ? "" : `&from=${state.cursor}&speed=${document.getElementById("speed").value}`;
-  const es = new EventSource("/api/stream?" + query(live ? [...paths, MARKERS_PATH] : paths) + replay);
+  // Live, the camera wall's paths are watched: each camera's newest thumbnail, a few a second.
+  const walls = state.panels.filter((p) => p.kind === "wall");
+  const watched = !live ? [] : [...new Set(walls.flatMap((p) => p.paths))]
+    .filter((w) => !state.panels.some((p) => p.kind !== "wall" && p.paths.includes(w)));
+  const streamed = paths.filter((p) => !watched.includes(p));
+  const es = new EventSource("/api/stream?" + (live ? query([...streamed, MARKERS_PATH], watched) : query(paths)) + replay);
   es.addEventListener("open", refreshMarkers);  // (and again whenever the stream was down)
   // A new stream starts at each channel's newest frame: what came while none ran (a panel
   // opened, the link down) is read as history, so plots have no hole and no stretched block.
