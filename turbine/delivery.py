@@ -59,12 +59,14 @@ class Delivery:
         Returns True if more frames are pending after this batch.
         """
         budget_frames, budget_bytes = DELIVERY_BATCH_FRAMES, DELIVERY_BATCH_BYTES
+        if self.wake_at != math.inf and self.wake_at <= self._clock():
+            # Due now: the cursors below say when next (none, if the monitor went:
+            # a wake time left in the past would end the writer's every sleep at once).
+            self.wake_at = math.inf
         subs = list(self._subs.values())
         if not subs:
             return False
         more = False
-        if self.wake_at != math.inf and self.wake_at <= self._clock():
-            self.wake_at = math.inf  # due now: the cursors below say when next
         self._rotation = (self._rotation + 1) % len(subs)
         for sub in subs[self._rotation :] + subs[: self._rotation]:
             if budget_frames <= 0 or budget_bytes <= 0:
