@@ -10,10 +10,13 @@ A broker (``turbine serve``) and the viewer (``turbine web``) run as processes
 of their own.  This process runs the load (16 synthetic cameras putting
 thumbnail JPEGs at 10 fps and one DAQ with 64 channels at 1 kHz in 0.1 s
 blocks); a process of its own runs the tabs: each tab is one Server-Sent
-Events stream for every DAQ channel and every camera, as the page opens
-it, read from a raw socket; a
-frame's age is the time it reaches the tab minus its broker timestamp (one
-clock on one machine).  The tabs do not load the images the stream announces
+Events stream for every DAQ channel and every camera (the wall's watched
+thumbnails), as the page opens it, read from a raw socket.  For the first seconds of a phase (no flood) the
+tabs parse every event: a frame's age is the time it reaches the tab minus
+its broker timestamp (one clock on one machine).  During the flood they only
+count the events (they stand in for browsers, which on a site run on other
+machines: their reading should take as little of these 2 cores as it can;
+their CPU is printed).  The tabs do not load the images the stream announces
 (a browser would, one in flight per tile).  A flood producer in another process
 puts 1 KiB frames as fast as the broker takes them; its rate is the broker's
 throughput, and the broker's CPU seconds over the frames it took are its cost
@@ -35,11 +38,13 @@ shared cores, numbers vary a lot from run to run: say the load with them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -56,6 +61,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from throughput import Broker, cpu_seconds  # noqa: E402  (a sibling script, not a package)
 
 import turbine  # noqa: E402
+from turbine.web.live import WATCH_MAX_RATE  # noqa: E402
 
 CAMERAS, CAMERA_FPS = 16, 10.0
 DAQ_CHANNELS, DAQ_RATE, DAQ_BLOCK_S = 64, 1000.0, 0.1
@@ -127,11 +133,24 @@ async def _daq(tb: turbine.Client) -> None:
         await trio.sleep_until(deadline)
 
 
-async def _tab(url: str, ages: list[float], lost: list[int], stop: trio.Event) -> None:
+#: What a tab streams, as the page's default layout asks for it: the DAQ's channels every
+#: frame (its plot and newest values), the camera wall watched (each camera's newest
+#: thumbnail, at most WATCH_MAX_RATE a second).
+TAB_QUERY = "path=daq_bench_data_source/*&watch=thumbnail_*_data_source/*"
+
+
+@dataclasses.dataclass
+class TabCounts:
+    ages: list[float] = dataclasses.field(default_factory=list)  # while parsing
+    frames: int = 0
+    lost: int = 0
+    parse: bool = True  # parse every event (ages), else count them
+
+
+async def _tab(url: str, counts: TabCounts, stop: trio.Event) -> None:
     host, port = url.removeprefix("http://").split(":")
     stream = await trio.open_tcp_stream(host, int(port))
-    query = "path=daq_bench_data_source/*&path=thumbnail_*_data_source/*"
-    await stream.send_all(f"GET /api/stream?{query} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await stream.send_all(f"GET /api/stream?{TAB_QUERY} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     buffer = b""
     async with stream:
         while not stop.is_set():
@@ -142,14 +161,19 @@ async def _tab(url: str, ages: list[float], lost: list[int], stop: trio.Event) -
             *events, buffer = buffer.split(b"\n\n")
             now = time.time()
             for event in events:
-                if b"event: frame" not in event and b"event: dropped" not in event:
+                frame = b"event: frame" in event
+                if not (frame or b"event: dropped" in event):
+                    continue
+                if frame and not counts.parse:
+                    counts.frames += 1
                     continue
                 line = event[event.index(b"data: ") + 6 :].split(b"\r\n", 1)[0]
                 body = json.loads(line.split(b"\n", 1)[0])
                 if "dropped" in body:
-                    lost.append(body["dropped"])
+                    counts.lost += body["dropped"]
                 else:
-                    ages.append(now - body["timestamp"])
+                    counts.frames += 1
+                    counts.ages.append(now - body["timestamp"])
 
 
 def _flood(address: str, seconds: float, out: multiprocessing.connection.Connection) -> None:
@@ -181,24 +205,32 @@ def _flood_rate(address: str, seconds: float) -> float:
     return float(rate)
 
 
-def _tabs(url: str, tabs: int, seconds: float, out: multiprocessing.connection.Connection) -> None:
-    """``tabs`` streams for ``seconds`` (after a second to connect); sends their ages and losses."""
+def _tabs(
+    url: str, tabs: int, parse: float, count: float, out: multiprocessing.connection.Connection
+) -> None:
+    """``tabs`` streams (after a second to connect) parsing every event for ``parse``
+    seconds, then counting them for ``count`` seconds; sends their ages, frames and losses,
+    and this process's CPU (a fraction of a core) while it counted."""
 
     async def main() -> None:
-        ages: list[float] = []
-        lost: list[int] = []
+        counts = TabCounts()
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             for _ in range(tabs):
-                nursery.start_soon(_tab, url, ages, lost, stop)
+                nursery.start_soon(_tab, url, counts, stop)
             await trio.sleep(1.0)  # connected, the first (newest) frames read
-            ages.clear()
-            lost.clear()
+            counts.ages.clear()
+            counts.frames = counts.lost = 0
             out.send("measuring")
-            await trio.sleep(seconds)
+            await trio.sleep(parse)
+            counts.parse = False
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+            await trio.sleep(count)
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             stop.set()
             nursery.cancel_scope.cancel()
-        out.send((ages, lost))
+        used = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+        out.send((counts.ages, counts.frames, counts.lost, used / count))
 
     trio.run(main)
 
@@ -214,7 +246,7 @@ async def _phase(broker: Broker, viewer: Viewer, tabs: int, seconds: float) -> d
     spawn = multiprocessing.get_context("spawn")
     ends = spawn.Pipe(duplex=False)
     watched = QUIET_S + seconds + 1  # the tabs stay open past the flood's end
-    readers = spawn.Process(target=_tabs, args=(viewer.url, tabs, watched, ends[1]))
+    readers = spawn.Process(target=_tabs, args=(viewer.url, tabs, QUIET_S, seconds + 1, ends[1]))
     if tabs:
         readers.start()
         await trio.to_thread.run_sync(ends[0].recv)  # "measuring"
@@ -228,17 +260,19 @@ async def _phase(broker: Broker, viewer: Viewer, tabs: int, seconds: float) -> d
     cpu = (viewer.cpu_s() - cpu0) / seconds
     flood_cpu = broker.cpu_s() - broker0 - background * took
     ages: list[float] = []
-    lost: list[int] = []
+    frames = lost = 0
+    tabs_cpu = 0.0
     if tabs:
-        ages, lost = await trio.to_thread.run_sync(ends[0].recv)
+        ages, frames, lost, tabs_cpu = await trio.to_thread.run_sync(ends[0].recv)
         readers.join()
     return {
         "rate": rate,
         "background": background,
         "broker_us": 1e6 * flood_cpu / (rate * seconds),
         "cpu": cpu,
-        "events": len(ages) / watched,
-        "dropped": sum(lost) / watched,
+        "tabs_cpu": tabs_cpu,
+        "events": frames / watched,
+        "dropped": lost / watched,
         "p50": _pct(ages, 50),
         "p99": _pct(ages, 99),
     }
@@ -291,7 +325,9 @@ async def _draw(address: str, viewer: Viewer, hours: float) -> tuple[int, float,
 @click.option(
     "--rounds", default=3, show_default=True, help="Phases without and with tabs, interleaved."
 )
-@click.option("--hours", default=24.0, show_default=True, help="Hours of 1 kHz data to draw.")
+@click.option(
+    "--hours", default=24.0, show_default=True, help="Hours of 1 kHz data to draw (0: none)."
+)
 def main(duration: float, tabs: int, rounds: int, hours: float) -> None:
     """Measure the viewer under load and print markdown tables."""
     broker = Broker()
@@ -299,7 +335,7 @@ def main(duration: float, tabs: int, rounds: int, hours: float) -> None:
     load = os.getloadavg()
 
     async def run() -> tuple[
-        list[tuple[dict[str, float], dict[str, float]]], tuple[int, float, float, int]
+        list[tuple[dict[str, float], dict[str, float]]], tuple[int, float, float, int] | None
     ]:
         found = []
         async with turbine.open_client(broker.address, name="load") as tb, trio.open_nursery() as n:
@@ -310,7 +346,7 @@ def main(duration: float, tabs: int, rounds: int, hours: float) -> None:
                 without = await _phase(broker, viewer, 0, duration)
                 found.append((without, await _phase(broker, viewer, tabs, duration)))
             n.cancel_scope.cancel()
-        return found, await _draw(broker.address, viewer, hours)
+        return found, (await _draw(broker.address, viewer, hours) if hours > 0 else None)
 
     try:
         found, draw = trio.run(run)
@@ -325,35 +361,40 @@ def main(duration: float, tabs: int, rounds: int, hours: float) -> None:
             f"\n{CAMERAS} cameras at {CAMERA_FPS:g} fps, {DAQ_CHANNELS} DAQ channels at {DAQ_RATE:g} Hz,"
             f" {duration:g} s per phase, {rounds} rounds of 0 then {tabs} tabs\n"
         )
-        offered = tabs * (DAQ_CHANNELS / DAQ_BLOCK_S + CAMERAS * CAMERA_FPS)
+        offered = tabs * (DAQ_CHANNELS / DAQ_BLOCK_S + CAMERAS * min(CAMERA_FPS, WATCH_MAX_RATE))
         print(
             "| round | tabs | broker CPU without the flood | flood frames/s (1 KiB) | broker CPU µs per"
-            f" flood frame | viewer CPU | events/s at the tabs (offered {offered:.0f}) | dropped/s"
-            " | frame age p50 | p99 |"
+            " flood frame | viewer CPU (flood) | tab readers' CPU (flood) | events/s at the tabs"
+            f" (offered {offered:.0f}) | dropped/s | frame age p50 (no flood) | p99 |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for i, pair in enumerate(found, 1):
             for label, r in zip(("0", str(tabs)), pair, strict=True):
                 if label == "0":
-                    rest = "- | - | - | -"
+                    rest = "- | - | - | - | -"
                 else:
                     rest = (
-                        f"{r['events']:.0f} | {r['dropped']:.0f} | {r['p50'] * 1000:.0f} ms"
-                        f" | {r['p99'] * 1000:.0f} ms"
+                        f"{r['tabs_cpu'] * 100:.0f} % | {r['events']:.0f} | {r['dropped']:.0f}"
+                        f" | {r['p50'] * 1000:.0f} ms | {r['p99'] * 1000:.0f} ms"
                     )
                 print(
                     f"| {i} | {label} | {r['background'] * 100:.1f} % | {r['rate']:.0f}"
                     f" | {r['broker_us']:.2f} | {r['cpu'] * 100:.0f} % | {rest} |"
                 )
-        rate = statistics.median(100 * (1 - b["rate"] / a["rate"]) for a, b in found)
+        drops = [100 * (1 - b["rate"] / a["rate"]) for a, b in found]
+        rate = statistics.median(drops)
         cost = statistics.median(100 * (b["broker_us"] / a["broker_us"] - 1) for a, b in found)
         tabs_cpu = statistics.median(100 * (b["background"] - a["background"]) for a, b in found)
+        rounds_text = ", ".join(f"{d:+.1f} %" for d in drops)
         print(
             f"\nwith {tabs} tabs, median of {rounds} rounds: the tabs cost the broker {tabs_cpu:.1f} %"
             f" of a core (what a broker running flat out on one core would lose, target under 5 %);"
             f" a flood frame cost it {cost:+.1f} % more; the flood's rate was {rate:+.1f} % lower"
-            " (the tabs' and the viewer's processes share the 2 cores with it)"
+            f" (rounds: {rounds_text}; the tabs' and the viewer's processes share the 2 cores"
+            " with it)"
         )
+    if draw is None:  # (--hours 0: no draw)
+        return
     samples, best, median, points = draw
     print("\n| samples | points | read + decimate, best of 3 | median |\n|---|---|---|---|")
     print(f"| {samples:,} ({hours:g} h at 1 kHz) | {points} | {best:.2f} s | {median:.2f} s |")
