@@ -225,7 +225,7 @@ MIRROR_POLL_S = 1.0
 MIRROR_RETRY_S = 1.0
 
 #: Samples a numeric channel's block summary covers at least (turbine/summary.py): a
-#: summary is 72 bytes in memory (80 in its archive file), so at 1000 it costs 0.9 % of
+#: summary is 72 bytes (in memory and in its archive file), so at 1000 it costs 0.9 % of
 #: the samples it covers, and a day of a 1 kHz channel is 86,400 of them (6.2 MB)
 #: instead of 691 MB of samples.
 SUMMARY_BLOCK_SAMPLES = 1000

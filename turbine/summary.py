@@ -148,8 +148,14 @@ class Summaries:
 
     def take(self, other: Summaries) -> None:
         """Append every block of ``other`` (newer than those held; ``sink`` is not told)."""
-        for mine, theirs in zip(self._columns(), other._columns(), strict=True):
-            mine.extend(theirs)
+        self.extend_columns(other._columns())
+
+    def extend_columns(self, columns: Sequence[array.array[Any]]) -> None:
+        """Append blocks given as columns in the order of a :data:`Block` (array copies;
+        blocks not newer than the newest held are left out; ``sink`` is not told)."""
+        skip = bisect.bisect_left(columns[0], self.end[-1]) if self.seq else 0
+        for mine, theirs in zip(self._columns(), columns, strict=True):
+            mine.extend(theirs[skip:] if skip else theirs)
 
     def drop_before(self, seq: int) -> None:
         """Forget the blocks whose frames are all numbered below ``seq`` (evicted everywhere)."""

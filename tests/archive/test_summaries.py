@@ -45,15 +45,19 @@ def reopen(log: SourceLog) -> SourceLog:
     return SourceLog.open(log.directory)
 
 
-def filed(log: SourceLog) -> dict[int, list[int]]:
-    """Each summary file's block numbers, by segment."""
+def batches(log: SourceLog) -> dict[int, list]:
+    """Each summary file's batches (channel id, columns), by segment."""
     out = {}
     for seg in log.segments:
         if os.path.exists(seg.summary_path):
             with open(seg.summary_path, "rb") as f:
-                blocks, _ = fmt.decode_summaries(f.read(), seg.number)
-            out[seg.number] = [b[0] for _, b in blocks]
+                out[seg.number], _ = fmt.decode_summaries(f.read(), seg.number)
     return out
+
+
+def filed(log: SourceLog) -> dict[int, list[int]]:
+    """Each summary file's block numbers, by segment."""
+    return {n: [seq for _, cols in found for seq in cols[0]] for n, found in batches(log).items()}
 
 
 def assert_blocks(s: Summaries, frames: range) -> None:
@@ -71,6 +75,8 @@ def test_blocks_are_kept_beside_their_segments_and_come_back_with_the_frames(tmp
     files = filed(log)
     assert sorted(files) == [s.number for s in log.segments]
     assert sum(files.values(), []) == list(range(1, 300))  # the newest block is still open
+    sealed = [batches(log)[seg.number] for seg in log.segments[:-1]]
+    assert [len(found) for found in sealed] == [1, 1]  # written again as one batch at the seal
     log = reopen(log)
     found = log.take_summaries()
     assert list(found) == ["v"]  # the text channel has none

@@ -400,9 +400,13 @@ def decode_index_entries(data: bytes, count: int) -> list[Entry]:
 
 #: magic, version, flags, segment number, CRC-32 of the first 20 bytes.
 SUMMARY_HEADER = struct.Struct("<8sHHQI")
-#: channel id, first seq, end seq (one past the block's last frame), first time, last
-#: time, samples, minimum, maximum, first value, last value, CRC-32 of the first 76 bytes.
-SUMMARY_BLOCK = struct.Struct("<IqqddqddddI")
+#: A batch of one channel's blocks: channel id, block count ``n``, CRC-32 of the
+#: columns, CRC-32 of the first 12 bytes of this header; then the columns.
+SUMMARY_BATCH = struct.Struct("<IIII")
+#: The columns of a batch, ``n`` values each, in this order and of these array
+#: typecodes (``q``: signed 64-bit, ``d``: f64): first seq, end seq (one past the
+#: block's last frame), first time, last time, samples, min, max, first, last value.
+SUMMARY_COLUMNS = "qqddddddd"
 
 
 def encode_summary_header(number: int) -> bytes:
@@ -410,15 +414,23 @@ def encode_summary_header(number: int) -> bytes:
     return head + _CRC.pack(crc(head))
 
 
-def encode_summary_block(channel: int, block: tuple[Any, ...]) -> bytes:
-    raw = SUMMARY_BLOCK.pack(channel, *block, 0)[:-4]
-    return raw + _CRC.pack(crc(raw))
+def encode_summary_batch(channel: int, blocks: list[tuple[Any, ...]]) -> bytes:
+    """One batch record of ``blocks`` (each a :data:`turbine.summary.Block`) of ``channel``."""
+    body = b"".join(
+        array.array(code, column).tobytes()
+        for code, column in zip(SUMMARY_COLUMNS, zip(*blocks, strict=True), strict=True)
+    )
+    head = struct.pack("<III", channel, len(blocks), crc(body))
+    return head + _CRC.pack(crc(head)) + body
 
 
-def decode_summaries(data: bytes, number: int) -> tuple[list[tuple[int, tuple[Any, ...]]], int]:
-    """The ``(channel id, block)`` pairs of segment ``number``'s summary file, in file
-    order, and the length of its intact part: reading stops at the first block that
-    fails its checksum (a torn tail: the blocks after it are made again from the frames).
+def decode_summaries(
+    data: bytes, number: int
+) -> tuple[list[tuple[int, list[array.array[Any]]]], int]:
+    """The batches of segment ``number``'s summary file, in file order, each as its
+    channel id and its columns (arrays, :data:`SUMMARY_COLUMNS`), and the length of
+    its intact part: reading stops at the first batch that fails its checksums (a
+    torn tail: the blocks after it are made again from the frames).
 
     Raises:
         FormatError: not the summary file of segment ``number``, or of a newer version.
@@ -432,14 +444,23 @@ def decode_summaries(data: bytes, number: int) -> tuple[list[tuple[int, tuple[An
         raise FormatError(f"summary format version {version} is newer than this Turbine reads")
     if got != number:
         raise FormatError(f"the summary file names segment {got}, not {number}")
-    out: list[tuple[int, tuple[Any, ...]]] = []
-    at, size = SUMMARY_HEADER.size, SUMMARY_BLOCK.size
-    while at + size <= len(data):
-        *fields, check = SUMMARY_BLOCK.unpack_from(data, at)
-        if check != crc(data[at : at + size - 4]):
+    mv = memoryview(data)
+    out: list[tuple[int, list[array.array[Any]]]] = []
+    at = SUMMARY_HEADER.size
+    width = 8 * len(SUMMARY_COLUMNS)
+    while at + SUMMARY_BATCH.size <= len(data):
+        channel, n, body_crc, head_crc = SUMMARY_BATCH.unpack_from(data, at)
+        body_at = at + SUMMARY_BATCH.size
+        end = body_at + n * width
+        if head_crc != crc(mv[at : at + 12]) or end > len(data) or body_crc != crc(mv[body_at:end]):
             break
-        out.append((fields[0], tuple(fields[1:])))
-        at += size
+        columns = []
+        for i, code in enumerate(SUMMARY_COLUMNS):
+            column = array.array(code)
+            column.frombytes(mv[body_at + i * 8 * n : body_at + (i + 1) * 8 * n])
+            columns.append(column)
+        out.append((channel, columns))
+        at = end
     return out, at
 
 

@@ -1,7 +1,9 @@
 """The block summaries of a source log's float64 channels, kept beside its segments.
 
 Each segment ``N.seg`` holding float64 frames has a summary file ``N.sum``:
-a header, then one record of 80 bytes per complete block (docs/storage.rst).
+a header, then batches of complete blocks, one per channel and write, as
+columns (docs/storage.rst): recovery reads them with a checksum and an array
+copy per column, not Python work per block.
 The broker makes the blocks as frames are put (``turbine/summary.py``) and
 queues each complete one after its frames (a :class:`~turbine.archive._ops.Summary`
 op); the log's writer thread appends it to the open segment's summary file.
@@ -17,9 +19,11 @@ have none: a plot of them reads their samples).  Blocking: the log's threads.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from .._constants import FLOAT64_CONTENT_TYPE
 from ..store import Run
@@ -35,11 +39,19 @@ REBUILD_FRAMES = 4096
 
 
 class LogSummaries:
-    """The summary file of a log's open segment, appended to by its writer thread."""
+    """The summary file of a log's open segment, appended to by its writer thread.
+
+    The open segment's file takes a batch per channel and write (a few blocks
+    each); sealing rewrites it as one batch per channel, so that a recovery
+    reads each sealed segment's summaries in a few array copies.
+    """
 
     def __init__(self) -> None:
         self._fd = -1
         self._number = 0  # the segment whose file is open
+        #: The open segment's blocks so far, by channel id (what sealing writes again).
+        self._blocks: dict[int, list[Block]] = {}
+        self._blocks_of = 0  # that segment's number
 
     def write(self, segment: Segment, blocks: list[tuple[int, Block]]) -> None:
         """Append ``(channel id, block)`` records to ``segment``'s summary file.
@@ -49,10 +61,16 @@ class LogSummaries:
         """
         if not blocks:
             return
+        if self._blocks_of != segment.number:
+            self._blocks, self._blocks_of = {}, segment.number
+        by_channel: dict[int, list[Block]] = {}
+        for ch, block in blocks:
+            by_channel.setdefault(ch, []).append(block)
+            self._blocks.setdefault(ch, []).append(block)
         try:
             fd = self._open(segment)
             at = os.fstat(fd).st_size
-            write_all(fd, [fmt.encode_summary_block(ch, b) for ch, b in blocks], at)
+            write_all(fd, [fmt.encode_summary_batch(ch, b) for ch, b in by_channel.items()], at)
         except OSError as exc:
             log.warning(
                 "could not write %s: %s; its blocks are left out", segment.summary_path, exc
@@ -60,20 +78,30 @@ class LogSummaries:
             self.close()
 
     def seal(self, segment: Segment, channels: set[int]) -> None:
-        """Sync and close ``segment``'s summary file (created if it holds frames of
-        ``channels``, the float64 ones, and has none yet): call before its index is written.
+        """Write ``segment``'s summary file again as one batch per channel, synced
+        (if it holds frames of ``channels``, the float64 ones): call before its index
+        is written (which syncs the directory).
 
         Raises:
-            OSError: the file could not be created or synced (the seal fails with it).
+            OSError: the file could not be written or synced (the seal fails with it).
         """
-        if self._number != segment.number and any(
+        self.close()
+        blocks = self._blocks if self._blocks_of == segment.number else {}
+        self._blocks, self._blocks_of = {}, 0
+        if not blocks and not any(
             ch in channels and span.frames for ch, span in segment.spans.items()
         ):
-            self.close()
-            self._open(segment)
-        if self._fd >= 0:
-            os.fsync(self._fd)
-        self.close()
+            return
+        data = [fmt.encode_summary_header(segment.number)]
+        data += [fmt.encode_summary_batch(ch, b) for ch, b in blocks.items()]
+        tmp = segment.summary_path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, segment.summary_path)
 
     def _open(self, segment: Segment) -> int:
         if self._fd >= 0 and self._number == segment.number:
@@ -115,10 +143,12 @@ class LogSummaries:
                 for ch, span in seg.spans.items():
                     if ch in floor and span.frames:
                         floor[ch] = i + 1
-            for ch, block in found or ():
-                s = out.get(ch)
-                if s is not None and (not len(s) or block[0] >= s.end[-1]):
-                    s.extend([block])
+            for ch, columns in found or ():
+                if ch in out:
+                    out[ch].extend_columns(columns)
+                    if seg is active:  # (written again at its seal)
+                        self._blocks.setdefault(ch, []).extend(zip(*columns, strict=True))
+        self._blocks_of = active.number
         made: list[tuple[int, Block]] = []
         for ch, st in floats.items():
             s = out[ch]
@@ -141,8 +171,8 @@ class LogSummaries:
         return {floats[ch].name: s for ch, s in out.items() if len(s)}
 
 
-def _read(segment: Segment, is_open: bool) -> list[tuple[int, Block]] | None:
-    """The intact blocks of ``segment``'s summary file, None without a readable one;
+def _read(segment: Segment, is_open: bool) -> list[tuple[int, list[array.array[Any]]]] | None:
+    """The intact batches of ``segment``'s summary file, None without a readable one;
     the open segment's file is cut after them."""
     try:
         with open(segment.summary_path, "rb") as f:
@@ -161,4 +191,4 @@ def _read(segment: Segment, is_open: bool) -> list[tuple[int, Block]] | None:
             os.truncate(segment.summary_path, good)
         else:
             os.unlink(segment.summary_path)
-    return blocks  # type: ignore[return-value]
+    return blocks
