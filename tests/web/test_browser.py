@@ -55,14 +55,28 @@ def _chromium() -> Iterator[Any]:
             browser.close()
 
 
-def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
-    """Open the page; return the source names listed and two plot screenshots plus an image one."""
+def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes, dict[str, Any]]:
+    """Open the page; return the source names listed, two plot screenshots plus an image
+    one, and what the source browser and the plot's cursor readout show."""
+    seen: dict[str, Any] = {}
     with _chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url)
-        page.wait_for_selector('#sources tr[data-source="daq_web_data_source"]', timeout=20000)
+        daq = '#sources tr[data-source="daq_web_data_source"]'
+        page.wait_for_selector(daq, timeout=20000)
+        page.wait_for_selector(f"{daq} details", timeout=20000)  # its newest metadata
+        page.wait_for_function(  # its channels' rates, once it has put a few blocks
+            "s => document.querySelector(s + ' span.channel small').textContent.includes('Hz')",
+            arg=daq,
+            timeout=20000,
+        )
+        seen["rows"] = {
+            name: page.locator(f'#sources tr[data-source="{name}"] td').all_inner_texts()
+            for name in ("daq_web_data_source", "thumbnail_gone_data_source")
+        }
+        seen["metadata"] = json.loads(page.locator(f"{daq} details pre").text_content() or "")
         names = page.locator("#sources td.name").all_inner_texts()
         plot = page.locator(".panel.timeseries .plot").first
         line = plot.locator("path.js-line").first
@@ -80,6 +94,13 @@ def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
             timeout=20000,
         )
         second = plot.screenshot(path=str(out / "plot-2.png"))
+        plot.hover()  # the cursor readout: the time and each channel's value under it
+        readout = plot.locator(".hoverlayer .legend")
+        readout.wait_for(timeout=20000)
+        seen["readout"] = readout.text_content()
+        seen["traces"] = page.evaluate(
+            "() => document.querySelector('.panel.timeseries .plot').data.map((d) => d.name)"
+        )
         image = page.locator(".panel.wall .tile img").first
         image.wait_for(timeout=20000)
         page.wait_for_function(
@@ -90,7 +111,7 @@ def _look(url: str, out: Path) -> tuple[list[str], bytes, bytes, bytes]:
         shot = image.screenshot(path=str(out / "image.png"))
         page.screenshot(path=str(out / "page.png"), full_page=True)
         assert not errors, errors
-        return names, first, second, shot
+        return names, first, second, shot, seen
 
 
 async def test_the_page_lists_sources_and_plots_live_daq_data(
@@ -99,6 +120,12 @@ async def test_the_page_lists_sources_and_plots_live_daq_data(
     buf = io.BytesIO()  # a real JPEG for the thumbnail panel
     Image.new("RGB", (160, 120), (200, 40, 40)).save(buf, "JPEG")
     with trio.fail_after(90):
+        async with open_client(broker) as gone:  # a camera that put a frame and went
+            src = await gone.open_source(
+                "thumbnail_gone_data_source", channels={"thumbnail.jpg": "image/jpeg"}
+            )
+            await src.put("thumbnail.jpg", buf.getvalue())
+            await src.flush()
         async with open_client(broker) as tb, trio.open_nursery() as nursery:
             cam = await tb.open_source(
                 "thumbnail_cam_data_source", channels={"thumbnail.jpg": "image/jpeg"}
@@ -107,9 +134,25 @@ async def test_the_page_lists_sources_and_plots_live_daq_data(
             await cam.flush()
             daq = Daq("web", broker, {"channels": "2", "rate": "200", "block_seconds": "0.05"})
             await nursery.start(daq.serve)
-            names, first, second, shot = await trio.to_thread.run_sync(_look, web + "/", tmp_path)
+            names, first, second, shot, seen = await trio.to_thread.run_sync(
+                _look, web + "/", tmp_path
+            )
             nursery.cancel_scope.cancel()
     assert "daq_web_data_source" in names and "thumbnail_cam_data_source" in names
+    # The source browser: type, name, online or not, channels with content type and rate.
+    daq_row, gone_row = (
+        seen["rows"]["daq_web_data_source"],
+        seen["rows"]["thumbnail_gone_data_source"],
+    )
+    assert daq_row[:3] == ["daq", "daq_web_data_source", "online"], daq_row
+    assert re.search(r"ch0 application/x-float64-le \d+\.\d Hz", daq_row[3]), daq_row
+    assert gone_row[:3] == ["thumbnail", "thumbnail_gone_data_source", "offline"], gone_row
+    assert "thumbnail.jpg image/jpeg" in gone_row[3], gone_row
+    assert seen["metadata"]["component"] == "daq_web"  # the newest metadata frame
+    # A plot of several channels, and its cursor readout: a time and each channel's value.
+    assert seen["traces"] == ["ch0", "ch1"], seen["traces"]
+    assert re.search(r"\d\d:\d\d:\d\d", seen["readout"]), seen["readout"]
+    assert "ch0" in seen["readout"] and "ch1" in seen["readout"], seen["readout"]
     assert first != second, f"the DAQ plot did not move (screenshots in {tmp_path})"
     r, g, b = Image.open(io.BytesIO(shot)).convert("RGB").getpixel((80, 60))
     assert r > 150 and g < 90 and b < 90, "the thumbnail panel does not show the red thumbnail"
@@ -427,6 +470,21 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
             timeout=45000,
         )
         seen["plot_moved"] = first != plot.screenshot(path=str(out / "demo-plot-2.png"))
+        # An NTCP control point's channel, clicked in the source browser, is plotted too.
+        ntcp = page.locator(
+            '#sources tr[data-source="ntcp_rigSim_data_source"] span.channel',
+            has_text="x-float64-le",
+        ).first
+        seen["ntcp_path"] = ntcp.get_attribute("data-path", timeout=30000)
+        ntcp.click()
+        page.wait_for_function(  # (a control point held still draws a flat line: no height)
+            "() => { const p = document.querySelectorAll('.panel.timeseries .plot')[1];"
+            " return p && p.data && p.data[0].y.length > 0 && p.querySelector('path.js-line'); }",
+            timeout=30000,
+        )
+        seen["ntcp_traces"] = page.evaluate(
+            "() => document.querySelectorAll('.panel.timeseries .plot')[1].data.map((d) => d.name)"
+        )
         live_t = float(tile.get_attribute("data-t") or 0)
         page.click("#pause")  # then scrub 5 s back: an older frame, an older timestamp
         page.wait_for_selector("#slider[data-ready]", timeout=10000)
@@ -449,6 +507,10 @@ def _demo(url: str, out: Path, components: list[str]) -> dict[str, Any]:
         page.click("#console button")
         page.wait_for_selector('#console-reply[data-state="ok"]', timeout=20000)
         seen["status"] = page.locator("#console-reply").inner_text()
+        # With auth: what the viewer's user may do, in the header and by each source.
+        seen["whoami"] = page.locator("#whoami").inner_text()
+        seen["access"] = page.locator('#sources tr[data-source="daq_demo_data_source"] .access')
+        seen["access"] = seen["access"].inner_text()
         # The demo's 50-odd sources and its programs fit the left column: nothing sticks out sideways.
         seen["overflow"] = page.evaluate(
             """() => Object.fromEntries(["left", "browser", "sources", "site"].map((id) => {
@@ -486,6 +548,9 @@ async def test_the_demo_site_in_the_browser(tmp_path: Path) -> None:
     assert seen["plot_moved"], f"the DAQ plot did not move ({tmp_path})"
     assert seen["scrubbed_back_s"] >= 4
     assert '"component": "daq_demo"' in seen["status"] and '"state": "running"' in seen["status"]
+    assert seen["whoami"].startswith("viewer's user: "), seen["whoami"]
+    assert seen["ntcp_traces"] == [seen["ntcp_path"].split("/", 1)[1]], seen
+    assert re.fullmatch(r"r[w-][c-]", seen["access"].strip()), seen["access"]
 
 
 def _day(url: str, out: Path) -> dict[str, Any]:
