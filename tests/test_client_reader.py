@@ -7,6 +7,7 @@ what its readers see: every frame, in order, once, whoever read the socket.
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from turbine import Client, ConnectionFailed, open_client
+from turbine import Client, ConnectionFailed, Frame, open_client
 from turbine.protocol import State
 from turbine.testing import start_broker
 
@@ -234,3 +235,20 @@ async def test_a_reader_that_meets_the_end_reports_the_loss_at_once(nursery, rec
                         await trio.testing.wait_all_tasks_blocked()
                     trio.lowlevel.remove_instrument(steps)
     assert not broken
+
+
+async def test_queued_frames_are_made_only_as_they_are_read(broker):
+    """Batches waiting in a subscription's queue hold no Frame objects yet: a Frame
+    is a tuple the garbage collector tracks for life, and a full queue of them
+    (64 batches of up to thousands) made every collection walk them all."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
+            items = [b"%d" % i for i in range(1000)]
+            await _publish(broker, "a", items[:500], flush_each=False)
+            await _publish(broker, "a", items[500:], flush_each=False)
+            await trio.testing.wait_all_tasks_blocked()
+            first = await sub.receive()
+            made = [o for o in gc.get_objects() if type(o) is Frame and o.source == SRC]
+            assert made == [first]  # the other 999 wait in the queue unmade
+            rest = [(await sub.receive()).data for _ in items[1:]]
+            assert [first.data, *rest] == items

@@ -9,12 +9,12 @@ receiving end of its :class:`Feed`, which the client's read loop fills.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ._client_records import Frame, FrameGroup, Gap, frames_from
+from ._client_records import Frame, FrameGroup, Gap, iter_frames
 from ._constants import METADATA_CHANNEL, SUBSCRIPTION_QUEUE_BATCHES
 from ._errors import ConnectionFailed, TurbineError
 from .messages import CloseSource, Flush, Message, Ok, Request
@@ -91,7 +91,8 @@ class Feed:
 
     Args:
         positions: see :attr:`positions`.
-        unpack: what a ``frames`` message's groups and payload become.
+        unpack: what a ``frames`` message's groups and payload become (a
+            batch: its items in order, made as they are taken).
         wait: how to wait for the next batch when none is there (the
             client's :meth:`~turbine._client_reader.Reader.receive_for`, which
             reads the socket in the waiting task); None: the channel alone.
@@ -100,15 +101,15 @@ class Feed:
     def __init__(
         self,
         positions: dict[str, int] | None = None,
-        unpack: Callable[[list[Any], memoryview], list[Any]] = frames_from,
-        wait: Callable[[Feed], Awaitable[list[Any]]] | None = None,
+        unpack: Callable[[list[Any], memoryview], Iterable[Any]] = iter_frames,
+        wait: Callable[[Feed], Awaitable[Iterable[Any]]] | None = None,
     ) -> None:
         #: Per channel path, the first sequence number not yet received (a
         #: reconnecting client's subscriptions keep it, to resume there).
         self.positions = positions
         #: What a ``frames`` message's groups and payload become for the reader.
         self.unpack = unpack
-        send, self.channel = trio.open_memory_channel[list[Any]](SUBSCRIPTION_QUEUE_BATCHES)
+        send, self.channel = trio.open_memory_channel[Iterable[Any]](SUBSCRIPTION_QUEUE_BATCHES)
         self.send_nowait = send.send_nowait
         self.send = send.send
         self._close = send.close
@@ -120,7 +121,7 @@ class Feed:
         #: this feed (:meth:`close` cancels it).
         self.wake: trio.CancelScope | None = None
 
-    async def next_batch(self) -> list[Any]:
+    async def next_batch(self) -> Iterable[Any]:
         """The next batch delivered (a checkpoint).
 
         Raises:
@@ -172,8 +173,7 @@ class Subscription:
         self.channels: list[str] = []
         self._feed = feed
         self.positions = feed.positions
-        self._batch: list[Any] = []
-        self._i = 0
+        self._items: Iterator[Any] = iter(())  # the rest of the batch being read
 
     def resume_fields(self) -> dict[str, Any]:
         """What resumes it on a new connection: the newest for a monitor, else the
@@ -197,18 +197,17 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Frame | Gap:
-        i = self._i
-        if i < len(self._batch):
-            self._i = i + 1
-            return self._batch[i]
-        try:
-            self._batch = await self._feed.next_batch()
-        except trio.EndOfChannel:
-            if self._feed.error is not None:
-                raise self._feed.error from None
-            raise StopAsyncIteration from None
-        self._i = 1
-        return self._batch[0]
+        for item in self._items:
+            return item  # type: ignore[no-any-return]
+        while True:
+            try:
+                self._items = items = iter(await self._feed.next_batch())
+            except trio.EndOfChannel:
+                if self._feed.error is not None:
+                    raise self._feed.error from None
+                raise StopAsyncIteration from None
+            for item in items:
+                return item  # type: ignore[no-any-return]
 
     async def receive_batch(self) -> list[Frame | FrameGroup | Gap]:
         """The frames and gaps that arrived together (at least one), in order.
@@ -217,18 +216,16 @@ class Subscription:
             ConnectionFailed: the connection to the broker was lost, or the
                 subscription was closed.
         """
-        i = self._i
-        if i < len(self._batch):
-            self._i = len(self._batch)
-            return self._batch[i:]
+        rest = list(self._items)
+        if rest:
+            return rest
         try:
             batch = await self._feed.next_batch()
         except trio.EndOfChannel:
             if self._feed.error is not None:
                 raise self._feed.error from None
             raise ConnectionFailed("the subscription was closed") from None
-        self._batch, self._i = batch, len(batch)
-        return batch
+        return list(batch)
 
     async def receive(self) -> Frame | Gap:
         """The next frame or gap.

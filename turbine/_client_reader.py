@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import trio
@@ -32,7 +32,7 @@ from .messages import Error, Frames, GapReport, Message, Ok
 from .protocol import NEED_DATA, Connection
 
 #: A delivery that waits: the feed was full (its reader is behind).
-Full = tuple[Feed, list[Any]]
+Full = tuple[Feed, Iterable[Any]]
 
 #: What ends a connection when reading it (the read loop turns each into a ConnectionFailed).
 LOST = (ProtocolError, TurbineError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -175,7 +175,7 @@ class Reader:
                 return full
         return None
 
-    async def receive_for(self, feed: Feed) -> list[Any]:
+    async def receive_for(self, feed: Feed) -> Iterable[Any]:
         """The next batch for ``feed`` (whose channel is empty), read from the socket
         by the calling task when the read loop waits for bytes or is given it back.
 
@@ -299,7 +299,7 @@ class Reader:
     }
 
 
-async def deliver_late(feed: Feed, batch: list[Any]) -> None:
+async def deliver_late(feed: Feed, batch: Iterable[Any]) -> None:
     """Wait until ``feed`` takes ``batch``: a slow reader stops the read loop reading the socket.
 
     The subscription may end while we wait (its reader left without

