@@ -127,3 +127,34 @@ async def test_a_failed_write_fails_the_connection_once():
         await outbox.send()
     assert len(lost) == 1
     ours.close()
+
+
+async def test_the_flusher_writes_what_was_put_since_its_last_write():
+    """Puts that fill no batch go out once the putting task lets others run, each
+    time: the first put after a write wakes the flusher again."""
+    ours, theirs = trio.socket.socketpair()
+    lost: list[TurbineError] = []
+    outbox = Outbox(ours, "test", max_frame=100, on_lost=lost.append, producer="p1")
+    broker = Connection(Role.BROKER)
+    hello = Connection(Role.CLIENT).send(ClientHello(protocol=PROTOCOL_VERSION, name="t"))
+    broker.receive_data(b"".join(hello))
+    assert broker.next_event().type == "client_hello"
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(outbox.run_flusher)
+            for i in range(3):
+                assert not outbox.queue(SRC, "x", b"%d" % i, None)
+                assert not outbox.queue(SRC, "x", b"more", None)
+                await trio.testing.wait_all_tasks_blocked()
+                assert not outbox.has_puts
+            nursery.cancel_scope.cancel()
+        got = []
+        while len(got) < 3:
+            if (msg := broker.next_event()) is NEED_DATA:
+                broker.receive_data(await theirs.recv(65536))
+            else:
+                got.append(msg)
+    assert [(bytes(p.payload), p.pseq) for p in got] == [(b"%dmore" % i, i + 1) for i in range(3)]
+    assert not lost
+    ours.close()
+    theirs.close()

@@ -103,10 +103,11 @@ class Outbox:
         batch[0].append(timestamp)
         batch[1].append(data)
         self._bytes += size
-        self._frames += 1
-        if self._bytes >= PUT_BATCH_BYTES or self._frames >= PUT_BATCH_FRAMES:
+        frames = self._frames = self._frames + 1
+        if self._bytes >= PUT_BATCH_BYTES or frames >= PUT_BATCH_FRAMES:
             return True
-        self._wake_flusher.set()
+        if frames == 1:
+            self._wake_flusher.set()  # the first frame since the last write wakes it
         return False
 
     async def send(self, buffers: Sequence[Any] = ()) -> int:
