@@ -48,7 +48,8 @@ from turbine.component import Component, command
 from turbine.settings import address, as_tuple, check, path_setting
 
 from .burner import DISC_FULL, Burner
-from .staging import Buffer, ChannelBuffer, Position, Segment, Staging
+from .intake import Intake
+from .staging import Segment, Staging
 
 __all__ = ["COMPONENT", "DISC_FULL", "DvdArchiver", "DvdArchiverSettings", "Request"]
 
@@ -135,14 +136,11 @@ class DvdArchiver(Component):
         self.staging_dir = Path(cfg.staging or self.state_dir / "staging")
         self.exclude = (f"{self.component}_", *cfg.exclude)
         self.staging: Staging | None = None
-        self.positions: dict[str, Position] = {}
-        self.buffer = Buffer()
+        self.intake = Intake(self.log)
         self.burner: Burner | None = None
         self.last_error: str | None = None
         self.last_result: Any = None
         self.notices: list[dict[str, Any]] = []
-        self.gaps_recorded = 0
-        self.duplicates_dropped = 0
         self._last_sink_seq: int | None = None
         self._lock = trio.Lock()
         self._full = trio.Event()
@@ -163,17 +161,17 @@ class DvdArchiver(Component):
             "media": burner.media if burner else None,
             "staged_bytes": st.staged_bytes if st else 0,
             "staged_segments": len(st.segments) if st else 0,
-            "buffered_bytes": self.buffer.bytes,
+            "buffered_bytes": self.intake.buffer.bytes,
             "next_session": st.state["next_session"] if st else None,
             "pending": st.state["pending"] if st else None,
             "sessions": st.state["sessions"][-10:] if st else [],
             "discs": st.state["discs"][-10:] if st else [],
             "channels": {
                 path: {"staged_seq": pos.seq, "archived_seq": archived.get(path, {}).get("seq")}
-                for path, pos in sorted(self.positions.items())
+                for path, pos in sorted(self.intake.positions.items())
             },
-            "gaps_recorded": self.gaps_recorded,
-            "duplicates_dropped": self.duplicates_dropped,
+            "gaps_recorded": self.intake.gaps_recorded,
+            "duplicates_dropped": self.intake.duplicates_dropped,
             "last_result": self.last_result,
             "last_error": self.last_error,
             "notices": self.notices[-5:],
@@ -196,61 +194,28 @@ class DvdArchiver(Component):
         await self.notify(message, **fields)
         await self._publish(event="notice", message=message, **fields)
 
-    # --- taking frames in
-
-    def offer(self, frame: Frame) -> None:
-        """Buffer ``frame`` unless it was taken in before; record a gap before it."""
-        path = f"{frame.source}/{frame.channel}"
-        pos = self.positions.get(path)
-        seq, ts = frame.seq, frame.timestamp
-        gap: dict[str, Any] | None = None
-        if pos is not None and seq <= pos.seq:
-            if ts <= pos.time:
-                self.duplicates_dropped += 1
-                return
-            # the source's numbering started again (e.g. the broker restarted)
-            gap = {"kind": "renumbered", "after_seq": pos.seq, "after_time": pos.time}
-        elif pos is not None and seq > pos.seq + 1:
-            gap = {"kind": "evicted", "first_missed": pos.seq + 1, "last_missed": seq - 1}
-            gap["missed"] = seq - 1 - pos.seq
-        elif pos is None and seq > 1:
-            gap = {"kind": "before_first_seen", "first_missed": 1, "last_missed": seq - 1}
-            gap["missed"] = seq - 1
-        if gap is not None:
-            gap.update(channel=path, next_seq=seq, next_time=ts, detected=wall_time())
-            self.buffer.gaps.append(gap)
-            self.gaps_recorded += 1
-            if gap["kind"] != "before_first_seen":
-                self.log.warning("gap on %s: %s", path, json.dumps(gap))
-        cb = self.buffer.channels.get(path)
-        if cb is None:
-            cb = self.buffer.channels[path] = ChannelBuffer(
-                frame.source, frame.channel, frame.content_type
-            )
-        cb.frames.append((seq, ts, frame.data))
-        self.buffer.bytes += len(frame.data)
-        self.positions[path] = Position(seq, ts)
+    # --- taking frames in (:class:`~components.dvd_archiver.intake.Intake` buffers them)
 
     async def _take_in(self, pattern: str) -> None:
         assert self.client is not None
-        limit = self.config.segment_bytes
+        limit, intake = self.config.segment_bytes, self.intake
         async with self.client.subscribe(pattern, start="oldest") as sub:
             async for item in sub:
                 if not isinstance(item, Frame):
                     continue  # a gap shows as a jump in seq at the next frame
                 if item.source.startswith(self.exclude):
                     continue
-                self.offer(item)
-                if self.buffer.bytes >= limit:
+                intake.offer(item)
+                if intake.buffer.bytes >= limit:
                     self._full.set()
-                    if self.buffer.bytes >= BUFFER_SEGMENTS * limit:
+                    if intake.buffer.bytes >= BUFFER_SEGMENTS * limit:
                         await self.commit()  # backpressure: the ring, not memory, absorbs
 
     async def commit(self) -> Segment | None:
         """Write what is buffered to staging as one segment."""
         assert self.staging is not None
         async with self._lock:
-            buf, self.buffer = self.buffer, Buffer()
+            buf = self.intake.take()
             self._full = trio.Event()
             segment = await run_blocking(self.staging.commit, buf)
         if (
@@ -272,7 +237,7 @@ class DvdArchiver(Component):
     async def run(self) -> None:
         if self.staging is None:
             self.staging = await run_blocking(Staging, self.staging_dir, self.state_dir)
-            self.positions = self.staging.positions()
+            self.intake.positions = self.staging.positions()
             self.log.info(
                 "staging in %s: %d segments (%d bytes) waiting; next session %d",
                 self.staging_dir,
@@ -320,7 +285,7 @@ class DvdArchiver(Component):
                 request = await self._recv.receive()
             if request is None:
                 self._last_burn = trio.current_time()
-                if not self.staging.segments and not self.buffer:
+                if not self.staging.segments and not self.intake.buffer:
                     continue
                 request = Request("burn", "interval")
             elif request.reason == "size" and trio.current_time() < self._retry_at:

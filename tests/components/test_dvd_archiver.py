@@ -123,7 +123,7 @@ async def wait_staged(arch: DvdArchiver, tb: Client) -> None:
     """Until the archiver has taken in every frame the turbine holds."""
     newest = {f.channel: f.seq for f in await tb.fetch(f"{SOURCE}/*", newest=1)}
     while True:
-        positions = arch.positions
+        positions = arch.intake.positions
         if all(
             (pos := positions.get(f"{SOURCE}/{ch}")) is not None and pos.seq >= seq
             for ch, seq in newest.items()
