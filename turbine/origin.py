@@ -130,12 +130,15 @@ def copy_pieces(
         )
     # The usual put numbers its frames one after another: checked by one list
     # comparison in C, and cut by the writers alone (copy_pieces was half of a
-    # mirror target's CPU with a Python step per frame).
+    # mirror target's CPU with a Python step per frame).  The frames are stored
+    # under ``first`` and their count alone, so a number that equals its place
+    # (1005.0 for 1005) stores what an int would: only ``first``'s type matters,
+    # and no pass over the types is needed (it cost as much as the comparison).
     first = seqs[0] if seqs else 0
     contiguous = (
         type(first) is int
         and first >= 1
-        and set(map(type, seqs)) == _INT
+        and seqs[-1] == first + count - 1
         and seqs == list(range(first, first + count))
     )
     if not contiguous and not all(type(s) is int and s >= 1 for s in seqs):
@@ -183,9 +186,6 @@ def copy_pieces(
     if start is not None:
         pieces.append((start, len(seqs), seqs[start], name))
     return pieces
-
-
-_INT = {int}
 
 
 def _contiguous_pieces(

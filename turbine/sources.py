@@ -272,9 +272,13 @@ class Source(Holding):
                 f"source {self.name!r} is not a mirror; only a mirrored source takes seqs",
                 "mirror",
             )
-        pieces = copy_pieces(ch.path, len(ts), seqs, writers, default_writer, ch.store.next_seq)
+        count = len(ts)
+        pieces = copy_pieces(ch.path, count, seqs, writers, default_writer, ch.store.next_seq)
         for a, b, first, name in pieces:
-            self.append(ch, ts[a:b], data[a:b], name, sizes[a:b], first)
+            if a == 0 and b == count:  # the usual put: one run, the columns as they came
+                self.append(ch, ts, data, name, sizes, first)
+            else:
+                self.append(ch, ts[a:b], data[a:b], name, sizes[a:b], first)
 
     def stored_before(self, producer: str, pseq: int) -> bool:
         """Whether ``producer``'s put number ``pseq`` was stored already (a replay)."""
