@@ -15,6 +15,12 @@ benchmark process puts and reads through the public client API.
   holds the last frame (B is asked every 5 ms).  With each, the CPU seconds
   every process spent meanwhile: on shared cores the wall rates swing with
   the load, the CPU a frame costs much less.
+* ``catch-up``: A holds the frames already (after a cut link or a late
+  start), then the mirror starts: from the copy's opening on B until B
+  holds them all, with every process's CPU meanwhile, against a direct put
+  of the same frames into a fresh B.  Both brokers keep every frame (the
+  source's cache_bytes leaves room for each frame's bookkeeping too); the
+  mirror's own start, until it opens the copy, is printed apart.
 * ``lag``: 1,000 frames/s put into A with their send time; a subscriber of B
   measures each frame's arrival minus its send time (one clock, one machine).
 * ``bridge``: nats-py publishing the same frames straight to the stream
@@ -44,6 +50,7 @@ import click
 import trio
 
 from turbine import open_client
+from turbine._constants import FRAME_OVERHEAD_BYTES
 
 sys.path.insert(0, os.path.dirname(__file__))
 from throughput import cpu_seconds  # noqa: E402  (a sibling script, not a package)
@@ -94,11 +101,17 @@ def load() -> str:
     return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
 
 
-async def put_frames(address: str, count: int, size: int) -> float:
-    """Put ``count`` frames of ``size`` bytes; the rate (frames/s) until flushed."""
+async def put_frames(address: str, count: int, size: int, cache_bytes: int | None = None) -> float:
+    """Put ``count`` frames of ``size`` bytes; the rate (frames/s) until flushed.
+
+    The source holds ``cache_bytes`` (by default the frames' bytes and 1 MiB,
+    which a ring of small frames fills before it holds them all).
+    """
     payload = b"\0" * size
+    if cache_bytes is None:
+        cache_bytes = count * size + 2**20
     async with open_client(address, name="daq") as tb:
-        src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=count * size + 2**20)
+        src = await tb.open_source(SRC, cache_frames=count + 10, cache_bytes=cache_bytes)
         start = time.perf_counter()
         for _ in range(count):
             await src.put("x", payload)
@@ -147,11 +160,11 @@ async def mirrored_rate(
         return count / (time.perf_counter() - start)
 
 
-def direct_run(count: int, size: int) -> tuple[float, list[float]]:
+def direct_run(count: int, size: int, cache_bytes: int | None = None) -> tuple[float, list[float]]:
     """A direct put: its rate, and the CPU seconds of A and of the producer meanwhile."""
     with broker_process() as (a, a_pid):
         before = [cpu_seconds(a_pid), own_cpu()]
-        rate = trio.run(put_frames, a, count, size)
+        rate = trio.run(put_frames, a, count, size, cache_bytes)
         return rate, [cpu_seconds(a_pid) - before[0], own_cpu() - before[1]]
 
 
@@ -171,6 +184,71 @@ def mirrored_run(count: int, size: int) -> tuple[float, list[float]]:
         start: list[float] = []
         rate = trio.run(mirrored_rate, a, b, count, size, lambda: start.extend(now()))
         return rate, [end - begin for end, begin in zip(now(), start, strict=True)]
+
+
+def holding_all(count: int, size: int) -> int:
+    """cache_bytes for a source that keeps all ``count`` frames of ``size`` bytes."""
+    return count * (size + FRAME_OVERHEAD_BYTES) + 2**20
+
+
+async def copy_opened(address: str) -> None:
+    """Return once the mirror has opened its copy of the source on ``address``."""
+    async with open_client(address) as tb:
+        while True:
+            if await tb.list_sources(SRC):
+                return
+            await trio.sleep(0.005)
+
+
+def catch_up_run(count: int, size: int) -> tuple[float, float, list[float]]:
+    """A holds ``count`` frames, then the mirror starts: its start-up (seconds
+    until the copy is open on B), the rate from then until B holds them all,
+    and the CPU seconds meanwhile of A, B, the mirror and the waiter."""
+    with broker_process() as (a, a_pid), broker_process() as (b, b_pid):
+        trio.run(put_frames, a, count, size, holding_all(count, size))
+        launched = time.perf_counter()
+        with mirror_process(a, b) as mirror:
+            pids = (a_pid, b_pid, mirror.pid)
+
+            def now() -> list[float]:
+                return [*map(cpu_seconds, pids), own_cpu()]
+
+            trio.run(copy_opened, b)
+            start, before = time.perf_counter(), now()
+            trio.run(wait_for_seq, b, count)
+            end = time.perf_counter()
+            spent = [after - begin for after, begin in zip(now(), before, strict=True)]
+    return start - launched, count / (end - start), spent
+
+
+def bench_catch_up(frames: int) -> None:
+    print(f"\n### Mirror catch-up: A holds the frames, then the mirror starts ({load()})\n")
+    print(
+        "| frame | frames | direct put into B | A -> B, from the copy's opening | "
+        "catch-up / direct | mirror start |"
+    )
+    print("|---|---|---|---|---|---|")
+    cpu_rows = []
+    for size, count in ((64, frames), (100_000, max(200, frames // 100))):
+        direct, direct_cpu = direct_run(count, size, holding_all(count, size))
+        started, rate, spent = catch_up_run(count, size)
+        print(
+            f"| {size:,} B | {count:,} | {direct:,.0f} /s ({direct * size / 1e6:,.1f} MB/s) "
+            f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} "
+            f"| {started:.2f} s |"
+        )
+        cpu_rows.append((size, direct_cpu, spent))
+    print("\nCPU seconds per process (10 ms ticks)\n")
+    print(
+        "| frame | direct: B | direct: producer | catch-up: A | B | mirror | waiter "
+        "| all, catch-up / direct |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size, direct_cpu, spent in cpu_rows:
+        total = sum(direct_cpu)
+        ratio = f"{sum(spent) / total:.1f}x" if total else "-"
+        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *spent])
+        print(f"| {size:,} B | {cells} | {ratio} |")
 
 
 def bench_mirror(frames: int) -> None:
@@ -350,7 +428,7 @@ def bench_bridge(frames: int) -> None:
 
 
 @click.command()
-@click.option("--tests", default="mirror,lag,bridge", show_default=True)
+@click.option("--tests", default="mirror,catch-up,lag,bridge", show_default=True)
 @click.option(
     "--frames", default=50_000, show_default=True, help="64 B frames per run (100 KB: /100)."
 )
@@ -362,6 +440,8 @@ def main(tests: str, frames: int, rate: int, seconds: float) -> None:
     chosen = tests.split(",")
     if "mirror" in chosen:
         bench_mirror(frames)
+    if "catch-up" in chosen:
+        bench_catch_up(frames)
     if "lag" in chosen:
         bench_lag(rate, seconds)
     if "bridge" in chosen:
