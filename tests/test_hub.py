@@ -631,6 +631,12 @@ def test_a_subscriber_behind_a_deleted_source_is_told_what_went_with_it(hub):
     hub.open_source(BOB, SRC)
     put(hub, BOB, f"{SRC}/a", b"5")
     assert pull(sub) == ([], [(f"{SRC}/a", 5)])
+    mon = subscribe(hub, SRC, monitor=True, sid=2)
+    put(hub, BOB, f"{SRC}/a", b"6", b"7")
+    hub.delete(SRC, BOB)
+    hub.open_source(BOB, SRC)
+    put(hub, BOB, f"{SRC}/a", b"8", b"9")
+    assert pull(mon) == ([], [(f"{SRC}/a", 9)]) and mon.resume is None  # a monitor: the newest
 
 
 def test_a_falling_behind_cursor_gets_a_gap_then_carries_on(hub):

@@ -197,7 +197,7 @@ class Router:
         for cur in self._cursors.pop(ch, ()):
             sub = cur.sub
             del sub.cursors[ch]
-            if cur.next_seq < ch.store.next_seq:
+            if cur.next_seq < ch.store.next_seq and not sub.monitor:  # (a monitor: the newest)
                 if sub.resume is None:
                     sub.resume = {}
                 sub.resume[ch.path] = cur.next_seq
