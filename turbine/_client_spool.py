@@ -312,20 +312,22 @@ class Spool:
         Past the memory limit the put goes to the spool file, written and
         synced in a worker thread; that cannot be cancelled (a cancel takes
         effect after), so a put taken is always kept.  Kept in memory while
-        the broker is ``away``, it is noted in the spool file (not synced).
+        the broker is ``away``, it is noted in the spool file on the event loop
+        (a few dozen bytes, not synced: less than a worker thread's hop costs).
         """
         entry = _Entry(put, data, nbytes, wall_time())
         to_file = self.memory_bytes + nbytes > self.memory_limit
         if self.directory is not None and (to_file or away):
-            with trio.CancelScope(shield=True):
-                try:
-                    await run_blocking(self._to_file, entry, to_file)
-                except OSError as exc:
-                    log.error(
-                        "cannot spool to %s: %s; keeping these frames in memory",
-                        self.directory,
-                        exc,
-                    )
+            try:
+                if to_file:
+                    with trio.CancelScope(shield=True):
+                        await run_blocking(self._to_file, entry, to_file)
+                else:
+                    self._to_file(entry, False)
+            except OSError as exc:
+                log.error(
+                    "cannot spool to %s: %s; keeping these frames in memory", self.directory, exc
+                )
         self._keep(entry)
 
     def _to_file(self, entry: _Entry, frames: bool) -> None:
