@@ -33,8 +33,9 @@ import trio
 from turbine import open_file
 
 from ._constants import DATA_CHUNK, POLL_INTERVAL, PROTOCOL_VERSION
+from ._wire import Wire
 from .errors import NetDVDBusyError, NetDVDError, NetDVDProtocolError
-from .protocol import Busy, Data, Error, Event, FrameDecoder, Hello, NeedData, Ok, Request, encode
+from .protocol import Busy, Data, Hello, Request
 
 
 @attrs.frozen
@@ -137,40 +138,9 @@ class NetDVDClient:
     """A connection to a NetDVD device; make one with :func:`open_netdvd`."""
 
     def __init__(self, stream: trio.abc.Stream, device_version: int) -> None:
-        self._stream = stream
-        self._decoder = FrameDecoder()
-        self._lock = trio.Lock()
+        self._wire = Wire(stream)
         #: The highest protocol version the device announced.
         self.device_version = device_version
-
-    # -- plumbing ------------------------------------------------------------------
-
-    async def _send(self, event: Event) -> None:
-        try:
-            await self._stream.send_all(encode(event))
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise NetDVDError(f"connection to the device lost: {exc}", "connection") from exc
-
-    async def _receive(self) -> Event:
-        while True:
-            event = self._decoder.next_event()
-            if not isinstance(event, NeedData):
-                return event
-            try:
-                data = await self._stream.receive_some(DATA_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise NetDVDError(f"connection to the device lost: {exc}", "connection") from exc
-            if not data:
-                raise NetDVDError("the device closed the connection", "connection")
-            self._decoder.receive_data(data)
-
-    async def _reply(self) -> dict[str, Any]:
-        event = await self._receive()
-        if isinstance(event, Error):
-            raise NetDVDError(event.message, event.code)
-        if not isinstance(event, Ok):
-            raise NetDVDProtocolError(f"expected a reply, got {event!r}")
-        return event.result
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send command ``op`` and return its result (low level; prefer the methods).
@@ -178,13 +148,11 @@ class NetDVDClient:
         Raises:
             NetDVDError: the device refused the command.
         """
-        async with self._lock:
-            await self._send(Request(op, args))
-            return await self._reply()
+        return await self._wire.request(op, args)
 
     async def aclose(self) -> None:
         """Close the connection (a running job goes on on the device)."""
-        await self._stream.aclose()
+        await self._wire.aclose()
 
     # -- session -------------------------------------------------------------------
 
@@ -194,15 +162,7 @@ class NetDVDClient:
         ``client_time`` (default: now) is the clock the device uses for the
         timestamps it writes.  Returns the bytes free for the working directory.
         """
-        if client_time is None:
-            seconds = time.time()
-        elif isinstance(client_time, dt.datetime):
-            if client_time.tzinfo is None:
-                raise ValueError("client_time must be timezone-aware (UTC)")
-            seconds = client_time.timestamp()
-        else:
-            seconds = float(client_time)
-        result = await self.request("init", version=PROTOCOL_VERSION, time=seconds)
+        result = await self.request("init", version=PROTOCOL_VERSION, time=_seconds(client_time))
         return int(result["free_bytes"])
 
     # -- working directory ---------------------------------------------------------
@@ -212,17 +172,19 @@ class NetDVDClient:
 
         ``mtime`` defaults to the client clock at the device.
         """
-        async with self._lock:
+        wire = self._wire
+        async with wire.lock:
             await self._put_start(path, len(data), mtime)
             for start in range(0, len(data), DATA_CHUNK):
-                await self._send(Data(data[start : start + DATA_CHUNK]))
-            await self._reply()
+                await wire.send(Data(data[start : start + DATA_CHUNK]))
+            await wire.reply()
 
     async def put_file(self, local: Path, path: str, *, mtime: float | None = None) -> None:
         """Upload the local file ``local`` as ``path``, keeping its mtime by default."""
         local = Path(local)
         stat = local.stat()
-        async with self._lock:
+        wire = self._wire
+        async with wire.lock:
             await self._put_start(path, stat.st_size, stat.st_mtime if mtime is None else mtime)
             sent = 0
             async with await open_file(local, "rb") as source:
@@ -230,16 +192,16 @@ class NetDVDClient:
                     chunk = await source.read(min(DATA_CHUNK, stat.st_size - sent))
                     if not chunk:
                         raise NetDVDError(f"{local} shrank while being uploaded", "local")
-                    await self._send(Data(chunk))
+                    await wire.send(Data(chunk))
                     sent += len(chunk)
-            await self._reply()
+            await wire.reply()
 
     async def _put_start(self, path: str, size: int, mtime: float | None) -> None:
         args: dict[str, Any] = {"path": path, "size": size}
         if mtime is not None:
             args["mtime"] = mtime
-        await self._send(Request("put", args))
-        await self._reply()
+        await self._wire.send(Request("put", args))
+        await self._wire.reply()
 
     async def mkdir(self, path: str, *, mtime: float | None = None) -> None:
         """Make directory ``path`` (and its parents) in the working directory."""
@@ -262,20 +224,10 @@ class NetDVDClient:
         if not local.is_dir():
             raise NetDVDError(f"{local} is neither a file nor a directory", "local")
         total = 0
-        dirs: list[tuple[str, float]] = [(target, local.stat().st_mtime)]
-        for root, subdirs, files in os.walk(local):
-            subdirs.sort()
-            base = Path(root)
-            rel = base.relative_to(local).as_posix()
-            prefix = target if rel == "." else f"{target}/{rel}"
-            for name in subdirs:
-                dirs.append((f"{prefix}/{name}", (base / name).stat().st_mtime))
-            for name in sorted(files):
-                file = base / name
-                if file.is_symlink() or not file.is_file():
-                    continue
-                await self.put_file(file, f"{prefix}/{name}")
-                total += file.stat().st_size
+        files, dirs = _tree(local, target)
+        for file, file_path in files:
+            await self.put_file(file, file_path)
+            total += file.stat().st_size
         for dir_path, mtime in dirs:
             await self.mkdir(dir_path, mtime=mtime)
         return total
@@ -404,12 +356,13 @@ class NetDVDClient:
             return await self._read(path, sink.write)
 
     async def _read(self, path: str, on_chunk: Callable[[bytes], Awaitable[object]]) -> int:
-        async with self._lock:
-            await self._send(Request("read", {"path": path}))
-            size = int((await self._reply())["size"])
+        wire = self._wire
+        async with wire.lock:
+            await wire.send(Request("read", {"path": path}))
+            size = int((await wire.reply())["size"])
             received = 0
             while received < size:
-                event = await self._receive()
+                event = await wire.receive()
                 if not isinstance(event, Data) or len(event.data) > size - received:
                     raise NetDVDProtocolError(f"bad data frame while reading {path!r}")
                 received += len(event.data)
@@ -423,6 +376,41 @@ class NetDVDClient:
     async def eject(self) -> MediaStatus:
         """Eject the disc; returns the medium loaded next (emulated drive)."""
         return MediaStatus.from_wire((await self.request("eject"))["media"])
+
+
+def _seconds(client_time: dt.datetime | float | None) -> float:
+    """``init``'s clock as seconds since the epoch (None: now).
+
+    Raises:
+        ValueError: a datetime without a time zone.
+    """
+    if client_time is None:
+        return time.time()
+    if isinstance(client_time, dt.datetime):
+        if client_time.tzinfo is None:
+            raise ValueError("client_time must be timezone-aware (UTC)")
+        return client_time.timestamp()
+    return float(client_time)
+
+
+def _tree(local: Path, target: str) -> tuple[list[tuple[Path, str]], list[tuple[str, float]]]:
+    """The regular files under directory ``local`` with their paths under ``target``,
+    sorted, and every directory (``target`` first) with its mtime; links and
+    special files are left out."""
+    files: list[tuple[Path, str]] = []
+    dirs: list[tuple[str, float]] = [(target, local.stat().st_mtime)]
+    for root, subdirs, names in os.walk(local):
+        subdirs.sort()
+        base = Path(root)
+        rel = base.relative_to(local).as_posix()
+        prefix = target if rel == "." else f"{target}/{rel}"
+        for name in subdirs:
+            dirs.append((f"{prefix}/{name}", (base / name).stat().st_mtime))
+        for name in sorted(names):
+            file = base / name
+            if not file.is_symlink() and file.is_file():
+                files.append((file, f"{prefix}/{name}"))
+    return files, dirs
 
 
 @asynccontextmanager
@@ -447,7 +435,7 @@ async def open_netdvd(
         ) from exc
     async with stream:
         client = NetDVDClient(stream, PROTOCOL_VERSION)
-        hello = await client._receive()
+        hello = await client._wire.receive()
         if isinstance(hello, Busy):
             raise NetDVDBusyError(hello.message)
         if not isinstance(hello, Hello):
