@@ -1,4 +1,5 @@
-"""Reply correlation: the synchronous bookkeeping, then waiting under trio."""
+"""Reply correlation: the synchronous bookkeeping, then waiting under trio (in virtual
+time, so that a hang fails at once and a loaded machine cannot trip a bound)."""
 
 import pytest
 import trio
@@ -81,7 +82,7 @@ def test_fail_wakes_every_waiter_and_close_refuses_later_requests():
 # ------------------------------------------------------------------ trio
 
 
-async def test_wait_returns_when_the_reader_delivers():
+async def test_wait_returns_when_the_reader_delivers(autojump_clock):
     replies: Correlator[str, str] = Correlator()
     got: list[str] = []
 
@@ -98,7 +99,7 @@ async def test_wait_returns_when_the_reader_delivers():
     assert got == ["the reply"]
 
 
-async def test_waiters_get_reply_lost_when_the_stream_ends():
+async def test_waiters_get_reply_lost_when_the_stream_ends(autojump_clock):
     replies: Correlator[int, str] = Correlator()
     errors: list[str] = []
 

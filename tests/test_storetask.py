@@ -1,4 +1,8 @@
-"""A connection's store task, with the connection faked: deferred replies, replies in parts."""
+"""A connection's store task, with the connection faked: deferred replies, replies in parts.
+
+In virtual time (``autojump_clock``): the tests' ``fail_after`` catches a hang at once,
+and a loaded machine cannot trip it.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +51,9 @@ class FakeConnection:
         return buffers
 
 
-async def test_a_reply_in_parts_reads_the_next_part_only_once_the_one_before_is_taken():
+async def test_a_reply_in_parts_reads_the_next_part_only_once_the_one_before_is_taken(
+    autojump_clock,
+):
     conn = FakeConnection()
     reads = StoreReads(conn)
     read: list[int] = []
@@ -79,7 +85,7 @@ async def test_a_reply_in_parts_reads_the_next_part_only_once_the_one_before_is_
     ]
 
 
-async def test_a_reply_in_parts_that_fails_midway_ends_with_the_error():
+async def test_a_reply_in_parts_that_fails_midway_ends_with_the_error(autojump_clock):
     conn = FakeConnection()
     reads = StoreReads(conn)
 
