@@ -1,4 +1,9 @@
-"""The client's parts: its write side, its handles, and leaving a subscription mid-stream."""
+"""The client's parts: its write side, its handles, and leaving a subscription mid-stream.
+
+The write-side tests talk over a Unix socket pair in virtual time (``autojump_clock``):
+a send there is in the peer's queue when it returns, so the clock cannot jump ahead of
+the bytes, and their ``fail_after`` catches a hang at once without load tripping it.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ async def test_leaving_a_subscription_whose_queue_is_full_keeps_the_connection(b
             assert status["clients"]
 
 
-async def test_outbox_writes_queued_puts_per_channel_before_the_next_message():
+async def test_outbox_writes_queued_puts_per_channel_before_the_next_message(autojump_clock):
     """A request written after puts follows them, so a flush covers every frame put before it."""
     ours, theirs = trio.socket.socketpair()
     lost: list[TurbineError] = []
@@ -94,7 +99,7 @@ class _FirstPass(trio.abc.Instrument):
                 self.held = b""
 
 
-async def test_an_uncontended_send_writes_before_other_tasks_run():
+async def test_an_uncontended_send_writes_before_other_tasks_run(autojump_clock):
     """A request (a flush) goes on the wire before the run loop goes round once: no
     scheduler pass between a caller and its write (the latency path)."""
     ours, theirs = socket.socketpair()
@@ -113,7 +118,7 @@ async def test_an_uncontended_send_writes_before_other_tasks_run():
     assert not lost
 
 
-async def test_a_failed_write_fails_the_connection_once():
+async def test_a_failed_write_fails_the_connection_once(autojump_clock):
     """A write to a closed peer raises ConnectionFailed and reports it (on_lost) for the client."""
     ours, theirs = trio.socket.socketpair()
     lost: list[TurbineError] = []
@@ -129,7 +134,7 @@ async def test_a_failed_write_fails_the_connection_once():
     ours.close()
 
 
-async def test_the_flusher_writes_what_was_put_since_its_last_write():
+async def test_the_flusher_writes_what_was_put_since_its_last_write(autojump_clock):
     """Puts that fill no batch go out once the putting task lets others run, each
     time: the first put after a write wakes the flusher again."""
     ours, theirs = trio.socket.socketpair()
