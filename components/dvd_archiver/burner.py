@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -135,22 +135,11 @@ class Burner:
         self._log.info("burned %d session(s) (%s)", len(done), reason)
         return {"sessions": done}
 
-    def _fits(self, segments: list[Segment], media: MediaStatus) -> int:
-        """How many of ``segments`` (in order) the disc's free space takes, by estimate."""
-        room = media.free_bytes - SESSION_OVERHEAD["new" if media.blank else "append"]
-        n = 0
-        for seg in segments:
-            room -= seg.estimate
-            if room < 0:
-                break
-            n += 1
-        return n
-
     async def _burn_fitting(
         self, dvd: NetDVDClient, segments: list[Segment], media: MediaStatus
     ) -> dict[str, Any] | None:
         """Burn the longest prefix of ``segments`` that fits; None if none does."""
-        n = min(self._fits(segments, media), len(segments))
+        n = min(_fitting(segments, media), len(segments))
         mode = "new" if media.blank else "append"
         while n > 0:
             session = self._staging.state["next_session"]
@@ -162,8 +151,7 @@ class Burner:
             try:
                 await self._write_session(dvd, session, local, mode, manifest, media)
             except NetDVDError as exc:
-                self._staging.state["pending"] = None
-                await run_blocking(self._staging.save_state)
+                await run_blocking(self._staging.set_pending, None)
                 if exc.code != "disc_full":
                     raise
                 self._log.info("session %d with %d segments does not fit: %s", session, n, exc)
@@ -171,16 +159,8 @@ class Burner:
                 continue
             await self._verify(dvd, session, manifest_bytes, manifest)
             async with self._lock:
-                await run_blocking(self._staging.archived, session, manifest, media.name)
-            result = {
-                "session": session,
-                "disc": media.name,
-                "mode": mode,
-                "segments": n,
-                "files": len(manifest["files"]),
-                "frames": sum(c["frames"] for c in manifest["channels"].values()),
-                "gaps": len(manifest["gaps"]),
-            }
+                record = await run_blocking(self._staging.archived, session, manifest, media.name)
+            result = {**record, "mode": mode, "segments": n}
             await self._publish(event="archived", **result)
             return result
         return None
@@ -198,12 +178,9 @@ class Burner:
         await dvd.clear()
         for file in layout.walk_files(local):
             await dvd.put_file(file, file.relative_to(local).as_posix())
-        self._staging.state["pending"] = {
-            "session": session,
-            "disc": media.name,
-            "through_segment": manifest["through_segment"],
-        }
-        await run_blocking(self._staging.save_state)
+        through = manifest["through_segment"]
+        pending = {"session": session, "disc": media.name, "through_segment": through}
+        await run_blocking(self._staging.set_pending, pending)
         self.activity = f"burning session {session} ({mode})"
         volume = f"{self._component.upper()[:26]}_{session:04d}"
         await dvd.start_burn(mode, volume_id=volume)  # type: ignore[arg-type]
@@ -230,26 +207,15 @@ class Burner:
         Raises:
             NetDVDError: a file is missing or differs (code ``verify_failed``).
         """
-        self.activity = f"verifying session {session}"
-        await dvd.mount()
+        what = self.activity = f"verifying session {session}"
+
+        def checking(done: int, total: int) -> None:
+            self.job = {"what": what, "done": done, "total": total}
+
         try:
-            on_disc = await dvd.read(layout.manifest_path(session))
-            if manifest_bytes is not None and on_disc != manifest_bytes:
-                raise NetDVDError(
-                    f"session {session}: the manifest on the disc differs", "verify_failed"
-                )
-            files = manifest["files"]
-            for i, (path, entry) in enumerate(sorted(files.items())):
-                self.job = {"what": f"verifying session {session}", "done": i, "total": len(files)}
-                data = await dvd.read(path)
-                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                    raise NetDVDError(
-                        f"session {session}: {path} on the disc does not match its SHA-256",
-                        "verify_failed",
-                    )
+            await verify_session(dvd, session, manifest_bytes, manifest, checking)
         finally:
             self.job = None
-            await dvd.unmount()
 
     async def _resolve_pending(self, dvd: NetDVDClient) -> None:
         """After a restart during a burn: was the session written?  Keep it if verified."""
@@ -258,14 +224,7 @@ class Burner:
         media = await self._media(dvd)
         manifest: dict[str, Any] | None = None
         if media.present and not media.blank and media.name == pending["disc"]:
-            await dvd.mount()
-            try:
-                manifest = json.loads(await dvd.read(layout.manifest_path(session)))
-            except NetDVDError as exc:
-                if exc.code != "not_found":
-                    raise
-            finally:
-                await dvd.unmount()
+            manifest = await _manifest_on_disc(dvd, session)
         if manifest is not None and manifest.get("through_segment") == pending["through_segment"]:
             try:
                 await self._verify(dvd, session, None, manifest)
@@ -281,8 +240,7 @@ class Burner:
                     await run_blocking(self._staging.archived, session, manifest, media.name)
                 return
         self._log.info("session %d from before the restart is not on disc; burning again", session)
-        self._staging.state["pending"] = None
-        await run_blocking(self._staging.save_state)
+        await run_blocking(self._staging.set_pending, None)
 
     async def _finish_disc(
         self, dvd: NetDVDClient, *, full: bool, copies: int | None
@@ -309,9 +267,7 @@ class Burner:
             "full": full,
             "time": wall_time(),
         }
-        self._staging.state["discs"].append(record)
-        del self._staging.state["discs"][:-100]
-        await run_blocking(self._staging.save_state)
+        await run_blocking(self._staging.disc_done, record)
         now = await self._media(dvd)
         if full:
             await self._notice(DISC_FULL, disc=media.name, copies=record["copies"], next=now.name)
@@ -320,3 +276,66 @@ class Burner:
         if not now.present:
             await self._notice("no disc in the drive: insert a blank")
         return {**record, "next": now.name}
+
+
+def _fitting(segments: list[Segment], media: MediaStatus) -> int:
+    """How many of ``segments`` (in order) the disc's free space takes, by estimate."""
+    room = media.free_bytes - SESSION_OVERHEAD["new" if media.blank else "append"]
+    n = 0
+    for seg in segments:
+        room -= seg.estimate
+        if room < 0:
+            break
+        n += 1
+    return n
+
+
+async def verify_session(
+    dvd: NetDVDClient,
+    session: int,
+    manifest_bytes: bytes | None,
+    manifest: dict[str, Any],
+    checking: Callable[[int, int], None],
+) -> None:
+    """Mount the disc, read session ``session``'s manifest (equal to ``manifest_bytes``
+    unless None) and every file it lists back, each against its SHA-256; unmount.
+    ``checking(done, total)`` is told before each file.
+
+    Raises:
+        NetDVDError: a file is missing or differs (code ``verify_failed``).
+    """
+    await dvd.mount()
+    try:
+        on_disc = await dvd.read(layout.manifest_path(session))
+        if manifest_bytes is not None and on_disc != manifest_bytes:
+            raise NetDVDError(
+                f"session {session}: the manifest on the disc differs", "verify_failed"
+            )
+        files = manifest["files"]
+        for i, (path, entry) in enumerate(sorted(files.items())):
+            checking(i, len(files))
+            data = await dvd.read(path)
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise NetDVDError(
+                    f"session {session}: {path} on the disc does not match its SHA-256",
+                    "verify_failed",
+                )
+    finally:
+        await dvd.unmount()
+
+
+async def _manifest_on_disc(dvd: NetDVDClient, session: int) -> dict[str, Any] | None:
+    """Session ``session``'s manifest on the disc in the drive, or None: it has none.
+
+    Raises:
+        NetDVDError: the disc cannot be read (not a missing manifest).
+    """
+    await dvd.mount()
+    try:
+        return cast(dict[str, Any], json.loads(await dvd.read(layout.manifest_path(session))))
+    except NetDVDError as exc:
+        if exc.code != "not_found":
+            raise
+        return None
+    finally:
+        await dvd.unmount()

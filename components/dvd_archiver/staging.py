@@ -29,7 +29,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import msgpack
@@ -272,8 +272,9 @@ class Staging:
         )
         return out, manifest, json.loads(manifest)
 
-    def archived(self, session: int, manifest: dict[str, Any], disc: str | None) -> None:
-        """Record session ``session`` as verified on disc, then delete its staged data."""
+    def archived(self, session: int, manifest: dict[str, Any], disc: str | None) -> dict[str, Any]:
+        """Record session ``session`` as verified on disc, then delete its staged data;
+        return its record (session, disc, files, bytes, frames, gaps, time)."""
         through = manifest["through_segment"]
         state = self.state
         for path, ch in manifest["channels"].items():
@@ -300,6 +301,19 @@ class Staging:
             shutil.rmtree(seg.path)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.sessions_dir / f"{session:04d}")
+        return cast(dict[str, Any], state["sessions"][-1])
+
+    def set_pending(self, pending: dict[str, Any] | None) -> None:
+        """Record the session being burned (``session``, ``disc``, ``through_segment``;
+        None: no burn is under way) and save the state."""
+        self.state["pending"] = pending
+        self.save_state()
+
+    def disc_done(self, record: dict[str, Any]) -> None:
+        """Record a finished disc (the newest 100 are kept) and save the state."""
+        self.state["discs"].append(record)
+        del self.state["discs"][:-100]
+        self.save_state()
 
     def sessions_on(self, disc: str | None) -> list[int]:
         return [s["session"] for s in self.state["sessions"] if s["disc"] == disc]
