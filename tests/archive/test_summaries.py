@@ -3,13 +3,14 @@ back after a reopen, made again from the frames where the files lack them (plain
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
 from turbine._constants import FLOAT64_CONTENT_TYPE
 from turbine.archive import Declare, Put, SourceLog
 from turbine.archive import _format as fmt
-from turbine.archive._ops import Summary
+from turbine.archive._ops import Summary, WriteFailed
 from turbine.summary import Summaries
 
 MiB = 2**20
@@ -125,4 +126,33 @@ def test_a_data_dir_from_before_summary_files_opens_and_summarizes_its_open_segm
     assert len(log.read("v", 1, 1000)[0].ts) == 300  # every frame is there, as before
     log = reopen(log)  # the open segment's complete blocks are on file now
     assert_blocks(log.take_summaries()["v"], range(first_open, 301))
+    log.close()
+
+
+def test_a_seal_whose_summary_file_failed_keeps_its_blocks_for_the_retry(tmp_path, monkeypatch):
+    log = make(tmp_path)
+    replace = os.replace
+    failed: list[str] = []
+
+    def full_once(src, dst):
+        if str(dst).endswith(".sum") and not failed:
+            failed.append(str(dst))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_once)  # the first seal's summary file fails
+    ops: list = []
+    summaries = Summaries(sink=lambda block: ops.append(Summary("v", block)))
+    for k in range(1, 141):  # 1.1 MB: the first segment is sealed on the way
+        data = [struct.pack("<1000d", *values(k))]
+        ops.append(Put("v", k, [float(k)], [8000], data, "w"))
+        summaries.add(k, [float(k)], data)
+        try:
+            log.write(ops, now=0)
+        except WriteFailed:
+            log.write(ops, now=0)  # the store task's retry
+        ops.clear()
+    assert failed and len(log.segments) == 2
+    end = log.segments[0].spans[log.channels["v"].id].end_seq  # frames 1 .. end - 1 in it
+    assert filed(log)[1] == list(range(1, end - 1))  # the retried seal wrote every block
     log.close()

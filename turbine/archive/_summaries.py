@@ -87,21 +87,18 @@ class LogSummaries:
         """
         self.close()
         blocks = self._blocks if self._blocks_of == segment.number else {}
-        self._blocks, self._blocks_of = {}, 0
-        if not blocks and not any(
-            ch in channels and span.frames for ch, span in segment.spans.items()
-        ):
-            return
-        data = [fmt.encode_summary_header(segment.number)]
-        data += [fmt.encode_summary_batch(ch, b) for ch, b in blocks.items()]
-        tmp = segment.summary_path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_all(fd, data, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, segment.summary_path)
+        if blocks or any(ch in channels and span.frames for ch, span in segment.spans.items()):
+            data = [fmt.encode_summary_header(segment.number)]
+            data += [fmt.encode_summary_batch(ch, b) for ch, b in blocks.items()]
+            tmp = segment.summary_path + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_all(fd, data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, segment.summary_path)
+        self._blocks, self._blocks_of = {}, 0  # (kept for the seal's retry if it failed)
 
     def _open(self, segment: Segment) -> int:
         if self._fd >= 0 and self._number == segment.number:
