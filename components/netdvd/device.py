@@ -6,6 +6,8 @@ This module knows nothing about sockets; server.py moves the bytes and calls
 fails changes neither the working directory nor the disc.  The working
 directory's own operations are :class:`~components.netdvd.workdir.WorkDir`'s;
 the device decides when it may be written (never while it is being burned).
+The running job is :class:`~components.netdvd.jobs.Jobs`'; the commands that
+start one (burn, copy, burn_copy) are in :mod:`components.netdvd.job_commands`.
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ import trio
 
 from turbine import run_blocking
 
+from . import job_commands
 from ._args import arg, bad_request, check_relative_path
 from ._constants import PROTOCOL_VERSION
-from .drive import Drive, Media, Progress
+from .drive import Drive, Media
 from .errors import NetDVDError
+from .job_commands import COPY_NAME
+from .jobs import Jobs
 from .workdir import PutTarget, WorkDir
 
 __all__ = ["DATA_OPS", "Device", "PutTarget", "check_relative_path"]
 
 _JOB_STATES = {"burn": "burning", "copy": "copying", "burn_copy": "burning_copy"}
-_COPY_NAME = "copy.iso"
 
 
 @attrs.define(eq=False)
@@ -54,13 +58,14 @@ class Device:
     job_nursery: trio.Nursery
     clock_offset: float = 0.0
     _workdir: WorkDir | None = None
-    job: Progress | None = None
-    last_job: dict[str, Any] | None = None
     mounted: bool = False
     media: Media = Media(present=False)
-    _job_done: trio.Event = attrs.field(factory=trio.Event)
-    _job_workdir: Path | None = None
     _counter: itertools.count[int] = attrs.field(factory=itertools.count)
+    #: The running job and the last one's outcome.
+    jobs: Jobs = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.jobs = Jobs(self.job_nursery, self._read_media)
 
     @classmethod
     async def open(cls, drive: Drive, spool: Path, job_nursery: trio.Nursery) -> Device:
@@ -70,10 +75,9 @@ class Device:
         (spool / "work").mkdir(parents=True, exist_ok=True)
         (spool / "staging").mkdir(parents=True, exist_ok=True)
         for leftover in (spool / "staging").iterdir():
-            if leftover.name != _COPY_NAME:
+            if leftover.name != COPY_NAME:
                 leftover.unlink()
         device = cls(drive, spool, job_nursery)
-        device._job_done.set()
         device.media = await drive.media()
         return device
 
@@ -88,26 +92,23 @@ class Device:
         """The working directory of the client that sent ``init``; ``None`` before."""
         return None if self._workdir is None else self._workdir.path
 
-    def _work(self) -> WorkDir:
+    def work(self) -> WorkDir:
+        """The working directory of the client that sent ``init``.
+
+        Raises:
+            NetDVDError: no ``init`` yet (code ``not_initialized``).
+        """
         if self._workdir is None:
             raise NetDVDError("send 'init' first", "not_initialized")
         return self._workdir
 
     def _writable_work(self) -> WorkDir:
-        work = self._work()
-        if self._job_workdir == work.path:
+        work = self.work()
+        if self.jobs.workdir == work.path:
             raise NetDVDError(
                 "the working directory is being burned; wait for the burn to end", "busy"
             )
         return work
-
-    def _idle(self) -> None:
-        if self.job is not None:
-            raise NetDVDError(
-                f"the device is busy with {self.job.op!r}; follow it with 'status' "
-                "or wait for it with 'wait'",
-                "busy",
-            )
 
     def free_bytes(self) -> int:
         """Bytes free on the spool's partition."""
@@ -115,9 +116,16 @@ class Device:
 
     async def refresh_media(self) -> Media:
         """Ask the drive about its medium (only when no job is running)."""
-        if self.job is None:
+        if self.jobs.current is None:
             self.media = await self.drive.media()
         return self.media
+
+    async def _read_media(self) -> None:
+        """After a job: what the drive holds now (none, if it cannot tell)."""
+        try:
+            self.media = await self.drive.media()
+        except NetDVDError:
+            self.media = Media(present=False)
 
     def disconnected(self) -> None:
         """The client went away: what it mounted is unmounted."""
@@ -154,7 +162,7 @@ class Device:
             raise bad_request("argument 'time' must be seconds since 1970-01-01 UTC")
         self.clock_offset = client_time - time.time()
         for old in (self.spool / "work").iterdir():
-            if old != self._job_workdir:
+            if old != self.jobs.workdir:
                 await run_blocking(shutil.rmtree, old)
         path = self.spool / "work" / f"{os.getpid()}-{next(self._counter)}"
         path.mkdir()
@@ -179,7 +187,7 @@ class Device:
         return await self._writable_work().mkdir(args)
 
     async def list(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self._work().list(args)
+        return await self.work().list(args)
 
     async def delete(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self._writable_work().delete(args)
@@ -190,22 +198,22 @@ class Device:
 
     async def status(self, args: dict[str, Any]) -> dict[str, Any]:
         media = await self.refresh_media()
-        copy = self.spool / "staging" / _COPY_NAME
+        copy = self.spool / "staging" / COPY_NAME
+        job = self.jobs.current
         return {
-            "state": _JOB_STATES[self.job.op] if self.job else "idle",
+            "state": _JOB_STATES[job.op] if job else "idle",
             "drive": self.drive.description,
             "media": media.as_dict(),
             "mounted": self.mounted,
-            "job": self.job.as_dict() if self.job else None,
-            "last_job": self.last_job,
+            "job": job.as_dict() if job else None,
+            "last_job": self.jobs.last,
             "workdir_free_bytes": self.free_bytes(),
             "staged_copy_bytes": copy.stat().st_size if copy.exists() else None,
             "client_time": self.client_now(),
         }
 
     async def wait(self, args: dict[str, Any]) -> dict[str, Any]:
-        await self._job_done.wait()
-        return {"last_job": self.last_job}
+        return {"last_job": await self.jobs.wait()}
 
     # -- disc commands -------------------------------------------------------------
 
@@ -220,7 +228,7 @@ class Device:
         return media
 
     async def mount(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._idle()
+        self.jobs.idle()
         media = await self._media_with_data()
         self.mounted = True
         return {"media": media.as_dict()}
@@ -228,7 +236,7 @@ class Device:
     def _mounted(self) -> None:
         if not self.mounted:
             raise NetDVDError("the disc is not mounted; send 'mount' first", "not_mounted")
-        self._idle()
+        self.jobs.idle()
 
     async def disc_list(self, args: dict[str, Any]) -> dict[str, Any]:
         self._mounted()
@@ -258,7 +266,7 @@ class Device:
         return {}
 
     async def eject(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._idle()
+        self.jobs.idle()
         media = await self.refresh_media()
         if not media.present:
             raise NetDVDError("no disc in the drive to eject", "no_disc")
@@ -267,129 +275,18 @@ class Device:
         media = await self.refresh_media()
         return {"media": media.as_dict()}
 
-    # -- jobs ------------------------------------------------------------------------
+    # -- jobs (their commands: components.netdvd.job_commands) ---------------------------
 
-    def _start(self, op: str, run: Callable[[Progress], Awaitable[None]]) -> dict[str, Any]:
-        progress = Progress(op)
-        self.job = progress
-        self._job_done = trio.Event()
-        self.job_nursery.start_soon(self._run_job, progress, run)
-        return {"job": op}
+    async def require_disc(self) -> Media:
+        """The medium in the drive.
 
-    async def _run_job(
-        self, progress: Progress, run: Callable[[Progress], Awaitable[None]]
-    ) -> None:
-        result: dict[str, Any] = {"op": progress.op, "ok": True}
-        try:
-            await run(progress)
-        except NetDVDError as exc:
-            result = {"op": progress.op, "ok": False, "code": exc.code, "message": exc.message}
-        except OSError as exc:
-            result = {
-                "op": progress.op,
-                "ok": False,
-                "code": f"{progress.op}_failed",
-                "message": f"{progress.op} failed: {exc}",
-            }
-        finally:
-            self._job_workdir = None
-            self.job = None
-            result["seconds"] = round(trio.current_time() - progress.started, 3)
-            self.last_job = result
-            with trio.CancelScope(shield=True):
-                try:
-                    self.media = await self.drive.media()
-                except NetDVDError:
-                    self.media = Media(present=False)
-            self._job_done.set()
-
-    async def _require_disc(self) -> Media:
+        Raises:
+            NetDVDError: there is no disc (code ``no_disc``).
+        """
         media = await self.refresh_media()
         if not media.present:
             raise NetDVDError("no disc in the drive; load one", "no_disc")
         return media
-
-    async def burn(self, args: dict[str, Any]) -> dict[str, Any]:
-        mode = arg(args, "mode", str)
-        if mode not in ("new", "append"):
-            raise bad_request(f"argument 'mode' must be 'new' or 'append', not {mode!r}")
-        keep = arg(args, "keep", bool, False)
-        self._idle()
-        if self.mounted:
-            raise NetDVDError("the disc is mounted; unmount it before burning", "mounted")
-        workdir = self._work()
-        work = workdir.path
-        await self._require_disc()
-        if not any(work.iterdir()):
-            raise NetDVDError("the working directory is empty; upload files first", "empty_workdir")
-        stamp = int(self.client_now())
-        volume_id = arg(args, "volume_id", str, None) or time.strftime(
-            "NETDVD_%Y%m%d_%H%M%S", time.gmtime(stamp)
-        )
-        if not 0 < len(volume_id) <= 32:
-            raise bad_request("argument 'volume_id' must have 1 to 32 characters")
-        workdir.date_directories()
-        self._job_workdir = work
-
-        async def run(progress: Progress) -> None:
-            await self.drive.burn(
-                work, append=mode == "append", stamp=stamp, volume_id=volume_id, progress=progress
-            )
-            if not keep:
-                await workdir.empty()
-
-        return self._start("burn", run)
-
-    async def copy(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._idle()
-        if self.mounted:
-            raise NetDVDError("the disc is mounted; unmount it before copying", "mounted")
-        media = await self._require_disc()
-        if media.blank:
-            raise NetDVDError(
-                "the disc in the drive is blank; there is nothing to copy", "blank_disc"
-            )
-        staging = self.spool / "staging"
-
-        async def run(progress: Progress) -> None:
-            partial = staging / f"{_COPY_NAME}.part"
-            try:
-                await self.drive.read_image(partial, progress)
-                os.replace(partial, staging / _COPY_NAME)
-            finally:
-                partial.unlink(missing_ok=True)
-
-        return self._start("copy", run)
-
-    async def burn_copy(self, args: dict[str, Any]) -> dict[str, Any]:
-        count = arg(args, "count", int, 1)
-        if not 1 <= count <= 100:
-            raise bad_request("argument 'count' must be 1 to 100")
-        self._idle()
-        if self.mounted:
-            raise NetDVDError("the disc is mounted; unmount and eject it first", "mounted")
-        image = self.spool / "staging" / _COPY_NAME
-        if not image.exists():
-            raise NetDVDError("there is no staged copy; send 'copy' with a disc loaded", "no_copy")
-        media = await self._require_disc()
-        if not media.blank:
-            raise NetDVDError(
-                "the disc in the drive is not blank; eject it so a blank disc is loaded",
-                "not_blank",
-            )
-
-        async def run(progress: Progress) -> None:
-            for n in range(1, count + 1):
-                # Each copy gets its own progress so percent and time left describe it.
-                step = Progress("burn_copy", part=f"copy {n} of {count}")
-                self.job = step
-                try:
-                    await self.drive.write_image(image, step)
-                except NetDVDError as exc:
-                    raise NetDVDError(f"copy {n} of {count}: {exc.message}", exc.code) from exc
-                await self.drive.eject()
-
-        return self._start("burn_copy", run)
 
 
 _COMMANDS: dict[str, Callable[[Device, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
@@ -404,9 +301,9 @@ _COMMANDS: dict[str, Callable[[Device, dict[str, Any]], Awaitable[dict[str, Any]
     "disc_list": Device.disc_list,
     "unmount": Device.unmount,
     "eject": Device.eject,
-    "burn": Device.burn,
-    "copy": Device.copy,
-    "burn_copy": Device.burn_copy,
+    "burn": job_commands.burn,
+    "copy": job_commands.copy,
+    "burn_copy": job_commands.burn_copy,
 }
 
 #: Commands the server handles itself because they carry data frames.
