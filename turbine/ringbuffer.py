@@ -261,8 +261,16 @@ class Ring(Selections):
         end = min(end, start + needed // FRAME_OVERHEAD_BYTES + 1)
         if end <= start:
             return 0
-        costs = itertools.accumulate(map(FRAME_OVERHEAD_BYTES.__add__, self._sizes[start:end]))
-        count = min(bisect.bisect_left(list(costs), needed) + 1, end - start)
+        # A window growing fourfold until it covers ``needed``: one 100 KB frame
+        # frees enough, and summing ``needed`` / 64 frames per put cost more than it saved.
+        sizes, size = self._sizes, 1
+        while True:
+            stop = min(start + size, end)
+            costs = list(itertools.accumulate(map(FRAME_OVERHEAD_BYTES.__add__, sizes[start:stop])))
+            if costs[-1] >= needed or stop == end:
+                break
+            size *= 4
+        count = min(bisect.bisect_left(costs, needed) + 1, stop - start)
         return self.evict(count)
 
     def resize(self, max_frames: int) -> int:
