@@ -221,6 +221,19 @@ def catch_up_run(count: int, size: int) -> tuple[float, float, list[float]]:
     return start - launched, count / (end - start), spent
 
 
+def print_cpu(note: str, columns: str, rows: list[tuple[int, list[float], list[float]]]) -> None:
+    """The CPU seconds of each process, per frame size: the direct run's, then the
+    copy's, and the copy's total against the direct one's."""
+    print(f"\nCPU seconds per process {note}\n")
+    print(f"| frame | {columns} |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size, direct_cpu, copy_cpu in rows:
+        total = sum(direct_cpu)
+        ratio = f"{sum(copy_cpu) / total:.1f}x" if total else "-"
+        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *copy_cpu])
+        print(f"| {size:,} B | {cells} | {ratio} |")
+
+
 def bench_catch_up(frames: int) -> None:
     print(f"\n### Mirror catch-up: A holds the frames, then the mirror starts ({load()})\n")
     print(
@@ -238,17 +251,11 @@ def bench_catch_up(frames: int) -> None:
             f"| {started:.2f} s |"
         )
         cpu_rows.append((size, direct_cpu, spent))
-    print("\nCPU seconds per process (10 ms ticks)\n")
-    print(
-        "| frame | direct: B | direct: producer | catch-up: A | B | mirror | waiter "
-        "| all, catch-up / direct |"
+    print_cpu(
+        "(10 ms ticks)",
+        "direct: B | direct: producer | catch-up: A | B | mirror | waiter | all, catch-up / direct",
+        cpu_rows,
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for size, direct_cpu, spent in cpu_rows:
-        total = sum(direct_cpu)
-        ratio = f"{sum(spent) / total:.1f}x" if total else "-"
-        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *spent])
-        print(f"| {size:,} B | {cells} | {ratio} |")
 
 
 def bench_mirror(frames: int) -> None:
@@ -264,17 +271,11 @@ def bench_mirror(frames: int) -> None:
             f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} |"
         )
         cpu_rows.append((size, direct_cpu, mirrored_cpu))
-    print("\nCPU seconds per process (10 ms ticks; the producer's includes the waiter)\n")
-    print(
-        "| frame | direct: A | direct: producer | mirrored: A | B | mirror | producer "
-        "| all, mirrored / direct |"
+    print_cpu(
+        "(10 ms ticks; the producer's includes the waiter)",
+        "direct: A | direct: producer | mirrored: A | B | mirror | producer | all, mirrored / direct",
+        cpu_rows,
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for size, direct_cpu, mirrored_cpu in cpu_rows:
-        total = sum(direct_cpu)
-        ratio = f"{sum(mirrored_cpu) / total:.1f}x" if total else "-"
-        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *mirrored_cpu])
-        print(f"| {size:,} B | {cells} | {ratio} |")
 
 
 async def lag_run(a: str, b: str, rate: int, seconds: float) -> list[float]:

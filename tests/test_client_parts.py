@@ -8,6 +8,7 @@ the bytes, and their ``fail_after`` catches a hang at once without load tripping
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import attrs
 import pytest
@@ -41,6 +42,17 @@ async def test_leaving_a_subscription_whose_queue_is_full_keeps_the_connection(b
             assert status["clients"]
 
 
+async def received(broker: Connection, sock: trio.socket.SocketType, count: int) -> list[Any]:
+    """The next ``count`` messages the broker's side of ``sock`` reads."""
+    got: list[Any] = []
+    while len(got) < count:
+        if (msg := broker.next_event()) is NEED_DATA:
+            broker.receive_data(await sock.recv(65536))
+        else:
+            got.append(msg)
+    return got
+
+
 async def test_outbox_writes_queued_puts_per_channel_before_the_next_message(autojump_clock):
     """A request written after puts follows them, so a flush covers every frame put before it."""
     ours, theirs = trio.socket.socketpair()
@@ -57,12 +69,7 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message(aut
         assert outbox.has_puts
         await outbox.send(client.send(Flush(id=7)))
         assert not outbox.has_puts
-        got = []
-        while len(got) < 3:
-            if (msg := broker.next_event()) is NEED_DATA:
-                broker.receive_data(await theirs.recv(65536))
-            else:
-                got.append(msg)
+        got = await received(broker, theirs, 3)
     # Each put carries the producer and its number, counted per source.
     x = Put(source=SRC, channel="x", ts=[1.0, 2.0], sizes=[1, 3], payload=memoryview(b"accc"))
     y = Put(source=SRC, channel="y", ts=[None], sizes=[2], payload=memoryview(b"bb"))
@@ -153,12 +160,7 @@ async def test_the_flusher_writes_what_was_put_since_its_last_write(autojump_clo
                 await trio.testing.wait_all_tasks_blocked()
                 assert not outbox.has_puts
             nursery.cancel_scope.cancel()
-        got = []
-        while len(got) < 3:
-            if (msg := broker.next_event()) is NEED_DATA:
-                broker.receive_data(await theirs.recv(65536))
-            else:
-                got.append(msg)
+        got = await received(broker, theirs, 3)
     assert [(bytes(p.payload), p.pseq) for p in got] == [(b"%dmore" % i, i + 1) for i in range(3)]
     assert not lost
     ours.close()
