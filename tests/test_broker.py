@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import struct
 import time
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -741,6 +743,46 @@ async def test_write_timeout_closes_a_client_that_stops_reading(nursery, mock_cl
     (closed,) = closed
     assert "write blocked for 30 s: the client is not reading" in closed["reason"]
     assert closed["code"] == "write_timeout"  # a slow consumer, not a protocol error
+
+
+async def test_a_closed_slow_consumer_frees_its_queued_replies_at_once(nursery, monkeypatch):
+    # A closed connection is a reference cycle (its tasks' frames, its error's
+    # traceback) that only a full collection frees, and the broker runs one only
+    # now and then (FULL_COLLECT_SHARE).  What it had queued must not wait for it:
+    # a client that asks and never reads has up to OUTBOUND_QUEUE_BYTES queued.
+    import turbine.server
+
+    monkeypatch.setattr(turbine.server, "trim", lambda *, full=True: None)
+    address = await start_broker(nursery)
+    frame = 1 << 20
+    gc.collect()
+    gc.disable()  # nothing but reference counting frees memory in this test
+    tracemalloc.start()
+    try:
+        with trio.fail_after(HANG_S):
+            async with open_client(address, name="producer") as producer:
+                src = await producer.open_source(SRC, cache_bytes=64 << 20)
+                before = tracemalloc.get_traced_memory()[0]
+                await put_all(src, "x", [bytes([i]) * frame for i in range(8)])
+                slow = await RawClient.connect(address, name="slow")
+                for i in range(1, 41):  # 320 MiB of replies asked for; none read
+                    await slow.send("fetch", {"id": i, "pattern": f"{SRC}/x", "oldest": 8})
+                await wait_all_tasks_blocked()
+                await producer.delete(SRC)  # the ring lets go: only the replies hold frames
+                queued = tracemalloc.get_traced_memory()[0] - before
+                await slow.aclose()
+                while not [
+                    c
+                    for c in (await producer.status())["closed"]
+                    if c["client"].startswith("slow#")
+                ]:
+                    pass
+                left = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert queued >= 8 * frame, "the slow client's replies held the frames"
+    assert left < frame, f"{left >> 20} MiB still held after the close"
 
 
 # --- bad input ------------------------------------------------------------------------------

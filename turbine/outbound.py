@@ -133,6 +133,16 @@ class OutboundQueue:
         self._replies.append(buffers)
         return self._wake()
 
+    def clear(self) -> None:
+        """Drop everything queued (the connection is closed: nothing more is
+        sent).  A closed connection waits for the cycle collector; what it
+        had queued (a slow consumer's, up to the reader's limit) need not."""
+        self._replies.clear()
+        self._rest = []
+        self.bytes = 0
+        self.closing = True
+        self.state = State.CLOSED
+
     def _ready(self) -> Wake:
         if self.state is State.WAITING:
             self.state = State.READY

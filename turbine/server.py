@@ -330,6 +330,7 @@ class Broker:
             conn.subs.clear()
             self.hub.release(conn.peer)
             conn.proto.close_budget()
+            conn.out.clear()
             del self.connections[conn.id]
             self.trim_soon(closed=True)
             self.closed.append(Closed(conn.peer.name, code, reason, self.clock(), conn.slow_events))
