@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -18,7 +17,7 @@ import trio.testing
 from turbine import ConnectionFailed, RequestFailed, TurbineError, open_client
 from turbine._client_outbox import Outbox
 from turbine._constants import PROTOCOL_VERSION
-from turbine.messages import ClientHello, Flush, Put
+from turbine.messages import ClientHello, Flush, Put, replace
 from turbine.protocol import NEED_DATA, Connection, Role
 
 SRC = "daq_rig_data_source"
@@ -74,8 +73,8 @@ async def test_outbox_writes_queued_puts_per_channel_before_the_next_message(aut
     x = Put(source=SRC, channel="x", ts=[1.0, 2.0], sizes=[1, 3], payload=memoryview(b"accc"))
     y = Put(source=SRC, channel="y", ts=[None], sizes=[2], payload=memoryview(b"bb"))
     assert got[:2] == [
-        attrs.evolve(x, producer="p1", pseq=1),
-        attrs.evolve(y, producer="p1", pseq=2),
+        replace(x, producer="p1", pseq=1),
+        replace(y, producer="p1", pseq=2),
     ]
     assert got[2] == Flush(id=7)
     with pytest.raises(RequestFailed, match="101 bytes is over the broker's limit of 100") as info:

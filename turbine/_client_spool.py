@@ -13,7 +13,7 @@ import trio
 from ._blocking import run_blocking
 from ._clock import wall_time
 from ._spool_file import SPOOL_SUFFIX, SpoolFile, left_spool_files
-from .messages import Put
+from .messages import Put, replace
 from .protocol import encode_message
 
 log = logging.getLogger("turbine.client")
@@ -93,7 +93,7 @@ class Skips:
             return put
         del self.pending[key]
         skip.add(put.skipped or 0, put.skipped_first_time, put.skipped_last_time)
-        return attrs.evolve(
+        return replace(
             put,
             skipped=skip.frames,
             skipped_first_time=skip.first_time,
