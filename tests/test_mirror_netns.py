@@ -8,109 +8,21 @@ The brokers, the mirror and the clients are processes inside the namespaces.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
-from tests.test_cli import TURBINE, read_line, stop
+from tests.netns import Link
+from tests.test_cli import TURBINE, read_line
 
 pytestmark = pytest.mark.slow
 
 SRC = "daq_rig_data_source"
 PORT = 3333  # each namespace has its own ports
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-
-
-def _can_make_namespaces() -> str | None:
-    """Why network namespaces cannot be made here, or None if they can."""
-    if os.geteuid() != 0:
-        return "network namespaces need root (ip netns add)"
-    probe = f"tbprobe{os.getpid()}"
-    made = _ip("netns", "add", probe)
-    if made.returncode != 0:
-        return f"ip netns add is not allowed here: {made.stderr.strip()}"
-    _ip("netns", "del", probe)
-    return None
-
-
-_WHY_NOT = _can_make_namespaces()
-
-
-@attrs.define
-class Link:
-    """Namespaces ``a`` and ``b``; the veth ends ``dev_a`` (10.77.x.1) and ``dev_b`` (.2)."""
-
-    a: str
-    b: str
-    dev_a: str
-    dev_b: str
-    addr_a: str
-    procs: list[subprocess.Popen[str]] = attrs.field(factory=list)
-
-    def run(self, ns: str, *cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=60
-        )
-
-    def check(self, ns: str, *cmd: str) -> str:
-        done = self.run(ns, *cmd)
-        assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
-        return done.stdout
-
-    def start(self, ns: str, *cmd: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *cmd],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def shape(self, *qdisc: str) -> subprocess.CompletedProcess[str]:
-        """Put ``qdisc`` on both ends (each direction of the link)."""
-        done = self.run(self.a, "tc", "qdisc", "replace", "dev", self.dev_a, "root", *qdisc)
-        if done.returncode == 0:
-            self.check(self.b, "tc", "qdisc", "replace", "dev", self.dev_b, "root", *qdisc)
-        return done
-
-    def cut(self, up: bool) -> None:
-        self.check(self.a, "ip", "link", "set", self.dev_a, "up" if up else "down")
-
-
-@pytest.fixture
-def link() -> Iterator[Link]:
-    if _WHY_NOT:
-        pytest.skip(_WHY_NOT)
-    tag = f"{os.getpid() % 100000}"
-    net = f"10.77.{os.getpid() % 250}"
-    link = Link(f"tbA{tag}", f"tbB{tag}", f"tva{tag}", f"tvb{tag}", f"{net}.1")
-    try:
-        for ns in (link.a, link.b):
-            assert _ip("netns", "add", ns).returncode == 0
-        pair = _ip("link", "add", link.dev_a, "type", "veth", "peer", "name", link.dev_b)
-        assert pair.returncode == 0, pair.stderr
-        for dev, ns, addr in ((link.dev_a, link.a, f"{net}.1"), (link.dev_b, link.b, f"{net}.2")):
-            assert _ip("link", "set", dev, "netns", ns).returncode == 0
-            link.check(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
-            link.check(ns, "ip", "link", "set", dev, "up")
-            link.check(ns, "ip", "link", "set", "lo", "up")
-        yield link
-    finally:
-        for proc in link.procs:
-            stop(proc)
-        for ns in (link.a, link.b):
-            _ip("netns", "del", ns)  # deletes the veth ends with it
 
 
 def serve(link: Link, ns: str, host: str) -> None:
