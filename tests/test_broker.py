@@ -1198,3 +1198,34 @@ async def test_a_close_among_many_connections_collects_only_the_young_garbage(
         await trimmed(clients.pop().aclose)  # 1 closed since, 5 left: young
         await trimmed(lambda: clients[1].delete("daq_gone_data_source"))  # a delete: full
     assert trims[:4] == [False, True, False, True]
+
+
+async def test_a_put_reaches_its_subscriber_before_the_flush_after_it_is_handled(
+    broker, monkeypatch
+):
+    # The latency path: a put and the flush behind it arrive in one read; the
+    # subscriber's frame is written before the flush is handled (and answered).
+    from turbine import messages as m
+    from turbine.requests import Requests
+
+    on_flush = Requests._handlers[m.Flush]
+    sent_before_flush: list[int] = []
+
+    def flush(conn: Any, msg: m.Flush) -> None:
+        sent_before_flush.append(
+            sum(c.delivery.frames for c in conn.broker.connections.values() if c is not conn)
+        )
+        on_flush(conn, msg)
+
+    monkeypatch.setitem(Requests._handlers, m.Flush, flush)
+    with trio.fail_after(HANG_S):
+        async with open_client(broker, name="pub") as pub, open_client(broker, name="sub") as sub:
+            src = await pub.open_source(SRC, channels={"x": "text/plain"})
+            async with sub.subscribe(f"{SRC}/x", start="now") as frames:
+                await pub.status()  # the subscription is in place
+                sent_before_flush.clear()
+                await src.put("x", b"one")
+                await src.flush()  # written with the put, in one write
+                got = await frames.__anext__()
+    assert isinstance(got, Frame) and got.data == b"one"
+    assert sent_before_flush == [1]

@@ -116,7 +116,8 @@ class ClientConnection(Sender, Requests):
         )
         self.apply(self.out.reply(hello))
         timeout = self.broker.config.message_timeout
-        store = self.broker.hub.store
+        broker = self.broker
+        store = broker.hub.store
         deadline = trio.current_time() + timeout  # for the client_hello
         n = await self._first_receive(deadline)
         if self.broker.auth is not None:
@@ -130,6 +131,10 @@ class ClientConnection(Sender, Requests):
                     break
                 self.handle(msg)
                 handled += 1
+                if type(msg) is m.Put and broker.ready:
+                    # The subscribers' frames go before the rest of the read is
+                    # decoded (a flush after the put, its reply): the latency path.
+                    broker.write_ready()
                 if time.perf_counter() - turn > TURN_S:
                     # A burst of requests in one read must not hold the loop
                     # from every other client: let them have a turn.
