@@ -195,6 +195,14 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
         ),
         ('[mcp]\nname = "a b"\n', "mcp.name: expected a name of letters"),
         ("[mcp]\ngrace = -1\n", "mcp.grace: expected a number of seconds (0 or more), got -1.0"),
+        (
+            '[[process]]\nname = "p"\ncommand = ["true"]\ngrace = -1\n',
+            "process[1].grace: expected a number of seconds (0 or more), got -1.0",
+        ),
+        (
+            '[broker]\nembedded = false\naddress = "h:1"\ngrace = 90.0\n',
+            "broker.grace: only with embedded = true; the MCP restarts only its own broker",
+        ),
         ("[site]\n", "site.site: unknown key; expected one of "),
         ("[broker\n", "not valid TOML: "),
     ],
@@ -224,6 +232,27 @@ def test_a_site_sets_its_embedded_brokers_restart_delay(tmp_path: Path) -> None:
     site = load_config(path)
     assert site.broker_restart == (1.5, 1.5)
     assert site.mcp.restart_first == 3.0
+
+
+def test_the_broker_and_a_program_that_asks_get_a_stop_grace_of_their_own(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text('[[process]]\nname = "p"\ncommand = ["true"]\n')
+    site = load_config(path)
+    # The broker syncs its archive on the way down: not the programs' 5 s.
+    assert (site.mcp.grace, site.broker_program().grace) == (5.0, 60.0)
+    assert site.programs[0].grace is None  # the site's
+    path.write_text(
+        "[mcp]\ngrace = 2.0\n[broker]\ngrace = 120.0\n"
+        '[[process]]\nname = "p"\ncommand = ["true"]\ngrace = 30\n'
+    )
+    site = load_config(path)
+    assert (site.mcp.grace, site.broker_program(4000).grace, site.programs[0].grace) == (
+        2.0,
+        120.0,
+        30.0,
+    )
 
 
 def test_a_replay_without_its_file_is_caught_before_starting(tmp_path: Path) -> None:

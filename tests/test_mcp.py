@@ -24,11 +24,13 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import MockClock, wait_all_tasks_blocked
 
 from tests.ports import free_port
 from turbine import Client, Frame, Gap, RequestFailed, TurbineError, open_client, send_command
 from turbine.archive._datadir import locked
 from turbine.auth import LoginRefused
+from turbine.mcp import Supervisor, load_config
 from turbine.testing import printed_line
 
 pytestmark = pytest.mark.slow
@@ -246,8 +248,71 @@ async def test_a_stopped_site_warns_of_nothing(tmp_path: Path) -> None:
             assert await site.proc.wait() == 0
     log = site.log.read_text()
     assert "every program and the broker stopped" in log
+    # The components first (they flush to the broker), then the broker, with its own grace.
+    assert log.index("daq_t stopped") < log.index("stopping the broker (it may take up to 60 s")
+    assert log.index("stopping the broker") < log.index("broker stopped")
     # The MCP leaves the broker before stopping it: no "closed the connection; reconnecting".
     assert " WARNING " not in log, log
+
+
+#: A program that takes its time to stop: on SIGTERM it says "term" on the FIFO
+#: argv[1] and exits 0 once something is written to the FIFO argv[2].
+SLOW_STOP = """
+import os, select, signal, sys
+said, release = sys.argv[1:3]
+def term(*_):
+    fd = os.open(release, os.O_RDONLY | os.O_NONBLOCK)  # a reader before it says "term"
+    with open(said, "w") as f:
+        f.write("term")
+    select.select([fd], [], [])
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+with open(said, "w") as f:
+    f.write("up")
+while True:
+    signal.pause()
+"""
+
+
+async def test_a_program_with_a_grace_of_its_own_is_let_stop_past_the_sites(
+    tmp_path: Path, mock_clock: MockClock
+) -> None:
+    # (The embedded broker has one too: [broker] grace, 60 s, for its shutdown sync.)
+    mock_clock.autojump_threshold = 30  # only a hang lets time jump (to fail_after's deadline)
+    said, release = tmp_path / "said", tmp_path / "release"
+    os.mkfifo(said)
+    os.mkfifo(release)
+    config = tmp_path / "site.toml"
+    config.write_text(
+        '[mcp]\ngrace = 1.0\n[broker]\nembedded = false\naddress = "127.0.0.1:1"\n'
+        f'[[process]]\nname = "slow"\ngrace = 30.0\n'
+        f"command = {json.dumps([sys.executable, '-c', SLOW_STOP, str(said), str(release)])}\n"
+    )
+    supervisor = Supervisor(load_config(config))
+
+    async def hear() -> str:
+        return await trio.to_thread.run_sync(said.read_text)
+
+    stopped: list[str] = []
+
+    async def stop() -> None:
+        stopped.append(await supervisor.stop("slow"))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            assert await hear() == "up"
+            async with trio.open_nursery() as stopping:
+                stopping.start_soon(stop)
+                assert await hear() == "term"
+                mock_clock.jump(10)  # past the site's grace, within its own
+                await wait_all_tasks_blocked()
+                with contextlib.suppress(OSError):  # ENXIO: no reader, it was killed
+                    fd = os.open(release, os.O_WRONLY | os.O_NONBLOCK)
+                    os.write(fd, b"go")
+                    os.close(fd)
+            nursery.cancel_scope.cancel()
+    assert stopped == ["stopped slow (exit code 0)"]
 
 
 async def test_a_site_restarted_on_its_data_dir_continues_the_daq_numbers(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 The MCP starts the broker (or uses one), launches each configured program as
 its own OS process, restarts what exits unexpectedly with exponential
 backoff, marks what keeps crashing as failed, and on Ctrl-C or SIGTERM stops
-every program (SIGTERM, then SIGKILL after a grace period) and then the
-broker.  Children get ``PR_SET_PDEATHSIG = SIGKILL``, so none outlives an MCP
+every program (SIGTERM, then SIGKILL after a grace period), components
+first, then processes, and then the broker (with a grace of its own, long
+enough to sync its archive).  Children get ``PR_SET_PDEATHSIG = SIGKILL``, so none outlives an MCP
 that is itself killed with SIGKILL; each child leads its own process group,
 which the MCP signals as a whole, so a child's own helpers stop with it.
 
@@ -20,7 +21,7 @@ The site file
 
     [mcp]
     name = "demo"             # the MCP's own endpoints: mcp_demo_*
-    grace = 5.0               # seconds between SIGTERM and SIGKILL when stopping
+    grace = 5.0               # seconds between SIGTERM and SIGKILL when stopping a program
     restart_first = 0.5       # first restart delay; doubles with each crash in a row ...
     restart_max = 30.0        # ... up to this
     max_restarts = 5          # crashes in a row before a program is marked failed
@@ -37,6 +38,7 @@ The site file
     max_disk = 0              # with data_dir: budget of all sources' archives (0: none)
     restart_first = 0.1       # the broker's first restart delay; doubles with each crash ...
     restart_max = 1.0         # ... up to this (every client waits for it: keep both short)
+    grace = 60.0              # its SIGTERM to SIGKILL: it writes and syncs its archive on the way down
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [auth]                    # tokens on (an embedded broker only); without this table: none
@@ -50,6 +52,7 @@ The site file
     restart = true            # restart when it exits unexpectedly
     enabled = true            # start with the site (false: only on `start NAME`)
     clock = "local"           # "broker": stamp frames on the broker's clock (no NTP here)
+    grace = 5.0               # its own SIGTERM to SIGKILL (default: [mcp] grace); [[process]] too
     user = "daq_demo"         # with [auth]: its user (default: its <type>_<name>), with the rights
     rights = { read = [], write = [], command = [] }  # its kind needs plus these source patterns
     [component.settings]      # checked against the class's `settings` before anything starts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import sys
@@ -18,6 +17,7 @@ from .._constants import (
     ARCHIVE_BYTES,
     BROKER_RESTART_FIRST_S,
     BROKER_RESTART_MAX_S,
+    BROKER_STOP_GRACE_S,
     DEFAULT_HOST,
     DEFAULT_PORT,
     MAX_MEMORY_BYTES,
@@ -29,7 +29,8 @@ from ..client import parse_address
 from ..component import Component
 from ..names import InvalidName, check_component_name, check_source_name, source_pattern
 from ..server import BrokerConfig
-from ..settings import ConfigError, resolve_paths, settings_dict, type_name, type_ok
+from ..settings import ConfigError, resolve_paths, settings_dict
+from ._table import SiteConfigError, Table
 
 log = logging.getLogger("turbine.mcp")
 
@@ -39,10 +40,6 @@ _KIND = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 #: The embedded broker's name among the site's programs.
 BROKER = "broker"
-
-
-class SiteConfigError(TurbineError):
-    """The site file is wrong; the message names the file, the key and what is expected."""
 
 
 class UnknownProgram(TurbineError):
@@ -89,6 +86,8 @@ class ProgramSpec:
     operator_commands: bool = False
     #: ``broker``: the component stamps frames on the broker's clock (``--clock broker``).
     clock: str = "local"
+    #: Seconds from SIGTERM to SIGKILL when it is stopped (None: the site's ``[mcp] grace``).
+    grace: float | None = None
 
     def argv(self, address: str, settings_fd: int | None = None) -> list[str]:
         """The command line, with ``{turbine}`` replaced by the broker's address.
@@ -144,6 +143,8 @@ class SiteConfig:
     #: The embedded broker's restart delays after it exited: the first, doubling per crash
     #: in a row up to the most (``[broker] restart_first`` / ``restart_max``).
     broker_restart: tuple[float, float] = (BROKER_RESTART_FIRST_S, BROKER_RESTART_MAX_S)
+    #: The embedded broker's stop grace (``[broker] grace``): long enough for its shutdown sync.
+    broker_grace: float = BROKER_STOP_GRACE_S
 
     @property
     def embedded(self) -> bool:
@@ -173,56 +174,13 @@ class SiteConfig:
         if self.auth is not None:  # (the MCP writes the site's users there before it starts)
             command += ["--auth", str(self.auth.auth_file)]
         return ProgramSpec(
-            label=BROKER, where="broker", kind="broker", component=False, command=tuple(command)
+            label=BROKER,
+            where="broker",
+            kind="broker",
+            component=False,
+            command=tuple(command),
+            grace=self.broker_grace,
         )
-
-
-class _Table:
-    """Typed reads from one TOML table, with messages naming file and key."""
-
-    def __init__(self, path: str, where: str, data: Any) -> None:
-        self.path = path
-        self.where = where
-        if not isinstance(data, dict):
-            raise self.error("", f"expected a table, got {data!r}")
-        self.data = data
-        self.seen: set[str] = set()
-
-    def error(self, key: str, message: str) -> SiteConfigError:
-        at = f"{self.where}.{key}" if key else self.where
-        return SiteConfigError(f"{self.path}: {at}: {message}")
-
-    _MISSING: Any = object()
-
-    def get(self, key: str, like: type, default: Any = _MISSING, what: str = "") -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is self._MISSING:
-                raise self.error(key, f"missing; expected {what or type_name(like)}")
-            return default
-        value = self.data[key]
-        if not type_ok(value, like):
-            raise self.error(key, f"expected {what or type_name(like)}, got {value!r}")
-        return float(value) if like is float else value
-
-    def get_strings(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self.get(key, list, list(default), "a list of strings")
-        if not all(isinstance(v, str) for v in value):
-            raise self.error(key, f"expected a list of strings, got {value!r}")
-        return tuple(value)
-
-    def positive(self, key: str, default: float) -> float:
-        value = self.get(key, float, default, "a number of seconds")
-        if not (math.isfinite(value) and value >= 0):
-            raise self.error(key, f"expected a number of seconds (0 or more), got {value!r}")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.error(
-                unknown[0], f"unknown key; expected one of {', '.join(sorted(self.seen))}"
-            )
 
 
 def available_kinds(components_only: bool = False) -> list[str]:
@@ -242,7 +200,7 @@ def component_class(kind: str) -> type[Component]:
     return found.component_class()
 
 
-def _kind(t: _Table, component: bool) -> kinds.Kind:
+def _kind(t: Table, component: bool) -> kinds.Kind:
     name = t.get("kind", str, what="a component kind (e.g. daq; `turbine components` lists them)")
     kind = kinds.find(name)
     if kind is None:
@@ -265,7 +223,7 @@ def _kind(t: _Table, component: bool) -> kinds.Kind:
     return kind
 
 
-def _name(t: _Table, key: str = "name", default: Any = _Table._MISSING) -> str:
+def _name(t: Table, key: str = "name", default: Any = Table._MISSING) -> str:
     name = t.get(key, str, default, what="a name (e.g. rig1)")
     if not _NAME.match(name):
         raise t.error(
@@ -275,7 +233,7 @@ def _name(t: _Table, key: str = "name", default: Any = _Table._MISSING) -> str:
     return name
 
 
-def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
+def _settings(t: Table, cls: type[Component]) -> dict[str, Any]:
     """The ``settings`` table, checked by the component's settings class (nothing is constructed)."""
     raw = t.get("settings", dict, {}, "a table of settings")
     where = f"{t.where}.settings"
@@ -291,11 +249,11 @@ def _settings(t: _Table, cls: type[Component]) -> dict[str, Any]:
 
 
 def _rights(
-    t: _Table, given: dict[str, tuple[str, ...]] | None = None
+    t: Table, given: dict[str, tuple[str, ...]] | None = None
 ) -> dict[str, tuple[str, ...]]:
     """``given`` (a component's defaults) plus the ``read``, ``write`` and
     ``command`` lists of the table's ``rights`` table (source patterns)."""
-    r = _Table(t.path, f"{t.where}.rights", t.get("rights", dict, {}, "a table of rights"))
+    r = Table(t.path, f"{t.where}.rights", t.get("rights", dict, {}, "a table of rights"))
     rights = {right: (given or {}).get(right, ()) for right in RIGHTS}
     for right in RIGHTS:
         extra = r.get_strings(right)
@@ -309,7 +267,7 @@ def _rights(
     return rights
 
 
-def _clock(t: _Table) -> str:
+def _clock(t: Table) -> str:
     clock = t.get("clock", str, "local", '"local" or "broker"')
     if clock not in ("local", "broker"):
         raise t.error("clock", f'expected "local" or "broker", got {clock!r}')
@@ -331,8 +289,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         raise SiteConfigError(f"cannot read {p}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SiteConfigError(f"{p}: not valid TOML: {exc}") from None
-    top = _Table(p, "site", data)
-    m = _Table(p, "mcp", top.get("mcp", dict, {}, "an [mcp] table"))
+    top = Table(p, "site", data)
+    m = Table(p, "mcp", top.get("mcp", dict, {}, "an [mcp] table"))
     d = McpSettings()
     mcp = McpSettings(
         name=_name(m, default=d.name),
@@ -343,7 +301,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
         stable_after=m.positive("stable_after", d.stable_after),
     )
     m.done()
-    b = _Table(p, "broker", top.get("broker", dict, {}, "a [broker] table"))
+    b = Table(p, "broker", top.get("broker", dict, {}, "a [broker] table"))
     embedded = b.get("embedded", bool, True)
     extra = b.get_strings("types")
     for ty in extra:
@@ -380,7 +338,8 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             raise b.error(key, f"expected a number of bytes (0 or more), got {value}")
     restart_first = b.positive("restart_first", BROKER_RESTART_FIRST_S)
     restart_max = b.positive("restart_max", max(BROKER_RESTART_MAX_S, restart_first))
-    for key in ("restart_first", "restart_max"):
+    broker_grace = b.positive("grace", BROKER_STOP_GRACE_S)
+    for key in ("restart_first", "restart_max", "grace"):
         if key in b.data and not embedded:
             raise b.error(key, "only with embedded = true; the MCP restarts only its own broker")
     if restart_max < restart_first:
@@ -392,7 +351,7 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
 
     programs: list[ProgramSpec] = []
     for i, entry in enumerate(top.get("process", list, [], "[[process]] tables"), start=1):
-        t = _Table(p, f"process[{i}]", entry)
+        t = Table(p, f"process[{i}]", entry)
         name = _name(t)
         cmd = t.get_strings("command")
         if cmd and "kind" in t.data:
@@ -412,13 +371,14 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 enabled=t.get("enabled", bool, True),
                 user=_name(t, "user") if "user" in t.data else "",
                 rights=_rights(t),
+                grace=t.grace(),
             )
         )
         if any(programs[-1].rights.values()) and not programs[-1].user:
             raise t.error("user", "missing; rights are given to a user")
         t.done()
     for i, entry in enumerate(top.get("component", list, [], "[[component]] tables"), start=1):
-        t = _Table(p, f"component[{i}]", entry)
+        t = Table(p, f"component[{i}]", entry)
         kind = _kind(t, component=True)
         try:
             cls = kind.component_class()
@@ -455,12 +415,13 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
                 rights=_rights(t, cls.rights(name, cls.make_settings(settings, strict=True))),
                 operator_commands=cls.operator_commands,
                 clock=_clock(t),
+                grace=t.grace(),
             )
         )
         t.done()
     auth = None
     if "auth" in top.data:
-        a = _Table(p, "auth", top.get("auth", dict, {}, "an [auth] table"))
+        a = Table(p, "auth", top.get("auth", dict, {}, "an [auth] table"))
         if not embedded:
             raise a.error(
                 "", "only with [broker] embedded = true: the MCP gives the broker its users"
@@ -488,5 +449,15 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
     data_dir = os.path.abspath(data_dir) if data_dir else None
     restart, run = (restart_first, restart_max), tuple(programs)
     return SiteConfig(
-        p, mcp, broker, address, run, data_dir, auth, archive_bytes, max_disk or None, restart
+        p,
+        mcp,
+        broker,
+        address,
+        run,
+        data_dir,
+        auth,
+        archive_bytes,
+        max_disk or None,
+        restart,
+        broker_grace,
     )

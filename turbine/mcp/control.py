@@ -60,7 +60,8 @@ class Control:
         return f"started {label} (pid {p.pid})"
 
     async def stop(self, label: str, *, kill: bool = False) -> str:
-        """Stop a program: SIGTERM to its group, SIGKILL after the grace period.
+        """Stop a program: SIGTERM to its group, SIGKILL after its grace period
+        (its own ``grace``, else the site's).
 
         Raises:
             UnknownProgram: no such program.
@@ -78,14 +79,15 @@ class Control:
         p.state = "stopping"
         self.notify()
         signal_group(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        with trio.move_on_after(self.policy.grace):
+        grace = self.policy.grace if p.spec.grace is None else p.spec.grace
+        with trio.move_on_after(grace):
             await p.exited.wait()
         if not p.exited.is_set():
             log.warning(
                 "%s (pid %d) did not stop within %g s of SIGTERM; killing it",
                 label,
                 pid,
-                self.policy.grace,
+                grace,
             )
             signal_group(pid, signal.SIGKILL)
             await p.exited.wait()
@@ -109,6 +111,12 @@ class Control:
         if before_broker is not None:
             await before_broker()
         if self.broker is not None:
+            if self.broker.popen is not None and not kill:
+                log.info(
+                    "stopping the broker (it may take up to %g s to write what it holds; "
+                    "a second Ctrl-C kills it)",
+                    self.broker.spec.grace,
+                )
             await self.stop(BROKER, kill=kill)
 
     def kill_all(self) -> None:
