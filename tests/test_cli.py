@@ -124,6 +124,10 @@ def test_put_ls_fetch(address):
     assert f"{src}  [offline]" in listing  # put lets go of the source it opened
     assert "log.txt" in listing and "text/plain" in listing
     assert "2 frames #1-2" in listing
+    # Two lines microseconds apart: a rate a person can read (over 1 s at least), not 28,000/s.
+    (line,) = [line for line in listing.splitlines() if "log.txt" in line]
+    rate = next(word for word in line.split() if word.endswith("/s"))
+    assert 0 < float(rate.removesuffix("/s")) <= 1.0, line
 
     (info,) = json.loads(ok(address, "ls", "--json", src))
     assert info["name"] == src and info["online"] is False

@@ -202,6 +202,40 @@ def test_new_source_has_defaults_and_its_channels(hub):
     assert info["metadata"] is None
 
 
+def rates(hub: Hub) -> dict[str, float | None]:
+    return {c["name"]: c["rate"] for c in hub.list_sources()[0]["channels"]}
+
+
+def test_a_channels_rate_is_over_the_last_seconds_and_none_once_it_stopped(hub, clock):
+    hub.open_source(ALICE, SRC)
+    t0 = clock.now
+    for k in range(200):  # 10 Hz for 20 s; 1 kHz for its last 0.1 s
+        hub.put(ALICE, SRC, "slow", [t0 + k / 10], [b"x"])
+    for k in range(100):
+        hub.put(ALICE, SRC, "fast", [t0 + 19.9 + k / 1000], [b"x"])
+    clock.now = t0 + 20
+    assert rates(hub) == {
+        "slow": pytest.approx(10, rel=0.02),
+        "fast": pytest.approx(1000, rel=0.02),
+    }
+    clock.now = t0 + 25  # both stopped 5 s ago: half of the 10 s window
+    assert rates(hub)["slow"] == 5.0
+    clock.now = t0 + 31  # nothing in the window
+    assert rates(hub) == {"slow": None, "fast": None}
+
+
+def test_a_burst_of_log_lines_is_no_huge_rate(hub, clock):
+    hub.open_source(ALICE, SRC)
+    now = clock.now
+    hub.put(ALICE, SRC, "log.txt", [now - 35e-6, now], [b"first line", b"second line"])
+    assert rates(hub) == {"log.txt": 1.0}  # not 28,571 a second: over 1 s at least
+    hub.put(ALICE, SRC, "one", [now], [b"x"])
+    assert rates(hub)["one"] is None  # one frame has no rate
+    clock.now = now + 60
+    hub.put(ALICE, SRC, "log.txt", [clock.now + i * 1e-6 for i in range(5)], [b"x"] * 5)
+    assert rates(hub)["log.txt"] == 0.5  # five lines over the last 10 s
+
+
 def test_content_types_are_guessed_from_channel_names(hub):
     assert guess_content_type("metadata.txt") == "application/json"
     assert guess_content_type("image.jpg") == "image/jpeg"
@@ -506,13 +540,14 @@ def test_listing_by_pattern(hub):
     assert hub.list_sources("nothing_*") == []
 
 
-def test_channel_info_counts_and_rate(hub):
+def test_channel_info_counts_and_rate(hub, clock):
     hub.open_source(ALICE, SRC)
-    hub.put(ALICE, SRC, "a", [10.0, 10.5, 11.0], [b"ab", b"cd", b"ef"])
+    now = clock.now
+    hub.put(ALICE, SRC, "a", [now - 1.0, now - 0.5, now], [b"ab", b"cd", b"ef"])
     info = next(c for c in hub.list_sources()[0]["channels"] if c["name"] == "a")
     assert info["frames"] == 3
     assert (info["first_seq"], info["last_seq"]) == (1, 3)
-    assert (info["first_time"], info["last_time"]) == (10.0, 11.0)
+    assert (info["first_time"], info["last_time"]) == (now - 1.0, now)
     assert info["rate"] == 2.0
     assert info["bytes"] == 6 + 3 * FRAME_OVERHEAD_BYTES
 

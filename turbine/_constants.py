@@ -55,6 +55,13 @@ MAX_MEMORY_BYTES = 2**30
 #: Per-source ring defaults when a client does not say.
 CACHE_FRAMES = 10_000
 CACHE_BYTES = 16 * 2**20
+#: A channel's rate (``list``, ``turbine ls``, the viewer, metrics) is frames per
+#: second over the last RATE_WINDOW_S, from its newest RATE_FRAMES at most; with
+#: fewer than that in hand, over RATE_MIN_SPAN_S at least (two log lines 35 us
+#: apart are not 28,000 frames a second), and none for fewer than two frames.
+RATE_WINDOW_S = 10.0
+RATE_FRAMES = 100
+RATE_MIN_SPAN_S = 1.0
 #: Rings of a component's debug log source and of its command sink and source.
 LOG_CACHE_FRAMES, LOG_CACHE_BYTES = 10_000, 4 * 2**20
 COMMAND_CACHE_FRAMES, COMMAND_CACHE_BYTES = 1_000, 1 * 2**20

@@ -177,8 +177,9 @@ class Hub(SourceLifecycle):
     ) -> list[dict[str, Any]]:
         """Sources matching ``pattern`` (that ``readable`` allows, if given), as ``list`` shows them."""
         matcher = source_pattern(pattern)
+        now = self.clock()
         return [
-            s.info()
+            s.info(now)
             for s in self.sources.values()
             if matcher.match_source(s.name) and (readable is None or readable(s.name))
         ]

@@ -16,6 +16,9 @@ from ._constants import (
     MAX_METADATA_DEPTH,
     MAX_PRODUCERS_PER_SOURCE,
     METADATA_CHANNEL,
+    RATE_FRAMES,
+    RATE_MIN_SPAN_S,
+    RATE_WINDOW_S,
 )
 from ._errors import RequestFailed
 from .holding import Holding
@@ -113,14 +116,10 @@ class Channel:
         if len(spans) > DROP_SPANS_PER_CHANNEL:
             del spans[next(iter(spans))]
 
-    def info(self) -> dict[str, Any]:
+    def info(self, now: float) -> dict[str, Any]:
+        """What ``list`` says of this channel; its rate is the one up to ``now``."""
         store = self.store
         n = len(store)
-        rate = None
-        if n >= 2:
-            tail = store.newest_n(min(n, 100)).ts
-            span = tail[-1] - tail[0]
-            rate = round((len(tail) - 1) / span, 3) if span > 0 else None
         return {
             "name": self.name,
             "content_type": self.content_type,
@@ -131,7 +130,7 @@ class Channel:
             "first_time": store.first_time,
             "last_time": store.last_time,
             "bytes": store.bytes,
-            "rate": rate,
+            "rate": recent_rate(store.newest_n(RATE_FRAMES).ts, now) if n >= 2 else None,
             "disk": store.disk(),
         }
 
@@ -343,7 +342,8 @@ class Source(Holding):
                 for next_seq, first, last in spans:
                     ch.dropped(next_seq, (first, last))
 
-    def info(self) -> dict[str, Any]:
+    def info(self, now: float) -> dict[str, Any]:
+        """What ``list`` says of this source (rates up to ``now``, the broker's clock)."""
         return {
             "name": self.name,
             "online": self.online,
@@ -358,7 +358,33 @@ class Source(Holding):
             "bytes_in": self.bytes_in,
             "frames_out": self.frames_out,
             "bytes_out": self.bytes_out,
-            "channels": [ch.info() for ch in self.channels.values()],
+            "channels": [ch.info(now) for ch in self.channels.values()],
             "metadata": self.metadata(),
             "mirror": self.origin.to_wire() if self.origin else None,
         }
+
+
+def recent_rate(ts: list[float], now: float) -> float | None:
+    """Frames per second lately, from the timestamps ``ts`` of a channel's newest
+    frames (oldest first, RATE_FRAMES at most), up to ``now``.
+
+    Counted over the last RATE_WINDOW_S, which ends at ``now`` (or at the newest
+    timestamp, from a clock ahead of ours): a channel that stopped falls to
+    none, and a burst reads as what it is over the window, not over its own
+    microseconds.  With every frame in hand inside the window (a young
+    channel), over their span up to ``now``, RATE_MIN_SPAN_S at least unless
+    there are RATE_FRAMES of them.  None for fewer than two frames in the
+    window (timestamps more than the window behind the broker's clock, a
+    replay's say, have no rate here).
+    """
+    end = max(now, ts[-1]) if ts else now
+    recent = [t for t in ts if t >= end - RATE_WINDOW_S]
+    n = len(recent)
+    if n < 2:
+        return None
+    if n < len(ts):  # frames before the window: the channel ran through all of it
+        return round(n / RATE_WINDOW_S, 3)
+    span = end - min(recent)
+    if n < RATE_FRAMES:
+        span = max(span, RATE_MIN_SPAN_S)
+    return round((n - 1) / span, 3) if span > 0 else None

@@ -50,7 +50,7 @@ def _ls_text(infos: list[SourceInfo]) -> None:
                 if c.first_time is not None and c.last_time is not None
                 else "-"
             )
-            rate = f"{c.rate:g}/s" if c.rate else "-"
+            rate = f"{c.rate:.1f}/s" if c.rate else "-"  # as the viewer shows it
             seqs = f"#{c.first_seq}-{c.last_seq}" if c.frames else "#-"
             if not c.frames and c.next_seq is not None and c.next_seq > 1:
                 seqs = f"next #{c.next_seq}"  # none in memory (say, back from the archive)
