@@ -199,11 +199,20 @@ async def test_endpoints_tap_set_rate_and_status(tmp_path: Path) -> None:
             }
             assert steps == {0.1}
 
-            status = await site.cli("cmd", "mcp_t", "status")
-            result = json.loads(status.stdout)
+            status = await site.cli("cmd", "mcp_t", "status", "--json")
+            result = json.loads(status.stdout)["result"]
             assert result["broker"] == site.address
             assert result["programs"]["daq_t"]["state"] == "running"
             assert result["programs"]["daq_t"]["restarts"] == 0
+            # For a person: a line per program (state, pid, restarts), not the JSON.
+            text = (await site.cli("cmd", "mcp_t", "status")).stdout.decode().splitlines()
+            assert text[0].startswith("mcp_t running, up ") and text[0].endswith(site.address)
+            assert text[2].split() == "NAME KIND STATE PID RESTARTS UPTIME LAST EXIT".split()
+            rows = {line.split()[0]: line.split() for line in text[3:5]}
+            assert rows.keys() == {"broker", "daq_t"}, text
+            daq_pid = str(result["programs"]["daq_t"]["pid"])
+            assert rows["daq_t"][:5] == ["daq_t", "daq", "running", daq_pid, "0"]
+            assert len(text) < 12, text
 
 
 async def _take(sub: Any, n: int) -> AsyncIterator[Frame]:
@@ -459,8 +468,8 @@ async def test_a_killed_broker_is_restarted_on_its_port_and_data_dir_and_the_sit
             assert [f.seq for f in seen] == list(range(1, len(seen) + 1))
             steps = {round(b.timestamp - a.timestamp, 6) for a, b in itertools.pairwise(seen)}
             assert steps == {0.1}
-            status = json.loads((await site.cli("cmd", "mcp_t", "status")).stdout)
-            assert status["programs"]["broker"]["restarts"] == 1
+            status = await site.cli("cmd", "mcp_t", "status", "--json")
+            assert json.loads(status.stdout)["result"]["programs"]["broker"]["restarts"] == 1
         log = site.log.read_text()
         assert "broker exited unexpectedly (killed by SIGKILL)" in log
         assert "restarting it in 0.1 s (restart 1)" in log

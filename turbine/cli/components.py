@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import click
 
+from .._format import fmt_bytes, fmt_duration, program_table
 from ..client import Client
 from ..command import NoReply, send_command
 from ._common import client_command
@@ -17,7 +18,8 @@ def reply_text(verb: str, result: Any) -> str:
     """An ok reply's result as ``turbine cmd`` prints it.
 
     Text as it is; ``help``'s table of usage lines one per line (each names
-    its verb); anything else as indented JSON.
+    its verb); an MCP's ``status`` as a table of its programs; anything else
+    as indented JSON.
     """
     if isinstance(result, str):
         return result
@@ -27,7 +29,38 @@ def reply_text(verb: str, result: Any) -> str:
         and all(isinstance(v, str) for v in result.values())
     ):
         return "\n".join(result[k] for k in sorted(result))
+    if verb == "status" and _is_site(result):
+        return _site_text(result)
     return json.dumps(result, indent=2, default=str)
+
+
+def _is_site(result: Any) -> bool:
+    """Whether ``result`` is an MCP's status: its programs, each with a state."""
+    programs = result.get("programs") if isinstance(result, dict) else None
+    return isinstance(programs, dict) and all(
+        isinstance(p, dict) and {"name", "kind", "state", "pid", "restarts"} <= p.keys()
+        for p in programs.values()
+    )
+
+
+def _site_text(st: dict[str, Any]) -> str:
+    """An MCP's status for a person: the MCP, its programs, its broker's data."""
+    lines = [
+        f"{st.get('component', 'the MCP')} {st.get('state', '')}, up "
+        f"{fmt_duration(st.get('uptime'))}: {st.get('config', '?')}, broker {st.get('broker', '?')}",
+        "",
+        *program_table(
+            {"uptime": None, "last_exit_text": "-", **p} for p in st["programs"].values()
+        ),
+    ]
+    broker = st["programs"].get("broker", {})
+    if broker.get("data_dir"):
+        lines += [
+            "",
+            f"broker data dir {broker['data_dir']}: {fmt_bytes(broker.get('disk_bytes') or 0)}",
+        ]
+    lines += ["", "(--json: every field)"]
+    return "\n".join(lines)
 
 
 @click.command()
@@ -49,6 +82,8 @@ async def cmd(
 ) -> None:
     """Send VERB [ARGS...] to component TARGET (<type>_<name>) and print its reply.
 
+    A text reply is printed as it is, an MCP's status as a table of its
+    programs, any other result as JSON; --json prints the whole reply.
     Exit 0 when the reply is ok, 1 on an error reply, 2 when no reply came in time.
     """
     try:

@@ -9,6 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from .._constants import TAIL_LINES
+from .._format import program_table
 
 log = logging.getLogger("turbine.mcp")
 
@@ -33,35 +34,11 @@ class Console:
         """Redraw the table (terminal only)."""
         if not self.tty:
             return
-        width = max([len("NAME")] + [len(r["name"]) for r in rows]) + 2
-        kinds = max([len("KIND")] + [len(r["kind"]) for r in rows]) + 2
-        lines = [
-            header,
-            "",
-            f"{'NAME':<{width}}{'KIND':<{kinds}}{'STATE':<10}{'PID':>8}{'RESTARTS':>10}"
-            f"{'UPTIME':>10}  LAST EXIT",
-        ]
-        for r in rows:
-            pid = str(r["pid"]) if r["pid"] else "-"
-            lines.append(
-                f"{r['name']:<{width}}{r['kind']:<{kinds}}{r['state']:<10}{pid:>8}{r['restarts']:>10}"
-                f"{fmt_duration(r['uptime']):>10}  {r['last_exit_text']}"
-            )
+        lines = [header, "", *program_table(rows)]
         lines += ["", "-" * 30 + " log " + "-" * 30, *self.tail]
         columns = shutil.get_terminal_size().columns
         self.out.write("\x1b[H\x1b[2J" + "\n".join(line[:columns] for line in lines) + "\n")
         self.out.flush()
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s // 60 % 60:02d}m"
 
 
 class ConsoleHandler(logging.Handler):

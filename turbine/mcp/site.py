@@ -16,10 +16,11 @@ import trio
 
 from .._constants import STATUS_INTERVAL_S, TOKEN_ENVVAR
 from .._errors import TurbineError, unwrap
+from .._format import fmt_duration
 from .._signals import open_stop_nursery
 from ..component import Component, command
 from .config import SiteConfig, SiteConfigError, load_config
-from .console import Console, ConsoleHandler, fmt_duration
+from .console import Console, ConsoleHandler
 from .supervisor import BrokerFailed, Supervisor
 from .users import prepare_users
 
