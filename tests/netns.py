@@ -93,10 +93,12 @@ class Link:
         assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
         return done.stdout
 
-    def start(self, ns: str, *cmd: str) -> subprocess.Popen[str]:
-        """``cmd`` running in namespace ``ns``, stopped when the link goes."""
+    def start(self, ns: str, *cmd: str, stdin: bool = False) -> subprocess.Popen[str]:
+        """``cmd`` running in namespace ``ns`` (its stdin a pipe, if asked),
+        stopped when the link goes."""
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, *cmd],
+            stdin=subprocess.PIPE if stdin else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
