@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,38 +38,62 @@ def _ip(*args: str) -> subprocess.CompletedProcess[str]:
 
 @attrs.frozen
 class Probe:
-    """Why network namespaces cannot be made here, and why ``tc netem`` cannot
-    be used in them; each None where it can."""
+    """Why network namespaces cannot be made here, why ``tc netem`` cannot be
+    used in them, and why the link emulator cannot make its TUN devices in
+    them; each None where it can."""
 
     why_not: str | None
-    netem_missing: str | None
+    netem_missing: str | None = None
+    tun_missing: str | None = None
 
     @property
     def shaper(self) -> str:
         """What adds delay and loss to the link here, for the tests to say."""
-        return "tc netem" if self.netem_missing is None else "link emulator"
+        if self.netem_missing is None:
+            return "tc netem"
+        return "link emulator" if self.tun_missing is None else "nothing"
+
+    @property
+    def why_no_shaper(self) -> str | None:
+        """Why neither can delay and drop packets here; None where one can."""
+        if self.netem_missing is None or self.tun_missing is None:
+            return None
+        return (
+            f"no way to delay and drop packets here: tc netem: {self.netem_missing};"
+            f" TUN devices for the link emulator: {self.tun_missing}"
+        )
+
+
+def _in(namespace: str, *cmd: str) -> str | None:
+    """Why ``cmd`` failed in ``namespace``; None if it did not."""
+    try:
+        done = subprocess.run(
+            ["ip", "netns", "exec", namespace, *cmd], capture_output=True, text=True, timeout=10
+        )
+    except FileNotFoundError:
+        return f"{cmd[0]} is not installed"
+    return (done.stderr.strip() or f"{cmd[0]} failed") if done.returncode else None
 
 
 @functools.cache
 def probe() -> Probe:
     """What this machine allows, found out once (in a namespace made and deleted for it)."""
     if os.geteuid() != 0:
-        return Probe("network namespaces need root (ip netns add)", "no namespaces")
+        return Probe("network namespaces need root (ip netns add)")
+    if shutil.which("ip") is None:
+        return Probe("ip is not installed (Debian: iproute2)")
     name = f"tbprobe{os.getpid()}"
     made = _ip("netns", "add", name)
     if made.returncode != 0:
-        return Probe(f"ip netns add is not allowed here: {made.stderr.strip()}", "no namespaces")
+        return Probe(f"ip netns add is not allowed here: {made.stderr.strip()}")
     try:
-        netem = subprocess.run(
-            ["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root"]
-            + ["netem", "delay", "1ms"],
-            capture_output=True,
-            text=True,
-            timeout=10,
+        return Probe(
+            None,
+            _in(name, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"),
+            _in(name, "ip", "tuntap", "add", "dev", "tbprobe", "mode", "tun"),
         )
-        return Probe(None, (netem.stderr.strip() or "tc failed") if netem.returncode else None)
     finally:
-        _ip("netns", "del", name)
+        _ip("netns", "del", name)  # and the probe's devices with it
 
 
 @attrs.define

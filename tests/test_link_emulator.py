@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.link_emulator import Direction, Shape
-from tests.netns import Link, emulate, socket_in
+from tests.netns import Link, emulate, probe, socket_in
 
 
 def direction(**shape: float) -> Direction:
@@ -120,6 +120,14 @@ def test_a_shape_that_cannot_be_is_refused_saying_what_is_wrong(shape, wrong):
 
 DELAY, JITTER = 0.020, 0.005
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>: a receive buffer above rmem_max, as root
+
+
+@pytest.fixture
+def link(link: Link) -> Link:
+    """The namespaces, where the emulator can make its TUN devices in them."""
+    if probe().tun_missing:
+        pytest.skip(f"the link emulator cannot make TUN devices here: {probe().tun_missing}")
+    return link
 
 
 def pair(link: Link) -> tuple[socket.socket, socket.socket]:
