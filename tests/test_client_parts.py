@@ -17,7 +17,8 @@ import trio.testing
 from turbine import ConnectionFailed, RequestFailed, TurbineError, open_client
 from turbine._client_outbox import Outbox
 from turbine._constants import PROTOCOL_VERSION
-from turbine.messages import ClientHello, Flush, Put, replace
+from turbine._values import replace
+from turbine.messages import ClientHello, Flush, Put
 from turbine.protocol import NEED_DATA, Connection, Role
 
 SRC = "daq_rig_data_source"

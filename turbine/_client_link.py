@@ -19,7 +19,6 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import attrs
 import trio
 
 from . import messages as m
@@ -47,6 +46,7 @@ from ._errors import (
     TurbineError,
 )
 from ._io import send_buffers
+from ._values import Value
 from .protocol import NEED_DATA, Connection, Role
 
 if TYPE_CHECKING:
@@ -315,8 +315,7 @@ class Link:
                 self.spool.close()
 
 
-@attrs.frozen
-class Dialer:
+class Dialer(Value):
     """Where and as whom a client connects: what each of its connections'
     :func:`handshake` is given."""
 

@@ -6,8 +6,7 @@ from collections.abc import Iterator, Mapping
 from itertools import chain, repeat
 from typing import Any, NamedTuple
 
-import attrs
-
+from ._values import Value
 from .groups import check_groups, split_groups
 
 
@@ -75,8 +74,7 @@ class Gap(NamedTuple):
         return f"{self.source}/{self.channel}"
 
 
-@attrs.frozen
-class ChannelInfo:
+class ChannelInfo(Value):
     name: str
     content_type: str
     frames: int
@@ -93,8 +91,7 @@ class ChannelInfo:
     disk: Any = None
 
 
-@attrs.frozen
-class SourceInfo:
+class SourceInfo(Value):
     """A source as ``list_sources`` reports it."""
 
     name: str
@@ -134,8 +131,8 @@ def _channel(d: Mapping[str, Any]) -> ChannelInfo:
     return ChannelInfo(**{k: v for k, v in d.items() if k in _CHANNEL_FIELDS})
 
 
-_SOURCE_FIELDS = frozenset(f.name for f in attrs.fields(SourceInfo))
-_CHANNEL_FIELDS = frozenset(f.name for f in attrs.fields(ChannelInfo))
+_SOURCE_FIELDS = frozenset(f.name for f in SourceInfo.fields)
+_CHANNEL_FIELDS = frozenset(f.name for f in ChannelInfo.fields)
 
 
 def _as_bytes(data: bytes | memoryview) -> bytes:

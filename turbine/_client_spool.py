@@ -13,7 +13,8 @@ import trio
 from ._blocking import run_blocking
 from ._clock import wall_time
 from ._spool_file import SPOOL_SUFFIX, SpoolFile, left_spool_files
-from .messages import Put, replace
+from ._values import replace
+from .messages import Put
 from .protocol import encode_message
 
 log = logging.getLogger("turbine.client")

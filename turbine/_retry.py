@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import attrs
-
 #: Doubling stops here: 2**60 times any first delay is past every cap.
 _MAX_DOUBLINGS = 60
 
@@ -13,7 +11,6 @@ def capped_delay(first: float, most: float, attempt: int) -> float:
     return min(first * 2 ** min(max(attempt - 1, 0), _MAX_DOUBLINGS), most)
 
 
-@attrs.define
 class Backoff:
     """Counts failures in a row; :meth:`next_delay` says how long to wait before the next try.
 
@@ -21,9 +18,12 @@ class Backoff:
     opened), not merely when a connection is accepted.
     """
 
-    first: float
-    most: float
-    failures: int = 0
+    __slots__ = ("first", "most", "failures")
+
+    def __init__(self, first: float, most: float, failures: int = 0) -> None:
+        self.first = first
+        self.most = most
+        self.failures = failures
 
     def next_delay(self) -> float:
         """Count one more failure; the wait before trying again."""

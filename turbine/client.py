@@ -32,7 +32,6 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import attrs
 import trio
 
 from . import messages as m
@@ -54,11 +53,11 @@ from ._clock import clock_offset, wall_time
 from ._constants import DEFAULT_ADDRESS, SPOOL_BYTES
 from ._errors import LocalProtocolError, TurbineError, unwrap
 from ._selections import check_start
+from ._values import Value
 from .names import compile_pattern
 
 
-@attrs.frozen
-class ClockReading:
+class ClockReading(Value):
     """The broker's clock against this machine's (:meth:`Client.time`)."""
 
     #: The broker's clock in the best exchange, and ours when its answer arrived.

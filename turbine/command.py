@@ -16,12 +16,12 @@ import json
 import secrets
 from typing import Any
 
-import attrs
 import trio
 
 from ._clock import wall_time
 from ._errors import RequestFailed, TurbineError
 from ._retry import Backoff
+from ._values import Value, field, value_dict
 from .client import Client, Frame, Gap
 from .correlate import Correlator
 
@@ -46,12 +46,11 @@ def endpoints(component: str) -> dict[str, str]:
     }
 
 
-@attrs.frozen
-class Command:
+class Command(Value):
     id: str
     verb: str
     args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    kwargs: dict[str, Any] = field(factory=dict)
     deadline: float | None = None
 
     @classmethod
@@ -74,11 +73,10 @@ class Command:
         return cls(str(d.get("id", "")), d["verb"], tuple(args), kwargs, deadline)
 
     def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self)).encode()
+        return json.dumps(value_dict(self)).encode()
 
 
-@attrs.frozen
-class Reply:
+class Reply(Value):
     id: str
     verb: str
     status: str  # "ok", "error" or "expired"
@@ -110,7 +108,7 @@ class Reply:
         )
 
     def to_json(self) -> bytes:
-        return json.dumps(attrs.asdict(self), default=str).encode()
+        return json.dumps(value_dict(self), default=str).encode()
 
 
 async def send_command(

@@ -4,7 +4,7 @@ A class's fields are the message's header fields, in the order they are
 written on the wire.  Their annotations are also what the sans-I/O layer
 (:mod:`turbine.protocol`) checks a peer's message against: a field with no
 default is required, a field that defaults to ``None`` is optional and left
-out of the header when ``None`` (unless marked ``write_nil``), a ``float``
+out of the header when ``None`` (unless marked :data:`WRITE_NIL`), a ``float``
 field takes any number, and a ``list``/``dict`` field takes any list/map.  A
 message carries its payload (``put``, ``frames``) as a view of the bytes
 received; to send one, hand the payload buffers to ``Connection.send`` beside it.
@@ -12,114 +12,30 @@ received; to send one, hand the payload buffers to ``Connection.send`` beside it
 Frames stay columnar: a ``put`` or ``frames`` message is one object however
 many frames it carries, and no object is built per frame here.
 
-Messages are values: built with keyword arguments, compared field by field,
-never changed (:func:`replace` makes a changed copy).  They are plain classes
-with ``__slots__`` rather than attrs classes: every client imports this module,
-and attrs built these classes in 8.8 ms of CPU (generated code for each method,
-type hints resolved from strings), against 2 ms here.  That they are never
-changed is checked by the type checker (``frozen_default`` below), not at run
-time: a guarding ``__setattr__`` makes each field's store a call (a put of 13
-fields: 2.1 us to build, against 0.6 us), and the broker builds one per put.
+Messages are :class:`~turbine._values.Value` classes, taking their fields by
+keyword: cheap to define (every client imports this module) and never changed.
 """
 
 import enum
 import types
 import typing
-from collections.abc import Callable
 from typing import Any, ClassVar
 
-#: No default: the field is required.
-_REQUIRED: Any = object()
+from ._values import Value, field
+
+#: Field metadata: write the field even when it is ``None`` (as nil).
+WRITE_NIL = {"write_nil": True}
+#: Field metadata: not a header field (the payload a message arrived with).
+_NOT_IN_HEADER = {"header": False}
 
 
 def _no_payload() -> memoryview:
     return memoryview(b"")
 
 
-class Field:
-    """One field of a message class (see :func:`field`)."""
-
-    __slots__ = ("name", "type", "default", "factory", "write_nil", "repr", "header")
-
-    def __init__(
-        self,
-        default: Any = _REQUIRED,
-        factory: Callable[[], Any] | None = None,
-        write_nil: bool = False,
-        repr: bool = True,
-        header: bool = True,
-    ) -> None:
-        self.name = ""
-        self.type: Any = None
-        self.default = default
-        self.factory = factory
-        self.write_nil = write_nil
-        self.repr = repr
-        self.header = header
-
-
-def field(
-    *,
-    default: Any = _REQUIRED,
-    factory: Callable[[], Any] | None = None,
-    write_nil: bool = False,
-    repr: bool = True,
-    header: bool = True,
-) -> Any:
-    """A field with more to say than its default: ``write_nil``, written even when
-    ``None`` (as nil); ``repr=False``, left out of the message's repr (a secret);
-    ``header=False``, not a header field (the payload a message arrived with)."""
-    return Field(default, factory, write_nil, repr, header)
-
-
+# The decorator tells the type checker what kw_only=True does for every subclass.
 @typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(field,))
-class _MessageClass(type):
-    """Makes a message class of a class body: its annotated names (but ``ClassVar``
-    ones) are its fields, after its base's, and its ``__init__`` takes them by keyword."""
-
-    def __new__(
-        mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]
-    ) -> "_MessageClass":
-        own: list[Field] = []
-        for fname, annotation in namespace.get("__annotations__", {}).items():
-            if typing.get_origin(annotation) is ClassVar:
-                continue
-            given = namespace.pop(fname, _REQUIRED)
-            f = given if isinstance(given, Field) else Field(given)
-            f.name, f.type = fname, annotation
-            own.append(f)
-        namespace["__slots__"] = tuple(f.name for f in own)
-        cls = super().__new__(mcls, name, bases, namespace)
-        every = (*getattr(cls, "fields", ()), *own)
-        cls.fields = every  # type: ignore[attr-defined]
-        cls.__init__ = _make_init(name, every)  # type: ignore[misc]
-        return cls
-
-
-def _make_init(name: str, fields: tuple[Field, ...]) -> Callable[..., None]:
-    """An ``__init__`` taking ``fields`` by keyword and storing each: generated
-    code, as fast as a hand-written one (the hot paths build a message per put)."""
-    params, body = [], []
-    env: dict[str, Any] = {"_REQUIRED": _REQUIRED}
-    for f in fields:
-        if f.factory is not None:
-            env[f"_f_{f.name}"] = f.factory
-            params.append(f"{f.name}=_REQUIRED")
-            body.append(f"self.{f.name} = _f_{f.name}() if {f.name} is _REQUIRED else {f.name}")
-        else:
-            if f.default is not _REQUIRED:
-                env[f"_d_{f.name}"] = f.default
-            params.append(f.name if f.default is _REQUIRED else f"{f.name}=_d_{f.name}")
-            body.append(f"self.{f.name} = {f.name}")
-    star = ", *, " if params else ""
-    lines = [f"def __init__(self{star}{', '.join(params)}):", *(f"    {b}" for b in body)]
-    exec(compile("\n".join([*lines, "    pass"]), f"<{name}.__init__>", "exec"), env)
-    init: Callable[..., None] = env["__init__"]
-    init.__qualname__ = f"{name}.__init__"
-    return init
-
-
-class Message(metaclass=_MessageClass):
+class Message(Value, kw_only=True):
     """What every message has: its wire ``type`` and the side that may send it."""
 
     #: The message's name on the wire (the header's ``type``).
@@ -128,33 +44,6 @@ class Message(metaclass=_MessageClass):
     sender: ClassVar[str]
     #: Header fields in wire order, each with whether it is written when ``None``.
     wire_fields: ClassVar[tuple[tuple[str, bool], ...]]
-    #: Every field, the base class's first (header fields in wire order, and the payload).
-    fields: ClassVar[tuple[Field, ...]] = ()
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in self.fields if f.repr)
-        return f"{type(self).__name__}({shown})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, f.name) == getattr(other, f.name) for f in self.fields)
-
-    def __hash__(self) -> int:
-        return hash((type(self), *(getattr(self, f.name) for f in self.fields)))
-
-
-M = typing.TypeVar("M", bound="Message")
-
-
-def replace(msg: M, **changes: Any) -> M:
-    """A copy of ``msg`` with ``changes`` to its fields.
-
-    Raises:
-        TypeError: a name in ``changes`` is not one of its fields.
-    """
-    values = {f.name: getattr(msg, f.name) for f in msg.fields}
-    return type(msg)(**(values | changes))
 
 
 class Request(Message):
@@ -237,7 +126,7 @@ class Put(Message):
     seqs: list[int] | None = None
     #: A mirror's put: ``[first_seq, writer]`` for each run of frames by one writer.
     writers: list[Any] | None = None
-    payload: memoryview = field(factory=_no_payload, header=False)
+    payload: memoryview = field(factory=_no_payload, metadata=_NOT_IN_HEADER)
 
 
 class Flush(Request):
@@ -305,14 +194,14 @@ class Acl(Request):
 
 class Ok(Message):
     id: int
-    result: Any = field(default=None, write_nil=True)
+    result: Any = field(default=None, metadata=WRITE_NIL)
 
 
 class Error(Message):
     """A refusal: of request ``id``, or (``id`` nil) of a put or of the connection,
     or the end of subscription ``sub`` (a revoked read right)."""
 
-    id: int | None = field(default=None, write_nil=True)
+    id: int | None = field(default=None, metadata=WRITE_NIL)
     code: str
     message: str
     sub: int | None = None
@@ -326,7 +215,7 @@ class Frames(Message):
     groups: list[Any]
     #: True on every part of a fetch reply but its last.
     more: bool | None = None
-    payload: memoryview = field(factory=_no_payload, header=False)
+    payload: memoryview = field(factory=_no_payload, metadata=_NOT_IN_HEADER)
 
 
 class GapReport(Message):
@@ -432,15 +321,15 @@ def _spec(cls: type[Message], kind: str, sender: str) -> Spec:
     wire: list[tuple[str, bool]] = []
     has_payload = False
     for f in cls.fields:
-        if not f.header:
+        if not f.metadata.get("header", True):
             has_payload = True
             continue
         allowed, nil = _check_types(f.type)
-        if f.default is _REQUIRED and f.factory is None and not nil:
+        if f.required and not nil:
             required[f.name] = allowed
         else:
             optional[f.name] = allowed  # nil is as good as absent
-        wire.append((f.name, f.write_nil))
+        wire.append((f.name, bool(f.metadata.get("write_nil"))))
     cls.type = kind
     cls.sender = sender
     cls.wire_fields = tuple(wire)

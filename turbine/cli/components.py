@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
 import click
 
 from .._format import fmt_bytes, fmt_duration, program_table
+from .._values import value_dict
 from ..client import Client
 from ..command import NoReply, send_command
 from ._common import client_command
@@ -92,7 +92,7 @@ async def cmd(
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(2) from None
     if as_json_:
-        click.echo(json.dumps(attrs.asdict(reply), indent=2, default=str))
+        click.echo(json.dumps(value_dict(reply), indent=2, default=str))
     elif reply.ok:
         click.echo(reply_text(verb, reply.result))
     else:

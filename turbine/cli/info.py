@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import attrs
 import click
 
 from .._constants import (
     CLOCK_FLAG_S,
 )
 from .._format import fmt_bytes
+from .._values import value_dict
 from ..client import Client, SourceInfo
 from ..origin import Origin
 from ..render import iso
@@ -73,7 +73,7 @@ async def ls(tb: Client, pattern: str, as_json_: bool) -> None:
     """List sources matching PATTERN: channels, types, counts, times, rates, metadata."""
     infos = await tb.list_sources(pattern)
     if as_json_:
-        click.echo(json.dumps([attrs.asdict(i) for i in infos], indent=2))
+        click.echo(json.dumps([value_dict(i) for i in infos], indent=2))
     elif not infos:
         click.echo(f"no sources match {pattern}", err=True)
     else:

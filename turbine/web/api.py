@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -31,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._constants import FLOAT64_CONTENT_TYPE
 from .._errors import RequestFailed, TurbineError
+from .._values import value_dict
 from ..client import Client, Frame
 from ..command import NoReply, send_command
 from ..names import compile_pattern
@@ -107,7 +107,7 @@ class Viewer:
     async def sources(self, request: Request) -> Response:
         pattern = _pattern(request.query_params.get("pattern", "*"))
         infos = await self.client.list_sources(pattern)
-        return JSONResponse([attrs.asdict(i) for i in infos])
+        return JSONResponse([value_dict(i) for i in infos])
 
     async def whoami(self, request: Request) -> Response:
         """The viewer's user and the rights the broker gave it at login (none without auth)."""

@@ -1,0 +1,64 @@
+"""turbine._values: the cheap value classes the client and the protocol messages are made of."""
+
+from typing import ClassVar
+
+import pytest
+
+from turbine._values import Value, field, replace, value_dict
+
+
+class Point(Value):
+    unit: ClassVar[str] = "mm"
+    x: int
+    y: int = 0
+    tags: list[str] = field(factory=list)
+    secret: str | None = field(default=None, repr=False)
+
+
+class Named(Point, kw_only=True):
+    name: str
+
+
+class Pair(Value):
+    a: int
+    b: str
+
+
+def test_fields_in_order_positional_with_defaults_and_a_fresh_factory_value_each():
+    assert [f.name for f in Point.fields] == ["x", "y", "tags", "secret"]
+    a, b = Point(1), Point(1, 2, ["t"])
+    assert (a.x, a.y, a.tags, b.tags) == (1, 0, [], ["t"])
+    assert Point(1).tags is not Point(1).tags
+    assert Point.unit == "mm"  # a ClassVar is not a field
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
+        Point()  # type: ignore[call-arg]
+
+
+def test_keyword_only_subclass_takes_its_base_fields_first():
+    n = Named(x=1, name="a")
+    assert [f.name for f in Named.fields] == ["x", "y", "tags", "secret", "name"]
+    assert (n.x, n.name) == (1, "a")
+    with pytest.raises(TypeError):
+        Named(1, name="a")  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        Named(x=1, name="a", z=2)  # type: ignore[call-arg]
+
+
+def test_equality_hash_repr_replace_and_dict():
+    assert Point(1, 2) == Point(1, 2) and Point(1, 2) != Point(1, 3)
+    assert Point(1) != Named(x=1, name="a")  # another class is never equal
+    assert hash(Pair(1, "b")) == hash(Pair(1, "b"))  # by value (a list field: unhashable)
+    assert repr(Point(1, secret="hidden")) == "Point(x=1, y=0, tags=[])"
+    moved = replace(Point(1, 2, ["t"]), y=5)
+    assert moved == Point(1, 5, ["t"])
+    with pytest.raises(TypeError):
+        replace(Point(1), z=1)
+    nested = Point(1, tags=[Point(2)], secret=None)  # type: ignore[list-item]
+    assert value_dict(nested) == {
+        "x": 1,
+        "y": 0,
+        "tags": [{"x": 2, "y": 0, "tags": [], "secret": None}],
+        "secret": None,
+    }
+    with pytest.raises(AttributeError):  # slots: no other attributes
+        Point(1).z = 3  # type: ignore[attr-defined]
