@@ -29,7 +29,15 @@ from turbine.messages import (
     Subscribe,
     header_fields,
 )
-from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes, encode_message
+from turbine.protocol import (
+    NEED_DATA,
+    Connection,
+    Role,
+    encode_bytes,
+    encode_frames,
+    encode_message,
+    encode_ok,
+)
 
 HELLO = ("hello", {"protocol": PROTOCOL_VERSION, "software": "turbine test"})
 CLIENT_HELLO = ("client_hello", {"protocol": PROTOCOL_VERSION, "name": "tester"})
@@ -697,3 +705,15 @@ def test_a_header_nested_as_deep_as_msgpack_allows_is_no_recursion_error():
     conn = broker_side()
     conn.receive_data(struct.pack(">II", len(head), 0) + head)
     assert conn.next_event().type == "flush"  # unknown keys are ignored, however deep
+
+
+def test_the_direct_encodings_are_the_bytes_of_their_checked_messages():
+    # The broker's hot paths encode every flush's ok and every delivery
+    # without a message object: a field added to Ok or Frames must not
+    # leave them behind.
+    broker = Connection(Role.BROKER)
+    broker.send(Hello(protocol=PROTOCOL_VERSION, software="t"))
+    assert encode_ok(7) == broker.send(Ok(id=7))
+    groups = [["daq_rig_data_source", "x", "text/plain", 5, [1.5, None], [2, 1], "w"]]
+    payloads = [b"ab", b"c"]
+    assert encode_frames(3, groups, payloads) == broker.send(Frames(sub=3, groups=groups), payloads)

@@ -14,7 +14,7 @@ from typing import Any
 from . import messages as m
 from ._constants import DELIVERY_BATCH_BYTES, DELIVERY_BATCH_FRAMES
 from .groups import split_frames
-from .protocol import Connection, encode_message
+from .protocol import Connection, encode_frames
 from .router import Cursor, Subscription, collect
 
 _NO_SPAN: tuple[None, None] = (None, None)  # a gap whose time span the broker does not know
@@ -95,7 +95,7 @@ class Delivery:
                 )
             if groups:
                 for part, part_payloads in split_frames(groups, payloads, n, size):
-                    buffers += encode_message(m.Frames(sub=sub.id, groups=part), part_payloads)
+                    buffers += encode_frames(sub.id, part, part_payloads)
                 budget_frames -= n
                 budget_bytes -= size
                 sub.delivered += n

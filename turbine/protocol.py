@@ -73,6 +73,18 @@ def encode_message(msg: Message, payloads: Sequence[Any] = ()) -> list[Any]:
     return encode(msg.type, header_fields(msg), payloads)
 
 
+def encode_ok(request_id: int) -> list[Any]:
+    """An ``ok`` with no result: what :func:`encode_message` makes of
+    ``Ok(id=request_id)``, without the message object (every flush's reply)."""
+    return encode("ok", {"id": request_id, "result": None})
+
+
+def encode_frames(sub: int, groups: list[Any], payloads: Sequence[Any]) -> list[Any]:
+    """A subscription's ``frames`` message: what :func:`encode_message` makes of
+    ``Frames(sub=sub, groups=groups)``, without the message object (every delivery)."""
+    return encode("frames", {"sub": sub, "groups": groups}, payloads)
+
+
 def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
     """Like :func:`encode`, joined into one bytes object."""
     return b"".join(encode(kind, fields, payloads))

@@ -140,6 +140,10 @@ class Sender:
                 f"{MAX_HEADER_BYTES} for one message; ask for less (a narrower pattern)",
                 "too_large",
             )
+        self.queue_encoded(buffers)
+
+    def queue_encoded(self, buffers: list[Any]) -> None:
+        """Queue one reply, encoded already (checked by whoever made it)."""
         self.apply(self.out.reply(buffers))
 
     async def drain(self, seconds: float) -> None:
