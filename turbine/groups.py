@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._constants import (
+    COPY_FRAMES_ONE_BY_ONE_BYTES,
     DELIVERY_BATCH_BYTES,
     DELIVERY_BATCH_FRAMES,
     MAX_CONTENT_TYPE_CHARS,
@@ -67,6 +68,8 @@ def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:
         return [payload[a:b] for a, b in itertools.pairwise(ends)]
     obj = payload.obj
     if type(obj) is not bytes or len(obj) != len(payload):
+        if len(payload) >= COPY_FRAMES_ONE_BY_ONE_BYTES * len(sizes):
+            return [payload[a:b].tobytes() for a, b in itertools.pairwise(ends)]
         obj = bytes(payload)
     return [obj[a:b] for a, b in itertools.pairwise(ends)]
 
