@@ -9,6 +9,7 @@ the connections and what they share (the hub, auth, the receive budget).
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Protocol
 
@@ -97,6 +98,7 @@ class ClientConnection(Sender, Requests):
             self.proto, self.subs, self.reads.prefetch, trio.current_time, self._wake_writer_at
         )
         self.bytes_in = self.bytes_out = self.frames_in = 0
+        self._emptied = True  # the last read took less than it was offered (none yet)
         self.written: set[str] = set()
         self.slow_events = 0
 
@@ -228,13 +230,37 @@ class ClientConnection(Sender, Requests):
         proto = self.proto
         while True:
             with proto.get_buffer() as view:
-                if len(view):
-                    n = await self.sock.recv_into(view)
+                if offered := len(view):
+                    n = await (self._read(view) if self.direct else self.sock.recv_into(view))
                     break
             await self.broker.receive_room()
         proto.buffer_updated(n)
         self.bytes_in += n
+        self._emptied = n < offered
         return n
+
+    async def _read(self, view: memoryview) -> int:
+        """``recv_into`` of a plain socket, without trio's wrapper around it: a read
+        that took less than it was offered most likely emptied the socket, so the
+        next one waits for bytes first instead of failing a read; one that filled
+        its offer reads again at once (and lets others run after it, as trio's does)."""
+        sock = self.stream.socket
+        if self._emptied:
+            await trio.lowlevel.wait_readable(sock)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        fd = sock.fileno()
+        waited = self._emptied
+        while True:
+            try:
+                n = os.readv(fd, [view])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return n
 
     def info(self) -> dict[str, Any]:
         return {
