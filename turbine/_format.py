@@ -23,6 +23,11 @@ def fmt_bytes(n: float) -> str:
     raise AssertionError
 
 
+def fmt_count(n: int, noun: str) -> str:
+    """``1 frame``, ``2 frames``: a count and its noun, plural but for one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -118,5 +118,5 @@ async def test_an_empty_range_writes_nothing_and_a_start_can_be_a_time_ago(tmp_p
             assert not to.exists()  # so the same --to takes the next try
             recent = await export("daq_now_data_source/x", "--start", "-2m", "--duration", "10m")
             assert recent.exit_code == 0, recent.output
-            assert recent.output.startswith("exported 1 frames of 1 channels to ")
+            assert recent.output.startswith("exported 1 frame of 1 channel to ")
             nursery.cancel_scope.cancel()

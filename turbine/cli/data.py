@@ -12,7 +12,7 @@ import click
 import trio
 
 from .._errors import RequestFailed
-from .._format import OCTET_STREAM, fmt_bytes, guess_content_type
+from .._format import OCTET_STREAM, fmt_bytes, fmt_count, guess_content_type
 from .._selections import check_selection, check_start
 from ..client import Client, Frame, Gap
 from ..names import compile_pattern, split_path
@@ -245,10 +245,14 @@ async def export(tb: Client, pattern: str, start: str, duration: str, to: str, f
         raise click.ClickException(str(exc)) from None
     frames = sum(c["frames"] for c in manifest["channels"].values())
     size = sum(f["size"] for f in manifest["files"].values())
-    gaps = f", {len(manifest['gaps'])} gaps (see the manifest)" if manifest["gaps"] else ""
+    gaps = (
+        f", {fmt_count(len(manifest['gaps']), 'gap')} (see the manifest)"
+        if manifest["gaps"]
+        else ""
+    )
     click.echo(
-        f"exported {frames} frames of {len(manifest['channels'])} channels to {to}: "
-        f"{len(manifest['files'])} files, {fmt_bytes(size)}{gaps}"
+        f"exported {fmt_count(frames, 'frame')} of {fmt_count(len(manifest['channels']), 'channel')} "
+        f"to {to}: {fmt_count(len(manifest['files']), 'file')}, {fmt_bytes(size)}{gaps}"
     )
 
 
@@ -335,4 +339,4 @@ async def put(
     await tb.flush()
     if own and src is not None:
         await src.close()
-    click.echo(f"put {n} frame{'s' if n != 1 else ''} on {path}", err=True)
+    click.echo(f"put {fmt_count(n, 'frame')} on {path}", err=True)
