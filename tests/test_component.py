@@ -88,8 +88,9 @@ def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
 
 
 async def test_serve_returns_from_nursery_start_once_ready_and_commands_work(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="daq_t1")
     follow_trio_clock()
     with trio.fail_after(30):
         async with open_broker() as address:
@@ -104,8 +105,14 @@ async def test_serve_returns_from_nursery_start_once_ready_and_commands_work(
                 assert reply.ok and reply.result >= 4
                 status = (await send_command(tb, "daq_t1", "status")).result
                 assert status["uptime"] >= 2.0 and status["waiting_for"] is None
+            # (Here: cancelling the test's nursery below ends this test too.)
+            assert ticker.lasting_started == 1
+            said = [r.getMessage() for r in caplog.records if r.name == "daq_t1"]
+            assert [m.split(" from ")[0] for m in said if m.startswith("command ")] == [
+                "command ticks",
+                "command status",  # one space, with no arguments too
+            ]
             nursery.cancel_scope.cancel()
-    assert ticker.lasting_started == 1
 
 
 async def test_a_full_broker_makes_a_component_wait_not_crash(

@@ -227,7 +227,7 @@ class CommandDesk:
             reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
         else:
             self.log.info(
-                "command %s %s from %s", cmd.verb, " ".join(map(str, cmd.args)), frame.writer
+                "command %s from %s", " ".join(map(str, (cmd.verb, *cmd.args))), frame.writer
             )
             status, result, error = await self.execute(cmd)
             if status != "ok":
