@@ -128,7 +128,9 @@ def test_oldest_arrival_follows_eviction():
     ring.append_many([1.0, 2.0], [b"a", b"b"], "w", 10)
     assert ring.oldest_arrival == 10
     ring.append_many([3.0], [b"c"], "w", 12)
-    assert ring.oldest_arrival == 11
+    assert ring.oldest_arrival == 10  # frame 2 came with frame 1, in the put numbered 10
+    ring.append_many([4.0], [b"d"], "w", 13)
+    assert ring.oldest_arrival == 12
     ring.evict(5)
     assert len(ring) == 0 and ring.oldest_arrival is None and ring.bytes == 0
 

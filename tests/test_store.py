@@ -176,15 +176,21 @@ def evict_frame_by_frame(rings: list[Ring], held: int, budget: int) -> int:
     keep=st.floats(0, 1),
 )
 def test_evict_to_fit_frees_what_evicting_frame_by_frame_frees(puts, keep):
-    def filled() -> list[Ring]:
+    def filled(one_by_one: bool) -> list[Ring]:
+        # one_by_one: each frame appended alone, under a number of its own (a
+        # put's frames share the put's number otherwise)
         rings, arrival = [Ring(10**6) for _ in range(3)], 0
         for i, sizes in puts:
             data = [b"x" * n for n in sizes]
-            rings[i].append_many([0.0] * len(data), data, "w", arrival)
+            if one_by_one:
+                for k, d in enumerate(data):
+                    rings[i].append_many([0.0], [d], "w", arrival + k)
+            else:
+                rings[i].append_many([0.0] * len(data), data, "w", arrival)
             arrival += len(data)
         return rings
 
-    fast, slow = filled(), filled()
+    fast, slow = filled(False), filled(True)
     held = sum(r.bytes for r in fast)
     budget = int(held * keep)
     assert evict_to_fit(fast, held, budget) == evict_frame_by_frame(slow, held, budget)

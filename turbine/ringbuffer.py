@@ -182,7 +182,7 @@ class Ring(Selections):
     ) -> int:
         """Append frames; return the bytes evicted to stay within ``max_frames``.
 
-        ``arrival`` numbers the first of them in the owner's arrival order;
+        ``arrival`` numbers the put in the owner's arrival order (its frames share it);
         ``sizes`` are their lengths, when the caller has them already; ``seq``
         numbers the first of them, leaving a hole after ``next_seq``.
 
@@ -212,7 +212,7 @@ class Ring(Selections):
             self._sizes.fromlist(sizes)
         else:
             self._sizes.extend(sizes)
-        self._arrival.extend(range(arrival, arrival + n))
+        self._arrival += array.array("q", (arrival,)) * n  # one number a put: evict_to_fit
         self.bytes += FRAME_OVERHEAD_BYTES * n + sum(sizes)
         self.next_seq += n
         over = len(self) - self.max_frames

@@ -163,7 +163,8 @@ class ChannelStore(Protocol):
 
     @property
     def oldest_arrival(self) -> int | None:
-        """The owner's arrival number of the oldest frame held (see :func:`evict_to_fit`)."""
+        """The owner's arrival number of the oldest frame held (its put's first frame's:
+        see :func:`evict_to_fit`)."""
         ...
 
     @property
@@ -353,6 +354,12 @@ def evict_to_fit(stores: Iterable[ChannelStore], held: int, budget: int) -> int:
 
     A step per run of one store's frames older than every other store's
     oldest (one step for a source of one channel), not per frame.
+
+    A put's frames share one arrival number, its first frame's (repeating an
+    array; extending it by a range was a Python int per frame, ~120 us of a
+    4,096-frame put).  The owner numbers puts by their frames, so two puts'
+    numbers never overlap, and frames compare across stores as they would
+    numbered one by one.
     """
     candidates = list(stores)
     freed = 0
