@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import json
 import signal
+import struct
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import trio
 
 from tests.test_cli import TURBINE, Serve, ok, read_line, stop, tb
 from turbine import FrameGroup, RequestFailed, open_client
+from turbine._client_writes import copy_put
 from turbine.mcp.config import load_config
 from turbine.mirror import group_puts
 from turbine.origin import IDENTITY_FILE, Origin, load_identity
@@ -67,7 +70,8 @@ async def test_groups_carry_a_subscriptions_frames_as_columns_that_put_copy_take
 
             await tb_.open_mirror(SRC, {"x": "text/plain"}, ORIGIN)
             (put,) = group_puts(got)  # one content type: one put
-            assert put.seqs == [1, 2, 3, 4] and put.timestamps == [0.0, 1.0, 2.0, 9.0]
+            assert list(put.seqs) == [1, 2, 3, 4]
+            assert put.timestamps.tolist() == [0.0, 1.0, 2.0, 9.0]
             assert [w for _, w in put.writers] == [got[0].writer, got[-1].writer]
             await tb_.put_copy(
                 SRC, "x", put.timestamps, put.pieces, put.seqs, put.writers, sizes=put.sizes
@@ -79,6 +83,48 @@ async def test_groups_carry_a_subscriptions_frames_as_columns_that_put_copy_take
                 (3, b"f2", 2.0, got[0].writer),
                 (4, b"other", 9.0, got[-1].writer),
             ]
+
+
+async def test_a_copy_in_the_compact_form_and_in_lists_stores_the_same_frames(broker):
+    listed = "daq_listed_data_source"
+    with trio.fail_after(10):
+        async with open_client(broker, name="mirror") as tb_:
+            await tb_.open_mirror(SRC, {"x": "text/plain"}, ORIGIN)
+            await tb_.open_mirror(listed, {"x": "text/plain"}, Origin(ORIGIN.broker, listed))
+            assert SRC in tb_._compact  # noqa: SLF001 - the broker said it takes the compact form
+            stamps = array.array("d", [1.5, 2.5, 3.5])
+            writers = [[4, "daq#1"], [6, "daq#2"]]
+            await tb_.put_copy(SRC, "x", stamps, [b"a", b"bb", b"c"], range(4, 7), writers)
+            await tb_.put_copy(
+                listed, "x", stamps.tolist(), [b"a", b"bb", b"c"], [4, 5, 6], writers
+            )
+            await tb_.flush()
+            got = [
+                [
+                    (f.seq, f.timestamp, f.data, f.writer)
+                    for f in await tb_.fetch(f"{s}/x", oldest=9)
+                ]
+                for s in (SRC, listed)
+            ]
+    assert (
+        got[0]
+        == got[1]
+        == [
+            (4, 1.5, b"a", "daq#1"),
+            (5, 2.5, b"bb", "daq#1"),
+            (6, 3.5, b"c", "daq#2"),
+        ]
+    )
+
+
+def test_put_copy_sends_the_compact_form_only_to_a_broker_that_takes_it():
+    stamps, writers = array.array("d", [1.5, 2.5]), [[4, "w"]]
+    compact = copy_put(SRC, "x", stamps, [1, 1], range(4, 6), writers, None, compact=True)
+    assert (compact.ts, compact.first_seq, compact.seqs) == (struct.pack("<2d", 1.5, 2.5), 4, None)
+    old = copy_put(SRC, "x", stamps, [1, 1], range(4, 6), writers, None, compact=False)
+    assert (old.ts, old.first_seq, old.seqs) == ([1.5, 2.5], None, [4, 5])
+    listed = copy_put(SRC, "x", [1.5, None], [1, 1], [4, 6], writers, None, compact=True)
+    assert (listed.ts, listed.first_seq, listed.seqs) == ([1.5, None], None, [4, 6])
 
 
 async def test_a_broker_refuses_to_hold_a_copy_of_its_own_frames(broker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import itertools
 
 import pytest
@@ -78,6 +79,42 @@ def test_holes_in_a_copy_are_gaps_with_the_same_missing_numbers(hub):
         ("frames", 10, 1),
     ]
     assert hub.sources[SRC].channels["x"].store.next_seq == 11
+
+
+def test_a_compact_copy_numbered_from_its_first_seq_stores_what_listed_numbers_store(hub):
+    hub.open_source(MIRROR, SRC, mirror=ORIGIN)
+    hub.open_source(MIRROR, "daq_listed_data_source", mirror=Origin("a0a0a0a0", "daq_x_source"))
+    for source, compact in ((SRC, True), ("daq_listed_data_source", False)):
+        for first, n, writers in ((3, 3, [[3, "w1"], [4, "w2"]]), (4, 3, None), (9, 1, None)):
+            seqs = range(first, first + n)
+            data = [f"f{s}".encode() for s in seqs]
+            ts = array.array("d", map(float, seqs))
+            if compact:  # (4, 5 held already: skipped; 7, 8: a hole)
+                hub.put(MIRROR, source, "x", ts, data, first_seq=first, writers=writers)
+            else:
+                hub.put(MIRROR, source, "x", ts.tolist(), data, seqs=list(seqs), writers=writers)
+    assert fetched(hub) == fetched(hub, "daq_listed_data_source/x")
+    assert [(s, t, w) for s, t, _, w in fetched(hub)] == [
+        (3, 3.0, "w1"),
+        (4, 4.0, "w2"),
+        (5, 5.0, "w2"),
+        (6, 6.0, "mirror"),
+        (9, 9.0, "mirror"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seqs", "first_seq", "why"),
+    [([1], 1, "seqs or first_seq, not both"), (None, 0, "first_seq must be an integer >= 1")],
+)
+def test_a_compact_copy_with_a_bad_first_seq_is_refused_and_nothing_is_stored(
+    hub, seqs, first_seq, why
+):
+    hub.open_source(MIRROR, SRC, mirror=ORIGIN)
+    with pytest.raises(RequestFailed, match=why) as info:
+        hub.put(MIRROR, SRC, "x", [1.0], [b"a"], seqs=seqs, first_seq=first_seq)
+    assert info.value.code == "request"
+    assert fetched(hub) == []
 
 
 def test_frames_a_copy_holds_already_are_skipped_not_stored_twice(hub):

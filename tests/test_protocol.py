@@ -206,6 +206,7 @@ typed_values = {
     str: st.text() | st.text(min_size=60, max_size=300),  # over some limits
     list: st.lists(flat_values, max_size=4),
     dict: st.dictionaries(st.text(max_size=8), flat_values, max_size=4),
+    bytes: st.binary(max_size=40),  # a put's packed ts: 8 bytes a frame, or not
     object: header_values,
 }
 known_types = st.sampled_from(sorted(SPECS))
@@ -326,6 +327,13 @@ def test_malformed_frame_groups_are_protocol_errors(groups):
         (
             raw({"type": "put", "source": "s", "channel": "c", "ts": [1], "sizes": [-3]}, b"abc"),
             "sizes must be non-negative integers",
+        ),
+        (
+            raw(
+                {"type": "put", "source": "s", "channel": "c", "ts": b"\0" * 12, "sizes": [3]},
+                b"abc",
+            ),
+            "packed timestamps must be 8 bytes per frame: 12 bytes for 1 sizes",
         ),
         (raw(dict(CLIENT_HELLO[1], type="client_hello")), "may only be sent once"),
     ],

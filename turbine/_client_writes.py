@@ -11,6 +11,7 @@ adds the reading and broker calls.
 
 from __future__ import annotations
 
+import array
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from ._client_handles import Source
 from ._client_link import Link
 from ._client_requests import refused_path
 from ._errors import RequestFailed
+from .groups import pack_times
 from .names import split_path
 from .protocol import encode_message
 
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 
 class Writes(Link):
     """The writing calls of a client (its public API's first half)."""
+
+    #: Mirrored sources opened on a broker that takes a copy's compact form.
+    _compact: frozenset[str] = frozenset()
 
     async def open_source(
         self,
@@ -91,6 +96,9 @@ class Writes(Link):
         """Open mirrored source ``name`` (a copy of ``mirror``'s frames, written
         with :meth:`put_copy`); return the next number of each channel it has.
 
+        The broker's reply also says whether it takes a copy's compact form
+        (``first_seq`` and packed timestamps), which :meth:`put_copy` then uses.
+
         Raises:
             RequestFailed: as :meth:`open_source`; code ``mirror`` when the
                 source exists and is not a mirror of that origin, ``loop``
@@ -105,15 +113,17 @@ class Writes(Link):
             cache_bytes=cache_bytes,
             mirror=mirror.to_wire(),
         )
+        if reply.result.get("compact") is True:
+            self._compact |= {name}
         return dict(reply.result["channels"])
 
     async def put_copy(
         self,
         source: str,
         channel: str,
-        ts: list[float | None],
+        ts: list[float | None] | array.array[float],
         data: Sequence[Any],
-        seqs: list[int],
+        seqs: list[int] | range,
         writers: list[Any],
         content_type: str | None = None,
         *,
@@ -123,20 +133,18 @@ class Writes(Link):
 
         ``data`` holds one piece per frame, or, with ``sizes``, the frames'
         bytes back to back in any pieces (a :class:`FrameGroup`'s payload).
-        Written at once, after the puts queued before; a refusal is raised by
-        the next request (as for every put).
+        Timestamps in an ``array('d')`` and numbers in a ``range`` go in the
+        compact form (packed ``ts``, ``first_seq``) where the broker said at
+        :meth:`open_mirror` that it takes it, else as lists.  Written at once,
+        after the puts queued before; a refusal is raised by the next request
+        (as for every put).
 
         Raises:
             TurbineError: the connection failed.
         """
-        put = m.Put(
-            source=source,
-            channel=channel,
-            ts=ts,
-            sizes=list(map(len, data)) if sizes is None else sizes,
-            content_type=content_type,
-            seqs=seqs,
-            writers=writers,
+        sizes = list(map(len, data)) if sizes is None else sizes
+        put = copy_put(
+            source, channel, ts, sizes, seqs, writers, content_type, source in self._compact
         )
         await self._outbox.send(encode_message(put, list(data)))
 
@@ -167,3 +175,36 @@ class Writes(Link):
         refusal = requests.take_refusal(f"{source}/{channel}", since)
         if refusal is not None:
             raise refusal
+
+
+def copy_put(
+    source: str,
+    channel: str,
+    ts: list[float | None] | array.array[float],
+    sizes: list[int],
+    seqs: list[int] | range,
+    writers: list[Any],
+    content_type: str | None,
+    compact: bool,
+) -> m.Put:
+    """The ``put`` of :meth:`Writes.put_copy`: timestamps in an ``array('d')`` packed
+    and numbers in a ``range`` as their ``first_seq`` when ``compact`` (the broker
+    takes that form), else both as lists."""
+    first_seq = None
+    if compact and type(seqs) is range and seqs.step == 1:
+        first_seq, listed = seqs.start, None
+    else:
+        listed = seqs if type(seqs) is list else list(seqs)
+    stamps: list[Any] | bytes = (
+        ts if not isinstance(ts, array.array) else (pack_times(ts) if compact else ts.tolist())
+    )
+    return m.Put(
+        source=source,
+        channel=channel,
+        ts=stamps,
+        sizes=sizes,
+        content_type=content_type,
+        seqs=listed,
+        first_seq=first_seq,
+        writers=writers,
+    )

@@ -9,7 +9,9 @@ do), and split a large delivery into messages that each fit the limits.
 
 from __future__ import annotations
 
+import array
 import itertools
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,9 +40,15 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
         RemoteProtocolError: the sizes do not add up or the columns differ in length.
     """
     ts, sizes = fields["ts"], fields["sizes"]
-    if len(ts) != len(sizes):
+    if type(ts) is bytes:  # packed: no per-frame values to look at
+        if len(ts) != 8 * len(sizes):
+            raise RemoteProtocolError(
+                f"'put' packed timestamps must be 8 bytes per frame: {len(ts)} bytes "
+                f"for {len(sizes)} sizes"
+            )
+    elif len(ts) != len(sizes):
         raise RemoteProtocolError("'put' lists a different number of timestamps and sizes")
-    if not set(map(type, ts)) <= _TS_TYPES:
+    elif not set(map(type, ts)) <= _TS_TYPES:
         raise RemoteProtocolError("'put' timestamps must be numbers or nil")
     if sizes and (not set(map(type, sizes)) <= _INT or min(sizes) < 0):
         raise RemoteProtocolError("'put' sizes must be non-negative integers")
@@ -53,6 +61,32 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
 
 _TS_TYPES = {float, int, type(None)}
 _INT = {int}
+
+
+def pack_times(ts: array.array[float]) -> bytes:
+    """Timestamps as a put's packed ``ts``: float64, little-endian, 8 bytes each.
+
+    A copy's timestamps go through a mirror this way: a byte string is one
+    msgpack item and one copy where a list is a float object per frame, both
+    to encode and to decode, and checked by type one by one.
+    """
+    if _LITTLE:
+        return ts.tobytes()
+    swapped = array.array("d", ts)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def unpack_times(packed: bytes) -> array.array[float]:
+    """A put's packed ``ts`` (length checked by :func:`check_put`) as an array of floats."""
+    ts = array.array("d")
+    ts.frombytes(packed)
+    if not _LITTLE:
+        ts.byteswap()
+    return ts
+
+
+_LITTLE = sys.byteorder == "little"
 
 
 def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:

@@ -79,7 +79,7 @@ class Hub(SourceLifecycle):
         writer: Peer,
         source: str,
         channel: str,
-        ts: list[Any],
+        ts: Sequence[Any],
         data: list[Any],
         content_type: str | None = None,
         sizes: list[int] | None = None,
@@ -88,6 +88,7 @@ class Hub(SourceLifecycle):
         pseq: int | None = None,
         seqs: list[int] | None = None,
         writers: list[Any] | None = None,
+        first_seq: int | None = None,
         skipped: int | None = None,
         skipped_span: tuple[float, float | None] | None = None,
     ) -> Sequence[Waker]:
@@ -108,8 +109,11 @@ class Hub(SourceLifecycle):
         channel's next number are held already and skipped, so a mirror that
         resends after a reconnect stores nothing twice).  ``writers`` lists
         ``[first_seq, writer]`` for each run of frames by one writer (the
-        origin's writers; the putting client's name without it).  Only a
-        mirrored source takes ``seqs``, and it takes no put without them.
+        origin's writers; the putting client's name without it).  ``first_seq``
+        instead of ``seqs`` numbers the frames from it on, one after another.
+        Only a mirrored source takes ``seqs`` or ``first_seq``, and it takes no
+        put without one.  ``ts`` is a list (None: the broker's clock) or an
+        array of floats (a packed put's).
 
         Raises:
             RequestFailed: no such source, not the holder of a non-shared
@@ -137,14 +141,14 @@ class Hub(SourceLifecycle):
             sizes = list(map(len, data))
         src.check_frames(ch, data, sizes, self.max_frame)
         if ts:
-            if None in ts:
+            if type(ts) is list and None in ts:  # (an array of floats holds none)
                 now = self.clock()
                 if ts.count(None) == len(ts):  # the usual put: the broker stamps every frame
                     ts = [now] * len(ts)
                 else:
                     ts = [now if t is None else t for t in ts]
-            if seqs is not None or src.origin is not None:
-                src.append_copy(ch, ts, data, sizes, seqs, writers, writer.name)
+            if seqs is not None or first_seq is not None or src.origin is not None:
+                src.append_copy(ch, ts, data, sizes, seqs, writers, writer.name, first_seq)
             else:
                 if skipped and seq is None:
                     seq = ch.store.next_seq + skipped

@@ -109,7 +109,9 @@ class Put(Message):
 
     source: str
     channel: str
-    ts: list[float | None]
+    #: One timestamp per frame (nil: the broker's clock), or packed: float64,
+    #: little-endian, 8 bytes a frame (``groups.pack_times``; no nil).
+    ts: list[float | None] | bytes
     sizes: list[int]
     content_type: str | None = None
     #: The producer that sent it (any string the producer keeps across reconnects).
@@ -124,6 +126,9 @@ class Put(Message):
     skipped_last_time: float | None = None
     #: A mirror's put: each frame's number on the origin (increasing; skipped numbers are holes).
     seqs: list[int] | None = None
+    #: A mirror's put, compact: its frames are numbered from this one on, one
+    #: after another (instead of ``seqs``).
+    first_seq: int | None = None
     #: A mirror's put: ``[first_seq, writer]`` for each run of frames by one writer.
     writers: list[Any] | None = None
     payload: memoryview = field(factory=_no_payload, metadata=_NOT_IN_HEADER)

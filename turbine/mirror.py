@@ -14,6 +14,7 @@ of the brokers it passed through) is not copied: no loops.
 
 from __future__ import annotations
 
+import array
 import logging
 import operator
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -101,33 +102,44 @@ def copy_puts(
 
 @attrs.define
 class GroupPut:
-    """The arguments of one :meth:`Client.put_copy` gathered from :class:`FrameGroup` records."""
+    """The arguments of one :meth:`Client.put_copy` gathered from :class:`FrameGroup` records:
+    frames numbered from ``first_seq`` on, one after another, of one content type."""
 
     content_type: str
-    timestamps: list[float | None] = attrs.field(factory=list)
+    first_seq: int
+    #: Packed as they arrive (put_copy sends them packed, no float object per frame).
+    timestamps: array.array[float] = attrs.field(factory=lambda: array.array("d"))
     pieces: list[Any] = attrs.field(factory=list)
     sizes: list[int] = attrs.field(factory=list)
-    seqs: list[int] = attrs.field(factory=list)
     writers: list[Any] = attrs.field(factory=list)
+
+    @property
+    def seqs(self) -> range:
+        """The frames' numbers (put_copy sends the first alone)."""
+        return range(self.first_seq, self.first_seq + len(self.sizes))
 
 
 def group_puts(items: Sequence[Any]) -> list[GroupPut]:
-    """One put per run of one content type over the :class:`FrameGroup` records in
-    ``items`` (one channel's, in order; gaps are skipped: the next group's number
-    leaves the hole).  A step per group, none per frame: the payloads go on uncut.
+    """One put per run of one content type and numbers one after another over the
+    :class:`FrameGroup` records in ``items`` (one channel's, in order; gaps are
+    skipped: the next put's first number leaves the hole).  A step per group,
+    none per frame: the payloads go on uncut.
     """
     puts: list[GroupPut] = []
     put: GroupPut | None = None
     for g in items:
         if type(g) is not FrameGroup:
             continue
-        if put is None or put.content_type != g.content_type:
-            put = GroupPut(g.content_type)
+        if (
+            put is None
+            or put.content_type != g.content_type
+            or put.first_seq + len(put.sizes) != g.first_seq
+        ):
+            put = GroupPut(g.content_type, g.first_seq)
             puts.append(put)
-        put.timestamps += g.timestamps
+        put.timestamps.fromlist(g.timestamps)
         put.pieces.append(g.payload)
         put.sizes += g.sizes
-        put.seqs += g.seqs
         if not put.writers or put.writers[-1][1] != g.writer:
             put.writers.append([g.first_seq, g.writer])
     return puts

@@ -112,17 +112,30 @@ def copy_pieces(
     writers: list[Any] | None,
     default_writer: str,
     next_seq: int,
+    first_seq: int | None = None,
 ) -> list[tuple[int, int, int, str]]:
     """The runs of a mirror's put: ``(start, end, first_seq, writer)`` per run of
     contiguous numbers by one writer, leaving out frames numbered below ``next_seq``.
 
+    The put numbers its frames by ``seqs`` (one number each) or by
+    ``first_seq`` (the first of numbers one after another: the compact form).
+
     Raises:
-        RequestFailed: ``seqs`` missing, not one increasing integer per frame,
-            or ``writers`` not increasing ``[seq, name]`` pairs from the first frame.
+        RequestFailed: both or neither of ``seqs`` and ``first_seq``, ``seqs``
+            not one increasing integer per frame, ``first_seq`` below 1, or
+            ``writers`` not increasing ``[seq, name]`` pairs from the first frame.
     """
+    if first_seq is not None:
+        if seqs is not None:
+            raise RequestFailed(f"put to {path}: seqs or first_seq, not both", "request")
+        if type(first_seq) is not int or first_seq < 1:
+            raise RequestFailed(f"put to {path}: first_seq must be an integer >= 1", "request")
+        marks = _writer_marks(path, writers, first_seq)
+        return _contiguous_pieces(first_seq, count, marks, default_writer, next_seq)
     if seqs is None:
         raise RequestFailed(
-            f"{path} is a mirrored source: a put must carry the origin's seqs", "mirror"
+            f"{path} is a mirrored source: a put must carry the origin's seqs (or first_seq)",
+            "mirror",
         )
     if len(seqs) != count:
         raise RequestFailed(
@@ -147,22 +160,7 @@ def copy_pieces(
         )
     if not contiguous and any(b <= a for a, b in zip(seqs, seqs[1:], strict=False)):
         raise RequestFailed(f"put to {path}: seqs must increase", "request")
-    marks: list[tuple[int, str]] = []
-    for w in writers or ():
-        if not (
-            isinstance(w, list)
-            and len(w) == 2
-            and type(w[0]) is int
-            and isinstance(w[1], str)
-            and (not marks or w[0] > marks[-1][0])
-        ):
-            raise RequestFailed(
-                f"put to {path}: writers must be increasing [seq, name] pairs, not {w!r}"[:300],
-                "request",
-            )
-        marks.append((w[0], w[1]))
-    if marks and marks[0][0] > seqs[0]:
-        raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
+    marks = _writer_marks(path, writers, first)
     if contiguous:
         return _contiguous_pieces(first, count, marks, default_writer, next_seq)
     pieces: list[tuple[int, int, int, str]] = []
@@ -186,6 +184,31 @@ def copy_pieces(
     if start is not None:
         pieces.append((start, len(seqs), seqs[start], name))
     return pieces
+
+
+def _writer_marks(path: str, writers: list[Any] | None, first: int) -> list[tuple[int, str]]:
+    """A mirror's ``writers`` as ``(seq, name)`` marks, checked; ``first`` numbers the put's first frame.
+
+    Raises:
+        RequestFailed: not increasing ``[seq, name]`` pairs, or none naming the first frame's writer.
+    """
+    marks: list[tuple[int, str]] = []
+    for w in writers or ():
+        if not (
+            isinstance(w, list)
+            and len(w) == 2
+            and type(w[0]) is int
+            and isinstance(w[1], str)
+            and (not marks or w[0] > marks[-1][0])
+        ):
+            raise RequestFailed(
+                f"put to {path}: writers must be increasing [seq, name] pairs, not {w!r}"[:300],
+                "request",
+            )
+        marks.append((w[0], w[1]))
+    if marks and marks[0][0] > first:
+        raise RequestFailed(f"put to {path}: writers must name the first frame's writer", "request")
+    return marks
 
 
 def _contiguous_pieces(

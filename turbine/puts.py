@@ -16,7 +16,7 @@ from . import messages as m
 from ._errors import RequestFailed
 from .audit import Audit, command_excerpt
 from .auth import COMMAND, WRITE, Access, is_command_sink
-from .groups import split_payload
+from .groups import split_payload, unpack_times
 from .hub import Hub, no_source
 from .names import InvalidName
 from .peer import Peer
@@ -51,12 +51,13 @@ class Puts:
             self.error(None, refusal)
             return
         data = split_payload(msg.payload, sizes)
+        ts = unpack_times(msg.ts) if isinstance(msg.ts, bytes) else msg.ts
         try:
             wakers = self.broker.hub.put(
                 self.peer,
                 msg.source,
                 msg.channel,
-                msg.ts,
+                ts,
                 data,
                 msg.content_type,
                 sizes,
@@ -67,6 +68,7 @@ class Puts:
                 if msg.skipped and msg.skipped_first_time is not None
                 else None,
                 seqs=msg.seqs,
+                first_seq=msg.first_seq,
                 writers=msg.writers,
             )
         except (RequestFailed, InvalidName) as exc:

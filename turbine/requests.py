@@ -149,7 +149,9 @@ class Requests(Reads, Puts):
             archive_bytes=msg.archive_bytes,
             archive_age=msg.archive_age,
         )
-        result = {"source": src.name, "channels": self.broker.hub.next_seqs(src)}
+        result: dict[str, Any] = {"source": src.name, "channels": self.broker.hub.next_seqs(src)}
+        if msg.mirror is not None:
+            result["compact"] = True  # takes a copy's first_seq and packed ts
         if producers is not None:
             known = src.producers
             result["producers"] = {p: known[p] for p in producers if p in known}

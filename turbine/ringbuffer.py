@@ -14,7 +14,7 @@ from __future__ import annotations
 import array
 import bisect
 import itertools
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
@@ -173,7 +173,7 @@ class Ring(Selections):
 
     def append_many(
         self,
-        ts: list[float],
+        ts: Sequence[float],
         data: list[Any],
         writer: str,
         arrival: int,

@@ -6,6 +6,7 @@ Pure and synchronous, like the hub (``hub.py``) that owns them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ._constants import (
@@ -224,7 +225,7 @@ class Source(Holding):
     def append(
         self,
         ch: Channel,
-        ts: list[float],
+        ts: Sequence[float],
         data: list[Any],
         writer: str,
         sizes: list[int],
@@ -252,19 +253,20 @@ class Source(Holding):
     def append_copy(
         self,
         ch: Channel,
-        ts: list[float],
+        ts: Sequence[float],
         data: list[Any],
         sizes: list[int],
         seqs: list[int] | None,
         writers: list[Any] | None,
         default_writer: str,
+        first_seq: int | None = None,
     ) -> None:
         """A mirror's put: each contiguous run of one writer stored under its own numbers
-        (:func:`~turbine.origin.copy_pieces`).
+        (:func:`~turbine.origin.copy_pieces`; ``first_seq``: numbered from it on).
 
         Raises:
-            RequestFailed: this source is not a mirror, or ``seqs`` / ``writers``
-                are bad or do not fit the channel.
+            RequestFailed: this source is not a mirror, or ``seqs`` / ``first_seq``
+                / ``writers`` are bad or do not fit the channel.
         """
         if self.origin is None:
             raise RequestFailed(
@@ -272,7 +274,9 @@ class Source(Holding):
                 "mirror",
             )
         count = len(ts)
-        pieces = copy_pieces(ch.path, count, seqs, writers, default_writer, ch.store.next_seq)
+        pieces = copy_pieces(
+            ch.path, count, seqs, writers, default_writer, ch.store.next_seq, first_seq
+        )
         for a, b, first, name in pieces:
             if a == 0 and b == count:  # the usual put: one run, the columns as they came
                 self.append(ch, ts, data, name, sizes, first)

@@ -180,7 +180,7 @@ class ChannelStore(Protocol):
 
     def append_many(
         self,
-        ts: list[float],
+        ts: Sequence[float],
         data: list[Any],
         writer: str,
         arrival: int,

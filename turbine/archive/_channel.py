@@ -9,7 +9,7 @@ in the broker's store task, from the archive and the ring together (its
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from .._errors import RequestFailed
@@ -112,7 +112,7 @@ class TieredStore:
 
     def append_many(
         self,
-        ts: list[float],
+        ts: Sequence[float],
         data: list[Any],
         writer: str,
         arrival: int,
