@@ -230,7 +230,7 @@ def print_cpu(note: str, columns: str, rows: list[tuple[int, list[float], list[f
     for size, direct_cpu, copy_cpu in rows:
         total = sum(direct_cpu)
         ratio = f"{sum(copy_cpu) / total:.1f}x" if total else "-"
-        cells = " | ".join(f"{c:.2f}" for c in [*direct_cpu, *copy_cpu])
+        cells = " | ".join(f"{c:.3f}" for c in [*direct_cpu, *copy_cpu])
         print(f"| {size:,} B | {cells} | {ratio} |")
 
 
@@ -252,7 +252,7 @@ def bench_catch_up(frames: int) -> None:
         )
         cpu_rows.append((size, direct_cpu, spent))
     print_cpu(
-        "(10 ms ticks)",
+        "(the time each ran)",
         "direct: B | direct: producer | catch-up: A | B | mirror | waiter | all, catch-up / direct",
         cpu_rows,
     )
@@ -272,7 +272,7 @@ def bench_mirror(frames: int) -> None:
         )
         cpu_rows.append((size, direct_cpu, mirrored_cpu))
     print_cpu(
-        "(10 ms ticks; the producer's includes the waiter)",
+        "(the time each ran; the producer's includes the waiter)",
         "direct: A | direct: producer | mirrored: A | B | mirror | producer | all, mirrored / direct",
         cpu_rows,
     )
