@@ -131,6 +131,7 @@ NOT_FOR_A_PLAIN_CLIENT = {
     "turbine.auth",
     "turbine.tls",
     "turbine._client_spool",
+    "turbine._client_flushes",
     "turbine._spool_file",
     "turbine.cli",
     "turbine.mcp",

@@ -16,6 +16,7 @@ import sys
 import pytest
 import trio
 
+import turbine._client_flushes
 import turbine._client_handles
 import turbine._client_link
 import turbine.client
@@ -26,10 +27,11 @@ from turbine._spool_file import SpoolFile
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
 from turbine.hub import Hub
-from turbine.messages import Put
+from turbine.messages import Flush, Put
 from turbine.peer import Peer
+from turbine.requests import Requests
 from turbine.server import BrokerConfig, serve_turbine
-from turbine.testing import printed_line
+from turbine.testing import open_broker, printed_line
 
 SRC = "daq_rig_data_source"
 PATH = f"{SRC}/x"
@@ -142,7 +144,7 @@ async def test_a_replay_of_puts_the_broker_had_stored_is_not_stored_twice(monkey
     async def no_acknowledgements(self) -> None:  # this test says when to flush
         await trio.sleep_forever()
 
-    monkeypatch.setattr(turbine.client.Client, "_acknowledge", no_acknowledgements)
+    monkeypatch.setattr(turbine._client_flushes.Flushes, "run", no_acknowledgements)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             broker = Broker(nursery)
@@ -309,6 +311,93 @@ def test_a_source_waits_for_a_reconnecting_holder_only_and_only_for_a_while():
     with pytest.raises(RequestFailed, match="held by stranger"):
         hub.open_source(again, "daq_other_data_source")  # (not its owner: no reclaim)
     hub.open_source(again, SRC)  # but its owner takes its source back
+
+
+def count_flushes(monkeypatch) -> list[int]:
+    """The ids of the flush requests the broker (of this process) answers, in order."""
+    seen: list[int] = []
+    answer = Requests._handlers[Flush]
+
+    def counted(conn: Requests, msg: Flush) -> None:
+        seen.append(msg.id)
+        answer(conn, msg)
+
+    monkeypatch.setitem(Requests._handlers, Flush, counted)
+    return seen
+
+
+async def test_a_put_and_its_flush_cost_the_broker_one_flush_request(monkeypatch):
+    flushes = count_flushes(monkeypatch)
+    with trio.fail_after(10):
+        async with open_broker() as address, open_client(address, reconnect=True) as daq:
+            src = await daq.open_source(SRC, {"x": "text/plain"}, shared=True)
+            for i in range(10):
+                await src.put("x", b"%d" % i)
+                await src.flush()
+            assert len(flushes) == 10
+            for i in range(10):
+                await daq.put(PATH, b"%d" % i)  # put and flush in one call
+            assert len(flushes) == 20
+            assert daq.spool is not None and daq.spool.frames == 0
+
+
+async def test_flushes_in_flight_cover_each_other(monkeypatch):
+    flushes = count_flushes(monkeypatch)
+    with trio.fail_after(10):
+        async with open_broker() as address, open_client(address, reconnect=True) as daq:
+            src = await daq.open_source(SRC, {"x": "text/plain"})
+            await src.put("x", b"1")
+            async with trio.open_nursery() as flushing:
+                for _ in range(3):  # the same put: one flush covers all three
+                    flushing.start_soon(src.flush)
+            assert len(flushes) == 1
+            await src.put("x", b"2")
+            async with trio.open_nursery() as flushing:
+                flushing.start_soon(src.flush)
+                await trio.testing.wait_all_tasks_blocked()  # sent (answered or not)
+                await src.put("x", b"3")
+                flushing.start_soon(src.flush)  # covers a later put: one more
+                flushing.start_soon(src.flush)  # and this one waits for that one
+            assert len(flushes) == 3
+            assert daq.spool is not None and daq.spool.frames == 0
+            got = await daq.fetch(PATH, oldest=10)
+    assert [f.data for f in got] == [b"1", b"2", b"3"]
+
+
+async def test_each_flush_covering_a_refused_put_raises_its_refusal():
+    refusals: list[str] = []
+
+    async def flush(src: turbine._client_handles.Source) -> None:
+        with pytest.raises(RequestFailed) as exc:
+            await src.flush()
+        refusals.append(str(exc.value))
+
+    with trio.fail_after(10):
+        async with open_broker() as address, open_client(address, reconnect=True) as daq:
+            src = await daq.open_source(SRC, {"x": "text/plain"})
+            await daq.delete(SRC)
+            await src.put("x", b"1")  # to a source no longer there
+            async with trio.open_nursery() as flushing:
+                flushing.start_soon(flush, src)
+                flushing.start_soon(flush, src)
+    assert len(refusals) == 2  # both were waiting for the flush that reported it
+    assert all(r.startswith(f"put to {PATH} refused: no source named {SRC!r}") for r in refusals)
+
+
+async def test_a_client_closed_while_its_broker_is_away_closes_with_its_frames_spooled():
+    # (Its flusher used to retry the failed link's flush without ever yielding: no close.)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery)
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain"})
+                await broker.stop()
+                await daq._down.wait()
+                await src.put("x", b"1")
+                with pytest.raises(BrokerUnavailable):
+                    await daq.flush(timeout=0.05)
+            assert daq.spool is not None and daq.spool.frames == 1  # given up, as documented
 
 
 async def test_without_reconnect_a_lost_connection_raises():

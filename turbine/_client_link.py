@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import os
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -38,7 +37,6 @@ from ._constants import (
     TLS_CA_ENVVAR,
 )
 from ._errors import (
-    BrokerUnavailable,
     ConnectionFailed,
     LocalProtocolError,
     ProtocolError,
@@ -50,11 +48,12 @@ from ._values import Value
 from .protocol import NEED_DATA, Connection, Role
 
 if TYPE_CHECKING:
+    from ._client_flushes import Flushes
     from ._client_spool import Spool
 
 # Loaded when first needed, not at `import turbine` (a client's start-up time):
 # .auth (a broker that asks for a token), .tls (a client that speaks TLS),
-# ._client_spool and ._retry (a client that reconnects).
+# ._client_spool, ._client_flushes and ._retry (a client that reconnects).
 
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
@@ -95,6 +94,13 @@ class Link:
             directory = None if spool_dir is None else os.fspath(spool_dir)
             self.spool = Spool(spool_bytes, directory, SPOOL_MEMORY_BYTES, name)
         self._outbox = Outbox(None, address, MAX_FRAME_BYTES, self._outbox_lost, spool=self.spool)
+        self._flushes: Flushes | None = None
+        if self.spool is not None:
+            from ._client_flushes import Flushes
+
+            self._flushes = Flushes(
+                self.spool, self._outbox, address, self._connection, self._try_again
+            )
         #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
         self._held: dict[str, dict[str, Any]] = {}
         self._subs: dict[int, Subscription] = {}
@@ -163,7 +169,8 @@ class Link:
             nursery.start_soon(self._outbox.run_flusher)
             if self.reconnect:
                 nursery.start_soon(self._keep_connected, nursery)
-                nursery.start_soon(self._acknowledge)
+                assert self._flushes is not None
+                nursery.start_soon(self._flushes.run)
 
     async def _keep_connected(self, nursery: trio.Nursery) -> None:
         """Whenever the connection is lost: connect again, with capped backoff, and resume."""
@@ -211,14 +218,6 @@ class Link:
             await requests.call(m.Subscribe, m.Ok, **sub.resume_fields())
         await self._outbox.replay()
 
-    async def _acknowledge(self) -> None:
-        """Flush whenever puts wait for their acknowledgement, so the spool does not grow."""
-        assert self.spool is not None
-        while True:
-            await self.spool.wait_for_unacknowledged()
-            with contextlib.suppress(TurbineError):
-                await self.flush()
-
     async def call(self, kind: type[m.Request], reply: type[R], **fields: Any) -> R:
         """Send a request and return its reply; reconnecting, wait for the broker and retry.
 
@@ -235,14 +234,18 @@ class Link:
         self, kind: type[m.Request], reply: type[R], fields: dict[str, Any]
     ) -> list[R]:
         while True:
-            if self.reconnect:
-                await self._up.wait()
-            requests = self._requests
+            requests = await self._connection()
             try:
                 return await requests.call_parts(kind, reply, **fields)
             except (ConnectionFailed, LocalProtocolError) as exc:
                 if not self._try_again(exc, requests):
                     raise
+
+    async def _connection(self) -> Requests:
+        """The connection's requests; reconnecting, once the broker is back."""
+        if not self._up.is_set():
+            await self._up.wait()
+        return self._requests
 
     def _try_again(self, exc: TurbineError, requests: Requests) -> bool:
         """Whether a request that failed with ``exc`` on ``requests``' connection is tried again.
@@ -263,34 +266,18 @@ class Link:
         """Return once the broker holds every frame this client put so far.
 
         Reconnecting, during an outage it waits for the broker to come back
-        and acknowledge them, at most ``timeout`` seconds (None: no limit).
+        and acknowledge them, at most ``timeout`` seconds (None: no limit);
+        while a flush covering the same puts is in flight it waits for that
+        one's answer instead of sending its own.
 
         Raises:
             BrokerUnavailable: ``timeout`` passed first; the frames stay spooled.
             RequestFailed: the broker refused an earlier put (says which and why).
         """
-        if self.spool is None:
+        if self._flushes is None:
             await self._requests.call(m.Flush, m.Ok)
-            return
-        spool = self.spool
-        await self._outbox.send()  # the frames queued so far go to the spool
-        target = spool.end
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            while spool.base < target:
-                await self._up.wait()
-                requests = self._requests
-                try:
-                    _, mark = await requests.call_marked(m.Flush, m.Ok)
-                except (ConnectionFailed, LocalProtocolError) as exc:
-                    if not self._try_again(exc, requests):
-                        raise
-                    continue
-                spool.acknowledged(mark)
-            return
-        raise BrokerUnavailable(
-            f"the broker at {self.address} did not acknowledge within {timeout} s; "
-            f"{spool.frames} frames ({spool.bytes} bytes) are still spooled"
-        )
+        else:
+            await self._flushes.flush(timeout)
 
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection.
