@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ import trio
 import turbine._client_flushes
 import turbine._client_handles
 import turbine._client_link
+import turbine._client_outbox
 import turbine.client
 from tests.test_broker import CAM, wait_offline
 from turbine import BrokerUnavailable, ConnectionFailed, Gap, RequestFailed, open_client
@@ -328,13 +330,23 @@ def count_flushes(monkeypatch) -> list[int]:
 
 async def test_a_put_and_its_flush_cost_the_broker_one_flush_request(monkeypatch):
     flushes = count_flushes(monkeypatch)
+    writes: list[int] = []
+    write = turbine._client_outbox.send_buffers
+
+    async def counted(sock: Any, buffers: list[Any]) -> None:
+        writes.append(len(buffers))
+        await write(sock, buffers)
+
+    monkeypatch.setattr(turbine._client_outbox, "send_buffers", counted)
     with trio.fail_after(10):
         async with open_broker() as address, open_client(address, reconnect=True) as daq:
             src = await daq.open_source(SRC, {"x": "text/plain"}, shared=True)
+            del writes[:]
             for i in range(10):
                 await src.put("x", b"%d" % i)
                 await src.flush()
             assert len(flushes) == 10
+            assert len(writes) == 10  # each put goes out with its flush, in one write
             for i in range(10):
                 await daq.put(PATH, b"%d" % i)  # put and flush in one call
             assert len(flushes) == 20

@@ -93,7 +93,7 @@ class Flushes:
             RequestFailed: the broker refused an earlier put (says which and why).
         """
         spool = self._spool
-        await self._outbox.send()  # the frames queued so far go to the spool
+        await self._outbox.stage()  # the frames queued so far go out with the flush
         target = spool.end
         with trio.move_on_after(math.inf if timeout is None else timeout):
             while spool.base < target:

@@ -120,16 +120,7 @@ class Outbox:
             ConnectionFailed: the write failed; the connection is then failed
                 as a whole (``on_lost``).
         """
-        lock = self._lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            # No pass through the scheduler before an uncontended write (the
-            # latency path of every request and flush); the write lets others
-            # run after it, as every send does.  A cancelled caller still stops
-            # here, before any queued put is taken.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            lock.acquire_nowait()
+        await self._acquire()
         try:
             if self.error is not None:
                 raise self.error
@@ -149,7 +140,35 @@ class Outbox:
                 await self._write(out, raise_error=bool(buffers) or self.spool is None)
             return mark
         finally:
-            lock.release()
+            self._lock.release()
+
+    async def stage(self) -> None:
+        """Take the queued puts into the spool (a reconnecting client's), unwritten:
+        they go out with the next write, ahead of it (a flush's own request).
+
+        Raises:
+            TurbineError: the connection failed (its error).
+        """
+        assert self.spool is not None
+        await self._acquire()
+        try:
+            if self.error is not None:
+                raise self.error
+            await self._take_batches()
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        lock = self._lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # No pass through the scheduler before an uncontended write (the
+            # latency path of every request and flush); the write lets others
+            # run after it, as every send does.  A cancelled caller still stops
+            # here, before any queued put is taken.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lock.acquire_nowait()
 
     async def _write(self, out: list[Any], raise_error: bool) -> None:
         assert self._sock is not None
