@@ -14,15 +14,21 @@ By default everything runs in one trio thread (the hops are real loopback
 TCP, but they share one CPU). ``--processes`` runs broker, simulator,
 translator and serdes as their own processes, as a deployment would, and
 also prints each one's CPU time per request on the turbine path (from
-``/proc``): where the time goes on a machine whose cores they share.
+``/proc``): where the time goes on a machine whose cores they share. With
+``--spy PREFIX`` it also records each process with py-spy (``$PY_SPY`` or
+``py-spy`` on the path) while the turbine path is timed, as raw stacks in
+``PREFIX-<role>.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -157,12 +163,37 @@ async def as_processes():
             await process.wait()
 
 
-async def main(steps: int, processes: bool) -> None:
+@asynccontextmanager
+async def spying(pids: dict[str, int], prefix: str | None):
+    """py-spy recording each of ``pids`` (raw stacks, PREFIX-<role>.txt) for the block."""
+    if prefix is None:
+        yield
+        return
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
+    spies = [
+        await trio.lowlevel.open_process(
+            [spy, "record", "-r", "1000", "--nonblocking", "-f", "raw", "-p", str(pid),
+             "-o", f"{prefix}-{role}.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for role, pid in pids.items()
+    ]  # fmt: skip
+    try:
+        await trio.sleep(1)  # attached
+        yield
+    finally:
+        for process in spies:
+            process.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+        for process in spies:
+            await process.wait()
+
+
+async def main(steps: int, processes: bool, spy: str | None = None) -> None:
     setup = as_processes() if processes else in_process()
     async with setup as (sim_port, serdes_port, pids):
         async with open_ntcp("127.0.0.1", sim_port) as ntcp:
             direct = await measure(ntcp, steps, "d")
-        async with open_ntcp("127.0.0.1", serdes_port) as ntcp:
+        async with open_ntcp("127.0.0.1", serdes_port) as ntcp, spying(pids, spy):
             cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
             via = await measure(ntcp, steps, "t")
             cpu = {role: cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
@@ -194,5 +225,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000, help="requests timed per path")
     parser.add_argument("--processes", action="store_true", help="run each part as a process")
+    parser.add_argument("--spy", metavar="PREFIX", help="py-spy each process (with --processes)")
     args = parser.parse_args()
-    trio.run(main, args.steps, args.processes)
+    if args.spy and not args.processes:
+        parser.error("--spy needs --processes")
+    trio.run(main, args.steps, args.processes, args.spy)
