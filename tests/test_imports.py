@@ -138,6 +138,7 @@ NOT_FOR_A_PLAIN_CLIENT = {
     "turbine.archive",
     "tomllib",
     "uuid",
+    "json",  # for metadata and commands only; its regular expressions cost 1-2 ms to build
     "click",
     "importlib.metadata",
 }

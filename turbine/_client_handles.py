@@ -8,7 +8,6 @@ receiving end of its :class:`Feed`, which the client's read loop fills.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -75,6 +74,8 @@ class Source:
         self, metadata: Mapping[str, Any], timestamp: float | None = None
     ) -> None:
         """Publish ``metadata`` as a new JSON frame on ``metadata.txt`` and flush."""
+        import json  # here: a client that publishes no metadata does not load it
+
         await self.put(METADATA_CHANNEL, json.dumps(metadata, sort_keys=True).encode(), timestamp)
         await self.flush()
 

@@ -12,7 +12,6 @@ and its reply a frame on ``<type>_<name>_command_source/command.txt``::
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -60,6 +59,8 @@ class Command(Value):
         Raises:
             ValueError: not a JSON object with a string ``verb``.
         """
+        import json  # here (and below): a client that sends no command does not load it
+
         d = json.loads(data)
         if not isinstance(d, dict) or not isinstance(d.get("verb"), str):
             raise ValueError("a command must be a JSON object with a string 'verb'")
@@ -73,6 +74,8 @@ class Command(Value):
         return cls(str(d.get("id", "")), d["verb"], tuple(args), kwargs, deadline)
 
     def to_json(self) -> bytes:
+        import json
+
         return json.dumps(value_dict(self)).encode()
 
 
@@ -95,6 +98,8 @@ class Reply(Value):
         Raises:
             ValueError: not a JSON object.
         """
+        import json
+
         d = json.loads(data)
         if not isinstance(d, dict):
             raise ValueError("a reply must be a JSON object")
@@ -108,6 +113,8 @@ class Reply(Value):
         )
 
     def to_json(self) -> bytes:
+        import json
+
         return json.dumps(value_dict(self), default=str).encode()
 
 
