@@ -18,6 +18,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,14 +28,17 @@ import pytest
 import trio
 from PIL import Image
 
+from components.thumbnailer import component as thumbnailer_component
 from components.thumbnailer.component import (
     COMPONENT,
+    INLINE_MAX_BYTES,
     VIDEO_PATTERN,
     Thumbnailer,
     ThumbnailParams,
     camera_of,
     percentile,
 )
+from components.thumbnailer.thumbnail import make_thumbnail
 from components.video.component import Video
 from turbine import ConfigError, Frame, Source, open_client, send_command, wall_time
 from turbine.testing import follow_trio_clock, printed_line, run_blocking_inline
@@ -229,6 +233,33 @@ async def test_wide_picture_is_letterboxed(broker: str) -> None:
         assert max(thumb.getpixel((x, 10))) < 30
         assert thumb.getpixel((x, 72))[0] > 180
         assert max(thumb.getpixel((x, 134))) < 30
+
+
+async def test_a_frame_over_the_inline_size_is_thumbnailed_in_a_worker_thread(
+    broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A usual frame is thumbnailed in the event loop's thread (cheaper than
+    # the hand-over); a huge one in a worker thread, holding up only its camera.
+    threads: dict[int, set[bool]] = {}
+
+    def recording(jpeg: bytes, *args: Any) -> bytes:
+        threads.setdefault(len(jpeg), set()).add(threading.current_thread() is main)
+        return make_thumbnail(jpeg, *args)
+
+    main = threading.current_thread()
+    monkeypatch.setattr(thumbnailer_component, "make_thumbnail", recording)
+    small = solid_jpeg((320, 240))
+    # Bytes after a JPEG's end marker are ignored by decoders: a huge frame, cheaply.
+    huge = solid_jpeg((320, 240), (30, 30, 220)) + bytes(INLINE_MAX_BYTES)
+    thumbnailer = Thumbnailer("thumbnailer", broker, FAST)
+    with trio.fail_after(30):
+        async with open_client(broker) as tb, running(thumbnailer), trio.open_nursery() as n:
+            await n.start(feed_frames, await raw_camera(tb, "small"), small)
+            await n.start(feed_frames, await raw_camera(tb, "huge"), huge)
+            got = await thumbnails_of(tb, {"small", "huge"})
+            n.cancel_scope.cancel()
+    assert threads[len(small)] == {True} and threads[len(huge)] == {False}
+    assert picture(got["huge"][0].data).getpixel((88, 72))[2] > 180  # the huge frame's blue
 
 
 async def test_metadata_thumbnail_parameters_are_honoured(broker: str) -> None:
