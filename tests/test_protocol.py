@@ -37,6 +37,7 @@ from turbine.protocol import (
     encode_frames,
     encode_message,
     encode_ok,
+    encode_put,
 )
 
 HELLO = ("hello", {"protocol": PROTOCOL_VERSION, "software": "turbine test"})
@@ -716,12 +717,17 @@ def test_a_header_nested_as_deep_as_msgpack_allows_is_no_recursion_error():
 
 
 def test_the_direct_encodings_are_the_bytes_of_their_checked_messages():
-    # The broker's hot paths encode every flush's ok and every delivery
-    # without a message object: a field added to Ok or Frames must not
-    # leave them behind.
+    # The hot paths encode every flush's ok, every delivery and every batch a
+    # client puts without a message object: a field added to Ok, Frames or
+    # Put must not leave them behind.
     broker = Connection(Role.BROKER)
     broker.send(Hello(protocol=PROTOCOL_VERSION, software="t"))
     assert encode_ok(7) == broker.send(Ok(id=7))
     groups = [["daq_rig_data_source", "x", "text/plain", 5, [1.5, None], [2, 1], "w"]]
     payloads = [b"ab", b"c"]
     assert encode_frames(3, groups, payloads) == broker.send(Frames(sub=3, groups=groups), payloads)
+    client = Connection(Role.CLIENT)
+    client.send(ClientHello(protocol=PROTOCOL_VERSION, name="t"))
+    ts, sizes, source = [1.5, None], [2, 1], "daq_rig_data_source"
+    put = Put(source=source, channel="x", ts=ts, sizes=sizes, producer="p1", pseq=4)
+    assert encode_put(source, "x", ts, sizes, "p1", 4, payloads) == client.send(put, payloads)

@@ -14,7 +14,7 @@ from ._errors import ConnectionFailed, RequestFailed, TurbineError
 from ._io import send_buffers
 from .messages import Put
 from .names import check_channel_name
-from .protocol import encode_message
+from .protocol import encode_put
 
 if TYPE_CHECKING:
     from ._client_spool import Spool
@@ -191,19 +191,15 @@ class Outbox:
         self._bytes = self._frames = 0
         for (source, channel), (ts, data) in batches.items():
             pseq = pseqs[source] = pseqs.get(source, 0) + 1
-            put = Put(
-                source=source,
-                channel=channel,
-                ts=ts,
-                sizes=list(map(len, data)),
-                producer=producer,
-                pseq=pseq,
-            )
+            sizes = list(map(len, data))
             if spool is not None:
+                put = Put(
+                    source=source, channel=channel, ts=ts, sizes=sizes, producer=producer, pseq=pseq
+                )
                 # written from there (Spool.unwritten); noted on file while the broker is away
-                await spool.add(put, data, sum(put.sizes), away=self._sock is None)
+                await spool.add(put, data, sum(sizes), away=self._sock is None)
             else:
-                out += encode_message(put, data)
+                out += encode_put(source, channel, ts, sizes, producer, pseq, data)
         return out
 
     async def run_flusher(self) -> None:

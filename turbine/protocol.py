@@ -85,6 +85,23 @@ def encode_frames(sub: int, groups: list[Any], payloads: Sequence[Any]) -> list[
     return encode("frames", {"sub": sub, "groups": groups}, payloads)
 
 
+def encode_put(
+    source: str,
+    channel: str,
+    ts: list[Any],
+    sizes: list[int],
+    producer: str,
+    pseq: int,
+    payloads: Sequence[Any],
+) -> list[Any]:
+    """A producer's plain ``put``: what :func:`encode_message` makes of ``Put(source=...,
+    channel=..., ts=..., sizes=..., producer=..., pseq=...)``, without the message object
+    (every batch a client writes)."""
+    fields: dict[str, Any] = {"source": source, "channel": channel, "ts": ts, "sizes": sizes}
+    fields["producer"], fields["pseq"] = producer, pseq
+    return encode("put", fields, payloads)
+
+
 def encode_bytes(kind: str, fields: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
     """Like :func:`encode`, joined into one bytes object."""
     return b"".join(encode(kind, fields, payloads))
