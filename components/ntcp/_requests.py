@@ -225,7 +225,10 @@ def reply_count(line: str) -> int:
 
     One per control point for a well-formed ``get-control-point``; one for
     anything else, malformed requests included (they get one ``NOT OK``).
+    Parses only a get-control-point (a relay asks this of every request).
     """
+    if verb_of(line) != "get-control-point":
+        return 1
     try:
         request = parse_request(line)
     except NtcpProtocolError:
