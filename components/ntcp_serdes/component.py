@@ -180,8 +180,9 @@ class NtcpSerdes(Component):
         """The reply lines if they came from the control system, else why not: (text, came)."""
         deadline, timeout = self.config.deadline, self.config.timeout
         is_execute = verb_of(line) == "execute"
-        with trio.move_on_after(min(deadline, timeout)):
-            await self._connected.wait()
+        if not self._connected.is_set():  # (no pass through the scheduler when it is)
+            with trio.move_on_after(min(deadline, timeout)):
+                await self._connected.wait()
         tb = self.client
         if not self._connected.is_set() or tb is None:
             return f"the turbine at {self.address} is unreachable; not forwarded", False
