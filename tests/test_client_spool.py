@@ -140,6 +140,33 @@ async def test_a_full_spool_keeps_puts_a_lost_connection_left_unanswered_and_dro
     assert (spool.frames, spool.bytes, len(spool._entries)) == (0, 0, 0)
 
 
+async def test_a_spool_full_of_a_replay_not_yet_acknowledged_drops_no_new_put():
+    """Reconnected, the replay fills the spool until the broker acknowledges it:
+    puts made meanwhile push the replayed ones out (in doubt, then stored when
+    the acknowledgement comes), never a put of their own; nothing is counted
+    dropped and no put tells of a gap."""
+    spool = Spool(180, name="daq")  # three frames
+    for i in range(1, 4):
+        await put(spool, "x", frame(i), i)
+    spool.rewind()  # a reconnect: the replay writes all three again
+    replay = written(spool)
+    assert all(frame(i) in replay for i in range(1, 4)), replay
+    await put(spool, "x", frame(4), 4)
+    await put(spool, "x", frame(5), 5)  # not written yet: the flusher has not run
+    stats = spool.statistics()
+    assert (stats["dropped_frames"], stats["in_doubt_frames"], spool.frames) == (0, 2, 3)
+    replay = written(spool)
+    assert frame(4) in replay and frame(5) in replay
+    assert [(e.put.pseq, e.put.skipped) for e in spool._entries] == [
+        (3, None),
+        (4, None),
+        (5, None),
+    ]
+    spool.acknowledged(spool.end)
+    stats = spool.statistics()
+    assert (stats["dropped_frames"], stats["in_doubt_frames"], spool.frames) == (0, 0, 0)
+
+
 async def test_a_file_a_crashed_run_left_is_replayed_for_each_source_it_opens(tmp_path):
     left = SpoolFile.create(str(tmp_path), "daq-1.spool")  # pid 1: not this process
     for i in range(1, 4):

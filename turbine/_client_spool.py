@@ -255,20 +255,18 @@ class Spool:
     the number of the oldest kept, ``written`` of the first not yet written
     on the current connection.
 
-    Bounded by ``limit`` bytes of frame data: past it the oldest entries never
-    written are dropped (:attr:`dropped_frames`); those written on a
-    connection that was lost before the broker acknowledged them are kept
-    (the broker may or may not have stored them: their replay tells), unless
-    nothing else is left to drop.  Frames dropped before they were ever
-    written reach readers as a gap: the next put of their channel carries
-    their count (``skipped``) and time span, and the broker leaves that many
-    numbers unused.  Written ones dropped unacknowledged are :class:`InDoubt`
-    until the broker's answer (:meth:`settle`): only those it lacks count,
-    and make a gap.  With ``directory``, at most ``memory`` bytes of frame
-    data stay in memory: the entries past it go to a :class:`SpoolFile` there
-    (named ``name``, written and synced in a worker thread) and are read back
-    when written again.  A spool file that cannot be written keeps its frames
-    in memory (logged).
+    Bounded by ``limit`` bytes of frame data: past it, while connected, the oldest written on
+    this connection are dropped first (its acknowledgement is on the way), else the oldest never
+    written (:attr:`dropped_frames`); those written on a lost connection and not acknowledged
+    are kept (their replay tells whether the broker stored them) unless nothing else is
+    left.  Frames dropped before they were ever written reach readers as a gap: the next put of
+    their channel carries their count (``skipped``) and time span, and the broker leaves that
+    many numbers unused.  Written ones dropped unacknowledged are :class:`InDoubt` until the
+    broker's answer (:meth:`settle`): only those it lacks count, and make a gap.  With
+    ``directory``, at most ``memory`` bytes of frame data stay in memory: the entries past it go
+    to a :class:`SpoolFile` there (named ``name``, written and synced in a worker thread) and
+    are read back when written again.  A spool file that cannot be written keeps its frames in
+    memory (logged).
 
     Spool files a crashed run of the same client left in ``directory``
     (:attr:`left`, :meth:`LeftSpools.recover`) are replayed, each put with
@@ -329,7 +327,7 @@ class Spool:
                 log.error(
                     "cannot spool to %s: %s; keeping these frames in memory", self.directory, exc
                 )
-        self._keep(entry)
+        self._keep(entry, live=not away)
 
     def _to_file(self, entry: _Entry, frames: bool) -> None:
         """Write ``entry`` to the spool file (made on first use), or (not ``frames``)
@@ -344,11 +342,12 @@ class Spool:
         entry.offset, entry.length = self._file.append(entry.put, entry.data or [])
         entry.file, entry.data = self._file, None
 
-    def _keep(self, entry: _Entry) -> None:
+    def _keep(self, entry: _Entry, live: bool = False) -> None:
+        """Keep ``entry``, dropping the oldest past the limit (:class:`Spool`)."""
         self._entries.append(entry)
         self._count(entry, 1)
         while self.bytes > self.limit and len(self._entries) > 1:
-            if not self._drop_oldest_unsent():
+            if (live and self.written > self.base) or not self._drop_oldest_unsent():
                 self._drop_oldest()
         self._changed.set()
 
