@@ -1110,6 +1110,31 @@ async def test_the_broker_clock_is_injected(nursery, autojump_clock):
     assert closed["code"] == "client_closed"
 
 
+async def test_a_client_leaving_with_replies_unread_is_a_clean_close_at_the_broker(nursery):
+    """A client that leaves right after a request (as ``turbine cmd`` does),
+    with what the broker sent still unread in its socket, ends its direction
+    and reads to the end: the broker records a client close, not a reset."""
+    address = await start_broker(nursery)
+    with trio.fail_after(30):
+        async with open_client(address, name="tester") as tb:
+            src = await tb.open_source(SRC)
+            await put_all(src, "x", [bytes([i % 256]) * 2**16 for i in range(300)])  # 19 MB
+            async with (
+                open_client(address, name="leaver") as leaver,
+                leaver.subscribe(f"{SRC}/x", start="oldest"),
+            ):
+                await wait_all_tasks_blocked()  # its queue full, megabytes unread in its socket
+            while not (
+                closed := [
+                    c for c in (await tb.status())["closed"] if c["client"].startswith("leaver#")
+                ]
+            ):
+                pass
+    assert [(c["code"], c["reason"]) for c in closed] == [
+        ("client_closed", "client closed the connection")
+    ], closed
+
+
 class GatedDisk(MemoryStores):
     """A durable store factory whose ``flushed`` waits until its source's gate opens."""
 

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
@@ -28,6 +29,7 @@ from ._client_reader import Reader
 from ._client_requests import Requests
 from ._clock import wall_time
 from ._constants import (
+    CLOSE_DRAIN_S,
     MAX_FRAME_BYTES,
     PAYLOAD_SLACK_BYTES,
     PROTOCOL_VERSION,
@@ -106,6 +108,7 @@ class Link:
         self._subs: dict[int, Subscription] = {}
         self._up = trio.Event()  # set while connected
         self._down = trio.Event()  # set when the connection was lost (reconnect=True)
+        self._ended = trio.Event()  # set when the current connection ended (read or write)
         self._closed = False
         #: How often the connection was lost and made again.
         self.reconnects = 0
@@ -133,6 +136,7 @@ class Link:
         )
         reader.feeds = self._feeds
         self._down = trio.Event()
+        self._ended = trio.Event()
         return reader
 
     def _outbox_lost(self, error: TurbineError) -> None:
@@ -142,6 +146,7 @@ class Link:
         """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride through)."""
         if requests is not self._requests:
             return  # an earlier connection
+        self._ended.set()
         if not self.reconnect or self._closed:
             self._fail(error)
             return
@@ -297,9 +302,24 @@ class Link:
                         for source in list(self._held):
                             await self._requests.send(m.CloseSource, source=source)
             self._fail(ConnectionFailed("the client was closed"))
+            if not self._ended.is_set():
+                await hang_up(self._stream, self._ended)
             await trio.aclose_forcefully(self._stream)
             if self.spool is not None:
                 self.spool.close()
+
+
+async def hang_up(stream: trio.SocketStream, ended: trio.Event) -> None:
+    """End our direction of ``stream`` and let its read loop take what the broker
+    still sends (the feeds are closed: dropped) until it closes (``ended``), at
+    most ``CLOSE_DRAIN_S``: closing with its replies unread would reset the
+    connection, which the broker records as lost, not as closed."""
+    try:
+        stream.socket.shutdown(socket.SHUT_WR)
+    except OSError:
+        return  # gone already
+    with trio.move_on_after(CLOSE_DRAIN_S):
+        await ended.wait()
 
 
 class Dialer(Value):
