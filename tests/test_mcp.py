@@ -248,15 +248,40 @@ async def test_a_killed_component_comes_back_and_sigterm_leaves_nothing(tmp_path
         assert "restarting it in 0.1 s (restart 1)" in log
 
 
+PLAIN = ("web", "camera", "netdvd")
+#: The demo's servers that are plain programs: each stops cleanly on the MCP's SIGTERM.
+SERVERS = "".join(
+    f'[[process]]\nname = "{name}"\nkind = "{kind}"\nargs = {json.dumps(args)}\n'
+    for name, kind, args in [
+        ("web", "web", ["--port", "0"]),
+        ("camera", "camera_sim", ["--port", "0"]),
+        ("netdvd", "netdvd", ["--port", "0", "--tray", "{tray}"]),
+    ]
+)
+
+
 async def test_a_stopped_site_warns_of_nothing(tmp_path: Path) -> None:
+    extra = SERVERS.replace("{tray}", str(tmp_path / "tray"))
     with trio.fail_after(30):
-        async with run_mcp(tmp_path) as site:
+        async with run_mcp(tmp_path, extra) as site:
             async with open_client(site.address) as tb:
                 await wait_state(tb, running("daq_t"))
+            # Each says it listens once it serves (and stops on SIGTERM).
+            said = (
+                "web: turbine web on",
+                "camera: camera_sim listening",
+                "netdvd: netdvd listening",
+            )
+            while True:
+                if all(line in site.log.read_text() for line in said):  # noqa: ASYNC240
+                    break
+                await trio.sleep(0.1)  # real processes, their lines in the MCP's log: polled
             site.proc.send_signal(signal.SIGTERM)
             assert await site.proc.wait() == 0
     log = site.log.read_text()
     assert "every program and the broker stopped" in log
+    for name in PLAIN:  # a normal exit, not "killed by SIGTERM"
+        assert f"{name} stopped (exit code 0)" in log, log
     # The components first (they flush to the broker), then the broker, with its own grace.
     assert log.index("daq_t stopped") < log.index("stopping the broker (it may take up to 60 s")
     assert log.index("stopping the broker") < log.index("broker stopped")

@@ -48,6 +48,15 @@ async def open_stop_nursery(
             yield nursery
 
 
+def say_stopping(name: str) -> Callable[[signal.Signals], Awaitable[None]]:
+    """An ``on_stop`` for :func:`open_stop_nursery`: ``"<name>: stopping"`` on stderr."""
+
+    async def stop(signum: signal.Signals) -> None:
+        click.echo(f"{name}: stopping", err=True)
+
+    return stop
+
+
 def run_until_stopped(name: str, serve: Callable[..., Awaitable[Any]], started: str) -> None:
     """Run the service ``serve`` from a command line until SIGINT or SIGTERM.
 
@@ -61,10 +70,7 @@ def run_until_stopped(name: str, serve: Callable[..., Awaitable[Any]], started: 
         click.echo(line, err=True)
 
     async def main() -> None:
-        async def stop(signum: object) -> None:
-            report(f"{name}: stopping")
-
-        async with open_stop_nursery(stop) as nursery:
+        async with open_stop_nursery(say_stopping(name)) as nursery:
             await nursery.start(functools.partial(serve, report=report))
             report(started)
 

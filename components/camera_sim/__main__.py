@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import click
 import trio
 
 from components.camera_sim.server import DEFAULT_QUALITY, serve_camera_sim
+from turbine._signals import open_stop_nursery, say_stopping
 
 
-class _AnnounceStarted:
-    """A task status that prints the listening address once bound."""
-
-    def __init__(self, host: str) -> None:
-        self._host = host
-
-    def started(self, value: int | None = None) -> None:
-        print(f"camera_sim listening on {self._host}:{value}", flush=True)
-
-
-async def _run(host: str, port: int, quality: int) -> None:
-    await serve_camera_sim(host, port, quality=quality, task_status=_AnnounceStarted(host))
+async def _run(host: str, port: int, quality: int, failures: list[OSError]) -> None:
+    """Serve until SIGTERM or SIGINT (a clean exit); a port it cannot bind goes to ``failures``."""
+    async with open_stop_nursery(say_stopping("camera_sim")) as nursery:
+        try:
+            bound = await nursery.start(
+                functools.partial(serve_camera_sim, host, port, quality=quality)
+            )
+        except OSError as exc:
+            failures.append(exc)
+            nursery.cancel_scope.cancel()  # no signal to wait for
+            return
+        print(f"camera_sim listening on {host}:{bound}", flush=True)
 
 
 @click.command()
@@ -45,12 +47,13 @@ def main(host: str, port: int, quality: int, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    failures: list[OSError] = []
     try:
-        trio.run(_run, host, port, quality)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+        trio.run(_run, host, port, quality, failures)
     except KeyboardInterrupt:
         pass
+    if failures:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {failures[0]}")
 
 
 if __name__ == "__main__":

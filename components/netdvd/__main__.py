@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 import trio
 
+from turbine._signals import open_stop_nursery, say_stopping
+
 from ._constants import DEFAULT_PORT, DVD_R_CAPACITY
 from .drive import Drive
 from .emulated import EmulatedDrive
@@ -68,13 +70,14 @@ def main(
     failures: list[BaseException] = []
 
     async def run() -> None:
-        async with trio.open_nursery() as nursery:
+        async with open_stop_nursery(say_stopping("netdvd")) as nursery:
             try:
                 bound = await nursery.start(
                     partial(serve_netdvd, drive, spool, host=host, port=port)
                 )
             except (OSError, NetDVDError) as exc:
                 failures.append(exc)
+                nursery.cancel_scope.cancel()  # no signal to wait for
                 return
             click.echo(f"netdvd listening on {host}:{bound}")
             sys.stdout.flush()

@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 
 import click
-import trio
 
 from .._constants import (
     ARCHIVE_BYTES,
@@ -22,7 +21,7 @@ from .._descriptors import raise_limit as raise_descriptor_limit
 from .._errors import unwrap
 from .._memory import pin_mmap_threshold
 from .._options import address_option
-from .._signals import open_stop_nursery
+from .._signals import open_stop_nursery, say_stopping
 from ..archive import Archive, ArchiveConfig, ArchiveError, SyncPolicy
 from ..archive._serve import serve_archived
 from ..archive._store import TieredStores
@@ -214,7 +213,7 @@ def web(address: str, host: str, port: int, token: str | None, tls_ca: str | Non
     from ..web.serve import serve_web  # the web stack loads only for this command
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
+        async with open_stop_nursery(say_stopping("turbine web")) as nursery:
             url = await nursery.start(
                 functools.partial(serve_web, address, host, port, token=token, tls_ca=tls_ca)
             )
