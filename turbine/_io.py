@@ -7,24 +7,29 @@ from typing import Any
 
 import trio
 
-from ._constants import VECTORED_MIN_BYTES
+from ._constants import JOIN_BELOW_BYTES
 
 #: sendmsg takes at most this many buffers at once (IOV_MAX is 1024 on Linux).
 _MAX_IOV = 512
 
 
 def coalesce(buffers: list[Any]) -> list[Any]:
-    """Join runs of small buffers; leave large ones where they lie (no copy)."""
-    if not buffers or max(map(len, buffers)) < VECTORED_MIN_BYTES:
-        return [b"".join(buffers)] if buffers else []
+    """Join runs of small buffers; leave the others where they lie (no copy).
+
+    What stays apart is cast to bytes (``memoryview(..).cast("B")``) unless it
+    is ``bytes`` already, so every ``len`` counts bytes.
+    """
+    if not buffers or max(map(len, buffers)) < JOIN_BELOW_BYTES:
+        joined = b"".join(buffers)
+        return [joined] if joined else []
     out: list[Any] = []
     small: list[Any] = []
     for b in buffers:
-        if len(b) >= VECTORED_MIN_BYTES:
+        if len(b) >= JOIN_BELOW_BYTES:
             if small:
                 out.append(b"".join(small))
                 small = []
-            out.append(b)
+            out.append(b if type(b) is bytes else memoryview(b).cast("B"))
         elif b:
             small.append(b)
     if small:
@@ -32,7 +37,7 @@ def coalesce(buffers: list[Any]) -> list[Any]:
     return out
 
 
-def write_now(fd: int, buffers: list[Any]) -> list[memoryview]:
+def write_now(fd: int, buffers: list[Any]) -> list[Any]:
     """Write what the socket takes right now, without waiting; return the rest.
 
     The socket must be non-blocking (trio's are).
@@ -40,24 +45,25 @@ def write_now(fd: int, buffers: list[Any]) -> list[memoryview]:
     Raises:
         OSError: the connection is broken.
     """
-    bufs = [memoryview(b).cast("B") for b in coalesce(buffers)]
-    try:
-        sent = os.writev(fd, bufs[:_MAX_IOV])
-    except BlockingIOError:
-        return bufs
-    return _drop(bufs, sent)
+    bufs = coalesce(buffers)
+    while bufs:  # until the socket takes no more (a fetch reply is more than one iovec batch)
+        try:
+            sent = os.writev(fd, bufs[:_MAX_IOV])
+        except BlockingIOError:
+            break
+        bufs = _drop(bufs, sent)
+    return bufs
 
 
-def _drop(bufs: list[memoryview], sent: int) -> list[memoryview]:
-    """``bufs`` without their first ``sent`` bytes."""
-    while sent:
-        head = bufs[0]
-        if sent >= len(head):
-            sent -= len(head)
-            bufs.pop(0)
-        else:
-            bufs[0] = head[sent:]
-            sent = 0
+def _drop(bufs: list[Any], sent: int) -> list[Any]:
+    """``bufs`` without their first ``sent`` bytes (``bufs`` is changed)."""
+    i = 0
+    while sent and sent >= len(bufs[i]):
+        sent -= len(bufs[i])
+        i += 1
+    del bufs[:i]
+    if sent:
+        bufs[0] = memoryview(bufs[0])[sent:]
     return bufs
 
 
@@ -67,7 +73,7 @@ async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
     Cancellation may leave a message partly written: the connection must then
     be closed, which is what every caller does.
     """
-    bufs = [memoryview(b).cast("B") for b in coalesce(buffers)]
+    bufs = coalesce(buffers)
     total = 0
     while bufs:
         sent = await sock.sendmsg(bufs[:_MAX_IOV])
