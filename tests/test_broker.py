@@ -23,7 +23,12 @@ from turbine import (
     TurbineError,
     open_client,
 )
-from turbine._constants import DELIVERY_BATCH_BYTES, DELIVERY_BATCH_FRAMES, PROTOCOL_VERSION
+from turbine._constants import (
+    CLOSE_DRAIN_S,
+    DELIVERY_BATCH_BYTES,
+    DELIVERY_BATCH_FRAMES,
+    PROTOCOL_VERSION,
+)
 from turbine.client import frames_from
 from turbine.messages import SPECS, Message
 from turbine.protocol import NEED_DATA, Connection, Role, encode_bytes
@@ -1110,20 +1115,31 @@ async def test_the_broker_clock_is_injected(nursery, autojump_clock):
     assert closed["code"] == "client_closed"
 
 
-async def test_a_client_leaving_with_replies_unread_is_a_clean_close_at_the_broker(nursery):
+@pytest.mark.parametrize("cancelled", [False, True], ids=["closed", "cancelled"])
+async def test_a_client_leaving_with_replies_unread_is_a_clean_close_at_the_broker(
+    nursery, cancelled
+):
     """A client that leaves right after a request (as ``turbine cmd`` does),
     with what the broker sent still unread in its socket, ends its direction
-    and reads to the end: the broker records a client close, not a reset."""
+    and reads to the end: the broker records a client close, not a reset.
+    Also when a cancel ends it (a program stopped by a signal), which stops
+    its read loop before it closes: it reads to the end itself, at once."""
     address = await start_broker(nursery)
     with trio.fail_after(30):
         async with open_client(address, name="tester") as tb:
             src = await tb.open_source(SRC)
             await put_all(src, "x", [bytes([i % 256]) * 2**16 for i in range(300)])  # 19 MB
-            async with (
-                open_client(address, name="leaver") as leaver,
-                leaver.subscribe(f"{SRC}/x", start="oldest"),
-            ):
-                await wait_all_tasks_blocked()  # its queue full, megabytes unread in its socket
+            with trio.CancelScope() as scope:
+                async with (
+                    open_client(address, name="leaver") as leaver,
+                    leaver.subscribe(f"{SRC}/x", start="oldest"),
+                ):
+                    await wait_all_tasks_blocked()  # its queue full, megabytes unread in its socket
+                    left = trio.current_time()
+                    if cancelled:
+                        scope.cancel()
+                        await trio.sleep_forever()
+            took = trio.current_time() - left
             while not (
                 closed := [
                     c for c in (await tb.status())["closed"] if c["client"].startswith("leaver#")
@@ -1133,6 +1149,7 @@ async def test_a_client_leaving_with_replies_unread_is_a_clean_close_at_the_brok
     assert [(c["code"], c["reason"]) for c in closed] == [
         ("client_closed", "client closed the connection")
     ], closed
+    assert took < CLOSE_DRAIN_S  # it read the broker's end, not waited out the bound
 
 
 class GatedDisk(MemoryStores):

@@ -108,7 +108,6 @@ class Link:
         self._subs: dict[int, Subscription] = {}
         self._up = trio.Event()  # set while connected
         self._down = trio.Event()  # set when the connection was lost (reconnect=True)
-        self._ended = trio.Event()  # set when the current connection ended (read or write)
         self._closed = False
         #: How often the connection was lost and made again.
         self.reconnects = 0
@@ -136,7 +135,6 @@ class Link:
         )
         reader.feeds = self._feeds
         self._down = trio.Event()
-        self._ended = trio.Event()
         return reader
 
     def _outbox_lost(self, error: TurbineError) -> None:
@@ -146,7 +144,6 @@ class Link:
         """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride through)."""
         if requests is not self._requests:
             return  # an earlier connection
-        self._ended.set()
         if not self.reconnect or self._closed:
             self._fail(error)
             return
@@ -302,24 +299,27 @@ class Link:
                         for source in list(self._held):
                             await self._requests.send(m.CloseSource, source=source)
             self._fail(ConnectionFailed("the client was closed"))
-            if not self._ended.is_set():
-                await hang_up(self._stream, self._ended)
+            if not self._down.is_set():
+                await hang_up(self._stream, self._reader)
             await trio.aclose_forcefully(self._stream)
             if self.spool is not None:
                 self.spool.close()
 
 
-async def hang_up(stream: trio.SocketStream, ended: trio.Event) -> None:
-    """End our direction of ``stream`` and let its read loop take what the broker
-    still sends (the feeds are closed: dropped) until it closes (``ended``), at
-    most ``CLOSE_DRAIN_S``: closing with its replies unread would reset the
-    connection, which the broker records as lost, not as closed."""
+async def hang_up(stream: trio.SocketStream, reader: Reader) -> None:
+    """End our direction of ``stream`` and read (and drop) what the broker still
+    sends until it closes, at most ``CLOSE_DRAIN_S``: closing with its replies
+    unread would reset the connection, which the broker records as lost, not as
+    closed.  ``reader``, its read loop, reads on to the end (the feeds are closed)
+    unless it was cancelled (a client closed by a cancel): then it is read here."""
     try:
         stream.socket.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(CLOSE_DRAIN_S):
+            await reader.done.wait()
+            while await stream.socket.recv(RECEIVE_BYTES):
+                pass
     except OSError:
-        return  # gone already
-    with trio.move_on_after(CLOSE_DRAIN_S):
-        await ended.wait()
+        pass  # gone already: nothing left to protect
 
 
 class Dialer(Value):

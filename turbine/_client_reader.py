@@ -49,9 +49,10 @@ class Turn(enum.Enum):
 
 
 class Reader:
-    """Reads the broker's messages and routes each: replies to :class:`Requests`,
-    frames and gaps to the subscription's :class:`Feed` in :attr:`feeds`, and an
-    error that answers no request (a refused put) to the next request.
+    """Reads the broker's messages and routes each: replies to :class:`Requests`, frames and
+    gaps to the subscription's :class:`Feed` in :attr:`feeds`, and an error that answers no
+    request (a refused put) to the next request; :attr:`done` once it stopped.  Only a plain
+    socket (not TLS) may be read by a subscription's reader itself.
 
     Args:
         sock: the connected socket.
@@ -59,8 +60,6 @@ class Reader:
         address: the broker's address, for error messages.
         requests: the requests waiting for replies.
         on_lost: called with the error when the connection ends or breaks.
-
-    Only a plain socket (not TLS) may be read by a subscription's reader itself.
     """
 
     def __init__(
@@ -84,6 +83,7 @@ class Reader:
         self._back = trio.Event()  # set when a lent socket is given back
         self._full: Full | None = None  # a delivery a subscription's reader left to the loop
         self._failure: BaseException | None = None  # what it met reading, for the loop to raise
+        self.done = trio.Event()  # :meth:`run` returned (the end, a failure, a cancel)
 
     async def run(self) -> None:
         """Read until the connection ends; then call ``on_lost`` (never raises)."""
@@ -110,6 +110,7 @@ class Reader:
             self._end(exc)
         finally:
             self._turn = Turn.ENDED
+            self.done.set()
 
     def _end(self, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError):
