@@ -15,8 +15,13 @@ import pytest
 import trio
 import trio.testing
 
+import turbine._client_handles
 from turbine import Client, ConnectionFailed, Frame, open_client
-from turbine.protocol import State
+from turbine._client_handles import Feed
+from turbine._client_reader import Reader, Turn
+from turbine._client_requests import Requests
+from turbine.messages import Role
+from turbine.protocol import Connection, State, encode_frames
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -252,3 +257,35 @@ async def test_queued_frames_are_made_only_as_they_are_read(broker):
             assert made == [first]  # the other 999 wait in the queue unmade
             rest = [(await sub.receive()).data for _ in items[1:]]
             assert [first.data, *rest] == items
+
+
+async def test_a_reader_asking_again_before_the_read_loop_runs_gets_the_batch_it_holds(
+    monkeypatch,
+):
+    """A reader read the socket for its subscription and took the first of three
+    batches; the second waits for the read loop (the queue holds one), and the
+    third is still unrouted in the buffer.  The loop, handed the socket back, has
+    not run yet when the reader asks again: the reader must wait for the loop's
+    delivery, not take the socket once more.  It once did, and waited for bytes
+    that never came while the loop waited for the socket's return (a subscriber
+    hung at the end of a backlog); with bytes still coming, a later batch took the
+    waiting one's place (reordered, or lost)."""
+    monkeypatch.setattr(turbine._client_handles, "SUBSCRIPTION_QUEUE_BATCHES", 1)
+    ours, theirs = trio.socket.socketpair()
+    with ours, theirs, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        feed = reader.feeds[1] = Feed(wait=reader.receive_for)
+        reader._turn = Turn.FREE  # handed back; the read loop takes it when it next runs
+        for seq in (1, 2, 3):  # three frames messages, read at once
+            group = [SRC, "a", "text/plain", seq, [1000.0 + seq], [1], "w"]
+            await theirs.send(b"".join(encode_frames(1, [group], [b"%d" % seq])))
+        got = [f.data for f in await feed.next_batch()]
+        assert reader._full is not None  # the second batch waits for the loop
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)  # runs once this task waits
+            got += [f.data for f in await feed.next_batch()]
+            got += [f.data for f in await feed.next_batch()]
+            nursery.cancel_scope.cancel()
+    assert got == [b"1", b"2", b"3"]

@@ -181,9 +181,9 @@ class Reader:
         by the calling task when the read loop waits for bytes or is given it back.
 
         Anything else read meanwhile is routed as the loop routes it; a delivery
-        to another subscription that would wait (its feed full), or a lost
-        connection, is left to the loop.  Cancellation: safe (nothing is lost;
-        the socket goes back to the loop).
+        that would wait (a full feed), or a lost connection, is left to the loop,
+        which makes it before a reader reads the socket again.  Cancellation: safe
+        (nothing is lost; the socket goes back to the loop).
 
         Raises:
             trio.EndOfChannel: the feed ended and every batch was taken.
@@ -192,8 +192,8 @@ class Reader:
         if turn is Turn.WAITING:
             assert self._waiting is not None
             self._waiting.cancel()  # the loop's wait ends at once: it waits for the socket's return
-        elif turn is not Turn.FREE:
-            return await feed.channel.receive()
+        elif turn is not Turn.FREE or self._full is not None:
+            return await feed.channel.receive()  # what the loop was left to deliver goes first
         self._turn = Turn.LENT
         self._back = back = trio.Event()
         try:
