@@ -1211,9 +1211,11 @@ async def test_a_close_among_many_connections_collects_only_the_young_garbage(
 ):
     # A full collection walks every connection held: only once the closes
     # since the last one reach FULL_COLLECT_SHARE (1/4) of the connections
-    # left, or after a delete; the other trims collect the young generations.
+    # left (and FULL_COLLECT_MIN_CLOSES, 2 here), or after a delete; the other
+    # trims collect the young generations.
     import turbine.server
 
+    monkeypatch.setattr(turbine.server, "FULL_COLLECT_MIN_CLOSES", 2)
     trims: list[bool] = []
     trimmed_one = trio.Event()
 
@@ -1240,6 +1242,35 @@ async def test_a_close_among_many_connections_collects_only_the_young_garbage(
         await trimmed(clients.pop().aclose)  # 1 closed since, 5 left: young
         await trimmed(lambda: clients[1].delete("daq_gone_data_source"))  # a delete: full
     assert trims[:4] == [False, True, False, True]
+
+
+async def test_a_few_closes_among_few_connections_make_no_full_collection(
+    nursery, autojump_clock, monkeypatch
+):
+    # A full collection walks every ring's frames too (tens of ms with millions
+    # held): a handful of closes, even of most of the connections, only collect
+    # the young generations.
+    import turbine.server
+
+    trims: list[bool] = []
+    trimmed = trio.Event()
+
+    def trim(*, full: bool = True) -> None:
+        trims.append(full)
+        trimmed.set()
+
+    monkeypatch.setattr(turbine.server, "trim", trim)
+    address = await start_broker(nursery)
+    async with open_client(address) as stays:
+        for _ in range(3):
+            trimmed = trio.Event()
+            async with open_client(address) as passing:
+                await passing.status()
+            with trio.fail_after(10):
+                await trimmed.wait()
+            await trio.sleep(2)  # past TRIM_INTERVAL_S
+        assert trims == [False, False, False]
+        await stays.status()
 
 
 async def test_a_put_reaches_its_subscriber_before_the_flush_after_it_is_handled(

@@ -27,6 +27,7 @@ from ._constants import (
     CLOSED_HISTORY,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    FULL_COLLECT_MIN_CLOSES,
     FULL_COLLECT_SHARE,
     LAST_WORDS_S,
     MAX_FRAME_BYTES,
@@ -164,11 +165,12 @@ class Broker:
         """Give freed memory back to the system after connections close or
         sources are deleted, at most once per TRIM_INTERVAL_S (a burst of hostile connections must not
         leave the broker at its peak RSS); a full collection only as often as
-        FULL_COLLECT_SHARE says, so a close costs the same however many are held."""
+        FULL_COLLECT_SHARE and FULL_COLLECT_MIN_CLOSES say, so a close costs the
+        same however many connections are held and however many frames."""
         while True:
             await self._closed_some.wait()
             self._closed_some = trio.Event()
-            share = FULL_COLLECT_SHARE * len(self.connections)
+            share = max(FULL_COLLECT_SHARE * len(self.connections), FULL_COLLECT_MIN_CLOSES)
             full = self._deleted_since_full or self._closed_since_full >= share
             if full:
                 self._closed_since_full, self._deleted_since_full = 0, False
