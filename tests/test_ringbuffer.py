@@ -181,3 +181,24 @@ def test_reads_never_lose_count(max_frames, batches, start):
         assert start + run.missed == run.first_seq
         assert run.first_seq + len(run.ts) == n + 1
         assert run.data == [b"x" * (s - 1) for s in seqs(run)]
+
+
+def test_a_rings_payloads_are_out_of_the_cycle_collectors_walks_and_still_freed():
+    # Each collection that reaches a list visits every item: a ring of millions
+    # of frames held the broker's loop for tens to hundreds of ms per collection.
+    import gc
+    import weakref
+
+    class Payload(bytearray):  # a payload the test can watch being freed
+        pass
+
+    ring = Ring(max_frames=2)
+    first, second = Payload(b"one"), Payload(b"two")
+    gone = weakref.ref(first)
+    ring.append_many([1.0, 2.0], [first, second], "w", 0)
+    del first
+    assert not gc.is_tracked(ring._data)
+    assert [r for r in gc.get_referrers(second) if r is ring._data] == []  # never walked
+    ring.append_many([3.0], [b"three"], "w", 1)  # evicts the first frame
+    assert gone() is None  # freed by its reference count, no collection needed
+    assert [bytes(p) for p in ring._data[ring._start :]] == [b"two", b"three"]

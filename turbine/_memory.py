@@ -16,6 +16,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import sys
+from collections.abc import Callable
+from typing import Any
 
 from ._constants import MMAP_THRESHOLD_BYTES
 
@@ -36,6 +39,33 @@ def _libc() -> ctypes.CDLL | None:
 
 
 _LIBC = _libc()
+
+
+def _untrack() -> Callable[[object], None] | None:
+    if sys.implementation.name != "cpython":
+        return None
+    untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    untrack.argtypes = [ctypes.py_object]
+    untrack.restype = None
+    return untrack  # type: ignore[no-any-return]
+
+
+_UNTRACK = _untrack()
+
+
+def payload_list() -> list[Any]:
+    """An empty list the cycle collector never walks, for a ring's payloads.
+
+    Every collection that reaches a list visits each of its items: a ring of
+    5,000,000 small frames made a young collection take 65 ms and a full one
+    416 ms, the broker's loop held all that time.  Payloads (``bytes``, views
+    of received buffers, ``None``) can never refer back to the list, so it can
+    never be part of a reference cycle: freed by its reference count alone.
+    """
+    items: list[Any] = []
+    if _UNTRACK is not None:
+        _UNTRACK(items)
+    return items
 
 
 def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> None:

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
+from ._memory import payload_list
 from .store import ChannelSpec, ChannelStore, Query, Run, StoreFactory, answer, empty_run
 
 __all__ = ["Ring", "Run", "memory_store"]
@@ -132,7 +133,7 @@ class Ring(Selections):
         # and nothing for the garbage collector to walk (a ring of millions of
         # frames in lists made every full collection pause the broker ~70 ms).
         self._ts = array.array("d")
-        self._data: list[Any] = []
+        self._data: list[Any] = payload_list()  # not walked by the collector
         self._sizes = array.array("q")
         self._arrival = array.array("q")
         self._writers = Writers()
