@@ -38,8 +38,9 @@ def coalesce(buffers: list[Any]) -> list[Any]:
     return out
 
 
-def write_now(fd: int, buffers: list[Any]) -> list[Any]:
-    """Write what the socket takes right now, without waiting; return the rest.
+def write_now(fd: int, buffers: list[Any]) -> tuple[list[Any], int]:
+    """Write what the socket takes right now, without waiting; return the rest
+    and the bytes written.
 
     The socket must be non-blocking (trio's are).
 
@@ -47,13 +48,15 @@ def write_now(fd: int, buffers: list[Any]) -> list[Any]:
         OSError: the connection is broken.
     """
     bufs = coalesce(buffers)
+    total = 0
     while bufs:  # until the socket takes no more (a fetch reply is more than one iovec batch)
         try:
             sent = os.writev(fd, bufs[:_MAX_IOV])
         except BlockingIOError:
             break
+        total += sent
         bufs = _drop(bufs, sent)
-    return bufs
+    return bufs, total
 
 
 def _drop(bufs: list[Any], sent: int) -> list[Any]:

@@ -111,10 +111,10 @@ class Sender:
         rest: list[Any] = []
         if buffers:
             try:
-                rest = write_now(self.sock.fileno(), buffers)
+                rest, sent = write_now(self.sock.fileno(), buffers)
             except OSError:
-                rest = buffers  # let the writer meet the error and close this connection
-            self.bytes_out += sum(map(len, buffers)) - sum(map(len, rest))
+                rest, sent = buffers, 0  # let the writer meet the error and close this connection
+            self.bytes_out += sent
         if out.left(rest) is Wake.NOW:
             self._wakeup.set()
 
