@@ -62,3 +62,20 @@ def test_equality_hash_repr_replace_and_dict():
     }
     with pytest.raises(AttributeError):  # slots: no other attributes
         Point(1).z = 3  # type: ignore[attr-defined]
+
+
+def test_the_generated_init_is_made_on_first_use_and_shown_by_inspect():
+    import inspect
+
+    class Late(Value, kw_only=True):
+        a: int
+        b: str = "x"
+
+    assert str(inspect.signature(Late)) == "(*, a, b='x')"  # before any instance
+    first = Late.__init__
+    assert Late(a=1).b == "x"
+    assert Late.__init__ is not first  # the generated one took its place
+    assert Late.__init__.__qualname__ == "Late.__init__"
+    assert (Late(a=2, b="y").a, Late(a=2, b="y").b) == (2, "y")
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'a'"):
+        Late()  # type: ignore[call-arg]
