@@ -21,6 +21,7 @@ from contextlib import ExitStack, asynccontextmanager
 
 import trio
 
+from turbine._io import write_now
 from turbine.correlate import Correlator, ReplyLost
 
 from .protocol import (
@@ -38,7 +39,7 @@ from .protocol import (
     reply_count,
 )
 
-__all__ = ["NtcpClient", "NtcpConnectionClosed", "Targets", "open_ntcp"]
+__all__ = ["NtcpClient", "NtcpConnectionClosed", "Targets", "acquire", "open_ntcp", "write_at_once"]
 
 _RECEIVE_SIZE = 65536
 
@@ -145,32 +146,34 @@ class NtcpClient:
         if line.endswith("\r"):
             line = line[:-1]
         data = encode_line(line)
-        async with self._lock:
-            answered = False
-            try:
-                with ExitStack() as waiting:
-                    pending = [
-                        waiting.enter_context(self._replies.expect(next(self._keys)))
-                        for _ in range(reply_count(line))
-                    ]
-                    await self._stream.send_all(data)
-                    reply = "\n".join([await p.wait() for p in pending])
-                    answered = True
-                    return reply
-            except ReplyLost as exc:
-                raise NtcpConnectionClosed(
-                    f"NTCP connection unusable: {exc.reason} (sending {line[:40]!r})"
-                ) from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._replies.close("the connection broke")
-                raise NtcpConnectionClosed(
-                    f"NTCP connection broke while sending {line[:40]!r}: {exc}"
-                ) from exc
-            finally:
-                if not answered:
-                    self._replies.close(
-                        "a request was cancelled before its reply arrived; reconnect"
-                    )
+        await acquire(self._lock)
+        answered = False
+        try:
+            with ExitStack() as waiting:
+                pending = [
+                    waiting.enter_context(self._replies.expect(next(self._keys)))
+                    for _ in range(reply_count(line))
+                ]
+                if rest := write_at_once(self._stream, data):
+                    await self._stream.send_all(rest)
+                reply = await pending[0].wait()
+                for more in pending[1:]:
+                    reply += "\n" + await more.wait()
+                answered = True
+                return reply
+        except ReplyLost as exc:
+            raise NtcpConnectionClosed(
+                f"NTCP connection unusable: {exc.reason} (sending {line[:40]!r})"
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._replies.close("the connection broke")
+            raise NtcpConnectionClosed(
+                f"NTCP connection broke while sending {line[:40]!r}: {exc}"
+            ) from exc
+        finally:
+            if not answered:
+                self._replies.close("a request was cancelled before its reply arrived; reconnect")
+            self._lock.release()
 
     async def send(self, request: Request) -> Reply:
         """Send a request value and return the parsed reply.
@@ -224,6 +227,39 @@ class NtcpClient:
         if not reply.ok:
             return reply, None
         return reply, parse_control_point_reply(reply)[1]
+
+
+async def acquire(lock: trio.Lock) -> None:
+    """Acquire ``lock``; when it is free, without a pass through the scheduler (the
+    request's own wait for its reply is its pass).  Cancellation: raises before
+    acquiring, as ``lock.acquire`` does."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock.acquire_nowait()
+
+
+def write_at_once(stream: trio.abc.Stream, data: bytes) -> bytes:
+    """Write what a socket stream takes of ``data`` right now, without waiting;
+    return the rest (all of it for a stream that is not a socket) for
+    ``send_all``.  A send through ``send_all`` alone makes a pass through the
+    scheduler after every write: one more per request at each hop of a relay.
+
+    Raises:
+        trio.BrokenResourceError: the connection broke.
+        trio.ClosedResourceError: the stream was closed.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return data
+    fd = stream.socket.fileno()
+    if fd == -1:
+        raise trio.ClosedResourceError("the connection was closed")
+    try:
+        rest, _ = write_now(fd, [data])
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+    return b"".join(rest)
 
 
 @asynccontextmanager

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import trio
 
+from components.ntcp.client import write_at_once
 from components.ntcp.protocol import (
     LineBuffer,
     NtcpProtocolError,
@@ -266,8 +267,9 @@ class NtcpSerdes(Component):
                             if line is None:
                                 break
                             reply = await self.relay(line, session)
-                        with trio.fail_after(SEND_TIMEOUT):
-                            await stream.send_all(_wire(reply))
+                        if rest := write_at_once(stream, _wire(reply)):
+                            with trio.fail_after(SEND_TIMEOUT):
+                                await stream.send_all(rest)
         except (trio.BrokenResourceError, trio.TooSlowError):
             pass
         finally:

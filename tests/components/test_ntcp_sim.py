@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from components.ntcp.client import NtcpConnectionClosed, open_ntcp
+from components.ntcp.client import NtcpClient, NtcpConnectionClosed, open_ntcp, write_at_once
 from components.ntcp.protocol import (
     AXES,
     TYPES,
@@ -479,6 +479,77 @@ async def test_client_reports_a_closed_connection(autojump_clock, nursery):
                 await ntcp.request("open-session\ts")
             with pytest.raises(NtcpConnectionClosed, match="unusable"):
                 await ntcp.request("open-session\ts")
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler passes of one task (times it was resumed)."""
+
+    def __init__(self, task):
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task):
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_request_answered_makes_one_pass_through_the_scheduler(start_sim, autojump_clock):
+    # Free lock and a socket that takes the line: the wait for the reply is the only pass
+    # (a send_all and a lock each made one more, at every hop of a relay).
+    _, port = await start_sim()
+    with trio.fail_after(10):
+        async with open_ntcp("127.0.0.1", port) as ntcp:
+            assert (await ntcp.request("open-session\ts")).startswith("OK")
+            steps = TaskSteps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(steps)
+            try:
+                reply = await ntcp.request("get-control-point\tt1\tMDL-00-01")
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    assert reply.startswith("OK\t0\tt1\tMDL-00-01")
+    assert steps.steps == 1
+
+
+async def test_write_at_once_leaves_what_the_socket_did_not_take_to_send_all(autojump_clock):
+    a, b = trio.socket.socketpair()
+    sender, receiver = trio.SocketStream(a), trio.SocketStream(b)
+    data = bytes(range(256)) * 40_000  # more than a socket buffer holds
+    rest = write_at_once(sender, data)
+    assert 0 < len(rest) < len(data) and data.endswith(rest)
+    got = bytearray()
+
+    async def read_all():
+        while len(got) < len(data):
+            got.extend(await receiver.receive_some(1 << 20))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await sender.send_all(rest)
+    assert got == data
+    assert write_at_once(sender, b"") == b""
+    await sender.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        write_at_once(sender, b"x\n")
+    await receiver.aclose()
+    # A stream that is no socket: everything is left to send_all.
+    memory, _ = trio.testing.memory_stream_pair()
+    assert write_at_once(memory, b"x\n") == b"x\n"
+
+
+async def test_a_request_over_a_stream_that_is_no_socket(autojump_clock, nursery):
+    near, far = trio.testing.memory_stream_pair()
+
+    async def answer():
+        while data := await far.receive_some(100):
+            await far.send_all(b"OK\t0\t" + data.split(b"\t", 1)[1])
+
+    nursery.start_soon(answer)
+    ntcp = NtcpClient(near)
+    nursery.start_soon(ntcp.read_replies)
+    with trio.fail_after(10):
+        assert await ntcp.request("open-session\tmem") == "OK\t0\tmem"
+    await ntcp.aclose()
 
 
 # ------------------------------------------------------------------ the rig model
