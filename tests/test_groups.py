@@ -44,3 +44,19 @@ def test_frames_of_1_kb_are_copied_out_without_a_copy_of_the_whole_payload():
     assert frames == parts
     frames_bytes = sum(len(f) for f in frames)
     assert peak < 1.3 * frames_bytes, f"{peak} bytes allocated at the peak for {frames_bytes}"
+
+
+@pytest.mark.parametrize("count", [2, 63, 64, 65, 128, 4096])
+def test_frames_of_one_size_come_out_whole_at_any_count(count):
+    parts = [bytes([i % 251]) * 100 for i in range(count)]
+    frames = split_payload(received(parts), [100] * count)
+    assert frames == parts
+    assert {type(f) for f in frames} == {bytes}
+
+
+def test_frames_of_different_sizes_are_cut_where_their_sizes_say():
+    sizes = [64, 64, 3, 0, 64, 1000, 64]
+    parts = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+    assert split_payload(received(parts), sizes) == parts
+    assert split_payload(memoryview(b"".join(parts)), sizes) == parts
+    assert split_payload(received([b"", b""]), [0, 0]) == [b"", b""]

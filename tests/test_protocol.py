@@ -326,6 +326,13 @@ def test_malformed_frame_groups_are_protocol_errors(groups):
             "timestamps must be numbers or nil",
         ),
         (
+            raw(
+                {"type": "put", "source": "s", "channel": "c", "ts": [None, "x"], "sizes": [1, 2]},
+                b"abc",
+            ),
+            "timestamps must be numbers or nil",
+        ),
+        (
             raw({"type": "put", "source": "s", "channel": "c", "ts": [1], "sizes": [-3]}, b"abc"),
             "sizes must be non-negative integers",
         ),

