@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import trio
 
 from ._constants import DEFAULT_HOST, DEFAULT_PORT
@@ -36,18 +38,26 @@ def fmt_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def connect_stream(address: str) -> trio.SocketStream:
-    """A TCP stream to the broker at ``address``.
+async def connect_stream(address: str, within: float) -> trio.SocketStream:
+    """A TCP stream to the broker at ``address``, connected within ``within`` s
+    (a connect nothing answers is tried afresh: :func:`~turbine._liveness.connect_within`).
 
     Raises:
-        ConnectionFailed: nothing listens there (says how to start a broker).
+        ConnectionFailed: nothing listens there (says how to start a broker),
+            or nothing answered in time.
     """
+    from ._liveness import connect_within
+
     host, port = parse_address(address)
     # An ASCII name goes as bytes: getaddrinfo given a str encodes it with the idna
     # codec, whose import (stringprep, unicodedata) is 1.3-1.5 ms of a fresh client's CPU.
     name: str | bytes = host.encode("ascii") if host.isascii() else host
     try:
-        return await trio.open_tcp_stream(name, port)
+        return await connect_within(within, functools.partial(trio.open_tcp_stream, name, port))
+    except trio.TooSlowError:
+        raise ConnectionFailed(
+            f"no answer from {address} within {within:g} s (is the host reachable?)"
+        ) from None
     except OSError as exc:
         cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         raise ConnectionFailed(

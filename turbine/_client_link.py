@@ -13,6 +13,7 @@ connection).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -60,12 +61,55 @@ if TYPE_CHECKING:
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
 
-#: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds.
+#: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds (a
+#: short cap: back within about a second of the broker or the link).
 RECONNECT_FIRST_S = 0.05
-RECONNECT_MAX_S = 2.0
+RECONNECT_MAX_S = 0.5
 
 
-class Link:
+class Watching:
+    """The liveness half of :class:`Link` (mixed into it): gives up each
+    connection that stays silent while it waits (turbine/_liveness.py)."""
+
+    address: str
+    _closed: bool
+    _up: trio.Event
+    _requests: Requests
+    _stream: trio.SocketStream
+    _outbox: Outbox
+    _feeds: dict[int, Feed]
+
+    def _lost(self, requests: Requests, error: TurbineError) -> None:
+        raise NotImplementedError
+
+    async def _watch(self, limit: float) -> None:
+        """Give up each connection silent ``limit`` s while it waits (turbine/_liveness.py)."""
+        from ._liveness import watch
+
+        while not self._closed and self._outbox.error is None:
+            await self._up.wait()
+            requests, stream = self._requests, self._stream
+            silent = await watch(
+                limit,
+                stream.socket,
+                functools.partial(self._waits, requests),
+                functools.partial(requests.send, m.Time),
+            )
+            if silent is not None and not self._closed:
+                why = f"nothing heard from {self.address} for {silent:.1f} s: the link is down"
+                self._lost(requests, ConnectionFailed(why))
+                await trio.aclose_forcefully(stream)  # its read loop ends
+
+    def _waits(self, requests: Requests) -> bool | None:
+        """Whether connection ``requests`` waits for something; None: it is over."""
+        if requests is not self._requests or not self._up.is_set() or self._closed:
+            return None
+        if self._outbox.error is not None:
+            return None  # failed for good (not reconnecting)
+        return bool(self._feeds) or requests.outstanding
+
+
+class Link(Watching):
     """The connection of a :class:`~turbine.client.Client` and its life across losses."""
 
     def __init__(
@@ -79,9 +123,14 @@ class Link:
         spool_bytes: int = SPOOL_BYTES,
         spool_dir: str | os.PathLike[str] | None = None,
         tls_ca: Any = None,
+        liveness: float | None = None,
     ) -> None:
+        from ._liveness import liveness_timeout
+
         self.address = address
         self.reconnect = reconnect
+        #: Seconds of silence while waiting after which a connection is lost (None: no check).
+        self.liveness = liveness_timeout(liveness)
         self._dialer = Dialer(address, name, connect_timeout, token, tls_ca)
         #: The user this client logged in as, and its rights (None: a broker without auth).
         self.user: str | None = None
@@ -169,6 +218,8 @@ class Link:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
             nursery.start_soon(self._outbox.run_flusher)
+            if self.liveness is not None:
+                nursery.start_soon(self._watch, self.liveness)
             if self.reconnect:
                 nursery.start_soon(self._keep_connected, nursery)
                 assert self._flushes is not None
@@ -373,7 +424,7 @@ async def handshake(
         from .tls import client_context, connect_tls
 
         ctx = client_context(ca)
-    stream = await connect_stream(address)
+    stream = await connect_stream(address, connect_timeout)
     proto = Connection(Role.CLIENT)
     login: Any = None
     sock: Any = stream.socket

@@ -57,6 +57,11 @@ class Requests:
         self.refusals = 0  # put refusals received on this connection so far
         self._refused: deque[tuple[int, str, RequestFailed]] = deque(maxlen=REFUSALS_KEPT)
 
+    @property
+    def outstanding(self) -> bool:
+        """Whether a request waits for its reply."""
+        return len(self._replies) > 0
+
     def next_id(self) -> int:
         """A fresh id, unique on this connection (requests and subscriptions share them)."""
         return next(self._ids)

@@ -28,6 +28,12 @@ AUTH_FAILURE_DELAY_MAX_S = 10.0
 AUTH_FAILURE_HOSTS = 4096
 #: A client speaks TLS and trusts this CA certificate (CLI: --tls-ca).
 TLS_CA_ENVVAR = "TURBINE_TLS_CA"
+#: A client's connection that waits for something (a subscription, a reply) and
+#: from which nothing was heard this long is lost (pinged at half of it): a
+#: link cut silently is noticed within a few seconds (turbine/_liveness.py).
+LIVENESS_S = 4.0
+#: The same, in seconds, for every client of a process (0: no check).
+LIVENESS_ENVVAR = "TURBINE_LIVENESS"
 #: A TLS broker waits this long for a connection's first byte before telling
 #: a plain client (which waits for hello) to use TLS.
 TLS_SNIFF_S = 1.0
@@ -102,7 +108,7 @@ MAX_CHANNELS_PER_SOURCE = 1024
 MAX_PRODUCERS_PER_SOURCE = 256
 #: A source whose holder lost its connection (or that came back from disk at a
 #: restart) stays reserved for that client this long: it reconnects with backoff
-#: capped at 2 s, and another client taking the source over meanwhile would make
+#: capped at 0.5 s, and another client taking the source over meanwhile would make
 #: its replayed puts fail.
 RECLAIM_GRACE_S = 10.0
 #: How many spans of frames their producers dropped a channel remembers (for its gaps).

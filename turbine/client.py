@@ -268,6 +268,7 @@ async def open_client(
     spool_bytes: int = SPOOL_BYTES,
     spool_dir: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
+    liveness: float | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 
@@ -299,6 +300,14 @@ async def open_client(
     must be signed by; the client then speaks TLS and verifies the broker's
     certificate and name.
 
+    A connection that waits for something (a subscription, a reply) and
+    from which the kernel heard nothing for half of ``liveness`` seconds is
+    pinged; silent for ``liveness`` seconds, it is lost (a link cut with no
+    word, a pulled cable), and with ``reconnect`` connected again, a fresh
+    connect tried at least every second and a half.  None takes
+    ``TURBINE_LIVENESS`` or 4 s; 0 turns the check off (Linux only: elsewhere
+    it is off).  Connecting gives up after ``connect_timeout`` seconds.
+
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker
             (also with ``reconnect=True``: the first connection must succeed).
@@ -314,6 +323,7 @@ async def open_client(
         spool_bytes=spool_bytes,
         spool_dir=spool_dir,
         tls_ca=tls_ca,
+        liveness=liveness,
     )
     stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect)
     if client.spool is not None and client.spool.left.paths():

@@ -1,0 +1,204 @@
+"""A client notices a link cut silently (turbine/_liveness.py) and connects
+again promptly when it is back.
+
+The rule is tested on its own (sans-I/O); the client's use of it over a real
+broker on loopback, through a :class:`Cable` that can be cut: while cut it
+moves no byte either way and answers nothing, as a pulled cable.  The kernel
+of this machine still acknowledges what reaches the cable, so here the
+client's view of the kernel (``heard_ago``) is the cable's: the time since it
+last moved bytes of that connection.  Virtual time throughout (autojump_clock).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+import turbine._liveness
+from turbine import ConnectionFailed, open_client
+from turbine._liveness import CONNECT_ATTEMPT_S, Liveness, Verdict, connect_within, heard_ago
+
+LIMIT = 4.0
+PATH = "daq_rig_data_source/x"
+
+
+def test_a_waiting_connection_silent_for_half_the_limit_is_pinged_once_then_lost():
+    rule = Liveness(LIMIT)
+    assert rule.check(1.9, waiting=True) is Verdict.FINE
+    assert rule.check(2.0, waiting=True) is Verdict.PING
+    assert rule.check(3.0, waiting=True) is Verdict.FINE  # pinged already
+    assert rule.check(4.0, waiting=True) is Verdict.LOST
+    # heard again: the next silence gets its own ping
+    assert rule.check(0.1, waiting=True) is Verdict.FINE
+    assert rule.check(2.5, waiting=True) is Verdict.PING
+
+
+def test_a_connection_that_waits_for_nothing_or_cannot_tell_is_never_lost():
+    rule = Liveness(LIMIT)
+    assert rule.check(100.0, waiting=False) is Verdict.FINE
+    assert rule.check(None, waiting=True) is Verdict.FINE
+
+
+async def test_the_kernel_says_how_long_ago_it_heard_from_the_peer():
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with trio.fail_after(5):
+        client = trio.socket.socket()
+        await client.connect(listener.getsockname())
+        server, _ = await listener.accept()
+    with client, server, listener:
+        ago = heard_ago(client)
+        if not hasattr(socket, "TCP_INFO"):
+            assert ago is None  # the check is off here
+            return
+        assert ago is not None and 0 <= ago < 1.0
+    assert heard_ago(client) is None  # closed
+
+
+async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(autojump_clock):
+    answered_at = 10.0
+    attempts: list[float] = []
+
+    async def connect() -> str:
+        attempts.append(trio.current_time())
+        await trio.sleep_until(max(answered_at, trio.current_time()))
+        # a SYN sent before the link came back is resent by the kernel after 1 s
+        if attempts[-1] < answered_at - 1:
+            await trio.sleep_forever()
+        return "connected"
+
+    start = trio.current_time()
+    assert await connect_within(30, connect) == "connected"
+    took = trio.current_time() - start
+    assert answered_at <= took <= answered_at + 1.0
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps and max(gaps) <= CONNECT_ATTEMPT_S + 1e-9
+    with pytest.raises(trio.TooSlowError):
+        await connect_within(5, trio.sleep_forever)
+
+
+class Cable:
+    """A TCP relay to ``target`` (HOST:PORT) that can be cut and mended."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.rsplit(":", 1)
+        self.port = int(port)
+        self.whole = trio.Event()
+        self.whole.set()
+        #: When bytes of each connection last moved, by the client's port.
+        self.moved: dict[int, float] = {}
+
+    def cut(self) -> None:
+        self.whole = trio.Event()
+
+    def mend(self) -> None:
+        self.whole.set()
+
+    def heard_ago(self, sock) -> float | None:
+        """What the client's kernel would say: silence since bytes last moved."""
+        try:
+            port = sock.getsockname()[1]
+        except OSError:
+            return None
+        return trio.current_time() - self.moved.get(port, trio.current_time())
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, near: trio.SocketStream) -> None:
+        port = near.socket.getpeername()[1]
+        self.moved[port] = trio.current_time()
+        await self.whole.wait()  # a connect while cut: no hello comes
+        far = await trio.open_tcp_stream(self.host, self.port)
+        async with near, far, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, near, far, port, nursery.cancel_scope)
+            nursery.start_soon(self._pump, far, near, port, nursery.cancel_scope)
+
+    async def _pump(self, src, dst, port, scope) -> None:
+        try:
+            async for chunk in src:
+                await self.whole.wait()
+                await dst.send_all(chunk)
+                self.moved[port] = trio.current_time()
+        except trio.BrokenResourceError:
+            pass
+        scope.cancel()
+
+
+@pytest.fixture
+async def cable(nursery, broker, monkeypatch) -> tuple[Cable, str]:
+    cable = Cable(broker)
+    monkeypatch.setattr(turbine._liveness, "heard_ago", cable.heard_ago)
+    return cable, await nursery.start(cable.serve)
+
+
+async def produce(broker: str, every: float, stop: trio.Event, task_status) -> None:
+    """Put a frame every ``every`` s (its data: its put time) until ``stop``."""
+    async with open_client(broker, name="daq") as tb:
+        src = await tb.open_source("daq_rig_data_source")
+        task_status.started()
+        while not stop.is_set():
+            await src.put("x", repr(trio.current_time()).encode())
+            await tb.flush()
+            await trio.sleep(every)
+
+
+async def test_a_subscription_over_a_link_cut_silently_fails_within_the_limit(
+    cable, broker, nursery, autojump_clock
+):
+    _, address = cable[0], cable[1]
+    stop = trio.Event()
+    await nursery.start(produce, broker, 0.1, stop)
+    async with open_client(address, name="watch", liveness=LIMIT) as tb:
+        async with tb.subscribe(PATH, start=1) as sub:
+            await sub.receive_batch()
+            cable[0].cut()
+            cut = trio.current_time()
+            with trio.fail_after(60), pytest.raises(ConnectionFailed, match="nothing heard"):
+                while True:
+                    await sub.receive_batch()
+            took = trio.current_time() - cut
+    stop.set()
+    assert LIMIT <= took <= LIMIT * 1.25 + 0.2, took
+
+
+async def test_a_reconnecting_subscriber_is_back_within_a_second_of_the_mend(
+    cable, broker, nursery, autojump_clock
+):
+    relay, address = cable
+    stop = trio.Event()
+    await nursery.start(produce, broker, 0.1, stop)
+    async with open_client(address, name="watch", reconnect=True, liveness=LIMIT) as tb:
+        async with tb.subscribe(PATH, start=1) as sub:
+            got: list[int] = []
+            got += [f.seq for f in await sub.receive_batch()]
+            relay.cut()
+            await trio.sleep(10)  # the cut
+            relay.mend()
+            mended = trio.current_time()
+            with trio.fail_after(30):
+                while True:
+                    batch = await sub.receive_batch()
+                    got += [f.seq for f in batch]
+                    if any(float(bytes(f.data)) >= mended for f in batch):
+                        break
+            back = trio.current_time() - mended
+        assert tb.reconnects == 1
+    stop.set()
+    assert got == list(range(1, len(got) + 1))  # nothing lost, nothing twice
+    assert back <= 1.0, back
+
+
+async def test_an_idle_subscription_over_a_working_link_is_pinged_and_kept(
+    cable, nursery, autojump_clock
+):
+    _, address = cable
+    async with open_client(address, name="watch", liveness=LIMIT) as tb:
+        async with tb.subscribe(PATH, start="now"):
+            await trio.sleep(60)  # nothing put: only the pings' answers come
+            assert await tb.time()  # still connected
