@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
+import msgpack
 import trio
 
+from turbine._client_outbox import Outbox
 from turbine._client_spool import Spool
 from turbine._spool_file import SpoolFile
 from turbine.messages import Put
+from turbine.protocol import PREFIX
 
 SRC = "daq_rig_data_source"
 
@@ -31,6 +35,17 @@ async def put(spool: Spool, channel: str, payload: bytes, pseq: int) -> None:
 
 def written(spool: Spool) -> bytes:
     return b"".join(bytes(b) for b in spool.unwritten())
+
+
+def headers(buffers: list[Any]) -> list[dict[str, Any]]:
+    """The headers of the messages in ``buffers``."""
+    data = b"".join(bytes(b) for b in buffers)
+    out = []
+    while data:
+        header, payload = PREFIX.unpack_from(data)
+        out.append(msgpack.unpackb(data[PREFIX.size : PREFIX.size + header]))
+        data = data[PREFIX.size + header + payload :]
+    return out
 
 
 def frame(i: int) -> bytes:
@@ -247,3 +262,24 @@ async def test_a_crashed_runs_noted_puts_the_broker_lacks_become_a_gap_on_the_ne
     spool.acknowledged(spool.end)
     assert not (tmp_path / "daq-1.spool").exists()  # all it held is settled
     spool.close()
+
+
+async def test_a_gap_no_later_put_carries_is_told_by_a_put_with_no_frames_where_that_is_recorded():
+    spool = Spool(100)
+    outbox = Outbox(object(), "127.0.0.1:1", 1000, lambda e: None, spool=spool)  # type: ignore[arg-type]
+    await put(spool, "x", frame(1), 1)
+    await put(spool, "y", frame(2), 2)  # the spool is full: x's frame is dropped
+    assert spool.dropped_frames == 1 and list(spool.skips.pending) == [(SRC, "x")]
+    outbox.opened(SRC, {"source": SRC, "channels": {"x": 1}})  # an older broker
+    outbox.tell_gaps()
+    assert not outbox.has_puts  # it would store nothing: the gap waits for a later put
+    outbox.opened(SRC, {"source": SRC, "channels": {"x": 1}, "empty_puts": True})
+    outbox.tell_gaps()
+    assert outbox.has_puts
+    await outbox.stage()  # into the spool, behind y's put
+    told = headers(spool.unwritten())
+    assert [(h["channel"], h["sizes"], h.get("skipped")) for h in told] == [
+        ("y", [60], None),
+        ("x", [], 1),
+    ]
+    assert not spool.skips.pending

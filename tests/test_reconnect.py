@@ -465,6 +465,46 @@ async def test_a_full_spool_drops_the_oldest_frames_and_readers_get_one_gap(tmp_
     assert again[1] == gap and [f.seq for f in again[:1] + again[2:]] == [1, *range(22, 32)]
 
 
+async def test_a_spool_gap_of_a_channel_that_gets_no_later_put_reaches_the_broker(tmp_path):
+    """Frames of x dropped from the full spool by later puts of y only: after the
+    reconnect a put with no frames tells x's gap, so the next frame of x, put by
+    another client after this one closed, comes after it (not under the next number)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            broker = Broker(nursery, tmp_path)
+            address = await broker.start()
+            async with open_client(address, name="daq", reconnect=True, spool_bytes=100) as daq:
+                src = await daq.open_source(SRC, {"x": "text/plain", "y": "text/plain"})
+                await src.put("x", b"%010d" % 0)
+                await src.flush()  # number 1
+                await broker.stop()
+                await daq._down.wait()
+                for ch, first in (("x", 1), ("y", 1)):
+                    for i in range(first, first + 10):
+                        await src.put(ch, b"%010d" % i, 1000.0 + i)
+                        await daq._outbox.send()  # one put message each, into the spool
+                assert daq.spool is not None
+                assert (daq.spool.frames, daq.spool.dropped_frames) == (10, 10)  # all of x's
+                await broker.start()
+                await daq.flush(timeout=20)
+            async with open_client(address, name="later") as later:
+                other = await later.open_source(SRC)
+                await other.put("x", b"after", 2000.0)
+                await later.flush()
+                async with later.subscribe(PATH, start="oldest") as sub:
+                    got = [await sub.receive() for _ in range(3)]
+            await broker.stop()
+            address = await broker.start()  # the gap comes back from the disk
+            async with open_client(address, name="again") as again:
+                async with again.subscribe(PATH, start="oldest") as sub:
+                    back = [await sub.receive() for _ in range(3)]
+            await broker.stop()
+    assert got[0].seq == 1
+    assert got[1] == Gap(SRC, "x", 10, 12, 1001.0, 1010.0)  # numbers 2..11, explicit
+    assert (got[2].seq, got[2].data) == (12, b"after")
+    assert back[1] == got[1] and [f.seq for f in (back[0], back[2])] == [1, 12]
+
+
 #: A producer that spools to its state dir while the broker is away and is then killed -9.
 CRASHING_PRODUCER = """
 import sys

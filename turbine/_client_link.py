@@ -266,10 +266,12 @@ class Link(Watching):
                 log.warning("could not take source %s back: %s", fields["source"], exc)
                 continue
             result = ok.result if isinstance(ok.result, dict) else {}
+            self._outbox.opened(fields["source"], result)
             self.spool.settle(fields["source"], result.get("producers"))
         for sub in list(self._subs.values()):
             await requests.call(m.Subscribe, m.Ok, **sub.resume_fields())
         await self._outbox.replay()
+        self._outbox.tell_gaps()  # those the replay carried none of
 
     async def call(self, kind: type[m.Request], reply: type[R], **fields: Any) -> R:
         """Send a request and return its reply; reconnecting, wait for the broker and retry.
@@ -281,6 +283,7 @@ class Link(Watching):
             return m.Ok(id=0)  # type: ignore[return-value]
         if kind is m.CloseSource:
             self._held.pop(fields["source"], None)
+            self._outbox.empty_puts.discard(fields["source"])  # a gap there is told no more
         return (await self._call_parts(kind, reply, fields))[-1]
 
     async def _call_parts(
@@ -342,6 +345,7 @@ class Link(Watching):
         with trio.CancelScope(shield=True):
             self._closed = True
             with trio.move_on_after(5):
+                self._outbox.tell_gaps()  # no later put will carry them
                 if self._outbox.has_puts and self._outbox.error is None:
                     with contextlib.suppress(TurbineError):
                         await self._outbox.send()

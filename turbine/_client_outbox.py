@@ -73,6 +73,8 @@ class Outbox:
         self._frames = 0
         self._lock = trio.Lock()
         self._wake_flusher = trio.Event()
+        #: Sources whose broker records the gap a put with no frames tells (reconnecting).
+        self.empty_puts: set[str] = set()
 
     @property
     def has_puts(self) -> bool:
@@ -201,6 +203,26 @@ class Outbox:
             else:
                 out += encode_put(source, channel, ts, sizes, producer, pseq, data)
         return out
+
+    def opened(self, source: str, result: Any) -> None:
+        """``source`` was opened; ``result``, the broker's answer, says whether it
+        records the gap of a put with no frames (``empty_puts``)."""
+        if isinstance(result, dict) and result.get("empty_puts") is True:
+            self.empty_puts.add(source)
+        else:
+            self.empty_puts.discard(source)
+
+    def tell_gaps(self) -> None:
+        """Queue a put with no frames for each channel whose gap (frames the spool
+        dropped) waits for a later put, where the broker records it: readers learn
+        of the gap also when the channel gets no more puts (written by the flusher
+        or the next :meth:`send`)."""
+        if self.spool is None or self._sock is None:
+            return
+        for source, channel in list(self.spool.skips.pending):
+            if source in self.empty_puts:
+                self._batches.setdefault((source, channel), ([], []))  # carries the gap
+                self._wake_flusher.set()
 
     async def run_flusher(self) -> None:
         """Write queued puts as soon as the putting task lets others run; never returns."""

@@ -292,7 +292,7 @@ class Spool:
         self.base = 0
         self.written = 0
         self._sent = 0  # entries below this were written on some connection
-        self._skips = Skips()  # frames dropped unsent
+        self.skips = Skips()  # frames dropped unsent, until a put tells them
         self._in_doubt = InDoubt()  # frames dropped written and unacknowledged
         self.bytes = 0
         self.frames = 0
@@ -366,7 +366,7 @@ class Spool:
             entry.file = entry.data = None
             entry.dropped = entry.damaged = True
             if not entry.recovered:
-                self._skips.add(entry, self.base + i)
+                self.skips.add(entry, self.base + i)
             if not self.dropped_frames:
                 log.warning("the spool is full (%d bytes): dropping the oldest frames", self.limit)
             self.dropped_frames += len(entry.put.sizes)
@@ -407,7 +407,7 @@ class Spool:
             self._in_doubt.add(entry, self.base - 1)
             return
         if unsent and not entry.recovered:
-            self._skips.add(entry, self.base - 1)
+            self.skips.add(entry, self.base - 1)
         self.dropped_frames += len(entry.put.sizes)
 
     def settle(self, source: str, last: dict[str, int] | None) -> None:
@@ -415,7 +415,7 @@ class Spool:
         replay: the in-doubt puts it lacks count, and make a gap if ``last`` says."""
         for number, entry in self._in_doubt.lost(source, last):
             if last is not None:
-                self._skips.add(entry, number)
+                self.skips.add(entry, number)
             self.dropped_frames += len(entry.put.sizes)
 
     def rewind(self) -> None:
@@ -427,7 +427,7 @@ class Spool:
         """The buffers of every entry not yet written on this connection (now counted as written)."""
         out: list[Any] = []
         entries = self._entries
-        skips = self._skips.pending
+        skips = self.skips.pending
         for i in range(self.written - self.base, len(entries)):
             entry = entries[i]
             if entry.damaged:
@@ -438,12 +438,12 @@ class Spool:
                 data = entry.file.read_frames(entry.put, entry.offset, entry.length)
                 if data is None:  # damaged on disk: its frames are lost, and readers told
                     if not entry.recovered:
-                        self._skips.add(entry, self.base + i)
+                        self.skips.add(entry, self.base + i)
                     self.dropped_frames += len(entry.put.sizes)
                     entry.damaged = True
                     continue
             if skips:
-                entry.put = self._skips.carried(entry.put, self.base + i)
+                entry.put = self.skips.carried(entry.put, self.base + i)
             out += encode_message(entry.put, data)
         self.written = self._sent = self.end
         return out
@@ -465,7 +465,7 @@ class Spool:
                 self._keep(entry)
                 continue
             if last is not None:
-                self._skips.add(entry, self.end - 1)
+                self.skips.add(entry, self.end - 1)
             self.dropped_frames += len(entry.put.sizes)
 
     def close(self) -> None:

@@ -80,6 +80,7 @@ class Writes(Link):
         self._held[name] = fields
         assert self.spool is not None
         result = ok.result if isinstance(ok.result, dict) else {}
+        self._outbox.opened(name, result)
         # What a crashed run left spooled for it goes first; what it lost, a gap.
         self.spool.adopt(name, result.get("producers") if left else None)
         return Source(name, channels, self._outbox, self)

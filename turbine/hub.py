@@ -155,6 +155,12 @@ class Hub(SourceLifecycle):
                     if skipped_span is not None:
                         ch.dropped(seq, skipped_span)
                 src.append(ch, ts, data, writer.name, sizes, seq)
+        elif skipped and seqs is None and first_seq is None and src.origin is None:
+            # A put with no frames telling of dropped ones (its channel got no later put).
+            seq = ch.store.next_seq + skipped
+            if skipped_span is not None:
+                ch.dropped(seq, skipped_span)
+            ch.store.skip_to(seq)
         if producer is not None:
             src.stored(producer, pseq)  # type: ignore[arg-type]  # checked above
             if self._producer_stored is not None:

@@ -152,6 +152,8 @@ class Requests(Reads, Puts):
         result: dict[str, Any] = {"source": src.name, "channels": self.broker.hub.next_seqs(src)}
         if msg.mirror is not None:
             result["compact"] = True  # takes a copy's first_seq and packed ts
+        else:
+            result["empty_puts"] = True  # records the gap a put with no frames tells
         if producers is not None:
             known = src.producers
             result["producers"] = {p: known[p] for p in producers if p in known}

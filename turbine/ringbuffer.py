@@ -192,7 +192,7 @@ class Ring(Selections):
         """
         n = len(ts)
         if seq is not None and seq != self.next_seq:
-            self._hole(seq)
+            self.skip_to(seq)
         runs = self._writers.runs  # a new run when the writer changes
         if not runs or runs[-1][1] != writer:
             runs.append((self.next_seq, writer))
@@ -219,7 +219,8 @@ class Ring(Selections):
         over = len(self) - self.max_frames
         return self.evict(over) if over > 0 else 0
 
-    def _hole(self, seq: int) -> None:
+    def skip_to(self, seq: int) -> None:
+        """Leave the numbers from ``next_seq`` to ``seq`` unused: the next frame gets ``seq``."""
         if seq < self.next_seq:
             raise ValueError(
                 f"sequence number {seq} is below the next one, {self.next_seq}: numbers never go back"

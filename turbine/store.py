@@ -200,6 +200,16 @@ class ChannelStore(Protocol):
         """
         ...
 
+    def skip_to(self, seq: int) -> None:
+        """Leave the numbers from ``next_seq`` to ``seq`` unused, a hole, with no frame
+        after it yet (frames their producer dropped).  Never blocks.
+
+        Raises:
+            ValueError: ``seq`` is below ``next_seq``.
+            RequestFailed: (a store on disk) its archive cannot take writes (code ``disk``).
+        """
+        ...
+
     def evict(self, count: int = 1) -> int:
         """Drop the ``count`` oldest frames from memory; return the bytes freed."""
         ...

@@ -145,6 +145,25 @@ class TieredStore:
         self.archive.append(self.source, Put(self.channel, first, list(ts), sizes, data, writer))
         return freed
 
+    def skip_to(self, seq: int) -> None:
+        """The ring's :meth:`~turbine.ringbuffer.Ring.skip_to`, the hole queued
+        for the archive.
+
+        Raises:
+            RequestFailed: the archive of this source cannot take writes (code ``disk``).
+            ValueError: ``seq`` is below ``next_seq``.
+        """
+        try:
+            self.archive.check_writable(self.source)
+        except ArchiveError as exc:
+            raise RequestFailed(str(exc), "disk") from None
+        ring = self.ring
+        if seq < ring.next_seq:
+            raise ValueError(f"frame number {seq} is below the next number {ring.next_seq}")
+        if seq > ring.next_seq:
+            self.archive.append(self.source, Hole(self.channel, ring.next_seq, seq - ring.next_seq))
+            ring.skip_to(seq)
+
     def keep_summary(self, block: tuple[Any, ...]) -> None:
         """Queue a complete block summary of this channel for the archive (after its frames)."""
         self.archive.append(self.source, Summary(self.channel, block))
