@@ -138,7 +138,7 @@ def test_oldest_arrival_follows_eviction():
 def test_evicted_payloads_are_released_at_once():
     ring = filled(3, max_frames=10)
     ring.evict(2)
-    assert ring._data[:2] == [None, None]  # noqa: SLF001 - the memory is what is tested
+    assert ring._data.buffers[:2] == [None, None]  # noqa: SLF001 - the memory is what is tested
 
 
 def test_long_runs_compact_and_stay_correct():
@@ -197,8 +197,8 @@ def test_a_rings_payloads_are_out_of_the_cycle_collectors_walks_and_still_freed(
     gone = weakref.ref(first)
     ring.append_many([1.0, 2.0], [first, second], "w", 0)
     del first
-    assert not gc.is_tracked(ring._data)
-    assert [r for r in gc.get_referrers(second) if r is ring._data] == []  # never walked
+    assert not gc.is_tracked(ring._data.buffers)
+    assert [r for r in gc.get_referrers(second) if r is ring._data.buffers] == []  # never walked
     ring.append_many([3.0], [b"three"], "w", 1)  # evicts the first frame
     assert gone() is None  # freed by its reference count, no collection needed
-    assert [bytes(p) for p in ring._data[ring._start :]] == [b"two", b"three"]
+    assert [bytes(p) for p in ring._data.buffers[ring._start :]] == [b"two", b"three"]

@@ -82,6 +82,12 @@ LOG_ARCHIVE_BYTES, COMMAND_ARCHIVE_BYTES = 64 * 2**20, 8 * 2**20
 EVICTION_SHARE = 0.25
 #: Bookkeeping cost charged per stored frame on top of its payload.
 FRAME_OVERHEAD_BYTES = 64
+#: A ring keeps each put's payload whole until its last frame is evicted
+#: (turbine/payloads.py); what the evicted frames held of it is not counted.  Once
+#: that is more than this and more than half of the buffer, the frames left are
+#: copied out and the buffer freed: a channel holds at most this much, or as much
+#: as it counts, beyond its count.  A client's put (PUT_BATCH_BYTES) never reaches it.
+RING_SLACK_BYTES = 256 * 2**10
 
 # --- limits on what one message may carry (docs/protocol.rst, "Limits", lists them all) ---
 

@@ -29,6 +29,7 @@ from ._constants import (
 )
 from ._errors import RemoteProtocolError
 from .messages import Frames
+from .payloads import cut
 
 #: One group of frames inside ``put`` / ``frames``: consecutive sequence numbers
 #: of one channel from one writer.  Fields, in order:
@@ -167,6 +168,8 @@ def split_frames(
 ) -> list[tuple[list[list[Any]], list[Any]]]:
     """Cut one delivery's groups and payloads into parts that each fit one message.
 
+    ``payloads`` are buffers holding the groups' frames back to back (a buffer
+    per frame, or a run of frames per buffer: see :mod:`turbine.payloads`).
     A part holds at most ``max_frames`` frames, ``max_bytes`` of payload
     (or one larger frame alone) and a header under ``max_header`` bytes.
     Groups are split between frames, so sequence numbers run on from part
@@ -187,7 +190,8 @@ def split_frames(
     part: list[list[Any]] = []
     part_payloads: list[Any] = []
     n = size = head = 0
-    i = 0  # index into payloads of the group's first frame
+    pos = 0  # where the part's next frame lies in the payloads, in bytes
+    buf_ends = list(itertools.accumulate(map(len, payloads)))
     room = max_header - _FIELDS_HEADER_BYTES
     for source, channel, ctype, seq, ts, sizes, writer in groups:
         fixed = _group_cost(source, channel, ctype, writer)
@@ -206,12 +210,13 @@ def split_frames(
             part.append(
                 [source, channel, ctype, seq + k, ts[k : k + take], sizes[k : k + take], writer]
             )
-            part_payloads += payloads[i + k : i + k + take]
+            nbytes = sum(sizes[k : k + take])
+            part_payloads += cut(payloads, pos, pos + nbytes, buf_ends)
+            pos += nbytes
             n += take
-            size += sum(sizes[k : k + take])
+            size += nbytes
             head += fixed + take * _FRAME_HEADER_BYTES
             k += take
-        i += len(sizes)
     if part:
         parts.append((part, part_payloads))
     return parts

@@ -80,7 +80,7 @@ class Hub(SourceLifecycle):
         source: str,
         channel: str,
         ts: Sequence[Any],
-        data: list[Any],
+        data: Sequence[Any],
         content_type: str | None = None,
         sizes: list[int] | None = None,
         seq: int | None = None,

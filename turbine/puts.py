@@ -16,9 +16,10 @@ from . import messages as m
 from ._errors import RequestFailed
 from .audit import Audit, command_excerpt
 from .auth import COMMAND, WRITE, Access, is_command_sink
-from .groups import split_payload, unpack_times
+from .groups import unpack_times
 from .hub import Hub, no_source
 from .names import InvalidName
+from .payloads import Payloads
 from .peer import Peer
 
 
@@ -50,7 +51,7 @@ class Puts:
                 self.broker.audit.record("refused", self.peer, str(refusal), request="put")
             self.error(None, refusal)
             return
-        data = split_payload(msg.payload, sizes)
+        data = Payloads([msg.payload], sizes)  # kept whole: no bytes object per frame
         ts = unpack_times(msg.ts) if isinstance(msg.ts, bytes) else msg.ts
         try:
             wakers = self.broker.hub.put(

@@ -2,7 +2,8 @@
 
 The memory implementation of :class:`turbine.store.ChannelStore`.  Frames are
 kept as parallel columns (timestamps, payloads, arrival order), so that
-reading a run of frames is a few list slices rather than a loop.  Sequence
+reading a run of frames is a few array slices rather than a loop; payloads
+are kept a put at a time (:class:`turbine.payloads.PutBuffers`).  Sequence
 numbers are contiguous until a frame is stored with an explicit number past
 ``next_seq`` (a mirror's hole): until then the frame at column index ``i`` has
 sequence number ``first_seq + (i - start)``; from then on a column of numbers
@@ -18,7 +19,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
-from ._memory import payload_list
+from .payloads import PutBuffers
 from .store import ChannelSpec, ChannelStore, Query, Run, StoreFactory, answer, empty_run
 
 __all__ = ["Ring", "Run", "memory_store"]
@@ -32,7 +33,7 @@ class Selections:
     __slots__ = ()
 
     _ts: array.array[float]
-    _data: list[Any]
+    _data: PutBuffers
     _sizes: array.array[int]
     _writers: Writers
     _numbers: Numbers | None
@@ -54,22 +55,24 @@ class Selections:
             seq = self.first_seq + (i - self._start)
             if not count:
                 return empty_run(seq)
+            sizes = self._sizes[i : i + count].tolist()
             return Run(
                 seq,
                 self._ts[i : i + count].tolist(),
-                self._data[i : i + count],
-                self._sizes[i : i + count].tolist(),
+                self._data.get(i, i + count, self._sizes, sizes),
+                sizes,
                 self._writers.between(seq, seq + count),
             )
         if not count:
             return empty_run(numbers.at(i, self.next_seq))
         seqs = numbers.seqs[i : i + count]
         first, end = seqs[0], seqs[-1] + 1
+        sizes = self._sizes[i : i + count].tolist()
         return Run(
             first,
             self._ts[i : i + count].tolist(),
-            self._data[i : i + count],
-            self._sizes[i : i + count].tolist(),
+            self._data.get(i, i + count, self._sizes, sizes),
+            sizes,
             self._writers.between(first, end),
             seqs=seqs if end - first != count else None,
         )
@@ -133,7 +136,7 @@ class Ring(Selections):
         # and nothing for the garbage collector to walk (a ring of millions of
         # frames in lists made every full collection pause the broker ~70 ms).
         self._ts = array.array("d")
-        self._data: list[Any] = payload_list()  # not walked by the collector
+        self._data = PutBuffers()  # a buffer per put, not walked by the collector
         self._sizes = array.array("q")
         self._arrival = array.array("q")
         self._writers = Writers()
@@ -170,12 +173,12 @@ class Ring(Selections):
     @property
     def newest(self) -> Any:
         """The newest payload, or ``None`` when empty."""
-        return self._data[-1] if len(self) else None
+        return self._data.last(self._sizes) if len(self) else None
 
     def append_many(
         self,
         ts: Sequence[float],
-        data: list[Any],
+        data: Sequence[Any],
         writer: str,
         arrival: int,
         sizes: list[int] | None = None,
@@ -202,13 +205,13 @@ class Ring(Selections):
             self._numbers.seqs.extend(range(self.next_seq, self.next_seq + n))
         if self._start == len(self._ts):  # empty: the oldest is the first appended now
             self.first_seq = self.next_seq
+        self._data.append(data, len(self._ts))
         # fromlist takes a list 3-4x faster than extend, which goes through
         # the iterator protocol (measured: 4,096 timestamps and sizes, ~1.3 ms -> ~0.4 ms)
         if type(ts) is list:
             self._ts.fromlist(ts)
         else:
             self._ts.extend(ts)
-        self._data += data
         if type(sizes) is list:
             self._sizes.fromlist(sizes)
         else:
@@ -235,8 +238,8 @@ class Ring(Selections):
         count = min(count, len(self))
         start = self._start
         freed = FRAME_OVERHEAD_BYTES * count + sum(self._sizes[start : start + count])
-        self._data[start : start + count] = itertools.repeat(None, count)  # free payloads now
         self._start = start + count
+        self._data.release(self._start, self._sizes)  # free payloads now
         if self._numbers is None:
             self.first_seq += count
         else:
@@ -251,9 +254,8 @@ class Ring(Selections):
         frames that arrived before ``before`` (None: any) and never the newest;
         return the bytes freed.
 
-        One step for the whole run (sums in C), where :meth:`evict` called per
-        frame was about 1 us a frame: a ring full by bytes evicts as many
-        frames as it takes in.
+        One step for the whole run (sums in C), where :meth:`evict` called per frame
+        was about 1 us a frame: a ring full by bytes evicts as many frames as it takes in.
         """
         start = self._start
         end = len(self._ts) - 1  # the newest stays
@@ -283,7 +285,8 @@ class Ring(Selections):
 
     def _compact(self) -> None:
         s = self._start
-        del self._ts[:s], self._data[:s], self._sizes[:s], self._arrival[:s]
+        del self._ts[:s], self._sizes[:s], self._arrival[:s]
+        self._data.compact(s)
         if self._numbers is not None:
             self._numbers.compact(s, self.first_seq)
         self._start = 0
@@ -319,8 +322,8 @@ class Ring(Selections):
         return Run(
             seq,
             self._ts[i : i + count].tolist(),
-            self._data[i : i + count],
-            sizes.tolist(),
+            self._data.get(i, i + count, self._sizes, listed := sizes.tolist()),
+            listed,
             self._writers.between(seq, seq + count),
             missed,
         )

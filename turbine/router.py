@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import attrs
 
 from .names import Pattern, compile_pattern
+from .payloads import buffers_of
 from .store import ChannelStore, Run
 
 #: Whether a reader may read the source of this name (a user's read right).
@@ -232,7 +233,7 @@ def add_run(groups: list[Group], payloads: list[Any], ch: Channel, run: Run) -> 
         for piece in run.pieces():
             add_run(groups, payloads, ch, piece)
         return
-    payloads += run.data
+    payloads += buffers_of(run.data)
     source, name, ctype = ch.source_name, ch.name, ch.content_type
     writers = run.writers
     if len(writers) == 1:

@@ -205,7 +205,9 @@ class Source(Holding):
             self.bytes -= channel.store.resize(cache_frames)
         self.trim()
 
-    def check_frames(self, ch: Channel, data: list[Any], sizes: list[int], max_frame: int) -> None:
+    def check_frames(
+        self, ch: Channel, data: Sequence[Any], sizes: list[int], max_frame: int
+    ) -> None:
         """Raises RequestFailed for a frame over the size limit, or bad metadata."""
         biggest = max(sizes, default=0)
         limit = min(max_frame, self.cache_bytes - FRAME_OVERHEAD_BYTES)
@@ -226,7 +228,7 @@ class Source(Holding):
         self,
         ch: Channel,
         ts: Sequence[float],
-        data: list[Any],
+        data: Sequence[Any],
         writer: str,
         sizes: list[int],
         seq: int | None = None,
@@ -254,7 +256,7 @@ class Source(Holding):
         self,
         ch: Channel,
         ts: Sequence[float],
-        data: list[Any],
+        data: Sequence[Any],
         sizes: list[int],
         seqs: list[int] | None,
         writers: list[Any] | None,

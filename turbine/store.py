@@ -58,7 +58,7 @@ class Run:
 
     first_seq: int
     ts: list[float]
-    data: list[Any]
+    data: Sequence[Any]  # a list of payloads, or Payloads (turbine/payloads.py)
     sizes: list[int]
     writers: list[tuple[int, str]]
     missed: int = 0
@@ -181,7 +181,7 @@ class ChannelStore(Protocol):
     def append_many(
         self,
         ts: Sequence[float],
-        data: list[Any],
+        data: Sequence[Any],
         writer: str,
         arrival: int,
         sizes: list[int] | None = None,

@@ -113,7 +113,7 @@ class TieredStore:
     def append_many(
         self,
         ts: Sequence[float],
-        data: list[Any],
+        data: Sequence[Any],
         writer: str,
         arrival: int,
         sizes: list[int] | None = None,

@@ -18,10 +18,12 @@ import json
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+
+from ..payloads import buffers_of
 
 #: Version written in every segment and index header; readers refuse newer ones.
 FORMAT_VERSION = 1
@@ -134,13 +136,14 @@ def frames_body(
     ts: list[float],
     sizes: list[int],
     writer: str,
-    data: list[Any],
+    data: Sequence[Any],
     flags: int = 0,
 ) -> list[Any]:
     """The body of a frames record, as buffers to write in order (payloads are not copied)."""
     w = writer.encode()[:65535]
     fixed = _FRAMES.pack(FRAMES, channel, first_seq, len(ts), len(w), flags)
-    return [fixed, array.array("d", ts).tobytes(), array.array("I", sizes).tobytes(), w, *data]
+    ts_col, sizes_col = array.array("d", ts).tobytes(), array.array("I", sizes).tobytes()
+    return [fixed, ts_col, sizes_col, w, *buffers_of(data)]
 
 
 def channel_body(channel: int, next_seq: int, name: str, content_type: str) -> bytes:

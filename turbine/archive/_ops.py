@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -13,7 +14,7 @@ class Put:
     first_seq: int
     ts: list[float]
     sizes: list[int]
-    data: list[Any]
+    data: Sequence[Any]
     writer: str
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -184,7 +184,7 @@ def _add(runs: list[Run], missed: int, seq: int, rec: fmt.FramesRecord, a: int, 
     if runs and not missed and runs[-1].first_seq + len(runs[-1].ts) == seq:
         run = runs[-1]
         run.ts.extend(rec.ts[a:b])
-        run.data.extend(rec.data[a:b])
+        cast(list[Any], run.data).extend(rec.data[a:b])  # (a run of records: a list)
         run.sizes.extend(rec.sizes[a:b])
         if run.writers[-1][1] != rec.writer:
             run.writers.append((seq, rec.writer))
