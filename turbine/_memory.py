@@ -8,13 +8,15 @@ resident until :func:`trim` hands them back, which the broker does after
 connections close and sources are deleted.  :func:`pin_mmap_threshold` keeps
 glibc from moving its threshold, so what is above it (a hostile client's huge
 message) always gets its own mapping, returned whole on free.  Both do nothing
-without glibc.
+without glibc.  :func:`grow` makes room for reads without writing it first, and
+:func:`payload_list` keeps the rings' lists out of the cycle collector's walks
+(both CPython's C API, through ctypes).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import gc
 import sys
 from collections.abc import Callable
@@ -25,7 +27,12 @@ from ._constants import MMAP_THRESHOLD_BYTES
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """glibc, or None: looked up when first needed (find_library may run
+    ldconfig), by the broker only: a client imports this module for :func:`grow`."""
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     if not name:
         return None
@@ -38,9 +45,6 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-_LIBC = _libc()
-
-
 def _untrack() -> Callable[[object], None] | None:
     if sys.implementation.name != "cpython":
         return None
@@ -51,6 +55,38 @@ def _untrack() -> Callable[[object], None] | None:
 
 
 _UNTRACK = _untrack()
+
+
+def _resize() -> Callable[[bytearray, int], int] | None:
+    if sys.implementation.name != "cpython":
+        return None
+    resize = ctypes.pythonapi.PyByteArray_Resize
+    resize.argtypes = [ctypes.py_object, ctypes.c_ssize_t]
+    resize.restype = ctypes.c_int
+    return resize  # type: ignore[no-any-return]
+
+
+_RESIZE = _resize()
+
+
+def grow(buf: bytearray, size: int) -> None:
+    """Make ``buf`` at least ``size`` bytes long without writing the bytes added.
+
+    What they hold is unspecified (old heap contents, not zeros): only for room
+    that a read fills before anything looks at it (the receive buffers).  Growing
+    with ``extend(bytes(n))`` zero-filled a temporary of the size added and
+    copied it: at 100 KB frames that line took a third of the broker's samples
+    (py-spy), every received byte written three times before the kernel's copy.
+
+    Raises:
+        BufferError: ``buf`` has views (a bytearray with exports cannot resize).
+    """
+    if size <= len(buf):
+        return
+    if _RESIZE is None:
+        buf.extend(bytes(size - len(buf)))
+    else:
+        _RESIZE(buf, size)  # realloc: in place where the heap has room after it
 
 
 def payload_list() -> list[Any]:
@@ -76,8 +112,9 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> None:
     at what connections made.  Call once, when the broker process starts.
     """
     gc.freeze()
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_MMAP_THRESHOLD, threshold)
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def trim(*, full: bool = True) -> None:
@@ -87,5 +124,6 @@ def trim(*, full: bool = True) -> None:
     what lived through earlier collections waits for a full one, which walks
     every tracked object (the cost grows with the heap, not with the garbage)."""
     gc.collect() if full else gc.collect(1)
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

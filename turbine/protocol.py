@@ -37,6 +37,7 @@ from ._constants import (
     VECTORED_MIN_BYTES,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
+from ._memory import grow
 from .checks import check
 from .groups import check_put
 from .messages import ClientHello, Error, Hello, Message, Role, build, header_fields
@@ -185,12 +186,13 @@ class ReceiveBuffer:
 
     @property
     def receive_size(self) -> int:
-        """How many bytes to read next: the rest of a message with a large
-        payload (at most as much again as has arrived, unless sized by its
-        prefix), else a normal read."""
+        """How many bytes to read next: the rest of a large message (at most as
+        much again as has arrived, unless sized by its prefix), never past its
+        end, so that it ends its buffer and its payload is handed over uncopied;
+        else a normal read."""
         held = self._end - self._start
         missing = self._need - held
-        if missing >= VECTORED_MIN_BYTES:
+        if missing > 0 and self._need >= VECTORED_MIN_BYTES:
             if self._sized_by_prefix:
                 return missing
             return min(missing, max(held, RECEIVE_BYTES))
@@ -219,7 +221,7 @@ class ReceiveBuffer:
         buf = self._buffer
         start, end = self._start, self._end
         held = end - start
-        large = self._need - held >= VECTORED_MIN_BYTES
+        large = self._need > held and self._need >= VECTORED_MIN_BYTES
         if start and (large or len(buf) - end < want):
             # Put the partial message at the front: a large payload then ends
             # up in a buffer of its own, handed over whole by next_event.
@@ -238,12 +240,13 @@ class ReceiveBuffer:
                 # front): growing step by step zero-fills a temporary per step, and
                 # a fresh process pays for every page it touches (a fetch of 1 MB
                 # touched 410 pages where the buffer has 257).
-                grown = bytearray(target)
+                grown = bytearray()
+                grow(grown, target)
                 with memoryview(buf) as partial:
                     grown[:end] = partial[:end]
                 self._buffer = buf = grown
-            elif target > len(buf):
-                buf.extend(bytes(target - len(buf)))  # in place where realloc can
+            else:
+                grow(buf, target)  # room the read fills: not zero-filled first
         self._offered = min(want, len(buf) - end)
         return memoryview(buf)[end : end + self._offered]
 
