@@ -7,7 +7,13 @@ import io
 import pytest
 from PIL import Image
 
-from components.thumbnailer.thumbnail import QCIF, decode_reduced, make_thumbnail
+from components.thumbnailer.thumbnail import (
+    MIN_DECODED_SHARE,
+    QCIF,
+    decode_reduced,
+    fit_size,
+    make_thumbnail,
+)
 from components.video.synthetic import PatternRenderer
 
 RED = (220, 30, 30)
@@ -111,12 +117,22 @@ def test_png_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("source", "decoded"),
-    [((1280, 720), (320, 180)), ((640, 480), (320, 240)), ((1920, 1080), (480, 270))],
+    ("source", "decoded", "picture"),
+    [
+        ((1280, 720), (160, 90), (176, 99)),  # 1/8, up 10 %: 1/4 would be 320x180
+        ((640, 480), (160, 120), (176, 132)),
+        ((1920, 1080), (240, 135), (176, 99)),  # 1/8, down: covers the picture
+        ((480, 640), (120, 160), (108, 144)),
+        ((176, 144), (176, 144), (176, 144)),  # full size: 1/2 would be too small
+    ],
 )
-def test_draft_decodes_at_reduced_size(source: tuple[int, int], decoded: tuple[int, int]) -> None:
+def test_draft_decodes_at_the_smallest_scale_nearly_as_large_as_the_picture(
+    source: tuple[int, int], decoded: tuple[int, int], picture: tuple[int, int]
+) -> None:
     im = decode_reduced(solid_jpeg(source), QCIF)
     assert im.size == decoded
     assert im.mode == "RGB"
-    # Still covers the thumbnail, so nothing is upscaled.
-    assert im.size[0] >= 176 and im.size[1] >= 144
+    assert fit_size(source, QCIF) == picture
+    # At least 7/8 of the thumbnail's picture each way: at most a small resize up.
+    assert im.size[0] >= picture[0] * MIN_DECODED_SHARE
+    assert im.size[1] >= picture[1] * MIN_DECODED_SHARE
