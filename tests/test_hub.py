@@ -14,6 +14,7 @@ from turbine._constants import (
     CACHE_BYTES,
     CACHE_FRAMES,
     FRAME_OVERHEAD_BYTES,
+    HOLDER_GONE_SILENT_S,
     MAX_CHANNELS_PER_SOURCE,
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -268,6 +269,36 @@ def test_second_holder_is_refused_naming_the_first(hub):
     assert "held by alice#1 (127.0.0.1:5000)" in str(info.value)
     with pytest.raises(RequestFailed, match="you already hold source"):
         hub.open_source(alice, SRC)
+
+
+def test_a_reconnecting_client_takes_its_source_over_from_its_own_silent_connection(hub):
+    """Its lost connection (from another host), which the broker has not seen
+    end: TCP has heard nothing from it for HOLDER_GONE_SILENT_S despite probing."""
+    silence = {"s": HOLDER_GONE_SILENT_S - 1}
+    old = Peer(1, "10.0.0.2:5000", silent=lambda: silence["s"])
+    old.named("daq")
+    hub.open_source(old, SRC)
+    put(hub, old, f"{SRC}/a", b"1")
+    back = Peer(2, "10.0.0.2:5001", reconnects=True)
+    back.named("daq")
+    other = Peer(3, "10.0.0.3:5000", reconnects=True)
+    other.named("viewer")
+    with pytest.raises(RequestFailed, match="held by daq#1"):
+        hub.open_source(back, SRC)  # heard from lately: alive, maybe another daq
+    silence["s"] = HOLDER_GONE_SILENT_S
+    for stranger in (other, Peer(4, "10.0.0.2:5002", name="daq#4")):  # another name; no reconnect
+        with pytest.raises(RequestFailed, match="held by daq#1"):
+            hub.open_source(stranger, SRC)
+    hub.open_source(back, SRC)
+    put(hub, back, f"{SRC}/a", b"2")
+    assert [(s, w) for _, s, _, _, w in frames(hub, f"{SRC}/a", oldest=10)] == [
+        (1, "daq#1 (10.0.0.2:5000)"),
+        (2, "daq#2 (10.0.0.2:5001)"),
+    ]
+    with pytest.raises(RequestFailed, match="held"):
+        put(hub, old, f"{SRC}/a", b"late")
+    hub.release(old)  # its end, seen at last, leaves the source with its new holder
+    assert hub.list_sources()[0]["holder"] == "daq#2 (10.0.0.2:5001)"
 
 
 def test_released_source_stays_readable_and_reopening_continues_seqs(hub, clock):

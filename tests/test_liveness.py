@@ -18,7 +18,15 @@ import trio
 
 import turbine._liveness
 from turbine import ConnectionFailed, open_client
-from turbine._liveness import CONNECT_ATTEMPT_S, Liveness, Verdict, connect_within, heard_ago
+from turbine._constants import REMOTE_KEEPALIVE_IDLE_S
+from turbine._liveness import (
+    CONNECT_ATTEMPT_S,
+    Liveness,
+    Verdict,
+    connect_within,
+    heard_ago,
+    keep_alive,
+)
 
 LIMIT = 4.0
 PATH = "daq_rig_data_source/x"
@@ -58,6 +66,20 @@ async def test_the_kernel_says_how_long_ago_it_heard_from_the_peer():
     assert heard_ago(client) is None  # closed
 
 
+def test_the_broker_has_tcp_probe_a_silent_connection_from_another_host():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        b = socket.create_connection(listener.getsockname())
+        a, _ = listener.accept()
+    with a, b:
+        assert not a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        keep_alive(a)
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            idle = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            assert idle == REMOTE_KEEPALIVE_IDLE_S
+    keep_alive(a)  # closed: nothing to do, no error
+
+
 async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(autojump_clock):
     answered_at = 10.0
     attempts: list[float] = []
@@ -81,7 +103,13 @@ async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(
 
 
 class Cable:
-    """A TCP relay to ``target`` (HOST:PORT) that can be cut and mended."""
+    """A TCP relay to ``target`` (HOST:PORT) that can be cut and mended.
+
+    A connection that lived through a cut ends at the broker only ``linger`` s
+    after its client ended it: the broker's TCP learns of it only when it next
+    resends (or probes)."""
+
+    linger = 0.0
 
     def __init__(self, target: str) -> None:
         self.host, port = target.rsplit(":", 1)
@@ -90,9 +118,11 @@ class Cable:
         self.whole.set()
         #: When bytes of each connection last moved, by the client's port.
         self.moved: dict[int, float] = {}
+        self.cuts = 0
 
     def cut(self) -> None:
         self.whole = trio.Event()
+        self.cuts += 1
 
     def mend(self) -> None:
         self.whole.set()
@@ -115,9 +145,14 @@ class Cable:
         self.moved[port] = trio.current_time()
         await self.whole.wait()  # a connect while cut: no hello comes
         far = await trio.open_tcp_stream(self.host, self.port)
-        async with near, far, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, near, far, port, nursery.cancel_scope)
-            nursery.start_soon(self._pump, far, near, port, nursery.cancel_scope)
+        cuts = self.cuts
+        async with near, far:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump, near, far, port, nursery.cancel_scope)
+                nursery.start_soon(self._pump, far, near, port, nursery.cancel_scope)
+            if self.cuts != cuts:  # it lived through a cut
+                await self.whole.wait()
+                await trio.sleep(self.linger)  # its end at the broker is still open
 
     async def _pump(self, src, dst, port, scope) -> None:
         try:
@@ -202,3 +237,42 @@ async def test_an_idle_subscription_over_a_working_link_is_pinged_and_kept(
         async with tb.subscribe(PATH, start="now"):
             await trio.sleep(60)  # nothing put: only the pings' answers come
             assert await tb.time()  # still connected
+
+
+async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_connection(
+    cable, broker, nursery, autojump_clock
+):
+    """Its reopen is refused (``held``) while the broker still has the connection
+    that was cut: it tries again until that ends, and loses no frame."""
+    relay, address = cable
+    relay.linger = 3.0
+    stop = trio.Event()
+    async with open_client(broker, name="watch") as reader:
+        async with reader.subscribe(PATH, start=1) as sub:
+            async with open_client(address, name="daq", reconnect=True, liveness=LIMIT) as daq:
+                src = await daq.open_source("daq_rig_data_source")
+
+                async def produce() -> None:
+                    while not stop.is_set():
+                        await src.put("x", repr(trio.current_time()).encode())
+                        await trio.sleep(0.1)
+
+                nursery.start_soon(produce)
+                await sub.receive_batch()
+                relay.cut()
+                await trio.sleep(10)
+                relay.mend()
+                mended = trio.current_time()
+                got: list[int] = []
+                with trio.fail_after(30):
+                    while True:
+                        batch = await sub.receive_batch()
+                        got += [f.seq for f in batch]
+                        if any(float(bytes(f.data)) >= mended for f in batch):
+                            break
+                back = trio.current_time() - mended
+                stop.set()
+                await daq.flush()
+                assert daq.reconnects == 1
+    assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
+    assert relay.linger <= back <= relay.linger + 1.0, (back, got)

@@ -158,7 +158,8 @@ STEADY = textwrap.dedent(
 
     async def main(address, what):
         with trio.fail_after(120):
-            async with open_client(address, name="daq") as tb:
+            reconnect = "--reconnect" in sys.argv  # rides through a lost connection
+            async with open_client(address, name="daq", reconnect=reconnect) as tb:
                 await (produce(tb, int(sys.argv[3])) if what == "produce" else watch(tb))
 
     trio.run(main, sys.argv[1], sys.argv[2])

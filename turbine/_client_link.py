@@ -13,7 +13,6 @@ connection).
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -25,6 +24,7 @@ import trio
 from . import messages as m
 from ._address import connect_stream, parse_address
 from ._client_handles import Feed, Subscription
+from ._client_lifeline import Lifeline
 from ._client_outbox import Outbox
 from ._client_reader import Reader
 from ._client_requests import Requests
@@ -43,7 +43,6 @@ from ._errors import (
     ConnectionFailed,
     LocalProtocolError,
     ProtocolError,
-    RequestFailed,
     TurbineError,
 )
 from ._io import send_buffers
@@ -61,55 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("turbine.client")
 R = TypeVar("R", bound=m.Message)
 
-#: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds (a
-#: short cap: back within about a second of the broker or the link).
-RECONNECT_FIRST_S = 0.05
-RECONNECT_MAX_S = 0.5
 
-
-class Watching:
-    """The liveness half of :class:`Link` (mixed into it): gives up each
-    connection that stays silent while it waits (turbine/_liveness.py)."""
-
-    address: str
-    _closed: bool
-    _up: trio.Event
-    _requests: Requests
-    _stream: trio.SocketStream
-    _outbox: Outbox
-    _feeds: dict[int, Feed]
-
-    def _lost(self, requests: Requests, error: TurbineError) -> None:
-        raise NotImplementedError
-
-    async def _watch(self, limit: float) -> None:
-        """Give up each connection silent ``limit`` s while it waits (turbine/_liveness.py)."""
-        from ._liveness import watch
-
-        while not self._closed and self._outbox.error is None:
-            await self._up.wait()
-            requests, stream = self._requests, self._stream
-            silent = await watch(
-                limit,
-                stream.socket,
-                functools.partial(self._waits, requests),
-                functools.partial(requests.send, m.Time),
-            )
-            if silent is not None and not self._closed:
-                why = f"nothing heard from {self.address} for {silent:.1f} s: the link is down"
-                self._lost(requests, ConnectionFailed(why))
-                await trio.aclose_forcefully(stream)  # its read loop ends
-
-    def _waits(self, requests: Requests) -> bool | None:
-        """Whether connection ``requests`` waits for something; None: it is over."""
-        if requests is not self._requests or not self._up.is_set() or self._closed:
-            return None
-        if self._outbox.error is not None:
-            return None  # failed for good (not reconnecting)
-        return bool(self._feeds) or requests.outstanding
-
-
-class Link(Watching):
+class Link(Lifeline):
     """The connection of a :class:`~turbine.client.Client` and its life across losses."""
 
     def __init__(
@@ -224,54 +176,6 @@ class Link(Watching):
                 nursery.start_soon(self._keep_connected, nursery)
                 assert self._flushes is not None
                 nursery.start_soon(self._flushes.run)
-
-    async def _keep_connected(self, nursery: trio.Nursery) -> None:
-        """Whenever the connection is lost: connect again, with capped backoff, and resume."""
-        from ._retry import Backoff
-
-        backoff = Backoff(RECONNECT_FIRST_S, RECONNECT_MAX_S)
-        while True:
-            await self._down.wait()
-            await trio.aclose_forcefully(self._stream)
-            while True:
-                try:
-                    stream, proto, hello, login, sock = await self._dialer.dial(reconnect=True)
-                    reader = self._attach(stream, proto, hello, login, sock)
-                    nursery.start_soon(reader.run)
-                    await self._resume()
-                except TurbineError as exc:  # away still, or refused (logged): try again
-                    if isinstance(exc, ConnectionFailed):
-                        log.debug("reconnecting to %s: %s", self.address, exc)
-                    else:
-                        log.warning("reconnecting to %s: %s", self.address, exc)
-                    self._lost(self._requests, exc)
-                    await trio.sleep(backoff.next_delay())
-                    continue
-                break
-            backoff.reset()
-            self.reconnects += 1
-            log.warning("reconnected to %s", self.address)
-            self._up.set()
-
-    async def _resume(self) -> None:
-        """On a new connection: hold the sources again, subscribe again, replay the spool."""
-        requests = self._requests
-        assert self.spool is not None
-        for fields in list(self._held.values()):
-            try:
-                ok = await requests.call(
-                    m.OpenSource, m.Ok, **fields, producers=[self._outbox.producer]
-                )
-            except RequestFailed as exc:
-                log.warning("could not take source %s back: %s", fields["source"], exc)
-                continue
-            result = ok.result if isinstance(ok.result, dict) else {}
-            self._outbox.opened(fields["source"], result)
-            self.spool.settle(fields["source"], result.get("producers"))
-        for sub in list(self._subs.values()):
-            await requests.call(m.Subscribe, m.Ok, **sub.resume_fields())
-        await self._outbox.replay()
-        self._outbox.tell_gaps()  # those the replay carried none of
 
     async def call(self, kind: type[m.Request], reply: type[R], **fields: Any) -> R:
         """Send a request and return its reply; reconnecting, wait for the broker and retry.

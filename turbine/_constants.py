@@ -34,6 +34,18 @@ TLS_CA_ENVVAR = "TURBINE_TLS_CA"
 LIVENESS_S = 4.0
 #: The same, in seconds, for every client of a process (0: no check).
 LIVENESS_ENVVAR = "TURBINE_LIVENESS"
+#: The broker's TCP keepalive on a connection from another host: probed after
+#: this many seconds of silence, then every second; given up after 3 unanswered
+#: (6 s in all), so a client gone silently (a cut link) frees what it held
+#: (its sources, reserved for its reconnect) before it comes back.
+REMOTE_KEEPALIVE_IDLE_S = 3
+REMOTE_KEEPALIVE_INTERVAL_S = 1
+REMOTE_KEEPALIVE_PROBES = 3
+#: A source held by a connection from another host that TCP has heard nothing
+#: from this long (probed every second after 3 s: it answers if alive) is taken
+#: over by a reconnecting client of the holder's name: its own lost connection,
+#: whose end the broker has not seen yet (its resends wait out TCP's back-off).
+HOLDER_GONE_SILENT_S = 5.0
 #: A TLS broker waits this long for a connection's first byte before telling
 #: a plain client (which waits for hello) to use TLS.
 TLS_SNIFF_S = 1.0

@@ -8,6 +8,7 @@ the connections and what they share (the hub, auth, the receive budget).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -18,7 +19,8 @@ import trio
 from . import messages as m
 from ._constants import OUTBOUND_QUEUE_BYTES, PAYLOAD_SLACK_BYTES, PROTOCOL_VERSION, TURN_S, VERSION
 from ._errors import RemoteProtocolError
-from .auth import Access, FailureDelays, LoginRefused
+from ._liveness import heard_ago, keep_alive
+from .auth import Access, FailureDelays, LoginRefused, is_loopback
 from .delivery import Delivery
 from .outbound import OutboundQueue
 from .peer import Peer
@@ -79,8 +81,11 @@ class ClientConnection(Sender, Requests):
             host, port = stream.socket.getpeername()[:2]
             address = f"{host}:{port}"
         except OSError:
-            address = "?"
+            host, address = "localhost", "?"
         self.peer = Peer(cid, address)
+        if not is_loopback(host):  # a client gone silently (a cut link) is found out
+            keep_alive(stream.socket)
+            self.peer.silent = functools.partial(heard_ago, stream.socket)
         self.proto = Connection(
             Role.BROKER,
             max_payload=broker.config.max_frame + PAYLOAD_SLACK_BYTES,

@@ -9,11 +9,14 @@ write to, shrink or delete it; each check raises
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from ._constants import RECLAIM_GRACE_S
 from ._errors import RequestFailed
 from .peer import Peer
+
+log = logging.getLogger("turbine.server")
 
 
 class Holding:
@@ -56,8 +59,17 @@ class Holding:
             and peer.client == self.owner
             and (holder is None or holder.client != self.owner)
         )
-        if self.online and not reclaims:
-            self.refuse_holder(peer)
+        if holder is not None and not reclaims:
+            silent = holder.gone_silent() if peer.reconnects else None
+            if silent is None or holder.client != peer.client:
+                self.refuse_holder(peer)
+            log.warning(
+                "%s takes source %s over from %s, silent for %.1f s (its lost connection)",
+                peer.name,
+                self.name,
+                holder.name,
+                silent,
+            )
 
     def check_reserved(self, peer: Peer, clock: Callable[[], float]) -> None:
         """Raises RequestFailed (``held``): this offline source is kept for the

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
+
+from ._constants import HOLDER_GONE_SILENT_S
 
 if TYPE_CHECKING:
     from .auth import Access
@@ -30,6 +33,15 @@ class Peer:
     client: str = "client"
     #: Its client_hello said ``reconnect``: its sources wait for it when it is gone.
     reconnects: bool = False
+    #: Seconds since its connection last heard from the client (TCP; a client on
+    #: another host only, whose connection TCP probes): None where not known.
+    silent: Callable[[], float | None] | None = None
+
+    def gone_silent(self) -> float | None:
+        """How long it has been silent, if so long that its client must be gone
+        (:data:`~turbine._constants.HOLDER_GONE_SILENT_S`, despite TCP's probes); else None."""
+        ago = self.silent() if self.silent is not None else None
+        return ago if ago is not None and ago >= HOLDER_GONE_SILENT_S else None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:
