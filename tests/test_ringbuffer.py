@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import array
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turbine._constants import FRAME_OVERHEAD_BYTES
-from turbine.ringbuffer import Ring
+from turbine.ringbuffer import Ring, _fewest
 
 
 def filled(n: int, max_frames: int = 100, writer: str = "w", next_seq: int = 1) -> Ring:
@@ -202,3 +205,23 @@ def test_a_rings_payloads_are_out_of_the_cycle_collectors_walks_and_still_freed(
     ring.append_many([3.0], [b"three"], "w", 1)  # evicts the first frame
     assert gone() is None  # freed by its reference count, no collection needed
     assert [bytes(p) for p in ring._data.buffers[ring._start :]] == [b"two", b"three"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=60),
+    needed=st.integers(1, 30_000),
+    guess=st.floats(1e-6, 1.0),
+    start=st.integers(0, 10),
+)
+def test_evicting_finds_the_fewest_frames_that_free_enough_whatever_it_guesses(
+    sizes, needed, guess, start
+):
+    """The mean frame's guess only says where to look first: the answer is the fewest
+    frames from the oldest whose sizes and overhead reach ``needed`` (or all)."""
+    start = min(start, len(sizes) - 1)
+    column = array.array("q", sizes)
+    costs = list(itertools.accumulate(s + FRAME_OVERHEAD_BYTES for s in sizes[start:]))
+    want = next((k + 1 for k, c in enumerate(costs) if c >= needed), len(costs))
+    count, freed = _fewest(column, start, len(sizes), needed, guess)
+    assert (count, freed) == (want, costs[want - 1])
