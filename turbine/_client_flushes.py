@@ -11,7 +11,6 @@ flushes what the spool holds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -95,23 +94,31 @@ class Flushes:
         spool = self._spool
         await self._outbox.stage()  # the frames queued so far go out with the flush
         target = spool.end
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            while spool.base < target:
-                requests = await self._connected()
-                newest = self._newest
-                if spool.base >= target:
-                    break  # a flush answered meanwhile covered them
-                if newest is not None and newest.covers >= target:
-                    await newest.answered.wait()  # that one covers these puts
-                    if newest.error is not None:
-                        raise newest.error
-                    continue
-                await self._send(requests)
+        if timeout is None:  # no cancel scope: a put + flush of every request makes one
+            await self._until_acknowledged(target)
+            return
+        with trio.move_on_after(timeout):
+            await self._until_acknowledged(target)
             return
         raise BrokerUnavailable(
             f"the broker at {self._address} did not acknowledge within {timeout} s; "
             f"{spool.frames} frames ({spool.bytes} bytes) are still spooled"
         )
+
+    async def _until_acknowledged(self, target: int) -> None:
+        """Return once every put below spool number ``target`` is acknowledged."""
+        spool = self._spool
+        while spool.base < target:
+            requests = await self._connected()
+            newest = self._newest
+            if spool.base >= target:
+                break  # a flush answered meanwhile covered them
+            if newest is not None and newest.covers >= target:
+                await newest.answered.wait()  # that one covers these puts
+                if newest.error is not None:
+                    raise newest.error
+                continue
+            await self._send(requests)
 
     async def _send(self, requests: Requests) -> None:
         """Send one flush covering every put spooled so far; on its answer, forget them.
