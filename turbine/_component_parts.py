@@ -240,9 +240,10 @@ class CommandDesk:
         except ValueError as exc:
             reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
         else:
-            self.log.info(
-                "command %s from %s", " ".join(map(str, (cmd.verb, *cmd.args))), frame.writer
-            )
+            if self.log.isEnabledFor(logging.INFO):  # (the join is made only to be logged)
+                self.log.info(
+                    "command %s from %s", " ".join(map(str, (cmd.verb, *cmd.args))), frame.writer
+                )
             status, result, error = await self.execute(cmd)
             if status != "ok":
                 self.log.warning("command %s: %s: %s", cmd.verb, status, error)
