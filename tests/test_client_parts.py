@@ -165,3 +165,38 @@ async def test_the_flusher_writes_what_was_put_since_its_last_write(autojump_clo
     assert not lost
     ours.close()
     theirs.close()
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler passes of the tasks whose name ends with ``suffix``."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_a_put_by_path_wakes_no_flusher_and_a_cancelled_one_still_goes_out(broker):
+    """``Client.put`` flushes at once, so the flusher task is not woken for its frame
+    (a pass per put on every command's path); a put cancelled before its flush took
+    the frame still has it written."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub") as tb, open_client(broker, name="sub") as rd:
+            await tb.open_source(SRC, channels={"x": "text/plain"})
+            async with rd.subscribe(f"{SRC}/x", start="oldest") as sub:
+                flusher = _TaskSteps("Outbox.run_flusher")
+                trio.lowlevel.add_instrument(flusher)
+                try:
+                    for i in range(10):
+                        await tb.put(f"{SRC}/x", b"%d" % i)
+                finally:
+                    trio.lowlevel.remove_instrument(flusher)
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await tb.put(f"{SRC}/x", b"cancelled")
+                got = [(await sub.receive()).data for _ in range(11)]
+    assert flusher.steps == 0
+    assert got == [b"%d" % i for i in range(10)] + [b"cancelled"]

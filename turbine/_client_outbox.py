@@ -81,10 +81,12 @@ class Outbox:
         """Whether frames are queued and not written yet."""
         return bool(self._batches)
 
-    def queue(self, source: str, channel: str, data: Any, timestamp: float | None) -> bool:
+    def queue(
+        self, source: str, channel: str, data: Any, timestamp: float | None, wake: bool = True
+    ) -> bool:
         """Add one frame to its channel's batch; True when the batches are full: :meth:`send` now.
 
-        The hot path of every put: no await, no per-frame message.
+        The hot path of every put: no await, no message; ``wake=False``: the caller flushes.
 
         Raises:
             TurbineError: the connection failed (its error), or the frame is
@@ -108,9 +110,13 @@ class Outbox:
         frames = self._frames = self._frames + 1
         if self._bytes >= PUT_BATCH_BYTES or frames >= PUT_BATCH_FRAMES:
             return True
-        if frames == 1:
+        if frames == 1 and wake:
             self._wake_flusher.set()  # the first frame since the last write wakes it
         return False
+
+    def wake_flusher(self) -> None:
+        """Have the flusher task write what a ``queue(wake=False)`` left, not flushed after all."""
+        self._wake_flusher.set()
 
     async def send(self, buffers: Sequence[Any] = ()) -> int:
         """Write the queued puts, then ``buffers``, as one vectored write.

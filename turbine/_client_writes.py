@@ -162,15 +162,18 @@ class Writes(Link):
         """
         source, channel = split_path(path)
         requests, since = self._requests, self._requests.refusals
-        if self._outbox.queue(source, channel, data, timestamp):
+        if self._outbox.queue(source, channel, data, timestamp, wake=False):
             await self._outbox.send()
         try:
-            await self.flush()
+            await self.flush()  # (takes the frame: the flusher task is not woken for it)
         except RequestFailed as exc:
             # Another task's put may have been refused first: that task is told
             # (below, in its own call); this one raises only its own refusal.
             if refused_path(exc) is None:
                 raise
+        finally:
+            if self._outbox.has_puts:  # a flush cancelled before it took the frame
+                self._outbox.wake_flusher()
         if requests is not self._requests:  # reconnected: its puts went again
             requests, since = self._requests, 0
         refusal = requests.take_refusal(f"{source}/{channel}", since)
