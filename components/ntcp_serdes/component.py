@@ -23,8 +23,8 @@ it before it went away).
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
-import uuid
 from typing import Any
 
 import attrs
@@ -188,7 +188,7 @@ class NtcpSerdes(Component):
         if not self._connected.is_set() or tb is None:
             return f"the turbine at {self.address} is unreachable; not forwarded", False
         cmd = Command(
-            uuid.uuid4().hex, "ntcp", (line,), {"session": session}, time.time() + deadline
+            secrets.token_hex(16), "ntcp", (line,), {"session": session}, time.time() + deadline
         )
         with self._answers.expect(cmd.id) as pending:
             try:
@@ -252,7 +252,7 @@ class NtcpSerdes(Component):
     # --- the NTCP side
 
     async def _serve_client(self, stream: trio.SocketStream) -> None:
-        session = uuid.uuid4().hex
+        session = secrets.token_hex(16)
         lines = LineBuffer()
         try:
             async with stream:
@@ -280,7 +280,9 @@ class NtcpSerdes(Component):
         tb = self.client
         if tb is None or not self._connected.is_set():
             return
-        cmd = Command(uuid.uuid4().hex, "ntcp-close", (), {"session": session}, time.time() + 60)
+        cmd = Command(
+            secrets.token_hex(16), "ntcp-close", (), {"session": session}, time.time() + 60
+        )
         with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT):
             try:
                 await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())

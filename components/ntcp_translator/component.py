@@ -110,7 +110,8 @@ class NtcpTranslator(Component):
         "ntcp", help="send one NTCP request line to the control system; the result is the reply"
     )
     async def ntcp(self, line: str, session: str = "") -> str:
-        is_execute = verb_of(line) == "execute"
+        verb = verb_of(line)
+        is_execute = verb == "execute"
         try:
             encode_line(line)
         except NtcpError as exc:
@@ -131,7 +132,7 @@ class NtcpTranslator(Component):
             except NtcpConnectionClosed:
                 why = link.closed or "the connection to the control system broke"
             else:
-                if verb_of(line) == "get-control-point":
+                if verb == "get-control-point":
                     await self._publish(reply.split("\n"))
                 return reply
         # Lost (or timed out, which closed it): a later request reconnects.
