@@ -63,7 +63,8 @@ MAX_SIDE = 1024
 #: rest of the thumbnailer's own work: 16 cameras at 720p, 1 thumbnail a second each,
 #: 2.3-2.4 % of a core with a thread per thumbnail, 1.7-2.1 % without
 #: (benchmarks/thumbnailer.py, 4 interleaved pairs, load 6-12).  In the loop's thread a
-#: thumbnail takes 0.9 ms of a 720p frame (45 KB), 1.5 of 1080p (76 KB), 3.2 of 4K (209 KB).
+#: thumbnail takes 0.7-0.8 ms of a 720p frame (45 KB), 1.2 of 1080p (76 KB), 3.2-3.3 of 4K
+#: (209 KB) (make_thumbnail, min of 25 x 20, load ~8).
 INLINE_MAX_BYTES = 256 * 2**10
 
 
