@@ -17,8 +17,8 @@ import pytest
 import trio
 
 import turbine._liveness
-from turbine import ConnectionFailed, open_client
-from turbine._constants import REMOTE_KEEPALIVE_IDLE_S
+from turbine import ConnectionFailed, TurbineError, open_client
+from turbine._constants import LIVENESS_S, REMOTE_KEEPALIVE_IDLE_S
 from turbine._liveness import (
     CONNECT_ATTEMPT_S,
     Liveness,
@@ -26,6 +26,7 @@ from turbine._liveness import (
     connect_within,
     heard_ago,
     keep_alive,
+    liveness_timeout,
 )
 
 LIMIT = 4.0
@@ -276,3 +277,18 @@ async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_co
                 assert daq.reconnects == 1
     assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
     assert relay.linger <= back <= relay.linger + 1.0, (back, got)
+
+
+def test_the_limit_comes_from_the_argument_then_the_environment_then_the_default(monkeypatch):
+    monkeypatch.delenv("TURBINE_LIVENESS", raising=False)
+    assert liveness_timeout(None) == LIVENESS_S
+    assert liveness_timeout(2.5) == 2.5
+    assert liveness_timeout(0) is None  # off
+    monkeypatch.setenv("TURBINE_LIVENESS", "7")
+    assert liveness_timeout(None) == 7.0
+    assert liveness_timeout(1.0) == 1.0  # the argument wins
+    monkeypatch.setenv("TURBINE_LIVENESS", "0")
+    assert liveness_timeout(None) is None
+    monkeypatch.setenv("TURBINE_LIVENESS", "soon")
+    with pytest.raises(TurbineError, match="TURBINE_LIVENESS='soon' is not a number of seconds"):
+        liveness_timeout(None)
