@@ -471,6 +471,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def page_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` so far (``/proc/<pid>/stat``, field 10).
+
+    A page the process touches first costs about 2 us on this machine: while a
+    ring fills, every page of every large frame kept is one (25 a 100 KB frame);
+    once it evicts, the frames' memory is reused and there are a few a frame.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[7])
+
+
 class Broker:
     """``turbine serve`` on a free loopback port, in its own process."""
 
@@ -506,6 +517,10 @@ class Broker:
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the broker used so far, from /proc."""
         return cpu_seconds(self.process.pid)
+
+    def faults(self) -> int:
+        """Minor page faults of the broker so far."""
+        return page_faults(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -546,6 +561,9 @@ class Result:
     fetch_first_ms: float = float("nan")
     connect_ms: float = float("nan")
     broker_cpu: float = float("nan")  # % of one core
+    #: Broker CPU seconds per GB (10**9 bytes) of frames put, and its page faults per frame put.
+    broker_s_per_gb: float = float("nan")
+    broker_faults: float = float("nan")
     pub_cpu: float = float("nan")
     sub_cpu: float = float("nan")  # mean over subscribers
     error: str = ""
@@ -567,7 +585,7 @@ def run_stream_test(test: Test, profile_dir: str | None = None) -> Result:
         with running([*subs, pub]):
             for c in [*subs, pub]:
                 c.receive(SETUP_TIMEOUT_S)  # ready
-            cpu0, t0 = broker.cpu_s(), time.monotonic()
+            cpu0, faults0, t0 = broker.cpu_s(), broker.faults(), time.monotonic()
             pub.send("go")
             assert test.duration is not None
             if profile_dir is not None:
@@ -585,17 +603,24 @@ def run_stream_test(test: Test, profile_dir: str | None = None) -> Result:
                 except BenchError:  # still behind: stop it and take what it got
                     s.send("stop")
                     s.receive(KILL_GRACE_S + 2)
-            broker_cpu = (broker.cpu_s() - cpu0) / (time.monotonic() - t0) * 100
+            broker_s = broker.cpu_s() - cpu0
+            broker_cpu = broker_s / (time.monotonic() - t0) * 100
+            faults = broker.faults() - faults0
             reports = [s.receive(SETUP_TIMEOUT_S) for s in subs]
     finally:
         for p in profilers:
             p.finish()
         broker.stop()
-    return summarize(test, done, reports, broker_cpu)
+    return summarize(test, done, reports, broker_cpu, broker_s, faults)
 
 
 def summarize(
-    test: Test, done: dict[str, Any], reports: list[dict[str, Any]], broker_cpu: float
+    test: Test,
+    done: dict[str, Any],
+    reports: list[dict[str, Any]],
+    broker_cpu: float,
+    broker_s: float,
+    faults: int,
 ) -> Result:
     published = done["published"]
     rates, received = [], []
@@ -622,6 +647,8 @@ def summarize(
         out_of_order=ooo,
         gaps=gaps,
         broker_cpu=broker_cpu,
+        broker_s_per_gb=broker_s / (published * test.size / 1e9) if published else float("nan"),
+        broker_faults=faults / published if published else float("nan"),
         pub_cpu=done["cpu"] / done["elapsed"] * 100,
         sub_cpu=sum(r["cpu_percent"] for r in reports) / len(reports),
     )
@@ -802,6 +829,8 @@ def format_table(results: list[Result]) -> str:
         "ooo",
         "gaps",
         "broker CPU%",
+        "broker s/GB",
+        "broker faults/frame",
         "pub CPU%",
         "sub CPU%",
     )
@@ -824,6 +853,8 @@ def format_table(results: list[Result]) -> str:
                 str(r.out_of_order),
                 str(r.gaps),
                 _num(r.broker_cpu),
+                _num(r.broker_s_per_gb, ".3f"),
+                _num(r.broker_faults, ".1f"),
                 _num(r.pub_cpu),
                 _num(r.sub_cpu),
             )
@@ -840,6 +871,9 @@ def format_table(results: list[Result]) -> str:
         " - first send).",
         "Latency is one-way, send (publisher's put) to receive (subscriber's loop); in the"
         " max-rate tests it includes queueing.",
+        "broker s/GB: its CPU seconds per 10**9 bytes of frames put (the issue's"
+        " large-frame target compares it with the NATS server's); faults/frame: its page"
+        " faults per frame put (~25 a 100 KB frame while a ring fills, a few once it evicts).",
         "CPU% is of one core over the test; sub CPU% is the mean over subscribers."
         " history: fetch time is the median of"
         f" {HISTORY_REPEATS}, after connecting; 'published' there is the ring fill.",
