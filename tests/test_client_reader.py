@@ -289,3 +289,37 @@ async def test_a_reader_asking_again_before_the_read_loop_runs_gets_the_batch_it
             got += [f.data for f in await feed.next_batch()]
             nursery.cancel_scope.cancel()
     assert got == [b"1", b"2", b"3"]
+
+
+async def test_a_waiting_reader_tries_no_read_that_fails_between_frames(broker, monkeypatch):
+    """Frames that come one at a time leave the socket empty after each: the reader
+    waits for bytes instead of first trying a read that fails (a syscall and an
+    exception per frame)."""
+    import os
+
+    import turbine._client_reader
+
+    reads = failed = 0
+
+    def readv(fd: int, buffers: list[memoryview]) -> int:
+        nonlocal reads, failed
+        reads += 1
+        try:
+            return os.readv(fd, buffers)
+        except BlockingIOError:
+            failed += 1
+            raise
+
+    fake_os = type("os", (), {"readv": staticmethod(readv)})
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
+            async with open_client(broker, name="pub") as pub:
+                src = await pub.open_source(SRC, channels={"a": "text/plain"})
+                monkeypatch.setattr(turbine._client_reader, "os", fake_os)
+                for i in range(20):
+                    await src.put("a", b"%d" % i)
+                    await src.flush()
+                    assert (await sub.receive()).data == b"%d" % i
+                monkeypatch.undo()
+    assert reads >= 20
+    assert failed == 0

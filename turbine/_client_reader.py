@@ -83,6 +83,7 @@ class Reader:
         self._back = trio.Event()  # set when a lent socket is given back
         self._full: Full | None = None  # a delivery a subscription's reader left to the loop
         self._failure: BaseException | None = None  # what it met reading, for the loop to raise
+        self._emptied = False  # the last read took less than it was offered (see _read_now)
         self.done = trio.Event()  # :meth:`run` returned (the end, a failure, a cancel)
 
     async def run(self) -> None:
@@ -107,21 +108,10 @@ class Reader:
                 if not n:
                     raise self._closed()
         except LOST as exc:
-            self._end(exc)
+            self._on_lost(_lost_error(exc, self._address))
         finally:
             self._turn = Turn.ENDED
             self.done.set()
-
-    def _end(self, exc: BaseException) -> None:
-        if isinstance(exc, ProtocolError):
-            error: TurbineError = ConnectionFailed(
-                f"the connection to {self._address} failed: {exc}"
-            )
-        elif isinstance(exc, TurbineError):
-            error = exc
-        else:
-            error = ConnectionFailed(f"lost the connection to {self._address}: {exc}")
-        self._on_lost(error)
 
     def _closed(self) -> ConnectionFailed:
         return ConnectionFailed(f"the broker at {self._address} closed the connection")
@@ -134,7 +124,7 @@ class Reader:
                 n: int = await self._sock.recv_into(view)
             self._proto.buffer_updated(n)
             return n
-        n_now = self._read_now()
+        n_now = None if self._skip_read() else self._read_now()
         if n_now is not None:
             await trio.lowlevel.checkpoint()  # data at once: let others run (as a socket read does)
             return n_now
@@ -153,9 +143,18 @@ class Reader:
             try:
                 n = os.readv(self._sock.fileno(), [view])
             except BlockingIOError:
+                self._emptied = True
                 return None
+            self._emptied = n < len(view)
         self._proto.buffer_updated(n)
         return n
+
+    def _skip_read(self) -> bool:
+        """Whether the next read may wait for bytes first: the last one took less
+        than it was offered, so most likely emptied the socket (a read before the
+        wait would fail: a syscall and an exception per message at low rates).
+        A socket closed meanwhile is read at once, to fail as a lost connection."""
+        return self._emptied and self._sock.fileno() >= 0
 
     async def _route(self) -> None:
         """Route every complete message received, waiting where a feed is full."""
@@ -197,16 +196,17 @@ class Reader:
         self._turn = Turn.LENT
         self._back = back = trio.Event()
         try:
-            waited = False
+            waited = woke = False
             while True:
-                n = self._read_now()
+                n = None if not woke and self._skip_read() else self._read_now()
+                woke = False
                 if n is None:
                     with trio.CancelScope() as feed.wake:  # Feed.close wakes us
                         await trio.lowlevel.wait_readable(self._sock)
                     feed.wake = None
                     if feed.ended:
                         break
-                    waited = True
+                    waited = woke = True
                     continue
                 self._full = self._dispatch()
                 if not n:
@@ -230,7 +230,7 @@ class Reader:
                 # reconnect, wait for the next one), not its protocol state closed.
                 failure, self._failure = self._failure, None
                 self._turn = Turn.ENDED
-                self._end(failure)
+                self._on_lost(_lost_error(failure, self._address))
             elif self._turn is Turn.LENT:
                 self._turn = Turn.FREE
             back.set()
@@ -298,6 +298,15 @@ class Reader:
         Ok: _on_ok,
         Error: _on_error,
     }
+
+
+def _lost_error(exc: BaseException, address: str) -> TurbineError:
+    """The error a connection ends with when reading it met ``exc``."""
+    if isinstance(exc, ProtocolError):
+        return ConnectionFailed(f"the connection to {address} failed: {exc}")
+    if isinstance(exc, TurbineError):
+        return exc
+    return ConnectionFailed(f"lost the connection to {address}: {exc}")
 
 
 async def deliver_late(feed: Feed, batch: Iterable[Any]) -> None:
