@@ -7,6 +7,7 @@ reserve, is the hub's :class:`~turbine.lifecycle.SourceLifecycle` half.
 
 from __future__ import annotations
 
+import array
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -144,7 +145,8 @@ class Hub(SourceLifecycle):
             if type(ts) is list and None in ts:  # (an array of floats holds none)
                 now = self.clock()
                 if ts.count(None) == len(ts):  # the usual put: the broker stamps every frame
-                    ts = [now] * len(ts)
+                    # (an array: the ring takes it in one copy, a list of floats one by one)
+                    ts = array.array("d", (now,)) * len(ts)
                 else:
                     ts = [now if t is None else t for t in ts]
             if seqs is not None or first_seq is not None or src.origin is not None:
