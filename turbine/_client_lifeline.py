@@ -58,7 +58,7 @@ class Lifeline:
     _subs: dict[int, Subscription]
     _dialer: Dials
 
-    def _lost(self, requests: Requests, error: TurbineError) -> None:
+    def _lost(self, requests: Requests, error: TurbineError, quiet: bool = False) -> None:
         raise NotImplementedError
 
     def _attach(
@@ -117,7 +117,7 @@ class Lifeline:
                         log.debug("reconnecting to %s: %s", self.address, exc)
                     else:
                         log.warning("reconnecting to %s: %s", self.address, exc)
-                    self._lost(self._requests, exc)
+                    self._lost(self._requests, exc, quiet=True)  # (logged above)
                     if stream is not None:
                         await trio.aclose_forcefully(stream)  # its read loop ends
                     await trio.sleep(backoff.next_delay())

@@ -141,8 +141,9 @@ class Link(Lifeline):
     def _outbox_lost(self, error: TurbineError) -> None:
         self._lost(self._requests, error)
 
-    def _lost(self, requests: Requests, error: TurbineError) -> None:
-        """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride through)."""
+    def _lost(self, requests: Requests, error: TurbineError, quiet: bool = False) -> None:
+        """Connection ``requests`` belongs to is gone: fail (or, reconnecting, ride
+        through; logged unless ``quiet``: the caller says why itself)."""
         if requests is not self._requests:
             return  # an earlier connection
         if not self.reconnect or self._closed:
@@ -150,7 +151,8 @@ class Link(Lifeline):
             return
         if self._down.is_set():
             return
-        log.warning("%s; reconnecting", error)
+        if not quiet:
+            log.warning("%s; reconnecting", error)
         self._outbox.detach()
         self._up = trio.Event()
         self._down.set()
