@@ -25,6 +25,7 @@ from turbine._selections import check_start
 from turbine.groups import decode_groups
 from turbine.hub import Hub
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
+from turbine.payloads import Payloads
 from turbine.peer import Peer
 from turbine.router import Subscription, collect
 
@@ -255,7 +256,7 @@ def test_seq_per_channel_from_one(hub):
     put(hub, ALICE, f"{SRC}/a", b"1", b"2")
     put(hub, ALICE, f"{SRC}/b", b"1")
     put(hub, ALICE, f"{SRC}/a", b"3")
-    assert seqs(hub, f"{SRC}/a", oldest=10) == [1, 2, 3]
+    assert hub.sources[SRC].channels["a"].store.last_seq == 3  # the first put only
     assert seqs(hub, f"{SRC}/b", oldest=10) == [1]
 
 
@@ -422,6 +423,17 @@ def test_frame_over_the_size_limit_is_refused():
         put(hub, ALICE, f"{SRC}/a", b"x" * 101)
     assert info.value.code == "too_large"
     assert seqs(hub, f"{SRC}/a", oldest=10) == [1]
+
+
+def test_a_put_kept_whole_is_refused_for_its_largest_frame_not_its_total():
+    hub = Hub(max_frame=100)
+    hub.open_source(ALICE, SRC)
+    small = Payloads([b"x" * 300], [100] * 3)  # 300 bytes in all, no frame over 100
+    hub.put(ALICE, SRC, "a", [None] * 3, small, None, small.sizes)
+    big = Payloads([b"x" * 160], [50, 101, 9])
+    with pytest.raises(RequestFailed, match="a frame of 101 bytes .* over the limit of 100"):
+        hub.put(ALICE, SRC, "a", [None] * 3, big, None, big.sizes)
+    assert hub.sources[SRC].channels["a"].store.last_seq == 3  # the first put only
 
 
 def test_frame_bigger_than_the_source_ring_is_refused(hub):

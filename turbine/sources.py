@@ -24,6 +24,7 @@ from ._constants import (
 from ._errors import RequestFailed
 from .holding import Holding
 from .origin import Origin, copy_pieces
+from .payloads import Payloads
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 from .summary import TRIM_EVERY, summaries_for
@@ -209,8 +210,12 @@ class Source(Holding):
         self, ch: Channel, data: Sequence[Any], sizes: list[int], max_frame: int
     ) -> None:
         """Raises RequestFailed for a frame over the size limit, or bad metadata."""
-        biggest = max(sizes, default=0)
         limit = min(max_frame, self.cache_bytes - FRAME_OVERHEAD_BYTES)
+        # No frame is larger than a put's whole payload: when that fits, no pass over the sizes.
+        if type(data) is Payloads and sum(map(len, data.buffers)) <= limit:
+            biggest = 0
+        else:
+            biggest = max(sizes, default=0)
         if biggest > limit:
             raise RequestFailed(
                 f"a frame of {biggest} bytes for {ch.path} is over the limit of {limit} bytes "
