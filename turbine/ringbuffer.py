@@ -342,8 +342,7 @@ class Ring(Selections):
         return None
 
     def drop(self) -> int:
-        # Fresh columns, not evict(): its sum over every frame's size and the
-        # compaction held the loop 107-119 ms for 5,000,000 frames (now 10-12).
+        # Fresh columns, not evict(): its sums and compaction held the loop 107-119 ms (5M frames)
         freed = self.bytes
         self._empty()
         return freed
