@@ -338,6 +338,45 @@ def test_malformed_frame_groups_are_protocol_errors(groups):
         ),
         (
             raw(
+                {
+                    "type": "put",
+                    "source": "s",
+                    "channel": "c",
+                    "ts": [None, None],
+                    "sizes": [3, 3.0],
+                },
+                b"abcdef",
+            ),
+            "sizes must be non-negative integers",
+        ),
+        (
+            raw(
+                {
+                    "type": "put",
+                    "source": "s",
+                    "channel": "c",
+                    "ts": [None, None],
+                    "sizes": [1, True],
+                },
+                b"ab",
+            ),
+            "sizes must be non-negative integers",
+        ),
+        (
+            raw(
+                {
+                    "type": "put",
+                    "source": "s",
+                    "channel": "c",
+                    "ts": [None, None],
+                    "sizes": [0, False],
+                },
+                b"",
+            ),
+            "sizes must be non-negative integers",
+        ),
+        (
+            raw(
                 {"type": "put", "source": "s", "channel": "c", "ts": b"\0" * 12, "sizes": [3]},
                 b"abc",
             ),

@@ -57,9 +57,7 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
         # (No timestamps, the broker's clock for all, is the usual batch: a count
         # of None is exact, 1-2 ns a frame against 45-60 for the set of types.)
         raise RemoteProtocolError("'put' timestamps must be numbers or nil")
-    if sizes and (not set(map(type, sizes)) <= _INT or min(sizes) < 0):
-        raise RemoteProtocolError("'put' sizes must be non-negative integers")
-    total = sum(sizes)
+    total = _sizes_total(sizes)
     if total != payload_len:
         raise RemoteProtocolError(
             f"'put' sizes add up to {total} bytes but the payload holds {payload_len}"
@@ -68,6 +66,28 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
 
 _TS_TYPES = {float, int, type(None)}
 _INT = {int}
+
+
+def _sizes_total(sizes: list[Any]) -> int:
+    """The sum of a put's sizes column, which must hold non-negative integers.
+
+    The usual batch has one size above 1 throughout: told by a count, an
+    identity test among small ints (0.3 ns a frame against 15-20 for the set of
+    the types).  What such a count takes for equal besides an int is a float,
+    which makes the sum a float; 0 and 1 (a bool would pass) go the long way.
+
+    Raises:
+        RemoteProtocolError: a size is not a non-negative integer.
+    """
+    if sizes:
+        first = sizes[0]
+        if type(first) is int and first > 1 and sizes.count(first) == len(sizes):
+            total = sum(sizes)
+            if type(total) is int:
+                return total
+        if not set(map(type, sizes)) <= _INT or min(sizes) < 0:
+            raise RemoteProtocolError("'put' sizes must be non-negative integers")
+    return sum(sizes)
 
 
 def pack_times(ts: array.array[float]) -> bytes:
