@@ -185,6 +185,21 @@ async def produce(broker: str, every: float, stop: trio.Event, task_status) -> N
             await trio.sleep(every)
 
 
+async def cut_for_10_s(relay: Cable, sub, got: list[int]) -> float:
+    """Cut ``relay`` for 10 s; then add what ``sub`` reads to ``got`` up to the first
+    frame put after the mend (its data: its put time); return how long after the mend."""
+    relay.cut()
+    await trio.sleep(10)
+    relay.mend()
+    mended = trio.current_time()
+    with trio.fail_after(30):
+        while True:
+            batch = await sub.receive_batch()
+            got += [f.seq for f in batch]
+            if any(float(bytes(f.data)) >= mended for f in batch):
+                return trio.current_time() - mended
+
+
 async def test_a_subscription_over_a_link_cut_silently_fails_within_the_limit(
     cable, broker, nursery, autojump_clock
 ):
@@ -214,17 +229,7 @@ async def test_a_reconnecting_subscriber_is_back_within_a_second_of_the_mend(
         async with tb.subscribe(PATH, start=1) as sub:
             got: list[int] = []
             got += [f.seq for f in await sub.receive_batch()]
-            relay.cut()
-            await trio.sleep(10)  # the cut
-            relay.mend()
-            mended = trio.current_time()
-            with trio.fail_after(30):
-                while True:
-                    batch = await sub.receive_batch()
-                    got += [f.seq for f in batch]
-                    if any(float(bytes(f.data)) >= mended for f in batch):
-                        break
-            back = trio.current_time() - mended
+            back = await cut_for_10_s(relay, sub, got)
         assert tb.reconnects == 1
     stop.set()
     assert got == list(range(1, len(got) + 1))  # nothing lost, nothing twice
@@ -261,18 +266,8 @@ async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_co
 
                 nursery.start_soon(produce)
                 await sub.receive_batch()
-                relay.cut()
-                await trio.sleep(10)
-                relay.mend()
-                mended = trio.current_time()
                 got: list[int] = []
-                with trio.fail_after(30):
-                    while True:
-                        batch = await sub.receive_batch()
-                        got += [f.seq for f in batch]
-                        if any(float(bytes(f.data)) >= mended for f in batch):
-                            break
-                back = trio.current_time() - mended
+                back = await cut_for_10_s(relay, sub, got)
                 stop.set()
                 await daq.flush()
                 assert daq.reconnects == 1

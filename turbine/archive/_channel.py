@@ -126,22 +126,11 @@ class TieredStore:
                 ``disk``); nothing is stored then.
             ValueError: ``seq`` is below ``next_seq``.
         """
-        try:
-            self.archive.check_writable(self.source)
-        except ArchiveError as exc:
-            raise RequestFailed(str(exc), "disk") from None
-        ring = self.ring
-        first = ring.next_seq if seq is None else seq
-        if first < ring.next_seq:
-            raise ValueError(f"frame number {first} is below the next number {ring.next_seq}")
+        first = self._hole_to(seq)
         if sizes is None:
             sizes = list(map(len, data))
-        if first > ring.next_seq:
-            self.archive.append(
-                self.source, Hole(self.channel, ring.next_seq, first - ring.next_seq)
-            )
         self.first_queued.setdefault((self.source, self.channel), first)
-        freed = ring.append_many(ts, data, writer, arrival, sizes, seq)
+        freed = self.ring.append_many(ts, data, writer, arrival, sizes, seq)
         self.archive.append(self.source, Put(self.channel, first, list(ts), sizes, data, writer))
         return freed
 
@@ -153,16 +142,25 @@ class TieredStore:
             RequestFailed: the archive of this source cannot take writes (code ``disk``).
             ValueError: ``seq`` is below ``next_seq``.
         """
+        if self._hole_to(seq) > self.ring.next_seq:
+            self.ring.skip_to(seq)
+
+    def _hole_to(self, seq: int | None) -> int:
+        """The number the next frame gets (``seq``, or the next); numbers it skips
+        queued for the archive as a hole.  Raises as :meth:`append_many`."""
         try:
             self.archive.check_writable(self.source)
         except ArchiveError as exc:
             raise RequestFailed(str(exc), "disk") from None
         ring = self.ring
-        if seq < ring.next_seq:
-            raise ValueError(f"frame number {seq} is below the next number {ring.next_seq}")
-        if seq > ring.next_seq:
-            self.archive.append(self.source, Hole(self.channel, ring.next_seq, seq - ring.next_seq))
-            ring.skip_to(seq)
+        first = ring.next_seq if seq is None else seq
+        if first < ring.next_seq:
+            raise ValueError(f"frame number {first} is below the next number {ring.next_seq}")
+        if first > ring.next_seq:
+            self.archive.append(
+                self.source, Hole(self.channel, ring.next_seq, first - ring.next_seq)
+            )
+        return first
 
     def keep_summary(self, block: tuple[Any, ...]) -> None:
         """Queue a complete block summary of this channel for the archive (after its frames)."""
