@@ -22,7 +22,7 @@ from typing import Any, overload
 from ._constants import RING_SLACK_BYTES
 from ._memory import payload_list
 
-__all__ = ["Payloads", "PutBuffers", "buffers_of", "cut"]
+__all__ = ["Payloads", "PutBuffers", "buffers_of", "cut", "total_bytes"]
 
 
 class Payloads(Sequence[Any]):
@@ -92,6 +92,14 @@ def buffers_of(data: Sequence[Any]) -> Sequence[Any]:
     """Buffers holding ``data``'s payloads back to back, to write as they are: a
     :class:`Payloads`' buffers, or the payloads themselves (a list of them)."""
     return data.buffers if type(data) is Payloads else data
+
+
+def total_bytes(data: Sequence[Any], sizes: Sequence[int]) -> int:
+    """The bytes of ``data``'s frames (``sizes`` their lengths): a :class:`Payloads`'
+    buffers' lengths (a put's: one), with no pass over the frames' sizes."""
+    if type(data) is Payloads:
+        return sum(map(len, data.buffers))
+    return sum(sizes)
 
 
 def cut(buffers: Sequence[Any], lo: int, hi: int, ends: list[int] | None = None) -> list[Any]:

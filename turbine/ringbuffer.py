@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any
 
 from ._constants import FRAME_OVERHEAD_BYTES
-from .payloads import PutBuffers
+from .payloads import PutBuffers, total_bytes
 from .store import ChannelSpec, ChannelStore, Query, Run, StoreFactory, answer, empty_run
 
 __all__ = ["Ring", "Run", "memory_store"]
@@ -221,7 +221,7 @@ class Ring(Selections):
         else:
             self._sizes.extend(sizes)
         self._arrival += array.array("q", (arrival,)) * n  # one number a put: evict_to_fit
-        self.bytes += FRAME_OVERHEAD_BYTES * n + sum(sizes)
+        self.bytes += FRAME_OVERHEAD_BYTES * n + total_bytes(data, sizes)
         self.next_seq += n
         over = len(self) - self.max_frames
         return self.evict(over) if over > 0 else 0

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import attrs
 
 from .names import Pattern, compile_pattern
-from .payloads import buffers_of
+from .payloads import buffers_of, total_bytes
 from .store import ChannelStore, Run
 
 #: Whether a reader may read the source of this name (a user's read right).
@@ -285,7 +285,7 @@ def collect(
             if run.missed:
                 gaps.append((cur, run))
         add_run(groups, payloads, cur.channel, run)
-        n, nbytes = len(run.ts), sum(run.sizes)
+        n, nbytes = len(run.ts), total_bytes(run.data, run.sizes)
         frames += n
         size += nbytes
         cur.channel.source.frames_out += n

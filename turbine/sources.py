@@ -24,7 +24,7 @@ from ._constants import (
 from ._errors import RequestFailed
 from .holding import Holding
 from .origin import Origin, copy_pieces
-from .payloads import Payloads
+from .payloads import Payloads, total_bytes
 from .peer import Peer
 from .store import ChannelStore, evict_to_fit
 from .summary import TRIM_EVERY, summaries_for
@@ -252,7 +252,7 @@ class Source(Holding):
                 summaries.drop_before(store.oldest_seq)
         self.arrival += len(ts)
         self.frames_in += len(ts)
-        self.bytes_in += sum(sizes)
+        self.bytes_in += total_bytes(data, sizes)
         self.bytes += store.bytes - before
         if self.bytes > self.cache_bytes:
             self.trim()
