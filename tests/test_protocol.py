@@ -285,6 +285,9 @@ def test_a_frame_group_with_a_non_integer_seq_is_a_protocol_error():
         [["s", "c", "t", 1, [1.0], [1]]],  # too few fields
         ["not a group"],
         [["s", "c", "t", 1, [1.0], [-1], "w"]],
+        [["s", "c", "t", 1, [1.0, 2.0], [2, 2.0], "w"]],  # a size that is a float
+        [["s", "c", "t", 1, [1.0, 2.0], [1, True], "w"]],  # a size that is a bool
+        [["s", "c", "t", 1, [1.0, None], [1, 1], "w"]],  # a timestamp that is nil
     ],
 )
 def test_malformed_frame_groups_are_protocol_errors(groups):

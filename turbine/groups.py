@@ -57,7 +57,9 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
         # (No timestamps, the broker's clock for all, is the usual batch: a count
         # of None is exact, 1-2 ns a frame against 45-60 for the set of types.)
         raise RemoteProtocolError("'put' timestamps must be numbers or nil")
-    total = _sizes_total(sizes)
+    total = _int_total(sizes)
+    if total is None:
+        raise RemoteProtocolError("'put' sizes must be non-negative integers")
     if total != payload_len:
         raise RemoteProtocolError(
             f"'put' sizes add up to {total} bytes but the payload holds {payload_len}"
@@ -65,19 +67,17 @@ def check_put(fields: dict[str, Any], payload_len: int) -> None:
 
 
 _TS_TYPES = {float, int, type(None)}
+_NUMBERS = {float, int}
 _INT = {int}
 
 
-def _sizes_total(sizes: list[Any]) -> int:
-    """The sum of a put's sizes column, which must hold non-negative integers.
+def _int_total(sizes: list[Any]) -> int | None:
+    """The sum of a decoded sizes column; None unless it holds non-negative integers only.
 
     The usual batch has one size above 1 throughout: told by a count, an
     identity test among small ints (0.3 ns a frame against 15-20 for the set of
     the types).  What such a count takes for equal besides an int is a float,
     which makes the sum a float; 0 and 1 (a bool would pass) go the long way.
-
-    Raises:
-        RemoteProtocolError: a size is not a non-negative integer.
     """
     if sizes:
         first = sizes[0]
@@ -86,7 +86,7 @@ def _sizes_total(sizes: list[Any]) -> int:
             if type(total) is int:
                 return total
         if not set(map(type, sizes)) <= _INT or min(sizes) < 0:
-            raise RemoteProtocolError("'put' sizes must be non-negative integers")
+            return None
     return sum(sizes)
 
 
@@ -325,11 +325,11 @@ def check_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
             raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
         if not sizes:
             continue
-        if not set(map(type, sizes)) <= _INT or min(sizes) < 0 or offset + sum(sizes) > end:
+        size = _int_total(sizes)
+        if size is None or offset + size > end:
             raise RemoteProtocolError("a frame group's sizes overrun the payload")
-        if not set(map(type, ts)) <= _TS_TYPES - {type(None)}:
+        if not set(map(type, ts)) <= _NUMBERS:
             raise RemoteProtocolError("a frame group's timestamps must be numbers")
-        size = sum(sizes)
         out.append(
             (source, channel, ctype, seq, ts, sizes, payload[offset : offset + size], writer)
         )
