@@ -206,6 +206,20 @@ async def test_seqs_continue_after_reconnect_and_after_delete(broker):
 # --- ring bounds and memory --------------------------------------------------------------
 
 
+async def test_a_large_fetch_reply_arrives_frame_for_frame(broker):
+    # Its frames are cut out as the reply arrives (two replies here: over 1 MB).
+    datas = [bytes([i % 251]) * (100 + i % 1500) for i in range(2000)]
+    with trio.fail_after(HANG_S):
+        async with open_client(broker) as tb:
+            src = await tb.open_source(SRC, cache_frames=3000)
+            await put_all(src, "x", datas)
+            got = await tb.fetch(f"{SRC}/x", oldest=2000)
+            again = await tb.fetch(f"{SRC}/x", newest=10)
+    assert [f.seq for f in got] == list(range(1, 2001))
+    assert [f.data for f in got] == datas and {type(f.data) for f in got} == {bytes}
+    assert [f.data for f in again] == datas[-10:]
+
+
 async def test_ring_keeps_the_newest_within_frame_and_byte_bounds(broker):
     with trio.fail_after(HANG_S):
         async with open_client(broker) as tb:

@@ -10,9 +10,19 @@ import tracemalloc
 from typing import Any
 
 import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from turbine._constants import FIRST_RECEIVE_BYTES, PROTOCOL_VERSION, RECEIVE_BYTES
-from turbine.messages import ClientHello
+from turbine._client_records import frames_from
+from turbine._constants import (
+    FIRST_RECEIVE_BYTES,
+    PROTOCOL_VERSION,
+    RECEIVE_BYTES,
+    VECTORED_MIN_BYTES,
+)
+from turbine._errors import RemoteProtocolError
+from turbine.messages import ClientHello, CutPayload
 from turbine.protocol import NEED_DATA, Connection, ReceiveBudget, Role, encode, encode_bytes
 
 HELLO = encode_bytes("client_hello", {"protocol": PROTOCOL_VERSION, "name": "t"})
@@ -124,9 +134,9 @@ def client_side() -> Connection:
     return conn
 
 
-def fetch_reply(frames: int, size: int) -> bytes:
+def fetch_reply(frames: int, size: int, seq: int = 1) -> bytes:
     """A broker's reply to a fetch: ``frames`` frames of ``size`` bytes in one message."""
-    group = ["s", "c", "application/octet-stream", 0, [0.0] * frames, [size] * frames, "w"]
+    group = ["s", "c", "application/octet-stream", seq, [0.0] * frames, [size] * frames, "w"]
     payloads = [bytes([i % 256]) * size for i in range(frames)]
     return b"".join(encode("frames", {"id": 1, "groups": [group]}, payloads))
 
@@ -147,28 +157,128 @@ def read_as_a_client_does(conn: Connection, data: bytes) -> tuple[list[int], lis
     return offered, messages
 
 
-def test_a_client_makes_room_for_a_large_reply_once_its_length_is_known():
+def test_a_client_cuts_a_large_fetch_reply_as_it_arrives():
     conn = client_side()
     msg = fetch_reply(1000, 1024)
     offered, (reply,) = read_as_a_client_does(conn, msg)
-    # The first read tells the reply's length; the second takes all of the rest.
-    assert offered == [FIRST_RECEIVE_BYTES, len(msg) - FIRST_RECEIVE_BYTES]
-    assert reply.type == "frames" and bytes(reply.payload) == msg[-1024 * 1000 :]
-    assert len(reply.payload.obj) == len(msg)  # handed over in the buffer it arrived in
+    # Normal reads (growing as they fill), never one for the whole reply.
+    assert offered[0] == FIRST_RECEIVE_BYTES and max(offered) <= RECEIVE_BYTES
+    frames = frames_from(reply.groups, reply.payload)
+    assert [f.seq for f in frames] == list(range(1, 1001))
+    assert all(type(f.data) is bytes for f in frames)
+    assert [f.data for f in frames] == [bytes([i % 256]) * 1024 for i in range(1000)]
 
 
-def test_a_client_receives_a_large_reply_with_no_temporaries():
-    # Growing step by step allocated a zero-filled temporary per step: the peak was
-    # 1.5 times the reply; a fresh process pays for every page it touches.
+def test_a_client_receives_a_large_fetch_reply_without_a_buffer_of_its_size():
+    # The reply was received whole (its 1 MB buffer's pages touched, then unmapped)
+    # when its frames are copied out of it as bytes anyway: they are cut from a
+    # normal buffer as they arrive.
     msg = fetch_reply(1000, 1024)
     conn = client_side()
     tracemalloc.start()
     try:
-        read_as_a_client_does(conn, msg)
+        _, (reply,) = read_as_a_client_does(conn, msg)
+        frames = frames_from(reply.groups, reply.payload)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 1.1 * len(msg)
+    held = sum(sys.getsizeof(f.data) for f in frames)
+    assert peak - held < 2 * RECEIVE_BYTES  # the whole reply's buffer was 1 MB more
+
+
+def test_a_client_receives_a_reply_with_large_frames_whole_and_hands_it_over():
+    conn = client_side()
+    msg = fetch_reply(16, 64 * 1024)
+    offered, (reply,) = read_as_a_client_does(conn, msg)
+    # The first read tells the reply's length; the second takes all of the rest.
+    assert offered == [FIRST_RECEIVE_BYTES, len(msg) - FIRST_RECEIVE_BYTES]
+    assert reply.type == "frames" and bytes(reply.payload) == msg[-64 * 1024 * 16 :]
+    assert len(reply.payload.obj) == len(msg)  # handed over in the buffer it arrived in
+
+
+def test_a_client_receives_a_large_subscription_batch_whole():
+    conn = client_side()
+    msg = b"".join(
+        encode(
+            "frames",
+            {"sub": 3, "groups": [["s", "c", "t", 1, [0.0] * 100, [1024] * 100, "w"]]},
+            [bytes(1024)] * 100,
+        )
+    )
+    _, (batch,) = read_as_a_client_does(conn, msg)
+    assert batch.sub == 3 and isinstance(batch.payload, memoryview)
+    assert len(batch.payload.obj) == len(msg)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.lists(st.integers(0, 3000), max_size=40), min_size=1, max_size=4),
+    after=st.integers(0, 100),
+    reads=st.lists(st.integers(300, 20_000), min_size=1, max_size=8),
+)
+def test_a_fetch_reply_cut_as_it_arrives_holds_what_it_held_whole(sizes, after, reads):
+    # Groups of frames of any sizes (empty groups too), bytes after the last
+    # frame, and reads of any length (below the reply's: it is cut): the same
+    # frames as the reply read whole.
+    groups = [
+        [f"s{g}", "c", "t", 1 + g, [float(i) for i in range(len(s))], s, "w"]
+        for g, s in enumerate(sizes)
+    ]
+    datas = [
+        bytes([g, i % 256]) * (n // 2) + b"x" * (n % 2)
+        for g, s in enumerate(sizes)
+        for i, n in enumerate(s)
+    ]
+    filler = max(VECTORED_MIN_BYTES - sum(map(len, datas)) - after, 0)
+    msg = b"".join(encode("frames", {"id": 7, "groups": groups}, [*datas, bytes(after + filler)]))
+    conn = client_side()
+    got: list[Any] = []
+    rest = memoryview(msg)
+    i = 0
+    while rest:
+        with conn.get_buffer(reads[i % len(reads)]) as view:
+            n = min(reads[i % len(reads)], len(view), len(rest))
+            view[:n] = rest[:n]
+        conn.buffer_updated(n)
+        rest = rest[n:]
+        i += 1
+        got += iter(conn.next_event, NEED_DATA)
+    (reply,) = got
+    assert isinstance(reply.payload, CutPayload)  # (not received whole)
+    frames = frames_from(reply.groups, reply.payload)
+    assert [f.data for f in frames] == datas
+    assert all(type(f.data) is bytes for f in frames)
+    assert [(f.source, f.seq, f.timestamp) for f in frames] == [
+        (f"s{g}", 1 + g + i, float(i)) for g, s in enumerate(sizes) for i in range(len(s))
+    ]
+
+
+def test_a_fetch_reply_with_a_bad_group_fails_as_it_did_received_whole():
+    # A malformed reply is not cut: it is received whole, and reading its frames
+    # raises the peer's protocol error, as before.
+    conn = client_side()
+    _, (reply,) = read_as_a_client_does(conn, fetch_reply(100, 1024, seq=0))
+    assert isinstance(reply.payload, memoryview)
+    with pytest.raises(RemoteProtocolError, match="sequence number must be a positive"):
+        frames_from(reply.groups, reply.payload)
+
+
+def test_a_broker_that_closes_in_the_middle_of_a_cut_reply_is_reported():
+    conn = client_side()
+    msg = fetch_reply(100, 1024)
+    cut = len(msg) - 5000
+    feed(conn, msg[:cut])
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match=f"middle of a message \\({cut} bytes"):
+        conn.next_event()
+
+
+def test_a_cut_reply_is_followed_by_the_next_message():
+    conn = client_side()
+    msgs = fetch_reply(100, 1024) + encode_bytes("ok", {"id": 2, "result": None})
+    _, (reply, ok) = read_as_a_client_does(conn, msgs)
+    assert len(frames_from(reply.groups, reply.payload)) == 100 and ok.type == "ok"
 
 
 def test_the_broker_receives_a_large_put_with_no_temporaries():

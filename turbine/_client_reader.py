@@ -244,7 +244,7 @@ class Reader:
                 if positions is not None:
                     for group in msg.groups:
                         positions[f"{group[0]}/{group[1]}"] = group[3] + len(group[4])
-                batch = feed.unpack(msg.groups, msg.payload)
+                batch = feed.unpack(msg.groups, msg.payload)  # type: ignore[arg-type]  # (uncut)
                 try:
                     feed.send_nowait(batch)
                 except trio.WouldBlock:

@@ -7,7 +7,7 @@ from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 from ._values import Value
-from .groups import check_groups, split_groups
+from .groups import CutPayload, check_groups, split_groups
 
 
 class Frame(NamedTuple):
@@ -145,7 +145,7 @@ def _as_bytes(data: bytes | memoryview) -> bytes:
 _new_tuple = tuple.__new__
 
 
-def iter_frames(groups: list[Any], payload: memoryview) -> Iterator[Frame]:
+def iter_frames(groups: list[Any], payload: memoryview | CutPayload) -> Iterator[Frame]:
     """A ``frames`` message's :class:`Frame` objects, each made as it is taken.
 
     The groups are checked and the payload cut at once (a bad message raises
@@ -185,7 +185,7 @@ def iter_frames(groups: list[Any], payload: memoryview) -> Iterator[Frame]:
     return chain.from_iterable(parts)
 
 
-def frames_from(groups: list[Any], payload: memoryview) -> list[Frame]:
+def frames_from(groups: list[Any], payload: memoryview | CutPayload) -> list[Frame]:
     """Turn a ``frames`` message's groups into :class:`Frame` objects (no per-frame Python loop)."""
     return list(iter_frames(groups, payload))
 

@@ -28,7 +28,7 @@ from ._constants import (
     VECTORED_MIN_BYTES,
 )
 from ._errors import RemoteProtocolError
-from .messages import Frames
+from .messages import CutPayload, Frames
 from .payloads import cut
 
 #: One group of frames inside ``put`` / ``frames``: consecutive sequence numbers
@@ -272,7 +272,7 @@ def _group_cost(source: Any, channel: Any, ctype: Any, writer: Any) -> int:
     return _GROUP_HEADER_BYTES + 4 * chars
 
 
-def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, ...]]:
+def split_groups(groups: Iterable[Any], payload: memoryview | CutPayload) -> list[tuple[Any, ...]]:
     """Check a ``frames`` message's groups and cut its payload to match.
 
     Returns ``(source, channel, content_type, first_seq, ts, datas, writer)``
@@ -281,6 +281,8 @@ def split_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
     Raises:
         RemoteProtocolError: a group is malformed or the sizes overrun the payload.
     """
+    if isinstance(payload, CutPayload):
+        return payload.groups  # checked and cut while the message arrived
     return [
         (source, channel, ctype, seq, ts, split_payload(view, sizes), writer)
         for source, channel, ctype, seq, ts, sizes, view, writer in check_groups(groups, payload)
@@ -301,43 +303,58 @@ def check_groups(groups: Iterable[Any], payload: memoryview) -> list[tuple[Any, 
     offset = 0
     end = len(payload)
     for g in groups:
-        if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
-            raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
-        source, channel, ctype, seq, ts, sizes, writer = g
-        if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
-            raise RemoteProtocolError(
-                "a frame group's source, channel, content type and writer must be strings"
+        size = check_group(g, end - offset)
+        if size is not None:
+            source, channel, ctype, seq, ts, sizes, writer = g
+            out.append(
+                (source, channel, ctype, seq, ts, sizes, payload[offset : offset + size], writer)
             )
-        if (
-            len(source) > MAX_NAME_CHARS
-            or len(channel) > MAX_NAME_CHARS
-            or len(ctype) > MAX_CONTENT_TYPE_CHARS
-            or len(writer) > MAX_WRITER_CHARS
-        ):
-            raise RemoteProtocolError(
-                "a frame group's source, channel, content type or writer is over its length limit"
-            )
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            raise RemoteProtocolError(
-                "a frame group's first sequence number must be a positive integer"
-            )
-        if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
-            raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
-        if not sizes:
-            continue
-        size = _int_total(sizes)
-        if size is None or offset + size > end:
-            raise RemoteProtocolError("a frame group's sizes overrun the payload")
-        if not set(map(type, ts)) <= _NUMBERS:
-            raise RemoteProtocolError("a frame group's timestamps must be numbers")
-        out.append(
-            (source, channel, ctype, seq, ts, sizes, payload[offset : offset + size], writer)
-        )
-        offset += size
+            offset += size
     return out
 
 
-def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[Any, ...]]:
+def check_group(g: Any, room: int) -> int | None:
+    """Check one group of a ``frames`` message whose payload has ``room`` bytes left
+    for it; return the size of its frames together (None: it has none).
+
+    Raises:
+        RemoteProtocolError: the group is malformed or its sizes overrun the room.
+    """
+    if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
+        raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
+    source, channel, ctype, seq, ts, sizes, writer = g
+    if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
+        raise RemoteProtocolError(
+            "a frame group's source, channel, content type and writer must be strings"
+        )
+    if (
+        len(source) > MAX_NAME_CHARS
+        or len(channel) > MAX_NAME_CHARS
+        or len(ctype) > MAX_CONTENT_TYPE_CHARS
+        or len(writer) > MAX_WRITER_CHARS
+    ):
+        raise RemoteProtocolError(
+            "a frame group's source, channel, content type or writer is over its length limit"
+        )
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise RemoteProtocolError(
+            "a frame group's first sequence number must be a positive integer"
+        )
+    if not isinstance(ts, list) or not isinstance(sizes, list) or len(ts) != len(sizes):
+        raise RemoteProtocolError("a frame group's ts and sizes must be lists of equal length")
+    if not sizes:
+        return None
+    size = _int_total(sizes)
+    if size is None or size > room:
+        raise RemoteProtocolError("a frame group's sizes overrun the payload")
+    if not set(map(type, ts)) <= _NUMBERS:
+        raise RemoteProtocolError("a frame group's timestamps must be numbers")
+    return size
+
+
+def decode_groups(
+    groups: Iterable[Any], payload: memoryview | CutPayload
+) -> Iterable[tuple[Any, ...]]:
     """Yield ``(source, channel, content_type, seq, ts, data, writer)`` per frame.
 
     Raises:
@@ -346,3 +363,84 @@ def decode_groups(groups: Iterable[Any], payload: memoryview) -> Iterable[tuple[
     for source, channel, ctype, seq, ts, datas, writer in split_groups(groups, payload):
         for i, (t, data) in enumerate(zip(ts, datas, strict=True)):
             yield source, channel, ctype, seq + i, t, data, writer
+
+
+class PayloadCutter:
+    """Cuts a ``frames`` message's payload into its frames as the payload's bytes
+    arrive, so that it is never held whole (a client's large fetch reply: a 1 MB
+    buffer's pages touched and unmapped per reply, when the frames are copied
+    out as bytes anyway).  Make one with :meth:`for_groups`; :meth:`feed` it
+    the bytes in order until :attr:`left` is 0, then take :meth:`payload`.
+    """
+
+    def __init__(self, groups: list[Any], nbytes: int) -> None:
+        self._groups = groups  # the non-empty groups, checked
+        #: Per group, the size of its frames where all are of one size (else 0).
+        self._even = [g[5][0] if g[5].count(g[5][0]) == len(g[5]) else 0 for g in groups]
+        self._done: list[tuple[Any, ...]] = []
+        self._datas: list[Any] = []  # the current group's frames cut so far
+        self._index = 0  # of the current frame in the current group
+        #: The payload's length, and how much of it was not fed yet.
+        self.nbytes = nbytes
+        self.left = nbytes
+
+    @classmethod
+    def for_groups(cls, groups: Any, nbytes: int) -> PayloadCutter | None:
+        """A cutter for a payload of ``nbytes`` that ``groups`` describe, or None when
+        it is better received whole: a group is malformed (its error is then raised
+        where a whole message's is), or a frame is large (it stays a view, uncopied).
+        """
+        if not isinstance(groups, list):
+            return None
+        kept = []
+        room = nbytes
+        try:
+            for g in groups:
+                size = check_group(g, room)
+                if size is not None:
+                    if max(g[5]) >= VECTORED_MIN_BYTES:
+                        return None
+                    kept.append(g)
+                    room -= size
+        except RemoteProtocolError:
+            return None
+        return cls(kept, nbytes)
+
+    def feed(self, view: memoryview) -> int:
+        """Cut the whole frames at the start of ``view`` (the payload's next bytes);
+        return how many bytes were taken (a frame's part that is not whole is left)."""
+        taken = 0
+        have = len(view)
+        groups = self._groups
+        while len(self._done) < len(groups):
+            sizes = groups[len(self._done)][5]
+            i = self._index
+            even = self._even[len(self._done)]
+            if even:  # (the usual group: no Python per frame to count what fits)
+                n = min((have - taken) // even, len(sizes) - i)
+                nbytes = n * even
+            else:
+                n = nbytes = 0
+                for size in itertools.islice(sizes, i, None):
+                    if nbytes + size > have - taken:
+                        break
+                    nbytes += size
+                    n += 1
+            if n:
+                part = view[taken : taken + nbytes]
+                self._datas += [part.tobytes()] if n == 1 else split_payload(part, sizes[i : i + n])
+                taken += nbytes
+                self._index = i = i + n
+            if i < len(sizes):
+                break
+            source, channel, ctype, seq, ts, _, writer = groups[len(self._done)]
+            self._done.append((source, channel, ctype, seq, ts, self._datas, writer))
+            self._datas, self._index = [], 0
+        if len(self._done) == len(groups):
+            taken += min(have, self.left) - taken  # bytes after the groups' frames: no frame's
+        self.left -= taken
+        return taken
+
+    def payload(self) -> CutPayload:
+        """The payload, cut (once :attr:`left` is 0)."""
+        return CutPayload(self._done, self.nbytes)

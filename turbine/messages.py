@@ -7,7 +7,9 @@ default is required, a field that defaults to ``None`` is optional and left
 out of the header when ``None`` (unless marked :data:`WRITE_NIL`), a ``float``
 field takes any number, and a ``list``/``dict`` field takes any list/map.  A
 message carries its payload (``put``, ``frames``) as a view of the bytes
-received; to send one, hand the payload buffers to ``Connection.send`` beside it.
+received (a large fetch reply a client cut as it arrived: as its frames, a
+:class:`CutPayload`); to send one, hand the payload buffers to
+``Connection.send`` beside it.
 
 Frames stay columnar: a ``put`` or ``frames`` message is one object however
 many frames it carries, and no object is built per frame here.
@@ -31,6 +33,24 @@ _NOT_IN_HEADER = {"header": False}
 
 def _no_payload() -> memoryview:
     return memoryview(b"")
+
+
+class CutPayload:
+    """A ``frames`` message's payload, already cut into its frames' bytes
+    (:class:`turbine.groups.PayloadCutter`, as a client receives a large fetch
+    reply): what :func:`turbine.groups.split_groups` makes of a payload, with its
+    length.  ``check_groups`` does not take it (a group's frames are no longer
+    back to back)."""
+
+    __slots__ = ("groups", "nbytes")
+
+    def __init__(self, groups: list[tuple[Any, ...]], nbytes: int) -> None:
+        #: ``(source, channel, content_type, first_seq, ts, datas, writer)`` per non-empty group.
+        self.groups = groups
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
 
 
 # The decorator tells the type checker what kw_only=True does for every subclass.
@@ -220,7 +240,8 @@ class Frames(Message):
     groups: list[Any]
     #: True on every part of a fetch reply but its last.
     more: bool | None = None
-    payload: memoryview = field(factory=_no_payload, metadata=_NOT_IN_HEADER)
+    #: A fetch reply a client cut as it arrived holds its frames cut (a ``CutPayload``).
+    payload: memoryview | CutPayload = field(factory=_no_payload, metadata=_NOT_IN_HEADER)
 
 
 class GapReport(Message):
@@ -355,7 +376,7 @@ def header_fields(msg: Message) -> dict[str, Any]:
     return out
 
 
-def build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
+def build(spec: Spec, header: dict[str, Any], payload: memoryview | CutPayload) -> Message:
     """The message a checked header describes (fields it does not know are ignored)."""
     try:
         return _build(spec, header, payload)
@@ -364,7 +385,7 @@ def build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
         return _build(spec, known, payload)
 
 
-def _build(spec: Spec, header: dict[str, Any], payload: memoryview) -> Message:
+def _build(spec: Spec, header: dict[str, Any], payload: memoryview | CutPayload) -> Message:
     if spec.has_payload:
         return spec.cls(**header, payload=payload)  # type: ignore[call-arg]
     return spec.cls(**header)

@@ -39,8 +39,8 @@ from ._constants import (
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._memory import grow
 from .checks import check
-from .groups import check_put
-from .messages import ClientHello, Error, Hello, Message, Role, build, header_fields
+from .groups import PayloadCutter, check_put
+from .messages import ClientHello, Error, Hello, Message, Role, Spec, build, header_fields
 
 PREFIX = struct.Struct(">II")
 
@@ -160,7 +160,8 @@ class ReceiveBuffer:
     handed over by :meth:`Connection.next_event` uncopied.  A client
     (``sized_by_prefix``: its peer is the broker) instead sizes the buffer
     for a large message once its prefix has arrived (its length is checked
-    against ``max_payload`` first).
+    against ``max_payload`` first), or cuts a fetch reply's frames as they
+    arrive (:meth:`Connection.next_event`).
     """
 
     def __init__(self, budget: ReceiveBudget | None, *, sized_by_prefix: bool = False) -> None:
@@ -175,6 +176,9 @@ class ReceiveBuffer:
         self._read_size = FIRST_RECEIVE_BYTES  # grows to RECEIVE_BYTES as reads fill it
         self._offered = 0
         self._sized_by_prefix = sized_by_prefix
+        #: Cuts the fetch reply being received as it arrives (a client's Connection):
+        #: the buffer then holds its payload's next bytes, ``_need`` of them to come.
+        self._cutter: PayloadCutter | None = None
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed."""
@@ -192,6 +196,8 @@ class ReceiveBuffer:
         else a normal read."""
         held = self._end - self._start
         missing = self._need - held
+        if self._cutter is not None:
+            return max(min(missing, self._read_size), 1)
         if missing > 0 and self._need >= VECTORED_MIN_BYTES:
             if self._sized_by_prefix:
                 return missing
@@ -201,7 +207,7 @@ class ReceiveBuffer:
     @property
     def receiving(self) -> bool:
         """Part of a message has arrived, and not the rest of it yet."""
-        return self._end > self._start
+        return self._end > self._start or self._cutter is not None
 
     def get_buffer(self, size: int = 0) -> memoryview:
         """A writable view at the end of the receive buffer, for ``recv_into``.
@@ -221,7 +227,7 @@ class ReceiveBuffer:
         buf = self._buffer
         start, end = self._start, self._end
         held = end - start
-        large = self._need > held and self._need >= VECTORED_MIN_BYTES
+        large = self._need > held and self._need >= VECTORED_MIN_BYTES and self._cutter is None
         if start and (large or len(buf) - end < want):
             # Put the partial message at the front: a large payload then ends
             # up in a buffer of its own, handed over whole by next_event.
@@ -305,6 +311,9 @@ class Connection(ReceiveBuffer):
         self.max_header = max_header
         self.protocol: int | None = None
         self.peer_hello: Hello | ClientHello | None = None
+        #: A large message's header, decoded and checked before its payload arrived.
+        self._early: tuple[str, dict[str, Any], Spec] | None = None
+        self._before_payload = 0  # its prefix and header, bytes
         super().__init__(budget, sized_by_prefix=our_role is Role.CLIENT)
 
     def next_event(self) -> Message | Any:
@@ -316,6 +325,8 @@ class Connection(ReceiveBuffer):
         """
         if self.state is State.CLOSED:
             raise RemoteProtocolError("the connection is closed")
+        if self._cutter is not None:
+            return self._cut(self._cutter)
         buf = self._buffer
         start, end = self._start, self._end
         if end - start < PREFIX.size:
@@ -330,23 +341,27 @@ class Connection(ReceiveBuffer):
                 f"message payload of {payload_len} bytes exceeds the limit of {self.max_payload}"
             )
         total = PREFIX.size + header_len + payload_len
-        if end - start < total:
-            self._need = total
-            return self._need_data()
         h = start + PREFIX.size
         p = h + header_len
+        if end - start < total:
+            if self._sized_by_prefix and payload_len >= VECTORED_MIN_BYTES and self._early is None:
+                if end < p:
+                    self._need = p - start  # the header first
+                    return self._need_data()
+                self._early = early = self._header(buf, h, p, payload_len)
+                kind, header, _ = early
+                if kind == "frames" and header.get("sub") is None and header.get("id") is not None:
+                    self._cutter = cutter = PayloadCutter.for_groups(header["groups"], payload_len)
+                    if cutter is not None:
+                        self._start, self._before_payload = p, p - start
+                        return self._cut(cutter)
+            self._need = total
+            return self._need_data()
         stop = start + total
-        try:
-            with memoryview(buf) as view:
-                header = msgpack.unpackb(
-                    view[h:p], raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext
-                )
-        except _ExtensionType as exc:
-            self._fail(str(exc))
-        except Exception as exc:  # msgpack raises several unrelated types
-            self._fail(f"message header is not valid msgpack: {exc}")
-        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-            self._fail("message header must be a map with a string 'type'")
+        if self._early is not None:
+            (kind, header, spec), self._early = self._early, None
+        else:
+            kind, header, spec = self._header(buf, h, p, payload_len)
         if payload_len >= VECTORED_MIN_BYTES and stop == end:
             # The buffer ends with this message: hand it over instead of copying.
             del buf[stop:]
@@ -368,25 +383,63 @@ class Connection(ReceiveBuffer):
             else:
                 self._start = stop
         self._need = PREFIX.size
+        msg = build(spec, header, payload)
+        self._advance(msg)
+        return msg
+
+    def _header(self, buf: bytearray, h: int, p: int, n: int) -> tuple[str, dict[str, Any], Spec]:
+        """The header in ``buf[h:p]`` (payload: ``n`` bytes), decoded and checked:
+        its type, fields and spec."""
+        try:
+            with memoryview(buf) as view:
+                header = msgpack.unpackb(
+                    view[h:p], raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext
+                )
+        except _ExtensionType as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # msgpack raises several unrelated types
+            self._fail(f"message header is not valid msgpack: {exc}")
+        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+            self._fail("message header must be a map with a string 'type'")
         kind = header.pop("type")
         try:
             spec = check(kind, header, self.their_role, RemoteProtocolError)
             if kind == "put":
-                check_put(header, payload_len)
+                check_put(header, n)
         except RemoteProtocolError:
             self.state = State.CLOSED
             raise
-        msg = build(spec, header, payload)
+        return kind, header, spec
+
+    def _cut(self, cutter: PayloadCutter) -> Message | Any:
+        """Cut the frames of the fetch reply being received from what has arrived;
+        the reply once its last byte has."""
+        if self._end > self._start:
+            with memoryview(self._buffer) as view:
+                self._start += cutter.feed(view[self._start : self._end])
+            if self._start == self._end:
+                self._start = self._end = 0
+        self._need = cutter.left
+        if cutter.left:
+            return self._need_data()
+        self._cutter = None
+        self._need = PREFIX.size
+        assert self._early is not None
+        (_, header, spec), self._early = self._early, None
+        msg = build(spec, header, cutter.payload())
         self._advance(msg)
         return msg
 
     def _need_data(self) -> Any:
         if self._eof:
             self.state = State.CLOSED
-            if self._end > self._start:
+            if self._end > self._start or self._cutter is not None:
+                arrived = self._end - self._start
+                if self._cutter is not None:
+                    arrived += self._before_payload + self._cutter.nbytes - self._cutter.left
                 raise RemoteProtocolError(
                     f"the peer closed the connection in the middle of a message "
-                    f"({self._end - self._start} bytes of it arrived)"
+                    f"({arrived} bytes of it arrived)"
                 )
         return NEED_DATA
 
