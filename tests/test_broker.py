@@ -15,6 +15,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
+from tests.reads import CountedReads
 from turbine import (
     ConnectionFailed,
     Frame,
@@ -1321,28 +1322,15 @@ async def test_a_put_reaches_its_subscriber_before_the_flush_after_it_is_handled
 async def test_a_read_that_emptied_the_socket_waits_for_bytes_before_the_next(broker, monkeypatch):
     # Between a client's messages the socket is empty: the reader waits for
     # bytes instead of trying a read that fails (a syscall per message).
-    import os
-
     import turbine.connection
 
-    reads = failed = 0
-
-    def readv(fd: int, buffers: list[Any]) -> int:
-        nonlocal reads, failed
-        reads += 1
-        try:
-            return os.readv(fd, buffers)
-        except BlockingIOError:
-            failed += 1
-            raise
-
-    fake_os = type("os", (), {"readv": staticmethod(readv)})
-    monkeypatch.setattr(turbine.connection, "os", fake_os, raising=False)
+    counted = CountedReads()
+    monkeypatch.setattr(turbine.connection, "os", counted, raising=False)
     with trio.fail_after(HANG_S):
         async with open_client(broker) as tb:
             src = await tb.open_source(SRC, channels={"x": "text/plain"})
             for i in range(20):
                 await src.put("x", b"%d" % i)
                 await src.flush()
-    assert reads > 20
-    assert failed == 0
+    assert counted.reads > 20
+    assert counted.failed == 0

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 import turbine._client_handles
+from tests.reads import CountedReads
 from turbine import Client, ConnectionFailed, Frame, open_client
 from turbine._client_handles import Feed
 from turbine._client_reader import Reader, Turn
@@ -295,31 +296,18 @@ async def test_a_waiting_reader_tries_no_read_that_fails_between_frames(broker, 
     """Frames that come one at a time leave the socket empty after each: the reader
     waits for bytes instead of first trying a read that fails (a syscall and an
     exception per frame)."""
-    import os
-
     import turbine._client_reader
 
-    reads = failed = 0
-
-    def readv(fd: int, buffers: list[memoryview]) -> int:
-        nonlocal reads, failed
-        reads += 1
-        try:
-            return os.readv(fd, buffers)
-        except BlockingIOError:
-            failed += 1
-            raise
-
-    fake_os = type("os", (), {"readv": staticmethod(readv)})
+    counted = CountedReads()
     with trio.fail_after(10):
         async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
             async with open_client(broker, name="pub") as pub:
                 src = await pub.open_source(SRC, channels={"a": "text/plain"})
-                monkeypatch.setattr(turbine._client_reader, "os", fake_os)
+                monkeypatch.setattr(turbine._client_reader, "os", counted)
                 for i in range(20):
                     await src.put("a", b"%d" % i)
                     await src.flush()
                     assert (await sub.receive()).data == b"%d" % i
                 monkeypatch.undo()
-    assert reads >= 20
-    assert failed == 0
+    assert counted.reads >= 20
+    assert counted.failed == 0
