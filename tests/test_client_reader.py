@@ -22,7 +22,7 @@ from turbine._client_handles import Feed
 from turbine._client_reader import Reader, Turn
 from turbine._client_requests import Requests
 from turbine.messages import Role
-from turbine.protocol import Connection, State, encode_frames
+from turbine.protocol import NEED_DATA, Connection, State, encode_frames
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -311,3 +311,27 @@ async def test_a_waiting_reader_tries_no_read_that_fails_between_frames(broker, 
                 monkeypatch.undo()
     assert counted.reads >= 20
     assert counted.failed == 0
+
+
+async def test_a_reader_reads_again_at_once_while_a_message_is_part_way_in():
+    """A read that took less than it was offered lets the next one wait for bytes
+    first, but not while a message is part way in: the rest of a large one is
+    arriving, and a wait per piece slowed a 1 MB subscription below its
+    publisher (its ring evicted frames it had not read)."""
+    ours, theirs = trio.socket.socketpair()
+    with ours, theirs, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        small = [SRC, "a", "text/plain", 1, [1000.0], [1], "w"]
+        await theirs.send(b"".join(encode_frames(1, [small], [b"x"])))
+        await trio.lowlevel.wait_readable(ours)
+        assert reader._read_now() is not None and proto.next_event() is not NEED_DATA
+        assert reader._skip_read()  # between messages, after a short read: wait first
+        large = [SRC, "a", "application/octet-stream", 2, [1000.0], [200_000], "w"]
+        msg = b"".join(encode_frames(1, [large], [bytes(200_000)]))
+        await theirs.send(msg[:1000])
+        await trio.lowlevel.wait_readable(ours)
+        assert reader._read_now() == 1000  # less than offered: the socket is empty now
+        assert proto.next_event() is NEED_DATA
+        assert not reader._skip_read()  # ... but the message's rest is coming: read at once

@@ -150,11 +150,11 @@ class Reader:
         return n
 
     def _skip_read(self) -> bool:
-        """Whether the next read may wait for bytes first: the last one took less
-        than it was offered, so most likely emptied the socket (a read before the
-        wait would fail: a syscall and an exception per message at low rates).
+        """Whether the next read may wait for bytes first: the last one took less than
+        offered, so likely emptied the socket (a read that fails: a syscall and an
+        exception per message at low rates); not while a large message's rest arrives.
         A socket closed meanwhile is read at once, to fail as a lost connection."""
-        return self._emptied and self._sock.fileno() >= 0
+        return self._emptied and not self._proto.receiving and self._sock.fileno() >= 0
 
     async def _route(self) -> None:
         """Route every complete message received, waiting where a feed is full."""
