@@ -216,6 +216,69 @@ def tell(proc: subprocess.Popen[str], text: str) -> None:
     proc.stdin.flush()
 
 
+class Steady:
+    """The STEADY script's watcher (in ``watch_ns``, on its broker there) and a
+    producer at RATE (in ``produce_ns``, to ``address``), through a link cut for
+    CUT s: :meth:`cut` returns when the watcher has every frame put before the
+    mend, :meth:`frames` stops both and checks each frame came once, in order."""
+
+    def __init__(
+        self,
+        link: Link,
+        tmp_path: Path,
+        watch_ns: str,
+        produce_ns: str,
+        address: str,
+        *produce: str,
+    ) -> None:
+        script = tmp_path / "steady.py"
+        script.write_text(STEADY)
+        self.watcher = link.start(
+            watch_ns, sys.executable, str(script), f"127.0.0.1:{PORT}", "watch", stdin=True
+        )
+        assert read_line(self.watcher.stdout, 30) == "watching\n"
+        self.producer = link.start(
+            produce_ns,
+            sys.executable,
+            str(script),
+            address,
+            "produce",
+            str(RATE),
+            *produce,
+            stdin=True,
+        )
+        assert read_line(self.producer.stdout, 30) == "producing\n"
+        self.started = time.time()
+
+    def cut(self, path: Lossy) -> tuple[float, float, float]:
+        """Cut the link for CUT s (real time: a steady producer); return when it
+        was cut, mended, and when the watcher had every frame put before the mend."""
+        time.sleep(BEFORE_CUT)
+        path.cut()
+        cut = time.time()
+        time.sleep(CUT)
+        path.mend()
+        mended = time.time()
+        tell(self.watcher, repr(mended))
+        line = read_line(self.watcher.stdout, 30)
+        assert line.startswith("caught up"), line
+        return cut, mended, float(line.split()[-1])
+
+    def frames(self) -> tuple[list[list[float]], str]:
+        """Stop both after AFTER_CAUGHT_UP s: every frame the watcher saw as
+        [seq, put time, lag], checked to be each put once, in order, numbered
+        from 1; and what the producer said on stderr."""
+        time.sleep(AFTER_CAUGHT_UP)
+        out, err = self.producer.communicate("stop\n", timeout=30)
+        assert self.producer.returncode == 0, err
+        count = int(out)
+        out, watched = self.watcher.communicate(f"{count}\n", timeout=60)
+        assert self.watcher.returncode == 0, watched
+        got = json.loads(out)
+        assert [row[0] for row in got] == list(range(1, count + 1))
+        return got, err
+
+
 @pytest.mark.parametrize("shaper", [probe().shaper])
 def test_over_a_delayed_lossy_link_the_mirror_keeps_up_and_recovers_after_a_10_s_cut(
     link, tmp_path, shaper
@@ -227,37 +290,12 @@ def test_over_a_delayed_lossy_link_the_mirror_keeps_up_and_recovers_after_a_10_s
     serve(link, link.a, "0.0.0.0")
     serve(link, link.b, "127.0.0.1")
     mirror = start_mirror(link)
-    script = tmp_path / "steady.py"
-    script.write_text(STEADY)
-    here = f"127.0.0.1:{PORT}"
-    watcher = link.start(link.b, sys.executable, str(script), here, "watch", stdin=True)
-    assert read_line(watcher.stdout, 30) == "watching\n"
-    producer = link.start(
-        link.a, sys.executable, str(script), here, "produce", str(RATE), stdin=True
-    )
-    assert read_line(producer.stdout, 30) == "producing\n"
-    started = time.time()
-    # real time: a steady producer, and the link cut for the 10 s the issue asks for
-    time.sleep(BEFORE_CUT)
-    path.cut()
-    cut = time.time()
-    time.sleep(CUT)
-    path.mend()
-    mended = time.time()
-    tell(watcher, repr(mended))
-    line = read_line(watcher.stdout, 30)
-    assert line.startswith("caught up"), line
-    caught_up = float(line.split()[-1])
+    steady = Steady(link, tmp_path, link.b, link.a, f"127.0.0.1:{PORT}")
+    cut, mended, caught_up = steady.cut(path)
     assert caught_up - mended < CATCH_UP_S, f"caught up {caught_up - mended:.1f} s after the mend"
-    time.sleep(AFTER_CAUGHT_UP)
-    out, err = producer.communicate("stop\n", timeout=30)
-    assert producer.returncode == 0, err
-    count = int(out)
-    out, err = watcher.communicate(f"{count}\n", timeout=60)
-    assert watcher.returncode == 0, err
-    got = json.loads(out)
     # every frame on B, once, in order, under its number on A
-    assert [row[0] for row in got] == list(range(1, count + 1))
+    got, _ = steady.frames()
+    started = steady.started
     # lag bounded: steady from the mirror's start (its first look at A) to a
     # second before the cut (frames on their way at the cut wait for it), and
     # again from half a second after B had everything put before the mend
