@@ -1259,21 +1259,6 @@ async def test_a_close_among_many_connections_collects_only_the_young_garbage(
     assert trims[:4] == [False, True, False, True]
 
 
-def test_only_a_full_trim_returns_free_pages_to_the_system(monkeypatch):
-    # malloc_trim costs with the heap's free pages, not with what a close left:
-    # after a stream of 1 MB frames (free heap once evicted) it held the loop
-    # 37 ms.  The young trim after a few closes leaves them to the next full one.
-    from turbine import _memory
-
-    calls: list[int] = []
-    libc = type("libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})
-    monkeypatch.setattr(_memory, "_libc", lambda: libc)
-    _memory.trim(full=False)
-    assert calls == []
-    _memory.trim(full=True)
-    assert calls == [0]
-
-
 async def test_a_few_closes_among_few_connections_make_no_full_collection(
     nursery, autojump_clock, monkeypatch
 ):

@@ -119,15 +119,11 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> None:
 
 def trim(*, full: bool = True) -> None:
     """Free what closed connections left (their errors' tracebacks are reference
-    cycles, freed only by the cycle collector) and, when ``full``, return free
-    heap pages to the operating system.  ``full=False`` collects only the young
-    generations: what lived through earlier collections waits for a full one,
-    which walks every tracked object (the cost grows with the heap, not with
-    the garbage).  Returning pages costs with what the heap has free, not with
-    what the closes left: after a stream of 1 MB frames (below the mmap
-    threshold, so their evicted payloads are free heap) it held the loop 37 ms,
-    so it waits for a full trim too."""
+    cycles, freed only by the cycle collector), then return free heap pages to
+    the operating system.  ``full=False`` collects only the young generations:
+    what lived through earlier collections waits for a full one, which walks
+    every tracked object (the cost grows with the heap, not with the garbage)."""
     gc.collect() if full else gc.collect(1)
     libc = _libc()
-    if full and libc is not None:
+    if libc is not None:
         libc.malloc_trim(0)

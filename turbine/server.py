@@ -162,12 +162,11 @@ class Broker:
         self._closed_some.set()
 
     async def trimmer(self) -> None:
-        """Free what connections left after they close or sources are deleted, at
-        most once per TRIM_INTERVAL_S; a full trim (every generation collected,
-        free pages back to the system) after a delete, or as often as
-        FULL_COLLECT_SHARE and FULL_COLLECT_MIN_CLOSES say (a burst of hostile
-        connections must not leave the broker at its peak RSS), so a close costs
-        the same however many connections, frames and free pages are held."""
+        """Give freed memory back to the system after connections close or
+        sources are deleted, at most once per TRIM_INTERVAL_S (a burst of hostile connections must not
+        leave the broker at its peak RSS); a full collection only as often as
+        FULL_COLLECT_SHARE and FULL_COLLECT_MIN_CLOSES say, so a close costs the
+        same however many connections are held and however many frames."""
         while True:
             await self._closed_some.wait()
             self._closed_some = trio.Event()
