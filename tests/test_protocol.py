@@ -66,6 +66,11 @@ def raw(header: dict, payload: bytes = b"") -> bytes:
     return struct.pack(">II", len(head), len(payload)) + head + payload
 
 
+def put_of(ts: object, sizes: list[object], payload: bytes) -> bytes:
+    """A put of source s, channel c, framed by hand (see :func:`raw`)."""
+    return raw({"type": "put", "source": "s", "channel": "c", "ts": ts, "sizes": sizes}, payload)
+
+
 BIG = bytes(range(256)) * 273 + b"xy"  # not a multiple of any chunk size
 
 # A stream of messages a client sends, with frame payloads of several sizes.
@@ -317,72 +322,39 @@ def test_malformed_frame_groups_are_protocol_errors(groups):
         (raw({"type": "ok", "id": 1}), "a client may not send 'ok'"),
         (raw({"type": "list", "id": 1, "pattern": 3}), "'pattern' must be str"),
         (
-            raw({"type": "put", "source": "s", "channel": "c", "ts": [1], "sizes": [5]}, b"abc"),
+            put_of([1], [5], b"abc"),
             "sizes add up to 5 bytes but the payload holds 3",
         ),
         (
-            raw({"type": "put", "source": "s", "channel": "c", "ts": [1, 2], "sizes": [3]}, b"abc"),
+            put_of([1, 2], [3], b"abc"),
             "different number of timestamps and sizes",
         ),
         (
-            raw({"type": "put", "source": "s", "channel": "c", "ts": ["x"], "sizes": [3]}, b"abc"),
+            put_of(["x"], [3], b"abc"),
             "timestamps must be numbers or nil",
         ),
         (
-            raw(
-                {"type": "put", "source": "s", "channel": "c", "ts": [None, "x"], "sizes": [1, 2]},
-                b"abc",
-            ),
+            put_of([None, "x"], [1, 2], b"abc"),
             "timestamps must be numbers or nil",
         ),
         (
-            raw({"type": "put", "source": "s", "channel": "c", "ts": [1], "sizes": [-3]}, b"abc"),
+            put_of([1], [-3], b"abc"),
             "sizes must be non-negative integers",
         ),
         (
-            raw(
-                {
-                    "type": "put",
-                    "source": "s",
-                    "channel": "c",
-                    "ts": [None, None],
-                    "sizes": [3, 3.0],
-                },
-                b"abcdef",
-            ),
+            put_of([None, None], [3, 3.0], b"abcdef"),
             "sizes must be non-negative integers",
         ),
         (
-            raw(
-                {
-                    "type": "put",
-                    "source": "s",
-                    "channel": "c",
-                    "ts": [None, None],
-                    "sizes": [1, True],
-                },
-                b"ab",
-            ),
+            put_of([None, None], [1, True], b"ab"),
             "sizes must be non-negative integers",
         ),
         (
-            raw(
-                {
-                    "type": "put",
-                    "source": "s",
-                    "channel": "c",
-                    "ts": [None, None],
-                    "sizes": [0, False],
-                },
-                b"",
-            ),
+            put_of([None, None], [0, False], b""),
             "sizes must be non-negative integers",
         ),
         (
-            raw(
-                {"type": "put", "source": "s", "channel": "c", "ts": b"\0" * 12, "sizes": [3]},
-                b"abc",
-            ),
+            put_of(b"\0" * 12, [3], b"abc"),
             "packed timestamps must be 8 bytes per frame: 12 bytes for 1 sizes",
         ),
         (raw(dict(CLIENT_HELLO[1], type="client_hello")), "may only be sent once"),
