@@ -323,7 +323,12 @@ def check_group(g: Any, room: int) -> int | None:
     if not isinstance(g, list) or len(g) != len(GROUP_FIELDS):
         raise RemoteProtocolError(f"a frame group must be a list of {len(GROUP_FIELDS)} fields")
     source, channel, ctype, seq, ts, sizes, writer = g
-    if not all(isinstance(x, str) for x in (source, channel, ctype, writer)):
+    if not (
+        isinstance(source, str)
+        and isinstance(channel, str)
+        and isinstance(ctype, str)
+        and isinstance(writer, str)
+    ):  # (spelled out: a generator here is a Python call per string, per delivery)
         raise RemoteProtocolError(
             "a frame group's source, channel, content type and writer must be strings"
         )

@@ -377,15 +377,13 @@ def header_fields(msg: Message) -> dict[str, Any]:
 
 
 def build(spec: Spec, header: dict[str, Any], payload: memoryview | CutPayload) -> Message:
-    """The message a checked header describes (fields it does not know are ignored)."""
-    try:
-        return _build(spec, header, payload)
-    except TypeError:  # a newer peer's extra fields (checked headers lack none): drop them
-        known = {name: value for name, value in header.items() if name in spec.names}
-        return _build(spec, known, payload)
+    """The message a checked header describes (fields it does not know are ignored).
 
-
-def _build(spec: Spec, header: dict[str, Any], payload: memoryview | CutPayload) -> Message:
+    ``header`` becomes the message's: the payload is stored in it."""
     if spec.has_payload:
-        return spec.cls(**header, payload=payload)  # type: ignore[call-arg]
-    return spec.cls(**header)
+        header["payload"] = payload
+    try:
+        return spec.cls(**header)
+    except TypeError:  # a newer peer's extra fields (checked headers lack none): drop them
+        names = spec.names | {"payload"} if spec.has_payload else spec.names
+        return spec.cls(**{name: value for name, value in header.items() if name in names})

@@ -306,6 +306,7 @@ class Connection(ReceiveBuffer):
     ) -> None:
         self.our_role = our_role
         self.their_role = Role.CLIENT if our_role is Role.BROKER else Role.BROKER
+        self._hello = Hello if our_role is Role.CLIENT else ClientHello  # the peer's
         self.state = State.HANDSHAKE
         self.max_payload = max_payload
         self.max_header = max_header
@@ -330,7 +331,7 @@ class Connection(ReceiveBuffer):
         buf = self._buffer
         start, end = self._start, self._end
         if end - start < PREFIX.size:
-            return self._need_data()
+            return self._need_data() if self._eof else NEED_DATA
         header_len, payload_len = PREFIX.unpack_from(buf, start)
         if header_len > self.max_header or header_len == 0:
             self._fail(
@@ -384,7 +385,8 @@ class Connection(ReceiveBuffer):
                 self._start = stop
         self._need = PREFIX.size
         msg = build(spec, header, payload)
-        self._advance(msg)
+        if self.state is not State.OPEN or kind == self._hello.type:
+            self._advance(msg)  # the handshake's (and a second hello, refused)
         return msg
 
     def _header(self, buf: bytearray, h: int, p: int, n: int) -> tuple[str, dict[str, Any], Spec]:
@@ -448,7 +450,7 @@ class Connection(ReceiveBuffer):
         raise RemoteProtocolError(why)
 
     def _advance(self, msg: Message) -> None:
-        hello_cls = Hello if self.their_role is Role.BROKER else ClientHello
+        hello_cls = self._hello
         hello = hello_cls.type
         if self.state is State.HANDSHAKE:
             if self.our_role is Role.CLIENT and isinstance(msg, Error) and msg.id is None:
