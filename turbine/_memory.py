@@ -8,9 +8,10 @@ resident until :func:`trim` hands them back, which the broker does after
 connections close and sources are deleted.  :func:`pin_mmap_threshold` keeps
 glibc from moving its threshold, so what is above it (a hostile client's huge
 message) always gets its own mapping, returned whole on free.  Both do nothing
-without glibc.  :func:`grow` makes room for reads without writing it first, and
+without glibc.  :func:`grow` makes room for reads without writing it first,
+:func:`blank_bytes` makes a bytes object for a read to fill, and
 :func:`payload_list` keeps the rings' lists out of the cycle collector's walks
-(both CPython's C API, through ctypes).
+(all three CPython's C API, through ctypes).
 """
 
 from __future__ import annotations
@@ -87,6 +88,47 @@ def grow(buf: bytearray, size: int) -> None:
         buf.extend(bytes(size - len(buf)))
     else:
         _RESIZE(buf, size)  # realloc: in place where the heap has room after it
+
+
+def _blank() -> tuple[Callable[[None, int], bytes], Callable[[bytes], int]] | None:
+    if sys.implementation.name != "cpython":
+        return None
+    make = ctypes.pythonapi.PyBytes_FromStringAndSize
+    make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+    make.restype = ctypes.py_object
+    address = ctypes.pythonapi.PyBytes_AsString
+    address.argtypes = [ctypes.py_object]
+    address.restype = ctypes.c_void_p
+    return make, address
+
+
+_BLANK = _blank()
+
+
+def blank_bytes(size: int) -> tuple[bytes | bytearray, memoryview]:
+    """A new object of ``size`` bytes and a writable view of them, for a read to fill.
+
+    On CPython the object is ``bytes``: made by ``PyBytes_FromStringAndSize(NULL,
+    size)``, whose contents the C API lets its maker write until it is handed on;
+    what it holds before the read is unspecified (not zeros).  A large frame is
+    then received straight into the ``bytes`` its reader gets (``Frame.data``),
+    instead of into a buffer it is copied out of: at 1 MB frames that copy, and
+    the copy's fresh pages, were a subscriber's largest cost after the kernel's.
+    Elsewhere a ``bytearray`` (the caller copies it where it needs bytes).
+
+    Release the view once the read is done, before the object is handed on: no
+    one may write into the bytes after that.
+
+    Raises:
+        MemoryError: no memory for ``size`` bytes.
+    """
+    if _BLANK is None:
+        buf = bytearray(size)
+        return buf, memoryview(buf)
+    make, address = _BLANK
+    obj = make(None, size)
+    room = (ctypes.c_char * size).from_address(address(obj))
+    return obj, memoryview(room).cast("B")
 
 
 def payload_list() -> list[Any]:

@@ -6,7 +6,7 @@ with :meth:`Connection.next_event`, and turn outgoing messages into bytes with
 :meth:`Connection.send`.  Messages are the frozen classes of
 :mod:`turbine.messages`, which are also the table a message is checked
 against (:mod:`turbine.checks`, both ways).  The bytes received and not yet
-made messages of are the :class:`ReceiveBuffer` half of a connection.
+made messages of are its :class:`~turbine.receiving.ReceiveBuffer` half.
 ``docs/protocol.rst`` is the reference for other languages.
 
 Framing: every message is ::
@@ -21,14 +21,12 @@ they list, so large frames are never re-encoded (:mod:`turbine.groups`).
 from __future__ import annotations
 
 import enum
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import msgpack
 
 from ._constants import (
-    FIRST_RECEIVE_BYTES,
     MAX_HEADER_BYTES,
     MAX_PAYLOAD_BYTES,
     PROTOCOL_VERSION,
@@ -37,12 +35,20 @@ from ._constants import (
     VECTORED_MIN_BYTES,
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._memory import grow
 from .checks import check
 from .groups import PayloadCutter, check_put
-from .messages import ClientHello, Error, Hello, Message, Role, Spec, build, header_fields
-
-PREFIX = struct.Struct(">II")
+from .messages import (
+    ClientHello,
+    CutPayload,
+    Error,
+    Hello,
+    Message,
+    Role,
+    Spec,
+    build,
+    header_fields,
+)
+from .receiving import PREFIX, ReceiveBudget, ReceiveBuffer
 
 
 class _NeedData:
@@ -127,164 +133,6 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class ReceiveBudget:
-    """Bytes the receive buffers of all connections may hold beyond one normal
-    read each: partial large messages cannot, together, take more than ``limit``.
-
-    ``on_give`` is called when bytes come back (the broker wakes readers
-    waiting for room).
-    """
-
-    def __init__(self, limit: int, on_give: Callable[[], None] = lambda: None) -> None:
-        self.limit = limit
-        self.held = 0
-        self._on_give = on_give
-
-    def take(self, n: int) -> int:
-        """Take up to ``n`` bytes; return how many were granted (0 when none are left)."""
-        granted = max(min(n, self.limit - self.held), 0)
-        self.held += granted
-        return granted
-
-    def give(self, n: int) -> None:
-        self.held -= n
-        self._on_give()
-
-
-class ReceiveBuffer:
-    """The bytes a :class:`Connection` received and has not made messages of yet.
-
-    The buffer grows with what has arrived, never with what the peer
-    declares; growth beyond one normal read is taken from the ``budget``
-    shared by the connections of a broker; a large message's payload is
-    handed over by :meth:`Connection.next_event` uncopied.  A client
-    (``sized_by_prefix``: its peer is the broker) instead sizes the buffer
-    for a large message once its prefix has arrived (its length is checked
-    against ``max_payload`` first), or cuts a fetch reply's frames as they
-    arrive (:meth:`Connection.next_event`).
-    """
-
-    def __init__(self, budget: ReceiveBudget | None, *, sized_by_prefix: bool = False) -> None:
-        self._buffer = bytearray()  # received bytes: unread from _start to _end, room after
-        self._start = 0
-        self._end = 0
-        self._need = PREFIX.size
-        self._eof = False
-        #: Shared by all connections: how much their buffers may grow beyond one normal read.
-        self.budget = budget
-        self._charged = 0  # bytes of the budget this connection's buffer holds
-        self._read_size = FIRST_RECEIVE_BYTES  # grows to RECEIVE_BYTES as reads fill it
-        self._offered = 0
-        self._sized_by_prefix = sized_by_prefix
-        #: Cuts the fetch reply being received as it arrives (a client's Connection):
-        #: the buffer then holds its payload's next bytes, ``_need`` of them to come.
-        self._cutter: PayloadCutter | None = None
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Add bytes read from the peer; ``b""`` means the peer closed."""
-        n = len(data)
-        if n:
-            with self.get_buffer(n) as view:
-                view[:n] = data
-        self.buffer_updated(n)
-
-    @property
-    def receive_size(self) -> int:
-        """How many bytes to read next: the rest of a large message (at most as
-        much again as has arrived, unless sized by its prefix), never past its
-        end, so that it ends its buffer and its payload is handed over uncopied;
-        else a normal read."""
-        held = self._end - self._start
-        missing = self._need - held
-        if self._cutter is not None:
-            return max(min(missing, self._read_size), 1)
-        if missing > 0 and self._need >= VECTORED_MIN_BYTES:
-            if self._sized_by_prefix:
-                return missing
-            return min(missing, max(held, RECEIVE_BYTES))
-        return self._read_size
-
-    @property
-    def receiving(self) -> bool:
-        """Part of a message has arrived, and not the rest of it yet."""
-        return self._end > self._start or self._cutter is not None
-
-    def get_buffer(self, size: int = 0) -> memoryview:
-        """A writable view at the end of the receive buffer, for ``recv_into``.
-
-        It holds at least ``size`` bytes.  While a large message arrives the
-        buffer grows with what has arrived (at most doubling per step), never
-        with what the peer declares (a client's: once, to the message's length
-        from its prefix), and holds that message alone, so its
-        payload is handed over by :meth:`next_event` uncopied.  Growth beyond
-        one normal read is taken from the ``budget`` shared by all
-        connections; when it has nothing left the view is empty (wait for
-        room, then ask again; a ``size`` is always granted).  Release the view
-        (``with``) before :meth:`next_event`, and report what was written with
-        :meth:`buffer_updated`.
-        """
-        want = max(size, self.receive_size)
-        buf = self._buffer
-        start, end = self._start, self._end
-        held = end - start
-        large = self._need > held and self._need >= VECTORED_MIN_BYTES and self._cutter is None
-        if start and (large or len(buf) - end < want):
-            # Put the partial message at the front: a large payload then ends
-            # up in a buffer of its own, handed over whole by next_event.
-            buf[:held] = buf[start:end]
-            self._start, self._end = start, end = 0, held
-        if len(buf) - end < want:
-            target = end + want
-            if self.budget is not None:
-                extra = max(target - RECEIVE_BYTES, 0) - self._charged
-                if extra > 0:
-                    self._charged += self.budget.take(extra)
-                if not size:
-                    target = min(target, RECEIVE_BYTES + self._charged)
-            if target > len(buf) and large and self._sized_by_prefix:
-                # The whole message's room at once (the partial message is at the
-                # front): growing step by step zero-fills a temporary per step, and
-                # a fresh process pays for every page it touches (a fetch of 1 MB
-                # touched 410 pages where the buffer has 257).
-                grown = bytearray()
-                grow(grown, target)
-                with memoryview(buf) as partial:
-                    grown[:end] = partial[:end]
-                self._buffer = buf = grown
-            else:
-                grow(buf, target)  # room the read fills: not zero-filled first
-        self._offered = min(want, len(buf) - end)
-        return memoryview(buf)[end : end + self._offered]
-
-    def _dropped_buffer(self) -> None:
-        """The receive buffer was handed over or replaced: give back what it held of the budget."""
-        if self.budget is not None and self._charged:
-            keep = max(len(self._buffer) - RECEIVE_BYTES, 0)
-            if keep < self._charged:
-                self.budget.give(self._charged - keep)
-                self._charged = keep
-
-    def close_budget(self) -> None:
-        """Give back all of the shared budget this connection holds (it is done receiving)."""
-        self._buffer = bytearray()
-        self._start = self._end = 0
-        self._dropped_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were written into the last :meth:`get_buffer` view; 0 means the peer closed."""
-        if nbytes:
-            self._end += nbytes
-            if nbytes == self._offered and self._read_size < RECEIVE_BYTES:
-                self._read_size *= 2  # reads fill what is offered: offer more
-        else:
-            self._eof = True
-
-    @property
-    def bytes_wanted(self) -> int:
-        """How many more bytes the message being received needs (at least 1 when waiting)."""
-        return max(self._need - (self._end - self._start), 1)
-
-
 class Connection(ReceiveBuffer):
     """The protocol state of one side of one connection.
 
@@ -328,6 +176,8 @@ class Connection(ReceiveBuffer):
             raise RemoteProtocolError("the connection is closed")
         if self._cutter is not None:
             return self._cut(self._cutter)
+        if self._room is not None:
+            return self._whole(self._received_payload())
         buf = self._buffer
         start, end = self._start, self._end
         if end - start < PREFIX.size:
@@ -356,6 +206,9 @@ class Connection(ReceiveBuffer):
                     if cutter is not None:
                         self._start, self._before_payload = p, p - start
                         return self._cut(cutter)
+                self._before_payload = p - start
+                self._receive_payload(p, payload_len)
+                return self._whole(self._received_payload())
             self._need = total
             return self._need_data()
         stop = start + total
@@ -425,20 +278,28 @@ class Connection(ReceiveBuffer):
         if cutter.left:
             return self._need_data()
         self._cutter = None
+        return self._whole(cutter.payload())
+
+    def _whole(self, payload: memoryview | CutPayload | None) -> Message | Any:
+        """The message whose header came early, once its ``payload`` is whole (None: not yet)."""
+        if payload is None:
+            return self._need_data()
         self._need = PREFIX.size
         assert self._early is not None
         (_, header, spec), self._early = self._early, None
-        msg = build(spec, header, cutter.payload())
+        msg = build(spec, header, payload)
         self._advance(msg)
         return msg
 
     def _need_data(self) -> Any:
         if self._eof:
             self.state = State.CLOSED
-            if self._end > self._start or self._cutter is not None:
+            if self.receiving:
                 arrived = self._end - self._start
                 if self._cutter is not None:
                     arrived += self._before_payload + self._cutter.nbytes - self._cutter.left
+                elif self._room is not None:
+                    arrived = self._before_payload + self._filled
                 raise RemoteProtocolError(
                     f"the peer closed the connection in the middle of a message "
                     f"({arrived} bytes of it arrived)"
