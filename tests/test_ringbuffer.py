@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turbine._constants import FRAME_OVERHEAD_BYTES
-from turbine.ringbuffer import Ring, _fewest
+from turbine.ringbuffer import Ring, _fewest, _within
 
 
 def filled(n: int, max_frames: int = 100, writer: str = "w", next_seq: int = 1) -> Ring:
@@ -89,6 +89,30 @@ def test_read_limits_frames_and_bytes_but_always_returns_one():
     assert seqs(ring.read(1, 2)) == [1, 2]
     assert seqs(ring.read(1, 10, max_bytes=250)) == [1, 2]
     assert seqs(ring.read(1, 10, max_bytes=10)) == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 7, 100, 1000, 5000]), min_size=1, max_size=300),
+    max_bytes=st.integers(0, 20_000),
+    start=st.integers(0, 10),
+    max_frames=st.integers(1, 400),
+)
+def test_a_read_takes_the_most_frames_within_its_bytes_whatever_their_sizes(
+    sizes, max_bytes, start, max_frames
+):
+    """Only a window of the sizes is summed: the answer is still every frame from the
+    first whose running total stays within ``max_bytes`` (at least one, at most
+    ``max_frames``), with frames of any sizes after the first (empty ones too)."""
+    ring = Ring(len(sizes))
+    ring.append_many([0.0] * len(sizes), [b"x" * n for n in sizes], "w", 0)
+    start = min(start, len(sizes) - 1)
+    totals = list(itertools.accumulate(sizes[start : start + max_frames]))
+    want = max(sum(1 for t in totals if t <= max_bytes), 1)
+    run = ring.read(1 + start, max_frames, max_bytes)
+    assert seqs(run) == list(range(1 + start, 1 + start + want))
+    assert run.sizes == sizes[start : start + want]
+    assert _within(array.array("q", sizes), start, len(totals), max_bytes) == want
 
 
 def test_newest_and_oldest():
