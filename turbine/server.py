@@ -45,7 +45,7 @@ from ._constants import (
 )
 from ._errors import RemoteProtocolError, TurbineError, leaves
 from ._io import send_buffers
-from ._memory import trim
+from ._memory import reap, reaping, trim
 from .audit import Audit
 from .auth import Access, AuthTable, FailureDelays, LoginRefused, is_loopback
 from .closed import Closed, CloseReason, WriteTimeout
@@ -166,16 +166,20 @@ class Broker:
         sources are deleted, at most once per TRIM_INTERVAL_S (a burst of hostile connections must not
         leave the broker at its peak RSS); a full collection only as often as
         FULL_COLLECT_SHARE and FULL_COLLECT_MIN_CLOSES say, so a close costs the
-        same however many connections are held and however many frames."""
-        while True:
-            await self._closed_some.wait()
-            self._closed_some = trio.Event()
-            share = max(FULL_COLLECT_SHARE * len(self.connections), FULL_COLLECT_MIN_CLOSES)
-            full = self._deleted_since_full or self._closed_since_full >= share
-            if full:
-                self._closed_since_full, self._deleted_since_full = 0, False
-            trim(full=full)
-            await trio.sleep(TRIM_INTERVAL_S)
+        same however many connections are held and however many frames.  What a
+        deleted source's rings held is freed a slice a step (``reap``)."""
+        with reaping(lambda: self._closed_some.set()):
+            while True:
+                await self._closed_some.wait()
+                self._closed_some = trio.Event()
+                share = max(FULL_COLLECT_SHARE * len(self.connections), FULL_COLLECT_MIN_CLOSES)
+                full = self._deleted_since_full or self._closed_since_full >= share
+                if full:
+                    self._closed_since_full, self._deleted_since_full = 0, False
+                trim(full=full)
+                while reap():
+                    await trio.lowlevel.checkpoint()
+                await trio.sleep(TRIM_INTERVAL_S)
 
     def set_auth(self, table: AuthTable) -> None:
         """Take changed protections at once: every connection of a changed user
