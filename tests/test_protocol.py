@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turbine import LocalProtocolError, RemoteProtocolError
+from turbine import LocalProtocolError, RemoteProtocolError, checks
 from turbine._constants import MAX_HEADER_BYTES, PROTOCOL_VERSION
+from turbine.checks import STRING_LIMITS
 from turbine.groups import decode_groups, split_frames
 from turbine.messages import (
     SPECS,
@@ -447,6 +448,27 @@ def test_a_newer_peer_is_answered_in_our_version(role):
     conn.receive_data(raw({"type": kind, **fields}))
     assert conn.next_event().type == kind
     assert conn.protocol == PROTOCOL_VERSION
+
+
+def test_every_string_field_of_every_message_has_a_length_limit():
+    strings = {
+        name
+        for spec in SPECS.values()
+        for name, types in (*spec.required.items(), *spec.optional.items())
+        if types is str or (isinstance(types, tuple) and str in types)
+    }
+    assert {"name", "source", "pattern", "message"} <= strings
+    assert strings <= set(STRING_LIMITS)
+
+
+def test_a_message_type_met_for_the_first_time_is_checked_in_full(monkeypatch):
+    # Each type's checks are planned when its first message arrives.
+    monkeypatch.setattr(checks, "_PLANS", {})
+    conn = broker_side()
+    conn.receive_data(raw({"type": "list", "id": 1, "pattern": "p" * 10**6}))
+    with pytest.raises(RemoteProtocolError, match="'list' field 'pattern' has 1000000"):
+        conn.next_event()
+    assert set(checks._PLANS) == {"client_hello", "list"}
 
 
 def test_a_boolean_for_a_number_is_told_what_it_should_be():
