@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 import turbine
@@ -120,6 +121,25 @@ def test_a_client_imports_neither_the_broker_nor_the_component_framework():
     assert {"serve_turbine", "connect", "ConfigError"} <= set(dir(turbine))
 
 
+@pytest.mark.parametrize(
+    "first",
+    ["turbine.send_command", "turbine.Component", "import turbine.command", "pass"],
+)
+def test_turbine_command_is_the_decorator_whatever_loads_the_command_module(first: str) -> None:
+    # The module turbine/command.py is loaded on first use; loading it does not
+    # bind its name over the component framework's decorator.
+    script = (
+        f"import turbine; {first}; from turbine.command import COMMAND_CHANNEL; "
+        "from turbine import command; import turbine.component as c; "
+        "assert command is c.command is turbine.command, command; "
+        "assert turbine.Command.__module__ == 'turbine.command'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
 #: What a client that neither reconnects nor speaks TLS never needs: the broker,
 #: the component framework, the spool, TLS, the CLI and what they import.
 NOT_FOR_A_PLAIN_CLIENT = {
@@ -140,6 +160,10 @@ NOT_FOR_A_PLAIN_CLIENT = {
     "uuid",
     "json",  # for metadata and commands only; its regular expressions cost 1-2 ms to build
     "encodings.idna",  # what getaddrinfo imports for a host given as str (1.3-1.5 ms)
+    "turbine.command",  # commands and replies: send_command, the component framework
+    "turbine._retry",
+    "turbine._blocking",  # file work in threads: the spool, components
+    "secrets",
     "click",
     "importlib.metadata",
 }

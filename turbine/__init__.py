@@ -3,9 +3,10 @@
 The public API; everything else is private to the package.
 """
 
+import sys as _sys
+import types as _types
 from typing import TYPE_CHECKING, Any
 
-from ._blocking import open_file, run_blocking
 from ._constants import FLOAT64_CONTENT_TYPE
 from ._constants import VERSION as __version__
 from ._errors import (
@@ -31,17 +32,14 @@ from .client import (
     open_client,
     parse_address,
 )
-from .command import Command, NoReply, Reply, send_command
 from .names import InvalidName
 
-# `turbine.command` is the component framework's decorator (loaded on first
-# use, see _LAZY), not the module of that name, which the import above bound.
-del globals()["command"]
-
 if TYPE_CHECKING:
+    from ._blocking import open_file, run_blocking
     from ._clock import wall_time
     from ._retry import Backoff
     from ._sync import BlockingClient, connect
+    from .command import Command, NoReply, Reply, send_command
     from .component import Component, command
     from .server import BrokerConfig, serve_turbine
     from .settings import ConfigError
@@ -50,6 +48,12 @@ if TYPE_CHECKING:
 #: (``import turbine``, then ``open_client``) does not load the broker, the
 #: component framework or their dependencies (``python -X importtime``).
 _LAZY = {
+    "open_file": "._blocking",
+    "run_blocking": "._blocking",
+    "Command": ".command",
+    "NoReply": ".command",
+    "Reply": ".command",
+    "send_command": ".command",
     "wall_time": "._clock",
     "Backoff": "._retry",
     "BlockingClient": "._sync",
@@ -75,6 +79,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(_types.ModuleType):
+    """``turbine.command`` is the component framework's decorator (see _LAZY), not the
+    module of that name: importing that module (on first use of ``send_command``,
+    say) does not bind it here, as the import system does with a submodule."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "command" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -16,6 +16,8 @@ from ._constants import RECLAIM_GRACE_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from ._client_handles import Feed, Subscription
     from ._client_outbox import Outbox
     from ._client_reader import Reader
@@ -23,20 +25,20 @@ if TYPE_CHECKING:
     from ._client_spool import Spool
     from .protocol import Connection
 
+    class Dials(Protocol):
+        """What a connection is made with (``turbine._client_link.Dialer``)."""
+
+        async def dial(
+            self, *, reconnect: bool = False
+        ) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]: ...
+
+
 log = logging.getLogger("turbine.client")
 
 #: Reconnect backoff of ``reconnect=True``: first wait and cap, in seconds (a
 #: short cap: back within about a second of the broker or the link).
 RECONNECT_FIRST_S = 0.05
 RECONNECT_MAX_S = 0.5
-
-
-class Dials(Protocol):
-    """What a connection is made with (``turbine._client_link.Dialer``)."""
-
-    async def dial(
-        self, *, reconnect: bool = False
-    ) -> tuple[trio.SocketStream, Connection, m.Hello, Any, Any]: ...
 
 
 class Lifeline:

@@ -36,7 +36,6 @@ import trio
 
 from . import messages as m
 from ._address import fmt_address, parse_address
-from ._blocking import run_blocking
 from ._client_handles import Feed, Source, Subscription
 from ._client_records import (
     ChannelInfo,
@@ -327,6 +326,8 @@ async def open_client(
     )
     stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect)
     if client.spool is not None and client.spool.left.paths():
+        from ._blocking import run_blocking
+
         await run_blocking(client.spool.left.recover)
     reader = client._attach(stream, proto, hello, login, sock)
     await client._outbox.replay()  # nothing to replay yet: puts flow

@@ -113,7 +113,10 @@ class Pattern:
 
 def _pieces(part: str) -> tuple[str, ...]:
     """The literal pieces of one ``*`` pattern part, around its (merged) wildcards."""
-    return tuple(part.split("*"))
+    pieces = part.split("*")
+    if len(pieces) <= 2:
+        return tuple(pieces)
+    return (pieces[0], *filter(None, pieces[1:-1]), pieces[-1])  # a run of '*' is one wildcard
 
 
 def _match(pieces: tuple[str, ...], text: str) -> bool:
@@ -161,10 +164,7 @@ def compile_pattern(pattern: str) -> Pattern:
         channel = "*"
     if "/" in channel:
         raise InvalidName(f"invalid pattern {pattern!r}: use SOURCE/CHANNEL with '*' wildcards")
-    return Pattern(pattern, _pieces(_STARS.sub("*", source)), _pieces(_STARS.sub("*", channel)))
-
-
-_STARS = re.compile(r"\*+")  # a fixed expression, linear: merges runs of '*'
+    return Pattern(pattern, _pieces(source), _pieces(channel))
 
 
 def source_pattern(pattern: str) -> Pattern:
