@@ -4,7 +4,7 @@ from typing import ClassVar
 
 import pytest
 
-from turbine._values import Value, field, replace, value_dict
+from turbine._values import BOUND_CALLS, Value, field, replace, value_dict
 
 
 class Point(Value):
@@ -73,9 +73,58 @@ def test_the_generated_init_is_made_on_first_use_and_shown_by_inspect():
 
     assert str(inspect.signature(Late)) == "(*, a, b='x')"  # before any instance
     first = Late.__init__
+    for _ in range(BOUND_CALLS):
+        assert Late(a=1).b == "x"
+    assert Late.__init__ is first  # the first calls are bound without it
     assert Late(a=1).b == "x"
     assert Late.__init__ is not first  # the generated one took its place
     assert Late.__init__.__qualname__ == "Late.__init__"
     assert (Late(a=2, b="y").a, Late(a=2, b="y").b) == (2, "y")
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'a'"):
         Late()  # type: ignore[call-arg]
+
+
+CALLS = [
+    ((1,), {}),
+    ((1, 2), {"secret": "s"}),
+    ((1, 2, ["t"], None), {}),
+    ((), {"x": 1, "tags": ["u"]}),
+    ((1,), {"y": 3, "tags": None}),
+]
+BAD_CALLS = [
+    ((), {}),  # x missing
+    ((1, 2, [], None, 5), {}),  # too many
+    ((1,), {"x": 2}),  # x twice
+    ((1,), {"z": 2}),  # no such field
+]
+
+
+def fresh_point() -> type[Value]:
+    class P(Value):
+        x: int
+        y: int = 0
+        tags: list[str] = field(factory=list)
+        secret: str | None = field(default=None, repr=False)
+
+    return P
+
+
+def outcome(cls: type[Value], args: tuple, kwargs: dict) -> object:
+    try:
+        v = cls(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc)
+    return [getattr(v, f.name) for f in cls.fields]
+
+
+def test_the_first_calls_store_what_the_generated_init_stores_and_raise_its_errors():
+    bound, generated = fresh_point(), fresh_point()
+    for _ in range(BOUND_CALLS + 1):
+        generated(1)  # compiled now
+    for args, kwargs in CALLS:
+        assert outcome(bound, args, kwargs) == outcome(generated, args, kwargs)
+    assert bound(1).tags is not bound(1).tags  # a fresh factory value each
+    for args, kwargs in BAD_CALLS:
+        assert outcome(fresh_point(), args, kwargs) == outcome(generated, args, kwargs)
+    with pytest.raises(TypeError, match="takes 1 positional argument but 2 positional"):
+        Named(1, name="a")  # type: ignore[misc]

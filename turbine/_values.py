@@ -91,7 +91,7 @@ class _ValueClass(type):
         every = (*getattr(cls, "fields", ()), *own)
         cls.fields = every  # type: ignore[attr-defined]
         cls.kw_only = kw_only  # type: ignore[attr-defined]
-        cls.__init__ = _init_on_first_call(cls)  # type: ignore[misc]
+        cls.__init__ = _init_on_first_calls(cls)  # type: ignore[misc]
         return cls
 
     def __init__(cls, *args: Any, kw_only: bool | None = None) -> None:
@@ -107,19 +107,61 @@ class _ValueClass(type):
         return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-def _init_on_first_call(cls: type) -> Callable[..., None]:
-    """An ``__init__`` that puts the class's generated one in its place when first
-    called, and passes the call on: ``import turbine`` defines dozens of value
-    classes (every protocol message) of which a client makes a few, and
-    compiling each one's ``__init__`` up front was about a third of the
-    messages module's import (1.9-2.6 ms of CPU, against 0.9-1.5 now)."""
+#: Calls of a value class's ``__init__`` made by binding its fields one by one
+#: before its generated one is compiled (see :func:`_init_on_first_calls`).
+BOUND_CALLS = 8
+
+
+def _init_on_first_calls(cls: type) -> Callable[..., None]:
+    """An ``__init__`` that stores the fields itself for the class's first
+    :data:`BOUND_CALLS` instances, then puts the class's generated one in its place
+    and passes the call on: ``import turbine`` defines dozens of value classes
+    (every protocol message) of which a client makes a few, most once (a history
+    client's hello, client_hello, dialer, fetch and reply), and compiling an
+    ``__init__`` costs 40-170 us of a short script's start-up.  A call the
+    binding here does not take as it is (a missing field, an unknown or repeated
+    one, too many positional arguments) goes to the generated ``__init__``, which
+    raises Python's own TypeError."""
+    calls = 0
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        init = _make_init(cls.__name__, cls.fields, cls.kw_only)  # type: ignore[attr-defined]
+        nonlocal calls
+        calls += 1
+        fields: tuple[Field, ...] = cls.fields  # type: ignore[attr-defined]
+        if calls <= BOUND_CALLS and len(args) <= (0 if cls.kw_only else len(fields)):  # type: ignore[attr-defined]
+            given = {f.name: value for f, value in zip(fields, args, strict=False)}
+            if given.keys().isdisjoint(kwargs):
+                given.update(kwargs)
+                if _bind(self, fields, given):
+                    return
+        init = _make_init(cls.__name__, fields, cls.kw_only)  # type: ignore[attr-defined]
         cls.__init__ = init  # type: ignore[misc]
         init(self, *args, **kwargs)
 
     return __init__
+
+
+def _bind(self: Any, fields: tuple[Field, ...], given: dict[str, Any]) -> bool:
+    """Store ``given`` and the defaults of the rest of ``fields`` on ``self``, as the
+    generated ``__init__`` does; False (nothing stored) when a field is missing or
+    ``given`` names one ``fields`` does not have."""
+    found = 0
+    for f in fields:
+        if f.name in given:
+            found += 1
+        elif f.default is _REQUIRED and f.factory is None:
+            return False
+    if found != len(given):
+        return False
+    for f in fields:
+        if f.name in given:
+            value = given[f.name]
+            if value is _REQUIRED and f.factory is not None:
+                value = f.factory()
+        else:
+            value = f.default if f.factory is None else f.factory()
+        setattr(self, f.name, value)
+    return True
 
 
 def _make_init(name: str, fields: tuple[Field, ...], kw_only: bool) -> Callable[..., None]:
