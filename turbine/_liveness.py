@@ -22,7 +22,6 @@ second, so a connection is made within about a second of the link's return.
 
 from __future__ import annotations
 
-import enum
 import os
 import socket
 import struct
@@ -108,8 +107,9 @@ def liveness_timeout(value: float | None) -> float | None:
     return value if value > 0 else None
 
 
-class Verdict(enum.Enum):
-    """What :meth:`Liveness.check` says to do."""
+class Verdict:
+    """What :meth:`Liveness.check` says to do (named strings: an enum class took ~0.1 ms
+    of every ``open_client``)."""
 
     FINE = "fine"
     PING = "ping"  # silent for half the timeout: provoke an answer
@@ -124,7 +124,7 @@ class Liveness:
         self.timeout = timeout
         self._pinged = False
 
-    def check(self, silent: float | None, waiting: bool) -> Verdict:
+    def check(self, silent: float | None, waiting: bool) -> str:
         """The verdict for a connection silent ``silent`` s (None: unknown)."""
         if silent is None or not waiting or silent < self.timeout / 2:
             self._pinged = False
