@@ -216,6 +216,11 @@ class ReceiveBuffer:
             room[:arrived] = view[p : self._end]
         self._payload, self._room, self._filled = obj, room, arrived
         self._start = self._end = 0  # (the buffer held nothing after it: reads stop at its end)
+        # The next message's first read is a small one again: a large message that
+        # follows then moves only that much here and is read straight into its own
+        # object (after a normal read of 256 KiB, a mirror copied 87 % of every
+        # 300 KB delivery out of the buffer).
+        self._read_size = FIRST_RECEIVE_BYTES
 
     def _received_payload(self) -> memoryview | None:
         """The payload of :meth:`_receive_payload` once all of it arrived (None before),
