@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import socket
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -296,14 +297,14 @@ async def test_a_waiting_reader_tries_no_read_that_fails_between_frames(broker, 
     """Frames that come one at a time leave the socket empty after each: the reader
     waits for bytes instead of first trying a read that fails (a syscall and an
     exception per frame)."""
-    import turbine._client_reader
+    import turbine._client_reads
 
     counted = CountedReads()
     with trio.fail_after(10):
         async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/a") as sub:
             async with open_client(broker, name="pub") as pub:
                 src = await pub.open_source(SRC, channels={"a": "text/plain"})
-                monkeypatch.setattr(turbine._client_reader, "os", counted)
+                monkeypatch.setattr(turbine._client_reads, "os", counted)
                 for i in range(20):
                     await src.put("a", b"%d" % i)
                     await src.flush()
@@ -326,12 +327,69 @@ async def test_a_reader_reads_again_at_once_while_a_message_is_part_way_in():
         small = [SRC, "a", "text/plain", 1, [1000.0], [1], "w"]
         await theirs.send(b"".join(encode_frames(1, [small], [b"x"])))
         await trio.lowlevel.wait_readable(ours)
-        assert reader._read_now() is not None and proto.next_event() is not NEED_DATA
-        assert reader._skip_read()  # between messages, after a short read: wait first
+        assert reader._reads.read() is not None and proto.next_event() is not NEED_DATA
+        assert reader._reads.may_wait()  # between messages, after a short read: wait first
         large = [SRC, "a", "application/octet-stream", 2, [1000.0], [200_000], "w"]
         msg = b"".join(encode_frames(1, [large], [bytes(200_000)]))
         await theirs.send(msg[:1000])
         await trio.lowlevel.wait_readable(ours)
-        assert reader._read_now() == 1000  # less than offered: the socket is empty now
+        assert reader._reads.read() == 1000  # less than offered: the socket is empty now
         assert proto.next_event() is NEED_DATA
-        assert not reader._skip_read()  # ... but the message's rest is coming: read at once
+        assert not reader._reads.may_wait()  # ... but the message's rest is coming: read at once
+
+
+async def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """Two connected TCP sockets on loopback (a socket pair is a Unix one)."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    theirs = trio.socket.socket()
+    with listener:
+        await theirs.connect(listener.getsockname())
+        ours, _ = await listener.accept()
+    return ours, theirs
+
+
+async def queued(sock: trio.socket.SocketType, nbytes: int) -> None:
+    """Wait until ``sock`` holds ``nbytes`` unread (loopback delivers at once, or nearly;
+    under the mock clock a pass here costs no real time)."""
+    import array
+    import fcntl
+    import termios
+
+    n = array.array("i", [0])
+    while fcntl.ioctl(sock.fileno(), termios.FIONREAD, n) == 0 and n[0] < nbytes:  # noqa: ASYNC110 (the kernel's queue: nothing to wait on)
+        await trio.sleep(0.001)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVLOWAT marks TCP sockets on Linux only")
+async def test_a_large_frame_wakes_its_reader_once_its_rest_is_in(autojump_clock: object):
+    """While a large payload's rest arrives, the socket is not readable: the
+    reader waits once for all of it, not once for each piece the broker writes
+    (4-8 reads and 2-5 waits per 1 MB frame, each a pass through the scheduler)."""
+    ours, theirs = await tcp_pair()
+    with ours, theirs, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        size = 1_000_000
+        large = [SRC, "a", "application/octet-stream", 2, [1000.0], [size], "w"]
+        msg = b"".join(encode_frames(1, [large], [bytes(range(256)) * (size // 256) + bytes(64)]))
+        await theirs.send(msg[:5000])
+        await trio.lowlevel.wait_readable(ours)
+        assert reader._reads.read() == 5000 and proto.next_event() is NEED_DATA
+        rest = len(msg) - 5000
+        assert reader._reads.may_wait()  # nothing can be read before all of it is in
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == rest
+        await theirs.send(msg[5000:-1])
+        await queued(ours, rest - 1)
+        with trio.move_on_after(1) as waited:  # (mock time: it would be readable at once)
+            await trio.lowlevel.wait_readable(ours)
+        assert waited.cancelled_caught  # all but one byte in: still not readable
+        await theirs.send(msg[-1:])
+        await trio.lowlevel.wait_readable(ours)
+        assert reader._reads.read() == rest
+        frames = proto.next_event()
+        assert bytes(frames.payload) == msg[-size:]
+        assert not reader._reads.may_wait()  # a full read: read again at once
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1

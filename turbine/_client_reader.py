@@ -11,13 +11,13 @@ is the reader's :class:`Turn`.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import trio
 
 from ._client_handles import Feed
+from ._client_reads import SocketReads
 from ._client_records import Gap
 from ._client_requests import Requests
 from ._errors import (
@@ -82,7 +82,7 @@ class Reader:
         self._back = trio.Event()  # set when a lent socket is given back
         self._full: Full | None = None  # a delivery a subscription's reader left to the loop
         self._failure: BaseException | None = None  # what it met reading, for the loop to raise
-        self._emptied = False  # the last read took less than it was offered (see _read_now)
+        self._reads = SocketReads(sock, proto)
         self.done = trio.Event()  # :meth:`run` returned (the end, a failure, a cancel)
 
     async def run(self) -> None:
@@ -123,7 +123,7 @@ class Reader:
                 n: int = await self._sock.recv_into(view)
             self._proto.buffer_updated(n)
             return n
-        n_now = None if self._skip_read() else self._read_now()
+        n_now = None if self._reads.may_wait() else self._reads.read()
         if n_now is not None:
             await trio.lowlevel.checkpoint()  # data at once: let others run (as a socket read does)
             return n_now
@@ -134,26 +134,7 @@ class Reader:
         if self._turn is not Turn.WAITING:
             return None
         self._turn = Turn.LOOP
-        return self._read_now()
-
-    def _read_now(self) -> int | None:
-        """Read what the socket holds without waiting (None: nothing yet)."""
-        with self._proto.get_buffer() as view:
-            try:
-                n = os.readv(self._sock.fileno(), [view])
-            except BlockingIOError:
-                self._emptied = True
-                return None
-            self._emptied = n < len(view)
-        self._proto.buffer_updated(n)
-        return n
-
-    def _skip_read(self) -> bool:
-        """Whether the next read may wait for bytes first: the last one took less than
-        offered, so likely emptied the socket (a read that fails: a syscall and an
-        exception per message at low rates); not while a large message's rest arrives.
-        A socket closed meanwhile is read at once, to fail as a lost connection."""
-        return self._emptied and not self._proto.receiving and self._sock.fileno() >= 0
+        return self._reads.read()
 
     async def _route(self) -> None:
         """Route every complete message received, waiting where a feed is full."""
@@ -197,7 +178,7 @@ class Reader:
         try:
             waited = woke = False
             while True:
-                n = None if not woke and self._skip_read() else self._read_now()
+                n = None if not woke and self._reads.may_wait() else self._reads.read()
                 woke = False
                 if n is None:
                     with trio.CancelScope() as feed.wake:  # Feed.close wakes us

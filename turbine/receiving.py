@@ -104,8 +104,8 @@ class ReceiveBuffer:
         much again as has arrived, unless sized by its prefix), never past its
         end, so that it ends its buffer and its payload is handed over uncopied;
         else a normal read."""
-        if self._room is not None and self._filled < len(self._room):
-            return len(self._room) - self._filled
+        if rest := self.payload_rest:
+            return rest
         held = self._end - self._start
         missing = self._need - held
         if self._cutter is not None:
@@ -115,6 +115,12 @@ class ReceiveBuffer:
                 return missing
             return min(missing, max(held, RECEIVE_BYTES))
         return self._read_size
+
+    @property
+    def payload_rest(self) -> int:
+        """Bytes the payload being received into an object of its own still needs (0: none)."""
+        room = self._room
+        return len(room) - self._filled if room is not None else 0
 
     @property
     def receiving(self) -> bool:
