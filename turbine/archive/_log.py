@@ -21,18 +21,11 @@ from typing import Any
 from .._constants import FLOAT64_CONTENT_TYPE, METADATA_CHANNEL
 from ..summary import Summaries
 from . import _format as fmt
+from ._append import DirectAppender
 from ._ops import Op, Producer, Put, Summary, WriteFailed
 from ._reads import LogReads
-from ._segment import (
-    Damage,
-    Scan,
-    Segment,
-    has_record,
-    index_name,
-    scan,
-    segment_name,
-    summary_name,
-)
+from ._scan import Damage, Scan, has_record, scan
+from ._segment import Segment, index_name, segment_name, summary_name
 from ._summaries import LogSummaries
 from ._table import ChannelState
 
@@ -157,6 +150,7 @@ class SourceLog(LogReads):
             os.fdatasync(fd)
         active = Segment(directory, last, fd, found.end)
         active.load(found.entries)
+        active.direct = DirectAppender.open(active.path, active.size, fd)
         segments.append(active)
         log = cls(directory, segments, found.settings or {})
         log.damage = damage + found.damage

@@ -17,7 +17,8 @@ import attrs
 
 from ..store import Run
 from . import _format as fmt
-from ._segment import Damage, Segment
+from ._scan import Damage
+from ._segment import Segment
 from ._table import LogTable
 
 #: Sealed segments of one source kept open, entries loaded, for reads (the least recently

@@ -10,17 +10,14 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
 from .._files import fsync_dir
-from .._io import coalesce
 from . import _format as fmt
-
-#: Bytes read at a time when a segment is scanned (records longer are read whole).
-SCAN_CHUNK = 8 * 2**20
+from ._append import DirectAppender, write_all
+from ._scan import Scan, read_exact, scan
 
 
 def segment_name(number: int) -> str:
@@ -33,164 +30,6 @@ def index_name(number: int) -> str:
 
 def summary_name(number: int) -> str:
     return f"{number:016d}.sum"
-
-
-@attrs.frozen
-class Damage:
-    """Bytes of a segment that failed their checksum (or were missing), for status and gaps."""
-
-    segment: int
-    offset: int
-    length: int
-    reason: str
-
-
-@attrs.define
-class Scan:
-    """What a scan of a segment found, in file order."""
-
-    entries: list[fmt.Entry] = attrs.Factory(list)
-    channels: dict[int, fmt.ChannelRecord] = attrs.Factory(dict)
-    settings: dict[str, Any] | None = None
-    #: Producers' newest stored put numbers (the preamble's table, then each update).
-    producers: dict[str, int] = attrs.Factory(dict)
-    end: int = fmt.SEGMENT_HEADER.size  # offset after the last good record
-    damage: list[Damage] = attrs.Factory(list)
-    torn: int = 0  # bytes after the last good record that hold no good record
-
-
-def _read_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    while len(data) < length:
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-def _records(fd: int, start: int, size: int) -> Iterator[tuple[int, int, memoryview | None]]:
-    """``(offset, body length, body or None if damaged)`` for each record from ``start``.
-
-    A record that fails its checksum yields ``None``; the scan then looks for
-    the next record header whose own and body checksums hold.  The bytes from
-    the last good record to the end that hold none end the iteration.
-    """
-    buf = b""
-    base = start  # file offset of buf[0]
-    at = start
-    while at + fmt.RECORD_HEADER.size <= size:
-        if at + fmt.RECORD_HEADER.size > base + len(buf):
-            base, buf = at, _read_exact(fd, min(SCAN_CHUNK, size - at), at)
-        head = fmt.parse_record_header(buf, at - base)
-        body = None
-        length = 0
-        if head is not None:
-            length, check = head
-            end = at + fmt.RECORD_HEADER.size + length
-            if end <= size:
-                if end > base + len(buf):
-                    if length >= SCAN_CHUNK:
-                        body = memoryview(_read_exact(fd, length, at + fmt.RECORD_HEADER.size))
-                    else:
-                        base, buf = (
-                            at,
-                            _read_exact(fd, min(max(SCAN_CHUNK, end - at), size - at), at),
-                        )
-                if body is None:
-                    lo = at - base + fmt.RECORD_HEADER.size
-                    body = memoryview(buf)[lo : lo + length]
-                if len(body) != length or fmt.crc(body) != check:
-                    body = None
-        if body is not None:
-            yield at, length, body
-            at += fmt.RECORD_HEADER.size + length
-            continue
-        found = _resync(fd, at + 1, size)
-        if found is None:
-            return
-        yield at, found - at - fmt.RECORD_HEADER.size, None
-        at = found
-        buf, base = b"", at
-
-
-def _resync(fd: int, start: int, size: int) -> int | None:
-    """Offset of the next intact record at or after ``start``, or ``None``."""
-    at = start
-    while at < size:
-        chunk = _read_exact(fd, min(SCAN_CHUNK + fmt.RECORD_HEADER.size, size - at), at)
-        i = chunk.find(fmt.RECORD_MAGIC)
-        while i >= 0:
-            head = fmt.parse_record_header(chunk, i)
-            if head is not None:
-                length, check = head
-                body_at = at + i + fmt.RECORD_HEADER.size
-                if body_at + length <= size:
-                    body = _read_exact(fd, length, body_at)
-                    if fmt.crc(body) == check:
-                        return at + i
-            i = chunk.find(fmt.RECORD_MAGIC, i + 1)
-        at += SCAN_CHUNK
-    return None
-
-
-def has_record(fd: int, size: int) -> bool:
-    """Whether the segment holds at least one intact record (reads up to the first)."""
-    return any(body is not None for _, _, body in _records(fd, fmt.SEGMENT_HEADER.size, size))
-
-
-def scan(fd: int, number: int, size: int) -> Scan:
-    """Read every record of a segment, verifying checksums; note damage and a torn tail."""
-    out = Scan()
-    unconfirmed: tuple[int, int] | None = None  # (offset, entries) of PRODUCED frames so far
-    for offset, length, body in _records(fd, fmt.SEGMENT_HEADER.size, size):
-        if body is None:
-            out.damage.append(Damage(number, offset, length + fmt.RECORD_HEADER.size, "checksum"))
-            continue
-        try:
-            rec = fmt.summarize_body(body)
-        except fmt.FormatError as exc:
-            out.damage.append(Damage(number, offset, length + fmt.RECORD_HEADER.size, str(exc)))
-            continue
-        out.end = offset + fmt.RECORD_HEADER.size + length
-        if isinstance(rec, fmt.FramesSummary):
-            if rec.produced and unconfirmed is None:
-                unconfirmed = (offset, len(out.entries))
-            out.entries.append(
-                fmt.Entry(
-                    offset,
-                    length,
-                    fmt.FRAMES,
-                    rec.channel,
-                    rec.count,
-                    rec.first_seq,
-                    rec.first_time,
-                    rec.last_time,
-                )
-            )
-        elif isinstance(rec, fmt.HoleRecord):
-            out.entries.append(
-                fmt.Entry(offset, length, fmt.HOLE, rec.channel, rec.count, rec.first_seq, 0.0, 0.0)
-            )
-        elif isinstance(rec, fmt.ChannelRecord):
-            out.channels[rec.channel] = rec
-        elif isinstance(rec, fmt.ProducersRecord):
-            unconfirmed = None
-            for producer, pseq in rec.table.items():
-                out.producers.pop(producer, None)  # most recent last, as the hub keeps them
-                out.producers[producer] = pseq
-        else:
-            out.settings = rec.settings
-    if unconfirmed is not None:
-        # The write that ends here lost the producer record of its last put: without
-        # it a replay of that put would be stored twice, so its frames go too (never
-        # acknowledged: the producer still has them).
-        out.end, count = unconfirmed
-        del out.entries[count:]
-    out.torn = size - out.end
-    if out.damage and out.damage[-1].offset >= out.end:
-        out.damage.pop()  # damage after the last good record is the torn tail itself
-    return out
 
 
 def spans_of(entries: list[fmt.Entry]) -> dict[int, fmt.ChannelSpan]:
@@ -220,6 +59,7 @@ class Segment:
         self._by_channel: dict[int, list[fmt.Entry]] = {}
         self._index_at = 0
         self._index_count = 0
+        self.direct: DirectAppender | None = None  # appends past the page cache (``_append.py``)
 
     @property
     def path(self) -> str:
@@ -261,8 +101,9 @@ class Segment:
             seg.append(first)
             os.fdatasync(fd)
             fsync_dir(directory)
+            seg.direct = DirectAppender.open(path, seg.size, fd)
         except BaseException:
-            os.close(fd)
+            seg.close()
             os.unlink(path)
             raise
         return seg
@@ -290,7 +131,9 @@ class Segment:
             bufs += buffers
             at += length
         try:
-            write_all(self.fd, bufs, self.size)
+            if self.direct is None or not self.direct.write(bufs, self.size):
+                self.direct = None  # (the file system refused: through the page cache)
+                write_all(self.fd, bufs, self.size)
         except OSError:
             try:
                 os.ftruncate(self.fd, self.size)
@@ -304,11 +147,17 @@ class Segment:
             self._by_channel.setdefault(e.channel, []).append(e)
             _extend_span(self.spans, e)
 
+    def _end_direct(self) -> None:  # the padding cut, unless the file is being removed
+        if self.direct is not None:
+            self.direct.end(None if self.removed else self.size)
+            self.direct = None
+
     def sync(self) -> None:
         os.fdatasync(self.fd)
 
     def seal(self) -> None:
         """Sync, write the index file (synced, then renamed into place); no more appends."""
+        self._end_direct()
         os.fdatasync(self.fd)
         entries = self.entries()
         data = fmt.encode_index(self.number, self.size, list(self.spans.values()), entries)
@@ -376,7 +225,7 @@ class Segment:
         try:
             if self.fd < 0:
                 self.fd = os.open(self.path, os.O_RDONLY)
-            raw = _read_exact(self.fd, length, entry.offset)
+            raw = read_exact(self.fd, length, entry.offset)
         except FileNotFoundError:
             return None  # removed behind the broker's back: the same as damaged
         except OSError as exc:
@@ -395,6 +244,7 @@ class Segment:
             return None
 
     def close(self) -> None:
+        self._end_direct()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -452,25 +302,3 @@ def _extend_span(spans: dict[int, fmt.ChannelSpan], e: fmt.Entry) -> None:
         s.bytes += e.body_len
         s.first_time = min(s.first_time, e.first_time)
         s.last_time = max(s.last_time, e.last_time)
-
-
-def write_all(fd: int, bufs: list[Any], offset: int) -> None:
-    """Write ``bufs`` at ``offset`` with vectored writes (small buffers joined, large ones not copied).
-
-    Raises:
-        OSError: a write failed; some of the bytes may be written.
-    """
-    views = [memoryview(b).cast("B") for b in coalesce(bufs)]
-    i = 0
-    while i < len(views):
-        n = os.pwritev(fd, views[i : i + 512], offset)
-        if n == 0:
-            raise OSError(errno.ENOSPC, "no progress writing the archive")
-        offset += n
-        while n:
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0

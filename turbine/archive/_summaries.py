@@ -29,7 +29,8 @@ from .._constants import FLOAT64_CONTENT_TYPE
 from ..store import Run
 from ..summary import Block, Summaries
 from . import _format as fmt
-from ._segment import Segment, write_all
+from ._append import write_all
+from ._segment import Segment
 from ._table import ChannelState
 
 log = logging.getLogger("turbine.archive")

@@ -1,0 +1,131 @@
+"""Appends past the page cache (``O_DIRECT``): the same bytes on disk as through it (plain sync tests)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+
+from turbine.archive import Declare, Put, SourceLog, _append
+from turbine.archive.__main__ import check_source
+from turbine.archive._append import BLOCK
+
+MiB = 2**20
+SIZES = [1, 7, 100, BLOCK - 1, BLOCK, BLOCK + 3, 3 * BLOCK + 17, 100_000, 5]
+
+
+def create(path: str) -> SourceLog:
+    log = SourceLog.create(path, {"archive_bytes": 64 * MiB}, now=0)
+    log.write([Declare("x.bin", "application/octet-stream", 1)], now=0)
+    return log
+
+
+def write_puts(log: SourceLog) -> None:
+    seq = 1
+    for size in SIZES:
+        data = [bytes([seq % 251]) * size, b"%d" % seq]
+        log.write([Put("x.bin", seq, [float(seq)] * 2, [len(d) for d in data], data, "w")], now=0)
+        seq += 2
+
+
+def contents(log: SourceLog) -> list[tuple[int, bytes]]:
+    runs = log.read("x.bin", 1, 1000)
+    return [(r.first_seq + i, bytes(d)) for r in runs for i, d in enumerate(r.data)]
+
+
+@pytest.fixture
+def small_staging(monkeypatch):
+    """A staging buffer of three blocks: commits cross its end many times."""
+    monkeypatch.setattr(_append, "STAGING_BYTES", 3 * BLOCK)
+    monkeypatch.setattr(_append, "_free", [])
+
+
+def direct_or_skip(log: SourceLog) -> None:
+    if log.active.direct is None:
+        pytest.skip("this file system refuses O_DIRECT: the archive writes through the page cache")
+
+
+@pytest.mark.parametrize("staging", ["default", "small"])
+def test_append_appends_leave_the_same_file_as_the_page_cache(tmp_path, monkeypatch, staging):
+    if staging == "small":
+        monkeypatch.setattr(_append, "STAGING_BYTES", 3 * BLOCK)
+        monkeypatch.setattr(_append, "_free", [])
+    direct = create(str(tmp_path / "direct"))
+    direct_or_skip(direct)
+    write_puts(direct)
+    direct.sync()
+    with monkeypatch.context() as m:
+        m.delattr(os, "O_DIRECT")
+        buffered = create(str(tmp_path / "buffered"))
+        assert buffered.active.direct is None
+        write_puts(buffered)
+    assert contents(direct) == contents(buffered)  # read while the last block is padded
+    assert os.path.getsize(direct.active.path) % BLOCK == 0
+    size = direct.active.size
+    direct.close()
+    buffered.close()
+    assert os.path.getsize(direct.active.path) == size  # the padding is cut at close
+    with open(direct.active.path, "rb") as a, open(buffered.active.path, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_a_killed_writer_leaves_padding_that_recovery_cuts(tmp_path):
+    log = create(str(tmp_path / "src"))
+    direct_or_skip(log)
+    write_puts(log)
+    log.sync()
+    expected = contents(log)
+    size = log.active.size
+    padded = os.path.getsize(log.active.path)
+    assert padded > size and padded % BLOCK == 0
+    killed = str(tmp_path / "killed")
+    shutil.copytree(log.directory, killed)  # the files as a kill -9 leaves them
+    log.close()
+    assert check_source(killed)[1] == []  # the checker tells padding from damage
+    again = SourceLog.open(killed)
+    assert contents(again) == expected
+    assert again.torn_bytes == padded - size and again.damage == []
+    assert again.active.size == size
+    write_puts_after(again, len(SIZES) * 2 + 1)
+    again.close()
+    final = SourceLog.open(killed)
+    assert [s for s, _ in contents(final)] == list(range(1, len(SIZES) * 2 + 3))
+    final.close()
+
+
+def write_puts_after(log: SourceLog, seq: int) -> None:
+    data = [b"after" * 1000, b"x"]
+    log.write([Put("x.bin", seq, [1.0, 2.0], [len(d) for d in data], data, "w")], now=0)
+
+
+def test_a_sealed_segment_holds_no_padding(tmp_path, small_staging):
+    log = SourceLog.create(str(tmp_path / "src"), {"archive_bytes": 8 * MiB}, now=0)
+    log.write([Declare("x.bin", "application/octet-stream", 1)], now=0)
+    direct_or_skip(log)
+    data = [bytes(300_001)] * 4
+    for i in range(6):  # 1 MiB segments: several rolls
+        log.write([Put("x.bin", 1 + 4 * i, [0.0] * 4, [len(d) for d in data], data, "w")], now=0)
+    assert len(log.segments) > 2
+    for seg in log.segments[:-1]:
+        assert os.path.getsize(seg.path) == seg.size
+    assert len(contents(log)) == 24
+    log.close()
+
+
+def test_a_file_system_refusing_the_direct_write_gets_it_through_the_page_cache(
+    tmp_path, monkeypatch
+):
+    log = create(str(tmp_path / "src"))
+    direct_or_skip(log)
+
+    def refuse(self, views, offset):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(_append.DirectAppender, "_write", refuse)
+    write_puts(log)
+    assert log.active.direct is None
+    assert os.path.getsize(log.active.path) == log.active.size
+    assert len(contents(log)) == 2 * len(SIZES)
+    log.close()
