@@ -14,9 +14,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from click.testing import CliRunner
 
 import turbine
 from tests.ports import free_port
+from turbine.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -507,6 +509,45 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_1(data_dir: bool, tmp_path:
     assert (
         done.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_serve_takes_how_it_finds_clients_on_other_hosts_gone_and_status_says_it():
+    server = Serve(
+        *("--keepalive-idle", "10", "--keepalive-interval", "2", "--keepalive-probes", "5"),
+        *("--holder-silence", "15"),
+    )
+    try:
+        st = json.loads(ok(server.address, "status", "--json"))
+        assert st["remote"] == {
+            "keepalive_idle": 10,
+            "keepalive_interval": 2,
+            "keepalive_probes": 5,
+            "holder_silence": 15.0,
+        }
+        assert (
+            "clients on other hosts: probed after 10 s of silence, every 2 s, ended after 5 "
+            "unanswered; their sources go to their reconnect after 15 s of silence"
+        ) in ok(server.address, "status")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--keepalive-idle", "-1"], "--keepalive-idle: expected whole seconds, 0 to 32767"),
+        (["--keepalive-probes", "0"], "--keepalive-probes: expected whole probes, 1 to 127, got 0"),
+        (
+            ["--holder-silence", "3"],
+            "--holder-silence: expected more than --keepalive-idle + --keepalive-interval (4 s)",
+        ),
+        (["--keepalive-idle", "0"], "--holder-silence: expected 0 with --keepalive-idle 0"),
+    ],
+)
+def test_keepalive_and_holder_silence_that_cannot_work_are_usage_errors(args, refused):
+    done = CliRunner().invoke(main, ["serve", "--port", "0", *args])
+    assert done.exit_code == 2, done.output
+    assert refused in done.output
 
 
 def test_bad_sizes_are_usage_errors():

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from components.daq.component import Daq
+from turbine._keepalive import RemoteLiveness
 from turbine.cli import main
 from turbine.mcp import SiteConfigError, load_config
 
@@ -203,6 +204,23 @@ def test_a_site_becomes_command_lines(tmp_path: Path) -> None:
             '[broker]\nembedded = false\naddress = "h:1"\ngrace = 90.0\n',
             "broker.grace: only with embedded = true; the MCP restarts only its own broker",
         ),
+        (
+            "[broker]\nkeepalive_idle = 2.5\n",
+            "broker.keepalive_idle: expected int, got 2.5",
+        ),
+        (
+            "[broker]\nkeepalive_probes = 0\n",
+            "broker: setting 'keepalive_probes': expected whole probes, 1 to 127, got 0",
+        ),
+        (
+            "[broker]\nkeepalive_idle = 10\n",
+            "broker: setting 'holder_silence': expected more than 'keepalive_idle' + "
+            "'keepalive_interval' (11 s), got 5.0",
+        ),
+        (
+            '[broker]\nembedded = false\naddress = "h:1"\nholder_silence = 9\n',
+            "broker.holder_silence: only with embedded = true; the broker at address has its own",
+        ),
         ("[site]\n", "site.site: unknown key; expected one of "),
         ("[broker\n", "not valid TOML: "),
     ],
@@ -221,6 +239,28 @@ def test_a_site_sets_its_embedded_brokers_disk_budget(tmp_path: Path) -> None:
     path.write_text('[broker]\ndata_dir = "d"\n')
     site = load_config(path)
     assert (site.archive_bytes, site.max_disk) == (2**30, None)  # turbine serve's defaults
+
+
+def test_a_site_sets_how_its_embedded_broker_finds_clients_on_other_hosts_gone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("[broker]\nkeepalive_idle = 10\nkeepalive_interval = 2\nholder_silence = 15\n")
+    site = load_config(path)
+    assert site.broker is not None
+    assert site.broker.remote == RemoteLiveness(10, 2, 3, 15.0)
+    command = site.broker_program().command
+    given = command[command.index("--keepalive-idle") :]
+    assert given == (
+        "--keepalive-idle",
+        "10",
+        "--keepalive-interval",
+        "2",
+        "--holder-silence",
+        "15.0",
+    )
+    path.write_text("[broker]\n")
+    assert not [a for a in load_config(path).broker_program().command if "keepalive" in a]
 
 
 def test_a_site_sets_its_embedded_brokers_restart_delay(tmp_path: Path) -> None:

@@ -11,24 +11,30 @@ last moved bytes of that connection.  Virtual time throughout (autojump_clock).
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import socket
 
+import attrs
 import pytest
 import trio
 
 import turbine._liveness
-from turbine import ConnectionFailed, TurbineError, open_client
+import turbine.connection
+from turbine import BrokerConfig, ConnectionFailed, TurbineError, open_client
 from turbine._constants import LIVENESS_S, REMOTE_KEEPALIVE_IDLE_S
+from turbine._keepalive import RemoteLiveness
 from turbine._liveness import (
     CONNECT_ATTEMPT_S,
     Liveness,
     Verdict,
     connect_within,
     heard_ago,
-    keep_alive,
     liveness_timeout,
 )
+from turbine.server import Broker
+from turbine.testing import start_broker
 
 LIMIT = 4.0
 PATH = "daq_rig_data_source/x"
@@ -68,18 +74,79 @@ async def test_the_kernel_says_how_long_ago_it_heard_from_the_peer():
     assert heard_ago(client) is None  # closed
 
 
+def keepalive_of(sock: socket.socket) -> tuple[int, ...] | None:
+    """TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT of ``sock``; None without keepalive."""
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+        return None
+    names = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")
+    return tuple(sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, n)) for n in names)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="TCP keepalive times are Linux's")
 def test_the_broker_has_tcp_probe_a_silent_connection_from_another_host():
     with socket.create_server(("127.0.0.1", 0)) as listener:
         b = socket.create_connection(listener.getsockname())
         a, _ = listener.accept()
     with a, b:
-        assert not a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-        keep_alive(a)
-        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            idle = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-            assert idle == REMOTE_KEEPALIVE_IDLE_S
-    keep_alive(a)  # closed: nothing to do, no error
+        assert keepalive_of(a) is None
+        RemoteLiveness().keep_alive(a)
+        assert keepalive_of(a) == (REMOTE_KEEPALIVE_IDLE_S, 1, 3)
+        RemoteLiveness(
+            keepalive_idle=30, keepalive_interval=5, keepalive_probes=9, holder_silence=40
+        ).keep_alive(b)
+        assert keepalive_of(b) == (30, 5, 9)
+        with socket.socket() as c:
+            RemoteLiveness(keepalive_idle=0, holder_silence=0).keep_alive(c)
+            assert keepalive_of(c) is None  # off
+    RemoteLiveness().keep_alive(b)  # closed: nothing to do, no error
+
+
+@pytest.mark.parametrize(
+    ("given", "refused"),
+    [
+        ({"keepalive_idle": -1}, "'keepalive_idle': expected whole seconds, 0 to 32767"),
+        ({"keepalive_idle": 2.5}, "'keepalive_idle': expected whole seconds"),
+        ({"keepalive_interval": 0}, "'keepalive_interval': expected whole seconds, 1 to 32767"),
+        ({"keepalive_probes": 128}, "'keepalive_probes': expected whole probes, 1 to 127"),
+        ({"holder_silence": -1.0}, "'holder_silence': expected seconds, 0 or more"),
+        ({"holder_silence": float("inf")}, "'holder_silence': expected seconds, 0 or more"),
+        (
+            {"keepalive_idle": 3, "keepalive_interval": 2, "holder_silence": 5.0},
+            "'holder_silence': expected more than 'keepalive_idle' + 'keepalive_interval' (5 s)",
+        ),
+        ({"keepalive_idle": 0}, "'holder_silence': expected 0 with 'keepalive_idle' 0"),
+    ],
+)
+def test_keepalive_and_holder_silence_that_cannot_work_are_refused_saying_why(given, refused):
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        RemoteLiveness(**given)
+    assert RemoteLiveness(keepalive_idle=0, holder_silence=0).holder_silence == 0  # both off
+
+
+async def test_a_connection_from_another_host_gets_the_brokers_keepalive_and_holder_silence(
+    nursery, monkeypatch
+):
+    remote = RemoteLiveness(
+        keepalive_idle=7, keepalive_interval=2, keepalive_probes=4, holder_silence=12
+    )
+    monkeypatch.setattr(turbine.connection, "is_loopback", lambda host: False)
+    for config, probes, gone_after in (
+        (remote, (7, 2, 4), 12),
+        (RemoteLiveness(2, 1, 1, 0), (2, 1, 1), None),
+    ):
+        broker = Broker(BrokerConfig(host="127.0.0.1", port=0, remote=config))
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, broker.handle, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(5):
+            async with open_client(f"127.0.0.1:{port}", name="far"):
+                (conn,) = broker.connections.values()
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    assert keepalive_of(conn.stream.socket) == probes
+                peer = conn.peer
+                assert (peer.gone_after if peer.silent else None) == gone_after
+                assert broker.status()["remote"] == attrs.asdict(config)
 
 
 async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(autojump_clock):
@@ -107,9 +174,10 @@ async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(
 class Cable:
     """A TCP relay to ``target`` (HOST:PORT) that can be cut and mended.
 
-    A connection that lived through a cut ends at the broker only ``linger`` s
-    after its client ended it: the broker's TCP learns of it only when it next
-    resends (or probes)."""
+    What is sent into a cut is lost, and the connection with it: the cuts here
+    outlast the client's liveness, which gives it up.  A connection that lived
+    through a cut ends at the broker only ``linger`` s after the mend: the
+    broker's TCP learns of it only when it next resends (or probes)."""
 
     linger = 0.0
 
@@ -120,6 +188,8 @@ class Cable:
         self.whole.set()
         #: When bytes of each connection last moved, by the client's port.
         self.moved: dict[int, float] = {}
+        #: The client's port of each connection, by the cable's port at the broker.
+        self.client_of: dict[int, int] = {}
         self.cuts = 0
 
     def cut(self) -> None:
@@ -137,6 +207,17 @@ class Cable:
             return None
         return trio.current_time() - self.moved.get(port, trio.current_time())
 
+    def broker_heard_ago(self, sock) -> float | None:
+        """What the broker's kernel would say of its end of a connection through
+        the cable (the kernel's own answer for any other)."""
+        try:
+            port = self.client_of.get(sock.getpeername()[1])
+        except OSError:
+            return None
+        if port is None:
+            return heard_ago(sock)
+        return trio.current_time() - self.moved[port]
+
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         task_status.started(f"127.0.0.1:{listeners[0].socket.getsockname()[1]}")
@@ -147,6 +228,7 @@ class Cable:
         self.moved[port] = trio.current_time()
         await self.whole.wait()  # a connect while cut: no hello comes
         far = await trio.open_tcp_stream(self.host, self.port)
+        self.client_of[far.socket.getsockname()[1]] = port
         cuts = self.cuts
         async with near, far:
             async with trio.open_nursery() as nursery:
@@ -159,7 +241,8 @@ class Cable:
     async def _pump(self, src, dst, port, scope) -> None:
         try:
             async for chunk in src:
-                await self.whole.wait()
+                if not self.whole.is_set():
+                    break  # lost in the cut; the connection is too (cuts outlast liveness here)
                 await dst.send_all(chunk)
                 self.moved[port] = trio.current_time()
         except trio.BrokenResourceError:
@@ -276,6 +359,51 @@ async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_co
     # each try refused meanwhile is a debug line, not a warning
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [w for w in warned if "held" in w], warned
+
+
+@pytest.fixture
+async def far_cable(nursery, monkeypatch) -> tuple[Cable, str, str]:
+    """A broker that takes the cable's connections for ones from another host
+    (TCP probes them; ``holder_silence`` 3 s); the cable, its address and the
+    broker's own.  A connection that lived through a cut lingers 30 s at the
+    broker after the mend: its end is seen only when the sources it held have
+    long been taken over."""
+    remote = RemoteLiveness(keepalive_idle=1, keepalive_interval=1, holder_silence=3.0)
+    broker = await start_broker(nursery, remote=remote)
+    cable = Cable(broker)
+    cable.linger = 30.0
+    monkeypatch.setattr(turbine._liveness, "heard_ago", cable.heard_ago)
+    monkeypatch.setattr(turbine.connection, "heard_ago", cable.broker_heard_ago)
+    monkeypatch.setattr(turbine.connection, "is_loopback", lambda host: False)
+    return cable, await nursery.start(cable.serve), broker
+
+
+async def test_a_reconnecting_producer_takes_its_source_from_its_silent_connection_at_once(
+    far_cable, nursery, autojump_clock
+):
+    """Its lost connection, silent for the broker's holder_silence, still holds the
+    source: the broker gives it to the producer's reconnect, which is back within a
+    second of the mend (refused as held, it would have given up after 10 s)."""
+    relay, address, broker = far_cable
+    stop = trio.Event()
+    async with open_client(broker, name="watch") as reader:
+        async with reader.subscribe(PATH, start=1) as sub:
+            async with open_client(address, name="daq", reconnect=True, liveness=LIMIT) as daq:
+                src = await daq.open_source("daq_rig_data_source")
+
+                async def produce() -> None:
+                    while not stop.is_set():
+                        await src.put("x", repr(trio.current_time()).encode())
+                        await trio.sleep(0.1)
+
+                nursery.start_soon(produce)
+                await sub.receive_batch()
+                got: list[int] = []
+                back = await cut_for_10_s(relay, sub, got)
+                stop.set()
+                await daq.flush()
+    assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
+    assert back <= 1.0, back
 
 
 def test_the_limit_comes_from_the_argument_then_the_environment_then_the_default(monkeypatch):

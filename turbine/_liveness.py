@@ -30,13 +30,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ._constants import (
-    LIVENESS_ENVVAR,
-    LIVENESS_S,
-    REMOTE_KEEPALIVE_IDLE_S,
-    REMOTE_KEEPALIVE_INTERVAL_S,
-    REMOTE_KEEPALIVE_PROBES,
-)
+from ._constants import LIVENESS_ENVVAR, LIVENESS_S
 from ._errors import TurbineError
 
 T = TypeVar("T")
@@ -68,25 +62,6 @@ def heard_ago(sock: Any) -> float | None:
         return None
     data_ms, ack_ms = _LAST_RECV.unpack_from(info, _LAST_RECV_OFFSET)
     return min(data_ms, ack_ms) / 1000
-
-
-def keep_alive(sock: Any) -> None:
-    """Turn TCP keepalive on for the broker's connection ``sock`` from another host
-    (:data:`REMOTE_KEEPALIVE_IDLE_S` ...): one whose client went silently (a cut
-    link) ends within seconds, freeing what it held.  TCP probes only while nothing
-    sent waits for an acknowledgement: a connection with writes in flight ends
-    when they reach the client's host again (which refuses them)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (
-            ("TCP_KEEPIDLE", REMOTE_KEEPALIVE_IDLE_S),
-            ("TCP_KEEPINTVL", REMOTE_KEEPALIVE_INTERVAL_S),
-            ("TCP_KEEPCNT", REMOTE_KEEPALIVE_PROBES),
-        ):
-            if hasattr(socket, name):  # (Linux; elsewhere the system's own times)
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-    except OSError:
-        pass  # gone already
 
 
 def liveness_timeout(value: float | None) -> float | None:

@@ -19,7 +19,8 @@ import trio
 from . import messages as m
 from ._constants import OUTBOUND_QUEUE_BYTES, PAYLOAD_SLACK_BYTES, PROTOCOL_VERSION, TURN_S, VERSION
 from ._errors import RemoteProtocolError
-from ._liveness import heard_ago, keep_alive
+from ._keepalive import RemoteLiveness
+from ._liveness import heard_ago
 from .auth import Access, FailureDelays, LoginRefused, is_loopback
 from .delivery import Delivery
 from .outbound import OutboundQueue
@@ -41,6 +42,9 @@ class ConnectionLimits(WriteLimits, Protocol):
 
     @property
     def message_timeout(self) -> float: ...
+
+    @property
+    def remote(self) -> RemoteLiveness: ...
 
 
 class BrokerSide(BrokerView, BrokerWriting, Protocol):
@@ -83,9 +87,12 @@ class ClientConnection(Sender, Requests):
         except OSError:
             host, address = "localhost", "?"
         self.peer = Peer(cid, address)
+        remote = broker.config.remote
         if not is_loopback(host):  # a client gone silently (a cut link) is found out
-            keep_alive(stream.socket)
-            self.peer.silent = functools.partial(heard_ago, stream.socket)
+            remote.keep_alive(stream.socket)
+            if remote.holder_silence:
+                self.peer.silent = functools.partial(heard_ago, stream.socket)
+                self.peer.gone_after = remote.holder_silence
         self.proto = Connection(
             Role.BROKER,
             max_payload=broker.config.max_frame + PAYLOAD_SLACK_BYTES,

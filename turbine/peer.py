@@ -36,12 +36,14 @@ class Peer:
     #: Seconds since its connection last heard from the client (TCP; a client on
     #: another host only, whose connection TCP probes): None where not known.
     silent: Callable[[], float | None] | None = None
+    #: Silent this long (despite TCP's probes), its client must be gone
+    #: (``turbine serve --holder-silence``).
+    gone_after: float = HOLDER_GONE_SILENT_S
 
     def gone_silent(self) -> float | None:
-        """How long it has been silent, if so long that its client must be gone
-        (:data:`~turbine._constants.HOLDER_GONE_SILENT_S`, despite TCP's probes); else None."""
+        """How long it has been silent, if at least :attr:`gone_after` s; else None."""
         ago = self.silent() if self.silent is not None else None
-        return ago if ago is not None and ago >= HOLDER_GONE_SILENT_S else None
+        return ago if ago is not None and ago >= self.gone_after else None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

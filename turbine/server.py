@@ -45,6 +45,7 @@ from ._constants import (
 )
 from ._errors import RemoteProtocolError, TurbineError, leaves
 from ._io import send_buffers
+from ._keepalive import RemoteLiveness
 from ._memory import reap, reaping, trim
 from .audit import Audit
 from .auth import Access, AuthTable, FailureDelays, LoginRefused, is_loopback
@@ -54,6 +55,7 @@ from .hub import Hub
 from .protocol import ReceiveBudget, encode_message
 from .ringbuffer import memory_store
 from .sender import Sender
+from .settings import settings_dict
 from .store import StoreFactory
 from .tls import TLSError, TLSSocket, accept_tls, sniff_tls
 
@@ -87,6 +89,9 @@ class BrokerConfig:
     insecure: bool = False
     #: Speak TLS with this context (turbine/tls.py server_context); None: plain TCP.
     tls: ssl.SSLContext | None = None
+    #: How a client on another host gone silently is found out (TCP keepalive) and
+    #: when the sources it held go to its reconnect (turbine/_liveness.py).
+    remote: RemoteLiveness = RemoteLiveness()
 
 
 #: What a client refused for want of file descriptors is told (code ``capacity``).
@@ -241,6 +246,7 @@ class Broker:
             "disk": self.hub.store.statistics(),  # None without a data dir
             "sources": len(self.hub.sources),
             "files": {"limit": _descriptors.limit(), "refused": self.acceptor.refused},
+            "remote": settings_dict(self.config.remote),
             "clients": [c.info() for c in clients],
             "slow_events": self.slow_events,
             "closed": [c.info() for c in self.closed] if viewer is None or viewer.admin else [],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -18,6 +18,9 @@ from .._constants import (
 from .._errors import TurbineError, unwrap
 from .._options import address_option
 from ..client import open_client
+from ..settings import ConfigError, make_settings
+
+S = TypeVar("S")
 
 _UNITS = {
     "": 1,
@@ -57,6 +60,22 @@ class Size(click.ParamType):
 
     def convert(self, value: Any, param: Any, ctx: Any) -> int:
         return value if isinstance(value, int) else parse_size(value)
+
+
+def checked_options(cls: type[S], **values: Any) -> S:
+    """The settings class ``cls`` (turbine/settings.py) built from the command's
+    options of its fields' names (``keepalive_idle`` is ``--keepalive-idle``).
+
+    Raises:
+        click.UsageError: a value its validators refuse, the message naming the option.
+    """
+    try:
+        return make_settings(cls, values)
+    except ConfigError as exc:
+        message = str(exc)
+        for name in values:
+            message = message.replace(repr(name), "--" + name.replace("_", "-"))
+        raise click.UsageError(message) from None
 
 
 def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int = 130) -> Any:

@@ -118,6 +118,19 @@ def _disk_status(disk: dict[str, Any]) -> None:
         click.echo(f"  archive of {source} unreadable: {why}")
 
 
+def _remote_status(remote: dict[str, Any]) -> None:
+    """The status line of how the broker finds out a client on another host is gone."""
+    probes = (
+        f"probed after {remote['keepalive_idle']} s of silence, every "
+        f"{remote['keepalive_interval']} s, ended after {remote['keepalive_probes']} unanswered"
+        if remote["keepalive_idle"]
+        else "not probed"
+    )
+    silence = remote["holder_silence"]
+    hand = f"after {silence:g} s of silence" if silence else "never"
+    click.echo(f"clients on other hosts: {probes}; their sources go to their reconnect {hand}")
+
+
 @click.command()
 @click.option("--json", "as_json_", is_flag=True, help="Everything, as JSON.")
 @client_command
@@ -137,6 +150,8 @@ async def status(tb: Client, as_json_: bool) -> None:
     )
     if st.get("disk"):
         _disk_status(st["disk"])
+    if st.get("remote"):
+        _remote_status(st["remote"])
     click.echo(f"clients: {len(st['clients'])}")
     for c in st["clients"]:
         user = f" (user {c['user']})" if c.get("user") else ""

@@ -13,12 +13,17 @@ from .._constants import (
     ARCHIVE_BYTES,
     DEFAULT_HOST,
     DEFAULT_PORT,
+    HOLDER_GONE_SILENT_S,
     MAX_FRAME_BYTES,
     MAX_MEMORY_BYTES,
+    REMOTE_KEEPALIVE_IDLE_S,
+    REMOTE_KEEPALIVE_INTERVAL_S,
+    REMOTE_KEEPALIVE_PROBES,
     SOURCE_TYPES,
 )
 from .._descriptors import raise_limit as raise_descriptor_limit
 from .._errors import unwrap
+from .._keepalive import RemoteLiveness
 from .._memory import pin_mmap_threshold
 from .._options import address_option
 from .._signals import open_stop_nursery, say_stopping
@@ -29,7 +34,7 @@ from ..auth import AuthError, AuthTable
 from ..client import fmt_address
 from ..server import BrokerConfig, serve_turbine
 from ..tls import TLSError, server_context
-from ._common import TLS_CA_OPTION, TOKEN_OPTION, Size, run
+from ._common import TLS_CA_OPTION, TOKEN_OPTION, Size, checked_options, run
 
 
 @click.command()
@@ -124,6 +129,41 @@ from ._common import TLS_CA_OPTION, TOKEN_OPTION, Size, run
     is_flag=True,
     help="Without --auth, listen on a non-loopback --host anyway.",
 )
+@click.option(
+    "--keepalive-idle",
+    type=int,
+    default=REMOTE_KEEPALIVE_IDLE_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="TCP probes a connection from another host silent this long (0: never); "
+    "loopback ones never.",
+)
+@click.option(
+    "--keepalive-interval",
+    type=int,
+    default=REMOTE_KEEPALIVE_INTERVAL_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Then probes it this often ...",
+)
+@click.option(
+    "--keepalive-probes",
+    type=int,
+    default=REMOTE_KEEPALIVE_PROBES,
+    show_default=True,
+    metavar="N",
+    help="... and ends it after this many unanswered.",
+)
+@click.option(
+    "--holder-silence",
+    type=float,
+    default=HOLDER_GONE_SILENT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="A source held by a connection from another host silent this long goes to a "
+    "reconnecting client of the holder's name (its lost connection; 0: never). More than "
+    "--keepalive-idle + --keepalive-interval.",
+)
 def serve(
     host: str,
     port: int,
@@ -141,10 +181,21 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     insecure: bool,
+    keepalive_idle: int,
+    keepalive_interval: int,
+    keepalive_probes: int,
+    holder_silence: float,
 ) -> None:
     """Run a broker until Ctrl-C or SIGTERM."""
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    remote = checked_options(
+        RemoteLiveness,
+        keepalive_idle=keepalive_idle,
+        keepalive_interval=keepalive_interval,
+        keepalive_probes=keepalive_probes,
+        holder_silence=holder_silence,
+    )
     try:
         auth = AuthTable.load(auth_file) if auth_file else None
         tls = server_context(tls_cert, tls_key) if tls_cert and tls_key else None
@@ -160,6 +211,7 @@ def serve(
         auth=auth,
         insecure=insecure,
         tls=tls,
+        remote=remote,
     )
     stores = functools.partial(
         TieredStores, archive_bytes=archive_bytes, archive_age=archive_age, max_disk=max_disk

@@ -39,6 +39,10 @@ The site file
     restart_first = 0.1       # the broker's first restart delay; doubles with each crash ...
     restart_max = 1.0         # ... up to this (every client waits for it: keep both short)
     grace = 60.0              # its SIGTERM to SIGKILL: it writes and syncs its archive on the way down
+    keepalive_idle = 3        # turbine serve --keepalive-idle, -interval, -probes, --holder-silence:
+    keepalive_interval = 1    # how it finds a client on another host gone (docs/protocol.rst,
+    keepalive_probes = 3      # Transport); holder_silence more than idle + interval
+    holder_silence = 5.0
     # address = "127.0.0.1:3333"   # with embedded = false
 
     [auth]                    # tokens on (an embedded broker only); without this table: none

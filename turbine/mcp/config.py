@@ -24,12 +24,13 @@ from .._constants import (
     SOURCE_TYPES,
 )
 from .._errors import TurbineError
+from .._keepalive import RemoteLiveness
 from ..auth import RIGHTS
 from ..client import parse_address
 from ..component import Component
 from ..names import InvalidName, check_component_name, check_source_name, source_pattern
 from ..server import BrokerConfig
-from ..settings import ConfigError, resolve_paths, settings_dict
+from ..settings import ConfigError, make_settings, resolve_paths, settings_dict
 from ._table import SiteConfigError, Table
 
 log = logging.getLogger("turbine.mcp")
@@ -173,6 +174,10 @@ class SiteConfig:
                 command += ["--max-disk", str(self.max_disk)]
         if self.auth is not None:  # (the MCP writes the site's users there before it starts)
             command += ["--auth", str(self.auth.auth_file)]
+        defaults = settings_dict(RemoteLiveness())
+        for key, value in settings_dict(b.remote).items():
+            if value != defaults[key]:
+                command += [f"--{key.replace('_', '-')}", str(value)]
         return ProgramSpec(
             label=BROKER,
             where="broker",
@@ -221,6 +226,21 @@ def _kind(t: Table, component: bool) -> kinds.Kind:
                 lost.origin,
             )
     return kind
+
+
+def _remote_liveness(b: Table, embedded: bool) -> RemoteLiveness:
+    """``[broker]``'s keepalive and holder silence keys (``turbine serve``'s options)."""
+    keys = [f.name for f in attrs.fields(RemoteLiveness)]
+    b.seen.update(keys)
+    given = {key: b.data[key] for key in keys if key in b.data}
+    if given and not embedded:
+        raise b.error(
+            next(iter(given)), "only with embedded = true; the broker at address has its own"
+        )
+    try:
+        return make_settings(RemoteLiveness, given, strict=True)
+    except ConfigError as exc:
+        raise b.error(exc.key or "", exc.problem) from None
 
 
 def _name(t: Table, key: str = "name", default: Any = Table._MISSING) -> str:
@@ -344,8 +364,11 @@ def load_config(path: str | os.PathLike[str]) -> SiteConfig:
             raise b.error(key, "only with embedded = true; the MCP restarts only its own broker")
     if restart_max < restart_first:
         raise b.error("restart_max", f"expected at least restart_first ({restart_first:g} s)")
+    remote = _remote_liveness(b, embedded)
     broker = (
-        BrokerConfig(host=host, port=port, types=types, max_memory=max_memory) if embedded else None
+        BrokerConfig(host=host, port=port, types=types, max_memory=max_memory, remote=remote)
+        if embedded
+        else None
     )
     b.done()
 
