@@ -19,7 +19,7 @@ one line each, with one line of JSON:
 
 ``cut``
     drop every packet, and those on their way, until ``mend`` (a cable cut:
-    neither kernel is told)
+    neither kernel is told); ``cut a_to_b`` or ``cut b_to_a``: one way only
 ``mend``
     carry packets again
 ``stats``
@@ -238,16 +238,23 @@ def carry(fds: tuple[int, int], directions: tuple[Direction, Direction], control
 
 
 def _answer(command: str, directions: tuple[Direction, Direction]) -> None:
-    if command == "cut":
-        for direction in directions:
+    names = ("a_to_b", "b_to_a")
+    verb, _, way = command.partition(" ")
+    chosen = [d for name, d in zip(names, directions, strict=True) if way in ("", name)]
+    if verb == "cut" and chosen:
+        for direction in chosen:
             direction.cut()
     elif command == "mend":
         for direction in directions:
             direction.mend()
     elif command != "stats":
-        print(json.dumps({"error": f"unknown command {command!r}: cut, mend or stats"}), flush=True)
+        print(
+            json.dumps(
+                {"error": f"unknown command {command!r}: cut [a_to_b|b_to_a], mend or stats"}
+            ),
+            flush=True,
+        )
         return
-    names = ("a_to_b", "b_to_a")
     reply = {name: attrs.asdict(d.counts) for name, d in zip(names, directions, strict=True)}
     reply["cut"] = directions[0].is_cut
     print(json.dumps(reply), flush=True)

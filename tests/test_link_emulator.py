@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.link_emulator import Direction, Shape
+from tests.link_emulator import Direction, Shape, _answer
 from tests.netns import Link, emulate, probe, socket_in
 
 
@@ -100,6 +100,19 @@ def test_a_cut_drops_what_is_on_its_way_and_all_until_mended():
     d.offer(b"d", 1.0)
     assert d.due(1.010) == [b"d"]
     assert (d.counts.cut, d.counts.sent) == (3, 1)
+
+
+def test_a_cut_one_way_leaves_the_other_way_and_a_mend_mends_both(capsys):
+    ways = (direction(delay=0.010), direction(delay=0.010))
+    _answer("cut b_to_a", ways)
+    assert [w.is_cut for w in ways] == [False, True]
+    _answer("cut", ways)
+    assert [w.is_cut for w in ways] == [True, True]
+    _answer("mend", ways)
+    assert [w.is_cut for w in ways] == [False, False]
+    _answer("cut sideways", ways)
+    assert [w.is_cut for w in ways] == [False, False]
+    assert "unknown command 'cut sideways'" in capsys.readouterr().out.splitlines()[-1]
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from turbine._liveness import (
     heard_ago,
     liveness_timeout,
 )
+from turbine.mirror import MirrorConfig, run_mirror
 from turbine.server import Broker
 from turbine.testing import start_broker
 
@@ -404,6 +405,26 @@ async def test_a_reconnecting_producer_takes_its_source_from_its_silent_connecti
                 await daq.flush()
     assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
     assert back <= 1.0, back
+
+
+async def test_a_push_mirror_takes_its_copy_from_its_silent_connection_at_once(
+    far_cable, nursery, autojump_clock
+):
+    """The mirror beside A puts to B through the cable.  Cut for 10 s, B still has
+    the mirror's lost connection holding the copy: the mirror's next session says
+    it comes back, so B gives it the copy at once, and B gets every frame once."""
+    relay, through_cable, b = far_cable
+    a = await start_broker(nursery)
+    stop = trio.Event()
+    await nursery.start(produce, a, 0.1, stop)
+    await nursery.start(run_mirror, MirrorConfig(a, through_cable, ("daq_*",), poll=0.1))
+    async with open_client(b, name="watch") as reader:
+        async with reader.subscribe(PATH, start=1) as sub:
+            got = [f.seq for f in await sub.receive_batch()]
+            back = await cut_for_10_s(relay, sub, got)
+    stop.set()
+    assert got == list(range(1, len(got) + 1))  # nothing lost, nothing twice
+    assert back <= 1.5, back
 
 
 def test_the_limit_comes_from_the_argument_then_the_environment_then_the_default(monkeypatch):

@@ -75,21 +75,23 @@ def frames(first: int, last: int) -> list[list[object]]:
     return [[i, f"frame {i}"] for i in range(first, last + 1)]
 
 
-def start_mirror(link: Link) -> subprocess.Popen[str]:
-    """The mirror beside B (pull), across the link from A."""
-    proc = link.start(
-        link.b,
+def start_mirror(link: Link, push: bool = False) -> subprocess.Popen[str]:
+    """The mirror beside B (pull), across the link from A; or beside A (``push``),
+    across the link from B."""
+    near, far = "127.0.0.1", link.addr_b if push else link.addr_a
+    origin, target = (near, far) if push else (far, near)
+    return link.start(
+        link.a if push else link.b,
         TURBINE,
         "mirror",
         "--from",
-        f"{link.addr_a}:{PORT}",
+        f"{origin}:{PORT}",
         "--to",
-        f"127.0.0.1:{PORT}",
+        f"{target}:{PORT}",
         "--poll",
         "0.1",
         "daq_*",
     )
-    return proc
 
 
 STEADY = textwrap.dedent(
@@ -184,15 +186,30 @@ class Lossy:
     link: Link
     emulator: Emulator | None
 
+    NETEM = ("netem", "delay", "20ms", "5ms", "loss", "1%")
+
     @classmethod
     def shape(cls, link: Link) -> Lossy:
         if probe().netem_missing is None:
-            shaped = link.shape("netem", "delay", "20ms", "5ms", "loss", "1%")
+            shaped = link.shape(*cls.NETEM)
             assert shaped.returncode == 0, shaped.stderr
             return cls(link, None)
         return cls(link, emulate(link, "--delay", "0.02", "--jitter", "0.005", "--loss", "0.01"))
 
-    def cut(self) -> None:
+    def cut(self, b_first: bool = False) -> None:
+        """``b_first``: B's packets stop 0.3 s before A's, so that what B sent
+        last waits through the cut unacknowledged: B's TCP resends it on its
+        back-off schedule (instead of probing), and B's end of the connection
+        outlives the mend by seconds, as after a cut in the middle of replies."""
+        if b_first:
+            if self.emulator:
+                self.emulator.ask("cut b_to_a")
+            else:
+                self.link.check(
+                    self.link.b, "tc", "qdisc", "replace", "dev", self.link.dev_b, "root",
+                    "netem", "loss", "100%",
+                )  # fmt: skip
+            time.sleep(0.3)
         if self.emulator:
             self.emulator.cut()
         else:
@@ -203,6 +220,7 @@ class Lossy:
             self.emulator.mend()
         else:
             self.link.cut(up=True)
+            self.link.shape(*self.NETEM)
 
 
 def lags(sorted_lags: list[float]) -> str:
@@ -250,11 +268,12 @@ class Steady:
         assert read_line(self.producer.stdout, 30) == "producing\n"
         self.started = time.time()
 
-    def cut(self, path: Lossy) -> tuple[float, float, float]:
-        """Cut the link for CUT s (real time: a steady producer); return when it
-        was cut, mended, and when the watcher had every frame put before the mend."""
+    def cut(self, path: Lossy, b_first: bool = False) -> tuple[float, float, float]:
+        """Cut the link for CUT s (real time: a steady producer; ``b_first``: see
+        :meth:`Lossy.cut`); return when it was cut, mended, and when the watcher
+        had every frame put before the mend."""
         time.sleep(BEFORE_CUT)
-        path.cut()
+        path.cut(b_first)
         cut = time.time()
         time.sleep(CUT)
         path.mend()
@@ -329,3 +348,29 @@ def test_the_mirror_recovers_after_the_link_is_cut_for_10_s(link, tmp_path):
     link.cut(up=True)
     assert client(link, tmp_path, link.b, b, "get", 1, 1000) == frames(1, 1000)
     assert mirror.poll() is None  # still running
+
+
+@pytest.mark.parametrize("shaper", [probe().shaper])
+def test_a_push_mirror_resumes_within_seconds_after_a_10_s_cut(link, tmp_path, shaper):
+    """The mirror beside A puts to B across the link.  Cut silently in the middle
+    of B's replies, B's end of the mirror's connection lives on seconds after the
+    mend (its resends wait out TCP's back-off), still holding the copy: the
+    mirror's next session says it comes back, so B gives it the copy its silent
+    connection holds (docs/protocol.rst, Transport) instead of refusing it."""
+    if probe().why_no_shaper:
+        pytest.skip(probe().why_no_shaper)
+    path = Lossy.shape(link)
+    serve(link, link.a, "127.0.0.1")
+    serve(link, link.b, "0.0.0.0")
+    mirror = start_mirror(link, push=True)
+    steady = Steady(link, tmp_path, link.b, link.a, f"127.0.0.1:{PORT}")
+    _, mended, caught_up = steady.cut(path, b_first=True)
+    back = caught_up - mended
+    print(f"{shaper}: push mirror, B had a frame put after the mend {back:.1f} s after it")
+    # every frame on B, once, in order, under its number on A
+    got, _ = steady.frames()
+    assert len(got) >= RATE * (BEFORE_CUT + CUT) / 2  # the producer's pace is real time
+    assert mirror.poll() is None, mirror.communicate()
+    mirror.terminate()
+    _, said = mirror.communicate(timeout=30)
+    assert back < CATCH_UP_S, f"back {back:.1f} s after the mend; the mirror said: {said}"

@@ -268,6 +268,7 @@ async def open_client(
     spool_dir: str | os.PathLike[str] | None = None,
     tls_ca: str | os.PathLike[str] | None = None,
     liveness: float | None = None,
+    comes_back: bool = False,
 ) -> AsyncIterator[Client]:
     """Connect to the broker at ``HOST:PORT`` and hold the connection open.
 
@@ -307,6 +308,13 @@ async def open_client(
     ``TURBINE_LIVENESS`` or 4 s; 0 turns the check off (Linux only: elsewhere
     it is off).  Connecting gives up after ``connect_timeout`` seconds.
 
+    ``comes_back=True`` tells the broker, as ``reconnect=True`` does, that
+    this program connects again when the connection is lost, though this
+    client does not: for a program that opens a new client then (a mirror).
+    Its sources then wait for a client of its name for 10 s after a lost
+    connection, and one of its name gets them from its lost connection from
+    another host still open at the broker (docs/protocol.rst, Transport).
+
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker
             (also with ``reconnect=True``: the first connection must succeed).
@@ -324,7 +332,7 @@ async def open_client(
         tls_ca=tls_ca,
         liveness=liveness,
     )
-    stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect)
+    stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect or comes_back)
     if client.spool is not None and client.spool.left.paths():
         from ._blocking import run_blocking
 

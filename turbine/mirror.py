@@ -226,7 +226,11 @@ async def run_mirror(
         try:
             async with (
                 open_client(config.origin, name=config.name, token=config.origin_token) as a,
-                open_client(config.target, name=config.name, token=config.target_token) as b,
+                # comes back after a lost connection: its copies wait for it and B
+                # gives them to it from its lost connection (docs/protocol.rst, Transport)
+                open_client(
+                    config.target, name=config.name, token=config.target_token, comes_back=True
+                ) as b,
             ):
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
