@@ -219,23 +219,39 @@ def reaping(wake: Callable[[], None]) -> Iterator[None]:
 
 def reap(max_bytes: int = REAP_SLICE_BYTES, max_objects: int = REAP_SLICE_OBJECTS) -> bool:
     """Free about ``max_bytes`` (at most ``max_objects`` payloads) of what was
-    buried, from the columns' ends, and return the free pages; return whether
-    more is buried.  An array shrinks in place (its mapping's tail unmapped)."""
+    buried, from the columns' ends, and return the free pages once that much was
+    freed since they were last returned (or nothing is left); return whether more
+    is buried.  An array shrinks in place (its mapping's tail unmapped)."""
+    global _unreturned
     budget, objects = max_bytes, max_objects
     while _buried and budget > 0 and objects > 0:
         column = _buried[-1]
-        if isinstance(column, array.array):
-            n = min(len(column), max(1, budget // column.itemsize))
-            budget -= n * column.itemsize
-        else:
-            n = 0
-            while n < len(column) and budget > 0 and n < objects:
-                item = column[-1 - n]
-                budget -= len(item) if isinstance(item, bytes | bytearray | memoryview) else 64
-                n += 1
-            objects -= n
+        n, size = _tail(column, budget, objects)
         del column[len(column) - n :]
+        budget -= size
+        objects -= 1 if isinstance(column, array.array) else n
         if not column:
             _buried.pop()
-    _return_free_pages()
+    _unreturned += max_bytes - budget
+    if _unreturned >= max_bytes or not _buried:
+        _unreturned = 0
+        _return_free_pages()
     return bool(_buried)
+
+
+#: Bytes reap freed since it last returned the free pages.
+_unreturned = 0
+
+
+def _tail(column: list[Any] | array.array[Any], budget: int, objects: int) -> tuple[int, int]:
+    """How many items at ``column``'s end hold about ``budget`` bytes (at most
+    ``objects`` payloads; at least one item), and their bytes."""
+    if isinstance(column, array.array):
+        n = min(len(column), max(1, budget // column.itemsize))
+        return n, n * column.itemsize
+    n = min(len(column), objects)
+    while True:  # summed in C: a Python loop over 1,000,000 payloads took 150 ms, freeing them 4
+        size = sum(map(len, filter(None, column[len(column) - n :])))
+        if size <= budget or n == 1:
+            return n, size
+        n = max(1, n * budget // size)
