@@ -24,7 +24,7 @@ from ._constants import (
     MAX_SOFTWARE_CHARS,
     MAX_TOKEN_CHARS,
 )
-from .messages import SPECS, Role, Spec
+from .messages import SPECS, Spec
 
 #: The longest each string field may be, in characters (docs/protocol.rst, "Limits").
 #: Every str field of every message has one (tests/test_protocol.py checks that);
@@ -57,7 +57,7 @@ def short(value: Any, limit: int = 40) -> str:
 #: optional fields (``exact``: the value types that pass without a closer look, so most
 #: fields cost one set lookup), and the string limits of the type's own fields.
 _Fields = tuple[tuple[str, Any, frozenset[type]], ...]
-_Plan = tuple[Spec, Role, _Fields, _Fields, tuple[tuple[str, int], ...]]
+_Plan = tuple[Spec, str, _Fields, _Fields, tuple[tuple[str, int], ...]]
 
 
 def _plan(spec: Spec) -> _Plan:
@@ -67,10 +67,10 @@ def _plan(spec: Spec) -> _Plan:
 
     optional = tuple(f for f in fields(spec.optional) if f[1] is not object)
     limits = tuple((n, limit) for n, limit in STRING_LIMITS.items() if n in spec.names)
-    return spec, Role(spec.sender), fields(spec.required), optional, limits
+    return spec, spec.sender, fields(spec.required), optional, limits
 
 
-def check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception]) -> Spec:
+def check(kind: str, fields: dict[str, Any], sender: str, error: type[Exception]) -> Spec:
     """Check a message's header fields against its class; return its spec (for building it)."""
     plan = _PLANS.get(kind)
     if plan is None:
@@ -81,7 +81,7 @@ def check(kind: str, fields: dict[str, Any], sender: Role, error: type[Exception
         plan = _PLANS[kind] = _plan(SPECS[kind])
     spec, role, required, optional, limits = plan
     if role is not sender:
-        raise error(f"a {sender.value} may not send {kind!r} messages")
+        raise error(f"a {sender} may not send {kind!r} messages")
     for name, types, exact in required:
         if name not in fields:
             raise error(f"{kind!r} message lacks its {name!r} field")

@@ -145,7 +145,7 @@ class Connection(ReceiveBuffer):
 
     def __init__(
         self,
-        our_role: Role,
+        our_role: str,
         *,
         max_payload: int = MAX_PAYLOAD_BYTES,
         max_header: int = MAX_HEADER_BYTES,
