@@ -1,6 +1,9 @@
-"""What the client hands its caller: frames, gaps, and what ``list_sources`` reports."""
+"""What the client hands its caller: frames, gaps, and what ``list_sources`` reports.
 
-from __future__ import annotations
+The annotations are evaluated (no ``from __future__ import annotations``): a
+named tuple's string annotations are each compiled when its class is made,
+~0.1 ms of ``import turbine`` for the three here.
+"""
 
 from collections.abc import Iterator, Mapping
 from itertools import chain, repeat
@@ -121,7 +124,7 @@ class SourceInfo(Value):
     bytes_out: int | None = None
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SourceInfo:
+    def from_dict(cls, d: Mapping[str, Any]) -> "SourceInfo":
         """The record of a list entry (fields a newer broker adds are left out)."""
         known = {k: v for k, v in d.items() if k in _SOURCE_FIELDS}
         return cls(**{**known, "channels": tuple(_channel(c) for c in d["channels"])})
