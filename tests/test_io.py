@@ -6,8 +6,12 @@ import array
 import socket
 from typing import Any
 
+import pytest
+import trio
+import trio.testing
+
 from turbine._constants import JOIN_BELOW_BYTES
-from turbine._io import coalesce, write_now
+from turbine._io import coalesce, send_buffers, write_now
 
 
 def test_frames_of_a_kilobyte_are_sent_as_they_are_and_small_ones_joined() -> None:
@@ -48,3 +52,33 @@ def test_a_reply_of_more_buffers_than_one_writev_takes_arrives_whole_and_in_orde
                     break
                 got += chunk
     assert got == b"".join(frames)
+
+
+async def test_a_send_writes_at_once_and_is_a_checkpoint() -> None:
+    """A plain socket's send is written when it returns, and lets others run (as trio's sends)."""
+    ours, theirs = socket.socketpair()
+    with trio.socket.from_stdlib_socket(ours) as sock, theirs, trio.fail_after(5):
+        with trio.testing.assert_checkpoints():
+            assert await send_buffers(sock, [b"request", b" and more"]) == 16
+        assert theirs.recv(1024, socket.MSG_DONTWAIT) == b"request and more"
+
+
+async def test_a_cancelled_send_writes_nothing_and_a_large_one_arrives_whole() -> None:
+    a, b = trio.socket.socketpair()
+    frames = [i.to_bytes(4, "big") * 256 for i in range(3000)]  # more than the socket takes
+    got = bytearray()
+
+    async def read_all() -> None:
+        while chunk := await b.recv(1 << 20):
+            got.extend(chunk)
+
+    with a, b, trio.fail_after(5):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await send_buffers(a, [b"never"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            assert await send_buffers(a, frames) == 3000 * 1024
+            a.shutdown(socket.SHUT_WR)
+    assert bytes(got) == b"".join(frames)

@@ -74,7 +74,7 @@ class Requests:
             ConnectionFailed: the connection failed before the reply came.
             RemoteProtocolError: the broker answered with another kind of message.
         """
-        return (await self.call_parts(kind, reply, **fields))[-1]
+        return (await self._call(kind, reply, fields))[0][-1]  # (one frame less to resume)
 
     async def send(self, kind: type[Request], **fields: Any) -> None:
         """Send request ``kind(id=..., **fields)`` and wait for no reply (it is ignored):
