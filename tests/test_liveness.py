@@ -11,8 +11,10 @@ last moved bytes of that connection.  Virtual time throughout (autojump_clock).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import re
 import socket
 
@@ -23,6 +25,7 @@ import trio
 import turbine._liveness
 import turbine.connection
 from turbine import BrokerConfig, ConnectionFailed, TurbineError, open_client
+from turbine._address import connect_stream
 from turbine._constants import LIVENESS_S, REMOTE_KEEPALIVE_IDLE_S
 from turbine._keepalive import RemoteLiveness
 from turbine._liveness import (
@@ -170,6 +173,36 @@ async def test_a_connect_nothing_answers_is_tried_afresh_and_made_once_answered(
     assert gaps and max(gaps) <= CONNECT_ATTEMPT_S + 1e-9
     with pytest.raises(trio.TooSlowError):
         await connect_within(5, trio.sleep_forever)
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (errno.ENETUNREACH, "cannot reach h:1 (Network is unreachable): check the network"),
+        (errno.EHOSTUNREACH, "cannot reach h:1 (No route to host): check the network"),
+        (socket.gaierror(-3, "Temporary failure in name resolution"), "cannot reach h:1 (Temp"),
+        (
+            errno.ECONNREFUSED,
+            "no broker at h:1 (connection refused); start one with 'turbine serve'",
+        ),
+    ],
+)
+async def test_a_connect_that_fails_says_whether_no_broker_listens_or_the_host_is_not_reached(
+    monkeypatch, failure, said
+):
+    """A laptop off its Wi-Fi is told to check the network, not to start a broker."""
+
+    async def open_tcp_stream(host, port):
+        if isinstance(failure, OSError):
+            raise failure  # (as trio does for a name it cannot resolve)
+        error = OSError(failure, f"Error connecting to {(host, port)}: {os.strerror(failure)}")
+        group = ExceptionGroup(f"all attempts to connect to {host}:{port} failed", [error])
+        raise OSError(f"all attempts to connect to {host}:{port} failed") from group
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+    with pytest.raises(ConnectionFailed) as info:
+        await connect_stream("h:1", 5)
+    assert said in str(info.value)
 
 
 class Cable:

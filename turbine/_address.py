@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 
 import trio
 
 from ._constants import DEFAULT_HOST, DEFAULT_PORT
-from ._errors import ConnectionFailed, TurbineError
+from ._errors import ConnectionFailed, TurbineError, leaves
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -44,7 +46,8 @@ async def connect_stream(address: str, within: float) -> trio.SocketStream:
 
     Raises:
         ConnectionFailed: nothing listens there (says how to start a broker),
-            or nothing answered in time.
+            the host cannot be reached (says to check the network), or nothing
+            answered in time.
     """
     from ._liveness import connect_within
 
@@ -59,7 +62,18 @@ async def connect_stream(address: str, within: float) -> trio.SocketStream:
             f"no answer from {address} within {within:g} s (is the host reachable?)"
         ) from None
     except OSError as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        raise ConnectionFailed(
-            f"no broker at {address} ({cause.strerror or cause}); start one with 'turbine serve'"
-        ) from None
+        raise ConnectionFailed(_connect_failure(address, exc)) from None
+
+
+def _connect_failure(address: str, exc: OSError) -> str:
+    """What a failed connect to ``address`` tells its user: no broker there (the
+    host refused), or the host not reached (no network, no route, no such name:
+    a laptop off its Wi-Fi is told so, not to start a broker)."""
+    tried = leaves(exc.__cause__) if exc.__cause__ is not None else [exc]
+    errors = [e for e in tried if isinstance(e, OSError)] or [exc]
+    if any(e.errno == errno.ECONNREFUSED for e in errors):
+        return f"no broker at {address} (connection refused); start one with 'turbine serve'"
+    first = errors[0]  # (trio's says where it connected: the system's words say why)
+    code = first.errno or 0
+    why = os.strerror(code) if code > 0 else first.strerror or str(first)
+    return f"cannot reach {address} ({why}): check the network and the address"
