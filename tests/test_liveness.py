@@ -363,13 +363,12 @@ async def test_an_idle_subscription_over_a_working_link_is_pinged_and_kept(
             assert await tb.time()  # still connected
 
 
-async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_connection(
-    cable, broker, nursery, autojump_clock, caplog
-):
-    """Its reopen is refused (``held``) while the broker still has the connection
-    that was cut: it tries again until that ends, and loses no frame."""
-    relay, address = cable
-    relay.linger = 3.0
+async def produce_through_a_cut(
+    relay: Cable, address: str, broker: str, nursery
+) -> tuple[float, list[int], int]:
+    """A reconnecting producer through ``relay`` (at ``address``), read straight
+    from ``broker``, across :func:`cut_for_10_s`: how long after the mend a frame
+    put after it was read, every frame read, and how often the producer reconnected."""
     stop = trio.Event()
     async with open_client(broker, name="watch") as reader:
         async with reader.subscribe(PATH, start=1) as sub:
@@ -387,7 +386,18 @@ async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_co
                 back = await cut_for_10_s(relay, sub, got)
                 stop.set()
                 await daq.flush()
-                assert daq.reconnects == 1
+                return back, got, daq.reconnects
+
+
+async def test_a_reconnecting_producer_gets_its_source_back_from_its_own_lost_connection(
+    cable, broker, nursery, autojump_clock, caplog
+):
+    """Its reopen is refused (``held``) while the broker still has the connection
+    that was cut: it tries again until that ends, and loses no frame."""
+    relay, address = cable
+    relay.linger = 3.0
+    back, got, reconnects = await produce_through_a_cut(relay, address, broker, nursery)
+    assert reconnects == 1
     assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
     assert relay.linger <= back <= relay.linger + 1.0, (back, got)
     # each try refused meanwhile is a debug line, not a warning
@@ -419,23 +429,7 @@ async def test_a_reconnecting_producer_takes_its_source_from_its_silent_connecti
     source: the broker gives it to the producer's reconnect, which is back within a
     second of the mend (refused as held, it would have given up after 10 s)."""
     relay, address, broker = far_cable
-    stop = trio.Event()
-    async with open_client(broker, name="watch") as reader:
-        async with reader.subscribe(PATH, start=1) as sub:
-            async with open_client(address, name="daq", reconnect=True, liveness=LIMIT) as daq:
-                src = await daq.open_source("daq_rig_data_source")
-
-                async def produce() -> None:
-                    while not stop.is_set():
-                        await src.put("x", repr(trio.current_time()).encode())
-                        await trio.sleep(0.1)
-
-                nursery.start_soon(produce)
-                await sub.receive_batch()
-                got: list[int] = []
-                back = await cut_for_10_s(relay, sub, got)
-                stop.set()
-                await daq.flush()
+    back, got, _ = await produce_through_a_cut(relay, address, broker, nursery)
     assert got == list(range(got[0], got[0] + len(got)))  # nothing lost, nothing twice
     assert back <= 1.0, back
 
