@@ -161,15 +161,20 @@ async def test_a_subscriber_from_oldest_replays_the_disk_then_goes_on_live(tmp_p
             nursery.cancel_scope.cancel()
 
 
-async def test_a_producer_faster_than_the_disk_is_slowed_down_not_refused(tmp_path):
-    frame = b"x" * 65536
-    n = 64  # 4 MiB: four times what the archive lets wait before it refuses puts
+async def stalled_burst(tmp_path, cache_bytes: int, n: int, frame: bytes) -> tuple[int, int]:
+    """Put ``n`` frames to a source whose rings take ``cache_bytes`` while the disk
+    stalls; return the archive's backlog then and what the rings held, once the
+    broker stopped reading (or took every put); then check that a flush gets
+    every frame, once, on disk."""
     with trio.fail_after(60):
         config = ArchiveConfig(max_backlog=2**20)
         async with open_archive(tmp_path, config) as archive, trio.open_nursery() as nursery:
-            address = await start_broker(nursery, store=TieredStores(archive))
+            stores = TieredStores(archive)
+            address = await start_broker(nursery, store=stores)
             async with open_client(address, name="daq") as producer:
-                src = await producer.open_source(SRC, {"x": "application/octet-stream"})
+                src = await producer.open_source(
+                    SRC, {"x": "application/octet-stream"}, cache_bytes=cache_bytes
+                )
                 await src.put("x", b"first")
                 await src.flush()
                 async with trio.open_nursery() as puts:
@@ -181,16 +186,31 @@ async def test_a_producer_faster_than_the_disk_is_slowed_down_not_refused(tmp_pa
                     async with archive._io:  # the disk stalls: nothing is written meanwhile
                         puts.start_soon(put_all)
                         await trio.testing.wait_all_tasks_blocked(0.05)
-                        # The broker read until a quarter of max_backlog waited (and one
-                        # receive more), then stopped reading; the rest waits in the
-                        # socket buffers and the client's outbox, the producer blocked.
-                        assert 2**18 < archive.backlog <= 2**19 + len(frame)
+                        backlog, held = archive.backlog, stores.in_memory(SRC)
                         assert archive.statistics()["errors"] == {}
                 await src.flush()  # the disk is back: everything is written, nothing refused
                 got = await producer.fetch(f"{SRC}/x", oldest=n + 1)
                 assert [f.seq for f in got] == list(range(1, n + 2))
                 assert all(f.data == frame for f in got[1:])
             nursery.cancel_scope.cancel()
+    return backlog, held
+
+
+async def test_a_producer_faster_than_the_disk_is_slowed_down_not_refused(tmp_path):
+    frame = b"x" * 65536
+    n = 64  # 4 MiB: four times what the archive lets wait beyond the rings before it refuses
+    backlog, held = await stalled_burst(tmp_path, 2**19, n, frame)
+    # The broker read until a quarter of max_backlog waited beyond what the rings
+    # hold (and one receive more), then stopped reading; the rest waits in the
+    # socket buffers and the client's outbox, the producer blocked.
+    assert held <= 2**19 and 2**18 < backlog - held <= 2**19 + len(frame)
+
+
+async def test_a_burst_the_rings_hold_runs_ahead_of_the_disk(tmp_path):
+    frame = b"x" * 65536
+    n = 64  # 4 MiB, more than the archive lets wait beyond the rings: the rings hold it all
+    backlog, held = await stalled_burst(tmp_path, 16 * 2**20, n, frame)
+    assert backlog == n * len(frame) <= held  # every put taken, none written yet
 
 
 async def test_a_components_log_and_command_sources_reserve_little_disk(tmp_path):

@@ -22,13 +22,14 @@ import trio
 
 from ..store import Run
 from . import _format as fmt
+from ._backlog import Backlog
 from ._commit import ArchiveConfig, GroupCommit, SourceQueue, SyncPolicy, remove_files, sync_all
 from ._datadir import ArchiveError, locked, source_dir_name, source_dirs
 from ._log import SourceLog
 from ._ops import Op, Put
 
 
-class Archive(GroupCommit):
+class Archive(GroupCommit, Backlog):
     """Every source's archive under one data directory.  Use :func:`open_archive`."""
 
     def __init__(self, root: str, config: ArchiveConfig, clock: Callable[[], float]) -> None:
@@ -101,53 +102,6 @@ class Archive(GroupCommit):
         if name not in self._queues:
             directory = os.path.join(self.root, "sources", source_dir_name(name))
             self._queues[name] = SourceQueue(name, directory, settings=dict(settings))
-
-    def check_writable(self, name: str) -> None:
-        """Raises:
-        ArchiveError: ``name``'s writes are failing, or the disk is too far behind the puts.
-        """
-        q = self._queues[name]
-        if q.error:
-            raise ArchiveError(q.error)
-        limit = self.config.max_backlog
-        if q.pending > limit:
-            raise ArchiveError(
-                f"the archive of {name} is {q.pending // 2**20} MiB behind its puts (the disk "
-                "is slower than they come); its puts are refused until it catches up"
-            )
-        if self.backlog > 4 * limit:
-            raise ArchiveError(
-                f"the archive is {self.backlog // 2**20} MiB behind the puts (the disk is "
-                "slower than they come); puts are refused until it catches up"
-            )
-
-    def behind(self, names: Iterable[str]) -> bool:
-        """Whether one of the sources ``names`` has more than a quarter of
-        ``max_backlog`` waiting for the disk (and its writes are not failing:
-        then its puts are refused with the reason instead)."""
-        soft = self.config.max_backlog // 4
-        queues = self._queues
-        for name in names:
-            q = queues.get(name)
-            if q is not None and q.pending > soft and q.error is None:
-                return True
-        return False
-
-    async def caught_up(self, names: Iterable[str]) -> None:
-        """Return once none of the sources ``names`` has more than an eighth of
-        ``max_backlog`` waiting (or its writes fail).  Cancellation: safe."""
-        low = self.config.max_backlog // 8
-        chosen = list(names)
-        while True:
-            queues = [self._queues.get(n) for n in chosen]
-            if not any(q is not None and q.pending > low and q.error is None for q in queues):
-                return
-            await self._progress.wait()
-
-    @property
-    def backlog(self) -> int:
-        """Payload bytes appended and not yet written, all sources."""
-        return sum(q.pending for q in self._queues.values())
 
     def append(self, name: str, op: Op) -> None:
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""

@@ -16,6 +16,7 @@ from .._errors import RequestFailed
 from ..ringbuffer import Ring
 from ..store import AFTER, NEWEST, TIME, Query, Run, answer
 from ._archive import Archive
+from ._backlog import InMemory
 from ._datadir import ArchiveError
 from ._history import ChannelHistory
 from ._ops import Hole, Put, Summary
@@ -35,6 +36,7 @@ class TieredStore:
         first_queued: dict[tuple[str, str], int],
         source: str,
         channel: str,
+        in_memory: InMemory = lambda _source: 0,
     ) -> None:
         self.ring = ring
         self.archive = archive
@@ -43,6 +45,8 @@ class TieredStore:
         self.first_queued = first_queued
         self.source = source
         self.channel = channel
+        #: Bytes of a source's frames in its rings (the factory's :meth:`TieredStores.in_memory`).
+        self.in_memory = in_memory
         #: What is older than the ring, and the reads that need the archive.
         self.history = ChannelHistory(ring, archive, first_queued, source, channel)
 
@@ -149,7 +153,7 @@ class TieredStore:
         """The number the next frame gets (``seq``, or the next); numbers it skips
         queued for the archive as a hole.  Raises as :meth:`append_many`."""
         try:
-            self.archive.check_writable(self.source)
+            self.archive.check_writable(self.source, self.in_memory)
         except ArchiveError as exc:
             raise RequestFailed(str(exc), "disk") from None
         ring = self.ring

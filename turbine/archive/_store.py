@@ -86,6 +86,8 @@ class TieredStores:
         self._declared: dict[tuple[str, str], int] = {}  # (source, channel) -> next seq declared
         #: (source, channel) -> the first number queued for the archive since it opened.
         self.first_queued: dict[tuple[str, str], int] = {}
+        #: source -> channel -> its store (for what the rings hold: :meth:`in_memory`).
+        self._stores: dict[str, dict[str, TieredStore]] = {}
         free = shutil.disk_usage(archive.root).free
         if max_disk is not None and max_disk > free + archive.bytes:
             log.warning(
@@ -220,14 +222,23 @@ class TieredStores:
             # a source back from the archive shows its metadata at once, as before the restart
             ring = Ring(spec.max_frames, meta.first_seq)
             ring.append_many(meta.ts, meta.data, meta.writer, 0, meta.sizes)
-        return TieredStore(ring, self.archive, self.first_queued, spec.source, spec.channel)
+        store = TieredStore(
+            ring, self.archive, self.first_queued, spec.source, spec.channel, self.in_memory
+        )
+        self._stores.setdefault(spec.source, {})[spec.channel] = store
+        return store
+
+    def in_memory(self, source: str) -> int:
+        """Bytes of ``source``'s frames its memory rings hold: the archive may fall
+        that far behind its puts before a producer is slowed (:meth:`Archive.behind`)."""
+        return sum(s.bytes for s in self._stores.get(source, {}).values())
 
     def behind(self, sources: Iterable[str]) -> bool:
         """See :meth:`turbine.store.StoreFactory.behind` (:meth:`Archive.behind`)."""
-        return self.archive.behind(sources)
+        return self.archive.behind(sources, self.in_memory)
 
     async def caught_up(self, sources: Iterable[str]) -> None:
-        await self.archive.caught_up(sources)
+        await self.archive.caught_up(sources, self.in_memory)
 
     def statistics(self) -> dict[str, Any]:
         """The archive's figures (:meth:`Archive.statistics`), the disk budget and the
@@ -254,4 +265,5 @@ class TieredStores:
             for key in [k for k in table if k[0] == source]:
                 del table[key]
         self.settings.pop(source, None)
+        self._stores.pop(source, None)
         return await self.archive.delete(source)
