@@ -129,3 +129,12 @@ def test_a_file_system_refusing_the_direct_write_gets_it_through_the_page_cache(
     assert os.path.getsize(log.active.path) == log.active.size
     assert len(contents(log)) == 2 * len(SIZES)
     log.close()
+
+
+def test_many_sources_written_at_once_leave_few_staging_buffers_kept(monkeypatch):
+    monkeypatch.setattr(_append, "_free", [])
+    taken = [_append._take() for _ in range(_append.STAGING_KEPT + 3)]  # sources in parallel
+    for buf in taken:
+        _append._give(buf)
+    assert len(_append._free) == _append.STAGING_KEPT  # the rest unmapped, not kept
+    assert sum(buf.closed for buf in taken) == 3

@@ -33,6 +33,10 @@ from .._io import coalesce
 BLOCK = mmap.PAGESIZE
 #: A staging buffer; a commit larger than this is written in several writes.
 STAGING_BYTES = 8 * 2**20
+#: Staging buffers kept between writes.  One per source being written at the same
+#: moment is taken (up to trio's 40 worker threads); beyond this many, a buffer
+#: given back is unmapped, so the broker keeps at most 32 MiB of them.
+STAGING_KEPT = 4
 
 _free: list[mmap.mmap] = []  # staging buffers not in use (kept: their pages stay backed)
 _free_lock = threading.Lock()
@@ -47,7 +51,10 @@ def _take() -> mmap.mmap:
 
 def _give(buf: mmap.mmap) -> None:
     with _free_lock:
-        _free.append(buf)
+        if len(_free) < STAGING_KEPT:
+            _free.append(buf)
+            return
+    buf.close()
 
 
 class DirectAppender:
