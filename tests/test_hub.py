@@ -25,6 +25,7 @@ from turbine._selections import check_start
 from turbine.groups import decode_groups
 from turbine.hub import Hub
 from turbine.names import InvalidName, check_source_name, compile_pattern, split_path
+from turbine.origin import Origin
 from turbine.payloads import Payloads
 from turbine.peer import Peer
 from turbine.router import Subscription, collect
@@ -300,6 +301,27 @@ def test_a_reconnecting_client_takes_its_source_over_from_its_own_silent_connect
         put(hub, old, f"{SRC}/a", b"late")
     hub.release(old)  # its end, seen at last, leaves the source with its new holder
     assert hub.list_sources()[0]["holder"] == "daq#2 (10.0.0.2:5001)"
+
+
+def test_a_hand_over_is_logged_once_it_is_made_and_not_when_a_later_check_refuses_it(hub, caplog):
+    """Two mirrors of one name copy a source of one name from two origins: the
+    second, finding the first's connection silent, is refused as another
+    origin's copy, and nothing says it took the copy over."""
+    old = Peer(1, "10.0.0.2:5000", silent=lambda: HOLDER_GONE_SILENT_S)
+    old.named("turbine-mirror")
+    hub.open_source(old, SRC, mirror=Origin("a1", SRC))
+    other = Peer(2, "10.0.0.3:5000", reconnects=True)
+    other.named("turbine-mirror")
+    with pytest.raises(RequestFailed) as info:
+        hub.open_source(other, SRC, mirror=Origin("a2", SRC))
+    assert info.value.code == "mirror"
+    assert hub.list_sources()[0]["holder"] == old.name
+    assert not [r for r in caplog.records if "takes source" in r.getMessage()]
+    back = Peer(3, "10.0.0.2:5001", reconnects=True)
+    back.named("turbine-mirror")
+    hub.open_source(back, SRC, mirror=Origin("a1", SRC))
+    (said,) = [r.getMessage() for r in caplog.records if "takes source" in r.getMessage()]
+    assert said.startswith(f"{back.name} takes source {SRC} over from {old.name}, silent for")
 
 
 def test_released_source_stays_readable_and_reopening_continues_seqs(hub, clock):

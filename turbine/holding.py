@@ -50,26 +50,36 @@ class Holding:
         admin = peer.access is not None and peer.access.admin
         return bool(self.owner) and peer.client != self.owner and not admin
 
-    def check_opener(self, peer: Peer) -> None:
+    def check_opener(self, peer: Peer) -> float | None:
         """Raises RequestFailed unless ``peer`` may take this source over: it is
-        offline, or its owner opens it while a client of another name holds it."""
+        offline, or its owner opens it while a client of another name holds it,
+        or a reconnecting client of the holder's name opens it while the holder
+        has gone silent: then how long it has been (see :meth:`hand_over`)."""
         holder = self.holder
         reclaims = (
             bool(self.owner)
             and peer.client == self.owner
             and (holder is None or holder.client != self.owner)
         )
-        if holder is not None and not reclaims:
-            silent = holder.gone_silent() if peer.reconnects else None
-            if silent is None or holder.client != peer.client:
-                self.refuse_holder(peer)
+        if holder is None or reclaims:
+            return None
+        silent = holder.gone_silent() if peer.reconnects else None
+        if silent is None or holder.client != peer.client:
+            self.refuse_holder(peer)
+        return silent
+
+    def hand_over(self, peer: Peer, silent: float | None) -> None:
+        """Make ``peer`` the holder (every check passed); ``silent``: the seconds
+        the holder it takes over from was silent (:meth:`check_opener`), logged."""
+        if silent is not None:
             log.warning(
                 "%s takes source %s over from %s, silent for %.1f s (its lost connection)",
                 peer.name,
                 self.name,
-                holder.name,
+                self.holder_name,
                 silent,
             )
+        self.holder, self.holder_name, self.offline_since = peer, peer.name, None
 
     def check_reserved(self, peer: Peer, clock: Callable[[], float]) -> None:
         """Raises RequestFailed (``held``): this offline source is kept for the

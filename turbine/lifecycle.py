@@ -106,8 +106,7 @@ class SourceLifecycle:
             shared = src.shared if src else False
         if cache_frames < 1 or cache_bytes < 1:
             raise RequestFailed("cache_frames and cache_bytes must be at least 1", "limits")
-        if src is not None:
-            src.check_opener(peer)
+        silent = src.check_opener(peer) if src is not None else None
         check_mirror(
             self.identity, name, mirror, shared, src is not None, src.origin if src else None
         )
@@ -128,7 +127,7 @@ class SourceLifecycle:
             self.sources[name] = src
         else:
             src.reconfigure(shared, cache_frames, cache_bytes)
-        src.holder, src.holder_name, src.offline_since = peer, peer.name, None
+        src.hand_over(peer, silent)
         src.reserved_until = None
         src.owner = src.owner or peer.client
         src.archive_bytes, src.archive_age = archive_bytes, archive_age
