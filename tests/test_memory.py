@@ -93,3 +93,15 @@ def test_a_buried_column_is_freed_a_slice_at_a_time_while_a_reaper_runs():
     before = sys.getrefcount(kept)
     _memory.bury(kept)  # nobody reaps: nothing is kept
     assert sys.getrefcount(kept) == before
+
+
+def test_a_buried_array_still_viewed_is_left_to_its_view():
+    # An array with a view cannot shrink; the reaper (the broker's trimmer) must
+    # not fail on it, and the rest is reaped.
+    viewed, other = array.array("q", range(1000)), array.array("q", range(1000))
+    view = memoryview(viewed)
+    with _memory.reaping(lambda: None):
+        _memory.bury(other, viewed)
+        while _memory.reap(max_bytes=800):
+            pass
+    assert (len(viewed), len(other), view[999]) == (1000, 0, 999)

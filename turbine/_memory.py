@@ -227,7 +227,11 @@ def reap(max_bytes: int = REAP_SLICE_BYTES, max_objects: int = REAP_SLICE_OBJECT
     while _buried and budget > 0 and objects > 0:
         column = _buried[-1]
         n, size = _tail(column, budget, objects)
-        del column[len(column) - n :]
+        try:
+            del column[len(column) - n :]
+        except BufferError:  # an array something still views: it goes with the view
+            _buried.pop()
+            continue
         budget -= size
         objects -= 1 if isinstance(column, array.array) else n
         if not column:
