@@ -53,12 +53,13 @@ class ArchiveConfig:
     Args:
         sync: when a flush is acknowledged.
         sync_interval: seconds between syncs under ``SyncPolicy.INTERVAL``.
-        max_backlog: bytes of one source's puts waiting for the disk beyond which
-            :meth:`Archive.check_writable` refuses more of its puts (all sources
-            together: four times as much).  Long before that, at a quarter of it,
-            the broker stops reading the connections that put to the source until
-            the disk has caught up to an eighth (:meth:`Archive.behind`): a producer
-            faster than the disk is slowed to its pace, not refused.
+        max_backlog: bytes of one source's puts waiting for the disk, beyond what
+            its memory rings hold of them, past which :meth:`Archive.check_writable`
+            refuses more of its puts (all sources together: four times as much).
+            Long before that, at a quarter of it, the broker stops reading the
+            connections that put to the source until the disk has caught up to an
+            eighth (:meth:`Archive.behind`): a producer faster than the disk is
+            slowed to its pace, not refused; a burst the rings hold is not slowed.
     """
 
     sync: SyncPolicy = attrs.field(default=SyncPolicy.ALWAYS, converter=SyncPolicy)
