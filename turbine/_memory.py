@@ -95,6 +95,22 @@ def grow(buf: bytearray, size: int) -> None:
         _RESIZE(buf, size)  # realloc: in place where the heap has room after it
 
 
+def grow_with_room(buf: bytearray, size: int, room: int) -> None:
+    """Like :func:`grow`, in an allocation of ``room`` bytes when that is more (at
+    most twice ``size``: a bytearray keeps an allocation up to that), so that growing
+    it to ``room`` later moves nothing: a broker's fresh receive buffer, made for a
+    large put like the last one (its first read does not know the put's size yet).
+
+    Raises:
+        BufferError: ``buf`` has views.
+    """
+    if _RESIZE is None or room <= size or size <= len(buf):
+        grow(buf, size)
+        return
+    _RESIZE(buf, min(room, 2 * size - 1))
+    _RESIZE(buf, size)  # (the allocation stays: a bytearray shrinks it below half only)
+
+
 def _blank() -> tuple[Callable[[None, int], bytes], Callable[[bytes], int]] | None:
     if sys.implementation.name != "cpython":
         return None

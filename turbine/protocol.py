@@ -221,7 +221,7 @@ class Connection(ReceiveBuffer):
             payload = memoryview(buf)[p:stop]
             self._buffer = bytearray()
             self._start = self._end = 0
-            self._dropped_buffer()
+            self._dropped_buffer(total)
         else:
             if payload_len:
                 with memoryview(buf) as view:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._constants import FIRST_RECEIVE_BYTES, RECEIVE_BYTES, VECTORED_MIN_BYTES
-from ._memory import blank_bytes, grow
+from ._memory import blank_bytes, grow, grow_with_room
 
 if TYPE_CHECKING:
     from .groups import PayloadCutter
@@ -84,6 +84,9 @@ class ReceiveBuffer:
         self._payload: bytes | bytearray | None = None
         self._room: memoryview | None = None
         self._filled = 0
+        #: The size of the last large message handed over in its buffer: the next
+        #: buffer is made with room for one like it (a stream's puts are alike).
+        self._last_large = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Add bytes read from the peer; ``b""`` means the peer closed."""
@@ -175,13 +178,22 @@ class ReceiveBuffer:
                 with memoryview(buf) as partial:
                     grown[:end] = partial[:end]
                 self._buffer = buf = grown
+            elif not buf and self._last_large > target:
+                # A fresh buffer after a large put: the first read does not know the
+                # next put's size, and growing to it once its prefix has arrived
+                # moved the buffer (a 256 KiB memcpy a 300 KB put, 10 % of the
+                # broker's CPU at 100 KB frames).  Room for a put like the last one,
+                # not counted until offered (not resident until written).
+                grow_with_room(buf, target, self._last_large)
             else:
                 grow(buf, target)  # room the read fills: not zero-filled first
         self._offered = min(want, len(buf) - end)
         return memoryview(buf)[end : end + self._offered]
 
-    def _dropped_buffer(self) -> None:
-        """The receive buffer was handed over or replaced: give back what it held of the budget."""
+    def _dropped_buffer(self, handed_over: int = 0) -> None:
+        """The receive buffer was handed over (a large message of ``handed_over``
+        bytes) or replaced: give back what it held of the budget."""
+        self._last_large = handed_over
         if self.budget is not None and self._charged:
             keep = max(len(self._buffer) - RECEIVE_BYTES, 0)
             if keep < self._charged:
