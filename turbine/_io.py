@@ -50,12 +50,15 @@ def write_now(fd: int, buffers: list[Any]) -> tuple[list[Any], int]:
     bufs = coalesce(buffers)
     total = 0
     while bufs:  # until the socket takes no more (a fetch reply is more than one iovec batch)
+        batch = bufs[:_MAX_IOV]
         try:
-            sent = os.writev(fd, bufs[:_MAX_IOV])
+            sent = os.writev(fd, batch)
         except BlockingIOError:
             break
         total += sent
-        bufs = _drop(bufs, sent)
+        if sent < sum(map(len, batch)):  # the socket is full: no write that would fail
+            return _drop(bufs, sent), total
+        del bufs[: len(batch)]
     return bufs, total
 
 
@@ -93,6 +96,7 @@ async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
         if not bufs:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return total
+        await trio.lowlevel.wait_writable(sock)  # it took what it could: a send now would fail
     else:
         bufs, total = coalesce(buffers), 0
     while bufs:
