@@ -205,6 +205,45 @@ async def test_a_connect_that_fails_says_whether_no_broker_listens_or_the_host_i
     assert said in str(info.value)
 
 
+def closed_port(host: str) -> int:
+    """A port of ``host`` bound by nobody's listener (a connect to it is refused)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_an_ip_address_is_connected_to_directly_and_its_refusal_is_told(monkeypatch, host):
+    # No name lookup and no racing of addresses for a literal: trio.open_tcp_stream
+    # is for names.
+    if host == "::1" and not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+
+    async def open_tcp_stream(*args, **kwargs):
+        raise AssertionError("an IP address needs no lookup")
+
+    monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
+    address = f"[{host}]" if ":" in host else host
+    listener = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    with trio.fail_after(10), listener:
+        try:
+            await listener.bind((host, 0))
+        except OSError as exc:
+            pytest.skip(f"cannot bind {host}: {exc}")
+        listener.listen()
+        port = listener.getsockname()[1]
+        stream = await connect_stream(f"{address}:{port}", 5)
+        async with stream:
+            assert stream.socket.getpeername()[:2] == (host, port)
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        port = closed_port(host)
+        with pytest.raises(
+            ConnectionFailed, match=re.escape(f"no broker at {address}:{port} (con")
+        ):
+            await connect_stream(f"{address}:{port}", 5)
+
+
 class Cable:
     """A TCP relay to ``target`` (HOST:PORT) that can be cut and mended.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import socket
 
 import trio
 
@@ -55,14 +56,47 @@ async def connect_stream(address: str, within: float) -> trio.SocketStream:
     # An ASCII name goes as bytes: getaddrinfo given a str encodes it with the idna
     # codec, whose import (stringprep, unicodedata) is 1.3-1.5 ms of a fresh client's CPU.
     name: str | bytes = host.encode("ascii") if host.isascii() else host
+    family = _literal_family(host)
+    if family is None:
+        connect = functools.partial(trio.open_tcp_stream, name, port)
+    else:
+        connect = functools.partial(_connect_literal, family, host, port)
     try:
-        return await connect_within(within, functools.partial(trio.open_tcp_stream, name, port))
+        return await connect_within(within, connect)
     except trio.TooSlowError:
         raise ConnectionFailed(
             f"no answer from {address} within {within:g} s (is the host reachable?)"
         ) from None
     except OSError as exc:
         raise ConnectionFailed(_connect_failure(address, exc)) from None
+
+
+def _literal_family(host: str) -> int | None:
+    """The address family of an IP address literal (``127.0.0.1``, ``::1``), else None."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
+async def _connect_literal(family: int, host: str, port: int) -> trio.SocketStream:
+    """A stream to one IP address: what ``trio.open_tcp_stream`` does for it, without
+    the name lookup and the nursery it races several addresses in (a fresh
+    client's first connect: 0.2-0.5 ms of CPU less, cold).
+
+    Raises:
+        OSError: the connect failed (the socket is closed).
+    """
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 def _connect_failure(address: str, exc: OSError) -> str:
