@@ -35,6 +35,7 @@ from turbine._liveness import (
     connect_within,
     heard_ago,
     liveness_timeout,
+    unacknowledged,
 )
 from turbine.mirror import MirrorConfig, run_mirror
 from turbine.server import Broker
@@ -76,6 +77,7 @@ async def test_the_kernel_says_how_long_ago_it_heard_from_the_peer():
             return
         assert ago is not None and 0 <= ago < 1.0
     assert heard_ago(client) is None  # closed
+    assert not unacknowledged(client)  # (data left unacknowledged: tests/test_liveness_netns.py)
 
 
 def keepalive_of(sock: socket.socket) -> tuple[int, ...] | None:

@@ -4,7 +4,8 @@ cut with no FIN or RST), and connecting again promptly once it is back.
 TCP on its own notices such a link only when it gives up resending (minutes),
 and after the link comes back it resends on a doubling schedule: the client
 was stuck for up to ten seconds more.  Here a client's connection that waits
-for something (a subscription, a reply) and from which the kernel has heard
+for something (a subscription, a reply, the acknowledgement of data it sent:
+a producer that only puts) and from which the kernel has heard
 nothing (no data, no acknowledgement) for half of ``timeout`` is pinged with a
 request every broker answers at once (``time``); one still silent after
 ``timeout`` is lost.
@@ -47,6 +48,9 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_INFO_BYTES = 104
 _LAST_RECV = struct.Struct("=II")
 _LAST_RECV_OFFSET = 52
+# tcpi_unacked (u32): segments sent and not yet acknowledged.
+_UNACKED = struct.Struct("=I")
+_UNACKED_OFFSET = 24
 
 
 def heard_ago(sock: Any) -> float | None:
@@ -62,6 +66,19 @@ def heard_ago(sock: Any) -> float | None:
         return None
     data_ms, ack_ms = _LAST_RECV.unpack_from(info, _LAST_RECV_OFFSET)
     return min(data_ms, ack_ms) / 1000
+
+
+def unacknowledged(sock: Any) -> bool:
+    """Whether TCP socket ``sock`` has sent data its peer has not acknowledged
+    yet (False where the kernel does not say).  A peer that stops reading (a
+    zero window) has acknowledged what it got: nothing is unacknowledged then."""
+    if _TCP_INFO is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+    except (OSError, ValueError):
+        return False
+    return len(info) >= _UNACKED_OFFSET + 4 and _UNACKED.unpack_from(info, _UNACKED_OFFSET)[0] > 0
 
 
 def liveness_timeout(value: float | None) -> float | None:
@@ -120,8 +137,9 @@ async def watch(
     probe: Callable[[Any], float | None] | None = None,
 ) -> float | None:
     """Return once connection ``sock`` has been silent ``limit`` s while
-    ``waiting()`` (:class:`Liveness`): its silence then, in seconds; or None
-    once ``waiting()`` says None (the connection is over).
+    ``waiting()`` or while data it sent is unacknowledged (:func:`unacknowledged`:
+    a producer that only puts waits for that) (:class:`Liveness`): its silence
+    then, in seconds; or None once ``waiting()`` says None (the connection is over).
 
     ``ping`` is started (not awaited: a connection whose writes are stuck must
     not stop the watch) when it has been silent half as long.  Where ``probe``
@@ -138,7 +156,7 @@ async def watch(
                 nursery.cancel_scope.cancel()
                 return None
             silent = probe(sock)
-            verdict = rule.check(silent, waits)
+            verdict = rule.check(silent, waits or unacknowledged(sock))
             if verdict is Verdict.PING:
                 nursery.start_soon(_quietly, ping)
             elif verdict is Verdict.LOST:

@@ -300,8 +300,8 @@ async def open_client(
     must be signed by; the client then speaks TLS and verifies the broker's
     certificate and name.
 
-    A connection that waits for something (a subscription, a reply) and
-    from which the kernel heard nothing for half of ``liveness`` seconds is
+    A connection that waits for something (a subscription, a reply, TCP's
+    acknowledgement of what it sent) and from which the kernel heard nothing for half of ``liveness`` seconds is
     pinged; silent for ``liveness`` seconds, it is lost (a link cut with no
     word, a pulled cable), and with ``reconnect`` connected again, a fresh
     connect tried at least every second and a half.  None takes
