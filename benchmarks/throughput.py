@@ -286,6 +286,7 @@ async def _subscribe(conn: multiprocessing.connection.Connection, address: str, 
         {
             "event": "done",
             "cpu_percent": cpu / (active / 1e9) * 100 if active > 0 else float("nan"),
+            "cpu_s": cpu,
             "tally": attrs.asdict(tally, filter=lambda a, _: a.name != "latency_ns"),
             "latency_ms": {
                 "p50": _percentile(lat, 0.50) / 1e6,
@@ -566,6 +567,10 @@ class Result:
     broker_faults: float = float("nan")
     pub_cpu: float = float("nan")
     sub_cpu: float = float("nan")  # mean over subscribers
+    #: CPU seconds per GB (10**9 bytes) of frames: the publisher's of what it put, each
+    #: subscriber's of what it received (the mean over subscribers).
+    pub_s_per_gb: float = float("nan")
+    sub_s_per_gb: float = float("nan")
     error: str = ""
 
     @property
@@ -634,6 +639,7 @@ def summarize(
         span = (t["last_recv_ns"] - t["first_sent_ns"]) / 1e9 if t["frames"] > 1 else 0
         rates.append((t["frames"] / span, t["bytes"] / span / 1e6) if span > 0 else (0.0, 0.0))
     slowest = min(rates)
+    sub_s = [r["cpu_s"] / (r["tally"]["bytes"] / 1e9) for r in reports if r["tally"]["bytes"]]
     return Result(
         test,
         published=published,
@@ -651,6 +657,8 @@ def summarize(
         broker_faults=faults / published if published else float("nan"),
         pub_cpu=done["cpu"] / done["elapsed"] * 100,
         sub_cpu=sum(r["cpu_percent"] for r in reports) / len(reports),
+        pub_s_per_gb=done["cpu"] / (published * test.size / 1e9) if published else float("nan"),
+        sub_s_per_gb=sum(sub_s) / len(sub_s) if sub_s else float("nan"),
     )
 
 
@@ -833,6 +841,8 @@ def format_table(results: list[Result]) -> str:
         "broker faults/frame",
         "pub CPU%",
         "sub CPU%",
+        "pub s/GB",
+        "sub s/GB",
     )
     rows = [head]
     for r in results:
@@ -857,6 +867,8 @@ def format_table(results: list[Result]) -> str:
                 _num(r.broker_faults, ".1f"),
                 _num(r.pub_cpu),
                 _num(r.sub_cpu),
+                _num(r.pub_s_per_gb, ".3f"),
+                _num(r.sub_s_per_gb, ".3f"),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -874,6 +886,8 @@ def format_table(results: list[Result]) -> str:
         "broker s/GB: its CPU seconds per 10**9 bytes of frames put (the issue's"
         " large-frame target compares it with the NATS server's); faults/frame: its page"
         " faults per frame put (~25 a 100 KB frame while a ring fills, a few once it evicts).",
+        "pub/sub s/GB: the publisher's CPU seconds per 10**9 bytes it put, a subscriber's"
+        " per 10**9 bytes it received (the mean over subscribers).",
         "CPU% is of one core over the test; sub CPU% is the mean over subscribers."
         " history: fetch time is the median of"
         f" {HISTORY_REPEATS}, after connecting; 'published' there is the ring fill.",
