@@ -107,7 +107,7 @@ def grow_with_room(buf: bytearray, size: int, room: int) -> None:
     if _RESIZE is None or room <= size or size <= len(buf):
         grow(buf, size)
         return
-    _RESIZE(buf, min(room, 2 * size - 1))
+    _RESIZE(buf, min(room, 2 * size))  # (allocates one byte more, for the trailing NUL)
     _RESIZE(buf, size)  # (the allocation stays: a bytearray shrinks it below half only)
 
 
