@@ -11,6 +11,7 @@ import pytest
 from turbine.archive import Declare, Put, SourceLog, _append
 from turbine.archive.__main__ import check_source
 from turbine.archive._append import BLOCK
+from turbine.archive._ops import WriteFailed
 
 MiB = 2**20
 SIZES = [1, 7, 100, BLOCK - 1, BLOCK, BLOCK + 3, 3 * BLOCK + 17, 100_000, 5]
@@ -138,3 +139,50 @@ def test_many_sources_written_at_once_leave_few_staging_buffers_kept(monkeypatch
         _append._give(buf)
     assert len(_append._free) == _append.STAGING_KEPT  # the rest unmapped, not kept
     assert sum(buf.closed for buf in taken) == 3
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EINVAL])
+def test_a_direct_write_failing_part_way_leaves_only_whole_commits(
+    tmp_path, small_staging, monkeypatch, error
+):
+    """A commit larger than the staging buffer is written in several direct writes;
+    the disk filling (ENOSPC) after the first leaves nothing of it once the error
+    is raised, and the next commit lands after the ones before; a file system
+    refusing the second one (EINVAL) gets the whole commit through the page cache."""
+    log = create(str(tmp_path / "src"))
+    direct_or_skip(log)
+    write_puts(log)
+    before = contents(log)
+    size = log.active.size
+    real = _append._write_blocks
+    calls = []
+
+    def fail_second(fd, buf, length, offset):
+        calls.append(length)
+        if len(calls) == 2:
+            raise OSError(error, os.strerror(error))
+        real(fd, buf, length, offset)
+
+    monkeypatch.setattr(_append, "_write_blocks", fail_second)
+    big = [bytes(range(256)) * (5 * BLOCK // 256), b"big"]  # more than the three-block staging
+    put = Put("x.bin", 2 * len(SIZES) + 1, [1.0, 2.0], [len(d) for d in big], big, "w")
+    if error == errno.ENOSPC:
+        with pytest.raises(WriteFailed):
+            log.write([put], now=0)
+        assert len(calls) == 2
+        assert log.active.size == size and log.active.direct is not None
+        assert os.path.getsize(log.active.path) == size  # the first blocks cut off again
+        assert contents(log) == before
+        log.write([put], now=0)  # the disk has room again
+    else:
+        log.write([put], now=0)
+        assert log.active.direct is None  # through the page cache from now on
+    monkeypatch.setattr(_append, "_write_blocks", real)
+    write_puts_after(log, 2 * len(SIZES) + 3)
+    expected = contents(log)
+    assert [s for s, _ in expected[-4:]] == [2 * len(SIZES) + i for i in (1, 2, 3, 4)]
+    assert expected[-4][1] == big[0] and expected[:-4] == before
+    log.close()
+    again = SourceLog.open(str(tmp_path / "src"))
+    assert contents(again) == expected and again.damage == [] and again.torn_bytes == 0
+    again.close()
