@@ -11,6 +11,7 @@ from turbine import RequestFailed, open_client
 from turbine._component_parts import open_small_endpoints
 from turbine._constants import COMMAND_ARCHIVE_BYTES, LOG_ARCHIVE_BYTES
 from turbine.archive import ArchiveConfig, open_archive
+from turbine.archive._log import SourceLog
 from turbine.archive._store import TieredStores
 from turbine.testing import start_broker
 
@@ -232,3 +233,47 @@ async def test_a_components_log_and_command_sources_reserve_little_disk(tmp_path
                 "daq_x_command_source": COMMAND_ARCHIVE_BYTES,
             }
             nursery.cancel_scope.cancel()
+
+
+async def test_a_flush_during_a_burst_the_rings_hold_waits_for_its_frames_synced(
+    tmp_path, monkeypatch
+):
+    """Puts run ahead of a stalled disk (the rings hold them), but a flush among
+    them is acknowledged only once they are written and synced (SyncPolicy.ALWAYS)."""
+    events: list[str] = []
+    write, sync = SourceLog.write, SourceLog.sync
+    monkeypatch.setattr(
+        SourceLog, "write", lambda s, *a, **k: (events.append("write"), write(s, *a, **k))[1]
+    )
+    monkeypatch.setattr(SourceLog, "sync", lambda s: (sync(s), events.append("sync"))[0])
+    frame = b"x" * 65536
+    with trio.fail_after(60):
+        async with open_archive(tmp_path, ArchiveConfig(max_backlog=2**20)) as archive:
+            async with trio.open_nursery() as nursery:
+                address = await start_broker(nursery, store=TieredStores(archive))
+                async with open_client(address, name="daq") as producer:
+                    src = await producer.open_source(
+                        SRC, {"x": "application/octet-stream"}, cache_bytes=16 * 2**20
+                    )
+                    await src.put("x", b"first")
+                    await src.flush()
+                    flushed = trio.Event()
+
+                    async def burst_then_flush() -> None:
+                        for _ in range(64):  # 4 MiB: four times max_backlog, all in the rings
+                            await src.put("x", frame)
+                        await src.flush()
+                        events.append("acknowledged")
+                        flushed.set()
+
+                    async with archive._io:  # the disk stalls
+                        nursery.start_soon(burst_then_flush)
+                        await trio.testing.wait_all_tasks_blocked(0.05)
+                        assert archive.backlog == 64 * len(frame)  # every put taken ...
+                        assert not flushed.is_set()  # ... but not acknowledged
+                        events.append("disk back")
+                    await flushed.wait()
+                    after = events[events.index("disk back") : events.index("acknowledged")]
+                    assert "write" in after and after[-1] == "sync"  # written, then synced
+                    assert archive.backlog == 0
+                nursery.cancel_scope.cancel()
