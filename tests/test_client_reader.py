@@ -23,7 +23,7 @@ from turbine._client_handles import Feed
 from turbine._client_reader import Reader, Turn
 from turbine._client_requests import Requests
 from turbine.messages import Role
-from turbine.protocol import NEED_DATA, Connection, State, encode_frames
+from turbine.protocol import NEED_DATA, Connection, RemoteProtocolError, State, encode_frames
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -393,3 +393,65 @@ async def test_a_large_frame_wakes_its_reader_once_its_rest_is_in(autojump_clock
         assert bytes(frames.payload) == msg[-size:]
         assert not reader._reads.may_wait()  # a full read: read again at once
         assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+
+
+async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    with memoryview(data) as view:
+        while view:
+            view = view[await sock.send(view[: 2**20]) :]
+
+
+def _large_message(size: int) -> bytes:
+    large = [SRC, "a", "application/octet-stream", 2, [1000.0], [size], "w"]
+    return b"".join(encode_frames(1, [large], [bytes(range(256)) * (size // 256)]))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVLOWAT marks TCP sockets on Linux only")
+async def test_a_broker_closing_while_a_large_frames_rest_is_awaited_wakes_the_reader(
+    autojump_clock: object,
+):
+    """The low-water mark is the rest of the payload, which will never come: the
+    closed connection still wakes the wait, and is reported as cut mid-message."""
+    ours, theirs = await tcp_pair()
+    with ours, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        msg = _large_message(1_000_000)
+        await theirs.send(msg[:5000])
+        await trio.lowlevel.wait_readable(ours)
+        assert reader._reads.read() == 5000 and proto.next_event() is NEED_DATA
+        assert reader._reads.may_wait()
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) > 1
+        await theirs.send(msg[5000:200_000])
+        theirs.close()
+        await trio.lowlevel.wait_readable(ours)  # woken by the close, not by the mark
+        while (n := reader._reads.read()) is None or n:
+            pass
+        with pytest.raises(RemoteProtocolError, match="middle of a message"):
+            proto.next_event()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVLOWAT marks TCP sockets on Linux only")
+async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mark(
+    autojump_clock: object,
+):
+    """A receive buffer fixed smaller than the payload (SO_RCVBUF) caps the mark
+    the kernel keeps: each wait still ends, and the frame arrives whole."""
+    ours, theirs = await tcp_pair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+    with ours, theirs, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        msg = _large_message(4 * 2**20)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_all, theirs, msg)
+            waits = 0
+            while (event := proto.next_event()) is NEED_DATA:
+                if reader._reads.may_wait():
+                    waits += 1
+                    await trio.lowlevel.wait_readable(ours)
+                assert reader._reads.read() != 0
+        assert bytes(event.payload) == msg[-4 * 2**20 :]
+        assert waits < 4 * 2**20 // 65536  # waits for more than a piece at a time
