@@ -455,3 +455,70 @@ async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mar
                 assert reader._reads.read() != 0
         assert bytes(event.payload) == msg[-4 * 2**20 :]
         assert waits < 4 * 2**20 // 65536  # waits for more than a piece at a time
+
+
+async def _cutting_proxy(
+    broker: str, cut_after: int, nursery: trio.Nursery, *, task_status: trio.TaskStatus[str]
+) -> None:
+    """A TCP relay to ``broker`` whose first connection is closed (both ways) once
+    ``cut_after`` bytes of the broker's have gone to the client; later ones relay all."""
+    host, port = broker.rsplit(":", 1)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    cuts = [cut_after]
+
+    async def relay(client: trio.SocketStream) -> None:
+        budget = cuts.pop() if cuts else None
+        async with client, await trio.open_tcp_stream(host, int(port)) as upstream:
+            async with trio.open_nursery() as both:
+
+                async def up() -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        async for data in client:
+                            await upstream.send_all(data)
+
+                async def down() -> None:
+                    nonlocal budget
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        async for data in upstream:
+                            if budget is not None and len(data) >= budget:
+                                await client.send_all(data[:budget])
+                                break
+                            if budget is not None:
+                                budget -= len(data)
+                            await client.send_all(data)
+                    both.cancel_scope.cancel()
+
+                both.start_soon(up)
+                both.start_soon(down)
+
+    port_of = listeners[0].socket.getsockname()[1]
+    task_status.started(f"127.0.0.1:{port_of}")
+    await trio.serve_listeners(relay, listeners, handler_nursery=nursery)
+
+
+async def test_a_connection_lost_mid_payload_hands_no_part_of_the_frame(nursery, broker):
+    """A large frame's payload is received into the bytes its Frame gets; a
+    connection cut part way through must fail the subscription, never hand that
+    half-filled object over as a frame (and the broker's copy stays whole)."""
+    size = 1_000_000
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    via = await nursery.start(_cutting_proxy, broker, 300_000, nursery)
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub") as pub:
+            src = await pub.open_source(SRC, channels={"a": "application/octet-stream"})
+            await src.put("a", b"small")
+            await src.flush()
+            got: list[bytes] = []
+            with pytest.raises(ConnectionFailed) as lost:
+                async with open_client(via, name="cut") as sub_client:
+                    async with sub_client.subscribe(f"{SRC}/a", start="newest") as sub:
+                        got.append(bytes((await sub.receive()).data))
+                        await src.put("a", payload)
+                        await src.flush()
+                        while True:
+                            got.append(bytes((await sub.receive()).data))
+            assert got == [b"small"]  # nothing of the large frame
+            assert "in the middle of a message" in str(lost.value)  # cut in the payload
+            async with open_client(broker, name="whole") as reader:
+                (frame,) = await reader.fetch(f"{SRC}/a", newest=1)
+                assert frame.data == payload
