@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 
 import pytest
 
@@ -186,3 +187,46 @@ def test_a_direct_write_failing_part_way_leaves_only_whole_commits(
     again = SourceLog.open(str(tmp_path / "src"))
     assert contents(again) == expected and again.damage == [] and again.torn_bytes == 0
     again.close()
+
+
+def test_a_reader_of_the_open_segment_sees_every_record_whole_while_it_is_appended(
+    tmp_path, small_staging
+):
+    """The writer rewrites the last, padded block with each commit (direct); a
+    reader thread reading the newest records through the page cache meanwhile
+    must never find one damaged or short (ends with a read of them all)."""
+    log = create(str(tmp_path / "src"))
+    direct_or_skip(log)
+    newest = [0]
+    done = threading.Event()
+    bad: list[str] = []
+    reads: list[int] = []
+
+    def payload(seq: int) -> bytes:
+        return bytes([seq % 251]) * (seq * 37 % (2 * BLOCK) + 1)
+
+    def read_newest() -> None:
+        while not done.is_set():
+            seq = newest[0]
+            if not seq:
+                continue
+            runs = log.read("x.bin", seq, 1)
+            reads.append(seq)
+            got = [bytes(d) for r in runs for d in r.data]
+            if got != [payload(seq)] or runs[0].missed:
+                bad.append(f"frame {seq}: {len(got)} read, damage {log.damage}")
+
+    reader = threading.Thread(target=read_newest)
+    reader.start()
+    try:
+        for seq in range(1, 400):
+            data = [payload(seq)]
+            log.write([Put("x.bin", seq, [float(seq)], [len(data[0])], data, "w")], now=0)
+            newest[0] = seq
+    finally:
+        done.set()
+        reader.join()
+    assert bad == [] and log.damage == []
+    assert reads  # (it read while the writer wrote: thousands of reads here)
+    assert [d for _, d in contents(log)] == [payload(s) for s in range(1, 400)]
+    log.close()
