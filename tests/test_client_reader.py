@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import socket
+import struct
 import sys
 from collections.abc import Callable
 
@@ -458,10 +459,16 @@ async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mar
 
 
 async def _cutting_proxy(
-    broker: str, cut_after: int, nursery: trio.Nursery, *, task_status: trio.TaskStatus[str]
+    broker: str,
+    cut_after: int,
+    reset: bool,
+    nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[str],
 ) -> None:
-    """A TCP relay to ``broker`` whose first connection is closed (both ways) once
-    ``cut_after`` bytes of the broker's have gone to the client; later ones relay all."""
+    """A TCP relay to ``broker`` whose first connection is closed (both ways; with
+    ``reset``, by a TCP reset) once ``cut_after`` bytes of the broker's have gone to
+    the client; later ones relay all."""
     host, port = broker.rsplit(":", 1)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     cuts = [cut_after]
@@ -482,6 +489,11 @@ async def _cutting_proxy(
                         async for data in upstream:
                             if budget is not None and len(data) >= budget:
                                 await client.send_all(data[:budget])
+                                if reset:  # (no linger: the close sends a reset)
+                                    linger = struct.pack("ii", 1, 0)
+                                    client.socket.setsockopt(
+                                        socket.SOL_SOCKET, socket.SO_LINGER, linger
+                                    )
                                 break
                             if budget is not None:
                                 budget -= len(data)
@@ -496,13 +508,14 @@ async def _cutting_proxy(
     await trio.serve_listeners(relay, listeners, handler_nursery=nursery)
 
 
-async def test_a_connection_lost_mid_payload_hands_no_part_of_the_frame(nursery, broker):
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+async def test_a_connection_lost_mid_payload_hands_no_part_of_the_frame(nursery, broker, reset):
     """A large frame's payload is received into the bytes its Frame gets; a
     connection cut part way through must fail the subscription, never hand that
     half-filled object over as a frame (and the broker's copy stays whole)."""
     size = 1_000_000
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    via = await nursery.start(_cutting_proxy, broker, 300_000, nursery)
+    via = await nursery.start(_cutting_proxy, broker, 300_000, reset, nursery)
     with trio.fail_after(10):
         async with open_client(broker, name="pub") as pub:
             src = await pub.open_source(SRC, channels={"a": "application/octet-stream"})
@@ -518,7 +531,8 @@ async def test_a_connection_lost_mid_payload_hands_no_part_of_the_frame(nursery,
                         while True:
                             got.append(bytes((await sub.receive()).data))
             assert got == [b"small"]  # nothing of the large frame
-            assert "in the middle of a message" in str(lost.value)  # cut in the payload
+            said = "Connection reset by peer" if reset else "in the middle of a message"
+            assert said in str(lost.value)  # (closed: cut in the payload)
             async with open_client(broker, name="whole") as reader:
                 (frame,) = await reader.fetch(f"{SRC}/a", newest=1)
                 assert frame.data == payload
