@@ -7,6 +7,7 @@ what its readers see: every frame, in order, once, whoever read the socket.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import socket
 import struct
@@ -464,11 +465,13 @@ async def _cutting_proxy(
     reset: bool,
     nursery: trio.Nursery,
     *,
+    pause: tuple[trio.Event, trio.Event] | None = None,
     task_status: trio.TaskStatus[str],
 ) -> None:
     """A TCP relay to ``broker`` whose first connection is closed (both ways; with
     ``reset``, by a TCP reset) once ``cut_after`` bytes of the broker's have gone to
-    the client; later ones relay all."""
+    the client; later ones relay all.  With ``pause`` (paused, resume) it is not
+    closed: the relay sets ``paused`` there, and goes on once ``resume`` is set."""
     host, port = broker.rsplit(":", 1)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     cuts = [cut_after]
@@ -482,6 +485,7 @@ async def _cutting_proxy(
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                         async for data in client:
                             await upstream.send_all(data)
+                    both.cancel_scope.cancel()  # the client closed: so does the relay
 
                 async def down() -> None:
                     nonlocal budget
@@ -489,6 +493,12 @@ async def _cutting_proxy(
                         async for data in upstream:
                             if budget is not None and len(data) >= budget:
                                 await client.send_all(data[:budget])
+                                if pause is not None:
+                                    pause[0].set()
+                                    await pause[1].wait()
+                                    await client.send_all(data[budget:])
+                                    budget = None
+                                    continue
                                 if reset:  # (no linger: the close sends a reset)
                                     linger = struct.pack("ii", 1, 0)
                                     client.socket.setsockopt(
@@ -536,3 +546,43 @@ async def test_a_connection_lost_mid_payload_hands_no_part_of_the_frame(nursery,
             async with open_client(broker, name="whole") as reader:
                 (frame,) = await reader.fetch(f"{SRC}/a", newest=1)
                 assert frame.data == payload
+
+
+async def test_a_subscription_cancelled_while_a_large_frames_rest_is_awaited_gets_it_whole_next(
+    nursery, broker
+):
+    """A receive cancelled while the socket's low-water mark waits for a large
+    payload's rest loses nothing: the next receive gets that frame whole."""
+    size = 1_000_000
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    paused, resume = trio.Event(), trio.Event()
+    via = await nursery.start(
+        functools.partial(_cutting_proxy, broker, 300_000, False, nursery, pause=(paused, resume))
+    )
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub") as pub, open_client(via, name="sub") as client:
+            src = await pub.open_source(SRC, channels={"a": "application/octet-stream"})
+            await src.put("a", b"small")
+            await src.flush()
+            async with client.subscribe(f"{SRC}/a", start="newest") as sub:
+                assert (await sub.receive()).data == b"small"
+                await src.put("a", payload)
+                await src.flush()
+                with trio.CancelScope() as waiting:
+
+                    async def cancel_once_paused() -> None:
+                        await paused.wait()
+                        sock = client._stream.socket
+                        while sys.platform == "linux" and (  # until the reader waits under the mark
+                            sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) < 600_000
+                        ):
+                            await trio.testing.wait_all_tasks_blocked(0.01)
+                        await trio.testing.wait_all_tasks_blocked()
+                        waiting.cancel()
+
+                    nursery.start_soon(cancel_once_paused)
+                    await sub.receive()
+                assert waiting.cancelled_caught  # cancelled part way into the payload
+                resume.set()
+                frame = await sub.receive()
+                assert frame.seq == 2 and frame.data == payload
