@@ -409,9 +409,7 @@ def _large_message(size: int) -> bytes:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVLOWAT marks TCP sockets on Linux only")
-async def test_a_broker_closing_while_a_large_frames_rest_is_awaited_wakes_the_reader(
-    autojump_clock: object,
-):
+async def test_a_broker_closing_while_a_large_frames_rest_is_awaited_wakes_the_reader():
     """The low-water mark is the rest of the payload, which will never come: the
     closed connection still wakes the wait, and is reported as cut mid-message."""
     ours, theirs = await tcp_pair()
@@ -435,9 +433,7 @@ async def test_a_broker_closing_while_a_large_frames_rest_is_awaited_wakes_the_r
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVLOWAT marks TCP sockets on Linux only")
-async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mark(
-    autojump_clock: object,
-):
+async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mark():
     """A receive buffer fixed smaller than the payload (SO_RCVBUF) caps the mark
     the kernel keeps: each wait still ends, and the frame arrives whole."""
     ours, theirs = await tcp_pair()
