@@ -53,16 +53,23 @@ _UNACKED = struct.Struct("=I")
 _UNACKED_OFFSET = 24
 
 
-def heard_ago(sock: Any) -> float | None:
-    """Seconds since the kernel last heard from the peer of TCP socket ``sock``
-    (data or an acknowledgement); None where it does not say (or the socket is closed)."""
+def _tcp_info(sock: Any) -> bytes | None:
+    """The kernel's ``struct tcp_info`` of TCP socket ``sock``; None where it does
+    not say (no ``TCP_INFO``, not TCP, or the socket is closed)."""
     if _TCP_INFO is None:
         return None
     try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+        info: bytes = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
     except (OSError, ValueError):
         return None
-    if len(info) < _LAST_RECV_OFFSET + _LAST_RECV.size:
+    return info
+
+
+def heard_ago(sock: Any) -> float | None:
+    """Seconds since the kernel last heard from the peer of TCP socket ``sock``
+    (data or an acknowledgement); None where it does not say (or the socket is closed)."""
+    info = _tcp_info(sock)
+    if info is None or len(info) < _LAST_RECV_OFFSET + _LAST_RECV.size:
         return None
     data_ms, ack_ms = _LAST_RECV.unpack_from(info, _LAST_RECV_OFFSET)
     return min(data_ms, ack_ms) / 1000
@@ -72,13 +79,10 @@ def unacknowledged(sock: Any) -> bool:
     """Whether TCP socket ``sock`` has sent data its peer has not acknowledged
     yet (False where the kernel does not say).  A peer that stops reading (a
     zero window) has acknowledged what it got: nothing is unacknowledged then."""
-    if _TCP_INFO is None:
+    info = _tcp_info(sock)
+    if info is None or len(info) < _UNACKED_OFFSET + _UNACKED.size:
         return False
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
-    except (OSError, ValueError):
-        return False
-    return len(info) >= _UNACKED_OFFSET + 4 and _UNACKED.unpack_from(info, _UNACKED_OFFSET)[0] > 0
+    return _UNACKED.unpack_from(info, _UNACKED_OFFSET)[0] > 0
 
 
 def liveness_timeout(value: float | None) -> float | None:
