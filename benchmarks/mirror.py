@@ -4,6 +4,7 @@ Run by hand from the checkout (a short run, about a minute; prints markdown tabl
 
     .venv/bin/python benchmarks/mirror.py
     .venv/bin/python benchmarks/mirror.py --tests mirror,lag --frames 20000
+    .venv/bin/python benchmarks/mirror.py --tests mirror,catch-up --hosts 2
 
 Brokers are ``turbine serve`` processes on free loopback ports, the mirror a
 ``turbine mirror`` process, the bridges ``python -m components.jetstream_bridge``
@@ -21,11 +22,22 @@ benchmark process puts and reads through the public client API.
   of the same frames into a fresh B.  Both brokers keep every frame (the
   source's cache_bytes leaves room for each frame's bookkeeping too); the
   mirror's own start, until it opens the copy, is printed apart.
-* ``lag``: 1,000 frames/s put into A with their send time; a subscriber of B
-  measures each frame's arrival minus its send time (one clock, one machine).
-* ``bridge``: nats-py publishing the same frames straight to the stream
+* ``lag`` (shared cores): 1,000 frames/s put into A with their send time; a
+  subscriber of B measures each frame's arrival minus its send time (one clock, one machine).
+* ``bridge`` (shared cores): nats-py publishing the same frames straight to the stream
   (pipelined, every acknowledgement awaited), against the export (A holds the
   frames; until the stream has them) and the import (until B has them).
+
+Two models of where the processes run (``--hosts``; each row says which):
+
+* ``shared``: every process on every core of this machine, as one machine
+  runs them.  A live copy has five busy processes on the cores a direct put
+  shares with one: this measures the contention as much as the mirror.
+* ``two hosts``: a site per core, as two machines (the link is loopback):
+  site A (the producer, broker A and a *push* mirror) on the first CPU, site
+  B (broker B and a *pull* mirror) on the second; the direct put with the
+  producer and its broker on the first CPU alone.  The benchmark's own
+  waiter (a subscriber of B that gets one frame) runs with the producer.
 
 On 2 shared cores the numbers vary by 20-30 % from run to run; the load
 average is printed with each table.
@@ -44,6 +56,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -59,11 +72,69 @@ HERE = Path(__file__).resolve().parent.parent
 TURBINE = str(Path(sys.executable).parent / "turbine")
 SRC = "daq_bench_data_source"
 STAMP = struct.Struct("<d")
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+Cpus = frozenset[int] | None  # None: every CPU this benchmark may use
+
+
+@dataclass(frozen=True)
+class Model:
+    """Where the processes of a run go: site A's and site B's CPUs."""
+
+    name: str
+    site_a: Cpus = None
+    site_b: Cpus = None
+
+    def placements(self) -> list[tuple[str, Cpus]]:
+        """The mirror's places in this model: a label and its CPUs."""
+        if self.site_a == self.site_b:
+            return [("push = pull", self.site_a)]
+        return [
+            (f"push (CPU {cpus_text(self.site_a)})", self.site_a),
+            (f"pull (CPU {cpus_text(self.site_b)})", self.site_b),
+        ]
+
+
+def cpus_text(cpus: Cpus) -> str:
+    return ",".join(map(str, sorted(ALL_CPUS if cpus is None else cpus)))
+
+
+def models(hosts: str) -> list[Model]:
+    """The models ``--hosts`` names: 1 (shared cores), 2 (two hosts) or both."""
+    chosen = []
+    for item in hosts.split(","):
+        if item == "1":
+            chosen.append(Model("shared"))
+        elif item == "2":
+            if len(ALL_CPUS) < 2:
+                raise click.UsageError("--hosts 2 needs two CPUs; this process may use one")
+            first, second = sorted(ALL_CPUS)[:2]
+            chosen.append(Model("two hosts", frozenset({first}), frozenset({second})))
+        else:
+            raise click.UsageError(f"--hosts takes 1, 2 or 1,2, not {item!r}")
+    return chosen
+
+
+def pin(pid: int, cpus: Cpus) -> None:
+    """Run every thread of process ``pid`` (0: this one) on ``cpus`` only; threads
+    it starts later inherit that."""
+    for task in os.listdir(f"/proc/{pid or os.getpid()}/task"):
+        os.sched_setaffinity(int(task), ALL_CPUS if cpus is None else cpus)
 
 
 @contextmanager
-def process(*argv: str) -> Iterator[subprocess.Popen[str]]:
+def pinned(cpus: Cpus) -> Iterator[None]:
+    """This process (the producer and the measuring clients) on ``cpus`` meanwhile."""
+    pin(0, cpus)
+    try:
+        yield
+    finally:
+        pin(0, None)
+
+
+@contextmanager
+def process(*argv: str, cpus: Cpus = None) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pin(proc.pid, cpus)  # it is starting Python: no thread of its own yet
     try:
         yield proc
     finally:
@@ -82,9 +153,10 @@ def broker() -> Iterator[str]:
 
 
 @contextmanager
-def broker_process() -> Iterator[tuple[str, int]]:
-    """A broker: its address and process id."""
-    with process(TURBINE, "serve", "--port", "0", "--max-memory", "3GiB") as proc:
+def broker_process(cpus: Cpus = None) -> Iterator[tuple[str, int]]:
+    """A broker on ``cpus``: its address and process id."""
+    argv = (TURBINE, "serve", "--port", "0", "--max-memory", "3GiB")
+    with process(*argv, cpus=cpus) as proc:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         yield line.split()[-1], proc.pid
@@ -135,8 +207,9 @@ async def wait_for_seq(address: str, seq: int) -> None:
                 return
 
 
-def mirror_process(a: str, b: str):
-    return process(TURBINE, "mirror", "--from", a, "--to", b, "--poll", "0.05", "daq_*")
+def mirror_process(a: str, b: str, cpus: Cpus = None):
+    argv = (TURBINE, "mirror", "--from", a, "--to", b, "--poll", "0.05", "daq_*")
+    return process(*argv, cpus=cpus)
 
 
 async def mirrored_rate(
@@ -162,21 +235,27 @@ async def mirrored_rate(
         return count / (time.perf_counter() - start)
 
 
-def direct_run(count: int, size: int, cache_bytes: int | None = None) -> tuple[float, list[float]]:
-    """A direct put: its rate, and the CPU seconds of A and of the producer meanwhile."""
-    with broker_process() as (a, a_pid):
+def direct_run(
+    model: Model, count: int, size: int, cache_bytes: int | None = None
+) -> tuple[float, list[float]]:
+    """A direct put (the producer and its broker on site A's CPUs): its rate, and
+    the CPU seconds of the broker and of the producer meanwhile."""
+    with pinned(model.site_a), broker_process(model.site_a) as (a, a_pid):
         before = [cpu_seconds(a_pid), own_cpu()]
         rate = trio.run(put_frames, a, count, size, cache_bytes)
         return rate, [cpu_seconds(a_pid) - before[0], own_cpu() - before[1]]
 
 
-def mirrored_run(count: int, size: int) -> tuple[float, list[float]]:
-    """A mirrored put: its rate, and the CPU seconds of A, B, the mirror and the
-    producer (with the waiter) from the first timed put on."""
+def mirrored_run(
+    model: Model, mirror_cpus: Cpus, count: int, size: int
+) -> tuple[float, list[float]]:
+    """A mirrored put (the mirror on ``mirror_cpus``): its rate, and the CPU seconds
+    of A, B, the mirror and the producer (with the waiter) from the first timed put on."""
     with (
-        broker_process() as (a, a_pid),
-        broker_process() as (b, b_pid),
-        mirror_process(a, b) as mirror,
+        pinned(model.site_a),
+        broker_process(model.site_a) as (a, a_pid),
+        broker_process(model.site_b) as (b, b_pid),
+        mirror_process(a, b, mirror_cpus) as mirror,
     ):
         pids = (a_pid, b_pid, mirror.pid)
 
@@ -202,14 +281,20 @@ async def copy_opened(address: str) -> None:
             await trio.sleep(0.005)
 
 
-def catch_up_run(count: int, size: int) -> tuple[float, float, list[float]]:
-    """A holds ``count`` frames, then the mirror starts: its start-up (seconds
-    until the copy is open on B), the rate from then until B holds them all,
-    and the CPU seconds meanwhile of A, B, the mirror and the waiter."""
-    with broker_process() as (a, a_pid), broker_process() as (b, b_pid):
+def catch_up_run(
+    model: Model, mirror_cpus: Cpus, count: int, size: int
+) -> tuple[float, float, list[float]]:
+    """A holds ``count`` frames, then the mirror starts (on ``mirror_cpus``): its
+    start-up (seconds until the copy is open on B), the rate from then until B
+    holds them all, and the CPU seconds meanwhile of A, B, the mirror and the waiter."""
+    with (
+        pinned(model.site_a),
+        broker_process(model.site_a) as (a, a_pid),
+        broker_process(model.site_b) as (b, b_pid),
+    ):
         trio.run(put_frames, a, count, size, holding_all(count, size))
         launched = time.perf_counter()
-        with mirror_process(a, b) as mirror:
+        with mirror_process(a, b, mirror_cpus) as mirror:
             pids = (a_pid, b_pid, mirror.pid)
 
             def now() -> list[float]:
@@ -223,59 +308,97 @@ def catch_up_run(count: int, size: int) -> tuple[float, float, list[float]]:
     return start - launched, count / (end - start), spent
 
 
-def print_cpu(note: str, columns: str, rows: list[tuple[int, list[float], list[float]]]) -> None:
-    """The CPU seconds of each process, per frame size: the direct run's, then the
-    copy's, and the copy's total against the direct one's."""
-    print(f"\nCPU seconds per process {note}\n")
-    print(f"| frame | {columns} |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size, direct_cpu, copy_cpu in rows:
+def models_text(chosen: list[Model]) -> str:
+    """What each model's name in the tables means."""
+    text = []
+    for model in chosen:
+        if model.site_a == model.site_b:
+            text.append(f"*{model.name}*: every process on CPUs {cpus_text(model.site_a)}")
+        else:
+            a, b = cpus_text(model.site_a), cpus_text(model.site_b)
+            text.append(
+                f"*{model.name}*: site A (producer, broker A, a push mirror) on CPU {a}, "
+                f"site B (broker B, a pull mirror) on CPU {b}; the direct put on CPU {a} alone"
+            )
+    return "Models: " + "; ".join(text) + "."
+
+
+def sizes(frames: int) -> tuple[tuple[int, int], ...]:
+    """(frame size, frames) of each row: ``frames`` of 64 B, a hundredth of 100 KB."""
+    return ((64, frames), (100_000, max(200, frames // 100)))
+
+
+def rate_text(rate: float, size: int) -> str:
+    return f"{rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s)"
+
+
+CpuRow = tuple[int, int, str, str, list[float], list[float]]
+
+
+def print_cpu(note: str, columns: list[str], rows: list[CpuRow]) -> None:
+    """The CPU seconds of each process (and per GB of payload), per frame size,
+    model and mirror place: the direct run's, then the copy's, and the copy's
+    total against the direct one's."""
+    print(f"\nCPU seconds per process {note}; in brackets per GB of payload\n")
+    print(f"| frame | model | mirror | {' | '.join(columns)} | all, copy / direct |")
+    print("|---" * (len(columns) + 4) + "|")
+    for size, count, model, where, direct_cpu, copy_cpu in rows:
         total = sum(direct_cpu)
         ratio = f"{sum(copy_cpu) / total:.1f}x" if total else "-"
-        cells = " | ".join(f"{c:.3f}" for c in [*direct_cpu, *copy_cpu])
-        print(f"| {size:,} B | {cells} | {ratio} |")
+        gb = count * size / 1e9
+        cells = " | ".join(f"{c:.3f} ({c / gb:.2f})" for c in [*direct_cpu, *copy_cpu])
+        print(f"| {size:,} B | {model} | {where} | {cells} | {ratio} |")
 
 
-def bench_catch_up(frames: int) -> None:
+def bench_catch_up(frames: int, chosen: list[Model]) -> None:
     print(f"\n### Mirror catch-up: A holds the frames, then the mirror starts ({load()})\n")
+    print(models_text(chosen) + "\n")
     print(
-        "| frame | frames | direct put into B | A -> B, from the copy's opening | "
-        "catch-up / direct | mirror start |"
+        "| frame | model | mirror | frames | direct put into B | A -> B, from the copy's opening "
+        "| catch-up / direct | mirror start | load |"
     )
-    print("|---|---|---|---|---|---|")
-    cpu_rows = []
-    for size, count in ((64, frames), (100_000, max(200, frames // 100))):
-        direct, direct_cpu = direct_run(count, size, holding_all(count, size))
-        started, rate, spent = catch_up_run(count, size)
-        print(
-            f"| {size:,} B | {count:,} | {direct:,.0f} /s ({direct * size / 1e6:,.1f} MB/s) "
-            f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} "
-            f"| {started:.2f} s |"
-        )
-        cpu_rows.append((size, direct_cpu, spent))
+    print("|---|---|---|---|---|---|---|---|---|")
+    cpu_rows: list[CpuRow] = []
+    for size, count in sizes(frames):
+        for model in chosen:
+            direct, direct_cpu = direct_run(model, count, size, holding_all(count, size))
+            for where, cpus in model.placements():
+                started, rate, spent = catch_up_run(model, cpus, count, size)
+                print(
+                    f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
+                    f"| {rate_text(rate, size)} | {rate / direct:.0%} | {started:.2f} s "
+                    f"| {os.getloadavg()[0]:.1f} |"
+                )
+                cpu_rows.append((size, count, model.name, where, direct_cpu, spent))
     print_cpu(
         "(the time each ran)",
-        "direct: B | direct: producer | catch-up: A | B | mirror | waiter | all, catch-up / direct",
+        ["direct: B", "direct: producer", "catch-up: A", "B", "mirror", "waiter"],
         cpu_rows,
     )
 
 
-def bench_mirror(frames: int) -> None:
+def bench_mirror(frames: int, chosen: list[Model]) -> None:
     print(f"\n### Mirror throughput ({load()})\n")
-    print("| frame | frames | direct put into A | put into A, mirrored to B | mirrored / direct |")
-    print("|---|---|---|---|---|")
-    cpu_rows = []
-    for size, count in ((64, frames), (100_000, max(200, frames // 100))):
-        direct, direct_cpu = direct_run(count, size)
-        rate, mirrored_cpu = mirrored_run(count, size)
-        print(
-            f"| {size:,} B | {count:,} | {direct:,.0f} /s ({direct * size / 1e6:,.1f} MB/s) "
-            f"| {rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s) | {rate / direct:.0%} |"
-        )
-        cpu_rows.append((size, direct_cpu, mirrored_cpu))
+    print(models_text(chosen) + "\n")
+    print(
+        "| frame | model | mirror | frames | direct put into A | put into A, mirrored to B "
+        "| mirrored / direct | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    cpu_rows: list[CpuRow] = []
+    for size, count in sizes(frames):
+        for model in chosen:
+            direct, direct_cpu = direct_run(model, count, size)
+            for where, cpus in model.placements():
+                rate, mirrored_cpu = mirrored_run(model, cpus, count, size)
+                print(
+                    f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
+                    f"| {rate_text(rate, size)} | {rate / direct:.0%} | {os.getloadavg()[0]:.1f} |"
+                )
+                cpu_rows.append((size, count, model.name, where, direct_cpu, mirrored_cpu))
     print_cpu(
         "(the time each ran; the producer's includes the waiter)",
-        "direct: A | direct: producer | mirrored: A | B | mirror | producer | all, mirrored / direct",
+        ["direct: A", "direct: producer", "mirrored: A", "B", "mirror", "producer"],
         cpu_rows,
     )
 
@@ -309,7 +432,7 @@ def bench_lag(rate: int, seconds: float) -> None:
     with broker() as a, broker() as b, mirror_process(a, b):
         lags = trio.run(lag_run, a, b, rate, seconds)
     q = statistics.quantiles(lags, n=100)
-    print(f"\n### Mirror lag at {rate:,} frames/s, {len(lags):,} frames ({load()})\n")
+    print(f"\n### Mirror lag at {rate:,} frames/s, {len(lags):,} frames, shared cores ({load()})\n")
     print("| p50 | p99 | max |")
     print("|---|---|---|")
     print(f"| {q[49] * 1e3:.1f} ms | {q[98] * 1e3:.1f} ms | {max(lags) * 1e3:.1f} ms |")
@@ -400,7 +523,7 @@ def bench_bridge(frames: int) -> None:
 
     from components.jetstream_bridge.testing import NatsCluster
 
-    print(f"\n### JetStream bridge, 3 nodes, replicas 3 ({load()})\n")
+    print(f"\n### JetStream bridge, 3 nodes, replicas 3, shared cores ({load()})\n")
     print(
         "| frame | frames | nats-py publish | A -> export -> stream | A -> stream -> import -> B |"
     )
@@ -437,14 +560,21 @@ def bench_bridge(frames: int) -> None:
 )
 @click.option("--rate", default=1000, show_default=True, help="Frames/s for the lag test.")
 @click.option("--seconds", default=5.0, show_default=True, help="Length of the lag test.")
-def main(tests: str, frames: int, rate: int, seconds: float) -> None:
+@click.option(
+    "--hosts",
+    default="1,2",
+    show_default=True,
+    help="mirror and catch-up: 1 = all on shared cores, 2 = a site per CPU, as two hosts.",
+)
+def main(tests: str, frames: int, rate: int, seconds: float, hosts: str) -> None:
     os.chdir(HERE)
     sys.path.insert(0, str(HERE))
     chosen = tests.split(",")
+    placed = models(hosts)
     if "mirror" in chosen:
-        bench_mirror(frames)
+        bench_mirror(frames, placed)
     if "catch-up" in chosen:
-        bench_catch_up(frames)
+        bench_catch_up(frames, placed)
     if "lag" in chosen:
         bench_lag(rate, seconds)
     if "bridge" in chosen:
