@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import socket
+import struct
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 import pytest
 import trio
+import trio.testing
 from click.testing import CliRunner
 
 from turbine import BrokerConfig, RequestFailed, open_client, serve_turbine
@@ -16,6 +20,7 @@ from turbine.auth import AuthTable, token_hash
 from turbine.cli import main
 from turbine.client import Client, Frame, FrameGroup, Gap
 from turbine.mirror import MirrorConfig, MirrorStats, copy_puts, group_puts, run_mirror
+from turbine.origin import Origin
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
@@ -236,6 +241,76 @@ async def test_a_target_with_a_data_dir_keeps_its_copies_through_a_restart(nurse
                     assert [s for s, *_ in await everything(rb, f"{SRC}/x")] == [1, 2, 3]
                 b_nursery.cancel_scope.cancel()
             assert stats.frames == 3  # each frame copied once, over three runs of B
+
+
+async def cuttable_relay(target: str, *, task_status) -> None:
+    """A TCP relay to ``target``; started, it gives its address and a ``cut()``
+    that resets every connection it relays (the target sees them lost, as on a
+    cut link) and stops taking new ones."""
+    host, port = target.rsplit(":", 1)
+    upstreams: list[trio.SocketStream] = []
+    with trio.CancelScope() as accepting:
+        async with trio.open_nursery() as relays:
+
+            async def relay(client: trio.SocketStream) -> None:
+                async with client, await trio.open_tcp_stream(host, int(port)) as up:
+                    upstreams.append(up)
+                    async with trio.open_nursery() as both:
+
+                        async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+                            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                                async for data in src:
+                                    await dst.send_all(data)
+                            both.cancel_scope.cancel()
+
+                        both.start_soon(pump, client, up)
+                        both.start_soon(pump, up, client)
+
+            def cut() -> None:
+                accepting.cancel()
+                for up in upstreams:  # no linger: the close sends a reset
+                    up.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    up.socket.close()
+
+            (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            task_status.started((f"127.0.0.1:{listener.socket.getsockname()[1]}", cut))
+            await trio.serve_listeners(relay, [listener], handler_nursery=relays)
+
+
+async def test_a_mirror_stopped_lets_go_of_its_copies_at_once(nursery, brokers):
+    """Another mirror (another name) takes the copies over at once after a stop,
+    where a lost connection keeps them reserved for the mirror's return."""
+    a, b, _ = brokers
+    copy = {"x": "application/octet-stream"}, Origin("aaaa", SRC)
+    with trio.fail_after(20):
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            await (await pa.open_source(SRC)).put("x", b"1")
+            await pa.flush()
+            async with trio.open_nursery() as running:
+                scope, _ = await start_mirror(running, a, b, name="mirror-1")
+                await frames_on(rb, f"{SRC}/x", 1)
+                scope.cancel()  # stopped: its connection to B is closed
+            async with open_client(b, name="mirror-2") as other:
+                assert await other.open_mirror(SRC, *copy) == {"x": 2}
+                (info,) = await rb.list_sources(SRC)
+                assert info.online and info.holder.startswith("mirror-2#")
+
+        async with open_client(a, name="daq") as pa, open_client(b) as rb:
+            await (await pa.open_source("daq_two_data_source")).put("x", b"1")
+            await pa.flush()
+            relayed, cut = await nursery.start(cuttable_relay, b)
+            await start_mirror(nursery, a, relayed, "daq_two*", name="mirror-3")
+            await frames_on(rb, "daq_two_data_source/x", 1)
+            cut()  # its connection to B is lost: the copies wait for it
+            await trio.testing.wait_all_tasks_blocked()
+            (info,) = await rb.list_sources("daq_two_data_source")
+            assert not info.online
+            async with open_client(b, name="mirror-2") as other:
+                origin = Origin("aaaa", "daq_two_data_source")
+                with pytest.raises(RequestFailed, match="mirror-3.*reconnecting"):
+                    await other.open_mirror("daq_two_data_source", copy[0], origin)
 
 
 MIRROR_TOKENS = {u: f"token-of-{u}-0123456789abcdef" for u in ("admin", "from_a", "to_b")}

@@ -106,6 +106,8 @@ class Link(Lifeline):
             )
         #: open_source fields by source (reconnect=True): to reopen, and to close at the end.
         self._held: dict[str, dict[str, Any]] = {}
+        #: Mirrored sources opened (open_mirror): closed at the end too.
+        self._copies: set[str] = set()
         self._subs: dict[int, Subscription] = {}
         self._up = trio.Event()  # set while connected
         self._down = trio.Event()  # set when the connection was lost (reconnect=True)
@@ -244,9 +246,10 @@ class Link(Lifeline):
     async def aclose(self) -> None:
         """Write what was put and not yet sent (for up to 5 s), then close the connection.
 
-        A reconnecting client closes its sources first: the broker keeps the
-        sources of one whose connection just ends for its reconnect a while,
-        and these are free for another client at once.
+        A reconnecting client (or one that ``comes_back``) closes its sources
+        and mirrored sources first: the broker keeps the sources of one whose
+        connection just ends for its reconnect a while, and these are free for
+        another client at once.
         """
         with trio.CancelScope(shield=True):
             self._closed = True
@@ -257,7 +260,7 @@ class Link(Lifeline):
                         await self._outbox.send()
                 if not self._down.is_set():
                     with contextlib.suppress(TurbineError):
-                        for source in list(self._held):
+                        for source in [*self._held, *self._copies]:
                             await self._requests.send(m.CloseSource, source=source)
             self._fail(ConnectionFailed("the client was closed"))
             if not self._down.is_set():

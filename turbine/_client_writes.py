@@ -114,6 +114,7 @@ class Writes(Link):
             cache_bytes=cache_bytes,
             mirror=mirror.to_wire(),
         )
+        self._copies.add(name)
         if reply.result.get("compact") is True:
             self._compact |= {name}
         return dict(reply.result["channels"])

@@ -215,6 +215,7 @@ class Client(Writes):
             RequestFailed: no such source, or another client holds it.
         """
         self._held.pop(source, None)
+        self._copies.discard(source)
         result = (await self._call_parts(m.Delete, m.Ok, {"source": source}))[-1].result
         # a broker older than the freed count answers nil
         return int(result["freed"]) if isinstance(result, dict) else 0
@@ -314,6 +315,8 @@ async def open_client(
     Its sources then wait for a client of its name for 10 s after a lost
     connection, and one of its name gets them from its lost connection from
     another host still open at the broker (docs/protocol.rst, Transport).
+    Closed (its program stopping), it lets go of them and of its mirrored
+    sources at once.
 
     Raises:
         ConnectionFailed: nothing listens there, or it is not a turbine broker
