@@ -24,11 +24,12 @@ from ._liveness import heard_ago
 from .auth import Access, FailureDelays, LoginRefused, is_loopback
 from .delivery import Delivery
 from .outbound import OutboundQueue
+from .pacing import deliver_first
 from .peer import Peer
 from .protocol import NEED_DATA, Connection, ReceiveBudget, Role, encode_message
 from .protocol import State as ProtoState
 from .requests import BrokerView, Requests
-from .router import Subscription
+from .router import Subscription, Waker
 from .sender import BrokerWriting, Sender, WriteLimits
 from .storetask import StoreReads
 from .tls import TLSSocket
@@ -112,6 +113,7 @@ class ClientConnection(Sender, Requests):
         self.bytes_in = self.bytes_out = self.frames_in = 0
         self._emptied = True  # the last read took less than it was offered (none yet)
         self.written: set[str] = set()
+        self.woke: dict[Waker, None] = {}
         self.slow_events = 0
 
     # --- inbound
@@ -169,6 +171,9 @@ class ClientConnection(Sender, Requests):
                 # The disk is far behind this client's puts: stop reading them until
                 # it catches up (the producer slows to the disk's pace, not refused).
                 await store.caught_up(self.written)
+                handled = 1
+            if self.woke:  # the broker delivers what its sinks can take before it reads more
+                await deliver_first(self.woke, broker.write_ready)
                 handled = 1
             # A message must arrive whole within `timeout` of its first bytes
             # (a half-sent message holds memory; it costs its sender the connection).

@@ -166,6 +166,12 @@ class OutboundQueue:
             return not _unfilled(self._replies[0])  # an unfilled slot holds everything back
         return self._more
 
+    @property
+    def frames_waiting(self) -> bool:
+        """Subscribed frames (or the rest of a write) wait to be sent, and nothing
+        holds them back (no unfilled slot, no last words)."""
+        return (self._more or bool(self._rest)) and not self.closing and self.pending
+
     def sleep(self) -> bool:
         """The writer task is about to wait: True if it should (nothing to send)."""
         if self.state is State.CLOSED:

@@ -21,6 +21,7 @@ from .hub import Hub, no_source
 from .names import InvalidName
 from .payloads import Payloads
 from .peer import Peer
+from .router import Waker
 
 
 class PutView(Protocol):
@@ -38,6 +39,8 @@ class Puts:
     frames_in: int
     #: Sources this connection put to: what its ``flush`` waits for.
     written: set[str]
+    #: Whom the puts of its last read woke (turbine/pacing.py).
+    woke: dict[Waker, None]
 
     def error(self, msg_id: int | None, exc: Exception, code: str = "error") -> None:
         raise NotImplementedError
@@ -83,8 +86,10 @@ class Puts:
             return
         self.written.add(msg.source)  # a replay dropped as stored counts too: flush covers it
         self.frames_in += len(sizes)
+        woke = self.woke
         for conn in wakers:
             conn.wake_soon()
+            woke[conn] = None
         if access is not None and is_command_sink(msg.source) and self.broker.audit is not None:
             for frame in data:
                 self.broker.audit.record(

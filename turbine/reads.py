@@ -50,6 +50,9 @@ class Reads:
         """Mark frames to send (a subscription's :class:`~turbine.router.Waker`)."""
         raise NotImplementedError
 
+    def frames_go_now(self) -> bool:
+        raise NotImplementedError
+
     def readable(self) -> Callable[[str], bool] | None:
         """What this connection may read (None: everything)."""
         access = self.peer.access

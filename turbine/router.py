@@ -33,6 +33,10 @@ class Waker(Protocol):
         """Mark frames to send; never waits."""
         ...
 
+    def frames_go_now(self) -> bool:
+        """Whether frames wait for it that its socket takes now (turbine/pacing.py)."""
+        ...
+
 
 class Counted(Protocol):
     """What the router counts on a channel's source: frames and payload bytes sent from it."""

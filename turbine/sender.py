@@ -23,6 +23,7 @@ from ._io import send_buffers, write_now
 from .closed import WriteTimeout
 from .delivery import Delivery
 from .outbound import OutboundQueue, State, Wake
+from .pacing import takes_bytes
 from .protocol import PREFIX, Connection
 
 
@@ -51,6 +52,7 @@ class Sender:
     """The sending half of one broker connection (mixed into the connection)."""
 
     broker: BrokerWriting
+    stream: trio.SocketStream
     sock: Any
     #: Whether the reader may write to the socket itself (not through TLS).
     direct: bool
@@ -97,6 +99,11 @@ class Sender:
                 self.broker.ready[self] = None
             else:
                 self._wakeup.set()
+
+    def frames_go_now(self) -> bool:
+        """Whether subscribed frames wait for this connection and its socket takes
+        bytes now: the broker, not the subscriber, is behind (turbine/pacing.py)."""
+        return self.out.frames_waiting and takes_bytes(self.stream.socket.fileno())
 
     def write_now(self) -> None:
         """Write what is ready without waiting, if the writer sleeps; the
