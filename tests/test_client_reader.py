@@ -186,6 +186,53 @@ async def test_closing_the_client_wakes_a_waiting_reader(broker):
     assert "closed" in str(errors[0])
 
 
+async def test_a_subscription_closed_in_another_task_ends_its_waiting_reader(broker):
+    """A reader waiting on the socket for a subscription that another task closes
+    ends its iteration (woken by the broker's reply to the unsubscribe), and the
+    client's other subscriptions and requests go on."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="sub") as tb, tb.subscribe(f"{SRC}/b") as other:
+            ended: list[int] = []
+            async with trio.open_nursery() as nursery:
+                async with tb.subscribe(f"{SRC}/a") as sub:
+
+                    async def read() -> None:
+                        ended.append(len([item async for item in sub]))
+
+                    nursery.start_soon(read)
+                    await trio.testing.wait_all_tasks_blocked()
+            assert ended == [0]
+            await _publish(broker, "b", [b"next"])
+            assert (await other.receive()).data == b"next"
+            assert (await tb.status())["clients"]
+
+
+async def test_a_client_closed_while_a_reader_waits_is_a_clean_close_at_the_broker(broker):
+    """The reader woken by the close gives the socket back to the read loop, which
+    reads to the broker's end: the broker records a client close, not a reset."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="watcher") as watcher:
+            async with open_client(broker, name="leaver") as tb, tb.subscribe(f"{SRC}/a") as sub:
+                async with trio.open_nursery() as nursery:
+
+                    async def wait() -> None:
+                        with contextlib.suppress(ConnectionFailed):
+                            await sub.receive()
+
+                    nursery.start_soon(wait)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await tb.aclose()
+            while not (
+                closed := [
+                    (c["code"], c["reason"])
+                    for c in (await watcher.status())["closed"]
+                    if c["client"].startswith("leaver#")
+                ]
+            ):
+                pass
+    assert closed == [("client_closed", "client closed the connection")]
+
+
 class _EveryStep(trio.abc.Instrument):
     """Calls ``check`` after every step of one task."""
 

@@ -121,9 +121,9 @@ class Feed:
         #: Why the feed ended, when the connection failed; None after a normal end.
         self.error: TurbineError | None = None
         self.ended = False
-        #: The scope of the wait for bytes of a reader reading the socket for
-        #: this feed (:meth:`close` cancels it).
-        self.wake: trio.CancelScope | None = None
+        #: Wakes the reader waiting for bytes on the socket for this feed (set
+        #: while it waits): :meth:`close` with an error (the link failed) calls it.
+        self.wake: Callable[[], None] | None = None
 
     async def next_batch(self) -> Iterable[Any]:
         """The next batch delivered (a checkpoint).
@@ -142,13 +142,18 @@ class Feed:
         return batch
 
     def close(self, error: TurbineError | None = None) -> None:
-        """End the feed; the reader sees the frames already delivered, then ``error`` (if any)."""
+        """End the feed; the reader sees the frames already delivered, then ``error`` (if any).
+
+        A reader waiting for bytes on the socket is woken at once when the link
+        failed (``error``); a feed its subscription closed (no error) ends for a
+        reader in another task when the next message arrives: the reply to the
+        ``unsubscribe`` sent at the close, at the latest."""
         if error is not None and self.error is None:
             self.error = error
         self.ended = True
         self._close()
-        if self.wake is not None:
-            self.wake.cancel()
+        if self.wake is not None and error is not None:
+            self.wake()
 
 
 class Subscription:

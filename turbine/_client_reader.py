@@ -11,6 +11,7 @@ is the reader's :class:`Turn`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -83,6 +84,14 @@ class Reader:
         self._full: Full | None = None  # a delivery a subscription's reader left to the loop
         self._failure: BaseException | None = None  # what it met reading, for the loop to raise
         self._reads = SocketReads(sock, proto)
+        # What :attr:`Feed.wake` is while a subscription's reader waits for bytes:
+        # the waiting reader meets ClosedResourceError, sees its feed ended and
+        # gives the socket back.  Without a cancel scope around every wait (about
+        # 50 Python calls a frame): trio's notify_closing ends the wait, and the
+        # socket, still open, is waited on again as before.  Only a failed link's
+        # feeds are woken so (a task waiting to write the socket then meets the
+        # same error, as it would anyway).
+        self._wake = functools.partial(trio.lowlevel.notify_closing, sock)
         self.done = trio.Event()  # :meth:`run` returned (the end, a failure, a cancel)
 
     async def run(self) -> None:
@@ -181,8 +190,12 @@ class Reader:
                 n = None if not woke and self._reads.may_wait() else self._reads.read()
                 woke = False
                 if n is None:
-                    with trio.CancelScope() as feed.wake:  # Feed.close wakes us
+                    feed.wake = self._wake
+                    try:
                         await trio.lowlevel.wait_readable(self._sock)
+                    except trio.ClosedResourceError:
+                        if not feed.ended:
+                            raise  # the socket was closed
                     feed.wake = None
                     if feed.ended:
                         break
