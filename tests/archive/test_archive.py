@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from turbine.archive import (
     ArchiveConfig,
@@ -183,3 +184,54 @@ async def test_a_source_too_far_ahead_of_the_disk_is_refused_alone(tmp_path):
             archive.check_writable("daq_other_data_source")  # the others go on
             await archive.flush()
             archive.check_writable(SRC)
+
+
+async def test_puts_wait_for_others_to_join_their_commit_and_a_flush_starts_it_at_once(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("turbine.archive._commit.COMMIT_DELAY_S", 3600.0)
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            await archive.flush()
+            commits = archive.commits
+            for i in range(50):
+                archive.append(SRC, put(1 + 10 * i, 10))
+                await trio.testing.wait_all_tasks_blocked()
+            assert archive.commits == commits  # nobody waits: they gather
+            assert archive.backlog == 50 * 10 * 100
+            await archive.flush()  # at once, not after the delay
+            assert archive.commits == commits + 1
+            assert seqs(await archive.read(SRC, "x", 1, 1000)) == list(range(1, 501))
+
+
+async def test_enough_queued_starts_a_commit_without_a_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr("turbine.archive._commit.COMMIT_DELAY_S", 3600.0)
+    config = ArchiveConfig(max_backlog=8 * 2**20)  # commits at 1 MiB queued
+    with trio.fail_after(10):
+        async with open_archive(tmp_path, config) as archive:
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            await archive.flush()
+            commits = archive.commits
+            archive.append(SRC, put(1, 9, 100_000))  # 0.9 MB
+            await trio.testing.wait_all_tasks_blocked()
+            assert archive.commits == commits
+            archive.append(SRC, put(10, 2, 100_000))  # 1.1 MB
+            while archive.backlog:
+                await archive.changed()
+            assert archive.commits == commits + 1
+            assert seqs(await archive.read(SRC, "x", 1, 100)) == list(range(1, 12))
+
+
+async def test_puts_nobody_waits_for_are_written_after_the_delay(tmp_path, monkeypatch):
+    monkeypatch.setattr("turbine.archive._commit.COMMIT_DELAY_S", 0.01)
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            archive.create_source(SRC, {})
+            archive.append(SRC, Declare("x", "text/plain", 1))
+            archive.append(SRC, put(1, 3))
+            while archive.backlog or archive.logs.get(SRC) is None:
+                await archive.changed()
+            assert archive.logs[SRC].channels["x"].next_seq == 4  # written, no flush asked

@@ -23,7 +23,15 @@ import trio
 from ..store import Run
 from . import _format as fmt
 from ._backlog import Backlog
-from ._commit import ArchiveConfig, GroupCommit, SourceQueue, SyncPolicy, remove_files, sync_all
+from ._commit import (
+    COMMIT_BYTES,
+    ArchiveConfig,
+    GroupCommit,
+    SourceQueue,
+    SyncPolicy,
+    remove_files,
+    sync_all,
+)
 from ._datadir import ArchiveError, locked, source_dir_name, source_dirs
 from ._log import SourceLog
 from ._ops import Op, Put
@@ -38,7 +46,10 @@ class Archive(GroupCommit, Backlog):
         self.clock = clock
         self._queues: dict[str, SourceQueue] = {}
         self.broken: dict[str, str] = {}  # source -> why its archive could not be opened
-        self._wake = trio.Event()
+        self._work = trio.Event()  # set when something is queued or asked
+        self._wake = trio.Event()  # set when the next commit should start at once
+        self._queued = 0  # payload bytes queued and not yet taken by a commit, all sources
+        self._commit_bytes = min(COMMIT_BYTES, config.max_backlog // 8)  # queued: commit now
         self._progress = trio.Event()
         self._io = trio.Lock()  # held while a worker thread writes or deletes
         self.commits = 0  # group commits so far
@@ -111,7 +122,10 @@ class Archive(GroupCommit, Backlog):
         q.sizes.append(size)
         q.pending += size
         q.appended += 1
-        self._wake.set()
+        self._queued += size
+        self._work.set()
+        if self._queued >= self._commit_bytes:
+            self._wake.set()
 
     async def flush(self, names: Iterable[str] | None = None) -> None:
         """Return once every op appended before the call is in the archive under
@@ -141,7 +155,7 @@ class Archive(GroupCommit, Backlog):
         targets = [(q, q.appended) for q in chosen if q.appended]
         tried = self.commits + 1  # an error counts once a commit after this call has tried again
         deletions = self._deletions_asked
-        self._wake.set()
+        self._hurry()
         while True:
             waiting = [(q, t) for q, t in targets if (q.durable if synced else q.written) < t]
             if not waiting and self._deletions_done >= deletions:
@@ -198,7 +212,7 @@ class Archive(GroupCommit, Backlog):
         if q is not None:
             self._doomed.append(q)
             self._deletions_asked += 1
-            self._wake.set()
+            self._hurry()
 
     async def delete(self, name: str) -> int:
         """Delete ``name``'s archive (queued writes too); return the bytes freed."""

@@ -5,6 +5,15 @@ Its task takes everything queued since its last commit, writes each source's
 ops in a worker thread (sources in parallel, their syncs overlapping), syncs
 them under the policy, applies retention, and tells the waiting flushes;
 failed writes stay queued and are retried.
+
+A commit starts at once when someone waits for it (a flush, a read of what
+is not yet written, a deletion) or :data:`COMMIT_BYTES` are queued; puts
+alone wait up to :data:`COMMIT_DELAY_S` for more to join them.  Each commit
+costs about a millisecond of CPU beyond its bytes (the hand-off to the
+worker thread and back, the sync, waking the waiters): measured on the
+2-core benchmark machine, a gigabyte of 100 KB puts cost the broker 0.70 s
+of CPU committed 4 MB at a time (what one commit after another gathered
+while the disk kept up), 0.54 s 16 MB at a time, 0.43 s 64 MB at a time.
 """
 
 from __future__ import annotations
@@ -28,6 +37,11 @@ from ._ops import Op, WriteFailed
 RETRY_S = 1.0
 #: The write rate in the statistics is over about this many seconds.
 RATE_WINDOW_S = 10.0
+#: Payload bytes queued (all sources) that start a commit at once (at most an
+#: eighth of ``max_backlog``: a producer slowed for the disk sees it catch up).
+COMMIT_BYTES = 32 * 2**20
+#: Seconds a put waits at most for others to join its commit when nothing waits for it.
+COMMIT_DELAY_S = 0.05
 
 
 class SyncPolicy(enum.Enum):
@@ -112,8 +126,10 @@ class GroupCommit:
     sync_seconds: float
     last_sync_seconds: float | None
     _queues: dict[str, SourceQueue]
+    _work: trio.Event
     _wake: trio.Event
     _progress: trio.Event
+    _queued: int
     _io: trio.Lock
     _doomed: list[SourceQueue]
     _deletions_done: int
@@ -131,13 +147,20 @@ class GroupCommit:
         self._progress.set()
         self._progress = trio.Event()
 
+    def _hurry(self) -> None:
+        """Someone waits for the next commit: start it now."""
+        self._work.set()
+        self._wake.set()
+
     async def _commit_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             failing = any(q.error for q in self._queues.values())
             with trio.move_on_after(RETRY_S if failing else float("inf")):
-                await self._wake.wait()
-            self._wake = trio.Event()
+                await self._work.wait()  # something queued or asked
+            with trio.move_on_after(COMMIT_DELAY_S):
+                await self._wake.wait()  # someone waits, or enough is queued
+            self._work, self._wake = trio.Event(), trio.Event()
             await self._commit_once()
 
     async def _commit_once(self) -> None:
@@ -153,6 +176,7 @@ class GroupCommit:
                 return
             for q, _, _ in work:
                 q.ops, q.sizes = [], []
+            self._queued = 0
             sync = self.config.sync is SyncPolicy.ALWAYS
             now = self.clock()
             done: list[tuple[int, str | None]] = [(0, None)] * len(work)
@@ -183,6 +207,7 @@ class GroupCommit:
                 if written < len(ops):
                     if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
                         q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
+                        self._queued += sum(sizes[written:])
             self._written_at.append((self.clock(), self.bytes_written))
             self._write_rate()  # (drops samples older than the window)
         self._progressed()
