@@ -187,7 +187,7 @@ async def stalled_burst(tmp_path, cache_bytes: int, n: int, frame: bytes) -> tup
                     async with archive._io:  # the disk stalls: nothing is written meanwhile
                         puts.start_soon(put_all)
                         await trio.testing.wait_all_tasks_blocked(0.05)
-                        backlog, held = archive.backlog, stores.in_memory(SRC)
+                        backlog, held = archive.backlog, stores.in_memory(SRC, "x")
                         assert archive.statistics()["errors"] == {}
                 await src.flush()  # the disk is back: everything is written, nothing refused
                 got = await producer.fetch(f"{SRC}/x", oldest=n + 1)

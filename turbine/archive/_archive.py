@@ -118,7 +118,10 @@ class Archive(GroupCommit, Backlog):
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""
         q = self._queues[name]
         q.ops.append(op)
-        size = sum(op.sizes) if isinstance(op, Put) else 0  # payload bytes
+        size = 0
+        if isinstance(op, Put):
+            size = sum(op.sizes)  # payload bytes
+            q.channel_pending[op.channel] = q.channel_pending.get(op.channel, 0) + size
         q.sizes.append(size)
         q.pending += size
         q.appended += 1

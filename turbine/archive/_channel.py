@@ -36,7 +36,7 @@ class TieredStore:
         first_queued: dict[tuple[str, str], int],
         source: str,
         channel: str,
-        in_memory: InMemory = lambda _source: 0,
+        in_memory: InMemory = lambda _source, _channel: 0,
     ) -> None:
         self.ring = ring
         self.archive = archive
@@ -45,7 +45,7 @@ class TieredStore:
         self.first_queued = first_queued
         self.source = source
         self.channel = channel
-        #: Bytes of a source's frames in its rings (the factory's :meth:`TieredStores.in_memory`).
+        #: Bytes of a channel's frames in its ring (the factory's :meth:`TieredStores.in_memory`).
         self.in_memory = in_memory
         #: What is older than the ring, and the reads that need the archive.
         self.history = ChannelHistory(ring, archive, first_queued, source, channel)

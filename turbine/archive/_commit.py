@@ -98,6 +98,8 @@ class SourceQueue:
     last_sync: float | None = None
     sync_took: float = 0.0  # seconds its newest sync took (set by the worker thread)
     pending: int = 0  # payload bytes appended and not yet written (queued or being written)
+    #: Of those, each channel's (what its memory ring may hold too: :class:`Backlog`).
+    channel_pending: dict[str, int] = attrs.Factory(dict)
 
 
 def _why(name: str, exc: OSError) -> str:
@@ -200,6 +202,10 @@ class GroupCommit:
                 done_bytes = sum(sizes[:written])
                 self.bytes_written += done_bytes
                 q.pending -= done_bytes
+                per_channel = q.channel_pending
+                for op, size in zip(ops[:written], sizes[:written], strict=True):
+                    if size:  # (a put)
+                        per_channel[op.channel] -= size  # type: ignore[union-attr]
                 if sync and error is None:
                     q.durable = q.written
                     q.last_sync = self.clock()

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .._constants import ARCHIVE_BYTES, METADATA_CHANNEL
+from .._constants import ARCHIVE_BYTES, FRAME_OVERHEAD_BYTES, METADATA_CHANNEL
 from .._errors import RequestFailed
 from .._format import fmt_bytes, guess_content_type
 from ..ringbuffer import Ring
@@ -228,10 +228,12 @@ class TieredStores:
         self._stores.setdefault(spec.source, {})[spec.channel] = store
         return store
 
-    def in_memory(self, source: str) -> int:
-        """Bytes of ``source``'s frames its memory rings hold: the archive may fall
-        that far behind its puts before a producer is slowed (:meth:`Archive.behind`)."""
-        return sum(s.bytes for s in self._stores.get(source, {}).values())
+    def in_memory(self, source: str, channel: str) -> int:
+        """Payload bytes of ``source/channel``'s newest frames its memory ring holds:
+        the archive may fall that far behind its puts there before a producer is
+        slowed (:meth:`Archive.behind`)."""
+        store = self._stores.get(source, {}).get(channel)
+        return store.bytes - FRAME_OVERHEAD_BYTES * len(store) if store is not None else 0
 
     def behind(self, sources: Iterable[str]) -> bool:
         """See :meth:`turbine.store.StoreFactory.behind` (:meth:`Archive.behind`)."""
