@@ -179,6 +179,24 @@ class _TaskSteps(trio.abc.Instrument):
             self.steps += 1
 
 
+async def test_a_request_runs_its_caller_again_only_for_the_reply(broker):
+    """Between writing a request (a flush, a status) and taking its reply the caller
+    is not run again: its wait for the reply is where it lets others run, with no
+    pass of its own after the write (a task step for nothing on every request)."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub") as tb:
+            src = await tb.open_source(SRC, channels={"x": "text/plain"})
+            steps = _TaskSteps(trio.lowlevel.current_task().name)
+            trio.lowlevel.add_instrument(steps)
+            try:
+                await src.put("x", b"a")
+                await src.flush()
+                await tb.status()
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 2  # one for each reply
+
+
 async def test_a_put_by_path_wakes_no_flusher_and_a_cancelled_one_still_goes_out(broker):
     """``Client.put`` flushes at once, so the flusher task is not woken for its frame
     (a pass per put on every command's path); a put cancelled before its flush took

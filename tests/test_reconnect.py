@@ -333,9 +333,9 @@ async def test_a_put_and_its_flush_cost_the_broker_one_flush_request(monkeypatch
     writes: list[int] = []
     write = turbine._client_outbox.send_buffers
 
-    async def counted(sock: Any, buffers: list[Any]) -> None:
+    async def counted(sock: Any, buffers: list[Any], **how: Any) -> None:
         writes.append(len(buffers))
-        await write(sock, buffers)
+        await write(sock, buffers, **how)
 
     monkeypatch.setattr(turbine._client_outbox, "send_buffers", counted)
     with trio.fail_after(10):

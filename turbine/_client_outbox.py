@@ -118,11 +118,10 @@ class Outbox:
         """Have the flusher task write what a ``queue(wake=False)`` left, not flushed after all."""
         self._wake_flusher.set()
 
-    async def send(self, buffers: Sequence[Any] = ()) -> int:
-        """Write the queued puts, then ``buffers``, as one vectored write.
-
-        Returns the spool number below which every put was written before
-        ``buffers`` (what a ``flush`` among them acknowledges).
+    async def send(self, buffers: Sequence[Any] = (), *, then_waits: bool = False) -> int:
+        """Write the queued puts, then ``buffers``, as one vectored write (``then_waits``:
+        :func:`~turbine._io.send_buffers`).  Returns the spool number below which
+        every put was written before ``buffers`` (what a ``flush`` among them acknowledges).
 
         Raises:
             ConnectionFailed: the write failed; the connection is then failed
@@ -145,7 +144,7 @@ class Outbox:
             mark = self.written_mark
             out += buffers
             if out:
-                await self._write(out, raise_error=bool(buffers) or self.spool is None)
+                await self._write(out, bool(buffers) or self.spool is None, then_waits)
             return mark
         finally:
             self._lock.release()
@@ -178,10 +177,10 @@ class Outbox:
             await trio.lowlevel.checkpoint_if_cancelled()
             lock.acquire_nowait()
 
-    async def _write(self, out: list[Any], raise_error: bool) -> None:
+    async def _write(self, out: list[Any], raise_error: bool, then_waits: bool = False) -> None:
         assert self._sock is not None
         try:
-            await send_buffers(self._sock, out)
+            await send_buffers(self._sock, out, then_waits=then_waits)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             error = ConnectionFailed(f"lost the connection to {self._address}: {exc}")
             self._on_lost(error)
@@ -237,7 +236,7 @@ class Outbox:
             self._wake_flusher = trio.Event()
             if self._batches:
                 with contextlib.suppress(TurbineError):
-                    await self.send()
+                    await self.send(then_waits=True)  # for the next wake
 
     def detach(self) -> None:
         """The connection is gone (a reconnecting client): keep queueing, write nothing."""

@@ -107,7 +107,7 @@ class Requests:
         request = kind(id=rid, **fields)
         try:
             with self._replies.expect(rid) as pending:
-                mark = await self._outbox.send(self._proto.send(request))
+                mark = await self._outbox.send(self._proto.send(request), then_waits=True)
                 *parts, msg = await pending.wait()
         except ReplyLost as lost:
             raise self._outbox.error or ConnectionFailed(lost.reason) from None

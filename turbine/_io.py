@@ -79,14 +79,18 @@ def _drop(bufs: list[Any], sent: int) -> list[Any]:
     return bufs
 
 
-async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
+async def send_buffers(
+    sock: trio.socket.SocketType, buffers: list[Any], *, then_waits: bool = False
+) -> int:
     """Write every buffer in order with vectored sends; return the bytes written.
 
     A plain socket is first given what it takes at once (:func:`write_now`),
     without trio's wrapper around each send; like a trio send this checks for
-    a cancel before and lets others run after.  Cancellation may leave a
-    message partly written: the connection must then be closed, which is
-    what every caller does.
+    a cancel before and lets others run after, unless ``then_waits``: the
+    caller's next step is a wait (for the reply to what it wrote), which lets
+    them run (a pass here would be a task step for nothing).  Cancellation may
+    leave a message partly written: the connection must then be closed, which
+    is what every caller does.
     """
     if isinstance(sock, trio.socket.SocketType):
         # (trio's sendmsg is five Python calls around the write, each also
@@ -94,7 +98,8 @@ async def send_buffers(sock: trio.socket.SocketType, buffers: list[Any]) -> int:
         await trio.lowlevel.checkpoint_if_cancelled()
         bufs, total = write_now(sock.fileno(), buffers)
         if not bufs:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not then_waits:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return total
         await trio.lowlevel.wait_writable(sock)  # it took what it could: a send now would fail
     else:
