@@ -387,6 +387,36 @@ async def test_a_reader_reads_again_at_once_while_a_message_is_part_way_in():
         assert not reader._reads.may_wait()  # ... but the message's rest is coming: read at once
 
 
+async def test_a_feed_added_while_the_read_loop_waits_with_none_gets_its_frames_from_it():
+    """The read loop of a connection with no subscription waits for bytes without a
+    cancel scope (nothing could take the socket over); a subscription's reader that
+    comes meanwhile waits for the loop to deliver, and gets every frame in order."""
+    ours, theirs = trio.socket.socketpair()
+    with ours, theirs, trio.fail_after(10):
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert reader._turn is Turn.WAITING and reader._waiting is None
+            feed = reader.feeds[1] = Feed(wait=reader.receive_for)
+            got: list[bytes] = []
+
+            async def read() -> None:
+                for _ in range(2):
+                    got.extend(frame.data for frame in await feed.next_batch())
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            for seq in (1, 2):
+                group = [SRC, "a", "text/plain", seq, [1000.0], [1], "w"]
+                await theirs.send(b"".join(encode_frames(1, [group], [b"%d" % seq])))
+                await trio.testing.wait_all_tasks_blocked()
+            assert got == [b"1", b"2"]
+            nursery.cancel_scope.cancel()
+
+
 async def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
     """Two connected TCP sockets on loopback (a socket pair is a Unix one)."""
     listener = trio.socket.socket()
