@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from turbine import ConnectionFailed, RequestFailed, TurbineError, open_client
-from turbine._client_outbox import Outbox
+from turbine._client_outbox import Outbox, WriteTurn
 from turbine._constants import PROTOCOL_VERSION
 from turbine._values import replace
 from turbine.messages import ClientHello, Flush, Put
@@ -123,6 +123,46 @@ async def test_an_uncontended_send_writes_before_other_tasks_run(autojump_clock)
             trio.lowlevel.remove_instrument(first)
     assert first.held == b"request"
     assert not lost
+
+
+async def test_the_write_turn_goes_to_its_waiters_in_order_and_skips_a_cancelled_one(
+    autojump_clock,
+):
+    """The outbox's writers take turns first come first served; one cancelled while
+    it waits never gets it, and the last one gives it back free."""
+    turn = WriteTurn()
+    order: list[str] = []
+
+    async def write(name: str) -> None:
+        await turn.take()
+        try:
+            order.append(name)
+            await trio.sleep(1)
+        finally:
+            turn.give_back()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for name in "abc":
+                nursery.start_soon(write, name)
+                await trio.testing.wait_all_tasks_blocked()
+            cancelled = trio.CancelScope()
+
+            async def write_cancelled() -> None:
+                with cancelled:
+                    await write("never")
+
+            nursery.start_soon(write_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            cancelled.cancel()
+            nursery.start_soon(write, "d")
+        assert order == ["a", "b", "c", "d"]
+        assert not turn.taken
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await turn.take()  # a cancelled caller stops before it takes the turn
+        assert not turn.taken
 
 
 async def test_a_failed_write_fails_the_connection_once(autojump_clock):
