@@ -165,6 +165,27 @@ async def test_the_write_turn_goes_to_its_waiters_in_order_and_skips_a_cancelled
         assert not turn.taken
 
 
+async def test_the_write_turn_given_back_as_a_waiter_is_cancelled_is_free(autojump_clock):
+    """A writer cancelled while it waits for the turn, and the turn given back before
+    that writer runs again (in the same step), leaves the turn free for the next."""
+    turn = WriteTurn()
+    await turn.take()
+    cancelled = trio.CancelScope()
+
+    async def wait_cancelled() -> None:
+        with cancelled:
+            await turn.take()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            cancelled.cancel()
+            turn.give_back()  # before the cancelled waiter ran again
+        await turn.take()
+    assert turn.taken
+
+
 async def test_a_failed_write_fails_the_connection_once(autojump_clock):
     """A write to a closed peer raises ConnectionFailed and reports it (on_lost) for the client."""
     ours, theirs = trio.socket.socketpair()

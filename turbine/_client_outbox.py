@@ -29,7 +29,6 @@ class WriteTurn:
 
     def __init__(self) -> None:
         self.taken = False
-        self._waiting = 0
         self._lot = trio.lowlevel.ParkingLot()
 
     async def take(self) -> None:
@@ -41,14 +40,12 @@ class WriteTurn:
             await trio.lowlevel.checkpoint_if_cancelled()
             self.taken = True
             return
-        self._waiting += 1
-        try:
-            await self._lot.park()  # woken holding it: give_back hands it over
-        finally:
-            self._waiting -= 1
+        await self._lot.park()  # woken holding it: give_back hands it over
 
     def give_back(self) -> None:
-        if self._waiting:
+        # The lot itself says who waits: a waiter cancelled leaves it at once,
+        # before it runs again (a count kept by the waiters would still hold it).
+        if self._lot:
             self._lot.unpark()  # the next waiter takes it as it is
         else:
             self.taken = False
