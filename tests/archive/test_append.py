@@ -49,11 +49,13 @@ def direct_or_skip(log: SourceLog) -> None:
         pytest.skip("this file system refuses O_DIRECT: the archive writes through the page cache")
 
 
-@pytest.mark.parametrize("staging", ["default", "small"])
+@pytest.mark.parametrize("staging", ["default", "small", "small, every payload copied unlocked"])
 def test_append_appends_leave_the_same_file_as_the_page_cache(tmp_path, monkeypatch, staging):
-    if staging == "small":
+    if staging.startswith("small"):
         monkeypatch.setattr(_append, "STAGING_BYTES", 3 * BLOCK)
         monkeypatch.setattr(_append, "_free", [])
+    if "unlocked" in staging:  # (ctypes.memmove, without the GIL: normally from 64 KiB on)
+        monkeypatch.setattr(_append, "COPY_FREE_BYTES", 1)
     direct = create(str(tmp_path / "direct"))
     direct_or_skip(direct)
     write_puts(direct)

@@ -20,6 +20,7 @@ the page cache as before.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -37,6 +38,9 @@ STAGING_BYTES = 8 * 2**20
 #: moment is taken (up to trio's 40 worker threads); beyond this many, a buffer
 #: given back is unmapped, so the broker keeps at most 32 MiB of them.
 STAGING_KEPT = 4
+#: A payload at least this large is copied into the staging buffer without holding
+#: the GIL (``ctypes.memmove``), so that the event loop runs while it is copied.
+COPY_FREE_BYTES = 64 * 2**10
 
 _free: list[mmap.mmap] = []  # staging buffers not in use (kept: their pages stay backed)
 _free_lock = threading.Lock()
@@ -115,14 +119,22 @@ class DirectAppender:
         keep = len(self.tail)
         at = offset - keep  # block-aligned
         buf = _take()
+        staging = ctypes.c_char.from_buffer(
+            buf
+        )  # (an export of buf, let go before it is given back)
         try:
+            into = ctypes.addressof(staging)
             buf[:keep] = self.tail
             fill = keep
             for v in views:
                 pos, size = 0, len(v)
+                source = _address(v) if size >= COPY_FREE_BYTES else None
                 while pos < size:
                     n = min(size - pos, STAGING_BYTES - fill)
-                    buf[fill : fill + n] = v[pos : pos + n]
+                    if source is None:
+                        buf[fill : fill + n] = v[pos : pos + n]
+                    else:
+                        ctypes.memmove(into + fill, source + pos, n)
                     fill += n
                     pos += n
                     if fill == STAGING_BYTES:
@@ -136,6 +148,7 @@ class DirectAppender:
                 _write_blocks(self.fd, buf, end, at)
             self.tail = buf[whole:fill]
         finally:
+            del staging
             _give(buf)
 
     def end(self, size: int | None) -> None:
@@ -149,6 +162,15 @@ class DirectAppender:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _address(view: memoryview) -> int | None:
+    """Where the bytes of ``view`` are, if it shows a whole ``bytes`` object (which
+    stays unchanged while it is copied), else ``None``."""
+    whole = view.obj
+    if type(whole) is not bytes or len(whole) != view.nbytes:
+        return None
+    return ctypes.cast(ctypes.c_char_p(whole), ctypes.c_void_p).value
 
 
 def _write_blocks(fd: int, buf: mmap.mmap, length: int, offset: int) -> None:
