@@ -39,6 +39,11 @@ Two models of where the processes run (``--hosts``; each row says which):
   producer and its broker on the first CPU alone.  The benchmark's own
   waiter (a subscriber of B that gets one frame) runs with the producer.
 
+Each row says how busy each CPU was with the run's own processes (their CPU
+seconds over the wall time): a row bound by a CPU shows it near 100 %; one
+well below was held up by something else, most often other work on a pinned
+CPU, which a pinned process cannot move away from.
+
 On 2 shared cores the numbers vary by 20-30 % from run to run; the load
 average is printed with each table.
 """
@@ -239,20 +244,23 @@ async def mirrored_rate(
 
 def direct_run(
     model: Model, count: int, size: int, cache_bytes: int | None = None
-) -> tuple[float, list[float]]:
-    """A direct put (the producer and its broker on site A's CPUs): its rate, and
-    the CPU seconds of the broker and of the producer meanwhile."""
+) -> tuple[float, list[float], float]:
+    """A direct put (the producer and its broker on site A's CPUs): its rate, the
+    CPU seconds of the broker and of the producer meanwhile, and that while's."""
     with pinned(model.site_a), broker_process(model.site_a) as (a, a_pid):
-        before = [cpu_seconds(a_pid), own_cpu()]
+        before = [cpu_seconds(a_pid), own_cpu(), time.perf_counter()]
         rate = trio.run(put_frames, a, count, size, cache_bytes)
-        return rate, [cpu_seconds(a_pid) - before[0], own_cpu() - before[1]]
+        after = [cpu_seconds(a_pid), own_cpu(), time.perf_counter()]
+        *spent, seconds = (end - begin for end, begin in zip(after, before, strict=True))
+        return rate, spent, seconds
 
 
 def mirrored_run(
     model: Model, mirror_cpus: Cpus, count: int, size: int
-) -> tuple[float, list[float]]:
-    """A mirrored put (the mirror on ``mirror_cpus``): its rate, and the CPU seconds
-    of A, B, the mirror and the producer (with the waiter) from the first timed put on."""
+) -> tuple[float, list[float], float]:
+    """A mirrored put (the mirror on ``mirror_cpus``): its rate, the CPU seconds of
+    A, B, the mirror and the producer (with the waiter) from the first timed put
+    on, and the seconds since then."""
     with (
         pinned(model.site_a),
         broker_process(model.site_a) as (a, a_pid),
@@ -262,11 +270,12 @@ def mirrored_run(
         pids = (a_pid, b_pid, mirror.pid)
 
         def now() -> list[float]:
-            return [*map(cpu_seconds, pids), own_cpu()]
+            return [*map(cpu_seconds, pids), own_cpu(), time.perf_counter()]
 
         start: list[float] = []
         rate = trio.run(mirrored_rate, a, b, count, size, lambda: start.extend(now()))
-        return rate, [end - begin for end, begin in zip(now(), start, strict=True)]
+        *spent, seconds = (end - begin for end, begin in zip(now(), start, strict=True))
+        return rate, spent, seconds
 
 
 def holding_all(count: int, size: int) -> int:
@@ -334,6 +343,21 @@ def rate_text(rate: float, size: int) -> str:
     return f"{rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s)"
 
 
+def busy(places: list[Cpus], cpu: list[float], seconds: float) -> str:
+    """How busy each place's CPUs were: the CPU seconds of the processes there
+    (``cpu``, one per place) over ``seconds`` of wall time.  A row whose busiest
+    CPU is near 100 % was bound by it; one well below was held up by something
+    else (another program's work on a pinned CPU, or waiting)."""
+    spent: dict[frozenset[int], float] = {}
+    for place, used in zip(places, cpu, strict=True):
+        cpus = ALL_CPUS if place is None else place
+        spent[cpus] = spent.get(cpus, 0.0) + used
+    return ", ".join(
+        f"CPU {cpus_text(cpus)} {used / seconds / len(cpus):.0%}"
+        for cpus, used in sorted(spent.items(), key=lambda item: sorted(item[0]))
+    )
+
+
 CpuRow = tuple[int, int, str, str, list[float], list[float]]
 
 
@@ -357,18 +381,21 @@ def bench_catch_up(frames: int, chosen: list[Model]) -> None:
     print(models_text(chosen) + "\n")
     print(
         "| frame | model | mirror | frames | direct put into B | A -> B, from the copy's opening "
-        "| catch-up / direct | mirror start | load |"
+        "| catch-up / direct | mirror start | busy: direct | busy: catch-up | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     cpu_rows: list[CpuRow] = []
     for size, count in sizes(frames):
         for model in chosen:
-            direct, direct_cpu = direct_run(model, count, size, holding_all(count, size))
+            direct, direct_cpu, direct_s = direct_run(model, count, size, holding_all(count, size))
             for where, cpus in model.placements():
                 started, rate, spent = catch_up_run(model, cpus, count, size)
+                site_a, site_b = model.site_a, model.site_b
                 print(
                     f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
                     f"| {rate_text(rate, size)} | {rate / direct:.0%} | {started:.2f} s "
+                    f"| {busy([site_a, site_a], direct_cpu, direct_s)} "
+                    f"| {busy([site_a, site_b, cpus, site_a], spent, count / rate)} "
                     f"| {os.getloadavg()[0]:.1f} |"
                 )
                 cpu_rows.append((size, count, model.name, where, direct_cpu, spent))
@@ -384,18 +411,22 @@ def bench_mirror(frames: int, chosen: list[Model]) -> None:
     print(models_text(chosen) + "\n")
     print(
         "| frame | model | mirror | frames | direct put into A | put into A, mirrored to B "
-        "| mirrored / direct | load |"
+        "| mirrored / direct | busy: direct | busy: mirrored | load |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     cpu_rows: list[CpuRow] = []
     for size, count in sizes(frames):
         for model in chosen:
-            direct, direct_cpu = direct_run(model, count, size)
+            direct, direct_cpu, direct_s = direct_run(model, count, size)
             for where, cpus in model.placements():
-                rate, mirrored_cpu = mirrored_run(model, cpus, count, size)
+                rate, mirrored_cpu, mirrored_s = mirrored_run(model, cpus, count, size)
+                site_a, site_b = model.site_a, model.site_b
                 print(
                     f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
-                    f"| {rate_text(rate, size)} | {rate / direct:.0%} | {os.getloadavg()[0]:.1f} |"
+                    f"| {rate_text(rate, size)} | {rate / direct:.0%} "
+                    f"| {busy([site_a, site_a], direct_cpu, direct_s)} "
+                    f"| {busy([site_a, site_b, cpus, site_a], mirrored_cpu, mirrored_s)} "
+                    f"| {os.getloadavg()[0]:.1f} |"
                 )
                 cpu_rows.append((size, count, model.name, where, direct_cpu, mirrored_cpu))
     print_cpu(
