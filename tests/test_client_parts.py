@@ -258,6 +258,28 @@ async def test_a_request_runs_its_caller_again_only_for_the_reply(broker):
     assert steps.steps == 2  # one for each reply
 
 
+async def test_a_reconnecting_clients_flush_wakes_no_background_flush(broker):
+    """A reconnecting client's flush covers what it takes into the spool, so the task
+    that flushes a spool nobody flushes is not woken for it (a pass per flush on
+    every component's path); puts left with no flush are still acknowledged by it."""
+    with trio.fail_after(10):
+        async with open_client(broker, name="pub", reconnect=True) as tb:
+            src = await tb.open_source(SRC, channels={"x": "text/plain"})
+            background = _TaskSteps("Flushes.run")
+            trio.lowlevel.add_instrument(background)
+            try:
+                for i in range(10):
+                    await src.put("x", b"%d" % i)
+                    await src.flush()
+            finally:
+                trio.lowlevel.remove_instrument(background)
+            assert tb.spool is not None and tb.spool.frames == 0
+            await src.put("x", b"no flush")
+            while tb.spool.frames:  # noqa: ASYNC110 (the background flush acknowledges it: no event to wait on)
+                await trio.sleep(0.01)
+    assert background.steps == 0
+
+
 async def test_a_put_by_path_wakes_no_flusher_and_a_cancelled_one_still_goes_out(broker):
     """``Client.put`` flushes at once, so the flusher task is not woken for its frame
     (a pass per put on every command's path); a put cancelled before its flush took

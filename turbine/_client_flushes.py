@@ -66,6 +66,13 @@ class Flushes:
         self._try_again = try_again
         #: The newest flush in flight: flushes it covers wait for its answer.
         self._newest: FlushInFlight | None = None
+        self._kept = trio.Event()  # the spool kept an entry that no flush covers
+        self._staging = False  # a flush takes the queued puts: it covers what is kept now
+        spool.on_kept = self._on_kept
+
+    def _on_kept(self) -> None:
+        if not self._staging:
+            self._kept.set()
 
     async def run(self) -> None:
         """Flush whenever puts wait for their acknowledgement, so the spool does not grow.
@@ -73,7 +80,9 @@ class Flushes:
         Returns once the client failed or was closed.
         """
         while True:
-            await self._spool.wait_for_unacknowledged()
+            while self._spool.end == self._spool.base:  # nothing unacknowledged
+                await self._kept.wait()
+                self._kept = trio.Event()
             try:
                 await self.flush()
             except TurbineError:
@@ -92,14 +101,22 @@ class Flushes:
             RequestFailed: the broker refused an earlier put (says which and why).
         """
         spool = self._spool
-        await self._outbox.stage()  # the frames queued so far go out with the flush
+        self._staging = True  # (run need not wake for what this flush covers)
+        try:
+            await self._outbox.stage()  # the frames queued so far go out with the flush
+        finally:
+            self._staging = False
         target = spool.end
-        if timeout is None:  # no cancel scope: a put + flush of every request makes one
-            await self._until_acknowledged(target)
-            return
-        with trio.move_on_after(timeout):
-            await self._until_acknowledged(target)
-            return
+        try:
+            if timeout is None:  # no cancel scope: a put + flush of every request makes one
+                await self._until_acknowledged(target)
+                return
+            with trio.move_on_after(timeout):
+                await self._until_acknowledged(target)
+                return
+        finally:
+            if spool.base < target:
+                self._kept.set()  # not all acknowledged: run flushes them
         raise BrokerUnavailable(
             f"the broker at {self._address} did not acknowledge within {timeout} s; "
             f"{spool.frames} frames ({spool.bytes} bytes) are still spooled"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -298,7 +299,8 @@ class Spool:
         self.frames = 0
         self.dropped_frames = 0
         self.recovered_frames = 0
-        self._changed = trio.Event()
+        #: Called when an entry is kept (a reconnecting client's flusher wakes).
+        self.on_kept: Callable[[], None] = lambda: None
 
     @property
     def end(self) -> int:
@@ -349,7 +351,7 @@ class Spool:
         while self.bytes > self.limit and len(self._entries) > 1:
             if (live and self.written > self.base) or not self._drop_oldest_unsent():
                 self._drop_oldest()
-        self._changed.set()
+        self.on_kept()
 
     def _drop_oldest_unsent(self) -> bool:
         """Drop the oldest entry never written (not the newest); False: there is none.
@@ -475,12 +477,6 @@ class Spool:
             self._file.close()
             self._file = None
         self.left.close()
-
-    async def wait_for_unacknowledged(self) -> None:
-        """Return once the spool holds an entry (at once if it does)."""
-        while not self._entries:
-            await self._changed.wait()
-            self._changed = trio.Event()
 
     def statistics(self) -> dict[str, int]:
         """What the spool holds and has dropped, for status reports."""
