@@ -8,6 +8,7 @@ import struct
 
 import trio
 
+import turbine.connection
 from tests.test_broker import SRC, RawClient
 from turbine import Frame, Gap, open_client
 from turbine.client import frames_from
@@ -253,3 +254,26 @@ async def test_a_subscriber_that_disconnects_with_frames_queued_holds_the_produc
             await src.flush()
             status = await producer.status()
     assert [c for c in status["closed"] if c["client"].startswith("gone#")]
+
+
+async def test_the_broker_asks_the_subscribers_a_put_woke_before_it_reads_on(nursery, monkeypatch):
+    asked: list[list[str]] = []
+
+    async def recorded(woke, write_ready):
+        asked.append(sorted(sink.peer.name for sink in woke))
+        await deliver_first(woke, write_ready)
+
+    monkeypatch.setattr(turbine.connection, "deliver_first", recorded)
+    address = await start_broker(nursery)
+    with trio.fail_after(HANG_S):
+        async with (
+            open_client(address, name="producer") as producer,
+            open_client(address, name="reader") as reader,
+        ):
+            src = await producer.open_source(SRC)
+            async with reader.subscribe(f"{SRC}/x") as sub:
+                await src.put("x", b"frame")
+                await src.flush()
+                assert (await sub.receive()).data == b"frame"
+    assert asked and all(names == [asked[0][0]] for names in asked)
+    assert asked[0][0].startswith("reader#")
