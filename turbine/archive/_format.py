@@ -150,7 +150,7 @@ def frames_body(
     w = writer.encode()[:65535]
     fixed = _FRAMES.pack(FRAMES, channel, first_seq, len(ts), len(w), flags)
     ts_col, sizes_col = array.array("d", ts).tobytes(), array.array("I", sizes).tobytes()
-    return [fixed, ts_col, sizes_col, w, *buffers_of(data)]
+    return [b"".join((fixed, ts_col, sizes_col, w)), *buffers_of(data)]  # (one CRC call for those)
 
 
 def channel_body(channel: int, next_seq: int, name: str, content_type: str) -> bytes:
@@ -345,6 +345,13 @@ class Entry:
     @property
     def end_seq(self) -> int:
         return self.first_seq + self.count
+
+    def placed(self, offset: int, body_len: int) -> Entry:
+        """This entry at ``offset`` with ``body_len`` (``attrs.evolve`` takes 2.5x as long)."""
+        e = self
+        return Entry(
+            offset, body_len, e.kind, e.channel, e.count, e.first_seq, e.first_time, e.last_time
+        )
 
 
 def encode_index(

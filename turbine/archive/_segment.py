@@ -12,8 +12,6 @@ import errno
 import os
 from typing import Any
 
-import attrs
-
 from .._files import fsync_dir
 from . import _format as fmt
 from ._append import DirectAppender, write_all
@@ -125,9 +123,7 @@ class Segment:
         for buffers, entry in records:
             length = sum(map(len, buffers))
             if entry is not None:
-                placed.append(
-                    attrs.evolve(entry, offset=at, body_len=length - fmt.RECORD_HEADER.size)
-                )
+                placed.append(entry.placed(at, length - fmt.RECORD_HEADER.size))
             bufs += buffers
             at += length
         try:
