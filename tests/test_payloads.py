@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import weakref
 
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import turbine
 from turbine._constants import FRAME_OVERHEAD_BYTES, JOIN_BELOW_BYTES, RING_SLACK_BYTES
 from turbine._io import coalesce
 from turbine.groups import split_frames
-from turbine.payloads import Payloads, buffers_of, cut
+from turbine.payloads import Payloads, PutBuffers, buffers_of, cut
 from turbine.protocol import encode_frames
 from turbine.ringbuffer import Ring
 from turbine.router import add_run
+from turbine.testing import open_broker
 
 
 class Buffer(bytearray):  # a put's payload the tests can watch being freed
@@ -189,3 +193,26 @@ def test_parts_of_a_delivery_carry_the_frames_whatever_buffers_they_lie_in(
                 got.append((g[3] + k, body[pos : pos + size]))
                 pos += size
     assert got == [(i + 1, f) for i, f in enumerate(frames)]
+
+
+async def test_a_ring_keeps_single_frame_puts_as_objects_the_cycle_collector_never_walks():
+    """A put of one frame arrives as a view of a bytes object of its own: the ring
+    keeps that bytes object, which the cycle collector does not track (a view per
+    put kept by the million made every full collection walk them all: 313 ms for
+    1,000,000), and its frames read back the same."""
+    with trio.fail_after(10):
+        async with open_broker() as address, turbine.open_client(address) as tb:
+            src = await tb.open_source(
+                "daq_gc_data_source", channels={"x": "application/octet-stream"}
+            )
+            frames = [bytes([i]) * 1000 for i in range(20)]
+            for frame in frames:
+                await src.put("x", frame)
+                await src.flush()
+            (kept,) = [
+                o for o in gc.get_objects() if isinstance(o, PutBuffers) and len(o.buffers) == 20
+            ]
+            assert [type(b) for b in kept.buffers] == [bytes] * 20
+            assert not any(gc.is_tracked(b) for b in kept.buffers)
+            got = await tb.fetch("daq_gc_data_source/x", newest=20)
+            assert [f.data for f in got] == frames

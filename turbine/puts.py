@@ -10,7 +10,7 @@ error without an id, raised by the client's next request.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import messages as m
 from ._errors import RequestFailed
@@ -54,7 +54,7 @@ class Puts:
                 self.broker.audit.record("refused", self.peer, str(refusal), request="put")
             self.error(None, refusal)
             return
-        data = Payloads([msg.payload], sizes)  # kept whole: no bytes object per frame
+        data = Payloads([_untracked(msg.payload)], sizes)  # kept whole: no bytes object per frame
         ts = unpack_times(msg.ts) if isinstance(msg.ts, bytes) else msg.ts
         try:
             wakers = self.broker.hub.put(
@@ -109,3 +109,16 @@ class Puts:
             right = COMMAND if is_command_sink(source) else WRITE
             why = RequestFailed(f"user {access.user!r} has no {right} right on it", "access")
         return RequestFailed(f"put to {source}/{channel} refused: {why}", why.code)
+
+
+def _untracked(payload: Any) -> Any:
+    """A put's payload as the ring keeps it: the ``bytes`` object itself when the
+    view shows all of one (the usual single-frame put).  A view is an object the
+    cycle collector tracks; one per put kept by the million made each full
+    collection walk them all (313 ms for 1,000,000, 0 for as many ``bytes``), the
+    broker's loop held all that time."""
+    if type(payload) is memoryview:
+        whole = payload.obj
+        if type(whole) is bytes and len(whole) == payload.nbytes:
+            return whole
+    return payload
