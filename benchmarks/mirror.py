@@ -40,9 +40,11 @@ Two models of where the processes run (``--hosts``; each row says which):
   waiter (a subscriber of B that gets one frame) runs with the producer.
 
 Each row says how busy each CPU was with the run's own processes (their CPU
-seconds over the wall time): a row bound by a CPU shows it near 100 %; one
-well below was held up by something else, most often other work on a pinned
-CPU, which a pinned process cannot move away from.
+seconds over the wall time), and in brackets with every program's work
+(``/proc/stat``, in clock ticks): a row bound by a CPU shows it near 100 %;
+one well below was held up, by other programs on a pinned CPU (which a
+pinned process cannot move away from) when the bracket is near 100 %, else
+by waiting.
 
 On 2 shared cores the numbers vary by 20-30 % from run to run; the load
 average is printed with each table.
@@ -173,6 +175,29 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+Spell = tuple[float, dict[int, float]]  # wall seconds, and each CPU's busy seconds
+
+
+def machine() -> Spell:
+    """The wall clock, and the seconds each CPU has been busy so far with any
+    program's work (``/proc/stat``: all but idle and waiting for I/O)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                values = list(map(int, fields[:8]))
+                busy[int(name[3:])] = (sum(values) - values[3] - values[4]) / ticks
+    return time.perf_counter(), busy
+
+
+def since(mark: Spell) -> Spell:
+    """The wall seconds and each CPU's busy seconds since ``mark`` (:func:`machine`)."""
+    (then, was), (now, busy) = mark, machine()
+    return now - then, {cpu: busy[cpu] - was.get(cpu, 0.0) for cpu in busy}
+
+
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
@@ -244,23 +269,22 @@ async def mirrored_rate(
 
 def direct_run(
     model: Model, count: int, size: int, cache_bytes: int | None = None
-) -> tuple[float, list[float], float]:
+) -> tuple[float, list[float], Spell]:
     """A direct put (the producer and its broker on site A's CPUs): its rate, the
-    CPU seconds of the broker and of the producer meanwhile, and that while's."""
+    CPU seconds of the broker and of the producer meanwhile, and that while's spell."""
     with pinned(model.site_a), broker_process(model.site_a) as (a, a_pid):
-        before = [cpu_seconds(a_pid), own_cpu(), time.perf_counter()]
+        before, mark = [cpu_seconds(a_pid), own_cpu()], machine()
         rate = trio.run(put_frames, a, count, size, cache_bytes)
-        after = [cpu_seconds(a_pid), own_cpu(), time.perf_counter()]
-        *spent, seconds = (end - begin for end, begin in zip(after, before, strict=True))
-        return rate, spent, seconds
+        after = [cpu_seconds(a_pid), own_cpu()]
+        return rate, [end - begin for end, begin in zip(after, before, strict=True)], since(mark)
 
 
 def mirrored_run(
     model: Model, mirror_cpus: Cpus, count: int, size: int
-) -> tuple[float, list[float], float]:
+) -> tuple[float, list[float], Spell]:
     """A mirrored put (the mirror on ``mirror_cpus``): its rate, the CPU seconds of
     A, B, the mirror and the producer (with the waiter) from the first timed put
-    on, and the seconds since then."""
+    on, and the spell since then."""
     with (
         pinned(model.site_a),
         broker_process(model.site_a) as (a, a_pid),
@@ -270,12 +294,18 @@ def mirrored_run(
         pids = (a_pid, b_pid, mirror.pid)
 
         def now() -> list[float]:
-            return [*map(cpu_seconds, pids), own_cpu(), time.perf_counter()]
+            return [*map(cpu_seconds, pids), own_cpu()]
 
         start: list[float] = []
-        rate = trio.run(mirrored_rate, a, b, count, size, lambda: start.extend(now()))
-        *spent, seconds = (end - begin for end, begin in zip(now(), start, strict=True))
-        return rate, spent, seconds
+        marks: list[Spell] = []
+
+        def on_start() -> None:
+            start.extend(now())
+            marks.append(machine())
+
+        rate = trio.run(mirrored_rate, a, b, count, size, on_start)
+        spent = [end - begin for end, begin in zip(now(), start, strict=True)]
+        return rate, spent, since(marks[0])
 
 
 def holding_all(count: int, size: int) -> int:
@@ -294,10 +324,11 @@ async def copy_opened(address: str) -> None:
 
 def catch_up_run(
     model: Model, mirror_cpus: Cpus, count: int, size: int
-) -> tuple[float, float, list[float]]:
+) -> tuple[float, float, list[float], Spell]:
     """A holds ``count`` frames, then the mirror starts (on ``mirror_cpus``): its
     start-up (seconds until the copy is open on B), the rate from then until B
-    holds them all, and the CPU seconds meanwhile of A, B, the mirror and the waiter."""
+    holds them all, the CPU seconds meanwhile of A, B, the mirror and the waiter,
+    and that while's spell."""
     with (
         pinned(model.site_a),
         broker_process(model.site_a) as (a, a_pid),
@@ -312,11 +343,12 @@ def catch_up_run(
                 return [*map(cpu_seconds, pids), own_cpu()]
 
             trio.run(copy_opened, b)
-            start, before = time.perf_counter(), now()
+            start, before, mark = time.perf_counter(), now(), machine()
             trio.run(wait_for_seq, b, count)
             end = time.perf_counter()
             spent = [after - begin for after, begin in zip(now(), before, strict=True)]
-    return start - launched, count / (end - start), spent
+            spell = since(mark)
+    return start - launched, count / (end - start), spent, spell
 
 
 def models_text(chosen: list[Model]) -> str:
@@ -343,19 +375,21 @@ def rate_text(rate: float, size: int) -> str:
     return f"{rate:,.0f} /s ({rate * size / 1e6:,.1f} MB/s)"
 
 
-def busy(places: list[Cpus], cpu: list[float], seconds: float) -> str:
-    """How busy each place's CPUs were: the CPU seconds of the processes there
-    (``cpu``, one per place) over ``seconds`` of wall time.  A row whose busiest
-    CPU is near 100 % was bound by it; one well below was held up by something
-    else (another program's work on a pinned CPU, or waiting)."""
+def busy(places: list[Cpus], cpu: list[float], spell: Spell) -> str:
+    """How busy each place's CPUs were with the processes there (``cpu``, one per
+    place) over the ``spell``, and in brackets with every program's work.  A row
+    whose busiest CPU is near 100 % was bound by it; one well below was held up:
+    by other programs (the bracket near 100 %) or by waiting (both below)."""
+    seconds, machine_busy = spell
     spent: dict[frozenset[int], float] = {}
     for place, used in zip(places, cpu, strict=True):
         cpus = ALL_CPUS if place is None else place
         spent[cpus] = spent.get(cpus, 0.0) + used
-    return ", ".join(
-        f"CPU {cpus_text(cpus)} {used / seconds / len(cpus):.0%}"
-        for cpus, used in sorted(spent.items(), key=lambda item: sorted(item[0]))
-    )
+    cells = []
+    for cpus, used in sorted(spent.items(), key=lambda item: sorted(item[0])):
+        everyone = sum(machine_busy.get(n, 0.0) for n in cpus) / seconds / len(cpus)
+        cells.append(f"CPU {cpus_text(cpus)} {used / seconds / len(cpus):.0%} ({everyone:.0%})")
+    return ", ".join(cells)
 
 
 CpuRow = tuple[int, int, str, str, list[float], list[float]]
@@ -389,13 +423,13 @@ def bench_catch_up(frames: int, chosen: list[Model]) -> None:
         for model in chosen:
             direct, direct_cpu, direct_s = direct_run(model, count, size, holding_all(count, size))
             for where, cpus in model.placements():
-                started, rate, spent = catch_up_run(model, cpus, count, size)
+                started, rate, spent, spell = catch_up_run(model, cpus, count, size)
                 site_a, site_b = model.site_a, model.site_b
                 print(
                     f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
                     f"| {rate_text(rate, size)} | {rate / direct:.0%} | {started:.2f} s "
                     f"| {busy([site_a, site_a], direct_cpu, direct_s)} "
-                    f"| {busy([site_a, site_b, cpus, site_a], spent, count / rate)} "
+                    f"| {busy([site_a, site_b, cpus, site_a], spent, spell)} "
                     f"| {os.getloadavg()[0]:.1f} |"
                 )
                 cpu_rows.append((size, count, model.name, where, direct_cpu, spent))
