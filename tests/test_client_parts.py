@@ -275,8 +275,8 @@ async def test_a_reconnecting_clients_flush_wakes_no_background_flush(broker):
                 trio.lowlevel.remove_instrument(background)
             assert tb.spool is not None and tb.spool.frames == 0
             await src.put("x", b"no flush")
-            while tb.spool.frames:  # noqa: ASYNC110 (the background flush acknowledges it: no event to wait on)
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # written, flushed and answered
+            assert tb.spool.frames == 0
     assert background.steps == 0
 
 
