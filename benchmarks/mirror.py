@@ -410,63 +410,95 @@ def print_cpu(note: str, columns: list[str], rows: list[CpuRow]) -> None:
         print(f"| {size:,} B | {model} | {where} | {cells} | {ratio} |")
 
 
-def bench_catch_up(frames: int, chosen: list[Model]) -> None:
-    print(f"\n### Mirror catch-up: A holds the frames, then the mirror starts ({load()})\n")
+#: A copy's run: (model, the mirror's CPUs, frames, frame size) -> its rate, the CPU
+#: seconds of A, B, the mirror and this process, its spell, and cells of its own.
+CopyRun = Callable[[Model, Cpus, int, int], tuple[float, list[float], Spell, list[str]]]
+
+
+def bench_copies(
+    title: str,
+    columns: list[str],
+    frames: int,
+    chosen: list[Model],
+    direct: Callable[[Model, int, int], tuple[float, list[float], Spell]],
+    copy: CopyRun,
+    cpu_note: str,
+    cpu_columns: list[str],
+) -> None:
+    """A table of copies against direct puts, a row per frame size, model and
+    mirror place; then the CPU each process spent (:func:`print_cpu`)."""
+    print(f"\n### {title} ({load()})\n")
     print(models_text(chosen) + "\n")
-    print(
-        "| frame | model | mirror | frames | direct put into B | A -> B, from the copy's opening "
-        "| catch-up / direct | mirror start | busy: direct | busy: catch-up | load |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ["frame", "model", "mirror", "frames", *columns, "busy: direct", "busy: copy", "load"]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
     cpu_rows: list[CpuRow] = []
     for size, count in sizes(frames):
         for model in chosen:
-            direct, direct_cpu, direct_s = direct_run(model, count, size, holding_all(count, size))
+            direct_rate, direct_cpu, direct_spell = direct(model, count, size)
+            site_a, site_b = model.site_a, model.site_b
             for where, cpus in model.placements():
-                started, rate, spent, spell = catch_up_run(model, cpus, count, size)
-                site_a, site_b = model.site_a, model.site_b
-                print(
-                    f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
-                    f"| {rate_text(rate, size)} | {rate / direct:.0%} | {started:.2f} s "
-                    f"| {busy([site_a, site_a], direct_cpu, direct_s)} "
-                    f"| {busy([site_a, site_b, cpus, site_a], spent, spell)} "
-                    f"| {os.getloadavg()[0]:.1f} |"
-                )
+                rate, spent, spell, extra = copy(model, cpus, count, size)
+                cells = [
+                    f"{size:,} B",
+                    model.name,
+                    where,
+                    f"{count:,}",
+                    rate_text(direct_rate, size),
+                    rate_text(rate, size),
+                    f"{rate / direct_rate:.0%}",
+                    *extra,
+                    busy([site_a, site_a], direct_cpu, direct_spell),
+                    busy([site_a, site_b, cpus, site_a], spent, spell),
+                    f"{os.getloadavg()[0]:.1f}",
+                ]
+                print("| " + " | ".join(cells) + " |")
                 cpu_rows.append((size, count, model.name, where, direct_cpu, spent))
-    print_cpu(
+    print_cpu(cpu_note, cpu_columns, cpu_rows)
+
+
+def bench_catch_up(frames: int, chosen: list[Model]) -> None:
+    def direct(model: Model, count: int, size: int) -> tuple[float, list[float], Spell]:
+        return direct_run(model, count, size, holding_all(count, size))
+
+    def copy(
+        model: Model, cpus: Cpus, count: int, size: int
+    ) -> tuple[float, list[float], Spell, list[str]]:
+        started, rate, spent, spell = catch_up_run(model, cpus, count, size)
+        return rate, spent, spell, [f"{started:.2f} s"]
+
+    bench_copies(
+        "Mirror catch-up: A holds the frames, then the mirror starts",
+        [
+            "direct put into B",
+            "A -> B, from the copy's opening",
+            "catch-up / direct",
+            "mirror start",
+        ],
+        frames,
+        chosen,
+        direct,
+        copy,
         "(the time each ran)",
         ["direct: B", "direct: producer", "catch-up: A", "B", "mirror", "waiter"],
-        cpu_rows,
     )
 
 
 def bench_mirror(frames: int, chosen: list[Model]) -> None:
-    print(f"\n### Mirror throughput ({load()})\n")
-    print(models_text(chosen) + "\n")
-    print(
-        "| frame | model | mirror | frames | direct put into A | put into A, mirrored to B "
-        "| mirrored / direct | busy: direct | busy: mirrored | load |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    cpu_rows: list[CpuRow] = []
-    for size, count in sizes(frames):
-        for model in chosen:
-            direct, direct_cpu, direct_s = direct_run(model, count, size)
-            for where, cpus in model.placements():
-                rate, mirrored_cpu, mirrored_s = mirrored_run(model, cpus, count, size)
-                site_a, site_b = model.site_a, model.site_b
-                print(
-                    f"| {size:,} B | {model.name} | {where} | {count:,} | {rate_text(direct, size)} "
-                    f"| {rate_text(rate, size)} | {rate / direct:.0%} "
-                    f"| {busy([site_a, site_a], direct_cpu, direct_s)} "
-                    f"| {busy([site_a, site_b, cpus, site_a], mirrored_cpu, mirrored_s)} "
-                    f"| {os.getloadavg()[0]:.1f} |"
-                )
-                cpu_rows.append((size, count, model.name, where, direct_cpu, mirrored_cpu))
-    print_cpu(
+    def copy(
+        model: Model, cpus: Cpus, count: int, size: int
+    ) -> tuple[float, list[float], Spell, list[str]]:
+        return (*mirrored_run(model, cpus, count, size), [])
+
+    bench_copies(
+        "Mirror throughput",
+        ["direct put into A", "put into A, mirrored to B", "mirrored / direct"],
+        frames,
+        chosen,
+        direct_run,
+        copy,
         "(the time each ran; the producer's includes the waiter)",
         ["direct: A", "direct: producer", "mirrored: A", "B", "mirror", "producer"],
-        cpu_rows,
     )
 
 
