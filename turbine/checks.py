@@ -44,6 +44,8 @@ STRING_LIMITS: dict[str, int] = {
     "action": MAX_TOKEN_CHARS,
     "user": MAX_CLIENT_NAME_CHARS,
     "right": MAX_TOKEN_CHARS,
+    "origin": MAX_NAME_CHARS,
+    "prefix": MAX_NAME_CHARS,
 }
 
 

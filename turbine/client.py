@@ -240,6 +240,36 @@ class Client(Writes):
         )
         return cast(dict[str, Any], msg.result)
 
+    async def mirror_inside(
+        self,
+        origin: str,
+        patterns: list[str],
+        *,
+        prefix: str = "",
+        poll: float | None = None,
+        retry: float | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """Have the broker copy ``patterns`` from ``origin`` itself while this
+        connection lasts (``turbine/_mirror_inside.py``); asked again, it says
+        what its mirror did since (the same arguments, else it refuses).
+
+        Raises:
+            RequestFailed: a broker without inside mirrors, or other arguments
+                than its running mirror's.
+        """
+        msg = await self._requests.call(
+            m.Mirror,
+            m.Ok,
+            origin=origin,
+            patterns=patterns,
+            prefix=prefix or None,
+            poll=poll,
+            retry=retry,
+            token=token,
+        )
+        return cast(dict[str, Any], msg.result)
+
     async def time(self, exchanges: int = 8) -> ClockReading:
         """The broker's clock against ours, by NTP's method over ``exchanges``
         round trips: the exchange with the shortest round trip gives the offset

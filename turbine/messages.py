@@ -213,6 +213,19 @@ class Acl(Request):
     pattern: str | None = None
 
 
+class Mirror(Request):
+    """Run a pull mirror inside the broker while this connection lasts (the first
+    such request), or say how the one running does (every later one)."""
+
+    origin: str
+    patterns: list[str]
+    prefix: str | None = None
+    poll: float | None = None
+    retry: float | None = None
+    #: What the broker logs in to the origin with (None: no token).
+    token: str | None = field(default=None, repr=False)
+
+
 # --- replies and deliveries (broker -> client) -----------------------------------------
 
 
@@ -279,6 +292,7 @@ _SENDERS: dict[type[Message], tuple[str, str]] = {
     Delete: ("delete", _CLIENT),
     Acl: ("acl", _CLIENT),
     Time: ("time", _CLIENT),
+    Mirror: ("mirror", _CLIENT),
     Ok: ("ok", _BROKER),
     Error: ("error", _BROKER),
     Frames: ("frames", _BROKER),
