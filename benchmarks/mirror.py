@@ -91,14 +91,26 @@ class Model:
     site_a: Cpus = None
     site_b: Cpus = None
 
-    def placements(self) -> list[tuple[str, Cpus]]:
-        """The mirror's places in this model: a label and its CPUs."""
+    def placements(self) -> list[Place]:
+        """The mirror's places in this model: a process beside A or B, or inside B."""
+        inside = Place(f"inside B (CPU {cpus_text(self.site_b)})", self.site_b, inside=True)
         if self.site_a == self.site_b:
-            return [("push = pull", self.site_a)]
+            return [Place("push = pull", self.site_a), inside]
         return [
-            (f"push (CPU {cpus_text(self.site_a)})", self.site_a),
-            (f"pull (CPU {cpus_text(self.site_b)})", self.site_b),
+            Place(f"push (CPU {cpus_text(self.site_a)})", self.site_a),
+            Place(f"pull (CPU {cpus_text(self.site_b)})", self.site_b),
+            inside,
         ]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a run's mirror goes: its label, its CPUs, and whether broker B copies
+    itself (``turbine mirror --inside``: the program only asks B to)."""
+
+    label: str
+    cpus: Cpus
+    inside: bool = False
 
 
 def cpus_text(cpus: Cpus) -> str:
@@ -237,11 +249,12 @@ async def wait_for_seq(address: str, seq: int) -> None:
                 return
 
 
-def mirror_process(a: str, b: str, cpus: Cpus = None):
-    """A mirror on ``cpus``, as one runs by default: it lists A (and flushes B)
+def mirror_process(a: str, b: str, place: Place = Place("", None)):
+    """A mirror at ``place``, as one runs by default: it lists A (and flushes B)
     once a second.  (At ``--poll 0.05`` those took 10 % of the mirror's samples
     in a slow, loaded 100 KB run, work a deployed mirror does not do.)"""
-    return process(TURBINE, "mirror", "--from", a, "--to", b, "daq_*", cpus=cpus)
+    inside = ("--inside",) if place.inside else ()
+    return process(TURBINE, "mirror", "--from", a, "--to", b, "daq_*", *inside, cpus=place.cpus)
 
 
 async def mirrored_rate(
@@ -280,16 +293,16 @@ def direct_run(
 
 
 def mirrored_run(
-    model: Model, mirror_cpus: Cpus, count: int, size: int
+    model: Model, place: Place, count: int, size: int
 ) -> tuple[float, list[float], Spell]:
-    """A mirrored put (the mirror on ``mirror_cpus``): its rate, the CPU seconds of
+    """A mirrored put (the mirror at ``place``): its rate, the CPU seconds of
     A, B, the mirror and the producer (with the waiter) from the first timed put
     on, and the spell since then."""
     with (
         pinned(model.site_a),
         broker_process(model.site_a) as (a, a_pid),
         broker_process(model.site_b) as (b, b_pid),
-        mirror_process(a, b, mirror_cpus) as mirror,
+        mirror_process(a, b, place) as mirror,
     ):
         pids = (a_pid, b_pid, mirror.pid)
 
@@ -323,9 +336,9 @@ async def copy_opened(address: str) -> None:
 
 
 def catch_up_run(
-    model: Model, mirror_cpus: Cpus, count: int, size: int
+    model: Model, place: Place, count: int, size: int
 ) -> tuple[float, float, list[float], Spell]:
-    """A holds ``count`` frames, then the mirror starts (on ``mirror_cpus``): its
+    """A holds ``count`` frames, then the mirror starts (at ``place``): its
     start-up (seconds until the copy is open on B), the rate from then until B
     holds them all, the CPU seconds meanwhile of A, B, the mirror and the waiter,
     and that while's spell."""
@@ -336,7 +349,7 @@ def catch_up_run(
     ):
         trio.run(put_frames, a, count, size, holding_all(count, size))
         launched = time.perf_counter()
-        with mirror_process(a, b, mirror_cpus) as mirror:
+        with mirror_process(a, b, place) as mirror:
             pids = (a_pid, b_pid, mirror.pid)
 
             def now() -> list[float]:
@@ -412,7 +425,7 @@ def print_cpu(note: str, columns: list[str], rows: list[CpuRow]) -> None:
 
 #: A copy's run: (model, the mirror's CPUs, frames, frame size) -> its rate, the CPU
 #: seconds of A, B, the mirror and this process, its spell, and cells of its own.
-CopyRun = Callable[[Model, Cpus, int, int], tuple[float, list[float], Spell, list[str]]]
+CopyRun = Callable[[Model, Place, int, int], tuple[float, list[float], Spell, list[str]]]
 
 
 def bench_copies(
@@ -437,8 +450,9 @@ def bench_copies(
         for model in chosen:
             direct_rate, direct_cpu, direct_spell = direct(model, count, size)
             site_a, site_b = model.site_a, model.site_b
-            for where, cpus in model.placements():
-                rate, spent, spell, extra = copy(model, cpus, count, size)
+            for place in model.placements():
+                where, cpus = place.label, place.cpus
+                rate, spent, spell, extra = copy(model, place, count, size)
                 cells = [
                     f"{size:,} B",
                     model.name,
@@ -462,9 +476,9 @@ def bench_catch_up(frames: int, chosen: list[Model]) -> None:
         return direct_run(model, count, size, holding_all(count, size))
 
     def copy(
-        model: Model, cpus: Cpus, count: int, size: int
+        model: Model, place: Place, count: int, size: int
     ) -> tuple[float, list[float], Spell, list[str]]:
-        started, rate, spent, spell = catch_up_run(model, cpus, count, size)
+        started, rate, spent, spell = catch_up_run(model, place, count, size)
         return rate, spent, spell, [f"{started:.2f} s"]
 
     bench_copies(
@@ -486,9 +500,9 @@ def bench_catch_up(frames: int, chosen: list[Model]) -> None:
 
 def bench_mirror(frames: int, chosen: list[Model]) -> None:
     def copy(
-        model: Model, cpus: Cpus, count: int, size: int
+        model: Model, place: Place, count: int, size: int
     ) -> tuple[float, list[float], Spell, list[str]]:
-        return (*mirrored_run(model, cpus, count, size), [])
+        return (*mirrored_run(model, place, count, size), [])
 
     bench_copies(
         "Mirror throughput",

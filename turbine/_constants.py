@@ -283,6 +283,9 @@ MAX_LINE = 2000
 MIRROR_POLL_S = 1.0
 #: After a mirror lost either broker, how long it waits before it connects again (seconds).
 MIRROR_RETRY_S = 1.0
+#: Reports a mirror inside a broker keeps until its program asks for them
+#: (turbine/_mirror_inside.py); older ones are dropped.
+MIRROR_INSIDE_REPORTS = 100
 
 #: Samples a numeric channel's block summary covers at least (turbine/summary.py): a
 #: summary is 72 bytes (in memory and in its archive file), so at 1000 it costs 0.9 % of

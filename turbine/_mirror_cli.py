@@ -60,6 +60,12 @@ def _prefix_callback(ctx: click.Context, param: click.Parameter, prefix: str) ->
     metavar="PATH",
     help="Log in to the target with the token in this file (its user needs write there).",
 )
+@click.option(
+    "--inside",
+    is_flag=True,
+    help="Have the target broker copy in its own process (a pull mirror without a "
+    "process and a socket hop of its own); this program asks it to and prints its reports.",
+)
 def mirror(
     origin: str,
     target: str,
@@ -68,6 +74,7 @@ def mirror(
     poll: float,
     origin_token: str | None,
     target_token: str | None,
+    inside: bool,
 ) -> None:
     """Copy sources matching PATTERNS from one broker to another, now and as they grow.
 
@@ -86,6 +93,7 @@ def mirror(
         poll=poll,
         origin_token=origin_token,
         target_token=target_token,
+        inside=inside,
     )
 
     run_until_stopped(

@@ -10,6 +10,9 @@ restart of ``A`` (with its data dir), of ``B`` or of the mirror the copy
 continues where ``B`` stops: nothing lost that ``A`` still holds, nothing
 twice.  A source whose frames have been on ``B`` already (its origin or one
 of the brokers it passed through) is not copied: no loops.
+
+With ``inside`` the copying runs in ``B``'s own process (``turbine/_mirror_inside.py``):
+this program asks ``B`` to pull, and relays what it reports.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import array
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -26,6 +30,7 @@ import trio
 from ._client_records import FrameGroup, SourceInfo
 from ._constants import MIRROR_POLL_S, MIRROR_RETRY_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
+from .auth import find_token
 from .client import Client, open_client
 from .names import source_pattern
 from .origin import Origin
@@ -49,6 +54,9 @@ class MirrorConfig:
     poll: float = MIRROR_POLL_S
     retry: float = MIRROR_RETRY_S
     name: str = "turbine-mirror"
+    #: Copy inside the target broker (a pull mirror without a process and a socket
+    #: hop of its own): this program asks ``B`` to, and relays its reports.
+    inside: bool = False
     #: Log in to A / B with these (None: the token a client finds, see
     #: :func:`turbine.auth.find_token`); its user needs read on A, write on B.
     origin_token: str | None = attrs.field(default=None, repr=False)
@@ -66,6 +74,40 @@ class MirrorStats:
     sources: int = 0  # copies opened on the target
     frames: int = 0  # frames sent to the target
     skipped: dict[str, str] = attrs.field(factory=dict)  # source -> why it is not copied
+
+
+class Target(Protocol):
+    """What a mirror session writes through: a :class:`Client` of ``B``, or
+    ``B``'s own hub when the mirror runs inside it (``turbine/_mirror_inside.py``)."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def open_mirror(
+        self,
+        name: str,
+        channels: Mapping[str, str],
+        mirror: Origin,
+        *,
+        cache_frames: int | None = None,
+        cache_bytes: int | None = None,
+    ) -> dict[str, int]: ...
+
+    async def list_sources(self, pattern: str = "*") -> list[SourceInfo]: ...
+
+    async def put_copy(
+        self,
+        source: str,
+        channel: str,
+        ts: list[float | None] | array.array[float],
+        data: Sequence[Any],
+        seqs: list[int] | range,
+        writers: list[Any],
+        content_type: str | None = None,
+        *,
+        sizes: list[int] | None = None,
+    ) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 def prefixed(source: str, prefix: str) -> str:
@@ -205,10 +247,13 @@ async def run_mirror(
     stats: MirrorStats | None = None,
     report: Callable[[str], None] = log.info,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    target: Callable[[], AbstractAsyncContextManager[Target]] | None = None,
 ) -> None:
     """Mirror until cancelled; a lost broker is connected again every ``config.retry`` s.
 
     ``task_status.started()`` is called once the first session copies.
+    ``target`` opens what the copies are written through (by default a
+    client of ``config.target``).
 
     Never returns.  A source the target refuses to hold (held by another
     client, not a mirror of that origin, no memory, ...) is reported through
@@ -222,15 +267,20 @@ async def run_mirror(
         if status:
             status.pop().started()
 
+    def to_b() -> AbstractAsyncContextManager[Target]:
+        # comes back after a lost connection: its copies wait for it and B
+        # gives them to it from its lost connection (docs/protocol.rst, Transport)
+        return open_client(
+            config.target, name=config.name, token=config.target_token, comes_back=True
+        )
+
     while True:
         try:
+            if config.inside:
+                await _ask_inside(config, stats, report, copying)
             async with (
                 open_client(config.origin, name=config.name, token=config.origin_token) as a,
-                # comes back after a lost connection: its copies wait for it and B
-                # gives them to it from its lost connection (docs/protocol.rst, Transport)
-                open_client(
-                    config.target, name=config.name, token=config.target_token, comes_back=True
-                ) as b,
+                (target or to_b)() as b,
             ):
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
@@ -242,6 +292,41 @@ async def run_mirror(
         await trio.sleep(config.retry)
 
 
+async def _ask_inside(
+    config: MirrorConfig,
+    stats: MirrorStats,
+    report: Callable[[str], None],
+    copying: Callable[[], None],
+) -> None:
+    """Have ``B`` copy, and relay what it did every ``config.poll`` s (never returns).
+
+    The copying lasts as long as this connection to ``B``; asked again over a
+    new one (the client reconnects), ``B`` starts it again, from where its copy stops.
+    """
+    token = config.origin_token if config.origin_token is not None else find_token()
+    async with open_client(
+        config.target, name=config.name, token=config.target_token, comes_back=True
+    ) as b:
+        while True:
+            done = await b.mirror_inside(
+                config.origin,
+                list(config.patterns),
+                prefix=config.prefix,
+                poll=config.poll,
+                retry=config.retry,
+                token=token,
+            )
+            for line in done["reports"]:
+                report(line)
+            stats.sessions += done["sessions"]
+            stats.sources += done["sources"]
+            stats.frames += done["frames"]
+            stats.skipped.update(done["skipped"])
+            if done["copying"]:
+                copying()
+            await trio.sleep(config.poll)
+
+
 class _Session:
     """One pair of connections: copies every matching source until one breaks."""
 
@@ -249,7 +334,7 @@ class _Session:
         self,
         config: MirrorConfig,
         a: Client,
-        b: Client,
+        b: Target,
         stats: MirrorStats,
         report: Callable[[str], None],
     ) -> None:

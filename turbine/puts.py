@@ -54,7 +54,7 @@ class Puts:
                 self.broker.audit.record("refused", self.peer, str(refusal), request="put")
             self.error(None, refusal)
             return
-        data = Payloads([_untracked(msg.payload)], sizes)  # kept whole: no bytes object per frame
+        data = Payloads([untracked(msg.payload)], sizes)  # kept whole: no bytes object per frame
         ts = unpack_times(msg.ts) if isinstance(msg.ts, bytes) else msg.ts
         try:
             wakers = self.broker.hub.put(
@@ -111,7 +111,7 @@ class Puts:
         return RequestFailed(f"put to {source}/{channel} refused: {why}", why.code)
 
 
-def _untracked(payload: Any) -> Any:
+def untracked(payload: Any) -> Any:
     """A put's payload as the ring keeps it: the ``bytes`` object itself when the
     view shows all of one (the usual single-frame put).  A view is an object the
     cycle collector tracks; one per put kept by the million made each full
@@ -122,3 +122,16 @@ def _untracked(payload: Any) -> Any:
         if type(whole) is bytes and len(whole) == payload.nbytes:
             return whole
     return payload
+
+
+def check_open(access: Access | None, source: str) -> None:
+    """Refuse ``access`` opening ``source`` without the write right on it.
+
+    Raises:
+        RequestFailed: code ``access``.
+    """
+    if access is not None and not access.may(WRITE, source):
+        raise RequestFailed(
+            f"user {access.user!r} may not open {source!r}: that takes the write right",
+            "access",
+        )

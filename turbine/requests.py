@@ -19,11 +19,11 @@ from ._clock import clock_offset
 from ._constants import MAX_ERROR_MESSAGE_CHARS, MAX_PRODUCERS_PER_SOURCE
 from ._errors import RemoteProtocolError, RequestFailed
 from .audit import Audit
-from .auth import WRITE, Access, AuthError, AuthTable
+from .auth import Access, AuthError, AuthTable
 from .names import InvalidName
 from .origin import Origin
 from .protocol import encode_ok
-from .puts import Puts, PutView
+from .puts import Puts, PutView, check_open
 from .reads import HubView, Reads
 
 log = logging.getLogger("turbine.server")
@@ -53,6 +53,8 @@ class Requests(Reads, Puts):
     hello_time: float = 0.0
     clock_offset: float | None = None
     clock_rtt: float | None = None
+    #: The mirror this connection runs inside the broker (turbine/_mirror_inside.py).
+    inside_mirror: Any = None
 
     def queue(self, msg: m.Message, payloads: list[Any] | tuple[()] = ()) -> None:
         raise NotImplementedError
@@ -115,12 +117,7 @@ class Requests(Reads, Puts):
         self.reply(msg, {"time": self.broker.clock()})
 
     def on_open_source(self, msg: m.OpenSource) -> None:
-        access = self.peer.access
-        if access is not None and not access.may(WRITE, msg.source):
-            raise RequestFailed(
-                f"user {access.user!r} may not open {msg.source!r}: that takes the write right",
-                "access",
-            )
+        check_open(self.peer.access, msg.source)
         channels = {} if msg.channels is None else msg.channels
         if not isinstance(channels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in channels.items()
@@ -158,6 +155,12 @@ class Requests(Reads, Puts):
             known = src.producers
             result["producers"] = {p: known[p] for p in producers if p in known}
         self.reply(msg, result)
+
+    def on_mirror(self, msg: m.Mirror) -> None:
+        from ._mirror_inside import on_mirror  # (the client side only brokers that mirror load)
+
+        assert self.reads.nursery is not None  # the connection's, set before it reads
+        self.reply(msg, on_mirror(self, self.reads.nursery, msg))  # type: ignore[arg-type]
 
     def on_close_source(self, msg: m.CloseSource) -> None:
         self.broker.hub.release(self.peer, msg.source)
@@ -265,4 +268,5 @@ class Requests(Reads, Puts):
         m.Delete: on_delete,
         m.Acl: on_acl,
         m.Time: on_time,
+        m.Mirror: on_mirror,
     }
