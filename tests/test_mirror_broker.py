@@ -189,8 +189,12 @@ def test_ls_says_where_a_mirrored_source_comes_from():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command",
-    [[TURBINE, "mirror"], [sys.executable, "-m", "components.mirror"]],
-    ids=["turbine mirror", "mcp program kind mirror"],
+    [
+        [TURBINE, "mirror"],
+        [sys.executable, "-m", "components.mirror"],
+        [TURBINE, "mirror", "--inside"],
+    ],
+    ids=["turbine mirror", "mcp program kind mirror", "inside the target"],
 )
 def test_a_mirror_copies_between_two_serve_processes_and_stops_on_sigterm(command):
     a, b = Serve(), Serve()
@@ -214,6 +218,7 @@ def test_a_mirror_copies_between_two_serve_processes_and_stops_on_sigterm(comman
         listing = ok(b.address, "ls")
         assert "video_cam" not in listing
         assert f"mirror of {SRC} on broker" in listing
+        assert f"{SRC}  [online] held by turbine-mirror#" in listing  # (its program, inside too)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -75,9 +75,9 @@ def frames(first: int, last: int) -> list[list[object]]:
     return [[i, f"frame {i}"] for i in range(first, last + 1)]
 
 
-def start_mirror(link: Link, push: bool = False) -> subprocess.Popen[str]:
+def start_mirror(link: Link, push: bool = False, inside: bool = False) -> subprocess.Popen[str]:
     """The mirror beside B (pull), across the link from A; or beside A (``push``),
-    across the link from B."""
+    across the link from B; ``inside``: B copies itself, asked by the mirror."""
     near, far = "127.0.0.1", link.addr_b if push else link.addr_a
     origin, target = (near, far) if push else (far, near)
     return link.start(
@@ -91,6 +91,7 @@ def start_mirror(link: Link, push: bool = False) -> subprocess.Popen[str]:
         "--poll",
         "0.1",
         "daq_*",
+        *(["--inside"] if inside else []),
     )
 
 
@@ -298,9 +299,13 @@ class Steady:
         return got, err
 
 
+INSIDE = pytest.mark.parametrize("inside", [False, True], ids=["process", "inside B"])
+
+
+@INSIDE
 @pytest.mark.parametrize("shaper", [probe().shaper])
 def test_over_a_delayed_lossy_link_the_mirror_keeps_up_and_recovers_after_a_10_s_cut(
-    link, tmp_path, shaper
+    link, tmp_path, shaper, inside
 ):
     """``shaper`` (in the test's name) says what delays and drops the packets here."""
     if probe().why_no_shaper:
@@ -308,7 +313,7 @@ def test_over_a_delayed_lossy_link_the_mirror_keeps_up_and_recovers_after_a_10_s
     path = Lossy.shape(link)
     serve(link, link.a, "0.0.0.0")
     serve(link, link.b, "127.0.0.1")
-    mirror = start_mirror(link)
+    mirror = start_mirror(link, inside=inside)
     steady = Steady(link, tmp_path, link.b, link.a, f"127.0.0.1:{PORT}")
     cut, mended, caught_up = steady.cut(path)
     assert caught_up - mended < CATCH_UP_S, f"caught up {caught_up - mended:.1f} s after the mend"
@@ -333,12 +338,13 @@ def test_over_a_delayed_lossy_link_the_mirror_keeps_up_and_recovers_after_a_10_s
     assert mirror.poll() is None, mirror.communicate()
 
 
-def test_the_mirror_recovers_after_the_link_is_cut_for_10_s(link, tmp_path):
+@INSIDE
+def test_the_mirror_recovers_after_the_link_is_cut_for_10_s(link, tmp_path, inside):
     # a slow link (1 Mbit/s) where the kernel has tbf; netem where it has that too
     link.shape("tbf", "rate", "1mbit", "burst", "32kbit", "latency", "100ms")
     serve(link, link.a, "0.0.0.0")
     serve(link, link.b, "127.0.0.1")
-    mirror = start_mirror(link)
+    mirror = start_mirror(link, inside=inside)
     a, b = f"127.0.0.1:{PORT}", f"127.0.0.1:{PORT}"
     client(link, tmp_path, link.a, a, "put", 1, 500)
     assert client(link, tmp_path, link.b, b, "get", 1, 500) == frames(1, 500)

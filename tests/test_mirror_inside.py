@@ -1,0 +1,60 @@
+"""The ``mirror`` request: a pull mirror inside the target broker, as its asker sees it."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from turbine import RequestFailed, open_client
+from turbine.testing import start_broker
+
+SRC = "daq_rig_data_source"
+
+
+async def asked(tb, origin, *patterns, **fields):
+    return await tb.mirror_inside(origin, list(patterns), poll=0.02, retry=0.02, **fields)
+
+
+async def test_each_ask_says_what_the_mirror_inside_did_since_the_last(nursery):
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(20):
+        async with (
+            open_client(a, name="daq") as pa,
+            open_client(b, name="puller") as pb,
+            open_client(b) as rb,
+        ):
+            src = await pa.open_source(SRC)
+            for i in range(3):
+                await src.put("x", b"%d" % i)
+            await pa.flush()
+            replies = [await asked(pb, a, "daq_*")]
+            async with rb.subscribe(f"{SRC}/x", start=1) as sub:
+                assert [(await sub.receive()).data for _ in range(3)] == [b"0", b"1", b"2"]
+            replies += [await asked(pb, a, "daq_*"), await asked(pb, a, "daq_*")]
+            assert replies[-1]["copying"] and replies[-1]["reports"] == []  # nothing twice
+            assert [line for r in replies for line in r["reports"]] == [
+                f"mirror: copying {SRC} to {SRC} ({SRC} on broker aaaa)"
+            ]
+            assert {k: sum(r[k] for r in replies) for k in ("sessions", "sources", "frames")} == {
+                "sessions": 1,
+                "sources": 1,
+                "frames": 3,
+            }
+            (info,) = await rb.list_sources(SRC)
+            assert info.holder.startswith("puller#")  # the asker holds the copy
+
+
+async def test_a_connection_runs_one_mirror_and_refuses_a_bad_one(nursery):
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(20):
+        async with open_client(b) as pb:
+            with pytest.raises(RequestFailed, match="pattern") as bad:
+                await asked(pb, a, "bad pattern")
+            assert bad.value.code in ("name", "request")
+            await asked(pb, a, "daq_*")
+            with pytest.raises(RequestFailed, match="runs another mirror already") as other:
+                await asked(pb, a, "video_*")
+            assert other.value.code == "request"
+            await asked(pb, a, "daq_*")  # its own mirror is still there to ask
