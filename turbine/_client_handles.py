@@ -90,8 +90,9 @@ class Source:
 class Feed:
     """The client's end of one subscription: the read loop delivers batches into it.
 
-    Bounded (``SUBSCRIPTION_QUEUE_BATCHES``): when the reader falls behind,
-    :meth:`send` waits, and so the read loop stops reading the socket.
+    Bounded (``queue`` batches, ``SUBSCRIPTION_QUEUE_BATCHES`` by default): when
+    the reader falls behind, :meth:`send` waits, and so the read loop stops
+    reading the socket.
 
     Args:
         positions: see :attr:`positions`.
@@ -100,6 +101,8 @@ class Feed:
         wait: how to wait for the next batch when none is there (the
             client's :meth:`~turbine._client_reader.Reader.receive_for`, which
             reads the socket in the waiting task); None: the channel alone.
+        queue: batches it holds at most (a delivery is at most
+            DELIVERY_BATCH_BYTES, or one larger frame); None: SUBSCRIPTION_QUEUE_BATCHES.
     """
 
     def __init__(
@@ -107,13 +110,15 @@ class Feed:
         positions: dict[str, int] | None = None,
         unpack: Callable[[list[Any], memoryview], Iterable[Any]] = iter_frames,
         wait: Callable[[Feed], Awaitable[Iterable[Any]]] | None = None,
+        queue: int | None = None,
     ) -> None:
         #: Per channel path, the first sequence number not yet received (a
         #: reconnecting client's subscriptions keep it, to resume there).
         self.positions = positions
         #: What a ``frames`` message's groups and payload become for the reader.
         self.unpack = unpack
-        send, self.channel = trio.open_memory_channel[Iterable[Any]](SUBSCRIPTION_QUEUE_BATCHES)
+        size = SUBSCRIPTION_QUEUE_BATCHES if queue is None else queue
+        send, self.channel = trio.open_memory_channel[Iterable[Any]](size)
         self.send_nowait = send.send_nowait
         self.send = send.send
         self._close = send.close

@@ -116,6 +116,7 @@ class Client(Writes):
         monitor: bool = False,
         max_rate: float | None = None,
         groups: bool = False,
+        queue: int | None = None,
     ) -> AsyncIterator[Subscription]:
         """Every frame of every channel matching ``pattern``, in order per channel.
 
@@ -126,6 +127,8 @@ class Client(Writes):
         many frames per second per channel, each the newest when sent.
         ``groups``: deliver :class:`FrameGroup` columns (frames of one channel
         and writer numbered one after another) instead of a :class:`Frame` each.
+        ``queue``: deliveries held for a reader behind (each at most 1 MiB, or
+        one larger frame; None: 64); when full, the client stops reading the socket.
 
         Raises:
             RequestFailed: ``max_rate`` not above 0, or without ``monitor``.
@@ -137,6 +140,7 @@ class Client(Writes):
             positions={} if self.reconnect else None,
             unpack=groups_from if groups else iter_frames,
             wait=lambda feed: self._reader.receive_for(feed),  # reads the socket itself
+            queue=queue,
         )
         sub = Subscription(sid, pattern, start, monitor, feed, max_rate)
         try:
