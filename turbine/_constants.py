@@ -283,6 +283,11 @@ MAX_LINE = 2000
 MIRROR_POLL_S = 1.0
 #: After a mirror lost either broker, how long it waits before it connects again (seconds).
 MIRROR_RETRY_S = 1.0
+#: Deliveries of A a mirror holds per channel for a copy that waits on B (each at most
+#: DELIVERY_BATCH_BYTES): a catch-up behind a slow B held up to 64 MiB a channel with
+#: the client's SUBSCRIPTION_QUEUE_BATCHES.  A copy reads its own deliveries when its
+#: queue is empty, so the queue only fills while another channel's copy reads for it.
+MIRROR_QUEUE_BATCHES = 4
 #: Reports a mirror inside a broker keeps until its program asks for them
 #: (turbine/_mirror_inside.py); older ones are dropped.
 MIRROR_INSIDE_REPORTS = 100

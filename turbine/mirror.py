@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from ._client_records import FrameGroup, SourceInfo
-from ._constants import MIRROR_POLL_S, MIRROR_RETRY_S
+from ._constants import MIRROR_POLL_S, MIRROR_QUEUE_BATCHES, MIRROR_RETRY_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from .auth import find_token
 from .client import Client, open_client
@@ -416,7 +416,9 @@ class _Session:
         """Copy ``source/channel`` from number ``start`` on, as the frames arrive."""
         target = self.config.target_name(source)
         put: Callable[..., Awaitable[None]] = self.b.put_copy
-        async with self.a.subscribe(f"{source}/{channel}", start=start, groups=True) as sub:
+        async with self.a.subscribe(
+            f"{source}/{channel}", start=start, groups=True, queue=MIRROR_QUEUE_BATCHES
+        ) as sub:
             while True:
                 for p in group_puts(await sub.receive_batch()):
                     await put(
