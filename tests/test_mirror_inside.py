@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from tests.test_mirror import MIRROR_TOKENS, auth_table
 from turbine import RequestFailed, open_client
 from turbine.testing import start_broker
 
@@ -58,3 +59,15 @@ async def test_a_connection_runs_one_mirror_and_refuses_a_bad_one(nursery):
                 await asked(pb, a, "video_*")
             assert other.value.code == "request"
             await asked(pb, a, "daq_*")  # its own mirror is still there to ask
+
+
+async def test_with_access_control_a_user_who_may_write_nothing_may_not_ask(nursery):
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb", auth=auth_table(from_a='read = ["*"]'))
+    with trio.fail_after(20):
+        async with open_client(b, token=MIRROR_TOKENS["from_a"]) as reader:
+            with pytest.raises(RequestFailed, match="takes the write right") as refused:
+                await asked(reader, a, "daq_*")
+            assert refused.value.code == "access"
+        async with open_client(b, token=MIRROR_TOKENS["admin"]) as admin:
+            assert (await asked(admin, a, "daq_*"))["reports"] == []

@@ -264,9 +264,18 @@ def on_mirror(conn: Asker, nursery: trio.Nursery, msg: m.Mirror) -> dict[str, An
     the running one did since the last; the reply's result.
 
     Raises:
-        RequestFailed: another mirror than the one this connection runs.
+        RequestFailed: another mirror than the one this connection runs
+            (``request``), or a user with no write right at all (``access``).
         ValueError: a bad pattern or prefix.
     """
+    access = conn.peer.access
+    if access is not None and not (access.rights.write or access.admin):
+        # (the broker connects where the request says: not for a user who could not copy)
+        raise RequestFailed(
+            f"user {access.user!r} may not have this broker mirror: that takes the write "
+            "right on the copies' names (turbine acl grant USER write PATTERN)",
+            "access",
+        )
     config = mirror_config(msg, conn.peer.client)
     running: InsideMirror | None = conn.inside_mirror
     if running is None:
