@@ -157,6 +157,7 @@ class LocalTarget:
         for sink in wakers:
             sink.wake_soon()
             self.woke[sink] = None
+        conn.broker.write_ready()  # what wake_soon left for a reader to write, as B's readers do
         if self.woke:
             await deliver_first(self.woke, conn.broker.write_ready)
         store = self.hub.store
