@@ -20,7 +20,10 @@ project is benchmarked on, writing to its disk costs the host CPU that
 shows here as steal once both processors are busy (1.3-2.9 s per GB
 written, measured with plain ``O_DIRECT`` writes and both processors
 kept busy), and none while one is idle: with ``--data-dir`` the
-large-frame rows pay it, memory-only ones do not.
+large-frame rows pay it, memory-only ones do not.  The third row puts that
+apart from the archive's own work: a memory-only broker while another
+process writes the same bytes to the disk as the archive would (``O_DIRECT``,
+8 MiB writes, synced every 16 MiB).
 """
 
 from __future__ import annotations
@@ -70,6 +73,23 @@ async def subscribe():
 trio.run(publish if role == "pub" else subscribe)
 """
 
+#: The same bytes written to the disk by another process, as the archive writes them
+#: (``O_DIRECT`` from a kept buffer, 8 MiB at a time, synced every 16 MiB).
+DISK_WRITER = r"""
+import mmap, os, sys
+path, total = sys.argv[1], int(sys.argv[2])
+buf = mmap.mmap(-1, 8 * 2**20)
+buf[:] = b"x" * len(buf)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+sys.stdin.readline()
+done = 0
+while done < total:
+    done += os.pwrite(fd, buf, done)
+    if done % (16 * 2**20) == 0:
+        os.fdatasync(fd)
+os.fdatasync(fd)
+"""
+
 
 def _cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the process's main thread and of its other threads."""
@@ -109,7 +129,8 @@ def _wait_port(port: int, broker: subprocess.Popen[bytes]) -> None:
     raise click.ClickException("the broker did not listen within 30 s")
 
 
-def one_run(size: int, count: int, data_dir: str | None) -> dict[str, float]:
+def one_run(size: int, count: int, data_dir: str | None, disk: str | None) -> dict[str, float]:
+    """One row's run; ``disk``: a file that another process writes the same bytes to meanwhile."""
     port = _free_port()
     cmd = [sys.executable, "-m", "turbine", "serve", "--port", str(port), "--max-memory", "4GiB"]
     if data_dir is not None:
@@ -133,9 +154,20 @@ def one_run(size: int, count: int, data_dir: str | None) -> dict[str, float]:
         children.append(pub)
         assert pub.stdin is not None and pub.stdout is not None
         assert pub.stdout.readline().strip() == "ready"
+        starts = [pub]
+        if disk is not None:
+            writer = subprocess.Popen(
+                [sys.executable, "-c", DISK_WRITER, disk, str(size * count)],
+                stdin=subprocess.PIPE,
+                text=True,
+            )
+            children.append(writer)
+            starts.append(writer)
         before, steal, began = _cpu(broker.pid), _steal(), time.monotonic()
-        pub.stdin.write("go\n")
-        pub.stdin.flush()
+        for p in starts:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
         last = float(sub.stdout.readline())
         after, stolen = _cpu(broker.pid), _steal() - steal
         if pub.wait(60) or sub.wait(60):
@@ -159,6 +191,14 @@ def one_run(size: int, count: int, data_dir: str | None) -> dict[str, float]:
     }
 
 
+DATA_DIR = "--data-dir"
+#: Memory only while another process writes as many bytes to the disk: what the
+#: disk's writes cost the machine without any archive code (the --data-dir row's
+#: yardstick).
+DISK_BUSY = "memory only, the disk written alongside"
+MODES = ("memory only", DATA_DIR, DISK_BUSY)
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
@@ -171,13 +211,14 @@ def _spread(values: list[float]) -> str:
 def main(size: int, mb: int, runs: int, where: str | None) -> None:
     """Broker CPU per GB of one large-frame row, memory only against --data-dir."""
     count = mb * 10**6 // size
-    results: dict[str, list[dict[str, float]]] = {"memory only": [], "--data-dir": []}
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     for _ in range(runs):
         for mode, rows in results.items():
             work = tempfile.mkdtemp(prefix="turbine-data-dir-cpu-", dir=where)
             try:
-                data_dir = os.path.join(work, "data") if mode == "--data-dir" else None
-                rows.append(one_run(size, count, data_dir))
+                data_dir = os.path.join(work, "data") if mode == DATA_DIR else None
+                disk = os.path.join(work, "disk") if mode == DISK_BUSY else None
+                rows.append(one_run(size, count, data_dir, disk))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     print(f"{size:,} B frames, {mb:,} MB a run, {runs} runs each, load {os.getloadavg()[0]:.1f}")
