@@ -162,6 +162,7 @@ async def test_a_crash_that_lost_a_puts_producer_record_drops_its_frames_too(tmp
             hub = Hub(store=TieredStores(archive))
             hub.open_source(ALICE, SRC, channels={"x": "application/octet-stream"})
             put(hub, ALICE, b"a", "p", 1)
+            await hub.sources[SRC].channels["x"].store.flushed()  # put 2 in a write of its own
             put(hub, ALICE, b"b", "p", 2)
             await hub.sources[SRC].channels["x"].store.flushed()
             path = archive.logs[SRC].active.path

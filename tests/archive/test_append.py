@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import threading
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,14 @@ def create(path: str) -> SourceLog:
     return log
 
 
-def write_puts(log: SourceLog) -> None:
+def write_puts(log: SourceLog, received: bool = False) -> None:
+    """``received``: each put's payloads as the broker's receive path hands them over
+    (a view of the ``bytearray`` the message was read into, after its header)."""
     seq = 1
     for size in SIZES:
-        data = [bytes([seq % 251]) * size, b"%d" % seq]
+        data: list[Any] = [bytes([seq % 251]) * size, b"%d" % seq]
+        if received:
+            data = [memoryview(bytearray(b"header" + d))[6:] for d in data]
         log.write([Put("x.bin", seq, [float(seq)] * 2, [len(d) for d in data], data, "w")], now=0)
         seq += 2
 
@@ -49,16 +54,29 @@ def direct_or_skip(log: SourceLog) -> None:
         pytest.skip("this file system refuses O_DIRECT: the archive writes through the page cache")
 
 
-@pytest.mark.parametrize("staging", ["default", "small", "small, every payload copied unlocked"])
+@pytest.mark.parametrize(
+    "staging",
+    [
+        "default",
+        "small",
+        "small, every payload copied unlocked",
+        "small, every payload copied unlocked from received buffers",
+    ],
+)
 def test_append_appends_leave_the_same_file_as_the_page_cache(tmp_path, monkeypatch, staging):
     if staging.startswith("small"):
         monkeypatch.setattr(_append, "STAGING_BYTES", 3 * BLOCK)
         monkeypatch.setattr(_append, "_free", [])
     if "unlocked" in staging:  # (ctypes.memmove, without the GIL: normally from 64 KiB on)
         monkeypatch.setattr(_append, "COPY_FREE_BYTES", 1)
+    copied = []
+    real = _append._pinned
+    monkeypatch.setattr(_append, "_pinned", lambda v: copied.append(real(v)) or copied[-1])
     direct = create(str(tmp_path / "direct"))
     direct_or_skip(direct)
-    write_puts(direct)
+    write_puts(direct, received="received" in staging)
+    if "unlocked" in staging:  # every payload was, none held the GIL while copied
+        assert copied and None not in copied
     direct.sync()
     with monkeypatch.context() as m:
         m.delattr(os, "O_DIRECT")

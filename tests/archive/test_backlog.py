@@ -64,3 +64,26 @@ async def test_a_channels_queue_its_own_ring_holds_runs_ahead_of_the_disk(tmp_pa
                 assert archive.backlog == 64 * len(FRAME)
             await archive.flush()
             assert archive.logs[SRC].channels["b"].next_seq == 65
+
+
+async def test_channels_whose_frames_are_written_leave_nothing_in_the_backlog_table(tmp_path):
+    """A source whose channels come and go (one per run, say) keeps no per-channel
+    backlog entry for a channel once its frames are written: the table, read on
+    every put, holds only the channels with bytes waiting for the disk."""
+    with trio.fail_after(30):
+        async with open_archive(tmp_path, ArchiveConfig(max_backlog=LIMIT)) as archive:
+            stores = TieredStores(archive)
+            stores.keep_settings(SRC, {"archive_bytes": 2**30})
+            queue = archive._queues[SRC]
+            for run in range(50):
+                ch = stores(ChannelSpec(SRC, f"run{run}", 4, 1, "application/octet-stream"))
+                ch.append_many([1.0, 2.0], [b"a" * 100, b"b" * 10], "me", run)
+            assert len(queue.channel_pending) == 50 and archive.backlog == 50 * 110
+            await archive.flush()
+            assert queue.channel_pending == {} and archive.backlog == 0
+            async with archive._io:  # the disk stalls: the waiting channel has its entry
+                ch.append_many([3.0], [b"c" * 7], "me", 99)
+                assert queue.channel_pending == {"run49": 7}
+            await archive.flush()
+            assert queue.channel_pending == {}
+            assert archive.logs[SRC].channels["run49"].next_seq == 4

@@ -8,6 +8,8 @@ import pytest
 
 from turbine.archive import Declare, Hole, Put, Settings, SourceLog
 from turbine.archive import _format as fmt
+from turbine.archive._ops import Producer
+from turbine.archive._scan import _records
 from turbine.archive._segment import Segment
 
 MiB = 2**20
@@ -315,3 +317,49 @@ def test_a_large_archive_keeps_few_files_open(log):
     assert len(frames(log.read("x.bin", 1, 10_000))) == 128 * 40
     log.close()
     assert open_segments() == 0
+
+
+def _producer_tables(path: str) -> list[dict[str, int]]:
+    """The producers records of a segment file, in order."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        bodies = [b for _, _, b in _records(f.fileno(), fmt.SEGMENT_HEADER.size, size) if b]
+        return [r.table for r in map(fmt.decode_body, bodies) if isinstance(r, fmt.ProducersRecord)]
+
+
+def test_the_producer_numbers_of_consecutive_puts_are_one_record_after_them(tmp_path):
+    """One write: two produced puts, a declaration, a third put.  The first two
+    puts' numbers are one producers record after them and before the declaration;
+    the third's follows it.  A crash that cut the last record loses the third put
+    only (never acknowledged: its producer sends it again), never the declaration."""
+    path = str(tmp_path / "src")
+    log = SourceLog.create(path, {"archive_bytes": 64 * MiB}, now=0)
+    data = [b"a", b"b", b"c"]
+    log.write(
+        [
+            Declare("x", "application/octet-stream", 1),
+            Put("x", 1, [1.0], [1], [data[0]], "w"),
+            Producer("p", 1),
+            Put("x", 2, [2.0], [1], [data[1]], "w"),
+            Producer("q", 5),
+            Declare("y", "application/octet-stream", 1),
+            Put("y", 1, [3.0], [1], [data[2]], "w"),
+            Producer("p", 2),
+        ],
+        now=0,
+    )
+    segment = log.active.path
+    log.close()
+    assert _producer_tables(segment) == [{"p": 1, "q": 5}, {"p": 2}]
+    again = SourceLog.open(path)
+    assert list(again.producers.items()) == [("q", 5), ("p", 2)]  # least recent first
+    assert frames(again.read("y", 1, 10)) == [(1, 3.0, b"c")]
+    again.close()
+    last = fmt.RECORD_HEADER.size + len(fmt.producers_body({"p": 2}))
+    with open(segment, "r+b") as f:
+        f.truncate(f.seek(0, 2) - last)
+    torn = SourceLog.open(path)
+    assert list(torn.producers.items()) == [("p", 1), ("q", 5)]
+    assert frames(torn.read("x", 1, 10)) == [(1, 1.0, b"a"), (2, 2.0, b"b")]
+    assert "y" in torn.channels and torn.read("y", 1, 10) == []
+    torn.close()

@@ -98,7 +98,8 @@ class SourceQueue:
     last_sync: float | None = None
     sync_took: float = 0.0  # seconds its newest sync took (set by the worker thread)
     pending: int = 0  # payload bytes appended and not yet written (queued or being written)
-    #: Of those, each channel's (what its memory ring may hold too: :class:`Backlog`).
+    #: Of those, each channel's (what its memory ring may hold too: :class:`Backlog`);
+    #: only channels with bytes waiting have an entry.
     channel_pending: dict[str, int] = attrs.Factory(dict)
 
 
@@ -205,7 +206,12 @@ class GroupCommit:
                 per_channel = q.channel_pending
                 for op, size in zip(ops[:written], sizes[:written], strict=True):
                     if size:  # (a put)
-                        per_channel[op.channel] -= size  # type: ignore[union-attr]
+                        channel = op.channel  # type: ignore[union-attr]
+                        left = per_channel[channel] - size
+                        if left:
+                            per_channel[channel] = left
+                        else:  # all written: a channel gone keeps no entry
+                            del per_channel[channel]
                 if sync and error is None:
                     q.durable = q.written
                     q.last_sync = self.clock()

@@ -172,14 +172,20 @@ def producers_body(table: dict[str, int]) -> bytes:
     return _SOURCE.pack(PRODUCERS, len(text)) + text
 
 
-def encode_record(body: list[Any]) -> list[Any]:
-    """Header and body buffers of one record; the CRC runs over the body buffers in order."""
+def record_head(body: list[Any]) -> tuple[bytes, int]:
+    """The header of the record of ``body`` (buffers: the CRC runs over them in order)
+    and the body's length."""
     check = 0
     length = 0
     for b in body:
         check = crc(b, check)
         length += len(b)
-    return [record_header(length, check), *body]
+    return record_header(length, check), length
+
+
+def encode_record(body: list[Any]) -> list[Any]:
+    """Header and body buffers of one record."""
+    return [record_head(body)[0], *body]
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ from .._constants import FLOAT64_CONTENT_TYPE, METADATA_CHANNEL
 from ..summary import Summaries
 from . import _format as fmt
 from ._append import DirectAppender
-from ._ops import Op, Producer, Put, Summary, WriteFailed
+from ._ops import Op, Put, Summary, WriteFailed
 from ._reads import LogReads
 from ._scan import Damage, Scan, has_record, scan
 from ._segment import Segment, index_name, segment_name, summary_name
@@ -207,24 +207,9 @@ class SourceLog(LogReads):
             try:
                 if self.active.sealed or self.active.size >= self.segment_bytes:
                     self._roll(now)
-                records: list[tuple[list[Any], fmt.Entry | None]] = []
-                pending = 0
-                end = done
-                # A put and its producer record go in one group: never a roll between
-                # them (a put's block summary, queued between them, writes no record).
-                while end < len(ops) and (
-                    self.active.size + pending < self.segment_bytes
-                    or isinstance(ops[end], (Producer, Summary))
-                ):
-                    after = end + 1
-                    while after < len(ops) and isinstance(ops[after], Summary):
-                        after += 1
-                    produced = after < len(ops) and isinstance(ops[after], Producer)
-                    new = self._records(ops[end], produced)
-                    records += new
-                    pending += sum(len(b) for bufs, _ in new for b in bufs)
-                    end += 1
-                self.active.append(records)
+                active = self.active
+                records, end = self._group(ops, done, active.size, self.segment_bytes - active.size)
+                active.append(records)
                 self.sums.write(
                     self.active,
                     [

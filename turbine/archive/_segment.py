@@ -37,6 +37,33 @@ def spans_of(entries: list[fmt.Entry]) -> dict[int, fmt.ChannelSpan]:
     return spans
 
 
+class Records:
+    """Records to append to a segment at offset ``start``: their buffers in order
+    (payloads not copied), and the index entries of the frames and hole records
+    among them, each made once where it lands."""
+
+    __slots__ = ("at", "bufs", "entries", "start")
+
+    def __init__(self, start: int) -> None:
+        self.start = self.at = start  # (``at``: where the next record goes)
+        self.bufs: list[Any] = []
+        self.entries: list[fmt.Entry] = []
+
+    @property
+    def size(self) -> int:
+        return self.at - self.start
+
+    def add(self, body: list[Any], entry: tuple[Any, ...] | None = None) -> None:
+        """Add the record of ``body``; ``entry``: its index entry's fields after the
+        offset and body length (a frames or hole record)."""
+        head, length = fmt.record_head(body)
+        if entry is not None:
+            self.entries.append(fmt.Entry(self.at, length, *entry))
+        self.bufs.append(head)
+        self.bufs += body
+        self.at += len(head) + length
+
+
 class Segment:
     """One segment file: the open one is appended to; sealed ones have an index file.
 
@@ -82,7 +109,7 @@ class Segment:
         directory: str,
         number: int,
         created: float,
-        first: list[tuple[list[Any], fmt.Entry | None]],
+        first: Records,
     ) -> Segment:
         """Create a segment file starting with the records ``first`` (the source's
         settings and channel table), synced with its directory entry.
@@ -108,8 +135,8 @@ class Segment:
 
     # --- writing
 
-    def append(self, records: list[tuple[list[Any], fmt.Entry | None]]) -> None:
-        """Write records at the end; each comes with its index entry (offset filled in here).
+    def append(self, records: Records) -> None:
+        """Write ``records`` (made to start at the end) at the end.
 
         A failed write (disk full, I/O error) leaves the segment as it was:
         any partial bytes are cut off again before the error propagates.
@@ -117,15 +144,8 @@ class Segment:
         Raises:
             OSError: the write failed.
         """
-        bufs: list[Any] = []
-        at = self.size
-        placed: list[fmt.Entry] = []
-        for buffers, entry in records:
-            length = sum(map(len, buffers))
-            if entry is not None:
-                placed.append(entry.placed(at, length - fmt.RECORD_HEADER.size))
-            bufs += buffers
-            at += length
+        assert records.start == self.size, "records are made for where they go"
+        bufs = records.bufs
         try:
             if self.direct is None or not self.direct.write(bufs, self.size):
                 self.direct = None  # (the file system refused: through the page cache)
@@ -136,12 +156,13 @@ class Segment:
             except OSError:
                 pass  # the next append writes over them; recovery drops them as a torn tail
             raise
-        self.size = at
-        assert self._entries is not None, "sealed segments are not appended to"
-        for e in placed:
-            self._entries.append(e)
-            self._by_channel.setdefault(e.channel, []).append(e)
-            _extend_span(self.spans, e)
+        self.size = records.at
+        entries, by_channel, spans = self._entries, self._by_channel, self.spans
+        assert entries is not None, "sealed segments are not appended to"
+        for e in records.entries:
+            entries.append(e)
+            by_channel.setdefault(e.channel, []).append(e)
+            _extend_span(spans, e)
 
     def _end_direct(self) -> None:  # the padding cut, unless the file is being removed
         if self.direct is not None:

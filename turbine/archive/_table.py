@@ -16,6 +16,7 @@ import attrs
 from .._constants import MAX_PRODUCERS_PER_SOURCE, METADATA_CHANNEL
 from . import _format as fmt
 from ._ops import Declare, Hole, Op, Producer, Put, Settings, Summary
+from ._segment import Records
 
 #: A frames record holds at most this many payload bytes (one larger frame gets its own):
 #: damage to one record costs at most this much, and time-range reads start this close.
@@ -39,58 +40,96 @@ class LogTable:
     producers: dict[str, int]
     _newest_meta: Put | None
 
-    def _preamble(self) -> list[tuple[list[Any], fmt.Entry | None]]:
+    def _preamble(self) -> Records:
         """Records that begin every segment: settings, channel table, newest metadata frame."""
-        out: list[tuple[list[Any], fmt.Entry | None]] = [
-            (fmt.encode_record([fmt.source_body(self.settings)]), None)
-        ]
+        out = Records(fmt.SEGMENT_HEADER.size)
+        out.add([fmt.source_body(self.settings)])
         for st in self.channels.values():
-            body = fmt.channel_body(st.id, st.next_seq, st.name, st.content_type)
-            out.append((fmt.encode_record([body]), None))
+            out.add([fmt.channel_body(st.id, st.next_seq, st.name, st.content_type)])
         if self._newest_meta is not None:
-            out += self._frames_records(self._newest_meta)
+            self._add_frames(out, self._newest_meta, self._channel(METADATA_CHANNEL).id)
         if self.producers:
-            out.append((fmt.encode_record([fmt.producers_body(self.producers)]), None))
+            out.add([fmt.producers_body(self.producers)])
         return out
 
-    def _records(self, op: Op, produced: bool = False) -> list[tuple[list[Any], fmt.Entry | None]]:
-        """The records of one op (a put ``produced``: its producer op comes next);
-        updates the channel table (see :meth:`_state`)."""
-        if isinstance(op, Put):
-            st = self._channel(op.channel)
-            if op.first_seq < st.next_seq:
-                raise ValueError(
-                    f"{op.channel}: frame {op.first_seq} is older than the next number "
-                    f"{st.next_seq}; sequence numbers only grow"
-                )
-            st.next_seq = op.first_seq + len(op.ts)
-            if op.channel == METADATA_CHANNEL:
-                self._newest_meta = op
-            return self._frames_records(op, fmt.PRODUCED if produced else 0)
+    def _group(self, ops: list[Op], start: int, at: int, room: int) -> tuple[Records, int]:
+        """The records of ``ops[start:end]`` to append at offset ``at``, and ``end``: ops
+        until their records take ``room`` bytes, a put's block summaries and producer
+        op always with it (a segment never rolls between a put and its producers
+        record); updates the table (see :meth:`_state`).
+
+        The producer ops of consecutive puts make one producers record, after the
+        last of them and before any other record: a write torn before it loses those
+        puts (never acknowledged), never a channel's declaration.
+
+        Raises:
+            ValueError: a put's sequence numbers go backwards.
+            KeyError: an op names a channel never declared.
+        """
+        out = Records(at)
+        table: dict[str, int] = {}  # producers' numbers not yet in a record
+        n = len(ops)
+        end = start
+        while end < n:
+            op = ops[end]
+            if isinstance(op, Producer):
+                self._produced(op)
+                table.pop(op.producer, None)
+                table[op.producer] = op.pseq
+            elif not isinstance(op, Summary):  # (kept in the segment's summary file)
+                if out.at - at >= room:
+                    break
+                if isinstance(op, Put):
+                    after = end + 1
+                    while after < n and isinstance(ops[after], Summary):
+                        after += 1
+                    produced = after < n and isinstance(ops[after], Producer)
+                    self._add_put(out, op, fmt.PRODUCED if produced else 0)
+                else:
+                    if table:
+                        out.add([fmt.producers_body(table)])
+                        table = {}
+                    self._add_op(out, op)
+            end += 1
+        if table:
+            out.add([fmt.producers_body(table)])
+        return out, end
+
+    def _add_put(self, out: Records, op: Put, flags: int) -> None:
+        st = self._channel(op.channel)
+        if op.first_seq < st.next_seq:
+            raise ValueError(
+                f"{op.channel}: frame {op.first_seq} is older than the next number "
+                f"{st.next_seq}; sequence numbers only grow"
+            )
+        st.next_seq = op.first_seq + len(op.ts)
+        if op.channel == METADATA_CHANNEL:
+            self._newest_meta = op
+        self._add_frames(out, op, st.id, flags)
+
+    def _produced(self, op: Producer) -> None:
+        producers = self.producers
+        producers.pop(op.producer, None)
+        producers[op.producer] = op.pseq
+        if len(producers) > MAX_PRODUCERS_PER_SOURCE:
+            del producers[next(iter(producers))]
+
+    def _add_op(self, out: Records, op: Op) -> None:
+        """The record of a declaration, a hole or new settings."""
         if isinstance(op, Declare):
             st = self.channels.get(op.channel) or self._declare(op)
             st.content_type = op.content_type
             st.next_seq = max(st.next_seq, op.next_seq)
-            body = fmt.channel_body(st.id, st.next_seq, st.name, st.content_type)
-            return [(fmt.encode_record([body]), None)]
-        if isinstance(op, Producer):
-            producers = self.producers
-            producers.pop(op.producer, None)
-            producers[op.producer] = op.pseq
-            if len(producers) > MAX_PRODUCERS_PER_SOURCE:
-                del producers[next(iter(producers))]
-            body = fmt.producers_body({op.producer: op.pseq})
-            return [(fmt.encode_record([body]), None)]
-        if isinstance(op, Hole):
+            out.add([fmt.channel_body(st.id, st.next_seq, st.name, st.content_type)])
+        elif isinstance(op, Hole):
             st = self._channel(op.channel)
-            entry = fmt.Entry(0, 0, fmt.HOLE, st.id, op.count, op.first_seq, 0.0, 0.0)
             st.next_seq = max(st.next_seq, op.first_seq + op.count)
-            return [(fmt.encode_record([fmt.hole_body(st.id, op.first_seq, op.count)]), entry)]
-        if isinstance(op, Summary):
-            return []  # kept in the segment's summary file (the log writes it)
-        assert isinstance(op, Settings)
-        self.settings = dict(op.settings)
-        return [(fmt.encode_record([fmt.source_body(self.settings)]), None)]
+            entry = (fmt.HOLE, st.id, op.count, op.first_seq, 0.0, 0.0)
+            out.add([fmt.hole_body(st.id, op.first_seq, op.count)], entry)
+        else:
+            assert isinstance(op, Settings)
+            self.settings = dict(op.settings)
+            out.add([fmt.source_body(self.settings)])
 
     def _state(self) -> tuple[Any, ...]:
         """What :meth:`_records` changes, to put back when a write fails."""
@@ -116,26 +155,26 @@ class LogTable:
             raise KeyError(f"channel {name!r} was not declared to the archive")
         return st
 
-    def _frames_records(self, op: Put, flags: int = 0) -> list[tuple[list[Any], fmt.Entry | None]]:
-        st = self._channel(op.channel)
-        out: list[tuple[list[Any], fmt.Entry | None]] = []
-        i, n = 0, len(op.ts)
+    def _add_frames(self, out: Records, op: Put, channel: int, flags: int = 0) -> None:
+        """The frames records of ``op``: one unless its frames hold more than
+        :data:`RECORD_BYTES` (and more than one frame)."""
+        sizes, ts = op.sizes, op.ts
+        n = len(ts)
+        if n == 1 or sum(sizes) <= RECORD_BYTES:  # (the common case: no slices)
+            body = fmt.frames_body(channel, op.first_seq, ts, sizes, op.writer, op.data, flags)
+            out.add(body, (fmt.FRAMES, channel, n, op.first_seq, ts[0], ts[-1]))
+            return
+        i = 0
         while i < n:
-            j, size = i + 1, op.sizes[i]
-            while j < n and size + op.sizes[j] <= RECORD_BYTES:
-                size += op.sizes[j]
+            j, size = i + 1, sizes[i]
+            while j < n and size + sizes[j] <= RECORD_BYTES:
+                size += sizes[j]
                 j += 1
             seq = op.first_seq + i
-            ts = op.ts[i:j]
-            body = fmt.frames_body(st.id, seq, ts, op.sizes[i:j], op.writer, op.data[i:j], flags)
-            out.append(
-                (
-                    fmt.encode_record(body),
-                    fmt.Entry(0, 0, fmt.FRAMES, st.id, j - i, seq, ts[0], ts[-1]),
-                )
-            )
+            part = ts[i:j]
+            body = fmt.frames_body(channel, seq, part, sizes[i:j], op.writer, op.data[i:j], flags)
+            out.add(body, (fmt.FRAMES, channel, j - i, seq, part[0], part[-1]))
             i = j
-        return out
 
     @property
     def newest_metadata(self) -> Put | None:

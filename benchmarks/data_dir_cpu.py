@@ -1,0 +1,234 @@
+"""What the durable archive costs the broker: CPU seconds per GB with ``--data-dir`` against without.
+
+Run by hand from the checkout (about a minute; prints a markdown table)::
+
+    .venv/bin/python benchmarks/data_dir_cpu.py
+    .venv/bin/python benchmarks/data_dir_cpu.py --size 1000000 --runs 5 --dir /var/tmp
+
+Each run starts a ``turbine serve`` (memory only, or ``--data-dir`` in a fresh
+directory under ``--dir``, default sync policy), a subscriber process and a
+publisher process (the public client API, the peer harness's large-frame row:
+frames put without pause, one flush at the end), and takes from ``/proc``
+the broker's CPU seconds from the first put until the subscriber has the
+last frame: the event loop's thread and the archive's writer threads apart.
+The modes alternate run by run (wall rates swing with the load on shared
+cores; the CPU a GB costs much less).
+
+``steal`` is the CPU time the hypervisor took from this machine's processors
+meanwhile (``/proc/stat``), per GB: on the 2-core virtual machine this
+project is benchmarked on, writing to its disk costs the host CPU that
+shows here as steal once both processors are busy (1.3-2.9 s per GB
+written, measured with plain ``O_DIRECT`` writes and both processors
+kept busy), and none while one is idle: with ``--data-dir`` the
+large-frame rows pay it, memory-only ones do not.  The third row puts that
+apart from the archive's own work: a memory-only broker while another
+process writes the same bytes to the disk as the archive would (``O_DIRECT``,
+8 MiB writes, synced every 16 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import click
+
+TICK = os.sysconf("SC_CLK_TCK")
+SOURCE = "daq_cpu_data_source"
+
+CHILD = r"""
+import sys, time, trio, turbine
+role, address, size, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+SOURCE = sys.argv[5]
+
+async def publish():
+    frame = b"x" * size
+    async with turbine.open_client(address) as tb:
+        src = await tb.open_source(SOURCE, channels={"x": "application/octet-stream"},
+                                   cache_frames=5_000_000, cache_bytes=2**30)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(count):
+            await src.put("x", frame)
+        await src.flush()
+
+async def subscribe():
+    async with turbine.open_client(address) as tb:
+        async with tb.subscribe(f"{SOURCE}/x", start="now") as sub:
+            print("ready", flush=True)
+            n = 0
+            async for item in sub:
+                if isinstance(item, turbine.Frame):
+                    n += 1
+                    if n == count:
+                        break
+    print(time.monotonic(), flush=True)
+
+trio.run(publish if role == "pub" else subscribe)
+"""
+
+#: The same bytes written to the disk by another process, as the archive writes them
+#: (``O_DIRECT`` from a kept buffer, 8 MiB at a time, synced every 16 MiB).
+DISK_WRITER = r"""
+import mmap, os, sys
+path, total = sys.argv[1], int(sys.argv[2])
+buf = mmap.mmap(-1, 8 * 2**20)
+buf[:] = b"x" * len(buf)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+sys.stdin.readline()
+done = 0
+while done < total:
+    done += os.pwrite(fd, buf, done)
+    if done % (16 * 2**20) == 0:
+        os.fdatasync(fd)
+os.fdatasync(fd)
+"""
+
+
+def _cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of the process's main thread and of its other threads."""
+    out = {"loop": 0.0, "threads": 0.0}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # (a worker thread that ended meanwhile: its time is lost)
+        seconds = (int(fields[11]) + int(fields[12])) / TICK
+        out["loop" if tid == str(pid) else "threads"] += seconds
+    return out
+
+
+def _steal() -> float:
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / TICK
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, broker: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if broker.poll() is not None:
+            raise click.ClickException("the broker exited before it listened")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise click.ClickException("the broker did not listen within 30 s")
+
+
+def one_run(size: int, count: int, data_dir: str | None, disk: str | None) -> dict[str, float]:
+    """One row's run; ``disk``: a file that another process writes the same bytes to meanwhile."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "turbine", "serve", "--port", str(port), "--max-memory", "4GiB"]
+    if data_dir is not None:
+        cmd += ["--data-dir", data_dir]
+    broker = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[subprocess.Popen[str]] = []
+    try:
+        _wait_port(port, broker)
+        args = [f"127.0.0.1:{port}", str(size), str(count), SOURCE]
+        sub = subprocess.Popen(
+            [sys.executable, "-c", CHILD, "sub", *args], stdout=subprocess.PIPE, text=True
+        )
+        children.append(sub)
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
+        pub = subprocess.Popen(
+            [sys.executable, "-c", CHILD, "pub", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        children.append(pub)
+        assert pub.stdin is not None and pub.stdout is not None
+        assert pub.stdout.readline().strip() == "ready"
+        starts = [pub]
+        if disk is not None:
+            writer = subprocess.Popen(
+                [sys.executable, "-c", DISK_WRITER, disk, str(size * count)],
+                stdin=subprocess.PIPE,
+                text=True,
+            )
+            children.append(writer)
+            starts.append(writer)
+        before, steal, began = _cpu(broker.pid), _steal(), time.monotonic()
+        for p in starts:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        last = float(sub.stdout.readline())
+        after, stolen = _cpu(broker.pid), _steal() - steal
+        if pub.wait(60) or sub.wait(60):
+            raise click.ClickException("a client failed")
+    finally:
+        for p in children:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        broker.terminate()
+        broker.wait()
+    gb = size * count / 1e9
+    loop = (after["loop"] - before["loop"]) / gb
+    threads = (after["threads"] - before["threads"]) / gb
+    return {
+        "MB/s": size * count / 1e6 / (last - began),
+        "broker": loop + threads,
+        "loop": loop,
+        "threads": threads,
+        "steal": stolen / gb,
+    }
+
+
+DATA_DIR = "--data-dir"
+#: Memory only while another process writes as many bytes to the disk: what the
+#: disk's writes cost the machine without any archive code (the --data-dir row's
+#: yardstick).
+DISK_BUSY = "memory only, the disk written alongside"
+MODES = ("memory only", DATA_DIR, DISK_BUSY)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+@click.command()
+@click.option("--size", default=100_000, show_default=True, help="Frame size in bytes.")
+@click.option("--mb", default=1000, show_default=True, help="Megabytes put per run.")
+@click.option("--runs", default=3, show_default=True, help="Runs of each mode.")
+@click.option("--dir", "where", default=None, help="Directory for the data dirs (on the disk).")
+def main(size: int, mb: int, runs: int, where: str | None) -> None:
+    """Broker CPU per GB of one large-frame row, memory only against --data-dir."""
+    count = mb * 10**6 // size
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    for _ in range(runs):
+        for mode, rows in results.items():
+            work = tempfile.mkdtemp(prefix="turbine-data-dir-cpu-", dir=where)
+            try:
+                data_dir = os.path.join(work, "data") if mode == DATA_DIR else None
+                disk = os.path.join(work, "disk") if mode == DISK_BUSY else None
+                rows.append(one_run(size, count, data_dir, disk))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    print(f"{size:,} B frames, {mb:,} MB a run, {runs} runs each, load {os.getloadavg()[0]:.1f}")
+    print("median (min-max); CPU and steal in seconds per GB\n")
+    print("| broker | MB/s | broker CPU | event loop | writer threads | steal |")
+    print("|---|---|---|---|---|---|")
+    for mode, rows in results.items():
+        cells = [_spread([r[k] for r in rows]) for k in ("MB/s", "broker", "loop", "threads")]
+        print(f"| {mode} | " + " | ".join(cells) + f" | {_spread([r['steal'] for r in rows])} |")
+
+
+if __name__ == "__main__":
+    main()
