@@ -17,7 +17,10 @@ also prints each one's CPU time per request on the turbine path (from
 ``/proc``): where the time goes on a machine whose cores they share. With
 ``--spy PREFIX`` it also records each process with py-spy (``$PY_SPY`` or
 ``py-spy`` on the path) while the turbine path is timed, as raw stacks in
-``PREFIX-<role>.txt``.
+``PREFIX-<role>.txt``. With ``--syscalls`` it counts each process's system
+calls with strace (``$STRACE`` or ``strace``) while the turbine path is timed
+and prints them per request: a figure the machine's load does not move (the
+times under strace are not the path's own).
 """
 
 from __future__ import annotations
@@ -188,12 +191,56 @@ async def spying(pids: dict[str, int], prefix: str | None):
             await process.wait()
 
 
-async def main(steps: int, processes: bool, spy: str | None = None) -> None:
+@asynccontextmanager
+async def counting_syscalls(pids: dict[str, int], on: bool):
+    """strace counting each of ``pids``'s system calls for the block; yields a dict
+    filled, after the block, with ``{role: {syscall: calls}}``."""
+    counts: dict[str, dict[str, int]] = {}
+    if not on:
+        yield counts
+        return
+    tracer = os.environ.get("STRACE") or shutil.which("strace") or "strace"
+    outputs = {role: Path(f"/tmp/ntcp_rtt-{os.getpid()}-{role}.strace") for role in pids}
+    tracers = [
+        await trio.lowlevel.open_process(
+            [tracer, "-c", "-f", "-U", "calls,name", "-o", str(outputs[role]), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for role, pid in pids.items()
+    ]  # fmt: skip
+    try:
+        await trio.sleep(1)  # attached
+        yield counts
+    finally:
+        for process in tracers:
+            process.send_signal(signal.SIGINT)  # strace writes its summary and detaches
+        for process in tracers:
+            await process.wait()
+        for role, path in outputs.items():
+            counts[role] = syscall_counts(path.read_text())
+            path.unlink()
+
+
+def syscall_counts(summary: str) -> dict[str, int]:
+    """``{syscall: calls}`` from the table ``strace -c -U calls,name`` writes."""
+    counts = {}
+    for line in summary.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1] != "total":
+            counts[fields[1]] = int(fields[0])
+    return counts
+
+
+async def main(steps: int, processes: bool, spy: str | None = None, syscalls: bool = False) -> None:
     setup = as_processes() if processes else in_process()
     async with setup as (sim_port, serdes_port, pids):
         async with open_ntcp("127.0.0.1", sim_port) as ntcp:
             direct = await measure(ntcp, steps, "d")
-        async with open_ntcp("127.0.0.1", serdes_port) as ntcp, spying(pids, spy):
+        async with (
+            open_ntcp("127.0.0.1", serdes_port) as ntcp,
+            spying(pids, spy),
+            counting_syscalls(pids, syscalls) as calls,
+        ):
             cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
             via = await measure(ntcp, steps, "t")
             cpu = {role: cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
@@ -219,6 +266,17 @@ async def main(steps: int, processes: bool, spy: str | None = None) -> None:
         print(f"\nCPU per request on the turbine path ({os.getloadavg()[0]:.1f} load):")
         for role, seconds in cpu.items():
             print(f"  {role:<12}{seconds / requests_made * 1e6:8.0f} us")
+    if calls:
+        requests_made = steps + WARMUP
+        names = sorted({name for c in calls.values() for name in c})
+        busy = [n for n in names if max(c.get(n, 0) for c in calls.values()) >= requests_made / 10]
+        print(
+            "\nSystem calls per request on the turbine path (strace; its times are not the path's):"
+        )
+        print(f"  {'':<12}" + "".join(f"{n[:11]:>12}" for n in [*busy, "all"]))
+        for role, c in calls.items():
+            row = [c.get(n, 0) for n in busy] + [sum(c.values())]
+            print(f"  {role:<12}" + "".join(f"{v / requests_made:12.2f}" for v in row))
 
 
 if __name__ == "__main__":
@@ -226,7 +284,10 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1000, help="requests timed per path")
     parser.add_argument("--processes", action="store_true", help="run each part as a process")
     parser.add_argument("--spy", metavar="PREFIX", help="py-spy each process (with --processes)")
+    parser.add_argument(
+        "--syscalls", action="store_true", help="count each process's system calls (--processes)"
+    )
     args = parser.parse_args()
-    if args.spy and not args.processes:
-        parser.error("--spy needs --processes")
-    trio.run(main, args.steps, args.processes, args.spy)
+    if (args.spy or args.syscalls) and not args.processes:
+        parser.error("--spy and --syscalls need --processes")
+    trio.run(main, args.steps, args.processes, args.spy, args.syscalls)
