@@ -1,0 +1,76 @@
+"""How a component's command handlers take a command's arguments: bound as a
+Python call would bind them, converted to the annotated types, refused with the
+usage when they do not fit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from turbine import Command, Component, command
+
+
+class Stepper(Component):
+    type = "daq"
+
+    @command("step", help="move by STEP, SPEED times")
+    async def step(self, step: int, speed: float = 1.0, *, label: str = "") -> list[Any]:
+        return [step, speed, label]
+
+    @command("tag", help="tag the names")
+    async def tag(self, *names: Any, **fields: Any) -> list[Any]:
+        return [list(names), fields]
+
+
+async def run(verb: str, *args: Any, **kwargs: Any) -> tuple[str, Any, str | None]:
+    return await Stepper("s").execute(Command("c1", verb, args, kwargs))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "result"),
+    [
+        (("3",), {}, [3, 1.0, ""]),
+        (("3", "2.5"), {}, [3, 2.5, ""]),
+        ((), {"step": 3, "label": "a"}, [3, 1.0, "a"]),
+        (("3",), {"speed": "0.5", "label": "b"}, [3, 0.5, "b"]),
+    ],
+)
+async def test_arguments_bind_by_position_or_name_and_convert(
+    args: tuple[Any, ...], kwargs: dict[str, Any], result: list[Any]
+) -> None:
+    assert await run("step", *args, **kwargs) == ("ok", result, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "why"),
+    [
+        ((), {}, "missing a required argument: 'step'"),
+        (("3", "1", "x"), {}, "too many positional arguments"),
+        (("3",), {"step": 4}, "multiple values for argument 'step'"),
+        (("3",), {"height": 4}, "unexpected keyword argument 'height'"),
+    ],
+)
+async def test_arguments_that_do_not_fit_are_refused_with_the_usage(
+    args: tuple[Any, ...], kwargs: dict[str, Any], why: str
+) -> None:
+    status, result, error = await run("step", *args, **kwargs)
+    assert (status, result) == ("error", None)
+    assert error is not None and why in error
+    assert error.endswith("usage: step STEP [SPEED] [LABEL]: move by STEP, SPEED times")
+
+
+async def test_an_argument_that_does_not_convert_is_an_error_naming_it() -> None:
+    assert await run("step", "three") == (
+        "error",
+        None,
+        "argument 'step': expected int, got 'three'",
+    )
+
+
+async def test_a_handler_taking_any_arguments_gets_them_all() -> None:
+    assert await run("tag", "a", "b", colour="red") == (
+        "ok",
+        [["a", "b"], {"colour": "red"}],
+        None,
+    )
