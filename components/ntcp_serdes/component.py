@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from components.ntcp.client import write_at_once
+from components.ntcp.client import receive_when_ready, write_at_once
 from components.ntcp.protocol import (
     LineBuffer,
     NtcpProtocolError,
@@ -267,7 +267,7 @@ class NtcpSerdes(Component):
         lines = LineBuffer()
         try:
             async with stream:
-                while data := await stream.receive_some(65536):
+                while data := await receive_when_ready(stream, 65536):
                     lines.receive_data(data)
                     while True:
                         try:

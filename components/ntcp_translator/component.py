@@ -87,12 +87,20 @@ class NtcpTranslator(Component):
         self._links: dict[str, NtcpClient] = {}
         self._journalled: set[str] | None = None
         self._command: Command | None = None
-        self._nursery: trio.Nursery | None = None
 
     async def start_lasting_work(self, nursery: trio.Nursery) -> None:
         # Control-system connections outlive broker reconnects: a session on
-        # the rig must not end because the turbine blinked.
-        self._nursery = nursery
+        # the rig must not end because the turbine blinked.  They close when
+        # the translator stops.
+        nursery.start_soon(self._close_links_at_the_end)
+
+    async def _close_links_at_the_end(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            links, self._links = self._links, {}
+            for link in links.values():
+                await link.aclose()
 
     async def execute(self, cmd: Command) -> tuple[str, Any, str | None]:
         if cmd.verb == "ntcp" and cmd.args and verb_of(str(cmd.args[0])) == "execute":
@@ -158,8 +166,6 @@ class NtcpTranslator(Component):
                 self.log.warning("closing idle control-system connection of session %s", oldest)
                 await self._links.pop(oldest).aclose()
             link = NtcpClient(stream)
-            assert self._nursery is not None
-            self._nursery.start_soon(link.read_replies)
         self._links[session] = link  # most recently used last
         return link
 
