@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
-from turbine import Command, Component, command
+from turbine import Command, Component, Reply, command, open_client, send_command
+from turbine.testing import open_broker
 
 
 class Stepper(Component):
@@ -74,3 +76,42 @@ async def test_a_handler_taking_any_arguments_gets_them_all() -> None:
         [["a", "b"], {"colour": "red"}],
         None,
     )
+
+
+class Counter(Component):
+    """Publishes its count after each reply to ``count``."""
+
+    type = "daq"
+    channels = {"count": "text/plain"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple[str, str]] = []
+        self.n = 0
+
+    @command("count", help="count one more")
+    async def count(self) -> int:
+        self.n += 1
+        return self.n
+
+    async def replied(self, cmd: Command, reply: Reply) -> None:
+        self.seen.append((cmd.verb, reply.status))
+        if reply.ok and cmd.verb == "count":
+            await self.data.put("count", str(reply.result).encode())
+
+
+async def test_frames_put_after_a_reply_are_on_the_broker_when_the_reply_is(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(30):
+        async with open_broker() as address:
+            counter = Counter("c1", address)
+            await nursery.start(counter.serve)
+            async with open_client(address) as tb:
+                for n in (1, 2):
+                    assert (await send_command(tb, "daq_c1", "count")).result == n
+                    frames = await tb.fetch("daq_c1_data_source/count", newest=1)
+                    assert [f.data for f in frames] == [str(n).encode()]
+                assert not (await send_command(tb, "daq_c1", "nonsense")).ok
+            assert counter.seen == [("count", "ok"), ("count", "ok"), ("nonsense", "error")]
+            nursery.cancel_scope.cancel()

@@ -275,6 +275,9 @@ class CommandDesk:
 
     log: logging.Logger
     execute: Callable[[Command], Awaitable[tuple[str, Any, str | None]]]
+    #: Called with each command and its reply once the reply is queued, before it
+    #: is flushed: what it puts goes out with the reply, after it.
+    replied: Callable[[Command, Reply], Awaitable[None]] | None = None
     #: The command source (None while disconnected).
     replies: Source | None = None
     #: Sink sequence number of the last command answered.
@@ -297,6 +300,7 @@ class CommandDesk:
             cmd = Command.from_json(frame.data)
         except ValueError as exc:
             reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
+            await self._send(reply)
         else:
             if self.log.isEnabledFor(logging.INFO):  # (the join is made only to be logged)
                 self.log.info(
@@ -306,7 +310,7 @@ class CommandDesk:
             if status != "ok":
                 self.log.warning("command %s: %s: %s", cmd.verb, status, error)
             reply = Reply(cmd.id, cmd.verb, status, result, error, frame.seq)
-        await self._send(reply)
+            await self._send(reply, cmd)
         self.answered_seq = frame.seq
 
     async def notify(self, result: dict[str, Any]) -> None:
@@ -314,9 +318,11 @@ class CommandDesk:
         if self.replies is not None:
             await self._send(Reply("", "notice", "ok", result, None, self.answered_seq))
 
-    async def _send(self, reply: Reply) -> None:
+    async def _send(self, reply: Reply, cmd: Command | None = None) -> None:
         assert self.replies is not None, "answering while disconnected"
         await self.replies.put(COMMAND_CHANNEL, reply.to_json())
+        if cmd is not None and self.replied is not None:
+            await self.replied(cmd, reply)  # (its puts are written after the reply)
         await self.replies.flush()
 
 

@@ -71,7 +71,7 @@ from ._constants import (
 from ._errors import ConnectionFailed
 from ._retry import Backoff
 from .client import Client, Source
-from .command import Command, endpoints
+from .command import Command, Reply, endpoints
 from .settings import (
     ConfigError,
     NoSettings,
@@ -131,7 +131,7 @@ class Component(Sessions):
         self.error: str | None = None
         self.client: Client | None = None
         self._data: Source | None = None
-        self._desk = CommandDesk(self.log, self.execute)
+        self._desk = CommandDesk(self.log, self.execute, self.replied)
         #: What must survive a restart: ``self.kept.load()``, ``await self.kept.save(state)``,
         #: in ``$TURBINE_STATE_DIR/<type>_<name>`` (default ``var/<type>_<name>``).
         self.kept = KeptState(Path(os.environ.get(STATE_DIR_ENVVAR) or STATE_DIR) / self.component)
@@ -268,6 +268,11 @@ class Component(Sessions):
         if status == "ok":
             self.commands_handled += 1
         return status, result, error
+
+    async def replied(self, cmd: Command, reply: Reply) -> None:
+        """Called once the reply to ``cmd`` is queued, before it is flushed: frames
+        put here go out with it, after it, so whoever waits for the reply gets it
+        before the broker takes them.  The default puts nothing."""
 
     async def notify(self, message: str, **fields: Any) -> None:
         """Tell operators something on the command source (and the log), unasked.
