@@ -11,7 +11,9 @@ system ties a session to the connection it was opened on; the command
 ``ntcp-close`` with the key closes it.
 
 Every successful ``get-control-point`` reply is also published on the data
-source, one float64 frame per channel ``<controlPoint>.<axis>.<type>``.
+source, one float64 frame per channel ``<controlPoint>.<axis>.<type>``, put
+after the reply (:meth:`NtcpTranslator.replied`): the serdes's reply no longer
+waits for the broker to take a control point's twelve frames first.
 
 Safety, because a physical step cannot be undone:
 
@@ -47,7 +49,7 @@ from components.ntcp.protocol import (
     refuse,
     verb_of,
 )
-from turbine import Command, Component, command, parse_address
+from turbine import Command, Component, Reply, command, parse_address
 from turbine.settings import address, as_tuple
 
 __all__ = ["JOURNAL_CHANNEL", "NtcpTranslator", "measurement_channel"]
@@ -87,6 +89,7 @@ class NtcpTranslator(Component):
         self._links: dict[str, NtcpClient] = {}
         self._journalled: set[str] | None = None
         self._command: Command | None = None
+        self._measured: list[str] = []  # the reply lines to publish after the reply
 
     async def start_lasting_work(self, nursery: trio.Nursery) -> None:
         # Control-system connections outlive broker reconnects: a session on
@@ -141,7 +144,7 @@ class NtcpTranslator(Component):
                 why = link.closed or "the connection to the control system broke"
             else:
                 if verb == "get-control-point":
-                    await self._publish(reply.split("\n"))
+                    self._measured = reply.split("\n")
                 return reply
         # Lost (or timed out, which closed it): a later request reconnects.
         await link.aclose()
@@ -169,8 +172,10 @@ class NtcpTranslator(Component):
         self._links[session] = link  # most recently used last
         return link
 
-    async def _publish(self, replies: list[str]) -> None:
-        """Publish the measured values of get-control-point replies (one per control point)."""
+    async def replied(self, cmd: Command, reply: Reply) -> None:
+        """Publish the measured values of a get-control-point's reply lines (one per
+        control point), put after the reply and flushed with it."""
+        replies, self._measured = self._measured, []
         for values in filter(None, map(measured, replies)):
             for channel, data in measurement_frames(values):
                 await self.data.put(channel, data)
