@@ -4,6 +4,7 @@ usage when they do not fit."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -115,3 +116,26 @@ async def test_frames_put_after_a_reply_are_on_the_broker_when_the_reply_is(
                 assert not (await send_command(tb, "daq_c1", "nonsense")).ok
             assert counter.seen == [("count", "ok"), ("count", "ok"), ("nonsense", "error")]
             nursery.cancel_scope.cancel()
+
+
+class QuietCounter(Counter):
+    command_log_level = logging.DEBUG
+
+
+@pytest.mark.parametrize(("kind", "logged_at"), [(Counter, "INFO"), (QuietCounter, "DEBUG")])
+async def test_commands_are_logged_at_the_components_level(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, kind: type[Counter], logged_at: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="daq_c2")
+    with trio.fail_after(30):
+        async with open_broker() as address:
+            await nursery.start(kind("c2", address).serve)
+            async with open_client(address) as tb:
+                await send_command(tb, "daq_c2", "count")
+            nursery.cancel_scope.cancel()
+    said = [
+        r for r in caplog.records if r.name == "daq_c2" and r.getMessage().startswith("command ")
+    ]
+    assert [(r.levelname, r.getMessage().split(" from ")[0]) for r in said] == [
+        (logged_at, "command count")
+    ]

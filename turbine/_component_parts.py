@@ -278,6 +278,8 @@ class CommandDesk:
     #: Called with each command and its reply once the reply is queued, before it
     #: is flushed: what it puts goes out with the reply, after it.
     replied: Callable[[Command, Reply], Awaitable[None]] | None = None
+    #: The level each command answered is logged at.
+    log_level: int = logging.INFO
     #: The command source (None while disconnected).
     replies: Source | None = None
     #: Sink sequence number of the last command answered.
@@ -302,9 +304,12 @@ class CommandDesk:
             reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
             await self._send(reply)
         else:
-            if self.log.isEnabledFor(logging.INFO):  # (the join is made only to be logged)
-                self.log.info(
-                    "command %s from %s", " ".join(map(str, (cmd.verb, *cmd.args))), frame.writer
+            if self.log.isEnabledFor(self.log_level):  # (the join is made only to be logged)
+                self.log.log(
+                    self.log_level,
+                    "command %s from %s",
+                    " ".join(map(str, (cmd.verb, *cmd.args))),
+                    frame.writer,
                 )
             status, result, error = await self.execute(cmd)
             if status != "ok":
