@@ -126,10 +126,11 @@ async def wait_for_sink(broker: str) -> None:
 
 
 @asynccontextmanager
-async def as_processes(profile: str | None = None):
+async def as_processes(profile: str | None = None, log_level: str = "WARNING"):
     """Broker, simulator, translator and serdes as processes; yields (sim port, serdes
-    port, each process's pid by its role).  With ``profile``, each runs under
-    ``_profiled.py`` (cProfile between SIGUSR1 and SIGUSR2, to PREFIX-<role>.prof)."""
+    port, each process's pid by its role).  The components log at ``log_level``;
+    with ``profile``, each runs under ``_profiled.py`` (cProfile between SIGUSR1
+    and SIGUSR2, to PREFIX-<role>.prof)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broker_port, sim_port, serdes_port = free_port(), free_port(), free_port()
     broker = f"127.0.0.1:{broker_port}"
@@ -138,11 +139,11 @@ async def as_processes(profile: str | None = None):
         [py, "-m", "turbine", "serve", "--port", str(broker_port)],
         [py, "-m", "components.ntcp_sim", "--name", "benchSim", "--turbine", broker,
          "--set", f"port={sim_port}", "--set", "displacement_speed=1e6",
-         "--set", "rotation_speed=1e6", "--log-level", "WARNING"],
+         "--set", "rotation_speed=1e6", "--log-level", log_level],
         [py, "-m", "components.ntcp_translator", "--name", "bench", "--turbine", broker,
-         "--set", f"control=127.0.0.1:{sim_port}", "--log-level", "WARNING"],
+         "--set", f"control=127.0.0.1:{sim_port}", "--log-level", log_level],
         [py, "-m", "components.ntcp_serdes", "--name", "benchSerdes", "--turbine", broker,
-         "--set", "translator=bench", "--set", f"port={serdes_port}", "--log-level", "WARNING"],
+         "--set", "translator=bench", "--set", f"port={serdes_port}", "--log-level", log_level],
     ]  # fmt: skip
     roles = ("broker", "simulator", "translator", "serdes")
     if profile is not None:
@@ -278,8 +279,9 @@ async def main(
     spy: str | None = None,
     syscalls: bool = False,
     profile: str | None = None,
+    log_level: str = "WARNING",
 ) -> None:
-    setup = as_processes(profile) if processes else in_process()
+    setup = as_processes(profile, log_level) if processes else in_process()
     async with setup as (sim_port, serdes_port, pids):
         async with open_ntcp("127.0.0.1", sim_port) as ntcp:
             direct = await measure(ntcp, steps, "d")
@@ -340,7 +342,14 @@ if __name__ == "__main__":
     parser.add_argument(
         "--profile", metavar="PREFIX", help="cProfile each process, to PREFIX-<role>.prof"
     )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the components' log level, with --processes (a deployment's default: INFO)",
+    )
     args = parser.parse_args()
     if (args.spy or args.syscalls or args.profile) and not args.processes:
         parser.error("--spy, --syscalls and --profile need --processes")
-    trio.run(main, args.steps, args.processes, args.spy, args.syscalls, args.profile)
+    trio.run(
+        main, args.steps, args.processes, args.spy, args.syscalls, args.profile, args.log_level
+    )

@@ -33,6 +33,7 @@ Safety, because a physical step cannot be undone:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -79,6 +80,11 @@ class NtcpTranslator(Component):
     Settings = NtcpTranslatorSettings
     #: Its command sink moves the rig: only the serdes plugin configured for it commands it.
     operator_commands = False
+    #: Every NTCP request is a command, kept on the sink with its reply on the
+    #: command source: a log record each at INFO (the default level) cost the
+    #: path as much again (translator 1,325 -> 1,721 Python calls per request,
+    #: broker 1,150 -> 1,409: the record's put on the debug log source).
+    command_log_level = logging.DEBUG
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
