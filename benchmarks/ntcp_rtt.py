@@ -17,7 +17,11 @@ also prints each one's CPU time per request on the turbine path (from
 ``/proc``): where the time goes on a machine whose cores they share. With
 ``--spy PREFIX`` it also records each process with py-spy (``$PY_SPY`` or
 ``py-spy`` on the path) while the turbine path is timed, as raw stacks in
-``PREFIX-<role>.txt``.
+``PREFIX-<role>.txt``; with ``--profile PREFIX``, with cProfile (Python calls
+per request and the functions of most own time). With ``--syscalls`` it counts each process's system
+calls with strace (``$STRACE`` or ``strace``) while the turbine path is timed
+and prints them per request: a figure the machine's load does not move (the
+times under strace are not the path's own).
 """
 
 from __future__ import annotations
@@ -122,24 +126,32 @@ async def wait_for_sink(broker: str) -> None:
 
 
 @asynccontextmanager
-async def as_processes():
+async def as_processes(profile: str | None = None, log_level: str = "WARNING"):
     """Broker, simulator, translator and serdes as processes; yields (sim port, serdes
-    port, each process's pid by its role)."""
+    port, each process's pid by its role).  The components log at ``log_level``;
+    with ``profile``, each runs under ``_profiled.py`` (cProfile between SIGUSR1
+    and SIGUSR2, to PREFIX-<role>.prof)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broker_port, sim_port, serdes_port = free_port(), free_port(), free_port()
     broker = f"127.0.0.1:{broker_port}"
     py = sys.executable
     commands = [
-        [py, "-c", "import sys; from turbine.cli import main; sys.exit(main())", "serve",
-         "--port", str(broker_port)],
+        [py, "-m", "turbine", "serve", "--port", str(broker_port)],
         [py, "-m", "components.ntcp_sim", "--name", "benchSim", "--turbine", broker,
          "--set", f"port={sim_port}", "--set", "displacement_speed=1e6",
-         "--set", "rotation_speed=1e6", "--log-level", "WARNING"],
+         "--set", "rotation_speed=1e6", "--log-level", log_level],
         [py, "-m", "components.ntcp_translator", "--name", "bench", "--turbine", broker,
-         "--set", f"control=127.0.0.1:{sim_port}", "--log-level", "WARNING"],
+         "--set", f"control=127.0.0.1:{sim_port}", "--log-level", log_level],
         [py, "-m", "components.ntcp_serdes", "--name", "benchSerdes", "--turbine", broker,
-         "--set", "translator=bench", "--set", f"port={serdes_port}", "--log-level", "WARNING"],
+         "--set", "translator=bench", "--set", f"port={serdes_port}", "--log-level", log_level],
     ]  # fmt: skip
+    roles = ("broker", "simulator", "translator", "serdes")
+    if profile is not None:
+        profiled = str(REPO / "benchmarks" / "_profiled.py")
+        commands = [
+            [py, profiled, f"{profile}-{role}.prof", *command[2:]]
+            for role, command in zip(roles, commands, strict=True)
+        ]
     processes = []
     try:
         for command in commands:
@@ -154,7 +166,6 @@ async def as_processes():
                         break
                 except Exception:  # not up yet
                     await trio.sleep(0.2)
-        roles = ("broker", "simulator", "translator", "serdes")
         yield sim_port, serdes_port, {role: p.pid for role, p in zip(roles, processes, strict=True)}
     finally:
         for process in processes:
@@ -188,12 +199,98 @@ async def spying(pids: dict[str, int], prefix: str | None):
             await process.wait()
 
 
-async def main(steps: int, processes: bool, spy: str | None = None) -> None:
-    setup = as_processes() if processes else in_process()
+@asynccontextmanager
+async def profiling(pids: dict[str, int], prefix: str | None):
+    """cProfile each of ``pids`` (run under ``_profiled.py``) for the block; the
+    stats are written when the processes stop."""
+    if prefix is None:
+        yield
+        return
+    for pid in pids.values():
+        os.kill(pid, signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        for pid in pids.values():
+            os.kill(pid, signal.SIGUSR2)
+
+
+def print_profiles(prefix: str, roles: list[str], requests_made: int, top: int = 12) -> None:
+    """Python calls per request of each role, and its functions of most own time."""
+    import pstats
+
+    print("\nPython per request on the turbine path (cProfile; its times are not the path's):")
+    for role in roles:
+        stats = pstats.Stats(f"{prefix}-{role}.prof").stats  # type: ignore[attr-defined]
+        calls = sum(row[1] for row in stats.values())
+        print(f"  {role:<12}{calls / requests_made:8.0f} calls")
+        rows = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+        for (file, line, name), (_, ncalls, own, _, _) in rows:
+            where = f"{Path(file).name}:{line}" if line else ""
+            print(
+                f"      {ncalls / requests_made:7.2f} calls {own / requests_made * 1e6:7.1f} us"
+                f"  {name} {where}"
+            )
+
+
+@asynccontextmanager
+async def counting_syscalls(pids: dict[str, int], on: bool):
+    """strace counting each of ``pids``'s system calls for the block; yields a dict
+    filled, after the block, with ``{role: {syscall: calls}}``."""
+    counts: dict[str, dict[str, int]] = {}
+    if not on:
+        yield counts
+        return
+    tracer = os.environ.get("STRACE") or shutil.which("strace") or "strace"
+    outputs = {role: Path(f"/tmp/ntcp_rtt-{os.getpid()}-{role}.strace") for role in pids}
+    tracers = [
+        await trio.lowlevel.open_process(
+            [tracer, "-c", "-f", "-U", "calls,name", "-o", str(outputs[role]), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for role, pid in pids.items()
+    ]  # fmt: skip
+    try:
+        await trio.sleep(1)  # attached
+        yield counts
+    finally:
+        for process in tracers:
+            process.send_signal(signal.SIGINT)  # strace writes its summary and detaches
+        for process in tracers:
+            await process.wait()
+        for role, path in outputs.items():
+            counts[role] = syscall_counts(path.read_text())
+            path.unlink()
+
+
+def syscall_counts(summary: str) -> dict[str, int]:
+    """``{syscall: calls}`` from the table ``strace -c -U calls,name`` writes."""
+    counts = {}
+    for line in summary.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1] != "total":
+            counts[fields[1]] = int(fields[0])
+    return counts
+
+
+async def main(
+    steps: int,
+    processes: bool,
+    spy: str | None = None,
+    syscalls: bool = False,
+    profile: str | None = None,
+    log_level: str = "WARNING",
+) -> None:
+    setup = as_processes(profile, log_level) if processes else in_process()
     async with setup as (sim_port, serdes_port, pids):
         async with open_ntcp("127.0.0.1", sim_port) as ntcp:
             direct = await measure(ntcp, steps, "d")
-        async with open_ntcp("127.0.0.1", serdes_port) as ntcp, spying(pids, spy):
+        async with (
+            open_ntcp("127.0.0.1", serdes_port) as ntcp,
+            spying(pids, spy),
+            counting_syscalls(pids, syscalls) as calls,
+            profiling(pids, profile),
+        ):
             cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
             via = await measure(ntcp, steps, "t")
             cpu = {role: cpu_seconds(pid) - cpu[role] for role, pid in pids.items()}
@@ -219,6 +316,19 @@ async def main(steps: int, processes: bool, spy: str | None = None) -> None:
         print(f"\nCPU per request on the turbine path ({os.getloadavg()[0]:.1f} load):")
         for role, seconds in cpu.items():
             print(f"  {role:<12}{seconds / requests_made * 1e6:8.0f} us")
+    if calls:
+        requests_made = steps + WARMUP
+        names = sorted({name for c in calls.values() for name in c})
+        busy = [n for n in names if max(c.get(n, 0) for c in calls.values()) >= requests_made / 10]
+        print(
+            "\nSystem calls per request on the turbine path (strace; its times are not the path's):"
+        )
+        print(f"  {'':<12}" + "".join(f"{n[:11]:>12}" for n in [*busy, "all"]))
+        for role, c in calls.items():
+            row = [c.get(n, 0) for n in busy] + [sum(c.values())]
+            print(f"  {role:<12}" + "".join(f"{v / requests_made:12.2f}" for v in row))
+    if profile is not None:
+        print_profiles(profile, list(pids), steps + WARMUP)  # written as they stopped
 
 
 if __name__ == "__main__":
@@ -226,7 +336,20 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=1000, help="requests timed per path")
     parser.add_argument("--processes", action="store_true", help="run each part as a process")
     parser.add_argument("--spy", metavar="PREFIX", help="py-spy each process (with --processes)")
+    parser.add_argument(
+        "--syscalls", action="store_true", help="count each process's system calls (--processes)"
+    )
+    parser.add_argument(
+        "--profile", metavar="PREFIX", help="cProfile each process, to PREFIX-<role>.prof"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the components' log level, with --processes (a deployment's default: INFO)",
+    )
     args = parser.parse_args()
-    if args.spy and not args.processes:
-        parser.error("--spy needs --processes")
-    trio.run(main, args.steps, args.processes, args.spy)
+    if (args.spy or args.syscalls or args.profile) and not args.processes:
+        parser.error("--spy, --syscalls and --profile need --processes")
+    trio.run(
+        main, args.steps, args.processes, args.spy, args.syscalls, args.profile, args.log_level
+    )

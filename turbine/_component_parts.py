@@ -104,9 +104,9 @@ async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]
     ``TurbineError``, ``ValueError``, ``KeyError`` or ``TypeError`` from the
     handler is an ``error``; anything else propagates (a bug).
     """
+    params = parameters(fn)
     try:
-        sig = signature(fn)
-        bound = sig.bind(*cmd.args, **cmd.kwargs)
+        arguments = params.bind(cmd.args, cmd.kwargs)
     except TypeError as exc:
         return (
             "error",
@@ -114,17 +114,75 @@ async def call_handler(cmd: Command, fn: Handler) -> tuple[str, Any, str | None]
             f"bad arguments for {cmd.verb!r} ({exc}); usage: {usage(cmd.verb, fn)}",
         )
     try:
-        for pname, value in bound.arguments.items():
-            ann = sig.parameters[pname].annotation
-            like = _ARGUMENT_TYPES.get(
-                ann if isinstance(ann, str) else getattr(ann, "__name__", "")
-            )
-            if like is not None:
-                bound.arguments[pname] = convert(value, like, f"argument {pname!r}")
-        result = await fn(*bound.args, **bound.kwargs)
+        for pname, like in params.types:
+            if pname in arguments:
+                arguments[pname] = convert(arguments[pname], like, f"argument {pname!r}")
+        if params.by_keyword:
+            result = await fn(**arguments)
+        else:
+            bound = inspect.BoundArguments(params.signature, arguments)  # type: ignore[arg-type]
+            result = await fn(*bound.args, **bound.kwargs)
     except (TurbineError, ValueError, KeyError, TypeError) as exc:
         return "error", None, str(exc) or type(exc).__name__
     return "ok", result, None
+
+
+class Parameters:
+    """A handler's parameters, worked out once: how a command's arguments bind to
+    them, and the type each is converted to (``int``, ``float``, ``bool``, ``str``).
+
+    ``inspect``'s ``Signature.bind`` and ``BoundArguments`` cost 12.5 us a
+    command (loaded core); a handler whose parameters all may be given by
+    keyword (every handler here) is bound without them, in about 2 us.
+    """
+
+    __slots__ = ("by_keyword", "names", "positional", "required", "signature", "types")
+
+    def __init__(self, sig: inspect.Signature) -> None:
+        params = sig.parameters.values()
+        self.signature = sig
+        self.types = tuple(
+            (p.name, like)
+            for p in params
+            if (like := _ARGUMENT_TYPES.get(_type_name(p.annotation))) is not None
+        )
+        keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        self.by_keyword = all(p.kind in keyword for p in params)
+        self.positional = tuple(
+            p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        )
+        self.names = frozenset(sig.parameters)
+        self.required = frozenset(p.name for p in params if p.default is p.empty)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments by parameter name (what ``Signature.bind`` gives as ``arguments``).
+
+        Raises:
+            TypeError: they do not fit the parameters (``Signature.bind``'s message).
+        """
+        if self.by_keyword and len(args) <= len(self.positional):
+            arguments = dict(zip(self.positional, args, strict=False))
+            if self.names.issuperset(kwargs) and arguments.keys().isdisjoint(kwargs):
+                arguments |= kwargs
+                if arguments.keys() >= self.required:
+                    return arguments
+        return dict(self.signature.bind(*args, **kwargs).arguments)  # (says what does not fit)
+
+
+def parameters(fn: Handler) -> Parameters:
+    """The :class:`Parameters` of handler ``fn``; of a method, made once per method."""
+    method = getattr(fn, "__func__", None)
+    return Parameters(inspect.signature(fn)) if method is None else _method_parameters(method)
+
+
+@functools.cache
+def _method_parameters(method: Callable[..., Any]) -> Parameters:
+    return Parameters(_without_self(method))
+
+
+def _type_name(annotation: Any) -> str:
+    """An annotation's type name (annotations may be strings)."""
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
 
 
 async def resume_point(tb: Client, replies: str) -> str | int:
@@ -217,6 +275,11 @@ class CommandDesk:
 
     log: logging.Logger
     execute: Callable[[Command], Awaitable[tuple[str, Any, str | None]]]
+    #: Called with each command and its reply once the reply is queued, before it
+    #: is flushed: what it puts goes out with the reply, after it.
+    replied: Callable[[Command, Reply], Awaitable[None]] | None = None
+    #: The level each command answered is logged at.
+    log_level: int = logging.INFO
     #: The command source (None while disconnected).
     replies: Source | None = None
     #: Sink sequence number of the last command answered.
@@ -239,16 +302,20 @@ class CommandDesk:
             cmd = Command.from_json(frame.data)
         except ValueError as exc:
             reply = Reply("", "", "error", None, f"not a command: {exc}", frame.seq)
+            await self._send(reply)
         else:
-            if self.log.isEnabledFor(logging.INFO):  # (the join is made only to be logged)
-                self.log.info(
-                    "command %s from %s", " ".join(map(str, (cmd.verb, *cmd.args))), frame.writer
+            if self.log.isEnabledFor(self.log_level):  # (the join is made only to be logged)
+                self.log.log(
+                    self.log_level,
+                    "command %s from %s",
+                    " ".join(map(str, (cmd.verb, *cmd.args))),
+                    frame.writer,
                 )
             status, result, error = await self.execute(cmd)
             if status != "ok":
                 self.log.warning("command %s: %s: %s", cmd.verb, status, error)
             reply = Reply(cmd.id, cmd.verb, status, result, error, frame.seq)
-        await self._send(reply)
+            await self._send(reply, cmd)
         self.answered_seq = frame.seq
 
     async def notify(self, result: dict[str, Any]) -> None:
@@ -256,9 +323,11 @@ class CommandDesk:
         if self.replies is not None:
             await self._send(Reply("", "notice", "ok", result, None, self.answered_seq))
 
-    async def _send(self, reply: Reply) -> None:
+    async def _send(self, reply: Reply, cmd: Command | None = None) -> None:
         assert self.replies is not None, "answering while disconnected"
         await self.replies.put(COMMAND_CHANNEL, reply.to_json())
+        if cmd is not None and self.replied is not None:
+            await self.replied(cmd, reply)  # (its puts are written after the reply)
         await self.replies.flush()
 
 

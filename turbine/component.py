@@ -71,7 +71,7 @@ from ._constants import (
 from ._errors import ConnectionFailed
 from ._retry import Backoff
 from .client import Client, Source
-from .command import Command, endpoints
+from .command import Command, Reply, endpoints
 from .settings import (
     ConfigError,
     NoSettings,
@@ -104,6 +104,9 @@ class Component(Sessions):
     operator_commands: ClassVar[bool] = True
     #: The token it logs in with; None: the one :func:`~turbine.auth.find_token` finds.
     token: str | None = None
+    #: The level each command it answers is logged at (a component whose
+    #: commands are its traffic, each kept on its sink anyway, logs them at DEBUG).
+    command_log_level: ClassVar[int] = logging.INFO
     #: Whose clock :meth:`now` reads: ``local`` (this machine's) or ``broker``
     #: (the broker's, measured at each connection: for machines without NTP).
     clock_source: str = "local"
@@ -131,7 +134,9 @@ class Component(Sessions):
         self.error: str | None = None
         self.client: Client | None = None
         self._data: Source | None = None
-        self._desk = CommandDesk(self.log, self.execute)
+        self._desk = CommandDesk(
+            self.log, self.execute, self.replied, log_level=self.command_log_level
+        )
         #: What must survive a restart: ``self.kept.load()``, ``await self.kept.save(state)``,
         #: in ``$TURBINE_STATE_DIR/<type>_<name>`` (default ``var/<type>_<name>``).
         self.kept = KeptState(Path(os.environ.get(STATE_DIR_ENVVAR) or STATE_DIR) / self.component)
@@ -268,6 +273,11 @@ class Component(Sessions):
         if status == "ok":
             self.commands_handled += 1
         return status, result, error
+
+    async def replied(self, cmd: Command, reply: Reply) -> None:
+        """Called once the reply to ``cmd`` is queued, before it is flushed: frames
+        put here go out with it, after it, so whoever waits for the reply gets it
+        before the broker takes them.  The default puts nothing."""
 
     async def notify(self, message: str, **fields: Any) -> None:
         """Tell operators something on the command source (and the log), unasked.

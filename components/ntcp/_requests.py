@@ -29,13 +29,40 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _is_name(text: str) -> bool:
+    """Whether ``text`` may be a name field: not all spaces, and no white space but " "."""
+    # Every white space character but " " is unprintable: a printable field (the
+    # usual one) needs no look at each character.
+    return bool(text.strip()) and (
+        text.isprintable() or not any(c.isspace() and c != " " for c in text)
+    )
+
+
 def _check_name(text: str, what: str) -> None:
     # Spaces inside a field are allowed: deployed clients build transaction
     # ids and session names with them ("trans200812201054 4.328[  2.]").
+    if _is_name(text):
+        return
     if not text.strip():
         raise NtcpProtocolError(f"{what} is empty")
-    if any(c.isspace() and c != " " for c in text):
-        raise NtcpProtocolError(f"{what} {text!r} must not contain tabs or line breaks")
+    raise NtcpProtocolError(f"{what} {text!r} must not contain tabs or line breaks")
+
+
+def _check_points(fields: Sequence[str]) -> None:
+    """The fields of a get-control-point: ``<transId> <controlPoint> [<controlPoint>...]``.
+
+    Raises:
+        NtcpProtocolError: too few, or one is not a name (says which).
+    """
+    if len(fields) < 2:
+        raise NtcpProtocolError(
+            "get-control-point takes <transId> <controlPoint> [<controlPoint>...],"
+            f" got {len(fields)} field{'' if len(fields) == 1 else 's'}"
+        )
+    for index, text in enumerate(fields, start=2):
+        if not _is_name(text):  # (the message is made only for a field at fault)
+            what = "transId" if index == 2 else "controlPoint"
+            _check_name(text, f"get-control-point: {what} (field {index})")
 
 
 def _looks_like_number(text: str) -> bool:
@@ -171,8 +198,12 @@ def verb_of(line: str) -> str | None:
     Cheaper than :func:`parse_request` and never raises: what a relay needs to
     tell an ``execute`` (in any of its accepted spellings) from the rest.
     """
+    line = strip_terminator(line)
+    head = line.partition("\t")[0]
+    if head in VERBS and "\n" not in line and "\r" not in line:
+        return head  # (what _split finds, without splitting every field)
     try:
-        return _split(strip_terminator(line))[0]
+        return _split(line)[0]
     except NtcpProtocolError:
         return None
 
@@ -194,14 +225,7 @@ def parse_request(line: str) -> Request:
         _check_name(trans_id, "propose: transId (field 2)")
         return Request(verb, trans_id=trans_id, groups=_parse_groups(trans_id, fields[1:]))
     if verb == "get-control-point":
-        if len(fields) < 2:
-            raise NtcpProtocolError(
-                "get-control-point takes <transId> <controlPoint> [<controlPoint>...],"
-                f" got {len(fields)} field{'' if len(fields) == 1 else 's'}"
-            )
-        for index, text in enumerate(fields, start=2):
-            what = "transId" if index == 2 else "controlPoint"
-            _check_name(text, f"{verb}: {what} (field {index})")
+        _check_points(fields)
         return Request(verb, trans_id=fields[0], points=tuple(fields[1:]))
     names = _FIELDS[verb]
     if len(fields) != len(names):
@@ -227,13 +251,16 @@ def reply_count(line: str) -> int:
     anything else, malformed requests included (they get one ``NOT OK``).
     Parses only a get-control-point (a relay asks this of every request).
     """
-    if verb_of(line) != "get-control-point":
-        return 1
+    if not line.startswith("get-control-point"):
+        return 1  # (a line starts with its verb)
     try:
-        request = parse_request(line)
+        verb, fields = _split(strip_terminator(line))
+        if verb != "get-control-point":
+            return 1
+        _check_points(fields)
     except NtcpProtocolError:
         return 1
-    return max(1, len(request.points))
+    return len(fields) - 1
 
 
 def format_request(request: Request) -> str:

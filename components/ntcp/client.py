@@ -14,15 +14,16 @@ Requests on one client go out one at a time; each waits for its reply.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import math
+import os
+import select
 from collections.abc import AsyncIterator, Mapping
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import trio
 
 from turbine._io import write_now
-from turbine.correlate import Correlator, ReplyLost
 
 from .protocol import (
     DEFAULT_MAX_LINE_LENGTH,
@@ -39,7 +40,15 @@ from .protocol import (
     reply_count,
 )
 
-__all__ = ["NtcpClient", "NtcpConnectionClosed", "Targets", "acquire", "open_ntcp", "write_at_once"]
+__all__ = [
+    "NtcpClient",
+    "NtcpConnectionClosed",
+    "Targets",
+    "acquire",
+    "open_ntcp",
+    "receive_when_ready",
+    "write_at_once",
+]
 
 _RECEIVE_SIZE = 65536
 
@@ -66,15 +75,17 @@ def _groups(targets: Targets | tuple[ControlPointValues, ...]) -> tuple[ControlP
 class NtcpClient:
     """One connection to a control system speaking the LabVIEW-plugin protocol.
 
-    Build it with :func:`open_ntcp`, or around a connected stream and run
-    :meth:`read_replies` in a nursery of your own. Methods never raise for a
-    ``NOT OK`` reply: a refusal is an answer, returned as
-    ``Reply(ok=False, reason=...)``.
+    Build it with :func:`open_ntcp`, or around a connected stream (and
+    :meth:`aclose` it). Methods never raise for a ``NOT OK`` reply: a refusal
+    is an answer, returned as ``Reply(ok=False, reason=...)``.
 
-    A reader task hands each reply line to the oldest request waiting for
-    one (the protocol pairs replies with requests by order alone), so a
-    connection the control system closes is noticed at once, not at the
-    next request. Requests go out one at a time.
+    Requests go out one at a time, and each reads its own reply lines (the
+    protocol pairs replies with requests by order alone): no reader task, so
+    a reply reaches its request in the scheduler pass its bytes arrive in.
+    Between requests nothing reads the connection; :attr:`closed` looks at
+    it without waiting, so a connection the control system closed (or a line
+    it sent unasked) is noticed when asked, and before the next request is
+    sent.
 
     No method sets its own deadline (``execute`` lasts as long as the actuator
     moves); wrap calls in ``trio.fail_after`` or ``trio.move_on_after``. A
@@ -87,45 +98,71 @@ class NtcpClient:
         self, stream: trio.abc.Stream, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     ) -> None:
         self._stream = stream
-        self._max_line_length = max_line_length
-        self._replies: Correlator[int, str] = Correlator()
-        self._keys = itertools.count()
+        self._lines = LineBuffer(max_line_length)
+        self._closed: str | None = None
         self._lock = trio.Lock()
+        self._poll: select.poll | None = None  # asks an idle socket whether it has bytes
 
     @property
     def closed(self) -> str | None:
-        """Why the connection is unusable, or ``None`` while it works."""
-        return self._replies.closed
+        """Why the connection is unusable, or ``None`` while it works.
+
+        While no request waits, asks the socket (without waiting) whether the
+        control system closed it or sent a line no request waited for.
+        """
+        if self._closed is None and not self._lock.locked():
+            self._look()
+        return self._closed
+
+    def _look(self) -> None:
+        """Close the client if the idle connection has something to read: its end, or a
+        line no request waited for."""
+        if not isinstance(self._stream, trio.SocketStream):
+            return
+        fd = self._stream.socket.fileno()
+        if fd == -1:
+            self._close("the client was closed")
+            return
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN)
+        if self._poll.poll(0):
+            try:
+                self._take(os.read(fd, _RECEIVE_SIZE))
+                if (line := self._lines.next_line()) is not None:
+                    self._close(
+                        f"the control system sent a line no request waited for: {line[:40]!r}"
+                    )
+            except BlockingIOError:
+                pass  # (readable, then not: nothing came)
+            except OSError as exc:
+                self._close(f"the connection to the control system broke: {exc}")
+            except (NtcpConnectionClosed, NtcpError) as exc:
+                self._close(self._closed or f"the control system sent a bad line: {exc}")
+
+    def _take(self, data: bytes) -> None:
+        """Buffer bytes read.
+
+        Raises:
+            NtcpConnectionClosed: ``data`` is empty: the control system closed the connection.
+        """
+        if not data:
+            self._close("the control system closed the connection")
+            raise NtcpConnectionClosed("the control system closed the connection")
+        self._lines.receive_data(data)
+
+    def _close(self, why: str) -> None:
+        if self._closed is None:
+            self._closed = why
+            with contextlib.suppress(OSError):
+                if isinstance(self._stream, trio.SocketStream):
+                    self._stream.socket.close()  # (what aclose_forcefully does, without waiting)
 
     async def aclose(self) -> None:
         """Close the connection."""
-        self._replies.close("the client was closed")
+        if self._closed is None:
+            self._closed = "the client was closed"
         await trio.aclose_forcefully(self._stream)
-
-    async def read_replies(self) -> None:
-        """Read reply lines until the connection ends, handing each to its request.
-
-        Returns when the control system closes the connection, the connection
-        breaks, or the control system sends a line no request waits for (it
-        would shift every later pairing); the client is then closed and
-        waiting requests raise :class:`NtcpConnectionClosed` saying why.
-        """
-        lines = LineBuffer(self._max_line_length)
-        why = "the control system closed the connection"
-        try:
-            while data := await self._stream.receive_some(_RECEIVE_SIZE):
-                lines.receive_data(data)
-                while (line := lines.next_line()) is not None:
-                    if not self._replies.deliver_next(line):
-                        why = f"the control system sent a line no request waited for: {line[:40]!r}"
-                        return
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            why = self.closed or "the connection to the control system broke"
-        except NtcpError as exc:
-            why = f"the control system sent a bad line: {exc}"
-        finally:
-            self._replies.close(why)
-            await trio.aclose_forcefully(self._stream)
 
     async def request(self, line: str) -> str:
         """Send one request line (terminator optional) and return the reply.
@@ -147,33 +184,51 @@ class NtcpClient:
             line = line[:-1]
         data = encode_line(line)
         await acquire(self._lock)
-        answered = False
         try:
-            with ExitStack() as waiting:
-                pending = [
-                    waiting.enter_context(self._replies.expect(next(self._keys)))
-                    for _ in range(reply_count(line))
-                ]
+            if self._closed is None:
+                self._look()  # (the lock is held: look here)
+            if self._closed is not None:
+                raise NtcpConnectionClosed(
+                    f"NTCP connection unusable: {self._closed} (sending {line[:40]!r})"
+                )
+            try:
                 if rest := write_at_once(self._stream, data):
                     await self._stream.send_all(rest)
-                reply = await pending[0].wait()
-                for more in pending[1:]:
-                    reply += "\n" + await more.wait()
-                answered = True
-                return reply
-        except ReplyLost as exc:
+                replies = [await self._reply_line() for _ in range(reply_count(line))]
+            except trio.Cancelled:
+                self._close("a request was cancelled before its reply arrived; reconnect")
+                raise
+            if (more := self._lines.next_line()) is not None:
+                self._close(f"the control system sent a line no request waited for: {more[:40]!r}")
+            return "\n".join(replies)
+        except NtcpConnectionClosed as exc:
             raise NtcpConnectionClosed(
-                f"NTCP connection unusable: {exc.reason} (sending {line[:40]!r})"
-            ) from None
+                f"NTCP connection unusable: {self._closed} (sending {line[:40]!r})"
+            ) from exc.__cause__
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._replies.close("the connection broke")
+            self._close(self._closed or "the connection broke")
             raise NtcpConnectionClosed(
                 f"NTCP connection broke while sending {line[:40]!r}: {exc}"
             ) from exc
+        except NtcpError as exc:  # a bad line from the control system
+            self._close(f"the control system sent a bad line: {exc}")
+            raise NtcpConnectionClosed(
+                f"NTCP connection unusable: {self._closed} (sending {line[:40]!r})"
+            ) from None
         finally:
-            if not answered:
-                self._replies.close("a request was cancelled before its reply arrived; reconnect")
             self._lock.release()
+
+    async def _reply_line(self) -> str:
+        """The next reply line, read as it comes.
+
+        Raises:
+            NtcpConnectionClosed: the control system closed the connection first.
+            NtcpError: it sent a bad line.
+            trio.BrokenResourceError: the connection broke.
+        """
+        while (line := self._lines.next_line()) is None:
+            self._take(await receive_when_ready(self._stream, _RECEIVE_SIZE))
+        return line
 
     async def send(self, request: Request) -> Reply:
         """Send a request value and return the parsed reply.
@@ -262,6 +317,33 @@ def write_at_once(stream: trio.abc.Stream, data: bytes) -> bytes:
     return b"".join(rest)
 
 
+async def receive_when_ready(stream: trio.abc.Stream, max_bytes: int) -> bytes:
+    """The next bytes ``stream`` receives (``b""``: the peer closed it), waiting for them
+    first: after a request (or a reply) went out, nothing is there yet.  A socket is
+    read once it is readable, so the bytes arrive in one pass through the scheduler
+    and without the read that fails first (``receive_some`` tries one, and after a
+    successful read makes one more pass).
+
+    Raises:
+        trio.BrokenResourceError: the connection broke.
+        trio.ClosedResourceError: the stream was closed.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return bytes(await stream.receive_some(max_bytes))
+    sock = stream.socket
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        fd = sock.fileno()
+        if fd == -1:
+            raise trio.ClosedResourceError("the connection was closed")
+        try:
+            return os.read(fd, max_bytes)
+        except BlockingIOError:
+            continue  # (readable, then not)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the connection broke: {exc}") from exc
+
+
 @asynccontextmanager
 async def open_ntcp(
     host: str, port: int, *, max_line_length: int = DEFAULT_MAX_LINE_LENGTH
@@ -273,9 +355,7 @@ async def open_ntcp(
     """
     stream = await trio.open_tcp_stream(host, port)
     client = NtcpClient(stream, max_line_length=max_line_length)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client.read_replies)
-        try:
-            yield client
-        finally:
-            await client.aclose()
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -23,6 +23,7 @@ it before it went away).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import secrets
 import time
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import attrs
 import trio
 
-from components.ntcp.client import write_at_once
+from components.ntcp.client import receive_when_ready, write_at_once
 from components.ntcp.protocol import (
     LineBuffer,
     NtcpProtocolError,
@@ -111,6 +112,13 @@ class NtcpSerdes(Component):
         self.failures = 0
         self._answers: Correlator[str, Reply] = Correlator()
         self._connected = trio.Event()
+        # Command ids: this run's random prefix and a count (a random id per request
+        # cost a getrandom call); fixed width, so one is never part of another.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count()
+
+    def _command_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):016x}"
 
     # --- the turbine side
 
@@ -180,7 +188,6 @@ class NtcpSerdes(Component):
     async def _relay(self, line: str, session: str) -> tuple[str, bool]:
         """The reply lines if they came from the control system, else why not: (text, came)."""
         deadline, timeout = self.config.deadline, self.config.timeout
-        is_execute = verb_of(line) == "execute"
         if not self._connected.is_set():  # (no pass through the scheduler when it is)
             with trio.move_on_after(min(deadline, timeout)):
                 await self._connected.wait()
@@ -188,41 +195,45 @@ class NtcpSerdes(Component):
         if not self._connected.is_set() or tb is None:
             return f"the turbine at {self.address} is unreachable; not forwarded", False
         cmd = Command(
-            secrets.token_hex(16), "ntcp", (line,), {"session": session}, time.time() + deadline
+            self._command_id(), "ntcp", (line,), {"session": session}, time.time() + deadline
         )
         with self._answers.expect(cmd.id) as pending:
+            sent = False
             try:
                 # put waits for the broker's acknowledgement: while it is away the
                 # command is spooled (delivered, expired, when it is back): say so.
-                with trio.move_on_after(min(timeout, max(deadline, PROBE_TIMEOUT))) as sending:
+                # One scope for the put and the wait for the reply (a scope is about
+                # 60 Python calls; moving its deadline about 20).
+                with trio.move_on_after(min(timeout, max(deadline, PROBE_TIMEOUT))) as scope:
                     await tb.put(
                         f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json()
                     )
-                if sending.cancelled_caught:
-                    why = f"the turbine at {self.address} is away"
-                    return await self._no_reply(tb, cmd, is_execute, why), False
+                    sent = True
+                    scope.deadline = trio.current_time() + min(deadline, timeout)
+                    return _answer(await pending.wait(), self.target)
             except RequestFailed as exc:
                 if exc.code == "missing":
                     return f"no translator {self.target} has run on this turbine", False
                 return f"the turbine refused the request: {exc}", False
+            except ReplyLost as exc:
+                return await self._no_reply(tb, cmd, exc.reason), False
             except TurbineError as exc:
                 return f"lost the turbine while sending the request: {exc}", False
+            if not sent:
+                why = f"the turbine at {self.address} is away"
+                return await self._no_reply(tb, cmd, why), False
             try:
-                with trio.move_on_after(min(deadline, timeout)):
-                    return _answer(await pending.wait(), self.target)
                 online = await self._target_online(tb)
                 if online is None:
                     why = f"the turbine at {self.address} is away"
-                    return await self._no_reply(tb, cmd, is_execute, why), False
+                    return await self._no_reply(tb, cmd, why), False
                 if not online:
-                    return await self._no_reply(
-                        tb, cmd, is_execute, "the translator is not running"
-                    ), False
+                    return await self._no_reply(tb, cmd, "the translator is not running"), False
                 with trio.move_on_after(max(0.0, timeout - deadline)):
                     return _answer(await pending.wait(), self.target)
             except ReplyLost as exc:
-                return await self._no_reply(tb, cmd, is_execute, exc.reason), False
-        return await self._no_reply(tb, cmd, is_execute, f"no reply within {timeout:g} s"), False
+                return await self._no_reply(tb, cmd, exc.reason), False
+        return await self._no_reply(tb, cmd, f"no reply within {timeout:g} s"), False
 
     async def _target_online(self, tb: Any) -> bool | None:
         """Whether the translator is online; None: the broker did not say in time."""
@@ -234,9 +245,9 @@ class NtcpSerdes(Component):
             return False
         return None
 
-    async def _no_reply(self, tb: Any, cmd: Command, is_execute: bool, why: str) -> str:
+    async def _no_reply(self, tb: Any, cmd: Command, why: str) -> str:
         text = f"{why}: no reply from {self.target}"
-        if is_execute:
+        if verb_of(cmd.args[0]) == "execute":
             journal = f"{self.target_endpoints['data']}/journal.txt"
             sent = True  # unless the journal says otherwise in time
             with contextlib.suppress(TurbineError), trio.move_on_after(PROBE_TIMEOUT):
@@ -256,7 +267,7 @@ class NtcpSerdes(Component):
         lines = LineBuffer()
         try:
             async with stream:
-                while data := await stream.receive_some(65536):
+                while data := await receive_when_ready(stream, 65536):
                     lines.receive_data(data)
                     while True:
                         try:
@@ -280,9 +291,7 @@ class NtcpSerdes(Component):
         tb = self.client
         if tb is None or not self._connected.is_set():
             return
-        cmd = Command(
-            secrets.token_hex(16), "ntcp-close", (), {"session": session}, time.time() + 60
-        )
+        cmd = Command(self._command_id(), "ntcp-close", (), {"session": session}, time.time() + 60)
         with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT):
             try:
                 await tb.put(f"{self.target_endpoints['sink']}/{COMMAND_CHANNEL}", cmd.to_json())

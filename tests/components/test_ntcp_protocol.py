@@ -101,8 +101,11 @@ def test_verb_reply_count_and_refusal():
     assert verb_of("execute trans 1") == "execute"
     assert verb_of("execute\tt1\r\n") == "execute"
     assert verb_of("executes\tt1") is None and verb_of("") is None
+    assert verb_of("execute\tt1\rexecute\tt2") is None  # a line break inside: no request
     assert reply_count("get-control-point\tdummy\tA\tB\tA") == 3
     assert reply_count("get-control-point\tdummy") == 1  # malformed: one NOT OK
+    assert reply_count("get-control-point\tdummy\tA\x0bB\tC") == 1  # a name at fault too
+    assert reply_count("get-control-point dummy\tA B\t\x01C\r\n") == 2  # odd, but names
     assert reply_count("execute\tt1") == 1
     assert refuse("get-control-point\td\tA\tB", "lost\tit") == ["NOT OK\tlost it"] * 2
 
@@ -141,6 +144,8 @@ def test_propose_with_several_control_points_splits_into_groups():
         ("execute\t", "execute takes 1 field (<transId>), got 0"),
         ("open-session\t  ", "name (field 2) is empty"),
         ("execute\tt\x0b1", "must not contain tabs or line breaks"),
+        ("get-control-point\tt1\tA\u2003B", "controlPoint (field 3) 'A\\u2003B' must not"),
+        ("get-control-point\t \tA", "get-control-point: transId (field 2) is empty"),
         ("propose", "propose needs <transId>"),
         ("propose\tt1", "expected <controlPoint> <axis> <type> <value>..., got nothing"),
         ("propose\tt1\tx\tdisplacement\t1", "axis 'x' but no control point precedes it"),

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from functools import partial
@@ -481,6 +482,36 @@ async def test_client_reports_a_closed_connection(autojump_clock, nursery):
                 await ntcp.request("open-session\ts")
 
 
+@pytest.mark.parametrize(
+    ("after_reply", "why"),
+    [
+        (b"", "the control system closed the connection"),
+        (b"OK\t0\tlate\n", "the control system sent a line no request waited for: 'OK\\t0\\tlate'"),
+    ],
+)
+async def test_an_idle_client_notices_what_the_control_system_did_meanwhile(
+    autojump_clock, nursery, after_reply, why
+):
+    done = trio.Event()
+
+    async def answer_then(stream):
+        async with stream:
+            await stream.receive_some(100)
+            await stream.send_all(b"OK\t0\ts\n")
+            await stream.send_all(after_reply)  # and close
+        done.set()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer_then, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with trio.fail_after(10):
+        async with open_ntcp("127.0.0.1", port) as ntcp:
+            assert await ntcp.request("open-session\ts") == "OK\t0\ts"
+            await done.wait()  # nothing of ours reads meanwhile
+            assert ntcp.closed == why
+            with pytest.raises(NtcpConnectionClosed, match=re.escape(f"unusable: {why}")):
+                await ntcp.request("close-session\ts")
+
+
 class TaskSteps(trio.abc.Instrument):
     """Counts the scheduler passes of one task (times it was resumed)."""
 
@@ -546,7 +577,6 @@ async def test_a_request_over_a_stream_that_is_no_socket(autojump_clock, nursery
 
     nursery.start_soon(answer)
     ntcp = NtcpClient(near)
-    nursery.start_soon(ntcp.read_replies)
     with trio.fail_after(10):
         assert await ntcp.request("open-session\tmem") == "OK\t0\tmem"
     await ntcp.aclose()

@@ -243,7 +243,6 @@ async def test_simulator_restart_loses_the_session_and_never_replays(broker, par
             await start_translator(nursery, broker, sim_port)
             _, port = await start_serdes(nursery, broker)
             ntcp = NtcpClient(await trio.open_tcp_stream("127.0.0.1", port))
-            nursery.start_soon(ntcp.read_replies)
             assert await ntcp.request("open-session\ts") == "OK\t0\ts"
             assert await ntcp.request(f"propose\tp1\t{CP}\tx\tdisplacement\t1") == "OK\t0\tp1"
             sims.cancel_scope.cancel()
