@@ -43,10 +43,17 @@ class Counts(trio.abc.Instrument):
         self.steps = 0
         self.io_waits = 0
         self.woke = 0
-        #: Nanoseconds from a mark to a point of the frame's path, one per round.
+        #: Nanoseconds from a mark to a point of the frame's path, one per round,
+        #: and the Python calls made in between (with ``calls``).
         self.spans: list[int] = []
+        self.path_calls: list[int] = []
+        self._mark_calls = 0
         self.py_calls = 0
         self.c_calls = 0
+        self.by_function: dict[str, int] = {}
+        #: The calls between a :meth:`mark` and the :meth:`end_path` after it, by function.
+        self.on_path_functions: dict[str, int] = {}
+        self.on_path = False
         if calls:
             sys.setprofile(self._profile)
 
@@ -57,7 +64,20 @@ class Counts(trio.abc.Instrument):
         self.io_waits += 1
 
     def after_io_wait(self, timeout: float) -> None:
+        self.mark()
+
+    def mark(self) -> int:
+        """The frame's path begins (a wake-up, a time stamp)."""
+        self._mark_calls = self.py_calls
+        self.on_path = True
         self.woke = time.monotonic_ns()
+        return self.woke
+
+    def end_path(self, since: int) -> None:
+        """The frame's path, begun at ``since`` (a :meth:`mark`), ends here."""
+        self.spans.append(time.monotonic_ns() - since)
+        self.path_calls.append(self.py_calls - self._mark_calls)
+        self.on_path = False
 
     def time_writes(self, module: Any, since: Any) -> None:
         """Note how long after ``since()`` each first write of a round (by
@@ -67,24 +87,38 @@ class Counts(trio.abc.Instrument):
         def timed(fd: int, buffers: list[Any]) -> Any:
             result = write_now(fd, buffers)
             if t := since():
-                self.spans.append(time.monotonic_ns() - t)
+                self.end_path(t)
             return result
 
         module.write_now = timed
 
     def median_span_us(self) -> float:
-        spans = sorted(self.spans[len(self.spans) // 10 :])  # (the warm-up's left out)
-        return spans[len(spans) // 2] / 1e3 if spans else float("nan")
+        return _median(self.spans) / 1e3
+
+    def median_path_calls(self) -> float:
+        return _median(self.path_calls)
 
     def _profile(self, frame: Any, event: str, arg: Any) -> None:
         if event == "call":
+            code = frame.f_code
+            if (
+                code.co_filename.endswith(_NOT_COUNTED)
+                or code.co_qualname == "UserDict.__contains__"
+            ):
+                return  # this instrument's own calls (trio asks a UserDict for its hooks)
             self.py_calls += 1
+            key = f"{code.co_filename.rpartition('/')[2]}:{code.co_qualname}"
+            self.by_function[key] = self.by_function.get(key, 0) + 1
+            if self.on_path:
+                self.on_path_functions[key] = self.on_path_functions.get(key, 0) + 1
         elif event == "c_call":
             self.c_calls += 1
 
-    def snapshot(self) -> dict[str, float]:
+    def snapshot(self) -> dict[str, Any]:
         use = resource.getrusage(resource.RUSAGE_SELF)
         return {
+            "functions": dict(self.by_function),
+            "path functions": dict(self.on_path_functions),
             "task steps": self.steps,
             "I/O waits": self.io_waits,
             "sleeps (nvcsw)": use.ru_nvcsw,
@@ -95,8 +129,19 @@ class Counts(trio.abc.Instrument):
         }
 
 
-def _delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    return {k: b[k] - a[k] for k in a}
+#: The files of this instrument's own calls (and of trio's calls of it).
+_NOT_COUNTED = ("wakeups.py", "_instrumentation.py")
+
+
+def _median(values: list[int]) -> float:
+    kept = sorted(values[len(values) // 10 :])  # (the warm-up's left out)
+    return kept[len(kept) // 2] if kept else float("nan")
+
+
+def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    counted = ("functions", "path functions")
+    calls = {c: {k: n - a[c].get(k, 0) for k, n in b[c].items()} for c in counted}
+    return {**calls, **{k: b[k] - a[k] for k in a if k not in counted}}
 
 
 async def _word(conn: multiprocessing.connection.Connection) -> Any:
@@ -122,7 +167,14 @@ def broker_main(conn: multiprocessing.connection.Connection, calls: bool) -> Non
             await _word(conn)  # the window begins
             first = counts.snapshot()
             await _word(conn)  # it ends
-            conn.send({**_delta(first, counts.snapshot()), "span": counts.median_span_us()})
+            conn.send(
+                {
+                    **_delta(first, counts.snapshot()),
+                    "span": counts.median_span_us(),
+                    "path calls": counts.median_path_calls(),
+                }
+            )
+            await _word(conn)  # the clients are done
             nursery.cancel_scope.cancel()
 
     trio.run(main, instruments=[counts])
@@ -162,11 +214,18 @@ def publisher_main(
                     await trio.sleep(d)
                 elif seq > WARMUP:
                     late += 1  # put right after the last: two frames share a round
-                stamp[0] = t = now()
+                stamp[0] = t = counts.mark()
                 await put(CHANNEL, pack(seq, t) + pad)
             await src.flush()
             span = counts.median_span_us()
-            conn.send({**_delta(first, counts.snapshot()), "late": late, "span": span})
+            conn.send(
+                {
+                    **_delta(first, counts.snapshot()),
+                    "late": late,
+                    "span": span,
+                    "path calls": counts.median_path_calls(),
+                }
+            )
             await put(CHANNEL, pack(-1, now()) + pad)
             await src.flush()
 
@@ -200,13 +259,17 @@ def subscriber_main(conn: multiprocessing.connection.Connection, address: str, c
                                 t = now()
                                 lat.append(t - sent)
                                 if counts.woke:
-                                    counts.spans.append(t - counts.woke)
+                                    counts.end_path(counts.woke)
                                     counts.woke = 0
                                 last = counts.snapshot()
         lat.sort()
         conn.send(
             {
-                "counts": {**_delta(first, last), "span": counts.median_span_us()},
+                "counts": {
+                    **_delta(first, last),
+                    "span": counts.median_span_us(),
+                    "path calls": counts.median_path_calls(),
+                },
                 "frames": len(lat),
                 "p50": lat[len(lat) // 2] / 1e6,
                 "p99": lat[int(len(lat) * 0.99)] / 1e6,
@@ -226,7 +289,13 @@ def main() -> None:
         help="frames per second (the row's 1,000 lets a late publisher put two frames a round "
         "on a busy machine, which changes the counts per frame)",
     )
-    ap.add_argument("--calls", action="store_true", help="count Python calls too (slow)")
+    ap.add_argument(
+        "--calls",
+        type=int,
+        default=0,
+        metavar="N",
+        help="count Python calls too (slow), and list each process's N most called functions",
+    )
     args = ap.parse_args()
     ctx = multiprocessing.get_context("spawn")
     b_end, b_child = ctx.Pipe()
@@ -250,6 +319,7 @@ def main() -> None:
     b_end.send("end")
     broker_counts = b_end.recv()
     sub_result = s_end.recv()
+    b_end.send("stop")
     for p in (pub, sub):
         p.join(10)
     broker.join(10)
@@ -257,6 +327,9 @@ def main() -> None:
     rows = {"publisher": pub_counts, "broker": broker_counts, "subscriber": sub_result["counts"]}
     late = pub_counts.pop("late")
     spans = {role: c.pop("span") for role, c in rows.items()}
+    functions = {role: c.pop("functions") for role, c in rows.items()}
+    on_path = {role: c.pop("path functions") for role, c in rows.items()}
+    path_calls = {role: c.pop("path calls") for role, c in rows.items()}
     rounds = n - late
     keys = list(pub_counts)
     if not args.calls:
@@ -265,16 +338,27 @@ def main() -> None:
         f"{n} frames at {args.rate:g}/s in {rounds} rounds ({late} put late, with the frame "
         f"before); p50 {sub_result['p50']:.3f} ms, p99 {sub_result['p99']:.3f} ms"
     )
-    print(f"| per round | {' | '.join(keys)} | path us (median) |")
-    print(f"|---|{'---|' * (len(keys) + 1)}")
+    extra = " path calls |" if args.calls else ""
+    print(f"| per round | {' | '.join(keys)} | path us (median) |{extra}")
+    print(f"|---|{'---|' * (len(keys) + 1 + bool(extra))}")
     for role, c in rows.items():
         cells = " | ".join(f"{c[k] / rounds:.2f}" for k in keys)
-        print(f"| {role} | {cells} | {spans[role]:.0f} |")
+        more = f" {path_calls[role]:.0f} |" if args.calls else ""
+        print(f"| {role} | {cells} | {spans[role]:.0f} |{more}")
     print(
         "path: publisher, from the frame's time stamp to the end of its write; broker, "
         "from its wake-up to the end of its first write (the frame's); subscriber, from "
         "its wake-up to the frame in hand"
     )
+    for role, calls in functions.items() if args.calls else ():
+        top = sorted(calls.items(), key=lambda kv: -kv[1])[: args.calls]
+        print(f"\n{role}: Python calls per round, the most called")
+        for name, count in top:
+            print(f"{count / rounds:8.2f}  {name}")
+        top = sorted(on_path[role].items(), key=lambda kv: -kv[1])[: args.calls]
+        print(f"\n{role}: Python calls per round on the frame's path, the most called")
+        for name, count in top:
+            print(f"{count / rounds:8.2f}  {name}")
 
 
 if __name__ == "__main__":
