@@ -181,7 +181,12 @@ def broker_main(conn: multiprocessing.connection.Connection, calls: bool) -> Non
 
 
 def publisher_main(
-    conn: multiprocessing.connection.Connection, address: str, frames: int, rate: float, calls: bool
+    conn: multiprocessing.connection.Connection,
+    address: str,
+    frames: int,
+    rate: float,
+    size: int,
+    calls: bool,
 ) -> None:
     import turbine._io
 
@@ -195,7 +200,7 @@ def publisher_main(
     counts.time_writes(turbine._io, since_stamp)
 
     async def main() -> None:
-        pad = bytes(SIZE - HEADER.size)
+        pad = bytes(size - HEADER.size)
         async with turbine.open_client(address) as tb:
             src = await tb.open_source(SOURCE, channels={CHANNEL: "application/octet-stream"})
             conn.send("ready")
@@ -289,6 +294,13 @@ def main() -> None:
         help="frames per second (the row's 1,000 lets a late publisher put two frames a round "
         "on a busy machine, which changes the counts per frame)",
     )
+    ap.add_argument("--size", type=int, default=SIZE, help="bytes a frame (at least 16)")
+    ap.add_argument(
+        "--per-frame",
+        action="store_true",
+        help="divide by frames, not rounds (for a rate the publisher cannot keep: the "
+        "small-frame rows' shape, --rate 1e9 --size 64)",
+    )
     ap.add_argument(
         "--calls",
         type=int,
@@ -308,7 +320,8 @@ def main() -> None:
     assert s_end.recv() == "ready"
     p_end, p_child = ctx.Pipe()
     pub = ctx.Process(
-        target=publisher_main, args=(p_child, address, args.frames, args.rate, args.calls)
+        target=publisher_main,
+        args=(p_child, address, args.frames, args.rate, args.size, args.calls),
     )
     pub.start()
     assert p_end.recv() == "ready"
@@ -330,7 +343,7 @@ def main() -> None:
     functions = {role: c.pop("functions") for role, c in rows.items()}
     on_path = {role: c.pop("path functions") for role, c in rows.items()}
     path_calls = {role: c.pop("path calls") for role, c in rows.items()}
-    rounds = n - late
+    rounds = n if args.per_frame else n - late
     keys = list(pub_counts)
     if not args.calls:
         keys = [k for k in keys if not k.endswith("calls")]
@@ -339,7 +352,8 @@ def main() -> None:
         f"before); p50 {sub_result['p50']:.3f} ms, p99 {sub_result['p99']:.3f} ms"
     )
     extra = " path calls |" if args.calls else ""
-    print(f"| per round | {' | '.join(keys)} | path us (median) |{extra}")
+    unit = "frame" if args.per_frame else "round"
+    print(f"| per {unit} | {' | '.join(keys)} | path us (median) |{extra}")
     print(f"|---|{'---|' * (len(keys) + 1 + bool(extra))}")
     for role, c in rows.items():
         cells = " | ".join(f"{c[k] / rounds:.2f}" for k in keys)
