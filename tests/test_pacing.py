@@ -13,7 +13,7 @@ from tests.test_broker import SRC, RawClient
 from turbine import Frame, Gap, open_client
 from turbine.client import frames_from
 from turbine.outbound import OutboundQueue
-from turbine.pacing import deliver_first, takes_bytes
+from turbine.pacing import WriteRoom, deliver_first
 from turbine.testing import start_broker
 
 #: A hang detector for the tests on real sockets (they need milliseconds).
@@ -142,14 +142,15 @@ def wait_for(sock: socket.socket, events: int) -> None:
 def test_a_socket_takes_bytes_until_it_is_full_and_again_once_its_reader_read():
     a, b = tcp_pair()
     with a, b:
-        assert takes_bytes(a.fileno())
+        room = WriteRoom(a)
+        assert room.takes_bytes()
         chunk = bytes(16 << 10)
         while True:
             try:
                 a.send(chunk)
             except BlockingIOError:
                 break
-        assert not takes_bytes(a.fileno())  # full: a slow sink holds nobody
+        assert not room.takes_bytes()  # full: a slow sink holds nobody
         while True:
             wait_for(b, select.POLLIN)
             try:
@@ -157,19 +158,21 @@ def test_a_socket_takes_bytes_until_it_is_full_and_again_once_its_reader_read():
                     pass
             except BlockingIOError:
                 pass
-            if takes_bytes(a.fileno()):
+            if room.takes_bytes():
                 break
-        assert takes_bytes(a.fileno())
+        assert room.takes_bytes()
 
 
 def test_a_socket_whose_peer_reset_it_takes_no_bytes():
     a, b = tcp_pair()
+    room = WriteRoom(a)
     with a:
+        assert room.takes_bytes()
         b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         b.close()  # a reset
         wait_for(a, select.POLLERR | select.POLLHUP)
-        assert not takes_bytes(a.fileno())
-    assert not takes_bytes(-1)  # a closed connection's socket
+        assert not room.takes_bytes()
+    assert not room.takes_bytes()  # a closed connection's socket
 
 
 # --- through a real broker ---------------------------------------------------------------

@@ -24,7 +24,7 @@ from ._liveness import heard_ago
 from .auth import Access, FailureDelays, LoginRefused, is_loopback
 from .delivery import Delivery
 from .outbound import OutboundQueue
-from .pacing import deliver_first
+from .pacing import WriteRoom, deliver_first
 from .peer import Peer
 from .protocol import NEED_DATA, Connection, ReceiveBudget, Role, encode_message
 from .protocol import State as ProtoState
@@ -102,6 +102,7 @@ class ClientConnection(Sender, Requests):
         self.subs: dict[int, Subscription] = {}
         self.connected = broker.clock()
         self.out = OutboundQueue()
+        self.room = WriteRoom(stream.socket)
         self._wakeup = trio.Event()  # set to wake the writer task
         self._drained = trio.Event()  # set when the writer took the queued replies
         self.finished = trio.Event()

@@ -25,6 +25,7 @@ same passes, so this waits exactly as long as they have work they can do.
 from __future__ import annotations
 
 import select
+import socket
 from collections.abc import Callable
 
 import trio
@@ -34,16 +35,30 @@ from .router import Waker
 _CANNOT_WRITE = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-def takes_bytes(fd: int) -> bool:
-    """Whether the socket ``fd`` takes bytes now: writable, as the kernel's poll
-    says (for TCP: its send buffer is at most about two thirds full), and not
-    broken or closed (-1)."""
-    if fd < 0:
-        return False
-    poll = select.poll()
-    poll.register(fd, select.POLLOUT)
-    events = poll.poll(0)
-    return bool(events) and not events[0][1] & _CANNOT_WRITE
+class WriteRoom:
+    """Whether one socket takes bytes now, asked of the kernel through one poll
+    object, made at the first question (a poll object made and registered per
+    question was two allocations and two calls more on every broker pass that
+    asks)."""
+
+    __slots__ = ("_sock", "_poll")
+
+    def __init__(self, sock: socket.socket | trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._poll: select.poll | None = None
+
+    def takes_bytes(self) -> bool:
+        """Writable, as the kernel's poll says (for TCP: its send buffer is at most
+        about two thirds full), and not broken or closed."""
+        fd = self._sock.fileno()
+        if fd < 0:
+            return False  # closed (its number may be another socket's by now)
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+        events = poll.poll(0)
+        return bool(events) and not events[0][1] & _CANNOT_WRITE
 
 
 async def deliver_first(woke: dict[Waker, None], write_ready: Callable[[], None]) -> None:

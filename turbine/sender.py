@@ -23,7 +23,7 @@ from ._io import send_buffers, write_now
 from .closed import WriteTimeout
 from .delivery import Delivery
 from .outbound import OutboundQueue, State, Wake
-from .pacing import takes_bytes
+from .pacing import WriteRoom
 from .protocol import PREFIX, Connection
 
 
@@ -58,6 +58,8 @@ class Sender:
     direct: bool
     proto: Connection
     out: OutboundQueue
+    #: Whether the socket takes bytes now (turbine/pacing.py).
+    room: WriteRoom
     delivery: Delivery
     #: Set when the last words are written.
     finished: trio.Event
@@ -103,7 +105,7 @@ class Sender:
     def frames_go_now(self) -> bool:
         """Whether subscribed frames wait for this connection and its socket takes
         bytes now: the broker, not the subscriber, is behind (turbine/pacing.py)."""
-        return self.out.frames_waiting and takes_bytes(self.stream.socket.fileno())
+        return self.out.frames_waiting and self.room.takes_bytes()
 
     def write_now(self) -> None:
         """Write what is ready without waiting, if the writer sleeps; the
