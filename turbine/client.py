@@ -370,12 +370,16 @@ async def open_client(
         liveness=liveness,
     )
     stream, proto, hello, login, sock = await client._dialer.dial(reconnect=reconnect or comes_back)
-    if client.spool is not None and client.spool.left.paths():
-        from ._blocking import run_blocking
+    try:  # a cancel before the client runs must not leave its socket open
+        if client.spool is not None and client.spool.left.paths():
+            from ._blocking import run_blocking
 
-        await run_blocking(client.spool.left.recover)
-    reader = client._attach(stream, proto, hello, login, sock)
-    await client._outbox.replay()  # nothing to replay yet: puts flow
+            await run_blocking(client.spool.left.recover)
+        reader = client._attach(stream, proto, hello, login, sock)
+        await client._outbox.replay()  # nothing to replay yet: puts flow
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     client._up.set()
     try:
         async with trio.open_nursery() as nursery:
