@@ -12,7 +12,7 @@ import gc
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -57,28 +57,6 @@ def _client_socket(client: Client) -> socket.socket:
     return socket.socket(fileno=client._stream.socket.fileno())
 
 
-def _socket_reader(
-    sock: trio.socket.SocketType, on_lost: Callable[[BaseException], object] = print
-) -> tuple[Reader, Connection]:
-    """A read loop of ``sock`` (an open connection, no requests written) and its protocol."""
-    proto = Connection(Role.CLIENT)
-    proto.state = State.OPEN
-    return Reader(sock, proto, "a test broker", Requests(proto, None), on_lost), proto  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _watching_steps(client: Client) -> Iterator[_Steps]:
-    """The steps of every task while in the block, the client's read loop's named so."""
-    sock = _client_socket(client)
-    steps = _Steps(sock, client._reader)
-    trio.lowlevel.add_instrument(steps)
-    try:
-        yield steps
-    finally:
-        trio.lowlevel.remove_instrument(steps)
-        sock.detach()
-
-
 async def _publish(broker: str, channel: str, items: list[bytes], flush_each: bool = True) -> None:
     async with open_client(broker, name="pub") as pub:
         src = await pub.open_source(SRC, channels={"a": "text/plain", "b": "text/plain"})
@@ -105,108 +83,19 @@ async def test_a_waiting_reader_gets_its_frame_in_the_pass_its_bytes_arrive(brok
 
                     nursery.start_soon(receive_one, name="consumer")
                     await trio.testing.wait_all_tasks_blocked()
-                    with _watching_steps(tb) as steps:
+                    sock = _client_socket(tb)
+                    steps = _Steps(sock, tb._reader)
+                    trio.lowlevel.add_instrument(steps)
+                    try:
                         await _publish(broker, "a", [b"one"])
                         await done.wait()
+                    finally:
+                        trio.lowlevel.remove_instrument(steps)
+                        sock.detach()
     assert got == [b"one"]
     after = steps.log[steps.log.index("readable") :]
     ours = [name for name in after if name in ("consumer", "read loop")]
     assert ours[0] == "consumer", ours[:3]
-
-
-async def test_the_read_loop_sleeps_while_its_subscription_is_iterated(broker):
-    """A consumer iterating its subscription reads every frame itself: the read
-    loop's task is not woken between frames (each wake-up was a task step and a
-    pass of the scheduler per frame), and every frame arrives in order."""
-    items = [b"%d" % i for i in range(20)]
-    with trio.fail_after(10):
-        async with open_client(broker, name="sub") as tb:
-            async with tb.subscribe(f"{SRC}/a", start="oldest") as sub:
-                got: list[bytes] = []
-                async with trio.open_nursery() as nursery:
-
-                    async def iterate() -> None:
-                        async for frame in sub:
-                            got.append(frame.data)
-                            if len(got) == len(items):
-                                return
-
-                    nursery.start_soon(iterate, name="consumer")
-                    await trio.testing.wait_all_tasks_blocked()
-                    with _watching_steps(tb) as steps:
-                        await _publish(broker, "a", items)  # a flush each: a batch each
-                assert (await tb.status())["clients"]  # requests go on meanwhile
-    assert got == items
-    assert steps.log.count("consumer") >= len(items)
-    assert "read loop" not in steps.log
-
-
-async def test_a_reader_waiting_on_its_queue_is_served_while_another_keeps_the_turn():
-    """A reader that got its batch keeps the socket only while nobody else needs
-    it read: one waiting for the read loop to deliver to its own feed gets its
-    frames although the first reader does not ask again."""
-    ours, theirs = trio.socket.socketpair()
-    with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
-        first = reader.feeds[1] = Feed(wait=reader.receive_for)
-        second = reader.feeds[2] = Feed(wait=reader.receive_for)
-        got: list[bytes] = []
-
-        async def send(sub: int, seq: int) -> None:
-            group = [SRC, "a", "text/plain", seq, [1000.0], [1], "w"]
-            await theirs.send(b"".join(encode_frames(sub, [group], [b"%d" % seq])))
-
-        async def once() -> None:
-            got.extend(frame.data for frame in await first.next_batch())
-            await trio.sleep_forever()  # elsewhere: never asks again
-
-        async def other() -> None:
-            for _ in range(2):
-                got.extend(frame.data for frame in await second.next_batch())
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(once)
-            await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(other)  # the socket is lent: it waits on its queue
-            await trio.testing.wait_all_tasks_blocked()
-            await send(1, 1)
-            await trio.testing.wait_all_tasks_blocked()
-            for seq in (2, 3):
-                await send(2, seq)
-                await trio.testing.wait_all_tasks_blocked()
-            assert got == [b"1", b"2", b"3"]
-            nursery.cancel_scope.cancel()
-
-
-async def test_a_failed_connection_ends_the_read_loop_while_a_reader_keeps_the_turn():
-    """The connection failing (every waiting request woken) wakes the read loop
-    a reader that got its batch kept asleep: it reads to the end and stops."""
-    ours, theirs = trio.socket.socketpair()
-    with ours, trio.fail_after(10):
-        lost: list[BaseException] = []
-        reader, _ = _socket_reader(ours, lost.append)
-        requests = reader.requests
-        feed = reader.feeds[1] = Feed(wait=reader.receive_for)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
-            await trio.testing.wait_all_tasks_blocked()
-            got: list[bytes] = []
-
-            async def once() -> None:
-                got.extend(frame.data for frame in await feed.next_batch())
-
-            nursery.start_soon(once)
-            await trio.testing.wait_all_tasks_blocked()
-            group = [SRC, "a", "text/plain", 1, [1000.0], [1], "w"]
-            await theirs.send(b"".join(encode_frames(1, [group], [b"x"])))
-            await trio.testing.wait_all_tasks_blocked()
-            assert got == [b"x"]
-            theirs.close()
-            requests.fail()  # what the client does when its connection fails
-            await reader.done.wait()
-        assert lost and "closed the connection" in str(lost[0])
 
 
 async def test_frames_for_another_subscription_keep_their_order_when_its_queue_fills(broker):
@@ -436,7 +325,9 @@ async def test_a_reader_asking_again_before_the_read_loop_runs_gets_the_batch_it
     monkeypatch.setattr(turbine._client_handles, "SUBSCRIPTION_QUEUE_BATCHES", 1)
     ours, theirs = trio.socket.socketpair()
     with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         feed = reader.feeds[1] = Feed(wait=reader.receive_for)
         reader._turn = Turn.FREE  # handed back; the read loop takes it when it next runs
         for seq in (1, 2, 3):  # three frames messages, read at once
@@ -480,7 +371,9 @@ async def test_a_reader_reads_again_at_once_while_a_message_is_part_way_in():
     publisher (its ring evicted frames it had not read)."""
     ours, theirs = trio.socket.socketpair()
     with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         small = [SRC, "a", "text/plain", 1, [1000.0], [1], "w"]
         await theirs.send(b"".join(encode_frames(1, [small], [b"x"])))
         await trio.lowlevel.wait_readable(ours)
@@ -501,7 +394,9 @@ async def test_a_feed_added_while_the_read_loop_waits_with_none_gets_its_frames_
     comes meanwhile waits for the loop to deliver, and gets every frame in order."""
     ours, theirs = trio.socket.socketpair()
     with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
             await trio.testing.wait_all_tasks_blocked()
@@ -554,7 +449,9 @@ async def test_a_large_frame_wakes_its_reader_once_its_rest_is_in():
     (4-8 reads and 2-5 waits per 1 MB frame, each a pass through the scheduler)."""
     ours, theirs = await tcp_pair()
     with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         size = 1_000_000
         large = [SRC, "a", "application/octet-stream", 2, [1000.0], [size], "w"]
         msg = b"".join(encode_frames(1, [large], [bytes(range(256)) * (size // 256) + bytes(64)]))
@@ -597,7 +494,9 @@ async def test_a_broker_closing_while_a_large_frames_rest_is_awaited_wakes_the_r
     closed connection still wakes the wait, and is reported as cut mid-message."""
     ours, theirs = await tcp_pair()
     with ours, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         msg = _large_message(1_000_000)
         await theirs.send(msg[:5000])
         await trio.lowlevel.wait_readable(ours)
@@ -620,7 +519,9 @@ async def test_a_frame_larger_than_the_socket_buffer_arrives_whole_under_the_mar
     ours, theirs = await tcp_pair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
     with ours, theirs, trio.fail_after(10):
-        reader, proto = _socket_reader(ours)
+        proto = Connection(Role.CLIENT)
+        proto.state = State.OPEN
+        reader = Reader(ours, proto, "a test broker", Requests(proto, None), print)  # type: ignore[arg-type]
         msg = _large_message(4 * 2**20)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_send_all, theirs, msg)

@@ -6,15 +6,6 @@ frame then reaches it in the scheduler pass its bytes arrive in, instead of
 the loop's task reading it and waking the reader one pass later (the
 latency of every subscription).  At most one task reads at a time; who does
 is the reader's :class:`Turn`.
-
-A reader that got its batch keeps the turn (``IDLE``) instead of waking the
-read loop's task: a consumer that asks for its next batch in the same step,
-as one iterating a subscription does, takes the socket again where it left
-it, and the loop's task sleeps through the frame (a wake-up, a task step and
-a pass of the scheduler less per frame).  The loop is woken as soon as anyone
-else needs the socket read: a request that waits for its reply
-(:meth:`Reader.reclaim`, called by :class:`Requests`), a reader waiting on
-another feed's queue, the link failing or closing.
 """
 
 from __future__ import annotations
@@ -22,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -53,7 +44,6 @@ class Turn:
     LOOP = "loop"  # the read loop's task: reading, or routing what it read
     WAITING = "waiting"  # the read loop, waiting for bytes: a subscription's reader may take over
     LENT = "lent"  # a subscription's reader that waits for its batch
-    IDLE = "idle"  # that reader got its batch and keeps the turn: the read loop sleeps on
     FREE = "free"  # given back: the read loop takes it when it next runs
     ENDED = "ended"  # the read loop is gone (the connection ended)
 
@@ -83,8 +73,7 @@ class Reader:
         self._sock = sock
         self._proto = proto
         self._address = address
-        #: The requests waiting for replies (which the read loop resolves).
-        self.requests = requests
+        self._requests = requests
         self._on_lost = on_lost
         self._direct = isinstance(sock, trio.socket.SocketType)
         #: The subscriptions to deliver to, by subscription id.
@@ -92,7 +81,6 @@ class Reader:
         self._turn = Turn.LOOP
         self._waiting: trio.CancelScope | None = None  # the loop's wait for bytes (WAITING)
         self._back = trio.Event()  # set when a lent socket is given back
-        self._queue_waiters = 0  # readers waiting on their feed's queue: the loop must read
         self._full: Full | None = None  # a delivery a subscription's reader left to the loop
         self._failure: BaseException | None = None  # what it met reading, for the loop to raise
         self._reads = SocketReads(sock, proto)
@@ -105,13 +93,12 @@ class Reader:
         # same error, as it would anyway).
         self._wake = functools.partial(trio.lowlevel.notify_closing, sock)
         self.done = trio.Event()  # :meth:`run` returned (the end, a failure, a cancel)
-        requests.wants_reading = self.reclaim
 
     async def run(self) -> None:
         """Read until the connection ends; then call ``on_lost`` (never raises)."""
         try:
             while True:
-                while self._turn is Turn.LENT or self._turn is Turn.IDLE:
+                while self._turn is Turn.LENT:
                     await self._back.wait()
                 if self._turn is Turn.ENDED:
                     return  # a subscription's reader met the end and reported it
@@ -133,14 +120,6 @@ class Reader:
         finally:
             self._turn = Turn.ENDED
             self.done.set()
-
-    def reclaim(self) -> None:
-        """Have the read loop read the socket again if a reader that got its batch
-        keeps it (``IDLE``): someone waits for what only the loop would read (a
-        reply, another feed's frames, the end).  Never waits."""
-        if self._turn is Turn.IDLE:
-            self._turn = Turn.FREE
-            self._back.set()
 
     def _closed(self) -> ConnectionFailed:
         return ConnectionFailed(f"the broker at {self._address} closed the connection")
@@ -178,7 +157,7 @@ class Reader:
         """Route complete messages until none is left; stop at a delivery to a
         full feed and return it (the caller waits for it, then goes on)."""
         proto = self._proto
-        handlers = _HANDLERS
+        handlers = self._handlers
         while (msg := proto.next_event()) is not NEED_DATA:
             handler = handlers.get(type(msg))
             if handler is None:
@@ -201,17 +180,14 @@ class Reader:
             trio.EndOfChannel: the feed ended and every batch was taken.
         """
         turn = self._turn
-        if turn is Turn.IDLE:
-            back = self._back  # kept since its last batch: the loop sleeps on, on this event
-        else:
-            if turn is Turn.WAITING:
-                if self._waiting is None:  # the loop waits with no feed: it delivers this one
-                    return await self._from_queue(feed)
-                self._waiting.cancel()  # its wait ends at once: it waits for the socket's return
-            elif turn is not Turn.FREE or self._full is not None:
-                return await self._from_queue(feed)  # what the loop was left to deliver goes first
-            self._back = back = trio.Event()
+        if turn is Turn.WAITING:
+            if self._waiting is None:  # the loop began its wait with no feed: it delivers this one
+                return await feed.channel.receive()
+            self._waiting.cancel()  # the loop's wait ends at once: it waits for the socket's return
+        elif turn is not Turn.FREE or self._full is not None:
+            return await feed.channel.receive()  # what the loop was left to deliver goes first
         self._turn = Turn.LENT
+        self._back = back = trio.Event()
         try:
             waited = woke = False
             while True:
@@ -240,8 +216,6 @@ class Reader:
                     continue
                 if not waited:
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                if not self._queue_waiters and not self.requests.outstanding:
-                    self._turn = Turn.IDLE  # (the finally below leaves it so)
                 return batch
         except LOST as exc:
             self._failure = exc
@@ -256,85 +230,71 @@ class Reader:
                 self._on_lost(_lost_error(failure, self._address))
             elif self._turn is Turn.LENT:
                 self._turn = Turn.FREE
-            if self._turn is not Turn.IDLE:
-                back.set()
-        return await self._from_queue(feed)
+            back.set()
+        return await feed.channel.receive()
 
-    async def _from_queue(self, feed: Feed) -> Iterable[Any]:
-        """The next batch the read loop delivers to ``feed``: while a reader waits so,
-        no reader keeps the turn idle (the loop must run)."""
-        self._queue_waiters += 1
-        try:
-            self.reclaim()
-            return await feed.channel.receive()
-        finally:
-            self._queue_waiters -= 1
+    def _on_frames(self, msg: Frames) -> Full | None:
+        if msg.sub is not None:
+            feed = self.feeds.get(msg.sub)
+            if feed is not None:
+                positions = feed.positions
+                if positions is not None:
+                    for group in msg.groups:
+                        positions[f"{group[0]}/{group[1]}"] = group[3] + len(group[4])
+                batch = feed.unpack(msg.groups, msg.payload)  # type: ignore[arg-type]  # (uncut)
+                try:
+                    feed.send_nowait(batch)
+                except trio.WouldBlock:
+                    return feed, batch
+                except trio.ClosedResourceError:
+                    pass  # its reader left without reading on: dropped
+        elif msg.id is not None:
+            self._requests.resolve(msg.id, msg)
+        else:
+            raise RemoteProtocolError(
+                "the broker sent frames for neither a subscription nor a fetch"
+            )
+        return None
 
-
-def _on_frames(reader: Reader, msg: Frames) -> Full | None:
-    if msg.sub is not None:
-        feed = reader.feeds.get(msg.sub)
+    def _on_gap(self, msg: GapReport) -> Full | None:
+        feed = self.feeds.get(msg.sub)
         if feed is not None:
-            positions = feed.positions
-            if positions is not None:
-                for group in msg.groups:
-                    positions[f"{group[0]}/{group[1]}"] = group[3] + len(group[4])
-            batch = feed.unpack(msg.groups, msg.payload)  # type: ignore[arg-type]  # (uncut)
+            if feed.positions is not None:
+                feed.positions[f"{msg.source}/{msg.channel}"] = msg.next_seq
+            batch: list[Any] = [
+                Gap(
+                    msg.source, msg.channel, msg.missed, msg.next_seq, msg.first_time, msg.last_time
+                )
+            ]
             try:
                 feed.send_nowait(batch)
             except trio.WouldBlock:
                 return feed, batch
             except trio.ClosedResourceError:
-                pass  # its reader left without reading on: dropped
-    elif msg.id is not None:
-        reader.requests.resolve(msg.id, msg)
-    else:
-        raise RemoteProtocolError("the broker sent frames for neither a subscription nor a fetch")
-    return None
+                pass
+        return None
 
+    def _on_ok(self, msg: Ok) -> None:
+        self._requests.resolve(msg.id, msg)
 
-def _on_gap(reader: Reader, msg: GapReport) -> Full | None:
-    feed = reader.feeds.get(msg.sub)
-    if feed is not None:
-        if feed.positions is not None:
-            feed.positions[f"{msg.source}/{msg.channel}"] = msg.next_seq
-        batch: list[Any] = [
-            Gap(msg.source, msg.channel, msg.missed, msg.next_seq, msg.first_time, msg.last_time)
-        ]
-        try:
-            feed.send_nowait(batch)
-        except trio.WouldBlock:
-            return feed, batch
-        except trio.ClosedResourceError:
-            pass
-    return None
+    def _on_error(self, msg: Error) -> None:
+        if msg.id is not None:
+            self._requests.resolve(msg.id, msg)
+        elif msg.sub is not None:  # the broker ended a subscription (a revoked right)
+            feed = self.feeds.get(msg.sub)
+            if feed is not None:
+                feed.close(RequestFailed(msg.message, msg.code))
+        elif msg.code == "protocol":
+            raise RemoteProtocolError(f"the broker reported: {msg.message}")
+        else:
+            self._requests.defer(RequestFailed(msg.message, msg.code))
 
-
-def _on_ok(reader: Reader, msg: Ok) -> None:
-    reader.requests.resolve(msg.id, msg)
-
-
-def _on_error(reader: Reader, msg: Error) -> None:
-    if msg.id is not None:
-        reader.requests.resolve(msg.id, msg)
-    elif msg.sub is not None:  # the broker ended a subscription (a revoked right)
-        feed = reader.feeds.get(msg.sub)
-        if feed is not None:
-            feed.close(RequestFailed(msg.message, msg.code))
-    elif msg.code == "protocol":
-        raise RemoteProtocolError(f"the broker reported: {msg.message}")
-    else:
-        reader.requests.defer(RequestFailed(msg.message, msg.code))
-
-
-#: What the read loop does with each kind of message the broker sends; each
-#: returns a delivery that has to wait (a full feed), if any.
-_HANDLERS: dict[type[Message], Callable[[Reader, Any], Full | None]] = {
-    Frames: _on_frames,
-    GapReport: _on_gap,
-    Ok: _on_ok,
-    Error: _on_error,
-}
+    _handlers: ClassVar[dict[type[Message], Callable[[Reader, Any], Full | None]]] = {
+        Frames: _on_frames,
+        GapReport: _on_gap,
+        Ok: _on_ok,
+        Error: _on_error,
+    }
 
 
 def _lost_error(exc: BaseException, address: str) -> TurbineError:

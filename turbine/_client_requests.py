@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from ._client_outbox import Outbox
@@ -18,10 +18,6 @@ R = TypeVar("R", bound=Message)
 
 #: How many put refusals a connection remembers for the puts that wait on them.
 REFUSALS_KEPT = 1024
-
-
-def _nothing() -> None:
-    pass
 
 
 def refused_path(error: RequestFailed) -> str | None:
@@ -60,10 +56,6 @@ class Requests:
         self._deferred: list[RequestFailed] = []
         self.refusals = 0  # put refusals received on this connection so far
         self._refused: deque[tuple[int, str, RequestFailed]] = deque(maxlen=REFUSALS_KEPT)
-        #: Called when the socket must be read for this connection: before a caller
-        #: waits for a reply, and when the connection fails (the read loop then
-        #: reads to its end).  The read loop's :meth:`~turbine._client_reader.Reader.reclaim`.
-        self.wants_reading: Callable[[], None] = _nothing
 
     @property
     def outstanding(self) -> bool:
@@ -116,7 +108,6 @@ class Requests:
         try:
             with self._replies.expect(rid) as pending:
                 mark = await self._outbox.send(self._proto.send(request), then_waits=True)
-                self.wants_reading()
                 *parts, msg = await pending.wait()
         except ReplyLost as lost:
             raise self._outbox.error or ConnectionFailed(lost.reason) from None
@@ -167,6 +158,5 @@ class Requests:
 
     def fail(self) -> None:
         """Wake every waiting caller: the connection failed (the outbox holds why)."""
-        self.wants_reading()
         self._replies.fail("the connection to the broker was closed")
         self._parts.clear()
