@@ -45,6 +45,7 @@ STRING_LIMITS: dict[str, int] = {
     "user": MAX_CLIENT_NAME_CHARS,
     "right": MAX_TOKEN_CHARS,
     "origin": MAX_NAME_CHARS,
+    "target": MAX_NAME_CHARS,
     "prefix": MAX_NAME_CHARS,
 }
 

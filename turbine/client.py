@@ -246,9 +246,10 @@ class Client(Writes):
 
     async def mirror_inside(
         self,
-        origin: str,
+        origin: str | None,
         patterns: list[str],
         *,
+        target: str | None = None,
         prefix: str = "",
         poll: float | None = None,
         retry: float | None = None,
@@ -256,7 +257,8 @@ class Client(Writes):
     ) -> dict[str, Any]:
         """Have the broker copy ``patterns`` from ``origin`` itself while this
         connection lasts (``turbine/_mirror_inside.py``); asked again, it says
-        what its mirror did since (the same arguments, else it refuses).
+        what its mirror did since (the same arguments, else it refuses).  With
+        ``target`` (and ``origin`` None) it pushes its own sources there instead.
 
         Raises:
             RequestFailed: a broker without inside mirrors, or other arguments
@@ -266,6 +268,7 @@ class Client(Writes):
             m.Mirror,
             m.Ok,
             origin=origin,
+            target=target,
             patterns=patterns,
             prefix=prefix or None,
             poll=poll,

@@ -214,15 +214,18 @@ class Acl(Request):
 
 
 class Mirror(Request):
-    """Run a pull mirror inside the broker while this connection lasts (the first
-    such request), or say how the one running does (every later one)."""
+    """Run a mirror inside the broker while this connection lasts (the first such
+    request), or say how the one running does (every later one): a pull from
+    ``origin``, or with ``target`` instead a push of this broker's sources there."""
 
-    origin: str
+    origin: str | None = None
+    #: Push: copy this broker's own sources to this broker (``HOST:PORT``).
+    target: str | None = None
     patterns: list[str]
     prefix: str | None = None
     poll: float | None = None
     retry: float | None = None
-    #: What the broker logs in to the origin with (None: no token).
+    #: What the broker logs in to the other broker with (None: no token).
     token: str | None = field(default=None, repr=False)
 
 
