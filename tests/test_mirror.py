@@ -47,9 +47,10 @@ class Reports:
             await self._changed.wait()
 
 
-@pytest.fixture(params=[False, True], ids=["process", "inside"])
-def inside(request) -> bool:
-    """Whether the mirror copies itself (a process of its own) or asks B to copy inside it."""
+@pytest.fixture(params=["", "to", "from"], ids=["process", "inside", "inside A"])
+def inside(request) -> str:
+    """Where the mirror copies: itself (a process of its own), or it asks B (``to``,
+    a pull) or A (``from``, a push) to copy inside it."""
     return request.param
 
 
@@ -355,7 +356,8 @@ def auth_table(**rights: str) -> AuthTable:
 async def test_with_access_control_the_mirror_reads_a_and_writes_b_as_its_own_users(
     inside, nursery
 ):
-    a = await start_broker(nursery, identity="aaaa", auth=auth_table(from_a='read = ["daq_*"]'))
+    a_users = auth_table(from_a='read = ["daq_*"]', to_b='write = ["daq_*"]')
+    a = await start_broker(nursery, identity="aaaa", auth=a_users)
     b_users = auth_table(to_b='write = ["daq_*"]', from_a='read = ["*"]')
     b = await start_broker(nursery, identity="bbbb", auth=b_users)
     admin, reader = MIRROR_TOKENS["admin"], MIRROR_TOKENS["from_a"]
@@ -374,14 +376,20 @@ async def test_with_access_control_the_mirror_reads_a_and_writes_b_as_its_own_us
                 b,
                 origin_token=reader,
                 target_token=reader,
-                copying=not inside,  # (inside, B refuses to start it)
+                copying=inside != "to",  # (inside B, B refuses to start it)
             )
             await reports.wait_for(
                 "user 'from_a' may not have this broker mirror: that takes the write right"
-                if inside  # (a user who may write nothing there may not ask B to connect)
+                if inside == "to"  # (a user who may write nothing there may not ask B to connect)
                 else f"not copying {SRC}: user 'from_a' .* takes the write right"
             )
             wrong.cancel()
+            if inside == "from":  # nor may a user who may read nothing on A ask A to push
+                wrong, reports = await start_mirror(
+                    inside, nursery, a, b, origin_token=MIRROR_TOKENS["to_b"], copying=False
+                )
+                await reports.wait_for("user 'to_b' may not have this broker mirror: .* read right")
+                wrong.cancel()
             assert "token-of" not in repr(MirrorConfig(a, b, origin_token=reader))
             await start_mirror(
                 inside,

@@ -62,9 +62,13 @@ def _prefix_callback(ctx: click.Context, param: click.Parameter, prefix: str) ->
 )
 @click.option(
     "--inside",
-    is_flag=True,
-    help="Have the target broker copy in its own process (a pull mirror without a "
-    "process and a socket hop of its own); this program asks it to and prints its reports.",
+    type=click.Choice(["to", "from"]),
+    is_flag=False,
+    flag_value="to",
+    default=None,
+    help="Have a broker copy in its own process, without a process and a socket hop "
+    "of its own: the target ('--inside' or '--inside to': it pulls) or the origin "
+    "('--inside from': it pushes); this program asks it to and prints its reports.",
 )
 def mirror(
     origin: str,
@@ -74,7 +78,7 @@ def mirror(
     poll: float,
     origin_token: str | None,
     target_token: str | None,
-    inside: bool,
+    inside: str | None,
 ) -> None:
     """Copy sources matching PATTERNS from one broker to another, now and as they grow.
 
@@ -93,7 +97,7 @@ def mirror(
         poll=poll,
         origin_token=origin_token,
         target_token=target_token,
-        inside=inside,
+        inside=inside or "",
     )
 
     run_until_stopped(

@@ -33,8 +33,9 @@ from . import messages as m
 from ._client_records import SourceInfo
 from ._constants import MAX_PATTERN_CHARS, MIRROR_INSIDE_REPORTS, MIRROR_POLL_S, MIRROR_RETRY_S
 from ._errors import RequestFailed
+from ._mirror_origin import LocalOrigin, listed
 from .checks import short
-from .mirror import MirrorConfig, MirrorStats, Target, run_mirror
+from .mirror import MirrorConfig, MirrorStats, Reader, Target, run_mirror
 from .names import check_source_name, source_pattern
 from .origin import Origin
 from .pacing import deliver_first
@@ -47,9 +48,12 @@ if TYPE_CHECKING:
     from .hub import Hub
     from .peer import Peer
     from .protocol import Connection
-    from .router import Waker
+    from .router import Readable, Waker
 
 log = logging.getLogger("turbine.mirror")
+
+#: The address a mirror inside a broker gives that broker (its side of the copy).
+HERE = "(this broker)"
 
 
 class _Broker(Protocol):
@@ -69,6 +73,8 @@ class Asker(Protocol):
     inside_mirror: Any
 
     def put_refused(self, access: Access, source: str, channel: str) -> RequestFailed: ...
+
+    def readable(self) -> Readable | None: ...
 
 
 class LocalTarget:
@@ -110,9 +116,7 @@ class LocalTarget:
         return self.hub.next_seqs(src)
 
     async def list_sources(self, pattern: str = "*") -> list[SourceInfo]:
-        access = self.conn.peer.access
-        readable = None if access is None else access.may_read
-        return [SourceInfo.from_dict(d) for d in self.hub.list_sources(pattern, readable)]
+        return listed(self.hub, pattern, self.conn.readable())
 
     async def put_copy(
         self,
@@ -209,12 +213,18 @@ class InsideMirror:
                     for name in target.opened:
                         conn.broker.hub.release(conn.peer, name)
 
+        @contextlib.asynccontextmanager
+        async def here() -> AsyncIterator[Reader]:
+            yield LocalOrigin(conn.broker.hub, conn.readable())
+
+        push = self.config.origin == HERE
         await run_mirror(
             self.config,
             stats=self.stats,
             report=self.report,
             task_status=self,  # type: ignore[arg-type]  # (its started() is all run_mirror calls)
-            target=local,
+            target=None if push else local,
+            origin=here if push else None,
         )
 
     def since(self) -> dict[str, Any]:
@@ -234,11 +244,19 @@ class InsideMirror:
 
 
 def mirror_config(msg: m.Mirror, client: str) -> MirrorConfig:
-    """The mirror a ``mirror`` request asks for (``client``: the asking client's name).
+    """The mirror a ``mirror`` request asks for (``client``: the asking client's name):
+    a pull from ``msg.origin``, or a push to ``msg.target``.
 
     Raises:
         ValueError: a pattern or a prefix that cannot be one (InvalidName).
+        RequestFailed: neither or both of origin and target (``request``).
     """
+    if (msg.origin is None) == (msg.target is None):
+        raise RequestFailed(
+            "a mirror request names the origin (this broker pulls) or the target "
+            "(this broker pushes), one of them",
+            "request",
+        )
     for pattern in msg.patterns:
         if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN_CHARS:
             raise ValueError(
@@ -248,15 +266,17 @@ def mirror_config(msg: m.Mirror, client: str) -> MirrorConfig:
         source_pattern(pattern)
     if msg.prefix:
         check_source_name(msg.prefix, lenient=True)
+    push = msg.target is not None
     return MirrorConfig(
-        msg.origin,
-        "(this broker)",
+        HERE if push else msg.origin,  # type: ignore[arg-type]  # (one is given)
+        msg.target if push else HERE,  # type: ignore[arg-type]
         tuple(msg.patterns) or ("*",),
         msg.prefix or "",
         poll=msg.poll if msg.poll is not None and msg.poll > 0 else MIRROR_POLL_S,
         retry=msg.retry if msg.retry is not None and msg.retry > 0 else MIRROR_RETRY_S,
         name=client,
-        origin_token=msg.token,
+        origin_token=None if push else msg.token,
+        target_token=msg.token if push else None,
     )
 
 
@@ -269,15 +289,19 @@ def on_mirror(conn: Asker, nursery: trio.Nursery, msg: m.Mirror) -> dict[str, An
             (``request``), or a user with no write right at all (``access``).
         ValueError: a bad pattern or prefix.
     """
+    config = mirror_config(msg, conn.peer.client)
     access = conn.peer.access
-    if access is not None and not (access.rights.write or access.admin):
+    push = config.origin == HERE
+    if access is not None and not (
+        (access.rights.read if push else access.rights.write) or access.admin
+    ):
         # (the broker connects where the request says: not for a user who could not copy)
+        right = "read right on the sources copied" if push else "write right on the copies' names"
         raise RequestFailed(
-            f"user {access.user!r} may not have this broker mirror: that takes the write "
-            "right on the copies' names (turbine acl grant USER write PATTERN)",
+            f"user {access.user!r} may not have this broker mirror: that takes the {right} "
+            f"(turbine acl grant USER {'read' if push else 'write'} PATTERN)",
             "access",
         )
-    config = mirror_config(msg, conn.peer.client)
     running: InsideMirror | None = conn.inside_mirror
     if running is None:
         conn.inside_mirror = running = InsideMirror(config)

@@ -11,16 +11,19 @@ continues where ``B`` stops: nothing lost that ``A`` still holds, nothing
 twice.  A source whose frames have been on ``B`` already (its origin or one
 of the brokers it passed through) is not copied: no loops.
 
-With ``inside`` the copying runs in ``B``'s own process (``turbine/_mirror_inside.py``):
-this program asks ``B`` to pull, and relays what it reports.
+With ``inside="to"`` the copying runs in ``B``'s own process
+(``turbine/_mirror_inside.py``): this program asks ``B`` to pull, and relays
+what it reports; with ``inside="from"`` it asks ``A`` to push, and ``A`` reads
+its own rings (``turbine/_mirror_origin.py``).
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import operator
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -54,9 +57,10 @@ class MirrorConfig:
     poll: float = MIRROR_POLL_S
     retry: float = MIRROR_RETRY_S
     name: str = "turbine-mirror"
-    #: Copy inside the target broker (a pull mirror without a process and a socket
-    #: hop of its own): this program asks ``B`` to, and relays its reports.
-    inside: bool = False
+    #: Copy inside a broker, without a process and a socket hop of its own: ``"to"``
+    #: the target (it pulls), ``"from"`` the origin (it pushes); this program asks it
+    #: to and relays its reports.  ``""``: copy in this process.  (True means ``"to"``.)
+    inside: str = attrs.field(default="", converter=lambda v: "to" if v is True else v or "")
     #: Log in to A / B with these (None: the token a client finds, see
     #: :func:`turbine.auth.find_token`); its user needs read on A, write on B.
     origin_token: str | None = attrs.field(default=None, repr=False)
@@ -74,6 +78,48 @@ class MirrorStats:
     sources: int = 0  # copies opened on the target
     frames: int = 0  # frames sent to the target
     skipped: dict[str, str] = attrs.field(factory=dict)  # source -> why it is not copied
+
+
+class Feed(Protocol):
+    """One channel of ``A`` as a session reads it, from a number on."""
+
+    async def receive_puts(self) -> list[GroupPut]:
+        """The frames that came since the last call (waits for some), as puts to ``B``."""
+        ...
+
+
+class Reader(Protocol):
+    """What a mirror session reads ``A`` through: a client of ``A``
+    (:class:`Subscribed`), or ``A``'s own hub when the mirror runs inside it."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    async def list_sources(self, pattern: str = "*") -> list[SourceInfo]: ...
+
+    def follow(self, path: str, start: int) -> AbstractAsyncContextManager[Feed]: ...
+
+
+class Subscribed:
+    """``A`` read over a socket: a subscription per channel, delivered in groups."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.status, self.list_sources = client.status, client.list_sources
+
+    @contextlib.asynccontextmanager
+    async def follow(self, path: str, start: int) -> AsyncIterator[Feed]:
+        async with self.client.subscribe(
+            path, start=start, groups=True, queue=MIRROR_QUEUE_BATCHES
+        ) as sub:
+            yield _Groups(sub)
+
+
+class _Groups:
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    async def receive_puts(self) -> list[GroupPut]:
+        return group_puts(await self.sub.receive_batch())
 
 
 class Target(Protocol):
@@ -248,12 +294,14 @@ async def run_mirror(
     report: Callable[[str], None] = log.info,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     target: Callable[[], AbstractAsyncContextManager[Target]] | None = None,
+    origin: Callable[[], AbstractAsyncContextManager[Reader]] | None = None,
 ) -> None:
     """Mirror until cancelled; a lost broker is connected again every ``config.retry`` s.
 
     ``task_status.started()`` is called once the first session copies.
     ``target`` opens what the copies are written through (by default a
-    client of ``config.target``).
+    client of ``config.target``), ``origin`` what they are read from (by
+    default a client of ``config.origin``).
 
     Never returns.  A source the target refuses to hold (held by another
     client, not a mirror of that origin, no memory, ...) is reported through
@@ -274,14 +322,16 @@ async def run_mirror(
             config.target, name=config.name, token=config.target_token, comes_back=True
         )
 
+    @contextlib.asynccontextmanager
+    async def from_a() -> AsyncIterator[Reader]:
+        async with open_client(config.origin, name=config.name, token=config.origin_token) as a:
+            yield Subscribed(a)
+
     while True:
         try:
             if config.inside:
                 await _ask_inside(config, stats, report, copying)
-            async with (
-                open_client(config.origin, name=config.name, token=config.origin_token) as a,
-                (target or to_b)() as b,
-            ):
+            async with (origin or from_a)() as a, (target or to_b)() as b:
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
         # several copying tasks see the same lost connection: report it once
@@ -298,19 +348,26 @@ async def _ask_inside(
     report: Callable[[str], None],
     copying: Callable[[], None],
 ) -> None:
-    """Have ``B`` copy, and relay what it did every ``config.poll`` s (never returns).
+    """Have ``B`` copy (``A`` with ``inside="from"``), and relay what it did every
+    ``config.poll`` s (never returns).
 
-    The copying lasts as long as this connection to ``B``; asked again over a
-    new one (the client reconnects), ``B`` starts it again, from where its copy stops.
+    The copying lasts as long as this connection; asked again over a new one
+    (the client reconnects), the broker starts it again, from where the copy stops.
     """
-    token = config.origin_token if config.origin_token is not None else find_token()
-    async with open_client(
-        config.target, name=config.name, token=config.target_token, comes_back=True
-    ) as b:
+    push = config.inside == "from"
+    # (this program logs in where the broker copies; the broker, with the token sent, at the other)
+    here, here_token, there, there_token = (
+        (config.origin, config.origin_token, config.target, config.target_token)
+        if push
+        else (config.target, config.target_token, config.origin, config.origin_token)
+    )
+    token = there_token if there_token is not None else find_token()
+    async with open_client(here, name=config.name, token=here_token, comes_back=True) as b:
         while True:
             done = await b.mirror_inside(
-                config.origin,
+                None if push else there,
                 list(config.patterns),
+                target=there if push else None,
                 prefix=config.prefix,
                 poll=config.poll,
                 retry=config.retry,
@@ -333,7 +390,7 @@ class _Session:
     def __init__(
         self,
         config: MirrorConfig,
-        a: Client,
+        a: Reader,
         b: Target,
         stats: MirrorStats,
         report: Callable[[str], None],
@@ -416,11 +473,9 @@ class _Session:
         """Copy ``source/channel`` from number ``start`` on, as the frames arrive."""
         target = self.config.target_name(source)
         put: Callable[..., Awaitable[None]] = self.b.put_copy
-        async with self.a.subscribe(
-            f"{source}/{channel}", start=start, groups=True, queue=MIRROR_QUEUE_BATCHES
-        ) as sub:
+        async with self.a.follow(f"{source}/{channel}", start) as feed:
             while True:
-                for p in group_puts(await sub.receive_batch()):
+                for p in await feed.receive_puts():
                     await put(
                         target,
                         channel,
