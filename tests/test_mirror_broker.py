@@ -193,8 +193,9 @@ def test_ls_says_where_a_mirrored_source_comes_from():
         [TURBINE, "mirror"],
         [sys.executable, "-m", "components.mirror"],
         [TURBINE, "mirror", "--inside"],
+        [TURBINE, "mirror", "--inside", "from"],
     ],
-    ids=["turbine mirror", "mcp program kind mirror", "inside the target"],
+    ids=["turbine mirror", "mcp program kind mirror", "inside the target", "inside the origin"],
 )
 def test_a_mirror_copies_between_two_serve_processes_and_stops_on_sigterm(command):
     a, b = Serve(), Serve()

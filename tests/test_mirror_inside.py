@@ -71,3 +71,40 @@ async def test_with_access_control_a_user_who_may_write_nothing_may_not_ask(nurs
             assert refused.value.code == "access"
         async with open_client(b, token=MIRROR_TOKENS["admin"]) as admin:
             assert (await asked(admin, a, "daq_*"))["reports"] == []
+
+
+async def test_asked_with_a_target_the_broker_pushes_its_own_sources_there(nursery):
+    a = await start_broker(nursery, identity="aaaa")
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(20):
+        async with (
+            open_client(a, name="daq") as pa,
+            open_client(a, name="pusher") as asker,
+            open_client(b) as rb,
+        ):
+            src = await pa.open_source(SRC)
+            await src.put("x", b"before")
+            await pa.flush()
+            first = await asked(asker, None, "daq_*", target=b)
+            async with rb.subscribe(f"{SRC}/x", start=1) as sub:
+                assert (await sub.receive()).data == b"before"
+                await src.put("x", b"after")
+                frame = await sub.receive()
+                assert (frame.seq, frame.data) == (2, b"after")
+            later = await asked(asker, None, "daq_*", target=b)
+            assert (first["reports"] + later["reports"])[0] == (
+                f"mirror: copying {SRC} to {SRC} ({SRC} on broker aaaa)"
+            )
+            (info,) = await rb.list_sources(SRC)
+            assert info.holder.startswith("pusher#")  # A's client of B, in the asker's name
+            assert info.mirror is not None
+
+
+async def test_a_mirror_request_names_either_its_origin_or_its_target(nursery):
+    a = await start_broker(nursery, identity="aaaa")
+    with trio.fail_after(20):
+        async with open_client(a) as asker:
+            for origin, target in ((None, None), (a, a)):
+                with pytest.raises(RequestFailed, match="one of them") as bad:
+                    await asked(asker, origin, "daq_*", target=target)
+                assert bad.value.code == "request"
