@@ -12,13 +12,20 @@ from turbine.testing import start_broker
 SRC = "daq_rig_data_source"
 
 
+@pytest.fixture
+async def brokers(nursery) -> tuple[str, str]:
+    """A (the origin) and B (the target)."""
+    return await start_broker(nursery, identity="aaaa"), await start_broker(
+        nursery, identity="bbbb"
+    )
+
+
 async def asked(tb, origin, *patterns, **fields):
     return await tb.mirror_inside(origin, list(patterns), poll=0.02, retry=0.02, **fields)
 
 
-async def test_each_ask_says_what_the_mirror_inside_did_since_the_last(nursery):
-    a = await start_broker(nursery, identity="aaaa")
-    b = await start_broker(nursery, identity="bbbb")
+async def test_each_ask_says_what_the_mirror_inside_did_since_the_last(brokers):
+    a, b = brokers
     with trio.fail_after(20):
         async with (
             open_client(a, name="daq") as pa,
@@ -46,9 +53,8 @@ async def test_each_ask_says_what_the_mirror_inside_did_since_the_last(nursery):
             assert info.holder.startswith("puller#")  # the asker holds the copy
 
 
-async def test_a_connection_runs_one_mirror_and_refuses_a_bad_one(nursery):
-    a = await start_broker(nursery, identity="aaaa")
-    b = await start_broker(nursery, identity="bbbb")
+async def test_a_connection_runs_one_mirror_and_refuses_a_bad_one(brokers):
+    a, b = brokers
     with trio.fail_after(20):
         async with open_client(b) as pb:
             with pytest.raises(RequestFailed, match="pattern") as bad:
@@ -73,9 +79,8 @@ async def test_with_access_control_a_user_who_may_write_nothing_may_not_ask(nurs
             assert (await asked(admin, a, "daq_*"))["reports"] == []
 
 
-async def test_asked_with_a_target_the_broker_pushes_its_own_sources_there(nursery):
-    a = await start_broker(nursery, identity="aaaa")
-    b = await start_broker(nursery, identity="bbbb")
+async def test_asked_with_a_target_the_broker_pushes_its_own_sources_there(brokers):
+    a, b = brokers
     with trio.fail_after(20):
         async with (
             open_client(a, name="daq") as pa,
