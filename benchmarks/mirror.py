@@ -92,25 +92,29 @@ class Model:
     site_b: Cpus = None
 
     def placements(self) -> list[Place]:
-        """The mirror's places in this model: a process beside A or B, or inside B."""
-        inside = Place(f"inside B (CPU {cpus_text(self.site_b)})", self.site_b, inside=True)
+        """The mirror's places in this model: a process beside A or B, or inside B or A."""
+        inside = [
+            Place(f"inside B (CPU {cpus_text(self.site_b)})", self.site_b, inside="to"),
+            Place(f"inside A (CPU {cpus_text(self.site_a)})", self.site_a, inside="from"),
+        ]
         if self.site_a == self.site_b:
-            return [Place("push = pull", self.site_a), inside]
+            return [Place("push = pull", self.site_a), *inside]
         return [
             Place(f"push (CPU {cpus_text(self.site_a)})", self.site_a),
             Place(f"pull (CPU {cpus_text(self.site_b)})", self.site_b),
-            inside,
+            *inside,
         ]
 
 
 @dataclass(frozen=True)
 class Place:
-    """Where a run's mirror goes: its label, its CPUs, and whether broker B copies
-    itself (``turbine mirror --inside``: the program only asks B to)."""
+    """Where a run's mirror goes: its label, its CPUs, and whether broker B
+    (``"to"``) or A (``"from"``) copies itself (``turbine mirror --inside to|from``:
+    the program only asks it to)."""
 
     label: str
     cpus: Cpus
-    inside: bool = False
+    inside: str = ""
 
 
 def cpus_text(cpus: Cpus) -> str:
@@ -253,7 +257,7 @@ def mirror_process(a: str, b: str, place: Place = Place("", None)):
     """A mirror at ``place``, as one runs by default: it lists A (and flushes B)
     once a second.  (At ``--poll 0.05`` those took 10 % of the mirror's samples
     in a slow, loaded 100 KB run, work a deployed mirror does not do.)"""
-    inside = ("--inside",) if place.inside else ()
+    inside = ("--inside", place.inside) if place.inside else ()
     return process(TURBINE, "mirror", "--from", a, "--to", b, "daq_*", *inside, cpus=place.cpus)
 
 
