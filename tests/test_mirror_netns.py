@@ -77,7 +77,7 @@ def frames(first: int, last: int) -> list[list[object]]:
 
 def start_mirror(link: Link, push: bool = False, inside: bool = False) -> subprocess.Popen[str]:
     """The mirror beside B (pull), across the link from A; or beside A (``push``),
-    across the link from B; ``inside``: B copies itself, asked by the mirror."""
+    across the link from B; ``inside``: B (A when pushing) copies itself, asked by the mirror."""
     near, far = "127.0.0.1", link.addr_b if push else link.addr_a
     origin, target = (near, far) if push else (far, near)
     return link.start(
@@ -91,7 +91,7 @@ def start_mirror(link: Link, push: bool = False, inside: bool = False) -> subpro
         "--poll",
         "0.1",
         "daq_*",
-        *(["--inside"] if inside else []),
+        *(["--inside", "from" if push else "to"] if inside else []),
     )
 
 
@@ -356,23 +356,28 @@ def test_the_mirror_recovers_after_the_link_is_cut_for_10_s(link, tmp_path, insi
     assert mirror.poll() is None  # still running
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["process", "inside A"])
 @pytest.mark.parametrize("shaper", [probe().shaper])
-def test_a_push_mirror_resumes_within_seconds_after_a_10_s_cut(link, tmp_path, shaper):
+def test_a_push_mirror_resumes_within_seconds_after_a_10_s_cut(link, tmp_path, shaper, inside):
     """The mirror beside A puts to B across the link.  Cut silently in the middle
     of B's replies, B's end of the mirror's connection lives on seconds after the
     mend (its resends wait out TCP's back-off), still holding the copy: the
     mirror's next session says it comes back, so B gives it the copy its silent
-    connection holds (docs/protocol.rst, Transport) instead of refusing it."""
+    connection holds (docs/protocol.rst, Transport) instead of refusing it.
+    ``inside``: A pushes itself, asked by the mirror beside it."""
     if probe().why_no_shaper:
         pytest.skip(probe().why_no_shaper)
     path = Lossy.shape(link)
     serve(link, link.a, "127.0.0.1")
     serve(link, link.b, "0.0.0.0")
-    mirror = start_mirror(link, push=True)
+    mirror = start_mirror(link, push=True, inside=inside)
     steady = Steady(link, tmp_path, link.b, link.a, f"127.0.0.1:{PORT}")
     _, mended, caught_up = steady.cut(path, b_first=True)
     back = caught_up - mended
-    print(f"{shaper}: push mirror, B had a frame put after the mend {back:.1f} s after it")
+    print(
+        f"{shaper}: push mirror ({'inside A' if inside else 'process'}), B had a frame put"
+        f" after the mend {back:.1f} s after it"
+    )
     # every frame on B, once, in order, under its number on A
     got, _ = steady.frames()
     assert len(got) >= RATE * (BEFORE_CUT + CUT) / 2  # the producer's pace is real time
