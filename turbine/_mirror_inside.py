@@ -1,7 +1,10 @@
-"""A pull mirror inside the target broker: the ``mirror`` request.
+"""A mirror inside a broker: the ``mirror`` request.
 
-``turbine mirror --inside`` asks the target broker ``B`` to copy from ``A``
-itself: ``B`` runs :func:`turbine.mirror.run_mirror` in the asking
+``turbine mirror --inside from`` asks the origin ``A`` to push its own sources
+to ``B`` (the reader of ``A``'s rings is ``turbine/_mirror_origin.py``; the
+rest is :func:`~turbine.mirror.run_mirror` with a client of ``B``, in the
+asking connection's nursery).  ``turbine mirror --inside`` (``--inside to``)
+asks the target broker ``B`` to copy from ``A`` itself: ``B`` runs :func:`turbine.mirror.run_mirror` in the asking
 connection's nursery, writing through a :class:`LocalTarget`, which opens
 the copies and stores their frames in ``B``'s hub as that connection's peer
 would by its requests and puts (the copies are held by it, under its user's
