@@ -7,10 +7,12 @@ import functools
 import tracemalloc
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from tests.test_mirror_catch_up import StuckTarget
+from turbine import RequestFailed
 from turbine._mirror_origin import LocalOrigin
 from turbine.hub import Hub
 from turbine.mirror import MirrorConfig, run_mirror
@@ -136,3 +138,17 @@ async def test_inside_a_a_target_that_takes_nothing_leaves_the_mirror_holding_li
     # one batch (at most 1 MiB, views of A's ring) in hand: nothing read ahead, no copy
     assert target.frames["x"] <= 11
     assert held < 2**20, f"the mirror holds {held / 2**20:.1f} MiB"
+
+
+async def test_a_read_right_revoked_ends_the_feed_with_an_access_error():
+    hub = hub_with_source()
+    put(hub, "x", b"one")
+    allowed = {SRC}
+    with trio.fail_after(5):
+        async with LocalOrigin(hub, allowed.__contains__).follow(f"{SRC}/x", 1) as feed:
+            assert len(frames(await feed.receive_puts())) == 1
+            allowed.clear()  # (turbine acl revoke: the user's access answers no)
+            put(hub, "x", b"two")
+            with pytest.raises(RequestFailed, match="may no longer read") as ended:
+                await feed.receive_puts()
+            assert ended.value.code == "access"

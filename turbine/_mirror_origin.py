@@ -29,6 +29,7 @@ import trio
 
 from ._client_records import SourceInfo
 from ._constants import DELIVERY_BATCH_BYTES, DELIVERY_BATCH_FRAMES
+from ._errors import RequestFailed
 from .mirror import Feed, GroupPut
 from .payloads import buffers_of, total_bytes
 from .router import Cursor, Subscription
@@ -93,11 +94,22 @@ class LocalFeed:
         """The frames put since the last call (waits for one), as puts to ``B``.
 
         Cancellation: safe; frames not returned are read again by the next call.
+
+        Raises:
+            RequestFailed: the user may no longer read the source (``access``), as
+                a subscription of that user's connection ends.
         """
+        readable = self.sub.readable
         while True:
             self._woken = trio.Event()  # (a put from here on wakes the wait below)
             puts: list[GroupPut] = []
             for cur in list(self.sub.cursors.values()):
+                source = cur.channel.source_name
+                if readable is not None and not readable(source):  # (a right revoked)
+                    raise RequestFailed(
+                        f"copying {source} ended: the mirror's user may no longer read it",
+                        "access",
+                    )
                 puts += await _read(cur)
             if puts:
                 return puts
