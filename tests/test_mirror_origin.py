@@ -12,11 +12,14 @@ import trio
 import trio.testing
 
 from tests.test_mirror_catch_up import StuckTarget
-from turbine import RequestFailed
+from turbine import RequestFailed, open_client
 from turbine._mirror_origin import LocalOrigin
+from turbine.archive import open_archive
+from turbine.archive._store import TieredStores
 from turbine.hub import Hub
 from turbine.mirror import MirrorConfig, run_mirror
 from turbine.peer import Peer
+from turbine.testing import start_broker
 
 SRC, SECRET = "daq_rig_data_source", "video_cam_data_source"
 DAQ = Peer(1, name="daq")
@@ -152,3 +155,22 @@ async def test_a_read_right_revoked_ends_the_feed_with_an_access_error():
             with pytest.raises(RequestFailed, match="may no longer read") as ended:
                 await feed.receive_puts()
             assert ended.value.code == "access"
+
+
+async def test_inside_a_frames_only_on_a_disk_are_copied_from_there(nursery, tmp_path):
+    async with open_archive(tmp_path / "a") as on_a, open_archive(tmp_path / "b") as on_b:
+        a = await start_broker(nursery, store=TieredStores(on_a), identity="aaaa")
+        b = await start_broker(nursery, store=TieredStores(on_b), identity="bbbb")
+        with trio.fail_after(20):
+            async with open_client(a, name="daq") as pa, open_client(b) as rb:
+                src = await pa.open_source(SRC, cache_frames=4)  # memory keeps the newest 4
+                for i in range(1, 41):
+                    await src.put("x", b"%d" % i)
+                await pa.flush()
+                config = MirrorConfig(a, b, ("daq_*",), poll=0.02, retry=0.02, inside="from")
+                await nursery.start(functools.partial(run_mirror, config, report=lambda _: None))
+                async with rb.subscribe(f"{SRC}/x", start=40) as sub:
+                    await sub.receive()  # the last frame is on B
+                await rb.flush()
+                got = await rb.fetch(f"{SRC}/x", oldest=100)  # (B's memory keeps 4 too)
+                assert [(f.seq, f.data) for f in got] == [(i, b"%d" % i) for i in range(1, 41)]
