@@ -174,3 +174,13 @@ async def test_inside_a_frames_only_on_a_disk_are_copied_from_there(nursery, tmp
                 await rb.flush()
                 got = await rb.fetch(f"{SRC}/x", oldest=100)  # (B's memory keeps 4 too)
                 assert [(f.seq, f.data) for f in got] == [(i, b"%d" % i) for i in range(1, 41)]
+
+
+def test_a_mirror_copies_inside_the_target_the_origin_or_neither():
+    assert [MirrorConfig("a:1", "b:2", inside=v).inside for v in (True, False, "from")] == [
+        "to",
+        "",
+        "from",
+    ]
+    with pytest.raises(ValueError, match="inside"):
+        MirrorConfig("a:1", "b:2", inside="sideways")

@@ -60,7 +60,11 @@ class MirrorConfig:
     #: Copy inside a broker, without a process and a socket hop of its own: ``"to"``
     #: the target (it pulls), ``"from"`` the origin (it pushes); this program asks it
     #: to and relays its reports.  ``""``: copy in this process.  (True means ``"to"``.)
-    inside: str = attrs.field(default="", converter=lambda v: "to" if v is True else v or "")
+    inside: str = attrs.field(
+        default="",
+        converter=lambda v: "to" if v is True else v or "",
+        validator=attrs.validators.in_(("", "to", "from")),
+    )
     #: Log in to A / B with these (None: the token a client finds, see
     #: :func:`turbine.auth.find_token`); its user needs read on A, write on B.
     origin_token: str | None = attrs.field(default=None, repr=False)
