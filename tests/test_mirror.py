@@ -342,15 +342,17 @@ async def test_a_mirror_stopped_lets_go_of_its_copies_at_once(inside, nursery, b
 MIRROR_TOKENS = {u: f"token-of-{u}-0123456789abcdef" for u in ("admin", "from_a", "to_b")}
 
 
-def auth_table(**rights: str) -> AuthTable:
+def auth_text(**rights: str) -> str:
     """An auth file with ``admin`` (every right) and the given users' rights."""
     rights = {"admin": 'admin = true\nread = ["*"]\nwrite = ["*"]\ncommand = ["*"]', **rights}
-    return AuthTable.from_toml(
-        "\n".join(
-            f'[users.{u}]\ntoken_sha256 = "{token_hash(MIRROR_TOKENS[u])}"\n{r}\n'
-            for u, r in rights.items()
-        )
+    return "\n".join(
+        f'[users.{u}]\ntoken_sha256 = "{token_hash(MIRROR_TOKENS[u])}"\n{r}\n'
+        for u, r in rights.items()
     )
+
+
+def auth_table(**rights: str) -> AuthTable:
+    return AuthTable.from_toml(auth_text(**rights))
 
 
 async def test_with_access_control_the_mirror_reads_a_and_writes_b_as_its_own_users(

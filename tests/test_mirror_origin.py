@@ -11,11 +11,13 @@ import pytest
 import trio
 import trio.testing
 
+from tests.test_mirror import MIRROR_TOKENS, Reports, auth_text
 from tests.test_mirror_catch_up import StuckTarget
 from turbine import RequestFailed, open_client
 from turbine._mirror_origin import LocalOrigin
 from turbine.archive import open_archive
 from turbine.archive._store import TieredStores
+from turbine.auth import AuthTable
 from turbine.hub import Hub
 from turbine.mirror import MirrorConfig, run_mirror
 from turbine.peer import Peer
@@ -184,3 +186,33 @@ def test_a_mirror_copies_inside_the_target_the_origin_or_neither():
     ]
     with pytest.raises(ValueError, match="inside"):
         MirrorConfig("a:1", "b:2", inside="sideways")
+
+
+async def test_inside_a_a_revoked_read_right_stops_the_copy_of_that_source(nursery, tmp_path):
+    path = tmp_path / "auth.toml"
+    # (a read right on video_* is left after the revoke: A still takes the program's asks)
+    path.write_text(auth_text(from_a='read = ["daq_*", "video_*"]'))
+    a = await start_broker(nursery, identity="aaaa", auth=AuthTable.load(path))
+    b = await start_broker(nursery, identity="bbbb")
+    with trio.fail_after(20):
+        async with (
+            open_client(a, name="daq", token=MIRROR_TOKENS["admin"]) as pa,
+            open_client(b) as rb,
+        ):
+            src = await pa.open_source(SRC)
+            await src.put("x", b"1")
+            await pa.flush()
+            reports = Reports()
+
+            config = MirrorConfig(
+                a, b, ("daq_*",), poll=0.02, retry=0.02, inside="from",
+                origin_token=MIRROR_TOKENS["from_a"],
+            )  # fmt: skip
+            await nursery.start(functools.partial(run_mirror, config, report=reports))
+            async with rb.subscribe(f"{SRC}/x", start=1) as sub:
+                assert (await sub.receive()).data == b"1"
+            await pa.acl("revoke", "from_a", "read", "daq_*")
+            await src.put("x", b"2")
+            await pa.flush()
+            await reports.wait_for(f"copying {SRC} ended: the mirror's user may no longer read it")
+            assert [f.data for f in await rb.fetch(f"{SRC}/x", oldest=10)] == [b"1"]
