@@ -32,6 +32,7 @@ import trio
 
 from ._log import SourceLog
 from ._ops import Op, WriteFailed
+from ._worker import in_thread
 
 #: A source whose writes failed is retried this often (disk full: until space returns).
 RETRY_S = 1.0
@@ -129,6 +130,7 @@ class GroupCommit:
     sync_seconds: float
     last_sync_seconds: float | None
     _queues: dict[str, SourceQueue]
+    _dirty: dict[str, SourceQueue]
     _work: trio.Event
     _wake: trio.Event
     _progress: trio.Event
@@ -157,72 +159,88 @@ class GroupCommit:
 
     async def _commit_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        while True:
-            failing = any(q.error for q in self._queues.values())
-            with trio.move_on_after(RETRY_S if failing else float("inf")):
-                await self._work.wait()  # something queued or asked
-            with trio.move_on_after(COMMIT_DELAY_S):
-                await self._wake.wait()  # someone waits, or enough is queued
+        while True:  # (an event already set is not waited for: a step of this task fewer)
+            if not self._work.is_set():  # something queued or asked; failed writes: retried
+                with trio.move_on_after(RETRY_S if self._dirty else float("inf")):
+                    await self._work.wait()
+            if not self._wake.is_set():  # someone waits, or enough is queued
+                with trio.move_on_after(COMMIT_DELAY_S):
+                    await self._wake.wait()
             self._work, self._wake = trio.Event(), trio.Event()
             await self._commit_once()
 
     async def _commit_once(self) -> None:
-        async with self._io:  # ops are taken and put back under the lock: order is kept
-            doomed, self._doomed = self._doomed, []
-            for q in doomed:  # before any write: a source of that name may be new
-                await trio.to_thread.run_sync(remove_files, q)
-                self._deletions_done += 1
-            work = [(q, q.ops, q.sizes) for q in self._queues.values() if q.ops]
-            if not work:
-                if doomed:
-                    self._progressed()
-                return
-            for q, _, _ in work:
-                q.ops, q.sizes = [], []
-            self._queued = 0
-            sync = self.config.sync is SyncPolicy.ALWAYS
-            now = self.clock()
-            done: list[tuple[int, str | None]] = [(0, None)] * len(work)
+        # Ops are taken and put back under the lock: order is kept.  Uncontended
+        # (the usual case) it is taken without a checkpoint.
+        try:
+            self._io.acquire_nowait()
+        except trio.WouldBlock:
+            await self._io.acquire()
+        try:
+            if await self._commit_locked():
+                self._progressed()
+        finally:
+            self._io.release()
+
+    async def _commit_locked(self) -> bool:
+        """Delete what is doomed, then write and sync every queued op: whether anything was done."""
+        doomed, self._doomed = self._doomed, []
+        for q in doomed:  # before any write: a source of that name may be new
+            await trio.to_thread.run_sync(remove_files, q)
+            self._deletions_done += 1
+        if not self._dirty:
+            return bool(doomed)
+        work = [(q, q.ops, q.sizes) for q in self._dirty.values()]
+        self._dirty = {}
+        for q, _, _ in work:
+            q.ops, q.sizes = [], []
+        self._queued = 0
+        sync = self.config.sync is SyncPolicy.ALWAYS
+        now = self.clock()
+        if len(work) == 1:  # one hand-off to a worker thread and back: its write and sync
+            q, ops, _ = work[0]
+            done = [await in_thread(_write, q, ops, sync, now)]
+        else:
+            done = [(0, None)] * len(work)
 
             async def write(i: int, q: SourceQueue, ops: list[Op]) -> None:
-                done[i] = await trio.to_thread.run_sync(_write, q, ops, sync, now)
+                done[i] = await in_thread(_write, q, ops, sync, now)
 
             async with trio.open_nursery() as nursery:  # sources in parallel: their syncs overlap
                 for i, (q, ops, _) in enumerate(work):
                     nursery.start_soon(write, i, q, ops)
-            self.commits += 1
-            took = [
-                q.sync_took
-                for (q, _, _), (_, error) in zip(work, done, strict=True)
-                if error is None
-            ]
-            if sync and took:  # the sources synced in parallel: the commit waited for the slowest
-                self._synced(max(took))
-            for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
-                q.written += written
-                done_bytes = sum(sizes[:written])
-                self.bytes_written += done_bytes
-                q.pending -= done_bytes
-                per_channel = q.channel_pending
-                for op, size in zip(ops[:written], sizes[:written], strict=True):
-                    if size:  # (a put)
-                        channel = op.channel  # type: ignore[union-attr]
-                        left = per_channel[channel] - size
-                        if left:
-                            per_channel[channel] = left
-                        else:  # all written: a channel gone keeps no entry
-                            del per_channel[channel]
-                if sync and error is None:
-                    q.durable = q.written
-                    q.last_sync = self.clock()
-                q.error = error
-                if written < len(ops):
-                    if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
-                        q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
-                        self._queued += sum(sizes[written:])
-            self._written_at.append((self.clock(), self.bytes_written))
-            self._write_rate()  # (drops samples older than the window)
-        self._progressed()
+        self.commits += 1
+        took = [
+            q.sync_took for (q, _, _), (_, error) in zip(work, done, strict=True) if error is None
+        ]
+        if sync and took:  # the sources synced in parallel: the commit waited for the slowest
+            self._synced(max(took))
+        for (q, ops, sizes), (written, error) in zip(work, done, strict=True):
+            q.written += written
+            done_bytes = sum(sizes[:written])
+            self.bytes_written += done_bytes
+            q.pending -= done_bytes
+            per_channel = q.channel_pending
+            for op, size in zip(ops[:written], sizes[:written], strict=True):
+                if size:  # (a put)
+                    channel = op.channel  # type: ignore[union-attr]
+                    left = per_channel[channel] - size
+                    if left:
+                        per_channel[channel] = left
+                    else:  # all written: a channel gone keeps no entry
+                        del per_channel[channel]
+            if sync and error is None:
+                q.durable = q.written
+                q.last_sync = self.clock()
+            q.error = error
+            if written < len(ops):
+                if self._queues.get(q.name) is q:  # (not deleted meanwhile) for the retry
+                    q.ops, q.sizes = ops[written:] + q.ops, sizes[written:] + q.sizes
+                    self._queued += sum(sizes[written:])
+                    self._dirty[q.name] = q
+        self._written_at.append((self.clock(), self.bytes_written))
+        self._write_rate()  # (drops samples older than the window)
+        return True
 
     async def _sync_loop(self) -> None:
         """Under ``SyncPolicy.INTERVAL``: sync whatever was written, every interval."""
