@@ -48,8 +48,11 @@ class Archive(GroupCommit, Backlog):
         #: The sources with ops queued (the next commit's), in the order they came.
         self._dirty: dict[str, SourceQueue] = {}
         self.broken: dict[str, str] = {}  # source -> why its archive could not be opened
-        self._work = trio.Event()  # set when something is queued or asked
         self._wake = trio.Event()  # set when the next commit should start at once
+        #: The commit loop's wait for the next commit; its deadline is when puts
+        #: that nobody waits for are committed (at most COMMIT_DELAY_S after the first).
+        self._gather = trio.CancelScope()
+        self._gather_since: float | None = None  # when the first op since the last commit came
         self._queued = 0  # payload bytes queued and not yet taken by a commit, all sources
         self._commit_bytes = min(COMMIT_BYTES, config.max_backlog // 8)  # queued: commit now
         self._progress = trio.Event()
@@ -129,7 +132,8 @@ class Archive(GroupCommit, Backlog):
         q.pending += size
         q.appended += 1
         self._queued += size
-        self._work.set()
+        if self._gather_since is None:
+            self._gathering()
         if self._queued >= self._commit_bytes:
             self._wake.set()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import enum
 import errno
+import math
 import os
 import shutil
 import time
@@ -131,8 +132,9 @@ class GroupCommit:
     last_sync_seconds: float | None
     _queues: dict[str, SourceQueue]
     _dirty: dict[str, SourceQueue]
-    _work: trio.Event
     _wake: trio.Event
+    _gather: trio.CancelScope
+    _gather_since: float | None
     _progress: trio.Event
     _queued: int
     _io: trio.Lock
@@ -154,19 +156,29 @@ class GroupCommit:
 
     def _hurry(self) -> None:
         """Someone waits for the next commit: start it now."""
-        self._work.set()
         self._wake.set()
 
+    def _gathering(self) -> None:
+        """The first op since the last commit is queued: commit it within COMMIT_DELAY_S."""
+        self._gather_since = now = trio.current_time()
+        if now + COMMIT_DELAY_S < self._gather.deadline:
+            self._gather.deadline = now + COMMIT_DELAY_S  # (the loop waits: it wakes then)
+
+    def _deadline(self) -> float:
+        """When the commit loop commits, if no one hurries it."""
+        if self._gather_since is not None:
+            return self._gather_since + COMMIT_DELAY_S
+        return trio.current_time() + RETRY_S if self._dirty else math.inf  # (failed: retried)
+
     async def _commit_loop(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # One wait per commit, not one for the first op and one for the delay:
+        # the first op moves the wait's deadline instead of waking this task.
         task_status.started()
-        while True:  # (an event already set is not waited for: a step of this task fewer)
-            if not self._work.is_set():  # something queued or asked; failed writes: retried
-                with trio.move_on_after(RETRY_S if self._dirty else float("inf")):
-                    await self._work.wait()
+        while True:
             if not self._wake.is_set():  # someone waits, or enough is queued
-                with trio.move_on_after(COMMIT_DELAY_S):
+                with trio.CancelScope(deadline=self._deadline()) as self._gather:
                     await self._wake.wait()
-            self._work, self._wake = trio.Event(), trio.Event()
+            self._wake = trio.Event()
             await self._commit_once()
 
     async def _commit_once(self) -> None:
@@ -188,10 +200,11 @@ class GroupCommit:
         for q in doomed:  # before any write: a source of that name may be new
             await trio.to_thread.run_sync(remove_files, q)
             self._deletions_done += 1
-        if not self._dirty:
+        if not self._dirty:  # (its sources deleted meanwhile)
+            self._gather_since = None
             return bool(doomed)
         work = [(q, q.ops, q.sizes) for q in self._dirty.values()]
-        self._dirty = {}
+        self._dirty, self._gather_since = {}, None
         for q, _, _ in work:
             q.ops, q.sizes = [], []
         self._queued = 0
