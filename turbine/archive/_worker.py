@@ -5,9 +5,11 @@ does not need: no capacity limiter (acquiring one is a checkpoint, a step
 of the calling task and a pass of the run loop of its own), no context
 copy, no way back into trio from the thread.  Under ``--sync always`` a
 broker whose clients flush after every put makes a commit per flush, a
-thousand a second in the latency row, and each pass of the run loop costs
-the event loop's thread about 20-40 us of Python (measured: a flush of one
-1 KB put took 9 passes before, 3 now).
+thousand a second in the latency row, and each pass of the run loop and
+step of a task costs the event loop's thread tens of microseconds (measured
+in process, a commit of one 1 KB put: 9 passes of the run loop and 7 task
+steps before, 4 and 2 with this and one worker call per commit; the event
+loop's CPU per commit 0.75-0.87 ms before, 0.46-0.47 ms after).
 """
 
 from __future__ import annotations
