@@ -4,6 +4,13 @@ Run by hand from the checkout (about a minute; prints a markdown table)::
 
     .venv/bin/python benchmarks/data_dir_cpu.py
     .venv/bin/python benchmarks/data_dir_cpu.py --size 1000000 --runs 5 --dir /var/tmp
+    .venv/bin/python benchmarks/data_dir_cpu.py --paced 1000 --size 1000 --mb 5
+
+``--paced RATE`` is the harness's latency row instead: the publisher puts one
+frame and flushes it, then sleeps until its next turn, ``RATE`` times a
+second; the figures are then per flush (microseconds of broker CPU, and the
+context switches of the broker's threads), with ``--data-dir`` each flush a
+commit under the default ``--sync always``.
 
 Each run starts a ``turbine serve`` (memory only, or ``--data-dir`` in a fresh
 directory under ``--dir``, default sync policy), a subscriber process and a
@@ -45,7 +52,7 @@ SOURCE = "daq_cpu_data_source"
 CHILD = r"""
 import sys, time, trio, turbine
 role, address, size, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-SOURCE = sys.argv[5]
+SOURCE, rate = sys.argv[5], float(sys.argv[6])
 
 async def publish():
     frame = b"x" * size
@@ -54,8 +61,15 @@ async def publish():
                                    cache_frames=5_000_000, cache_bytes=2**30)
         print("ready", flush=True)
         sys.stdin.readline()
-        for _ in range(count):
-            await src.put("x", frame)
+        if rate:  # the latency row: one frame, its flush, a sleep until the next turn
+            began = trio.current_time()
+            for i in range(count):
+                await src.put("x", frame)
+                await src.flush()
+                await trio.sleep_until(began + (i + 1) / rate)
+        else:
+            for _ in range(count):
+                await src.put("x", frame)
         await src.flush()
 
 async def subscribe():
@@ -92,16 +106,20 @@ os.fdatasync(fd)
 
 
 def _cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of the process's main thread and of its other threads."""
-    out = {"loop": 0.0, "threads": 0.0}
+    """CPU seconds of the process's main thread and of its other threads, and
+    the context switches of all its threads."""
+    out = {"loop": 0.0, "threads": 0.0, "switches": 0.0}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                status = f.read().split("\n")
         except FileNotFoundError:
             continue  # (a worker thread that ended meanwhile: its time is lost)
         seconds = (int(fields[11]) + int(fields[12])) / TICK
         out["loop" if tid == str(pid) else "threads"] += seconds
+        out["switches"] += sum(int(line.split()[1]) for line in status if "ctxt_sw" in line)
     return out
 
 
@@ -129,8 +147,11 @@ def _wait_port(port: int, broker: subprocess.Popen[bytes]) -> None:
     raise click.ClickException("the broker did not listen within 30 s")
 
 
-def one_run(size: int, count: int, data_dir: str | None, disk: str | None) -> dict[str, float]:
-    """One row's run; ``disk``: a file that another process writes the same bytes to meanwhile."""
+def one_run(
+    size: int, count: int, data_dir: str | None, disk: str | None, rate: float = 0.0
+) -> dict[str, float]:
+    """One row's run; ``disk``: a file that another process writes the same bytes to
+    meanwhile; ``rate``: flushes a second, one frame each (0: no pause, one flush)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "turbine", "serve", "--port", str(port), "--max-memory", "4GiB"]
     if data_dir is not None:
@@ -139,7 +160,7 @@ def one_run(size: int, count: int, data_dir: str | None, disk: str | None) -> di
     children: list[subprocess.Popen[str]] = []
     try:
         _wait_port(port, broker)
-        args = [f"127.0.0.1:{port}", str(size), str(count), SOURCE]
+        args = [f"127.0.0.1:{port}", str(size), str(count), SOURCE, str(rate)]
         sub = subprocess.Popen(
             [sys.executable, "-c", CHILD, "sub", *args], stdout=subprocess.PIPE, text=True
         )
@@ -179,15 +200,16 @@ def one_run(size: int, count: int, data_dir: str | None, disk: str | None) -> di
                 p.wait()
         broker.terminate()
         broker.wait()
-    gb = size * count / 1e9
-    loop = (after["loop"] - before["loop"]) / gb
-    threads = (after["threads"] - before["threads"]) / gb
+    per = count / 1e6 if rate else size * count / 1e9  # per flush in µs, or per GB in s
+    loop = (after["loop"] - before["loop"]) / per
+    threads = (after["threads"] - before["threads"]) / per
     return {
         "MB/s": size * count / 1e6 / (last - began),
         "broker": loop + threads,
         "loop": loop,
         "threads": threads,
-        "steal": stolen / gb,
+        "switches": (after["switches"] - before["switches"]) / count,
+        "steal": stolen / per,
     }
 
 
@@ -200,7 +222,7 @@ MODES = ("memory only", DATA_DIR, DISK_BUSY)
 
 
 def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+    return f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
 
 
 @click.command()
@@ -208,26 +230,33 @@ def _spread(values: list[float]) -> str:
 @click.option("--mb", default=1000, show_default=True, help="Megabytes put per run.")
 @click.option("--runs", default=3, show_default=True, help="Runs of each mode.")
 @click.option("--dir", "where", default=None, help="Directory for the data dirs (on the disk).")
-def main(size: int, mb: int, runs: int, where: str | None) -> None:
-    """Broker CPU per GB of one large-frame row, memory only against --data-dir."""
+@click.option("--paced", "rate", default=0.0, help="Flushes a second, one frame each (0: none).")
+def main(size: int, mb: int, runs: int, where: str | None, rate: float) -> None:
+    """Broker CPU per GB of one large-frame row, memory only against --data-dir
+    (or per flush of the latency row: --paced)."""
     count = mb * 10**6 // size
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
+    modes = MODES[:2] if rate else MODES
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     for _ in range(runs):
         for mode, rows in results.items():
             work = tempfile.mkdtemp(prefix="turbine-data-dir-cpu-", dir=where)
             try:
                 data_dir = os.path.join(work, "data") if mode == DATA_DIR else None
                 disk = os.path.join(work, "disk") if mode == DISK_BUSY else None
-                rows.append(one_run(size, count, data_dir, disk))
+                rows.append(one_run(size, count, data_dir, disk, rate))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     print(f"{size:,} B frames, {mb:,} MB a run, {runs} runs each, load {os.getloadavg()[0]:.1f}")
-    print("median (min-max); CPU and steal in seconds per GB\n")
-    print("| broker | MB/s | broker CPU | event loop | writer threads | steal |")
-    print("|---|---|---|---|---|---|")
+    if rate:
+        print(f"paced: {rate:g} flushes a second, one frame each")
+        print("median (min-max); CPU and steal in microseconds per flush\n")
+    else:
+        print("median (min-max); CPU and steal in seconds per GB\n")
+    keys = ("MB/s", "broker", "loop", "threads", "switches", "steal")
+    print("| broker | MB/s | broker CPU | event loop | writer threads | switches/frame | steal |")
+    print("|---|---|---|---|---|---|---|")
     for mode, rows in results.items():
-        cells = [_spread([r[k] for r in rows]) for k in ("MB/s", "broker", "loop", "threads")]
-        print(f"| {mode} | " + " | ".join(cells) + f" | {_spread([r['steal'] for r in rows])} |")
+        print(f"| {mode} | " + " | ".join(_spread([r[k] for r in rows]) for k in keys) + " |")
 
 
 if __name__ == "__main__":

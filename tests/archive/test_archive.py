@@ -206,6 +206,32 @@ async def test_puts_wait_for_others_to_join_their_commit_and_a_flush_starts_it_a
             assert seqs(await archive.read(SRC, "x", 1, 1000)) == list(range(1, 501))
 
 
+async def test_a_flush_with_nothing_new_is_answered_at_once_and_starts_no_commit(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("turbine.archive._commit.COMMIT_DELAY_S", 3600.0)
+    other = "daq_other_data_source"
+    with trio.fail_after(10):
+        async with open_archive(tmp_path) as archive:
+            for name in (SRC, other):
+                archive.create_source(name, {})
+                archive.append(name, Declare("x", "text/plain", 1))
+            await archive.flush()
+            commits = archive.commits
+            archive.append(other, put(1, 10))
+            await trio.testing.wait_all_tasks_blocked()
+            await archive.flush([SRC])  # its frames are all on disk already
+            await archive.flush([SRC])
+            await trio.testing.wait_all_tasks_blocked()
+            assert archive.commits == commits  # the other's puts still gather
+            assert archive.backlog == 10 * 100
+            archive.append(SRC, put(1, 5))
+            await archive.flush([SRC])  # something new: a commit, at once
+            assert archive.commits == commits + 1 and archive.backlog == 0
+            assert seqs(await archive.read(other, "x", 1, 100)) == list(range(1, 11))
+            assert seqs(await archive.read(SRC, "x", 1, 100)) == list(range(1, 6))
+
+
 async def test_enough_queued_starts_a_commit_without_a_flush(tmp_path, monkeypatch):
     monkeypatch.setattr("turbine.archive._commit.COMMIT_DELAY_S", 3600.0)
     config = ArchiveConfig(max_backlog=8 * 2**20)  # commits at 1 MiB queued

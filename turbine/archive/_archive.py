@@ -45,9 +45,14 @@ class Archive(GroupCommit, Backlog):
         self.config = config
         self.clock = clock
         self._queues: dict[str, SourceQueue] = {}
+        #: The sources with ops queued (the next commit's), in the order they came.
+        self._dirty: dict[str, SourceQueue] = {}
         self.broken: dict[str, str] = {}  # source -> why its archive could not be opened
-        self._work = trio.Event()  # set when something is queued or asked
         self._wake = trio.Event()  # set when the next commit should start at once
+        #: The commit loop's wait for the next commit; its deadline is when puts
+        #: that nobody waits for are committed (at most COMMIT_DELAY_S after the first).
+        self._gather = trio.CancelScope()
+        self._gather_since: float | None = None  # when the first op since the last commit came
         self._queued = 0  # payload bytes queued and not yet taken by a commit, all sources
         self._commit_bytes = min(COMMIT_BYTES, config.max_backlog // 8)  # queued: commit now
         self._progress = trio.Event()
@@ -118,6 +123,7 @@ class Archive(GroupCommit, Backlog):
         """Queue ``op`` for ``name``'s archive; the store task writes it soon."""
         q = self._queues[name]
         q.ops.append(op)
+        self._dirty[name] = q
         size = 0
         if isinstance(op, Put):
             size = sum(op.sizes)  # payload bytes
@@ -126,7 +132,8 @@ class Archive(GroupCommit, Backlog):
         q.pending += size
         q.appended += 1
         self._queued += size
-        self._work.set()
+        if self._gather_since is None:
+            self._gathering()
         if self._queued >= self._commit_bytes:
             self._wake.set()
 
@@ -155,12 +162,19 @@ class Archive(GroupCommit, Backlog):
             chosen = list(self._queues.values())
         else:
             chosen = [self._queues[n] for n in names if n in self._queues]
-        targets = [(q, q.appended) for q in chosen if q.appended]
-        tried = self.commits + 1  # an error counts once a commit after this call has tried again
+        # Nothing appended since the last durable (or written) point: answered at
+        # once, no commit asked (a flush of each of a source's channels, a flush
+        # again).  Every op of these sources is then past that point, whatever
+        # its writes' error: an op that failed stays queued, not yet counted.
+        attained = "durable" if synced else "written"
+        targets = [(q, q.appended) for q in chosen if getattr(q, attained) < q.appended]
         deletions = self._deletions_asked
+        if not targets and self._deletions_done >= deletions:
+            return
+        tried = self.commits + 1  # an error counts once a commit after this call has tried again
         self._hurry()
         while True:
-            waiting = [(q, t) for q, t in targets if (q.durable if synced else q.written) < t]
+            waiting = [(q, t) for q, t in targets if getattr(q, attained) < t]
             if not waiting and self._deletions_done >= deletions:
                 return
             if self.commits >= tried:
@@ -212,6 +226,7 @@ class Archive(GroupCommit, Backlog):
     def delete_soon(self, name: str) -> None:
         """Forget ``name`` now (queued writes too); its files go with the next commit."""
         q = self._queues.pop(name, None)
+        self._dirty.pop(name, None)
         if q is not None:
             self._doomed.append(q)
             self._deletions_asked += 1
@@ -220,6 +235,7 @@ class Archive(GroupCommit, Backlog):
     async def delete(self, name: str) -> int:
         """Delete ``name``'s archive (queued writes too); return the bytes freed."""
         q = self._queues.pop(name, None)
+        self._dirty.pop(name, None)
         if q is None:
             return 0
         async with self._io:
