@@ -53,6 +53,7 @@ import time
 from typing import Any
 
 import click
+import trio
 
 TICK = os.sysconf("SC_CLK_TCK")
 SOURCE = "daq_cpu_data_source"
@@ -221,7 +222,7 @@ def one_run(
     }
 
 
-class _Steps:
+class _Steps(trio.abc.Instrument):
     """A trio instrument: the run loop's passes and each task's steps, while ``on``."""
 
     def __init__(self) -> None:
@@ -241,8 +242,6 @@ def commits_in_process(count: int, where: str | None) -> None:
     """The archive alone, in this process: ``count`` commits of one 1 KB put (and
     its producer record), each flushed once per channel of a two-channel source
     as the broker does; CPU per commit (``/proc``), run-loop passes, task steps."""
-    import trio
-
     from turbine.archive import Declare, Put, open_archive
     from turbine.archive._ops import Producer
 
