@@ -12,6 +12,12 @@ second; the figures are then per flush (microseconds of broker CPU, and the
 context switches of the broker's threads), with ``--data-dir`` each flush a
 commit under the default ``--sync always``.
 
+``--commits N`` measures the archive alone, in this process, with no broker
+and no network: N commits of one 1 KB put, each flushed once per channel of
+a two-channel source, as the broker flushes them; it prints per commit the
+event loop's and the writer threads' CPU, the context switches, the run
+loop's passes and each task's steps (load-independent, unlike the rates).
+
 Each run starts a ``turbine serve`` (memory only, or ``--data-dir`` in a fresh
 directory under ``--dir``, default sync policy), a subscriber process and a
 publisher process (the public client API, the peer harness's large-frame row:
@@ -35,6 +41,7 @@ process writes the same bytes to the disk as the archive would (``O_DIRECT``,
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import socket
@@ -43,8 +50,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import click
+import trio
 
 TICK = os.sysconf("SC_CLK_TCK")
 SOURCE = "daq_cpu_data_source"
@@ -213,6 +222,60 @@ def one_run(
     }
 
 
+class _Steps(trio.abc.Instrument):
+    """A trio instrument: the run loop's passes and each task's steps, while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def before_task_step(self, task: Any) -> None:
+        if self.on:
+            self.counts[task.name.rsplit(".", 1)[-1]] += 1
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self.on:
+            self.counts["(run-loop passes)"] += 1
+
+
+def commits_in_process(count: int, where: str | None) -> None:
+    """The archive alone, in this process: ``count`` commits of one 1 KB put (and
+    its producer record), each flushed once per channel of a two-channel source
+    as the broker does; CPU per commit (``/proc``), run-loop passes, task steps."""
+    from turbine.archive import Declare, Put, open_archive
+    from turbine.archive._ops import Producer
+
+    steps, frame = _Steps(), b"x" * 1000
+
+    async def run(root: str) -> dict[str, float]:
+        async with open_archive(root) as archive:
+            archive.create_source(SOURCE, {"archive_bytes": 2**30})
+            for channel in ("x", "y"):
+                archive.append(SOURCE, Declare(channel, "application/octet-stream", 0))
+            await archive.flush([SOURCE])
+            before, steps.on = _cpu(os.getpid()), True
+            for i in range(count):
+                archive.append(SOURCE, Put("x", i, [time.time()], [len(frame)], [frame], "w"))
+                archive.append(SOURCE, Producer("p", i))
+                for _ in range(2):
+                    await archive.flush([SOURCE])
+            steps.on, after = False, _cpu(os.getpid())
+        return {k: (after[k] - before[k]) / count for k in after}
+
+    work = tempfile.mkdtemp(prefix="turbine-data-dir-cpu-", dir=where)
+    try:
+        cpu = trio.run(run, os.path.join(work, "data"), instruments=[steps])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{count:,} commits of one 1 KB put, load {os.getloadavg()[0]:.1f}; per commit:\n")
+    print(
+        f"- event loop CPU {cpu['loop'] * 1e6:.0f} us, writer threads {cpu['threads'] * 1e6:.0f} us"
+    )
+    print(f"- context switches (all threads) {cpu['switches']:.2f}")
+    for name, n in steps.counts.most_common():
+        print(f"- {name}: {n / count:.2f}")
+
+
 DATA_DIR = "--data-dir"
 #: Memory only while another process writes as many bytes to the disk: what the
 #: disk's writes cost the machine without any archive code (the --data-dir row's
@@ -231,9 +294,13 @@ def _spread(values: list[float]) -> str:
 @click.option("--runs", default=3, show_default=True, help="Runs of each mode.")
 @click.option("--dir", "where", default=None, help="Directory for the data dirs (on the disk).")
 @click.option("--paced", "rate", default=0.0, help="Flushes a second, one frame each (0: none).")
-def main(size: int, mb: int, runs: int, where: str | None, rate: float) -> None:
+@click.option("--commits", default=0, help="Instead: this many commits of the archive in process.")
+def main(size: int, mb: int, runs: int, where: str | None, rate: float, commits: int) -> None:
     """Broker CPU per GB of one large-frame row, memory only against --data-dir
-    (or per flush of the latency row: --paced)."""
+    (or per flush of the latency row: --paced; or the archive alone: --commits)."""
+    if commits:
+        commits_in_process(commits, where)
+        return
     count = mb * 10**6 // size
     modes = MODES[:2] if rate else MODES
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
