@@ -7,6 +7,8 @@ import functools
 import click
 
 from ._constants import MIRROR_POLL_S
+from ._errors import unwrap
+from ._mirror_ask import MirrorUnsupported
 from ._options import patterns_callback, token_file_callback
 from ._signals import run_until_stopped
 from .mirror import MirrorConfig, run_mirror
@@ -128,8 +130,14 @@ def mirror(
         inside=inside or "",
     )
 
-    run_until_stopped(
-        "mirror",
-        functools.partial(run_mirror, config),
-        f"mirror: copying {' '.join(patterns)} from {origin} to {target}",
-    )
+    try:
+        run_until_stopped(
+            "mirror",
+            functools.partial(run_mirror, config),
+            f"mirror: copying {' '.join(patterns)} from {origin} to {target}",
+        )
+    except BaseExceptionGroup as group:
+        inner = unwrap(group)
+        if isinstance(inner, MirrorUnsupported):  # (said once, exit status 1)
+            raise click.ClickException(f"mirror: {inner}") from None
+        raise
