@@ -8,16 +8,12 @@ with ``inside="from"``) once a poll and relays what it reports
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import trio
 
 from ._errors import ConnectionFailed, TurbineError
-from .auth import find_token
 from .client import open_client
-
-if TYPE_CHECKING:
-    from .mirror import MirrorConfig, MirrorStats
 
 #: What a broker without the request says of it, by side (a protocol error;
 #: turbine/checks.py words it): one that does not know the ``mirror`` message,
@@ -36,13 +32,16 @@ class MirrorUnsupported(TurbineError):
 
 
 async def ask_inside(
-    config: MirrorConfig,
-    stats: MirrorStats,
-    report: Callable[[str], None],
-    copying: Callable[[], None],
+    here: str,
+    token: str | None,
+    name: str,
+    inside: str,
+    ask: dict[str, Any],
+    poll: float,
+    relay: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Have ``B`` copy (``A`` with ``inside="from"``), and relay what it did every
-    ``config.poll`` s (never returns).
+    """Ask the broker at ``here`` to copy (``Client.mirror_inside(**ask)``) every
+    ``poll`` s, giving ``relay`` what it did since (never returns).
 
     The copying lasts as long as this connection; asked again over a new one
     (the client reconnects), the broker starts it again, from where the copy stops.
@@ -52,39 +51,16 @@ async def ask_inside(
             connection with a protocol error naming it).
         ConnectionFailed: a broker went away.
     """
-    push = config.inside == "from"
-    # (this program logs in where the broker copies; the broker, with the token sent, at the other)
-    here, here_token, there, there_token = (
-        (config.origin, config.origin_token, config.target, config.target_token)
-        if push
-        else (config.target, config.target_token, config.origin, config.origin_token)
-    )
-    token = there_token if there_token is not None else find_token()
-    async with open_client(here, name=config.name, token=here_token, comes_back=True) as b:
+    async with open_client(here, name=name, token=token, comes_back=True) as b:
         while True:
             try:
-                done = await b.mirror_inside(
-                    None if push else there,
-                    list(config.patterns),
-                    target=there if push else None,
-                    prefix=config.prefix,
-                    poll=config.poll,
-                    retry=config.retry,
-                    token=token,
-                )
+                done = await b.mirror_inside(**ask)
             except ConnectionFailed as exc:
-                if any(said in str(exc) for said in _REFUSALS[config.inside]):
-                    raise _unsupported(config.inside, here, b.broker_software) from None
+                if any(said in str(exc) for said in _REFUSALS[inside]):
+                    raise _unsupported(inside, here, b.broker_software) from None
                 raise
-            for line in done["reports"]:
-                report(line)
-            stats.sessions += done["sessions"]
-            stats.sources += done["sources"]
-            stats.frames += done["frames"]
-            stats.skipped.update(done["skipped"])
-            if done["copying"]:
-                copying()
-            await trio.sleep(config.poll)
+            relay(done)
+            await trio.sleep(poll)
 
 
 def _unsupported(inside: str, address: str, software: str) -> MirrorUnsupported:

@@ -34,6 +34,7 @@ from ._client_records import FrameGroup, SourceInfo
 from ._constants import MIRROR_POLL_S, MIRROR_QUEUE_BATCHES, MIRROR_RETRY_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
 from ._mirror_ask import MirrorUnsupported, ask_inside
+from .auth import find_token
 from .client import Client, open_client
 from .names import source_pattern
 from .origin import Origin
@@ -339,7 +340,7 @@ async def run_mirror(
         stop: list[BaseException] = []
         try:
             if config.inside:
-                await ask_inside(config, stats, report, copying)
+                await _ask_inside(config, stats, report, copying)
             async with (origin or from_a)() as a, (target or to_b)() as b:
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
@@ -353,6 +354,44 @@ async def run_mirror(
         if stop:
             raise stop[0]
         await trio.sleep(config.retry)
+
+
+async def _ask_inside(
+    config: MirrorConfig,
+    stats: MirrorStats,
+    report: Callable[[str], None],
+    copying: Callable[[], None],
+) -> None:
+    """Have ``B`` copy (``A`` with ``inside="from"``), and relay what it did every
+    ``config.poll`` s (never returns; raises as :func:`ask_inside`)."""
+    push = config.inside == "from"
+    # (this program logs in where the broker copies; the broker, with the token sent, at the other)
+    here, here_token, there, there_token = (
+        (config.origin, config.origin_token, config.target, config.target_token)
+        if push
+        else (config.target, config.target_token, config.origin, config.origin_token)
+    )
+
+    def relay(done: dict[str, Any]) -> None:
+        for line in done["reports"]:
+            report(line)
+        stats.sessions += done["sessions"]
+        stats.sources += done["sources"]
+        stats.frames += done["frames"]
+        stats.skipped.update(done["skipped"])
+        if done["copying"]:
+            copying()
+
+    ask = {
+        "origin": None if push else there,
+        "patterns": list(config.patterns),
+        "target": there if push else None,
+        "prefix": config.prefix,
+        "poll": config.poll,
+        "retry": config.retry,
+        "token": there_token if there_token is not None else find_token(),
+    }
+    await ask_inside(here, here_token, config.name, config.inside, ask, config.poll, relay)
 
 
 class _Session:
