@@ -11,10 +11,12 @@ import sys
 
 import pytest
 import trio
+from click.testing import CliRunner
 
 from tests.test_cli import TURBINE, Serve, ok, read_line, stop, tb
 from turbine import FrameGroup, RequestFailed, open_client
 from turbine._client_writes import copy_put
+from turbine.cli import main
 from turbine.mcp.config import load_config
 from turbine.mirror import group_puts
 from turbine.origin import IDENTITY_FILE, Origin, load_identity
@@ -196,11 +198,11 @@ def test_ls_says_where_a_mirrored_source_comes_from():
         [TURBINE, "mirror", "--inside", "from"],
     ],
     ids=["turbine mirror", "mcp program kind mirror", "inside the target", "inside the origin"],
-)
+)  # (the pattern comes right after the command: after a bare --inside it is a pattern)
 def test_a_mirror_copies_between_two_serve_processes_and_stops_on_sigterm(command):
     a, b = Serve(), Serve()
     proc = subprocess.Popen(
-        [*command, "--from", a.address, "--to", b.address, "daq_*", "--poll", "0.05"],
+        [*command, "daq_*", "--from", a.address, "--to", b.address, "--poll", "0.05"],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -232,6 +234,27 @@ def test_turbine_mirror_refuses_a_bad_pattern():
     done = tb(None, "mirror", "--from", "x:1", "--to", "y:2", "bad pattern")
     assert done.returncode == 2
     assert "invalid pattern 'bad pattern'" in done.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--inside", "bad pattern"],
+        ["--inside", "daq_*", "bad pattern"],
+        ["daq_*", "--inside", "from", "bad pattern"],
+        ["--inside", "--poll", "1", "bad pattern"],
+    ],
+)
+def test_a_word_after_a_bare_inside_that_is_not_to_or_from_is_a_pattern(args):
+    result = CliRunner().invoke(main, ["mirror", "--from", "x:1", "--to", "y:2", *args])
+    assert result.exit_code == 2
+    assert "Invalid value for 'PATTERNS...': invalid pattern 'bad pattern'" in result.output
+
+
+def test_inside_with_a_value_other_than_to_or_from_is_refused():
+    result = CliRunner().invoke(main, ["mirror", "--from", "x:1", "--to", "y:2", "--inside=daq_*"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--inside': 'daq_*' is not one of 'to', 'from'" in result.output
 
 
 def test_turbine_mirror_refuses_a_token_file_it_cannot_read(tmp_path):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
+from tests.test_cli import TURBINE
 from tests.test_mirror import MIRROR_TOKENS, auth_table
 from turbine import RequestFailed, open_client
+from turbine import messages as m
+from turbine._mirror_ask import MirrorUnsupported
+from turbine.mirror import MirrorConfig, run_mirror
+from turbine.protocol import NEED_DATA, Connection, Role
 from turbine.testing import start_broker
 
 SRC = "daq_rig_data_source"
+HOST = "127.0.0.1"
 
 
 @pytest.fixture
@@ -113,3 +121,66 @@ async def test_a_mirror_request_names_either_its_origin_or_its_target(nursery):
                 with pytest.raises(RequestFailed, match="one of them") as bad:
                     await asked(asker, origin, "daq_*", target=target)
                 assert bad.value.code == "request"
+
+
+UNKNOWN = "unknown message type 'mirror'; known types: acl, client_hello, delete"
+PULL_ONLY = "'mirror' message lacks its 'origin' field"
+
+
+async def start_older_broker(nursery: trio.Nursery, refusal: str) -> str:
+    """A broker from before a mirror inside it: the ``mirror`` message is a protocol
+    error (``refusal``), answered as every broker answers one (error, then close)."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        proto = Connection(Role.BROKER)
+        await stream.send_all(b"".join(proto.send(m.Hello(protocol=1, software="turbine 0.0.9"))))
+        while data := await stream.receive_some():
+            proto.receive_data(data)
+            while (msg := proto.next_event()) is not NEED_DATA:
+                if msg.type == "mirror":
+                    error = m.Error(id=None, code="protocol", message=refusal)
+                    await stream.send_all(b"".join(proto.send(error)))
+                    await stream.aclose()
+                    return
+
+    (listener, *_) = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host=HOST))
+    return f"{HOST}:{listener.socket.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("inside", "refusal"),
+    [("to", UNKNOWN), ("from", UNKNOWN), ("from", PULL_ONLY)],
+    ids=["pull, no mirror request", "push, no mirror request", "push, a pull-only request"],
+)
+async def test_a_mirror_asked_of_a_broker_without_it_stops_at_once_saying_so(
+    nursery, inside, refusal
+):
+    older = await start_older_broker(nursery, refusal)
+    other = await start_broker(nursery, identity="bbbb")
+    origin, target = (older, other) if inside == "from" else (other, older)
+    config = MirrorConfig(origin, target, ("daq_*",), poll=0.01, retry=0.01, inside=inside)
+    reports: list[str] = []
+    with trio.fail_after(10), pytest.raises(MirrorUnsupported) as stopped:  # (not retried)
+        await run_mirror(config, report=reports.append)
+    assert str(stopped.value) == (
+        f"the broker at {older} (turbine 0.0.9) does not support a mirror inside it "
+        f"(--inside {inside}): it does not know this 'mirror' request; upgrade it, "
+        "or run the mirror without --inside, as a process of its own"
+    )
+    assert reports == []
+
+
+async def test_turbine_mirror_inside_a_broker_without_it_says_so_once_and_exits_1(nursery):
+    older = await start_older_broker(nursery, UNKNOWN)
+    with trio.fail_after(20):
+        done = await trio.run_process(
+            [TURBINE, "mirror", "--from", older, "--to", f"{HOST}:1", "--inside", "from", "daq_*"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        f"Error: mirror: the broker at {older} (turbine 0.0.9) does not support a mirror "
+        "inside it (--inside from): it does not know this 'mirror' request; upgrade it, "
+        "or run the mirror without --inside, as a process of its own"
+    ]

@@ -7,6 +7,8 @@ import functools
 import click
 
 from ._constants import MIRROR_POLL_S
+from ._errors import unwrap
+from ._mirror_ask import MirrorUnsupported
 from ._options import patterns_callback, token_file_callback
 from ._signals import run_until_stopped
 from .mirror import MirrorConfig, run_mirror
@@ -26,7 +28,34 @@ def _prefix_callback(ctx: click.Context, param: click.Parameter, prefix: str) ->
     return prefix
 
 
-@click.command()
+_INSIDE = "--inside"
+_SIDES = ("to", "from")
+
+
+class _MirrorCommand(click.Command):
+    """``turbine mirror``, where a bare ``--inside`` may come before a pattern.
+
+    Click gives an option with an optional value the next word whatever it
+    is, so ``--inside 'daq_*'`` would be a usage error ("not one of 'to',
+    'from'").  Only ``to`` and ``from`` are ``--inside``'s values: before
+    parsing, a bare ``--inside`` followed by any other word (not an option)
+    is given its default, ``to``, so that word stays a pattern.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        words: list[str] = []
+        for i, word in enumerate(args):
+            words.append(word)
+            if word == "--":
+                words.extend(args[i + 1 :])
+                break
+            following = args[i + 1] if i + 1 < len(args) else "-"
+            if word == _INSIDE and following not in _SIDES and not following.startswith("-"):
+                words.append("to")
+        return super().parse_args(ctx, words)
+
+
+@click.command(cls=_MirrorCommand)
 @click.option(
     "--from", "origin", required=True, metavar="HOST:PORT", help="The broker to copy from."
 )
@@ -62,13 +91,14 @@ def _prefix_callback(ctx: click.Context, param: click.Parameter, prefix: str) ->
 )
 @click.option(
     "--inside",
-    type=click.Choice(["to", "from"]),
+    type=click.Choice(_SIDES),
     is_flag=False,
     flag_value="to",
     default=None,
     help="Have a broker copy in its own process, without a process and a socket hop "
     "of its own: the target ('--inside' or '--inside to': it pulls) or the origin "
-    "('--inside from': it pushes); this program asks it to and prints its reports.",
+    "('--inside from': it pushes); this program asks it to and prints its reports.  "
+    "A word after a bare --inside that is not 'to' or 'from' is a pattern.",
 )
 def mirror(
     origin: str,
@@ -100,8 +130,14 @@ def mirror(
         inside=inside or "",
     )
 
-    run_until_stopped(
-        "mirror",
-        functools.partial(run_mirror, config),
-        f"mirror: copying {' '.join(patterns)} from {origin} to {target}",
-    )
+    try:
+        run_until_stopped(
+            "mirror",
+            functools.partial(run_mirror, config),
+            f"mirror: copying {' '.join(patterns)} from {origin} to {target}",
+        )
+    except BaseExceptionGroup as group:
+        inner = unwrap(group)
+        if isinstance(inner, MirrorUnsupported):  # (said once, exit status 1)
+            raise click.ClickException(f"mirror: {inner}") from None
+        raise

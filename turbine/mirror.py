@@ -13,7 +13,7 @@ of the brokers it passed through) is not copied: no loops.
 
 With ``inside="to"`` the copying runs in ``B``'s own process
 (``turbine/_mirror_inside.py``): this program asks ``B`` to pull, and relays
-what it reports; with ``inside="from"`` it asks ``A`` to push, and ``A`` reads
+what it reports (``turbine/_mirror_ask.py``); with ``inside="from"`` it asks ``A`` to push, and ``A`` reads
 its own rings (``turbine/_mirror_origin.py``).
 """
 
@@ -33,6 +33,7 @@ import trio
 from ._client_records import FrameGroup, SourceInfo
 from ._constants import MIRROR_POLL_S, MIRROR_QUEUE_BATCHES, MIRROR_RETRY_S
 from ._errors import ConnectionFailed, RequestFailed, TurbineError, leaves
+from ._mirror_ask import MirrorUnsupported, ask_inside
 from .auth import find_token
 from .client import Client, open_client
 from .names import source_pattern
@@ -311,6 +312,10 @@ async def run_mirror(
     client, not a mirror of that origin, no memory, ...) is reported through
     ``report`` and tried again at the next poll; any other failure ends the
     session, which starts again after ``config.retry`` seconds.
+
+    Raises:
+        MirrorUnsupported: with ``config.inside``, the broker asked to copy
+            does not know how (said once: asking again is no use).
     """
     stats = stats if stats is not None else MirrorStats()
     status: list[trio.TaskStatus[None]] = [task_status]  # emptied once started
@@ -332,17 +337,22 @@ async def run_mirror(
             yield Subscribed(a)
 
     while True:
+        stop: list[BaseException] = []
         try:
             if config.inside:
                 await _ask_inside(config, stats, report, copying)
             async with (origin or from_a)() as a, (target or to_b)() as b:
                 stats.sessions += 1
                 await _Session(config, a, b, stats, report).run(copying)
+        except* MirrorUnsupported as group:
+            stop = leaves(group)  # asking again is no use
         # several copying tasks see the same lost connection: report it once
         except* (ConnectionFailed, OSError) as group:
             report(f"mirror: {leaves(group)[0]}; connecting again in {config.retry:g} s")
         except* TurbineError as group:  # a refusal the session could not place
             report(f"mirror: {leaves(group)[0]}; starting again in {config.retry:g} s")
+        if stop:
+            raise stop[0]
         await trio.sleep(config.retry)
 
 
@@ -353,11 +363,7 @@ async def _ask_inside(
     copying: Callable[[], None],
 ) -> None:
     """Have ``B`` copy (``A`` with ``inside="from"``), and relay what it did every
-    ``config.poll`` s (never returns).
-
-    The copying lasts as long as this connection; asked again over a new one
-    (the client reconnects), the broker starts it again, from where the copy stops.
-    """
+    ``config.poll`` s (never returns; raises as :func:`ask_inside`)."""
     push = config.inside == "from"
     # (this program logs in where the broker copies; the broker, with the token sent, at the other)
     here, here_token, there, there_token = (
@@ -365,27 +371,27 @@ async def _ask_inside(
         if push
         else (config.target, config.target_token, config.origin, config.origin_token)
     )
-    token = there_token if there_token is not None else find_token()
-    async with open_client(here, name=config.name, token=here_token, comes_back=True) as b:
-        while True:
-            done = await b.mirror_inside(
-                None if push else there,
-                list(config.patterns),
-                target=there if push else None,
-                prefix=config.prefix,
-                poll=config.poll,
-                retry=config.retry,
-                token=token,
-            )
-            for line in done["reports"]:
-                report(line)
-            stats.sessions += done["sessions"]
-            stats.sources += done["sources"]
-            stats.frames += done["frames"]
-            stats.skipped.update(done["skipped"])
-            if done["copying"]:
-                copying()
-            await trio.sleep(config.poll)
+
+    def relay(done: dict[str, Any]) -> None:
+        for line in done["reports"]:
+            report(line)
+        stats.sessions += done["sessions"]
+        stats.sources += done["sources"]
+        stats.frames += done["frames"]
+        stats.skipped.update(done["skipped"])
+        if done["copying"]:
+            copying()
+
+    ask = {
+        "origin": None if push else there,
+        "patterns": list(config.patterns),
+        "target": there if push else None,
+        "prefix": config.prefix,
+        "poll": config.poll,
+        "retry": config.retry,
+        "token": there_token if there_token is not None else find_token(),
+    }
+    await ask_inside(here, here_token, config.name, config.inside, ask, config.poll, relay)
 
 
 class _Session:
