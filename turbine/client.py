@@ -261,8 +261,9 @@ class Client(Writes):
         ``target`` (and ``origin`` None) it pushes its own sources there instead.
 
         Raises:
-            RequestFailed: a broker without inside mirrors, or other arguments
-                than its running mirror's.
+            ConnectionFailed: a broker without inside mirrors (it closes the
+                connection on a request it does not know).
+            RequestFailed: other arguments than its running mirror's.
         """
         msg = await self._requests.call(
             m.Mirror,
