@@ -17,6 +17,7 @@ from .._constants import (
 )
 from .._errors import TurbineError, unwrap
 from .._options import address_option
+from .._signals import open_stop_nursery
 from ..client import open_client
 from ..settings import ConfigError, make_settings
 
@@ -89,6 +90,9 @@ def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int
     except TurbineError as exc:
         raise click.ClickException(str(exc)) from None
     except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            # Ctrl-C met a task beside the main one, and others failed of it.
+            raise SystemExit(interrupt_exit) from None
         inner = unwrap(group)
         if isinstance(inner, click.ClickException):
             raise inner from None
@@ -98,11 +102,16 @@ def run(async_fn: Callable[..., Awaitable[Any]], *args: Any, interrupt_exit: int
 
 
 def client_command(
-    fn: Callable[..., Awaitable[Any]] | None = None, *, interrupt_exit: int = 130
+    fn: Callable[..., Awaitable[Any]] | None = None, *, ends_on_signal: bool = False
 ) -> Any:
-    """Turn ``async def fn(tb, **options)`` into a command body connected to the broker."""
+    """Turn ``async def fn(tb, **options)`` into a command body connected to the broker.
+
+    With ``ends_on_signal`` (a tap without ``--count``), SIGINT or SIGTERM is how
+    the command normally ends: either cancels ``fn``, the client closes, and the
+    command exits 0.  Otherwise Ctrl-C exits 130 ("interrupted").
+    """
     if fn is None:
-        return functools.partial(client_command, interrupt_exit=interrupt_exit)
+        return functools.partial(client_command, ends_on_signal=ends_on_signal)
 
     @functools.wraps(fn)
     def body(address: str, token: str | None, tls_ca: str | None, **options: Any) -> Any:
@@ -110,11 +119,22 @@ def client_command(
             # One client name for the command line: it owns the sources it creates.
             name = options.pop("client_name", None) or CLI_CLIENT_NAME
             async with open_client(address, name=name, token=token, tls_ca=tls_ca) as tb:
-                return await fn(tb, **options)
+                if not ends_on_signal:
+                    return await fn(tb, **options)
+                # The signal as a message, not a KeyboardInterrupt raised in whichever
+                # task runs when it arrives: the subscription and client end in order.
+                async with open_stop_nursery(_end_quietly) as nursery:
+                    await fn(tb, **options)
+                    nursery.cancel_scope.cancel()
+                return None
 
-        return run(main, interrupt_exit=interrupt_exit)
+        return run(main, interrupt_exit=0 if ends_on_signal else 130)
 
     return address_option(TOKEN_OPTION(TLS_CA_OPTION(body)))
+
+
+async def _end_quietly(signum: Any) -> None:
+    """A signal that ends a command normally says nothing."""
 
 
 TLS_CA_OPTION = click.option(

@@ -72,7 +72,7 @@ def _start(value: str) -> str | int:
     help="Give up after S seconds (exit 1 if --count not reached).",
 )
 @FORMAT
-@client_command(interrupt_exit=0)  # Ctrl-C is how a tap without --count ends
+@client_command(ends_on_signal=True)  # Ctrl-C is how a tap without --count ends
 async def tap(
     tb: Client,
     pattern: str,
