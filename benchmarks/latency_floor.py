@@ -115,9 +115,10 @@ async def publish_turbine(address: str, frames: int) -> None:
     pad = bytes(SIZE - STAMP.size)
     async with turbine.open_client(address) as tb:
         src = await tb.open_source(SOURCE, channels={CHANNEL: "application/octet-stream"})
-        for _ in range(frames):
+        start = trio.current_time()
+        for i in range(frames):
             await src.flush()
-            await trio.sleep(1 / RATE)
+            await trio.sleep_until(start + i / RATE)
             await src.put(CHANNEL, STAMP.pack(time.monotonic_ns()) + pad)
         await src.flush()
 
